@@ -1,0 +1,183 @@
+//! The executor inside the guest: it turns a task's `async fn` into the
+//! poll-style `start` / `resume` steps of the Kiln world.
+//!
+//! The attempt's future lives in guest memory between calls. Each call polls
+//! it until it is either ready or pending on host waits only; then the call
+//! returns, so no guest frame is on the stack while the run waits and the host
+//! may snapshot the guest's memory and drop the instance. Several waits may be
+//! pending at once (`join!` of two waits): the host delivers their wakes one by
+//! one through `resume`.
+
+use crate::__private::TaskEntry;
+use crate::bindings::kiln::task::{host, types as wit};
+use crate::{Context, TaskError};
+use std::cell::RefCell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Poll, Waker};
+
+/// The future of one attempt: the task's output as JSON, or its error.
+pub type TaskFuture = Pin<Box<dyn Future<Output = Result<String, TaskError>>>>;
+
+#[derive(Default)]
+struct Waits {
+    next_id: u64,
+    /// Waits created since the last step, to report to the host.
+    new: Vec<wit::Wait>,
+    /// Waits reported to the host and not woken yet.
+    pending: BTreeSet<u64>,
+    /// Wakes delivered and not yet taken by their future.
+    woken: BTreeMap<u64, wit::WakeValue>,
+}
+
+thread_local! {
+    static ATTEMPT: RefCell<Option<TaskFuture>> = const { RefCell::new(None) };
+    static WAITS: RefCell<Waits> = RefCell::new(Waits::default());
+}
+
+/// Starts an attempt of the task named in `ctx`. Called by the bundle's
+/// `start` export.
+pub fn start(tasks: &[TaskEntry], ctx: wit::StartContext) -> wit::Step {
+    install_panic_hook();
+    reset();
+    let Some(entry) = tasks.iter().find(|t| (t.manifest)().id == ctx.task_id) else {
+        return wit::Step::Failed(
+            TaskError::abort(format!("this bundle has no task `{}`", ctx.task_id)).into_wit(),
+        );
+    };
+    let future = (entry.start)(&ctx.payload, Context::from_wit(&ctx));
+    ATTEMPT.with(|a| *a.borrow_mut() = Some(future));
+    drive()
+}
+
+/// Delivers a wake to the attempt in progress. Called by the bundle's
+/// `resume` export.
+pub fn resume(wake: wit::Wake) -> wit::Step {
+    let known = WAITS.with(|w| {
+        let mut w = w.borrow_mut();
+        if w.pending.remove(&wake.id) {
+            w.woken.insert(wake.id, wake.value);
+            true
+        } else {
+            false
+        }
+    });
+    if !known {
+        return wit::Step::Failed(
+            TaskError::new(format!("the host woke wait {} which is not pending", wake.id))
+                .with_name("KilnProtocolError")
+                .into_wit(),
+        );
+    }
+    drive()
+}
+
+/// Drops the attempt in progress. Called by the bundle's `cancel` export.
+pub fn cancel(reason: String) {
+    host::log(
+        wit::LogLevel::Info,
+        &format!("run canceled: {reason}"),
+        &[],
+    );
+    reset();
+}
+
+fn reset() {
+    ATTEMPT.with(|a| a.borrow_mut().take());
+    WAITS.with(|w| *w.borrow_mut() = Waits::default());
+}
+
+/// Polls the attempt's future once and reports where it stands.
+fn drive() -> wit::Step {
+    let Some(mut future) = ATTEMPT.with(|a| a.borrow_mut().take()) else {
+        return wit::Step::Failed(
+            TaskError::new("no attempt is in progress")
+                .with_name("KilnProtocolError")
+                .into_wit(),
+        );
+    };
+    let mut cx = std::task::Context::from_waker(Waker::noop());
+    match future.as_mut().poll(&mut cx) {
+        Poll::Ready(result) => {
+            reset();
+            match result {
+                Ok(output) => wit::Step::Completed(output),
+                Err(error) => wit::Step::Failed(error.into_wit()),
+            }
+        }
+        Poll::Pending => {
+            let (new, waiting) = WAITS.with(|w| {
+                let mut w = w.borrow_mut();
+                let new = std::mem::take(&mut w.new);
+                let ids: Vec<u64> = new.iter().map(|n| n.id).collect();
+                w.pending.extend(ids);
+                (new, !w.pending.is_empty())
+            });
+            if !waiting {
+                reset();
+                return wit::Step::Failed(
+                    TaskError::abort(
+                        "the task is pending on something that is not a Kiln wait, so it can never resume",
+                    )
+                    .with_name("KilnDeadlock")
+                    .into_wit(),
+                );
+            }
+            ATTEMPT.with(|a| *a.borrow_mut() = Some(future));
+            wit::Step::Waiting(new)
+        }
+    }
+}
+
+/// A future that resolves when the host wakes the wait it registered.
+pub struct WaitFuture {
+    id: u64,
+    kind: Option<wit::WaitKind>,
+}
+
+impl WaitFuture {
+    /// A wait of this kind, registered with the host the first time it is
+    /// polled.
+    pub fn new(kind: wit::WaitKind) -> Self {
+        let id = WAITS.with(|w| {
+            let mut w = w.borrow_mut();
+            w.next_id += 1;
+            w.next_id
+        });
+        WaitFuture {
+            id,
+            kind: Some(kind),
+        }
+    }
+}
+
+impl Future for WaitFuture {
+    type Output = wit::WakeValue;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
+        let id = self.id;
+        if let Some(kind) = self.kind.take() {
+            WAITS.with(|w| w.borrow_mut().new.push(wit::Wait { id, kind }));
+            return Poll::Pending;
+        }
+        match WAITS.with(|w| w.borrow_mut().woken.remove(&id)) {
+            Some(value) => Poll::Ready(value),
+            None => Poll::Pending,
+        }
+    }
+}
+
+/// A shared flag so the panic hook is installed once per instance.
+fn install_panic_hook() {
+    thread_local! {
+        static INSTALLED: Rc<RefCell<bool>> = Rc::new(RefCell::new(false));
+    }
+    INSTALLED.with(|installed| {
+        if !*installed.borrow() {
+            std::panic::set_hook(Box::new(|info| host::record_panic(&info.to_string())));
+            *installed.borrow_mut() = true;
+        }
+    });
+}

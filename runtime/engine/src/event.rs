@@ -1,0 +1,67 @@
+//! What can happen to a run, and what the driver must do about it.
+
+use kiln_types::{RunError, Timestamp};
+
+/// How an attempt failed.
+#[derive(Debug, Clone, PartialEq)]
+pub enum FailureKind {
+    /// The task returned an error (or panicked). Retried by the policy unless
+    /// `abort`; `retry_delay_ms` overrides the backoff.
+    Error {
+        /// Do not retry.
+        abort: bool,
+        /// Retry after this many milliseconds.
+        retry_delay_ms: Option<u64>,
+    },
+    /// The guest went past its memory cap: the run ends `CRASHED`.
+    OutOfMemory,
+    /// The run went past its `maxDuration`: it ends `TIMED_OUT`.
+    TimedOut,
+    /// Kiln could not run the attempt: the run ends `SYSTEM_FAILURE`.
+    System,
+}
+
+/// Something that happened to a run.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// The scheduler took the run off its queue.
+    Dequeued,
+    /// An attempt began executing.
+    AttemptStarted,
+    /// The attempt's task returned its output (JSON).
+    AttemptSucceeded {
+        /// The output.
+        output: String,
+        /// Execution time of the attempt in milliseconds.
+        usage_ms: u64,
+    },
+    /// The attempt failed.
+    AttemptFailed {
+        /// Why.
+        kind: FailureKind,
+        /// The error to show.
+        error: RunError,
+        /// Execution time of the attempt in milliseconds.
+        usage_ms: u64,
+        /// A random number in `[0, 1)` for the backoff's spread.
+        random: f64,
+    },
+    /// A user canceled the run.
+    Cancel,
+    /// The server restarted while the run was dequeued or executing.
+    Recovered,
+}
+
+/// What the driver must do after a transition.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Action {
+    /// Put the run on its queue, to start no earlier than `not_before`.
+    Enqueue {
+        /// The earliest start (a retry's backoff), or at once.
+        not_before: Option<Timestamp>,
+    },
+    /// Stop the attempt that is executing.
+    InterruptAttempt,
+    /// The run reached a final status: wake whoever waits for it.
+    NotifyFinished,
+}

@@ -1,0 +1,152 @@
+//! The transition function.
+
+use crate::event::{Action, Event, FailureKind};
+use kiln_types::{Attempt, AttemptOutcome, Run, RunStatus, Timestamp};
+
+/// The result of applying an event: the run's next record and what to do.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Transition {
+    /// The run after the event.
+    pub run: Run,
+    /// What the driver must do.
+    pub actions: Vec<Action>,
+}
+
+/// An event that does not apply to the run's status.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("a run in status {status} cannot take the event {event}")]
+pub struct TransitionError {
+    /// The run's status.
+    pub status: RunStatus,
+    /// The event's name.
+    pub event: &'static str,
+}
+
+fn event_name(event: &Event) -> &'static str {
+    match event {
+        Event::Dequeued => "Dequeued",
+        Event::AttemptStarted => "AttemptStarted",
+        Event::AttemptSucceeded { .. } => "AttemptSucceeded",
+        Event::AttemptFailed { .. } => "AttemptFailed",
+        Event::Cancel => "Cancel",
+        Event::Recovered => "Recovered",
+    }
+}
+
+/// Applies `event` to `run` at time `now`.
+pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, TransitionError> {
+    use RunStatus as S;
+    let invalid = |event: &Event| TransitionError {
+        status: run.status,
+        event: event_name(event),
+    };
+    let mut next = run.clone();
+    next.updated_at = now;
+    let mut actions = Vec::new();
+    match (run.status, event) {
+        (S::Queued, Event::Dequeued) => {
+            next.status = S::Dequeued;
+        }
+        (S::Dequeued, Event::AttemptStarted) => {
+            next.status = S::Executing;
+            next.next_attempt_at = None;
+            next.started_at.get_or_insert(now);
+            next.attempts.push(Attempt {
+                number: run.attempts.len() as u32 + 1,
+                machine: run.machine,
+                started_at: now,
+                finished_at: None,
+                outcome: None,
+                error: None,
+                usage_ms: 0,
+                logs: Vec::new(),
+            });
+        }
+        (S::Executing, Event::AttemptSucceeded { output, usage_ms }) => {
+            close_attempt(&mut next, now, AttemptOutcome::Succeeded, None, usage_ms);
+            next.status = S::Completed;
+            next.output = Some(output);
+            next.error = None;
+            finish(&mut next, now, &mut actions);
+        }
+        (
+            S::Executing,
+            Event::AttemptFailed {
+                kind,
+                error,
+                usage_ms,
+                random,
+            },
+        ) => {
+            let (outcome, final_status) = match &kind {
+                FailureKind::Error { .. } => (AttemptOutcome::Failed, S::Failed),
+                FailureKind::OutOfMemory => (AttemptOutcome::Crashed, S::Crashed),
+                FailureKind::TimedOut => (AttemptOutcome::TimedOut, S::TimedOut),
+                FailureKind::System => (AttemptOutcome::SystemFailure, S::SystemFailure),
+            };
+            close_attempt(&mut next, now, outcome, Some(error.clone()), usage_ms);
+            next.error = Some(error);
+            let retry_delay = match kind {
+                FailureKind::Error {
+                    abort: false,
+                    retry_delay_ms,
+                } if next.counted_attempts() < next.max_attempts => Some(retry_delay_ms),
+                _ => None,
+            };
+            match retry_delay {
+                Some(delay) => {
+                    let delay = delay
+                        .unwrap_or_else(|| next.retry.delay_ms(next.counted_attempts(), random));
+                    let at = Timestamp(now.0.saturating_add(delay));
+                    next.status = S::Queued;
+                    next.next_attempt_at = Some(at);
+                    actions.push(Action::Enqueue {
+                        not_before: Some(at),
+                    });
+                }
+                None => {
+                    next.status = final_status;
+                    finish(&mut next, now, &mut actions);
+                }
+            }
+        }
+        (S::Dequeued | S::Executing, Event::Recovered) => {
+            close_attempt(&mut next, now, AttemptOutcome::Interrupted, None, 0);
+            next.status = S::Queued;
+            actions.push(Action::Enqueue {
+                not_before: next.next_attempt_at,
+            });
+        }
+        (status, Event::Cancel) if !status.is_final() => {
+            if status == S::Executing {
+                close_attempt(&mut next, now, AttemptOutcome::Canceled, None, 0);
+                actions.push(Action::InterruptAttempt);
+            }
+            next.status = S::Canceled;
+            finish(&mut next, now, &mut actions);
+        }
+        (_, event) => return Err(invalid(&event)),
+    }
+    Ok(Transition { run: next, actions })
+}
+
+fn close_attempt(
+    run: &mut Run,
+    now: Timestamp,
+    outcome: AttemptOutcome,
+    error: Option<kiln_types::RunError>,
+    usage_ms: u64,
+) {
+    if let Some(attempt) = run.current_attempt_mut() {
+        attempt.finished_at = Some(now);
+        attempt.outcome = Some(outcome);
+        attempt.error = error;
+        attempt.usage_ms = attempt.usage_ms.max(usage_ms);
+    }
+}
+
+fn finish(run: &mut Run, now: Timestamp, actions: &mut Vec<Action>) {
+    run.finished_at = Some(now);
+    run.next_attempt_at = None;
+    actions.push(Action::NotifyFinished);
+}

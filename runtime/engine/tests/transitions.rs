@@ -1,0 +1,229 @@
+//! The run state machine, event by event and over every (status, event) pair.
+
+use kiln_engine::{Action, Event, FailureKind, apply};
+use kiln_manifest::Machine;
+use kiln_types::{AttemptOutcome, DeploymentId, Run, RunError, RunId, RunStatus, Timestamp};
+
+fn run(status: RunStatus, max_attempts: u32) -> Run {
+    Run {
+        id: RunId::generate(1),
+        task_id: "t".into(),
+        status,
+        deployment_id: DeploymentId::generate(1),
+        version: "20261122.1".into(),
+        payload: "{}".into(),
+        payload_type: "application/json".into(),
+        output: None,
+        error: None,
+        tags: vec![],
+        metadata: None,
+        machine: Machine::Small1x,
+        max_attempts,
+        retry: Default::default(),
+        max_duration_secs: None,
+        attempts: vec![],
+        next_attempt_at: None,
+        idempotency_key: None,
+        is_test: false,
+        created_at: Timestamp(1),
+        updated_at: Timestamp(1),
+        started_at: None,
+        finished_at: None,
+    }
+}
+
+fn failed(kind: FailureKind) -> Event {
+    Event::AttemptFailed {
+        kind,
+        error: RunError::new("Error", "boom"),
+        usage_ms: 5,
+        random: 0.0,
+    }
+}
+
+fn every_event() -> Vec<Event> {
+    vec![
+        Event::Dequeued,
+        Event::AttemptStarted,
+        Event::AttemptSucceeded {
+            output: "1".into(),
+            usage_ms: 1,
+        },
+        failed(FailureKind::Error {
+            abort: false,
+            retry_delay_ms: None,
+        }),
+        failed(FailureKind::OutOfMemory),
+        failed(FailureKind::TimedOut),
+        failed(FailureKind::System),
+        Event::Cancel,
+        Event::Recovered,
+    ]
+}
+
+/// Drives a queued run into `EXECUTING`.
+fn executing(max_attempts: u32) -> Run {
+    let r = run(RunStatus::Queued, max_attempts);
+    let r = apply(&r, Event::Dequeued, Timestamp(2)).unwrap().run;
+    apply(&r, Event::AttemptStarted, Timestamp(3)).unwrap().run
+}
+
+#[test]
+fn a_run_completes_with_its_output() {
+    let r = executing(3);
+    assert_eq!(r.status, RunStatus::Executing);
+    assert_eq!(r.started_at, Some(Timestamp(3)));
+    let t = apply(
+        &r,
+        Event::AttemptSucceeded {
+            output: "{\"ok\":true}".into(),
+            usage_ms: 7,
+        },
+        Timestamp(10),
+    )
+    .unwrap();
+    assert_eq!(t.run.status, RunStatus::Completed);
+    assert_eq!(t.run.output.as_deref(), Some("{\"ok\":true}"));
+    assert_eq!(t.run.finished_at, Some(Timestamp(10)));
+    assert_eq!(t.run.attempts[0].outcome, Some(AttemptOutcome::Succeeded));
+    assert_eq!(t.run.usage_ms(), 7);
+    assert_eq!(t.actions, vec![Action::NotifyFinished]);
+}
+
+#[test]
+fn an_error_is_retried_until_attempts_run_out() {
+    let r = executing(2);
+    let t = apply(
+        &r,
+        failed(FailureKind::Error {
+            abort: false,
+            retry_delay_ms: Some(50),
+        }),
+        Timestamp(10),
+    )
+    .unwrap();
+    assert_eq!(t.run.status, RunStatus::Queued);
+    assert_eq!(
+        t.actions,
+        vec![Action::Enqueue {
+            not_before: Some(Timestamp(60))
+        }]
+    );
+    let r = apply(&t.run, Event::Dequeued, Timestamp(60)).unwrap().run;
+    let r = apply(&r, Event::AttemptStarted, Timestamp(61)).unwrap().run;
+    assert_eq!(r.attempts.len(), 2);
+    assert_eq!(r.attempts[1].number, 2);
+    let t = apply(
+        &r,
+        failed(FailureKind::Error {
+            abort: false,
+            retry_delay_ms: None,
+        }),
+        Timestamp(70),
+    )
+    .unwrap();
+    assert_eq!(t.run.status, RunStatus::Failed);
+    assert_eq!(t.run.error.as_ref().unwrap().message, "boom");
+    assert_eq!(t.actions, vec![Action::NotifyFinished]);
+}
+
+#[test]
+fn an_abort_fails_at_once() {
+    let t = apply(
+        &executing(5),
+        failed(FailureKind::Error {
+            abort: true,
+            retry_delay_ms: None,
+        }),
+        Timestamp(10),
+    )
+    .unwrap();
+    assert_eq!(t.run.status, RunStatus::Failed);
+}
+
+#[test]
+fn limits_end_the_run_with_their_own_status() {
+    for (kind, status, outcome) in [
+        (
+            FailureKind::OutOfMemory,
+            RunStatus::Crashed,
+            AttemptOutcome::Crashed,
+        ),
+        (
+            FailureKind::TimedOut,
+            RunStatus::TimedOut,
+            AttemptOutcome::TimedOut,
+        ),
+        (
+            FailureKind::System,
+            RunStatus::SystemFailure,
+            AttemptOutcome::SystemFailure,
+        ),
+    ] {
+        let t = apply(&executing(5), failed(kind), Timestamp(10)).unwrap();
+        assert_eq!(t.run.status, status);
+        assert_eq!(t.run.attempts[0].outcome, Some(outcome));
+    }
+}
+
+#[test]
+fn recovery_requeues_without_spending_an_attempt() {
+    let t = apply(&executing(1), Event::Recovered, Timestamp(10)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Queued);
+    assert_eq!(t.run.counted_attempts(), 0);
+    assert_eq!(t.actions, vec![Action::Enqueue { not_before: None }]);
+}
+
+#[test]
+fn cancel_interrupts_an_executing_attempt() {
+    let t = apply(&executing(1), Event::Cancel, Timestamp(10)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Canceled);
+    assert_eq!(
+        t.actions,
+        vec![Action::InterruptAttempt, Action::NotifyFinished]
+    );
+    let t = apply(&run(RunStatus::Queued, 1), Event::Cancel, Timestamp(10)).unwrap();
+    assert_eq!(t.actions, vec![Action::NotifyFinished]);
+}
+
+/// Every (status, event) pair either transitions as the table says or is
+/// refused, and a refusal never changes the run.
+#[test]
+fn every_status_event_pair_has_a_defined_answer() {
+    use RunStatus as S;
+    for status in RunStatus::ALL {
+        for event in every_event() {
+            let r = if status == S::Executing {
+                executing(3)
+            } else {
+                run(status, 3)
+            };
+            let expected_ok = match (&event, status) {
+                (Event::Dequeued, S::Queued) => true,
+                (Event::AttemptStarted, S::Dequeued) => true,
+                (Event::AttemptSucceeded { .. } | Event::AttemptFailed { .. }, S::Executing) => {
+                    true
+                }
+                (Event::Recovered, S::Dequeued | S::Executing) => true,
+                (Event::Cancel, s) => !s.is_final(),
+                _ => false,
+            };
+            let result = apply(&r, event.clone(), Timestamp(100));
+            assert_eq!(
+                result.is_ok(),
+                expected_ok,
+                "status {status} event {event:?}: {result:?}"
+            );
+            match result {
+                Ok(t) => {
+                    assert_eq!(t.run.updated_at, Timestamp(100));
+                    if t.run.status.is_final() {
+                        assert_eq!(t.run.finished_at, Some(Timestamp(100)));
+                        assert!(t.actions.contains(&Action::NotifyFinished));
+                    }
+                }
+                Err(e) => assert_eq!(e.status, status),
+            }
+        }
+    }
+}

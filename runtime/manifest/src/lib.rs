@@ -1,0 +1,218 @@
+//! The manifest of a Kiln bundle: what a bundle's `describe` export returns.
+//!
+//! The guest SDK builds a [`Manifest`] from the bundle's `#[task]` functions and
+//! serialises it to JSON; the server parses it at deploy time, checks it with
+//! [`Manifest::validate`], and keeps it with the deployment. The shapes here are
+//! shared by both sides, so they hold only serde types.
+
+use serde::{Deserialize, Serialize};
+
+mod machine;
+mod retry;
+
+pub use machine::{Machine, UnknownMachine};
+pub use retry::RetryPolicy;
+
+/// The manifest format this crate reads and writes.
+pub const MANIFEST_VERSION: u32 = 1;
+
+/// Everything a bundle declares: its tasks and their settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Manifest {
+    /// The manifest format version ([`MANIFEST_VERSION`]).
+    pub manifest_version: u32,
+    /// The version of the guest SDK that built the bundle.
+    pub sdk_version: String,
+    /// The bundle's tasks.
+    pub tasks: Vec<TaskManifest>,
+}
+
+/// One task of a bundle.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TaskManifest {
+    /// The task id backends trigger it by (`hello-world`).
+    pub id: String,
+    /// The JSON Schema of the payload, for schema tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_schema: Option<serde_json::Value>,
+    /// The queue the task runs on; its own queue (named after the task) when
+    /// absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// The retry policy for failed attempts.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+    /// The machine preset attempts run on.
+    #[serde(default)]
+    pub machine: Machine,
+    /// The most execution time (waits excluded) a run may use, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_secs: Option<u64>,
+    /// Where the task is defined in the guest's source (`src/lib.rs:12`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Why a manifest was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManifestError(pub String);
+
+impl std::fmt::Display for ManifestError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for ManifestError {}
+
+/// The longest task id or queue name a manifest may hold.
+pub const MAX_ID_LEN: usize = 128;
+
+impl Manifest {
+    /// Parses a manifest from the JSON a bundle's `describe` returned, and
+    /// validates it.
+    pub fn from_json(text: &str) -> Result<Self, ManifestError> {
+        let manifest: Manifest = serde_json::from_str(text)
+            .map_err(|e| ManifestError(format!("the bundle's manifest is not valid: {e}")))?;
+        manifest.validate()?;
+        Ok(manifest)
+    }
+
+    /// Checks what serde cannot: the format version, that task ids are
+    /// non-empty, path-safe and unique, and that settings are in range.
+    pub fn validate(&self) -> Result<(), ManifestError> {
+        if self.manifest_version != MANIFEST_VERSION {
+            return Err(ManifestError(format!(
+                "manifest version {} is not supported (this server reads version {MANIFEST_VERSION}); rebuild the bundle with a matching kiln-sdk",
+                self.manifest_version
+            )));
+        }
+        if self.tasks.is_empty() {
+            return Err(ManifestError(
+                "the bundle declares no tasks; list them in kiln_sdk::bundle!".into(),
+            ));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for task in &self.tasks {
+            check_id("task id", &task.id)?;
+            if !seen.insert(task.id.as_str()) {
+                return Err(ManifestError(format!(
+                    "task id `{}` is declared twice",
+                    task.id
+                )));
+            }
+            if let Some(queue) = &task.queue {
+                check_id("queue name", queue)?;
+            }
+            task.retry
+                .validate()
+                .map_err(|e| ManifestError(format!("task `{}`: {e}", task.id)))?;
+            if task.max_duration_secs == Some(0) {
+                return Err(ManifestError(format!(
+                    "task `{}`: max_duration must be at least 1 second",
+                    task.id
+                )));
+            }
+            if let Some(schema) = &task.payload_schema
+                && !(schema.is_object() || schema.is_boolean())
+            {
+                return Err(ManifestError(format!(
+                    "task `{}`: the payload schema must be a JSON object",
+                    task.id
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The task with this id.
+    pub fn task(&self, id: &str) -> Option<&TaskManifest> {
+        self.tasks.iter().find(|t| t.id == id)
+    }
+}
+
+/// Checks that an id is non-empty, at most [`MAX_ID_LEN`] bytes, and made of
+/// ASCII letters, digits, `-`, `_`, `.` and `/` (ids travel in URL paths).
+fn check_id(what: &str, id: &str) -> Result<(), ManifestError> {
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return Err(ManifestError(format!(
+            "{what} `{id}` must be 1 to {MAX_ID_LEN} characters long"
+        )));
+    }
+    if let Some(bad) = id
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/')))
+    {
+        return Err(ManifestError(format!(
+            "{what} `{id}` contains `{bad}`; use letters, digits, `-`, `_`, `.` and `/`"
+        )));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn task(id: &str) -> TaskManifest {
+        TaskManifest {
+            id: id.into(),
+            payload_schema: None,
+            queue: None,
+            retry: RetryPolicy::default(),
+            machine: Machine::default(),
+            max_duration_secs: None,
+            source: None,
+        }
+    }
+
+    fn manifest(tasks: Vec<TaskManifest>) -> Manifest {
+        Manifest {
+            manifest_version: MANIFEST_VERSION,
+            sdk_version: "0.1.0".into(),
+            tasks,
+        }
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = manifest(vec![task("hello-world")]);
+        let text = serde_json::to_string(&m).unwrap();
+        assert_eq!(Manifest::from_json(&text).unwrap(), m);
+    }
+
+    #[test]
+    fn defaults_fill_missing_settings() {
+        let m = Manifest::from_json(
+            r#"{"manifestVersion":1,"sdkVersion":"x","tasks":[{"id":"a"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(m.tasks[0].machine, Machine::Small1x);
+        assert_eq!(m.tasks[0].retry.max_attempts, 3);
+    }
+
+    #[test]
+    fn rejects_duplicate_and_unsafe_ids() {
+        let err = manifest(vec![task("a"), task("a")]).validate().unwrap_err();
+        assert!(err.0.contains("declared twice"), "{err}");
+        let err = manifest(vec![task("a b")]).validate().unwrap_err();
+        assert!(err.0.contains("contains ` `"), "{err}");
+        let err = manifest(vec![]).validate().unwrap_err();
+        assert!(err.0.contains("no tasks"), "{err}");
+    }
+
+    #[test]
+    fn rejects_other_manifest_versions() {
+        let mut m = manifest(vec![task("a")]);
+        m.manifest_version = 99;
+        assert!(m.validate().unwrap_err().0.contains("version 99"));
+    }
+
+    #[test]
+    fn malformed_json_names_the_problem() {
+        let err = Manifest::from_json(r#"{"tasks": 3}"#).unwrap_err();
+        assert!(err.0.starts_with("the bundle's manifest is not valid"), "{err}");
+    }
+}

@@ -1,0 +1,121 @@
+//! Newtype ids with Trigger.dev's prefixes (`run_`, `deploy_`).
+//!
+//! An id is its prefix followed by 25 lowercase base-32 characters: 10 encode
+//! the creation time in milliseconds, 15 are random. Ids therefore sort by
+//! creation time, and they are path-safe (the official SDK puts them into URL
+//! paths without encoding).
+
+use rand::Rng;
+use serde::{Deserialize, Serialize};
+
+const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
+const BODY_LEN: usize = 25;
+
+/// An id that does not have the expected shape.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{id}` is not a valid {kind} id")]
+pub struct IdError {
+    /// The kind of id expected.
+    pub kind: &'static str,
+    /// What was given.
+    pub id: String,
+}
+
+fn generate(prefix: &str, now_ms: u64) -> String {
+    let mut out = String::with_capacity(prefix.len() + BODY_LEN);
+    out.push_str(prefix);
+    for i in (0..10).rev() {
+        out.push(ALPHABET[((now_ms >> (i * 5)) & 31) as usize] as char);
+    }
+    let mut rng = rand::rng();
+    for _ in 0..15 {
+        out.push(ALPHABET[rng.random_range(0..32)] as char);
+    }
+    out
+}
+
+fn check(prefix: &str, kind: &'static str, id: &str) -> Result<(), IdError> {
+    let ok = id
+        .strip_prefix(prefix)
+        .is_some_and(|body| body.len() == BODY_LEN && body.bytes().all(|b| ALPHABET.contains(&b)));
+    if ok {
+        Ok(())
+    } else {
+        Err(IdError {
+            kind,
+            id: id.chars().take(80).collect(),
+        })
+    }
+}
+
+macro_rules! id_type {
+    ($(#[$doc:meta])* $name:ident, $prefix:literal, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+        #[serde(transparent)]
+        pub struct $name(String);
+
+        impl $name {
+            /// The id's prefix.
+            pub const PREFIX: &'static str = $prefix;
+
+            /// A new id for something created at `now_ms`.
+            pub fn generate(now_ms: u64) -> Self {
+                $name(generate($prefix, now_ms))
+            }
+
+            /// Parses an id, checking its prefix and characters.
+            pub fn parse(id: &str) -> Result<Self, IdError> {
+                check($prefix, $kind, id)?;
+                Ok($name(id.to_string()))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+    };
+}
+
+id_type!(
+    /// A run's id (`run_...`).
+    RunId,
+    "run_",
+    "run"
+);
+id_type!(
+    /// A deployment's id (`deploy_...`).
+    DeploymentId,
+    "deploy_",
+    "deployment"
+);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn generated_ids_parse_and_sort_by_time() {
+        let a = RunId::generate(1_700_000_000_000);
+        let b = RunId::generate(1_700_000_000_001);
+        assert!(a < b);
+        assert_eq!(RunId::parse(a.as_str()).unwrap(), a);
+        assert_eq!(a.as_str().len(), 4 + BODY_LEN);
+    }
+
+    #[test]
+    fn parse_rejects_wrong_shapes() {
+        assert!(RunId::parse("run_short").is_err());
+        assert!(RunId::parse("batch_0000000000000000000000000").is_err());
+        assert!(RunId::parse("run_000000000000000000000000/").is_err());
+        let deploy = DeploymentId::generate(5);
+        assert!(RunId::parse(deploy.as_str()).is_err());
+    }
+}

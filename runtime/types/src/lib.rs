@@ -1,0 +1,17 @@
+//! Kiln's vocabulary: typed ids, run statuses, and the records the server
+//! stores for deployments and runs.
+//!
+//! Everything here is plain data with serde, shared by the engine, the store
+//! and the HTTP API.
+
+mod deployment;
+mod ids;
+mod run;
+mod status;
+mod time;
+
+pub use deployment::{Deployment, DeployedTask};
+pub use ids::{DeploymentId, IdError, RunId};
+pub use run::{Attempt, AttemptOutcome, LogLine, Run, RunError};
+pub use status::RunStatus;
+pub use time::Timestamp;

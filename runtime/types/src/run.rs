@@ -1,0 +1,180 @@
+//! The run record: everything the server keeps about one run.
+
+use crate::{DeploymentId, RunId, RunStatus, Timestamp};
+use kiln_manifest::Machine;
+use serde::{Deserialize, Serialize};
+
+/// A run's error, in Trigger.dev's shape (`{message, name?, stackTrace?}`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunError {
+    /// The error's kind (`Error`, `OutOfMemory`, `Panic`...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// What went wrong.
+    pub message: String,
+    /// A stack trace or chain of causes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stack_trace: Option<String>,
+}
+
+impl RunError {
+    /// An error with a kind and a message.
+    pub fn new(name: &str, message: impl Into<String>) -> Self {
+        RunError {
+            name: Some(name.to_string()),
+            message: message.into(),
+            stack_trace: None,
+        }
+    }
+}
+
+/// How an attempt ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum AttemptOutcome {
+    /// The task returned its output.
+    Succeeded,
+    /// The task returned an error or panicked.
+    Failed,
+    /// The guest went past its memory cap.
+    Crashed,
+    /// The run went past its `maxDuration`.
+    TimedOut,
+    /// The run was canceled during the attempt.
+    Canceled,
+    /// The server stopped during the attempt; the run was queued again.
+    Interrupted,
+    /// Kiln failed the attempt.
+    SystemFailure,
+}
+
+/// One log line written by a task.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LogLine {
+    /// When it was written.
+    pub at: Timestamp,
+    /// `trace`, `debug`, `info`, `warn` or `error`.
+    pub level: String,
+    /// The message.
+    pub message: String,
+    /// Structured fields.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fields: Vec<(String, String)>,
+}
+
+/// One attempt of a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Attempt {
+    /// The attempt number, from 1.
+    pub number: u32,
+    /// The machine it ran on.
+    pub machine: Machine,
+    /// When it started.
+    pub started_at: Timestamp,
+    /// When it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+    /// How it ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<AttemptOutcome>,
+    /// Its error, if it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// Execution time in milliseconds.
+    #[serde(default)]
+    pub usage_ms: u64,
+    /// The task's log lines (the first [`Run::MAX_LOG_LINES`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub logs: Vec<LogLine>,
+}
+
+/// Everything the server keeps about a run.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Run {
+    /// The run's id.
+    pub id: RunId,
+    /// The task it runs.
+    pub task_id: String,
+    /// Where it stands.
+    pub status: RunStatus,
+    /// The deployment it is pinned to.
+    pub deployment_id: DeploymentId,
+    /// That deployment's version.
+    pub version: String,
+    /// The payload as the client sent it (a JSON document, or text).
+    pub payload: String,
+    /// The payload's type (`application/json`, `text/plain`...).
+    pub payload_type: String,
+    /// The output as JSON, once completed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+    /// The error of the last attempt, once failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<RunError>,
+    /// Tags.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Metadata, a JSON object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metadata: Option<serde_json::Value>,
+    /// The machine preset attempts run on.
+    pub machine: Machine,
+    /// Attempts in all, the first included (the task's policy, or the
+    /// trigger's `maxAttempts`).
+    pub max_attempts: u32,
+    /// The backoff between attempts.
+    #[serde(default)]
+    pub retry: kiln_manifest::RetryPolicy,
+    /// The most execution time in seconds, waits excluded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_duration_secs: Option<u64>,
+    /// The attempts so far.
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    /// When the next attempt may start (a retry's backoff).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next_attempt_at: Option<Timestamp>,
+    /// The user's idempotency key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idempotency_key: Option<String>,
+    /// Whether this is a test run.
+    #[serde(default)]
+    pub is_test: bool,
+    /// When it was triggered.
+    pub created_at: Timestamp,
+    /// When it last changed.
+    pub updated_at: Timestamp,
+    /// When its first attempt started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at: Option<Timestamp>,
+    /// When it reached a final status.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at: Option<Timestamp>,
+}
+
+impl Run {
+    /// Log lines kept per attempt.
+    pub const MAX_LOG_LINES: usize = 1_000;
+
+    /// Execution time over all attempts, in milliseconds.
+    pub fn usage_ms(&self) -> u64 {
+        self.attempts.iter().map(|a| a.usage_ms).sum()
+    }
+
+    /// Attempts that count against `max_attempts` (not those interrupted by a
+    /// server restart).
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempts
+            .iter()
+            .filter(|a| a.outcome != Some(AttemptOutcome::Interrupted))
+            .count() as u32
+    }
+
+    /// The attempt in progress, if any.
+    pub fn current_attempt_mut(&mut self) -> Option<&mut Attempt> {
+        self.attempts.last_mut().filter(|a| a.outcome.is_none())
+    }
+}
