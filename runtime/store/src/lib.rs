@@ -1,1 +1,45 @@
-//! placeholder
+//! Kiln's durable store.
+//!
+//! Two layers:
+//! - a [`Backend`]: an ordered key-value map whose writes are grouped into
+//!   atomic, durable commits. [`SledBackend`] (the default, on disk) funnels
+//!   every commit through one committer thread that applies all pending
+//!   writes, flushes and `fdatasync`s once, then acknowledges each writer
+//!   (group commit). [`MemoryBackend`] keeps everything in memory for tests.
+//! - [`Store`]: typed records (deployments, bundles, runs) over any backend,
+//!   with the key layout in one place.
+//!
+//! A writer that awaits [`Store`]'s write methods proceeds only once its
+//! write is on disk.
+
+mod backend;
+mod memory;
+mod records;
+mod sled_backend;
+
+pub use backend::{Backend, Commit, Op};
+pub use memory::MemoryBackend;
+pub use records::Store;
+pub use sled_backend::SledBackend;
+
+/// A store failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// The backend failed to read or write.
+    #[error("storage failed: {0}")]
+    Backend(String),
+    /// A stored record could not be decoded.
+    #[error("a stored record under `{key}` is corrupt: {reason}")]
+    Corrupt {
+        /// The record's key.
+        key: String,
+        /// What was wrong.
+        reason: String,
+    },
+    /// The committer has stopped (the store is shutting down).
+    #[error("the store is closed")]
+    Closed,
+}
+
+/// Shorthand for results of store calls.
+pub type Result<T, E = StoreError> = std::result::Result<T, E>;

@@ -1,0 +1,194 @@
+//! One attempt: a live instance and the calls that drive it.
+
+use crate::bindings::wit::Bundle;
+use crate::bindings::wit::kiln::task::types::{StartContext, Step, Wake};
+use crate::bundle::LoadedBundle;
+use crate::host::{HostCallStats, HostState};
+use crate::limits::Limits;
+use kiln_types::LogLine;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+use wasmtime::{Store, UpdateDeadline};
+
+/// A trap: the guest stopped without returning a step.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TrapKind {
+    /// The guest went past its memory cap.
+    #[error("out of memory: the guest asked for {requested_mib} MiB, over its cap of {limit_mib} MiB")]
+    OutOfMemory {
+        /// What it asked for, in MiB.
+        requested_mib: u64,
+        /// Its cap, in MiB.
+        limit_mib: u64,
+    },
+    /// The run used up its `maxDuration`.
+    #[error("the run exceeded its maxDuration of {0:?} of execution time")]
+    TimedOut(Duration),
+    /// The attempt was canceled.
+    #[error("the attempt was canceled")]
+    Canceled,
+    /// The guest panicked.
+    #[error("the task panicked: {0}")]
+    Panic(String),
+    /// Any other trap.
+    #[error("the guest trapped: {0}")]
+    Other(String),
+}
+
+/// Where a call left the attempt.
+#[derive(Debug, Clone)]
+pub enum StepOutcome {
+    /// The guest returned a step.
+    Step(Step),
+    /// The guest trapped.
+    Trap(TrapKind),
+}
+
+/// A live instance of a bundle running one attempt.
+pub struct Attempt {
+    store: Store<HostState>,
+    instance: Bundle,
+    canceled: Arc<AtomicBool>,
+}
+
+impl LoadedBundle {
+    /// A fresh instance with these limits.
+    pub async fn instantiate(&self, limits: Limits) -> anyhow::Result<Attempt> {
+        let engine = &self.sandbox.inner.engine;
+        let tick = self.sandbox.inner.config.epoch_tick;
+        let mut store = Store::new(engine, HostState::new(&limits));
+        store.limiter(|state| &mut state.memory);
+        store.set_epoch_deadline(1);
+        store.epoch_deadline_callback(move |mut ctx| {
+            let state = ctx.data_mut();
+            if state.is_canceled() {
+                wasmtime::bail!("canceled");
+            }
+            let clock = &mut state.clock;
+            if let Some(max) = clock.max_duration
+                && clock.used_now() > max
+            {
+                clock.timed_out = true;
+                wasmtime::bail!("maxDuration exceeded");
+            }
+            if clock.cpu < 1.0 && clock.cpu > 0.0 {
+                // Hold the CPU share: after a tick of running, pause for the
+                // rest of the share's period.
+                let pause = tick.mul_f64(1.0 / clock.cpu - 1.0);
+                clock.paused += pause;
+                return Ok(UpdateDeadline::YieldCustom(
+                    1,
+                    Box::pin(tokio::time::sleep(pause)),
+                ));
+            }
+            Ok(UpdateDeadline::Yield(1))
+        });
+        let canceled = store.data().canceled.clone();
+        let instance = self
+            .pre
+            .instantiate_async(&mut store)
+            .await
+            .map_err(anyhow::Error::from)?;
+        Ok(Attempt {
+            store,
+            instance,
+            canceled,
+        })
+    }
+}
+
+impl Attempt {
+    /// A flag that, once set, interrupts the attempt at the next epoch tick.
+    pub fn cancel_flag(&self) -> Arc<AtomicBool> {
+        self.canceled.clone()
+    }
+
+    /// Calls `describe`.
+    pub(crate) async fn describe(&mut self) -> Result<String, TrapKind> {
+        self.begin();
+        let result = self.instance.call_describe(&mut self.store).await;
+        self.end();
+        result.map_err(|e| self.classify(e))
+    }
+
+    /// Starts the attempt.
+    pub async fn start(&mut self, ctx: &StartContext) -> StepOutcome {
+        self.begin();
+        let result = self.instance.call_start(&mut self.store, ctx).await;
+        self.end();
+        self.outcome(result)
+    }
+
+    /// Delivers a wake.
+    pub async fn resume(&mut self, wake: &Wake) -> StepOutcome {
+        self.begin();
+        let result = self.instance.call_resume(&mut self.store, wake).await;
+        self.end();
+        self.outcome(result)
+    }
+
+    /// Tells the guest its run was canceled, so its cancel hooks run.
+    pub async fn cancel(&mut self, reason: &str) {
+        self.begin();
+        let _ = self.instance.call_cancel(&mut self.store, reason).await;
+        self.end();
+    }
+
+    /// Execution time used so far, waits excluded.
+    pub fn used(&self) -> Duration {
+        self.store.data().clock.used
+    }
+
+    /// Takes the log lines written since the last call.
+    pub fn take_logs(&mut self) -> Vec<LogLine> {
+        std::mem::take(&mut self.store.data_mut().logs)
+    }
+
+    /// Host calls made so far.
+    pub fn stats(&self) -> HostCallStats {
+        self.store.data().stats
+    }
+
+    fn begin(&mut self) {
+        let clock = &mut self.store.data_mut().clock;
+        clock.call_started = Some(Instant::now());
+        clock.paused = Duration::ZERO;
+        self.store.set_epoch_deadline(1);
+    }
+
+    fn end(&mut self) {
+        let clock = &mut self.store.data_mut().clock;
+        clock.used = clock.used_now();
+        clock.call_started = None;
+        clock.paused = Duration::ZERO;
+    }
+
+    fn outcome(&mut self, result: wasmtime::Result<Step>) -> StepOutcome {
+        match result {
+            Ok(step) => StepOutcome::Step(step),
+            Err(error) => StepOutcome::Trap(self.classify(error)),
+        }
+    }
+
+    /// Names a trap from what the host saw, not by parsing the error.
+    fn classify(&mut self, error: wasmtime::Error) -> TrapKind {
+        let state = self.store.data_mut();
+        if let Some(requested) = state.memory.exceeded {
+            return TrapKind::OutOfMemory {
+                requested_mib: requested >> 20,
+                limit_mib: state.memory.limit >> 20,
+            };
+        }
+        if state.clock.timed_out {
+            return TrapKind::TimedOut(state.clock.max_duration.unwrap_or_default());
+        }
+        if self.canceled.load(Ordering::Relaxed) {
+            return TrapKind::Canceled;
+        }
+        if let Some(message) = state.panic.take() {
+            return TrapKind::Panic(message);
+        }
+        TrapKind::Other(format!("{error:#}"))
+    }
+}

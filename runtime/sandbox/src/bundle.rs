@@ -1,0 +1,149 @@
+//! Bundle validation and the loaded, pre-linked bundle.
+
+use crate::bindings::wit::BundlePre;
+use crate::engine::Sandbox;
+use crate::limits::Limits;
+use kiln_manifest::{Machine, Manifest};
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use wasmtime::Engine;
+use wasmtime::component::Component;
+
+/// The interfaces a bundle may import: Kiln's own, never WASI.
+const ALLOWED_IMPORT_PREFIX: &str = "kiln:task/";
+/// The exports every bundle must have.
+const REQUIRED_EXPORTS: [&str; 4] = ["describe", "start", "resume", "cancel"];
+/// How long `describe` may run at deploy time.
+const DESCRIBE_TIME_LIMIT: Duration = Duration::from_secs(2);
+
+/// Why a bundle was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BundleError {
+    /// The bytes are not WebAssembly at all.
+    #[error("the bundle is not a WebAssembly binary ({0})")]
+    NotWasm(String),
+    /// A core module was uploaded instead of a component.
+    #[error(
+        "the bundle is a core WebAssembly module, not a component; build it with `kiln build`, which turns the module into a Kiln component"
+    )]
+    CoreModule,
+    /// The component failed validation or compilation.
+    #[error("the bundle is not a valid component: {0}")]
+    Invalid(String),
+    /// The component imports something outside the Kiln world.
+    #[error(
+        "the bundle imports `{0}`, which is outside the Kiln world: a bundle may import only kiln:task interfaces (no WASI); build it for wasm32-unknown-unknown with kiln-sdk"
+    )]
+    ForeignImport(String),
+    /// The component lacks an export of the Kiln world.
+    #[error("the bundle does not export `{0}`; is it built with kiln-sdk and `kiln_sdk::bundle!`?")]
+    MissingExport(String),
+    /// The component's imports or exports have the wrong types.
+    #[error("the bundle does not match the kiln:task/bundle world: {0}")]
+    Link(String),
+    /// `describe` failed or returned a bad manifest.
+    #[error("the bundle's manifest could not be read: {0}")]
+    Manifest(String),
+}
+
+/// The SHA-256 of a bundle's bytes, in hex.
+pub fn content_hash(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Tells components, core modules and non-WebAssembly apart.
+pub(crate) fn check_header(bytes: &[u8]) -> Result<(), BundleError> {
+    if wasmparser::Parser::is_component(bytes) {
+        return Ok(());
+    }
+    if wasmparser::Parser::is_core_wasm(bytes) {
+        return Err(BundleError::CoreModule);
+    }
+    let head: Vec<String> = bytes.iter().take(8).map(|b| format!("{b:02x}")).collect();
+    Err(BundleError::NotWasm(if bytes.is_empty() {
+        "it is empty".into()
+    } else {
+        format!(
+            "it starts with {} instead of the magic 00 61 73 6d",
+            head.join(" ")
+        )
+    }))
+}
+
+/// Checks that the component imports only Kiln interfaces and has every
+/// export of the world.
+pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), BundleError> {
+    let ty = component.component_type();
+    if let Some((name, _)) = ty
+        .imports(engine)
+        .find(|(name, _)| !name.starts_with(ALLOWED_IMPORT_PREFIX))
+    {
+        return Err(BundleError::ForeignImport(name.to_string()));
+    }
+    let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
+    if let Some(missing) = REQUIRED_EXPORTS.iter().find(|e| !exports.contains(e)) {
+        return Err(BundleError::MissingExport((*missing).to_string()));
+    }
+    Ok(())
+}
+
+/// A validated bundle, compiled and pre-linked, with its manifest.
+#[derive(Clone)]
+pub struct LoadedBundle {
+    pub(crate) sandbox: Sandbox,
+    pub(crate) pre: BundlePre<crate::host::HostState>,
+    hash: String,
+    manifest: Manifest,
+}
+
+impl std::fmt::Debug for LoadedBundle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadedBundle")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
+
+impl LoadedBundle {
+    pub(crate) async fn new(
+        sandbox: Sandbox,
+        hash: String,
+        pre: BundlePre<crate::host::HostState>,
+    ) -> Result<Self, BundleError> {
+        let mut bundle = LoadedBundle {
+            sandbox,
+            pre,
+            hash,
+            manifest: Manifest {
+                manifest_version: 0,
+                sdk_version: String::new(),
+                tasks: Vec::new(),
+            },
+        };
+        let limits = Limits {
+            max_duration: Some(DESCRIBE_TIME_LIMIT),
+            ..Limits::for_machine(Machine::Small2x, None)
+        };
+        let mut attempt = bundle
+            .instantiate(limits)
+            .await
+            .map_err(|e| BundleError::Manifest(e.to_string()))?;
+        let text = attempt
+            .describe()
+            .await
+            .map_err(|trap| BundleError::Manifest(format!("`describe` trapped: {trap}")))?;
+        bundle.manifest =
+            Manifest::from_json(&text).map_err(|e| BundleError::Manifest(e.to_string()))?;
+        Ok(bundle)
+    }
+
+    /// The bundle's content hash.
+    pub fn content_hash(&self) -> &str {
+        &self.hash
+    }
+
+    /// The bundle's manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+}

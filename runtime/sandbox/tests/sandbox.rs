@@ -1,0 +1,134 @@
+//! The sandbox against real bundles built from `examples/` and test guests.
+
+use kiln_manifest::Machine;
+use kiln_sandbox::wit::kiln::task::types::{StartContext, Step};
+use kiln_sandbox::{BundleError, Limits, Sandbox, SandboxConfig, StepOutcome, TrapKind};
+use std::time::Duration;
+
+fn sandbox(dir: &tempfile::TempDir) -> Sandbox {
+    Sandbox::new(SandboxConfig::new(dir.path().join("compiled"))).unwrap()
+}
+
+fn ctx(task: &str, payload: &str) -> StartContext {
+    StartContext {
+        run_id: "run_test".into(),
+        task_id: task.into(),
+        attempt: 1,
+        environment: "dev".into(),
+        version: "1".into(),
+        machine: "small-1x".into(),
+        tags: vec![],
+        payload: payload.into(),
+        metadata: "{}".into(),
+        created_at_ms: 0,
+    }
+}
+
+#[tokio::test]
+async fn hello_world_completes_and_logs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox(&dir);
+    let bundle = sandbox.load(&kiln_fixtures::read(kiln_fixtures::HELLO_WORLD)).await.unwrap();
+    assert_eq!(bundle.manifest().tasks[0].id, "hello-world");
+    let mut attempt = bundle
+        .instantiate(Limits::for_machine(Machine::Small1x, None))
+        .await
+        .unwrap();
+    match attempt.start(&ctx("hello-world", r#"{"name":"Ada"}"#)).await {
+        StepOutcome::Step(Step::Completed(out)) => assert_eq!(out, r#"{"message":"Hello, Ada!"}"#),
+        other => panic!("unexpected {other:?}"),
+    }
+    let logs = attempt.take_logs();
+    assert_eq!(logs[0].message, "greeting");
+    assert_eq!(logs[0].fields, vec![("name".to_string(), "Ada".to_string())]);
+    // The compiled artifact is cached by content hash.
+    let cached = dir.path().join("compiled").join(format!("{}.cwasm", bundle.content_hash()));
+    assert!(cached.exists());
+}
+
+#[tokio::test]
+async fn the_schema_task_carries_its_schema() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = sandbox(&dir)
+        .load(&kiln_fixtures::read(kiln_fixtures::CSV_EXPORT))
+        .await
+        .unwrap();
+    let schema = bundle.manifest().tasks[0].payload_schema.clone().unwrap();
+    assert_eq!(schema["properties"]["organizationId"]["format"], "uuid");
+    assert_eq!(schema["properties"]["since"]["format"], "date");
+}
+
+#[tokio::test]
+async fn malformed_bundles_are_refused_with_a_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox(&dir);
+    let err = sandbox.load(b"definitely not wasm").await.unwrap_err();
+    assert!(matches!(err, BundleError::NotWasm(_)), "{err}");
+    let core = wat::parse_str("(module)").unwrap();
+    assert_eq!(sandbox.load(&core).await.unwrap_err(), BundleError::CoreModule);
+    let wasi = wat::parse_str(
+        r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#,
+    )
+    .unwrap();
+    let err = sandbox.load(&wasi).await.unwrap_err();
+    assert_eq!(err, BundleError::ForeignImport("wasi:cli/environment@0.2.0".into()));
+    assert!(err.to_string().contains("no WASI"), "{err}");
+    let empty = wat::parse_str("(component)").unwrap();
+    let err = sandbox.load(&empty).await.unwrap_err();
+    assert_eq!(err, BundleError::MissingExport("describe".into()));
+}
+
+#[tokio::test]
+async fn memory_past_the_cap_is_out_of_memory() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = sandbox(&dir).load(&kiln_fixtures::read(kiln_fixtures::LIMITS)).await.unwrap();
+    let mut attempt = bundle
+        .instantiate(Limits::for_machine(Machine::Micro, None))
+        .await
+        .unwrap();
+    match attempt.start(&ctx("allocate", r#"{"mib": 400}"#)).await {
+        StepOutcome::Trap(TrapKind::OutOfMemory { limit_mib, .. }) => assert_eq!(limit_mib, 256),
+        other => panic!("unexpected {other:?}"),
+    }
+    // Within the cap the same task completes.
+    let mut attempt = bundle
+        .instantiate(Limits::for_machine(Machine::Micro, None))
+        .await
+        .unwrap();
+    assert!(matches!(
+        attempt.start(&ctx("allocate", r#"{"mib": 64}"#)).await,
+        StepOutcome::Step(Step::Completed(_))
+    ));
+}
+
+#[tokio::test]
+async fn a_busy_loop_past_max_duration_times_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = sandbox(&dir).load(&kiln_fixtures::read(kiln_fixtures::LIMITS)).await.unwrap();
+    let limits = Limits::for_machine(Machine::Small2x, Some(Duration::from_millis(200)));
+    let mut attempt = bundle.instantiate(limits).await.unwrap();
+    let started = std::time::Instant::now();
+    let outcome = attempt.start(&ctx("spin", r#"{"iterations": 100000000000}"#)).await;
+    assert!(matches!(outcome, StepOutcome::Trap(TrapKind::TimedOut(_))), "{outcome:?}");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert!(attempt.used() >= Duration::from_millis(200));
+}
+
+#[tokio::test]
+async fn panics_and_unsupported_imports_are_reported() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = sandbox(&dir).load(&kiln_fixtures::read(kiln_fixtures::PROBE)).await.unwrap();
+    let limits = Limits::for_machine(Machine::Small1x, None);
+    let mut attempt = bundle.instantiate(limits).await.unwrap();
+    match attempt.start(&ctx("panic", r#"{"message":"kaboom"}"#)).await {
+        StepOutcome::Trap(TrapKind::Panic(message)) => assert!(message.contains("kaboom"), "{message}"),
+        other => panic!("unexpected {other:?}"),
+    }
+    let mut attempt = bundle.instantiate(limits).await.unwrap();
+    match attempt.start(&ctx("unsupported", "null")).await {
+        StepOutcome::Step(Step::Completed(out)) => {
+            assert!(out.contains("Unsupported") && out.contains("trigger"), "{out}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -1,0 +1,33 @@
+//! The key-value backend trait that every store implementation provides.
+
+use crate::Result;
+use std::future::Future;
+use std::pin::Pin;
+
+/// One write of a commit.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// Set `key` to `value`.
+    Put(Vec<u8>, Vec<u8>),
+    /// Remove `key`.
+    Delete(Vec<u8>),
+}
+
+/// A commit in flight: resolves once its writes are durable.
+pub type Commit = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
+
+/// An ordered key-value map with atomic, durable, group-committed writes.
+pub trait Backend: Send + Sync + 'static {
+    /// The value under `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>>;
+
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
+    /// The last entry whose key starts with `prefix`.
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
+
+    /// Applies `ops` atomically; the returned future resolves once they are
+    /// durable.
+    fn commit(&self, ops: Vec<Op>) -> Commit;
+}

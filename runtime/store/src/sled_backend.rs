@@ -1,0 +1,127 @@
+//! The sled backend, made durable by a group committer.
+//!
+//! sled 0.34's `flush()` is not durable on Linux (it uses `sync_file_range`),
+//! and its `flush_async()` deadlocks under concurrent callers. So one
+//! committer thread owns durability: it drains every pending commit, applies
+//! them as one atomic sled batch, calls `flush()`, then `fdatasync`s sled's
+//! data file, and only then acknowledges each writer.
+
+use crate::backend::{Backend, Commit, Op};
+use crate::{Result, StoreError};
+use std::path::Path;
+use std::sync::mpsc;
+use tokio::sync::oneshot;
+
+/// How many commits one group takes at most.
+const MAX_GROUP: usize = 4_096;
+
+type Request = (Vec<Op>, oneshot::Sender<Result<()>>);
+
+/// A sled database in a directory, with group-committed durable writes.
+pub struct SledBackend {
+    tree: sled::Db,
+    committer: mpsc::Sender<Request>,
+}
+
+impl std::fmt::Debug for SledBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SledBackend").finish_non_exhaustive()
+    }
+}
+
+fn backend_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+impl SledBackend {
+    /// Opens (or creates) the database in `dir` and starts its committer.
+    pub fn open(dir: &Path) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(backend_error)?;
+        let db = sled::Config::new()
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open()
+            .map_err(|e| StoreError::Backend(format!("opening the store in {}: {e}", dir.display())))?;
+        let data_file = std::fs::OpenOptions::new()
+            .read(true)
+            .open(dir.join("db"))
+            .map_err(|e| StoreError::Backend(format!("opening sled's data file: {e}")))?;
+        let (tx, rx) = mpsc::channel::<Request>();
+        let committer_db = db.clone();
+        std::thread::Builder::new()
+            .name("kiln-committer".into())
+            .spawn(move || run_committer(committer_db, data_file, rx))
+            .map_err(backend_error)?;
+        Ok(SledBackend {
+            tree: db,
+            committer: tx,
+        })
+    }
+}
+
+fn run_committer(db: sled::Db, data_file: std::fs::File, requests: mpsc::Receiver<Request>) {
+    while let Ok(first) = requests.recv() {
+        let mut group = vec![first];
+        while group.len() < MAX_GROUP {
+            match requests.try_recv() {
+                Ok(more) => group.push(more),
+                Err(_) => break,
+            }
+        }
+        let mut batch = sled::Batch::default();
+        for (ops, _) in &mut group {
+            for op in ops.drain(..) {
+                match op {
+                    Op::Put(k, v) => batch.insert(k, v),
+                    Op::Delete(k) => batch.remove(k),
+                }
+            }
+        }
+        let result = db
+            .apply_batch(batch)
+            .and_then(|()| db.flush().map(|_| ()))
+            .map_err(backend_error)
+            .and_then(|()| data_file.sync_data().map_err(backend_error));
+        if let Err(error) = &result {
+            tracing::error!(%error, "a group commit failed");
+        }
+        for (_, ack) in group {
+            let _ = ack.send(result.clone());
+        }
+    }
+}
+
+impl Backend for SledBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(self.tree.get(key).map_err(backend_error)?.map(|v| v.to_vec()))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.tree
+            .scan_prefix(prefix)
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(backend_error)
+            })
+            .collect()
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        match self.tree.scan_prefix(prefix).next_back() {
+            Some(entry) => entry
+                .map(|(k, v)| Some((k.to_vec(), v.to_vec())))
+                .map_err(backend_error),
+            None => Ok(None),
+        }
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Commit {
+        let (ack, done) = oneshot::channel();
+        let sent = self.committer.send((ops, ack));
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            done.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+}
