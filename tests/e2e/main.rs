@@ -1,1 +1,10 @@
+//! End-to-end tests: the real `kiln` binary, started on a loopback port,
+//! driven over HTTP and through its CLI, with bundles built from `examples/`
+//! and `tests/guests/` by the fixtures' build script.
 
+mod harness;
+
+mod deploy;
+mod limits;
+mod restart;
+mod runs;

@@ -1,1 +1,59 @@
-fn main() {}
+//! `kiln`: the Kiln server and the command-line client for it.
+
+mod client;
+mod commands;
+mod output;
+
+use clap::{Parser, Subcommand};
+
+/// Kiln: durable background tasks compiled to WebAssembly.
+#[derive(Debug, Parser)]
+#[command(name = "kiln", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the server.
+    Serve(commands::serve::Args),
+    /// Build a guest crate into a component bundle.
+    Build(commands::build::Args),
+    /// Deploy a bundle as the new version.
+    Deploy(commands::deploy::Args),
+    /// Trigger a run of a task.
+    Trigger(commands::trigger::Args),
+    /// Inspect runs.
+    #[command(subcommand)]
+    Runs(commands::runs::Command),
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Build(args) => commands::build::run(args),
+        command => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .map_err(anyhow::Error::from)
+            .and_then(|rt| {
+                rt.block_on(async move {
+                    match command {
+                        Command::Serve(args) => commands::serve::run(args).await,
+                        Command::Deploy(args) => commands::deploy::run(args).await,
+                        Command::Trigger(args) => commands::trigger::run(args).await,
+                        Command::Runs(command) => commands::runs::run(command).await,
+                        Command::Build(_) => unreachable!("handled above"),
+                    }
+                })
+            }),
+    };
+    match result {
+        Ok(code) => code,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,1 +1,23 @@
-//! placeholder
+//! The Kiln server: the Trigger.dev-compatible HTTP API over the engine, the
+//! store and the sandbox.
+//!
+//! - [`api`]: axum routes in Trigger.dev's wire format (trigger, retrieve)
+//!   plus Kiln's deployments, with bearer-key auth and `{"error": ...}` bodies.
+//! - [`executor`]: takes queued runs, runs their attempts in the sandbox, and
+//!   applies the outcomes through the engine's transitions.
+//! - [`Server`]: opens the data directory, recovers unfinished runs, and
+//!   serves.
+
+pub mod api;
+mod config;
+mod deployments;
+pub mod executor;
+mod jwt;
+mod notify;
+mod payload;
+mod secret;
+mod server;
+
+pub use config::ServerConfig;
+pub use secret::{generate_secret_key, is_secret_key};
+pub use server::Server;

@@ -7,7 +7,7 @@
 //! | `run/<run id>` | [`Run`] (JSON) |
 //! | `active/<run id>` | empty: the run is not final (read at start-up) |
 
-use crate::backend::{Backend, Op};
+use crate::backend::{Backend, Commit, Op};
 use crate::{Result, StoreError};
 use kiln_types::{Deployment, Run, RunId};
 use serde::Serialize;
@@ -55,19 +55,21 @@ impl Store {
         Store { backend }
     }
 
-    /// Saves a deployment with its bundle, durably.
-    pub async fn put_deployment(&self, deployment: &Deployment, bundle: &[u8]) -> Result<()> {
+    /// Saves a deployment with its bundle. The write is handed to the
+    /// committer at once; the returned future resolves when it is durable.
+    pub fn put_deployment(&self, deployment: &Deployment, bundle: &[u8]) -> Commit {
+        let record = match encode(deployment) {
+            Ok(record) => record,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let ops = vec![
             Op::Put(
                 key(BUNDLE, deployment.content_hash.as_bytes()),
                 bundle.to_vec(),
             ),
-            Op::Put(
-                key(DEPLOY, &deployment.sequence.to_be_bytes()),
-                encode(deployment)?,
-            ),
+            Op::Put(key(DEPLOY, &deployment.sequence.to_be_bytes()), record),
         ];
-        self.backend.commit(ops).await
+        self.backend.commit(ops)
     }
 
     /// Every deployment, oldest first.
@@ -92,8 +94,14 @@ impl Store {
         self.backend.get(&key(BUNDLE, content_hash.as_bytes()))
     }
 
-    /// Saves a run, durably, keeping the index of unfinished runs in step.
-    pub async fn put_run(&self, run: &Run) -> Result<()> {
+    /// Saves a run, keeping the index of unfinished runs in step. The write
+    /// is handed to the committer at once (so dropping the returned future
+    /// does not cancel it); the future resolves when it is durable.
+    pub fn put_run(&self, run: &Run) -> Commit {
+        let record = match encode(run) {
+            Ok(record) => record,
+            Err(e) => return Box::pin(std::future::ready(Err(e))),
+        };
         let id = run.id.as_str().as_bytes();
         let active = if run.status.is_final() {
             Op::Delete(key(ACTIVE, id))
@@ -101,8 +109,7 @@ impl Store {
             Op::Put(key(ACTIVE, id), Vec::new())
         };
         self.backend
-            .commit(vec![Op::Put(key(RUN, id), encode(run)?), active])
-            .await
+            .commit(vec![Op::Put(key(RUN, id), record), active])
     }
 
     /// A run by id.

@@ -1,0 +1,7 @@
+//! One module per subcommand.
+
+pub mod build;
+pub mod deploy;
+pub mod runs;
+pub mod serve;
+pub mod trigger;

@@ -1,0 +1,45 @@
+//! `kiln serve`.
+
+use kiln_server::{Server, ServerConfig};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+/// Run the server.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// Where Kiln keeps its store, compiled bundles and API key.
+    #[arg(long, default_value = ".kiln", env = "KILN_DATA_DIR")]
+    data_dir: PathBuf,
+    /// The address to listen on.
+    #[arg(long, default_value = "127.0.0.1:3030", env = "KILN_LISTEN")]
+    listen: SocketAddr,
+    /// How many attempts execute at once (default: 8 per CPU core).
+    #[arg(long, env = "KILN_CONCURRENCY")]
+    concurrency: Option<usize>,
+}
+
+/// Starts the server and serves until stopped.
+pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("KILN_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let mut config = ServerConfig::new(args.data_dir.clone(), args.listen);
+    config.secret_key = std::env::var("KILN_SECRET_KEY").ok().filter(|k| !k.is_empty());
+    if let Some(n) = args.concurrency {
+        config.concurrency = n.max(1);
+    }
+    let server = Server::open(config).await?;
+    let addr = server.local_addr()?;
+    if server.generated_key() {
+        println!("Generated an API key (kept in {}):", args.data_dir.join("secret-key").display());
+        println!("  export KILN_SECRET_KEY={}", server.secret_key());
+    }
+    println!("Kiln is listening on http://{addr} (data in {})", args.data_dir.display());
+    server.serve().await?;
+    Ok(ExitCode::SUCCESS)
+}

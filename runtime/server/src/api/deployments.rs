@@ -1,0 +1,48 @@
+//! `POST /api/v1/deployments` and `GET /api/v1/deployments`.
+
+use super::{ApiError, AppState};
+use crate::deployments::DeployError;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::State;
+use kiln_sandbox::BundleError;
+use kiln_types::Deployment;
+use serde_json::{Value, json};
+
+fn view(d: &Deployment) -> Value {
+    json!({
+        "id": d.id,
+        "version": d.version,
+        "contentHash": d.content_hash,
+        "sizeBytes": d.size_bytes,
+        "createdAt": d.created_at.to_iso(),
+        "tasks": d.tasks(),
+    })
+}
+
+/// Deploys the bundle in the body as the new current version.
+pub(super) async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+    if body.is_empty() {
+        return Err(ApiError::bad_request(
+            "The body must be the bundle's bytes (build one with `kiln build`)",
+        ));
+    }
+    match state.deployments.deploy(&body).await {
+        Ok(deployed) => {
+            tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), "deployed");
+            Ok(Json(view(&deployed.record)))
+        }
+        Err(DeployError::Bundle(error @ (BundleError::NotWasm(_) | BundleError::CoreModule))) => {
+            Err(ApiError::bad_request(error.to_string()))
+        }
+        Err(DeployError::Bundle(error)) => Err(ApiError::unprocessable(error.to_string())),
+        Err(DeployError::Store(error)) => Err(error.into()),
+    }
+}
+
+/// Lists deployments, newest first.
+pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let mut all = state.deployments.list()?;
+    all.reverse();
+    Ok(Json(json!({ "data": all.iter().map(view).collect::<Vec<_>>() })))
+}

@@ -1,0 +1,86 @@
+//! The HTTP API: Trigger.dev's wire format plus Kiln's deployments.
+//!
+//! | route | what |
+//! |---|---|
+//! | `POST /api/v1/tasks/{taskId}/trigger` | trigger a run |
+//! | `GET /api/v3/runs/{runId}` | retrieve a run (`?wait=MS` waits for it to finish, at most 60 s) |
+//! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
+//! | `GET /api/v1/deployments` | list deployments |
+//! | `GET /healthz` | liveness, no auth |
+
+mod deployments;
+mod error;
+mod runs;
+
+pub use error::ApiError;
+
+use crate::deployments::Deployments;
+use crate::executor::Executor;
+use crate::notify::Notifier;
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use axum::routing::{get, post};
+use kiln_store::Store;
+use std::sync::Arc;
+
+/// The largest bundle a deploy accepts.
+pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
+/// The largest trigger body accepted (a 10 MB payload plus its envelope).
+pub const MAX_TRIGGER_BYTES: usize = 11 * 1024 * 1024;
+
+/// What every handler shares.
+#[derive(Clone)]
+pub struct AppState {
+    pub(crate) store: Store,
+    pub(crate) deployments: Arc<Deployments>,
+    pub(crate) executor: Executor,
+    pub(crate) notifier: Arc<Notifier>,
+    pub(crate) secret_key: Arc<str>,
+    pub(crate) environment: Arc<str>,
+}
+
+/// The API's router.
+pub fn router(state: AppState) -> Router {
+    let authed = Router::new()
+        .route("/api/v1/tasks/{task_id}/trigger", post(runs::trigger))
+        .route("/api/v3/runs/{run_id}", get(runs::retrieve))
+        .route(
+            "/api/v1/deployments",
+            post(deployments::create)
+                .get(deployments::list)
+                .layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
+        )
+        .layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES))
+        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .merge(authed)
+        .fallback(|| async { ApiError::not_found("No such route") })
+        .with_state(state)
+}
+
+/// Checks `Authorization: Bearer <secret key>`.
+async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    let given = request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    match given {
+        Some(key) if constant_time_eq(key.as_bytes(), state.secret_key.as_bytes()) => {
+            Ok(next.run(request).await)
+        }
+        Some(_) => Err(ApiError::unauthorized("Invalid API key")),
+        None => Err(ApiError::unauthorized(
+            "Missing API key: send `Authorization: Bearer <secret key>`",
+        )),
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}

@@ -1,0 +1,257 @@
+//! Triggering and retrieving runs.
+
+use super::{ApiError, AppState};
+use crate::executor::MAX_OUTPUT_BYTES;
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::HeaderMap;
+use axum::response::IntoResponse;
+use kiln_manifest::Machine;
+use kiln_types::{Run, RunId, RunStatus, Timestamp};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+use std::time::Duration;
+
+/// The longest a retrieve waits for a run to finish.
+const MAX_WAIT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TriggerBody {
+    payload: Option<Value>,
+    #[serde(default)]
+    options: TriggerOptions,
+}
+
+/// The trigger options this server acts on; the others of the wire format
+/// are accepted and ignored until their issue lands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct TriggerOptions {
+    payload_type: Option<String>,
+    tags: Option<Value>,
+    max_attempts: Option<u32>,
+    max_duration: Option<u64>,
+    machine: Option<String>,
+    metadata: Option<Value>,
+    #[serde(default)]
+    test: bool,
+}
+
+fn tags(value: Option<Value>) -> Result<Vec<String>, ApiError> {
+    let tags = match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|t| match t {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::bad_request("tags must be strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(ApiError::bad_request("tags must be a string or an array of strings")),
+    };
+    if tags.len() > 10 {
+        return Err(ApiError::bad_request("a run may have at most 10 tags"));
+    }
+    if let Some(long) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
+        return Err(ApiError::bad_request(format!("tag `{long}` must be 1 to 128 characters")));
+    }
+    Ok(tags)
+}
+
+/// `POST /api/v1/tasks/{taskId}/trigger`.
+pub(super) async fn trigger(
+    State(state): State<AppState>,
+    Path(task_id): Path<String>,
+    body: Bytes,
+) -> Result<impl IntoResponse, ApiError> {
+    if body.len() > MAX_OUTPUT_BYTES + 64 * 1024 {
+        return Err(ApiError::too_large(format!(
+            "The request is {} bytes; payloads are limited to {MAX_OUTPUT_BYTES} bytes",
+            body.len()
+        )));
+    }
+    let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
+        TriggerBody { payload: None, options: TriggerOptions::default() }
+    } else {
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
+    };
+    let Some(deployed) = state.deployments.current() else {
+        return Err(ApiError::not_found(format!(
+            "Task `{task_id}` not found: nothing is deployed yet (deploy a bundle with `kiln deploy`)"
+        )));
+    };
+    let Some(task) = deployed.record.manifest.task(&task_id) else {
+        return Err(ApiError::not_found(format!(
+            "Task `{task_id}` not found in version {}",
+            deployed.record.version
+        )));
+    };
+    let options = body.options;
+    // The SDK sends the payload as a string packet; plain JSON values are
+    // accepted too, for curl users.
+    let (payload_text, payload_type) = match body.payload {
+        None | Some(Value::Null) => (None, options.payload_type.unwrap_or_else(|| "application/json".into())),
+        Some(Value::String(s)) => (Some(s), options.payload_type.unwrap_or_else(|| "application/json".into())),
+        Some(other) => (Some(other.to_string()), "application/json".into()),
+    };
+    let payload = crate::payload::to_json(payload_text.as_deref(), &payload_type)
+        .map_err(ApiError::bad_request)?;
+    deployed
+        .validate_payload(&task_id, &payload)
+        .map_err(ApiError::unprocessable)?;
+    let machine = match options.machine.as_deref() {
+        Some(name) => name.parse::<Machine>().map_err(|e| ApiError::bad_request(e.to_string()))?,
+        None => task.machine,
+    };
+    if options.max_attempts == Some(0) {
+        return Err(ApiError::bad_request("maxAttempts must be at least 1"));
+    }
+    if options.max_duration == Some(0) {
+        return Err(ApiError::bad_request("maxDuration must be at least 1 second"));
+    }
+    if let Some(metadata) = &options.metadata
+        && !metadata.is_object()
+    {
+        return Err(ApiError::bad_request("metadata must be a JSON object"));
+    }
+    let now = Timestamp::now();
+    let run = Run {
+        id: RunId::generate(now.as_millis()),
+        task_id: task_id.clone(),
+        status: RunStatus::Queued,
+        deployment_id: deployed.record.id.clone(),
+        version: deployed.record.version.clone(),
+        payload: payload_text.unwrap_or_else(|| "null".into()),
+        payload_type: if payload_type == "application/super+json" { "application/json".into() } else { payload_type },
+        output: None,
+        error: None,
+        tags: tags(options.tags)?,
+        metadata: options.metadata,
+        machine,
+        max_attempts: options.max_attempts.unwrap_or(task.retry.max_attempts),
+        retry: task.retry.clone(),
+        max_duration_secs: options.max_duration.or(task.max_duration_secs),
+        attempts: Vec::new(),
+        next_attempt_at: None,
+        idempotency_key: None,
+        is_test: options.test,
+        created_at: now,
+        updated_at: now,
+        started_at: None,
+        finished_at: None,
+    };
+    // A super+json payload is stored as its plain JSON value.
+    let run = Run { payload: if run.payload_type == "application/json" && run.payload != "null" { payload.to_string() } else { run.payload }, ..run };
+    state.store.put_run(&run).await?;
+    state.executor.enqueue(run.id.clone());
+    let jwt = crate::jwt::sign(
+        &state.secret_key,
+        &state.environment,
+        &[format!("read:runs:{}", run.id)],
+        now.as_millis() / 1000,
+    );
+    let mut headers = HeaderMap::new();
+    if let Ok(value) = jwt.parse() {
+        headers.insert("x-trigger-jwt", value);
+    }
+    Ok((headers, Json(json!({ "id": run.id }))))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RetrieveQuery {
+    /// Wait up to this many milliseconds for the run to finish.
+    wait: Option<u64>,
+}
+
+/// `GET /api/v3/runs/{runId}`.
+pub(super) async fn retrieve(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    Query(query): Query<RetrieveQuery>,
+) -> Result<Json<Value>, ApiError> {
+    let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
+    let wait = query.wait.map(Duration::from_millis).unwrap_or_default().min(MAX_WAIT);
+    let mut run = state.store.run(&id)?.ok_or_else(|| ApiError::not_found("Run not found"))?;
+    if !wait.is_zero() && !run.status.is_final() {
+        let finished = state.notifier.subscribe(&id);
+        // Re-read after subscribing so a finish in between is not missed.
+        run = state.store.run(&id)?.ok_or_else(|| ApiError::not_found("Run not found"))?;
+        if !run.status.is_final() {
+            let _ = tokio::time::timeout(wait, finished).await;
+            run = state.store.run(&id)?.ok_or_else(|| ApiError::not_found("Run not found"))?;
+        }
+    }
+    Ok(Json(retrieve_view(&run)))
+}
+
+fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
+    if let Some(v) = value {
+        map.insert(key.to_string(), v);
+    }
+}
+
+/// The fields common to retrieve and list items.
+fn common_view(run: &Run) -> Map<String, Value> {
+    let s = run.status;
+    let mut map = Map::new();
+    map.insert("id".into(), json!(run.id));
+    map.insert("status".into(), json!(s.as_str()));
+    map.insert("taskIdentifier".into(), json!(run.task_id));
+    map.insert("isQueued".into(), json!(s.is_queued()));
+    map.insert("isExecuting".into(), json!(s.is_executing()));
+    map.insert("isWaiting".into(), json!(s.is_waiting()));
+    map.insert("isCompleted".into(), json!(s.is_final()));
+    map.insert("isSuccess".into(), json!(s.is_success()));
+    map.insert("isFailed".into(), json!(s.is_failed()));
+    map.insert("isCancelled".into(), json!(s.is_cancelled()));
+    map.insert("isTest".into(), json!(run.is_test));
+    map.insert("createdAt".into(), json!(run.created_at.to_iso()));
+    map.insert("updatedAt".into(), json!(run.updated_at.to_iso()));
+    map.insert("tags".into(), json!(run.tags));
+    map.insert("costInCents".into(), json!(0));
+    map.insert("baseCostInCents".into(), json!(0));
+    map.insert("durationMs".into(), json!(run.usage_ms()));
+    map.insert("version".into(), json!(run.version));
+    insert_opt(&mut map, "idempotencyKey", run.idempotency_key.as_ref().map(|k| json!(k)));
+    insert_opt(&mut map, "startedAt", run.started_at.map(|t| json!(t.to_iso())));
+    insert_opt(&mut map, "finishedAt", run.finished_at.map(|t| json!(t.to_iso())));
+    insert_opt(&mut map, "metadata", run.metadata.clone());
+    map.insert("taskKind".into(), json!("STANDARD"));
+    map
+}
+
+/// The full retrieve shape.
+pub(crate) fn retrieve_view(run: &Run) -> Value {
+    let mut map = common_view(run);
+    map.insert("depth".into(), json!(0));
+    map.insert("triggerFunction".into(), json!("trigger"));
+    map.insert("relatedRuns".into(), json!({}));
+    map.insert("attemptCount".into(), json!(run.attempts.len()));
+    map.insert("machine".into(), json!(run.machine.name()));
+    let payload = crate::payload::to_json(Some(&run.payload), &run.payload_type).unwrap_or(Value::Null);
+    map.insert("payload".into(), payload);
+    insert_opt(&mut map, "output", run.output.as_deref().map(|o| serde_json::from_str(o).unwrap_or(Value::Null)));
+    if run.output.is_some() {
+        map.insert("outputType".into(), json!("application/json"));
+    }
+    insert_opt(&mut map, "error", run.error.as_ref().map(|e| json!(e)));
+    map.insert(
+        "attempts".into(),
+        json!(run.attempts.iter().map(|a| {
+            let mut m = Map::new();
+            m.insert("number".into(), json!(a.number));
+            m.insert("machine".into(), json!(a.machine.name()));
+            m.insert("startedAt".into(), json!(a.started_at.to_iso()));
+            insert_opt(&mut m, "finishedAt", a.finished_at.map(|t| json!(t.to_iso())));
+            insert_opt(&mut m, "outcome", a.outcome.map(|o| json!(o)));
+            insert_opt(&mut m, "error", a.error.as_ref().map(|e| json!(e)));
+            m.insert("usageMs".into(), json!(a.usage_ms));
+            m.insert("logs".into(), json!(a.logs.iter().map(|l| json!({"at": l.at.to_iso(), "level": l.level, "message": l.message, "fields": l.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<String, Value>>()})).collect::<Vec<_>>()));
+            Value::Object(m)
+        }).collect::<Vec<_>>()),
+    );
+    Value::Object(map)
+}

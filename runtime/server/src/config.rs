@@ -1,0 +1,35 @@
+//! Server settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How a server is set up.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data directory (store, compiled artifacts, secret key).
+    pub data_dir: PathBuf,
+    /// The address to listen on.
+    pub listen: SocketAddr,
+    /// The API key; generated and kept in the data directory when `None`.
+    pub secret_key: Option<String>,
+    /// How many attempts execute at once.
+    pub concurrency: usize,
+    /// The environment runs belong to.
+    pub environment: String,
+}
+
+impl ServerConfig {
+    /// Defaults for a data directory and address.
+    pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
+        ServerConfig {
+            data_dir,
+            listen,
+            secret_key: None,
+            concurrency: (cores * 8).clamp(4, 128),
+            environment: "dev".into(),
+        }
+    }
+}

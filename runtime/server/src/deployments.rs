@@ -1,0 +1,191 @@
+//! Deployed bundles: each deploy is a new version; runs stay pinned to the
+//! version they were triggered on.
+
+use kiln_sandbox::{BundleError, LoadedBundle, Sandbox};
+use kiln_store::{Store, StoreError};
+use kiln_types::{Deployment, DeploymentId, Timestamp};
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// A deployment with its loaded bundle and payload validators.
+pub struct Deployed {
+    /// The stored record.
+    pub record: Deployment,
+    /// The compiled, pre-linked bundle.
+    pub bundle: LoadedBundle,
+    validators: HashMap<String, Arc<jsonschema::Validator>>,
+}
+
+impl Deployed {
+    fn new(record: Deployment, bundle: LoadedBundle) -> Result<Self, DeployError> {
+        let mut validators = HashMap::new();
+        for task in &bundle.manifest().tasks {
+            if let Some(schema) = &task.payload_schema {
+                let validator = jsonschema::options()
+                    .should_validate_formats(true)
+                    .build(schema)
+                    .map_err(|e| {
+                        DeployError::Bundle(BundleError::Manifest(format!(
+                            "task `{}` has an invalid payload schema: {e}",
+                            task.id
+                        )))
+                    })?;
+                validators.insert(task.id.clone(), Arc::new(validator));
+            }
+        }
+        Ok(Deployed {
+            record,
+            bundle,
+            validators,
+        })
+    }
+
+    /// Checks a payload against the task's schema, if it has one. The error
+    /// names every failing field by its JSON pointer.
+    pub fn validate_payload(&self, task: &str, payload: &serde_json::Value) -> Result<(), String> {
+        let Some(validator) = self.validators.get(task) else {
+            return Ok(());
+        };
+        let problems: Vec<String> = validator
+            .iter_errors(payload)
+            .take(10)
+            .map(|e| {
+                let path = e.instance_path().to_string();
+                if path.is_empty() {
+                    format!("payload: {e}")
+                } else {
+                    format!("payload{path}: {e}")
+                }
+            })
+            .collect();
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(format!(
+                "The payload does not match the schema of task `{task}`: {}",
+                problems.join("; ")
+            ))
+        }
+    }
+}
+
+/// Why a deploy failed.
+#[derive(Debug, thiserror::Error)]
+pub enum DeployError {
+    /// The bundle was refused.
+    #[error(transparent)]
+    Bundle(#[from] BundleError),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Default)]
+struct Registry {
+    by_id: HashMap<DeploymentId, Arc<Deployed>>,
+    current: Option<Arc<Deployed>>,
+}
+
+/// Every deployment this server knows, loaded on demand.
+pub struct Deployments {
+    sandbox: Sandbox,
+    store: Store,
+    registry: RwLock<Registry>,
+    deploying: tokio::sync::Mutex<()>,
+}
+
+impl Deployments {
+    /// The registry over a store; call [`Deployments::restore`] at start-up.
+    pub fn new(sandbox: Sandbox, store: Store) -> Self {
+        Deployments {
+            sandbox,
+            store,
+            registry: RwLock::default(),
+            deploying: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
+        self.registry.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Registry> {
+        self.registry.write().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Loads the latest deployment (from the compiled-artifact cache when it
+    /// is there) so the first trigger after a restart is fast.
+    pub async fn restore(&self) -> Result<(), DeployError> {
+        if let Some(latest) = self.store.latest_deployment()? {
+            let deployed = self.load_record(latest).await?;
+            self.write().current = Some(deployed);
+        }
+        Ok(())
+    }
+
+    /// The current (latest) deployment.
+    pub fn current(&self) -> Option<Arc<Deployed>> {
+        self.read().current.clone()
+    }
+
+    /// A deployment by id, loading its bundle if needed.
+    pub async fn get(&self, id: &DeploymentId) -> Result<Option<Arc<Deployed>>, DeployError> {
+        if let Some(d) = self.read().by_id.get(id) {
+            return Ok(Some(d.clone()));
+        }
+        let Some(record) = self.store.deployments()?.into_iter().find(|d| &d.id == id) else {
+            return Ok(None);
+        };
+        Ok(Some(self.load_record(record).await?))
+    }
+
+    async fn load_record(&self, record: Deployment) -> Result<Arc<Deployed>, DeployError> {
+        let bytes = self.store.bundle(&record.content_hash)?.ok_or_else(|| {
+            StoreError::Corrupt {
+                key: format!("bundle/{}", record.content_hash),
+                reason: "the bundle of a deployment is missing".into(),
+            }
+        })?;
+        let bundle = self.sandbox.load(&bytes).await?;
+        let deployed = Arc::new(Deployed::new(record, bundle)?);
+        self.write()
+            .by_id
+            .insert(deployed.record.id.clone(), deployed.clone());
+        Ok(deployed)
+    }
+
+    /// Validates, compiles and stores a bundle as the new current version.
+    pub async fn deploy(&self, bytes: &[u8]) -> Result<Arc<Deployed>, DeployError> {
+        let bundle = self.sandbox.load(bytes).await?;
+        let _one_at_a_time = self.deploying.lock().await;
+        let previous = self.store.deployments()?;
+        let now = Timestamp::now();
+        let date = now.date_stamp();
+        let same_day = previous
+            .iter()
+            .filter(|d| d.version.split('.').next() == Some(date.as_str()))
+            .count();
+        let record = Deployment {
+            id: DeploymentId::generate(now.as_millis()),
+            version: format!("{date}.{}", same_day + 1),
+            sequence: previous.last().map(|d| d.sequence + 1).unwrap_or(1),
+            content_hash: bundle.content_hash().to_string(),
+            size_bytes: bytes.len() as u64,
+            manifest: bundle.manifest().clone(),
+            created_at: now,
+        };
+        let deployed = Arc::new(Deployed::new(record, bundle)?);
+        self.store.put_deployment(&deployed.record, bytes).await?;
+        let mut registry = self.write();
+        registry
+            .by_id
+            .insert(deployed.record.id.clone(), deployed.clone());
+        registry.current = Some(deployed.clone());
+        Ok(deployed)
+    }
+
+    /// Every deployment, oldest first.
+    pub fn list(&self) -> Result<Vec<Deployment>, StoreError> {
+        self.store.deployments()
+    }
+}

@@ -1,0 +1,80 @@
+//! Opening the data directory, recovering, serving.
+
+use crate::api::{AppState, router};
+use crate::config::ServerConfig;
+use crate::deployments::Deployments;
+use crate::executor::Executor;
+use crate::notify::Notifier;
+use kiln_sandbox::{Sandbox, SandboxConfig};
+use kiln_store::{SledBackend, Store};
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+/// A running Kiln server.
+pub struct Server {
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    generated_key: bool,
+}
+
+impl Server {
+    /// Opens the store, loads the current deployment, re-queues unfinished
+    /// runs and binds the listener.
+    pub async fn open(config: ServerConfig) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(&config.data_dir)?;
+        let (secret_key, generated_key) = match config.secret_key.clone() {
+            Some(key) => (key, false),
+            None => crate::secret::load_or_create(&config.data_dir)?,
+        };
+        let store = Store::new(Arc::new(SledBackend::open(&config.data_dir.join("store"))?));
+        let sandbox = Sandbox::new(SandboxConfig::new(config.data_dir.join("compiled")))?;
+        let deployments = Arc::new(Deployments::new(sandbox, store.clone()));
+        deployments.restore().await?;
+        let notifier = Arc::new(Notifier::default());
+        let executor = Executor::start(
+            store.clone(),
+            deployments.clone(),
+            notifier.clone(),
+            config.concurrency,
+            config.environment.clone(),
+        );
+        let recovered = executor.recover().await?;
+        if recovered > 0 {
+            tracing::info!(recovered, "re-queued unfinished runs");
+        }
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        Ok(Server {
+            listener,
+            state: AppState {
+                store,
+                deployments,
+                executor,
+                notifier,
+                secret_key: secret_key.into(),
+                environment: config.environment.into(),
+            },
+            generated_key,
+        })
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
+        self.listener.local_addr()
+    }
+
+    /// The API key clients must send.
+    pub fn secret_key(&self) -> &str {
+        &self.state.secret_key
+    }
+
+    /// Whether the key was generated (and stored) by this start.
+    pub fn generated_key(&self) -> bool {
+        self.generated_key
+    }
+
+    /// Serves until the process is stopped.
+    pub async fn serve(self) -> anyhow::Result<()> {
+        axum::serve(self.listener, router(self.state)).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,156 @@
+//! Starting and stopping real `kiln serve` processes.
+
+use serde_json::{Value, json};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+/// The API key every test server uses.
+pub const KEY: &str = "tr_dev_sk_e2eTestKey0000000000000";
+
+/// The `kiln` binary under test.
+pub fn kiln_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_kiln")
+}
+
+/// A `kiln serve` process on a free loopback port.
+pub struct Kiln {
+    child: Child,
+    /// `http://127.0.0.1:PORT`.
+    pub url: String,
+    /// Its data directory.
+    pub data_dir: PathBuf,
+    http: reqwest::Client,
+}
+
+impl Kiln {
+    /// Starts a server on `data_dir`.
+    pub fn start(data_dir: &Path) -> Kiln {
+        let mut child = Command::new(kiln_bin())
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("KILN_SECRET_KEY", KEY)
+            .env("KILN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("kiln serve starts");
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .expect("kiln serve prints its address")
+                .expect("stdout is readable");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.split_whitespace().next().unwrap_or_default().to_string();
+            }
+        };
+        // Keep draining stdout so the server never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Kiln {
+            child,
+            url,
+            data_dir: data_dir.to_path_buf(),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Kills the process with SIGKILL, as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Sends a request with the API key; returns status and JSON body.
+    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<reqwest::Body>) -> (u16, Value) {
+        let mut request = self
+            .http
+            .request(method, format!("{}{path}", self.url))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json");
+        if let Some(body) = body {
+            request = request.body(body);
+        }
+        let response = request.send().await.expect("the server answers");
+        let status = response.status().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+    }
+
+    /// Deploys a bundle's bytes.
+    pub async fn deploy_bytes(&self, bytes: Vec<u8>) -> (u16, Value) {
+        self.request(reqwest::Method::POST, "/api/v1/deployments", Some(bytes.into())).await
+    }
+
+    /// Deploys a fixture bundle, asserting success.
+    pub async fn deploy(&self, bundle: &str) -> Value {
+        let (status, body) = self.deploy_bytes(kiln_fixtures::read(bundle)).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Triggers a task with a JSON payload the way the official SDK does.
+    pub async fn trigger(&self, task: &str, payload: Value, options: Value) -> (u16, Value) {
+        let mut options = options;
+        options["payloadType"] = json!("application/json");
+        let body = json!({ "payload": payload.to_string(), "options": options });
+        self.request(
+            reqwest::Method::POST,
+            &format!("/api/v1/tasks/{task}/trigger"),
+            Some(body.to_string().into()),
+        )
+        .await
+    }
+
+    /// Triggers and returns the run id, asserting success.
+    pub async fn trigger_ok(&self, task: &str, payload: Value) -> String {
+        let (status, body) = self.trigger(task, payload, json!({})).await;
+        assert_eq!(status, 200, "{body}");
+        body["id"].as_str().expect("an id").to_string()
+    }
+
+    /// Retrieves a run.
+    pub async fn run(&self, id: &str) -> Value {
+        let (status, body) = self.request(reqwest::Method::GET, &format!("/api/v3/runs/{id}"), None).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    /// Waits for a run to reach a final status (at most 60 s).
+    pub async fn finished(&self, id: &str) -> Value {
+        for _ in 0..4 {
+            let (status, run) = self
+                .request(reqwest::Method::GET, &format!("/api/v3/runs/{id}?wait=15000"), None)
+                .await;
+            assert_eq!(status, 200, "{run}");
+            if run["isCompleted"] == true {
+                return run;
+            }
+        }
+        panic!("run {id} did not finish");
+    }
+
+    /// Runs the CLI against this server.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        Command::new(kiln_bin())
+            .args(args)
+            .env("KILN_API_URL", &self.url)
+            .env("KILN_SECRET_KEY", KEY)
+            .output()
+            .expect("the CLI runs")
+    }
+}
+
+impl Drop for Kiln {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A fresh data directory.
+pub fn data_dir() -> tempfile::TempDir {
+    tempfile::tempdir().expect("a temp dir")
+}

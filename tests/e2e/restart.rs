@@ -1,0 +1,45 @@
+//! A restart, even after SIGKILL, keeps deployed bundles and finished runs.
+
+use crate::harness::{Kiln, data_dir};
+use serde_json::json;
+
+#[tokio::test]
+async fn a_restart_keeps_bundles_and_finished_runs() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let id = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
+    let before = kiln.finished(&id).await;
+    assert_eq!(before["status"], "COMPLETED");
+    kiln.kill();
+
+    let kiln = Kiln::start(dir.path());
+    let after = kiln.run(&id).await;
+    assert_eq!(after["status"], "COMPLETED");
+    assert_eq!(after["output"], json!({"message": "Hello, Ada!"}));
+    assert_eq!(after["attempts"], before["attempts"]);
+    // The bundle is still deployed (loaded from the compiled-artifact cache).
+    let id = kiln.trigger_ok("hello-world", json!({"name": "again"})).await;
+    assert_eq!(kiln.finished(&id).await["output"]["message"], "Hello, again!");
+}
+
+#[tokio::test]
+async fn runs_queued_when_the_server_died_run_after_restart() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    // Long enough to be mid-flight when the process is killed.
+    let ids = [
+        kiln.trigger_ok("sleep", json!({"ms": 3000})).await,
+        kiln.trigger_ok("sleep", json!({"ms": 3000})).await,
+    ];
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    kiln.kill();
+
+    let kiln = Kiln::start(dir.path());
+    for id in &ids {
+        let run = kiln.finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(run["attempts"][0]["outcome"], "INTERRUPTED", "{run}");
+    }
+}
