@@ -10,9 +10,15 @@ async fn a_deploy_lists_its_version_and_tasks() {
     let kiln = Kiln::start(dir.path());
     let first = kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
     assert_eq!(first["tasks"][0]["id"], "hello-world");
-    assert!(first["version"].as_str().unwrap().ends_with(".1"), "{first}");
+    assert!(
+        first["version"].as_str().unwrap().ends_with(".1"),
+        "{first}"
+    );
     let second = kiln.deploy(kiln_fixtures::PROBE).await;
-    assert!(second["version"].as_str().unwrap().ends_with(".2"), "{second}");
+    assert!(
+        second["version"].as_str().unwrap().ends_with(".2"),
+        "{second}"
+    );
     let (status, list) = kiln.request(Method::GET, "/api/v1/deployments", None).await;
     assert_eq!(status, 200);
     assert_eq!(list["data"].as_array().unwrap().len(), 2);
@@ -23,14 +29,28 @@ async fn a_deploy_lists_its_version_and_tasks() {
 async fn malformed_bundles_are_refused_with_a_reason() {
     let dir = data_dir();
     let kiln = Kiln::start(dir.path());
-    let (status, body) = kiln.deploy_bytes(b"random bytes, not a bundle".to_vec()).await;
+    let (status, body) = kiln
+        .deploy_bytes(b"random bytes, not a bundle".to_vec())
+        .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("not a WebAssembly binary"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("not a WebAssembly binary"),
+        "{body}"
+    );
 
     let core = wat::parse_str("(module (func (export \"start\")))").unwrap();
     let (status, body) = kiln.deploy_bytes(core).await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("core WebAssembly module"), "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("core WebAssembly module"),
+        "{body}"
+    );
 
     let wasi = wat::parse_str(
         r#"(component
@@ -41,7 +61,10 @@ async fn malformed_bundles_are_refused_with_a_reason() {
     let (status, body) = kiln.deploy_bytes(wasi).await;
     assert_eq!(status, 422);
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("`wasi:filesystem/types@0.2.0`") && error.contains("no WASI"), "{body}");
+    assert!(
+        error.contains("`wasi:filesystem/types@0.2.0`") && error.contains("no WASI"),
+        "{body}"
+    );
 
     // Nothing was deployed by the failures, and the server still serves.
     let (status, list) = kiln.request(Method::GET, "/api/v1/deployments", None).await;
@@ -55,7 +78,11 @@ async fn every_route_wants_the_api_key() {
     let dir = data_dir();
     let kiln = Kiln::start(dir.path());
     let client = reqwest::Client::new();
-    let response = client.get(format!("{}/api/v1/deployments", kiln.url)).send().await.unwrap();
+    let response = client
+        .get(format!("{}/api/v1/deployments", kiln.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(response.status(), 401);
     let body: serde_json::Value = response.json().await.unwrap();
     assert!(body["error"].as_str().unwrap().contains("Missing API key"));
@@ -66,7 +93,11 @@ async fn every_route_wants_the_api_key() {
         .await
         .unwrap();
     assert_eq!(response.status(), 401);
-    let health = client.get(format!("{}/healthz", kiln.url)).send().await.unwrap();
+    let health = client
+        .get(format!("{}/healthz", kiln.url))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
 }
 
@@ -84,7 +115,11 @@ async fn kiln_build_prints_the_bundle_path_last() {
         .env("CARGO_TARGET_DIR", &target)
         .output()
         .unwrap();
-    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
     let stdout = String::from_utf8(output.stdout).unwrap();
     let path = stdout.lines().last().unwrap();
     assert!(path.ends_with("hello_world.wasm"), "{stdout}");

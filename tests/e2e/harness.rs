@@ -44,7 +44,11 @@ impl Kiln {
                 .expect("kiln serve prints its address")
                 .expect("stdout is readable");
             if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest.split_whitespace().next().unwrap_or_default().to_string();
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
             }
         };
         // Keep draining stdout so the server never blocks on a full pipe.
@@ -64,7 +68,12 @@ impl Kiln {
     }
 
     /// Sends a request with the API key; returns status and JSON body.
-    pub async fn request(&self, method: reqwest::Method, path: &str, body: Option<reqwest::Body>) -> (u16, Value) {
+    pub async fn request(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
@@ -76,12 +85,20 @@ impl Kiln {
         let response = request.send().await.expect("the server answers");
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
-        (status, serde_json::from_str(&text).unwrap_or(Value::String(text)))
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
     }
 
     /// Deploys a bundle's bytes.
     pub async fn deploy_bytes(&self, bytes: Vec<u8>) -> (u16, Value) {
-        self.request(reqwest::Method::POST, "/api/v1/deployments", Some(bytes.into())).await
+        self.request(
+            reqwest::Method::POST,
+            "/api/v1/deployments",
+            Some(bytes.into()),
+        )
+        .await
     }
 
     /// Deploys a fixture bundle, asserting success.
@@ -113,7 +130,9 @@ impl Kiln {
 
     /// Retrieves a run.
     pub async fn run(&self, id: &str) -> Value {
-        let (status, body) = self.request(reqwest::Method::GET, &format!("/api/v3/runs/{id}"), None).await;
+        let (status, body) = self
+            .request(reqwest::Method::GET, &format!("/api/v3/runs/{id}"), None)
+            .await;
         assert_eq!(status, 200, "{body}");
         body
     }
@@ -122,7 +141,11 @@ impl Kiln {
     pub async fn finished(&self, id: &str) -> Value {
         for _ in 0..4 {
             let (status, run) = self
-                .request(reqwest::Method::GET, &format!("/api/v3/runs/{id}?wait=15000"), None)
+                .request(
+                    reqwest::Method::GET,
+                    &format!("/api/v3/runs/{id}?wait=15000"),
+                    None,
+                )
                 .await;
             assert_eq!(status, 200, "{run}");
             if run["isCompleted"] == true {

@@ -19,8 +19,13 @@ async fn a_restart_keeps_bundles_and_finished_runs() {
     assert_eq!(after["output"], json!({"message": "Hello, Ada!"}));
     assert_eq!(after["attempts"], before["attempts"]);
     // The bundle is still deployed (loaded from the compiled-artifact cache).
-    let id = kiln.trigger_ok("hello-world", json!({"name": "again"})).await;
-    assert_eq!(kiln.finished(&id).await["output"]["message"], "Hello, again!");
+    let id = kiln
+        .trigger_ok("hello-world", json!({"name": "again"}))
+        .await;
+    assert_eq!(
+        kiln.finished(&id).await["output"]["message"],
+        "Hello, again!"
+    );
 }
 
 #[tokio::test]

@@ -8,23 +8,50 @@ async fn the_cli_deploys_triggers_and_waits_for_hello_world() {
     let dir = data_dir();
     let kiln = Kiln::start(dir.path());
     let deployed = kiln.cli(&["deploy", kiln_fixtures::HELLO_WORLD]);
-    assert!(deployed.status.success(), "{}", String::from_utf8_lossy(&deployed.stderr));
+    assert!(
+        deployed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&deployed.stderr)
+    );
     assert!(String::from_utf8_lossy(&deployed.stdout).contains("hello-world"));
 
-    let out = kiln.cli(&["trigger", "hello-world", "--payload", r#"{"name":"Ada"}"#, "--wait"]);
+    let out = kiln.cli(&[
+        "trigger",
+        "hello-world",
+        "--payload",
+        r#"{"name":"Ada"}"#,
+        "--wait",
+    ]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(stdout.contains("COMPLETED"), "{stdout}");
-    assert!(stdout.contains(r#"output: {"message":"Hello, Ada!"}"#), "{stdout}");
+    assert!(
+        stdout.contains(r#"output: {"message":"Hello, Ada!"}"#),
+        "{stdout}"
+    );
 
-    let out = kiln.cli(&["trigger", "hello-world", "--payload", r#"{"name":"Bo"}"#, "--wait", "--json"]);
+    let out = kiln.cli(&[
+        "trigger",
+        "hello-world",
+        "--payload",
+        r#"{"name":"Bo"}"#,
+        "--wait",
+        "--json",
+    ]);
     let run: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(run["output"], json!({"message": "Hello, Bo!"}));
     let id = run["id"].as_str().unwrap();
 
     let out = kiln.cli(&["runs", "get", id]);
     let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(stdout.contains("COMPLETED") && stdout.contains("greeting name=Bo"), "{stdout}");
+    assert!(
+        stdout.contains("COMPLETED") && stdout.contains("greeting name=Bo"),
+        "{stdout}"
+    );
 }
 
 #[tokio::test]
@@ -32,7 +59,13 @@ async fn a_completed_run_has_the_full_retrieve_shape() {
     let dir = data_dir();
     let kiln = Kiln::start(dir.path());
     kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
-    let (status, created) = kiln.trigger("hello-world", json!({"name": "Ada"}), json!({"tags": ["t1"]})).await;
+    let (status, created) = kiln
+        .trigger(
+            "hello-world",
+            json!({"name": "Ada"}),
+            json!({"tags": ["t1"]}),
+        )
+        .await;
     assert_eq!(status, 200);
     let id = created["id"].as_str().unwrap();
     assert!(id.starts_with("run_"));
@@ -41,17 +74,39 @@ async fn a_completed_run_has_the_full_retrieve_shape() {
     assert_eq!(run["output"], json!({"message": "Hello, Ada!"}));
     assert_eq!(run["payload"], json!({"name": "Ada"}));
     assert_eq!(run["tags"], json!(["t1"]));
-    for key in ["isQueued", "isExecuting", "isWaiting", "isFailed", "isCancelled", "isTest"] {
+    for key in [
+        "isQueued",
+        "isExecuting",
+        "isWaiting",
+        "isFailed",
+        "isCancelled",
+        "isTest",
+    ] {
         assert_eq!(run[key], false, "{key}");
     }
     assert_eq!(run["isCompleted"], true);
     assert_eq!(run["isSuccess"], true);
-    for key in ["createdAt", "updatedAt", "startedAt", "finishedAt", "version", "costInCents", "baseCostInCents", "durationMs", "depth", "triggerFunction", "relatedRuns"] {
+    for key in [
+        "createdAt",
+        "updatedAt",
+        "startedAt",
+        "finishedAt",
+        "version",
+        "costInCents",
+        "baseCostInCents",
+        "durationMs",
+        "depth",
+        "triggerFunction",
+        "relatedRuns",
+    ] {
         assert!(!run[key].is_null(), "{key} is missing: {run}");
     }
     assert_eq!(run["attempts"][0]["logs"][0]["message"], "greeting");
     // No optional field is ever null: the SDK's zod schemas reject null.
-    assert!(run.as_object().unwrap().values().all(|v| !v.is_null()), "{run}");
+    assert!(
+        run.as_object().unwrap().values().all(|v| !v.is_null()),
+        "{run}"
+    );
 }
 
 #[tokio::test]
@@ -60,18 +115,32 @@ async fn an_invalid_payload_is_refused_naming_the_field() {
     let kiln = Kiln::start(dir.path());
     kiln.deploy(kiln_fixtures::CSV_EXPORT).await;
     let (status, body) = kiln
-        .trigger("export-csv", json!({"organizationId": "not-a-uuid", "since": "2026-11-01"}), json!({}))
+        .trigger(
+            "export-csv",
+            json!({"organizationId": "not-a-uuid", "since": "2026-11-01"}),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 422, "{body}");
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("/organizationId") && error.contains("uuid"), "{error}");
+    assert!(
+        error.contains("/organizationId") && error.contains("uuid"),
+        "{error}"
+    );
 
     let (status, body) = kiln
-        .trigger("export-csv", json!({"organizationId": "0b6f3a8e-8a57-4bbf-9c43-3f3b8f4d2b11", "format": "xml"}), json!({}))
+        .trigger(
+            "export-csv",
+            json!({"organizationId": "0b6f3a8e-8a57-4bbf-9c43-3f3b8f4d2b11", "format": "xml"}),
+            json!({}),
+        )
         .await;
     assert_eq!(status, 422);
     let error = body["error"].as_str().unwrap();
-    assert!(error.contains("since") && error.contains("/format"), "{error}");
+    assert!(
+        error.contains("since") && error.contains("/format"),
+        "{error}"
+    );
 
     let id = kiln
         .trigger_ok("export-csv", json!({"organizationId": "0b6f3a8e-8a57-4bbf-9c43-3f3b8f4d2b11", "since": "2026-11-01", "format": "json"}))
@@ -84,7 +153,9 @@ async fn an_invalid_payload_is_refused_naming_the_field() {
     let (status, body) = kiln.trigger("no-such-task", json!({}), json!({})).await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().contains("no-such-task"));
-    let (status, _) = kiln.request(reqwest::Method::GET, "/api/v3/runs/run_doesnotexist", None).await;
+    let (status, _) = kiln
+        .request(reqwest::Method::GET, "/api/v3/runs/run_doesnotexist", None)
+        .await;
     assert_eq!(status, 404);
 }
 
@@ -95,15 +166,22 @@ async fn task_errors_panics_and_unsupported_imports_end_as_they_should() {
     kiln.deploy(kiln_fixtures::PROBE).await;
 
     let panicked = kiln.trigger_ok("panic", json!({"message": "kaboom"})).await;
-    let aborted = kiln.trigger_ok("fail", json!({"message": "no retry", "abort": true})).await;
-    let retried = kiln.trigger_ok("fail", json!({"message": "try again"})).await;
+    let aborted = kiln
+        .trigger_ok("fail", json!({"message": "no retry", "abort": true}))
+        .await;
+    let retried = kiln
+        .trigger_ok("fail", json!({"message": "try again"}))
+        .await;
     let unsupported = kiln.trigger_ok("unsupported", json!(null)).await;
     let slept = kiln.trigger_ok("sleep", json!({"ms": 300})).await;
 
     let run = kiln.finished(&panicked).await;
     assert_eq!(run["status"], "FAILED");
     assert_eq!(run["error"]["name"], "Panic");
-    assert!(run["error"]["message"].as_str().unwrap().contains("kaboom"), "{run}");
+    assert!(
+        run["error"]["message"].as_str().unwrap().contains("kaboom"),
+        "{run}"
+    );
 
     let run = kiln.finished(&aborted).await;
     assert_eq!(run["status"], "FAILED");
@@ -111,13 +189,19 @@ async fn task_errors_panics_and_unsupported_imports_end_as_they_should() {
 
     let run = kiln.finished(&retried).await;
     assert_eq!(run["status"], "FAILED");
-    assert_eq!(run["attemptCount"], 2, "the task's policy allows 2 attempts: {run}");
+    assert_eq!(
+        run["attemptCount"], 2,
+        "the task's policy allows 2 attempts: {run}"
+    );
     assert_eq!(run["attempts"][0]["error"]["message"], "try again");
 
     let run = kiln.finished(&unsupported).await;
     assert_eq!(run["status"], "COMPLETED");
     let error = run["output"]["error"].as_str().unwrap();
-    assert!(error.contains("Unsupported") && error.contains("not support it yet"), "{error}");
+    assert!(
+        error.contains("Unsupported") && error.contains("not support it yet"),
+        "{error}"
+    );
 
     let run = kiln.finished(&slept).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
@@ -134,14 +218,27 @@ async fn sdk_payload_packets_are_understood() {
         "options": {"payloadType": "application/super+json"}
     });
     let (status, created) = kiln
-        .request(reqwest::Method::POST, "/api/v1/tasks/echo/trigger", Some(body.to_string().into()))
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/tasks/echo/trigger",
+            Some(body.to_string().into()),
+        )
         .await;
     assert_eq!(status, 200, "{created}");
     let run = kiln.finished(created["id"].as_str().unwrap()).await;
     assert_eq!(run["output"]["payload"], json!({"n": 1}));
     let (status, body) = kiln
-        .request(reqwest::Method::POST, "/api/v1/tasks/echo/trigger", Some("{not json".into()))
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/tasks/echo/trigger",
+            Some("{not json".into()),
+        )
         .await;
     assert_eq!(status, 400);
-    assert!(body["error"].as_str().unwrap().contains("Invalid request body"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("Invalid request body")
+    );
 }

@@ -68,7 +68,10 @@ pub async fn export_csv(payload: ExportRequest, ctx: &Context) -> Result<Export,
     };
     ctx.log.info(
         "exported",
-        &[("organization", &payload.organization_id), ("rows", &rows.len())],
+        &[
+            ("organization", &payload.organization_id),
+            ("rows", &rows.len()),
+        ],
     );
     Ok(Export {
         organization_id: payload.organization_id.to_string(),

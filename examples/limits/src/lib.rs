@@ -32,7 +32,8 @@ pub async fn allocate(payload: Allocate, ctx: &Context) -> Result<Allocated, Tas
         for page in chunk.chunks_mut(4096) {
             page[0] = (i % 251) as u8;
         }
-        checksum = checksum.wrapping_add(chunk.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
+        checksum =
+            checksum.wrapping_add(chunk.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
         chunks.push(chunk);
     }
     ctx.log.info("allocated", &[("mib", &payload.mib)]);

@@ -105,9 +105,8 @@ fn parse_options(attr: proc_macro2::TokenStream) -> syn::Result<Options> {
                 Ok(())
             })?;
         } else {
-            return Err(meta.error(
-                "unknown task option; use id, queue, machine, max_duration or retry(...)",
-            ));
+            return Err(meta
+                .error("unknown task option; use id, queue, machine, max_duration or retry(...)"));
         }
         Ok(())
     });

@@ -50,8 +50,10 @@ pub fn describe(tasks: &[TaskEntry]) -> String {
 /// without retrying, since every retry would fail the same way.
 pub fn parse_payload<P: DeserializeOwned>(text: &str) -> Result<P, TaskError> {
     serde_json::from_str(text).map_err(|e| {
-        TaskError::abort(format!("the payload does not fit the task's payload type: {e}"))
-            .with_name("PayloadError")
+        TaskError::abort(format!(
+            "the payload does not fit the task's payload type: {e}"
+        ))
+        .with_name("PayloadError")
     })
 }
 

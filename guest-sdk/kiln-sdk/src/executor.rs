@@ -66,9 +66,12 @@ pub fn resume(wake: wit::Wake) -> wit::Step {
     });
     if !known {
         return wit::Step::Failed(
-            TaskError::new(format!("the host woke wait {} which is not pending", wake.id))
-                .with_name("KilnProtocolError")
-                .into_wit(),
+            TaskError::new(format!(
+                "the host woke wait {} which is not pending",
+                wake.id
+            ))
+            .with_name("KilnProtocolError")
+            .into_wit(),
         );
     }
     drive()
@@ -76,11 +79,7 @@ pub fn resume(wake: wit::Wake) -> wit::Step {
 
 /// Drops the attempt in progress. Called by the bundle's `cancel` export.
 pub fn cancel(reason: String) {
-    host::log(
-        wit::LogLevel::Info,
-        &format!("run canceled: {reason}"),
-        &[],
-    );
+    host::log(wit::LogLevel::Info, &format!("run canceled: {reason}"), &[]);
     reset();
 }
 

@@ -1,9 +1,9 @@
 //! Durable waits: while a task waits, its run holds no memory on the server
 //! and no concurrency slot.
 
+use crate::TaskError;
 use crate::bindings::kiln::task::types::{WaitKind, WakeValue};
 use crate::executor::WaitFuture;
-use crate::TaskError;
 use std::time::{Duration, SystemTime};
 
 /// Waits for `duration`.
@@ -24,7 +24,9 @@ pub async fn until(at: SystemTime) -> Result<(), TaskError> {
 fn expect_timer(value: WakeValue) -> Result<(), TaskError> {
     match value {
         WakeValue::Timer => Ok(()),
-        _ => Err(TaskError::new("a timer wait woke with something other than its timer")
-            .with_name("KilnProtocolError")),
+        _ => Err(
+            TaskError::new("a timer wait woke with something other than its timer")
+                .with_name("KilnProtocolError"),
+        ),
     }
 }

@@ -130,10 +130,13 @@ pub fn build(path: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError>
     if !output.status.success() {
         return Err(BuildError::Compile { manifest });
     }
-    let module = find_cdylib(&String::from_utf8_lossy(&output.stdout), options.package.as_deref())
-        .ok_or_else(|| BuildError::NoLibrary {
-            manifest: manifest.clone(),
-        })?;
+    let module = find_cdylib(
+        &String::from_utf8_lossy(&output.stdout),
+        options.package.as_deref(),
+    )
+    .ok_or_else(|| BuildError::NoLibrary {
+        manifest: manifest.clone(),
+    })?;
     let bytes = std::fs::read(&module).map_err(|source| BuildError::Io {
         path: module.clone(),
         source,
@@ -223,7 +226,10 @@ mod tests {
             find_cdylib(messages, Some("hello-world")),
             Some(PathBuf::from("/t/hello_world.wasm"))
         );
-        assert_eq!(find_cdylib(messages, None), Some(PathBuf::from("/t/limits.wasm")));
+        assert_eq!(
+            find_cdylib(messages, None),
+            Some(PathBuf::from("/t/limits.wasm"))
+        );
         assert_eq!(find_cdylib("not json\n", None), None);
     }
 

@@ -53,18 +53,23 @@ impl Client {
         let text = response.text().await?;
         let body: Value = serde_json::from_str(&text).unwrap_or(Value::String(text));
         if !status.is_success() {
-            let message = body["error"].as_str().map(str::to_string).unwrap_or_else(|| body.to_string());
+            let message = body["error"]
+                .as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| body.to_string());
             bail!("{message} (HTTP {})", status.as_u16());
         }
         Ok(body)
     }
 
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
-        self.send(self.http.get(format!("{}{path}", self.base))).await
+        self.send(self.http.get(format!("{}{path}", self.base)))
+            .await
     }
 
     pub async fn post_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
-        self.send(self.http.post(format!("{}{path}", self.base)).json(body)).await
+        self.send(self.http.post(format!("{}{path}", self.base)).json(body))
+            .await
     }
 
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
@@ -80,7 +85,9 @@ impl Client {
     /// Long-polls the run until it reaches a final status.
     pub async fn wait_for_run(&self, id: &str) -> anyhow::Result<Value> {
         loop {
-            let run = self.get_json(&format!("/api/v3/runs/{id}?wait=30000")).await?;
+            let run = self
+                .get_json(&format!("/api/v3/runs/{id}?wait=30000"))
+                .await?;
             if run["isCompleted"].as_bool().unwrap_or(false) {
                 return Ok(run);
             }

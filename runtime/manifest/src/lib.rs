@@ -185,10 +185,9 @@ mod tests {
 
     #[test]
     fn defaults_fill_missing_settings() {
-        let m = Manifest::from_json(
-            r#"{"manifestVersion":1,"sdkVersion":"x","tasks":[{"id":"a"}]}"#,
-        )
-        .unwrap();
+        let m =
+            Manifest::from_json(r#"{"manifestVersion":1,"sdkVersion":"x","tasks":[{"id":"a"}]}"#)
+                .unwrap();
         assert_eq!(m.tasks[0].machine, Machine::Small1x);
         assert_eq!(m.tasks[0].retry.max_attempts, 3);
     }
@@ -213,6 +212,9 @@ mod tests {
     #[test]
     fn malformed_json_names_the_problem() {
         let err = Manifest::from_json(r#"{"tasks": 3}"#).unwrap_err();
-        assert!(err.0.starts_with("the bundle's manifest is not valid"), "{err}");
+        assert!(
+            err.0.starts_with("the bundle's manifest is not valid"),
+            "{err}"
+        );
     }
 }

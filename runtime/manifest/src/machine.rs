@@ -133,7 +133,10 @@ mod tests {
     fn names_round_trip() {
         for m in Machine::ALL {
             assert_eq!(m.name().parse::<Machine>().unwrap(), m);
-            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{}\"", m.name()));
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.name())
+            );
         }
         let err = "huge".parse::<Machine>().unwrap_err().to_string();
         assert!(err.contains("micro, small-1x"), "{err}");

@@ -15,7 +15,9 @@ use wasmtime::{Store, UpdateDeadline};
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrapKind {
     /// The guest went past its memory cap.
-    #[error("out of memory: the guest asked for {requested_mib} MiB, over its cap of {limit_mib} MiB")]
+    #[error(
+        "out of memory: the guest asked for {requested_mib} MiB, over its cap of {limit_mib} MiB"
+    )]
     OutOfMemory {
         /// What it asked for, in MiB.
         requested_mib: u64,

@@ -9,7 +9,5 @@ pub mod wit {
         exports: { default: async },
     });
 
-    pub use kiln::task::types::{
-        HostError, LogLevel, TaskError, Wait, WaitKind, WakeValue,
-    };
+    pub use kiln::task::types::{HostError, LogLevel, TaskError, Wait, WaitKind, WakeValue};
 }

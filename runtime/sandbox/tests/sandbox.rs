@@ -28,21 +28,33 @@ fn ctx(task: &str, payload: &str) -> StartContext {
 async fn hello_world_completes_and_logs() {
     let dir = tempfile::tempdir().unwrap();
     let sandbox = sandbox(&dir);
-    let bundle = sandbox.load(&kiln_fixtures::read(kiln_fixtures::HELLO_WORLD)).await.unwrap();
+    let bundle = sandbox
+        .load(&kiln_fixtures::read(kiln_fixtures::HELLO_WORLD))
+        .await
+        .unwrap();
     assert_eq!(bundle.manifest().tasks[0].id, "hello-world");
     let mut attempt = bundle
         .instantiate(Limits::for_machine(Machine::Small1x, None))
         .await
         .unwrap();
-    match attempt.start(&ctx("hello-world", r#"{"name":"Ada"}"#)).await {
+    match attempt
+        .start(&ctx("hello-world", r#"{"name":"Ada"}"#))
+        .await
+    {
         StepOutcome::Step(Step::Completed(out)) => assert_eq!(out, r#"{"message":"Hello, Ada!"}"#),
         other => panic!("unexpected {other:?}"),
     }
     let logs = attempt.take_logs();
     assert_eq!(logs[0].message, "greeting");
-    assert_eq!(logs[0].fields, vec![("name".to_string(), "Ada".to_string())]);
+    assert_eq!(
+        logs[0].fields,
+        vec![("name".to_string(), "Ada".to_string())]
+    );
     // The compiled artifact is cached by content hash.
-    let cached = dir.path().join("compiled").join(format!("{}.cwasm", bundle.content_hash()));
+    let cached = dir
+        .path()
+        .join("compiled")
+        .join(format!("{}.cwasm", bundle.content_hash()));
     assert!(cached.exists());
 }
 
@@ -65,13 +77,17 @@ async fn malformed_bundles_are_refused_with_a_reason() {
     let err = sandbox.load(b"definitely not wasm").await.unwrap_err();
     assert!(matches!(err, BundleError::NotWasm(_)), "{err}");
     let core = wat::parse_str("(module)").unwrap();
-    assert_eq!(sandbox.load(&core).await.unwrap_err(), BundleError::CoreModule);
-    let wasi = wat::parse_str(
-        r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#,
-    )
-    .unwrap();
+    assert_eq!(
+        sandbox.load(&core).await.unwrap_err(),
+        BundleError::CoreModule
+    );
+    let wasi =
+        wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap();
     let err = sandbox.load(&wasi).await.unwrap_err();
-    assert_eq!(err, BundleError::ForeignImport("wasi:cli/environment@0.2.0".into()));
+    assert_eq!(
+        err,
+        BundleError::ForeignImport("wasi:cli/environment@0.2.0".into())
+    );
     assert!(err.to_string().contains("no WASI"), "{err}");
     let empty = wat::parse_str("(component)").unwrap();
     let err = sandbox.load(&empty).await.unwrap_err();
@@ -81,7 +97,10 @@ async fn malformed_bundles_are_refused_with_a_reason() {
 #[tokio::test]
 async fn memory_past_the_cap_is_out_of_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir).load(&kiln_fixtures::read(kiln_fixtures::LIMITS)).await.unwrap();
+    let bundle = sandbox(&dir)
+        .load(&kiln_fixtures::read(kiln_fixtures::LIMITS))
+        .await
+        .unwrap();
     let mut attempt = bundle
         .instantiate(Limits::for_machine(Machine::Micro, None))
         .await
@@ -104,12 +123,20 @@ async fn memory_past_the_cap_is_out_of_memory() {
 #[tokio::test]
 async fn a_busy_loop_past_max_duration_times_out() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir).load(&kiln_fixtures::read(kiln_fixtures::LIMITS)).await.unwrap();
+    let bundle = sandbox(&dir)
+        .load(&kiln_fixtures::read(kiln_fixtures::LIMITS))
+        .await
+        .unwrap();
     let limits = Limits::for_machine(Machine::Small2x, Some(Duration::from_millis(200)));
     let mut attempt = bundle.instantiate(limits).await.unwrap();
     let started = std::time::Instant::now();
-    let outcome = attempt.start(&ctx("spin", r#"{"iterations": 100000000000}"#)).await;
-    assert!(matches!(outcome, StepOutcome::Trap(TrapKind::TimedOut(_))), "{outcome:?}");
+    let outcome = attempt
+        .start(&ctx("spin", r#"{"iterations": 100000000000}"#))
+        .await;
+    assert!(
+        matches!(outcome, StepOutcome::Trap(TrapKind::TimedOut(_))),
+        "{outcome:?}"
+    );
     assert!(started.elapsed() < Duration::from_secs(5));
     assert!(attempt.used() >= Duration::from_millis(200));
 }
@@ -117,17 +144,28 @@ async fn a_busy_loop_past_max_duration_times_out() {
 #[tokio::test]
 async fn panics_and_unsupported_imports_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir).load(&kiln_fixtures::read(kiln_fixtures::PROBE)).await.unwrap();
+    let bundle = sandbox(&dir)
+        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
+        .await
+        .unwrap();
     let limits = Limits::for_machine(Machine::Small1x, None);
     let mut attempt = bundle.instantiate(limits).await.unwrap();
-    match attempt.start(&ctx("panic", r#"{"message":"kaboom"}"#)).await {
-        StepOutcome::Trap(TrapKind::Panic(message)) => assert!(message.contains("kaboom"), "{message}"),
+    match attempt
+        .start(&ctx("panic", r#"{"message":"kaboom"}"#))
+        .await
+    {
+        StepOutcome::Trap(TrapKind::Panic(message)) => {
+            assert!(message.contains("kaboom"), "{message}")
+        }
         other => panic!("unexpected {other:?}"),
     }
     let mut attempt = bundle.instantiate(limits).await.unwrap();
     match attempt.start(&ctx("unsupported", "null")).await {
         StepOutcome::Step(Step::Completed(out)) => {
-            assert!(out.contains("Unsupported") && out.contains("trigger"), "{out}")
+            assert!(
+                out.contains("Unsupported") && out.contains("trigger"),
+                "{out}"
+            )
         }
         other => panic!("unexpected {other:?}"),
     }

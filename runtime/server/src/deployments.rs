@@ -140,12 +140,13 @@ impl Deployments {
     }
 
     async fn load_record(&self, record: Deployment) -> Result<Arc<Deployed>, DeployError> {
-        let bytes = self.store.bundle(&record.content_hash)?.ok_or_else(|| {
-            StoreError::Corrupt {
-                key: format!("bundle/{}", record.content_hash),
-                reason: "the bundle of a deployment is missing".into(),
-            }
-        })?;
+        let bytes =
+            self.store
+                .bundle(&record.content_hash)?
+                .ok_or_else(|| StoreError::Corrupt {
+                    key: format!("bundle/{}", record.content_hash),
+                    reason: "the bundle of a deployment is missing".into(),
+                })?;
         let bundle = self.sandbox.load(&bytes).await?;
         let deployed = Arc::new(Deployed::new(record, bundle)?);
         self.write()

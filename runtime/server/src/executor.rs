@@ -154,24 +154,46 @@ impl Shared {
             Ok(Some(d)) => d,
             Ok(None) => {
                 return self
-                    .fail(&run, FailureKind::System, RunError::new("SystemFailure", "the run's deployment is missing"), 0, executor)
+                    .fail(
+                        &run,
+                        FailureKind::System,
+                        RunError::new("SystemFailure", "the run's deployment is missing"),
+                        0,
+                        executor,
+                    )
                     .await;
             }
             Err(error) => {
                 return self
-                    .fail(&run, FailureKind::System, RunError::new("SystemFailure", format!("loading the run's bundle failed: {error}")), 0, executor)
+                    .fail(
+                        &run,
+                        FailureKind::System,
+                        RunError::new(
+                            "SystemFailure",
+                            format!("loading the run's bundle failed: {error}"),
+                        ),
+                        0,
+                        executor,
+                    )
                     .await;
             }
         };
-        let limits = Limits::for_machine(
-            run.machine,
-            run.max_duration_secs.map(Duration::from_secs),
-        );
+        let limits =
+            Limits::for_machine(run.machine, run.max_duration_secs.map(Duration::from_secs));
         let mut attempt = match deployed.bundle.instantiate(limits).await {
             Ok(a) => a,
             Err(error) => {
                 return self
-                    .fail(&run, FailureKind::System, RunError::new("SystemFailure", format!("instantiating the bundle failed: {error:#}")), 0, executor)
+                    .fail(
+                        &run,
+                        FailureKind::System,
+                        RunError::new(
+                            "SystemFailure",
+                            format!("instantiating the bundle failed: {error:#}"),
+                        ),
+                        0,
+                        executor,
+                    )
                     .await;
             }
         };
@@ -203,14 +225,34 @@ impl Shared {
             match outcome {
                 StepOutcome::Step(Step::Completed(output)) => {
                     if output.len() > MAX_OUTPUT_BYTES {
-                        break failure(FailureKind::Error { abort: true, retry_delay_ms: None }, RunError::new("OutputTooLarge", format!("the task's output is {} bytes, over the limit of {MAX_OUTPUT_BYTES}", output.len())), usage_ms);
+                        break failure(
+                            FailureKind::Error {
+                                abort: true,
+                                retry_delay_ms: None,
+                            },
+                            RunError::new(
+                                "OutputTooLarge",
+                                format!(
+                                    "the task's output is {} bytes, over the limit of {MAX_OUTPUT_BYTES}",
+                                    output.len()
+                                ),
+                            ),
+                            usage_ms,
+                        );
                     }
                     break Event::AttemptSucceeded { output, usage_ms };
                 }
                 StepOutcome::Step(Step::Failed(e)) => {
                     break failure(
-                        FailureKind::Error { abort: e.abort, retry_delay_ms: e.retry_delay_ms },
-                        RunError { name: Some(e.name), message: e.message, stack_trace: e.stack },
+                        FailureKind::Error {
+                            abort: e.abort,
+                            retry_delay_ms: e.retry_delay_ms,
+                        },
+                        RunError {
+                            name: Some(e.name),
+                            message: e.message,
+                            stack_trace: e.stack,
+                        },
                         usage_ms,
                     );
                 }
@@ -218,27 +260,63 @@ impl Shared {
                     let mut unsupported = None;
                     for wait in waits {
                         match wait.kind {
-                            WaitKind::Duration(ms) => timers.push((wait.id, Timestamp(Timestamp::now().as_millis().saturating_add(ms)))),
+                            WaitKind::Duration(ms) => timers.push((
+                                wait.id,
+                                Timestamp(Timestamp::now().as_millis().saturating_add(ms)),
+                            )),
                             WaitKind::Until(at) => timers.push((wait.id, Timestamp(at))),
                             _ => unsupported = Some(wait.id),
                         }
                     }
                     if unsupported.is_some() || timers.is_empty() {
-                        break failure(FailureKind::Error { abort: true, retry_delay_ms: None }, RunError::new("Unsupported", "this server supports only timer waits so far (child runs, tokens and fetch come later)"), usage_ms);
+                        break failure(
+                            FailureKind::Error {
+                                abort: true,
+                                retry_delay_ms: None,
+                            },
+                            RunError::new(
+                                "Unsupported",
+                                "this server supports only timer waits so far (child runs, tokens and fetch come later)",
+                            ),
+                            usage_ms,
+                        );
                     }
                     timers.sort_by_key(|(_, at)| *at);
                     let (id, at) = timers.remove(0);
                     let delay = at.as_millis().saturating_sub(Timestamp::now().as_millis());
                     tokio::time::sleep(Duration::from_millis(delay)).await;
-                    outcome = attempt.resume(&Wake { id, value: WakeValue::Timer }).await;
+                    outcome = attempt
+                        .resume(&Wake {
+                            id,
+                            value: WakeValue::Timer,
+                        })
+                        .await;
                 }
                 StepOutcome::Trap(trap) => {
                     let (kind, name) = match &trap {
                         TrapKind::OutOfMemory { .. } => (FailureKind::OutOfMemory, "OutOfMemory"),
                         TrapKind::TimedOut(_) => (FailureKind::TimedOut, "MaxDurationExceeded"),
-                        TrapKind::Canceled => (FailureKind::Error { abort: true, retry_delay_ms: None }, "Canceled"),
-                        TrapKind::Panic(_) => (FailureKind::Error { abort: false, retry_delay_ms: None }, "Panic"),
-                        TrapKind::Other(_) => (FailureKind::Error { abort: false, retry_delay_ms: None }, "Trap"),
+                        TrapKind::Canceled => (
+                            FailureKind::Error {
+                                abort: true,
+                                retry_delay_ms: None,
+                            },
+                            "Canceled",
+                        ),
+                        TrapKind::Panic(_) => (
+                            FailureKind::Error {
+                                abort: false,
+                                retry_delay_ms: None,
+                            },
+                            "Panic",
+                        ),
+                        TrapKind::Other(_) => (
+                            FailureKind::Error {
+                                abort: false,
+                                retry_delay_ms: None,
+                            },
+                            "Trap",
+                        ),
                     };
                     break failure(kind, RunError::new(name, trap.to_string()), usage_ms);
                 }
@@ -254,8 +332,16 @@ impl Shared {
         Ok(())
     }
 
-    async fn fail(&self, run: &Run, kind: FailureKind, error: RunError, usage_ms: u64, executor: &Executor) -> anyhow::Result<()> {
-        self.step(run, failure(kind, error, usage_ms), executor).await?;
+    async fn fail(
+        &self,
+        run: &Run,
+        kind: FailureKind,
+        error: RunError,
+        usage_ms: u64,
+        executor: &Executor,
+    ) -> anyhow::Result<()> {
+        self.step(run, failure(kind, error, usage_ms), executor)
+            .await?;
         Ok(())
     }
 }

@@ -3,7 +3,10 @@
 /// The JSON value of a payload packet, by its `payloadType`:
 /// `application/json` is JSON, `application/super+json` is SuperJSON (the
 /// value under `json`), `text/plain` is a string, and no payload is `null`.
-pub(crate) fn to_json(payload: Option<&str>, payload_type: &str) -> Result<serde_json::Value, String> {
+pub(crate) fn to_json(
+    payload: Option<&str>,
+    payload_type: &str,
+) -> Result<serde_json::Value, String> {
     let Some(text) = payload else {
         return Ok(serde_json::Value::Null);
     };
@@ -34,13 +37,24 @@ mod tests {
     #[test]
     fn decodes_each_packet_type() {
         assert_eq!(to_json(None, "application/json").unwrap(), json!(null));
-        assert_eq!(to_json(Some(r#"{"a":1}"#), "application/json").unwrap(), json!({"a":1}));
         assert_eq!(
-            to_json(Some(r#"{"json":{"a":1},"meta":{}}"#), "application/super+json").unwrap(),
+            to_json(Some(r#"{"a":1}"#), "application/json").unwrap(),
+            json!({"a":1})
+        );
+        assert_eq!(
+            to_json(
+                Some(r#"{"json":{"a":1},"meta":{}}"#),
+                "application/super+json"
+            )
+            .unwrap(),
             json!({"a":1})
         );
         assert_eq!(to_json(Some("hi"), "text/plain").unwrap(), json!("hi"));
-        assert!(to_json(Some("{"), "application/json").unwrap_err().contains("not valid JSON"));
+        assert!(
+            to_json(Some("{"), "application/json")
+                .unwrap_err()
+                .contains("not valid JSON")
+        );
         assert!(to_json(Some("x"), "application/xml").is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! An in-memory backend for tests: commits apply at once.
 
-use crate::backend::{Backend, Commit, Op};
 use crate::Result;
+use crate::backend::{Backend, Commit, Op};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -18,7 +18,9 @@ impl MemoryBackend {
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, BTreeMap<Vec<u8>, Vec<u8>>> {
-        self.map.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.map
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 

@@ -41,7 +41,9 @@ impl SledBackend {
             .path(dir)
             .cache_capacity(64 << 20)
             .open()
-            .map_err(|e| StoreError::Backend(format!("opening the store in {}: {e}", dir.display())))?;
+            .map_err(|e| {
+                StoreError::Backend(format!("opening the store in {}: {e}", dir.display()))
+            })?;
         let data_file = std::fs::OpenOptions::new()
             .read(true)
             .open(dir.join("db"))
@@ -93,7 +95,11 @@ fn run_committer(db: sled::Db, data_file: std::fs::File, requests: mpsc::Receive
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self.tree.get(key).map_err(backend_error)?.map(|v| v.to_vec()))
+        Ok(self
+            .tree
+            .get(key)
+            .map_err(backend_error)?
+            .map(|v| v.to_vec()))
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

@@ -60,10 +60,16 @@ fn run(status: RunStatus) -> Run {
 async fn deployments_round_trip(store: &Store) {
     assert!(store.latest_deployment().unwrap().is_none());
     for seq in [1, 2, 10, 300] {
-        store.put_deployment(&deployment(seq), b"abc").await.unwrap();
+        store
+            .put_deployment(&deployment(seq), b"abc")
+            .await
+            .unwrap();
     }
     let all = store.deployments().unwrap();
-    assert_eq!(all.iter().map(|d| d.sequence).collect::<Vec<_>>(), [1, 2, 10, 300]);
+    assert_eq!(
+        all.iter().map(|d| d.sequence).collect::<Vec<_>>(),
+        [1, 2, 10, 300]
+    );
     assert_eq!(store.latest_deployment().unwrap().unwrap().sequence, 300);
     assert_eq!(store.bundle("hash10").unwrap().unwrap(), b"abc");
     assert!(store.bundle("nope").unwrap().is_none());
@@ -81,7 +87,10 @@ async fn runs_keep_the_active_index(store: &Store) {
     let active = store.active_runs().unwrap();
     assert_eq!(active.len(), 1);
     assert_eq!(active[0].id, b.id);
-    assert_eq!(store.run(&a.id).unwrap().unwrap().output.as_deref(), Some("1"));
+    assert_eq!(
+        store.run(&a.id).unwrap().unwrap().output.as_deref(),
+        Some("1")
+    );
 }
 
 async fn concurrent_commits_all_land(backend: Arc<dyn Backend>) {
@@ -90,7 +99,10 @@ async fn concurrent_commits_all_land(backend: Arc<dyn Backend>) {
         let backend = backend.clone();
         tasks.push(tokio::spawn(async move {
             backend
-                .commit(vec![Op::Put(format!("c/{i:04}").into_bytes(), i.to_be_bytes().to_vec())])
+                .commit(vec![Op::Put(
+                    format!("c/{i:04}").into_bytes(),
+                    i.to_be_bytes().to_vec(),
+                )])
                 .await
         }));
     }
@@ -99,8 +111,14 @@ async fn concurrent_commits_all_land(backend: Arc<dyn Backend>) {
     }
     let entries = backend.scan_prefix(b"c/").unwrap();
     assert_eq!(entries.len(), 200);
-    assert_eq!(backend.last_with_prefix(b"c/").unwrap().unwrap().0, b"c/0199");
-    backend.commit(vec![Op::Delete(b"c/0000".to_vec())]).await.unwrap();
+    assert_eq!(
+        backend.last_with_prefix(b"c/").unwrap().unwrap().0,
+        b"c/0199"
+    );
+    backend
+        .commit(vec![Op::Delete(b"c/0000".to_vec())])
+        .await
+        .unwrap();
     assert!(backend.get(b"c/0000").unwrap().is_none());
 }
 

@@ -10,7 +10,7 @@ mod run;
 mod status;
 mod time;
 
-pub use deployment::{Deployment, DeployedTask};
+pub use deployment::{DeployedTask, Deployment};
 pub use ids::{DeploymentId, IdError, RunId};
 pub use run::{Attempt, AttemptOutcome, LogLine, Run, RunError};
 pub use status::RunStatus;

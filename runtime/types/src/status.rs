@@ -139,14 +139,22 @@ mod tests {
     fn wire_names_round_trip() {
         for s in RunStatus::ALL {
             assert_eq!(RunStatus::parse(s.as_str()), Some(s));
-            assert_eq!(serde_json::to_string(&s).unwrap(), format!("\"{}\"", s.as_str()));
+            assert_eq!(
+                serde_json::to_string(&s).unwrap(),
+                format!("\"{}\"", s.as_str())
+            );
         }
     }
 
     #[test]
     fn booleans_partition_the_statuses() {
         for s in RunStatus::ALL {
-            let groups = [s.is_queued(), s.is_executing(), s.is_waiting(), s.is_final()];
+            let groups = [
+                s.is_queued(),
+                s.is_executing(),
+                s.is_waiting(),
+                s.is_final(),
+            ];
             assert_eq!(groups.iter().filter(|b| **b).count(), 1, "{s}");
             assert_eq!(s.is_failed(), s.is_final() && s != RunStatus::Completed);
         }

@@ -53,7 +53,10 @@ mod tests {
     #[test]
     fn formats_iso_with_millis() {
         assert_eq!(Timestamp(0).to_iso(), "1970-01-01T00:00:00.000Z");
-        assert_eq!(Timestamp(1_795_317_540_123).to_iso(), "2026-11-22T03:19:00.123Z");
+        assert_eq!(
+            Timestamp(1_795_317_540_123).to_iso(),
+            "2026-11-22T03:19:00.123Z"
+        );
         assert_eq!(Timestamp(1_795_317_540_123).date_stamp(), "20261122");
     }
 }

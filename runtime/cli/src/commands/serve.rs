@@ -29,17 +29,25 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         .with_writer(std::io::stderr)
         .init();
     let mut config = ServerConfig::new(args.data_dir.clone(), args.listen);
-    config.secret_key = std::env::var("KILN_SECRET_KEY").ok().filter(|k| !k.is_empty());
+    config.secret_key = std::env::var("KILN_SECRET_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     if let Some(n) = args.concurrency {
         config.concurrency = n.max(1);
     }
     let server = Server::open(config).await?;
     let addr = server.local_addr()?;
     if server.generated_key() {
-        println!("Generated an API key (kept in {}):", args.data_dir.join("secret-key").display());
+        println!(
+            "Generated an API key (kept in {}):",
+            args.data_dir.join("secret-key").display()
+        );
         println!("  export KILN_SECRET_KEY={}", server.secret_key());
     }
-    println!("Kiln is listening on http://{addr} (data in {})", args.data_dir.display());
+    println!(
+        "Kiln is listening on http://{addr} (data in {})",
+        args.data_dir.display()
+    );
     server.serve().await?;
     Ok(ExitCode::SUCCESS)
 }

@@ -21,7 +21,10 @@ fn view(d: &Deployment) -> Value {
 }
 
 /// Deploys the bundle in the body as the new current version.
-pub(super) async fn create(State(state): State<AppState>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub(super) async fn create(
+    State(state): State<AppState>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "The body must be the bundle's bytes (build one with `kiln build`)",
@@ -44,5 +47,7 @@ pub(super) async fn create(State(state): State<AppState>, body: Bytes) -> Result
 pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
     let mut all = state.deployments.list()?;
     all.reverse();
-    Ok(Json(json!({ "data": all.iter().map(view).collect::<Vec<_>>() })))
+    Ok(Json(
+        json!({ "data": all.iter().map(view).collect::<Vec<_>>() }),
+    ))
 }

@@ -61,8 +61,11 @@ impl From<kiln_store::StoreError> for ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response =
-            (self.status, Json(serde_json::json!({ "error": self.message }))).into_response();
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
         // The official SDK retries 409 and 5xx unless told not to; none of
         // these errors goes away by retrying the same request.
         if self.status == StatusCode::CONFLICT || self.status.is_server_error() {

@@ -63,7 +63,11 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// Checks `Authorization: Bearer <secret key>`.
-async fn auth(State(state): State<AppState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn auth(
+    State(state): State<AppState>,
+    request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
     let given = request
         .headers()
         .get(AUTHORIZATION)

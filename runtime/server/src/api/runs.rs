@@ -50,13 +50,19 @@ fn tags(value: Option<Value>) -> Result<Vec<String>, ApiError> {
                 _ => Err(ApiError::bad_request("tags must be strings")),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(ApiError::bad_request("tags must be a string or an array of strings")),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "tags must be a string or an array of strings",
+            ));
+        }
     };
     if tags.len() > 10 {
         return Err(ApiError::bad_request("a run may have at most 10 tags"));
     }
     if let Some(long) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
-        return Err(ApiError::bad_request(format!("tag `{long}` must be 1 to 128 characters")));
+        return Err(ApiError::bad_request(format!(
+            "tag `{long}` must be 1 to 128 characters"
+        )));
     }
     Ok(tags)
 }
@@ -74,9 +80,13 @@ pub(super) async fn trigger(
         )));
     }
     let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerBody { payload: None, options: TriggerOptions::default() }
+        TriggerBody {
+            payload: None,
+            options: TriggerOptions::default(),
+        }
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
+        serde_json::from_slice(&body)
+            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
     };
     let Some(deployed) = state.deployments.current() else {
         return Err(ApiError::not_found(format!(
@@ -93,8 +103,18 @@ pub(super) async fn trigger(
     // The SDK sends the payload as a string packet; plain JSON values are
     // accepted too, for curl users.
     let (payload_text, payload_type) = match body.payload {
-        None | Some(Value::Null) => (None, options.payload_type.unwrap_or_else(|| "application/json".into())),
-        Some(Value::String(s)) => (Some(s), options.payload_type.unwrap_or_else(|| "application/json".into())),
+        None | Some(Value::Null) => (
+            None,
+            options
+                .payload_type
+                .unwrap_or_else(|| "application/json".into()),
+        ),
+        Some(Value::String(s)) => (
+            Some(s),
+            options
+                .payload_type
+                .unwrap_or_else(|| "application/json".into()),
+        ),
         Some(other) => (Some(other.to_string()), "application/json".into()),
     };
     let payload = crate::payload::to_json(payload_text.as_deref(), &payload_type)
@@ -103,14 +123,18 @@ pub(super) async fn trigger(
         .validate_payload(&task_id, &payload)
         .map_err(ApiError::unprocessable)?;
     let machine = match options.machine.as_deref() {
-        Some(name) => name.parse::<Machine>().map_err(|e| ApiError::bad_request(e.to_string()))?,
+        Some(name) => name
+            .parse::<Machine>()
+            .map_err(|e| ApiError::bad_request(e.to_string()))?,
         None => task.machine,
     };
     if options.max_attempts == Some(0) {
         return Err(ApiError::bad_request("maxAttempts must be at least 1"));
     }
     if options.max_duration == Some(0) {
-        return Err(ApiError::bad_request("maxDuration must be at least 1 second"));
+        return Err(ApiError::bad_request(
+            "maxDuration must be at least 1 second",
+        ));
     }
     if let Some(metadata) = &options.metadata
         && !metadata.is_object()
@@ -125,7 +149,11 @@ pub(super) async fn trigger(
         deployment_id: deployed.record.id.clone(),
         version: deployed.record.version.clone(),
         payload: payload_text.unwrap_or_else(|| "null".into()),
-        payload_type: if payload_type == "application/super+json" { "application/json".into() } else { payload_type },
+        payload_type: if payload_type == "application/super+json" {
+            "application/json".into()
+        } else {
+            payload_type
+        },
         output: None,
         error: None,
         tags: tags(options.tags)?,
@@ -144,7 +172,14 @@ pub(super) async fn trigger(
         finished_at: None,
     };
     // A super+json payload is stored as its plain JSON value.
-    let run = Run { payload: if run.payload_type == "application/json" && run.payload != "null" { payload.to_string() } else { run.payload }, ..run };
+    let run = Run {
+        payload: if run.payload_type == "application/json" && run.payload != "null" {
+            payload.to_string()
+        } else {
+            run.payload
+        },
+        ..run
+    };
     state.store.put_run(&run).await?;
     state.executor.enqueue(run.id.clone());
     let jwt = crate::jwt::sign(
@@ -173,15 +208,28 @@ pub(super) async fn retrieve(
     Query(query): Query<RetrieveQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
-    let wait = query.wait.map(Duration::from_millis).unwrap_or_default().min(MAX_WAIT);
-    let mut run = state.store.run(&id)?.ok_or_else(|| ApiError::not_found("Run not found"))?;
+    let wait = query
+        .wait
+        .map(Duration::from_millis)
+        .unwrap_or_default()
+        .min(MAX_WAIT);
+    let mut run = state
+        .store
+        .run(&id)?
+        .ok_or_else(|| ApiError::not_found("Run not found"))?;
     if !wait.is_zero() && !run.status.is_final() {
         let finished = state.notifier.subscribe(&id);
         // Re-read after subscribing so a finish in between is not missed.
-        run = state.store.run(&id)?.ok_or_else(|| ApiError::not_found("Run not found"))?;
+        run = state
+            .store
+            .run(&id)?
+            .ok_or_else(|| ApiError::not_found("Run not found"))?;
         if !run.status.is_final() {
             let _ = tokio::time::timeout(wait, finished).await;
-            run = state.store.run(&id)?.ok_or_else(|| ApiError::not_found("Run not found"))?;
+            run = state
+                .store
+                .run(&id)?
+                .ok_or_else(|| ApiError::not_found("Run not found"))?;
         }
     }
     Ok(Json(retrieve_view(&run)))
@@ -215,9 +263,21 @@ fn common_view(run: &Run) -> Map<String, Value> {
     map.insert("baseCostInCents".into(), json!(0));
     map.insert("durationMs".into(), json!(run.usage_ms()));
     map.insert("version".into(), json!(run.version));
-    insert_opt(&mut map, "idempotencyKey", run.idempotency_key.as_ref().map(|k| json!(k)));
-    insert_opt(&mut map, "startedAt", run.started_at.map(|t| json!(t.to_iso())));
-    insert_opt(&mut map, "finishedAt", run.finished_at.map(|t| json!(t.to_iso())));
+    insert_opt(
+        &mut map,
+        "idempotencyKey",
+        run.idempotency_key.as_ref().map(|k| json!(k)),
+    );
+    insert_opt(
+        &mut map,
+        "startedAt",
+        run.started_at.map(|t| json!(t.to_iso())),
+    );
+    insert_opt(
+        &mut map,
+        "finishedAt",
+        run.finished_at.map(|t| json!(t.to_iso())),
+    );
     insert_opt(&mut map, "metadata", run.metadata.clone());
     map.insert("taskKind".into(), json!("STANDARD"));
     map
@@ -231,9 +291,16 @@ pub(crate) fn retrieve_view(run: &Run) -> Value {
     map.insert("relatedRuns".into(), json!({}));
     map.insert("attemptCount".into(), json!(run.attempts.len()));
     map.insert("machine".into(), json!(run.machine.name()));
-    let payload = crate::payload::to_json(Some(&run.payload), &run.payload_type).unwrap_or(Value::Null);
+    let payload =
+        crate::payload::to_json(Some(&run.payload), &run.payload_type).unwrap_or(Value::Null);
     map.insert("payload".into(), payload);
-    insert_opt(&mut map, "output", run.output.as_deref().map(|o| serde_json::from_str(o).unwrap_or(Value::Null)));
+    insert_opt(
+        &mut map,
+        "output",
+        run.output
+            .as_deref()
+            .map(|o| serde_json::from_str(o).unwrap_or(Value::Null)),
+    );
     if run.output.is_some() {
         map.insert("outputType".into(), json!("application/json"));
     }

@@ -37,7 +37,10 @@ pub struct Fail {
 }
 
 /// Fails with the payload's message.
-#[task(id = "fail", retry(max_attempts = 2, min_timeout_ms = 10, max_timeout_ms = 10))]
+#[task(
+    id = "fail",
+    retry(max_attempts = 2, min_timeout_ms = 10, max_timeout_ms = 10)
+)]
 pub async fn fail(payload: Fail, _ctx: &Context) -> Result<Value, TaskError> {
     if payload.abort {
         Err(TaskError::abort(payload.message))
