@@ -2,9 +2,8 @@
 
 use serde_json::{Value, json};
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::Duration;
 
 /// The API key every test server uses.
 pub const KEY: &str = "tr_dev_sk_e2eTestKey0000000000000";
@@ -19,8 +18,6 @@ pub struct Kiln {
     child: Child,
     /// `http://127.0.0.1:PORT`.
     pub url: String,
-    /// Its data directory.
-    pub data_dir: PathBuf,
     http: reqwest::Client,
 }
 
@@ -56,7 +53,6 @@ impl Kiln {
         Kiln {
             child,
             url,
-            data_dir: data_dir.to_path_buf(),
             http: reqwest::Client::new(),
         }
     }

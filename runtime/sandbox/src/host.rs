@@ -142,7 +142,7 @@ fn truncate(mut text: String, max: usize) -> String {
             cut -= 1;
         }
         text.truncate(cut);
-        text.push_str("…");
+        text.push('…');
     }
     text
 }
