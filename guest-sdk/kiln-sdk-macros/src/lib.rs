@@ -177,6 +177,8 @@ fn expand(
         #vis struct #name {}
 
         impl ::kiln_sdk::__private::Task for #name {
+            const ID: &'static str = #id;
+
             fn manifest() -> ::kiln_sdk::__private::TaskManifest {
                 #[allow(unused_imports)]
                 use ::kiln_sdk::__private::{HasSchema as _, NoSchema as _};
@@ -184,7 +186,7 @@ fn expand(
                 let mut retry = ::kiln_sdk::__private::RetryPolicy::default();
                 #(#retry_fields)*
                 ::kiln_sdk::__private::TaskManifest {
-                    id: ::std::string::String::from(#id),
+                    id: ::std::string::String::from(<Self as ::kiln_sdk::__private::Task>::ID),
                     payload_schema: (&::kiln_sdk::__private::SchemaProbe::<#payload_type>::new())
                         .payload_schema(),
                     queue: #queue,

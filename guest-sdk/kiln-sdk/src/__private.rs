@@ -12,6 +12,8 @@ use std::marker::PhantomData;
 
 /// Implemented by the marker type `#[task]` generates for each task.
 pub trait Task {
+    /// The task's id.
+    const ID: &'static str;
     /// The task's manifest entry.
     fn manifest() -> TaskManifest;
     /// Parses the payload and starts the task's future.
@@ -20,6 +22,8 @@ pub trait Task {
 
 /// One task of a bundle, as `bundle!` lists it.
 pub struct TaskEntry {
+    /// The task's id.
+    pub id: &'static str,
     /// Builds the task's manifest entry.
     pub manifest: fn() -> TaskManifest,
     /// Starts an attempt.
@@ -30,6 +34,7 @@ impl TaskEntry {
     /// The entry of task `T`.
     pub const fn of<T: Task>() -> Self {
         TaskEntry {
+            id: T::ID,
             manifest: T::manifest,
             start: T::start,
         }

@@ -42,7 +42,7 @@ thread_local! {
 pub fn start(tasks: &[TaskEntry], ctx: wit::StartContext) -> wit::Step {
     install_panic_hook();
     reset();
-    let Some(entry) = tasks.iter().find(|t| (t.manifest)().id == ctx.task_id) else {
+    let Some(entry) = tasks.iter().find(|t| t.id == ctx.task_id) else {
         return wit::Step::Failed(
             TaskError::abort(format!("this bundle has no task `{}`", ctx.task_id)).into_wit(),
         );

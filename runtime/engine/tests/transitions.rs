@@ -1,34 +1,20 @@
 //! The run state machine, event by event and over every (status, event) pair.
 
 use kiln_engine::{Action, Event, FailureKind, apply};
-use kiln_manifest::Machine;
 use kiln_types::{AttemptOutcome, DeploymentId, Run, RunError, RunId, RunStatus, Timestamp};
 
 fn run(status: RunStatus, max_attempts: u32) -> Run {
     Run {
-        id: RunId::generate(1),
-        task_id: "t".into(),
         status,
-        deployment_id: DeploymentId::generate(1),
-        version: "20261122.1".into(),
-        payload: "{}".into(),
-        payload_type: "application/json".into(),
-        output: None,
-        error: None,
-        tags: vec![],
-        metadata: None,
-        machine: Machine::Small1x,
         max_attempts,
-        retry: Default::default(),
-        max_duration_secs: None,
-        attempts: vec![],
-        next_attempt_at: None,
-        idempotency_key: None,
-        is_test: false,
-        created_at: Timestamp(1),
-        updated_at: Timestamp(1),
-        started_at: None,
-        finished_at: None,
+        ..Run::queued(
+            RunId::generate(1),
+            "t",
+            DeploymentId::generate(1),
+            "20261122.1",
+            "{}",
+            Timestamp(1),
+        )
     }
 }
 

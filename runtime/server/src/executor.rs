@@ -154,28 +154,12 @@ impl Shared {
             Ok(Some(d)) => d,
             Ok(None) => {
                 return self
-                    .fail(
-                        &run,
-                        FailureKind::System,
-                        RunError::new("SystemFailure", "the run's deployment is missing"),
-                        0,
-                        executor,
-                    )
+                    .system_failure(&run, "the run's deployment is missing".into(), executor)
                     .await;
             }
             Err(error) => {
-                return self
-                    .fail(
-                        &run,
-                        FailureKind::System,
-                        RunError::new(
-                            "SystemFailure",
-                            format!("loading the run's bundle failed: {error}"),
-                        ),
-                        0,
-                        executor,
-                    )
-                    .await;
+                let message = format!("loading the run's bundle failed: {error}");
+                return self.system_failure(&run, message, executor).await;
             }
         };
         let limits =
@@ -183,18 +167,8 @@ impl Shared {
         let mut attempt = match deployed.bundle.instantiate(limits).await {
             Ok(a) => a,
             Err(error) => {
-                return self
-                    .fail(
-                        &run,
-                        FailureKind::System,
-                        RunError::new(
-                            "SystemFailure",
-                            format!("instantiating the bundle failed: {error:#}"),
-                        ),
-                        0,
-                        executor,
-                    )
-                    .await;
+                let message = format!("instantiating the bundle failed: {error:#}");
+                return self.system_failure(&run, message, executor).await;
             }
         };
         let ctx = StartContext {
@@ -205,9 +179,12 @@ impl Shared {
             version: run.version.clone(),
             machine: run.machine.to_string(),
             tags: run.tags.clone(),
-            payload: crate::payload::to_json(Some(&run.payload), &run.payload_type)
-                .unwrap_or(serde_json::Value::Null)
-                .to_string(),
+            // Stored as JSON at trigger time; only text needs quoting.
+            payload: if run.payload_type == "text/plain" {
+                serde_json::Value::String(run.payload.clone()).to_string()
+            } else {
+                run.payload.clone()
+            },
             metadata: run
                 .metadata
                 .clone()
@@ -332,15 +309,15 @@ impl Shared {
         Ok(())
     }
 
-    async fn fail(
+    /// Ends the attempt as Kiln's own failure: the run is `SYSTEM_FAILURE`.
+    async fn system_failure(
         &self,
         run: &Run,
-        kind: FailureKind,
-        error: RunError,
-        usage_ms: u64,
+        message: String,
         executor: &Executor,
     ) -> anyhow::Result<()> {
-        self.step(run, failure(kind, error, usage_ms), executor)
+        let error = RunError::new("SystemFailure", message);
+        self.step(run, failure(FailureKind::System, error, 0), executor)
             .await?;
         Ok(())
     }

@@ -31,29 +31,15 @@ fn deployment(sequence: u64) -> Deployment {
 
 fn run(status: RunStatus) -> Run {
     Run {
-        id: RunId::generate(Timestamp::now().0),
-        task_id: "t".into(),
         status,
-        deployment_id: DeploymentId::generate(1),
-        version: "20261122.1".into(),
-        payload: "{}".into(),
-        payload_type: "application/json".into(),
-        output: None,
-        error: None,
-        tags: vec![],
-        metadata: None,
-        machine: Machine::Small1x,
-        max_attempts: 3,
-        retry: RetryPolicy::default(),
-        max_duration_secs: None,
-        attempts: vec![],
-        next_attempt_at: None,
-        idempotency_key: None,
-        is_test: false,
-        created_at: Timestamp(1),
-        updated_at: Timestamp(1),
-        started_at: None,
-        finished_at: None,
+        ..Run::queued(
+            RunId::generate(Timestamp::now().0),
+            "t",
+            DeploymentId::generate(1),
+            "20261122.1",
+            "{}",
+            Timestamp(1),
+        )
     }
 }
 

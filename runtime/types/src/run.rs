@@ -159,6 +159,45 @@ impl Run {
     /// Log lines kept per attempt.
     pub const MAX_LOG_LINES: usize = 1_000;
 
+    /// A new `QUEUED` run of `task_id` on a deployment, with the default
+    /// machine and retry policy, no tags, metadata or attempts. Callers set
+    /// the rest with struct update syntax.
+    pub fn queued(
+        id: RunId,
+        task_id: impl Into<String>,
+        deployment_id: DeploymentId,
+        version: impl Into<String>,
+        payload: impl Into<String>,
+        now: Timestamp,
+    ) -> Self {
+        let retry = kiln_manifest::RetryPolicy::default();
+        Run {
+            id,
+            task_id: task_id.into(),
+            status: RunStatus::Queued,
+            deployment_id,
+            version: version.into(),
+            payload: payload.into(),
+            payload_type: "application/json".into(),
+            output: None,
+            error: None,
+            tags: Vec::new(),
+            metadata: None,
+            machine: Machine::default(),
+            max_attempts: retry.max_attempts,
+            retry,
+            max_duration_secs: None,
+            attempts: Vec::new(),
+            next_attempt_at: None,
+            idempotency_key: None,
+            is_test: false,
+            created_at: now,
+            updated_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
     /// Execution time over all attempts, in milliseconds.
     pub fn usage_ms(&self) -> u64 {
         self.attempts.iter().map(|a| a.usage_ms).sum()

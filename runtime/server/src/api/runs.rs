@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use kiln_manifest::Machine;
-use kiln_types::{Run, RunId, RunStatus, Timestamp};
+use kiln_types::{Run, RunId, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
 use std::time::Duration;
@@ -142,43 +142,29 @@ pub(super) async fn trigger(
         return Err(ApiError::bad_request("metadata must be a JSON object"));
     }
     let now = Timestamp::now();
+    // Text stays as sent; everything else is stored as its plain JSON value
+    // (SuperJSON unwrapped), so attempts hand it to the guest as it is.
+    let (stored, stored_type) = match payload_text {
+        Some(text) if payload_type == "text/plain" => (text, payload_type),
+        _ => (payload.to_string(), "application/json".to_string()),
+    };
     let run = Run {
-        id: RunId::generate(now.as_millis()),
-        task_id: task_id.clone(),
-        status: RunStatus::Queued,
-        deployment_id: deployed.record.id.clone(),
-        version: deployed.record.version.clone(),
-        payload: payload_text.unwrap_or_else(|| "null".into()),
-        payload_type: if payload_type == "application/super+json" {
-            "application/json".into()
-        } else {
-            payload_type
-        },
-        output: None,
-        error: None,
+        payload_type: stored_type,
         tags: tags(options.tags)?,
         metadata: options.metadata,
         machine,
         max_attempts: options.max_attempts.unwrap_or(task.retry.max_attempts),
         retry: task.retry.clone(),
         max_duration_secs: options.max_duration.or(task.max_duration_secs),
-        attempts: Vec::new(),
-        next_attempt_at: None,
-        idempotency_key: None,
         is_test: options.test,
-        created_at: now,
-        updated_at: now,
-        started_at: None,
-        finished_at: None,
-    };
-    // A super+json payload is stored as its plain JSON value.
-    let run = Run {
-        payload: if run.payload_type == "application/json" && run.payload != "null" {
-            payload.to_string()
-        } else {
-            run.payload
-        },
-        ..run
+        ..Run::queued(
+            RunId::generate(now.as_millis()),
+            task_id.clone(),
+            deployed.record.id.clone(),
+            deployed.record.version.clone(),
+            stored,
+            now,
+        )
     };
     state.store.put_run(&run).await?;
     state.executor.enqueue(run.id.clone());
