@@ -83,6 +83,25 @@ pub fn cancel(reason: String) {
     reset();
 }
 
+/// Grows linear memory to at least `pages` pages before the host restores a
+/// snapshot into it. Called by the bundle's `snapshot-grow` export.
+pub fn snapshot_grow(pages: u32) -> u32 {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let current = core::arch::wasm32::memory_size(0);
+        let wanted = pages as usize;
+        if wanted > current {
+            core::arch::wasm32::memory_grow(0, wanted - current);
+        }
+        core::arch::wasm32::memory_size(0) as u32
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    {
+        let _ = pages;
+        0
+    }
+}
+
 fn reset() {
     ATTEMPT.with(|a| a.borrow_mut().take());
     WAITS.with(|w| *w.borrow_mut() = Waits::default());

@@ -77,6 +77,13 @@ macro_rules! bundle {
             fn cancel(reason: ::std::string::String) {
                 $crate::executor::cancel(reason)
             }
+            fn snapshot_grow(pages: u32) -> u32 {
+                $crate::executor::snapshot_grow(pages)
+            }
+            fn snapshot_read() -> ::std::vec::Vec<u8> {
+                ::std::vec::Vec::new()
+            }
+            fn snapshot_write(_image: ::std::vec::Vec<u8>) {}
         }
 
         $crate::bindings::__export_kiln_bundle!(__KilnBundle);

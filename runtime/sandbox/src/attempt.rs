@@ -3,13 +3,20 @@
 use crate::bindings::wit::Bundle;
 use crate::bindings::wit::kiln::task::types::{StartContext, Step, Wake};
 use crate::bundle::LoadedBundle;
+use crate::host::JournalSink;
 use crate::host::{HostCallStats, HostState};
 use crate::limits::Limits;
-use kiln_types::LogLine;
+use crate::snapshot::{MemoryImage, MemoryWrite};
+use kiln_types::{JournalEntry, LogLine};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use wasmtime::component::Instance;
 use wasmtime::{Store, UpdateDeadline};
+
+/// Size of a WebAssembly page.
+const WASM_PAGE: usize = 65_536;
 
 /// A trap: the guest stopped without returning a step.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -33,6 +40,9 @@ pub enum TrapKind {
     /// The guest panicked.
     #[error("the task panicked: {0}")]
     Panic(String),
+    /// On replay the task did something other than its journal says.
+    #[error("{0}")]
+    NonDeterminism(String),
     /// Any other trap.
     #[error("the guest trapped: {0}")]
     Other(String),
@@ -51,6 +61,8 @@ pub enum StepOutcome {
 pub struct Attempt {
     store: Store<HostState>,
     instance: Bundle,
+    raw: Instance,
+    snapshot: crate::bundle::SnapshotExports,
     canceled: Arc<AtomicBool>,
 }
 
@@ -86,15 +98,25 @@ impl LoadedBundle {
             }
             Ok(UpdateDeadline::Yield(1))
         });
+        if self.sandbox.inner.config.fuel {
+            store.set_fuel(u64::MAX).map_err(anyhow::Error::from)?;
+        }
         let canceled = store.data().canceled.clone();
-        let instance = self
+        let raw = self
             .pre
+            .instance_pre()
             .instantiate_async(&mut store)
             .await
+            .map_err(anyhow::Error::from)?;
+        let instance = self
+            .indices
+            .load(&mut store, &raw)
             .map_err(anyhow::Error::from)?;
         Ok(Attempt {
             store,
             instance,
+            raw,
+            snapshot: self.snapshot.clone(),
             canceled,
         })
     }
@@ -135,6 +157,74 @@ impl Attempt {
         self.begin();
         let _ = self.instance.call_cancel(&mut self.store, reason).await;
         self.end();
+    }
+
+    /// Journals live host calls into `sink` from now on.
+    pub fn set_journal(&mut self, sink: Box<dyn JournalSink>) {
+        self.store.data_mut().journal = sink;
+    }
+
+    /// The journal entries still to replay. Host calls at the front are
+    /// answered from here; the executor takes the waits and wakes between
+    /// steps.
+    pub fn replay_mut(&mut self) -> &mut VecDeque<JournalEntry> {
+        &mut self.store.data_mut().replay
+    }
+
+    /// Copies the guest's linear memory. Call only between steps.
+    pub async fn capture(&mut self) -> Result<Vec<u8>, TrapKind> {
+        let read = self
+            .raw
+            .get_typed_func::<(), (MemoryImage,)>(&mut self.store, &self.snapshot.read)
+            .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
+        self.begin();
+        let result = read.call_async(&mut self.store, ()).await;
+        self.end();
+        result.map(|(image,)| image.0).map_err(|e| self.classify(e))
+    }
+
+    /// Makes the guest's linear memory exactly `image` (a [`capture`] of an
+    /// instance of the same bundle). Call on a fresh instance.
+    ///
+    /// [`capture`]: Attempt::capture
+    pub async fn restore(&mut self, image: Vec<u8>) -> Result<(), TrapKind> {
+        if image.len() % WASM_PAGE != 0 {
+            return Err(TrapKind::Other(format!(
+                "a snapshot of {} bytes is not a whole number of pages",
+                image.len()
+            )));
+        }
+        let pages = (image.len() / WASM_PAGE) as u32;
+        let grow = self
+            .raw
+            .get_typed_func::<(u32,), (u32,)>(&mut self.store, &self.snapshot.grow)
+            .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
+        let write = self
+            .raw
+            .get_typed_func::<(MemoryWrite,), ()>(&mut self.store, &self.snapshot.write)
+            .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
+        self.begin();
+        let grown = grow.call_async(&mut self.store, (pages,)).await;
+        let result = match grown {
+            Ok((now,)) if now == pages => write
+                .call_async(&mut self.store, (MemoryWrite(image),))
+                .await
+                .map_err(|e| self.classify(e)),
+            Ok((now,)) => Err(TrapKind::Other(format!(
+                "the snapshot has {pages} pages of memory but a fresh instance has {now}"
+            ))),
+            Err(e) => Err(self.classify(e)),
+        };
+        self.end();
+        result
+    }
+
+    /// Fuel used so far (when the sandbox meters fuel; otherwise 0).
+    pub fn fuel_used(&self) -> u64 {
+        self.store
+            .get_fuel()
+            .map(|left| u64::MAX - left)
+            .unwrap_or(0)
     }
 
     /// Execution time used so far, waits excluded.
@@ -187,6 +277,9 @@ impl Attempt {
         }
         if self.canceled.load(Ordering::Relaxed) {
             return TrapKind::Canceled;
+        }
+        if let Some(message) = state.nondeterminism.take() {
+            return TrapKind::NonDeterminism(message);
         }
         if let Some(message) = state.panic.take() {
             return TrapKind::Panic(message);

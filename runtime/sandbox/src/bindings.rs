@@ -5,7 +5,7 @@ pub mod wit {
     wasmtime::component::bindgen!({
         path: "../../wit",
         world: "kiln:task/bundle",
-        imports: { default: async },
+        imports: { default: async | trappable },
         exports: { default: async },
     });
 

@@ -1,6 +1,6 @@
 //! Bundle validation and the loaded, pre-linked bundle.
 
-use crate::bindings::wit::BundlePre;
+use crate::bindings::wit::{BundleIndices, BundlePre};
 use crate::engine::Sandbox;
 use crate::limits::Limits;
 use kiln_manifest::{Machine, Manifest};
@@ -8,11 +8,20 @@ use sha2::{Digest, Sha256};
 use std::time::Duration;
 use wasmtime::Engine;
 use wasmtime::component::Component;
+use wasmtime::component::ComponentExportIndex;
 
 /// The interfaces a bundle may import: Kiln's own, never WASI.
 const ALLOWED_IMPORT_PREFIX: &str = "kiln:task/";
 /// The exports every bundle must have.
-const REQUIRED_EXPORTS: [&str; 4] = ["describe", "start", "resume", "cancel"];
+const REQUIRED_EXPORTS: [&str; 7] = [
+    "describe",
+    "start",
+    "resume",
+    "cancel",
+    "snapshot-grow",
+    "snapshot-read",
+    "snapshot-write",
+];
 /// How long `describe` may run at deploy time.
 const DESCRIBE_TIME_LIMIT: Duration = Duration::from_secs(2);
 
@@ -87,11 +96,21 @@ pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), 
     Ok(())
 }
 
+/// Where the snapshot exports are, looked up once per bundle.
+#[derive(Clone)]
+pub(crate) struct SnapshotExports {
+    pub(crate) grow: ComponentExportIndex,
+    pub(crate) read: ComponentExportIndex,
+    pub(crate) write: ComponentExportIndex,
+}
+
 /// A validated bundle, compiled and pre-linked, with its manifest.
 #[derive(Clone)]
 pub struct LoadedBundle {
     pub(crate) sandbox: Sandbox,
     pub(crate) pre: BundlePre<crate::host::HostState>,
+    pub(crate) indices: BundleIndices,
+    pub(crate) snapshot: SnapshotExports,
     hash: String,
     manifest: Manifest,
 }
@@ -110,9 +129,24 @@ impl LoadedBundle {
         hash: String,
         pre: BundlePre<crate::host::HostState>,
     ) -> Result<Self, BundleError> {
+        let indices = BundleIndices::new(pre.instance_pre())
+            .map_err(|e| BundleError::Link(format!("{e:#}")))?;
+        let component = pre.instance_pre().component();
+        let export = |name: &str| {
+            component
+                .get_export_index(None, name)
+                .ok_or_else(|| BundleError::MissingExport(name.to_string()))
+        };
+        let snapshot = SnapshotExports {
+            grow: export("snapshot-grow")?,
+            read: export("snapshot-read")?,
+            write: export("snapshot-write")?,
+        };
         let mut bundle = LoadedBundle {
             sandbox,
             pre,
+            indices,
+            snapshot,
             hash,
             manifest: Manifest {
                 manifest_version: 0,

@@ -3,8 +3,9 @@
 
 use crate::bindings::wit::kiln::task::{host, types};
 use crate::bindings::wit::{HostError, LogLevel};
-use kiln_types::{LogLine, Timestamp};
+use kiln_types::{HostCall, JournalEntry, LogLine, Timestamp};
 use rand::RngCore;
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -22,8 +23,25 @@ pub struct HostCallStats {
     pub clock: u32,
     /// `random-bytes` calls.
     pub random: u32,
+    /// `random-bytes` calls the host answered live (not from the journal).
+    pub random_live: u32,
     /// `log` calls.
     pub log: u32,
+}
+
+/// Where an attempt's live host calls are journaled. The executor writes
+/// each one to the store as it happens (in order with everything else the
+/// run commits).
+pub trait JournalSink: Send {
+    /// Journals one host call and its answer.
+    fn record(&mut self, call: HostCall);
+}
+
+/// A sink that forgets everything (for `describe` and tests).
+pub(crate) struct NoJournal;
+
+impl JournalSink for NoJournal {
+    fn record(&mut self, _call: HostCall) {}
 }
 
 /// Caps linear memory and remembers when the cap was hit.
@@ -96,6 +114,13 @@ pub struct HostState {
     pub(crate) logs: Vec<LogLine>,
     pub(crate) panic: Option<String>,
     pub(crate) stats: HostCallStats,
+    /// Journal entries still to replay: host calls are answered from the
+    /// front while it holds a host call.
+    pub(crate) replay: VecDeque<JournalEntry>,
+    /// Where live calls are journaled.
+    pub(crate) journal: Box<dyn JournalSink>,
+    /// Set when a call did not match the journal.
+    pub(crate) nondeterminism: Option<String>,
 }
 
 impl HostState {
@@ -117,7 +142,48 @@ impl HostState {
             logs: Vec::new(),
             panic: None,
             stats: HostCallStats::default(),
+            replay: VecDeque::new(),
+            journal: Box::new(NoJournal),
+            nondeterminism: None,
         }
+    }
+
+    /// The journaled answer to a call while replaying, `None` once live. A
+    /// call that does not fit the next entry is a non-determinism error,
+    /// which traps.
+    fn replayed(
+        &mut self,
+        what: &str,
+        fits: impl Fn(&HostCall) -> bool,
+    ) -> wasmtime::Result<Option<HostCall>> {
+        match self.replay.front() {
+            None => Ok(None),
+            Some(JournalEntry::HostCall(call)) if fits(call) => {
+                let call = call.clone();
+                self.replay.pop_front();
+                Ok(Some(call))
+            }
+            Some(other) => {
+                let message = format!(
+                    "non-determinism: on replay the task called `{what}` where its journal has {}",
+                    other.describe()
+                );
+                self.nondeterminism = Some(message.clone());
+                wasmtime::bail!(message)
+            }
+        }
+    }
+
+    fn push_log(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
+        if self.logs.len() >= kiln_types::Run::MAX_LOG_LINES {
+            return;
+        }
+        self.logs.push(LogLine {
+            at: Timestamp::now(),
+            level: level.to_string(),
+            message,
+            fields,
+        });
     }
 
     pub(crate) fn is_canceled(&self) -> bool {
@@ -156,37 +222,69 @@ fn unsupported(what: &str) -> HostError {
 impl types::Host for HostState {}
 
 impl host::Host for HostState {
-    async fn log(&mut self, level: LogLevel, message: String, fields: Vec<types::Field>) {
+    async fn log(
+        &mut self,
+        level: LogLevel,
+        message: String,
+        fields: Vec<types::Field>,
+    ) -> wasmtime::Result<()> {
         self.stats.log += 1;
-        if self.logs.len() >= kiln_types::Run::MAX_LOG_LINES {
-            return;
+        let level = level_name(level);
+        let message = truncate(message, MAX_LOG_MESSAGE);
+        let fits = |call: &HostCall| matches!(call, HostCall::Log { level: l, message: m } if l == level && *m == message);
+        let what = format!("log({level}, …)");
+        let replayed = self.replayed(&what, fits)?.is_some();
+        let fields = fields
+            .into_iter()
+            .take(64)
+            .map(|f| (truncate(f.key, 256), truncate(f.value, 4096)))
+            .collect();
+        if !replayed {
+            self.journal.record(HostCall::Log {
+                level: level.to_string(),
+                message: message.clone(),
+            });
         }
-        self.logs.push(LogLine {
-            at: Timestamp::now(),
-            level: level_name(level).to_string(),
-            message: truncate(message, MAX_LOG_MESSAGE),
-            fields: fields
-                .into_iter()
-                .take(64)
-                .map(|f| (truncate(f.key, 256), truncate(f.value, 4096)))
-                .collect(),
-        });
+        // Replayed lines come after the run's last save, so they are kept
+        // again too.
+        self.push_log(level, message, fields);
+        Ok(())
     }
 
-    async fn now_ms(&mut self) -> u64 {
+    async fn now_ms(&mut self) -> wasmtime::Result<u64> {
         self.stats.clock += 1;
-        Timestamp::now().as_millis()
+        if let Some(HostCall::NowMs { result }) =
+            self.replayed("now-ms()", |c| matches!(c, HostCall::NowMs { .. }))?
+        {
+            return Ok(result);
+        }
+        let result = Timestamp::now().as_millis();
+        self.journal.record(HostCall::NowMs { result });
+        Ok(result)
     }
 
-    async fn random_bytes(&mut self, len: u32) -> Vec<u8> {
+    async fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
         self.stats.random += 1;
-        let mut bytes = vec![0u8; len.min(MAX_RANDOM_BYTES) as usize];
+        let len = len.min(MAX_RANDOM_BYTES);
+        let what = format!("random-bytes({len})");
+        let fits = |c: &HostCall| matches!(c, HostCall::RandomBytes { len: l, .. } if *l == len);
+        if let Some(HostCall::RandomBytes { result, .. }) = self.replayed(&what, fits)? {
+            return hex::decode(&result)
+                .map_err(|e| wasmtime::format_err!("the journal's random bytes are not hex: {e}"));
+        }
+        self.stats.random_live += 1;
+        let mut bytes = vec![0u8; len as usize];
         rand::rng().fill_bytes(&mut bytes);
-        bytes
+        self.journal.record(HostCall::RandomBytes {
+            len,
+            result: hex::encode(&bytes),
+        });
+        Ok(bytes)
     }
 
-    async fn record_panic(&mut self, message: String) {
+    async fn record_panic(&mut self, message: String) -> wasmtime::Result<()> {
         self.panic = Some(truncate(message, MAX_LOG_MESSAGE));
+        Ok(())
     }
 
     async fn trigger(
@@ -194,30 +292,33 @@ impl host::Host for HostState {
         _task_id: String,
         _payload: String,
         _options: String,
-    ) -> Result<String, HostError> {
-        Err(unsupported("trigger"))
+    ) -> wasmtime::Result<Result<String, HostError>> {
+        Ok(Err(unsupported("trigger")))
     }
 
     async fn batch_trigger(
         &mut self,
         _items: Vec<types::BatchItem>,
-    ) -> Result<types::BatchHandle, HostError> {
-        Err(unsupported("batch-trigger"))
+    ) -> wasmtime::Result<Result<types::BatchHandle, HostError>> {
+        Ok(Err(unsupported("batch-trigger")))
     }
 
-    async fn create_token(&mut self, _options: String) -> Result<types::TokenHandle, HostError> {
-        Err(unsupported("create-token"))
+    async fn create_token(
+        &mut self,
+        _options: String,
+    ) -> wasmtime::Result<Result<types::TokenHandle, HostError>> {
+        Ok(Err(unsupported("create-token")))
     }
 
     async fn update_metadata(
         &mut self,
         _target: types::MetadataTarget,
         _operations: String,
-    ) -> Result<String, HostError> {
-        Err(unsupported("update-metadata"))
+    ) -> wasmtime::Result<Result<String, HostError>> {
+        Ok(Err(unsupported("update-metadata")))
     }
 
-    async fn add_tags(&mut self, _tags: Vec<String>) -> Result<(), HostError> {
-        Err(unsupported("add-tags"))
+    async fn add_tags(&mut self, _tags: Vec<String>) -> wasmtime::Result<Result<(), HostError>> {
+        Ok(Err(unsupported("add-tags")))
     }
 }

@@ -19,10 +19,11 @@ mod bundle;
 mod engine;
 mod host;
 mod limits;
+mod snapshot;
 
 pub use attempt::{Attempt, StepOutcome, TrapKind};
 pub use bindings::wit;
 pub use bundle::{BundleError, LoadedBundle};
 pub use engine::{Sandbox, SandboxConfig};
-pub use host::HostCallStats;
+pub use host::{HostCallStats, JournalSink};
 pub use limits::Limits;

@@ -170,3 +170,101 @@ async fn panics_and_unsupported_imports_are_reported() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+fn timer_wake(id: u64) -> kiln_sandbox::wit::kiln::task::types::Wake {
+    kiln_sandbox::wit::kiln::task::types::Wake {
+        id,
+        value: kiln_sandbox::wit::kiln::task::types::WakeValue::Timer,
+    }
+}
+
+fn waiting_on(outcome: StepOutcome) -> u64 {
+    match outcome {
+        StepOutcome::Step(Step::Waiting(waits)) => waits[0].id,
+        other => panic!("expected the guest to wait, got {other:?}"),
+    }
+}
+
+/// Resuming from a snapshot runs only what comes after the wait: the fuel a
+/// restored instance burns is a sliver of the work done before the wait.
+#[tokio::test]
+async fn resuming_from_a_snapshot_does_not_redo_pre_wait_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = SandboxConfig::new(dir.path().join("compiled"));
+    config.fuel = true;
+    let sandbox = Sandbox::new(config).unwrap();
+    let bundle = sandbox
+        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
+        .await
+        .unwrap();
+    let limits = Limits::for_machine(Machine::Small2x, None);
+
+    let mut first = bundle.instantiate(limits).await.unwrap();
+    let wait = waiting_on(
+        first
+            .start(&ctx(
+                "work-then-wait",
+                r#"{"rounds": 2000000, "wait_ms": 10}"#,
+            ))
+            .await,
+    );
+    let image = first.capture().await.unwrap();
+    let before_wait = first.fuel_used();
+    drop(first);
+
+    let mut second = bundle.instantiate(limits).await.unwrap();
+    let fresh = second.fuel_used();
+    second.restore(image).await.unwrap();
+    let output = match second.resume(&timer_wake(wait)).await {
+        StepOutcome::Step(Step::Completed(out)) => out,
+        other => panic!("unexpected {other:?}"),
+    };
+    let after_restore = second.fuel_used() - fresh;
+
+    // The same work run straight through gives the same value.
+    let mut straight = bundle.instantiate(limits).await.unwrap();
+    let wait = waiting_on(
+        straight
+            .start(&ctx(
+                "work-then-wait",
+                r#"{"rounds": 2000000, "wait_ms": 10}"#,
+            ))
+            .await,
+    );
+    let expected = match straight.resume(&timer_wake(wait)).await {
+        StepOutcome::Step(Step::Completed(out)) => out,
+        other => panic!("unexpected {other:?}"),
+    };
+    assert_eq!(output, expected);
+    assert!(
+        after_restore * 50 < before_wait,
+        "restore and resume burned {after_restore} fuel against {before_wait} before the wait"
+    );
+}
+
+/// A guest holding 50 MiB of heap across a wait gets it back intact on a
+/// fresh instance.
+#[tokio::test]
+async fn fifty_mib_of_heap_survive_a_snapshot() {
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox(&dir);
+    let bundle = sandbox
+        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
+        .await
+        .unwrap();
+    let limits = Limits::for_machine(Machine::Medium1x, None);
+    let mut first = bundle.instantiate(limits).await.unwrap();
+    let wait = waiting_on(first.start(&ctx("hold-heap", r#"{"mib": 50}"#)).await);
+    let image = first.capture().await.unwrap();
+    assert!(image.len() >= 50 << 20, "image is {} bytes", image.len());
+    drop(first);
+
+    let mut second = bundle.instantiate(limits).await.unwrap();
+    second.restore(image).await.unwrap();
+    match second.resume(&timer_wake(wait)).await {
+        StepOutcome::Step(Step::Completed(out)) => {
+            assert_eq!(out, format!(r#"{{"bytes":{},"intact":true}}"#, 50 << 20))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -24,6 +24,10 @@ pub trait Backend: Send + Sync + 'static {
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Every entry with `start <= key < end`, in key order, at most `limit`.
+    fn scan_range(&self, start: &[u8], end: &[u8], limit: usize)
+    -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
     /// The last entry whose key starts with `prefix`.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
 

@@ -16,11 +16,13 @@ mod backend;
 mod memory;
 mod records;
 mod sled_backend;
+pub mod snapshot;
 
 pub use backend::{Backend, Commit, Op};
 pub use memory::MemoryBackend;
-pub use records::Store;
+pub use records::{Batch, Store, StoredLayer, TimerKey};
 pub use sled_backend::SledBackend;
+pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};
 
 /// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -5,11 +5,18 @@
 //! | `deploy/<seq: u64 BE>` | [`Deployment`] (JSON) |
 //! | `bundle/<sha256 hex>` | the bundle's bytes |
 //! | `run/<run id>` | [`Run`] (JSON) |
-//! | `active/<run id>` | empty: the run is not final (read at start-up) |
+//! | `active/<run id>` | empty: the run is queued or executing (read at start-up) |
+//! | `journal/<run id>/<seq: u64 BE>` | [`JournalRecord`] (JSON) |
+//! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a [`SnapshotLayer`] |
+//! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
+//!
+//! Waiting runs are not in `active/`: they are reached through what wakes
+//! them (their timers), so start-up reads only runs that were executing.
 
 use crate::backend::{Backend, Commit, Op};
+use crate::snapshot::SnapshotLayer;
 use crate::{Result, StoreError};
-use kiln_types::{Deployment, Run, RunId};
+use kiln_types::{Deployment, JournalRecord, Run, RunId, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
@@ -18,6 +25,160 @@ const DEPLOY: &[u8] = b"deploy/";
 const BUNDLE: &[u8] = b"bundle/";
 const RUN: &[u8] = b"run/";
 const ACTIVE: &[u8] = b"active/";
+const JOURNAL: &[u8] = b"journal/";
+const SNAP: &[u8] = b"snap/";
+const TIMER: &[u8] = b"timer/";
+
+/// A durable timer: wait `wait_id` of `run_id` is due at `due`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TimerKey {
+    /// When it is due.
+    pub due: Timestamp,
+    /// The run that waits.
+    pub run_id: RunId,
+    /// The wait it wakes.
+    pub wait_id: u64,
+}
+
+impl TimerKey {
+    fn encode(&self) -> Vec<u8> {
+        let mut k = key(TIMER, &self.due.as_millis().to_be_bytes());
+        k.extend_from_slice(self.run_id.as_str().as_bytes());
+        k.push(b'/');
+        k.extend_from_slice(&self.wait_id.to_be_bytes());
+        k
+    }
+
+    fn decode(k: &[u8]) -> Result<Self> {
+        let corrupt = || StoreError::Corrupt {
+            key: String::from_utf8_lossy(k).into_owned(),
+            reason: "not a timer key".into(),
+        };
+        let rest = k.strip_prefix(TIMER).ok_or_else(corrupt)?;
+        if rest.len() < 8 + 1 + 8 {
+            return Err(corrupt());
+        }
+        let due = u64::from_be_bytes(rest[..8].try_into().map_err(|_| corrupt())?);
+        let (run, wait) = rest[8..].split_at(rest.len() - 8 - 8);
+        let run = run.strip_suffix(b"/").ok_or_else(corrupt)?;
+        let run_id = std::str::from_utf8(run)
+            .ok()
+            .and_then(|s| RunId::parse(s).ok())
+            .ok_or_else(corrupt)?;
+        Ok(TimerKey {
+            due: Timestamp(due),
+            run_id,
+            wait_id: u64::from_be_bytes(wait.try_into().map_err(|_| corrupt())?),
+        })
+    }
+}
+
+fn journal_prefix(run: &RunId) -> Vec<u8> {
+    let mut k = key(JOURNAL, run.as_str().as_bytes());
+    k.push(b'/');
+    k
+}
+
+fn snap_prefix(run: &RunId) -> Vec<u8> {
+    let mut k = key(SNAP, run.as_str().as_bytes());
+    k.push(b'/');
+    k
+}
+
+fn snap_key(run: &RunId, attempt: u32, layer: u32) -> Vec<u8> {
+    let mut k = snap_prefix(run);
+    k.extend_from_slice(&attempt.to_be_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&layer.to_be_bytes());
+    k
+}
+
+/// Writes that commit together, atomically: a run's record, its journal
+/// entries, snapshot layers and timers.
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+    error: Option<StoreError>,
+}
+
+impl Batch {
+    /// Saves a run (see [`Store::put_run`]).
+    pub fn put_run(&mut self, run: &Run) -> &mut Self {
+        match encode(run) {
+            Ok(record) => {
+                let id = run.id.as_str().as_bytes();
+                self.ops.push(Op::Put(key(RUN, id), record));
+                self.ops
+                    .push(if run.status.is_final() || run.status.is_waiting() {
+                        Op::Delete(key(ACTIVE, id))
+                    } else {
+                        Op::Put(key(ACTIVE, id), Vec::new())
+                    });
+            }
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Appends a journal entry.
+    pub fn append_journal(&mut self, run: &RunId, record: &JournalRecord) -> &mut Self {
+        match encode(record) {
+            Ok(value) => {
+                let mut k = journal_prefix(run);
+                k.extend_from_slice(&record.seq.to_be_bytes());
+                self.ops.push(Op::Put(k, value));
+            }
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Stores a snapshot layer of an attempt.
+    pub fn put_layer(
+        &mut self,
+        run: &RunId,
+        attempt: u32,
+        layer: u32,
+        bytes: Vec<u8>,
+    ) -> &mut Self {
+        self.ops.push(Op::Put(snap_key(run, attempt, layer), bytes));
+        self
+    }
+
+    /// Deletes stored snapshot layers by key (from [`Store::layer_keys`]).
+    pub fn delete_keys(&mut self, keys: impl IntoIterator<Item = Vec<u8>>) -> &mut Self {
+        self.ops.extend(keys.into_iter().map(Op::Delete));
+        self
+    }
+
+    /// Sets a durable timer.
+    pub fn put_timer(&mut self, timer: &TimerKey) -> &mut Self {
+        self.ops.push(Op::Put(timer.encode(), Vec::new()));
+        self
+    }
+
+    /// Removes a durable timer.
+    pub fn delete_timer(&mut self, timer: &TimerKey) -> &mut Self {
+        self.ops.push(Op::Delete(timer.encode()));
+        self
+    }
+
+    /// Whether the batch holds no writes.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+}
+
+/// One stored snapshot layer of an attempt.
+#[derive(Debug, Clone)]
+pub struct StoredLayer {
+    /// Its number within the attempt.
+    pub number: u32,
+    /// The layer.
+    pub layer: SnapshotLayer,
+    /// Its size as stored.
+    pub stored_bytes: u64,
+}
 
 fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
@@ -94,22 +255,86 @@ impl Store {
         self.backend.get(&key(BUNDLE, content_hash.as_bytes()))
     }
 
-    /// Saves a run, keeping the index of unfinished runs in step. The write
-    /// is handed to the committer at once (so dropping the returned future
-    /// does not cancel it); the future resolves when it is durable.
+    /// Saves a run, keeping the index of queued and executing runs in step.
+    /// The write is handed to the committer at once (so dropping the
+    /// returned future does not cancel it); the future resolves when it is
+    /// durable.
     pub fn put_run(&self, run: &Run) -> Commit {
-        let record = match encode(run) {
-            Ok(record) => record,
-            Err(e) => return Box::pin(std::future::ready(Err(e))),
-        };
-        let id = run.id.as_str().as_bytes();
-        let active = if run.status.is_final() {
-            Op::Delete(key(ACTIVE, id))
-        } else {
-            Op::Put(key(ACTIVE, id), Vec::new())
-        };
+        let mut batch = Batch::default();
+        batch.put_run(run);
+        self.commit(batch)
+    }
+
+    /// Commits a batch atomically. As with [`Store::put_run`], the writes are
+    /// handed to the committer at once, in order with every earlier commit.
+    pub fn commit(&self, batch: Batch) -> Commit {
+        if let Some(e) = batch.error {
+            return Box::pin(std::future::ready(Err(e)));
+        }
+        self.backend.commit(batch.ops)
+    }
+
+    /// A run's journal, oldest entry first.
+    pub fn journal(&self, run: &RunId) -> Result<Vec<JournalRecord>> {
         self.backend
-            .commit(vec![Op::Put(key(RUN, id), record), active])
+            .scan_prefix(&journal_prefix(run))?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    /// The snapshot layers of one attempt of a run, oldest first, each
+    /// verified against its checksum.
+    pub fn layers(&self, run: &RunId, attempt: u32) -> Result<Vec<StoredLayer>> {
+        let mut prefix = snap_prefix(run);
+        prefix.extend_from_slice(&attempt.to_be_bytes());
+        prefix.push(b'/');
+        self.backend
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .map(|(k, v)| {
+                let number = k[k.len() - 4..]
+                    .try_into()
+                    .map(u32::from_be_bytes)
+                    .unwrap_or(0);
+                let layer = SnapshotLayer::decode(&v).map_err(|e| StoreError::Corrupt {
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    reason: e.to_string(),
+                })?;
+                Ok(StoredLayer {
+                    number,
+                    layer,
+                    stored_bytes: v.len() as u64,
+                })
+            })
+            .collect()
+    }
+
+    /// The keys of every snapshot layer of a run (to delete them).
+    pub fn layer_keys(&self, run: &RunId) -> Result<Vec<Vec<u8>>> {
+        Ok(self
+            .backend
+            .scan_prefix(&snap_prefix(run))?
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect())
+    }
+
+    /// Timers due at or after `from` and before `until`, earliest first, at
+    /// most `limit`. Reads only that range of the timer index.
+    pub fn timers(&self, from: Timestamp, until: Timestamp, limit: usize) -> Result<Vec<TimerKey>> {
+        let start = key(TIMER, &from.as_millis().to_be_bytes());
+        let end = key(TIMER, &until.as_millis().to_be_bytes());
+        self.backend
+            .scan_range(&start, &end, limit)?
+            .iter()
+            .map(|(k, _)| TimerKey::decode(k))
+            .collect()
+    }
+
+    /// Whether a timer is still set.
+    pub fn has_timer(&self, timer: &TimerKey) -> Result<bool> {
+        Ok(self.backend.get(&timer.encode())?.is_some())
     }
 
     /// A run by id.
@@ -118,8 +343,8 @@ impl Store {
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    /// Every run that is not final, in id (creation) order. Reads only the
-    /// index of unfinished runs, not every run.
+    /// Every run that is queued or executing, in id (creation) order. Reads
+    /// only that index, not every run.
     pub fn active_runs(&self) -> Result<Vec<Run>> {
         let mut runs = Vec::new();
         for (k, _) in self.backend.scan_prefix(ACTIVE)? {

@@ -113,6 +113,26 @@ impl Backend for SledBackend {
             .collect()
     }
 
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end {
+            return Ok(Vec::new());
+        }
+        self.tree
+            .range(start..end)
+            .take(limit)
+            .map(|entry| {
+                entry
+                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
+                    .map_err(backend_error)
+            })
+            .collect()
+    }
+
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
         match self.tree.scan_prefix(prefix).next_back() {
             Some(entry) => entry

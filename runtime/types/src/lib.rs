@@ -6,12 +6,14 @@
 
 mod deployment;
 mod ids;
+pub mod journal;
 mod run;
 mod status;
 mod time;
 
 pub use deployment::{DeployedTask, Deployment};
 pub use ids::{DeploymentId, IdError, RunId};
+pub use journal::{HostCall, JournalEntry, JournalRecord, WaitOn, WaitRecord, WakeValue};
 pub use run::{Attempt, AttemptOutcome, LogLine, Run, RunError};
 pub use status::RunStatus;
 pub use time::Timestamp;

@@ -97,4 +97,84 @@ pub async fn sleep(payload: Sleep, ctx: &Context) -> Result<Value, TaskError> {
     Ok(serde_json::json!({ "waitedMs": ctx.now_ms().saturating_sub(before) }))
 }
 
-kiln_sdk::bundle!(echo, panic, fail, unsupported, big_output, sleep);
+/// How much work to do before and after a wait.
+#[derive(Debug, Deserialize)]
+pub struct Work {
+    /// Rounds of hashing before the wait.
+    pub rounds: u64,
+    /// Milliseconds to wait.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+fn churn(rounds: u64, seed: u64) -> u64 {
+    let mut x = seed;
+    for i in 0..rounds {
+        x = x.rotate_left(13) ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15);
+        x = std::hint::black_box(x);
+    }
+    x
+}
+
+/// Does `rounds` of work, waits, and returns the work's result: resuming
+/// from a snapshot must not do the work again.
+#[task(id = "work-then-wait")]
+pub async fn work_then_wait(payload: Work, _ctx: &Context) -> Result<Value, TaskError> {
+    let value = churn(payload.rounds, 7);
+    kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.wait_ms)).await?;
+    Ok(serde_json::json!({ "value": value.to_string() }))
+}
+
+/// How much heap to hold across a wait.
+#[derive(Debug, Deserialize)]
+pub struct Heap {
+    /// MiB to allocate and fill.
+    pub mib: usize,
+    /// Milliseconds to wait.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Fills `mib` MiB with a pattern, waits, and checks the pattern afterwards.
+#[task(id = "hold-heap", machine = "medium-1x")]
+pub async fn hold_heap(payload: Heap, _ctx: &Context) -> Result<Value, TaskError> {
+    let len = payload.mib << 20;
+    let heap: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.wait_ms)).await?;
+    let intact = heap.iter().enumerate().all(|(i, &b)| b == (i % 251) as u8);
+    Ok(serde_json::json!({ "bytes": heap.len(), "intact": intact }))
+}
+
+/// Draws random numbers around a spin, to test replay after a kill while
+/// executing.
+#[derive(Debug, Deserialize)]
+pub struct DrawSpin {
+    /// Milliseconds to spin (by the host clock) after the first draw.
+    pub spin_ms: u64,
+}
+
+/// Draws, logs, spins, draws again and returns both draws.
+#[task(id = "draw-spin")]
+pub async fn draw_spin(payload: DrawSpin, ctx: &Context) -> Result<Value, TaskError> {
+    let first = ctx.random_u64();
+    ctx.log.info("drew", &[("draw", &first.to_string())]);
+    let start = ctx.now_ms();
+    let mut rounds = 0u64;
+    while ctx.now_ms().saturating_sub(start) < payload.spin_ms {
+        rounds = rounds.wrapping_add(churn(200_000, rounds));
+    }
+    let second = ctx.random_u64();
+    Ok(serde_json::json!({ "draws": [first.to_string(), second.to_string()] }))
+}
+
+kiln_sdk::bundle!(
+    echo,
+    panic,
+    fail,
+    unsupported,
+    big_output,
+    sleep,
+    work_then_wait,
+    hold_heap,
+    draw_spin
+);

@@ -1,0 +1,147 @@
+//! A run's journal: the append-only record of everything an attempt did that
+//! the host answered, every wait and its wake, snapshot markers and attempt
+//! boundaries.
+//!
+//! Replaying a journal reproduces an attempt: host calls are answered from
+//! it, waits are matched against it, wakes are delivered from it. A call that
+//! differs from its entry is a non-determinism error.
+
+use crate::{AttemptOutcome, Timestamp};
+use serde::{Deserialize, Serialize};
+
+/// One host call and what the host answered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "call", rename_all = "kebab-case")]
+pub enum HostCall {
+    /// `now-ms()`.
+    NowMs {
+        /// The time returned.
+        result: u64,
+    },
+    /// `random-bytes(len)`.
+    RandomBytes {
+        /// How many bytes were asked for.
+        len: u32,
+        /// The bytes returned, in hex.
+        result: String,
+    },
+    /// `log(level, message)`.
+    Log {
+        /// The level.
+        level: String,
+        /// The message.
+        message: String,
+    },
+}
+
+impl HostCall {
+    /// The call as a task author would write it, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            HostCall::NowMs { .. } => "now-ms()".into(),
+            HostCall::RandomBytes { len, .. } => format!("random-bytes({len})"),
+            HostCall::Log { level, message } => {
+                let short: String = message.chars().take(60).collect();
+                format!("log({level}, {short:?})")
+            }
+        }
+    }
+}
+
+/// What a wait waits on, with everything a replay needs to see it the same.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum WaitOn {
+    /// A timer (`wait::for_duration` or `wait::until`), due at this time.
+    Timer {
+        /// When it fires.
+        #[serde(rename = "dueAt")]
+        due_at: Timestamp,
+    },
+}
+
+/// A wait the task registered.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct WaitRecord {
+    /// The id the guest gave it, unique within the attempt.
+    pub id: u64,
+    /// What it waits on.
+    #[serde(flatten)]
+    pub on: WaitOn,
+}
+
+/// What a wait woke with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "kebab-case")]
+pub enum WakeValue {
+    /// The timer is due.
+    Timer,
+}
+
+/// One journal entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JournalEntry {
+    /// An attempt began on a fresh instance.
+    AttemptStarted {
+        /// Its number, from 1.
+        attempt: u32,
+    },
+    /// The guest called the host.
+    HostCall(HostCall),
+    /// A step ended with the guest waiting on these new waits.
+    Waits {
+        /// The new waits.
+        waits: Vec<WaitRecord>,
+    },
+    /// A wake was delivered (or, while the run is suspended, is due to be).
+    Wake {
+        /// The wait it wakes.
+        id: u64,
+        /// With what.
+        value: WakeValue,
+    },
+    /// The guest was snapshotted and its instance dropped: the run waits
+    /// holding no memory and no slot.
+    Suspended {
+        /// The snapshot layer written.
+        layer: u32,
+        /// Bytes written for it (compressed).
+        bytes: u64,
+    },
+    /// The attempt ended.
+    AttemptEnded {
+        /// Its number.
+        attempt: u32,
+        /// How.
+        outcome: AttemptOutcome,
+    },
+}
+
+impl JournalEntry {
+    /// A short name of the entry's kind, for error messages.
+    pub fn describe(&self) -> String {
+        match self {
+            JournalEntry::AttemptStarted { attempt } => format!("attempt {attempt} started"),
+            JournalEntry::HostCall(call) => call.describe(),
+            JournalEntry::Waits { waits } => {
+                format!("a step waiting on {} new wait(s)", waits.len())
+            }
+            JournalEntry::Wake { id, .. } => format!("the wake of wait {id}"),
+            JournalEntry::Suspended { .. } => "a suspension".into(),
+            JournalEntry::AttemptEnded { attempt, .. } => format!("attempt {attempt} ended"),
+        }
+    }
+}
+
+/// A journal entry as stored: its position and time.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JournalRecord {
+    /// Its position in the run's journal, from 1.
+    pub seq: u64,
+    /// When it was written.
+    pub at: Timestamp,
+    /// The entry.
+    #[serde(flatten)]
+    pub entry: JournalEntry,
+}
