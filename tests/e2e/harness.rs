@@ -24,9 +24,15 @@ pub struct Kiln {
 impl Kiln {
     /// Starts a server on `data_dir`.
     pub fn start(data_dir: &Path) -> Kiln {
+        Kiln::start_with(data_dir, &[])
+    }
+
+    /// Starts a server on `data_dir` with extra `kiln serve` arguments.
+    pub fn start_with(data_dir: &Path, args: &[&str]) -> Kiln {
         let mut child = Command::new(kiln_bin())
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("KILN_SECRET_KEY", KEY)
             .env("KILN_LOG", "warn")
             .stdout(Stdio::piped())

@@ -57,3 +57,65 @@ pub fn exit_code(run: &Value) -> ExitCode {
         ExitCode::FAILURE
     }
 }
+
+/// Prints a run's journal, as JSON or one line per entry.
+pub fn print_journal(journal: &Value, json: bool) {
+    if json {
+        println!("{journal}");
+        return;
+    }
+    for entry in journal["entries"].as_array().into_iter().flatten() {
+        let detail = match entry["type"].as_str().unwrap_or("?") {
+            "ATTEMPT_STARTED" => format!("attempt {}", entry["attempt"]),
+            "HOST_CALL" => match entry["call"].as_str().unwrap_or("?") {
+                "log" => format!(
+                    "log {} {:?}",
+                    entry["level"].as_str().unwrap_or(""),
+                    entry["message"].as_str().unwrap_or("")
+                ),
+                "random-bytes" => format!(
+                    "random-bytes({}) -> {}",
+                    entry["len"],
+                    entry["result"].as_str().unwrap_or("")
+                ),
+                other => format!("{other} -> {}", entry["result"]),
+            },
+            "WAITS" => entry["waits"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|w| {
+                    format!(
+                        "wait {} {} due {}",
+                        w["id"],
+                        w["kind"].as_str().unwrap_or("?"),
+                        w["dueAt"]
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            "WAKE" => format!(
+                "wake {} ({})",
+                entry["id"],
+                entry["value"]["kind"].as_str().unwrap_or("?")
+            ),
+            "SUSPENDED" => format!(
+                "snapshot layer {} ({} bytes), instance dropped",
+                entry["layer"], entry["bytes"]
+            ),
+            "ATTEMPT_ENDED" => format!(
+                "attempt {} {}",
+                entry["attempt"],
+                entry["outcome"].as_str().unwrap_or("?")
+            ),
+            _ => String::new(),
+        };
+        println!(
+            "{:>5}  {}  {:16} {}",
+            entry["seq"],
+            entry["at"].as_str().unwrap_or(""),
+            entry["type"].as_str().unwrap_or("?"),
+            detail
+        );
+    }
+}

@@ -46,9 +46,18 @@ pub enum Event {
         /// A random number in `[0, 1)` for the backoff's spread.
         random: f64,
     },
+    /// The attempt's guest is waiting and was snapshotted: the run holds no
+    /// instance and no slot until a wake.
+    Suspended {
+        /// Execution time of the attempt so far, in milliseconds.
+        usage_ms: u64,
+    },
+    /// Something the waiting run waits on happened: queue it to resume.
+    Woken,
     /// A user canceled the run.
     Cancel,
-    /// The server restarted while the run was dequeued or executing.
+    /// The server restarted while the run was dequeued or executing. The
+    /// attempt stays open: it resumes by replaying its journal.
     Recovered,
 }
 

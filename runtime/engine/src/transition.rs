@@ -28,6 +28,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::AttemptStarted => "AttemptStarted",
         Event::AttemptSucceeded { .. } => "AttemptSucceeded",
         Event::AttemptFailed { .. } => "AttemptFailed",
+        Event::Suspended { .. } => "Suspended",
+        Event::Woken => "Woken",
         Event::Cancel => "Cancel",
         Event::Recovered => "Recovered",
     }
@@ -46,6 +48,10 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
     match (run.status, event) {
         (S::Queued, Event::Dequeued) => {
             next.status = S::Dequeued;
+        }
+        (S::Dequeued, Event::AttemptStarted) if next.current_attempt_mut().is_some() => {
+            // A woken or recovered run continues its open attempt.
+            next.status = S::Executing;
         }
         (S::Dequeued, Event::AttemptStarted) => {
             next.status = S::Executing;
@@ -86,11 +92,23 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
             };
             close_attempt(&mut next, now, outcome, Some(error.clone()), usage_ms);
             next.error = Some(error);
+            let attempts_left = next.counted_attempts() < next.max_attempts;
             let retry_delay = match kind {
                 FailureKind::Error {
                     abort: false,
                     retry_delay_ms,
-                } if next.counted_attempts() < next.max_attempts => Some(retry_delay_ms),
+                } if attempts_left => Some(retry_delay_ms),
+                FailureKind::OutOfMemory if attempts_left => {
+                    match next.retry.out_of_memory_machine {
+                        Some(larger)
+                            if larger.memory_limit_bytes() > next.machine.memory_limit_bytes() =>
+                        {
+                            next.machine = larger;
+                            Some(None)
+                        }
+                        _ => None,
+                    }
+                }
                 _ => None,
             };
             match retry_delay {
@@ -110,16 +128,25 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
                 }
             }
         }
+        (S::Executing, Event::Suspended { usage_ms }) => {
+            if let Some(attempt) = next.current_attempt_mut() {
+                attempt.usage_ms = attempt.usage_ms.max(usage_ms);
+            }
+            next.status = S::Waiting;
+        }
+        (S::Waiting, Event::Woken) => {
+            next.status = S::Queued;
+            actions.push(Action::Enqueue { not_before: None });
+        }
         (S::Dequeued | S::Executing, Event::Recovered) => {
-            close_attempt(&mut next, now, AttemptOutcome::Interrupted, None, 0);
             next.status = S::Queued;
             actions.push(Action::Enqueue {
                 not_before: next.next_attempt_at,
             });
         }
         (status, Event::Cancel) if !status.is_final() => {
+            close_attempt(&mut next, now, AttemptOutcome::Canceled, None, 0);
             if status == S::Executing {
-                close_attempt(&mut next, now, AttemptOutcome::Canceled, None, 0);
                 actions.push(Action::InterruptAttempt);
             }
             next.status = S::Canceled;

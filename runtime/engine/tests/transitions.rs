@@ -42,6 +42,8 @@ fn every_event() -> Vec<Event> {
         failed(FailureKind::OutOfMemory),
         failed(FailureKind::TimedOut),
         failed(FailureKind::System),
+        Event::Suspended { usage_ms: 3 },
+        Event::Woken,
         Event::Cancel,
         Event::Recovered,
     ]
@@ -153,11 +155,79 @@ fn limits_end_the_run_with_their_own_status() {
 }
 
 #[test]
-fn recovery_requeues_without_spending_an_attempt() {
+fn recovery_requeues_and_keeps_the_attempt_open() {
     let t = apply(&executing(1), Event::Recovered, Timestamp(10)).unwrap();
     assert_eq!(t.run.status, RunStatus::Queued);
-    assert_eq!(t.run.counted_attempts(), 0);
     assert_eq!(t.actions, vec![Action::Enqueue { not_before: None }]);
+    // The next start continues attempt 1 (it replays its journal).
+    let r = apply(&t.run, Event::Dequeued, Timestamp(11)).unwrap().run;
+    let r = apply(&r, Event::AttemptStarted, Timestamp(12)).unwrap().run;
+    assert_eq!(r.attempts.len(), 1);
+    assert_eq!(r.status, RunStatus::Executing);
+}
+
+#[test]
+fn a_suspended_run_waits_then_resumes_the_same_attempt() {
+    let t = apply(
+        &executing(3),
+        Event::Suspended { usage_ms: 40 },
+        Timestamp(10),
+    )
+    .unwrap();
+    assert_eq!(t.run.status, RunStatus::Waiting);
+    assert!(
+        t.actions.is_empty(),
+        "waiting holds no slot and needs no action"
+    );
+    assert_eq!(t.run.attempts[0].usage_ms, 40);
+    let t = apply(&t.run, Event::Woken, Timestamp(20)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Queued);
+    assert_eq!(t.actions, vec![Action::Enqueue { not_before: None }]);
+    let r = apply(&t.run, Event::Dequeued, Timestamp(21)).unwrap().run;
+    let r = apply(&r, Event::AttemptStarted, Timestamp(22)).unwrap().run;
+    assert_eq!(r.attempts.len(), 1, "a wake continues the attempt");
+    let t = apply(
+        &r,
+        Event::AttemptSucceeded {
+            output: "7".into(),
+            usage_ms: 50,
+        },
+        Timestamp(30),
+    )
+    .unwrap();
+    assert_eq!(t.run.status, RunStatus::Completed);
+    assert_eq!(t.run.attempts[0].usage_ms, 50);
+}
+
+#[test]
+fn cancel_of_a_waiting_run_ends_it_in_place() {
+    let r = apply(
+        &executing(3),
+        Event::Suspended { usage_ms: 1 },
+        Timestamp(10),
+    )
+    .unwrap()
+    .run;
+    let t = apply(&r, Event::Cancel, Timestamp(11)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Canceled);
+    assert_eq!(t.actions, vec![Action::NotifyFinished]);
+    assert_eq!(t.run.attempts[0].outcome, Some(AttemptOutcome::Canceled));
+}
+
+#[test]
+fn out_of_memory_retries_on_the_larger_machine_when_the_policy_says_so() {
+    let mut r = executing(3);
+    r.retry.out_of_memory_machine = Some(kiln_manifest::Machine::Medium2x);
+    let t = apply(&r, failed(FailureKind::OutOfMemory), Timestamp(10)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Queued);
+    assert_eq!(t.run.machine, kiln_manifest::Machine::Medium2x);
+    assert_eq!(t.run.attempts[0].outcome, Some(AttemptOutcome::Crashed));
+    // On the larger machine, running out again ends the run CRASHED.
+    let r = apply(&t.run, Event::Dequeued, Timestamp(11)).unwrap().run;
+    let r = apply(&r, Event::AttemptStarted, Timestamp(12)).unwrap().run;
+    assert_eq!(r.attempts[1].machine, kiln_manifest::Machine::Medium2x);
+    let t = apply(&r, failed(FailureKind::OutOfMemory), Timestamp(13)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Crashed);
 }
 
 #[test]
@@ -191,6 +261,8 @@ fn every_status_event_pair_has_a_defined_answer() {
                     true
                 }
                 (Event::Recovered, S::Dequeued | S::Executing) => true,
+                (Event::Suspended { .. }, S::Executing) => true,
+                (Event::Woken, S::Waiting) => true,
                 (Event::Cancel, s) => !s.is_final(),
                 _ => false,
             };

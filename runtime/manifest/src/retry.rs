@@ -19,6 +19,11 @@ pub struct RetryPolicy {
     pub max_timeout_ms: u64,
     /// Spread delays randomly to avoid retry storms.
     pub randomize: bool,
+    /// Retry an attempt that ran out of memory on this larger machine
+    /// (Trigger.dev's `retry.outOfMemory.machine`); without it, running out
+    /// of memory ends the run `CRASHED`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub out_of_memory_machine: Option<crate::Machine>,
 }
 
 impl Default for RetryPolicy {
@@ -29,6 +34,7 @@ impl Default for RetryPolicy {
             min_timeout_ms: 1_000,
             max_timeout_ms: 10_000,
             randomize: true,
+            out_of_memory_machine: None,
         }
     }
 }

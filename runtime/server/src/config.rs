@@ -16,6 +16,9 @@ pub struct ServerConfig {
     pub concurrency: usize,
     /// The environment runs belong to.
     pub environment: String,
+    /// Timer waits at most this long keep the instance warm; longer ones
+    /// snapshot it and free the slot (Trigger.dev's threshold: 5 s).
+    pub warm_wait: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -30,6 +33,7 @@ impl ServerConfig {
             secret_key: None,
             concurrency: (cores * 8).clamp(4, 128),
             environment: "dev".into(),
+            warm_wait: std::time::Duration::from_secs(5),
         }
     }
 }

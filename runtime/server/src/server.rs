@@ -3,7 +3,7 @@
 use crate::api::{AppState, router};
 use crate::config::ServerConfig;
 use crate::deployments::Deployments;
-use crate::executor::Executor;
+use crate::executor::{Executor, ExecutorConfig};
 use crate::notify::Notifier;
 use kiln_sandbox::{Sandbox, SandboxConfig};
 use kiln_store::{SledBackend, Store};
@@ -35,8 +35,11 @@ impl Server {
             store.clone(),
             deployments.clone(),
             notifier.clone(),
-            config.concurrency,
-            config.environment.clone(),
+            ExecutorConfig {
+                concurrency: config.concurrency,
+                environment: config.environment.clone(),
+                warm_wait: config.warm_wait,
+            },
         );
         let recovered = executor.recover().await?;
         if recovered > 0 {

@@ -15,6 +15,21 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Show a run's journal: attempts, host calls with their answers, waits,
+    /// wakes and suspensions.
+    Journal {
+        /// The run id (`run_...`).
+        id: String,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Cancel a run: an executing run is interrupted, a waiting or queued one
+    /// is canceled in place.
+    Cancel {
+        /// The run id (`run_...`).
+        id: String,
+    },
 }
 
 /// Runs the subcommand.
@@ -24,6 +39,26 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             let client = Client::from_env()?;
             let run = client.get_json(&format!("/api/v3/runs/{id}")).await?;
             output::print_run(&run, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Journal { id, json } => {
+            let client = Client::from_env()?;
+            let journal = client
+                .get_json(&format!("/api/v1/runs/{id}/journal"))
+                .await?;
+            output::print_journal(&journal, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Cancel { id } => {
+            let client = Client::from_env()?;
+            client
+                .post_json(&format!("/api/v2/runs/{id}/cancel"), &serde_json::json!({}))
+                .await?;
+            let run = client.get_json(&format!("/api/v3/runs/{id}")).await?;
+            println!(
+                "{id} is {}",
+                run["status"].as_str().unwrap_or("in an unknown status")
+            );
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -17,6 +17,10 @@ pub struct Args {
     /// How many attempts execute at once (default: 8 per CPU core).
     #[arg(long, env = "KILN_CONCURRENCY")]
     concurrency: Option<usize>,
+    /// Timer waits at most this long (ms) keep the guest warm in memory;
+    /// longer ones snapshot it and free its slot.
+    #[arg(long, default_value_t = 5_000, env = "KILN_WARM_WAIT_MS")]
+    warm_wait_ms: u64,
 }
 
 /// Starts the server and serves until stopped.
@@ -35,6 +39,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.concurrency {
         config.concurrency = n.max(1);
     }
+    config.warm_wait = std::time::Duration::from_millis(args.warm_wait_ms);
     let server = Server::open(config).await?;
     let addr = server.local_addr()?;
     if server.generated_key() {

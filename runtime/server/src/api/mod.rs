@@ -4,6 +4,8 @@
 //! |---|---|
 //! | `POST /api/v1/tasks/{taskId}/trigger` | trigger a run |
 //! | `GET /api/v3/runs/{runId}` | retrieve a run (`?wait=MS` waits for it to finish, at most 60 s) |
+//! | `POST /api/v2/runs/{runId}/cancel` | cancel a run (interrupts it if executing) |
+//! | `GET /api/v1/runs/{runId}/journal` | the run's journal (Kiln's own) |
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /healthz` | liveness, no auth |
@@ -47,6 +49,8 @@ pub fn router(state: AppState) -> Router {
     let authed = Router::new()
         .route("/api/v1/tasks/{task_id}/trigger", post(runs::trigger))
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
+        .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
         .route(
             "/api/v1/deployments",
             post(deployments::create)

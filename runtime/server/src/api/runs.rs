@@ -1,7 +1,7 @@
 //! Triggering and retrieving runs.
 
 use super::{ApiError, AppState};
-use crate::executor::MAX_OUTPUT_BYTES;
+use crate::executor::{CancelError, MAX_OUTPUT_BYTES};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -219,6 +219,43 @@ pub(super) async fn retrieve(
         }
     }
     Ok(Json(retrieve_view(&run)))
+}
+
+/// `POST /api/v2/runs/{runId}/cancel`: `{id}`, also for a finished run.
+pub(super) async fn cancel(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
+    match state.executor.cancel(&id).await {
+        Ok(run) => Ok(Json(json!({ "id": run.id }))),
+        Err(CancelError::NotFound) => Err(ApiError::not_found("Run not found")),
+        Err(CancelError::Store(e)) => Err(e.into()),
+    }
+}
+
+/// `GET /api/v1/runs/{runId}/journal`: the run's journal, oldest first
+/// (Kiln's own route).
+pub(super) async fn journal(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
+    if state.store.run(&id)?.is_none() {
+        return Err(ApiError::not_found("Run not found"));
+    }
+    let entries: Vec<Value> = state
+        .store
+        .journal(&id)?
+        .into_iter()
+        .map(|record| {
+            let at = record.at.to_iso();
+            let mut value = json!(record);
+            value["at"] = json!(at);
+            value
+        })
+        .collect();
+    Ok(Json(json!({ "runId": id, "entries": entries })))
 }
 
 fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {

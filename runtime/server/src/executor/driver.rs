@@ -1,0 +1,688 @@
+//! One slice of a run: from being dequeued to finishing or waiting.
+//!
+//! 1. Claim the run (`QUEUED` → `EXECUTING`) under its lock.
+//! 2. Read the attempt's journal. A new attempt journals `ATTEMPT_STARTED`
+//!    and starts a fresh instance. An attempt that was woken or interrupted
+//!    restores its last snapshot (or, with none, starts fresh) and replays
+//!    the entries after it: host calls are answered from the journal, waits
+//!    are checked against it and wakes are delivered from it.
+//! 3. Then live: a finished task ends the attempt through the engine; a task
+//!    that waits on a timer due within the warm threshold sleeps in-process;
+//!    otherwise the guest is snapshotted (a page delta when it can be), the
+//!    instance dropped, and the run marked `WAITING` with durable timers, all
+//!    in one commit.
+
+use super::journal::JournalWriter;
+use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
+use kiln_engine::{Event, FailureKind, apply};
+use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
+use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
+use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer, TimerKey};
+use kiln_types::{
+    AttemptOutcome, JournalEntry, JournalRecord, Run, RunError, RunId, RunStatus, Timestamp,
+    WaitOn, WaitRecord, WakeValue,
+};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Deltas after a full layer before the next snapshot is full again.
+const MAX_DELTAS: usize = 8;
+
+/// Runs one slice of `run_id`.
+pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Result<()> {
+    let Some(run) = claim(executor, run_id).await? else {
+        return Ok(());
+    };
+    let live = Arc::new(LiveRun {
+        interrupt: std::sync::Mutex::new(None),
+        canceled: tokio::sync::Notify::new(),
+        is_canceled: AtomicBool::new(false),
+    });
+    executor
+        .shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(run_id.clone(), live.clone());
+    let result = Slice::new(executor, run, live).run().await;
+    executor
+        .shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(run_id);
+    result
+}
+
+/// `QUEUED` → `DEQUEUED` → `EXECUTING`, under the run's lock.
+async fn claim(executor: &Executor, run_id: &RunId) -> anyhow::Result<Option<Run>> {
+    let shared = &executor.shared;
+    let _guard = shared.locks.lock(run_id).await;
+    let Some(run) = shared.store.run(run_id)? else {
+        return Ok(None);
+    };
+    if run.status != RunStatus::Queued {
+        return Ok(None);
+    }
+    let now = Timestamp::now();
+    let run = apply(&run, Event::Dequeued, now)?.run;
+    let run = apply(&run, Event::AttemptStarted, now)?.run;
+    // Not awaited: a crash before it is durable leaves the run QUEUED, and
+    // it is simply claimed again.
+    drop(shared.store.put_run(&run));
+    Ok(Some(run))
+}
+
+/// How a slice ended.
+enum End {
+    /// The attempt ended with this event.
+    Event(Event),
+    /// The run now waits, suspended.
+    Suspended,
+    /// The run was canceled while the slice ran.
+    Canceled,
+}
+
+struct Slice<'a> {
+    executor: &'a Executor,
+    run: Run,
+    attempt_no: u32,
+    live: Arc<LiveRun>,
+    journal: JournalWriter,
+    /// Waits the guest registered and that have not woken.
+    pending: BTreeMap<u64, WaitRecord>,
+    /// The snapshot layers of this attempt, and the page hashes of the last.
+    layers: Vec<StoredLayer>,
+    /// Log lines of the slice, kept when it ends.
+    logs: Vec<kiln_types::LogLine>,
+}
+
+impl<'a> Slice<'a> {
+    fn new(executor: &'a Executor, run: Run, live: Arc<LiveRun>) -> Self {
+        let attempt_no = run.attempts.last().map(|a| a.number).unwrap_or(1);
+        let journal = JournalWriter::new(executor.shared.store.clone(), run.id.clone(), 1);
+        Slice {
+            executor,
+            run,
+            attempt_no,
+            live,
+            journal,
+            pending: BTreeMap::new(),
+            layers: Vec::new(),
+            logs: Vec::new(),
+        }
+    }
+
+    async fn run(mut self) -> anyhow::Result<()> {
+        let end = match self.drive().await {
+            Ok(end) => end,
+            Err(message) => End::Event(failure(
+                FailureKind::System,
+                RunError::new("SystemFailure", message),
+                0,
+            )),
+        };
+        match end {
+            End::Event(event) => {
+                let logs = std::mem::take(&mut self.logs);
+                self.finish(event, logs).await
+            }
+            End::Suspended | End::Canceled => Ok(()),
+        }
+    }
+
+    /// Everything up to the end of the slice. `Err` is a system failure.
+    async fn drive(&mut self) -> Result<End, String> {
+        let shared = &self.executor.shared;
+        let deployed = match shared.deployments.get(&self.run.deployment_id).await {
+            Ok(Some(d)) => d,
+            Ok(None) => return Err("the run's deployment is missing".into()),
+            Err(error) => return Err(format!("loading the run's bundle failed: {error}")),
+        };
+
+        // The journal of this attempt, and where replay starts.
+        let records = shared
+            .store
+            .journal(&self.run.id)
+            .map_err(|e| format!("reading the journal failed: {e}"))?;
+        self.journal = JournalWriter::new(
+            shared.store.clone(),
+            self.run.id.clone(),
+            records.last().map(|r| r.seq + 1).unwrap_or(1),
+        );
+        let started = records.iter().rposition(|r| {
+            matches!(r.entry, JournalEntry::AttemptStarted { attempt } if attempt == self.attempt_no)
+        });
+        let attempt_records: Vec<JournalRecord> = match started {
+            Some(i) => records[i + 1..].to_vec(),
+            None => {
+                self.journal.append(JournalEntry::AttemptStarted {
+                    attempt: self.attempt_no,
+                });
+                Vec::new()
+            }
+        };
+        if started.is_some() {
+            match shared.store.layers(&self.run.id, self.attempt_no) {
+                Ok(layers) => self.layers = layers,
+                Err(error) => tracing::warn!(
+                    run = %self.run.id, %error,
+                    "a snapshot could not be read; replaying the attempt's whole journal instead"
+                ),
+            }
+        }
+        let image = match self.layers.is_empty() {
+            true => None,
+            false => {
+                let layers: Vec<SnapshotLayer> =
+                    self.layers.iter().map(|l| l.layer.clone()).collect();
+                match kiln_store::snapshot::compose(&layers) {
+                    Ok(image) => Some(image),
+                    Err(error) => {
+                        tracing::warn!(run = %self.run.id, %error, "replaying without the snapshot");
+                        self.layers.clear();
+                        None
+                    }
+                }
+            }
+        };
+        let snapshot_seq = self.layers.last().map(|l| l.layer.journal_seq).unwrap_or(0);
+        let mut replay = Vec::new();
+        for record in attempt_records {
+            if record.seq <= snapshot_seq {
+                // Already in the snapshot: only the pending waits matter.
+                match record.entry {
+                    JournalEntry::Waits { waits } => {
+                        self.pending.extend(waits.into_iter().map(|w| (w.id, w)))
+                    }
+                    JournalEntry::Wake { id, .. } => {
+                        self.pending.remove(&id);
+                    }
+                    _ => {}
+                }
+            } else if !matches!(record.entry, JournalEntry::Suspended { .. }) {
+                replay.push(record.entry);
+            }
+        }
+
+        let current = self.run.attempts.last();
+        let limits = Limits {
+            used: Duration::from_millis(current.map(|a| a.usage_ms).unwrap_or(0)),
+            ..Limits::for_machine(
+                self.run.machine,
+                self.run.max_duration_secs.map(Duration::from_secs),
+            )
+        };
+        let mut attempt = deployed
+            .bundle
+            .instantiate(limits)
+            .await
+            .map_err(|e| format!("instantiating the bundle failed: {e:#}"))?;
+        *self
+            .live
+            .interrupt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner()) = Some(attempt.cancel_flag());
+        if self.live.is_canceled.load(Ordering::SeqCst) {
+            return Ok(End::Canceled);
+        }
+        attempt.set_journal(Box::new(self.journal.clone()));
+        attempt.replay_mut().extend(replay);
+
+        let mut outcome = match image {
+            Some(image) => {
+                if let Err(trap) = attempt.restore(image).await {
+                    return Err(format!("restoring the run's snapshot failed: {trap}"));
+                }
+                None
+            }
+            None => Some(attempt.start(&self.start_context()).await),
+        };
+        loop {
+            if let Some(step) = outcome.take() {
+                if let Some(end) = self.take_step(&mut attempt, step)? {
+                    self.logs = attempt.take_logs();
+                    return Ok(end);
+                }
+            }
+            // Deliver the next wake: from the journal while replaying.
+            match attempt.replay_mut().pop_front() {
+                Some(JournalEntry::Wake { id, value }) => {
+                    if self.pending.remove(&id).is_none() {
+                        return Err(format!("the journal wakes wait {id}, which is not pending"));
+                    }
+                    outcome = Some(attempt.resume(&wake(id, value)).await);
+                    continue;
+                }
+                Some(other) => {
+                    let message = format!(
+                        "non-determinism: on replay the task waited where its journal has {}",
+                        other.describe()
+                    );
+                    return Ok(End::Event(nondeterminism(message, &attempt)));
+                }
+                None => {}
+            }
+            // Live: sleep warm, or suspend.
+            let Some((id, due)) = self.next_timer() else {
+                return Ok(End::Event(failure(
+                    FailureKind::Error {
+                        abort: true,
+                        retry_delay_ms: None,
+                    },
+                    RunError::new("KilnDeadlock", "the task waits on nothing that can wake it"),
+                    attempt.used().as_millis() as u64,
+                )));
+            };
+            let delay =
+                Duration::from_millis(due.as_millis().saturating_sub(Timestamp::now().as_millis()));
+            if delay <= shared.config.warm_wait {
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = self.live.canceled.notified() => {
+                        attempt.cancel("the run was canceled").await;
+                        return Ok(End::Canceled);
+                    }
+                }
+                self.pending.remove(&id);
+                // A durable timer for this wait (from an earlier suspension)
+                // must not fire again.
+                let mut batch = Batch::default();
+                batch.delete_timer(&TimerKey {
+                    due,
+                    run_id: self.run.id.clone(),
+                    wait_id: id,
+                });
+                self.journal.append_to(
+                    &mut batch,
+                    JournalEntry::Wake {
+                        id,
+                        value: WakeValue::Timer,
+                    },
+                );
+                drop(shared.store.commit(batch));
+                outcome = Some(attempt.resume(&wake(id, WakeValue::Timer)).await);
+                continue;
+            }
+            return self.suspend(attempt).await;
+        }
+    }
+
+    /// Handles a step. `Some` ends the slice; `None` goes on to the next wake.
+    fn take_step(
+        &mut self,
+        attempt: &mut Attempt,
+        step: StepOutcome,
+    ) -> Result<Option<End>, String> {
+        let usage_ms = attempt.used().as_millis() as u64;
+        let leftover = !attempt.replay_mut().is_empty();
+        let event = match step {
+            StepOutcome::Step(Step::Waiting(waits)) => {
+                let now = Timestamp::now();
+                let records = match attempt.replay_mut().front() {
+                    Some(JournalEntry::Waits { waits: journaled }) => {
+                        let journaled = journaled.clone();
+                        if let Some(message) = compare_waits(&waits, &journaled) {
+                            return Ok(Some(End::Event(nondeterminism(message, attempt))));
+                        }
+                        attempt.replay_mut().pop_front();
+                        journaled
+                    }
+                    Some(other) => {
+                        let message = format!(
+                            "non-determinism: on replay the task waited where its journal has {}",
+                            other.describe()
+                        );
+                        return Ok(Some(End::Event(nondeterminism(message, attempt))));
+                    }
+                    None => {
+                        let mut records = Vec::with_capacity(waits.len());
+                        for wait in &waits {
+                            match wait_record(wait, now) {
+                                Ok(record) => records.push(record),
+                                Err(message) => {
+                                    return Ok(Some(End::Event(failure(
+                                        FailureKind::Error {
+                                            abort: true,
+                                            retry_delay_ms: None,
+                                        },
+                                        RunError::new("Unsupported", message),
+                                        usage_ms,
+                                    ))));
+                                }
+                            }
+                        }
+                        if !records.is_empty() {
+                            self.journal.append(JournalEntry::Waits {
+                                waits: records.clone(),
+                            });
+                        }
+                        records
+                    }
+                };
+                self.pending.extend(records.into_iter().map(|w| (w.id, w)));
+                return Ok(None);
+            }
+            StepOutcome::Step(_) if leftover => {
+                let next = attempt
+                    .replay_mut()
+                    .front()
+                    .map(|e| e.describe())
+                    .unwrap_or_default();
+                nondeterminism(
+                    format!(
+                        "non-determinism: on replay the task finished where its journal has {next}"
+                    ),
+                    attempt,
+                )
+            }
+            StepOutcome::Step(Step::Completed(output)) if output.len() > MAX_OUTPUT_BYTES => {
+                failure(
+                    FailureKind::Error {
+                        abort: true,
+                        retry_delay_ms: None,
+                    },
+                    RunError::new(
+                        "OutputTooLarge",
+                        format!(
+                            "the task's output is {} bytes, over the limit of {MAX_OUTPUT_BYTES}",
+                            output.len()
+                        ),
+                    ),
+                    usage_ms,
+                )
+            }
+            StepOutcome::Step(Step::Completed(output)) => {
+                Event::AttemptSucceeded { output, usage_ms }
+            }
+            StepOutcome::Step(Step::Failed(e)) => failure(
+                FailureKind::Error {
+                    abort: e.abort,
+                    retry_delay_ms: e.retry_delay_ms,
+                },
+                RunError {
+                    name: Some(e.name),
+                    message: e.message,
+                    stack_trace: e.stack,
+                },
+                usage_ms,
+            ),
+            StepOutcome::Trap(TrapKind::Canceled)
+                if self.live.is_canceled.load(Ordering::SeqCst) =>
+            {
+                return Ok(Some(End::Canceled));
+            }
+            StepOutcome::Trap(trap) => trap_event(trap, usage_ms),
+        };
+        Ok(Some(End::Event(event)))
+    }
+
+    /// The earliest pending timer.
+    fn next_timer(&self) -> Option<(u64, Timestamp)> {
+        self.pending
+            .values()
+            .map(|w| match w.on {
+                WaitOn::Timer { due_at } => (w.id, due_at),
+            })
+            .min_by_key(|(_, due)| *due)
+    }
+
+    /// Snapshots the guest, drops the instance and marks the run `WAITING`,
+    /// with its timers, in one commit.
+    async fn suspend(&mut self, mut attempt: Attempt) -> Result<End, String> {
+        let shared = &self.executor.shared;
+        let image = match attempt.capture().await {
+            Ok(image) => image,
+            Err(trap) => {
+                return Ok(End::Event(trap_event(
+                    trap,
+                    attempt.used().as_millis() as u64,
+                )));
+            }
+        };
+        let usage_ms = attempt.used().as_millis() as u64;
+        let logs = attempt.take_logs();
+        drop(attempt);
+        let journal_seq = self.journal.last_seq();
+        let deltas = self
+            .layers
+            .iter()
+            .rev()
+            .take_while(|l| l.layer.kind == LayerKind::Delta)
+            .count();
+        let previous = self.layers.last().filter(|_| deltas < MAX_DELTAS);
+        let mut layer = SnapshotLayer::capture(
+            &image,
+            previous.map(|l| l.layer.hashes.as_slice()),
+            journal_seq,
+        );
+        if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
+            layer = SnapshotLayer::capture(&image, None, journal_seq);
+        }
+        drop(image);
+        let number = self.layers.last().map(|l| l.number + 1).unwrap_or(1);
+        let bytes = layer.encode();
+        let stored_bytes = bytes.len() as u64;
+
+        let _guard = shared.locks.lock(&self.run.id).await;
+        let run = match shared.store.run(&self.run.id) {
+            Ok(Some(run)) if run.status == RunStatus::Executing => run,
+            Ok(_) => return Ok(End::Canceled),
+            Err(e) => return Err(e.to_string()),
+        };
+        let mut run = run;
+        if let Some(current) = run.current_attempt_mut() {
+            current.logs.extend(logs);
+            current.logs.truncate(Run::MAX_LOG_LINES);
+        }
+        let t = apply(&run, Event::Suspended { usage_ms }, Timestamp::now())
+            .map_err(|e| e.to_string())?;
+        let mut batch = Batch::default();
+        if layer.kind == LayerKind::Full {
+            let keys = shared
+                .store
+                .layer_keys(&self.run.id)
+                .map_err(|e| e.to_string())?;
+            batch.delete_keys(keys);
+        }
+        batch.put_layer(&self.run.id, self.attempt_no, number, bytes);
+        self.journal.append_to(
+            &mut batch,
+            JournalEntry::Suspended {
+                layer: number,
+                bytes: stored_bytes,
+            },
+        );
+        let timers: Vec<TimerKey> = self
+            .pending
+            .values()
+            .map(|w| match w.on {
+                WaitOn::Timer { due_at } => TimerKey {
+                    due: due_at,
+                    run_id: self.run.id.clone(),
+                    wait_id: w.id,
+                },
+            })
+            .collect();
+        for timer in &timers {
+            batch.put_timer(timer);
+        }
+        batch.put_run(&t.run);
+        shared
+            .store
+            .commit(batch)
+            .await
+            .map_err(|e| e.to_string())?;
+        if let Some(service) = shared.timers.get() {
+            for timer in timers {
+                service.add(timer);
+            }
+        }
+        Ok(End::Suspended)
+    }
+
+    /// Ends the attempt with `event`, under the run's lock: a run canceled
+    /// meanwhile stays canceled.
+    async fn finish(&self, event: Event, logs: Vec<kiln_types::LogLine>) -> anyhow::Result<()> {
+        let shared = &self.executor.shared;
+        let _guard = shared.locks.lock(&self.run.id).await;
+        let Some(mut run) = shared.store.run(&self.run.id)? else {
+            return Ok(());
+        };
+        if run.status != RunStatus::Executing {
+            return Ok(());
+        }
+        if let Some(current) = run.current_attempt_mut() {
+            current.logs.extend(logs);
+            current.logs.truncate(Run::MAX_LOG_LINES);
+        }
+        let t = apply(&run, event, Timestamp::now())?;
+        let mut batch = Batch::default();
+        let outcome = t
+            .run
+            .attempts
+            .iter()
+            .find(|a| a.number == self.attempt_no)
+            .and_then(|a| a.outcome)
+            .unwrap_or(AttemptOutcome::SystemFailure);
+        self.journal.append_to(
+            &mut batch,
+            JournalEntry::AttemptEnded {
+                attempt: self.attempt_no,
+                outcome,
+            },
+        );
+        // Snapshots of this attempt are of no further use.
+        batch.delete_keys(shared.store.layer_keys(&self.run.id)?);
+        batch.put_run(&t.run);
+        shared.store.commit(batch).await?;
+        self.executor.perform(&t.run, &t.actions);
+        Ok(())
+    }
+
+    fn start_context(&self) -> StartContext {
+        let run = &self.run;
+        StartContext {
+            run_id: run.id.to_string(),
+            task_id: run.task_id.clone(),
+            attempt: self.attempt_no,
+            environment: self.executor.shared.config.environment.clone(),
+            version: run.version.clone(),
+            machine: run.machine.to_string(),
+            tags: run.tags.clone(),
+            // Stored as JSON at trigger time; only text needs quoting.
+            payload: if run.payload_type == "text/plain" {
+                serde_json::Value::String(run.payload.clone()).to_string()
+            } else {
+                run.payload.clone()
+            },
+            metadata: run
+                .metadata
+                .clone()
+                .unwrap_or_else(|| serde_json::json!({}))
+                .to_string(),
+            created_at_ms: run.created_at.as_millis(),
+        }
+    }
+}
+
+/// The journal record of a new wait.
+fn wait_record(wait: &wit::Wait, now: Timestamp) -> Result<WaitRecord, String> {
+    let on = match &wait.kind {
+        wit::WaitKind::Duration(ms) => WaitOn::Timer {
+            due_at: Timestamp(now.as_millis().saturating_add(*ms)),
+        },
+        wit::WaitKind::Until(at) => WaitOn::Timer {
+            due_at: Timestamp(*at),
+        },
+        _ => {
+            return Err(
+                "this server supports only timer waits so far (child runs, tokens and fetch come later)"
+                    .into(),
+            );
+        }
+    };
+    Ok(WaitRecord { id: wait.id, on })
+}
+
+/// Whether a replayed step's waits are the journaled ones.
+fn compare_waits(waits: &[wit::Wait], journaled: &[WaitRecord]) -> Option<String> {
+    let fits = waits.len() == journaled.len()
+        && waits.iter().zip(journaled).all(|(w, j)| {
+            w.id == j.id
+                && match (&w.kind, &j.on) {
+                    (wit::WaitKind::Duration(_), WaitOn::Timer { .. }) => true,
+                    (wit::WaitKind::Until(at), WaitOn::Timer { due_at }) => {
+                        *at == due_at.as_millis()
+                    }
+                    _ => false,
+                }
+        });
+    (!fits).then(|| {
+        format!(
+            "non-determinism: on replay the task waited on {} wait(s) (ids {:?}) where its journal has {} (ids {:?})",
+            waits.len(),
+            waits.iter().map(|w| w.id).collect::<Vec<_>>(),
+            journaled.len(),
+            journaled.iter().map(|w| w.id).collect::<Vec<_>>(),
+        )
+    })
+}
+
+fn wake(id: u64, value: WakeValue) -> wit::Wake {
+    wit::Wake {
+        id,
+        value: match value {
+            WakeValue::Timer => wit::WakeValue::Timer,
+        },
+    }
+}
+
+fn nondeterminism(message: String, attempt: &Attempt) -> Event {
+    failure(
+        FailureKind::System,
+        RunError::new("NonDeterminism", message),
+        attempt.used().as_millis() as u64,
+    )
+}
+
+fn trap_event(trap: TrapKind, usage_ms: u64) -> Event {
+    let (kind, name) = match &trap {
+        TrapKind::OutOfMemory { .. } => (FailureKind::OutOfMemory, "OutOfMemory"),
+        TrapKind::TimedOut(_) => (FailureKind::TimedOut, "MaxDurationExceeded"),
+        TrapKind::NonDeterminism(_) => (FailureKind::System, "NonDeterminism"),
+        TrapKind::Canceled => (
+            FailureKind::Error {
+                abort: true,
+                retry_delay_ms: None,
+            },
+            "Canceled",
+        ),
+        TrapKind::Panic(_) => (
+            FailureKind::Error {
+                abort: false,
+                retry_delay_ms: None,
+            },
+            "Panic",
+        ),
+        TrapKind::Other(_) => (
+            FailureKind::Error {
+                abort: false,
+                retry_delay_ms: None,
+            },
+            "Trap",
+        ),
+    };
+    failure(kind, RunError::new(name, trap.to_string()), usage_ms)
+}
+
+pub(crate) fn failure(kind: FailureKind, error: RunError, usage_ms: u64) -> Event {
+    Event::AttemptFailed {
+        kind,
+        error,
+        usage_ms,
+        random: rand::random::<f64>(),
+    }
+}

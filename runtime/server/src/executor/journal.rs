@@ -1,0 +1,60 @@
+//! Appending to a run's journal.
+
+use kiln_sandbox::JournalSink;
+use kiln_store::{Batch, Store};
+use kiln_types::{HostCall, JournalEntry, JournalRecord, RunId, Timestamp};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Appends entries to one run's journal, numbering them. Entries are handed
+/// to the group committer as they are made, so they become durable in order
+/// with everything else the run commits; whoever must not go on before an
+/// entry is durable awaits the commit.
+#[derive(Clone)]
+pub(crate) struct JournalWriter {
+    store: Store,
+    run: RunId,
+    next: Arc<AtomicU64>,
+}
+
+impl JournalWriter {
+    /// A writer whose next entry is number `next`.
+    pub(crate) fn new(store: Store, run: RunId, next: u64) -> Self {
+        JournalWriter {
+            store,
+            run,
+            next: Arc::new(AtomicU64::new(next)),
+        }
+    }
+
+    /// The number of the last entry written (0 if none).
+    pub(crate) fn last_seq(&self) -> u64 {
+        self.next.load(Ordering::SeqCst) - 1
+    }
+
+    fn record(&self, entry: JournalEntry) -> JournalRecord {
+        JournalRecord {
+            seq: self.next.fetch_add(1, Ordering::SeqCst),
+            at: Timestamp::now(),
+            entry,
+        }
+    }
+
+    /// Appends an entry on its own commit, without waiting for it.
+    pub(crate) fn append(&self, entry: JournalEntry) {
+        let mut batch = Batch::default();
+        batch.append_journal(&self.run, &self.record(entry));
+        drop(self.store.commit(batch));
+    }
+
+    /// Adds an entry to a batch the caller commits.
+    pub(crate) fn append_to(&self, batch: &mut Batch, entry: JournalEntry) {
+        batch.append_journal(&self.run, &self.record(entry));
+    }
+}
+
+impl JournalSink for JournalWriter {
+    fn record(&mut self, call: HostCall) {
+        self.append(JournalEntry::HostCall(call));
+    }
+}

@@ -1,0 +1,270 @@
+//! The executor: takes queued runs, runs their attempts in the sandbox, and
+//! drives each run through the engine's transitions.
+//!
+//! - At most `concurrency` runs execute at once; a waiting run holds no slot.
+//! - [`driver`] runs one slice of a run: it restores the run's last snapshot
+//!   (or starts a fresh instance), replays the journal after it, then runs
+//!   live until the task finishes or waits. A short timer wait is slept warm
+//!   in-process; a longer one snapshots the guest, drops the instance and
+//!   marks the run `WAITING` with durable timers.
+//! - [`timers`] fires durable timers: the wake is journaled and the run is
+//!   queued to resume.
+//! - Every read-modify-write of a run record happens under the run's lock
+//!   ([`locks`]), so a cancel, a timer and the end of an attempt never
+//!   overwrite one another.
+
+mod driver;
+mod journal;
+mod locks;
+mod timers;
+
+use crate::deployments::Deployments;
+use crate::notify::Notifier;
+use kiln_engine::{Action, Event, TransitionError, apply};
+use kiln_store::{Batch, Store, TimerKey};
+use kiln_types::{JournalEntry, JournalRecord, Run, RunId, RunStatus, Timestamp, WakeValue};
+use locks::RunLocks;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use timers::{Fired, Timers};
+use tokio::sync::{Notify, Semaphore, mpsc};
+
+/// The largest output a run may return, in bytes.
+pub const MAX_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
+
+/// How the executor behaves.
+#[derive(Debug, Clone)]
+pub struct ExecutorConfig {
+    /// How many runs execute at once.
+    pub concurrency: usize,
+    /// The environment runs belong to.
+    pub environment: String,
+    /// Timer waits at most this long are slept with the instance kept warm
+    /// (journaled the same); longer ones snapshot the guest and free its slot.
+    pub warm_wait: Duration,
+}
+
+/// Hands runs to the executor and controls them.
+#[derive(Clone)]
+pub struct Executor {
+    queue: mpsc::UnboundedSender<RunId>,
+    shared: Arc<Shared>,
+}
+
+/// A run executing now: how to interrupt it.
+pub(crate) struct LiveRun {
+    /// Interrupts the guest at the next epoch tick.
+    pub(crate) interrupt: Mutex<Option<Arc<AtomicBool>>>,
+    /// Wakes a warm wait.
+    pub(crate) canceled: Notify,
+    pub(crate) is_canceled: AtomicBool,
+}
+
+pub(crate) struct Shared {
+    store: Store,
+    deployments: Arc<Deployments>,
+    notifier: Arc<Notifier>,
+    config: ExecutorConfig,
+    locks: RunLocks,
+    live: Mutex<HashMap<RunId, Arc<LiveRun>>>,
+    timers: std::sync::OnceLock<Timers>,
+}
+
+/// Why a cancel was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CancelError {
+    /// No such run.
+    #[error("run not found")]
+    NotFound,
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kiln_store::StoreError),
+}
+
+impl Executor {
+    /// Starts the dispatcher and the timer service.
+    pub(crate) fn start(
+        store: Store,
+        deployments: Arc<Deployments>,
+        notifier: Arc<Notifier>,
+        config: ExecutorConfig,
+    ) -> Self {
+        let (tx, mut rx) = mpsc::unbounded_channel::<RunId>();
+        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            deployments,
+            notifier,
+            config,
+            locks: RunLocks::default(),
+            live: Mutex::new(HashMap::new()),
+            timers: std::sync::OnceLock::new(),
+        });
+        let executor = Executor {
+            queue: tx,
+            shared: shared.clone(),
+        };
+        let firing = executor.clone();
+        let timers = Timers::start(store, move |timer| {
+            let executor = firing.clone();
+            async move { executor.fire_timer(timer).await }
+        });
+        let _ = shared.timers.set(timers);
+        let requeue = executor.clone();
+        tokio::spawn(async move {
+            while let Some(run_id) = rx.recv().await {
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
+                let executor = requeue.clone();
+                tokio::spawn(async move {
+                    if let Err(error) = driver::execute(&executor, &run_id).await {
+                        tracing::error!(run = %run_id, %error, "executing a run failed");
+                    }
+                    drop(permit);
+                });
+            }
+        });
+        executor
+    }
+
+    /// Queues a run to start now.
+    pub fn enqueue(&self, run: RunId) {
+        let _ = self.queue.send(run);
+    }
+
+    /// Queues a run to start at `at`.
+    pub fn enqueue_at(&self, run: RunId, at: Timestamp) {
+        let delay = at.as_millis().saturating_sub(Timestamp::now().as_millis());
+        if delay == 0 {
+            return self.enqueue(run);
+        }
+        let this = self.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(delay)).await;
+            this.enqueue(run);
+        });
+    }
+
+    /// Re-queues every queued or executing run after a restart. Waiting runs
+    /// are not read: their timers wake them.
+    pub(crate) async fn recover(&self) -> anyhow::Result<usize> {
+        let runs = self.shared.store.active_runs()?;
+        let count = runs.len();
+        for run in runs {
+            match run.status {
+                RunStatus::Queued => match run.next_attempt_at {
+                    Some(at) => self.enqueue_at(run.id.clone(), at),
+                    None => self.enqueue(run.id.clone()),
+                },
+                RunStatus::Dequeued | RunStatus::Executing => {
+                    let t = apply(&run, Event::Recovered, Timestamp::now())?;
+                    self.shared.store.put_run(&t.run).await?;
+                    self.perform(&t.run, &t.actions);
+                }
+                _ => {}
+            }
+        }
+        Ok(count)
+    }
+
+    /// Cancels a run: an executing guest is interrupted at the next epoch
+    /// tick, a waiting or queued run is canceled in place. Canceling a
+    /// finished run changes nothing. Returns the run afterwards.
+    pub async fn cancel(&self, run_id: &RunId) -> Result<Run, CancelError> {
+        let shared = &self.shared;
+        let _guard = shared.locks.lock(run_id).await;
+        let run = shared.store.run(run_id)?.ok_or(CancelError::NotFound)?;
+        if run.status.is_final() {
+            return Ok(run);
+        }
+        let t = match apply(&run, Event::Cancel, Timestamp::now()) {
+            Ok(t) => t,
+            Err(TransitionError { .. }) => return Ok(run),
+        };
+        let mut batch = Batch::default();
+        batch.put_run(&t.run);
+        shared.store.commit(batch).await?;
+        if let Some(live) = shared.live_run(run_id) {
+            live.is_canceled.store(true, Ordering::SeqCst);
+            if let Some(flag) = &*live.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
+                flag.store(true, Ordering::SeqCst);
+            }
+            live.canceled.notify_one();
+        }
+        self.perform(&t.run, &t.actions);
+        Ok(t.run)
+    }
+
+    /// Fires a durable timer: journals the wake and queues the run, in one
+    /// commit that also deletes the timer, so it fires once.
+    async fn fire_timer(&self, timer: TimerKey) -> Fired {
+        match self.try_fire_timer(&timer).await {
+            Ok(fired) => fired,
+            Err(error) => {
+                tracing::error!(run = %timer.run_id, %error, "firing a timer failed");
+                Fired::Busy
+            }
+        }
+    }
+
+    async fn try_fire_timer(&self, timer: &TimerKey) -> anyhow::Result<Fired> {
+        let store = &self.shared.store;
+        let _guard = self.shared.locks.lock(&timer.run_id).await;
+        if !store.has_timer(timer)? {
+            return Ok(Fired::Done);
+        }
+        let mut batch = Batch::default();
+        batch.delete_timer(timer);
+        let run = match store.run(&timer.run_id)? {
+            Some(run) if run.status == RunStatus::Waiting => run,
+            Some(run) if !run.status.is_final() => return Ok(Fired::Busy),
+            _ => {
+                store.commit(batch).await?;
+                return Ok(Fired::Done);
+            }
+        };
+        let t = apply(&run, Event::Woken, Timestamp::now())?;
+        let seq = store.journal(&run.id)?.last().map(|r| r.seq).unwrap_or(0) + 1;
+        batch.append_journal(
+            &run.id,
+            &JournalRecord {
+                seq,
+                at: Timestamp::now(),
+                entry: JournalEntry::Wake {
+                    id: timer.wait_id,
+                    value: WakeValue::Timer,
+                },
+            },
+        );
+        batch.put_run(&t.run);
+        store.commit(batch).await?;
+        self.perform(&t.run, &t.actions);
+        Ok(Fired::Done)
+    }
+
+    fn perform(&self, run: &Run, actions: &[Action]) {
+        for action in actions {
+            match action {
+                Action::Enqueue { not_before: None } => self.enqueue(run.id.clone()),
+                Action::Enqueue {
+                    not_before: Some(at),
+                } => self.enqueue_at(run.id.clone(), *at),
+                Action::NotifyFinished => self.shared.notifier.finished(&run.id),
+                Action::InterruptAttempt => {}
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn live_run(&self, run: &RunId) -> Option<Arc<LiveRun>> {
+        self.live
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(run)
+            .cloned()
+    }
+}
