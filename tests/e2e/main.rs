@@ -5,6 +5,7 @@
 mod harness;
 
 mod deploy;
+mod durable;
 mod limits;
 mod restart;
 mod runs;

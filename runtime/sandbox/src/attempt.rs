@@ -188,7 +188,7 @@ impl Attempt {
     ///
     /// [`capture`]: Attempt::capture
     pub async fn restore(&mut self, image: Vec<u8>) -> Result<(), TrapKind> {
-        if image.len() % WASM_PAGE != 0 {
+        if !image.len().is_multiple_of(WASM_PAGE) {
             return Err(TrapKind::Other(format!(
                 "a snapshot of {} bytes is not a whole number of pages",
                 image.len()

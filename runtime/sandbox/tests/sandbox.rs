@@ -268,3 +268,55 @@ async fn fifty_mib_of_heap_survive_a_snapshot() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// On replay, host calls are answered from the journal; a call that differs
+/// from the journal traps as a non-determinism error naming both.
+#[tokio::test]
+async fn replay_answers_from_the_journal_and_catches_a_different_call() {
+    use kiln_types::{HostCall, JournalEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let sandbox = sandbox(&dir);
+    let bundle = sandbox
+        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
+        .await
+        .unwrap();
+    let limits = Limits::for_machine(Machine::Small1x, None);
+
+    // `echo` reads the clock, then draws 8 random bytes.
+    let mut attempt = bundle.instantiate(limits).await.unwrap();
+    attempt.replay_mut().extend([
+        JournalEntry::HostCall(HostCall::NowMs { result: 1234 }),
+        JournalEntry::HostCall(HostCall::RandomBytes {
+            len: 8,
+            result: "0100000000000000".into(),
+        }),
+    ]);
+    match attempt.start(&ctx("echo", "{}")).await {
+        StepOutcome::Step(Step::Completed(out)) => {
+            let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+            assert_eq!(out["nowMs"], 1234);
+            assert_eq!(out["random"], "1");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(
+        attempt.stats().random_live,
+        0,
+        "nothing was asked of the host"
+    );
+
+    let mut attempt = bundle.instantiate(limits).await.unwrap();
+    attempt
+        .replay_mut()
+        .push_back(JournalEntry::HostCall(HostCall::RandomBytes {
+            len: 8,
+            result: "00".repeat(8),
+        }));
+    match attempt.start(&ctx("echo", "{}")).await {
+        StepOutcome::Trap(TrapKind::NonDeterminism(message)) => {
+            assert!(message.contains("now-ms()"), "{message}");
+            assert!(message.contains("random-bytes(8)"), "{message}");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+}

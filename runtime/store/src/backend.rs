@@ -31,7 +31,8 @@ pub trait Backend: Send + Sync + 'static {
     /// The last entry whose key starts with `prefix`.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;
 
-    /// Applies `ops` atomically; the returned future resolves once they are
-    /// durable.
+    /// Applies `ops` atomically and at once: every read made after this call
+    /// returns sees them. The returned future resolves once they are durable;
+    /// commits become durable in the order they were made.
     fn commit(&self, ops: Vec<Op>) -> Commit;
 }

@@ -1,10 +1,14 @@
 //! The sled backend, made durable by a group committer.
 //!
 //! sled 0.34's `flush()` is not durable on Linux (it uses `sync_file_range`),
-//! and its `flush_async()` deadlocks under concurrent callers. So one
-//! committer thread owns durability: it drains every pending commit, applies
-//! them as one atomic sled batch, calls `flush()`, then `fdatasync`s sled's
-//! data file, and only then acknowledges each writer.
+//! and its `flush_async()` deadlocks under concurrent callers. So:
+//! - a commit applies its writes to the tree at once, as one atomic sled
+//!   batch, so every later read in this process sees them (read-your-writes,
+//!   in the order commits were made);
+//! - one committer thread owns durability: it drains every pending
+//!   acknowledgement, calls `flush()` once, `fdatasync`s sled's data file,
+//!   and only then acknowledges each writer (group commit). sled's log keeps
+//!   batches in order, so what survives a crash is a prefix of the commits.
 
 use crate::backend::{Backend, Commit, Op};
 use crate::{Result, StoreError};
@@ -15,7 +19,7 @@ use tokio::sync::oneshot;
 /// How many commits one group takes at most.
 const MAX_GROUP: usize = 4_096;
 
-type Request = (Vec<Op>, oneshot::Sender<Result<()>>);
+type Request = oneshot::Sender<Result<()>>;
 
 /// A sled database in a directory, with group-committed durable writes.
 pub struct SledBackend {
@@ -70,24 +74,15 @@ fn run_committer(db: sled::Db, data_file: std::fs::File, requests: mpsc::Receive
                 Err(_) => break,
             }
         }
-        let mut batch = sled::Batch::default();
-        for (ops, _) in &mut group {
-            for op in ops.drain(..) {
-                match op {
-                    Op::Put(k, v) => batch.insert(k, v),
-                    Op::Delete(k) => batch.remove(k),
-                }
-            }
-        }
         let result = db
-            .apply_batch(batch)
-            .and_then(|()| db.flush().map(|_| ()))
+            .flush()
+            .map(|_| ())
             .map_err(backend_error)
             .and_then(|()| data_file.sync_data().map_err(backend_error));
         if let Err(error) = &result {
             tracing::error!(%error, "a group commit failed");
         }
-        for (_, ack) in group {
+        for ack in group {
             let _ = ack.send(result.clone());
         }
     }
@@ -143,8 +138,19 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
+        let mut batch = sled::Batch::default();
+        for op in ops {
+            match op {
+                Op::Put(k, v) => batch.insert(k, v),
+                Op::Delete(k) => batch.remove(k),
+            }
+        }
+        if let Err(error) = self.tree.apply_batch(batch) {
+            let error = backend_error(error);
+            return Box::pin(std::future::ready(Err(error)));
+        }
         let (ack, done) = oneshot::channel();
-        let sent = self.committer.send((ops, ack));
+        let sent = self.committer.send(ack);
         Box::pin(async move {
             sent.map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?

@@ -1,8 +1,11 @@
 //! One test suite, run against every store implementation.
 
 use kiln_manifest::{Machine, Manifest, RetryPolicy, TaskManifest};
-use kiln_store::{Backend, MemoryBackend, Op, SledBackend, Store};
-use kiln_types::{Deployment, DeploymentId, Run, RunId, RunStatus, Timestamp};
+use kiln_store::{Backend, Batch, MemoryBackend, Op, SledBackend, SnapshotLayer, Store, TimerKey};
+use kiln_types::{
+    Deployment, DeploymentId, HostCall, JournalEntry, JournalRecord, Run, RunId, RunStatus,
+    Timestamp,
+};
 use std::sync::Arc;
 
 fn deployment(sequence: u64) -> Deployment {
@@ -108,9 +111,164 @@ async fn concurrent_commits_all_land(backend: Arc<dyn Backend>) {
     assert!(backend.get(b"c/0000").unwrap().is_none());
 }
 
+/// Waiting runs leave the index read at start-up; what wakes them is found
+/// through its own index.
+async fn waiting_runs_leave_the_active_index(store: &Store) {
+    let mut r = run(RunStatus::Executing);
+    store.put_run(&r).await.unwrap();
+    r.status = RunStatus::Waiting;
+    store.put_run(&r).await.unwrap();
+    assert!(store.active_runs().unwrap().is_empty());
+    assert_eq!(
+        store.run(&r.id).unwrap().unwrap().status,
+        RunStatus::Waiting
+    );
+}
+
+/// Journal entries come back in order; a batch lands whole, and reads see
+/// it as soon as it is committed.
+async fn journals_and_batches(store: &Store) {
+    let r = run(RunStatus::Executing);
+    let entries = [
+        JournalEntry::AttemptStarted { attempt: 1 },
+        JournalEntry::HostCall(HostCall::RandomBytes {
+            len: 2,
+            result: "beef".into(),
+        }),
+        JournalEntry::HostCall(HostCall::NowMs { result: 42 }),
+    ];
+    let mut batch = Batch::default();
+    for (i, entry) in entries.iter().enumerate() {
+        batch.append_journal(
+            &r.id,
+            &JournalRecord {
+                seq: 300 - (2 - i as u64) * 100,
+                at: Timestamp(1),
+                entry: entry.clone(),
+            },
+        );
+    }
+    batch.put_run(&r);
+    let commit = store.commit(batch);
+    // Read-your-writes before the commit is durable.
+    assert_eq!(store.journal(&r.id).unwrap().len(), 3);
+    commit.await.unwrap();
+    let journal = store.journal(&r.id).unwrap();
+    let seqs: Vec<u64> = journal.iter().map(|j| j.seq).collect();
+    assert_eq!(seqs, vec![100, 200, 300]);
+    assert_eq!(journal[1].entry, entries[1]);
+    assert!(store.run(&r.id).unwrap().is_some());
+    // Another run's journal is its own.
+    assert!(
+        store
+            .journal(&run(RunStatus::Queued).id)
+            .unwrap()
+            .is_empty()
+    );
+}
+
+/// Snapshot layers are stored per attempt, verified on load, and deleted by
+/// key.
+async fn snapshot_layers(store: &Store) {
+    let r = run(RunStatus::Waiting);
+    let image: Vec<u8> = (0..64 * 1024).map(|i| (i % 7) as u8).collect();
+    let full = SnapshotLayer::capture(&image, None, 5);
+    let mut changed = image.clone();
+    changed[100] = 99;
+    let delta = SnapshotLayer::capture(&changed, Some(&full.hashes), 9);
+    let mut batch = Batch::default();
+    batch.put_layer(&r.id, 1, 1, full.encode());
+    batch.put_layer(&r.id, 1, 2, delta.encode());
+    batch.put_layer(&r.id, 2, 1, full.encode());
+    store.commit(batch).await.unwrap();
+    let layers = store.layers(&r.id, 1).unwrap();
+    assert_eq!(
+        layers.iter().map(|l| l.number).collect::<Vec<_>>(),
+        vec![1, 2]
+    );
+    let composed =
+        kiln_store::snapshot::compose(&layers.iter().map(|l| l.layer.clone()).collect::<Vec<_>>())
+            .unwrap();
+    assert_eq!(composed, changed);
+    let keys = store.layer_keys(&r.id).unwrap();
+    assert_eq!(keys.len(), 3);
+    let mut batch = Batch::default();
+    batch.delete_keys(keys);
+    store.commit(batch).await.unwrap();
+    assert!(store.layers(&r.id, 1).unwrap().is_empty());
+
+    // A damaged layer is refused, not restored.
+    let mut bytes = full.encode();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 1;
+    let mut batch = Batch::default();
+    batch.put_layer(&r.id, 1, 1, bytes);
+    store.commit(batch).await.unwrap();
+    assert!(store.layers(&r.id, 1).is_err());
+}
+
+/// Timers are read by due time, only in the range asked for.
+async fn timers_by_due_time(store: &Store) {
+    let a = run(RunStatus::Waiting).id;
+    let b = RunId::generate(7);
+    let timers = [
+        TimerKey {
+            due: Timestamp(5_000),
+            run_id: a.clone(),
+            wait_id: 2,
+        },
+        TimerKey {
+            due: Timestamp(1_000),
+            run_id: b.clone(),
+            wait_id: 1,
+        },
+        TimerKey {
+            due: Timestamp(9_000),
+            run_id: a.clone(),
+            wait_id: 3,
+        },
+    ];
+    let mut batch = Batch::default();
+    for t in &timers {
+        batch.put_timer(t);
+    }
+    store.commit(batch).await.unwrap();
+    let due = store.timers(Timestamp(0), Timestamp(6_000), 100).unwrap();
+    assert_eq!(due, vec![timers[1].clone(), timers[0].clone()]);
+    assert_eq!(
+        store
+            .timers(Timestamp(5_001), Timestamp(u64::MAX), 100)
+            .unwrap(),
+        vec![timers[2].clone()]
+    );
+    assert_eq!(
+        store
+            .timers(Timestamp(0), Timestamp(u64::MAX), 1)
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(store.has_timer(&timers[0]).unwrap());
+    let mut batch = Batch::default();
+    batch.delete_timer(&timers[0]);
+    store.commit(batch).await.unwrap();
+    assert!(!store.has_timer(&timers[0]).unwrap());
+    assert_eq!(
+        store
+            .timers(Timestamp(0), Timestamp(u64::MAX), 100)
+            .unwrap()
+            .len(),
+        2
+    );
+}
+
 async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     deployments_round_trip(&Store::new(make())).await;
     runs_keep_the_active_index(&Store::new(make())).await;
+    waiting_runs_leave_the_active_index(&Store::new(make())).await;
+    journals_and_batches(&Store::new(make())).await;
+    snapshot_layers(&Store::new(make())).await;
+    timers_by_due_time(&Store::new(make())).await;
     concurrent_commits_all_land(make()).await;
 }
 

@@ -241,11 +241,11 @@ impl<'a> Slice<'a> {
             None => Some(attempt.start(&self.start_context()).await),
         };
         loop {
-            if let Some(step) = outcome.take() {
-                if let Some(end) = self.take_step(&mut attempt, step)? {
-                    self.logs = attempt.take_logs();
-                    return Ok(end);
-                }
+            if let Some(step) = outcome.take()
+                && let Some(end) = self.take_step(&mut attempt, step)?
+            {
+                self.logs = attempt.take_logs();
+                return Ok(end);
             }
             // Deliver the next wake: from the journal while replaying.
             match attempt.replay_mut().pop_front() {
