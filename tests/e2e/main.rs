@@ -6,6 +6,7 @@ mod harness;
 
 mod deploy;
 mod durable;
+mod hooks;
 mod limits;
 mod restart;
 mod runs;

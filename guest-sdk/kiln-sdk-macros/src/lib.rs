@@ -22,7 +22,11 @@ use syn::{FnArg, ItemFn, LitBool, LitFloat, LitInt, LitStr, ReturnType, Type};
 /// - `machine = "small-2x"`: the machine preset (`small-1x` by default);
 /// - `max_duration = 300`: the most execution time in seconds, waits excluded;
 /// - `retry(max_attempts = 5, factor = 2.0, min_timeout_ms = 1000,
-///   max_timeout_ms = 30000, randomize = true)`: the retry policy.
+///   max_timeout_ms = 30000, randomize = true,
+///   out_of_memory_machine = "medium-1x")`: the retry policy; an attempt
+///   that runs out of memory is retried on `out_of_memory_machine` if set;
+/// - `hooks = HOOKS`: a `const` [`Hooks`](../kiln_sdk/hooks/struct.Hooks.html)
+///   with the task's lifecycle hooks.
 ///
 /// If `P` derives `schemars::JsonSchema` the task is a schema task: the server
 /// validates each payload against that schema when the run is triggered.
@@ -41,6 +45,7 @@ struct Options {
     machine: Option<String>,
     max_duration: Option<u64>,
     retry: Vec<(String, proc_macro2::TokenStream)>,
+    hooks: Option<syn::Path>,
 }
 
 const MACHINES: [&str; 7] = [
@@ -95,18 +100,31 @@ fn parse_options(attr: proc_macro2::TokenStream) -> syn::Result<Options> {
                         let v = retry.value()?.parse::<LitBool>()?.value;
                         quote!(#v)
                     }
+                    "out_of_memory_machine" => {
+                        let lit = retry.value()?.parse::<LitStr>()?;
+                        if !MACHINES.contains(&lit.value().as_str()) {
+                            return Err(syn::Error::new(
+                                lit.span(),
+                                format!("unknown machine preset; use one of {}", MACHINES.join(", ")),
+                            ));
+                        }
+                        quote!(#lit.parse().ok())
+                    }
                     _ => {
                         return Err(retry.error(
-                            "unknown retry option; use max_attempts, factor, min_timeout_ms, max_timeout_ms or randomize",
+                            "unknown retry option; use max_attempts, factor, min_timeout_ms, max_timeout_ms, randomize or out_of_memory_machine",
                         ));
                     }
                 };
                 options.retry.push((name, value));
                 Ok(())
             })?;
+        } else if meta.path.is_ident("hooks") {
+            options.hooks = Some(meta.value()?.parse::<syn::Path>()?);
         } else {
-            return Err(meta
-                .error("unknown task option; use id, queue, machine, max_duration or retry(...)"));
+            return Err(meta.error(
+                "unknown task option; use id, queue, machine, max_duration, retry(...) or hooks",
+            ));
         }
         Ok(())
     });
@@ -167,6 +185,10 @@ fn expand(
         let field = syn::Ident::new(field, Span::call_site());
         quote!(retry.#field = #value;)
     });
+    let hooks = options.hooks.as_ref().map(|path| {
+        quote!(const HOOKS: ::core::option::Option<&'static ::kiln_sdk::__private::Hooks> =
+            ::core::option::Option::Some(&#path);)
+    });
     let doc = format!("The Kiln task `{id}` (defined by the `async fn` of the same name).");
 
     Ok(quote! {
@@ -178,6 +200,7 @@ fn expand(
 
         impl ::kiln_sdk::__private::Task for #name {
             const ID: &'static str = #id;
+            #hooks
 
             fn manifest() -> ::kiln_sdk::__private::TaskManifest {
                 #[allow(unused_imports)]

@@ -4,6 +4,7 @@ pub use crate::executor::TaskFuture;
 pub use kiln_manifest::{Machine, RetryPolicy, TaskManifest};
 pub use wit_bindgen;
 
+pub use crate::hooks::Hooks;
 use crate::{Context, TaskError};
 use kiln_manifest::{MANIFEST_VERSION, Manifest};
 use serde::Serialize;
@@ -16,6 +17,8 @@ pub trait Task {
     const ID: &'static str;
     /// The task's manifest entry.
     fn manifest() -> TaskManifest;
+    /// The task's hooks.
+    const HOOKS: Option<&'static Hooks> = None;
     /// Parses the payload and starts the task's future.
     fn start(payload: &str, ctx: Context) -> TaskFuture;
 }
@@ -28,6 +31,8 @@ pub struct TaskEntry {
     pub manifest: fn() -> TaskManifest,
     /// Starts an attempt.
     pub start: fn(&str, Context) -> TaskFuture,
+    /// The task's hooks.
+    pub hooks: Option<&'static Hooks>,
 }
 
 impl TaskEntry {
@@ -37,6 +42,7 @@ impl TaskEntry {
             id: T::ID,
             manifest: T::manifest,
             start: T::start,
+            hooks: T::HOOKS,
         }
     }
 }

@@ -16,6 +16,8 @@ pub struct Context {
     pub task_id: String,
     /// The attempt number, starting at 1.
     pub attempt: u32,
+    /// Attempts the run may make in all.
+    pub max_attempts: u32,
     /// The environment the run belongs to.
     pub environment: String,
     /// The deployment version the run is pinned to.
@@ -38,6 +40,7 @@ impl Context {
             run_id: ctx.run_id.clone(),
             task_id: ctx.task_id.clone(),
             attempt: ctx.attempt,
+            max_attempts: ctx.max_attempts,
             environment: ctx.environment.clone(),
             version: ctx.version.clone(),
             machine: ctx.machine.clone(),
@@ -47,6 +50,11 @@ impl Context {
             created_at_ms: ctx.created_at_ms,
             log: Logger::new(),
         }
+    }
+
+    /// Whether this is the run's last attempt: if it fails, the run fails.
+    pub fn is_last_attempt(&self) -> bool {
+        self.attempt >= self.max_attempts
     }
 
     /// The current time in milliseconds since the Unix epoch, from the host.

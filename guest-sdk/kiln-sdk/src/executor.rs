@@ -10,6 +10,7 @@
 
 use crate::__private::TaskEntry;
 use crate::bindings::kiln::task::{host, types as wit};
+use crate::hooks::{Hooks, Retry, WaitInfo};
 use crate::{Context, TaskError};
 use std::cell::RefCell;
 use std::collections::{BTreeMap, BTreeSet};
@@ -30,11 +31,32 @@ struct Waits {
     pending: BTreeSet<u64>,
     /// Wakes delivered and not yet taken by their future.
     woken: BTreeMap<u64, wit::WakeValue>,
+    /// What each pending wait waits on, for the hooks.
+    info: BTreeMap<u64, WaitInfo>,
+}
+
+/// The attempt's context and hooks, for the hooks that run outside the task.
+struct Current {
+    ctx: Context,
+    hooks: Option<&'static Hooks>,
 }
 
 thread_local! {
     static ATTEMPT: RefCell<Option<TaskFuture>> = const { RefCell::new(None) };
     static WAITS: RefCell<Waits> = RefCell::new(Waits::default());
+    static CURRENT: RefCell<Option<Current>> = const { RefCell::new(None) };
+}
+
+/// Calls a hook with the attempt's context, if the task has that hook.
+fn with_hooks(call: impl FnOnce(&Context, &Hooks)) {
+    let current = CURRENT.with(|c| {
+        c.borrow()
+            .as_ref()
+            .and_then(|c| c.hooks.map(|h| (c.ctx.clone(), h)))
+    });
+    if let Some((ctx, hooks)) = current {
+        call(&ctx, hooks);
+    }
 }
 
 /// Starts an attempt of the task named in `ctx`. Called by the bundle's
@@ -47,7 +69,19 @@ pub fn start(tasks: &[TaskEntry], ctx: wit::StartContext) -> wit::Step {
             TaskError::abort(format!("this bundle has no task `{}`", ctx.task_id)).into_wit(),
         );
     };
-    let future = (entry.start)(&ctx.payload, Context::from_wit(&ctx));
+    let context = Context::from_wit(&ctx);
+    CURRENT.with(|c| {
+        *c.borrow_mut() = Some(Current {
+            ctx: context.clone(),
+            hooks: entry.hooks,
+        })
+    });
+    with_hooks(|ctx, hooks| {
+        if let Some(hook) = hooks.on_start_attempt {
+            hook(ctx);
+        }
+    });
+    let future = (entry.start)(&ctx.payload, context);
     ATTEMPT.with(|a| *a.borrow_mut() = Some(future));
     drive()
 }
@@ -59,11 +93,19 @@ pub fn resume(wake: wit::Wake) -> wit::Step {
         let mut w = w.borrow_mut();
         if w.pending.remove(&wake.id) {
             w.woken.insert(wake.id, wake.value);
-            true
+            Some(w.info.remove(&wake.id).unwrap_or(WaitInfo::Other))
         } else {
-            false
+            None
         }
     });
+    if let Some(info) = known {
+        with_hooks(|ctx, hooks| {
+            if let Some(hook) = hooks.on_resume {
+                hook(ctx, info);
+            }
+        });
+    }
+    let known = known.is_some();
     if !known {
         return wit::Step::Failed(
             TaskError::new(format!(
@@ -80,6 +122,11 @@ pub fn resume(wake: wit::Wake) -> wit::Step {
 /// Drops the attempt in progress. Called by the bundle's `cancel` export.
 pub fn cancel(reason: String) {
     host::log(wit::LogLevel::Info, &format!("run canceled: {reason}"), &[]);
+    with_hooks(|ctx, hooks| {
+        if let Some(hook) = hooks.on_cancel {
+            hook(ctx, &reason);
+        }
+    });
     reset();
 }
 
@@ -105,6 +152,44 @@ pub fn snapshot_grow(pages: u32) -> u32 {
 fn reset() {
     ATTEMPT.with(|a| a.borrow_mut().take());
     WAITS.with(|w| *w.borrow_mut() = Waits::default());
+    CURRENT.with(|c| c.borrow_mut().take());
+}
+
+/// Runs the end-of-attempt hooks: `catch_error` may turn a failure into no
+/// retry or a retry at a set time; then `on_success` or, when no retry
+/// follows, `on_failure`; then `on_complete` when the run ends.
+fn finish_hooks(result: Result<String, TaskError>) -> Result<String, TaskError> {
+    let mut result = result;
+    with_hooks(|ctx, hooks| match &mut result {
+        Ok(output) => {
+            if let Some(hook) = hooks.on_success {
+                hook(ctx, output);
+            }
+            if let Some(hook) = hooks.on_complete {
+                hook(ctx, Ok(output));
+            }
+        }
+        Err(error) => {
+            if let Some(catch) = hooks.catch_error
+                && !error.abort
+            {
+                match catch(ctx, error) {
+                    Retry::Default => {}
+                    Retry::Skip => error.abort = true,
+                    Retry::AfterMs(ms) => error.retry_delay_ms = Some(ms),
+                }
+            }
+            if error.abort || ctx.is_last_attempt() {
+                if let Some(hook) = hooks.on_failure {
+                    hook(ctx, error);
+                }
+                if let Some(hook) = hooks.on_complete {
+                    hook(ctx, Err(error));
+                }
+            }
+        }
+    });
+    result
 }
 
 /// Polls the attempt's future once and reports where it stands.
@@ -119,6 +204,7 @@ fn drive() -> wit::Step {
     let mut cx = std::task::Context::from_waker(Waker::noop());
     match future.as_mut().poll(&mut cx) {
         Poll::Ready(result) => {
+            let result = finish_hooks(result);
             reset();
             match result {
                 Ok(output) => wit::Step::Completed(output),
@@ -177,7 +263,21 @@ impl Future for WaitFuture {
     fn poll(mut self: Pin<&mut Self>, _cx: &mut std::task::Context<'_>) -> Poll<Self::Output> {
         let id = self.id;
         if let Some(kind) = self.kind.take() {
-            WAITS.with(|w| w.borrow_mut().new.push(wit::Wait { id, kind }));
+            let info = match kind {
+                wit::WaitKind::Duration(ms) => WaitInfo::Duration(ms),
+                wit::WaitKind::Until(at) => WaitInfo::Until(at),
+                _ => WaitInfo::Other,
+            };
+            with_hooks(|ctx, hooks| {
+                if let Some(hook) = hooks.on_wait {
+                    hook(ctx, info);
+                }
+            });
+            WAITS.with(|w| {
+                let mut w = w.borrow_mut();
+                w.info.insert(id, info);
+                w.new.push(wit::Wait { id, kind })
+            });
             return Poll::Pending;
         }
         match WAITS.with(|w| w.borrow_mut().woken.remove(&id)) {

@@ -37,11 +37,14 @@ pub mod bindings;
 mod context;
 mod error;
 pub mod executor;
+pub mod hooks;
 mod log;
+pub mod retry;
 pub mod wait;
 
 pub use context::Context;
 pub use error::TaskError;
+pub use hooks::Hooks;
 pub use kiln_manifest::{Machine, RetryPolicy};
 pub use kiln_sdk_macros::task;
 pub use log::Logger;

@@ -14,6 +14,7 @@ fn ctx(task: &str, payload: &str) -> StartContext {
         run_id: "run_test".into(),
         task_id: task.into(),
         attempt: 1,
+        max_attempts: 1,
         environment: "dev".into(),
         version: "1".into(),
         machine: "small-1x".into(),

@@ -129,7 +129,8 @@ impl<'a> Slice<'a> {
                 let logs = std::mem::take(&mut self.logs);
                 self.finish(event, logs).await
             }
-            End::Suspended | End::Canceled => Ok(()),
+            End::Canceled => self.keep_logs_of_canceled().await,
+            End::Suspended => Ok(()),
         }
     }
 
@@ -282,7 +283,9 @@ impl<'a> Slice<'a> {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = self.live.canceled.notified() => {
+                        // The guest is at rest: its cancel hooks can run.
                         attempt.cancel("the run was canceled").await;
+                        self.logs = attempt.take_logs();
                         return Ok(End::Canceled);
                     }
                 }
@@ -523,6 +526,29 @@ impl<'a> Slice<'a> {
         Ok(End::Suspended)
     }
 
+    /// Keeps the log lines of an attempt that was canceled while it ran
+    /// (its cancel hooks' among them).
+    async fn keep_logs_of_canceled(&mut self) -> anyhow::Result<()> {
+        if self.logs.is_empty() {
+            return Ok(());
+        }
+        let shared = &self.executor.shared;
+        let _guard = shared.locks.lock(&self.run.id).await;
+        let Some(mut run) = shared.store.run(&self.run.id)? else {
+            return Ok(());
+        };
+        if let Some(attempt) = run
+            .attempts
+            .iter_mut()
+            .find(|a| a.number == self.attempt_no)
+        {
+            attempt.logs.append(&mut self.logs);
+            attempt.logs.truncate(Run::MAX_LOG_LINES);
+            shared.store.put_run(&run).await?;
+        }
+        Ok(())
+    }
+
     /// Ends the attempt with `event`, under the run's lock: a run canceled
     /// meanwhile stays canceled.
     async fn finish(&self, event: Event, logs: Vec<kiln_types::LogLine>) -> anyhow::Result<()> {
@@ -568,6 +594,7 @@ impl<'a> Slice<'a> {
             run_id: run.id.to_string(),
             task_id: run.task_id.clone(),
             attempt: self.attempt_no,
+            max_attempts: run.max_attempts,
             environment: self.executor.shared.config.environment.clone(),
             version: run.version.clone(),
             machine: run.machine.to_string(),

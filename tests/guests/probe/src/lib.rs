@@ -167,7 +167,107 @@ pub async fn draw_spin(payload: DrawSpin, ctx: &Context) -> Result<Value, TaskEr
     Ok(serde_json::json!({ "draws": [first.to_string(), second.to_string()] }))
 }
 
+/// Hooks that log what happens to the attempt.
+const LOGGING_HOOKS: kiln_sdk::Hooks = kiln_sdk::Hooks::new()
+    .on_start_attempt(|ctx| {
+        ctx.log.info(
+            "hook:start-attempt",
+            &[("attempt", &ctx.attempt.to_string())],
+        )
+    })
+    .on_wait(|ctx, _| ctx.log.info("hook:wait", &[]))
+    .on_resume(|ctx, _| ctx.log.info("hook:resume", &[]))
+    .on_success(|ctx, output| ctx.log.info("hook:success", &[("output", &output)]))
+    .on_failure(|ctx, error| ctx.log.info("hook:failure", &[("error", &error.message)]))
+    .on_complete(|ctx, result| {
+        ctx.log
+            .info("hook:complete", &[("ok", &result.is_ok().to_string())])
+    })
+    .on_cancel(|ctx, _| ctx.log.info("hook:cancel", &[]))
+    .catch_error(|ctx, error| {
+        ctx.log
+            .info("hook:catch-error", &[("error", &error.message)]);
+        if error.message == "fatal" {
+            kiln_sdk::hooks::Retry::Skip
+        } else {
+            kiln_sdk::hooks::Retry::AfterMs(50)
+        }
+    });
+
+/// What the hooked task does.
+#[derive(Debug, Deserialize)]
+pub struct Hooked {
+    /// Fail the first attempt with this message (`fatal` skips retrying).
+    #[serde(default)]
+    pub fail_first: Option<String>,
+    /// Fail every attempt.
+    #[serde(default)]
+    pub always_fail: bool,
+    /// Milliseconds to wait before finishing.
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// A task with every hook, each of which logs.
+#[task(
+    id = "hooked",
+    hooks = LOGGING_HOOKS,
+    retry(max_attempts = 3, min_timeout_ms = 5000, max_timeout_ms = 5000, randomize = false)
+)]
+pub async fn hooked(payload: Hooked, ctx: &Context) -> Result<Value, TaskError> {
+    if payload.always_fail {
+        return Err(TaskError::new("always"));
+    }
+    if let Some(message) = payload.fail_first
+        && ctx.attempt == 1
+    {
+        return Err(TaskError::new(message));
+    }
+    if payload.wait_ms > 0 {
+        kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.wait_ms)).await?;
+    }
+    Ok(serde_json::json!({ "attempt": ctx.attempt }))
+}
+
+/// How often the flaky block fails before it works.
+#[derive(Debug, Deserialize)]
+pub struct Flaky {
+    /// Failures before success.
+    pub failures: u32,
+}
+
+/// Retries a block with `retry::on_throw`: each try draws from the host, and
+/// the backoff is a durable wait.
+#[task(id = "flaky-block")]
+pub async fn flaky_block(payload: Flaky, ctx: &Context) -> Result<Value, TaskError> {
+    let policy = kiln_sdk::RetryPolicy {
+        max_attempts: 5,
+        min_timeout_ms: 200,
+        max_timeout_ms: 200,
+        ..Default::default()
+    };
+    let tries = kiln_sdk::retry::on_throw(policy, |attempt| async move {
+        let draw = ctx.random_u64();
+        ctx.log.info(
+            "try",
+            &[
+                ("attempt", &attempt.to_string()),
+                ("draw", &draw.to_string()),
+            ],
+        );
+        if attempt <= payload.failures {
+            Err(TaskError::new(format!("try {attempt} failed")))
+        } else {
+            Ok(attempt)
+        }
+    })
+    .await?;
+    Ok(serde_json::json!({ "tries": tries }))
+}
+
 kiln_sdk::bundle!(
+    hooked,
+    flaky_block,
     echo,
     panic,
     fail,
