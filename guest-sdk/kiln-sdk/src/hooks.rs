@@ -45,6 +45,9 @@ pub enum WaitInfo {
     Other,
 }
 
+/// An `on_complete` hook: the output as JSON, or the error.
+pub type CompleteHook = fn(&Context, Result<&str, &TaskError>);
+
 /// The hooks of a task. Build one with [`Hooks::new`] and its setters in a
 /// `const`, and name it in `#[task(hooks = ...)]`.
 #[derive(Debug, Clone, Copy, Default)]
@@ -52,7 +55,7 @@ pub struct Hooks {
     pub(crate) on_start_attempt: Option<fn(&Context)>,
     pub(crate) on_success: Option<fn(&Context, &str)>,
     pub(crate) on_failure: Option<fn(&Context, &TaskError)>,
-    pub(crate) on_complete: Option<fn(&Context, Result<&str, &TaskError>)>,
+    pub(crate) on_complete: Option<CompleteHook>,
     pub(crate) on_wait: Option<fn(&Context, WaitInfo)>,
     pub(crate) on_resume: Option<fn(&Context, WaitInfo)>,
     pub(crate) on_cancel: Option<fn(&Context, &str)>,
@@ -93,7 +96,7 @@ impl Hooks {
     }
 
     /// Runs when the run ends, after `on_success` or `on_failure`.
-    pub const fn on_complete(mut self, hook: fn(&Context, Result<&str, &TaskError>)) -> Self {
+    pub const fn on_complete(mut self, hook: CompleteHook) -> Self {
         self.on_complete = Some(hook);
         self
     }
