@@ -26,6 +26,31 @@ async fn memory_past_the_cap_crashes_the_run_not_the_server() {
 }
 
 #[tokio::test]
+async fn out_of_memory_retries_on_the_larger_machine_the_policy_names() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::LIMITS).await;
+    // 400 MiB: over micro's 256 MiB, within small-2x's 1 GiB.
+    let id = kiln
+        .trigger_ok("allocate-or-grow", json!({"mib": 400}))
+        .await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["attemptCount"], 2);
+    assert_eq!(run["attempts"][0]["machine"], "micro");
+    assert_eq!(run["attempts"][0]["outcome"], "CRASHED");
+    assert_eq!(run["attempts"][1]["machine"], "small-2x");
+    assert_eq!(run["machine"], "small-2x");
+    // Too much for the larger machine too: the run ends CRASHED.
+    let id = kiln
+        .trigger_ok("allocate-or-grow", json!({"mib": 1500}))
+        .await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "CRASHED", "{run}");
+    assert_eq!(run["attemptCount"], 2);
+}
+
+#[tokio::test]
 async fn a_busy_loop_past_max_duration_times_out() {
     let dir = data_dir();
     let kiln = Kiln::start(dir.path());

@@ -25,9 +25,25 @@ pub struct Allocated {
 /// `micro` preset (256 MiB) asking for more ends the run `CRASHED`.
 #[task(id = "allocate", machine = "micro", retry(max_attempts = 1))]
 pub async fn allocate(payload: Allocate, ctx: &Context) -> Result<Allocated, TaskError> {
+    Ok(touch(payload.mib, ctx))
+}
+
+/// Like `allocate`, but an attempt that runs out of memory on `micro` is
+/// retried once on `small-2x` (1 GiB), as Trigger.dev's
+/// `retry.outOfMemory.machine`.
+#[task(
+    id = "allocate-or-grow",
+    machine = "micro",
+    retry(max_attempts = 2, out_of_memory_machine = "small-2x")
+)]
+pub async fn allocate_or_grow(payload: Allocate, ctx: &Context) -> Result<Allocated, TaskError> {
+    Ok(touch(payload.mib, ctx))
+}
+
+fn touch(mib: u32, ctx: &Context) -> Allocated {
     let mut chunks: Vec<Vec<u8>> = Vec::new();
     let mut checksum = 0u64;
-    for i in 0..payload.mib {
+    for i in 0..mib {
         let mut chunk = vec![0u8; 1 << 20];
         for page in chunk.chunks_mut(4096) {
             page[0] = (i % 251) as u8;
@@ -36,11 +52,8 @@ pub async fn allocate(payload: Allocate, ctx: &Context) -> Result<Allocated, Tas
             checksum.wrapping_add(chunk.iter().step_by(4096).map(|&b| b as u64).sum::<u64>());
         chunks.push(chunk);
     }
-    ctx.log.info("allocated", &[("mib", &payload.mib)]);
-    Ok(Allocated {
-        mib: payload.mib,
-        checksum,
-    })
+    ctx.log.info("allocated", &[("mib", &mib)]);
+    Allocated { mib, checksum }
 }
 
 /// How long to spin.
@@ -75,4 +88,4 @@ pub async fn spin(payload: Spin, _ctx: &Context) -> Result<Spun, TaskError> {
     })
 }
 
-kiln_sdk::bundle!(allocate, spin);
+kiln_sdk::bundle!(allocate, allocate_or_grow, spin);

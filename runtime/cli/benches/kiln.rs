@@ -5,7 +5,16 @@
 //!   restart pays);
 //! - instantiating a bundle from its `InstancePre` with the pooling allocator;
 //! - trigger-to-COMPLETED latency of `hello-world` over HTTP against a real
-//!   `kiln serve` process on loopback (trigger, then a long-polling retrieve).
+//!   `kiln serve` process on loopback (trigger, then a long-polling retrieve);
+//! - snapshot and restore of 1 MiB and 50 MiB of guest heap, and the bytes a
+//!   second wait writes (a page delta);
+//! - resume latency after a durable timer fires;
+//! - durable no-op run throughput (group commit) with concurrent clients;
+//! - RSS with 10,000 runs waiting, and start-up time with them stored.
+//!
+//! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
+//! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
+//! `resume`, `throughput`, `waiting`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -34,11 +43,34 @@ fn report(name: &str, samples: &mut [Duration]) {
     );
 }
 
+fn selected(name: &str) -> bool {
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with("--"))
+        .collect();
+    filters.is_empty() || filters.iter().any(|f| name.contains(f.as_str()))
+}
+
 fn main() {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    if selected("snapshot") {
+        runtime.block_on(snapshot_bench());
+    }
+    if selected("resume") {
+        runtime.block_on(resume_bench());
+    }
+    if selected("throughput") {
+        runtime.block_on(throughput_bench(5_000, 64));
+    }
+    if selected("waiting") {
+        runtime.block_on(waiting_bench(10_000));
+    }
+    if !(selected("compile") || selected("instantiate") || selected("latency")) {
+        return;
+    }
     let bundle = kiln_fixtures::read(kiln_fixtures::HELLO_WORLD);
     let dir = tempfile::tempdir().expect("a temp dir");
     println!(
@@ -156,4 +188,403 @@ async fn trigger_to_completed(data_dir: &std::path::Path, runs: usize) -> Vec<Du
     let _ = child.kill();
     let _ = child.wait();
     samples
+}
+
+/// A `kiln serve` (the release binary) on a temp data dir.
+struct Server {
+    child: std::process::Child,
+    url: String,
+    http: reqwest::Client,
+}
+
+impl Server {
+    fn start(data_dir: &std::path::Path, args: &[&str]) -> (Server, Duration) {
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .args(args)
+            .env("KILN_SECRET_KEY", KEY)
+            .env("KILN_LOG", "warn")
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("kiln serve starts");
+        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
+        let url = loop {
+            let line = lines.next().expect("an address line").expect("readable");
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        let ready = started.elapsed();
+        std::thread::spawn(move || for _ in lines {});
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("a client");
+        (Server { child, url, http }, ready)
+    }
+
+    async fn deploy(&self, bundle: &str) {
+        let deployed = self
+            .http
+            .post(format!("{}/api/v1/deployments", self.url))
+            .bearer_auth(KEY)
+            .body(kiln_fixtures::read(bundle))
+            .send()
+            .await
+            .expect("deploys");
+        assert!(deployed.status().is_success());
+    }
+
+    async fn trigger(&self, task: &str, payload: serde_json::Value) -> String {
+        let body = serde_json::json!({
+            "payload": payload.to_string(),
+            "options": {"payloadType": "application/json"}
+        });
+        let created: serde_json::Value = self
+            .http
+            .post(format!("{}/api/v1/tasks/{task}/trigger", self.url))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("triggers")
+            .json()
+            .await
+            .expect("json");
+        created["id"].as_str().expect("an id").to_string()
+    }
+
+    async fn get(&self, path: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}{path}", self.url))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("answers")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    fn rss_kib(&self) -> u64 {
+        std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .ok()
+            .and_then(|s| {
+                s.lines()
+                    .find(|l| l.starts_with("VmRSS:"))
+                    .and_then(|l| l.split_whitespace().nth(1))
+                    .and_then(|n| n.parse().ok())
+            })
+            .unwrap_or(0)
+    }
+
+    fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn step_waits(outcome: kiln_sandbox::StepOutcome) -> u64 {
+    use kiln_sandbox::wit::kiln::task::types::Step;
+    match outcome {
+        kiln_sandbox::StepOutcome::Step(Step::Waiting(w)) => w[0].id,
+        other => panic!("expected a wait, got {other:?}"),
+    }
+}
+
+fn start_ctx(task: &str, payload: &str) -> kiln_sandbox::wit::kiln::task::types::StartContext {
+    kiln_sandbox::wit::kiln::task::types::StartContext {
+        run_id: "run_bench".into(),
+        task_id: task.into(),
+        attempt: 1,
+        max_attempts: 1,
+        environment: "bench".into(),
+        version: "1".into(),
+        machine: "medium-1x".into(),
+        tags: vec![],
+        payload: payload.into(),
+        metadata: "{}".into(),
+        created_at_ms: 0,
+    }
+}
+
+/// Snapshot (capture) and restore of a guest holding 1 MiB and 50 MiB, plus
+/// what storing it costs; then the bytes of a second wait's page delta.
+async fn snapshot_bench() {
+    use kiln_store::SnapshotLayer;
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let sandbox = Sandbox::new(SandboxConfig::new(dir.path().join("compiled"))).expect("a sandbox");
+    let probe = sandbox
+        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
+        .await
+        .expect("the probe loads");
+    let limits = Limits::for_machine(Machine::Medium1x, None);
+    for mib in [1usize, 50] {
+        let runs = if mib == 1 { 200 } else { 20 };
+        let (mut capture, mut restore, mut encode, mut decode) = (vec![], vec![], vec![], vec![]);
+        let mut sizes = (0usize, 0usize);
+        for _ in 0..runs {
+            let mut attempt = probe.instantiate(limits).await.expect("instantiates");
+            step_waits(
+                attempt
+                    .start(&start_ctx("hold-heap", &format!("{{\"mib\":{mib}}}")))
+                    .await,
+            );
+            let t = Instant::now();
+            let image = attempt.capture().await.expect("captures");
+            capture.push(t.elapsed());
+            drop(attempt);
+            let t = Instant::now();
+            let layer = SnapshotLayer::capture(&image, None, 1);
+            let bytes = layer.encode();
+            encode.push(t.elapsed());
+            let t = Instant::now();
+            let back =
+                kiln_store::snapshot::compose(&[SnapshotLayer::decode(&bytes).expect("decodes")])
+                    .expect("composes");
+            decode.push(t.elapsed());
+            sizes = (image.len(), bytes.len());
+            let mut fresh = probe.instantiate(limits).await.expect("instantiates");
+            let t = Instant::now();
+            fresh.restore(back).await.expect("restores");
+            restore.push(t.elapsed());
+        }
+        println!(
+            "heap {mib} MiB: linear memory {} KiB, stored layer {} KiB (zstd-1)",
+            sizes.0 / 1024,
+            sizes.1 / 1024
+        );
+        report(&format!("snapshot capture, {mib} MiB heap"), &mut capture);
+        report(&format!("snapshot restore, {mib} MiB heap"), &mut restore);
+        report(&format!("layer hash+compress, {mib} MiB heap"), &mut encode);
+        report(
+            &format!("layer verify+decompress, {mib} MiB heap"),
+            &mut decode,
+        );
+    }
+
+    // A second wait that touched few pages: countdown's second step.
+    let countdown = sandbox
+        .load(&kiln_fixtures::read(kiln_fixtures::COUNTDOWN))
+        .await
+        .expect("countdown loads");
+    let mut attempt = countdown.instantiate(limits).await.expect("instantiates");
+    let wait = step_waits(
+        attempt
+            .start(&start_ctx("countdown", r#"{"steps":3,"wait_ms":1}"#))
+            .await,
+    );
+    let first = attempt.capture().await.expect("captures");
+    step_waits(
+        attempt
+            .resume(&kiln_sandbox::wit::kiln::task::types::Wake {
+                id: wait,
+                value: kiln_sandbox::wit::kiln::task::types::WakeValue::Timer,
+            })
+            .await,
+    );
+    let second = attempt.capture().await.expect("captures");
+    let full = SnapshotLayer::capture(&first, None, 1);
+    let delta = SnapshotLayer::capture(&second, Some(&full.hashes), 2);
+    println!(
+        "countdown: memory {} KiB ({} pages of 4 KiB); first wait: full layer {} pages, {} bytes; second wait: delta {} pages, {} bytes",
+        second.len() / 1024,
+        full.hashes.len(),
+        full.pages.len(),
+        full.encode().len(),
+        delta.pages.len(),
+        delta.encode().len()
+    );
+}
+
+/// How long after a durable timer is due the run is running again: from the
+/// wait's due time to the journaled wake (timer service), and from the wake
+/// to the end of the attempt (claim, restore, replay, resume, finish).
+async fn resume_bench() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &["--warm-wait-ms", "0"]);
+    server.deploy(kiln_fixtures::COUNTDOWN).await;
+    let mut ids = Vec::new();
+    for _ in 0..200 {
+        ids.push(
+            server
+                .trigger(
+                    "countdown",
+                    serde_json::json!({"steps": 1, "wait_ms": 1000}),
+                )
+                .await,
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let (mut fire, mut resume) = (Vec::new(), Vec::new());
+    for id in &ids {
+        let run = server.get(&format!("/api/v3/runs/{id}?wait=20000")).await;
+        assert_eq!(run["status"], "COMPLETED");
+        let journal = server.get(&format!("/api/v1/runs/{id}/journal")).await;
+        let entries = journal["entries"].as_array().expect("entries");
+        let ms = |e: &serde_json::Value| {
+            time::OffsetDateTime::parse(
+                e["at"].as_str().unwrap_or(""),
+                &time::format_description::well_known::Rfc3339,
+            )
+            .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as u64)
+            .unwrap_or(0)
+        };
+        let due = entries
+            .iter()
+            .find(|e| e["type"] == "WAITS")
+            .map(|e| e["waits"][0]["dueAt"].as_u64().unwrap_or(0))
+            .unwrap_or(0);
+        let wake = entries
+            .iter()
+            .find(|e| e["type"] == "WAKE")
+            .map(ms)
+            .unwrap_or(0);
+        let ended = entries
+            .iter()
+            .find(|e| e["type"] == "ATTEMPT_ENDED")
+            .map(ms)
+            .unwrap_or(0);
+        fire.push(Duration::from_millis(wake.saturating_sub(due)));
+        resume.push(Duration::from_millis(ended.saturating_sub(wake)));
+    }
+    report("timer due -> wake journaled (ms res.)", &mut fire);
+    report("wake -> resumed attempt ended (ms res.)", &mut resume);
+    server.kill();
+}
+
+/// Durable no-op runs per second: `clients` concurrent HTTP clients trigger
+/// `hello-world` runs; the clock stops when the last one is COMPLETED.
+async fn throughput_bench(runs: usize, clients: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &[]);
+    server.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let server = std::sync::Arc::new(server);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..runs / clients {
+                ids.push(
+                    server
+                        .trigger("hello-world", serde_json::json!({"name": "Ada"}))
+                        .await,
+                );
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.expect("a client"));
+    }
+    let triggered = started.elapsed();
+    for id in &ids {
+        let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
+        assert_eq!(run["status"], "COMPLETED");
+    }
+    let done = started.elapsed();
+    println!(
+        "durable no-op runs: {} runs, {clients} clients: triggered in {:.2?} ({:.0}/s), all COMPLETED after {:.2?} ({:.0} runs/s end to end)",
+        ids.len(),
+        triggered,
+        ids.len() as f64 / triggered.as_secs_f64(),
+        done,
+        ids.len() as f64 / done.as_secs_f64()
+    );
+    if let Ok(server) = std::sync::Arc::try_unwrap(server) {
+        server.kill();
+    }
+}
+
+/// RSS of a server with `runs` runs suspended at a wait, against the same
+/// server before them; then the start-up time with them all stored.
+async fn waiting_bench(runs: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &["--warm-wait-ms", "0"]);
+    server.deploy(kiln_fixtures::COUNTDOWN).await;
+    // Warm the pool and caches with a few runs first.
+    for _ in 0..50 {
+        let id = server
+            .trigger("countdown", serde_json::json!({"steps": 0, "wait_ms": 0}))
+            .await;
+        server.get(&format!("/api/v3/runs/{id}?wait=10000")).await;
+    }
+    let before = server.rss_kib();
+    let server = std::sync::Arc::new(server);
+    let mut tasks = Vec::new();
+    for _ in 0..32 {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..runs / 32 {
+                ids.push(
+                    server
+                        .trigger(
+                            "countdown",
+                            serde_json::json!({"steps": 1, "wait_ms": 3_600_000}),
+                        )
+                        .await,
+                );
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.expect("a client"));
+    }
+    for id in &ids {
+        loop {
+            let run = server.get(&format!("/api/v3/runs/{id}")).await;
+            if run["status"] == "WAITING" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let after = server.rss_kib();
+    println!(
+        "{} runs WAITING: RSS {} MiB before, {} MiB after ({:+.1} KiB per waiting run; store on disk {} MiB)",
+        ids.len(),
+        before / 1024,
+        after / 1024,
+        (after as f64 - before as f64) / ids.len() as f64,
+        dir_size(dir.path()) / (1 << 20)
+    );
+    if let Ok(server) = std::sync::Arc::try_unwrap(server) {
+        server.kill();
+    }
+    let mut startup = Vec::new();
+    for _ in 0..5 {
+        let (server, ready) = Server::start(dir.path(), &["--warm-wait-ms", "0"]);
+        startup.push(ready);
+        server.kill();
+    }
+    report(
+        &format!("start-up with {} runs waiting", ids.len()),
+        &mut startup,
+    );
+}
+
+fn dir_size(path: &std::path::Path) -> u64 {
+    std::fs::read_dir(path)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.metadata() {
+            Ok(m) if m.is_dir() => dir_size(&e.path()),
+            Ok(m) => m.len(),
+            Err(_) => 0,
+        })
+        .sum()
 }
