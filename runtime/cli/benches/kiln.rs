@@ -351,6 +351,7 @@ async fn snapshot_bench() {
                     .expect("composes");
             decode.push(t.elapsed());
             sizes = (image.len(), bytes.len());
+            kiln_sandbox::recycle_capture(image);
             let mut fresh = probe.instantiate(limits).await.expect("instantiates");
             let t = Instant::now();
             fresh.restore(back).await.expect("restores");

@@ -67,7 +67,7 @@ impl Sandbox {
             .total_stacks(config.max_instances)
             .max_memories_per_component(2)
             .max_memory_size(4 << 30)
-            .linear_memory_keep_resident(1 << 20);
+            .linear_memory_keep_resident(64 << 20);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .cranelift_nan_canonicalization(true)

@@ -27,3 +27,4 @@ pub use bundle::{BundleError, LoadedBundle};
 pub use engine::{Sandbox, SandboxConfig};
 pub use host::{HostCallStats, JournalSink};
 pub use limits::Limits;
+pub use snapshot::recycle as recycle_capture;

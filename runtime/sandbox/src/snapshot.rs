@@ -13,11 +13,33 @@
 //! ones its derive macros implement (pinned to wasmtime 48).
 
 use std::mem::MaybeUninit;
+use std::sync::Mutex;
 use wasmtime::ValRaw;
 use wasmtime::component::__internal::{
     CanonicalAbiInfo, InstanceType, InterfaceType, LiftContext, LowerContext,
 };
 use wasmtime::component::{ComponentType, Lift, Lower};
+
+/// Buffers of earlier captures, kept so a capture copies into memory that is
+/// already mapped instead of faulting in fresh pages.
+static BUFFERS: Mutex<Vec<Vec<u8>>> = Mutex::new(Vec::new());
+const KEPT_BUFFERS: usize = 4;
+
+/// Gives a capture's buffer back for reuse.
+pub fn recycle(mut buffer: Vec<u8>) {
+    buffer.clear();
+    let mut kept = BUFFERS.lock().unwrap_or_else(|p| p.into_inner());
+    if kept.len() < KEPT_BUFFERS {
+        kept.push(buffer);
+    }
+}
+
+fn copy_of(memory: &[u8]) -> Vec<u8> {
+    let reused = BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).pop();
+    let mut buffer = reused.unwrap_or_default();
+    buffer.extend_from_slice(memory);
+    buffer
+}
 
 /// The guest's whole linear memory, copied while `snapshot-read` returns.
 #[derive(Debug, Clone, Default)]
@@ -41,7 +63,7 @@ unsafe impl Lift for MemoryImage {
         _ty: InterfaceType,
         _src: &Self::Lower,
     ) -> wasmtime::Result<Self> {
-        Ok(MemoryImage(cx.memory().to_vec()))
+        Ok(MemoryImage(copy_of(cx.memory())))
     }
 
     fn linear_lift_from_memory(
@@ -49,7 +71,7 @@ unsafe impl Lift for MemoryImage {
         _ty: InterfaceType,
         _bytes: &[u8],
     ) -> wasmtime::Result<Self> {
-        Ok(MemoryImage(cx.memory().to_vec()))
+        Ok(MemoryImage(copy_of(cx.memory())))
     }
 }
 

@@ -283,6 +283,17 @@ impl Store {
             .collect()
     }
 
+    /// The number of the last entry of a run's journal (0 if none). Reads one
+    /// key, not the journal.
+    pub fn last_journal_seq(&self, run: &RunId) -> Result<u64> {
+        Ok(self
+            .backend
+            .last_with_prefix(&journal_prefix(run))?
+            .and_then(|(k, _)| k[k.len().saturating_sub(8)..].try_into().ok())
+            .map(u64::from_be_bytes)
+            .unwrap_or(0))
+    }
+
     /// The snapshot layers of one attempt of a run, oldest first, each
     /// verified against its checksum.
     pub fn layers(&self, run: &RunId, attempt: u32) -> Result<Vec<StoredLayer>> {

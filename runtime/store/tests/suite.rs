@@ -156,6 +156,11 @@ async fn journals_and_batches(store: &Store) {
     let journal = store.journal(&r.id).unwrap();
     let seqs: Vec<u64> = journal.iter().map(|j| j.seq).collect();
     assert_eq!(seqs, vec![100, 200, 300]);
+    assert_eq!(store.last_journal_seq(&r.id).unwrap(), 300);
+    assert_eq!(
+        store.last_journal_seq(&run(RunStatus::Queued).id).unwrap(),
+        0
+    );
     assert_eq!(journal[1].entry, entries[1]);
     assert!(store.run(&r.id).unwrap().is_some());
     // Another run's journal is its own.

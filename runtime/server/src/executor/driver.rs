@@ -464,7 +464,7 @@ impl<'a> Slice<'a> {
         if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
             layer = SnapshotLayer::capture(&image, None, journal_seq);
         }
-        drop(image);
+        kiln_sandbox::recycle_capture(image);
         let number = self.layers.last().map(|l| l.number + 1).unwrap_or(1);
         let bytes = layer.encode();
         let stored_bytes = bytes.len() as u64;

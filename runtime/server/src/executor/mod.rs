@@ -227,7 +227,7 @@ impl Executor {
             }
         };
         let t = apply(&run, Event::Woken, Timestamp::now())?;
-        let seq = store.journal(&run.id)?.last().map(|r| r.seq).unwrap_or(0) + 1;
+        let seq = store.last_journal_seq(&run.id)? + 1;
         batch.append_journal(
             &run.id,
             &JournalRecord {
