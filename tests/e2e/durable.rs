@@ -9,18 +9,6 @@ use std::time::{Duration, Instant};
 /// snapshot the guest and free its slot.
 const SUSPEND: &[&str] = &["--warm-wait-ms", "100"];
 
-async fn journal(kiln: &Kiln, id: &str) -> Vec<Value> {
-    let (status, body) = kiln
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v1/runs/{id}/journal"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{body}");
-    body["entries"].as_array().cloned().unwrap_or_default()
-}
-
 fn count(entries: &[Value], kind: &str) -> usize {
     entries.iter().filter(|e| e["type"] == kind).count()
 }
@@ -37,7 +25,7 @@ fn random_calls(entries: &[Value]) -> Vec<String> {
 async fn until_journal(kiln: &Kiln, id: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        let entries = journal(kiln, id).await;
+        let entries = kiln.journal(id).await;
         if check(&entries) {
             return entries;
         }
@@ -93,7 +81,7 @@ async fn a_countdown_killed_during_a_wait_completes_once_with_all_its_draws() {
         json!(draws),
         "one log line per draw, none twice"
     );
-    let entries = journal(&kiln, &id).await;
+    let entries = kiln.journal(&id).await;
     assert_eq!(random_calls(&entries).len(), 3, "{entries:?}");
     assert_eq!(count(&entries, "ATTEMPT_STARTED"), 1);
     assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1);
@@ -123,7 +111,7 @@ async fn a_run_killed_mid_execution_replays_its_draws_without_calling_the_host_a
         json!(u64::from_le_bytes(bytes).to_string()),
         "the replayed draw is the journaled one"
     );
-    let calls = random_calls(&journal(&kiln, &id).await);
+    let calls = random_calls(&kiln.journal(&id).await);
     assert_eq!(
         calls.len(),
         2,
@@ -164,7 +152,7 @@ async fn two_hundred_concurrent_runs_killed_at_random_points_all_complete() {
         assert_eq!(run["status"], "COMPLETED", "killed at {at} ms: {run}");
         let draws = run["output"]["draws"].as_array().expect("draws").clone();
         assert_eq!(draws.len(), 3, "{run}");
-        let entries = journal(&kiln, id).await;
+        let entries = kiln.journal(id).await;
         let calls = random_calls(&entries);
         assert_eq!(calls.len(), 3, "killed at {at} ms, {id}: {entries:?}");
         for (call, draw) in calls.iter().zip(&draws) {
@@ -204,7 +192,7 @@ async fn a_timer_that_came_due_while_the_server_was_down_fires_once() {
     assert_eq!(run["status"], "COMPLETED", "{run}");
     // Give a second firing every chance to show up.
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let entries = journal(&kiln, &id).await;
+    let entries = kiln.journal(&id).await;
     assert_eq!(count(&entries, "WAKE"), 1, "{entries:?}");
     assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{entries:?}");
 }
@@ -270,7 +258,7 @@ async fn cancel_interrupts_an_executing_run_and_ends_a_waiting_one_in_place() {
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let run = kiln.run(&waiting).await;
     assert_eq!(run["status"], "CANCELED", "{run}");
-    assert_eq!(count(&journal(&kiln, &waiting).await, "WAKE"), 0);
+    assert_eq!(count(&kiln.journal(&waiting).await, "WAKE"), 0);
 
     // A finished run answers 200 and stays as it was; an unknown one is 404.
     let (status, _) = kiln
@@ -318,7 +306,7 @@ async fn the_journal_is_shown_by_the_cli() {
         assert!(text.contains(expected), "no {expected} in:\n{text}");
     }
     // The second snapshot is a page delta, far smaller than the first.
-    let entries = journal(&kiln, &id).await;
+    let entries = kiln.journal(&id).await;
     let sizes: Vec<u64> = entries
         .iter()
         .filter(|e| e["type"] == "SUSPENDED")
@@ -326,4 +314,25 @@ async fn the_journal_is_shown_by_the_cli() {
         .collect();
     assert_eq!(sizes.len(), 2, "{entries:?}");
     assert!(sizes[1] * 2 < sizes[0], "{sizes:?}");
+}
+
+#[tokio::test]
+async fn max_duration_counts_execution_time_not_waits() {
+    for args in [&[][..], SUSPEND] {
+        let dir = data_dir();
+        let kiln = Kiln::start_with(dir.path(), args);
+        kiln.deploy(kiln_fixtures::PROBE).await;
+        // A 1 s maxDuration and a 2.5 s wait: the wait does not count.
+        let (status, body) = kiln
+            .trigger("sleep", json!({"ms": 2500}), json!({"maxDuration": 1}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        let id = body["id"].as_str().expect("an id").to_string();
+        let run = kiln.finished(&id).await;
+        assert_eq!(run["status"], "COMPLETED", "with {args:?}: {run}");
+        assert!(
+            run["output"]["waitedMs"].as_u64().unwrap_or(0) >= 2500,
+            "{run}"
+        );
+    }
 }

@@ -139,6 +139,19 @@ impl Kiln {
         body
     }
 
+    /// A run's journal entries, oldest first.
+    pub async fn journal(&self, id: &str) -> Vec<Value> {
+        let (status, body) = self
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/runs/{id}/journal"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["entries"].as_array().cloned().unwrap_or_default()
+    }
+
     /// Waits for a run to reach a final status (at most 60 s).
     pub async fn finished(&self, id: &str) -> Value {
         for _ in 0..4 {

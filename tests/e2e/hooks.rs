@@ -86,17 +86,7 @@ async fn cancel_runs_the_cancel_hook_of_a_warm_waiting_guest() {
     let id = kiln.trigger_ok("hooked", json!({"wait_ms": 3000})).await;
     // Wait until the guest is in its (warm) wait.
     for _ in 0..100 {
-        let (_, journal) = kiln
-            .request(
-                reqwest::Method::GET,
-                &format!("/api/v1/runs/{id}/journal"),
-                None,
-            )
-            .await;
-        if journal["entries"]
-            .as_array()
-            .is_some_and(|e| e.iter().any(|e| e["type"] == "WAITS"))
-        {
+        if kiln.journal(&id).await.iter().any(|e| e["type"] == "WAITS") {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -132,14 +122,7 @@ async fn retry_on_throw_retries_a_block_with_durable_backoff() {
     assert_eq!(run["attemptCount"], 1, "the block retried, not the run");
     let tries = messages(&run["attempts"][0]);
     assert_eq!(tries, ["try", "try", "try"]);
-    let (_, journal) = kiln
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v1/runs/{id}/journal"),
-            None,
-        )
-        .await;
-    let entries = journal["entries"].as_array().cloned().unwrap_or_default();
+    let entries = kiln.journal(&id).await;
     let suspended = entries.iter().filter(|e| e["type"] == "SUSPENDED").count();
     assert_eq!(suspended, 2, "each backoff is a durable wait: {entries:?}");
 }

@@ -122,71 +122,22 @@ fn main() {
 }
 
 async fn trigger_to_completed(data_dir: &std::path::Path, runs: usize) -> Vec<Duration> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-        .arg(data_dir)
-        .env("KILN_SECRET_KEY", KEY)
-        .env("KILN_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("kiln serve starts");
-    let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-    let url = loop {
-        let line = lines.next().expect("an address line").expect("readable");
-        if let Some(rest) = line.split("listening on ").nth(1) {
-            break rest
-                .split_whitespace()
-                .next()
-                .unwrap_or_default()
-                .to_string();
-        }
-    };
-    let http = reqwest::Client::new();
-    let deployed = http
-        .post(format!("{url}/api/v1/deployments"))
-        .bearer_auth(KEY)
-        .body(kiln_fixtures::read(kiln_fixtures::HELLO_WORLD))
-        .send()
-        .await
-        .expect("deploys");
-    assert!(deployed.status().is_success());
-    let body = serde_json::json!({
-        "payload": "{\"name\":\"Ada\"}",
-        "options": {"payloadType": "application/json"}
-    })
-    .to_string();
+    let (server, _) = Server::start(data_dir, &[]);
+    server.deploy(kiln_fixtures::HELLO_WORLD).await;
     let mut samples = Vec::with_capacity(runs);
     for i in 0..runs + 50 {
         let t = Instant::now();
-        let created: serde_json::Value = http
-            .post(format!("{url}/api/v1/tasks/hello-world/trigger"))
-            .bearer_auth(KEY)
-            .header("content-type", "application/json")
-            .body(body.clone())
-            .send()
-            .await
-            .expect("triggers")
-            .json()
-            .await
-            .expect("json");
-        let id = created["id"].as_str().expect("an id");
-        let run: serde_json::Value = http
-            .get(format!("{url}/api/v3/runs/{id}?wait=10000"))
-            .bearer_auth(KEY)
-            .send()
-            .await
-            .expect("retrieves")
-            .json()
-            .await
-            .expect("json");
+        let id = server
+            .trigger("hello-world", serde_json::json!({"name": "Ada"}))
+            .await;
+        let run = server.get(&format!("/api/v3/runs/{id}?wait=10000")).await;
         assert_eq!(run["status"], "COMPLETED");
         // The first 50 warm the connection and caches.
         if i >= 50 {
             samples.push(t.elapsed());
         }
     }
-    let _ = child.kill();
-    let _ = child.wait();
+    server.kill();
     samples
 }
 
