@@ -32,20 +32,14 @@ const MAX_DELTAS: usize = 8;
 
 /// Runs one slice of `run_id`.
 pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Result<()> {
-    let Some(run) = claim(executor, run_id).await? else {
-        return Ok(());
-    };
     let live = Arc::new(LiveRun {
         interrupt: std::sync::Mutex::new(None),
         canceled: tokio::sync::Notify::new(),
         is_canceled: AtomicBool::new(false),
     });
-    executor
-        .shared
-        .live
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .insert(run_id.clone(), live.clone());
+    let Some(run) = claim(executor, run_id, &live).await? else {
+        return Ok(());
+    };
     let result = Slice::new(executor, run, live).run().await;
     executor
         .shared
@@ -56,8 +50,14 @@ pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Resu
     result
 }
 
-/// `QUEUED` → `DEQUEUED` → `EXECUTING`, under the run's lock.
-async fn claim(executor: &Executor, run_id: &RunId) -> anyhow::Result<Option<Run>> {
+/// `QUEUED` → `DEQUEUED` → `EXECUTING`, under the run's lock, registering
+/// the run as live. A run already live in this process is never claimed
+/// again: two slices of one run would journal over each other.
+async fn claim(
+    executor: &Executor,
+    run_id: &RunId,
+    live: &Arc<LiveRun>,
+) -> anyhow::Result<Option<Run>> {
     let shared = &executor.shared;
     let _guard = shared.locks.lock(run_id).await;
     let Some(run) = shared.store.run(run_id)? else {
@@ -65,6 +65,16 @@ async fn claim(executor: &Executor, run_id: &RunId) -> anyhow::Result<Option<Run
     };
     if run.status != RunStatus::Queued {
         return Ok(None);
+    }
+    {
+        let mut running = shared.live.lock().unwrap_or_else(|p| p.into_inner());
+        if running.contains_key(run_id) {
+            // The previous slice is still winding down (it suspended and a
+            // timer woke the run at once): try again shortly.
+            executor.enqueue_at(run_id.clone(), Timestamp(Timestamp::now().as_millis() + 20));
+            return Ok(None);
+        }
+        running.insert(run_id.clone(), live.clone());
     }
     let now = Timestamp::now();
     let run = apply(&run, Event::Dequeued, now)?.run;

@@ -106,12 +106,6 @@ impl Executor {
             queue: tx,
             shared: shared.clone(),
         };
-        let firing = executor.clone();
-        let timers = Timers::start(store, move |timer| {
-            let executor = firing.clone();
-            async move { executor.fire_timer(timer).await }
-        });
-        let _ = shared.timers.set(timers);
         let requeue = executor.clone();
         tokio::spawn(async move {
             while let Some(run_id) = rx.recv().await {
@@ -148,12 +142,18 @@ impl Executor {
         });
     }
 
-    /// Re-queues every queued or executing run after a restart. Waiting runs
-    /// are not read: their timers wake them.
+    /// Re-queues every queued or executing run after a restart, then starts
+    /// the timer service. Waiting runs are not read: their timers wake them.
+    /// The timer service starts only afterwards, so no run has been claimed
+    /// in this process while recovery reads which runs were executing.
     pub(crate) async fn recover(&self) -> anyhow::Result<usize> {
         let runs = self.shared.store.active_runs()?;
         let count = runs.len();
         for run in runs {
+            if self.shared.live_run(&run.id).is_some() {
+                // Executing in this process: not an interrupted run.
+                continue;
+            }
             match run.status {
                 RunStatus::Queued => match run.next_attempt_at {
                     Some(at) => self.enqueue_at(run.id.clone(), at),
@@ -167,7 +167,17 @@ impl Executor {
                 _ => {}
             }
         }
+        self.start_timers();
         Ok(count)
+    }
+
+    fn start_timers(&self) {
+        let firing = self.clone();
+        let timers = Timers::start(self.shared.store.clone(), move |timer| {
+            let executor = firing.clone();
+            async move { executor.fire_timer(timer).await }
+        });
+        let _ = self.shared.timers.set(timers);
     }
 
     /// Cancels a run: an executing guest is interrupted at the next epoch
