@@ -1,9 +1,8 @@
 //! Starting and stopping real `kiln serve` processes.
 
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 
 /// The API key every test server uses.
 pub const KEY: &str = "tr_dev_sk_e2eTestKey0000000000000";
@@ -29,33 +28,7 @@ impl Kiln {
 
     /// Starts a server on `data_dir` with extra `kiln serve` arguments.
     pub fn start_with(data_dir: &Path, args: &[&str]) -> Kiln {
-        let mut child = Command::new(kiln_bin())
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(args)
-            .env("KILN_SECRET_KEY", KEY)
-            .env("KILN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("kiln serve starts");
-        let stdout = child.stdout.take().expect("stdout is piped");
-        let mut lines = BufReader::new(stdout).lines();
-        let url = loop {
-            let line = lines
-                .next()
-                .expect("kiln serve prints its address")
-                .expect("stdout is readable");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        // Keep draining stdout so the server never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
+        let (child, url) = kiln_fixtures::spawn_kiln(kiln_bin(), data_dir, KEY, args);
         Kiln {
             child,
             url,

@@ -20,8 +20,6 @@
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "tr_dev_sk_benchKey00000000000000";
@@ -151,28 +149,9 @@ struct Server {
 impl Server {
     fn start(data_dir: &std::path::Path, args: &[&str]) -> (Server, Duration) {
         let started = Instant::now();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_kiln"))
-            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(data_dir)
-            .args(args)
-            .env("KILN_SECRET_KEY", KEY)
-            .env("KILN_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .expect("kiln serve starts");
-        let mut lines = BufReader::new(child.stdout.take().expect("piped")).lines();
-        let url = loop {
-            let line = lines.next().expect("an address line").expect("readable");
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
+        let (child, url) =
+            kiln_fixtures::spawn_kiln(env!("CARGO_BIN_EXE_kiln"), data_dir, KEY, args);
         let ready = started.elapsed();
-        std::thread::spawn(move || for _ in lines {});
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)
             .build()
@@ -298,7 +277,7 @@ async fn snapshot_bench() {
             encode.push(t.elapsed());
             let t = Instant::now();
             let back =
-                kiln_store::snapshot::compose(&[SnapshotLayer::decode(&bytes).expect("decodes")])
+                kiln_store::snapshot::compose(&[&SnapshotLayer::decode(&bytes).expect("decodes")])
                     .expect("composes");
             decode.push(t.elapsed());
             sizes = (image.len(), bytes.len());

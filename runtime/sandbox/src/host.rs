@@ -151,9 +151,10 @@ impl HostState {
     /// The journaled answer to a call while replaying, `None` once live. A
     /// call that does not fit the next entry is a non-determinism error,
     /// which traps.
+    /// `what` describes the call, and is only made for the error.
     fn replayed(
         &mut self,
-        what: &str,
+        what: impl FnOnce() -> String,
         fits: impl Fn(&HostCall) -> bool,
     ) -> wasmtime::Result<Option<HostCall>> {
         match self.replay.front() {
@@ -165,7 +166,8 @@ impl HostState {
             }
             Some(other) => {
                 let message = format!(
-                    "non-determinism: on replay the task called `{what}` where its journal has {}",
+                    "non-determinism: on replay the task called `{}` where its journal has {}",
+                    what(),
                     other.describe()
                 );
                 self.nondeterminism = Some(message.clone());
@@ -232,8 +234,9 @@ impl host::Host for HostState {
         let level = level_name(level);
         let message = truncate(message, MAX_LOG_MESSAGE);
         let fits = |call: &HostCall| matches!(call, HostCall::Log { level: l, message: m } if l == level && *m == message);
-        let what = format!("log({level}, …)");
-        let replayed = self.replayed(&what, fits)?.is_some();
+        let replayed = self
+            .replayed(|| format!("log({level}, …)"), fits)?
+            .is_some();
         let fields = fields
             .into_iter()
             .take(64)
@@ -253,9 +256,10 @@ impl host::Host for HostState {
 
     async fn now_ms(&mut self) -> wasmtime::Result<u64> {
         self.stats.clock += 1;
-        if let Some(HostCall::NowMs { result }) =
-            self.replayed("now-ms()", |c| matches!(c, HostCall::NowMs { .. }))?
-        {
+        if let Some(HostCall::NowMs { result }) = self.replayed(
+            || "now-ms()".into(),
+            |c| matches!(c, HostCall::NowMs { .. }),
+        )? {
             return Ok(result);
         }
         let result = Timestamp::now().as_millis();
@@ -266,9 +270,10 @@ impl host::Host for HostState {
     async fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
         self.stats.random += 1;
         let len = len.min(MAX_RANDOM_BYTES);
-        let what = format!("random-bytes({len})");
         let fits = |c: &HostCall| matches!(c, HostCall::RandomBytes { len: l, .. } if *l == len);
-        if let Some(HostCall::RandomBytes { result, .. }) = self.replayed(&what, fits)? {
+        if let Some(HostCall::RandomBytes { result, .. }) =
+            self.replayed(|| format!("random-bytes({len})"), fits)?
+        {
             return hex::decode(&result)
                 .map_err(|e| wasmtime::format_err!("the journal's random bytes are not hex: {e}"));
         }

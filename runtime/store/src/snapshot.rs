@@ -70,26 +70,28 @@ fn zero_page_hash() -> u64 {
 }
 
 impl SnapshotLayer {
-    /// Captures `image`: a delta against `previous` page hashes when given,
-    /// else a full layer.
+    /// Captures `image`: a delta against `previous` page hashes when given
+    /// and when fewer than half the pages changed, else a full layer.
     pub fn capture(image: &[u8], previous: Option<&[u64]>, journal_seq: u64) -> Self {
         let hashes: Vec<u64> = image.chunks(PAGE).map(xxh3_64).collect();
-        let zero = zero_page_hash();
-        let (kind, pages): (LayerKind, Vec<u32>) = match previous {
-            Some(prev) => (
-                LayerKind::Delta,
+        let changed: Option<Vec<u32>> = previous
+            .map(|prev| {
                 (0..hashes.len())
                     .filter(|&i| prev.get(i) != Some(&hashes[i]))
                     .map(|i| i as u32)
-                    .collect(),
-            ),
-            None => (
-                LayerKind::Full,
-                (0..hashes.len())
+                    .collect::<Vec<u32>>()
+            })
+            .filter(|changed| changed.len() * 2 <= hashes.len());
+        let (kind, pages) = match changed {
+            Some(changed) => (LayerKind::Delta, changed),
+            None => {
+                let zero = zero_page_hash();
+                let non_zero = (0..hashes.len())
                     .filter(|&i| hashes[i] != zero)
                     .map(|i| i as u32)
-                    .collect(),
-            ),
+                    .collect();
+                (LayerKind::Full, non_zero)
+            }
         };
         let mut data = Vec::with_capacity(pages.len() * PAGE);
         for &page in &pages {
@@ -179,7 +181,8 @@ impl SnapshotLayer {
         if body.len() != page_count * (4 + PAGE) {
             return Err(malformed("page data has the wrong length"));
         }
-        let (index, data) = body.split_at(page_count * 4);
+        let mut index = body;
+        let data = index.split_off(page_count * 4);
         let pages: Vec<u32> = index
             .chunks_exact(4)
             .map(|c| u32::from_le_bytes(c.try_into().unwrap_or([0; 4])))
@@ -195,21 +198,21 @@ impl SnapshotLayer {
             journal_seq,
             memory_len,
             pages,
-            data: data.to_vec(),
+            data,
             hashes,
         })
     }
 }
 
 /// Rebuilds the image from a full layer and the deltas after it, in order.
-pub fn compose(layers: &[SnapshotLayer]) -> Result<Vec<u8>, SnapshotError> {
+pub fn compose(layers: &[&SnapshotLayer]) -> Result<Vec<u8>, SnapshotError> {
     let start = layers
         .iter()
         .rposition(|l| l.kind == LayerKind::Full)
         .ok_or(SnapshotError::NoBase)?;
     let last_len = layers.last().map(|l| l.memory_len).unwrap_or(0) as usize;
     let mut image = vec![0u8; last_len];
-    for layer in &layers[start..] {
+    for layer in layers[start..].iter().copied() {
         if image.len() < layer.memory_len as usize {
             image.resize(layer.memory_len as usize, 0);
         }
@@ -259,7 +262,18 @@ mod tests {
             .map(|l| SnapshotLayer::decode(&l.encode()).expect("decodes"))
             .collect();
         assert_eq!(decoded[1].journal_seq, 9);
+        let decoded: Vec<&SnapshotLayer> = decoded.iter().collect();
         assert_eq!(compose(&decoded).expect("composes"), second);
+    }
+
+    #[test]
+    fn a_delta_that_changes_most_pages_is_stored_full() {
+        let first = image(8, |_| 1);
+        let full = SnapshotLayer::capture(&first, None, 1);
+        let second = image(8, |_| 2);
+        let next = SnapshotLayer::capture(&second, Some(&full.hashes), 2);
+        assert_eq!(next.kind, LayerKind::Full);
+        assert_eq!(next.pages.len(), 8);
     }
 
     #[test]
@@ -277,7 +291,14 @@ mod tests {
 
     #[test]
     fn deltas_need_a_base() {
-        let layer = SnapshotLayer::capture(&image(2, |_| 1), Some(&[]), 1);
-        assert_eq!(compose(&[layer]), Err(SnapshotError::NoBase));
+        let layer = SnapshotLayer {
+            kind: LayerKind::Delta,
+            journal_seq: 1,
+            memory_len: PAGE as u64,
+            pages: vec![0],
+            data: image(1, |_| 1),
+            hashes: vec![0],
+        };
+        assert_eq!(compose(&[&layer]), Err(SnapshotError::NoBase));
     }
 }

@@ -192,7 +192,7 @@ async fn snapshot_layers(store: &Store) {
         vec![1, 2]
     );
     let composed =
-        kiln_store::snapshot::compose(&layers.iter().map(|l| l.layer.clone()).collect::<Vec<_>>())
+        kiln_store::snapshot::compose(&layers.iter().map(|l| &l.layer).collect::<Vec<_>>())
             .unwrap();
     assert_eq!(composed, changed);
     let keys = store.layer_keys(&r.id).unwrap();

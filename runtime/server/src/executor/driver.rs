@@ -40,7 +40,13 @@ pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Resu
     let Some(run) = claim(executor, run_id, &live).await? else {
         return Ok(());
     };
-    let result = Slice::new(executor, run, live).run().await;
+    let result = match executor.shared.store.journal(run_id) {
+        Ok(records) => {
+            let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(1);
+            Slice::new(executor, run, live, next_seq).run(records).await
+        }
+        Err(e) => Err(e.into()),
+    };
     executor
         .shared
         .live
@@ -107,12 +113,15 @@ struct Slice<'a> {
     layers: Vec<StoredLayer>,
     /// Log lines of the slice, kept when it ends.
     logs: Vec<kiln_types::LogLine>,
+    /// Whether the attempt ran in an earlier slice (and so may have stored
+    /// snapshot layers).
+    resumed: bool,
 }
 
 impl<'a> Slice<'a> {
-    fn new(executor: &'a Executor, run: Run, live: Arc<LiveRun>) -> Self {
+    fn new(executor: &'a Executor, run: Run, live: Arc<LiveRun>, next_seq: u64) -> Self {
         let attempt_no = run.attempts.last().map(|a| a.number).unwrap_or(1);
-        let journal = JournalWriter::new(executor.shared.store.clone(), run.id.clone(), 1);
+        let journal = JournalWriter::new(executor.shared.store.clone(), run.id.clone(), next_seq);
         Slice {
             executor,
             run,
@@ -122,11 +131,12 @@ impl<'a> Slice<'a> {
             pending: BTreeMap::new(),
             layers: Vec::new(),
             logs: Vec::new(),
+            resumed: false,
         }
     }
 
-    async fn run(mut self) -> anyhow::Result<()> {
-        let end = match self.drive().await {
+    async fn run(mut self, records: Vec<JournalRecord>) -> anyhow::Result<()> {
+        let end = match self.drive(records).await {
             Ok(end) => end,
             Err(message) => End::Event(failure(
                 FailureKind::System,
@@ -135,17 +145,15 @@ impl<'a> Slice<'a> {
             )),
         };
         match end {
-            End::Event(event) => {
-                let logs = std::mem::take(&mut self.logs);
-                self.finish(event, logs).await
-            }
+            End::Event(event) => self.finish(event).await,
             End::Canceled => self.keep_logs_of_canceled().await,
             End::Suspended => Ok(()),
         }
     }
 
-    /// Everything up to the end of the slice. `Err` is a system failure.
-    async fn drive(&mut self) -> Result<End, String> {
+    /// Everything up to the end of the slice, given the run's journal. `Err`
+    /// is a system failure.
+    async fn drive(&mut self, mut records: Vec<JournalRecord>) -> Result<End, String> {
         let shared = &self.executor.shared;
         let deployed = match shared.deployments.get(&self.run.deployment_id).await {
             Ok(Some(d)) => d,
@@ -154,20 +162,11 @@ impl<'a> Slice<'a> {
         };
 
         // The journal of this attempt, and where replay starts.
-        let records = shared
-            .store
-            .journal(&self.run.id)
-            .map_err(|e| format!("reading the journal failed: {e}"))?;
-        self.journal = JournalWriter::new(
-            shared.store.clone(),
-            self.run.id.clone(),
-            records.last().map(|r| r.seq + 1).unwrap_or(1),
-        );
         let started = records.iter().rposition(|r| {
             matches!(r.entry, JournalEntry::AttemptStarted { attempt } if attempt == self.attempt_no)
         });
         let attempt_records: Vec<JournalRecord> = match started {
-            Some(i) => records[i + 1..].to_vec(),
+            Some(i) => records.split_off(i + 1),
             None => {
                 self.journal.append(JournalEntry::AttemptStarted {
                     attempt: self.attempt_no,
@@ -175,7 +174,8 @@ impl<'a> Slice<'a> {
                 Vec::new()
             }
         };
-        if started.is_some() {
+        self.resumed = started.is_some();
+        if self.resumed {
             match shared.store.layers(&self.run.id, self.attempt_no) {
                 Ok(layers) => self.layers = layers,
                 Err(error) => tracing::warn!(
@@ -184,21 +184,17 @@ impl<'a> Slice<'a> {
                 ),
             }
         }
-        let image = match self.layers.is_empty() {
-            true => None,
-            false => {
-                let layers: Vec<SnapshotLayer> =
-                    self.layers.iter().map(|l| l.layer.clone()).collect();
-                match kiln_store::snapshot::compose(&layers) {
-                    Ok(image) => Some(image),
-                    Err(error) => {
-                        tracing::warn!(run = %self.run.id, %error, "replaying without the snapshot");
-                        self.layers.clear();
-                        None
-                    }
+        let mut image = None;
+        if !self.layers.is_empty() {
+            let layers: Vec<&SnapshotLayer> = self.layers.iter().map(|l| &l.layer).collect();
+            match kiln_store::snapshot::compose(&layers) {
+                Ok(composed) => image = Some(composed),
+                Err(error) => {
+                    tracing::warn!(run = %self.run.id, %error, "replaying without the snapshot");
+                    self.layers.clear();
                 }
             }
-        };
+        }
         let snapshot_seq = self.layers.last().map(|l| l.layer.journal_seq).unwrap_or(0);
         let mut replay = Vec::new();
         for record in attempt_records {
@@ -293,7 +289,12 @@ impl<'a> Slice<'a> {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = self.live.canceled.notified() => {
-                        // The guest is at rest: its cancel hooks can run.
+                        // The guest is at rest: its cancel hooks can run, so
+                        // lift the interrupt that cancel set for a running
+                        // guest, or it would stop the hooks at the next tick.
+                        attempt
+                            .cancel_flag()
+                            .store(false, std::sync::atomic::Ordering::SeqCst);
                         attempt.cancel("the run was canceled").await;
                         self.logs = attempt.take_logs();
                         return Ok(End::Canceled);
@@ -561,7 +562,8 @@ impl<'a> Slice<'a> {
 
     /// Ends the attempt with `event`, under the run's lock: a run canceled
     /// meanwhile stays canceled.
-    async fn finish(&self, event: Event, logs: Vec<kiln_types::LogLine>) -> anyhow::Result<()> {
+    async fn finish(&mut self, event: Event) -> anyhow::Result<()> {
+        let logs = std::mem::take(&mut self.logs);
         let shared = &self.executor.shared;
         let _guard = shared.locks.lock(&self.run.id).await;
         let Some(mut run) = shared.store.run(&self.run.id)? else {
@@ -590,8 +592,11 @@ impl<'a> Slice<'a> {
                 outcome,
             },
         );
-        // Snapshots of this attempt are of no further use.
-        batch.delete_keys(shared.store.layer_keys(&self.run.id)?);
+        // Snapshots of this attempt are of no further use. An attempt that
+        // never left its first slice never suspended, so it has none.
+        if self.resumed {
+            batch.delete_keys(shared.store.layer_keys(&self.run.id)?);
+        }
         batch.put_run(&t.run);
         shared.store.commit(batch).await?;
         self.executor.perform(&t.run, &t.actions);

@@ -69,16 +69,26 @@ async fn run<F, Fut>(
     let mut loaded_until = Timestamp(0);
     loop {
         let now = Timestamp::now();
+        let mut scan_failed = false;
         if now.as_millis() + (HORIZON.as_millis() as u64) / 2 >= loaded_until.as_millis() {
             let until = Timestamp(now.as_millis() + HORIZON.as_millis() as u64);
             match store.timers(loaded_until, until, SCAN_LIMIT) {
                 Ok(timers) => {
+                    // A full scan may have stopped short of `until`: the next
+                    // scan starts at its last due time (a timer read twice
+                    // fires once: firing checks that it is still stored).
+                    loaded_until = match timers.last() {
+                        Some(last) if timers.len() == SCAN_LIMIT => last.due,
+                        _ => until,
+                    };
                     for t in timers {
                         heap.push(Reverse((t.due, t)));
                     }
-                    loaded_until = until;
                 }
-                Err(error) => tracing::error!(%error, "reading due timers failed"),
+                Err(error) => {
+                    tracing::error!(%error, "reading due timers failed; trying again in 1 s");
+                    scan_failed = true;
+                }
             }
         }
         while let Some(Reverse((at, _))) = heap.peek() {
@@ -101,8 +111,13 @@ async fn run<F, Fut>(
             .peek()
             .map(|Reverse((at, _))| at.as_millis())
             .unwrap_or(u64::MAX);
-        let refresh = loaded_until.as_millis() - (HORIZON.as_millis() as u64) / 2;
-        let wake_at = next_due.min(refresh);
+        let refresh = loaded_until
+            .as_millis()
+            .saturating_sub(HORIZON.as_millis() as u64 / 2);
+        let mut wake_at = next_due.min(refresh);
+        if scan_failed {
+            wake_at = wake_at.max(now.as_millis() + 1_000);
+        }
         let sleep = Duration::from_millis(wake_at.saturating_sub(Timestamp::now().as_millis()));
         tokio::select! {
             new = rx.recv() => match new {
