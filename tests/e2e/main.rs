@@ -10,3 +10,4 @@ mod hooks;
 mod limits;
 mod restart;
 mod runs;
+mod schedules;

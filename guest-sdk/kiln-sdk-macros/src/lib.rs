@@ -26,7 +26,11 @@ use syn::{FnArg, ItemFn, LitBool, LitFloat, LitInt, LitStr, ReturnType, Type};
 ///   out_of_memory_machine = "medium-1x")`: the retry policy; an attempt
 ///   that runs out of memory is retried on `out_of_memory_machine` if set;
 /// - `hooks = HOOKS`: a `const` [`Hooks`](../kiln_sdk/hooks/struct.Hooks.html)
-///   with the task's lifecycle hooks.
+///   with the task's lifecycle hooks;
+/// - `cron = "0 9 * * 1-5"`, `timezone = "America/New_York"`: a declarative
+///   schedule, for scheduled tasks (those whose payload is
+///   `kiln_sdk::schedules::ScheduledPayload`); read in UTC without a time
+///   zone, and synced on each deploy.
 ///
 /// If `P` derives `schemars::JsonSchema` the task is a schema task: the server
 /// validates each payload against that schema when the run is triggered.
@@ -46,6 +50,8 @@ struct Options {
     max_duration: Option<u64>,
     retry: Vec<(String, proc_macro2::TokenStream)>,
     hooks: Option<syn::Path>,
+    cron: Option<LitStr>,
+    timezone: Option<LitStr>,
 }
 
 const MACHINES: [&str; 7] = [
@@ -121,14 +127,31 @@ fn parse_options(attr: proc_macro2::TokenStream) -> syn::Result<Options> {
             })?;
         } else if meta.path.is_ident("hooks") {
             options.hooks = Some(meta.value()?.parse::<syn::Path>()?);
+        } else if meta.path.is_ident("cron") {
+            let lit = meta.value()?.parse::<LitStr>()?;
+            if lit.value().split_whitespace().count() != 5 {
+                return Err(syn::Error::new(
+                    lit.span(),
+                    "a cron has five fields: minute hour day-of-month month day-of-week",
+                ));
+            }
+            options.cron = Some(lit);
+        } else if meta.path.is_ident("timezone") {
+            options.timezone = Some(meta.value()?.parse::<LitStr>()?);
         } else {
             return Err(meta.error(
-                "unknown task option; use id, queue, machine, max_duration, retry(...) or hooks",
+                "unknown task option; use id, queue, machine, max_duration, retry(...), hooks, cron or timezone",
             ));
         }
         Ok(())
     });
     parser.parse2(attr)?;
+    if let (Some(tz), None) = (&options.timezone, &options.cron) {
+        return Err(syn::Error::new(
+            tz.span(),
+            "`timezone` goes with `cron`: give the schedule's cron too",
+        ));
+    }
     Ok(options)
 }
 
@@ -189,6 +212,19 @@ fn expand(
         quote!(const HOOKS: ::core::option::Option<&'static ::kiln_sdk::__private::Hooks> =
             ::core::option::Option::Some(&#path);)
     });
+    let cron = match &options.cron {
+        Some(pattern) => {
+            let timezone = match &options.timezone {
+                Some(tz) => quote!(::core::option::Option::Some(::std::string::String::from(#tz))),
+                None => quote!(::core::option::Option::None),
+            };
+            quote!(::core::option::Option::Some(::kiln_sdk::__private::DeclaredCron {
+                pattern: ::std::string::String::from(#pattern),
+                timezone: #timezone,
+            }))
+        }
+        None => quote!(::core::option::Option::None),
+    };
     let doc = format!("The Kiln task `{id}` (defined by the `async fn` of the same name).");
 
     Ok(quote! {
@@ -204,7 +240,9 @@ fn expand(
 
             fn manifest() -> ::kiln_sdk::__private::TaskManifest {
                 #[allow(unused_imports)]
-                use ::kiln_sdk::__private::{HasSchema as _, NoSchema as _};
+                use ::kiln_sdk::__private::{
+                    HasSchema as _, IsScheduled as _, NoSchema as _, NotScheduled as _,
+                };
                 #[allow(unused_mut)]
                 let mut retry = ::kiln_sdk::__private::RetryPolicy::default();
                 #(#retry_fields)*
@@ -217,6 +255,9 @@ fn expand(
                     machine: #machine,
                     max_duration_secs: #max_duration,
                     source: ::core::option::Option::Some(::std::format!("{}:{}", ::core::file!(), ::core::line!())),
+                    scheduled: (&::kiln_sdk::__private::ScheduledProbe::<#payload_type>::new())
+                        .is_scheduled(),
+                    cron: #cron,
                 }
             }
 

@@ -1,7 +1,7 @@
 //! What `#[task]` and `bundle!` expand to. Not a stable API.
 
 pub use crate::executor::TaskFuture;
-pub use kiln_manifest::{Machine, RetryPolicy, TaskManifest};
+pub use kiln_manifest::{DeclaredCron, Machine, RetryPolicy, TaskManifest};
 pub use wit_bindgen;
 
 pub use crate::hooks::Hooks;
@@ -102,6 +102,43 @@ pub trait HasSchema {
 impl<T: schemars::JsonSchema> HasSchema for SchemaProbe<T> {
     fn payload_schema(&self) -> Option<serde_json::Value> {
         serde_json::to_value(schemars::schema_for!(T)).ok()
+    }
+}
+
+/// Finds out at compile time whether a task is a scheduled task (its payload
+/// is [`ScheduledPayload`](crate::schedules::ScheduledPayload)):
+/// `(&ScheduledProbe::<P>::new()).is_scheduled()`.
+pub struct ScheduledProbe<T>(PhantomData<T>);
+
+impl<T> ScheduledProbe<T> {
+    /// A probe for `T`.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        ScheduledProbe(PhantomData)
+    }
+}
+
+/// Chosen when the payload is a scheduled payload.
+pub trait IsScheduled {
+    /// Whether the task is a scheduled task.
+    fn is_scheduled(&self) -> bool;
+}
+
+impl IsScheduled for ScheduledProbe<crate::schedules::ScheduledPayload> {
+    fn is_scheduled(&self) -> bool {
+        true
+    }
+}
+
+/// Chosen otherwise.
+pub trait NotScheduled {
+    /// Whether the task is a scheduled task.
+    fn is_scheduled(&self) -> bool;
+}
+
+impl<T> NotScheduled for &ScheduledProbe<T> {
+    fn is_scheduled(&self) -> bool {
+        false
     }
 }
 

@@ -40,6 +40,7 @@ pub mod executor;
 pub mod hooks;
 mod log;
 pub mod retry;
+pub mod schedules;
 pub mod wait;
 
 pub use context::Context;

@@ -72,6 +72,16 @@ impl Client {
             .await
     }
 
+    pub async fn put_json(&self, path: &str, body: &Value) -> anyhow::Result<Value> {
+        self.send(self.http.put(format!("{}{path}", self.base)).json(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str) -> anyhow::Result<Value> {
+        self.send(self.http.delete(format!("{}{path}", self.base)))
+            .await
+    }
+
     pub async fn post_bytes(&self, path: &str, body: Vec<u8>) -> anyhow::Result<Value> {
         self.send(
             self.http

@@ -27,6 +27,9 @@ enum Command {
     /// Inspect runs.
     #[command(subcommand)]
     Runs(commands::runs::Command),
+    /// Manage schedules of scheduled tasks.
+    #[command(subcommand)]
+    Schedules(commands::schedules::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -44,6 +47,7 @@ fn main() -> std::process::ExitCode {
                         Command::Deploy(args) => commands::deploy::run(args).await,
                         Command::Trigger(args) => commands::trigger::run(args).await,
                         Command::Runs(command) => commands::runs::run(command).await,
+                        Command::Schedules(command) => commands::schedules::run(command).await,
                         Command::Build(_) => unreachable!("handled above"),
                     }
                 })

@@ -53,6 +53,26 @@ pub struct TaskManifest {
     /// Where the task is defined in the guest's source (`src/lib.rs:12`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Whether this is a scheduled task (its payload is
+    /// `kiln_sdk::schedules::ScheduledPayload`): only scheduled tasks accept
+    /// schedules.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub scheduled: bool,
+    /// The task's declarative schedule, synced on each deploy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cron: Option<DeclaredCron>,
+}
+
+/// A schedule declared on a task: a cron expression, read in UTC unless a
+/// time zone is given.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeclaredCron {
+    /// The five-field cron expression.
+    pub pattern: String,
+    /// The IANA time zone (`America/New_York`); UTC when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timezone: Option<String>,
 }
 
 /// Why a manifest was refused.
@@ -115,6 +135,12 @@ impl Manifest {
                     task.id
                 )));
             }
+            if task.cron.is_some() && !task.scheduled {
+                return Err(ManifestError(format!(
+                    "task `{}` declares a cron schedule but is not a scheduled task; take `kiln_sdk::schedules::ScheduledPayload` as its payload",
+                    task.id
+                )));
+            }
             if let Some(schema) = &task.payload_schema
                 && !(schema.is_object() || schema.is_boolean())
             {
@@ -165,6 +191,8 @@ mod tests {
             machine: Machine::default(),
             max_duration_secs: None,
             source: None,
+            scheduled: false,
+            cron: None,
         }
     }
 
@@ -200,6 +228,19 @@ mod tests {
         assert!(err.0.contains("contains ` `"), "{err}");
         let err = manifest(vec![]).validate().unwrap_err();
         assert!(err.0.contains("no tasks"), "{err}");
+    }
+
+    #[test]
+    fn a_cron_needs_a_scheduled_task() {
+        let mut t = task("digest");
+        t.cron = Some(DeclaredCron {
+            pattern: "0 9 * * *".into(),
+            timezone: None,
+        });
+        let err = manifest(vec![t.clone()]).validate().unwrap_err();
+        assert!(err.0.contains("not a scheduled task"), "{err}");
+        t.scheduled = true;
+        manifest(vec![t]).validate().unwrap();
     }
 
     #[test]

@@ -19,6 +19,9 @@ pub struct ServerConfig {
     /// Timer waits at most this long keep the instance warm; longer ones
     /// snapshot it and free the slot (Trigger.dev's threshold: 5 s).
     pub warm_wait: std::time::Duration,
+    /// The clock schedules fire by: the system clock, or for tests one that
+    /// runs faster.
+    pub schedule_clock: crate::ScheduleClock,
 }
 
 impl ServerConfig {
@@ -34,6 +37,7 @@ impl ServerConfig {
             concurrency: (cores * 8).clamp(4, 128),
             environment: "dev".into(),
             warm_wait: std::time::Duration::from_secs(5),
+            schedule_clock: crate::ScheduleClock::default(),
         }
     }
 }

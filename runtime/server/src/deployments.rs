@@ -20,6 +20,18 @@ impl Deployed {
     fn new(record: Deployment, bundle: LoadedBundle) -> Result<Self, DeployError> {
         let mut validators = HashMap::new();
         for task in &bundle.manifest().tasks {
+            if let Some(cron) = &task.cron {
+                kiln_cron::CronSchedule::parse(
+                    &cron.pattern,
+                    cron.timezone.as_deref().unwrap_or("UTC"),
+                )
+                .map_err(|e| {
+                    DeployError::Bundle(BundleError::Manifest(format!(
+                        "task `{}` declares a schedule Kiln cannot use: {e}",
+                        task.id
+                    )))
+                })?;
+            }
             if let Some(schema) = &task.payload_schema {
                 let validator = jsonschema::options()
                     .should_validate_formats(true)

@@ -5,6 +5,8 @@
 //!   plus Kiln's deployments, with bearer-key auth and `{"error": ...}` bodies.
 //! - [`executor`]: takes queued runs, runs their attempts in the sandbox, and
 //!   applies the outcomes through the engine's transitions.
+//! - [`schedules`]: imperative and declarative cron schedules, and the
+//!   scheduler that fires each occurrence exactly once.
 //! - [`Server`]: opens the data directory, recovers unfinished runs, and
 //!   serves.
 
@@ -15,9 +17,11 @@ pub mod executor;
 mod jwt;
 mod notify;
 mod payload;
+pub mod schedules;
 mod secret;
 mod server;
 
 pub use config::ServerConfig;
+pub use schedules::ScheduleClock;
 pub use secret::{generate_secret_key, is_secret_key};
 pub use server::Server;

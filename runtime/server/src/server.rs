@@ -5,6 +5,7 @@ use crate::config::ServerConfig;
 use crate::deployments::Deployments;
 use crate::executor::{Executor, ExecutorConfig};
 use crate::notify::Notifier;
+use crate::schedules::Schedules;
 use kiln_sandbox::{Sandbox, SandboxConfig};
 use kiln_store::{SledBackend, Store};
 use std::net::SocketAddr;
@@ -45,6 +46,19 @@ impl Server {
         if recovered > 0 {
             tracing::info!(recovered, "re-queued unfinished runs");
         }
+        let schedules = Schedules::new(
+            store.clone(),
+            deployments.clone(),
+            executor.clone(),
+            config.schedule_clock,
+        );
+        // A deploy that stopped between storing the bundle and syncing its
+        // declarative schedules is finished here.
+        if let Some(current) = deployments.current() {
+            schedules.sync(&current).await?;
+        }
+        // Only after recovery: a run fired now must not also be re-queued.
+        schedules.start();
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         Ok(Server {
             listener,
@@ -52,6 +66,7 @@ impl Server {
                 store,
                 deployments,
                 executor,
+                schedules,
                 notifier,
                 secret_key: secret_key.into(),
                 environment: config.environment.into(),

@@ -15,12 +15,14 @@
 mod backend;
 mod memory;
 mod records;
+pub mod schedules;
 mod sled_backend;
 pub mod snapshot;
 
 pub use backend::{Backend, Commit, Op};
 pub use memory::MemoryBackend;
 pub use records::{Batch, Store, StoredLayer, TimerKey};
+pub use schedules::ScheduleKey;
 pub use sled_backend::SledBackend;
 pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};
 

@@ -10,6 +10,8 @@
 //! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a [`SnapshotLayer`] |
 //! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
 //!
+//! Schedules have their own keyspaces; see [`crate::schedules`].
+//!
 //! Waiting runs are not in `active/`: they are reached through what wakes
 //! them (their timers), so start-up reads only runs that were executing.
 
@@ -97,8 +99,8 @@ fn snap_key(run: &RunId, attempt: u32, layer: u32) -> Vec<u8> {
 /// entries, snapshot layers and timers.
 #[derive(Debug, Default)]
 pub struct Batch {
-    ops: Vec<Op>,
-    error: Option<StoreError>,
+    pub(crate) ops: Vec<Op>,
+    pub(crate) error: Option<StoreError>,
 }
 
 impl Batch {
@@ -180,18 +182,18 @@ pub struct StoredLayer {
     pub stored_bytes: u64,
 }
 
-fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
+pub(crate) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
     k.extend_from_slice(prefix);
     k.extend_from_slice(rest);
     k
 }
 
-fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encoding a record: {e}")))
 }
 
-fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
     serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason: e.to_string(),
@@ -201,7 +203,7 @@ fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
 /// Kiln's records, over any [`Backend`].
 #[derive(Clone)]
 pub struct Store {
-    backend: Arc<dyn Backend>,
+    pub(crate) backend: Arc<dyn Backend>,
 }
 
 impl std::fmt::Debug for Store {
@@ -352,6 +354,15 @@ impl Store {
     pub fn run(&self, id: &RunId) -> Result<Option<Run>> {
         let k = key(RUN, id.as_str().as_bytes());
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Every run, oldest first (ids sort by creation time).
+    pub fn runs(&self) -> Result<Vec<Run>> {
+        self.backend
+            .scan_prefix(RUN)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 
     /// Every run that is queued or executing, in id (creation) order. Reads

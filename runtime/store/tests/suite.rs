@@ -1,10 +1,12 @@
 //! One test suite, run against every store implementation.
 
 use kiln_manifest::{Machine, Manifest, RetryPolicy, TaskManifest};
-use kiln_store::{Backend, Batch, MemoryBackend, Op, SledBackend, SnapshotLayer, Store, TimerKey};
+use kiln_store::{
+    Backend, Batch, MemoryBackend, Op, ScheduleKey, SledBackend, SnapshotLayer, Store, TimerKey,
+};
 use kiln_types::{
     Deployment, DeploymentId, HostCall, JournalEntry, JournalRecord, Run, RunId, RunStatus,
-    Timestamp,
+    Schedule, ScheduleId, ScheduleKind, Timestamp,
 };
 use std::sync::Arc;
 
@@ -26,6 +28,8 @@ fn deployment(sequence: u64) -> Deployment {
                 machine: Machine::Micro,
                 max_duration_secs: None,
                 source: None,
+                scheduled: false,
+                cron: None,
             }],
         },
         created_at: Timestamp(sequence),
@@ -267,7 +271,102 @@ async fn timers_by_due_time(store: &Store) {
     );
 }
 
+fn schedule(n: u64, next: u64) -> Schedule {
+    Schedule {
+        id: ScheduleId::generate(n),
+        kind: ScheduleKind::Imperative,
+        task_id: "digest".into(),
+        cron: "0 9 * * *".into(),
+        timezone: "UTC".into(),
+        external_id: None,
+        deduplication_key: Some(format!("key-{n}")),
+        active: true,
+        next_run: Some(Timestamp(next)),
+        last_timestamp: None,
+        created_at: Timestamp(n),
+        updated_at: Timestamp(n),
+    }
+}
+
+async fn schedules_and_their_indexes(store: &Store) {
+    let a = schedule(1, 5_000);
+    let b = schedule(2, 1_000);
+    let mut declared = schedule(3, 9_000);
+    declared.kind = ScheduleKind::Declarative;
+    declared.deduplication_key = None;
+    let mut batch = Batch::default();
+    batch.put_schedule(&a, None);
+    batch.put_schedule(&b, None);
+    batch.put_schedule(&declared, None);
+    store.commit(batch).await.unwrap();
+    assert_eq!(
+        store.schedules().unwrap(),
+        vec![a.clone(), b.clone(), declared.clone()]
+    );
+    assert_eq!(
+        store.due_schedules(Timestamp(6_000), 100).unwrap(),
+        vec![
+            (Timestamp(1_000), b.id.clone()),
+            (Timestamp(5_000), a.id.clone())
+        ]
+    );
+    assert_eq!(store.next_schedule_due().unwrap(), Some(Timestamp(1_000)));
+    let by_key = ScheduleKey::Deduplication("key-1".into());
+    assert_eq!(store.schedule_by_key(&by_key).unwrap(), Some(a.clone()));
+    assert_eq!(
+        store.declarative_schedules().unwrap(),
+        vec![declared.clone()]
+    );
+
+    // Firing b: its due entry moves, its occurrence and run are recorded.
+    let run = RunId::generate(10);
+    let mut fired = b.clone();
+    fired.last_timestamp = Some(Timestamp(1_000));
+    fired.next_run = Some(Timestamp(7_000));
+    let mut batch = Batch::default();
+    batch.put_schedule(&fired, Some(&b));
+    batch.put_occurrence(&b.id, Timestamp(1_000), None, &run);
+    store.commit(batch).await.unwrap();
+    assert_eq!(store.next_schedule_due().unwrap(), Some(Timestamp(5_000)));
+    assert_eq!(
+        store.occurrence(&b.id, Timestamp(1_000)).unwrap(),
+        Some(run.clone())
+    );
+    assert_eq!(store.schedule_runs(&b.id).unwrap(), vec![run]);
+
+    // Deactivating leaves the due index; a new deduplication key moves.
+    let mut off = a.clone();
+    off.active = false;
+    off.deduplication_key = Some("renamed".into());
+    let mut batch = Batch::default();
+    batch.put_schedule(&off, Some(&a));
+    store.commit(batch).await.unwrap();
+    assert_eq!(
+        store.due_schedules(Timestamp(u64::MAX), 100).unwrap(),
+        vec![
+            (Timestamp(7_000), b.id.clone()),
+            (Timestamp(9_000), declared.id.clone())
+        ]
+    );
+    assert_eq!(store.schedule_by_key(&by_key).unwrap(), None);
+    let renamed = ScheduleKey::Deduplication("renamed".into());
+    assert_eq!(store.schedule_by_key(&renamed).unwrap(), Some(off.clone()));
+
+    // Deleting removes every index entry.
+    let mut batch = Batch::default();
+    batch.delete_schedule(&fired).delete_schedule(&off);
+    store.commit(batch).await.unwrap();
+    assert_eq!(store.schedules().unwrap(), vec![declared.clone()]);
+    assert_eq!(store.occurrence(&b.id, Timestamp(1_000)).unwrap(), None);
+    assert_eq!(store.schedule_by_key(&renamed).unwrap(), None);
+    assert_eq!(
+        store.due_schedules(Timestamp(u64::MAX), 100).unwrap(),
+        vec![(Timestamp(9_000), declared.id.clone())]
+    );
+}
+
 async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
+    schedules_and_their_indexes(&Store::new(make())).await;
     deployments_round_trip(&Store::new(make())).await;
     runs_keep_the_active_index(&Store::new(make())).await;
     waiting_runs_leave_the_active_index(&Store::new(make())).await;

@@ -1,4 +1,4 @@
-//! Newtype ids with Trigger.dev's prefixes (`run_`, `deploy_`).
+//! Newtype ids with Trigger.dev's prefixes (`run_`, `deploy_`, `sched_`).
 //!
 //! An id is its prefix followed by 25 lowercase base-32 characters: 10 encode
 //! the creation time in milliseconds, 15 are random. Ids therefore sort by
@@ -95,6 +95,12 @@ id_type!(
     DeploymentId,
     "deploy_",
     "deployment"
+);
+id_type!(
+    /// A schedule's id (`sched_...`).
+    ScheduleId,
+    "sched_",
+    "schedule"
 );
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! Kiln's vocabulary: typed ids, run statuses, and the records the server
-//! stores for deployments and runs.
+//! stores for deployments, runs and schedules.
 //!
 //! Everything here is plain data with serde, shared by the engine, the store
 //! and the HTTP API.
@@ -8,12 +8,14 @@ mod deployment;
 mod ids;
 pub mod journal;
 mod run;
+mod schedule;
 mod status;
 mod time;
 
 pub use deployment::{DeployedTask, Deployment};
-pub use ids::{DeploymentId, IdError, RunId};
+pub use ids::{DeploymentId, IdError, RunId, ScheduleId};
 pub use journal::{HostCall, JournalEntry, JournalRecord, WaitOn, WaitRecord, WakeValue};
 pub use run::{Attempt, AttemptOutcome, LogLine, Run, RunError};
+pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;
 pub use time::Timestamp;

@@ -1,6 +1,6 @@
 //! The run record: everything the server keeps about one run.
 
-use crate::{DeploymentId, RunId, RunStatus, Timestamp};
+use crate::{DeploymentId, RunId, RunSchedule, RunStatus, Timestamp};
 use kiln_manifest::Machine;
 use serde::{Deserialize, Serialize};
 
@@ -143,6 +143,9 @@ pub struct Run {
     /// Whether this is a test run.
     #[serde(default)]
     pub is_test: bool,
+    /// The schedule that fired the run, for runs of scheduled tasks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<RunSchedule>,
     /// When it was triggered.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -191,6 +194,7 @@ impl Run {
             next_attempt_at: None,
             idempotency_key: None,
             is_test: false,
+            schedule: None,
             created_at: now,
             updated_at: now,
             started_at: None,

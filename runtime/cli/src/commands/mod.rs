@@ -3,5 +3,6 @@
 pub mod build;
 pub mod deploy;
 pub mod runs;
+pub mod schedules;
 pub mod serve;
 pub mod trigger;

@@ -24,6 +24,24 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// List runs, newest first.
+    List {
+        /// Only runs of this task.
+        #[arg(long)]
+        task: Option<String>,
+        /// Only runs with this status (`COMPLETED`, `FAILED`...).
+        #[arg(long)]
+        status: Option<String>,
+        /// Only runs fired by this schedule (`sched_...`).
+        #[arg(long)]
+        schedule: Option<String>,
+        /// At most this many runs (1 to 100).
+        #[arg(long, default_value_t = 25)]
+        limit: usize,
+        /// Print the API's JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Cancel a run: an executing run is interrupted, a waiting or queued one
     /// is canceled in place.
     Cancel {
@@ -47,6 +65,40 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 .get_json(&format!("/api/v1/runs/{id}/journal"))
                 .await?;
             output::print_journal(&journal, json);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::List {
+            task,
+            status,
+            schedule,
+            limit,
+            json,
+        } => {
+            let client = Client::from_env()?;
+            let mut path = format!("/api/v1/runs?page%5Bsize%5D={limit}");
+            for (name, value) in [
+                ("taskIdentifier", task),
+                ("status", status),
+                ("schedule", schedule),
+            ] {
+                if let Some(v) = value {
+                    path.push_str(&format!("&filter%5B{name}%5D={v}"));
+                }
+            }
+            let list = client.get_json(&path).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&list)?);
+            } else {
+                for run in list["data"].as_array().into_iter().flatten() {
+                    println!(
+                        "{}  {:<14} {:<20} {}",
+                        run["id"].as_str().unwrap_or("-"),
+                        run["status"].as_str().unwrap_or("-"),
+                        run["taskIdentifier"].as_str().unwrap_or("-"),
+                        run["createdAt"].as_str().unwrap_or("-"),
+                    );
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Cancel { id } => {

@@ -32,8 +32,17 @@ pub(super) async fn create(
     }
     match state.deployments.deploy(&body).await {
         Ok(deployed) => {
-            tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), "deployed");
-            Ok(Json(view(&deployed.record)))
+            // The deployment is stored; if this sync is cut short, the next
+            // start-up finishes it.
+            let synced = state.schedules.sync(&deployed).await?;
+            tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), schedules_created = synced.created, schedules_updated = synced.updated, schedules_deleted = synced.deleted, "deployed");
+            let mut body = view(&deployed.record);
+            body["schedules"] = json!({
+                "created": synced.created,
+                "updated": synced.updated,
+                "deleted": synced.deleted,
+            });
+            Ok(Json(body))
         }
         Err(DeployError::Bundle(error @ (BundleError::NotWasm(_) | BundleError::CoreModule))) => {
             Err(ApiError::bad_request(error.to_string()))

@@ -5,26 +5,34 @@
 //! | `POST /api/v1/tasks/{taskId}/trigger` | trigger a run |
 //! | `GET /api/v3/runs/{runId}` | retrieve a run (`?wait=MS` waits for it to finish, at most 60 s) |
 //! | `POST /api/v2/runs/{runId}/cancel` | cancel a run (interrupts it if executing) |
+//! | `GET /api/v1/runs` | list runs, newest first, with filters and cursors |
 //! | `GET /api/v1/runs/{runId}/journal` | the run's journal (Kiln's own) |
+//! | `POST /api/v1/schedules`, `GET` | create (upsert by `deduplicationKey`), list |
+//! | `GET`/`PUT`/`DELETE /api/v1/schedules/{id}` | retrieve, update, delete a schedule |
+//! | `POST /api/v1/schedules/{id}/activate`, `/deactivate` | turn a schedule on or off |
+//! | `GET /api/v1/timezones` | IANA time zones, no auth |
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /healthz` | liveness, no auth |
 
 mod deployments;
 mod error;
+mod run_list;
 mod runs;
+mod schedules;
 
 pub use error::ApiError;
 
 use crate::deployments::Deployments;
 use crate::executor::Executor;
 use crate::notify::Notifier;
+use crate::schedules::Schedules;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
-use axum::routing::{get, post};
+use axum::routing::{get, post, put};
 use kiln_store::Store;
 use std::sync::Arc;
 
@@ -39,6 +47,7 @@ pub struct AppState {
     pub(crate) store: Store,
     pub(crate) deployments: Arc<Deployments>,
     pub(crate) executor: Executor,
+    pub(crate) schedules: Schedules,
     pub(crate) notifier: Arc<Notifier>,
     pub(crate) secret_key: Arc<str>,
     pub(crate) environment: Arc<str>,
@@ -50,7 +59,23 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{task_id}/trigger", post(runs::trigger))
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
         .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/api/v1/runs", get(run_list::list))
         .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
+        .route(
+            "/api/v1/schedules",
+            post(schedules::create).get(schedules::list),
+        )
+        .route(
+            "/api/v1/schedules/{id}",
+            put(schedules::update)
+                .get(schedules::retrieve)
+                .delete(schedules::delete),
+        )
+        .route("/api/v1/schedules/{id}/activate", post(schedules::activate))
+        .route(
+            "/api/v1/schedules/{id}/deactivate",
+            post(schedules::deactivate),
+        )
         .route(
             "/api/v1/deployments",
             post(deployments::create)
@@ -61,6 +86,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
+        .route("/api/v1/timezones", get(schedules::timezones))
         .merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })
         .with_state(state)

@@ -265,7 +265,7 @@ fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
 }
 
 /// The fields common to retrieve and list items.
-fn common_view(run: &Run) -> Map<String, Value> {
+pub(super) fn common_view(run: &Run) -> Map<String, Value> {
     let s = run.status;
     let mut map = Map::new();
     map.insert("id".into(), json!(run.id));
@@ -302,7 +302,14 @@ fn common_view(run: &Run) -> Map<String, Value> {
         run.finished_at.map(|t| json!(t.to_iso())),
     );
     insert_opt(&mut map, "metadata", run.metadata.clone());
-    map.insert("taskKind".into(), json!("STANDARD"));
+    map.insert(
+        "taskKind".into(),
+        json!(if run.schedule.is_some() {
+            "SCHEDULED"
+        } else {
+            "STANDARD"
+        }),
+    );
     map
 }
 
@@ -328,6 +335,25 @@ pub(crate) fn retrieve_view(run: &Run) -> Value {
         map.insert("outputType".into(), json!("application/json"));
     }
     insert_opt(&mut map, "error", run.error.as_ref().map(|e| json!(e)));
+    if let Some(schedule) = &run.schedule {
+        let mut s = Map::new();
+        s.insert("id".into(), json!(schedule.id));
+        insert_opt(
+            &mut s,
+            "externalId",
+            schedule.external_id.as_ref().map(|e| json!(e)),
+        );
+        insert_opt(
+            &mut s,
+            "deduplicationKey",
+            schedule.deduplication_key.as_ref().map(|k| json!(k)),
+        );
+        s.insert(
+            "generator".into(),
+            super::schedules::generator(&schedule.cron),
+        );
+        map.insert("schedule".into(), Value::Object(s));
+    }
     map.insert(
         "attempts".into(),
         json!(run.attempts.iter().map(|a| {
