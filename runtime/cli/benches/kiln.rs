@@ -10,11 +10,14 @@
 //!   second wait writes (a page delta);
 //! - resume latency after a durable timer fires;
 //! - durable no-op run throughput (group commit) with concurrent clients;
-//! - RSS with 10,000 runs waiting, and start-up time with them stored.
+//! - RSS with 10,000 runs waiting, and start-up time with them stored;
+//! - 100,000 schedules: creating them over HTTP, RSS, the firing lag and
+//!   CPU of a minute's occurrences, start-up, and the due-index scan a
+//!   scheduler tick makes against a full scan.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `waiting`).
+//! `resume`, `throughput`, `waiting`, `schedules`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -65,6 +68,9 @@ fn main() {
     }
     if selected("waiting") {
         runtime.block_on(waiting_bench(10_000));
+    }
+    if selected("schedules") {
+        runtime.block_on(schedules_bench(100_000));
     }
     if !(selected("compile") || selected("instantiate") || selected("latency")) {
         return;
@@ -213,6 +219,21 @@ impl Server {
                     .and_then(|n| n.parse().ok())
             })
             .unwrap_or(0)
+    }
+
+    /// User plus system CPU time the server has used, in ms.
+    fn cpu_ms(&self) -> u64 {
+        let stat =
+            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
+        // Fields after the command name (which may hold spaces).
+        let rest = stat.rsplit(')').next().unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = [11, 12]
+            .iter()
+            .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+            .sum();
+        // USER_HZ is 100 on Linux.
+        ticks * 10
     }
 
     fn kill(mut self) {
@@ -505,6 +526,181 @@ async fn waiting_bench(runs: usize) {
         &format!("start-up with {} runs waiting", ids.len()),
         &mut startup,
     );
+}
+
+/// The time zones the schedule benchmark spreads its schedules over.
+const ZONES: [&str; 6] = [
+    "UTC",
+    "America/New_York",
+    "Europe/Paris",
+    "Asia/Tokyo",
+    "Australia/Sydney",
+    "America/Los_Angeles",
+];
+
+async fn schedules_bench(count: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &[]);
+    server.deploy(kiln_fixtures::DIGEST).await;
+    let before = server.rss_kib();
+    let server = std::sync::Arc::new(server);
+    let clients = 64;
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut samples = Vec::new();
+            for i in (c..count).step_by(clients) {
+                // One schedule per minute of the day, so about count / 1440
+                // fall due each minute.
+                let body = serde_json::json!({
+                    "task": "tenant-digest",
+                    "cron": format!("{} {} * * *", i % 60, (i / 60) % 24),
+                    "timezone": ZONES[i % ZONES.len()],
+                    "externalId": format!("tenant-{i}"),
+                    "deduplicationKey": format!("digest:tenant-{i}"),
+                });
+                let t = Instant::now();
+                let response = server
+                    .http
+                    .post(format!("{}/api/v1/schedules", server.url))
+                    .bearer_auth(KEY)
+                    .header("content-type", "application/json")
+                    .body(body.to_string())
+                    .send()
+                    .await
+                    .expect("creates");
+                assert!(response.status().is_success(), "{}", response.status());
+                samples.push(t.elapsed());
+            }
+            samples
+        }));
+    }
+    let mut create = Vec::new();
+    for t in tasks {
+        create.extend(t.await.expect("a client"));
+    }
+    let elapsed = started.elapsed();
+    report("create schedule over HTTP (64 clients)", &mut create);
+    let after = server.rss_kib();
+    println!(
+        "{count} schedules created in {:.1} s ({:.0}/s): RSS {} MiB before, {} MiB after ({:+.2} KiB per schedule; store on disk {} MiB)",
+        elapsed.as_secs_f64(),
+        count as f64 / elapsed.as_secs_f64(),
+        before / 1024,
+        after / 1024,
+        (after as f64 - before as f64) / count as f64,
+        dir_size(dir.path()) / (1 << 20)
+    );
+
+    // One real minute: the occurrences due in it, how late their runs were
+    // created, and the server's CPU time over the minute.
+    let now_ms = kiln_types::Timestamp::now().as_millis();
+    let boundary = (now_ms / 60_000 + 1) * 60_000;
+    tokio::time::sleep(Duration::from_millis(boundary - now_ms)).await;
+    let cpu_before = server.cpu_ms();
+    tokio::time::sleep(Duration::from_secs(60)).await;
+    let cpu_minute = server.cpu_ms() - cpu_before;
+    // The runs created in the 30 s after the boundary (the next minute's
+    // occurrences fire as the minute ends, and are left out).
+    let list = server
+        .get(&format!(
+            "/api/v1/runs?filter%5BtaskIdentifier%5D=tenant-digest&page%5Bsize%5D=100&filter%5BcreatedAt%5D%5Bfrom%5D={boundary}&filter%5BcreatedAt%5D%5Bto%5D={}",
+            boundary + 30_000
+        ))
+        .await;
+    let mut lag = Vec::new();
+    for item in list["data"].as_array().into_iter().flatten() {
+        let run = server
+            .get(&format!(
+                "/api/v3/runs/{}",
+                item["id"].as_str().unwrap_or("")
+            ))
+            .await;
+        let created = iso_ms(&run["createdAt"]);
+        let due = iso_ms(&run["payload"]["timestamp"]);
+        if due == boundary {
+            lag.push(Duration::from_millis(created.saturating_sub(due)));
+        }
+    }
+    report(
+        &format!("occurrence -> run created ({} due)", lag.len()),
+        &mut lag,
+    );
+    println!(
+        "server CPU over that minute with {count} schedules: {cpu_minute} ms (firing {} runs)",
+        lag.len()
+    );
+    if let Ok(server) = std::sync::Arc::try_unwrap(server) {
+        server.kill();
+    }
+
+    let mut startup = Vec::new();
+    let mut idle_rss = 0;
+    for _ in 0..3 {
+        let (server, ready) = Server::start(dir.path(), &[]);
+        startup.push(ready);
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        idle_rss = server.rss_kib();
+        server.kill();
+    }
+    report(&format!("start-up with {count} schedules"), &mut startup);
+    println!(
+        "RSS after a restart with {count} schedules: {} MiB",
+        idle_rss / 1024
+    );
+
+    // What a scheduler tick reads, straight from the store: the due range
+    // (nothing due, and a minute's worth due) against reading every schedule.
+    let backend = kiln_store::SledBackend::open(&dir.path().join("store")).expect("opens");
+    let store = kiln_store::Store::new(std::sync::Arc::new(backend));
+    let next = store
+        .next_schedule_due()
+        .expect("reads")
+        .expect("a schedule is due some time");
+    let mut nothing_due: Vec<Duration> = (0..1_000)
+        .map(|_| {
+            let t = Instant::now();
+            let due = store.due_schedules(kiln_types::Timestamp(next.as_millis() - 1), 512);
+            assert!(due.expect("scans").is_empty());
+            store.next_schedule_due().expect("reads");
+            t.elapsed()
+        })
+        .collect();
+    report("tick: due scan + next due, none due", &mut nothing_due);
+    let minute = kiln_types::Timestamp(next.as_millis() + 60_000);
+    let mut minute_due: Vec<Duration> = (0..1_000)
+        .map(|_| {
+            let t = Instant::now();
+            store.due_schedules(minute, 512).expect("scans");
+            t.elapsed()
+        })
+        .collect();
+    let in_minute = store.due_schedules(minute, 512).expect("scans").len();
+    report(
+        &format!("tick: due scan, {in_minute} due in a minute"),
+        &mut minute_due,
+    );
+    let mut full: Vec<Duration> = (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            // The bundle's declarative schedule is there too.
+            assert_eq!(store.schedules().expect("reads").len(), count + 1);
+            t.elapsed()
+        })
+        .collect();
+    report(&format!("reading all {count} schedules"), &mut full);
+}
+
+fn iso_ms(value: &serde_json::Value) -> u64 {
+    value
+        .as_str()
+        .and_then(|s| {
+            time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()
+        })
+        .map(|t| (t.unix_timestamp_nanos() / 1_000_000) as u64)
+        .unwrap_or(0)
 }
 
 fn dir_size(path: &std::path::Path) -> u64 {

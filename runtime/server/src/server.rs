@@ -54,9 +54,7 @@ impl Server {
         );
         // A deploy that stopped between storing the bundle and syncing its
         // declarative schedules is finished here.
-        if let Some(current) = deployments.current() {
-            schedules.sync(&current).await?;
-        }
+        schedules.sync().await?;
         // Only after recovery: a run fired now must not also be re-queued.
         schedules.start();
         let listener = tokio::net::TcpListener::bind(config.listen).await?;

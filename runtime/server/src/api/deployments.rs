@@ -34,7 +34,7 @@ pub(super) async fn create(
         Ok(deployed) => {
             // The deployment is stored; if this sync is cut short, the next
             // start-up finishes it.
-            let synced = state.schedules.sync(&deployed).await?;
+            let synced = state.schedules.sync().await?;
             tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), schedules_created = synced.created, schedules_updated = synced.updated, schedules_deleted = synced.deleted, "deployed");
             let mut body = view(&deployed.record);
             body["schedules"] = json!({

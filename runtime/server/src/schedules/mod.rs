@@ -15,7 +15,7 @@ mod firing;
 
 pub use clock::ScheduleClock;
 
-use crate::deployments::{Deployed, Deployments};
+use crate::deployments::Deployments;
 use crate::executor::Executor;
 use kiln_cron::CronSchedule;
 use kiln_store::{Batch, ScheduleKey, Store, StoreError};
@@ -340,14 +340,19 @@ impl Schedules {
         Ok(schedule)
     }
 
-    /// Makes the declarative schedules match a deployment's tasks: a task's
-    /// new `cron` adds a schedule, a changed one updates it (same id), and a
-    /// removed one, or a removed task, deletes it. Run on each deploy and at
-    /// start-up; a second run changes nothing.
-    pub async fn sync(&self, deployed: &Deployed) -> Result<SyncReport, ScheduleError> {
+    /// Makes the declarative schedules match the current deployment's tasks:
+    /// a task's new `cron` adds a schedule, a changed one updates it (same
+    /// id), and a removed one, or a removed task, deletes it. Run after each
+    /// deploy and at start-up; a second run changes nothing. It reads the
+    /// current deployment under the lock, so when two deploys race the last
+    /// sync is of the latest deployment.
+    pub async fn sync(&self) -> Result<SyncReport, ScheduleError> {
         let mut report = SyncReport::default();
         let commit = {
             let _guard = self.lock();
+            let Some(deployed) = self.inner.deployments.current() else {
+                return Ok(report);
+            };
             let mut existing: HashMap<String, Schedule> = self
                 .inner
                 .store
