@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod children;
 mod deploy;
 mod durable;
 mod hooks;

@@ -41,6 +41,7 @@ pub mod hooks;
 mod log;
 pub mod retry;
 pub mod schedules;
+pub mod tasks;
 pub mod wait;
 
 pub use context::Context;

@@ -3,9 +3,11 @@
 
 use crate::bindings::wit::kiln::task::{host, types};
 use crate::bindings::wit::{HostError, LogLevel};
-use kiln_types::{HostCall, JournalEntry, LogLine, Timestamp};
+use kiln_types::{HostCall, JournalEntry, LogLine, RunId, Timestamp};
 use rand::RngCore;
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -29,12 +31,46 @@ pub struct HostCallStats {
     pub log: u32,
 }
 
+/// A child run a guest asks for.
+#[derive(Debug, Clone)]
+pub struct ChildRequest {
+    /// The task to run.
+    pub task: String,
+    /// The payload, as JSON.
+    pub payload: String,
+    /// Trigger options, as a JSON object (Trigger.dev's).
+    pub options: String,
+}
+
+/// The child runs a spawn created.
+#[derive(Debug, Clone)]
+pub struct Spawned {
+    /// The batch, for a batch trigger.
+    pub batch: Option<String>,
+    /// The runs, in request order.
+    pub runs: Vec<RunId>,
+}
+
+/// What a spawn returns.
+pub type SpawnFuture = Pin<Box<dyn Future<Output = Result<Spawned, String>> + Send>>;
+
 /// Where an attempt's live host calls are journaled. The executor writes
 /// each one to the store as it happens (in order with everything else the
 /// run commits).
 pub trait JournalSink: Send {
     /// Journals one host call and its answer.
     fn record(&mut self, call: HostCall);
+
+    /// Creates child runs and journals the call that made them, in one
+    /// durable commit, so a replay answers the call from the journal and no
+    /// child is created twice. A refusal (unknown task, invalid payload) is
+    /// journaled too. `batch` makes them one batch.
+    fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {
+        let _ = (children, batch);
+        Box::pin(std::future::ready(Err(
+            "child runs are not available here".to_string()
+        )))
+    }
 }
 
 /// A sink that forgets everything (for `describe` and tests).
@@ -294,18 +330,67 @@ impl host::Host for HostState {
 
     async fn trigger(
         &mut self,
-        _task_id: String,
-        _payload: String,
-        _options: String,
+        task_id: String,
+        payload: String,
+        options: String,
     ) -> wasmtime::Result<Result<String, HostError>> {
-        Ok(Err(unsupported("trigger")))
+        let fits = |c: &HostCall| matches!(c, HostCall::Trigger { task, .. } if *task == task_id);
+        if let Some(HostCall::Trigger { result, error, .. }) =
+            self.replayed(|| format!("trigger({task_id})"), fits)?
+        {
+            return Ok(match (result, error) {
+                (Some(run), _) => Ok(run.to_string()),
+                (None, error) => Err(HostError::Invalid(error.unwrap_or_default())),
+            });
+        }
+        let request = ChildRequest {
+            task: task_id,
+            payload,
+            options,
+        };
+        Ok(match self.journal.spawn(vec![request], false).await {
+            Ok(spawned) => match spawned.runs.into_iter().next() {
+                Some(run) => Ok(run.to_string()),
+                None => Err(HostError::Internal("no run was created".into())),
+            },
+            Err(error) => Err(HostError::Invalid(error)),
+        })
     }
 
     async fn batch_trigger(
         &mut self,
-        _items: Vec<types::BatchItem>,
+        items: Vec<types::BatchItem>,
     ) -> wasmtime::Result<Result<types::BatchHandle, HostError>> {
-        Ok(Err(unsupported("batch-trigger")))
+        let count = items.len() as u32;
+        let fits =
+            |c: &HostCall| matches!(c, HostCall::BatchTrigger { items, .. } if *items == count);
+        if let Some(HostCall::BatchTrigger {
+            batch, runs, error, ..
+        }) = self.replayed(|| format!("batch-trigger({count} items)"), fits)?
+        {
+            return Ok(match batch {
+                Some(batch_id) => Ok(types::BatchHandle {
+                    batch_id,
+                    run_ids: runs.iter().map(|r| r.to_string()).collect(),
+                }),
+                None => Err(HostError::Invalid(error.unwrap_or_default())),
+            });
+        }
+        let requests = items
+            .into_iter()
+            .map(|i| ChildRequest {
+                task: i.task_id,
+                payload: i.payload,
+                options: i.options,
+            })
+            .collect();
+        Ok(match self.journal.spawn(requests, true).await {
+            Ok(spawned) => Ok(types::BatchHandle {
+                batch_id: spawned.batch.unwrap_or_default(),
+                run_ids: spawned.runs.iter().map(|r| r.to_string()).collect(),
+            }),
+            Err(error) => Err(HostError::Invalid(error)),
+        })
     }
 
     async fn create_token(

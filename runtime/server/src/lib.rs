@@ -20,6 +20,7 @@ mod payload;
 pub mod schedules;
 mod secret;
 mod server;
+mod trigger;
 
 pub use config::ServerConfig;
 pub use schedules::ScheduleClock;

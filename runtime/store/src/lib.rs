@@ -13,6 +13,7 @@
 //! write is on disk.
 
 mod backend;
+pub mod children;
 mod memory;
 mod records;
 pub mod schedules;
@@ -20,6 +21,7 @@ mod sled_backend;
 pub mod snapshot;
 
 pub use backend::{Backend, Commit, Op};
+pub use children::{BatchRecord, Waiter};
 pub use memory::MemoryBackend;
 pub use records::{Batch, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;

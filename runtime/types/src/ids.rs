@@ -97,6 +97,12 @@ id_type!(
     "deployment"
 );
 id_type!(
+    /// A batch's id (`batch_...`).
+    BatchId,
+    "batch_",
+    "batch"
+);
+id_type!(
     /// A schedule's id (`sched_...`).
     ScheduleId,
     "sched_",

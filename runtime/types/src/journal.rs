@@ -6,7 +6,7 @@
 //! it, waits are matched against it, wakes are delivered from it. A call that
 //! differs from its entry is a non-determinism error.
 
-use crate::{AttemptOutcome, Timestamp};
+use crate::{AttemptOutcome, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
 
 /// One host call and what the host answered.
@@ -32,6 +32,33 @@ pub enum HostCall {
         /// The message.
         message: String,
     },
+    /// `trigger(task, ...)`: the child run it created, in the same commit,
+    /// or why none was.
+    Trigger {
+        /// The child's task.
+        task: String,
+        /// The child run's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<RunId>,
+        /// Why the trigger was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// `batch-trigger(items)`: the batch and runs it created, in the same
+    /// commit, or why none were.
+    BatchTrigger {
+        /// How many items it had.
+        items: u32,
+        /// The batch's id.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        batch: Option<String>,
+        /// The child runs, in item order.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        runs: Vec<RunId>,
+        /// Why the batch was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl HostCall {
@@ -44,6 +71,8 @@ impl HostCall {
                 let short: String = message.chars().take(60).collect();
                 format!("log({level}, {short:?})")
             }
+            HostCall::Trigger { task, .. } => format!("trigger({task})"),
+            HostCall::BatchTrigger { items, .. } => format!("batch-trigger({items} items)"),
         }
     }
 }
@@ -58,6 +87,32 @@ pub enum WaitOn {
         #[serde(rename = "dueAt")]
         due_at: Timestamp,
     },
+    /// A child run to finish.
+    Run {
+        /// The child.
+        #[serde(rename = "runId")]
+        run_id: RunId,
+    },
+    /// Every run of a batch to finish.
+    Batch {
+        /// The batch.
+        #[serde(rename = "batchId")]
+        batch_id: String,
+        /// Its runs, in item order.
+        runs: Vec<RunId>,
+    },
+}
+
+/// How a child run ended, as its waiting parent is told.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunOutcome {
+    /// The child.
+    pub run_id: RunId,
+    /// Whether it completed.
+    pub ok: bool,
+    /// Its output (when `ok`) or its error, as JSON.
+    pub value: String,
 }
 
 /// A wait the task registered.
@@ -76,6 +131,16 @@ pub struct WaitRecord {
 pub enum WakeValue {
     /// The timer is due.
     Timer,
+    /// A child run finished.
+    Run {
+        /// How.
+        outcome: RunOutcome,
+    },
+    /// Every run of a batch finished.
+    Batch {
+        /// How, in item order.
+        outcomes: Vec<RunOutcome>,
+    },
 }
 
 /// One journal entry.

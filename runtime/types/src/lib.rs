@@ -13,9 +13,11 @@ mod status;
 mod time;
 
 pub use deployment::{DeployedTask, Deployment};
-pub use ids::{DeploymentId, IdError, RunId, ScheduleId};
-pub use journal::{HostCall, JournalEntry, JournalRecord, WaitOn, WaitRecord, WakeValue};
-pub use run::{Attempt, AttemptOutcome, LogLine, Run, RunError};
+pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId};
+pub use journal::{
+    HostCall, JournalEntry, JournalRecord, RunOutcome, WaitOn, WaitRecord, WakeValue,
+};
+pub use run::{Attempt, AttemptOutcome, LogLine, ParentRun, Run, RunError};
 pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;
 pub use time::Timestamp;

@@ -90,6 +90,23 @@ pub struct Attempt {
     pub logs: Vec<LogLine>,
 }
 
+/// Where a child run sits in its tree of runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ParentRun {
+    /// The run that triggered it.
+    pub parent: RunId,
+    /// The root of the tree.
+    pub root: RunId,
+    /// Its depth: 1 for a child of a root run.
+    pub depth: u32,
+    /// The batch it belongs to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
+    /// How it was triggered (`trigger`, `triggerAndWait`, `batchTrigger`...).
+    pub trigger_function: String,
+}
+
 /// Everything the server keeps about a run.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -146,6 +163,9 @@ pub struct Run {
     /// The schedule that fired the run, for runs of scheduled tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub schedule: Option<RunSchedule>,
+    /// The run that triggered this one, for child runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<ParentRun>,
     /// When it was triggered.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -195,6 +215,7 @@ impl Run {
             idempotency_key: None,
             is_test: false,
             schedule: None,
+            parent: None,
             created_at: now,
             updated_at: now,
             started_at: None,

@@ -2,12 +2,12 @@
 
 use super::{ApiError, AppState};
 use crate::executor::{CancelError, MAX_OUTPUT_BYTES};
+use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use kiln_manifest::Machine;
 use kiln_types::{Run, RunId, Timestamp};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -24,47 +24,14 @@ struct TriggerBody {
     options: TriggerOptions,
 }
 
-/// The trigger options this server acts on; the others of the wire format
-/// are accepted and ignored until their issue lands.
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct TriggerOptions {
-    payload_type: Option<String>,
-    tags: Option<Value>,
-    max_attempts: Option<u32>,
-    max_duration: Option<u64>,
-    machine: Option<String>,
-    metadata: Option<Value>,
-    #[serde(default)]
-    test: bool,
-}
-
-fn tags(value: Option<Value>) -> Result<Vec<String>, ApiError> {
-    let tags = match value {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s],
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .map(|t| match t {
-                Value::String(s) => Ok(s),
-                _ => Err(ApiError::bad_request("tags must be strings")),
-            })
-            .collect::<Result<_, _>>()?,
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "tags must be a string or an array of strings",
-            ));
+impl From<TriggerError> for ApiError {
+    fn from(error: TriggerError) -> Self {
+        match error {
+            TriggerError::NotFound(m) => ApiError::not_found(m),
+            TriggerError::BadRequest(m) => ApiError::bad_request(m),
+            TriggerError::Unprocessable(m) => ApiError::unprocessable(m),
         }
-    };
-    if tags.len() > 10 {
-        return Err(ApiError::bad_request("a run may have at most 10 tags"));
     }
-    if let Some(long) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
-        return Err(ApiError::bad_request(format!(
-            "tag `{long}` must be 1 to 128 characters"
-        )));
-    }
-    Ok(tags)
 }
 
 /// `POST /api/v1/tasks/{taskId}/trigger`.
@@ -93,13 +60,13 @@ pub(super) async fn trigger(
             "Task `{task_id}` not found: nothing is deployed yet (deploy a bundle with `kiln deploy`)"
         )));
     };
-    let Some(task) = deployed.record.manifest.task(&task_id) else {
+    if deployed.record.manifest.task(&task_id).is_none() {
         return Err(ApiError::not_found(format!(
             "Task `{task_id}` not found in version {}",
             deployed.record.version
         )));
-    };
-    let options = body.options;
+    }
+    let mut options = body.options;
     // The SDK sends the payload as a string packet; plain JSON values are
     // accepted too, for curl users.
     let (payload_text, payload_type) = match body.payload {
@@ -107,40 +74,20 @@ pub(super) async fn trigger(
             None,
             options
                 .payload_type
+                .take()
                 .unwrap_or_else(|| "application/json".into()),
         ),
         Some(Value::String(s)) => (
             Some(s),
             options
                 .payload_type
+                .take()
                 .unwrap_or_else(|| "application/json".into()),
         ),
         Some(other) => (Some(other.to_string()), "application/json".into()),
     };
     let payload = crate::payload::to_json(payload_text.as_deref(), &payload_type)
         .map_err(ApiError::bad_request)?;
-    deployed
-        .validate_payload(&task_id, &payload)
-        .map_err(ApiError::unprocessable)?;
-    let machine = match options.machine.as_deref() {
-        Some(name) => name
-            .parse::<Machine>()
-            .map_err(|e| ApiError::bad_request(e.to_string()))?,
-        None => task.machine,
-    };
-    if options.max_attempts == Some(0) {
-        return Err(ApiError::bad_request("maxAttempts must be at least 1"));
-    }
-    if options.max_duration == Some(0) {
-        return Err(ApiError::bad_request(
-            "maxDuration must be at least 1 second",
-        ));
-    }
-    if let Some(metadata) = &options.metadata
-        && !metadata.is_object()
-    {
-        return Err(ApiError::bad_request("metadata must be a JSON object"));
-    }
     let now = Timestamp::now();
     // Text stays as sent; everything else is stored as its plain JSON value
     // (SuperJSON unwrapped), so attempts hand it to the guest as it is.
@@ -148,24 +95,15 @@ pub(super) async fn trigger(
         Some(text) if payload_type == "text/plain" => (text, payload_type),
         _ => (payload.to_string(), "application/json".to_string()),
     };
-    let run = Run {
-        payload_type: stored_type,
-        tags: tags(options.tags)?,
-        metadata: options.metadata,
-        machine,
-        max_attempts: options.max_attempts.unwrap_or(task.retry.max_attempts),
-        retry: task.retry.clone(),
-        max_duration_secs: options.max_duration.or(task.max_duration_secs),
-        is_test: options.test,
-        ..Run::queued(
-            RunId::generate(now.as_millis()),
-            task_id.clone(),
-            deployed.record.id.clone(),
-            deployed.record.version.clone(),
-            stored,
-            now,
-        )
-    };
+    let run = crate::trigger::new_run(
+        &deployed,
+        &task_id,
+        &payload,
+        stored,
+        stored_type,
+        options,
+        now,
+    )?;
     state.store.put_run(&run).await?;
     state.executor.enqueue(run.id.clone());
     let jwt = crate::jwt::sign(
@@ -316,8 +254,19 @@ pub(super) fn common_view(run: &Run) -> Map<String, Value> {
 /// The full retrieve shape.
 pub(crate) fn retrieve_view(run: &Run) -> Value {
     let mut map = common_view(run);
-    map.insert("depth".into(), json!(0));
-    map.insert("triggerFunction".into(), json!("trigger"));
+    match &run.parent {
+        Some(parent) => {
+            map.insert("depth".into(), json!(parent.depth));
+            map.insert("triggerFunction".into(), json!(parent.trigger_function));
+            map.insert("parentId".into(), json!(parent.parent));
+            map.insert("rootId".into(), json!(parent.root));
+            insert_opt(&mut map, "batchId", parent.batch.as_ref().map(|b| json!(b)));
+        }
+        None => {
+            map.insert("depth".into(), json!(0));
+            map.insert("triggerFunction".into(), json!("trigger"));
+        }
+    }
     map.insert("relatedRuns".into(), json!({}));
     map.insert("attemptCount".into(), json!(run.attempts.len()));
     map.insert("machine".into(), json!(run.machine.name()));

@@ -235,7 +235,18 @@ impl<'a> Slice<'a> {
         if self.live.is_canceled.load(Ordering::SeqCst) {
             return Ok(End::Canceled);
         }
-        attempt.set_journal(Box::new(self.journal.clone()));
+        let (root, depth) = match &self.run.parent {
+            Some(p) => (p.root.clone(), p.depth),
+            None => (self.run.id.clone(), 0),
+        };
+        attempt.set_journal(Box::new(super::children::AttemptSink {
+            writer: self.journal.clone(),
+            executor: self.executor.clone(),
+            parent: self.run.id.clone(),
+            deployment: self.run.deployment_id.clone(),
+            root,
+            depth,
+        }));
         attempt.replay_mut().extend(replay);
 
         let mut outcome = match image {
@@ -272,7 +283,15 @@ impl<'a> Slice<'a> {
                 }
                 None => {}
             }
-            // Live: sleep warm, or suspend.
+            // Live: sleep warm, or suspend. A child, batch or token wait
+            // always suspends: the run holds no slot while others work.
+            if self
+                .pending
+                .values()
+                .any(|w| !matches!(w.on, WaitOn::Timer { .. }))
+            {
+                return self.suspend(attempt).await;
+            }
             let Some((id, due)) = self.next_timer() else {
                 return Ok(End::Event(failure(
                     FailureKind::Error {
@@ -333,6 +352,10 @@ impl<'a> Slice<'a> {
         let usage_ms = attempt.used().as_millis() as u64;
         let leftover = !attempt.replay_mut().is_empty();
         let event = match step {
+            StepOutcome::Step(Step::Waiting(waits)) if waits.is_empty() => {
+                // Still waiting on earlier waits: nothing new to journal.
+                return Ok(None);
+            }
             StepOutcome::Step(Step::Waiting(waits)) => {
                 let now = Timestamp::now();
                 let records = match attempt.replay_mut().front() {
@@ -354,7 +377,7 @@ impl<'a> Slice<'a> {
                     None => {
                         let mut records = Vec::with_capacity(waits.len());
                         for wait in &waits {
-                            match wait_record(wait, now) {
+                            match wait_record(wait, now, &self.executor.shared.store) {
                                 Ok(record) => records.push(record),
                                 Err(message) => {
                                     return Ok(Some(End::Event(failure(
@@ -437,8 +460,9 @@ impl<'a> Slice<'a> {
     fn next_timer(&self) -> Option<(u64, Timestamp)> {
         self.pending
             .values()
-            .map(|w| match w.on {
-                WaitOn::Timer { due_at } => (w.id, due_at),
+            .filter_map(|w| match w.on {
+                WaitOn::Timer { due_at } => Some((w.id, due_at)),
+                _ => None,
             })
             .min_by_key(|(_, due)| *due)
     }
@@ -512,16 +536,20 @@ impl<'a> Slice<'a> {
         let timers: Vec<TimerKey> = self
             .pending
             .values()
-            .map(|w| match w.on {
-                WaitOn::Timer { due_at } => TimerKey {
+            .filter_map(|w| match w.on {
+                WaitOn::Timer { due_at } => Some(TimerKey {
                     due: due_at,
                     run_id: self.run.id.clone(),
                     wait_id: w.id,
-                },
+                }),
+                _ => None,
             })
             .collect();
         for timer in &timers {
             batch.put_timer(timer);
+        }
+        for wait in self.pending.values() {
+            Executor::put_waiters(&mut batch, &self.run.id, wait);
         }
         batch.put_run(&t.run);
         shared
@@ -529,6 +557,26 @@ impl<'a> Slice<'a> {
             .commit(batch)
             .await
             .map_err(|e| e.to_string())?;
+        // Children that finished before the run suspended wake it now, under
+        // the lock that a finishing child takes to look for its waiter.
+        let mut wakes = Vec::new();
+        let mut done = Vec::new();
+        for wait in self.pending.values() {
+            if let Some(value) = self.executor.ready_wake(wait).map_err(|e| e.to_string())? {
+                match &wait.on {
+                    WaitOn::Run { run_id } => done.push(run_id.clone()),
+                    WaitOn::Batch { runs, .. } => done.extend(runs.iter().cloned()),
+                    WaitOn::Timer { .. } => {}
+                }
+                wakes.push((wait.id, value));
+            }
+        }
+        if !wakes.is_empty() {
+            self.executor
+                .deliver_locked(&t.run, wakes, &done)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
         if let Some(service) = shared.timers.get() {
             for timer in timers {
                 service.add(timer);
@@ -631,7 +679,11 @@ impl<'a> Slice<'a> {
 }
 
 /// The journal record of a new wait.
-fn wait_record(wait: &wit::Wait, now: Timestamp) -> Result<WaitRecord, String> {
+fn wait_record(
+    wait: &wit::Wait,
+    now: Timestamp,
+    store: &kiln_store::Store,
+) -> Result<WaitRecord, String> {
     let on = match &wait.kind {
         wit::WaitKind::Duration(ms) => WaitOn::Timer {
             due_at: Timestamp(now.as_millis().saturating_add(*ms)),
@@ -639,9 +691,23 @@ fn wait_record(wait: &wit::Wait, now: Timestamp) -> Result<WaitRecord, String> {
         wit::WaitKind::Until(at) => WaitOn::Timer {
             due_at: Timestamp(*at),
         },
+        wit::WaitKind::Run(id) => {
+            let run_id = RunId::parse(id).map_err(|e| format!("waiting on run `{id}`: {e}"))?;
+            WaitOn::Run { run_id }
+        }
+        wit::WaitKind::Batch(id) => {
+            let batch = kiln_types::BatchId::parse(id)
+                .ok()
+                .and_then(|b| store.batch(&b).ok().flatten())
+                .ok_or_else(|| format!("waiting on batch `{id}`, which does not exist"))?;
+            WaitOn::Batch {
+                batch_id: id.clone(),
+                runs: batch.runs,
+            }
+        }
         _ => {
             return Err(
-                "this server supports only timer waits so far (child runs, tokens and fetch come later)"
+                "this server supports timer, child-run and batch waits so far (tokens and fetch come later)"
                     .into(),
             );
         }
@@ -659,6 +725,8 @@ fn compare_waits(waits: &[wit::Wait], journaled: &[WaitRecord]) -> Option<String
                     (wit::WaitKind::Until(at), WaitOn::Timer { due_at }) => {
                         *at == due_at.as_millis()
                     }
+                    (wit::WaitKind::Run(id), WaitOn::Run { run_id }) => id == run_id.as_str(),
+                    (wit::WaitKind::Batch(id), WaitOn::Batch { batch_id, .. }) => id == batch_id,
                     _ => false,
                 }
         });
@@ -678,7 +746,19 @@ fn wake(id: u64, value: WakeValue) -> wit::Wake {
         id,
         value: match value {
             WakeValue::Timer => wit::WakeValue::Timer,
+            WakeValue::Run { outcome } => wit::WakeValue::Run(run_outcome(outcome)),
+            WakeValue::Batch { outcomes } => {
+                wit::WakeValue::Batch(outcomes.into_iter().map(run_outcome).collect())
+            }
         },
+    }
+}
+
+fn run_outcome(outcome: kiln_types::RunOutcome) -> wit::RunOutcome {
+    wit::RunOutcome {
+        run_id: outcome.run_id.to_string(),
+        ok: outcome.ok,
+        value: outcome.value,
     }
 }
 

@@ -9,10 +9,13 @@
 //!   marks the run `WAITING` with durable timers.
 //! - [`timers`] fires durable timers: the wake is journaled and the run is
 //!   queued to resume.
+//! - [`children`] creates child runs exactly once and wakes parents that
+//!   wait on them; cancel cascades to unfinished children.
 //! - Every read-modify-write of a run record happens under the run's lock
 //!   ([`locks`]), so a cancel, a timer and the end of an attempt never
 //!   overwrite one another.
 
+mod children;
 mod driver;
 mod journal;
 mod locks;
@@ -205,6 +208,7 @@ impl Executor {
             live.canceled.notify_one();
         }
         self.perform(&t.run, &t.actions);
+        self.cancel_children(t.run.id.clone());
         Ok(t.run)
     }
 
@@ -262,7 +266,18 @@ impl Executor {
                 Action::Enqueue {
                     not_before: Some(at),
                 } => self.enqueue_at(run.id.clone(), *at),
-                Action::NotifyFinished => self.shared.notifier.finished(&run.id),
+                Action::NotifyFinished => {
+                    self.shared.notifier.finished(&run.id);
+                    if run.parent.is_some() {
+                        let this = self.clone();
+                        let child = run.id.clone();
+                        tokio::spawn(async move {
+                            if let Err(error) = this.child_finished(child.clone()).await {
+                                tracing::error!(run = %child, %error, "waking the parent of a finished run failed");
+                            }
+                        });
+                    }
+                }
                 Action::InterruptAttempt => {}
             }
         }

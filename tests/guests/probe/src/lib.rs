@@ -56,13 +56,16 @@ pub struct Unsupported {
     pub error: String,
 }
 
-/// Calls `trigger`, which this server does not support yet, and returns the
-/// host's error as its output: the guest sees an error value, not a trap.
+/// Calls `create-token`, which this server does not support yet, and returns
+/// the host's error as its output: the guest sees an error value, not a trap.
 #[task(id = "unsupported")]
 pub async fn unsupported(_payload: Value, _ctx: &Context) -> Result<Unsupported, TaskError> {
     use kiln_sdk::bindings::kiln::task::host;
-    match host::trigger("echo", "{}", "{}") {
-        Ok(id) => Err(TaskError::new(format!("trigger unexpectedly worked: {id}"))),
+    match host::create_token("{}") {
+        Ok(token) => Err(TaskError::new(format!(
+            "create-token unexpectedly worked: {}",
+            token.id
+        ))),
         Err(error) => Ok(Unsupported {
             error: format!("{error:?}"),
         }),
@@ -265,6 +268,117 @@ pub async fn flaky_block(payload: Flaky, ctx: &Context) -> Result<Value, TaskErr
     Ok(serde_json::json!({ "tries": tries }))
 }
 
+/// What a parent task does with its children.
+#[derive(Debug, Deserialize)]
+pub struct Parent {
+    /// `batch` (one batch of `children` echo runs, waited on), `each` (one
+    /// trigger_and_wait at a time), `join` (two at once), `by-task` (a batch
+    /// over echo and fail), `fail` (a child that fails), `sleepy` (a child
+    /// that sleeps `sleep_ms`, waited on).
+    pub mode: String,
+    /// How many children.
+    #[serde(default)]
+    pub children: u32,
+    /// How long a `sleepy` child sleeps.
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
+fn echoed(result: kiln_sdk::tasks::RunResult<Value>) -> Result<Value, TaskError> {
+    Ok(result.unwrap()?["payload"]["n"].clone())
+}
+
+/// Triggers child runs and reports what came back.
+#[task(id = "parent")]
+pub async fn parent(payload: Parent, _ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::tasks;
+    match payload.mode.as_str() {
+        "batch" => {
+            let items: Vec<Value> = (0..payload.children)
+                .map(|n| serde_json::json!({ "n": n }))
+                .collect();
+            let results = tasks::batch_trigger_and_wait::<_, Value>("echo", &items).await?;
+            let ids: Vec<String> = results.iter().map(|r| r.id.clone()).collect();
+            let outputs = results
+                .into_iter()
+                .map(echoed)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(serde_json::json!({ "outputs": outputs, "ids": ids }))
+        }
+        "each" => {
+            let mut outputs = Vec::new();
+            for n in 0..payload.children {
+                let r = tasks::trigger_and_wait::<_, Value>("echo", &serde_json::json!({ "n": n }))
+                    .await?;
+                outputs.push(echoed(r)?);
+            }
+            Ok(serde_json::json!({ "outputs": outputs }))
+        }
+        "join" => {
+            let (a, b) = futures::join!(
+                tasks::trigger_and_wait::<_, Value>("echo", &serde_json::json!({ "n": "a" })),
+                tasks::trigger_and_wait::<_, Value>("sleep", &serde_json::json!({ "ms": 300 })),
+            );
+            Ok(serde_json::json!({ "a": echoed(a?)?, "b": b?.unwrap()? }))
+        }
+        "by-task" => {
+            let items = vec![
+                tasks::BatchItem::new("echo", serde_json::json!({ "n": 1 }))?,
+                tasks::BatchItem::new(
+                    "fail",
+                    serde_json::json!({ "message": "nope", "abort": true }),
+                )?,
+                tasks::BatchItem::new("echo", serde_json::json!({ "n": 3 }))?,
+            ];
+            let results = tasks::batch_trigger_by_task_and_wait(items).await?;
+            let view: Vec<Value> = results
+                .into_iter()
+                .map(|r| match r.outcome {
+                    Ok(v) => serde_json::json!({ "ok": v["payload"]["n"] }),
+                    Err(e) => serde_json::json!({ "error": e.message }),
+                })
+                .collect();
+            Ok(serde_json::json!(view))
+        }
+        "fail" => {
+            let r = tasks::trigger_and_wait::<_, Value>(
+                "fail",
+                &serde_json::json!({ "message": "child broke", "abort": true }),
+            )
+            .await?;
+            match r.outcome {
+                Ok(v) => Err(TaskError::new(format!("the failing child succeeded: {v}"))),
+                Err(e) => Ok(serde_json::json!({ "childError": e.message, "ok": false })),
+            }
+        }
+        "sleepy" => {
+            let r = tasks::trigger_and_wait::<_, Value>(
+                "sleep",
+                &serde_json::json!({ "ms": payload.sleep_ms }),
+            )
+            .await?;
+            let id = r.id.clone();
+            Ok(serde_json::json!({ "child": id, "output": r.unwrap()? }))
+        }
+        other => Err(TaskError::abort(format!("unknown mode {other}"))),
+    }
+}
+
+/// Triggers an echo child, spins for `spin_ms` (a window to kill the server
+/// in, after the child exists and before the wait), then waits on it.
+#[task(id = "spawn-then-spin")]
+pub async fn spawn_then_spin(payload: DrawSpin, ctx: &Context) -> Result<Value, TaskError> {
+    let child = kiln_sdk::tasks::trigger("echo", &serde_json::json!({ "n": "only" })).await?;
+    let start = ctx.now_ms();
+    let mut rounds = 0u64;
+    while ctx.now_ms().saturating_sub(start) < payload.spin_ms {
+        rounds = rounds.wrapping_add(churn(200_000, rounds));
+    }
+    let result = child.wait::<Value>().await?;
+    let id = result.id.clone();
+    Ok(serde_json::json!({ "child": id, "output": result.unwrap()? }))
+}
+
 kiln_sdk::bundle!(
     hooked,
     flaky_block,
@@ -276,5 +390,7 @@ kiln_sdk::bundle!(
     sleep,
     work_then_wait,
     hold_heap,
-    draw_spin
+    draw_spin,
+    parent,
+    spawn_then_spin
 );

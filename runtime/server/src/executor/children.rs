@@ -1,0 +1,358 @@
+//! Child runs: creating them from inside a task, exactly once, and waking
+//! the parent that waits on them.
+//!
+//! - A task's `trigger` or `batch-trigger` call becomes one commit holding
+//!   the child runs, the parent→child index, the batch (if any) and the
+//!   journal entry of the call with the ids it returned. A replay answers
+//!   the call from that entry, so a crash anywhere never makes a child twice.
+//! - A parent that waits on a child (or a batch) is suspended like any
+//!   waiting run, holding no slot, with a waiter entry per child. When a
+//!   child ends, the waiter entry names the parent and its wait: the wake is
+//!   journaled and the parent queued, under the parent's lock. A child that
+//!   ended before its parent suspended is found by the parent's own check
+//!   at suspension, under the same lock, so no wake is lost or doubled.
+//! - Canceling a run cancels its children that have not finished.
+
+use super::Executor;
+use super::journal::JournalWriter;
+use crate::trigger::{TriggerOptions, new_run};
+use kiln_engine::{Event, apply};
+use kiln_sandbox::{ChildRequest, JournalSink, SpawnFuture, Spawned};
+use kiln_store::{Batch, BatchRecord, Waiter};
+use kiln_types::{
+    BatchId, DeploymentId, HostCall, JournalEntry, JournalRecord, ParentRun, Run, RunId,
+    RunOutcome, RunStatus, Timestamp, WaitOn, WaitRecord, WakeValue,
+};
+
+/// The most child runs one batch may hold.
+pub(crate) const MAX_BATCH: usize = 1_000;
+
+/// The journal sink of an attempt: journals host calls, and creates child
+/// runs with the call that made them.
+pub(crate) struct AttemptSink {
+    pub(crate) writer: JournalWriter,
+    pub(crate) executor: Executor,
+    pub(crate) parent: RunId,
+    pub(crate) deployment: DeploymentId,
+    pub(crate) root: RunId,
+    pub(crate) depth: u32,
+}
+
+impl JournalSink for AttemptSink {
+    fn record(&mut self, call: HostCall) {
+        self.writer.record(call);
+    }
+
+    fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {
+        let writer = self.writer.clone();
+        let executor = self.executor.clone();
+        let parent = self.parent.clone();
+        let deployment = self.deployment.clone();
+        let (root, depth) = (self.root.clone(), self.depth + 1);
+        Box::pin(async move {
+            let count = children.len() as u32;
+            let first_task = children.first().map(|c| c.task.clone()).unwrap_or_default();
+            let refuse = |error: String| {
+                let call = if batch {
+                    HostCall::BatchTrigger {
+                        items: count,
+                        batch: None,
+                        runs: Vec::new(),
+                        error: Some(error.clone()),
+                    }
+                } else {
+                    HostCall::Trigger {
+                        task: first_task.clone(),
+                        result: None,
+                        error: Some(error.clone()),
+                    }
+                };
+                writer.append(JournalEntry::HostCall(call));
+                Err(error)
+            };
+            if batch && (children.is_empty() || children.len() > MAX_BATCH) {
+                return refuse(format!(
+                    "a batch holds 1 to {MAX_BATCH} items, not {}",
+                    children.len()
+                ));
+            }
+            let shared = &executor.shared;
+            let deployed = match shared.deployments.get(&deployment).await {
+                Ok(Some(d)) => d,
+                Ok(None) => return refuse("the run's deployment is missing".into()),
+                Err(e) => return refuse(format!("loading the run's deployment failed: {e}")),
+            };
+            let now = Timestamp::now();
+            let batch_id = batch.then(|| BatchId::generate(now.as_millis()));
+            let mut runs = Vec::with_capacity(children.len());
+            for (index, child) in children.into_iter().enumerate() {
+                let payload: serde_json::Value = match serde_json::from_str(&child.payload) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        return refuse(format!("item {index}: the payload is not JSON: {e}"));
+                    }
+                };
+                let options: TriggerOptions = if child.options.trim().is_empty() {
+                    TriggerOptions::default()
+                } else {
+                    match serde_json::from_str(&child.options) {
+                        Ok(o) => o,
+                        Err(e) => return refuse(format!("item {index}: invalid options: {e}")),
+                    }
+                };
+                let trigger_function = options
+                    .trigger_function
+                    .clone()
+                    .unwrap_or_else(|| if batch { "batchTrigger" } else { "trigger" }.to_string());
+                let run = match new_run(
+                    &deployed,
+                    &child.task,
+                    &payload,
+                    payload.to_string(),
+                    "application/json".into(),
+                    options,
+                    now,
+                ) {
+                    Ok(run) => run,
+                    Err(e) if batch => return refuse(format!("item {index}: {}", e.message())),
+                    Err(e) => return refuse(e.message().to_string()),
+                };
+                runs.push(Run {
+                    parent: Some(ParentRun {
+                        parent: parent.clone(),
+                        root: root.clone(),
+                        depth,
+                        batch: batch_id.as_ref().map(|b| b.to_string()),
+                        trigger_function,
+                    }),
+                    ..run
+                });
+            }
+            let mut commit = Batch::default();
+            for run in &runs {
+                commit.put_run(run).put_child(&parent, &run.id);
+            }
+            let ids: Vec<RunId> = runs.iter().map(|r| r.id.clone()).collect();
+            let call = match &batch_id {
+                Some(id) => {
+                    commit.put_batch(&BatchRecord {
+                        id: id.clone(),
+                        parent: Some(parent.clone()),
+                        runs: ids.clone(),
+                        created_at: now,
+                    });
+                    HostCall::BatchTrigger {
+                        items: count,
+                        batch: Some(id.to_string()),
+                        runs: ids.clone(),
+                        error: None,
+                    }
+                }
+                None => HostCall::Trigger {
+                    task: first_task,
+                    result: ids.first().cloned(),
+                    error: None,
+                },
+            };
+            writer.append_to(&mut commit, JournalEntry::HostCall(call));
+            shared
+                .store
+                .commit(commit)
+                .await
+                .map_err(|e| e.to_string())?;
+            for id in &ids {
+                executor.enqueue(id.clone());
+            }
+            Ok(Spawned {
+                batch: batch_id.map(|b| b.to_string()),
+                runs: ids,
+            })
+        })
+    }
+}
+
+/// How a finished run ended, as its parent is told.
+pub(crate) fn outcome_of(run: &Run) -> RunOutcome {
+    let ok = run.status == RunStatus::Completed;
+    let value = if ok {
+        run.output.clone().unwrap_or_else(|| "null".into())
+    } else {
+        let error = run.error.clone().unwrap_or_else(|| {
+            kiln_types::RunError::new(
+                run.status.as_str(),
+                format!("the run ended {}", run.status.as_str()),
+            )
+        });
+        serde_json::to_string(&error).unwrap_or_else(|_| "{}".into())
+    };
+    RunOutcome {
+        run_id: run.id.clone(),
+        ok,
+        value,
+    }
+}
+
+impl Executor {
+    /// What a pending child or batch wait wakes with, if everything it waits
+    /// on has finished.
+    pub(crate) fn ready_wake(&self, wait: &WaitRecord) -> kiln_store::Result<Option<WakeValue>> {
+        let store = &self.shared.store;
+        let finished = |id: &RunId| -> kiln_store::Result<Option<Run>> {
+            Ok(store.run(id)?.filter(|r| r.status.is_final()))
+        };
+        Ok(match &wait.on {
+            WaitOn::Timer { .. } => None,
+            WaitOn::Run { run_id } => finished(run_id)?.map(|run| WakeValue::Run {
+                outcome: outcome_of(&run),
+            }),
+            WaitOn::Batch { runs, .. } => {
+                let mut outcomes = Vec::with_capacity(runs.len());
+                for id in runs {
+                    match finished(id)? {
+                        Some(run) => outcomes.push(outcome_of(&run)),
+                        None => return Ok(None),
+                    }
+                }
+                Some(WakeValue::Batch { outcomes })
+            }
+        })
+    }
+
+    /// The waiter entries a suspending run writes for its child and batch
+    /// waits.
+    pub(crate) fn put_waiters(batch: &mut Batch, parent: &RunId, wait: &WaitRecord) {
+        match &wait.on {
+            WaitOn::Timer { .. } => {}
+            WaitOn::Run { run_id } => {
+                batch.put_waiter(
+                    run_id,
+                    &Waiter {
+                        parent: parent.clone(),
+                        wait_id: wait.id,
+                        batch: None,
+                    },
+                );
+            }
+            WaitOn::Batch { batch_id, runs } => {
+                let batch_id = BatchId::parse(batch_id).ok();
+                for run in runs {
+                    batch.put_waiter(
+                        run,
+                        &Waiter {
+                            parent: parent.clone(),
+                            wait_id: wait.id,
+                            batch: batch_id.clone(),
+                        },
+                    );
+                }
+            }
+        }
+    }
+
+    /// Journals wakes for a `WAITING` run and queues it, in one commit; the
+    /// caller holds the run's lock. Also removes the waiter entries of what
+    /// woke it.
+    pub(crate) async fn deliver_locked(
+        &self,
+        parent: &Run,
+        wakes: Vec<(u64, WakeValue)>,
+        done_children: &[RunId],
+    ) -> anyhow::Result<()> {
+        let store = &self.shared.store;
+        let mut batch = Batch::default();
+        for child in done_children {
+            batch.delete_waiter(child);
+        }
+        if parent.status != RunStatus::Waiting || wakes.is_empty() {
+            if parent.status.is_final() {
+                store.commit(batch).await?;
+            }
+            return Ok(());
+        }
+        let first = store.last_journal_seq(&parent.id)? + 1;
+        for (seq, (id, value)) in (first..).zip(wakes) {
+            batch.append_journal(
+                &parent.id,
+                &JournalRecord {
+                    seq,
+                    at: Timestamp::now(),
+                    entry: JournalEntry::Wake { id, value },
+                },
+            );
+        }
+        let t = apply(parent, Event::Woken, Timestamp::now())?;
+        batch.put_run(&t.run);
+        store.commit(batch).await?;
+        self.perform(&t.run, &t.actions);
+        Ok(())
+    }
+
+    /// A child run finished: wake its parent if the parent is suspended on
+    /// it (or on its whole batch, once the batch is done).
+    pub(crate) async fn child_finished(&self, child: RunId) -> anyhow::Result<()> {
+        let store = &self.shared.store;
+        let Some(waiter) = store.waiter(&child)? else {
+            return Ok(());
+        };
+        let _guard = self.shared.locks.lock(&waiter.parent).await;
+        // Read again under the parent's lock: a suspension may have delivered.
+        let Some(waiter) = store.waiter(&child)? else {
+            return Ok(());
+        };
+        let Some(parent) = store.run(&waiter.parent)? else {
+            return Ok(());
+        };
+        let (wait, children) = match &waiter.batch {
+            None => (
+                WaitRecord {
+                    id: waiter.wait_id,
+                    on: WaitOn::Run {
+                        run_id: child.clone(),
+                    },
+                },
+                vec![child.clone()],
+            ),
+            Some(batch_id) => {
+                let Some(record) = store.batch(batch_id)? else {
+                    return Ok(());
+                };
+                (
+                    WaitRecord {
+                        id: waiter.wait_id,
+                        on: WaitOn::Batch {
+                            batch_id: batch_id.to_string(),
+                            runs: record.runs.clone(),
+                        },
+                    },
+                    record.runs,
+                )
+            }
+        };
+        match self.ready_wake(&wait)? {
+            Some(value) => {
+                self.deliver_locked(&parent, vec![(wait.id, value)], &children)
+                    .await
+            }
+            None => Ok(()),
+        }
+    }
+
+    /// Cancels the unfinished children of a canceled run (and theirs).
+    pub(crate) fn cancel_children(&self, parent: RunId) {
+        let this = self.clone();
+        tokio::spawn(async move {
+            let children = match this.shared.store.children(&parent) {
+                Ok(children) => children,
+                Err(error) => {
+                    tracing::error!(run = %parent, %error, "reading a canceled run's children failed");
+                    return;
+                }
+            };
+            for child in children {
+                if let Err(error) = this.cancel(&child).await {
+                    tracing::error!(run = %child, %error, "canceling a child run failed");
+                }
+            }
+        });
+    }
+}

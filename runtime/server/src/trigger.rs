@@ -1,0 +1,137 @@
+//! Making a run from a trigger: the options of Trigger.dev's wire format that
+//! Kiln acts on, checked against the task, for backends (the trigger route)
+//! and for tasks triggering child runs alike.
+
+use crate::deployments::Deployed;
+use kiln_manifest::Machine;
+use kiln_types::{Run, RunId, Timestamp};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The trigger options this server acts on; the others of the wire format
+/// are accepted and ignored until their issue lands.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct TriggerOptions {
+    pub(crate) payload_type: Option<String>,
+    pub(crate) tags: Option<Value>,
+    pub(crate) max_attempts: Option<u32>,
+    pub(crate) max_duration: Option<u64>,
+    pub(crate) machine: Option<String>,
+    pub(crate) metadata: Option<Value>,
+    #[serde(default)]
+    pub(crate) test: bool,
+    /// Kiln's guest SDK says how a child was triggered (`triggerAndWait`...).
+    pub(crate) trigger_function: Option<String>,
+}
+
+/// Why a trigger was refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum TriggerError {
+    /// No such task in the deployment (404).
+    NotFound(String),
+    /// A malformed option (400).
+    BadRequest(String),
+    /// The payload fails the task's schema (422).
+    Unprocessable(String),
+}
+
+impl TriggerError {
+    /// The message.
+    pub(crate) fn message(&self) -> &str {
+        match self {
+            TriggerError::NotFound(m)
+            | TriggerError::BadRequest(m)
+            | TriggerError::Unprocessable(m) => m,
+        }
+    }
+}
+
+fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
+    let bad = |m: &str| TriggerError::BadRequest(m.to_string());
+    let tags = match value {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s],
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|t| match t {
+                Value::String(s) => Ok(s),
+                _ => Err(bad("tags must be strings")),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(_) => return Err(bad("tags must be a string or an array of strings")),
+    };
+    if tags.len() > 10 {
+        return Err(bad("a run may have at most 10 tags"));
+    }
+    if let Some(long) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
+        return Err(TriggerError::BadRequest(format!(
+            "tag `{long}` must be 1 to 128 characters"
+        )));
+    }
+    Ok(tags)
+}
+
+/// A new `QUEUED` run of `task_id` on `deployed`. `payload` is the plain JSON
+/// value (checked against the task's schema); `stored` and `stored_type` are
+/// what the run keeps (text stays text).
+pub(crate) fn new_run(
+    deployed: &Deployed,
+    task_id: &str,
+    payload: &Value,
+    stored: String,
+    stored_type: String,
+    options: TriggerOptions,
+    now: Timestamp,
+) -> Result<Run, TriggerError> {
+    let Some(task) = deployed.record.manifest.task(task_id) else {
+        return Err(TriggerError::NotFound(format!(
+            "Task `{task_id}` not found in version {}",
+            deployed.record.version
+        )));
+    };
+    deployed
+        .validate_payload(task_id, payload)
+        .map_err(TriggerError::Unprocessable)?;
+    let machine = match options.machine.as_deref() {
+        Some(name) => name
+            .parse::<Machine>()
+            .map_err(|e| TriggerError::BadRequest(e.to_string()))?,
+        None => task.machine,
+    };
+    if options.max_attempts == Some(0) {
+        return Err(TriggerError::BadRequest(
+            "maxAttempts must be at least 1".into(),
+        ));
+    }
+    if options.max_duration == Some(0) {
+        return Err(TriggerError::BadRequest(
+            "maxDuration must be at least 1 second".into(),
+        ));
+    }
+    if let Some(metadata) = &options.metadata
+        && !metadata.is_object()
+    {
+        return Err(TriggerError::BadRequest(
+            "metadata must be a JSON object".into(),
+        ));
+    }
+    Ok(Run {
+        payload_type: stored_type,
+        tags: tags(options.tags)?,
+        metadata: options.metadata,
+        machine,
+        max_attempts: options.max_attempts.unwrap_or(task.retry.max_attempts),
+        retry: task.retry.clone(),
+        max_duration_secs: options.max_duration.or(task.max_duration_secs),
+        is_test: options.test,
+        ..Run::queued(
+            RunId::generate(now.as_millis()),
+            task_id,
+            deployed.record.id.clone(),
+            deployed.record.version.clone(),
+            stored,
+            now,
+        )
+    })
+}

@@ -1,0 +1,124 @@
+//! Child runs: which runs a run triggered, batches, and which parent waits
+//! on which child.
+//!
+//! | key | value |
+//! |---|---|
+//! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
+//! | `batch/<batch id>` | [`BatchRecord`] (JSON) |
+//! | `waiter/<child run id>` | [`Waiter`] (JSON): a suspended parent waits on the child |
+//!
+//! A waiter entry is written when the parent suspends on a child (or on a
+//! batch holding it) and removed when the wake is delivered, so a child that
+//! finishes reads one key to learn whom to wake.
+
+use crate::records::{decode, encode, key};
+use crate::{Batch, Op, Result, Store};
+use kiln_types::{BatchId, RunId, Timestamp};
+use serde::{Deserialize, Serialize};
+
+const CHILD: &[u8] = b"child/";
+const BATCH: &[u8] = b"batch/";
+const WAITER: &[u8] = b"waiter/";
+
+/// A batch of child runs.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchRecord {
+    /// The batch's id.
+    pub id: BatchId,
+    /// The run that triggered it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<RunId>,
+    /// Its runs, in item order.
+    pub runs: Vec<RunId>,
+    /// When it was created.
+    pub created_at: Timestamp,
+}
+
+/// A parent suspended on a child run: which wait the child's end wakes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Waiter {
+    /// The waiting run.
+    pub parent: RunId,
+    /// Its wait.
+    pub wait_id: u64,
+    /// Set when the wait is on the whole batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<BatchId>,
+}
+
+fn child_prefix(parent: &RunId) -> Vec<u8> {
+    let mut k = key(CHILD, parent.as_str().as_bytes());
+    k.push(b'/');
+    k
+}
+
+fn waiter_key(child: &RunId) -> Vec<u8> {
+    key(WAITER, child.as_str().as_bytes())
+}
+
+impl Batch {
+    /// Records that `parent` triggered `child`.
+    pub fn put_child(&mut self, parent: &RunId, child: &RunId) -> &mut Self {
+        let mut k = child_prefix(parent);
+        k.extend_from_slice(child.as_str().as_bytes());
+        self.ops.push(Op::Put(k, Vec::new()));
+        self
+    }
+
+    /// Saves a batch.
+    pub fn put_batch(&mut self, batch: &BatchRecord) -> &mut Self {
+        match encode(batch) {
+            Ok(v) => self
+                .ops
+                .push(Op::Put(key(BATCH, batch.id.as_str().as_bytes()), v)),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Records that a suspended parent waits on `child`.
+    pub fn put_waiter(&mut self, child: &RunId, waiter: &Waiter) -> &mut Self {
+        match encode(waiter) {
+            Ok(v) => self.ops.push(Op::Put(waiter_key(child), v)),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Removes the waiter entry of `child`.
+    pub fn delete_waiter(&mut self, child: &RunId) -> &mut Self {
+        self.ops.push(Op::Delete(waiter_key(child)));
+        self
+    }
+}
+
+impl Store {
+    /// The runs `parent` triggered, oldest first.
+    pub fn children(&self, parent: &RunId) -> Result<Vec<RunId>> {
+        let prefix = child_prefix(parent);
+        Ok(self
+            .backend
+            .scan_prefix(&prefix)?
+            .iter()
+            .filter_map(|(k, _)| {
+                std::str::from_utf8(&k[prefix.len()..])
+                    .ok()
+                    .and_then(|s| RunId::parse(s).ok())
+            })
+            .collect())
+    }
+
+    /// A batch by id.
+    pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
+        let k = key(BATCH, id.as_str().as_bytes());
+        self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// Who waits on `child`, if a suspended parent does.
+    pub fn waiter(&self, child: &RunId) -> Result<Option<Waiter>> {
+        let k = waiter_key(child);
+        self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+}
