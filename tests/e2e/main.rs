@@ -12,3 +12,4 @@ mod limits;
 mod restart;
 mod runs;
 mod schedules;
+mod tokens;

@@ -199,7 +199,7 @@ async fn task_errors_panics_and_unsupported_imports_end_as_they_should() {
     assert_eq!(run["status"], "COMPLETED");
     let error = run["output"]["error"].as_str().unwrap();
     assert!(
-        error.contains("Unsupported") && error.contains("create-token"),
+        error.contains("Unsupported") && error.contains("add-tags"),
         "{error}"
     );
 

@@ -3,7 +3,7 @@
 
 use crate::bindings::wit::kiln::task::{host, types};
 use crate::bindings::wit::{HostError, LogLevel};
-use kiln_types::{HostCall, JournalEntry, LogLine, RunId, Timestamp};
+use kiln_types::{HostCall, JournalEntry, LogLine, RunId, Timestamp, TokenId};
 use rand::RngCore;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -54,6 +54,9 @@ pub struct Spawned {
 /// What a spawn returns.
 pub type SpawnFuture = Pin<Box<dyn Future<Output = Result<Spawned, String>> + Send>>;
 
+/// A token a run created: its id and callback URL.
+pub type TokenFuture = Pin<Box<dyn Future<Output = Result<(TokenId, String), String>> + Send>>;
+
 /// Where an attempt's live host calls are journaled. The executor writes
 /// each one to the store as it happens (in order with everything else the
 /// run commits).
@@ -69,6 +72,15 @@ pub trait JournalSink: Send {
         let _ = (children, batch);
         Box::pin(std::future::ready(Err(
             "child runs are not available here".to_string()
+        )))
+    }
+
+    /// Creates a wait token (options as Trigger.dev's `wait.createToken`)
+    /// and journals the call with its id, in one durable commit.
+    fn create_token(&mut self, options: String) -> TokenFuture {
+        let _ = options;
+        Box::pin(std::future::ready(Err(
+            "wait tokens are not available here".to_string(),
         )))
     }
 }
@@ -395,9 +407,27 @@ impl host::Host for HostState {
 
     async fn create_token(
         &mut self,
-        _options: String,
+        options: String,
     ) -> wasmtime::Result<Result<types::TokenHandle, HostError>> {
-        Ok(Err(unsupported("create-token")))
+        let fits = |c: &HostCall| matches!(c, HostCall::CreateToken { .. });
+        if let Some(HostCall::CreateToken { result, url, error }) =
+            self.replayed(|| "create-token()".into(), fits)?
+        {
+            return Ok(match result {
+                Some(id) => Ok(types::TokenHandle {
+                    id: id.to_string(),
+                    url: url.unwrap_or_default(),
+                }),
+                None => Err(HostError::Invalid(error.unwrap_or_default())),
+            });
+        }
+        Ok(match self.journal.create_token(options).await {
+            Ok((id, url)) => Ok(types::TokenHandle {
+                id: id.to_string(),
+                url,
+            }),
+            Err(error) => Err(HostError::Invalid(error)),
+        })
     }
 
     async fn update_metadata(

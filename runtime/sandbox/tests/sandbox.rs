@@ -164,7 +164,7 @@ async fn panics_and_unsupported_imports_are_reported() {
     match attempt.start(&ctx("unsupported", "null")).await {
         StepOutcome::Step(Step::Completed(out)) => {
             assert!(
-                out.contains("Unsupported") && out.contains("create-token"),
+                out.contains("Unsupported") && out.contains("add-tags"),
                 "{out}"
             )
         }

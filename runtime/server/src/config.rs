@@ -22,6 +22,9 @@ pub struct ServerConfig {
     /// The clock schedules fire by: the system clock, or for tests one that
     /// runs faster.
     pub schedule_clock: crate::ScheduleClock,
+    /// The URL clients reach this server at, for wait tokens' callback URLs
+    /// (`http://<listen address>` when `None`).
+    pub public_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -38,6 +41,7 @@ impl ServerConfig {
             environment: "dev".into(),
             warm_wait: std::time::Duration::from_secs(5),
             schedule_clock: crate::ScheduleClock::default(),
+            public_url: None,
         }
     }
 }

@@ -30,6 +30,21 @@ pub(crate) fn sign(secret: &str, environment: &str, scopes: &[String], now_secs:
     format!("{signing_input}.{signature}")
 }
 
+/// The signature in a wait token's callback URL: HMAC-SHA256 of the token
+/// id under the secret key, hex.
+pub(crate) fn token_signature(secret: &str, token_id: &str) -> String {
+    let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
+        return String::new();
+    };
+    mac.update(b"waitpoint-callback:");
+    mac.update(token_id.as_bytes());
+    hex_encode(&mac.finalize().into_bytes())
+}
+
+fn hex_encode(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -13,6 +13,7 @@
 pub mod api;
 mod config;
 mod deployments;
+mod duration;
 pub mod executor;
 mod jwt;
 mod notify;

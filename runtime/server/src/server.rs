@@ -32,6 +32,11 @@ impl Server {
         let deployments = Arc::new(Deployments::new(sandbox, store.clone()));
         deployments.restore().await?;
         let notifier = Arc::new(Notifier::default());
+        let listener = tokio::net::TcpListener::bind(config.listen).await?;
+        let public_url = match &config.public_url {
+            Some(url) => url.trim_end_matches('/').to_string(),
+            None => format!("http://{}", listener.local_addr()?),
+        };
         let executor = Executor::start(
             store.clone(),
             deployments.clone(),
@@ -40,6 +45,8 @@ impl Server {
                 concurrency: config.concurrency,
                 environment: config.environment.clone(),
                 warm_wait: config.warm_wait,
+                public_url,
+                secret: secret_key.clone(),
             },
         );
         let recovered = executor.recover().await?;
@@ -57,7 +64,6 @@ impl Server {
         schedules.sync().await?;
         // Only after recovery: a run fired now must not also be re-queued.
         schedules.start();
-        let listener = tokio::net::TcpListener::bind(config.listen).await?;
         Ok(Server {
             listener,
             state: AppState {

@@ -19,6 +19,7 @@ mod records;
 pub mod schedules;
 mod sled_backend;
 pub mod snapshot;
+pub mod tokens;
 
 pub use backend::{Backend, Commit, Op};
 pub use children::{BatchRecord, Waiter};

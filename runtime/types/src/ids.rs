@@ -103,6 +103,12 @@ id_type!(
     "batch"
 );
 id_type!(
+    /// A wait token's id (`waitpoint_...`).
+    TokenId,
+    "waitpoint_",
+    "wait token"
+);
+id_type!(
     /// A schedule's id (`sched_...`).
     ScheduleId,
     "sched_",

@@ -6,7 +6,7 @@
 //! it, waits are matched against it, wakes are delivered from it. A call that
 //! differs from its entry is a non-determinism error.
 
-use crate::{AttemptOutcome, RunId, Timestamp};
+use crate::{AttemptOutcome, RunId, Timestamp, TokenId};
 use serde::{Deserialize, Serialize};
 
 /// One host call and what the host answered.
@@ -44,6 +44,19 @@ pub enum HostCall {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// `create-token(options)`: the token it created, in the same commit, or
+    /// why none was.
+    CreateToken {
+        /// The token.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<TokenId>,
+        /// Its callback URL.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        url: Option<String>,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
     /// `batch-trigger(items)`: the batch and runs it created, in the same
     /// commit, or why none were.
     BatchTrigger {
@@ -72,6 +85,7 @@ impl HostCall {
                 format!("log({level}, {short:?})")
             }
             HostCall::Trigger { task, .. } => format!("trigger({task})"),
+            HostCall::CreateToken { .. } => "create-token()".into(),
             HostCall::BatchTrigger { items, .. } => format!("batch-trigger({items} items)"),
         }
     }
@@ -92,6 +106,15 @@ pub enum WaitOn {
         /// The child.
         #[serde(rename = "runId")]
         run_id: RunId,
+    },
+    /// A wait token to be completed, or to time out.
+    Token {
+        /// The token.
+        #[serde(rename = "tokenId")]
+        token_id: TokenId,
+        /// When it times out.
+        #[serde(rename = "timeoutAt", default, skip_serializing_if = "Option::is_none")]
+        timeout_at: Option<Timestamp>,
     },
     /// Every run of a batch to finish.
     Batch {
@@ -140,6 +163,15 @@ pub enum WakeValue {
     Batch {
         /// How, in item order.
         outcomes: Vec<RunOutcome>,
+    },
+    /// A token was completed (with `data`, JSON) or timed out (`error`).
+    Token {
+        /// The data it was completed with.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        data: Option<String>,
+        /// Why it did not complete (it timed out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
     },
 }
 

@@ -11,9 +11,10 @@ mod run;
 mod schedule;
 mod status;
 mod time;
+mod token;
 
 pub use deployment::{DeployedTask, Deployment};
-pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId};
+pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId, TokenId};
 pub use journal::{
     HostCall, JournalEntry, JournalRecord, RunOutcome, WaitOn, WaitRecord, WakeValue,
 };
@@ -21,3 +22,4 @@ pub use run::{Attempt, AttemptOutcome, LogLine, ParentRun, Run, RunError};
 pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;
 pub use time::Timestamp;
+pub use token::{TokenStatus, WaitToken};

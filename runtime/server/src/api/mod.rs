@@ -11,6 +11,9 @@
 //! | `GET`/`PUT`/`DELETE /api/v1/schedules/{id}` | retrieve, update, delete a schedule |
 //! | `POST /api/v1/schedules/{id}/activate`, `/deactivate` | turn a schedule on or off |
 //! | `GET /api/v1/timezones` | IANA time zones, no auth |
+//! | `POST`/`GET /api/v1/waitpoints/tokens` | create, list wait tokens |
+//! | `GET /api/v1/waitpoints/tokens/{id}`, `POST .../complete` | retrieve, complete a token |
+//! | `POST /api/v1/waitpoints/tokens/{id}/callback/{signature}` | complete through its URL, no auth |
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /healthz` | liveness, no auth |
@@ -20,6 +23,7 @@ mod error;
 mod run_list;
 mod runs;
 mod schedules;
+mod tokens;
 
 pub use error::ApiError;
 
@@ -73,6 +77,15 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/schedules/{id}/activate", post(schedules::activate))
         .route(
+            "/api/v1/waitpoints/tokens",
+            post(tokens::create).get(tokens::list),
+        )
+        .route("/api/v1/waitpoints/tokens/{id}", get(tokens::retrieve))
+        .route(
+            "/api/v1/waitpoints/tokens/{id}/complete",
+            post(tokens::complete),
+        )
+        .route(
             "/api/v1/schedules/{id}/deactivate",
             post(schedules::deactivate),
         )
@@ -87,6 +100,10 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/timezones", get(schedules::timezones))
+        .route(
+            "/api/v1/waitpoints/tokens/{id}/callback/{signature}",
+            post(tokens::callback),
+        )
         .merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })
         .with_state(state)
@@ -115,6 +132,6 @@ async fn auth(
     }
 }
 
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

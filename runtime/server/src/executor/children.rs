@@ -43,6 +43,10 @@ impl JournalSink for AttemptSink {
         self.writer.record(call);
     }
 
+    fn create_token(&mut self, options: String) -> kiln_sandbox::TokenFuture {
+        self.make_token(options)
+    }
+
     fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {
         let writer = self.writer.clone();
         let executor = self.executor.clone();
@@ -202,6 +206,7 @@ impl Executor {
         };
         Ok(match &wait.on {
             WaitOn::Timer { .. } => None,
+            WaitOn::Token { token_id, .. } => self.token_wake(token_id)?,
             WaitOn::Run { run_id } => finished(run_id)?.map(|run| WakeValue::Run {
                 outcome: outcome_of(&run),
             }),
@@ -222,7 +227,7 @@ impl Executor {
     /// waits.
     pub(crate) fn put_waiters(batch: &mut Batch, parent: &RunId, wait: &WaitRecord) {
         match &wait.on {
-            WaitOn::Timer { .. } => {}
+            WaitOn::Timer { .. } | WaitOn::Token { .. } => {}
             WaitOn::Run { run_id } => {
                 batch.put_waiter(
                     run_id,
@@ -249,20 +254,17 @@ impl Executor {
         }
     }
 
-    /// Journals wakes for a `WAITING` run and queues it, in one commit; the
-    /// caller holds the run's lock. Also removes the waiter entries of what
-    /// woke it.
+    /// Journals wakes for a `WAITING` run and queues it, in one commit with
+    /// `extra` (which removes the waiter entries of what woke it); the caller
+    /// holds the run's lock.
     pub(crate) async fn deliver_locked(
         &self,
         parent: &Run,
         wakes: Vec<(u64, WakeValue)>,
-        done_children: &[RunId],
+        extra: Batch,
     ) -> anyhow::Result<()> {
         let store = &self.shared.store;
-        let mut batch = Batch::default();
-        for child in done_children {
-            batch.delete_waiter(child);
-        }
+        let mut batch = extra;
         if parent.status != RunStatus::Waiting || wakes.is_empty() {
             if parent.status.is_final() {
                 store.commit(batch).await?;
@@ -330,7 +332,11 @@ impl Executor {
         };
         match self.ready_wake(&wait)? {
             Some(value) => {
-                self.deliver_locked(&parent, vec![(wait.id, value)], &children)
+                let mut extra = Batch::default();
+                for child in &children {
+                    extra.delete_waiter(child);
+                }
+                self.deliver_locked(&parent, vec![(wait.id, value)], extra)
                     .await
             }
             None => Ok(()),

@@ -548,8 +548,10 @@ impl<'a> Slice<'a> {
         for timer in &timers {
             batch.put_timer(timer);
         }
+        let mut timers = timers;
         for wait in self.pending.values() {
             Executor::put_waiters(&mut batch, &self.run.id, wait);
+            timers.extend(Executor::put_token_waiter(&mut batch, &self.run.id, wait));
         }
         batch.put_run(&t.run);
         shared
@@ -560,12 +562,32 @@ impl<'a> Slice<'a> {
         // Children that finished before the run suspended wake it now, under
         // the lock that a finishing child takes to look for its waiter.
         let mut wakes = Vec::new();
-        let mut done = Vec::new();
+        let mut done = Batch::default();
         for wait in self.pending.values() {
             if let Some(value) = self.executor.ready_wake(wait).map_err(|e| e.to_string())? {
                 match &wait.on {
-                    WaitOn::Run { run_id } => done.push(run_id.clone()),
-                    WaitOn::Batch { runs, .. } => done.extend(runs.iter().cloned()),
+                    WaitOn::Run { run_id } => {
+                        done.delete_waiter(run_id);
+                    }
+                    WaitOn::Batch { runs, .. } => {
+                        for run in runs {
+                            done.delete_waiter(run);
+                        }
+                    }
+                    WaitOn::Token {
+                        token_id,
+                        timeout_at,
+                    } => {
+                        done.delete_token_waiter(token_id);
+                        if let Some(due) = timeout_at {
+                            done.delete_token_wait(&self.run.id, wait.id)
+                                .delete_timer(&TimerKey {
+                                    due: *due,
+                                    run_id: self.run.id.clone(),
+                                    wait_id: wait.id,
+                                });
+                        }
+                    }
                     WaitOn::Timer { .. } => {}
                 }
                 wakes.push((wait.id, value));
@@ -573,7 +595,7 @@ impl<'a> Slice<'a> {
         }
         if !wakes.is_empty() {
             self.executor
-                .deliver_locked(&t.run, wakes, &done)
+                .deliver_locked(&t.run, wakes, done)
                 .await
                 .map_err(|e| e.to_string())?;
         }
@@ -695,6 +717,19 @@ fn wait_record(
             let run_id = RunId::parse(id).map_err(|e| format!("waiting on run `{id}`: {e}"))?;
             WaitOn::Run { run_id }
         }
+        wit::WaitKind::Token(id) => {
+            let token_id = kiln_types::TokenId::parse(id)
+                .map_err(|e| format!("waiting on token `{id}`: {e}"))?;
+            let token = store
+                .token(&token_id)
+                .ok()
+                .flatten()
+                .ok_or_else(|| format!("waiting on token `{id}`, which does not exist"))?;
+            WaitOn::Token {
+                token_id,
+                timeout_at: token.timeout_at,
+            }
+        }
         wit::WaitKind::Batch(id) => {
             let batch = kiln_types::BatchId::parse(id)
                 .ok()
@@ -707,7 +742,7 @@ fn wait_record(
         }
         _ => {
             return Err(
-                "this server supports timer, child-run and batch waits so far (tokens and fetch come later)"
+                "this server supports timer, child-run, batch and token waits so far (fetch comes later)"
                     .into(),
             );
         }
@@ -727,6 +762,9 @@ fn compare_waits(waits: &[wit::Wait], journaled: &[WaitRecord]) -> Option<String
                     }
                     (wit::WaitKind::Run(id), WaitOn::Run { run_id }) => id == run_id.as_str(),
                     (wit::WaitKind::Batch(id), WaitOn::Batch { batch_id, .. }) => id == batch_id,
+                    (wit::WaitKind::Token(id), WaitOn::Token { token_id, .. }) => {
+                        id == token_id.as_str()
+                    }
                     _ => false,
                 }
         });
@@ -750,6 +788,10 @@ fn wake(id: u64, value: WakeValue) -> wit::Wake {
             WakeValue::Batch { outcomes } => {
                 wit::WakeValue::Batch(outcomes.into_iter().map(run_outcome).collect())
             }
+            WakeValue::Token { data, error } => wit::WakeValue::Token(match (data, error) {
+                (Some(data), _) => Ok(data),
+                (None, error) => Err(error.unwrap_or_else(|| "the token timed out".into())),
+            }),
         },
     }
 }

@@ -20,6 +20,9 @@ mod driver;
 mod journal;
 mod locks;
 mod timers;
+mod tokens;
+
+pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
 use crate::deployments::Deployments;
 use crate::notify::Notifier;
@@ -47,6 +50,10 @@ pub struct ExecutorConfig {
     /// Timer waits at most this long are slept with the instance kept warm
     /// (journaled the same); longer ones snapshot the guest and free its slot.
     pub warm_wait: Duration,
+    /// The server's base URL, for wait tokens' callback URLs.
+    pub public_url: String,
+    /// The secret key, which signs callback URLs.
+    pub secret: String,
 }
 
 /// Hands runs to the executor and controls them.
@@ -242,6 +249,16 @@ impl Executor {
         };
         let t = apply(&run, Event::Woken, Timestamp::now())?;
         let seq = store.last_journal_seq(&run.id)? + 1;
+        // A token wait's timeout is a timer too: it wakes with the timeout.
+        let value = match store.token_wait(&run.id, timer.wait_id)? {
+            Some(token) => {
+                batch
+                    .delete_token_wait(&run.id, timer.wait_id)
+                    .delete_token_waiter(&token);
+                tokens::timed_out(&token)
+            }
+            None => WakeValue::Timer,
+        };
         batch.append_journal(
             &run.id,
             &JournalRecord {
@@ -249,7 +266,7 @@ impl Executor {
                 at: Timestamp::now(),
                 entry: JournalEntry::Wake {
                     id: timer.wait_id,
-                    value: WakeValue::Timer,
+                    value,
                 },
             },
         );

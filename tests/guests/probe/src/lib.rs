@@ -56,16 +56,13 @@ pub struct Unsupported {
     pub error: String,
 }
 
-/// Calls `create-token`, which this server does not support yet, and returns
-/// the host's error as its output: the guest sees an error value, not a trap.
+/// Calls `add-tags`, which this server does not support yet, and returns the
+/// host's error as its output: the guest sees an error value, not a trap.
 #[task(id = "unsupported")]
 pub async fn unsupported(_payload: Value, _ctx: &Context) -> Result<Unsupported, TaskError> {
     use kiln_sdk::bindings::kiln::task::host;
-    match host::create_token("{}") {
-        Ok(token) => Err(TaskError::new(format!(
-            "create-token unexpectedly worked: {}",
-            token.id
-        ))),
+    match host::add_tags(&["x".to_string()]) {
+        Ok(()) => Err(TaskError::new("add-tags unexpectedly worked")),
         Err(error) => Ok(Unsupported {
             error: format!("{error:?}"),
         }),
@@ -379,6 +376,42 @@ pub async fn spawn_then_spin(payload: DrawSpin, ctx: &Context) -> Result<Value, 
     Ok(serde_json::json!({ "child": id, "output": result.unwrap()? }))
 }
 
+/// Which token to wait on, or how to make one.
+#[derive(Debug, Deserialize)]
+pub struct TokenWait {
+    /// A token made by a backend; when absent the task makes its own.
+    #[serde(default)]
+    pub token: Option<String>,
+    /// The timeout of a token the task makes.
+    #[serde(default)]
+    pub timeout: Option<String>,
+}
+
+/// Waits on a wait token and returns its data, or the timeout.
+#[task(id = "wait-token")]
+pub async fn wait_token(payload: TokenWait, ctx: &Context) -> Result<Value, TaskError> {
+    let id = match payload.token {
+        Some(id) => id,
+        None => {
+            let token = kiln_sdk::wait::create_token(kiln_sdk::wait::TokenOptions {
+                timeout: payload.timeout,
+                tags: vec!["probe".into()],
+                ..Default::default()
+            })
+            .await?;
+            ctx.log
+                .info("token", &[("id", &token.id), ("url", &token.url)]);
+            token.id
+        }
+    };
+    Ok(
+        match kiln_sdk::wait::for_token::<Value>(id.clone()).await? {
+            Ok(data) => serde_json::json!({ "token": id, "data": data }),
+            Err(timeout) => serde_json::json!({ "token": id, "timeout": timeout.message }),
+        },
+    )
+}
+
 kiln_sdk::bundle!(
     hooked,
     flaky_block,
@@ -392,5 +425,6 @@ kiln_sdk::bundle!(
     hold_heap,
     draw_spin,
     parent,
-    spawn_then_spin
+    spawn_then_spin,
+    wait_token
 );

@@ -1,0 +1,323 @@
+//! Wait tokens: created by a backend or from inside a task, waited on by a
+//! suspended run, completed through the API or the token's callback URL,
+//! or timed out by a durable timer.
+//!
+//! As with child runs, a run that suspends on a token writes a waiter entry
+//! and then looks at the token; completing a token writes its status and
+//! then looks for a waiter. Whichever comes second delivers the wake, under
+//! the run's lock, and the delivery removes the waiter entry, so the wake
+//! is delivered once.
+
+use super::Executor;
+use super::children::AttemptSink;
+use crate::duration::{parse_instant, parse_ms};
+use kiln_sandbox::TokenFuture;
+use kiln_store::{Batch, TimerKey, Waiter};
+use kiln_types::{
+    HostCall, JournalEntry, RunId, Timestamp, TokenId, TokenStatus, WaitOn, WaitRecord, WaitToken,
+    WakeValue,
+};
+use serde::Deserialize;
+use serde_json::Value;
+
+/// The default idempotency key lifetime (Trigger.dev's: 30 days).
+const DEFAULT_KEY_TTL_MS: u64 = 30 * 86_400_000;
+/// The largest completion data accepted.
+pub const MAX_TOKEN_DATA: usize = 10 * 1024 * 1024;
+
+/// Options for a new token, as Trigger.dev's `wait.createToken`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TokenOptions {
+    /// `"10m"`, an ISO date, or seconds.
+    pub timeout: Option<Value>,
+    /// Returns the existing token created with the same key.
+    pub idempotency_key: Option<String>,
+    /// How long the key deduplicates (`"1h"`; 30 days by default).
+    #[serde(rename = "idempotencyKeyTTL")]
+    pub idempotency_key_ttl: Option<String>,
+    /// Tags (a string or a list).
+    pub tags: Option<Value>,
+}
+
+/// Why a token call was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum TokenError {
+    /// No such token.
+    #[error("Waitpoint token not found")]
+    NotFound,
+    /// Bad options or data.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kiln_store::StoreError),
+    /// Something else failed.
+    #[error(transparent)]
+    Other(#[from] anyhow::Error),
+}
+
+fn tags(value: Option<Value>) -> Result<Vec<String>, String> {
+    match value {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(s)) => Ok(vec![s]),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|t| match t {
+                Value::String(s) if !s.is_empty() && s.len() <= 128 => Ok(s),
+                _ => Err("tags must be strings of 1 to 128 characters".to_string()),
+            })
+            .collect(),
+        Some(_) => Err("tags must be a string or a list of strings".into()),
+    }
+}
+
+impl Executor {
+    /// The callback URL that completes a token without an API key: the
+    /// token id signed with the server's key.
+    pub fn token_url(&self, id: &TokenId) -> String {
+        format!(
+            "{}/api/v1/waitpoints/tokens/{id}/callback/{}",
+            self.shared.config.public_url,
+            crate::jwt::token_signature(&self.shared.config.secret, id.as_str())
+        )
+    }
+
+    /// A new token, or the live one created earlier with the same
+    /// idempotency key (`true` when cached). The caller commits `batch`.
+    fn new_token(
+        &self,
+        options: TokenOptions,
+        batch: &mut Batch,
+    ) -> Result<(WaitToken, bool), String> {
+        let now = Timestamp::now();
+        if let Some(key) = &options.idempotency_key
+            && let Some(existing) = self
+                .shared
+                .store
+                .token_by_key(key)
+                .map_err(|e| e.to_string())?
+            && existing.idempotency_key_expires_at.is_none_or(|t| t > now)
+        {
+            return Ok((existing, true));
+        }
+        let timeout_at = options
+            .timeout
+            .as_ref()
+            .map(|t| parse_instant(t, now))
+            .transpose()
+            .map_err(|e| format!("timeout: {e}"))?;
+        let ttl = match &options.idempotency_key_ttl {
+            Some(ttl) => parse_ms(ttl).map_err(|e| format!("idempotencyKeyTTL: {e}"))?,
+            None => DEFAULT_KEY_TTL_MS,
+        };
+        let token = WaitToken {
+            id: TokenId::generate(now.as_millis()),
+            status: TokenStatus::Waiting,
+            tags: tags(options.tags)?,
+            timeout_at,
+            idempotency_key_expires_at: options
+                .idempotency_key
+                .as_ref()
+                .map(|_| Timestamp(now.as_millis().saturating_add(ttl))),
+            idempotency_key: options.idempotency_key,
+            output: None,
+            created_at: now,
+            completed_at: None,
+        };
+        batch.put_token(&token);
+        Ok((token, false))
+    }
+
+    /// Creates a token for a backend.
+    pub async fn create_token(
+        &self,
+        options: TokenOptions,
+    ) -> Result<(WaitToken, bool), TokenError> {
+        let mut batch = Batch::default();
+        let (token, cached) = self
+            .new_token(options, &mut batch)
+            .map_err(TokenError::Invalid)?;
+        if !cached {
+            self.shared.store.commit(batch).await?;
+        }
+        Ok((token, cached))
+    }
+
+    /// A token by id.
+    pub fn token(&self, id: &TokenId) -> Result<WaitToken, TokenError> {
+        self.shared.store.token(id)?.ok_or(TokenError::NotFound)
+    }
+
+    /// What a token wait wakes with now, if anything.
+    pub(crate) fn token_wake(&self, id: &TokenId) -> kiln_store::Result<Option<WakeValue>> {
+        let Some(token) = self.shared.store.token(id)? else {
+            return Ok(Some(WakeValue::Token {
+                data: None,
+                error: Some(format!("wait token {id} does not exist")),
+            }));
+        };
+        Ok(match token.status_at(Timestamp::now()) {
+            TokenStatus::Waiting => None,
+            TokenStatus::Completed => Some(WakeValue::Token {
+                data: Some(token.output.unwrap_or_else(|| "null".into())),
+                error: None,
+            }),
+            TokenStatus::TimedOut => Some(timed_out(id)),
+        })
+    }
+
+    /// The entries a suspending run writes for a token wait: the waiter, and
+    /// the timeout as a durable timer (returned, to arm it).
+    pub(crate) fn put_token_waiter(
+        batch: &mut Batch,
+        run: &RunId,
+        wait: &WaitRecord,
+    ) -> Option<TimerKey> {
+        let WaitOn::Token {
+            token_id,
+            timeout_at,
+        } = &wait.on
+        else {
+            return None;
+        };
+        batch.put_token_waiter(
+            token_id,
+            &Waiter {
+                parent: run.clone(),
+                wait_id: wait.id,
+                batch: None,
+            },
+        );
+        let due = (*timeout_at)?;
+        batch.put_token_wait(run, wait.id, token_id);
+        let timer = TimerKey {
+            due,
+            run_id: run.clone(),
+            wait_id: wait.id,
+        };
+        batch.put_timer(&timer);
+        Some(timer)
+    }
+
+    /// Completes a token with `data` (JSON) and wakes the run suspended on
+    /// it. Completing a completed token changes nothing.
+    pub async fn complete_token(
+        &self,
+        id: &TokenId,
+        data: String,
+    ) -> Result<WaitToken, TokenError> {
+        if data.len() > MAX_TOKEN_DATA {
+            return Err(TokenError::Invalid(format!(
+                "the data is {} bytes, over the limit of {MAX_TOKEN_DATA}",
+                data.len()
+            )));
+        }
+        let store = &self.shared.store;
+        let mut token = self.token(id)?;
+        let now = Timestamp::now();
+        match token.status_at(now) {
+            TokenStatus::Waiting => {}
+            TokenStatus::Completed => return Ok(token),
+            TokenStatus::TimedOut => {
+                return Err(TokenError::Invalid(format!(
+                    "wait token {id} timed out before it was completed"
+                )));
+            }
+        }
+        token.status = TokenStatus::Completed;
+        token.output = Some(data.clone());
+        token.completed_at = Some(now);
+        let mut batch = Batch::default();
+        batch.put_token(&token);
+        store.commit(batch).await?;
+        // Then look for a suspended waiter (see the module's note).
+        let Some(waiter) = store.token_waiter(id)? else {
+            return Ok(token);
+        };
+        let _guard = self.shared.locks.lock(&waiter.parent).await;
+        if store.token_waiter(id)?.is_none() {
+            return Ok(token);
+        }
+        let Some(run) = store.run(&waiter.parent)? else {
+            return Ok(token);
+        };
+        let mut extra = Batch::default();
+        extra.delete_token_waiter(id);
+        if let Some(due) = token.timeout_at {
+            extra
+                .delete_token_wait(&run.id, waiter.wait_id)
+                .delete_timer(&TimerKey {
+                    due,
+                    run_id: run.id.clone(),
+                    wait_id: waiter.wait_id,
+                });
+        }
+        let value = WakeValue::Token {
+            data: Some(data),
+            error: None,
+        };
+        self.deliver_locked(&run, vec![(waiter.wait_id, value)], extra)
+            .await?;
+        Ok(token)
+    }
+
+    /// Every token, newest first.
+    pub fn tokens(&self) -> Result<Vec<WaitToken>, TokenError> {
+        let mut all = self.shared.store.tokens()?;
+        all.reverse();
+        Ok(all)
+    }
+}
+
+/// The wake of a token that timed out.
+pub(crate) fn timed_out(id: &TokenId) -> WakeValue {
+    WakeValue::Token {
+        data: None,
+        error: Some(format!("wait token {id} timed out")),
+    }
+}
+
+impl AttemptSink {
+    /// Creates a token from inside a task, journaled with its id.
+    pub(crate) fn make_token(&mut self, options: String) -> TokenFuture {
+        let writer = self.writer.clone();
+        let executor = self.executor.clone();
+        Box::pin(async move {
+            let parsed: Result<TokenOptions, String> = if options.trim().is_empty() {
+                Ok(TokenOptions::default())
+            } else {
+                serde_json::from_str(&options).map_err(|e| format!("invalid token options: {e}"))
+            };
+            let mut batch = Batch::default();
+            let made = parsed.and_then(|o| executor.new_token(o, &mut batch));
+            let (token, _) = match made {
+                Ok(made) => made,
+                Err(error) => {
+                    writer.append(JournalEntry::HostCall(HostCall::CreateToken {
+                        result: None,
+                        url: None,
+                        error: Some(error.clone()),
+                    }));
+                    return Err(error);
+                }
+            };
+            let url = executor.token_url(&token.id);
+            writer.append_to(
+                &mut batch,
+                JournalEntry::HostCall(HostCall::CreateToken {
+                    result: Some(token.id.clone()),
+                    url: Some(url.clone()),
+                    error: None,
+                }),
+            );
+            executor
+                .shared
+                .store
+                .commit(batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((token.id, url))
+        })
+    }
+}
