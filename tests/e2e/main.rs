@@ -7,6 +7,7 @@ mod harness;
 mod children;
 mod deploy;
 mod durable;
+mod examples;
 mod hooks;
 mod limits;
 mod restart;
