@@ -21,6 +21,10 @@ pub struct Args {
     /// longer ones snapshot it and free its slot.
     #[arg(long, default_value_t = 5_000, env = "KILN_WARM_WAIT_MS")]
     warm_wait_ms: u64,
+    /// The URL clients reach this server at, used in wait tokens' callback
+    /// URLs (default: http://<listen address>).
+    #[arg(long, env = "KILN_PUBLIC_URL")]
+    public_url: Option<String>,
     /// For tests: schedules fire by a clock that runs RATE times faster than
     /// real time from the real instant ANCHOR_MS (`ANCHOR_MS:RATE`).
     #[arg(long, hide = true, env = "KILN_SCHEDULE_CLOCK")]
@@ -44,6 +48,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.concurrency = n.max(1);
     }
     config.warm_wait = std::time::Duration::from_millis(args.warm_wait_ms);
+    config.public_url = args.public_url.clone();
     if let Some(clock) = &args.schedule_clock {
         config.schedule_clock = kiln_server::ScheduleClock::parse(clock)
             .map_err(|e| anyhow::anyhow!("--schedule-clock: {e}"))?;
