@@ -242,3 +242,45 @@ async fn sdk_payload_packets_are_understood() {
             .contains("Invalid request body")
     );
 }
+
+#[tokio::test]
+async fn an_idempotency_key_returns_the_same_run_within_its_ttl_and_a_new_one_after() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    // What the official SDK sends for idempotencyKey "order-42": its SHA-256,
+    // with the key itself in idempotencyKeyOptions.
+    let options = json!({
+        "idempotencyKey": "7d7e7c0c1f3f4a8a9a3e8f0a4b7d2c1e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c",
+        "idempotencyKeyOptions": {"key": "order-42", "scope": "run"},
+        "idempotencyKeyTTL": "2s",
+    });
+    let (status, first) = kiln
+        .trigger("hello-world", json!({"name": "Ada"}), options.clone())
+        .await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["isCached"], false);
+    let (_, second) = kiln
+        .trigger("hello-world", json!({"name": "Ada"}), options.clone())
+        .await;
+    assert_eq!(second["id"], first["id"]);
+    assert_eq!(second["isCached"], true);
+    let run = kiln.finished(first["id"].as_str().unwrap()).await;
+    assert_eq!(run["idempotencyKey"], "order-42");
+    // A key that has expired makes a new run.
+    tokio::time::sleep(std::time::Duration::from_millis(2_100)).await;
+    let (_, third) = kiln
+        .trigger("hello-world", json!({"name": "Ada"}), options)
+        .await;
+    assert_ne!(third["id"], first["id"]);
+    assert_eq!(third["isCached"], false);
+    // A bad TTL is refused.
+    let (status, error) = kiln
+        .trigger(
+            "hello-world",
+            json!({"name": "Ada"}),
+            json!({"idempotencyKey": "k", "idempotencyKeyTTL": "soon"}),
+        )
+        .await;
+    assert_eq!(status, 400, "{error}");
+}

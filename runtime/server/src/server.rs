@@ -72,6 +72,7 @@ impl Server {
                 executor,
                 schedules,
                 notifier,
+                idempotency: Arc::default(),
                 secret_key: secret_key.into(),
                 environment: config.environment.into(),
             },

@@ -23,6 +23,20 @@ pub(crate) struct TriggerOptions {
     pub(crate) test: bool,
     /// Kiln's guest SDK says how a child was triggered (`triggerAndWait`...).
     pub(crate) trigger_function: Option<String>,
+    /// The SDK's SHA-256 of the user's idempotency key.
+    pub(crate) idempotency_key: Option<String>,
+    /// The user's key as given, and its scope.
+    pub(crate) idempotency_key_options: Option<IdempotencyKeyOptions>,
+    /// How long the key deduplicates (`"1h"`; 30 days by default).
+    #[serde(rename = "idempotencyKeyTTL")]
+    pub(crate) idempotency_key_ttl: Option<String>,
+}
+
+/// The user's idempotency key as the SDK sends it beside its hash.
+#[derive(Debug, Default, Deserialize)]
+pub(crate) struct IdempotencyKeyOptions {
+    /// The key as the user wrote it.
+    pub(crate) key: Option<String>,
 }
 
 /// Why a trigger was refused.
@@ -116,8 +130,14 @@ pub(crate) fn new_run(
             "metadata must be a JSON object".into(),
         ));
     }
+    let idempotency_key = options
+        .idempotency_key_options
+        .as_ref()
+        .and_then(|o| o.key.clone())
+        .or_else(|| options.idempotency_key.clone());
     Ok(Run {
         payload_type: stored_type,
+        idempotency_key,
         tags: tags(options.tags)?,
         metadata: options.metadata,
         machine,

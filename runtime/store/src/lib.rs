@@ -24,7 +24,7 @@ pub mod tokens;
 pub use backend::{Backend, Commit, Op};
 pub use children::{BatchRecord, Waiter};
 pub use memory::MemoryBackend;
-pub use records::{Batch, Store, StoredLayer, TimerKey};
+pub use records::{Batch, IdempotentRun, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;
 pub use sled_backend::SledBackend;
 pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};

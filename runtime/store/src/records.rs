@@ -9,6 +9,7 @@
 //! | `journal/<run id>/<seq: u64 BE>` | [`JournalRecord`] (JSON) |
 //! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a [`SnapshotLayer`] |
 //! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
+//! | `idem/<idempotency key hash>` | [`IdempotentRun`] (JSON): the run a trigger's key made |
 //!
 //! Schedules have their own keyspaces; see [`crate::schedules`].
 //!
@@ -377,5 +378,36 @@ impl Store {
             }
         }
         Ok(runs)
+    }
+}
+
+const IDEM: &[u8] = b"idem/";
+
+/// A trigger's idempotency key: the run it made, until when it counts.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IdempotentRun {
+    /// The run the key made.
+    pub run: RunId,
+    /// When the key stops deduplicating.
+    pub expires_at: Timestamp,
+}
+
+impl Batch {
+    /// Records the run an idempotency key made (`idem/<key>`).
+    pub fn put_idempotency_key(&mut self, key_hash: &str, entry: &IdempotentRun) -> &mut Self {
+        match encode(entry) {
+            Ok(v) => self.ops.push(Op::Put(key(IDEM, key_hash.as_bytes()), v)),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+}
+
+impl Store {
+    /// The run an idempotency key made, if the key is recorded.
+    pub fn idempotent_run(&self, key_hash: &str) -> Result<Option<IdempotentRun>> {
+        let k = key(IDEM, key_hash.as_bytes());
+        self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 }

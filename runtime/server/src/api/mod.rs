@@ -53,6 +53,8 @@ pub struct AppState {
     pub(crate) executor: Executor,
     pub(crate) schedules: Schedules,
     pub(crate) notifier: Arc<Notifier>,
+    /// Serialises triggers that carry an idempotency key.
+    pub(crate) idempotency: Arc<tokio::sync::Mutex<()>>,
     pub(crate) secret_key: Arc<str>,
     pub(crate) environment: Arc<str>,
 }

@@ -95,6 +95,12 @@ pub(super) async fn trigger(
         Some(text) if payload_type == "text/plain" => (text, payload_type),
         _ => (payload.to_string(), "application/json".to_string()),
     };
+    let run_key = options.idempotency_key.clone().filter(|k| !k.is_empty());
+    let key_ttl_ms = match &options.idempotency_key_ttl {
+        Some(ttl) => crate::duration::parse_ms(ttl)
+            .map_err(|e| ApiError::bad_request(format!("idempotencyKeyTTL: {e}")))?,
+        None => 30 * 86_400_000,
+    };
     let run = crate::trigger::new_run(
         &deployed,
         &task_id,
@@ -104,19 +110,48 @@ pub(super) async fn trigger(
         options,
         now,
     )?;
-    state.store.put_run(&run).await?;
+    // An idempotency key that made a run within its TTL returns that run.
+    let key = run_key;
+    let _keyed = match &key {
+        Some(_) => Some(state.idempotency.lock().await),
+        None => None,
+    };
+    if let Some(key) = &key
+        && let Some(entry) = state.store.idempotent_run(key)?
+        && entry.expires_at > now
+        && state.store.run(&entry.run)?.is_some()
+    {
+        return Ok(respond(&state, &entry.run, true, now));
+    }
+    let mut batch = kiln_store::Batch::default();
+    batch.put_run(&run);
+    if let Some(key) = &key {
+        batch.put_idempotency_key(
+            key,
+            &kiln_store::IdempotentRun {
+                run: run.id.clone(),
+                expires_at: Timestamp(now.as_millis().saturating_add(key_ttl_ms)),
+            },
+        );
+    }
+    state.store.commit(batch).await?;
     state.executor.enqueue(run.id.clone());
+    Ok(respond(&state, &run.id, false, now))
+}
+
+/// The trigger response: `{id, isCached}` and the run's public token.
+fn respond(state: &AppState, id: &RunId, cached: bool, now: Timestamp) -> (HeaderMap, Json<Value>) {
     let jwt = crate::jwt::sign(
         &state.secret_key,
         &state.environment,
-        &[format!("read:runs:{}", run.id)],
+        &[format!("read:runs:{id}")],
         now.as_millis() / 1000,
     );
     let mut headers = HeaderMap::new();
     if let Ok(value) = jwt.parse() {
         headers.insert("x-trigger-jwt", value);
     }
-    Ok((headers, Json(json!({ "id": run.id }))))
+    (headers, Json(json!({ "id": id, "isCached": cached })))
 }
 
 #[derive(Debug, Deserialize)]
