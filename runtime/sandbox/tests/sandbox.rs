@@ -9,6 +9,14 @@ fn sandbox(dir: &tempfile::TempDir) -> Sandbox {
     Sandbox::new(SandboxConfig::new(dir.path().join("compiled"))).unwrap()
 }
 
+/// A bundle built by the fixtures, loaded into a sandbox on `dir`.
+async fn load(dir: &tempfile::TempDir, bundle: &str) -> kiln_sandbox::LoadedBundle {
+    sandbox(dir)
+        .load(&kiln_fixtures::read(bundle))
+        .await
+        .unwrap()
+}
+
 fn ctx(task: &str, payload: &str) -> StartContext {
     StartContext {
         run_id: "run_test".into(),
@@ -28,11 +36,7 @@ fn ctx(task: &str, payload: &str) -> StartContext {
 #[tokio::test]
 async fn hello_world_completes_and_logs() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = sandbox(&dir);
-    let bundle = sandbox
-        .load(&kiln_fixtures::read(kiln_fixtures::HELLO_WORLD))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::HELLO_WORLD).await;
     assert_eq!(bundle.manifest().tasks[0].id, "hello-world");
     let mut attempt = bundle
         .instantiate(Limits::for_machine(Machine::Small1x, None))
@@ -62,10 +66,7 @@ async fn hello_world_completes_and_logs() {
 #[tokio::test]
 async fn the_schema_task_carries_its_schema() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir)
-        .load(&kiln_fixtures::read(kiln_fixtures::CSV_EXPORT))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::CSV_EXPORT).await;
     let schema = bundle.manifest().tasks[0].payload_schema.clone().unwrap();
     assert_eq!(schema["properties"]["organizationId"]["format"], "uuid");
     assert_eq!(schema["properties"]["since"]["format"], "date");
@@ -98,10 +99,7 @@ async fn malformed_bundles_are_refused_with_a_reason() {
 #[tokio::test]
 async fn memory_past_the_cap_is_out_of_memory() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir)
-        .load(&kiln_fixtures::read(kiln_fixtures::LIMITS))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::LIMITS).await;
     let mut attempt = bundle
         .instantiate(Limits::for_machine(Machine::Micro, None))
         .await
@@ -124,10 +122,7 @@ async fn memory_past_the_cap_is_out_of_memory() {
 #[tokio::test]
 async fn a_busy_loop_past_max_duration_times_out() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir)
-        .load(&kiln_fixtures::read(kiln_fixtures::LIMITS))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::LIMITS).await;
     let limits = Limits::for_machine(Machine::Small2x, Some(Duration::from_millis(200)));
     let mut attempt = bundle.instantiate(limits).await.unwrap();
     let started = std::time::Instant::now();
@@ -145,10 +140,7 @@ async fn a_busy_loop_past_max_duration_times_out() {
 #[tokio::test]
 async fn panics_and_unsupported_imports_are_reported() {
     let dir = tempfile::tempdir().unwrap();
-    let bundle = sandbox(&dir)
-        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::PROBE).await;
     let limits = Limits::for_machine(Machine::Small1x, None);
     let mut attempt = bundle.instantiate(limits).await.unwrap();
     match attempt
@@ -248,11 +240,7 @@ async fn resuming_from_a_snapshot_does_not_redo_pre_wait_work() {
 #[tokio::test]
 async fn fifty_mib_of_heap_survive_a_snapshot() {
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = sandbox(&dir);
-    let bundle = sandbox
-        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::PROBE).await;
     let limits = Limits::for_machine(Machine::Medium1x, None);
     let mut first = bundle.instantiate(limits).await.unwrap();
     let wait = waiting_on(first.start(&ctx("hold-heap", r#"{"mib": 50}"#)).await);
@@ -276,11 +264,7 @@ async fn fifty_mib_of_heap_survive_a_snapshot() {
 async fn replay_answers_from_the_journal_and_catches_a_different_call() {
     use kiln_types::{HostCall, JournalEntry};
     let dir = tempfile::tempdir().unwrap();
-    let sandbox = sandbox(&dir);
-    let bundle = sandbox
-        .load(&kiln_fixtures::read(kiln_fixtures::PROBE))
-        .await
-        .unwrap();
+    let bundle = load(&dir, kiln_fixtures::PROBE).await;
     let limits = Limits::for_machine(Machine::Small1x, None);
 
     // `echo` reads the clock, then draws 8 random bytes.

@@ -77,6 +77,10 @@ mod tests {
         assert!(parse_ms("5").is_err());
         assert!(parse_ms("5y").is_err());
         assert!(parse_ms("h").is_err());
+        // The periods of runs.list's filter[createdAt][period].
+        assert_eq!(parse_ms("1d"), Ok(86_400_000));
+        assert_eq!(parse_ms("30m"), Ok(1_800_000));
+        assert!(parse_ms("d").is_err());
     }
 
     #[test]

@@ -38,11 +38,7 @@ pub(crate) fn token_signature(secret: &str, token_id: &str) -> String {
     };
     mac.update(b"waitpoint-callback:");
     mac.update(token_id.as_bytes());
-    hex_encode(&mac.finalize().into_bytes())
-}
-
-fn hex_encode(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    hex::encode(mac.finalize().into_bytes())
 }
 
 #[cfg(test)]

@@ -61,8 +61,9 @@ impl TriggerError {
     }
 }
 
-fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
-    let bad = |m: &str| TriggerError::BadRequest(m.to_string());
+/// Tags as Trigger.dev's options give them (a string or a list), at most
+/// 10, each 1 to 128 characters.
+pub(crate) fn tags(value: Option<Value>) -> Result<Vec<String>, String> {
     let tags = match value {
         None | Some(Value::Null) => Vec::new(),
         Some(Value::String(s)) => vec![s],
@@ -70,18 +71,16 @@ fn tags(value: Option<Value>) -> Result<Vec<String>, TriggerError> {
             .into_iter()
             .map(|t| match t {
                 Value::String(s) => Ok(s),
-                _ => Err(bad("tags must be strings")),
+                _ => Err("tags must be strings".to_string()),
             })
             .collect::<Result<_, _>>()?,
-        Some(_) => return Err(bad("tags must be a string or an array of strings")),
+        Some(_) => return Err("tags must be a string or an array of strings".into()),
     };
     if tags.len() > 10 {
-        return Err(bad("a run may have at most 10 tags"));
+        return Err("a run may have at most 10 tags".into());
     }
     if let Some(long) = tags.iter().find(|t| t.is_empty() || t.len() > 128) {
-        return Err(TriggerError::BadRequest(format!(
-            "tag `{long}` must be 1 to 128 characters"
-        )));
+        return Err(format!("tag `{long}` must be 1 to 128 characters"));
     }
     Ok(tags)
 }
@@ -138,7 +137,7 @@ pub(crate) fn new_run(
     Ok(Run {
         payload_type: stored_type,
         idempotency_key,
-        tags: tags(options.tags)?,
+        tags: tags(options.tags).map_err(TriggerError::BadRequest)?,
         metadata: options.metadata,
         machine,
         max_attempts: options.max_attempts.unwrap_or(task.retry.max_attempts),

@@ -111,6 +111,25 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
+/// Parses a JSON request body, with a 400 that says what is wrong.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
+    bytes: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
+}
+
+/// [`json_body`], where an empty body (the SDK sends none on some calls)
+/// means the defaults.
+pub(crate) fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(
+    bytes: &axum::body::Bytes,
+) -> Result<T, ApiError> {
+    if bytes.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    json_body(bytes)
+}
+
 /// Checks `Authorization: Bearer <secret key>`.
 async fn auth(
     State(state): State<AppState>,

@@ -39,21 +39,6 @@ fn list_of(q: &HashMap<String, String>, name: &str) -> Option<Vec<String>> {
     })
 }
 
-/// A period like `1d`, `6h`, `30m`, `2w` in milliseconds.
-fn period_ms(text: &str) -> Option<u64> {
-    let (n, unit) = text.split_at(text.len().checked_sub(1)?);
-    let n: u64 = n.parse().ok()?;
-    let unit_ms = match unit {
-        "s" => 1_000,
-        "m" => 60_000,
-        "h" => 3_600_000,
-        "d" => 86_400_000,
-        "w" => 7 * 86_400_000,
-        _ => return None,
-    };
-    n.checked_mul(unit_ms)
-}
-
 impl Filter {
     fn parse(q: &HashMap<String, String>) -> Result<Self, ApiError> {
         let status = match list_of(q, "filter[status]") {
@@ -82,11 +67,8 @@ impl Filter {
         };
         let mut from = ms("filter[createdAt][from]")?;
         if let Some(period) = q.get("filter[createdAt][period]") {
-            let span = period_ms(period).ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "filter[createdAt][period] `{period}` is not a period like 1d, 6h or 30m"
-                ))
-            })?;
+            let span = crate::duration::parse_ms(period)
+                .map_err(|e| ApiError::bad_request(format!("filter[createdAt][period]: {e}")))?;
             from = Some(Timestamp(Timestamp::now().as_millis().saturating_sub(span)));
         }
         let is_test = match q.get("filter[isTest]").map(String::as_str) {
@@ -215,19 +197,4 @@ pub(super) async fn list(
         })
         .collect();
     Ok(Json(json!({ "data": data, "pagination": pagination })))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn periods() {
-        assert_eq!(period_ms("1d"), Some(86_400_000));
-        assert_eq!(period_ms("30m"), Some(1_800_000));
-        assert_eq!(period_ms("2w"), Some(14 * 86_400_000));
-        assert_eq!(period_ms("d"), None);
-        assert_eq!(period_ms(""), None);
-        assert_eq!(period_ms("5y"), None);
-    }
 }

@@ -16,7 +16,7 @@ use std::time::Duration;
 /// The longest a retrieve waits for a run to finish.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct TriggerBody {
     payload: Option<Value>,
@@ -46,15 +46,7 @@ pub(super) async fn trigger(
             body.len()
         )));
     }
-    let body: TriggerBody = if body.iter().all(u8::is_ascii_whitespace) {
-        TriggerBody {
-            payload: None,
-            options: TriggerOptions::default(),
-        }
-    } else {
-        serde_json::from_slice(&body)
-            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
-    };
+    let body: TriggerBody = super::json_body_or_default(&body)?;
     let Some(deployed) = state.deployments.current() else {
         return Err(ApiError::not_found(format!(
             "Task `{task_id}` not found: nothing is deployed yet (deploy a bundle with `kiln deploy`)"

@@ -8,7 +8,6 @@ use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use kiln_types::{Schedule, ScheduleId};
 use serde::Deserialize;
-use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 /// The most schedules one page lists.
@@ -22,12 +21,6 @@ impl From<ScheduleError> for ApiError {
             ScheduleError::Store(e) => e.into(),
         }
     }
-}
-
-/// Parses a JSON body with a 400 that says what is wrong.
-fn body<T: DeserializeOwned>(bytes: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
 fn schedule_id(id: &str) -> Result<ScheduleId, ApiError> {
@@ -107,7 +100,7 @@ pub(super) async fn create(
     State(state): State<AppState>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let b: CreateBody = body(&bytes)?;
+    let b: CreateBody = super::json_body(&bytes)?;
     let schedule = state
         .schedules
         .create(ScheduleInput {
@@ -137,7 +130,7 @@ pub(super) async fn update(
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let id = schedule_id(&id)?;
-    let b: UpdateBody = body(&bytes)?;
+    let b: UpdateBody = super::json_body(&bytes)?;
     let schedule = state
         .schedules
         .update(

@@ -61,12 +61,7 @@ pub(super) async fn create(
     State(state): State<AppState>,
     bytes: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
-    let options: TokenOptions = if bytes.iter().all(u8::is_ascii_whitespace) {
-        TokenOptions::default()
-    } else {
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?
-    };
+    let options: TokenOptions = super::json_body_or_default(&bytes)?;
     let (token, cached) = state.executor.create_token(options).await?;
     let jwt = crate::jwt::sign(
         &state.secret_key,
@@ -106,11 +101,7 @@ fn data_of(bytes: &Bytes, whole: bool) -> Result<String, ApiError> {
             bytes.len()
         )));
     }
-    if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Ok("null".into());
-    }
-    let body: Value = serde_json::from_slice(bytes)
-        .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
+    let body: Value = super::json_body_or_default(bytes)?;
     Ok(if whole {
         body.to_string()
     } else {

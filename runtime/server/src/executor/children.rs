@@ -18,7 +18,7 @@ use super::journal::JournalWriter;
 use crate::trigger::{TriggerOptions, new_run};
 use kiln_engine::{Event, apply};
 use kiln_sandbox::{ChildRequest, JournalSink, SpawnFuture, Spawned};
-use kiln_store::{Batch, BatchRecord, Waiter};
+use kiln_store::{Batch, BatchRecord};
 use kiln_types::{
     BatchId, DeploymentId, HostCall, JournalEntry, JournalRecord, ParentRun, Run, RunId,
     RunOutcome, RunStatus, Timestamp, WaitOn, WaitRecord, WakeValue,
@@ -223,37 +223,6 @@ impl Executor {
         })
     }
 
-    /// The waiter entries a suspending run writes for its child and batch
-    /// waits.
-    pub(crate) fn put_waiters(batch: &mut Batch, parent: &RunId, wait: &WaitRecord) {
-        match &wait.on {
-            WaitOn::Timer { .. } | WaitOn::Token { .. } => {}
-            WaitOn::Run { run_id } => {
-                batch.put_waiter(
-                    run_id,
-                    &Waiter {
-                        parent: parent.clone(),
-                        wait_id: wait.id,
-                        batch: None,
-                    },
-                );
-            }
-            WaitOn::Batch { batch_id, runs } => {
-                let batch_id = BatchId::parse(batch_id).ok();
-                for run in runs {
-                    batch.put_waiter(
-                        run,
-                        &Waiter {
-                            parent: parent.clone(),
-                            wait_id: wait.id,
-                            batch: batch_id.clone(),
-                        },
-                    );
-                }
-            }
-        }
-    }
-
     /// Journals wakes for a `WAITING` run and queues it, in one commit with
     /// `extra` (which removes the waiter entries of what woke it); the caller
     /// holds the run's lock.
@@ -304,38 +273,28 @@ impl Executor {
         let Some(parent) = store.run(&waiter.parent)? else {
             return Ok(());
         };
-        let (wait, children) = match &waiter.batch {
-            None => (
-                WaitRecord {
-                    id: waiter.wait_id,
-                    on: WaitOn::Run {
-                        run_id: child.clone(),
-                    },
-                },
-                vec![child.clone()],
-            ),
+        let on = match &waiter.batch {
+            None => WaitOn::Run {
+                run_id: child.clone(),
+            },
             Some(batch_id) => {
                 let Some(record) = store.batch(batch_id)? else {
                     return Ok(());
                 };
-                (
-                    WaitRecord {
-                        id: waiter.wait_id,
-                        on: WaitOn::Batch {
-                            batch_id: batch_id.to_string(),
-                            runs: record.runs.clone(),
-                        },
-                    },
-                    record.runs,
-                )
+                WaitOn::Batch {
+                    batch_id: batch_id.to_string(),
+                    runs: record.runs,
+                }
             }
+        };
+        let wait = WaitRecord {
+            id: waiter.wait_id,
+            on,
         };
         match self.ready_wake(&wait)? {
             Some(value) => {
                 let mut extra = Batch::default();
-                for child in &children {
-                    extra.delete_waiter(child);
-                }
+                super::waits::disarm(&mut extra, &parent.id, &wait);
                 self.deliver_locked(&parent, vec![(wait.id, value)], extra)
                     .await
             }

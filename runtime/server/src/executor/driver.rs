@@ -319,15 +319,12 @@ impl<'a> Slice<'a> {
                         return Ok(End::Canceled);
                     }
                 }
-                self.pending.remove(&id);
                 // A durable timer for this wait (from an earlier suspension)
                 // must not fire again.
                 let mut batch = Batch::default();
-                batch.delete_timer(&TimerKey {
-                    due,
-                    run_id: self.run.id.clone(),
-                    wait_id: id,
-                });
+                if let Some(wait) = self.pending.remove(&id) {
+                    super::waits::disarm(&mut batch, &self.run.id, &wait);
+                }
                 self.journal.append_to(
                     &mut batch,
                     JournalEntry::Wake {
@@ -536,23 +533,8 @@ impl<'a> Slice<'a> {
         let timers: Vec<TimerKey> = self
             .pending
             .values()
-            .filter_map(|w| match w.on {
-                WaitOn::Timer { due_at } => Some(TimerKey {
-                    due: due_at,
-                    run_id: self.run.id.clone(),
-                    wait_id: w.id,
-                }),
-                _ => None,
-            })
+            .filter_map(|wait| super::waits::arm(&mut batch, &self.run.id, wait))
             .collect();
-        for timer in &timers {
-            batch.put_timer(timer);
-        }
-        let mut timers = timers;
-        for wait in self.pending.values() {
-            Executor::put_waiters(&mut batch, &self.run.id, wait);
-            timers.extend(Executor::put_token_waiter(&mut batch, &self.run.id, wait));
-        }
         batch.put_run(&t.run);
         shared
             .store
@@ -565,31 +547,7 @@ impl<'a> Slice<'a> {
         let mut done = Batch::default();
         for wait in self.pending.values() {
             if let Some(value) = self.executor.ready_wake(wait).map_err(|e| e.to_string())? {
-                match &wait.on {
-                    WaitOn::Run { run_id } => {
-                        done.delete_waiter(run_id);
-                    }
-                    WaitOn::Batch { runs, .. } => {
-                        for run in runs {
-                            done.delete_waiter(run);
-                        }
-                    }
-                    WaitOn::Token {
-                        token_id,
-                        timeout_at,
-                    } => {
-                        done.delete_token_waiter(token_id);
-                        if let Some(due) = timeout_at {
-                            done.delete_token_wait(&self.run.id, wait.id)
-                                .delete_timer(&TimerKey {
-                                    due: *due,
-                                    run_id: self.run.id.clone(),
-                                    wait_id: wait.id,
-                                });
-                        }
-                    }
-                    WaitOn::Timer { .. } => {}
-                }
+                super::waits::disarm(&mut done, &self.run.id, wait);
                 wakes.push((wait.id, value));
             }
         }

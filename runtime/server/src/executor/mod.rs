@@ -21,6 +21,7 @@ mod journal;
 mod locks;
 mod timers;
 mod tokens;
+mod waits;
 
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
@@ -252,10 +253,16 @@ impl Executor {
         // A token wait's timeout is a timer too: it wakes with the timeout.
         let value = match store.token_wait(&run.id, timer.wait_id)? {
             Some(token) => {
-                batch
-                    .delete_token_wait(&run.id, timer.wait_id)
-                    .delete_token_waiter(&token);
-                tokens::timed_out(&token)
+                let value = tokens::timed_out(&token);
+                let wait = kiln_types::WaitRecord {
+                    id: timer.wait_id,
+                    on: kiln_types::WaitOn::Token {
+                        token_id: token,
+                        timeout_at: Some(timer.due),
+                    },
+                };
+                waits::disarm(&mut batch, &run.id, &wait);
+                value
             }
             None => WakeValue::Timer,
         };

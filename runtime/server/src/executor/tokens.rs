@@ -12,9 +12,9 @@ use super::Executor;
 use super::children::AttemptSink;
 use crate::duration::{parse_instant, parse_ms};
 use kiln_sandbox::TokenFuture;
-use kiln_store::{Batch, TimerKey, Waiter};
+use kiln_store::Batch;
 use kiln_types::{
-    HostCall, JournalEntry, RunId, Timestamp, TokenId, TokenStatus, WaitOn, WaitRecord, WaitToken,
+    HostCall, JournalEntry, Timestamp, TokenId, TokenStatus, WaitOn, WaitRecord, WaitToken,
     WakeValue,
 };
 use serde::Deserialize;
@@ -55,21 +55,6 @@ pub enum TokenError {
     /// Something else failed.
     #[error(transparent)]
     Other(#[from] anyhow::Error),
-}
-
-fn tags(value: Option<Value>) -> Result<Vec<String>, String> {
-    match value {
-        None | Some(Value::Null) => Ok(Vec::new()),
-        Some(Value::String(s)) => Ok(vec![s]),
-        Some(Value::Array(items)) => items
-            .into_iter()
-            .map(|t| match t {
-                Value::String(s) if !s.is_empty() && s.len() <= 128 => Ok(s),
-                _ => Err("tags must be strings of 1 to 128 characters".to_string()),
-            })
-            .collect(),
-        Some(_) => Err("tags must be a string or a list of strings".into()),
-    }
 }
 
 impl Executor {
@@ -114,7 +99,7 @@ impl Executor {
         let token = WaitToken {
             id: TokenId::generate(now.as_millis()),
             status: TokenStatus::Waiting,
-            tags: tags(options.tags)?,
+            tags: crate::trigger::tags(options.tags)?,
             timeout_at,
             idempotency_key_expires_at: options
                 .idempotency_key
@@ -167,39 +152,6 @@ impl Executor {
         })
     }
 
-    /// The entries a suspending run writes for a token wait: the waiter, and
-    /// the timeout as a durable timer (returned, to arm it).
-    pub(crate) fn put_token_waiter(
-        batch: &mut Batch,
-        run: &RunId,
-        wait: &WaitRecord,
-    ) -> Option<TimerKey> {
-        let WaitOn::Token {
-            token_id,
-            timeout_at,
-        } = &wait.on
-        else {
-            return None;
-        };
-        batch.put_token_waiter(
-            token_id,
-            &Waiter {
-                parent: run.clone(),
-                wait_id: wait.id,
-                batch: None,
-            },
-        );
-        let due = (*timeout_at)?;
-        batch.put_token_wait(run, wait.id, token_id);
-        let timer = TimerKey {
-            due,
-            run_id: run.clone(),
-            wait_id: wait.id,
-        };
-        batch.put_timer(&timer);
-        Some(timer)
-    }
-
     /// Completes a token with `data` (JSON) and wakes the run suspended on
     /// it. Completing a completed token changes nothing.
     pub async fn complete_token(
@@ -243,16 +195,14 @@ impl Executor {
             return Ok(token);
         };
         let mut extra = Batch::default();
-        extra.delete_token_waiter(id);
-        if let Some(due) = token.timeout_at {
-            extra
-                .delete_token_wait(&run.id, waiter.wait_id)
-                .delete_timer(&TimerKey {
-                    due,
-                    run_id: run.id.clone(),
-                    wait_id: waiter.wait_id,
-                });
-        }
+        let wait = WaitRecord {
+            id: waiter.wait_id,
+            on: WaitOn::Token {
+                token_id: id.clone(),
+                timeout_at: token.timeout_at,
+            },
+        };
+        super::waits::disarm(&mut extra, &run.id, &wait);
         let value = WakeValue::Token {
             data: Some(data),
             error: None,
