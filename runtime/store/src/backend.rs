@@ -35,4 +35,13 @@ pub trait Backend: Send + Sync + 'static {
     /// returns sees them. The returned future resolves once they are durable;
     /// commits become durable in the order they were made.
     fn commit(&self, ops: Vec<Op>) -> Commit;
+
+    /// Resolves once every commit applied before this call is durable.
+    ///
+    /// Reads see commits at once, before they are on disk; anything that
+    /// shows what it read to the outside world (an API response) awaits this
+    /// first, so nothing a client has seen can be lost by a crash.
+    fn settled(&self) -> Commit {
+        Box::pin(std::future::ready(Ok(())))
+    }
 }

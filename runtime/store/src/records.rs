@@ -277,6 +277,12 @@ impl Store {
         self.backend.commit(batch.ops)
     }
 
+    /// Resolves once every commit made so far is durable; see
+    /// [`Backend::settled`]. The API awaits it before answering.
+    pub fn settled(&self) -> Commit {
+        self.backend.settled()
+    }
+
     /// A run's journal, oldest entry first.
     pub fn journal(&self, run: &RunId) -> Result<Vec<JournalRecord>> {
         self.backend

@@ -9,22 +9,34 @@
 //!   acknowledgement, calls `flush()` once, `fdatasync`s sled's data file,
 //!   and only then acknowledges each writer (group commit). sled's log keeps
 //!   batches in order, so what survives a crash is a prefix of the commits.
+//! - commits are numbered as they are applied; the committer publishes the
+//!   highest number each flush covered, so [`Backend::settled`] can wait for
+//!   exactly the commits a reader may have seen.
 
 use crate::backend::{Backend, Commit, Op};
 use crate::{Result, StoreError};
 use std::path::Path;
-use std::sync::mpsc;
-use tokio::sync::oneshot;
+use std::sync::{Arc, Mutex, mpsc};
+use tokio::sync::{oneshot, watch};
 
 /// How many commits one group takes at most.
 const MAX_GROUP: usize = 4_096;
 
 type Request = oneshot::Sender<Result<()>>;
 
+/// How far commits have become durable: the number of the last commit the
+/// latest flush covered, or why flushing failed.
+type Durable = std::result::Result<u64, StoreError>;
+
 /// A sled database in a directory, with group-committed durable writes.
 pub struct SledBackend {
     tree: sled::Db,
     committer: mpsc::Sender<Request>,
+    /// The number of commits applied so far. Held while a batch is applied,
+    /// so a reader that takes the count after reading waits for a commit in
+    /// progress to be counted.
+    applied: Arc<Mutex<u64>>,
+    durable: watch::Receiver<Durable>,
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -53,37 +65,85 @@ impl SledBackend {
             .open(dir.join("db"))
             .map_err(|e| StoreError::Backend(format!("opening sled's data file: {e}")))?;
         let (tx, rx) = mpsc::channel::<Request>();
-        let committer_db = db.clone();
+        let applied = Arc::new(Mutex::new(0));
+        let (durable_tx, durable) = watch::channel(Ok(0));
+        let committer = Committer {
+            db: db.clone(),
+            data_file,
+            applied: applied.clone(),
+            durable: durable_tx,
+        };
         std::thread::Builder::new()
             .name("kiln-committer".into())
-            .spawn(move || run_committer(committer_db, data_file, rx))
+            .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
         Ok(SledBackend {
             tree: db,
             committer: tx,
+            applied,
+            durable,
         })
+    }
+
+    fn applied(&self) -> std::sync::MutexGuard<'_, u64> {
+        lock(&self.applied)
     }
 }
 
-fn run_committer(db: sled::Db, data_file: std::fs::File, requests: mpsc::Receiver<Request>) {
-    while let Ok(first) = requests.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match requests.try_recv() {
-                Ok(more) => group.push(more),
-                Err(_) => break,
+fn lock(counter: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
+    counter
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// The thread that makes commits durable, a group at a time.
+struct Committer {
+    db: sled::Db,
+    data_file: std::fs::File,
+    applied: Arc<Mutex<u64>>,
+    durable: watch::Sender<Durable>,
+}
+
+impl Committer {
+    fn run(self, requests: mpsc::Receiver<Request>) {
+        let Committer {
+            db,
+            data_file,
+            applied,
+            durable,
+        } = self;
+        while let Ok(first) = requests.recv() {
+            let mut group = vec![first];
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(more) => group.push(more),
+                    Err(_) => break,
+                }
             }
-        }
-        let result = db
-            .flush()
-            .map(|_| ())
-            .map_err(backend_error)
-            .and_then(|()| data_file.sync_data().map_err(backend_error));
-        if let Err(error) = &result {
-            tracing::error!(%error, "a group commit failed");
-        }
-        for ack in group {
-            let _ = ack.send(result.clone());
+            // Every commit counted here was applied before the flush starts,
+            // so the flush covers it.
+            let covered = *lock(&applied);
+            let result = db
+                .flush()
+                .map(|_| ())
+                .map_err(backend_error)
+                .and_then(|()| data_file.sync_data().map_err(backend_error));
+            match &result {
+                Ok(()) => {
+                    durable.send_modify(|d| {
+                        if let Ok(n) = d {
+                            *n = (*n).max(covered);
+                        }
+                    });
+                }
+                Err(error) => {
+                    tracing::error!(%error, "a group commit failed");
+                    let _ = durable.send_replace(Err(error.clone()));
+                }
+            }
+            for ack in group {
+                let _ = ack.send(result.clone());
+            }
         }
     }
 }
@@ -145,15 +205,34 @@ impl Backend for SledBackend {
                 Op::Delete(k) => batch.remove(k),
             }
         }
-        if let Err(error) = self.tree.apply_batch(batch) {
-            let error = backend_error(error);
-            return Box::pin(std::future::ready(Err(error)));
+        {
+            let mut applied = self.applied();
+            if let Err(error) = self.tree.apply_batch(batch) {
+                let error = backend_error(error);
+                return Box::pin(std::future::ready(Err(error)));
+            }
+            *applied += 1;
         }
         let (ack, done) = oneshot::channel();
         let sent = self.committer.send(ack);
         Box::pin(async move {
             sent.map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?
+        })
+    }
+
+    fn settled(&self) -> Commit {
+        let seen = *self.applied();
+        let mut durable = self.durable.clone();
+        Box::pin(async move {
+            let reached = durable
+                .wait_for(|d| d.as_ref().map_or(true, |n| *n >= seen))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            match &*reached {
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.clone()),
+            }
         })
     }
 }

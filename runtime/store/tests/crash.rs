@@ -1,59 +1,88 @@
 //! The store survives SIGKILL: every write acknowledged as durable before the
-//! kill is there after reopening.
+//! kill is there after reopening, and so is every write a reader saw and then
+//! waited to settle (as the API does before it answers a client).
 //!
-//! The test runs itself as a child process (the same test binary, filtered to
-//! `crash_child`) that writes from 64 concurrent tasks and prints each key
-//! once its commit is acknowledged. The parent kills the child with SIGKILL
-//! mid-stream, reopens the store and checks every printed key.
+//! Each test runs itself as a child process (the same test binary, filtered
+//! to its `*_child` half) that prints keys as it goes. The parent kills the
+//! child with SIGKILL mid-stream, reopens the store and checks every printed
+//! key.
 
 use kiln_store::{Backend, Op, SledBackend};
 use std::io::{BufRead, BufReader};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 
 const CHILD_ENV: &str = "KILN_STORE_CRASH_CHILD";
+const READER_CHILD_ENV: &str = "KILN_STORE_CRASH_READER_CHILD";
 
-#[test]
-fn every_acknowledged_write_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "crash_child",
-            "--nocapture",
-            "--test-threads",
-            "1",
-        ])
-        .env(CHILD_ENV, dir.path())
+/// Starts the test `child` with `env` set to `dir`, collects the keys of its
+/// lines that start with `prefix` until it has `count`, and SIGKILLs it the
+/// moment it has them.
+fn keys_until_killed(
+    child: &str,
+    env: &str,
+    dir: &Path,
+    prefix: &str,
+    count: usize,
+) -> Vec<String> {
+    let mut process = Command::new(std::env::current_exe().unwrap())
+        .args(["--exact", child, "--nocapture", "--test-threads", "1"])
+        .env(env, dir)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut acknowledged = Vec::new();
+    let stdout = process.stdout.take().unwrap();
+    let mut keys = Vec::new();
     for line in BufReader::new(stdout).lines() {
         let Ok(line) = line else { break };
-        if let Some(key) = line.strip_prefix("ack ") {
-            acknowledged.push(key.to_string());
-            if acknowledged.len() == 3_000 {
+        if let Some(key) = line.strip_prefix(prefix) {
+            keys.push(key.to_string());
+            if keys.len() == count {
                 break;
             }
         }
     }
-    // SIGKILL while the child is still writing at full speed.
-    child.kill().unwrap();
-    child.wait().unwrap();
-    assert!(
-        acknowledged.len() >= 3_000,
-        "the child wrote only {}",
-        acknowledged.len()
-    );
+    process.kill().unwrap();
+    process.wait().unwrap();
+    assert_eq!(keys.len(), count, "the child printed too few keys");
+    keys
+}
 
-    let backend = SledBackend::open(dir.path()).unwrap();
-    let missing: Vec<&String> = acknowledged
-        .iter()
+/// The keys that are not in the store in `dir`.
+fn missing(dir: &Path, keys: &[String]) -> Vec<String> {
+    let backend = SledBackend::open(dir).unwrap();
+    keys.iter()
         .filter(|k| backend.get(k.as_bytes()).unwrap().is_none())
-        .collect();
+        .cloned()
+        .collect()
+}
+
+/// Runs `body` on a store in the directory named by `env`, if this process
+/// is a child started by [`keys_until_killed`].
+fn as_child<F: std::future::Future<Output = ()>>(
+    env: &str,
+    body: impl FnOnce(Arc<dyn Backend>) -> F,
+) {
+    let Some(dir) = std::env::var_os(env) else {
+        return;
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(Path::new(&dir)).unwrap());
+    runtime.block_on(body(backend));
+}
+
+#[test]
+fn every_acknowledged_write_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // SIGKILL while the child is still writing at full speed.
+    let acknowledged = keys_until_killed("crash_child", CHILD_ENV, dir.path(), "ack ", 3_000);
+    let missing = missing(dir.path(), &acknowledged);
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged writes were lost, e.g. {:?}",
@@ -66,17 +95,7 @@ fn every_acknowledged_write_survives_sigkill() {
 /// The writer half; does nothing unless started by the test above.
 #[test]
 fn crash_child() {
-    let Some(dir) = std::env::var_os(CHILD_ENV) else {
-        return;
-    };
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
-    runtime.block_on(async move {
-        let backend: Arc<dyn Backend> =
-            Arc::new(SledBackend::open(std::path::Path::new(&dir)).unwrap());
+    as_child(CHILD_ENV, |backend| async move {
         let mut tasks = Vec::new();
         for writer in 0..64u32 {
             let backend = backend.clone();
@@ -96,6 +115,50 @@ fn crash_child() {
         }
         for t in tasks {
             let _ = t.await;
+        }
+    });
+}
+
+#[test]
+fn every_write_a_reader_saw_and_settled_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    // Killed the moment the reader has reported: its last write has had no
+    // time to reach the disk unless the reader waited for it.
+    let seen = keys_until_killed(
+        "reader_crash_child",
+        READER_CHILD_ENV,
+        dir.path(),
+        "seen ",
+        40,
+    );
+    let lost = missing(dir.path(), &seen);
+    assert!(lost.is_empty(), "writes a reader saw were lost: {lost:?}");
+}
+
+/// The half of the test above that writes without awaiting its commits and
+/// reports what it read once settled; does nothing unless started by it.
+#[test]
+fn reader_crash_child() {
+    as_child(READER_CHILD_ENV, |backend| async move {
+        let writer = backend.clone();
+        tokio::spawn(async move {
+            for n in 0u32.. {
+                let key = format!("u/{n:010}");
+                drop(writer.commit(vec![Op::Put(key.into_bytes(), vec![1; 200])]));
+                if n % 64 == 0 {
+                    tokio::task::yield_now().await;
+                }
+            }
+        });
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(7)).await;
+            let last = backend.last_with_prefix(b"u/").unwrap();
+            if backend.settled().await.is_err() {
+                break;
+            }
+            if let Some((key, _)) = last {
+                println!("seen {}", String::from_utf8_lossy(&key));
+            }
         }
     });
 }

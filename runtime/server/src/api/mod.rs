@@ -35,7 +35,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use kiln_store::Store;
 use std::sync::Arc;
@@ -108,7 +108,24 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })
+        .layer(axum::middleware::from_fn_with_state(state.clone(), settle))
         .with_state(state)
+}
+
+/// Holds every response until what its handler may have read is durable.
+///
+/// The store shows a commit to readers as soon as it is applied, a few
+/// milliseconds before the group commit puts it on disk. Without this, a
+/// client could see a run COMPLETED, the server could crash, and the run
+/// would come back EXECUTING. With it, nothing a client was told is lost.
+/// When no commit is pending it costs two counter reads.
+async fn settle(State(state): State<AppState>, request: Request, next: Next) -> Response {
+    let response = next.run(request).await;
+    match state.store.settled().await {
+        Ok(()) => response,
+        Err(e) => ApiError::unavailable(format!("The store could not make data durable: {e}"))
+            .into_response(),
+    }
 }
 
 /// Parses a JSON request body, with a 400 that says what is wrong.
