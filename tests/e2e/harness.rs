@@ -98,9 +98,20 @@ impl Kiln {
 
     /// Triggers and returns the run id, asserting success.
     pub async fn trigger_ok(&self, task: &str, payload: Value) -> String {
-        let (status, body) = self.trigger(task, payload, json!({})).await;
+        self.trigger_with(task, payload, json!({})).await
+    }
+
+    /// Triggers with options and returns the run id, asserting success.
+    pub async fn trigger_with(&self, task: &str, payload: Value, options: Value) -> String {
+        let (status, body) = self.trigger(task, payload, options).await;
         assert_eq!(status, 200, "{body}");
         body["id"].as_str().expect("an id").to_string()
+    }
+
+    /// POSTs a JSON body.
+    pub async fn post(&self, path: &str, body: Value) -> (u16, Value) {
+        self.request(reqwest::Method::POST, path, Some(body.to_string().into()))
+            .await
     }
 
     /// Retrieves a run.

@@ -5,6 +5,7 @@
 mod harness;
 
 mod children;
+mod delays;
 mod deploy;
 mod durable;
 mod examples;

@@ -59,6 +59,10 @@ pub enum Event {
     /// The server restarted while the run was dequeued or executing. The
     /// attempt stays open: it resumes by replaying its journal.
     Recovered,
+    /// A `DELAYED` run's delay is over: queue it (its ttl starts now).
+    DelayElapsed,
+    /// The run's ttl ran out before its first attempt started.
+    Expire,
 }
 
 /// What the driver must do after a transition.

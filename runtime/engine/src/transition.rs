@@ -32,6 +32,8 @@ fn event_name(event: &Event) -> &'static str {
         Event::Woken => "Woken",
         Event::Cancel => "Cancel",
         Event::Recovered => "Recovered",
+        Event::DelayElapsed => "DelayElapsed",
+        Event::Expire => "Expire",
     }
 }
 
@@ -143,6 +145,28 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
             actions.push(Action::Enqueue {
                 not_before: next.next_attempt_at,
             });
+        }
+        (S::Delayed, Event::DelayElapsed) => {
+            next.status = S::Queued;
+            next.delayed_until = None;
+            next.debounce = None;
+            next.expires_at = next
+                .ttl
+                .as_ref()
+                .map(|ttl| Timestamp(now.0.saturating_add(ttl.ms)));
+            actions.push(Action::Enqueue { not_before: None });
+        }
+        (S::Queued | S::Delayed, Event::Expire) if run.attempts.is_empty() => {
+            next.status = S::Expired;
+            next.expired_at = Some(now);
+            next.delayed_until = None;
+            next.debounce = None;
+            let ttl = next.ttl.as_ref().map_or("", |t| t.text.as_str());
+            next.error = Some(kiln_types::RunError::new(
+                "Expired",
+                format!("the run did not start within its ttl of {ttl}"),
+            ));
+            finish(&mut next, now, &mut actions);
         }
         (status, Event::Cancel) if !status.is_final() => {
             close_attempt(&mut next, now, AttemptOutcome::Canceled, None, 0);

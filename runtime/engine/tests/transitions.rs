@@ -46,6 +46,8 @@ fn every_event() -> Vec<Event> {
         Event::Woken,
         Event::Cancel,
         Event::Recovered,
+        Event::DelayElapsed,
+        Event::Expire,
     ]
 }
 
@@ -245,6 +247,42 @@ fn cancel_interrupts_an_executing_attempt() {
 /// Every (status, event) pair either transitions as the table says or is
 /// refused, and a refusal never changes the run.
 #[test]
+fn a_delayed_run_is_queued_when_its_delay_ends_and_its_ttl_starts_then() {
+    let mut r = run(RunStatus::Delayed, 3);
+    r.delayed_until = Some(Timestamp(50));
+    r.ttl = Some(kiln_types::RunTtl {
+        text: "10s".into(),
+        ms: 10_000,
+    });
+    let t = apply(&r, Event::DelayElapsed, Timestamp(50)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Queued);
+    assert_eq!(t.run.delayed_until, None);
+    assert_eq!(t.run.expires_at, Some(Timestamp(10_050)));
+    assert_eq!(t.actions, vec![Action::Enqueue { not_before: None }]);
+}
+
+#[test]
+fn a_run_expires_only_before_its_first_attempt() {
+    let t = apply(&run(RunStatus::Queued, 3), Event::Expire, Timestamp(9)).unwrap();
+    assert_eq!(t.run.status, RunStatus::Expired);
+    assert_eq!(t.run.expired_at, Some(Timestamp(9)));
+    assert!(t.actions.contains(&Action::NotifyFinished));
+    // A run queued for its retry has started once: its ttl no longer counts.
+    let retrying = apply(
+        &executing(3),
+        failed(FailureKind::Error {
+            abort: false,
+            retry_delay_ms: Some(10),
+        }),
+        Timestamp(5),
+    )
+    .unwrap()
+    .run;
+    assert_eq!(retrying.status, RunStatus::Queued);
+    assert!(apply(&retrying, Event::Expire, Timestamp(9)).is_err());
+}
+
+#[test]
 fn every_status_event_pair_has_a_defined_answer() {
     use RunStatus as S;
     for status in RunStatus::ALL {
@@ -263,6 +301,9 @@ fn every_status_event_pair_has_a_defined_answer() {
                 (Event::Recovered, S::Dequeued | S::Executing) => true,
                 (Event::Suspended { .. }, S::Executing) => true,
                 (Event::Woken, S::Waiting) => true,
+                (Event::DelayElapsed, S::Delayed) => true,
+                // `executing` has an attempt; the others have none.
+                (Event::Expire, S::Queued | S::Delayed) => true,
                 (Event::Cancel, s) => !s.is_final(),
                 _ => false,
             };

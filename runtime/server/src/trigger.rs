@@ -4,7 +4,7 @@
 
 use crate::deployments::Deployed;
 use kiln_manifest::Machine;
-use kiln_types::{Run, RunId, Timestamp};
+use kiln_types::{DebounceMode, Run, RunDebounce, RunId, RunStatus, RunTtl, Timestamp};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -30,6 +30,85 @@ pub(crate) struct TriggerOptions {
     /// How long the key deduplicates (`"1h"`; 30 days by default).
     #[serde(rename = "idempotencyKeyTTL")]
     pub(crate) idempotency_key_ttl: Option<String>,
+    /// Start no earlier than this: a duration (`"1h52m18s"`) or a date.
+    pub(crate) delay: Option<Value>,
+    /// Expire the run if it has not started this long after it was queued:
+    /// a duration or whole seconds.
+    pub(crate) ttl: Option<Value>,
+    /// Fold a burst of triggers with one key into one run.
+    pub(crate) debounce: Option<DebounceOptions>,
+}
+
+/// Trigger.dev's `debounce` option.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(crate) struct DebounceOptions {
+    /// The key, scoped to the task (at most 512 characters).
+    pub(crate) key: String,
+    /// How long after the latest trigger the run starts.
+    pub(crate) delay: String,
+    /// `leading` (the default: the first payload runs) or `trailing`.
+    pub(crate) mode: Option<String>,
+    /// The latest start, counted from the first trigger of the window.
+    pub(crate) max_delay: Option<String>,
+}
+
+/// The longest debounce key.
+const MAX_DEBOUNCE_KEY: usize = 512;
+
+/// `ttl` as Trigger.dev gives it: a duration string or whole seconds.
+fn ttl(value: &Value) -> Result<RunTtl, String> {
+    let ms = match value {
+        Value::Number(n) => n
+            .as_u64()
+            .map(|secs| secs.saturating_mul(1000))
+            .ok_or_else(|| format!("ttl `{n}` is not a whole number of seconds"))?,
+        Value::String(s) => crate::duration::parse_ms(s).map_err(|e| format!("ttl: {e}"))?,
+        _ => return Err("ttl must be a duration like \"10m\" or a number of seconds".into()),
+    };
+    if ms < 1000 {
+        return Err("ttl must be at least 1 second".into());
+    }
+    let text = match value {
+        Value::String(s) => s.clone(),
+        other => format!("{other}s"),
+    };
+    Ok(RunTtl { text, ms })
+}
+
+/// The debounce window a trigger opens, checked.
+fn debounce(options: &DebounceOptions, now: Timestamp) -> Result<RunDebounce, String> {
+    if options.key.is_empty() || options.key.len() > MAX_DEBOUNCE_KEY {
+        return Err(format!(
+            "debounce.key must be 1 to {MAX_DEBOUNCE_KEY} characters"
+        ));
+    }
+    let delay_ms =
+        crate::duration::parse_ms(&options.delay).map_err(|e| format!("debounce.delay: {e}"))?;
+    let mode = match options.mode.as_deref() {
+        None | Some("leading") => DebounceMode::Leading,
+        Some("trailing") => DebounceMode::Trailing,
+        Some(other) => {
+            return Err(format!(
+                "debounce.mode `{other}` is neither \"leading\" nor \"trailing\""
+            ));
+        }
+    };
+    let deadline = match &options.max_delay {
+        Some(max) => {
+            let ms =
+                crate::duration::parse_ms(max).map_err(|e| format!("debounce.maxDelay: {e}"))?;
+            Some(Timestamp(now.as_millis().saturating_add(ms)))
+        }
+        None => None,
+    };
+    Ok(RunDebounce {
+        key: options.key.clone(),
+        mode,
+        delay_ms,
+        deadline,
+        triggers: 1,
+    })
 }
 
 /// The user's idempotency key as the SDK sends it beside its hash.
@@ -129,6 +208,37 @@ pub(crate) fn new_run(
             "metadata must be a JSON object".into(),
         ));
     }
+    let ttl = options
+        .ttl
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(ttl)
+        .transpose()
+        .map_err(TriggerError::BadRequest)?;
+    let debounce = options
+        .debounce
+        .as_ref()
+        .map(|d| debounce(d, now))
+        .transpose()
+        .map_err(TriggerError::BadRequest)?;
+    let delayed_until = match (&debounce, &options.delay) {
+        (Some(window), _) => Some(window.due(now)),
+        (None, Some(delay)) if !delay.is_null() => Some(
+            crate::duration::parse_instant(delay, now)
+                .map_err(|e| TriggerError::BadRequest(format!("delay: {e}")))?,
+        ),
+        _ => None,
+    }
+    .filter(|at| *at > now || debounce.is_some());
+    // A delayed run's ttl counts from the end of its delay.
+    let (status, expires_at) = match delayed_until {
+        Some(_) => (RunStatus::Delayed, None),
+        None => (
+            RunStatus::Queued,
+            ttl.as_ref()
+                .map(|t| Timestamp(now.as_millis().saturating_add(t.ms))),
+        ),
+    };
     let idempotency_key = options
         .idempotency_key_options
         .as_ref()
@@ -144,6 +254,11 @@ pub(crate) fn new_run(
         retry: task.retry.clone(),
         max_duration_secs: options.max_duration.or(task.max_duration_secs),
         is_test: options.test,
+        status,
+        delayed_until,
+        ttl,
+        expires_at,
+        debounce,
         ..Run::queued(
             RunId::generate(now.as_millis()),
             task_id,

@@ -14,6 +14,7 @@
 
 mod backend;
 pub mod children;
+mod debounce;
 mod memory;
 mod records;
 pub mod schedules;

@@ -44,6 +44,48 @@ pub struct TimerKey {
 }
 
 impl TimerKey {
+    /// The wait id of the timer that ends a `DELAYED` run's delay. Guests
+    /// number their waits from 1; these top ids belong to the run itself.
+    pub const DELAY: u64 = u64::MAX;
+    /// The wait id of the timer that expires a run its ttl ran out on.
+    pub const TTL: u64 = u64::MAX - 1;
+
+    /// The timer that queues a delayed run at `due`.
+    pub fn delay(run_id: &RunId, due: Timestamp) -> Self {
+        TimerKey {
+            due,
+            run_id: run_id.clone(),
+            wait_id: Self::DELAY,
+        }
+    }
+
+    /// The timer that expires a run not started by `due`.
+    pub fn ttl(run_id: &RunId, due: Timestamp) -> Self {
+        TimerKey {
+            due,
+            run_id: run_id.clone(),
+            wait_id: Self::TTL,
+        }
+    }
+
+    /// The timers a run's own record calls for: its delay's end, or its
+    /// ttl's once it is queued and has not started.
+    pub fn of_run(run: &Run) -> Vec<Self> {
+        let mut timers = Vec::new();
+        if run.status == kiln_types::RunStatus::Delayed
+            && let Some(due) = run.delayed_until
+        {
+            timers.push(Self::delay(&run.id, due));
+        }
+        if run.status == kiln_types::RunStatus::Queued
+            && run.attempts.is_empty()
+            && let Some(due) = run.expires_at
+        {
+            timers.push(Self::ttl(&run.id, due));
+        }
+        timers
+    }
+
     fn encode(&self) -> Vec<u8> {
         let mut k = key(TIMER, &self.due.as_millis().to_be_bytes());
         k.extend_from_slice(self.run_id.as_str().as_bytes());
@@ -112,13 +154,23 @@ impl Batch {
                 let id = run.id.as_str().as_bytes();
                 self.ops.push(Op::Put(key(RUN, id), record));
                 self.ops
-                    .push(if run.status.is_final() || run.status.is_waiting() {
+                    .push(if run.status.is_final() || run.status.is_at_rest() {
                         Op::Delete(key(ACTIVE, id))
                     } else {
                         Op::Put(key(ACTIVE, id), Vec::new())
                     });
             }
             Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
+    /// Saves a run just made, with the timers its record calls for (see
+    /// [`TimerKey::of_run`]).
+    pub fn put_new_run(&mut self, run: &Run) -> &mut Self {
+        self.put_run(run);
+        for timer in TimerKey::of_run(run) {
+            self.put_timer(&timer);
         }
         self
     }

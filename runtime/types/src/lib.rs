@@ -18,7 +18,9 @@ pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId, TokenId};
 pub use journal::{
     HostCall, JournalEntry, JournalRecord, RunOutcome, WaitOn, WaitRecord, WakeValue,
 };
-pub use run::{Attempt, AttemptOutcome, LogLine, ParentRun, Run, RunError};
+pub use run::{
+    Attempt, AttemptOutcome, DebounceMode, LogLine, ParentRun, Run, RunDebounce, RunError, RunTtl,
+};
 pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;
 pub use time::Timestamp;

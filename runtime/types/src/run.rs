@@ -166,6 +166,22 @@ pub struct Run {
     /// The run that triggered this one, for child runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRun>,
+    /// Until when a `DELAYED` run waits before it is queued (its `delay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delayed_until: Option<Timestamp>,
+    /// The run's `ttl`: how long it may stay queued before it expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<RunTtl>,
+    /// When a run that has not started expires (its ttl counted from when it
+    /// was queued).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<Timestamp>,
+    /// When it expired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expired_at: Option<Timestamp>,
+    /// The debounce that holds this run while it is `DELAYED`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<RunDebounce>,
     /// When it was triggered.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -176,6 +192,54 @@ pub struct Run {
     /// When it reached a final status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+}
+
+/// A run's time to live, as given and in milliseconds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunTtl {
+    /// As the trigger gave it (`"10m"`, or seconds as `"600"`).
+    pub text: String,
+    /// In milliseconds.
+    pub ms: u64,
+}
+
+/// Leading: the first trigger's payload runs; trailing: the last one's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DebounceMode {
+    /// The first trigger's payload and options run (Trigger.dev's default).
+    Leading,
+    /// Each trigger in the window replaces the payload; the last one runs.
+    Trailing,
+}
+
+/// The debounce window a `DELAYED` run belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RunDebounce {
+    /// The key, scoped to the run's task.
+    pub key: String,
+    /// Which trigger's payload runs.
+    pub mode: DebounceMode,
+    /// How long after the latest trigger the run starts.
+    pub delay_ms: u64,
+    /// The latest start, counted from the first trigger (`maxDelay`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline: Option<Timestamp>,
+    /// How many triggers the window has taken.
+    pub triggers: u32,
+}
+
+impl RunDebounce {
+    /// When the window's run starts if its latest trigger came at `now`:
+    /// `delay_ms` later, but no later than the deadline.
+    pub fn due(&self, now: Timestamp) -> Timestamp {
+        let due = Timestamp(now.as_millis().saturating_add(self.delay_ms));
+        match self.deadline {
+            Some(deadline) => due.min(deadline),
+            None => due,
+        }
+    }
 }
 
 impl Run {
@@ -216,6 +280,11 @@ impl Run {
             is_test: false,
             schedule: None,
             parent: None,
+            delayed_until: None,
+            ttl: None,
+            expires_at: None,
+            expired_at: None,
+            debounce: None,
             created_at: now,
             updated_at: now,
             started_at: None,

@@ -95,6 +95,12 @@ impl RunStatus {
         self == RunStatus::Waiting
     }
 
+    /// At rest until a timer or another run wakes it (`WAITING`, `DELAYED`):
+    /// recovery after a restart need not read it.
+    pub fn is_at_rest(self) -> bool {
+        matches!(self, RunStatus::Waiting | RunStatus::Delayed)
+    }
+
     /// Final: the run will not change again.
     pub fn is_final(self) -> bool {
         matches!(

@@ -53,7 +53,7 @@ pub struct AppState {
     pub(crate) executor: Executor,
     pub(crate) schedules: Schedules,
     pub(crate) notifier: Arc<Notifier>,
-    /// Serialises triggers that carry an idempotency key.
+    /// Serialises triggers that carry an idempotency key or a debounce key.
     pub(crate) idempotency: Arc<tokio::sync::Mutex<()>>,
     pub(crate) secret_key: Arc<str>,
     pub(crate) environment: Arc<str>,
@@ -65,6 +65,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/tasks/{task_id}/trigger", post(runs::trigger))
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
         .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
+        .route("/api/v1/runs/{run_id}/reschedule", post(runs::reschedule))
         .route("/api/v1/runs", get(run_list::list))
         .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
         .route(

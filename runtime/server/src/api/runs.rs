@@ -1,7 +1,7 @@
 //! Triggering and retrieving runs.
 
 use super::{ApiError, AppState};
-use crate::executor::{CancelError, MAX_OUTPUT_BYTES};
+use crate::executor::{CancelError, MAX_OUTPUT_BYTES, RescheduleError};
 use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
 use axum::body::Bytes;
@@ -104,9 +104,11 @@ pub(super) async fn trigger(
     )?;
     // An idempotency key that made a run within its TTL returns that run.
     let key = run_key;
-    let _keyed = match &key {
-        Some(_) => Some(state.idempotency.lock().await),
-        None => None,
+    // Keyed and debounced triggers are serialised, so two at once cannot
+    // both make a run.
+    let _serial = match key.is_some() || run.debounce.is_some() {
+        true => Some(state.idempotency.lock().await),
+        false => None,
     };
     if let Some(key) = &key
         && let Some(entry) = state.store.idempotent_run(key)?
@@ -115,8 +117,18 @@ pub(super) async fn trigger(
     {
         return Ok(respond(&state, &entry.run, true, now));
     }
+    // A debounced trigger joins the open window of its key, if there is one.
+    if let Some(window) = &run.debounce
+        && let Some(holder) = state.store.debounced_run(&task_id, &window.key)?
+        && let Some(held) = state.executor.debounce(&holder, &run).await?
+    {
+        return Ok(respond(&state, &held.id, false, now));
+    }
     let mut batch = kiln_store::Batch::default();
-    batch.put_run(&run);
+    batch.put_new_run(&run);
+    if let Some(window) = &run.debounce {
+        batch.put_debounce(&task_id, &window.key, &run.id);
+    }
     if let Some(key) = &key {
         batch.put_idempotency_key(
             key,
@@ -127,7 +139,7 @@ pub(super) async fn trigger(
         );
     }
     state.store.commit(batch).await?;
-    state.executor.enqueue(run.id.clone());
+    state.executor.admit(&run);
     Ok(respond(&state, &run.id, false, now))
 }
 
@@ -183,7 +195,31 @@ pub(super) async fn retrieve(
                 .ok_or_else(|| ApiError::not_found("Run not found"))?;
         }
     }
-    Ok(Json(retrieve_view(&run)))
+    Ok(Json(full_view(&state.store, &run)?))
+}
+
+#[derive(Debug, Deserialize)]
+pub(super) struct RescheduleBody {
+    delay: Value,
+}
+
+/// `POST /api/v1/runs/{runId}/reschedule` `{delay}`: moves a `DELAYED`
+/// run's start; 422 for any other status.
+pub(super) async fn reschedule(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
+    let body: RescheduleBody = super::json_body(&body)?;
+    let at = crate::duration::parse_instant(&body.delay, Timestamp::now())
+        .map_err(|e| ApiError::bad_request(format!("delay: {e}")))?;
+    match state.executor.reschedule(&id, at).await {
+        Ok(run) => Ok(Json(full_view(&state.store, &run)?)),
+        Err(RescheduleError::NotFound) => Err(ApiError::not_found("Run not found")),
+        Err(e @ RescheduleError::NotDelayed(_)) => Err(ApiError::unprocessable(e.to_string())),
+        Err(RescheduleError::Store(e)) => Err(e.into()),
+    }
 }
 
 /// `POST /api/v2/runs/{runId}/cancel`: `{id}`, also for a finished run.
@@ -267,6 +303,17 @@ pub(super) fn common_view(run: &Run) -> Map<String, Value> {
         run.finished_at.map(|t| json!(t.to_iso())),
     );
     insert_opt(&mut map, "metadata", run.metadata.clone());
+    insert_opt(
+        &mut map,
+        "delayedUntil",
+        run.delayed_until.map(|t| json!(t.to_iso())),
+    );
+    insert_opt(&mut map, "ttl", run.ttl.as_ref().map(|t| json!(t.text)));
+    insert_opt(
+        &mut map,
+        "expiredAt",
+        run.expired_at.map(|t| json!(t.to_iso())),
+    );
     map.insert(
         "taskKind".into(),
         json!(if run.schedule.is_some() {
@@ -278,22 +325,66 @@ pub(super) fn common_view(run: &Run) -> Map<String, Value> {
     map
 }
 
-/// The full retrieve shape.
-pub(crate) fn retrieve_view(run: &Run) -> Value {
+/// The full retrieve shape, with `relatedRuns` read from the store.
+pub(crate) fn full_view(store: &kiln_store::Store, run: &Run) -> Result<Value, ApiError> {
+    let mut view = retrieve_view(run);
+    view["relatedRuns"] = related_runs(store, run)?;
+    Ok(view)
+}
+
+/// `relatedRuns`: the run's root and parent, and the runs it triggered.
+fn related_runs(store: &kiln_store::Store, run: &Run) -> Result<Value, ApiError> {
+    let mut related = Map::new();
+    if let Some(parent) = &run.parent {
+        if let Some(root) = store.run(&parent.root)? {
+            related.insert("root".into(), related_view(&root));
+        }
+        if let Some(p) = store.run(&parent.parent)? {
+            related.insert("parent".into(), related_view(&p));
+        }
+    }
+    let children = store.children(&run.id)?;
+    if !children.is_empty() {
+        let mut views = Vec::with_capacity(children.len());
+        for child in children {
+            if let Some(child) = store.run(&child)? {
+                views.push(related_view(&child));
+            }
+        }
+        related.insert("children".into(), Value::Array(views));
+    }
+    Ok(Value::Object(related))
+}
+
+/// A related run: the common fields, `depth`, `triggerFunction`, `batchId`.
+fn related_view(run: &Run) -> Value {
     let mut map = common_view(run);
+    lineage(&mut map, run);
+    Value::Object(map)
+}
+
+/// `depth`, `triggerFunction` and, for child runs, `parentId`, `rootId` and
+/// `batchId`.
+fn lineage(map: &mut Map<String, Value>, run: &Run) {
     match &run.parent {
         Some(parent) => {
             map.insert("depth".into(), json!(parent.depth));
             map.insert("triggerFunction".into(), json!(parent.trigger_function));
             map.insert("parentId".into(), json!(parent.parent));
             map.insert("rootId".into(), json!(parent.root));
-            insert_opt(&mut map, "batchId", parent.batch.as_ref().map(|b| json!(b)));
+            insert_opt(map, "batchId", parent.batch.as_ref().map(|b| json!(b)));
         }
         None => {
             map.insert("depth".into(), json!(0));
             map.insert("triggerFunction".into(), json!("trigger"));
         }
     }
+}
+
+/// The retrieve shape without `relatedRuns` entries.
+pub(crate) fn retrieve_view(run: &Run) -> Value {
+    let mut map = common_view(run);
+    lineage(&mut map, run);
     map.insert("relatedRuns".into(), json!({}));
     map.insert("attemptCount".into(), json!(run.attempts.len()));
     map.insert("machine".into(), json!(run.machine.name()));

@@ -134,7 +134,7 @@ impl JournalSink for AttemptSink {
             }
             let mut commit = Batch::default();
             for run in &runs {
-                commit.put_run(run).put_child(&parent, &run.id);
+                commit.put_new_run(run).put_child(&parent, &run.id);
             }
             let ids: Vec<RunId> = runs.iter().map(|r| r.id.clone()).collect();
             let call = match &batch_id {
@@ -164,8 +164,8 @@ impl JournalSink for AttemptSink {
                 .commit(commit)
                 .await
                 .map_err(|e| e.to_string())?;
-            for id in &ids {
-                executor.enqueue(id.clone());
+            for run in &runs {
+                executor.admit(run);
             }
             Ok(Spawned {
                 batch: batch_id.map(|b| b.to_string()),

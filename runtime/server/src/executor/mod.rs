@@ -16,6 +16,7 @@
 //!   overwrite one another.
 
 mod children;
+mod delays;
 mod driver;
 mod journal;
 mod locks;
@@ -23,6 +24,7 @@ mod timers;
 mod tokens;
 mod waits;
 
+pub use delays::RescheduleError;
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
 use crate::deployments::Deployments;
@@ -140,6 +142,25 @@ impl Executor {
         let _ = self.queue.send(run);
     }
 
+    /// Sets a run that was just committed (with [`Batch::put_new_run`]) on
+    /// its way: a queued run is queued, a delayed one's timers are armed.
+    pub(crate) fn admit(&self, run: &Run) {
+        if run.status == RunStatus::Queued {
+            self.enqueue(run.id.clone());
+        }
+        self.arm(TimerKey::of_run(run));
+    }
+
+    /// Hands timers that were just stored to the timer service (before it
+    /// starts, its first scan finds them).
+    pub(crate) fn arm(&self, timers: Vec<TimerKey>) {
+        if let Some(service) = self.shared.timers.get() {
+            for timer in timers {
+                service.add(timer);
+            }
+        }
+    }
+
     /// Queues a run to start at `at`.
     pub fn enqueue_at(&self, run: RunId, at: Timestamp) {
         let delay = at.as_millis().saturating_sub(Timestamp::now().as_millis());
@@ -240,6 +261,9 @@ impl Executor {
         }
         let mut batch = Batch::default();
         batch.delete_timer(timer);
+        if timer.wait_id == TimerKey::DELAY || timer.wait_id == TimerKey::TTL {
+            return self.fire_run_timer(timer, batch).await;
+        }
         let run = match store.run(&timer.run_id)? {
             Some(run) if run.status == RunStatus::Waiting => run,
             Some(run) if !run.status.is_final() => return Ok(Fired::Busy),
@@ -279,6 +303,50 @@ impl Executor {
         );
         batch.put_run(&t.run);
         store.commit(batch).await?;
+        self.perform(&t.run, &t.actions);
+        Ok(Fired::Done)
+    }
+
+    /// Fires a timer of the run itself: a delay that ends (the run is queued
+    /// and its ttl starts) or a ttl that runs out (the run expires). A timer
+    /// that no longer matches the run (rescheduled, started, ended) is
+    /// deleted and does nothing. Called under the run's lock, with `batch`
+    /// deleting the timer.
+    async fn fire_run_timer(&self, timer: &TimerKey, mut batch: Batch) -> anyhow::Result<Fired> {
+        let store = &self.shared.store;
+        let run = store.run(&timer.run_id)?;
+        let event = match &run {
+            Some(run)
+                if timer.wait_id == TimerKey::DELAY
+                    && run.status == RunStatus::Delayed
+                    && run.delayed_until == Some(timer.due) =>
+            {
+                Some(Event::DelayElapsed)
+            }
+            Some(run)
+                if timer.wait_id == TimerKey::TTL
+                    && matches!(run.status, RunStatus::Queued | RunStatus::Delayed)
+                    && run.attempts.is_empty() =>
+            {
+                Some(Event::Expire)
+            }
+            _ => None,
+        };
+        let (Some(run), Some(event)) = (run, event) else {
+            store.commit(batch).await?;
+            return Ok(Fired::Done);
+        };
+        let t = apply(&run, event, Timestamp::now())?;
+        if let Some(debounce) = &run.debounce {
+            batch.delete_debounce(&run.task_id, &debounce.key);
+        }
+        batch.put_run(&t.run);
+        let timers = TimerKey::of_run(&t.run);
+        for next in &timers {
+            batch.put_timer(next);
+        }
+        store.commit(batch).await?;
+        self.arm(timers);
         self.perform(&t.run, &t.actions);
         Ok(Fired::Done)
     }
