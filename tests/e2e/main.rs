@@ -4,6 +4,7 @@
 
 mod harness;
 
+mod annotations;
 mod children;
 mod delays;
 mod deploy;

@@ -160,7 +160,7 @@ async fn an_invalid_payload_is_refused_naming_the_field() {
 }
 
 #[tokio::test]
-async fn task_errors_panics_and_unsupported_imports_end_as_they_should() {
+async fn task_errors_panics_and_refused_imports_end_as_they_should() {
     let dir = data_dir();
     let kiln = Kiln::start(dir.path());
     kiln.deploy(kiln_fixtures::PROBE).await;
@@ -172,7 +172,7 @@ async fn task_errors_panics_and_unsupported_imports_end_as_they_should() {
     let retried = kiln
         .trigger_ok("fail", json!({"message": "try again"}))
         .await;
-    let unsupported = kiln.trigger_ok("unsupported", json!(null)).await;
+    let refused = kiln.trigger_ok("refused-import", json!(null)).await;
     let slept = kiln.trigger_ok("sleep", json!({"ms": 300})).await;
 
     let run = kiln.finished(&panicked).await;
@@ -195,11 +195,11 @@ async fn task_errors_panics_and_unsupported_imports_end_as_they_should() {
     );
     assert_eq!(run["attempts"][0]["error"]["message"], "try again");
 
-    let run = kiln.finished(&unsupported).await;
+    let run = kiln.finished(&refused).await;
     assert_eq!(run["status"], "COMPLETED");
     let error = run["output"]["error"].as_str().unwrap();
     assert!(
-        error.contains("Unsupported") && error.contains("add-tags"),
+        error.contains("Invalid") && error.contains("tag"),
         "{error}"
     );
 

@@ -21,6 +21,18 @@ pub struct TaskError {
 }
 
 impl TaskError {
+    /// An abort named `name` for a host call the host refused, saying what
+    /// the task was `doing`.
+    pub(crate) fn from_host(doing: &str, name: &str, error: wit::HostError) -> Self {
+        let message = match error {
+            wit::HostError::Unsupported(m)
+            | wit::HostError::Invalid(m)
+            | wit::HostError::NotFound(m)
+            | wit::HostError::Internal(m) => m,
+        };
+        TaskError::abort(format!("{doing} failed: {message}")).with_name(name)
+    }
+
     /// An error with this message; the attempt may be retried.
     pub fn new(message: impl Into<String>) -> Self {
         TaskError {

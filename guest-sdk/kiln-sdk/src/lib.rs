@@ -39,6 +39,7 @@ mod error;
 pub mod executor;
 pub mod hooks;
 mod log;
+pub mod metadata;
 pub mod retry;
 pub mod schedules;
 pub mod tasks;

@@ -171,13 +171,7 @@ fn payload_error(e: serde_json::Error) -> TaskError {
 }
 
 fn host_error(e: wit::HostError) -> TaskError {
-    let message = match e {
-        wit::HostError::Unsupported(m)
-        | wit::HostError::Invalid(m)
-        | wit::HostError::NotFound(m)
-        | wit::HostError::Internal(m) => m,
-    };
-    TaskError::abort(format!("triggering a child run failed: {message}")).with_name("TriggerError")
+    TaskError::from_host("triggering a child run", "TriggerError", e)
 }
 
 fn result_of<O: DeserializeOwned>(outcome: wit::RunOutcome) -> RunResult<O> {

@@ -74,23 +74,14 @@ impl std::fmt::Display for TokenTimeout {
 
 /// Creates a wait token. Journaled: a replay returns the same token.
 pub async fn create_token(options: TokenOptions) -> Result<Token, TaskError> {
-    use crate::bindings::kiln::task::{host, types::HostError};
+    use crate::bindings::kiln::task::host;
     let options = serde_json::to_string(&options).unwrap_or_else(|_| "{}".into());
     host::create_token(&options)
         .map(|t| Token {
             id: t.id,
             url: t.url,
         })
-        .map_err(|e| {
-            let message = match e {
-                HostError::Unsupported(m)
-                | HostError::Invalid(m)
-                | HostError::NotFound(m)
-                | HostError::Internal(m) => m,
-            };
-            TaskError::abort(format!("creating a wait token failed: {message}"))
-                .with_name("TokenError")
-        })
+        .map_err(|e| TaskError::from_host("creating a wait token", "TokenError", e))
 }
 
 /// Waits until the token is completed, with its data as `T`, or times out.

@@ -83,7 +83,30 @@ pub trait JournalSink: Send {
             "wait tokens are not available here".to_string(),
         )))
     }
+
+    /// Applies metadata operations (JSON) to the run named by `target`
+    /// (`current`, `parent`, `root`) and journals the call with the result,
+    /// in one durable commit. Resolves to the metadata afterwards (JSON).
+    fn update_metadata(&mut self, target: &'static str, operations: String) -> HostFuture<String> {
+        let _ = (target, operations);
+        Box::pin(std::future::ready(Err(
+            "metadata is not available here".to_string()
+        )))
+    }
+
+    /// Adds tags to the current run and journals the call, in one durable
+    /// commit.
+    fn add_tags(&mut self, tags: Vec<String>) -> HostFuture<()> {
+        let _ = tags;
+        Box::pin(std::future::ready(Err(
+            "tags are not available here".to_string()
+        )))
+    }
 }
+
+/// A host call the server answers asynchronously: the answer or why not.
+pub type HostFuture<T> =
+    std::pin::Pin<Box<dyn std::future::Future<Output = Result<T, String>> + Send>>;
 
 /// A sink that forgets everything (for `describe` and tests).
 pub(crate) struct NoJournal;
@@ -263,12 +286,6 @@ fn truncate(mut text: String, max: usize) -> String {
     text
 }
 
-fn unsupported(what: &str) -> HostError {
-    HostError::Unsupported(format!(
-        "`{what}` is part of the Kiln world but this server does not support it yet"
-    ))
-}
-
 impl types::Host for HostState {}
 
 impl host::Host for HostState {
@@ -432,13 +449,42 @@ impl host::Host for HostState {
 
     async fn update_metadata(
         &mut self,
-        _target: types::MetadataTarget,
-        _operations: String,
+        target: types::MetadataTarget,
+        operations: String,
     ) -> wasmtime::Result<Result<String, HostError>> {
-        Ok(Err(unsupported("update-metadata")))
+        let target = match target {
+            types::MetadataTarget::Current => "current",
+            types::MetadataTarget::Parent => "parent",
+            types::MetadataTarget::Root => "root",
+        };
+        let fits =
+            |c: &HostCall| matches!(c, HostCall::UpdateMetadata { target: t, .. } if t == target);
+        if let Some(HostCall::UpdateMetadata { result, error, .. }) =
+            self.replayed(|| format!("update-metadata({target})"), fits)?
+        {
+            return Ok(result.ok_or_else(|| HostError::Invalid(error.unwrap_or_default())));
+        }
+        Ok(self
+            .journal
+            .update_metadata(target, operations)
+            .await
+            .map_err(HostError::Invalid))
     }
 
-    async fn add_tags(&mut self, _tags: Vec<String>) -> wasmtime::Result<Result<(), HostError>> {
-        Ok(Err(unsupported("add-tags")))
+    async fn add_tags(&mut self, tags: Vec<String>) -> wasmtime::Result<Result<(), HostError>> {
+        let fits = |c: &HostCall| matches!(c, HostCall::AddTags { tags: t, .. } if *t == tags);
+        if let Some(HostCall::AddTags { error, .. }) =
+            self.replayed(|| format!("add-tags({})", tags.join(", ")), fits)?
+        {
+            return Ok(match error {
+                Some(error) => Err(HostError::Invalid(error)),
+                None => Ok(()),
+            });
+        }
+        Ok(self
+            .journal
+            .add_tags(tags)
+            .await
+            .map_err(HostError::Invalid))
     }
 }

@@ -25,6 +25,8 @@ pub use attempt::{Attempt, StepOutcome, TrapKind};
 pub use bindings::wit;
 pub use bundle::{BundleError, LoadedBundle};
 pub use engine::{Sandbox, SandboxConfig};
-pub use host::{ChildRequest, HostCallStats, JournalSink, SpawnFuture, Spawned, TokenFuture};
+pub use host::{
+    ChildRequest, HostCallStats, HostFuture, JournalSink, SpawnFuture, Spawned, TokenFuture,
+};
 pub use limits::Limits;
 pub use snapshot::recycle as recycle_capture;

@@ -16,6 +16,7 @@ mod deployments;
 mod duration;
 pub mod executor;
 mod jwt;
+mod metadata;
 mod notify;
 mod payload;
 pub mod schedules;

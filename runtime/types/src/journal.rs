@@ -72,6 +72,26 @@ pub enum HostCall {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// `update-metadata(target, operations)`: the target's metadata after
+    /// the operations, committed with this entry, or why they were refused.
+    UpdateMetadata {
+        /// `current`, `parent` or `root`.
+        target: String,
+        /// The metadata object afterwards, as JSON.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        result: Option<String>,
+        /// Why the operations were refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// `add-tags(tags)`, committed with this entry, or why it was refused.
+    AddTags {
+        /// The tags added.
+        tags: Vec<String>,
+        /// Why they were refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl HostCall {
@@ -87,6 +107,8 @@ impl HostCall {
             HostCall::Trigger { task, .. } => format!("trigger({task})"),
             HostCall::CreateToken { .. } => "create-token()".into(),
             HostCall::BatchTrigger { items, .. } => format!("batch-trigger({items} items)"),
+            HostCall::UpdateMetadata { target, .. } => format!("update-metadata({target})"),
+            HostCall::AddTags { tags, .. } => format!("add-tags({})", tags.join(", ")),
         }
     }
 }

@@ -18,6 +18,7 @@
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /healthz` | liveness, no auth |
 
+mod annotations;
 mod deployments;
 mod error;
 mod run_list;
@@ -66,6 +67,11 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
         .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
         .route("/api/v1/runs/{run_id}/reschedule", post(runs::reschedule))
+        .route(
+            "/api/v1/runs/{run_id}/metadata",
+            put(annotations::put_metadata).get(annotations::get_metadata),
+        )
+        .route("/api/v1/runs/{run_id}/tags", post(annotations::add_tags))
         .route("/api/v1/runs", get(run_list::list))
         .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
         .route(

@@ -32,6 +32,9 @@ pub(crate) const MAX_BATCH: usize = 1_000;
 pub(crate) struct AttemptSink {
     pub(crate) writer: JournalWriter,
     pub(crate) executor: Executor,
+    /// The run that triggered the attempt's run (the run itself for a root).
+    pub(crate) own_parent: RunId,
+    /// The attempt's run: the parent of the children it triggers.
     pub(crate) parent: RunId,
     pub(crate) deployment: DeploymentId,
     pub(crate) root: RunId,
@@ -45,6 +48,18 @@ impl JournalSink for AttemptSink {
 
     fn create_token(&mut self, options: String) -> kiln_sandbox::TokenFuture {
         self.make_token(options)
+    }
+
+    fn update_metadata(
+        &mut self,
+        target: &'static str,
+        operations: String,
+    ) -> kiln_sandbox::HostFuture<String> {
+        self.metadata_call(target, operations)
+    }
+
+    fn add_tags(&mut self, tags: Vec<String>) -> kiln_sandbox::HostFuture<()> {
+        self.tags_call(tags)
     }
 
     fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {

@@ -235,13 +235,14 @@ impl<'a> Slice<'a> {
         if self.live.is_canceled.load(Ordering::SeqCst) {
             return Ok(End::Canceled);
         }
-        let (root, depth) = match &self.run.parent {
-            Some(p) => (p.root.clone(), p.depth),
-            None => (self.run.id.clone(), 0),
+        let (root, depth, own_parent) = match &self.run.parent {
+            Some(p) => (p.root.clone(), p.depth, p.parent.clone()),
+            None => (self.run.id.clone(), 0, self.run.id.clone()),
         };
         attempt.set_journal(Box::new(super::children::AttemptSink {
             writer: self.journal.clone(),
             executor: self.executor.clone(),
+            own_parent,
             parent: self.run.id.clone(),
             deployment: self.run.deployment_id.clone(),
             root,

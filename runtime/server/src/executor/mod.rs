@@ -15,6 +15,7 @@
 //!   ([`locks`]), so a cancel, a timer and the end of an attempt never
 //!   overwrite one another.
 
+mod annotations;
 mod children;
 mod delays;
 mod driver;
@@ -24,6 +25,7 @@ mod timers;
 mod tokens;
 mod waits;
 
+pub use annotations::AnnotationError;
 pub use delays::RescheduleError;
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 

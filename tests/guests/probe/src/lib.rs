@@ -56,17 +56,60 @@ pub struct Unsupported {
     pub error: String,
 }
 
-/// Calls `add-tags`, which this server does not support yet, and returns the
-/// host's error as its output: the guest sees an error value, not a trap.
-#[task(id = "unsupported")]
-pub async fn unsupported(_payload: Value, _ctx: &Context) -> Result<Unsupported, TaskError> {
+/// Calls `add-tags` with a tag the host refuses, and returns the host's
+/// error as its output: the guest sees an error value, not a trap.
+#[task(id = "refused-import")]
+pub async fn refused_import(_payload: Value, _ctx: &Context) -> Result<Unsupported, TaskError> {
     use kiln_sdk::bindings::kiln::task::host;
-    match host::add_tags(&["x".to_string()]) {
-        Ok(()) => Err(TaskError::new("add-tags unexpectedly worked")),
+    match host::add_tags(&[String::new()]) {
+        Ok(()) => Err(TaskError::new("an empty tag was accepted")),
         Err(error) => Ok(Unsupported {
             error: format!("{error:?}"),
         }),
     }
+}
+
+/// What `annotate` does.
+#[derive(Debug, Deserialize)]
+pub struct Annotate {
+    /// Milliseconds to spin after annotating (a window to kill the server).
+    #[serde(default)]
+    pub spin_ms: u64,
+}
+
+/// Changes its own metadata, its parent's and its root's, adds a tag, spins,
+/// and returns its metadata.
+#[task(id = "annotate")]
+pub async fn annotate(payload: Annotate, ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::metadata;
+    metadata::increment("count", 1.0)?;
+    metadata::set("$.progress.step", 1)?;
+    metadata::append("log", "started")?;
+    metadata::add_tags(&["annotated"])?;
+    metadata::parent().increment("children", 1.0)?;
+    metadata::root().append("seen", &ctx.run_id)?;
+    let start = ctx.now_ms();
+    let mut rounds = 0u64;
+    while ctx.now_ms().saturating_sub(start) < payload.spin_ms {
+        rounds = rounds.wrapping_add(churn(200_000, rounds));
+    }
+    metadata::decrement("$.progress.step", 1.0)?;
+    // Too much metadata is refused as an error value.
+    let refused = metadata::set("huge", "x".repeat(300 * 1024)).is_err();
+    let mut own = metadata::current().apply(&[])?;
+    own["refusedHuge"] = Value::from(refused);
+    Ok(own)
+}
+
+/// Triggers two `annotate` children, waits for both, and returns its own
+/// metadata.
+#[task(id = "annotate-parent")]
+pub async fn annotate_parent(_payload: Value, _ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::{metadata, tasks};
+    metadata::set("role", "parent")?;
+    let items = vec![serde_json::json!({}), serde_json::json!({})];
+    tasks::batch_trigger_and_wait::<_, Value>("annotate", &items).await?;
+    metadata::current().apply(&[])
 }
 
 /// Returns a string of `bytes` bytes.
@@ -418,7 +461,9 @@ kiln_sdk::bundle!(
     echo,
     panic,
     fail,
-    unsupported,
+    refused_import,
+    annotate,
+    annotate_parent,
     big_output,
     sleep,
     work_then_wait,

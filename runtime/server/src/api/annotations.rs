@@ -1,0 +1,111 @@
+//! A run's metadata and tags from a backend: `GET`/`PUT
+//! /api/v1/runs/{id}/metadata` and `POST /api/v1/runs/{id}/tags`.
+
+use super::{ApiError, AppState};
+use crate::executor::AnnotationError;
+use crate::metadata::{self, Operation};
+use axum::Json;
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use kiln_types::{Run, RunId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+impl From<AnnotationError> for ApiError {
+    fn from(error: AnnotationError) -> Self {
+        match error {
+            AnnotationError::NotFound => ApiError::not_found("Run not found"),
+            AnnotationError::Invalid(m) if m.contains("256 KiB") => ApiError::too_large(m),
+            AnnotationError::Invalid(m) => ApiError::unprocessable(m),
+            AnnotationError::Store(e) => e.into(),
+        }
+    }
+}
+
+fn run_of(state: &AppState, run_id: &str) -> Result<Run, ApiError> {
+    let id = RunId::parse(run_id).map_err(|_| ApiError::not_found("Run not found"))?;
+    state
+        .store
+        .run(&id)?
+        .ok_or_else(|| ApiError::not_found("Run not found"))
+}
+
+/// `GET /api/v1/runs/{id}/metadata` -> `{metadata}`.
+pub(super) async fn get_metadata(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let run = run_of(&state, &run_id)?;
+    Ok(Json(
+        json!({ "metadata": run.metadata.unwrap_or_else(|| json!({})) }),
+    ))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MetadataBody {
+    /// A whole new metadata object.
+    metadata: Option<Value>,
+    #[serde(default)]
+    operations: Value,
+    #[serde(default)]
+    parent_operations: Value,
+    #[serde(default)]
+    root_operations: Value,
+}
+
+/// `PUT /api/v1/runs/{id}/metadata` `{metadata?, operations?,
+/// parentOperations?, rootOperations?}` -> `{metadata}`: the run's metadata
+/// after its operations; the parent's and root's are applied after it.
+pub(super) async fn put_metadata(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let run = run_of(&state, &run_id)?;
+    let body: MetadataBody = super::json_body_or_default(&body)?;
+    let parse = |ops: Value| metadata::operations(ops).map_err(ApiError::unprocessable);
+    let mut own: Vec<Operation> = Vec::new();
+    if let Some(value) = body.metadata {
+        own.push(Operation::Update { value });
+    }
+    own.extend(parse(body.operations)?);
+    let parent_ops = parse(body.parent_operations)?;
+    let root_ops = parse(body.root_operations)?;
+    let updated = state.executor.update_metadata(&run.id, &own).await?;
+    let (parent, root) = match &run.parent {
+        Some(p) => (p.parent.clone(), p.root.clone()),
+        None => (run.id.clone(), run.id.clone()),
+    };
+    for (target, ops) in [(parent, parent_ops), (root, root_ops)] {
+        if !ops.is_empty() {
+            state.executor.update_metadata(&target, &ops).await?;
+        }
+    }
+    let metadata = match run.parent {
+        // The run itself may have been the parent or root just changed.
+        None => run_of(&state, &run_id)?.metadata.unwrap_or(updated),
+        Some(_) => updated,
+    };
+    Ok(Json(json!({ "metadata": metadata })))
+}
+
+#[derive(Debug, Deserialize)]
+struct TagsBody {
+    tags: Value,
+}
+
+/// `POST /api/v1/runs/{id}/tags` `{tags}` -> `{message}`.
+pub(super) async fn add_tags(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let run = run_of(&state, &run_id)?;
+    let body: TagsBody = super::json_body(&body)?;
+    let tags = crate::trigger::tags(Some(body.tags)).map_err(ApiError::unprocessable)?;
+    state.executor.add_tags(&run.id, &tags).await?;
+    Ok(Json(json!({
+        "message": format!("Successfully set {} new tags.", tags.len())
+    })))
+}
