@@ -284,3 +284,45 @@ async fn an_idempotency_key_returns_the_same_run_within_its_ttl_and_a_new_one_af
         .await;
     assert_eq!(status, 400, "{error}");
 }
+
+#[tokio::test]
+async fn replay_makes_a_new_run_with_the_same_payload_or_overrides() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let first = kiln
+        .trigger_with(
+            "echo",
+            json!({"n": 1}),
+            json!({"tags": ["a"], "metadata": {"m": 1}}),
+        )
+        .await;
+    kiln.finished(&first).await;
+
+    let (status, body) = kiln
+        .post(&format!("/api/v1/runs/{first}/replay"), json!({}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let again = body["id"].as_str().unwrap().to_string();
+    assert_ne!(again, first);
+    let run = kiln.finished(&again).await;
+    assert_eq!(run["output"]["payload"], json!({"n": 1}), "{run}");
+    assert_eq!(run["tags"], json!(["a"]));
+    assert_eq!(run["metadata"], json!({"m": 1}));
+
+    let (status, body) = kiln
+        .post(
+            &format!("/api/v1/runs/{first}/replay"),
+            json!({"payload": "{\"n\":2}", "tags": ["b"]}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = kiln.finished(body["id"].as_str().unwrap()).await;
+    assert_eq!(run["output"]["payload"], json!({"n": 2}), "{run}");
+    assert_eq!(run["tags"], json!(["b"]));
+
+    let (status, _) = kiln
+        .post("/api/v1/runs/run_doesnotexist/replay", json!({}))
+        .await;
+    assert_eq!(status, 404);
+}

@@ -7,7 +7,6 @@ use crate::metadata::{self, Operation};
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
-use kiln_types::{Run, RunId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -22,20 +21,12 @@ impl From<AnnotationError> for ApiError {
     }
 }
 
-fn run_of(state: &AppState, run_id: &str) -> Result<Run, ApiError> {
-    let id = RunId::parse(run_id).map_err(|_| ApiError::not_found("Run not found"))?;
-    state
-        .store
-        .run(&id)?
-        .ok_or_else(|| ApiError::not_found("Run not found"))
-}
-
 /// `GET /api/v1/runs/{id}/metadata` -> `{metadata}`.
 pub(super) async fn get_metadata(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let run = run_of(&state, &run_id)?;
+    let run = super::stored_run(&state, &run_id)?;
     Ok(Json(
         json!({ "metadata": run.metadata.unwrap_or_else(|| json!({})) }),
     ))
@@ -62,7 +53,7 @@ pub(super) async fn put_metadata(
     Path(run_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let run = run_of(&state, &run_id)?;
+    let run = super::stored_run(&state, &run_id)?;
     let body: MetadataBody = super::json_body_or_default(&body)?;
     let parse = |ops: Value| metadata::operations(ops).map_err(ApiError::unprocessable);
     let mut own: Vec<Operation> = Vec::new();
@@ -84,7 +75,9 @@ pub(super) async fn put_metadata(
     }
     let metadata = match run.parent {
         // The run itself may have been the parent or root just changed.
-        None => run_of(&state, &run_id)?.metadata.unwrap_or(updated),
+        None => super::stored_run(&state, &run_id)?
+            .metadata
+            .unwrap_or(updated),
         Some(_) => updated,
     };
     Ok(Json(json!({ "metadata": metadata })))
@@ -101,7 +94,7 @@ pub(super) async fn add_tags(
     Path(run_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let run = run_of(&state, &run_id)?;
+    let run = super::stored_run(&state, &run_id)?;
     let body: TagsBody = super::json_body(&body)?;
     let tags = crate::trigger::tags(Some(body.tags)).map_err(ApiError::unprocessable)?;
     state.executor.add_tags(&run.id, &tags).await?;

@@ -67,6 +67,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
         .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
         .route("/api/v1/runs/{run_id}/reschedule", post(runs::reschedule))
+        .route("/api/v1/runs/{run_id}/replay", post(runs::replay))
         .route(
             "/api/v1/runs/{run_id}/metadata",
             put(annotations::put_metadata).get(annotations::get_metadata),
@@ -133,6 +134,15 @@ async fn settle(State(state): State<AppState>, request: Request, next: Next) -> 
         Err(e) => ApiError::unavailable(format!("The store could not make data durable: {e}"))
             .into_response(),
     }
+}
+
+/// The run named in a path, or a 404.
+pub(crate) fn stored_run(state: &AppState, run_id: &str) -> Result<kiln_types::Run, ApiError> {
+    let id = kiln_types::RunId::parse(run_id).map_err(|_| ApiError::not_found("Run not found"))?;
+    state
+        .store
+        .run(&id)?
+        .ok_or_else(|| ApiError::not_found("Run not found"))
 }
 
 /// Parses a JSON request body, with a 400 that says what is wrong.

@@ -59,34 +59,9 @@ pub(super) async fn trigger(
         )));
     }
     let mut options = body.options;
-    // The SDK sends the payload as a string packet; plain JSON values are
-    // accepted too, for curl users.
-    let (payload_text, payload_type) = match body.payload {
-        None | Some(Value::Null) => (
-            None,
-            options
-                .payload_type
-                .take()
-                .unwrap_or_else(|| "application/json".into()),
-        ),
-        Some(Value::String(s)) => (
-            Some(s),
-            options
-                .payload_type
-                .take()
-                .unwrap_or_else(|| "application/json".into()),
-        ),
-        Some(other) => (Some(other.to_string()), "application/json".into()),
-    };
-    let payload = crate::payload::to_json(payload_text.as_deref(), &payload_type)
-        .map_err(ApiError::bad_request)?;
+    let incoming = incoming_payload(body.payload, &mut options)?;
+    let (payload, stored, stored_type) = (incoming.json, incoming.stored, incoming.stored_type);
     let now = Timestamp::now();
-    // Text stays as sent; everything else is stored as its plain JSON value
-    // (SuperJSON unwrapped), so attempts hand it to the guest as it is.
-    let (stored, stored_type) = match payload_text {
-        Some(text) if payload_type == "text/plain" => (text, payload_type),
-        _ => (payload.to_string(), "application/json".to_string()),
-    };
     let run_key = options.idempotency_key.clone().filter(|k| !k.is_empty());
     let key_ttl_ms = match &options.idempotency_key_ttl {
         Some(ttl) => crate::duration::parse_ms(ttl)
@@ -143,6 +118,44 @@ pub(super) async fn trigger(
     Ok(respond(&state, &run.id, false, now))
 }
 
+/// A payload as a trigger gives it: its plain JSON value, and what the run
+/// stores.
+struct Incoming {
+    json: Value,
+    stored: String,
+    stored_type: String,
+}
+
+/// Reads a trigger's payload. The SDK sends it as a string packet with
+/// `payloadType`; plain JSON values are accepted too, for curl users. Text
+/// stays as sent; everything else is stored as its plain JSON value
+/// (SuperJSON unwrapped), so attempts hand it to the guest as it is.
+fn incoming_payload(
+    payload: Option<Value>,
+    options: &mut TriggerOptions,
+) -> Result<Incoming, ApiError> {
+    let declared = options
+        .payload_type
+        .take()
+        .unwrap_or_else(|| "application/json".into());
+    let (text, payload_type) = match payload {
+        None | Some(Value::Null) => (None, declared),
+        Some(Value::String(s)) => (Some(s), declared),
+        Some(other) => (Some(other.to_string()), "application/json".into()),
+    };
+    let json =
+        crate::payload::to_json(text.as_deref(), &payload_type).map_err(ApiError::bad_request)?;
+    let (stored, stored_type) = match text {
+        Some(text) if payload_type == "text/plain" => (text, payload_type),
+        _ => (json.to_string(), "application/json".to_string()),
+    };
+    Ok(Incoming {
+        json,
+        stored,
+        stored_type,
+    })
+}
+
 /// The trigger response: `{id, isCached}` and the run's public token.
 fn respond(state: &AppState, id: &RunId, cached: bool, now: Timestamp) -> (HeaderMap, Json<Value>) {
     let jwt = crate::jwt::sign(
@@ -196,6 +209,67 @@ pub(super) async fn retrieve(
         }
     }
     Ok(Json(full_view(&state.store, &run)?))
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct ReplayBody {
+    /// A new payload (as the SDK sends it: a string packet, or JSON).
+    payload: Option<Value>,
+    /// Overrides of the trigger options.
+    #[serde(flatten)]
+    options: TriggerOptions,
+}
+
+/// `POST /api/v1/runs/{runId}/replay` -> `{id}`: a new run of the same task
+/// on the current deployment, with the original payload, tags and metadata
+/// unless the body overrides them.
+pub(super) async fn replay(
+    State(state): State<AppState>,
+    Path(run_id): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let original = super::stored_run(&state, &run_id)?;
+    let body: ReplayBody = super::json_body_or_default(&body)?;
+    let mut options = body.options;
+    let incoming = match body.payload {
+        Some(payload) => incoming_payload(Some(payload), &mut options)?,
+        None => Incoming {
+            json: crate::payload::to_json(Some(&original.payload), &original.payload_type)
+                .map_err(ApiError::bad_request)?,
+            stored: original.payload.clone(),
+            stored_type: original.payload_type.clone(),
+        },
+    };
+    if options.tags.is_none() && !original.tags.is_empty() {
+        options.tags = Some(json!(original.tags));
+    }
+    if options.metadata.is_none() {
+        options.metadata = original.metadata.clone();
+    }
+    if options.machine.is_none() {
+        options.machine = Some(original.machine.name().to_string());
+    }
+    let Some(deployed) = state.deployments.current() else {
+        return Err(ApiError::not_found(
+            "Nothing is deployed to replay the run on",
+        ));
+    };
+    let now = Timestamp::now();
+    let run = crate::trigger::new_run(
+        &deployed,
+        &original.task_id,
+        &incoming.json,
+        incoming.stored,
+        incoming.stored_type,
+        options,
+        now,
+    )?;
+    let mut batch = kiln_store::Batch::default();
+    batch.put_new_run(&run);
+    state.store.commit(batch).await?;
+    state.executor.admit(&run);
+    Ok(Json(json!({ "id": run.id })))
 }
 
 #[derive(Debug, Deserialize)]
