@@ -10,6 +10,7 @@ mod delays;
 mod deploy;
 mod durable;
 mod examples;
+mod fetch;
 mod hooks;
 mod limits;
 mod restart;

@@ -37,6 +37,7 @@ pub mod bindings;
 mod context;
 mod error;
 pub mod executor;
+pub mod fetch;
 pub mod hooks;
 mod log;
 pub mod metadata;

@@ -1,4 +1,5 @@
-//! Retrying a block inside a run, as Trigger.dev's `retry.onThrow`.
+//! Retrying a block inside a run, as Trigger.dev's `retry.onThrow`, and a
+//! durable fetch with retries on status codes, as its `retry.fetch`.
 //!
 //! The backoff between tries is a durable wait, and its randomness comes from
 //! the host, so the whole loop is journaled: a run that crashes between two
@@ -39,5 +40,33 @@ where
                 attempt += 1;
             }
         }
+    }
+}
+
+/// Sends `request` durably, retrying under `policy` while the request fails
+/// or `retry_on(status)` says the response is worth another try (say, 429
+/// and 5xx). Returns the first response not retried, the last response once
+/// tries run out, or the last error. Every try and every backoff is
+/// journaled: a run that crashes mid-way never repeats a try it made.
+pub async fn fetch(
+    policy: RetryPolicy,
+    request: crate::fetch::Request,
+    retry_on: impl Fn(u16) -> bool,
+) -> Result<crate::fetch::Response, crate::fetch::FetchError> {
+    let retry_on = &retry_on;
+    let outcome = on_throw(policy, |_| {
+        let request = request.clone();
+        async move {
+            match crate::fetch::fetch(request).await {
+                Ok(response) if retry_on(response.status) => Err(Ok(response)),
+                Ok(response) => Ok(response),
+                Err(error) => Err(Err(error)),
+            }
+        }
+    })
+    .await;
+    match outcome {
+        Ok(response) | Err(Ok(response)) => Ok(response),
+        Err(Err(error)) => Err(error),
     }
 }

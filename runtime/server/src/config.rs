@@ -25,6 +25,9 @@ pub struct ServerConfig {
     /// The URL clients reach this server at, for wait tokens' callback URLs
     /// (`http://<listen address>` when `None`).
     pub public_url: Option<String>,
+    /// Hosts tasks may fetch from (`*`, `host`, `host:port`, `*.domain`);
+    /// loopback is allowed too in the `dev` environment.
+    pub fetch_allow: Vec<String>,
 }
 
 impl ServerConfig {
@@ -42,6 +45,7 @@ impl ServerConfig {
             warm_wait: std::time::Duration::from_secs(5),
             schedule_clock: crate::ScheduleClock::default(),
             public_url: None,
+            fetch_allow: Vec::new(),
         }
     }
 }

@@ -47,6 +47,10 @@ impl Server {
                 warm_wait: config.warm_wait,
                 public_url,
                 secret: secret_key.clone(),
+                fetch: crate::executor::FetchPolicy::new(
+                    config.fetch_allow.clone(),
+                    &config.environment,
+                ),
             },
         );
         let recovered = executor.recover().await?;

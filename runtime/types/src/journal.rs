@@ -146,6 +146,43 @@ pub enum WaitOn {
         /// Its runs, in item order.
         runs: Vec<RunId>,
     },
+    /// An HTTP request the host performs for the task; its response is
+    /// journaled as the wake, so a replay never sends it again.
+    Fetch {
+        /// The request.
+        request: FetchRequest,
+    },
+}
+
+/// An HTTP request of a durable fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FetchRequest {
+    /// `GET`, `POST`...
+    pub method: String,
+    /// The URL.
+    pub url: String,
+    /// Header names and values, in order.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body: Option<String>,
+    /// Give up after this many milliseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+}
+
+/// The response of a durable fetch.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchResponse {
+    /// The HTTP status.
+    pub status: u16,
+    /// Header names and values, in order.
+    #[serde(default)]
+    pub headers: Vec<(String, String)>,
+    /// The body, base64.
+    pub body: String,
 }
 
 /// How a child run ended, as its waiting parent is told.
@@ -192,6 +229,16 @@ pub enum WakeValue {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         data: Option<String>,
         /// Why it did not complete (it timed out).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
+    /// A fetch got a response, or failed (refused by the allowlist, a
+    /// network error, a timeout).
+    Fetch {
+        /// The response.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        response: Option<FetchResponse>,
+        /// Why there is none.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },

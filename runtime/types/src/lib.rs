@@ -16,7 +16,8 @@ mod token;
 pub use deployment::{DeployedTask, Deployment};
 pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId, TokenId};
 pub use journal::{
-    HostCall, JournalEntry, JournalRecord, RunOutcome, WaitOn, WaitRecord, WakeValue,
+    FetchRequest, FetchResponse, HostCall, JournalEntry, JournalRecord, RunOutcome, WaitOn,
+    WaitRecord, WakeValue,
 };
 pub use run::{
     Attempt, AttemptOutcome, DebounceMode, LogLine, ParentRun, Run, RunDebounce, RunError, RunTtl,

@@ -25,6 +25,15 @@ pub struct Args {
     /// URLs (default: http://<listen address>).
     #[arg(long, env = "KILN_PUBLIC_URL")]
     public_url: Option<String>,
+    /// The environment runs belong to (`dev`, `staging`, `prod`...). In
+    /// `dev`, tasks may fetch from loopback addresses.
+    #[arg(long, default_value = "dev", env = "KILN_ENVIRONMENT")]
+    environment: String,
+    /// Hosts tasks may fetch from: `*`, `host`, `host:port` or `*.domain`
+    /// (repeat, or comma-separate). Nothing by default; loopback is always
+    /// allowed in the dev environment.
+    #[arg(long = "allow-fetch", env = "KILN_ALLOW_FETCH", value_delimiter = ',')]
+    allow_fetch: Vec<String>,
     /// For tests: schedules fire by a clock that runs RATE times faster than
     /// real time from the real instant ANCHOR_MS (`ANCHOR_MS:RATE`).
     #[arg(long, hide = true, env = "KILN_SCHEDULE_CLOCK")]
@@ -49,6 +58,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.warm_wait = std::time::Duration::from_millis(args.warm_wait_ms);
     config.public_url = args.public_url.clone();
+    config.fetch_allow = args.allow_fetch.clone();
+    config.environment = args.environment.clone();
     if let Some(clock) = &args.schedule_clock {
         config.schedule_clock = kiln_server::ScheduleClock::parse(clock)
             .map_err(|e| anyhow::anyhow!("--schedule-clock: {e}"))?;

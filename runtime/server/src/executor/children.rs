@@ -220,7 +220,7 @@ impl Executor {
             Ok(store.run(id)?.filter(|r| r.status.is_final()))
         };
         Ok(match &wait.on {
-            WaitOn::Timer { .. } => None,
+            WaitOn::Timer { .. } | WaitOn::Fetch { .. } => None,
             WaitOn::Token { token_id, .. } => self.token_wake(token_id)?,
             WaitOn::Run { run_id } => finished(run_id)?.map(|run| WakeValue::Run {
                 outcome: outcome_of(&run),

@@ -14,6 +14,8 @@
 
 use super::journal::JournalWriter;
 use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
+use base64::Engine as _;
+use base64::engine::general_purpose::STANDARD as BASE64;
 use kiln_engine::{Event, FailureKind, apply};
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
@@ -284,8 +286,37 @@ impl<'a> Slice<'a> {
                 }
                 None => {}
             }
-            // Live: sleep warm, or suspend. A child, batch or token wait
-            // always suspends: the run holds no slot while others work.
+            // Live: a fetch is made while the guest stays warm, and its
+            // response journaled before the guest sees it.
+            if let Some((id, request)) = self.pending.values().find_map(|w| match &w.on {
+                WaitOn::Fetch { request } => Some((w.id, request.clone())),
+                _ => None,
+            }) {
+                let value = tokio::select! {
+                    value = super::fetch::perform(&shared.http, &shared.config.fetch, &request) => value,
+                    _ = self.live.canceled.notified() => {
+                        return Ok(self.canceled_at_rest(&mut attempt).await);
+                    }
+                };
+                self.pending.remove(&id);
+                let mut batch = Batch::default();
+                self.journal.append_to(
+                    &mut batch,
+                    JournalEntry::Wake {
+                        id,
+                        value: value.clone(),
+                    },
+                );
+                shared
+                    .store
+                    .commit(batch)
+                    .await
+                    .map_err(|e| e.to_string())?;
+                outcome = Some(attempt.resume(&wake(id, value)).await);
+                continue;
+            }
+            // Sleep warm, or suspend. A child, batch or token wait always
+            // suspends: the run holds no slot while others work.
             if self
                 .pending
                 .values()
@@ -309,15 +340,7 @@ impl<'a> Slice<'a> {
                 tokio::select! {
                     _ = tokio::time::sleep(delay) => {}
                     _ = self.live.canceled.notified() => {
-                        // The guest is at rest: its cancel hooks can run, so
-                        // lift the interrupt that cancel set for a running
-                        // guest, or it would stop the hooks at the next tick.
-                        attempt
-                            .cancel_flag()
-                            .store(false, std::sync::atomic::Ordering::SeqCst);
-                        attempt.cancel("the run was canceled").await;
-                        self.logs = attempt.take_logs();
-                        return Ok(End::Canceled);
+                        return Ok(self.canceled_at_rest(&mut attempt).await);
                     }
                 }
                 // A durable timer for this wait (from an earlier suspension)
@@ -339,6 +362,18 @@ impl<'a> Slice<'a> {
             }
             return self.suspend(attempt).await;
         }
+    }
+
+    /// Runs the cancel hooks of a guest canceled while at rest (in a warm
+    /// wait or a fetch). Cancel set the interrupt meant for a running
+    /// guest; it is lifted first, or it would stop the hooks at the next tick.
+    async fn canceled_at_rest(&mut self, attempt: &mut Attempt) -> End {
+        attempt
+            .cancel_flag()
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        attempt.cancel("the run was canceled").await;
+        self.logs = attempt.take_logs();
+        End::Canceled
     }
 
     /// Handles a step. `Some` ends the slice; `None` goes on to the next wake.
@@ -699,12 +734,15 @@ fn wait_record(
                 runs: batch.runs,
             }
         }
-        _ => {
-            return Err(
-                "this server supports timer, child-run, batch and token waits so far (fetch comes later)"
-                    .into(),
-            );
-        }
+        wit::WaitKind::Fetch(request) => WaitOn::Fetch {
+            request: kiln_types::FetchRequest {
+                method: request.method.clone(),
+                url: request.url.clone(),
+                headers: request.headers.clone(),
+                body: request.body.as_ref().map(|b| BASE64.encode(b)),
+                timeout_ms: request.timeout_ms,
+            },
+        },
     };
     Ok(WaitRecord { id: wait.id, on })
 }
@@ -723,6 +761,9 @@ fn compare_waits(waits: &[wit::Wait], journaled: &[WaitRecord]) -> Option<String
                     (wit::WaitKind::Batch(id), WaitOn::Batch { batch_id, .. }) => id == batch_id,
                     (wit::WaitKind::Token(id), WaitOn::Token { token_id, .. }) => {
                         id == token_id.as_str()
+                    }
+                    (wit::WaitKind::Fetch(request), WaitOn::Fetch { request: journaled }) => {
+                        request.method == journaled.method && request.url == journaled.url
                     }
                     _ => false,
                 }
@@ -750,6 +791,17 @@ fn wake(id: u64, value: WakeValue) -> wit::Wake {
             WakeValue::Token { data, error } => wit::WakeValue::Token(match (data, error) {
                 (Some(data), _) => Ok(data),
                 (None, error) => Err(error.unwrap_or_else(|| "the token timed out".into())),
+            }),
+            WakeValue::Fetch { response, error } => wit::WakeValue::Fetch(match response {
+                Some(response) => match BASE64.decode(&response.body) {
+                    Ok(body) => Ok(wit::HttpResponse {
+                        status: response.status,
+                        headers: response.headers,
+                        body,
+                    }),
+                    Err(e) => Err(format!("the journaled response body is corrupt: {e}")),
+                },
+                None => Err(error.unwrap_or_else(|| "the fetch failed".into())),
             }),
         },
     }

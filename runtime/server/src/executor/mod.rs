@@ -19,6 +19,7 @@ mod annotations;
 mod children;
 mod delays;
 mod driver;
+mod fetch;
 mod journal;
 mod locks;
 mod timers;
@@ -27,6 +28,7 @@ mod waits;
 
 pub use annotations::AnnotationError;
 pub use delays::RescheduleError;
+pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
 use crate::deployments::Deployments;
@@ -59,6 +61,8 @@ pub struct ExecutorConfig {
     pub public_url: String,
     /// The secret key, which signs callback URLs.
     pub secret: String,
+    /// Which hosts tasks may fetch from.
+    pub fetch: FetchPolicy,
 }
 
 /// Hands runs to the executor and controls them.
@@ -85,6 +89,8 @@ pub(crate) struct Shared {
     locks: RunLocks,
     live: Mutex<HashMap<RunId, Arc<LiveRun>>>,
     timers: std::sync::OnceLock<Timers>,
+    /// The client durable fetches go through.
+    http: reqwest::Client,
 }
 
 /// Why a cancel was refused.
@@ -116,6 +122,7 @@ impl Executor {
             locks: RunLocks::default(),
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
+            http: fetch::client(),
         });
         let executor = Executor {
             queue: tx,

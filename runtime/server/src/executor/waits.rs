@@ -12,7 +12,7 @@ fn timer(run: &RunId, wait: &WaitRecord) -> Option<TimerKey> {
     let due = match &wait.on {
         WaitOn::Timer { due_at } => *due_at,
         WaitOn::Token { timeout_at, .. } => (*timeout_at)?,
-        WaitOn::Run { .. } | WaitOn::Batch { .. } => return None,
+        WaitOn::Run { .. } | WaitOn::Batch { .. } | WaitOn::Fetch { .. } => return None,
     };
     Some(TimerKey {
         due,
@@ -30,7 +30,7 @@ pub(crate) fn arm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) -> Option<T
         batch: batch_id,
     };
     match &wait.on {
-        WaitOn::Timer { .. } => {}
+        WaitOn::Timer { .. } | WaitOn::Fetch { .. } => {}
         WaitOn::Run { run_id } => {
             batch.put_waiter(run_id, &waiter(None));
         }
@@ -58,7 +58,7 @@ pub(crate) fn arm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) -> Option<T
 /// Removes what [`arm`] added for `wait`.
 pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
     match &wait.on {
-        WaitOn::Timer { .. } => {}
+        WaitOn::Timer { .. } | WaitOn::Fetch { .. } => {}
         WaitOn::Run { run_id } => {
             batch.delete_waiter(run_id);
         }

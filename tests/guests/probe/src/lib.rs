@@ -112,6 +112,52 @@ pub async fn annotate_parent(_payload: Value, _ctx: &Context) -> Result<Value, T
     metadata::current().apply(&[])
 }
 
+/// What `fetch` does.
+#[derive(Debug, Deserialize)]
+pub struct FetchProbe {
+    /// The URL to GET.
+    pub url: String,
+    /// Retry while the status is 5xx, up to this many tries (0: no retry).
+    #[serde(default)]
+    pub retries: u32,
+    /// Milliseconds to spin after the response (a window to kill the server).
+    #[serde(default)]
+    pub spin_ms: u64,
+}
+
+/// GETs a URL through the host, spins, and returns the status and body (or
+/// the error).
+#[task(id = "fetch")]
+pub async fn fetch_probe(payload: FetchProbe, ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::fetch::{Request, fetch};
+    let request = Request::get(&payload.url).header("x-run", &ctx.run_id);
+    let result = if payload.retries > 0 {
+        let policy = kiln_sdk::RetryPolicy {
+            max_attempts: payload.retries,
+            min_timeout_ms: 50,
+            max_timeout_ms: 50,
+            randomize: false,
+            ..Default::default()
+        };
+        kiln_sdk::retry::fetch(policy, request, |status| status >= 500).await
+    } else {
+        fetch(request).await
+    };
+    let start = ctx.now_ms();
+    let mut rounds = 0u64;
+    while ctx.now_ms().saturating_sub(start) < payload.spin_ms {
+        rounds = rounds.wrapping_add(churn(200_000, rounds));
+    }
+    Ok(match result {
+        Ok(response) => serde_json::json!({
+            "status": response.status,
+            "body": response.text(),
+            "contentType": response.header("content-type"),
+        }),
+        Err(error) => serde_json::json!({ "error": error.message }),
+    })
+}
+
 /// Returns a string of `bytes` bytes.
 #[derive(Debug, Deserialize)]
 pub struct Big {
@@ -462,6 +508,7 @@ kiln_sdk::bundle!(
     panic,
     fail,
     refused_import,
+    fetch_probe,
     annotate,
     annotate_parent,
     big_output,
