@@ -5,6 +5,7 @@
 mod harness;
 
 mod annotations;
+mod batches;
 mod children;
 mod delays;
 mod deploy;

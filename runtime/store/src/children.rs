@@ -15,10 +15,18 @@ use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store};
 use kiln_types::{BatchId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 const CHILD: &[u8] = b"child/";
 const BATCH: &[u8] = b"batch/";
 const WAITER: &[u8] = b"waiter/";
+const BATCH_ITEM: &[u8] = b"batch-item/";
+
+fn batch_item_prefix(batch: &BatchId) -> Vec<u8> {
+    let mut k = key(BATCH_ITEM, batch.as_str().as_bytes());
+    k.push(b'/');
+    k
+}
 
 /// A batch of child runs.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,6 +41,27 @@ pub struct BatchRecord {
     pub runs: Vec<RunId>,
     /// When it was created.
     pub created_at: Timestamp,
+    /// For a batch made through the v3 batch API: how many items it takes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expected: Option<u32>,
+    /// Items that made no run.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<BatchItemError>,
+    /// When every item of a v3 batch had been processed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_at: Option<Timestamp>,
+}
+
+/// An item of a v3 batch that made no run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchItemError {
+    /// The item's index.
+    pub index: u32,
+    /// Its task.
+    pub task: String,
+    /// Why it made no run.
+    pub error: String,
 }
 
 /// A parent suspended on a child run: which wait the child's end wakes.
@@ -78,6 +107,23 @@ impl Batch {
         self
     }
 
+    /// Records that item `index` of a v3 batch was processed: the run it
+    /// made, or none (it failed).
+    pub fn put_batch_item(
+        &mut self,
+        batch: &BatchId,
+        index: u32,
+        run: Option<&RunId>,
+    ) -> &mut Self {
+        let mut k = batch_item_prefix(batch);
+        k.extend_from_slice(&index.to_be_bytes());
+        let value = run
+            .map(|r| r.as_str().as_bytes().to_vec())
+            .unwrap_or_default();
+        self.ops.push(Op::Put(k, value));
+        self
+    }
+
     /// Records that a suspended parent waits on `child`.
     pub fn put_waiter(&mut self, child: &RunId, waiter: &Waiter) -> &mut Self {
         match encode(waiter) {
@@ -114,6 +160,24 @@ impl Store {
     pub fn batch(&self, id: &BatchId) -> Result<Option<BatchRecord>> {
         let k = key(BATCH, id.as_str().as_bytes());
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+
+    /// The processed items of a v3 batch by index: the run each made, or
+    /// none.
+    pub fn batch_items(&self, batch: &BatchId) -> Result<BTreeMap<u32, Option<RunId>>> {
+        let prefix = batch_item_prefix(batch);
+        Ok(self
+            .backend
+            .scan_prefix(&prefix)?
+            .iter()
+            .filter_map(|(k, v)| {
+                let index = u32::from_be_bytes(k.get(prefix.len()..)?.try_into().ok()?);
+                let run = std::str::from_utf8(v)
+                    .ok()
+                    .and_then(|s| RunId::parse(s).ok());
+                Some((index, run))
+            })
+            .collect())
     }
 
     /// Who waits on `child`, if a suspended parent does.

@@ -23,7 +23,7 @@ pub mod snapshot;
 pub mod tokens;
 
 pub use backend::{Backend, Commit, Op};
-pub use children::{BatchRecord, Waiter};
+pub use children::{BatchItemError, BatchRecord, Waiter};
 pub use memory::MemoryBackend;
 pub use records::{Batch, IdempotentRun, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;

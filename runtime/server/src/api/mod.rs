@@ -19,6 +19,7 @@
 //! | `GET /healthz` | liveness, no auth |
 
 mod annotations;
+mod batches;
 mod deployments;
 mod error;
 mod run_list;
@@ -68,6 +69,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
         .route("/api/v1/runs/{run_id}/reschedule", post(runs::reschedule))
         .route("/api/v1/runs/{run_id}/replay", post(runs::replay))
+        .route("/api/v3/batches", post(batches::create))
+        .route(
+            "/api/v3/batches/{batch_id}/items",
+            post(batches::items).layer(DefaultBodyLimit::disable()),
+        )
+        .route("/api/v2/batches/{batch_id}", get(batches::retrieve))
         .route(
             "/api/v1/runs/{run_id}/metadata",
             put(annotations::put_metadata).get(annotations::get_metadata),

@@ -120,17 +120,17 @@ pub(super) async fn trigger(
 
 /// A payload as a trigger gives it: its plain JSON value, and what the run
 /// stores.
-struct Incoming {
-    json: Value,
-    stored: String,
-    stored_type: String,
+pub(super) struct Incoming {
+    pub(super) json: Value,
+    pub(super) stored: String,
+    pub(super) stored_type: String,
 }
 
 /// Reads a trigger's payload. The SDK sends it as a string packet with
 /// `payloadType`; plain JSON values are accepted too, for curl users. Text
 /// stays as sent; everything else is stored as its plain JSON value
 /// (SuperJSON unwrapped), so attempts hand it to the guest as it is.
-fn incoming_payload(
+pub(super) fn incoming_payload(
     payload: Option<Value>,
     options: &mut TriggerOptions,
 ) -> Result<Incoming, ApiError> {
@@ -158,17 +158,23 @@ fn incoming_payload(
 
 /// The trigger response: `{id, isCached}` and the run's public token.
 fn respond(state: &AppState, id: &RunId, cached: bool, now: Timestamp) -> (HeaderMap, Json<Value>) {
+    let headers = jwt_header(state, &format!("read:runs:{id}"), now);
+    (headers, Json(json!({ "id": id, "isCached": cached })))
+}
+
+/// An `x-trigger-jwt` header: a public access token with one scope.
+pub(super) fn jwt_header(state: &AppState, scope: &str, now: Timestamp) -> HeaderMap {
     let jwt = crate::jwt::sign(
         &state.secret_key,
         &state.environment,
-        &[format!("read:runs:{id}")],
+        &[scope.to_string()],
         now.as_millis() / 1000,
     );
     let mut headers = HeaderMap::new();
     if let Ok(value) = jwt.parse() {
         headers.insert("x-trigger-jwt", value);
     }
-    (headers, Json(json!({ "id": id, "isCached": cached })))
+    headers
 }
 
 #[derive(Debug, Deserialize)]

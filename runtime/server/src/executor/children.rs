@@ -159,6 +159,9 @@ impl JournalSink for AttemptSink {
                         parent: Some(parent.clone()),
                         runs: ids.clone(),
                         created_at: now,
+                        expected: None,
+                        errors: Vec::new(),
+                        sealed_at: None,
                     });
                     HostCall::BatchTrigger {
                         items: count,
