@@ -107,7 +107,6 @@ fn debounce(options: &DebounceOptions, now: Timestamp) -> Result<RunDebounce, St
         mode,
         delay_ms,
         deadline,
-        triggers: 1,
     })
 }
 

@@ -226,8 +226,6 @@ pub struct RunDebounce {
     /// The latest start, counted from the first trigger (`maxDelay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deadline: Option<Timestamp>,
-    /// How many triggers the window has taken.
-    pub triggers: u32,
 }
 
 impl RunDebounce {
@@ -290,6 +288,16 @@ impl Run {
             started_at: None,
             finished_at: None,
         }
+    }
+
+    /// The run that triggered this one, or the run itself if no task did.
+    pub fn parent_or_self(&self) -> &RunId {
+        self.parent.as_ref().map_or(&self.id, |p| &p.parent)
+    }
+
+    /// The root of this run's tree (the run itself for a root).
+    pub fn root_or_self(&self) -> &RunId {
+        self.parent.as_ref().map_or(&self.id, |p| &p.root)
     }
 
     /// Execution time over all attempts, in milliseconds.

@@ -47,7 +47,7 @@ struct MetadataBody {
 
 /// `PUT /api/v1/runs/{id}/metadata` `{metadata?, operations?,
 /// parentOperations?, rootOperations?}` -> `{metadata}`: the run's metadata
-/// after its operations; the parent's and root's are applied after it.
+/// after its operations, which are applied after the parent's and root's.
 pub(super) async fn put_metadata(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
@@ -63,23 +63,17 @@ pub(super) async fn put_metadata(
     own.extend(parse(body.operations)?);
     let parent_ops = parse(body.parent_operations)?;
     let root_ops = parse(body.root_operations)?;
-    let updated = state.executor.update_metadata(&run.id, &own).await?;
-    let (parent, root) = match &run.parent {
-        Some(p) => (p.parent.clone(), p.root.clone()),
-        None => (run.id.clone(), run.id.clone()),
-    };
-    for (target, ops) in [(parent, parent_ops), (root, root_ops)] {
+    for (target, ops) in [
+        (run.parent_or_self(), parent_ops),
+        (run.root_or_self(), root_ops),
+    ] {
         if !ops.is_empty() {
-            state.executor.update_metadata(&target, &ops).await?;
+            state.executor.update_metadata(target, &ops).await?;
         }
     }
-    let metadata = match run.parent {
-        // The run itself may have been the parent or root just changed.
-        None => super::stored_run(&state, &run_id)?
-            .metadata
-            .unwrap_or(updated),
-        Some(_) => updated,
-    };
+    // The run's own operations go last, so what they return is its
+    // metadata even when the run is its own parent or root.
+    let metadata = state.executor.update_metadata(&run.id, &own).await?;
     Ok(Json(json!({ "metadata": metadata })))
 }
 

@@ -60,9 +60,8 @@ pub(super) async fn trigger(
     }
     let mut options = body.options;
     let incoming = incoming_payload(body.payload, &mut options)?;
-    let (payload, stored, stored_type) = (incoming.json, incoming.stored, incoming.stored_type);
     let now = Timestamp::now();
-    let run_key = options.idempotency_key.clone().filter(|k| !k.is_empty());
+    let key = options.idempotency_key.clone().filter(|k| !k.is_empty());
     let key_ttl_ms = match &options.idempotency_key_ttl {
         Some(ttl) => crate::duration::parse_ms(ttl)
             .map_err(|e| ApiError::bad_request(format!("idempotencyKeyTTL: {e}")))?,
@@ -71,20 +70,19 @@ pub(super) async fn trigger(
     let run = crate::trigger::new_run(
         &deployed,
         &task_id,
-        &payload,
-        stored,
-        stored_type,
+        &incoming.json,
+        incoming.stored,
+        incoming.stored_type,
         options,
         now,
     )?;
-    // An idempotency key that made a run within its TTL returns that run.
-    let key = run_key;
     // Keyed and debounced triggers are serialised, so two at once cannot
     // both make a run.
     let _serial = match key.is_some() || run.debounce.is_some() {
         true => Some(state.idempotency.lock().await),
         false => None,
     };
+    // An idempotency key that made a run within its TTL returns that run.
     if let Some(key) = &key
         && let Some(entry) = state.store.idempotent_run(key)?
         && entry.expires_at > now

@@ -29,17 +29,7 @@ impl Executor {
         if run.status != RunStatus::Delayed {
             return Err(RescheduleError::NotDelayed(run.status));
         }
-        let timers = move_delay(&mut run, at);
-        let mut batch = Batch::default();
-        for timer in &timers.0 {
-            batch.delete_timer(timer);
-        }
-        for timer in &timers.1 {
-            batch.put_timer(timer);
-        }
-        batch.put_run(&run);
-        shared.store.commit(batch).await?;
-        self.arm(timers.1);
+        self.move_delay(&mut run, at).await?;
         Ok(run)
     }
 
@@ -64,10 +54,8 @@ impl Executor {
         if run.status != RunStatus::Delayed {
             return Ok(None);
         }
-        window.triggers = window.triggers.saturating_add(1);
         window.delay_ms = next.delay_ms;
-        let now = Timestamp::now();
-        let at = window.due(now);
+        let at = window.due(Timestamp::now());
         if window.mode == DebounceMode::Trailing {
             run.payload = incoming.payload.clone();
             run.payload_type = incoming.payload_type.clone();
@@ -78,26 +66,26 @@ impl Executor {
                 run.tags = incoming.tags.clone();
             }
         }
-        run.updated_at = now;
-        let (old, new) = move_delay(&mut run, at);
-        let mut batch = Batch::default();
-        for timer in &old {
-            batch.delete_timer(timer);
-        }
-        for timer in &new {
-            batch.put_timer(timer);
-        }
-        batch.put_run(&run);
-        shared.store.commit(batch).await?;
-        self.arm(new);
+        self.move_delay(&mut run, at).await?;
         Ok(Some(run))
     }
-}
 
-/// Sets a delayed run's start to `at`; returns its timers before and after.
-fn move_delay(run: &mut Run, at: Timestamp) -> (Vec<TimerKey>, Vec<TimerKey>) {
-    let old = TimerKey::of_run(run);
-    run.delayed_until = Some(at);
-    run.updated_at = Timestamp::now();
-    (old, TimerKey::of_run(run))
+    /// Sets a delayed run's start to `at` and commits it with its delay
+    /// timer moved. Called under the run's lock.
+    async fn move_delay(&self, run: &mut Run, at: Timestamp) -> Result<(), kiln_store::StoreError> {
+        let mut batch = Batch::default();
+        for old in TimerKey::of_run(run) {
+            batch.delete_timer(&old);
+        }
+        run.delayed_until = Some(at);
+        run.updated_at = Timestamp::now();
+        let timers = TimerKey::of_run(run);
+        for new in &timers {
+            batch.put_timer(new);
+        }
+        batch.put_run(run);
+        self.shared.store.commit(batch).await?;
+        self.arm(timers);
+        Ok(())
+    }
 }

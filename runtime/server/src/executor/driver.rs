@@ -237,10 +237,11 @@ impl<'a> Slice<'a> {
         if self.live.is_canceled.load(Ordering::SeqCst) {
             return Ok(End::Canceled);
         }
-        let (root, depth, own_parent) = match &self.run.parent {
-            Some(p) => (p.root.clone(), p.depth, p.parent.clone()),
-            None => (self.run.id.clone(), 0, self.run.id.clone()),
-        };
+        let depth = self.run.parent.as_ref().map_or(0, |p| p.depth);
+        let (root, own_parent) = (
+            self.run.root_or_self().clone(),
+            self.run.parent_or_self().clone(),
+        );
         attempt.set_journal(Box::new(super::children::AttemptSink {
             writer: self.journal.clone(),
             executor: self.executor.clone(),
