@@ -14,6 +14,7 @@ mod examples;
 mod fetch;
 mod hooks;
 mod limits;
+mod packets;
 mod restart;
 mod runs;
 mod schedules;

@@ -33,11 +33,24 @@ pub(crate) fn sign(secret: &str, environment: &str, scopes: &[String], now_secs:
 /// The signature in a wait token's callback URL: HMAC-SHA256 of the token
 /// id under the secret key, hex.
 pub(crate) fn token_signature(secret: &str, token_id: &str) -> String {
+    signature(secret, "waitpoint-callback", token_id)
+}
+
+/// The signature of a presigned packet URL: the method, the packet's path
+/// and when the URL stops working, signed with the server's key.
+pub(crate) fn packet_signature(secret: &str, method: &str, path: &str, expires_ms: u64) -> String {
+    signature(secret, "packet", &format!("{method} {expires_ms} {path}"))
+}
+
+/// HMAC-SHA256 of `purpose:subject` under the server's key, in hex. The
+/// purpose keeps a signature made for one use from serving another.
+fn signature(secret: &str, purpose: &str, subject: &str) -> String {
     let Ok(mut mac) = Hmac::<Sha256>::new_from_slice(secret.as_bytes()) else {
         return String::new();
     };
-    mac.update(b"waitpoint-callback:");
-    mac.update(token_id.as_bytes());
+    mac.update(purpose.as_bytes());
+    mac.update(b":");
+    mac.update(subject.as_bytes());
     hex::encode(mac.finalize().into_bytes())
 }
 

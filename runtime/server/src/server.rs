@@ -45,7 +45,7 @@ impl Server {
                 concurrency: config.concurrency,
                 environment: config.environment.clone(),
                 warm_wait: config.warm_wait,
-                public_url,
+                public_url: public_url.clone(),
                 secret: secret_key.clone(),
                 fetch: crate::executor::FetchPolicy::new(
                     config.fetch_allow.clone(),
@@ -79,6 +79,7 @@ impl Server {
                 idempotency: Arc::default(),
                 secret_key: secret_key.into(),
                 environment: config.environment.into(),
+                public_url: public_url.into(),
             },
             generated_key,
         })

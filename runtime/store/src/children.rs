@@ -5,11 +5,13 @@
 //! |---|---|
 //! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
 //! | `batch/<batch id>` | [`BatchRecord`] (JSON) |
-//! | `waiter/<child run id>` | [`Waiter`] (JSON): a suspended parent waits on the child |
+//! | `waiter/<child run id>/<waiting run id>/<wait id: u64 BE>` | [`Waiter`] (JSON): a suspended run waits on the child |
 //!
 //! A waiter entry is written when the parent suspends on a child (or on a
 //! batch holding it) and removed when the wake is delivered, so a child that
-//! finishes reads one key to learn whom to wake.
+//! finishes reads one short prefix to learn whom to wake. Usually that is
+//! its parent alone; a run returned for an idempotency key or a debounce
+//! window can be waited on by runs that did not trigger it.
 
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store};
@@ -83,8 +85,18 @@ fn child_prefix(parent: &RunId) -> Vec<u8> {
     k
 }
 
-fn waiter_key(child: &RunId) -> Vec<u8> {
-    key(WAITER, child.as_str().as_bytes())
+fn waiters_prefix(child: &RunId) -> Vec<u8> {
+    let mut k = key(WAITER, child.as_str().as_bytes());
+    k.push(b'/');
+    k
+}
+
+fn waiter_key(child: &RunId, waiting: &RunId, wait_id: u64) -> Vec<u8> {
+    let mut k = waiters_prefix(child);
+    k.extend_from_slice(waiting.as_str().as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&wait_id.to_be_bytes());
+    k
 }
 
 impl Batch {
@@ -127,15 +139,19 @@ impl Batch {
     /// Records that a suspended parent waits on `child`.
     pub fn put_waiter(&mut self, child: &RunId, waiter: &Waiter) -> &mut Self {
         match encode(waiter) {
-            Ok(v) => self.ops.push(Op::Put(waiter_key(child), v)),
+            Ok(v) => self.ops.push(Op::Put(
+                waiter_key(child, &waiter.parent, waiter.wait_id),
+                v,
+            )),
             Err(e) => self.error = Some(e),
         }
         self
     }
 
-    /// Removes the waiter entry of `child`.
-    pub fn delete_waiter(&mut self, child: &RunId) -> &mut Self {
-        self.ops.push(Op::Delete(waiter_key(child)));
+    /// Removes the entry of wait `wait_id` of `waiting` on `child`.
+    pub fn delete_waiter(&mut self, child: &RunId, waiting: &RunId, wait_id: u64) -> &mut Self {
+        self.ops
+            .push(Op::Delete(waiter_key(child, waiting, wait_id)));
         self
     }
 }
@@ -180,9 +196,20 @@ impl Store {
             .collect())
     }
 
-    /// Who waits on `child`, if a suspended parent does.
-    pub fn waiter(&self, child: &RunId) -> Result<Option<Waiter>> {
-        let k = waiter_key(child);
-        self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    /// The suspended runs' waits on `child` (usually its parent's one).
+    pub fn waiters(&self, child: &RunId) -> Result<Vec<Waiter>> {
+        self.backend
+            .scan_prefix(&waiters_prefix(child))?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    /// Whether wait `wait_id` of `waiting` still waits on `child`.
+    pub fn is_waiting_on(&self, child: &RunId, waiting: &RunId, wait_id: u64) -> Result<bool> {
+        Ok(self
+            .backend
+            .get(&waiter_key(child, waiting, wait_id))?
+            .is_some())
     }
 }

@@ -13,6 +13,7 @@
 //! write is on disk.
 
 mod backend;
+pub mod blobs;
 pub mod children;
 mod debounce;
 mod memory;
@@ -23,6 +24,7 @@ pub mod snapshot;
 pub mod tokens;
 
 pub use backend::{Backend, Commit, Op};
+pub use blobs::{INLINE_LIMIT, Packet};
 pub use children::{BatchItemError, BatchRecord, Waiter};
 pub use memory::MemoryBackend;
 pub use records::{Batch, IdempotentRun, Store, StoredLayer, TimerKey};

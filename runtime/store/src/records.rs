@@ -149,7 +149,8 @@ pub struct Batch {
 impl Batch {
     /// Saves a run (see [`Store::put_run`]).
     pub fn put_run(&mut self, run: &Run) -> &mut Self {
-        match encode(run) {
+        let run = crate::blobs::lean_record(run, &mut self.ops);
+        match encode(&*run) {
             Ok(record) => {
                 let id = run.id.as_str().as_bytes();
                 self.ops.push(Op::Put(key(RUN, id), record));

@@ -125,9 +125,17 @@ pub struct Run {
     pub payload: String,
     /// The payload's type (`application/json`, `text/plain`...).
     pub payload_type: String,
+    /// Set when the payload is too large to keep in the run's record: its
+    /// length in bytes. The store then keeps it apart and `payload` is empty
+    /// in the record (read it through the store's `payload_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_blob: Option<u64>,
     /// The output as JSON, once completed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output: Option<String>,
+    /// As `payload_blob`, for the output (read it through `output_of`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_blob: Option<u64>,
     /// The error of the last attempt, once failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<RunError>,
@@ -264,7 +272,9 @@ impl Run {
             version: version.into(),
             payload: payload.into(),
             payload_type: "application/json".into(),
+            payload_blob: None,
             output: None,
+            output_blob: None,
             error: None,
             tags: Vec::new(),
             metadata: None,

@@ -197,7 +197,8 @@ fn make_run(state: &AppState, item: Item) -> Result<Run, String> {
         .current()
         .ok_or_else(|| "nothing is deployed".to_string())?;
     let mut options = item.options;
-    let incoming = incoming_payload(item.payload, &mut options).map_err(|e| e.message)?;
+    let incoming =
+        incoming_payload(&state.store, item.payload, &mut options).map_err(|e| e.message)?;
     crate::trigger::new_run(
         &deployed,
         &item.task,

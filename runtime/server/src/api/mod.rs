@@ -14,6 +14,8 @@
 //! | `POST`/`GET /api/v1/waitpoints/tokens` | create, list wait tokens |
 //! | `GET /api/v1/waitpoints/tokens/{id}`, `POST .../complete` | retrieve, complete a token |
 //! | `POST /api/v1/waitpoints/tokens/{id}/callback/{signature}` | complete through its URL, no auth |
+//! | `PUT`/`GET /api/v1/packets/{path}` (and `/api/v2/...`) | a presigned URL to upload or download a large payload |
+//! | `PUT`/`GET /packets/{path}?expires=..&signature=..` | the presigned URL itself, no auth |
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /healthz` | liveness, no auth |
@@ -22,6 +24,7 @@ mod annotations;
 mod batches;
 mod deployments;
 mod error;
+mod packets;
 mod run_list;
 mod runs;
 mod schedules;
@@ -59,6 +62,8 @@ pub struct AppState {
     pub(crate) idempotency: Arc<tokio::sync::Mutex<()>>,
     pub(crate) secret_key: Arc<str>,
     pub(crate) environment: Arc<str>,
+    /// The URL clients reach the server at (for presigned packet URLs).
+    pub(crate) public_url: Arc<str>,
 }
 
 /// The API's router.
@@ -80,6 +85,14 @@ pub fn router(state: AppState) -> Router {
             put(annotations::put_metadata).get(annotations::get_metadata),
         )
         .route("/api/v1/runs/{run_id}/tags", post(annotations::add_tags))
+        .route(
+            "/api/v1/packets/{*path}",
+            put(packets::presign_upload).get(packets::presign_download),
+        )
+        .route(
+            "/api/v2/packets/{*path}",
+            put(packets::presign_upload).get(packets::presign_download),
+        )
         .route("/api/v1/runs", get(run_list::list))
         .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
         .route(
@@ -120,6 +133,12 @@ pub fn router(state: AppState) -> Router {
         .route(
             "/api/v1/waitpoints/tokens/{id}/callback/{signature}",
             post(tokens::callback),
+        )
+        .route(
+            "/packets/{*path}",
+            put(packets::upload)
+                .get(packets::download)
+                .layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES)),
         )
         .merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })

@@ -59,7 +59,7 @@ pub(super) async fn trigger(
         )));
     }
     let mut options = body.options;
-    let incoming = incoming_payload(body.payload, &mut options)?;
+    let incoming = incoming_payload(&state.store, body.payload, &mut options)?;
     let now = Timestamp::now();
     let key = options.idempotency_key.clone().filter(|k| !k.is_empty());
     let key_ttl_ms = match &options.idempotency_key_ttl {
@@ -129,6 +129,7 @@ pub(super) struct Incoming {
 /// stays as sent; everything else is stored as its plain JSON value
 /// (SuperJSON unwrapped), so attempts hand it to the guest as it is.
 pub(super) fn incoming_payload(
+    store: &kiln_store::Store,
     payload: Option<Value>,
     options: &mut TriggerOptions,
 ) -> Result<Incoming, ApiError> {
@@ -136,6 +137,13 @@ pub(super) fn incoming_payload(
         .payload_type
         .take()
         .unwrap_or_else(|| "application/json".into());
+    // A large payload uploaded beforehand through the packets flow.
+    let (payload, declared) = if declared == "application/store" {
+        let (text, content_type) = super::packets::resolve(store, payload.as_ref())?;
+        (Some(Value::String(text)), content_type)
+    } else {
+        (payload, declared)
+    };
     let (text, payload_type) = match payload {
         None | Some(Value::Null) => (None, declared),
         Some(Value::String(s)) => (Some(s), declared),
@@ -237,13 +245,16 @@ pub(super) async fn replay(
     let body: ReplayBody = super::json_body_or_default(&body)?;
     let mut options = body.options;
     let incoming = match body.payload {
-        Some(payload) => incoming_payload(Some(payload), &mut options)?,
-        None => Incoming {
-            json: crate::payload::to_json(Some(&original.payload), &original.payload_type)
-                .map_err(ApiError::bad_request)?,
-            stored: original.payload.clone(),
-            stored_type: original.payload_type.clone(),
-        },
+        Some(payload) => incoming_payload(&state.store, Some(payload), &mut options)?,
+        None => {
+            let stored = state.store.payload_of(&original)?;
+            Incoming {
+                json: crate::payload::to_json(Some(&stored), &original.payload_type)
+                    .map_err(ApiError::bad_request)?,
+                stored,
+                stored_type: original.payload_type.clone(),
+            }
+        }
     };
     if options.tags.is_none() && !original.tags.is_empty() {
         options.tags = Some(json!(original.tags));
@@ -405,7 +416,14 @@ pub(super) fn common_view(run: &Run) -> Map<String, Value> {
 
 /// The full retrieve shape, with `relatedRuns` read from the store.
 pub(crate) fn full_view(store: &kiln_store::Store, run: &Run) -> Result<Value, ApiError> {
-    let mut view = retrieve_view(run);
+    let mut view = if run.payload_blob.is_some() || run.output_blob.is_some() {
+        let mut whole = run.clone();
+        whole.payload = store.payload_of(run)?;
+        whole.output = store.output_of(run)?;
+        retrieve_view(&whole)
+    } else {
+        retrieve_view(run)
+    };
     view["relatedRuns"] = related_runs(store, run)?;
     Ok(view)
 }

@@ -194,10 +194,10 @@ impl JournalSink for AttemptSink {
 }
 
 /// How a finished run ended, as its parent is told.
-pub(crate) fn outcome_of(run: &Run) -> RunOutcome {
+pub(crate) fn outcome_of(store: &kiln_store::Store, run: &Run) -> kiln_store::Result<RunOutcome> {
     let ok = run.status == RunStatus::Completed;
     let value = if ok {
-        run.output.clone().unwrap_or_else(|| "null".into())
+        store.output_of(run)?.unwrap_or_else(|| "null".into())
     } else {
         let error = run.error.clone().unwrap_or_else(|| {
             kiln_types::RunError::new(
@@ -207,11 +207,11 @@ pub(crate) fn outcome_of(run: &Run) -> RunOutcome {
         });
         serde_json::to_string(&error).unwrap_or_else(|_| "{}".into())
     };
-    RunOutcome {
+    Ok(RunOutcome {
         run_id: run.id.clone(),
         ok,
         value,
-    }
+    })
 }
 
 impl Executor {
@@ -225,14 +225,17 @@ impl Executor {
         Ok(match &wait.on {
             WaitOn::Timer { .. } | WaitOn::Fetch { .. } => None,
             WaitOn::Token { token_id, .. } => self.token_wake(token_id)?,
-            WaitOn::Run { run_id } => finished(run_id)?.map(|run| WakeValue::Run {
-                outcome: outcome_of(&run),
-            }),
+            WaitOn::Run { run_id } => match finished(run_id)? {
+                Some(run) => Some(WakeValue::Run {
+                    outcome: outcome_of(store, &run)?,
+                }),
+                None => None,
+            },
             WaitOn::Batch { runs, .. } => {
                 let mut outcomes = Vec::with_capacity(runs.len());
                 for id in runs {
                     match finished(id)? {
-                        Some(run) => outcomes.push(outcome_of(&run)),
+                        Some(run) => outcomes.push(outcome_of(store, &run)?),
                         None => return Ok(None),
                     }
                 }
@@ -276,18 +279,24 @@ impl Executor {
         Ok(())
     }
 
-    /// A child run finished: wake its parent if the parent is suspended on
-    /// it (or on its whole batch, once the batch is done).
+    /// A child run finished: wake every run suspended on it (or on a whole
+    /// batch holding it, once the batch is done). That is its parent, and
+    /// any run handed it for an idempotency key or a debounce window.
     pub(crate) async fn child_finished(&self, child: RunId) -> anyhow::Result<()> {
+        for waiter in self.shared.store.waiters(&child)? {
+            self.wake_waiter(&child, waiter).await?;
+        }
+        Ok(())
+    }
+
+    async fn wake_waiter(&self, child: &RunId, waiter: kiln_store::Waiter) -> anyhow::Result<()> {
         let store = &self.shared.store;
-        let Some(waiter) = store.waiter(&child)? else {
-            return Ok(());
-        };
         let _guard = self.shared.locks.lock(&waiter.parent).await;
-        // Read again under the parent's lock: a suspension may have delivered.
-        let Some(waiter) = store.waiter(&child)? else {
+        // Check again under the waiting run's lock: a suspension may have
+        // delivered.
+        if !store.is_waiting_on(child, &waiter.parent, waiter.wait_id)? {
             return Ok(());
-        };
+        }
         let Some(parent) = store.run(&waiter.parent)? else {
             return Ok(());
         };

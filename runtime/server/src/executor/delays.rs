@@ -58,6 +58,7 @@ impl Executor {
         let at = window.due(Timestamp::now());
         if window.mode == DebounceMode::Trailing {
             run.payload = incoming.payload.clone();
+            run.payload_blob = None;
             run.payload_type = incoming.payload_type.clone();
             if incoming.metadata.is_some() {
                 run.metadata = incoming.metadata.clone();

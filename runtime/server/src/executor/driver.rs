@@ -260,7 +260,7 @@ impl<'a> Slice<'a> {
                 }
                 None
             }
-            None => Some(attempt.start(&self.start_context()).await),
+            None => Some(attempt.start(&self.start_context()?).await),
         };
         loop {
             if let Some(step) = outcome.take()
@@ -668,9 +668,17 @@ impl<'a> Slice<'a> {
         Ok(())
     }
 
-    fn start_context(&self) -> StartContext {
+    /// What a first attempt starts with (the payload read from the store
+    /// when the run's record keeps it apart).
+    fn start_context(&self) -> Result<StartContext, String> {
         let run = &self.run;
-        StartContext {
+        let payload = self
+            .executor
+            .shared
+            .store
+            .payload_of(run)
+            .map_err(|e| format!("reading the run's payload failed: {e}"))?;
+        Ok(StartContext {
             run_id: run.id.to_string(),
             task_id: run.task_id.clone(),
             attempt: self.attempt_no,
@@ -681,9 +689,9 @@ impl<'a> Slice<'a> {
             tags: run.tags.clone(),
             // Stored as JSON at trigger time; only text needs quoting.
             payload: if run.payload_type == "text/plain" {
-                serde_json::Value::String(run.payload.clone()).to_string()
+                serde_json::Value::String(payload).to_string()
             } else {
-                run.payload.clone()
+                payload
             },
             metadata: run
                 .metadata
@@ -691,7 +699,7 @@ impl<'a> Slice<'a> {
                 .unwrap_or_else(|| serde_json::json!({}))
                 .to_string(),
             created_at_ms: run.created_at.as_millis(),
-        }
+        })
     }
 }
 

@@ -60,11 +60,11 @@ pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
     match &wait.on {
         WaitOn::Timer { .. } | WaitOn::Fetch { .. } => {}
         WaitOn::Run { run_id } => {
-            batch.delete_waiter(run_id);
+            batch.delete_waiter(run_id, run, wait.id);
         }
         WaitOn::Batch { runs, .. } => {
             for child in runs {
-                batch.delete_waiter(child);
+                batch.delete_waiter(child, run, wait.id);
             }
         }
         WaitOn::Token {
