@@ -14,6 +14,19 @@ async fn send_items(kiln: &Kiln, batch: &str, items: &[Value]) -> (u16, Value) {
     .await
 }
 
+/// `GET /api/v2/batches/{id}`, asserting success.
+async fn read_batch(kiln: &Kiln, batch: &str) -> Value {
+    let (status, read) = kiln
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v2/batches/{batch}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{read}");
+    read
+}
+
 fn item(index: u32, task: &str, n: u32) -> Value {
     json!({
         "index": index,
@@ -42,13 +55,7 @@ async fn a_thousand_items_stream_in_twice_and_make_one_run_each() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["itemsAccepted"], 600);
     assert_eq!(body["sealed"], false);
-    let (_, pending) = kiln
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v2/batches/{batch}"),
-            None,
-        )
-        .await;
+    let pending = read_batch(&kiln, &batch).await;
     assert_eq!(pending["status"], "PENDING", "{pending}");
     let (status, body) = send_items(&kiln, &batch, &items).await;
     assert_eq!(status, 200, "{body}");
@@ -57,14 +64,7 @@ async fn a_thousand_items_stream_in_twice_and_make_one_run_each() {
     assert_eq!(body["sealed"], true);
     assert_eq!(body["expectedCount"], 1000);
 
-    let (status, read) = kiln
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v2/batches/{batch}"),
-            None,
-        )
-        .await;
-    assert_eq!(status, 200, "{read}");
+    let read = read_batch(&kiln, &batch).await;
     assert_eq!(read["status"], "COMPLETED", "{read}");
     assert_eq!(read["runCount"], 1000);
     let runs = read["runs"].as_array().unwrap();
@@ -92,13 +92,7 @@ async fn failed_items_are_reported_and_bad_streams_refused() {
     .await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sealed"], true);
-    let (_, read) = kiln
-        .request(
-            reqwest::Method::GET,
-            &format!("/api/v2/batches/{batch}"),
-            None,
-        )
-        .await;
+    let read = read_batch(&kiln, &batch).await;
     assert_eq!(read["status"], "PARTIAL_FAILED", "{read}");
     assert_eq!(read["runs"].as_array().unwrap().len(), 1);
     let error = &read["processing"]["errors"][0];
@@ -119,4 +113,96 @@ async fn failed_items_are_reported_and_bad_streams_refused() {
         )
         .await;
     assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn batch_keys_parents_and_item_keys() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let parent = kiln.trigger_ok("echo", json!({"n": "parent"})).await;
+    kiln.finished(&parent).await;
+
+    // A batch with an idempotency key: the same key answers with the same
+    // batch, cached, so the SDK sends no items again.
+    let open = json!({
+        "runCount": 3,
+        "idempotencyKey": "a1b2",
+        "idempotencyKeyOptions": {"key": "nightly", "scope": "global"},
+        "parentRunId": parent,
+    });
+    let (status, first) = kiln.post("/api/v3/batches", open.clone()).await;
+    assert_eq!(status, 202, "{first}");
+    assert_eq!(first["isCached"], false);
+    assert_eq!(first["idempotencyKey"], "nightly");
+    let batch = first["id"].as_str().unwrap().to_string();
+    let (status, again) = kiln.post("/api/v3/batches", open).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(again["isCached"], true);
+    assert_eq!(again["id"], batch.as_str());
+
+    // Items 0 and 2 share an idempotency key: they make one run.
+    let keyed = |index: u32, n: u32| {
+        let mut i = item(index, "echo", n);
+        i["options"]["idempotencyKey"] = json!("same-item-key");
+        i
+    };
+    let (status, body) = send_items(
+        &kiln,
+        &batch,
+        &[keyed(0, 0), item(1, "echo", 1), keyed(2, 2)],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sealed"], true, "{body}");
+    let read = read_batch(&kiln, &batch).await;
+    let runs: Vec<String> = read["runs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(runs.len(), 3, "{read}");
+    assert_eq!(runs[0], runs[2], "one key, one run: {read}");
+    assert_ne!(runs[0], runs[1]);
+
+    // The runs carry the batch and the parent.
+    let run = kiln.finished(&runs[1]).await;
+    assert_eq!(run["batchId"], batch.as_str(), "{run}");
+    assert_eq!(run["parentId"], parent.as_str(), "{run}");
+    assert_eq!(run["depth"], 1);
+    assert_eq!(run["triggerFunction"], "batchTrigger");
+    let parent_view = kiln.run(&parent).await;
+    assert_eq!(
+        parent_view["relatedRuns"]["children"]
+            .as_array()
+            .map(Vec::len),
+        Some(2),
+        "{parent_view}"
+    );
+    let (status, listed) = kiln
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/runs?filter%5Bbatch%5D={batch}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["data"].as_array().map(Vec::len), Some(2), "{listed}");
+
+    // Resuming a parent from outside a task is refused with the reason.
+    let (status, refused) = kiln
+        .post(
+            "/api/v3/batches",
+            json!({"runCount": 1, "parentRunId": parent, "resumeParentOnCompletion": true}),
+        )
+        .await;
+    assert_eq!(status, 422, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("batch_trigger_and_wait"),
+        "{refused}"
+    );
 }

@@ -6,6 +6,7 @@ mod harness;
 
 mod annotations;
 mod batches;
+mod child_keys;
 mod children;
 mod delays;
 mod deploy;

@@ -52,8 +52,92 @@ pub struct TriggerOptions {
     /// The machine preset (`small-2x`...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub machine: Option<String>,
+    /// Return the run this key made (in its scope) instead of a new one,
+    /// for `idempotency_key_ttl` (30 days by default).
+    #[serde(skip)]
+    pub idempotency_key: Option<IdempotencyKey>,
+    /// How long the idempotency key counts (`"1h"`, `"7d"`).
+    #[serde(rename = "idempotencyKeyTTL", skip_serializing_if = "Option::is_none")]
+    pub idempotency_key_ttl: Option<String>,
+    /// Start the child no earlier than this: a duration (`"1h30m"`) or an
+    /// ISO 8601 date. It is `DELAYED` until then.
     #[serde(skip_serializing_if = "Option::is_none")]
-    trigger_function: Option<&'static str>,
+    pub delay: Option<String>,
+    /// Expire the child if it has not started this long after it was
+    /// queued (`"10m"`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<String>,
+    /// Fold a burst of triggers with one key into one run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub debounce: Option<Debounce>,
+}
+
+/// An idempotency key for a child trigger: while it counts, triggering with
+/// the same key in the same scope returns the run it made instead of making
+/// another. The host derives the stored key from the scope, so a key never
+/// reaches another run's scope.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IdempotencyKey {
+    key: String,
+    scope: KeyScope,
+}
+
+/// Where an [`IdempotencyKey`] applies (Trigger.dev's scopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyScope {
+    /// Within the triggering run, across its attempts: a retried attempt
+    /// gets the child the failed one made.
+    Run,
+    /// Within one attempt: a retry makes a new child.
+    Attempt,
+    /// Across every run on the server.
+    Global,
+}
+
+impl IdempotencyKey {
+    /// A key scoped to the triggering run (the default scope).
+    pub fn new(key: impl Into<String>) -> Self {
+        IdempotencyKey {
+            key: key.into(),
+            scope: KeyScope::Run,
+        }
+    }
+
+    /// The same key in another scope.
+    pub fn scope(mut self, scope: KeyScope) -> Self {
+        self.scope = scope;
+        self
+    }
+}
+
+/// Trigger.dev's `debounce` option: triggers with the same `key` (per task)
+/// within `delay` of each other make one run, started `delay` after the
+/// last of them (never later than `max_delay` after the first).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Debounce {
+    /// The key, scoped to the task.
+    pub key: String,
+    /// How long after the latest trigger the run starts (`"5s"`).
+    pub delay: String,
+    /// Which trigger's payload runs: the first (`leading`, the default) or
+    /// the last (`trailing`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mode: Option<DebounceMode>,
+    /// The longest a steady stream of triggers defers the run.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_delay: Option<String>,
+}
+
+/// Which payload a debounced run keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DebounceMode {
+    /// The first trigger's.
+    Leading,
+    /// The last trigger's.
+    Trailing,
 }
 
 /// A child run's error, as the parent sees it.
@@ -197,9 +281,13 @@ fn result_of<O: DeserializeOwned>(outcome: wit::RunOutcome) -> RunResult<O> {
 }
 
 fn options_json(options: &TriggerOptions, function: &'static str) -> String {
-    let mut options = options.clone();
-    options.trigger_function = Some(function);
-    serde_json::to_string(&options).unwrap_or_else(|_| "{}".into())
+    let mut json = serde_json::to_value(options).unwrap_or_else(|_| serde_json::json!({}));
+    json["triggerFunction"] = serde_json::json!(function);
+    if let Some(key) = &options.idempotency_key {
+        json["idempotencyKey"] = serde_json::json!(key.key);
+        json["idempotencyKeyOptions"] = serde_json::json!({ "key": key.key, "scope": key.scope });
+    }
+    json.to_string()
 }
 
 fn trigger_raw(
@@ -245,6 +333,17 @@ pub fn trigger_and_wait<P: Serialize, O: DeserializeOwned>(
     payload: &P,
 ) -> impl Future<Output = Result<RunResult<O>, TaskError>> + 'static {
     let handle = trigger_raw(task, payload, &TriggerOptions::default(), "triggerAndWait");
+    async move { handle?.wait().await }
+}
+
+/// [`trigger_and_wait`] with options. With an idempotency key or a debounce
+/// key the run waited on may be one that an earlier trigger made.
+pub fn trigger_and_wait_with<P: Serialize, O: DeserializeOwned>(
+    task: &str,
+    payload: &P,
+    options: &TriggerOptions,
+) -> impl Future<Output = Result<RunResult<O>, TaskError>> + 'static {
+    let handle = trigger_raw(task, payload, options, "triggerAndWait");
     async move { handle?.wait().await }
 }
 

@@ -76,7 +76,6 @@ impl Server {
                 executor,
                 schedules,
                 notifier,
-                idempotency: Arc::default(),
                 secret_key: secret_key.into(),
                 environment: config.environment.into(),
                 public_url: public_url.into(),

@@ -3,6 +3,7 @@
 //! and for tasks triggering child runs alike.
 
 use crate::deployments::Deployed;
+use crate::executor::admission::{DEFAULT_KEY_TTL_MS, IdempotencyKey, KeyScope, scoped_key_hash};
 use kiln_manifest::Machine;
 use kiln_types::{DebounceMode, Run, RunDebounce, RunId, RunStatus, RunTtl, Timestamp};
 use serde::Deserialize;
@@ -115,6 +116,55 @@ fn debounce(options: &DebounceOptions, now: Timestamp) -> Result<RunDebounce, St
 pub(crate) struct IdempotencyKeyOptions {
     /// The key as the user wrote it.
     pub(crate) key: Option<String>,
+    /// `run` (the default), `attempt` or `global`.
+    pub(crate) scope: Option<String>,
+}
+
+impl TriggerOptions {
+    fn key_ttl_ms(&self) -> Result<u64, TriggerError> {
+        match &self.idempotency_key_ttl {
+            Some(ttl) => crate::duration::parse_ms(ttl)
+                .map_err(|e| TriggerError::BadRequest(format!("idempotencyKeyTTL: {e}"))),
+            None => Ok(DEFAULT_KEY_TTL_MS),
+        }
+    }
+
+    /// The idempotency key of a backend's trigger: the hash the SDK sends
+    /// (already scoped by the SDK when it runs inside a task).
+    pub(crate) fn backend_key(&self) -> Result<Option<IdempotencyKey>, TriggerError> {
+        match self.idempotency_key.as_deref().filter(|k| !k.is_empty()) {
+            Some(hash) => Ok(Some(IdempotencyKey {
+                hash: hash.to_string(),
+                ttl_ms: self.key_ttl_ms()?,
+            })),
+            None => Ok(None),
+        }
+    }
+
+    /// The idempotency key of a child trigger from attempt `attempt` of run
+    /// `parent`: Kiln's guest SDK sends the user's key and its scope, and
+    /// the host derives the hash, so a guest cannot reach another run's
+    /// scoped keys.
+    pub(crate) fn task_key(
+        &self,
+        parent: &RunId,
+        attempt: u32,
+    ) -> Result<Option<IdempotencyKey>, TriggerError> {
+        let options = self.idempotency_key_options.as_ref();
+        let Some(key) = options
+            .and_then(|o| o.key.as_deref())
+            .or(self.idempotency_key.as_deref())
+            .filter(|k| !k.is_empty())
+        else {
+            return Ok(None);
+        };
+        let scope = KeyScope::parse(options.and_then(|o| o.scope.as_deref()))
+            .map_err(TriggerError::BadRequest)?;
+        Ok(Some(IdempotencyKey {
+            hash: scoped_key_hash(key, scope, parent, attempt),
+            ttl_ms: self.key_ttl_ms()?,
+        }))
+    }
 }
 
 /// Why a trigger was refused.

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
 //! | `batch/<batch id>` | [`BatchRecord`] (JSON) |
+//! | `batch-key/<idempotency key hash>` | [`BatchKey`] (JSON): the v3 batch a key made |
 //! | `waiter/<child run id>/<waiting run id>/<wait id: u64 BE>` | [`Waiter`] (JSON): a suspended run waits on the child |
 //!
 //! A waiter entry is written when the parent suspends on a child (or on a
@@ -23,6 +24,20 @@ const CHILD: &[u8] = b"child/";
 const BATCH: &[u8] = b"batch/";
 const WAITER: &[u8] = b"waiter/";
 const BATCH_ITEM: &[u8] = b"batch-item/";
+const BATCH_KEY: &[u8] = b"batch-key/";
+
+/// The v3 batch an idempotency key made, until when the key counts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BatchKey {
+    /// The batch.
+    pub batch: BatchId,
+    /// When the key stops deduplicating.
+    pub expires_at: Timestamp,
+    /// The key as the user wrote it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_key: Option<String>,
+}
 
 fn batch_item_prefix(batch: &BatchId) -> Vec<u8> {
     let mut k = key(BATCH_ITEM, batch.as_str().as_bytes());
@@ -148,6 +163,17 @@ impl Batch {
         self
     }
 
+    /// Records the v3 batch an idempotency key made.
+    pub fn put_batch_key(&mut self, key_hash: &str, entry: &BatchKey) -> &mut Self {
+        match encode(entry) {
+            Ok(v) => self
+                .ops
+                .push(Op::Put(key(BATCH_KEY, key_hash.as_bytes()), v)),
+            Err(e) => self.error = Some(e),
+        }
+        self
+    }
+
     /// Removes the entry of wait `wait_id` of `waiting` on `child`.
     pub fn delete_waiter(&mut self, child: &RunId, waiting: &RunId, wait_id: u64) -> &mut Self {
         self.ops
@@ -194,6 +220,12 @@ impl Store {
                 Some((index, run))
             })
             .collect())
+    }
+
+    /// The v3 batch an idempotency key made, if the key is recorded.
+    pub fn batch_by_key(&self, key_hash: &str) -> Result<Option<BatchKey>> {
+        let k = key(BATCH_KEY, key_hash.as_bytes());
+        self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
     /// The suspended runs' waits on `child` (usually its parent's one).

@@ -25,7 +25,7 @@ pub mod tokens;
 
 pub use backend::{Backend, Commit, Op};
 pub use blobs::{INLINE_LIMIT, Packet};
-pub use children::{BatchItemError, BatchRecord, Waiter};
+pub use children::{BatchItemError, BatchKey, BatchRecord, Waiter};
 pub use memory::MemoryBackend;
 pub use records::{Batch, IdempotentRun, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;

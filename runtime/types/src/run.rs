@@ -100,9 +100,6 @@ pub struct ParentRun {
     pub root: RunId,
     /// Its depth: 1 for a child of a root run.
     pub depth: u32,
-    /// The batch it belongs to.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<String>,
     /// How it was triggered (`trigger`, `triggerAndWait`, `batchTrigger`...).
     pub trigger_function: String,
 }
@@ -174,6 +171,10 @@ pub struct Run {
     /// The run that triggered this one, for child runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parent: Option<ParentRun>,
+    /// The batch it was triggered in: a task's batch trigger, or a
+    /// backend's v3 batch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch: Option<String>,
     /// Until when a `DELAYED` run waits before it is queued (its `delay`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub delayed_until: Option<Timestamp>,
@@ -288,6 +289,7 @@ impl Run {
             is_test: false,
             schedule: None,
             parent: None,
+            batch: None,
             delayed_until: None,
             ttl: None,
             expires_at: None,

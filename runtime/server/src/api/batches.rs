@@ -14,14 +14,16 @@
 
 use super::runs::incoming_payload;
 use super::{ApiError, AppState};
+use crate::executor::Executor;
+use crate::executor::admission::IdempotencyKey;
 use crate::trigger::TriggerOptions;
 use axum::Json;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::StreamExt;
-use kiln_store::{BatchItemError, BatchRecord};
-use kiln_types::{BatchId, Run, Timestamp};
+use kiln_store::{BatchItemError, BatchKey, BatchRecord};
+use kiln_types::{BatchId, ParentRun, Run, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -37,6 +39,14 @@ const MAX_LINE: usize = 10 * 1024 * 1024 + 64 * 1024;
 #[serde(rename_all = "camelCase")]
 struct CreateBody {
     run_count: u32,
+    /// The batch's idempotency key (the SDK's hash), its user form and TTL,
+    /// read as for a trigger.
+    #[serde(flatten)]
+    options: TriggerOptions,
+    /// The run the batch's runs become children of.
+    parent_run_id: Option<String>,
+    #[serde(default)]
+    resume_parent_on_completion: bool,
 }
 
 /// `POST /api/v3/batches` `{runCount, ...}` -> 202 `{id, runCount,
@@ -52,10 +62,42 @@ pub(super) async fn create(
             body.run_count
         )));
     }
+    if body.resume_parent_on_completion {
+        return Err(ApiError::unprocessable(
+            "resumeParentOnCompletion is for runs inside Trigger.dev's workers; a Kiln task waits on a batch with kiln_sdk's batch_trigger_and_wait",
+        ));
+    }
+    let parent = match &body.parent_run_id {
+        Some(id) => Some(super::stored_run(&state, id)?.id),
+        None => None,
+    };
     let now = Timestamp::now();
+    let key = body.options.backend_key()?;
+    let user_key = body
+        .options
+        .idempotency_key_options
+        .as_ref()
+        .and_then(|o| o.key.clone());
+    let _serial = state.executor.serialize_triggers(key.is_some()).await;
+    if let Some(key) = &key
+        && let Some(entry) = state.store.batch_by_key(&key.hash)?
+        && entry.expires_at > now
+        && let Some(record) = state.store.batch(&entry.batch)?
+    {
+        let headers = super::runs::jwt_header(&state, &format!("read:batch:{}", record.id), now);
+        let mut answer = json!({
+            "id": record.id,
+            "runCount": record.expected.unwrap_or(record.runs.len() as u32),
+            "isCached": true,
+        });
+        if let Some(k) = entry.user_key {
+            answer["idempotencyKey"] = json!(k);
+        }
+        return Ok((StatusCode::OK, headers, Json(answer)));
+    }
     let record = BatchRecord {
         id: BatchId::generate(now.as_millis()),
-        parent: None,
+        parent,
         runs: Vec::new(),
         created_at: now,
         expected: Some(body.run_count),
@@ -64,13 +106,23 @@ pub(super) async fn create(
     };
     let mut batch = kiln_store::Batch::default();
     batch.put_batch(&record);
+    if let Some(key) = &key {
+        batch.put_batch_key(
+            &key.hash,
+            &BatchKey {
+                batch: record.id.clone(),
+                expires_at: Timestamp(now.as_millis().saturating_add(key.ttl_ms)),
+                user_key: user_key.clone(),
+            },
+        );
+    }
     state.store.commit(batch).await?;
     let headers = super::runs::jwt_header(&state, &format!("read:batch:{}", record.id), now);
-    Ok((
-        StatusCode::ACCEPTED,
-        headers,
-        Json(json!({ "id": record.id, "runCount": body.run_count, "isCached": false })),
-    ))
+    let mut answer = json!({ "id": record.id, "runCount": body.run_count, "isCached": false });
+    if let Some(k) = user_key {
+        answer["idempotencyKey"] = json!(k);
+    }
+    Ok((StatusCode::ACCEPTED, headers, Json(answer)))
 }
 
 #[derive(Debug, Deserialize)]
@@ -81,6 +133,10 @@ struct Item {
     #[serde(default)]
     options: TriggerOptions,
 }
+
+/// An item read but not yet committed: its index, task, and its run with
+/// its idempotency key (or why it makes none).
+type PendingItem = (u32, String, Result<(Run, Option<IdempotencyKey>), String>);
 
 /// What one items request did.
 #[derive(Default)]
@@ -100,7 +156,7 @@ pub(super) async fn items(
     let batch_id = BatchId::parse(&id).map_err(|_| not_found())?;
     // One stream at a time: a re-send racing the first cannot make an
     // index twice.
-    let _serial = state.idempotency.lock().await;
+    let _serial = state.executor.serialize_triggers(true).await;
     let mut record = state.store.batch(&batch_id)?.ok_or_else(not_found)?;
     let Some(expected) = record.expected else {
         return Err(ApiError::unprocessable(
@@ -109,7 +165,7 @@ pub(super) async fn items(
     };
     let mut done = state.store.batch_items(&batch_id)?;
     let mut tally = Tally::default();
-    let mut pending: Vec<(u32, String, Result<Run, String>)> = Vec::new();
+    let mut pending: Vec<PendingItem> = Vec::new();
     let mut stream = body.into_data_stream();
     let mut buffer: Vec<u8> = Vec::new();
     loop {
@@ -122,7 +178,7 @@ pub(super) async fn items(
         }
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
-            take_line(&state, &line, expected, &mut done, &mut pending, &mut tally)?;
+            take_line(&state, &record, &line, &mut done, &mut pending, &mut tally)?;
         }
         if buffer.len() > MAX_LINE {
             return Err(ApiError::too_large(format!(
@@ -138,7 +194,7 @@ pub(super) async fn items(
     }
     if !buffer.is_empty() {
         let line = std::mem::take(&mut buffer);
-        take_line(&state, &line, expected, &mut done, &mut pending, &mut tally)?;
+        take_line(&state, &record, &line, &mut done, &mut pending, &mut tally)?;
         flush(&state, &batch_id, &mut pending, &mut record, &mut done).await?;
     }
     let processed = done.len() as u32;
@@ -164,10 +220,10 @@ pub(super) async fn items(
 /// was already taken.
 fn take_line(
     state: &AppState,
+    record: &BatchRecord,
     line: &[u8],
-    expected: u32,
     done: &mut BTreeMap<u32, Option<kiln_types::RunId>>,
-    pending: &mut Vec<(u32, String, Result<Run, String>)>,
+    pending: &mut Vec<PendingItem>,
     tally: &mut Tally,
 ) -> Result<(), ApiError> {
     if line.iter().all(u8::is_ascii_whitespace) {
@@ -175,6 +231,7 @@ fn take_line(
     }
     let item: Item = serde_json::from_slice(line)
         .map_err(|e| ApiError::bad_request(format!("an item line is not an item: {e}")))?;
+    let expected = record.expected.unwrap_or_default();
     if item.index >= expected {
         return Err(ApiError::bad_request(format!(
             "item index {} is outside the batch's runCount of {expected}",
@@ -187,11 +244,17 @@ fn take_line(
     }
     tally.accepted += 1;
     let (index, task) = (item.index, item.task.clone());
-    pending.push((index, task, make_run(state, item)));
+    pending.push((index, task, make_run(state, record, item)));
     Ok(())
 }
 
-fn make_run(state: &AppState, item: Item) -> Result<Run, String> {
+/// An item's run (and its idempotency key), a child of the batch's parent
+/// run if the batch has one.
+fn make_run(
+    state: &AppState,
+    record: &BatchRecord,
+    item: Item,
+) -> Result<(Run, Option<IdempotencyKey>), String> {
     let deployed = state
         .deployments
         .current()
@@ -199,7 +262,8 @@ fn make_run(state: &AppState, item: Item) -> Result<Run, String> {
     let mut options = item.options;
     let incoming =
         incoming_payload(&state.store, item.payload, &mut options).map_err(|e| e.message)?;
-    crate::trigger::new_run(
+    let key = options.backend_key().map_err(|e| e.message().to_string())?;
+    let run = crate::trigger::new_run(
         &deployed,
         &item.task,
         &incoming.json,
@@ -208,15 +272,35 @@ fn make_run(state: &AppState, item: Item) -> Result<Run, String> {
         options,
         Timestamp::now(),
     )
-    .map_err(|e| e.message().to_string())
+    .map_err(|e| e.message().to_string())?;
+    let parent = match &record.parent {
+        Some(id) => state.store.run(id).map_err(|e| e.to_string())?,
+        None => None,
+    };
+    Ok((
+        Run {
+            parent: parent.map(|p| ParentRun {
+                parent: p.id.clone(),
+                root: p.root_or_self().clone(),
+                depth: p.parent.as_ref().map_or(0, |pp| pp.depth) + 1,
+                trigger_function: "batchTrigger".into(),
+            }),
+            batch: Some(record.id.to_string()),
+            ..run
+        },
+        key,
+    ))
 }
 
 /// Commits pending items (runs, item entries, errors), counts them as
-/// done, and queues the runs.
+/// done, and queues the runs. An item with an idempotency key or a
+/// debounce key is answered by an existing run when one holds the key; it
+/// is checked after what came before it is committed, so two items with
+/// one key make one run.
 async fn flush(
     state: &AppState,
     batch_id: &BatchId,
-    pending: &mut Vec<(u32, String, Result<Run, String>)>,
+    pending: &mut Vec<PendingItem>,
     record: &mut BatchRecord,
     done: &mut BTreeMap<u32, Option<kiln_types::RunId>>,
 ) -> Result<(), ApiError> {
@@ -227,10 +311,21 @@ async fn flush(
     let mut runs = Vec::new();
     for (index, task, outcome) in pending.drain(..) {
         match outcome {
-            Ok(run) => {
-                batch
-                    .put_new_run(&run)
-                    .put_batch_item(batch_id, index, Some(&run.id));
+            Ok((run, key)) => {
+                let now = Timestamp::now();
+                if key.is_some() || run.debounce.is_some() {
+                    commit_chunk(state, record, &mut batch, &mut runs).await?;
+                    if let Some(found) = state.executor.existing(&run, key.as_ref(), now).await? {
+                        batch.put_batch_item(batch_id, index, Some(found.run_id()));
+                        done.insert(index, Some(found.run_id().clone()));
+                        continue;
+                    }
+                }
+                Executor::stage_new(&mut batch, &run, key.as_ref(), now);
+                if let Some(parent) = &record.parent {
+                    batch.put_child(parent, &run.id);
+                }
+                batch.put_batch_item(batch_id, index, Some(&run.id));
                 done.insert(index, Some(run.id.clone()));
                 runs.push(run);
             }
@@ -241,10 +336,22 @@ async fn flush(
             }
         }
     }
-    batch.put_batch(record);
-    state.store.commit(batch).await?;
-    for run in &runs {
-        state.executor.admit(run);
+    commit_chunk(state, record, &mut batch, &mut runs).await
+}
+
+/// Commits what `flush` gathered, with the batch record, and queues the
+/// new runs.
+async fn commit_chunk(
+    state: &AppState,
+    record: &BatchRecord,
+    batch: &mut kiln_store::Batch,
+    runs: &mut Vec<Run>,
+) -> Result<(), ApiError> {
+    let mut chunk = std::mem::take(batch);
+    chunk.put_batch(record);
+    state.store.commit(chunk).await?;
+    for run in runs.drain(..) {
+        state.executor.admit(&run);
     }
     Ok(())
 }

@@ -58,8 +58,6 @@ pub struct AppState {
     pub(crate) executor: Executor,
     pub(crate) schedules: Schedules,
     pub(crate) notifier: Arc<Notifier>,
-    /// Serialises triggers that carry an idempotency key or a debounce key.
-    pub(crate) idempotency: Arc<tokio::sync::Mutex<()>>,
     pub(crate) secret_key: Arc<str>,
     pub(crate) environment: Arc<str>,
     /// The URL clients reach the server at (for presigned packet URLs).

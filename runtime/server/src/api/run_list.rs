@@ -115,8 +115,10 @@ impl Filter {
                 .schedule
                 .as_ref()
                 .is_none_or(|s| run.schedule.as_ref().is_some_and(|rs| &rs.id == s))
-            // Kiln has no batches yet: a batch filter matches nothing.
-            && self.batch.is_none()
+            && self
+                .batch
+                .as_ref()
+                .is_none_or(|b| run.batch.as_ref() == Some(b))
             && self.is_test.is_none_or(|t| run.is_test == t)
             && self.from.is_none_or(|f| run.created_at >= f)
             && self.to.is_none_or(|t| run.created_at <= t)

@@ -1,7 +1,8 @@
 //! Triggering and retrieving runs.
 
 use super::{ApiError, AppState};
-use crate::executor::{CancelError, MAX_OUTPUT_BYTES, RescheduleError};
+use crate::executor::admission::Admitted;
+use crate::executor::{CancelError, Executor, MAX_OUTPUT_BYTES, RescheduleError};
 use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
 use axum::body::Bytes;
@@ -61,12 +62,7 @@ pub(super) async fn trigger(
     let mut options = body.options;
     let incoming = incoming_payload(&state.store, body.payload, &mut options)?;
     let now = Timestamp::now();
-    let key = options.idempotency_key.clone().filter(|k| !k.is_empty());
-    let key_ttl_ms = match &options.idempotency_key_ttl {
-        Some(ttl) => crate::duration::parse_ms(ttl)
-            .map_err(|e| ApiError::bad_request(format!("idempotencyKeyTTL: {e}")))?,
-        None => 30 * 86_400_000,
-    };
+    let key = options.backend_key()?;
     let run = crate::trigger::new_run(
         &deployed,
         &task_id,
@@ -76,41 +72,16 @@ pub(super) async fn trigger(
         options,
         now,
     )?;
-    // Keyed and debounced triggers are serialised, so two at once cannot
-    // both make a run.
-    let _serial = match key.is_some() || run.debounce.is_some() {
-        true => Some(state.idempotency.lock().await),
-        false => None,
-    };
-    // An idempotency key that made a run within its TTL returns that run.
-    if let Some(key) = &key
-        && let Some(entry) = state.store.idempotent_run(key)?
-        && entry.expires_at > now
-        && state.store.run(&entry.run)?.is_some()
-    {
-        return Ok(respond(&state, &entry.run, true, now));
-    }
-    // A debounced trigger joins the open window of its key, if there is one.
-    if let Some(window) = &run.debounce
-        && let Some(holder) = state.store.debounced_run(&task_id, &window.key)?
-        && let Some(held) = state.executor.debounce(&holder, &run).await?
-    {
-        return Ok(respond(&state, &held.id, false, now));
+    let executor = &state.executor;
+    let _serial = executor
+        .serialize_triggers(key.is_some() || run.debounce.is_some())
+        .await;
+    if let Some(found) = executor.existing(&run, key.as_ref(), now).await? {
+        let cached = matches!(found, Admitted::Cached(_));
+        return Ok(respond(&state, found.run_id(), cached, now));
     }
     let mut batch = kiln_store::Batch::default();
-    batch.put_new_run(&run);
-    if let Some(window) = &run.debounce {
-        batch.put_debounce(&task_id, &window.key, &run.id);
-    }
-    if let Some(key) = &key {
-        batch.put_idempotency_key(
-            key,
-            &kiln_store::IdempotentRun {
-                run: run.id.clone(),
-                expires_at: Timestamp(now.as_millis().saturating_add(key_ttl_ms)),
-            },
-        );
-    }
+    Executor::stage_new(&mut batch, &run, key.as_ref(), now);
     state.store.commit(batch).await?;
     state.executor.admit(&run);
     Ok(respond(&state, &run.id, false, now))
@@ -459,16 +430,16 @@ fn related_view(run: &Run) -> Value {
     Value::Object(map)
 }
 
-/// `depth`, `triggerFunction` and, for child runs, `parentId`, `rootId` and
-/// `batchId`.
+/// `depth`, `triggerFunction`, `batchId` and, for child runs, `parentId` and
+/// `rootId`.
 fn lineage(map: &mut Map<String, Value>, run: &Run) {
+    insert_opt(map, "batchId", run.batch.as_ref().map(|b| json!(b)));
     match &run.parent {
         Some(parent) => {
             map.insert("depth".into(), json!(parent.depth));
             map.insert("triggerFunction".into(), json!(parent.trigger_function));
             map.insert("parentId".into(), json!(parent.parent));
             map.insert("rootId".into(), json!(parent.root));
-            insert_opt(map, "batchId", parent.batch.as_ref().map(|b| json!(b)));
         }
         None => {
             map.insert("depth".into(), json!(0));

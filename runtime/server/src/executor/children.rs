@@ -23,6 +23,7 @@ use kiln_types::{
     BatchId, DeploymentId, HostCall, JournalEntry, JournalRecord, ParentRun, Run, RunId,
     RunOutcome, RunStatus, Timestamp, WaitOn, WaitRecord, WakeValue,
 };
+use std::collections::HashMap;
 
 /// The most child runs one batch may hold.
 pub(crate) const MAX_BATCH: usize = 1_000;
@@ -39,6 +40,8 @@ pub(crate) struct AttemptSink {
     pub(crate) deployment: DeploymentId,
     pub(crate) root: RunId,
     pub(crate) depth: u32,
+    /// The attempt's number (scopes idempotency keys of scope `attempt`).
+    pub(crate) attempt: u32,
 }
 
 impl JournalSink for AttemptSink {
@@ -68,6 +71,7 @@ impl JournalSink for AttemptSink {
         let parent = self.parent.clone();
         let deployment = self.deployment.clone();
         let (root, depth) = (self.root.clone(), self.depth + 1);
+        let attempt = self.attempt;
         Box::pin(async move {
             let count = children.len() as u32;
             let first_task = children.first().map(|c| c.task.clone()).unwrap_or_default();
@@ -103,7 +107,7 @@ impl JournalSink for AttemptSink {
             };
             let now = Timestamp::now();
             let batch_id = batch.then(|| BatchId::generate(now.as_millis()));
-            let mut runs = Vec::with_capacity(children.len());
+            let mut items = Vec::with_capacity(children.len());
             for (index, child) in children.into_iter().enumerate() {
                 let payload: serde_json::Value = match serde_json::from_str(&child.payload) {
                     Ok(p) => p,
@@ -123,7 +127,8 @@ impl JournalSink for AttemptSink {
                     .trigger_function
                     .clone()
                     .unwrap_or_else(|| if batch { "batchTrigger" } else { "trigger" }.to_string());
-                let run = match new_run(
+                let key = options.task_key(&parent, attempt);
+                let run = new_run(
                     &deployed,
                     &child.task,
                     &payload,
@@ -131,27 +136,66 @@ impl JournalSink for AttemptSink {
                     "application/json".into(),
                     options,
                     now,
-                ) {
-                    Ok(run) => run,
-                    Err(e) if batch => return refuse(format!("item {index}: {}", e.message())),
-                    Err(e) => return refuse(e.message().to_string()),
+                );
+                let (run, key) = match (run, key) {
+                    (Ok(run), Ok(key)) => (run, key),
+                    (Err(e), _) | (_, Err(e)) if batch => {
+                        return refuse(format!("item {index}: {}", e.message()));
+                    }
+                    (Err(e), _) | (_, Err(e)) => return refuse(e.message().to_string()),
                 };
-                runs.push(Run {
+                let run = Run {
                     parent: Some(ParentRun {
                         parent: parent.clone(),
                         root: root.clone(),
                         depth,
-                        batch: batch_id.as_ref().map(|b| b.to_string()),
                         trigger_function,
                     }),
+                    batch: batch_id.as_ref().map(|b| b.to_string()),
                     ..run
-                });
+                };
+                items.push((run, key));
             }
+            // A child with an idempotency key or a debounce key may be
+            // answered by a run that already holds the key.
+            let keyed = items
+                .iter()
+                .any(|(run, key)| key.is_some() || run.debounce.is_some());
+            let _serial = executor.serialize_triggers(keyed).await;
             let mut commit = Batch::default();
-            for run in &runs {
-                commit.put_new_run(run).put_child(&parent, &run.id);
+            let mut ids = Vec::with_capacity(items.len());
+            let mut fresh = Vec::new();
+            // Keys taken by earlier items of this call, not yet committed.
+            let mut taken: HashMap<String, RunId> = HashMap::new();
+            for (run, key) in items {
+                let claims = [
+                    key.as_ref().map(|k| format!("key:{}", k.hash)),
+                    run.debounce
+                        .as_ref()
+                        .map(|d| format!("debounce:{}\0{}", run.task_id, d.key)),
+                ];
+                if let Some(id) = claims.iter().flatten().find_map(|c| taken.get(c)) {
+                    ids.push(id.clone());
+                    continue;
+                }
+                if keyed {
+                    match executor.existing(&run, key.as_ref(), now).await {
+                        Ok(Some(found)) => {
+                            ids.push(found.run_id().clone());
+                            continue;
+                        }
+                        Ok(None) => {}
+                        Err(e) => return refuse(format!("reading idempotency keys failed: {e}")),
+                    }
+                }
+                for claim in claims.into_iter().flatten() {
+                    taken.insert(claim, run.id.clone());
+                }
+                Executor::stage_new(&mut commit, &run, key.as_ref(), now);
+                commit.put_child(&parent, &run.id);
+                ids.push(run.id.clone());
+                fresh.push(run);
             }
-            let ids: Vec<RunId> = runs.iter().map(|r| r.id.clone()).collect();
             let call = match &batch_id {
                 Some(id) => {
                     commit.put_batch(&BatchRecord {
@@ -182,7 +226,7 @@ impl JournalSink for AttemptSink {
                 .commit(commit)
                 .await
                 .map_err(|e| e.to_string())?;
-            for run in &runs {
+            for run in &fresh {
                 executor.admit(run);
             }
             Ok(Spawned {

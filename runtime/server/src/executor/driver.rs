@@ -250,6 +250,7 @@ impl<'a> Slice<'a> {
             deployment: self.run.deployment_id.clone(),
             root,
             depth,
+            attempt: self.attempt_no,
         }));
         attempt.replay_mut().extend(replay);
 

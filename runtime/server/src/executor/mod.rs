@@ -15,6 +15,7 @@
 //!   ([`locks`]), so a cancel, a timer and the end of an attempt never
 //!   overwrite one another.
 
+pub(crate) mod admission;
 mod annotations;
 mod children;
 mod delays;
@@ -87,6 +88,9 @@ pub(crate) struct Shared {
     notifier: Arc<Notifier>,
     config: ExecutorConfig,
     locks: RunLocks,
+    /// Serialises triggers that carry an idempotency key or a debounce key
+    /// (see [`admission`]), and v3 batch item streams.
+    trigger_lock: tokio::sync::Mutex<()>,
     live: Mutex<HashMap<RunId, Arc<LiveRun>>>,
     timers: std::sync::OnceLock<Timers>,
     /// The client durable fetches go through.
@@ -120,6 +124,7 @@ impl Executor {
             notifier,
             config,
             locks: RunLocks::default(),
+            trigger_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
             http: fetch::client(),

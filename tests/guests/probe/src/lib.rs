@@ -501,6 +501,68 @@ pub async fn wait_token(payload: TokenWait, ctx: &Context) -> Result<Value, Task
     )
 }
 
+/// How `keyed-child` triggers its children.
+#[derive(Debug, Deserialize)]
+pub struct KeyedChild {
+    /// `key` (an idempotency key) or `debounce` (five debounced triggers).
+    pub mode: String,
+    /// The idempotency or debounce key.
+    pub key: String,
+    /// The key's scope: `run`, `attempt` or `global`.
+    #[serde(default)]
+    pub scope: Option<String>,
+    /// Fail the first attempt after triggering, so a retry triggers again.
+    #[serde(default)]
+    pub fail_first: bool,
+    /// How long the `sleep` child sleeps.
+    #[serde(default)]
+    pub sleep_ms: u64,
+}
+
+/// Triggers `sleep` children with an idempotency key (twice, then waits on
+/// the child) or with a debounce key (five times, trailing), and reports
+/// the ids it got back.
+#[task(id = "keyed-child")]
+pub async fn keyed_child(payload: KeyedChild, ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::tasks::{self, Debounce, DebounceMode, IdempotencyKey, KeyScope, TriggerOptions};
+    let child = |n: u32| serde_json::json!({ "ms": payload.sleep_ms, "n": n });
+    if payload.mode == "debounce" {
+        let options = TriggerOptions {
+            debounce: Some(Debounce {
+                key: payload.key.clone(),
+                delay: "1s".into(),
+                mode: Some(DebounceMode::Trailing),
+                max_delay: None,
+            }),
+            ..TriggerOptions::default()
+        };
+        let mut ids = Vec::new();
+        for n in 0..5 {
+            ids.push(tasks::trigger_with("sleep", &child(n), &options).await?.id);
+        }
+        return Ok(serde_json::json!({ "ids": ids }));
+    }
+    let scope = match payload.scope.as_deref() {
+        Some("attempt") => KeyScope::Attempt,
+        Some("global") => KeyScope::Global,
+        _ => KeyScope::Run,
+    };
+    let options = TriggerOptions {
+        idempotency_key: Some(IdempotencyKey::new(payload.key.clone()).scope(scope)),
+        ..TriggerOptions::default()
+    };
+    let first = tasks::trigger_with("sleep", &child(ctx.attempt), &options).await?;
+    if payload.fail_first && ctx.attempt == 1 {
+        return Err(TaskError::new("the first attempt fails after triggering").retry_after_ms(100));
+    }
+    let again =
+        tasks::trigger_and_wait_with::<_, Value>("sleep", &child(ctx.attempt), &options).await?;
+    let waited = again.clone().unwrap()?;
+    Ok(
+        serde_json::json!({ "child": first.id, "again": again.id, "waited": waited, "attempt": ctx.attempt }),
+    )
+}
+
 kiln_sdk::bundle!(
     hooked,
     flaky_block,
@@ -518,5 +580,6 @@ kiln_sdk::bundle!(
     draw_spin,
     parent,
     spawn_then_spin,
-    wait_token
+    wait_token,
+    keyed_child
 );

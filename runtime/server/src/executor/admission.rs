@@ -1,0 +1,165 @@
+//! Admitting a triggered run that carries an idempotency key or a debounce
+//! key: either an existing run answers the trigger (the key's run within its
+//! TTL, or the run holding the key's open debounce window), or the new run
+//! is recorded together with its key. Backends (the trigger route, v3 batch
+//! items) and tasks triggering children go through the same steps, under
+//! one lock so two triggers with one key cannot both make a run.
+
+use super::Executor;
+use kiln_store::{Batch, IdempotentRun};
+use kiln_types::{Run, RunId, Timestamp};
+use sha2::{Digest, Sha256};
+
+/// Trigger.dev's default idempotency key lifetime: 30 days.
+pub(crate) const DEFAULT_KEY_TTL_MS: u64 = 30 * 86_400_000;
+
+/// An idempotency key as the store keeps it: the hash the SDK sends (or the
+/// host derives for a task's key) and how long it deduplicates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct IdempotencyKey {
+    /// The hash.
+    pub(crate) hash: String,
+    /// Milliseconds it counts for.
+    pub(crate) ttl_ms: u64,
+}
+
+/// What answers a keyed or debounced trigger.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Admitted {
+    /// The run made earlier with the same idempotency key (`isCached`).
+    Cached(RunId),
+    /// The run holding the debounce window, with the trigger folded in.
+    Debounced(RunId),
+}
+
+impl Admitted {
+    /// The run that answers.
+    pub(crate) fn run_id(&self) -> &RunId {
+        match self {
+            Admitted::Cached(id) | Admitted::Debounced(id) => id,
+        }
+    }
+}
+
+/// Where a task's idempotency key applies (Trigger.dev's scopes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum KeyScope {
+    /// Across every run.
+    Global,
+    /// Within the triggering run, across its attempts (the default).
+    Run,
+    /// Within one attempt of the triggering run.
+    Attempt,
+}
+
+impl KeyScope {
+    /// Reads `global`, `run` or `attempt`.
+    pub(crate) fn parse(text: Option<&str>) -> Result<KeyScope, String> {
+        match text {
+            None | Some("run") => Ok(KeyScope::Run),
+            Some("global") => Ok(KeyScope::Global),
+            Some("attempt") => Ok(KeyScope::Attempt),
+            Some(other) => Err(format!(
+                "idempotency key scope `{other}` is not one of run, attempt, global"
+            )),
+        }
+    }
+}
+
+/// The hash a key made inside a task is stored under: SHA-256 of the key,
+/// joined with `-` to the triggering run's id (scope run) and its attempt
+/// number (scope attempt), as Trigger.dev's SDK derives it.
+pub(crate) fn scoped_key_hash(key: &str, scope: KeyScope, run: &RunId, attempt: u32) -> String {
+    let parts = match scope {
+        KeyScope::Global => key.to_string(),
+        KeyScope::Run => format!("{key}-{run}"),
+        KeyScope::Attempt => format!("{key}-{run}-{attempt}"),
+    };
+    hex::encode(Sha256::digest(parts.as_bytes()))
+}
+
+impl Executor {
+    /// Takes the lock keyed and debounced triggers share, when `keyed`.
+    /// Hold it from [`Executor::existing`] until the new run is committed.
+    pub(crate) async fn serialize_triggers(
+        &self,
+        keyed: bool,
+    ) -> Option<tokio::sync::MutexGuard<'_, ()>> {
+        match keyed {
+            true => Some(self.shared.trigger_lock.lock().await),
+            false => None,
+        }
+    }
+
+    /// The run that answers `run`'s trigger instead of `run` itself, if any:
+    /// the run `key` made within its TTL, or the run holding the open
+    /// debounce window of `run`'s debounce key (which this call moves and,
+    /// in trailing mode, updates).
+    pub(crate) async fn existing(
+        &self,
+        run: &Run,
+        key: Option<&IdempotencyKey>,
+        now: Timestamp,
+    ) -> kiln_store::Result<Option<Admitted>> {
+        let store = &self.shared.store;
+        if let Some(key) = key
+            && let Some(entry) = store.idempotent_run(&key.hash)?
+            && entry.expires_at > now
+            && store.run(&entry.run)?.is_some()
+        {
+            return Ok(Some(Admitted::Cached(entry.run)));
+        }
+        if let Some(window) = &run.debounce
+            && let Some(holder) = store.debounced_run(&run.task_id, &window.key)?
+            && let Some(held) = self.debounce(&holder, run).await?
+        {
+            return Ok(Some(Admitted::Debounced(held.id)));
+        }
+        Ok(None)
+    }
+
+    /// Adds a new run to `batch` with its timers, its debounce window and
+    /// its idempotency key.
+    pub(crate) fn stage_new(
+        batch: &mut Batch,
+        run: &Run,
+        key: Option<&IdempotencyKey>,
+        now: Timestamp,
+    ) {
+        batch.put_new_run(run);
+        if let Some(window) = &run.debounce {
+            batch.put_debounce(&run.task_id, &window.key, &run.id);
+        }
+        if let Some(key) = key {
+            batch.put_idempotency_key(
+                &key.hash,
+                &IdempotentRun {
+                    run: run.id.clone(),
+                    expires_at: Timestamp(now.as_millis().saturating_add(key.ttl_ms)),
+                },
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scopes_make_distinct_hashes() {
+        let run = RunId::generate(1);
+        let other = RunId::generate(2);
+        let global = scoped_key_hash("k", KeyScope::Global, &run, 1);
+        assert_eq!(global, scoped_key_hash("k", KeyScope::Global, &other, 2));
+        assert_eq!(global, hex::encode(Sha256::digest(b"k")));
+        let by_run = scoped_key_hash("k", KeyScope::Run, &run, 1);
+        assert_eq!(by_run, scoped_key_hash("k", KeyScope::Run, &run, 2));
+        assert_ne!(by_run, scoped_key_hash("k", KeyScope::Run, &other, 1));
+        let by_attempt = scoped_key_hash("k", KeyScope::Attempt, &run, 1);
+        assert_ne!(by_attempt, scoped_key_hash("k", KeyScope::Attempt, &run, 2));
+        assert_ne!(by_attempt, by_run);
+        assert_eq!(KeyScope::parse(None), Ok(KeyScope::Run));
+        assert!(KeyScope::parse(Some("tenant")).is_err());
+    }
+}
