@@ -58,7 +58,7 @@ async fn sequential_joined_by_task_and_failing_children() {
     let dir = data_dir();
     // One slot: a parent waiting on its child holds none, so this cannot
     // deadlock.
-    let kiln = Kiln::start_with(dir.path(), &["--concurrency", "1"]);
+    let kiln = Kiln::start_with(dir.path(), &["--concurrency", "1", "--burst-factor", "1"]);
     kiln.deploy(kiln_fixtures::PROBE).await;
     let each = kiln
         .trigger_ok("parent", json!({"mode": "each", "children": 3}))

@@ -82,7 +82,7 @@ async fn a_delayed_run_waits_survives_a_restart_and_can_be_rescheduled() {
 #[tokio::test]
 async fn a_run_not_started_within_its_ttl_expires_counted_from_its_enqueue() {
     let dir = data_dir();
-    let kiln = Kiln::start_with(dir.path(), &["--concurrency", "1"]);
+    let kiln = Kiln::start_with(dir.path(), &["--concurrency", "1", "--burst-factor", "1"]);
     kiln.deploy(kiln_fixtures::PROBE).await;
     // The one slot is busy for 3 s (a short sleep keeps its instance warm).
     let busy = kiln.trigger_ok("sleep", json!({"ms": 3000})).await;

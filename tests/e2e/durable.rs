@@ -201,7 +201,17 @@ async fn a_timer_that_came_due_while_the_server_was_down_fires_once() {
 async fn a_waiting_run_holds_no_slot() {
     let dir = data_dir();
     // One slot: a second run can only start if the first gave its slot up.
-    let kiln = Kiln::start_with(dir.path(), &["--warm-wait-ms", "100", "--concurrency", "1"]);
+    let kiln = Kiln::start_with(
+        dir.path(),
+        &[
+            "--warm-wait-ms",
+            "100",
+            "--concurrency",
+            "1",
+            "--burst-factor",
+            "1",
+        ],
+    );
     kiln.deploy(kiln_fixtures::COUNTDOWN).await;
     let waiting = kiln
         .trigger_ok("countdown", json!({"steps": 1, "wait_ms": 60000}))

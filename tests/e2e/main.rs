@@ -16,6 +16,7 @@ mod fetch;
 mod hooks;
 mod limits;
 mod packets;
+mod queues;
 mod restart;
 mod runs;
 mod schedules;

@@ -18,7 +18,10 @@ use syn::{FnArg, ItemFn, LitBool, LitFloat, LitInt, LitStr, ReturnType, Type};
 /// Options (all optional but `id`, which defaults to the function's name with
 /// `_` turned into `-`):
 /// - `id = "send-email"`: the task id backends trigger it by;
-/// - `queue = "emails"`: the queue it runs on (its own queue by default);
+/// - `queue = EMAILS`: the `const` [`Queue`](../kiln_sdk/queues/struct.Queue.html)
+///   it runs on (its own queue, `task/<id>`, by default); `queue = "emails"`
+///   names a queue declared elsewhere in the bundle;
+/// - `concurrency_limit = 1`: the limit of the task's own queue;
 /// - `machine = "small-2x"`: the machine preset (`small-1x` by default);
 /// - `max_duration = 300`: the most execution time in seconds, waits excluded;
 /// - `retry(max_attempts = 5, factor = 2.0, min_timeout_ms = 1000,
@@ -42,10 +45,19 @@ pub fn task(attr: TokenStream, item: TokenStream) -> TokenStream {
     }
 }
 
+/// How a task names its queue.
+enum QueueRef {
+    /// By name: declared by another task or in `bundle!`.
+    Name(String),
+    /// A `const` `kiln_sdk::Queue`, which this task declares too.
+    Declared(syn::Path),
+}
+
 #[derive(Default)]
 struct Options {
     id: Option<String>,
-    queue: Option<String>,
+    queue: Option<QueueRef>,
+    concurrency_limit: Option<u32>,
     machine: Option<String>,
     max_duration: Option<u64>,
     retry: Vec<(String, proc_macro2::TokenStream)>,
@@ -70,7 +82,14 @@ fn parse_options(attr: proc_macro2::TokenStream) -> syn::Result<Options> {
         if meta.path.is_ident("id") {
             options.id = Some(meta.value()?.parse::<LitStr>()?.value());
         } else if meta.path.is_ident("queue") {
-            options.queue = Some(meta.value()?.parse::<LitStr>()?.value());
+            let value = meta.value()?;
+            options.queue = Some(if value.peek(LitStr) {
+                QueueRef::Name(value.parse::<LitStr>()?.value())
+            } else {
+                QueueRef::Declared(value.parse::<syn::Path>()?)
+            });
+        } else if meta.path.is_ident("concurrency_limit") {
+            options.concurrency_limit = Some(meta.value()?.parse::<LitInt>()?.base10_parse()?);
         } else if meta.path.is_ident("machine") {
             let lit = meta.value()?.parse::<LitStr>()?;
             if !MACHINES.contains(&lit.value().as_str()) {
@@ -140,7 +159,7 @@ fn parse_options(attr: proc_macro2::TokenStream) -> syn::Result<Options> {
             options.timezone = Some(meta.value()?.parse::<LitStr>()?);
         } else {
             return Err(meta.error(
-                "unknown task option; use id, queue, machine, max_duration, retry(...), hooks, cron or timezone",
+                "unknown task option; use id, queue, concurrency_limit, machine, max_duration, retry(...), hooks, cron or timezone",
             ));
         }
         Ok(())
@@ -192,8 +211,28 @@ fn expand(
     let id = options
         .id
         .unwrap_or_else(|| name.to_string().trim_start_matches("r#").replace('_', "-"));
-    let queue = match &options.queue {
-        Some(q) => quote!(::core::option::Option::Some(::std::string::String::from(#q))),
+    if options.queue.is_some() && options.concurrency_limit.is_some() {
+        return Err(syn::Error::new(
+            Span::call_site(),
+            "`concurrency_limit` limits a task's own queue; a task on a shared queue takes the queue's limit",
+        ));
+    }
+    let (queue, queue_decl) = match &options.queue {
+        Some(QueueRef::Name(q)) => (
+            quote!(::core::option::Option::Some(::std::string::String::from(#q))),
+            None,
+        ),
+        Some(QueueRef::Declared(path)) => (
+            quote!(::core::option::Option::Some(::std::string::String::from(#path.name()))),
+            Some(
+                quote!(const QUEUE: ::core::option::Option<&'static ::kiln_sdk::Queue> =
+                ::core::option::Option::Some(&#path);),
+            ),
+        ),
+        None => (quote!(::core::option::Option::None), None),
+    };
+    let concurrency_limit = match options.concurrency_limit {
+        Some(n) => quote!(::core::option::Option::Some(#n)),
         None => quote!(::core::option::Option::None),
     };
     let machine = match &options.machine {
@@ -237,6 +276,7 @@ fn expand(
         impl ::kiln_sdk::__private::Task for #name {
             const ID: &'static str = #id;
             #hooks
+            #queue_decl
 
             fn manifest() -> ::kiln_sdk::__private::TaskManifest {
                 #[allow(unused_imports)]
@@ -251,6 +291,7 @@ fn expand(
                     payload_schema: (&::kiln_sdk::__private::SchemaProbe::<#payload_type>::new())
                         .payload_schema(),
                     queue: #queue,
+                    concurrency_limit: #concurrency_limit,
                     retry,
                     machine: #machine,
                     max_duration_secs: #max_duration,

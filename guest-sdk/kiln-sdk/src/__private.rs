@@ -19,6 +19,8 @@ pub trait Task {
     fn manifest() -> TaskManifest;
     /// The task's hooks.
     const HOOKS: Option<&'static Hooks> = None;
+    /// The declared queue the task runs on, if not its own.
+    const QUEUE: Option<&'static crate::Queue> = None;
     /// Parses the payload and starts the task's future.
     fn start(payload: &str, ctx: Context) -> TaskFuture;
 }
@@ -33,6 +35,8 @@ pub struct TaskEntry {
     pub start: fn(&str, Context) -> TaskFuture,
     /// The task's hooks.
     pub hooks: Option<&'static Hooks>,
+    /// The declared queue the task runs on, if not its own.
+    pub queue: Option<&'static crate::Queue>,
 }
 
 impl TaskEntry {
@@ -43,16 +47,31 @@ impl TaskEntry {
             manifest: T::manifest,
             start: T::start,
             hooks: T::HOOKS,
+            queue: T::QUEUE,
         }
     }
 }
 
-/// The bundle's manifest as JSON.
-pub fn describe(tasks: &[TaskEntry]) -> String {
+/// The bundle's manifest as JSON: its tasks, and the queues its tasks name
+/// or `bundle!` lists (each once; two different declarations of one name
+/// both go in, and the server refuses the bundle).
+pub fn describe(tasks: &[TaskEntry], queues: &[&crate::Queue]) -> String {
+    let mut declared: Vec<kiln_manifest::QueueManifest> = Vec::new();
+    for queue in tasks
+        .iter()
+        .filter_map(|t| t.queue)
+        .chain(queues.iter().copied())
+    {
+        let queue = queue.manifest();
+        if !declared.contains(&queue) {
+            declared.push(queue);
+        }
+    }
     let manifest = Manifest {
         manifest_version: MANIFEST_VERSION,
         sdk_version: env!("CARGO_PKG_VERSION").to_string(),
         tasks: tasks.iter().map(|t| (t.manifest)()).collect(),
+        queues: declared,
     };
     serde_json::to_string(&manifest).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
 }

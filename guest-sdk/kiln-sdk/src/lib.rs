@@ -41,6 +41,7 @@ pub mod fetch;
 pub mod hooks;
 mod log;
 pub mod metadata;
+pub mod queues;
 pub mod retry;
 pub mod schedules;
 pub mod tasks;
@@ -52,6 +53,7 @@ pub use hooks::Hooks;
 pub use kiln_manifest::{Machine, RetryPolicy};
 pub use kiln_sdk_macros::task;
 pub use log::Logger;
+pub use queues::{Queue, RateLimit};
 
 /// Items the [`task`] and [`bundle!`] macros expand to. Not a stable API.
 #[doc(hidden)]
@@ -61,7 +63,7 @@ pub mod __private;
 /// at the root of the crate, with every `#[task]` function's name.
 #[macro_export]
 macro_rules! bundle {
-    ($($task:path),+ $(,)?) => {
+    ($($task:path),+ $(,)? $(; queues: $($queue:path),+ $(,)?)?) => {
         #[doc(hidden)]
         struct __KilnBundle;
 
@@ -69,9 +71,12 @@ macro_rules! bundle {
         static __KILN_TASKS: &[$crate::__private::TaskEntry] =
             &[$($crate::__private::TaskEntry::of::<$task>()),+];
 
+        #[doc(hidden)]
+        static __KILN_QUEUES: &[&$crate::Queue] = &[$($(&$queue),+)?];
+
         impl $crate::bindings::Guest for __KilnBundle {
             fn describe() -> ::std::string::String {
-                $crate::__private::describe(__KILN_TASKS)
+                $crate::__private::describe(__KILN_TASKS, __KILN_QUEUES)
             }
             fn start(ctx: $crate::bindings::kiln::task::types::StartContext)
                 -> $crate::bindings::kiln::task::types::Step {

@@ -70,6 +70,18 @@ pub struct TriggerOptions {
     /// Fold a burst of triggers with one key into one run.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub debounce: Option<Debounce>,
+    /// Run on this declared queue instead of the task's (a `Queue`'s name,
+    /// or `task/<id>` for another task's own queue).
+    #[serde(skip)]
+    pub queue: Option<String>,
+    /// The lane inside the queue, one per value (a tenant id): each key
+    /// gets the queue's concurrency limit, and keys take turns.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// A head start in the queue, in seconds: the child is ordered as if
+    /// triggered this much earlier.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u64>,
 }
 
 /// An idempotency key for a child trigger: while it counts, triggering with
@@ -283,6 +295,9 @@ fn result_of<O: DeserializeOwned>(outcome: wit::RunOutcome) -> RunResult<O> {
 fn options_json(options: &TriggerOptions, function: &'static str) -> String {
     let mut json = serde_json::to_value(options).unwrap_or_else(|_| serde_json::json!({}));
     json["triggerFunction"] = serde_json::json!(function);
+    if let Some(queue) = &options.queue {
+        json["queue"] = serde_json::json!({ "name": queue });
+    }
     if let Some(key) = &options.idempotency_key {
         json["idempotencyKey"] = serde_json::json!(key.key);
         json["idempotencyKeyOptions"] = serde_json::json!({ "key": key.key, "scope": key.scope });

@@ -30,6 +30,9 @@ enum Command {
     /// Manage schedules of scheduled tasks.
     #[command(subcommand)]
     Schedules(commands::schedules::Command),
+    /// Inspect, pause and resume queues.
+    #[command(subcommand)]
+    Queues(commands::queues::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,6 +51,7 @@ fn main() -> std::process::ExitCode {
                         Command::Trigger(args) => commands::trigger::run(args).await,
                         Command::Runs(command) => commands::runs::run(command).await,
                         Command::Schedules(command) => commands::schedules::run(command).await,
+                        Command::Queues(command) => commands::queues::run(command).await,
                         Command::Build(_) => unreachable!("handled above"),
                     }
                 })

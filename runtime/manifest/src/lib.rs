@@ -8,9 +8,11 @@
 use serde::{Deserialize, Serialize};
 
 mod machine;
+mod queue;
 mod retry;
 
 pub use machine::{Machine, UnknownMachine};
+pub use queue::{MAX_RATE_PERIOD_MS, QueueManifest, RateLimitManifest, TASK_QUEUE_PREFIX};
 pub use retry::RetryPolicy;
 
 /// The manifest format this crate reads and writes.
@@ -26,6 +28,9 @@ pub struct Manifest {
     pub sdk_version: String,
     /// The bundle's tasks.
     pub tasks: Vec<TaskManifest>,
+    /// The queues the bundle declares (each task's own queue is implied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub queues: Vec<QueueManifest>,
 }
 
 /// One task of a bundle.
@@ -37,10 +42,13 @@ pub struct TaskManifest {
     /// The JSON Schema of the payload, for schema tasks.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub payload_schema: Option<serde_json::Value>,
-    /// The queue the task runs on; its own queue (named after the task) when
-    /// absent.
+    /// The declared queue the task runs on; its own queue (`task/<id>`)
+    /// when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub queue: Option<String>,
+    /// The concurrency limit of the task's own queue (only without `queue`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_limit: Option<u32>,
     /// The retry policy for failed attempts.
     #[serde(default)]
     pub retry: RetryPolicy,
@@ -114,6 +122,7 @@ impl Manifest {
                 "the bundle declares no tasks; list them in kiln_sdk::bundle!".into(),
             ));
         }
+        self.validate_queues()?;
         let mut seen = std::collections::BTreeSet::new();
         for task in &self.tasks {
             check_id("task id", &task.id)?;
@@ -125,6 +134,24 @@ impl Manifest {
             }
             if let Some(queue) = &task.queue {
                 check_id("queue name", queue)?;
+                if !self.queues.iter().any(|q| &q.name == queue) {
+                    return Err(ManifestError(format!(
+                        "task `{}` runs on queue `{queue}`, which the bundle does not declare; declare it with `kiln_sdk::Queue::new(\"{queue}\")` and name that constant in `#[task(queue = ...)]` or `bundle!(...; queues: ...)`",
+                        task.id
+                    )));
+                }
+                if task.concurrency_limit.is_some() {
+                    return Err(ManifestError(format!(
+                        "task `{}` sets concurrency_limit but runs on the shared queue `{queue}`; set the limit on the queue instead",
+                        task.id
+                    )));
+                }
+            }
+            if task.concurrency_limit == Some(0) {
+                return Err(ManifestError(format!(
+                    "task `{}`: concurrency_limit must be at least 1",
+                    task.id
+                )));
             }
             task.retry
                 .validate()
@@ -157,6 +184,69 @@ impl Manifest {
     pub fn task(&self, id: &str) -> Option<&TaskManifest> {
         self.tasks.iter().find(|t| t.id == id)
     }
+
+    /// Every queue of the bundle: the declared ones, then each task's own
+    /// queue (`task/<id>`) for tasks that name no declared queue.
+    pub fn queues(&self) -> Vec<QueueManifest> {
+        let mut queues: Vec<QueueManifest> = Vec::new();
+        for queue in &self.queues {
+            if !queues.iter().any(|q| q.name == queue.name) {
+                queues.push(queue.clone());
+            }
+        }
+        for task in self.tasks.iter().filter(|t| t.queue.is_none()) {
+            queues.push(QueueManifest {
+                concurrency_limit: task.concurrency_limit,
+                ..QueueManifest::named(task.own_queue())
+            });
+        }
+        queues
+    }
+
+    /// Whether runs may be put on this queue: a declared queue, or the own
+    /// queue of a task that has one.
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.iter().any(|q| q.name == name)
+            || self
+                .tasks
+                .iter()
+                .any(|t| t.queue.is_none() && t.own_queue() == name)
+    }
+
+    fn validate_queues(&self) -> Result<(), ManifestError> {
+        for (i, queue) in self.queues.iter().enumerate() {
+            check_id("queue name", &queue.name)?;
+            if queue.is_task_queue() {
+                return Err(ManifestError(format!(
+                    "queue `{}`: names starting with `{TASK_QUEUE_PREFIX}` belong to tasks' own queues",
+                    queue.name
+                )));
+            }
+            queue.check_limits().map_err(ManifestError)?;
+            if self.queues[..i]
+                .iter()
+                .any(|q| q.name == queue.name && q != queue)
+            {
+                return Err(ManifestError(format!(
+                    "queue `{}` is declared twice with different limits",
+                    queue.name
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl TaskManifest {
+    /// The queue the task's runs go on unless a trigger picks another.
+    pub fn queue_name(&self) -> String {
+        self.queue.clone().unwrap_or_else(|| self.own_queue())
+    }
+
+    /// The task's own queue, `task/<id>`.
+    pub fn own_queue(&self) -> String {
+        format!("{TASK_QUEUE_PREFIX}{}", self.id)
+    }
 }
 
 /// Checks that an id is non-empty, at most [`MAX_ID_LEN`] bytes, and made of
@@ -187,6 +277,7 @@ mod tests {
             id: id.into(),
             payload_schema: None,
             queue: None,
+            concurrency_limit: None,
             retry: RetryPolicy::default(),
             machine: Machine::default(),
             max_duration_secs: None,
@@ -201,6 +292,7 @@ mod tests {
             manifest_version: MANIFEST_VERSION,
             sdk_version: "0.1.0".into(),
             tasks,
+            queues: Vec::new(),
         }
     }
 
@@ -256,6 +348,71 @@ mod tests {
         assert!(
             err.0.starts_with("the bundle's manifest is not valid"),
             "{err}"
+        );
+    }
+
+    #[test]
+    fn tasks_run_on_declared_queues_or_their_own() {
+        let mut shared = task("a");
+        shared.queue = Some("emails".into());
+        let mut own = task("b");
+        own.concurrency_limit = Some(2);
+        let mut m = manifest(vec![shared, own]);
+        let err = m.validate().unwrap_err();
+        assert!(err.0.contains("does not declare"), "{err}");
+        m.queues.push(QueueManifest {
+            concurrency_limit: Some(3),
+            ..QueueManifest::named("emails")
+        });
+        m.queues.push(m.queues[0].clone());
+        m.validate().unwrap();
+        let queues = m.queues();
+        assert_eq!(
+            queues
+                .iter()
+                .map(|q| (q.name.as_str(), q.concurrency_limit))
+                .collect::<Vec<_>>(),
+            [("emails", Some(3)), ("task/b", Some(2))]
+        );
+        assert!(m.has_queue("task/b") && m.has_queue("emails"));
+        assert!(
+            !m.has_queue("task/a"),
+            "a runs on emails and has no own queue"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_queue_declarations() {
+        let mut m = manifest(vec![task("a")]);
+        m.queues.push(QueueManifest::named("task/x"));
+        assert!(m.validate().unwrap_err().0.contains("belong to tasks"));
+        m.queues = vec![
+            QueueManifest::named("q"),
+            QueueManifest {
+                concurrency_limit: Some(1),
+                ..QueueManifest::named("q")
+            },
+        ];
+        assert!(m.validate().unwrap_err().0.contains("declared twice"));
+        m.queues = vec![QueueManifest {
+            rate_limit: Some(RateLimitManifest {
+                limit: 0,
+                period_ms: 1000,
+                per_key: false,
+            }),
+            ..QueueManifest::named("q")
+        }];
+        assert!(m.validate().unwrap_err().0.contains("at least 1 run"));
+        let mut t = task("a");
+        t.queue = Some("q".into());
+        t.concurrency_limit = Some(1);
+        m.queues = vec![QueueManifest::named("q")];
+        m.tasks = vec![t];
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .0
+                .contains("set the limit on the queue")
         );
     }
 }

@@ -152,6 +152,7 @@ impl LoadedBundle {
                 manifest_version: 0,
                 sdk_version: String::new(),
                 tasks: Vec::new(),
+                queues: Vec::new(),
             },
         };
         let limits = Limits {

@@ -12,8 +12,13 @@ pub struct ServerConfig {
     pub listen: SocketAddr,
     /// The API key; generated and kept in the data directory when `None`.
     pub secret_key: Option<String>,
-    /// How many attempts execute at once.
+    /// The environment's base concurrency: how many runs of one queue
+    /// execute at once at most (declared limits above it are cut to it).
     pub concurrency: usize,
+    /// How far all queues together may go above the base: at most
+    /// `concurrency × burst_factor` runs execute at once (Trigger.dev's
+    /// default is 2.0).
+    pub burst_factor: f64,
     /// The environment runs belong to.
     pub environment: String,
     /// Timer waits at most this long keep the instance warm; longer ones
@@ -31,6 +36,13 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
+    /// How many runs execute at once in all: the base times the burst
+    /// factor, at least the base.
+    pub fn burst_limit(&self) -> usize {
+        let burst = (self.concurrency as f64 * self.burst_factor.max(1.0)).ceil();
+        (burst as usize).max(self.concurrency).max(1)
+    }
+
     /// Defaults for a data directory and address.
     pub fn new(data_dir: PathBuf, listen: SocketAddr) -> Self {
         let cores = std::thread::available_parallelism()
@@ -40,7 +52,8 @@ impl ServerConfig {
             data_dir,
             listen,
             secret_key: None,
-            concurrency: (cores * 8).clamp(4, 128),
+            concurrency: (cores * 4).clamp(2, 64),
+            burst_factor: 2.0,
             environment: "dev".into(),
             warm_wait: std::time::Duration::from_secs(5),
             schedule_clock: crate::ScheduleClock::default(),

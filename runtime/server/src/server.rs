@@ -43,6 +43,7 @@ impl Server {
             notifier.clone(),
             ExecutorConfig {
                 concurrency: config.concurrency,
+                burst: config.burst_limit(),
                 environment: config.environment.clone(),
                 warm_wait: config.warm_wait,
                 public_url: public_url.clone(),
@@ -92,6 +93,12 @@ impl Server {
     /// The API key clients must send.
     pub fn secret_key(&self) -> &str {
         &self.state.secret_key
+    }
+
+    /// The environment's base limit (runs of one queue at once) and burst
+    /// limit (runs at once in all).
+    pub fn concurrency_limits(&self) -> (u32, u32) {
+        self.state.executor.environment_limits()
     }
 
     /// Whether the key was generated (and stored) by this start.

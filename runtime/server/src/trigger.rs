@@ -38,6 +38,82 @@ pub(crate) struct TriggerOptions {
     pub(crate) ttl: Option<Value>,
     /// Fold a burst of triggers with one key into one run.
     pub(crate) debounce: Option<DebounceOptions>,
+    /// A declared queue to run on instead of the task's: `{name}` (or the
+    /// name as a string).
+    pub(crate) queue: Option<Value>,
+    /// The run's lane in its queue (a tenant id).
+    pub(crate) concurrency_key: Option<String>,
+    /// A head start in the queue, in seconds.
+    pub(crate) priority: Option<Value>,
+}
+
+/// The longest `concurrencyKey`.
+const MAX_CONCURRENCY_KEY: usize = 512;
+
+/// The largest `priority`: a year, in seconds.
+const MAX_PRIORITY_SECS: u64 = 365 * 24 * 60 * 60;
+
+/// The queue a trigger picks, checked against the deployment: a trigger
+/// never creates a queue (Trigger.dev v4), so an undeclared name is refused.
+fn queue(
+    value: Option<&Value>,
+    task: &kiln_manifest::TaskManifest,
+    manifest: &kiln_manifest::Manifest,
+    version: &str,
+) -> Result<String, TriggerError> {
+    let name = match value {
+        None | Some(Value::Null) => return Ok(task.queue.clone().unwrap_or_default()),
+        Some(Value::String(name)) => name.clone(),
+        Some(Value::Object(fields)) => {
+            if fields.contains_key("concurrencyLimit") {
+                return Err(TriggerError::BadRequest(
+                    "queue.concurrencyLimit: queues and their limits are declared in the bundle (kiln_sdk::Queue), not at trigger time".into(),
+                ));
+            }
+            match fields.get("name") {
+                Some(Value::String(name)) => name.clone(),
+                _ => {
+                    return Err(TriggerError::BadRequest(
+                        "queue must be {\"name\": \"...\"}".into(),
+                    ));
+                }
+            }
+        }
+        Some(_) => {
+            return Err(TriggerError::BadRequest(
+                "queue must be {\"name\": \"...\"}".into(),
+            ));
+        }
+    };
+    if !manifest.has_queue(&name) {
+        return Err(TriggerError::Unprocessable(format!(
+            "queue `{name}` is not declared in version {version}; a trigger cannot create a queue, declare it in the bundle with kiln_sdk::Queue (a task's own queue is `task/<task id>`)"
+        )));
+    }
+    // The task's own queue is stored as empty.
+    Ok(if name == task.own_queue() {
+        String::new()
+    } else {
+        name
+    })
+}
+
+/// `priority` in seconds, as milliseconds.
+fn priority_ms(value: Option<&Value>) -> Result<u64, TriggerError> {
+    match value {
+        None | Some(Value::Null) => Ok(0),
+        Some(Value::Number(n)) => match n.as_f64() {
+            Some(secs) if (0.0..=MAX_PRIORITY_SECS as f64).contains(&secs) => {
+                Ok((secs * 1000.0) as u64)
+            }
+            _ => Err(TriggerError::BadRequest(format!(
+                "priority must be 0 to {MAX_PRIORITY_SECS} seconds"
+            ))),
+        },
+        Some(_) => Err(TriggerError::BadRequest(
+            "priority must be a number of seconds".into(),
+        )),
+    }
 }
 
 /// Trigger.dev's `debounce` option.
@@ -288,6 +364,20 @@ pub(crate) fn new_run(
                 .map(|t| Timestamp(now.as_millis().saturating_add(t.ms))),
         ),
     };
+    let queue = queue(
+        options.queue.as_ref(),
+        task,
+        &deployed.record.manifest,
+        &deployed.record.version,
+    )?;
+    if let Some(key) = &options.concurrency_key
+        && (key.is_empty() || key.len() > MAX_CONCURRENCY_KEY)
+    {
+        return Err(TriggerError::BadRequest(format!(
+            "concurrencyKey must be 1 to {MAX_CONCURRENCY_KEY} characters"
+        )));
+    }
+    let priority_ms = priority_ms(options.priority.as_ref())?;
     let idempotency_key = options
         .idempotency_key_options
         .as_ref()
@@ -308,6 +398,9 @@ pub(crate) fn new_run(
         ttl,
         expires_at,
         debounce,
+        queue,
+        concurrency_key: options.concurrency_key,
+        priority_ms,
         ..Run::queued(
             RunId::generate(now.as_millis()),
             task_id,

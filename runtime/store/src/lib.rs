@@ -17,6 +17,7 @@ pub mod blobs;
 pub mod children;
 mod debounce;
 mod memory;
+mod queues;
 mod records;
 pub mod schedules;
 mod sled_backend;

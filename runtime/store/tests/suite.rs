@@ -20,10 +20,12 @@ fn deployment(sequence: u64) -> Deployment {
         manifest: Manifest {
             manifest_version: 1,
             sdk_version: "0.1.0".into(),
+            queues: Vec::new(),
             tasks: vec![TaskManifest {
                 id: "t".into(),
                 payload_schema: None,
                 queue: None,
+                concurrency_limit: None,
                 retry: RetryPolicy::default(),
                 machine: Machine::Micro,
                 max_duration_secs: None,
@@ -84,6 +86,17 @@ async fn runs_keep_the_active_index(store: &Store) {
         store.run(&a.id).unwrap().unwrap().output.as_deref(),
         Some("1")
     );
+}
+
+async fn paused_queues_are_kept(store: &Store) {
+    let mut batch = Batch::default();
+    batch.set_queue_paused("emails", true);
+    batch.set_queue_paused("task/report", true);
+    store.commit(batch).await.unwrap();
+    let mut batch = Batch::default();
+    batch.set_queue_paused("emails", false);
+    store.commit(batch).await.unwrap();
+    assert_eq!(store.paused_queues().unwrap(), ["task/report"]);
 }
 
 async fn concurrent_commits_all_land(backend: Arc<dyn Backend>) {
@@ -373,6 +386,7 @@ async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     journals_and_batches(&Store::new(make())).await;
     snapshot_layers(&Store::new(make())).await;
     timers_by_due_time(&Store::new(make())).await;
+    paused_queues_are_kept(&Store::new(make())).await;
     concurrent_commits_all_land(make()).await;
 }
 

@@ -191,6 +191,16 @@ pub struct Run {
     /// The debounce that holds this run while it is `DELAYED`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub debounce: Option<RunDebounce>,
+    /// The queue it runs on; empty means its task's own queue
+    /// (`task/<task id>`), see [`Run::queue_name`].
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub queue: String,
+    /// Its lane in the queue (Trigger.dev's `concurrencyKey`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub concurrency_key: Option<String>,
+    /// Its head start in the queue, in milliseconds (`priority` seconds).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority_ms: u64,
     /// When it was triggered.
     pub created_at: Timestamp,
     /// When it last changed.
@@ -295,11 +305,30 @@ impl Run {
             expires_at: None,
             expired_at: None,
             debounce: None,
+            queue: String::new(),
+            concurrency_key: None,
+            priority_ms: 0,
             created_at: now,
             updated_at: now,
             started_at: None,
             finished_at: None,
         }
+    }
+
+    /// The queue the run waits in: its own `queue`, or its task's own queue.
+    pub fn queue_name(&self) -> String {
+        if self.queue.is_empty() {
+            format!("{}{}", kiln_manifest::TASK_QUEUE_PREFIX, self.task_id)
+        } else {
+            self.queue.clone()
+        }
+    }
+
+    /// Its place in its queue's lane: creation time minus the priority head
+    /// start, so a resumed or retried run keeps its place ahead of newer
+    /// runs and a prioritised run goes ahead of older ones.
+    pub fn queue_order(&self) -> i64 {
+        self.created_at.as_millis() as i64 - self.priority_ms.min(i64::MAX as u64) as i64
     }
 
     /// The run that triggered this one, or the run itself if no task did.
@@ -330,4 +359,8 @@ impl Run {
     pub fn current_attempt_mut(&mut self) -> Option<&mut Attempt> {
         self.attempts.last_mut().filter(|a| a.outcome.is_none())
     }
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod deploy;
+pub mod queues;
 pub mod runs;
 pub mod schedules;
 pub mod serve;

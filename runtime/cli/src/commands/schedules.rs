@@ -182,7 +182,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         } => {
             let mut path = format!("/api/v1/schedules?page={page}&perPage={per_page}");
             if let Some(external) = external_id {
-                path.push_str(&format!("&externalId={}", encode(&external)));
+                path.push_str(&format!("&externalId={}", crate::client::encode(&external)));
             }
             let list = client.get_json(&path).await?;
             if json {
@@ -206,17 +206,4 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
-}
-
-/// Percent-encodes a query value.
-fn encode(value: &str) -> String {
-    value
-        .bytes()
-        .map(|b| match b {
-            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
-                (b as char).to_string()
-            }
-            _ => format!("%{b:02X}"),
-        })
-        .collect()
 }

@@ -14,9 +14,13 @@ pub struct Args {
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:3030", env = "KILN_LISTEN")]
     listen: SocketAddr,
-    /// How many attempts execute at once (default: 8 per CPU core).
+    /// The environment's base concurrency: at most this many runs of one
+    /// queue execute at once (default: 4 per CPU core, 2 to 64).
     #[arg(long, env = "KILN_CONCURRENCY")]
     concurrency: Option<usize>,
+    /// All queues together may run up to concurrency × this factor at once.
+    #[arg(long, default_value_t = 2.0, env = "KILN_BURST_FACTOR")]
+    burst_factor: f64,
     /// Timer waits at most this long (ms) keep the guest warm in memory;
     /// longer ones snapshot it and free its slot.
     #[arg(long, default_value_t = 5_000, env = "KILN_WARM_WAIT_MS")]
@@ -56,6 +60,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(n) = args.concurrency {
         config.concurrency = n.max(1);
     }
+    if !(1.0..=100.0).contains(&args.burst_factor) {
+        anyhow::bail!("--burst-factor must be between 1 and 100");
+    }
+    config.burst_factor = args.burst_factor;
     config.warm_wait = std::time::Duration::from_millis(args.warm_wait_ms);
     config.public_url = args.public_url.clone();
     config.fetch_allow = args.allow_fetch.clone();
@@ -73,9 +81,10 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
         println!("  export KILN_SECRET_KEY={}", server.secret_key());
     }
+    let (base, burst) = server.concurrency_limits();
     println!(
-        "Kiln is listening on http://{addr} (data in {})",
-        args.data_dir.display()
+        "Kiln is listening on http://{addr} (data in {}; at most {base} runs per queue, {burst} in all)",
+        args.data_dir.display(),
     );
     server.serve().await?;
     Ok(ExitCode::SUCCESS)

@@ -22,6 +22,16 @@ pub struct Args {
     /// The machine preset (`micro`, `small-1x`, ...).
     #[arg(long)]
     machine: Option<String>,
+    /// Run on this declared queue instead of the task's own.
+    #[arg(long)]
+    queue: Option<String>,
+    /// The run's lane in its queue (a tenant id): keys take turns, each
+    /// with the queue's concurrency limit.
+    #[arg(long)]
+    concurrency_key: Option<String>,
+    /// A head start in the queue, in seconds.
+    #[arg(long)]
+    priority: Option<u64>,
     /// Print JSON.
     #[arg(long)]
     json: bool,
@@ -37,6 +47,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     if let Some(machine) = &args.machine {
         options["machine"] = serde_json::json!(machine);
+    }
+    if let Some(queue) = &args.queue {
+        options["queue"] = serde_json::json!({ "name": queue });
+    }
+    if let Some(key) = &args.concurrency_key {
+        options["concurrencyKey"] = serde_json::json!(key);
+    }
+    if let Some(priority) = args.priority {
+        options["priority"] = serde_json::json!(priority);
     }
     let body = serde_json::json!({ "payload": payload.to_string(), "options": options });
     let client = Client::from_env()?;

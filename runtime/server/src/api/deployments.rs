@@ -32,11 +32,22 @@ pub(super) async fn create(
     }
     match state.deployments.deploy(&body).await {
         Ok(deployed) => {
+            // Queues are declared in the bundle: create or update them.
+            state.executor.sync_queues(&deployed.record.manifest);
             // The deployment is stored; if this sync is cut short, the next
             // start-up finishes it.
             let synced = state.schedules.sync().await?;
             tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), schedules_created = synced.created, schedules_updated = synced.updated, schedules_deleted = synced.deleted, "deployed");
             let mut body = view(&deployed.record);
+            body["queues"] = json!(
+                deployed
+                    .record
+                    .manifest
+                    .queues()
+                    .iter()
+                    .map(|q| q.name.clone())
+                    .collect::<Vec<_>>()
+            );
             body["schedules"] = json!({
                 "created": synced.created,
                 "updated": synced.updated,

@@ -16,6 +16,8 @@
 //! | `POST /api/v1/waitpoints/tokens/{id}/callback/{signature}` | complete through its URL, no auth |
 //! | `PUT`/`GET /api/v1/packets/{path}` (and `/api/v2/...`) | a presigned URL to upload or download a large payload |
 //! | `PUT`/`GET /packets/{path}?expires=..&signature=..` | the presigned URL itself, no auth |
+//! | `GET /api/v1/queues`, `GET /api/v1/queues/{queue}` | list queues, retrieve one (queued, running, limits, paused, busiest keys) |
+//! | `POST /api/v1/queues/{queue}/pause` | `{action: "pause"\|"resume"}` |
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /healthz` | liveness, no auth |
@@ -25,6 +27,7 @@ mod batches;
 mod deployments;
 mod error;
 mod packets;
+mod queues;
 mod run_list;
 mod runs;
 mod schedules;
@@ -92,6 +95,9 @@ pub fn router(state: AppState) -> Router {
             put(packets::presign_upload).get(packets::presign_download),
         )
         .route("/api/v1/runs", get(run_list::list))
+        .route("/api/v1/queues", get(queues::list))
+        .route("/api/v1/queues/{queue}", get(queues::retrieve))
+        .route("/api/v1/queues/{queue}/pause", post(queues::pause))
         .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
         .route(
             "/api/v1/schedules",

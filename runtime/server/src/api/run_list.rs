@@ -22,6 +22,7 @@ struct Filter {
     version: Option<Vec<String>>,
     tag: Option<Vec<String>>,
     machine: Option<Vec<String>>,
+    queue: Option<Vec<String>>,
     schedule: Option<ScheduleId>,
     batch: Option<String>,
     is_test: Option<bool>,
@@ -91,6 +92,7 @@ impl Filter {
             version: list_of(q, "filter[version]"),
             tag: list_of(q, "filter[tag]"),
             machine: list_of(q, "filter[machine]"),
+            queue: list_of(q, "filter[queue]"),
             schedule,
             batch: q.get("filter[batch]").cloned(),
             is_test,
@@ -107,6 +109,13 @@ impl Filter {
             && any(&self.task, &run.task_id)
             && any(&self.version, &run.version)
             && any(&self.machine, &run.machine.name().to_string())
+            && self.queue.as_ref().is_none_or(|queues| {
+                let name = run.queue_name();
+                // A task's own queue may be named `task/<id>` or by the id.
+                queues.iter().any(|q| {
+                    *q == name || name.strip_prefix(kiln_manifest::TASK_QUEUE_PREFIX) == Some(q)
+                })
+            })
             && self
                 .tag
                 .as_ref()

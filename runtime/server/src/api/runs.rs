@@ -236,6 +236,12 @@ pub(super) async fn replay(
     if options.machine.is_none() {
         options.machine = Some(original.machine.name().to_string());
     }
+    if options.queue.is_none() && !original.queue.is_empty() {
+        options.queue = Some(json!({ "name": original.queue }));
+    }
+    if options.concurrency_key.is_none() {
+        options.concurrency_key = original.concurrency_key.clone();
+    }
     let Some(deployed) = state.deployments.current() else {
         return Err(ApiError::not_found(
             "Nothing is deployed to replay the run on",
@@ -453,6 +459,16 @@ pub(crate) fn retrieve_view(run: &Run) -> Value {
     let mut map = common_view(run);
     lineage(&mut map, run);
     map.insert("relatedRuns".into(), json!({}));
+    // Kiln's additions: where the run waits its turn.
+    map.insert("queue".into(), json!({ "name": run.queue_name() }));
+    insert_opt(
+        &mut map,
+        "concurrencyKey",
+        run.concurrency_key.as_ref().map(|k| json!(k)),
+    );
+    if run.priority_ms > 0 {
+        map.insert("priority".into(), json!(run.priority_ms as f64 / 1000.0));
+    }
     map.insert("attemptCount".into(), json!(run.attempts.len()));
     map.insert("machine".into(), json!(run.machine.name()));
     let payload =

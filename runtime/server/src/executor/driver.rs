@@ -79,7 +79,7 @@ async fn claim(
         if running.contains_key(run_id) {
             // The previous slice is still winding down (it suspended and a
             // timer woke the run at once): try again shortly.
-            executor.enqueue_at(run_id.clone(), Timestamp(Timestamp::now().as_millis() + 20));
+            executor.enqueue_at(&run, Timestamp(Timestamp::now().as_millis() + 20));
             return Ok(None);
         }
         running.insert(run_id.clone(), live.clone());

@@ -1,7 +1,9 @@
 //! The executor: takes queued runs, runs their attempts in the sandbox, and
 //! drives each run through the engine's transitions.
 //!
-//! - At most `concurrency` runs execute at once; a waiting run holds no slot.
+//! - [`dispatch`] starts queued runs as their queues allow (limits, lanes
+//!   per `concurrencyKey`, fairness, priority, pause, rate limits, the
+//!   environment's limit); a waiting run holds no slot.
 //! - [`driver`] runs one slice of a run: it restores the run's last snapshot
 //!   (or starts a fresh instance), replays the journal after it, then runs
 //!   live until the task finishes or waits. A short timer wait is slept warm
@@ -19,6 +21,7 @@ pub(crate) mod admission;
 mod annotations;
 mod children;
 mod delays;
+mod dispatch;
 mod driver;
 mod fetch;
 mod journal;
@@ -29,6 +32,7 @@ mod waits;
 
 pub use annotations::AnnotationError;
 pub use delays::RescheduleError;
+pub use dispatch::QueueView;
 pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
@@ -43,7 +47,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timers::{Fired, Timers};
-use tokio::sync::{Notify, Semaphore, mpsc};
+use tokio::sync::Notify;
 
 /// The largest output a run may return, in bytes.
 pub const MAX_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
@@ -51,8 +55,11 @@ pub const MAX_OUTPUT_BYTES: usize = 10 * 1024 * 1024;
 /// How the executor behaves.
 #[derive(Debug, Clone)]
 pub struct ExecutorConfig {
-    /// How many runs execute at once.
+    /// How many runs of one queue execute at once (the environment's base
+    /// limit).
     pub concurrency: usize,
+    /// How many runs execute at once in all (base × burst factor).
+    pub burst: usize,
     /// The environment runs belong to.
     pub environment: String,
     /// Timer waits at most this long are slept with the instance kept warm
@@ -69,7 +76,6 @@ pub struct ExecutorConfig {
 /// Hands runs to the executor and controls them.
 #[derive(Clone)]
 pub struct Executor {
-    queue: mpsc::UnboundedSender<RunId>,
     shared: Arc<Shared>,
 }
 
@@ -95,6 +101,8 @@ pub(crate) struct Shared {
     timers: std::sync::OnceLock<Timers>,
     /// The client durable fetches go through.
     http: reqwest::Client,
+    /// Queued runs and what may start next.
+    dispatch: Arc<dispatch::Dispatch>,
 }
 
 /// Why a cancel was refused.
@@ -116,8 +124,13 @@ impl Executor {
         notifier: Arc<Notifier>,
         config: ExecutorConfig,
     ) -> Self {
-        let (tx, mut rx) = mpsc::unbounded_channel::<RunId>();
-        let slots = Arc::new(Semaphore::new(config.concurrency.max(1)));
+        let dispatch = Arc::new(dispatch::Dispatch::new(
+            config.concurrency.max(1),
+            config.burst.max(config.concurrency).max(1),
+        ));
+        if let Some(current) = deployments.current() {
+            dispatch.configure(&current.record.manifest);
+        }
         let shared = Arc::new(Shared {
             store: store.clone(),
             deployments,
@@ -128,39 +141,59 @@ impl Executor {
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
             http: fetch::client(),
+            dispatch,
         });
-        let executor = Executor {
-            queue: tx,
-            shared: shared.clone(),
-        };
-        let requeue = executor.clone();
-        tokio::spawn(async move {
-            while let Some(run_id) = rx.recv().await {
-                let Ok(permit) = slots.clone().acquire_owned().await else {
-                    break;
-                };
-                let executor = requeue.clone();
-                tokio::spawn(async move {
-                    if let Err(error) = driver::execute(&executor, &run_id).await {
-                        tracing::error!(run = %run_id, %error, "executing a run failed");
-                    }
-                    drop(permit);
-                });
-            }
-        });
+        let executor = Executor { shared };
+        tokio::spawn(dispatch::run(executor.clone()));
         executor
     }
 
-    /// Queues a run to start now.
-    pub fn enqueue(&self, run: RunId) {
-        let _ = self.queue.send(run);
+    /// Queues a run to start as its queue allows.
+    pub fn enqueue(&self, run: &Run) {
+        self.shared.dispatch.push(run);
+    }
+
+    /// Creates or updates the queues a deployment declares.
+    pub(crate) fn sync_queues(&self, manifest: &kiln_manifest::Manifest) {
+        self.shared.dispatch.configure(manifest);
+    }
+
+    /// Pauses or resumes a queue (kept across restarts). Returns false,
+    /// changing nothing, if there is no such queue.
+    pub async fn set_queue_paused(
+        &self,
+        queue: &str,
+        paused: bool,
+    ) -> Result<bool, kiln_store::StoreError> {
+        if self.shared.dispatch.queue(queue, 0).is_none() {
+            return Ok(false);
+        }
+        let mut batch = Batch::default();
+        batch.set_queue_paused(queue, paused);
+        self.shared.store.commit(batch).await?;
+        Ok(self.shared.dispatch.set_paused(queue, paused))
+    }
+
+    /// Every queue and what it holds.
+    pub fn queues(&self) -> Vec<QueueView> {
+        self.shared.dispatch.queues()
+    }
+
+    /// One queue, with its busiest `lanes` lanes (`concurrencyKey` values).
+    pub fn queue(&self, name: &str, lanes: usize) -> Option<QueueView> {
+        self.shared.dispatch.queue(name, lanes)
+    }
+
+    /// The environment's base limit (per queue) and burst limit (in all).
+    pub fn environment_limits(&self) -> (u32, u32) {
+        self.shared.dispatch.environment()
     }
 
     /// Sets a run that was just committed (with [`Batch::put_new_run`]) on
     /// its way: a queued run is queued, a delayed one's timers are armed.
     pub(crate) fn admit(&self, run: &Run) {
         if run.status == RunStatus::Queued {
-            self.enqueue(run.id.clone());
+            self.enqueue(run);
         }
         self.arm(TimerKey::of_run(run));
     }
@@ -175,16 +208,17 @@ impl Executor {
         }
     }
 
-    /// Queues a run to start at `at`.
-    pub fn enqueue_at(&self, run: RunId, at: Timestamp) {
+    /// Queues a run to start at `at` (a retry's backoff).
+    pub fn enqueue_at(&self, run: &Run, at: Timestamp) {
         let delay = at.as_millis().saturating_sub(Timestamp::now().as_millis());
         if delay == 0 {
             return self.enqueue(run);
         }
         let this = self.clone();
+        let run = run.clone();
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            this.enqueue(run);
+            this.enqueue(&run);
         });
     }
 
@@ -193,6 +227,9 @@ impl Executor {
     /// The timer service starts only afterwards, so no run has been claimed
     /// in this process while recovery reads which runs were executing.
     pub(crate) async fn recover(&self) -> anyhow::Result<usize> {
+        for queue in self.shared.store.paused_queues()? {
+            self.shared.dispatch.set_paused(&queue, true);
+        }
         let runs = self.shared.store.active_runs()?;
         let count = runs.len();
         for run in runs {
@@ -202,8 +239,8 @@ impl Executor {
             }
             match run.status {
                 RunStatus::Queued => match run.next_attempt_at {
-                    Some(at) => self.enqueue_at(run.id.clone(), at),
-                    None => self.enqueue(run.id.clone()),
+                    Some(at) => self.enqueue_at(&run, at),
+                    None => self.enqueue(&run),
                 },
                 RunStatus::Dequeued | RunStatus::Executing => {
                     let t = apply(&run, Event::Recovered, Timestamp::now())?;
@@ -249,6 +286,9 @@ impl Executor {
                 flag.store(true, Ordering::SeqCst);
             }
             live.canceled.notify_one();
+        }
+        if run.status == RunStatus::Queued {
+            shared.dispatch.remove(run_id);
         }
         self.perform(&t.run, &t.actions);
         self.cancel_children(t.run.id.clone());
@@ -351,6 +391,9 @@ impl Executor {
             return Ok(Fired::Done);
         };
         let t = apply(&run, event, Timestamp::now())?;
+        if t.run.status == RunStatus::Expired {
+            self.shared.dispatch.remove(&run.id);
+        }
         if let Some(debounce) = &run.debounce {
             batch.delete_debounce(&run.task_id, &debounce.key);
         }
@@ -368,10 +411,10 @@ impl Executor {
     fn perform(&self, run: &Run, actions: &[Action]) {
         for action in actions {
             match action {
-                Action::Enqueue { not_before: None } => self.enqueue(run.id.clone()),
+                Action::Enqueue { not_before: None } => self.enqueue(run),
                 Action::Enqueue {
                     not_before: Some(at),
-                } => self.enqueue_at(run.id.clone(), *at),
+                } => self.enqueue_at(run, *at),
                 Action::NotifyFinished => {
                     self.shared.notifier.finished(&run.id);
                     if run.parent.is_some() {

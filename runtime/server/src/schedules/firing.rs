@@ -99,7 +99,7 @@ impl Schedules {
             };
             commit.await?;
             for run in runs {
-                self.inner.executor.enqueue(run);
+                self.inner.executor.enqueue(&run);
             }
             total.runs += fired.runs;
             total.skipped += fired.skipped;
@@ -116,7 +116,7 @@ impl Schedules {
         due: Timestamp,
         id: &kiln_types::ScheduleId,
         now: Timestamp,
-    ) -> Result<Option<RunId>, ScheduleError> {
+    ) -> Result<Option<Run>, ScheduleError> {
         let store = &self.inner.store;
         let schedule = match store.schedule(id)? {
             Some(s) if s.active && s.next_run == Some(due) => s,
@@ -160,7 +160,7 @@ impl Schedules {
         };
         batch.put_run(&run);
         batch.put_occurrence(&schedule.id, occurrence, schedule.last_timestamp, &run.id);
-        Ok(Some(run.id))
+        Ok(Some(run))
     }
 
     /// The run for one occurrence, on the current deployment, if it still

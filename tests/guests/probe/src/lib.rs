@@ -5,6 +5,8 @@ use kiln_sdk::{Context, TaskError, task};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub mod queues;
+
 /// Returns its payload, with the run's context and a host clock and random
 /// reading.
 #[task(id = "echo")]
@@ -581,5 +583,11 @@ kiln_sdk::bundle!(
     parent,
     spawn_then_spin,
     wait_token,
-    keyed_child
+    keyed_child,
+    queues::lane_hold,
+    queues::fair_hold,
+    queues::rated,
+    queues::lane_parent,
+    queues::own_limit;
+    queues: queues::SPARE
 );

@@ -1,0 +1,183 @@
+//! The dispatcher: which queued run starts next, and when.
+//!
+//! Queued runs wait in a [`kiln_queues::Scheduler`] (queues, one lane per
+//! `concurrencyKey`, fairness, priority, pause, rate limits, the
+//! environment's base and burst limits). One task takes what may start,
+//! hands each run to the driver, and gives its slot back when the slice
+//! ends: the run finished, suspended at a wait (a `WAITING` run holds no
+//! slot; it queues again when woken), or could not be claimed. The
+//! scheduler lives in memory; after a restart recovery queues every `QUEUED`
+//! run again.
+
+use super::{Executor, driver};
+use kiln_manifest::{Manifest, QueueManifest};
+use kiln_queues::{Entry, LaneKey, QueueLimits, QueueStats, RateLimit, Scheduler, Started};
+use kiln_types::{Run, RunId, Timestamp};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+use tokio::sync::Notify;
+
+/// The scheduler, and the signal that something in it changed.
+pub(crate) struct Dispatch {
+    scheduler: Mutex<Scheduler<RunId>>,
+    changed: Notify,
+}
+
+/// A queue as the API shows it.
+#[derive(Debug, Clone)]
+pub struct QueueView {
+    /// Its name (`emails`, or `task/<id>` for a task's own queue).
+    pub name: String,
+    /// What it holds and allows now.
+    pub stats: QueueStats,
+    /// The busiest lanes: `(concurrencyKey, queued, running)`.
+    pub lanes: Vec<(LaneKey, usize, u32)>,
+}
+
+/// The limits of a declared queue.
+fn limits(queue: &QueueManifest) -> QueueLimits {
+    QueueLimits {
+        concurrency: queue.concurrency_limit,
+        total: queue.concurrency_limit_total,
+        rate: queue.rate_limit.map(|r| RateLimit {
+            limit: r.limit,
+            period_ms: r.period_ms,
+            per_key: r.per_key,
+        }),
+    }
+}
+
+impl Dispatch {
+    /// A dispatcher for an environment running at most `base` runs of one
+    /// queue and `burst` runs in all.
+    pub(crate) fn new(base: usize, burst: usize) -> Self {
+        let clamp = |n: usize| n.min(u32::MAX as usize) as u32;
+        Dispatch {
+            scheduler: Mutex::new(Scheduler::new(clamp(base), clamp(burst))),
+            changed: Notify::new(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Scheduler<RunId>> {
+        self.scheduler.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Queues a run to start as its queue allows.
+    pub(crate) fn push(&self, run: &Run) {
+        let pushed = self.lock().push(Entry {
+            run: run.id.clone(),
+            queue: run.queue_name(),
+            key: run.concurrency_key.clone(),
+            order: run.queue_order(),
+        });
+        if pushed {
+            self.changed.notify_one();
+        }
+    }
+
+    /// Takes a queued run out (canceled or expired before it started).
+    pub(crate) fn remove(&self, run: &RunId) {
+        self.lock().remove(run);
+    }
+
+    /// Creates or updates the queues a deployment declares.
+    pub(crate) fn configure(&self, manifest: &Manifest) {
+        let mut scheduler = self.lock();
+        for queue in manifest.queues() {
+            scheduler.configure(&queue.name, limits(&queue));
+        }
+        drop(scheduler);
+        self.changed.notify_one();
+    }
+
+    /// Pauses or resumes a queue; false if there is no such queue.
+    pub(crate) fn set_paused(&self, queue: &str, paused: bool) -> bool {
+        let known = self.lock().set_paused(queue, paused);
+        self.changed.notify_one();
+        known
+    }
+
+    /// Every queue, by name.
+    pub(crate) fn queues(&self) -> Vec<QueueView> {
+        let scheduler = self.lock();
+        scheduler
+            .queue_names()
+            .into_iter()
+            .filter_map(|name| {
+                let stats = scheduler.stats(&name)?;
+                Some(QueueView {
+                    name,
+                    stats,
+                    lanes: Vec::new(),
+                })
+            })
+            .collect()
+    }
+
+    /// One queue, with its busiest `lanes` lanes.
+    pub(crate) fn queue(&self, name: &str, lanes: usize) -> Option<QueueView> {
+        let scheduler = self.lock();
+        Some(QueueView {
+            name: name.to_string(),
+            stats: scheduler.stats(name)?,
+            lanes: scheduler.lanes(name, lanes),
+        })
+    }
+
+    /// The environment's base and burst limits.
+    pub(crate) fn environment(&self) -> (u32, u32) {
+        self.lock().environment()
+    }
+}
+
+/// Gives a started run's slot back when its slice ends, even if the
+/// driver panicked.
+struct Slot {
+    executor: Executor,
+    started: Started<RunId>,
+}
+
+impl Drop for Slot {
+    fn drop(&mut self) {
+        let dispatch = &self.executor.shared.dispatch;
+        dispatch.lock().release(&self.started);
+        dispatch.changed.notify_one();
+    }
+}
+
+/// Starts queued runs as the scheduler allows, for as long as the server
+/// runs.
+pub(crate) async fn run(executor: Executor) {
+    let dispatch = executor.shared.dispatch.clone();
+    loop {
+        let (started, wakeup) = {
+            let mut scheduler = dispatch.lock();
+            let now = Timestamp::now().as_millis();
+            (scheduler.next(now), scheduler.next_wakeup())
+        };
+        if let Some(started) = started {
+            let slot = Slot {
+                executor: executor.clone(),
+                started,
+            };
+            tokio::spawn(async move {
+                let run_id = slot.started.run.clone();
+                if let Err(error) = driver::execute(&slot.executor, &run_id).await {
+                    tracing::error!(run = %run_id, %error, "executing a run failed");
+                }
+                drop(slot);
+            });
+            continue;
+        }
+        match wakeup {
+            Some(at) => {
+                let wait = at.saturating_sub(Timestamp::now().as_millis()).max(1);
+                tokio::select! {
+                    _ = dispatch.changed.notified() => {}
+                    _ = tokio::time::sleep(Duration::from_millis(wait)) => {}
+                }
+            }
+            None => dispatch.changed.notified().await,
+        }
+    }
+}
