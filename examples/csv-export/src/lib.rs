@@ -2,8 +2,13 @@
 //! derives `JsonSchema`, so Kiln validates every payload when the run is
 //! triggered and rejects a bad one with the schema's complaint, before any
 //! guest code runs.
+//!
+//! Exports are heavy on the database, so they run on the `csv-exports`
+//! queue: one export at a time per organisation when triggers pass the
+//! organisation id as `concurrencyKey`, at most four at once in all, and
+//! organisations take turns.
 
-use kiln_sdk::{Context, TaskError, task};
+use kiln_sdk::{Context, Queue, TaskError, task};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -45,8 +50,13 @@ pub struct Export {
     pub content: String,
 }
 
+/// One export per organisation at a time, four in all.
+pub const EXPORTS: Queue = Queue::new("csv-exports")
+    .concurrency_limit(1)
+    .total_concurrency_limit(4);
+
 /// Exports an organisation's records since a date.
-#[task(id = "export-csv", retry(max_attempts = 2))]
+#[task(id = "export-csv", queue = EXPORTS, retry(max_attempts = 2))]
 pub async fn export_csv(payload: ExportRequest, ctx: &Context) -> Result<Export, TaskError> {
     let rows: Vec<(String, u32)> = (0..3)
         .map(|i| (payload.since.to_string(), i * 10))

@@ -13,13 +13,19 @@
 //! - RSS with 10,000 runs waiting, and start-up time with them stored;
 //! - 100,000 schedules: creating them over HTTP, RSS, the firing lag and
 //!   CPU of a minute's occurrences, start-up, and the due-index scan a
-//!   scheduler tick makes against a full scan.
+//!   scheduler tick makes against a full scan;
+//! - the run scheduler's cost per dequeue with 100,000 runs queued, and a
+//!   light tenant's start latency behind a heavy tenant's 10,000 queued
+//!   runs, with and without concurrency keys.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `waiting`, `schedules`).
+//! `resume`, `throughput`, `waiting`, `schedules`, `queues`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
+
+#[path = "support/queues.rs"]
+mod queues;
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
@@ -71,6 +77,9 @@ fn main() {
     }
     if selected("schedules") {
         runtime.block_on(schedules_bench(100_000));
+    }
+    if selected("queues") {
+        runtime.block_on(queues::queues_bench());
     }
     if !(selected("compile") || selected("instantiate") || selected("latency")) {
         return;
