@@ -275,8 +275,14 @@ async fn a_rate_limited_queue_spaces_its_starts() {
     }
     let starts: Vec<u64> = spans(&kiln, &ids).await.iter().map(|s| s.0).collect();
     // Two starts per 2 s: the 3rd and 4th wait for the window to move.
-    assert!(starts[2] - starts[0] >= 1_900, "{starts:?}");
-    assert!(starts[3] - starts[1] >= 1_900, "{starts:?}");
+    // (The guest reads its clock a little after the dispatcher starts it,
+    // and that delay varies on a loaded machine: leave it 500 ms.)
+    assert!(starts[2] - starts[0] >= 1_500, "{starts:?}");
+    assert!(starts[3] - starts[1] >= 1_500, "{starts:?}");
+    assert!(
+        starts[1] - starts[0] < 1_500,
+        "the first two start at once: {starts:?}"
+    );
 }
 
 #[tokio::test]
