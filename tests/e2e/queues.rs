@@ -31,6 +31,12 @@ async fn set_paused(kiln: &Kiln, name: &str, paused: bool) -> Value {
     body
 }
 
+/// Triggers `task` holding its slot for `ms`, in the lane of `key`.
+async fn trigger_keyed(kiln: &Kiln, task: &str, ms: u64, key: &str) -> String {
+    kiln.trigger_with(task, json!({ "ms": ms }), json!({ "concurrencyKey": key }))
+        .await
+}
+
 /// `(startedMs, endedMs)` of each finished run, in start order.
 async fn spans(kiln: &Kiln, ids: &[String]) -> Vec<(u64, u64, String)> {
     let mut spans = Vec::new();
@@ -71,22 +77,9 @@ async fn a_limit_holds_per_concurrency_key_and_keys_run_side_by_side() {
     set_paused(&kiln, "probe-one", true).await;
     let mut acme = Vec::new();
     for _ in 0..3 {
-        acme.push(
-            kiln.trigger_with(
-                "lane-hold",
-                json!({"ms": 300}),
-                json!({"concurrencyKey": "acme"}),
-            )
-            .await,
-        );
+        acme.push(trigger_keyed(&kiln, "lane-hold", 300, "acme").await);
     }
-    let bolt = kiln
-        .trigger_with(
-            "lane-hold",
-            json!({"ms": 300}),
-            json!({"concurrencyKey": "bolt"}),
-        )
-        .await;
+    let bolt = trigger_keyed(&kiln, "lane-hold", 300, "bolt").await;
     let q = queue(&kiln, "probe-one").await;
     assert_eq!(
         (q["queued"].as_u64(), q["running"].as_u64()),
@@ -145,22 +138,9 @@ async fn keys_take_turns_and_priority_is_a_head_start() {
     set_paused(&kiln, "probe-fair", true).await;
     let mut ids = Vec::new();
     for _ in 0..4 {
-        ids.push(
-            kiln.trigger_with(
-                "fair-hold",
-                json!({"ms": 20}),
-                json!({"concurrencyKey": "heavy"}),
-            )
-            .await,
-        );
+        ids.push(trigger_keyed(&kiln, "fair-hold", 20, "heavy").await);
     }
-    let light = kiln
-        .trigger_with(
-            "fair-hold",
-            json!({"ms": 20}),
-            json!({"concurrencyKey": "light"}),
-        )
-        .await;
+    let light = trigger_keyed(&kiln, "fair-hold", 20, "light").await;
     ids.push(light.clone());
     set_paused(&kiln, "probe-fair", false).await;
     let order = spans(&kiln, &ids).await;

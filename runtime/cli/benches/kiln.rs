@@ -187,23 +187,42 @@ impl Server {
     }
 
     async fn trigger(&self, task: &str, payload: serde_json::Value) -> String {
-        let body = serde_json::json!({
-            "payload": payload.to_string(),
-            "options": {"payloadType": "application/json"}
-        });
-        let created: serde_json::Value = self
+        self.trigger_with(task, payload, serde_json::json!({}))
+            .await
+    }
+
+    /// Triggers with trigger options (`concurrencyKey`, `queue`...).
+    async fn trigger_with(
+        &self,
+        task: &str,
+        payload: serde_json::Value,
+        mut options: serde_json::Value,
+    ) -> String {
+        options["payloadType"] = serde_json::json!("application/json");
+        let body = serde_json::json!({ "payload": payload.to_string(), "options": options });
+        let created = self
+            .post(&format!("/api/v1/tasks/{task}/trigger"), &body)
+            .await;
+        created["id"].as_str().expect("an id").to_string()
+    }
+
+    /// POSTs a JSON body; panics unless the answer is a success.
+    async fn post(&self, path: &str, body: &serde_json::Value) -> serde_json::Value {
+        let answer = self
             .http
-            .post(format!("{}/api/v1/tasks/{task}/trigger", self.url))
+            .post(format!("{}{path}", self.url))
             .bearer_auth(KEY)
             .header("content-type", "application/json")
             .body(body.to_string())
             .send()
             .await
-            .expect("triggers")
-            .json()
-            .await
-            .expect("json");
-        created["id"].as_str().expect("an id").to_string()
+            .expect("answers");
+        assert!(
+            answer.status().is_success(),
+            "POST {path}: {}",
+            answer.status()
+        );
+        answer.json().await.expect("json")
     }
 
     async fn get(&self, path: &str) -> serde_json::Value {

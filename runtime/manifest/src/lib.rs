@@ -403,6 +403,30 @@ mod tests {
             ..QueueManifest::named("q")
         }];
         assert!(m.validate().unwrap_err().0.contains("at least 1 run"));
+        m.queues = vec![QueueManifest {
+            rate_limit: Some(RateLimitManifest {
+                limit: 1,
+                period_ms: 0,
+                per_key: false,
+            }),
+            ..QueueManifest::named("q")
+        }];
+        assert!(
+            m.validate()
+                .unwrap_err()
+                .0
+                .contains("between 1 ms and 1 day")
+        );
+        m.queues = vec![QueueManifest {
+            concurrency_limit: Some(0),
+            ..QueueManifest::named("q")
+        }];
+        assert!(m.validate().unwrap_err().0.contains("at least 1"));
+        m.queues = vec![QueueManifest {
+            concurrency_limit: Some(5),
+            ..QueueManifest::named("q")
+        }];
+        m.validate().unwrap();
         let mut t = task("a");
         t.queue = Some("q".into());
         t.concurrency_limit = Some(1);

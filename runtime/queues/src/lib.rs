@@ -31,7 +31,7 @@ mod limits;
 mod scheduler;
 mod window;
 
-pub use limits::{LimitError, QueueLimits, RateLimit};
+pub use limits::{QueueLimits, RateLimit};
 pub use scheduler::{Entry, LaneKey, QueueStats, Scheduler, Started};
 
 #[cfg(test)]

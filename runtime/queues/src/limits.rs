@@ -1,4 +1,5 @@
-//! What a queue allows.
+//! What a queue allows. (Declared limits are checked where they are
+//! declared, in `kiln-manifest`; the scheduler takes them as given.)
 
 /// A queue's limits, as its declaration gives them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,48 +27,7 @@ pub struct RateLimit {
     pub per_key: bool,
 }
 
-/// Why a queue's limits were refused.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LimitError(pub String);
-
-impl std::fmt::Display for LimitError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-impl std::error::Error for LimitError {}
-
-/// The longest rate-limit window: a day.
-pub const MAX_RATE_PERIOD_MS: u64 = 24 * 60 * 60 * 1000;
-
 impl QueueLimits {
-    /// Checks that every limit is at least 1 and a rate window is between
-    /// 1 ms and a day.
-    pub fn validate(&self) -> Result<(), LimitError> {
-        if self.concurrency == Some(0) {
-            return Err(LimitError(
-                "concurrency_limit must be at least 1 (pause a queue to stop it)".into(),
-            ));
-        }
-        if self.total == Some(0) {
-            return Err(LimitError(
-                "concurrency_limit_total must be at least 1".into(),
-            ));
-        }
-        if let Some(rate) = &self.rate {
-            if rate.limit == 0 {
-                return Err(LimitError("rate_limit.limit must be at least 1".into()));
-            }
-            if rate.period_ms == 0 || rate.period_ms > MAX_RATE_PERIOD_MS {
-                return Err(LimitError(
-                    "rate_limit.period must be between 1 ms and 1 day".into(),
-                ));
-            }
-        }
-        Ok(())
-    }
-
     /// How many runs of one lane may execute at once, under `base`.
     pub(crate) fn lane_cap(&self, base: u32) -> u32 {
         self.concurrency.map_or(base, |c| c.min(base))

@@ -391,6 +391,11 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
         names
     }
 
+    /// Whether a queue is known (configured, or given a run).
+    pub fn has_queue(&self, name: &str) -> bool {
+        self.queues.contains_key(name)
+    }
+
     /// What a queue holds now.
     pub fn stats(&self, name: &str) -> Option<QueueStats> {
         let queue = self.queues.get(name)?;

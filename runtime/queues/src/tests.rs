@@ -318,21 +318,3 @@ fn lanes_lists_the_busiest_keys() {
     let lanes = s.lanes("q", 1);
     assert_eq!(lanes, [(Some("a".to_string()), 3, 0)]);
 }
-
-#[test]
-fn limits_are_checked() {
-    assert!(limited(0).validate().is_err());
-    assert!(
-        QueueLimits {
-            rate: Some(RateLimit {
-                limit: 1,
-                period_ms: 0,
-                per_key: false
-            }),
-            ..QueueLimits::default()
-        }
-        .validate()
-        .is_err()
-    );
-    assert!(limited(5).validate().is_ok());
-}

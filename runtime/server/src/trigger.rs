@@ -61,29 +61,20 @@ fn queue(
     manifest: &kiln_manifest::Manifest,
     version: &str,
 ) -> Result<String, TriggerError> {
+    let shape = || TriggerError::BadRequest("queue must be {\"name\": \"...\"}".into());
     let name = match value {
         None | Some(Value::Null) => return Ok(task.queue.clone().unwrap_or_default()),
         Some(Value::String(name)) => name.clone(),
-        Some(Value::Object(fields)) => {
-            if fields.contains_key("concurrencyLimit") {
-                return Err(TriggerError::BadRequest(
-                    "queue.concurrencyLimit: queues and their limits are declared in the bundle (kiln_sdk::Queue), not at trigger time".into(),
-                ));
-            }
-            match fields.get("name") {
-                Some(Value::String(name)) => name.clone(),
-                _ => {
-                    return Err(TriggerError::BadRequest(
-                        "queue must be {\"name\": \"...\"}".into(),
-                    ));
-                }
-            }
-        }
-        Some(_) => {
+        Some(Value::Object(fields)) if fields.contains_key("concurrencyLimit") => {
             return Err(TriggerError::BadRequest(
-                "queue must be {\"name\": \"...\"}".into(),
+                "queue.concurrencyLimit: queues and their limits are declared in the bundle (kiln_sdk::Queue), not at trigger time".into(),
             ));
         }
+        Some(Value::Object(fields)) => match fields.get("name") {
+            Some(Value::String(name)) => name.clone(),
+            _ => return Err(shape()),
+        },
+        Some(_) => return Err(shape()),
     };
     if !manifest.has_queue(&name) {
         return Err(TriggerError::Unprocessable(format!(

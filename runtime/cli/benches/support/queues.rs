@@ -2,7 +2,7 @@
 //! queued, and a light tenant's start latency while a heavy tenant has
 //! 10,000 runs queued on the same queue, with and without concurrency keys.
 
-use super::{KEY, Server, iso_ms, report};
+use super::{Server, iso_ms, report};
 use kiln_queues::{Entry, QueueLimits, Scheduler};
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -43,25 +43,6 @@ fn dequeue(label: &str, queued: usize, queues: usize, keys: usize) {
     println!("{:<40} {push_each:?} per push", "");
 }
 
-async fn trigger(server: &Server, task: &str, payload: Value, options: Value) -> String {
-    let mut options = options;
-    options["payloadType"] = json!("application/json");
-    let body = json!({ "payload": payload.to_string(), "options": options });
-    let created: Value = server
-        .http
-        .post(format!("{}/api/v1/tasks/{task}/trigger", server.url))
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(body.to_string())
-        .send()
-        .await
-        .expect("triggers")
-        .json()
-        .await
-        .expect("json");
-    created["id"].as_str().expect("an id").to_string()
-}
-
 async fn finished(server: &Server, id: &str) -> Value {
     loop {
         let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
@@ -73,16 +54,12 @@ async fn finished(server: &Server, id: &str) -> Value {
 
 async fn set_paused(server: &Server, queue: &str, paused: bool) {
     let action = if paused { "pause" } else { "resume" };
-    let answer = server
-        .http
-        .post(format!("{}/api/v1/queues/{queue}/pause", server.url))
-        .bearer_auth(KEY)
-        .header("content-type", "application/json")
-        .body(json!({ "action": action }).to_string())
-        .send()
-        .await
-        .expect("answers");
-    assert!(answer.status().is_success());
+    server
+        .post(
+            &format!("/api/v1/queues/{queue}/pause"),
+            &json!({ "action": action }),
+        )
+        .await;
 }
 
 /// A light tenant's run on `probe-fair` (one run at a time in all) while a
@@ -105,7 +82,9 @@ async fn fairness(heavy: usize, keyed: bool) {
         let options = heavy_options.clone();
         tasks.push(tokio::spawn(async move {
             for _ in (c..heavy).step_by(clients) {
-                trigger(&server, "fair-hold", json!({}), options.clone()).await;
+                server
+                    .trigger_with("fair-hold", json!({}), options.clone())
+                    .await;
             }
         }));
     }
@@ -129,7 +108,9 @@ async fn fairness(heavy: usize, keyed: bool) {
             .duration_since(std::time::UNIX_EPOCH)
             .unwrap_or_default()
             .as_millis() as u64;
-        let id = trigger(&server, "fair-hold", json!({}), light_options.clone()).await;
+        let id = server
+            .trigger_with("fair-hold", json!({}), light_options.clone())
+            .await;
         let run = finished(&server, &id).await;
         let started = iso_ms(&run["startedAt"]);
         latency.push(Duration::from_millis(started.saturating_sub(before)));

@@ -109,10 +109,9 @@ fn resolve(state: &AppState, param: &str, kind: Option<&str>) -> Result<String, 
             if param.starts_with("queue_") {
                 state
                     .executor
-                    .queues()
+                    .queue_names()
                     .into_iter()
-                    .find(|q| queue_id(&q.name) == param)
-                    .map(|q| q.name)
+                    .find(|name| queue_id(name) == param)
                     .ok_or_else(|| ApiError::not_found(format!("queue {param} not found")))
             } else {
                 Ok(param.to_string())

@@ -62,17 +62,26 @@ impl Dispatch {
         self.scheduler.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Queues a run to start as its queue allows.
-    pub(crate) fn push(&self, run: &Run) {
-        let pushed = self.lock().push(Entry {
+    /// What the scheduler keeps of a queued run.
+    pub(crate) fn entry(run: &Run) -> Entry<RunId> {
+        Entry {
             run: run.id.clone(),
             queue: run.queue_name(),
             key: run.concurrency_key.clone(),
             order: run.queue_order(),
-        });
-        if pushed {
+        }
+    }
+
+    /// Queues a run to start as its queue allows.
+    pub(crate) fn push(&self, entry: Entry<RunId>) {
+        if self.lock().push(entry) {
             self.changed.notify_one();
         }
+    }
+
+    /// Whether a queue is known.
+    pub(crate) fn has_queue(&self, name: &str) -> bool {
+        self.lock().has_queue(name)
     }
 
     /// Takes a queued run out (canceled or expired before it started).
@@ -95,6 +104,11 @@ impl Dispatch {
         let known = self.lock().set_paused(queue, paused);
         self.changed.notify_one();
         known
+    }
+
+    /// The names of every queue, sorted.
+    pub(crate) fn queue_names(&self) -> Vec<String> {
+        self.lock().queue_names()
     }
 
     /// Every queue, by name.

@@ -150,7 +150,7 @@ impl Executor {
 
     /// Queues a run to start as its queue allows.
     pub fn enqueue(&self, run: &Run) {
-        self.shared.dispatch.push(run);
+        self.shared.dispatch.push(dispatch::Dispatch::entry(run));
     }
 
     /// Creates or updates the queues a deployment declares.
@@ -165,13 +165,18 @@ impl Executor {
         queue: &str,
         paused: bool,
     ) -> Result<bool, kiln_store::StoreError> {
-        if self.shared.dispatch.queue(queue, 0).is_none() {
+        if !self.shared.dispatch.has_queue(queue) {
             return Ok(false);
         }
         let mut batch = Batch::default();
         batch.set_queue_paused(queue, paused);
         self.shared.store.commit(batch).await?;
         Ok(self.shared.dispatch.set_paused(queue, paused))
+    }
+
+    /// The names of every queue, sorted.
+    pub fn queue_names(&self) -> Vec<String> {
+        self.shared.dispatch.queue_names()
     }
 
     /// Every queue and what it holds.
@@ -215,10 +220,10 @@ impl Executor {
             return self.enqueue(run);
         }
         let this = self.clone();
-        let run = run.clone();
+        let entry = dispatch::Dispatch::entry(run);
         tokio::spawn(async move {
             tokio::time::sleep(Duration::from_millis(delay)).await;
-            this.enqueue(&run);
+            this.shared.dispatch.push(entry);
         });
     }
 
