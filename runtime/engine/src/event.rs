@@ -1,6 +1,6 @@
 //! What can happen to a run, and what the driver must do about it.
 
-use kiln_types::{RunError, Timestamp};
+use kiln_types::{AttemptOutcome, RunError, Timestamp};
 
 /// How an attempt failed.
 #[derive(Debug, Clone, PartialEq)]
@@ -63,6 +63,23 @@ pub enum Event {
     DelayElapsed,
     /// The run's ttl ran out before its first attempt started.
     Expire,
+}
+
+impl Event {
+    /// How the attempt ends, for an event that ends one.
+    pub fn attempt_outcome(&self) -> Option<AttemptOutcome> {
+        Some(match self {
+            Event::AttemptSucceeded { .. } => AttemptOutcome::Succeeded,
+            Event::AttemptFailed { kind, .. } => match kind {
+                FailureKind::Error { .. } => AttemptOutcome::Failed,
+                FailureKind::OutOfMemory => AttemptOutcome::Crashed,
+                FailureKind::TimedOut => AttemptOutcome::TimedOut,
+                FailureKind::System => AttemptOutcome::SystemFailure,
+            },
+            Event::Cancel => AttemptOutcome::Canceled,
+            _ => return None,
+        })
+    }
 }
 
 /// What the driver must do after a transition.

@@ -92,6 +92,16 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
                 FailureKind::TimedOut => (AttemptOutcome::TimedOut, S::TimedOut),
                 FailureKind::System => (AttemptOutcome::SystemFailure, S::SystemFailure),
             };
+            debug_assert_eq!(
+                Some(outcome),
+                Event::AttemptFailed {
+                    kind: kind.clone(),
+                    error: error.clone(),
+                    usage_ms,
+                    random,
+                }
+                .attempt_outcome()
+            );
             close_attempt(&mut next, now, outcome, Some(error.clone()), usage_ms);
             next.error = Some(error);
             let attempts_left = next.counted_attempts() < next.max_attempts;

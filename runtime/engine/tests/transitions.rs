@@ -1,6 +1,6 @@
 //! The run state machine, event by event and over every (status, event) pair.
 
-use kiln_engine::{Action, Event, FailureKind, apply};
+use kiln_engine::{Action, Event, FailureKind, apply_event as apply};
 use kiln_types::{AttemptOutcome, DeploymentId, Run, RunError, RunId, RunStatus, Timestamp};
 
 fn run(status: RunStatus, max_attempts: u32) -> Run {

@@ -81,18 +81,7 @@ pub struct BatchItemError {
     pub error: String,
 }
 
-/// A parent suspended on a child run: which wait the child's end wakes.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Waiter {
-    /// The waiting run.
-    pub parent: RunId,
-    /// Its wait.
-    pub wait_id: u64,
-    /// Set when the wait is on the whole batch.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub batch: Option<BatchId>,
-}
+pub use kiln_types::Waiter;
 
 fn child_prefix(parent: &RunId) -> Vec<u8> {
     let mut k = key(CHILD, parent.as_str().as_bytes());

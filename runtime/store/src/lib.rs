@@ -23,6 +23,7 @@ pub mod schedules;
 mod sled_backend;
 pub mod snapshot;
 pub mod tokens;
+mod wakes;
 
 pub use backend::{Backend, Commit, Op};
 pub use blobs::{INLINE_LIMIT, Packet};

@@ -5,23 +5,14 @@
 //! | `token/<token id>` | [`WaitToken`] (JSON) |
 //! | `token-key/<idempotency key>` | the token id created with that key |
 //! | `token-waiter/<token id>` | [`Waiter`] (JSON): a suspended run waits on the token |
-//! | `twait/<run id>/<wait id: u64 BE>` | the token a run's timed wait is on (its timeout is a durable timer) |
 
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store, StoreError, Waiter};
-use kiln_types::{RunId, TokenId, WaitToken};
+use kiln_types::{TokenId, WaitToken};
 
 const TOKEN: &[u8] = b"token/";
 const TOKEN_KEY: &[u8] = b"token-key/";
 const TOKEN_WAITER: &[u8] = b"token-waiter/";
-const TWAIT: &[u8] = b"twait/";
-
-fn twait_key(run: &RunId, wait: u64) -> Vec<u8> {
-    let mut k = key(TWAIT, run.as_str().as_bytes());
-    k.push(b'/');
-    k.extend_from_slice(&wait.to_be_bytes());
-    k
-}
 
 fn parse_token(k: &[u8], v: &[u8]) -> Result<TokenId> {
     std::str::from_utf8(v)
@@ -68,21 +59,6 @@ impl Batch {
             .push(Op::Delete(key(TOKEN_WAITER, token.as_str().as_bytes())));
         self
     }
-
-    /// Records which token a run's wait is on, for its timeout timer.
-    pub fn put_token_wait(&mut self, run: &RunId, wait: u64, token: &TokenId) -> &mut Self {
-        self.ops.push(Op::Put(
-            twait_key(run, wait),
-            token.as_str().as_bytes().to_vec(),
-        ));
-        self
-    }
-
-    /// Removes that record.
-    pub fn delete_token_wait(&mut self, run: &RunId, wait: u64) -> &mut Self {
-        self.ops.push(Op::Delete(twait_key(run, wait)));
-        self
-    }
 }
 
 impl Store {
@@ -114,14 +90,5 @@ impl Store {
     pub fn token_waiter(&self, token: &TokenId) -> Result<Option<Waiter>> {
         let k = key(TOKEN_WAITER, token.as_str().as_bytes());
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
-    }
-
-    /// The token a run's wait is on, if it is a token wait with a timeout.
-    pub fn token_wait(&self, run: &RunId, wait: u64) -> Result<Option<TokenId>> {
-        let k = twait_key(run, wait);
-        self.backend
-            .get(&k)?
-            .map(|v| parse_token(&k, &v))
-            .transpose()
     }
 }

@@ -12,6 +12,7 @@ mod schedule;
 mod status;
 mod time;
 mod token;
+mod wake;
 
 pub use deployment::{DeployedTask, Deployment};
 pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId, TokenId};
@@ -26,3 +27,4 @@ pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;
 pub use time::Timestamp;
 pub use token::{TokenStatus, WaitToken};
+pub use wake::{Arrival, Waiter};

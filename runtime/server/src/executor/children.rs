@@ -6,22 +6,20 @@
 //!   journal entry of the call with the ids it returned. A replay answers
 //!   the call from that entry, so a crash anywhere never makes a child twice.
 //! - A parent that waits on a child (or a batch) is suspended like any
-//!   waiting run, holding no slot, with a waiter entry per child. When a
-//!   child ends, the waiter entry names the parent and its wait: the wake is
-//!   journaled and the parent queued, under the parent's lock. A child that
-//!   ended before its parent suspended is found by the parent's own check
-//!   at suspension, under the same lock, so no wake is lost or doubled.
+//!   waiting run, holding no slot, with a waiter entry per child. The
+//!   engine wakes it: a child's end puts its outcome in the parent's inbox
+//!   in the commit that ends the child, and a child that ended before its
+//!   parent suspended is put there by the suspension's own commit.
 //! - Canceling a run cancels its children that have not finished.
 
 use super::Executor;
 use super::journal::JournalWriter;
 use crate::trigger::{TriggerOptions, new_run};
-use kiln_engine::{Event, apply};
 use kiln_sandbox::{ChildRequest, JournalSink, SpawnFuture, Spawned};
 use kiln_store::{Batch, BatchRecord};
 use kiln_types::{
-    BatchId, DeploymentId, HostCall, JournalEntry, JournalRecord, ParentRun, Run, RunId,
-    RunOutcome, RunStatus, Timestamp, WaitOn, WaitRecord, WakeValue,
+    BatchId, DeploymentId, HostCall, JournalEntry, ParentRun, Run, RunId, RunOutcome, RunStatus,
+    Timestamp,
 };
 use std::collections::HashMap;
 
@@ -259,120 +257,6 @@ pub(crate) fn outcome_of(store: &kiln_store::Store, run: &Run) -> kiln_store::Re
 }
 
 impl Executor {
-    /// What a pending child or batch wait wakes with, if everything it waits
-    /// on has finished.
-    pub(crate) fn ready_wake(&self, wait: &WaitRecord) -> kiln_store::Result<Option<WakeValue>> {
-        let store = &self.shared.store;
-        let finished = |id: &RunId| -> kiln_store::Result<Option<Run>> {
-            Ok(store.run(id)?.filter(|r| r.status.is_final()))
-        };
-        Ok(match &wait.on {
-            WaitOn::Timer { .. } | WaitOn::Fetch { .. } => None,
-            WaitOn::Token { token_id, .. } => self.token_wake(token_id)?,
-            WaitOn::Run { run_id } => match finished(run_id)? {
-                Some(run) => Some(WakeValue::Run {
-                    outcome: outcome_of(store, &run)?,
-                }),
-                None => None,
-            },
-            WaitOn::Batch { runs, .. } => {
-                let mut outcomes = Vec::with_capacity(runs.len());
-                for id in runs {
-                    match finished(id)? {
-                        Some(run) => outcomes.push(outcome_of(store, &run)?),
-                        None => return Ok(None),
-                    }
-                }
-                Some(WakeValue::Batch { outcomes })
-            }
-        })
-    }
-
-    /// Journals wakes for a `WAITING` run and queues it, in one commit with
-    /// `extra` (which removes the waiter entries of what woke it); the caller
-    /// holds the run's lock.
-    pub(crate) async fn deliver_locked(
-        &self,
-        parent: &Run,
-        wakes: Vec<(u64, WakeValue)>,
-        extra: Batch,
-    ) -> anyhow::Result<()> {
-        let store = &self.shared.store;
-        let mut batch = extra;
-        if parent.status != RunStatus::Waiting || wakes.is_empty() {
-            if parent.status.is_final() {
-                store.commit(batch).await?;
-            }
-            return Ok(());
-        }
-        let first = store.last_journal_seq(&parent.id)? + 1;
-        for (seq, (id, value)) in (first..).zip(wakes) {
-            batch.append_journal(
-                &parent.id,
-                &JournalRecord {
-                    seq,
-                    at: Timestamp::now(),
-                    entry: JournalEntry::Wake { id, value },
-                },
-            );
-        }
-        let t = apply(parent, Event::Woken, Timestamp::now())?;
-        batch.put_run(&t.run);
-        store.commit(batch).await?;
-        self.perform(&t.run, &t.actions);
-        Ok(())
-    }
-
-    /// A child run finished: wake every run suspended on it (or on a whole
-    /// batch holding it, once the batch is done). That is its parent, and
-    /// any run handed it for an idempotency key or a debounce window.
-    pub(crate) async fn child_finished(&self, child: RunId) -> anyhow::Result<()> {
-        for waiter in self.shared.store.waiters(&child)? {
-            self.wake_waiter(&child, waiter).await?;
-        }
-        Ok(())
-    }
-
-    async fn wake_waiter(&self, child: &RunId, waiter: kiln_store::Waiter) -> anyhow::Result<()> {
-        let store = &self.shared.store;
-        let _guard = self.shared.locks.lock(&waiter.parent).await;
-        // Check again under the waiting run's lock: a suspension may have
-        // delivered.
-        if !store.is_waiting_on(child, &waiter.parent, waiter.wait_id)? {
-            return Ok(());
-        }
-        let Some(parent) = store.run(&waiter.parent)? else {
-            return Ok(());
-        };
-        let on = match &waiter.batch {
-            None => WaitOn::Run {
-                run_id: child.clone(),
-            },
-            Some(batch_id) => {
-                let Some(record) = store.batch(batch_id)? else {
-                    return Ok(());
-                };
-                WaitOn::Batch {
-                    batch_id: batch_id.to_string(),
-                    runs: record.runs,
-                }
-            }
-        };
-        let wait = WaitRecord {
-            id: waiter.wait_id,
-            on,
-        };
-        match self.ready_wake(&wait)? {
-            Some(value) => {
-                let mut extra = Batch::default();
-                super::waits::disarm(&mut extra, &parent.id, &wait);
-                self.deliver_locked(&parent, vec![(wait.id, value)], extra)
-                    .await
-            }
-            None => Ok(()),
-        }
-    }
-
     /// Cancels the unfinished children of a canceled run (and theirs).
     pub(crate) fn cancel_children(&self, parent: RunId) {
         let this = self.clone();

@@ -12,14 +12,15 @@
 //!    instance dropped, and the run marked `WAITING` with durable timers, all
 //!    in one commit.
 
+use super::interpreter::StepError;
 use super::journal::JournalWriter;
 use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use kiln_engine::{Event, FailureKind, apply};
+use kiln_engine::{EngineError, Event, FailureKind, Input, apply_event as apply};
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
-use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer, TimerKey};
+use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
     AttemptOutcome, JournalEntry, JournalRecord, Run, RunError, RunId, RunStatus, Timestamp,
     WaitOn, WaitRecord, WakeValue,
@@ -294,8 +295,13 @@ impl<'a> Slice<'a> {
                 WaitOn::Fetch { request } => Some((w.id, request.clone())),
                 _ => None,
             }) {
+                // Everything journaled up to this request is durable before
+                // it is sent, so a replay after a crash reaches the same
+                // request at the same place, with the same key.
+                shared.store.settled().await.map_err(|e| e.to_string())?;
+                let key = super::fetch::idempotency_key(&self.run.id, self.attempt_no, id);
                 let value = tokio::select! {
-                    value = super::fetch::perform(&shared.http, &shared.config.fetch, &request) => value,
+                    value = super::fetch::perform(&shared.http, &shared.config.fetch, &request, &key) => value,
                     _ = self.live.canceled.notified() => {
                         return Ok(self.canceled_at_rest(&mut attempt).await);
                     }
@@ -539,19 +545,6 @@ impl<'a> Slice<'a> {
         let bytes = layer.encode();
         let stored_bytes = bytes.len() as u64;
 
-        let _guard = shared.locks.lock(&self.run.id).await;
-        let run = match shared.store.run(&self.run.id) {
-            Ok(Some(run)) if run.status == RunStatus::Executing => run,
-            Ok(_) => return Ok(End::Canceled),
-            Err(e) => return Err(e.to_string()),
-        };
-        let mut run = run;
-        if let Some(current) = run.current_attempt_mut() {
-            current.logs.extend(logs);
-            current.logs.truncate(Run::MAX_LOG_LINES);
-        }
-        let t = apply(&run, Event::Suspended { usage_ms }, Timestamp::now())
-            .map_err(|e| e.to_string())?;
         let mut batch = Batch::default();
         if layer.kind == LayerKind::Full {
             let keys = shared
@@ -568,39 +561,21 @@ impl<'a> Slice<'a> {
                 bytes: stored_bytes,
             },
         );
-        let timers: Vec<TimerKey> = self
-            .pending
-            .values()
-            .filter_map(|wait| super::waits::arm(&mut batch, &self.run.id, wait))
-            .collect();
-        batch.put_run(&t.run);
-        shared
-            .store
-            .commit(batch)
-            .await
-            .map_err(|e| e.to_string())?;
-        // Children that finished before the run suspended wake it now, under
-        // the lock that a finishing child takes to look for its waiter.
-        let mut wakes = Vec::new();
-        let mut done = Batch::default();
-        for wait in self.pending.values() {
-            if let Some(value) = self.executor.ready_wake(wait).map_err(|e| e.to_string())? {
-                super::waits::disarm(&mut done, &self.run.id, wait);
-                wakes.push((wait.id, value));
-            }
+        // The engine arms the waits, and puts in the same commit whatever
+        // they wait on that is already true (a child that finished first).
+        let input = Input::Suspend {
+            run: self.run.id.clone(),
+            usage_ms,
+            waits: self.pending.values().cloned().collect(),
+            logs,
+        };
+        let _guard = shared.locks.lock(&self.run.id).await;
+        match self.executor.step(input, batch).await {
+            Ok(_) => Ok(End::Suspended),
+            // Canceled meanwhile: the run is no longer executing.
+            Err(StepError::Engine(EngineError::Transition(_))) => Ok(End::Canceled),
+            Err(e) => Err(e.to_string()),
         }
-        if !wakes.is_empty() {
-            self.executor
-                .deliver_locked(&t.run, wakes, done)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
-        if let Some(service) = shared.timers.get() {
-            for timer in timers {
-                service.add(timer);
-            }
-        }
-        Ok(End::Suspended)
     }
 
     /// Keeps the log lines of an attempt that was canceled while it ran
@@ -629,33 +604,15 @@ impl<'a> Slice<'a> {
     /// Ends the attempt with `event`, under the run's lock: a run canceled
     /// meanwhile stays canceled.
     async fn finish(&mut self, event: Event) -> anyhow::Result<()> {
-        let logs = std::mem::take(&mut self.logs);
         let shared = &self.executor.shared;
-        let _guard = shared.locks.lock(&self.run.id).await;
-        let Some(mut run) = shared.store.run(&self.run.id)? else {
-            return Ok(());
-        };
-        if run.status != RunStatus::Executing {
-            return Ok(());
-        }
-        if let Some(current) = run.current_attempt_mut() {
-            current.logs.extend(logs);
-            current.logs.truncate(Run::MAX_LOG_LINES);
-        }
-        let t = apply(&run, event, Timestamp::now())?;
         let mut batch = Batch::default();
-        let outcome = t
-            .run
-            .attempts
-            .iter()
-            .find(|a| a.number == self.attempt_no)
-            .and_then(|a| a.outcome)
-            .unwrap_or(AttemptOutcome::SystemFailure);
         self.journal.append_to(
             &mut batch,
             JournalEntry::AttemptEnded {
                 attempt: self.attempt_no,
-                outcome,
+                outcome: event
+                    .attempt_outcome()
+                    .unwrap_or(AttemptOutcome::SystemFailure),
             },
         );
         // Snapshots of this attempt are of no further use. An attempt that
@@ -663,10 +620,18 @@ impl<'a> Slice<'a> {
         if self.resumed {
             batch.delete_keys(shared.store.layer_keys(&self.run.id)?);
         }
-        batch.put_run(&t.run);
-        shared.store.commit(batch).await?;
-        self.executor.perform(&t.run, &t.actions);
-        Ok(())
+        let input = Input::Run {
+            run: self.run.id.clone(),
+            event,
+            logs: std::mem::take(&mut self.logs),
+        };
+        let _guard = shared.locks.lock(&self.run.id).await;
+        match self.executor.step(input, batch).await {
+            // Not executing any more (canceled meanwhile): nothing to end.
+            Ok(_) | Err(StepError::Engine(EngineError::Transition(_))) => Ok(()),
+            Err(StepError::Engine(EngineError::RunNotFound(_))) => Ok(()),
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// What a first attempt starts with (the payload read from the store

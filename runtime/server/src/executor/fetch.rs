@@ -96,13 +96,23 @@ pub(crate) fn client() -> reqwest::Client {
         .unwrap_or_default()
 }
 
-/// Performs `request` under `policy`: the wake to journal.
+/// The `Idempotency-Key` a durable fetch carries: the run, the attempt and
+/// the fetch's wait id (its place in the attempt, the same on every replay).
+/// A request resent after a crash carries the same key, so a receiver that
+/// deduplicates by key applies it once.
+pub(crate) fn idempotency_key(run: &kiln_types::RunId, attempt: u32, wait_id: u64) -> String {
+    format!("{run}-{attempt}-{wait_id}")
+}
+
+/// Performs `request` under `policy` with `Idempotency-Key: key` (unless
+/// the task set that header itself): the wake to journal.
 pub(crate) async fn perform(
     client: &reqwest::Client,
     policy: &FetchPolicy,
     request: &FetchRequest,
+    key: &str,
 ) -> WakeValue {
-    match send(client, policy, request).await {
+    match send(client, policy, request, key).await {
         Ok(response) => WakeValue::Fetch {
             response: Some(response),
             error: None,
@@ -118,6 +128,7 @@ async fn send(
     client: &reqwest::Client,
     policy: &FetchPolicy,
     request: &FetchRequest,
+    key: &str,
 ) -> Result<FetchResponse, String> {
     let url = reqwest::Url::parse(&request.url)
         .map_err(|e| format!("`{}` is not a URL: {e}", request.url))?;
@@ -132,6 +143,13 @@ async fn send(
     let mut builder = client.request(method, url).timeout(timeout);
     for (name, value) in &request.headers {
         builder = builder.header(name.as_str(), value.as_str());
+    }
+    if !request
+        .headers
+        .iter()
+        .any(|(name, _)| name.eq_ignore_ascii_case("idempotency-key"))
+    {
+        builder = builder.header("Idempotency-Key", key);
     }
     if let Some(body) = &request.body {
         let bytes = BASE64

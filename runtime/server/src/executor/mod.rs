@@ -9,10 +9,15 @@
 //!   live until the task finishes or waits. A short timer wait is slept warm
 //!   in-process; a longer one snapshots the guest, drops the instance and
 //!   marks the run `WAITING` with durable timers.
-//! - [`timers`] fires durable timers: the wake is journaled and the run is
-//!   queued to resume.
-//! - [`children`] creates child runs exactly once and wakes parents that
-//!   wait on them; cancel cascades to unfinished children.
+//! - [`interpreter`] feeds inputs to the engine (`kiln-engine`) and carries
+//!   out its commands: the writes of one input in one atomic commit, then
+//!   the effects. Every status change, suspension, due timer, token
+//!   completion and wake delivery goes through it; a fact (a child's end, a
+//!   token's resolution, a due timer) is committed with the inbox entry
+//!   that wakes the run waiting on it, and one path delivers every inbox.
+//! - [`timers`] fires durable timers (through the engine).
+//! - [`children`] creates child runs exactly once; cancel cascades to
+//!   unfinished children.
 //! - Every read-modify-write of a run record happens under the run's lock
 //!   ([`locks`]), so a cancel, a timer and the end of an attempt never
 //!   overwrite one another.
@@ -24,6 +29,7 @@ mod delays;
 mod dispatch;
 mod driver;
 mod fetch;
+mod interpreter;
 mod journal;
 mod locks;
 mod timers;
@@ -38,12 +44,13 @@ pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
 use crate::deployments::Deployments;
 use crate::notify::Notifier;
-use kiln_engine::{Action, Event, TransitionError, apply};
+use interpreter::StepError;
+use kiln_engine::{EngineError, Event, Input, Outcome};
 use kiln_store::{Batch, Store, TimerKey};
-use kiln_types::{JournalEntry, JournalRecord, Run, RunId, RunStatus, Timestamp, WakeValue};
+use kiln_types::{Run, RunId, RunStatus, Timestamp};
 use locks::RunLocks;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use timers::{Fired, Timers};
@@ -103,6 +110,12 @@ pub(crate) struct Shared {
     http: reqwest::Client,
     /// Queued runs and what may start next.
     dispatch: Arc<dispatch::Dispatch>,
+    /// Held while the engine reads and the batch it decided is applied, so
+    /// no other input decides on state about to change (never across an
+    /// await).
+    gate: Mutex<()>,
+    /// Runs whose inbox is to be delivered.
+    deliveries: tokio::sync::mpsc::UnboundedSender<RunId>,
 }
 
 /// Why a cancel was refused.
@@ -114,6 +127,18 @@ pub enum CancelError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] kiln_store::StoreError),
+}
+
+impl From<StepError> for CancelError {
+    fn from(error: StepError) -> Self {
+        match error {
+            StepError::Engine(EngineError::RunNotFound(_)) => CancelError::NotFound,
+            StepError::Engine(e) => {
+                CancelError::Store(kiln_store::StoreError::Backend(e.to_string()))
+            }
+            StepError::Store(e) => CancelError::Store(e),
+        }
+    }
 }
 
 impl Executor {
@@ -131,6 +156,7 @@ impl Executor {
         if let Some(current) = deployments.current() {
             dispatch.configure(&current.record.manifest);
         }
+        let (deliveries, delivery_rx) = tokio::sync::mpsc::unbounded_channel();
         let shared = Arc::new(Shared {
             store: store.clone(),
             deployments,
@@ -142,9 +168,12 @@ impl Executor {
             timers: std::sync::OnceLock::new(),
             http: fetch::client(),
             dispatch,
+            gate: Mutex::new(()),
+            deliveries,
         });
         let executor = Executor { shared };
         tokio::spawn(dispatch::run(executor.clone()));
+        tokio::spawn(interpreter::deliveries(executor.clone(), delivery_rx));
         executor
     }
 
@@ -227,10 +256,12 @@ impl Executor {
         });
     }
 
-    /// Re-queues every queued or executing run after a restart, then starts
-    /// the timer service. Waiting runs are not read: their timers wake them.
-    /// The timer service starts only afterwards, so no run has been claimed
-    /// in this process while recovery reads which runs were executing.
+    /// Re-queues every queued or executing run after a restart, delivers
+    /// every inbox a crash left undelivered, then starts the timer service.
+    /// Waiting runs are not read: what wakes them is in their inbox or in
+    /// their timers. The timer service starts only afterwards, so no run has
+    /// been claimed in this process while recovery reads which runs were
+    /// executing.
     pub(crate) async fn recover(&self) -> anyhow::Result<usize> {
         for queue in self.shared.store.paused_queues()? {
             self.shared.dispatch.set_paused(&queue, true);
@@ -248,12 +279,19 @@ impl Executor {
                     None => self.enqueue(&run),
                 },
                 RunStatus::Dequeued | RunStatus::Executing => {
-                    let t = apply(&run, Event::Recovered, Timestamp::now())?;
-                    self.shared.store.put_run(&t.run).await?;
-                    self.perform(&t.run, &t.actions);
+                    let _guard = self.shared.locks.lock(&run.id).await;
+                    let input = Input::Run {
+                        run: run.id.clone(),
+                        event: Event::Recovered,
+                        logs: Vec::new(),
+                    };
+                    self.step(input, Batch::default()).await?;
                 }
                 _ => {}
             }
+        }
+        for run in self.shared.store.runs_with_arrivals()? {
+            self.deliver(&run).await?;
         }
         self.start_timers();
         Ok(count)
@@ -278,33 +316,38 @@ impl Executor {
         if run.status.is_final() {
             return Ok(run);
         }
-        let t = match apply(&run, Event::Cancel, Timestamp::now()) {
-            Ok(t) => t,
-            Err(TransitionError { .. }) => return Ok(run),
+        let input = Input::Run {
+            run: run_id.clone(),
+            event: Event::Cancel,
+            logs: Vec::new(),
         };
-        let mut batch = Batch::default();
-        batch.put_run(&t.run);
-        shared.store.commit(batch).await?;
-        if let Some(live) = shared.live_run(run_id) {
-            live.is_canceled.store(true, Ordering::SeqCst);
-            if let Some(flag) = &*live.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
-                flag.store(true, Ordering::SeqCst);
-            }
-            live.canceled.notify_one();
-        }
+        let canceled = match self.step(input, Batch::default()).await {
+            Ok(Outcome::Run(canceled)) => *canceled,
+            Ok(_) | Err(StepError::Engine(EngineError::Transition(_))) => return Ok(run),
+            Err(e) => return Err(e.into()),
+        };
         if run.status == RunStatus::Queued {
             shared.dispatch.remove(run_id);
         }
-        self.perform(&t.run, &t.actions);
-        self.cancel_children(t.run.id.clone());
-        Ok(t.run)
+        Ok(canceled)
     }
 
-    /// Fires a durable timer: journals the wake and queues the run, in one
-    /// commit that also deletes the timer, so it fires once.
+    /// Fires a durable timer through the engine: a wait's timer puts its
+    /// fact in the run's inbox and deletes the timer in one commit; a run's
+    /// own delay or ttl timer moves the run on.
     async fn fire_timer(&self, timer: TimerKey) -> Fired {
-        match self.try_fire_timer(&timer).await {
-            Ok(fired) => fired,
+        let fired = if timer.wait_id == TimerKey::DELAY || timer.wait_id == TimerKey::TTL {
+            self.fire_run_timer(&timer).await
+        } else {
+            let input = Input::TimerDue {
+                run: timer.run_id.clone(),
+                wait: timer.wait_id,
+                due: timer.due,
+            };
+            self.step(input, Batch::default()).await.map(|_| ())
+        };
+        match fired {
+            Ok(()) => Fired::Done,
             Err(error) => {
                 tracing::error!(run = %timer.run_id, %error, "firing a timer failed");
                 Fired::Busy
@@ -312,67 +355,15 @@ impl Executor {
         }
     }
 
-    async fn try_fire_timer(&self, timer: &TimerKey) -> anyhow::Result<Fired> {
-        let store = &self.shared.store;
-        let _guard = self.shared.locks.lock(&timer.run_id).await;
-        if !store.has_timer(timer)? {
-            return Ok(Fired::Done);
-        }
-        let mut batch = Batch::default();
-        batch.delete_timer(timer);
-        if timer.wait_id == TimerKey::DELAY || timer.wait_id == TimerKey::TTL {
-            return self.fire_run_timer(timer, batch).await;
-        }
-        let run = match store.run(&timer.run_id)? {
-            Some(run) if run.status == RunStatus::Waiting => run,
-            Some(run) if !run.status.is_final() => return Ok(Fired::Busy),
-            _ => {
-                store.commit(batch).await?;
-                return Ok(Fired::Done);
-            }
-        };
-        let t = apply(&run, Event::Woken, Timestamp::now())?;
-        let seq = store.last_journal_seq(&run.id)? + 1;
-        // A token wait's timeout is a timer too: it wakes with the timeout.
-        let value = match store.token_wait(&run.id, timer.wait_id)? {
-            Some(token) => {
-                let value = tokens::timed_out(&token);
-                let wait = kiln_types::WaitRecord {
-                    id: timer.wait_id,
-                    on: kiln_types::WaitOn::Token {
-                        token_id: token,
-                        timeout_at: Some(timer.due),
-                    },
-                };
-                waits::disarm(&mut batch, &run.id, &wait);
-                value
-            }
-            None => WakeValue::Timer,
-        };
-        batch.append_journal(
-            &run.id,
-            &JournalRecord {
-                seq,
-                at: Timestamp::now(),
-                entry: JournalEntry::Wake {
-                    id: timer.wait_id,
-                    value,
-                },
-            },
-        );
-        batch.put_run(&t.run);
-        store.commit(batch).await?;
-        self.perform(&t.run, &t.actions);
-        Ok(Fired::Done)
-    }
-
     /// Fires a timer of the run itself: a delay that ends (the run is queued
     /// and its ttl starts) or a ttl that runs out (the run expires). A timer
     /// that no longer matches the run (rescheduled, started, ended) is
-    /// deleted and does nothing. Called under the run's lock, with `batch`
-    /// deleting the timer.
-    async fn fire_run_timer(&self, timer: &TimerKey, mut batch: Batch) -> anyhow::Result<Fired> {
+    /// deleted and does nothing.
+    async fn fire_run_timer(&self, timer: &TimerKey) -> Result<(), StepError> {
         let store = &self.shared.store;
+        let _guard = self.shared.locks.lock(&timer.run_id).await;
+        let mut batch = Batch::default();
+        batch.delete_timer(timer);
         let run = store.run(&timer.run_id)?;
         let event = match &run {
             Some(run)
@@ -393,48 +384,22 @@ impl Executor {
         };
         let (Some(run), Some(event)) = (run, event) else {
             store.commit(batch).await?;
-            return Ok(Fired::Done);
+            return Ok(());
         };
-        let t = apply(&run, event, Timestamp::now())?;
-        if t.run.status == RunStatus::Expired {
-            self.shared.dispatch.remove(&run.id);
-        }
         if let Some(debounce) = &run.debounce {
             batch.delete_debounce(&run.task_id, &debounce.key);
         }
-        batch.put_run(&t.run);
-        let timers = TimerKey::of_run(&t.run);
-        for next in &timers {
-            batch.put_timer(next);
+        let input = Input::Run {
+            run: run.id.clone(),
+            event,
+            logs: Vec::new(),
+        };
+        if let Outcome::Run(after) = self.step(input, batch).await?
+            && after.status == RunStatus::Expired
+        {
+            self.shared.dispatch.remove(&run.id);
         }
-        store.commit(batch).await?;
-        self.arm(timers);
-        self.perform(&t.run, &t.actions);
-        Ok(Fired::Done)
-    }
-
-    fn perform(&self, run: &Run, actions: &[Action]) {
-        for action in actions {
-            match action {
-                Action::Enqueue { not_before: None } => self.enqueue(run),
-                Action::Enqueue {
-                    not_before: Some(at),
-                } => self.enqueue_at(run, *at),
-                Action::NotifyFinished => {
-                    self.shared.notifier.finished(&run.id);
-                    if run.parent.is_some() {
-                        let this = self.clone();
-                        let child = run.id.clone();
-                        tokio::spawn(async move {
-                            if let Err(error) = this.child_finished(child.clone()).await {
-                                tracing::error!(run = %child, %error, "waking the parent of a finished run failed");
-                            }
-                        });
-                    }
-                }
-                Action::InterruptAttempt => {}
-            }
-        }
+        Ok(())
     }
 }
 

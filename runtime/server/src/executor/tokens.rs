@@ -2,21 +2,19 @@
 //! suspended run, completed through the API or the token's callback URL,
 //! or timed out by a durable timer.
 //!
-//! As with child runs, a run that suspends on a token writes a waiter entry
-//! and then looks at the token; completing a token writes its status and
-//! then looks for a waiter. Whichever comes second delivers the wake, under
-//! the run's lock, and the delivery removes the waiter entry, so the wake
-//! is delivered once.
+//! Completing a token and timing it out go through the engine: whichever
+//! commits first settles the token, and the same commit puts the wake in
+//! the inbox of the run suspended on it (a run that suspends on a token
+//! already settled finds it at suspension).
 
 use super::Executor;
 use super::children::AttemptSink;
+use super::interpreter::StepError;
 use crate::duration::{parse_instant, parse_ms};
+use kiln_engine::{EngineError, Input, Outcome};
 use kiln_sandbox::TokenFuture;
 use kiln_store::Batch;
-use kiln_types::{
-    HostCall, JournalEntry, Timestamp, TokenId, TokenStatus, WaitOn, WaitRecord, WaitToken,
-    WakeValue,
-};
+use kiln_types::{HostCall, JournalEntry, Timestamp, TokenId, TokenStatus, WaitToken};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -134,24 +132,6 @@ impl Executor {
         self.shared.store.token(id)?.ok_or(TokenError::NotFound)
     }
 
-    /// What a token wait wakes with now, if anything.
-    pub(crate) fn token_wake(&self, id: &TokenId) -> kiln_store::Result<Option<WakeValue>> {
-        let Some(token) = self.shared.store.token(id)? else {
-            return Ok(Some(WakeValue::Token {
-                data: None,
-                error: Some(format!("wait token {id} does not exist")),
-            }));
-        };
-        Ok(match token.status_at(Timestamp::now()) {
-            TokenStatus::Waiting => None,
-            TokenStatus::Completed => Some(WakeValue::Token {
-                data: Some(token.output.unwrap_or_else(|| "null".into())),
-                error: None,
-            }),
-            TokenStatus::TimedOut => Some(timed_out(id)),
-        })
-    }
-
     /// Completes a token with `data` (JSON) and wakes the run suspended on
     /// it. Completing a completed token changes nothing.
     pub async fn complete_token(
@@ -165,51 +145,20 @@ impl Executor {
                 data.len()
             )));
         }
-        let store = &self.shared.store;
-        let mut token = self.token(id)?;
-        let now = Timestamp::now();
-        match token.status_at(now) {
-            TokenStatus::Waiting => {}
-            TokenStatus::Completed => return Ok(token),
-            TokenStatus::TimedOut => {
-                return Err(TokenError::Invalid(format!(
-                    "wait token {id} timed out before it was completed"
-                )));
-            }
+        let input = Input::CompleteToken {
+            token: id.clone(),
+            data,
+        };
+        match self.step(input, Batch::default()).await {
+            Ok(Outcome::Token(token)) => Ok(token),
+            Ok(Outcome::TokenTimedOut(_)) => Err(TokenError::Invalid(format!(
+                "wait token {id} timed out before it was completed"
+            ))),
+            Ok(_) => Err(TokenError::NotFound),
+            Err(StepError::Engine(EngineError::TokenNotFound(_))) => Err(TokenError::NotFound),
+            Err(StepError::Store(e)) => Err(TokenError::Store(e)),
+            Err(StepError::Engine(e)) => Err(TokenError::Other(e.into())),
         }
-        token.status = TokenStatus::Completed;
-        token.output = Some(data.clone());
-        token.completed_at = Some(now);
-        let mut batch = Batch::default();
-        batch.put_token(&token);
-        store.commit(batch).await?;
-        // Then look for a suspended waiter (see the module's note).
-        let Some(waiter) = store.token_waiter(id)? else {
-            return Ok(token);
-        };
-        let _guard = self.shared.locks.lock(&waiter.parent).await;
-        if store.token_waiter(id)?.is_none() {
-            return Ok(token);
-        }
-        let Some(run) = store.run(&waiter.parent)? else {
-            return Ok(token);
-        };
-        let mut extra = Batch::default();
-        let wait = WaitRecord {
-            id: waiter.wait_id,
-            on: WaitOn::Token {
-                token_id: id.clone(),
-                timeout_at: token.timeout_at,
-            },
-        };
-        super::waits::disarm(&mut extra, &run.id, &wait);
-        let value = WakeValue::Token {
-            data: Some(data),
-            error: None,
-        };
-        self.deliver_locked(&run, vec![(waiter.wait_id, value)], extra)
-            .await?;
-        Ok(token)
     }
 
     /// Every token, newest first.
@@ -217,14 +166,6 @@ impl Executor {
         let mut all = self.shared.store.tokens()?;
         all.reverse();
         Ok(all)
-    }
-}
-
-/// The wake of a token that timed out.
-pub(crate) fn timed_out(id: &TokenId) -> WakeValue {
-    WakeValue::Token {
-        data: None,
-        error: Some(format!("wait token {id} timed out")),
     }
 }
 

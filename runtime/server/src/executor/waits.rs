@@ -1,8 +1,9 @@
 //! The store entries through which something wakes a suspended run's wait,
-//! in one place: a durable timer for a timer wait, a waiter entry per child
-//! for a child or batch wait, a waiter entry (and a timeout timer) for a
-//! token wait. A run writes them when it suspends; whoever delivers the
-//! wake removes them in the same commit.
+//! in one place: the wait itself in the run's waits table, a durable timer
+//! for a timer wait, a waiter entry per child for a child or batch wait, a
+//! waiter entry (and a timeout timer) for a token wait. A run writes them
+//! when it suspends ([`kiln_engine::Command::Arm`]); the commit that
+//! delivers the wake removes them ([`kiln_engine::Command::Disarm`]).
 
 use kiln_store::{Batch, TimerKey, Waiter};
 use kiln_types::{BatchId, RunId, WaitOn, WaitRecord};
@@ -29,6 +30,7 @@ pub(crate) fn arm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) -> Option<T
         wait_id: wait.id,
         batch: batch_id,
     };
+    batch.put_wait(run, wait);
     match &wait.on {
         WaitOn::Timer { .. } | WaitOn::Fetch { .. } => {}
         WaitOn::Run { run_id } => {
@@ -40,14 +42,8 @@ pub(crate) fn arm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) -> Option<T
                 batch.put_waiter(child, &entry);
             }
         }
-        WaitOn::Token {
-            token_id,
-            timeout_at,
-        } => {
+        WaitOn::Token { token_id, .. } => {
             batch.put_token_waiter(token_id, &waiter(None));
-            if timeout_at.is_some() {
-                batch.put_token_wait(run, wait.id, token_id);
-            }
         }
     }
     let timer = timer(run, wait)?;
@@ -57,6 +53,7 @@ pub(crate) fn arm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) -> Option<T
 
 /// Removes what [`arm`] added for `wait`.
 pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
+    batch.delete_wait(run, wait.id);
     match &wait.on {
         WaitOn::Timer { .. } | WaitOn::Fetch { .. } => {}
         WaitOn::Run { run_id } => {
@@ -67,14 +64,8 @@ pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
                 batch.delete_waiter(child, run, wait.id);
             }
         }
-        WaitOn::Token {
-            token_id,
-            timeout_at,
-        } => {
+        WaitOn::Token { token_id, .. } => {
             batch.delete_token_waiter(token_id);
-            if timeout_at.is_some() {
-                batch.delete_token_wait(run, wait.id);
-            }
         }
     }
     if let Some(timer) = timer(run, wait) {

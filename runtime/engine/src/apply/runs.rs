@@ -1,0 +1,130 @@
+//! Status events, and what a run's end owes the runs that wait on it.
+
+use super::{Applied, EngineError, Outcome};
+use crate::{Action, Command, Event, View, transition};
+use kiln_types::{Arrival, LogLine, Run, RunId, Timestamp, WaitOn, WakeValue};
+
+/// A status event: the transition, plus what it implies. An attempt that
+/// ends takes its armed waits and its inbox with it; a run that ends puts
+/// its outcome in the inbox of every run waiting on it, in the same commit.
+pub(super) fn event(
+    view: &impl View,
+    id: &RunId,
+    event: Event,
+    logs: Vec<LogLine>,
+    now: Timestamp,
+) -> Result<Applied, EngineError> {
+    let mut run = view
+        .run(id)?
+        .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
+    keep_logs(&mut run, logs);
+    let ends_attempt = matches!(
+        event,
+        Event::AttemptSucceeded { .. } | Event::AttemptFailed { .. } | Event::Cancel
+    );
+    let canceled = matches!(event, Event::Cancel);
+    let t = transition::apply(&run, event, now)?;
+    let mut commands = vec![Command::PutRun(t.run.clone())];
+    if ends_attempt {
+        drop_waits(view, id, &mut commands)?;
+    }
+    for action in &t.actions {
+        match action {
+            Action::Enqueue { not_before } => commands.push(Command::Enqueue {
+                run: t.run.clone(),
+                not_before: *not_before,
+            }),
+            Action::InterruptAttempt => commands.push(Command::Interrupt { run: id.clone() }),
+            Action::NotifyFinished => finished(view, &t.run, &mut commands)?,
+        }
+    }
+    if canceled {
+        commands.push(Command::CancelChildren { run: id.clone() });
+    }
+    Ok(Applied::new(commands, Outcome::Run(Box::new(t.run))))
+}
+
+/// Adds an attempt's new log lines to the run's record, up to the cap.
+pub(super) fn keep_logs(run: &mut Run, mut logs: Vec<LogLine>) {
+    if logs.is_empty() {
+        return;
+    }
+    if let Some(current) = run.current_attempt_mut() {
+        current.logs.append(&mut logs);
+        current.logs.truncate(Run::MAX_LOG_LINES);
+    }
+}
+
+/// Disarms every wait the run armed and empties its inbox: an attempt that
+/// ended waits on nothing, and a later attempt numbers its waits anew.
+fn drop_waits(
+    view: &impl View,
+    id: &RunId,
+    commands: &mut Vec<Command>,
+) -> Result<(), EngineError> {
+    for wait in view.waits(id)? {
+        commands.push(Command::Disarm {
+            run: id.clone(),
+            wait,
+        });
+    }
+    for arrival in view.inbox(id)? {
+        commands.push(Command::DeleteArrival {
+            run: id.clone(),
+            wait: arrival.wait_id,
+            part: arrival.part,
+        });
+    }
+    Ok(())
+}
+
+/// A run reached a final status: its outcome goes to the inbox of each run
+/// waiting on it (a run wait, or its part of a batch wait).
+fn finished(view: &impl View, run: &Run, commands: &mut Vec<Command>) -> Result<(), EngineError> {
+    commands.push(Command::Finished {
+        run: run.id.clone(),
+    });
+    let waiters = view.waiters(&run.id)?;
+    if waiters.is_empty() {
+        return Ok(());
+    }
+    let outcome = view.outcome(run)?;
+    for waiter in waiters {
+        let Some(wait) = view
+            .waits(&waiter.parent)?
+            .into_iter()
+            .find(|w| w.id == waiter.wait_id)
+        else {
+            continue;
+        };
+        let parts: Vec<u32> = match &wait.on {
+            WaitOn::Run { run_id } if *run_id == run.id => vec![0],
+            WaitOn::Batch { runs, .. } => runs
+                .iter()
+                .enumerate()
+                .filter(|(_, r)| **r == run.id)
+                .map(|(i, _)| i as u32)
+                .collect(),
+            _ => Vec::new(),
+        };
+        if parts.is_empty() {
+            continue;
+        }
+        for part in parts {
+            commands.push(Command::PutArrival {
+                run: waiter.parent.clone(),
+                arrival: Arrival {
+                    wait_id: wait.id,
+                    part,
+                    value: WakeValue::Run {
+                        outcome: outcome.clone(),
+                    },
+                },
+            });
+        }
+        commands.push(Command::Deliver {
+            run: waiter.parent.clone(),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,54 @@
+//! What the engine takes: every change to a run, a wait or a token that
+//! the server (or the simulation) has to decide on.
+
+use crate::Event;
+use kiln_types::{LogLine, RunId, Timestamp, TokenId, WaitRecord};
+
+/// One input to [`crate::apply`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum Input {
+    /// Something happened to a run's status: dequeued, an attempt started
+    /// or ended, canceled, recovered after a crash, a delay or ttl ran out.
+    Run {
+        /// The run.
+        run: RunId,
+        /// What happened.
+        event: Event,
+        /// Log lines of the attempt to keep with the record.
+        logs: Vec<LogLine>,
+    },
+    /// A run's guest is at rest with `waits` pending and has been
+    /// snapshotted: it suspends, holding no instance and no slot.
+    Suspend {
+        /// The run.
+        run: RunId,
+        /// Execution time of the attempt so far, in milliseconds.
+        usage_ms: u64,
+        /// Every wait still pending.
+        waits: Vec<WaitRecord>,
+        /// Log lines of the attempt to keep with the record.
+        logs: Vec<LogLine>,
+    },
+    /// The durable timer of a wait came due (a timer wait, or a token
+    /// wait's timeout).
+    TimerDue {
+        /// The waiting run.
+        run: RunId,
+        /// Its wait.
+        wait: u64,
+        /// When the timer was due.
+        due: Timestamp,
+    },
+    /// A backend (or a callback URL) completes a wait token.
+    CompleteToken {
+        /// The token.
+        token: TokenId,
+        /// Its data, as JSON.
+        data: String,
+    },
+    /// Deliver what a run's inbox holds to the waits it completes.
+    Deliver {
+        /// The run.
+        run: RunId,
+    },
+}

@@ -1,0 +1,197 @@
+//! The interpreter of the engine's commands.
+//!
+//! Every change the engine decides goes through [`Executor::step`]: under
+//! the gate, the engine reads what it needs and answers with commands; the
+//! interpreter turns every write among them (plus the caller's own writes,
+//! such as a snapshot layer) into one [`Batch`] and applies it before the
+//! gate opens again, so no other input decides on state that is about to
+//! change. Once the batch is durable, it performs the effects: queue a run,
+//! deliver a run's inbox, tell pollers a run finished, interrupt a guest,
+//! cancel children.
+
+use super::{Executor, waits};
+use kiln_engine::{Command, EngineError, Input, Outcome, View, ViewError, ViewResult};
+use kiln_store::{Batch, Store, StoreError, TimerKey};
+use kiln_types::{
+    Arrival, Run, RunId, RunOutcome, Timestamp, TokenId, WaitRecord, WaitToken, Waiter,
+};
+use std::sync::atomic::Ordering;
+
+/// Why an input could not be carried out.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StepError {
+    /// The engine refused it; nothing was written.
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// Its commit failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The store, as the engine reads it.
+struct StoreView<'a>(&'a Store);
+
+fn view_error(error: StoreError) -> ViewError {
+    ViewError(error.to_string())
+}
+
+impl View for StoreView<'_> {
+    fn run(&self, id: &RunId) -> ViewResult<Option<Run>> {
+        self.0.run(id).map_err(view_error)
+    }
+
+    fn outcome(&self, run: &Run) -> ViewResult<RunOutcome> {
+        super::children::outcome_of(self.0, run).map_err(view_error)
+    }
+
+    fn waiters(&self, child: &RunId) -> ViewResult<Vec<Waiter>> {
+        self.0.waiters(child).map_err(view_error)
+    }
+
+    fn waits(&self, run: &RunId) -> ViewResult<Vec<WaitRecord>> {
+        self.0.armed_waits(run).map_err(view_error)
+    }
+
+    fn inbox(&self, run: &RunId) -> ViewResult<Vec<Arrival>> {
+        self.0.inbox(run).map_err(view_error)
+    }
+
+    fn token(&self, id: &TokenId) -> ViewResult<Option<WaitToken>> {
+        self.0.token(id).map_err(view_error)
+    }
+
+    fn token_waiter(&self, id: &TokenId) -> ViewResult<Option<Waiter>> {
+        self.0.token_waiter(id).map_err(view_error)
+    }
+
+    fn last_journal_seq(&self, run: &RunId) -> ViewResult<u64> {
+        self.0.last_journal_seq(run).map_err(view_error)
+    }
+}
+
+/// Adds the writes among `commands` to `batch`; returns the timers they
+/// set, to hand to the timer service once the batch is durable.
+fn write(batch: &mut Batch, commands: &[Command]) -> Vec<TimerKey> {
+    let mut timers = Vec::new();
+    for command in commands {
+        match command {
+            Command::PutRun(run) => {
+                batch.put_new_run(run);
+                timers.extend(TimerKey::of_run(run));
+            }
+            Command::AppendJournal { run, record } => {
+                batch.append_journal(run, record);
+            }
+            Command::Arm { run, wait } => timers.extend(waits::arm(batch, run, wait)),
+            Command::Disarm { run, wait } => waits::disarm(batch, run, wait),
+            Command::PutArrival { run, arrival } => {
+                batch.put_arrival(run, arrival);
+            }
+            Command::DeleteArrival { run, wait, part } => {
+                batch.delete_arrival(run, *wait, *part);
+            }
+            Command::DeleteTimer { run, wait, due } => {
+                batch.delete_timer(&TimerKey {
+                    due: *due,
+                    run_id: run.clone(),
+                    wait_id: *wait,
+                });
+            }
+            Command::PutToken(token) => {
+                batch.put_token(token);
+            }
+            Command::Enqueue { .. }
+            | Command::Deliver { .. }
+            | Command::Finished { .. }
+            | Command::Interrupt { .. }
+            | Command::CancelChildren { .. } => {}
+        }
+    }
+    timers
+}
+
+impl Executor {
+    /// Applies `input`: the engine's writes and `extra` in one atomic
+    /// commit, then, once it is durable, the effects. A refused input
+    /// writes nothing, `extra` included.
+    pub(crate) async fn step(&self, input: Input, extra: Batch) -> Result<Outcome, StepError> {
+        let store = &self.shared.store;
+        let (applied, commit, timers) = {
+            let _gate = self
+                .shared
+                .gate
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let applied = kiln_engine::apply(&StoreView(store), input, Timestamp::now())?;
+            let mut batch = extra;
+            let timers = write(&mut batch, &applied.commands);
+            let commit = (!batch.is_empty()).then(|| store.commit(batch));
+            (applied, commit, timers)
+        };
+        if let Some(commit) = commit {
+            commit.await?;
+        }
+        self.arm(timers);
+        for command in &applied.commands {
+            self.perform(command);
+        }
+        Ok(applied.outcome)
+    }
+
+    /// Performs an effect (writes were committed already).
+    fn perform(&self, command: &Command) {
+        match command {
+            Command::Enqueue {
+                run,
+                not_before: None,
+            } => self.enqueue(run),
+            Command::Enqueue {
+                run,
+                not_before: Some(at),
+            } => self.enqueue_at(run, *at),
+            Command::Deliver { run } => self.deliver_later(run.clone()),
+            Command::Finished { run } => self.shared.notifier.finished(run),
+            Command::Interrupt { run } => {
+                if let Some(live) = self.shared.live_run(run) {
+                    live.is_canceled.store(true, Ordering::SeqCst);
+                    if let Some(flag) = &*live.interrupt.lock().unwrap_or_else(|p| p.into_inner()) {
+                        flag.store(true, Ordering::SeqCst);
+                    }
+                    live.canceled.notify_one();
+                }
+            }
+            Command::CancelChildren { run } => self.cancel_children(run.clone()),
+            _ => {}
+        }
+    }
+
+    /// Hands a run to the delivery worker, which delivers its inbox.
+    pub(crate) fn deliver_later(&self, run: RunId) {
+        let _ = self.shared.deliveries.send(run);
+    }
+
+    /// Delivers a run's inbox now, under the run's lock (the API and the
+    /// executor change run records under it too).
+    pub(crate) async fn deliver(&self, run: &RunId) -> Result<(), StepError> {
+        let _guard = self.shared.locks.lock(run).await;
+        self.step(Input::Deliver { run: run.clone() }, Batch::default())
+            .await
+            .map(|_| ())
+    }
+}
+
+/// The delivery worker: delivers each run's inbox it is handed, each on its
+/// own task.
+pub(crate) async fn deliveries(
+    executor: Executor,
+    mut rx: tokio::sync::mpsc::UnboundedReceiver<RunId>,
+) {
+    while let Some(run) = rx.recv().await {
+        let executor = executor.clone();
+        tokio::spawn(async move {
+            if let Err(error) = executor.deliver(&run).await {
+                tracing::error!(%run, %error, "delivering a wake failed");
+            }
+        });
+    }
+}
