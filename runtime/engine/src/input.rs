@@ -2,7 +2,7 @@
 //! the server (or the simulation) has to decide on.
 
 use crate::Event;
-use kiln_types::{LogLine, RunId, Timestamp, TokenId, WaitRecord};
+use kiln_types::{Logs, RunId, Timestamp, TokenId, WaitRecord};
 
 /// One input to [`crate::apply`].
 #[derive(Debug, Clone, PartialEq)]
@@ -15,7 +15,7 @@ pub enum Input {
         /// What happened.
         event: Event,
         /// Log lines of the attempt to keep with the record.
-        logs: Vec<LogLine>,
+        logs: Logs,
     },
     /// A run's guest is at rest with `waits` pending and has been
     /// snapshotted: it suspends, holding no instance and no slot.
@@ -27,7 +27,7 @@ pub enum Input {
         /// Every wait still pending.
         waits: Vec<WaitRecord>,
         /// Log lines of the attempt to keep with the record.
-        logs: Vec<LogLine>,
+        logs: Logs,
     },
     /// The durable timer of a wait came due (a timer wait, or a token
     /// wait's timeout).

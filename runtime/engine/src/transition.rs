@@ -68,6 +68,7 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
                 error: None,
                 usage_ms: 0,
                 logs: Vec::new(),
+                logs_dropped: 0,
             });
         }
         (S::Executing, Event::AttemptSucceeded { output, usage_ms }) => {

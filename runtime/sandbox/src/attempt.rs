@@ -7,7 +7,7 @@ use crate::host::JournalSink;
 use crate::host::{HostCallStats, HostState};
 use crate::limits::Limits;
 use crate::snapshot::{MemoryImage, MemoryWrite};
-use kiln_types::{JournalEntry, LogLine};
+use kiln_types::{JournalEntry, LogLine, Logs};
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -232,9 +232,27 @@ impl Attempt {
         self.store.data().clock.used
     }
 
-    /// Takes the log lines written since the last call.
-    pub fn take_logs(&mut self) -> Vec<LogLine> {
-        std::mem::take(&mut self.store.data_mut().logs)
+    /// Takes the log lines kept since the last call, and the count of
+    /// those dropped past the attempt's caps.
+    pub fn take_logs(&mut self) -> Logs {
+        std::mem::take(&mut self.store.data_mut().logs.slice)
+    }
+
+    /// How many log calls the attempt has made (replayed ones included).
+    pub fn log_calls(&self) -> u64 {
+        self.store.data().logs.calls
+    }
+
+    /// Where the attempt's logging stands before this slice runs: `calls`
+    /// log calls made before the restore point, `saved_calls` before the
+    /// last saved suspension (a replay keeps none of those again), and the
+    /// lines and bytes kept so far, against the caps.
+    pub fn resume_logs(&mut self, calls: u64, saved_calls: u64, kept: &[LogLine]) {
+        let logs = &mut self.store.data_mut().logs;
+        logs.calls = calls;
+        logs.saved_calls = saved_calls;
+        logs.kept_lines = kept.len();
+        logs.kept_bytes = kept.iter().map(LogLine::size).sum();
     }
 
     /// Host calls made so far.

@@ -3,7 +3,7 @@
 
 use crate::bindings::wit::kiln::task::{host, types};
 use crate::bindings::wit::{HostError, LogLevel};
-use kiln_types::{HostCall, JournalEntry, LogLine, RunId, Timestamp, TokenId};
+use kiln_types::{HostCall, JournalEntry, LogLine, Logs, Run, RunId, Timestamp, TokenId};
 use rand::RngCore;
 use std::collections::VecDeque;
 use std::future::Future;
@@ -177,12 +177,49 @@ impl Clock {
     }
 }
 
+/// The log lines of a slice, kept apart from the journal: a log call is
+/// not journaled (it is no input to the task), only counted, so a replay
+/// that makes it again is recognised by its number.
+#[derive(Debug, Default)]
+pub(crate) struct LogBuffer {
+    /// Lines kept since the last take, and lines dropped past the caps.
+    pub(crate) slice: Logs,
+    /// Log calls the attempt has made, replayed ones included.
+    pub(crate) calls: u64,
+    /// Calls up to this number were kept already (saved with an earlier
+    /// suspension): a replay that makes them again keeps nothing.
+    pub(crate) saved_calls: u64,
+    /// Lines and bytes the attempt keeps so far.
+    pub(crate) kept_lines: usize,
+    pub(crate) kept_bytes: usize,
+}
+
+impl LogBuffer {
+    /// Keeps a line unless a replay made it again or the attempt is past
+    /// its caps (the first [`Run::MAX_LOG_LINES`] lines, up to
+    /// [`Run::MAX_LOG_BYTES`], are kept; later ones are counted).
+    pub(crate) fn push(&mut self, line: LogLine) {
+        self.calls += 1;
+        if self.calls <= self.saved_calls {
+            return;
+        }
+        let size = line.size();
+        if self.kept_lines >= Run::MAX_LOG_LINES || self.kept_bytes + size > Run::MAX_LOG_BYTES {
+            self.slice.dropped += 1;
+            return;
+        }
+        self.kept_lines += 1;
+        self.kept_bytes += size;
+        self.slice.lines.push(line);
+    }
+}
+
 /// Everything a store holds for one attempt.
 pub struct HostState {
     pub(crate) memory: MemoryCap,
     pub(crate) clock: Clock,
     pub(crate) canceled: Arc<AtomicBool>,
-    pub(crate) logs: Vec<LogLine>,
+    pub(crate) logs: LogBuffer,
     pub(crate) panic: Option<String>,
     pub(crate) stats: HostCallStats,
     /// Journal entries still to replay: host calls are answered from the
@@ -210,7 +247,7 @@ impl HostState {
                 timed_out: false,
             },
             canceled: Arc::new(AtomicBool::new(false)),
-            logs: Vec::new(),
+            logs: LogBuffer::default(),
             panic: None,
             stats: HostCallStats::default(),
             replay: VecDeque::new(),
@@ -248,9 +285,6 @@ impl HostState {
     }
 
     fn push_log(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
-        if self.logs.len() >= kiln_types::Run::MAX_LOG_LINES {
-            return;
-        }
         self.logs.push(LogLine {
             at: Timestamp::now(),
             level: level.to_string(),
@@ -298,23 +332,11 @@ impl host::Host for HostState {
         self.stats.log += 1;
         let level = level_name(level);
         let message = truncate(message, MAX_LOG_MESSAGE);
-        let fits = |call: &HostCall| matches!(call, HostCall::Log { level: l, message: m } if l == level && *m == message);
-        let replayed = self
-            .replayed(|| format!("log({level}, …)"), fits)?
-            .is_some();
         let fields = fields
             .into_iter()
             .take(64)
             .map(|f| (truncate(f.key, 256), truncate(f.value, 4096)))
             .collect();
-        if !replayed {
-            self.journal.record(HostCall::Log {
-                level: level.to_string(),
-                message: message.clone(),
-            });
-        }
-        // Replayed lines come after the run's last save, so they are kept
-        // again too.
         self.push_log(level, message, fields);
         Ok(())
     }

@@ -49,7 +49,7 @@ async fn hello_world_completes_and_logs() {
         StepOutcome::Step(Step::Completed(out)) => assert_eq!(out, r#"{"message":"Hello, Ada!"}"#),
         other => panic!("unexpected {other:?}"),
     }
-    let logs = attempt.take_logs();
+    let logs = attempt.take_logs().lines;
     assert_eq!(logs[0].message, "greeting");
     assert_eq!(
         logs[0].fields,

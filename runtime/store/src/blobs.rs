@@ -2,11 +2,7 @@
 //! outputs of runs over [`INLINE_LIMIT`], and packets uploaded by SDKs
 //! through the packets flow before they trigger.
 //!
-//! | key | value |
-//! |---|---|
-//! | `run-blob/<run id>/payload` | the run's payload, when over the limit |
-//! | `run-blob/<run id>/output` | the run's output, when over the limit |
-//! | `packet/<path>` | an uploaded packet: its content type, `\0`, its bytes |
+//! Keys: see [`crate::layout`].
 //!
 //! A run's record is rewritten at every status change; keeping a 5 MB
 //! payload inside it would rewrite (and fsync) 5 MB each time. So
@@ -15,6 +11,7 @@
 //! and [`Store::payload_of`]/[`Store::output_of`] read it back when a caller
 //! needs it (an attempt's start, the retrieve endpoint).
 
+use crate::layout::{PACKET, RUN_BLOB};
 use crate::records::key;
 use crate::{Batch, Op, Result, Store, StoreError};
 use kiln_types::{Run, RunId};
@@ -22,9 +19,6 @@ use kiln_types::{Run, RunId};
 /// Payloads and outputs larger than this many bytes are stored apart from
 /// their run's record (Trigger.dev offloads at 512 KiB too).
 pub const INLINE_LIMIT: usize = 512 * 1024;
-
-const RUN_BLOB: &[u8] = b"run-blob/";
-const PACKET: &[u8] = b"packet/";
 
 fn run_blob_key(run: &RunId, field: &str) -> Vec<u8> {
     let mut k = key(RUN_BLOB, run.as_str().as_bytes());

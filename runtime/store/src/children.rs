@@ -1,12 +1,7 @@
 //! Child runs: which runs a run triggered, batches, and which parent waits
 //! on which child.
 //!
-//! | key | value |
-//! |---|---|
-//! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
-//! | `batch/<batch id>` | [`BatchRecord`] (JSON) |
-//! | `batch-key/<idempotency key hash>` | [`BatchKey`] (JSON): the v3 batch a key made |
-//! | `waiter/<child run id>/<waiting run id>/<wait id: u64 BE>` | [`Waiter`] (JSON): a suspended run waits on the child |
+//! Keys: see [`crate::layout`].
 //!
 //! A waiter entry is written when the parent suspends on a child (or on a
 //! batch holding it) and removed when the wake is delivered, so a child that
@@ -14,17 +9,12 @@
 //! its parent alone; a run returned for an idempotency key or a debounce
 //! window can be waited on by runs that did not trigger it.
 
+use crate::layout::{BATCH, BATCH_ITEM, BATCH_KEY, CHILD, WAITER};
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store};
 use kiln_types::{BatchId, RunId, Timestamp};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
-
-const CHILD: &[u8] = b"child/";
-const BATCH: &[u8] = b"batch/";
-const WAITER: &[u8] = b"waiter/";
-const BATCH_ITEM: &[u8] = b"batch-item/";
-const BATCH_KEY: &[u8] = b"batch-key/";
 
 /// The v3 batch an idempotency key made, until when the key counts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,18 +1,15 @@
 //! Debounce windows: which `DELAYED` run a task's debounce key holds.
 //!
-//! | key | value |
-//! |---|---|
-//! | `debounce/<task id>\0<key>` | the run id (text) |
+//! Keys: see [`crate::layout`].
 //!
 //! The entry is written with the run and removed when its delay ends (or the
 //! run ends before that); a trigger that finds an entry whose run is no
 //! longer `DELAYED` starts a new window.
 
+use crate::layout::DEBOUNCE;
 use crate::records::key;
 use crate::{Batch, Op, Result, Store};
 use kiln_types::RunId;
-
-const DEBOUNCE: &[u8] = b"debounce/";
 
 fn debounce_key(task: &str, debounce: &str) -> Vec<u8> {
     let mut k = key(DEBOUNCE, task.as_bytes());

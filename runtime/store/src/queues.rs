@@ -1,16 +1,13 @@
 //! Which queues an operator paused.
 //!
-//! | key | value |
-//! |---|---|
-//! | `queue-paused/<queue name>` | empty |
+//! Keys: see [`crate::layout`].
 //!
 //! Queue limits come from the current deployment's manifest; only the pause,
 //! which an operator sets through the API, is stored.
 
+use crate::layout::PAUSED;
 use crate::records::key;
 use crate::{Batch, Op, Result, Store};
-
-const PAUSED: &[u8] = b"queue-paused/";
 
 impl Batch {
     /// Marks a queue paused or resumed.

@@ -1,36 +1,15 @@
-//! Typed records over a backend, and the key layout.
-//!
-//! | key | value |
-//! |---|---|
-//! | `deploy/<seq: u64 BE>` | [`Deployment`] (JSON) |
-//! | `bundle/<sha256 hex>` | the bundle's bytes |
-//! | `run/<run id>` | [`Run`] (JSON) |
-//! | `active/<run id>` | empty: the run is queued or executing (read at start-up) |
-//! | `journal/<run id>/<seq: u64 BE>` | [`JournalRecord`] (JSON) |
-//! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a [`SnapshotLayer`] |
-//! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
-//! | `idem/<idempotency key hash>` | [`IdempotentRun`] (JSON): the run a trigger's key made |
-//!
-//! Schedules have their own keyspaces; see [`crate::schedules`].
-//!
-//! Waiting runs are not in `active/`: they are reached through what wakes
-//! them (their timers), so start-up reads only runs that were executing.
+//! Typed records over a backend: deployments, bundles, runs, journals,
+//! snapshot layers, timers and idempotency keys. Keys: see
+//! [`crate::layout`].
 
 use crate::backend::{Backend, Commit, Op};
+use crate::layout::{ACTIVE, BUNDLE, DEPLOY, IDEM, JOURNAL, RUN, SNAP, TIMER};
 use crate::snapshot::SnapshotLayer;
 use crate::{Result, StoreError};
 use kiln_types::{Deployment, JournalRecord, Run, RunId, Timestamp};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::sync::Arc;
-
-const DEPLOY: &[u8] = b"deploy/";
-const BUNDLE: &[u8] = b"bundle/";
-const RUN: &[u8] = b"run/";
-const ACTIVE: &[u8] = b"active/";
-const JOURNAL: &[u8] = b"journal/";
-const SNAP: &[u8] = b"snap/";
-const TIMER: &[u8] = b"timer/";
 
 /// A durable timer: wait `wait_id` of `run_id` is due at `due`.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -439,8 +418,6 @@ impl Store {
         Ok(runs)
     }
 }
-
-const IDEM: &[u8] = b"idem/";
 
 /// A trigger's idempotency key: the run it made, until when it counts.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

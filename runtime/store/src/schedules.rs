@@ -1,26 +1,15 @@
 //! Schedules in the store, and the indexes that make firing them cheap.
 //!
-//! | key | value |
-//! |---|---|
-//! | `sched/<schedule id>` | [`Schedule`] (JSON) |
-//! | `sched-key/<key>` | the schedule id under a [`ScheduleKey`] |
-//! | `sched-due/<next run ms: u64 BE><schedule id>` | empty: an active schedule's next occurrence |
-//! | `sched-occ/<schedule id>/<occurrence ms: u64 BE>` | the run id made for the schedule's latest occurrence |
-//! | `sched-run/<schedule id>/<run id>` | empty: a run the schedule fired |
+//! Keys: see [`crate::layout`].
 //!
 //! The due index is ordered by time, so the scheduler finds what is due with
 //! one range scan from the start of the index, however many schedules exist,
 //! and the next wake-up time from its first key.
 
+use crate::layout::{SCHED, SCHED_DUE, SCHED_KEY, SCHED_OCC, SCHED_RUN};
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store, StoreError};
 use kiln_types::{RunId, Schedule, ScheduleId, ScheduleKind, Timestamp};
-
-const SCHED: &[u8] = b"sched/";
-const SCHED_KEY: &[u8] = b"sched-key/";
-const SCHED_DUE: &[u8] = b"sched-due/";
-const SCHED_OCC: &[u8] = b"sched-occ/";
-const SCHED_RUN: &[u8] = b"sched-run/";
 
 /// What makes a schedule unique besides its id: an imperative schedule's
 /// deduplication key, or the task of a declarative one (one per task).

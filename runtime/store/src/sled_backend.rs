@@ -12,8 +12,14 @@
 //! - commits are numbered as they are applied; the committer publishes the
 //!   highest number each flush covered, so [`Backend::settled`] can wait for
 //!   exactly the commits a reader may have seen.
+//! - values are kept small enough that sled never writes them to its
+//!   unsynced `blobs/` files ([`crate::sled_chunks`]).
+//! - a flush that fails stops the server (fail-stop): nothing written after
+//!   it could be acknowledged truthfully, since what the failed flush
+//!   covered may be lost and later flushes cannot tell.
 
 use crate::backend::{Backend, Commit, Op};
+use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, resolve, segment_size};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, Mutex, mpsc};
@@ -31,6 +37,9 @@ type Durable = std::result::Result<u64, StoreError>;
 /// A sled database in a directory, with group-committed durable writes.
 pub struct SledBackend {
     tree: sled::Db,
+    /// Splits large values; held while a commit reads what it replaces and
+    /// is applied.
+    chunker: Mutex<Chunker>,
     committer: mpsc::Sender<Request>,
     /// The number of commits applied so far. Held while a batch is applied,
     /// so a reader that takes the count after reading waits for a commit in
@@ -53,7 +62,9 @@ impl SledBackend {
     /// Opens (or creates) the database in `dir` and starts its committer.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
+        let segment = segment_size(dir);
         let db = sled::Config::new()
+            .segment_size(segment)
             .path(dir)
             .cache_capacity(64 << 20)
             .open()
@@ -77,7 +88,9 @@ impl SledBackend {
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
+        let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
         Ok(SledBackend {
+            chunker: Mutex::new(chunker),
             tree: db,
             committer: tx,
             applied,
@@ -87,6 +100,17 @@ impl SledBackend {
 
     fn applied(&self) -> std::sync::MutexGuard<'_, u64> {
         lock(&self.applied)
+    }
+
+    /// A scanned entry, its value put back together if it was chunked. The
+    /// chunk keyspace itself is returned as stored.
+    fn entry(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Vec<u8>, Vec<u8>)> {
+        let (k, v) = entry.map_err(backend_error)?;
+        if k.starts_with(CHUNK_SPACE) {
+            return Ok((k.to_vec(), v.to_vec()));
+        }
+        let v = resolve(&self.tree, &k, v.to_vec())?;
+        Ok((k.to_vec(), v))
     }
 }
 
@@ -137,8 +161,15 @@ impl Committer {
                     });
                 }
                 Err(error) => {
-                    tracing::error!(%error, "a group commit failed");
                     let _ = durable.send_replace(Err(error.clone()));
+                    for ack in group {
+                        let _ = ack.send(result.clone());
+                    }
+                    // Fail-stop: what this flush covered may be lost, and no
+                    // later flush could prove otherwise, so nothing more is
+                    // acknowledged. Restarting recovers from what is on disk.
+                    tracing::error!(%error, "a group commit failed to reach the disk; Kiln stops");
+                    std::process::exit(74);
                 }
             }
             for ack in group {
@@ -150,21 +181,16 @@ impl Committer {
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        Ok(self
-            .tree
-            .get(key)
-            .map_err(backend_error)?
-            .map(|v| v.to_vec()))
+        match self.tree.get(key).map_err(backend_error)? {
+            Some(v) => Ok(Some(resolve(&self.tree, key, v.to_vec())?)),
+            None => Ok(None),
+        }
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.tree
             .scan_prefix(prefix)
-            .map(|entry| {
-                entry
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(backend_error)
-            })
+            .map(|entry| self.entry(entry))
             .collect()
     }
 
@@ -180,32 +206,28 @@ impl Backend for SledBackend {
         self.tree
             .range(start..end)
             .take(limit)
-            .map(|entry| {
-                entry
-                    .map(|(k, v)| (k.to_vec(), v.to_vec()))
-                    .map_err(backend_error)
-            })
+            .map(|entry| self.entry(entry))
             .collect()
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        match self.tree.scan_prefix(prefix).next_back() {
-            Some(entry) => entry
-                .map(|(k, v)| Some((k.to_vec(), v.to_vec())))
-                .map_err(backend_error),
-            None => Ok(None),
-        }
+        self.tree
+            .scan_prefix(prefix)
+            .next_back()
+            .map(|entry| self.entry(entry))
+            .transpose()
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
-        let mut batch = sled::Batch::default();
-        for op in ops {
-            match op {
-                Op::Put(k, v) => batch.insert(k, v),
-                Op::Delete(k) => batch.remove(k),
-            }
-        }
         {
+            let mut chunker = self
+                .chunker
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let batch = match chunker.batch(&self.tree, ops) {
+                Ok(batch) => batch,
+                Err(error) => return Box::pin(std::future::ready(Err(error))),
+            };
             let mut applied = self.applied();
             if let Err(error) = self.tree.apply_batch(batch) {
                 let error = backend_error(error);

@@ -1,18 +1,11 @@
 //! Wait tokens in the store.
 //!
-//! | key | value |
-//! |---|---|
-//! | `token/<token id>` | [`WaitToken`] (JSON) |
-//! | `token-key/<idempotency key>` | the token id created with that key |
-//! | `token-waiter/<token id>` | [`Waiter`] (JSON): a suspended run waits on the token |
+//! Keys: see [`crate::layout`].
 
+use crate::layout::{TOKEN, TOKEN_KEY, TOKEN_WAITER};
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store, StoreError, Waiter};
 use kiln_types::{TokenId, WaitToken};
-
-const TOKEN: &[u8] = b"token/";
-const TOKEN_KEY: &[u8] = b"token-key/";
-const TOKEN_WAITER: &[u8] = b"token-waiter/";
 
 fn parse_token(k: &[u8], v: &[u8]) -> Result<TokenId> {
     std::str::from_utf8(v)

@@ -1,21 +1,16 @@
 //! The waits a suspended run has armed, and its inbox.
 //!
-//! | key | value |
-//! |---|---|
-//! | `wait/<run id>/<wait id: u64 BE>` | [`WaitRecord`] (JSON): a wait the run armed when it suspended |
-//! | `inbox/<run id>/<wait id: u64 BE>/<part: u32 BE>` | [`Arrival`] (JSON): a fact addressed to the run |
+//! Keys: see [`crate::layout`].
 //!
 //! A wait is armed in the commit that suspends its run and disarmed in the
 //! commit that delivers its wake. An arrival is written in the commit that
 //! makes it true and deleted in the commit that delivers it, so recovery
 //! finds every wake not yet delivered by reading `inbox/`.
 
+use crate::layout::{INBOX, WAIT};
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store};
 use kiln_types::{Arrival, RunId, WaitRecord};
-
-const WAIT: &[u8] = b"wait/";
-const INBOX: &[u8] = b"inbox/";
 
 fn run_prefix(space: &[u8], run: &RunId) -> Vec<u8> {
     let mut k = key(space, run.as_str().as_bytes());

@@ -25,7 +25,8 @@ pub enum HostCall {
         /// The bytes returned, in hex.
         result: String,
     },
-    /// `log(level, message)`.
+    /// `log(level, message)`, as journals written before log lines were
+    /// kept apart hold it (replay skips it).
     Log {
         /// The level.
         level: String,
@@ -274,6 +275,11 @@ pub enum JournalEntry {
         layer: u32,
         /// Bytes written for it (compressed).
         bytes: u64,
+        /// How many log calls the attempt had made: the lines before it
+        /// were saved with the suspension, so a replay does not keep them
+        /// again.
+        #[serde(default, rename = "logCalls")]
+        log_calls: u64,
     },
     /// The attempt ended.
     AttemptEnded {

@@ -21,7 +21,8 @@ pub use journal::{
     WaitRecord, WakeValue,
 };
 pub use run::{
-    Attempt, AttemptOutcome, DebounceMode, LogLine, ParentRun, Run, RunDebounce, RunError, RunTtl,
+    Attempt, AttemptOutcome, DebounceMode, LogLine, Logs, ParentRun, Run, RunDebounce, RunError,
+    RunTtl,
 };
 pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;

@@ -85,9 +85,35 @@ pub struct Attempt {
     /// Execution time in milliseconds.
     #[serde(default)]
     pub usage_ms: u64,
-    /// The task's log lines (the first [`Run::MAX_LOG_LINES`]).
+    /// The task's log lines: the first [`Run::MAX_LOG_LINES`], up to
+    /// [`Run::MAX_LOG_BYTES`] of messages and fields.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub logs: Vec<LogLine>,
+    /// How many lines the attempt logged past those caps, not kept.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub logs_dropped: u64,
+}
+
+/// Log lines a slice of an attempt wrote, and how many it dropped past the
+/// attempt's caps.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Logs {
+    /// The lines kept.
+    pub lines: Vec<LogLine>,
+    /// The lines dropped.
+    pub dropped: u64,
+}
+
+impl LogLine {
+    /// Its size as counted against [`Run::MAX_LOG_BYTES`].
+    pub fn size(&self) -> usize {
+        self.message.len()
+            + self
+                .fields
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>()
+    }
 }
 
 /// Where a child run sits in its tree of runs.
@@ -262,6 +288,9 @@ impl RunDebounce {
 impl Run {
     /// Log lines kept per attempt.
     pub const MAX_LOG_LINES: usize = 1_000;
+    /// The most bytes of log lines kept per attempt (messages and fields);
+    /// later lines are counted in [`Attempt::logs_dropped`].
+    pub const MAX_LOG_BYTES: usize = 64 * 1024;
 
     /// A new `QUEUED` run of `task_id` on a deployment, with the default
     /// machine and retry policy, no tags, metadata or attempts. Callers set

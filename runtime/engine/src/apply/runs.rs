@@ -2,7 +2,7 @@
 
 use super::{Applied, EngineError, Outcome};
 use crate::{Action, Command, Event, View, transition};
-use kiln_types::{Arrival, LogLine, Run, RunId, Timestamp, WaitOn, WakeValue};
+use kiln_types::{Arrival, Logs, Run, RunId, Timestamp, WaitOn, WakeValue};
 
 /// A status event: the transition, plus what it implies. An attempt that
 /// ends takes its armed waits and its inbox with it; a run that ends puts
@@ -11,7 +11,7 @@ pub(super) fn event(
     view: &impl View,
     id: &RunId,
     event: Event,
-    logs: Vec<LogLine>,
+    logs: Logs,
     now: Timestamp,
 ) -> Result<Applied, EngineError> {
     let mut run = view
@@ -44,14 +44,17 @@ pub(super) fn event(
     Ok(Applied::new(commands, Outcome::Run(Box::new(t.run))))
 }
 
-/// Adds an attempt's new log lines to the run's record, up to the cap.
-pub(super) fn keep_logs(run: &mut Run, mut logs: Vec<LogLine>) {
-    if logs.is_empty() {
+/// Adds a slice's log lines (kept under the attempt's caps by the host)
+/// to the run's record, and counts the ones it dropped.
+pub(super) fn keep_logs(run: &mut Run, mut logs: Logs) {
+    if logs.lines.is_empty() && logs.dropped == 0 {
         return;
     }
     if let Some(current) = run.current_attempt_mut() {
-        current.logs.append(&mut logs);
+        current.logs.append(&mut logs.lines);
+        let over = current.logs.len().saturating_sub(Run::MAX_LOG_LINES);
         current.logs.truncate(Run::MAX_LOG_LINES);
+        current.logs_dropped += logs.dropped + over as u64;
     }
 }
 

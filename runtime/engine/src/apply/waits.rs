@@ -5,7 +5,7 @@ use super::runs::keep_logs;
 use super::{Applied, EngineError, Outcome, tokens};
 use crate::{Command, Event, View, transition};
 use kiln_types::{
-    Arrival, JournalEntry, JournalRecord, LogLine, RunId, RunStatus, Timestamp, WaitOn, WaitRecord,
+    Arrival, JournalEntry, JournalRecord, Logs, RunId, RunStatus, Timestamp, WaitOn, WaitRecord,
     WakeValue,
 };
 use std::collections::BTreeMap;
@@ -18,7 +18,7 @@ pub(super) fn suspend(
     id: &RunId,
     usage_ms: u64,
     waits: Vec<WaitRecord>,
-    logs: Vec<LogLine>,
+    logs: Logs,
     now: Timestamp,
 ) -> Result<Applied, EngineError> {
     let mut run = view

@@ -2,13 +2,13 @@
 //! guests, a backend that completes tokens, a receiver that counts fetches,
 //! a clock, and crashes at random points. Every choice comes from the seed.
 
+use super::crashing::CrashingStore;
 use super::guest::{self, Leaf, Next, Step};
 use super::rng::Rng;
-use super::store::CrashingStore;
 use kiln_engine::{Command, EngineError, Event, FailureKind, Input, Outcome};
 use kiln_types::{
     AttemptOutcome, BatchId, DeploymentId, FetchResponse, HostCall, JournalEntry, JournalRecord,
-    ParentRun, Run, RunError, RunId, RunStatus, Timestamp, TokenId, TokenStatus, WaitToken,
+    Logs, ParentRun, Run, RunError, RunId, RunStatus, Timestamp, TokenId, TokenStatus, WaitToken,
     WakeValue,
 };
 use std::collections::{BTreeMap, BTreeSet};
@@ -245,7 +245,7 @@ impl World {
         let input = Input::Run {
             run: run.clone(),
             event: Event::Cancel,
-            logs: Vec::new(),
+            logs: Logs::default(),
         };
         self.input(input, Vec::new())
     }
@@ -273,7 +273,7 @@ impl World {
                     let input = Input::Run {
                         run: run.id.clone(),
                         event: Event::Recovered,
-                        logs: Vec::new(),
+                        logs: Logs::default(),
                     };
                     self.input(input, Vec::new()).expect("recovering a run");
                 }
@@ -423,12 +423,19 @@ impl World {
                 ]);
             }
             Next::Suspend(pending) => {
-                let entry = self.journal_entry(id, JournalEntry::Suspended { layer: 0, bytes: 0 });
+                let entry = self.journal_entry(
+                    id,
+                    JournalEntry::Suspended {
+                        layer: 0,
+                        bytes: 0,
+                        log_calls: 0,
+                    },
+                );
                 let input = Input::Suspend {
                     run: id.clone(),
                     usage_ms: 0,
                     waits: pending,
-                    logs: Vec::new(),
+                    logs: Logs::default(),
                 };
                 let _ = self.input(input, vec![entry]);
                 self.executing.remove(id);
@@ -458,7 +465,7 @@ impl World {
                 let input = Input::Run {
                     run: id.clone(),
                     event,
-                    logs: Vec::new(),
+                    logs: Logs::default(),
                 };
                 let _ = self.input(input, vec![entry]);
                 self.executing.remove(id);
@@ -595,7 +602,7 @@ impl World {
         let dequeued = Input::Run {
             run: run.clone(),
             event: Event::Dequeued,
-            logs: Vec::new(),
+            logs: Logs::default(),
         };
         if self.input(dequeued, Vec::new()).is_err() {
             return;
@@ -603,7 +610,7 @@ impl World {
         let started = Input::Run {
             run: run.clone(),
             event: Event::AttemptStarted,
-            logs: Vec::new(),
+            logs: Logs::default(),
         };
         if self.input(started, Vec::new()).is_ok() {
             self.note(format!("dequeue {run}"));

@@ -515,6 +515,7 @@ pub(crate) fn retrieve_view(run: &Run) -> Value {
             insert_opt(&mut m, "outcome", a.outcome.map(|o| json!(o)));
             insert_opt(&mut m, "error", a.error.as_ref().map(|e| json!(e)));
             m.insert("usageMs".into(), json!(a.usage_ms));
+            if a.logs_dropped > 0 { m.insert("logsDropped".into(), json!(a.logs_dropped)); }
             m.insert("logs".into(), json!(a.logs.iter().map(|l| json!({"at": l.at.to_iso(), "level": l.level, "message": l.message, "fields": l.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<String, Value>>()})).collect::<Vec<_>>()));
             Value::Object(m)
         }).collect::<Vec<_>>()),

@@ -22,8 +22,8 @@ use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
 use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
-    AttemptOutcome, JournalEntry, JournalRecord, Run, RunError, RunId, RunStatus, Timestamp,
-    WaitOn, WaitRecord, WakeValue,
+    AttemptOutcome, HostCall, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus,
+    Timestamp, WaitOn, WaitRecord, WakeValue,
 };
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -115,7 +115,7 @@ struct Slice<'a> {
     /// The snapshot layers of this attempt, and the page hashes of the last.
     layers: Vec<StoredLayer>,
     /// Log lines of the slice, kept when it ends.
-    logs: Vec<kiln_types::LogLine>,
+    logs: Logs,
     /// Whether the attempt ran in an earlier slice (and so may have stored
     /// snapshot layers).
     resumed: bool,
@@ -133,7 +133,7 @@ impl<'a> Slice<'a> {
             journal,
             pending: BTreeMap::new(),
             layers: Vec::new(),
-            logs: Vec::new(),
+            logs: Logs::default(),
             resumed: false,
         }
     }
@@ -199,6 +199,25 @@ impl<'a> Slice<'a> {
             }
         }
         let snapshot_seq = self.layers.last().map(|l| l.layer.journal_seq).unwrap_or(0);
+        // Log calls made before the restore point, and before the last
+        // suspension (whose lines the run's record holds already).
+        let log_calls = |wanted: Option<u32>| {
+            attempt_records
+                .iter()
+                .rev()
+                .find_map(|r| match r.entry {
+                    JournalEntry::Suspended {
+                        layer, log_calls, ..
+                    } if wanted.is_none_or(|w| w == layer) => Some(log_calls),
+                    _ => None,
+                })
+                .unwrap_or(0)
+        };
+        let saved_log_calls = log_calls(None);
+        let restored_log_calls = match self.layers.last() {
+            Some(last) => log_calls(Some(last.number)),
+            None => 0,
+        };
         let mut replay = Vec::new();
         for record in attempt_records {
             if record.seq <= snapshot_seq {
@@ -212,7 +231,12 @@ impl<'a> Slice<'a> {
                     }
                     _ => {}
                 }
-            } else if !matches!(record.entry, JournalEntry::Suspended { .. }) {
+            } else if !matches!(
+                record.entry,
+                JournalEntry::Suspended { .. } | JournalEntry::HostCall(HostCall::Log { .. })
+            ) {
+                // (Journals from before log lines were kept apart hold log
+                // calls; replay skips them.)
                 replay.push(record.entry);
             }
         }
@@ -254,6 +278,12 @@ impl<'a> Slice<'a> {
             attempt: self.attempt_no,
         }));
         attempt.replay_mut().extend(replay);
+        let kept = self
+            .run
+            .attempts
+            .last()
+            .map_or(&[][..], |a| a.logs.as_slice());
+        attempt.resume_logs(restored_log_calls, saved_log_calls, kept);
 
         let mut outcome = match image {
             Some(image) => {
@@ -523,6 +553,7 @@ impl<'a> Slice<'a> {
         };
         let usage_ms = attempt.used().as_millis() as u64;
         let logs = attempt.take_logs();
+        let log_calls = attempt.log_calls();
         drop(attempt);
         let journal_seq = self.journal.last_seq();
         let deltas = self
@@ -559,6 +590,7 @@ impl<'a> Slice<'a> {
             JournalEntry::Suspended {
                 layer: number,
                 bytes: stored_bytes,
+                log_calls,
             },
         );
         // The engine arms the waits, and puts in the same commit whatever
@@ -581,7 +613,7 @@ impl<'a> Slice<'a> {
     /// Keeps the log lines of an attempt that was canceled while it ran
     /// (its cancel hooks' among them).
     async fn keep_logs_of_canceled(&mut self) -> anyhow::Result<()> {
-        if self.logs.is_empty() {
+        if self.logs.lines.is_empty() && self.logs.dropped == 0 {
             return Ok(());
         }
         let shared = &self.executor.shared;
@@ -594,8 +626,9 @@ impl<'a> Slice<'a> {
             .iter_mut()
             .find(|a| a.number == self.attempt_no)
         {
-            attempt.logs.append(&mut self.logs);
+            attempt.logs.append(&mut self.logs.lines);
             attempt.logs.truncate(Run::MAX_LOG_LINES);
+            attempt.logs_dropped += self.logs.dropped;
             shared.store.put_run(&run).await?;
         }
         Ok(())

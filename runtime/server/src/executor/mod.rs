@@ -47,7 +47,7 @@ use crate::notify::Notifier;
 use interpreter::StepError;
 use kiln_engine::{EngineError, Event, Input, Outcome};
 use kiln_store::{Batch, Store, TimerKey};
-use kiln_types::{Run, RunId, RunStatus, Timestamp};
+use kiln_types::{Logs, Run, RunId, RunStatus, Timestamp};
 use locks::RunLocks;
 use std::collections::HashMap;
 use std::sync::atomic::AtomicBool;
@@ -283,7 +283,7 @@ impl Executor {
                     let input = Input::Run {
                         run: run.id.clone(),
                         event: Event::Recovered,
-                        logs: Vec::new(),
+                        logs: Logs::default(),
                     };
                     self.step(input, Batch::default()).await?;
                 }
@@ -319,7 +319,7 @@ impl Executor {
         let input = Input::Run {
             run: run_id.clone(),
             event: Event::Cancel,
-            logs: Vec::new(),
+            logs: Logs::default(),
         };
         let canceled = match self.step(input, Batch::default()).await {
             Ok(Outcome::Run(canceled)) => *canceled,
@@ -392,7 +392,7 @@ impl Executor {
         let input = Input::Run {
             run: run.id.clone(),
             event,
-            logs: Vec::new(),
+            logs: Logs::default(),
         };
         if let Outcome::Run(after) = self.step(input, batch).await?
             && after.status == RunStatus::Expired

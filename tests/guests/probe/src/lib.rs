@@ -567,6 +567,8 @@ pub async fn keyed_child(payload: KeyedChild, ctx: &Context) -> Result<Value, Ta
 
 kiln_sdk::bundle!(
     hooked,
+    soak,
+    chatty,
     flaky_block,
     echo,
     panic,
@@ -591,3 +593,100 @@ kiln_sdk::bundle!(
     queues::own_limit;
     queues: queues::SPARE
 );
+
+/// What one run of the crash soak does.
+#[derive(Debug, Deserialize)]
+pub struct Soak {
+    /// The counter server's URL.
+    pub url: String,
+    /// Its number, for the token's idempotency key.
+    pub n: u64,
+    /// How long to wait between steps, in milliseconds.
+    pub wait_ms: u64,
+    /// Trigger a child and wait on it.
+    #[serde(default)]
+    pub child: bool,
+    /// Trigger a batch of two and wait on it.
+    #[serde(default)]
+    pub batch: bool,
+    /// Wait on a token the backend completes (created with key `soak-<n>`).
+    #[serde(default)]
+    pub token: bool,
+    /// Fail the first attempt after the first fetch.
+    #[serde(default)]
+    pub fail_first: bool,
+}
+
+/// The crash soak's task: durable fetches to a counter around waits,
+/// children, a batch, a token and a failed first attempt.
+#[task(
+    id = "soak",
+    retry(
+        max_attempts = 3,
+        min_timeout_ms = 50,
+        max_timeout_ms = 50,
+        randomize = false
+    )
+)]
+pub async fn soak(payload: Soak, ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::fetch::{Request, fetch};
+    use kiln_sdk::{tasks, wait};
+    let wait = || wait::for_duration(std::time::Duration::from_millis(payload.wait_ms));
+    let first = fetch(Request::post(&payload.url).body("first")).await?;
+    if payload.fail_first && ctx.attempt == 1 {
+        return Err(TaskError::new("the soak's first attempt fails"));
+    }
+    wait().await?;
+    let mut seen = vec![first.text()];
+    if payload.child {
+        let r = tasks::trigger_and_wait::<_, Value>("echo", &serde_json::json!({ "n": payload.n }))
+            .await?;
+        seen.push(r.unwrap()?["payload"]["n"].to_string());
+    }
+    if payload.batch {
+        let items = [serde_json::json!({ "n": 1 }), serde_json::json!({ "n": 2 })];
+        let results = tasks::batch_trigger_and_wait::<_, Value>("echo", &items).await?;
+        seen.push(results.len().to_string());
+    }
+    if payload.token {
+        let token = wait::create_token(wait::TokenOptions {
+            idempotency_key: Some(format!("soak-{}", payload.n)),
+            timeout: Some("10m".into()),
+            ..Default::default()
+        })
+        .await?;
+        match wait::for_token::<Value>(token.id).await? {
+            Ok(data) => seen.push(data.to_string()),
+            Err(timeout) => return Err(TaskError::abort(timeout.message)),
+        }
+    }
+    let second = fetch(Request::post(&payload.url).body("second")).await?;
+    wait().await?;
+    seen.push(second.text());
+    Ok(serde_json::json!({ "seen": seen }))
+}
+
+/// How much the chatty task logs.
+#[derive(Debug, Deserialize)]
+pub struct Chatty {
+    /// Lines to log.
+    pub lines: u64,
+    /// Bytes per line.
+    pub bytes: usize,
+    /// Wait this long after the first half (0: no wait).
+    #[serde(default)]
+    pub wait_ms: u64,
+}
+
+/// Logs many lines, with a wait halfway.
+#[task(id = "chatty")]
+pub async fn chatty(payload: Chatty, ctx: &Context) -> Result<Value, TaskError> {
+    let line = "x".repeat(payload.bytes);
+    for i in 0..payload.lines {
+        if payload.wait_ms > 0 && i == payload.lines / 2 {
+            kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.wait_ms)).await?;
+        }
+        ctx.log.info(&line, &[("i", &i.to_string())]);
+    }
+    Ok(serde_json::json!({ "logged": payload.lines }))
+}

@@ -1,0 +1,66 @@
+//! Kiln's on-disk key layout, in one place: every keyspace of the store,
+//! what its keys hold, and the prefix constants the typed modules build
+//! their keys from. Numbers in keys are big-endian so keys sort by them.
+//!
+//! | key | value |
+//! |---|---|
+//! | `deploy/<seq: u64 BE>` | `Deployment` (JSON) |
+//! | `bundle/<sha256 hex>` | the bundle's bytes |
+//! | `run/<run id>` | `Run` (JSON) |
+//! | `active/<run id>` | empty: the run is queued or executing (read at start-up) |
+//! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON) |
+//! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a `SnapshotLayer` |
+//! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
+//! | `idem/<idempotency key hash>` | `IdempotentRun` (JSON): the run a trigger's key made |
+//! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
+//! | `batch/<batch id>` | `BatchRecord` (JSON) |
+//! | `batch-key/<idempotency key hash>` | `BatchKey` (JSON): the v3 batch a key made |
+//! | `waiter/<child run id>/<waiting run id>/<wait id: u64 BE>` | `Waiter` (JSON): a suspended run waits on the child |
+//! | `token/<token id>` | `WaitToken` (JSON) |
+//! | `token-key/<idempotency key>` | the token id created with that key |
+//! | `token-waiter/<token id>` | `Waiter` (JSON): a suspended run waits on the token |
+//! | `wait/<run id>/<wait id: u64 BE>` | `WaitRecord` (JSON): a wait the run armed when it suspended |
+//! | `inbox/<run id>/<wait id: u64 BE>/<part: u32 BE>` | `Arrival` (JSON): a fact addressed to the run |
+//! | `run-blob/<run id>/payload` | the run's payload, when over the limit |
+//! | `run-blob/<run id>/output` | the run's output, when over the limit |
+//! | `packet/<path>` | an uploaded packet: its content type, `\0`, its bytes |
+//! | `debounce/<task id>\0<key>` | the run id (text) |
+//! | `queue-paused/<queue name>` | empty |
+//! | `sched/<schedule id>` | `Schedule` (JSON) |
+//! | `sched-key/<key>` | the schedule id under a `ScheduleKey` |
+//! | `sched-due/<next run ms: u64 BE><schedule id>` | empty: an active schedule's next occurrence |
+//! | `sched-occ/<schedule id>/<occurrence ms: u64 BE>` | the run id made for the schedule's latest occurrence |
+//! | `sched-run/<schedule id>/<run id>` | empty: a run the schedule fired |
+//! | `\xff\xffchunk/<generation: u64 BE><index: u32 BE>` | a piece of a large value (sled backend only; see `sled_chunks`) |
+//!
+//! Waiting runs are not in `active/`: they are reached through what wakes
+//! them (their timers, their inbox), so start-up reads only runs that were
+//! executing and runs with something in their inbox.
+
+pub(crate) const DEPLOY: &[u8] = b"deploy/";
+pub(crate) const BUNDLE: &[u8] = b"bundle/";
+pub(crate) const RUN: &[u8] = b"run/";
+pub(crate) const ACTIVE: &[u8] = b"active/";
+pub(crate) const JOURNAL: &[u8] = b"journal/";
+pub(crate) const SNAP: &[u8] = b"snap/";
+pub(crate) const TIMER: &[u8] = b"timer/";
+pub(crate) const IDEM: &[u8] = b"idem/";
+pub(crate) const RUN_BLOB: &[u8] = b"run-blob/";
+pub(crate) const PACKET: &[u8] = b"packet/";
+pub(crate) const CHILD: &[u8] = b"child/";
+pub(crate) const BATCH: &[u8] = b"batch/";
+pub(crate) const BATCH_ITEM: &[u8] = b"batch-item/";
+pub(crate) const BATCH_KEY: &[u8] = b"batch-key/";
+pub(crate) const WAITER: &[u8] = b"waiter/";
+pub(crate) const WAIT: &[u8] = b"wait/";
+pub(crate) const INBOX: &[u8] = b"inbox/";
+pub(crate) const TOKEN: &[u8] = b"token/";
+pub(crate) const TOKEN_KEY: &[u8] = b"token-key/";
+pub(crate) const TOKEN_WAITER: &[u8] = b"token-waiter/";
+pub(crate) const DEBOUNCE: &[u8] = b"debounce/";
+pub(crate) const PAUSED: &[u8] = b"queue-paused/";
+pub(crate) const SCHED: &[u8] = b"sched/";
+pub(crate) const SCHED_KEY: &[u8] = b"sched-key/";
+pub(crate) const SCHED_DUE: &[u8] = b"sched-due/";
+pub(crate) const SCHED_OCC: &[u8] = b"sched-occ/";
+pub(crate) const SCHED_RUN: &[u8] = b"sched-run/";

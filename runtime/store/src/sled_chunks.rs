@@ -1,0 +1,192 @@
+//! Keeping every value sled stores small enough to stay in its log.
+//!
+//! sled 0.34 writes any log item larger than a quarter of its segment size
+//! (128 KiB by default) to a file of its own under `blobs/`, and never
+//! fsyncs those files: syncing the `db` file does not make them durable.
+//! A log item is a single value, or a whole leaf node (up to 17 entries)
+//! when sled consolidates a page. So the sled backend keeps every value at
+//! most [`chunk_size`] bytes (a 128th of the segment): a larger value is
+//! written as chunks under the reserved `\xff\xffchunk/` keyspace (which
+//! sorts after every key Kiln uses) and a short manifest under its own key,
+//! in the same atomic batch. Reads put the pieces back together. No log
+//! item can then reach the blob threshold, and every acknowledged byte is in
+//! the synced `db` file.
+
+use crate::{Result, StoreError};
+use std::collections::HashMap;
+
+/// The start of a manifest value.
+const MAGIC: &[u8; 8] = b"\xffKLNCHK\x01";
+/// Where chunks live: `<prefix><generation: u64 BE><index: u32 BE>`.
+pub(crate) const CHUNK_SPACE: &[u8] = b"\xff\xffchunk/";
+const MANIFEST_LEN: usize = 8 + 8 + 8 + 4;
+
+/// The largest value stored whole, for sled's segment size: a leaf node of
+/// 17 such values (and their keys) stays well under a quarter segment.
+pub(crate) fn chunk_size(segment_size: usize) -> usize {
+    (segment_size / 128).max(1024)
+}
+
+/// A chunked value's manifest: its generation (which names its chunks), its
+/// length and its number of chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Manifest {
+    generation: u64,
+    len: u64,
+    count: u32,
+}
+
+impl Manifest {
+    fn encode(self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(MANIFEST_LEN);
+        v.extend_from_slice(MAGIC);
+        v.extend_from_slice(&self.generation.to_be_bytes());
+        v.extend_from_slice(&self.len.to_be_bytes());
+        v.extend_from_slice(&self.count.to_be_bytes());
+        v
+    }
+
+    /// The manifest a stored value is, if it is one. Every value that
+    /// starts with the magic bytes is stored chunked, so this is never a
+    /// user's value.
+    pub(crate) fn parse(v: &[u8]) -> Option<Self> {
+        if v.len() != MANIFEST_LEN || !v.starts_with(MAGIC) {
+            return None;
+        }
+        let n = |range: std::ops::Range<usize>| v[range].try_into().ok();
+        Some(Manifest {
+            generation: u64::from_be_bytes(n(8..16)?),
+            len: u64::from_be_bytes(n(16..24)?),
+            count: u32::from_be_bytes(v[24..28].try_into().ok()?),
+        })
+    }
+
+    fn chunk_key(self, index: u32) -> Vec<u8> {
+        let mut k = Vec::with_capacity(CHUNK_SPACE.len() + 12);
+        k.extend_from_slice(CHUNK_SPACE);
+        k.extend_from_slice(&self.generation.to_be_bytes());
+        k.extend_from_slice(&index.to_be_bytes());
+        k
+    }
+}
+
+/// Turns commits into sled batches of small values.
+pub(crate) struct Chunker {
+    chunk: usize,
+    next_generation: u64,
+}
+
+impl Chunker {
+    /// A chunker for a database whose chunks so far go up to generation
+    /// `last` (0 if none).
+    pub(crate) fn new(chunk: usize, last: u64) -> Self {
+        Chunker {
+            chunk,
+            next_generation: last + 1,
+        }
+    }
+
+    /// The generation of the last chunk stored in `tree`.
+    pub(crate) fn last_generation(tree: &sled::Db) -> Result<u64> {
+        match tree.scan_prefix(CHUNK_SPACE).next_back() {
+            Some(entry) => {
+                let (k, _) = entry.map_err(|e| StoreError::Backend(e.to_string()))?;
+                let g = &k[CHUNK_SPACE.len()..CHUNK_SPACE.len() + 8];
+                Ok(g.try_into().map(u64::from_be_bytes).unwrap_or(0))
+            }
+            None => Ok(0),
+        }
+    }
+
+    /// The sled batch for `ops`, reading the values they replace from
+    /// `tree` (the caller keeps other commits out meanwhile) so that chunks
+    /// of a replaced or deleted value go in the same batch.
+    pub(crate) fn batch(&mut self, tree: &sled::Db, ops: Vec<crate::Op>) -> Result<sled::Batch> {
+        let mut batch = sled::Batch::default();
+        // What keys written earlier in this batch now hold.
+        let mut written: HashMap<Vec<u8>, Option<Manifest>> = HashMap::new();
+        for op in ops {
+            let key = match &op {
+                crate::Op::Put(k, _) | crate::Op::Delete(k) => k.clone(),
+            };
+            let old = match written.get(&key) {
+                Some(m) => *m,
+                None => tree
+                    .get(&key)
+                    .map_err(|e| StoreError::Backend(e.to_string()))?
+                    .and_then(|v| Manifest::parse(&v)),
+            };
+            if let Some(old) = old {
+                for i in 0..old.count {
+                    batch.remove(old.chunk_key(i));
+                }
+            }
+            let new = match op {
+                crate::Op::Put(k, v) if v.len() > self.chunk || v.starts_with(MAGIC) => {
+                    let manifest = Manifest {
+                        generation: self.next_generation,
+                        len: v.len() as u64,
+                        count: v.len().div_ceil(self.chunk) as u32,
+                    };
+                    self.next_generation += 1;
+                    for (i, piece) in v.chunks(self.chunk).enumerate() {
+                        batch.insert(manifest.chunk_key(i as u32), piece);
+                    }
+                    batch.insert(k, manifest.encode());
+                    Some(manifest)
+                }
+                crate::Op::Put(k, v) => {
+                    batch.insert(k, v);
+                    None
+                }
+                crate::Op::Delete(k) => {
+                    batch.remove(k);
+                    None
+                }
+            };
+            written.insert(key, new);
+        }
+        Ok(batch)
+    }
+}
+
+/// A stored value as it was written: a manifest's chunks put back together.
+pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
+    let Some(manifest) = Manifest::parse(&value) else {
+        return Ok(value);
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason,
+    };
+    let mut whole = Vec::with_capacity(manifest.len as usize);
+    for i in 0..manifest.count {
+        let piece = tree
+            .get(manifest.chunk_key(i))
+            .map_err(|e| StoreError::Backend(e.to_string()))?
+            .ok_or_else(|| corrupt(format!("chunk {i} of {} is missing", manifest.count)))?;
+        whole.extend_from_slice(&piece);
+    }
+    if whole.len() as u64 != manifest.len {
+        return Err(corrupt(format!(
+            "its chunks hold {} bytes, not {}",
+            whole.len(),
+            manifest.len
+        )));
+    }
+    Ok(whole)
+}
+
+/// sled's segment size for the database in `dir`: the one it was created
+/// with (sled refuses to open it with another), or sled's default.
+pub(crate) fn segment_size(dir: &std::path::Path) -> usize {
+    const DEFAULT: usize = 512 * 1024;
+    std::fs::read_to_string(dir.join("conf"))
+        .ok()
+        .and_then(|conf| {
+            conf.lines()
+                .find_map(|l| l.strip_prefix("segment_size: "))
+                .and_then(|n| n.trim().parse().ok())
+        })
+        .unwrap_or(DEFAULT)
+}
