@@ -321,6 +321,25 @@ async fn replay_makes_a_new_run_with_the_same_payload_or_overrides() {
     assert_eq!(run["output"]["payload"], json!({"n": 2}), "{run}");
     assert_eq!(run["tags"], json!(["b"]));
 
+    // A replay is admitted like a trigger: its idempotency key answers a
+    // second replay with the first one's run.
+    let keyed = || async {
+        let (status, body) = kiln
+            .post(
+                &format!("/api/v1/runs/{first}/replay"),
+                json!({"idempotencyKey": "replay-once"}),
+            )
+            .await;
+        assert_eq!(status, 200, "{body}");
+        body["id"].as_str().unwrap().to_string()
+    };
+    let once = keyed().await;
+    assert_eq!(
+        keyed().await,
+        once,
+        "the key's run answers the second replay"
+    );
+
     let (status, _) = kiln
         .post("/api/v1/runs/run_doesnotexist/replay", json!({}))
         .await;

@@ -2,7 +2,7 @@
 
 use super::{ApiError, AppState};
 use crate::executor::admission::Admitted;
-use crate::executor::{CancelError, Executor, MAX_OUTPUT_BYTES, RescheduleError};
+use crate::executor::{CancelError, MAX_OUTPUT_BYTES, RescheduleError};
 use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
 use axum::body::Bytes;
@@ -72,19 +72,9 @@ pub(super) async fn trigger(
         options,
         now,
     )?;
-    let executor = &state.executor;
-    let _serial = executor
-        .serialize_triggers(key.is_some() || run.debounce.is_some())
-        .await;
-    if let Some(found) = executor.existing(&run, key.as_ref(), now).await? {
-        let cached = matches!(found, Admitted::Cached(_));
-        return Ok(respond(&state, found.run_id(), cached, now));
-    }
-    let mut batch = kiln_store::Batch::default();
-    Executor::stage_new(&mut batch, &run, key.as_ref(), now);
-    state.store.commit(batch).await?;
-    state.executor.admit(&run);
-    Ok(respond(&state, &run.id, false, now))
+    let (id, found) = state.executor.admit_new(run, key, now).await?;
+    let cached = matches!(found, Some(Admitted::Cached(_)));
+    Ok(respond(&state, &id, cached, now))
 }
 
 /// A payload as a trigger gives it: its plain JSON value, and what the run
@@ -248,6 +238,7 @@ pub(super) async fn replay(
         ));
     };
     let now = Timestamp::now();
+    let key = options.backend_key()?;
     let run = crate::trigger::new_run(
         &deployed,
         &original.task_id,
@@ -257,11 +248,10 @@ pub(super) async fn replay(
         options,
         now,
     )?;
-    let mut batch = kiln_store::Batch::default();
-    batch.put_new_run(&run);
-    state.store.commit(batch).await?;
-    state.executor.admit(&run);
-    Ok(Json(json!({ "id": run.id })))
+    // Admitted like any trigger: a replay with an idempotency key is
+    // answered by the run the key made.
+    let (id, _) = state.executor.admit_new(run, key, now).await?;
+    Ok(Json(json!({ "id": id })))
 }
 
 #[derive(Debug, Deserialize)]

@@ -118,6 +118,30 @@ impl Executor {
         Ok(None)
     }
 
+    /// Admits a run a backend triggered (the trigger route, a replay): an
+    /// idempotency key or a debounce window may answer with an existing
+    /// run; otherwise the run is committed with its key, its debounce
+    /// window and its timers, and queued. Returns the run that answers and
+    /// how.
+    pub(crate) async fn admit_new(
+        &self,
+        run: Run,
+        key: Option<IdempotencyKey>,
+        now: Timestamp,
+    ) -> kiln_store::Result<(RunId, Option<Admitted>)> {
+        let _serial = self
+            .serialize_triggers(key.is_some() || run.debounce.is_some())
+            .await;
+        if let Some(found) = self.existing(&run, key.as_ref(), now).await? {
+            return Ok((found.run_id().clone(), Some(found)));
+        }
+        let mut batch = Batch::default();
+        Self::stage_new(&mut batch, &run, key.as_ref(), now);
+        self.shared.store.commit(batch).await?;
+        self.admit(&run);
+        Ok((run.id, None))
+    }
+
     /// Adds a new run to `batch` with its timers, its debounce window and
     /// its idempotency key.
     pub(crate) fn stage_new(

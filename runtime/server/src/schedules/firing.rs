@@ -19,7 +19,7 @@
 use super::{ScheduleError, Schedules};
 use kiln_cron::CronSchedule;
 use kiln_store::Batch;
-use kiln_types::{Run, RunId, RunSchedule, Schedule, Timestamp};
+use kiln_types::{Run, RunSchedule, Schedule, Timestamp};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -158,7 +158,7 @@ impl Schedules {
             tracing::warn!(schedule = %schedule.id, task = %schedule.task_id, "the task is not a scheduled task of the current deployment; occurrence skipped");
             return Ok(None);
         };
-        batch.put_run(&run);
+        batch.put_new_run(&run);
         batch.put_occurrence(&schedule.id, occurrence, schedule.last_timestamp, &run.id);
         Ok(Some(run))
     }
@@ -179,11 +179,24 @@ impl Schedules {
             .filter(|t| t.scheduled)?;
         let now = Timestamp::now();
         let payload = scheduled_payload(schedule, cron, occurrence, self.inner.clock.now());
+        // Built like every other run: the task's queue, machine and retry.
+        let run = crate::trigger::new_run(
+            &deployed,
+            &task.id,
+            &payload,
+            payload.to_string(),
+            "application/json".into(),
+            crate::trigger::TriggerOptions::default(),
+            now,
+        );
+        let run = match run {
+            Ok(run) => run,
+            Err(error) => {
+                tracing::warn!(schedule = %schedule.id, error = %error.message(), "the occurrence's run was refused");
+                return None;
+            }
+        };
         Some(Run {
-            machine: task.machine,
-            max_attempts: task.retry.max_attempts,
-            retry: task.retry.clone(),
-            max_duration_secs: task.max_duration_secs,
             schedule: Some(RunSchedule {
                 id: schedule.id.clone(),
                 external_id: schedule.external_id.clone(),
@@ -191,14 +204,7 @@ impl Schedules {
                 cron: schedule.cron.clone(),
                 timestamp: occurrence,
             }),
-            ..Run::queued(
-                RunId::generate(now.as_millis()),
-                schedule.task_id.clone(),
-                deployed.record.id.clone(),
-                deployed.record.version.clone(),
-                payload.to_string(),
-                now,
-            )
+            ..run
         })
     }
 }
