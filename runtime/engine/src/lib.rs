@@ -8,6 +8,11 @@
 //! and the wake it owes a waiting run are always among the writes of one
 //! input, so no crash can keep one and lose the other.
 //!
+//! [`cursor`] holds the rules of an attempt's replay: where a slice resumes
+//! in the journal, which waits are pending, how a step's waits are checked
+//! against the journal, and whether a guest at rest is woken from the
+//! journal, makes a fetch, sleeps warm or suspends.
+//!
 //! Underneath, [`transition::apply`](apply_event) is the status machine: a
 //! run record and an [`Event`] in, the next record and its [`Action`]s out.
 //! Every (status, event) pair has a defined answer: a transition, or a
@@ -15,6 +20,7 @@
 
 mod apply;
 mod command;
+pub mod cursor;
 mod event;
 mod input;
 mod transition;

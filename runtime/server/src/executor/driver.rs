@@ -17,15 +17,15 @@ use super::journal::JournalWriter;
 use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use kiln_engine::cursor::{self, Cursor, Rest, Resume, Stepped, WaitRequest};
 use kiln_engine::{EngineError, Event, FailureKind, Input, apply_event as apply};
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
 use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
-    AttemptOutcome, HostCall, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus,
-    Timestamp, WaitOn, WaitRecord, WakeValue,
+    AttemptOutcome, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus, Timestamp,
+    WaitOn, WaitRecord, WakeValue,
 };
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -110,8 +110,8 @@ struct Slice<'a> {
     attempt_no: u32,
     live: Arc<LiveRun>,
     journal: JournalWriter,
-    /// Waits the guest registered and that have not woken.
-    pending: BTreeMap<u64, WaitRecord>,
+    /// Where the attempt stands in its journal, and its pending waits.
+    cursor: Cursor,
     /// The snapshot layers of this attempt, and the page hashes of the last.
     layers: Vec<StoredLayer>,
     /// Log lines of the slice, kept when it ends.
@@ -131,7 +131,7 @@ impl<'a> Slice<'a> {
             attempt_no,
             live,
             journal,
-            pending: BTreeMap::new(),
+            cursor: Cursor::default(),
             layers: Vec::new(),
             logs: Logs::default(),
             resumed: false,
@@ -156,7 +156,7 @@ impl<'a> Slice<'a> {
 
     /// Everything up to the end of the slice, given the run's journal. `Err`
     /// is a system failure.
-    async fn drive(&mut self, mut records: Vec<JournalRecord>) -> Result<End, String> {
+    async fn drive(&mut self, records: Vec<JournalRecord>) -> Result<End, String> {
         let shared = &self.executor.shared;
         let deployed = match shared.deployments.get(&self.run.deployment_id).await {
             Ok(Some(d)) => d,
@@ -165,19 +165,8 @@ impl<'a> Slice<'a> {
         };
 
         // The journal of this attempt, and where replay starts.
-        let started = records.iter().rposition(|r| {
-            matches!(r.entry, JournalEntry::AttemptStarted { attempt } if attempt == self.attempt_no)
-        });
-        let attempt_records: Vec<JournalRecord> = match started {
-            Some(i) => records.split_off(i + 1),
-            None => {
-                self.journal.append(JournalEntry::AttemptStarted {
-                    attempt: self.attempt_no,
-                });
-                Vec::new()
-            }
-        };
-        self.resumed = started.is_some();
+        let attempt_records = cursor::attempt_records(records, self.attempt_no);
+        self.resumed = attempt_records.is_some();
         if self.resumed {
             match shared.store.layers(&self.run.id, self.attempt_no) {
                 Ok(layers) => self.layers = layers,
@@ -186,6 +175,10 @@ impl<'a> Slice<'a> {
                     "a snapshot could not be read; replaying the attempt's whole journal instead"
                 ),
             }
+        } else {
+            self.journal.append(JournalEntry::AttemptStarted {
+                attempt: self.attempt_no,
+            });
         }
         let mut image = None;
         if !self.layers.is_empty() {
@@ -198,48 +191,9 @@ impl<'a> Slice<'a> {
                 }
             }
         }
-        let snapshot_seq = self.layers.last().map(|l| l.layer.journal_seq).unwrap_or(0);
-        // Log calls made before the restore point, and before the last
-        // suspension (whose lines the run's record holds already).
-        let log_calls = |wanted: Option<u32>| {
-            attempt_records
-                .iter()
-                .rev()
-                .find_map(|r| match r.entry {
-                    JournalEntry::Suspended {
-                        layer, log_calls, ..
-                    } if wanted.is_none_or(|w| w == layer) => Some(log_calls),
-                    _ => None,
-                })
-                .unwrap_or(0)
-        };
-        let saved_log_calls = log_calls(None);
-        let restored_log_calls = match self.layers.last() {
-            Some(last) => log_calls(Some(last.number)),
-            None => 0,
-        };
-        let mut replay = Vec::new();
-        for record in attempt_records {
-            if record.seq <= snapshot_seq {
-                // Already in the snapshot: only the pending waits matter.
-                match record.entry {
-                    JournalEntry::Waits { waits } => {
-                        self.pending.extend(waits.into_iter().map(|w| (w.id, w)))
-                    }
-                    JournalEntry::Wake { id, .. } => {
-                        self.pending.remove(&id);
-                    }
-                    _ => {}
-                }
-            } else if !matches!(
-                record.entry,
-                JournalEntry::Suspended { .. } | JournalEntry::HostCall(HostCall::Log { .. })
-            ) {
-                // (Journals from before log lines were kept apart hold log
-                // calls; replay skips them.)
-                replay.push(record.entry);
-            }
-        }
+        let snapshot = self.layers.last().map(|l| (l.number, l.layer.journal_seq));
+        let resume = Resume::new(attempt_records.unwrap_or_default(), snapshot);
+        self.cursor = resume.cursor;
 
         let current = self.run.attempts.last();
         let limits = Limits {
@@ -277,13 +231,13 @@ impl<'a> Slice<'a> {
             depth,
             attempt: self.attempt_no,
         }));
-        attempt.replay_mut().extend(replay);
+        attempt.replay_mut().extend(resume.replay);
         let kept = self
             .run
             .attempts
             .last()
             .map_or(&[][..], |a| a.logs.as_slice());
-        attempt.resume_logs(restored_log_calls, saved_log_calls, kept);
+        attempt.resume_logs(resume.restored_log_calls, resume.saved_log_calls, kept);
 
         let mut outcome = match image {
             Some(image) => {
@@ -301,104 +255,80 @@ impl<'a> Slice<'a> {
                 self.logs = attempt.take_logs();
                 return Ok(end);
             }
-            // Deliver the next wake: from the journal while replaying.
-            match attempt.replay_mut().pop_front() {
-                Some(JournalEntry::Wake { id, value }) => {
-                    if self.pending.remove(&id).is_none() {
-                        return Err(format!("the journal wakes wait {id}, which is not pending"));
-                    }
+            let warm_ms = shared.config.warm_wait.as_millis() as u64;
+            match self
+                .cursor
+                .at_rest(attempt.replay_mut(), Timestamp::now(), warm_ms)
+            {
+                Rest::Wake { id, value } => {
                     outcome = Some(attempt.resume(&wake(id, value)).await);
-                    continue;
                 }
-                Some(other) => {
-                    let message = format!(
-                        "non-determinism: on replay the task waited where its journal has {}",
-                        other.describe()
-                    );
+                Rest::Diverged(message) => {
                     return Ok(End::Event(nondeterminism(message, &attempt)));
                 }
-                None => {}
-            }
-            // Live: a fetch is made while the guest stays warm, and its
-            // response journaled before the guest sees it.
-            if let Some((id, request)) = self.pending.values().find_map(|w| match &w.on {
-                WaitOn::Fetch { request } => Some((w.id, request.clone())),
-                _ => None,
-            }) {
-                // Everything journaled up to this request is durable before
-                // it is sent, so a replay after a crash reaches the same
-                // request at the same place, with the same key.
-                shared.store.settled().await.map_err(|e| e.to_string())?;
-                let key = super::fetch::idempotency_key(&self.run.id, self.attempt_no, id);
-                let value = tokio::select! {
-                    value = super::fetch::perform(&shared.http, &shared.config.fetch, &request, &key) => value,
-                    _ = self.live.canceled.notified() => {
-                        return Ok(self.canceled_at_rest(&mut attempt).await);
-                    }
-                };
-                self.pending.remove(&id);
-                let mut batch = Batch::default();
-                self.journal.append_to(
-                    &mut batch,
-                    JournalEntry::Wake {
+                Rest::Broken(message) => return Err(message),
+                Rest::Fetch { id, request } => {
+                    // Made while the guest stays warm. Everything journaled
+                    // up to the request is durable before it is sent, so a
+                    // replay after a crash reaches the same request at the
+                    // same place, with the same key; its response is
+                    // journaled before the guest sees it.
+                    shared.store.settled().await.map_err(|e| e.to_string())?;
+                    let key = super::fetch::idempotency_key(&self.run.id, self.attempt_no, id);
+                    let value = tokio::select! {
+                        value = super::fetch::perform(&shared.http, &shared.config.fetch, &request, &key) => value,
+                        _ = self.live.canceled.notified() => {
+                            return Ok(self.canceled_at_rest(&mut attempt).await);
+                        }
+                    };
+                    self.cursor.woke(id);
+                    let mut batch = Batch::default();
+                    let entry = JournalEntry::Wake {
                         id,
                         value: value.clone(),
-                    },
-                );
-                shared
-                    .store
-                    .commit(batch)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                outcome = Some(attempt.resume(&wake(id, value)).await);
-                continue;
-            }
-            // Sleep warm, or suspend. A child, batch or token wait always
-            // suspends: the run holds no slot while others work.
-            if self
-                .pending
-                .values()
-                .any(|w| !matches!(w.on, WaitOn::Timer { .. }))
-            {
-                return self.suspend(attempt).await;
-            }
-            let Some((id, due)) = self.next_timer() else {
-                return Ok(End::Event(failure(
-                    FailureKind::Error {
-                        abort: true,
-                        retry_delay_ms: None,
-                    },
-                    RunError::new("KilnDeadlock", "the task waits on nothing that can wake it"),
-                    attempt.used().as_millis() as u64,
-                )));
-            };
-            let delay =
-                Duration::from_millis(due.as_millis().saturating_sub(Timestamp::now().as_millis()));
-            if delay <= shared.config.warm_wait {
-                tokio::select! {
-                    _ = tokio::time::sleep(delay) => {}
-                    _ = self.live.canceled.notified() => {
-                        return Ok(self.canceled_at_rest(&mut attempt).await);
+                    };
+                    self.journal.append_to(&mut batch, entry);
+                    shared
+                        .store
+                        .commit(batch)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    outcome = Some(attempt.resume(&wake(id, value)).await);
+                }
+                Rest::Warm { id, due } => {
+                    let delay = due.as_millis().saturating_sub(Timestamp::now().as_millis());
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
+                        _ = self.live.canceled.notified() => {
+                            return Ok(self.canceled_at_rest(&mut attempt).await);
+                        }
                     }
-                }
-                // A durable timer for this wait (from an earlier suspension)
-                // must not fire again.
-                let mut batch = Batch::default();
-                if let Some(wait) = self.pending.remove(&id) {
-                    super::waits::disarm(&mut batch, &self.run.id, &wait);
-                }
-                self.journal.append_to(
-                    &mut batch,
-                    JournalEntry::Wake {
+                    // A durable timer for this wait (from an earlier
+                    // suspension) must not fire again.
+                    let mut batch = Batch::default();
+                    if let Some(wait) = self.cursor.woke(id) {
+                        super::waits::disarm(&mut batch, &self.run.id, &wait);
+                    }
+                    let entry = JournalEntry::Wake {
                         id,
                         value: WakeValue::Timer,
-                    },
-                );
-                drop(shared.store.commit(batch));
-                outcome = Some(attempt.resume(&wake(id, WakeValue::Timer)).await);
-                continue;
+                    };
+                    self.journal.append_to(&mut batch, entry);
+                    drop(shared.store.commit(batch));
+                    outcome = Some(attempt.resume(&wake(id, WakeValue::Timer)).await);
+                }
+                Rest::Suspend => return self.suspend(attempt).await,
+                Rest::Deadlock => {
+                    return Ok(End::Event(failure(
+                        FailureKind::Error {
+                            abort: true,
+                            retry_delay_ms: None,
+                        },
+                        RunError::new("KilnDeadlock", "the task waits on nothing that can wake it"),
+                        attempt.used().as_millis() as u64,
+                    )));
+                }
             }
-            return self.suspend(attempt).await;
         }
     }
 
@@ -421,70 +351,43 @@ impl<'a> Slice<'a> {
         step: StepOutcome,
     ) -> Result<Option<End>, String> {
         let usage_ms = attempt.used().as_millis() as u64;
-        let leftover = !attempt.replay_mut().is_empty();
+        let leftover = self.cursor.finished(attempt.replay_mut());
         let event = match step {
-            StepOutcome::Step(Step::Waiting(waits)) if waits.is_empty() => {
-                // Still waiting on earlier waits: nothing new to journal.
-                return Ok(None);
-            }
             StepOutcome::Step(Step::Waiting(waits)) => {
-                let now = Timestamp::now();
-                let records = match attempt.replay_mut().front() {
-                    Some(JournalEntry::Waits { waits: journaled }) => {
-                        let journaled = journaled.clone();
-                        if let Some(message) = compare_waits(&waits, &journaled) {
-                            return Ok(Some(End::Event(nondeterminism(message, attempt))));
-                        }
-                        attempt.replay_mut().pop_front();
-                        journaled
-                    }
-                    Some(other) => {
-                        let message = format!(
-                            "non-determinism: on replay the task waited where its journal has {}",
-                            other.describe()
-                        );
+                let requested: Vec<(u64, WaitRequest)> =
+                    waits.iter().map(|w| (w.id, request(&w.kind))).collect();
+                match self.cursor.waits(attempt.replay_mut(), &requested) {
+                    Stepped::Known => return Ok(None),
+                    Stepped::Diverged(message) => {
                         return Ok(Some(End::Event(nondeterminism(message, attempt))));
                     }
-                    None => {
-                        let mut records = Vec::with_capacity(waits.len());
-                        for wait in &waits {
-                            match wait_record(wait, now, &self.executor.shared.store) {
-                                Ok(record) => records.push(record),
-                                Err(message) => {
-                                    return Ok(Some(End::Event(failure(
-                                        FailureKind::Error {
-                                            abort: true,
-                                            retry_delay_ms: None,
-                                        },
-                                        RunError::new("Unsupported", message),
-                                        usage_ms,
-                                    ))));
-                                }
-                            }
+                    Stepped::Live => {}
+                }
+                let now = Timestamp::now();
+                let mut records = Vec::with_capacity(waits.len());
+                for wait in &waits {
+                    match wait_record(wait, now, &self.executor.shared.store) {
+                        Ok(record) => records.push(record),
+                        Err(message) => {
+                            return Ok(Some(End::Event(failure(
+                                FailureKind::Error {
+                                    abort: true,
+                                    retry_delay_ms: None,
+                                },
+                                RunError::new("Unsupported", message),
+                                usage_ms,
+                            ))));
                         }
-                        if !records.is_empty() {
-                            self.journal.append(JournalEntry::Waits {
-                                waits: records.clone(),
-                            });
-                        }
-                        records
                     }
-                };
-                self.pending.extend(records.into_iter().map(|w| (w.id, w)));
+                }
+                self.journal.append(JournalEntry::Waits {
+                    waits: records.clone(),
+                });
+                self.cursor.armed(records);
                 return Ok(None);
             }
-            StepOutcome::Step(_) if leftover => {
-                let next = attempt
-                    .replay_mut()
-                    .front()
-                    .map(|e| e.describe())
-                    .unwrap_or_default();
-                nondeterminism(
-                    format!(
-                        "non-determinism: on replay the task finished where its journal has {next}"
-                    ),
-                    attempt,
-                )
+            StepOutcome::Step(_) if leftover.is_some() => {
+                nondeterminism(leftover.unwrap_or_default(), attempt)
             }
             StepOutcome::Step(Step::Completed(output)) if output.len() > MAX_OUTPUT_BYTES => {
                 failure(
@@ -525,17 +428,6 @@ impl<'a> Slice<'a> {
             StepOutcome::Trap(trap) => trap_event(trap, usage_ms),
         };
         Ok(Some(End::Event(event)))
-    }
-
-    /// The earliest pending timer.
-    fn next_timer(&self) -> Option<(u64, Timestamp)> {
-        self.pending
-            .values()
-            .filter_map(|w| match w.on {
-                WaitOn::Timer { due_at } => Some((w.id, due_at)),
-                _ => None,
-            })
-            .min_by_key(|(_, due)| *due)
     }
 
     /// Snapshots the guest, drops the instance and marks the run `WAITING`,
@@ -598,7 +490,7 @@ impl<'a> Slice<'a> {
         let input = Input::Suspend {
             run: self.run.id.clone(),
             usage_ms,
-            waits: self.pending.values().cloned().collect(),
+            waits: self.cursor.pending().cloned().collect(),
             logs,
         };
         let _guard = shared.locks.lock(&self.run.id).await;
@@ -755,36 +647,20 @@ fn wait_record(
     Ok(WaitRecord { id: wait.id, on })
 }
 
-/// Whether a replayed step's waits are the journaled ones.
-fn compare_waits(waits: &[wit::Wait], journaled: &[WaitRecord]) -> Option<String> {
-    let fits = waits.len() == journaled.len()
-        && waits.iter().zip(journaled).all(|(w, j)| {
-            w.id == j.id
-                && match (&w.kind, &j.on) {
-                    (wit::WaitKind::Duration(_), WaitOn::Timer { .. }) => true,
-                    (wit::WaitKind::Until(at), WaitOn::Timer { due_at }) => {
-                        *at == due_at.as_millis()
-                    }
-                    (wit::WaitKind::Run(id), WaitOn::Run { run_id }) => id == run_id.as_str(),
-                    (wit::WaitKind::Batch(id), WaitOn::Batch { batch_id, .. }) => id == batch_id,
-                    (wit::WaitKind::Token(id), WaitOn::Token { token_id, .. }) => {
-                        id == token_id.as_str()
-                    }
-                    (wit::WaitKind::Fetch(request), WaitOn::Fetch { request: journaled }) => {
-                        request.method == journaled.method && request.url == journaled.url
-                    }
-                    _ => false,
-                }
-        });
-    (!fits).then(|| {
-        format!(
-            "non-determinism: on replay the task waited on {} wait(s) (ids {:?}) where its journal has {} (ids {:?})",
-            waits.len(),
-            waits.iter().map(|w| w.id).collect::<Vec<_>>(),
-            journaled.len(),
-            journaled.iter().map(|w| w.id).collect::<Vec<_>>(),
-        )
-    })
+/// A wait as the guest asked for it, for the cursor to check against the
+/// journal.
+fn request(kind: &wit::WaitKind) -> WaitRequest {
+    match kind {
+        wit::WaitKind::Duration(ms) => WaitRequest::Duration(*ms),
+        wit::WaitKind::Until(at) => WaitRequest::Until(Timestamp(*at)),
+        wit::WaitKind::Run(id) => WaitRequest::Run(id.clone()),
+        wit::WaitKind::Batch(id) => WaitRequest::Batch(id.clone()),
+        wit::WaitKind::Token(id) => WaitRequest::Token(id.clone()),
+        wit::WaitKind::Fetch(request) => WaitRequest::Fetch {
+            method: request.method.clone(),
+            url: request.url.clone(),
+        },
+    }
 }
 
 fn wake(id: u64, value: WakeValue) -> wit::Wake {
