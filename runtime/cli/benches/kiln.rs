@@ -16,11 +16,15 @@
 //!   scheduler tick makes against a full scan;
 //! - the run scheduler's cost per dequeue with 100,000 runs queued, and a
 //!   light tenant's start latency behind a heavy tenant's 10,000 queued
-//!   runs, with and without concurrency keys.
+//!   runs, with and without concurrency keys;
+//! - durability: committing and reading large values through the sled
+//!   backend (chunked so none lands in sled's unsynced blob files), a task
+//!   logging 200,000 lines of 1 KiB, and parents woken by their children
+//!   through the inbox.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `waiting`, `schedules`, `queues`).
+//! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -77,6 +81,9 @@ fn main() {
     }
     if selected("schedules") {
         runtime.block_on(schedules_bench(100_000));
+    }
+    if selected("durability") {
+        runtime.block_on(durability_bench());
     }
     if selected("queues") {
         runtime.block_on(queues::queues_bench());
@@ -742,4 +749,75 @@ fn dir_size(path: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// What durability costs: large values through the sled backend, a log
+/// flood, and parents woken through the inbox.
+async fn durability_bench() {
+    use kiln_store::{Backend, Op, SledBackend};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let backend = SledBackend::open(dir.path()).expect("a store");
+    for (label, len) in [("64 KiB", 64 << 10), ("1 MiB", 1 << 20), ("8 MiB", 8 << 20)] {
+        let value: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let mut commits = Vec::new();
+        let mut reads = Vec::new();
+        for i in 0..20 {
+            let key = format!("snap/bench/{i:04}").into_bytes();
+            let started = Instant::now();
+            backend
+                .commit(vec![Op::Put(key.clone(), value.clone())])
+                .await
+                .expect("a commit");
+            commits.push(started.elapsed());
+            let started = Instant::now();
+            let read = backend.get(&key).expect("a read");
+            reads.push(started.elapsed());
+            assert_eq!(read.map(|v| v.len()), Some(len));
+        }
+        report(&format!("durable commit of a {label} value"), &mut commits);
+        report(&format!("read of a {label} value"), &mut reads);
+    }
+    let blobs = std::fs::read_dir(dir.path().join("blobs"))
+        .map(|d| d.count())
+        .unwrap_or(0);
+    println!("sled blob files after those commits: {blobs}");
+    drop(backend);
+
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &[]);
+    server.deploy(kiln_fixtures::PROBE).await;
+    let started = Instant::now();
+    let id = server
+        .trigger(
+            "chatty",
+            serde_json::json!({ "lines": 200_000, "bytes": 1024 }),
+        )
+        .await;
+    let run = server.get(&format!("/api/v3/runs/{id}?wait=600000")).await;
+    assert_eq!(run["status"], "COMPLETED");
+    println!(
+        "200,000 log lines of 1 KiB: COMPLETED after {:.2?}, {} lines kept, {} dropped, data dir {:.1} MiB",
+        started.elapsed(),
+        run["attempts"][0]["logs"].as_array().map_or(0, Vec::len),
+        run["attempts"][0]["logsDropped"],
+        dir_size(dir.path()) as f64 / (1 << 20) as f64
+    );
+
+    // Parents that each wait on one child: the child's end and the parent's
+    // inbox entry are one commit, the delivery another.
+    let mut samples = Vec::new();
+    for _ in 0..200 {
+        let started = Instant::now();
+        let id = server
+            .trigger(
+                "parent",
+                serde_json::json!({ "mode": "each", "children": 1 }),
+            )
+            .await;
+        let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
+        assert_eq!(run["status"], "COMPLETED");
+        samples.push(started.elapsed());
+    }
+    report("parent + one child, trigger → COMPLETED", &mut samples);
+    server.kill();
 }

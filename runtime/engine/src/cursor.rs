@@ -158,6 +158,22 @@ pub struct Cursor {
 }
 
 impl Cursor {
+    /// The cursor at the end of an attempt's journal entries: the waits
+    /// journaled and not woken.
+    pub fn at_end(records: &[JournalRecord]) -> Self {
+        let mut cursor = Cursor::default();
+        for record in records {
+            match &record.entry {
+                JournalEntry::Waits { waits } => cursor.armed(waits.clone()),
+                JournalEntry::Wake { id, .. } => {
+                    cursor.woke(*id);
+                }
+                _ => {}
+            }
+        }
+        cursor
+    }
+
     /// The pending waits, by id.
     pub fn pending(&self) -> impl Iterator<Item = &WaitRecord> {
         self.pending.values()

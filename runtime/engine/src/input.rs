@@ -46,6 +46,13 @@ pub enum Input {
         /// Its data, as JSON.
         data: String,
     },
+    /// Look again at what a suspended run's waits wait on, and put whatever
+    /// is true already in its inbox (at start-up, for runs suspended by a
+    /// Kiln that committed wakes apart from their causes).
+    Recheck {
+        /// The run.
+        run: RunId,
+    },
     /// Deliver what a run's inbox holds to the waits it completes.
     Deliver {
         /// The run.

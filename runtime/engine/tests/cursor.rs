@@ -121,7 +121,11 @@ fn a_slice_resumes_after_its_snapshot_with_the_waits_pending_there() {
 
     // From the start: everything is replayed, nothing is pending yet.
     let resume = Resume::new(records.clone(), None);
-    assert_eq!(resume.replay.len(), 3, "the host call, the waits and the wake");
+    assert_eq!(
+        resume.replay.len(),
+        3,
+        "the host call, the waits and the wake"
+    );
     assert_eq!(resume.cursor.pending().count(), 0);
     assert_eq!((resume.restored_log_calls, resume.saved_log_calls), (0, 4));
 

@@ -11,6 +11,16 @@ use kiln_types::{
 };
 use store::State;
 
+/// A status of every kind: queued, running, waiting, final.
+const STATUSES: [RunStatus; 6] = [
+    RunStatus::Queued,
+    RunStatus::Dequeued,
+    RunStatus::Executing,
+    RunStatus::Waiting,
+    RunStatus::Completed,
+    RunStatus::Canceled,
+];
+
 fn id(n: u64) -> RunId {
     RunId::parse(&format!("run_{n:025}")).unwrap()
 }
@@ -173,13 +183,7 @@ fn a_child_that_ended_first_is_in_the_suspension_commit() {
 
 #[test]
 fn delivery_waits_for_a_waiting_run_and_drops_arrivals_of_a_finished_one() {
-    for status in [
-        RunStatus::Queued,
-        RunStatus::Executing,
-        RunStatus::Waiting,
-        RunStatus::Completed,
-        RunStatus::Canceled,
-    ] {
+    for status in STATUSES {
         let mut state = State::default();
         put(&mut state, run(1, status));
         state.write(&Command::Arm {
@@ -381,13 +385,7 @@ fn an_ended_attempt_takes_its_armed_waits_and_inbox_with_it() {
 
 #[test]
 fn only_an_executing_run_suspends() {
-    for status in [
-        RunStatus::Queued,
-        RunStatus::Dequeued,
-        RunStatus::Waiting,
-        RunStatus::Completed,
-        RunStatus::Canceled,
-    ] {
+    for status in STATUSES.into_iter().filter(|s| *s != RunStatus::Executing) {
         let mut state = State::default();
         put(&mut state, run(1, status));
         let input = Input::Suspend {
@@ -402,4 +400,23 @@ fn only_an_executing_run_suspends() {
         );
         assert!(state.waits.is_empty(), "a refused input writes nothing");
     }
+}
+
+#[test]
+fn a_recheck_finds_a_child_that_ended_without_waking_its_parent() {
+    // As an older Kiln could leave it: the child ended, the parent's wake
+    // was never written.
+    let mut state = parent_waiting_on_child();
+    let mut child = state.runs[&id(2)].clone();
+    child.status = RunStatus::Completed;
+    child.output = Some("7".into());
+    put(&mut state, child);
+    assert!(state.inbox.is_empty());
+    let (commands, _) = step(&mut state, Input::Recheck { run: id(1) }, 30).unwrap();
+    assert!(commands.contains(&Command::Deliver { run: id(1) }));
+    let (_, outcome) = step(&mut state, Input::Deliver { run: id(1) }, 31).unwrap();
+    assert!(matches!(outcome, Outcome::Run(r) if r.status == RunStatus::Queued));
+    // Nothing to find for a run that is not waiting.
+    let (commands, _) = step(&mut state, Input::Recheck { run: id(1) }, 32).unwrap();
+    assert!(commands.is_empty());
 }

@@ -7,7 +7,7 @@
 //! makes it true and deleted in the commit that delivers it, so recovery
 //! finds every wake not yet delivered by reading `inbox/`.
 
-use crate::layout::{INBOX, WAIT};
+use crate::layout::{INBOX, TOKEN_WAITER, WAIT, WAITER};
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store};
 use kiln_types::{Arrival, RunId, WaitRecord};
@@ -83,6 +83,19 @@ impl Store {
             .iter()
             .map(|(k, v)| decode(k, v))
             .collect()
+    }
+
+    /// Every run suspended on a child run or a wait token (from the waiter
+    /// indexes), each once.
+    pub fn runs_waiting_on_others(&self) -> Result<Vec<RunId>> {
+        let mut runs = std::collections::BTreeSet::new();
+        for space in [WAITER, TOKEN_WAITER] {
+            for (k, v) in self.backend.scan_prefix(space)? {
+                let waiter: kiln_types::Waiter = decode(&k, &v)?;
+                runs.insert(waiter.parent);
+            }
+        }
+        Ok(runs.into_iter().collect())
     }
 
     /// Every run with something in its inbox (read at start-up, to deliver

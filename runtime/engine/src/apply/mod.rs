@@ -74,6 +74,7 @@ pub fn apply(view: &impl View, input: Input, now: Timestamp) -> Result<Applied, 
         } => waits::suspend(view, &run, usage_ms, waits, logs, now),
         Input::TimerDue { run, wait, due } => waits::timer_due(view, &run, wait, due, now),
         Input::CompleteToken { token, data } => tokens::complete(view, &token, data, now),
+        Input::Recheck { run } => waits::recheck(view, &run, now),
         Input::Deliver { run } => waits::deliver(view, &run, now),
     }
 }

@@ -14,10 +14,7 @@ pub(super) fn event(
     logs: Logs,
     now: Timestamp,
 ) -> Result<Applied, EngineError> {
-    let mut run = view
-        .run(id)?
-        .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
-    keep_logs(&mut run, logs);
+    let run = with_logs(view, id, logs)?;
     let ends_attempt = matches!(
         event,
         Event::AttemptSucceeded { .. } | Event::AttemptFailed { .. } | Event::Cancel
@@ -44,9 +41,18 @@ pub(super) fn event(
     Ok(Applied::new(commands, Outcome::Run(Box::new(t.run))))
 }
 
+/// The run's record with a slice's log lines added.
+pub(super) fn with_logs(view: &impl View, id: &RunId, logs: Logs) -> Result<Run, EngineError> {
+    let mut run = view
+        .run(id)?
+        .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
+    keep_logs(&mut run, logs);
+    Ok(run)
+}
+
 /// Adds a slice's log lines (kept under the attempt's caps by the host)
 /// to the run's record, and counts the ones it dropped.
-pub(super) fn keep_logs(run: &mut Run, mut logs: Logs) {
+fn keep_logs(run: &mut Run, mut logs: Logs) {
     if logs.lines.is_empty() && logs.dropped == 0 {
         return;
     }

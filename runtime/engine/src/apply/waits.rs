@@ -1,7 +1,7 @@
 //! Suspending a run, due timers, and delivering wakes: the one path by
 //! which a wake reaches a suspended run.
 
-use super::runs::keep_logs;
+use super::runs::with_logs;
 use super::{Applied, EngineError, Outcome, tokens};
 use crate::{Command, Event, View, transition};
 use kiln_types::{
@@ -21,10 +21,7 @@ pub(super) fn suspend(
     logs: Logs,
     now: Timestamp,
 ) -> Result<Applied, EngineError> {
-    let mut run = view
-        .run(id)?
-        .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
-    keep_logs(&mut run, logs);
+    let run = with_logs(view, id, logs)?;
     let t = transition::apply(&run, Event::Suspended { usage_ms }, now)?;
     let mut commands = vec![Command::PutRun(t.run.clone())];
     let mut deliver = !view.inbox(id)?.is_empty();
@@ -45,6 +42,32 @@ pub(super) fn suspend(
         commands.push(Command::Deliver { run: id.clone() });
     }
     Ok(Applied::new(commands, Outcome::Run(Box::new(t.run))))
+}
+
+/// Puts in a `WAITING` run's inbox whatever its armed waits wait on that
+/// is true already, and delivers it.
+pub(super) fn recheck(
+    view: &impl View,
+    id: &RunId,
+    now: Timestamp,
+) -> Result<Applied, EngineError> {
+    match view.run(id)? {
+        Some(run) if run.status == RunStatus::Waiting => {}
+        _ => return Ok(Applied::new(Vec::new(), Outcome::Done)),
+    }
+    let mut commands = Vec::new();
+    for wait in view.waits(id)? {
+        for arrival in facts(view, &wait, now, &mut commands)? {
+            commands.push(Command::PutArrival {
+                run: id.clone(),
+                arrival,
+            });
+        }
+    }
+    if !commands.is_empty() {
+        commands.push(Command::Deliver { run: id.clone() });
+    }
+    Ok(Applied::new(commands, Outcome::Done))
 }
 
 /// What a wait waits on that is true already.

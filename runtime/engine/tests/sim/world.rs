@@ -280,6 +280,9 @@ impl World {
                 _ => {}
             }
         }
+        // The server also rechecks runs suspended on children and tokens at
+        // start-up, a repair for stores an older Kiln wrote. The simulation
+        // leaves it out on purpose: it proves that no wake ever needs it.
         let inboxes: Vec<RunId> = self.store.applied.inbox.keys().cloned().collect();
         for run in inboxes {
             self.input(Input::Deliver { run }, Vec::new())

@@ -10,10 +10,11 @@
 //! cancel children.
 
 use super::{Executor, waits};
+use kiln_engine::cursor::{self, Cursor};
 use kiln_engine::{Command, EngineError, Input, Outcome, View, ViewError, ViewResult};
 use kiln_store::{Batch, Store, StoreError, TimerKey};
 use kiln_types::{
-    Arrival, Run, RunId, RunOutcome, Timestamp, TokenId, WaitRecord, WaitToken, Waiter,
+    Arrival, Run, RunId, RunOutcome, RunStatus, Timestamp, TokenId, WaitRecord, WaitToken, Waiter,
 };
 use std::sync::atomic::Ordering;
 
@@ -49,7 +50,21 @@ impl View for StoreView<'_> {
     }
 
     fn waits(&self, run: &RunId) -> ViewResult<Vec<WaitRecord>> {
-        self.0.armed_waits(run).map_err(view_error)
+        let armed = self.0.armed_waits(run).map_err(view_error)?;
+        if !armed.is_empty() {
+            return Ok(armed);
+        }
+        // A run that suspended before Kiln kept a waits table: its pending
+        // waits are in its journal.
+        match self.0.run(run).map_err(view_error)? {
+            Some(r) if r.status == RunStatus::Waiting => {
+                let attempt = r.attempts.last().map_or(1, |a| a.number);
+                let journal = self.0.journal(run).map_err(view_error)?;
+                let records = cursor::attempt_records(journal, attempt).unwrap_or_default();
+                Ok(Cursor::at_end(&records).pending().cloned().collect())
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     fn inbox(&self, run: &RunId) -> ViewResult<Vec<Arrival>> {

@@ -290,6 +290,12 @@ impl Executor {
                 _ => {}
             }
         }
+        // Runs suspended on children or tokens: anything already true that
+        // an older Kiln never delivered goes to their inbox.
+        for run in self.shared.store.runs_waiting_on_others()? {
+            let _guard = self.shared.locks.lock(&run).await;
+            self.step(Input::Recheck { run }, Batch::default()).await?;
+        }
         for run in self.shared.store.runs_with_arrivals()? {
             self.deliver(&run).await?;
         }
