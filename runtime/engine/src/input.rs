@@ -17,6 +17,13 @@ pub enum Input {
         /// Log lines of the attempt to keep with the record.
         logs: Logs,
     },
+    /// The dispatcher took a `QUEUED` run off its queue to run a slice:
+    /// `DEQUEUED` and `EXECUTING` in one write (a new attempt, or the open
+    /// one of a woken or recovered run).
+    Claim {
+        /// The run.
+        run: RunId,
+    },
     /// A run's guest is at rest with `waits` pending and has been
     /// snapshotted: it suspends, holding no instance and no slot.
     Suspend {

@@ -30,8 +30,8 @@ pub trait View {
     fn inbox(&self, run: &RunId) -> ViewResult<Vec<Arrival>>;
     /// A wait token.
     fn token(&self, id: &TokenId) -> ViewResult<Option<WaitToken>>;
-    /// The run suspended on a token, if any.
-    fn token_waiter(&self, id: &TokenId) -> ViewResult<Option<Waiter>>;
+    /// The runs suspended on a token.
+    fn token_waiters(&self, id: &TokenId) -> ViewResult<Vec<Waiter>>;
     /// The number of the last entry of a run's journal (0 if none).
     fn last_journal_seq(&self, run: &RunId) -> ViewResult<u64>;
 }

@@ -420,3 +420,30 @@ fn a_recheck_finds_a_child_that_ended_without_waking_its_parent() {
     let (commands, _) = step(&mut state, Input::Recheck { run: id(1) }, 32).unwrap();
     assert!(commands.is_empty());
 }
+
+#[test]
+fn a_token_completion_wakes_every_run_waiting_on_it() {
+    let mut state = State::default();
+    state.write(&Command::PutToken(token(1, None)));
+    for n in [1, 2] {
+        put(&mut state, run(n, RunStatus::Executing));
+        let input = Input::Suspend {
+            run: id(n),
+            usage_ms: 0,
+            waits: vec![token_wait(3, 1, None)],
+            logs: Logs::default(),
+        };
+        step(&mut state, input, 10).unwrap();
+    }
+    let complete = Input::CompleteToken {
+        token: token_id(1),
+        data: "1".into(),
+    };
+    let (commands, _) = step(&mut state, complete, 20).unwrap();
+    for n in [1, 2] {
+        assert!(commands.contains(&Command::Deliver { run: id(n) }), "{n}");
+        let (_, outcome) = step(&mut state, Input::Deliver { run: id(n) }, 21).unwrap();
+        assert!(matches!(outcome, Outcome::Run(r) if r.status == RunStatus::Queued));
+    }
+    assert!(state.token_waiters.is_empty());
+}

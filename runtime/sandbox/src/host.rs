@@ -510,3 +510,59 @@ impl host::Host for HostState {
             .map_err(HostError::Invalid))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::LogBuffer;
+    use kiln_types::{LogLine, Run, Timestamp};
+
+    fn line(n: usize, bytes: usize) -> LogLine {
+        LogLine {
+            at: Timestamp(n as u64),
+            level: "info".into(),
+            message: "x".repeat(bytes),
+            fields: vec![("n".into(), n.to_string())],
+        }
+    }
+
+    #[test]
+    fn a_replay_keeps_no_line_saved_before_and_the_caps_count_the_rest() {
+        // Resumed by a full replay after a suspension that saved 3 lines:
+        // the first 3 calls are the saved lines made again.
+        let mut logs = LogBuffer {
+            saved_calls: 3,
+            kept_lines: 3,
+            kept_bytes: 30,
+            ..LogBuffer::default()
+        };
+        for n in 0..5 {
+            logs.push(line(n, 9));
+        }
+        let kept: Vec<_> = logs
+            .slice
+            .lines
+            .iter()
+            .map(|l| l.fields[0].1.clone())
+            .collect();
+        assert_eq!(kept, vec!["3", "4"], "only the lines after the saved ones");
+        assert_eq!(logs.calls, 5);
+
+        // Past the byte cap, lines are counted, not kept.
+        let mut logs = LogBuffer::default();
+        let per_line = line(0, 1000).size();
+        let fit = Run::MAX_LOG_BYTES / per_line;
+        for n in 0..fit + 10 {
+            logs.push(line(n, 1000));
+        }
+        assert_eq!(logs.slice.lines.len(), fit);
+        assert_eq!(logs.slice.dropped, 10);
+
+        // Past the line cap too.
+        let mut logs = LogBuffer::default();
+        for n in 0..Run::MAX_LOG_LINES + 5 {
+            logs.push(line(n, 1));
+        }
+        assert_eq!(logs.slice.lines.len(), Run::MAX_LOG_LINES);
+        assert_eq!(logs.slice.dropped, 5);
+    }
+}

@@ -18,7 +18,7 @@
 //! | `waiter/<child run id>/<waiting run id>/<wait id: u64 BE>` | `Waiter` (JSON): a suspended run waits on the child |
 //! | `token/<token id>` | `WaitToken` (JSON) |
 //! | `token-key/<idempotency key>` | the token id created with that key |
-//! | `token-waiter/<token id>` | `Waiter` (JSON): a suspended run waits on the token |
+//! | `token-waiter/<token id>/<waiting run id>/<wait id: u64 BE>` | `Waiter` (JSON): a suspended run waits on the token |
 //! | `wait/<run id>/<wait id: u64 BE>` | `WaitRecord` (JSON): a wait the run armed when it suspended |
 //! | `inbox/<run id>/<wait id: u64 BE>/<part: u32 BE>` | `Arrival` (JSON): a fact addressed to the run |
 //! | `run-blob/<run id>/payload` | the run's payload, when over the limit |

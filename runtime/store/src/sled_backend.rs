@@ -30,6 +30,9 @@ const MAX_GROUP: usize = 4_096;
 
 type Request = oneshot::Sender<Result<()>>;
 
+/// A key and its value.
+type Entry = (Vec<u8>, Vec<u8>);
+
 /// How far commits have become durable: the number of the last commit the
 /// latest flush covered, or why flushing failed.
 type Durable = std::result::Result<u64, StoreError>;
@@ -102,15 +105,15 @@ impl SledBackend {
         lock(&self.applied)
     }
 
-    /// A scanned entry, its value put back together if it was chunked. The
-    /// chunk keyspace itself is returned as stored.
-    fn entry(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<(Vec<u8>, Vec<u8>)> {
+    /// A scanned entry, its value put back together if it was chunked
+    /// (`None` if it was deleted while being read). The chunk keyspace
+    /// itself is returned as stored.
+    fn entry(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<Entry>> {
         let (k, v) = entry.map_err(backend_error)?;
         if k.starts_with(CHUNK_SPACE) {
-            return Ok((k.to_vec(), v.to_vec()));
+            return Ok(Some((k.to_vec(), v.to_vec())));
         }
-        let v = resolve(&self.tree, &k, v.to_vec())?;
-        Ok((k.to_vec(), v))
+        Ok(resolve(&self.tree, &k, v.to_vec())?.map(|v| (k.to_vec(), v)))
     }
 }
 
@@ -182,7 +185,7 @@ impl Committer {
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         match self.tree.get(key).map_err(backend_error)? {
-            Some(v) => Ok(Some(resolve(&self.tree, key, v.to_vec())?)),
+            Some(v) => resolve(&self.tree, key, v.to_vec()),
             None => Ok(None),
         }
     }
@@ -190,7 +193,7 @@ impl Backend for SledBackend {
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         self.tree
             .scan_prefix(prefix)
-            .map(|entry| self.entry(entry))
+            .filter_map(|entry| self.entry(entry).transpose())
             .collect()
     }
 
@@ -205,17 +208,18 @@ impl Backend for SledBackend {
         }
         self.tree
             .range(start..end)
+            .filter_map(|entry| self.entry(entry).transpose())
             .take(limit)
-            .map(|entry| self.entry(entry))
             .collect()
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        self.tree
-            .scan_prefix(prefix)
-            .next_back()
-            .map(|entry| self.entry(entry))
-            .transpose()
+        for entry in self.tree.scan_prefix(prefix).rev() {
+            if let Some(found) = self.entry(entry)? {
+                return Ok(Some(found));
+            }
+        }
+        Ok(None)
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {

@@ -150,31 +150,55 @@ impl Chunker {
     }
 }
 
+/// How often a read starts again when the value it reads is replaced
+/// under it.
+const RETRIES: usize = 64;
+
 /// A stored value as it was written: a manifest's chunks put back together.
-pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Vec<u8>> {
-    let Some(manifest) = Manifest::parse(&value) else {
-        return Ok(value);
-    };
+/// Reads take no lock: a commit that replaces or deletes the value between
+/// reading its manifest and its chunks removes the old chunks, and the read
+/// then starts again from the key (`None` if the key is gone by then).
+pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
         reason,
     };
-    let mut whole = Vec::with_capacity(manifest.len as usize);
-    for i in 0..manifest.count {
-        let piece = tree
-            .get(manifest.chunk_key(i))
-            .map_err(|e| StoreError::Backend(e.to_string()))?
-            .ok_or_else(|| corrupt(format!("chunk {i} of {} is missing", manifest.count)))?;
-        whole.extend_from_slice(&piece);
+    let read = |k: &[u8]| tree.get(k).map_err(|e| StoreError::Backend(e.to_string()));
+    let mut value = value;
+    for _ in 0..RETRIES {
+        let Some(manifest) = Manifest::parse(&value) else {
+            return Ok(Some(value));
+        };
+        let mut whole = Vec::with_capacity(manifest.len as usize);
+        let mut complete = true;
+        for i in 0..manifest.count {
+            match read(&manifest.chunk_key(i))? {
+                Some(piece) => whole.extend_from_slice(&piece),
+                None => {
+                    complete = false;
+                    break;
+                }
+            }
+        }
+        if complete {
+            if whole.len() as u64 != manifest.len {
+                return Err(corrupt(format!(
+                    "its chunks hold {} bytes, not {}",
+                    whole.len(),
+                    manifest.len
+                )));
+            }
+            return Ok(Some(whole));
+        }
+        // Replaced or deleted meanwhile: read the key again.
+        match read(key)? {
+            Some(again) => value = again.to_vec(),
+            None => return Ok(None),
+        }
     }
-    if whole.len() as u64 != manifest.len {
-        return Err(corrupt(format!(
-            "its chunks hold {} bytes, not {}",
-            whole.len(),
-            manifest.len
-        )));
-    }
-    Ok(whole)
+    Err(corrupt(format!(
+        "its chunks went missing {RETRIES} times in a row"
+    )))
 }
 
 /// sled's segment size for the database in `dir`: the one it was created

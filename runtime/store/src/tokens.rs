@@ -5,7 +5,16 @@
 use crate::layout::{TOKEN, TOKEN_KEY, TOKEN_WAITER};
 use crate::records::{decode, encode, key};
 use crate::{Batch, Op, Result, Store, StoreError, Waiter};
-use kiln_types::{TokenId, WaitToken};
+use kiln_types::{RunId, TokenId, WaitToken};
+
+fn token_waiter_key(token: &TokenId, run: &RunId, wait: u64) -> Vec<u8> {
+    let mut k = key(TOKEN_WAITER, token.as_str().as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(run.as_str().as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(&wait.to_be_bytes());
+    k
+}
 
 fn parse_token(k: &[u8], v: &[u8]) -> Result<TokenId> {
     std::str::from_utf8(v)
@@ -35,19 +44,23 @@ impl Batch {
         self
     }
 
-    /// Records that a suspended run waits on a token.
+    /// Records that a suspended run waits on a token (several runs may).
     pub fn put_token_waiter(&mut self, token: &TokenId, waiter: &Waiter) -> &mut Self {
         match encode(waiter) {
-            Ok(v) => self
-                .ops
-                .push(Op::Put(key(TOKEN_WAITER, token.as_str().as_bytes()), v)),
+            Ok(v) => self.ops.push(Op::Put(
+                token_waiter_key(token, &waiter.parent, waiter.wait_id),
+                v,
+            )),
             Err(e) => self.error = Some(e),
         }
         self
     }
 
-    /// Removes a token's waiter entry.
-    pub fn delete_token_waiter(&mut self, token: &TokenId) -> &mut Self {
+    /// Removes a run's waiter entry of a token (and the single entry a
+    /// token had before Kiln kept one per waiting run).
+    pub fn delete_token_waiter(&mut self, token: &TokenId, run: &RunId, wait: u64) -> &mut Self {
+        self.ops
+            .push(Op::Delete(token_waiter_key(token, run, wait)));
         self.ops
             .push(Op::Delete(key(TOKEN_WAITER, token.as_str().as_bytes())));
         self
@@ -79,9 +92,12 @@ impl Store {
             .collect()
     }
 
-    /// Who waits on a token, if a suspended run does.
-    pub fn token_waiter(&self, token: &TokenId) -> Result<Option<Waiter>> {
-        let k = key(TOKEN_WAITER, token.as_str().as_bytes());
-        self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    /// The suspended runs that wait on a token.
+    pub fn token_waiters(&self, token: &TokenId) -> Result<Vec<Waiter>> {
+        self.backend
+            .scan_prefix(&key(TOKEN_WAITER, token.as_str().as_bytes()))?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
     }
 }

@@ -141,3 +141,74 @@ fn check(backend: &SledBackend, expected: &[(Vec<u8>, Vec<u8>)]) {
             .count()
     );
 }
+
+/// A value of version `v`: every byte is `v`, and its length says `v` too.
+fn version(v: u8) -> Vec<u8> {
+    vec![v; 5_000 + (v as usize % 7) * 40_000]
+}
+
+fn check_version(value: &[u8]) {
+    let v = value[0];
+    assert!(value == version(v).as_slice(), "a torn read of version {v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = std::sync::Arc::new(SledBackend::open(dir.path()).unwrap());
+    backend
+        .commit(vec![Op::Put(b"run/x".to_vec(), version(0))])
+        .await
+        .unwrap();
+    let reader = {
+        let backend = backend.clone();
+        std::thread::spawn(move || {
+            let mut reads = 0;
+            let started = std::time::Instant::now();
+            while started.elapsed() < std::time::Duration::from_secs(3) {
+                let value = backend.get(b"run/x").expect("a read").expect("a value");
+                check_version(&value);
+                for (_, value) in backend.scan_prefix(b"run/").expect("a scan") {
+                    check_version(&value);
+                }
+                reads += 1;
+            }
+            reads
+        })
+    };
+    let mut v = 0u8;
+    while !reader.is_finished() {
+        v = v.wrapping_add(1);
+        backend
+            .commit(vec![Op::Put(b"run/x".to_vec(), version(v))])
+            .await
+            .unwrap();
+    }
+    let reads = reader.join().expect("the reader never saw a torn value");
+    assert!(reads > 0 && v > 0);
+    // Writes after a reopen replace the chunked value and leave nothing of
+    // the old one.
+    drop(backend);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let backend = loop {
+        match SledBackend::open(dir.path()) {
+            Ok(backend) => break backend,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    };
+    backend
+        .commit(vec![Op::Put(b"run/x".to_vec(), version(3))])
+        .await
+        .unwrap();
+    check_version(&backend.get(b"run/x").unwrap().unwrap());
+    let chunks: usize = backend
+        .scan_prefix(b"\xff\xffchunk/")
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.len())
+        .sum();
+    assert_eq!(chunks, version(3).len());
+}

@@ -66,6 +66,7 @@ impl Applied {
 pub fn apply(view: &impl View, input: Input, now: Timestamp) -> Result<Applied, EngineError> {
     match input {
         Input::Run { run, event, logs } => runs::event(view, &run, event, logs, now),
+        Input::Claim { run } => runs::claim(view, &run, now),
         Input::Suspend {
             run,
             usage_ms,

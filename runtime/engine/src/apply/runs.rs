@@ -41,6 +41,19 @@ pub(super) fn event(
     Ok(Applied::new(commands, Outcome::Run(Box::new(t.run))))
 }
 
+/// `QUEUED` → `DEQUEUED` → `EXECUTING`, as one write.
+pub(super) fn claim(view: &impl View, id: &RunId, now: Timestamp) -> Result<Applied, EngineError> {
+    let run = view
+        .run(id)?
+        .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
+    let run = transition::apply(&run, Event::Dequeued, now)?.run;
+    let run = transition::apply(&run, Event::AttemptStarted, now)?.run;
+    Ok(Applied::new(
+        vec![Command::PutRun(run.clone())],
+        Outcome::Run(Box::new(run)),
+    ))
+}
+
 /// The run's record with a slice's log lines added.
 pub(super) fn with_logs(view: &impl View, id: &RunId, logs: Logs) -> Result<Run, EngineError> {
     let mut run = view

@@ -61,7 +61,7 @@ pub(super) fn time_out(
     Some(value)
 }
 
-/// Completes a token: its data goes to the inbox of the run suspended on it
+/// Completes a token: its data goes to the inbox of every run suspended on it
 /// in the same commit. Completing a completed token changes nothing; a
 /// token past its timeout is timed out instead (and that is committed).
 pub(super) fn complete(
@@ -90,22 +90,25 @@ pub(super) fn complete(
             (Some(completed_value(&token)), Outcome::Token(token))
         }
     };
-    if let Some(value) = value
-        && let Some(waiter) = view.token_waiter(id)?
-        && view.waits(&waiter.parent)?.iter().any(|w| {
-            w.id == waiter.wait_id
-                && matches!(&w.on, WaitOn::Token { token_id, .. } if token_id == id)
-        })
-    {
-        commands.push(Command::PutArrival {
-            run: waiter.parent.clone(),
-            arrival: Arrival {
-                wait_id: waiter.wait_id,
-                part: 0,
-                value,
-            },
-        });
-        commands.push(Command::Deliver { run: waiter.parent });
+    if let Some(value) = value {
+        for waiter in view.token_waiters(id)? {
+            let armed = view.waits(&waiter.parent)?.iter().any(|w| {
+                w.id == waiter.wait_id
+                    && matches!(&w.on, WaitOn::Token { token_id, .. } if token_id == id)
+            });
+            if !armed {
+                continue;
+            }
+            commands.push(Command::PutArrival {
+                run: waiter.parent.clone(),
+                arrival: Arrival {
+                    wait_id: waiter.wait_id,
+                    part: 0,
+                    value: value.clone(),
+                },
+            });
+            commands.push(Command::Deliver { run: waiter.parent });
+        }
     }
     Ok(Applied::new(commands, outcome))
 }

@@ -114,7 +114,9 @@ fn facts(
 
 /// A wait's durable timer came due: a timer wait's fact is the time, a
 /// token wait's timeout resolves the token unless it was completed first.
-/// The timer is deleted in the commit that puts the fact in the inbox.
+/// The timer is deleted in the commit that puts the fact in the inbox. A
+/// timer that is not the armed wait's (disarmed, or of an earlier attempt
+/// whose wait had the same id) only deletes itself.
 pub(super) fn timer_due(
     view: &impl View,
     id: &RunId,
@@ -131,8 +133,11 @@ pub(super) fn timer_due(
         return Ok(Applied::new(commands, Outcome::Done));
     };
     let value = match &wait.on {
-        WaitOn::Timer { .. } => Some(WakeValue::Timer),
-        WaitOn::Token { token_id, .. } => match view.token(token_id)? {
+        WaitOn::Timer { due_at } if *due_at == due => Some(WakeValue::Timer),
+        WaitOn::Token {
+            token_id,
+            timeout_at,
+        } if *timeout_at == Some(due) => match view.token(token_id)? {
             Some(token) => tokens::time_out(token, now, &mut commands),
             None => None,
         },

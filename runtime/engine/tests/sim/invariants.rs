@@ -85,6 +85,22 @@ pub fn check(world: &World) -> Result<(), String> {
                         ));
                     };
                     check_wake(world, on, value).map_err(|e| format!("run {run}: {e}"))?;
+                    // A timer wakes no earlier than it is due, and a token
+                    // times out no earlier than its timeout.
+                    let early = match (on, value) {
+                        (WaitOn::Timer { due_at }, _) => record.at < *due_at,
+                        (
+                            WaitOn::Token {
+                                timeout_at: Some(t),
+                                ..
+                            },
+                            WakeValue::Token { error: Some(_), .. },
+                        ) => record.at < *t,
+                        _ => false,
+                    };
+                    if early {
+                        return Err(format!("run {run}: wait {id} woke before it was due"));
+                    }
                     if matches!(on, WaitOn::Fetch { .. }) {
                         fetched.insert(format!("{run}-{attempt}-{id}"));
                     }

@@ -14,7 +14,7 @@ pub struct State {
     pub journal: BTreeMap<RunId, Vec<JournalRecord>>,
     pub waits: BTreeMap<RunId, BTreeMap<u64, WaitRecord>>,
     pub waiters: BTreeMap<RunId, BTreeMap<(RunId, u64), Waiter>>,
-    pub token_waiters: BTreeMap<TokenId, Waiter>,
+    pub token_waiters: BTreeMap<TokenId, BTreeMap<(RunId, u64), Waiter>>,
     pub inbox: BTreeMap<RunId, BTreeMap<(u64, u32), Arrival>>,
     pub tokens: BTreeMap<TokenId, WaitToken>,
     pub timers: BTreeSet<(Timestamp, RunId, u64)>,
@@ -71,7 +71,10 @@ impl State {
                         token_id,
                         timeout_at,
                     } => {
-                        self.token_waiters.insert(token_id.clone(), waiter);
+                        self.token_waiters
+                            .entry(token_id.clone())
+                            .or_default()
+                            .insert((run.clone(), wait.id), waiter);
                         if let Some(due) = timeout_at {
                             self.timers.insert((*due, run.clone(), wait.id));
                         }
@@ -104,7 +107,12 @@ impl State {
                         token_id,
                         timeout_at,
                     } => {
-                        self.token_waiters.remove(token_id);
+                        if let Some(w) = self.token_waiters.get_mut(token_id) {
+                            w.remove(&(run.clone(), wait.id));
+                            if w.is_empty() {
+                                self.token_waiters.remove(token_id);
+                            }
+                        }
                         if let Some(due) = timeout_at {
                             self.timers.remove(&(*due, run.clone(), wait.id));
                         }
@@ -183,8 +191,12 @@ impl View for State {
         Ok(self.tokens.get(id).cloned())
     }
 
-    fn token_waiter(&self, id: &TokenId) -> ViewResult<Option<Waiter>> {
-        Ok(self.token_waiters.get(id).cloned())
+    fn token_waiters(&self, id: &TokenId) -> ViewResult<Vec<Waiter>> {
+        Ok(self
+            .token_waiters
+            .get(id)
+            .map(|w| w.values().cloned().collect())
+            .unwrap_or_default())
     }
 
     fn last_journal_seq(&self, run: &RunId) -> ViewResult<u64> {

@@ -8,8 +8,8 @@ use super::rng::Rng;
 use kiln_engine::{Command, EngineError, Event, FailureKind, Input, Outcome};
 use kiln_types::{
     AttemptOutcome, BatchId, DeploymentId, FetchResponse, HostCall, JournalEntry, JournalRecord,
-    Logs, ParentRun, Run, RunError, RunId, RunStatus, Timestamp, TokenId, TokenStatus, WaitToken,
-    WakeValue,
+    Logs, ParentRun, Run, RunError, RunId, RunStatus, Timestamp, TokenId, TokenStatus, WaitOn,
+    WaitToken, WakeValue,
 };
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +22,8 @@ enum Effect {
     Engine(Box<Command>),
     Admit(RunId),
     Backend(u64, TokenId),
+    /// A timer stored: the timer service holds it from now on.
+    Timer(Timestamp, RunId, u64),
 }
 
 /// An id of the given prefix made from a counter.
@@ -47,6 +49,10 @@ pub struct World {
     ready: Vec<(u64, RunId)>,
     executing: BTreeSet<RunId>,
     deliveries: Vec<RunId>,
+    /// The timers the timer service holds in memory. Like the server's, it
+    /// is not told when a wait is disarmed: a timer may fire after its wait
+    /// woke another way, or after an attempt whose wait had the same id.
+    heap: BTreeSet<(Timestamp, RunId, u64)>,
     effects: Vec<Effect>,
     backend: Vec<(u64, TokenId)>,
     backend_in_flight: Vec<(u64, TokenId)>,
@@ -76,6 +82,7 @@ impl World {
             ready: Vec::new(),
             executing: BTreeSet::new(),
             deliveries: Vec::new(),
+            heap: BTreeSet::new(),
             effects: Vec::new(),
             backend: Vec::new(),
             backend_in_flight: Vec::new(),
@@ -167,6 +174,18 @@ impl World {
         let applied = kiln_engine::apply(&self.store.applied, input, Timestamp(self.now))?;
         let (writes, effects): (Vec<Command>, Vec<Command>) =
             applied.commands.into_iter().partition(Command::is_write);
+        for write in &writes {
+            if let Command::Arm { run, wait } = write {
+                let due = match &wait.on {
+                    WaitOn::Timer { due_at } => Some(*due_at),
+                    WaitOn::Token { timeout_at, .. } => *timeout_at,
+                    _ => None,
+                };
+                if let Some(due) = due {
+                    self.effects.push(Effect::Timer(due, run.clone(), wait.id));
+                }
+            }
+        }
         let mut batch = extra;
         batch.extend(writes);
         self.store.commit(batch);
@@ -207,6 +226,10 @@ impl World {
                 }
                 Effect::Backend(at, token) => {
                     self.backend.push((at, token));
+                    continue;
+                }
+                Effect::Timer(due, run, wait) => {
+                    self.heap.insert((due, run, wait));
                     continue;
                 }
                 Effect::Engine(command) => *command,
@@ -262,6 +285,8 @@ impl World {
         self.executing.clear();
         self.deliveries.clear();
         self.effects.clear();
+        // The timer service starts again from the stored timers.
+        self.heap = self.store.applied.timers.clone();
         self.backend.append(&mut self.backend_in_flight);
         let runs: Vec<Run> = self.store.applied.runs.values().cloned().collect();
         for run in runs {
@@ -497,13 +522,7 @@ impl World {
             if !self.deliveries.is_empty() {
                 choices.push(3);
             }
-            let due = self
-                .store
-                .applied
-                .timers
-                .iter()
-                .find(|(at, _, _)| at.0 <= now)
-                .cloned();
+            let due = self.heap.iter().find(|(at, _, _)| at.0 <= now).cloned();
             if due.is_some() {
                 choices.push(4);
             }
@@ -516,7 +535,7 @@ impl World {
                     .ready
                     .iter()
                     .map(|(at, _)| *at)
-                    .chain(self.store.applied.timers.iter().map(|(at, _, _)| at.0))
+                    .chain(self.heap.iter().map(|(at, _, _)| at.0))
                     .chain(self.backend.iter().map(|(at, _)| *at))
                     .filter(|at| *at > now)
                     .min();
@@ -574,6 +593,7 @@ impl World {
                 }
                 4 => {
                     let (due, run, wait) = due.expect("a due timer");
+                    self.heap.remove(&(due, run.clone(), wait));
                     self.note(format!("timer {run}/{wait}"));
                     self.input(Input::TimerDue { run, wait, due }, Vec::new())
                         .expect("a due timer");
@@ -602,20 +622,7 @@ impl World {
         if self.executing.contains(run) {
             return;
         }
-        let dequeued = Input::Run {
-            run: run.clone(),
-            event: Event::Dequeued,
-            logs: Logs::default(),
-        };
-        if self.input(dequeued, Vec::new()).is_err() {
-            return;
-        }
-        let started = Input::Run {
-            run: run.clone(),
-            event: Event::AttemptStarted,
-            logs: Logs::default(),
-        };
-        if self.input(started, Vec::new()).is_ok() {
+        if self.input(Input::Claim { run: run.clone() }, Vec::new()).is_ok() {
             self.note(format!("dequeue {run}"));
             self.executing.insert(run.clone());
         }

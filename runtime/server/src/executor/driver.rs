@@ -18,7 +18,7 @@ use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kiln_engine::cursor::{self, Cursor, Rest, Resume, Stepped, WaitRequest};
-use kiln_engine::{EngineError, Event, FailureKind, Input, apply_event as apply};
+use kiln_engine::{EngineError, Event, FailureKind, Input};
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
 use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
@@ -85,13 +85,22 @@ async fn claim(
         }
         running.insert(run_id.clone(), live.clone());
     }
-    let now = Timestamp::now();
-    let run = apply(&run, Event::Dequeued, now)?.run;
-    let run = apply(&run, Event::AttemptStarted, now)?.run;
     // Not awaited: a crash before it is durable leaves the run QUEUED, and
     // it is simply claimed again.
-    drop(shared.store.put_run(&run));
-    Ok(Some(run))
+    match executor.step_now(Input::Claim {
+        run: run_id.clone(),
+    }) {
+        Ok(kiln_engine::Outcome::Run(run)) => Ok(Some(*run)),
+        Ok(_) => Ok(None),
+        Err(error) => {
+            shared
+                .live
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(run_id);
+            Err(error.into())
+        }
+    }
 }
 
 /// How a slice ended.
@@ -491,13 +500,17 @@ impl<'a> Slice<'a> {
             run: self.run.id.clone(),
             usage_ms,
             waits: self.cursor.pending().cloned().collect(),
-            logs,
+            logs: logs.clone(),
         };
         let _guard = shared.locks.lock(&self.run.id).await;
         match self.executor.step(input, batch).await {
             Ok(_) => Ok(End::Suspended),
-            // Canceled meanwhile: the run is no longer executing.
-            Err(StepError::Engine(EngineError::Transition(_))) => Ok(End::Canceled),
+            // Canceled meanwhile: the run is no longer executing, and the
+            // slice's lines go to the canceled attempt.
+            Err(StepError::Engine(EngineError::Transition(_))) => {
+                self.logs = logs;
+                Ok(End::Canceled)
+            }
             Err(e) => Err(e.to_string()),
         }
     }
@@ -519,8 +532,9 @@ impl<'a> Slice<'a> {
             .find(|a| a.number == self.attempt_no)
         {
             attempt.logs.append(&mut self.logs.lines);
+            let over = attempt.logs.len().saturating_sub(Run::MAX_LOG_LINES);
             attempt.logs.truncate(Run::MAX_LOG_LINES);
-            attempt.logs_dropped += self.logs.dropped;
+            attempt.logs_dropped += self.logs.dropped + over as u64;
             shared.store.put_run(&run).await?;
         }
         Ok(())
@@ -548,13 +562,19 @@ impl<'a> Slice<'a> {
         let input = Input::Run {
             run: self.run.id.clone(),
             event,
-            logs: std::mem::take(&mut self.logs),
+            logs: self.logs.clone(),
         };
-        let _guard = shared.locks.lock(&self.run.id).await;
-        match self.executor.step(input, batch).await {
-            // Not executing any more (canceled meanwhile): nothing to end.
-            Ok(_) | Err(StepError::Engine(EngineError::Transition(_))) => Ok(()),
-            Err(StepError::Engine(EngineError::RunNotFound(_))) => Ok(()),
+        let ended = {
+            let _guard = shared.locks.lock(&self.run.id).await;
+            self.executor.step(input, batch).await
+        };
+        match ended {
+            Ok(_) | Err(StepError::Engine(EngineError::RunNotFound(_))) => Ok(()),
+            // Not executing any more (canceled meanwhile): nothing to end,
+            // but the slice's lines go to the canceled attempt.
+            Err(StepError::Engine(EngineError::Transition(_))) => {
+                self.keep_logs_of_canceled().await
+            }
             Err(e) => Err(e.into()),
         }
     }

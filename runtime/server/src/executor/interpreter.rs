@@ -75,8 +75,8 @@ impl View for StoreView<'_> {
         self.0.token(id).map_err(view_error)
     }
 
-    fn token_waiter(&self, id: &TokenId) -> ViewResult<Option<Waiter>> {
-        self.0.token_waiter(id).map_err(view_error)
+    fn token_waiters(&self, id: &TokenId) -> ViewResult<Vec<Waiter>> {
+        self.0.token_waiters(id).map_err(view_error)
     }
 
     fn last_journal_seq(&self, run: &RunId) -> ViewResult<u64> {
@@ -150,6 +150,25 @@ impl Executor {
         for command in &applied.commands {
             self.perform(command);
         }
+        Ok(applied.outcome)
+    }
+
+    /// Applies an input whose answer has no effects and whose loss in a
+    /// crash is harmless, without waiting for it to be durable: a claim (a
+    /// run whose `EXECUTING` record is lost is simply claimed again).
+    pub(crate) fn step_now(&self, input: Input) -> Result<Outcome, StepError> {
+        let store = &self.shared.store;
+        let _gate = self
+            .shared
+            .gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let applied = kiln_engine::apply(&StoreView(store), input, Timestamp::now())?;
+        debug_assert!(applied.commands.iter().all(Command::is_write));
+        let mut batch = Batch::default();
+        let timers = write(&mut batch, &applied.commands);
+        debug_assert!(timers.is_empty());
+        drop(store.commit(batch));
         Ok(applied.outcome)
     }
 

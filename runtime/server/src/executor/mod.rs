@@ -285,19 +285,28 @@ impl Executor {
                         event: Event::Recovered,
                         logs: Logs::default(),
                     };
-                    self.step(input, Batch::default()).await?;
+                    if let Err(error) = self.step(input, Batch::default()).await {
+                        tracing::error!(run = %run.id, %error, "recovering a run failed");
+                    }
                 }
                 _ => {}
             }
         }
         // Runs suspended on children or tokens: anything already true that
         // an older Kiln never delivered goes to their inbox.
+        // One run that cannot be recovered is logged and does not keep the
+        // others from starting.
         for run in self.shared.store.runs_waiting_on_others()? {
             let _guard = self.shared.locks.lock(&run).await;
-            self.step(Input::Recheck { run }, Batch::default()).await?;
+            let recheck = Input::Recheck { run: run.clone() };
+            if let Err(error) = self.step(recheck, Batch::default()).await {
+                tracing::error!(%run, %error, "rechecking a suspended run failed");
+            }
         }
         for run in self.shared.store.runs_with_arrivals()? {
-            self.deliver(&run).await?;
+            if let Err(error) = self.deliver(&run).await {
+                tracing::error!(%run, %error, "delivering a wake at start-up failed");
+            }
         }
         self.start_timers();
         Ok(count)

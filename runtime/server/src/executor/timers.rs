@@ -76,7 +76,8 @@ async fn run<F, Fut>(
                 Ok(timers) => {
                     // A full scan may have stopped short of `until`: the next
                     // scan starts at its last due time (a timer read twice
-                    // fires once: firing checks that it is still stored).
+                    // fires once: the engine acts only on the armed wait's
+                    // timer, and deleting it is part of that).
                     loaded_until = match timers.last() {
                         Some(last) if timers.len() == SCAN_LIMIT => last.due,
                         _ => until,

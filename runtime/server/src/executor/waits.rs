@@ -65,7 +65,7 @@ pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
             }
         }
         WaitOn::Token { token_id, .. } => {
-            batch.delete_token_waiter(token_id);
+            batch.delete_token_waiter(token_id, run, wait.id);
         }
     }
     if let Some(timer) = timer(run, wait) {
