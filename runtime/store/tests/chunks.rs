@@ -12,6 +12,21 @@ fn value(seed: u8, len: usize) -> Vec<u8> {
         .collect()
 }
 
+/// Opens the store again once the dropped backend's committer thread has
+/// let go of the database (it does when it sees the backend dropped).
+fn reopen(dir: &Path) -> SledBackend {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        match SledBackend::open(dir) {
+            Ok(backend) => return backend,
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
+                std::thread::yield_now()
+            }
+            Err(e) => panic!("reopening the store: {e}"),
+        }
+    }
+}
+
 fn blob_files(dir: &Path) -> usize {
     std::fs::read_dir(dir.join("blobs"))
         .map(|entries| entries.count())
@@ -77,18 +92,7 @@ async fn large_values_stay_out_of_sleds_blob_files() {
         check(&backend, &expected);
         assert_eq!(blob_files(dir.path()), 0, "sled wrote a blob file");
     }
-    // The first backend's committer thread lets go of the database once it
-    // sees the backend dropped.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let backend = loop {
-        match SledBackend::open(dir.path()) {
-            Ok(backend) => break backend,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::yield_now()
-            }
-            Err(e) => panic!("reopening the store: {e}"),
-        }
-    };
+    let backend = reopen(dir.path());
     check(&backend, &expected);
     // Replaced and deleted values left no chunks behind: the chunks that
     // remain add up to exactly the chunked values.
@@ -189,16 +193,7 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
     // Writes after a reopen replace the chunked value and leave nothing of
     // the old one.
     drop(backend);
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    let backend = loop {
-        match SledBackend::open(dir.path()) {
-            Ok(backend) => break backend,
-            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("lock") => {
-                std::thread::yield_now()
-            }
-            Err(e) => panic!("reopening the store: {e}"),
-        }
-    };
+    let backend = reopen(dir.path());
     backend
         .commit(vec![Op::Put(b"run/x".to_vec(), version(3))])
         .await

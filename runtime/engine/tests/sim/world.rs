@@ -622,7 +622,10 @@ impl World {
         if self.executing.contains(run) {
             return;
         }
-        if self.input(Input::Claim { run: run.clone() }, Vec::new()).is_ok() {
+        if self
+            .input(Input::Claim { run: run.clone() }, Vec::new())
+            .is_ok()
+        {
             self.note(format!("dequeue {run}"));
             self.executing.insert(run.clone());
         }

@@ -84,6 +84,13 @@ impl View for StoreView<'_> {
     }
 }
 
+/// An input's answer, its commit in flight, and the timers it stored.
+type Decided = (
+    kiln_engine::Applied,
+    Option<kiln_store::Commit>,
+    Vec<TimerKey>,
+);
+
 /// Adds the writes among `commands` to `batch`; returns the timers they
 /// set, to hand to the timer service once the batch is durable.
 fn write(batch: &mut Batch, commands: &[Command]) -> Vec<TimerKey> {
@@ -126,23 +133,28 @@ fn write(batch: &mut Batch, commands: &[Command]) -> Vec<TimerKey> {
 }
 
 impl Executor {
+    /// Under the gate, has the engine decide on `input` and applies its
+    /// writes with `extra` as one batch; returns the answer, the commit (if
+    /// anything was written) and the timers it stored.
+    fn decide(&self, input: Input, extra: Batch) -> Result<Decided, StepError> {
+        let store = &self.shared.store;
+        let _gate = self
+            .shared
+            .gate
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let applied = kiln_engine::apply(&StoreView(store), input, Timestamp::now())?;
+        let mut batch = extra;
+        let timers = write(&mut batch, &applied.commands);
+        let commit = (!batch.is_empty()).then(|| store.commit(batch));
+        Ok((applied, commit, timers))
+    }
+
     /// Applies `input`: the engine's writes and `extra` in one atomic
     /// commit, then, once it is durable, the effects. A refused input
     /// writes nothing, `extra` included.
     pub(crate) async fn step(&self, input: Input, extra: Batch) -> Result<Outcome, StepError> {
-        let store = &self.shared.store;
-        let (applied, commit, timers) = {
-            let _gate = self
-                .shared
-                .gate
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let applied = kiln_engine::apply(&StoreView(store), input, Timestamp::now())?;
-            let mut batch = extra;
-            let timers = write(&mut batch, &applied.commands);
-            let commit = (!batch.is_empty()).then(|| store.commit(batch));
-            (applied, commit, timers)
-        };
+        let (applied, commit, timers) = self.decide(input, extra)?;
         if let Some(commit) = commit {
             commit.await?;
         }
@@ -157,18 +169,8 @@ impl Executor {
     /// crash is harmless, without waiting for it to be durable: a claim (a
     /// run whose `EXECUTING` record is lost is simply claimed again).
     pub(crate) fn step_now(&self, input: Input) -> Result<Outcome, StepError> {
-        let store = &self.shared.store;
-        let _gate = self
-            .shared
-            .gate
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let applied = kiln_engine::apply(&StoreView(store), input, Timestamp::now())?;
-        debug_assert!(applied.commands.iter().all(Command::is_write));
-        let mut batch = Batch::default();
-        let timers = write(&mut batch, &applied.commands);
-        debug_assert!(timers.is_empty());
-        drop(store.commit(batch));
+        let (applied, _commit, timers) = self.decide(input, Batch::default())?;
+        debug_assert!(applied.commands.iter().all(Command::is_write) && timers.is_empty());
         Ok(applied.outcome)
     }
 
