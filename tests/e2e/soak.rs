@@ -164,6 +164,8 @@ async fn five_hundred_runs_through_thirty_sigkills_all_complete_with_each_fetch_
             }
             done
         });
+        // The server runs for a random time, then is killed: this sleep is
+        // the crash's moment, the behaviour under test.
         let at = 150 + rand_below(600);
         tokio::time::sleep(Duration::from_millis(at)).await;
         kiln.kill();
