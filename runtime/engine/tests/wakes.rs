@@ -447,3 +447,34 @@ fn a_token_completion_wakes_every_run_waiting_on_it() {
     }
     assert!(state.token_waiters.is_empty());
 }
+
+#[test]
+fn a_token_timeout_wakes_every_run_waiting_on_it() {
+    let mut state = State::default();
+    state.write(&Command::PutToken(token(1, Some(100))));
+    for n in [1, 2] {
+        put(&mut state, run(n, RunStatus::Executing));
+        let input = Input::Suspend {
+            run: id(n),
+            usage_ms: 0,
+            waits: vec![token_wait(4, 1, Some(100))],
+            logs: Logs::default(),
+        };
+        step(&mut state, input, 10).unwrap();
+    }
+    // Each waiter's own timer fires; the first times the token out.
+    for n in [1, 2] {
+        let due = Input::TimerDue {
+            run: id(n),
+            wait: 4,
+            due: Timestamp(100),
+        };
+        let (commands, _) = step(&mut state, due, 100).unwrap();
+        assert!(commands.contains(&Command::Deliver { run: id(n) }), "{n}");
+        let (_, outcome) = step(&mut state, Input::Deliver { run: id(n) }, 101).unwrap();
+        assert!(
+            matches!(outcome, Outcome::Run(r) if r.status == RunStatus::Queued),
+            "{n}"
+        );
+    }
+}

@@ -170,17 +170,30 @@ pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Opt
             return Ok(Some(value));
         };
         let mut whole = Vec::with_capacity(manifest.len as usize);
-        let mut complete = true;
+        let mut missing = None;
         for i in 0..manifest.count {
             match read(&manifest.chunk_key(i))? {
                 Some(piece) => whole.extend_from_slice(&piece),
                 None => {
-                    complete = false;
+                    missing = Some(i);
                     break;
                 }
             }
         }
-        if complete {
+        if let Some(i) = missing {
+            // Replaced or deleted meanwhile: read the key again. The same
+            // manifest again means the chunk is really gone.
+            match read(key)? {
+                Some(again) if *again == *value => {
+                    return Err(corrupt(format!(
+                        "chunk {i} of {} is missing",
+                        manifest.count
+                    )));
+                }
+                Some(again) => value = again.to_vec(),
+                None => return Ok(None),
+            }
+        } else {
             if whole.len() as u64 != manifest.len {
                 return Err(corrupt(format!(
                     "its chunks hold {} bytes, not {}",
@@ -189,11 +202,6 @@ pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Opt
                 )));
             }
             return Ok(Some(whole));
-        }
-        // Replaced or deleted meanwhile: read the key again.
-        match read(key)? {
-            Some(again) => value = again.to_vec(),
-            None => return Ok(None),
         }
     }
     Err(corrupt(format!(

@@ -56,13 +56,10 @@ impl Batch {
         self
     }
 
-    /// Removes a run's waiter entry of a token (and the single entry a
-    /// token had before Kiln kept one per waiting run).
+    /// Removes a run's waiter entry of a token.
     pub fn delete_token_waiter(&mut self, token: &TokenId, run: &RunId, wait: u64) -> &mut Self {
         self.ops
             .push(Op::Delete(token_waiter_key(token, run, wait)));
-        self.ops
-            .push(Op::Delete(key(TOKEN_WAITER, token.as_str().as_bytes())));
         self
     }
 }
@@ -90,6 +87,32 @@ impl Store {
             .iter()
             .map(|(k, v)| decode(k, v))
             .collect()
+    }
+
+    /// Rewrites the single waiter entry per token that an older Kiln kept
+    /// (`token-waiter/<token>`) into the entry per waiting run; returns how
+    /// many it rewrote. Run once at start-up, before anything reads them.
+    pub async fn migrate_token_waiters(&self) -> Result<usize> {
+        let mut batch = Batch::default();
+        let mut moved = 0;
+        for (k, v) in self.backend.scan_prefix(TOKEN_WAITER)? {
+            let rest = &k[TOKEN_WAITER.len()..];
+            if rest.contains(&b'/') {
+                continue;
+            }
+            let token = match std::str::from_utf8(rest).ok().map(TokenId::parse) {
+                Some(Ok(token)) => token,
+                _ => continue,
+            };
+            let waiter: Waiter = decode(&k, &v)?;
+            batch.put_token_waiter(&token, &waiter);
+            batch.ops.push(Op::Delete(k.clone()));
+            moved += 1;
+        }
+        if moved > 0 {
+            self.commit(batch).await?;
+        }
+        Ok(moved)
     }
 
     /// The suspended runs that wait on a token.

@@ -5,8 +5,8 @@ use super::runs::with_logs;
 use super::{Applied, EngineError, Outcome, tokens};
 use crate::{Command, Event, View, transition};
 use kiln_types::{
-    Arrival, JournalEntry, JournalRecord, Logs, RunId, RunStatus, Timestamp, WaitOn, WaitRecord,
-    WakeValue,
+    Arrival, JournalEntry, JournalRecord, Logs, RunId, RunStatus, Timestamp, TokenStatus, WaitOn,
+    WaitRecord, WakeValue,
 };
 use std::collections::BTreeMap;
 
@@ -138,6 +138,11 @@ pub(super) fn timer_due(
             token_id,
             timeout_at,
         } if *timeout_at == Some(due) => match view.token(token_id)? {
+            // Timed out by another waiter's timer first: this waiter gets
+            // the timeout too; completed first: the completion woke it.
+            Some(token) if token.status == TokenStatus::TimedOut => {
+                Some(tokens::timed_out_value(token_id))
+            }
             Some(token) => tokens::time_out(token, now, &mut commands),
             None => None,
         },

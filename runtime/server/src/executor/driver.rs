@@ -91,14 +91,13 @@ async fn claim(
         run: run_id.clone(),
     }) {
         Ok(kiln_engine::Outcome::Run(run)) => Ok(Some(*run)),
-        Ok(_) => Ok(None),
-        Err(error) => {
+        other => {
             shared
                 .live
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .remove(run_id);
-            Err(error.into())
+            other.map(|_| None).map_err(Into::into)
         }
     }
 }

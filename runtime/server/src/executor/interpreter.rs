@@ -169,8 +169,14 @@ impl Executor {
     /// crash is harmless, without waiting for it to be durable: a claim (a
     /// run whose `EXECUTING` record is lost is simply claimed again).
     pub(crate) fn step_now(&self, input: Input) -> Result<Outcome, StepError> {
-        let (applied, _commit, timers) = self.decide(input, Batch::default())?;
+        use futures_util::FutureExt;
+        let (applied, commit, timers) = self.decide(input, Batch::default())?;
         debug_assert!(applied.commands.iter().all(Command::is_write) && timers.is_empty());
+        // A commit that failed at once (it could not even be applied) is a
+        // failed step; one in flight is left to the committer.
+        if let Some(Some(Err(error))) = commit.map(|c| c.now_or_never()) {
+            return Err(error.into());
+        }
         Ok(applied.outcome)
     }
 

@@ -266,6 +266,7 @@ impl Executor {
         for queue in self.shared.store.paused_queues()? {
             self.shared.dispatch.set_paused(&queue, true);
         }
+        self.shared.store.migrate_token_waiters().await?;
         let runs = self.shared.store.active_runs()?;
         let count = runs.len();
         for run in runs {
@@ -285,28 +286,22 @@ impl Executor {
                         event: Event::Recovered,
                         logs: Logs::default(),
                     };
-                    if let Err(error) = self.step(input, Batch::default()).await {
-                        tracing::error!(run = %run.id, %error, "recovering a run failed");
-                    }
+                    skip_refused(&run.id, self.step(input, Batch::default()).await)?;
                 }
                 _ => {}
             }
         }
         // Runs suspended on children or tokens: anything already true that
         // an older Kiln never delivered goes to their inbox.
-        // One run that cannot be recovered is logged and does not keep the
-        // others from starting.
+        // A run the engine refuses is logged and does not keep the others
+        // from starting; a store that fails stops the start.
         for run in self.shared.store.runs_waiting_on_others()? {
             let _guard = self.shared.locks.lock(&run).await;
             let recheck = Input::Recheck { run: run.clone() };
-            if let Err(error) = self.step(recheck, Batch::default()).await {
-                tracing::error!(%run, %error, "rechecking a suspended run failed");
-            }
+            skip_refused(&run, self.step(recheck, Batch::default()).await)?;
         }
         for run in self.shared.store.runs_with_arrivals()? {
-            if let Err(error) = self.deliver(&run).await {
-                tracing::error!(%run, %error, "delivering a wake at start-up failed");
-            }
+            skip_refused(&run, self.deliver(&run).await.map(|()| Outcome::Done))?;
         }
         self.start_timers();
         Ok(count)
@@ -415,6 +410,19 @@ impl Executor {
             self.shared.dispatch.remove(&run.id);
         }
         Ok(())
+    }
+}
+
+/// Recovery's answer to one run's step: the engine refusing it (a run
+/// whose record no longer fits) is logged and skipped; a store failure is
+/// an error.
+fn skip_refused(run: &RunId, result: Result<Outcome, StepError>) -> Result<(), StepError> {
+    match result {
+        Err(StepError::Engine(error)) => {
+            tracing::error!(%run, %error, "recovery skipped a run the engine refused");
+            Ok(())
+        }
+        other => other.map(|_| ()),
     }
 }
 
