@@ -102,14 +102,19 @@ fn parent_waiting_on_child() -> State {
     let mut state = State::default();
     put(&mut state, run(1, RunStatus::Executing));
     put(&mut state, run(2, RunStatus::Executing));
-    let input = Input::Suspend {
-        run: id(1),
-        usage_ms: 0,
-        waits: vec![child_wait(1, 2)],
-        logs: Logs::default(),
-    };
+    let input = suspend(1, vec![child_wait(1, 2)]);
     step(&mut state, input, 10).unwrap();
     state
+}
+
+/// Run `n` suspends on `waits`.
+fn suspend(n: u64, waits: Vec<WaitRecord>) -> Input {
+    Input::Suspend {
+        run: id(n),
+        usage_ms: 0,
+        waits,
+        logs: Logs::default(),
+    }
 }
 
 fn succeed(n: u64) -> Input {
@@ -161,12 +166,7 @@ fn a_child_that_ended_first_is_in_the_suspension_commit() {
     put(&mut state, run(1, RunStatus::Executing));
     put(&mut state, run(2, RunStatus::Executing));
     step(&mut state, succeed(2), 5).unwrap();
-    let input = Input::Suspend {
-        run: id(1),
-        usage_ms: 0,
-        waits: vec![child_wait(1, 2)],
-        logs: Logs::default(),
-    };
+    let input = suspend(1, vec![child_wait(1, 2)]);
     let (commands, _) = step(&mut state, input, 10).unwrap();
     assert!(
         commands
@@ -256,12 +256,7 @@ fn waiting_on_token() -> State {
     let mut state = State::default();
     put(&mut state, run(1, RunStatus::Executing));
     state.write(&Command::PutToken(token(1, Some(100))));
-    let input = Input::Suspend {
-        run: id(1),
-        usage_ms: 0,
-        waits: vec![token_wait(1, 1, Some(100))],
-        logs: Logs::default(),
-    };
+    let input = suspend(1, vec![token_wait(1, 1, Some(100))]);
     step(&mut state, input, 10).unwrap();
     state
 }
@@ -388,12 +383,7 @@ fn only_an_executing_run_suspends() {
     for status in STATUSES.into_iter().filter(|s| *s != RunStatus::Executing) {
         let mut state = State::default();
         put(&mut state, run(1, status));
-        let input = Input::Suspend {
-            run: id(1),
-            usage_ms: 0,
-            waits: vec![child_wait(1, 2)],
-            logs: Logs::default(),
-        };
+        let input = suspend(1, vec![child_wait(1, 2)]);
         assert!(
             matches!(step(&mut state, input, 10), Err(EngineError::Transition(_))),
             "{status}"
@@ -427,12 +417,7 @@ fn a_token_completion_wakes_every_run_waiting_on_it() {
     state.write(&Command::PutToken(token(1, None)));
     for n in [1, 2] {
         put(&mut state, run(n, RunStatus::Executing));
-        let input = Input::Suspend {
-            run: id(n),
-            usage_ms: 0,
-            waits: vec![token_wait(3, 1, None)],
-            logs: Logs::default(),
-        };
+        let input = suspend(n, vec![token_wait(3, 1, None)]);
         step(&mut state, input, 10).unwrap();
     }
     let complete = Input::CompleteToken {
@@ -454,12 +439,7 @@ fn a_token_timeout_wakes_every_run_waiting_on_it() {
     state.write(&Command::PutToken(token(1, Some(100))));
     for n in [1, 2] {
         put(&mut state, run(n, RunStatus::Executing));
-        let input = Input::Suspend {
-            run: id(n),
-            usage_ms: 0,
-            waits: vec![token_wait(4, 1, Some(100))],
-            logs: Logs::default(),
-        };
+        let input = suspend(n, vec![token_wait(4, 1, Some(100))]);
         step(&mut state, input, 10).unwrap();
     }
     // Each waiter's own timer fires; the first times the token out.
