@@ -345,3 +345,48 @@ async fn replay_makes_a_new_run_with_the_same_payload_or_overrides() {
         .await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_retried_request_answers_with_the_run_its_first_attempt_made() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let client = reqwest::Client::new();
+    let trigger = |request_key: &'static str| {
+        client
+            .post(format!("{}/api/v1/tasks/echo/trigger", kiln.url))
+            .bearer_auth(crate::harness::KEY)
+            .header("content-type", "application/json")
+            .header("x-trigger-request-idempotency-key", request_key)
+            .body(r#"{"payload":"{\"z\":1,\"a\":2}","options":{"payloadType":"application/json"}}"#)
+            .send()
+    };
+    let first: serde_json::Value = trigger("req-1").await.unwrap().json().await.unwrap();
+    // The SDK's automatic retry of the same call, after a lost response.
+    let retried: serde_json::Value = trigger("req-1").await.unwrap().json().await.unwrap();
+    assert_eq!(retried["id"], first["id"]);
+    assert_eq!(retried["isCached"], false);
+    // Another call is another run.
+    let other: serde_json::Value = trigger("req-2").await.unwrap().json().await.unwrap();
+    assert_ne!(other["id"], first["id"]);
+    let (_, runs) = kiln
+        .request(reqwest::Method::GET, "/api/v1/runs?filter[taskIdentifier]=echo", None)
+        .await;
+    assert_eq!(runs["data"].as_array().map(Vec::len), Some(2), "{runs}");
+
+    // Object keys keep the order the user gave them, in and out.
+    let id = first["id"].as_str().unwrap();
+    let run = kiln.finished(id).await;
+    let response = client
+        .get(format!("{}/api/v3/runs/{id}", kiln.url))
+        .bearer_auth(crate::harness::KEY)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert!(response.contains(r#""payload":{"z":1,"a":2}"#), "{response}");
+    assert!(response.contains(r#""output":{"payload":{"z":1,"a":2}"#), "{response}");
+}

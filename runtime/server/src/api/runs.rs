@@ -39,8 +39,10 @@ impl From<TriggerError> for ApiError {
 pub(super) async fn trigger(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    let request = request_key(&state, &headers)?;
     if body.len() > MAX_OUTPUT_BYTES + 64 * 1024 {
         return Err(ApiError::too_large(format!(
             "The request is {} bytes; payloads are limited to {MAX_OUTPUT_BYTES} bytes",
@@ -72,9 +74,33 @@ pub(super) async fn trigger(
         options,
         now,
     )?;
-    let (id, found) = state.executor.admit_new(run, key, now).await?;
+    let (id, found) = state.executor.admit_new(run, key, request, now).await?;
     let cached = matches!(found, Some(Admitted::Cached(_)));
     Ok(respond(&state, &id, cached, now))
+}
+
+/// The request idempotency key the official SDK sends with every call and
+/// keeps across its automatic retries of it, so that a trigger retried after
+/// a lost response answers with the run the first attempt made.
+pub(super) fn request_key(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> Result<Option<crate::executor::admission::IdempotencyKey>, ApiError> {
+    let Some(value) = headers.get("x-trigger-request-idempotency-key") else {
+        return Ok(None);
+    };
+    let value = value.to_str().map_err(|_| {
+        ApiError::bad_request("x-trigger-request-idempotency-key must be visible ASCII")
+    })?;
+    if value.is_empty() || value.len() > 256 {
+        return Err(ApiError::bad_request(
+            "x-trigger-request-idempotency-key must be 1 to 256 characters",
+        ));
+    }
+    Ok(Some(crate::executor::admission::request_key(
+        &state.environment,
+        value,
+    )))
 }
 
 /// A payload as a trigger gives it: its plain JSON value, and what the run
@@ -200,8 +226,10 @@ struct ReplayBody {
 pub(super) async fn replay(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    let request = request_key(&state, &headers)?;
     let original = super::stored_run(&state, &run_id)?;
     let body: ReplayBody = super::json_body_or_default(&body)?;
     let mut options = body.options;
@@ -250,7 +278,7 @@ pub(super) async fn replay(
     )?;
     // Admitted like any trigger: a replay with an idempotency key is
     // answered by the run the key made.
-    let (id, _) = state.executor.admit_new(run, key, now).await?;
+    let (id, _) = state.executor.admit_new(run, key, request, now).await?;
     Ok(Json(json!({ "id": id })))
 }
 

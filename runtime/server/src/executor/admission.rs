@@ -13,6 +13,12 @@ use sha2::{Digest, Sha256};
 /// Trigger.dev's default idempotency key lifetime: 30 days.
 pub(crate) const DEFAULT_KEY_TTL_MS: u64 = 30 * 86_400_000;
 
+/// How long a request idempotency key (`x-trigger-request-idempotency-key`,
+/// the id the official SDK keeps across its automatic retries of one call)
+/// answers a retried trigger with the run the first attempt made: a day,
+/// far longer than the SDK's retries last.
+pub(crate) const REQUEST_KEY_TTL_MS: u64 = 86_400_000;
+
 /// An idempotency key as the store keeps it: the hash the SDK sends (or the
 /// host derives for a task's key) and how long it deduplicates.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -28,6 +34,9 @@ pub(crate) struct IdempotencyKey {
 pub(crate) enum Admitted {
     /// The run made earlier with the same idempotency key (`isCached`).
     Cached(RunId),
+    /// The run an earlier attempt of the same request made: the SDK retried
+    /// a trigger whose response it never received.
+    Retried(RunId),
     /// The run holding the debounce window, with the trigger folded in.
     Debounced(RunId),
 }
@@ -36,7 +45,7 @@ impl Admitted {
     /// The run that answers.
     pub(crate) fn run_id(&self) -> &RunId {
         match self {
-            Admitted::Cached(id) | Admitted::Debounced(id) => id,
+            Admitted::Cached(id) | Admitted::Retried(id) | Admitted::Debounced(id) => id,
         }
     }
 }
@@ -63,6 +72,17 @@ impl KeyScope {
                 "idempotency key scope `{other}` is not one of run, attempt, global"
             )),
         }
+    }
+}
+
+/// The idempotency entry a request idempotency key is kept under: its own
+/// namespace, so it never matches a user's key, and the environment's, so
+/// two environments' requests never match each other.
+pub(crate) fn request_key(environment: &str, header: &str) -> IdempotencyKey {
+    let hash = Sha256::digest(format!("request:{environment}:{header}").as_bytes());
+    IdempotencyKey {
+        hash: format!("request-{}", hex::encode(hash)),
+        ttl_ms: REQUEST_KEY_TTL_MS,
     }
 }
 
@@ -118,25 +138,44 @@ impl Executor {
         Ok(None)
     }
 
-    /// Admits a run a backend triggered (the trigger route, a replay): an
-    /// idempotency key or a debounce window may answer with an existing
-    /// run; otherwise the run is committed with its key, its debounce
-    /// window and its timers, and queued. Returns the run that answers and
-    /// how.
+    /// Admits a run a backend triggered (the trigger route, a replay): a
+    /// retried request, an idempotency key or a debounce window may answer
+    /// with an existing run; otherwise the run is committed with its keys,
+    /// its debounce window and its timers, and queued. Returns the run that
+    /// answers and how.
     pub(crate) async fn admit_new(
         &self,
         run: Run,
         key: Option<IdempotencyKey>,
+        request: Option<IdempotencyKey>,
         now: Timestamp,
     ) -> kiln_store::Result<(RunId, Option<Admitted>)> {
         let _serial = self
-            .serialize_triggers(key.is_some() || run.debounce.is_some())
+            .serialize_triggers(key.is_some() || request.is_some() || run.debounce.is_some())
             .await;
+        if let Some(request) = &request
+            && let Some(entry) = self.shared.store.idempotent_run(&request.hash)?
+            && entry.expires_at > now
+            && self.shared.store.run(&entry.run)?.is_some()
+        {
+            return Ok((entry.run.clone(), Some(Admitted::Retried(entry.run))));
+        }
         if let Some(found) = self.existing(&run, key.as_ref(), now).await? {
             return Ok((found.run_id().clone(), Some(found)));
         }
         let mut batch = Batch::default();
         Self::stage_new(&mut batch, &run, key.as_ref(), now);
+        // The request's key goes in the same batch as the run: a retry
+        // either finds both or neither.
+        if let Some(request) = &request {
+            batch.put_idempotency_key(
+                &request.hash,
+                &IdempotentRun {
+                    run: run.id.clone(),
+                    expires_at: Timestamp(now.as_millis().saturating_add(request.ttl_ms)),
+                },
+            );
+        }
         self.shared.store.commit(batch).await?;
         self.admit(&run);
         Ok((run.id, None))
