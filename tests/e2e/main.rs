@@ -21,5 +21,6 @@ mod queues;
 mod restart;
 mod runs;
 mod schedules;
+mod sdk;
 mod soak;
 mod tokens;

@@ -174,7 +174,8 @@ pub async fn big_output(payload: Big, _ctx: &Context) -> Result<String, TaskErro
 }
 
 /// Waits on a short timer, then returns how long it waited by the host's clock.
-#[derive(Debug, Deserialize)]
+/// A schema task: a payload without a numeric `ms` is refused at trigger time.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub struct Sleep {
     /// Milliseconds to wait.
     pub ms: u64,

@@ -1,0 +1,49 @@
+//! The compatibility suite: Node scripts in `tests/sdk/scripts` drive a live
+//! Kiln server with the official `@trigger.dev/sdk` (pinned in
+//! `tests/sdk/package.json`, installed by `scripts/sdk-deps`, which the test
+//! command runs first).
+
+use crate::harness::{KEY, Kiln, data_dir};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The compatibility package: `tests/sdk`.
+fn sdk_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
+}
+
+/// Runs `tests/sdk/scripts/<script>` against `kiln` with `key`, asserting
+/// that it exits 0; returns what it printed.
+pub(crate) fn node(kiln: &Kiln, script: &str, key: &str, env: &[(&str, &str)]) -> String {
+    let dir = sdk_dir();
+    assert!(
+        dir.join("node_modules/@trigger.dev/sdk/package.json").exists(),
+        "the official SDK is not installed in {}: run scripts/sdk-deps (the test command does)",
+        dir.display()
+    );
+    let output = Command::new("node")
+        .arg(format!("scripts/{script}"))
+        .current_dir(&dir)
+        .env("TRIGGER_API_URL", &kiln.url)
+        .env("TRIGGER_SECRET_KEY", key)
+        .envs(env.iter().copied())
+        .output()
+        .expect("node runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "{script} failed:\n{stdout}\n{stderr}"
+    );
+    println!("{stdout}");
+    stdout
+}
+
+#[tokio::test]
+async fn a_backend_drives_kiln_with_the_official_sdk() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let out = node(&kiln, "backend.mjs", KEY, &[]);
+    assert!(out.contains("backend: all steps passed"), "{out}");
+}
