@@ -36,6 +36,29 @@ impl Kiln {
         }
     }
 
+    /// Wraps a server started elsewhere (with its own key).
+    pub fn adopt(child: Child, url: String) -> Kiln {
+        Kiln {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Deploys a bundle's bytes with `key` instead of [`KEY`].
+    pub async fn deploy_bytes_with_key(&self, bytes: Vec<u8>, key: &str) -> (u16, Value) {
+        let response = self
+            .http
+            .post(format!("{}/api/v1/deployments", self.url))
+            .bearer_auth(key)
+            .body(bytes)
+            .send()
+            .await
+            .expect("the server answers");
+        let status = response.status().as_u16();
+        (status, response.json().await.unwrap_or(Value::Null))
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -370,7 +370,11 @@ async fn a_retried_request_answers_with_the_run_its_first_attempt_made() {
     let other: serde_json::Value = trigger("req-2").await.unwrap().json().await.unwrap();
     assert_ne!(other["id"], first["id"]);
     let (_, runs) = kiln
-        .request(reqwest::Method::GET, "/api/v1/runs?filter[taskIdentifier]=echo", None)
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/runs?filter[taskIdentifier]=echo",
+            None,
+        )
         .await;
     assert_eq!(runs["data"].as_array().map(Vec::len), Some(2), "{runs}");
 
@@ -387,6 +391,12 @@ async fn a_retried_request_answers_with_the_run_its_first_attempt_made() {
         .await
         .unwrap();
     assert_eq!(run["status"], "COMPLETED", "{run}");
-    assert!(response.contains(r#""payload":{"z":1,"a":2}"#), "{response}");
-    assert!(response.contains(r#""output":{"payload":{"z":1,"a":2}"#), "{response}");
+    assert!(
+        response.contains(r#""payload":{"z":1,"a":2}"#),
+        "{response}"
+    );
+    assert!(
+        response.contains(r#""output":{"payload":{"z":1,"a":2}"#),
+        "{response}"
+    );
 }

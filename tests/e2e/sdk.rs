@@ -17,7 +17,8 @@ fn sdk_dir() -> PathBuf {
 pub(crate) fn node(kiln: &Kiln, script: &str, key: &str, env: &[(&str, &str)]) -> String {
     let dir = sdk_dir();
     assert!(
-        dir.join("node_modules/@trigger.dev/sdk/package.json").exists(),
+        dir.join("node_modules/@trigger.dev/sdk/package.json")
+            .exists(),
         "the official SDK is not installed in {}: run scripts/sdk-deps (the test command does)",
         dir.display()
     );
@@ -46,4 +47,27 @@ async fn a_backend_drives_kiln_with_the_official_sdk() {
     kiln.deploy(kiln_fixtures::PROBE).await;
     let out = node(&kiln, "backend.mjs", KEY, &[]);
     assert!(out.contains("backend: all steps passed"), "{out}");
+}
+
+#[tokio::test]
+async fn a_frontend_reads_subscribes_and_triggers_with_public_tokens() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let out = node(&kiln, "frontend.mjs", KEY, &[]);
+    assert!(out.contains("frontend: all steps passed"), "{out}");
+}
+
+#[tokio::test]
+async fn the_sdk_signs_public_tokens_itself_with_a_key_of_another_shape() {
+    let dir = data_dir();
+    let key = "kiln-root-key-of-another-shape-1234";
+    let (child, url) = kiln_fixtures::spawn_kiln(crate::harness::kiln_bin(), dir.path(), key, &[]);
+    let kiln = Kiln::adopt(child, url);
+    let (status, body) = kiln
+        .deploy_bytes_with_key(kiln_fixtures::read(kiln_fixtures::PROBE), key)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let out = node(&kiln, "self-signed.mjs", key, &[]);
+    assert!(out.contains("self-signed: all steps passed"), "{out}");
 }

@@ -15,6 +15,7 @@ mod config;
 mod deployments;
 mod duration;
 pub mod executor;
+mod feed;
 mod jwt;
 mod metadata;
 mod notify;

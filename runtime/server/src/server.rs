@@ -28,6 +28,10 @@ impl Server {
             None => crate::secret::load_or_create(&config.data_dir)?,
         };
         let store = Store::new(Arc::new(SledBackend::open(&config.data_dir.join("store"))?));
+        // Realtime subscriptions hear of every run a durable commit wrote.
+        let feed = Arc::new(crate::feed::Feed::new());
+        let publisher = feed.clone();
+        store.on_runs_changed(Box::new(move |runs| publisher.publish(runs)));
         let sandbox = Sandbox::new(SandboxConfig::new(config.data_dir.join("compiled")))?;
         let deployments = Arc::new(Deployments::new(sandbox, store.clone()));
         deployments.restore().await?;
@@ -77,6 +81,7 @@ impl Server {
                 executor,
                 schedules,
                 notifier,
+                feed,
                 secret_key: secret_key.into(),
                 environment: config.environment.into(),
                 public_url: public_url.into(),

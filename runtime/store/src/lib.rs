@@ -31,7 +31,7 @@ pub use backend::{Backend, Commit, Op};
 pub use blobs::{INLINE_LIMIT, Packet};
 pub use children::{BatchItemError, BatchKey, BatchRecord, Waiter};
 pub use memory::MemoryBackend;
-pub use records::{Batch, IdempotentRun, Store, StoredLayer, TimerKey};
+pub use records::{Batch, IdempotentRun, RunsListener, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;
 pub use sled_backend::SledBackend;
 pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};

@@ -123,6 +123,8 @@ fn snap_key(run: &RunId, attempt: u32, layer: u32) -> Vec<u8> {
 pub struct Batch {
     pub(crate) ops: Vec<Op>,
     pub(crate) error: Option<StoreError>,
+    /// The runs whose records this batch writes, for [`Store::on_runs_changed`].
+    pub(crate) runs: Vec<RunId>,
 }
 
 impl Batch {
@@ -131,6 +133,7 @@ impl Batch {
         let run = crate::blobs::lean_record(run, &mut self.ops);
         match encode(&*run) {
             Ok(record) => {
+                self.runs.push(run.id.clone());
                 let id = run.id.as_str().as_bytes();
                 self.ops.push(Op::Put(key(RUN, id), record));
                 self.ops
@@ -233,10 +236,14 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
     })
 }
 
+/// Told which runs a commit wrote, once it is durable.
+pub type RunsListener = Box<dyn Fn(&[RunId]) + Send + Sync>;
+
 /// Kiln's records, over any [`Backend`].
 #[derive(Clone)]
 pub struct Store {
     pub(crate) backend: Arc<dyn Backend>,
+    listener: Arc<std::sync::OnceLock<RunsListener>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -248,7 +255,17 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// A store over `backend`.
     pub fn new(backend: Arc<dyn Backend>) -> Self {
-        Store { backend }
+        Store {
+            backend,
+            listener: Arc::default(),
+        }
+    }
+
+    /// Sets what hears of every durable commit that wrote runs (realtime
+    /// subscriptions); the first call wins. It is called on the committing
+    /// task, after the commit is durable, and must not block.
+    pub fn on_runs_changed(&self, listener: RunsListener) {
+        let _ = self.listener.set(listener);
     }
 
     /// Saves a deployment with its bundle. The write is handed to the
@@ -306,7 +323,19 @@ impl Store {
         if let Some(e) = batch.error {
             return Box::pin(std::future::ready(Err(e)));
         }
-        self.backend.commit(batch.ops)
+        let durable = self.backend.commit(batch.ops);
+        if batch.runs.is_empty() || self.listener.get().is_none() {
+            return durable;
+        }
+        let listener = self.listener.clone();
+        let runs = batch.runs;
+        Box::pin(async move {
+            durable.await?;
+            if let Some(listener) = listener.get() {
+                listener(&runs);
+            }
+            Ok(())
+        })
     }
 
     /// Resolves once every commit made so far is durable; see

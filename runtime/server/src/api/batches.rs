@@ -360,7 +360,9 @@ async fn commit_chunk(
 pub(super) async fn retrieve(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    axum::extract::Extension(caller): axum::extract::Extension<super::access::Caller>,
 ) -> Result<Json<Value>, ApiError> {
+    caller.may_read_batch(&id)?;
     let not_found = || ApiError::not_found("Batch not found");
     let batch_id = BatchId::parse(&id).map_err(|_| not_found())?;
     let record = state.store.batch(&batch_id)?.ok_or_else(not_found)?;

@@ -20,14 +20,26 @@
 //! | `POST /api/v1/queues/{queue}/pause` | `{action: "pause"\|"resume"}` |
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
+//! | `GET /realtime/v1/runs/{runId}`, `/realtime/v1/runs?tags=`, `/realtime/v1/batches/{batchId}` | realtime subscriptions (Electric's shape protocol, as the SDK's `runs.subscribeTo*` speak it) |
+//! | `GET /realtime/v1/events/runs/{runId}` | server-sent events: the run after each change, until it finishes |
+//! | `POST /api/v1/auth/public-tokens` | mint a public access token `{scopes, expirationTime?, oneTimeUse?}` |
+//! | `POST /api/v1/auth/jwt/claims` | the claims the SDK signs a public token with itself |
 //! | `GET /healthz` | liveness, no auth |
+//!
+//! Every route but the ones marked "no auth" takes the environment's secret
+//! key; the few a frontend needs also take a public access token (see
+//! [`access`]).
 
+mod access;
 mod annotations;
+mod auth_tokens;
 mod batches;
 mod deployments;
 mod error;
 mod packets;
 mod queues;
+mod realtime;
+mod realtime_rows;
 mod run_list;
 mod runs;
 mod schedules;
@@ -41,7 +53,6 @@ use crate::notify::Notifier;
 use crate::schedules::Schedules;
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
-use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -61,6 +72,8 @@ pub struct AppState {
     pub(crate) executor: Executor,
     pub(crate) schedules: Schedules,
     pub(crate) notifier: Arc<Notifier>,
+    /// Which runs changed, for realtime subscriptions.
+    pub(crate) feed: Arc<crate::feed::Feed>,
     pub(crate) secret_key: Arc<str>,
     pub(crate) environment: Arc<str>,
     /// The URL clients reach the server at (for presigned packet URLs).
@@ -130,7 +143,19 @@ pub fn router(state: AppState) -> Router {
                 .layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
         )
         .layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES))
-        .route_layer(axum::middleware::from_fn_with_state(state.clone(), auth));
+        .route("/realtime/v1/runs/{run_id}", get(realtime::run))
+        .route("/realtime/v1/runs", get(realtime::tagged))
+        .route("/realtime/v1/batches/{batch_id}", get(realtime::batch))
+        .route(
+            "/realtime/v1/events/runs/{run_id}",
+            get(realtime::run_events),
+        )
+        .route("/api/v1/auth/jwt/claims", post(auth_tokens::claims))
+        .route("/api/v1/auth/public-tokens", post(auth_tokens::create))
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::authenticate,
+        ));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/api/v1/timezones", get(schedules::timezones))
@@ -192,29 +217,6 @@ pub(crate) fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(
         return Ok(T::default());
     }
     json_body(bytes)
-}
-
-/// Checks `Authorization: Bearer <secret key>`.
-async fn auth(
-    State(state): State<AppState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let given = request
-        .headers()
-        .get(AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
-    match given {
-        Some(key) if constant_time_eq(key.as_bytes(), state.secret_key.as_bytes()) => {
-            Ok(next.run(request).await)
-        }
-        Some(_) => Err(ApiError::unauthorized("Invalid API key")),
-        None => Err(ApiError::unauthorized(
-            "Missing API key: send `Authorization: Bearer <secret key>`",
-        )),
-    }
 }
 
 pub(crate) fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {

@@ -1,12 +1,13 @@
 //! Triggering and retrieving runs.
 
+use super::access::Caller;
 use super::{ApiError, AppState};
-use crate::executor::admission::Admitted;
+use crate::executor::admission::{self, AdmissionKeys, AdmitError, Admitted};
 use crate::executor::{CancelError, MAX_OUTPUT_BYTES, RescheduleError};
 use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Extension, Path, Query, State};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use kiln_types::{Run, RunId, Timestamp};
@@ -35,13 +36,24 @@ impl From<TriggerError> for ApiError {
     }
 }
 
+impl From<AdmitError> for ApiError {
+    fn from(error: AdmitError) -> Self {
+        match error {
+            AdmitError::Store(e) => e.into(),
+            AdmitError::TokenUsed => ApiError::unauthorized(error.to_string()),
+        }
+    }
+}
+
 /// `POST /api/v1/tasks/{taskId}/trigger`.
 pub(super) async fn trigger(
     State(state): State<AppState>,
     Path(task_id): Path<String>,
+    Extension(caller): Extension<Caller>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<impl IntoResponse, ApiError> {
+    caller.may_trigger(&task_id)?;
     let request = request_key(&state, &headers)?;
     if body.len() > MAX_OUTPUT_BYTES + 64 * 1024 {
         return Err(ApiError::too_large(format!(
@@ -74,7 +86,16 @@ pub(super) async fn trigger(
         options,
         now,
     )?;
-    let (id, found) = state.executor.admit_new(run, key, request, now).await?;
+    let one_time = caller.public().filter(|token| token.one_time).map(|token| {
+        let left_secs = token.expires_secs.saturating_sub(now.as_millis() / 1000);
+        admission::one_time_key(&token.token, (left_secs + 60) * 1000)
+    });
+    let keys = AdmissionKeys {
+        key,
+        request,
+        one_time,
+    };
+    let (id, found) = state.executor.admit_new(run, keys, now).await?;
     let cached = matches!(found, Some(Admitted::Cached(_)));
     Ok(respond(&state, &id, cached, now))
 }
@@ -180,6 +201,7 @@ pub(super) struct RetrieveQuery {
 pub(super) async fn retrieve(
     State(state): State<AppState>,
     Path(run_id): Path<String>,
+    Extension(caller): Extension<Caller>,
     Query(query): Query<RetrieveQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
@@ -192,6 +214,7 @@ pub(super) async fn retrieve(
         .store
         .run(&id)?
         .ok_or_else(|| ApiError::not_found("Run not found"))?;
+    caller.may_read_run(&run)?;
     if !wait.is_zero() && !run.status.is_final() {
         let finished = state.notifier.subscribe(&id);
         // Re-read after subscribing so a finish in between is not missed.
@@ -278,7 +301,12 @@ pub(super) async fn replay(
     )?;
     // Admitted like any trigger: a replay with an idempotency key is
     // answered by the run the key made.
-    let (id, _) = state.executor.admit_new(run, key, request, now).await?;
+    let keys = AdmissionKeys {
+        key,
+        request,
+        one_time: None,
+    };
+    let (id, _) = state.executor.admit_new(run, keys, now).await?;
     Ok(Json(json!({ "id": id })))
 }
 

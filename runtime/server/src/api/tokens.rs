@@ -113,8 +113,10 @@ fn data_of(bytes: &Bytes, whole: bool) -> Result<String, ApiError> {
 pub(super) async fn complete(
     State(state): State<AppState>,
     Path(id): Path<String>,
+    axum::extract::Extension(caller): axum::extract::Extension<super::access::Caller>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
+    caller.may_complete_token(&id)?;
     let data = data_of(&bytes, false)?;
     state.executor.complete_token(&token_id(&id)?, data).await?;
     Ok(Json(json!({ "success": true })))

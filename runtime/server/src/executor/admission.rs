@@ -75,6 +75,37 @@ impl KeyScope {
     }
 }
 
+/// The keys a backend's trigger is admitted under.
+#[derive(Debug, Clone, Default)]
+pub(crate) struct AdmissionKeys {
+    /// The user's idempotency key.
+    pub(crate) key: Option<IdempotencyKey>,
+    /// The SDK's request idempotency key ([`request_key`]).
+    pub(crate) request: Option<IdempotencyKey>,
+    /// The one-time public token the trigger came with ([`one_time_key`]).
+    pub(crate) one_time: Option<IdempotencyKey>,
+}
+
+/// Why a trigger was not admitted.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum AdmitError {
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] kiln_store::StoreError),
+    /// The one-time public token has triggered a run already.
+    #[error("this one-time public access token has already been used to trigger a run")]
+    TokenUsed,
+}
+
+/// The entry that records a one-time public token's use, kept as long as
+/// the token could be presented.
+pub(crate) fn one_time_key(token: &str, ttl_ms: u64) -> IdempotencyKey {
+    IdempotencyKey {
+        hash: format!("one-time-{}", hex::encode(Sha256::digest(token.as_bytes()))),
+        ttl_ms,
+    }
+}
+
 /// The idempotency entry a request idempotency key is kept under: its own
 /// namespace, so it never matches a user's key, and the environment's, so
 /// two environments' requests never match each other.
@@ -140,39 +171,50 @@ impl Executor {
 
     /// Admits a run a backend triggered (the trigger route, a replay): a
     /// retried request, an idempotency key or a debounce window may answer
-    /// with an existing run; otherwise the run is committed with its keys,
-    /// its debounce window and its timers, and queued. Returns the run that
-    /// answers and how.
+    /// with an existing run; a one-time token already used refuses it;
+    /// otherwise the run is committed with its keys, its debounce window
+    /// and its timers, and queued. Returns the run that answers and how.
     pub(crate) async fn admit_new(
         &self,
         run: Run,
-        key: Option<IdempotencyKey>,
-        request: Option<IdempotencyKey>,
+        keys: AdmissionKeys,
         now: Timestamp,
-    ) -> kiln_store::Result<(RunId, Option<Admitted>)> {
-        let _serial = self
-            .serialize_triggers(key.is_some() || request.is_some() || run.debounce.is_some())
-            .await;
+    ) -> Result<(RunId, Option<Admitted>), AdmitError> {
+        let AdmissionKeys {
+            key,
+            request,
+            one_time,
+        } = keys;
+        let keyed =
+            key.is_some() || request.is_some() || one_time.is_some() || run.debounce.is_some();
+        let _serial = self.serialize_triggers(keyed).await;
+        let store = &self.shared.store;
         if let Some(request) = &request
-            && let Some(entry) = self.shared.store.idempotent_run(&request.hash)?
+            && let Some(entry) = store.idempotent_run(&request.hash)?
             && entry.expires_at > now
-            && self.shared.store.run(&entry.run)?.is_some()
+            && store.run(&entry.run)?.is_some()
         {
             return Ok((entry.run.clone(), Some(Admitted::Retried(entry.run))));
+        }
+        if let Some(token) = &one_time
+            && store.idempotent_run(&token.hash)?.is_some()
+        {
+            return Err(AdmitError::TokenUsed);
         }
         if let Some(found) = self.existing(&run, key.as_ref(), now).await? {
             return Ok((found.run_id().clone(), Some(found)));
         }
         let mut batch = Batch::default();
         Self::stage_new(&mut batch, &run, key.as_ref(), now);
-        // The request's key goes in the same batch as the run: a retry
-        // either finds both or neither.
-        if let Some(request) = &request {
+        // The request's key and a one-time token's use go in the same batch
+        // as the run: a retry finds both or neither, and a token is used up
+        // exactly when its run exists.
+        for extra in [&request, &one_time].into_iter().flatten() {
             batch.put_idempotency_key(
-                &request.hash,
+                &extra.hash,
                 &IdempotentRun {
                     run: run.id.clone(),
-                    expires_at: Timestamp(now.as_millis().saturating_add(request.ttl_ms)),
+                    expires_at: Timestamp(now.as_millis().saturating_add(extra.ttl_ms)),
                 },
             );
         }

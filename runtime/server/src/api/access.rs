@@ -1,0 +1,228 @@
+//! Who may call what: the secret key, or a public access token (a JWT)
+//! limited to its scopes.
+//!
+//! A request's bearer is either an environment's secret key, which may call
+//! every route of that environment, or a public access token signed with
+//! one of the environment's keys, which may call only the routes a frontend
+//! needs (reading a run or batch, realtime, triggering a task, completing a
+//! wait token) and only for the resources its scopes name. Any other route
+//! answers 403 to a public token.
+//!
+//! Scopes are Trigger.dev's: `action:resource[:id]`, for example
+//! `read:runs:run_123`, `read:tags:user-42`, `read:batch:batch_1`,
+//! `read:tasks:my-task`, `read:runs` (every run), `read:all`, `admin`,
+//! `trigger:tasks:my-task`, `batchTrigger:tasks:my-task`,
+//! `write:waitpoints:waitpoint_1`.
+
+use super::{ApiError, AppState};
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::Method;
+use axum::http::header::AUTHORIZATION;
+use axum::middleware::Next;
+use axum::response::Response;
+use kiln_types::Run;
+use std::sync::Arc;
+
+/// The caller of a request, as the auth middleware found it.
+#[derive(Debug, Clone)]
+pub(crate) struct Caller {
+    /// The environment the key or token belongs to.
+    pub(crate) environment: Arc<str>,
+    /// What the caller holds.
+    pub(crate) access: Access,
+}
+
+/// What a caller holds.
+#[derive(Debug, Clone)]
+pub(crate) enum Access {
+    /// The environment's secret key: everything.
+    Secret,
+    /// A public access token.
+    Public(PublicToken),
+}
+
+/// A verified public access token.
+#[derive(Debug, Clone)]
+pub(crate) struct PublicToken {
+    /// Its scopes.
+    pub(crate) scopes: Vec<String>,
+    /// The token itself (a one-time trigger token is used up by it).
+    pub(crate) token: Arc<str>,
+    /// Whether it triggers once only.
+    pub(crate) one_time: bool,
+    /// Its expiry, Unix seconds.
+    pub(crate) expires_secs: u64,
+}
+
+impl Caller {
+    /// Whether the caller holds the secret key.
+    pub(crate) fn is_secret(&self) -> bool {
+        matches!(self.access, Access::Secret)
+    }
+
+    /// The public token, if that is what the caller holds.
+    pub(crate) fn public(&self) -> Option<&PublicToken> {
+        match &self.access {
+            Access::Public(token) => Some(token),
+            Access::Secret => None,
+        }
+    }
+
+    /// Whether any of `wanted` (or a scope above them) is granted.
+    fn grants(&self, wanted: &[String]) -> bool {
+        match &self.access {
+            Access::Secret => true,
+            Access::Public(token) => token
+                .scopes
+                .iter()
+                .any(|s| s == "admin" || wanted.iter().any(|w| w == s)),
+        }
+    }
+
+    /// May the caller read `run`: by its id, one of its tags, its batch or
+    /// its task, or every run.
+    pub(crate) fn may_read_run(&self, run: &Run) -> Result<(), ApiError> {
+        let mut wanted = vec![
+            "read:all".to_string(),
+            "read:runs".to_string(),
+            format!("read:runs:{}", run.id),
+            format!("read:tasks:{}", run.task_id),
+        ];
+        wanted.extend(run.tags.iter().map(|t| format!("read:tags:{t}")));
+        if let Some(batch) = &run.batch {
+            wanted.push(format!("read:batch:{batch}"));
+        }
+        self.require(&wanted, || format!("read run {}", run.id))
+    }
+
+    /// May the caller read the batch `id` (and subscribe to its runs).
+    pub(crate) fn may_read_batch(&self, id: &str) -> Result<(), ApiError> {
+        let wanted = [
+            "read:all".to_string(),
+            "read:runs".to_string(),
+            format!("read:batch:{id}"),
+        ];
+        self.require(&wanted, || format!("read batch {id}"))
+    }
+
+    /// May the caller read runs carrying all of `tags`: a scope for any one
+    /// of them suffices, since every such run carries it.
+    pub(crate) fn may_read_tagged(&self, tags: &[String]) -> Result<(), ApiError> {
+        let mut wanted = vec!["read:all".to_string(), "read:runs".to_string()];
+        wanted.extend(tags.iter().map(|t| format!("read:tags:{t}")));
+        self.require(&wanted, || format!("read runs tagged {}", tags.join(", ")))
+    }
+
+    /// May the caller trigger `task`.
+    pub(crate) fn may_trigger(&self, task: &str) -> Result<(), ApiError> {
+        let wanted = [
+            "trigger:tasks".to_string(),
+            format!("trigger:tasks:{task}"),
+            "write:tasks".to_string(),
+            format!("write:tasks:{task}"),
+        ];
+        self.require(&wanted, || format!("trigger task {task}"))
+    }
+
+    /// May the caller complete the wait token `id`.
+    pub(crate) fn may_complete_token(&self, id: &str) -> Result<(), ApiError> {
+        let wanted = [
+            "write:waitpoints".to_string(),
+            format!("write:waitpoints:{id}"),
+        ];
+        self.require(&wanted, || format!("complete wait token {id}"))
+    }
+
+    fn require(&self, wanted: &[String], what: impl FnOnce() -> String) -> Result<(), ApiError> {
+        if self.grants(wanted) {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(format!(
+                "This public access token may not {}",
+                what()
+            )))
+        }
+    }
+}
+
+/// The routes a public access token may call (each handler then checks the
+/// token's scopes against what it touches).
+fn public_route(method: &Method, path: &str) -> bool {
+    matches!(
+        (method.as_str(), path),
+        ("GET", "/api/v3/runs/{run_id}")
+            | ("GET", "/api/v2/batches/{batch_id}")
+            | ("POST", "/api/v1/tasks/{task_id}/trigger")
+            | ("POST", "/api/v1/waitpoints/tokens/{id}/complete")
+            | ("GET", "/realtime/v1/runs/{run_id}")
+            | ("GET", "/realtime/v1/runs")
+            | ("GET", "/realtime/v1/batches/{batch_id}")
+            | ("GET", "/realtime/v1/streams/{run_id}/{key}")
+            | ("GET", "/realtime/v1/events/runs/{run_id}")
+    )
+}
+
+/// The bearer of `Authorization: Bearer <...>`.
+fn bearer(request: &Request) -> Option<&str> {
+    request
+        .headers()
+        .get(AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+}
+
+/// Finds who is calling, refuses unknown keys and bad tokens (401) and
+/// public tokens on routes they may not call (403), and hands the
+/// [`Caller`] to the handler.
+pub(super) async fn authenticate(
+    State(state): State<AppState>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(given) = bearer(&request) else {
+        return Err(ApiError::unauthorized(
+            "Missing API key: send `Authorization: Bearer <secret key>`",
+        ));
+    };
+    let caller = if super::constant_time_eq(given.as_bytes(), state.secret_key.as_bytes()) {
+        Caller {
+            environment: state.environment.clone(),
+            access: Access::Secret,
+        }
+    } else if given.split('.').count() == 3 {
+        let claims = crate::jwt::verify(&state.secret_key, given).map_err(|refused| {
+            ApiError::unauthorized(format!("Invalid public access token: {}", refused.0))
+        })?;
+        if claims.sub != *state.environment {
+            return Err(ApiError::unauthorized(
+                "Invalid public access token: it belongs to another environment",
+            ));
+        }
+        Caller {
+            environment: state.environment.clone(),
+            access: Access::Public(PublicToken {
+                scopes: claims.scopes,
+                token: given.into(),
+                one_time: claims.otu,
+                expires_secs: claims.exp,
+            }),
+        }
+    } else {
+        return Err(ApiError::unauthorized("Invalid API key"));
+    };
+    if !caller.is_secret() {
+        let path = request
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|p| p.as_str().to_string())
+            .unwrap_or_default();
+        if !public_route(request.method(), &path) {
+            return Err(ApiError::forbidden(
+                "A public access token cannot call this route: use the secret key",
+            ));
+        }
+    }
+    request.extensions_mut().insert(caller);
+    Ok(next.run(request).await)
+}

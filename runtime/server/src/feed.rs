@@ -1,0 +1,161 @@
+//! The change feed realtime subscriptions read: every durable commit that
+//! writes runs appends their ids here, numbered, and wakes whoever waits.
+//!
+//! Subscribers keep no state on the server. A subscription's offset is the
+//! feed's number when it last read; a live poll looks at the entries after
+//! it, reads the runs they name and keeps those its shape selects. The feed
+//! remembers the last [`CAPACITY`] changes: an offset older than that (or
+//! from before a restart, told apart by the feed's epoch) gets Electric's
+//! `must-refetch`, and the subscriber reads its shape again from scratch.
+//! Waiting is one `watch` channel: an idle subscriber costs a parked task
+//! and no polling.
+
+use kiln_types::RunId;
+use std::collections::VecDeque;
+use std::sync::Mutex;
+use tokio::sync::watch;
+
+/// How many changes the feed remembers.
+pub(crate) const CAPACITY: usize = 65_536;
+
+/// The feed.
+pub(crate) struct Feed {
+    /// Tells offsets of this process from those of an earlier one.
+    epoch: String,
+    entries: Mutex<Entries>,
+    latest: watch::Sender<u64>,
+}
+
+#[derive(Default)]
+struct Entries {
+    /// The number of the last change (0: none yet).
+    last: u64,
+    /// The remembered changes, oldest first.
+    ring: VecDeque<(u64, RunId)>,
+}
+
+/// What changed after an offset.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Since {
+    /// These runs (each once), up to `until`.
+    Changed { runs: Vec<RunId>, until: u64 },
+    /// The offset is older than what the feed remembers.
+    Forgotten,
+}
+
+impl Feed {
+    /// An empty feed with a fresh epoch.
+    pub(crate) fn new() -> Self {
+        let epoch = format!("{:x}", kiln_types::Timestamp::now().as_millis());
+        Feed {
+            epoch,
+            entries: Mutex::default(),
+            latest: watch::channel(0).0,
+        }
+    }
+
+    /// This process's epoch.
+    pub(crate) fn epoch(&self) -> &str {
+        &self.epoch
+    }
+
+    /// The number of the last change.
+    pub(crate) fn last(&self) -> u64 {
+        self.lock().last
+    }
+
+    /// Appends changes to `runs` and wakes the waiters.
+    pub(crate) fn publish(&self, runs: &[RunId]) {
+        let last = {
+            let mut entries = self.lock();
+            for run in runs {
+                entries.last += 1;
+                let n = entries.last;
+                entries.ring.push_back((n, run.clone()));
+            }
+            while entries.ring.len() > CAPACITY {
+                entries.ring.pop_front();
+            }
+            entries.last
+        };
+        self.latest.send_replace(last);
+    }
+
+    /// The runs changed after `offset`.
+    pub(crate) fn since(&self, offset: u64) -> Since {
+        let entries = self.lock();
+        let oldest_known = entries.ring.front().map_or(entries.last, |(n, _)| n - 1);
+        if offset < oldest_known || offset > entries.last {
+            return Since::Forgotten;
+        }
+        let mut runs: Vec<RunId> = Vec::new();
+        for (n, run) in entries.ring.iter().rev() {
+            if *n <= offset {
+                break;
+            }
+            if !runs.contains(run) {
+                runs.push(run.clone());
+            }
+        }
+        runs.reverse();
+        Since::Changed {
+            runs,
+            until: entries.last,
+        }
+    }
+
+    /// A receiver that wakes on each change.
+    pub(crate) fn watch(&self) -> watch::Receiver<u64> {
+        self.latest.subscribe()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn changes_after_an_offset_each_once_in_order() {
+        let feed = Feed::new();
+        let (a, b) = (RunId::generate(1), RunId::generate(2));
+        assert_eq!(
+            feed.since(0),
+            Since::Changed {
+                runs: vec![],
+                until: 0
+            }
+        );
+        feed.publish(std::slice::from_ref(&a));
+        feed.publish(&[b.clone(), a.clone()]);
+        assert_eq!(
+            feed.since(0),
+            Since::Changed {
+                runs: vec![b.clone(), a.clone()],
+                until: 3
+            }
+        );
+        assert_eq!(
+            feed.since(2),
+            Since::Changed {
+                runs: vec![a.clone()],
+                until: 3
+            }
+        );
+        assert_eq!(feed.since(4), Since::Forgotten);
+    }
+
+    #[test]
+    fn offsets_older_than_the_ring_are_forgotten() {
+        let feed = Feed::new();
+        let run = RunId::generate(1);
+        for _ in 0..CAPACITY + 10 {
+            feed.publish(std::slice::from_ref(&run));
+        }
+        assert_eq!(feed.since(5), Since::Forgotten);
+        assert!(matches!(feed.since(20), Since::Changed { .. }));
+    }
+}

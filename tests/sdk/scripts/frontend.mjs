@@ -1,0 +1,134 @@
+// What a frontend does with public access tokens: reads limited to its
+// scopes, realtime subscriptions (one run, a tag, a batch), one-time trigger
+// tokens and completing a wait token, and the errors for everything else.
+import assert from "node:assert/strict";
+import { auth, tasks, runs, wait } from "@trigger.dev/sdk";
+import { AuthenticationError, PermissionDeniedError } from "@trigger.dev/sdk";
+import { step, rejectsWith, baseURL } from "./lib.mjs";
+
+/** Collects a subscription's runs until `done(latestById)` holds. */
+async function collect(subscription, done) {
+  const latest = new Map();
+  const statuses = [];
+  for await (const run of subscription) {
+    latest.set(run.id, run);
+    statuses.push(`${run.id}:${run.status}`);
+    if (done(latest)) break;
+  }
+  return { latest, statuses };
+}
+
+const allCompleted = (n) => (latest) =>
+  latest.size === n && [...latest.values()].every((run) => run.status === "COMPLETED");
+
+let slow, other;
+await step("a trigger's publicAccessToken reads its run and no other", async () => {
+  slow = await tasks.trigger("sleep", { ms: 300 }, { tags: ["user-1"] });
+  other = await tasks.trigger("echo", { secret: true });
+  await auth.withAuth({ accessToken: slow.publicAccessToken }, async () => {
+    const run = await runs.retrieve(slow.id);
+    assert.equal(run.id, slow.id);
+    await rejectsWith(runs.retrieve(other.id), PermissionDeniedError);
+    await rejectsWith(tasks.trigger("echo", {}), PermissionDeniedError);
+    await rejectsWith(runs.cancel(slow.id), PermissionDeniedError);
+  });
+});
+
+await step("subscribeToRun with a public token follows the run to completion", async () => {
+  const token = await auth.createPublicToken({ scopes: { read: { runs: [slow.id] } } });
+  const seen = [];
+  let last;
+  await auth.withAuth({ accessToken: token }, async () => {
+    for await (const run of runs.subscribeToRun(slow.id)) {
+      seen.push(run.status);
+      last = run;
+    }
+  });
+  assert.equal(last.status, "COMPLETED", `statuses: ${seen}`);
+  assert.equal(last.isCompleted, true);
+  assert.ok(last.finishedAt instanceof Date && !Number.isNaN(last.finishedAt.getTime()));
+  assert.ok(last.createdAt instanceof Date && !Number.isNaN(last.createdAt.getTime()));
+  assert.deepEqual(last.payload, { ms: 300 });
+  assert.equal(typeof last.output.waitedMs, "number");
+  assert.deepEqual(last.tags, ["user-1"]);
+});
+
+await step("a tag token reads the tag's runs and subscribes to them", async () => {
+  const handles = [];
+  for (let i = 0; i < 3; i++) {
+    handles.push(await tasks.trigger("sleep", { ms: 100 * (i + 1) }, { tags: ["group-x", `n-${i}`] }));
+  }
+  await tasks.trigger("echo", {}, { tags: ["group-y"] });
+  const token = await auth.createPublicToken({ scopes: { read: { tags: ["group-x"] } } });
+  await auth.withAuth({ accessToken: token }, async () => {
+    assert.equal((await runs.retrieve(handles[0].id)).id, handles[0].id);
+    const { latest } = await collect(runs.subscribeToRunsWithTag("group-x"), allCompleted(3));
+    assert.deepEqual([...latest.keys()].sort(), handles.map((h) => h.id).sort());
+    await rejectsWith(runs.retrieve(other.id), PermissionDeniedError);
+  });
+});
+
+await step("subscribeToBatch follows every run of a batch", async () => {
+  const handle = await tasks.batchTrigger("sleep", [
+    { payload: { ms: 50 } },
+    { payload: { ms: 150 } },
+    { payload: { ms: 250 } },
+  ]);
+  await auth.withAuth({ accessToken: handle.publicAccessToken }, async () => {
+    const { latest } = await collect(runs.subscribeToBatch(handle.batchId), allCompleted(3));
+    assert.equal(latest.size, 3);
+  });
+});
+
+await step("a one-time trigger token triggers its task once", async () => {
+  const token = await auth.createTriggerPublicToken("echo");
+  await auth.withAuth({ accessToken: token }, async () => {
+    await rejectsWith(tasks.trigger("sleep", { ms: 1 }), PermissionDeniedError);
+    const first = await tasks.trigger("echo", { from: "browser" });
+    assert.match(first.id, /^run_/);
+    await rejectsWith(tasks.trigger("echo", { again: true }), AuthenticationError);
+  });
+  const multi = await auth.createTriggerPublicToken("echo", { multipleUse: true });
+  await auth.withAuth({ accessToken: multi }, async () => {
+    await tasks.trigger("echo", { n: 1 });
+    await tasks.trigger("echo", { n: 2 });
+  });
+});
+
+await step("a wait token's publicAccessToken completes that token", async () => {
+  const token = await wait.createToken({ timeout: "10m" });
+  const another = await wait.createToken({ timeout: "10m" });
+  await auth.withAuth({ accessToken: token.publicAccessToken }, async () => {
+    await rejectsWith(wait.completeToken(another.id, {}), PermissionDeniedError);
+    assert.deepEqual(await wait.completeToken(token.id, { ok: 1 }), { success: true });
+  });
+  assert.equal((await wait.retrieveToken(token.id)).status, "COMPLETED");
+});
+
+await step("wrong keys and tampered tokens are AuthenticationError", async () => {
+  await auth.withAuth({ accessToken: "tr_dev_sk_wrongwrongwrongwrong0000" }, async () => {
+    await rejectsWith(runs.retrieve(slow.id), AuthenticationError);
+  });
+  const token = await auth.createPublicToken({ scopes: { read: { runs: true } } });
+  const [header, claims, signature] = token.split(".");
+  const forged = JSON.parse(Buffer.from(claims, "base64url"));
+  forged.scopes = ["admin"];
+  const tampered = [header, Buffer.from(JSON.stringify(forged)).toString("base64url"), signature].join(".");
+  await auth.withAuth({ accessToken: tampered }, async () => {
+    await rejectsWith(runs.retrieve(slow.id), AuthenticationError);
+  });
+});
+
+await step("server-sent events carry a run's updates", async () => {
+  const handle = await tasks.trigger("sleep", { ms: 200 });
+  const response = await fetch(`${baseURL}/realtime/v1/events/runs/${handle.id}`, {
+    headers: { Authorization: `Bearer ${handle.publicAccessToken}` },
+  });
+  assert.equal(response.status, 200);
+  assert.match(response.headers.get("content-type"), /text\/event-stream/);
+  const text = await response.text();
+  const statuses = [...text.matchAll(/^data: (.*)$/gm)].map((m) => JSON.parse(m[1]).status);
+  assert.equal(statuses.at(-1), "COMPLETED", `statuses: ${statuses}`);
+});
+
+console.log("frontend: all steps passed");
