@@ -33,6 +33,13 @@ enum Command {
     /// Inspect, pause and resume queues.
     #[command(subcommand)]
     Queues(commands::queues::Command),
+    /// Create and list projects (with the server's own key).
+    #[command(subcommand)]
+    Projects(commands::projects::ProjectsCommand),
+    /// Create, list and revoke a project's secret keys (with the server's
+    /// own key).
+    #[command(subcommand)]
+    Keys(commands::projects::KeysCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,6 +59,8 @@ fn main() -> std::process::ExitCode {
                         Command::Runs(command) => commands::runs::run(command).await,
                         Command::Schedules(command) => commands::schedules::run(command).await,
                         Command::Queues(command) => commands::queues::run(command).await,
+                        Command::Projects(command) => commands::projects::projects(command).await,
+                        Command::Keys(command) => commands::projects::keys(command).await,
                         Command::Build(_) => unreachable!("handled above"),
                     }
                 })

@@ -14,6 +14,7 @@ pub mod api;
 mod config;
 mod deployments;
 mod duration;
+mod environments;
 pub mod executor;
 mod feed;
 mod jwt;

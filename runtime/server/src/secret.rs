@@ -9,11 +9,47 @@ const ALPHANUMERIC: &[u8] = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMN
 /// A new key in Trigger.dev's development format: `tr_dev_sk_` and 24
 /// alphanumerics.
 pub fn generate_secret_key() -> String {
+    generate_key_with("tr_dev_sk_")
+}
+
+/// A new key: `prefix` and 24 alphanumerics.
+pub(crate) fn generate_key_with(prefix: &str) -> String {
+    format!("{prefix}{}", random_alphanumeric(24))
+}
+
+/// An environment's signing secret (callback and packet URLs, public
+/// tokens): 43 alphanumerics, about 256 bits.
+pub(crate) fn generate_signing_secret() -> String {
+    random_alphanumeric(43)
+}
+
+/// A project reference: `proj_` and 20 lowercase alphanumerics.
+pub(crate) fn generate_project_ref() -> String {
+    format!("proj_{}", random_alphanumeric(20).to_ascii_lowercase())
+}
+
+/// How a key is named where it must not be shown: `key_` and the start of
+/// its SHA-256.
+pub(crate) fn key_id(key: &str) -> String {
+    use sha2::Digest;
+    format!(
+        "key_{}",
+        &hex::encode(sha2::Sha256::digest(key.as_bytes()))[..16]
+    )
+}
+
+/// A key shown without its secret part: its prefix, its first four
+/// characters and an ellipsis.
+pub(crate) fn masked(key: &str) -> String {
+    let shown = key.rfind("_sk_").map_or(4, |i| i + 4 + 4);
+    format!("{}…", key.chars().take(shown).collect::<String>())
+}
+
+fn random_alphanumeric(n: usize) -> String {
     let mut rng = rand::rng();
-    let body: String = (0..24)
+    (0..n)
         .map(|_| ALPHANUMERIC[rng.random_range(0..ALPHANUMERIC.len())] as char)
-        .collect();
-    format!("tr_dev_sk_{body}")
+        .collect()
 }
 
 /// Whether `key` has the shape of a Trigger.dev secret key.

@@ -31,7 +31,16 @@
 //! | `sched-due/<next run ms: u64 BE><schedule id>` | empty: an active schedule's next occurrence |
 //! | `sched-occ/<schedule id>/<occurrence ms: u64 BE>` | the run id made for the schedule's latest occurrence |
 //! | `sched-run/<schedule id>/<run id>` | empty: a run the schedule fired |
+//! | `project/<project ref>` | `Project` (JSON) |
+//! | `apikey/<secret key>` | `ApiKey` (JSON): the project and environment a key belongs to |
+//! | `env-secret/<project ref>/<environment>` | the environment's signing secret (callback URLs, packet URLs) |
+//! | `env/<project ref>/<environment>/<any key above>` | another environment's keyspace (see `PrefixedBackend`) |
 //! | `\xff\xffchunk/<generation: u64 BE><index: u32 BE>` | a piece of a large value (sled backend only; see `sled_chunks`) |
+//!
+//! The server's first environment (the default project's, with the key
+//! `kiln serve` starts with) keeps its keys at the top level, as before
+//! projects existed; every other environment keeps them under its `env/`
+//! prefix, so no code reading one environment can see another's.
 //!
 //! Waiting runs are not in `active/`: they are reached through what wakes
 //! them (their timers, their inbox), so start-up reads only runs that were
@@ -64,3 +73,6 @@ pub(crate) const SCHED_KEY: &[u8] = b"sched-key/";
 pub(crate) const SCHED_DUE: &[u8] = b"sched-due/";
 pub(crate) const SCHED_OCC: &[u8] = b"sched-occ/";
 pub(crate) const SCHED_RUN: &[u8] = b"sched-run/";
+pub(crate) const PROJECT: &[u8] = b"project/";
+pub(crate) const API_KEY: &[u8] = b"apikey/";
+pub(crate) const ENV_SECRET: &[u8] = b"env-secret/";

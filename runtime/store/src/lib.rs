@@ -18,12 +18,14 @@ pub mod children;
 mod debounce;
 pub mod layout;
 mod memory;
+mod prefixed;
 mod queues;
 mod records;
 pub mod schedules;
 mod sled_backend;
 mod sled_chunks;
 pub mod snapshot;
+pub mod tenants;
 pub mod tokens;
 mod wakes;
 
@@ -31,10 +33,12 @@ pub use backend::{Backend, Commit, Op};
 pub use blobs::{INLINE_LIMIT, Packet};
 pub use children::{BatchItemError, BatchKey, BatchRecord, Waiter};
 pub use memory::MemoryBackend;
+pub use prefixed::PrefixedBackend;
 pub use records::{Batch, IdempotentRun, RunsListener, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;
 pub use sled_backend::SledBackend;
 pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};
+pub use tenants::{ApiKey, Project};
 
 /// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]

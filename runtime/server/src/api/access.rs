@@ -15,6 +15,7 @@
 //! `write:waitpoints:waitpoint_1`.
 
 use super::{ApiError, AppState};
+use crate::environments::{Hub, KeyLookup};
 use axum::extract::{MatchedPath, Request, State};
 use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
@@ -30,6 +31,9 @@ pub(crate) struct Caller {
     pub(crate) environment: Arc<str>,
     /// What the caller holds.
     pub(crate) access: Access,
+    /// Whether the caller holds the server's own key, which administers
+    /// projects and keys.
+    pub(crate) admin: bool,
 }
 
 /// What a caller holds.
@@ -172,11 +176,12 @@ fn bearer(request: &Request) -> Option<&str> {
         .map(str::trim)
 }
 
-/// Finds who is calling, refuses unknown keys and bad tokens (401) and
-/// public tokens on routes they may not call (403), and hands the
+/// Finds who is calling and in which environment, refuses unknown and
+/// revoked keys and bad tokens (401) and public tokens on routes they may
+/// not call (403), and hands the environment ([`Env`](super::Env)) and the
 /// [`Caller`] to the handler.
 pub(super) async fn authenticate(
-    State(state): State<AppState>,
+    State(hub): State<Arc<Hub>>,
     mut request: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
@@ -185,31 +190,35 @@ pub(super) async fn authenticate(
             "Missing API key: send `Authorization: Bearer <secret key>`",
         ));
     };
-    let caller = if super::constant_time_eq(given.as_bytes(), state.secret_key.as_bytes()) {
-        Caller {
-            environment: state.environment.clone(),
-            access: Access::Secret,
+    let (state, caller) = match hub.lookup(given) {
+        KeyLookup::Admin => {
+            let state = hub.default_environment().clone();
+            let caller = Caller {
+                environment: state.env_id.clone(),
+                access: Access::Secret,
+                admin: true,
+            };
+            (state, caller)
         }
-    } else if given.split('.').count() == 3 {
-        let claims = crate::jwt::verify(&state.secret_key, given).map_err(|refused| {
-            ApiError::unauthorized(format!("Invalid public access token: {}", refused.0))
-        })?;
-        if claims.sub != *state.environment {
-            return Err(ApiError::unauthorized(
-                "Invalid public access token: it belongs to another environment",
-            ));
+        KeyLookup::Key(key) if key.revoked_at.is_some() => {
+            return Err(ApiError::unauthorized("This API key has been revoked"));
         }
-        Caller {
-            environment: state.environment.clone(),
-            access: Access::Public(PublicToken {
-                scopes: claims.scopes,
-                token: given.into(),
-                one_time: claims.otu,
-                expires_secs: claims.exp,
-            }),
+        KeyLookup::Key(key) => {
+            let state = hub
+                .environment(&key.project, &key.environment)
+                .await
+                .map_err(|e| {
+                    ApiError::unavailable(format!("The environment could not open: {e}"))
+                })?;
+            let caller = Caller {
+                environment: state.env_id.clone(),
+                access: Access::Secret,
+                admin: false,
+            };
+            (state, caller)
         }
-    } else {
-        return Err(ApiError::unauthorized("Invalid API key"));
+        KeyLookup::Unknown if given.split('.').count() == 3 => public_caller(&hub, given)?,
+        KeyLookup::Unknown => return Err(ApiError::unauthorized("Invalid API key")),
     };
     if !caller.is_secret() {
         let path = request
@@ -223,6 +232,48 @@ pub(super) async fn authenticate(
             ));
         }
     }
+    request.extensions_mut().insert(state);
     request.extensions_mut().insert(caller);
     Ok(next.run(request).await)
+}
+
+/// The environment and caller of a public access token: the environment
+/// its `sub` names, if one of that environment's secrets signed it.
+fn public_caller(hub: &Hub, token: &str) -> Result<(AppState, Caller), ApiError> {
+    let invalid = |why: &str| ApiError::unauthorized(format!("Invalid public access token: {why}"));
+    let subject =
+        crate::jwt::unverified_subject(token).ok_or_else(|| invalid("it names no environment"))?;
+    let state = hub
+        .opened(&subject)
+        .ok_or_else(|| invalid("its environment is not on this server"))?;
+    let mut refused = None;
+    for secret in hub.token_secrets(&state) {
+        match crate::jwt::verify(&secret, token) {
+            Ok(claims) if claims.sub == *state.env_id => {
+                let caller = Caller {
+                    environment: state.env_id.clone(),
+                    access: Access::Public(PublicToken {
+                        scopes: claims.scopes,
+                        token: token.into(),
+                        one_time: claims.otu,
+                        expires_secs: claims.exp,
+                    }),
+                    admin: false,
+                };
+                return Ok((state, caller));
+            }
+            Ok(_) => refused = Some("it belongs to another environment".to_string()),
+            // A signature made by another secret: try the next one. Any
+            // other refusal (expired, malformed) is the answer.
+            Err(e) if e.0.contains("signature") => {
+                refused.get_or_insert(e.0);
+            }
+            Err(e) => return Err(invalid(&e.0)),
+        }
+    }
+    Err(invalid(
+        refused
+            .as_deref()
+            .unwrap_or("no key of its environment signed it"),
+    ))
 }

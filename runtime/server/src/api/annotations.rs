@@ -1,12 +1,12 @@
 //! A run's metadata and tags from a backend: `GET`/`PUT
 //! /api/v1/runs/{id}/metadata` and `POST /api/v1/runs/{id}/tags`.
 
-use super::{ApiError, AppState};
+use super::{ApiError, Env};
 use crate::executor::AnnotationError;
 use crate::metadata::{self, Operation};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -23,7 +23,7 @@ impl From<AnnotationError> for ApiError {
 
 /// `GET /api/v1/runs/{id}/metadata` -> `{metadata}`.
 pub(super) async fn get_metadata(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let run = super::stored_run(&state, &run_id)?;
@@ -49,7 +49,7 @@ struct MetadataBody {
 /// parentOperations?, rootOperations?}` -> `{metadata}`: the run's metadata
 /// after its operations, which are applied after the parent's and root's.
 pub(super) async fn put_metadata(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -84,7 +84,7 @@ struct TagsBody {
 
 /// `POST /api/v1/runs/{id}/tags` `{tags}` -> `{message}`.
 pub(super) async fn add_tags(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {

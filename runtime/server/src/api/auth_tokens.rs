@@ -4,11 +4,11 @@
 //! signing one itself with a key of another shape).
 
 use super::access::Caller;
-use super::{ApiError, AppState};
+use super::{ApiError, Env};
 use crate::jwt::{Claims, DEFAULT_TTL_SECS};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, State};
+use axum::extract::Extension;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
@@ -35,7 +35,7 @@ struct CreateBody {
 /// `POST /api/v1/auth/public-tokens` `{scopes, expirationTime?,
 /// oneTimeUse?}` -> `{token}`.
 pub(super) async fn create(
-    State(state): State<AppState>,
+    Env(state): Env,
     Extension(caller): Extension<Caller>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -56,7 +56,7 @@ pub(super) async fn create(
     claims.exp = exp;
     claims.otu = body.one_time_use;
     Ok(Json(
-        json!({ "token": crate::jwt::encode(&state.secret_key, &claims) }),
+        json!({ "token": crate::jwt::encode(&state.signing_secret, &claims) }),
     ))
 }
 

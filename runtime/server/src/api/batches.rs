@@ -13,13 +13,13 @@
 //! sealed: `COMPLETED`, or `PARTIAL_FAILED` if any item failed.
 
 use super::runs::incoming_payload;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
 use crate::executor::Executor;
 use crate::executor::admission::IdempotencyKey;
 use crate::trigger::TriggerOptions;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::Path;
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::StreamExt;
 use kiln_store::{BatchItemError, BatchKey, BatchRecord};
@@ -52,7 +52,7 @@ struct CreateBody {
 /// `POST /api/v3/batches` `{runCount, ...}` -> 202 `{id, runCount,
 /// isCached}`.
 pub(super) async fn create(
-    State(state): State<AppState>,
+    Env(state): Env,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
     let body: CreateBody = super::json_body(&body)?;
@@ -148,7 +148,7 @@ struct Tally {
 /// `POST /api/v3/batches/{id}/items`, NDJSON -> `{id, itemsAccepted,
 /// itemsDeduplicated, sealed, enqueuedCount, expectedCount}`.
 pub(super) async fn items(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
@@ -358,7 +358,7 @@ async fn commit_chunk(
 
 /// `GET /api/v2/batches/{id}`.
 pub(super) async fn retrieve(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
     axum::extract::Extension(caller): axum::extract::Extension<super::access::Caller>,
 ) -> Result<Json<Value>, ApiError> {

@@ -1,10 +1,9 @@
 //! `POST /api/v1/deployments` and `GET /api/v1/deployments`.
 
-use super::{ApiError, AppState};
+use super::{ApiError, Env};
 use crate::deployments::DeployError;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::State;
 use kiln_sandbox::BundleError;
 use kiln_types::Deployment;
 use serde_json::{Value, json};
@@ -21,10 +20,7 @@ fn view(d: &Deployment) -> Value {
 }
 
 /// Deploys the bundle in the body as the new current version.
-pub(super) async fn create(
-    State(state): State<AppState>,
-    body: Bytes,
-) -> Result<Json<Value>, ApiError> {
+pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "The body must be the bundle's bytes (build one with `kiln build`)",
@@ -64,7 +60,7 @@ pub(super) async fn create(
 }
 
 /// Lists deployments, newest first.
-pub(super) async fn list(State(state): State<AppState>) -> Result<Json<Value>, ApiError> {
+pub(super) async fn list(Env(state): Env) -> Result<Json<Value>, ApiError> {
     let mut all = state.deployments.list()?;
     all.reverse();
     Ok(Json(

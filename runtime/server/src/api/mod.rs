@@ -24,6 +24,8 @@
 //! | `GET /realtime/v1/events/runs/{runId}` | server-sent events: the run after each change, until it finishes |
 //! | `POST /api/v1/auth/public-tokens` | mint a public access token `{scopes, expirationTime?, oneTimeUse?}` |
 //! | `POST /api/v1/auth/jwt/claims` | the claims the SDK signs a public token with itself |
+//! | `POST`/`GET /api/v1/projects` | create, list projects (the server's own key only) |
+//! | `POST`/`GET /api/v1/projects/{ref}/keys`, `DELETE .../keys/{keyId}` | create, list, revoke a project's keys (the server's own key only) |
 //! | `GET /healthz` | liveness, no auth |
 //!
 //! Every route but the ones marked "no auth" takes the environment's secret
@@ -37,6 +39,7 @@ mod batches;
 mod deployments;
 mod error;
 mod packets;
+mod projects;
 mod queues;
 mod realtime;
 mod realtime_rows;
@@ -48,6 +51,7 @@ mod tokens;
 pub use error::ApiError;
 
 use crate::deployments::Deployments;
+use crate::environments::Hub;
 use crate::executor::Executor;
 use crate::notify::Notifier;
 use crate::schedules::Schedules;
@@ -64,7 +68,8 @@ pub const MAX_BUNDLE_BYTES: usize = 64 * 1024 * 1024;
 /// The largest trigger body accepted (a 10 MB payload plus its envelope).
 pub const MAX_TRIGGER_BYTES: usize = 11 * 1024 * 1024;
 
-/// What every handler shares.
+/// One environment of one project: what every handler of a request works
+/// with (see [`Env`]).
 #[derive(Clone)]
 pub struct AppState {
     pub(crate) store: Store,
@@ -74,14 +79,39 @@ pub struct AppState {
     pub(crate) notifier: Arc<Notifier>,
     /// Which runs changed, for realtime subscriptions.
     pub(crate) feed: Arc<crate::feed::Feed>,
-    pub(crate) secret_key: Arc<str>,
+    /// Signs the environment's callback and packet URLs and the public
+    /// access tokens it mints.
+    pub(crate) signing_secret: Arc<str>,
+    /// The environment's name (`dev`, `staging`, `prod`, `preview`).
     pub(crate) environment: Arc<str>,
+    /// `<project>/<environment>`.
+    pub(crate) env_id: Arc<str>,
     /// The URL clients reach the server at (for presigned packet URLs).
     pub(crate) public_url: Arc<str>,
 }
 
+/// The environment a request works in, as its key or token named it.
+pub(crate) struct Env(pub(crate) AppState);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Env {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        parts
+            .extensions
+            .get::<AppState>()
+            .cloned()
+            .map(Env)
+            .ok_or_else(|| ApiError::internal("No environment was resolved for this route"))
+    }
+}
+
 /// The API's router.
-pub fn router(state: AppState) -> Router {
+pub fn router(hub: Arc<Hub>) -> Router {
+    let state = hub;
     let authed = Router::new()
         .route("/api/v1/tasks/{task_id}/trigger", post(runs::trigger))
         .route("/api/v3/runs/{run_id}", get(runs::retrieve))
@@ -152,6 +182,18 @@ pub fn router(state: AppState) -> Router {
         )
         .route("/api/v1/auth/jwt/claims", post(auth_tokens::claims))
         .route("/api/v1/auth/public-tokens", post(auth_tokens::create))
+        .route(
+            "/api/v1/projects",
+            post(projects::create).get(projects::list),
+        )
+        .route(
+            "/api/v1/projects/{project}/keys",
+            post(projects::create_key).get(projects::list_keys),
+        )
+        .route(
+            "/api/v1/projects/{project}/keys/{key_id}",
+            axum::routing::delete(projects::revoke_key),
+        )
         .route_layer(axum::middleware::from_fn_with_state(
             state.clone(),
             access::authenticate,
@@ -182,9 +224,11 @@ pub fn router(state: AppState) -> Router {
 /// client could see a run COMPLETED, the server could crash, and the run
 /// would come back EXECUTING. With it, nothing a client was told is lost.
 /// When no commit is pending it costs two counter reads.
-async fn settle(State(state): State<AppState>, request: Request, next: Next) -> Response {
+async fn settle(State(hub): State<Arc<Hub>>, request: Request, next: Next) -> Response {
     let response = next.run(request).await;
-    match state.store.settled().await {
+    // Every environment's keyspace is in the one backend: settling it
+    // settles them all.
+    match hub.default_environment().store.settled().await {
         Ok(()) => response,
         Err(e) => ApiError::unavailable(format!("The store could not make data durable: {e}"))
             .into_response(),

@@ -8,7 +8,8 @@
 //! A presigned URL carries its method, expiry and an HMAC of both with the
 //! path under the server's key; it works for one hour.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
+use crate::environments::Hub;
 use axum::Json;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
@@ -19,6 +20,7 @@ use kiln_store::{Batch, Packet, Store};
 use kiln_types::Timestamp;
 use serde::Deserialize;
 use serde_json::{Value, json};
+use std::sync::Arc;
 
 /// How long a presigned URL works.
 const PRESIGNED_FOR_MS: u64 = 60 * 60 * 1000;
@@ -46,16 +48,29 @@ fn checked_path(path: &str) -> Result<&str, ApiError> {
 
 fn presigned_url(state: &AppState, method: &str, path: &str) -> String {
     let expires = Timestamp::now().as_millis() + PRESIGNED_FOR_MS;
-    let signature = crate::jwt::packet_signature(&state.secret_key, method, path, expires);
+    let signature = crate::jwt::packet_signature(&state.signing_secret, method, path, expires);
+    // The environment the packet belongs to; its secret signed the URL.
+    let env = state.env_id.replace('/', "%2F");
     format!(
-        "{}/packets/{path}?expires={expires}&signature={signature}",
+        "{}/packets/{path}?expires={expires}&signature={signature}&env={env}",
         state.public_url
     )
 }
 
+/// The environment a presigned URL names (the default one when it names
+/// none, as URLs made before projects existed).
+fn environment_of(hub: &Hub, query: &Presigned) -> Result<AppState, ApiError> {
+    match &query.env {
+        None => Ok(hub.default_environment().clone()),
+        Some(id) => hub
+            .opened(id)
+            .ok_or_else(|| ApiError::unauthorized("Invalid packet URL: unknown environment")),
+    }
+}
+
 /// `PUT /api/v1/packets/{path}`: a presigned URL to upload the packet to.
 pub(super) async fn presign_upload(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(path): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let path = checked_path(&path)?;
@@ -67,7 +82,7 @@ pub(super) async fn presign_upload(
 
 /// `GET /api/v1/packets/{path}`: a presigned URL to download the packet from.
 pub(super) async fn presign_download(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(path): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let path = checked_path(&path)?;
@@ -84,6 +99,7 @@ pub(super) async fn presign_download(
 pub(super) struct Presigned {
     expires: u64,
     signature: String,
+    env: Option<String>,
 }
 
 fn check_signature(
@@ -92,7 +108,7 @@ fn check_signature(
     path: &str,
     query: &Presigned,
 ) -> Result<(), ApiError> {
-    let expected = crate::jwt::packet_signature(&state.secret_key, method, path, query.expires);
+    let expected = crate::jwt::packet_signature(&state.signing_secret, method, path, query.expires);
     if !super::constant_time_eq(expected.as_bytes(), query.signature.as_bytes()) {
         return Err(ApiError::unauthorized("Invalid packet URL signature"));
     }
@@ -104,12 +120,13 @@ fn check_signature(
 
 /// `PUT /packets/{path}?expires=..&signature=..`: stores a packet.
 pub(super) async fn upload(
-    State(state): State<AppState>,
+    State(hub): State<Arc<Hub>>,
     Path(path): Path<String>,
     Query(query): Query<Presigned>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<StatusCode, ApiError> {
+    let state = environment_of(&hub, &query)?;
     let path = checked_path(&path)?;
     check_signature(&state, "PUT", path, &query)?;
     if body.len() > MAX_PACKET_BYTES {
@@ -137,10 +154,11 @@ pub(super) async fn upload(
 
 /// `GET /packets/{path}?expires=..&signature=..`: a stored packet's bytes.
 pub(super) async fn download(
-    State(state): State<AppState>,
+    State(hub): State<Arc<Hub>>,
     Path(path): Path<String>,
     Query(query): Query<Presigned>,
 ) -> Result<Response, ApiError> {
+    let state = environment_of(&hub, &query)?;
     let path = checked_path(&path)?;
     check_signature(&state, "GET", path, &query)?;
     let packet = state

@@ -5,10 +5,10 @@
 //! Kiln also takes a queue's full name with the default `type=id`
 //! (`emails`, `task/send-email`; the SDK sends `/` as `%2F`).
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
 use crate::executor::QueueView;
 use axum::Json;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use kiln_manifest::TASK_QUEUE_PREFIX;
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -70,10 +70,7 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /api/v1/queues?page=N&perPage=M`.
-pub(super) async fn list(
-    State(state): State<AppState>,
-    Query(query): Query<ListQuery>,
-) -> Json<Value> {
+pub(super) async fn list(Env(state): Env, Query(query): Query<ListQuery>) -> Json<Value> {
     let page = query.page.unwrap_or(1).max(1);
     let per_page = query.per_page.unwrap_or(20).clamp(1, MAX_PER_PAGE);
     let queues = state.executor.queues();
@@ -132,7 +129,7 @@ fn found(state: &AppState, name: &str) -> Result<QueueView, ApiError> {
 
 /// `GET /api/v1/queues/{queue}?type=id|task|custom`.
 pub(super) async fn retrieve(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(param): Path<String>,
     Query(query): Query<Named>,
 ) -> Result<Json<Value>, ApiError> {
@@ -151,7 +148,7 @@ pub(super) struct PauseBody {
 /// a paused queue starts no runs (they stay queued); executing runs go on.
 /// Kept across restarts.
 pub(super) async fn pause(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(param): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<Json<Value>, ApiError> {

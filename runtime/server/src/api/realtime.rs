@@ -14,9 +14,9 @@
 
 use super::access::Caller;
 use super::realtime_rows::row;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
 use crate::feed::Since;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
@@ -128,7 +128,7 @@ fn list(value: Option<&String>) -> Vec<String> {
 
 /// `GET /realtime/v1/runs/{runId}`: one run.
 pub(super) async fn run(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
@@ -144,7 +144,7 @@ pub(super) async fn run(
 
 /// `GET /realtime/v1/runs?tags=a,b[&createdAt=1h]`: runs carrying every tag.
 pub(super) async fn tagged(
-    State(state): State<AppState>,
+    Env(state): Env,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
@@ -180,7 +180,7 @@ pub(super) async fn tagged(
 
 /// `GET /realtime/v1/batches/{batchId}`: a batch's runs.
 pub(super) async fn batch(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(batch_id): Path<String>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
@@ -298,7 +298,7 @@ fn electric_headers(handle: &str, offset: u64) -> HeaderMap {
 /// event (the run as `GET /api/v3/runs/{id}` shows it, without its related
 /// runs) now and after each change, until the run finishes.
 pub(super) async fn run_events(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {

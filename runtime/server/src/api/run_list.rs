@@ -2,9 +2,9 @@
 //! as Trigger.dev's `runs.list`.
 
 use super::runs::common_view;
-use super::{ApiError, AppState};
+use super::{ApiError, Env};
 use axum::Json;
-use axum::extract::{Query, State};
+use axum::extract::Query;
 use kiln_types::{Run, RunId, RunStatus, ScheduleId, Timestamp};
 use serde_json::{Value, json};
 use std::collections::HashMap;
@@ -136,7 +136,7 @@ impl Filter {
 
 /// `GET /api/v1/runs`.
 pub(super) async fn list(
-    State(state): State<AppState>,
+    Env(state): Env,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let filter = Filter::parse(&q)?;
@@ -198,7 +198,7 @@ pub(super) async fn list(
     if has_newer && let Some(first) = page.first() {
         pagination.insert("previous".into(), json!(first.id));
     }
-    let env = json!({ "id": format!("env_{}", state.environment), "name": &*state.environment });
+    let env = json!({ "id": &*state.env_id, "name": &*state.environment });
     let data: Vec<Value> = page
         .iter()
         .map(|run| {

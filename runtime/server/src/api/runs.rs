@@ -1,13 +1,13 @@
 //! Triggering and retrieving runs.
 
 use super::access::Caller;
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
 use crate::executor::admission::{self, AdmissionKeys, AdmitError, Admitted};
 use crate::executor::{CancelError, MAX_OUTPUT_BYTES, RescheduleError};
 use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Extension, Path, Query, State};
+use axum::extract::{Extension, Path, Query};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use kiln_types::{Run, RunId, Timestamp};
@@ -47,7 +47,7 @@ impl From<AdmitError> for ApiError {
 
 /// `POST /api/v1/tasks/{taskId}/trigger`.
 pub(super) async fn trigger(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(task_id): Path<String>,
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
@@ -119,7 +119,7 @@ pub(super) fn request_key(
         ));
     }
     Ok(Some(crate::executor::admission::request_key(
-        &state.environment,
+        &state.env_id,
         value,
     )))
 }
@@ -179,8 +179,8 @@ fn respond(state: &AppState, id: &RunId, cached: bool, now: Timestamp) -> (Heade
 /// An `x-trigger-jwt` header: a public access token with one scope.
 pub(super) fn jwt_header(state: &AppState, scope: &str, now: Timestamp) -> HeaderMap {
     let jwt = crate::jwt::sign(
-        &state.secret_key,
-        &state.environment,
+        &state.signing_secret,
+        &state.env_id,
         &[scope.to_string()],
         now.as_millis() / 1000,
     );
@@ -199,7 +199,7 @@ pub(super) struct RetrieveQuery {
 
 /// `GET /api/v3/runs/{runId}`.
 pub(super) async fn retrieve(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<RetrieveQuery>,
@@ -247,7 +247,7 @@ struct ReplayBody {
 /// on the current deployment, with the original payload, tags and metadata
 /// unless the body overrides them.
 pub(super) async fn replay(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
@@ -318,7 +318,7 @@ pub(super) struct RescheduleBody {
 /// `POST /api/v1/runs/{runId}/reschedule` `{delay}`: moves a `DELAYED`
 /// run's start; 422 for any other status.
 pub(super) async fn reschedule(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -336,7 +336,7 @@ pub(super) async fn reschedule(
 
 /// `POST /api/v2/runs/{runId}/cancel`: `{id}`, also for a finished run.
 pub(super) async fn cancel(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
@@ -350,7 +350,7 @@ pub(super) async fn cancel(
 /// `GET /api/v1/runs/{runId}/journal`: the run's journal, oldest first
 /// (Kiln's own route).
 pub(super) async fn journal(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(run_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;

@@ -1,11 +1,11 @@
 //! Schedules in Trigger.dev's wire format (`/api/v1/schedules`) and the time
 //! zone list.
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
 use crate::schedules::{ScheduleError, ScheduleInput};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use kiln_types::{Schedule, ScheduleId};
 use serde::Deserialize;
 use serde_json::{Map, Value, json};
@@ -46,7 +46,8 @@ pub(super) fn generator(cron: &str) -> Value {
 }
 
 /// A schedule as the SDK's `ScheduleObject`.
-fn view(schedule: &Schedule, environment: &str) -> Value {
+fn view(schedule: &Schedule, state: &AppState) -> Value {
+    let environment: &str = &state.environment;
     let mut map = Map::new();
     map.insert("id".into(), json!(schedule.id));
     map.insert("type".into(), json!(schedule.kind.as_str()));
@@ -56,7 +57,7 @@ fn view(schedule: &Schedule, environment: &str) -> Value {
     map.insert("timezone".into(), json!(schedule.timezone));
     map.insert(
         "environments".into(),
-        json!([{ "id": format!("env_{environment}"), "type": environment_type(environment) }]),
+        json!([{ "id": &*state.env_id, "type": environment_type(environment) }]),
     );
     if let Some(key) = &schedule.deduplication_key {
         map.insert("deduplicationKey".into(), json!(key));
@@ -96,10 +97,7 @@ struct UpdateBody {
 
 /// `POST /api/v1/schedules`: create, or update the schedule with the same
 /// `deduplicationKey`.
-pub(super) async fn create(
-    State(state): State<AppState>,
-    bytes: Bytes,
-) -> Result<Json<Value>, ApiError> {
+pub(super) async fn create(Env(state): Env, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let b: CreateBody = super::json_body(&bytes)?;
     let schedule = state
         .schedules
@@ -111,21 +109,21 @@ pub(super) async fn create(
             deduplication_key: b.deduplication_key,
         })
         .await?;
-    Ok(Json(view(&schedule, &state.environment)))
+    Ok(Json(view(&schedule, &state)))
 }
 
 /// `GET /api/v1/schedules/{id}`.
 pub(super) async fn retrieve(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let schedule = state.schedules.get(&schedule_id(&id)?)?;
-    Ok(Json(view(&schedule, &state.environment)))
+    Ok(Json(view(&schedule, &state)))
 }
 
 /// `PUT /api/v1/schedules/{id}`.
 pub(super) async fn update(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
@@ -144,30 +142,30 @@ pub(super) async fn update(
             },
         )
         .await?;
-    Ok(Json(view(&schedule, &state.environment)))
+    Ok(Json(view(&schedule, &state)))
 }
 
 /// `POST /api/v1/schedules/{id}/activate`.
 pub(super) async fn activate(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let schedule = state.schedules.activate(&schedule_id(&id)?).await?;
-    Ok(Json(view(&schedule, &state.environment)))
+    Ok(Json(view(&schedule, &state)))
 }
 
 /// `POST /api/v1/schedules/{id}/deactivate`.
 pub(super) async fn deactivate(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let schedule = state.schedules.deactivate(&schedule_id(&id)?).await?;
-    Ok(Json(view(&schedule, &state.environment)))
+    Ok(Json(view(&schedule, &state)))
 }
 
 /// `DELETE /api/v1/schedules/{id}` -> `{id}`.
 pub(super) async fn delete(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let schedule = state.schedules.delete(&schedule_id(&id)?).await?;
@@ -185,7 +183,7 @@ pub(super) struct ListQuery {
 /// `GET /api/v1/schedules?page=N&perPage=M` (Kiln also takes
 /// `externalId=...`).
 pub(super) async fn list(
-    State(state): State<AppState>,
+    Env(state): Env,
     Query(query): Query<ListQuery>,
 ) -> Result<Json<Value>, ApiError> {
     let page = query.page.unwrap_or(1).max(1);
@@ -194,7 +192,7 @@ pub(super) async fn list(
         .schedules
         .list(page, per_page, query.external_id.as_deref())?;
     Ok(Json(json!({
-        "data": schedules.iter().map(|s| view(s, &state.environment)).collect::<Vec<_>>(),
+        "data": schedules.iter().map(|s| view(s, &state)).collect::<Vec<_>>(),
         "pagination": {
             "currentPage": page,
             "totalPages": count.div_ceil(per_page),

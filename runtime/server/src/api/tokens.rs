@@ -1,10 +1,10 @@
 //! Wait tokens in Trigger.dev's wire format (`/api/v1/waitpoints/tokens`).
 
-use super::{ApiError, AppState};
+use super::{ApiError, AppState, Env};
 use crate::executor::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, Query};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
 use kiln_types::{Timestamp, TokenId, WaitToken};
@@ -57,15 +57,12 @@ fn view(state: &AppState, token: &WaitToken) -> Value {
 }
 
 /// `POST /api/v1/waitpoints/tokens`.
-pub(super) async fn create(
-    State(state): State<AppState>,
-    bytes: Bytes,
-) -> Result<impl IntoResponse, ApiError> {
+pub(super) async fn create(Env(state): Env, bytes: Bytes) -> Result<impl IntoResponse, ApiError> {
     let options: TokenOptions = super::json_body_or_default(&bytes)?;
     let (token, cached) = state.executor.create_token(options).await?;
     let jwt = crate::jwt::sign(
-        &state.secret_key,
-        &state.environment,
+        &state.signing_secret,
+        &state.env_id,
         &[format!("write:waitpoints:{}", token.id)],
         Timestamp::now().as_millis() / 1000,
     );
@@ -85,7 +82,7 @@ pub(super) async fn create(
 
 /// `GET /api/v1/waitpoints/tokens/{id}`.
 pub(super) async fn retrieve(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let token = state.executor.token(&token_id(&id)?)?;
@@ -111,7 +108,7 @@ fn data_of(bytes: &Bytes, whole: bool) -> Result<String, ApiError> {
 
 /// `POST /api/v1/waitpoints/tokens/{id}/complete` `{data?}`.
 pub(super) async fn complete(
-    State(state): State<AppState>,
+    Env(state): Env,
     Path(id): Path<String>,
     axum::extract::Extension(caller): axum::extract::Extension<super::access::Caller>,
     bytes: Bytes,
@@ -125,15 +122,21 @@ pub(super) async fn complete(
 /// `POST /api/v1/waitpoints/tokens/{id}/callback/{signature}`: completes the
 /// token with the request's JSON body, without an API key.
 pub(super) async fn callback(
-    State(state): State<AppState>,
+    axum::extract::State(hub): axum::extract::State<std::sync::Arc<crate::environments::Hub>>,
     Path((id, signature)): Path<(String, String)>,
     bytes: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let id = token_id(&id)?;
-    let expected = crate::jwt::token_signature(&state.secret_key, id.as_str());
-    if !super::constant_time_eq(signature.as_bytes(), expected.as_bytes()) {
-        return Err(ApiError::unauthorized("Invalid callback signature"));
-    }
+    // The environment whose secret signed the URL: token ids are unique
+    // across environments, so at most one matches.
+    let state = hub
+        .all()
+        .into_iter()
+        .find(|state| {
+            let expected = crate::jwt::token_signature(&state.signing_secret, id.as_str());
+            super::constant_time_eq(signature.as_bytes(), expected.as_bytes())
+        })
+        .ok_or_else(|| ApiError::unauthorized("Invalid callback signature"))?;
     let data = data_of(&bytes, true)?;
     state.executor.complete_token(&id, data).await?;
     Ok(Json(json!({ "success": true })))
@@ -143,7 +146,7 @@ pub(super) async fn callback(
 /// `page[after]` and `filter[status]`, `filter[idempotencyKey]`,
 /// `filter[tags]`.
 pub(super) async fn list(
-    State(state): State<AppState>,
+    Env(state): Env,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
     let size = match q.get("page[size]") {

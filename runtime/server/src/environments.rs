@@ -1,0 +1,379 @@
+//! Projects, environments and their keys: one server hosts many.
+//!
+//! Each environment of each project runs apart from the others: its own
+//! store keyspace (a [`PrefixedBackend`] over the shared database, so one
+//! group commit serves them all), its own deployments, executor, queues and
+//! concurrency limits, schedules and realtime feed. Nothing one environment
+//! reads can name another's records, so isolation holds by construction
+//! rather than by a filter each route must remember.
+//!
+//! The server's first environment — the default project's, opened with the
+//! key `kiln serve` starts with — keeps its records at the top level of the
+//! store, where they were before projects existed. That key is also the
+//! administrator's: it alone creates projects and keys.
+
+use crate::api::AppState;
+use crate::config::ServerConfig;
+use crate::deployments::Deployments;
+use crate::executor::{Executor, ExecutorConfig};
+use crate::notify::Notifier;
+use crate::schedules::Schedules;
+use kiln_sandbox::Sandbox;
+use kiln_store::{ApiKey, Backend, PrefixedBackend, Project, Store};
+use kiln_types::Timestamp;
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+/// The default project's reference.
+pub const DEFAULT_PROJECT: &str = "default";
+/// The environments a project has, with their key prefixes.
+pub const ENVIRONMENTS: [(&str, &str); 4] = [
+    ("dev", "tr_dev_sk_"),
+    ("staging", "tr_stg_sk_"),
+    ("prod", "tr_prod_sk_"),
+    ("preview", "tr_preview_sk_"),
+];
+
+/// The id of a project's environment: `<project>/<environment>`. It is the
+/// `sub` of the environment's public access tokens.
+pub(crate) fn environment_id(project: &str, environment: &str) -> String {
+    format!("{project}/{environment}")
+}
+
+/// What a bearer key opens.
+#[derive(Debug, Clone)]
+pub(crate) enum KeyLookup {
+    /// The server's own key: the default environment, and administration.
+    Admin,
+    /// A project's key for one environment.
+    Key(ApiKey),
+    /// No key of this server.
+    Unknown,
+}
+
+/// Every environment the server hosts, opened on first use.
+pub struct Hub {
+    root: Store,
+    backend: Arc<dyn Backend>,
+    sandbox: Sandbox,
+    config: ServerConfig,
+    public_url: String,
+    admin_key: Arc<str>,
+    default: AppState,
+    opened: tokio::sync::Mutex<()>,
+    environments: RwLock<HashMap<String, AppState>>,
+    keys: RwLock<HashMap<String, ApiKey>>,
+}
+
+/// The shared parts an environment is opened with.
+struct Parts<'a> {
+    backend_store: Store,
+    sandbox: &'a Sandbox,
+    config: &'a ServerConfig,
+    public_url: &'a str,
+    project: &'a str,
+    environment: &'a str,
+    signing: String,
+}
+
+impl Hub {
+    /// Opens the default environment over `backend`'s top level, then every
+    /// environment that has a key (so their unfinished runs recover now).
+    pub(crate) async fn open(
+        backend: Arc<dyn Backend>,
+        sandbox: Sandbox,
+        config: ServerConfig,
+        public_url: String,
+        admin_key: String,
+    ) -> anyhow::Result<Arc<Hub>> {
+        let root = Store::new(backend.clone());
+        let default = open_environment(Parts {
+            backend_store: root.clone(),
+            sandbox: &sandbox,
+            config: &config,
+            public_url: &public_url,
+            project: DEFAULT_PROJECT,
+            environment: &config.environment,
+            signing: admin_key.clone(),
+        })
+        .await?;
+        let keys: HashMap<String, ApiKey> = root
+            .api_keys()?
+            .into_iter()
+            .map(|k| (k.key.clone(), k))
+            .collect();
+        let mut environments = HashMap::new();
+        environments.insert(default.env_id.to_string(), default.clone());
+        let hub = Arc::new(Hub {
+            root,
+            backend,
+            sandbox,
+            config,
+            public_url,
+            admin_key: admin_key.into(),
+            default,
+            opened: tokio::sync::Mutex::new(()),
+            environments: RwLock::new(environments),
+            keys: RwLock::new(keys),
+        });
+        let mut wanted: Vec<(String, String)> = hub
+            .keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .map(|k| (k.project.clone(), k.environment.clone()))
+            .collect();
+        wanted.sort();
+        wanted.dedup();
+        for (project, environment) in wanted {
+            hub.environment(&project, &environment).await?;
+        }
+        Ok(hub)
+    }
+
+    /// The default project's environment (the one `kiln serve` starts with).
+    pub(crate) fn default_environment(&self) -> &AppState {
+        &self.default
+    }
+
+    /// The key the server was started with.
+    pub(crate) fn admin_key(&self) -> &str {
+        &self.admin_key
+    }
+
+    /// What `key` opens.
+    pub(crate) fn lookup(&self, key: &str) -> KeyLookup {
+        if crate::api::constant_time_eq(key.as_bytes(), self.admin_key.as_bytes()) {
+            return KeyLookup::Admin;
+        }
+        match self.keys_read().get(key) {
+            Some(found) => KeyLookup::Key(found.clone()),
+            None => KeyLookup::Unknown,
+        }
+    }
+
+    /// An environment that is open already, by id.
+    pub(crate) fn opened(&self, env_id: &str) -> Option<AppState> {
+        self.environments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(env_id)
+            .cloned()
+    }
+
+    /// Every open environment.
+    pub(crate) fn all(&self) -> Vec<AppState> {
+        self.environments
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// The secrets that may have signed a public token of `state`'s
+    /// environment: its signing secret and its keys that are not revoked
+    /// (the SDK signs tokens itself with keys not shaped `tr_<env>_sk_`).
+    pub(crate) fn token_secrets(&self, state: &AppState) -> Vec<String> {
+        let mut secrets = vec![state.signing_secret.to_string()];
+        secrets.extend(
+            self.keys_read()
+                .values()
+                .filter(|k| {
+                    k.revoked_at.is_none()
+                        && environment_id(&k.project, &k.environment) == *state.env_id
+                })
+                .map(|k| k.key.clone()),
+        );
+        secrets
+    }
+
+    /// A project's environment, opened (and recovered) if it is not yet.
+    pub(crate) async fn environment(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> anyhow::Result<AppState> {
+        let id = environment_id(project, environment);
+        if let Some(state) = self.opened(&id) {
+            return Ok(state);
+        }
+        let _one_at_a_time = self.opened.lock().await;
+        if let Some(state) = self.opened(&id) {
+            return Ok(state);
+        }
+        let prefix = format!("env/{project}/{environment}/").into_bytes();
+        let store = Store::new(Arc::new(PrefixedBackend::new(self.backend.clone(), prefix)));
+        let signing = self
+            .root
+            .environment_secret(project, environment, crate::secret::generate_signing_secret)
+            .await?;
+        let state = open_environment(Parts {
+            backend_store: store,
+            sandbox: &self.sandbox,
+            config: &self.config,
+            public_url: &self.public_url,
+            project,
+            environment,
+            signing,
+        })
+        .await?;
+        self.environments
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, state.clone());
+        Ok(state)
+    }
+
+    /// Every project: the default one first.
+    pub(crate) fn projects(&self) -> kiln_store::Result<Vec<Project>> {
+        let mut projects = vec![Project {
+            reference: DEFAULT_PROJECT.into(),
+            name: "Default project".into(),
+            created_at: Timestamp(0),
+        }];
+        projects.extend(self.root.projects()?);
+        Ok(projects)
+    }
+
+    /// One project.
+    pub(crate) fn project(&self, reference: &str) -> kiln_store::Result<Option<Project>> {
+        Ok(self
+            .projects()?
+            .into_iter()
+            .find(|p| p.reference == reference))
+    }
+
+    /// Creates a project.
+    pub(crate) async fn create_project(&self, project: &Project) -> kiln_store::Result<()> {
+        self.root.put_project(project).await
+    }
+
+    /// Makes a key for a project's environment, and opens the environment.
+    pub(crate) async fn create_key(
+        &self,
+        project: &str,
+        environment: &str,
+    ) -> anyhow::Result<ApiKey> {
+        let prefix = ENVIRONMENTS
+            .iter()
+            .find(|(name, _)| *name == environment)
+            .map(|(_, prefix)| *prefix)
+            .ok_or_else(|| anyhow::anyhow!("unknown environment `{environment}`"))?;
+        let api_key = ApiKey {
+            key: crate::secret::generate_key_with(prefix),
+            project: project.into(),
+            environment: environment.into(),
+            created_at: Timestamp::now(),
+            revoked_at: None,
+        };
+        self.environment(project, environment).await?;
+        self.root.put_api_key(&api_key).await?;
+        self.keys_write()
+            .insert(api_key.key.clone(), api_key.clone());
+        Ok(api_key)
+    }
+
+    /// A project's keys, revoked ones included.
+    pub(crate) fn keys_of(&self, project: &str) -> Vec<ApiKey> {
+        let mut keys: Vec<ApiKey> = self
+            .keys_read()
+            .values()
+            .filter(|k| k.project == project)
+            .cloned()
+            .collect();
+        keys.sort_by(|a, b| (a.created_at, &a.key).cmp(&(b.created_at, &b.key)));
+        keys
+    }
+
+    /// Revokes a key of `project` named by its id; returns it.
+    pub(crate) async fn revoke(
+        &self,
+        project: &str,
+        key_id: &str,
+    ) -> kiln_store::Result<Option<ApiKey>> {
+        let Some(mut found) = self
+            .keys_of(project)
+            .into_iter()
+            .find(|k| crate::secret::key_id(&k.key) == key_id || k.key == key_id)
+        else {
+            return Ok(None);
+        };
+        if found.revoked_at.is_none() {
+            found.revoked_at = Some(Timestamp::now());
+            self.root.put_api_key(&found).await?;
+            self.keys_write().insert(found.key.clone(), found.clone());
+        }
+        Ok(Some(found))
+    }
+
+    fn keys_read(&self) -> std::sync::RwLockReadGuard<'_, HashMap<String, ApiKey>> {
+        self.keys.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn keys_write(&self) -> std::sync::RwLockWriteGuard<'_, HashMap<String, ApiKey>> {
+        self.keys.write().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// Opens one environment over its store: loads its deployment, starts its
+/// executor, recovers its unfinished runs and starts its schedules.
+async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
+    let Parts {
+        backend_store: store,
+        sandbox,
+        config,
+        public_url,
+        project,
+        environment,
+        signing,
+    } = parts;
+    // Realtime subscriptions hear of every run a durable commit wrote.
+    let feed = Arc::new(crate::feed::Feed::new());
+    let publisher = feed.clone();
+    store.on_runs_changed(Box::new(move |runs| publisher.publish(runs)));
+    let deployments = Arc::new(Deployments::new(sandbox.clone(), store.clone()));
+    deployments.restore().await?;
+    let notifier = Arc::new(Notifier::default());
+    let executor = Executor::start(
+        store.clone(),
+        deployments.clone(),
+        notifier.clone(),
+        ExecutorConfig {
+            concurrency: config.concurrency,
+            burst: config.burst_limit(),
+            environment: environment.to_string(),
+            warm_wait: config.warm_wait,
+            public_url: public_url.to_string(),
+            secret: signing.clone(),
+            fetch: crate::executor::FetchPolicy::new(config.fetch_allow.clone(), environment),
+        },
+    );
+    let recovered = executor.recover().await?;
+    if recovered > 0 {
+        tracing::info!(recovered, project, environment, "re-queued unfinished runs");
+    }
+    let schedules = Schedules::new(
+        store.clone(),
+        deployments.clone(),
+        executor.clone(),
+        config.schedule_clock,
+    );
+    // A deploy that stopped between storing the bundle and syncing its
+    // declarative schedules is finished here.
+    schedules.sync().await?;
+    // Only after recovery: a run fired now must not also be re-queued.
+    schedules.start();
+    Ok(AppState {
+        store,
+        deployments,
+        executor,
+        schedules,
+        notifier,
+        feed,
+        signing_secret: signing.into(),
+        environment: environment.into(),
+        env_id: environment_id(project, environment).into(),
+        public_url: public_url.into(),
+    })
+}
