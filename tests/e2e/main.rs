@@ -17,6 +17,7 @@ mod hooks;
 mod limits;
 mod logs;
 mod packets;
+mod pending;
 mod projects;
 mod queues;
 mod restart;

@@ -135,6 +135,15 @@ impl Deployments {
         Ok(())
     }
 
+    /// The deployment of `version`, if there is one.
+    pub async fn by_version(&self, version: &str) -> Result<Option<Arc<Deployed>>, DeployError> {
+        let found = self.list()?.into_iter().find(|d| d.version == version);
+        match found {
+            Some(record) => self.get(&record.id).await,
+            None => Ok(None),
+        }
+    }
+
     /// The current (latest) deployment.
     pub fn current(&self) -> Option<Arc<Deployed>> {
         self.read().current.clone()

@@ -353,6 +353,10 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
     if recovered > 0 {
         tracing::info!(recovered, project, environment, "re-queued unfinished runs");
     }
+    // A deploy that stopped before releasing the runs waiting for it.
+    if let Some(current) = deployments.current() {
+        executor.release_pending(&current).await?;
+    }
     let schedules = Schedules::new(
         store.clone(),
         deployments.clone(),

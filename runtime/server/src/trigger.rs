@@ -6,12 +6,12 @@ use crate::deployments::Deployed;
 use crate::executor::admission::{DEFAULT_KEY_TTL_MS, IdempotencyKey, KeyScope, scoped_key_hash};
 use kiln_manifest::Machine;
 use kiln_types::{DebounceMode, Run, RunDebounce, RunId, RunStatus, RunTtl, Timestamp};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 /// The trigger options this server acts on; the others of the wire format
 /// are accepted and ignored until their issue lands.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TriggerOptions {
     pub(crate) payload_type: Option<String>,
@@ -45,6 +45,8 @@ pub(crate) struct TriggerOptions {
     pub(crate) concurrency_key: Option<String>,
     /// A head start in the queue, in seconds.
     pub(crate) priority: Option<Value>,
+    /// Run on this deployed version rather than the current one.
+    pub(crate) lock_to_version: Option<String>,
 }
 
 /// The longest `concurrencyKey`.
@@ -108,7 +110,7 @@ fn priority_ms(value: Option<&Value>) -> Result<u64, TriggerError> {
 }
 
 /// Trigger.dev's `debounce` option.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DebounceOptions {
     /// The key, scoped to the task (at most 512 characters).
@@ -179,7 +181,7 @@ fn debounce(options: &DebounceOptions, now: Timestamp) -> Result<RunDebounce, St
 }
 
 /// The user's idempotency key as the SDK sends it beside its hash.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize)]
 pub(crate) struct IdempotencyKeyOptions {
     /// The key as the user wrote it.
     pub(crate) key: Option<String>,
@@ -283,6 +285,64 @@ pub(crate) fn tags(value: Option<Value>) -> Result<Vec<String>, String> {
 /// A new `QUEUED` run of `task_id` on `deployed`. `payload` is the plain JSON
 /// value (checked against the task's schema); `stored` and `stored_type` are
 /// what the run keeps (text stays text).
+/// A `PENDING_VERSION` run: triggered for a task no deployment of its
+/// environment has yet. The options that need no task are checked now, so a
+/// bad trigger fails at once; the rest (schema, queue, machine and retry
+/// defaults) wait for the deploy that brings the task, which makes the run
+/// from the trigger kept beside it ([`new_run`]).
+pub(crate) fn pending_run(
+    task_id: &str,
+    stored: String,
+    stored_type: String,
+    options: &TriggerOptions,
+    now: Timestamp,
+) -> Result<Run, TriggerError> {
+    if let Some(name) = options.machine.as_deref() {
+        name.parse::<Machine>()
+            .map_err(|e| TriggerError::BadRequest(e.to_string()))?;
+    }
+    if options.max_attempts == Some(0) {
+        return Err(TriggerError::BadRequest(
+            "maxAttempts must be at least 1".into(),
+        ));
+    }
+    if let Some(metadata) = &options.metadata
+        && !metadata.is_object()
+    {
+        return Err(TriggerError::BadRequest(
+            "metadata must be a JSON object".into(),
+        ));
+    }
+    if let Some(delay) = options.delay.as_ref().filter(|d| !d.is_null()) {
+        crate::duration::parse_instant(delay, now)
+            .map_err(|e| TriggerError::BadRequest(format!("delay: {e}")))?;
+    }
+    if let Some(value) = options.ttl.as_ref().filter(|v| !v.is_null()) {
+        ttl(value).map_err(TriggerError::BadRequest)?;
+    }
+    priority_ms(options.priority.as_ref())?;
+    let idempotency_key = options
+        .idempotency_key_options
+        .as_ref()
+        .and_then(|o| o.key.clone())
+        .or_else(|| options.idempotency_key.clone());
+    let mut run = Run::queued(
+        RunId::generate(now.as_millis()),
+        task_id,
+        kiln_types::DeploymentId::none(),
+        String::new(),
+        stored,
+        now,
+    );
+    run.status = RunStatus::PendingVersion;
+    run.payload_type = stored_type;
+    run.tags = tags(options.tags.clone()).map_err(TriggerError::BadRequest)?;
+    run.metadata = options.metadata.clone();
+    run.idempotency_key = idempotency_key;
+    run.is_test = options.test;
+    Ok(run)
+}
+
 pub(crate) fn new_run(
     deployed: &Deployed,
     task_id: &str,

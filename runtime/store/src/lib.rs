@@ -18,6 +18,7 @@ pub mod children;
 mod debounce;
 pub mod layout;
 mod memory;
+mod pending;
 mod prefixed;
 mod queues;
 mod records;

@@ -96,6 +96,19 @@ id_type!(
     "deploy_",
     "deployment"
 );
+impl DeploymentId {
+    /// No deployment: what a `PENDING_VERSION` run is pinned to until a
+    /// deploy brings its task.
+    pub fn none() -> Self {
+        DeploymentId(String::new())
+    }
+
+    /// Whether this is [`DeploymentId::none`].
+    pub fn is_none(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
 id_type!(
     /// A batch's id (`batch_...`).
     BatchId,

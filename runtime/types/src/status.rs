@@ -95,10 +95,14 @@ impl RunStatus {
         self == RunStatus::Waiting
     }
 
-    /// At rest until a timer or another run wakes it (`WAITING`, `DELAYED`):
-    /// recovery after a restart need not read it.
+    /// At rest until a timer, another run or a deploy wakes it (`WAITING`,
+    /// `DELAYED`, `PENDING_VERSION`): recovery after a restart need not read
+    /// it.
     pub fn is_at_rest(self) -> bool {
-        matches!(self, RunStatus::Waiting | RunStatus::Delayed)
+        matches!(
+            self,
+            RunStatus::Waiting | RunStatus::Delayed | RunStatus::PendingVersion
+        )
     }
 
     /// Final: the run will not change again.

@@ -53,8 +53,16 @@ await step("runs.retrieve of an unknown run is NotFoundError", async () => {
   await rejectsWith(runs.retrieve("run_doesnotexist000000000"), NotFoundError);
 });
 
-await step("an unknown task is NotFoundError", async () => {
-  await rejectsWith(tasks.trigger("no-such-task", {}), NotFoundError);
+await step("a task no deployment has yet makes a PENDING_VERSION run", async () => {
+  const handle = await tasks.trigger("not-deployed-yet", { later: true });
+  const run = await runs.retrieve(handle.id);
+  assert.equal(run.status, "PENDING_VERSION");
+  assert.equal(run.isQueued, true);
+  await runs.cancel(handle.id);
+});
+
+await step("lockToVersion on a version that does not exist is UnprocessableEntityError", async () => {
+  await rejectsWith(tasks.trigger("echo", {}, { version: "19990101.1" }), UnprocessableEntityError);
 });
 
 await step("a payload its schema refuses is UnprocessableEntityError", async () => {

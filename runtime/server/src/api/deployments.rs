@@ -33,6 +33,8 @@ pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, 
             // The deployment is stored; if this sync is cut short, the next
             // start-up finishes it.
             let synced = state.schedules.sync().await?;
+            // Runs triggered before their task was deployed start now.
+            let released = state.executor.release_pending(&deployed).await?;
             tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), schedules_created = synced.created, schedules_updated = synced.updated, schedules_deleted = synced.deleted, "deployed");
             let mut body = view(&deployed.record);
             body["queues"] = json!(
@@ -44,6 +46,7 @@ pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, 
                     .map(|q| q.name.clone())
                     .collect::<Vec<_>>()
             );
+            body["pendingRunsReleased"] = json!(released);
             body["schedules"] = json!({
                 "created": synced.created,
                 "updated": synced.updated,

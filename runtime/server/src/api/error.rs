@@ -91,3 +91,14 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+impl From<crate::deployments::DeployError> for ApiError {
+    fn from(error: crate::deployments::DeployError) -> Self {
+        match error {
+            crate::deployments::DeployError::Store(e) => e.into(),
+            crate::deployments::DeployError::Bundle(e) => {
+                ApiError::internal(format!("A deployed bundle could not be loaded: {e}"))
+            }
+        }
+    }
+}

@@ -3,6 +3,7 @@
 use super::access::Caller;
 use super::{ApiError, AppState, Env};
 use crate::executor::admission::{self, AdmissionKeys, AdmitError, Admitted};
+use crate::executor::pending::PendingTrigger;
 use crate::executor::{CancelError, MAX_OUTPUT_BYTES, RescheduleError};
 use crate::trigger::{TriggerError, TriggerOptions};
 use axum::Json;
@@ -62,30 +63,57 @@ pub(super) async fn trigger(
         )));
     }
     let body: TriggerBody = super::json_body_or_default(&body)?;
-    let Some(deployed) = state.deployments.current() else {
-        return Err(ApiError::not_found(format!(
-            "Task `{task_id}` not found: nothing is deployed yet (deploy a bundle with `kiln deploy`)"
-        )));
-    };
-    if deployed.record.manifest.task(&task_id).is_none() {
-        return Err(ApiError::not_found(format!(
-            "Task `{task_id}` not found in version {}",
-            deployed.record.version
-        )));
-    }
     let mut options = body.options;
     let incoming = incoming_payload(&state.store, body.payload, &mut options)?;
     let now = Timestamp::now();
     let key = options.backend_key()?;
-    let run = crate::trigger::new_run(
-        &deployed,
-        &task_id,
-        &incoming.json,
-        incoming.stored,
-        incoming.stored_type,
-        options,
-        now,
-    )?;
+    let deployed =
+        match options.lock_to_version.clone() {
+            Some(version) => Some(state.deployments.by_version(&version).await?.ok_or_else(
+                || {
+                    ApiError::unprocessable(format!(
+                        "lockToVersion: version `{version}` is not deployed"
+                    ))
+                },
+            )?),
+            None => state.deployments.current(),
+        };
+    let (run, pending_trigger) = match deployed {
+        Some(deployed) if deployed.record.manifest.task(&task_id).is_some() => {
+            let run = crate::trigger::new_run(
+                &deployed,
+                &task_id,
+                &incoming.json,
+                incoming.stored,
+                incoming.stored_type,
+                options,
+                now,
+            )?;
+            (run, None)
+        }
+        Some(deployed) if options.lock_to_version.is_some() => {
+            return Err(ApiError::not_found(format!(
+                "Task `{task_id}` not found in version {}",
+                deployed.record.version
+            )));
+        }
+        // No deployment has the task yet: the run waits as PENDING_VERSION
+        // for the deploy that brings it.
+        _ => {
+            let run = crate::trigger::pending_run(
+                &task_id,
+                incoming.stored,
+                incoming.stored_type,
+                &options,
+                now,
+            )?;
+            let trigger = PendingTrigger {
+                payload: incoming.json,
+                options,
+            };
+            (run, Some(trigger.encode()))
+        }
+    };
     let one_time = caller.public().filter(|token| token.one_time).map(|token| {
         let left_secs = token.expires_secs.saturating_sub(now.as_millis() / 1000);
         admission::one_time_key(&token.token, (left_secs + 60) * 1000)
@@ -94,6 +122,7 @@ pub(super) async fn trigger(
         key,
         request,
         one_time,
+        pending_trigger,
     };
     let (id, found) = state.executor.admit_new(run, keys, now).await?;
     let cached = matches!(found, Some(Admitted::Cached(_)));
@@ -304,7 +333,7 @@ pub(super) async fn replay(
     let keys = AdmissionKeys {
         key,
         request,
-        one_time: None,
+        ..AdmissionKeys::default()
     };
     let (id, _) = state.executor.admit_new(run, keys, now).await?;
     Ok(Json(json!({ "id": id })))
@@ -398,7 +427,9 @@ pub(super) fn common_view(run: &Run) -> Map<String, Value> {
     map.insert("costInCents".into(), json!(0));
     map.insert("baseCostInCents".into(), json!(0));
     map.insert("durationMs".into(), json!(run.usage_ms()));
-    map.insert("version".into(), json!(run.version));
+    if !run.version.is_empty() {
+        map.insert("version".into(), json!(run.version));
+    }
     insert_opt(
         &mut map,
         "idempotencyKey",

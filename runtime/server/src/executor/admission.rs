@@ -76,7 +76,7 @@ impl KeyScope {
 }
 
 /// The keys a backend's trigger is admitted under.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Default)]
 pub(crate) struct AdmissionKeys {
     /// The user's idempotency key.
     pub(crate) key: Option<IdempotencyKey>,
@@ -84,6 +84,9 @@ pub(crate) struct AdmissionKeys {
     pub(crate) request: Option<IdempotencyKey>,
     /// The one-time public token the trigger came with ([`one_time_key`]).
     pub(crate) one_time: Option<IdempotencyKey>,
+    /// For a `PENDING_VERSION` run, its trigger, kept until a deploy brings
+    /// its task (see `pending`).
+    pub(crate) pending_trigger: Option<Vec<u8>>,
 }
 
 /// Why a trigger was not admitted.
@@ -184,6 +187,7 @@ impl Executor {
             key,
             request,
             one_time,
+            pending_trigger,
         } = keys;
         let keyed =
             key.is_some() || request.is_some() || one_time.is_some() || run.debounce.is_some();
@@ -217,6 +221,9 @@ impl Executor {
                     expires_at: Timestamp(now.as_millis().saturating_add(extra.ttl_ms)),
                 },
             );
+        }
+        if let Some(trigger) = pending_trigger {
+            batch.put_pending(&run.id, trigger);
         }
         self.shared.store.commit(batch).await?;
         self.admit(&run);

@@ -32,6 +32,7 @@ mod fetch;
 mod interpreter;
 mod journal;
 mod locks;
+pub(crate) mod pending;
 mod timers;
 mod tokens;
 mod waits;
