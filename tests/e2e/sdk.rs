@@ -71,3 +71,12 @@ async fn the_sdk_signs_public_tokens_itself_with_a_key_of_another_shape() {
     let out = node(&kiln, "self-signed.mjs", key, &[]);
     assert!(out.contains("self-signed: all steps passed"), "{out}");
 }
+
+#[tokio::test]
+async fn schedules_are_managed_with_the_official_sdk() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::DIGEST).await;
+    let out = node(&kiln, "schedules.mjs", KEY, &[]);
+    assert!(out.contains("schedules: all steps passed"), "{out}");
+}

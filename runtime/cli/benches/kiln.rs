@@ -20,16 +20,21 @@
 //! - durability: committing and reading large values through the sled
 //!   backend (chunked so none lands in sled's unsynced blob files), a task
 //!   logging 200,000 lines of 1 KiB, and parents woken by their children
-//!   through the inbox.
+//!   through the inbox;
+//! - realtime: a run's status change to a subscriber, and the server's RSS
+//!   and CPU with 1,000 idle subscribers.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`).
+//! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`,
+//! `realtime`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
 #[path = "support/queues.rs"]
 mod queues;
+#[path = "support/realtime.rs"]
+mod realtime;
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
@@ -87,6 +92,9 @@ fn main() {
     }
     if selected("queues") {
         runtime.block_on(queues::queues_bench());
+    }
+    if selected("realtime") {
+        runtime.block_on(realtime::realtime_bench());
     }
     if !(selected("compile") || selected("instantiate") || selected("latency")) {
         return;

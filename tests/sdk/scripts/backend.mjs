@@ -49,6 +49,25 @@ await step("runs.poll until completed, payload and output unchanged", async () =
   assert.ok(run.startedAt instanceof Date && run.finishedAt instanceof Date);
 });
 
+await step("a payload over 128 KiB goes through the SDK's upload flow", async () => {
+  const big = { blob: "x".repeat(300 * 1024), tail: [1, 2, 3] };
+  const handle = await tasks.trigger("echo", big);
+  const run = await runs.poll(handle.id, { pollIntervalMs: 100 });
+  assert.equal(run.status, "COMPLETED");
+  assert.equal(run.payload.blob.length, 300 * 1024);
+  assert.deepEqual(run.output.payload.tail, [1, 2, 3]);
+});
+
+await step("queue, concurrencyKey and debounce options", async () => {
+  const queued = await tasks.trigger("lane-hold", { ms: 1 }, { queue: "probe-spare", concurrencyKey: "t-1" });
+  const run = await runs.poll(queued.id, { pollIntervalMs: 100 });
+  assert.equal(run.status, "COMPLETED");
+  const first = await tasks.trigger("echo", { n: 1 }, { debounce: { key: "burst", delay: "1s" } });
+  const second = await tasks.trigger("echo", { n: 2 }, { debounce: { key: "burst", delay: "1s" } });
+  assert.equal(second.id, first.id, "a burst folds into one run");
+  await rejectsWith(tasks.trigger("echo", {}, { queue: "no-such-queue" }), UnprocessableEntityError);
+});
+
 await step("runs.retrieve of an unknown run is NotFoundError", async () => {
   await rejectsWith(runs.retrieve("run_doesnotexist000000000"), NotFoundError);
 });
