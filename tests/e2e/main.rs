@@ -25,4 +25,5 @@ mod runs;
 mod schedules;
 mod sdk;
 mod soak;
+mod streams;
 mod tokens;

@@ -80,3 +80,12 @@ async fn schedules_are_managed_with_the_official_sdk() {
     let out = node(&kiln, "schedules.mjs", KEY, &[]);
     assert!(out.contains("schedules: all steps passed"), "{out}");
 }
+
+#[tokio::test]
+async fn streams_read_follows_a_task_streaming_its_answer() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let out = node(&kiln, "streams.mjs", KEY, &[]);
+    assert!(out.contains("streams: all steps passed"), "{out}");
+}

@@ -44,6 +44,7 @@ pub mod metadata;
 pub mod queues;
 pub mod retry;
 pub mod schedules;
+pub mod streams;
 pub mod tasks;
 pub mod wait;
 

@@ -102,6 +102,15 @@ pub trait JournalSink: Send {
             "tags are not available here".to_string()
         )))
     }
+
+    /// Appends a chunk (JSON) to the current run's realtime stream `key` and
+    /// journals the call with the chunk's number, in one durable commit.
+    fn stream_append(&mut self, key: String, chunk: String) -> HostFuture<u64> {
+        let _ = (key, chunk);
+        Box::pin(std::future::ready(Err(
+            "realtime streams are not available here".to_string(),
+        )))
+    }
 }
 
 /// A host call the server answers asynchronously: the answer or why not.
@@ -506,6 +515,24 @@ impl host::Host for HostState {
         Ok(self
             .journal
             .add_tags(tags)
+            .await
+            .map_err(HostError::Invalid))
+    }
+
+    async fn stream_append(
+        &mut self,
+        key: String,
+        chunk: String,
+    ) -> wasmtime::Result<Result<u64, HostError>> {
+        let fits = |c: &HostCall| matches!(c, HostCall::StreamAppend { key: k, .. } if *k == key);
+        if let Some(HostCall::StreamAppend { index, error, .. }) =
+            self.replayed(|| format!("stream-append({key})"), fits)?
+        {
+            return Ok(index.ok_or_else(|| HostError::Invalid(error.unwrap_or_default())));
+        }
+        Ok(self
+            .journal
+            .stream_append(key, chunk)
             .await
             .map_err(HostError::Invalid))
     }

@@ -328,10 +328,19 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         environment,
         signing,
     } = parts;
-    // Realtime subscriptions hear of every run a durable commit wrote.
+    // Realtime subscriptions hear of every run a durable commit wrote, and
+    // stream readers of every chunk appended.
     let feed = Arc::new(crate::feed::Feed::new());
-    let publisher = feed.clone();
-    store.on_runs_changed(Box::new(move |runs| publisher.publish(runs)));
+    let stream_feed = Arc::new(crate::feed::Feed::new());
+    let (runs, streams) = (feed.clone(), stream_feed.clone());
+    store.on_runs_changed(Box::new(move |changes| {
+        if !changes.runs.is_empty() {
+            runs.publish(changes.runs);
+        }
+        if !changes.streams.is_empty() {
+            streams.publish(changes.streams);
+        }
+    }));
     let deployments = Arc::new(Deployments::new(sandbox.clone(), store.clone()));
     deployments.restore().await?;
     let notifier = Arc::new(Notifier::default());
@@ -375,6 +384,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         schedules,
         notifier,
         feed,
+        stream_feed,
         signing_secret: signing.into(),
         environment: environment.into(),
         env_id: environment_id(project, environment).into(),

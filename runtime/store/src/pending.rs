@@ -29,6 +29,7 @@ impl Batch {
     pub fn append(&mut self, other: Batch) -> &mut Self {
         self.ops.extend(other.ops);
         self.runs.extend(other.runs);
+        self.streams.extend(other.streams);
         if self.error.is_none() {
             self.error = other.error;
         }

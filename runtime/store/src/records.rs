@@ -125,6 +125,17 @@ pub struct Batch {
     pub(crate) error: Option<StoreError>,
     /// The runs whose records this batch writes, for [`Store::on_runs_changed`].
     pub(crate) runs: Vec<RunId>,
+    /// The runs whose realtime streams this batch appends to.
+    pub(crate) streams: Vec<RunId>,
+}
+
+/// What a durable commit changed, as [`Store::on_runs_changed`] tells it.
+#[derive(Debug, Clone, Copy)]
+pub struct Changes<'a> {
+    /// Runs whose records it wrote.
+    pub runs: &'a [RunId],
+    /// Runs whose realtime streams it appended to.
+    pub streams: &'a [RunId],
 }
 
 impl Batch {
@@ -237,7 +248,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
 }
 
 /// Told which runs a commit wrote, once it is durable.
-pub type RunsListener = Box<dyn Fn(&[RunId]) + Send + Sync>;
+pub type RunsListener = Box<dyn Fn(Changes<'_>) + Send + Sync>;
 
 /// Kiln's records, over any [`Backend`].
 #[derive(Clone)]
@@ -261,8 +272,9 @@ impl Store {
         }
     }
 
-    /// Sets what hears of every durable commit that wrote runs (realtime
-    /// subscriptions); the first call wins. It is called on the committing
+    /// Sets what hears of every durable commit that wrote runs or appended
+    /// to their realtime streams (realtime subscriptions); the first call
+    /// wins. It is called on the committing
     /// task, after the commit is durable, and must not block.
     pub fn on_runs_changed(&self, listener: RunsListener) {
         let _ = self.listener.set(listener);
@@ -324,15 +336,18 @@ impl Store {
             return Box::pin(std::future::ready(Err(e)));
         }
         let durable = self.backend.commit(batch.ops);
-        if batch.runs.is_empty() || self.listener.get().is_none() {
+        if (batch.runs.is_empty() && batch.streams.is_empty()) || self.listener.get().is_none() {
             return durable;
         }
         let listener = self.listener.clone();
-        let runs = batch.runs;
+        let (runs, streams) = (batch.runs, batch.streams);
         Box::pin(async move {
             durable.await?;
             if let Some(listener) = listener.get() {
-                listener(&runs);
+                listener(Changes {
+                    runs: &runs,
+                    streams: &streams,
+                });
             }
             Ok(())
         })

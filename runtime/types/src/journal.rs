@@ -93,6 +93,18 @@ pub enum HostCall {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// `stream-append(key, chunk)`: the chunk's number in the stream,
+    /// appended in the commit of this entry, or why it was refused.
+    StreamAppend {
+        /// The stream's key.
+        key: String,
+        /// The chunk's number (from 0).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        index: Option<u64>,
+        /// Why it was refused.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl HostCall {
@@ -110,6 +122,7 @@ impl HostCall {
             HostCall::BatchTrigger { items, .. } => format!("batch-trigger({items} items)"),
             HostCall::UpdateMetadata { target, .. } => format!("update-metadata({target})"),
             HostCall::AddTags { tags, .. } => format!("add-tags({})", tags.join(", ")),
+            HostCall::StreamAppend { key, .. } => format!("stream-append({key})"),
         }
     }
 }

@@ -21,6 +21,7 @@
 //! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
 //! | `GET /api/v1/deployments` | list deployments |
 //! | `GET /realtime/v1/runs/{runId}`, `/realtime/v1/runs?tags=`, `/realtime/v1/batches/{batchId}` | realtime subscriptions (Electric's shape protocol, as the SDK's `runs.subscribeTo*` speak it) |
+//! | `GET /realtime/v1/streams/{runId}/{key}` | server-sent events: the chunks a task appends to a realtime stream (`streams.read`) |
 //! | `GET /realtime/v1/events/runs/{runId}` | server-sent events: the run after each change, until it finishes |
 //! | `POST /api/v1/auth/public-tokens` | mint a public access token `{scopes, expirationTime?, oneTimeUse?}` |
 //! | `POST /api/v1/auth/jwt/claims` | the claims the SDK signs a public token with itself |
@@ -43,6 +44,7 @@ mod projects;
 mod queues;
 mod realtime;
 mod realtime_rows;
+mod realtime_streams;
 mod run_list;
 mod runs;
 mod schedules;
@@ -79,6 +81,8 @@ pub struct AppState {
     pub(crate) notifier: Arc<Notifier>,
     /// Which runs changed, for realtime subscriptions.
     pub(crate) feed: Arc<crate::feed::Feed>,
+    /// Which runs' realtime streams grew.
+    pub(crate) stream_feed: Arc<crate::feed::Feed>,
     /// Signs the environment's callback and packet URLs and the public
     /// access tokens it mints.
     pub(crate) signing_secret: Arc<str>,
@@ -176,6 +180,10 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route("/realtime/v1/runs/{run_id}", get(realtime::run))
         .route("/realtime/v1/runs", get(realtime::tagged))
         .route("/realtime/v1/batches/{batch_id}", get(realtime::batch))
+        .route(
+            "/realtime/v1/streams/{run_id}/{key}",
+            get(realtime_streams::read),
+        )
         .route(
             "/realtime/v1/events/runs/{run_id}",
             get(realtime::run_events),

@@ -167,3 +167,54 @@ impl AttemptSink {
         })
     }
 }
+
+/// The largest chunk a task may append to a realtime stream.
+pub(crate) const MAX_STREAM_CHUNK: usize = 64 * 1024;
+/// The longest stream key.
+const MAX_STREAM_KEY: usize = 128;
+
+impl AttemptSink {
+    /// `stream-append` from the task: the chunk is stored and the call
+    /// journaled with its number, in one commit.
+    pub(crate) fn stream_call(&self, key: String, chunk: String) -> kiln_sandbox::HostFuture<u64> {
+        let executor = self.executor.clone();
+        let writer = self.writer.clone();
+        let run_id = self.parent.clone();
+        Box::pin(async move {
+            let store = &executor.shared.store;
+            let checked = if key.is_empty() || key.chars().count() > MAX_STREAM_KEY {
+                Err(format!(
+                    "a stream key must be 1 to {MAX_STREAM_KEY} characters"
+                ))
+            } else if key.contains(['/', '\0']) {
+                Err("a stream key must not contain `/`".to_string())
+            } else if chunk.len() > MAX_STREAM_CHUNK {
+                Err(format!(
+                    "a stream chunk is at most {MAX_STREAM_CHUNK} bytes; this one is {}",
+                    chunk.len()
+                ))
+            } else {
+                serde_json::from_str::<Value>(&chunk)
+                    .map(|_| ())
+                    .map_err(|e| format!("a stream chunk must be JSON: {e}"))
+            };
+            let mut batch = Batch::default();
+            let outcome = match checked {
+                Ok(()) => {
+                    let index = store.stream_len(&run_id, &key).map_err(|e| e.to_string())?;
+                    batch.put_stream_chunk(&run_id, &key, index, chunk.into_bytes());
+                    Ok(index)
+                }
+                Err(error) => Err(error),
+            };
+            let call = HostCall::StreamAppend {
+                key,
+                index: outcome.as_ref().ok().copied(),
+                error: outcome.as_ref().err().cloned(),
+            };
+            writer.append_to(&mut batch, JournalEntry::HostCall(call));
+            store.commit(batch).await.map_err(|e| e.to_string())?;
+            outcome
+        })
+    }
+}

@@ -63,6 +63,10 @@ impl JournalSink for AttemptSink {
         self.tags_call(tags)
     }
 
+    fn stream_append(&mut self, key: String, chunk: String) -> kiln_sandbox::HostFuture<u64> {
+        self.stream_call(key, chunk)
+    }
+
     fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {
         let writer = self.writer.clone();
         let executor = self.executor.clone();

@@ -568,6 +568,7 @@ pub async fn keyed_child(payload: KeyedChild, ctx: &Context) -> Result<Value, Ta
 
 kiln_sdk::bundle!(
     hooked,
+    stream_words,
     soak,
     chatty,
     flaky_block,
@@ -690,4 +691,27 @@ pub async fn chatty(payload: Chatty, ctx: &Context) -> Result<Value, TaskError> 
         ctx.log.info(&line, &[("i", &i.to_string())]);
     }
     Ok(serde_json::json!({ "logged": payload.lines }))
+}
+
+/// Words to stream, and the wait after each.
+#[derive(Debug, Deserialize)]
+pub struct StreamWords {
+    /// Sent in order to the realtime stream `answer`.
+    pub words: Vec<String>,
+    /// Milliseconds to wait after each word (durably: long waits suspend).
+    #[serde(default)]
+    pub gap_ms: u64,
+}
+
+/// Sends `words` to the realtime stream `answer`, one chunk each, waiting
+/// `gap_ms` after each: a task answering token by token.
+#[task(id = "stream-words")]
+pub async fn stream_words(payload: StreamWords, _ctx: &Context) -> Result<Value, TaskError> {
+    for (i, word) in payload.words.iter().enumerate() {
+        kiln_sdk::streams::append("answer", &serde_json::json!({ "i": i, "word": word }))?;
+        if payload.gap_ms > 0 {
+            kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.gap_ms)).await?;
+        }
+    }
+    Ok(serde_json::json!({ "sent": payload.words.len() }))
 }
