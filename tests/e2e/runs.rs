@@ -402,3 +402,53 @@ async fn a_retried_request_answers_with_the_run_its_first_attempt_made() {
         "{response}"
     );
 }
+
+#[tokio::test]
+async fn the_openapi_document_is_served_and_names_only_real_routes() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    let http = reqwest::Client::new();
+    let served: serde_json::Value = http
+        .get(format!("{}/api/openapi.json", kiln.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let kept: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../docs/openapi.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(served, kept, "docs/openapi.json is what the server serves");
+    // Every documented operation reaches a handler (or the auth in front of
+    // it), never the fallback for unknown routes.
+    let paths = served["paths"].as_object().unwrap();
+    for (path, operations) in paths {
+        let concrete = path
+            .split('/')
+            .map(|s| if s.starts_with('{') { "x" } else { s })
+            .collect::<Vec<_>>()
+            .join("/");
+        for method in operations.as_object().unwrap().keys() {
+            let method = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+            let answer = http
+                .request(method.clone(), format!("{}{concrete}", kiln.url))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            assert!(
+                !answer.contains("No such route"),
+                "{method} {path}: {answer}"
+            );
+        }
+    }
+    assert!(paths.len() >= 40, "{}", paths.len());
+}

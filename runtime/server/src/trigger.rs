@@ -11,7 +11,7 @@ use serde_json::Value;
 
 /// The trigger options this server acts on; the others of the wire format
 /// are accepted and ignored until their issue lands.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct TriggerOptions {
     pub(crate) payload_type: Option<String>,
@@ -110,7 +110,7 @@ fn priority_ms(value: Option<&Value>) -> Result<u64, TriggerError> {
 }
 
 /// Trigger.dev's `debounce` option.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct DebounceOptions {
     /// The key, scoped to the task (at most 512 characters).
@@ -181,7 +181,7 @@ fn debounce(options: &DebounceOptions, now: Timestamp) -> Result<RunDebounce, St
 }
 
 /// The user's idempotency key as the SDK sends it beside its hash.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Serialize, Deserialize, schemars::JsonSchema)]
 pub(crate) struct IdempotencyKeyOptions {
     /// The key as the user wrote it.
     pub(crate) key: Option<String>,

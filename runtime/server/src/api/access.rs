@@ -17,7 +17,6 @@
 use super::{ApiError, AppState};
 use crate::environments::{Hub, KeyLookup};
 use axum::extract::{MatchedPath, Request, State};
-use axum::http::Method;
 use axum::http::header::AUTHORIZATION;
 use axum::middleware::Next;
 use axum::response::Response;
@@ -149,23 +148,6 @@ impl Caller {
     }
 }
 
-/// The routes a public access token may call (each handler then checks the
-/// token's scopes against what it touches).
-fn public_route(method: &Method, path: &str) -> bool {
-    matches!(
-        (method.as_str(), path),
-        ("GET", "/api/v3/runs/{run_id}")
-            | ("GET", "/api/v2/batches/{batch_id}")
-            | ("POST", "/api/v1/tasks/{task_id}/trigger")
-            | ("POST", "/api/v1/waitpoints/tokens/{id}/complete")
-            | ("GET", "/realtime/v1/runs/{run_id}")
-            | ("GET", "/realtime/v1/runs")
-            | ("GET", "/realtime/v1/batches/{batch_id}")
-            | ("GET", "/realtime/v1/streams/{run_id}/{key}")
-            | ("GET", "/realtime/v1/events/runs/{run_id}")
-    )
-}
-
 /// The bearer of `Authorization: Bearer <...>`.
 fn bearer(request: &Request) -> Option<&str> {
     request
@@ -226,7 +208,7 @@ pub(super) async fn authenticate(
             .get::<MatchedPath>()
             .map(|p| p.as_str().to_string())
             .unwrap_or_default();
-        if !public_route(request.method(), &path) {
+        if !super::routes::takes_public_token(request.method().as_str(), &path) {
             return Err(ApiError::forbidden(
                 "A public access token cannot call this route: use the secret key",
             ));

@@ -32,9 +32,9 @@ pub(super) async fn get_metadata(
     ))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct MetadataBody {
+pub(super) struct MetadataBody {
     /// A whole new metadata object.
     metadata: Option<Value>,
     #[serde(default)]
@@ -77,8 +77,8 @@ pub(super) async fn put_metadata(
     Ok(Json(json!({ "metadata": metadata })))
 }
 
-#[derive(Debug, Deserialize)]
-struct TagsBody {
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+pub(super) struct TagsBody {
     tags: Value,
 }
 

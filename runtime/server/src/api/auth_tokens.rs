@@ -21,9 +21,10 @@ pub(super) async fn claims(Extension(caller): Extension<Caller>) -> Json<Value> 
     Json(json!({ "sub": &*caller.environment, "pub": true }))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreateBody {
+#[schemars(rename = "PublicTokenBody")]
+pub(super) struct CreateBody {
     #[serde(default)]
     scopes: Vec<String>,
     /// A duration (`"1h"`), or when it expires as Unix seconds.

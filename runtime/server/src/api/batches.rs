@@ -35,9 +35,10 @@ const CHUNK: usize = 200;
 /// The longest NDJSON line (an item with a payload at the cap).
 const MAX_LINE: usize = 10 * 1024 * 1024 + 64 * 1024;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreateBody {
+#[schemars(rename = "BatchCreateBody")]
+pub(super) struct CreateBody {
     run_count: u32,
     /// The batch's idempotency key (the SDK's hash), its user form and TTL,
     /// read as for a trigger.

@@ -1,37 +1,11 @@
-//! The HTTP API: Trigger.dev's wire format plus Kiln's deployments.
+//! The HTTP API: Trigger.dev's wire format plus Kiln's deployments,
+//! journals, projects and keys.
 //!
-//! | route | what |
-//! |---|---|
-//! | `POST /api/v1/tasks/{taskId}/trigger` | trigger a run |
-//! | `GET /api/v3/runs/{runId}` | retrieve a run (`?wait=MS` waits for it to finish, at most 60 s) |
-//! | `POST /api/v2/runs/{runId}/cancel` | cancel a run (interrupts it if executing) |
-//! | `GET /api/v1/runs` | list runs, newest first, with filters and cursors |
-//! | `GET /api/v1/runs/{runId}/journal` | the run's journal (Kiln's own) |
-//! | `POST /api/v1/schedules`, `GET` | create (upsert by `deduplicationKey`), list |
-//! | `GET`/`PUT`/`DELETE /api/v1/schedules/{id}` | retrieve, update, delete a schedule |
-//! | `POST /api/v1/schedules/{id}/activate`, `/deactivate` | turn a schedule on or off |
-//! | `GET /api/v1/timezones` | IANA time zones, no auth |
-//! | `POST`/`GET /api/v1/waitpoints/tokens` | create, list wait tokens |
-//! | `GET /api/v1/waitpoints/tokens/{id}`, `POST .../complete` | retrieve, complete a token |
-//! | `POST /api/v1/waitpoints/tokens/{id}/callback/{signature}` | complete through its URL, no auth |
-//! | `PUT`/`GET /api/v1/packets/{path}` (and `/api/v2/...`) | a presigned URL to upload or download a large payload |
-//! | `PUT`/`GET /packets/{path}?expires=..&signature=..` | the presigned URL itself, no auth |
-//! | `GET /api/v1/queues`, `GET /api/v1/queues/{queue}` | list queues, retrieve one (queued, running, limits, paused, busiest keys) |
-//! | `POST /api/v1/queues/{queue}/pause` | `{action: "pause"\|"resume"}` |
-//! | `POST /api/v1/deployments` | deploy a bundle (the body is its bytes) |
-//! | `GET /api/v1/deployments` | list deployments |
-//! | `GET /realtime/v1/runs/{runId}`, `/realtime/v1/runs?tags=`, `/realtime/v1/batches/{batchId}` | realtime subscriptions (Electric's shape protocol, as the SDK's `runs.subscribeTo*` speak it) |
-//! | `GET /realtime/v1/streams/{runId}/{key}` | server-sent events: the chunks a task appends to a realtime stream (`streams.read`) |
-//! | `GET /realtime/v1/events/runs/{runId}` | server-sent events: the run after each change, until it finishes |
-//! | `POST /api/v1/auth/public-tokens` | mint a public access token `{scopes, expirationTime?, oneTimeUse?}` |
-//! | `POST /api/v1/auth/jwt/claims` | the claims the SDK signs a public token with itself |
-//! | `POST`/`GET /api/v1/projects` | create, list projects (the server's own key only) |
-//! | `POST`/`GET /api/v1/projects/{ref}/keys`, `DELETE .../keys/{keyId}` | create, list, revoke a project's keys (the server's own key only) |
-//! | `GET /healthz` | liveness, no auth |
-//!
-//! Every route but the ones marked "no auth" takes the environment's secret
-//! key; the few a frontend needs also take a public access token (see
-//! [`access`]).
+//! Every route is in [`routes::table`], with who may call it and its
+//! request body's type; the router and the OpenAPI document
+//! (`GET /api/openapi.json`, `docs/openapi.json`) are both built from it.
+//! Routes that are not open take an environment's secret key; the few a
+//! frontend needs also take a public access token (see [`access`]).
 
 mod access;
 mod annotations;
@@ -39,12 +13,14 @@ mod auth_tokens;
 mod batches;
 mod deployments;
 mod error;
+mod openapi;
 mod packets;
 mod projects;
 mod queues;
 mod realtime;
 mod realtime_rows;
 mod realtime_streams;
+mod routes;
 mod run_list;
 mod runs;
 mod schedules;
@@ -61,7 +37,7 @@ use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::MethodRouter;
 use kiln_store::Store;
 use std::sync::Arc;
 
@@ -113,116 +89,36 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Env {
     }
 }
 
-/// The API's router.
+/// The API's router, built from [`routes::table`]: the routes that take a
+/// key or token behind the auth middleware, the others open; every answer
+/// held until what it showed is durable.
 pub fn router(hub: Arc<Hub>) -> Router {
-    let state = hub;
-    let authed = Router::new()
-        .route("/api/v1/tasks/{task_id}/trigger", post(runs::trigger))
-        .route("/api/v3/runs/{run_id}", get(runs::retrieve))
-        .route("/api/v2/runs/{run_id}/cancel", post(runs::cancel))
-        .route("/api/v1/runs/{run_id}/reschedule", post(runs::reschedule))
-        .route("/api/v1/runs/{run_id}/replay", post(runs::replay))
-        .route("/api/v3/batches", post(batches::create))
-        .route(
-            "/api/v3/batches/{batch_id}/items",
-            post(batches::items).layer(DefaultBodyLimit::disable()),
-        )
-        .route("/api/v2/batches/{batch_id}", get(batches::retrieve))
-        .route(
-            "/api/v1/runs/{run_id}/metadata",
-            put(annotations::put_metadata).get(annotations::get_metadata),
-        )
-        .route("/api/v1/runs/{run_id}/tags", post(annotations::add_tags))
-        .route(
-            "/api/v1/packets/{*path}",
-            put(packets::presign_upload).get(packets::presign_download),
-        )
-        .route(
-            "/api/v2/packets/{*path}",
-            put(packets::presign_upload).get(packets::presign_download),
-        )
-        .route("/api/v1/runs", get(run_list::list))
-        .route("/api/v1/queues", get(queues::list))
-        .route("/api/v1/queues/{queue}", get(queues::retrieve))
-        .route("/api/v1/queues/{queue}/pause", post(queues::pause))
-        .route("/api/v1/runs/{run_id}/journal", get(runs::journal))
-        .route(
-            "/api/v1/schedules",
-            post(schedules::create).get(schedules::list),
-        )
-        .route(
-            "/api/v1/schedules/{id}",
-            put(schedules::update)
-                .get(schedules::retrieve)
-                .delete(schedules::delete),
-        )
-        .route("/api/v1/schedules/{id}/activate", post(schedules::activate))
-        .route(
-            "/api/v1/waitpoints/tokens",
-            post(tokens::create).get(tokens::list),
-        )
-        .route("/api/v1/waitpoints/tokens/{id}", get(tokens::retrieve))
-        .route(
-            "/api/v1/waitpoints/tokens/{id}/complete",
-            post(tokens::complete),
-        )
-        .route(
-            "/api/v1/schedules/{id}/deactivate",
-            post(schedules::deactivate),
-        )
-        .route(
-            "/api/v1/deployments",
-            post(deployments::create)
-                .get(deployments::list)
-                .layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
-        )
+    let mut open: Router<Arc<Hub>> = Router::new();
+    let mut authed: Router<Arc<Hub>> = Router::new();
+    let mut by_path: Vec<(&'static str, routes::Caller, MethodRouter<Arc<Hub>>)> = Vec::new();
+    for route in routes::table() {
+        let handler = (route.handler)();
+        match by_path.iter_mut().find(|(path, _, _)| *path == route.path) {
+            Some((_, _, methods)) => *methods = std::mem::take(methods).merge(handler),
+            None => by_path.push((route.path, route.caller, handler)),
+        }
+    }
+    for (path, caller, methods) in by_path {
+        match caller {
+            routes::Caller::Anyone => open = open.route(path, methods),
+            _ => authed = authed.route(path, methods),
+        }
+    }
+    let authed = authed
         .layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES))
-        .route("/realtime/v1/runs/{run_id}", get(realtime::run))
-        .route("/realtime/v1/runs", get(realtime::tagged))
-        .route("/realtime/v1/batches/{batch_id}", get(realtime::batch))
-        .route(
-            "/realtime/v1/streams/{run_id}/{key}",
-            get(realtime_streams::read),
-        )
-        .route(
-            "/realtime/v1/events/runs/{run_id}",
-            get(realtime::run_events),
-        )
-        .route("/api/v1/auth/jwt/claims", post(auth_tokens::claims))
-        .route("/api/v1/auth/public-tokens", post(auth_tokens::create))
-        .route(
-            "/api/v1/projects",
-            post(projects::create).get(projects::list),
-        )
-        .route(
-            "/api/v1/projects/{project}/keys",
-            post(projects::create_key).get(projects::list_keys),
-        )
-        .route(
-            "/api/v1/projects/{project}/keys/{key_id}",
-            axum::routing::delete(projects::revoke_key),
-        )
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            hub.clone(),
             access::authenticate,
         ));
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/api/v1/timezones", get(schedules::timezones))
-        .route(
-            "/api/v1/waitpoints/tokens/{id}/callback/{signature}",
-            post(tokens::callback),
-        )
-        .route(
-            "/packets/{*path}",
-            put(packets::upload)
-                .get(packets::download)
-                .layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES)),
-        )
-        .merge(authed)
+    open.merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })
-        .layer(axum::middleware::from_fn_with_state(state.clone(), settle))
-        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(hub.clone(), settle))
+        .with_state(hub)
 }
 
 /// Holds every response until what its handler may have read is durable.

@@ -48,8 +48,8 @@ fn key_view(key: &ApiKey) -> Value {
     view
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct CreateProject {
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+pub(super) struct CreateProject {
     name: Option<String>,
     #[serde(rename = "ref")]
     reference: Option<String>,
@@ -112,8 +112,8 @@ pub(super) async fn list(
     })))
 }
 
-#[derive(Debug, Default, Deserialize)]
-struct CreateKey {
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
+pub(super) struct CreateKey {
     environment: Option<String>,
 }
 

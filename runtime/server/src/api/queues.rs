@@ -137,7 +137,7 @@ pub(super) async fn retrieve(
     Ok(Json(view(&found(&state, &name)?)))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub(super) struct PauseBody {
     #[serde(rename = "type")]
     kind: Option<String>,

@@ -19,9 +19,9 @@ use std::time::Duration;
 /// The longest a retrieve waits for a run to finish.
 const MAX_WAIT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct TriggerBody {
+pub(super) struct TriggerBody {
     payload: Option<Value>,
     #[serde(default)]
     options: TriggerOptions,
@@ -262,9 +262,9 @@ pub(super) async fn retrieve(
     Ok(Json(full_view(&state.store, &run)?))
 }
 
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct ReplayBody {
+pub(super) struct ReplayBody {
     /// A new payload (as the SDK sends it: a string packet, or JSON).
     payload: Option<Value>,
     /// Overrides of the trigger options.
@@ -339,7 +339,7 @@ pub(super) async fn replay(
     Ok(Json(json!({ "id": id })))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 pub(super) struct RescheduleBody {
     delay: Value,
 }

@@ -76,9 +76,10 @@ fn view(schedule: &Schedule, state: &AppState) -> Value {
     Value::Object(map)
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct CreateBody {
+#[schemars(rename = "ScheduleCreateBody")]
+pub(super) struct CreateBody {
     task: String,
     cron: String,
     deduplication_key: Option<String>,
@@ -86,9 +87,10 @@ struct CreateBody {
     timezone: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
-struct UpdateBody {
+#[schemars(rename = "ScheduleUpdateBody")]
+pub(super) struct UpdateBody {
     task: String,
     cron: String,
     external_id: Option<String>,

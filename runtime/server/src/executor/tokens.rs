@@ -24,7 +24,7 @@ const DEFAULT_KEY_TTL_MS: u64 = 30 * 86_400_000;
 pub const MAX_TOKEN_DATA: usize = 10 * 1024 * 1024;
 
 /// Options for a new token, as Trigger.dev's `wait.createToken`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct TokenOptions {
     /// `"10m"`, an ISO date, or seconds.

@@ -1,0 +1,503 @@
+//! Every route of the API in one table: its method and path, who may call
+//! it, what it does, its request body's type and its handler. The router
+//! is built from this table, and so is the OpenAPI document
+//! (`GET /api/openapi.json`, see [`super::openapi`]), so neither can list a
+//! route the other lacks; the auth middleware reads from it which routes
+//! take a public access token.
+
+use super::{
+    MAX_BUNDLE_BYTES, MAX_TRIGGER_BYTES, annotations, auth_tokens, batches, deployments, packets,
+    projects, queues, realtime, realtime_streams, run_list, runs, schedules, tokens,
+};
+use crate::environments::Hub;
+use crate::executor::TokenOptions;
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{MethodRouter, delete, get, post, put};
+use schemars::{Schema, SchemaGenerator};
+use std::sync::Arc;
+
+/// Who may call a route.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Caller {
+    /// Anyone: no key (the URL itself may carry a signature).
+    Anyone,
+    /// The environment's secret key.
+    SecretKey,
+    /// The secret key, or a public access token whose scopes allow it.
+    PublicToken,
+    /// The server's own key only.
+    Admin,
+}
+
+/// A request body: its media type and, for JSON, its schema.
+pub(crate) struct Body {
+    /// `application/json`, `application/x-ndjson`, ...
+    pub(crate) media: &'static str,
+    /// The handler's type for it.
+    pub(crate) schema: Option<fn(&mut SchemaGenerator) -> Schema>,
+}
+
+/// One route.
+pub(crate) struct Route {
+    /// `GET`, `POST`, `PUT` or `DELETE`.
+    pub(crate) method: &'static str,
+    /// The path, with `{param}` (and `{*rest}`) segments as axum takes them.
+    pub(crate) path: &'static str,
+    /// Who may call it.
+    pub(crate) caller: Caller,
+    /// What it does, in a line.
+    pub(crate) summary: &'static str,
+    /// Its request body.
+    pub(crate) body: Option<Body>,
+    /// Its handler.
+    pub(crate) handler: fn() -> MethodRouter<Arc<Hub>>,
+}
+
+fn json(schema: fn(&mut SchemaGenerator) -> Schema) -> Option<Body> {
+    Some(Body {
+        media: "application/json",
+        schema: Some(schema),
+    })
+}
+
+const fn route(
+    method: &'static str,
+    path: &'static str,
+    caller: Caller,
+    summary: &'static str,
+    handler: fn() -> MethodRouter<Arc<Hub>>,
+) -> Route {
+    Route {
+        method,
+        path,
+        caller,
+        summary,
+        body: None,
+        handler,
+    }
+}
+
+impl Route {
+    fn with(mut self, body: Option<Body>) -> Route {
+        self.body = body;
+        self
+    }
+}
+
+/// The whole API.
+pub(crate) fn table() -> &'static [Route] {
+    static TABLE: std::sync::LazyLock<Vec<Route>> = std::sync::LazyLock::new(build);
+    &TABLE
+}
+
+fn build() -> Vec<Route> {
+    use Caller::{Admin, Anyone, PublicToken, SecretKey};
+    vec![
+        route("GET", "/healthz", Anyone, "Liveness", || {
+            get(|| async { "ok" })
+        }),
+        route(
+            "GET",
+            "/api/openapi.json",
+            Anyone,
+            "This API as an OpenAPI document",
+            || get(super::openapi::serve),
+        ),
+        route(
+            "GET",
+            "/api/v1/timezones",
+            Anyone,
+            "IANA time zones (`schedules.timezones`)",
+            || get(schedules::timezones),
+        ),
+        route(
+            "POST",
+            "/api/v1/waitpoints/tokens/{id}/callback/{signature}",
+            Anyone,
+            "Complete a wait token through its callback URL, with the body as its data",
+            || post(tokens::callback),
+        ),
+        route(
+            "PUT",
+            "/packets/{*path}",
+            Anyone,
+            "Upload a large payload to a presigned URL",
+            || put(packets::upload).layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES)),
+        )
+        .with(Some(Body {
+            media: "application/octet-stream",
+            schema: None,
+        })),
+        route(
+            "GET",
+            "/packets/{*path}",
+            Anyone,
+            "Download a large payload from a presigned URL",
+            || get(packets::download),
+        ),
+        route(
+            "POST",
+            "/api/v1/tasks/{task_id}/trigger",
+            PublicToken,
+            "Trigger a run (`tasks.trigger`)",
+            || post(runs::trigger),
+        )
+        .with(json(|g| g.subschema_for::<runs::TriggerBody>())),
+        route(
+            "GET",
+            "/api/v3/runs/{run_id}",
+            PublicToken,
+            "Retrieve a run (`runs.retrieve`); `?wait=MS` waits for it to finish",
+            || get(runs::retrieve),
+        ),
+        route(
+            "POST",
+            "/api/v2/runs/{run_id}/cancel",
+            SecretKey,
+            "Cancel a run (`runs.cancel`)",
+            || post(runs::cancel),
+        ),
+        route(
+            "POST",
+            "/api/v1/runs/{run_id}/reschedule",
+            SecretKey,
+            "Move a delayed run's start (`runs.reschedule`)",
+            || post(runs::reschedule),
+        )
+        .with(json(|g| g.subschema_for::<runs::RescheduleBody>())),
+        route(
+            "POST",
+            "/api/v1/runs/{run_id}/replay",
+            SecretKey,
+            "Run again with the same or new payload (`runs.replay`)",
+            || post(runs::replay),
+        )
+        .with(json(|g| g.subschema_for::<runs::ReplayBody>())),
+        route(
+            "GET",
+            "/api/v1/runs",
+            SecretKey,
+            "List runs, newest first, with filters and cursors (`runs.list`)",
+            || get(run_list::list),
+        ),
+        route(
+            "GET",
+            "/api/v1/runs/{run_id}/journal",
+            SecretKey,
+            "A run's journal (Kiln's own)",
+            || get(runs::journal),
+        ),
+        route(
+            "PUT",
+            "/api/v1/runs/{run_id}/metadata",
+            SecretKey,
+            "Change a run's metadata",
+            || put(annotations::put_metadata),
+        )
+        .with(json(|g| g.subschema_for::<annotations::MetadataBody>())),
+        route(
+            "GET",
+            "/api/v1/runs/{run_id}/metadata",
+            SecretKey,
+            "A run's metadata",
+            || get(annotations::get_metadata),
+        ),
+        route(
+            "POST",
+            "/api/v1/runs/{run_id}/tags",
+            SecretKey,
+            "Add tags to a run",
+            || post(annotations::add_tags),
+        )
+        .with(json(|g| g.subschema_for::<annotations::TagsBody>())),
+        route(
+            "POST",
+            "/api/v3/batches",
+            SecretKey,
+            "Create a batch (`batch.trigger`, first phase)",
+            || post(batches::create),
+        )
+        .with(json(|g| g.subschema_for::<batches::CreateBody>())),
+        route(
+            "POST",
+            "/api/v3/batches/{batch_id}/items",
+            SecretKey,
+            "Stream a batch's items, one JSON object per line",
+            || post(batches::items).layer(DefaultBodyLimit::disable()),
+        )
+        .with(Some(Body {
+            media: "application/x-ndjson",
+            schema: None,
+        })),
+        route(
+            "GET",
+            "/api/v2/batches/{batch_id}",
+            PublicToken,
+            "Retrieve a batch (`batch.retrieve`)",
+            || get(batches::retrieve),
+        ),
+        route(
+            "PUT",
+            "/api/v1/packets/{*path}",
+            SecretKey,
+            "A presigned URL to upload a large payload",
+            || put(packets::presign_upload),
+        ),
+        route(
+            "GET",
+            "/api/v1/packets/{*path}",
+            SecretKey,
+            "A presigned URL to download a large payload",
+            || get(packets::presign_download),
+        ),
+        route(
+            "PUT",
+            "/api/v2/packets/{*path}",
+            SecretKey,
+            "A presigned URL to upload a large payload",
+            || put(packets::presign_upload),
+        ),
+        route(
+            "GET",
+            "/api/v2/packets/{*path}",
+            SecretKey,
+            "A presigned URL to download a large payload",
+            || get(packets::presign_download),
+        ),
+        route(
+            "GET",
+            "/api/v1/queues",
+            SecretKey,
+            "List queues (`queues.list`)",
+            || get(queues::list),
+        ),
+        route(
+            "GET",
+            "/api/v1/queues/{queue}",
+            SecretKey,
+            "Retrieve a queue (`queues.retrieve`)",
+            || get(queues::retrieve),
+        ),
+        route(
+            "POST",
+            "/api/v1/queues/{queue}/pause",
+            SecretKey,
+            "Pause or resume a queue",
+            || post(queues::pause),
+        )
+        .with(json(|g| g.subschema_for::<queues::PauseBody>())),
+        route(
+            "POST",
+            "/api/v1/schedules",
+            SecretKey,
+            "Create a schedule, or update the one with its deduplication key (`schedules.create`)",
+            || post(schedules::create),
+        )
+        .with(json(|g| g.subschema_for::<schedules::CreateBody>())),
+        route(
+            "GET",
+            "/api/v1/schedules",
+            SecretKey,
+            "List schedules (`schedules.list`)",
+            || get(schedules::list),
+        ),
+        route(
+            "GET",
+            "/api/v1/schedules/{id}",
+            SecretKey,
+            "Retrieve a schedule",
+            || get(schedules::retrieve),
+        ),
+        route(
+            "PUT",
+            "/api/v1/schedules/{id}",
+            SecretKey,
+            "Update a schedule",
+            || put(schedules::update),
+        )
+        .with(json(|g| g.subschema_for::<schedules::UpdateBody>())),
+        route(
+            "DELETE",
+            "/api/v1/schedules/{id}",
+            SecretKey,
+            "Delete a schedule",
+            || delete(schedules::delete),
+        ),
+        route(
+            "POST",
+            "/api/v1/schedules/{id}/activate",
+            SecretKey,
+            "Turn a schedule on",
+            || post(schedules::activate),
+        ),
+        route(
+            "POST",
+            "/api/v1/schedules/{id}/deactivate",
+            SecretKey,
+            "Turn a schedule off",
+            || post(schedules::deactivate),
+        ),
+        route(
+            "POST",
+            "/api/v1/waitpoints/tokens",
+            SecretKey,
+            "Create a wait token (`wait.createToken`)",
+            || post(tokens::create),
+        )
+        .with(json(|g| g.subschema_for::<TokenOptions>())),
+        route(
+            "GET",
+            "/api/v1/waitpoints/tokens",
+            SecretKey,
+            "List wait tokens (`wait.listTokens`)",
+            || get(tokens::list),
+        ),
+        route(
+            "GET",
+            "/api/v1/waitpoints/tokens/{id}",
+            SecretKey,
+            "Retrieve a wait token (`wait.retrieveToken`)",
+            || get(tokens::retrieve),
+        ),
+        route(
+            "POST",
+            "/api/v1/waitpoints/tokens/{id}/complete",
+            PublicToken,
+            "Complete a wait token with `{data}` (`wait.completeToken`)",
+            || post(tokens::complete),
+        )
+        .with(Some(Body {
+            media: "application/json",
+            schema: None,
+        })),
+        route(
+            "POST",
+            "/api/v1/deployments",
+            SecretKey,
+            "Deploy a bundle (the body is its bytes) as the current version",
+            || post(deployments::create).layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
+        )
+        .with(Some(Body {
+            media: "application/wasm",
+            schema: None,
+        })),
+        route(
+            "GET",
+            "/api/v1/deployments",
+            SecretKey,
+            "List deployments",
+            || get(deployments::list),
+        ),
+        route(
+            "GET",
+            "/realtime/v1/runs/{run_id}",
+            PublicToken,
+            "Subscribe to a run (Electric's shape protocol, `runs.subscribeToRun`)",
+            || get(realtime::run),
+        ),
+        route(
+            "GET",
+            "/realtime/v1/runs",
+            PublicToken,
+            "Subscribe to the runs carrying `?tags=` (`runs.subscribeToRunsWithTag`)",
+            || get(realtime::tagged),
+        ),
+        route(
+            "GET",
+            "/realtime/v1/batches/{batch_id}",
+            PublicToken,
+            "Subscribe to a batch's runs (`runs.subscribeToBatch`)",
+            || get(realtime::batch),
+        ),
+        route(
+            "GET",
+            "/realtime/v1/streams/{run_id}/{key}",
+            PublicToken,
+            "Server-sent events: the chunks a task appends to a realtime stream (`streams.read`)",
+            || get(realtime_streams::read),
+        ),
+        route(
+            "GET",
+            "/realtime/v1/events/runs/{run_id}",
+            PublicToken,
+            "Server-sent events: the run after each change, until it finishes",
+            || get(realtime::run_events),
+        ),
+        route(
+            "POST",
+            "/api/v1/auth/jwt/claims",
+            SecretKey,
+            "The claims the SDK signs a public access token with",
+            || post(auth_tokens::claims),
+        ),
+        route(
+            "POST",
+            "/api/v1/auth/public-tokens",
+            SecretKey,
+            "Mint a public access token (`auth.createPublicToken`)",
+            || post(auth_tokens::create),
+        )
+        .with(json(|g| g.subschema_for::<auth_tokens::CreateBody>())),
+        route(
+            "POST",
+            "/api/v1/projects",
+            Admin,
+            "Create a project",
+            || post(projects::create),
+        )
+        .with(json(|g| g.subschema_for::<projects::CreateProject>())),
+        route("GET", "/api/v1/projects", Admin, "List projects", || {
+            get(projects::list)
+        }),
+        route(
+            "POST",
+            "/api/v1/projects/{project}/keys",
+            Admin,
+            "Create a secret key for an environment of a project",
+            || post(projects::create_key),
+        )
+        .with(json(|g| g.subschema_for::<projects::CreateKey>())),
+        route(
+            "GET",
+            "/api/v1/projects/{project}/keys",
+            Admin,
+            "List a project's keys, masked",
+            || get(projects::list_keys),
+        ),
+        route(
+            "DELETE",
+            "/api/v1/projects/{project}/keys/{key_id}",
+            Admin,
+            "Revoke a key",
+            || delete(projects::revoke_key),
+        ),
+    ]
+}
+
+/// Whether a public access token may call `method` on the route `path`.
+pub(crate) fn takes_public_token(method: &str, path: &str) -> bool {
+    table()
+        .iter()
+        .any(|r| r.method == method && r.path == path && r.caller == Caller::PublicToken)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_method_and_path_is_in_the_table_once() {
+        let mut seen = std::collections::HashSet::new();
+        for r in table() {
+            assert!(
+                seen.insert((r.method, r.path)),
+                "{} {} twice",
+                r.method,
+                r.path
+            );
+            assert!(["GET", "POST", "PUT", "DELETE"].contains(&r.method));
+        }
+        assert!(takes_public_token("GET", "/api/v3/runs/{run_id}"));
+        assert!(!takes_public_token("GET", "/api/v1/runs"));
+    }
+}
