@@ -137,13 +137,38 @@ impl Kiln {
             .await
     }
 
-    /// Retrieves a run.
+    /// Retrieves a run, with a large payload or output read from the
+    /// presigned URL the server gives for it (as the official SDK does).
     pub async fn run(&self, id: &str) -> Value {
         let (status, body) = self
             .request(reqwest::Method::GET, &format!("/api/v3/runs/{id}"), None)
             .await;
         assert_eq!(status, 200, "{body}");
-        body
+        self.resolve_packets(body).await
+    }
+
+    /// Replaces `payloadPresignedUrl` / `outputPresignedUrl` with what they
+    /// hold, as `payload` / `output`.
+    pub async fn resolve_packets(&self, mut run: Value) -> Value {
+        for field in ["payload", "output"] {
+            let Some(url) = run[format!("{field}PresignedUrl")]
+                .as_str()
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let text = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .expect("the presigned URL answers")
+                .text()
+                .await
+                .unwrap_or_default();
+            run[field] = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        }
+        run
     }
 
     /// A run's journal entries, oldest first.
@@ -171,7 +196,7 @@ impl Kiln {
                 .await;
             assert_eq!(status, 200, "{run}");
             if run["isCompleted"] == true {
-                return run;
+                return self.resolve_packets(run).await;
             }
         }
         panic!("run {id} did not finish");

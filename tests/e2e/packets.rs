@@ -137,6 +137,17 @@ async fn large_payloads_and_outputs_survive_a_restart_while_delayed() {
     let run = kiln.finished(&delayed).await;
     assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
     assert_eq!(run["output"]["payload"], payload);
+    // A large output is not inlined: the retrieve names a signed URL for it.
+    let (_, raw) = kiln
+        .request(reqwest::Method::GET, &format!("/api/v3/runs/{big}"), None)
+        .await;
+    assert!(raw.get("output").is_none(), "{}", raw["outputPresignedUrl"]);
+    assert!(
+        raw["outputPresignedUrl"]
+            .as_str()
+            .unwrap()
+            .contains("signature=")
+    );
     let run = kiln.run(&big).await;
     assert_eq!(run["output"].as_str().map(str::len), Some(1024 * 1024));
     // Replay reads the original payload back too.

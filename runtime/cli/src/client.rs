@@ -95,13 +95,34 @@ impl Client {
     /// Long-polls the run until it reaches a final status.
     pub async fn wait_for_run(&self, id: &str) -> anyhow::Result<Value> {
         loop {
-            let run = self
-                .get_json(&format!("/api/v3/runs/{id}?wait=30000"))
-                .await?;
+            let run = self.run(&format!("{id}?wait=30000")).await?;
             if run["isCompleted"].as_bool().unwrap_or(false) {
                 return Ok(run);
             }
         }
+    }
+
+    /// Retrieves a run (`id` may carry a query), with a large payload or
+    /// output read from the presigned URL the server gives for it.
+    pub async fn run(&self, id: &str) -> anyhow::Result<Value> {
+        let mut run = self.get_json(&format!("/api/v3/runs/{id}")).await?;
+        for field in ["payload", "output"] {
+            let Some(url) = run[format!("{field}PresignedUrl")]
+                .as_str()
+                .map(str::to_string)
+            else {
+                continue;
+            };
+            let response = self
+                .http
+                .get(&url)
+                .send()
+                .await
+                .with_context(|| format!("could not read the run's {field}"))?;
+            let text = response.text().await?;
+            run[field] = serde_json::from_str(&text).unwrap_or(Value::String(text));
+        }
+        Ok(run)
     }
 }
 

@@ -53,6 +53,21 @@ await step("subscribeToRun with a public token follows the run to completion", a
   assert.deepEqual(last.tags, ["user-1"]);
 });
 
+await step("large payloads and outputs come through presigned URLs, read and realtime", async () => {
+  const big = { blob: "y".repeat(600 * 1024), n: 7 };
+  const handle = await tasks.trigger("echo", big);
+  let last;
+  await auth.withAuth({ accessToken: handle.publicAccessToken }, async () => {
+    for await (const run of runs.subscribeToRun(handle.id)) last = run;
+    const read = await runs.retrieve(handle.id);
+    assert.equal(read.payload.blob.length, 600 * 1024);
+    assert.equal(read.output.payload.n, 7);
+  });
+  assert.equal(last.status, "COMPLETED");
+  assert.equal(last.payload.blob.length, 600 * 1024);
+  assert.equal(last.output.payload.blob.length, 600 * 1024);
+});
+
 await step("a tag token reads the tag's runs and subscribes to them", async () => {
   const handles = [];
   for (let i = 0; i < 3; i++) {

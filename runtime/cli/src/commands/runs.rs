@@ -55,7 +55,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Get { id, json } => {
             let client = Client::from_env()?;
-            let run = client.get_json(&format!("/api/v3/runs/{id}")).await?;
+            let run = client.run(&id).await?;
             output::print_run(&run, json);
             Ok(ExitCode::SUCCESS)
         }

@@ -57,6 +57,19 @@ fn presigned_url(state: &AppState, method: &str, path: &str) -> String {
     )
 }
 
+/// A signed GET URL for `path` under `/{base}/` (what is signed is
+/// `{base}/{path}`, so it serves no other route).
+fn presigned_url_at(state: &AppState, base: &str, path: &str) -> String {
+    let expires = Timestamp::now().as_millis() + PRESIGNED_FOR_MS;
+    let signed = format!("{base}/{path}");
+    let signature = crate::jwt::packet_signature(&state.signing_secret, "GET", &signed, expires);
+    let env = state.env_id.replace('/', "%2F");
+    format!(
+        "{}/{signed}?expires={expires}&signature={signature}&env={env}",
+        state.public_url
+    )
+}
+
 /// The environment a presigned URL names (the default one when it names
 /// none, as URLs made before projects existed).
 fn environment_of(hub: &Hub, query: &Presigned) -> Result<AppState, ApiError> {
@@ -197,6 +210,56 @@ pub(crate) fn resolve(
     let text = String::from_utf8(packet.data)
         .map_err(|_| ApiError::bad_request(format!("The packet at `{path}` is not UTF-8 text")))?;
     Ok((text, content_type))
+}
+
+/// The signed URL a run's payload or output (`field`) is read from.
+pub(crate) fn run_packet_url(state: &AppState, run: &kiln_types::RunId, field: &str) -> String {
+    presigned_url_at(state, "runs", &format!("{run}/{field}"))
+}
+
+/// `GET /api/v1/runs/{runId}/packets/{field}`: `{presignedUrl}` of a run's
+/// payload or output (what the SDK asks for a realtime row's stored packet).
+pub(super) async fn presign_run_packet(
+    Env(state): Env,
+    Path((run_id, field)): Path<(String, String)>,
+    axum::extract::Extension(caller): axum::extract::Extension<super::access::Caller>,
+) -> Result<Json<Value>, ApiError> {
+    let run = super::stored_run(&state, &run_id)?;
+    caller.may_read_run(&run)?;
+    if !matches!(field.as_str(), "payload" | "output") {
+        return Err(ApiError::not_found(format!(
+            "No packet `{field}`: use payload or output"
+        )));
+    }
+    Ok(Json(
+        json!({ "presignedUrl": run_packet_url(&state, &run.id, &field) }),
+    ))
+}
+
+/// `GET /runs/{runId}/{field}?expires=..&signature=..`: a run's payload or
+/// output through a signed URL, no key needed.
+pub(super) async fn download_run_packet(
+    State(hub): State<Arc<Hub>>,
+    Path((run_id, field)): Path<(String, String)>,
+    Query(query): Query<Presigned>,
+) -> Result<Response, ApiError> {
+    let state = environment_of(&hub, &query)?;
+    check_signature(&state, "GET", &format!("runs/{run_id}/{field}"), &query)?;
+    let run = super::stored_run(&state, &run_id)?;
+    let (data, content_type) = match field.as_str() {
+        "payload" => (state.store.payload_of(&run)?, run.payload_type.clone()),
+        "output" => (
+            state
+                .store
+                .output_of(&run)?
+                .ok_or_else(|| ApiError::not_found("The run has no output"))?,
+            "application/json".to_string(),
+        ),
+        _ => return Err(ApiError::not_found(format!("No packet `{field}`"))),
+    };
+    let content_type = HeaderValue::from_str(&content_type)
+        .unwrap_or(HeaderValue::from_static("application/json"));
+    Ok(([(CONTENT_TYPE, content_type)], data).into_response())
 }
 
 #[cfg(test)]

@@ -204,7 +204,7 @@ async fn subscribe(
         let offset = state.feed.last();
         let mut messages = Vec::new();
         for run in shape.runs(&state)? {
-            messages.push(change(&state, &run, "insert", &poll.skip)?);
+            messages.push(change(&run, "insert", &poll.skip));
         }
         return Ok(answer(messages, &handle, offset, false));
     };
@@ -225,7 +225,7 @@ async fn subscribe(
             if let Some(run) = state.store.run(&id)?
                 && shape.selects(&run)
             {
-                messages.push(change(&state, &run, "update", &poll.skip)?);
+                messages.push(change(&run, "update", &poll.skip));
             }
         }
         offset = until;
@@ -240,17 +240,12 @@ async fn subscribe(
 }
 
 /// A change message for `run`.
-fn change(
-    state: &AppState,
-    run: &Run,
-    operation: &str,
-    skip: &[String],
-) -> Result<Value, ApiError> {
-    Ok(json!({
+fn change(run: &Run, operation: &str, skip: &[String]) -> Value {
+    json!({
         "key": run.id,
-        "value": row(&state.store, run, skip)?,
+        "value": row(run, skip),
         "headers": { "operation": operation },
-    }))
+    })
 }
 
 /// A 200 with `messages` and `up-to-date`, and Electric's headers.
@@ -350,7 +345,7 @@ pub(super) async fn run_events(
                     _ => return None,
                 };
                 c.done = run.status.is_final();
-                let view = super::runs::full_view(&c.state.store, &run).unwrap_or(Value::Null);
+                let view = super::runs::full_view(&c.state, &run).unwrap_or(Value::Null);
                 let event = Event::default().event("run").data(view.to_string());
                 return Some((Ok::<_, std::convert::Infallible>(event), c));
             }

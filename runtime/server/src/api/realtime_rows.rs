@@ -2,7 +2,6 @@
 //! that the official SDK's `runs.subscribeTo*` reads, with Trigger.dev's
 //! internal status names and Postgres-style timestamps (UTC, no zone).
 
-use super::ApiError;
 use kiln_types::{Run, RunStatus, Timestamp};
 use serde_json::{Map, Value, json};
 
@@ -61,11 +60,7 @@ fn opt_time(t: Option<Timestamp>) -> Value {
 }
 
 /// The row of `run`, without the columns in `skip`.
-pub(super) fn row(
-    store: &kiln_store::Store,
-    run: &Run,
-    skip: &[String],
-) -> Result<Map<String, Value>, ApiError> {
+pub(super) fn row(run: &Run, skip: &[String]) -> Map<String, Value> {
     let keep = |column: &str| !(SKIPPABLE.contains(&column) && skip.iter().any(|s| s == column));
     let mut row = Map::new();
     row.insert("id".into(), json!(run.id));
@@ -109,11 +104,18 @@ pub(super) fn row(
             .map_or(Value::Null, |k| json!(k)),
     );
     put("runTags", json!(run.tags));
-    if keep("payload") {
-        let payload = store.payload_of(run)?;
-        put("payload", json!(payload));
+    // A payload or output kept apart from the record is sent as a stored
+    // packet: the SDK asks `GET /api/v1/runs/{id}/packets/{field}` for a
+    // presigned URL and reads it from there.
+    if run.payload_blob.is_some() {
+        put("payload", json!(format!("runs/{}/payload", run.id)));
+        put("payloadType", json!("application/store"));
+    } else {
+        if keep("payload") {
+            put("payload", json!(run.payload));
+        }
+        put("payloadType", json!(run.payload_type));
     }
-    put("payloadType", json!(run.payload_type));
     match &run.metadata {
         Some(metadata) => {
             put("metadata", json!(metadata.to_string()));
@@ -124,8 +126,11 @@ pub(super) fn row(
             put("metadataType", Value::Null);
         }
     }
-    if keep("output") {
-        match store.output_of(run)? {
+    if run.output_blob.is_some() && run.output.is_some() {
+        put("output", json!(format!("runs/{}/output", run.id)));
+        put("outputType", json!("application/store"));
+    } else if keep("output") {
+        match run.output.clone() {
             Some(output) => {
                 put("output", json!(output));
                 put("outputType", json!("application/json"));
@@ -148,7 +153,7 @@ pub(super) fn row(
         }),
     );
     put("realtimeStreams", json!([]));
-    Ok(row)
+    row
 }
 
 #[cfg(test)]

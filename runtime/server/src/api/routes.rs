@@ -136,6 +136,20 @@ fn build() -> Vec<Route> {
             || get(packets::download),
         ),
         route(
+            "GET",
+            "/runs/{run_id}/{field}",
+            Anyone,
+            "A run's large payload or output, from the presigned URL a retrieve gave",
+            || get(packets::download_run_packet),
+        ),
+        route(
+            "GET",
+            "/api/v1/runs/{run_id}/packets/{field}",
+            PublicToken,
+            "A presigned URL of a run's payload or output",
+            || get(packets::presign_run_packet),
+        ),
+        route(
             "POST",
             "/api/v1/tasks/{task_id}/trigger",
             PublicToken,

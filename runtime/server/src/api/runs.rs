@@ -259,7 +259,7 @@ pub(super) async fn retrieve(
                 .ok_or_else(|| ApiError::not_found("Run not found"))?;
         }
     }
-    Ok(Json(full_view(&state.store, &run)?))
+    Ok(Json(full_view(&state, &run)?))
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -356,7 +356,7 @@ pub(super) async fn reschedule(
     let at = crate::duration::parse_instant(&body.delay, Timestamp::now())
         .map_err(|e| ApiError::bad_request(format!("delay: {e}")))?;
     match state.executor.reschedule(&id, at).await {
-        Ok(run) => Ok(Json(full_view(&state.store, &run)?)),
+        Ok(run) => Ok(Json(full_view(&state, &run)?)),
         Err(RescheduleError::NotFound) => Err(ApiError::not_found("Run not found")),
         Err(e @ RescheduleError::NotDelayed(_)) => Err(ApiError::unprocessable(e.to_string())),
         Err(RescheduleError::Store(e)) => Err(e.into()),
@@ -469,16 +469,30 @@ pub(super) fn common_view(run: &Run) -> Map<String, Value> {
 }
 
 /// The full retrieve shape, with `relatedRuns` read from the store.
-pub(crate) fn full_view(store: &kiln_store::Store, run: &Run) -> Result<Value, ApiError> {
-    let mut view = if run.payload_blob.is_some() || run.output_blob.is_some() {
-        let mut whole = run.clone();
-        whole.payload = store.payload_of(run)?;
-        whole.output = store.output_of(run)?;
-        retrieve_view(&whole)
-    } else {
-        retrieve_view(run)
-    };
-    view["relatedRuns"] = related_runs(store, run)?;
+///
+/// A payload or output kept apart from the run's record (over the store's
+/// inline limit) is not inlined: `payloadPresignedUrl` / `outputPresignedUrl`
+/// name a signed URL it can be read from, as Trigger.dev does for large
+/// packets (the official SDK follows them).
+pub(crate) fn full_view(state: &AppState, run: &Run) -> Result<Value, ApiError> {
+    let mut view = retrieve_view(run);
+    if let Some(map) = view.as_object_mut() {
+        if run.payload_blob.is_some() {
+            map.remove("payload");
+            map.insert(
+                "payloadPresignedUrl".into(),
+                json!(super::packets::run_packet_url(state, &run.id, "payload")),
+            );
+        }
+        if run.output_blob.is_some() && run.output.is_some() {
+            map.remove("output");
+            map.insert(
+                "outputPresignedUrl".into(),
+                json!(super::packets::run_packet_url(state, &run.id, "output")),
+            );
+        }
+    }
+    view["relatedRuns"] = related_runs(&state.store, run)?;
     Ok(view)
 }
 
