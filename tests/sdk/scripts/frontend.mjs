@@ -3,7 +3,7 @@
 // tokens and completing a wait token, and the errors for everything else.
 import assert from "node:assert/strict";
 import { auth, tasks, runs, wait } from "@trigger.dev/sdk";
-import { AuthenticationError, PermissionDeniedError } from "@trigger.dev/sdk";
+import { AuthenticationError, BatchTriggerError, PermissionDeniedError } from "@trigger.dev/sdk";
 import { step, rejectsWith, baseURL } from "./lib.mjs";
 
 /** Collects a subscription's runs until `done(latestById)` holds. */
@@ -107,6 +107,20 @@ await step("a one-time trigger token triggers its task once", async () => {
   await auth.withAuth({ accessToken: multi }, async () => {
     await tasks.trigger("echo", { n: 1 });
     await tasks.trigger("echo", { n: 2 });
+  });
+});
+
+await step("a one-time batch trigger token triggers one batch of its task", async () => {
+  const token = await auth.createBatchTriggerPublicToken("echo");
+  await auth.withAuth({ accessToken: token }, async () => {
+    // The SDK wraps a batch's refusal in its BatchTriggerError, with the
+    // API's error as `apiError`.
+    const refused = await rejectsWith(tasks.batchTrigger("sleep", [{ payload: { ms: 1 } }]), BatchTriggerError);
+    assert.ok(refused.apiError instanceof PermissionDeniedError, String(refused.apiError));
+    const handle = await tasks.batchTrigger("echo", [{ payload: { a: 1 } }, { payload: { a: 2 } }]);
+    assert.equal(handle.runCount, 2);
+    const used = await rejectsWith(tasks.batchTrigger("echo", [{ payload: { a: 3 } }]), BatchTriggerError);
+    assert.ok(used.apiError instanceof AuthenticationError, String(used.apiError));
   });
 });
 

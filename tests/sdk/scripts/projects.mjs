@@ -66,6 +66,10 @@ await step("a revoked key is AuthenticationError at once", async () => {
   await as("tr_prod_sk_000000000000000000000000", async () => {
     await rejectsWith(tasks.trigger("echo", {}), AuthenticationError);
   });
+  // No key at all: the SDK refuses to send, and the API says why.
+  const missing = await fetch(`${baseURL}/api/v3/runs/${runA}`);
+  assert.equal(missing.status, 401);
+  assert.match((await missing.json()).error, /Missing API key/);
 });
 
 console.log("projects: all steps passed");

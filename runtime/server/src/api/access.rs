@@ -127,6 +127,39 @@ impl Caller {
         self.require(&wanted, || format!("trigger task {task}"))
     }
 
+    /// May the caller trigger `task` in a batch.
+    pub(crate) fn may_batch_trigger(&self, task: &str) -> Result<(), ApiError> {
+        let wanted = [
+            "batchTrigger:tasks".to_string(),
+            format!("batchTrigger:tasks:{task}"),
+            "trigger:tasks".to_string(),
+            format!("trigger:tasks:{task}"),
+            "write:tasks".to_string(),
+            format!("write:tasks:{task}"),
+        ];
+        self.require(&wanted, || format!("batch-trigger task {task}"))
+    }
+
+    /// Does the caller hold some scope to trigger tasks in a batch.
+    pub(crate) fn may_batch_trigger_some(&self) -> Result<(), ApiError> {
+        match &self.access {
+            Access::Secret => Ok(()),
+            Access::Public(token)
+                if token.scopes.iter().any(|s| {
+                    s == "admin"
+                        || ["batchTrigger:tasks", "trigger:tasks", "write:tasks"]
+                            .iter()
+                            .any(|p| s == p || s.starts_with(&format!("{p}:")))
+                }) =>
+            {
+                Ok(())
+            }
+            Access::Public(_) => Err(ApiError::forbidden(
+                "This public access token may not trigger batches",
+            )),
+        }
+    }
+
     /// May the caller complete the wait token `id`.
     pub(crate) fn may_complete_token(&self, id: &str) -> Result<(), ApiError> {
         let wanted = [

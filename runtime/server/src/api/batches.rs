@@ -12,6 +12,7 @@
 //! with its index and reason. Once every index is processed the batch is
 //! sealed: `COMPLETED`, or `PARTIAL_FAILED` if any item failed.
 
+use super::access::Caller;
 use super::runs::incoming_payload;
 use super::{ApiError, AppState, Env};
 use crate::executor::Executor;
@@ -19,7 +20,7 @@ use crate::executor::admission::IdempotencyKey;
 use crate::trigger::TriggerOptions;
 use axum::Json;
 use axum::body::Body;
-use axum::extract::Path;
+use axum::extract::{Extension, Path};
 use axum::http::{HeaderMap, StatusCode};
 use futures_util::StreamExt;
 use kiln_store::{BatchItemError, BatchKey, BatchRecord};
@@ -48,15 +49,27 @@ pub(super) struct CreateBody {
     parent_run_id: Option<String>,
     #[serde(default)]
     resume_parent_on_completion: bool,
+    /// The tasks the items will trigger (checked against a public token's
+    /// scopes).
+    #[serde(default)]
+    task_identifiers: Vec<String>,
 }
 
 /// `POST /api/v3/batches` `{runCount, ...}` -> 202 `{id, runCount,
-/// isCached}`.
+/// isCached}`. A public access token may create a batch of the tasks its
+/// `batchTrigger` scopes name; a one-time token creates one batch.
 pub(super) async fn create(
     Env(state): Env,
+    Extension(caller): Extension<Caller>,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
     let body: CreateBody = super::json_body(&body)?;
+    for task in &body.task_identifiers {
+        caller.may_batch_trigger(task)?;
+    }
+    if caller.public().is_some() && body.task_identifiers.is_empty() {
+        caller.may_batch_trigger_some()?;
+    }
     if body.run_count == 0 || body.run_count > MAX_V3_BATCH {
         return Err(ApiError::bad_request(format!(
             "runCount must be 1 to {MAX_V3_BATCH}, not {}",
@@ -96,6 +109,19 @@ pub(super) async fn create(
         }
         return Ok((StatusCode::OK, headers, Json(answer)));
     }
+    // A one-time token is used up by the batch it creates, in the batch's
+    // own commit.
+    let one_time = caller.public().filter(|t| t.one_time).map(|token| {
+        let left_secs = token.expires_secs.saturating_sub(now.as_millis() / 1000);
+        crate::executor::admission::one_time_key(&token.token, (left_secs + 60) * 1000)
+    });
+    if let Some(used) = &one_time
+        && state.store.batch_by_key(&used.hash)?.is_some()
+    {
+        return Err(ApiError::unauthorized(
+            "this one-time public access token has already been used to trigger a batch",
+        ));
+    }
     let record = BatchRecord {
         id: BatchId::generate(now.as_millis()),
         parent,
@@ -114,6 +140,16 @@ pub(super) async fn create(
                 batch: record.id.clone(),
                 expires_at: Timestamp(now.as_millis().saturating_add(key.ttl_ms)),
                 user_key: user_key.clone(),
+            },
+        );
+    }
+    if let Some(used) = &one_time {
+        batch.put_batch_key(
+            &used.hash,
+            &BatchKey {
+                batch: record.id.clone(),
+                expires_at: Timestamp(now.as_millis().saturating_add(used.ttl_ms)),
+                user_key: None,
             },
         );
     }
@@ -151,6 +187,7 @@ struct Tally {
 pub(super) async fn items(
     Env(state): Env,
     Path(id): Path<String>,
+    Extension(caller): Extension<Caller>,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::not_found("Batch not found");
@@ -179,7 +216,15 @@ pub(super) async fn items(
         }
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
-            take_line(&state, &record, &line, &mut done, &mut pending, &mut tally)?;
+            take_line(
+                &state,
+                &caller,
+                &record,
+                &line,
+                &mut done,
+                &mut pending,
+                &mut tally,
+            )?;
         }
         if buffer.len() > MAX_LINE {
             return Err(ApiError::too_large(format!(
@@ -195,7 +240,15 @@ pub(super) async fn items(
     }
     if !buffer.is_empty() {
         let line = std::mem::take(&mut buffer);
-        take_line(&state, &record, &line, &mut done, &mut pending, &mut tally)?;
+        take_line(
+            &state,
+            &caller,
+            &record,
+            &line,
+            &mut done,
+            &mut pending,
+            &mut tally,
+        )?;
         flush(&state, &batch_id, &mut pending, &mut record, &mut done).await?;
     }
     let processed = done.len() as u32;
@@ -221,6 +274,7 @@ pub(super) async fn items(
 /// was already taken.
 fn take_line(
     state: &AppState,
+    caller: &Caller,
     record: &BatchRecord,
     line: &[u8],
     done: &mut BTreeMap<u32, Option<kiln_types::RunId>>,
@@ -245,7 +299,13 @@ fn take_line(
     }
     tally.accepted += 1;
     let (index, task) = (item.index, item.task.clone());
-    pending.push((index, task, make_run(state, record, item)));
+    // An item a public token may not trigger fails alone, as an item
+    // naming an unknown task does.
+    let made = match caller.may_batch_trigger(&task) {
+        Ok(()) => make_run(state, record, item),
+        Err(refused) => Err(refused.message),
+    };
+    pending.push((index, task, made));
     Ok(())
 }
 

@@ -227,7 +227,7 @@ fn build() -> Vec<Route> {
         route(
             "POST",
             "/api/v3/batches",
-            SecretKey,
+            PublicToken,
             "Create a batch (`batch.trigger`, first phase)",
             || post(batches::create),
         )
@@ -235,7 +235,7 @@ fn build() -> Vec<Route> {
         route(
             "POST",
             "/api/v3/batches/{batch_id}/items",
-            SecretKey,
+            PublicToken,
             "Stream a batch's items, one JSON object per line",
             || post(batches::items).layer(DefaultBodyLimit::disable()),
         )
