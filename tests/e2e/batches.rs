@@ -206,3 +206,25 @@ async fn batch_keys_parents_and_item_keys() {
         "{refused}"
     );
 }
+
+#[tokio::test]
+async fn a_retried_batch_create_finds_the_batch_its_first_attempt_made() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let client = reqwest::Client::new();
+    let create = |request_key: &'static str| {
+        client
+            .post(format!("{}/api/v3/batches", kiln.url))
+            .bearer_auth(crate::harness::KEY)
+            .header("content-type", "application/json")
+            .header("x-trigger-request-idempotency-key", request_key)
+            .body(r#"{"runCount":2,"taskIdentifiers":["echo"]}"#)
+            .send()
+    };
+    let first: Value = create("batch-req-1").await.unwrap().json().await.unwrap();
+    let retried: Value = create("batch-req-1").await.unwrap().json().await.unwrap();
+    assert_eq!(retried["id"], first["id"], "{retried}");
+    let other: Value = create("batch-req-2").await.unwrap().json().await.unwrap();
+    assert_ne!(other["id"], first["id"]);
+}

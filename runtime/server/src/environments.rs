@@ -274,6 +274,15 @@ impl Hub {
         Ok(api_key)
     }
 
+    /// Whether the key with id `key_id` ([`crate::secret::key_id`]) has
+    /// been revoked (an unknown id counts as revoked).
+    pub(crate) fn key_revoked(&self, key_id: &str) -> bool {
+        self.keys_read()
+            .values()
+            .find(|k| crate::secret::key_id(&k.key) == key_id)
+            .is_none_or(|k| k.revoked_at.is_some())
+    }
+
     /// A project's keys, revoked ones included.
     pub(crate) fn keys_of(&self, project: &str) -> Vec<ApiKey> {
         let mut keys: Vec<ApiKey> = self

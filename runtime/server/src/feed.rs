@@ -17,6 +17,8 @@ use tokio::sync::watch;
 
 /// How many changes the feed remembers.
 pub(crate) const CAPACITY: usize = 65_536;
+/// The most changes one poll walks.
+pub(crate) const MAX_DELTA: usize = 4_096;
 
 /// The feed.
 pub(crate) struct Feed {
@@ -81,27 +83,36 @@ impl Feed {
         self.latest.send_replace(last);
     }
 
-    /// The runs changed after `offset`.
+    /// The runs changed after `offset`. A subscriber more than
+    /// [`MAX_DELTA`] changes behind is told to read its shape again rather
+    /// than walk them.
     pub(crate) fn since(&self, offset: u64) -> Since {
-        let entries = self.lock();
-        let oldest_known = entries.ring.front().map_or(entries.last, |(n, _)| n - 1);
-        if offset < oldest_known || offset > entries.last {
-            return Since::Forgotten;
-        }
-        let mut runs: Vec<RunId> = Vec::new();
-        for (n, run) in entries.ring.iter().rev() {
-            if *n <= offset {
-                break;
+        let (changed, until) = {
+            let entries = self.lock();
+            let oldest_known = entries.ring.front().map_or(entries.last, |(n, _)| n - 1);
+            if offset < oldest_known
+                || offset > entries.last
+                || entries.last - offset > MAX_DELTA as u64
+            {
+                return Since::Forgotten;
             }
-            if !runs.contains(run) {
-                runs.push(run.clone());
-            }
-        }
-        runs.reverse();
-        Since::Changed {
-            runs,
-            until: entries.last,
-        }
+            let behind = (entries.last - offset) as usize;
+            let skip = entries.ring.len() - behind;
+            let changed: Vec<RunId> = entries
+                .ring
+                .iter()
+                .skip(skip)
+                .map(|(_, run)| run.clone())
+                .collect();
+            (changed, entries.last)
+        };
+        // Each run once, in the order of its first change, outside the lock.
+        let mut seen = std::collections::HashSet::with_capacity(changed.len());
+        let runs = changed
+            .into_iter()
+            .filter(|run| seen.insert(run.clone()))
+            .collect();
+        Since::Changed { runs, until }
     }
 
     /// A receiver that wakes on each change.
@@ -134,7 +145,7 @@ mod tests {
         assert_eq!(
             feed.since(0),
             Since::Changed {
-                runs: vec![b.clone(), a.clone()],
+                runs: vec![a.clone(), b.clone()],
                 until: 3
             }
         );
@@ -156,6 +167,8 @@ mod tests {
             feed.publish(std::slice::from_ref(&run));
         }
         assert_eq!(feed.since(5), Since::Forgotten);
-        assert!(matches!(feed.since(20), Since::Changed { .. }));
+        let last = (CAPACITY + 10) as u64;
+        assert!(matches!(feed.since(last - 20), Since::Changed { .. }));
+        assert_eq!(feed.since(last - MAX_DELTA as u64 - 1), Since::Forgotten);
     }
 }

@@ -35,6 +35,10 @@ pub(crate) struct Claims {
     /// A one-time-use trigger token: it triggers once.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub(crate) otu: bool,
+    /// The id of the project key that minted the token: revoking the key
+    /// revokes the token.
+    #[serde(rename = "kilnKey", default, skip_serializing_if = "Option::is_none")]
+    pub(crate) key_id: Option<String>,
     /// Expiry, Unix seconds.
     pub(crate) exp: u64,
     /// Issued at, Unix seconds.
@@ -61,6 +65,7 @@ impl Claims {
             public: true,
             scopes,
             otu: false,
+            key_id: None,
             exp: now_secs.saturating_add(ttl_secs),
             iat: Some(now_secs),
             iss: ISSUER.into(),

@@ -57,6 +57,10 @@ pub struct BatchRecord {
     /// When every item of a v3 batch had been processed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sealed_at: Option<Timestamp>,
+    /// For a v3 batch a public access token created: the token's SHA-256
+    /// (hex), the only public token that may send its items.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
 }
 
 /// An item of a v3 batch that made no run.

@@ -339,18 +339,33 @@ impl Store {
         if (batch.runs.is_empty() && batch.streams.is_empty()) || self.listener.get().is_none() {
             return durable;
         }
+        // The listener hears of the commit once it is durable whether or not
+        // the caller awaits it (a claim does not, and a handler whose client
+        // went away is dropped mid-await): a task of its own waits for it.
+        let settled = self.backend.settled();
         let listener = self.listener.clone();
         let (runs, streams) = (batch.runs, batch.streams);
-        Box::pin(async move {
-            durable.await?;
-            if let Some(listener) = listener.get() {
+        let notify = async move {
+            if settled.await.is_ok()
+                && let Some(listener) = listener.get()
+            {
                 listener(Changes {
                     runs: &runs,
                     streams: &streams,
                 });
             }
-            Ok(())
-        })
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn(notify);
+                durable
+            }
+            Err(_) => Box::pin(async move {
+                let result = durable.await;
+                notify.await;
+                result
+            }),
+        }
     }
 
     /// Resolves once every commit made so far is durable; see

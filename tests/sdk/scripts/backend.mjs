@@ -13,7 +13,7 @@ await step("tasks.trigger with every option", async () => {
     { z: 1, a: { y: 2, b: [3] } },
     {
       tags: ["sdk", "compat"],
-      metadata: { order: "42", step: 1 },
+      metadata: { order: "42", step: 1, a: true },
       maxAttempts: 2,
       maxDuration: 60,
       priority: 5,
@@ -34,6 +34,11 @@ await step("idempotencyKeys dedupe a second trigger", async () => {
     idempotencyKey: await idempotencyKeys.create("compat-echo-1"),
   });
   assert.equal(again.id, echo.id);
+  // Keys are per task: the same key on another task makes another run.
+  const other = await tasks.trigger("sleep", { ms: 1 }, {
+    idempotencyKey: await idempotencyKeys.create("compat-echo-1"),
+  });
+  assert.notEqual(other.id, echo.id);
 });
 
 await step("runs.poll until completed, payload and output unchanged", async () => {
@@ -45,6 +50,7 @@ await step("runs.poll until completed, payload and output unchanged", async () =
   assert.deepEqual(Object.keys(run.output.payload.a), ["y", "b"]);
   assert.deepEqual(run.tags.sort(), ["compat", "sdk"]);
   assert.equal(run.metadata.order, "42");
+  assert.deepEqual(Object.keys(run.metadata), ["order", "step", "a"], "metadata keeps its key order");
   assert.equal(run.idempotencyKey, "compat-echo-1");
   assert.ok(run.startedAt instanceof Date && run.finishedAt instanceof Date);
 });

@@ -4,7 +4,7 @@
 import assert from "node:assert/strict";
 import { auth, tasks, runs, wait } from "@trigger.dev/sdk";
 import { AuthenticationError, BatchTriggerError, PermissionDeniedError } from "@trigger.dev/sdk";
-import { step, rejectsWith, baseURL } from "./lib.mjs";
+import { step, rejectsWith, baseURL, secretKey } from "./lib.mjs";
 
 /** Collects a subscription's runs until `done(latestById)` holds. */
 async function collect(subscription, done) {
@@ -68,6 +68,42 @@ await step("large payloads and outputs come through presigned URLs, read and rea
   assert.equal(last.output.payload.blob.length, 600 * 1024);
 });
 
+await step("a subscriber hears a queued run start executing, then finish", async () => {
+  // probe-one runs one at a time: the second run waits its turn.
+  const first = await tasks.trigger("lane-hold", { ms: 1500 });
+  const second = await tasks.trigger("lane-hold", { ms: 500 });
+  const seen = [];
+  await auth.withAuth({ accessToken: second.publicAccessToken }, async () => {
+    for await (const run of runs.subscribeToRun(second.id)) seen.push(run.status);
+  });
+  assert.equal(seen[0], "QUEUED", `statuses: ${seen}`);
+  assert.ok(seen.includes("EXECUTING"), `statuses: ${seen}`);
+  assert.equal(seen.at(-1), "COMPLETED", `statuses: ${seen}`);
+  assert.equal((await runs.retrieve(first.id)).status, "COMPLETED");
+});
+
+await step("a subscriber sees a run wait, then hears it finish through a live poll", async () => {
+  const token = await wait.createToken({ timeout: "10m" });
+  const handle = await tasks.trigger("wait-token", { token: token.id });
+  const seen = [];
+  let last;
+  await auth.withAuth({ accessToken: handle.publicAccessToken }, async () => {
+    for await (const run of runs.subscribeToRun(handle.id)) {
+      seen.push(run.status);
+      last = run;
+      // The run has started and waits on the token: complete it now, so
+      // its end can only come through a live poll.
+      if ((run.status === "WAITING" || run.status === "EXECUTING") && !seen.includes("done")) {
+        seen.push("done");
+        await auth.withAuth({ accessToken: secretKey }, () => wait.completeToken(token.id, { ok: true }));
+      }
+    }
+  });
+  assert.ok(seen.includes("done"), `statuses: ${seen}`);
+  assert.equal(last.status, "COMPLETED", `statuses: ${seen}`);
+  assert.deepEqual(last.output.data, { ok: true });
+});
+
 await step("a tag token reads the tag's runs and subscribes to them", async () => {
   const handles = [];
   for (let i = 0; i < 3; i++) {
@@ -77,7 +113,13 @@ await step("a tag token reads the tag's runs and subscribes to them", async () =
   const token = await auth.createPublicToken({ scopes: { read: { tags: ["group-x"] } } });
   await auth.withAuth({ accessToken: token }, async () => {
     assert.equal((await runs.retrieve(handles[0].id)).id, handles[0].id);
-    const { latest } = await collect(runs.subscribeToRunsWithTag("group-x"), allCompleted(3));
+    // A run tagged after the subscription began joins it.
+    const subscription = runs.subscribeToRunsWithTag("group-x");
+    const later = auth.withAuth({ accessToken: secretKey }, () =>
+      tasks.trigger("sleep", { ms: 50 }, { tags: ["group-x"] }),
+    );
+    const { latest } = await collect(subscription, allCompleted(4));
+    handles.push(await later);
     assert.deepEqual([...latest.keys()].sort(), handles.map((h) => h.id).sort());
     await rejectsWith(runs.retrieve(other.id), PermissionDeniedError);
   });

@@ -33,6 +33,8 @@ pub(crate) struct Caller {
     /// Whether the caller holds the server's own key, which administers
     /// projects and keys.
     pub(crate) admin: bool,
+    /// The id of the project key the caller holds, if it holds one.
+    pub(crate) key_id: Option<String>,
 }
 
 /// What a caller holds.
@@ -127,13 +129,13 @@ impl Caller {
         self.require(&wanted, || format!("trigger task {task}"))
     }
 
-    /// May the caller trigger `task` in a batch.
+    /// May the caller trigger `task` in a batch (`batchTrigger` scopes, as
+    /// Trigger.dev's: a token that may trigger a task once may not start a
+    /// batch of it).
     pub(crate) fn may_batch_trigger(&self, task: &str) -> Result<(), ApiError> {
         let wanted = [
             "batchTrigger:tasks".to_string(),
             format!("batchTrigger:tasks:{task}"),
-            "trigger:tasks".to_string(),
-            format!("trigger:tasks:{task}"),
             "write:tasks".to_string(),
             format!("write:tasks:{task}"),
         ];
@@ -147,7 +149,7 @@ impl Caller {
             Access::Public(token)
                 if token.scopes.iter().any(|s| {
                     s == "admin"
-                        || ["batchTrigger:tasks", "trigger:tasks", "write:tasks"]
+                        || ["batchTrigger:tasks", "write:tasks"]
                             .iter()
                             .any(|p| s == p || s.starts_with(&format!("{p}:")))
                 }) =>
@@ -212,6 +214,7 @@ pub(super) async fn authenticate(
                 environment: state.env_id.clone(),
                 access: Access::Secret,
                 admin: true,
+                key_id: None,
             };
             (state, caller)
         }
@@ -229,6 +232,7 @@ pub(super) async fn authenticate(
                 environment: state.env_id.clone(),
                 access: Access::Secret,
                 admin: false,
+                key_id: Some(crate::secret::key_id(&key.key)),
             };
             (state, caller)
         }
@@ -265,6 +269,11 @@ fn public_caller(hub: &Hub, token: &str) -> Result<(AppState, Caller), ApiError>
     for secret in hub.token_secrets(&state) {
         match crate::jwt::verify(&secret, token) {
             Ok(claims) if claims.sub == *state.env_id => {
+                if let Some(id) = &claims.key_id
+                    && hub.key_revoked(id)
+                {
+                    return Err(invalid("the key that made it has been revoked"));
+                }
                 let caller = Caller {
                     environment: state.env_id.clone(),
                     access: Access::Public(PublicToken {
@@ -274,6 +283,7 @@ fn public_caller(hub: &Hub, token: &str) -> Result<(AppState, Caller), ApiError>
                         expires_secs: claims.exp,
                     }),
                     admin: false,
+                    key_id: None,
                 };
                 return Ok((state, caller));
             }

@@ -56,6 +56,7 @@ pub(super) async fn create(
     let mut claims = Claims::new(&caller.environment, body.scopes, now, 0);
     claims.exp = exp;
     claims.otu = body.one_time_use;
+    claims.key_id = caller.key_id.clone();
     Ok(Json(
         json!({ "token": crate::jwt::encode(&state.signing_secret, &claims) }),
     ))

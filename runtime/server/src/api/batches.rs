@@ -61,8 +61,12 @@ pub(super) struct CreateBody {
 pub(super) async fn create(
     Env(state): Env,
     Extension(caller): Extension<Caller>,
+    request_headers: HeaderMap,
     body: axum::body::Bytes,
 ) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    // The SDK's retry of a create whose answer it lost finds the batch the
+    // first attempt made.
+    let request = super::runs::request_key(&state, &request_headers)?;
     let body: CreateBody = super::json_body(&body)?;
     for task in &body.task_identifiers {
         caller.may_batch_trigger(task)?;
@@ -92,7 +96,24 @@ pub(super) async fn create(
         .idempotency_key_options
         .as_ref()
         .and_then(|o| o.key.clone());
+    let _request = match &request {
+        Some(request) => Some(state.executor.lock_key(&request.hash).await),
+        None => None,
+    };
     let _serial = state.executor.serialize_triggers(key.is_some()).await;
+    if let Some(request) = &request
+        && let Some(entry) = state.store.batch_by_key(&request.hash)?
+        && entry.expires_at > now
+        && let Some(record) = state.store.batch(&entry.batch)?
+    {
+        let headers = super::runs::jwt_header(&state, &format!("read:batch:{}", record.id), now);
+        let answer = json!({
+            "id": record.id,
+            "runCount": record.expected.unwrap_or(record.runs.len() as u32),
+            "isCached": false,
+        });
+        return Ok((StatusCode::ACCEPTED, headers, Json(answer)));
+    }
     if let Some(key) = &key
         && let Some(entry) = state.store.batch_by_key(&key.hash)?
         && entry.expires_at > now
@@ -116,10 +137,11 @@ pub(super) async fn create(
         crate::executor::admission::one_time_key(&token.token, (left_secs + 60) * 1000)
     });
     if let Some(used) = &one_time
-        && state.store.batch_by_key(&used.hash)?.is_some()
+        && (state.store.batch_by_key(&used.hash)?.is_some()
+            || state.store.idempotent_run(&used.hash)?.is_some())
     {
         return Err(ApiError::unauthorized(
-            "this one-time public access token has already been used to trigger a batch",
+            "this one-time public access token has already been used",
         ));
     }
     let record = BatchRecord {
@@ -130,6 +152,8 @@ pub(super) async fn create(
         expected: Some(body.run_count),
         errors: Vec::new(),
         sealed_at: None,
+        // Only the token that made it may send its items.
+        token: caller.public().map(|t| token_hash(&t.token)),
     };
     let mut batch = kiln_store::Batch::default();
     batch.put_batch(&record);
@@ -143,7 +167,7 @@ pub(super) async fn create(
             },
         );
     }
-    if let Some(used) = &one_time {
+    for used in [&one_time, &request].into_iter().flatten() {
         batch.put_batch_key(
             &used.hash,
             &BatchKey {
@@ -171,6 +195,12 @@ struct Item {
     options: TriggerOptions,
 }
 
+/// How a batch remembers the public token that created it.
+fn token_hash(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
+}
+
 /// An item read but not yet committed: its index, task, and its run with
 /// its idempotency key (or why it makes none).
 type PendingItem = (u32, String, Result<(Run, Option<IdempotencyKey>), String>);
@@ -192,10 +222,18 @@ pub(super) async fn items(
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::not_found("Batch not found");
     let batch_id = BatchId::parse(&id).map_err(|_| not_found())?;
-    // One stream at a time: a re-send racing the first cannot make an
-    // index twice.
-    let _serial = state.executor.serialize_triggers(true).await;
+    // One stream of a batch at a time: a re-send racing the first cannot
+    // make an index twice. Other triggers wait only while a chunk of items
+    // is admitted (in `flush`), not while the stream is read.
+    let _one_stream = state.executor.lock_key(batch_id.as_str()).await;
     let mut record = state.store.batch(&batch_id)?.ok_or_else(not_found)?;
+    if let Some(token) = caller.public()
+        && record.token.as_deref() != Some(token_hash(&token.token).as_str())
+    {
+        return Err(ApiError::forbidden(
+            "Only the public access token that created this batch may send its items",
+        ));
+    }
     let Some(expected) = record.expected else {
         return Err(ApiError::unprocessable(
             "This batch was made by a task, not through the batch API",
@@ -368,6 +406,7 @@ async fn flush(
     if pending.is_empty() {
         return Ok(());
     }
+    let _serial = state.executor.serialize_triggers(true).await;
     let mut batch = kiln_store::Batch::default();
     let mut runs = Vec::new();
     for (index, task, outcome) in pending.drain(..) {

@@ -57,12 +57,17 @@ fn presigned_url(state: &AppState, method: &str, path: &str) -> String {
     )
 }
 
+/// What a run packet URL's signature covers besides its path: not `GET`,
+/// so that a packet URL for the path `runs/...` never reads a run's payload.
+const RUN_PACKET: &str = "GET run-packet";
+
 /// A signed GET URL for `path` under `/{base}/` (what is signed is
 /// `{base}/{path}`, so it serves no other route).
 fn presigned_url_at(state: &AppState, base: &str, path: &str) -> String {
     let expires = Timestamp::now().as_millis() + PRESIGNED_FOR_MS;
     let signed = format!("{base}/{path}");
-    let signature = crate::jwt::packet_signature(&state.signing_secret, "GET", &signed, expires);
+    let signature =
+        crate::jwt::packet_signature(&state.signing_secret, RUN_PACKET, &signed, expires);
     let env = state.env_id.replace('/', "%2F");
     format!(
         "{}/{signed}?expires={expires}&signature={signature}&env={env}",
@@ -244,7 +249,12 @@ pub(super) async fn download_run_packet(
     Query(query): Query<Presigned>,
 ) -> Result<Response, ApiError> {
     let state = environment_of(&hub, &query)?;
-    check_signature(&state, "GET", &format!("runs/{run_id}/{field}"), &query)?;
+    check_signature(
+        &state,
+        RUN_PACKET,
+        &format!("runs/{run_id}/{field}"),
+        &query,
+    )?;
     let run = super::stored_run(&state, &run_id)?;
     let (data, content_type) = match field.as_str() {
         "payload" => (state.store.payload_of(&run)?, run.payload_type.clone()),

@@ -72,8 +72,18 @@ impl Shape {
                     .store
                     .batch(&batch_id)?
                     .ok_or_else(|| ApiError::not_found("Batch not found"))?;
+                // An unsealed v3 batch lists its runs as items.
+                let ids: Vec<RunId> = match (record.expected, record.sealed_at) {
+                    (Some(_), None) => state
+                        .store
+                        .batch_items(&batch_id)?
+                        .into_values()
+                        .flatten()
+                        .collect(),
+                    _ => record.runs.clone(),
+                };
                 let mut runs = Vec::new();
-                for id in &record.runs {
+                for id in &ids {
                     if let Some(run) = state.store.run(id)? {
                         runs.push(run);
                     }
@@ -171,6 +181,12 @@ pub(super) async fn tagged(
             Timestamp::now().as_millis().saturating_sub(window)
         }
     };
+    // However the handle came, the window is at most a week.
+    let since = since.max(
+        Timestamp::now()
+            .as_millis()
+            .saturating_sub(MAX_TAG_WINDOW_MS),
+    );
     let shape = Shape::Tagged {
         tags,
         since: Timestamp(since),
@@ -222,6 +238,12 @@ async fn subscribe(
         };
         let mut messages = Vec::new();
         for id in runs {
+            // A one-run shape reads only its run.
+            if let Shape::Run(own) = &shape
+                && *own != id
+            {
+                continue;
+            }
             if let Some(run) = state.store.run(&id)?
                 && shape.selects(&run)
             {
@@ -345,6 +367,10 @@ pub(super) async fn run_events(
                     _ => return None,
                 };
                 c.done = run.status.is_final();
+                // What an event shows is durable first, as every answer is.
+                if c.state.store.settled().await.is_err() {
+                    return None;
+                }
                 let view = super::runs::full_view(&c.state, &run).unwrap_or(Value::Null);
                 let event = Event::default().event("run").data(view.to_string());
                 return Some((Ok::<_, std::convert::Infallible>(event), c));

@@ -8,7 +8,7 @@
 //! it without one; only what comes next with `X-Trigger-Stream-Start:
 //! latest`), then waits on the environment's stream feed for more. It ends
 //! once the run has finished and every chunk is sent, or after
-//! `Timeout-Seconds` (60 by default) without the run finishing.
+//! `Timeout-Seconds` (60 by default) without a new chunk.
 
 use super::access::Caller;
 use super::{ApiError, AppState, Env};
@@ -44,6 +44,8 @@ struct Reader {
     ready: VecDeque<Event>,
     streams: watch::Receiver<u64>,
     runs: watch::Receiver<u64>,
+    /// How long to wait for the next chunk.
+    timeout: Duration,
     deadline: tokio::time::Instant,
 }
 
@@ -68,6 +70,10 @@ impl Reader {
                 .stream_chunks(&self.run, &self.key, self.after, PAGE)
                 .ok()?;
             if let Some((last, _)) = chunks.last() {
+                // Chunks are sent once they are durable, as every answer is,
+                // and each one restarts the wait for the next.
+                self.state.store.settled().await.ok()?;
+                self.deadline = tokio::time::Instant::now() + self.timeout;
                 self.after = Some(*last);
                 self.ready.extend(chunks.into_iter().map(|(n, bytes)| {
                     Event::default()
@@ -122,6 +128,7 @@ pub(super) async fn read(
         key,
         after,
         ready: VecDeque::new(),
+        timeout,
         deadline: tokio::time::Instant::now() + timeout,
     };
     let events = futures_util::stream::unfold(reader, |mut reader| async move {

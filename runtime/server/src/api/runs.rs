@@ -124,7 +124,17 @@ pub(super) async fn trigger(
         one_time,
         pending_trigger,
     };
+    let pending = run.status == kiln_types::RunStatus::PendingVersion;
     let (id, found) = state.executor.admit_new(run, keys, now).await?;
+    // A deploy that brought the task while this trigger was being admitted
+    // may have released the pending runs before this one was stored.
+    if pending
+        && found.is_none()
+        && let Some(current) = state.deployments.current()
+        && current.record.manifest.task(&task_id).is_some()
+    {
+        state.executor.release_pending(&current).await?;
+    }
     let cached = matches!(found, Some(Admitted::Cached(_)));
     Ok(respond(&state, &id, cached, now))
 }

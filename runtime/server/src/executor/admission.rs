@@ -109,6 +109,13 @@ pub(crate) fn one_time_key(token: &str, ttl_ms: u64) -> IdempotencyKey {
     }
 }
 
+/// The entry a user's idempotency key is kept under: its hash within its
+/// task, as Trigger.dev scopes keys (the same key on two tasks makes two
+/// runs, and a trigger of one task never answers with another's run).
+fn task_key(task: &str, hash: &str) -> String {
+    format!("task/{task}/{hash}")
+}
+
 /// The idempotency entry a request idempotency key is kept under: its own
 /// namespace, so it never matches a user's key, and the environment's, so
 /// two environments' requests never match each other.
@@ -133,6 +140,13 @@ pub(crate) fn scoped_key_hash(key: &str, scope: KeyScope, run: &RunId, attempt: 
 }
 
 impl Executor {
+    /// Takes the lock of one key's stripe (a request idempotency key, a
+    /// batch id). Take it before [`Executor::serialize_triggers`], never
+    /// after.
+    pub(crate) async fn lock_key(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
+        self.shared.key_locks.lock_key(key).await
+    }
+
     /// Takes the lock keyed and debounced triggers share, when `keyed`.
     /// Hold it from [`Executor::existing`] until the new run is committed.
     pub(crate) async fn serialize_triggers(
@@ -156,12 +170,21 @@ impl Executor {
         now: Timestamp,
     ) -> kiln_store::Result<Option<Admitted>> {
         let store = &self.shared.store;
-        if let Some(key) = key
-            && let Some(entry) = store.idempotent_run(&key.hash)?
-            && entry.expires_at > now
-            && store.run(&entry.run)?.is_some()
-        {
-            return Ok(Some(Admitted::Cached(entry.run)));
+        if let Some(key) = key {
+            // The key within the run's task; or, in a store an older Kiln
+            // wrote, the key alone, if its run is of the same task.
+            let scoped = store.idempotent_run(&task_key(&run.task_id, &key.hash))?;
+            let entry = match scoped {
+                Some(entry) => Some(entry),
+                None => store.idempotent_run(&key.hash)?,
+            };
+            if let Some(entry) = entry
+                && entry.expires_at > now
+                && let Some(found) = store.run(&entry.run)?
+                && found.task_id == run.task_id
+            {
+                return Ok(Some(Admitted::Cached(entry.run)));
+            }
         }
         if let Some(window) = &run.debounce
             && let Some(holder) = store.debounced_run(&run.task_id, &window.key)?
@@ -189,8 +212,14 @@ impl Executor {
             one_time,
             pending_trigger,
         } = keys;
-        let keyed =
-            key.is_some() || request.is_some() || one_time.is_some() || run.debounce.is_some();
+        // A request key alone needs only its own stripe: the SDK's triggers
+        // do not wait on each other. Keys shared across requests take the
+        // trigger lock.
+        let _request = match &request {
+            Some(request) => Some(self.shared.key_locks.lock_key(&request.hash).await),
+            None => None,
+        };
+        let keyed = key.is_some() || one_time.is_some() || run.debounce.is_some();
         let _serial = self.serialize_triggers(keyed).await;
         let store = &self.shared.store;
         if let Some(request) = &request
@@ -200,8 +229,10 @@ impl Executor {
         {
             return Ok((entry.run.clone(), Some(Admitted::Retried(entry.run))));
         }
+        // A one-time token is used up by a run or by a batch.
         if let Some(token) = &one_time
-            && store.idempotent_run(&token.hash)?.is_some()
+            && (store.idempotent_run(&token.hash)?.is_some()
+                || store.batch_by_key(&token.hash)?.is_some())
         {
             return Err(AdmitError::TokenUsed);
         }
@@ -225,7 +256,12 @@ impl Executor {
         if let Some(trigger) = pending_trigger {
             batch.put_pending(&run.id, trigger);
         }
-        self.shared.store.commit(batch).await?;
+        // The commit is visible to the next reader at once; only its
+        // durability is awaited, with the locks released.
+        let durable = self.shared.store.commit(batch);
+        drop(_serial);
+        drop(_request);
+        durable.await?;
         self.admit(&run);
         Ok((run.id, None))
     }
@@ -244,7 +280,7 @@ impl Executor {
         }
         if let Some(key) = key {
             batch.put_idempotency_key(
-                &key.hash,
+                &task_key(&run.task_id, &key.hash),
                 &IdempotentRun {
                     run: run.id.clone(),
                     expires_at: Timestamp(now.as_millis().saturating_add(key.ttl_ms)),

@@ -208,6 +208,7 @@ impl JournalSink for AttemptSink {
                         expected: None,
                         errors: Vec::new(),
                         sealed_at: None,
+                        token: None,
                     });
                     HostCall::BatchTrigger {
                         items: count,

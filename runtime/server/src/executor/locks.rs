@@ -1,5 +1,8 @@
 //! Striped locks that serialise read-modify-write of one run's record
-//! between the executor, the timer service and the API (cancel).
+//! between the executor, the timer service and the API (cancel), and (a
+//! second set) the admission of one request idempotency key or the items
+//! of one batch. A holder of a key lock may then take the trigger lock,
+//! never the other way round.
 
 use kiln_types::RunId;
 use std::hash::{Hash, Hasher};
@@ -23,8 +26,13 @@ impl Default for RunLocks {
 impl RunLocks {
     /// Locks the stripe of `run`.
     pub(crate) async fn lock(&self, run: &RunId) -> MutexGuard<'_, ()> {
+        self.lock_key(run.as_str()).await
+    }
+
+    /// Locks the stripe of any key (a request idempotency key, a batch id).
+    pub(crate) async fn lock_key(&self, key: &str) -> MutexGuard<'_, ()> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
-        run.as_str().hash(&mut hasher);
+        key.hash(&mut hasher);
         self.stripes[hasher.finish() as usize % STRIPES]
             .lock()
             .await

@@ -105,6 +105,10 @@ pub(crate) struct Shared {
     /// Serialises triggers that carry an idempotency key or a debounce key
     /// (see [`admission`]), and v3 batch item streams.
     trigger_lock: tokio::sync::Mutex<()>,
+    /// Serialise one request idempotency key's triggers, one batch's items.
+    pub(crate) key_locks: locks::RunLocks,
+    /// One release of `PENDING_VERSION` runs at a time.
+    pub(crate) pending_lock: tokio::sync::Mutex<()>,
     live: Mutex<HashMap<RunId, Arc<LiveRun>>>,
     timers: std::sync::OnceLock<Timers>,
     /// The client durable fetches go through.
@@ -165,6 +169,8 @@ impl Executor {
             config,
             locks: RunLocks::default(),
             trigger_lock: tokio::sync::Mutex::new(()),
+            key_locks: locks::RunLocks::default(),
+            pending_lock: tokio::sync::Mutex::new(()),
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
             http: fetch::client(),

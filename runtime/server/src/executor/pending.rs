@@ -38,8 +38,13 @@ impl Executor {
         deployed: &Arc<Deployed>,
     ) -> kiln_store::Result<usize> {
         let store = &self.shared.store;
+        // Two deploys release one at a time, so no run is made twice.
+        let _one_release = self.shared.pending_lock.lock().await;
         let mut released = 0;
         for (id, record) in store.pending()? {
+            // Under the run's lock, as a cancel takes it: a run canceled
+            // while pending stays canceled.
+            let _run = self.shared.locks.lock(&id).await;
             let Some(run) = store.run(&id)? else {
                 let mut batch = Batch::default();
                 batch.delete_pending(&id);
