@@ -17,6 +17,9 @@ async fn runs_wait_for_the_deploy_that_brings_their_task() {
     assert!(run.get("version").is_none(), "{run}");
     let refused = kiln.trigger_ok("sleep", json!({"ms": "soon"})).await;
     let canceled = kiln.trigger_ok("echo", json!({"n": 2})).await;
+    let delayed = kiln
+        .trigger_with("echo", json!({"later": true}), json!({"delay": "1h"}))
+        .await;
     let (status, _) = kiln
         .post(&format!("/api/v2/runs/{canceled}/cancel"), json!({}))
         .await;
@@ -32,7 +35,20 @@ async fn runs_wait_for_the_deploy_that_brings_their_task() {
     // The deploy that brings the tasks starts them, or fails the one whose
     // payload the task's schema refuses, with the schema's complaint.
     let deployed = kiln.deploy(kiln_fixtures::PROBE).await;
-    assert_eq!(deployed["pendingRunsReleased"], 2, "{deployed}");
+    assert_eq!(deployed["pendingRunsReleased"], 3, "{deployed}");
+    // A delay counts from the trigger, not from the deploy.
+    let run = kiln.run(&delayed).await;
+    assert_eq!(run["status"], "DELAYED", "{run}");
+    let ms = |field: &str| {
+        time::OffsetDateTime::parse(
+            run[field].as_str().unwrap(),
+            &time::format_description::well_known::Rfc3339,
+        )
+        .unwrap()
+        .unix_timestamp_nanos()
+            / 1_000_000
+    };
+    assert_eq!(ms("delayedUntil") - ms("createdAt"), 3_600_000, "{run}");
     let run = kiln.finished(&echo).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["output"]["payload"], json!({"z": 1, "a": 2}));
@@ -65,6 +81,16 @@ async fn lock_to_version_pins_a_run_to_a_deployed_version() {
     let run = kiln.finished(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["version"], version.as_str());
+    // A replay may name the version too.
+    let (status, replay) = kiln
+        .post(
+            &format!("/api/v1/runs/{id}/replay"),
+            json!({"version": version}),
+        )
+        .await;
+    assert_eq!(status, 200, "{replay}");
+    let replayed = kiln.finished(replay["id"].as_str().unwrap()).await;
+    assert_eq!(replayed["version"], version.as_str(), "{replayed}");
     let (status, body) = kiln
         .trigger("echo", json!({}), json!({"lockToVersion": "19990101.1"}))
         .await;

@@ -55,3 +55,40 @@ async fn a_crash_mid_stream_appends_no_chunk_twice() {
     let numbers: Vec<u64> = got.iter().map(|c| c["i"].as_u64().unwrap()).collect();
     assert_eq!(numbers, (0..12).collect::<Vec<u64>>(), "{got:?}");
 }
+
+#[tokio::test]
+async fn a_dashboard_watches_every_run_of_its_environment_change() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let mut response = reqwest::Client::new()
+        .get(format!("{}/realtime/v1/events/runs", kiln.url))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(response.status().as_u16(), 200);
+    let id = kiln.trigger_ok("echo", json!({"watched": true})).await;
+    let mut seen: Vec<String> = Vec::new();
+    let mut text = String::new();
+    let watched = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(chunk) = response.chunk().await.expect("a chunk") {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                    && let Ok(run) = serde_json::from_str::<Value>(data)
+                    && run["id"] == id.as_str()
+                {
+                    seen.push(run["status"].as_str().unwrap_or_default().to_string());
+                    if run["status"] == "COMPLETED" {
+                        return;
+                    }
+                }
+            }
+        }
+    })
+    .await;
+    assert!(watched.is_ok(), "no COMPLETED event; saw {seen:?}");
+    assert!(seen.len() >= 2, "{seen:?}");
+}

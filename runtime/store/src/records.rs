@@ -489,6 +489,12 @@ pub struct IdempotentRun {
 }
 
 impl Batch {
+    /// Forgets an idempotency key: the next trigger with it makes a new run.
+    pub fn delete_idempotency_key(&mut self, key_hash: &str) -> &mut Self {
+        self.ops.push(Op::Delete(key(IDEM, key_hash.as_bytes())));
+        self
+    }
+
     /// Records the run an idempotency key made (`idem/<key>`).
     pub fn put_idempotency_key(&mut self, key_hash: &str, entry: &IdempotentRun) -> &mut Self {
         match encode(entry) {

@@ -41,6 +41,17 @@ await step("idempotencyKeys dedupe a second trigger", async () => {
   assert.notEqual(other.id, echo.id);
 });
 
+await step("idempotencyKeys.reset lets the key make a new run", async () => {
+  const key = await idempotencyKeys.create("compat-reset");
+  const first = await tasks.trigger("echo", { n: 1 }, { idempotencyKey: key });
+  assert.equal((await tasks.trigger("echo", { n: 2 }, { idempotencyKey: key })).id, first.id);
+  const reset = await idempotencyKeys.reset("echo", key);
+  assert.equal(reset.id, first.id);
+  const again = await tasks.trigger("echo", { n: 3 }, { idempotencyKey: key });
+  assert.notEqual(again.id, first.id);
+  await rejectsWith(idempotencyKeys.reset("echo", await idempotencyKeys.create("never-used")), NotFoundError);
+});
+
 await step("runs.poll until completed, payload and output unchanged", async () => {
   const run = await runs.poll(echo.id, { pollIntervalMs: 100 });
   assert.equal(run.status, "COMPLETED");

@@ -384,3 +384,57 @@ pub(super) async fn run_events(
         .keep_alive(KeepAlive::default())
         .into_response())
 }
+
+/// `GET /realtime/v1/events/runs`: server-sent events, one `run` event (the
+/// run as a list item shows it) for every change to any run of the
+/// environment from now on, for dashboards and other watchers. A watcher
+/// that falls more than the feed remembers behind gets a `reset` event:
+/// what it holds may be stale, and it should list the runs again.
+pub(super) async fn all_run_events(Env(state): Env) -> Response {
+    struct Watcher {
+        state: AppState,
+        watch: tokio::sync::watch::Receiver<u64>,
+        offset: u64,
+        ready: std::collections::VecDeque<Event>,
+    }
+    let watcher = Watcher {
+        watch: state.feed.watch(),
+        offset: state.feed.last(),
+        state,
+        ready: std::collections::VecDeque::new(),
+    };
+    let stream = futures_util::stream::unfold(watcher, |mut w| async move {
+        loop {
+            if let Some(event) = w.ready.pop_front() {
+                return Some((Ok::<_, std::convert::Infallible>(event), w));
+            }
+            w.watch.mark_unchanged();
+            match w.state.feed.since(w.offset) {
+                Since::Forgotten => {
+                    w.offset = w.state.feed.last();
+                    w.ready
+                        .push_back(Event::default().event("reset").data("{}"));
+                }
+                Since::Changed { runs, until } => {
+                    w.offset = until;
+                    for id in runs {
+                        if let Ok(Some(run)) = w.state.store.run(&id) {
+                            let view = Value::Object(super::runs::common_view(&run));
+                            w.ready
+                                .push_back(Event::default().event("run").data(view.to_string()));
+                        }
+                    }
+                }
+            }
+            if !w.ready.is_empty() {
+                // What an event shows is durable first, as every answer is.
+                w.state.store.settled().await.ok()?;
+                continue;
+            }
+            w.watch.changed().await.ok()?;
+        }
+    });
+    Sse::new(stream)
+        .keep_alive(KeepAlive::default())
+        .into_response()
+}

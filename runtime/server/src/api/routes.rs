@@ -188,6 +188,14 @@ fn build() -> Vec<Route> {
         )
         .with(json(|g| g.subschema_for::<runs::ReplayBody>())),
         route(
+            "POST",
+            "/api/v1/idempotencyKeys/{key}/reset",
+            SecretKey,
+            "Forget an idempotency key of a task (`idempotencyKeys.reset`)",
+            || post(runs::reset_idempotency_key),
+        )
+        .with(json(|g| g.subschema_for::<runs::ResetKeyBody>())),
+        route(
             "GET",
             "/api/v1/runs",
             SecretKey,
@@ -436,6 +444,13 @@ fn build() -> Vec<Route> {
             PublicToken,
             "Server-sent events: the run after each change, until it finishes",
             || get(realtime::run_events),
+        ),
+        route(
+            "GET",
+            "/realtime/v1/events/runs",
+            SecretKey,
+            "Server-sent events: every run of the environment after each change (dashboards)",
+            || get(realtime::all_run_events),
         ),
         route(
             "POST",

@@ -110,6 +110,7 @@ pub(super) async fn trigger(
             let trigger = PendingTrigger {
                 payload: incoming.json,
                 options,
+                triggered_at: Some(now),
             };
             (run, Some(trigger.encode()))
         }
@@ -277,13 +278,15 @@ pub(super) async fn retrieve(
 pub(super) struct ReplayBody {
     /// A new payload (as the SDK sends it: a string packet, or JSON).
     payload: Option<Value>,
+    /// The deployed version to replay on (the current one by default).
+    version: Option<String>,
     /// Overrides of the trigger options.
     #[serde(flatten)]
     options: TriggerOptions,
 }
 
 /// `POST /api/v1/runs/{runId}/replay` -> `{id}`: a new run of the same task
-/// on the current deployment, with the original payload, tags and metadata
+/// on the current deployment (or the `version` given), with the original payload, tags and metadata
 /// unless the body overrides them.
 pub(super) async fn replay(
     Env(state): Env,
@@ -294,6 +297,7 @@ pub(super) async fn replay(
     let request = request_key(&state, &headers)?;
     let original = super::stored_run(&state, &run_id)?;
     let body: ReplayBody = super::json_body_or_default(&body)?;
+    let version = body.version;
     let mut options = body.options;
     let incoming = match body.payload {
         Some(payload) => incoming_payload(&state.store, Some(payload), &mut options)?,
@@ -322,10 +326,19 @@ pub(super) async fn replay(
     if options.concurrency_key.is_none() {
         options.concurrency_key = original.concurrency_key.clone();
     }
-    let Some(deployed) = state.deployments.current() else {
-        return Err(ApiError::not_found(
-            "Nothing is deployed to replay the run on",
-        ));
+    let locked = version.or_else(|| options.lock_to_version.clone());
+    let deployed = match locked {
+        Some(version) => state
+            .deployments
+            .by_version(&version)
+            .await?
+            .ok_or_else(|| {
+                ApiError::unprocessable(format!("version `{version}` is not deployed"))
+            })?,
+        None => state
+            .deployments
+            .current()
+            .ok_or_else(|| ApiError::not_found("Nothing is deployed to replay the run on"))?,
     };
     let now = Timestamp::now();
     let key = options.backend_key()?;
@@ -622,4 +635,33 @@ pub(crate) fn retrieve_view(run: &Run) -> Value {
         }).collect::<Vec<_>>()),
     );
     Value::Object(map)
+}
+
+/// `POST /api/v1/idempotencyKeys/{key}/reset` `{taskIdentifier}`
+/// (`idempotencyKeys.reset`): forgets the key on that task; `{id}` of the
+/// run it had made, 404 if it made none.
+pub(super) async fn reset_idempotency_key(
+    Env(state): Env,
+    Path(key): Path<String>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
+    let body: ResetKeyBody = super::json_body(&body)?;
+    match state
+        .executor
+        .reset_idempotency_key(&body.task_identifier, &key)
+        .await?
+    {
+        Some(run) => Ok(Json(json!({ "id": run }))),
+        None => Err(ApiError::not_found(format!(
+            "No idempotency key `{key}` on task `{}`",
+            body.task_identifier
+        ))),
+    }
+}
+
+/// The body of `idempotencyKeys.reset`.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct ResetKeyBody {
+    task_identifier: String,
 }

@@ -266,6 +266,36 @@ impl Executor {
         Ok((run.id, None))
     }
 
+    /// Forgets the idempotency key `hash` of `task` (Trigger.dev's
+    /// `idempotencyKeys.reset`): the next trigger with it makes a new run.
+    /// Returns the run the key had made, if it had one.
+    pub(crate) async fn reset_idempotency_key(
+        &self,
+        task: &str,
+        hash: &str,
+    ) -> kiln_store::Result<Option<RunId>> {
+        let _serial = self.serialize_triggers(true).await;
+        let store = &self.shared.store;
+        let mut batch = Batch::default();
+        let mut found = None;
+        let scoped = task_key(task, hash);
+        if let Some(entry) = store.idempotent_run(&scoped)? {
+            batch.delete_idempotency_key(&scoped);
+            found = Some(entry.run);
+        }
+        // A store an older Kiln wrote keeps the key alone.
+        if let Some(entry) = store.idempotent_run(hash)?
+            && store.run(&entry.run)?.is_some_and(|r| r.task_id == task)
+        {
+            batch.delete_idempotency_key(hash);
+            found.get_or_insert(entry.run);
+        }
+        if found.is_some() {
+            store.commit(batch).await?;
+        }
+        Ok(found)
+    }
+
     /// Adds a new run to `batch` with its timers, its debounce window and
     /// its idempotency key.
     pub(crate) fn stage_new(

@@ -21,6 +21,10 @@ pub(crate) struct PendingTrigger {
     pub(crate) payload: Value,
     /// The trigger's options.
     pub(crate) options: TriggerOptions,
+    /// When it was triggered: a `delay` or `ttl` counts from then, not
+    /// from the deploy.
+    #[serde(default)]
+    pub(crate) triggered_at: Option<Timestamp>,
 }
 
 impl PendingTrigger {
@@ -70,7 +74,7 @@ impl Executor {
                     store.payload_of(&run)?,
                     run.payload_type.clone(),
                     trigger.options,
-                    now,
+                    trigger.triggered_at.unwrap_or(run.created_at),
                 )
                 .map_err(|e| e.message().to_string()),
                 Err(e) => Err(format!("its trigger could not be read: {e}")),
@@ -81,6 +85,7 @@ impl Executor {
                 Ok(mut made) => {
                     made.id = run.id.clone();
                     made.created_at = run.created_at;
+                    made.updated_at = now;
                     made.tags = run.tags.clone();
                     made.metadata = run.metadata.clone();
                     Self::stage_new(&mut batch, &made, None, now);
