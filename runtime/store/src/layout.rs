@@ -26,6 +26,7 @@
 //! | `packet/<path>` | an uploaded packet: its content type, `\0`, its bytes |
 //! | `debounce/<task id>\0<key>` | the run id (text) |
 //! | `stream/<run id>/<stream key>\0<index: u64 BE>` | a chunk a task appended to a realtime stream (JSON) |
+//! | `stream-key/<run id>/<stream key>` | empty: the run has this realtime stream |
 //! | `pending/<run id>` | the trigger of a `PENDING_VERSION` run (JSON), until a deploy brings its task |
 //! | `queue-paused/<queue name>` | empty |
 //! | `sched/<schedule id>` | `Schedule` (JSON) |
@@ -80,3 +81,4 @@ pub(crate) const API_KEY: &[u8] = b"apikey/";
 pub(crate) const ENV_SECRET: &[u8] = b"env-secret/";
 pub(crate) const PENDING: &[u8] = b"pending/";
 pub(crate) const STREAM: &[u8] = b"stream/";
+pub(crate) const STREAM_KEY: &[u8] = b"stream-key/";

@@ -4,7 +4,7 @@
 //! Keys: see [`crate::layout`]. Each chunk is written in the batch that
 //! journals the task's call, so a replay never appends it twice.
 
-use crate::layout::STREAM;
+use crate::layout::{STREAM, STREAM_KEY};
 use crate::records::key;
 use crate::{Batch, Op, Result, Store};
 use kiln_types::RunId;
@@ -17,7 +17,22 @@ fn prefix(run: &RunId, stream: &str) -> Vec<u8> {
     k
 }
 
+fn key_entry(run: &RunId, stream: &str) -> Vec<u8> {
+    let mut k = key(STREAM_KEY, run.as_str().as_bytes());
+    k.push(b'/');
+    k.extend_from_slice(stream.as_bytes());
+    k
+}
+
 impl Batch {
+    /// Records that `run` has a stream `stream` (with its first chunk). The
+    /// run counts as changed: its realtime row lists its streams.
+    pub fn put_stream_key(&mut self, run: &RunId, stream: &str) -> &mut Self {
+        self.ops.push(Op::Put(key_entry(run, stream), Vec::new()));
+        self.runs.push(run.clone());
+        self
+    }
+
     /// Appends chunk number `index` (from 0) to `stream` of `run`.
     pub fn put_stream_chunk(
         &mut self,
@@ -60,6 +75,18 @@ impl Store {
             .collect())
     }
 
+    /// The keys of `run`'s streams, in key order.
+    pub fn stream_keys(&self, run: &RunId) -> Result<Vec<String>> {
+        let mut prefix = key(STREAM_KEY, run.as_str().as_bytes());
+        prefix.push(b'/');
+        Ok(self
+            .backend
+            .scan_prefix(&prefix)?
+            .into_iter()
+            .filter_map(|(k, _)| String::from_utf8(k.get(prefix.len()..)?.to_vec()).ok())
+            .collect())
+    }
+
     /// How many chunks `stream` of `run` has.
     pub fn stream_len(&self, run: &RunId, stream: &str) -> Result<u64> {
         let base = prefix(run, stream);
@@ -87,7 +114,10 @@ mod tests {
             batch.put_stream_chunk(&run, "answer", i, format!("\"w{i}\"").into_bytes());
         }
         batch.put_stream_chunk(&run, "answer-2", 0, b"\"other\"".to_vec());
+        batch.put_stream_key(&run, "answer");
+        batch.put_stream_key(&run, "answer-2");
         store.commit(batch).await.unwrap();
+        assert_eq!(store.stream_keys(&run).unwrap(), vec!["answer", "answer-2"]);
         assert_eq!(store.stream_len(&run, "answer").unwrap(), 3);
         let all = store.stream_chunks(&run, "answer", None, 100).unwrap();
         assert_eq!(

@@ -220,7 +220,7 @@ async fn subscribe(
         let offset = state.feed.last();
         let mut messages = Vec::new();
         for run in shape.runs(&state)? {
-            messages.push(change(&run, "insert", &poll.skip));
+            messages.push(change(&state, &run, "insert", &poll.skip)?);
         }
         return Ok(answer(messages, &handle, offset, false));
     };
@@ -247,7 +247,7 @@ async fn subscribe(
             if let Some(run) = state.store.run(&id)?
                 && shape.selects(&run)
             {
-                messages.push(change(&run, "update", &poll.skip));
+                messages.push(change(&state, &run, "update", &poll.skip)?);
             }
         }
         offset = until;
@@ -262,12 +262,18 @@ async fn subscribe(
 }
 
 /// A change message for `run`.
-fn change(run: &Run, operation: &str, skip: &[String]) -> Value {
-    json!({
+fn change(
+    state: &AppState,
+    run: &Run,
+    operation: &str,
+    skip: &[String],
+) -> Result<Value, ApiError> {
+    let streams = state.store.stream_keys(&run.id)?;
+    Ok(json!({
         "key": run.id,
-        "value": row(run, skip),
+        "value": row(run, &streams, skip),
         "headers": { "operation": operation },
-    })
+    }))
 }
 
 /// A 200 with `messages` and `up-to-date`, and Electric's headers.

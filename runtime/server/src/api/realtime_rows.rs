@@ -60,7 +60,9 @@ fn opt_time(t: Option<Timestamp>) -> Value {
 }
 
 /// The row of `run`, without the columns in `skip`.
-pub(super) fn row(run: &Run, skip: &[String]) -> Map<String, Value> {
+/// `streams` are the keys of the run's realtime streams
+/// (`runs.subscribeToRun(...).withStreams()` reads them).
+pub(super) fn row(run: &Run, streams: &[String], skip: &[String]) -> Map<String, Value> {
     let keep = |column: &str| !(SKIPPABLE.contains(&column) && skip.iter().any(|s| s == column));
     let mut row = Map::new();
     row.insert("id".into(), json!(run.id));
@@ -152,7 +154,7 @@ pub(super) fn row(run: &Run, skip: &[String]) -> Map<String, Value> {
             })
         }),
     );
-    put("realtimeStreams", json!([]));
+    row.insert("realtimeStreams".into(), json!(streams));
     row
 }
 

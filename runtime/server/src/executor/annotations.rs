@@ -203,6 +203,9 @@ impl AttemptSink {
                 Ok(()) => {
                     let index = store.stream_len(&run_id, &key).map_err(|e| e.to_string())?;
                     batch.put_stream_chunk(&run_id, &key, index, chunk.into_bytes());
+                    if index == 0 {
+                        batch.put_stream_key(&run_id, &key);
+                    }
                     Ok(index)
                 }
                 Err(error) => Err(error),
