@@ -75,6 +75,15 @@ pub(crate) fn document() -> Value {
             .map(|name| {
                 json!({ "name": name, "in": "path", "required": true, "schema": { "type": "string" } })
             })
+            .chain(route.query.iter().map(|(name, description)| {
+                json!({
+                    "name": name,
+                    "in": "query",
+                    "required": false,
+                    "description": description,
+                    "schema": { "type": "string" },
+                })
+            }))
             .collect();
         if !params.is_empty() {
             operation.insert("parameters".into(), json!(params));
@@ -170,7 +179,7 @@ mod tests {
             let op = &doc["paths"][openapi_path(route.path)][route.method.to_lowercase()];
             assert!(op.is_object(), "{} {}", route.method, route.path);
             let declared = op["parameters"].as_array().map_or(0, Vec::len);
-            assert_eq!(declared, parameters(route.path).len());
+            assert_eq!(declared, parameters(route.path).len() + route.query.len());
         }
         let trigger = &doc["paths"]["/api/v1/tasks/{task_id}/trigger"]["post"];
         assert_eq!(

@@ -49,6 +49,8 @@ pub(crate) struct Route {
     pub(crate) summary: &'static str,
     /// Its request body.
     pub(crate) body: Option<Body>,
+    /// Its query parameters, with what each means.
+    pub(crate) query: &'static [(&'static str, &'static str)],
     /// Its handler.
     pub(crate) handler: fn() -> MethodRouter<Arc<Hub>>,
 }
@@ -73,6 +75,7 @@ const fn route(
         caller,
         summary,
         body: None,
+        query: &[],
         handler,
     }
 }
@@ -82,7 +85,41 @@ impl Route {
         self.body = body;
         self
     }
+
+    fn query(mut self, query: &'static [(&'static str, &'static str)]) -> Route {
+        self.query = query;
+        self
+    }
 }
+
+/// The query of a presigned URL.
+const PRESIGNED: &[(&str, &str)] = &[
+    ("expires", "When the URL stops working, Unix ms"),
+    ("signature", "The URL's signature"),
+    (
+        "env",
+        "The environment the URL belongs to (`<project>/<environment>`)",
+    ),
+];
+
+/// Electric's shape-protocol query (the SDK's `runs.subscribeTo*`).
+const SHAPE: &[(&str, &str)] = &[
+    (
+        "offset",
+        "`-1` for the whole shape, then the last `electric-offset`",
+    ),
+    ("handle", "The last `electric-handle`"),
+    (
+        "live",
+        "`true`: wait (up to 20 s) for a change after `offset`",
+    ),
+    ("cursor", "The last `electric-cursor`"),
+    ("log", "`full`"),
+    (
+        "skipColumns",
+        "Columns to leave out, comma-separated (`payload,output`)",
+    ),
+];
 
 /// The whole API.
 pub(crate) fn table() -> &'static [Route] {
@@ -109,7 +146,8 @@ fn build() -> Vec<Route> {
             Anyone,
             "IANA time zones (`schedules.timezones`)",
             || get(schedules::timezones),
-        ),
+        )
+        .query(&[("excludeUtc", "`true` leaves out UTC")]),
         route(
             "POST",
             "/api/v1/waitpoints/tokens/{id}/callback/{signature}",
@@ -124,6 +162,7 @@ fn build() -> Vec<Route> {
             "Upload a large payload to a presigned URL",
             || put(packets::upload).layer(DefaultBodyLimit::max(MAX_TRIGGER_BYTES)),
         )
+        .query(PRESIGNED)
         .with(Some(Body {
             media: "application/octet-stream",
             schema: None,
@@ -134,14 +173,16 @@ fn build() -> Vec<Route> {
             Anyone,
             "Download a large payload from a presigned URL",
             || get(packets::download),
-        ),
+        )
+        .query(PRESIGNED),
         route(
             "GET",
             "/runs/{run_id}/{field}",
             Anyone,
             "A run's large payload or output, from the presigned URL a retrieve gave",
             || get(packets::download_run_packet),
-        ),
+        )
+        .query(PRESIGNED),
         route(
             "GET",
             "/api/v1/runs/{run_id}/packets/{field}",
@@ -163,7 +204,11 @@ fn build() -> Vec<Route> {
             PublicToken,
             "Retrieve a run (`runs.retrieve`); `?wait=MS` waits for it to finish",
             || get(runs::retrieve),
-        ),
+        )
+        .query(&[(
+            "wait",
+            "Milliseconds to wait for the run to finish (Kiln's own; at most 60,000)",
+        )]),
         route(
             "POST",
             "/api/v2/runs/{run_id}/cancel",
@@ -201,7 +246,27 @@ fn build() -> Vec<Route> {
             SecretKey,
             "List runs, newest first, with filters and cursors (`runs.list`)",
             || get(run_list::list),
-        ),
+        )
+        .query(&[
+            ("page[size]", "Runs per page, 1 to 100 (25)"),
+            ("page[after]", "The cursor of the next page"),
+            ("page[before]", "The cursor of the previous page"),
+            ("filter[status]", "Statuses, comma-separated"),
+            ("filter[taskIdentifier]", "Task ids, comma-separated"),
+            ("filter[version]", "Versions, comma-separated"),
+            ("filter[tag]", "Tags, comma-separated"),
+            ("filter[queue]", "Queues, comma-separated"),
+            ("filter[machine]", "Machine presets, comma-separated"),
+            ("filter[schedule]", "A schedule id"),
+            ("filter[batch]", "A batch id"),
+            ("filter[isTest]", "`true` or `false`"),
+            ("filter[createdAt][from]", "Created at or after, Unix ms"),
+            ("filter[createdAt][to]", "Created at or before, Unix ms"),
+            (
+                "filter[createdAt][period]",
+                "Created within this long (`1d`)",
+            ),
+        ]),
         route(
             "GET",
             "/api/v1/runs/{run_id}/journal",
@@ -292,7 +357,8 @@ fn build() -> Vec<Route> {
             SecretKey,
             "List queues (`queues.list`)",
             || get(queues::list),
-        ),
+        )
+        .query(&[("page", "The page, from 1"), ("perPage", "Queues per page")]),
         route(
             "GET",
             "/api/v1/queues/{queue}",
@@ -322,7 +388,11 @@ fn build() -> Vec<Route> {
             SecretKey,
             "List schedules (`schedules.list`)",
             || get(schedules::list),
-        ),
+        )
+        .query(&[
+            ("page", "The page, from 1"),
+            ("perPage", "Schedules per page, at most 100 (20)"),
+        ]),
         route(
             "GET",
             "/api/v1/schedules/{id}",
@@ -373,7 +443,19 @@ fn build() -> Vec<Route> {
             SecretKey,
             "List wait tokens (`wait.listTokens`)",
             || get(tokens::list),
-        ),
+        )
+        .query(&[
+            ("page[size]", "Tokens per page, 1 to 100 (25)"),
+            ("page[after]", "The cursor of the next page"),
+            (
+                "filter[status]",
+                "WAITING, COMPLETED, TIMED_OUT, comma-separated",
+            ),
+            ("filter[idempotencyKey]", "A token's idempotency key"),
+            ("filter[tags]", "Tags, comma-separated"),
+            ("filter[createdAt][from]", "Created at or after, Unix ms"),
+            ("filter[createdAt][to]", "Created at or before, Unix ms"),
+        ]),
         route(
             "GET",
             "/api/v1/waitpoints/tokens/{id}",
@@ -416,21 +498,45 @@ fn build() -> Vec<Route> {
             PublicToken,
             "Subscribe to a run (Electric's shape protocol, `runs.subscribeToRun`)",
             || get(realtime::run),
-        ),
+        )
+        .query(SHAPE),
         route(
             "GET",
             "/realtime/v1/runs",
             PublicToken,
             "Subscribe to the runs carrying `?tags=` (`runs.subscribeToRunsWithTag`)",
             || get(realtime::tagged),
-        ),
+        )
+        .query(&[
+            ("tags", "Tags a run must all carry, comma-separated"),
+            (
+                "createdAt",
+                "Runs created within this long (`1h`; 24 h by default, a week at most)",
+            ),
+            (
+                "offset",
+                "`-1` for the whole shape, then the last `electric-offset`",
+            ),
+            ("handle", "The last `electric-handle`"),
+            (
+                "live",
+                "`true`: wait (up to 20 s) for a change after `offset`",
+            ),
+            ("cursor", "The last `electric-cursor`"),
+            ("log", "`full`"),
+            (
+                "skipColumns",
+                "Columns to leave out, comma-separated (`payload,output`)",
+            ),
+        ]),
         route(
             "GET",
             "/realtime/v1/batches/{batch_id}",
             PublicToken,
             "Subscribe to a batch's runs (`runs.subscribeToBatch`)",
             || get(realtime::batch),
-        ),
+        )
+        .query(SHAPE),
         route(
             "GET",
             "/realtime/v1/streams/{run_id}/{key}",
@@ -492,7 +598,8 @@ fn build() -> Vec<Route> {
             Admin,
             "List a project's keys, masked",
             || get(projects::list_keys),
-        ),
+        )
+        .query(&[("environment", "Only this environment's keys")]),
         route(
             "DELETE",
             "/api/v1/projects/{project}/keys/{key_id}",
