@@ -1,5 +1,7 @@
-//! Realtime streams across a crash: chunks a task appended before the
-//! server was killed are not appended again when the run resumes.
+//! Realtime over raw HTTP: stream chunks a task appended before the server
+//! was killed are not appended again when the run resumes; the
+//! environment's server-sent events of run changes; a tag subscription's
+//! handle that stays valid across polls.
 
 use crate::harness::{KEY, Kiln, data_dir};
 use serde_json::{Value, json};
@@ -91,4 +93,42 @@ async fn a_dashboard_watches_every_run_of_its_environment_change() {
     .await;
     assert!(watched.is_ok(), "no COMPLETED event; saw {seen:?}");
     assert!(seen.len() >= 2, "{seen:?}");
+}
+
+#[tokio::test]
+async fn a_week_long_tag_subscription_keeps_its_handle() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    kiln.trigger_with("echo", json!({}), json!({"tags": ["weekly"]}))
+        .await;
+    let http = reqwest::Client::new();
+    let get = |query: String| {
+        http.get(format!(
+            "{}/realtime/v1/runs?tags=weekly&createdAt=1w&log=full&{query}",
+            kiln.url
+        ))
+        .bearer_auth(KEY)
+        .send()
+    };
+    let first = get("offset=-1".into()).await.unwrap();
+    assert_eq!(first.status().as_u16(), 200);
+    let header =
+        |r: &reqwest::Response, name: &str| r.headers()[name].to_str().unwrap().to_string();
+    let (handle, offset) = (
+        header(&first, "electric-handle"),
+        header(&first, "electric-offset"),
+    );
+    let rows: Value = first.json().await.unwrap();
+    assert_eq!(
+        rows.as_array().map(Vec::len),
+        Some(2),
+        "one row and up-to-date: {rows}"
+    );
+    // The next (catch-up) request with that handle is answered, not sent
+    // back to refetch the shape.
+    let next = get(format!("handle={handle}&offset={offset}"))
+        .await
+        .unwrap();
+    assert_eq!(next.status().as_u16(), 200, "{:?}", next.text().await);
 }

@@ -113,13 +113,20 @@ await step("a tag token reads the tag's runs and subscribes to them", async () =
   const token = await auth.createPublicToken({ scopes: { read: { tags: ["group-x"] } } });
   await auth.withAuth({ accessToken: token }, async () => {
     assert.equal((await runs.retrieve(handles[0].id)).id, handles[0].id);
-    // A run tagged after the subscription began joins it.
-    const subscription = runs.subscribeToRunsWithTag("group-x");
-    const later = auth.withAuth({ accessToken: secretKey }, () =>
-      tasks.trigger("sleep", { ms: 50 }, { tags: ["group-x"] }),
-    );
-    const { latest } = await collect(subscription, allCompleted(4));
-    handles.push(await later);
+    // A run tagged after the subscription has shown the first three joins
+    // it, through a live poll.
+    const latest = new Map();
+    let later;
+    for await (const run of runs.subscribeToRunsWithTag("group-x")) {
+      latest.set(run.id, run);
+      if (!later && latest.size === 3) {
+        later = await auth.withAuth({ accessToken: secretKey }, () =>
+          tasks.trigger("sleep", { ms: 50 }, { tags: ["group-x"] }),
+        );
+        handles.push(later);
+      }
+      if (allCompleted(4)(latest)) break;
+    }
     assert.deepEqual([...latest.keys()].sort(), handles.map((h) => h.id).sort());
     await rejectsWith(runs.retrieve(other.id), PermissionDeniedError);
   });
@@ -162,6 +169,19 @@ await step("a one-time batch trigger token triggers one batch of its task", asyn
     const handle = await tasks.batchTrigger("echo", [{ payload: { a: 1 } }, { payload: { a: 2 } }]);
     assert.equal(handle.runCount, 2);
     const used = await rejectsWith(tasks.batchTrigger("echo", [{ payload: { a: 3 } }]), BatchTriggerError);
+    assert.ok(used.apiError instanceof AuthenticationError, String(used.apiError));
+  });
+});
+
+await step("a one-time token with trigger and batch scopes makes one run or one batch, not both", async () => {
+  const minted = await fetch(`${baseURL}/api/v1/auth/public-tokens`, {
+    method: "POST",
+    headers: { Authorization: `Bearer ${secretKey}`, "content-type": "application/json" },
+    body: JSON.stringify({ scopes: ["trigger:tasks:echo", "batchTrigger:tasks:echo"], oneTimeUse: true }),
+  }).then((r) => r.json());
+  await auth.withAuth({ accessToken: minted.token }, async () => {
+    await tasks.trigger("echo", { once: true });
+    const used = await rejectsWith(tasks.batchTrigger("echo", [{ payload: {} }]), BatchTriggerError);
     assert.ok(used.apiError instanceof AuthenticationError, String(used.apiError));
   });
 });

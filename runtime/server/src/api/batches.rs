@@ -100,7 +100,16 @@ pub(super) async fn create(
         Some(request) => Some(state.executor.lock_key(&request.hash).await),
         None => None,
     };
-    let _serial = state.executor.serialize_triggers(key.is_some()).await;
+    // A one-time token is used up by the batch it creates, in the batch's
+    // own commit.
+    let one_time = caller.public().filter(|t| t.one_time).map(|token| {
+        let left_secs = token.expires_secs.saturating_sub(now.as_millis() / 1000);
+        crate::executor::admission::one_time_key(&token.token, (left_secs + 60) * 1000)
+    });
+    let _serial = state
+        .executor
+        .serialize_triggers(key.is_some() || one_time.is_some())
+        .await;
     if let Some(request) = &request
         && let Some(entry) = state.store.batch_by_key(&request.hash)?
         && entry.expires_at > now
@@ -130,12 +139,6 @@ pub(super) async fn create(
         }
         return Ok((StatusCode::OK, headers, Json(answer)));
     }
-    // A one-time token is used up by the batch it creates, in the batch's
-    // own commit.
-    let one_time = caller.public().filter(|t| t.one_time).map(|token| {
-        let left_secs = token.expires_secs.saturating_sub(now.as_millis() / 1000);
-        crate::executor::admission::one_time_key(&token.token, (left_secs + 60) * 1000)
-    });
     if let Some(used) = &one_time
         && (state.store.batch_by_key(&used.hash)?.is_some()
             || state.store.idempotent_run(&used.hash)?.is_some())
@@ -225,7 +228,11 @@ pub(super) async fn items(
     // One stream of a batch at a time: a re-send racing the first cannot
     // make an index twice. Other triggers wait only while a chunk of items
     // is admitted (in `flush`), not while the stream is read.
-    let _one_stream = state.executor.lock_key(batch_id.as_str()).await;
+    let Some(_one_stream) = state.executor.begin_item_stream(batch_id.as_str()) else {
+        return Err(ApiError::conflict(
+            "The items of this batch are being sent already: send them again once that stream ends",
+        ));
+    };
     let mut record = state.store.batch(&batch_id)?.ok_or_else(not_found)?;
     if let Some(token) = caller.public()
         && record.token.as_deref() != Some(token_hash(&token.token).as_str())

@@ -33,8 +33,13 @@ pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, 
             // The deployment is stored; if this sync is cut short, the next
             // start-up finishes it.
             let synced = state.schedules.sync().await?;
-            // Runs triggered before their task was deployed start now.
-            let released = state.executor.release_pending(&deployed).await?;
+            // Runs triggered before their task was deployed start now, in a
+            // task of its own that a client going away cannot cut short.
+            let executor = state.executor.clone();
+            let releasing = deployed.clone();
+            let released = tokio::spawn(async move { executor.release_pending(&releasing).await })
+                .await
+                .map_err(|e| ApiError::internal(format!("releasing pending runs failed: {e}")))??;
             tracing::info!(version = %deployed.record.version, tasks = deployed.record.manifest.tasks.len(), schedules_created = synced.created, schedules_updated = synced.updated, schedules_deleted = synced.deleted, "deployed");
             let mut body = view(&deployed.record);
             body["queues"] = json!(

@@ -181,15 +181,16 @@ pub(super) async fn tagged(
             Timestamp::now().as_millis().saturating_sub(window)
         }
     };
-    // However the handle came, the window is at most a week.
-    let since = since.max(
+    // However the handle came, the window is at most a week; the handle
+    // stays as the subscription began (so it keeps matching).
+    let window_start = since.max(
         Timestamp::now()
             .as_millis()
             .saturating_sub(MAX_TAG_WINDOW_MS),
     );
     let shape = Shape::Tagged {
         tags,
-        since: Timestamp(since),
+        since: Timestamp(window_start),
     };
     subscribe(state, shape, since, &query).await
 }

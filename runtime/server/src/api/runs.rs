@@ -134,7 +134,10 @@ pub(super) async fn trigger(
         && let Some(current) = state.deployments.current()
         && current.record.manifest.task(&task_id).is_some()
     {
-        state.executor.release_pending(&current).await?;
+        let executor = state.executor.clone();
+        tokio::spawn(async move { executor.release_pending(&current).await })
+            .await
+            .map_err(|e| ApiError::internal(format!("releasing pending runs failed: {e}")))??;
     }
     let cached = matches!(found, Some(Admitted::Cached(_)));
     Ok(respond(&state, &id, cached, now))

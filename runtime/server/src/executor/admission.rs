@@ -75,6 +75,21 @@ impl KeyScope {
     }
 }
 
+/// A batch's items stream under way; ends when dropped.
+pub(crate) struct ItemStream {
+    streams: std::sync::Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+    batch: String,
+}
+
+impl Drop for ItemStream {
+    fn drop(&mut self) {
+        self.streams
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.batch);
+    }
+}
+
 /// The keys a backend's trigger is admitted under.
 #[derive(Debug, Default)]
 pub(crate) struct AdmissionKeys {
@@ -140,11 +155,27 @@ pub(crate) fn scoped_key_hash(key: &str, scope: KeyScope, run: &RunId, attempt: 
 }
 
 impl Executor {
-    /// Takes the lock of one key's stripe (a request idempotency key, a
-    /// batch id). Take it before [`Executor::serialize_triggers`], never
-    /// after.
+    /// Takes the lock of one request idempotency key's stripe. Take it
+    /// before [`Executor::serialize_triggers`], never after.
     pub(crate) async fn lock_key(&self, key: &str) -> tokio::sync::MutexGuard<'_, ()> {
         self.shared.key_locks.lock_key(key).await
+    }
+
+    /// Marks `batch` as having its items streamed in, unless a stream of it
+    /// is under way already (`None`): one stream of a batch at a time, so a
+    /// re-send racing the first cannot make an index twice, without a lock
+    /// anything else waits on.
+    pub(crate) fn begin_item_stream(&self, batch: &str) -> Option<ItemStream> {
+        let streams = self.shared.item_streams.clone();
+        let mut active = streams.lock().unwrap_or_else(|p| p.into_inner());
+        if !active.insert(batch.to_string()) {
+            return None;
+        }
+        drop(active);
+        Some(ItemStream {
+            streams,
+            batch: batch.to_string(),
+        })
     }
 
     /// Takes the lock keyed and debounced triggers share, when `keyed`.

@@ -171,7 +171,8 @@ impl JournalSink for AttemptSink {
             let mut taken: HashMap<String, RunId> = HashMap::new();
             for (run, key) in items {
                 let claims = [
-                    key.as_ref().map(|k| format!("key:{}", k.hash)),
+                    key.as_ref()
+                        .map(|k| format!("key:{}\0{}", run.task_id, k.hash)),
                     run.debounce
                         .as_ref()
                         .map(|d| format!("debounce:{}\0{}", run.task_id, d.key)),

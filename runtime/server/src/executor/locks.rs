@@ -1,8 +1,7 @@
 //! Striped locks that serialise read-modify-write of one run's record
 //! between the executor, the timer service and the API (cancel), and (a
-//! second set) the admission of one request idempotency key or the items
-//! of one batch. A holder of a key lock may then take the trigger lock,
-//! never the other way round.
+//! second set) the admission of one request idempotency key. A holder of a
+//! key lock may then take the trigger lock, never the other way round.
 
 use kiln_types::RunId;
 use std::hash::{Hash, Hasher};
@@ -29,7 +28,7 @@ impl RunLocks {
         self.lock_key(run.as_str()).await
     }
 
-    /// Locks the stripe of any key (a request idempotency key, a batch id).
+    /// Locks the stripe of any key (a request idempotency key).
     pub(crate) async fn lock_key(&self, key: &str) -> MutexGuard<'_, ()> {
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         key.hash(&mut hasher);

@@ -109,6 +109,8 @@ pub(crate) struct Shared {
     pub(crate) key_locks: locks::RunLocks,
     /// One release of `PENDING_VERSION` runs at a time.
     pub(crate) pending_lock: tokio::sync::Mutex<()>,
+    /// The batches whose items are being streamed in now.
+    pub(crate) item_streams: Arc<Mutex<std::collections::HashSet<String>>>,
     live: Mutex<HashMap<RunId, Arc<LiveRun>>>,
     timers: std::sync::OnceLock<Timers>,
     /// The client durable fetches go through.
@@ -171,6 +173,7 @@ impl Executor {
             trigger_lock: tokio::sync::Mutex::new(()),
             key_locks: locks::RunLocks::default(),
             pending_lock: tokio::sync::Mutex::new(()),
+            item_streams: Arc::default(),
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
             http: fetch::client(),

@@ -88,8 +88,20 @@ impl Executor {
                     made.updated_at = now;
                     made.tags = run.tags.clone();
                     made.metadata = run.metadata.clone();
-                    Self::stage_new(&mut batch, &made, None, now);
-                    Some(made)
+                    if made.status == RunStatus::Queued
+                        && made.expires_at.is_some_and(|at| at <= now)
+                    {
+                        // Its ttl, counted from the trigger, ran out while it
+                        // waited for the deploy.
+                        made.status = RunStatus::Expired;
+                        made.expired_at = Some(now);
+                        made.finished_at = Some(now);
+                        batch.put_run(&made);
+                        None
+                    } else {
+                        Self::stage_new(&mut batch, &made, None, now);
+                        Some(made)
+                    }
                 }
                 Err(reason) => {
                     let mut failed = run.clone();
