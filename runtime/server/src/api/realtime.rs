@@ -143,12 +143,9 @@ pub(super) async fn run(
     Extension(caller): Extension<Caller>,
     Query(query): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
-    let run = state
-        .store
-        .run(&id)?
-        .ok_or_else(|| ApiError::not_found("Run not found"))?;
+    let run = super::stored_run(&state, &run_id)?;
     caller.may_read_run(&run)?;
+    let id = run.id;
     subscribe(state, Shape::Run(id), 0, &query).await
 }
 
@@ -326,12 +323,9 @@ pub(super) async fn run_events(
     Path(run_id): Path<String>,
     Extension(caller): Extension<Caller>,
 ) -> Result<Response, ApiError> {
-    let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
-    let run = state
-        .store
-        .run(&id)?
-        .ok_or_else(|| ApiError::not_found("Run not found"))?;
+    let run = super::stored_run(&state, &run_id)?;
     caller.may_read_run(&run)?;
+    let id = run.id;
     struct Cursor {
         state: AppState,
         id: RunId,

@@ -101,12 +101,9 @@ pub(super) async fn read(
     Extension(caller): Extension<Caller>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
-    let run = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
-    let found = state
-        .store
-        .run(&run)?
-        .ok_or_else(|| ApiError::not_found("Run not found"))?;
+    let found = super::stored_run(&state, &run_id)?;
     caller.may_read_run(&found)?;
+    let run = found.id;
     let after = match header(&headers, "last-event-id") {
         Some(id) => Some(id.parse::<u64>().map_err(|_| {
             ApiError::bad_request(format!("Last-Event-ID `{id}` is not a chunk number"))

@@ -102,8 +102,15 @@ const PRESIGNED: &[(&str, &str)] = &[
     ),
 ];
 
-/// Electric's shape-protocol query (the SDK's `runs.subscribeTo*`).
-const SHAPE: &[(&str, &str)] = &[
+/// The query of `subscribeToRunsWithTag`: its tags and window, then
+/// Electric's shape protocol (the SDK's `runs.subscribeTo*`), which
+/// [`SHAPE`] is alone.
+const TAGGED: &[(&str, &str)] = &[
+    ("tags", "Tags a run must all carry, comma-separated"),
+    (
+        "createdAt",
+        "Runs created within this long (`1h`; 24 h by default, a week at most)",
+    ),
     (
         "offset",
         "`-1` for the whole shape, then the last `electric-offset`",
@@ -120,6 +127,9 @@ const SHAPE: &[(&str, &str)] = &[
         "Columns to leave out, comma-separated (`payload,output`)",
     ),
 ];
+
+/// Electric's shape-protocol query.
+const SHAPE: &[(&str, &str)] = TAGGED.split_at(2).1;
 
 /// The whole API.
 pub(crate) fn table() -> &'static [Route] {
@@ -507,28 +517,7 @@ fn build() -> Vec<Route> {
             "Subscribe to the runs carrying `?tags=` (`runs.subscribeToRunsWithTag`)",
             || get(realtime::tagged),
         )
-        .query(&[
-            ("tags", "Tags a run must all carry, comma-separated"),
-            (
-                "createdAt",
-                "Runs created within this long (`1h`; 24 h by default, a week at most)",
-            ),
-            (
-                "offset",
-                "`-1` for the whole shape, then the last `electric-offset`",
-            ),
-            ("handle", "The last `electric-handle`"),
-            (
-                "live",
-                "`true`: wait (up to 20 s) for a change after `offset`",
-            ),
-            ("cursor", "The last `electric-cursor`"),
-            ("log", "`full`"),
-            (
-                "skipColumns",
-                "Columns to leave out, comma-separated (`payload,output`)",
-            ),
-        ]),
+        .query(TAGGED),
         route(
             "GET",
             "/realtime/v1/batches/{batch_id}",
