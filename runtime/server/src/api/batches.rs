@@ -413,15 +413,19 @@ async fn flush(
     if pending.is_empty() {
         return Ok(());
     }
-    let _serial = state.executor.serialize_triggers(true).await;
+    let serial = state.executor.serialize_triggers(true).await;
     let mut batch = kiln_store::Batch::default();
     let mut runs = Vec::new();
+    // Each commit is seen by the next reader at once; their durability is
+    // awaited after the trigger lock is released, so other triggers do not
+    // wait on this stream's syncs.
+    let mut durable = Vec::new();
     for (index, task, outcome) in pending.drain(..) {
         match outcome {
             Ok((run, key)) => {
                 let now = Timestamp::now();
                 if key.is_some() || run.debounce.is_some() {
-                    commit_chunk(state, record, &mut batch, &mut runs).await?;
+                    durable.push(commit_chunk(state, record, &mut batch, &mut runs));
                     if let Some(found) = state.executor.existing(&run, key.as_ref(), now).await? {
                         batch.put_batch_item(batch_id, index, Some(found.run_id()));
                         done.insert(index, Some(found.run_id().clone()));
@@ -443,24 +447,31 @@ async fn flush(
             }
         }
     }
-    commit_chunk(state, record, &mut batch, &mut runs).await
+    durable.push(commit_chunk(state, record, &mut batch, &mut runs));
+    drop(serial);
+    for commit in durable {
+        commit.await?;
+    }
+    Ok(())
 }
 
 /// Commits what `flush` gathered, with the batch record, and queues the
-/// new runs.
-async fn commit_chunk(
+/// new runs; returns the commit, which resolves once it is durable. (A run
+/// queued before its record is durable is claimed in a later commit, which
+/// becomes durable after it.)
+fn commit_chunk(
     state: &AppState,
     record: &BatchRecord,
     batch: &mut kiln_store::Batch,
     runs: &mut Vec<Run>,
-) -> Result<(), ApiError> {
+) -> kiln_store::Commit {
     let mut chunk = std::mem::take(batch);
     chunk.put_batch(record);
-    state.store.commit(chunk).await?;
+    let durable = state.store.commit(chunk);
     for run in runs.drain(..) {
         state.executor.admit(&run);
     }
-    Ok(())
+    durable
 }
 
 /// `GET /api/v2/batches/{id}`.
