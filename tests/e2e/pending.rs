@@ -108,3 +108,18 @@ async fn lock_to_version_pins_a_run_to_a_deployed_version() {
     assert_eq!(status, 404, "the locked version lacks the task: {body}");
     assert_ne!(current["version"], version.as_str());
 }
+
+#[tokio::test]
+async fn a_pending_run_expires_when_its_ttl_runs_out_before_a_deploy() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    let id = kiln
+        .trigger_with("echo", json!({}), json!({"ttl": "1s"}))
+        .await;
+    assert_eq!(kiln.run(&id).await["status"], "PENDING_VERSION");
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "EXPIRED", "{run}");
+    let deployed = kiln.deploy(kiln_fixtures::PROBE).await;
+    assert_eq!(deployed["pendingRunsReleased"], 0, "{deployed}");
+    assert_eq!(kiln.run(&id).await["status"], "EXPIRED");
+}

@@ -167,7 +167,7 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
                 .map(|ttl| Timestamp(now.0.saturating_add(ttl.ms)));
             actions.push(Action::Enqueue { not_before: None });
         }
-        (S::Queued | S::Delayed, Event::Expire) if run.attempts.is_empty() => {
+        (S::Queued | S::Delayed | S::PendingVersion, Event::Expire) if run.attempts.is_empty() => {
             next.status = S::Expired;
             next.expired_at = Some(now);
             next.delayed_until = None;

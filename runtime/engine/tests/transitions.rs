@@ -303,7 +303,7 @@ fn every_status_event_pair_has_a_defined_answer() {
                 (Event::Woken, S::Waiting) => true,
                 (Event::DelayElapsed, S::Delayed) => true,
                 // `executing` has an attempt; the others have none.
-                (Event::Expire, S::Queued | S::Delayed) => true,
+                (Event::Expire, S::Queued | S::Delayed | S::PendingVersion) => true,
                 (Event::Cancel, s) => !s.is_final(),
                 _ => false,
             };

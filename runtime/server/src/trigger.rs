@@ -313,13 +313,21 @@ pub(crate) fn pending_run(
             "metadata must be a JSON object".into(),
         ));
     }
-    if let Some(delay) = options.delay.as_ref().filter(|d| !d.is_null()) {
-        crate::duration::parse_instant(delay, now)
-            .map_err(|e| TriggerError::BadRequest(format!("delay: {e}")))?;
-    }
-    if let Some(value) = options.ttl.as_ref().filter(|v| !v.is_null()) {
-        ttl(value).map_err(TriggerError::BadRequest)?;
-    }
+    let delayed = match options.delay.as_ref().filter(|d| !d.is_null()) {
+        Some(delay) => {
+            crate::duration::parse_instant(delay, now)
+                .map_err(|e| TriggerError::BadRequest(format!("delay: {e}")))?
+                > now
+        }
+        None => false,
+    };
+    let ttl = options
+        .ttl
+        .as_ref()
+        .filter(|v| !v.is_null())
+        .map(ttl)
+        .transpose()
+        .map_err(TriggerError::BadRequest)?;
     priority_ms(options.priority.as_ref())?;
     let idempotency_key = options
         .idempotency_key_options
@@ -335,6 +343,12 @@ pub(crate) fn pending_run(
         now,
     );
     run.status = RunStatus::PendingVersion;
+    // A ttl counts while the run waits for its deploy too (from the end of
+    // its delay when it has one, which starts with the deploy).
+    if !delayed && let Some(ttl) = &ttl {
+        run.expires_at = Some(Timestamp(now.as_millis().saturating_add(ttl.ms)));
+    }
+    run.ttl = ttl;
     run.payload_type = stored_type;
     run.tags = tags(options.tags.clone()).map_err(TriggerError::BadRequest)?;
     run.metadata = options.metadata.clone();

@@ -56,8 +56,10 @@ impl TimerKey {
         {
             timers.push(Self::delay(&run.id, due));
         }
-        if run.status == kiln_types::RunStatus::Queued
-            && run.attempts.is_empty()
+        if matches!(
+            run.status,
+            kiln_types::RunStatus::Queued | kiln_types::RunStatus::PendingVersion
+        ) && run.attempts.is_empty()
             && let Some(due) = run.expires_at
         {
             timers.push(Self::ttl(&run.id, due));

@@ -395,7 +395,10 @@ impl Executor {
             }
             Some(run)
                 if timer.wait_id == TimerKey::TTL
-                    && matches!(run.status, RunStatus::Queued | RunStatus::Delayed)
+                    && matches!(
+                        run.status,
+                        RunStatus::Queued | RunStatus::Delayed | RunStatus::PendingVersion
+                    )
                     && run.attempts.is_empty() =>
             {
                 Some(Event::Expire)
