@@ -285,6 +285,41 @@ pub(crate) fn tags(value: Option<Value>) -> Result<Vec<String>, String> {
 /// A new `QUEUED` run of `task_id` on `deployed`. `payload` is the plain JSON
 /// value (checked against the task's schema); `stored` and `stored_type` are
 /// what the run keeps (text stays text).
+/// The machine a trigger names, if it names one.
+fn machine_of(options: &TriggerOptions) -> Result<Option<Machine>, TriggerError> {
+    options
+        .machine
+        .as_deref()
+        .map(|name| {
+            name.parse::<Machine>()
+                .map_err(|e| TriggerError::BadRequest(e.to_string()))
+        })
+        .transpose()
+}
+
+/// The checks of `maxAttempts`, `maxDuration` and `metadata` that need no
+/// task.
+fn check_limits(options: &TriggerOptions) -> Result<(), TriggerError> {
+    if options.max_attempts == Some(0) {
+        return Err(TriggerError::BadRequest(
+            "maxAttempts must be at least 1".into(),
+        ));
+    }
+    if options.max_duration == Some(0) {
+        return Err(TriggerError::BadRequest(
+            "maxDuration must be at least 1 second".into(),
+        ));
+    }
+    if let Some(metadata) = &options.metadata
+        && !metadata.is_object()
+    {
+        return Err(TriggerError::BadRequest(
+            "metadata must be a JSON object".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// A `PENDING_VERSION` run: triggered for a task no deployment of its
 /// environment has yet. The options that need no task are checked now, so a
 /// bad trigger fails at once; the rest (schema, queue, machine and retry
@@ -297,22 +332,8 @@ pub(crate) fn pending_run(
     options: &TriggerOptions,
     now: Timestamp,
 ) -> Result<Run, TriggerError> {
-    if let Some(name) = options.machine.as_deref() {
-        name.parse::<Machine>()
-            .map_err(|e| TriggerError::BadRequest(e.to_string()))?;
-    }
-    if options.max_attempts == Some(0) {
-        return Err(TriggerError::BadRequest(
-            "maxAttempts must be at least 1".into(),
-        ));
-    }
-    if let Some(metadata) = &options.metadata
-        && !metadata.is_object()
-    {
-        return Err(TriggerError::BadRequest(
-            "metadata must be a JSON object".into(),
-        ));
-    }
+    machine_of(options)?;
+    check_limits(options)?;
     let delayed = match options.delay.as_ref().filter(|d| !d.is_null()) {
         Some(delay) => {
             crate::duration::parse_instant(delay, now)
@@ -375,29 +396,8 @@ pub(crate) fn new_run(
     deployed
         .validate_payload(task_id, payload)
         .map_err(TriggerError::Unprocessable)?;
-    let machine = match options.machine.as_deref() {
-        Some(name) => name
-            .parse::<Machine>()
-            .map_err(|e| TriggerError::BadRequest(e.to_string()))?,
-        None => task.machine,
-    };
-    if options.max_attempts == Some(0) {
-        return Err(TriggerError::BadRequest(
-            "maxAttempts must be at least 1".into(),
-        ));
-    }
-    if options.max_duration == Some(0) {
-        return Err(TriggerError::BadRequest(
-            "maxDuration must be at least 1 second".into(),
-        ));
-    }
-    if let Some(metadata) = &options.metadata
-        && !metadata.is_object()
-    {
-        return Err(TriggerError::BadRequest(
-            "metadata must be a JSON object".into(),
-        ));
-    }
+    let machine = machine_of(&options)?.unwrap_or(task.machine);
+    check_limits(&options)?;
     let ttl = options
         .ttl
         .as_ref()
