@@ -190,6 +190,25 @@ pub(crate) struct IdempotencyKeyOptions {
 }
 
 impl TriggerOptions {
+    /// The user's idempotency key as they gave it (what a run shows), if
+    /// the trigger has one.
+    pub(crate) fn user_key(&self) -> Option<String> {
+        self.idempotency_key_options
+            .as_ref()
+            .and_then(|o| o.key.clone())
+            .or_else(|| self.idempotency_key.clone())
+    }
+
+    /// The run's `ttl`, if the trigger gives one.
+    fn run_ttl(&self) -> Result<Option<RunTtl>, TriggerError> {
+        self.ttl
+            .as_ref()
+            .filter(|v| !v.is_null())
+            .map(ttl)
+            .transpose()
+            .map_err(TriggerError::BadRequest)
+    }
+
     fn key_ttl_ms(&self) -> Result<u64, TriggerError> {
         match &self.idempotency_key_ttl {
             Some(ttl) => crate::duration::parse_ms(ttl)
@@ -342,19 +361,9 @@ pub(crate) fn pending_run(
         }
         None => false,
     };
-    let ttl = options
-        .ttl
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(ttl)
-        .transpose()
-        .map_err(TriggerError::BadRequest)?;
+    let ttl = options.run_ttl()?;
     priority_ms(options.priority.as_ref())?;
-    let idempotency_key = options
-        .idempotency_key_options
-        .as_ref()
-        .and_then(|o| o.key.clone())
-        .or_else(|| options.idempotency_key.clone());
+    let idempotency_key = options.user_key();
     let mut run = Run::queued(
         RunId::generate(now.as_millis()),
         task_id,
@@ -398,13 +407,7 @@ pub(crate) fn new_run(
         .map_err(TriggerError::Unprocessable)?;
     let machine = machine_of(&options)?.unwrap_or(task.machine);
     check_limits(&options)?;
-    let ttl = options
-        .ttl
-        .as_ref()
-        .filter(|v| !v.is_null())
-        .map(ttl)
-        .transpose()
-        .map_err(TriggerError::BadRequest)?;
+    let ttl = options.run_ttl()?;
     let debounce = options
         .debounce
         .as_ref()
@@ -443,11 +446,7 @@ pub(crate) fn new_run(
         )));
     }
     let priority_ms = priority_ms(options.priority.as_ref())?;
-    let idempotency_key = options
-        .idempotency_key_options
-        .as_ref()
-        .and_then(|o| o.key.clone())
-        .or_else(|| options.idempotency_key.clone());
+    let idempotency_key = options.user_key();
     Ok(Run {
         payload_type: stored_type,
         idempotency_key,

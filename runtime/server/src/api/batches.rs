@@ -258,6 +258,9 @@ pub(super) async fn items(
             let chunk = chunk
                 .map_err(|e| ApiError::bad_request(format!("reading the items failed: {e}")))?;
             buffer.extend_from_slice(&chunk);
+        } else if !buffer.is_empty() && buffer.len() <= MAX_LINE {
+            // The last line needs no newline of its own.
+            buffer.push(b'\n');
         }
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = buffer.drain(..=end).collect();
@@ -282,19 +285,6 @@ pub(super) async fn items(
         if finished {
             break;
         }
-    }
-    if !buffer.is_empty() {
-        let line = std::mem::take(&mut buffer);
-        take_line(
-            &state,
-            &caller,
-            &record,
-            &line,
-            &mut done,
-            &mut pending,
-            &mut tally,
-        )?;
-        flush(&state, &batch_id, &mut pending, &mut record, &mut done).await?;
     }
     let processed = done.len() as u32;
     if processed == expected && record.sealed_at.is_none() {
