@@ -72,10 +72,21 @@ impl Kiln {
         path: &str,
         body: Option<reqwest::Body>,
     ) -> (u16, Value) {
+        self.request_as(KEY, method, path, body).await
+    }
+
+    /// Sends a request with `key`; returns status and JSON body.
+    pub async fn request_as(
+        &self,
+        key: &str,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<reqwest::Body>,
+    ) -> (u16, Value) {
         let mut request = self
             .http
             .request(method, format!("{}{path}", self.url))
-            .bearer_auth(KEY)
+            .bearer_auth(key)
             .header("content-type", "application/json");
         if let Some(body) = body {
             request = request.body(body);

@@ -11,6 +11,7 @@ mod children;
 mod delays;
 mod deploy;
 mod durable;
+mod envvars;
 mod examples;
 mod fetch;
 mod hooks;

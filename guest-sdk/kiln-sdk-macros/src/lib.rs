@@ -30,6 +30,9 @@ use syn::{FnArg, ItemFn, LitBool, LitFloat, LitInt, LitStr, ReturnType, Type};
 ///   that runs out of memory is retried on `out_of_memory_machine` if set;
 /// - `hooks = HOOKS`: a `const` [`Hooks`](../kiln_sdk/hooks/struct.Hooks.html)
 ///   with the task's lifecycle hooks;
+/// - `env = ["STRIPE_KEY", "DATABASE_URL"]`: the environment variables the
+///   task reads (`kiln_sdk::env::var`); a deploy to an environment that
+///   lacks one warns, or with `--strict` refuses;
 /// - `cron = "0 9 * * 1-5"`, `timezone = "America/New_York"`: a declarative
 ///   schedule, for scheduled tasks (those whose payload is
 ///   `kiln_sdk::schedules::ScheduledPayload`); read in UTC without a time
@@ -64,6 +67,7 @@ struct Options {
     hooks: Option<syn::Path>,
     cron: Option<LitStr>,
     timezone: Option<LitStr>,
+    env: Vec<LitStr>,
 }
 
 const MACHINES: [&str; 7] = [
@@ -155,11 +159,27 @@ fn parse_options(attr: proc_macro2::TokenStream) -> syn::Result<Options> {
                 ));
             }
             options.cron = Some(lit);
+        } else if meta.path.is_ident("env") {
+            let list = meta.value()?.parse::<syn::ExprArray>()?;
+            for element in list.elems {
+                match element {
+                    syn::Expr::Lit(syn::ExprLit {
+                        lit: syn::Lit::Str(name),
+                        ..
+                    }) => options.env.push(name),
+                    other => {
+                        return Err(syn::Error::new(
+                            other.span(),
+                            "`env` lists variable names as string literals: env = [\"STRIPE_KEY\"]",
+                        ));
+                    }
+                }
+            }
         } else if meta.path.is_ident("timezone") {
             options.timezone = Some(meta.value()?.parse::<LitStr>()?);
         } else {
             return Err(meta.error(
-                "unknown task option; use id, queue, concurrency_limit, machine, max_duration, retry(...), hooks, cron or timezone",
+                "unknown task option; use id, queue, concurrency_limit, machine, max_duration, retry(...), hooks, env, cron or timezone",
             ));
         }
         Ok(())
@@ -264,6 +284,7 @@ fn expand(
         }
         None => quote!(::core::option::Option::None),
     };
+    let env = options.env.iter();
     let doc = format!("The Kiln task `{id}` (defined by the `async fn` of the same name).");
 
     Ok(quote! {
@@ -299,6 +320,7 @@ fn expand(
                     scheduled: (&::kiln_sdk::__private::ScheduledProbe::<#payload_type>::new())
                         .is_scheduled(),
                     cron: #cron,
+                    env: ::std::vec![#(::std::string::String::from(#env)),*],
                 }
             }
 

@@ -35,6 +35,7 @@ extern crate self as kiln_sdk;
 
 pub mod bindings;
 mod context;
+pub mod env;
 mod error;
 pub mod executor;
 pub mod fetch;

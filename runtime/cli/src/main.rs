@@ -40,6 +40,10 @@ enum Command {
     /// own key).
     #[command(subcommand)]
     Keys(commands::projects::KeysCommand),
+    /// Set, list, unset and import a project environment's variables (read
+    /// by tasks with `kiln_sdk::env::var`).
+    #[command(subcommand)]
+    Env(commands::env::Command),
 }
 
 fn main() -> std::process::ExitCode {
@@ -61,6 +65,7 @@ fn main() -> std::process::ExitCode {
                         Command::Queues(command) => commands::queues::run(command).await,
                         Command::Projects(command) => commands::projects::projects(command).await,
                         Command::Keys(command) => commands::projects::keys(command).await,
+                        Command::Env(command) => commands::env::run(command).await,
                         Command::Build(_) => unreachable!("handled above"),
                     }
                 })

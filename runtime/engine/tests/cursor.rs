@@ -44,6 +44,7 @@ fn fetch(id: u64) -> WaitRecord {
                 headers: Vec::new(),
                 body: None,
                 timeout_ms: None,
+                sealed: None,
             },
         },
     }

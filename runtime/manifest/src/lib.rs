@@ -69,6 +69,11 @@ pub struct TaskManifest {
     /// The task's declarative schedule, synced on each deploy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cron: Option<DeclaredCron>,
+    /// The environment variables the task needs (`#[task(env = [...])]`):
+    /// a deploy to an environment that lacks one warns, or with `strict`
+    /// refuses.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<String>,
 }
 
 /// A schedule declared on a task: a cron expression, read in UTC unless a
@@ -162,6 +167,18 @@ impl Manifest {
                     task.id
                 )));
             }
+            if let Some(name) = task.env.iter().find(|n| {
+                n.is_empty()
+                    || n.len() > 256
+                    || !n
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+            }) {
+                return Err(ManifestError(format!(
+                    "task `{}` needs the environment variable `{name}`, which is not a variable name (1 to 256 letters, digits, `_`, `.`, `-`)",
+                    task.id
+                )));
+            }
             if task.cron.is_some() && !task.scheduled {
                 return Err(ManifestError(format!(
                     "task `{}` declares a cron schedule but is not a scheduled task; take `kiln_sdk::schedules::ScheduledPayload` as its payload",
@@ -178,6 +195,21 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The environment variables the bundle's tasks need, each with the
+    /// tasks that need it, by name.
+    pub fn env_vars(&self) -> std::collections::BTreeMap<&str, Vec<&str>> {
+        let mut needed: std::collections::BTreeMap<&str, Vec<&str>> = Default::default();
+        for task in &self.tasks {
+            for name in &task.env {
+                needed
+                    .entry(name.as_str())
+                    .or_default()
+                    .push(task.id.as_str());
+            }
+        }
+        needed
     }
 
     /// The task with this id.
@@ -284,6 +316,7 @@ mod tests {
             source: None,
             scheduled: false,
             cron: None,
+            env: Vec::new(),
         }
     }
 

@@ -164,6 +164,12 @@ impl Attempt {
         self.store.data_mut().journal = sink;
     }
 
+    /// Masks the values `redactor` holds from log lines and panic messages
+    /// from now on; env-var calls add the secrets they read to it.
+    pub fn set_redactor(&mut self, redactor: crate::Redactor) {
+        self.store.data_mut().redactor = redactor;
+    }
+
     /// The journal entries still to replay. Host calls at the front are
     /// answered from here; the executor takes the waits and wakes between
     /// steps.

@@ -3,6 +3,7 @@
 
 use crate::bindings::wit::kiln::task::{host, types};
 use crate::bindings::wit::{HostError, LogLevel};
+use crate::redact::Redactor;
 use kiln_types::{HostCall, JournalEntry, LogLine, Logs, Run, RunId, Timestamp, TokenId};
 use rand::RngCore;
 use std::collections::VecDeque;
@@ -110,6 +111,22 @@ pub trait JournalSink: Send {
         Box::pin(std::future::ready(Err(
             "realtime streams are not available here".to_string(),
         )))
+    }
+
+    /// Reads the environment variable `name` of the run's environment and
+    /// journals the call with the value sealed (never in plain text).
+    /// Resolves to the value, if set, and whether it is a secret.
+    fn env_var(&mut self, name: String) -> HostFuture<Option<(String, bool)>> {
+        let _ = name;
+        Box::pin(std::future::ready(Err(
+            "environment variables are not available here".to_string(),
+        )))
+    }
+
+    /// Opens a value an `env-var` call journaled (sealed), for a replay.
+    fn open_env_var(&self, name: &str, sealed: &str) -> Result<String, String> {
+        let _ = (name, sealed);
+        Err("environment variables are not available here".to_string())
     }
 }
 
@@ -238,6 +255,8 @@ pub struct HostState {
     pub(crate) journal: Box<dyn JournalSink>,
     /// Set when a call did not match the journal.
     pub(crate) nondeterminism: Option<String>,
+    /// The secret values masked from log lines and panic messages.
+    pub(crate) redactor: Redactor,
 }
 
 impl HostState {
@@ -262,6 +281,7 @@ impl HostState {
             replay: VecDeque::new(),
             journal: Box::new(NoJournal),
             nondeterminism: None,
+            redactor: Redactor::default(),
         }
     }
 
@@ -294,11 +314,15 @@ impl HostState {
     }
 
     fn push_log(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
+        let redactor = &self.redactor;
         self.logs.push(LogLine {
             at: Timestamp::now(),
             level: level.to_string(),
-            message,
-            fields,
+            message: redactor.redact_owned(message),
+            fields: fields
+                .into_iter()
+                .map(|(k, v)| (redactor.redact_owned(k), redactor.redact_owned(v)))
+                .collect(),
         });
     }
 
@@ -384,7 +408,10 @@ impl host::Host for HostState {
     }
 
     async fn record_panic(&mut self, message: String) -> wasmtime::Result<()> {
-        self.panic = Some(truncate(message, MAX_LOG_MESSAGE));
+        self.panic = Some(truncate(
+            self.redactor.redact_owned(message),
+            MAX_LOG_MESSAGE,
+        ));
         Ok(())
     }
 
@@ -535,6 +562,57 @@ impl host::Host for HostState {
             .stream_append(key, chunk)
             .await
             .map_err(HostError::Invalid))
+    }
+
+    async fn env_var(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Option<String>, HostError>> {
+        self.read_env_var(name).await
+    }
+}
+
+impl HostState {
+    /// `env-var(name)`: answered from the journal while replaying (the
+    /// value the call first read, opened again), else read live.
+    async fn read_env_var(
+        &mut self,
+        name: String,
+    ) -> wasmtime::Result<Result<Option<String>, HostError>> {
+        let fits = |c: &HostCall| matches!(c, HostCall::EnvVar { name: n, .. } if *n == name);
+        if let Some(HostCall::EnvVar {
+            sealed,
+            secret,
+            error,
+            ..
+        }) = self.replayed(|| format!("env-var({name})"), fits)?
+        {
+            if let Some(error) = error {
+                return Ok(Err(HostError::Internal(error)));
+            }
+            let Some(sealed) = sealed else {
+                return Ok(Ok(None));
+            };
+            return Ok(match self.journal.open_env_var(&name, &sealed) {
+                Ok(value) => {
+                    if secret {
+                        self.redactor.add(&value);
+                    }
+                    Ok(Some(value))
+                }
+                Err(error) => Err(HostError::Internal(error)),
+            });
+        }
+        Ok(match self.journal.env_var(name).await {
+            Ok(Some((value, secret))) => {
+                if secret {
+                    self.redactor.add(&value);
+                }
+                Ok(Some(value))
+            }
+            Ok(None) => Ok(None),
+            Err(error) => Err(HostError::Invalid(error)),
+        })
     }
 }
 

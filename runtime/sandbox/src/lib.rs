@@ -19,6 +19,7 @@ mod bundle;
 mod engine;
 mod host;
 mod limits;
+mod redact;
 mod snapshot;
 
 pub use attempt::{Attempt, StepOutcome, TrapKind};
@@ -29,4 +30,5 @@ pub use host::{
     ChildRequest, HostCallStats, HostFuture, JournalSink, SpawnFuture, Spawned, TokenFuture,
 };
 pub use limits::Limits;
+pub use redact::{MASK, MIN_LEN as MIN_REDACTED_LEN, Redactor};
 pub use snapshot::recycle as recycle_capture;

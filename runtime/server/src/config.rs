@@ -33,6 +33,10 @@ pub struct ServerConfig {
     /// Hosts tasks may fetch from (`*`, `host`, `host:port`, `*.domain`);
     /// loopback is allowed too in the `dev` environment.
     pub fetch_allow: Vec<String>,
+    /// The master key (64 hex digits) environment variables and snapshots
+    /// are sealed with; generated and kept in the data directory when
+    /// `None`.
+    pub master_key: Option<String>,
 }
 
 impl ServerConfig {
@@ -59,6 +63,7 @@ impl ServerConfig {
             schedule_clock: crate::ScheduleClock::default(),
             public_url: None,
             fetch_allow: Vec::new(),
+            master_key: None,
         }
     }
 }

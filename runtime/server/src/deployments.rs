@@ -90,6 +90,10 @@ pub enum DeployError {
     /// The store failed.
     #[error(transparent)]
     Store(#[from] StoreError),
+    /// The bundle is sound but the environment cannot run it (a strict
+    /// deploy that lacks a variable its tasks need).
+    #[error("{0}")]
+    Refused(String),
 }
 
 #[derive(Default)]
@@ -176,9 +180,16 @@ impl Deployments {
         Ok(deployed)
     }
 
-    /// Validates, compiles and stores a bundle as the new current version.
-    pub async fn deploy(&self, bytes: &[u8]) -> Result<Arc<Deployed>, DeployError> {
+    /// Validates, compiles and stores a bundle as the new current version,
+    /// once `check` accepts its manifest (a refusal is
+    /// [`DeployError::Refused`], and nothing is stored).
+    pub async fn deploy(
+        &self,
+        bytes: &[u8],
+        check: impl FnOnce(&kiln_manifest::Manifest) -> Result<(), String>,
+    ) -> Result<Arc<Deployed>, DeployError> {
         let bundle = self.sandbox.load(bytes).await?;
+        check(bundle.manifest()).map_err(DeployError::Refused)?;
         let _one_at_a_time = self.deploying.lock().await;
         let previous = self.store.deployments()?;
         let now = Timestamp::now();

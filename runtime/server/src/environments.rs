@@ -19,7 +19,7 @@ use crate::executor::{Executor, ExecutorConfig};
 use crate::notify::Notifier;
 use crate::schedules::Schedules;
 use kiln_sandbox::Sandbox;
-use kiln_store::{ApiKey, Backend, PrefixedBackend, Project, Store};
+use kiln_store::{ApiKey, Backend, PrefixedBackend, Project, SealKey, Store};
 use kiln_types::Timestamp;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -55,6 +55,7 @@ pub(crate) enum KeyLookup {
 pub struct Hub {
     root: Store,
     backend: Arc<dyn Backend>,
+    seal: Arc<SealKey>,
     sandbox: Sandbox,
     config: ServerConfig,
     public_url: String,
@@ -81,12 +82,13 @@ impl Hub {
     /// environment that has a key (so their unfinished runs recover now).
     pub(crate) async fn open(
         backend: Arc<dyn Backend>,
+        seal: Arc<SealKey>,
         sandbox: Sandbox,
         config: ServerConfig,
         public_url: String,
         admin_key: String,
     ) -> anyhow::Result<Arc<Hub>> {
-        let root = Store::new(backend.clone());
+        let root = Store::new(backend.clone()).sealed(seal.clone());
         let default = open_environment(Parts {
             backend_store: root.clone(),
             sandbox: &sandbox,
@@ -107,6 +109,7 @@ impl Hub {
         let hub = Arc::new(Hub {
             root,
             backend,
+            seal,
             sandbox,
             config,
             public_url,
@@ -203,7 +206,8 @@ impl Hub {
             return Ok(state);
         }
         let prefix = format!("env/{project}/{environment}/").into_bytes();
-        let store = Store::new(Arc::new(PrefixedBackend::new(self.backend.clone(), prefix)));
+        let store = Store::new(Arc::new(PrefixedBackend::new(self.backend.clone(), prefix)))
+            .sealed(self.seal.clone());
         let signing = self
             .root
             .environment_secret(project, environment, crate::secret::generate_signing_secret)

@@ -18,6 +18,7 @@ mod environments;
 pub mod executor;
 mod feed;
 mod jwt;
+mod master_key;
 mod metadata;
 mod notify;
 mod payload;

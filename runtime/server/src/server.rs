@@ -24,6 +24,8 @@ impl Server {
             Some(key) => (key, false),
             None => crate::secret::load_or_create(&config.data_dir)?,
         };
+        let seal =
+            crate::master_key::load_or_create(&config.data_dir, config.master_key.as_deref())?;
         let backend = Arc::new(SledBackend::open(&config.data_dir.join("store"))?);
         let sandbox = Sandbox::new(SandboxConfig::new(config.data_dir.join("compiled")))?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
@@ -31,7 +33,15 @@ impl Server {
             Some(url) => url.trim_end_matches('/').to_string(),
             None => format!("http://{}", listener.local_addr()?),
         };
-        let hub = Hub::open(backend, sandbox, config, public_url, secret_key).await?;
+        let hub = Hub::open(
+            backend,
+            Arc::new(seal),
+            sandbox,
+            config,
+            public_url,
+            secret_key,
+        )
+        .await?;
         Ok(Server {
             listener,
             hub,

@@ -9,7 +9,7 @@
 //! | `run/<run id>` | `Run` (JSON) |
 //! | `active/<run id>` | empty: the run is queued or executing (read at start-up) |
 //! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON) |
-//! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a `SnapshotLayer` |
+//! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a `SnapshotLayer`, sealed with the master key (`KSEL` envelope) |
 //! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
 //! | `idem/<idempotency key hash>` | `IdempotentRun` (JSON): the run a trigger's key made |
 //! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
@@ -36,6 +36,7 @@
 //! | `sched-run/<schedule id>/<run id>` | empty: a run the schedule fired |
 //! | `project/<project ref>` | `Project` (JSON) |
 //! | `apikey/<secret key>` | `ApiKey` (JSON): the project and environment a key belongs to |
+//! | `envvar/<name>` | `StoredEnvVar` (JSON): an environment variable, its value sealed with the master key |
 //! | `env-secret/<project ref>/<environment>` | the environment's signing secret (callback URLs, packet URLs) |
 //! | `env/<project ref>/<environment>/<any key above>` | another environment's keyspace (see `PrefixedBackend`) |
 //! | `\xff\xffchunk/<generation: u64 BE><index: u32 BE>` | a piece of a large value (sled backend only; see `sled_chunks`) |
@@ -78,6 +79,7 @@ pub(crate) const SCHED_OCC: &[u8] = b"sched-occ/";
 pub(crate) const SCHED_RUN: &[u8] = b"sched-run/";
 pub(crate) const PROJECT: &[u8] = b"project/";
 pub(crate) const API_KEY: &[u8] = b"apikey/";
+pub(crate) const ENV_VAR: &[u8] = b"envvar/";
 pub(crate) const ENV_SECRET: &[u8] = b"env-secret/";
 pub(crate) const PENDING: &[u8] = b"pending/";
 pub(crate) const STREAM: &[u8] = b"stream/";

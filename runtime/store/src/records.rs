@@ -231,6 +231,9 @@ pub struct StoredLayer {
     pub stored_bytes: u64,
 }
 
+/// The first bytes of a sealed snapshot layer.
+const SEALED_LAYER: &[u8] = b"KSEL";
+
 pub(crate) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + rest.len());
     k.extend_from_slice(prefix);
@@ -257,6 +260,9 @@ pub type RunsListener = Box<dyn Fn(Changes<'_>) + Send + Sync>;
 pub struct Store {
     pub(crate) backend: Arc<dyn Backend>,
     listener: Arc<std::sync::OnceLock<RunsListener>>,
+    /// The master key environment variables and snapshot layers are sealed
+    /// with.
+    pub(crate) seal: Option<Arc<crate::seal::SealKey>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -271,6 +277,30 @@ impl Store {
         Store {
             backend,
             listener: Arc::default(),
+            seal: None,
+        }
+    }
+
+    /// This store, sealing environment variables and snapshot layers with
+    /// `key` (a store without one refuses variables and keeps layers
+    /// unsealed).
+    pub fn sealed(mut self, key: Arc<crate::seal::SealKey>) -> Self {
+        self.seal = Some(key);
+        self
+    }
+
+    /// The bytes to store for an encoded snapshot layer
+    /// ([`Batch::put_layer`]): sealed with the master key when the store
+    /// has one, so a waiting guest's memory (and any secret it read) is not
+    /// on disk in plain text.
+    pub fn seal_layer(&self, run: &RunId, attempt: u32, layer: u32, encoded: Vec<u8>) -> Vec<u8> {
+        match &self.seal {
+            Some(seal) => {
+                let mut out = SEALED_LAYER.to_vec();
+                out.extend_from_slice(&seal.seal(&snap_key(run, attempt, layer), &encoded));
+                out
+            }
+            None => encoded,
         }
     }
 
@@ -410,10 +440,21 @@ impl Store {
                     .try_into()
                     .map(u32::from_be_bytes)
                     .unwrap_or(0);
-                let layer = SnapshotLayer::decode(&v).map_err(|e| StoreError::Corrupt {
+                let corrupt = |reason: String| StoreError::Corrupt {
                     key: String::from_utf8_lossy(&k).into_owned(),
-                    reason: e.to_string(),
-                })?;
+                    reason,
+                };
+                let layer = match v.strip_prefix(SEALED_LAYER) {
+                    Some(sealed) => {
+                        let seal = self.seal.as_deref().ok_or_else(|| {
+                            corrupt("the layer is sealed and this store has no master key".into())
+                        })?;
+                        let plain = seal.open(&k, sealed).map_err(|e| corrupt(e.to_string()))?;
+                        SnapshotLayer::decode(&plain)
+                    }
+                    None => SnapshotLayer::decode(&v),
+                }
+                .map_err(|e| corrupt(e.to_string()))?;
                 Ok(StoredLayer {
                     number,
                     layer,

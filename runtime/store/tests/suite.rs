@@ -32,6 +32,7 @@ fn deployment(sequence: u64) -> Deployment {
                 source: None,
                 scheduled: false,
                 cron: None,
+                env: Vec::new(),
             }],
         },
         created_at: Timestamp(sequence),
@@ -229,6 +230,40 @@ async fn snapshot_layers(store: &Store) {
     assert!(store.layers(&r.id, 1).is_err());
 }
 
+/// With a master key, layers are stored sealed: the raw bytes are no
+/// snapshot layer (zstd would give a secret back), and they open only with
+/// the key and under their own key.
+async fn sealed_snapshot_layers(backend: Arc<dyn Backend>) {
+    let key = Arc::new(kiln_store::SealKey::from_bytes(&[9; 32]));
+    let store = Store::new(backend.clone()).sealed(key);
+    let r = run(RunStatus::Waiting);
+    let mut image = vec![0u8; 16 * 1024];
+    image[5000..5020].copy_from_slice(b"sk_live_in_the_guest");
+    let layer = SnapshotLayer::capture(&image, None, 3);
+    let mut batch = Batch::default();
+    batch.put_layer(&r.id, 1, 1, store.seal_layer(&r.id, 1, 1, layer.encode()));
+    // The same bytes under another layer's key do not open.
+    batch.put_layer(&r.id, 2, 1, store.seal_layer(&r.id, 1, 1, layer.encode()));
+    store.commit(batch).await.unwrap();
+    let raw = backend.scan_prefix(b"snap/").unwrap();
+    assert_eq!(raw.len(), 2);
+    assert!(raw.iter().all(|(_, v)| v.starts_with(b"KSEL")));
+    assert!(
+        SnapshotLayer::decode(&raw[0].1).is_err(),
+        "sealed, not a plain layer"
+    );
+    let layers = store.layers(&r.id, 1).unwrap();
+    let opened =
+        kiln_store::snapshot::compose(&layers.iter().map(|l| &l.layer).collect::<Vec<_>>())
+            .unwrap();
+    assert_eq!(opened, image);
+    assert!(store.layers(&r.id, 2).is_err(), "bound to its key");
+    assert!(
+        Store::new(backend).layers(&r.id, 1).is_err(),
+        "no key, no layer"
+    );
+}
+
 /// Timers are read by due time, only in the range asked for.
 async fn timers_by_due_time(store: &Store) {
     let a = run(RunStatus::Waiting).id;
@@ -385,6 +420,7 @@ async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     waiting_runs_leave_the_active_index(&Store::new(make())).await;
     journals_and_batches(&Store::new(make())).await;
     snapshot_layers(&Store::new(make())).await;
+    sealed_snapshot_layers(make()).await;
     timers_by_due_time(&Store::new(make())).await;
     paused_queues_are_kept(&Store::new(make())).await;
     concurrent_commits_all_land(make()).await;

@@ -105,6 +105,22 @@ pub enum HostCall {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// `env-var(name)`: the value read, sealed with the server's master
+    /// key (never in plain text), or none when the variable was not set.
+    EnvVar {
+        /// The variable's name.
+        name: String,
+        /// The value, sealed and hex-encoded.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        sealed: Option<String>,
+        /// Whether the variable was a secret (masked from what the run
+        /// leaves behind).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        secret: bool,
+        /// Why it could not be read.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 impl HostCall {
@@ -123,6 +139,7 @@ impl HostCall {
             HostCall::UpdateMetadata { target, .. } => format!("update-metadata({target})"),
             HostCall::AddTags { tags, .. } => format!("add-tags({})", tags.join(", ")),
             HostCall::StreamAppend { key, .. } => format!("stream-append({key})"),
+            HostCall::EnvVar { name, .. } => format!("env-var({name})"),
         }
     }
 }
@@ -185,6 +202,11 @@ pub struct FetchRequest {
     /// Give up after this many milliseconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// When the request held a secret value (which the fields above show
+    /// masked): the request as the task made it, as JSON sealed with the
+    /// server's master key and hex-encoded, for the host to send.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 /// The response of a durable fetch.

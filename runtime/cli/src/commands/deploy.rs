@@ -12,6 +12,10 @@ pub struct Args {
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
+    /// Refuse the deploy when the bundle's tasks need environment variables
+    /// the environment does not set (they are warnings otherwise).
+    #[arg(long)]
+    strict: bool,
 }
 
 /// Uploads the bundle.
@@ -19,7 +23,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.bundle)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.bundle.display()))?;
     let client = Client::from_env()?;
-    let deployment = client.post_bytes("/api/v1/deployments", bytes).await?;
+    let path = if args.strict {
+        "/api/v1/deployments?strict=true"
+    } else {
+        "/api/v1/deployments"
+    };
+    let deployment = client.post_bytes(path, bytes).await?;
     if args.json {
         println!("{deployment}");
         return Ok(ExitCode::SUCCESS);
@@ -35,5 +44,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         if tasks.len() == 1 { "" } else { "s" },
         tasks.join(", ")
     );
+    for warning in deployment["warnings"].as_array().into_iter().flatten() {
+        eprintln!("warning: {}", warning.as_str().unwrap_or_default());
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod deploy;
+pub mod env;
 pub mod projects;
 pub mod queues;
 pub mod runs;

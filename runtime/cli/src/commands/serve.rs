@@ -57,6 +57,9 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.secret_key = std::env::var("KILN_SECRET_KEY")
         .ok()
         .filter(|k| !k.is_empty());
+    config.master_key = std::env::var("KILN_MASTER_KEY")
+        .ok()
+        .filter(|k| !k.is_empty());
     if let Some(n) = args.concurrency {
         config.concurrency = n.max(1);
     }

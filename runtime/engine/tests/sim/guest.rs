@@ -202,6 +202,7 @@ pub fn next(
                     headers: Vec::new(),
                     body: None,
                     timeout_ms: None,
+                    sealed: None,
                 },
             })],
             Step::Child(_) => vec![wait(WaitOn::Run {

@@ -4,9 +4,11 @@ use super::{ApiError, Env};
 use crate::deployments::DeployError;
 use axum::Json;
 use axum::body::Bytes;
+use axum::extract::Query;
 use kiln_sandbox::BundleError;
 use kiln_types::Deployment;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 
 fn view(d: &Deployment) -> Value {
     json!({
@@ -19,15 +21,70 @@ fn view(d: &Deployment) -> Value {
     })
 }
 
-/// Deploys the bundle in the body as the new current version.
-pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, ApiError> {
+/// What a deploy to `state`'s environment lacks: one line for each
+/// variable the bundle's tasks declare (`#[task(env = [...])]`) that the
+/// environment does not set.
+fn missing_env_vars(
+    state: &crate::api::AppState,
+    manifest: &kiln_manifest::Manifest,
+) -> Result<Vec<String>, ApiError> {
+    let needed = manifest.env_vars();
+    if needed.is_empty() {
+        return Ok(Vec::new());
+    }
+    let set: std::collections::BTreeSet<String> = state
+        .store
+        .env_vars()?
+        .into_iter()
+        .map(|v| v.name)
+        .collect();
+    Ok(needed
+        .into_iter()
+        .filter(|(name, _)| !set.contains(*name))
+        .map(|(name, tasks)| {
+            format!(
+                "the environment variable `{name}` (needed by {}) is not set in `{}`",
+                tasks
+                    .iter()
+                    .map(|t| format!("`{t}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                state.env_id
+            )
+        })
+        .collect())
+}
+
+/// Deploys the bundle in the body as the new current version. A bundle
+/// whose tasks need variables the environment lacks deploys with
+/// `warnings`, or with `?strict=true` is refused (422).
+pub(super) async fn create(
+    Env(state): Env,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     if body.is_empty() {
         return Err(ApiError::bad_request(
             "The body must be the bundle's bytes (build one with `kiln build`)",
         ));
     }
-    match state.deployments.deploy(&body).await {
+    let strict = query.get("strict").is_some_and(|v| v == "true" || v == "1");
+    let mut warnings = Vec::new();
+    let deploying = state.deployments.deploy(&body, |manifest| {
+        warnings = missing_env_vars(&state, manifest).map_err(|e| e.message)?;
+        if strict && !warnings.is_empty() {
+            return Err(format!(
+                "The deploy is strict and {}; set them with `kiln env set` first",
+                warnings.join("; ")
+            ));
+        }
+        Ok(())
+    });
+    match deploying.await {
         Ok(deployed) => {
+            for warning in &warnings {
+                tracing::info!(environment = %state.env_id, "{warning}");
+            }
             // Queues are declared in the bundle: create or update them.
             state.executor.sync_queues(&deployed.record.manifest);
             // The deployment is stored; if this sync is cut short, the next
@@ -52,6 +109,7 @@ pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, 
                     .collect::<Vec<_>>()
             );
             body["pendingRunsReleased"] = json!(released);
+            body["warnings"] = json!(warnings);
             body["schedules"] = json!({
                 "created": synced.created,
                 "updated": synced.updated,
@@ -64,6 +122,7 @@ pub(super) async fn create(Env(state): Env, body: Bytes) -> Result<Json<Value>, 
         }
         Err(DeployError::Bundle(error)) => Err(ApiError::unprocessable(error.to_string())),
         Err(DeployError::Store(error)) => Err(error.into()),
+        Err(DeployError::Refused(message)) => Err(ApiError::unprocessable(message)),
     }
 }
 

@@ -99,6 +99,7 @@ impl From<crate::deployments::DeployError> for ApiError {
             crate::deployments::DeployError::Bundle(e) => {
                 ApiError::internal(format!("A deployed bundle could not be loaded: {e}"))
             }
+            crate::deployments::DeployError::Refused(message) => ApiError::unprocessable(message),
         }
     }
 }

@@ -12,6 +12,7 @@ mod annotations;
 mod auth_tokens;
 mod batches;
 mod deployments;
+mod envvars;
 mod error;
 mod openapi;
 mod packets;

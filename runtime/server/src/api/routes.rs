@@ -6,8 +6,8 @@
 //! take a public access token.
 
 use super::{
-    MAX_BUNDLE_BYTES, MAX_TRIGGER_BYTES, annotations, auth_tokens, batches, deployments, packets,
-    projects, queues, realtime, realtime_streams, run_list, runs, schedules, tokens,
+    MAX_BUNDLE_BYTES, MAX_TRIGGER_BYTES, annotations, auth_tokens, batches, deployments, envvars,
+    packets, projects, queues, realtime, realtime_streams, run_list, runs, schedules, tokens,
 };
 use crate::environments::Hub;
 use crate::executor::TokenOptions;
@@ -491,6 +491,10 @@ fn build() -> Vec<Route> {
             "Deploy a bundle (the body is its bytes) as the current version",
             || post(deployments::create).layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
         )
+        .query(&[(
+            "strict",
+            "`true`: refuse a bundle whose tasks need environment variables the environment lacks (they are warnings otherwise)",
+        )])
         .with(Some(Body {
             media: "application/wasm",
             schema: None,
@@ -595,6 +599,51 @@ fn build() -> Vec<Route> {
             Admin,
             "Revoke a key",
             || delete(projects::revoke_key),
+        ),
+        route(
+            "GET",
+            "/api/v1/projects/{project}/envvars/{env}",
+            SecretKey,
+            "List an environment's variables, secrets masked (`envvars.list`)",
+            || get(envvars::list),
+        ),
+        route(
+            "POST",
+            "/api/v1/projects/{project}/envvars/{env}",
+            SecretKey,
+            "Set an environment variable (`envvars.create`)",
+            || post(envvars::create),
+        )
+        .with(json(|g| g.subschema_for::<envvars::CreateBody>())),
+        route(
+            "POST",
+            "/api/v1/projects/{project}/envvars/{env}/import",
+            SecretKey,
+            "Set many environment variables at once (`envvars.upload`)",
+            || post(envvars::import),
+        )
+        .with(json(|g| g.subschema_for::<envvars::ImportBody>())),
+        route(
+            "GET",
+            "/api/v1/projects/{project}/envvars/{env}/{name}",
+            SecretKey,
+            "One environment variable, a secret masked (`envvars.retrieve`)",
+            || get(envvars::retrieve),
+        ),
+        route(
+            "PUT",
+            "/api/v1/projects/{project}/envvars/{env}/{name}",
+            SecretKey,
+            "A new value for an environment variable (`envvars.update`)",
+            || put(envvars::update),
+        )
+        .with(json(|g| g.subschema_for::<envvars::UpdateBody>())),
+        route(
+            "DELETE",
+            "/api/v1/projects/{project}/envvars/{env}/{name}",
+            SecretKey,
+            "Delete an environment variable (`envvars.del`)",
+            || delete(envvars::delete),
         ),
     ]
 }

@@ -40,6 +40,9 @@ pub(crate) struct AttemptSink {
     pub(crate) depth: u32,
     /// The attempt's number (scopes idempotency keys of scope `attempt`).
     pub(crate) attempt: u32,
+    /// The secret values masked from metadata and stream chunks; secret
+    /// reads add theirs.
+    pub(crate) redactor: kiln_sandbox::Redactor,
 }
 
 impl JournalSink for AttemptSink {
@@ -56,6 +59,7 @@ impl JournalSink for AttemptSink {
         target: &'static str,
         operations: String,
     ) -> kiln_sandbox::HostFuture<String> {
+        let operations = self.redactor.redact_owned(operations);
         self.metadata_call(target, operations)
     }
 
@@ -64,7 +68,16 @@ impl JournalSink for AttemptSink {
     }
 
     fn stream_append(&mut self, key: String, chunk: String) -> kiln_sandbox::HostFuture<u64> {
+        let chunk = self.redactor.redact_owned(chunk);
         self.stream_call(key, chunk)
+    }
+
+    fn env_var(&mut self, name: String) -> kiln_sandbox::HostFuture<Option<(String, bool)>> {
+        self.env_call(name)
+    }
+
+    fn open_env_var(&self, name: &str, sealed: &str) -> Result<String, String> {
+        self.open_env(name, sealed)
     }
 
     fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {

@@ -20,7 +20,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use kiln_engine::cursor::{self, Cursor, Rest, Resume, Stepped, WaitRequest};
 use kiln_engine::{EngineError, Event, FailureKind, Input};
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
-use kiln_sandbox::{Attempt, Limits, StepOutcome, TrapKind};
+use kiln_sandbox::{Attempt, Limits, Redactor, StepOutcome, TrapKind};
 use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
     AttemptOutcome, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus, Timestamp,
@@ -127,6 +127,8 @@ struct Slice<'a> {
     /// Whether the attempt ran in an earlier slice (and so may have stored
     /// snapshot layers).
     resumed: bool,
+    /// The secret values masked from what the slice stores.
+    redactor: Redactor,
 }
 
 impl<'a> Slice<'a> {
@@ -143,6 +145,7 @@ impl<'a> Slice<'a> {
             layers: Vec::new(),
             logs: Logs::default(),
             resumed: false,
+            redactor: Redactor::default(),
         }
     }
 
@@ -175,6 +178,11 @@ impl<'a> Slice<'a> {
         // The journal of this attempt, and where replay starts.
         let attempt_records = cursor::attempt_records(records, self.attempt_no);
         self.resumed = attempt_records.is_some();
+        self.redactor = self.executor.redactor(
+            &self.run.id,
+            self.attempt_no,
+            attempt_records.as_deref().unwrap_or_default(),
+        );
         if self.resumed {
             match shared.store.layers(&self.run.id, self.attempt_no) {
                 Ok(layers) => self.layers = layers,
@@ -238,7 +246,9 @@ impl<'a> Slice<'a> {
             root,
             depth,
             attempt: self.attempt_no,
+            redactor: self.redactor.clone(),
         }));
+        attempt.set_redactor(self.redactor.clone());
         attempt.replay_mut().extend(resume.replay);
         let kept = self
             .run
@@ -283,8 +293,15 @@ impl<'a> Slice<'a> {
                     // journaled before the guest sees it.
                     shared.store.settled().await.map_err(|e| e.to_string())?;
                     let key = super::fetch::idempotency_key(&self.run.id, self.attempt_no, id);
+                    let sent = super::fetch::unsealed(
+                        &shared.store,
+                        &self.run.id,
+                        self.attempt_no,
+                        id,
+                        request,
+                    );
                     let value = tokio::select! {
-                        value = super::fetch::perform(&shared.http, &shared.config.fetch, &request, &key) => value,
+                        value = super::fetch::perform_sealed(&shared.http, &shared.config.fetch, sent, &key) => value,
                         _ = self.live.canceled.notified() => {
                             return Ok(self.canceled_at_rest(&mut attempt).await);
                         }
@@ -362,8 +379,10 @@ impl<'a> Slice<'a> {
         let leftover = self.cursor.finished(attempt.replay_mut());
         let event = match step {
             StepOutcome::Step(Step::Waiting(waits)) => {
-                let requested: Vec<(u64, WaitRequest)> =
-                    waits.iter().map(|w| (w.id, request(&w.kind))).collect();
+                let requested: Vec<(u64, WaitRequest)> = waits
+                    .iter()
+                    .map(|w| (w.id, request(&w.kind, &self.redactor)))
+                    .collect();
                 match self.cursor.waits(attempt.replay_mut(), &requested) {
                     Stepped::Known => return Ok(None),
                     Stepped::Diverged(message) => {
@@ -374,7 +393,12 @@ impl<'a> Slice<'a> {
                 let now = Timestamp::now();
                 let mut records = Vec::with_capacity(waits.len());
                 for wait in &waits {
-                    match wait_record(wait, now, &self.executor.shared.store) {
+                    let sealing = Sealing {
+                        redactor: &self.redactor,
+                        run: &self.run.id,
+                        attempt: self.attempt_no,
+                    };
+                    match wait_record(wait, now, &self.executor.shared.store, sealing) {
                         Ok(record) => records.push(record),
                         Err(message) => {
                             return Ok(Some(End::Event(failure(
@@ -413,18 +437,19 @@ impl<'a> Slice<'a> {
                     usage_ms,
                 )
             }
-            StepOutcome::Step(Step::Completed(output)) => {
-                Event::AttemptSucceeded { output, usage_ms }
-            }
+            StepOutcome::Step(Step::Completed(output)) => Event::AttemptSucceeded {
+                output: self.redactor.redact_owned(output),
+                usage_ms,
+            },
             StepOutcome::Step(Step::Failed(e)) => failure(
                 FailureKind::Error {
                     abort: e.abort,
                     retry_delay_ms: e.retry_delay_ms,
                 },
                 RunError {
-                    name: Some(e.name),
-                    message: e.message,
-                    stack_trace: e.stack,
+                    name: Some(self.redactor.redact_owned(e.name)),
+                    message: self.redactor.redact_owned(e.message),
+                    stack_trace: e.stack.map(|s| self.redactor.redact_owned(s)),
                 },
                 usage_ms,
             ),
@@ -473,7 +498,9 @@ impl<'a> Slice<'a> {
         }
         kiln_sandbox::recycle_capture(image);
         let number = self.layers.last().map(|l| l.number + 1).unwrap_or(1);
-        let bytes = layer.encode();
+        let bytes = shared
+            .store
+            .seal_layer(&self.run.id, self.attempt_no, number, layer.encode());
         let stored_bytes = bytes.len() as u64;
 
         let mut batch = Batch::default();
@@ -613,11 +640,19 @@ impl<'a> Slice<'a> {
     }
 }
 
+/// What a fetch's journaled request is masked and sealed for.
+struct Sealing<'a> {
+    redactor: &'a Redactor,
+    run: &'a RunId,
+    attempt: u32,
+}
+
 /// The journal record of a new wait.
 fn wait_record(
     wait: &wit::Wait,
     now: Timestamp,
     store: &kiln_store::Store,
+    sealing: Sealing<'_>,
 ) -> Result<WaitRecord, String> {
     let on = match &wait.kind {
         wit::WaitKind::Duration(ms) => WaitOn::Timer {
@@ -654,21 +689,27 @@ fn wait_record(
             }
         }
         wit::WaitKind::Fetch(request) => WaitOn::Fetch {
-            request: kiln_types::FetchRequest {
-                method: request.method.clone(),
-                url: request.url.clone(),
-                headers: request.headers.clone(),
-                body: request.body.as_ref().map(|b| BASE64.encode(b)),
-                timeout_ms: request.timeout_ms,
-            },
+            request: super::fetch::journaled(
+                kiln_types::FetchRequest {
+                    method: request.method.clone(),
+                    url: request.url.clone(),
+                    headers: request.headers.clone(),
+                    body: request.body.as_ref().map(|b| BASE64.encode(b)),
+                    timeout_ms: request.timeout_ms,
+                    sealed: None,
+                },
+                sealing.redactor,
+                store,
+                (sealing.run, sealing.attempt, wait.id),
+            ),
         },
     };
     Ok(WaitRecord { id: wait.id, on })
 }
 
 /// A wait as the guest asked for it, for the cursor to check against the
-/// journal.
-fn request(kind: &wit::WaitKind) -> WaitRequest {
+/// journal (a fetch's URL masked as its journal entry has it).
+fn request(kind: &wit::WaitKind, redactor: &Redactor) -> WaitRequest {
     match kind {
         wit::WaitKind::Duration(ms) => WaitRequest::Duration(*ms),
         wit::WaitKind::Until(at) => WaitRequest::Until(Timestamp(*at)),
@@ -677,7 +718,7 @@ fn request(kind: &wit::WaitKind) -> WaitRequest {
         wit::WaitKind::Token(id) => WaitRequest::Token(id.clone()),
         wit::WaitKind::Fetch(request) => WaitRequest::Fetch {
             method: request.method.clone(),
-            url: request.url.clone(),
+            url: redactor.redact(&request.url).into_owned(),
         },
     }
 }

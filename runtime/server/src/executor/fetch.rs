@@ -104,6 +104,102 @@ pub(crate) fn idempotency_key(run: &kiln_types::RunId, attempt: u32, wait_id: u6
     format!("{run}-{attempt}-{wait_id}")
 }
 
+/// What a fetch's request is sealed with: it opens only as this run's,
+/// this attempt's, this wait's.
+fn context(run: &kiln_types::RunId, attempt: u32, wait_id: u64) -> Vec<u8> {
+    format!("fetch/{run}/{attempt}/{wait_id}").into_bytes()
+}
+
+/// The request as journaled: with secret values masked in its URL, headers
+/// and (text) body, and then the request as made sealed beside them, for
+/// the host to send; unchanged when it holds no secret.
+pub(crate) fn journaled(
+    request: FetchRequest,
+    redactor: &kiln_sandbox::Redactor,
+    store: &kiln_store::Store,
+    (run, attempt, wait_id): (&kiln_types::RunId, u32, u64),
+) -> FetchRequest {
+    if redactor.is_empty() {
+        return request;
+    }
+    let body = request.body.as_ref().map(|body| {
+        match BASE64
+            .decode(body)
+            .ok()
+            .and_then(|bytes| String::from_utf8(bytes).ok())
+        {
+            Some(text) => match redactor.redact(&text) {
+                std::borrow::Cow::Owned(masked) => BASE64.encode(masked),
+                std::borrow::Cow::Borrowed(_) => body.clone(),
+            },
+            None => body.clone(),
+        }
+    });
+    let masked = FetchRequest {
+        method: request.method.clone(),
+        url: redactor.redact(&request.url).into_owned(),
+        headers: request
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), redactor.redact(value).into_owned()))
+            .collect(),
+        body,
+        timeout_ms: request.timeout_ms,
+        sealed: None,
+    };
+    if masked == request {
+        return request;
+    }
+    let Ok(key) = store.seal_key() else {
+        return masked;
+    };
+    let plain = serde_json::to_vec(&request).unwrap_or_default();
+    FetchRequest {
+        sealed: Some(hex::encode(
+            key.seal(&context(run, attempt, wait_id), &plain),
+        )),
+        ..masked
+    }
+}
+
+/// The request to send for a journaled one: the sealed original when it
+/// has one.
+pub(crate) fn unsealed(
+    store: &kiln_store::Store,
+    run: &kiln_types::RunId,
+    attempt: u32,
+    wait_id: u64,
+    request: FetchRequest,
+) -> Result<FetchRequest, String> {
+    let Some(sealed) = &request.sealed else {
+        return Ok(request);
+    };
+    let bytes =
+        hex::decode(sealed).map_err(|e| format!("the journaled request is corrupt: {e}"))?;
+    let plain = store
+        .seal_key()
+        .map_err(|e| e.to_string())?
+        .open(&context(run, attempt, wait_id), &bytes)
+        .map_err(|e| format!("the journaled request could not be opened: {e}"))?;
+    serde_json::from_slice(&plain).map_err(|e| format!("the journaled request is corrupt: {e}"))
+}
+
+/// [`perform`] of a request [`unsealed`] gave, or the wake of its failure.
+pub(crate) async fn perform_sealed(
+    client: &reqwest::Client,
+    policy: &FetchPolicy,
+    request: Result<FetchRequest, String>,
+    key: &str,
+) -> WakeValue {
+    match request {
+        Ok(request) => perform(client, policy, &request, key).await,
+        Err(error) => WakeValue::Fetch {
+            response: None,
+            error: Some(error),
+        },
+    }
+}
+
 /// Performs `request` under `policy` with `Idempotency-Key: key` (unless
 /// the task set that header itself): the wake to journal.
 pub(crate) async fn perform(
@@ -203,6 +299,59 @@ mod tests {
 
     fn allows(policy: &FetchPolicy, url: &str) -> bool {
         policy.check(&reqwest::Url::parse(url).unwrap()).is_ok()
+    }
+
+    #[test]
+    fn a_request_holding_a_secret_is_journaled_masked_and_sent_whole() {
+        let store = kiln_store::Store::new(std::sync::Arc::new(kiln_store::MemoryBackend::new()))
+            .sealed(std::sync::Arc::new(kiln_store::SealKey::from_bytes(
+                &[3; 32],
+            )));
+        let run = kiln_types::RunId::generate(1);
+        let request = FetchRequest {
+            method: "POST".into(),
+            url: "http://127.0.0.1:9/charge?key=sk_test_0123".into(),
+            headers: vec![("Authorization".into(), "Bearer sk_test_0123".into())],
+            body: Some(BASE64.encode(r#"{"key":"sk_test_0123"}"#)),
+            timeout_ms: None,
+            sealed: None,
+        };
+        let nothing = kiln_sandbox::Redactor::default();
+        assert_eq!(
+            journaled(request.clone(), &nothing, &store, (&run, 1, 4)),
+            request
+        );
+
+        let redactor = kiln_sandbox::Redactor::new(["sk_test_0123".to_string()]);
+        let masked = journaled(request.clone(), &redactor, &store, (&run, 1, 4));
+        let text = serde_json::to_string(&masked).unwrap();
+        assert!(!text.contains("sk_test_0123"), "{text}");
+        assert_eq!(masked.headers[0].1, "Bearer <redacted>");
+        assert_eq!(masked.url, "http://127.0.0.1:9/charge?key=<redacted>");
+        assert_eq!(
+            BASE64.decode(masked.body.as_ref().unwrap()).unwrap(),
+            br#"{"key":"<redacted>"}"#
+        );
+        let sent = unsealed(&store, &run, 1, 4, masked.clone()).unwrap();
+        assert_eq!(
+            sent, request,
+            "the host sends the request as the task made it"
+        );
+        assert!(
+            unsealed(&store, &run, 1, 5, masked).is_err(),
+            "bound to its wait"
+        );
+        // Unmasked requests pass through.
+        let plain = FetchRequest {
+            url: "http://127.0.0.1:9/".into(),
+            headers: Vec::new(),
+            body: None,
+            ..request
+        };
+        assert_eq!(
+            journaled(plain.clone(), &redactor, &store, (&run, 1, 6)),
+            plain
+        );
     }
 
     #[test]

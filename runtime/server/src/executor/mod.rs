@@ -28,6 +28,7 @@ mod children;
 mod delays;
 mod dispatch;
 mod driver;
+mod env;
 mod fetch;
 mod interpreter;
 mod journal;

@@ -114,6 +114,85 @@ pub async fn annotate_parent(_payload: Value, _ctx: &Context) -> Result<Value, T
     metadata::current().apply(&[])
 }
 
+/// What `env-fetch` does.
+#[derive(Debug, Deserialize)]
+pub struct EnvFetch {
+    /// The secret variable to read and send.
+    pub secret: String,
+    /// A variable whose value the output shows (not a secret).
+    #[serde(default)]
+    pub public: Option<String>,
+    /// Where to POST the secret (`Authorization: Bearer <secret>`); no
+    /// fetch without it.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Read the secret again after the first fetch and send that too.
+    #[serde(default)]
+    pub again: bool,
+    /// Fail with an error that quotes the secret.
+    #[serde(default)]
+    pub fail: bool,
+    /// Wait this long after reading the secret (the guest, holding it in
+    /// its memory, is snapshotted when the wait is past the warm threshold).
+    #[serde(default)]
+    pub pause_ms: u64,
+}
+
+/// Reads an environment variable and uses it the way tasks use API keys:
+/// in a fetch's `Authorization` header and body. It also logs it, puts it
+/// in metadata, a stream chunk and its output, and (with `fail`) its error,
+/// all of which Kiln must store masked.
+#[task(id = "env-fetch", env = ["PROBE_SECRET"])]
+pub async fn env_fetch(payload: EnvFetch, ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::fetch::{Request, fetch};
+    use kiln_sdk::{env, metadata, streams};
+    let first = env::var(&payload.secret)?;
+    ctx.log.info(
+        &format!("calling with {first}"),
+        &[("authorization", &format!("Bearer {first}"))],
+    );
+    metadata::set("usedKey", first.clone())?;
+    streams::append("keys", &first)?;
+    if payload.fail {
+        return Err(TaskError::abort(format!("the API refused key {first}")));
+    }
+    if payload.pause_ms > 0 {
+        kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.pause_ms)).await?;
+    }
+    let post = |url: &str, key: &str| {
+        Request::post(url)
+            .header("authorization", format!("Bearer {key}"))
+            .body(format!("{{\"key\":\"{key}\"}}"))
+    };
+    let mut statuses = Vec::new();
+    let mut second = None;
+    if let Some(url) = &payload.url {
+        let response = fetch(post(url, &first))
+            .await
+            .map_err(|e| TaskError::new(format!("fetch failed: {e:?}")))?;
+        statuses.push(response.status);
+        if payload.again {
+            let value = env::var(&payload.secret)?;
+            let response = fetch(post(url, &value))
+                .await
+                .map_err(|e| TaskError::new(format!("fetch failed: {e:?}")))?;
+            statuses.push(response.status);
+            second = Some(value);
+        }
+    }
+    let public = match &payload.public {
+        Some(name) => env::var_opt(name)?,
+        None => None,
+    };
+    Ok(serde_json::json!({
+        "statuses": statuses,
+        "sameValue": second.as_ref().map(|s| *s == first),
+        "public": public,
+        "missing": env::var_opt("PROBE_NEVER_SET")?,
+        "leaked": first,
+    }))
+}
+
 /// What `fetch` does.
 #[derive(Debug, Deserialize)]
 pub struct FetchProbe {
@@ -577,6 +656,7 @@ kiln_sdk::bundle!(
     fail,
     refused_import,
     fetch_probe,
+    env_fetch,
     annotate,
     annotate_parent,
     big_output,

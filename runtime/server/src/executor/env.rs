@@ -1,0 +1,128 @@
+//! Environment variables in runs: reading them for a task, journaling what
+//! was read without its value in plain text, and the redactor that keeps
+//! secret values out of what the run leaves behind.
+//!
+//! A read is journaled with the value sealed by the master key, bound to
+//! the run, the attempt and the name. A replay (after a crash) opens it
+//! again instead of reading the variable, so the task sees the same value
+//! at the same call however often it is resumed: replay stays deterministic
+//! and a rotation never turns a crash into a failed run. A rotation is seen
+//! by reads made after it, and by every read of a later attempt (whose
+//! journal starts empty). This is the value a restored snapshot holds too:
+//! a guest at rest keeps what it read in its memory.
+
+use super::Executor;
+use super::children::AttemptSink;
+use kiln_sandbox::{HostFuture, Redactor};
+use kiln_store::envvars::valid_name;
+use kiln_types::{HostCall, JournalEntry, JournalRecord, RunId};
+
+/// What a journaled value is sealed with: it opens only as this run's,
+/// this attempt's, this variable's.
+fn context(run: &RunId, attempt: u32, name: &str) -> Vec<u8> {
+    format!("env-var/{run}/{attempt}/{name}").into_bytes()
+}
+
+impl AttemptSink {
+    /// `env-var(name)` made live.
+    pub(crate) fn env_call(&self, name: String) -> HostFuture<Option<(String, bool)>> {
+        let store = self.executor.shared.store.clone();
+        let writer = self.writer.clone();
+        let redactor = self.redactor.clone();
+        let context = context(&self.parent, self.attempt, &name);
+        Box::pin(async move {
+            let read = valid_name(&name).and_then(|()| {
+                let var = store.env_var(&name).map_err(|e| e.to_string())?;
+                let key = store.seal_key().map_err(|e| e.to_string())?;
+                Ok(var.map(|var| {
+                    let sealed = hex::encode(key.seal(&context, var.value.as_bytes()));
+                    (var, sealed)
+                }))
+            });
+            let call = match &read {
+                Ok(Some((var, sealed))) => HostCall::EnvVar {
+                    name,
+                    sealed: Some(sealed.clone()),
+                    secret: var.secret,
+                    error: None,
+                },
+                Ok(None) => HostCall::EnvVar {
+                    name,
+                    sealed: None,
+                    secret: false,
+                    error: None,
+                },
+                Err(error) => HostCall::EnvVar {
+                    name,
+                    sealed: None,
+                    secret: false,
+                    error: Some(error.clone()),
+                },
+            };
+            writer.append(JournalEntry::HostCall(call));
+            let found = read?;
+            Ok(found.map(|(var, _)| {
+                if var.secret {
+                    redactor.add(&var.value);
+                }
+                (var.value, var.secret)
+            }))
+        })
+    }
+
+    /// Opens a value an `env-var` call of this attempt journaled.
+    pub(crate) fn open_env(&self, name: &str, sealed: &str) -> Result<String, String> {
+        let bytes =
+            hex::decode(sealed).map_err(|e| format!("the journaled value is corrupt: {e}"))?;
+        let key = self
+            .executor
+            .shared
+            .store
+            .seal_key()
+            .map_err(|e| e.to_string())?;
+        let plain = key
+            .open(&context(&self.parent, self.attempt, name), &bytes)
+            .map_err(|e| format!("reading `{name}` again for the replay failed: {e}"))?;
+        String::from_utf8(plain).map_err(|e| format!("the journaled value is corrupt: {e}"))
+    }
+}
+
+impl Executor {
+    /// The redactor of a slice of `run`'s attempt `attempt`: the
+    /// environment's secret values now, and every secret value the attempt
+    /// read before (a rotation since may have replaced them, but the guest
+    /// may still hold them).
+    pub(crate) fn redactor(
+        &self,
+        run: &RunId,
+        attempt: u32,
+        records: &[JournalRecord],
+    ) -> Redactor {
+        let store = &self.shared.store;
+        let current = match store.env_vars() {
+            Ok(vars) => vars,
+            Err(error) => {
+                tracing::warn!(%error, "the environment's variables could not be read for redaction");
+                Vec::new()
+            }
+        };
+        let redactor = Redactor::new(current.into_iter().filter(|v| v.secret).map(|v| v.value));
+        let Ok(key) = store.seal_key() else {
+            return redactor;
+        };
+        for record in records {
+            if let JournalEntry::HostCall(HostCall::EnvVar {
+                name,
+                sealed: Some(sealed),
+                secret: true,
+                ..
+            }) = &record.entry
+                && let Ok(bytes) = hex::decode(sealed)
+                && let Ok(plain) = key.open(&context(run, attempt, name), &bytes)
+            {
+                redactor.add(&String::from_utf8_lossy(&plain));
+            }
+        }
+        redactor
+    }
+}
