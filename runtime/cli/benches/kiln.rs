@@ -22,12 +22,15 @@
 //!   logging 200,000 lines of 1 KiB, and parents woken by their children
 //!   through the inbox;
 //! - realtime: a run's status change to a subscriber, and the server's RSS
-//!   and CPU with 1,000 idle subscribers.
+//!   and CPU with 1,000 idle subscribers;
+//! - secrets: sealing and opening snapshot layers (in `snapshot`), reading
+//!   an environment variable and sealing it for the journal, and masking
+//!   secrets from a log line.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
 //! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`,
-//! `realtime`).
+//! `realtime`, `secrets`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -35,6 +38,8 @@
 mod queues;
 #[path = "support/realtime.rs"]
 mod realtime;
+#[path = "support/secrets.rs"]
+mod secrets;
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
@@ -95,6 +100,9 @@ fn main() {
     }
     if selected("realtime") {
         runtime.block_on(realtime::realtime_bench());
+    }
+    if selected("secrets") {
+        runtime.block_on(secrets::secrets_bench());
     }
     if !(selected("compile") || selected("instantiate") || selected("latency")) {
         return;
@@ -323,6 +331,8 @@ async fn snapshot_bench() {
     for mib in [1usize, 50] {
         let runs = if mib == 1 { 200 } else { 20 };
         let (mut capture, mut restore, mut encode, mut decode) = (vec![], vec![], vec![], vec![]);
+        let (mut seal, mut open) = (vec![], vec![]);
+        let key = kiln_store::SealKey::from_bytes(&[7; 32]);
         let mut sizes = (0usize, 0usize);
         for _ in 0..runs {
             let mut attempt = probe.instantiate(limits).await.expect("instantiates");
@@ -339,6 +349,13 @@ async fn snapshot_bench() {
             let layer = SnapshotLayer::capture(&image, None, 1);
             let bytes = layer.encode();
             encode.push(t.elapsed());
+            let t = Instant::now();
+            let sealed = key.seal(b"snap/run/1/1", &bytes);
+            seal.push(t.elapsed());
+            let t = Instant::now();
+            let opened = key.open(b"snap/run/1/1", &sealed).expect("opens");
+            open.push(t.elapsed());
+            assert_eq!(opened, bytes);
             let t = Instant::now();
             let back =
                 kiln_store::snapshot::compose(&[&SnapshotLayer::decode(&bytes).expect("decodes")])
@@ -362,6 +379,14 @@ async fn snapshot_bench() {
         report(
             &format!("layer verify+decompress, {mib} MiB heap"),
             &mut decode,
+        );
+        report(
+            &format!("layer seal (master key), {mib} MiB heap"),
+            &mut seal,
+        );
+        report(
+            &format!("layer open (master key), {mib} MiB heap"),
+            &mut open,
         );
     }
 
