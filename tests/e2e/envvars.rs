@@ -132,7 +132,7 @@ async fn responses(kiln: &Kiln, runs: &[&str]) -> Vec<(String, String)> {
     out
 }
 
-/// Every file under `dir` that holds `needle`, but the master key's.
+/// Every file under `dir` that holds `needle`.
 fn files_holding(dir: &Path, needle: &str) -> Vec<String> {
     let mut found = Vec::new();
     let mut stack = vec![dir.to_path_buf()];
@@ -189,7 +189,7 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
     let id = kiln
         .trigger_ok(
             "env-fetch",
-            json!({"secret": "PROBE_SECRET", "public": "PROBE_GREETING", "url": url, "pause_ms": 1500}),
+            json!({"secret": "PROBE_SECRET", "public": "PROBE_GREETING", "url": url, "query": true, "pause_ms": 1500}),
         )
         .await;
     // While it waits, its snapshot is on disk: sealed, like everything else.
@@ -266,7 +266,14 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
         .find(|e| e["type"] == "WAITS" && e["waits"][0]["kind"] == "fetch")
         .expect("the fetch's wait");
     let request = &fetch["waits"][0]["request"];
-    assert_eq!(request["headers"][0][1], "Bearer <redacted>", "{fetch}");
+    assert_eq!(request["headers"][0][1], "<redacted>", "{fetch}");
+    assert!(
+        request["url"]
+            .as_str()
+            .unwrap_or_default()
+            .ends_with("?key=<redacted>"),
+        "{fetch}"
+    );
     assert!(
         request["sealed"].is_string(),
         "the request as made is kept sealed"

@@ -350,7 +350,7 @@ async fn snapshot_bench() {
             let bytes = layer.encode();
             encode.push(t.elapsed());
             let t = Instant::now();
-            let sealed = key.seal(b"snap/run/1/1", &bytes);
+            let sealed = key.seal(b"snap/run/1/1", &bytes).expect("seals");
             seal.push(t.elapsed());
             let t = Instant::now();
             let opened = key.open(b"snap/run/1/1", &sealed).expect("opens");

@@ -167,17 +167,13 @@ impl Manifest {
                     task.id
                 )));
             }
-            if let Some(name) = task.env.iter().find(|n| {
-                n.is_empty()
-                    || n.len() > 256
-                    || !n
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
-            }) {
-                return Err(ManifestError(format!(
-                    "task `{}` needs the environment variable `{name}`, which is not a variable name (1 to 256 letters, digits, `_`, `.`, `-`)",
-                    task.id
-                )));
+            for name in &task.env {
+                check_env_var_name(name).map_err(|e| {
+                    ManifestError(format!(
+                        "task `{}` needs an environment variable that cannot be set: {e}",
+                        task.id
+                    ))
+                })?;
             }
             if task.cron.is_some() && !task.scheduled {
                 return Err(ManifestError(format!(
@@ -283,6 +279,32 @@ impl TaskManifest {
 
 /// Checks that an id is non-empty, at most [`MAX_ID_LEN`] bytes, and made of
 /// ASCII letters, digits, `-`, `_`, `.` and `/` (ids travel in URL paths).
+/// The longest environment variable name.
+pub const MAX_ENV_NAME_LEN: usize = 256;
+
+/// Whether `name` may name an environment variable: 1 to 256 of
+/// `A-Z a-z 0-9 _ . -`, not starting with a digit. The one rule for names a
+/// bundle declares and names the API sets.
+pub fn check_env_var_name(name: &str) -> Result<(), String> {
+    if name.is_empty() || name.len() > MAX_ENV_NAME_LEN {
+        return Err(format!(
+            "a variable name is 1 to {MAX_ENV_NAME_LEN} characters"
+        ));
+    }
+    if name.starts_with(|c: char| c.is_ascii_digit()) {
+        return Err(format!("`{name}` starts with a digit"));
+    }
+    if let Some(c) = name
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
+    {
+        return Err(format!(
+            "`{name}` has `{c}`; a variable name is letters, digits, `_`, `.` and `-`"
+        ));
+    }
+    Ok(())
+}
+
 fn check_id(what: &str, id: &str) -> Result<(), ManifestError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(ManifestError(format!(

@@ -314,15 +314,11 @@ impl HostState {
     }
 
     fn push_log(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
-        let redactor = &self.redactor;
         self.logs.push(LogLine {
             at: Timestamp::now(),
             level: level.to_string(),
-            message: redactor.redact_owned(message),
-            fields: fields
-                .into_iter()
-                .map(|(k, v)| (redactor.redact_owned(k), redactor.redact_owned(v)))
-                .collect(),
+            message,
+            fields,
         });
     }
 
@@ -364,11 +360,18 @@ impl host::Host for HostState {
     ) -> wasmtime::Result<()> {
         self.stats.log += 1;
         let level = level_name(level);
-        let message = truncate(message, MAX_LOG_MESSAGE);
+        // Masked before it is cut, so no part of a secret survives a cut.
+        let redactor = &self.redactor;
+        let message = truncate(redactor.redact_owned(message), MAX_LOG_MESSAGE);
         let fields = fields
             .into_iter()
             .take(64)
-            .map(|f| (truncate(f.key, 256), truncate(f.value, 4096)))
+            .map(|f| {
+                (
+                    truncate(redactor.redact_owned(f.key), 256),
+                    truncate(redactor.redact_owned(f.value), 4096),
+                )
+            })
             .collect();
         self.push_log(level, message, fields);
         Ok(())
@@ -611,7 +614,7 @@ impl HostState {
                 Ok(Some(value))
             }
             Ok(None) => Ok(None),
-            Err(error) => Err(HostError::Invalid(error)),
+            Err(error) => Err(HostError::Internal(error)),
         })
     }
 }

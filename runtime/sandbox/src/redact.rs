@@ -2,11 +2,16 @@
 //!
 //! A [`Redactor`] holds the secret values an attempt may know (its
 //! environment's secrets, and every secret value the attempt read, which a
-//! rotation may since have replaced) and masks each one, as written and as
-//! it appears inside a JSON string, wherever the host stores text the task
-//! produced: log lines and their fields, panic messages, errors, outputs,
-//! metadata, stream chunks and the requests of durable fetches.
+//! rotation may since have replaced) and masks each one wherever the host
+//! stores text the task produced: log lines and their fields, panic
+//! messages, errors, outputs, metadata, stream chunks, and the requests and
+//! responses of durable fetches. A value is masked as written, as it
+//! appears inside a JSON string, percent-encoded (URLs, form bodies) and
+//! base64-encoded (HTTP Basic credentials put the key first, so its
+//! encoding starts the header's).
 
+use aho_corasick::{AhoCorasick, MatchKind};
+use base64::Engine as _;
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
 
@@ -16,10 +21,55 @@ pub const MASK: &str = "<redacted>";
 /// would garble every text while hiding nothing worth hiding.
 pub const MIN_LEN: usize = 4;
 
+/// Secrets shorter than this are not looked for base64-encoded: a short
+/// encoding would match ordinary base64 text by chance.
+const MIN_BASE64_LEN: usize = 12;
+
 /// The secret values to mask, shared by the host and the executor.
-#[derive(Debug, Clone, Default)]
+#[derive(Clone, Default)]
 pub struct Redactor {
-    patterns: Arc<RwLock<Vec<String>>>,
+    inner: Arc<RwLock<Patterns>>,
+}
+
+/// Every form of every secret, and one automaton that finds them all in a
+/// single pass over a text (leftmost-longest, so a secret that holds
+/// another is masked whole).
+#[derive(Default)]
+struct Patterns {
+    forms: Vec<String>,
+    finder: Option<AhoCorasick>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let count = self.inner.read().map(|p| p.forms.len()).unwrap_or(0);
+        write!(f, "Redactor({count} patterns)")
+    }
+}
+
+/// The forms a value takes in text a task produces.
+fn forms(value: &str) -> Vec<String> {
+    let mut forms = vec![value.to_string()];
+    if let Ok(quoted) = serde_json::to_string(value) {
+        forms.push(quoted[1..quoted.len() - 1].to_string());
+    }
+    forms.push(
+        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
+            .to_string(),
+    );
+    if value.len() >= MIN_BASE64_LEN {
+        // Only the characters that depend on the value's bytes alone.
+        let whole = value.len() / 3 * 3;
+        for engine in [
+            &base64::engine::general_purpose::STANDARD_NO_PAD,
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD,
+        ] {
+            forms.push(engine.encode(&value.as_bytes()[..whole]));
+        }
+    }
+    forms.sort();
+    forms.dedup();
+    forms
 }
 
 impl Redactor {
@@ -32,44 +82,113 @@ impl Redactor {
         redactor
     }
 
-    /// Masks `value` from now on (and its JSON-escaped form, when that
-    /// differs). Values under [`MIN_LEN`] bytes are ignored.
+    /// Masks `value` from now on, in each of its forms. Values under
+    /// [`MIN_LEN`] bytes are ignored.
     pub fn add(&self, value: &str) {
         if value.len() < MIN_LEN {
             return;
         }
-        let escaped = serde_json::to_string(value)
-            .ok()
-            .map(|quoted| quoted[1..quoted.len() - 1].to_string())
-            .filter(|escaped| escaped != value);
-        let mut patterns = self.patterns.write().unwrap_or_else(|p| p.into_inner());
-        for pattern in std::iter::once(value.to_string()).chain(escaped) {
-            if !patterns.contains(&pattern) {
-                patterns.push(pattern);
+        let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
+        if inner.forms.iter().any(|p| p == value) {
+            return;
+        }
+        for form in forms(value) {
+            if !inner.forms.contains(&form) {
+                inner.forms.push(form);
             }
         }
-        // Longest first, so a secret that contains another is masked whole.
-        patterns.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        inner.finder = AhoCorasick::builder()
+            .match_kind(MatchKind::LeftmostLongest)
+            .build(&inner.forms)
+            .ok();
     }
 
     /// Whether there is nothing to mask.
     pub fn is_empty(&self) -> bool {
-        self.patterns
+        self.inner
             .read()
             .unwrap_or_else(|p| p.into_inner())
+            .forms
             .is_empty()
     }
 
     /// `text` with every secret value masked.
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
-        let patterns = self.patterns.read().unwrap_or_else(|p| p.into_inner());
-        let mut out = Cow::Borrowed(text);
-        for pattern in patterns.iter() {
-            if out.contains(pattern.as_str()) {
-                out = Cow::Owned(out.replace(pattern.as_str(), MASK));
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        match &inner.finder {
+            Some(finder) if finder.is_match(text) => {
+                let masks = vec![MASK; inner.forms.len()];
+                Cow::Owned(finder.replace_all(text, &masks))
             }
+            _ => Cow::Borrowed(text),
         }
-        out
+    }
+
+    /// `bytes` with every secret value masked, or `None` when none is in
+    /// them (for bodies that are not UTF-8 text).
+    pub fn redact_bytes(&self, bytes: &[u8]) -> Option<Vec<u8>> {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        let finder = inner.finder.as_ref().filter(|f| f.is_match(bytes))?;
+        let masks = vec![MASK.as_bytes(); inner.forms.len()];
+        Some(finder.replace_all_bytes(bytes, &masks))
+    }
+
+    /// A JSON document with every secret value masked inside its strings
+    /// (and keys), so the document stays valid JSON whatever the secret
+    /// looks like; text that is not JSON is masked as text.
+    pub fn redact_json(&self, json: String) -> String {
+        if self.is_empty() {
+            return json;
+        }
+        match serde_json::from_str::<serde_json::Value>(&json) {
+            Ok(mut value) => {
+                if self.redact_value(&mut value) {
+                    value.to_string()
+                } else {
+                    json
+                }
+            }
+            Err(_) => self.redact_owned(json),
+        }
+    }
+
+    /// Masks the strings of `value` in place; true when any changed.
+    fn redact_value(&self, value: &mut serde_json::Value) -> bool {
+        use serde_json::Value;
+        match value {
+            Value::String(text) => match self.redact(text) {
+                Cow::Owned(masked) => {
+                    *text = masked;
+                    true
+                }
+                Cow::Borrowed(_) => false,
+            },
+            Value::Array(items) => {
+                // Every item, not only up to the first that changed.
+                let mut changed = false;
+                for item in items.iter_mut() {
+                    changed |= self.redact_value(item);
+                }
+                changed
+            }
+            Value::Object(map) => {
+                let mut changed = false;
+                let entries = std::mem::take(map);
+                for (key, mut item) in entries {
+                    changed |= self.redact_value(&mut item);
+                    let key = match self.redact(&key) {
+                        Cow::Owned(masked) => {
+                            changed = true;
+                            masked
+                        }
+                        Cow::Borrowed(_) => key,
+                    };
+                    map.insert(key, item);
+                }
+                changed
+            }
+            _ => false,
+        }
     }
 
     /// [`Redactor::redact`] of an owned string.
@@ -108,5 +227,36 @@ mod tests {
             redactor.redact_owned("x sk_live_123".into()),
             "x <redacted>"
         );
+    }
+
+    #[test]
+    fn encoded_forms_and_bytes_are_masked_and_json_stays_json() {
+        use base64::engine::general_purpose::STANDARD;
+        let secret = "sk_live_ab/c+d=efgh";
+        let redactor = Redactor::new([secret.to_string(), "4567".to_string()]);
+        // HTTP Basic with the key as the user (Stripe's `-u sk_...:`).
+        let basic = format!("Basic {}", STANDARD.encode(format!("{secret}:")));
+        assert!(redactor.redact(&basic).contains(MASK), "{basic}");
+        let url = format!(
+            "https://x/?k={}",
+            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+        );
+        assert_eq!(redactor.redact(&url), "https://x/?k=<redacted>");
+        let mut body = vec![0xff, 0xfe];
+        body.extend_from_slice(secret.as_bytes());
+        let masked = redactor.redact_bytes(&body).unwrap();
+        assert_eq!(&masked[2..], MASK.as_bytes());
+        assert_eq!(redactor.redact_bytes(b"\xffnothing"), None);
+        // A numeric secret leaves numbers alone and JSON valid.
+        let json = r#"{"amount":1234567,"note":"card 4567","sk_live_ab/c+d=efgh":true}"#;
+        assert_eq!(
+            redactor.redact_json(json.to_string()),
+            r#"{"amount":1234567,"note":"card <redacted>","<redacted>":true}"#
+        );
+        assert_eq!(
+            redactor.redact_json("not json 4567".into()),
+            "not json <redacted>"
+        );
+        assert!(!format!("{redactor:?}").contains(secret));
     }
 }

@@ -89,6 +89,11 @@ impl Hub {
         admin_key: String,
     ) -> anyhow::Result<Arc<Hub>> {
         let root = Store::new(backend.clone()).sealed(seal.clone());
+        root.verify_seal_key().await.map_err(|e| {
+            anyhow::anyhow!(
+                "{e}: start with that key (KILN_MASTER_KEY, or the master-key file of the data directory it came from)"
+            )
+        })?;
         let default = open_environment(Parts {
             backend_store: root.clone(),
             sandbox: &sandbox,

@@ -20,17 +20,21 @@ pub(crate) fn load_or_create(data_dir: &Path, configured: Option<&str>) -> anyho
     match std::fs::read_to_string(&path) {
         Ok(text) => parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", path.display())),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            // Written whole to a temporary file, then renamed: a crash
+            // leaves either no key file or a complete one.
             let bytes = SealKey::generate().map_err(|e| anyhow::anyhow!(e))?;
+            let temporary = data_dir.join("master-key.tmp");
             let mut options = std::fs::OpenOptions::new();
-            options.write(true).create_new(true);
+            options.write(true).create(true).truncate(true);
             #[cfg(unix)]
             {
                 use std::os::unix::fs::OpenOptionsExt;
                 options.mode(0o600);
             }
-            let mut file = options.open(&path)?;
+            let mut file = options.open(&temporary)?;
             file.write_all(format!("{}\n", hex::encode(bytes)).as_bytes())?;
             file.sync_all()?;
+            std::fs::rename(&temporary, &path)?;
             // The file's name is durable once its directory is synced.
             std::fs::File::open(data_dir)?.sync_all()?;
             Ok(SealKey::from_bytes(&bytes))
@@ -56,7 +60,7 @@ mod tests {
     fn a_key_is_made_once_kept_private_and_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let first = load_or_create(dir.path(), None).unwrap();
-        let sealed = first.seal(b"c", b"value");
+        let sealed = first.seal(b"c", b"value").unwrap();
         let again = load_or_create(dir.path(), None).unwrap();
         assert_eq!(again.open(b"c", &sealed).unwrap(), b"value");
         #[cfg(unix)]

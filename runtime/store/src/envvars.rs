@@ -11,8 +11,6 @@ use crate::{Op, Result, Store, StoreError};
 use kiln_types::Timestamp;
 use serde::{Deserialize, Serialize};
 
-/// The longest variable name.
-pub const MAX_NAME_LEN: usize = 256;
 /// The largest value, in bytes.
 pub const MAX_VALUE_LEN: usize = 64 * 1024;
 
@@ -53,28 +51,15 @@ struct StoredEnvVar {
     updated_at: Timestamp,
 }
 
-/// Whether `name` may name a variable: 1 to 256 of `A-Z a-z 0-9 _ . -`,
-/// not starting with a digit.
-pub fn valid_name(name: &str) -> Result<(), String> {
-    if name.is_empty() || name.len() > MAX_NAME_LEN {
-        return Err(format!("a variable name is 1 to {MAX_NAME_LEN} characters"));
-    }
-    if name.starts_with(|c: char| c.is_ascii_digit()) {
-        return Err(format!("`{name}` starts with a digit"));
-    }
-    if let Some(c) = name
-        .chars()
-        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-    {
-        return Err(format!(
-            "`{name}` has `{c}`; a variable name is letters, digits, `_`, `.` and `-`"
-        ));
-    }
-    Ok(())
-}
+pub use kiln_manifest::check_env_var_name as valid_name;
 
-fn context(name: &str) -> Vec<u8> {
-    key(ENV_VAR, name.as_bytes())
+/// What a variable's value is sealed with: its name and whether it is a
+/// secret, so neither can be changed in the store without the value
+/// failing to open.
+fn context(name: &str, secret: bool) -> Vec<u8> {
+    let mut context = key(ENV_VAR, name.as_bytes());
+    context.extend_from_slice(if secret { b"\0secret" } else { b"\0plain" });
+    context
 }
 
 impl Store {
@@ -94,7 +79,7 @@ impl Store {
         let sealed = hex::decode(&stored.sealed).map_err(|e| corrupt(e.to_string()))?;
         let plain = self
             .seal_key()?
-            .open(&context(&stored.name), &sealed)
+            .open(&context(&stored.name, stored.secret), &sealed)
             .map_err(|e| corrupt(e.to_string()))?;
         Ok(EnvVar {
             value: String::from_utf8(plain).map_err(|e| corrupt(e.to_string()))?,
@@ -105,13 +90,21 @@ impl Store {
         })
     }
 
-    /// Every variable of this environment, by name.
+    /// Every variable of this environment that opens, by name. One that
+    /// does not (stored under another master key, or damaged) is left out
+    /// with a warning: nobody can read it, so nothing of it can leak.
     pub fn env_vars(&self) -> Result<Vec<EnvVar>> {
-        self.backend
-            .scan_prefix(ENV_VAR)?
-            .iter()
-            .map(|(k, v)| self.open_env_var(k, v))
-            .collect()
+        let mut vars = Vec::new();
+        for (k, v) in self.backend.scan_prefix(ENV_VAR)? {
+            match self.open_env_var(&k, &v) {
+                Ok(var) => vars.push(var),
+                Err(StoreError::Corrupt { key, reason }) => {
+                    tracing::warn!(%key, %reason, "an environment variable does not open");
+                }
+                Err(other) => return Err(other),
+            }
+        }
+        Ok(vars)
     }
 
     /// One variable.
@@ -132,10 +125,14 @@ impl Store {
         let mut ops = Vec::with_capacity(vars.len());
         for (name, value, secret) in vars {
             let existing = self.env_var(name)?;
+            let secret = *secret || existing.as_ref().is_some_and(|e| e.secret);
+            let sealed = seal
+                .seal(&context(name, secret), value.as_bytes())
+                .map_err(|e| StoreError::Backend(e.to_string()))?;
             let stored = StoredEnvVar {
                 name: name.clone(),
-                sealed: hex::encode(seal.seal(&context(name), value.as_bytes())),
-                secret: *secret || existing.as_ref().is_some_and(|e| e.secret),
+                sealed: hex::encode(sealed),
+                secret,
                 created_at: existing.map_or(now, |e| e.created_at),
                 updated_at: now,
             };

@@ -37,6 +37,7 @@
 //! | `project/<project ref>` | `Project` (JSON) |
 //! | `apikey/<secret key>` | `ApiKey` (JSON): the project and environment a key belongs to |
 //! | `envvar/<name>` | `StoredEnvVar` (JSON): an environment variable, its value sealed with the master key |
+//! | `seal-check` | a constant sealed with the master key: a server started with another key refuses to start |
 //! | `env-secret/<project ref>/<environment>` | the environment's signing secret (callback URLs, packet URLs) |
 //! | `env/<project ref>/<environment>/<any key above>` | another environment's keyspace (see `PrefixedBackend`) |
 //! | `\xff\xffchunk/<generation: u64 BE><index: u32 BE>` | a piece of a large value (sled backend only; see `sled_chunks`) |
@@ -80,6 +81,7 @@ pub(crate) const SCHED_RUN: &[u8] = b"sched-run/";
 pub(crate) const PROJECT: &[u8] = b"project/";
 pub(crate) const API_KEY: &[u8] = b"apikey/";
 pub(crate) const ENV_VAR: &[u8] = b"envvar/";
+pub(crate) const SEAL_CHECK: &[u8] = b"seal-check";
 pub(crate) const ENV_SECRET: &[u8] = b"env-secret/";
 pub(crate) const PENDING: &[u8] = b"pending/";
 pub(crate) const STREAM: &[u8] = b"stream/";

@@ -293,14 +293,20 @@ impl Store {
     /// ([`Batch::put_layer`]): sealed with the master key when the store
     /// has one, so a waiting guest's memory (and any secret it read) is not
     /// on disk in plain text.
-    pub fn seal_layer(&self, run: &RunId, attempt: u32, layer: u32, encoded: Vec<u8>) -> Vec<u8> {
+    pub fn seal_layer(
+        &self,
+        run: &RunId,
+        attempt: u32,
+        layer: u32,
+        encoded: Vec<u8>,
+    ) -> Result<Vec<u8>, crate::seal::SealError> {
         match &self.seal {
             Some(seal) => {
                 let mut out = SEALED_LAYER.to_vec();
-                out.extend_from_slice(&seal.seal(&snap_key(run, attempt, layer), &encoded));
-                out
+                out.extend_from_slice(&seal.seal(&snap_key(run, attempt, layer), &encoded)?);
+                Ok(out)
             }
-            None => encoded,
+            None => Ok(encoded),
         }
     }
 

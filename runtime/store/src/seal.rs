@@ -25,6 +25,11 @@ pub const OVERHEAD: usize = NONCE_LEN + 16;
 #[error("a sealed value does not open with this server's master key (wrong key, or damaged)")]
 pub struct OpenError;
 
+/// Why a value could not be sealed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("sealing failed: the system's random source gave no nonce")]
+pub struct SealError;
+
 /// The server's master key.
 pub struct SealKey {
     key: LessSafeKey,
@@ -57,14 +62,11 @@ impl SealKey {
         Ok(bytes)
     }
 
-    /// Seals `plain`, bound to `context`.
-    pub fn seal(&self, context: &[u8], plain: &[u8]) -> Vec<u8> {
+    /// Seals `plain`, bound to `context`. Fails closed: without a fresh
+    /// random nonce nothing is sealed.
+    pub fn seal(&self, context: &[u8], plain: &[u8]) -> Result<Vec<u8>, SealError> {
         let mut nonce = [0u8; NONCE_LEN];
-        if self.random.fill(&mut nonce).is_err() {
-            // The system's random source does not fail on Linux once
-            // seeded; a nonce from the clock and a counter is unique too.
-            nonce = fallback_nonce();
-        }
+        self.random.fill(&mut nonce).map_err(|_| SealError)?;
         let mut out = Vec::with_capacity(plain.len() + OVERHEAD);
         out.extend_from_slice(&nonce);
         out.extend_from_slice(plain);
@@ -79,7 +81,7 @@ impl SealKey {
             .unwrap_or_else(|_| unreachable!("sealing fails only past 256 GiB"));
         out.extend_from_slice(&body);
         out.extend_from_slice(tag.as_ref());
-        out
+        Ok(out)
     }
 
     /// Opens what [`SealKey::seal`] made with the same `context`.
@@ -104,17 +106,35 @@ impl SealKey {
     }
 }
 
-fn fallback_nonce() -> [u8; NONCE_LEN] {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let mut nonce = [0u8; NONCE_LEN];
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_nanos() as u64)
-        .unwrap_or(0);
-    nonce[..8].copy_from_slice(&nanos.to_le_bytes());
-    nonce[8..].copy_from_slice(&COUNTER.fetch_add(1, Ordering::Relaxed).to_le_bytes());
-    nonce
+/// What the check value seals: opening it proves the key is the store's.
+const CHECK: &[u8] = b"kiln master key check";
+
+impl crate::Store {
+    /// Checks that this store's master key is the one its sealed values
+    /// were sealed with (a sealed check value, written on first use), so a
+    /// server started with another key refuses to start rather than failing
+    /// every variable read and dropping every snapshot.
+    pub async fn verify_seal_key(&self) -> Result<(), String> {
+        let key = self.seal_key().map_err(|e| e.to_string())?;
+        match self.backend.get(crate::layout::SEAL_CHECK).map_err(|e| e.to_string())? {
+            Some(sealed) => match key.open(crate::layout::SEAL_CHECK, &sealed) {
+                Ok(plain) if plain == CHECK => Ok(()),
+                _ => Err(
+                    "the master key is not the one this store's variables and snapshots were sealed with"
+                        .into(),
+                ),
+            },
+            None => {
+                let sealed = key
+                    .seal(crate::layout::SEAL_CHECK, CHECK)
+                    .map_err(|e| e.to_string())?;
+                self.backend
+                    .commit(vec![crate::Op::Put(crate::layout::SEAL_CHECK.to_vec(), sealed)])
+                    .await
+                    .map_err(|e| e.to_string())
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -124,7 +144,7 @@ mod tests {
     #[test]
     fn sealed_values_open_only_with_their_key_and_context() {
         let key = SealKey::from_bytes(&[7; KEY_LEN]);
-        let sealed = key.seal(b"envvar/STRIPE_KEY", b"sk_live_123456");
+        let sealed = key.seal(b"envvar/STRIPE_KEY", b"sk_live_123456").unwrap();
         assert_eq!(sealed.len(), 14 + OVERHEAD);
         assert!(
             !sealed.windows(14).any(|w| w == b"sk_live_123456"),
@@ -142,10 +162,22 @@ mod tests {
         assert_eq!(key.open(b"envvar/STRIPE_KEY", &damaged), Err(OpenError));
         assert_eq!(key.open(b"x", b"short"), Err(OpenError));
         assert_ne!(
-            key.seal(b"c", b"same"),
-            key.seal(b"c", b"same"),
+            key.seal(b"c", b"same").unwrap(),
+            key.seal(b"c", b"same").unwrap(),
             "every seal has its own nonce"
         );
-        assert_eq!(key.open(b"c", &key.seal(b"c", b"")).unwrap(), b"");
+        assert_eq!(key.open(b"c", &key.seal(b"c", b"").unwrap()).unwrap(), b"");
+    }
+
+    #[tokio::test]
+    async fn a_store_refuses_a_master_key_it_was_not_sealed_with() {
+        let backend = std::sync::Arc::new(crate::MemoryBackend::new());
+        let first = crate::Store::new(backend.clone())
+            .sealed(std::sync::Arc::new(SealKey::from_bytes(&[1; KEY_LEN])));
+        first.verify_seal_key().await.unwrap();
+        first.verify_seal_key().await.unwrap();
+        let other = crate::Store::new(backend)
+            .sealed(std::sync::Arc::new(SealKey::from_bytes(&[2; KEY_LEN])));
+        assert!(other.verify_seal_key().await.is_err());
     }
 }

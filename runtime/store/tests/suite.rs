@@ -241,9 +241,19 @@ async fn sealed_snapshot_layers(backend: Arc<dyn Backend>) {
     image[5000..5020].copy_from_slice(b"sk_live_in_the_guest");
     let layer = SnapshotLayer::capture(&image, None, 3);
     let mut batch = Batch::default();
-    batch.put_layer(&r.id, 1, 1, store.seal_layer(&r.id, 1, 1, layer.encode()));
+    batch.put_layer(
+        &r.id,
+        1,
+        1,
+        store.seal_layer(&r.id, 1, 1, layer.encode()).unwrap(),
+    );
     // The same bytes under another layer's key do not open.
-    batch.put_layer(&r.id, 2, 1, store.seal_layer(&r.id, 1, 1, layer.encode()));
+    batch.put_layer(
+        &r.id,
+        2,
+        1,
+        store.seal_layer(&r.id, 1, 1, layer.encode()).unwrap(),
+    );
     store.commit(batch).await.unwrap();
     let raw = backend.scan_prefix(b"snap/").unwrap();
     assert_eq!(raw.len(), 2);

@@ -24,7 +24,9 @@ pub async fn secrets_bench() {
             .env_var(&format!("VAR_{}", i % 20))
             .expect("reads")
             .expect("is set");
-        let sealed = key.seal(b"env-var/run/1/VAR", var.value.as_bytes());
+        let sealed = key
+            .seal(b"env-var/run/1/VAR", var.value.as_bytes())
+            .expect("seals");
         read.push(t.elapsed());
         std::hint::black_box(sealed);
     }

@@ -74,13 +74,83 @@ pub enum Command {
     },
 }
 
-/// The variables of a `.env` file, in order (parsed by `dotenvy`, so
-/// quoting, `export` and comments work as in other tools).
+/// The variables of a `.env` file, in order.
 pub fn read_dotenv(file: &std::path::Path) -> anyhow::Result<Vec<(String, String)>> {
-    dotenvy::from_path_iter(file)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?
-        .map(|item| item.map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display())))
-        .collect()
+    let text = std::fs::read_to_string(file)
+        .map_err(|e| anyhow::anyhow!("reading {}: {e}", file.display()))?;
+    parse_dotenv(&text).map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))
+}
+
+/// Parses `.env` text: `NAME=value` lines, `export` before a name, `#`
+/// comments, `'single'` quotes taken literally, `"double"` quotes with
+/// `\n`, `\"` and `\\` escapes (and newlines inside). Values are taken
+/// as written: `$NAME` is not expanded, as in Trigger.dev's loader, so an
+/// import never picks up the importing shell's variables (`dotenvy`, the
+/// usual crate, always expands them).
+pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
+    let mut vars = Vec::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((n, line)) = lines.next() {
+        let line = line.trim_start();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let line = line.strip_prefix("export ").unwrap_or(line).trim_start();
+        let (name, rest) = line
+            .split_once('=')
+            .ok_or_else(|| format!("line {}: expected NAME=value", n + 1))?;
+        let name = name.trim().to_string();
+        let rest = rest.trim_start();
+        let value = match rest.chars().next() {
+            Some(quote @ ('"' | '\'')) => {
+                let mut value = String::new();
+                let mut current = rest[1..].to_string();
+                loop {
+                    let mut chars = current.chars();
+                    let mut closed = false;
+                    while let Some(c) = chars.next() {
+                        match c {
+                            c if c == quote => {
+                                closed = true;
+                                break;
+                            }
+                            '\\' if quote == '"' => match chars.next() {
+                                Some('n') => value.push('\n'),
+                                Some('r') => value.push('\r'),
+                                Some('t') => value.push('\t'),
+                                Some(other) => value.push(other),
+                                None => value.push('\\'),
+                            },
+                            c => value.push(c),
+                        }
+                    }
+                    if closed {
+                        let after = chars.as_str().trim();
+                        if !(after.is_empty() || after.starts_with('#')) {
+                            return Err(format!(
+                                "line {}: unexpected text after the closing quote",
+                                n + 1
+                            ));
+                        }
+                        break;
+                    }
+                    // The quoted value goes on to the next line.
+                    let (_, next) = lines
+                        .next()
+                        .ok_or_else(|| format!("line {}: a quote is not closed", n + 1))?;
+                    value.push('\n');
+                    current = next.to_string();
+                }
+                value
+            }
+            _ => match rest.find(" #") {
+                Some(comment) => rest[..comment].trim_end().to_string(),
+                None => rest.trim_end().to_string(),
+            },
+        };
+        vars.push((name, value));
+    }
+    Ok(vars)
 }
 
 /// Runs `kiln env ...`.
@@ -166,6 +236,24 @@ fn line(var: &Value) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dotenv_values_are_taken_as_written() {
+        let text = "A=pa$$word\nB=\"x\\ny \\\"q\\\"\"\nC='$HOME \\n'\nD=\"two\nlines\" # note\nE=v # comment\n";
+        assert_eq!(
+            parse_dotenv(text).unwrap(),
+            vec![
+                ("A".into(), "pa$$word".into()),
+                ("B".into(), "x\ny \"q\"".into()),
+                ("C".into(), "$HOME \\n".into()),
+                ("D".into(), "two\nlines".into()),
+                ("E".into(), "v".into()),
+            ]
+        );
+        assert!(parse_dotenv("NOEQUALS\n").is_err());
+        assert!(parse_dotenv("A=\"open\n").is_err());
+        assert!(parse_dotenv("A=\"x\" y\n").is_err());
+    }
 
     #[test]
     fn a_dotenv_file_reads_in_order_with_quotes_exports_and_comments() {

@@ -95,7 +95,7 @@ pub(super) async fn list(
 }
 
 /// The body of `POST .../envvars/{env}` (the SDK's `envvars.create`).
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct CreateBody {
     /// The variable's name.
@@ -128,7 +128,7 @@ pub(super) async fn create(
 
 /// The body of `POST .../envvars/{env}/import` (the SDK's
 /// `envvars.upload`).
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub(super) struct ImportBody {
     /// Names and values.
@@ -187,7 +187,7 @@ pub(super) async fn retrieve(
 }
 
 /// The body of `PUT .../envvars/{env}/{name}`.
-#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[derive(Deserialize, schemars::JsonSchema)]
 pub(super) struct UpdateBody {
     /// The new value.
     value: String,

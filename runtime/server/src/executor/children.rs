@@ -59,7 +59,7 @@ impl JournalSink for AttemptSink {
         target: &'static str,
         operations: String,
     ) -> kiln_sandbox::HostFuture<String> {
-        let operations = self.redactor.redact_owned(operations);
+        let operations = self.redactor.redact_json(operations);
         self.metadata_call(target, operations)
     }
 
@@ -68,7 +68,7 @@ impl JournalSink for AttemptSink {
     }
 
     fn stream_append(&mut self, key: String, chunk: String) -> kiln_sandbox::HostFuture<u64> {
-        let chunk = self.redactor.redact_owned(chunk);
+        let chunk = self.redactor.redact_json(chunk);
         self.stream_call(key, chunk)
     }
 

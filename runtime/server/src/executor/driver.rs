@@ -182,7 +182,7 @@ impl<'a> Slice<'a> {
             &self.run.id,
             self.attempt_no,
             attempt_records.as_deref().unwrap_or_default(),
-        );
+        )?;
         if self.resumed {
             match shared.store.layers(&self.run.id, self.attempt_no) {
                 Ok(layers) => self.layers = layers,
@@ -249,7 +249,9 @@ impl<'a> Slice<'a> {
             redactor: self.redactor.clone(),
         }));
         attempt.set_redactor(self.redactor.clone());
-        attempt.replay_mut().extend(resume.replay);
+        let mut replay = resume.replay;
+        super::fetch::unmask_replay(&mut replay, &shared.store, &self.run.id, self.attempt_no);
+        attempt.replay_mut().extend(replay);
         let kept = self
             .run
             .attempts
@@ -306,6 +308,7 @@ impl<'a> Slice<'a> {
                             return Ok(self.canceled_at_rest(&mut attempt).await);
                         }
                     };
+                    let value = super::fetch::masked_wake(value, &self.redactor);
                     self.cursor.woke(id);
                     let mut batch = Batch::default();
                     let entry = JournalEntry::Wake {
@@ -379,10 +382,8 @@ impl<'a> Slice<'a> {
         let leftover = self.cursor.finished(attempt.replay_mut());
         let event = match step {
             StepOutcome::Step(Step::Waiting(waits)) => {
-                let requested: Vec<(u64, WaitRequest)> = waits
-                    .iter()
-                    .map(|w| (w.id, request(&w.kind, &self.redactor)))
-                    .collect();
+                let requested: Vec<(u64, WaitRequest)> =
+                    waits.iter().map(|w| (w.id, request(&w.kind))).collect();
                 match self.cursor.waits(attempt.replay_mut(), &requested) {
                     Stepped::Known => return Ok(None),
                     Stepped::Diverged(message) => {
@@ -438,7 +439,7 @@ impl<'a> Slice<'a> {
                 )
             }
             StepOutcome::Step(Step::Completed(output)) => Event::AttemptSucceeded {
-                output: self.redactor.redact_owned(output),
+                output: self.redactor.redact_json(output),
                 usage_ms,
             },
             StepOutcome::Step(Step::Failed(e)) => failure(
@@ -500,7 +501,8 @@ impl<'a> Slice<'a> {
         let number = self.layers.last().map(|l| l.number + 1).unwrap_or(1);
         let bytes = shared
             .store
-            .seal_layer(&self.run.id, self.attempt_no, number, layer.encode());
+            .seal_layer(&self.run.id, self.attempt_no, number, layer.encode())
+            .map_err(|e| e.to_string())?;
         let stored_bytes = bytes.len() as u64;
 
         let mut batch = Batch::default();
@@ -701,15 +703,15 @@ fn wait_record(
                 sealing.redactor,
                 store,
                 (sealing.run, sealing.attempt, wait.id),
-            ),
+            )?,
         },
     };
     Ok(WaitRecord { id: wait.id, on })
 }
 
 /// A wait as the guest asked for it, for the cursor to check against the
-/// journal (a fetch's URL masked as its journal entry has it).
-fn request(kind: &wit::WaitKind, redactor: &Redactor) -> WaitRequest {
+/// journal (whose fetch URLs [`super::fetch::unmask_replay`] gave back).
+fn request(kind: &wit::WaitKind) -> WaitRequest {
     match kind {
         wit::WaitKind::Duration(ms) => WaitRequest::Duration(*ms),
         wit::WaitKind::Until(at) => WaitRequest::Until(Timestamp(*at)),
@@ -718,7 +720,7 @@ fn request(kind: &wit::WaitKind, redactor: &Redactor) -> WaitRequest {
         wit::WaitKind::Token(id) => WaitRequest::Token(id.clone()),
         wit::WaitKind::Fetch(request) => WaitRequest::Fetch {
             method: request.method.clone(),
-            url: redactor.redact(&request.url).into_owned(),
+            url: request.url.clone(),
         },
     }
 }

@@ -34,10 +34,13 @@ impl AttemptSink {
             let read = valid_name(&name).and_then(|()| {
                 let var = store.env_var(&name).map_err(|e| e.to_string())?;
                 let key = store.seal_key().map_err(|e| e.to_string())?;
-                Ok(var.map(|var| {
-                    let sealed = hex::encode(key.seal(&context, var.value.as_bytes()));
-                    (var, sealed)
-                }))
+                var.map(|var| {
+                    let sealed = key
+                        .seal(&context, var.value.as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    Ok((var, hex::encode(sealed)))
+                })
+                .transpose()
             });
             let call = match &read {
                 Ok(Some((var, sealed))) => HostCall::EnvVar {
@@ -63,6 +66,8 @@ impl AttemptSink {
             let found = read?;
             Ok(found.map(|(var, _)| {
                 if var.secret {
+                    // Masked from this attempt's metadata and chunks now
+                    // (the host masks it from logs itself).
                     redactor.add(&var.value);
                 }
                 (var.value, var.secret)
@@ -91,24 +96,21 @@ impl Executor {
     /// The redactor of a slice of `run`'s attempt `attempt`: the
     /// environment's secret values now, and every secret value the attempt
     /// read before (a rotation since may have replaced them, but the guest
-    /// may still hold them).
+    /// may still hold them). Fails when the store cannot be read: a slice
+    /// that does not know the secrets to mask does not run.
     pub(crate) fn redactor(
         &self,
         run: &RunId,
         attempt: u32,
         records: &[JournalRecord],
-    ) -> Redactor {
+    ) -> Result<Redactor, String> {
         let store = &self.shared.store;
-        let current = match store.env_vars() {
-            Ok(vars) => vars,
-            Err(error) => {
-                tracing::warn!(%error, "the environment's variables could not be read for redaction");
-                Vec::new()
-            }
-        };
+        let current = store
+            .env_vars()
+            .map_err(|e| format!("reading the environment's secrets failed: {e}"))?;
         let redactor = Redactor::new(current.into_iter().filter(|v| v.secret).map(|v| v.value));
         let Ok(key) = store.seal_key() else {
-            return redactor;
+            return Ok(redactor);
         };
         for record in records {
             if let JournalEntry::HostCall(HostCall::EnvVar {
@@ -123,6 +125,6 @@ impl Executor {
                 redactor.add(&String::from_utf8_lossy(&plain));
             }
         }
-        redactor
+        Ok(redactor)
     }
 }

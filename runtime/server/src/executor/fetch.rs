@@ -110,55 +110,128 @@ fn context(run: &kiln_types::RunId, attempt: u32, wait_id: u64) -> Vec<u8> {
     format!("fetch/{run}/{attempt}/{wait_id}").into_bytes()
 }
 
-/// The request as journaled: with secret values masked in its URL, headers
-/// and (text) body, and then the request as made sealed beside them, for
-/// the host to send; unchanged when it holds no secret.
+/// Whether a header carries credentials whatever its value: its value is
+/// journaled masked even when it holds no variable Kiln knows of (a key
+/// compiled into the bundle, a token a login returned).
+fn is_credential(name: &str) -> bool {
+    let name = name.to_ascii_lowercase();
+    matches!(
+        name.as_str(),
+        "authorization" | "proxy-authorization" | "cookie"
+    ) || ["key", "token", "secret", "password", "signature"]
+        .iter()
+        .any(|part| name.contains(part))
+}
+
+/// A base64 body with every secret masked, if it held one.
+fn masked_body(body: &str, redactor: &kiln_sandbox::Redactor) -> Option<String> {
+    let bytes = BASE64.decode(body).ok()?;
+    match String::from_utf8(bytes) {
+        Ok(text) => match redactor.redact(&text) {
+            std::borrow::Cow::Owned(masked) => Some(BASE64.encode(masked)),
+            std::borrow::Cow::Borrowed(_) => None,
+        },
+        Err(e) => redactor
+            .redact_bytes(e.as_bytes())
+            .map(|masked| BASE64.encode(masked)),
+    }
+}
+
+/// The request as journaled: credential headers masked, secret values
+/// masked in its URL, other headers and body (text or not), and then the
+/// request as made sealed beside them, for the host to send; unchanged
+/// when nothing was masked. Refused when something must be masked and the
+/// store has no master key to seal the original with.
 pub(crate) fn journaled(
     request: FetchRequest,
     redactor: &kiln_sandbox::Redactor,
     store: &kiln_store::Store,
     (run, attempt, wait_id): (&kiln_types::RunId, u32, u64),
-) -> FetchRequest {
-    if redactor.is_empty() {
-        return request;
-    }
-    let body = request.body.as_ref().map(|body| {
-        match BASE64
-            .decode(body)
-            .ok()
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-        {
-            Some(text) => match redactor.redact(&text) {
-                std::borrow::Cow::Owned(masked) => BASE64.encode(masked),
-                std::borrow::Cow::Borrowed(_) => body.clone(),
-            },
-            None => body.clone(),
-        }
-    });
+) -> Result<FetchRequest, String> {
     let masked = FetchRequest {
         method: request.method.clone(),
         url: redactor.redact(&request.url).into_owned(),
         headers: request
             .headers
             .iter()
-            .map(|(name, value)| (name.clone(), redactor.redact(value).into_owned()))
+            .map(|(name, value)| {
+                let value = if is_credential(name) {
+                    kiln_sandbox::MASK.to_string()
+                } else {
+                    redactor.redact(value).into_owned()
+                };
+                (name.clone(), value)
+            })
             .collect(),
-        body,
+        body: request
+            .body
+            .as_ref()
+            .map(|body| masked_body(body, redactor).unwrap_or_else(|| body.clone())),
         timeout_ms: request.timeout_ms,
         sealed: None,
     };
     if masked == request {
-        return request;
+        return Ok(request);
     }
-    let Ok(key) = store.seal_key() else {
-        return masked;
-    };
-    let plain = serde_json::to_vec(&request).unwrap_or_default();
-    FetchRequest {
-        sealed: Some(hex::encode(
-            key.seal(&context(run, attempt, wait_id), &plain),
-        )),
+    let key = store.seal_key().map_err(|_| {
+        "the request holds credentials and the server has no master key to keep them sealed"
+            .to_string()
+    })?;
+    let plain = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
+    let sealed = key
+        .seal(&context(run, attempt, wait_id), &plain)
+        .map_err(|e| e.to_string())?;
+    Ok(FetchRequest {
+        sealed: Some(hex::encode(sealed)),
         ..masked
+    })
+}
+
+/// A fetch's wake with every secret value masked (an error that quotes the
+/// URL, a response that echoes a key), journaled and handed to the task
+/// alike, so a replay delivers exactly what the first run did.
+pub(crate) fn masked_wake(value: WakeValue, redactor: &kiln_sandbox::Redactor) -> WakeValue {
+    if redactor.is_empty() {
+        return value;
+    }
+    match value {
+        WakeValue::Fetch { response, error } => WakeValue::Fetch {
+            response: response.map(|r| FetchResponse {
+                status: r.status,
+                headers: r
+                    .headers
+                    .into_iter()
+                    .map(|(name, value)| (name, redactor.redact_owned(value)))
+                    .collect(),
+                body: masked_body(&r.body, redactor).unwrap_or(r.body),
+            }),
+            error: error.map(|e| redactor.redact_owned(e)),
+        },
+        other => other,
+    }
+}
+
+/// Puts back, in the replay's copy of the journal only, the URL each
+/// sealed fetch request was made with, so a replayed step is compared with
+/// what the task asked for then, whatever the secrets are now.
+pub(crate) fn unmask_replay(
+    replay: &mut std::collections::VecDeque<kiln_types::JournalEntry>,
+    store: &kiln_store::Store,
+    run: &kiln_types::RunId,
+    attempt: u32,
+) {
+    for entry in replay.iter_mut() {
+        let kiln_types::JournalEntry::Waits { waits } = entry else {
+            continue;
+        };
+        for wait in waits.iter_mut() {
+            if let kiln_types::WaitOn::Fetch { request } = &mut wait.on
+                && request.sealed.is_some()
+                && let Ok(original) = unsealed(store, run, attempt, wait.id, request.clone())
+            {
+                request.url = original.url;
+            }
+        }
     }
 }
 
@@ -316,17 +389,17 @@ mod tests {
             timeout_ms: None,
             sealed: None,
         };
+        // A credential header is masked even with no secret known.
         let nothing = kiln_sandbox::Redactor::default();
-        assert_eq!(
-            journaled(request.clone(), &nothing, &store, (&run, 1, 4)),
-            request
-        );
+        let masked = journaled(request.clone(), &nothing, &store, (&run, 1, 4)).unwrap();
+        assert_eq!(masked.headers[0].1, "<redacted>");
+        assert_eq!(masked.url, request.url, "no secret is known to be in it");
+        assert!(masked.sealed.is_some());
 
         let redactor = kiln_sandbox::Redactor::new(["sk_test_0123".to_string()]);
-        let masked = journaled(request.clone(), &redactor, &store, (&run, 1, 4));
+        let masked = journaled(request.clone(), &redactor, &store, (&run, 1, 4)).unwrap();
         let text = serde_json::to_string(&masked).unwrap();
         assert!(!text.contains("sk_test_0123"), "{text}");
-        assert_eq!(masked.headers[0].1, "Bearer <redacted>");
         assert_eq!(masked.url, "http://127.0.0.1:9/charge?key=<redacted>");
         assert_eq!(
             BASE64.decode(masked.body.as_ref().unwrap()).unwrap(),
@@ -338,20 +411,62 @@ mod tests {
             "the host sends the request as the task made it"
         );
         assert!(
-            unsealed(&store, &run, 1, 5, masked).is_err(),
+            unsealed(&store, &run, 1, 5, masked.clone()).is_err(),
             "bound to its wait"
         );
-        // Unmasked requests pass through.
+
+        // A replay compares the URL the task asked for, not a masked one.
+        let mut replay = std::collections::VecDeque::from([kiln_types::JournalEntry::Waits {
+            waits: vec![kiln_types::WaitRecord {
+                id: 4,
+                on: kiln_types::WaitOn::Fetch { request: masked },
+            }],
+        }]);
+        unmask_replay(&mut replay, &store, &run, 1);
+        let kiln_types::JournalEntry::Waits { waits } = &replay[0] else {
+            unreachable!()
+        };
+        let kiln_types::WaitOn::Fetch { request: back } = &waits[0].on else {
+            unreachable!()
+        };
+        assert_eq!(back.url, request.url);
+
+        // Requests with nothing to mask pass through, and need no key.
         let plain = FetchRequest {
             url: "http://127.0.0.1:9/".into(),
-            headers: Vec::new(),
+            headers: vec![("accept".into(), "text/plain".into())],
             body: None,
             ..request
         };
+        let keyless = kiln_store::Store::new(std::sync::Arc::new(kiln_store::MemoryBackend::new()));
         assert_eq!(
-            journaled(plain.clone(), &redactor, &store, (&run, 1, 6)),
+            journaled(plain.clone(), &redactor, &keyless, (&run, 1, 6)).unwrap(),
             plain
         );
+        let with_key = FetchRequest {
+            headers: vec![("x-api-key".into(), "k".into())],
+            ..plain
+        };
+        assert!(
+            journaled(with_key, &redactor, &keyless, (&run, 1, 6)).is_err(),
+            "nothing masked is journaled without a key to seal the original"
+        );
+    }
+
+    #[test]
+    fn a_wake_that_quotes_a_secret_is_masked() {
+        let redactor = kiln_sandbox::Redactor::new(["sk_test_0123".to_string()]);
+        let wake = WakeValue::Fetch {
+            response: Some(FetchResponse {
+                status: 200,
+                headers: vec![("x-echo".into(), "sk_test_0123".into())],
+                body: BASE64.encode("token=sk_test_0123"),
+            }),
+            error: Some("error sending request for url (http://x/?k=sk_test_0123)".into()),
+        };
+        let text = serde_json::to_string(&masked_wake(wake, &redactor)).unwrap();
+        assert!(!text.contains("sk_test_0123"), "{text}");
+        assert!(text.contains(&BASE64.encode("token=<redacted>")), "{text}");
     }
 
     #[test]

@@ -129,6 +129,9 @@ pub struct EnvFetch {
     /// Read the secret again after the first fetch and send that too.
     #[serde(default)]
     pub again: bool,
+    /// Put the secret in the URL's query too (`?key=...`).
+    #[serde(default)]
+    pub query: bool,
     /// Fail with an error that quotes the secret.
     #[serde(default)]
     pub fail: bool,
@@ -159,7 +162,13 @@ pub async fn env_fetch(payload: EnvFetch, ctx: &Context) -> Result<Value, TaskEr
     if payload.pause_ms > 0 {
         kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.pause_ms)).await?;
     }
+    let query = payload.query;
     let post = |url: &str, key: &str| {
+        let url = if query {
+            format!("{url}?key={key}")
+        } else {
+            url.to_string()
+        };
         Request::post(url)
             .header("authorization", format!("Bearer {key}"))
             .body(format!("{{\"key\":\"{key}\"}}"))
