@@ -15,17 +15,27 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// header, `Idempotency-Key` header and body.
 type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
 
+/// What the checking server does with the first request it receives.
+#[derive(Clone)]
+enum First {
+    /// Answers it like any other.
+    Answer,
+    /// Never answers it (the server under test is killed meanwhile).
+    Hold,
+    /// Answers it once notified.
+    HoldUntil(Arc<tokio::sync::Notify>),
+}
+
 /// A local API that answers 200 to requests whose `Authorization` is
-/// `Bearer <one of accepted>` and 401 to others. With `hold_first`, the
-/// first request is never answered (the server is killed meanwhile).
-async fn checking_server(accepted: Vec<String>, hold_first: bool) -> (String, Seen) {
+/// `Bearer <one of accepted>` and 401 to others.
+async fn checking_server(accepted: Vec<String>, first: First) -> (String, Seen) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/charge", listener.local_addr().unwrap());
     let seen: Seen = Arc::default();
     let log = seen.clone();
     tokio::spawn(async move {
         while let Ok((mut socket, _)) = listener.accept().await {
-            let (log, accepted) = (log.clone(), accepted.clone());
+            let (log, accepted, hold) = (log.clone(), accepted.clone(), first.clone());
             tokio::spawn(async move {
                 let mut request = Vec::new();
                 let mut buf = [0u8; 4096];
@@ -63,10 +73,14 @@ async fn checking_server(accepted: Vec<String>, hold_first: bool) -> (String, Se
                     log.push((authorization.clone(), key, body));
                     log.len() == 1
                 };
-                if hold_first && first {
-                    // Held until the server under test is killed.
-                    let _ = socket.read(&mut buf).await;
-                    return;
+                match (first, hold) {
+                    (true, First::Hold) => {
+                        // Held until the server under test is killed.
+                        let _ = socket.read(&mut buf).await;
+                        return;
+                    }
+                    (true, First::HoldUntil(release)) => release.notified().await,
+                    _ => {}
                 }
                 let ok = accepted
                     .iter()
@@ -185,7 +199,7 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
     );
     assert!(out.contains("envvars: all steps passed"), "{out}");
 
-    let (url, seen) = checking_server(vec![secret.clone()], false).await;
+    let (url, seen) = checking_server(vec![secret.clone()], First::Answer).await;
     let id = kiln
         .trigger_ok(
             "env-fetch",
@@ -311,7 +325,7 @@ async fn a_crash_mid_run_replays_the_value_read_and_a_rotation_is_seen_by_later_
         String::from_utf8_lossy(&set.stderr)
     );
 
-    let (url, seen) = checking_server(vec![old.clone(), new.clone()], true).await;
+    let (url, seen) = checking_server(vec![old.clone(), new.clone()], First::Hold).await;
     let id = kiln
         .trigger_ok(
             "env-fetch",
@@ -367,6 +381,39 @@ async fn a_crash_mid_run_replays_the_value_read_and_a_rotation_is_seen_by_later_
     for value in [&old, &new] {
         assert_eq!(files_holding(dir.path(), value), Vec::<String>::new());
     }
+}
+
+#[tokio::test]
+async fn a_retry_after_a_rotation_reads_the_new_value() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let (wrong, right) = (unique("wrong"), unique("right"));
+    ok(kiln.cli(&["env", "set", "PROBE_SECRET", &wrong, "--secret"]));
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (url, seen) = checking_server(vec![right.clone()], First::HoldUntil(release.clone())).await;
+    let id = kiln
+        .trigger_with(
+            "env-fetch",
+            json!({"secret": "PROBE_SECRET", "url": url, "check": true}),
+            json!({"maxAttempts": 2}),
+        )
+        .await;
+    // The first attempt sent the wrong key; fix it before it hears back.
+    wait_until("the first request", || !seen.lock().unwrap().is_empty()).await;
+    ok(kiln.cli(&["env", "set", "PROBE_SECRET", &right]));
+    release.notify_one();
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["attemptCount"], 2, "{run}");
+    let sent: Vec<String> = seen.lock().unwrap().iter().map(|s| s.0.clone()).collect();
+    assert_eq!(
+        sent,
+        vec![format!("Bearer {wrong}"), format!("Bearer {right}")],
+        "the retry read the variable afresh"
+    );
+    let error = run["attempts"][0]["error"].to_string();
+    assert!(!error.contains(&wrong), "{error}");
 }
 
 async fn send(
@@ -534,7 +581,8 @@ async fn each_environment_sees_its_own_values_and_a_strict_deploy_needs_them() {
         "{body}"
     );
 
-    let (url, seen) = checking_server(vec![dev_secret.clone(), prod_secret.clone()], false).await;
+    let (url, seen) =
+        checking_server(vec![dev_secret.clone(), prod_secret.clone()], First::Answer).await;
     let payload = json!({"secret": "PROBE_SECRET", "public": "PROBE_GREETING", "url": url});
     let dev_run = run_in(&kiln, KEY, payload.clone()).await;
     assert_eq!(dev_run["output"]["public"], "dev-hello", "{dev_run}");

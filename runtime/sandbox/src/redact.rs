@@ -10,7 +10,7 @@
 //! base64-encoded (HTTP Basic credentials put the key first, so its
 //! encoding starts the header's).
 
-use aho_corasick::{AhoCorasick, MatchKind};
+use aho_corasick::{AhoCorasick, AhoCorasickKind, MatchKind};
 use base64::Engine as _;
 use std::borrow::Cow;
 use std::sync::{Arc, RwLock};
@@ -38,6 +38,35 @@ pub struct Redactor {
 struct Patterns {
     forms: Vec<String>,
     finder: Option<AhoCorasick>,
+}
+
+impl Patterns {
+    /// Adds the forms of `value`; false when there was nothing new.
+    fn push(&mut self, value: &str) -> bool {
+        if value.len() < MIN_LEN || self.forms.iter().any(|p| p == value) {
+            return false;
+        }
+        for form in forms(value) {
+            if !self.forms.contains(&form) {
+                self.forms.push(form);
+            }
+        }
+        true
+    }
+
+    /// Builds the automaton: a contiguous NFA, quick to build for the few
+    /// dozen patterns an environment has and quick to search.
+    fn build(&mut self) {
+        self.finder = if self.forms.is_empty() {
+            None
+        } else {
+            AhoCorasick::builder()
+                .match_kind(MatchKind::LeftmostLongest)
+                .kind(Some(AhoCorasickKind::ContiguousNFA))
+                .build(&self.forms)
+                .ok()
+        };
+    }
 }
 
 impl std::fmt::Debug for Redactor {
@@ -73,34 +102,25 @@ fn forms(value: &str) -> Vec<String> {
 }
 
 impl Redactor {
-    /// A redactor for `values`.
+    /// A redactor for `values` (its automaton built once).
     pub fn new(values: impl IntoIterator<Item = String>) -> Self {
-        let redactor = Redactor::default();
+        let mut patterns = Patterns::default();
         for value in values {
-            redactor.add(&value);
+            patterns.push(&value);
         }
-        redactor
+        patterns.build();
+        Redactor {
+            inner: Arc::new(RwLock::new(patterns)),
+        }
     }
 
     /// Masks `value` from now on, in each of its forms. Values under
     /// [`MIN_LEN`] bytes are ignored.
     pub fn add(&self, value: &str) {
-        if value.len() < MIN_LEN {
-            return;
-        }
         let mut inner = self.inner.write().unwrap_or_else(|p| p.into_inner());
-        if inner.forms.iter().any(|p| p == value) {
-            return;
+        if inner.push(value) {
+            inner.build();
         }
-        for form in forms(value) {
-            if !inner.forms.contains(&form) {
-                inner.forms.push(form);
-            }
-        }
-        inner.finder = AhoCorasick::builder()
-            .match_kind(MatchKind::LeftmostLongest)
-            .build(&inner.forms)
-            .ok();
     }
 
     /// Whether there is nothing to mask.

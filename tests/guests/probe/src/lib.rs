@@ -132,6 +132,9 @@ pub struct EnvFetch {
     /// Put the secret in the URL's query too (`?key=...`).
     #[serde(default)]
     pub query: bool,
+    /// Fail the attempt (to be retried) when the API refuses the key.
+    #[serde(default)]
+    pub check: bool,
     /// Fail with an error that quotes the secret.
     #[serde(default)]
     pub fail: bool,
@@ -180,6 +183,12 @@ pub async fn env_fetch(payload: EnvFetch, ctx: &Context) -> Result<Value, TaskEr
             .await
             .map_err(|e| TaskError::new(format!("fetch failed: {e:?}")))?;
         statuses.push(response.status);
+        if payload.check && response.status != 200 {
+            return Err(TaskError::new(format!(
+                "the API refused the key with {}",
+                response.status
+            )));
+        }
         if payload.again {
             let value = env::var(&payload.secret)?;
             let response = fetch(post(url, &value))
