@@ -114,6 +114,18 @@ impl Redactor {
         }
     }
 
+    /// A redactor of its own with the same patterns: what is added to one
+    /// is not added to the other.
+    pub fn fork(&self) -> Redactor {
+        let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
+        Redactor {
+            inner: Arc::new(RwLock::new(Patterns {
+                forms: inner.forms.clone(),
+                finder: inner.finder.clone(),
+            })),
+        }
+    }
+
     /// Masks `value` from now on, in each of its forms. Values under
     /// [`MIN_LEN`] bytes are ignored.
     pub fn add(&self, value: &str) {

@@ -90,6 +90,12 @@ impl Store {
         })
     }
 
+    /// A number that changes whenever a variable is set or deleted through
+    /// this store (what caches of the variables compare).
+    pub fn env_version(&self) -> u64 {
+        self.env_version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Every variable of this environment that opens, by name. One that
     /// does not (stored under another master key, or damaged) is left out
     /// with a warning: nobody can read it, so nothing of it can leak.
@@ -138,7 +144,10 @@ impl Store {
             };
             ops.push(Op::Put(key(ENV_VAR, name.as_bytes()), encode(&stored)?));
         }
-        self.backend.commit(ops).await
+        let committed = self.backend.commit(ops).await;
+        self.env_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        committed
     }
 
     /// Deletes a variable; false when there was none.
@@ -147,8 +156,10 @@ impl Store {
         if self.backend.get(&k)?.is_none() {
             return Ok(false);
         }
-        self.backend.commit(vec![Op::Delete(k)]).await?;
-        Ok(true)
+        let committed = self.backend.commit(vec![Op::Delete(k)]).await;
+        self.env_version
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        committed.map(|()| true)
     }
 }
 

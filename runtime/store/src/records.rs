@@ -263,6 +263,9 @@ pub struct Store {
     /// The master key environment variables and snapshot layers are sealed
     /// with.
     pub(crate) seal: Option<Arc<crate::seal::SealKey>>,
+    /// Bumped by every change to the environment variables (through this
+    /// store or a clone of it).
+    pub(crate) env_version: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -278,6 +281,7 @@ impl Store {
             backend,
             listener: Arc::default(),
             seal: None,
+            env_version: Arc::default(),
         }
     }
 

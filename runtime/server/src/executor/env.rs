@@ -93,6 +93,32 @@ impl AttemptSink {
 }
 
 impl Executor {
+    /// A redactor of its own holding the environment's secret values,
+    /// from a cache kept until a variable changes (building one opens every
+    /// variable and compiles the patterns: about 0.1 ms for 20).
+    fn environment_secrets(&self) -> Result<Redactor, String> {
+        let store = &self.shared.store;
+        // Read before the variables, so a change made meanwhile is seen by
+        // the next slice.
+        let version = store.env_version();
+        let mut cache = self
+            .shared
+            .secrets
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some((cached, redactor)) = cache.as_ref()
+            && *cached == version
+        {
+            return Ok(redactor.fork());
+        }
+        let current = store
+            .env_vars()
+            .map_err(|e| format!("reading the environment's secrets failed: {e}"))?;
+        let redactor = Redactor::new(current.into_iter().filter(|v| v.secret).map(|v| v.value));
+        *cache = Some((version, redactor.fork()));
+        Ok(redactor)
+    }
+
     /// The redactor of a slice of `run`'s attempt `attempt`: the
     /// environment's secret values now, and every secret value the attempt
     /// read before (a rotation since may have replaced them, but the guest
@@ -105,10 +131,7 @@ impl Executor {
         records: &[JournalRecord],
     ) -> Result<Redactor, String> {
         let store = &self.shared.store;
-        let current = store
-            .env_vars()
-            .map_err(|e| format!("reading the environment's secrets failed: {e}"))?;
-        let redactor = Redactor::new(current.into_iter().filter(|v| v.secret).map(|v| v.value));
+        let redactor = self.environment_secrets()?;
         let Ok(key) = store.seal_key() else {
             return Ok(redactor);
         };

@@ -124,6 +124,9 @@ pub(crate) struct Shared {
     gate: Mutex<()>,
     /// Runs whose inbox is to be delivered.
     deliveries: tokio::sync::mpsc::UnboundedSender<RunId>,
+    /// The environment's secrets, ready to mask, as of a version of its
+    /// variables ([`kiln_store::Store::env_version`]).
+    secrets: Mutex<Option<(u64, kiln_sandbox::Redactor)>>,
 }
 
 /// Why a cancel was refused.
@@ -178,6 +181,7 @@ impl Executor {
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
             http: fetch::client(),
+            secrets: Mutex::new(None),
             dispatch,
             gate: Mutex::new(()),
             deliveries,
