@@ -310,6 +310,58 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
         Vec::<String>::new(),
         "the data directory holds the secret in plain text"
     );
+
+    // The store was sealed with this data directory's key: another key,
+    // or none, is refused at start, and no key is made in its place.
+    let start = |key: Option<&str>| {
+        let mut command = std::process::Command::new(crate::harness::kiln_bin());
+        command
+            .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir.path())
+            .env("KILN_SECRET_KEY", KEY)
+            .env_remove("KILN_MASTER_KEY");
+        if let Some(key) = key {
+            command.env("KILN_MASTER_KEY", key);
+        }
+        let mut child = command
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("kiln serve runs");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while child.try_wait().expect("waits").is_none() {
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("kiln serve started with the wrong master key");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        child.wait_with_output().expect("kiln serve ends")
+    };
+    let wrong = start(Some(&"ab".repeat(32)));
+    let complaint = String::from_utf8_lossy(&wrong.stderr);
+    assert!(!wrong.status.success(), "{complaint}");
+    assert!(complaint.contains("master key"), "{complaint}");
+    let kept = dir.path().join("master-key.kept");
+    std::fs::rename(dir.path().join("master-key"), &kept).unwrap();
+    let missing = start(None);
+    let complaint = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success(), "{complaint}");
+    assert!(complaint.contains("restore"), "{complaint}");
+    assert!(!dir.path().join("master-key").exists(), "no key was made");
+    std::fs::rename(&kept, dir.path().join("master-key")).unwrap();
+    let kiln = Kiln::start(dir.path());
+    let kept = get_text(
+        &kiln,
+        KEY,
+        "/api/v1/projects/default/envvars/dev/PROBE_SECRET",
+        &[],
+    )
+    .await;
+    assert!(
+        kept.contains("\"isSecret\":true"),
+        "the right key opens them: {kept}"
+    );
 }
 
 #[tokio::test]
@@ -329,7 +381,7 @@ async fn a_crash_mid_run_replays_the_value_read_and_a_rotation_is_seen_by_later_
     let id = kiln
         .trigger_ok(
             "env-fetch",
-            json!({"secret": "PROBE_SECRET", "url": url, "again": true}),
+            json!({"secret": "PROBE_SECRET", "url": url, "again": true, "query": true}),
         )
         .await;
     // The first request is in flight (and held): the read is journaled.
@@ -412,8 +464,6 @@ async fn a_retry_after_a_rotation_reads_the_new_value() {
         vec![format!("Bearer {wrong}"), format!("Bearer {right}")],
         "the retry read the variable afresh"
     );
-    let error = run["attempts"][0]["error"].to_string();
-    assert!(!error.contains(&wrong), "{error}");
 }
 
 async fn send(

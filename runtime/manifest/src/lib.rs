@@ -277,8 +277,6 @@ impl TaskManifest {
     }
 }
 
-/// Checks that an id is non-empty, at most [`MAX_ID_LEN`] bytes, and made of
-/// ASCII letters, digits, `-`, `_`, `.` and `/` (ids travel in URL paths).
 /// The longest environment variable name.
 pub const MAX_ENV_NAME_LEN: usize = 256;
 
@@ -305,6 +303,8 @@ pub fn check_env_var_name(name: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// Checks that an id is non-empty, at most [`MAX_ID_LEN`] bytes, and made of
+/// ASCII letters, digits, `-`, `_`, `.` and `/` (ids travel in URL paths).
 fn check_id(what: &str, id: &str) -> Result<(), ManifestError> {
     if id.is_empty() || id.len() > MAX_ID_LEN {
         return Err(ManifestError(format!(

@@ -37,7 +37,21 @@ pub struct Redactor {
 #[derive(Default)]
 struct Patterns {
     forms: Vec<String>,
-    finder: Option<AhoCorasick>,
+    finder: Finder,
+}
+
+/// How the forms are searched for.
+#[derive(Default, Clone)]
+enum Finder {
+    /// There is nothing to mask.
+    #[default]
+    Nothing,
+    /// One automaton for every form.
+    Ready(AhoCorasick),
+    /// The automaton could not be built (far more or larger secrets than an
+    /// environment holds): every text is masked whole rather than stored
+    /// with a secret in it.
+    Broken,
 }
 
 impl Patterns {
@@ -58,13 +72,19 @@ impl Patterns {
     /// dozen patterns an environment has and quick to search.
     fn build(&mut self) {
         self.finder = if self.forms.is_empty() {
-            None
+            Finder::Nothing
         } else {
-            AhoCorasick::builder()
+            match AhoCorasick::builder()
                 .match_kind(MatchKind::LeftmostLongest)
                 .kind(Some(AhoCorasickKind::ContiguousNFA))
                 .build(&self.forms)
-                .ok()
+            {
+                Ok(finder) => Finder::Ready(finder),
+                Err(error) => {
+                    tracing::error!(%error, "the secrets' patterns could not be compiled; masking every text whole");
+                    Finder::Broken
+                }
+            }
         };
     }
 }
@@ -82,10 +102,26 @@ fn forms(value: &str) -> Vec<String> {
     if let Ok(quoted) = serde_json::to_string(value) {
         forms.push(quoted[1..quoted.len() - 1].to_string());
     }
-    forms.push(
-        percent_encoding::utf8_percent_encode(value, percent_encoding::NON_ALPHANUMERIC)
-            .to_string(),
-    );
+    // Percent-encoded as encoders differ: everything but letters and
+    // digits; RFC 3986's unreserved set kept (`urlencoding`, most URL
+    // builders); JavaScript's `encodeURIComponent`; and form encoding
+    // (`+` for a space: query strings built by reqwest, HTML forms).
+    use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
+    const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+        .remove(b'-')
+        .remove(b'_')
+        .remove(b'.')
+        .remove(b'~');
+    const URI_COMPONENT: &AsciiSet = &UNRESERVED
+        .remove(b'!')
+        .remove(b'\'')
+        .remove(b'(')
+        .remove(b')')
+        .remove(b'*');
+    for set in [NON_ALPHANUMERIC, UNRESERVED, URI_COMPONENT] {
+        forms.push(utf8_percent_encode(value, set).to_string());
+    }
+    forms.push(form_urlencoded::byte_serialize(value.as_bytes()).collect());
     if value.len() >= MIN_BASE64_LEN {
         // Only the characters that depend on the value's bytes alone.
         let whole = value.len() / 3 * 3;
@@ -148,10 +184,11 @@ impl Redactor {
     pub fn redact<'a>(&self, text: &'a str) -> Cow<'a, str> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
         match &inner.finder {
-            Some(finder) if finder.is_match(text) => {
+            Finder::Ready(finder) if finder.is_match(text) => {
                 let masks = vec![MASK; inner.forms.len()];
                 Cow::Owned(finder.replace_all(text, &masks))
             }
+            Finder::Broken if !text.is_empty() => Cow::Owned(MASK.to_string()),
             _ => Cow::Borrowed(text),
         }
     }
@@ -160,9 +197,14 @@ impl Redactor {
     /// them (for bodies that are not UTF-8 text).
     pub fn redact_bytes(&self, bytes: &[u8]) -> Option<Vec<u8>> {
         let inner = self.inner.read().unwrap_or_else(|p| p.into_inner());
-        let finder = inner.finder.as_ref().filter(|f| f.is_match(bytes))?;
-        let masks = vec![MASK.as_bytes(); inner.forms.len()];
-        Some(finder.replace_all_bytes(bytes, &masks))
+        match &inner.finder {
+            Finder::Ready(finder) if finder.is_match(bytes) => {
+                let masks = vec![MASK.as_bytes(); inner.forms.len()];
+                Some(finder.replace_all_bytes(bytes, &masks))
+            }
+            Finder::Broken if !bytes.is_empty() => Some(MASK.as_bytes().to_vec()),
+            _ => None,
+        }
     }
 
     /// A JSON document with every secret value masked inside its strings
@@ -269,11 +311,14 @@ mod tests {
         // HTTP Basic with the key as the user (Stripe's `-u sk_...:`).
         let basic = format!("Basic {}", STANDARD.encode(format!("{secret}:")));
         assert!(redactor.redact(&basic).contains(MASK), "{basic}");
-        let url = format!(
-            "https://x/?k={}",
-            percent_encoding::utf8_percent_encode(secret, percent_encoding::NON_ALPHANUMERIC)
+        // As other encoders write it: `_`, `-`, `.` kept, `/` encoded.
+        let url = "https://x/?k=sk_live_ab%2Fc%2Bd%3Defgh";
+        assert_eq!(redactor.redact(url), "https://x/?k=<redacted>");
+        let form = format!(
+            "k={}",
+            form_urlencoded::byte_serialize(secret.as_bytes()).collect::<String>()
         );
-        assert_eq!(redactor.redact(&url), "https://x/?k=<redacted>");
+        assert_eq!(redactor.redact(&form), "k=<redacted>");
         let mut body = vec![0xff, 0xfe];
         body.extend_from_slice(secret.as_bytes());
         let masked = redactor.redact_bytes(&body).unwrap();

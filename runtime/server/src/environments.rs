@@ -91,7 +91,7 @@ impl Hub {
         let root = Store::new(backend.clone()).sealed(seal.clone());
         root.verify_seal_key().await.map_err(|e| {
             anyhow::anyhow!(
-                "{e}: start with that key (KILN_MASTER_KEY, or the master-key file of the data directory it came from)"
+                "{e}: start with that key (KILN_MASTER_KEY, or the master-key file kept with this data directory)"
             )
         })?;
         let default = open_environment(Parts {

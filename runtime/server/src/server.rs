@@ -24,9 +24,15 @@ impl Server {
             Some(key) => (key, false),
             None => crate::secret::load_or_create(&config.data_dir)?,
         };
-        let seal =
-            crate::master_key::load_or_create(&config.data_dir, config.master_key.as_deref())?;
         let backend = Arc::new(SledBackend::open(&config.data_dir.join("store"))?);
+        let sealed_before = kiln_store::Store::new(backend.clone())
+            .sealed_before()
+            .map_err(|e| anyhow::anyhow!(e))?;
+        let seal = crate::master_key::load_or_create(
+            &config.data_dir,
+            config.master_key.as_deref(),
+            sealed_before,
+        )?;
         let sandbox = Sandbox::new(SandboxConfig::new(config.data_dir.join("compiled")))?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let public_url = match &config.public_url {

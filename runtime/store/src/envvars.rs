@@ -124,13 +124,15 @@ impl Store {
 
     /// Sets variables in one durable commit. A variable that exists keeps
     /// its creation time, and stays secret once it was (a secret is never
-    /// turned back into a readable value).
+    /// turned back into a readable value); its old value need not open.
     pub async fn set_env_vars(&self, vars: &[(String, String, bool)]) -> Result<()> {
         let seal = self.seal_key()?;
         let now = Timestamp::now();
         let mut ops = Vec::with_capacity(vars.len());
         for (name, value, secret) in vars {
-            let existing = self.env_var(name)?;
+            let k = key(ENV_VAR, name.as_bytes());
+            let existing: Option<StoredEnvVar> =
+                self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()?;
             let secret = *secret || existing.as_ref().is_some_and(|e| e.secret);
             let sealed = seal
                 .seal(&context(name, secret), value.as_bytes())
@@ -142,11 +144,19 @@ impl Store {
                 created_at: existing.map_or(now, |e| e.created_at),
                 updated_at: now,
             };
-            ops.push(Op::Put(key(ENV_VAR, name.as_bytes()), encode(&stored)?));
+            ops.push(Op::Put(k, encode(&stored)?));
         }
+        self.changed_env_vars(ops).await
+    }
+
+    /// Commits a change to the variables. The version moves before (the
+    /// write is visible to readers as soon as it is applied) and after (a
+    /// cache filled meanwhile is stale too).
+    async fn changed_env_vars(&self, ops: Vec<Op>) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.env_version.fetch_add(1, SeqCst);
         let committed = self.backend.commit(ops).await;
-        self.env_version
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.env_version.fetch_add(1, SeqCst);
         committed
     }
 
@@ -156,10 +166,8 @@ impl Store {
         if self.backend.get(&k)?.is_none() {
             return Ok(false);
         }
-        let committed = self.backend.commit(vec![Op::Delete(k)]).await;
-        self.env_version
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        committed.map(|()| true)
+        self.changed_env_vars(vec![Op::Delete(k)]).await?;
+        Ok(true)
     }
 }
 

@@ -110,6 +110,15 @@ impl SealKey {
 const CHECK: &[u8] = b"kiln master key check";
 
 impl crate::Store {
+    /// Whether a master key has sealed this store's values before (its
+    /// check value is there).
+    pub fn sealed_before(&self) -> Result<bool, String> {
+        self.backend
+            .get(crate::layout::SEAL_CHECK)
+            .map(|v| v.is_some())
+            .map_err(|e| e.to_string())
+    }
+
     /// Checks that this store's master key is the one its sealed values
     /// were sealed with (a sealed check value, written on first use), so a
     /// server started with another key refuses to start rather than failing

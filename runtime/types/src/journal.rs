@@ -219,6 +219,11 @@ pub struct FetchResponse {
     pub headers: Vec<(String, String)>,
     /// The body, base64.
     pub body: String,
+    /// When the response quoted a secret value (which the fields above show
+    /// masked): the response as received, as JSON sealed with the server's
+    /// master key and hex-encoded, for the task (and its replays) to get.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed: Option<String>,
 }
 
 /// How a child run ended, as its waiting parent is told.

@@ -89,6 +89,7 @@ pub fn read_dotenv(file: &std::path::Path) -> anyhow::Result<Vec<(String, String
 /// usual crate, always expands them).
 pub fn parse_dotenv(text: &str) -> Result<Vec<(String, String)>, String> {
     let mut vars = Vec::new();
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     let mut lines = text.lines().enumerate();
     while let Some((n, line)) = lines.next() {
         let line = line.trim_start();

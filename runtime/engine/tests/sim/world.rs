@@ -428,6 +428,7 @@ impl World {
                         status: 200,
                         headers: Vec::new(),
                         body: String::new(),
+                        sealed: None,
                     }),
                     error: None,
                 };

@@ -250,7 +250,7 @@ impl<'a> Slice<'a> {
         }));
         attempt.set_redactor(self.redactor.clone());
         let mut replay = resume.replay;
-        super::fetch::unmask_replay(&mut replay, &shared.store, &self.run.id, self.attempt_no);
+        super::fetch::unmask_replay(&mut replay, &shared.store, &self.run.id, self.attempt_no)?;
         attempt.replay_mut().extend(replay);
         let kept = self
             .run
@@ -308,12 +308,30 @@ impl<'a> Slice<'a> {
                             return Ok(self.canceled_at_rest(&mut attempt).await);
                         }
                     };
-                    let value = super::fetch::masked_wake(value, &self.redactor);
+                    let ids = (&self.run.id, self.attempt_no, id);
+                    let journaled = super::fetch::journaled_wake(
+                        value.clone(),
+                        &self.redactor,
+                        &shared.store,
+                        ids,
+                    )?;
+                    // The task gets the response as received; only its
+                    // error (which quotes the URL) as journaled.
+                    let value = match value {
+                        WakeValue::Fetch { response, .. } => match &journaled {
+                            WakeValue::Fetch { error, .. } => WakeValue::Fetch {
+                                response,
+                                error: error.clone(),
+                            },
+                            other => other.clone(),
+                        },
+                        other => other,
+                    };
                     self.cursor.woke(id);
                     let mut batch = Batch::default();
                     let entry = JournalEntry::Wake {
                         id,
-                        value: value.clone(),
+                        value: journaled,
                     };
                     self.journal.append_to(&mut batch, entry);
                     shared

@@ -123,6 +123,39 @@ fn is_credential(name: &str) -> bool {
         .any(|part| name.contains(part))
 }
 
+/// A URL as journaled: secret values masked, and a password in it or the
+/// value of a credential-named query parameter (`api_key`, `token`...)
+/// masked whatever it is.
+fn masked_url(url: &str, redactor: &kiln_sandbox::Redactor) -> String {
+    let text = redactor.redact(url).into_owned();
+    let Ok(mut parsed) = reqwest::Url::parse(&text) else {
+        return text;
+    };
+    let mut changed = false;
+    if parsed.password().is_some_and(|p| p != "redacted") {
+        changed |= parsed.set_password(Some("redacted")).is_ok();
+    }
+    let pairs: Vec<(String, String)> = parsed.query_pairs().into_owned().collect();
+    if pairs
+        .iter()
+        .any(|(name, value)| is_credential(name) && value != kiln_sandbox::MASK)
+    {
+        let masked: Vec<(String, String)> = pairs
+            .into_iter()
+            .map(|(name, value)| {
+                if is_credential(&name) {
+                    (name, kiln_sandbox::MASK.to_string())
+                } else {
+                    (name, value)
+                }
+            })
+            .collect();
+        parsed.query_pairs_mut().clear().extend_pairs(masked);
+        changed = true;
+    }
+    if changed { parsed.to_string() } else { text }
+}
+
 /// A base64 body with every secret masked, if it held one.
 fn masked_body(body: &str, redactor: &kiln_sandbox::Redactor) -> Option<String> {
     let bytes = BASE64.decode(body).ok()?;
@@ -150,7 +183,7 @@ pub(crate) fn journaled(
 ) -> Result<FetchRequest, String> {
     let masked = FetchRequest {
         method: request.method.clone(),
-        url: redactor.redact(&request.url).into_owned(),
+        url: masked_url(&request.url, redactor),
         headers: request
             .headers
             .iter()
@@ -187,40 +220,115 @@ pub(crate) fn journaled(
     })
 }
 
-/// A fetch's wake with every secret value masked (an error that quotes the
-/// URL, a response that echoes a key), journaled and handed to the task
-/// alike, so a replay delivers exactly what the first run did.
-pub(crate) fn masked_wake(value: WakeValue, redactor: &kiln_sandbox::Redactor) -> WakeValue {
-    if redactor.is_empty() {
-        return value;
-    }
-    match value {
-        WakeValue::Fetch { response, error } => WakeValue::Fetch {
-            response: response.map(|r| FetchResponse {
-                status: r.status,
-                headers: r
-                    .headers
-                    .into_iter()
-                    .map(|(name, value)| (name, redactor.redact_owned(value)))
-                    .collect(),
-                body: masked_body(&r.body, redactor).unwrap_or(r.body),
-            }),
-            error: error.map(|e| redactor.redact_owned(e)),
-        },
-        other => other,
-    }
+/// What a response is sealed with: it opens only as this run's, this
+/// attempt's, this wait's.
+fn response_context(run: &kiln_types::RunId, attempt: u32, wait_id: u64) -> Vec<u8> {
+    format!("fetch-response/{run}/{attempt}/{wait_id}").into_bytes()
 }
 
-/// Puts back, in the replay's copy of the journal only, the URL each
-/// sealed fetch request was made with, so a replayed step is compared with
-/// what the task asked for then, whatever the secrets are now.
+/// A fetch's wake as journaled: a response that quotes a secret value (a
+/// server that echoes the key) masked, with the response as received sealed
+/// beside it, and an error that quotes one (a connection error naming the
+/// URL) masked. The task gets the response as received, now and on every
+/// replay ([`unmask_replay`]); an error reaches it masked, as journaled.
+pub(crate) fn journaled_wake(
+    value: WakeValue,
+    redactor: &kiln_sandbox::Redactor,
+    store: &kiln_store::Store,
+    (run, attempt, wait_id): (&kiln_types::RunId, u32, u64),
+) -> Result<WakeValue, String> {
+    if redactor.is_empty() {
+        return Ok(value);
+    }
+    let WakeValue::Fetch { response, error } = value else {
+        return Ok(value);
+    };
+    let error = error.map(|e| redactor.redact_owned(e));
+    let Some(response) = response else {
+        return Ok(WakeValue::Fetch {
+            response: None,
+            error,
+        });
+    };
+    let masked = FetchResponse {
+        status: response.status,
+        headers: response
+            .headers
+            .iter()
+            .map(|(name, value)| (name.clone(), redactor.redact(value).into_owned()))
+            .collect(),
+        body: masked_body(&response.body, redactor).unwrap_or_else(|| response.body.clone()),
+        sealed: None,
+    };
+    if masked == response {
+        return Ok(WakeValue::Fetch {
+            response: Some(response),
+            error,
+        });
+    }
+    let key = store.seal_key().map_err(|e| e.to_string())?;
+    let plain = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
+    let sealed = key
+        .seal(&response_context(run, attempt, wait_id), &plain)
+        .map_err(|e| e.to_string())?;
+    Ok(WakeValue::Fetch {
+        response: Some(FetchResponse {
+            sealed: Some(hex::encode(sealed)),
+            ..masked
+        }),
+        error,
+    })
+}
+
+/// The wake a task gets for a journaled one: the response as received
+/// when it was sealed.
+pub(crate) fn delivered_wake(
+    value: WakeValue,
+    store: &kiln_store::Store,
+    (run, attempt, wait_id): (&kiln_types::RunId, u32, u64),
+) -> Result<WakeValue, String> {
+    let WakeValue::Fetch {
+        response: Some(response),
+        error,
+    } = &value
+    else {
+        return Ok(value);
+    };
+    let Some(sealed) = &response.sealed else {
+        return Ok(value);
+    };
+    let bytes =
+        hex::decode(sealed).map_err(|e| format!("the journaled response is corrupt: {e}"))?;
+    let plain = store
+        .seal_key()
+        .map_err(|e| e.to_string())?
+        .open(&response_context(run, attempt, wait_id), &bytes)
+        .map_err(|e| format!("the journaled response could not be opened: {e}"))?;
+    let original: FetchResponse = serde_json::from_slice(&plain)
+        .map_err(|e| format!("the journaled response is corrupt: {e}"))?;
+    Ok(WakeValue::Fetch {
+        response: Some(original),
+        error: error.clone(),
+    })
+}
+
+/// Puts back, in the replay's copy of the journal only (never stored), the
+/// URL each sealed fetch request was made with, so a replayed step is
+/// compared with what the task asked for then whatever the secrets are now,
+/// and each sealed response as received, for the task to get again.
+/// Fails when a sealed response does not open: the task cannot be given
+/// what it got the first time.
 pub(crate) fn unmask_replay(
     replay: &mut std::collections::VecDeque<kiln_types::JournalEntry>,
     store: &kiln_store::Store,
     run: &kiln_types::RunId,
     attempt: u32,
-) {
+) -> Result<(), String> {
     for entry in replay.iter_mut() {
+        if let kiln_types::JournalEntry::Wake { id, value } = entry {
+            *value = delivered_wake(value.clone(), store, (run, attempt, *id))?;
+            continue;
+        }
         let kiln_types::JournalEntry::Waits { waits } = entry else {
             continue;
         };
@@ -233,6 +341,7 @@ pub(crate) fn unmask_replay(
             }
         }
     }
+    Ok(())
 }
 
 /// The request to send for a journaled one: the sealed original when it
@@ -349,6 +458,7 @@ async fn send(
         status,
         headers,
         body: BASE64.encode(body),
+        sealed: None,
     })
 }
 
@@ -393,7 +503,10 @@ mod tests {
         let nothing = kiln_sandbox::Redactor::default();
         let masked = journaled(request.clone(), &nothing, &store, (&run, 1, 4)).unwrap();
         assert_eq!(masked.headers[0].1, "<redacted>");
-        assert_eq!(masked.url, request.url, "no secret is known to be in it");
+        assert_eq!(
+            masked.url, "http://127.0.0.1:9/charge?key=%3Credacted%3E",
+            "a credential-named parameter is masked whatever it holds"
+        );
         assert!(masked.sealed.is_some());
 
         let redactor = kiln_sandbox::Redactor::new(["sk_test_0123".to_string()]);
@@ -422,7 +535,7 @@ mod tests {
                 on: kiln_types::WaitOn::Fetch { request: masked },
             }],
         }]);
-        unmask_replay(&mut replay, &store, &run, 1);
+        unmask_replay(&mut replay, &store, &run, 1).unwrap();
         let kiln_types::JournalEntry::Waits { waits } = &replay[0] else {
             unreachable!()
         };
@@ -430,6 +543,23 @@ mod tests {
             unreachable!()
         };
         assert_eq!(back.url, request.url);
+
+        // A password in the URL and credential-named parameters are masked
+        // whatever they hold.
+        let hidden = FetchRequest {
+            url: "https://user:pw123@api.x/v1?api_key=abc&page=2".into(),
+            headers: Vec::new(),
+            body: None,
+            ..request.clone()
+        };
+        let masked = journaled(hidden.clone(), &nothing, &store, (&run, 1, 7)).unwrap();
+        assert!(
+            !masked.url.contains("pw123") && !masked.url.contains("abc"),
+            "{}",
+            masked.url
+        );
+        assert!(masked.url.contains("page=2"), "{}", masked.url);
+        assert_eq!(unsealed(&store, &run, 1, 7, masked).unwrap(), hidden);
 
         // Requests with nothing to mask pass through, and need no key.
         let plain = FetchRequest {
@@ -454,19 +584,59 @@ mod tests {
     }
 
     #[test]
-    fn a_wake_that_quotes_a_secret_is_masked() {
+    fn a_wake_that_quotes_a_secret_is_journaled_masked_and_delivered_as_received() {
+        let store = kiln_store::Store::new(std::sync::Arc::new(kiln_store::MemoryBackend::new()))
+            .sealed(std::sync::Arc::new(kiln_store::SealKey::from_bytes(
+                &[4; 32],
+            )));
+        let run = kiln_types::RunId::generate(1);
         let redactor = kiln_sandbox::Redactor::new(["sk_test_0123".to_string()]);
-        let wake = WakeValue::Fetch {
-            response: Some(FetchResponse {
-                status: 200,
-                headers: vec![("x-echo".into(), "sk_test_0123".into())],
-                body: BASE64.encode("token=sk_test_0123"),
-            }),
-            error: Some("error sending request for url (http://x/?k=sk_test_0123)".into()),
+        let received = FetchResponse {
+            status: 200,
+            headers: vec![("x-echo".into(), "sk_test_0123".into())],
+            body: BASE64.encode("token=sk_test_0123"),
+            sealed: None,
         };
-        let text = serde_json::to_string(&masked_wake(wake, &redactor)).unwrap();
+        let wake = WakeValue::Fetch {
+            response: Some(received.clone()),
+            error: None,
+        };
+        let journaled = journaled_wake(wake, &redactor, &store, (&run, 1, 2)).unwrap();
+        let text = serde_json::to_string(&journaled).unwrap();
         assert!(!text.contains("sk_test_0123"), "{text}");
         assert!(text.contains(&BASE64.encode("token=<redacted>")), "{text}");
+        let mut replay = std::collections::VecDeque::from([kiln_types::JournalEntry::Wake {
+            id: 2,
+            value: journaled.clone(),
+        }]);
+        unmask_replay(&mut replay, &store, &run, 1).unwrap();
+        let kiln_types::JournalEntry::Wake { value, .. } = &replay[0] else {
+            unreachable!()
+        };
+        assert_eq!(
+            *value,
+            WakeValue::Fetch {
+                response: Some(received),
+                error: None
+            },
+            "the task gets the response as received"
+        );
+        let mut elsewhere = std::collections::VecDeque::from([kiln_types::JournalEntry::Wake {
+            id: 3,
+            value: journaled,
+        }]);
+        assert!(unmask_replay(&mut elsewhere, &store, &run, 1).is_err());
+
+        // An error quoting the URL reaches the journal (and the task) masked.
+        let failed = WakeValue::Fetch {
+            response: None,
+            error: Some("error sending request for url (http://x/?k=sk_test_0123)".into()),
+        };
+        let text = serde_json::to_string(
+            &journaled_wake(failed, &redactor, &store, (&run, 1, 4)).unwrap(),
+        )
+        .unwrap();
+        assert!(!text.contains("sk_test_0123"), "{text}");
     }
 
     #[test]
