@@ -266,14 +266,10 @@ pub(crate) fn journaled_wake(
             error,
         });
     }
-    let key = store.seal_key().map_err(|e| e.to_string())?;
-    let plain = serde_json::to_vec(&response).map_err(|e| e.to_string())?;
-    let sealed = key
-        .seal(&response_context(run, attempt, wait_id), &plain)
-        .map_err(|e| e.to_string())?;
+    let sealed = seal_json(store, &response_context(run, attempt, wait_id), &response)?;
     Ok(WakeValue::Fetch {
         response: Some(FetchResponse {
-            sealed: Some(hex::encode(sealed)),
+            sealed: Some(sealed),
             ..masked
         }),
         error,
@@ -297,15 +293,12 @@ pub(crate) fn delivered_wake(
     let Some(sealed) = &response.sealed else {
         return Ok(value);
     };
-    let bytes =
-        hex::decode(sealed).map_err(|e| format!("the journaled response is corrupt: {e}"))?;
-    let plain = store
-        .seal_key()
-        .map_err(|e| e.to_string())?
-        .open(&response_context(run, attempt, wait_id), &bytes)
-        .map_err(|e| format!("the journaled response could not be opened: {e}"))?;
-    let original: FetchResponse = serde_json::from_slice(&plain)
-        .map_err(|e| format!("the journaled response is corrupt: {e}"))?;
+    let original: FetchResponse = open_json(
+        store,
+        &response_context(run, attempt, wait_id),
+        sealed,
+        "response",
+    )?;
     Ok(WakeValue::Fetch {
         response: Some(original),
         error: error.clone(),
@@ -356,14 +349,36 @@ pub(crate) fn unsealed(
     let Some(sealed) = &request.sealed else {
         return Ok(request);
     };
-    let bytes =
-        hex::decode(sealed).map_err(|e| format!("the journaled request is corrupt: {e}"))?;
+    open_json(store, &context(run, attempt, wait_id), sealed, "request")
+}
+
+/// `value` as JSON, sealed with the store's master key under `context`
+/// and hex-encoded.
+fn seal_json(
+    store: &kiln_store::Store,
+    context: &[u8],
+    value: &impl serde::Serialize,
+) -> Result<String, String> {
+    let plain = serde_json::to_vec(value).map_err(|e| e.to_string())?;
+    let key = store.seal_key().map_err(|e| e.to_string())?;
+    let sealed = key.seal(context, &plain).map_err(|e| e.to_string())?;
+    Ok(hex::encode(sealed))
+}
+
+/// What [`seal_json`] sealed (`what` names it in errors).
+fn open_json<T: serde::de::DeserializeOwned>(
+    store: &kiln_store::Store,
+    context: &[u8],
+    sealed: &str,
+    what: &str,
+) -> Result<T, String> {
+    let bytes = hex::decode(sealed).map_err(|e| format!("the journaled {what} is corrupt: {e}"))?;
     let plain = store
         .seal_key()
         .map_err(|e| e.to_string())?
-        .open(&context(run, attempt, wait_id), &bytes)
-        .map_err(|e| format!("the journaled request could not be opened: {e}"))?;
-    serde_json::from_slice(&plain).map_err(|e| format!("the journaled request is corrupt: {e}"))
+        .open(context, &bytes)
+        .map_err(|e| format!("the journaled {what} could not be opened: {e}"))?;
+    serde_json::from_slice(&plain).map_err(|e| format!("the journaled {what} is corrupt: {e}"))
 }
 
 /// [`perform`] of a request [`unsealed`] gave, or the wake of its failure.
