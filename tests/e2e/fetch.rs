@@ -147,3 +147,47 @@ async fn outside_dev_loopback_needs_the_allowlist_too() {
     let id = kiln.trigger_ok("fetch", json!({"url": url})).await;
     assert_eq!(kiln.finished(&id).await["output"]["body"], "1");
 }
+
+#[tokio::test]
+async fn internal_addresses_are_refused_outside_dev_even_when_every_host_is_allowed() {
+    let (url, count) = counting_server(0).await;
+    let port = url
+        .trim_start_matches("http://127.0.0.1:")
+        .trim_end_matches("/count")
+        .to_string();
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--environment", "prod", "--allow-fetch", "*"]);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    // By address, and by a name that resolves to it: the guard checks the
+    // addresses the connection would use.
+    for target in [url.clone(), format!("http://localhost:{port}/count")] {
+        let id = kiln.trigger_ok("fetch", json!({"url": target})).await;
+        let output = kiln.finished(&id).await["output"].clone();
+        assert!(
+            output["error"]
+                .as_str()
+                .unwrap_or_default()
+                .contains("internal address"),
+            "{target}: {output}"
+        );
+    }
+    assert_eq!(
+        count.load(Ordering::SeqCst),
+        0,
+        "the local server received nothing"
+    );
+    drop(kiln);
+
+    // Named by its network, the address is reachable.
+    let kiln = Kiln::start_with(
+        dir.path(),
+        &["--environment", "prod", "--allow-fetch", "*,127.0.0.0/8"],
+    );
+    let id = kiln
+        .trigger_ok(
+            "fetch",
+            json!({"url": format!("http://localhost:{port}/count")}),
+        )
+        .await;
+    assert_eq!(kiln.finished(&id).await["output"]["body"], "1");
+}

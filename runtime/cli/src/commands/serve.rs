@@ -33,9 +33,10 @@ pub struct Args {
     /// `dev`, tasks may fetch from loopback addresses.
     #[arg(long, default_value = "dev", env = "KILN_ENVIRONMENT")]
     environment: String,
-    /// Hosts tasks may fetch from: `*`, `host`, `host:port` or `*.domain`
-    /// (repeat, or comma-separate). Nothing by default; loopback is always
-    /// allowed in the dev environment.
+    /// Hosts tasks may fetch from: `*`, `host`, `host:port` or `*.domain`,
+    /// and internal addresses or networks (`10.0.0.0/8`), which no name
+    /// pattern opens (repeat, or comma-separate). Nothing by default;
+    /// loopback is always allowed in the dev environment.
     #[arg(long = "allow-fetch", env = "KILN_ALLOW_FETCH", value_delimiter = ',')]
     allow_fetch: Vec<String>,
     /// For tests: schedules fire by a clock that runs RATE times faster than

@@ -9,12 +9,17 @@
 //!
 //! Which hosts a task may reach is the server's allowlist (`kiln serve
 //! --allow-fetch`): nothing by default, loopback too in the `dev`
-//! environment. Redirects are not followed, so a redirect cannot lead
-//! around the allowlist; the task sees the 3xx.
+//! environment. Whatever the name patterns allow, internal addresses
+//! (loopback, private, link-local such as cloud metadata endpoints) are
+//! refused unless a pattern names the address or its network, checked on
+//! the addresses a name resolves to at connect time. Redirects are not
+//! followed, so a redirect cannot lead around the allowlist; the task sees
+//! the 3xx.
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kiln_types::{FetchRequest, FetchResponse, WakeValue};
+use std::net::IpAddr;
 use std::time::Duration;
 
 /// The largest response body a fetch accepts.
@@ -24,10 +29,12 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 /// The longest timeout a task may ask for.
 const MAX_TIMEOUT: Duration = Duration::from_secs(300);
 
-/// Which hosts tasks may fetch from.
+/// Which hosts and addresses tasks may fetch from.
 #[derive(Debug, Clone, Default)]
 pub struct FetchPolicy {
-    /// Patterns: `*` (anything), `host`, `host:port`, `*.domain`.
+    /// Patterns: `*` (anything), `host`, `host:port`, `*.domain`, and
+    /// addresses or networks (`10.1.2.3`, `10.0.0.0/8`), which also allow
+    /// those addresses past the guard on internal ones.
     pub allow: Vec<String>,
     /// Whether loopback addresses (`localhost`, `127.0.0.0/8`, `::1`) are
     /// allowed whatever the patterns say.
@@ -43,7 +50,38 @@ impl FetchPolicy {
         }
     }
 
-    /// Whether `url` may be fetched, or why not.
+    /// The networks the patterns name explicitly.
+    fn networks(&self) -> Vec<ipnet::IpNet> {
+        self.allow
+            .iter()
+            .filter_map(|pattern| {
+                let pattern = pattern.trim();
+                pattern
+                    .parse::<ipnet::IpNet>()
+                    .ok()
+                    .or_else(|| pattern.parse::<IpAddr>().ok().map(ipnet::IpNet::from))
+            })
+            .collect()
+    }
+
+    /// Whether a connection may go to `ip`: any public address; an internal
+    /// one (loopback, private, link-local, shared, multicast, unspecified,
+    /// broadcast) only when a pattern names it or its network, or loopback
+    /// in `dev`.
+    pub fn address_allowed(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        if !is_internal(ip) {
+            return true;
+        }
+        (self.loopback && ip.is_loopback()) || self.networks().iter().any(|n| n.contains(&ip))
+    }
+
+    /// Whether `url` may be fetched, or why not. A name is checked against
+    /// the patterns here and its addresses when it is resolved
+    /// ([`GuardedResolver`]); an address in the URL is checked here.
     pub fn check(&self, url: &reqwest::Url) -> Result<(), String> {
         if !matches!(url.scheme(), "http" | "https") {
             return Err(format!("`{url}` is not an http or https URL"));
@@ -51,9 +89,15 @@ impl FetchPolicy {
         let host = url.host_str().unwrap_or_default().to_ascii_lowercase();
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = url.port_or_known_default().unwrap_or(0);
+        if let Ok(ip) = host.parse::<IpAddr>()
+            && !self.address_allowed(ip)
+        {
+            return Err(refused_address(host));
+        }
         if self.loopback && is_loopback(host) {
             return Ok(());
         }
+        let networks = self.networks();
         let allowed = self.allow.iter().any(|pattern| {
             let pattern = pattern.trim().to_ascii_lowercase();
             if pattern == "*" {
@@ -68,7 +112,9 @@ impl FetchPolicy {
                 None => host == name,
             };
             name_fits && want_port.is_none_or(|p: u16| p == port)
-        });
+        }) || host
+            .parse::<IpAddr>()
+            .is_ok_and(|ip| networks.iter().any(|n| n.contains(&ip)));
         if allowed {
             Ok(())
         } else {
@@ -79,6 +125,38 @@ impl FetchPolicy {
     }
 }
 
+/// Whether `ip` is an address inside a network rather than on the public
+/// internet (cloud metadata endpoints are link-local).
+fn is_internal(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => {
+            let [a, b, ..] = v4.octets();
+            v4.is_loopback()
+                || v4.is_private()
+                || v4.is_link_local()
+                || v4.is_multicast()
+                || v4.is_unspecified()
+                || v4.is_broadcast()
+                || a == 0
+                || (a == 100 && (64..128).contains(&b))
+        }
+        IpAddr::V6(v6) => {
+            let first = v6.segments()[0];
+            v6.is_loopback()
+                || v6.is_multicast()
+                || v6.is_unspecified()
+                || (first & 0xfe00) == 0xfc00
+                || (first & 0xffc0) == 0xfe80
+        }
+    }
+}
+
+fn refused_address(host: &str) -> String {
+    format!(
+        "`{host}` is an internal address (loopback, private, link-local...): fetching it is not allowed on this server unless an operator names it with `kiln serve --allow-fetch <address or network>`"
+    )
+}
+
 fn is_loopback(host: &str) -> bool {
     host == "localhost"
         || host
@@ -86,12 +164,40 @@ fn is_loopback(host: &str) -> bool {
             .is_ok_and(|ip| ip.is_loopback())
 }
 
-/// The HTTP client fetches go through: no redirects, no proxy from the
-/// environment.
-pub(crate) fn client() -> reqwest::Client {
+/// Resolves the names durable fetches connect to and keeps only the
+/// addresses the policy allows. The check is made on the very addresses
+/// the connection then uses, so a name cannot pass a check with a public
+/// address and connect to an internal one (DNS rebinding).
+struct GuardedResolver {
+    policy: FetchPolicy,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let policy = self.policy.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let resolved = tokio::net::lookup_host((host.as_str(), 0)).await?;
+            let allowed: Vec<std::net::SocketAddr> = resolved
+                .filter(|address| policy.address_allowed(address.ip()))
+                .collect();
+            if allowed.is_empty() {
+                return Err(refused_address(&host).into());
+            }
+            Ok(Box::new(allowed.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
+/// The HTTP client an environment's fetches go through: no redirects, no
+/// proxy from the environment, and names resolved under `policy`.
+pub(crate) fn client(policy: &FetchPolicy) -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .no_proxy()
+        .dns_resolver(std::sync::Arc::new(GuardedResolver {
+            policy: policy.clone(),
+        }))
         .build()
         .unwrap_or_default()
 }
@@ -684,6 +790,47 @@ mod tests {
         assert!(allows(&policy, "https://hooks.internal:8443/"));
         assert!(!allows(&policy, "https://hooks.internal/"));
         let everything = FetchPolicy::new(vec!["*".into()], "prod");
-        assert!(allows(&everything, "http://10.0.0.1/"));
+        assert!(allows(&everything, "https://93.184.215.14/"));
+        assert!(
+            !allows(&everything, "http://10.0.0.1/"),
+            "`*` is no internal address"
+        );
+    }
+
+    #[test]
+    fn internal_addresses_need_to_be_named() {
+        let anything = FetchPolicy::new(vec!["*".into()], "prod");
+        for url in [
+            "http://127.0.0.1:8080/",
+            "http://[::1]/",
+            "http://169.254.169.254/latest/meta-data/",
+            "http://10.1.2.3/",
+            "http://172.16.0.1/",
+            "http://192.168.1.1/",
+            "http://100.64.0.1/",
+            "http://0.0.0.0/",
+            "http://[fd00::1]/",
+            "http://[fe80::1]/",
+            "http://[::ffff:127.0.0.1]/",
+            "http://224.0.0.1/",
+        ] {
+            assert!(!allows(&anything, url), "{url}");
+        }
+        let named = FetchPolicy::new(
+            vec!["10.0.0.0/8".into(), "169.254.1.2".into(), "*".into()],
+            "prod",
+        );
+        assert!(allows(&named, "http://10.9.8.7/"));
+        assert!(allows(&named, "http://169.254.1.2/"));
+        assert!(!allows(&named, "http://169.254.169.254/"));
+        // A network alone allows its addresses, not every name.
+        let only = FetchPolicy::new(vec!["10.0.0.0/8".into()], "prod");
+        assert!(allows(&only, "http://10.0.0.5/"));
+        assert!(!allows(&only, "https://example.com/"));
+        assert!(only.address_allowed("93.184.215.14".parse().unwrap()));
+        assert!(!only.address_allowed("127.0.0.1".parse().unwrap()));
+        let dev = FetchPolicy::new(Vec::new(), "dev");
+        assert!(dev.address_allowed("127.0.0.1".parse().unwrap()));
+        assert!(!dev.address_allowed("10.0.0.1".parse().unwrap()));
     }
 }

@@ -168,6 +168,7 @@ impl Executor {
             dispatch.configure(&current.record.manifest);
         }
         let (deliveries, delivery_rx) = tokio::sync::mpsc::unbounded_channel();
+        let http = fetch::client(&config.fetch);
         let shared = Arc::new(Shared {
             store: store.clone(),
             deployments,
@@ -180,7 +181,7 @@ impl Executor {
             item_streams: Arc::default(),
             live: Mutex::new(HashMap::new()),
             timers: std::sync::OnceLock::new(),
-            http: fetch::client(),
+            http,
             secrets: Mutex::new(None),
             dispatch,
             gate: Mutex::new(()),
