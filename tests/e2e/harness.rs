@@ -59,6 +59,11 @@ impl Kiln {
         (status, response.json().await.unwrap_or(Value::Null))
     }
 
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

@@ -15,6 +15,7 @@ mod envvars;
 mod examples;
 mod fetch;
 mod hooks;
+mod leaks;
 mod limits;
 mod logs;
 mod packets;
