@@ -93,3 +93,33 @@ async fn a_huge_output_fails_cleanly() {
     assert_eq!(run["status"], "FAILED", "{run}");
     assert_eq!(run["error"]["name"], "OutputTooLarge");
 }
+
+#[tokio::test]
+async fn a_busy_loop_without_a_max_duration_ends_at_the_servers_default() {
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--default-max-duration", "1s"]);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    // `draw-spin` declares no maxDuration, and the trigger gives none.
+    let id = kiln
+        .trigger_ok("draw-spin", json!({"spin_ms": 600_000}))
+        .await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "TIMED_OUT", "{run}");
+    assert_eq!(run["error"]["name"], "MaxDurationExceeded", "{run}");
+    assert!(
+        run["error"]["message"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("maxDuration of 1s"),
+        "the error names the limit: {run}"
+    );
+    // The trigger's maxDuration overrides the server's default.
+    let id = kiln
+        .trigger_with(
+            "draw-spin",
+            json!({"spin_ms": 1_500}),
+            json!({"maxDuration": 30}),
+        )
+        .await;
+    assert_eq!(kiln.finished(&id).await["status"], "COMPLETED");
+}

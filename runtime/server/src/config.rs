@@ -33,6 +33,10 @@ pub struct ServerConfig {
     /// Hosts tasks may fetch from (`*`, `host`, `host:port`, `*.domain`);
     /// loopback is allowed too in the `dev` environment.
     pub fetch_allow: Vec<String>,
+    /// The `maxDuration` of runs whose task and trigger set none (execution
+    /// time, waits excluded; Trigger.dev's project default), so a busy loop
+    /// never holds a core for ever.
+    pub default_max_duration: std::time::Duration,
     /// The master key (64 hex digits) environment variables and snapshots
     /// are sealed with; generated and kept in the data directory when
     /// `None`.
@@ -64,6 +68,7 @@ impl ServerConfig {
             public_url: None,
             fetch_allow: Vec::new(),
             master_key: None,
+            default_max_duration: std::time::Duration::from_secs(3_600),
         }
     }
 }

@@ -374,6 +374,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             public_url: public_url.to_string(),
             secret: signing.clone(),
             fetch: crate::executor::FetchPolicy::new(config.fetch_allow.clone(), environment),
+            default_max_duration: config.default_max_duration,
         },
     );
     let recovered = executor.recover().await?;

@@ -28,6 +28,12 @@ mod server;
 mod trigger;
 
 pub use config::ServerConfig;
+
+/// Parses `30s`, `15m`, `2h`, `1h52m18s`... into milliseconds (the CLI's
+/// durations, as Trigger.dev's options write them).
+pub fn parse_duration_ms(text: &str) -> Result<u64, String> {
+    duration::parse_ms(text)
+}
 pub use schedules::ScheduleClock;
 pub use secret::{generate_secret_key, is_secret_key};
 pub use server::Server;

@@ -25,6 +25,10 @@ pub struct Args {
     /// longer ones snapshot it and free its slot.
     #[arg(long, default_value_t = 5_000, env = "KILN_WARM_WAIT_MS")]
     warm_wait_ms: u64,
+    /// The maxDuration of runs whose task and trigger set none: execution
+    /// time, waits excluded (`30s`, `15m`, `1h`...).
+    #[arg(long, default_value = "1h", env = "KILN_DEFAULT_MAX_DURATION")]
+    default_max_duration: String,
     /// The URL clients reach this server at, used in wait tokens' callback
     /// URLs (default: http://<listen address>).
     #[arg(long, env = "KILN_PUBLIC_URL")]
@@ -69,6 +73,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.burst_factor = args.burst_factor;
     config.warm_wait = std::time::Duration::from_millis(args.warm_wait_ms);
+    let default_max_duration = kiln_server::parse_duration_ms(&args.default_max_duration)
+        .map_err(|e| anyhow::anyhow!("--default-max-duration: {e}"))?;
+    if default_max_duration < 1_000 {
+        anyhow::bail!("--default-max-duration must be at least 1s");
+    }
+    config.default_max_duration = std::time::Duration::from_millis(default_max_duration);
     config.public_url = args.public_url.clone();
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();

@@ -216,7 +216,12 @@ impl<'a> Slice<'a> {
             used: Duration::from_millis(current.map(|a| a.usage_ms).unwrap_or(0)),
             ..Limits::for_machine(
                 self.run.machine,
-                self.run.max_duration_secs.map(Duration::from_secs),
+                Some(
+                    self.run
+                        .max_duration_secs
+                        .map(Duration::from_secs)
+                        .unwrap_or(shared.config.default_max_duration),
+                ),
             )
         };
         let mut attempt = deployed

@@ -80,6 +80,8 @@ pub struct ExecutorConfig {
     pub secret: String,
     /// Which hosts tasks may fetch from.
     pub fetch: FetchPolicy,
+    /// The `maxDuration` of runs that set none.
+    pub default_max_duration: Duration,
 }
 
 /// Hands runs to the executor and controls them.
