@@ -40,6 +40,8 @@ pub(crate) struct Inner {
     pub(crate) engine: Engine,
     pub(crate) linker: Linker<HostState>,
     pub(crate) config: SandboxConfig,
+    /// One turn per core for compiling bundles.
+    pub(crate) compiling: tokio::sync::Semaphore,
 }
 
 /// The sandbox: one wasmtime engine shared by every bundle and attempt.
@@ -99,6 +101,9 @@ impl Sandbox {
                 engine,
                 linker,
                 config,
+                compiling: tokio::sync::Semaphore::new(
+                    std::thread::available_parallelism().map_or(2, |n| n.get()),
+                ),
             }),
         })
     }
@@ -110,17 +115,29 @@ impl Sandbox {
 
     /// Validates and loads a bundle: compiles it (or reads its cached
     /// artifact), links it against the Kiln world and reads its manifest.
+    ///
+    /// Compiling takes seconds of CPU: it runs on the blocking pool, at most
+    /// as many at once as there are cores, never on a runtime worker that
+    /// other requests are waiting for.
     pub async fn load(&self, bytes: &[u8]) -> Result<LoadedBundle, BundleError> {
         crate::bundle::check_header(bytes)?;
-        let hash = crate::bundle::content_hash(bytes);
-        let component = self.compile_cached(&hash, bytes)?;
-        crate::bundle::check_world(&self.inner.engine, &component)?;
-        let pre = self
-            .inner
-            .linker
-            .instantiate_pre(&component)
-            .map_err(|e| BundleError::Link(format!("{e:#}")))?;
-        let pre = BundlePre::new(pre).map_err(|e| BundleError::Link(format!("{e:#}")))?;
+        let _turn = self.inner.compiling.acquire().await;
+        let sandbox = self.clone();
+        let bytes = bytes.to_vec();
+        let (hash, pre) = tokio::task::spawn_blocking(move || {
+            let hash = crate::bundle::content_hash(&bytes);
+            let component = sandbox.compile_cached(&hash, &bytes)?;
+            crate::bundle::check_world(&sandbox.inner.engine, &component)?;
+            let pre = sandbox
+                .inner
+                .linker
+                .instantiate_pre(&component)
+                .map_err(|e| BundleError::Link(format!("{e:#}")))?;
+            let pre = BundlePre::new(pre).map_err(|e| BundleError::Link(format!("{e:#}")))?;
+            Ok::<_, BundleError>((hash, pre))
+        })
+        .await
+        .map_err(|e| BundleError::Invalid(format!("compiling was cut short: {e}")))??;
         LoadedBundle::new(self.clone(), hash, pre).await
     }
 

@@ -183,28 +183,39 @@ impl<'a> Slice<'a> {
             self.attempt_no,
             attempt_records.as_deref().unwrap_or_default(),
         )?;
-        if self.resumed {
-            match shared.store.layers(&self.run.id, self.attempt_no) {
-                Ok(layers) => self.layers = layers,
-                Err(error) => tracing::warn!(
-                    run = %self.run.id, %error,
-                    "a snapshot could not be read; replaying the attempt's whole journal instead"
-                ),
-            }
-        } else {
+        if !self.resumed {
             self.journal.append(JournalEntry::AttemptStarted {
                 attempt: self.attempt_no,
             });
         }
         let mut image = None;
-        if !self.layers.is_empty() {
-            let layers: Vec<&SnapshotLayer> = self.layers.iter().map(|l| &l.layer).collect();
-            match kiln_store::snapshot::compose(&layers) {
-                Ok(composed) => image = Some(composed),
-                Err(error) => {
-                    tracing::warn!(run = %self.run.id, %error, "replaying without the snapshot");
-                    self.layers.clear();
+        if self.resumed {
+            // Reading, verifying, decompressing and composing the layers
+            // takes a while for a large memory: on the blocking pool.
+            let (store, run, attempt_no) =
+                (shared.store.clone(), self.run.id.clone(), self.attempt_no);
+            let read = tokio::task::spawn_blocking(move || {
+                let layers = store.layers(&run, attempt_no).map_err(|e| e.to_string())?;
+                if layers.is_empty() {
+                    return Ok((layers, None));
                 }
+                let refs: Vec<&SnapshotLayer> = layers.iter().map(|l| &l.layer).collect();
+                match kiln_store::snapshot::compose(&refs) {
+                    Ok(composed) => Ok((layers, Some(composed))),
+                    Err(error) => Err(error.to_string()),
+                }
+            })
+            .await
+            .map_err(|e| format!("reading the snapshot failed: {e}"))?;
+            match read {
+                Ok((layers, composed)) => {
+                    self.layers = layers;
+                    image = composed;
+                }
+                Err(error) => tracing::warn!(
+                    run = %self.run.id, %error,
+                    "a snapshot could not be read; replaying the attempt's whole journal instead"
+                ),
             }
         }
         let snapshot = self.layers.last().map(|l| (l.number, l.layer.journal_seq));
@@ -511,21 +522,28 @@ impl<'a> Slice<'a> {
             .rev()
             .take_while(|l| l.layer.kind == LayerKind::Delta)
             .count();
-        let previous = self.layers.last().filter(|_| deltas < MAX_DELTAS);
-        let mut layer = SnapshotLayer::capture(
-            &image,
-            previous.map(|l| l.layer.hashes.as_slice()),
-            journal_seq,
-        );
-        if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
-            layer = SnapshotLayer::capture(&image, None, journal_seq);
-        }
-        kiln_sandbox::recycle_capture(image);
+        let previous = self
+            .layers
+            .last()
+            .filter(|_| deltas < MAX_DELTAS)
+            .map(|l| l.layer.hashes.clone());
         let number = self.layers.last().map(|l| l.number + 1).unwrap_or(1);
-        let bytes = shared
-            .store
-            .seal_layer(&self.run.id, self.attempt_no, number, layer.encode())
-            .map_err(|e| e.to_string())?;
+        // Hashing, compressing and sealing a large memory takes a while
+        // (0.1 s for 50 MiB): on the blocking pool, not a runtime worker
+        // that other requests are waiting for.
+        let (store, run, attempt_no) = (shared.store.clone(), self.run.id.clone(), self.attempt_no);
+        let (layer, bytes) = tokio::task::spawn_blocking(move || {
+            let mut layer = SnapshotLayer::capture(&image, previous.as_deref(), journal_seq);
+            if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
+                layer = SnapshotLayer::capture(&image, None, journal_seq);
+            }
+            kiln_sandbox::recycle_capture(image);
+            let bytes = store.seal_layer(&run, attempt_no, number, layer.encode());
+            (layer, bytes)
+        })
+        .await
+        .map_err(|e| format!("taking the snapshot failed: {e}"))?;
+        let bytes = bytes.map_err(|e| e.to_string())?;
         let stored_bytes = bytes.len() as u64;
 
         let mut batch = Batch::default();
