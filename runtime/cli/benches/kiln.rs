@@ -23,6 +23,8 @@
 //!   through the inbox;
 //! - realtime: a run's status change to a subscriber, and the server's RSS
 //!   and CPU with 1,000 idle subscribers;
+//! - blocking: `GET /healthz` latency while the server snapshots a 50 MiB
+//!   guest, against an idle server;
 //! - secrets: sealing and opening snapshot layers (in `snapshot`), reading
 //!   an environment variable and sealing it for the journal, and masking
 //!   secrets from a log line.
@@ -30,7 +32,7 @@
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
 //! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`,
-//! `realtime`, `secrets`).
+//! `realtime`, `secrets`, `blocking`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -103,6 +105,9 @@ fn main() {
     }
     if selected("secrets") {
         runtime.block_on(secrets::secrets_bench());
+    }
+    if selected("blocking") {
+        runtime.block_on(blocking_bench());
     }
     if !(selected("compile") || selected("instantiate") || selected("latency")) {
         return;
@@ -291,6 +296,66 @@ impl Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// `GET /healthz` latencies, one request at a time, until `done` is set.
+async fn probe_healthz(server: &Server, done: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
+    let url = format!("{}/healthz", server.url);
+    let mut samples = Vec::new();
+    while !done.load(std::sync::atomic::Ordering::SeqCst) {
+        let t = Instant::now();
+        let answer = server.http.get(&url).send().await.expect("answers");
+        let _ = answer.bytes().await;
+        samples.push(t.elapsed());
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    samples
+}
+
+/// What a cheap route's latency does while a large guest is snapshotted:
+/// 10 runs of `hold-heap` (50 MiB, then a wait past the warm threshold),
+/// each probed from its trigger until it is `WAITING`.
+async fn blocking_bench() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &[]);
+    server.deploy(kiln_fixtures::PROBE).await;
+    let done = AtomicBool::new(false);
+    let idle = async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        done.store(true, Ordering::SeqCst);
+    };
+    let (mut quiet, ()) = tokio::join!(probe_healthz(&server, &done), idle);
+    report("GET /healthz, idle server", &mut quiet);
+
+    let mut during = Vec::new();
+    let mut suspend = Vec::new();
+    for _ in 0..10 {
+        let done = AtomicBool::new(false);
+        let started = Instant::now();
+        let run = async {
+            let id = server
+                .trigger(
+                    "hold-heap",
+                    serde_json::json!({"mib": 50, "wait_ms": 600_000}),
+                )
+                .await;
+            loop {
+                let status = server.get(&format!("/api/v3/runs/{id}")).await["status"].clone();
+                if status == "WAITING" {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            suspend.push(started.elapsed());
+            done.store(true, Ordering::SeqCst);
+        };
+        let (samples, ()) = tokio::join!(probe_healthz(&server, &done), run);
+        during.extend(samples);
+    }
+    report("GET /healthz, while 50 MiB is snapshotted", &mut during);
+    report("trigger to WAITING, 50 MiB hold-heap", &mut suspend);
+    server.kill();
 }
 
 fn step_waits(outcome: kiln_sandbox::StepOutcome) -> u64 {
