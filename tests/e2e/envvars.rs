@@ -8,12 +8,35 @@ use crate::sdk::node;
 use serde_json::{Value, json};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// What the checking server received: each request's `Authorization`
-/// header, `Idempotency-Key` header and body.
-type Seen = Arc<Mutex<Vec<(String, String, String)>>>;
+/// header, `Idempotency-Key` header and body, and how many have arrived.
+#[derive(Default)]
+struct Requests {
+    log: Mutex<Vec<(String, String, String)>>,
+    arrived: tokio::sync::watch::Sender<usize>,
+}
+
+impl Requests {
+    fn lock(
+        &self,
+    ) -> std::sync::LockResult<std::sync::MutexGuard<'_, Vec<(String, String, String)>>> {
+        self.log.lock()
+    }
+
+    /// Waits (at most 30 s) until a request has arrived.
+    async fn first(&self) {
+        let mut arrived = self.arrived.subscribe();
+        tokio::time::timeout(Duration::from_secs(30), arrived.wait_for(|n| *n > 0))
+            .await
+            .expect("a request arrives within 30 s")
+            .expect("the server is up");
+    }
+}
+
+type Seen = Arc<Requests>;
 
 /// What the checking server does with the first request it receives.
 #[derive(Clone)]
@@ -69,9 +92,10 @@ async fn checking_server(accepted: Vec<String>, first: First) -> (String, Seen) 
                 let body = String::from_utf8_lossy(&request[head_end..]).to_string();
                 let (authorization, key) = (header("authorization"), header("idempotency-key"));
                 let first = {
-                    let mut log = log.lock().unwrap();
-                    log.push((authorization.clone(), key, body));
-                    log.len() == 1
+                    let mut requests = log.lock().unwrap();
+                    requests.push((authorization.clone(), key, body));
+                    log.arrived.send_replace(requests.len());
+                    requests.len() == 1
                 };
                 match (first, hold) {
                     (true, First::Hold) => {
@@ -171,14 +195,6 @@ fn env_reads(journal: &[Value]) -> Vec<&Value> {
         .collect()
 }
 
-async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !done() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 #[tokio::test]
 async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_in_plain_text() {
     let dir = data_dir();
@@ -207,15 +223,7 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
         )
         .await;
     // While it waits, its snapshot is on disk: sealed, like everything else.
-    let waiting = Instant::now() + Duration::from_secs(30);
-    loop {
-        let run = kiln.run(&id).await;
-        if run["status"] == "WAITING" {
-            break;
-        }
-        assert!(Instant::now() < waiting, "the run never waited: {run}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kiln.until_status(&id, "WAITING").await;
     assert_eq!(
         files_holding(dir.path(), &secret),
         Vec::<String>::new(),
@@ -313,8 +321,8 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
 
     // The store was sealed with this data directory's key: another key,
     // or none, is refused at start, and no key is made in its place.
-    let start = |key: Option<&str>| {
-        let mut command = std::process::Command::new(crate::harness::kiln_bin());
+    let start = async |key: Option<&str>| {
+        let mut command = tokio::process::Command::new(crate::harness::kiln_bin());
         command
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(dir.path())
@@ -323,28 +331,24 @@ async fn a_secret_set_with_the_official_sdk_reaches_a_task_and_nothing_keeps_it_
         if let Some(key) = key {
             command.env("KILN_MASTER_KEY", key);
         }
-        let mut child = command
+        let child = command
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::piped())
+            .kill_on_drop(true)
             .spawn()
             .expect("kiln serve runs");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while child.try_wait().expect("waits").is_none() {
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("kiln serve started with the wrong master key");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        child.wait_with_output().expect("kiln serve ends")
+        tokio::time::timeout(Duration::from_secs(30), child.wait_with_output())
+            .await
+            .expect("kiln serve stops instead of starting with the wrong master key")
+            .expect("kiln serve ends")
     };
-    let wrong = start(Some(&"ab".repeat(32)));
+    let wrong = start(Some(&"ab".repeat(32))).await;
     let complaint = String::from_utf8_lossy(&wrong.stderr);
     assert!(!wrong.status.success(), "{complaint}");
     assert!(complaint.contains("master key"), "{complaint}");
     let kept = dir.path().join("master-key.kept");
     std::fs::rename(dir.path().join("master-key"), &kept).unwrap();
-    let missing = start(None);
+    let missing = start(None).await;
     let complaint = String::from_utf8_lossy(&missing.stderr);
     assert!(!missing.status.success(), "{complaint}");
     assert!(complaint.contains("restore"), "{complaint}");
@@ -385,7 +389,7 @@ async fn a_crash_mid_run_replays_the_value_read_and_a_rotation_is_seen_by_later_
         )
         .await;
     // The first request is in flight (and held): the read is journaled.
-    wait_until("the first request", || !seen.lock().unwrap().is_empty()).await;
+    seen.first().await;
     // Rotated mid-run (no --secret: a secret stays one), then a crash.
     let set = kiln.cli(&["env", "set", "PROBE_SECRET", &new]);
     assert!(
@@ -452,7 +456,7 @@ async fn a_retry_after_a_rotation_reads_the_new_value() {
         )
         .await;
     // The first attempt sent the wrong key; fix it before it hears back.
-    wait_until("the first request", || !seen.lock().unwrap().is_empty()).await;
+    seen.first().await;
     ok(kiln.cli(&["env", "set", "PROBE_SECRET", &right]));
     release.notify_one();
     let run = kiln.finished(&id).await;

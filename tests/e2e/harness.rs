@@ -200,6 +200,41 @@ impl Kiln {
         body["entries"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Waits (at most 30 s) until the run's status is `status`, following
+    /// its server-sent events (`/realtime/v1/events/runs/{id}`): no polling.
+    pub async fn until_status(&self, id: &str, status: &str) -> Value {
+        let mut response = self
+            .http
+            .get(format!("{}/realtime/v1/events/runs/{id}", self.url))
+            .bearer_auth(KEY)
+            .send()
+            .await
+            .expect("the server answers");
+        assert_eq!(response.status().as_u16(), 200, "events of {id}");
+        let mut text = String::new();
+        let mut last = Value::Null;
+        let reached = tokio::time::timeout(std::time::Duration::from_secs(30), async {
+            while let Some(chunk) = response.chunk().await.expect("a chunk") {
+                text.push_str(&String::from_utf8_lossy(&chunk));
+                while let Some(end) = text.find("\n\n") {
+                    let event: String = text.drain(..end + 2).collect();
+                    if let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: "))
+                        && let Ok(run) = serde_json::from_str::<Value>(data)
+                    {
+                        last = run;
+                        if last["status"] == status {
+                            return true;
+                        }
+                    }
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(reached, Ok(true), "run {id} never reached {status}: {last}");
+        last
+    }
+
     /// Waits for a run to reach a final status (at most 60 s).
     pub async fn finished(&self, id: &str) -> Value {
         for _ in 0..4 {

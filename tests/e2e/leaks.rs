@@ -2,7 +2,6 @@
 
 use crate::harness::{KEY, Kiln, data_dir};
 use serde_json::json;
-use std::time::{Duration, Instant};
 
 /// The server's resident memory, in KiB.
 fn rss_kib(pid: u32) -> u64 {
@@ -47,11 +46,7 @@ async fn fifty_thousand_timed_out_waits_leave_the_servers_memory_where_it_was() 
     let kiln = Kiln::start(dir.path());
     kiln.deploy(kiln_fixtures::PROBE).await;
     let id = kiln.trigger_ok("sleep", json!({"ms": 3_600_000})).await;
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while kiln.run(&id).await["status"] != "WAITING" {
-        assert!(Instant::now() < deadline, "the run never waited");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    kiln.until_status(&id, "WAITING").await;
     // Warm up: connections, buffers and the allocator's arenas.
     timed_out_waits(&kiln, &id, 5_000).await;
     let before = rss_kib(kiln.pid());

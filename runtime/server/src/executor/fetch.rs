@@ -425,7 +425,10 @@ pub(crate) fn unmask_replay(
 ) -> Result<(), String> {
     for entry in replay.iter_mut() {
         if let kiln_types::JournalEntry::Wake { id, value } = entry {
-            *value = delivered_wake(value.clone(), store, (run, attempt, *id))?;
+            // Only a response that was sealed is opened (and copied).
+            if matches!(value, WakeValue::Fetch { response: Some(r), .. } if r.sealed.is_some()) {
+                *value = delivered_wake(value.clone(), store, (run, attempt, *id))?;
+            }
             continue;
         }
         let kiln_types::JournalEntry::Waits { waits } = entry else {
@@ -601,16 +604,20 @@ fn describe(error: &reqwest::Error) -> String {
 mod tests {
     use super::*;
 
+    /// A store in memory that seals with a key made of `byte`.
+    fn sealed_store(byte: u8) -> kiln_store::Store {
+        kiln_store::Store::new(std::sync::Arc::new(kiln_store::MemoryBackend::new())).sealed(
+            std::sync::Arc::new(kiln_store::SealKey::from_bytes(&[byte; 32])),
+        )
+    }
+
     fn allows(policy: &FetchPolicy, url: &str) -> bool {
         policy.check(&reqwest::Url::parse(url).unwrap()).is_ok()
     }
 
     #[test]
     fn a_request_holding_a_secret_is_journaled_masked_and_sent_whole() {
-        let store = kiln_store::Store::new(std::sync::Arc::new(kiln_store::MemoryBackend::new()))
-            .sealed(std::sync::Arc::new(kiln_store::SealKey::from_bytes(
-                &[3; 32],
-            )));
+        let store = sealed_store(3);
         let run = kiln_types::RunId::generate(1);
         let request = FetchRequest {
             method: "POST".into(),
@@ -706,10 +713,7 @@ mod tests {
 
     #[test]
     fn a_wake_that_quotes_a_secret_is_journaled_masked_and_delivered_as_received() {
-        let store = kiln_store::Store::new(std::sync::Arc::new(kiln_store::MemoryBackend::new()))
-            .sealed(std::sync::Arc::new(kiln_store::SealKey::from_bytes(
-                &[4; 32],
-            )));
+        let store = sealed_store(4);
         let run = kiln_types::RunId::generate(1);
         let redactor = kiln_sandbox::Redactor::new(["sk_test_0123".to_string()]);
         let received = FetchResponse {
