@@ -11,7 +11,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A local HTTP server that counts requests, answers 503 to the first
 /// `failures` of them and then 200 with the request's number.
-async fn counting_server(failures: u32) -> (String, Arc<AtomicU32>) {
+pub(crate) async fn counting_server(failures: u32) -> (String, Arc<AtomicU32>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}/count", listener.local_addr().unwrap());
     let count = Arc::new(AtomicU32::new(0));

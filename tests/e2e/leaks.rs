@@ -4,7 +4,7 @@ use crate::harness::{KEY, Kiln, data_dir};
 use serde_json::json;
 
 /// The server's resident memory, in KiB.
-fn rss_kib(pid: u32) -> u64 {
+pub(crate) fn rss_kib(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("/proc is readable");
     status
         .lines()

@@ -6,6 +6,7 @@ mod harness;
 
 mod annotations;
 mod batches;
+mod budgets;
 mod child_keys;
 mod children;
 mod delays;

@@ -43,6 +43,9 @@ pub enum TrapKind {
     /// On replay the task did something other than its journal says.
     #[error("{0}")]
     NonDeterminism(String),
+    /// The run went past one of its budgets (journal entries or bytes).
+    #[error("{0}")]
+    LimitExceeded(String),
     /// Any other trap.
     #[error("the guest trapped: {0}")]
     Other(String),
@@ -304,6 +307,9 @@ impl Attempt {
         }
         if let Some(message) = state.nondeterminism.take() {
             return TrapKind::NonDeterminism(message);
+        }
+        if let Some(message) = state.limit.take() {
+            return TrapKind::LimitExceeded(message);
         }
         if let Some(message) = state.panic.take() {
             return TrapKind::Panic(message);

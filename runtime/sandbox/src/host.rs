@@ -65,6 +65,12 @@ pub trait JournalSink: Send {
     /// Journals one host call and its answer.
     fn record(&mut self, call: HostCall);
 
+    /// `Err` naming the limit once the run's journal is past its budget:
+    /// the next live host call ends the attempt instead of being made.
+    fn budget(&self) -> Result<(), String> {
+        Ok(())
+    }
+
     /// Creates child runs and journals the call that made them, in one
     /// durable commit, so a replay answers the call from the journal and no
     /// child is created twice. A refusal (unknown task, invalid payload) is
@@ -255,6 +261,8 @@ pub struct HostState {
     pub(crate) journal: Box<dyn JournalSink>,
     /// Set when a call did not match the journal.
     pub(crate) nondeterminism: Option<String>,
+    /// Set when a live call found the run past a budget.
+    pub(crate) limit: Option<String>,
     /// The secret values masked from log lines and panic messages.
     pub(crate) redactor: Redactor,
 }
@@ -281,6 +289,7 @@ impl HostState {
             replay: VecDeque::new(),
             journal: Box::new(NoJournal),
             nondeterminism: None,
+            limit: None,
             redactor: Redactor::default(),
         }
     }
@@ -295,7 +304,13 @@ impl HostState {
         fits: impl Fn(&HostCall) -> bool,
     ) -> wasmtime::Result<Option<HostCall>> {
         match self.replay.front() {
-            None => Ok(None),
+            None => match self.journal.budget() {
+                Ok(()) => Ok(None),
+                Err(message) => {
+                    self.limit = Some(message.clone());
+                    wasmtime::bail!(message)
+                }
+            },
             Some(JournalEntry::HostCall(call)) if fits(call) => {
                 let call = call.clone();
                 self.replay.pop_front();

@@ -41,6 +41,9 @@ pub struct ServerConfig {
     /// are sealed with; generated and kept in the data directory when
     /// `None`.
     pub master_key: Option<String>,
+    /// What one run may use of the server: journal, child runs, tokens,
+    /// fetches, waits per step, error size.
+    pub budgets: crate::executor::Budgets,
 }
 
 impl ServerConfig {
@@ -69,6 +72,7 @@ impl ServerConfig {
             fetch_allow: Vec::new(),
             master_key: None,
             default_max_duration: std::time::Duration::from_secs(3_600),
+            budgets: crate::executor::Budgets::default(),
         }
     }
 }

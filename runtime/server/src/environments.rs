@@ -375,6 +375,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             secret: signing.clone(),
             fetch: crate::executor::FetchPolicy::new(config.fetch_allow.clone(), environment),
             default_max_duration: config.default_max_duration,
+            budgets: config.budgets,
         },
     );
     let recovered = executor.recover().await?;

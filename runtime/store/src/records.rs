@@ -173,15 +173,26 @@ impl Batch {
 
     /// Appends a journal entry.
     pub fn append_journal(&mut self, run: &RunId, record: &JournalRecord) -> &mut Self {
+        self.append_journal_sized(run, record);
+        self
+    }
+
+    /// Appends an entry to a run's journal; returns its size as stored, in
+    /// bytes (0 if it could not be encoded, which fails the commit).
+    pub fn append_journal_sized(&mut self, run: &RunId, record: &JournalRecord) -> u64 {
         match encode(record) {
             Ok(value) => {
+                let size = value.len() as u64;
                 let mut k = journal_prefix(run);
                 k.extend_from_slice(&record.seq.to_be_bytes());
                 self.ops.push(Op::Put(k, value));
+                size
             }
-            Err(e) => self.error = Some(e),
+            Err(e) => {
+                self.error = Some(e);
+                0
+            }
         }
-        self
     }
 
     /// Stores a snapshot layer of an attempt.
@@ -418,11 +429,18 @@ impl Store {
 
     /// A run's journal, oldest entry first.
     pub fn journal(&self, run: &RunId) -> Result<Vec<JournalRecord>> {
-        self.backend
-            .scan_prefix(&journal_prefix(run))?
+        Ok(self.journal_sized(run)?.0)
+    }
+
+    /// A run's journal, oldest first, and its size as stored in bytes.
+    pub fn journal_sized(&self, run: &RunId) -> Result<(Vec<JournalRecord>, u64)> {
+        let raw = self.backend.scan_prefix(&journal_prefix(run))?;
+        let bytes = raw.iter().map(|(_, v)| v.len() as u64).sum();
+        let records = raw
             .iter()
             .map(|(k, v)| decode(k, v))
-            .collect()
+            .collect::<Result<_>>()?;
+        Ok((records, bytes))
     }
 
     /// The number of the last entry of a run's journal (0 if none). Reads one

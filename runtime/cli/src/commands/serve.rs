@@ -43,6 +43,13 @@ pub struct Args {
     /// loopback is always allowed in the dev environment.
     #[arg(long = "allow-fetch", env = "KILN_ALLOW_FETCH", value_delimiter = ',')]
     allow_fetch: Vec<String>,
+    /// What one run may use, as NAME=VALUE (repeat, or comma-separate):
+    /// journal-entries (100000), journal-bytes (256MiB), children (10000),
+    /// batches (1000), tokens (10000), fetches (10000),
+    /// fetch-request-bytes (10MiB), waits-per-step (1000), error-bytes
+    /// (64KiB).
+    #[arg(long = "limit", env = "KILN_LIMITS", value_delimiter = ',')]
+    limits: Vec<String>,
     /// For tests: schedules fire by a clock that runs RATE times faster than
     /// real time from the real instant ANCHOR_MS (`ANCHOR_MS:RATE`).
     #[arg(long, hide = true, env = "KILN_SCHEDULE_CLOCK")]
@@ -82,6 +89,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.public_url = args.public_url.clone();
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();
+    for setting in &args.limits {
+        config
+            .budgets
+            .set(setting)
+            .map_err(|e| anyhow::anyhow!("--limit: {e}"))?;
+    }
     if let Some(clock) = &args.schedule_clock {
         config.schedule_clock = kiln_server::ScheduleClock::parse(clock)
             .map_err(|e| anyhow::anyhow!("--schedule-clock: {e}"))?;

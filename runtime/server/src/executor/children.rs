@@ -50,6 +50,10 @@ impl JournalSink for AttemptSink {
         self.writer.record(call);
     }
 
+    fn budget(&self) -> Result<(), String> {
+        self.writer.check()
+    }
+
     fn create_token(&mut self, options: String) -> kiln_sandbox::TokenFuture {
         self.make_token(options)
     }
@@ -113,6 +117,13 @@ impl JournalSink for AttemptSink {
                     "a batch holds 1 to {MAX_BATCH} items, not {}",
                     children.len()
                 ));
+            }
+            if let Err(limit) =
+                writer
+                    .usage()
+                    .check_children(writer.budgets(), u64::from(count), batch)
+            {
+                return refuse(limit);
             }
             let shared = &executor.shared;
             let deployed = match shared.deployments.get(&deployment).await {

@@ -12,6 +12,7 @@
 //!    instance dropped, and the run marked `WAITING` with durable timers, all
 //!    in one commit.
 
+use super::budgets::{self, Usage};
 use super::interpreter::StepError;
 use super::journal::JournalWriter;
 use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
@@ -43,10 +44,13 @@ pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Resu
     let Some(run) = claim(executor, run_id, &live).await? else {
         return Ok(());
     };
-    let result = match executor.shared.store.journal(run_id) {
-        Ok(records) => {
+    let result = match executor.shared.store.journal_sized(run_id) {
+        Ok((records, bytes)) => {
             let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(1);
-            Slice::new(executor, run, live, next_seq).run(records).await
+            let usage = Usage::of_journal(&records, bytes);
+            Slice::new(executor, run, live, next_seq, usage)
+                .run(records)
+                .await
         }
         Err(e) => Err(e.into()),
     };
@@ -132,9 +136,21 @@ struct Slice<'a> {
 }
 
 impl<'a> Slice<'a> {
-    fn new(executor: &'a Executor, run: Run, live: Arc<LiveRun>, next_seq: u64) -> Self {
+    fn new(
+        executor: &'a Executor,
+        run: Run,
+        live: Arc<LiveRun>,
+        next_seq: u64,
+        usage: Usage,
+    ) -> Self {
         let attempt_no = run.attempts.last().map(|a| a.number).unwrap_or(1);
-        let journal = JournalWriter::new(executor.shared.store.clone(), run.id.clone(), next_seq);
+        let journal = JournalWriter::new(
+            executor.shared.store.clone(),
+            run.id.clone(),
+            next_seq,
+            usage,
+            executor.shared.config.budgets,
+        );
         Slice {
             executor,
             run,
@@ -394,6 +410,49 @@ impl<'a> Slice<'a> {
         }
     }
 
+    /// `Err` naming the limit if a step's new `waits` would take the run
+    /// past a budget: its journal, waits per step, fetches, or the size of
+    /// a fetch request.
+    fn within_budgets(&self, waits: &[wit::Wait]) -> Result<(), String> {
+        self.journal.check()?;
+        let budgets = self.journal.budgets();
+        let count = waits.len() as u64;
+        if count > budgets.waits_per_step {
+            return Err(budgets::exceeded(
+                "waits in one step",
+                count,
+                budgets.waits_per_step,
+                "waits-per-step",
+            ));
+        }
+        let mut fetches = 0;
+        for wait in waits {
+            if let wit::WaitKind::Fetch(request) = &wait.kind {
+                fetches += 1;
+                let size = request.url.len()
+                    + request.method.len()
+                    + request
+                        .headers
+                        .iter()
+                        .map(|(k, v)| k.len() + v.len() + 4)
+                        .sum::<usize>()
+                    + request.body.as_ref().map_or(0, Vec::len);
+                if size as u64 > budgets.fetch_request_bytes {
+                    return Err(budgets::exceeded(
+                        "bytes in a fetch request",
+                        size as u64,
+                        budgets.fetch_request_bytes,
+                        "fetch-request-bytes",
+                    ));
+                }
+            }
+        }
+        if fetches > 0 {
+            self.journal.usage().check_fetches(budgets, fetches)?;
+        }
+        Ok(())
+    }
+
     /// Runs the cancel hooks of a guest canceled while at rest (in a warm
     /// wait or a fetch). Cancel set the interrupt meant for a running
     /// guest; it is lifted first, or it would stop the hooks at the next tick.
@@ -424,6 +483,16 @@ impl<'a> Slice<'a> {
                         return Ok(Some(End::Event(nondeterminism(message, attempt))));
                     }
                     Stepped::Live => {}
+                }
+                if let Err(limit) = self.within_budgets(&waits) {
+                    return Ok(Some(End::Event(failure(
+                        FailureKind::Error {
+                            abort: true,
+                            retry_delay_ms: None,
+                        },
+                        RunError::new("LimitExceeded", limit),
+                        usage_ms,
+                    ))));
                 }
                 let now = Timestamp::now();
                 let mut records = Vec::with_capacity(waits.len());
@@ -482,9 +551,17 @@ impl<'a> Slice<'a> {
                     retry_delay_ms: e.retry_delay_ms,
                 },
                 RunError {
-                    name: Some(self.redactor.redact_owned(e.name)),
-                    message: self.redactor.redact_owned(e.message),
-                    stack_trace: e.stack.map(|s| self.redactor.redact_owned(s)),
+                    name: Some(budgets::cut(self.redactor.redact_owned(e.name), 256)),
+                    message: budgets::cut(
+                        self.redactor.redact_owned(e.message),
+                        self.journal.budgets().error_bytes,
+                    ),
+                    stack_trace: e.stack.map(|s| {
+                        budgets::cut(
+                            self.redactor.redact_owned(s),
+                            self.journal.budgets().error_bytes,
+                        )
+                    }),
                 },
                 usage_ms,
             ),
@@ -815,6 +892,13 @@ fn trap_event(trap: TrapKind, usage_ms: u64) -> Event {
         TrapKind::OutOfMemory { .. } => (FailureKind::OutOfMemory, "OutOfMemory"),
         TrapKind::TimedOut(_) => (FailureKind::TimedOut, "MaxDurationExceeded"),
         TrapKind::NonDeterminism(_) => (FailureKind::System, "NonDeterminism"),
+        TrapKind::LimitExceeded(_) => (
+            FailureKind::Error {
+                abort: true,
+                retry_delay_ms: None,
+            },
+            "LimitExceeded",
+        ),
         TrapKind::Canceled => (
             FailureKind::Error {
                 abort: true,

@@ -1,5 +1,6 @@
 //! Appending to a run's journal.
 
+use super::budgets::{Budgets, Usage};
 use kiln_sandbox::JournalSink;
 use kiln_store::{Batch, Store};
 use kiln_types::{HostCall, JournalEntry, JournalRecord, RunId, Timestamp};
@@ -15,16 +16,37 @@ pub(crate) struct JournalWriter {
     store: Store,
     run: RunId,
     next: Arc<AtomicU64>,
+    /// What the run has used of its budgets, this writer's entries included.
+    usage: Arc<Usage>,
+    budgets: Budgets,
 }
 
 impl JournalWriter {
-    /// A writer whose next entry is number `next`.
-    pub(crate) fn new(store: Store, run: RunId, next: u64) -> Self {
+    /// A writer whose next entry is number `next`, for a run that has used
+    /// `usage` of its `budgets` so far.
+    pub(crate) fn new(store: Store, run: RunId, next: u64, usage: Usage, budgets: Budgets) -> Self {
         JournalWriter {
             store,
             run,
             next: Arc::new(AtomicU64::new(next)),
+            usage: Arc::new(usage),
+            budgets,
         }
+    }
+
+    /// What the run has used of its budgets.
+    pub(crate) fn usage(&self) -> &Usage {
+        &self.usage
+    }
+
+    /// The budgets the run has.
+    pub(crate) fn budgets(&self) -> &Budgets {
+        &self.budgets
+    }
+
+    /// `Err` naming the limit once the run's journal is past its budget.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        self.usage.check_journal(&self.budgets)
     }
 
     /// The number of the last entry written (0 if none).
@@ -43,18 +65,24 @@ impl JournalWriter {
     /// Appends an entry on its own commit, without waiting for it.
     pub(crate) fn append(&self, entry: JournalEntry) {
         let mut batch = Batch::default();
-        batch.append_journal(&self.run, &self.record(entry));
+        self.append_to(&mut batch, entry);
         drop(self.store.commit(batch));
     }
 
     /// Adds an entry to a batch the caller commits.
     pub(crate) fn append_to(&self, batch: &mut Batch, entry: JournalEntry) {
-        batch.append_journal(&self.run, &self.record(entry));
+        let record = self.record(entry);
+        let bytes = batch.append_journal_sized(&self.run, &record);
+        self.usage.count(&record.entry, bytes);
     }
 }
 
 impl JournalSink for JournalWriter {
     fn record(&mut self, call: HostCall) {
         self.append(JournalEntry::HostCall(call));
+    }
+
+    fn budget(&self) -> Result<(), String> {
+        self.check()
     }
 }

@@ -24,6 +24,7 @@
 
 pub(crate) mod admission;
 mod annotations;
+mod budgets;
 mod children;
 mod delays;
 mod dispatch;
@@ -39,6 +40,7 @@ mod tokens;
 mod waits;
 
 pub use annotations::AnnotationError;
+pub use budgets::{BUDGET_NAMES, Budgets};
 pub use delays::RescheduleError;
 pub use dispatch::QueueView;
 pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
@@ -82,6 +84,8 @@ pub struct ExecutorConfig {
     pub fetch: FetchPolicy,
     /// The `maxDuration` of runs that set none.
     pub default_max_duration: Duration,
+    /// What one run may use of the server.
+    pub budgets: Budgets,
 }
 
 /// Hands runs to the executor and controls them.

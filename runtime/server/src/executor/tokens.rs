@@ -181,7 +181,12 @@ impl AttemptSink {
                 serde_json::from_str(&options).map_err(|e| format!("invalid token options: {e}"))
             };
             let mut batch = Batch::default();
-            let made = parsed.and_then(|o| executor.new_token(o, &mut batch));
+            let made = parsed
+                .and_then(|o| {
+                    writer.usage().check_token(writer.budgets())?;
+                    Ok(o)
+                })
+                .and_then(|o| executor.new_token(o, &mut batch));
             let (token, _) = match made {
                 Ok(made) => made,
                 Err(error) => {

@@ -665,6 +665,7 @@ pub async fn keyed_child(payload: KeyedChild, ctx: &Context) -> Result<Value, Ta
 
 kiln_sdk::bundle!(
     hooked,
+    hostile,
     stream_words,
     soak,
     chatty,
@@ -812,4 +813,96 @@ pub async fn stream_words(payload: StreamWords, _ctx: &Context) -> Result<Value,
         }
     }
     Ok(serde_json::json!({ "sent": payload.words.len() }))
+}
+
+/// Which of the server's budgets the hostile task spends, and how far.
+#[derive(Debug, Deserialize)]
+pub struct Hostile {
+    /// `clock` (host clock reads, each a journal entry), `children`,
+    /// `batches`, `tokens`, `fetches` (one after another), `waits` (all in
+    /// one step), `big-fetch` (one request of `count` bytes), `big-error`
+    /// (an error message and stack of `count` bytes each), `logs`.
+    pub spend: String,
+    /// How many (or how many bytes).
+    pub count: u64,
+    /// Where `fetches` and `big-fetch` go.
+    #[serde(default)]
+    pub url: String,
+}
+
+/// Spends one of the server's per-run budgets `count` times. Calls the
+/// host refuses end the task with what it made and the refusal.
+#[task(
+    id = "hostile",
+    retry(max_attempts = 3, min_timeout_ms = 10, max_timeout_ms = 10)
+)]
+pub async fn hostile(payload: Hostile, ctx: &Context) -> Result<Value, TaskError> {
+    use kiln_sdk::{fetch, tasks, wait};
+    let refused = |made: u64, error: TaskError| {
+        Ok(serde_json::json!({ "made": made, "refused": error.message }))
+    };
+    match payload.spend.as_str() {
+        "clock" => {
+            let mut last = 0;
+            for _ in 0..payload.count {
+                last = last.max(ctx.now_ms());
+            }
+            Ok(serde_json::json!({ "last": last }))
+        }
+        "children" => {
+            for made in 0..payload.count {
+                if let Err(e) = tasks::trigger("echo", &serde_json::json!({ "n": made })).await {
+                    return refused(made, e);
+                }
+            }
+            Ok(serde_json::json!({ "made": payload.count }))
+        }
+        "batches" => {
+            for made in 0..payload.count {
+                let items = [serde_json::json!({ "n": made })];
+                if let Err(e) = tasks::batch_trigger("echo", &items).await {
+                    return refused(made, e);
+                }
+            }
+            Ok(serde_json::json!({ "made": payload.count }))
+        }
+        "tokens" => {
+            for made in 0..payload.count {
+                if let Err(e) = wait::create_token(wait::TokenOptions::default()).await {
+                    return refused(made, e);
+                }
+            }
+            Ok(serde_json::json!({ "made": payload.count }))
+        }
+        "fetches" => {
+            for _ in 0..payload.count {
+                let _ = fetch::fetch(fetch::Request::get(&payload.url)).await;
+            }
+            Ok(serde_json::json!({ "made": payload.count }))
+        }
+        "big-fetch" => {
+            let body = vec![b'x'; payload.count as usize];
+            let response = fetch::fetch(fetch::Request::post(&payload.url).body(body)).await;
+            Ok(serde_json::json!({ "ok": response.is_ok() }))
+        }
+        "waits" => {
+            let waits =
+                (0..payload.count).map(|_| wait::for_duration(std::time::Duration::from_millis(1)));
+            futures::future::join_all(waits).await;
+            Ok(serde_json::json!({ "waited": payload.count }))
+        }
+        "big-error" => {
+            let text = "e".repeat(payload.count as usize);
+            let mut error = TaskError::abort(text.clone());
+            error.stack = Some(text);
+            Err(error)
+        }
+        "logs" => {
+            for n in 0..payload.count {
+                ctx.log.info("line", &[("n", &n.to_string())]);
+            }
+            Ok(serde_json::json!({ "logged": payload.count }))
+        }
+        other => Err(TaskError::abort(format!("unknown budget {other}"))),
+    }
 }
