@@ -66,6 +66,30 @@ async fn malformed_bundles_are_refused_with_a_reason() {
         "{body}"
     );
 
+    // State a snapshot of the one linear memory would miss: a second
+    // memory, a mutable global besides the stack pointer, a table the code
+    // grows.
+    for (core, names) in [
+        ("(memory 1) (memory 1)", "2 memories"),
+        (
+            "(memory 1) (global $__stack_pointer (mut i32) (i32.const 0)) (global $hits (mut i32) (i32.const 0))",
+            "`hits`",
+        ),
+        (
+            "(table 1 funcref) (func (drop (table.grow (ref.null func) (i32.const 1))))",
+            "table.grow",
+        ),
+    ] {
+        let component = wat::parse_str(format!("(component (core module {core}))")).unwrap();
+        let (status, body) = kiln.deploy_bytes(component).await;
+        assert_eq!(status, 422, "{body}");
+        let error = body["error"].as_str().unwrap();
+        assert!(
+            error.contains("state a snapshot would miss") && error.contains(names),
+            "{body}"
+        );
+    }
+
     // Nothing was deployed by the failures, and the server still serves.
     let (status, list) = kiln.request(Method::GET, "/api/v1/deployments", None).await;
     assert_eq!(status, 200);

@@ -50,6 +50,11 @@ pub enum BundleError {
     /// The component's imports or exports have the wrong types.
     #[error("the bundle does not match the kiln:task/bundle world: {0}")]
     Link(String),
+    /// The bundle keeps state that a snapshot of its memory would miss.
+    #[error(
+        "the bundle keeps state a snapshot would miss: {0}; Kiln snapshots a guest's one linear memory at each wait, as kiln-sdk bundles expect"
+    )]
+    SnapshotUnsafe(String),
     /// `describe` failed or returned a bad manifest.
     #[error("the bundle's manifest could not be read: {0}")]
     Manifest(String),

@@ -126,6 +126,7 @@ impl Sandbox {
         let bytes = bytes.to_vec();
         let (hash, pre) = tokio::task::spawn_blocking(move || {
             let hash = crate::bundle::content_hash(&bytes);
+            crate::snapshot_safety::check(&bytes).map_err(BundleError::SnapshotUnsafe)?;
             let component = sandbox.compile_cached(&hash, &bytes)?;
             crate::bundle::check_world(&sandbox.inner.engine, &component)?;
             let pre = sandbox

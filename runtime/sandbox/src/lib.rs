@@ -21,6 +21,7 @@ mod host;
 mod limits;
 mod redact;
 mod snapshot;
+mod snapshot_safety;
 
 pub use attempt::{Attempt, StepOutcome, TrapKind};
 pub use bindings::wit;
