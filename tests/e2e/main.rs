@@ -24,6 +24,7 @@ mod pending;
 mod projects;
 mod queues;
 mod restart;
+mod retention;
 mod runs;
 mod schedules;
 mod sdk;

@@ -32,7 +32,7 @@
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
 //! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`,
-//! `realtime`, `secrets`, `blocking`).
+//! `realtime`, `secrets`, `blocking`, `retention`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -108,6 +108,9 @@ fn main() {
     }
     if selected("blocking") {
         runtime.block_on(blocking_bench());
+    }
+    if selected("retention") {
+        runtime.block_on(retention_bench(100_000, 64));
     }
     if !(selected("compile") || selected("instantiate") || selected("latency")) {
         return;
@@ -847,6 +850,68 @@ fn dir_size(path: &std::path::Path) -> u64 {
             Err(_) => 0,
         })
         .sum()
+}
+
+/// The store's size on disk with `runs` finished runs, and after a
+/// retention of one second deleted them (on the running server, and after
+/// a restart).
+async fn retention_bench(runs: usize, clients: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let store_dir = dir.path().join("store");
+    let (server, _) = Server::start(dir.path(), &["--retention", "forever"]);
+    server.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let empty = dir_size(&store_dir);
+    let server = std::sync::Arc::new(server);
+    let mut tasks = Vec::new();
+    for _ in 0..clients {
+        let server = server.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for _ in 0..runs / clients {
+                let id = server
+                    .trigger("hello-world", serde_json::json!({"name": "Ada"}))
+                    .await;
+                ids.push(id);
+            }
+            for id in &ids {
+                let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
+                assert_eq!(run["status"], "COMPLETED");
+            }
+            ids
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.extend(t.await.expect("a client"));
+    }
+    let full = dir_size(&store_dir);
+    if let Ok(server) = std::sync::Arc::try_unwrap(server) {
+        server.kill();
+    }
+
+    let (server, _) = Server::start(dir.path(), &["--retention", "1s"]);
+    let started = Instant::now();
+    for id in [&ids[0], &ids[ids.len() / 2], &ids[ids.len() - 1]] {
+        while server.get(&format!("/api/v3/runs/{id}")).await["id"].is_string() {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let swept = started.elapsed();
+    let live = dir_size(&store_dir);
+    server.kill();
+    let (server, _) = Server::start(dir.path(), &["--retention", "1s"]);
+    let restarted = dir_size(&store_dir);
+    server.kill();
+    let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+    println!(
+        "retention: store {:.1} MiB empty, {:.1} MiB with {} finished runs; {:.1} MiB once a 1s retention deleted them ({:.1?}), {:.1} MiB after a restart",
+        mib(empty),
+        mib(full),
+        ids.len(),
+        mib(live),
+        swept,
+        mib(restarted)
+    );
 }
 
 /// What durability costs: large values through the sled backend, a log

@@ -44,6 +44,9 @@ pub struct ServerConfig {
     /// What one run may use of the server: journal, child runs, tokens,
     /// fetches, waits per step, error size.
     pub budgets: crate::executor::Budgets,
+    /// How long finished runs, and what belongs to them, are kept (30 days
+    /// unless set); `None` keeps them for ever.
+    pub retention: Option<std::time::Duration>,
 }
 
 impl ServerConfig {
@@ -73,6 +76,7 @@ impl ServerConfig {
             master_key: None,
             default_max_duration: std::time::Duration::from_secs(3_600),
             budgets: crate::executor::Budgets::default(),
+            retention: Some(std::time::Duration::from_secs(30 * 86_400)),
         }
     }
 }

@@ -397,6 +397,9 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
     schedules.sync().await?;
     // Only after recovery: a run fired now must not also be re-queued.
     schedules.start();
+    if let Some(retention) = config.retention {
+        executor.start_retention(retention);
+    }
     Ok(AppState {
         store,
         deployments,

@@ -11,7 +11,7 @@
 //! and [`Store::payload_of`]/[`Store::output_of`] read it back when a caller
 //! needs it (an attempt's start, the retrieve endpoint).
 
-use crate::layout::{PACKET, RUN_BLOB};
+use crate::layout::{PACKET, PACKET_AT, RUN_BLOB};
 use crate::records::key;
 use crate::{Batch, Op, Result, Store, StoreError};
 use kiln_types::{Run, RunId};
@@ -73,6 +73,11 @@ impl Batch {
         value.push(0);
         value.extend_from_slice(&packet.data);
         self.ops.push(Op::Put(key(PACKET, path.as_bytes()), value));
+        let at = kiln_types::Timestamp::now().as_millis();
+        self.ops.push(Op::Put(
+            key(PACKET_AT, path.as_bytes()),
+            at.to_be_bytes().to_vec(),
+        ));
         self
     }
 }

@@ -24,6 +24,7 @@
 //! | `run-blob/<run id>/payload` | the run's payload, when over the limit |
 //! | `run-blob/<run id>/output` | the run's output, when over the limit |
 //! | `packet/<path>` | an uploaded packet: its content type, `\0`, its bytes |
+//! | `packet-at/<path>` | when the packet was uploaded (ms: u64 BE), for retention |
 //! | `debounce/<task id>\0<key>` | the run id (text) |
 //! | `stream/<run id>/<stream key>\0<index: u64 BE>` | a chunk a task appended to a realtime stream (JSON) |
 //! | `stream-key/<run id>/<stream key>` | empty: the run has this realtime stream |
@@ -61,6 +62,7 @@ pub(crate) const TIMER: &[u8] = b"timer/";
 pub(crate) const IDEM: &[u8] = b"idem/";
 pub(crate) const RUN_BLOB: &[u8] = b"run-blob/";
 pub(crate) const PACKET: &[u8] = b"packet/";
+pub(crate) const PACKET_AT: &[u8] = b"packet-at/";
 pub(crate) const CHILD: &[u8] = b"child/";
 pub(crate) const BATCH: &[u8] = b"batch/";
 pub(crate) const BATCH_ITEM: &[u8] = b"batch-item/";

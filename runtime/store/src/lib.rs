@@ -23,6 +23,7 @@ mod pending;
 mod prefixed;
 mod queues;
 mod records;
+pub mod retention;
 pub mod schedules;
 pub mod seal;
 mod sled_backend;

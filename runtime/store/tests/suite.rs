@@ -423,7 +423,163 @@ async fn schedules_and_their_indexes(store: &Store) {
     );
 }
 
+/// Everything in the store, as keys.
+fn all_keys(store_backend: &Arc<dyn Backend>) -> Vec<String> {
+    store_backend
+        .scan_prefix(b"")
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8_lossy(&k).into_owned())
+        .collect()
+}
+
+async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
+    use kiln_store::{BatchRecord, IdempotentRun, Packet};
+    use kiln_types::{BatchId, TokenId, TokenStatus, WaitToken};
+    let store = Store::new(backend.clone());
+    let now = Timestamp::now();
+    let cutoff = Timestamp(now.0 - 1_000);
+    let old = Timestamp(now.0 - 60_000);
+    let mut expired = run(RunStatus::Completed);
+    expired.finished_at = Some(old);
+    let mut child = run(RunStatus::Completed);
+    child.finished_at = Some(old);
+    let mut recent = run(RunStatus::Completed);
+    recent.finished_at = Some(now);
+    let mut waiting = run(RunStatus::Waiting);
+    waiting.updated_at = old;
+    let mut batch = Batch::default();
+    for r in [&expired, &child, &recent, &waiting] {
+        batch.put_new_run(r);
+        batch.append_journal(
+            &r.id,
+            &JournalRecord {
+                seq: 1,
+                at: old,
+                entry: JournalEntry::AttemptStarted { attempt: 1 },
+            },
+        );
+    }
+    batch.put_child(&expired.id, &child.id);
+    let batch_id = BatchId::generate(1);
+    batch.put_batch(&BatchRecord {
+        id: batch_id.clone(),
+        parent: Some(expired.id.clone()),
+        runs: vec![child.id.clone()],
+        created_at: old,
+        expected: None,
+        errors: Vec::new(),
+        sealed_at: None,
+        token: None,
+    });
+    batch.put_idempotency_key(
+        "gone-run",
+        &IdempotentRun {
+            run: expired.id.clone(),
+            expires_at: Timestamp(now.0 + 86_400_000),
+        },
+    );
+    batch.put_idempotency_key(
+        "live-run",
+        &IdempotentRun {
+            run: recent.id.clone(),
+            expires_at: Timestamp(now.0 + 86_400_000),
+        },
+    );
+    batch.put_debounce("t", "window", &expired.id);
+    let token = |n: u64, status: TokenStatus, completed_at: Option<Timestamp>| WaitToken {
+        id: TokenId::generate(n),
+        status,
+        tags: Vec::new(),
+        timeout_at: None,
+        idempotency_key: Some(format!("token-key-{n}")),
+        idempotency_key_expires_at: None,
+        output: None,
+        created_at: old,
+        completed_at,
+    };
+    let done = token(1, TokenStatus::Completed, Some(old));
+    let open = token(2, TokenStatus::Waiting, None);
+    batch.put_token(&done);
+    batch.put_token(&open);
+    batch.put_packet(
+        "uploaded/payload.json",
+        &Packet {
+            content_type: "application/json".into(),
+            data: b"{}".to_vec(),
+        },
+    );
+    store.commit(batch).await.unwrap();
+
+    // Only runs that finished before the cutoff expire.
+    let (runs, next) = store.expired_runs(None, 100, cutoff).unwrap();
+    assert!(next.is_none());
+    let mut ids: Vec<_> = runs.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![expired.id.clone(), child.id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    let mut batch = Batch::default();
+    for r in &runs {
+        assert!(store.delete_run(&mut batch, r).unwrap() >= 2);
+    }
+    store.commit(batch).await.unwrap();
+    assert!(store.run(&expired.id).unwrap().is_none());
+    assert!(store.journal(&expired.id).unwrap().is_empty());
+    assert_eq!(store.journal(&recent.id).unwrap().len(), 1);
+    assert!(store.run(&waiting.id).unwrap().is_some());
+
+    // Keys whose runs are gone, and records older than the cutoff.
+    let idem = store.sweep_idempotency_keys(None, 100, now).await.unwrap();
+    assert_eq!(idem.deleted, 1);
+    assert!(store.idempotent_run("live-run").unwrap().is_some());
+    assert_eq!(
+        store.sweep_debounce_keys(None, 100).await.unwrap().deleted,
+        1
+    );
+    assert_eq!(
+        store.sweep_tokens(None, 100, cutoff).await.unwrap().deleted,
+        1
+    );
+    assert!(store.token(&done.id).unwrap().is_none());
+    assert!(store.token_by_key("token-key-1").unwrap().is_none());
+    assert!(store.token(&open.id).unwrap().is_some());
+    assert_eq!(
+        store
+            .sweep_batches(None, 100, cutoff)
+            .await
+            .unwrap()
+            .deleted,
+        1
+    );
+    assert!(store.batch(&batch_id).unwrap().is_none());
+    // The packet was uploaded now: it stays until a later cutoff.
+    assert_eq!(
+        store
+            .sweep_packets(None, 100, cutoff)
+            .await
+            .unwrap()
+            .deleted,
+        0
+    );
+    let later = Timestamp(now.0 + 60_000);
+    assert_eq!(
+        store.sweep_packets(None, 100, later).await.unwrap().deleted,
+        1
+    );
+    assert!(store.packet("uploaded/payload.json").unwrap().is_none());
+
+    let left = all_keys(&backend);
+    for gone in [&expired.id, &child.id] {
+        assert!(
+            !left.iter().any(|k| k.contains(gone.as_str())),
+            "keys of {gone} are left: {left:?}"
+        );
+    }
+}
+
 async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
+    retention_deletes_what_expired(make()).await;
     schedules_and_their_indexes(&Store::new(make())).await;
     deployments_round_trip(&Store::new(make())).await;
     runs_keep_the_active_index(&Store::new(make())).await;

@@ -43,6 +43,11 @@ pub struct Args {
     /// loopback is always allowed in the dev environment.
     #[arg(long = "allow-fetch", env = "KILN_ALLOW_FETCH", value_delimiter = ',')]
     allow_fetch: Vec<String>,
+    /// How long finished runs are kept, with their journals, logs,
+    /// snapshots, and the keys, tokens, batches and packets that outlive
+    /// them (`30d`, `12h`...); `forever` keeps everything.
+    #[arg(long, default_value = "30d", env = "KILN_RETENTION")]
+    retention: String,
     /// What one run may use, as NAME=VALUE (repeat, or comma-separate):
     /// journal-entries (100000), journal-bytes (256MiB), children (10000),
     /// batches (1000), tokens (10000), fetches (10000),
@@ -89,6 +94,17 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.public_url = args.public_url.clone();
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();
+    config.retention = match args.retention.trim() {
+        "forever" => None,
+        text => {
+            let ms = kiln_server::parse_duration_ms(text)
+                .map_err(|e| anyhow::anyhow!("--retention: {e} (or `forever`)"))?;
+            if ms < 1_000 {
+                anyhow::bail!("--retention must be at least 1s");
+            }
+            Some(std::time::Duration::from_millis(ms))
+        }
+    };
     for setting in &args.limits {
         config
             .budgets

@@ -35,6 +35,7 @@ mod interpreter;
 mod journal;
 mod locks;
 pub(crate) mod pending;
+mod retention;
 mod timers;
 mod tokens;
 mod waits;
@@ -44,6 +45,7 @@ pub use budgets::{BUDGET_NAMES, Budgets};
 pub use delays::RescheduleError;
 pub use dispatch::QueueView;
 pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
+pub use retention::Pass;
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
 use crate::deployments::Deployments;

@@ -1,0 +1,162 @@
+//! Retention: a background sweeper that deletes finished runs, and
+//! everything that belongs to them, once they are older than the server's
+//! retention (`kiln serve --retention`, 30 days unless set), and the keys
+//! that outlive their runs (idempotency keys, debounce windows, wait
+//! tokens, batches, uploaded packets).
+//!
+//! The sweeper goes through each keyspace a page at a time, so the store is
+//! never held for long. A run is deleted under its run lock, after reading
+//! it again: a run that changed since the page was read (a replay, a
+//! metadata update) is judged by what it is now. The deletion is applied
+//! while the lock is held, so nothing that takes the lock next can write
+//! the run back.
+
+use super::Executor;
+use kiln_store::Batch;
+use kiln_store::retention::{Swept, finished_at};
+use kiln_types::Timestamp;
+use std::time::Duration;
+
+/// Runs (or keys) read per page.
+const PAGE: usize = 256;
+
+/// What one pass of the sweeper deleted.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Pass {
+    /// Finished runs deleted.
+    pub runs: usize,
+    /// Keys deleted with them.
+    pub run_keys: usize,
+    /// Other records deleted: idempotency keys, debounce windows, tokens,
+    /// batches and packets.
+    pub others: usize,
+}
+
+/// How long the sweeper rests between passes: a tenth of the retention,
+/// between a quarter of a second and a minute.
+pub(crate) fn rest(retention: Duration) -> Duration {
+    (retention / 10).clamp(Duration::from_millis(250), Duration::from_secs(60))
+}
+
+impl Executor {
+    /// Starts the sweeper: a pass now and then every [`rest`].
+    pub(crate) fn start_retention(&self, retention: Duration) {
+        let executor = self.clone();
+        tokio::spawn(async move {
+            let store = &executor.shared.store;
+            if let Err(error) = store.date_undated_packets(Timestamp::now()).await {
+                tracing::warn!(%error, "dating packets for retention failed");
+            }
+            loop {
+                let started = std::time::Instant::now();
+                match executor.sweep(retention).await {
+                    Ok(pass) if pass != Pass::default() => {
+                        tracing::info!(
+                            runs = pass.runs,
+                            keys = pass.run_keys,
+                            others = pass.others,
+                            "retention deleted what expired"
+                        );
+                    }
+                    Ok(_) => {}
+                    Err(error) => tracing::warn!(%error, "a retention pass failed"),
+                }
+                // A pass reads every run: resting ten times as long as it
+                // took keeps the sweeper under a tenth of a core.
+                tokio::time::sleep(rest(retention).max(started.elapsed() * 10)).await;
+            }
+        });
+    }
+
+    /// One pass over every keyspace: deletes what finished more than
+    /// `retention` ago.
+    pub async fn sweep(&self, retention: Duration) -> kiln_store::Result<Pass> {
+        let now = Timestamp::now();
+        let cutoff = Timestamp(now.as_millis().saturating_sub(retention.as_millis() as u64));
+        let mut pass = Pass::default();
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            let (runs, next) = self
+                .shared
+                .store
+                .expired_runs(after.as_deref(), PAGE, cutoff)?;
+            let (deleted, keys) = self.delete_runs(runs, cutoff).await?;
+            pass.runs += deleted;
+            pass.run_keys += keys;
+            match next {
+                Some(next) => after = Some(next),
+                None => break,
+            }
+        }
+        let store = &self.shared.store;
+        pass.others += pages(|after| store.sweep_idempotency_keys(after, PAGE, now)).await?;
+        pass.others += pages(|after| store.sweep_debounce_keys(after, PAGE)).await?;
+        pass.others += pages(|after| store.sweep_tokens(after, PAGE, cutoff)).await?;
+        pass.others += pages(|after| store.sweep_batches(after, PAGE, cutoff)).await?;
+        pass.others += pages(|after| store.sweep_packets(after, PAGE, cutoff)).await?;
+        Ok(pass)
+    }
+
+    /// Deletes each run, under its lock, if it still finished before
+    /// `cutoff`; waits for the deletions to be durable together.
+    async fn delete_runs(
+        &self,
+        runs: Vec<kiln_types::Run>,
+        cutoff: Timestamp,
+    ) -> kiln_store::Result<(usize, usize)> {
+        let store = &self.shared.store;
+        let mut commits = Vec::new();
+        let (mut deleted, mut keys) = (0, 0);
+        for run in runs {
+            let _guard = self.shared.locks.lock(&run.id).await;
+            let Some(now) = store.run(&run.id)? else {
+                continue;
+            };
+            if finished_at(&now).is_none_or(|at| at >= cutoff) {
+                continue;
+            }
+            let mut batch = Batch::default();
+            keys += store.delete_run(&mut batch, &now)?;
+            deleted += 1;
+            commits.push(store.commit(batch));
+        }
+        for commit in commits {
+            commit.await?;
+        }
+        Ok((deleted, keys))
+    }
+}
+
+/// Runs `sweep` over every page of its keyspace; returns what it deleted.
+async fn pages<F, Fut>(mut sweep: F) -> kiln_store::Result<usize>
+where
+    F: FnMut(Option<Vec<u8>>) -> Fut,
+    Fut: std::future::Future<Output = kiln_store::Result<Swept>>,
+{
+    let mut after: Option<Vec<u8>> = None;
+    let mut deleted = 0;
+    loop {
+        let swept = sweep(after.take()).await?;
+        deleted += swept.deleted;
+        match swept.next {
+            Some(next) => after = Some(next),
+            None => return Ok(deleted),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rest;
+    use std::time::Duration;
+
+    #[test]
+    fn the_sweeper_rests_a_tenth_of_the_retention_within_bounds() {
+        assert_eq!(rest(Duration::from_secs(2)), Duration::from_millis(250));
+        assert_eq!(rest(Duration::from_secs(5)), Duration::from_millis(500));
+        assert_eq!(
+            rest(Duration::from_secs(30 * 86_400)),
+            Duration::from_secs(60)
+        );
+    }
+}

@@ -1,0 +1,310 @@
+//! Retention: deleting what a finished run leaves behind once it is old.
+//!
+//! A run's keys are found from the run: everything under its id in the
+//! keyspaces a run owns (journal, snapshot layers, stored payload and
+//! output, child index, streams, waits, inbox, waiters), its own record and
+//! index entries, and its entries in its parent's and schedule's indexes.
+//! Keys that outlive their run are swept by age apart from runs:
+//! idempotency keys past their lifetime or whose run is gone, debounce
+//! windows whose run is gone, wait tokens finished before the cutoff,
+//! batches made before it whose runs are all gone, and uploaded packets
+//! (which a trigger copies into its run) older than the cutoff.
+//!
+//! Every sweep reads and deletes at most a page of keys, so it never holds
+//! the store for long, and returns where the next page starts.
+
+use crate::layout::{
+    ACTIVE, BATCH, BATCH_ITEM, CHILD, DEBOUNCE, IDEM, INBOX, JOURNAL, PACKET, PACKET_AT, PENDING,
+    RUN, RUN_BLOB, SCHED_RUN, SNAP, STREAM, STREAM_KEY, TOKEN, TOKEN_KEY, TOKEN_WAITER, WAIT,
+    WAITER,
+};
+use crate::records::{decode, key};
+use crate::{Batch, BatchRecord, IdempotentRun, Op, Result, Store};
+use kiln_types::{Run, RunId, Timestamp, TokenStatus, WaitToken};
+
+/// What a page of a sweep found.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Swept {
+    /// Records deleted (runs, keys, tokens, batches or packets).
+    pub deleted: usize,
+    /// Keys deleted with them.
+    pub keys: usize,
+    /// Where the next page starts; `None` once the keyspace is done.
+    pub next: Option<Vec<u8>>,
+}
+
+/// The end of a keyspace: every key with `prefix` sorts before it.
+fn end_of(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    if let Some(last) = end.last_mut() {
+        *last += 1;
+    }
+    end
+}
+
+/// The prefix of the keys a run (or token) owns in `space`: `<space><id>/`.
+fn owned_prefix(space: &[u8], id: &str) -> Vec<u8> {
+    let mut k = key(space, id.as_bytes());
+    k.push(b'/');
+    k
+}
+
+/// A page of rows, and the key the next page goes on after.
+type PageOf = (Vec<(Vec<u8>, Vec<u8>)>, Option<Vec<u8>>);
+
+/// The finished time of a run: when it finished, or its last change.
+pub fn finished_at(run: &Run) -> Option<Timestamp> {
+    run.status
+        .is_final()
+        .then(|| run.finished_at.unwrap_or(run.updated_at))
+}
+
+impl Store {
+    /// One page of the runs after `after` (in id order, so creation order);
+    /// returns the page and the key to go on from.
+    fn page(&self, space: &[u8], after: Option<&[u8]>, limit: usize) -> Result<PageOf> {
+        let start = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                start
+            }
+            None => space.to_vec(),
+        };
+        let rows = self.backend.scan_range(&start, &end_of(space), limit)?;
+        let next = (rows.len() == limit)
+            .then(|| rows.last().map(|(k, _)| k.clone()))
+            .flatten();
+        Ok((rows, next))
+    }
+
+    /// Runs that finished before `cutoff`, among the `limit` runs after the
+    /// key `after`, and where the next page starts.
+    pub fn expired_runs(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        cutoff: Timestamp,
+    ) -> Result<(Vec<Run>, Option<Vec<u8>>)> {
+        let (rows, next) = self.page(RUN, after, limit)?;
+        let mut expired = Vec::new();
+        for (k, v) in rows {
+            let run: Run = decode(&k, &v)?;
+            if finished_at(&run).is_some_and(|at| at < cutoff) {
+                expired.push(run);
+            }
+        }
+        Ok((expired, next))
+    }
+
+    /// Adds the deletion of `run` and every key that belongs to it to
+    /// `batch`; returns how many keys that is.
+    pub fn delete_run(&self, batch: &mut Batch, run: &Run) -> Result<usize> {
+        let id = run.id.as_str().as_bytes();
+        let mut keys = vec![key(RUN, id), key(ACTIVE, id), key(PENDING, id)];
+        for space in [
+            JOURNAL, SNAP, RUN_BLOB, CHILD, STREAM, STREAM_KEY, WAIT, INBOX, WAITER,
+        ] {
+            for (k, _) in self
+                .backend
+                .scan_prefix(&owned_prefix(space, run.id.as_str()))?
+            {
+                keys.push(k);
+            }
+        }
+        if let Some(parent) = &run.parent {
+            let mut k = owned_prefix(CHILD, parent.parent.as_str());
+            k.extend_from_slice(id);
+            keys.push(k);
+        }
+        if let Some(schedule) = &run.schedule {
+            let mut k = key(SCHED_RUN, schedule.id.as_str().as_bytes());
+            k.push(b'/');
+            k.extend_from_slice(id);
+            keys.push(k);
+        }
+        let count = keys.len();
+        batch.ops.extend(keys.into_iter().map(Op::Delete));
+        Ok(count)
+    }
+
+    /// Deletes a page of idempotency keys past their lifetime at `now`, or
+    /// whose run is gone.
+    pub async fn sweep_idempotency_keys(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Swept> {
+        let (rows, next) = self.page(IDEM, after.as_deref(), limit)?;
+        let mut batch = Batch::default();
+        for (k, v) in rows {
+            let entry: IdempotentRun = match decode(&k, &v) {
+                Ok(entry) => entry,
+                Err(_) => continue,
+            };
+            if entry.expires_at <= now || self.run(&entry.run)?.is_none() {
+                batch.ops.push(Op::Delete(k));
+            }
+        }
+        self.commit_swept(batch, next).await
+    }
+
+    /// Deletes a page of debounce windows whose run is gone.
+    pub async fn sweep_debounce_keys(&self, after: Option<Vec<u8>>, limit: usize) -> Result<Swept> {
+        let (rows, next) = self.page(DEBOUNCE, after.as_deref(), limit)?;
+        let mut batch = Batch::default();
+        for (k, v) in rows {
+            let gone = match std::str::from_utf8(&v).ok().map(RunId::parse) {
+                Some(Ok(run)) => self.run(&run)?.is_none(),
+                _ => true,
+            };
+            if gone {
+                batch.ops.push(Op::Delete(k));
+            }
+        }
+        self.commit_swept(batch, next).await
+    }
+
+    /// Deletes a page of wait tokens that completed or timed out before
+    /// `cutoff` and that no run waits on, with their idempotency keys.
+    pub async fn sweep_tokens(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        cutoff: Timestamp,
+    ) -> Result<Swept> {
+        let (rows, next) = self.page(TOKEN, after.as_deref(), limit)?;
+        let mut batch = Batch::default();
+        let mut deleted = 0;
+        for (k, v) in rows {
+            let token: WaitToken = match decode(&k, &v) {
+                Ok(token) => token,
+                Err(_) => continue,
+            };
+            let ended = match token.status_at(cutoff) {
+                TokenStatus::Waiting => None,
+                TokenStatus::Completed => token.completed_at,
+                TokenStatus::TimedOut => token.timeout_at,
+            };
+            if ended.is_none_or(|at| at >= cutoff) {
+                continue;
+            }
+            let waiters = self
+                .backend
+                .scan_prefix(&owned_prefix(TOKEN_WAITER, token.id.as_str()))?;
+            if !waiters.is_empty() {
+                continue;
+            }
+            batch.ops.push(Op::Delete(k));
+            if let Some(idempotency) = &token.idempotency_key {
+                let key_entry = key(TOKEN_KEY, idempotency.as_bytes());
+                if self.backend.get(&key_entry)?.as_deref() == Some(token.id.as_str().as_bytes()) {
+                    batch.ops.push(Op::Delete(key_entry));
+                }
+            }
+            deleted += 1;
+        }
+        let mut swept = self.commit_swept(batch, next).await?;
+        swept.deleted = deleted;
+        Ok(swept)
+    }
+
+    /// Deletes a page of batches made before `cutoff` whose runs are all
+    /// gone, with their item records.
+    pub async fn sweep_batches(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        cutoff: Timestamp,
+    ) -> Result<Swept> {
+        let (rows, next) = self.page(BATCH, after.as_deref(), limit)?;
+        let mut batch = Batch::default();
+        let mut deleted = 0;
+        for (k, v) in rows {
+            let record: BatchRecord = match decode(&k, &v) {
+                Ok(record) => record,
+                Err(_) => continue,
+            };
+            if record.created_at >= cutoff {
+                continue;
+            }
+            let mut alive = false;
+            for run in &record.runs {
+                if self.run(run)?.is_some() {
+                    alive = true;
+                    break;
+                }
+            }
+            if alive {
+                continue;
+            }
+            batch.ops.push(Op::Delete(k));
+            let mut items = key(BATCH_ITEM, record.id.as_str().as_bytes());
+            items.push(b'/');
+            for (item, _) in self.backend.scan_prefix(&items)? {
+                batch.ops.push(Op::Delete(item));
+            }
+            deleted += 1;
+        }
+        let mut swept = self.commit_swept(batch, next).await?;
+        swept.deleted = deleted;
+        Ok(swept)
+    }
+
+    /// Deletes a page of uploaded packets older than `cutoff`. A packet
+    /// uploaded before Kiln kept upload times is given one now, so it goes
+    /// a retention period later.
+    pub async fn sweep_packets(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        cutoff: Timestamp,
+    ) -> Result<Swept> {
+        let (rows, next) = self.page(PACKET_AT, after.as_deref(), limit)?;
+        let mut batch = Batch::default();
+        for (k, v) in rows {
+            let at = v.as_slice().try_into().map(u64::from_be_bytes).unwrap_or(0);
+            if at < cutoff.as_millis() {
+                let path = &k[PACKET_AT.len()..];
+                batch.ops.push(Op::Delete(key(PACKET, path)));
+                batch.ops.push(Op::Delete(k));
+            }
+        }
+        let mut swept = self.commit_swept(batch, next).await?;
+        swept.deleted = swept.keys / 2;
+        Ok(swept)
+    }
+
+    /// Gives packets stored without an upload time (by a Kiln before
+    /// retention) the time `now`; returns how many.
+    pub async fn date_undated_packets(&self, now: Timestamp) -> Result<usize> {
+        let mut batch = Batch::default();
+        for (k, _) in self.backend.scan_prefix(PACKET)? {
+            let path = &k[PACKET.len()..];
+            let dated = key(PACKET_AT, path);
+            if self.backend.get(&dated)?.is_none() {
+                batch
+                    .ops
+                    .push(Op::Put(dated, now.as_millis().to_be_bytes().to_vec()));
+            }
+        }
+        let count = batch.ops.len();
+        if count > 0 {
+            self.commit(batch).await?;
+        }
+        Ok(count)
+    }
+
+    async fn commit_swept(&self, batch: Batch, next: Option<Vec<u8>>) -> Result<Swept> {
+        let keys = batch.ops.len();
+        if keys > 0 {
+            self.commit(batch).await?;
+        }
+        Ok(Swept {
+            deleted: keys,
+            keys,
+            next,
+        })
+    }
+}

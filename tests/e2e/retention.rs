@@ -1,0 +1,138 @@
+//! Retention: with `kiln serve --retention 2s`, finished runs disappear
+//! with everything that belongs to them (journal, child index, batch,
+//! idempotency key), the API answers 404, and the store holds
+//! far less than before.
+
+use crate::harness::{Kiln, data_dir};
+use kiln_store::{Backend, SledBackend};
+use serde_json::{Value, json};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+/// Every key and its value's size, read from the store of a stopped server.
+fn store_contents(dir: &Path) -> Vec<(String, usize)> {
+    let backend = SledBackend::open(&dir.join("store")).expect("the store opens");
+    backend
+        .scan_prefix(b"")
+        .expect("the store reads")
+        .into_iter()
+        .map(|(k, v)| (String::from_utf8_lossy(&k).into_owned(), v.len()))
+        .collect()
+}
+
+/// Bytes of everything but the deployed bundle (its record and its chunks).
+fn bytes(contents: &[(String, usize)]) -> usize {
+    contents
+        .iter()
+        .filter(|(k, _)| !k.starts_with("bundle/") && !k.starts_with('\u{FFFD}'))
+        .map(|(k, v)| k.len() + v)
+        .sum()
+}
+
+/// Keys that name one of `runs`.
+fn keys_of<'a>(contents: &'a [(String, usize)], runs: &[String]) -> Vec<&'a str> {
+    contents
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| runs.iter().any(|r| k.contains(r.as_str())))
+        .collect()
+}
+
+#[tokio::test]
+async fn finished_runs_expire_with_everything_that_belongs_to_them() {
+    let dir = data_dir();
+    // First kept for ever, to see what the runs leave.
+    let kiln = Kiln::start_with(
+        dir.path(),
+        &["--retention", "forever", "--warm-wait-ms", "0"],
+    );
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let mut ids = Vec::new();
+    // A wait that suspends the guest.
+    ids.push(kiln.trigger_ok("sleep", json!({"ms": 200})).await);
+    // An idempotency key.
+    ids.push(
+        kiln.trigger_with("echo", json!({"n": 1}), json!({"idempotencyKey": "once"}))
+            .await,
+    );
+    // A batch of children, their index and their journals.
+    let parent = kiln
+        .trigger_ok("parent", json!({"mode": "batch", "children": 3}))
+        .await;
+    ids.push(parent.clone());
+    for id in ids.clone() {
+        assert_eq!(kiln.finished(&id).await["status"], "COMPLETED", "{id}");
+    }
+    let run = kiln.finished(&parent).await;
+    for child in run["output"]["ids"].as_array().expect("child ids") {
+        ids.push(child.as_str().expect("an id").to_string());
+    }
+    assert_eq!(ids.len(), 6);
+    kiln.kill();
+
+    let before = store_contents(dir.path());
+    let owned = keys_of(&before, &ids);
+    // (Snapshot layers go when an attempt ends; retention deletes any left.)
+    for space in ["run/", "journal/", "child/"] {
+        assert!(
+            owned.iter().any(|k| k.starts_with(space)),
+            "the runs have nothing in {space} before retention: {owned:?}"
+        );
+    }
+    for space in ["idem/", "batch/"] {
+        assert!(
+            before.iter().any(|(k, _)| k.starts_with(space)),
+            "nothing in {space} before retention"
+        );
+    }
+
+    // Now with a retention of two seconds.
+    let kiln = Kiln::start_with(dir.path(), &["--retention", "2s"]);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    for id in &ids {
+        loop {
+            let (status, _) = kiln
+                .request(reqwest::Method::GET, &format!("/api/v3/runs/{id}"), None)
+                .await;
+            if status == 404 {
+                break;
+            }
+            assert!(Instant::now() < deadline, "run {id} was never deleted");
+            tokio::task::yield_now().await;
+        }
+        let (status, _) = kiln
+            .request(
+                reqwest::Method::GET,
+                &format!("/api/v1/runs/{id}/journal"),
+                None,
+            )
+            .await;
+        assert_eq!(status, 404, "the journal of {id} is gone too");
+    }
+    // The idempotency key went with its run: the same key makes a new run.
+    let again = kiln
+        .trigger_with("echo", json!({"n": 1}), json!({"idempotencyKey": "once"}))
+        .await;
+    assert!(!ids.contains(&again));
+    let again_run: Value = kiln.finished(&again).await;
+    assert_eq!(again_run["status"], "COMPLETED");
+    kiln.kill();
+
+    let after = store_contents(dir.path());
+    let left = keys_of(&after, &ids);
+    assert!(left.is_empty(), "keys of deleted runs are left: {left:?}");
+    for space in ["snap/", "batch/", "batch-item/", "child/", "journal/"] {
+        let kept: Vec<&str> = after
+            .iter()
+            .map(|(k, _)| k.as_str())
+            .filter(|k| k.starts_with(space) && !k.contains(again.as_str()))
+            .collect();
+        assert!(kept.is_empty(), "{space} still holds {kept:?}");
+    }
+    assert!(
+        bytes(&after) < bytes(&before) / 2,
+        "the store held {} bytes before and {} after",
+        bytes(&before),
+        bytes(&after)
+    );
+}
