@@ -15,6 +15,7 @@ mod durable;
 mod envvars;
 mod examples;
 mod fetch;
+mod fuzz;
 mod hooks;
 mod leaks;
 mod limits;
