@@ -136,3 +136,35 @@ async fn a_bad_limit_setting_stops_the_server_with_the_reason() {
     assert!(stderr.contains("there is no limit `childs`"), "{stderr}");
     assert!(stderr.contains("children"), "{stderr}");
 }
+
+#[tokio::test]
+async fn runs_whose_machines_do_not_fit_the_memory_budget_wait_their_turn() {
+    let dir = data_dir();
+    // hold-heap runs on medium-1x, a 2 GiB machine: two do not fit 3 GiB.
+    let kiln = Kiln::start_with(dir.path(), &["--memory-budget", "3GiB"]);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let heap = json!({"mib": 8, "wait_ms": 1_000});
+    let a = kiln.trigger_ok("hold-heap", heap.clone()).await;
+    let b = kiln.trigger_ok("hold-heap", heap).await;
+    let (a, b) = (kiln.finished(&a).await, kiln.finished(&b).await);
+    for run in [&a, &b] {
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(run["output"]["intact"], true, "{run}");
+    }
+    let span = |run: &Value| {
+        (
+            run["startedAt"].as_str().unwrap_or_default().to_string(),
+            run["finishedAt"].as_str().unwrap_or_default().to_string(),
+        )
+    };
+    let (mut first, mut second) = (span(&a), span(&b));
+    if second.0 < first.0 {
+        std::mem::swap(&mut first, &mut second);
+    }
+    assert!(
+        second.0 >= first.1,
+        "the second started at {} before the first finished at {}",
+        second.0,
+        first.1
+    );
+}

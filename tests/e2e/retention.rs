@@ -1,6 +1,6 @@
 //! Retention: with `kiln serve --retention 2s`, finished runs disappear
-//! with everything that belongs to them (journal, child index, batch,
-//! idempotency key), the API answers 404, and the store holds
+//! with everything that belongs to them (journal, child index, batch), a
+//! trigger with the idempotency key of a deleted run makes a new run, the API answers 404, and the store holds
 //! far less than before.
 
 use crate::harness::{Kiln, data_dir};
@@ -109,7 +109,7 @@ async fn finished_runs_expire_with_everything_that_belongs_to_them() {
             .await;
         assert_eq!(status, 404, "the journal of {id} is gone too");
     }
-    // The idempotency key went with its run: the same key makes a new run.
+    // The idempotency key's run is gone: the same key makes a new run.
     let again = kiln
         .trigger_with("echo", json!({"n": 1}), json!({"idempotencyKey": "once"}))
         .await;
@@ -134,5 +134,24 @@ async fn finished_runs_expire_with_everything_that_belongs_to_them() {
         "the store held {} bytes before and {} after",
         bytes(&before),
         bytes(&after)
+    );
+}
+
+#[tokio::test]
+async fn a_parent_that_waits_on_a_child_retention_deleted_gets_a_failed_outcome() {
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--retention", "1s"]);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    // The child finishes at once and is deleted a second later; the parent
+    // waits on it only after six seconds (suspended meanwhile).
+    let parent = kiln.trigger_ok("late-wait", json!({"ms": 6_000})).await;
+    let run = kiln.finished(&parent).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["ok"], false, "{run}");
+    assert_eq!(run["output"]["name"], "RunDeleted", "{run}");
+    let message = run["output"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("longer ago than the server keeps runs"),
+        "{run}"
     );
 }

@@ -21,6 +21,9 @@ pub struct Entry<R> {
     /// creation time in ms minus its priority head start, so a resumed or
     /// retried run keeps its place ahead of newer runs.
     pub order: i64,
+    /// The memory its machine may use, in MiB, counted against the
+    /// environment's memory budget while it executes.
+    pub memory_mib: u32,
 }
 
 /// A run the scheduler let start. Hand it back to [`Scheduler::release`]
@@ -34,6 +37,8 @@ pub struct Started<R> {
     pub queue: String,
     /// Its lane.
     pub key: LaneKey,
+    /// The memory it holds of the budget, in MiB.
+    pub memory_mib: u32,
 }
 
 /// What a queue holds now.
@@ -75,6 +80,13 @@ pub struct Scheduler<R> {
     /// Rate-limited queues (`None`) and lanes (`Some(key)`), by the time
     /// they may start again.
     timed: BTreeSet<(u64, String, Option<LaneKey>)>,
+    /// The memory all executing runs together may use, in MiB (`None`: no
+    /// budget), and what they hold of it.
+    memory_budget: Option<u64>,
+    memory_used: u64,
+    /// Queues whose next run did not fit the memory budget: back in the
+    /// rotation when memory is released.
+    memory_blocked: Vec<String>,
 }
 
 #[derive(Debug)]
@@ -100,7 +112,8 @@ struct Queue<R> {
 
 #[derive(Debug)]
 struct Lane<R> {
-    queued: BTreeMap<(i64, u64), R>,
+    /// Queued runs and the memory of each.
+    queued: BTreeMap<(i64, u64), (R, u32)>,
     running: u32,
     in_ready: bool,
     /// Starts of this lane, for a per-key rate limit.
@@ -189,6 +202,15 @@ impl<R> Queue<R> {
     }
 }
 
+/// Whether a run of `mib` fits a memory `budget` of which `used` is held:
+/// within what is left, or alone if it is larger than the whole budget.
+fn fits(budget: Option<u64>, used: u64, mib: u32) -> bool {
+    match budget {
+        None => true,
+        Some(budget) => used + u64::from(mib) <= budget || used == 0,
+    }
+}
+
 impl<R: Clone + Eq + Hash> Scheduler<R> {
     /// A scheduler for an environment that runs at most `base` runs of one
     /// queue and `burst` runs in all at once (`burst` is raised to `base`
@@ -204,7 +226,25 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
             queued: HashMap::new(),
             seq: 0,
             timed: BTreeSet::new(),
+            memory_budget: None,
+            memory_used: 0,
+            memory_blocked: Vec::new(),
         }
+    }
+
+    /// Sets the memory all executing runs together may use, in MiB (`None`:
+    /// no budget). A run whose machine does not fit what is left waits in
+    /// its queue; a run larger than the whole budget starts only alone.
+    pub fn set_memory_budget(&mut self, mib: Option<u64>) {
+        self.memory_budget = mib;
+        for name in std::mem::take(&mut self.memory_blocked) {
+            self.touch_queue(&name);
+        }
+    }
+
+    /// The memory budget in MiB, if any, and how much executing runs hold.
+    pub fn memory(&self) -> (Option<u64>, u64) {
+        (self.memory_budget, self.memory_used)
     }
 
     /// The environment's base and burst limits.
@@ -254,7 +294,8 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
             .entry(entry.queue.clone())
             .or_insert_with(|| Queue::new(QueueLimits::default()));
         let lane = queue.lanes.entry(entry.key.clone()).or_default();
-        lane.queued.insert(slot, entry.run.clone());
+        lane.queued
+            .insert(slot, (entry.run.clone(), entry.memory_mib));
         queue.queued += 1;
         queue.touch_lane(&entry.key, base);
         self.queued.insert(
@@ -322,7 +363,19 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
             let Some(lane) = queue.lanes.get_mut(&key) else {
                 continue;
             };
-            let Some((_, run)) = lane.queued.pop_first() else {
+            let Some(&(_, memory_mib)) = lane.queued.first_key_value().map(|(_, v)| v) else {
+                continue;
+            };
+            if !fits(self.memory_budget, self.memory_used, memory_mib) {
+                // The lane keeps its turn; the queue waits for memory.
+                lane.in_ready = true;
+                queue.ready.push_front(key);
+                if !self.memory_blocked.contains(&name) {
+                    self.memory_blocked.push(name);
+                }
+                continue;
+            }
+            let Some((_, (run, _))) = lane.queued.pop_first() else {
                 continue;
             };
             lane.running += 1;
@@ -342,11 +395,13 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
                 self.ready.push_back(name.clone());
             }
             self.running += 1;
+            self.memory_used += u64::from(memory_mib);
             self.queued.remove(&run);
             return Some(Started {
                 run,
                 queue: name,
                 key,
+                memory_mib,
             });
         }
         None
@@ -356,6 +411,12 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
     /// the environment is free again.
     pub fn release(&mut self, started: &Started<R>) {
         self.running = self.running.saturating_sub(1);
+        self.memory_used = self
+            .memory_used
+            .saturating_sub(u64::from(started.memory_mib));
+        for name in std::mem::take(&mut self.memory_blocked) {
+            self.touch_queue(&name);
+        }
         let base = self.base;
         if let Some(queue) = self.queues.get_mut(&started.queue) {
             queue.running = queue.running.saturating_sub(1);

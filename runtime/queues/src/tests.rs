@@ -8,6 +8,14 @@ fn entry(run: &str, queue: &str, key: Option<&str>, order: i64) -> Entry<String>
         queue: queue.into(),
         key: key.map(str::to_string),
         order,
+        memory_mib: 0,
+    }
+}
+
+fn sized(run: &str, queue: &str, order: i64, memory_mib: u32) -> Entry<String> {
+    Entry {
+        memory_mib,
+        ..entry(run, queue, None, order)
     }
 }
 
@@ -317,4 +325,48 @@ fn lanes_lists_the_busiest_keys() {
     s.push(entry("b0", "q", Some("b"), 9));
     let lanes = s.lanes("q", 1);
     assert_eq!(lanes, [(Some("a".to_string()), 3, 0)]);
+}
+
+#[test]
+fn a_run_whose_machine_does_not_fit_the_memory_budget_waits_in_its_queue() {
+    let mut s = Scheduler::new(10, 10);
+    s.set_memory_budget(Some(1_024));
+    s.push(sized("a", "q", 1, 512));
+    s.push(sized("b", "q", 2, 512));
+    s.push(sized("c", "q", 3, 512));
+    s.push(sized("small", "other", 4, 256));
+    // Queues take turns: a, then small; b would go past the budget.
+    let first = drain(&mut s, 0);
+    assert_eq!(runs(&first), ["a", "small"]);
+    assert_eq!(s.memory(), (Some(1_024), 768));
+    assert!(drain(&mut s, 0).is_empty());
+    // Memory released, the next in line starts, and only as much as fits.
+    s.release(&first[0]);
+    assert_eq!(runs(&drain(&mut s, 0)), ["b"]);
+    assert_eq!(s.memory(), (Some(1_024), 768));
+    s.release(&first[1]);
+    assert_eq!(runs(&drain(&mut s, 0)), ["c"]);
+    assert_eq!(s.memory(), (Some(1_024), 1_024));
+}
+
+#[test]
+fn a_run_larger_than_the_whole_budget_starts_alone() {
+    let mut s = Scheduler::new(10, 10);
+    s.set_memory_budget(Some(1_024));
+    s.push(sized("small", "q", 1, 256));
+    s.push(sized("huge", "q", 2, 4_096));
+    let small = drain(&mut s, 0);
+    assert_eq!(runs(&small), ["small"]);
+    s.release(&small[0]);
+    let huge = drain(&mut s, 0);
+    assert_eq!(runs(&huge), ["huge"]);
+    s.push(sized("after", "q", 3, 256));
+    assert!(drain(&mut s, 0).is_empty(), "nothing starts beside it");
+    s.release(&huge[0]);
+    assert_eq!(runs(&drain(&mut s, 0)), ["after"]);
+    // Without a budget, memory is not counted.
+    s.set_memory_budget(None);
+    s.push(sized("x", "q", 4, 4_096));
+    s.push(sized("y", "q", 5, 4_096));
+    assert_eq!(runs(&drain(&mut s, 0)), ["x", "y"]);
 }

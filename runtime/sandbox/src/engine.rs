@@ -113,6 +113,13 @@ impl Sandbox {
         self.inner.config.epoch_tick
     }
 
+    /// Refuses a bundle whose state a snapshot of its memory would miss
+    /// (see `snapshot_safety`). Checked at deploy, before [`load`]
+    /// (Self::load): a bundle deployed by an earlier Kiln still loads.
+    pub fn check_snapshot_safety(bytes: &[u8]) -> Result<(), BundleError> {
+        crate::snapshot_safety::check(bytes).map_err(BundleError::SnapshotUnsafe)
+    }
+
     /// Validates and loads a bundle: compiles it (or reads its cached
     /// artifact), links it against the Kiln world and reads its manifest.
     ///
@@ -126,7 +133,6 @@ impl Sandbox {
         let bytes = bytes.to_vec();
         let (hash, pre) = tokio::task::spawn_blocking(move || {
             let hash = crate::bundle::content_hash(&bytes);
-            crate::snapshot_safety::check(&bytes).map_err(BundleError::SnapshotUnsafe)?;
             let component = sandbox.compile_cached(&hash, &bytes)?;
             crate::bundle::check_world(&sandbox.inner.engine, &component)?;
             let pre = sandbox

@@ -47,6 +47,11 @@ pub struct ServerConfig {
     /// How long finished runs, and what belongs to them, are kept (30 days
     /// unless set); `None` keeps them for ever.
     pub retention: Option<std::time::Duration>,
+    /// The memory all executing runs of an environment together may use,
+    /// in MiB, counted by their machines' caps; a run whose machine does not
+    /// fit waits in its queue. Half the machine's memory unless set;
+    /// `None`: no budget.
+    pub memory_budget_mib: Option<u64>,
 }
 
 impl ServerConfig {
@@ -77,6 +82,21 @@ impl ServerConfig {
             default_max_duration: std::time::Duration::from_secs(3_600),
             budgets: crate::executor::Budgets::default(),
             retention: Some(std::time::Duration::from_secs(30 * 86_400)),
+            memory_budget_mib: physical_memory_mib().map(|mib| mib / 2),
         }
     }
+}
+
+/// The machine's memory in MiB, from `/proc/meminfo` (`None` elsewhere).
+fn physical_memory_mib() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib / 1024)
 }

@@ -188,6 +188,7 @@ impl Deployments {
         bytes: &[u8],
         check: impl FnOnce(&kiln_manifest::Manifest) -> Result<(), String>,
     ) -> Result<Arc<Deployed>, DeployError> {
+        kiln_sandbox::Sandbox::check_snapshot_safety(bytes)?;
         let bundle = self.sandbox.load(bytes).await?;
         check(bundle.manifest()).map_err(DeployError::Refused)?;
         let _one_at_a_time = self.deploying.lock().await;

@@ -376,6 +376,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             fetch: crate::executor::FetchPolicy::new(config.fetch_allow.clone(), environment),
             default_max_duration: config.default_max_duration,
             budgets: config.budgets,
+            memory_budget_mib: config.memory_budget_mib,
         },
     );
     let recovered = executor.recover().await?;

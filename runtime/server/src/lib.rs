@@ -28,6 +28,7 @@ mod server;
 mod trigger;
 
 pub use config::ServerConfig;
+pub use executor::parse_size_bytes;
 
 /// Parses `30s`, `15m`, `2h`, `1h52m18s`... into milliseconds (the CLI's
 /// durations, as Trigger.dev's options write them).

@@ -89,7 +89,11 @@ impl Store {
         let (rows, next) = self.page(RUN, after, limit)?;
         let mut expired = Vec::new();
         for (k, v) in rows {
-            let run: Run = decode(&k, &v)?;
+            // A record that does not decode is left alone (and reported by
+            // whatever reads it), not allowed to stop every pass.
+            let Ok(run) = decode::<Run>(&k, &v) else {
+                continue;
+            };
             if finished_at(&run).is_some_and(|at| at < cutoff) {
                 expired.push(run);
             }
@@ -128,8 +132,9 @@ impl Store {
         Ok(count)
     }
 
-    /// Deletes a page of idempotency keys past their lifetime at `now`, or
-    /// whose run is gone.
+    /// Deletes a page of idempotency keys past their lifetime at `now` (a
+    /// key whose run is gone makes a new run anyway; a one-time token's use
+    /// is kept under this keyspace too, for the token's lifetime).
     pub async fn sweep_idempotency_keys(
         &self,
         after: Option<Vec<u8>>,
@@ -143,7 +148,7 @@ impl Store {
                 Ok(entry) => entry,
                 Err(_) => continue,
             };
-            if entry.expires_at <= now || self.run(&entry.run)?.is_none() {
+            if entry.expires_at <= now {
                 batch.ops.push(Op::Delete(k));
             }
         }

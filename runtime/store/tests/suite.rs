@@ -473,6 +473,15 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
         token: None,
     });
     batch.put_idempotency_key(
+        "past-its-lifetime",
+        &IdempotentRun {
+            run: recent.id.clone(),
+            expires_at: old,
+        },
+    );
+    // A key whose run is gone stays for its lifetime (a one-time token's
+    // use is kept this way).
+    batch.put_idempotency_key(
         "gone-run",
         &IdempotentRun {
             run: expired.id.clone(),
@@ -532,7 +541,9 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     // Keys whose runs are gone, and records older than the cutoff.
     let idem = store.sweep_idempotency_keys(None, 100, now).await.unwrap();
     assert_eq!(idem.deleted, 1);
+    assert!(store.idempotent_run("past-its-lifetime").unwrap().is_none());
     assert!(store.idempotent_run("live-run").unwrap().is_some());
+    assert!(store.idempotent_run("gone-run").unwrap().is_some());
     assert_eq!(
         store.sweep_debounce_keys(None, 100).await.unwrap().deleted,
         1
@@ -572,7 +583,9 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     let left = all_keys(&backend);
     for gone in [&expired.id, &child.id] {
         assert!(
-            !left.iter().any(|k| k.contains(gone.as_str())),
+            !left
+                .iter()
+                .any(|k| k.contains(gone.as_str()) && !k.starts_with("idem/")),
             "keys of {gone} are left: {left:?}"
         );
     }

@@ -25,6 +25,7 @@ fn dequeue(label: &str, queued: usize, queues: usize, keys: usize) {
         queue: format!("q{}", n as usize % queues),
         key: (keys > 1).then(|| format!("k{}", (n as usize / queues) % keys)),
         order: n as i64,
+        memory_mib: 0,
     };
     let t = Instant::now();
     for n in 0..queued as u64 {

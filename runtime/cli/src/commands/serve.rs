@@ -48,6 +48,12 @@ pub struct Args {
     /// them (`30d`, `12h`...); `forever` keeps everything.
     #[arg(long, default_value = "30d", env = "KILN_RETENTION")]
     retention: String,
+    /// The memory all executing runs together may use, counted by their
+    /// machines' caps (`8GiB`, `512MiB`; `unlimited` for no budget): a run
+    /// whose machine does not fit waits in its queue. Half the machine's
+    /// memory unless set.
+    #[arg(long, env = "KILN_MEMORY_BUDGET")]
+    memory_budget: Option<String>,
     /// What one run may use, as NAME=VALUE (repeat, or comma-separate):
     /// journal-entries (100000), journal-bytes (256MiB), children (10000),
     /// batches (1000), tokens (10000), fetches (10000),
@@ -105,6 +111,16 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Some(std::time::Duration::from_millis(ms))
         }
     };
+    if let Some(budget) = &args.memory_budget {
+        config.memory_budget_mib = match budget.trim() {
+            "unlimited" => None,
+            text => Some(
+                kiln_server::parse_size_bytes(text)
+                    .map_err(|e| anyhow::anyhow!("--memory-budget: {e} (or `unlimited`)"))?
+                    >> 20,
+            ),
+        };
+    }
     for setting in &args.limits {
         config
             .budgets

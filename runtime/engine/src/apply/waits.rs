@@ -87,7 +87,12 @@ fn facts(
             Some(run) if run.status.is_final() => Some(WakeValue::Run {
                 outcome: view.outcome(&run)?,
             }),
-            _ => None,
+            Some(_) => None,
+            // A run is created before anything can wait on it, so one that
+            // is not there was deleted by retention: it finished long ago,
+            // and the waiter gets a failed outcome instead of waiting for
+            // ever.
+            None => Some(WakeValue::Run { outcome: gone(id) }),
         })
     };
     Ok(match &wait.on {
@@ -292,4 +297,17 @@ pub fn complete(waits: &[WaitRecord], inbox: &[Arrival]) -> (Vec<Wake>, Vec<(u64
         .flat_map(|(wait, parts)| parts.into_keys().map(move |part| (wait, part)))
         .collect();
     (wakes, stale)
+}
+
+/// The outcome of a run that is gone (deleted by retention).
+fn gone(id: &RunId) -> kiln_types::RunOutcome {
+    let error = kiln_types::RunError::new(
+        "RunDeleted",
+        format!("the run {id} is gone: it finished longer ago than the server keeps runs"),
+    );
+    kiln_types::RunOutcome {
+        run_id: id.clone(),
+        ok: false,
+        value: serde_json::to_string(&error).unwrap_or_else(|_| "{}".into()),
+    }
 }

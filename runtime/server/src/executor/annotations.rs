@@ -94,7 +94,13 @@ impl Executor {
     ) -> Result<T, AnnotationError> {
         let shared = &self.shared;
         let _guard = shared.locks.lock(run_id).await;
-        let mut run = shared.store.run(run_id)?.ok_or(AnnotationError::NotFound)?;
+        let Some(mut run) = shared.store.run(run_id)? else {
+            // Journaled like any refusal, so a replay is refused the same.
+            let mut batch = Batch::default();
+            also(&mut batch, Err("Run not found"));
+            shared.store.commit(batch).await?;
+            return Err(AnnotationError::NotFound);
+        };
         let mut batch = Batch::default();
         let outcome = change(&mut run);
         match &outcome {

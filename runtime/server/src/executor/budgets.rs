@@ -114,6 +114,13 @@ impl Budgets {
     }
 }
 
+/// Parses a size (`512MiB`, `8GiB`, `1048576`) into bytes.
+pub fn parse_size_bytes(text: &str) -> Result<u64, String> {
+    parse_amount(text.trim())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("`{text}` is not a size like 512MiB or 8GiB"))
+}
+
 fn parse_amount(text: &str) -> Option<u64> {
     let (digits, unit) = match text.find(|c: char| !c.is_ascii_digit() && c != '_') {
         Some(at) => text.split_at(at),
@@ -358,6 +365,15 @@ mod tests {
         usage.count(&JournalEntry::AttemptStarted { attempt: 2 }, 100);
         let full = usage.check_journal(&budgets).unwrap_err();
         assert!(full.contains("journal entries"), "{full}");
+        // Bytes count on their own.
+        let roomy = Budgets {
+            journal_entries: 1_000,
+            journal_bytes: 1_000,
+            ..Budgets::default()
+        };
+        let bytes = usage.check_journal(&roomy).unwrap_err();
+        assert!(bytes.contains("limit of 1000 journal bytes"), "{bytes}");
+        assert!(bytes.contains("--limit journal-bytes="), "{bytes}");
     }
 
     #[test]

@@ -69,7 +69,14 @@ impl Dispatch {
             queue: run.queue_name(),
             key: run.concurrency_key.clone(),
             order: run.queue_order(),
+            memory_mib: (run.machine.memory_limit_bytes() >> 20) as u32,
         }
+    }
+
+    /// Sets the memory all executing runs together may use, in MiB.
+    pub(crate) fn set_memory_budget(&self, mib: Option<u64>) {
+        self.lock().set_memory_budget(mib);
+        self.changed.notify_one();
     }
 
     /// Queues a run to start as its queue allows.

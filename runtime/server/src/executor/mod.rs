@@ -41,7 +41,7 @@ mod tokens;
 mod waits;
 
 pub use annotations::AnnotationError;
-pub use budgets::{BUDGET_NAMES, Budgets};
+pub use budgets::{BUDGET_NAMES, Budgets, parse_size_bytes};
 pub use delays::RescheduleError;
 pub use dispatch::QueueView;
 pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
@@ -88,6 +88,9 @@ pub struct ExecutorConfig {
     pub default_max_duration: Duration,
     /// What one run may use of the server.
     pub budgets: Budgets,
+    /// The memory all executing runs together may use, in MiB, counted by
+    /// their machines' caps (`None`: no budget).
+    pub memory_budget_mib: Option<u64>,
 }
 
 /// Hands runs to the executor and controls them.
@@ -172,6 +175,7 @@ impl Executor {
             config.concurrency.max(1),
             config.burst.max(config.concurrency).max(1),
         ));
+        dispatch.set_memory_budget(config.memory_budget_mib);
         if let Some(current) = deployments.current() {
             dispatch.configure(&current.record.manifest);
         }

@@ -89,8 +89,18 @@ impl Executor {
             }
         }
         let store = &self.shared.store;
-        pass.others += pages(|after| store.sweep_idempotency_keys(after, PAGE, now)).await?;
-        pass.others += pages(|after| store.sweep_debounce_keys(after, PAGE)).await?;
+        // Keys a trigger may be writing: each page under the lock keyed
+        // triggers take, so a key a trigger just wrote is not deleted.
+        pass.others += pages(|after| async move {
+            let _serial = self.serialize_triggers(true).await;
+            store.sweep_idempotency_keys(after, PAGE, now).await
+        })
+        .await?;
+        pass.others += pages(|after| async move {
+            let _serial = self.serialize_triggers(true).await;
+            store.sweep_debounce_keys(after, PAGE).await
+        })
+        .await?;
         pass.others += pages(|after| store.sweep_tokens(after, PAGE, cutoff)).await?;
         pass.others += pages(|after| store.sweep_batches(after, PAGE, cutoff)).await?;
         pass.others += pages(|after| store.sweep_packets(after, PAGE, cutoff)).await?;

@@ -666,6 +666,7 @@ pub async fn keyed_child(payload: KeyedChild, ctx: &Context) -> Result<Value, Ta
 kiln_sdk::bundle!(
     hooked,
     hostile,
+    late_wait,
     stream_words,
     soak,
     chatty,
@@ -905,4 +906,19 @@ pub async fn hostile(payload: Hostile, ctx: &Context) -> Result<Value, TaskError
         }
         other => Err(TaskError::abort(format!("unknown budget {other}"))),
     }
+}
+
+/// Triggers an echo child, waits `ms`, and only then waits on the child:
+/// with a short retention the child is gone by then.
+#[task(id = "late-wait")]
+pub async fn late_wait(payload: Sleep, _ctx: &Context) -> Result<Value, TaskError> {
+    let child = kiln_sdk::tasks::trigger("echo", &serde_json::json!({ "n": "late" })).await?;
+    kiln_sdk::wait::for_duration(std::time::Duration::from_millis(payload.ms)).await?;
+    let result = child.wait::<Value>().await?;
+    Ok(match result.outcome {
+        Ok(output) => serde_json::json!({ "ok": true, "output": output }),
+        Err(error) => {
+            serde_json::json!({ "ok": false, "name": error.name, "message": error.message })
+        }
+    })
 }
