@@ -32,7 +32,8 @@
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
 //! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`,
-//! `realtime`, `secrets`, `blocking`, `retention`).
+//! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
+//! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
@@ -42,6 +43,8 @@ mod queues;
 mod realtime;
 #[path = "support/secrets.rs"]
 mod secrets;
+#[path = "support/soak.rs"]
+mod soak;
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
@@ -108,6 +111,10 @@ fn main() {
     }
     if selected("blocking") {
         runtime.block_on(blocking_bench());
+    }
+    // The soak runs only when asked for by name: it takes an hour.
+    if std::env::args().skip(1).any(|a| a == "soak") {
+        runtime.block_on(soak::soak_bench());
     }
     if selected("retention") {
         runtime.block_on(retention_bench(100_000, 64));
