@@ -222,4 +222,65 @@ impl Deployments {
     pub fn list(&self) -> Result<Vec<Deployment>, StoreError> {
         self.store.deployments()
     }
+
+    /// Forgets the loaded bundles of versions that are not current and that
+    /// nothing uses now (no slice of a run holds them): their compiled code
+    /// and instance pool go. A later run of such a version loads it again
+    /// from its cached artifact. Returns how many were dropped.
+    pub fn evict_unused(&self) -> usize {
+        let mut registry = self.write();
+        let current = registry.current.as_ref().map(|d| d.record.id.clone());
+        let before = registry.by_id.len();
+        registry
+            .by_id
+            .retain(|id, deployed| Some(id) == current.as_ref() || Arc::strong_count(deployed) > 1);
+        before - registry.by_id.len()
+    }
+
+    /// How many versions are loaded now.
+    #[cfg(test)]
+    fn loaded(&self) -> usize {
+        self.read().by_id.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Deployments;
+    use kiln_sandbox::{Sandbox, SandboxConfig};
+    use kiln_store::{MemoryBackend, Store};
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn versions_nothing_uses_are_evicted_and_load_again_when_asked_for() {
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let sandbox =
+            Sandbox::new(SandboxConfig::new(dir.path().join("compiled"))).expect("a sandbox");
+        let deployments = Deployments::new(sandbox, Store::new(Arc::new(MemoryBackend::new())));
+        let bundle = kiln_fixtures::read(kiln_fixtures::HELLO_WORLD);
+        let first = deployments
+            .deploy(&bundle, |_| Ok(()))
+            .await
+            .expect("deploys");
+        let second = deployments
+            .deploy(&bundle, |_| Ok(()))
+            .await
+            .expect("deploys");
+        let old = first.record.id.clone();
+        assert_eq!(deployments.loaded(), 2);
+        // A run of the old version holds it: it stays.
+        assert_eq!(deployments.evict_unused(), 0);
+        drop(first);
+        drop(second);
+        // Nothing holds it now; the current version always stays.
+        assert_eq!(deployments.evict_unused(), 1);
+        assert_eq!(deployments.loaded(), 1);
+        let again = deployments
+            .get(&old)
+            .await
+            .expect("loads")
+            .expect("is stored");
+        assert_eq!(again.record.id, old);
+        assert_eq!(deployments.loaded(), 2);
+    }
 }

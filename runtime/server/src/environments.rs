@@ -401,6 +401,21 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
     if let Some(retention) = config.retention {
         executor.start_retention(retention);
     }
+    // Versions no run uses give back their compiled code and instance pool.
+    let idle = Arc::downgrade(&deployments);
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        loop {
+            every.tick().await;
+            let Some(deployments) = idle.upgrade() else {
+                return;
+            };
+            let evicted = deployments.evict_unused();
+            if evicted > 0 {
+                tracing::debug!(evicted, "unloaded versions no run uses");
+            }
+        }
+    });
     Ok(AppState {
         store,
         deployments,
