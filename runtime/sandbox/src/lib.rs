@@ -14,6 +14,7 @@
 //!   [`TrapKind`]s the host decides about.
 
 mod attempt;
+pub mod background;
 mod bindings;
 mod bundle;
 mod engine;
