@@ -123,7 +123,7 @@ impl Sandbox {
     /// Validates and loads a bundle: compiles it (or reads its cached
     /// artifact), links it against the Kiln world and reads its manifest.
     ///
-    /// Compiling takes seconds of CPU: it runs on a low-priority background thread, at most
+    /// Compiling takes seconds of CPU: it runs on the blocking pool, at most
     /// as many at once as there are cores, never on a runtime worker that
     /// other requests are waiting for.
     pub async fn load(&self, bytes: &[u8]) -> Result<LoadedBundle, BundleError> {
@@ -131,7 +131,7 @@ impl Sandbox {
         let _turn = self.inner.compiling.acquire().await;
         let sandbox = self.clone();
         let bytes = bytes.to_vec();
-        let (hash, pre) = crate::background::run(move || {
+        let (hash, pre) = tokio::task::spawn_blocking(move || {
             let hash = crate::bundle::content_hash(&bytes);
             let component = sandbox.compile_cached(&hash, &bytes)?;
             crate::bundle::check_world(&sandbox.inner.engine, &component)?;

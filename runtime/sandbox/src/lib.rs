@@ -14,7 +14,6 @@
 //!   [`TrapKind`]s the host decides about.
 
 mod attempt;
-pub mod background;
 mod bindings;
 mod bundle;
 mod engine;

@@ -207,10 +207,10 @@ impl<'a> Slice<'a> {
         let mut image = None;
         if self.resumed {
             // Reading, verifying, decompressing and composing the layers
-            // takes a while for a large memory: on a low-priority background thread.
+            // takes a while for a large memory: on the blocking pool.
             let (store, run, attempt_no) =
                 (shared.store.clone(), self.run.id.clone(), self.attempt_no);
-            let read = kiln_sandbox::background::run(move || {
+            let read = tokio::task::spawn_blocking(move || {
                 let layers = store.layers(&run, attempt_no).map_err(|e| e.to_string())?;
                 if layers.is_empty() {
                     return Ok((layers, None));
@@ -606,10 +606,10 @@ impl<'a> Slice<'a> {
             .map(|l| l.layer.hashes.clone());
         let number = self.layers.last().map(|l| l.number + 1).unwrap_or(1);
         // Hashing, compressing and sealing a large memory takes a while
-        // (0.1 s for 50 MiB): on a low-priority background thread, not a runtime worker
+        // (0.1 s for 50 MiB): on the blocking pool, not a runtime worker
         // that other requests are waiting for.
         let (store, run, attempt_no) = (shared.store.clone(), self.run.id.clone(), self.attempt_no);
-        let (layer, bytes) = kiln_sandbox::background::run(move || {
+        let (layer, bytes) = tokio::task::spawn_blocking(move || {
             let mut layer = SnapshotLayer::capture(&image, previous.as_deref(), journal_seq);
             if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
                 layer = SnapshotLayer::capture(&image, None, journal_seq);
