@@ -49,7 +49,7 @@ impl Executor {
             }
             loop {
                 let started = std::time::Instant::now();
-                match executor.sweep(retention).await {
+                let deleted = match executor.sweep(retention).await {
                     Ok(pass) if pass != Pass::default() => {
                         tracing::info!(
                             runs = pass.runs,
@@ -57,13 +57,22 @@ impl Executor {
                             others = pass.others,
                             "retention deleted what expired"
                         );
+                        true
                     }
-                    Ok(_) => {}
-                    Err(error) => tracing::warn!(%error, "a retention pass failed"),
-                }
-                // A pass reads every run: resting ten times as long as it
-                // took keeps the sweeper under a tenth of a core.
-                tokio::time::sleep(rest(retention).max(started.elapsed() * 10)).await;
+                    Ok(_) => false,
+                    Err(error) => {
+                        tracing::warn!(%error, "a retention pass failed");
+                        false
+                    }
+                };
+                // A pass that found nothing to delete only read: resting ten
+                // times as long as it took keeps reading under a tenth of a
+                // core. A pass that deleted keeps pace with what expires.
+                let rest = match deleted {
+                    true => rest(retention),
+                    false => rest(retention).max(started.elapsed() * 10),
+                };
+                tokio::time::sleep(rest).await;
             }
         });
     }
