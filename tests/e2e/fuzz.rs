@@ -1,8 +1,9 @@
 //! Fuzzing in the test command: seeded mutations of valid inputs (see
 //! `kiln_fixtures::fuzz`) fed to every reader of outside input — cron
-//! expressions and time zones, durations, bundle manifests, journal records
-//! and snapshot layers read back from the store, the bundle loader, and the
-//! HTTP routes that take triggers and NDJSON batch items. Nothing may
+//! expressions and time zones, durations, bundle manifests, the deploy-time
+//! snapshot check and the bundle loader, journal records read back from the
+//! store and whole journals through the replay cursor, snapshot layers, and
+//! the HTTP routes that take triggers and NDJSON batch items. Nothing may
 //! panic, hang or answer 5xx; the server must serve on afterwards. A
 //! failure names the seed and the input, and reproduces exactly.
 
@@ -132,14 +133,17 @@ async fn manifests_and_the_bundle_loader_refuse_mutations_without_panicking() {
             let _ = kiln_manifest::Manifest::from_json(&String::from_utf8_lossy(input));
         },
     );
+    // The deploy-time check that a snapshot holds the whole guest reads
+    // every instruction of an uploaded bundle.
+    let dictionary: &[&[u8]] = &[b"\0asm", b"\x0d\0\x01\0", b"\xff\xff\xff\xff\x0f"];
+    survive("snapshot safety", 9, 300, &[&bundle], dictionary, |input| {
+        let _ = kiln_sandbox::Sandbox::check_snapshot_safety(input);
+    });
     // Loading compiles what still validates, so fewer rounds; each must be
     // refused with a reason or load, never panic.
     let mut mutator = Mutator::new(5);
     for round in 0..40 {
-        let input = mutator.mutate(
-            &bundle,
-            &[b"\0asm", b"\x0d\0\x01\0", b"\xff\xff\xff\xff\x0f"],
-        );
+        let input = mutator.mutate(&bundle, dictionary);
         let result = tokio::spawn({
             let sandbox = sandbox.clone();
             async move { sandbox.load(&input).await.map(|_| ()) }
@@ -182,6 +186,42 @@ fn journal_seeds() -> Vec<Vec<u8>> {
     .collect()
 }
 
+/// An attempt that read the clock, waited on a timer, was suspended, woke
+/// and waits again.
+fn journal_of_a_suspended_attempt() -> Vec<JournalRecord> {
+    let waits = |id: u64| JournalEntry::Waits {
+        waits: vec![WaitRecord {
+            id,
+            on: WaitOn::Timer {
+                due_at: Timestamp(9),
+            },
+        }],
+    };
+    [
+        JournalEntry::AttemptStarted { attempt: 1 },
+        JournalEntry::HostCall(HostCall::NowMs { result: 17 }),
+        waits(1),
+        JournalEntry::Suspended {
+            layer: 1,
+            bytes: 100,
+            log_calls: 2,
+        },
+        JournalEntry::Wake {
+            id: 1,
+            value: kiln_types::WakeValue::Timer,
+        },
+        waits(2),
+    ]
+    .into_iter()
+    .enumerate()
+    .map(|(i, entry)| JournalRecord {
+        seq: i as u64 + 1,
+        at: Timestamp(5),
+        entry,
+    })
+    .collect()
+}
+
 #[tokio::test]
 async fn journal_records_and_snapshot_layers_read_back_corrupted_fail_cleanly() {
     let seeds = journal_seeds();
@@ -217,6 +257,35 @@ async fn journal_records_and_snapshot_layers_read_back_corrupted_fail_cleanly() 
             .expect("commits");
         let _ = store.journal_sized(&run);
     }
+
+    // Whole journals, as a slice start reads them: the replay cursor finds
+    // the attempt, the restore point and the pending waits.
+    let journal = serde_json::to_vec(&journal_of_a_suspended_attempt()).expect("encodes");
+    survive(
+        "replay cursor",
+        10,
+        2_000,
+        &[&journal],
+        &[
+            b"\"wake\"",
+            b"\"suspended\"",
+            b"\"waits\"",
+            b"0",
+            b"4294967296",
+            b"[]",
+        ],
+        |input| {
+            if let Ok(records) = serde_json::from_slice::<Vec<JournalRecord>>(input) {
+                let _ = kiln_engine::cursor::Cursor::at_end(&records)
+                    .pending()
+                    .count();
+                let _ = kiln_engine::cursor::Resume::new(records.clone(), Some((1, 4)));
+                if let Some(attempt) = kiln_engine::cursor::attempt_records(records, 1) {
+                    let _ = kiln_engine::cursor::Resume::new(attempt, None);
+                }
+            }
+        },
+    );
 
     let image: Vec<u8> = (0..3 * 65_536).map(|i| (i / 7) as u8).collect();
     let layer = SnapshotLayer::capture(&image, None, 9).encode();

@@ -84,9 +84,11 @@ pub struct Scheduler<R> {
     /// budget), and what they hold of it.
     memory_budget: Option<u64>,
     memory_used: u64,
-    /// Queues whose next run did not fit the memory budget: back in the
-    /// rotation when memory is released.
-    memory_blocked: Vec<String>,
+    /// The queue whose next run did not fit the memory budget: until that
+    /// queue starts a run (or has none left to start), no other queue
+    /// starts one, so memory freed goes to the run that waited for it and a
+    /// large run is never starved by smaller ones.
+    memory_waiter: Option<String>,
 }
 
 #[derive(Debug)]
@@ -228,16 +230,17 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
             timed: BTreeSet::new(),
             memory_budget: None,
             memory_used: 0,
-            memory_blocked: Vec::new(),
+            memory_waiter: None,
         }
     }
 
     /// Sets the memory all executing runs together may use, in MiB (`None`:
     /// no budget). A run whose machine does not fit what is left waits in
-    /// its queue; a run larger than the whole budget starts only alone.
+    /// its queue, and no other run starts before it; a run larger than the
+    /// whole budget starts only alone.
     pub fn set_memory_budget(&mut self, mib: Option<u64>) {
         self.memory_budget = mib;
-        for name in std::mem::take(&mut self.memory_blocked) {
+        if let Some(name) = self.memory_waiter.take() {
             self.touch_queue(&name);
         }
     }
@@ -339,9 +342,24 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
         if self.running >= self.burst {
             return None;
         }
+        // A memory waiter that has nothing left to start (its runs were
+        // canceled, or it was paused) holds nobody back.
+        if let Some(waiter) = &self.memory_waiter
+            && self
+                .queues
+                .get(waiter)
+                .is_none_or(|q| q.queued == 0 || q.paused)
+        {
+            self.memory_waiter = None;
+        }
         let base = self.base;
         for _ in 0..self.ready.len() {
             let name = self.ready.pop_front()?;
+            if self.memory_waiter.as_ref().is_some_and(|w| *w != name) {
+                // Its turn comes after the memory waiter has started.
+                self.ready.push_back(name);
+                continue;
+            }
             let Some(queue) = self.queues.get_mut(&name) else {
                 continue;
             };
@@ -367,13 +385,17 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
                 continue;
             };
             if !fits(self.memory_budget, self.memory_used, memory_mib) {
-                // The lane keeps its turn; the queue waits for memory.
+                // The lane keeps its turn and the queue its place in the
+                // rotation; nothing else starts until memory is released.
                 lane.in_ready = true;
                 queue.ready.push_front(key);
-                if !self.memory_blocked.contains(&name) {
-                    self.memory_blocked.push(name);
-                }
-                continue;
+                queue.in_ready = true;
+                self.ready.push_front(name.clone());
+                self.memory_waiter = Some(name);
+                return None;
+            }
+            if self.memory_waiter.as_ref() == Some(&name) {
+                self.memory_waiter = None;
             }
             let Some((_, (run, _))) = lane.queued.pop_first() else {
                 continue;
@@ -414,9 +436,6 @@ impl<R: Clone + Eq + Hash> Scheduler<R> {
         self.memory_used = self
             .memory_used
             .saturating_sub(u64::from(started.memory_mib));
-        for name in std::mem::take(&mut self.memory_blocked) {
-            self.touch_queue(&name);
-        }
         let base = self.base;
         if let Some(queue) = self.queues.get_mut(&started.queue) {
             queue.running = queue.running.saturating_sub(1);

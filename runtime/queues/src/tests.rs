@@ -370,3 +370,34 @@ fn a_run_larger_than_the_whole_budget_starts_alone() {
     s.push(sized("y", "q", 5, 4_096));
     assert_eq!(runs(&drain(&mut s, 0)), ["x", "y"]);
 }
+
+#[test]
+fn a_run_waiting_for_memory_is_not_starved_by_smaller_ones() {
+    let mut s = Scheduler::new(10, 10);
+    s.set_memory_budget(Some(1_024));
+    s.push(sized("s1", "small", 1, 256));
+    let s1 = drain(&mut s, 0);
+    assert_eq!(runs(&s1), ["s1"]);
+    s.push(sized("big", "large", 2, 1_024));
+    s.push(sized("s2", "small", 3, 256));
+    // s2 would fit, but big waits for memory first.
+    assert!(drain(&mut s, 0).is_empty());
+    s.release(&s1[0]);
+    let big = drain(&mut s, 0);
+    assert_eq!(runs(&big), ["big"]);
+    s.release(&big[0]);
+    assert_eq!(runs(&drain(&mut s, 0)), ["s2"]);
+}
+
+#[test]
+fn canceling_the_run_that_waits_for_memory_lets_the_others_go() {
+    let mut s = Scheduler::new(10, 10);
+    s.set_memory_budget(Some(1_024));
+    s.push(sized("s1", "small", 1, 512));
+    assert_eq!(runs(&drain(&mut s, 0)), ["s1"]);
+    s.push(sized("big", "large", 2, 1_024));
+    s.push(sized("s2", "small", 3, 256));
+    assert!(drain(&mut s, 0).is_empty());
+    assert!(s.remove(&"big".to_string()));
+    assert_eq!(runs(&drain(&mut s, 0)), ["s2"]);
+}

@@ -87,7 +87,9 @@ impl ServerConfig {
     }
 }
 
-/// The machine's memory in MiB, from `/proc/meminfo` (`None` elsewhere).
+/// The memory this process may use in MiB: the machine's (`/proc/meminfo`),
+/// or a container's limit (cgroup v2 `memory.max`) when that is lower.
+/// `None` where neither can be read.
 fn physical_memory_mib() -> Option<u64> {
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let kib: u64 = info
@@ -98,5 +100,10 @@ fn physical_memory_mib() -> Option<u64> {
         .trim()
         .parse()
         .ok()?;
-    Some(kib / 1024)
+    let machine = kib / 1024;
+    let container = std::fs::read_to_string("/sys/fs/cgroup/memory.max")
+        .ok()
+        .and_then(|max| max.trim().parse::<u64>().ok())
+        .map(|bytes| bytes >> 20);
+    Some(container.map_or(machine, |c| c.min(machine)))
 }

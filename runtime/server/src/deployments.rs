@@ -108,6 +108,8 @@ pub struct Deployments {
     store: Store,
     registry: RwLock<Registry>,
     deploying: tokio::sync::Mutex<()>,
+    /// Held while a version that is not loaded is loaded.
+    loading: tokio::sync::Mutex<()>,
 }
 
 impl Deployments {
@@ -118,6 +120,7 @@ impl Deployments {
             store,
             registry: RwLock::default(),
             deploying: tokio::sync::Mutex::new(()),
+            loading: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -155,6 +158,12 @@ impl Deployments {
 
     /// A deployment by id, loading its bundle if needed.
     pub async fn get(&self, id: &DeploymentId) -> Result<Option<Arc<Deployed>>, DeployError> {
+        if let Some(d) = self.read().by_id.get(id) {
+            return Ok(Some(d.clone()));
+        }
+        // One load at a time: runs of an unloaded version that wake
+        // together wait for the first load instead of each making its own.
+        let _loading = self.loading.lock().await;
         if let Some(d) = self.read().by_id.get(id) {
             return Ok(Some(d.clone()));
         }

@@ -5,8 +5,8 @@
 //! output, child index, streams, waits, inbox, waiters), its own record and
 //! index entries, and its entries in its parent's and schedule's indexes.
 //! Keys that outlive their run are swept by age apart from runs:
-//! idempotency keys past their lifetime or whose run is gone, debounce
-//! windows whose run is gone, wait tokens finished before the cutoff,
+//! idempotency keys past their lifetime, debounce windows whose run is
+//! gone, wait tokens finished before the cutoff,
 //! batches made before it whose runs are all gone, and uploaded packets
 //! (which a trigger copies into its run) older than the cutoff.
 //!

@@ -1,7 +1,8 @@
 //! The `soak` group (`scripts/soak`): a server under a steady mix of work
 //! for `KILN_SOAK_SECS` seconds (an hour unless set), with retention on:
-//! triggers of short runs, runs that suspend at a wait, `?wait` polls that
-//! time out, cancels, and a deploy a minute. Every `KILN_SOAK_SAMPLE_SECS`
+//! triggers of short runs (`echo`), runs that suspend at a wait (`sleep`),
+//! `?wait` polls that time out, cancels, and a deploy of the same bundle a
+//! minute, all of the probe test guest. Every `KILN_SOAK_SAMPLE_SECS`
 //! (60) it prints the server's RSS, the store's size on disk and what it
 //! has done, so a leak shows as a curve that keeps rising after warm-up.
 
@@ -23,7 +24,6 @@ pub async fn soak_bench() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let store_dir = dir.path().join("store");
     let (server, _) = Server::start(dir.path(), &["--retention", "2m", "--warm-wait-ms", "0"]);
-    server.deploy(kiln_fixtures::HELLO_WORLD).await;
     server.deploy(kiln_fixtures::PROBE).await;
     let started = Instant::now();
     let mut next_sample = Duration::ZERO;
@@ -35,13 +35,11 @@ pub async fn soak_bench() {
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     while started.elapsed() < length {
         tick.tick().await;
-        // Ten ticks a second: 50 short runs, 10 that suspend for two
-        // seconds, 30 polls that time out and 10 cancels a second.
+        // Ten ticks a second: 50 short runs, 20 that suspend for two
+        // seconds (half of them canceled), 30 polls that time out.
         let mut sleepers = Vec::new();
-        for _ in 0..5 {
-            server
-                .trigger("hello-world", serde_json::json!({"name": "soak"}))
-                .await;
+        for n in 0..5 {
+            server.trigger("echo", serde_json::json!({"n": n})).await;
         }
         for _ in 0..2 {
             sleepers.push(

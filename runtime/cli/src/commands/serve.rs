@@ -114,11 +114,14 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     if let Some(budget) = &args.memory_budget {
         config.memory_budget_mib = match budget.trim() {
             "unlimited" => None,
-            text => Some(
-                kiln_server::parse_size_bytes(text)
-                    .map_err(|e| anyhow::anyhow!("--memory-budget: {e} (or `unlimited`)"))?
-                    >> 20,
-            ),
+            text => {
+                let bytes = kiln_server::parse_size_bytes(text)
+                    .map_err(|e| anyhow::anyhow!("--memory-budget: {e} (or `unlimited`)"))?;
+                if bytes < 256 << 20 {
+                    anyhow::bail!("--memory-budget must be at least 256MiB, the smallest machine");
+                }
+                Some(bytes >> 20)
+            }
         };
     }
     for setting in &args.limits {

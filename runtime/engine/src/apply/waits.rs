@@ -24,9 +24,11 @@ pub(super) fn suspend(
     let run = with_logs(view, id, logs)?;
     let t = transition::apply(&run, Event::Suspended { usage_ms }, now)?;
     let mut commands = vec![Command::PutRun(t.run.clone())];
-    let mut deliver = !view.inbox(id)?.is_empty();
+    let inbox = view.inbox(id)?;
+    let mut deliver = !inbox.is_empty();
+    let have = arrived(&inbox);
     for wait in waits {
-        for arrival in facts(view, &wait, now, &mut commands)? {
+        for arrival in facts(view, &wait, &have, now, &mut commands)? {
             commands.push(Command::PutArrival {
                 run: id.clone(),
                 arrival,
@@ -56,8 +58,9 @@ pub(super) fn recheck(
         _ => return Ok(Applied::new(Vec::new(), Outcome::Done)),
     }
     let mut commands = Vec::new();
+    let have = arrived(&view.inbox(id)?);
     for wait in view.waits(id)? {
-        for arrival in facts(view, &wait, now, &mut commands)? {
+        for arrival in facts(view, &wait, &have, now, &mut commands)? {
             commands.push(Command::PutArrival {
                 run: id.clone(),
                 arrival,
@@ -70,10 +73,18 @@ pub(super) fn recheck(
     Ok(Applied::new(commands, Outcome::Done))
 }
 
-/// What a wait waits on that is true already.
+/// The parts of waits a run's inbox holds already.
+fn arrived(inbox: &[Arrival]) -> std::collections::HashSet<(u64, u32)> {
+    inbox.iter().map(|a| (a.wait_id, a.part)).collect()
+}
+
+/// What a wait waits on that is true already, leaving out the parts that
+/// `have` says are in the inbox (a child's outcome there stays, even once
+/// retention has deleted the child).
 fn facts(
     view: &impl View,
     wait: &WaitRecord,
+    have: &std::collections::HashSet<(u64, u32)>,
     now: Timestamp,
     commands: &mut Vec<Command>,
 ) -> Result<Vec<Arrival>, EngineError> {
@@ -82,12 +93,14 @@ fn facts(
         part,
         value,
     };
-    let finished = |id: &RunId| -> Result<Option<WakeValue>, EngineError> {
+    let finished = |id: &RunId, part: u32| -> Result<Option<WakeValue>, EngineError> {
         Ok(match view.run(id)? {
             Some(run) if run.status.is_final() => Some(WakeValue::Run {
                 outcome: view.outcome(&run)?,
             }),
             Some(_) => None,
+            // Its outcome reached the inbox before retention deleted it.
+            None if have.contains(&(wait.id, part)) => None,
             // A run is created before anything can wait on it, so one that
             // is not there was deleted by retention: it finished long ago,
             // and the waiter gets a failed outcome instead of waiting for
@@ -97,14 +110,14 @@ fn facts(
     };
     Ok(match &wait.on {
         WaitOn::Timer { .. } | WaitOn::Fetch { .. } => Vec::new(),
-        WaitOn::Run { run_id } => finished(run_id)?
+        WaitOn::Run { run_id } => finished(run_id, 0)?
             .map(|value| arrival(0, value))
             .into_iter()
             .collect(),
         WaitOn::Batch { runs, .. } => {
             let mut arrivals = Vec::new();
             for (part, child) in runs.iter().enumerate() {
-                if let Some(value) = finished(child)? {
+                if let Some(value) = finished(child, part as u32)? {
                     arrivals.push(arrival(part as u32, value));
                 }
             }

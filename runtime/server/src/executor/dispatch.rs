@@ -93,7 +93,10 @@ impl Dispatch {
 
     /// Takes a queued run out (canceled or expired before it started).
     pub(crate) fn remove(&self, run: &RunId) {
-        self.lock().remove(run);
+        if self.lock().remove(run) {
+            // It may have been the run others waited behind for memory.
+            self.changed.notify_one();
+        }
     }
 
     /// Creates or updates the queues a deployment declares.
