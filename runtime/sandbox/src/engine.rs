@@ -22,6 +22,12 @@ pub struct SandboxConfig {
     /// Meter fuel (instructions) so tests can count the work a guest does.
     /// Off in production: it slows compute by 10–36 %.
     pub fuel: bool,
+    /// How many unused instance slots keep their memory resident for the
+    /// next instance of the same bundle; the others give theirs back. Each
+    /// bundle loaded (every deploy, every version a run wakes on) touches a
+    /// slot, so without this bound the resident memory of idle slots grows
+    /// with the number of versions loaded.
+    pub warm_slots: u32,
 }
 
 impl SandboxConfig {
@@ -32,6 +38,7 @@ impl SandboxConfig {
             max_instances: 256,
             epoch_tick: Duration::from_millis(10),
             fuel: false,
+            warm_slots: 8,
         }
     }
 }
@@ -69,7 +76,8 @@ impl Sandbox {
             .total_stacks(config.max_instances)
             .max_memories_per_component(2)
             .max_memory_size(4 << 30)
-            .linear_memory_keep_resident(64 << 20);
+            .linear_memory_keep_resident(64 << 20)
+            .max_unused_warm_slots(config.warm_slots);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
             .cranelift_nan_canonicalization(true)
