@@ -557,12 +557,13 @@ async fn resume_bench() {
 
 /// Durable no-op runs per second: `clients` concurrent HTTP clients trigger
 /// `hello-world` runs; the clock stops when the last one is COMPLETED.
-async fn throughput_bench(runs: usize, clients: usize) {
-    let dir = tempfile::tempdir().expect("a temp dir");
-    let (server, _) = Server::start(dir.path(), &[]);
-    server.deploy(kiln_fixtures::HELLO_WORLD).await;
-    let server = std::sync::Arc::new(server);
-    let started = Instant::now();
+/// Triggers `runs` `hello-world` runs from `clients` clients at once;
+/// returns their ids.
+async fn trigger_hello_worlds(
+    server: &std::sync::Arc<Server>,
+    runs: usize,
+    clients: usize,
+) -> Vec<String> {
     let mut tasks = Vec::new();
     for _ in 0..clients {
         let server = server.clone();
@@ -582,6 +583,16 @@ async fn throughput_bench(runs: usize, clients: usize) {
     for t in tasks {
         ids.extend(t.await.expect("a client"));
     }
+    ids
+}
+
+async fn throughput_bench(runs: usize, clients: usize) {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let (server, _) = Server::start(dir.path(), &[]);
+    server.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let server = std::sync::Arc::new(server);
+    let started = Instant::now();
+    let ids = trigger_hello_worlds(&server, runs, clients).await;
     let triggered = started.elapsed();
     for id in &ids {
         let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
@@ -869,27 +880,10 @@ async fn retention_bench(runs: usize, clients: usize) {
     server.deploy(kiln_fixtures::HELLO_WORLD).await;
     let empty = dir_size(&store_dir);
     let server = std::sync::Arc::new(server);
-    let mut tasks = Vec::new();
-    for _ in 0..clients {
-        let server = server.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut ids = Vec::new();
-            for _ in 0..runs / clients {
-                let id = server
-                    .trigger("hello-world", serde_json::json!({"name": "Ada"}))
-                    .await;
-                ids.push(id);
-            }
-            for id in &ids {
-                let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
-                assert_eq!(run["status"], "COMPLETED");
-            }
-            ids
-        }));
-    }
-    let mut ids = Vec::new();
-    for t in tasks {
-        ids.extend(t.await.expect("a client"));
+    let ids = trigger_hello_worlds(&server, runs, clients).await;
+    for id in &ids {
+        let run = server.get(&format!("/api/v3/runs/{id}?wait=30000")).await;
+        assert_eq!(run["status"], "COMPLETED");
     }
     let full = dir_size(&store_dir);
     if let Ok(server) = std::sync::Arc::try_unwrap(server) {

@@ -25,6 +25,7 @@
 //! | `run-blob/<run id>/output` | the run's output, when over the limit |
 //! | `packet/<path>` | an uploaded packet: its content type, `\0`, its bytes |
 //! | `packet-at/<path>` | when the packet was uploaded (ms: u64 BE), for retention |
+//! | `packets-dated` | empty: packets stored before upload times were kept have been given one |
 //! | `debounce/<task id>\0<key>` | the run id (text) |
 //! | `stream/<run id>/<stream key>\0<index: u64 BE>` | a chunk a task appended to a realtime stream (JSON) |
 //! | `stream-key/<run id>/<stream key>` | empty: the run has this realtime stream |
@@ -63,6 +64,7 @@ pub(crate) const IDEM: &[u8] = b"idem/";
 pub(crate) const RUN_BLOB: &[u8] = b"run-blob/";
 pub(crate) const PACKET: &[u8] = b"packet/";
 pub(crate) const PACKET_AT: &[u8] = b"packet-at/";
+pub(crate) const PACKETS_DATED: &[u8] = b"packets-dated";
 pub(crate) const CHILD: &[u8] = b"child/";
 pub(crate) const BATCH: &[u8] = b"batch/";
 pub(crate) const BATCH_ITEM: &[u8] = b"batch-item/";

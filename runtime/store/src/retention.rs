@@ -14,9 +14,9 @@
 //! the store for long, and returns where the next page starts.
 
 use crate::layout::{
-    ACTIVE, BATCH, BATCH_ITEM, CHILD, DEBOUNCE, IDEM, INBOX, JOURNAL, PACKET, PACKET_AT, PENDING,
-    RUN, RUN_BLOB, SCHED_RUN, SNAP, STREAM, STREAM_KEY, TOKEN, TOKEN_KEY, TOKEN_WAITER, WAIT,
-    WAITER,
+    ACTIVE, BATCH, BATCH_ITEM, CHILD, DEBOUNCE, IDEM, INBOX, JOURNAL, PACKET, PACKET_AT,
+    PACKETS_DATED, PENDING, RUN, RUN_BLOB, SCHED_RUN, SNAP, STREAM, STREAM_KEY, TOKEN, TOKEN_KEY,
+    TOKEN_WAITER, WAIT, WAITER,
 };
 use crate::records::{decode, key};
 use crate::{Batch, BatchRecord, IdempotentRun, Op, Result, Store};
@@ -282,8 +282,13 @@ impl Store {
     }
 
     /// Gives packets stored without an upload time (by a Kiln before
-    /// retention) the time `now`; returns how many.
+    /// retention) the time `now`; returns how many. Done once per store:
+    /// every packet stored since has its time, so later starts read no
+    /// packet.
     pub async fn date_undated_packets(&self, now: Timestamp) -> Result<usize> {
+        if self.backend.get(PACKETS_DATED)?.is_some() {
+            return Ok(0);
+        }
         let mut batch = Batch::default();
         for (k, _) in self.backend.scan_prefix(PACKET)? {
             let path = &k[PACKET.len()..];
@@ -295,9 +300,8 @@ impl Store {
             }
         }
         let count = batch.ops.len();
-        if count > 0 {
-            self.commit(batch).await?;
-        }
+        batch.ops.push(Op::Put(PACKETS_DATED.to_vec(), Vec::new()));
+        self.commit(batch).await?;
         Ok(count)
     }
 

@@ -564,6 +564,13 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
         1
     );
     assert!(store.batch(&batch_id).unwrap().is_none());
+    // A packet an older Kiln stored has no time: it is given one, once per
+    // store (a later start reads no packet).
+    let undated = |path: &str| Op::Put(format!("packet/{path}").into_bytes(), b"a\0{}".to_vec());
+    backend.commit(vec![undated("old/1")]).await.unwrap();
+    assert_eq!(store.date_undated_packets(now).await.unwrap(), 1);
+    backend.commit(vec![undated("old/2")]).await.unwrap();
+    assert_eq!(store.date_undated_packets(now).await.unwrap(), 0);
     // The packet was uploaded now: it stays until a later cutoff.
     assert_eq!(
         store
@@ -576,7 +583,8 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     let later = Timestamp(now.0 + 60_000);
     assert_eq!(
         store.sweep_packets(None, 100, later).await.unwrap().deleted,
-        1
+        2,
+        "the uploaded packet and the one dated at `now`"
     );
     assert!(store.packet("uploaded/payload.json").unwrap().is_none());
 
