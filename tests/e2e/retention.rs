@@ -155,3 +155,87 @@ async fn a_parent_that_waits_on_a_child_retention_deleted_gets_a_failed_outcome(
         "{run}"
     );
 }
+
+/// The deployments as the API lists them, oldest first.
+async fn versions(kiln: &Kiln) -> Vec<Value> {
+    let (status, body) = kiln
+        .request(reqwest::Method::GET, "/api/v1/deployments", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let mut all = body["data"].as_array().expect("a list").clone();
+    all.reverse();
+    all
+}
+
+/// Waits until the `index`th version (oldest first) is collected.
+async fn collected(kiln: &Kiln, index: usize) -> Vec<Value> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let all = versions(kiln).await;
+        if all[index]["collected"] == true {
+            return all;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version {index} was never collected: {all:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn versions_no_unfinished_run_is_on_are_retired_then_collected() {
+    let dir = data_dir();
+    let artifact = |hash: &Value| {
+        dir.path()
+            .join("compiled")
+            .join(format!("{}.cwasm", hash.as_str().expect("a hash")))
+    };
+    let kiln = Kiln::start_with(dir.path(), &["--retention", "2s", "--warm-wait-ms", "0"]);
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    // A run on the second version, suspended while the sweeper works.
+    let sleeping = kiln.trigger_ok("sleep", json!({"ms": 8_000})).await;
+    kiln.deploy(kiln_fixtures::COUNTDOWN).await;
+
+    // The first version: retired, then collected with its artifact.
+    let all = collected(&kiln, 0).await;
+    assert!(all[0]["retiredAt"].is_string(), "{all:?}");
+    assert!(!artifact(&all[0]["contentHash"]).exists());
+    // The second is kept while its run waits; the current one always is.
+    let on_probe = kiln.run(&sleeping).await;
+    if on_probe["status"] != "COMPLETED" {
+        assert_eq!(all[1]["retiredAt"], Value::Null, "{all:?}");
+        assert!(artifact(&all[1]["contentHash"]).exists());
+    }
+    assert_eq!(all[2]["retiredAt"], Value::Null, "{all:?}");
+    // A retired version takes no new runs.
+    let (status, body) = kiln
+        .trigger(
+            "hello-world",
+            json!({"name": "x"}),
+            json!({"lockToVersion": all[0]["version"]}),
+        )
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("retired"), "{body}");
+
+    // The run on the second version finishes on it; then that version goes.
+    let run = kiln.finished(&sleeping).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    let all = collected(&kiln, 1).await;
+    assert!(!artifact(&all[1]["contentHash"]).exists());
+    assert!(artifact(&all[2]["contentHash"]).exists());
+    assert_eq!(all[2]["collected"], false);
+    kiln.kill();
+
+    // The collected bundles are gone from the store; the current one stays.
+    let contents = store_contents(dir.path());
+    let bundles: Vec<&str> = contents
+        .iter()
+        .map(|(k, _)| k.as_str())
+        .filter(|k| k.starts_with("bundle/"))
+        .collect();
+    let current = format!("bundle/{}", all[2]["contentHash"].as_str().expect("a hash"));
+    assert_eq!(bundles, vec![current.as_str()]);
+}

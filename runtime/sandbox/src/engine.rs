@@ -187,6 +187,23 @@ impl Sandbox {
         Ok(component)
     }
 
+    /// Deletes the compiled artifact cached for the bundle with content
+    /// hash `hash` (retention collecting a version). A later load of the
+    /// same bundle compiles it again. An artifact that is not there is no
+    /// error.
+    pub fn forget_artifact(&self, hash: &str) -> std::io::Result<()> {
+        if hash.is_empty() || !hash.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(std::io::Error::other(format!(
+                "`{hash}` is not a bundle's content hash"
+            )));
+        }
+        let path = self.inner.config.cache_dir.join(format!("{hash}.cwasm"));
+        match std::fs::remove_file(path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Compiles a bundle without the cache (for benchmarks).
     pub fn compile_uncached(&self, bytes: &[u8]) -> anyhow::Result<()> {
         Component::new(&self.inner.engine, bytes).map_err(anyhow::Error::from)?;

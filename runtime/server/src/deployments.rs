@@ -4,7 +4,7 @@
 use kiln_sandbox::{BundleError, LoadedBundle, Sandbox};
 use kiln_store::{Store, StoreError};
 use kiln_types::{Deployment, DeploymentId, Timestamp};
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::{Arc, RwLock};
 
 /// A deployment with its loaded bundle and payload validators.
@@ -94,6 +94,11 @@ pub enum DeployError {
     /// deploy that lacks a variable its tasks need).
     #[error("{0}")]
     Refused(String),
+    /// The version was retired by retention: it takes no new runs.
+    #[error(
+        "version `{0}` was retired: a newer version has been current for longer than the server's retention and no unfinished run was on it"
+    )]
+    Retired(String),
 }
 
 #[derive(Default)]
@@ -146,6 +151,9 @@ impl Deployments {
     pub async fn by_version(&self, version: &str) -> Result<Option<Arc<Deployed>>, DeployError> {
         let found = self.list()?.into_iter().find(|d| d.version == version);
         match found {
+            Some(record) if record.retired_at.is_some() => {
+                Err(DeployError::Retired(record.version))
+            }
             Some(record) => self.get(&record.id).await,
             None => Ok(None),
         }
@@ -170,6 +178,9 @@ impl Deployments {
         let Some(record) = self.store.deployments()?.into_iter().find(|d| &d.id == id) else {
             return Ok(None);
         };
+        if record.collected {
+            return Err(DeployError::Retired(record.version));
+        }
         Ok(Some(self.load_record(record).await?))
     }
 
@@ -216,6 +227,8 @@ impl Deployments {
             size_bytes: bytes.len() as u64,
             manifest: bundle.manifest().clone(),
             created_at: now,
+            retired_at: None,
+            collected: false,
         };
         let deployed = Arc::new(Deployed::new(record, bundle)?);
         self.store.put_deployment(&deployed.record, bytes).await?;
@@ -244,6 +257,95 @@ impl Deployments {
             .by_id
             .retain(|id, deployed| Some(id) == current.as_ref() || Arc::strong_count(deployed) > 1);
         before - registry.by_id.len()
+    }
+
+    /// The retired versions nothing holds now: those a retention pass may
+    /// collect if its scan of the runs finds no unfinished run on them.
+    /// Taken before the scan starts: a trigger that found a version before
+    /// it was retired holds it until its run is stored, and a run stored
+    /// before the scan starts is one the scan reads.
+    pub fn collectable(&self) -> Result<Vec<DeploymentId>, StoreError> {
+        let registry = self.read();
+        Ok(self
+            .store
+            .deployments()?
+            .into_iter()
+            .filter(|d| d.retired_at.is_some() && !d.collected)
+            .filter(|d| {
+                registry
+                    .by_id
+                    .get(&d.id)
+                    .is_none_or(|loaded| Arc::strong_count(loaded) == 1)
+            })
+            .map(|d| d.id)
+            .collect())
+    }
+
+    /// Retention's part for versions, after a pass read every run and
+    /// found the unfinished ones on `in_use`: collects the `collectable`
+    /// versions no unfinished run is on (their bundles and compiled
+    /// artifacts are deleted, unless a version kept has the same bundle),
+    /// then retires the versions that a newer one replaced before `cutoff`
+    /// and that no unfinished run is on. The current version is never
+    /// retired. Returns how many versions were retired or collected.
+    pub async fn sweep(
+        &self,
+        collectable: &[DeploymentId],
+        in_use: &BTreeSet<DeploymentId>,
+        cutoff: Timestamp,
+    ) -> Result<usize, StoreError> {
+        let _one_at_a_time = self.deploying.lock().await;
+        let all = self.store.deployments()?;
+        let now = Timestamp::now();
+        let mut changed = Vec::new();
+        for (i, record) in all.iter().enumerate() {
+            let mut record = record.clone();
+            if in_use.contains(&record.id) || record.collected {
+                continue;
+            }
+            if record.retired_at.is_some() {
+                if collectable.contains(&record.id) {
+                    record.collected = true;
+                    changed.push(record);
+                }
+                continue;
+            }
+            // A version replaced by a newer one before the cutoff.
+            if all.get(i + 1).is_some_and(|next| next.created_at < cutoff) {
+                record.retired_at = Some(now);
+                changed.push(record);
+            }
+        }
+        if changed.is_empty() {
+            return Ok(0);
+        }
+        let collected: BTreeSet<&str> = changed
+            .iter()
+            .filter(|d| d.collected)
+            .map(|d| d.content_hash.as_str())
+            .collect();
+        let kept: BTreeSet<&str> = all
+            .iter()
+            .filter(|d| !d.collected && !changed.iter().any(|c| c.collected && c.id == d.id))
+            .map(|d| d.content_hash.as_str())
+            .collect();
+        let bundles: Vec<String> = collected
+            .difference(&kept)
+            .map(|hash| hash.to_string())
+            .collect();
+        self.store.update_deployments(&changed, &bundles).await?;
+        {
+            let mut registry = self.write();
+            for record in changed.iter().filter(|d| d.collected) {
+                registry.by_id.remove(&record.id);
+            }
+        }
+        for hash in &bundles {
+            if let Err(error) = self.sandbox.forget_artifact(hash) {
+                tracing::warn!(%error, hash, "could not delete a collected version's compiled artifact");
+            }
+        }
+        Ok(changed.len())
     }
 
     /// How many versions are loaded now.
@@ -291,5 +393,81 @@ mod tests {
             .expect("is stored");
         assert_eq!(again.record.id, old);
         assert_eq!(deployments.loaded(), 2);
+    }
+
+    #[tokio::test]
+    async fn retention_retires_then_collects_versions_no_unfinished_run_is_on() {
+        use super::DeployError;
+        use kiln_types::{DeploymentId, Timestamp};
+        use std::collections::BTreeSet;
+        let dir = tempfile::tempdir().expect("a temp dir");
+        let compiled = dir.path().join("compiled");
+        let sandbox = Sandbox::new(SandboxConfig::new(compiled.clone())).expect("a sandbox");
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let deployments = Deployments::new(sandbox, store.clone());
+        let hello = kiln_fixtures::read(kiln_fixtures::HELLO_WORLD);
+        let probe = kiln_fixtures::read(kiln_fixtures::PROBE);
+        let mut records = Vec::new();
+        for bundle in [&hello, &probe, &hello] {
+            let deployed = deployments
+                .deploy(bundle, |_| Ok(()))
+                .await
+                .expect("deploys");
+            records.push(deployed.record.clone());
+        }
+        let [a, b, c] = <[_; 3]>::try_from(records).expect("three versions");
+        let artifact = |hash: &str| compiled.join(format!("{hash}.cwasm"));
+        assert!(artifact(&b.content_hash).exists());
+        let none = BTreeSet::<DeploymentId>::new();
+
+        // Replaced after a cutoff in the past: nothing is retired.
+        assert_eq!(
+            deployments.sweep(&[], &none, Timestamp(1)).await.unwrap(),
+            0
+        );
+        // Replaced before the cutoff: the two old versions are retired, the
+        // current one never; a retired version takes no new runs.
+        let later = Timestamp(Timestamp::now().as_millis() + 60_000);
+        assert_eq!(deployments.sweep(&[], &none, later).await.unwrap(), 2);
+        assert!(matches!(
+            deployments.by_version(&b.version).await,
+            Err(DeployError::Retired(_))
+        ));
+        assert!(deployments.by_version(&c.version).await.unwrap().is_some());
+
+        // A loaded retired version something holds is not collectable.
+        let held = deployments.get(&b.id).await.unwrap().unwrap();
+        assert_eq!(deployments.collectable().unwrap(), vec![a.id.clone()]);
+        drop(held);
+        let collectable = deployments.collectable().unwrap();
+        assert_eq!(collectable, vec![a.id.clone(), b.id.clone()]);
+
+        // An unfinished run on `b` keeps it; `a` is collected, but its
+        // bundle is the current version's too and stays.
+        let on_b = BTreeSet::from([b.id.clone()]);
+        assert_eq!(
+            deployments.sweep(&collectable, &on_b, later).await.unwrap(),
+            1
+        );
+        assert!(store.bundle(&a.content_hash).unwrap().is_some());
+        assert!(artifact(&a.content_hash).exists());
+        assert!(store.bundle(&b.content_hash).unwrap().is_some());
+        assert!(matches!(
+            deployments.get(&a.id).await,
+            Err(DeployError::Retired(_))
+        ));
+
+        // Once no run is on `b`, its bundle and artifact go.
+        assert_eq!(
+            deployments.sweep(&collectable, &none, later).await.unwrap(),
+            1
+        );
+        assert!(store.bundle(&b.content_hash).unwrap().is_none());
+        assert!(!artifact(&b.content_hash).exists());
+        let listed = deployments.list().unwrap();
+        assert!(listed[0].collected && listed[1].collected && !listed[2].collected);
+        assert!(listed[2].retired_at.is_none());
+        // The current version still runs.
+        assert!(deployments.get(&c.id).await.unwrap().is_some());
     }
 }

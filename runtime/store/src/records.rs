@@ -350,6 +350,26 @@ impl Store {
         self.backend.commit(ops)
     }
 
+    /// Rewrites deployment records (retention retiring or collecting
+    /// them) and deletes the bundles with the content hashes in `bundles`,
+    /// in one atomic commit.
+    pub fn update_deployments(&self, records: &[Deployment], bundles: &[String]) -> Commit {
+        let mut ops = Vec::new();
+        for deployment in records {
+            match encode(deployment) {
+                Ok(record) => ops.push(Op::Put(
+                    key(DEPLOY, &deployment.sequence.to_be_bytes()),
+                    record,
+                )),
+                Err(e) => return Box::pin(std::future::ready(Err(e))),
+            }
+        }
+        for hash in bundles {
+            ops.push(Op::Delete(key(BUNDLE, hash.as_bytes())));
+        }
+        self.backend.commit(ops)
+    }
+
     /// Every deployment, oldest first.
     pub fn deployments(&self) -> Result<Vec<Deployment>> {
         self.backend

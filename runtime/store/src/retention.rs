@@ -20,7 +20,8 @@ use crate::layout::{
 };
 use crate::records::{decode, key};
 use crate::{Batch, BatchRecord, IdempotentRun, Op, Result, Store};
-use kiln_types::{Run, RunId, Timestamp, TokenStatus, WaitToken};
+use kiln_types::{DeploymentId, Run, RunId, Timestamp, TokenStatus, WaitToken};
+use std::collections::BTreeSet;
 
 /// What a page of a sweep found.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -30,6 +31,17 @@ pub struct Swept {
     /// Keys deleted with them.
     pub keys: usize,
     /// Where the next page starts; `None` once the keyspace is done.
+    pub next: Option<Vec<u8>>,
+}
+
+/// A page of runs as retention reads them.
+#[derive(Debug, Default)]
+pub struct RunPage {
+    /// Runs that finished before the cutoff.
+    pub expired: Vec<Run>,
+    /// The deployments the page's unfinished runs are on.
+    pub in_use: BTreeSet<DeploymentId>,
+    /// Where the next page starts; `None` once the runs are done.
     pub next: Option<Vec<u8>>,
 }
 
@@ -79,26 +91,34 @@ impl Store {
     }
 
     /// Runs that finished before `cutoff`, among the `limit` runs after the
-    /// key `after`, and where the next page starts.
+    /// key `after`, the deployments the unfinished ones among them are on,
+    /// and where the next page starts.
     pub fn expired_runs(
         &self,
         after: Option<&[u8]>,
         limit: usize,
         cutoff: Timestamp,
-    ) -> Result<(Vec<Run>, Option<Vec<u8>>)> {
+    ) -> Result<RunPage> {
         let (rows, next) = self.page(RUN, after, limit)?;
-        let mut expired = Vec::new();
+        let mut page = RunPage {
+            next,
+            ..RunPage::default()
+        };
         for (k, v) in rows {
             // A record that does not decode is left alone (and reported by
             // whatever reads it), not allowed to stop every pass.
             let Ok(run) = decode::<Run>(&k, &v) else {
                 continue;
             };
-            if finished_at(&run).is_some_and(|at| at < cutoff) {
-                expired.push(run);
+            match finished_at(&run) {
+                Some(at) if at < cutoff => page.expired.push(run),
+                Some(_) => {}
+                None => {
+                    page.in_use.insert(run.deployment_id);
+                }
             }
         }
-        Ok((expired, next))
+        Ok(page)
     }
 
     /// Adds the deletion of `run` and every key that belongs to it to

@@ -36,6 +36,8 @@ fn deployment(sequence: u64) -> Deployment {
             }],
         },
         created_at: Timestamp(sequence),
+        retired_at: None,
+        collected: false,
     }
 }
 
@@ -69,6 +71,18 @@ async fn deployments_round_trip(store: &Store) {
     assert_eq!(store.latest_deployment().unwrap().unwrap().sequence, 300);
     assert_eq!(store.bundle("hash10").unwrap().unwrap(), b"abc");
     assert!(store.bundle("nope").unwrap().is_none());
+    // Retention collects a version: its record says so, its bundle goes,
+    // the others stay.
+    let mut collected = all[1].clone();
+    collected.retired_at = Some(Timestamp(5));
+    collected.collected = true;
+    store
+        .update_deployments(std::slice::from_ref(&collected), &["hash2".to_string()])
+        .await
+        .unwrap();
+    assert_eq!(store.deployments().unwrap()[1], collected);
+    assert!(store.bundle("hash2").unwrap().is_none());
+    assert_eq!(store.bundle("hash10").unwrap().unwrap(), b"abc");
 }
 
 async fn runs_keep_the_active_index(store: &Store) {
@@ -521,8 +535,15 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     store.commit(batch).await.unwrap();
 
     // Only runs that finished before the cutoff expire.
-    let (runs, next) = store.expired_runs(None, 100, cutoff).unwrap();
-    assert!(next.is_none());
+    let page = store.expired_runs(None, 100, cutoff).unwrap();
+    assert!(page.next.is_none());
+    // The unfinished run's deployment is in use; the finished ones' are not
+    // counted.
+    assert_eq!(
+        page.in_use.into_iter().collect::<Vec<_>>(),
+        vec![waiting.deployment_id.clone()]
+    );
+    let runs = page.expired;
     let mut ids: Vec<_> = runs.iter().map(|r| r.id.clone()).collect();
     ids.sort();
     let mut want = vec![expired.id.clone(), child.id.clone()];

@@ -23,6 +23,15 @@ pub struct Deployment {
     pub manifest: Manifest,
     /// When it was deployed.
     pub created_at: Timestamp,
+    /// When retention retired it: a newer version had been current for
+    /// longer than the retention and no unfinished run was on it. A retired
+    /// version takes no new runs (`lockToVersion`, replays).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retired_at: Option<Timestamp>,
+    /// Whether its bundle and compiled artifact were deleted: retired, and
+    /// still unused a retention pass later.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub collected: bool,
 }
 
 /// A task as a deployment lists it.

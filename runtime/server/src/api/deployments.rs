@@ -18,6 +18,8 @@ fn view(d: &Deployment) -> Value {
         "sizeBytes": d.size_bytes,
         "createdAt": d.created_at.to_iso(),
         "tasks": d.tasks(),
+        "retiredAt": d.retired_at.map(|at| at.to_iso()),
+        "collected": d.collected,
     })
 }
 
@@ -122,7 +124,9 @@ pub(super) async fn create(
         }
         Err(DeployError::Bundle(error)) => Err(ApiError::unprocessable(error.to_string())),
         Err(DeployError::Store(error)) => Err(error.into()),
-        Err(DeployError::Refused(message)) => Err(ApiError::unprocessable(message)),
+        Err(error @ (DeployError::Refused(_) | DeployError::Retired(_))) => {
+            Err(ApiError::unprocessable(error.to_string()))
+        }
     }
 }
 

@@ -100,6 +100,9 @@ impl From<crate::deployments::DeployError> for ApiError {
                 ApiError::internal(format!("A deployed bundle could not be loaded: {e}"))
             }
             crate::deployments::DeployError::Refused(message) => ApiError::unprocessable(message),
+            error @ crate::deployments::DeployError::Retired(_) => {
+                ApiError::unprocessable(error.to_string())
+            }
         }
     }
 }

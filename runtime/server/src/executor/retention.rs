@@ -2,7 +2,12 @@
 //! everything that belongs to them, once they are older than the server's
 //! retention (`kiln serve --retention`, 30 days unless set), and the keys
 //! that outlive their runs (idempotency keys, debounce windows, wait
-//! tokens, batches, uploaded packets).
+//! tokens, batches, uploaded packets), and the versions no unfinished run
+//! is on once a newer one has been current for longer than the retention:
+//! first retired (they take no new runs), then, if the next pass still
+//! finds no unfinished run on them, collected (bundle and compiled
+//! artifact deleted; the record stays, so the version's history and its
+//! finished runs still read).
 //!
 //! The sweeper goes through each keyspace a page at a time, so the store is
 //! never held for long. A run is deleted under its run lock, after reading
@@ -15,6 +20,7 @@ use super::Executor;
 use kiln_store::Batch;
 use kiln_store::retention::{Swept, finished_at};
 use kiln_types::Timestamp;
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Runs (or keys) read per page.
@@ -30,6 +36,9 @@ pub struct Pass {
     /// Other records deleted: idempotency keys, debounce windows, tokens,
     /// batches and packets.
     pub others: usize,
+    /// Versions retired or collected (their bundles and compiled artifacts
+    /// deleted).
+    pub versions: usize,
 }
 
 /// How long the sweeper rests between passes: a tenth of the retention,
@@ -55,6 +64,7 @@ impl Executor {
                             runs = pass.runs,
                             keys = pass.run_keys,
                             others = pass.others,
+                            versions = pass.versions,
                             "retention deleted what expired"
                         );
                         true
@@ -83,20 +93,26 @@ impl Executor {
         let now = Timestamp::now();
         let cutoff = Timestamp(now.as_millis().saturating_sub(retention.as_millis() as u64));
         let mut pass = Pass::default();
+        let deployments = &self.shared.deployments;
+        // Before the scan: the versions it may show unused.
+        let collectable = deployments.collectable()?;
+        let mut in_use = BTreeSet::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
-            let (runs, next) = self
+            let page = self
                 .shared
                 .store
                 .expired_runs(after.as_deref(), PAGE, cutoff)?;
-            let (deleted, keys) = self.delete_runs(runs, cutoff).await?;
+            in_use.extend(page.in_use);
+            let (deleted, keys) = self.delete_runs(page.expired, cutoff).await?;
             pass.runs += deleted;
             pass.run_keys += keys;
-            match next {
+            match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }
         }
+        pass.versions += deployments.sweep(&collectable, &in_use, cutoff).await?;
         let store = &self.shared.store;
         // Keys a trigger may be writing: each page under the lock keyed
         // triggers take, so a key a trigger just wrote is not deleted.
