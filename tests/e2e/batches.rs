@@ -228,3 +228,40 @@ async fn a_retried_batch_create_finds_the_batch_its_first_attempt_made() {
     let other: Value = create("batch-req-2").await.unwrap().json().await.unwrap();
     assert_ne!(other["id"], first["id"]);
 }
+
+#[tokio::test]
+async fn large_items_are_validated_like_small_ones() {
+    // Lines this large are read off the runtime; the outcome is the same.
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let (_, body) = kiln.post("/api/v3/batches", json!({"runCount": 2})).await;
+    let batch = body["id"].as_str().unwrap().to_string();
+    let blob = "b".repeat(300 * 1024);
+    let large = |index: u32, ms: Value| {
+        json!({
+            "index": index,
+            "task": "sleep",
+            "payload": json!({"ms": ms, "blob": blob}).to_string(),
+            "options": {"payloadType": "application/json"},
+        })
+    };
+    let (status, body) = send_items(
+        &kiln,
+        &batch,
+        &[large(0, json!("soon")), large(1, json!(1))],
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sealed"], true);
+    let read = read_batch(&kiln, &batch).await;
+    assert_eq!(read["status"], "PARTIAL_FAILED", "{read}");
+    let error = &read["processing"]["errors"][0];
+    assert_eq!(error["index"], 0);
+    assert!(
+        error["error"].as_str().unwrap().contains("payload/ms"),
+        "{error}"
+    );
+    let run = kiln.finished(read["runs"][0].as_str().unwrap()).await;
+    assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
+}

@@ -158,3 +158,33 @@ async fn large_payloads_and_outputs_survive_a_restart_while_delayed() {
     let run = kiln.finished(replay["id"].as_str().unwrap()).await;
     assert_eq!(run["output"]["payload"], payload);
 }
+
+#[tokio::test]
+async fn large_payloads_are_validated_and_large_outputs_read_whole() {
+    // Over the size at which JSON work moves to the blocking pool: the
+    // schema's complaint and the documents must come out the same.
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let blob = "b".repeat(1024 * 1024);
+    let (status, body) = kiln
+        .trigger("sleep", json!({"ms": "soon", "blob": blob}), json!({}))
+        .await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.to_string().contains("payload/ms"), "{body}");
+    let id = kiln
+        .trigger_with("sleep", json!({"ms": 1, "blob": blob}), json!({}))
+        .await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
+    assert_eq!(
+        run["payload"]["blob"].as_str().map(str::len),
+        Some(blob.len())
+    );
+    let id = kiln
+        .trigger_with("big-output", json!({"bytes": 300 * 1024}), json!({}))
+        .await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
+    assert_eq!(run["output"], Value::String("x".repeat(300 * 1024)));
+}

@@ -67,7 +67,7 @@ pub(super) async fn create(
     // The SDK's retry of a create whose answer it lost finds the batch the
     // first attempt made.
     let request = super::runs::request_key(&state, &request_headers)?;
-    let body: CreateBody = super::json_body(&body)?;
+    let body: CreateBody = super::json_work(body.len(), move || super::json_body(&body)).await??;
     for task in &body.task_identifiers {
         caller.may_batch_trigger(task)?;
     }
@@ -262,18 +262,28 @@ pub(super) async fn items(
             // The last line needs no newline of its own.
             buffer.push(b'\n');
         }
+        let mut lines = Vec::new();
         while let Some(end) = buffer.iter().position(|b| *b == b'\n') {
-            let line: Vec<u8> = buffer.drain(..=end).collect();
-            take_line(
-                &state,
-                &caller,
-                &record,
-                &line,
-                &mut done,
-                &mut pending,
-                &mut tally,
-            )?;
+            lines.push(buffer.drain(..=end).collect::<Vec<u8>>());
         }
+        // Lines are parsed and their payloads validated off the runtime
+        // when there is much to read.
+        let size = lines.iter().map(Vec::len).sum();
+        let (s, c, r) = (state.clone(), caller.clone(), record.clone());
+        let (mut d, mut p, mut t) = (
+            std::mem::take(&mut done),
+            std::mem::take(&mut pending),
+            std::mem::take(&mut tally),
+        );
+        let taken;
+        (taken, done, pending, tally) = super::json_work(size, move || {
+            let taken = lines
+                .iter()
+                .try_for_each(|line| take_line(&s, &c, &r, line, &mut d, &mut p, &mut t));
+            (taken, d, p, t)
+        })
+        .await?;
+        taken?;
         if buffer.len() > MAX_LINE {
             return Err(ApiError::too_large(format!(
                 "an item line is over {MAX_LINE} bytes"

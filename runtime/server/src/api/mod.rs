@@ -157,6 +157,47 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
 }
 
+/// JSON documents at least this large are parsed, validated and written
+/// on the blocking pool (see [`json_work`]).
+pub(crate) const LARGE_JSON: usize = 256 * 1024;
+
+/// Runs `work` — parsing, validating or writing a JSON document of `size`
+/// bytes — on the blocking pool when the document is large, so that a
+/// runtime worker other requests wait for is not held for milliseconds;
+/// inline when it is small, where the hand-off would cost more than the
+/// work.
+pub(crate) async fn json_work<T, F>(size: usize, work: F) -> Result<T, ApiError>
+where
+    T: Send + 'static,
+    F: FnOnce() -> T + Send + 'static,
+{
+    if size < LARGE_JSON {
+        return Ok(work());
+    }
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| ApiError::internal(format!("JSON work was cut short: {e}")))
+}
+
+/// A JSON response whose value `view` builds; built and written on the
+/// blocking pool when the document is about `size` bytes or more (see
+/// [`json_work`]).
+pub(crate) async fn json_response<F>(size: usize, view: F) -> Result<Response, ApiError>
+where
+    F: FnOnce() -> Result<serde_json::Value, ApiError> + Send + 'static,
+{
+    let bytes = json_work(size, move || {
+        serde_json::to_vec(&view()?)
+            .map_err(|e| ApiError::internal(format!("writing the response failed: {e}")))
+    })
+    .await??;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}
+
 /// [`json_body`], where an empty body (the SDK sends none on some calls)
 /// means the defaults.
 pub(crate) fn json_body_or_default<T: serde::de::DeserializeOwned + Default>(

@@ -62,9 +62,16 @@ pub(super) async fn trigger(
             body.len()
         )));
     }
-    let body: TriggerBody = super::json_body_or_default(&body)?;
-    let mut options = body.options;
-    let incoming = incoming_payload(&state.store, body.payload, &mut options)?;
+    // A large payload is parsed, decoded and validated off the runtime.
+    let size = body.len();
+    let store = state.store.clone();
+    let (options, incoming) = super::json_work(size, move || {
+        let body: TriggerBody = super::json_body_or_default(&body)?;
+        let mut options = body.options;
+        let incoming = incoming_payload(&store, body.payload, &mut options)?;
+        Ok::<_, ApiError>((options, incoming))
+    })
+    .await??;
     let now = Timestamp::now();
     let key = options.backend_key()?;
     let deployed =
@@ -80,15 +87,19 @@ pub(super) async fn trigger(
         };
     let (run, pending_trigger) = match deployed {
         Some(deployed) if deployed.record.manifest.task(&task_id).is_some() => {
-            let run = crate::trigger::new_run(
-                &deployed,
-                &task_id,
-                &incoming.json,
-                incoming.stored,
-                incoming.stored_type,
-                options,
-                now,
-            )?;
+            let task = task_id.clone();
+            let run = super::json_work(size, move || {
+                crate::trigger::new_run(
+                    &deployed,
+                    &task,
+                    &incoming.json,
+                    incoming.stored,
+                    incoming.stored_type,
+                    options,
+                    now,
+                )
+            })
+            .await??;
             (run, None)
         }
         Some(deployed) if options.lock_to_version.is_some() => {
@@ -246,7 +257,7 @@ pub(super) async fn retrieve(
     Path(run_id): Path<String>,
     Extension(caller): Extension<Caller>,
     Query(query): Query<RetrieveQuery>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<axum::response::Response, ApiError> {
     let id = RunId::parse(&run_id).map_err(|_| ApiError::not_found("Run not found"))?;
     let wait = query
         .wait
@@ -273,7 +284,9 @@ pub(super) async fn retrieve(
                 .ok_or_else(|| ApiError::not_found("Run not found"))?;
         }
     }
-    Ok(Json(full_view(&state, &run)?))
+    // A run with a large payload or output is written off the runtime.
+    let size = run.payload.len() + run.output.as_ref().map_or(0, String::len);
+    super::json_response(size, move || full_view(&state, &run)).await
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
