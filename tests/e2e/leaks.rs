@@ -59,3 +59,36 @@ async fn fifty_thousand_timed_out_waits_leave_the_servers_memory_where_it_was() 
     );
     assert_eq!(kiln.run(&id).await["status"], "WAITING");
 }
+
+#[tokio::test]
+async fn an_idle_instance_pool_gives_back_the_memory_its_slots_kept() {
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--release-idle-after", "2s"]);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let before = rss_kib(kiln.pid());
+    let id = kiln.trigger_ok("hold-heap", json!({"mib": 48})).await;
+    assert_eq!(kiln.finished(&id).await["status"], "COMPLETED");
+    // The run's slot keeps its memory resident for the next run...
+    let held = rss_kib(kiln.pid());
+    assert!(
+        held > before + 40 * 1024,
+        "a 48 MiB run left RSS at {held} KiB from {before} KiB"
+    );
+    // ... until the pool has been idle for two seconds.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let now = rss_kib(kiln.pid());
+        if now < before + 16 * 1024 {
+            println!("server RSS: {before} KiB, {held} KiB after the run, {now} KiB once idle");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "RSS stayed at {now} KiB ({before} KiB before the run, {held} KiB after it)"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    // The current version runs on in the new pool.
+    let id = kiln.trigger_ok("echo", json!({"n": 1})).await;
+    assert_eq!(kiln.finished(&id).await["status"], "COMPLETED");
+}

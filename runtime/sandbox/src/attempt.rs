@@ -67,11 +67,25 @@ pub struct Attempt {
     raw: Instance,
     snapshot: crate::bundle::SnapshotExports,
     canceled: Arc<AtomicBool>,
+    /// Counts the instance alive until the attempt is dropped (after its
+    /// store, so the slot is back in the pool first).
+    _live: crate::engine::LiveInstance,
 }
 
 impl LoadedBundle {
     /// A fresh instance with these limits.
     pub async fn instantiate(&self, limits: Limits) -> anyhow::Result<Attempt> {
+        self.instantiate_as(limits, true).await
+    }
+
+    /// A fresh instance; `run` says whether it runs a task (which marks
+    /// the sandbox's pool as used, see `Sandbox::renew_if_idle`).
+    pub(crate) async fn instantiate_as(
+        &self,
+        limits: Limits,
+        run: bool,
+    ) -> anyhow::Result<Attempt> {
+        let live = self.sandbox.live_instance(run);
         let engine = &self.sandbox.inner.engine;
         let tick = self.sandbox.inner.config.epoch_tick;
         let mut store = Store::new(engine, HostState::new(&limits));
@@ -121,6 +135,7 @@ impl LoadedBundle {
             raw,
             snapshot: self.snapshot.clone(),
             canceled,
+            _live: live,
         })
     }
 }

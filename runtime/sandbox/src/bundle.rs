@@ -1,7 +1,6 @@
 //! Bundle validation and the loaded, pre-linked bundle.
 
 use crate::bindings::wit::{BundleIndices, BundlePre};
-use crate::engine::Sandbox;
 use crate::limits::Limits;
 use kiln_manifest::{Machine, Manifest};
 use sha2::{Digest, Sha256};
@@ -112,7 +111,7 @@ pub(crate) struct SnapshotExports {
 /// A validated bundle, compiled and pre-linked, with its manifest.
 #[derive(Clone)]
 pub struct LoadedBundle {
-    pub(crate) sandbox: Sandbox,
+    pub(crate) sandbox: crate::engine::Pinned,
     pub(crate) pre: BundlePre<crate::host::HostState>,
     pub(crate) indices: BundleIndices,
     pub(crate) snapshot: SnapshotExports,
@@ -130,7 +129,7 @@ impl std::fmt::Debug for LoadedBundle {
 
 impl LoadedBundle {
     pub(crate) async fn new(
-        sandbox: Sandbox,
+        sandbox: crate::engine::Pinned,
         hash: String,
         pre: BundlePre<crate::host::HostState>,
     ) -> Result<Self, BundleError> {
@@ -164,8 +163,10 @@ impl LoadedBundle {
             max_duration: Some(DESCRIBE_TIME_LIMIT),
             ..Limits::for_machine(Machine::Small2x, None)
         };
+        // Reading the manifest is not a run: it does not keep the sandbox
+        // from being renewed when idle.
         let mut attempt = bundle
-            .instantiate(limits)
+            .instantiate_as(limits, false)
             .await
             .map_err(|e| BundleError::Manifest(e.to_string()))?;
         let text = attempt
@@ -175,6 +176,12 @@ impl LoadedBundle {
         bundle.manifest =
             Manifest::from_json(&text).map_err(|e| BundleError::Manifest(e.to_string()))?;
         Ok(bundle)
+    }
+
+    /// Whether the bundle is loaded in the sandbox's newest generation (see
+    /// [`crate::Sandbox::renew_if_idle`]).
+    pub fn is_newest(&self) -> bool {
+        self.sandbox.is_newest()
     }
 
     /// The bundle's content hash.

@@ -34,6 +34,11 @@ pub fn recycle(mut buffer: Vec<u8>) {
     }
 }
 
+/// Drops the kept buffers (the sandbox renewing itself when idle).
+pub(crate) fn release_buffers() {
+    BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).clear();
+}
+
 fn copy_of(memory: &[u8]) -> Vec<u8> {
     let reused = BUFFERS.lock().unwrap_or_else(|p| p.into_inner()).pop();
     let mut buffer = reused.unwrap_or_default();

@@ -52,6 +52,9 @@ pub struct ServerConfig {
     /// fit waits in its queue. Half the machine's memory unless set;
     /// `None`: no budget.
     pub memory_budget_mib: Option<u64>,
+    /// How long no guest must have run before the instance pool is
+    /// renewed, giving back the memory its idle slots kept resident.
+    pub release_idle_after: std::time::Duration,
 }
 
 impl ServerConfig {
@@ -83,6 +86,7 @@ impl ServerConfig {
             budgets: crate::executor::Budgets::default(),
             retention: Some(std::time::Duration::from_secs(30 * 86_400)),
             memory_budget_mib: physical_memory_mib().map(|mib| mib / 2),
+            release_idle_after: std::time::Duration::from_secs(60),
         }
     }
 }

@@ -348,6 +348,60 @@ impl Deployments {
         Ok(changed.len())
     }
 
+    /// How long an idle sandbox waits before it renews its instance pool.
+    pub fn release_idle_after(&self) -> std::time::Duration {
+        self.sandbox.release_idle_after()
+    }
+
+    /// Gives back the memory an idle instance pool keeps resident: renews
+    /// the sandbox if no guest has run for a while (see
+    /// `Sandbox::renew_if_idle`), then loads the current version again in
+    /// the new pool and forgets the other versions loaded in the old one
+    /// (they load again when a run asks for them). The old pool goes once
+    /// nothing else holds its bundles. Returns how many versions were
+    /// loaded again or forgotten.
+    pub async fn release_idle(&self) -> Result<usize, DeployError> {
+        self.sandbox.renew_if_idle();
+        let stale: Vec<Arc<Deployed>> = self
+            .read()
+            .by_id
+            .values()
+            .filter(|d| !d.bundle.is_newest())
+            .cloned()
+            .collect();
+        if stale.is_empty() {
+            return Ok(0);
+        }
+        let _loading = self.loading.lock().await;
+        for deployed in &stale {
+            let current = self
+                .current()
+                .is_some_and(|current| Arc::ptr_eq(&current, deployed));
+            if current {
+                let fresh = self.load_record(deployed.record.clone()).await?;
+                let mut registry = self.write();
+                // A deploy meanwhile made another version current: it stays.
+                if registry
+                    .current
+                    .as_ref()
+                    .is_some_and(|current| Arc::ptr_eq(current, deployed))
+                {
+                    registry.current = Some(fresh);
+                }
+            } else {
+                let mut registry = self.write();
+                if registry
+                    .by_id
+                    .get(&deployed.record.id)
+                    .is_some_and(|loaded| Arc::ptr_eq(loaded, deployed))
+                {
+                    registry.by_id.remove(&deployed.record.id);
+                }
+            }
+        }
+        Ok(stale.len())
+    }
+
     /// How many versions are loaded now.
     #[cfg(test)]
     fn loaded(&self) -> usize {

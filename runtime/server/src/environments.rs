@@ -401,10 +401,15 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
     if let Some(retention) = config.retention {
         executor.start_retention(retention);
     }
-    // Versions no run uses give back their compiled code and instance pool.
+    // Versions no run uses give back their compiled code, and an idle
+    // instance pool the memory its slots kept resident.
     let idle = Arc::downgrade(&deployments);
+    let every = (deployments.release_idle_after() / 2).clamp(
+        std::time::Duration::from_millis(250),
+        std::time::Duration::from_secs(60),
+    );
     tokio::spawn(async move {
-        let mut every = tokio::time::interval(std::time::Duration::from_secs(60));
+        let mut every = tokio::time::interval(every);
         loop {
             every.tick().await;
             let Some(deployments) = idle.upgrade() else {
@@ -413,6 +418,13 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             let evicted = deployments.evict_unused();
             if evicted > 0 {
                 tracing::debug!(evicted, "unloaded versions no run uses");
+            }
+            match deployments.release_idle().await {
+                Ok(0) => {}
+                Ok(renewed) => {
+                    tracing::debug!(renewed, "loaded versions again in a new instance pool")
+                }
+                Err(error) => tracing::warn!(%error, "renewing the instance pool failed"),
             }
         }
     });

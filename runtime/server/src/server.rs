@@ -33,7 +33,9 @@ impl Server {
             config.master_key.as_deref(),
             sealed_before,
         )?;
-        let sandbox = Sandbox::new(SandboxConfig::new(config.data_dir.join("compiled")))?;
+        let mut sandbox_config = SandboxConfig::new(config.data_dir.join("compiled"));
+        sandbox_config.release_idle_after = config.release_idle_after;
+        let sandbox = Sandbox::new(sandbox_config)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;
         let public_url = match &config.public_url {
             Some(url) => url.trim_end_matches('/').to_string(),

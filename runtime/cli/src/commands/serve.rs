@@ -54,6 +54,11 @@ pub struct Args {
     /// memory unless set.
     #[arg(long, env = "KILN_MEMORY_BUDGET")]
     memory_budget: Option<String>,
+    /// Once no guest has run for this long (`60s`, `10m`...), the instance
+    /// pool is renewed and the memory its idle slots kept resident for the
+    /// next run goes back to the system.
+    #[arg(long, default_value = "60s", env = "KILN_RELEASE_IDLE_AFTER")]
+    release_idle_after: String,
     /// What one run may use, as NAME=VALUE (repeat, or comma-separate):
     /// journal-entries (100000), journal-bytes (256MiB), children (10000),
     /// batches (1000), tokens (10000), fetches (10000),
@@ -124,6 +129,12 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
         };
     }
+    let release_idle_after = kiln_server::parse_duration_ms(&args.release_idle_after)
+        .map_err(|e| anyhow::anyhow!("--release-idle-after: {e}"))?;
+    if release_idle_after < 1_000 {
+        anyhow::bail!("--release-idle-after must be at least 1s");
+    }
+    config.release_idle_after = std::time::Duration::from_millis(release_idle_after);
     for setting in &args.limits {
         config
             .budgets
