@@ -5,8 +5,8 @@
 //! output, child index, streams, waits, inbox, waiters), its own record and
 //! index entries, and its entries in its parent's and schedule's indexes.
 //! Keys that outlive their run are swept by age apart from runs:
-//! idempotency keys past their lifetime, debounce windows whose run is
-//! gone, wait tokens finished before the cutoff,
+//! idempotency keys (of runs and of v3 batches) past their lifetime,
+//! debounce windows whose run is gone, wait tokens finished before the cutoff,
 //! batches made before it whose runs are all gone, and uploaded packets
 //! (which a trigger copies into its run) older than the cutoff.
 //!
@@ -14,12 +14,12 @@
 //! the store for long, and returns where the next page starts.
 
 use crate::layout::{
-    ACTIVE, BATCH, BATCH_ITEM, CHILD, DEBOUNCE, IDEM, INBOX, JOURNAL, PACKET, PACKET_AT,
+    ACTIVE, BATCH, BATCH_ITEM, BATCH_KEY, CHILD, DEBOUNCE, IDEM, INBOX, JOURNAL, PACKET, PACKET_AT,
     PACKETS_DATED, PENDING, RUN, RUN_BLOB, SCHED_RUN, SNAP, STREAM, STREAM_KEY, TOKEN, TOKEN_KEY,
     TOKEN_WAITER, WAIT, WAITER,
 };
 use crate::records::{decode, key};
-use crate::{Batch, BatchRecord, IdempotentRun, Op, Result, Store};
+use crate::{Batch, BatchKey, BatchRecord, IdempotentRun, Op, Result, Store};
 use kiln_types::{DeploymentId, Run, RunId, Timestamp, TokenStatus, WaitToken};
 use std::collections::BTreeSet;
 
@@ -165,6 +165,27 @@ impl Store {
         let mut batch = Batch::default();
         for (k, v) in rows {
             let entry: IdempotentRun = match decode(&k, &v) {
+                Ok(entry) => entry,
+                Err(_) => continue,
+            };
+            if entry.expires_at <= now {
+                batch.ops.push(Op::Delete(k));
+            }
+        }
+        self.commit_swept(batch, next).await
+    }
+
+    /// Deletes a page of v3 batch idempotency keys past their lifetime.
+    pub async fn sweep_batch_keys(
+        &self,
+        after: Option<Vec<u8>>,
+        limit: usize,
+        now: Timestamp,
+    ) -> Result<Swept> {
+        let (rows, next) = self.page(BATCH_KEY, after.as_deref(), limit)?;
+        let mut batch = Batch::default();
+        for (k, v) in rows {
+            let entry: BatchKey = match decode(&k, &v) {
                 Ok(entry) => entry,
                 Err(_) => continue,
             };

@@ -510,6 +510,16 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
         },
     );
     batch.put_debounce("t", "window", &expired.id);
+    for (hash, expires_at) in [("old-batch-key", old), ("live-batch-key", now)] {
+        batch.put_batch_key(
+            hash,
+            &kiln_store::BatchKey {
+                batch: BatchId::generate(1),
+                expires_at: Timestamp(expires_at.0 + 30_000),
+                user_key: None,
+            },
+        );
+    }
     let token = |n: u64, status: TokenStatus, completed_at: Option<Timestamp>| WaitToken {
         id: TokenId::generate(n),
         status,
@@ -565,6 +575,10 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     assert!(store.idempotent_run("past-its-lifetime").unwrap().is_none());
     assert!(store.idempotent_run("live-run").unwrap().is_some());
     assert!(store.idempotent_run("gone-run").unwrap().is_some());
+    let batch_keys = store.sweep_batch_keys(None, 100, now).await.unwrap();
+    assert_eq!(batch_keys.deleted, 1);
+    assert!(store.batch_by_key("old-batch-key").unwrap().is_none());
+    assert!(store.batch_by_key("live-batch-key").unwrap().is_some());
     assert_eq!(
         store.sweep_debounce_keys(None, 100).await.unwrap().deleted,
         1

@@ -126,6 +126,11 @@ impl Executor {
             store.sweep_debounce_keys(after, PAGE).await
         })
         .await?;
+        pass.others += pages(|after| async move {
+            let _serial = self.serialize_triggers(true).await;
+            store.sweep_batch_keys(after, PAGE, now).await
+        })
+        .await?;
         pass.others += pages(|after| store.sweep_tokens(after, PAGE, cutoff)).await?;
         pass.others += pages(|after| store.sweep_batches(after, PAGE, cutoff)).await?;
         pass.others += pages(|after| store.sweep_packets(after, PAGE, cutoff)).await?;
