@@ -6,6 +6,12 @@ mod output;
 
 use clap::{Parser, Subcommand};
 
+/// The server's allocator: jemalloc returns freed memory to the system
+/// over time, so a server under a steady load keeps a steady footprint.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 /// Kiln: durable background tasks compiled to WebAssembly.
 #[derive(Debug, Parser)]
 #[command(name = "kiln", version, about)]
