@@ -167,6 +167,20 @@ async fn versions(kiln: &Kiln) -> Vec<Value> {
     all
 }
 
+/// Waits until `path` is gone (a collected version's artifact is deleted
+/// just after its record says it was collected).
+async fn gone(path: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while path.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "{} was never deleted",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Waits until the `index`th version (oldest first) is collected.
 async fn collected(kiln: &Kiln, index: usize) -> Vec<Value> {
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -201,7 +215,7 @@ async fn versions_no_unfinished_run_is_on_are_retired_then_collected() {
     // The first version: retired, then collected with its artifact.
     let all = collected(&kiln, 0).await;
     assert!(all[0]["retiredAt"].is_string(), "{all:?}");
-    assert!(!artifact(&all[0]["contentHash"]).exists());
+    gone(&artifact(&all[0]["contentHash"])).await;
     // The second is kept while its run waits; the current one always is.
     let on_probe = kiln.run(&sleeping).await;
     if on_probe["status"] != "COMPLETED" {
@@ -224,7 +238,7 @@ async fn versions_no_unfinished_run_is_on_are_retired_then_collected() {
     let run = kiln.finished(&sleeping).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     let all = collected(&kiln, 1).await;
-    assert!(!artifact(&all[1]["contentHash"]).exists());
+    gone(&artifact(&all[1]["contentHash"])).await;
     assert!(artifact(&all[2]["contentHash"]).exists());
     assert_eq!(all[2]["collected"], false);
     kiln.kill();

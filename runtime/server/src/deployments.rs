@@ -104,7 +104,48 @@ pub enum DeployError {
 #[derive(Default)]
 struct Registry {
     by_id: HashMap<DeploymentId, Arc<Deployed>>,
+    /// Loaded deployments the registry let go of while something still
+    /// held them (an older sandbox generation's, replaced by
+    /// [`Deployments::release_idle`]): whether a version is held is asked of
+    /// these too.
+    former: HashMap<DeploymentId, Vec<std::sync::Weak<Deployed>>>,
     current: Option<Arc<Deployed>>,
+}
+
+impl Registry {
+    /// Whether anything outside the registry holds a loaded copy of `id`:
+    /// a trigger between finding the version and storing its run, or a
+    /// slice of a run executing on it.
+    fn held(&mut self, id: &DeploymentId) -> bool {
+        if let Some(former) = self.former.get_mut(id) {
+            former.retain(|weak| weak.strong_count() > 0);
+            if former.is_empty() {
+                self.former.remove(id);
+            } else {
+                return true;
+            }
+        }
+        self.by_id
+            .get(id)
+            .is_some_and(|loaded| Arc::strong_count(loaded) > 1)
+    }
+
+    /// Replaces (or removes, with `None`) the loaded copy of `id`,
+    /// remembering the old one if something still holds it.
+    fn replace(&mut self, id: &DeploymentId, with: Option<Arc<Deployed>>) {
+        let old = match with {
+            Some(new) => self.by_id.insert(id.clone(), new),
+            None => self.by_id.remove(id),
+        };
+        if let Some(old) = old
+            && Arc::strong_count(&old) > 1
+        {
+            self.former
+                .entry(id.clone())
+                .or_default()
+                .push(Arc::downgrade(&old));
+        }
+    }
 }
 
 /// Every deployment this server knows, loaded on demand.
@@ -115,7 +156,13 @@ pub struct Deployments {
     deploying: tokio::sync::Mutex<()>,
     /// Held while a version that is not loaded is loaded.
     loading: tokio::sync::Mutex<()>,
+    /// Whether another environment keeps a bundle with this content hash
+    /// (its compiled artifact is shared and must stay).
+    shared_artifacts: Option<SharedArtifacts>,
 }
+
+/// Asks whether any environment keeps a bundle with a content hash.
+pub type SharedArtifacts = Arc<dyn Fn(&str) -> bool + Send + Sync>;
 
 impl Deployments {
     /// The registry over a store; call [`Deployments::restore`] at start-up.
@@ -126,7 +173,16 @@ impl Deployments {
             registry: RwLock::default(),
             deploying: tokio::sync::Mutex::new(()),
             loading: tokio::sync::Mutex::new(()),
+            shared_artifacts: None,
         }
+    }
+
+    /// Deletes a collected bundle's compiled artifact only when `check`
+    /// says no environment keeps that bundle (the artifacts directory is
+    /// the whole server's).
+    pub fn with_shared_artifacts(mut self, check: SharedArtifacts) -> Self {
+        self.shared_artifacts = Some(check);
+        self
     }
 
     fn read(&self) -> std::sync::RwLockReadGuard<'_, Registry> {
@@ -154,7 +210,21 @@ impl Deployments {
             Some(record) if record.retired_at.is_some() => {
                 Err(DeployError::Retired(record.version))
             }
-            Some(record) => self.get(&record.id).await,
+            Some(record) => {
+                let deployed = self.get(&record.id).await?;
+                // Retention may have retired it while it loaded. Read again
+                // while holding it: a version held before it was retired is
+                // not collected while held, and one retired first is
+                // refused here.
+                let retired = self
+                    .list()?
+                    .into_iter()
+                    .any(|d| d.id == record.id && d.retired_at.is_some());
+                if retired {
+                    return Err(DeployError::Retired(record.version));
+                }
+                Ok(deployed)
+            }
             None => Ok(None),
         }
     }
@@ -195,8 +265,7 @@ impl Deployments {
         let bundle = self.sandbox.load(&bytes).await?;
         let deployed = Arc::new(Deployed::new(record, bundle)?);
         self.write()
-            .by_id
-            .insert(deployed.record.id.clone(), deployed.clone());
+            .replace(&deployed.record.id, Some(deployed.clone()));
         Ok(deployed)
     }
 
@@ -265,18 +334,12 @@ impl Deployments {
     /// it was retired holds it until its run is stored, and a run stored
     /// before the scan starts is one the scan reads.
     pub fn collectable(&self) -> Result<Vec<DeploymentId>, StoreError> {
-        let registry = self.read();
-        Ok(self
-            .store
-            .deployments()?
+        let records = self.store.deployments()?;
+        let mut registry = self.write();
+        Ok(records
             .into_iter()
             .filter(|d| d.retired_at.is_some() && !d.collected)
-            .filter(|d| {
-                registry
-                    .by_id
-                    .get(&d.id)
-                    .is_none_or(|loaded| Arc::strong_count(loaded) == 1)
-            })
+            .filter(|d| !registry.held(&d.id))
             .map(|d| d.id)
             .collect())
     }
@@ -337,10 +400,17 @@ impl Deployments {
         {
             let mut registry = self.write();
             for record in changed.iter().filter(|d| d.collected) {
-                registry.by_id.remove(&record.id);
+                registry.replace(&record.id, None);
             }
         }
         for hash in &bundles {
+            if self
+                .shared_artifacts
+                .as_ref()
+                .is_some_and(|kept| kept(hash))
+            {
+                continue;
+            }
             if let Err(error) = self.sandbox.forget_artifact(hash) {
                 tracing::warn!(%error, hash, "could not delete a collected version's compiled artifact");
             }
@@ -362,44 +432,55 @@ impl Deployments {
     /// loaded again or forgotten.
     pub async fn release_idle(&self) -> Result<usize, DeployError> {
         self.sandbox.renew_if_idle();
-        let stale: Vec<Arc<Deployed>> = self
+        let stale: Vec<DeploymentId> = self
             .read()
             .by_id
-            .values()
-            .filter(|d| !d.bundle.is_newest())
-            .cloned()
+            .iter()
+            .filter(|(_, d)| !d.bundle.is_newest())
+            .map(|(id, _)| id.clone())
             .collect();
         if stale.is_empty() {
             return Ok(0);
         }
         let _loading = self.loading.lock().await;
-        for deployed in &stale {
+        let mut renewed = 0;
+        for id in &stale {
             let current = self
                 .current()
-                .is_some_and(|current| Arc::ptr_eq(&current, deployed));
-            if current {
-                let fresh = self.load_record(deployed.record.clone()).await?;
+                .filter(|current| &current.record.id == id && !current.bundle.is_newest());
+            if let Some(current) = current {
+                // Loading replaces the registry's copy; the old one is
+                // remembered while something holds it.
+                let fresh = self.load_record(current.record.clone()).await?;
                 let mut registry = self.write();
                 // A deploy meanwhile made another version current: it stays.
                 if registry
                     .current
                     .as_ref()
-                    .is_some_and(|current| Arc::ptr_eq(current, deployed))
+                    .is_some_and(|now| Arc::ptr_eq(now, &current))
                 {
                     registry.current = Some(fresh);
                 }
+                renewed += 1;
             } else {
+                // Another version is forgotten only once nothing holds it;
+                // a run of it loads it again in the new generation.
                 let mut registry = self.write();
-                if registry
+                let unheld = registry
                     .by_id
-                    .get(&deployed.record.id)
-                    .is_some_and(|loaded| Arc::ptr_eq(loaded, deployed))
-                {
-                    registry.by_id.remove(&deployed.record.id);
+                    .get(id)
+                    .is_some_and(|d| !d.bundle.is_newest() && Arc::strong_count(d) == 1);
+                let is_current = registry
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| &c.record.id == id);
+                if unheld && !is_current {
+                    registry.replace(id, None);
+                    renewed += 1;
                 }
             }
         }
-        Ok(stale.len())
+        Ok(renewed)
     }
 
     /// How many versions are loaded now.

@@ -69,6 +69,8 @@ pub struct Hub {
 /// The shared parts an environment is opened with.
 struct Parts<'a> {
     backend_store: Store,
+    /// The whole store, every environment's keyspace in it.
+    root: &'a Arc<dyn Backend>,
     sandbox: &'a Sandbox,
     config: &'a ServerConfig,
     public_url: &'a str,
@@ -96,6 +98,7 @@ impl Hub {
         })?;
         let default = open_environment(Parts {
             backend_store: root.clone(),
+            root: &backend,
             sandbox: &sandbox,
             config: &config,
             public_url: &public_url,
@@ -219,6 +222,7 @@ impl Hub {
             .await?;
         let state = open_environment(Parts {
             backend_store: store,
+            root: &self.backend,
             sandbox: &self.sandbox,
             config: &self.config,
             public_url: &self.public_url,
@@ -334,11 +338,34 @@ impl Hub {
     }
 }
 
+/// Whether any environment's keyspace in `root` still keeps the bundle
+/// with content hash `hash` (the default environment's at the top level,
+/// every other one's under `env/<project>/<environment>/`). A store that
+/// cannot be read counts as keeping it.
+fn bundle_kept_anywhere(root: &Arc<dyn Backend>, hash: &str) -> bool {
+    let store = Store::new(root.clone());
+    let Ok(keys) = store.api_keys() else {
+        return true;
+    };
+    let mut prefixes = vec![String::new()];
+    prefixes.extend(
+        keys.iter()
+            .map(|k| format!("env/{}/{}/", k.project, k.environment)),
+    );
+    prefixes.sort();
+    prefixes.dedup();
+    prefixes.iter().any(|prefix| {
+        root.get(format!("{prefix}bundle/{hash}").as_bytes())
+            .map_or(true, |bundle| bundle.is_some())
+    })
+}
+
 /// Opens one environment over its store: loads its deployment, starts its
 /// executor, recovers its unfinished runs and starts its schedules.
 async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
     let Parts {
         backend_store: store,
+        root,
         sandbox,
         config,
         public_url,
@@ -359,7 +386,14 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             streams.publish(changes.streams);
         }
     }));
-    let deployments = Arc::new(Deployments::new(sandbox.clone(), store.clone()));
+    // Compiled artifacts are shared by every environment: one is deleted
+    // only when no environment keeps a bundle with its content hash.
+    let whole = root.clone();
+    let deployments = Arc::new(
+        Deployments::new(sandbox.clone(), store.clone()).with_shared_artifacts(Arc::new(
+            move |hash: &str| bundle_kept_anywhere(&whole, hash),
+        )),
+    );
     deployments.restore().await?;
     let notifier = Arc::new(Notifier::default());
     let executor = Executor::start(
@@ -441,4 +475,41 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         env_id: environment_id(project, environment).into(),
         public_url: public_url.into(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::bundle_kept_anywhere;
+    use kiln_store::{ApiKey, Backend, MemoryBackend, Op, Store};
+    use kiln_types::Timestamp;
+    use std::sync::Arc;
+
+    #[tokio::test]
+    async fn a_bundle_is_kept_while_any_environment_keeps_it() {
+        let root: Arc<dyn Backend> = Arc::new(MemoryBackend::new());
+        let store = Store::new(root.clone());
+        store
+            .put_api_key(&ApiKey {
+                key: "tr_prod_sk_x".into(),
+                project: "shop".into(),
+                environment: "prod".into(),
+                created_at: Timestamp(1),
+                revoked_at: None,
+            })
+            .await
+            .unwrap();
+        assert!(!bundle_kept_anywhere(&root, "abc"));
+        // Another environment's keyspace keeps it.
+        let theirs = b"env/shop/prod/bundle/abc".to_vec();
+        root.commit(vec![Op::Put(theirs.clone(), b"wasm".to_vec())])
+            .await
+            .unwrap();
+        assert!(bundle_kept_anywhere(&root, "abc"));
+        root.commit(vec![Op::Delete(theirs)]).await.unwrap();
+        // The default environment's, at the top level.
+        root.commit(vec![Op::Put(b"bundle/abc".to_vec(), b"wasm".to_vec())])
+            .await
+            .unwrap();
+        assert!(bundle_kept_anywhere(&root, "abc"));
+    }
 }

@@ -15,6 +15,7 @@
 use super::access::Caller;
 use super::runs::incoming_payload;
 use super::{ApiError, AppState, Env};
+use crate::deployments::Deployed;
 use crate::executor::Executor;
 use crate::executor::admission::IdempotencyKey;
 use crate::trigger::TriggerOptions;
@@ -28,6 +29,7 @@ use kiln_types::{BatchId, ParentRun, Run, Timestamp};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 /// The most items one v3 batch may hold.
 pub(crate) const MAX_V3_BATCH: u32 = 10_000;
@@ -213,6 +215,9 @@ type PendingItem = (u32, String, Result<(Run, Option<IdempotencyKey>), String>);
 struct Tally {
     accepted: u32,
     deduplicated: u32,
+    /// The versions the request's runs were made on, held until they are
+    /// stored.
+    holding: Vec<Arc<Deployed>>,
 }
 
 /// `POST /api/v3/batches/{id}/items`, NDJSON -> `{id, itemsAccepted,
@@ -268,22 +273,36 @@ pub(super) async fn items(
         }
         // Lines are parsed and their payloads validated off the runtime
         // when there is much to read.
-        let size = lines.iter().map(Vec::len).sum();
-        let (s, c, r) = (state.clone(), caller.clone(), record.clone());
-        let (mut d, mut p, mut t) = (
-            std::mem::take(&mut done),
-            std::mem::take(&mut pending),
-            std::mem::take(&mut tally),
-        );
-        let taken;
-        (taken, done, pending, tally) = super::json_work(size, move || {
-            let taken = lines
-                .iter()
-                .try_for_each(|line| take_line(&s, &c, &r, line, &mut d, &mut p, &mut t));
-            (taken, d, p, t)
-        })
-        .await?;
-        taken?;
+        let size: usize = lines.iter().map(Vec::len).sum();
+        if size < super::LARGE_JSON {
+            for line in &lines {
+                take_line(
+                    &state,
+                    &caller,
+                    &record,
+                    line,
+                    &mut done,
+                    &mut pending,
+                    &mut tally,
+                )?;
+            }
+        } else {
+            let (s, c, r) = (state.clone(), caller.clone(), record.clone());
+            let (mut d, mut p, mut t) = (
+                std::mem::take(&mut done),
+                std::mem::take(&mut pending),
+                std::mem::take(&mut tally),
+            );
+            let taken;
+            (taken, done, pending, tally) = super::json_work(size, move || {
+                let taken = lines
+                    .iter()
+                    .try_for_each(|line| take_line(&s, &c, &r, line, &mut d, &mut p, &mut t));
+                (taken, d, p, t)
+            })
+            .await?;
+            taken?;
+        }
         if buffer.len() > MAX_LINE {
             return Err(ApiError::too_large(format!(
                 "an item line is over {MAX_LINE} bytes"
@@ -347,7 +366,7 @@ fn take_line(
     // An item a public token may not trigger fails alone, as an item
     // naming an unknown task does.
     let made = match caller.may_batch_trigger(&task) {
-        Ok(()) => make_run(state, record, item),
+        Ok(()) => make_run(state, record, item, &mut tally.holding),
         Err(refused) => Err(refused.message),
     };
     pending.push((index, task, made));
@@ -360,11 +379,17 @@ fn make_run(
     state: &AppState,
     record: &BatchRecord,
     item: Item,
+    holding: &mut Vec<Arc<Deployed>>,
 ) -> Result<(Run, Option<IdempotencyKey>), String> {
     let deployed = state
         .deployments
         .current()
         .ok_or_else(|| "nothing is deployed".to_string())?;
+    // Held until the request ends, after its runs are stored: retention
+    // does not collect a version something holds.
+    if !holding.iter().any(|held| Arc::ptr_eq(held, &deployed)) {
+        holding.push(deployed.clone());
+    }
     let mut options = item.options;
     let incoming =
         incoming_payload(&state.store, item.payload, &mut options).map_err(|e| e.message)?;

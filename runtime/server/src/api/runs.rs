@@ -85,6 +85,9 @@ pub(super) async fn trigger(
             )?),
             None => state.deployments.current(),
         };
+    // Held until the run is stored: retention does not collect a version
+    // something holds.
+    let _holding = deployed.clone();
     let (run, pending_trigger) = match deployed {
         Some(deployed) if deployed.record.manifest.task(&task_id).is_some() => {
             let task = task_id.clone();
