@@ -140,11 +140,18 @@ impl Registry {
         if let Some(old) = old
             && Arc::strong_count(&old) > 1
         {
-            self.former
-                .entry(id.clone())
-                .or_default()
-                .push(Arc::downgrade(&old));
+            let former = self.former.entry(id.clone()).or_default();
+            former.retain(|weak| weak.strong_count() > 0);
+            former.push(Arc::downgrade(&old));
         }
+    }
+
+    /// Forgets the former copies nothing holds any more.
+    fn prune(&mut self) {
+        self.former.retain(|_, former| {
+            former.retain(|weak| weak.strong_count() > 0);
+            !former.is_empty()
+        });
     }
 }
 
@@ -320,6 +327,7 @@ impl Deployments {
     /// from its cached artifact. Returns how many were dropped.
     pub fn evict_unused(&self) -> usize {
         let mut registry = self.write();
+        registry.prune();
         let current = registry.current.as_ref().map(|d| d.record.id.clone());
         let before = registry.by_id.len();
         registry
