@@ -43,7 +43,10 @@ pub struct SledBackend {
     /// Splits large values; held while a commit reads what it replaces and
     /// is applied.
     chunker: Mutex<Chunker>,
-    committer: mpsc::Sender<Request>,
+    /// The committer's requests; `None` only while the backend is dropped.
+    committer: Option<mpsc::Sender<Request>>,
+    /// The committer thread, joined when the backend is dropped.
+    committing: Option<std::thread::JoinHandle<()>>,
     /// The number of commits applied so far. Held while a batch is applied,
     /// so a reader that takes the count after reading waits for a commit in
     /// progress to be counted.
@@ -87,7 +90,7 @@ impl SledBackend {
             applied: applied.clone(),
             durable: durable_tx,
         };
-        std::thread::Builder::new()
+        let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
@@ -95,7 +98,8 @@ impl SledBackend {
         Ok(SledBackend {
             chunker: Mutex::new(chunker),
             tree: db,
-            committer: tx,
+            committer: Some(tx),
+            committing: Some(committing),
             applied,
             durable,
         })
@@ -114,6 +118,21 @@ impl SledBackend {
             return Ok(Some((k.to_vec(), v.to_vec())));
         }
         Ok(resolve(&self.tree, &k, v.to_vec())?.map(|v| (k.to_vec(), v)))
+    }
+}
+
+impl Drop for SledBackend {
+    /// Closes the committer's channel and waits for it to finish the
+    /// commits in flight, so that once a dropped backend is gone the store
+    /// is closed and its lock free (a server or tool opening the same
+    /// directory next does not find it still held).
+    fn drop(&mut self) {
+        drop(self.committer.take());
+        if let Some(committing) = self.committing.take()
+            && committing.join().is_err()
+        {
+            tracing::error!("the store's committer thread panicked");
+        }
     }
 }
 
@@ -240,7 +259,10 @@ impl Backend for SledBackend {
             *applied += 1;
         }
         let (ack, done) = oneshot::channel();
-        let sent = self.committer.send(ack);
+        let sent = match &self.committer {
+            Some(committer) => committer.send(ack).map_err(|_| ()),
+            None => Err(()),
+        };
         Box::pin(async move {
             sent.map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?

@@ -207,3 +207,20 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
         .sum();
     assert_eq!(chunks, version(3).len());
 }
+
+#[tokio::test]
+async fn a_dropped_backend_lets_go_of_the_store_at_once() {
+    // A server restarted on the same directory, or a tool reading the store
+    // of a stopped server, opens it without waiting for a lock.
+    let dir = tempfile::tempdir().expect("a temp dir");
+    for round in 0..20u8 {
+        let backend = SledBackend::open(dir.path()).expect("the store opens at once");
+        backend
+            .commit(vec![Op::Put(vec![b'k', round], vec![round])])
+            .await
+            .expect("commits");
+        drop(backend);
+    }
+    let backend = SledBackend::open(dir.path()).expect("the store opens at once");
+    assert_eq!(backend.get(&[b'k', 19]).expect("reads"), Some(vec![19]));
+}
