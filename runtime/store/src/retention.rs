@@ -161,18 +161,8 @@ impl Store {
         limit: usize,
         now: Timestamp,
     ) -> Result<Swept> {
-        let (rows, next) = self.page(IDEM, after.as_deref(), limit)?;
-        let mut batch = Batch::default();
-        for (k, v) in rows {
-            let entry: IdempotentRun = match decode(&k, &v) {
-                Ok(entry) => entry,
-                Err(_) => continue,
-            };
-            if entry.expires_at <= now {
-                batch.ops.push(Op::Delete(k));
-            }
-        }
-        self.commit_swept(batch, next).await
+        self.sweep_expired(IDEM, after, limit, now, |e: &IdempotentRun| e.expires_at)
+            .await
     }
 
     /// Deletes a page of v3 batch idempotency keys past their lifetime.
@@ -182,14 +172,24 @@ impl Store {
         limit: usize,
         now: Timestamp,
     ) -> Result<Swept> {
-        let (rows, next) = self.page(BATCH_KEY, after.as_deref(), limit)?;
+        self.sweep_expired(BATCH_KEY, after, limit, now, |e: &BatchKey| e.expires_at)
+            .await
+    }
+
+    /// Deletes a page of the records in `space` whose lifetime
+    /// (`expires_at`) ended by `now`; records that do not decode are left.
+    async fn sweep_expired<T: serde::de::DeserializeOwned>(
+        &self,
+        space: &[u8],
+        after: Option<Vec<u8>>,
+        limit: usize,
+        now: Timestamp,
+        expires_at: impl Fn(&T) -> Timestamp,
+    ) -> Result<Swept> {
+        let (rows, next) = self.page(space, after.as_deref(), limit)?;
         let mut batch = Batch::default();
         for (k, v) in rows {
-            let entry: BatchKey = match decode(&k, &v) {
-                Ok(entry) => entry,
-                Err(_) => continue,
-            };
-            if entry.expires_at <= now {
+            if decode::<T>(&k, &v).is_ok_and(|entry| expires_at(&entry) <= now) {
                 batch.ops.push(Op::Delete(k));
             }
         }
