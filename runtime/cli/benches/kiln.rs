@@ -308,18 +308,50 @@ impl Server {
     }
 }
 
-/// `GET /healthz` latencies, one request at a time, until `done` is set.
-async fn probe_healthz(server: &Server, done: &std::sync::atomic::AtomicBool) -> Vec<Duration> {
-    let url = format!("{}/healthz", server.url);
-    let mut samples = Vec::new();
-    while !done.load(std::sync::atomic::Ordering::SeqCst) {
-        let t = Instant::now();
-        let answer = server.http.get(&url).send().await.expect("answers");
-        let _ = answer.bytes().await;
-        samples.push(t.elapsed());
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    samples
+/// `GET /healthz` latencies, one request at a time (1 ms apart), until `done`
+/// is set. The client is one thread with a blocking keep-alive socket, so a
+/// sample holds the server's time and one wake-up of the client, not the
+/// hand-offs between an async client's threads.
+fn probe_healthz(
+    url: &str,
+    done: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Duration>> {
+    use std::io::{Read, Write};
+    let addr = url.trim_start_matches("http://").to_string();
+    std::thread::spawn(move || {
+        let mut socket = std::net::TcpStream::connect(&addr).expect("connects");
+        socket.set_nodelay(true).expect("nodelay");
+        let request = format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n");
+        let mut samples = Vec::new();
+        let mut buf = vec![0u8; 4096];
+        while !done.load(std::sync::atomic::Ordering::SeqCst) {
+            let t = Instant::now();
+            socket.write_all(request.as_bytes()).expect("sends");
+            let mut have = 0;
+            loop {
+                let n = socket.read(&mut buf[have..]).expect("reads");
+                assert!(n > 0, "the server closed the connection");
+                have += n;
+                let text = String::from_utf8_lossy(&buf[..have]);
+                if let Some(end) = text.find("\r\n\r\n") {
+                    let length = text[..end]
+                        .lines()
+                        .find_map(|l| {
+                            let (k, v) = l.split_once(':')?;
+                            k.eq_ignore_ascii_case("content-length")
+                                .then(|| v.trim().parse::<usize>().ok())?
+                        })
+                        .unwrap_or(0);
+                    if have >= end + 4 + length {
+                        break;
+                    }
+                }
+            }
+            samples.push(t.elapsed());
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        samples
+    })
 }
 
 /// What a cheap route's latency does while a large guest is snapshotted:
@@ -330,18 +362,18 @@ async fn blocking_bench() {
     let dir = tempfile::tempdir().expect("a temp dir");
     let (server, _) = Server::start(dir.path(), &[]);
     server.deploy(kiln_fixtures::PROBE).await;
-    let done = AtomicBool::new(false);
-    let idle = async {
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        done.store(true, Ordering::SeqCst);
-    };
-    let (mut quiet, ()) = tokio::join!(probe_healthz(&server, &done), idle);
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let probe = probe_healthz(&server.url, done.clone());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    done.store(true, Ordering::SeqCst);
+    let mut quiet = probe.join().expect("the probe ran");
     report("GET /healthz, idle server", &mut quiet);
 
     let mut during = Vec::new();
     let mut suspend = Vec::new();
     for _ in 0..10 {
-        let done = AtomicBool::new(false);
+        let done = std::sync::Arc::new(AtomicBool::new(false));
+        let probe = probe_healthz(&server.url, done.clone());
         let started = Instant::now();
         let run = async {
             let id = server
@@ -360,11 +392,39 @@ async fn blocking_bench() {
             suspend.push(started.elapsed());
             done.store(true, Ordering::SeqCst);
         };
-        let (samples, ()) = tokio::join!(probe_healthz(&server, &done), run);
-        during.extend(samples);
+        run.await;
+        during.extend(probe.join().expect("the probe ran"));
     }
     report("GET /healthz, while 50 MiB is snapshotted", &mut during);
     report("trigger to WAITING, 50 MiB hold-heap", &mut suspend);
+
+    // Two guests that keep the CPU busy (one per core) for two seconds.
+    let done = std::sync::Arc::new(AtomicBool::new(false));
+    let probe = probe_healthz(&server.url, done.clone());
+    let mut runs = Vec::new();
+    for _ in 0..2 {
+        runs.push(
+            server
+                .trigger("draw-spin", serde_json::json!({"spin_ms": 2_000}))
+                .await,
+        );
+    }
+    for id in &runs {
+        loop {
+            let status = server.get(&format!("/api/v3/runs/{id}")).await["status"].clone();
+            if status == "COMPLETED" {
+                break;
+            }
+            assert!(
+                status != "FAILED" && status != "CRASHED",
+                "a spinning run ended {status}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    done.store(true, Ordering::SeqCst);
+    let mut busy = probe.join().expect("the probe ran");
+    report("GET /healthz, while two guests spin", &mut busy);
     server.kill();
 }
 

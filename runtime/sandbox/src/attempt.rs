@@ -149,7 +149,8 @@ impl Attempt {
     /// Calls `describe`.
     pub(crate) async fn describe(&mut self) -> Result<String, TrapKind> {
         self.begin();
-        let result = self.instance.call_describe(&mut self.store).await;
+        let result =
+            crate::cpu::Background::new(self.instance.call_describe(&mut self.store)).await;
         self.end();
         result.map_err(|e| self.classify(e))
     }
@@ -157,7 +158,8 @@ impl Attempt {
     /// Starts the attempt.
     pub async fn start(&mut self, ctx: &StartContext) -> StepOutcome {
         self.begin();
-        let result = self.instance.call_start(&mut self.store, ctx).await;
+        let result =
+            crate::cpu::Background::new(self.instance.call_start(&mut self.store, ctx)).await;
         self.end();
         self.outcome(result)
     }
@@ -165,7 +167,8 @@ impl Attempt {
     /// Delivers a wake.
     pub async fn resume(&mut self, wake: &Wake) -> StepOutcome {
         self.begin();
-        let result = self.instance.call_resume(&mut self.store, wake).await;
+        let result =
+            crate::cpu::Background::new(self.instance.call_resume(&mut self.store, wake)).await;
         self.end();
         self.outcome(result)
     }
@@ -173,7 +176,8 @@ impl Attempt {
     /// Tells the guest its run was canceled, so its cancel hooks run.
     pub async fn cancel(&mut self, reason: &str) {
         self.begin();
-        let _ = self.instance.call_cancel(&mut self.store, reason).await;
+        let _ =
+            crate::cpu::Background::new(self.instance.call_cancel(&mut self.store, reason)).await;
         self.end();
     }
 
@@ -202,7 +206,7 @@ impl Attempt {
             .get_typed_func::<(), (MemoryImage,)>(&mut self.store, &self.snapshot.read)
             .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
         self.begin();
-        let result = read.call_async(&mut self.store, ()).await;
+        let result = crate::cpu::Background::new(read.call_async(&mut self.store, ())).await;
         self.end();
         result.map(|(image,)| image.0).map_err(|e| self.classify(e))
     }
@@ -228,12 +232,13 @@ impl Attempt {
             .get_typed_func::<(MemoryWrite,), ()>(&mut self.store, &self.snapshot.write)
             .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
         self.begin();
-        let grown = grow.call_async(&mut self.store, (pages,)).await;
+        let grown = crate::cpu::Background::new(grow.call_async(&mut self.store, (pages,))).await;
         let result = match grown {
-            Ok((now,)) if now == pages => write
-                .call_async(&mut self.store, (MemoryWrite(image),))
-                .await
-                .map_err(|e| self.classify(e)),
+            Ok((now,)) if now == pages => crate::cpu::Background::new(
+                write.call_async(&mut self.store, (MemoryWrite(image),)),
+            )
+            .await
+            .map_err(|e| self.classify(e)),
             Ok((now,)) => Err(TrapKind::Other(format!(
                 "the snapshot has {pages} pages of memory but a fresh instance has {now}"
             ))),

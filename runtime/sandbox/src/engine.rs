@@ -309,16 +309,18 @@ impl Sandbox {
         let sandbox = pinned.clone();
         let bytes = bytes.to_vec();
         let (hash, pre) = tokio::task::spawn_blocking(move || {
-            let hash = crate::bundle::content_hash(&bytes);
-            let component = sandbox.compile_cached(&hash, &bytes)?;
-            crate::bundle::check_world(&sandbox.inner.engine, &component)?;
-            let pre = sandbox
-                .inner
-                .linker
-                .instantiate_pre(&component)
-                .map_err(|e| BundleError::Link(format!("{e:#}")))?;
-            let pre = BundlePre::new(pre).map_err(|e| BundleError::Link(format!("{e:#}")))?;
-            Ok::<_, BundleError>((hash, pre))
+            crate::cpu::blocking(|| {
+                let hash = crate::bundle::content_hash(&bytes);
+                let component = sandbox.compile_cached(&hash, &bytes)?;
+                crate::bundle::check_world(&sandbox.inner.engine, &component)?;
+                let pre = sandbox
+                    .inner
+                    .linker
+                    .instantiate_pre(&component)
+                    .map_err(|e| BundleError::Link(format!("{e:#}")))?;
+                let pre = BundlePre::new(pre).map_err(|e| BundleError::Link(format!("{e:#}")))?;
+                Ok::<_, BundleError>((hash, pre))
+            })
         })
         .await
         .map_err(|e| BundleError::Invalid(format!("compiling was cut short: {e}")))??;

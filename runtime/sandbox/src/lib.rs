@@ -16,6 +16,7 @@
 mod attempt;
 mod bindings;
 mod bundle;
+pub mod cpu;
 mod engine;
 mod host;
 mod limits;

@@ -174,7 +174,7 @@ where
     if size < LARGE_JSON {
         return Ok(work());
     }
-    tokio::task::spawn_blocking(work)
+    tokio::task::spawn_blocking(|| kiln_sandbox::cpu::blocking(work))
         .await
         .map_err(|e| ApiError::internal(format!("JSON work was cut short: {e}")))
 }

@@ -184,7 +184,7 @@ pub(crate) async fn run(executor: Executor) {
                 executor: executor.clone(),
                 started,
             };
-            tokio::spawn(async move {
+            super::guests::spawn(async move {
                 let run_id = slot.started.run.clone();
                 if let Err(error) = driver::execute(&slot.executor, &run_id).await {
                     tracing::error!(run = %run_id, %error, "executing a run failed");

@@ -211,15 +211,17 @@ impl<'a> Slice<'a> {
             let (store, run, attempt_no) =
                 (shared.store.clone(), self.run.id.clone(), self.attempt_no);
             let read = tokio::task::spawn_blocking(move || {
-                let layers = store.layers(&run, attempt_no).map_err(|e| e.to_string())?;
-                if layers.is_empty() {
-                    return Ok((layers, None));
-                }
-                let refs: Vec<&SnapshotLayer> = layers.iter().map(|l| &l.layer).collect();
-                match kiln_store::snapshot::compose(&refs) {
-                    Ok(composed) => Ok((layers, Some(composed))),
-                    Err(error) => Err(error.to_string()),
-                }
+                kiln_sandbox::cpu::blocking(|| {
+                    let layers = store.layers(&run, attempt_no).map_err(|e| e.to_string())?;
+                    if layers.is_empty() {
+                        return Ok((layers, None));
+                    }
+                    let refs: Vec<&SnapshotLayer> = layers.iter().map(|l| &l.layer).collect();
+                    match kiln_store::snapshot::compose(&refs) {
+                        Ok(composed) => Ok((layers, Some(composed))),
+                        Err(error) => Err(error.to_string()),
+                    }
+                })
             })
             .await
             .map_err(|e| format!("reading the snapshot failed: {e}"))?;
@@ -591,7 +593,6 @@ impl<'a> Slice<'a> {
         let usage_ms = attempt.used().as_millis() as u64;
         let logs = attempt.take_logs();
         let log_calls = attempt.log_calls();
-        drop(attempt);
         let journal_seq = self.journal.last_seq();
         let deltas = self
             .layers
@@ -609,14 +610,20 @@ impl<'a> Slice<'a> {
         // (0.1 s for 50 MiB): on the blocking pool, not a runtime worker
         // that other requests are waiting for.
         let (store, run, attempt_no) = (shared.store.clone(), self.run.id.clone(), self.attempt_no);
-        let (layer, bytes) = tokio::task::spawn_blocking(move || {
-            let mut layer = SnapshotLayer::capture(&image, previous.as_deref(), journal_seq);
-            if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
-                layer = SnapshotLayer::capture(&image, None, journal_seq);
-            }
-            kiln_sandbox::recycle_capture(image);
-            let bytes = store.seal_layer(&run, attempt_no, number, layer.encode());
-            (layer, bytes)
+        // The instance and the layer's pages are dropped there too: giving
+        // a large guest's memory back (resetting its pool slot, returning
+        // the pages to the system) takes milliseconds.
+        let (kind, bytes) = tokio::task::spawn_blocking(move || {
+            kiln_sandbox::cpu::blocking(|| {
+                drop(attempt);
+                let mut layer = SnapshotLayer::capture(&image, previous.as_deref(), journal_seq);
+                if layer.kind == LayerKind::Delta && layer.pages.len() * 2 > layer.hashes.len() {
+                    layer = SnapshotLayer::capture(&image, None, journal_seq);
+                }
+                kiln_sandbox::recycle_capture(image);
+                let bytes = store.seal_layer(&run, attempt_no, number, layer.encode());
+                (layer.kind, bytes)
+            })
         })
         .await
         .map_err(|e| format!("taking the snapshot failed: {e}"))?;
@@ -624,7 +631,7 @@ impl<'a> Slice<'a> {
         let stored_bytes = bytes.len() as u64;
 
         let mut batch = Batch::default();
-        if layer.kind == LayerKind::Full {
+        if kind == LayerKind::Full {
             let keys = shared
                 .store
                 .layer_keys(&self.run.id)

@@ -31,6 +31,7 @@ mod dispatch;
 mod driver;
 mod env;
 mod fetch;
+mod guests;
 mod interpreter;
 mod journal;
 mod locks;
