@@ -265,3 +265,51 @@ async fn large_items_are_validated_like_small_ones() {
     let run = kiln.finished(read["runs"][0].as_str().unwrap()).await;
     assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
 }
+
+/// A run may wait on a batch made through the API only once the batch is
+/// sealed: before, its runs are not known and the wait could never wake, so
+/// it is refused with a reason; once sealed, the wait gets every output.
+#[tokio::test]
+async fn a_run_waits_on_a_streamed_batch_once_it_is_sealed() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let (_, body) = kiln.post("/api/v3/batches", json!({"runCount": 2})).await;
+    let batch = body["id"].as_str().unwrap().to_string();
+    let (status, body) = send_items(&kiln, &batch, &[item(0, "echo", 10)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sealed"], false);
+
+    let early = kiln
+        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": batch}))
+        .await;
+    let early = kiln.finished(&early).await;
+    assert_eq!(early["status"], "FAILED", "{early}");
+    assert_eq!(early["error"]["name"], "Unsupported", "{early}");
+    let message = early["error"]["message"].as_str().unwrap();
+    assert!(message.contains("still being streamed in"), "{message}");
+
+    let (status, body) = send_items(&kiln, &batch, &[item(1, "echo", 11)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sealed"], true);
+    let sealed = kiln
+        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": batch}))
+        .await;
+    let sealed = kiln.finished(&sealed).await;
+    assert_eq!(sealed["status"], "COMPLETED", "{sealed}");
+    assert_eq!(sealed["output"]["outputs"], json!([10, 11]), "{sealed}");
+
+    // A sealed batch none of whose items made a run has nothing to wait on.
+    let (_, body) = kiln.post("/api/v3/batches", json!({"runCount": 1})).await;
+    let empty = body["id"].as_str().unwrap().to_string();
+    let (status, body) = send_items(&kiln, &empty, &[item(0, "no-such-task", 0)]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["sealed"], true);
+    let none = kiln
+        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": empty}))
+        .await;
+    let none = kiln.finished(&none).await;
+    assert_eq!(none["status"], "FAILED", "{none}");
+    let message = none["error"]["message"].as_str().unwrap();
+    assert!(message.contains("has no runs"), "{message}");
+}

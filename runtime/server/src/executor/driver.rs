@@ -810,6 +810,21 @@ fn wait_record(
                 .ok()
                 .and_then(|b| store.batch(&b).ok().flatten())
                 .ok_or_else(|| format!("waiting on batch `{id}`, which does not exist"))?;
+            // The wait keeps the batch's runs as they are now. A batch of
+            // the v3 API has none until its last item is streamed in (it is
+            // sealed then, and never changes again), and one whose items all
+            // failed has none at all: either would wait for ever.
+            if let (Some(expected), None) = (batch.expected, batch.sealed_at) {
+                return Err(format!(
+                    "waiting on batch `{id}`, whose {expected} items are still being \
+                     streamed in: a run can wait on a batch once it is sealed"
+                ));
+            }
+            if batch.runs.is_empty() {
+                return Err(format!(
+                    "waiting on batch `{id}`, which has no runs (none of its items was triggered)"
+                ));
+            }
             WaitOn::Batch {
                 batch_id: id.clone(),
                 runs: batch.runs,

@@ -460,8 +460,12 @@ pub struct Parent {
     /// `batch` (one batch of `children` echo runs, waited on), `each` (one
     /// trigger_and_wait at a time), `join` (two at once), `by-task` (a batch
     /// over echo and fail), `fail` (a child that fails), `sleepy` (a child
-    /// that sleeps `sleep_ms`, waited on).
+    /// that sleeps `sleep_ms`, waited on), `wait-batch` (waits on the batch
+    /// `batch`, made by someone else through the API).
     pub mode: String,
+    /// The batch a `wait-batch` parent waits on.
+    #[serde(default)]
+    pub batch: String,
     /// How many children.
     #[serde(default)]
     pub children: u32,
@@ -490,6 +494,19 @@ pub async fn parent(payload: Parent, _ctx: &Context) -> Result<Value, TaskError>
                 .map(echoed)
                 .collect::<Result<Vec<_>, _>>()?;
             Ok(serde_json::json!({ "outputs": outputs, "ids": ids }))
+        }
+        "wait-batch" => {
+            let batch = tasks::BatchHandle {
+                id: payload.batch.clone(),
+                runs: Vec::new(),
+            };
+            let outputs = batch
+                .wait::<Value>()
+                .await?
+                .into_iter()
+                .map(echoed)
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(serde_json::json!({ "outputs": outputs }))
         }
         "each" => {
             let mut outputs = Vec::new();
