@@ -1,8 +1,9 @@
 //! Long scheduler slices for Kiln's background CPU work.
 //!
-//! A guest's steps, a snapshot's capture, hashing and compression, and a
-//! bundle's compile are CPU bursts nobody waits on to the millisecond; a
-//! request to a cheap route is the opposite. Linux 6.12 and later let a
+//! A guest's steps, a snapshot's capture, hashing and compression, a
+//! bundle's compile and the JSON work of a multi-megabyte request are CPU
+//! bursts whose latency matters less than a cheap route's, which should not
+//! wait behind them. Linux 6.12 and later let a
 //! normal thread ask for its own scheduler slice (`sched_setattr` with
 //! `sched_runtime`): a thread with a long slice does not preempt others when
 //! it wakes (its virtual deadline is far), and a thread that wakes with a
@@ -111,8 +112,8 @@ impl Drop for LongSlice {
 }
 
 /// Sets the calling thread's slice (0: the kernel's default), keeping its
-/// normal policy and nice value. False, and never again, if the kernel
-/// refuses.
+/// policy and nice value. False, and never again, if the kernel refuses (a
+/// real-time thread, say, which has no slice).
 #[cfg(target_os = "linux")]
 fn set_slice(slice_ns: u64) -> bool {
     /// The kernel's `struct sched_attr` (its first version, 56 bytes).
@@ -129,19 +130,17 @@ fn set_slice(slice_ns: u64) -> bool {
         sched_util_min: u32,
         sched_util_max: u32,
     }
-    thread_local! {
-        /// The thread's nice value, read once (Kiln never changes it).
-        static NICE: i32 = {
-            // SAFETY: getpriority reads the calling thread's nice value;
-            // it has no memory arguments.
-            unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) }
-        };
-    }
+    /// `SCHED_FLAG_KEEP_POLICY`: the thread keeps its policy (an operator
+    /// may run the server at `SCHED_BATCH`, say).
+    const KEEP_POLICY: u64 = 0x08;
+    // SAFETY: getpriority reads the calling thread's nice value (as it is
+    // now: an operator may have reniced it); it has no memory arguments.
+    let nice = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
     let attr = SchedAttr {
         size: std::mem::size_of::<SchedAttr>() as u32,
         sched_policy: libc::SCHED_OTHER as u32,
-        sched_flags: 0,
-        sched_nice: NICE.with(|n| *n),
+        sched_flags: KEEP_POLICY,
+        sched_nice: nice,
         sched_priority: 0,
         sched_runtime: slice_ns,
         sched_deadline: 0,
@@ -153,9 +152,10 @@ fn set_slice(slice_ns: u64) -> bool {
     // is, alive for the call; pid 0 is the calling thread.
     let rc = unsafe { libc::syscall(libc::SYS_sched_setattr, 0, &attr as *const SchedAttr, 0) };
     if rc != 0 {
+        let error = std::io::Error::last_os_error();
         SUPPORTED.store(false, Ordering::Relaxed);
         tracing::debug!(
-            error = %std::io::Error::last_os_error(),
+            %error,
             "the kernel refused a scheduler slice; background work keeps the default"
         );
     }
