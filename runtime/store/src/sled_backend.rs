@@ -60,23 +60,47 @@ impl std::fmt::Debug for SledBackend {
     }
 }
 
+/// How long [`SledBackend::open`] waits for the directory's lock to be let
+/// go of.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
 impl SledBackend {
     /// Opens (or creates) the database in `dir` and starts its committer.
+    ///
+    /// sled holds the directory's lock until the last of its own background
+    /// threads lets go of the database, which can be a moment after the
+    /// handle that opened it was dropped (or after a server on the directory
+    /// exited). A lock still held is waited for, up to five seconds; one
+    /// held longer (another server runs on the directory) is refused with
+    /// sled's error.
     pub fn open(dir: &Path) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
-        let db = sled::Config::new()
-            .segment_size(segment)
-            .path(dir)
-            .cache_capacity(64 << 20)
-            .open()
-            .map_err(|e| {
-                StoreError::Backend(format!("opening the store in {}: {e}", dir.display()))
-            })?;
+        let started = std::time::Instant::now();
+        let db = loop {
+            let opened = sled::Config::new()
+                .segment_size(segment)
+                .path(dir)
+                .cache_capacity(64 << 20)
+                .open();
+            match opened {
+                Err(sled::Error::Io(e))
+                    if e.to_string().starts_with("could not acquire lock")
+                        && started.elapsed() < LOCK_WAIT =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                opened => {
+                    break opened.map_err(|e| {
+                        StoreError::Backend(format!("opening the store in {}: {e}", dir.display()))
+                    })?;
+                }
+            }
+        };
         let data_file = std::fs::OpenOptions::new()
             .read(true)
             .open(dir.join("db"))

@@ -211,7 +211,8 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
 #[tokio::test]
 async fn a_dropped_backend_lets_go_of_the_store_at_once() {
     // A server restarted on the same directory, or a tool reading the store
-    // of a stopped server, opens it without waiting for a lock.
+    // of a stopped server, opens it: a lock sled's own threads still hold
+    // for a moment is waited for, not an error.
     let dir = tempfile::tempdir().expect("a temp dir");
     for round in 0..20u8 {
         let backend = SledBackend::open(dir.path()).expect("the store opens at once");
