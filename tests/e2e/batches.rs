@@ -266,6 +266,14 @@ async fn large_items_are_validated_like_small_ones() {
     assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
 }
 
+/// A `parent` run that waits on `batch`, once it has finished.
+async fn run_waiting_on(kiln: &Kiln, batch: &str) -> Value {
+    let run = kiln
+        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": batch}))
+        .await;
+    kiln.finished(&run).await
+}
+
 /// A run may wait on a batch made through the API only once the batch is
 /// sealed: before, its runs are not known and the wait could never wake, so
 /// it is refused with a reason; once sealed, the wait gets every output.
@@ -280,10 +288,7 @@ async fn a_run_waits_on_a_streamed_batch_once_it_is_sealed() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sealed"], false);
 
-    let early = kiln
-        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": batch}))
-        .await;
-    let early = kiln.finished(&early).await;
+    let early = run_waiting_on(&kiln, &batch).await;
     assert_eq!(early["status"], "FAILED", "{early}");
     assert_eq!(early["error"]["name"], "Unsupported", "{early}");
     let message = early["error"]["message"].as_str().unwrap();
@@ -292,10 +297,7 @@ async fn a_run_waits_on_a_streamed_batch_once_it_is_sealed() {
     let (status, body) = send_items(&kiln, &batch, &[item(1, "echo", 11)]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sealed"], true);
-    let sealed = kiln
-        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": batch}))
-        .await;
-    let sealed = kiln.finished(&sealed).await;
+    let sealed = run_waiting_on(&kiln, &batch).await;
     assert_eq!(sealed["status"], "COMPLETED", "{sealed}");
     assert_eq!(sealed["output"]["outputs"], json!([10, 11]), "{sealed}");
 
@@ -305,10 +307,7 @@ async fn a_run_waits_on_a_streamed_batch_once_it_is_sealed() {
     let (status, body) = send_items(&kiln, &empty, &[item(0, "no-such-task", 0)]).await;
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["sealed"], true);
-    let none = kiln
-        .trigger_ok("parent", json!({"mode": "wait-batch", "batch": empty}))
-        .await;
-    let none = kiln.finished(&none).await;
+    let none = run_waiting_on(&kiln, &empty).await;
     assert_eq!(none["status"], "FAILED", "{none}");
     let message = none["error"]["message"].as_str().unwrap();
     assert!(message.contains("has no runs"), "{message}");
