@@ -337,10 +337,10 @@ impl Deployments {
     }
 
     /// The retired versions nothing holds now: those a retention pass may
-    /// collect if its scan of the runs finds no unfinished run on them.
-    /// Taken before the scan starts: a trigger that found a version before
-    /// it was retired holds it until its run is stored, and a run stored
-    /// before the scan starts is one the scan reads.
+    /// collect if the runs that have not finished show none on them. Taken
+    /// before the pass reads those runs: a trigger that found a version
+    /// before it was retired holds it until its run is stored, and a run
+    /// stored before then is one the pass reads.
     pub fn collectable(&self) -> Result<Vec<DeploymentId>, StoreError> {
         let records = self.store.deployments()?;
         let mut registry = self.write();
@@ -352,8 +352,8 @@ impl Deployments {
             .collect())
     }
 
-    /// Retention's part for versions, after a pass read every run and
-    /// found the unfinished ones on `in_use`: collects the `collectable`
+    /// Retention's part for versions, after a pass read the runs that have
+    /// not finished and found them on `in_use`: collects the `collectable`
     /// versions no unfinished run is on (their bundles and compiled
     /// artifacts are deleted, unless a version kept has the same bundle),
     /// then retires the versions that a newer one replaced before `cutoff`

@@ -8,6 +8,9 @@
 //! | `bundle/<sha256 hex>` | the bundle's bytes |
 //! | `run/<run id>` | `Run` (JSON) |
 //! | `active/<run id>` | empty: the run is queued or executing (read at start-up) |
+//! | `open/<run id>` | empty: the run has not finished (retention reads which versions are in use) |
+//! | `finished/<finished ms: u64 BE><run id>` | empty: the run finished then (retention reads what expired, oldest first) |
+//! | `runs-indexed` | empty: runs stored before `open/` and `finished/` existed have been indexed |
 //! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON) |
 //! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a `SnapshotLayer`, sealed with the master key (`KSEL` envelope) |
 //! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
@@ -57,6 +60,9 @@ pub(crate) const DEPLOY: &[u8] = b"deploy/";
 pub(crate) const BUNDLE: &[u8] = b"bundle/";
 pub(crate) const RUN: &[u8] = b"run/";
 pub(crate) const ACTIVE: &[u8] = b"active/";
+pub(crate) const OPEN: &[u8] = b"open/";
+pub(crate) const FINISHED: &[u8] = b"finished/";
+pub(crate) const RUNS_INDEXED: &[u8] = b"runs-indexed";
 pub(crate) const JOURNAL: &[u8] = b"journal/";
 pub(crate) const SNAP: &[u8] = b"snap/";
 pub(crate) const TIMER: &[u8] = b"timer/";

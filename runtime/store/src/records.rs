@@ -155,6 +155,7 @@ impl Batch {
                     } else {
                         Op::Put(key(ACTIVE, id), Vec::new())
                     });
+                self.ops.extend(crate::retention::index_ops(&run));
             }
             Err(e) => self.error = Some(e),
         }

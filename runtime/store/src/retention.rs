@@ -14,9 +14,9 @@
 //! the store for long, and returns where the next page starts.
 
 use crate::layout::{
-    ACTIVE, BATCH, BATCH_ITEM, BATCH_KEY, CHILD, DEBOUNCE, IDEM, INBOX, JOURNAL, PACKET, PACKET_AT,
-    PACKETS_DATED, PENDING, RUN, RUN_BLOB, SCHED_RUN, SNAP, STREAM, STREAM_KEY, TOKEN, TOKEN_KEY,
-    TOKEN_WAITER, WAIT, WAITER,
+    ACTIVE, BATCH, BATCH_ITEM, BATCH_KEY, CHILD, DEBOUNCE, FINISHED, IDEM, INBOX, JOURNAL, OPEN,
+    PACKET, PACKET_AT, PACKETS_DATED, PENDING, RUN, RUN_BLOB, RUNS_INDEXED, SCHED_RUN, SNAP,
+    STREAM, STREAM_KEY, TOKEN, TOKEN_KEY, TOKEN_WAITER, WAIT, WAITER,
 };
 use crate::records::{decode, key};
 use crate::{Batch, BatchKey, BatchRecord, IdempotentRun, Op, Result, Store};
@@ -37,12 +37,42 @@ pub struct Swept {
 /// A page of runs as retention reads them.
 #[derive(Debug, Default)]
 pub struct RunPage {
-    /// Runs that finished before the cutoff.
+    /// Runs that finished before the cutoff, oldest first.
     pub expired: Vec<Run>,
-    /// The deployments the page's unfinished runs are on.
-    pub in_use: BTreeSet<DeploymentId>,
-    /// Where the next page starts; `None` once the runs are done.
+    /// Index entries that no longer match their run (the run is gone, or
+    /// its finish time moved): to delete.
+    pub stale: Vec<Vec<u8>>,
+    /// Where the next page starts; `None` once no more runs expired.
     pub next: Option<Vec<u8>>,
+}
+
+/// The start of the `finished/` entries of runs that finished at `at`: every
+/// entry of a run that finished earlier sorts before it.
+fn finished_from(at: Timestamp) -> Vec<u8> {
+    let mut k = FINISHED.to_vec();
+    k.extend_from_slice(&at.as_millis().to_be_bytes());
+    k
+}
+
+/// The `finished/` index entry of a run that finished at `at`.
+fn finished_key(at: Timestamp, run: &RunId) -> Vec<u8> {
+    let mut k = finished_from(at);
+    k.extend_from_slice(run.as_str().as_bytes());
+    k
+}
+
+/// The index entries a run's record calls for, written with it: `open/`
+/// while it has not finished, `finished/` at its finish time once it has
+/// (a run never becomes unfinished again).
+pub(crate) fn index_ops(run: &Run) -> Vec<Op> {
+    let id = run.id.as_str().as_bytes();
+    match finished_at(run) {
+        Some(at) => vec![
+            Op::Delete(key(OPEN, id)),
+            Op::Put(finished_key(at, &run.id), Vec::new()),
+        ],
+        None => vec![Op::Put(key(OPEN, id), Vec::new())],
+    }
 }
 
 /// The end of a keyspace: every key with `prefix` sorts before it.
@@ -90,42 +120,123 @@ impl Store {
         Ok((rows, next))
     }
 
-    /// Runs that finished before `cutoff`, among the `limit` runs after the
-    /// key `after`, the deployments the unfinished ones among them are on,
-    /// and where the next page starts.
+    /// Up to `limit` runs that finished before `cutoff`, oldest first, from
+    /// after the `finished/` entry `after`, and where the next page starts.
+    /// Reads the `finished/` index, not every run: a pass that finds nothing
+    /// expired reads one key. Call [`Store::index_runs`] once first.
     pub fn expired_runs(
         &self,
         after: Option<&[u8]>,
         limit: usize,
         cutoff: Timestamp,
     ) -> Result<RunPage> {
-        let (rows, next) = self.page(RUN, after, limit)?;
+        let start = match after {
+            Some(after) => {
+                let mut start = after.to_vec();
+                start.push(0);
+                start
+            }
+            None => FINISHED.to_vec(),
+        };
+        let end = finished_from(cutoff);
+        let rows = self.backend.scan_range(&start, &end, limit)?;
         let mut page = RunPage {
-            next,
+            next: (rows.len() == limit)
+                .then(|| rows.last().map(|(k, _)| k.clone()))
+                .flatten(),
             ..RunPage::default()
         };
-        for (k, v) in rows {
-            // A record that does not decode is left alone (and reported by
-            // whatever reads it), not allowed to stop every pass.
-            let Ok(run) = decode::<Run>(&k, &v) else {
+        for (k, _) in rows {
+            let Some(id) = k.get(FINISHED.len() + 8..) else {
+                page.stale.push(k);
                 continue;
             };
-            match finished_at(&run) {
-                Some(at) if at < cutoff => page.expired.push(run),
-                Some(_) => {}
+            let run_key = key(RUN, id);
+            // A record that does not decode is left alone (and reported by
+            // whatever reads it), not allowed to stop every pass.
+            let run = match self.backend.get(&run_key)? {
+                Some(bytes) => match decode::<Run>(&run_key, &bytes) {
+                    Ok(run) => run,
+                    Err(_) => continue,
+                },
                 None => {
-                    page.in_use.insert(run.deployment_id);
+                    page.stale.push(k);
+                    continue;
                 }
+            };
+            match finished_at(&run) {
+                Some(at) if finished_key(at, &run.id) == k => page.expired.push(run),
+                _ => page.stale.push(k),
             }
         }
         Ok(page)
+    }
+
+    /// The deployments that runs which have not finished are on (a version
+    /// such a run is on is never collected). Reads the `open/` index.
+    pub fn open_versions(&self) -> Result<BTreeSet<DeploymentId>> {
+        let mut versions = BTreeSet::new();
+        for (k, _) in self.backend.scan_prefix(OPEN)? {
+            let run_key = key(RUN, &k[OPEN.len()..]);
+            let Some(bytes) = self.backend.get(&run_key)? else {
+                continue;
+            };
+            // One that does not decode keeps nothing from being collected
+            // here; whatever reads it reports it.
+            if let Ok(run) = decode::<Run>(&run_key, &bytes)
+                && finished_at(&run).is_none()
+            {
+                versions.insert(run.deployment_id);
+            }
+        }
+        Ok(versions)
+    }
+
+    /// Gives runs stored by a Kiln before the `open/` and `finished/`
+    /// indexes their entries; returns how many. Done once per store (a
+    /// marker records it): every run stored since is indexed as it is
+    /// written.
+    pub async fn index_runs(&self) -> Result<usize> {
+        if self.backend.get(RUNS_INDEXED)?.is_some() {
+            return Ok(0);
+        }
+        let mut count = 0;
+        let mut after: Option<Vec<u8>> = None;
+        loop {
+            // A page at a time, so a store of millions of runs is never one
+            // commit.
+            let (rows, next) = self.page(RUN, after.as_deref(), 10_000)?;
+            let mut batch = Batch::default();
+            for (k, v) in rows {
+                if let Ok(run) = decode::<Run>(&k, &v) {
+                    batch.ops.extend(index_ops(&run));
+                    count += 1;
+                }
+            }
+            if next.is_none() {
+                batch.ops.push(Op::Put(RUNS_INDEXED.to_vec(), Vec::new()));
+            }
+            self.commit(batch).await?;
+            match next {
+                Some(next) => after = Some(next),
+                None => return Ok(count),
+            }
+        }
     }
 
     /// Adds the deletion of `run` and every key that belongs to it to
     /// `batch`; returns how many keys that is.
     pub fn delete_run(&self, batch: &mut Batch, run: &Run) -> Result<usize> {
         let id = run.id.as_str().as_bytes();
-        let mut keys = vec![key(RUN, id), key(ACTIVE, id), key(PENDING, id)];
+        let mut keys = vec![
+            key(RUN, id),
+            key(ACTIVE, id),
+            key(PENDING, id),
+            key(OPEN, id),
+        ];
+        if let Some(at) = finished_at(run) {
+            keys.push(finished_key(at, &run.id));
+        }
         for space in [
             JOURNAL, SNAP, RUN_BLOB, CHILD, STREAM, STREAM_KEY, WAIT, INBOX, WAITER,
         ] {

@@ -547,10 +547,15 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     // Only runs that finished before the cutoff expire.
     let page = store.expired_runs(None, 100, cutoff).unwrap();
     assert!(page.next.is_none());
+    assert!(page.stale.is_empty());
     // The unfinished run's deployment is in use; the finished ones' are not
     // counted.
     assert_eq!(
-        page.in_use.into_iter().collect::<Vec<_>>(),
+        store
+            .open_versions()
+            .unwrap()
+            .into_iter()
+            .collect::<Vec<_>>(),
         vec![waiting.deployment_id.clone()]
     );
     let runs = page.expired;
@@ -632,6 +637,50 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
             "keys of {gone} are left: {left:?}"
         );
     }
+
+    // Runs an older Kiln stored have no index entries; they are given them
+    // once per store.
+    let mut legacy_done = run(RunStatus::Completed);
+    legacy_done.finished_at = Some(old);
+    let mut legacy_open = run(RunStatus::Waiting);
+    legacy_open.deployment_id = DeploymentId::generate(2);
+    let raw = |r: &kiln_types::Run| {
+        Op::Put(
+            format!("run/{}", r.id).into_bytes(),
+            serde_json::to_vec(r).unwrap(),
+        )
+    };
+    backend
+        .commit(vec![raw(&legacy_done), raw(&legacy_open)])
+        .await
+        .unwrap();
+    let page = store.expired_runs(None, 100, cutoff).unwrap();
+    assert!(page.expired.is_empty(), "not indexed yet");
+    assert_eq!(
+        store.index_runs().await.unwrap(),
+        4,
+        "recent, waiting and the two"
+    );
+    assert_eq!(store.index_runs().await.unwrap(), 0, "once per store");
+    let page = store.expired_runs(None, 100, cutoff).unwrap();
+    let ids: Vec<_> = page.expired.iter().map(|r| r.id.clone()).collect();
+    assert_eq!(ids, vec![legacy_done.id.clone()]);
+    assert!(
+        store
+            .open_versions()
+            .unwrap()
+            .contains(&legacy_open.deployment_id)
+    );
+    // An entry whose run is gone is stale, to delete.
+    backend
+        .commit(vec![Op::Delete(
+            format!("run/{}", legacy_done.id).into_bytes(),
+        )])
+        .await
+        .unwrap();
+    let page = store.expired_runs(None, 100, cutoff).unwrap();
+    assert!(page.expired.is_empty());
+    assert_eq!(page.stale.len(), 1);
 }
 
 async fn suite(make: impl Fn() -> Arc<dyn Backend>) {

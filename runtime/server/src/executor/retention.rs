@@ -20,7 +20,6 @@ use super::Executor;
 use kiln_store::Batch;
 use kiln_store::retention::{Swept, finished_at};
 use kiln_types::Timestamp;
-use std::collections::BTreeSet;
 use std::time::Duration;
 
 /// Runs (or keys) read per page.
@@ -93,25 +92,34 @@ impl Executor {
         let now = Timestamp::now();
         let cutoff = Timestamp(now.as_millis().saturating_sub(retention.as_millis() as u64));
         let mut pass = Pass::default();
+        // Once per store: runs from before the indexes get their entries,
+        // which the pass reads instead of every run.
+        self.shared.store.index_runs().await?;
         let deployments = &self.shared.deployments;
         // Before the scan: the versions it may show unused.
         let collectable = deployments.collectable()?;
-        let mut in_use = BTreeSet::new();
         let mut after: Option<Vec<u8>> = None;
         loop {
             let page = self
                 .shared
                 .store
                 .expired_runs(after.as_deref(), PAGE, cutoff)?;
-            in_use.extend(page.in_use);
             let (deleted, keys) = self.delete_runs(page.expired, cutoff).await?;
             pass.runs += deleted;
             pass.run_keys += keys;
+            if !page.stale.is_empty() {
+                let mut batch = Batch::default();
+                batch.delete_keys(page.stale);
+                self.shared.store.commit(batch).await?;
+            }
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
             }
         }
+        // After the collectable versions were read: a run started on one
+        // since is in this set.
+        let in_use = self.shared.store.open_versions()?;
         pass.versions += deployments.sweep(&collectable, &in_use, cutoff).await?;
         let store = &self.shared.store;
         // Keys a trigger may be writing: each page under the lock keyed
