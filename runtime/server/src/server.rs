@@ -24,7 +24,20 @@ impl Server {
             Some(key) => (key, false),
             None => crate::secret::load_or_create(&config.data_dir)?,
         };
-        let backend = Arc::new(SledBackend::open(&config.data_dir.join("store"))?);
+        let store_dir = config.data_dir.join("store");
+        let (backend, compacted) = tokio::task::spawn_blocking(move || {
+            SledBackend::open_compacting(&store_dir, kiln_store::COMPACT_FROM)
+        })
+        .await??;
+        if let Some(c) = compacted {
+            tracing::info!(
+                before = c.before,
+                after = c.after,
+                live = c.live,
+                "compacted the store, as retention asked: its file was mostly space that deleted data had left"
+            );
+        }
+        let backend = Arc::new(backend);
         let sealed_before = kiln_store::Store::new(backend.clone())
             .sealed_before()
             .map_err(|e| anyhow::anyhow!(e))?;

@@ -44,4 +44,16 @@ pub trait Backend: Send + Sync + 'static {
     fn settled(&self) -> Commit {
         Box::pin(std::future::ready(Ok(())))
     }
+
+    /// After `deleted` keys were deleted, tells whether the store's file
+    /// is at least `min_len` bytes and mostly space that deleted data left,
+    /// and if it is, has it compacted the next time it is opened. Reads up
+    /// to a quarter of the store: call it off the async runtime. `None`
+    /// when it did not look, because `deleted` is too few for the file's
+    /// size (one per KiB of file is enough). A backend with no file to
+    /// compact answers `Some(false)`.
+    fn suggest_compaction(&self, min_len: u64, deleted: usize) -> Result<Option<bool>> {
+        let _ = (min_len, deleted);
+        Ok(Some(false))
+    }
 }

@@ -28,6 +28,7 @@ pub mod schedules;
 pub mod seal;
 mod sled_backend;
 mod sled_chunks;
+mod sled_compact;
 pub mod snapshot;
 mod streams;
 pub mod tenants;
@@ -44,6 +45,7 @@ pub use records::{Batch, Changes, IdempotentRun, RunsListener, Store, StoredLaye
 pub use schedules::ScheduleKey;
 pub use seal::SealKey;
 pub use sled_backend::SledBackend;
+pub use sled_compact::{COMPACT_FROM, Compacted};
 pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};
 pub use tenants::{ApiKey, Project};
 

@@ -41,6 +41,10 @@ impl PrefixedBackend {
 }
 
 impl Backend for PrefixedBackend {
+    fn suggest_compaction(&self, min_len: u64, deleted: usize) -> Result<Option<bool>> {
+        self.inner.suggest_compaction(min_len, deleted)
+    }
+
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.inner.get(&self.outer(key))
     }

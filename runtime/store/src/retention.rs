@@ -192,6 +192,15 @@ impl Store {
         Ok(versions)
     }
 
+    /// After `deleted` keys were deleted, whether the store's file is at
+    /// least `min_len` bytes and mostly space deleted data left; if it is,
+    /// it is compacted the next time it is opened. `None` when too few keys
+    /// were deleted to look (see [`crate::Backend::suggest_compaction`]).
+    /// Reads the store: call it off the async runtime.
+    pub fn suggest_compaction(&self, min_len: u64, deleted: usize) -> Result<Option<bool>> {
+        self.backend.suggest_compaction(min_len, deleted)
+    }
+
     /// Gives runs stored by a Kiln before the `open/` and `finished/`
     /// indexes their entries; returns how many. Done once per store (a
     /// marker records it): every run stored since is indexed as it is

@@ -40,6 +40,11 @@ type Durable = std::result::Result<u64, StoreError>;
 /// A sled database in a directory, with group-committed durable writes.
 pub struct SledBackend {
     tree: sled::Db,
+    /// The store's directory.
+    dir: std::path::PathBuf,
+    /// Kiln's lock on the directory (sled's own lock is inside it, and the
+    /// directory is renamed when it is compacted).
+    _lock: crate::sled_compact::DirLock,
     /// Splits large values; held while a commit reads what it replaces and
     /// is applied.
     chunker: Mutex<Chunker>,
@@ -62,7 +67,7 @@ impl std::fmt::Debug for SledBackend {
 
 /// How long [`SledBackend::open`] waits for the directory's lock to be let
 /// go of.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
@@ -78,29 +83,48 @@ impl SledBackend {
     /// held longer (another server runs on the directory) is refused with
     /// sled's error.
     pub fn open(dir: &Path) -> Result<Self> {
+        Ok(Self::open_with(dir, None)?.0)
+    }
+
+    /// Opens the store in `dir` as [`SledBackend::open`] does, first
+    /// compacting it if [`Backend::suggest_compaction`] asked for it and
+    /// sled's data file is still at least `min_len` bytes and four times or
+    /// more what its entries hold: every entry is copied into a new
+    /// database that takes the store's place, crash-safely (see
+    /// `sled_compact`). Returns what the compaction did, if there was one.
+    /// A compaction that fails is logged and given up (the store opens as
+    /// it is), so a full disk never keeps the server from starting.
+    pub fn open_compacting(dir: &Path, min_len: u64) -> Result<(Self, Option<crate::Compacted>)> {
+        Self::open_with(dir, Some(min_len))
+    }
+
+    fn open_with(
+        dir: &Path,
+        compact_from: Option<u64>,
+    ) -> Result<(Self, Option<crate::Compacted>)> {
+        // Held for the backend's life: no other process recovers, compacts
+        // or opens the store meanwhile.
+        let lock = crate::sled_compact::DirLock::take(dir)?;
+        crate::sled_compact::recover(dir)?;
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
-        let started = std::time::Instant::now();
-        let db = loop {
-            let opened = sled::Config::new()
-                .segment_size(segment)
-                .path(dir)
-                .cache_capacity(64 << 20)
-                .open();
-            match opened {
-                Err(sled::Error::Io(e))
-                    if e.to_string().starts_with("could not acquire lock")
-                        && started.elapsed() < LOCK_WAIT =>
-                {
-                    std::thread::sleep(std::time::Duration::from_millis(10));
+        let mut db = open_sled(dir, segment)?;
+        let mut compacted = None;
+        if let Some(min_len) = compact_from
+            && crate::sled_compact::marked(dir)
+        {
+            if let Some((before, live)) = crate::sled_compact::sparse(dir, &db, min_len)? {
+                match crate::sled_compact::compact(dir, db, before, live) {
+                    Ok(done) => compacted = Some(done),
+                    Err(error) => {
+                        tracing::warn!(%error, "compacting the store failed; it opens as it is");
+                        crate::sled_compact::recover(dir)?;
+                    }
                 }
-                opened => {
-                    break opened.map_err(|e| {
-                        StoreError::Backend(format!("opening the store in {}: {e}", dir.display()))
-                    })?;
-                }
+                db = open_sled(dir, segment)?;
             }
-        };
+            crate::sled_compact::unmark(dir)?;
+        }
         let data_file = std::fs::OpenOptions::new()
             .read(true)
             .open(dir.join("db"))
@@ -119,14 +143,17 @@ impl SledBackend {
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
         let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
-        Ok(SledBackend {
+        let backend = SledBackend {
+            _lock: lock,
+            dir: dir.to_path_buf(),
             chunker: Mutex::new(chunker),
             tree: db,
             committer: Some(tx),
             committing: Some(committing),
             applied,
             durable,
-        })
+        };
+        Ok((backend, compacted))
     }
 
     fn applied(&self) -> std::sync::MutexGuard<'_, u64> {
@@ -142,6 +169,32 @@ impl SledBackend {
             return Ok(Some((k.to_vec(), v.to_vec())));
         }
         Ok(resolve(&self.tree, &k, v.to_vec())?.map(|v| (k.to_vec(), v)))
+    }
+}
+
+/// Opens sled's database in `dir` with Kiln's settings, waiting up to
+/// [`LOCK_WAIT`] for a lock sled's own threads still hold.
+pub(crate) fn open_sled(dir: &Path, segment: usize) -> Result<sled::Db> {
+    let started = std::time::Instant::now();
+    loop {
+        let opened = sled::Config::new()
+            .segment_size(segment)
+            .path(dir)
+            .cache_capacity(64 << 20)
+            .open();
+        match opened {
+            Err(sled::Error::Io(e))
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            opened => {
+                return opened.map_err(|e| {
+                    StoreError::Backend(format!("opening the store in {}: {e}", dir.display()))
+                });
+            }
+        }
     }
 }
 
@@ -291,6 +344,21 @@ impl Backend for SledBackend {
             sent.map_err(|_| StoreError::Closed)?;
             done.await.map_err(|_| StoreError::Closed)?
         })
+    }
+
+    fn suggest_compaction(&self, min_len: u64, deleted: usize) -> Result<Option<bool>> {
+        let data = self.dir.join("db");
+        let len = std::fs::metadata(&data).map_err(backend_error)?.len();
+        // Deletions too few to have freed a noticeable part of the file
+        // are not worth reading a quarter of it for.
+        if (deleted as u64) < len / 1024 {
+            return Ok(None);
+        }
+        if crate::sled_compact::sparse(&self.dir, &self.tree, min_len)?.is_none() {
+            return Ok(Some(false));
+        }
+        crate::sled_compact::mark(&self.dir)?;
+        Ok(Some(true))
     }
 
     fn settled(&self) -> Commit {

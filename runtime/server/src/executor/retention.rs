@@ -25,6 +25,10 @@ use std::time::Duration;
 /// Runs (or keys) read per page.
 const PAGE: usize = 256;
 
+/// Keys retention deletes before it reads whether the store's file is
+/// mostly free space.
+const CHECK_AFTER: usize = 10_000;
+
 /// What one pass of the sweeper deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -55,10 +59,13 @@ impl Executor {
             if let Err(error) = store.date_undated_packets(Timestamp::now()).await {
                 tracing::warn!(%error, "dating packets for retention failed");
             }
+            // Keys deleted since the store's file was last looked at.
+            let mut since_check = 0usize;
             loop {
                 let started = std::time::Instant::now();
                 let deleted = match executor.sweep(retention).await {
                     Ok(pass) if pass != Pass::default() => {
+                        since_check += pass.run_keys + pass.others;
                         tracing::info!(
                             runs = pass.runs,
                             keys = pass.run_keys,
@@ -74,6 +81,34 @@ impl Executor {
                         false
                     }
                 };
+                // Once a wave of deletions is over (or after very many),
+                // whether the store's file is now mostly free space: if it
+                // is, the next start compacts it.
+                if (!deleted && since_check >= CHECK_AFTER) || since_check >= CHECK_AFTER * 100 {
+                    let store = executor.shared.store.clone();
+                    let keys = since_check;
+                    let suggested = tokio::task::spawn_blocking(move || {
+                        kiln_sandbox::cpu::blocking(|| {
+                            store.suggest_compaction(kiln_store::COMPACT_FROM, keys)
+                        })
+                    })
+                    .await;
+                    if let Ok(Ok(Some(_))) = suggested {
+                        since_check = 0;
+                    }
+                    match suggested {
+                        Ok(Ok(Some(true))) => tracing::info!(
+                            "the store's file is mostly space deleted data left: it is compacted at the next start"
+                        ),
+                        Ok(Ok(_)) => {}
+                        Ok(Err(error)) => {
+                            tracing::warn!(%error, "reading whether the store is sparse failed")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "reading whether the store is sparse failed")
+                        }
+                    }
+                }
                 // A pass that found nothing to delete only read: resting ten
                 // times as long as it took keeps reading under a tenth of a
                 // core. A pass that deleted keeps pace with what expires.
