@@ -10,6 +10,10 @@
 //!   second wait writes (a page delta);
 //! - resume latency after a durable timer fires;
 //! - durable no-op run throughput (group commit) with concurrent clients;
+//! - runs end to end in the shape of Kiln's throughput goals: 500
+//!   sequential runs (p50, p99), then 64 closed-loop clients on one thread
+//!   for 20 s (runs a second, server CPU per run), for a one-log-line task
+//!   and a three-log-line one;
 //! - RSS with 10,000 runs waiting, and start-up time with them stored;
 //! - 100,000 schedules: creating them over HTTP, RSS, the firing lag and
 //!   CPU of a minute's occurrences, start-up, and the due-index scan a
@@ -33,7 +37,7 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
@@ -43,6 +47,8 @@
 mod queues;
 #[path = "support/realtime.rs"]
 mod realtime;
+#[path = "support/runs.rs"]
+mod runs;
 #[path = "support/secrets.rs"]
 mod secrets;
 #[path = "support/soak.rs"]
@@ -92,6 +98,9 @@ fn main() {
     }
     if selected("throughput") {
         runtime.block_on(throughput_bench(5_000, 64));
+    }
+    if selected("runs") {
+        runtime.block_on(runs::runs_bench());
     }
     if selected("waiting") {
         runtime.block_on(waiting_bench(10_000));
