@@ -110,20 +110,8 @@ impl SledBackend {
         let segment = segment_size(dir);
         let mut db = open_sled(dir, segment)?;
         let mut compacted = None;
-        if let Some(min_len) = compact_from
-            && crate::sled_compact::marked(dir)
-        {
-            if let Some((before, live)) = crate::sled_compact::sparse(dir, &db, min_len)? {
-                match crate::sled_compact::compact(dir, db, before, live) {
-                    Ok(done) => compacted = Some(done),
-                    Err(error) => {
-                        tracing::warn!(%error, "compacting the store failed; it opens as it is");
-                        crate::sled_compact::recover(dir)?;
-                    }
-                }
-                db = open_sled(dir, segment)?;
-            }
-            crate::sled_compact::unmark(dir)?;
+        if let Some(min_len) = compact_from {
+            (db, compacted) = crate::sled_compact::on_open(dir, db, min_len, segment)?;
         }
         let data_file = std::fs::OpenOptions::new()
             .read(true)

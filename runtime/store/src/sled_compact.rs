@@ -124,9 +124,17 @@ pub(crate) struct DirLock {
 }
 
 impl DirLock {
-    /// Takes the lock on `dir`, waiting up to [`LOCK_WAIT`].
+    /// Takes the lock on `dir`, waiting up to [`LOCK_WAIT`]. A directory
+    /// given without a name of its own (`.`, `..`, `/`) is refused: its
+    /// lock and copies would have to live inside it.
     pub(crate) fn take(dir: &Path) -> Result<DirLock> {
         use std::os::unix::fs::MetadataExt;
+        if dir.file_name().is_none() {
+            return Err(StoreError::Backend(format!(
+                "the store's directory {} needs a name of its own (a path ending in one)",
+                dir.display()
+            )));
+        }
         let path = sibling(dir, "lock");
         if let Some(parent) = path.parent()
             && !parent.as_os_str().is_empty()
@@ -191,13 +199,76 @@ pub(crate) fn recover(dir: &Path) -> Result<()> {
         sync_parent(dir)?;
         tracing::warn!(store = %dir.display(), from = %back.display(), "finished a store compaction a crash interrupted");
     }
+    // The store is whole now: a leftover that cannot be deleted is only
+    // space, tried again at the next open.
     for leftover in [&copy, &old] {
-        if leftover.exists() {
-            fs::remove_dir_all(leftover)
-                .map_err(|e| io_error("deleting the leftover", leftover, e))?;
+        if leftover.exists()
+            && let Err(error) = fs::remove_dir_all(leftover)
+        {
+            tracing::warn!(%error, leftover = %leftover.display(), "deleting what a store compaction left failed");
         }
     }
     Ok(())
+}
+
+/// Whether the store's directory can be swapped for a copy beside it: not
+/// a symbolic link (the rename would move the link and leave the old
+/// bytes where it points) and on its parent's file system (not a mount
+/// point of its own, which cannot be renamed).
+fn swappable(dir: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(meta) = fs::symlink_metadata(dir) else {
+        return false;
+    };
+    let parent = match dir.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    !meta.file_type().is_symlink() && fs::metadata(parent).is_ok_and(|p| p.dev() == meta.dev())
+}
+
+/// What opening a store does about a compaction retention asked for:
+/// nothing if none was asked; else takes the request back (so a start
+/// killed while compacting does not start over at every start: retention
+/// asks again), and if the file is still at least `min_len` bytes and
+/// sparse, compacts it and opens the copy. Never fails for the
+/// compaction's sake: one that fails is logged, undone, and the store
+/// opens as it was.
+pub(crate) fn on_open(
+    dir: &Path,
+    db: sled::Db,
+    min_len: u64,
+    segment: usize,
+) -> Result<(sled::Db, Option<Compacted>)> {
+    if !marked(dir) {
+        return Ok((db, None));
+    }
+    if let Err(error) = unmark(dir) {
+        tracing::warn!(%error, "taking back the store's compaction request failed; not compacting");
+        return Ok((db, None));
+    }
+    if !swappable(dir) {
+        tracing::warn!(store = %dir.display(), "the store is a symbolic link or a mount point: not compacting it");
+        return Ok((db, None));
+    }
+    let (before, live) = match sparse(dir, &db, min_len) {
+        Ok(Some(found)) => found,
+        Ok(None) => return Ok((db, None)),
+        Err(error) => {
+            tracing::warn!(%error, "reading whether the store is sparse failed; not compacting");
+            return Ok((db, None));
+        }
+    };
+    tracing::info!(before, live, "compacting the store, as retention asked");
+    match compact(dir, db, before, live) {
+        Ok(done) => Ok((open_sled(dir, segment)?, Some(done))),
+        Err(error) => {
+            tracing::warn!(%error, "compacting the store failed; it opens as it was");
+            let _ = wait_unlocked(&sibling(dir, "compact"));
+            recover(dir)?;
+            Ok((open_sled(dir, segment)?, None))
+        }
+    }
 }
 
 /// Waits until no thread of sled's holds the lock on the database in

@@ -32,9 +32,11 @@ async fn a_mostly_deleted_store_is_compacted_and_keeps_what_it_held() {
     let dir = tempfile::tempdir().unwrap();
     let store = dir.path().join("store");
     let backend = SledBackend::open(&store).unwrap();
-    // Kept: small values and one large enough to be chunked.
-    let kept: Vec<(Vec<u8>, Vec<u8>)> = (0..10)
-        .map(|i| (format!("keep/{i}").into_bytes(), value(i, 100)))
+    // Kept: 1.2 MB of small values (so the compacted file is above the
+    // size asked for, and only the ratio can tell it is not sparse) and one
+    // value large enough to be chunked.
+    let kept: Vec<(Vec<u8>, Vec<u8>)> = (0..400)
+        .map(|i| (format!("keep/{i:03}").into_bytes(), value(i, 3_000)))
         .chain([(b"keep/large".to_vec(), value(99, 50_000))])
         .collect();
     put(&backend, &kept).await;
@@ -83,12 +85,11 @@ async fn a_mostly_deleted_store_is_compacted_and_keeps_what_it_held() {
     let compacted = compacted.expect("a store that is mostly free space is compacted");
     assert_eq!(compacted.before, before);
     assert!(compacted.after * 4 < before, "{compacted:?}");
-    assert!(compacted.live < 200_000, "{compacted:?}");
+    assert!(compacted.live < 1_500_000, "{compacted:?}");
     for leftover in ["store.compact", "store.old"] {
         assert!(!dir.path().join(leftover).exists(), "{leftover} is left");
     }
     // Kiln's lock on the directory, held while the store is open.
-    assert!(dir.path().join("store.lock").exists());
     assert!(
         SledBackend::open(&store)
             .unwrap_err()
@@ -103,14 +104,19 @@ async fn a_mostly_deleted_store_is_compacted_and_keeps_what_it_held() {
     // Still writable, and chunked values still replace cleanly.
     put(&backend, &[(b"keep/large".to_vec(), value(3, 60_000))]).await;
     assert_eq!(backend.get(b"keep/large").unwrap(), Some(value(3, 60_000)));
-    // A compact store is not suggested for compaction, and is left as it
-    // is even when asked.
+    // The compacted store is above the size asked for but holds what it
+    // takes: not suggested for compaction, and left as it is even when
+    // asked.
+    assert!(data_len(&store) >= 1 << 20, "{}", data_len(&store));
     assert_eq!(
         backend.suggest_compaction(1 << 20, 100_000).unwrap(),
         Some(false)
     );
     drop(backend);
     std::fs::write(store.join("kiln-compact-requested"), b"").unwrap();
+    // A plain open leaves the request for a server's start.
+    drop(SledBackend::open(&store).unwrap());
+    assert!(store.join("kiln-compact-requested").exists());
     let (backend, compacted) = SledBackend::open_compacting(&store, 1 << 20).unwrap();
     assert_eq!(compacted, None);
     assert!(!store.join("kiln-compact-requested").exists());
@@ -161,4 +167,12 @@ async fn a_compaction_a_crash_interrupted_is_finished_or_undone() {
     store_with(&dir.path().join("store.compact"), b"copy").await;
     std::fs::write(dir.path().join("store.compact").join(COMPLETE), b"").unwrap();
     assert_eq!(key_after_open(&store).await, b"store");
+}
+
+#[test]
+fn a_store_directory_without_a_name_of_its_own_is_refused() {
+    for dir in [".", "..", "/"] {
+        let error = SledBackend::open(Path::new(dir)).unwrap_err().to_string();
+        assert!(error.contains("needs a name of its own"), "{dir}: {error}");
+    }
 }

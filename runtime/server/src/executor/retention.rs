@@ -29,6 +29,9 @@ const PAGE: usize = 256;
 /// mostly free space.
 const CHECK_AFTER: usize = 10_000;
 
+/// How often it reads that at most while it deletes anything.
+const CHECK_EVERY: Duration = Duration::from_secs(3600);
+
 /// What one pass of the sweeper deleted.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct Pass {
@@ -59,8 +62,10 @@ impl Executor {
             if let Err(error) = store.date_undated_packets(Timestamp::now()).await {
                 tracing::warn!(%error, "dating packets for retention failed");
             }
-            // Keys deleted since the store's file was last looked at.
+            // Keys deleted since the store's file was last looked at, and
+            // when that was.
             let mut since_check = 0usize;
+            let mut last_check = std::time::Instant::now();
             loop {
                 let started = std::time::Instant::now();
                 let deleted = match executor.sweep(retention).await {
@@ -84,17 +89,26 @@ impl Executor {
                 // Once a wave of deletions is over (or after very many),
                 // whether the store's file is now mostly free space: if it
                 // is, the next start compacts it.
-                if (!deleted && since_check >= CHECK_AFTER) || since_check >= CHECK_AFTER * 100 {
+                // Hourly too, whatever was deleted: a few runs with large
+                // snapshots free much space in few keys.
+                let hourly = since_check > 0 && last_check.elapsed() >= CHECK_EVERY;
+                if (!deleted && since_check >= CHECK_AFTER)
+                    || since_check >= CHECK_AFTER * 100
+                    || hourly
+                {
                     let store = executor.shared.store.clone();
-                    let keys = since_check;
+                    let keys = if hourly { usize::MAX } else { since_check };
                     let suggested = tokio::task::spawn_blocking(move || {
                         kiln_sandbox::cpu::blocking(|| {
                             store.suggest_compaction(kiln_store::COMPACT_FROM, keys)
                         })
                     })
                     .await;
-                    if let Ok(Ok(Some(_))) = suggested {
+                    // Read or failed, it is not read again before more is
+                    // deleted (or an hour passes).
+                    if !matches!(suggested, Ok(Ok(None))) {
                         since_check = 0;
+                        last_check = std::time::Instant::now();
                     }
                     match suggested {
                         Ok(Ok(Some(true))) => tracing::info!(
