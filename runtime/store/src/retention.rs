@@ -105,6 +105,18 @@ impl Store {
     /// One page of the runs after `after` (in id order, so creation order);
     /// returns the page and the key to go on from.
     fn page(&self, space: &[u8], after: Option<&[u8]>, limit: usize) -> Result<PageOf> {
+        self.page_until(space, &end_of(space), after, limit)
+    }
+
+    /// One page of the keys of `space` below `end`, after `after`; returns
+    /// the page and the key to go on from.
+    fn page_until(
+        &self,
+        space: &[u8],
+        end: &[u8],
+        after: Option<&[u8]>,
+        limit: usize,
+    ) -> Result<PageOf> {
         let start = match after {
             Some(after) => {
                 let mut start = after.to_vec();
@@ -113,7 +125,7 @@ impl Store {
             }
             None => space.to_vec(),
         };
-        let rows = self.backend.scan_range(&start, &end_of(space), limit)?;
+        let rows = self.backend.scan_range(&start, end, limit)?;
         let next = (rows.len() == limit)
             .then(|| rows.last().map(|(k, _)| k.clone()))
             .flatten();
@@ -130,20 +142,9 @@ impl Store {
         limit: usize,
         cutoff: Timestamp,
     ) -> Result<RunPage> {
-        let start = match after {
-            Some(after) => {
-                let mut start = after.to_vec();
-                start.push(0);
-                start
-            }
-            None => FINISHED.to_vec(),
-        };
-        let end = finished_from(cutoff);
-        let rows = self.backend.scan_range(&start, &end, limit)?;
+        let (rows, next) = self.page_until(FINISHED, &finished_from(cutoff), after, limit)?;
         let mut page = RunPage {
-            next: (rows.len() == limit)
-                .then(|| rows.last().map(|(k, _)| k.clone()))
-                .flatten(),
+            next,
             ..RunPage::default()
         };
         for (k, _) in rows {
