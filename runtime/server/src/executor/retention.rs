@@ -110,14 +110,14 @@ impl Executor {
                         since_check = 0;
                         last_check = std::time::Instant::now();
                     }
-                    match suggested {
-                        Ok(Ok(Some(true))) => tracing::info!(
+                    match suggested
+                        .map_err(|e| e.to_string())
+                        .and_then(|r| r.map_err(|e| e.to_string()))
+                    {
+                        Ok(Some(true)) => tracing::info!(
                             "the store's file is mostly space deleted data left: it is compacted at the next start"
                         ),
-                        Ok(Ok(_)) => {}
-                        Ok(Err(error)) => {
-                            tracing::warn!(%error, "reading whether the store is sparse failed")
-                        }
+                        Ok(_) => {}
                         Err(error) => {
                             tracing::warn!(%error, "reading whether the store is sparse failed")
                         }
