@@ -36,6 +36,18 @@ pub trait Backend: Send + Sync + 'static {
     /// commits become durable in the order they were made.
     fn commit(&self, ops: Vec<Op>) -> Commit;
 
+    /// Holds `ops` to be applied with the next commit, atomically with it
+    /// and ahead of its own writes, so they keep the place in the order of
+    /// commits they would have had as a commit of their own now. Until then
+    /// reads do not see them, and [`Backend::settled`] does not wait for
+    /// them (commit nothing to make them durable); a backend applies them
+    /// within a few milliseconds if no commit comes. For writes nothing
+    /// waits on and nothing reads soon. By default they are committed at
+    /// once.
+    fn defer(&self, ops: Vec<Op>) {
+        drop(self.commit(ops));
+    }
+
     /// Resolves once every commit applied before this call is durable.
     ///
     /// Reads see commits at once, before they are on disk; anything that

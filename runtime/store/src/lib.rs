@@ -2,10 +2,12 @@
 //!
 //! Two layers:
 //! - a [`Backend`]: an ordered key-value map whose writes are grouped into
-//!   atomic, durable commits. [`SledBackend`] (the default, on disk) funnels
-//!   every commit through one committer thread that applies all pending
-//!   writes, flushes and `fdatasync`s once, then acknowledges each writer
-//!   (group commit). [`MemoryBackend`] keeps everything in memory for tests.
+//!   atomic, durable commits. [`SledBackend`] (the default, on disk) keeps
+//!   each commit in memory, visible to reads at once, and one committer
+//!   thread applies every commit made so far to sled as one batch; a syncer
+//!   thread flushes and `fdatasync`s once for every group, then
+//!   acknowledges each writer (group commit). [`MemoryBackend`] keeps
+//!   everything in memory for tests.
 //! - [`Store`]: typed records (deployments, bundles, runs) over any backend,
 //!   with the key layout in one place.
 //!
@@ -29,6 +31,7 @@ pub mod seal;
 mod sled_backend;
 mod sled_chunks;
 mod sled_compact;
+mod sled_unapplied;
 pub mod snapshot;
 mod streams;
 pub mod tenants;

@@ -83,6 +83,17 @@ impl Backend for PrefixedBackend {
         self.inner.commit(ops)
     }
 
+    fn defer(&self, ops: Vec<Op>) {
+        let ops = ops
+            .into_iter()
+            .map(|op| match op {
+                Op::Put(k, v) => Op::Put(self.outer(&k), v),
+                Op::Delete(k) => Op::Delete(self.outer(&k)),
+            })
+            .collect();
+        self.inner.defer(ops)
+    }
+
     fn settled(&self) -> Commit {
         self.inner.settled()
     }

@@ -442,6 +442,21 @@ impl Store {
         }
     }
 
+    /// Holds a batch's writes for the next commit made through the backend
+    /// (see [`Backend::defer`]): they are durable once a commit made after
+    /// this call is, and in the meantime reads do not see them. For a live
+    /// run's journal entries, which only that run's own later commits
+    /// depend on. A batch that writes run records or realtime streams, or
+    /// failed to encode, is committed at once instead (its listeners and
+    /// its error need a commit).
+    pub fn defer(&self, batch: Batch) {
+        if batch.error.is_some() || !batch.runs.is_empty() || !batch.streams.is_empty() {
+            drop(self.commit(batch));
+            return;
+        }
+        self.backend.defer(batch.ops);
+    }
+
     /// Resolves once every commit made so far is durable; see
     /// [`Backend::settled`]. The API awaits it before answering.
     pub fn settled(&self) -> Commit {

@@ -2,36 +2,57 @@
 //!
 //! sled 0.34's `flush()` is not durable on Linux (it uses `sync_file_range`),
 //! and its `flush_async()` deadlocks under concurrent callers. So:
-//! - a commit applies its writes to the tree at once, as one atomic sled
-//!   batch, so every later read in this process sees them (read-your-writes,
-//!   in the order commits were made);
-//! - one committer thread owns durability: it drains every pending
-//!   acknowledgement, calls `flush()` once, `fdatasync`s sled's data file,
-//!   and only then acknowledges each writer (group commit). sled's log keeps
-//!   batches in order, so what survives a crash is a prefix of the commits.
-//! - commits are numbered as they are applied; the committer publishes the
-//!   highest number each flush covered, so [`Backend::settled`] can wait for
-//!   exactly the commits a reader may have seen.
+//! - a commit is numbered and kept in memory ([`crate::sled_unapplied`]):
+//!   every later read in this process sees it at once (read-your-writes, in
+//!   the order commits were made), through the writes not yet in the tree
+//!   laid over the tree;
+//! - one committer thread owns the tree's writes and durability: it takes
+//!   every commit made so far, applies them to the tree as one atomic sled
+//!   batch, calls `flush()` once, `fdatasync`s sled's data file, and only
+//!   then acknowledges each writer (group commit). sled's log keeps batches
+//!   in order, so what survives a crash is a prefix of the groups, and so
+//!   of the commits. One sled batch a group matters: sled rolls its log
+//!   buffer twice for every batch, each roll a write and a
+//!   `sync_file_range` on its I/O threads (which it wakes all at once), so
+//!   a batch a commit made sled's I/O most of a commit's cost.
+//! - the committer publishes the number of the last commit each flush
+//!   covered, so [`Backend::settled`] can wait for exactly the commits a
+//!   reader may have seen.
 //! - values are kept small enough that sled never writes them to its
 //!   unsynced `blobs/` files ([`crate::sled_chunks`]).
-//! - a flush that fails stops the server (fail-stop): nothing written after
-//!   it could be acknowledged truthfully, since what the failed flush
-//!   covered may be lost and later flushes cannot tell.
+//! - writes nothing waits on and nothing reads soon (a live run's journal
+//!   entries) may be deferred ([`Backend::defer`]): they join the next
+//!   commit, ahead of its own writes, so they keep their place in the order
+//!   of commits. The committer commits what is still deferred after
+//!   [`DEFER_AT_MOST`]; [`Backend::settled`] does not wait for it (no reader
+//!   has seen it).
+//! - a flush or an apply that fails stops the server (fail-stop): nothing
+//!   written after it could be acknowledged truthfully, since what the
+//!   failed flush covered may be lost and later flushes cannot tell.
 
 use crate::backend::{Backend, Commit, Op};
 use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, resolve, segment_size};
+use crate::sled_unapplied::{Entry, Unapplied, merge, prefix_end};
 use crate::{Result, StoreError};
 use std::path::Path;
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
 use tokio::sync::{oneshot, watch};
 
 /// How many commits one group takes at most.
 const MAX_GROUP: usize = 4_096;
 
-type Request = oneshot::Sender<Result<()>>;
+/// What the committer is asked to do.
+enum Request {
+    /// Apply every commit made so far, make it durable, then acknowledge.
+    Ack(oneshot::Sender<Result<()>>),
+    /// Writes were deferred: apply them within [`DEFER_AT_MOST`] unless a
+    /// commit takes them first.
+    Deferred,
+}
 
-/// A key and its value.
-type Entry = (Vec<u8>, Vec<u8>);
+/// How long deferred writes wait for a commit to join before the committer
+/// applies them on their own.
+pub const DEFER_AT_MOST: std::time::Duration = std::time::Duration::from_millis(2);
 
 /// How far commits have become durable: the number of the last commit the
 /// latest flush covered, or why flushing failed.
@@ -45,17 +66,12 @@ pub struct SledBackend {
     /// Kiln's lock on the directory (sled's own lock is inside it, and the
     /// directory is renamed when it is compacted).
     _lock: crate::sled_compact::DirLock,
-    /// Splits large values; held while a commit reads what it replaces and
-    /// is applied.
-    chunker: Mutex<Chunker>,
+    /// Commits not yet applied to the tree.
+    writer: Arc<Writer>,
     /// The committer's requests; `None` only while the backend is dropped.
     committer: Option<mpsc::Sender<Request>>,
     /// The committer thread, joined when the backend is dropped.
     committing: Option<std::thread::JoinHandle<()>>,
-    /// The number of commits applied so far. Held while a batch is applied,
-    /// so a reader that takes the count after reading waits for a commit in
-    /// progress to be counted.
-    applied: Arc<Mutex<u64>>,
     durable: watch::Receiver<Durable>,
 }
 
@@ -118,34 +134,30 @@ impl SledBackend {
             .open(dir.join("db"))
             .map_err(|e| StoreError::Backend(format!("opening sled's data file: {e}")))?;
         let (tx, rx) = mpsc::channel::<Request>();
-        let applied = Arc::new(Mutex::new(0));
         let (durable_tx, durable) = watch::channel(Ok(0));
+        let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
+        let writer = Arc::new(Writer::default());
         let committer = Committer {
             db: db.clone(),
             data_file,
-            applied: applied.clone(),
+            chunker,
+            writer: writer.clone(),
             durable: durable_tx,
         };
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
-        let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
         let backend = SledBackend {
             _lock: lock,
             dir: dir.to_path_buf(),
-            chunker: Mutex::new(chunker),
+            writer,
             tree: db,
             committer: Some(tx),
             committing: Some(committing),
-            applied,
             durable,
         };
         Ok((backend, compacted))
-    }
-
-    fn applied(&self) -> std::sync::MutexGuard<'_, u64> {
-        lock(&self.applied)
     }
 
     /// A scanned entry, its value put back together if it was chunked
@@ -192,6 +204,12 @@ impl Drop for SledBackend {
     /// is closed and its lock free (a server or tool opening the same
     /// directory next does not find it still held).
     fn drop(&mut self) {
+        // Deferred writes go with the last group.
+        lock(&self.writer.unapplied).commit_deferred();
+        if let Some(committer) = &self.committer {
+            let (ack, _) = oneshot::channel();
+            let _ = committer.send(Request::Ack(ack));
+        }
         drop(self.committer.take());
         if let Some(committing) = self.committing.take()
             && committing.join().is_err()
@@ -201,18 +219,88 @@ impl Drop for SledBackend {
     }
 }
 
-fn lock(counter: &Mutex<u64>) -> std::sync::MutexGuard<'_, u64> {
-    counter
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// The thread that makes commits durable, a group at a time.
+/// What the backend and its committer share.
+#[derive(Default)]
+struct Writer {
+    /// Commits made and not yet applied to the tree.
+    unapplied: Mutex<Unapplied>,
+    /// Signalled when the committer has applied a group, for writers
+    /// waiting while too much is unapplied.
+    room: std::sync::Condvar,
+    /// Held to write while the committer applies a group and forgets it
+    /// from `unapplied`, and to read while a scan reads both, so a scan
+    /// sees every commit made before it once (not a group half moved).
+    applying: RwLock<()>,
+}
+
+/// The thread that applies commits to the tree, a group at a time, and
+/// hands their acknowledgements to the syncer. While the syncer makes one
+/// group durable, the next is applied.
 struct Committer {
     db: sled::Db,
     data_file: std::fs::File,
-    applied: Arc<Mutex<u64>>,
+    /// Splits large values; only the committer writes the tree.
+    chunker: Chunker,
+    writer: Arc<Writer>,
     durable: watch::Sender<Durable>,
+}
+
+/// Acknowledgements of applied commits, and the number of the last commit
+/// applied with them.
+type Applied = (u64, Vec<oneshot::Sender<Result<()>>>);
+
+/// Makes applied groups durable: flushes sled once and `fdatasync`s its
+/// data file for every group that arrived meanwhile, then acknowledges.
+fn sync(
+    db: sled::Db,
+    data_file: std::fs::File,
+    durable: Arc<watch::Sender<Durable>>,
+    applied: mpsc::Receiver<Applied>,
+) {
+    while let Ok((mut covered, mut group)) = applied.recv() {
+        while let Ok((more, acks)) = applied.try_recv() {
+            covered = covered.max(more);
+            group.extend(acks);
+        }
+        let result = db
+            .flush()
+            .map(|_| ())
+            .map_err(backend_error)
+            .and_then(|()| data_file.sync_data().map_err(backend_error));
+        if let Err(error) = &result {
+            fail_stop(error, group, &durable);
+        }
+        durable.send_modify(|d| {
+            if let Ok(n) = d {
+                *n = (*n).max(covered);
+            }
+        });
+        for ack in group {
+            let _ = ack.send(Ok(()));
+        }
+    }
+}
+
+/// Stops the server after a write to the store failed: what the failed
+/// write covered may be lost, and nothing later can be acknowledged
+/// truthfully. Restarting recovers from what is on disk.
+fn fail_stop(
+    error: &StoreError,
+    group: Vec<oneshot::Sender<Result<()>>>,
+    durable: &watch::Sender<Durable>,
+) -> ! {
+    let _ = durable.send_replace(Err(error.clone()));
+    for ack in group {
+        let _ = ack.send(Err(error.clone()));
+    }
+    tracing::error!(%error, "a group commit failed to reach the disk; Kiln stops");
+    std::process::exit(74);
 }
 
 impl Committer {
@@ -220,54 +308,103 @@ impl Committer {
         let Committer {
             db,
             data_file,
-            applied,
+            mut chunker,
+            writer,
             durable,
         } = self;
-        while let Ok(first) = requests.recv() {
-            let mut group = vec![first];
+        let durable = Arc::new(durable);
+        let (to_sync, applied) = mpsc::channel::<Applied>();
+        let syncing = {
+            let (db, durable) = (db.clone(), durable.clone());
+            std::thread::Builder::new()
+                .name("kiln-syncer".into())
+                .spawn(move || sync(db, data_file, durable, applied))
+        };
+        let syncing = match syncing {
+            Ok(syncing) => syncing,
+            Err(error) => fail_stop(&backend_error(error), Vec::new(), &durable),
+        };
+        // When deferred writes are to be committed, if no commit took them.
+        let mut deferred_until: Option<std::time::Instant> = None;
+        loop {
+            let first = match deferred_until {
+                None => requests.recv().map_err(|_| true),
+                Some(at) => requests
+                    .recv_timeout(at.saturating_duration_since(std::time::Instant::now()))
+                    .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
+            };
+            let mut group = Vec::new();
+            match first {
+                Ok(Request::Ack(ack)) => group.push(ack),
+                Ok(Request::Deferred) => {
+                    deferred_until.get_or_insert(std::time::Instant::now() + DEFER_AT_MOST);
+                    continue;
+                }
+                Err(false) => {
+                    // Nothing joined the deferred writes in time.
+                    deferred_until = None;
+                    if !lock(&writer.unapplied).commit_deferred() {
+                        continue;
+                    }
+                }
+                Err(true) => break,
+            }
             while group.len() < MAX_GROUP {
                 match requests.try_recv() {
-                    Ok(more) => group.push(more),
+                    Ok(Request::Ack(more)) => group.push(more),
+                    Ok(Request::Deferred) => {
+                        deferred_until.get_or_insert(std::time::Instant::now() + DEFER_AT_MOST);
+                    }
                     Err(_) => break,
                 }
             }
-            // Every commit counted here was applied before the flush starts,
-            // so the flush covers it.
-            let covered = *lock(&applied);
-            let result = db
-                .flush()
-                .map(|_| ())
-                .map_err(backend_error)
-                .and_then(|()| data_file.sync_data().map_err(backend_error));
-            match &result {
-                Ok(()) => {
-                    durable.send_modify(|d| {
-                        if let Ok(n) = d {
-                            *n = (*n).max(covered);
-                        }
-                    });
-                }
-                Err(error) => {
-                    let _ = durable.send_replace(Err(error.clone()));
-                    for ack in group {
-                        let _ = ack.send(result.clone());
-                    }
-                    // Fail-stop: what this flush covered may be lost, and no
-                    // later flush could prove otherwise, so nothing more is
-                    // acknowledged. Restarting recovers from what is on disk.
-                    tracing::error!(%error, "a group commit failed to reach the disk; Kiln stops");
-                    std::process::exit(74);
+            // Every commit whose acknowledgement is in the group was made
+            // before this, so the group's batch and flush cover it.
+            let (writes, covered) = lock(&writer.unapplied).take();
+            if !writes.is_empty() {
+                let applied = chunker.batch(&db, writes).and_then(|batch| {
+                    let _applying = writer
+                        .applying
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    db.apply_batch(batch).map_err(backend_error)?;
+                    lock(&writer.unapplied).applied(covered);
+                    writer.room.notify_all();
+                    Ok(())
+                });
+                if let Err(error) = applied {
+                    fail_stop(&error, group, &durable);
                 }
             }
-            for ack in group {
-                let _ = ack.send(result.clone());
+            if to_sync.send((covered, group)).is_err() {
+                break;
             }
         }
+        // The syncer finishes what was handed to it, then the store closes.
+        drop(to_sync);
+        if syncing.join().is_err() {
+            tracing::error!("the store's syncer thread panicked");
+        }
+    }
+}
+
+impl SledBackend {
+    /// Holds off the committer's next apply while a scan reads.
+    fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.writer
+            .applying
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 }
 
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        // A key no unapplied commit wrote holds in the tree what the last
+        // commit that wrote it left (or something newer, applied since).
+        if let Some(written) = lock(&self.writer.unapplied).get(key) {
+            return Ok(written);
+        }
         match self.tree.get(key).map_err(backend_error)? {
             Some(v) => resolve(&self.tree, key, v.to_vec()),
             None => Ok(None),
@@ -275,10 +412,14 @@ impl Backend for SledBackend {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        self.tree
+        let _reading = self.reading();
+        let end = prefix_end(prefix);
+        let unapplied = lock(&self.writer.unapplied).range(prefix, end.as_deref());
+        let tree = self
+            .tree
             .scan_prefix(prefix)
-            .filter_map(|entry| self.entry(entry).transpose())
-            .collect()
+            .filter_map(|entry| self.entry(entry).transpose());
+        merge(tree, unapplied).collect()
     }
 
     fn scan_range(
@@ -290,42 +431,64 @@ impl Backend for SledBackend {
         if start >= end {
             return Ok(Vec::new());
         }
-        self.tree
+        let _reading = self.reading();
+        let unapplied = lock(&self.writer.unapplied).range(start, Some(end));
+        let tree = self
+            .tree
             .range(start..end)
-            .filter_map(|entry| self.entry(entry).transpose())
-            .take(limit)
-            .collect()
+            .filter_map(|entry| self.entry(entry).transpose());
+        merge(tree, unapplied).take(limit).collect()
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let _reading = self.reading();
+        let end = prefix_end(prefix);
+        let unapplied = lock(&self.writer.unapplied).range(prefix, end.as_deref());
+        let written = |k: &[u8]| {
+            unapplied
+                .binary_search_by(|(u, _)| u.as_slice().cmp(k))
+                .is_ok()
+        };
+        let mut in_tree = None;
         for entry in self.tree.scan_prefix(prefix).rev() {
+            if let Ok((k, _)) = &entry
+                && written(k.as_ref())
+            {
+                continue;
+            }
             if let Some(found) = self.entry(entry)? {
-                return Ok(Some(found));
+                in_tree = Some(found);
+                break;
             }
         }
-        Ok(None)
+        let last_written = unapplied
+            .into_iter()
+            .rev()
+            .find_map(|(k, v)| v.map(|v| (k, v)));
+        Ok(match (in_tree, last_written) {
+            (Some(t), Some(u)) => Some(if t.0 > u.0 { t } else { u }),
+            (t, u) => t.or(u),
+        })
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
         {
-            let mut chunker = self
-                .chunker
-                .lock()
-                .unwrap_or_else(|poisoned| poisoned.into_inner());
-            let batch = match chunker.batch(&self.tree, ops) {
-                Ok(batch) => batch,
-                Err(error) => return Box::pin(std::future::ready(Err(error))),
-            };
-            let mut applied = self.applied();
-            if let Err(error) = self.tree.apply_batch(batch) {
-                let error = backend_error(error);
-                return Box::pin(std::future::ready(Err(error)));
+            let mut unapplied = lock(&self.writer.unapplied);
+            // A writer faster than the disk waits here for the committer,
+            // whose queue holds an acknowledgement of every unapplied
+            // commit, so it always has work that frees room.
+            while unapplied.full() {
+                unapplied = self
+                    .writer
+                    .room
+                    .wait(unapplied)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
             }
-            *applied += 1;
+            unapplied.commit(ops);
         }
         let (ack, done) = oneshot::channel();
         let sent = match &self.committer {
-            Some(committer) => committer.send(ack).map_err(|_| ()),
+            Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
             None => Err(()),
         };
         Box::pin(async move {
@@ -349,8 +512,16 @@ impl Backend for SledBackend {
         Ok(Some(true))
     }
 
+    fn defer(&self, ops: Vec<Op>) {
+        if lock(&self.writer.unapplied).defer(ops)
+            && let Some(committer) = &self.committer
+        {
+            let _ = committer.send(Request::Deferred);
+        }
+    }
+
     fn settled(&self) -> Commit {
-        let seen = *self.applied();
+        let seen = lock(&self.writer.unapplied).made();
         let mut durable = self.durable.clone();
         Box::pin(async move {
             let reached = durable

@@ -98,17 +98,19 @@ impl Chunker {
         }
     }
 
-    /// The sled batch for `ops`, reading the values they replace from
-    /// `tree` (the caller keeps other commits out meanwhile) so that chunks
-    /// of a replaced or deleted value go in the same batch.
-    pub(crate) fn batch(&mut self, tree: &sled::Db, ops: Vec<crate::Op>) -> Result<sled::Batch> {
+    /// The sled batch for `writes` (a value to put, or `None` to delete),
+    /// reading the values they replace from `tree` (only the caller writes
+    /// it meanwhile) so that chunks of a replaced or deleted value go in the
+    /// same batch.
+    pub(crate) fn batch(
+        &mut self,
+        tree: &sled::Db,
+        writes: Vec<crate::sled_unapplied::ToApply>,
+    ) -> Result<sled::Batch> {
         let mut batch = sled::Batch::default();
         // What keys written earlier in this batch now hold.
         let mut written: HashMap<Vec<u8>, Option<Manifest>> = HashMap::new();
-        for op in ops {
-            let key = match &op {
-                crate::Op::Put(k, _) | crate::Op::Delete(k) => k.clone(),
-            };
+        for (key, value) in writes {
             let old = match written.get(&key) {
                 Some(m) => *m,
                 None => tree
@@ -121,8 +123,8 @@ impl Chunker {
                     batch.remove(old.chunk_key(i));
                 }
             }
-            let new = match op {
-                crate::Op::Put(k, v) if v.len() > self.chunk || v.starts_with(MAGIC) => {
+            let new = match value {
+                Some(v) if v.len() > self.chunk || v.starts_with(MAGIC) => {
                     let manifest = Manifest {
                         generation: self.next_generation,
                         len: v.len() as u64,
@@ -132,15 +134,15 @@ impl Chunker {
                     for (i, piece) in v.chunks(self.chunk).enumerate() {
                         batch.insert(manifest.chunk_key(i as u32), piece);
                     }
-                    batch.insert(k, manifest.encode());
+                    batch.insert(key.as_slice(), manifest.encode());
                     Some(manifest)
                 }
-                crate::Op::Put(k, v) => {
-                    batch.insert(k, v);
+                Some(v) => {
+                    batch.insert(key.as_slice(), v.as_slice());
                     None
                 }
-                crate::Op::Delete(k) => {
-                    batch.remove(k);
+                None => {
+                    batch.remove(key.as_slice());
                     None
                 }
             };

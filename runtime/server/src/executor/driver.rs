@@ -327,7 +327,13 @@ impl<'a> Slice<'a> {
                     // replay after a crash reaches the same request at the
                     // same place, with the same key; its response is
                     // journaled before the guest sees it.
-                    shared.store.settled().await.map_err(|e| e.to_string())?;
+                    // An empty commit takes the journal's deferred entries
+                    // with it.
+                    shared
+                        .store
+                        .commit(Batch::default())
+                        .await
+                        .map_err(|e| e.to_string())?;
                     let key = super::fetch::idempotency_key(&self.run.id, self.attempt_no, id);
                     let sent = super::fetch::unsealed(
                         &shared.store,

@@ -1,0 +1,288 @@
+//! Commits made but not yet applied to the sled tree: the sled backend's
+//! reads see them on top of it, so a commit is visible the moment it is
+//! made, while the committer applies a whole group of commits to sled as
+//! one batch.
+
+use crate::Result;
+use crate::backend::Op;
+use std::collections::BTreeMap;
+use std::ops::Bound;
+use std::sync::Arc;
+
+/// A key and its value.
+pub(crate) type Entry = (Vec<u8>, Vec<u8>);
+
+/// An unapplied write of a key: its value, or `None` if it was deleted.
+pub(crate) type Written = (Vec<u8>, Option<Vec<u8>>);
+
+/// A value shared between the unapplied writes and the committer applying
+/// them (`None`: deleted).
+type Shared = Option<Arc<Vec<u8>>>;
+
+/// A key's newest unapplied value as the committer applies it.
+pub(crate) type ToApply = (Vec<u8>, Shared);
+
+/// What commits made so far have written that the tree does not hold yet.
+#[derive(Debug, Default)]
+pub(crate) struct Unapplied {
+    /// Writes deferred to the next commit.
+    deferred: Vec<Op>,
+    /// The number of commits made so far.
+    made: u64,
+    /// Every key a commit not yet applied wrote: the newest value (`None`:
+    /// deleted) and the number of the commit that wrote it. A group of
+    /// commits is applied as one atomic batch, so only the newest value of
+    /// each key needs applying.
+    newest: BTreeMap<Vec<u8>, (u64, Shared)>,
+    /// The bytes of keys and values in `newest`.
+    bytes: usize,
+}
+
+/// How much unapplied data makes a writer wait for the committer to catch
+/// up: keys, and bytes of keys and values.
+const FULL: (usize, usize) = (32_768, 64 << 20);
+
+fn size(key: &[u8], value: &Shared) -> usize {
+    key.len() + value.as_ref().map_or(0, |v| v.len())
+}
+
+impl Unapplied {
+    /// Makes a commit of the deferred writes followed by `ops`; returns its
+    /// number.
+    pub(crate) fn commit(&mut self, ops: Vec<Op>) -> u64 {
+        self.made += 1;
+        let number = self.made;
+        let deferred = std::mem::take(&mut self.deferred);
+        for op in deferred.into_iter().chain(ops) {
+            let (k, v) = match op {
+                Op::Put(k, v) => (k, Some(Arc::new(v))),
+                Op::Delete(k) => (k, None),
+            };
+            self.bytes += size(&k, &v);
+            if let Some((old_k, (_, old))) = self.newest.remove_entry(&k) {
+                self.bytes -= size(&old_k, &old);
+            }
+            self.newest.insert(k, (number, v));
+        }
+        number
+    }
+
+    /// Holds `ops` for the next commit; true if nothing was deferred before.
+    pub(crate) fn defer(&mut self, ops: Vec<Op>) -> bool {
+        let first = self.deferred.is_empty();
+        self.deferred.extend(ops);
+        first
+    }
+
+    /// Makes a commit of the deferred writes, if there are any; true if it
+    /// did.
+    pub(crate) fn commit_deferred(&mut self) -> bool {
+        if self.deferred.is_empty() {
+            return false;
+        }
+        self.commit(Vec::new());
+        true
+    }
+
+    /// Whether so much is unapplied that a writer should wait for the
+    /// committer before it adds more (a writer faster than the disk would
+    /// otherwise fill the memory).
+    pub(crate) fn full(&self) -> bool {
+        self.newest.len() >= FULL.0 || self.bytes >= FULL.1
+    }
+
+    /// The number of commits made so far.
+    pub(crate) fn made(&self) -> u64 {
+        self.made
+    }
+
+    /// What every commit made so far left unapplied, in key order, for
+    /// the committer to apply as one batch, and the number of the last of
+    /// those commits. It stays visible until [`Unapplied::applied`].
+    pub(crate) fn take(&self) -> (Vec<ToApply>, u64) {
+        let writes = self
+            .newest
+            .iter()
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        (writes, self.made)
+    }
+
+    /// Forgets what commits up to number `upto` wrote: the tree holds it.
+    pub(crate) fn applied(&mut self, upto: u64) {
+        let mut freed = 0;
+        self.newest.retain(|k, (number, v)| {
+            let keep = *number > upto;
+            if !keep {
+                freed += size(k, v);
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+
+    /// The newest unapplied write of `key`, if a commit not yet applied
+    /// wrote it.
+    pub(crate) fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
+        self.newest
+            .get(key)
+            .map(|(_, v)| v.as_ref().map(|v| v.to_vec()))
+    }
+
+    /// The unapplied writes of keys from `start` (inclusive) to `end`
+    /// (exclusive; `None`: no end), in key order.
+    pub(crate) fn range(&self, start: &[u8], end: Option<&[u8]>) -> Vec<Written> {
+        let end = match end {
+            Some(end) => Bound::Excluded(end.to_vec()),
+            None => Bound::Unbounded,
+        };
+        self.newest
+            .range((Bound::Included(start.to_vec()), end))
+            .map(|(k, (_, v))| (k.clone(), v.as_ref().map(|v| v.to_vec())))
+            .collect()
+    }
+}
+
+/// The first key after every key that starts with `prefix` (`None` if there
+/// is none: the prefix is all `0xff`).
+pub(crate) fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < u8::MAX {
+            end.push(last + 1);
+            return Some(end);
+        }
+    }
+    None
+}
+
+/// Entries of the tree (in key order) merged with unapplied writes of the
+/// same key range (in key order): an unapplied write replaces the tree's
+/// entry under its key, and a deleted key is left out.
+pub(crate) fn merge<I>(tree: I, unapplied: Vec<Written>) -> impl Iterator<Item = Result<Entry>>
+where
+    I: Iterator<Item = Result<Entry>>,
+{
+    Merge {
+        tree: tree.peekable(),
+        unapplied: unapplied.into_iter().peekable(),
+    }
+}
+
+struct Merge<I: Iterator<Item = Result<Entry>>, U: Iterator<Item = Written>> {
+    tree: std::iter::Peekable<I>,
+    unapplied: std::iter::Peekable<U>,
+}
+
+impl<I, U> Iterator for Merge<I, U>
+where
+    I: Iterator<Item = Result<Entry>>,
+    U: Iterator<Item = Written>,
+{
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            let order = match (self.tree.peek(), self.unapplied.peek()) {
+                (None, None) => return None,
+                (Some(Err(_)), _) => return self.tree.next(),
+                (Some(Ok(_)), None) => return self.tree.next(),
+                (None, Some(_)) => std::cmp::Ordering::Greater,
+                (Some(Ok((t, _))), Some((u, _))) => t.as_slice().cmp(u.as_slice()),
+            };
+            match order {
+                std::cmp::Ordering::Less => return self.tree.next(),
+                std::cmp::Ordering::Equal => {
+                    // The unapplied write is newer than the tree's entry.
+                    self.tree.next();
+                }
+                std::cmp::Ordering::Greater => {}
+            }
+            if let Some((k, v)) = self.unapplied.next()
+                && let Some(v) = v
+            {
+                return Some(Ok((k, v)));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: &str, v: &str) -> Op {
+        Op::Put(k.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    fn entries(items: &[(&str, &str)]) -> Vec<Result<Entry>> {
+        items
+            .iter()
+            .map(|(k, v)| Ok((k.as_bytes().to_vec(), v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    fn keys(merged: impl Iterator<Item = Result<Entry>>) -> Vec<String> {
+        merged
+            .map(|e| {
+                let (k, v) = e.unwrap();
+                format!(
+                    "{}={}",
+                    String::from_utf8(k).unwrap(),
+                    String::from_utf8(v).unwrap()
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn unapplied_writes_replace_hide_and_join_the_trees_entries() {
+        let mut u = Unapplied::default();
+        u.commit(vec![
+            put("b", "new"),
+            Op::Delete(b"c".to_vec()),
+            put("e", "1"),
+        ]);
+        let tree = entries(&[("a", "t"), ("b", "old"), ("c", "t"), ("d", "t")]);
+        let merged = merge(tree.into_iter(), u.range(b"", None));
+        assert_eq!(keys(merged), ["a=t", "b=new", "d=t", "e=1"]);
+    }
+
+    #[test]
+    fn applied_commits_are_forgotten_newer_ones_kept() {
+        let mut u = Unapplied::default();
+        let first = u.commit(vec![put("k", "0"), put("k", "1"), put("j", "1")]);
+        u.defer(vec![put("d", "deferred")]);
+        assert_eq!(u.get(b"d"), None);
+        let (writes, upto) = u.take();
+        // Only the newest value of a key is applied.
+        assert_eq!((writes.len(), upto), (2, first));
+        let second = u.commit(vec![put("k", "2")]);
+        u.applied(first);
+        assert_eq!(u.get(b"j"), None);
+        assert_eq!(u.get(b"k"), Some(Some(b"2".to_vec())));
+        assert_eq!(u.get(b"d"), Some(Some(b"deferred".to_vec())));
+        let (writes, upto) = u.take();
+        let writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = writes
+            .into_iter()
+            .map(|(k, v)| (k, v.map(|v| v.to_vec())))
+            .collect();
+        assert_eq!(
+            (writes, upto),
+            (
+                vec![
+                    (b"d".to_vec(), Some(b"deferred".to_vec())),
+                    (b"k".to_vec(), Some(b"2".to_vec()))
+                ],
+                second
+            )
+        );
+    }
+
+    #[test]
+    fn a_prefix_ends_after_its_last_key() {
+        assert_eq!(prefix_end(b"run/"), Some(b"run0".to_vec()));
+        assert_eq!(prefix_end(b"a\xff"), Some(b"b".to_vec()));
+        assert_eq!(prefix_end(b"\xff\xff"), None);
+    }
+}
