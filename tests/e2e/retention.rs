@@ -208,8 +208,20 @@ async fn versions_no_unfinished_run_is_on_are_retired_then_collected() {
     let kiln = Kiln::start_with(dir.path(), &["--retention", "2s", "--warm-wait-ms", "0"]);
     kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
     kiln.deploy(kiln_fixtures::PROBE).await;
-    // A run on the second version, suspended while the sweeper works.
-    let sleeping = kiln.trigger_ok("sleep", json!({"ms": 8_000})).await;
+    // A run on the second version, waiting on a token while the sweeper
+    // works (a timer would let a slow machine see it finish and expire).
+    let (status, token) = kiln
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/waitpoints/tokens",
+            Some(json!({"timeout": "1h"}).to_string().into()),
+        )
+        .await;
+    assert_eq!(status, 200, "{token}");
+    let token = token["id"].as_str().expect("a token id").to_string();
+    let sleeping = kiln
+        .trigger_ok("wait-token", json!({ "token": token }))
+        .await;
     kiln.deploy(kiln_fixtures::COUNTDOWN).await;
 
     // The first version: retired, then collected with its artifact.
@@ -217,11 +229,9 @@ async fn versions_no_unfinished_run_is_on_are_retired_then_collected() {
     assert!(all[0]["retiredAt"].is_string(), "{all:?}");
     gone(&artifact(&all[0]["contentHash"])).await;
     // The second is kept while its run waits; the current one always is.
-    let on_probe = kiln.run(&sleeping).await;
-    if on_probe["status"] != "COMPLETED" {
-        assert_eq!(all[1]["retiredAt"], Value::Null, "{all:?}");
-        assert!(artifact(&all[1]["contentHash"]).exists());
-    }
+    assert_ne!(kiln.run(&sleeping).await["status"], "COMPLETED");
+    assert_eq!(all[1]["retiredAt"], Value::Null, "{all:?}");
+    assert!(artifact(&all[1]["contentHash"]).exists());
     assert_eq!(all[2]["retiredAt"], Value::Null, "{all:?}");
     // A retired version takes no new runs.
     let (status, body) = kiln
@@ -235,6 +245,14 @@ async fn versions_no_unfinished_run_is_on_are_retired_then_collected() {
     assert!(body.to_string().contains("retired"), "{body}");
 
     // The run on the second version finishes on it; then that version goes.
+    let (status, body) = kiln
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v1/waitpoints/tokens/{token}/complete"),
+            Some(json!({"data": "done"}).to_string().into()),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
     let run = kiln.finished(&sleeping).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     let all = collected(&kiln, 1).await;

@@ -14,6 +14,10 @@
 //!   sequential runs (p50, p99), then 64 closed-loop clients on one thread
 //!   for 20 s (runs a second, server CPU per run), for a one-log-line task
 //!   and a three-log-line one;
+//! - the store alone: a durable commit's latency through the sled backend,
+//!   and commits a second and CPU per commit with 64 writers, against the
+//!   in-memory backend; a no-op run's writes with and without its journal
+//!   entry deferred;
 //! - RSS with 10,000 runs waiting, and start-up time with them stored;
 //! - 100,000 schedules: creating them over HTTP, RSS, the firing lag and
 //!   CPU of a minute's occurrences, start-up, and the due-index scan a
@@ -37,7 +41,7 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
@@ -53,6 +57,8 @@ mod runs;
 mod secrets;
 #[path = "support/soak.rs"]
 mod soak;
+#[path = "support/store.rs"]
+mod store;
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
@@ -101,6 +107,9 @@ fn main() {
     }
     if selected("runs") {
         runtime.block_on(runs::runs_bench());
+    }
+    if selected("store") {
+        runtime.block_on(store::store_bench());
     }
     if selected("waiting") {
         runtime.block_on(waiting_bench(10_000));
