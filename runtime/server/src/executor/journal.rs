@@ -65,8 +65,10 @@ impl JournalWriter {
     /// Appends an entry without a commit of its own: it joins the next
     /// commit made in the store (see [`Store::defer`]), keeping its place
     /// in the order of commits. Whatever must not go on before the entry is
-    /// durable awaits a later commit or [`Store::settled`], as before; the
-    /// run's own end, wait or fetch always commits after it.
+    /// durable awaits a commit made after it (an empty one will do);
+    /// [`Store::settled`] is not enough, since it waits only for commits
+    /// already made. The run's own end, wait or fetch always commits after
+    /// it.
     pub(crate) fn append(&self, entry: JournalEntry) {
         let mut batch = Batch::default();
         self.append_to(&mut batch, entry);
