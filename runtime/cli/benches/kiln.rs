@@ -66,6 +66,21 @@ use std::time::{Duration, Instant};
 
 const KEY: &str = "tr_dev_sk_benchKey00000000000000";
 
+/// The user and system CPU time, in milliseconds, of the process whose
+/// `/proc/<pid>/stat` is at `path`.
+fn cpu_ms_of(path: &str) -> u64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
+    // Fields after the command name (which may hold spaces).
+    let rest = stat.rsplit(')').next().unwrap_or("");
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks: u64 = [11, 12]
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // USER_HZ is 100 on Linux.
+    ticks * 10
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
@@ -310,17 +325,7 @@ impl Server {
 
     /// User plus system CPU time the server has used, in ms.
     fn cpu_ms(&self) -> u64 {
-        let stat =
-            std::fs::read_to_string(format!("/proc/{}/stat", self.child.id())).unwrap_or_default();
-        // Fields after the command name (which may hold spaces).
-        let rest = stat.rsplit(')').next().unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = [11, 12]
-            .iter()
-            .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
-            .sum();
-        // USER_HZ is 100 on Linux.
-        ticks * 10
+        cpu_ms_of(&format!("/proc/{}/stat", self.child.id()))
     }
 
     fn kill(mut self) {

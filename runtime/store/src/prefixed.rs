@@ -31,6 +31,15 @@ impl PrefixedBackend {
         k
     }
 
+    fn outer_ops(&self, ops: Vec<Op>) -> Vec<Op> {
+        ops.into_iter()
+            .map(|op| match op {
+                Op::Put(k, v) => Op::Put(self.outer(&k), v),
+                Op::Delete(k) => Op::Delete(self.outer(&k)),
+            })
+            .collect()
+    }
+
     fn strip(&self, entries: Vec<(Vec<u8>, Vec<u8>)>) -> Vec<(Vec<u8>, Vec<u8>)> {
         let n = self.prefix.len();
         entries
@@ -73,25 +82,11 @@ impl Backend for PrefixedBackend {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
-        let ops = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put(k, v) => Op::Put(self.outer(&k), v),
-                Op::Delete(k) => Op::Delete(self.outer(&k)),
-            })
-            .collect();
-        self.inner.commit(ops)
+        self.inner.commit(self.outer_ops(ops))
     }
 
     fn defer(&self, ops: Vec<Op>) {
-        let ops = ops
-            .into_iter()
-            .map(|op| match op {
-                Op::Put(k, v) => Op::Put(self.outer(&k), v),
-                Op::Delete(k) => Op::Delete(self.outer(&k)),
-            })
-            .collect();
-        self.inner.defer(ops)
+        self.inner.defer(self.outer_ops(ops))
     }
 
     fn settled(&self) -> Commit {

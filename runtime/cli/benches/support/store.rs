@@ -24,14 +24,7 @@ use std::time::{Duration, Instant};
 
 /// This process's CPU time so far, in milliseconds.
 fn own_cpu_ms() -> u64 {
-    let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-    let rest = stat.rsplit(')').next().unwrap_or("");
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = [11, 12]
-        .iter()
-        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
-        .sum();
-    ticks * 10
+    super::cpu_ms_of("/proc/self/stat")
 }
 
 /// A run's worth of writes under key `n`.
