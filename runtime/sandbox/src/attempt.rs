@@ -87,7 +87,6 @@ impl LoadedBundle {
     ) -> anyhow::Result<Attempt> {
         let live = self.sandbox.live_instance(run);
         let engine = &self.sandbox.inner.engine;
-        let tick = self.sandbox.inner.config.epoch_tick;
         let mut store = Store::new(engine, HostState::new(&limits));
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
@@ -103,11 +102,9 @@ impl LoadedBundle {
                 clock.timed_out = true;
                 wasmtime::bail!("maxDuration exceeded");
             }
-            if clock.cpu < 1.0 && clock.cpu > 0.0 {
-                // Hold the CPU share: after a tick of running, pause for the
-                // rest of the share's period.
-                let pause = tick.mul_f64(1.0 / clock.cpu - 1.0);
-                clock.paused += pause;
+            // Hold the CPU share: pause for the rest of the share's period
+            // of what the guest ran since the last tick.
+            if let Some(pause) = clock.share_pause() {
                 return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(tokio::time::sleep(pause)),

@@ -196,7 +196,16 @@ pub(crate) struct Clock {
     pub(crate) cpu: f64,
     /// Set when `maxDuration` ran out.
     pub(crate) timed_out: bool,
+    /// Execution time already charged to the CPU share.
+    pub(crate) charged: Duration,
+    /// Pause the CPU share is owed and not yet taken: less than
+    /// [`MIN_PAUSE`] is carried to the next tick rather than slept.
+    pub(crate) owed: Duration,
 }
+
+/// The shortest pause worth a sleep (tokio's timers count whole
+/// milliseconds, so a shorter sleep would last a millisecond anyway).
+pub(crate) const MIN_PAUSE: Duration = Duration::from_millis(1);
 
 impl Clock {
     /// Execution time so far, the current call included.
@@ -206,6 +215,29 @@ impl Clock {
             .map(|s| s.elapsed().saturating_sub(self.paused))
             .unwrap_or_default();
         self.used + current
+    }
+
+    /// At an epoch tick: the pause that holds the CPU share for the
+    /// execution time since the last tick, once it is worth a sleep.
+    ///
+    /// Each tick charges what the guest ran since the one before, not a
+    /// whole tick: a short guest that happens to straddle a tick owes a
+    /// fraction of a millisecond (carried, not slept), while a guest that
+    /// ran the whole tick pauses `tick × (1/cpu − 1)` as it always did.
+    pub(crate) fn share_pause(&mut self) -> Option<Duration> {
+        if !(self.cpu > 0.0 && self.cpu < 1.0) {
+            return None;
+        }
+        let used = self.used_now();
+        let ran = used.saturating_sub(self.charged);
+        self.charged = used;
+        self.owed += ran.mul_f64(1.0 / self.cpu - 1.0);
+        if self.owed < MIN_PAUSE {
+            return None;
+        }
+        let pause = std::mem::take(&mut self.owed);
+        self.paused += pause;
+        Some(pause)
     }
 }
 
@@ -281,6 +313,8 @@ impl HostState {
                 max_duration: limits.max_duration,
                 cpu: limits.cpu,
                 timed_out: false,
+                charged: limits.used,
+                owed: Duration::ZERO,
             },
             canceled: Arc::new(AtomicBool::new(false)),
             logs: LogBuffer::default(),
@@ -636,8 +670,9 @@ impl HostState {
 
 #[cfg(test)]
 mod tests {
-    use super::LogBuffer;
+    use super::{Clock, LogBuffer};
     use kiln_types::{LogLine, Run, Timestamp};
+    use std::time::{Duration, Instant};
 
     fn line(n: usize, bytes: usize) -> LogLine {
         LogLine {
@@ -687,5 +722,62 @@ mod tests {
         }
         assert_eq!(logs.slice.lines.len(), Run::MAX_LOG_LINES);
         assert_eq!(logs.slice.dropped, 5);
+    }
+
+    /// A clock at a CPU share whose current call just began.
+    fn clock(cpu: f64) -> Clock {
+        Clock {
+            used: Duration::ZERO,
+            call_started: Some(Instant::now()),
+            paused: Duration::ZERO,
+            max_duration: None,
+            cpu,
+            timed_out: false,
+            charged: Duration::ZERO,
+            owed: Duration::ZERO,
+        }
+    }
+
+    /// Moves the current call's start back by `by`, as if it ran that long.
+    fn run_for(clock: &mut Clock, by: Duration) {
+        clock.call_started = clock.call_started.and_then(|s| s.checked_sub(by));
+    }
+
+    #[test]
+    fn a_guest_that_ran_a_whole_tick_pauses_for_the_rest_of_its_share() {
+        let mut c = clock(0.5);
+        run_for(&mut c, Duration::from_millis(10));
+        let pause = c.share_pause().expect("a pause");
+        assert!(pause >= Duration::from_millis(10), "{pause:?}");
+        assert!(pause < Duration::from_millis(11), "{pause:?}");
+        // The pause is not execution time.
+        std::thread::sleep(Duration::from_millis(1));
+        assert!(c.used_now() < Duration::from_millis(12));
+        let mut quarter = clock(0.25);
+        run_for(&mut quarter, Duration::from_millis(10));
+        let pause = quarter.share_pause().expect("a pause");
+        assert!(pause >= Duration::from_millis(30), "{pause:?}");
+    }
+
+    #[test]
+    fn a_short_guest_that_straddles_a_tick_is_not_paused_a_whole_tick() {
+        let mut c = clock(0.5);
+        run_for(&mut c, Duration::from_micros(300));
+        assert_eq!(c.share_pause(), None, "0.3 ms owed is carried, not slept");
+        // What it owes adds up, and is paid once it is worth a sleep.
+        run_for(&mut c, Duration::from_micros(800));
+        let pause = c.share_pause().expect("1.1 ms owed in all");
+        assert!(pause >= Duration::from_micros(1_100), "{pause:?}");
+        assert!(pause < Duration::from_millis(2), "{pause:?}");
+        assert_eq!(c.owed, Duration::ZERO);
+    }
+
+    #[test]
+    fn a_whole_core_or_more_is_never_paused() {
+        for cpu in [1.0, 2.0] {
+            let mut c = clock(cpu);
+            run_for(&mut c, Duration::from_millis(50));
+            assert_eq!(c.share_pause(), None);
+        }
     }
 }

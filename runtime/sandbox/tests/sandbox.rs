@@ -137,6 +137,34 @@ async fn a_busy_loop_past_max_duration_times_out() {
     assert!(attempt.used() >= Duration::from_millis(200));
 }
 
+/// A guest on half a core that runs flat out pauses as long as it runs:
+/// its execution time is at most half of the wall-clock time.
+#[tokio::test]
+async fn a_busy_guest_on_half_a_core_holds_its_share() {
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = load(&dir, kiln_fixtures::LIMITS).await;
+    let limits = Limits::for_machine(Machine::Small1x, Some(Duration::from_millis(300)));
+    let mut attempt = bundle.instantiate(limits).await.unwrap();
+    let started = std::time::Instant::now();
+    let outcome = attempt
+        .start(&ctx("spin", r#"{"iterations": 100000000000}"#))
+        .await;
+    let elapsed = started.elapsed();
+    assert!(
+        matches!(outcome, StepOutcome::Trap(TrapKind::TimedOut(_))),
+        "{outcome:?}"
+    );
+    let used = attempt.used();
+    assert!(used >= Duration::from_millis(300), "{used:?}");
+    // Every tick pauses for what the guest ran since the one before; only
+    // the last tick's share and less than a millisecond carried go unpaid.
+    let slack = Duration::from_millis(25);
+    assert!(
+        elapsed + slack >= used * 2,
+        "ran {used:?} in {elapsed:?} of wall-clock time"
+    );
+}
+
 #[tokio::test]
 async fn panics_and_refused_imports_are_reported() {
     let dir = tempfile::tempdir().unwrap();
