@@ -14,6 +14,9 @@
 //!   sequential runs (p50, p99), then 64 closed-loop clients on one thread
 //!   for 20 s (runs a second, server CPU per run), for a one-log-line task
 //!   and a three-log-line one;
+//! - the same runs with the HTTP API taken out (`engine`): triggered and
+//!   awaited in-process, so what is left is the engine, the store and the
+//!   sandbox;
 //! - the store alone: a durable commit's latency through the sled backend,
 //!   and commits a second and CPU per commit with 64 writers, against the
 //!   in-memory backend; a no-op run's writes with and without its journal
@@ -41,12 +44,14 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `engine`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
+#[path = "support/engine.rs"]
+mod engine;
 #[path = "support/queues.rs"]
 mod queues;
 #[path = "support/realtime.rs"]
@@ -122,6 +127,9 @@ fn main() {
     }
     if selected("runs") {
         runtime.block_on(runs::runs_bench());
+    }
+    if selected("engine") {
+        runtime.block_on(engine::engine_bench());
     }
     if selected("store") {
         runtime.block_on(store::store_bench());

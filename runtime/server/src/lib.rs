@@ -7,6 +7,7 @@
 //!   applies the outcomes through the engine's transitions.
 //! - [`schedules`]: imperative and declarative cron schedules, and the
 //!   scheduler that fires each occurrence exactly once.
+//! - [`LocalRuns`]: triggers and awaits runs in-process, without HTTP.
 //! - [`Server`]: opens the data directory, recovers unfinished runs, and
 //!   serves.
 
@@ -18,6 +19,7 @@ mod environments;
 pub mod executor;
 mod feed;
 mod jwt;
+mod local;
 mod master_key;
 mod metadata;
 mod notify;
@@ -29,6 +31,7 @@ mod trigger;
 
 pub use config::ServerConfig;
 pub use executor::parse_size_bytes;
+pub use local::{LocalError, LocalRuns};
 
 /// Parses `30s`, `15m`, `2h`, `1h52m18s`... into milliseconds (the CLI's
 /// durations, as Trigger.dev's options write them).

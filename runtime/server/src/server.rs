@@ -86,6 +86,12 @@ impl Server {
         self.hub.default_environment().executor.environment_limits()
     }
 
+    /// Triggers and awaits runs of the default environment in-process,
+    /// without HTTP; usable while [`Server::serve`] runs.
+    pub fn local_runs(&self) -> crate::LocalRuns {
+        crate::LocalRuns::new(self.hub.default_environment().clone())
+    }
+
     /// Whether the key was generated (and stored) by this start.
     pub fn generated_key(&self) -> bool {
         self.generated_key

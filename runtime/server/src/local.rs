@@ -1,0 +1,117 @@
+//! Triggering and awaiting runs from inside the process, without HTTP.
+//!
+//! [`LocalRuns`] works on the server's default environment the way the
+//! trigger and retrieve routes do — the same schema check, the same
+//! admission, the same executor — minus the request: no socket, no HTTP
+//! parsing, no JSON response. Programs that embed Kiln use it, and so does
+//! the engine-only bench, which measures what a run costs the engine, the
+//! store and the sandbox with the API taken out.
+
+use crate::api::AppState;
+use crate::executor::admission::AdmissionKeys;
+use crate::trigger::{TriggerError, TriggerOptions};
+use kiln_types::{RunId, RunStatus, Timestamp};
+use std::time::Duration;
+
+/// Why a local trigger or wait failed.
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    /// No deployed version has the task.
+    #[error("{0}")]
+    NotFound(String),
+    /// The payload fails the task's schema, or an option is malformed.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error("the store failed: {0}")]
+    Store(String),
+}
+
+impl From<TriggerError> for LocalError {
+    fn from(error: TriggerError) -> Self {
+        match error {
+            TriggerError::NotFound(m) => LocalError::NotFound(m),
+            TriggerError::BadRequest(m) | TriggerError::Unprocessable(m) => LocalError::Invalid(m),
+        }
+    }
+}
+
+impl From<kiln_store::StoreError> for LocalError {
+    fn from(error: kiln_store::StoreError) -> Self {
+        LocalError::Store(error.to_string())
+    }
+}
+
+/// Triggers runs of the server's default environment and waits for them,
+/// in-process. Cheap to clone.
+#[derive(Clone)]
+pub struct LocalRuns {
+    state: AppState,
+}
+
+impl LocalRuns {
+    pub(crate) fn new(state: AppState) -> Self {
+        LocalRuns { state }
+    }
+
+    /// Triggers `task` on the current deployment with a JSON payload and
+    /// default options; returns the new run's id once the run is durable
+    /// and queued. The payload is checked against the task's schema first.
+    pub async fn trigger(
+        &self,
+        task: &str,
+        payload: &serde_json::Value,
+    ) -> Result<String, LocalError> {
+        let deployed = self
+            .state
+            .deployments
+            .current()
+            .filter(|d| d.record.manifest.task(task).is_some())
+            .ok_or_else(|| LocalError::NotFound(format!("Task `{task}` is not deployed")))?;
+        let now = Timestamp::now();
+        let run = crate::trigger::new_run(
+            &deployed,
+            task,
+            payload,
+            payload.to_string(),
+            "application/json".into(),
+            TriggerOptions::default(),
+            now,
+        )?;
+        let (id, _) = self
+            .state
+            .executor
+            .admit_new(run, AdmissionKeys::default(), now)
+            .await
+            .map_err(|e| LocalError::Store(e.to_string()))?;
+        Ok(id.to_string())
+    }
+
+    /// Waits up to `timeout` for run `id` to reach a final status; returns
+    /// its status then (not final if the time ran out), or `None` if there
+    /// is no such run.
+    pub async fn wait_final(
+        &self,
+        id: &str,
+        timeout: Duration,
+    ) -> Result<Option<RunStatus>, LocalError> {
+        let Ok(id) = RunId::parse(id) else {
+            return Ok(None);
+        };
+        let status = |state: &AppState| -> Result<Option<RunStatus>, LocalError> {
+            Ok(state.store.run(&id)?.map(|r| r.status))
+        };
+        match status(&self.state)? {
+            Some(s) if !s.is_final() => {}
+            other => return Ok(other),
+        }
+        let finished = self.state.notifier.subscribe(&id);
+        // Read again after subscribing, so a finish in between is not missed.
+        match status(&self.state)? {
+            Some(s) if !s.is_final() => {}
+            other => return Ok(other),
+        }
+        let _ = tokio::time::timeout(timeout, finished).await;
+        status(&self.state)
+    }
+}
