@@ -19,6 +19,7 @@ mod fuzz;
 mod hooks;
 mod leaks;
 mod limits;
+mod local;
 mod logs;
 mod packets;
 mod pending;

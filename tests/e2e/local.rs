@@ -1,0 +1,85 @@
+//! `LocalRuns`: triggering and awaiting runs in-process, the way programs
+//! that embed Kiln (and the engine bench) do, against a server opened in
+//! this test's process.
+
+use kiln_server::{LocalError, Server, ServerConfig};
+use kiln_types::RunStatus;
+use std::time::Duration;
+
+const KEY: &str = "tr_dev_sk_localRunsKey000000000000";
+
+#[tokio::test]
+async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let mut config = ServerConfig::new(
+        dir.path().to_path_buf(),
+        "127.0.0.1:0".parse().expect("an address"),
+    );
+    config.secret_key = Some(KEY.into());
+    let server = Server::open(config).await.expect("the server opens");
+    let url = format!("http://{}", server.local_addr().expect("an address"));
+    let runs = server.local_runs();
+    let serving = tokio::spawn(server.serve());
+
+    // Nothing is deployed yet.
+    let refused = runs
+        .trigger("hello-world", &serde_json::json!({ "name": "Ada" }))
+        .await;
+    assert!(
+        matches!(refused, Err(LocalError::NotFound(_))),
+        "{refused:?}"
+    );
+
+    for bundle in [kiln_fixtures::HELLO_WORLD, kiln_fixtures::CSV_EXPORT] {
+        let deployed = reqwest::Client::new()
+            .post(format!("{url}/api/v1/deployments"))
+            .bearer_auth(KEY)
+            .body(kiln_fixtures::read(bundle))
+            .send()
+            .await
+            .expect("deploys");
+        assert!(deployed.status().is_success(), "{}", deployed.status());
+        if bundle == kiln_fixtures::HELLO_WORLD {
+            let id = runs
+                .trigger("hello-world", &serde_json::json!({ "name": "Ada" }))
+                .await
+                .expect("triggers");
+            let status = runs
+                .wait_final(&id, Duration::from_secs(30))
+                .await
+                .expect("reads the run");
+            assert_eq!(status, Some(RunStatus::Completed));
+            // The run is the API's too.
+            let run: serde_json::Value = reqwest::Client::new()
+                .get(format!("{url}/api/v3/runs/{id}"))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("answers")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(run["status"], "COMPLETED");
+            assert_eq!(run["output"]["message"], "Hello, Ada!", "{run}");
+        }
+    }
+
+    // The schema's complaint, as the trigger route gives it.
+    let invalid = runs
+        .trigger(
+            "export-csv",
+            &serde_json::json!({ "organizationId": "not a uuid" }),
+        )
+        .await;
+    match invalid {
+        Err(LocalError::Invalid(message)) => assert!(!message.is_empty()),
+        other => panic!("expected the schema's complaint, got {other:?}"),
+    }
+    assert_eq!(
+        runs.wait_final("run_doesnotexist", Duration::from_millis(10))
+            .await
+            .expect("reads"),
+        None
+    );
+    serving.abort();
+}
