@@ -17,6 +17,8 @@
 //! - the same runs with the HTTP API taken out (`engine`): triggered and
 //!   awaited in-process, so what is left is the engine, the store and the
 //!   sandbox;
+//! - the sandbox alone (`sandbox`): a `hello-world` attempt from
+//!   instantiate to drop, and its CPU time;
 //! - the store alone: a durable commit's latency through the sled backend,
 //!   and commits a second and CPU per commit with 64 writers, against the
 //!   in-memory backend; a no-op run's writes with and without its journal
@@ -44,7 +46,7 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `engine`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `engine`, `sandbox`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
@@ -130,6 +132,9 @@ fn main() {
     }
     if selected("engine") {
         runtime.block_on(engine::engine_bench());
+    }
+    if selected("sandbox") {
+        runtime.block_on(sandbox_bench());
     }
     if selected("store") {
         runtime.block_on(store::store_bench());
@@ -461,6 +466,47 @@ async fn blocking_bench() {
     let mut busy = probe.join().expect("the probe ran");
     report("GET /healthz, while two guests spin", &mut busy);
     server.kill();
+}
+
+/// The sandbox alone: a `hello-world` attempt's whole life (instantiate,
+/// run to its end, drop), one after another, without the engine or the
+/// store; the wall time of each and this process's CPU time per attempt.
+async fn sandbox_bench() {
+    let dir = tempfile::tempdir().expect("a temp dir");
+    let sandbox = Sandbox::new(SandboxConfig::new(dir.path().join("compiled"))).expect("a sandbox");
+    let bundle = kiln_fixtures::read(kiln_fixtures::HELLO_WORLD);
+    let loaded = sandbox.load(&bundle).await.expect("loads");
+    let limits = Limits::for_machine(Machine::Small1x, None);
+    let ctx = start_ctx("hello-world", r#"{"name":"Ada"}"#);
+    let attempts = 5_000;
+    let mut samples = Vec::with_capacity(attempts);
+    let mut cpu_before = 0;
+    for i in 0..attempts + 500 {
+        if i == 500 {
+            cpu_before = cpu_ms_of("/proc/self/stat");
+        }
+        let started = Instant::now();
+        let mut attempt = loaded.instantiate(limits).await.expect("instantiates");
+        match attempt.start(&ctx).await {
+            kiln_sandbox::StepOutcome::Step(
+                kiln_sandbox::wit::kiln::task::types::Step::Completed(_),
+            ) => {}
+            other => panic!("hello-world did not complete: {other:?}"),
+        }
+        drop(attempt);
+        if i >= 500 {
+            samples.push(started.elapsed());
+        }
+    }
+    let cpu_ms = cpu_ms_of("/proc/self/stat") - cpu_before;
+    report(
+        "sandbox: a hello-world attempt, instantiate to drop",
+        &mut samples,
+    );
+    println!(
+        "sandbox: {:.1} µs of CPU an attempt",
+        cpu_ms as f64 * 1000.0 / attempts as f64
+    );
 }
 
 fn step_waits(outcome: kiln_sandbox::StepOutcome) -> u64 {
