@@ -240,11 +240,10 @@ struct Writer {
 }
 
 /// The thread that applies commits to the tree, a group at a time, and
-/// hands their acknowledgements to the syncer. While the syncer makes one
-/// group durable, the next is applied; the one after waits until the syncer
-/// takes that one, so a group holds everything committed during a sync and
-/// sled sees about one batch per `fdatasync` (each batch costs sled two log
-/// writes of its own).
+/// hands their acknowledgements to the syncer. A group is gathered and
+/// applied when the syncer is idle, so under load it holds everything
+/// committed during the last sync, and sled sees one batch per `fdatasync`
+/// (each batch costs sled two log writes of its own).
 struct Committer {
     db: sled::Db,
     data_file: std::fs::File,
@@ -259,18 +258,23 @@ struct Committer {
 type Applied = (u64, Vec<oneshot::Sender<Result<()>>>);
 
 /// Makes applied groups durable: flushes sled once and `fdatasync`s its
-/// data file for every group that arrived meanwhile, then acknowledges.
+/// data file for each group, then acknowledges. Tells the committer through
+/// `ready` each time it is idle, so that the committer applies a group only
+/// when the syncer can take it at once.
 fn sync(
     db: sled::Db,
     data_file: std::fs::File,
     durable: Arc<watch::Sender<Durable>>,
     applied: mpsc::Receiver<Applied>,
+    ready: mpsc::SyncSender<()>,
 ) {
-    while let Ok((mut covered, mut group)) = applied.recv() {
-        while let Ok((more, acks)) = applied.try_recv() {
-            covered = covered.max(more);
-            group.extend(acks);
-        }
+    loop {
+        // The committer takes one token per group it hands over, so there
+        // is room for this one; it fails only once the committer is gone.
+        let _ = ready.send(());
+        let Ok((covered, group)) = applied.recv() else {
+            break;
+        };
         let result = db
             .flush()
             .map(|_| ())
@@ -316,13 +320,15 @@ impl Committer {
             durable,
         } = self;
         let durable = Arc::new(durable);
-        // A rendezvous: handing a group over waits for the syncer to take it.
-        let (to_sync, applied) = mpsc::sync_channel::<Applied>(0);
+        let (to_sync, applied) = mpsc::channel::<Applied>();
+        // The syncer's word that it is idle: a group is gathered and applied
+        // only then, so it holds everything committed during the last sync.
+        let (ready_tx, ready) = mpsc::sync_channel::<()>(1);
         let syncing = {
             let (db, durable) = (db.clone(), durable.clone());
             std::thread::Builder::new()
                 .name("kiln-syncer".into())
-                .spawn(move || sync(db, data_file, durable, applied))
+                .spawn(move || sync(db, data_file, durable, applied, ready_tx))
         };
         let syncing = match syncing {
             Ok(syncing) => syncing,
@@ -352,6 +358,10 @@ impl Committer {
                     }
                 }
                 Err(true) => break,
+            }
+            if ready.recv().is_err() {
+                // The syncer is gone; so is every acknowledgement it held.
+                break;
             }
             while group.len() < MAX_GROUP {
                 match requests.try_recv() {
