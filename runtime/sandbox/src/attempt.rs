@@ -87,6 +87,7 @@ impl LoadedBundle {
     ) -> anyhow::Result<Attempt> {
         let live = self.sandbox.live_instance(run);
         let engine = &self.sandbox.inner.engine;
+        let tick = self.sandbox.inner.config.epoch_tick;
         let mut store = Store::new(engine, HostState::new(&limits));
         store.limiter(|state| &mut state.memory);
         store.set_epoch_deadline(1);
@@ -104,7 +105,7 @@ impl LoadedBundle {
             }
             // Hold the CPU share: pause for the rest of the share's period
             // of what the guest ran since the last tick.
-            if let Some(pause) = clock.share_pause() {
+            if let Some(pause) = clock.share_pause(tick) {
                 return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(tokio::time::sleep(pause)),

@@ -220,16 +220,18 @@ impl Clock {
     /// At an epoch tick: the pause that holds the CPU share for the
     /// execution time since the last tick, once it is worth a sleep.
     ///
-    /// Each tick charges what the guest ran since the one before, not a
-    /// whole tick: a short guest that happens to straddle a tick owes a
+    /// Each tick charges what the guest ran since the one before, at most
+    /// one `tick`: a short guest that happens to straddle a tick owes a
     /// fraction of a millisecond (carried, not slept), while a guest that
     /// ran the whole tick pauses `tick × (1/cpu − 1)` as it always did.
-    pub(crate) fn share_pause(&mut self) -> Option<Duration> {
+    /// Execution time counts a host call's wait too (a trigger's commit),
+    /// so a long wait is charged as one tick, never more.
+    pub(crate) fn share_pause(&mut self, tick: Duration) -> Option<Duration> {
         if !(self.cpu > 0.0 && self.cpu < 1.0) {
             return None;
         }
         let used = self.used_now();
-        let ran = used.saturating_sub(self.charged);
+        let ran = used.saturating_sub(self.charged).min(tick);
         self.charged = used;
         self.owed += ran.mul_f64(1.0 / self.cpu - 1.0);
         if self.owed < MIN_PAUSE {
@@ -724,6 +726,9 @@ mod tests {
         assert_eq!(logs.slice.dropped, 5);
     }
 
+    /// The epoch tick the sandbox runs with by default.
+    const TICK: Duration = Duration::from_millis(10);
+
     /// A clock at a CPU share whose current call just began.
     fn clock(cpu: f64) -> Clock {
         Clock {
@@ -746,27 +751,37 @@ mod tests {
     #[test]
     fn a_guest_that_ran_a_whole_tick_pauses_for_the_rest_of_its_share() {
         let mut c = clock(0.5);
-        run_for(&mut c, Duration::from_millis(10));
-        let pause = c.share_pause().expect("a pause");
-        assert!(pause >= Duration::from_millis(10), "{pause:?}");
-        assert!(pause < Duration::from_millis(11), "{pause:?}");
-        // The pause is not execution time.
-        std::thread::sleep(Duration::from_millis(1));
-        assert!(c.used_now() < Duration::from_millis(12));
+        run_for(&mut c, TICK);
+        let pause = c.share_pause(TICK).expect("a pause");
+        assert!(pause >= Duration::from_millis(9), "{pause:?}");
+        assert!(pause <= TICK, "{pause:?}");
+        // The pause is not execution time: after sleeping it, the guest has
+        // run about one tick, not two.
+        std::thread::sleep(pause);
+        assert!(
+            c.used_now() < Duration::from_millis(15),
+            "{:?}",
+            c.used_now()
+        );
         let mut quarter = clock(0.25);
-        run_for(&mut quarter, Duration::from_millis(10));
-        let pause = quarter.share_pause().expect("a pause");
-        assert!(pause >= Duration::from_millis(30), "{pause:?}");
+        run_for(&mut quarter, TICK);
+        let pause = quarter.share_pause(TICK).expect("a pause");
+        assert!(pause >= Duration::from_millis(27), "{pause:?}");
+        assert!(pause <= TICK * 3, "{pause:?}");
     }
 
     #[test]
     fn a_short_guest_that_straddles_a_tick_is_not_paused_a_whole_tick() {
         let mut c = clock(0.5);
         run_for(&mut c, Duration::from_micros(300));
-        assert_eq!(c.share_pause(), None, "0.3 ms owed is carried, not slept");
+        assert_eq!(
+            c.share_pause(TICK),
+            None,
+            "0.3 ms owed is carried, not slept"
+        );
         // What it owes adds up, and is paid once it is worth a sleep.
         run_for(&mut c, Duration::from_micros(800));
-        let pause = c.share_pause().expect("1.1 ms owed in all");
+        let pause = c.share_pause(TICK).expect("1.1 ms owed in all");
         assert!(pause >= Duration::from_micros(1_100), "{pause:?}");
         assert!(pause < Duration::from_millis(2), "{pause:?}");
         assert_eq!(c.owed, Duration::ZERO);
@@ -777,7 +792,30 @@ mod tests {
         for cpu in [1.0, 2.0] {
             let mut c = clock(cpu);
             run_for(&mut c, Duration::from_millis(50));
-            assert_eq!(c.share_pause(), None);
+            assert_eq!(c.share_pause(TICK), None);
         }
+    }
+
+    #[test]
+    fn a_long_wait_in_a_host_call_is_charged_as_one_tick_at_most() {
+        let mut c = clock(0.25);
+        // 200 ms inside one call, most of it waiting for a commit.
+        run_for(&mut c, Duration::from_millis(200));
+        let pause = c.share_pause(TICK).expect("a pause");
+        assert!(pause <= TICK * 3, "{pause:?}");
+    }
+
+    #[test]
+    fn time_used_in_earlier_steps_is_not_charged_again() {
+        let limits = crate::Limits {
+            memory_bytes: 64 << 20,
+            cpu: 0.5,
+            max_duration: None,
+            used: Duration::from_secs(5),
+        };
+        let mut c = super::HostState::new(&limits).clock;
+        c.call_started = Some(Instant::now());
+        run_for(&mut c, Duration::from_micros(500));
+        assert_eq!(c.share_pause(TICK), None, "only 0.5 ms ran in this step");
     }
 }
