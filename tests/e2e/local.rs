@@ -75,11 +75,15 @@ async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
         Err(LocalError::Invalid(message)) => assert!(!message.is_empty()),
         other => panic!("expected the schema's complaint, got {other:?}"),
     }
-    assert_eq!(
-        runs.wait_final("run_doesnotexist", Duration::from_millis(10))
-            .await
-            .expect("reads"),
-        None
-    );
+    // A well-formed id of no run, and a malformed one.
+    let absent = kiln_types::RunId::generate(0).to_string();
+    for id in [absent.as_str(), "not-a-run-id"] {
+        assert_eq!(
+            runs.wait_final(id, Duration::from_millis(10))
+                .await
+                .expect("reads"),
+            None
+        );
+    }
     serving.abort();
 }

@@ -1,13 +1,16 @@
 //! Triggering and awaiting runs from inside the process, without HTTP.
 //!
-//! [`LocalRuns`] works on the server's default environment the way the
-//! trigger and retrieve routes do — the same schema check, the same
-//! admission, the same executor — minus the request: no socket, no HTTP
-//! parsing, no JSON response. Programs that embed Kiln use it, and so does
-//! the engine-only bench, which measures what a run costs the engine, the
+//! [`LocalRuns`] works on the server's default environment with the trigger
+//! route's schema check, payload cap, admission and executor, minus the
+//! request: no socket, no HTTP parsing, no JSON response. What it leaves
+//! out: trigger options (every run gets the task's defaults), and runs of
+//! a task no deployment has yet (the route keeps those `PENDING_VERSION`;
+//! here they are refused). Programs that embed Kiln use it, and so does the
+//! engine-only bench, which measures what a run costs the engine, the
 //! store and the sandbox with the API taken out.
 
 use crate::api::AppState;
+use crate::executor::MAX_OUTPUT_BYTES;
 use crate::executor::admission::AdmissionKeys;
 use crate::trigger::{TriggerError, TriggerOptions};
 use kiln_types::{RunId, RunStatus, Timestamp};
@@ -19,7 +22,8 @@ pub enum LocalError {
     /// No deployed version has the task.
     #[error("{0}")]
     NotFound(String),
-    /// The payload fails the task's schema, or an option is malformed.
+    /// The payload fails the task's schema, or is larger than a run's
+    /// payload may be.
     #[error("{0}")]
     Invalid(String),
     /// The store failed.
@@ -62,6 +66,13 @@ impl LocalRuns {
         task: &str,
         payload: &serde_json::Value,
     ) -> Result<String, LocalError> {
+        let stored = payload.to_string();
+        if stored.len() > MAX_OUTPUT_BYTES {
+            return Err(LocalError::Invalid(format!(
+                "The payload is {} bytes; payloads are limited to {MAX_OUTPUT_BYTES} bytes",
+                stored.len()
+            )));
+        }
         let deployed = self
             .state
             .deployments
@@ -73,7 +84,7 @@ impl LocalRuns {
             &deployed,
             task,
             payload,
-            payload.to_string(),
+            stored,
             "application/json".into(),
             TriggerOptions::default(),
             now,
@@ -89,7 +100,8 @@ impl LocalRuns {
 
     /// Waits up to `timeout` for run `id` to reach a final status; returns
     /// its status then (not final if the time ran out), or `None` if there
-    /// is no such run.
+    /// is no such run (or `id` is not a run id). A status it returns is
+    /// durable, as the retrieve route's answers are.
     pub async fn wait_final(
         &self,
         id: &str,
@@ -101,17 +113,23 @@ impl LocalRuns {
         let status = |state: &AppState| -> Result<Option<RunStatus>, LocalError> {
             Ok(state.store.run(&id)?.map(|r| r.status))
         };
+        let settled = |status: Option<RunStatus>| async move {
+            // Reads see commits before they are on disk; what is reported
+            // waits until they are.
+            self.state.store.settled().await?;
+            Ok::<_, LocalError>(status)
+        };
         match status(&self.state)? {
             Some(s) if !s.is_final() => {}
-            other => return Ok(other),
+            other => return settled(other).await,
         }
         let finished = self.state.notifier.subscribe(&id);
         // Read again after subscribing, so a finish in between is not missed.
         match status(&self.state)? {
             Some(s) if !s.is_final() => {}
-            other => return Ok(other),
+            other => return settled(other).await,
         }
         let _ = tokio::time::timeout(timeout, finished).await;
-        status(&self.state)
+        settled(status(&self.state)?).await
     }
 }
