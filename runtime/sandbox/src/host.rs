@@ -221,17 +221,18 @@ impl Clock {
     /// execution time since the last tick, once it is worth a sleep.
     ///
     /// Each tick charges what the guest ran since the one before, at most
-    /// one `tick`: a short guest that happens to straddle a tick owes a
+    /// two `tick`s: a short guest that happens to straddle a tick owes a
     /// fraction of a millisecond (carried, not slept), while a guest that
-    /// ran the whole tick pauses `tick × (1/cpu − 1)` as it always did.
-    /// Execution time counts a host call's wait too (a trigger's commit),
-    /// so a long wait is charged as one tick, never more.
+    /// ran the whole tick pauses `tick × (1/cpu − 1)` as it always did (and
+    /// a little more when the tick came late). Execution time counts a host
+    /// call's wait too (a trigger's commit), so a long wait is charged as
+    /// two ticks, never more.
     pub(crate) fn share_pause(&mut self, tick: Duration) -> Option<Duration> {
         if !(self.cpu > 0.0 && self.cpu < 1.0) {
             return None;
         }
         let used = self.used_now();
-        let ran = used.saturating_sub(self.charged).min(tick);
+        let ran = used.saturating_sub(self.charged).min(tick * 2);
         self.charged = used;
         self.owed += ran.mul_f64(1.0 / self.cpu - 1.0);
         if self.owed < MIN_PAUSE {
@@ -754,7 +755,7 @@ mod tests {
         run_for(&mut c, TICK);
         let pause = c.share_pause(TICK).expect("a pause");
         assert!(pause >= Duration::from_millis(9), "{pause:?}");
-        assert!(pause <= TICK, "{pause:?}");
+        assert!(pause < TICK + Duration::from_millis(1), "{pause:?}");
         // The pause is not execution time: after sleeping it, the guest has
         // run about one tick, not two.
         std::thread::sleep(pause);
@@ -767,7 +768,7 @@ mod tests {
         run_for(&mut quarter, TICK);
         let pause = quarter.share_pause(TICK).expect("a pause");
         assert!(pause >= Duration::from_millis(27), "{pause:?}");
-        assert!(pause <= TICK * 3, "{pause:?}");
+        assert!(pause < TICK * 3 + Duration::from_millis(3), "{pause:?}");
     }
 
     #[test]
@@ -797,12 +798,12 @@ mod tests {
     }
 
     #[test]
-    fn a_long_wait_in_a_host_call_is_charged_as_one_tick_at_most() {
+    fn a_long_wait_in_a_host_call_is_charged_as_two_ticks_at_most() {
         let mut c = clock(0.25);
         // 200 ms inside one call, most of it waiting for a commit.
         run_for(&mut c, Duration::from_millis(200));
         let pause = c.share_pause(TICK).expect("a pause");
-        assert!(pause <= TICK * 3, "{pause:?}");
+        assert!(pause <= TICK * 2 * 3, "{pause:?}");
     }
 
     #[test]

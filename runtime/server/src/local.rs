@@ -1,7 +1,8 @@
 //! Triggering and awaiting runs from inside the process, without HTTP.
 //!
 //! [`LocalRuns`] works on the server's default environment with the trigger
-//! route's schema check, payload cap, admission and executor, minus the
+//! route's schema check, its stated 10 MiB payload limit (on the payload's
+//! JSON text), admission and executor, minus the
 //! request: no socket, no HTTP parsing, no JSON response. What it leaves
 //! out: trigger options (every run gets the task's defaults), and runs of
 //! a task no deployment has yet (the route keeps those `PENDING_VERSION`;

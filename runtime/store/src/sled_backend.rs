@@ -6,16 +6,17 @@
 //!   every later read in this process sees it at once (read-your-writes, in
 //!   the order commits were made), through the writes not yet in the tree
 //!   laid over the tree;
-//! - one committer thread owns the tree's writes and durability: it takes
-//!   every commit made so far, applies them to the tree as one atomic sled
-//!   batch, calls `flush()` once, `fdatasync`s sled's data file, and only
-//!   then acknowledges each writer (group commit). sled's log keeps batches
+//! - one committer thread owns the tree's writes: when the syncer thread is
+//!   idle, it takes every commit made so far and applies them to the tree
+//!   as one atomic sled batch; the syncer then calls `flush()` once,
+//!   `fdatasync`s sled's data file, and only then acknowledges each writer
+//!   (group commit). sled's log keeps batches
 //!   in order, so what survives a crash is a prefix of the groups, and so
 //!   of the commits. One sled batch a group matters: sled rolls its log
 //!   buffer twice for every batch, each roll a write and a
 //!   `sync_file_range` on its I/O threads (which it wakes all at once), so
 //!   a batch a commit made sled's I/O most of a commit's cost.
-//! - the committer publishes the number of the last commit each flush
+//! - the syncer publishes the number of the last commit each flush
 //!   covered, so [`Backend::settled`] can wait for exactly the commits a
 //!   reader may have seen.
 //! - values are kept small enough that sled never writes them to its
