@@ -21,6 +21,7 @@ mod leaks;
 mod limits;
 mod local;
 mod logs;
+mod metrics;
 mod packets;
 mod pending;
 mod projects;

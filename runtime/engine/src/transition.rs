@@ -59,17 +59,11 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
             next.status = S::Executing;
             next.next_attempt_at = None;
             next.started_at.get_or_insert(now);
-            next.attempts.push(Attempt {
-                number: run.attempts.len() as u32 + 1,
-                machine: run.machine,
-                started_at: now,
-                finished_at: None,
-                outcome: None,
-                error: None,
-                usage_ms: 0,
-                logs: Vec::new(),
-                logs_dropped: 0,
-            });
+            next.attempts.push(Attempt::started(
+                run.attempts.len() as u32 + 1,
+                run.machine,
+                now,
+            ));
         }
         (S::Executing, Event::AttemptSucceeded { output, usage_ms }) => {
             close_attempt(&mut next, now, AttemptOutcome::Succeeded, None, usage_ms);

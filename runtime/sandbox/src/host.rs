@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 
@@ -147,16 +147,35 @@ impl JournalSink for NoJournal {
     fn record(&mut self, _call: HostCall) {}
 }
 
+/// The linear memory every live instance of this process holds, in bytes
+/// (see [`guest_memory_bytes`]).
+static GUEST_MEMORY: AtomicU64 = AtomicU64::new(0);
+
+/// The linear memory all live guest instances hold now, in bytes: what
+/// they were given at instantiation plus what they grew since, until each
+/// instance is dropped.
+pub fn guest_memory_bytes() -> u64 {
+    GUEST_MEMORY.load(Ordering::Relaxed)
+}
+
 /// Caps linear memory and remembers when the cap was hit.
 pub(crate) struct MemoryCap {
     pub(crate) limit: u64,
     pub(crate) exceeded: Option<u64>,
+    /// The linear memory this instance holds (counted in [`GUEST_MEMORY`]).
+    pub(crate) held: u64,
+}
+
+impl Drop for MemoryCap {
+    fn drop(&mut self) {
+        GUEST_MEMORY.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 impl ResourceLimiter for MemoryCap {
     fn memory_growing(
         &mut self,
-        _current: usize,
+        current: usize,
         desired: usize,
         _maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
@@ -168,6 +187,9 @@ impl ResourceLimiter for MemoryCap {
                 self.limit >> 20
             );
         }
+        let grown = desired.saturating_sub(current) as u64;
+        self.held += grown;
+        GUEST_MEMORY.fetch_add(grown, Ordering::Relaxed);
         Ok(true)
     }
 
@@ -308,6 +330,7 @@ impl HostState {
             memory: MemoryCap {
                 limit: limits.memory_bytes,
                 exceeded: None,
+                held: 0,
             },
             clock: Clock {
                 used: limits.used,
@@ -673,9 +696,10 @@ impl HostState {
 
 #[cfg(test)]
 mod tests {
-    use super::{Clock, LogBuffer};
+    use super::{Clock, LogBuffer, MemoryCap};
     use kiln_types::{LogLine, Run, Timestamp};
     use std::time::{Duration, Instant};
+    use wasmtime::ResourceLimiter;
 
     fn line(n: usize, bytes: usize) -> LogLine {
         LogLine {
@@ -818,5 +842,24 @@ mod tests {
         c.call_started = Some(Instant::now());
         run_for(&mut c, Duration::from_micros(500));
         assert_eq!(c.share_pause(TICK), None, "only 0.5 ms ran in this step");
+    }
+
+    #[test]
+    fn an_instance_holds_what_it_grew_until_it_is_dropped() {
+        let mut cap = MemoryCap {
+            limit: 1 << 20,
+            exceeded: None,
+            held: 0,
+        };
+        assert!(cap.memory_growing(0, 65_536, None).unwrap());
+        assert!(cap.memory_growing(65_536, 196_608, None).unwrap());
+        assert_eq!(cap.held, 196_608);
+        // A growth past the cap is refused and not counted.
+        assert!(cap.memory_growing(196_608, 2 << 20, None).is_err());
+        assert_eq!(cap.held, 196_608);
+        assert_eq!(cap.exceeded, Some(2 << 20));
+        // Other tests' instances count too: the gauge holds at least this
+        // one's memory while it lives.
+        assert!(super::guest_memory_bytes() >= 196_608);
     }
 }

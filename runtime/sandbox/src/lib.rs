@@ -30,6 +30,7 @@ pub use bundle::{BundleError, LoadedBundle};
 pub use engine::{Sandbox, SandboxConfig};
 pub use host::{
     ChildRequest, HostCallStats, HostFuture, JournalSink, SpawnFuture, Spawned, TokenFuture,
+    guest_memory_bytes,
 };
 pub use limits::Limits;
 pub use redact::{MASK, MIN_LEN as MIN_REDACTED_LEN, Redactor};

@@ -7,6 +7,7 @@
 //!   applies the outcomes through the engine's transitions.
 //! - [`schedules`]: imperative and declarative cron schedules, and the
 //!   scheduler that fires each occurrence exactly once.
+//! - `metrics`: `GET /metrics`, in Prometheus's text format.
 //! - [`LocalRuns`]: triggers and awaits runs in-process, without HTTP.
 //! - [`Server`]: opens the data directory, recovers unfinished runs, and
 //!   serves.
@@ -22,6 +23,7 @@ mod jwt;
 mod local;
 mod master_key;
 mod metadata;
+mod metrics;
 mod notify;
 mod payload;
 pub mod schedules;

@@ -33,6 +33,7 @@ mod sled_chunks;
 mod sled_compact;
 mod sled_unapplied;
 pub mod snapshot;
+mod stats;
 mod streams;
 pub mod tenants;
 pub mod tokens;

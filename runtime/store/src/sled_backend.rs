@@ -276,11 +276,18 @@ fn sync(
         let Ok((covered, group)) = applied.recv() else {
             break;
         };
+        let started = std::time::Instant::now();
         let result = db
             .flush()
             .map(|_| ())
             .map_err(backend_error)
             .and_then(|()| data_file.sync_data().map_err(backend_error));
+        let metrics = crate::stats::metrics();
+        metrics
+            .sync_seconds
+            .observe(started.elapsed().as_secs_f64());
+        metrics.syncs.inc();
+        metrics.group_commits.observe(group.len() as f64);
         if let Err(error) = &result {
             fail_stop(error, group, &durable);
         }
@@ -506,9 +513,14 @@ impl Backend for SledBackend {
             Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
             None => Err(()),
         };
+        let made = std::time::Instant::now();
         Box::pin(async move {
             sent.map_err(|_| StoreError::Closed)?;
-            done.await.map_err(|_| StoreError::Closed)?
+            let result = done.await.map_err(|_| StoreError::Closed)?;
+            crate::stats::metrics()
+                .commit_seconds
+                .observe(made.elapsed().as_secs_f64());
+            result
         })
     }
 

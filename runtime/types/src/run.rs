@@ -94,6 +94,23 @@ pub struct Attempt {
     pub logs_dropped: u64,
 }
 
+impl Attempt {
+    /// Attempt `number`, starting now on `machine`: not ended, no logs.
+    pub fn started(number: u32, machine: Machine, started_at: Timestamp) -> Self {
+        Attempt {
+            number,
+            machine,
+            started_at,
+            finished_at: None,
+            outcome: None,
+            error: None,
+            usage_ms: 0,
+            logs: Vec::new(),
+            logs_dropped: 0,
+        }
+    }
+}
+
 /// Log lines a slice of an attempt wrote, and how many it dropped past the
 /// attempt's caps.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

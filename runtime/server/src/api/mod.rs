@@ -14,6 +14,7 @@ mod batches;
 mod deployments;
 mod envvars;
 mod error;
+mod metrics;
 mod openapi;
 mod packets;
 mod projects;
@@ -115,7 +116,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
         .route_layer(axum::middleware::from_fn_with_state(
             hub.clone(),
             access::authenticate,
-        ));
+        ))
+        .route_layer(axum::middleware::from_fn(metrics::count));
+    let open = open.route_layer(axum::middleware::from_fn(metrics::count));
     open.merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })
         .layer(axum::middleware::from_fn_with_state(hub.clone(), settle))

@@ -7,7 +7,8 @@
 
 use super::{
     MAX_BUNDLE_BYTES, MAX_TRIGGER_BYTES, annotations, auth_tokens, batches, deployments, envvars,
-    packets, projects, queues, realtime, realtime_streams, run_list, runs, schedules, tokens,
+    metrics, packets, projects, queues, realtime, realtime_streams, run_list, runs, schedules,
+    tokens,
 };
 use crate::environments::Hub;
 use crate::executor::TokenOptions;
@@ -143,6 +144,13 @@ fn build() -> Vec<Route> {
         route("GET", "/healthz", Anyone, "Liveness", || {
             get(|| async { "ok" })
         }),
+        route(
+            "GET",
+            "/metrics",
+            Admin,
+            "Runs, queues, attempts, snapshots, the store and HTTP requests, in Prometheus's text format",
+            || get(metrics::serve),
+        ),
         route(
             "GET",
             "/api/openapi.json",

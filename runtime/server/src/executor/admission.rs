@@ -336,6 +336,7 @@ impl Executor {
         now: Timestamp,
     ) {
         batch.put_new_run(run);
+        crate::metrics::observe_run(None, run);
         if let Some(window) = &run.debounce {
             batch.put_debounce(&run.task_id, &window.key, &run.id);
         }

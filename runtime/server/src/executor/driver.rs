@@ -204,6 +204,7 @@ impl<'a> Slice<'a> {
                 attempt: self.attempt_no,
             });
         }
+        let restoring = std::time::Instant::now();
         let mut image = None;
         if self.resumed {
             // Reading, verifying, decompressing and composing the layers
@@ -298,6 +299,9 @@ impl<'a> Slice<'a> {
                 if let Err(trap) = attempt.restore(image).await {
                     return Err(format!("restoring the run's snapshot failed: {trap}"));
                 }
+                crate::metrics::metrics()
+                    .snapshot_restore_seconds
+                    .observe(restoring.elapsed().as_secs_f64());
                 None
             }
             None => Some(attempt.start(&self.start_context()?).await),
@@ -587,6 +591,7 @@ impl<'a> Slice<'a> {
     /// with its timers, in one commit.
     async fn suspend(&mut self, mut attempt: Attempt) -> Result<End, String> {
         let shared = &self.executor.shared;
+        let capturing = std::time::Instant::now();
         let image = match attempt.capture().await {
             Ok(image) => image,
             Err(trap) => {
@@ -635,6 +640,11 @@ impl<'a> Slice<'a> {
         .map_err(|e| format!("taking the snapshot failed: {e}"))?;
         let bytes = bytes.map_err(|e| e.to_string())?;
         let stored_bytes = bytes.len() as u64;
+        let metrics = crate::metrics::metrics();
+        metrics
+            .snapshot_capture_seconds
+            .observe(capturing.elapsed().as_secs_f64());
+        metrics.snapshot_bytes.observe(stored_bytes as f64);
 
         let mut batch = Batch::default();
         if kind == LayerKind::Full {

@@ -10,6 +10,7 @@
 //! cancel children.
 
 use super::{Executor, waits};
+use crate::metrics::Before;
 use kiln_engine::cursor::{self, Cursor};
 use kiln_engine::{Command, EngineError, Input, Outcome, View, ViewError, ViewResult};
 use kiln_store::{Batch, Store, StoreError, TimerKey};
@@ -29,8 +30,20 @@ pub(crate) enum StepError {
     Store(#[from] StoreError),
 }
 
-/// The store, as the engine reads it.
-struct StoreView<'a>(&'a Store);
+/// The store, as the engine reads it; remembers what it read of each run,
+/// so the metrics can tell what a write changed.
+struct StoreView<'a>(&'a Store, std::cell::RefCell<Vec<(RunId, Before)>>);
+
+impl StoreView<'_> {
+    /// What the engine read of `run` first, before it decided.
+    fn before(&self, run: &RunId) -> Option<Before> {
+        self.1
+            .borrow()
+            .iter()
+            .find(|(id, _)| id == run)
+            .map(|(_, before)| *before)
+    }
+}
 
 fn view_error(error: StoreError) -> ViewError {
     ViewError(error.to_string())
@@ -38,7 +51,13 @@ fn view_error(error: StoreError) -> ViewError {
 
 impl View for StoreView<'_> {
     fn run(&self, id: &RunId) -> ViewResult<Option<Run>> {
-        self.0.run(id).map_err(view_error)
+        let run = self.0.run(id).map_err(view_error)?;
+        if let Some(run) = &run
+            && self.before(id).is_none()
+        {
+            self.1.borrow_mut().push((id.clone(), Before::of(run)));
+        }
+        Ok(run)
     }
 
     fn outcome(&self, run: &Run) -> ViewResult<RunOutcome> {
@@ -143,7 +162,13 @@ impl Executor {
             .gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let applied = kiln_engine::apply(&StoreView(store), input, Timestamp::now())?;
+        let view = StoreView(store, Default::default());
+        let applied = kiln_engine::apply(&view, input, Timestamp::now())?;
+        for command in &applied.commands {
+            if let Command::PutRun(run) = command {
+                crate::metrics::observe_run(view.before(&run.id), run);
+            }
+        }
         let mut batch = extra;
         let timers = write(&mut batch, &applied.commands);
         let commit = (!batch.is_empty()).then(|| store.commit(batch));

@@ -7,6 +7,7 @@
 
 use super::Executor;
 use crate::deployments::Deployed;
+use crate::metrics::Before;
 use crate::trigger::TriggerOptions;
 use kiln_store::Batch;
 use kiln_types::{RunError, RunStatus, Timestamp};
@@ -97,6 +98,7 @@ impl Executor {
                         made.expired_at = Some(now);
                         made.finished_at = Some(now);
                         batch.put_run(&made);
+                        crate::metrics::observe_run(Some(Before::of(&run)), &made);
                         None
                     } else {
                         Self::stage_new(&mut batch, &made, None, now);
@@ -116,6 +118,7 @@ impl Executor {
                     failed.updated_at = now;
                     failed.finished_at = Some(now);
                     batch.put_run(&failed);
+                    crate::metrics::observe_run(Some(Before::of(&run)), &failed);
                     None
                 }
             };

@@ -159,6 +159,7 @@ impl Schedules {
             return Ok(None);
         };
         batch.put_new_run(&run);
+        crate::metrics::observe_run(None, &run);
         batch.put_occurrence(&schedule.id, occurrence, schedule.last_timestamp, &run.id);
         Ok(Some(run))
     }
