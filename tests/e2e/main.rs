@@ -9,6 +9,7 @@ mod batches;
 mod budgets;
 mod child_keys;
 mod children;
+mod dashboard;
 mod delays;
 mod deploy;
 mod durable;

@@ -13,6 +13,15 @@ pub enum Op {
     Delete(Vec<u8>),
 }
 
+/// Which way a range scan walks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Order {
+    /// From the first key up.
+    Ascending,
+    /// From the last key down.
+    Descending,
+}
+
 /// A commit in flight: resolves once its writes are durable.
 pub type Commit = Pin<Box<dyn Future<Output = Result<()>> + Send>>;
 
@@ -24,9 +33,35 @@ pub trait Backend: Send + Sync + 'static {
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
 
+    /// Every entry with `start <= key < end`, in `order`, at most `limit`.
+    fn scan_range_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+
     /// Every entry with `start <= key < end`, in key order, at most `limit`.
-    fn scan_range(&self, start: &[u8], end: &[u8], limit: usize)
-    -> Result<Vec<(Vec<u8>, Vec<u8>)>>;
+    fn scan_range(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_range_in(start, end, limit, Order::Ascending)
+    }
+
+    /// Every entry with `start <= key < end`, the last first, at most
+    /// `limit`: a page of the newest runs, whose ids sort by creation time.
+    fn scan_range_rev(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        self.scan_range_in(start, end, limit, Order::Descending)
+    }
 
     /// The last entry whose key starts with `prefix`.
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>>;

@@ -39,7 +39,7 @@ pub mod tenants;
 pub mod tokens;
 mod wakes;
 
-pub use backend::{Backend, Commit, Op};
+pub use backend::{Backend, Commit, Op, Order};
 pub use blobs::{INLINE_LIMIT, Packet};
 pub use children::{BatchItemError, BatchKey, BatchRecord, Waiter};
 pub use envvars::EnvVar;

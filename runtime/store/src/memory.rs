@@ -1,7 +1,7 @@
 //! An in-memory backend for tests: commits apply at once.
 
 use crate::Result;
-use crate::backend::{Backend, Commit, Op};
+use crate::backend::{Backend, Commit, Op, Order};
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 
@@ -38,18 +38,23 @@ impl Backend for MemoryBackend {
             .collect())
     }
 
-    fn scan_range(
+    fn scan_range_in(
         &self,
         start: &[u8],
         end: &[u8],
         limit: usize,
+        order: Order,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if start >= end {
             return Ok(Vec::new());
         }
-        Ok(self
-            .map()
-            .range(start.to_vec()..end.to_vec())
+        let map = self.map();
+        let range = map.range(start.to_vec()..end.to_vec());
+        let entries: Box<dyn Iterator<Item = (&Vec<u8>, &Vec<u8>)>> = match order {
+            Order::Ascending => Box::new(range),
+            Order::Descending => Box::new(range.rev()),
+        };
+        Ok(entries
             .take(limit)
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect())

@@ -5,7 +5,7 @@
 //! database, one committer and one group commit.
 
 use crate::Result;
-use crate::backend::{Backend, Commit, Op};
+use crate::backend::{Backend, Commit, Op, Order};
 use std::sync::Arc;
 
 /// A backend whose keys all live under `prefix` in `inner`.
@@ -62,16 +62,19 @@ impl Backend for PrefixedBackend {
         Ok(self.strip(self.inner.scan_prefix(&self.outer(prefix))?))
     }
 
-    fn scan_range(
+    fn scan_range_in(
         &self,
         start: &[u8],
         end: &[u8],
         limit: usize,
+        order: Order,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        Ok(self.strip(
-            self.inner
-                .scan_range(&self.outer(start), &self.outer(end), limit)?,
-        ))
+        Ok(self.strip(self.inner.scan_range_in(
+            &self.outer(start),
+            &self.outer(end),
+            limit,
+            order,
+        )?))
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {

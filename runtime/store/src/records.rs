@@ -570,6 +570,21 @@ impl Store {
             .collect()
     }
 
+    /// At most `limit` runs, newest first, all older than `older_than` when
+    /// it is given: one page of a listing, read from the run keys alone
+    /// (ids sort by creation time), however many runs are stored.
+    pub fn runs_newest(&self, older_than: Option<&RunId>, limit: usize) -> Result<Vec<Run>> {
+        let end = match older_than {
+            Some(id) => key(RUN, id.as_str().as_bytes()),
+            None => crate::sled_unapplied::prefix_end(RUN).unwrap_or_default(),
+        };
+        self.backend
+            .scan_range_rev(RUN, &end, limit)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
     /// Every run that is queued or executing, in id (creation) order. Reads
     /// only that index, not every run.
     pub fn active_runs(&self) -> Result<Vec<Run>> {

@@ -31,9 +31,9 @@
 //!   written after it could be acknowledged truthfully, since what the
 //!   failed flush covered may be lost and later flushes cannot tell.
 
-use crate::backend::{Backend, Commit, Op};
+use crate::backend::{Backend, Commit, Op, Order};
 use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, resolve, segment_size};
-use crate::sled_unapplied::{Entry, Unapplied, merge, prefix_end};
+use crate::sled_unapplied::{Entry, Unapplied, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock, mpsc};
@@ -444,22 +444,28 @@ impl Backend for SledBackend {
         merge(tree, unapplied).collect()
     }
 
-    fn scan_range(
+    fn scan_range_in(
         &self,
         start: &[u8],
         end: &[u8],
         limit: usize,
+        order: Order,
     ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         if start >= end {
             return Ok(Vec::new());
         }
         let _reading = self.reading();
         let unapplied = lock(&self.writer.unapplied).range(start, Some(end));
-        let tree = self
-            .tree
-            .range(start..end)
-            .filter_map(|entry| self.entry(entry).transpose());
-        merge(tree, unapplied).take(limit).collect()
+        let entries = self.tree.range(start..end);
+        let resolved = |entry| self.entry(entry).transpose();
+        match order {
+            Order::Ascending => merge(entries.filter_map(resolved), unapplied)
+                .take(limit)
+                .collect(),
+            Order::Descending => merge_rev(entries.rev().filter_map(resolved), unapplied)
+                .take(limit)
+                .collect(),
+        }
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {

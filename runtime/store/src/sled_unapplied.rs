@@ -166,12 +166,32 @@ where
     Merge {
         tree: tree.peekable(),
         unapplied: unapplied.into_iter().peekable(),
+        reverse: false,
+    }
+}
+
+/// [`merge`] walking backwards: the tree's entries and the unapplied
+/// writes both in reverse key order, merged in reverse key order.
+pub(crate) fn merge_rev<I>(
+    tree: I,
+    mut unapplied: Vec<Written>,
+) -> impl Iterator<Item = Result<Entry>>
+where
+    I: Iterator<Item = Result<Entry>>,
+{
+    unapplied.reverse();
+    Merge {
+        tree: tree.peekable(),
+        unapplied: unapplied.into_iter().peekable(),
+        reverse: true,
     }
 }
 
 struct Merge<I: Iterator<Item = Result<Entry>>, U: Iterator<Item = Written>> {
     tree: std::iter::Peekable<I>,
     unapplied: std::iter::Peekable<U>,
+    /// Both sides come in reverse key order.
+    reverse: bool,
 }
 
 impl<I, U> Iterator for Merge<I, U>
@@ -188,7 +208,10 @@ where
                 (Some(Err(_)), _) => return self.tree.next(),
                 (Some(Ok(_)), None) => return self.tree.next(),
                 (None, Some(_)) => std::cmp::Ordering::Greater,
-                (Some(Ok((t, _))), Some((u, _))) => t.as_slice().cmp(u.as_slice()),
+                (Some(Ok((t, _))), Some((u, _))) => {
+                    let order = t.as_slice().cmp(u.as_slice());
+                    if self.reverse { order.reverse() } else { order }
+                }
             };
             match order {
                 std::cmp::Ordering::Less => return self.tree.next(),
@@ -246,6 +269,10 @@ mod tests {
         let tree = entries(&[("a", "t"), ("b", "old"), ("c", "t"), ("d", "t")]);
         let merged = merge(tree.into_iter(), u.range(b"", None));
         assert_eq!(keys(merged), ["a=t", "b=new", "d=t", "e=1"]);
+        let mut backwards = entries(&[("a", "t"), ("b", "old"), ("c", "t"), ("d", "t")]);
+        backwards.reverse();
+        let merged = merge_rev(backwards.into_iter(), u.range(b"", None));
+        assert_eq!(keys(merged), ["e=1", "d=t", "b=new", "a=t"]);
     }
 
     #[test]

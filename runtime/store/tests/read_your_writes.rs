@@ -84,6 +84,11 @@ async fn reads_see_commits_before_they_are_applied() {
             model.scan_range(&probe, &end, limit).unwrap(),
             "scan_range {round}"
         );
+        assert_eq!(
+            sled.scan_range_rev(&probe, &end, limit).unwrap(),
+            model.scan_range_rev(&probe, &end, limit).unwrap(),
+            "scan_range_rev {round}"
+        );
     }
     for commit in pending {
         commit.await.unwrap();

@@ -103,6 +103,33 @@ async fn runs_keep_the_active_index(store: &Store) {
     );
 }
 
+async fn runs_page_newest_first(store: &Store) {
+    let ids: Vec<RunId> = (0..7u64).map(|n| RunId::generate(1_000 + n)).collect();
+    for id in &ids {
+        let mut made = run(RunStatus::Queued);
+        made.id = id.clone();
+        store.put_run(&made).await.unwrap();
+    }
+    let page = |older: Option<&RunId>, limit| -> Vec<RunId> {
+        store
+            .runs_newest(older, limit)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(
+        page(None, 3),
+        vec![ids[6].clone(), ids[5].clone(), ids[4].clone()]
+    );
+    assert_eq!(
+        page(Some(&ids[4]), 3),
+        vec![ids[3].clone(), ids[2].clone(), ids[1].clone()]
+    );
+    assert_eq!(page(Some(&ids[1]), 3), vec![ids[0].clone()]);
+    assert_eq!(page(Some(&ids[0]), 3), Vec::<RunId>::new());
+}
+
 async fn paused_queues_are_kept(store: &Store) {
     let mut batch = Batch::default();
     batch.set_queue_paused("emails", true);
@@ -694,6 +721,7 @@ async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     sealed_snapshot_layers(make()).await;
     timers_by_due_time(&Store::new(make())).await;
     paused_queues_are_kept(&Store::new(make())).await;
+    runs_page_newest_first(&Store::new(make())).await;
     concurrent_commits_all_land(make()).await;
 }
 

@@ -11,6 +11,7 @@ mod access;
 mod annotations;
 mod auth_tokens;
 mod batches;
+mod dashboard;
 mod deployments;
 mod envvars;
 mod error;
@@ -118,7 +119,9 @@ pub fn router(hub: Arc<Hub>) -> Router {
             access::authenticate,
         ))
         .route_layer(axum::middleware::from_fn(metrics::count));
-    let open = open.route_layer(axum::middleware::from_fn(metrics::count));
+    let open = open
+        .merge(dashboard::router())
+        .route_layer(axum::middleware::from_fn(metrics::count));
     open.merge(authed)
         .fallback(|| async { ApiError::not_found("No such route") })
         .layer(axum::middleware::from_fn_with_state(hub.clone(), settle))

@@ -1,0 +1,175 @@
+//! The web dashboard: signing in, paging and filtering runs, a run's page,
+//! and, in a real browser (Debian's chromium driven by playwright-core from
+//! `tests/sdk`), cancelling a waiting run and seeing it change live.
+
+use crate::harness::{KEY, Kiln, data_dir};
+use serde_json::json;
+use std::path::PathBuf;
+
+/// A client that keeps no cookies and follows no redirects, to see what the
+/// server answers.
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+fn session() -> String {
+    format!("kiln_key={KEY}")
+}
+
+async fn page(kiln: &Kiln, path: &str) -> (u16, String) {
+    let response = client()
+        .get(format!("{}{path}", kiln.url))
+        .header("cookie", session())
+        .send()
+        .await
+        .expect("the server answers");
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+/// The run ids a runs page links to, in order.
+fn linked_runs(html: &str) -> Vec<String> {
+    html.split("<td><a href=\"/runs/")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .map(String::from)
+        .collect()
+}
+
+#[tokio::test]
+async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let mut ids = Vec::new();
+    for n in 0..30 {
+        ids.push(
+            kiln.trigger_ok("hello-world", json!({ "name": format!("n{n}") }))
+                .await,
+        );
+    }
+    for id in &ids {
+        kiln.finished(id).await;
+    }
+
+    // Signed out: every page sends you to sign in; a wrong key is refused.
+    let response = client()
+        .get(format!("{}/runs", kiln.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 303);
+    assert_eq!(response.headers()["location"], "/login");
+    let refused = client()
+        .post(format!("{}/login", kiln.url))
+        .body("key=tr_dev_sk_wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 200);
+    assert!(refused.text().await.unwrap().contains("not an API key"));
+    let signed_in = client()
+        .post(format!("{}/login", kiln.url))
+        .body(format!("key={KEY}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(signed_in.status(), 303);
+    let cookie = signed_in.headers()["set-cookie"].to_str().unwrap();
+    assert!(cookie.starts_with(&session()), "{cookie}");
+    assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
+
+    // 25 runs a page, newest first; the next page starts after the last.
+    let (status, first) = page(&kiln, "/runs").await;
+    assert_eq!(status, 200);
+    let newest: Vec<String> = ids.iter().rev().cloned().collect();
+    assert_eq!(linked_runs(&first), newest[..25]);
+    let older = format!("/runs?older={}", newest[24]);
+    assert!(first.contains(&older), "the first page links to the next");
+    let (_, second) = page(&kiln, &older).await;
+    assert_eq!(linked_runs(&second), newest[25..]);
+    // Filters select as the API's do.
+    let (_, none) = page(&kiln, "/runs?status=FAILED").await;
+    assert!(linked_runs(&none).is_empty() && none.contains("No runs match"));
+    let (_, by_task) = page(&kiln, "/runs?task=hello-world&status=COMPLETED").await;
+    assert_eq!(linked_runs(&by_task).len(), 25);
+
+    // A run's page shows its output, logs and journal.
+    let (status, run) = page(&kiln, &format!("/runs/{}", ids[0])).await;
+    assert_eq!(status, 200);
+    assert!(run.contains("Hello, n0!"), "the output is shown");
+    assert!(run.contains("greeting"), "the log line is shown");
+    assert!(run.contains("attempt started") && run.contains("attempt ended"));
+
+    // Bad input gets a clear page, not a crash.
+    let (status, bad) = page(&kiln, "/runs?status=NOPE").await;
+    assert_eq!(status, 400);
+    assert!(bad.contains("not a run status"));
+    let (status, _) = page(&kiln, "/runs/run_doesnotexist").await;
+    assert_eq!(status, 404);
+    let (status, _) = page(&kiln, "/runs?older=%3Cscript%3E").await;
+    assert_eq!(status, 400);
+}
+
+/// The compatibility package, where playwright-core is installed.
+fn node_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/sdk")
+}
+
+#[tokio::test]
+async fn in_a_browser_a_waiting_run_is_canceled_and_changes_live() {
+    let node = node_dir();
+    assert!(
+        node.join("node_modules/playwright-core/package.json")
+            .exists(),
+        "playwright-core is not installed in {}: run scripts/sdk-deps (the test command does)",
+        node.display()
+    );
+    assert!(
+        std::path::Path::new("/usr/bin/chromium").exists(),
+        "Debian's chromium is not installed: run scripts/browser-deps (the test command does)"
+    );
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--warm-wait-ms", "0"]);
+    kiln.deploy(kiln_fixtures::COUNTDOWN).await;
+    let done = kiln
+        .trigger_ok("countdown", json!({"steps": 1, "wait_ms": 10}))
+        .await;
+    assert_eq!(kiln.finished(&done).await["status"], "COMPLETED");
+    let waiting = kiln
+        .trigger_ok("countdown", json!({"steps": 2, "wait_ms": 600_000}))
+        .await;
+    kiln.until_status(&waiting, "WAITING").await;
+
+    // `KILN_WRITE_SCREENSHOTS=1` keeps the screenshots in `docs/`.
+    let keep = std::env::var_os("KILN_WRITE_SCREENSHOTS").is_some();
+    let scratch = tempfile::tempdir().unwrap();
+    let shots = if keep {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../docs/screenshots")
+    } else {
+        scratch.path().to_path_buf()
+    };
+    std::fs::create_dir_all(&shots).unwrap();
+    let shots_dir = shots.to_string_lossy().into_owned();
+    crate::sdk::node(
+        &kiln,
+        "dashboard.mjs",
+        KEY,
+        &[
+            ("WAITING_RUN", waiting.as_str()),
+            ("DONE_RUN", done.as_str()),
+            ("SCREENSHOTS", shots_dir.as_str()),
+        ],
+    );
+    for shot in ["runs.png", "run.png", "queues.png"] {
+        let bytes = std::fs::read(shots.join(shot)).expect("a screenshot");
+        assert!(bytes.starts_with(b"\x89PNG"), "{shot} is a PNG");
+    }
+    // What the browser saw is what the API says.
+    assert_eq!(kiln.run(&waiting).await["status"], "CANCELED");
+}
