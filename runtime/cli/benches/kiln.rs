@@ -42,16 +42,20 @@
 //!   the store's size before and after 100,000 runs expire;
 //! - secrets: sealing and opening snapshot layers (in `snapshot`), reading
 //!   an environment variable and sealing it for the journal, and masking
-//!   secrets from a log line.
+//!   secrets from a log line;
+//! - dashboard: each dashboard page's time to the last byte with 100,000
+//!   runs stored.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `engine`, `sandbox`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `engine`, `dashboard`, `sandbox`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
+#[path = "support/dashboard.rs"]
+mod dashboard;
 #[path = "support/engine.rs"]
 mod engine;
 #[path = "support/queues.rs"]
@@ -129,6 +133,9 @@ fn main() {
     }
     if selected("runs") {
         runtime.block_on(runs::runs_bench());
+    }
+    if selected("dashboard") {
+        runtime.block_on(dashboard::dashboard_bench(100_000));
     }
     if selected("engine") {
         runtime.block_on(engine::engine_bench());
