@@ -18,6 +18,7 @@ mod examples;
 mod fetch;
 mod fuzz;
 mod hooks;
+mod init;
 mod leaks;
 mod limits;
 mod local;

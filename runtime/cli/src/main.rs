@@ -24,6 +24,8 @@ struct Cli {
 enum Command {
     /// Run the server.
     Serve(commands::serve::Args),
+    /// Make a new bundle crate with an example task, anywhere on disk.
+    Init(commands::init::Args),
     /// Build a guest crate into a component bundle.
     Build(commands::build::Args),
     /// Deploy a bundle as the new version.
@@ -56,6 +58,7 @@ fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Build(args) => commands::build::run(args),
+        Command::Init(args) => commands::init::run(args),
         command => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
@@ -72,7 +75,7 @@ fn main() -> std::process::ExitCode {
                         Command::Projects(command) => commands::projects::projects(command).await,
                         Command::Keys(command) => commands::projects::keys(command).await,
                         Command::Env(command) => commands::env::run(command).await,
-                        Command::Build(_) => unreachable!("handled above"),
+                        Command::Build(_) | Command::Init(_) => unreachable!("handled above"),
                     }
                 })
             }),

@@ -3,6 +3,7 @@
 pub mod build;
 pub mod deploy;
 pub mod env;
+pub mod init;
 pub mod projects;
 pub mod queues;
 pub mod runs;

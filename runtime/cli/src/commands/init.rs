@@ -1,0 +1,247 @@
+//! `kiln init NAME`: a new bundle crate, anywhere on disk, that builds
+//! without Kiln's repository.
+//!
+//! The `kiln` binary carries the guest SDK's sources of its own version
+//! (packed by `build.rs`). `init` writes them once to
+//! `$KILN_HOME/sdk/<version>` (`~/.kiln` unless `KILN_HOME` says otherwise)
+//! and points the new crate's `kiln-sdk` dependency at them; the crate gets
+//! one example task, a unit test, the toolchain file that brings the
+//! `wasm32-unknown-unknown` target, and the dependency versions Kiln's own
+//! bundles are tested with (its `Cargo.lock`).
+
+use anyhow::{Context, bail};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+mod sdk {
+    include!(concat!(env!("OUT_DIR"), "/sdk_files.rs"));
+}
+
+/// The toolchain Kiln is built and tested with, with the guest target.
+const TOOLCHAIN: &str = include_str!("../../../../rust-toolchain.toml");
+
+/// The dependency versions Kiln's own bundles are built and tested with:
+/// the new crate starts from them (cargo drops what it does not use).
+const LOCK: &str = include_str!("../../../../Cargo.lock");
+
+/// Make a new bundle crate with an example task.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The crate's name and directory (created; must not exist or be
+    /// empty). The example task's id is the name too.
+    name: PathBuf,
+}
+
+/// Whether `name` is a crate name and a task id Kiln takes: a letter, then
+/// letters, digits, `-` and `_`, at most 64.
+fn valid_name(name: &str) -> bool {
+    name.len() <= 64
+        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// Where the guest SDK of this version lives: written there on first use.
+fn sdk_home() -> anyhow::Result<PathBuf> {
+    let home = match std::env::var_os("KILN_HOME") {
+        Some(home) => PathBuf::from(home),
+        None => std::env::var_os("HOME")
+            .map(|home| PathBuf::from(home).join(".kiln"))
+            .context(
+                "neither KILN_HOME nor HOME is set: say where the guest SDK goes with KILN_HOME",
+            )?,
+    };
+    Ok(home.join("sdk").join(env!("CARGO_PKG_VERSION")))
+}
+
+/// Writes the SDK's files under `dir` unless a complete copy is there:
+/// into a fresh directory beside it, renamed into place at the end, so a
+/// copy cut short is never used.
+fn install_sdk(dir: &Path) -> anyhow::Result<()> {
+    let complete = dir.join(".complete");
+    if complete.exists() {
+        return Ok(());
+    }
+    let parent = dir.parent().context("the SDK directory has a parent")?;
+    std::fs::create_dir_all(parent).with_context(|| format!("creating {}", parent.display()))?;
+    let staging = parent.join(format!(".staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    for (path, text) in sdk::FILES {
+        let file = staging.join(path);
+        if let Some(folder) = file.parent() {
+            std::fs::create_dir_all(folder)?;
+        }
+        std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
+    }
+    std::fs::write(staging.join(".complete"), "")?;
+    match std::fs::rename(&staging, dir) {
+        Ok(()) => Ok(()),
+        // Another `kiln init` finished first: its copy is the same.
+        Err(_) if complete.exists() => {
+            let _ = std::fs::remove_dir_all(&staging);
+            Ok(())
+        }
+        Err(e) => {
+            let _ = std::fs::remove_dir_all(dir);
+            std::fs::rename(&staging, dir)
+                .with_context(|| format!("moving the SDK into {}: {e}", dir.display()))
+        }
+    }
+}
+
+fn cargo_toml(name: &str, sdk: &Path) -> String {
+    let kiln_sdk = sdk.join("guest-sdk").join("kiln-sdk");
+    format!(
+        r#"[package]
+name = "{name}"
+version = "0.1.0"
+edition = "2024"
+publish = false
+
+[lib]
+# `cdylib` is the bundle `kiln build` makes; `rlib` lets `cargo test` run.
+crate-type = ["cdylib", "rlib"]
+
+[dependencies]
+# The guest SDK of Kiln {version}, written there by `kiln init`.
+kiln-sdk = {{ path = {path:?} }}
+serde = {{ version = "1", features = ["derive"] }}
+serde_json = "1"
+schemars = "1"
+
+# A crate of its own, even inside another workspace.
+[workspace]
+"#,
+        version = env!("CARGO_PKG_VERSION"),
+        path = kiln_sdk.to_string_lossy(),
+    )
+}
+
+fn lib_rs(name: &str) -> String {
+    let function = name.replace('-', "_");
+    format!(
+        r#"//! The `{name}` bundle: its tasks, built with `kiln build` and deployed
+//! with `kiln deploy`.
+
+use kiln_sdk::{{Context, TaskError, task}};
+use schemars::JsonSchema;
+use serde::{{Deserialize, Serialize}};
+
+/// What the task is triggered with (its JSON Schema is checked at trigger
+/// time).
+#[derive(Debug, Deserialize, JsonSchema)]
+pub struct Hello {{
+    /// Who to greet.
+    pub name: String,
+}}
+
+/// What the task returns.
+#[derive(Debug, Serialize)]
+pub struct Greeting {{
+    /// The greeting.
+    pub message: String,
+}}
+
+/// The greeting for `name`.
+pub fn greeting(name: &str) -> String {{
+    format!("Hello, {{name}}!")
+}}
+
+/// Greets, and logs whom.
+#[task(id = "{name}")]
+pub async fn {function}(payload: Hello, ctx: &Context) -> Result<Greeting, TaskError> {{
+    ctx.log.info("greeting", &[("name", &payload.name)]);
+    Ok(Greeting {{
+        message: greeting(&payload.name),
+    }})
+}}
+
+kiln_sdk::bundle!({function});
+
+#[cfg(test)]
+mod tests {{
+    #[test]
+    fn greets_by_name() {{
+        assert_eq!(super::greeting("Ada"), "Hello, Ada!");
+    }}
+}}
+"#
+    )
+}
+
+/// Makes the crate.
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let dir = args.name;
+    let name = dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .map(str::to_string)
+        .unwrap_or_default();
+    if !valid_name(&name) {
+        bail!(
+            "`{name}` cannot name a bundle: use a letter, then letters, digits, `-` and `_` (64 at most)"
+        );
+    }
+    if dir.exists()
+        && std::fs::read_dir(&dir)
+            .map(|mut entries| entries.next().is_some())
+            .unwrap_or(true)
+    {
+        bail!("{} already exists and is not empty", dir.display());
+    }
+    let sdk = sdk_home()?;
+    install_sdk(&sdk)?;
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    std::fs::write(dir.join("Cargo.toml"), cargo_toml(&name, &sdk))?;
+    std::fs::write(dir.join("src/lib.rs"), lib_rs(&name))?;
+    std::fs::write(dir.join("rust-toolchain.toml"), TOOLCHAIN)?;
+    std::fs::write(dir.join("Cargo.lock"), LOCK)?;
+    std::fs::write(dir.join(".gitignore"), "/target\n")?;
+    println!(
+        "Created the bundle crate {} with the task `{name}`.",
+        dir.display()
+    );
+    println!(
+        "  kiln build {}            # prints the bundle's path last",
+        dir.display()
+    );
+    println!("  kiln deploy <bundle>");
+    println!("  kiln trigger {name} --payload '{{\"name\":\"Ada\"}}' --wait");
+    Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_crate_names_and_task_ids() {
+        assert!(valid_name("hello"));
+        assert!(valid_name("my-task_2"));
+        assert!(!valid_name("2fast"));
+        assert!(!valid_name("has space"));
+        assert!(!valid_name(""));
+        assert!(!valid_name(&"a".repeat(65)));
+    }
+
+    #[test]
+    fn the_sdk_is_carried_whole_and_standalone() {
+        let paths: Vec<&str> = sdk::FILES.iter().map(|(p, _)| *p).collect();
+        for needed in [
+            "guest-sdk/kiln-sdk/Cargo.toml",
+            "guest-sdk/kiln-sdk/src/lib.rs",
+            "guest-sdk/kiln-sdk-macros/Cargo.toml",
+            "runtime/manifest/Cargo.toml",
+            "wit/kiln.wit",
+        ] {
+            assert!(paths.contains(&needed), "{needed} is carried");
+        }
+        for (path, text) in sdk::FILES {
+            if path.ends_with("Cargo.toml") {
+                assert!(!text.contains("workspace = true"), "{path}:\n{text}");
+            }
+        }
+    }
+}
