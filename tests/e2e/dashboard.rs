@@ -84,15 +84,29 @@ async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
     assert!(cookie.starts_with(&session()), "{cookie}");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
 
-    // 25 runs a page, newest first; the next page starts after the last.
+    // 25 runs a page, newest first (ids sort by creation time; runs made
+    // in the same millisecond sort by their ids' random part); the next
+    // page starts after the last, and the two hold every run once.
     let (status, first) = page(&kiln, "/runs").await;
     assert_eq!(status, 200);
-    let newest: Vec<String> = ids.iter().rev().cloned().collect();
-    assert_eq!(linked_runs(&first), newest[..25]);
-    let older = format!("/runs?older={}", newest[24]);
+    let first_ids = linked_runs(&first);
+    assert_eq!(first_ids.len(), 25);
+    assert!(first_ids.windows(2).all(|w| w[0] > w[1]), "{first_ids:?}");
+    let older = format!("/runs?older={}", first_ids[24]);
     assert!(first.contains(&older), "the first page links to the next");
     let (_, second) = page(&kiln, &older).await;
-    assert_eq!(linked_runs(&second), newest[25..]);
+    let second_ids = linked_runs(&second);
+    assert!(second_ids.windows(2).all(|w| w[0] > w[1]), "{second_ids:?}");
+    assert!(second_ids.iter().all(|id| *id < first_ids[24]));
+    assert!(
+        !second.contains("Older runs"),
+        "the last page links no further"
+    );
+    let mut all: Vec<String> = first_ids.into_iter().chain(second_ids).collect();
+    all.sort();
+    let mut made = ids.clone();
+    made.sort();
+    assert_eq!(all, made);
     // Filters select as the API's do.
     let (_, none) = page(&kiln, "/runs?status=FAILED").await;
     assert!(linked_runs(&none).is_empty() && none.contains("No runs match"));
@@ -106,7 +120,55 @@ async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
     assert!(run.contains("greeting"), "the log line is shown");
     assert!(run.contains("attempt started") && run.contains("attempt ended"));
 
+    // Tags filter, and what a trigger wrote is shown as text, never markup.
+    let tagged = kiln
+        .trigger_with(
+            "hello-world",
+            json!({"name": "tagged"}),
+            json!({"tags": ["<script>alert(1)</script>"]}),
+        )
+        .await;
+    kiln.finished(&tagged).await;
+    let (_, by_tag) = page(&kiln, "/runs?tag=%3Cscript%3Ealert(1)%3C%2Fscript%3E").await;
+    assert_eq!(linked_runs(&by_tag), std::slice::from_ref(&tagged));
+    assert!(!by_tag.contains("<script>alert"), "the tag is escaped");
+    assert!(by_tag.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
+
+    // Posts come only from the dashboard's own pages, with a session.
+    let cancel = format!("{}/runs/{tagged}/cancel", kiln.url);
+    let forged = client()
+        .post(&cancel)
+        .header("cookie", session())
+        .header("sec-fetch-site", "cross-site")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 403);
+    let signed_out = client().post(&cancel).send().await.unwrap();
+    assert_eq!(signed_out.status(), 401);
+    let own = client()
+        .post(&cancel)
+        .header("cookie", session())
+        .header("sec-fetch-site", "same-origin")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(own.status(), 303);
+    assert_eq!(own.headers()["x-frame-options"], "DENY");
+
     // Bad input gets a clear page, not a crash.
+    let response = client()
+        .get(format!("{}/runs?status=NOPE", kiln.url))
+        .header("cookie", session())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html")
+    );
     let (status, bad) = page(&kiln, "/runs?status=NOPE").await;
     assert_eq!(status, 400);
     assert!(bad.contains("not a run status"));

@@ -76,3 +76,82 @@ async fn a_crate_made_by_kiln_init_builds_deploys_and_runs() {
     let (status, body) = kiln.trigger("hello-init", json!({}), json!({})).await;
     assert_eq!(status, 422, "{body}");
 }
+
+/// The lines a `kiln dev` prints, read as they come.
+struct Lines(tokio::io::Lines<tokio::io::BufReader<tokio::process::ChildStdout>>);
+
+impl Lines {
+    /// Reads until a line that contains `text` (at most `secs` seconds);
+    /// returns everything read.
+    async fn until(&mut self, text: &str, secs: u64) -> String {
+        let mut seen = String::new();
+        let found = tokio::time::timeout(std::time::Duration::from_secs(secs), async {
+            while let Ok(Some(line)) = self.0.next_line().await {
+                seen.push_str(&line);
+                seen.push('\n');
+                if line.contains(text) {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(
+            found,
+            Ok(true),
+            "kiln dev never printed {text:?}; it printed:\n{seen}"
+        );
+        seen
+    }
+}
+
+#[tokio::test]
+async fn kiln_dev_deploys_a_new_crate_and_redeploys_it_on_every_save() {
+    use tokio::io::AsyncBufReadExt;
+    let scratch = tempfile::tempdir().unwrap();
+    let (dir, home) = (scratch.path().join("work"), scratch.path().join("home"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = kiln_in(&dir, &home, &["init", "hello-dev"]);
+    assert!(made.status.success(), "{}", text(&made));
+
+    let data = data_dir();
+    let kiln = Kiln::start(data.path());
+    let mut dev = tokio::process::Command::new(kiln_bin())
+        .args(["dev", "hello-dev"])
+        .current_dir(&dir)
+        .env("KILN_HOME", &home)
+        .env("KILN_API_URL", &kiln.url)
+        .env("KILN_SECRET_KEY", crate::harness::KEY)
+        .env(
+            "CARGO_TARGET_DIR",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/kiln-guests"),
+        )
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("kiln dev starts");
+    let mut lines = Lines(tokio::io::BufReader::new(dev.stdout.take().unwrap()).lines());
+    lines.until("Deployed version", 600).await;
+    lines.until("watching", 30).await;
+
+    // A run shows up in the loop's output: its log line and its end.
+    let id = kiln.trigger_ok("hello-dev", json!({"name": "Ada"})).await;
+    assert_eq!(kiln.finished(&id).await["output"]["message"], "Hello, Ada!");
+    let printed = lines.until(&format!("{id}  output"), 30).await;
+    assert!(printed.contains("greeting name=Ada"), "{printed}");
+    assert!(
+        printed.contains(&format!("{id}  hello-dev  COMPLETED")),
+        "{printed}"
+    );
+
+    // Saving the task redeploys it.
+    let source = dir.join("hello-dev/src/lib.rs");
+    let code = std::fs::read_to_string(&source).unwrap();
+    assert!(code.contains("Hello, {name}!"));
+    std::fs::write(&source, code.replace("Hello, {name}!", "Hi, {name}!")).unwrap();
+    lines.until("a change; rebuilding", 30).await;
+    lines.until("Deployed version", 600).await;
+    let id = kiln.trigger_ok("hello-dev", json!({"name": "Ada"})).await;
+    assert_eq!(kiln.finished(&id).await["output"]["message"], "Hi, Ada!");
+    dev.kill().await.unwrap();
+}

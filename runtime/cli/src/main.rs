@@ -28,6 +28,9 @@ enum Command {
     Init(commands::init::Args),
     /// Build a guest crate into a component bundle.
     Build(commands::build::Args),
+    /// Build and deploy a crate, again on every change, and print its runs
+    /// as they happen.
+    Dev(commands::dev::Args),
     /// Deploy a bundle as the new version.
     Deploy(commands::deploy::Args),
     /// Trigger a run of a task.
@@ -68,6 +71,7 @@ fn main() -> std::process::ExitCode {
                     match command {
                         Command::Serve(args) => commands::serve::run(args).await,
                         Command::Deploy(args) => commands::deploy::run(args).await,
+                        Command::Dev(args) => commands::dev::run(args).await,
                         Command::Trigger(args) => commands::trigger::run(args).await,
                         Command::Runs(command) => commands::runs::run(command).await,
                         Command::Schedules(command) => commands::schedules::run(command).await,

@@ -30,6 +30,15 @@ pub fn print_run(run: &Value, json: bool) {
             error["message"].as_str().unwrap_or("")
         );
     }
+    for line in log_lines(run) {
+        println!("  {line}");
+    }
+}
+
+/// A run's log lines, every attempt's in order, as
+/// `[attempt 1] info  greeting name=Ada`.
+pub fn log_lines(run: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
     for attempt in run["attempts"].as_array().into_iter().flatten() {
         for log in attempt["logs"].as_array().into_iter().flatten() {
             let fields: Vec<String> = log["fields"]
@@ -38,15 +47,16 @@ pub fn print_run(run: &Value, json: bool) {
                 .flatten()
                 .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or_default()))
                 .collect();
-            println!(
-                "  [attempt {}] {:5} {} {}",
+            lines.push(format!(
+                "[attempt {}] {:5} {} {}",
                 attempt["number"],
                 log["level"].as_str().unwrap_or(""),
                 log["message"].as_str().unwrap_or(""),
                 fields.join(" ")
-            );
+            ));
         }
     }
+    lines
 }
 
 /// Success only for a completed run.

@@ -181,7 +181,13 @@ fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
 /// status it entered, an attempt that ended, a first attempt that started.
 pub(crate) fn observe_run(before: Option<Before>, run: &Run) {
     let m = metrics();
-    let task = run.task_id.as_str();
+    // A run waiting for a version may name any task at all: those share
+    // one series, so a caller cannot grow the page without bound.
+    let task = if run.status == RunStatus::PendingVersion {
+        "(undeployed)"
+    } else {
+        run.task_id.as_str()
+    };
     if before.map(|b| b.status) != Some(run.status) {
         m.runs.with_label_values(&[task, run.status.as_str()]).inc();
     }

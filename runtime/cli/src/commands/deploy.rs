@@ -23,16 +23,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.bundle)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.bundle.display()))?;
     let client = Client::from_env()?;
-    let path = if args.strict {
-        "/api/v1/deployments?strict=true"
-    } else {
-        "/api/v1/deployments"
-    };
-    let deployment = client.post_bytes(path, bytes).await?;
+    let deployment = upload(&client, bytes, args.strict).await?;
     if args.json {
         println!("{deployment}");
         return Ok(ExitCode::SUCCESS);
     }
+    print_deployment(&deployment);
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Deploys a bundle's bytes; `strict` refuses a bundle whose tasks need
+/// environment variables the environment does not set.
+pub async fn upload(
+    client: &Client,
+    bytes: Vec<u8>,
+    strict: bool,
+) -> anyhow::Result<serde_json::Value> {
+    let path = if strict {
+        "/api/v1/deployments?strict=true"
+    } else {
+        "/api/v1/deployments"
+    };
+    client.post_bytes(path, bytes).await
+}
+
+/// Prints what was deployed, and the server's warnings.
+pub fn print_deployment(deployment: &serde_json::Value) {
     let tasks: Vec<&str> = deployment["tasks"]
         .as_array()
         .map(|t| t.iter().filter_map(|t| t["id"].as_str()).collect())
@@ -47,5 +63,4 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     for warning in deployment["warnings"].as_array().into_iter().flatten() {
         eprintln!("warning: {}", warning.as_str().unwrap_or_default());
     }
-    Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 
 pub mod build;
 pub mod deploy;
+pub mod dev;
 pub mod env;
 pub mod init;
 pub mod projects;

@@ -27,6 +27,8 @@ pub(super) async fn stream(
         let (feed, store) = (feed.clone(), store.clone());
         async move {
             loop {
+                // Whatever arrives from here on wakes the next wait.
+                watch.mark_unchanged();
                 match feed.since(offset) {
                     Since::Changed { runs, until } => {
                         offset = until;
@@ -35,7 +37,9 @@ pub(super) async fn stream(
                             .filter_map(|id| store.run(id).ok().flatten())
                             .map(|run| json!({ "id": run.id, "status": run.status.as_str() }))
                             .collect();
-                        if !changed.is_empty() {
+                        // What an event shows is durable first, as every
+                        // answer is.
+                        if !changed.is_empty() && store.settled().await.is_ok() {
                             let event = Event::default()
                                 .event("runs")
                                 .data(json!(changed).to_string());

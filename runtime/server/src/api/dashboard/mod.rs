@@ -19,10 +19,12 @@ use super::ApiError;
 use crate::environments::{Hub, KeyLookup};
 use axum::Router;
 use axum::body::Bytes;
+use axum::extract::Request;
 use axum::extract::{FromRequestParts, State};
 use axum::http::header::{CACHE_CONTROL, CONTENT_TYPE, COOKIE, LOCATION, SET_COOKIE};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use std::sync::Arc;
@@ -51,6 +53,45 @@ pub(crate) fn router() -> Router<Arc<Hub>> {
             "/dashboard/assets/dashboard.css",
             get(|| async { asset("text/css", include_str!("assets/dashboard.css")) }),
         )
+        .route_layer(axum::middleware::from_fn(guard))
+}
+
+/// Refuses a form post that another origin sent (the browser says where a
+/// request came from in `Sec-Fetch-Site`, or in `Origin`); `SameSite`
+/// cookies alone would let another port of the same host post. Every
+/// answer may not be framed or sniffed.
+async fn guard(request: Request, next: Next) -> Response {
+    if request.method() != Method::GET && !same_origin(request.headers()) {
+        return (
+            StatusCode::FORBIDDEN,
+            "The dashboard takes form posts only from its own pages",
+        )
+            .into_response();
+    }
+    let mut response = next.run(request).await;
+    let headers = response.headers_mut();
+    headers.insert("x-frame-options", HeaderValue::from_static("DENY"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    response
+}
+
+/// Whether a request came from a page of this server: by `Sec-Fetch-Site`
+/// when the browser sends it, else by `Origin` against `Host`; a request
+/// with neither (not a browser's) passes, as it carries no ambient cookie
+/// a page could have borrowed.
+fn same_origin(headers: &HeaderMap) -> bool {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = value("sec-fetch-site") {
+        return site == "same-origin" || site == "none";
+    }
+    match (value("origin"), value("host")) {
+        (Some(origin), Some(host)) => origin.split_once("://").map(|(_, rest)| rest) == Some(host),
+        (Some(_), None) => false,
+        (None, _) => true,
+    }
 }
 
 fn asset(media: &'static str, body: &'static str) -> Response {
@@ -70,12 +111,24 @@ pub(super) fn redirect(to: &str) -> Response {
 /// session, pages redirect to the sign-in page.
 pub(crate) struct Session(pub(crate) super::AppState);
 
-/// Why a dashboard request has no session.
-pub(crate) struct SignIn;
+/// Why a dashboard request has no session: a page is sent to sign in; a
+/// form post or the event stream, which a script makes, gets a 401 it can
+/// tell from success.
+pub(crate) enum SignIn {
+    /// A page.
+    Page,
+    /// A post or the event stream.
+    Script,
+}
 
 impl IntoResponse for SignIn {
     fn into_response(self) -> Response {
-        redirect("/login")
+        match self {
+            SignIn::Page => redirect("/login"),
+            SignIn::Script => {
+                (StatusCode::UNAUTHORIZED, "Sign in to the dashboard again").into_response()
+            }
+        }
     }
 }
 
@@ -106,8 +159,15 @@ impl FromRequestParts<Arc<Hub>> for Session {
     type Rejection = SignIn;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, SignIn> {
-        let key = session_key(&parts.headers).ok_or(SignIn)?;
-        environment_of(hub, key).await.map(Session).ok_or(SignIn)
+        let refused = if parts.method == Method::GET && parts.uri.path() != "/events" {
+            SignIn::Page
+        } else {
+            SignIn::Script
+        };
+        let Some(key) = session_key(&parts.headers) else {
+            return Err(refused);
+        };
+        environment_of(hub, key).await.map(Session).ok_or(refused)
     }
 }
 
@@ -154,5 +214,41 @@ pub(super) fn error_page(error: ApiError) -> Response {
             html::esc(&error.message)
         ),
     );
-    (status, body).into_response()
+    (status, axum::response::Html(body)).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut map = HeaderMap::new();
+        for (k, v) in pairs {
+            map.insert(*k, HeaderValue::from_static(v));
+        }
+        map
+    }
+
+    #[test]
+    fn posts_from_other_origins_are_told_apart() {
+        assert!(same_origin(&headers(&[("sec-fetch-site", "same-origin")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "same-site")])));
+        assert!(!same_origin(&headers(&[("sec-fetch-site", "cross-site")])));
+        assert!(same_origin(&headers(&[
+            ("origin", "http://127.0.0.1:3030"),
+            ("host", "127.0.0.1:3030")
+        ])));
+        assert!(!same_origin(&headers(&[
+            ("origin", "http://127.0.0.1:8080"),
+            ("host", "127.0.0.1:3030")
+        ])));
+        assert!(same_origin(&headers(&[])));
+    }
+
+    #[test]
+    fn the_session_key_is_read_from_its_cookie() {
+        let h = headers(&[("cookie", "a=b; kiln_key=tr_dev_sk_x; c=d")]);
+        assert_eq!(session_key(&h), Some("tr_dev_sk_x"));
+        assert_eq!(session_key(&headers(&[("cookie", "a=b")])), None);
+    }
 }

@@ -71,6 +71,10 @@ impl Filter {
         })
     }
 
+    fn is_empty(&self) -> bool {
+        self.status.is_empty() && self.task.is_none() && self.tag.is_none()
+    }
+
     fn matches(&self, run: &Run) -> bool {
         (self.status.is_empty() || self.status.contains(&run.status))
             && self.task.as_ref().is_none_or(|t| run.task_id == *t)
@@ -105,18 +109,24 @@ fn page_of(
     let mut found = Vec::new();
     let mut cursor = older;
     let mut walked = 0;
+    // Unfiltered, a page and one more run (to know whether older ones
+    // exist) is all there is to read.
+    let chunk_size = if filter.is_empty() { PAGE + 1 } else { CHUNK };
     loop {
-        let chunk = store.runs_newest(cursor.as_ref(), CHUNK)?;
-        let exhausted = chunk.len() < CHUNK;
-        for run in chunk {
+        let chunk = store.runs_newest(cursor.as_ref(), chunk_size)?;
+        let exhausted = chunk.len() < chunk_size;
+        let read = chunk.len();
+        for (i, run) in chunk.into_iter().enumerate() {
             walked += 1;
             cursor = Some(run.id.clone());
             if filter.matches(&run) {
                 found.push(run);
                 if found.len() == PAGE {
-                    // Whether anything older exists is for the next page
-                    // to find out.
-                    return Ok((found, cursor));
+                    // Older runs exist if any was read past this one or
+                    // the index goes on (whether they match is for the
+                    // next page to find out).
+                    let more = i + 1 < read || !exhausted;
+                    return Ok((found, cursor.filter(|_| more)));
                 }
             }
         }
