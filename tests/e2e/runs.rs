@@ -452,3 +452,34 @@ async fn the_openapi_document_is_served_and_names_only_real_routes() {
     }
     assert!(paths.len() >= 40, "{}", paths.len());
 }
+
+#[tokio::test]
+async fn runs_watch_follows_a_run_live_until_it_is_final() {
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--warm-wait-ms", "0"]);
+    kiln.deploy(kiln_fixtures::COUNTDOWN).await;
+    let id = kiln
+        .trigger_ok("countdown", json!({"steps": 2, "wait_ms": 300}))
+        .await;
+    // Started while the run executes or waits; returns once it is final.
+    let out = kiln.cli(&["runs", "watch", &id]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains(&format!("{id}  countdown  COMPLETED")),
+        "{stdout}"
+    );
+    assert_eq!(
+        stdout.matches("drew").count(),
+        2,
+        "each log line once: {stdout}"
+    );
+    assert!(stdout.contains(&format!("{id}  output: ")), "{stdout}");
+    // An id that is no run is an error, not a wait.
+    let missing = kiln.cli(&["runs", "watch", "run_doesnotexist"]);
+    assert!(!missing.status.success());
+}

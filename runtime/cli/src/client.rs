@@ -62,6 +62,24 @@ impl Client {
         Ok(body)
     }
 
+    /// Opens a server-sent event stream (`GET path`), failing on an error
+    /// status.
+    pub async fn events(&self, path: &str) -> anyhow::Result<reqwest::Response> {
+        let response = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.key)
+            .send()
+            .await
+            .with_context(|| format!("could not reach the Kiln server at {}", self.base))?;
+        if !response.status().is_success() {
+            let status = response.status().as_u16();
+            let text = response.text().await.unwrap_or_default();
+            bail!("{text} (HTTP {status})");
+        }
+        Ok(response)
+    }
+
     pub async fn get_json(&self, path: &str) -> anyhow::Result<Value> {
         self.send(self.http.get(format!("{}{path}", self.base)))
             .await

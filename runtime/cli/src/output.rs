@@ -59,6 +59,41 @@ pub fn log_lines(run: &Value) -> Vec<String> {
     lines
 }
 
+/// What has been printed of a run followed live.
+#[derive(Default)]
+pub struct Printed {
+    /// The status last printed.
+    pub status: String,
+    /// How many log lines were printed.
+    pub logs: usize,
+}
+
+/// Prints a run's new log lines, and its status if it changed.
+pub fn print_news(run: &Value, printed: &mut Printed) {
+    let id = run["id"].as_str().unwrap_or("?");
+    let task = run["taskIdentifier"].as_str().unwrap_or("?");
+    let lines = crate::output::log_lines(run);
+    for line in lines.iter().skip(printed.logs) {
+        println!("{id}  {line}");
+    }
+    printed.logs = printed.logs.max(lines.len());
+    let status = run["status"].as_str().unwrap_or("?");
+    if status != printed.status {
+        println!("{id}  {task}  {status}");
+        if let Some(output) = run.get("output") {
+            println!("{id}  output: {output}");
+        }
+        if let Some(error) = run.get("error") {
+            println!(
+                "{id}  error: {}: {}",
+                error["name"].as_str().unwrap_or("Error"),
+                error["message"].as_str().unwrap_or("")
+            );
+        }
+        printed.status = status.to_string();
+    }
+}
+
 /// Success only for a completed run.
 pub fn exit_code(run: &Value) -> ExitCode {
     if run["status"] == "COMPLETED" {

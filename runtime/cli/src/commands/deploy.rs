@@ -23,6 +23,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let bytes = std::fs::read(&args.bundle)
         .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.bundle.display()))?;
     let client = Client::from_env()?;
+    // Compiling a large bundle on the server takes a while: say what is
+    // happening (on stderr, so `--json` output stays clean).
+    eprintln!(
+        "Deploying {} ({} KiB): uploading, validating and compiling...",
+        args.bundle.display(),
+        bytes.len().div_ceil(1024)
+    );
     let deployment = upload(&client, bytes, args.strict).await?;
     if args.json {
         println!("{deployment}");

@@ -9,7 +9,7 @@
 //! output or error once final. Ctrl-C stops it.
 
 use crate::client::Client;
-use serde_json::Value;
+use crate::output::{Printed, print_news};
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -86,13 +86,6 @@ async fn build_and_deploy(client: &Client, dir: &Path) {
     }
 }
 
-/// What has been printed of each run.
-#[derive(Default)]
-struct Printed {
-    status: String,
-    logs: usize,
-}
-
 /// Follows the runs made after it started.
 struct Runs {
     /// Runs with an id above this were made after `kiln dev` started (ids
@@ -151,32 +144,6 @@ impl Runs {
             };
             print_news(&run, printed);
         }
-    }
-}
-
-/// Prints a run's new log lines, and its status if it changed.
-fn print_news(run: &Value, printed: &mut Printed) {
-    let id = run["id"].as_str().unwrap_or("?");
-    let task = run["taskIdentifier"].as_str().unwrap_or("?");
-    let lines = crate::output::log_lines(run);
-    for line in lines.iter().skip(printed.logs) {
-        println!("{id}  {line}");
-    }
-    printed.logs = printed.logs.max(lines.len());
-    let status = run["status"].as_str().unwrap_or("?");
-    if status != printed.status {
-        println!("{id}  {task}  {status}");
-        if let Some(output) = run.get("output") {
-            println!("{id}  output: {output}");
-        }
-        if let Some(error) = run.get("error") {
-            println!(
-                "{id}  error: {}: {}",
-                error["name"].as_str().unwrap_or("Error"),
-                error["message"].as_str().unwrap_or("")
-            );
-        }
-        printed.status = status.to_string();
     }
 }
 

@@ -15,6 +15,12 @@ pub enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Follow a run live: its status changes and log lines as they happen,
+    /// until it is final (exits 0 only if it completed).
+    Watch {
+        /// The run id (`run_...`).
+        id: String,
+    },
     /// Show a run's journal: attempts, host calls with their answers, waits,
     /// wakes and suspensions.
     Journal {
@@ -59,6 +65,7 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
             output::print_run(&run, json);
             Ok(ExitCode::SUCCESS)
         }
+        Command::Watch { id } => watch(&id).await,
         Command::Journal { id, json } => {
             let client = Client::from_env()?;
             let journal = client
@@ -112,6 +119,46 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
                 run["status"].as_str().unwrap_or("in an unknown status")
             );
             Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Follows the run's event stream (`/realtime/v1/events/runs/{id}`, one
+/// event per durable change), printing what is new, until the run is
+/// final; a stream cut short (the server restarted, the client's timeout)
+/// is opened again.
+async fn watch(id: &str) -> anyhow::Result<ExitCode> {
+    let client = Client::from_env()?;
+    let mut printed = output::Printed::default();
+    let path = format!("/realtime/v1/events/runs/{}", crate::client::encode(id));
+    loop {
+        let mut stream = client.events(&path).await?;
+        let mut text = String::new();
+        while let Ok(Some(chunk)) = stream.chunk().await {
+            text.push_str(&String::from_utf8_lossy(&chunk));
+            while let Some(end) = text.find("\n\n") {
+                let event: String = text.drain(..end + 2).collect();
+                let Some(run) = event
+                    .lines()
+                    .find_map(|l| l.strip_prefix("data: "))
+                    .and_then(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+                else {
+                    continue;
+                };
+                if run.get("status").is_none() {
+                    continue;
+                }
+                output::print_news(&run, &mut printed);
+                if run["isCompleted"].as_bool().unwrap_or(false) {
+                    return Ok(output::exit_code(&run));
+                }
+            }
+        }
+        // The stream ended without a final status: look, and follow again.
+        let run = client.run(id).await?;
+        if run["isCompleted"].as_bool().unwrap_or(false) {
+            output::print_news(&run, &mut printed);
+            return Ok(output::exit_code(&run));
         }
     }
 }
