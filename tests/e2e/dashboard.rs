@@ -235,3 +235,120 @@ async fn in_a_browser_a_waiting_run_is_canceled_and_changes_live() {
     // What the browser saw is what the API says.
     assert_eq!(kiln.run(&waiting).await["status"], "CANCELED");
 }
+
+/// Posts a form as the dashboard's own page does.
+async fn post_form(kiln: &Kiln, path: &str, form: &str) -> (u16, String) {
+    let response = client()
+        .post(format!("{}{path}", kiln.url))
+        .header("cookie", session())
+        .header("sec-fetch-site", "same-origin")
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(form.to_string())
+        .send()
+        .await
+        .expect("the server answers");
+    (
+        response.status().as_u16(),
+        response.text().await.unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn the_dashboard_completes_tokens_and_manages_schedules_and_queues() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::DIGEST).await;
+
+    // A wait token, completed from its page with JSON data.
+    let (_, token) = kiln.post("/api/v1/waitpoints/tokens", json!({})).await;
+    let token = token["id"].as_str().expect("a token id").to_string();
+    let (status, tokens) = page(&kiln, "/tokens").await;
+    assert_eq!(status, 200);
+    assert!(tokens.contains(&token) && tokens.contains("WAITING"));
+    let (status, refused) =
+        post_form(&kiln, &format!("/tokens/{token}/complete"), "data=%7Bnope").await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.contains("not JSON"));
+    let (status, _) = post_form(
+        &kiln,
+        &format!("/tokens/{token}/complete"),
+        "data=%7B%22approved%22%3Atrue%7D",
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, completed) = kiln
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/waitpoints/tokens/{token}"),
+            None,
+        )
+        .await;
+    assert_eq!(completed["status"], "COMPLETED", "{completed}");
+    assert_eq!(completed["output"], r#"{"approved":true}"#, "{completed}");
+
+    // A schedule: created from the form, paused, resumed, deleted.
+    let (status, bad) = post_form(&kiln, "/schedules", "task=tenant-digest&cron=not+a+cron").await;
+    assert_eq!(status, 422, "{bad}");
+    assert!(bad.contains("invalid cron expression"));
+    let (status, _) = post_form(
+        &kiln,
+        "/schedules",
+        "task=tenant-digest&cron=0+8+*+*+*&timezone=Europe%2FParis&externalId=acme",
+    )
+    .await;
+    assert_eq!(status, 303);
+    let (_, listed) = kiln
+        .request(reqwest::Method::GET, "/api/v1/schedules", None)
+        .await;
+    let made = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["externalId"] == "acme")
+        .expect("the schedule the form made")
+        .clone();
+    let id = made["id"].as_str().unwrap().to_string();
+    assert_eq!(made["timezone"], "Europe/Paris");
+    let (_, schedules) = page(&kiln, "/schedules").await;
+    assert!(schedules.contains(&id) && schedules.contains("acme"));
+    let (status, _) = post_form(&kiln, &format!("/schedules/{id}/deactivate"), "").await;
+    assert_eq!(status, 303);
+    let (_, paused) = kiln
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/schedules/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(paused["active"], false);
+    let (status, _) = post_form(&kiln, &format!("/schedules/{id}/activate"), "").await;
+    assert_eq!(status, 303);
+    let (status, _) = post_form(&kiln, &format!("/schedules/{id}/delete"), "").await;
+    assert_eq!(status, 303);
+    let (status, _) = kiln
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/schedules/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 404);
+
+    // A queue: paused and resumed from its page.
+    let (status, _) = post_form(&kiln, "/queues/pause", "queue=task%2Ftenant-digest").await;
+    assert_eq!(status, 303);
+    let (_, queue) = kiln
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/queues/tenant-digest?type=task",
+            None,
+        )
+        .await;
+    assert_eq!(queue["paused"], true, "{queue}");
+    let (_, queues) = page(&kiln, "/queues").await;
+    assert!(queues.contains("Resume"));
+    let (status, _) = post_form(&kiln, "/queues/resume", "queue=task%2Ftenant-digest").await;
+    assert_eq!(status, 303);
+    let (status, _) = post_form(&kiln, "/queues/pause", "queue=no-such-queue").await;
+    assert_eq!(status, 404);
+}

@@ -23,7 +23,7 @@ impl From<ScheduleError> for ApiError {
     }
 }
 
-fn schedule_id(id: &str) -> Result<ScheduleId, ApiError> {
+pub(super) fn schedule_id(id: &str) -> Result<ScheduleId, ApiError> {
     ScheduleId::parse(id).map_err(|_| ApiError::not_found("Schedule not found"))
 }
 
@@ -46,7 +46,7 @@ pub(super) fn generator(cron: &str) -> Value {
 }
 
 /// A schedule as the SDK's `ScheduleObject`.
-fn view(schedule: &Schedule, state: &AppState) -> Value {
+pub(super) fn view(schedule: &Schedule, state: &AppState) -> Value {
     let environment: &str = &state.environment;
     let mut map = Map::new();
     map.insert("id".into(), json!(schedule.id));

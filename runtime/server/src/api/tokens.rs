@@ -22,11 +22,11 @@ impl From<TokenError> for ApiError {
     }
 }
 
-fn token_id(id: &str) -> Result<TokenId, ApiError> {
+pub(super) fn token_id(id: &str) -> Result<TokenId, ApiError> {
     TokenId::parse(id).map_err(|_| ApiError::not_found("Waitpoint token not found"))
 }
 
-fn view(state: &AppState, token: &WaitToken) -> Value {
+pub(super) fn view(state: &AppState, token: &WaitToken) -> Value {
     let mut map = Map::new();
     map.insert("id".into(), json!(token.id));
     map.insert("url".into(), json!(state.executor.token_url(&token.id)));

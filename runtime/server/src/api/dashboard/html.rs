@@ -31,7 +31,7 @@ pub(super) fn layout(title: &str, environment: &str, body: &str) -> String {
         String::new()
     } else {
         format!(
-            r#"<nav><a class="brand" href="/runs">Kiln</a><a href="/runs">Runs</a><a href="/queues">Queues</a><a href="/deployments">Deployments</a><span class="env">{}</span><form method="post" action="/logout"><button type="submit">Sign out</button></form></nav>"#,
+            r#"<nav><a class="brand" href="/runs">Kiln</a><a href="/runs">Runs</a><a href="/queues">Queues</a><a href="/schedules">Schedules</a><a href="/tokens">Wait tokens</a><a href="/deployments">Deployments</a><span class="env">{}</span><form method="post" action="/logout"><button type="submit">Sign out</button></form></nav>"#,
             esc(environment)
         )
     };

@@ -12,6 +12,7 @@
 
 mod events;
 mod html;
+mod manage;
 mod pages;
 mod run_page;
 
@@ -43,6 +44,17 @@ pub(crate) fn router() -> Router<Arc<Hub>> {
         .route("/runs/{run_id}/cancel", post(run_page::cancel))
         .route("/runs/{run_id}/replay", post(run_page::replay))
         .route("/queues", get(pages::queues))
+        .route("/queues/{action}", post(manage::queue_action))
+        .route("/tokens", get(manage::tokens_page))
+        .route("/tokens/{token_id}/complete", post(manage::complete_token))
+        .route(
+            "/schedules",
+            get(manage::schedules_page).post(manage::create_schedule),
+        )
+        .route(
+            "/schedules/{schedule_id}/{action}",
+            post(manage::schedule_action),
+        )
         .route("/deployments", get(pages::deployments))
         .route("/events", get(events::stream))
         .route(

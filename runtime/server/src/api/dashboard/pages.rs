@@ -244,8 +244,17 @@ pub(super) async fn queues(Session(state): Session) -> Response {
                         .map(|k| format!("{} ({queued} queued, {running} running)", esc(k)))
                 })
                 .collect();
+            let (action, label) = if stats.paused {
+                ("resume", "Resume")
+            } else {
+                ("pause", "Pause")
+            };
+            let toggle = format!(
+                r#"<form class="inline" method="post" action="/queues/{action}"><input type="hidden" name="queue" value="{name}"><button type="submit">{label}</button></form>"#,
+                name = esc(&queue.name)
+            );
             format!(
-                r#"<tr><td>{name}</td><td>{queued}</td><td>{running}</td><td>{limit}</td><td>{paused}</td><td>{keys}</td></tr>"#,
+                r#"<tr><td>{name}</td><td>{queued}</td><td>{running}</td><td>{limit}</td><td>{paused} {toggle}</td><td>{keys}</td></tr>"#,
                 name = esc(&queue.name),
                 queued = stats.queued,
                 running = stats.running,
