@@ -55,6 +55,17 @@ fn main() {
         let _ = writeln!(out, "    ({relative:?}, {text:?}),");
     }
     out.push_str("];\n");
+    // Which SDK this is: a new `kiln` whose SDK changed writes its own copy
+    // rather than reuse an older one of the same version.
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in out.bytes() {
+        hash = (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3);
+    }
+    let _ = writeln!(
+        out,
+        "/// A hash of the files above (FNV-1a).\npub const HASH: &str = \"{:08x}\";",
+        hash >> 32
+    );
     let dest = PathBuf::from(std::env::var("OUT_DIR").expect("cargo sets it")).join("sdk_files.rs");
     std::fs::write(dest, out).expect("written");
 }

@@ -84,6 +84,16 @@ async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
     assert!(cookie.starts_with(&session()), "{cookie}");
     assert!(cookie.contains("HttpOnly") && cookie.contains("SameSite=Strict"));
 
+    // Pages may not be framed by another site.
+    let framed = client()
+        .get(format!("{}/runs", kiln.url))
+        .header("cookie", session())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(framed.headers()["x-frame-options"], "DENY");
+    assert_eq!(framed.headers()["x-content-type-options"], "nosniff");
+
     // 25 runs a page, newest first (ids sort by creation time; runs made
     // in the same millisecond sort by their ids' random part); the next
     // page starts after the last, and the two hold every run once.
@@ -323,6 +333,25 @@ async fn the_dashboard_completes_tokens_and_manages_schedules_and_queues() {
     assert_eq!(paused["active"], false);
     let (status, _) = post_form(&kiln, &format!("/schedules/{id}/activate"), "").await;
     assert_eq!(status, 303);
+    let (_, active) = kiln
+        .request(
+            reqwest::Method::GET,
+            &format!("/api/v1/schedules/{id}"),
+            None,
+        )
+        .await;
+    assert_eq!(active["active"], true);
+    // The bundle's own (declarative) schedule is not deleted from here.
+    let declarative = listed["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["type"] == "DECLARATIVE")
+        .and_then(|s| s["id"].as_str())
+        .expect("the digest bundle declares a schedule")
+        .to_string();
+    assert!(schedules.contains(&declarative));
+    assert!(!schedules.contains(&format!("/schedules/{declarative}/delete")));
     let (status, _) = post_form(&kiln, &format!("/schedules/{id}/delete"), "").await;
     assert_eq!(status, 303);
     let (status, _) = kiln

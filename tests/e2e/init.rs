@@ -12,6 +12,11 @@ fn kiln_in(dir: &Path, home: &Path, args: &[&str]) -> Output {
     Command::new(kiln_bin())
         .args(args)
         .current_dir(dir)
+        // As a user's shell would: the cargo on the PATH, which the crate's
+        // own `rust-toolchain.toml` steers, not the one running the tests.
+        .env_remove("CARGO")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("KILN_HOME", home)
         // The fixtures' target directory: the dependencies Kiln's own
         // bundles were built with are compiled there already.
@@ -119,6 +124,9 @@ async fn kiln_dev_deploys_a_new_crate_and_redeploys_it_on_every_save() {
     let mut dev = tokio::process::Command::new(kiln_bin())
         .args(["dev", "hello-dev"])
         .current_dir(&dir)
+        .env_remove("CARGO")
+        .env_remove("RUSTFLAGS")
+        .env_remove("CARGO_ENCODED_RUSTFLAGS")
         .env("KILN_HOME", &home)
         .env("KILN_API_URL", &kiln.url)
         .env("KILN_SECRET_KEY", crate::harness::KEY)

@@ -136,6 +136,25 @@ async fn metrics_parse_as_prometheus_text_and_move_as_runs_complete() {
     assert!(after.has("kiln_queue_running"));
     assert!(after.has("kiln_guest_memory_bytes"));
 
+    // Methods outside the usual seven share one series.
+    let odd = reqwest::Client::new()
+        .request(
+            reqwest::Method::from_bytes(b"PURGE").unwrap(),
+            format!("{}/healthz", kiln.url),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(odd.status(), 405);
+    let page = Page::read(&kiln).await;
+    assert_eq!(
+        page.value(
+            "kiln_http_requests_total",
+            &[("route", "/healthz"), ("method", "OTHER")]
+        ),
+        1.0
+    );
+
     // Without the server's key there is nothing to read.
     let (status, _) = kiln
         .request_as("not-a-key", reqwest::Method::GET, "/metrics", None)

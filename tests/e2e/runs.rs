@@ -461,8 +461,18 @@ async fn runs_watch_follows_a_run_live_until_it_is_final() {
     let id = kiln
         .trigger_ok("countdown", json!({"steps": 2, "wait_ms": 300}))
         .await;
-    // Started while the run executes or waits; returns once it is final.
-    let out = kiln.cli(&["runs", "watch", &id]);
+    // Started while the run executes or waits; returns once it is final
+    // (within two minutes, or the test fails rather than hangs).
+    let watching = tokio::process::Command::new(crate::harness::kiln_bin())
+        .args(["runs", "watch", &id])
+        .env("KILN_API_URL", &kiln.url)
+        .env("KILN_SECRET_KEY", crate::harness::KEY)
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(std::time::Duration::from_secs(120), watching)
+        .await
+        .expect("kiln runs watch returns once the run is final")
+        .expect("the CLI runs");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),

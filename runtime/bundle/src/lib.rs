@@ -75,6 +75,10 @@ pub fn build(path: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError>
     } else {
         path.to_path_buf()
     };
+    // Cargo runs in the crate's directory, so rustup picks the toolchain
+    // the crate's `rust-toolchain.toml` names (with the guest target), not
+    // the one of wherever `kiln build` was started.
+    let manifest = std::path::absolute(&manifest).unwrap_or(manifest);
     let cargo = options
         .cargo
         .clone()
@@ -89,6 +93,7 @@ pub fn build(path: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError>
         .arg("--message-format=json-render-diagnostics")
         .arg("--manifest-path")
         .arg(&manifest)
+        .current_dir(manifest.parent().unwrap_or(Path::new(".")))
         // Bundles need no debug info; it would triple their size.
         .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
         .env("CARGO_PROFILE_RELEASE_STRIP", "debuginfo")

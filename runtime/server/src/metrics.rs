@@ -181,9 +181,10 @@ fn seconds_between(from: Timestamp, to: Timestamp) -> f64 {
 /// status it entered, an attempt that ended, a first attempt that started.
 pub(crate) fn observe_run(before: Option<Before>, run: &Run) {
     let m = metrics();
-    // A run waiting for a version may name any task at all: those share
-    // one series, so a caller cannot grow the page without bound.
-    let task = if run.status == RunStatus::PendingVersion {
+    // A run made for no deployed task (it waited for a version) may name
+    // any task at all: those share one series, whatever becomes of them,
+    // so a caller cannot grow the page without bound.
+    let task = if run.status == RunStatus::PendingVersion || run.deployment_id.is_none() {
         "(undeployed)"
     } else {
         run.task_id.as_str()

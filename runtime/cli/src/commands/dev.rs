@@ -37,7 +37,8 @@ fn sources(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
         };
         for entry in entries.flatten() {
             let path = entry.path();
-            if path.is_dir() {
+            // Not followed through symlinks: a link loop cannot recurse.
+            if entry.file_type().is_ok_and(|t| t.is_dir()) {
                 walk(&path, found);
             } else if let Ok(modified) = entry.metadata().and_then(|m| m.modified()) {
                 found.insert(path, modified);
@@ -55,8 +56,8 @@ fn sources(dir: &Path) -> BTreeMap<PathBuf, SystemTime> {
     found
 }
 
-/// Builds the crate and deploys the bundle; says what happened.
-async fn build_and_deploy(client: &Client, dir: &Path) {
+/// Builds the crate; the bundle's bytes, or `None` after saying why not.
+async fn build(dir: &Path) -> Option<Vec<u8>> {
     let manifest = dir.to_path_buf();
     let built = tokio::task::spawn_blocking(move || {
         kiln_bundle::build(&manifest, &kiln_bundle::BuildOptions::default())
@@ -66,23 +67,39 @@ async fn build_and_deploy(client: &Client, dir: &Path) {
         Ok(Ok(bundle)) => bundle,
         Ok(Err(error)) => {
             eprintln!("kiln dev: the build failed ({error}); the last version stays deployed");
-            return;
+            return None;
         }
         Err(error) => {
             eprintln!("kiln dev: the build was cut short: {error}");
-            return;
+            return None;
         }
     };
-    let bytes = match std::fs::read(&bundle) {
-        Ok(bytes) => bytes,
+    match std::fs::read(&bundle) {
+        Ok(bytes) => Some(bytes),
         Err(error) => {
             eprintln!("kiln dev: reading {}: {error}", bundle.display());
-            return;
+            None
         }
-    };
-    match super::deploy::upload(client, bytes, false).await {
-        Ok(deployment) => super::deploy::print_deployment(&deployment),
-        Err(error) => eprintln!("kiln dev: the deploy was refused: {error:#}"),
+    }
+}
+
+/// Deploys a built bundle; whether it is done with (deployed, or refused
+/// for a reason another try would not change).
+async fn deploy(client: &Client, bytes: &[u8]) -> bool {
+    match super::deploy::upload(client, bytes.to_vec(), false).await {
+        Ok(deployment) => {
+            super::deploy::print_deployment(&deployment);
+            true
+        }
+        Err(error) => {
+            let unreachable = format!("{error:#}").contains("could not reach");
+            if unreachable {
+                eprintln!("kiln dev: the server is not reachable; deploying again shortly");
+            } else {
+                eprintln!("kiln dev: the deploy was refused: {error:#}");
+            }
+            !unreachable
+        }
     }
 }
 
@@ -95,14 +112,12 @@ struct Runs {
 }
 
 impl Runs {
-    async fn new(client: &Client) -> Runs {
-        let newest = client
-            .get_json("/api/v1/runs?page[size]=1")
-            .await
-            .ok()
-            .and_then(|page| page["data"][0]["id"].as_str().map(str::to_string));
+    /// From now on: run ids begin with their creation time, so a run made
+    /// after this sorts after an id made now.
+    fn new() -> Runs {
+        let now = kiln_types::Timestamp::now().as_millis();
         Runs {
-            after: newest.unwrap_or_default(),
+            after: kiln_types::RunId::generate(now).as_str().to_string(),
             printed: HashMap::new(),
         }
     }
@@ -157,30 +172,58 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             dir.display()
         );
     }
-    let mut runs = Runs::new(&client).await;
+    // One listener for the whole loop: a Ctrl-C during a build is not lost.
+    let stop = tokio::signal::ctrl_c();
+    tokio::pin!(stop);
+    let mut runs = Runs::new();
     let mut seen = sources(&dir);
+    // A bundle built but not yet deployed (the server was unreachable).
+    let mut pending: Option<Vec<u8>> = None;
     println!("kiln dev: building {}", dir.display());
-    build_and_deploy(&client, &dir).await;
-    println!(
-        "kiln dev: watching {} for changes (Ctrl-C stops)",
-        dir.display()
-    );
+    let mut changed = true;
     let mut last_runs = std::time::Instant::now();
     loop {
+        if changed {
+            let work = async {
+                if let Some(bytes) = build(&dir).await {
+                    pending = Some(bytes);
+                }
+            };
+            tokio::select! {
+                () = work => {}
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            }
+            changed = false;
+        }
+        if let Some(bytes) = &pending {
+            tokio::select! {
+                done = deploy(&client, bytes) => if done { pending = None; },
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            }
+            if pending.is_none() {
+                println!(
+                    "kiln dev: watching {} for changes (Ctrl-C stops)",
+                    dir.display()
+                );
+            }
+        }
         tokio::select! {
-            _ = tokio::time::sleep(WATCH_EVERY) => {}
-            _ = tokio::signal::ctrl_c() => return Ok(ExitCode::SUCCESS),
+            () = tokio::time::sleep(WATCH_EVERY) => {}
+            _ = &mut stop => return Ok(ExitCode::SUCCESS),
         }
         let now = sources(&dir);
         if now != seen {
-            seen = now;
-            println!("kiln dev: a change; rebuilding");
             // A save during the build is seen at the next look.
-            build_and_deploy(&client, &dir).await;
+            seen = now;
+            changed = true;
+            println!("kiln dev: a change; rebuilding");
         }
         if last_runs.elapsed() >= RUNS_EVERY {
             last_runs = std::time::Instant::now();
-            runs.poll(&client).await;
+            tokio::select! {
+                () = runs.poll(&client) => {}
+                _ = &mut stop => return Ok(ExitCode::SUCCESS),
+            }
         }
     }
 }

@@ -3,7 +3,8 @@
 //!
 //! The `kiln` binary carries the guest SDK's sources of its own version
 //! (packed by `build.rs`). `init` writes them once to
-//! `$KILN_HOME/sdk/<version>` (`~/.kiln` unless `KILN_HOME` says otherwise)
+//! `$KILN_HOME/sdk/<version>-<hash of the sources>` (`~/.kiln` unless
+//! `KILN_HOME` says otherwise)
 //! and points the new crate's `kiln-sdk` dependency at them; the crate gets
 //! one example task, a unit test, the toolchain file that brings the
 //! `wasm32-unknown-unknown` target, and the dependency versions Kiln's own
@@ -32,14 +33,84 @@ pub struct Args {
     name: PathBuf,
 }
 
-/// Whether `name` is a crate name and a task id Kiln takes: a letter, then
-/// letters, digits, `-` and `_`, at most 64.
+/// Names the crate cannot take: Rust's keywords (the task's function is
+/// named after the crate), crates cargo or the crate itself depends on,
+/// and the example's own items.
+const RESERVED: &[&str] = &[
+    "as",
+    "async",
+    "await",
+    "break",
+    "const",
+    "continue",
+    "crate",
+    "dyn",
+    "else",
+    "enum",
+    "extern",
+    "false",
+    "fn",
+    "for",
+    "if",
+    "impl",
+    "in",
+    "let",
+    "loop",
+    "match",
+    "mod",
+    "move",
+    "mut",
+    "pub",
+    "ref",
+    "return",
+    "self",
+    "static",
+    "struct",
+    "super",
+    "trait",
+    "true",
+    "type",
+    "unsafe",
+    "use",
+    "where",
+    "while",
+    "abstract",
+    "become",
+    "box",
+    "do",
+    "final",
+    "gen",
+    "macro",
+    "override",
+    "priv",
+    "try",
+    "typeof",
+    "unsized",
+    "virtual",
+    "yield",
+    "test",
+    "std",
+    "core",
+    "alloc",
+    "proc_macro",
+    "serde",
+    "serde_json",
+    "schemars",
+    "kiln_sdk",
+    "greeting",
+    "tests",
+];
+
+/// Whether `name` is a crate name and a task id Kiln takes: a lowercase
+/// letter, then lowercase letters, digits, `-` and `_`, at most 64, and
+/// not one of [`RESERVED`].
 fn valid_name(name: &str) -> bool {
     name.len() <= 64
-        && name.starts_with(|c: char| c.is_ascii_alphabetic())
+        && name.starts_with(|c: char| c.is_ascii_lowercase())
         && name
             .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_')
+        && !RESERVED.contains(&name.replace('-', "_").as_str())
 }
 
 /// Where the guest SDK of this version lives: written there on first use.
@@ -52,7 +123,12 @@ fn sdk_home() -> anyhow::Result<PathBuf> {
                 "neither KILN_HOME nor HOME is set: say where the guest SDK goes with KILN_HOME",
             )?,
     };
-    Ok(home.join("sdk").join(env!("CARGO_PKG_VERSION")))
+    let dir = home
+        .join("sdk")
+        .join(format!("{}-{}", env!("CARGO_PKG_VERSION"), sdk::HASH));
+    // The crate's manifest names it: relative to the crate, a relative
+    // path would point elsewhere.
+    std::path::absolute(&dir).with_context(|| format!("resolving {}", dir.display()))
 }
 
 /// Writes the SDK's files under `dir` unless a complete copy is there:
@@ -83,9 +159,14 @@ fn install_sdk(dir: &Path) -> anyhow::Result<()> {
             Ok(())
         }
         Err(e) => {
+            // A copy cut short by an earlier crash: replace it.
             let _ = std::fs::remove_dir_all(dir);
-            std::fs::rename(&staging, dir)
-                .with_context(|| format!("moving the SDK into {}: {e}", dir.display()))
+            let moved = std::fs::rename(&staging, dir);
+            if moved.is_err() && complete.exists() {
+                let _ = std::fs::remove_dir_all(&staging);
+                return Ok(());
+            }
+            moved.with_context(|| format!("moving the SDK into {}: {e}", dir.display()))
         }
     }
 }
@@ -114,7 +195,7 @@ schemars = "1"
 [workspace]
 "#,
         version = env!("CARGO_PKG_VERSION"),
-        path = kiln_sdk.to_string_lossy(),
+        path = kiln_sdk.to_string_lossy().replace('\\', "/"),
     )
 }
 
@@ -172,7 +253,8 @@ mod tests {{
 
 /// Makes the crate.
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let dir = args.name;
+    let dir = std::path::absolute(&args.name)
+        .with_context(|| format!("resolving {}", args.name.display()))?;
     let name = dir
         .file_name()
         .and_then(|n| n.to_str())
@@ -180,7 +262,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .unwrap_or_default();
     if !valid_name(&name) {
         bail!(
-            "`{name}` cannot name a bundle: use a letter, then letters, digits, `-` and `_` (64 at most)"
+            "`{name}` cannot name a bundle: use a lowercase letter, then lowercase letters, digits, `-` and `_` (64 at most), and not a Rust keyword or a crate the bundle uses"
         );
     }
     if dir.exists()
@@ -191,6 +273,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         bail!("{} already exists and is not empty", dir.display());
     }
     let sdk = sdk_home()?;
+    if sdk.to_str().is_none_or(|s| s.contains('"')) {
+        bail!(
+            "the SDK's directory {} cannot be written in a Cargo.toml: set KILN_HOME to a plain path",
+            sdk.display()
+        );
+    }
     install_sdk(&sdk)?;
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;
@@ -224,6 +312,10 @@ mod tests {
         assert!(!valid_name("has space"));
         assert!(!valid_name(""));
         assert!(!valid_name(&"a".repeat(65)));
+        assert!(!valid_name("Hello"));
+        assert!(!valid_name("type"));
+        assert!(!valid_name("greeting"));
+        assert!(!valid_name("serde-json"));
     }
 
     #[test]

@@ -126,39 +126,75 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
 /// Follows the run's event stream (`/realtime/v1/events/runs/{id}`, one
 /// event per durable change), printing what is new, until the run is
 /// final; a stream cut short (the server restarted, the client's timeout)
-/// is opened again.
+/// is opened again after a pause that grows, for about a minute at most
+/// while the server cannot be reached.
 async fn watch(id: &str) -> anyhow::Result<ExitCode> {
     let client = Client::from_env()?;
     let mut printed = output::Printed::default();
     let path = format!("/realtime/v1/events/runs/{}", crate::client::encode(id));
+    // The run exists (or the error says why not) before anything waits.
+    client.run(id).await?;
+    let mut pause = std::time::Duration::from_millis(250);
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let mut stream = client.events(&path).await?;
-        let mut text = String::new();
-        while let Ok(Some(chunk)) = stream.chunk().await {
-            text.push_str(&String::from_utf8_lossy(&chunk));
-            while let Some(end) = text.find("\n\n") {
-                let event: String = text.drain(..end + 2).collect();
-                let Some(run) = event
-                    .lines()
-                    .find_map(|l| l.strip_prefix("data: "))
-                    .and_then(|data| serde_json::from_str::<serde_json::Value>(data).ok())
-                else {
-                    continue;
-                };
-                if run.get("status").is_none() {
-                    continue;
+        match client.events(&path).await {
+            Ok(mut stream) => {
+                unreachable_since = None;
+                let mut bytes: Vec<u8> = Vec::new();
+                while let Ok(Some(chunk)) = stream.chunk().await {
+                    bytes.extend_from_slice(&chunk);
+                    while let Some(end) = event_end(&bytes) {
+                        let event: Vec<u8> = bytes.drain(..end).collect();
+                        let text = String::from_utf8_lossy(&event);
+                        let Some(run) = text
+                            .lines()
+                            .find_map(|l| l.strip_prefix("data: "))
+                            .and_then(|data| serde_json::from_str::<serde_json::Value>(data).ok())
+                        else {
+                            continue;
+                        };
+                        if run.get("status").is_none() {
+                            continue;
+                        }
+                        if run["isCompleted"].as_bool().unwrap_or(false) {
+                            // The whole run, with an output kept apart.
+                            let run = client.run(id).await.unwrap_or(run);
+                            output::print_news(&run, &mut printed);
+                            return Ok(output::exit_code(&run));
+                        }
+                        output::print_news(&run, &mut printed);
+                    }
                 }
-                output::print_news(&run, &mut printed);
-                if run["isCompleted"].as_bool().unwrap_or(false) {
-                    return Ok(output::exit_code(&run));
+            }
+            Err(error) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > std::time::Duration::from_secs(60) {
+                    return Err(error);
                 }
             }
         }
         // The stream ended without a final status: look, and follow again.
-        let run = client.run(id).await?;
-        if run["isCompleted"].as_bool().unwrap_or(false) {
+        if let Ok(run) = client.run(id).await
+            && run["isCompleted"].as_bool().unwrap_or(false)
+        {
             output::print_news(&run, &mut printed);
             return Ok(output::exit_code(&run));
         }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+    }
+}
+
+/// Where the first whole event in `bytes` ends (after its blank line,
+/// `\n\n` or `\r\n\r\n`).
+fn event_end(bytes: &[u8]) -> Option<usize> {
+    let lf = bytes.windows(2).position(|w| w == b"\n\n").map(|i| i + 2);
+    let crlf = bytes
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|i| i + 4);
+    match (lf, crlf) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
     }
 }

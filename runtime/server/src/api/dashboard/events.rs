@@ -38,11 +38,15 @@ pub(super) async fn stream(
                             .map(|run| json!({ "id": run.id, "status": run.status.as_str() }))
                             .collect();
                         // What an event shows is durable first, as every
-                        // answer is.
-                        if !changed.is_empty() && store.settled().await.is_ok() {
-                            let event = Event::default()
-                                .event("runs")
-                                .data(json!(changed).to_string());
+                        // answer is; if the store cannot say so, the page
+                        // reads everything again.
+                        if !changed.is_empty() {
+                            let event = match store.settled().await {
+                                Ok(()) => Event::default()
+                                    .event("runs")
+                                    .data(json!(changed).to_string()),
+                                Err(_) => Event::default().event("refresh").data("{}"),
+                            };
                             return Some((Ok(event), (watch, offset)));
                         }
                     }

@@ -171,7 +171,14 @@ impl FromRequestParts<Arc<Hub>> for Session {
     type Rejection = SignIn;
 
     async fn from_request_parts(parts: &mut Parts, hub: &Arc<Hub>) -> Result<Self, SignIn> {
-        let refused = if parts.method == Method::GET && parts.uri.path() != "/events" {
+        // A browser navigating (a page, a plain form post) is sent to sign
+        // in; a script's request (fetch, the event stream) gets the 401.
+        let navigating = parts
+            .headers
+            .get("sec-fetch-mode")
+            .and_then(|v| v.to_str().ok())
+            .map_or(parts.method == Method::GET, |mode| mode == "navigate");
+        let refused = if navigating && parts.uri.path() != "/events" {
             SignIn::Page
         } else {
             SignIn::Script
