@@ -381,3 +381,63 @@ async fn the_dashboard_completes_tokens_and_manages_schedules_and_queues() {
     let (status, _) = post_form(&kiln, "/queues/pause", "queue=no-such-queue").await;
     assert_eq!(status, 404);
 }
+
+#[tokio::test]
+async fn a_project_key_sees_only_its_own_environment() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let default_run = kiln
+        .trigger_ok("hello-world", json!({"name": "default"}))
+        .await;
+    kiln.finished(&default_run).await;
+
+    let made = kiln.cli(&["projects", "create", "Acme", "--ref", "proj_acme"]);
+    assert!(made.status.success());
+    let key = kiln.cli(&["keys", "create", "--project", "proj_acme", "--env", "prod"]);
+    assert!(key.status.success());
+    let key = String::from_utf8_lossy(&key.stdout).trim().to_string();
+    let (status, _) = kiln
+        .deploy_bytes_with_key(kiln_fixtures::read(kiln_fixtures::HELLO_WORLD), &key)
+        .await;
+    assert_eq!(status, 200);
+    let body = json!({
+        "payload": json!({"name": "acme"}).to_string(),
+        "options": {"payloadType": "application/json"},
+    });
+    let (status, made) = kiln
+        .request_as(
+            &key,
+            reqwest::Method::POST,
+            "/api/v1/tasks/hello-world/trigger",
+            Some(body.to_string().into()),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let acme_run = made["id"].as_str().unwrap().to_string();
+
+    let as_acme = |path: &str| {
+        let request = client()
+            .get(format!("{}{path}", kiln.url))
+            .header("cookie", format!("kiln_key={key}"));
+        async move {
+            let response = request.send().await.unwrap();
+            (
+                response.status().as_u16(),
+                response.text().await.unwrap_or_default(),
+            )
+        }
+    };
+    let (status, runs) = as_acme("/runs").await;
+    assert_eq!(status, 200);
+    assert_eq!(linked_runs(&runs), [acme_run]);
+    assert!(
+        runs.contains("proj_acme/prod"),
+        "the page names its environment"
+    );
+    let (status, _) = as_acme(&format!("/runs/{default_run}")).await;
+    assert_eq!(status, 404, "another environment's run is not there");
+    // And the server's key does not see the project's run either.
+    let (_, default_runs) = page(&kiln, "/runs").await;
+    assert_eq!(linked_runs(&default_runs), [default_run]);
+}
