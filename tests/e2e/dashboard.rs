@@ -20,9 +20,14 @@ fn session() -> String {
 }
 
 async fn page(kiln: &Kiln, path: &str) -> (u16, String) {
+    page_as(kiln, crate::harness::KEY, path).await
+}
+
+/// A page as the session of `key` sees it.
+async fn page_as(kiln: &Kiln, key: &str, path: &str) -> (u16, String) {
     let response = client()
         .get(format!("{}{path}", kiln.url))
-        .header("cookie", session())
+        .header("cookie", format!("kiln_key={key}"))
         .send()
         .await
         .expect("the server answers");
@@ -416,26 +421,14 @@ async fn a_project_key_sees_only_its_own_environment() {
     assert_eq!(status, 200, "{made}");
     let acme_run = made["id"].as_str().unwrap().to_string();
 
-    let as_acme = |path: &str| {
-        let request = client()
-            .get(format!("{}{path}", kiln.url))
-            .header("cookie", format!("kiln_key={key}"));
-        async move {
-            let response = request.send().await.unwrap();
-            (
-                response.status().as_u16(),
-                response.text().await.unwrap_or_default(),
-            )
-        }
-    };
-    let (status, runs) = as_acme("/runs").await;
+    let (status, runs) = page_as(&kiln, &key, "/runs").await;
     assert_eq!(status, 200);
     assert_eq!(linked_runs(&runs), [acme_run]);
     assert!(
         runs.contains("proj_acme/prod"),
         "the page names its environment"
     );
-    let (status, _) = as_acme(&format!("/runs/{default_run}")).await;
+    let (status, _) = page_as(&kiln, &key, &format!("/runs/{default_run}")).await;
     assert_eq!(status, 404, "another environment's run is not there");
     // And the server's key does not see the project's run either.
     let (_, default_runs) = page(&kiln, "/runs").await;
