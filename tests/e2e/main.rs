@@ -36,3 +36,4 @@ mod sdk;
 mod soak;
 mod streams;
 mod tokens;
+mod traces;

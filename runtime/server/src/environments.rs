@@ -62,6 +62,8 @@ pub struct Hub {
     admin_key: Arc<str>,
     default: AppState,
     opened: tokio::sync::Mutex<()>,
+    /// Where finished runs' traces go, when the server exports them.
+    traces: Option<crate::traces::Exporter>,
     environments: RwLock<HashMap<String, AppState>>,
     keys: RwLock<HashMap<String, ApiKey>>,
 }
@@ -77,6 +79,7 @@ struct Parts<'a> {
     project: &'a str,
     environment: &'a str,
     signing: String,
+    traces: Option<&'a crate::traces::Exporter>,
 }
 
 impl Hub {
@@ -96,6 +99,11 @@ impl Hub {
                 "{e}: start with that key (KILN_MASTER_KEY, or the master-key file kept with this data directory)"
             )
         })?;
+        let traces = config
+            .otlp_endpoint
+            .as_deref()
+            .map(crate::traces::Exporter::start)
+            .transpose()?;
         let default = open_environment(Parts {
             backend_store: root.clone(),
             root: &backend,
@@ -105,6 +113,7 @@ impl Hub {
             project: DEFAULT_PROJECT,
             environment: &config.environment,
             signing: admin_key.clone(),
+            traces: traces.as_ref(),
         })
         .await?;
         let keys: HashMap<String, ApiKey> = root
@@ -124,6 +133,7 @@ impl Hub {
             admin_key: admin_key.into(),
             default,
             opened: tokio::sync::Mutex::new(()),
+            traces,
             environments: RwLock::new(environments),
             keys: RwLock::new(keys),
         });
@@ -229,6 +239,7 @@ impl Hub {
             project,
             environment,
             signing,
+            traces: self.traces.as_ref(),
         })
         .await?;
         self.environments
@@ -372,6 +383,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         project,
         environment,
         signing,
+        traces,
     } = parts;
     // Realtime subscriptions hear of every run a durable commit wrote, and
     // stream readers of every chunk appended.
@@ -386,6 +398,9 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             streams.publish(changes.streams);
         }
     }));
+    if let Some(traces) = traces {
+        traces.follow(feed.clone(), store.clone(), project, environment);
+    }
     // Compiled artifacts are shared by every environment: one is deleted
     // only when no environment keeps a bundle with its content hash.
     let whole = root.clone();

@@ -29,6 +29,7 @@ mod payload;
 pub mod schedules;
 mod secret;
 mod server;
+mod traces;
 mod trigger;
 
 pub use config::ServerConfig;

@@ -47,6 +47,21 @@ pub(crate) struct TriggerOptions {
     pub(crate) priority: Option<Value>,
     /// Run on this deployed version rather than the current one.
     pub(crate) lock_to_version: Option<String>,
+    /// The trace the run continues: set from the trigger's `traceparent`
+    /// header, never read from a request's body (see [`traceparent`]), and
+    /// kept with a pending trigger until its deploy.
+    #[serde(default, rename = "kilnTrace", skip_serializing_if = "Option::is_none")]
+    #[schemars(skip)]
+    pub(crate) trace: Option<kiln_types::TraceContext>,
+}
+
+/// The trace context of a request's W3C `traceparent` header, if it has a
+/// valid one.
+pub(crate) fn traceparent(headers: &axum::http::HeaderMap) -> Option<kiln_types::TraceContext> {
+    headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+        .and_then(kiln_types::TraceContext::from_traceparent)
 }
 
 /// The longest `concurrencyKey`.
@@ -384,6 +399,7 @@ pub(crate) fn pending_run(
     run.metadata = options.metadata.clone();
     run.idempotency_key = idempotency_key;
     run.is_test = options.test;
+    run.trace = options.trace.clone();
     Ok(run)
 }
 
@@ -465,6 +481,7 @@ pub(crate) fn new_run(
         queue,
         concurrency_key: options.concurrency_key,
         priority_ms,
+        trace: options.trace,
         ..Run::queued(
             RunId::generate(now.as_millis()),
             task_id,

@@ -12,6 +12,7 @@ mod schedule;
 mod status;
 mod time;
 mod token;
+mod trace;
 mod wake;
 
 pub use deployment::{DeployedTask, Deployment};
@@ -28,4 +29,5 @@ pub use schedule::{RunSchedule, Schedule, ScheduleKind};
 pub use status::RunStatus;
 pub use time::Timestamp;
 pub use token::{TokenStatus, WaitToken};
+pub use trace::TraceContext;
 pub use wake::{Arrival, Waiter};

@@ -254,6 +254,10 @@ pub struct Run {
     /// When it reached a final status.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
+    /// The distributed trace it continues (a trigger's `traceparent`, or
+    /// its parent run's); `None`: its span starts a trace of its own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace: Option<crate::TraceContext>,
 }
 
 /// A run's time to live, as given and in milliseconds.
@@ -358,6 +362,7 @@ impl Run {
             updated_at: now,
             started_at: None,
             finished_at: None,
+            trace: None,
         }
     }
 

@@ -59,6 +59,11 @@ pub struct Args {
     /// next run goes back to the system.
     #[arg(long, default_value = "60s", env = "KILN_RELEASE_IDLE_AFTER")]
     release_idle_after: String,
+    /// Export a trace of every finished run to this OpenTelemetry
+    /// collector, over OTLP/HTTP with protobuf: its base URL
+    /// (`http://localhost:4318`; `/v1/traces` is added). Off unless set.
+    #[arg(long, env = "KILN_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// What one run may use, as NAME=VALUE (repeat, or comma-separate):
     /// journal-entries (100000), journal-bytes (256MiB), children (10000),
     /// batches (1000), tokens (10000), fetches (10000),
@@ -135,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         anyhow::bail!("--release-idle-after must be at least 1s");
     }
     config.release_idle_after = std::time::Duration::from_millis(release_idle_after);
+    config.otlp_endpoint = args.otlp_endpoint.clone();
     for setting in &args.limits {
         config
             .budgets

@@ -218,6 +218,9 @@ struct Tally {
     /// The versions the request's runs were made on, held until they are
     /// stored.
     holding: Vec<Arc<Deployed>>,
+    /// The trace the request's `traceparent` header names, which its runs
+    /// continue.
+    trace: Option<kiln_types::TraceContext>,
 }
 
 /// `POST /api/v3/batches/{id}/items`, NDJSON -> `{id, itemsAccepted,
@@ -226,6 +229,7 @@ pub(super) async fn items(
     Env(state): Env,
     Path(id): Path<String>,
     Extension(caller): Extension<Caller>,
+    headers: HeaderMap,
     body: Body,
 ) -> Result<Json<Value>, ApiError> {
     let not_found = || ApiError::not_found("Batch not found");
@@ -252,7 +256,10 @@ pub(super) async fn items(
         ));
     };
     let mut done = state.store.batch_items(&batch_id)?;
-    let mut tally = Tally::default();
+    let mut tally = Tally {
+        trace: crate::trigger::traceparent(&headers),
+        ..Tally::default()
+    };
     let mut pending: Vec<PendingItem> = Vec::new();
     let mut stream = body.into_data_stream();
     let mut buffer: Vec<u8> = Vec::new();
@@ -366,7 +373,7 @@ fn take_line(
     // An item a public token may not trigger fails alone, as an item
     // naming an unknown task does.
     let made = match caller.may_batch_trigger(&task) {
-        Ok(()) => make_run(state, record, item, &mut tally.holding),
+        Ok(()) => make_run(state, record, item, tally),
         Err(refused) => Err(refused.message),
     };
     pending.push((index, task, made));
@@ -379,8 +386,9 @@ fn make_run(
     state: &AppState,
     record: &BatchRecord,
     item: Item,
-    holding: &mut Vec<Arc<Deployed>>,
+    tally: &mut Tally,
 ) -> Result<(Run, Option<IdempotencyKey>), String> {
+    let holding = &mut tally.holding;
     let deployed = state
         .deployments
         .current()
@@ -391,6 +399,7 @@ fn make_run(
         holding.push(deployed.clone());
     }
     let mut options = item.options;
+    options.trace = tally.trace.clone();
     let incoming =
         incoming_payload(&state.store, item.payload, &mut options).map_err(|e| e.message)?;
     let key = options.backend_key().map_err(|e| e.message().to_string())?;

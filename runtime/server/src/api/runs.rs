@@ -72,6 +72,10 @@ pub(super) async fn trigger(
         Ok::<_, ApiError>((options, incoming))
     })
     .await??;
+    let options = TriggerOptions {
+        trace: crate::trigger::traceparent(&headers),
+        ..options
+    };
     let now = Timestamp::now();
     let key = options.backend_key()?;
     let deployed =
@@ -318,6 +322,7 @@ pub(super) async fn replay(
     let body: ReplayBody = super::json_body_or_default(&body)?;
     let version = body.version;
     let mut options = body.options;
+    options.trace = crate::trigger::traceparent(&headers);
     let incoming = match body.payload {
         Some(payload) => incoming_payload(&state.store, Some(payload), &mut options)?,
         None => {

@@ -43,6 +43,9 @@ pub(crate) struct AttemptSink {
     /// The secret values masked from metadata and stream chunks; secret
     /// reads add theirs.
     pub(crate) redactor: kiln_sandbox::Redactor,
+    /// The trace the children it triggers continue: the run's, under the
+    /// attempt's span.
+    pub(crate) trace: kiln_types::TraceContext,
 }
 
 impl JournalSink for AttemptSink {
@@ -91,6 +94,7 @@ impl JournalSink for AttemptSink {
         let deployment = self.deployment.clone();
         let (root, depth) = (self.root.clone(), self.depth + 1);
         let attempt = self.attempt;
+        let trace = self.trace.clone();
         Box::pin(async move {
             let count = children.len() as u32;
             let first_task = children.first().map(|c| c.task.clone()).unwrap_or_default();
@@ -178,6 +182,7 @@ impl JournalSink for AttemptSink {
                         trigger_function,
                     }),
                     batch: batch_id.as_ref().map(|b| b.to_string()),
+                    trace: Some(trace.clone()),
                     ..run
                 };
                 items.push((run, key));

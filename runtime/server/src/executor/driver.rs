@@ -282,6 +282,7 @@ impl<'a> Slice<'a> {
             depth,
             attempt: self.attempt_no,
             redactor: self.redactor.clone(),
+            trace: crate::traces::child_context(&self.run, self.attempt_no),
         }));
         attempt.set_redactor(self.redactor.clone());
         let mut replay = resume.replay;

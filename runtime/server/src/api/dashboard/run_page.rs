@@ -105,6 +105,12 @@ fn facts(run: &Run) -> String {
         fact("Delayed until", html::time(Some(at)));
     }
     fact("Usage", html::duration_ms(usage));
+    // The id an OpenTelemetry backend shows the run's trace under (when the
+    // server exports traces).
+    fact(
+        "Trace",
+        format!("<code>{}</code>", crate::traces::trace_id(run)),
+    );
     if !run.tags.is_empty() {
         let tags: Vec<String> = run
             .tags
