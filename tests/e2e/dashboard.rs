@@ -127,6 +127,39 @@ async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
     assert!(linked_runs(&none).is_empty() && none.contains("No runs match"));
     let (_, by_task) = page(&kiln, "/runs?task=hello-world&status=COMPLETED").await;
     assert_eq!(linked_runs(&by_task).len(), 25);
+    let (_, by_batch) = page(&kiln, "/runs?batch=batch_none").await;
+    assert!(linked_runs(&by_batch).is_empty());
+    // The created range: a duration back from now, or dates.
+    let (_, last_hour) = page(&kiln, "/runs?from=1h").await;
+    assert_eq!(linked_runs(&last_hour).len(), 25);
+    let (_, long_ago) = page(&kiln, "/runs?from=2020-01-01&to=2020-01-02").await;
+    assert!(linked_runs(&long_ago).is_empty());
+    let created = |n: usize| {
+        let ids = &ids;
+        let kiln = &kiln;
+        async move {
+            let run = kiln.run(&ids[n]).await;
+            // An RFC 3339 time needs no escaping in a query.
+            run["createdAt"].as_str().expect("createdAt").to_string()
+        }
+    };
+    let (_, until_tenth) = page(&kiln, &format!("/runs?to={}", created(9).await)).await;
+    let listed = linked_runs(&until_tenth);
+    assert!(
+        listed.contains(&ids[9]) && listed.contains(&ids[0]),
+        "{listed:?}"
+    );
+    assert!(!listed.contains(&ids[29]), "{listed:?}");
+    let (_, from_21st) = page(&kiln, &format!("/runs?from={}", created(20).await)).await;
+    let listed = linked_runs(&from_21st);
+    assert!(
+        listed.contains(&ids[20]) && listed.contains(&ids[29]),
+        "{listed:?}"
+    );
+    assert!(!listed.contains(&ids[0]), "{listed:?}");
+    let (status, bad) = page(&kiln, "/runs?from=yesterday").await;
+    assert_eq!(status, 400);
+    assert!(bad.contains("neither a duration"), "{bad}");
 
     // A run's page shows its output, logs and journal.
     let (status, run) = page(&kiln, &format!("/runs/{}", ids[0])).await;
@@ -170,6 +203,40 @@ async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
         .unwrap();
     assert_eq!(own.status(), 303);
     assert_eq!(own.headers()["x-frame-options"], "DENY");
+
+    // A delayed run is rescheduled from its page.
+    let delayed = kiln
+        .trigger_with(
+            "hello-world",
+            json!({"name": "later"}),
+            json!({"delay": "1h"}),
+        )
+        .await;
+    let (_, before) = page(&kiln, &format!("/runs/{delayed}")).await;
+    assert!(before.contains("Reschedule"), "a delayed run offers it");
+    let first_due = kiln.run(&delayed).await["delayedUntil"].clone();
+    let (status, _) = post_form(&kiln, &format!("/runs/{delayed}/reschedule"), "delay=3h").await;
+    assert_eq!(status, 303);
+    let moved = kiln.run(&delayed).await;
+    assert_eq!(moved["status"], "DELAYED");
+    assert!(
+        moved["delayedUntil"].as_str() > first_due.as_str(),
+        "{first_due} -> {}",
+        moved["delayedUntil"]
+    );
+    let (status, refused) = post_form(
+        &kiln,
+        &format!("/runs/{delayed}/reschedule"),
+        "delay=soonish",
+    )
+    .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(refused.contains("delay"), "{refused}");
+    let (_, finished) = page(&kiln, &format!("/runs/{}", ids[0])).await;
+    assert!(
+        !finished.contains("Reschedule"),
+        "only a delayed run offers it"
+    );
 
     // Bad input gets a clear page, not a crash.
     let response = client()
@@ -433,4 +500,54 @@ async fn a_project_key_sees_only_its_own_environment() {
     // And the server's key does not see the project's run either.
     let (_, default_runs) = page(&kiln, "/runs").await;
     assert_eq!(linked_runs(&default_runs), [default_run]);
+
+    // A key revoked while its page listens for changes: the stream's next
+    // event tells the page to reload, and the reload asks to sign in.
+    let other = kiln.cli(&["keys", "create", "--project", "proj_acme", "--env", "prod"]);
+    assert!(other.status.success());
+    let other = String::from_utf8_lossy(&other.stdout).trim().to_string();
+    let mut events = client()
+        .get(format!("{}/events", kiln.url))
+        .header("cookie", format!("kiln_key={key}"))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(events.status(), 200);
+    let (status, revoked) = kiln
+        .request(
+            reqwest::Method::DELETE,
+            &format!("/api/v1/projects/proj_acme/keys/{key}"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{revoked}");
+    // A change in the environment wakes the stream.
+    let (status, made) = kiln
+        .request_as(
+            &other,
+            reqwest::Method::POST,
+            "/api/v1/tasks/hello-world/trigger",
+            Some(body.to_string().into()),
+        )
+        .await;
+    assert_eq!(status, 200, "{made}");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(30);
+    let mut seen = String::new();
+    while !seen.contains("event: refresh") {
+        let chunk = tokio::time::timeout_at(deadline, events.chunk())
+            .await
+            .unwrap_or_else(|_| panic!("no refresh after the key was revoked: {seen:?}"))
+            .expect("the stream reads");
+        match chunk {
+            Some(bytes) => seen.push_str(&String::from_utf8_lossy(&bytes)),
+            None => panic!("the stream ended without a refresh: {seen:?}"),
+        }
+    }
+    let ended = tokio::time::timeout_at(deadline, async {
+        while events.chunk().await.ok().flatten().is_some() {}
+    })
+    .await;
+    assert!(ended.is_ok(), "the stream ends after its last event");
+    let (status, _) = page_as(&kiln, &key, "/runs").await;
+    assert_eq!(status, 303, "a revoked key's session is over");
 }

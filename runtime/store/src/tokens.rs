@@ -80,7 +80,18 @@ impl Store {
         }
     }
 
-    /// Every token, oldest first.
+    /// The newest `limit` wait tokens, newest first (token ids sort by
+    /// creation time): reads only those, not every token.
+    pub fn tokens_newest(&self, limit: usize) -> Result<Vec<WaitToken>> {
+        let end = crate::sled_unapplied::prefix_end(TOKEN).unwrap_or_default();
+        self.backend
+            .scan_range_rev(TOKEN, &end, limit)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
+    /// Every wait token, oldest first.
     pub fn tokens(&self) -> Result<Vec<WaitToken>> {
         self.backend
             .scan_prefix(TOKEN)?

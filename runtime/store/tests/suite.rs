@@ -6,7 +6,7 @@ use kiln_store::{
 };
 use kiln_types::{
     Deployment, DeploymentId, HostCall, JournalEntry, JournalRecord, Run, RunId, RunStatus,
-    Schedule, ScheduleId, ScheduleKind, Timestamp,
+    Schedule, ScheduleId, ScheduleKind, Timestamp, TokenId, TokenStatus, WaitToken,
 };
 use std::sync::Arc;
 
@@ -128,6 +128,42 @@ async fn runs_page_newest_first(store: &Store) {
     );
     assert_eq!(page(Some(&ids[1]), 3), vec![ids[0].clone()]);
     assert_eq!(page(Some(&ids[0]), 3), Vec::<RunId>::new());
+}
+
+async fn tokens_page_newest_first(store: &Store) {
+    let mut batch = Batch::default();
+    let ids: Vec<TokenId> = (0..5u64).map(|n| TokenId::generate(1_000 + n)).collect();
+    for id in &ids {
+        batch.put_token(&WaitToken {
+            id: id.clone(),
+            status: TokenStatus::Waiting,
+            tags: Vec::new(),
+            timeout_at: None,
+            idempotency_key: None,
+            idempotency_key_expires_at: None,
+            output: None,
+            created_at: Timestamp(1_000),
+            completed_at: None,
+        });
+        // A waiter entry sorts beside the tokens; it is not one.
+        batch.put_token_waiter(
+            id,
+            &kiln_types::Waiter {
+                parent: RunId::generate(1),
+                wait_id: 0,
+                batch: None,
+            },
+        );
+    }
+    store.commit(batch).await.unwrap();
+    let newest: Vec<TokenId> = store
+        .tokens_newest(3)
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    assert_eq!(newest, vec![ids[4].clone(), ids[3].clone(), ids[2].clone()]);
+    assert_eq!(store.tokens_newest(10).unwrap().len(), 5);
 }
 
 async fn paused_queues_are_kept(store: &Store) {
@@ -722,6 +758,7 @@ async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     timers_by_due_time(&Store::new(make())).await;
     paused_queues_are_kept(&Store::new(make())).await;
     runs_page_newest_first(&Store::new(make())).await;
+    tokens_page_newest_first(&Store::new(make())).await;
     concurrent_commits_all_land(make()).await;
 }
 

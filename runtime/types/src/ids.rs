@@ -64,6 +64,15 @@ macro_rules! id_type {
                 $name(generate($prefix, now_ms))
             }
 
+            /// The lowest id something created at `ms` can have: every id
+            /// below it was made earlier.
+            pub fn lowest_at(ms: u64) -> Self {
+                let mut id = generate($prefix, ms);
+                id.truncate($prefix.len() + 10);
+                id.push_str(&"0".repeat(BODY_LEN - 10));
+                $name(id)
+            }
+
             /// Parses an id, checking its prefix and characters.
             pub fn parse(id: &str) -> Result<Self, IdError> {
                 check($prefix, $kind, id)?;
@@ -139,6 +148,11 @@ mod tests {
         assert!(a < b);
         assert_eq!(RunId::parse(a.as_str()).unwrap(), a);
         assert_eq!(a.as_str().len(), 4 + BODY_LEN);
+        // The lowest id of a millisecond bounds every id made in it.
+        let floor = RunId::lowest_at(1_700_000_000_001);
+        assert!(a < floor && floor <= b);
+        assert!(floor <= RunId::lowest_at(1_700_000_000_001));
+        assert_eq!(RunId::parse(floor.as_str()).unwrap(), floor);
     }
 
     #[test]

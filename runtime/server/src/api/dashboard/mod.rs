@@ -43,6 +43,7 @@ pub(crate) fn router() -> Router<Arc<Hub>> {
         .route("/runs/{run_id}", get(run_page::run))
         .route("/runs/{run_id}/cancel", post(run_page::cancel))
         .route("/runs/{run_id}/replay", post(run_page::replay))
+        .route("/runs/{run_id}/reschedule", post(run_page::reschedule))
         .route("/queues", get(pages::queues))
         .route("/queues/{action}", post(manage::queue_action))
         .route("/tokens", get(manage::tokens_page))
@@ -145,7 +146,7 @@ impl IntoResponse for SignIn {
 }
 
 /// The key a request's session cookie holds.
-fn session_key(headers: &HeaderMap) -> Option<&str> {
+pub(super) fn session_key(headers: &HeaderMap) -> Option<&str> {
     headers
         .get_all(COOKIE)
         .iter()
@@ -154,6 +155,15 @@ fn session_key(headers: &HeaderMap) -> Option<&str> {
         .filter_map(|pair| pair.trim().split_once('='))
         .find(|(name, _)| *name == SESSION)
         .map(|(_, value)| value)
+}
+
+/// Whether `key` still signs in: the server's key, or a key not revoked.
+pub(super) fn signed_in(hub: &Hub, key: &str) -> bool {
+    match hub.lookup(key) {
+        KeyLookup::Admin => true,
+        KeyLookup::Key(key) => key.revoked_at.is_none(),
+        _ => false,
+    }
 }
 
 /// The environment `key` signs in to, if it is a live key of this server.

@@ -5,7 +5,7 @@ use super::{Session, error_page};
 use crate::api::ApiError;
 use axum::extract::Query;
 use axum::response::{Html, IntoResponse, Response};
-use kiln_types::{Run, RunId, RunStatus};
+use kiln_types::{Run, RunId, RunStatus, Timestamp};
 use std::collections::HashMap;
 use std::fmt::Write;
 
@@ -45,6 +45,57 @@ struct Filter {
     status: Vec<RunStatus>,
     task: Option<String>,
     tag: Option<String>,
+    schedule: Option<String>,
+    batch: Option<String>,
+    /// Created at or after, as given (`1h`: the last hour; or a date).
+    from_text: Option<String>,
+    /// Created at or before, as given (a date).
+    to_text: Option<String>,
+    from: Option<Timestamp>,
+    to: Option<Timestamp>,
+}
+
+/// A moment of the created range: a duration back from now (`1h`, `7d`),
+/// an RFC 3339 date, or a date or minute in UTC (`2026-12-01`,
+/// `2026-12-01T09:30`, what a `datetime-local` field sends).
+fn instant(
+    name: &str,
+    text: &str,
+    now: Timestamp,
+    end_of_day: bool,
+) -> Result<Timestamp, ApiError> {
+    use time::macros::format_description;
+    let bad = || {
+        ApiError::bad_request(format!(
+            "{name}: `{text}` is neither a duration back from now (`1h`) nor a date (`2026-12-01`, `2026-12-01T09:30`, RFC 3339)"
+        ))
+    };
+    if let Ok(back) = crate::duration::parse_ms(text) {
+        return Ok(Timestamp(now.as_millis().saturating_sub(back)));
+    }
+    let at = if let Ok(t) =
+        time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
+    {
+        t
+    } else if let Ok(t) = time::PrimitiveDateTime::parse(
+        text,
+        format_description!("[year]-[month]-[day]T[hour]:[minute]"),
+    ) {
+        t.assume_utc()
+    } else if let Ok(day) = time::Date::parse(text, format_description!("[year]-[month]-[day]")) {
+        // A day as the range's end takes in the whole day.
+        let at = day.midnight().assume_utc();
+        if end_of_day {
+            at + time::Duration::days(1) - time::Duration::milliseconds(1)
+        } else {
+            at
+        }
+    } else {
+        return Err(bad());
+    };
+    u64::try_from(at.unix_timestamp_nanos() / 1_000_000)
+        .map(Timestamp)
+        .map_err(|_| bad())
 }
 
 impl Filter {
@@ -64,21 +115,52 @@ impl Filter {
                 .collect::<Result<_, _>>()?,
             None => Vec::new(),
         };
+        let now = Timestamp::now();
+        let from_text = nonempty("from");
+        let to_text = nonempty("to");
+        let from = from_text
+            .as_deref()
+            .map(|t| instant("from", t, now, false))
+            .transpose()?;
+        let to = to_text
+            .as_deref()
+            .map(|t| instant("to", t, now, true))
+            .transpose()?;
         Ok(Filter {
             status,
             task: nonempty("task"),
             tag: nonempty("tag"),
+            schedule: nonempty("schedule"),
+            batch: nonempty("batch"),
+            from_text,
+            to_text,
+            from,
+            to,
         })
     }
 
+    /// Whether every run matches (the range aside, which the walk seeks).
     fn is_empty(&self) -> bool {
-        self.status.is_empty() && self.task.is_none() && self.tag.is_none()
+        self.status.is_empty()
+            && self.task.is_none()
+            && self.tag.is_none()
+            && self.schedule.is_none()
+            && self.batch.is_none()
     }
 
     fn matches(&self, run: &Run) -> bool {
         (self.status.is_empty() || self.status.contains(&run.status))
             && self.task.as_ref().is_none_or(|t| run.task_id == *t)
             && self.tag.as_ref().is_none_or(|t| run.tags.contains(t))
+            && self
+                .schedule
+                .as_ref()
+                .is_none_or(|s| run.schedule.as_ref().is_some_and(|rs| rs.id.as_str() == s))
+            && self
+                .batch
+                .as_ref()
+                .is_none_or(|b| run.batch.as_ref() == Some(b))
+            && self.to.is_none_or(|to| run.created_at <= to)
     }
 
     /// The filter as a query string (with a trailing `&` when not empty).
@@ -91,8 +173,16 @@ impl Filter {
         if let Some(task) = &self.task {
             let _ = write!(q, "task={}&", query_value(task));
         }
-        if let Some(tag) = &self.tag {
-            let _ = write!(q, "tag={}&", query_value(tag));
+        for (name, value) in [
+            ("tag", &self.tag),
+            ("schedule", &self.schedule),
+            ("batch", &self.batch),
+            ("from", &self.from_text),
+            ("to", &self.to_text),
+        ] {
+            if let Some(value) = value {
+                let _ = write!(q, "{name}={}&", query_value(value));
+            }
         }
         q
     }
@@ -107,7 +197,15 @@ fn page_of(
     older: Option<RunId>,
 ) -> Result<(Vec<Run>, Option<RunId>), ApiError> {
     let mut found = Vec::new();
-    let mut cursor = older;
+    // Ids sort by creation time: a range's end is where the walk starts,
+    // and its start where it stops.
+    let seek = filter
+        .to
+        .map(|to| RunId::lowest_at(to.as_millis().saturating_add(1)));
+    let mut cursor = match (older, seek) {
+        (Some(older), Some(seek)) => Some(older.min(seek)),
+        (older, seek) => older.or(seek),
+    };
     let mut walked = 0;
     // Unfiltered, a page and one more run (to know whether older ones
     // exist) is all there is to read.
@@ -117,6 +215,9 @@ fn page_of(
         let exhausted = chunk.len() < chunk_size;
         let read = chunk.len();
         for (i, run) in chunk.into_iter().enumerate() {
+            if filter.from.is_some_and(|from| run.created_at < from) {
+                return Ok((found, None));
+            }
             walked += 1;
             cursor = Some(run.id.clone());
             if filter.matches(&run) {
@@ -139,7 +240,7 @@ fn page_of(
     }
 }
 
-/// `GET /runs?status=&task=&tag=&older=`.
+/// `GET /runs?status=&task=&tag=&schedule=&batch=&from=&to=&older=`.
 pub(super) async fn runs(
     Session(state): Session,
     Query(q): Query<HashMap<String, String>>,
@@ -195,9 +296,13 @@ pub(super) async fn runs(
     }
     let _ = write!(
         body,
-        r#"<form class="filters" method="get" action="/runs"><select name="status" aria-label="Status">{options}</select><input name="task" placeholder="task" aria-label="Task" value="{task}"><input name="tag" placeholder="tag" aria-label="Tag" value="{tag}"><button type="submit">Filter</button> <a href="/runs">clear</a></form>"#,
+        r#"<form class="filters" method="get" action="/runs"><select name="status" aria-label="Status">{options}</select><input name="task" placeholder="task" aria-label="Task" value="{task}"><input name="tag" placeholder="tag" aria-label="Tag" value="{tag}"><input name="schedule" placeholder="schedule id" aria-label="Schedule" value="{schedule}"><input name="batch" placeholder="batch id" aria-label="Batch" value="{batch}"><input name="from" placeholder="from (1h, 2026-12-01)" aria-label="Created from" title="Created at or after: a duration back from now (1h, 7d) or a date in UTC" value="{from}"><input name="to" placeholder="to (date, UTC)" aria-label="Created to" title="Created at or before: a date in UTC" value="{to}"><button type="submit">Filter</button> <a href="/runs">clear</a></form>"#,
         task = esc(filter.task.as_deref().unwrap_or("")),
         tag = esc(filter.tag.as_deref().unwrap_or("")),
+        schedule = esc(filter.schedule.as_deref().unwrap_or("")),
+        batch = esc(filter.batch.as_deref().unwrap_or("")),
+        from = esc(filter.from_text.as_deref().unwrap_or("")),
+        to = esc(filter.to_text.as_deref().unwrap_or("")),
     );
     if rows.is_empty() {
         body.push_str(r#"<p class="empty">No runs match.</p>"#);

@@ -1,6 +1,6 @@
 //! A run's page: its status, payload, output or error, attempts and logs,
-//! parent and children, and its journal as a timeline; with cancel and
-//! replay.
+//! parent and children, and its journal as a timeline; with cancel,
+//! reschedule and replay.
 
 use super::html::{self, esc};
 use super::{Session, error_page, redirect};
@@ -36,8 +36,16 @@ fn page(state: &crate::api::AppState, run_id: &str) -> Result<Response, ApiError
         id = esc(id),
         status = html::status_badge(id, run.status),
     );
-    // Actions: cancel while it is not final, replay always.
+    // Actions: cancel while it is not final, reschedule while it is
+    // delayed, replay always.
     body.push_str(r#"<div class="actions">"#);
+    if run.status == kiln_types::RunStatus::Delayed {
+        let _ = write!(
+            body,
+            r#"<form method="post" action="/runs/{id}/reschedule"><input name="delay" required placeholder="in (30m) or at (RFC 3339)" aria-label="New delay" title="A duration from now (30m, 2h) or a date (2026-12-01T09:30:00Z)"><button type="submit" data-action="reschedule">Reschedule</button></form>"#,
+            id = esc(id)
+        );
+    }
     if !run.status.is_final() {
         let _ = write!(
             body,
@@ -295,6 +303,25 @@ fn timeline(records: &[JournalRecord]) -> String {
 pub(super) async fn cancel(Session(state): Session, Path(run_id): Path<String>) -> Response {
     let back = format!("/runs/{}", html::query_value(&run_id));
     match crate::api::runs::cancel(Env(state), Path(run_id)).await {
+        Ok(_) => redirect(&back),
+        Err(e) => error_page(e),
+    }
+}
+
+/// `POST /runs/{run_id}/reschedule` `delay=`: moves a delayed run's start
+/// (a duration from now or a date), then back to the run.
+pub(super) async fn reschedule(
+    Session(state): Session,
+    Path(run_id): Path<String>,
+    body: Bytes,
+) -> Response {
+    let back = format!("/runs/{}", html::query_value(&run_id));
+    let delay = form_urlencoded::parse(&body)
+        .find(|(name, _)| name == "delay")
+        .map(|(_, value)| value.trim().to_string())
+        .unwrap_or_default();
+    let request = Bytes::from(serde_json::json!({ "delay": delay }).to_string());
+    match crate::api::runs::reschedule(Env(state), Path(run_id), request).await {
         Ok(_) => redirect(&back),
         Err(e) => error_page(e),
     }
