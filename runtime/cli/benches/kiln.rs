@@ -248,7 +248,8 @@ async fn trigger_to_completed(data_dir: &std::path::Path, runs: usize) -> Vec<Du
     samples
 }
 
-/// A `kiln serve` (the release binary) on a temp data dir.
+/// A `kiln serve` (the release binary, or the one `KILN_BENCH_BIN` names,
+/// to compare two builds with one harness) on a temp data dir.
 struct Server {
     child: std::process::Child,
     url: String,
@@ -258,8 +259,9 @@ struct Server {
 impl Server {
     fn start(data_dir: &std::path::Path, args: &[&str]) -> (Server, Duration) {
         let started = Instant::now();
-        let (child, url) =
-            kiln_fixtures::spawn_kiln(env!("CARGO_BIN_EXE_kiln"), data_dir, KEY, args);
+        let binary =
+            std::env::var("KILN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiln").into());
+        let (child, url) = kiln_fixtures::spawn_kiln(&binary, data_dir, KEY, args);
         let ready = started.elapsed();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)

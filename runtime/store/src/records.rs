@@ -585,6 +585,20 @@ impl Store {
             .collect()
     }
 
+    /// At most `limit` runs newer than `newer_than`, oldest first: the
+    /// other way through the same keys as [`Store::runs_newest`].
+    pub fn runs_oldest_after(&self, newer_than: &RunId, limit: usize) -> Result<Vec<Run>> {
+        // The smallest key after the run's own.
+        let mut start = key(RUN, newer_than.as_str().as_bytes());
+        start.push(0);
+        let end = crate::sled_unapplied::prefix_end(RUN).unwrap_or_default();
+        self.backend
+            .scan_range(&start, &end, limit)?
+            .iter()
+            .map(|(k, v)| decode(k, v))
+            .collect()
+    }
+
     /// Every run that is queued or executing, in id (creation) order. Reads
     /// only that index, not every run.
     pub fn active_runs(&self) -> Result<Vec<Run>> {

@@ -128,6 +128,17 @@ async fn runs_page_newest_first(store: &Store) {
     );
     assert_eq!(page(Some(&ids[1]), 3), vec![ids[0].clone()]);
     assert_eq!(page(Some(&ids[0]), 3), Vec::<RunId>::new());
+    let newer = |than: &RunId, limit| -> Vec<RunId> {
+        store
+            .runs_oldest_after(than, limit)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect()
+    };
+    assert_eq!(newer(&ids[1], 3), ids[2..5].to_vec());
+    assert_eq!(newer(&ids[5], 3), vec![ids[6].clone()]);
+    assert_eq!(newer(&ids[6], 3), Vec::<RunId>::new());
 }
 
 async fn tokens_page_newest_first(store: &Store) {

@@ -68,9 +68,24 @@ pub(crate) async fn dashboard_bench(count: usize) {
             "runs, tag=tenant-7 (1 in 100)",
             "/runs?tag=tenant-7".to_string(),
         ),
+        (
+            "runs, created in the last 10 s",
+            "/runs?from=10s".to_string(),
+        ),
         ("a run", format!("/runs/{middle}")),
         ("queues", "/queues".to_string()),
+        ("tokens", "/tokens".to_string()),
         ("deployments", "/deployments".to_string()),
+        // The API's list, which `kiln dev` and backends page through.
+        ("API runs.list, newest page", "/api/v1/runs".to_string()),
+        (
+            "API runs.list, a page in the middle",
+            format!("/api/v1/runs?page[after]={middle}"),
+        ),
+        (
+            "API runs.list, status=FAILED",
+            "/api/v1/runs?filter[status]=FAILED".to_string(),
+        ),
     ];
     for (name, path) in pages {
         let mut samples: Vec<Duration> = Vec::new();
@@ -79,6 +94,7 @@ pub(crate) async fn dashboard_bench(count: usize) {
             let answer = http
                 .get(format!("{}{path}", server.url))
                 .header("cookie", format!("kiln_key={KEY}"))
+                .bearer_auth(KEY)
                 .send()
                 .await
                 .expect("the server answers");

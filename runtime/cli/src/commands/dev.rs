@@ -105,11 +105,18 @@ async fn deploy(client: &Client, bytes: &[u8]) -> bool {
 
 /// Follows the runs made after it started.
 struct Runs {
+    /// When the loop started, in milliseconds since the epoch.
+    since_ms: u64,
     /// Runs with an id above this were made after `kiln dev` started (ids
     /// sort by creation time).
     after: String,
     printed: HashMap<String, Printed>,
 }
+
+/// Runs one look reads a page.
+const PAGE_SIZE: usize = 100;
+/// The most pages one look reads.
+const MAX_PAGES: usize = 20;
 
 impl Runs {
     /// From now on: run ids begin with their creation time, so a run made
@@ -117,26 +124,44 @@ impl Runs {
     fn new() -> Runs {
         let now = kiln_types::Timestamp::now().as_millis();
         Runs {
+            since_ms: now,
             after: kiln_types::RunId::generate(now).as_str().to_string(),
             printed: HashMap::new(),
         }
     }
 
-    /// Prints what changed in the newest runs since the last look.
+    /// Prints what changed in the runs made since the loop started: every
+    /// page of them, up to [`MAX_PAGES`] a look.
     async fn poll(&mut self, client: &Client) {
-        let Ok(page) = client.get_json("/api/v1/runs?page[size]=25").await else {
-            return;
-        };
-        let mut fresh: Vec<(String, String)> = page["data"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter_map(|run| {
-                let id = run["id"].as_str()?.to_string();
-                let status = run["status"].as_str()?.to_string();
-                (id > self.after).then_some((id, status))
-            })
-            .collect();
+        let mut fresh: Vec<(String, String)> = Vec::new();
+        let mut next: Option<String> = None;
+        for _ in 0..MAX_PAGES {
+            let mut path = format!(
+                "/api/v1/runs?page[size]={PAGE_SIZE}&filter[createdAt][from]={}",
+                self.since_ms
+            );
+            if let Some(after) = &next {
+                path.push_str(&format!("&page[after]={after}"));
+            }
+            let Ok(page) = client.get_json(&path).await else {
+                return;
+            };
+            fresh.extend(
+                page["data"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|run| {
+                        let id = run["id"].as_str()?.to_string();
+                        let status = run["status"].as_str()?.to_string();
+                        (id > self.after).then_some((id, status))
+                    }),
+            );
+            next = page["pagination"]["next"].as_str().map(String::from);
+            if next.is_none() {
+                break;
+            }
+        }
         fresh.reverse();
         for (id, status) in fresh {
             let printed = self.printed.entry(id.clone()).or_default();

@@ -158,23 +158,222 @@ pub(super) async fn list(
     };
     let after = cursor("page[after]")?;
     let before = cursor("page[before]")?;
-    // Newest first. A schedule filter reads the schedule's run index
-    // rather than every run.
-    let mut runs: Vec<Run> = match &filter.schedule {
-        Some(schedule) => {
+    let (page, next, previous) = list_page(&state.store, &filter, after, before, size)?;
+    let mut pagination = serde_json::Map::new();
+    if let Some(next) = next {
+        pagination.insert("next".into(), json!(next));
+    }
+    if let Some(previous) = previous {
+        pagination.insert("previous".into(), json!(previous));
+    }
+    let env = json!({ "id": &*state.env_id, "name": &*state.environment });
+    let data: Vec<Value> = page
+        .iter()
+        .map(|run| {
+            let mut item = common_view(run);
+            item.insert("env".into(), env.clone());
+            Value::Object(item)
+        })
+        .collect();
+    Ok(Json(json!({ "data": data, "pagination": pagination })))
+}
+
+/// A page of runs, newest first, and the ids to go on from: `next` (older
+/// runs) and `previous` (newer runs).
+type Page = (Vec<Run>, Option<RunId>, Option<RunId>);
+
+/// One page of the list, newest first, with the cursors to go on from:
+/// `next` (older runs) and `previous` (newer runs). Reads the run index
+/// from the cursor, never every run.
+fn list_page(
+    store: &kiln_store::Store,
+    filter: &Filter,
+    after: Option<RunId>,
+    before: Option<RunId>,
+    size: usize,
+) -> Result<Page, ApiError> {
+    // Newest first. `next` and `previous` are the ids to go on from: the
+    // page's last and first, or where a walk stopped short.
+    let page = match (&filter.schedule, &after, &before) {
+        // A schedule filter reads the schedule's run index.
+        (Some(schedule), _, _) => {
             let mut runs = Vec::new();
-            for id in state.store.schedule_runs(schedule)? {
-                if let Some(run) = state.store.run(&id)? {
+            for id in store.schedule_runs(schedule)? {
+                if let Some(run) = store.run(&id)? {
                     runs.push(run);
                 }
             }
-            runs
+            runs.retain(|r| filter.matches(r));
+            runs.reverse();
+            in_memory(runs, after.as_ref(), before.as_ref(), size)
         }
-        None => state.store.runs()?,
+        (None, _, Some(before)) if after.is_none() => {
+            let walked = walk_newer(store, filter, before, size + 1)?;
+            let more = walked.runs.len() > size || walked.stopped;
+            let mut page: Vec<Run> = walked.runs.into_iter().take(size).collect();
+            let previous = match (more, page.last(), walked.last) {
+                (false, _, _) => None,
+                (true, Some(newest), _) if page.len() == size => Some(newest.id.clone()),
+                (true, _, last) => last,
+            };
+            page.reverse();
+            // Older runs exist: `before` itself, at least.
+            let next = page.last().map(|r| r.id.clone());
+            (page, next, previous)
+        }
+        (None, _, _) => {
+            let walked = walk_older(store, filter, after.clone(), size + 1)?;
+            let more = walked.runs.len() > size || walked.stopped;
+            let page: Vec<Run> = walked.runs.into_iter().take(size).collect();
+            let next = match (more, page.last(), walked.last) {
+                (false, _, _) => None,
+                (true, Some(oldest), _) if page.len() == size => Some(oldest.id.clone()),
+                (true, _, last) => last,
+            };
+            // Newer runs exist when the page starts after one.
+            let previous = after.as_ref().and(page.first()).map(|r| r.id.clone());
+            (page, next, previous)
+        }
     };
-    runs.retain(|r| filter.matches(r));
-    runs.reverse();
-    let (page, has_newer, has_older) = match (&after, &before) {
+    Ok(page)
+}
+
+/// The most runs one list request reads; a filter that selects few runs
+/// among many answers a short page with a `next` cursor where it stopped.
+const MAX_WALK: usize = 10_000;
+/// Runs read from the index at a time.
+const CHUNK: usize = 200;
+
+/// Runs a walk of the index found.
+struct Walked {
+    /// The matching runs, in the walk's order.
+    runs: Vec<Run>,
+    /// Whether it stopped at [`MAX_WALK`] with runs left to read.
+    stopped: bool,
+    /// The last run it read.
+    last: Option<RunId>,
+}
+
+/// Up to `want` matching runs older than `older` (from the newest when
+/// `None`), newest first. Ids sort by creation time: the created range's
+/// end is where the walk starts, and its start where it stops.
+fn walk_older(
+    store: &kiln_store::Store,
+    filter: &Filter,
+    older: Option<RunId>,
+    want: usize,
+) -> Result<Walked, ApiError> {
+    let seek = filter
+        .to
+        .map(|to| RunId::lowest_at(to.as_millis().saturating_add(1)));
+    let mut cursor = match (older, seek) {
+        (Some(older), Some(seek)) => Some(older.min(seek)),
+        (older, seek) => older.or(seek),
+    };
+    let mut found = Vec::new();
+    let mut walked = 0;
+    loop {
+        let chunk = store.runs_newest(cursor.as_ref(), CHUNK)?;
+        let exhausted = chunk.len() < CHUNK;
+        for run in chunk {
+            if filter.from.is_some_and(|from| run.created_at < from) {
+                return Ok(Walked {
+                    runs: found,
+                    stopped: false,
+                    last: cursor,
+                });
+            }
+            walked += 1;
+            cursor = Some(run.id.clone());
+            if filter.matches(&run) {
+                found.push(run);
+                if found.len() == want {
+                    return Ok(Walked {
+                        runs: found,
+                        stopped: false,
+                        last: cursor,
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Walked {
+                runs: found,
+                stopped: false,
+                last: cursor,
+            });
+        }
+        if walked >= MAX_WALK {
+            return Ok(Walked {
+                runs: found,
+                stopped: true,
+                last: cursor,
+            });
+        }
+    }
+}
+
+/// Up to `want` matching runs newer than `newer`, oldest first.
+fn walk_newer(
+    store: &kiln_store::Store,
+    filter: &Filter,
+    newer: &RunId,
+    want: usize,
+) -> Result<Walked, ApiError> {
+    let seek = filter.from.map(|from| RunId::lowest_at(from.as_millis()));
+    let mut cursor = match seek {
+        Some(seek) if seek > *newer => seek,
+        _ => newer.clone(),
+    };
+    let end = filter
+        .to
+        .map(|to| RunId::lowest_at(to.as_millis().saturating_add(1)));
+    let mut found = Vec::new();
+    let mut walked = 0;
+    loop {
+        let chunk = store.runs_oldest_after(&cursor, CHUNK)?;
+        let exhausted = chunk.len() < CHUNK;
+        for run in chunk {
+            if end.as_ref().is_some_and(|end| run.id >= *end) {
+                return Ok(Walked {
+                    runs: found,
+                    stopped: false,
+                    last: Some(cursor),
+                });
+            }
+            walked += 1;
+            cursor = run.id.clone();
+            if filter.matches(&run) {
+                found.push(run);
+                if found.len() == want {
+                    return Ok(Walked {
+                        runs: found,
+                        stopped: false,
+                        last: Some(cursor),
+                    });
+                }
+            }
+        }
+        if exhausted {
+            return Ok(Walked {
+                runs: found,
+                stopped: false,
+                last: Some(cursor),
+            });
+        }
+        if walked >= MAX_WALK {
+            return Ok(Walked {
+                runs: found,
+                stopped: true,
+                last: Some(cursor),
+            });
+        }
+    }
+}
+
+/// A page of runs already read (newest first), with its cursors.
+fn in_memory(runs: Vec<Run>, after: Option<&RunId>, before: Option<&RunId>, size: usize) -> Page {
+    let (page, has_newer, has_older) = match (after, before) {
         (Some(after), _) => {
             let older: Vec<Run> = runs.into_iter().filter(|r| r.id < *after).collect();
             let more = older.len() > size;
@@ -187,25 +386,114 @@ pub(super) async fn list(
         }
         (None, None) => {
             let more = runs.len() > size;
-            runs.truncate(size);
-            (runs, false, more)
+            (runs.into_iter().take(size).collect(), false, more)
         }
     };
-    let mut pagination = serde_json::Map::new();
-    if has_older && let Some(last) = page.last() {
-        pagination.insert("next".into(), json!(last.id));
+    let next = page.last().filter(|_| has_older).map(|r| r.id.clone());
+    let previous = page.first().filter(|_| has_newer).map(|r| r.id.clone());
+    (page, next, previous)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_store::{MemoryBackend, Store};
+    use kiln_types::DeploymentId;
+    use std::sync::Arc;
+
+    /// A store with `n` runs made a millisecond apart from 1,000; every
+    /// even one tagged `even`, the very first tagged `first`.
+    async fn store_with(n: u64) -> (Store, Vec<RunId>) {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let mut ids = Vec::new();
+        let mut batch = kiln_store::Batch::default();
+        for i in 0..n {
+            let mut run = Run::queued(
+                RunId::generate(1_000 + i),
+                "task",
+                DeploymentId::none(),
+                "1",
+                "{}",
+                Timestamp(1_000 + i),
+            );
+            if i % 2 == 0 {
+                run.tags.push("even".into());
+            }
+            if i == 0 {
+                run.tags.push("first".into());
+            }
+            batch.put_run(&run);
+            ids.push(run.id);
+        }
+        store.commit(batch).await.expect("stored");
+        (store, ids)
     }
-    if has_newer && let Some(first) = page.first() {
-        pagination.insert("previous".into(), json!(first.id));
+
+    fn filter(pairs: &[(&str, &str)]) -> Filter {
+        let q: HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Filter::parse(&q).expect("a valid filter")
     }
-    let env = json!({ "id": &*state.env_id, "name": &*state.environment });
-    let data: Vec<Value> = page
-        .iter()
-        .map(|run| {
-            let mut item = common_view(run);
-            item.insert("env".into(), env.clone());
-            Value::Object(item)
-        })
-        .collect();
-    Ok(Json(json!({ "data": data, "pagination": pagination })))
+
+    fn ids(page: &[Run]) -> Vec<RunId> {
+        page.iter().map(|r| r.id.clone()).collect()
+    }
+
+    #[tokio::test]
+    async fn pages_walk_the_index_both_ways() {
+        let (store, all) = store_with(30).await;
+        let at = |i: usize| all[i].clone();
+        let none = filter(&[]);
+        let (page, next, previous) = list_page(&store, &none, None, None, 3).unwrap();
+        assert_eq!(ids(&page), [at(29), at(28), at(27)]);
+        assert_eq!((next, previous), (Some(at(27)), None));
+
+        let (page, next, previous) = list_page(&store, &none, Some(at(27)), None, 3).unwrap();
+        assert_eq!(ids(&page), [at(26), at(25), at(24)]);
+        assert_eq!((next, previous), (Some(at(24)), Some(at(26))));
+
+        // Back again: the newest page has nothing newer.
+        let (page, next, previous) = list_page(&store, &none, None, Some(at(26)), 3).unwrap();
+        assert_eq!(ids(&page), [at(29), at(28), at(27)]);
+        assert_eq!((next, previous), (Some(at(27)), None));
+        let (page, _, previous) = list_page(&store, &none, None, Some(at(20)), 3).unwrap();
+        assert_eq!(ids(&page), [at(23), at(22), at(21)]);
+        assert_eq!(previous, Some(at(23)));
+
+        // The oldest page has nothing older.
+        let (page, next, _) = list_page(&store, &none, Some(at(2)), None, 3).unwrap();
+        assert_eq!(ids(&page), [at(1), at(0)]);
+        assert_eq!(next, None);
+
+        // A created range seeks its end and stops at its start.
+        let range = filter(&[
+            ("filter[createdAt][from]", "1010"),
+            ("filter[createdAt][to]", "1012"),
+        ]);
+        let (page, next, _) = list_page(&store, &range, None, None, 5).unwrap();
+        assert_eq!(ids(&page), [at(12), at(11), at(10)]);
+        assert_eq!(next, None);
+        let (page, _, previous) = list_page(&store, &range, None, Some(at(9)), 2).unwrap();
+        assert_eq!(ids(&page), [at(11), at(10)]);
+        assert_eq!(previous, Some(at(11)));
+
+        let even = filter(&[("filter[tag]", "even")]);
+        let (page, next, _) = list_page(&store, &even, None, None, 3).unwrap();
+        assert_eq!(ids(&page), [at(28), at(26), at(24)]);
+        assert_eq!(next, Some(at(24)));
+    }
+
+    #[tokio::test]
+    async fn a_sparse_filter_answers_a_short_page_where_its_walk_stopped() {
+        let (store, all) = store_with(MAX_WALK as u64 + 50).await;
+        let first = filter(&[("filter[tag]", "first")]);
+        let (page, next, _) = list_page(&store, &first, None, None, 10).unwrap();
+        assert!(page.is_empty(), "the match is past the walk's limit");
+        let next = next.expect("a cursor to go on from");
+        let (page, next, _) = list_page(&store, &first, Some(next), None, 10).unwrap();
+        assert_eq!(ids(&page), [all[0].clone()]);
+        assert_eq!(next, None);
+    }
 }
