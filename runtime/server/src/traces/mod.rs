@@ -138,7 +138,16 @@ impl Exporter {
                             if exported.contains(&id) {
                                 continue;
                             }
-                            if let Some(spans) = exporter.trace_of(&store, &id, &labels) {
+                            // A long journal is read and turned into spans
+                            // off the runtime's workers.
+                            let (reader, store, labels) =
+                                (exporter.clone(), store.clone(), labels.clone());
+                            let read = tokio::task::spawn_blocking(move || {
+                                reader
+                                    .trace_of(&store, &id, &labels)
+                                    .map(|spans| (id, spans))
+                            });
+                            if let Ok(Some((id, spans))) = read.await {
                                 exported.insert(id);
                                 exporter.send(spans);
                             }
