@@ -157,6 +157,23 @@ async fn the_dashboard_signs_in_with_a_key_and_pages_through_runs() {
         "{listed:?}"
     );
     assert!(!listed.contains(&ids[0]), "{listed:?}");
+    // The far ends of the calendar and of an id's clock select everything.
+    let (status, far) = page(&kiln, "/runs?to=9999-12-31").await;
+    assert_eq!(status, 200);
+    assert_eq!(linked_runs(&far).len(), 25);
+    let (status, listed) = kiln
+        .request(
+            reqwest::Method::GET,
+            "/api/v1/runs?filter[createdAt][to]=9007199254740991",
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        listed["data"].as_array().map(Vec::len),
+        Some(25),
+        "{listed}"
+    );
     let (status, bad) = page(&kiln, "/runs?from=yesterday").await;
     assert_eq!(status, 400);
     assert!(bad.contains("neither a duration"), "{bad}");

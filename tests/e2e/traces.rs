@@ -123,6 +123,23 @@ impl Receiver {
     }
 }
 
+/// Triggers `task` with a `traceparent` header; returns the run's id.
+async fn trigger(kiln: &Kiln, task: &str, payload: serde_json::Value, traceparent: &str) -> String {
+    let response = reqwest::Client::new()
+        .post(format!("{}/api/v1/tasks/{task}/trigger", kiln.url))
+        .bearer_auth(KEY)
+        .header("traceparent", traceparent)
+        .json(&json!({ "payload": payload }))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(response.status(), 200);
+    response.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .expect("an id")
+        .to_string()
+}
+
 fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -146,34 +163,93 @@ async fn a_runs_trace_with_a_child_and_a_wait_continues_the_triggers_traceparent
         dir.path(),
         &["--warm-wait-ms", "0", "--otlp-endpoint", &receiver.url],
     );
+    // Triggered before any deploy has its task: the run waits as
+    // PENDING_VERSION, and keeps its caller's trace until it runs.
+    let pending_trace = "0af7651916cd43dd8448eb211c80319c";
+    let pending = trigger(
+        &kiln,
+        "echo",
+        json!({"n": 1}),
+        &format!("00-{pending_trace}-b7ad6b7169203331-01"),
+    )
+    .await;
     kiln.deploy(kiln_fixtures::PROBE).await;
+    // A caller that does not record its trace (flags 00) gets no spans.
+    let unsampled = trigger(
+        &kiln,
+        "echo",
+        json!({"n": 2}),
+        "00-11111111111111111111111111111111-2222222222222222-00",
+    )
+    .await;
+    assert_eq!(kiln.finished(&unsampled).await["status"], "COMPLETED");
 
     // A backend's trace: the run continues it.
     let trace_id = "4bf92f3577b34da6a3ce929d0e0e4736";
     let caller_span = "00f067aa0ba902b7";
-    let response = reqwest::Client::new()
-        .post(format!("{}/api/v1/tasks/parent/trigger", kiln.url))
-        .bearer_auth(KEY)
-        .header("traceparent", format!("00-{trace_id}-{caller_span}-01"))
-        .json(&json!({ "payload": { "mode": "sleepy", "sleep_ms": 200 } }))
-        .send()
-        .await
-        .expect("the server answers");
-    assert_eq!(response.status(), 200);
-    let id = response.json::<serde_json::Value>().await.unwrap()["id"]
-        .as_str()
-        .expect("an id")
-        .to_string();
+    let id = trigger(
+        &kiln,
+        "parent",
+        json!({ "mode": "sleepy", "sleep_ms": 200 }),
+        &format!("00-{trace_id}-{caller_span}-01"),
+    )
+    .await;
     let run = kiln.finished(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     let child = run["output"]["child"].as_str().expect("the child's id");
+    assert_eq!(kiln.finished(&pending).await["status"], "COMPLETED");
 
-    let spans = receiver.spans_of(&[&id, child]).await;
+    // A replay continues the trace its own request names.
+    let replay_trace = "5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e5e";
+    let replayed = reqwest::Client::new()
+        .post(format!("{}/api/v1/runs/{id}/replay", kiln.url))
+        .bearer_auth(KEY)
+        .header(
+            "traceparent",
+            format!("00-{replay_trace}-3333333333333333-01"),
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .expect("the server answers");
+    assert_eq!(replayed.status(), 200);
+    let replay = replayed.json::<serde_json::Value>().await.unwrap()["id"]
+        .as_str()
+        .expect("an id")
+        .to_string();
+    kiln.finished(&replay).await;
+
+    let everything = receiver.spans_of(&[&id, child, &pending, &replay]).await;
+    let run_span = |run: &str| {
+        one(&everything, "a run", |s| {
+            text(s, "kiln.run.id").as_deref() == Some(run)
+        })
+    };
+    let pending_span = run_span(&pending);
+    assert_eq!(hex(&pending_span.trace_id), pending_trace);
+    assert_eq!(hex(&pending_span.parent_span_id), "b7ad6b7169203331");
+    assert_eq!(hex(&run_span(&replay).trace_id), replay_trace);
+    // Traces go out in the order runs end: the unrecorded run ended first.
+    assert!(
+        !everything
+            .iter()
+            .any(|s| text(s, "kiln.run.id").as_deref() == Some(&unsampled)
+                || hex(&s.trace_id) == "11111111111111111111111111111111"),
+        "an unrecorded trace was exported"
+    );
+
     // The run, its child and everything under them are one trace: the
     // caller's.
-    for span in &spans {
-        assert_eq!(hex(&span.trace_id), trace_id, "{}", span.name);
-    }
+    let spans: Vec<Span> = everything
+        .iter()
+        .filter(|s| hex(&s.trace_id) == trace_id)
+        .cloned()
+        .collect();
+    let ours = |s: &Span| text(s, "kiln.run.id").is_none_or(|run| run == id || run == child);
+    assert!(
+        spans.iter().all(ours),
+        "only the parent's and child's runs are in the caller's trace"
+    );
 
     let parent_run = one(&spans, "parent run", |s| {
         text(s, "kiln.run.id").as_deref() == Some(&id)

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
 const BODY_LEN: usize = 25;
+/// The latest time an id can hold: 10 base-32 characters, 50 bits.
+const MAX_ID_MS: u64 = (1 << 50) - 1;
 
 /// An id that does not have the expected shape.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -65,9 +67,11 @@ macro_rules! id_type {
             }
 
             /// The lowest id something created at `ms` can have: every id
-            /// below it was made earlier.
+            /// below it was made earlier. An id holds 50 bits of
+            /// milliseconds (until the year 37648); a later `ms` gives the
+            /// highest such id, above every id made.
             pub fn lowest_at(ms: u64) -> Self {
-                let mut id = generate($prefix, ms);
+                let mut id = generate($prefix, ms.min(MAX_ID_MS));
                 id.truncate($prefix.len() + 10);
                 id.push_str(&"0".repeat(BODY_LEN - 10));
                 $name(id)
@@ -151,8 +155,12 @@ mod tests {
         // The lowest id of a millisecond bounds every id made in it.
         let floor = RunId::lowest_at(1_700_000_000_001);
         assert!(a < floor && floor <= b);
-        assert!(floor <= RunId::lowest_at(1_700_000_000_001));
         assert_eq!(RunId::parse(floor.as_str()).unwrap(), floor);
+        // Past what an id holds, the bound stays above every id rather
+        // than wrapping around below them.
+        for ms in [MAX_ID_MS + 1, 9_007_199_254_740_991, u64::MAX] {
+            assert!(RunId::lowest_at(ms) > b, "{ms}");
+        }
     }
 
     #[test]

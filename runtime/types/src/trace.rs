@@ -13,6 +13,18 @@ pub struct TraceContext {
     /// The span the run's own span is a child of: 16 lowercase hex digits,
     /// not all zero.
     pub parent_span_id: String,
+    /// Whether the trace is recorded (the `sampled` flag): a caller that
+    /// does not record it gets no spans of the run, nor of its children.
+    #[serde(default = "recorded", skip_serializing_if = "is_recorded")]
+    pub sampled: bool,
+}
+
+fn recorded() -> bool {
+    true
+}
+
+fn is_recorded(sampled: &bool) -> bool {
+    *sampled
 }
 
 impl TraceContext {
@@ -46,9 +58,11 @@ impl TraceContext {
         if trace_id.bytes().all(|b| b == b'0') || parent_span_id.bytes().all(|b| b == b'0') {
             return None;
         }
+        let flags = u8::from_str_radix(flags, 16).ok()?;
         Some(TraceContext {
             trace_id: trace_id.to_string(),
             parent_span_id: parent_span_id.to_string(),
+            sampled: flags & 1 == 1,
         })
     }
 }
@@ -65,6 +79,22 @@ mod tests {
         .expect("valid");
         assert_eq!(context.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
         assert_eq!(context.parent_span_id, "00f067aa0ba902b7");
+        assert!(context.sampled);
+        let unsampled = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        )
+        .expect("valid");
+        assert!(!unsampled.sampled);
+        // Kept as stored: a recorded trace's flag is implied.
+        let stored = serde_json::to_string(&context).unwrap();
+        assert!(!stored.contains("sampled"), "{stored}");
+        let back: TraceContext = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back, context);
+        let stored = serde_json::to_string(&unsampled).unwrap();
+        assert_eq!(
+            serde_json::from_str::<TraceContext>(&stored).unwrap(),
+            unsampled
+        );
         // A later version may carry more fields.
         assert!(
             TraceContext::from_traceparent(

@@ -262,7 +262,7 @@ fn build() -> Vec<Route> {
             "GET",
             "/api/v1/runs",
             SecretKey,
-            "List runs, newest first, with filters and cursors (`runs.list`)",
+            "List runs, newest first, with filters and cursors (`runs.list`); one request reads at most 10,000 runs, so a rare filter may answer a short page with a `next` cursor",
             || get(run_list::list),
         )
         .query(&[

@@ -78,7 +78,13 @@ pub(crate) fn child_context(run: &Run, attempt: u32) -> TraceContext {
     TraceContext {
         trace_id: trace_id(run).to_string(),
         parent_span_id: attempt_span(&run.id, attempt).to_string(),
+        sampled: sampled(run),
     }
+}
+
+/// Whether the run's trace is recorded: unless its trigger said not.
+pub(crate) fn sampled(run: &Run) -> bool {
+    run.trace.as_ref().is_none_or(|t| t.sampled)
 }
 
 #[cfg(test)]
@@ -101,8 +107,14 @@ mod tests {
     fn ids_are_stable_and_distinct() {
         let a = run();
         let b = run();
-        assert_eq!(trace_id(&a), trace_id(&a.clone()));
+        // Derived from the id alone: the same run read again gets them.
+        let mut read_again = b.clone();
+        read_again.status = kiln_types::RunStatus::Completed;
+        read_again.attempts.clear();
+        assert_eq!(trace_id(&read_again), trace_id(&b));
+        assert_eq!(run_span(&read_again.id), run_span(&b.id));
         assert_ne!(trace_id(&a), trace_id(&b));
+        assert_ne!(run_span(&a.id), run_span(&b.id));
         assert_ne!(run_span(&a.id), attempt_span(&a.id, 1));
         assert_ne!(attempt_span(&a.id, 1), attempt_span(&a.id, 2));
         assert_ne!(entry_span(&a.id, 3, None), entry_span(&a.id, 3, Some(0)));
@@ -125,5 +137,12 @@ mod tests {
         child.trace = Some(child_context(&parent, 2));
         assert_eq!(trace_id(&child), trace_id(&parent));
         assert_eq!(parent_span(&child), attempt_span(&parent.id, 2));
+        assert!(sampled(&child));
+        // A trace its caller does not record stays unrecorded below.
+        parent.trace = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        );
+        child.trace = Some(child_context(&parent, 1));
+        assert!(!sampled(&parent) && !sampled(&child));
     }
 }

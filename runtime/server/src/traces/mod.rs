@@ -127,6 +127,9 @@ impl Exporter {
         // the watcher.
         let mut watch = feed.watch();
         let mut offset = feed.last();
+        // Runs that ended before this process started were exported by
+        // the one before it (or lost with it): not again.
+        let started = kiln_types::Timestamp::now();
         tokio::spawn(async move {
             let mut exported = Remembered::default();
             loop {
@@ -134,21 +137,27 @@ impl Exporter {
                 match feed.since(offset) {
                     Since::Changed { runs, until } => {
                         offset = until;
-                        for id in runs {
-                            if exported.contains(&id) {
-                                continue;
-                            }
-                            // A long journal is read and turned into spans
-                            // off the runtime's workers.
-                            let (reader, store, labels) =
-                                (exporter.clone(), store.clone(), labels.clone());
-                            let read = tokio::task::spawn_blocking(move || {
-                                reader
-                                    .trace_of(&store, &id, &labels)
-                                    .map(|spans| (id, spans))
-                            });
-                            if let Ok(Some((id, spans))) = read.await {
-                                exported.insert(id);
+                        let fresh: Vec<RunId> = runs
+                            .into_iter()
+                            .filter(|id| !exported.contains(id))
+                            .collect();
+                        // The runs are read, and journals turned into
+                        // spans, off the runtime's workers: one task a
+                        // stretch of changes.
+                        let (reader, store, labels) =
+                            (exporter.clone(), store.clone(), labels.clone());
+                        let traces = tokio::task::spawn_blocking(move || {
+                            fresh
+                                .into_iter()
+                                .filter_map(|id| {
+                                    let spans = reader.trace_of(&store, &id, &labels, started)?;
+                                    Some((id, spans))
+                                })
+                                .collect::<Vec<_>>()
+                        });
+                        for (id, spans) in traces.await.unwrap_or_default() {
+                            exported.insert(id);
+                            if !spans.is_empty() {
                                 exporter.send(spans);
                             }
                         }
@@ -167,16 +176,32 @@ impl Exporter {
         });
     }
 
-    /// The spans of run `id` if it has ended.
-    fn trace_of(&self, store: &Store, id: &RunId, labels: &[KeyValue]) -> Option<Vec<SpanData>> {
+    /// The spans of run `id` if it has ended since `started`: none (an
+    /// empty trace, so it is not looked at again) if its trace is not
+    /// recorded.
+    fn trace_of(
+        &self,
+        store: &Store,
+        id: &RunId,
+        labels: &[KeyValue],
+        started: kiln_types::Timestamp,
+    ) -> Option<Vec<SpanData>> {
         let run = match store.run(id) {
-            Ok(Some(run)) if run.status.is_final() => run,
+            Ok(Some(run))
+                if run.status.is_final()
+                    && run.finished_at.unwrap_or(run.updated_at) >= started =>
+            {
+                run
+            }
             Ok(_) => return None,
             Err(error) => {
                 tracing::warn!(%error, run = %id, "reading a finished run for its trace failed");
                 return None;
             }
         };
+        if !ids::sampled(&run) {
+            return Some(Vec::new());
+        }
         let journal = match store.journal(id) {
             Ok(journal) => journal,
             Err(error) => {

@@ -318,15 +318,31 @@ fn wait_facts(on: &WaitOn) -> (String, SpanKind, Vec<KeyValue>) {
                 KeyValue::new("kiln.batch.items", runs.len() as i64),
             ],
         ),
-        // The request as the journal keeps it: secrets masked.
+        // The request as the journal keeps it: secrets masked, and no
+        // credentials of the URL's own.
         WaitOn::Fetch { request } => (
             format!("fetch {}", request.method),
             SpanKind::Client,
             vec![
                 KeyValue::new("http.request.method", request.method.clone()),
-                KeyValue::new("url.full", request.url.clone()),
+                KeyValue::new("url.full", without_credentials(&request.url)),
             ],
         ),
+    }
+}
+
+/// A URL without its `user:password@` (OpenTelemetry's `url.full` must
+/// not carry them); one that does not parse is left out.
+fn without_credentials(url: &str) -> String {
+    match reqwest::Url::parse(url) {
+        Ok(mut url) => {
+            if !url.username().is_empty() || url.password().is_some() {
+                let _ = url.set_username("REDACTED");
+                let _ = url.set_password(Some("REDACTED"));
+            }
+            url.to_string()
+        }
+        Err(_) => "(not a URL)".to_string(),
     }
 }
 
@@ -729,6 +745,19 @@ mod tests {
                 &[KeyValue::new("kiln.environment", "dev")]
             )
         );
+    }
+
+    #[test]
+    fn a_fetch_span_carries_no_credentials_of_its_url() {
+        assert_eq!(
+            without_credentials("https://user:hunter2@api.example/x?q=1"),
+            "https://REDACTED:REDACTED@api.example/x?q=1"
+        );
+        assert_eq!(
+            without_credentials("https://api.example/x"),
+            "https://api.example/x"
+        );
+        assert_eq!(without_credentials("not a url"), "(not a URL)");
     }
 
     #[test]

@@ -86,7 +86,11 @@ fn instant(
         // A day as the range's end takes in the whole day.
         let at = day.midnight().assume_utc();
         if end_of_day {
-            at + time::Duration::days(1) - time::Duration::milliseconds(1)
+            // The whole day, up to the next one's first millisecond (the
+            // last day the calendar holds ends where it does).
+            day.next_day().map_or(at, |next| {
+                next.midnight().assume_utc() - time::Duration::milliseconds(1)
+            })
         } else {
             at
         }
