@@ -410,6 +410,14 @@ async fn the_dashboard_completes_tokens_and_manages_schedules_and_queues() {
     assert_eq!(made["timezone"], "Europe/Paris");
     let (_, schedules) = page(&kiln, "/schedules").await;
     assert!(schedules.contains(&id) && schedules.contains("acme"));
+    // Its row lists its next three runs, the first being its nextRun.
+    let row = schedules
+        .split("<tr>")
+        .find(|row| row.contains(&id))
+        .expect("the schedule's row");
+    let next = made["nextRun"].as_str().expect("a next run");
+    assert!(row.contains(&next[..19].replace('T', " ")), "{row}");
+    assert_eq!(row.matches("<br>").count(), 2, "{row}");
     let (status, _) = post_form(&kiln, &format!("/schedules/{id}/deactivate"), "").await;
     assert_eq!(status, 303);
     let (_, paused) = kiln

@@ -144,7 +144,7 @@ pub(super) async fn schedules_page(Session(state): Session) -> Response {
                 esc(&schedule.timezone),
                 esc(schedule.external_id.as_deref().unwrap_or("")),
                 if schedule.active { "active" } else { "paused" },
-                html::time(schedule.next_run),
+                next_runs(schedule),
             )
         })
         .collect();
@@ -159,13 +159,32 @@ pub(super) async fn schedules_page(Session(state): Session) -> Response {
                 "Time zone",
                 "External id",
                 "State",
-                "Next run",
+                "Next runs",
                 ""
             ],
             &rows
         )
     );
     Html(html::layout("Schedules", &state.env_id, &body)).into_response()
+}
+
+/// How many of a schedule's next occurrences its row lists.
+const NEXT_RUNS: usize = 3;
+
+/// A schedule's next occurrences (the first is when it fires next; none
+/// while it is paused).
+fn next_runs(schedule: &kiln_types::Schedule) -> String {
+    let Some(first) = schedule.next_run.filter(|_| schedule.active) else {
+        return "–".to_string();
+    };
+    let mut runs = vec![first];
+    if let Ok(cron) = kiln_cron::CronSchedule::parse(&schedule.cron, &schedule.timezone) {
+        runs.extend(cron.upcoming(first, NEXT_RUNS - 1));
+    }
+    runs.iter()
+        .map(|at| html::time(Some(*at)))
+        .collect::<Vec<_>>()
+        .join("<br>")
 }
 
 /// `POST /schedules`: creates an imperative schedule from the form.
