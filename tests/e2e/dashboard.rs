@@ -416,7 +416,27 @@ async fn the_dashboard_completes_tokens_and_manages_schedules_and_queues() {
         .find(|row| row.contains(&id))
         .expect("the schedule's row");
     let next = made["nextRun"].as_str().expect("a next run");
-    assert!(row.contains(&next[..19].replace('T', " ")), "{row}");
+    let next_ms = time::OffsetDateTime::parse(next, &time::format_description::well_known::Rfc3339)
+        .expect("an RFC 3339 time")
+        .unix_timestamp_nanos()
+        / 1_000_000;
+    let shown = |at: kiln_types::Timestamp| at.to_iso()[..19].replace('T', " ");
+    let first = kiln_types::Timestamp(next_ms as u64);
+    let cron = kiln_cron::CronSchedule::parse("0 8 * * *", "Europe/Paris").expect("a cron");
+    let mut expected = vec![first];
+    expected.extend(cron.upcoming(first, 2));
+    let times: Vec<String> = expected.into_iter().map(shown).collect();
+    let at: Vec<usize> = times
+        .iter()
+        .map(|t| {
+            row.find(t.as_str())
+                .unwrap_or_else(|| panic!("{t} not in {row}"))
+        })
+        .collect();
+    assert!(
+        at.windows(2).all(|w| w[0] < w[1]),
+        "in order: {listed:?} in {row}"
+    );
     assert_eq!(row.matches("<br>").count(), 2, "{row}");
     let (status, _) = post_form(&kiln, &format!("/schedules/{id}/deactivate"), "").await;
     assert_eq!(status, 303);

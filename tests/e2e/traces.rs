@@ -173,6 +173,7 @@ async fn a_runs_trace_with_a_child_and_a_wait_continues_the_triggers_traceparent
         &format!("00-{pending_trace}-b7ad6b7169203331-01"),
     )
     .await;
+    assert_eq!(kiln.run(&pending).await["status"], "PENDING_VERSION");
     kiln.deploy(kiln_fixtures::PROBE).await;
     // A caller that does not record its trace (flags 00) gets no spans.
     let unsampled = trigger(

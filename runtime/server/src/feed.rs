@@ -87,24 +87,38 @@ impl Feed {
     /// [`MAX_DELTA`] changes behind is told to read its shape again rather
     /// than walk them.
     pub(crate) fn since(&self, offset: u64) -> Since {
+        self.read(offset, false)
+    }
+
+    /// The first [`MAX_DELTA`] changes after `offset`, for a reader that
+    /// goes through every change a stretch at a time (the trace watcher):
+    /// `Forgotten` only once the changes after `offset` are no longer
+    /// remembered at all.
+    pub(crate) fn next_after(&self, offset: u64) -> Since {
+        self.read(offset, true)
+    }
+
+    fn read(&self, offset: u64, in_stretches: bool) -> Since {
         let (changed, until) = {
             let entries = self.lock();
             let oldest_known = entries.ring.front().map_or(entries.last, |(n, _)| n - 1);
             if offset < oldest_known
                 || offset > entries.last
-                || entries.last - offset > MAX_DELTA as u64
+                || (!in_stretches && entries.last - offset > MAX_DELTA as u64)
             {
                 return Since::Forgotten;
             }
             let behind = (entries.last - offset) as usize;
             let skip = entries.ring.len() - behind;
+            let take = behind.min(MAX_DELTA);
             let changed: Vec<RunId> = entries
                 .ring
                 .iter()
                 .skip(skip)
+                .take(take)
                 .map(|(_, run)| run.clone())
                 .collect();
-            (changed, entries.last)
+            (changed, offset + take as u64)
         };
         // Each run once, in the order of its first change, outside the lock.
         let mut seen = std::collections::HashSet::with_capacity(changed.len());
@@ -170,5 +184,22 @@ mod tests {
         let last = (CAPACITY + 10) as u64;
         assert!(matches!(feed.since(last - 20), Since::Changed { .. }));
         assert_eq!(feed.since(last - MAX_DELTA as u64 - 1), Since::Forgotten);
+        // Read a stretch at a time, what the ring holds is never forgotten.
+        let offset = last - MAX_DELTA as u64 - 1;
+        assert_eq!(
+            feed.next_after(offset),
+            Since::Changed {
+                runs: vec![run.clone()],
+                until: offset + MAX_DELTA as u64
+            }
+        );
+        assert_eq!(
+            feed.next_after(last - 3),
+            Since::Changed {
+                runs: vec![run],
+                until: last
+            }
+        );
+        assert_eq!(feed.next_after(5), Since::Forgotten);
     }
 }

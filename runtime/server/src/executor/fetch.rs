@@ -615,6 +615,22 @@ mod tests {
         policy.check(&reqwest::Url::parse(url).unwrap()).is_ok()
     }
 
+    #[tokio::test]
+    async fn a_failed_requests_error_names_no_credentials_of_its_url() {
+        // Nothing listens on port 9 of loopback: the connection is refused.
+        // reqwest names the URL in its error, but it has moved the URL's
+        // credentials into a header by then: the journal (and a trace
+        // built from it) never holds them.
+        let error = reqwest::Client::new()
+            .get("http://ada:hunter2@127.0.0.1:9/path")
+            .send()
+            .await
+            .expect_err("refused");
+        let described = describe(&error);
+        assert!(described.contains("127.0.0.1:9/path"), "{described}");
+        assert!(!described.contains("hunter2"), "{described}");
+    }
+
     #[test]
     fn a_request_holding_a_secret_is_journaled_masked_and_sent_whole() {
         let store = sealed_store(3);

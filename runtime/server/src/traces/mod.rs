@@ -134,7 +134,7 @@ impl Exporter {
             let mut exported = Remembered::default();
             loop {
                 watch.mark_unchanged();
-                match feed.since(offset) {
+                match feed.next_after(offset) {
                     Since::Changed { runs, until } => {
                         offset = until;
                         let fresh: Vec<RunId> = runs
@@ -146,28 +146,34 @@ impl Exporter {
                         // stretch of changes.
                         let (reader, store, labels) =
                             (exporter.clone(), store.clone(), labels.clone());
-                        let traces = tokio::task::spawn_blocking(move || {
-                            fresh
-                                .into_iter()
-                                .filter_map(|id| {
-                                    let spans = reader.trace_of(&store, &id, &labels, started)?;
-                                    Some((id, spans))
-                                })
-                                .collect::<Vec<_>>()
-                        });
-                        for (id, spans) in traces.await.unwrap_or_default() {
-                            exported.insert(id);
-                            if !spans.is_empty() {
-                                exporter.send(spans);
+                        // Each trace is queued as soon as it is built.
+                        let done = tokio::task::spawn_blocking(move || {
+                            let mut done = Vec::new();
+                            for id in fresh {
+                                if let Some(spans) = reader.trace_of(&store, &id, &labels, started)
+                                {
+                                    if !spans.is_empty() {
+                                        reader.send(spans);
+                                    }
+                                    done.push(id);
+                                }
                             }
+                            done
+                        });
+                        for id in done.await.unwrap_or_default() {
+                            exported.insert(id);
                         }
                     }
                     Since::Forgotten => {
                         offset = feed.last();
                         tracing::warn!(
-                            "the trace watcher fell behind the change feed: traces of some finished runs were not exported"
+                            "the trace watcher fell behind what the change feed remembers: traces of some finished runs were not exported"
                         );
                     }
+                }
+                // More already waiting: on with the next stretch.
+                if offset < feed.last() {
+                    continue;
                 }
                 if watch.changed().await.is_err() {
                     return;
@@ -270,7 +276,53 @@ impl Remembered {
 
 #[cfg(test)]
 mod tests {
-    use super::traces_url;
+    use super::*;
+    use kiln_store::MemoryBackend;
+    use kiln_types::{DeploymentId, Run, RunStatus, Timestamp, TraceContext};
+
+    #[tokio::test]
+    async fn a_run_is_traced_once_it_ends_if_it_ended_since_the_start() {
+        let exporter = Exporter::start("http://127.0.0.1:9").expect("an exporter");
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let run = |finished: Option<u64>| {
+            let mut run = Run::queued(
+                RunId::generate(1),
+                "task",
+                DeploymentId::none(),
+                "1",
+                "{}",
+                Timestamp(1_000),
+            );
+            if let Some(at) = finished {
+                run.status = RunStatus::Completed;
+                run.finished_at = Some(Timestamp(at));
+            }
+            run
+        };
+        let running = run(None);
+        let before_start = run(Some(1_500));
+        let since_start = run(Some(2_500));
+        let mut unrecorded = run(Some(2_500));
+        unrecorded.trace = TraceContext::from_traceparent(
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
+        );
+        for r in [&running, &before_start, &since_start, &unrecorded] {
+            store.put_run(r).await.expect("stored");
+        }
+        let started = Timestamp(2_000);
+        let trace = |r: &Run| exporter.trace_of(&store, &r.id, &[], started);
+        assert!(trace(&running).is_none(), "not yet: it has not ended");
+        assert!(
+            trace(&before_start).is_none(),
+            "exported by the server before this one"
+        );
+        assert_eq!(trace(&since_start).map(|s| s.len()), Some(1));
+        assert_eq!(
+            trace(&unrecorded).map(|s| s.len()),
+            Some(0),
+            "looked at, and nothing to export"
+        );
+    }
 
     #[test]
     fn the_endpoint_is_the_collectors_base_url() {

@@ -84,15 +84,13 @@ fn instant(
         t.assume_utc()
     } else if let Ok(day) = time::Date::parse(text, format_description!("[year]-[month]-[day]")) {
         // A day as the range's end takes in the whole day.
-        let at = day.midnight().assume_utc();
         if end_of_day {
-            // The whole day, up to the next one's first millisecond (the
-            // last day the calendar holds ends where it does).
-            day.next_day().map_or(at, |next| {
-                next.midnight().assume_utc() - time::Duration::milliseconds(1)
-            })
+            // The whole day, to its last millisecond.
+            day.with_hms_milli(23, 59, 59, 999)
+                .map_err(|_| bad())?
+                .assume_utc()
         } else {
-            at
+            day.midnight().assume_utc()
         }
     } else {
         return Err(bad());
