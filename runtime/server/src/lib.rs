@@ -26,6 +26,7 @@ mod metadata;
 mod metrics;
 mod notify;
 mod payload;
+mod run_walk;
 pub mod schedules;
 mod secret;
 mod server;

@@ -55,27 +55,17 @@ impl Shape {
     fn runs(&self, state: &AppState) -> Result<Vec<Run>, ApiError> {
         Ok(match self {
             Shape::Run(id) => state.store.run(id)?.into_iter().collect(),
-            // Ids sort by creation time: the window is the newest end of
-            // the run index, read from there back to its start.
+            // The window is the newest end of the run index, read from
+            // there back to its start.
             Shape::Tagged { since, .. } => {
-                let mut runs: Vec<Run> = Vec::new();
-                let mut cursor: Option<RunId> = None;
-                'walk: loop {
-                    let chunk = state.store.runs_newest(cursor.as_ref(), 500)?;
-                    let exhausted = chunk.len() < 500;
-                    for run in chunk {
-                        if run.created_at < *since {
-                            break 'walk;
-                        }
-                        cursor = Some(run.id.clone());
-                        if self.selects(&run) {
-                            runs.push(run);
-                        }
-                    }
-                    if exhausted {
-                        break;
-                    }
-                }
+                let walk = crate::run_walk::Walk {
+                    from: Some(*since),
+                    to: None,
+                    chunk: 500,
+                    limit: usize::MAX,
+                    matches: |run: &Run| self.selects(run),
+                };
+                let mut runs = walk.older(&state.store, None, usize::MAX)?.runs;
                 runs.sort_by_key(|r| r.created_at);
                 runs
             }

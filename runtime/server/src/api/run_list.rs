@@ -3,6 +3,7 @@
 
 use super::runs::common_view;
 use super::{ApiError, Env};
+use crate::run_walk::Walk;
 use axum::Json;
 use axum::extract::Query;
 use kiln_types::{Run, RunId, RunStatus, ScheduleId, Timestamp};
@@ -208,28 +209,16 @@ fn list_page(
             in_memory(runs, after.as_ref(), before.as_ref(), size)
         }
         (None, _, Some(before)) if after.is_none() => {
-            let walked = walk_newer(store, filter, before, size + 1)?;
-            let more = walked.runs.len() > size || walked.stopped;
-            let mut page: Vec<Run> = walked.runs.into_iter().take(size).collect();
-            let previous = match (more, page.last(), walked.last) {
-                (false, _, _) => None,
-                (true, Some(newest), _) if page.len() == size => Some(newest.id.clone()),
-                (true, _, last) => last,
-            };
+            let (mut page, previous) = walk(filter).newer(store, before, size + 1)?.page(size);
             page.reverse();
             // Older runs exist: `before` itself, at least.
             let next = page.last().map(|r| r.id.clone());
             (page, next, previous)
         }
         (None, _, _) => {
-            let walked = walk_older(store, filter, after.clone(), size + 1)?;
-            let more = walked.runs.len() > size || walked.stopped;
-            let page: Vec<Run> = walked.runs.into_iter().take(size).collect();
-            let next = match (more, page.last(), walked.last) {
-                (false, _, _) => None,
-                (true, Some(oldest), _) if page.len() == size => Some(oldest.id.clone()),
-                (true, _, last) => last,
-            };
+            let (page, next) = walk(filter)
+                .older(store, after.clone(), size + 1)?
+                .page(size);
             // Newer runs exist when the page starts after one.
             let previous = after.as_ref().and(page.first()).map(|r| r.id.clone());
             (page, next, previous)
@@ -244,130 +233,14 @@ const MAX_WALK: usize = 10_000;
 /// Runs read from the index at a time.
 const CHUNK: usize = 200;
 
-/// Runs a walk of the index found.
-struct Walked {
-    /// The matching runs, in the walk's order.
-    runs: Vec<Run>,
-    /// Whether it stopped at [`MAX_WALK`] with runs left to read.
-    stopped: bool,
-    /// The last run it read.
-    last: Option<RunId>,
-}
-
-/// Up to `want` matching runs older than `older` (from the newest when
-/// `None`), newest first. Ids sort by creation time: the created range's
-/// end is where the walk starts, and its start where it stops.
-fn walk_older(
-    store: &kiln_store::Store,
-    filter: &Filter,
-    older: Option<RunId>,
-    want: usize,
-) -> Result<Walked, ApiError> {
-    let seek = filter
-        .to
-        .map(|to| RunId::lowest_at(to.as_millis().saturating_add(1)));
-    let mut cursor = match (older, seek) {
-        (Some(older), Some(seek)) => Some(older.min(seek)),
-        (older, seek) => older.or(seek),
-    };
-    let mut found = Vec::new();
-    let mut walked = 0;
-    loop {
-        let chunk = store.runs_newest(cursor.as_ref(), CHUNK)?;
-        let exhausted = chunk.len() < CHUNK;
-        for run in chunk {
-            if filter.from.is_some_and(|from| run.created_at < from) {
-                return Ok(Walked {
-                    runs: found,
-                    stopped: false,
-                    last: cursor,
-                });
-            }
-            walked += 1;
-            cursor = Some(run.id.clone());
-            if filter.matches(&run) {
-                found.push(run);
-                if found.len() == want {
-                    return Ok(Walked {
-                        runs: found,
-                        stopped: false,
-                        last: cursor,
-                    });
-                }
-            }
-        }
-        if exhausted {
-            return Ok(Walked {
-                runs: found,
-                stopped: false,
-                last: cursor,
-            });
-        }
-        if walked >= MAX_WALK {
-            return Ok(Walked {
-                runs: found,
-                stopped: true,
-                last: cursor,
-            });
-        }
-    }
-}
-
-/// Up to `want` matching runs newer than `newer`, oldest first.
-fn walk_newer(
-    store: &kiln_store::Store,
-    filter: &Filter,
-    newer: &RunId,
-    want: usize,
-) -> Result<Walked, ApiError> {
-    let seek = filter.from.map(|from| RunId::lowest_at(from.as_millis()));
-    let mut cursor = match seek {
-        Some(seek) if seek > *newer => seek,
-        _ => newer.clone(),
-    };
-    let end = filter
-        .to
-        .map(|to| RunId::lowest_at(to.as_millis().saturating_add(1)));
-    let mut found = Vec::new();
-    let mut walked = 0;
-    loop {
-        let chunk = store.runs_oldest_after(&cursor, CHUNK)?;
-        let exhausted = chunk.len() < CHUNK;
-        for run in chunk {
-            if end.as_ref().is_some_and(|end| run.id >= *end) {
-                return Ok(Walked {
-                    runs: found,
-                    stopped: false,
-                    last: Some(cursor),
-                });
-            }
-            walked += 1;
-            cursor = run.id.clone();
-            if filter.matches(&run) {
-                found.push(run);
-                if found.len() == want {
-                    return Ok(Walked {
-                        runs: found,
-                        stopped: false,
-                        last: Some(cursor),
-                    });
-                }
-            }
-        }
-        if exhausted {
-            return Ok(Walked {
-                runs: found,
-                stopped: false,
-                last: Some(cursor),
-            });
-        }
-        if walked >= MAX_WALK {
-            return Ok(Walked {
-                runs: found,
-                stopped: true,
-                last: Some(cursor),
-            });
-        }
+/// A walk of the run index for a list request.
+fn walk(filter: &Filter) -> Walk<impl Fn(&Run) -> bool + '_> {
+    Walk {
+        from: filter.from,
+        to: filter.to,
+        chunk: CHUNK,
+        limit: MAX_WALK,
+        matches: move |run: &Run| filter.matches(run),
     }
 }
 

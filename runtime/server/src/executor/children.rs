@@ -43,9 +43,9 @@ pub(crate) struct AttemptSink {
     /// The secret values masked from metadata and stream chunks; secret
     /// reads add theirs.
     pub(crate) redactor: kiln_sandbox::Redactor,
-    /// The trace the children it triggers continue: the run's, under the
-    /// attempt's span.
-    pub(crate) trace: kiln_types::TraceContext,
+    /// The trace the attempt's run continues, if its trigger named one:
+    /// its children continue the run's trace, under the attempt's span.
+    pub(crate) run_trace: Option<kiln_types::TraceContext>,
 }
 
 impl JournalSink for AttemptSink {
@@ -94,7 +94,7 @@ impl JournalSink for AttemptSink {
         let deployment = self.deployment.clone();
         let (root, depth) = (self.root.clone(), self.depth + 1);
         let attempt = self.attempt;
-        let trace = self.trace.clone();
+        let trace = crate::traces::child_context(&parent, self.run_trace.as_ref(), attempt);
         Box::pin(async move {
             let count = children.len() as u32;
             let first_task = children.first().map(|c| c.task.clone()).unwrap_or_default();

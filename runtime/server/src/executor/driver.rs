@@ -282,7 +282,7 @@ impl<'a> Slice<'a> {
             depth,
             attempt: self.attempt_no,
             redactor: self.redactor.clone(),
-            trace: crate::traces::child_context(&self.run, self.attempt_no),
+            run_trace: self.run.trace.clone(),
         }));
         attempt.set_redactor(self.redactor.clone());
         let mut replay = resume.replay;

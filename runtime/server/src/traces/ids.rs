@@ -31,11 +31,15 @@ fn digest<const N: usize>(parts: &[&[u8]]) -> [u8; N] {
 /// The trace a run's spans belong to: the one its trigger named, or one of
 /// its own derived from its id.
 pub(crate) fn trace_id(run: &Run) -> TraceId {
-    run.trace
-        .as_ref()
+    trace_id_of(&run.id, run.trace.as_ref())
+}
+
+/// The trace of run `id` whose trigger named `trace` (if any).
+fn trace_id_of(id: &RunId, trace: Option<&TraceContext>) -> TraceId {
+    trace
         .and_then(|t| TraceId::from_hex(&t.trace_id).ok())
         .filter(|id| *id != TraceId::INVALID)
-        .unwrap_or_else(|| TraceId::from_bytes(digest(&[b"trace", run.id.as_str().as_bytes()])))
+        .unwrap_or_else(|| TraceId::from_bytes(digest(&[b"trace", id.as_str().as_bytes()])))
 }
 
 /// The span the run's own span is a child of, if any.
@@ -72,13 +76,18 @@ pub(crate) fn entry_span(run: &RunId, seq: u64, wait: Option<u64>) -> SpanId {
     ]))
 }
 
-/// The trace context a child run triggered by `attempt` of `run` carries:
-/// the run's trace, under that attempt's span.
-pub(crate) fn child_context(run: &Run, attempt: u32) -> TraceContext {
+/// The trace context a child run triggered by `attempt` of `run` (whose
+/// trigger named `trace`) carries: the run's trace, under that attempt's
+/// span.
+pub(crate) fn child_context(
+    run: &RunId,
+    trace: Option<&TraceContext>,
+    attempt: u32,
+) -> TraceContext {
     TraceContext {
-        trace_id: trace_id(run).to_string(),
-        parent_span_id: attempt_span(&run.id, attempt).to_string(),
-        sampled: sampled(run),
+        trace_id: trace_id_of(run, trace).to_string(),
+        parent_span_id: attempt_span(run, attempt).to_string(),
+        sampled: trace.is_none_or(|t| t.sampled),
     }
 }
 
@@ -134,7 +143,7 @@ mod tests {
         );
         assert_eq!(parent_span(&parent).to_string(), "00f067aa0ba902b7");
         let mut child = run();
-        child.trace = Some(child_context(&parent, 2));
+        child.trace = Some(child_context(&parent.id, parent.trace.as_ref(), 2));
         assert_eq!(trace_id(&child), trace_id(&parent));
         assert_eq!(parent_span(&child), attempt_span(&parent.id, 2));
         assert!(sampled(&child));
@@ -142,7 +151,7 @@ mod tests {
         parent.trace = TraceContext::from_traceparent(
             "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00",
         );
-        child.trace = Some(child_context(&parent, 1));
+        child.trace = Some(child_context(&parent.id, parent.trace.as_ref(), 1));
         assert!(!sampled(&parent) && !sampled(&child));
     }
 }

@@ -3,6 +3,7 @@
 use super::html::{self, esc, query_value};
 use super::{Session, error_page};
 use crate::api::ApiError;
+use crate::run_walk::Walk;
 use axum::extract::Query;
 use axum::response::{Html, IntoResponse, Response};
 use kiln_types::{Run, RunId, RunStatus, Timestamp};
@@ -198,48 +199,16 @@ fn page_of(
     filter: &Filter,
     older: Option<RunId>,
 ) -> Result<(Vec<Run>, Option<RunId>), ApiError> {
-    let mut found = Vec::new();
-    // Ids sort by creation time: a range's end is where the walk starts,
-    // and its start where it stops.
-    let seek = filter
-        .to
-        .map(|to| RunId::lowest_at(to.as_millis().saturating_add(1)));
-    let mut cursor = match (older, seek) {
-        (Some(older), Some(seek)) => Some(older.min(seek)),
-        (older, seek) => older.or(seek),
+    let walk = Walk {
+        from: filter.from,
+        to: filter.to,
+        // Unfiltered, a page and one more run (to know whether older ones
+        // exist) is all there is to read.
+        chunk: if filter.is_empty() { PAGE + 1 } else { CHUNK },
+        limit: MAX_WALK,
+        matches: |run: &Run| filter.matches(run),
     };
-    let mut walked = 0;
-    // Unfiltered, a page and one more run (to know whether older ones
-    // exist) is all there is to read.
-    let chunk_size = if filter.is_empty() { PAGE + 1 } else { CHUNK };
-    loop {
-        let chunk = store.runs_newest(cursor.as_ref(), chunk_size)?;
-        let exhausted = chunk.len() < chunk_size;
-        let read = chunk.len();
-        for (i, run) in chunk.into_iter().enumerate() {
-            if filter.from.is_some_and(|from| run.created_at < from) {
-                return Ok((found, None));
-            }
-            walked += 1;
-            cursor = Some(run.id.clone());
-            if filter.matches(&run) {
-                found.push(run);
-                if found.len() == PAGE {
-                    // Older runs exist if any was read past this one or
-                    // the index goes on (whether they match is for the
-                    // next page to find out).
-                    let more = i + 1 < read || !exhausted;
-                    return Ok((found, cursor.filter(|_| more)));
-                }
-            }
-        }
-        if exhausted {
-            return Ok((found, None));
-        }
-        if walked >= MAX_WALK {
-            return Ok((found, cursor));
-        }
-    }
+    Ok(walk.older(store, older, PAGE + 1)?.page(PAGE))
 }
 
 /// `GET /runs?status=&task=&tag=&schedule=&batch=&from=&to=&older=`.
