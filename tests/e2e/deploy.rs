@@ -54,7 +54,7 @@ async fn malformed_bundles_are_refused_with_a_reason() {
 
     let wasi = wat::parse_str(
         r#"(component
-             (import "wasi:filesystem/types@0.2.0" (instance))
+             (import "wasi:http/outgoing-handler@0.2.0" (instance))
              (import "kiln:task/host@0.1.0" (instance)))"#,
     )
     .unwrap();
@@ -62,7 +62,7 @@ async fn malformed_bundles_are_refused_with_a_reason() {
     assert_eq!(status, 422);
     let error = body["error"].as_str().unwrap();
     assert!(
-        error.contains("`wasi:filesystem/types@0.2.0`") && error.contains("no WASI"),
+        error.contains("`wasi:http/outgoing-handler@0.2.0`") && error.contains("durable fetch"),
         "{body}"
     );
 

@@ -21,22 +21,6 @@ fn random_calls(entries: &[Value]) -> Vec<String> {
         .collect()
 }
 
-/// Polls until `check` holds for the run's journal (at most 20 s).
-async fn until_journal(kiln: &Kiln, id: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let entries = kiln.journal(id).await;
-        if check(&entries) {
-            return entries;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "journal never got there: {entries:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-}
-
 fn draw_of(log: &Value) -> u64 {
     log["fields"]["draw"]
         .as_str()
@@ -52,7 +36,8 @@ async fn a_countdown_killed_during_a_wait_completes_once_with_all_its_draws() {
     let id = kiln
         .trigger_ok("countdown", json!({"steps": 3, "wait_ms": 1500}))
         .await;
-    until_journal(&kiln, &id, |e| count(e, "SUSPENDED") >= 1).await;
+    kiln.until_journal(&id, |e| count(e, "SUSPENDED") >= 1)
+        .await;
     let waiting = kiln.run(&id).await;
     assert_eq!(waiting["status"], "WAITING", "{waiting}");
     let first_draw = draw_of(&waiting["attempts"][0]["logs"][0]);
@@ -94,7 +79,9 @@ async fn a_run_killed_mid_execution_replays_its_draws_without_calling_the_host_a
     let kiln = Kiln::start(dir.path());
     kiln.deploy(kiln_fixtures::PROBE).await;
     let id = kiln.trigger_ok("draw-spin", json!({"spin_ms": 2500})).await;
-    let before = until_journal(&kiln, &id, |e| !random_calls(e).is_empty()).await;
+    let before = kiln
+        .until_journal(&id, |e| !random_calls(e).is_empty())
+        .await;
     let first = random_calls(&before)[0].clone();
     kiln.kill();
 
@@ -182,7 +169,8 @@ async fn a_timer_that_came_due_while_the_server_was_down_fires_once() {
     let id = kiln
         .trigger_ok("countdown", json!({"steps": 1, "wait_ms": 800}))
         .await;
-    until_journal(&kiln, &id, |e| count(e, "SUSPENDED") == 1).await;
+    kiln.until_journal(&id, |e| count(e, "SUSPENDED") == 1)
+        .await;
     kiln.kill();
     // The timer comes due while nothing runs.
     tokio::time::sleep(Duration::from_millis(1200)).await;
@@ -216,7 +204,8 @@ async fn a_waiting_run_holds_no_slot() {
     let waiting = kiln
         .trigger_ok("countdown", json!({"steps": 1, "wait_ms": 60000}))
         .await;
-    until_journal(&kiln, &waiting, |e| count(e, "SUSPENDED") == 1).await;
+    kiln.until_journal(&waiting, |e| count(e, "SUSPENDED") == 1)
+        .await;
     let quick = kiln
         .trigger_ok("countdown", json!({"steps": 0, "wait_ms": 0}))
         .await;
@@ -235,7 +224,8 @@ async fn cancel_interrupts_an_executing_run_and_ends_a_waiting_one_in_place() {
     let spinning = kiln
         .trigger_ok("draw-spin", json!({"spin_ms": 60000}))
         .await;
-    until_journal(&kiln, &spinning, |e| !random_calls(e).is_empty()).await;
+    kiln.until_journal(&spinning, |e| !random_calls(e).is_empty())
+        .await;
     let asked = Instant::now();
     let (status, body) = kiln
         .request(
@@ -257,7 +247,8 @@ async fn cancel_interrupts_an_executing_run_and_ends_a_waiting_one_in_place() {
 
     // Waiting: canceled in place through the CLI; its timer does nothing.
     let waiting = kiln.trigger_ok("sleep", json!({"ms": 1000})).await;
-    until_journal(&kiln, &waiting, |e| count(e, "SUSPENDED") == 1).await;
+    kiln.until_journal(&waiting, |e| count(e, "SUSPENDED") == 1)
+        .await;
     let out = kiln.cli(&["runs", "cancel", &waiting]);
     assert!(
         out.status.success(),

@@ -200,6 +200,22 @@ impl Kiln {
         body["entries"].as_array().cloned().unwrap_or_default()
     }
 
+    /// Polls until `check` holds for the run's journal (at most 60 s).
+    pub async fn until_journal(&self, id: &str, check: impl Fn(&[Value]) -> bool) -> Vec<Value> {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        loop {
+            let entries = self.journal(id).await;
+            if check(&entries) {
+                return entries;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "journal never got there: {entries:?}"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    }
+
     /// Waits (at most 30 s) until the run's status is `status`, following
     /// its server-sent events (`/realtime/v1/events/runs/{id}`): no polling.
     pub async fn until_status(&self, id: &str, status: &str) -> Value {

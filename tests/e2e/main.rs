@@ -37,3 +37,4 @@ mod soak;
 mod streams;
 mod tokens;
 mod traces;
+mod typescript;

@@ -1,4 +1,5 @@
-//! Builds a Kiln guest crate into a component bundle.
+//! Builds a Kiln guest crate, or a TypeScript task project, into a
+//! component bundle.
 //!
 //! `kiln build PATH` and the test fixtures' build script both come here:
 //! [`build`] runs `cargo build --release --target wasm32-unknown-unknown` on the
@@ -8,6 +9,8 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
+
+mod typescript;
 
 /// The target guests are compiled for: no WASI, only Kiln's own imports.
 pub const GUEST_TARGET: &str = "wasm32-unknown-unknown";
@@ -41,6 +44,9 @@ pub enum BuildError {
         #[source]
         source: std::io::Error,
     },
+    /// A TypeScript project could not be bundled, or its toolchain set up.
+    #[error("{0}")]
+    Toolchain(String),
     /// The module could not be turned into a component.
     #[error("could not make a component of {module}: {reason}")]
     Componentize {
@@ -65,11 +71,18 @@ pub struct BuildOptions {
     pub clean_env: bool,
     /// Show cargo's progress on stderr (otherwise only its diagnostics).
     pub quiet: bool,
+    /// Where the TypeScript toolchain is installed (`$KILN_TS_TOOLCHAIN`,
+    /// else under the user's cache, when `None`).
+    pub ts_toolchain: Option<PathBuf>,
 }
 
-/// Builds the guest crate at `path` (a directory or a `Cargo.toml`) and
+/// Builds the guest crate at `path` (a directory or a `Cargo.toml`), or the
+/// TypeScript project at `path` (a directory with a `package.json`), and
 /// returns the path of the component bundle it wrote.
 pub fn build(path: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError> {
+    if typescript::is_project(path) {
+        return typescript::build(path, options);
+    }
     let manifest = if path.is_dir() {
         path.join("Cargo.toml")
     } else {

@@ -40,9 +40,12 @@ pub enum BundleError {
     Invalid(String),
     /// The component imports something outside the Kiln world.
     #[error(
-        "the bundle imports `{0}`, which is outside the Kiln world: a bundle may import only kiln:task interfaces (no WASI); build it for wasm32-unknown-unknown with kiln-sdk"
+        "the bundle imports `{0}`, which is outside the Kiln world: a bundle may import kiln:task interfaces and WASI 0.2's io, clocks, random, cli and filesystem; build it with `kiln build`"
     )]
     ForeignImport(String),
+    /// The component imports a WASI interface Kiln does not provide.
+    #[error("the bundle imports `{0}`, which Kiln does not provide: {1}")]
+    WasiImport(String, String),
     /// The component lacks an export of the Kiln world.
     #[error("the bundle does not export `{0}`; is it built with kiln-sdk and `kiln_sdk::bundle!`?")]
     MissingExport(String),
@@ -87,10 +90,15 @@ pub(crate) fn check_header(bytes: &[u8]) -> Result<(), BundleError> {
 /// export of the world.
 pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), BundleError> {
     let ty = component.component_type();
-    if let Some((name, _)) = ty
-        .imports(engine)
-        .find(|(name, _)| !name.starts_with(ALLOWED_IMPORT_PREFIX))
-    {
+    for (name, _) in ty.imports(engine) {
+        if name.starts_with(ALLOWED_IMPORT_PREFIX) {
+            continue;
+        }
+        if crate::wasi::is_wasi(name) {
+            crate::wasi::check_import(name)
+                .map_err(|why| BundleError::WasiImport(name.to_string(), why))?;
+            continue;
+        }
         return Err(BundleError::ForeignImport(name.to_string()));
     }
     let exports: Vec<&str> = ty.exports(engine).map(|(name, _)| name).collect();
@@ -98,6 +106,29 @@ pub(crate) fn check_world(engine: &Engine, component: &Component) -> Result<(), 
         return Err(BundleError::MissingExport((*missing).to_string()));
     }
     Ok(())
+}
+
+/// Whether a component's bytes import any WASI interface (such a bundle
+/// resumes by replay, never from a snapshot).
+pub(crate) fn imports_wasi(bytes: &[u8]) -> bool {
+    use wasmparser::{Parser, Payload};
+    let mut depth = 0usize;
+    for payload in Parser::new(0).parse_all(bytes) {
+        match payload {
+            Ok(Payload::ModuleSection { .. } | Payload::ComponentSection { .. }) => depth += 1,
+            Ok(Payload::End(_)) => depth = depth.saturating_sub(1),
+            Ok(Payload::ComponentImportSection(imports)) if depth == 0 => {
+                for import in imports.into_iter().flatten() {
+                    if crate::wasi::is_wasi(import.name.name) {
+                        return true;
+                    }
+                }
+            }
+            Err(_) => return false,
+            _ => {}
+        }
+    }
+    false
 }
 
 /// Where the snapshot exports are, looked up once per bundle.
@@ -115,6 +146,8 @@ pub struct LoadedBundle {
     pub(crate) pre: BundlePre<crate::host::HostState>,
     pub(crate) indices: BundleIndices,
     pub(crate) snapshot: SnapshotExports,
+    /// Whether the bundle imports WASI, and so resumes by replay.
+    replays: bool,
     hash: String,
     manifest: Manifest,
 }
@@ -141,6 +174,10 @@ impl LoadedBundle {
                 .get_export_index(None, name)
                 .ok_or_else(|| BundleError::MissingExport(name.to_string()))
         };
+        let replays = component
+            .component_type()
+            .imports(pre.instance_pre().engine())
+            .any(|(name, _)| crate::wasi::is_wasi(name));
         let snapshot = SnapshotExports {
             grow: export("snapshot-grow")?,
             read: export("snapshot-read")?,
@@ -151,6 +188,7 @@ impl LoadedBundle {
             pre,
             indices,
             snapshot,
+            replays,
             hash,
             manifest: Manifest {
                 manifest_version: 0,
@@ -182,6 +220,12 @@ impl LoadedBundle {
     /// [`crate::Sandbox::renew_if_idle`]).
     pub fn is_newest(&self) -> bool {
         self.sandbox.is_newest()
+    }
+
+    /// Whether the bundle imports WASI: its runs are never snapshotted, and
+    /// resume by replaying their journal from the attempt's start.
+    pub fn resumes_by_replay(&self) -> bool {
+        self.replays
     }
 
     /// The bundle's content hash.

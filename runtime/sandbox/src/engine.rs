@@ -85,6 +85,7 @@ impl Inner {
             |state| state,
         )
         .map_err(anyhow::Error::from)?;
+        crate::wasi::add_to_linker(&mut linker).map_err(anyhow::Error::from)?;
 
         let ticker = engine.weak();
         let tick = config.epoch_tick;
@@ -202,7 +203,11 @@ impl Pinned {
             .map_err(|e| BundleError::Invalid(format!("{e:#}")))?;
         match component.serialize() {
             Ok(artifact) => {
-                let tmp = path.with_extension("tmp");
+                // A name of its own, so that servers sharing a cache never
+                // write into each other's file.
+                static WRITES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+                let n = WRITES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
                 if let Err(error) =
                     std::fs::write(&tmp, artifact).and_then(|()| std::fs::rename(&tmp, &path))
                 {
@@ -293,6 +298,10 @@ impl Sandbox {
     /// (see `snapshot_safety`). Checked at deploy, before [`load`]
     /// (Self::load): a bundle deployed by an earlier Kiln still loads.
     pub fn check_snapshot_safety(bytes: &[u8]) -> Result<(), BundleError> {
+        if crate::bundle::imports_wasi(bytes) {
+            // Never snapshotted: it resumes by replay (see `wasi`).
+            return Ok(());
+        }
         crate::snapshot_safety::check(bytes).map_err(BundleError::SnapshotUnsafe)
     }
 

@@ -15,9 +15,9 @@ use std::time::{Duration, Instant};
 use wasmtime::ResourceLimiter;
 
 /// Largest `random-bytes` request.
-const MAX_RANDOM_BYTES: u32 = 65_536;
+pub(crate) const MAX_RANDOM_BYTES: u32 = 65_536;
 /// Largest log message kept, in bytes.
-const MAX_LOG_MESSAGE: usize = 16 * 1024;
+pub(crate) const MAX_LOG_MESSAGE: usize = 16 * 1024;
 
 /// Counts of host calls an attempt made (for tests and the journal to come).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -322,6 +322,9 @@ pub struct HostState {
     pub(crate) limit: Option<String>,
     /// The secret values masked from log lines and panic messages.
     pub(crate) redactor: Redactor,
+    /// WASI's state, for a guest that imports WASI (made at its first
+    /// WASI call).
+    pub(crate) wasi: Option<Box<crate::wasi::WasiState>>,
 }
 
 impl HostState {
@@ -351,6 +354,7 @@ impl HostState {
             nondeterminism: None,
             limit: None,
             redactor: Redactor::default(),
+            wasi: None,
         }
     }
 
@@ -358,7 +362,7 @@ impl HostState {
     /// call that does not fit the next entry is a non-determinism error,
     /// which traps.
     /// `what` describes the call, and is only made for the error.
-    fn replayed(
+    pub(crate) fn replayed(
         &mut self,
         what: impl FnOnce() -> String,
         fits: impl Fn(&HostCall) -> bool,
@@ -388,7 +392,7 @@ impl HostState {
         }
     }
 
-    fn push_log(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
+    pub(crate) fn push_log(&mut self, level: &str, message: String, fields: Vec<(String, String)>) {
         self.logs.push(LogLine {
             at: Timestamp::now(),
             level: level.to_string(),
@@ -412,7 +416,7 @@ fn level_name(level: LogLevel) -> &'static str {
     }
 }
 
-fn truncate(mut text: String, max: usize) -> String {
+pub(crate) fn truncate(mut text: String, max: usize) -> String {
     if text.len() > max {
         let mut cut = max;
         while !text.is_char_boundary(cut) {
@@ -434,6 +438,8 @@ impl host::Host for HostState {
         fields: Vec<types::Field>,
     ) -> wasmtime::Result<()> {
         self.stats.log += 1;
+        // What the guest printed before this call comes first.
+        self.drain_output(false);
         let level = level_name(level);
         // Masked before it is cut, so no part of a secret survives a cut.
         let redactor = &self.redactor;
@@ -467,22 +473,7 @@ impl host::Host for HostState {
 
     async fn random_bytes(&mut self, len: u32) -> wasmtime::Result<Vec<u8>> {
         self.stats.random += 1;
-        let len = len.min(MAX_RANDOM_BYTES);
-        let fits = |c: &HostCall| matches!(c, HostCall::RandomBytes { len: l, .. } if *l == len);
-        if let Some(HostCall::RandomBytes { result, .. }) =
-            self.replayed(|| format!("random-bytes({len})"), fits)?
-        {
-            return hex::decode(&result)
-                .map_err(|e| wasmtime::format_err!("the journal's random bytes are not hex: {e}"));
-        }
-        self.stats.random_live += 1;
-        let mut bytes = vec![0u8; len as usize];
-        rand::rng().fill_bytes(&mut bytes);
-        self.journal.record(HostCall::RandomBytes {
-            len,
-            result: hex::encode(&bytes),
-        });
-        Ok(bytes)
+        self.random(len.min(MAX_RANDOM_BYTES), "random-bytes")
     }
 
     async fn record_panic(&mut self, message: String) -> wasmtime::Result<()> {
@@ -651,6 +642,27 @@ impl host::Host for HostState {
 }
 
 impl HostState {
+    /// `len` random bytes (`name` is the call, for a replay's error): from
+    /// the journal while replaying, else drawn from the CSPRNG and
+    /// journaled.
+    pub(crate) fn random(&mut self, len: u32, name: &str) -> wasmtime::Result<Vec<u8>> {
+        let fits = |c: &HostCall| matches!(c, HostCall::RandomBytes { len: l, .. } if *l == len);
+        if let Some(HostCall::RandomBytes { result, .. }) =
+            self.replayed(|| format!("{name}({len})"), fits)?
+        {
+            return hex::decode(&result)
+                .map_err(|e| wasmtime::format_err!("the journal's random bytes are not hex: {e}"));
+        }
+        self.stats.random_live += 1;
+        let mut bytes = vec![0u8; len as usize];
+        rand::rng().fill_bytes(&mut bytes);
+        self.journal.record(HostCall::RandomBytes {
+            len,
+            result: hex::encode(&bytes),
+        });
+        Ok(bytes)
+    }
+
     /// `env-var(name)`: answered from the journal while replaying (the
     /// value the call first read, opened again), else read live.
     async fn read_env_var(

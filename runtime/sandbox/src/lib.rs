@@ -23,6 +23,7 @@ mod limits;
 mod redact;
 mod snapshot;
 mod snapshot_safety;
+mod wasi;
 
 pub use attempt::{Attempt, StepOutcome, TrapKind};
 pub use bindings::wit;

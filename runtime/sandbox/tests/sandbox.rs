@@ -83,14 +83,27 @@ async fn malformed_bundles_are_refused_with_a_reason() {
         sandbox.load(&core).await.unwrap_err(),
         BundleError::CoreModule
     );
-    let wasi =
-        wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap();
-    let err = sandbox.load(&wasi).await.unwrap_err();
+    // WASI's io, clocks, random, cli and filesystem are provided; sockets,
+    // HTTP and anything else outside Kiln's world are not.
+    let sockets =
+        wat::parse_str(r#"(component (import "wasi:sockets/tcp@0.2.0" (instance)))"#).unwrap();
+    let err = sandbox.load(&sockets).await.unwrap_err();
+    assert!(
+        matches!(&err, BundleError::WasiImport(name, _) if name == "wasi:sockets/tcp@0.2.0"),
+        "{err}"
+    );
+    assert!(err.to_string().contains("no sockets"), "{err}");
+    let foreign =
+        wat::parse_str(r#"(component (import "acme:clock/now@1.0.0" (instance)))"#).unwrap();
+    let err = sandbox.load(&foreign).await.unwrap_err();
     assert_eq!(
         err,
-        BundleError::ForeignImport("wasi:cli/environment@0.2.0".into())
+        BundleError::ForeignImport("acme:clock/now@1.0.0".into())
     );
-    assert!(err.to_string().contains("no WASI"), "{err}");
+    let environment =
+        wat::parse_str(r#"(component (import "wasi:cli/environment@0.2.0" (instance)))"#).unwrap();
+    let err = sandbox.load(&environment).await.unwrap_err();
+    assert_eq!(err, BundleError::MissingExport("describe".into()));
     let empty = wat::parse_str("(component)").unwrap();
     let err = sandbox.load(&empty).await.unwrap_err();
     assert_eq!(err, BundleError::MissingExport("describe".into()));

@@ -55,6 +55,9 @@ pub struct ServerConfig {
     /// How long no guest must have run before the instance pool is
     /// renewed, giving back the memory its idle slots kept resident.
     pub release_idle_after: std::time::Duration,
+    /// Where compiled bundles are cached; `compiled` in the data directory
+    /// unless set.
+    pub compile_cache: Option<PathBuf>,
     /// The OpenTelemetry collector (its OTLP/HTTP base URL) finished runs'
     /// traces are exported to; `None`: no traces.
     pub otlp_endpoint: Option<String>,
@@ -90,6 +93,7 @@ impl ServerConfig {
             retention: Some(std::time::Duration::from_secs(30 * 86_400)),
             memory_budget_mib: physical_memory_mib().map(|mib| mib / 2),
             release_idle_after: std::time::Duration::from_secs(60),
+            compile_cache: None,
             otlp_endpoint: None,
         }
     }

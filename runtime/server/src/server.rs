@@ -46,7 +46,9 @@ impl Server {
             config.master_key.as_deref(),
             sealed_before,
         )?;
-        let mut sandbox_config = SandboxConfig::new(config.data_dir.join("compiled"));
+        let cache =
+            (config.compile_cache.clone()).unwrap_or_else(|| config.data_dir.join("compiled"));
+        let mut sandbox_config = SandboxConfig::new(cache);
         sandbox_config.release_idle_after = config.release_idle_after;
         let sandbox = Sandbox::new(sandbox_config)?;
         let listener = tokio::net::TcpListener::bind(config.listen).await?;

@@ -11,6 +11,11 @@ pub struct Args {
     /// Where Kiln keeps its store, compiled bundles and API key.
     #[arg(long, default_value = ".kiln", env = "KILN_DATA_DIR")]
     data_dir: PathBuf,
+    /// Where compiled bundles are cached (default: `compiled` in the data
+    /// directory). Several servers may share one: artifacts are named by
+    /// the bundle's content hash and written atomically.
+    #[arg(long, env = "KILN_COMPILE_CACHE")]
+    compile_cache: Option<PathBuf>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:3030", env = "KILN_LISTEN")]
     listen: SocketAddr,
@@ -108,6 +113,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     }
     config.default_max_duration = std::time::Duration::from_millis(default_max_duration);
     config.public_url = args.public_url.clone();
+    config.compile_cache = args.compile_cache.clone();
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();
     config.retention = match args.retention.trim() {

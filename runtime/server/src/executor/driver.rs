@@ -133,6 +133,8 @@ struct Slice<'a> {
     resumed: bool,
     /// The secret values masked from what the slice stores.
     redactor: Redactor,
+    /// Whether the run's bundle resumes by replay, never from a snapshot.
+    replays: bool,
 }
 
 impl<'a> Slice<'a> {
@@ -162,6 +164,7 @@ impl<'a> Slice<'a> {
             logs: Logs::default(),
             resumed: false,
             redactor: Redactor::default(),
+            replays: false,
         }
     }
 
@@ -191,6 +194,7 @@ impl<'a> Slice<'a> {
             Err(error) => return Err(format!("loading the run's bundle failed: {error}")),
         };
 
+        self.replays = deployed.bundle.resumes_by_replay();
         // The journal of this attempt, and where replay starts.
         let attempt_records = cursor::attempt_records(records, self.attempt_no);
         self.resumed = attempt_records.is_some();
@@ -591,6 +595,9 @@ impl<'a> Slice<'a> {
     /// Snapshots the guest, drops the instance and marks the run `WAITING`,
     /// with its timers, in one commit.
     async fn suspend(&mut self, mut attempt: Attempt) -> Result<End, String> {
+        if self.replays {
+            return self.suspend_for_replay(attempt).await;
+        }
         let shared = &self.executor.shared;
         let capturing = std::time::Instant::now();
         let image = match attempt.capture().await {
@@ -664,6 +671,41 @@ impl<'a> Slice<'a> {
                 log_calls,
             },
         );
+        self.commit_suspension(batch, usage_ms, logs).await
+    }
+
+    /// Suspends an attempt of a bundle that resumes by replay (one that
+    /// imports WASI): no snapshot, only the marker, so the next slice runs
+    /// the attempt again from its start with the journal answering.
+    async fn suspend_for_replay(&mut self, mut attempt: Attempt) -> Result<End, String> {
+        let usage_ms = attempt.used().as_millis() as u64;
+        let logs = attempt.take_logs();
+        let log_calls = attempt.log_calls();
+        // Dropping a large instance takes a while: off the runtime's workers.
+        tokio::task::spawn_blocking(move || drop(attempt))
+            .await
+            .map_err(|e| format!("dropping the instance failed: {e}"))?;
+        let mut batch = Batch::default();
+        self.journal.append_to(
+            &mut batch,
+            JournalEntry::Suspended {
+                layer: 0,
+                bytes: 0,
+                log_calls,
+            },
+        );
+        self.commit_suspension(batch, usage_ms, logs).await
+    }
+
+    /// Commits a suspension: `batch` (the snapshot layer, the journal's
+    /// marker) with the run marked `WAITING`.
+    async fn commit_suspension(
+        &mut self,
+        batch: Batch,
+        usage_ms: u64,
+        logs: Logs,
+    ) -> Result<End, String> {
+        let shared = &self.executor.shared;
         // The engine arms the waits, and puts in the same commit whatever
         // they wait on that is already true (a child that finished first).
         let input = Input::Suspend {

@@ -266,6 +266,9 @@ fn timeline(records: &[JournalRecord]) -> String {
     for record in records.iter().take(MAX_ENTRIES) {
         let (class, label) = kind(&record.entry);
         let summary = match &record.entry {
+            JournalEntry::Suspended { layer: 0, .. } => {
+                "suspended without a snapshot; resumes by replay".to_string()
+            }
             JournalEntry::Suspended { layer, bytes, .. } => {
                 format!(
                     "snapshot layer {layer}, {} KiB stored",

@@ -1,0 +1,433 @@
+//! WASI 0.2 for guests that need it (a JavaScript engine, say), kept
+//! deterministic so that a run can be replayed from its journal.
+//!
+//! A bundle built with kiln-sdk imports only Kiln's world. A bundle built
+//! from TypeScript embeds SpiderMonkey, which also imports WASI 0.2: clocks,
+//! random, stdio, io streams and a filesystem. Kiln gives it those through
+//! `wasmtime-wasi`, with everything that is not deterministic routed through
+//! the journal:
+//!
+//! - wall and monotonic clock reads, and random bytes (secure, insecure and
+//!   the insecure seed), are journaled as they are made and answered from
+//!   the journal on replay, like `now-ms` and `random-bytes`;
+//! - stdout and stderr become the attempt's log lines (`info` and `error`);
+//! - there are no environment variables, arguments or preopened
+//!   directories: the run's context comes through `start`, variables
+//!   through `env-var`;
+//! - sockets and `wasi:http` are refused at deploy (a task fetches through
+//!   Kiln's durable fetch).
+//!
+//! Such a guest's resource handles live in its linear memory and point into
+//! a host table a new instance does not have, so it is never restored from a
+//! memory snapshot: at each wait its instance is dropped, and it resumes by
+//! running again from the start with every host call answered from the
+//! journal until the journal runs out.
+
+use crate::host::HostState;
+use bytes::Bytes;
+use kiln_types::HostCall;
+use std::sync::{Arc, Mutex};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
+use wasmtime_wasi::cli::{IsTerminal, StdoutStream};
+use wasmtime_wasi::p2::bindings::clocks::{monotonic_clock, wall_clock};
+use wasmtime_wasi::p2::bindings::random::{insecure, insecure_seed, random};
+use wasmtime_wasi::p2::{DynPollable, OutputStream, Pollable, StreamError};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+/// The WASI interfaces a bundle may import (any 0.2 version).
+const ALLOWED: [&str; 5] = [
+    "wasi:io/",
+    "wasi:clocks/",
+    "wasi:random/",
+    "wasi:cli/",
+    "wasi:filesystem/",
+];
+
+/// Output a guest may leave unflushed (without a newline) before the rest
+/// is dropped.
+const MAX_PENDING_OUTPUT: usize = 1 << 20;
+
+/// Whether an import is one of WASI's.
+pub(crate) fn is_wasi(name: &str) -> bool {
+    name.starts_with("wasi:")
+}
+
+/// `Ok` for a WASI import Kiln provides; `Err` with the reason otherwise.
+pub(crate) fn check_import(name: &str) -> Result<(), String> {
+    let version_ok = name
+        .rsplit_once('@')
+        .is_some_and(|(_, version)| version.starts_with("0.2."));
+    if ALLOWED.iter().any(|p| name.starts_with(p)) && version_ok {
+        return Ok(());
+    }
+    let why = if name.starts_with("wasi:http/") {
+        "outgoing HTTP goes through Kiln's durable fetch (build TypeScript tasks with `kiln build`, which leaves `fetch` to Kiln)"
+    } else if name.starts_with("wasi:sockets/") {
+        "tasks have no sockets"
+    } else {
+        "Kiln provides WASI 0.2's io, clocks, random, cli and filesystem interfaces only"
+    };
+    Err(why.to_string())
+}
+
+/// Links WASI 0.2 into `linker`, with Kiln's journaled clocks and random
+/// in place of `wasmtime-wasi`'s.
+pub(crate) fn add_to_linker(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
+    wasmtime_wasi::p2::add_to_linker_async(linker)?;
+    linker.allow_shadowing(true);
+    wall_clock::add_to_linker::<HostState, HasSelf<HostState>>(linker, same)?;
+    monotonic_clock::add_to_linker::<HostState, HasSelf<HostState>>(linker, same)?;
+    random::add_to_linker::<HostState, HasSelf<HostState>>(linker, same)?;
+    insecure::add_to_linker::<HostState, HasSelf<HostState>>(linker, same)?;
+    insecure_seed::add_to_linker::<HostState, HasSelf<HostState>>(linker, same)?;
+    linker.allow_shadowing(false);
+    Ok(())
+}
+
+/// The store's state is what the journaled WASI imports work on.
+fn same(state: &mut HostState) -> &mut HostState {
+    state
+}
+
+/// An attempt's WASI state, made at its first WASI call.
+pub(crate) struct WasiState {
+    ctx: WasiCtx,
+    table: ResourceTable,
+    stdout: Capture,
+    stderr: Capture,
+    /// The last monotonic reading the guest saw (journaled or live).
+    monotonic_last: u64,
+    /// Added to this process's monotonic clock so that live readings never
+    /// go below the replayed ones.
+    monotonic_offset: u64,
+}
+
+impl WasiState {
+    fn new() -> Self {
+        let stdout = Capture::default();
+        let stderr = Capture::default();
+        let ctx = WasiCtx::builder()
+            .stdout(stdout.clone())
+            .stderr(stderr.clone())
+            .allow_tcp(false)
+            .allow_udp(false)
+            .allow_ip_name_lookup(false)
+            .socket_addr_check(|_, _| Box::pin(async { false }))
+            .build();
+        WasiState {
+            ctx,
+            table: ResourceTable::new(),
+            stdout,
+            stderr,
+            monotonic_last: 0,
+            monotonic_offset: 0,
+        }
+    }
+}
+
+impl WasiView for HostState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new()));
+        WasiCtxView {
+            ctx: &mut wasi.ctx,
+            table: &mut wasi.table,
+        }
+    }
+}
+
+/// Nanoseconds on this process's monotonic clock.
+fn process_monotonic() -> u64 {
+    static BASE: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    BASE.get_or_init(Instant::now).elapsed().as_nanos() as u64
+}
+
+impl HostState {
+    fn wasi(&mut self) -> &mut WasiState {
+        self.wasi.get_or_insert_with(|| Box::new(WasiState::new()))
+    }
+
+    /// A clock reading: from the journal while replaying, else `live` and
+    /// journaled.
+    fn clock_read(
+        &mut self,
+        monotonic: bool,
+        live: impl FnOnce(&mut Self) -> u64,
+    ) -> wasmtime::Result<u64> {
+        let name = if monotonic {
+            "monotonic-clock.now()"
+        } else {
+            "wall-clock.now()"
+        };
+        let fits =
+            |c: &HostCall| matches!(c, HostCall::Clock { monotonic: m, .. } if *m == monotonic);
+        if let Some(HostCall::Clock { result, .. }) = self.replayed(|| name.into(), fits)? {
+            return Ok(result);
+        }
+        let result = live(self);
+        self.journal.record(HostCall::Clock { monotonic, result });
+        Ok(result)
+    }
+
+    /// `len` random bytes, journaled as `random-bytes` is.
+    fn random_read(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        let max = crate::host::MAX_RANDOM_BYTES;
+        if len > u64::from(max) {
+            wasmtime::bail!("the guest asked for {len} random bytes, over the limit of {max}");
+        }
+        self.random(len as u32, "wasi random")
+    }
+
+    fn random_u64(&mut self) -> wasmtime::Result<u64> {
+        let bytes = self.random_read(8)?;
+        let mut word = [0u8; 8];
+        word.copy_from_slice(&bytes[..8]);
+        Ok(u64::from_le_bytes(word))
+    }
+
+    /// Turns what the guest wrote to stdout and stderr into log lines
+    /// (`info` and `error`), in the order of the streams' lines. With
+    /// `all`, a last line without a newline is taken too.
+    pub(crate) fn drain_output(&mut self, all: bool) {
+        let Some(wasi) = self.wasi.as_mut() else {
+            return;
+        };
+        let out = wasi.stdout.take_lines(all);
+        let err = wasi.stderr.take_lines(all);
+        for (level, lines) in [("info", out), ("error", err)] {
+            for line in lines {
+                let message = self.redactor.redact_owned(line);
+                self.push_log(
+                    level,
+                    crate::host::truncate(message, crate::host::MAX_LOG_MESSAGE),
+                    Vec::new(),
+                );
+            }
+        }
+    }
+}
+
+fn datetime(nanos: u64) -> wall_clock::Datetime {
+    wall_clock::Datetime {
+        seconds: nanos / 1_000_000_000,
+        nanoseconds: (nanos % 1_000_000_000) as u32,
+    }
+}
+
+impl wall_clock::Host for HostState {
+    fn now(&mut self) -> wasmtime::Result<wall_clock::Datetime> {
+        self.stats.clock += 1;
+        let nanos = self.clock_read(false, |_| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        })?;
+        Ok(datetime(nanos))
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<wall_clock::Datetime> {
+        Ok(datetime(1_000))
+    }
+}
+
+impl monotonic_clock::Host for HostState {
+    fn now(&mut self) -> wasmtime::Result<u64> {
+        self.stats.clock += 1;
+        let now = self.clock_read(true, |state| {
+            let wasi = state.wasi();
+            let mut now = process_monotonic().saturating_add(wasi.monotonic_offset);
+            if now < wasi.monotonic_last {
+                // The first live reading after a replay, in a process whose
+                // clock started later: keep time going forward from there.
+                wasi.monotonic_offset += wasi.monotonic_last - now;
+                now = wasi.monotonic_last;
+            }
+            now
+        })?;
+        let wasi = self.wasi();
+        wasi.monotonic_last = wasi.monotonic_last.max(now);
+        Ok(now)
+    }
+
+    fn resolution(&mut self) -> wasmtime::Result<u64> {
+        Ok(1_000)
+    }
+
+    fn subscribe_instant(&mut self, when: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        // Measured from the last reading the guest saw, which is the time
+        // it computed `when` from.
+        let after = when.saturating_sub(self.wasi().monotonic_last);
+        self.subscribe_duration(after)
+    }
+
+    fn subscribe_duration(&mut self, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
+        let mut clocks = wasmtime_wasi::clocks::WasiClocksView::clocks(self);
+        monotonic_clock::Host::subscribe_duration(&mut clocks, nanos)
+    }
+}
+
+impl random::Host for HostState {
+    fn get_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        self.stats.random += 1;
+        self.random_read(len)
+    }
+
+    fn get_random_u64(&mut self) -> wasmtime::Result<u64> {
+        self.stats.random += 1;
+        self.random_u64()
+    }
+}
+
+impl insecure::Host for HostState {
+    fn get_insecure_random_bytes(&mut self, len: u64) -> wasmtime::Result<Vec<u8>> {
+        self.stats.random += 1;
+        self.random_read(len)
+    }
+
+    fn get_insecure_random_u64(&mut self) -> wasmtime::Result<u64> {
+        self.stats.random += 1;
+        self.random_u64()
+    }
+}
+
+impl insecure_seed::Host for HostState {
+    fn insecure_seed(&mut self) -> wasmtime::Result<(u64, u64)> {
+        self.stats.random += 1;
+        Ok((self.random_u64()?, self.random_u64()?))
+    }
+}
+
+/// A guest's stdout or stderr, kept until it is turned into log lines.
+#[derive(Clone, Default)]
+struct Capture {
+    pending: Arc<Mutex<Vec<u8>>>,
+}
+
+impl Capture {
+    fn push(&self, bytes: &[u8]) -> usize {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let room = MAX_PENDING_OUTPUT.saturating_sub(pending.len());
+        let taken = bytes.len().min(room);
+        pending.extend_from_slice(&bytes[..taken]);
+        // Past the limit the rest is dropped, not refused: a guest that
+        // writes without newlines must not stall on its own output.
+        bytes.len()
+    }
+
+    /// The complete lines written so far (and, with `all`, the rest).
+    fn take_lines(&self, all: bool) -> Vec<String> {
+        let mut pending = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+        let end = if all {
+            pending.len()
+        } else {
+            match pending.iter().rposition(|&b| b == b'\n') {
+                Some(last) => last + 1,
+                None => return Vec::new(),
+            }
+        };
+        let taken: Vec<u8> = pending.drain(..end).collect();
+        String::from_utf8_lossy(&taken)
+            .split_terminator('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line).to_string())
+            .collect()
+    }
+}
+
+impl IsTerminal for Capture {
+    fn is_terminal(&self) -> bool {
+        false
+    }
+}
+
+impl StdoutStream for Capture {
+    fn p2_stream(&self) -> Box<dyn OutputStream> {
+        Box::new(self.clone())
+    }
+
+    fn async_stream(&self) -> Box<dyn tokio::io::AsyncWrite + Send + Sync> {
+        Box::new(self.clone())
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl OutputStream for Capture {
+    fn write(&mut self, bytes: Bytes) -> Result<(), StreamError> {
+        self.push(&bytes);
+        Ok(())
+    }
+
+    fn flush(&mut self) -> Result<(), StreamError> {
+        Ok(())
+    }
+
+    fn check_write(&mut self) -> Result<usize, StreamError> {
+        Ok(64 * 1024)
+    }
+}
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Capture {
+    async fn ready(&mut self) {}
+}
+
+impl tokio::io::AsyncWrite for Capture {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::task::Poll::Ready(Ok(self.push(buf)))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Capture, check_import};
+
+    #[test]
+    fn output_becomes_lines_and_a_partial_line_waits_for_its_end() {
+        let out = Capture::default();
+        out.push(b"one\ntwo\r\nthr");
+        assert_eq!(out.take_lines(false), vec!["one", "two"]);
+        out.push(b"ee\n");
+        assert_eq!(out.take_lines(false), vec!["three"]);
+        out.push(b"tail");
+        assert!(out.take_lines(false).is_empty());
+        assert_eq!(out.take_lines(true), vec!["tail"]);
+    }
+
+    #[test]
+    fn only_the_interfaces_kiln_provides_are_allowed() {
+        for ok in [
+            "wasi:io/poll@0.2.12",
+            "wasi:clocks/monotonic-clock@0.2.12",
+            "wasi:random/random@0.2.3",
+            "wasi:cli/stdout@0.2.12",
+            "wasi:filesystem/preopens@0.2.12",
+        ] {
+            assert_eq!(check_import(ok), Ok(()), "{ok}");
+        }
+        for refused in [
+            "wasi:http/outgoing-handler@0.2.10",
+            "wasi:sockets/tcp@0.2.12",
+            "wasi:io/poll@0.3.0",
+            "wasi:keyvalue/store@0.2.0",
+        ] {
+            assert!(check_import(refused).is_err(), "{refused}");
+        }
+    }
+}
