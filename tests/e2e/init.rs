@@ -24,6 +24,11 @@ fn kiln_in(dir: &Path, home: &Path, args: &[&str]) -> Output {
             "CARGO_TARGET_DIR",
             PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/kiln-guests"),
         )
+        // The TypeScript toolchain the fixtures installed from npm.
+        .env(
+            "KILN_TS_TOOLCHAIN",
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/kiln-ts-toolchain"),
+        )
         .output()
         .expect("the CLI runs")
 }
@@ -79,6 +84,41 @@ async fn a_crate_made_by_kiln_init_builds_deploys_and_runs() {
     // The example task is a schema task: a payload without `name` is
     // refused at trigger time.
     let (status, body) = kiln.trigger("hello-init", json!({}), json!({})).await;
+    assert_eq!(status, 422, "{body}");
+}
+
+#[tokio::test]
+async fn a_typescript_project_made_by_kiln_init_builds_deploys_and_runs() {
+    let scratch = tempfile::tempdir().unwrap();
+    let (dir, home) = (scratch.path().join("work"), scratch.path().join("home"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let made = kiln_in(&dir, &home, &["init", "--ts", "hello-ts-init"]);
+    assert!(made.status.success(), "{}", text(&made));
+    let project = dir.join("hello-ts-init");
+    assert!(project.join("package.json").exists());
+    let tsconfig = std::fs::read_to_string(project.join("tsconfig.json")).unwrap();
+    assert!(
+        tsconfig.contains("index.ts"),
+        "editors find the SDK: {tsconfig}"
+    );
+
+    let built = kiln_in(&dir, &home, &["build", "hello-ts-init"]);
+    assert!(built.status.success(), "{}", text(&built));
+    let stdout = String::from_utf8_lossy(&built.stdout);
+    let bundle = stdout.lines().last().expect("the bundle's path").trim();
+    assert!(bundle.ends_with("hello-ts-init.wasm"), "{stdout}");
+
+    let data = data_dir();
+    let kiln = Kiln::start(data.path());
+    let (status, deployed) = kiln.deploy_bytes(std::fs::read(bundle).unwrap()).await;
+    assert_eq!(status, 200, "{deployed}");
+    let id = kiln
+        .trigger_ok("hello-ts-init", json!({"name": "Ada"}))
+        .await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["message"], "Hello, Ada!");
+    let (status, body) = kiln.trigger("hello-ts-init", json!({}), json!({})).await;
     assert_eq!(status, 422, "{body}");
 }
 

@@ -12,6 +12,8 @@ use std::process::{Command, Stdio};
 
 mod typescript;
 
+pub use typescript::{sdk_sources as ts_sdk_sources, zod_version as ts_zod_version};
+
 /// The target guests are compiled for: no WASI, only Kiln's own imports.
 pub const GUEST_TARGET: &str = "wasm32-unknown-unknown";
 

@@ -71,6 +71,20 @@ const SDK: [(&str, &str); 13] = [
     ),
 ];
 
+/// The TypeScript SDK's sources (`guest-sdk/ts/src`), as `kiln` carries
+/// them: file name and text.
+pub fn sdk_sources() -> &'static [(&'static str, &'static str)] {
+    &SDK
+}
+
+/// The version of the toolchain's zod (what `schemaTask` is tested with).
+pub fn zod_version() -> String {
+    serde_json::from_str::<serde_json::Value>(TOOLCHAIN_PACKAGE)
+        .ok()
+        .and_then(|p| p["dependencies"]["zod"].as_str().map(str::to_string))
+        .unwrap_or_else(|| "4".into())
+}
+
 /// Whether `path` is a TypeScript project `kiln build` should bundle.
 pub(crate) fn is_project(path: &Path) -> bool {
     path.is_dir() && path.join("package.json").is_file() && !path.join("Cargo.toml").exists()

@@ -44,11 +44,14 @@
 //!   an environment variable and sealing it for the journal, and masking
 //!   secrets from a log line;
 //! - dashboard: each dashboard page's time to the last byte with 100,000
-//!   runs stored.
+//!   runs stored;
+//! - typescript: a TypeScript bundle beside a Rust one (size, compiling,
+//!   instantiating, an attempt, trigger to COMPLETED over HTTP) and what
+//!   resuming by replay costs after the 1st and the 20th wait.
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `engine`, `dashboard`, `sandbox`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
@@ -70,6 +73,8 @@ mod secrets;
 mod soak;
 #[path = "support/store.rs"]
 mod store;
+#[path = "support/typescript.rs"]
+mod typescript;
 
 use kiln_manifest::Machine;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
@@ -142,6 +147,9 @@ fn main() {
     }
     if selected("sandbox") {
         runtime.block_on(sandbox_bench());
+    }
+    if selected("typescript") {
+        runtime.block_on(typescript::typescript_bench());
     }
     if selected("store") {
         runtime.block_on(store::store_bench());

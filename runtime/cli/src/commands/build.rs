@@ -3,11 +3,13 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Build a guest crate into a component bundle; prints the bundle's path as
-/// the last line.
+/// Build a guest crate, or a TypeScript project (a directory with a
+/// package.json), into a component bundle; prints the bundle's path as the
+/// last line.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The crate's directory or Cargo.toml.
+    /// The crate's directory or Cargo.toml, or the TypeScript project's
+    /// directory.
     #[arg(default_value = ".")]
     path: PathBuf,
 }

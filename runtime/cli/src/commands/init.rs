@@ -31,6 +31,10 @@ pub struct Args {
     /// The crate's name and directory (created; must not exist or be
     /// empty). The example task's id is the name too.
     name: PathBuf,
+    /// Make a TypeScript project instead (`package.json`, `src/index.ts`),
+    /// with tasks written against Kiln's `@trigger.dev/sdk`-shaped SDK.
+    #[arg(long)]
+    ts: bool,
 }
 
 /// Names the crate cannot take: Rust's keywords (the task's function is
@@ -280,6 +284,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     install_sdk(&sdk)?;
+    if args.ts {
+        return init_ts(&dir, &name, &sdk);
+    }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;
     std::fs::write(dir.join("Cargo.toml"), cargo_toml(&name, &sdk))?;
@@ -289,6 +296,86 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
     println!(
         "Created the bundle crate {} with the task `{name}`.",
+        dir.display()
+    );
+    println!(
+        "  kiln build {}            # prints the bundle's path last",
+        dir.display()
+    );
+    println!("  kiln deploy <bundle>");
+    println!("  kiln trigger {name} --payload '{{\"name\":\"Ada\"}}' --wait");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The example task of a TypeScript project.
+fn index_ts(name: &str) -> String {
+    format!(
+        r#"// The `{name}` bundle's tasks: `kiln build` bundles this project into a
+// WebAssembly component, and `kiln deploy` deploys it.
+
+import {{ schemaTask, logger, wait }} from "@kiln/sdk";
+import {{ z }} from "zod";
+
+export const greet = schemaTask({{
+  id: "{name}",
+  // Checked when the run is triggered: a payload without `name` is refused.
+  schema: z.object({{ name: z.string().min(1) }}),
+  run: async ({{ name }}) => {{
+    logger.info("greeting", {{ name }});
+    // A durable wait: the run holds no memory or worker while it waits.
+    await wait.for({{ seconds: 1 }});
+    return {{ message: `Hello, ${{name}}!` }};
+  }},
+}});
+"#
+    )
+}
+
+/// Makes a TypeScript project: `package.json`, `src/index.ts`, and a
+/// `tsconfig.json` whose paths point editors at the SDK written beside the
+/// Rust one.
+fn init_ts(dir: &Path, name: &str, sdk: &Path) -> anyhow::Result<ExitCode> {
+    let ts_sdk = sdk.join("guest-sdk").join("ts").join("src");
+    for (file, text) in kiln_bundle::ts_sdk_sources() {
+        let path = ts_sdk.join(file);
+        if !path.exists() {
+            std::fs::create_dir_all(&ts_sdk)?;
+            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
+        }
+    }
+    std::fs::create_dir_all(dir.join("src"))
+        .with_context(|| format!("creating {}", dir.display()))?;
+    let package = serde_json::json!({
+        "name": name,
+        "private": true,
+        "type": "module",
+        "main": "src/index.ts",
+        "devDependencies": { "zod": kiln_bundle::ts_zod_version() },
+    });
+    std::fs::write(
+        dir.join("package.json"),
+        serde_json::to_string_pretty(&package)? + "\n",
+    )?;
+    let index = ts_sdk.join("index.ts").to_string_lossy().replace('\\', "/");
+    let tsconfig = serde_json::json!({
+        "compilerOptions": {
+            "target": "es2022",
+            "module": "es2022",
+            "moduleResolution": "bundler",
+            "strict": true,
+            "noEmit": true,
+            "paths": { "@kiln/sdk": [index] },
+        },
+        "include": ["src"],
+    });
+    std::fs::write(
+        dir.join("tsconfig.json"),
+        serde_json::to_string_pretty(&tsconfig)? + "\n",
+    )?;
+    std::fs::write(dir.join("src/index.ts"), index_ts(name))?;
+    std::fs::write(dir.join(".gitignore"), "/dist\n/node_modules\n")?;
+    println!(
+        "Created the TypeScript project {} with the task `{name}`.",
         dir.display()
     );
     println!(
