@@ -295,7 +295,9 @@ impl Attempt {
     }
 
     fn end(&mut self) {
-        self.store.data_mut().drain_output(true);
+        let state = self.store.data_mut();
+        state.flush_clocks();
+        state.drain_output(true);
         let clock = &mut self.store.data_mut().clock;
         clock.used = clock.used_now();
         clock.call_started = None;

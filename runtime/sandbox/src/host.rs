@@ -325,6 +325,8 @@ pub struct HostState {
     /// WASI's state, for a guest that imports WASI (made at its first
     /// WASI call).
     pub(crate) wasi: Option<Box<crate::wasi::WasiState>>,
+    /// WASI clock reads not journaled yet (see `flush_clocks`).
+    pub(crate) pending_clocks: Vec<(bool, u64)>,
 }
 
 impl HostState {
@@ -355,6 +357,7 @@ impl HostState {
             limit: None,
             redactor: Redactor::default(),
             wasi: None,
+            pending_clocks: Vec::new(),
         }
     }
 
@@ -369,7 +372,12 @@ impl HostState {
     ) -> wasmtime::Result<Option<HostCall>> {
         match self.replay.front() {
             None => match self.journal.budget() {
-                Ok(()) => Ok(None),
+                Ok(()) => {
+                    // Clock reads made before this call are journaled
+                    // before it.
+                    self.flush_clocks();
+                    Ok(None)
+                }
                 Err(message) => {
                     self.limit = Some(message.clone());
                     wasmtime::bail!(message)

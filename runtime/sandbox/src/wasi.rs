@@ -25,7 +25,7 @@
 
 use crate::host::HostState;
 use bytes::Bytes;
-use kiln_types::HostCall;
+use kiln_types::{HostCall, JournalEntry};
 use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 use wasmtime::component::{HasSelf, Linker, Resource, ResourceTable};
@@ -147,25 +147,53 @@ impl HostState {
         self.wasi.get_or_insert_with(|| Box::new(WasiState::new()))
     }
 
-    /// A clock reading: from the journal while replaying, else `live` and
-    /// journaled.
+    /// A clock reading: from the journal while replaying, else `live`,
+    /// kept with the reads since the last journaled call (see
+    /// [`HostState::flush_clocks`]).
     fn clock_read(
         &mut self,
         monotonic: bool,
         live: impl FnOnce(&mut Self) -> u64,
     ) -> wasmtime::Result<u64> {
-        let name = if monotonic {
-            "monotonic-clock.now()"
-        } else {
-            "wall-clock.now()"
-        };
-        let fits =
-            |c: &HostCall| matches!(c, HostCall::Clock { monotonic: m, .. } if *m == monotonic);
-        if let Some(HostCall::Clock { result, .. }) = self.replayed(|| name.into(), fits)? {
-            return Ok(result);
+        loop {
+            match self.replay.front_mut() {
+                Some(JournalEntry::HostCall(HostCall::Clocks { reads })) if reads.is_empty() => {
+                    self.replay.pop_front();
+                }
+                Some(JournalEntry::HostCall(HostCall::Clocks { reads })) => {
+                    let (was_monotonic, result) = reads.remove(0);
+                    if was_monotonic != monotonic {
+                        let message = format!(
+                            "non-determinism: on replay the task read the {} clock where its journal has a read of the {} clock",
+                            clock_name(monotonic),
+                            clock_name(was_monotonic)
+                        );
+                        self.nondeterminism = Some(message.clone());
+                        wasmtime::bail!(message);
+                    }
+                    if reads.is_empty() {
+                        self.replay.pop_front();
+                    }
+                    return Ok(result);
+                }
+                Some(_) => {
+                    // Not a clock read where the journal has one: the
+                    // non-determinism error says what it has instead.
+                    self.replayed(
+                        || format!("{}-clock.now()", clock_name(monotonic)),
+                        |_| false,
+                    )?;
+                    wasmtime::bail!("the journal has no clock read here");
+                }
+                None => break,
+            }
+        }
+        if let Err(message) = self.journal.budget() {
+            self.limit = Some(message.clone());
+            wasmtime::bail!(message);
         }
         let result = live(self);
-        self.journal.record(HostCall::Clock { monotonic, result });
+        self.pending_clocks.push((monotonic, result));
         Ok(result)
     }
 
@@ -183,6 +211,16 @@ impl HostState {
         let mut word = [0u8; 8];
         word.copy_from_slice(&bytes[..8]);
         Ok(u64::from_le_bytes(word))
+    }
+
+    /// Journals the clock reads made since the last journaled call as one
+    /// entry. Called before every other journaled call and at the end of
+    /// each guest call, so the journal keeps the order they were made in.
+    pub(crate) fn flush_clocks(&mut self) {
+        if !self.pending_clocks.is_empty() {
+            let reads = std::mem::take(&mut self.pending_clocks);
+            self.journal.record(HostCall::Clocks { reads });
+        }
     }
 
     /// Turns what the guest wrote to stdout and stderr into log lines
@@ -205,6 +243,10 @@ impl HostState {
             }
         }
     }
+}
+
+fn clock_name(monotonic: bool) -> &'static str {
+    if monotonic { "monotonic" } else { "wall" }
 }
 
 fn datetime(nanos: u64) -> wall_clock::Datetime {

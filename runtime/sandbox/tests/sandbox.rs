@@ -348,3 +348,91 @@ async fn replay_answers_from_the_journal_and_catches_a_different_call() {
         other => panic!("unexpected {other:?}"),
     }
 }
+
+/// Keeps the host calls an attempt journals.
+struct Recorder(std::sync::Arc<std::sync::Mutex<Vec<kiln_types::HostCall>>>);
+
+impl kiln_sandbox::JournalSink for Recorder {
+    fn record(&mut self, call: kiln_types::HostCall) {
+        self.0.lock().unwrap().push(call);
+    }
+}
+
+#[tokio::test]
+async fn a_wasi_guest_replays_its_clocks_and_draws_from_the_journal() {
+    use kiln_types::{HostCall, JournalEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let bundle = load(&dir, kiln_fixtures::COUNTDOWN_TS).await;
+    assert!(bundle.resumes_by_replay(), "it imports WASI");
+    let limits = Limits::for_machine(Machine::Small1x, None);
+    let ctx = ctx("countdown-ts", r#"{"steps":2,"wait_ms":1}"#);
+
+    // Live: every clock read and random draw is journaled.
+    let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let mut live = bundle.instantiate(limits).await.unwrap();
+    live.set_journal(Box::new(Recorder(calls.clone())));
+    let first = waiting_on(live.start(&ctx).await);
+    let second = waiting_on(live.resume(&timer_wake(first)).await);
+    let output = match live.resume(&timer_wake(second)).await {
+        StepOutcome::Step(Step::Completed(out)) => out,
+        other => panic!("unexpected {other:?}"),
+    };
+    let lines: Vec<String> = live
+        .take_logs()
+        .lines
+        .iter()
+        .map(|l| format!("{} {:?}", l.message, l.fields))
+        .collect();
+    drop(live);
+    let journal: Vec<HostCall> = calls.lock().unwrap().clone();
+    assert!(
+        journal.iter().any(|c| matches!(c, HostCall::Clocks { .. })),
+        "{journal:?}"
+    );
+    assert!(
+        journal
+            .iter()
+            .any(|c| matches!(c, HostCall::RandomBytes { .. })),
+        "{journal:?}"
+    );
+
+    // Replayed from the journal in a fresh instance: the same output and
+    // log lines, and nothing asked of the host again.
+    let mut replay = bundle.instantiate(limits).await.unwrap();
+    replay.set_journal(Box::new(Recorder(calls.clone())));
+    replay
+        .replay_mut()
+        .extend(journal.iter().cloned().map(JournalEntry::HostCall));
+    let first = waiting_on(replay.start(&ctx).await);
+    let second = waiting_on(replay.resume(&timer_wake(first)).await);
+    match replay.resume(&timer_wake(second)).await {
+        StepOutcome::Step(Step::Completed(out)) => assert_eq!(out, output),
+        other => panic!("unexpected {other:?}"),
+    }
+    let replayed: Vec<String> = replay
+        .take_logs()
+        .lines
+        .iter()
+        .map(|l| format!("{} {:?}", l.message, l.fields))
+        .collect();
+    assert_eq!(replayed, lines);
+    assert!(replay.replay_mut().is_empty());
+    assert_eq!(calls.lock().unwrap().len(), journal.len(), "no live call");
+    assert_eq!(replay.stats().random_live, 0);
+
+    // A journal whose random draw is gone is not this run's: the draw
+    // finds a clock read, or a clock read finds the draw.
+    let tampered: Vec<JournalEntry> = journal
+        .iter()
+        .filter(|c| !matches!(c, HostCall::RandomBytes { .. }))
+        .cloned()
+        .map(JournalEntry::HostCall)
+        .collect();
+    let mut diverged = bundle.instantiate(limits).await.unwrap();
+    diverged.replay_mut().extend(tampered);
+    let outcome = diverged.start(&ctx).await;
+    assert!(
+        matches!(outcome, StepOutcome::Trap(TrapKind::NonDeterminism(_))),
+        "{outcome:?}"
+    );
+}

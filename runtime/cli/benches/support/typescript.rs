@@ -110,13 +110,16 @@ async fn replay(bundle: &LoadedBundle, steps: u64, resumes: &[u64], n: usize) {
     }
     drop(attempt);
     let calls = calls.lock().map(|c| c.clone()).unwrap_or_default();
+    let reads: usize = calls
+        .iter()
+        .map(|c| match c {
+            HostCall::Clocks { reads } => reads.len(),
+            _ => 0,
+        })
+        .sum();
     println!(
-        "countdown-ts: {} host calls journaled over {steps} waits ({} clock reads)",
+        "countdown-ts: {} journal entries of host calls over {steps} waits ({reads} clock reads among them)",
         made[made.len() - 1],
-        calls
-            .iter()
-            .filter(|c| matches!(c, HostCall::Clock { .. }))
-            .count()
     );
 
     for &after in resumes {

@@ -238,13 +238,9 @@ fn call_facts(call: &HostCall) -> (&'static str, Vec<KeyValue>, Option<&String>)
             None,
         ),
         HostCall::Log { .. } => ("log", Vec::new(), None),
-        HostCall::Clock { monotonic, result } => (
-            if *monotonic {
-                "monotonic-clock"
-            } else {
-                "wall-clock"
-            },
-            vec![KeyValue::new("kiln.result", *result as i64)],
+        HostCall::Clocks { reads } => (
+            "clocks",
+            vec![KeyValue::new("kiln.reads", reads.len() as i64)],
             None,
         ),
         HostCall::Trigger {
@@ -452,7 +448,7 @@ pub(crate) fn spans_of(
             // Log lines are events already; a WASI guest's engine reads its
             // clocks dozens of times a step, which would crowd out the
             // calls a task made.
-            JournalEntry::HostCall(HostCall::Log { .. } | HostCall::Clock { .. }) => {}
+            JournalEntry::HostCall(HostCall::Log { .. } | HostCall::Clocks { .. }) => {}
             JournalEntry::HostCall(call) => {
                 let (name, attributes, refused) = call_facts(call);
                 let mut span = b.span(
