@@ -176,3 +176,135 @@ async fn a_typescript_parent_triggers_a_child_and_waits_for_it() {
         .count();
     assert_eq!(triggers, 1, "{entries:?}");
 }
+
+/// A server with the TypeScript probe deployed.
+async fn probe(dir: &tempfile::TempDir, cache: &str) -> Kiln {
+    let kiln = Kiln::start_with(dir.path(), &args(cache));
+    kiln.deploy(kiln_fixtures::PROBE_TS).await;
+    kiln
+}
+
+#[tokio::test]
+async fn a_typescript_task_waits_on_a_token_and_sets_metadata_and_tags() {
+    let dir = data_dir();
+    let cache = cache();
+    let kiln = probe(&dir, &cache).await;
+    let id = kiln.trigger_ok("token-ts", json!({})).await;
+    let waiting = kiln.until_status(&id, "WAITING").await;
+    let token = waiting["metadata"]["token"]
+        .as_str()
+        .expect("the token's id in the metadata")
+        .to_string();
+    assert_eq!(waiting["metadata"]["waits"], 1, "{waiting}");
+    assert!(
+        waiting["tags"].to_string().contains("token-made"),
+        "{waiting}"
+    );
+    let (status, body) = kiln
+        .post(
+            &format!("/api/v1/waitpoints/tokens/{token}/complete"),
+            json!({"data": {"approved": true}}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["ok"], true, "{run}");
+    assert_eq!(run["output"]["data"], json!({"approved": true}));
+    // Replayed at the resume, the metadata operations were not applied again.
+    assert_eq!(run["metadata"]["waits"], 1, "{run}");
+    assert_eq!(run["output"]["metadata"]["waits"], 1, "{run}");
+}
+
+#[tokio::test]
+async fn typescript_retries_hooks_and_aborts_decide_as_the_task_says() {
+    let dir = data_dir();
+    let cache = cache();
+    let kiln = probe(&dir, &cache).await;
+    // The manifest carries what the tasks declare: a shared queue, a
+    // machine, a schedule the deploy created.
+    let (status, schedules) = kiln
+        .request(reqwest::Method::GET, "/api/v1/schedules?perPage=100", None)
+        .await;
+    assert_eq!(status, 200, "{schedules}");
+    let nightly: Vec<&Value> = schedules["data"]
+        .as_array()
+        .expect("schedules")
+        .iter()
+        .filter(|s| s["task"] == "nightly-ts")
+        .collect();
+    assert_eq!(nightly.len(), 1, "{schedules}");
+    assert_eq!(nightly[0]["type"], "DECLARATIVE", "{schedules}");
+    assert_eq!(nightly[0]["timezone"], "Europe/Oslo", "{schedules}");
+    let flaky = kiln.trigger_ok("flaky-ts", json!({})).await;
+    let aborted = kiln.trigger_ok("abort-ts", json!({"how": "abort"})).await;
+    let caught = kiln.trigger_ok("abort-ts", json!({"how": "catch"})).await;
+    let on_throw = kiln.trigger_ok("on-throw-ts", json!({})).await;
+
+    let run = kiln.finished(&flaky).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["attempt"], 2, "{run}");
+    assert_eq!(run["machine"], "small-2x", "{run}");
+    assert_eq!(run["attemptCount"], 2, "{run}");
+    for id in [&aborted, &caught] {
+        let run = kiln.finished(id).await;
+        assert_eq!(run["status"], "FAILED", "{run}");
+        assert_eq!(run["attemptCount"], 1, "not retried: {run}");
+    }
+    let run = kiln.finished(&aborted).await;
+    assert!(
+        run["error"].to_string().contains("no point retrying"),
+        "{run}"
+    );
+    let run = kiln.finished(&on_throw).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"], json!({"value": 3, "tries": 3}), "{run}");
+    assert_eq!(run["attemptCount"], 1, "{run}");
+}
+
+#[tokio::test]
+async fn typescript_fetch_env_vars_console_and_batches_go_through_kiln() {
+    let dir = data_dir();
+    let cache = cache();
+    let kiln = probe(&dir, &cache).await;
+    let (url, count) = crate::fetch::counting_server(0).await;
+    let id = kiln.trigger_ok("fetch-ts", json!({"url": url})).await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(
+        run["output"],
+        json!({"status": 200, "ok": true, "body": "1"})
+    );
+    assert_eq!(count.load(std::sync::atomic::Ordering::SeqCst), 1);
+
+    let set = kiln.cli(&["env", "set", "GREETING", "hej"]);
+    assert!(set.status.success(), "{set:?}");
+    let id = kiln.trigger_ok("env-ts", json!({"name": "GREETING"})).await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["value"], "hej", "{run}");
+    let logs: Vec<(String, String)> = run["attempts"][0]["logs"]
+        .as_array()
+        .expect("logs")
+        .iter()
+        .map(|l| {
+            (
+                l["level"].as_str().unwrap_or_default().to_string(),
+                l["message"].as_str().unwrap_or_default().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        logs.contains(&("info".into(), "reading GREETING".into())),
+        "{logs:?}"
+    );
+    assert!(
+        logs.contains(&("error".into(), "a line on stderr".into())),
+        "{logs:?}"
+    );
+
+    let id = kiln.trigger_ok("batch-ts", json!({"ns": [1, 2, -1]})).await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"], json!([2, 4, "failed"]), "{run}");
+}

@@ -17,6 +17,7 @@ import "./fetch";
 
 export { task, schemaTask, schedules, tasks, SubtaskUnwrapError } from "./tasks";
 export type { Task, TaskRunResult, RunHandle, BatchHandle, TriggerOptions, ScheduledPayload } from "./tasks";
+export { queue } from "./registry";
 export type { TaskOptions, TaskContext, RetryOptions, QueueOptions } from "./registry";
 export { wait } from "./wait";
 export type { WaitToken, WaitTokenResult, WaitForOptions } from "./wait";

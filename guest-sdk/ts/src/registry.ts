@@ -64,6 +64,15 @@ export interface RegisteredTask {
 /** Every task the bundle's modules defined, by id. */
 export const registry = new Map<string, RegisteredTask>();
 
+/** The queues tasks named, by name. */
+const queues = new Map<string, QueueOptions>();
+
+/** Declares a queue several tasks share, as Trigger.dev's `queue()`. */
+export function queue(options: { name: string; concurrencyLimit?: number }): QueueOptions {
+  queues.set(options.name, options);
+  return options;
+}
+
 /** Adds a task to the bundle. Two tasks with one id are a build error. */
 export function register(task: RegisteredTask): void {
   const id = task.options.id;
@@ -76,8 +85,14 @@ export function register(task: RegisteredTask): void {
 /** The manifest entry of a task's options. */
 export function manifestOf(options: TaskOptions<any, any>, extra: Record<string, unknown> = {}): Record<string, unknown> {
   const entry: Record<string, unknown> = { id: options.id, ...extra };
-  if (options.queue?.name) entry.queue = options.queue.name;
-  if (options.queue?.concurrencyLimit !== undefined) entry.concurrencyLimit = options.queue.concurrencyLimit;
+  if (options.queue?.name) {
+    // A named queue is declared once for the bundle; a second declaration
+    // with another limit is the server's to refuse.
+    entry.queue = options.queue.name;
+    if (!queues.has(options.queue.name)) queues.set(options.queue.name, options.queue);
+  } else if (options.queue?.concurrencyLimit !== undefined) {
+    entry.concurrencyLimit = options.queue.concurrencyLimit;
+  }
   if (options.machine) entry.machine = typeof options.machine === "string" ? options.machine : options.machine.preset;
   if (options.maxDuration !== undefined) entry.maxDurationSecs = options.maxDuration;
   if (options.retry) {
@@ -99,7 +114,11 @@ export function describeBundle(): string {
     manifestVersion: 1,
     sdkVersion: "ts-0.1.0",
     tasks: [...registry.values()].map((t) => t.manifest),
-    queues: [],
+    queues: [...queues.values()].map((q) => {
+      const declared: Record<string, unknown> = { name: q.name };
+      if (q.concurrencyLimit !== undefined) declared.concurrencyLimit = q.concurrencyLimit;
+      return declared;
+    }),
   });
 }
 
