@@ -308,3 +308,62 @@ async fn typescript_fetch_env_vars_console_and_batches_go_through_kiln() {
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["output"], json!([2, 4, "failed"]), "{run}");
 }
+
+#[tokio::test]
+async fn a_typescript_task_triggers_and_waits_on_a_rust_task_of_the_same_version() {
+    let dir = data_dir();
+    let cache = cache();
+    let kiln = Kiln::start_with(dir.path(), &args(&cache));
+    // Two bundles, one version: `kiln deploy` sends both.
+    let deployed = kiln.cli(&[
+        "deploy",
+        kiln_fixtures::HELLO_WORLD,
+        kiln_fixtures::PROBE_TS,
+    ]);
+    let said = String::from_utf8_lossy(&deployed.stdout).to_string();
+    assert!(deployed.status.success(), "{deployed:?}");
+    assert!(
+        said.contains("hello-world") && said.contains("mixed-ts"),
+        "{said}"
+    );
+
+    let id = kiln.trigger_ok("mixed-ts", json!({"name": "Ada"})).await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["fromRust"], "Hello, Ada!", "{run}");
+    let child = kiln
+        .finished(run["output"]["child"].as_str().expect("the child's id"))
+        .await;
+    assert_eq!(child["taskIdentifier"], "hello-world", "{child}");
+    assert!(run["version"].is_string(), "{run}");
+    assert_eq!(child["version"], run["version"], "{child}");
+    // And the Rust task is triggered from outside as before.
+    let id = kiln
+        .trigger_ok("hello-world", json!({"name": "Grace"}))
+        .await;
+    assert_eq!(
+        kiln.finished(&id).await["output"]["message"],
+        "Hello, Grace!"
+    );
+
+    // A task id in two bundles, and sizes that do not fit the body, are
+    // refused, and nothing is deployed.
+    let twice = kiln.cli(&[
+        "deploy",
+        kiln_fixtures::HELLO_WORLD,
+        kiln_fixtures::HELLO_WORLD,
+    ]);
+    assert!(!twice.status.success());
+    assert!(
+        String::from_utf8_lossy(&twice.stderr).contains("twice"),
+        "{twice:?}"
+    );
+    let (status, body) = kiln
+        .request(
+            reqwest::Method::POST,
+            "/api/v1/deployments?sizes=10,20",
+            Some(vec![0u8; 25].into()),
+        )
+        .await;
+    assert_eq!(status, 400, "{body}");
+}

@@ -11,15 +11,24 @@ use std::sync::{Arc, RwLock};
 pub struct Deployed {
     /// The stored record.
     pub record: Deployment,
-    /// The compiled, pre-linked bundle.
-    pub bundle: LoadedBundle,
+    /// The compiled, pre-linked bundles, in the order of the record's
+    /// content hashes: most deployments have one.
+    bundles: Vec<LoadedBundle>,
+    /// Which bundle defines each task (an index into `bundles`).
+    by_task: HashMap<String, usize>,
     validators: HashMap<String, Arc<jsonschema::Validator>>,
 }
 
 impl Deployed {
-    fn new(record: Deployment, bundle: LoadedBundle) -> Result<Self, DeployError> {
+    fn new(record: Deployment, bundles: Vec<LoadedBundle>) -> Result<Self, DeployError> {
         let mut validators = HashMap::new();
-        for task in &bundle.manifest().tasks {
+        let mut by_task = HashMap::new();
+        for (index, bundle) in bundles.iter().enumerate() {
+            for task in &bundle.manifest().tasks {
+                by_task.entry(task.id.clone()).or_insert(index);
+            }
+        }
+        for task in &record.manifest.tasks {
             if let Some(cron) = &task.cron {
                 kiln_cron::CronSchedule::parse(
                     &cron.pattern,
@@ -45,11 +54,27 @@ impl Deployed {
                 validators.insert(task.id.clone(), Arc::new(validator));
             }
         }
+        if bundles.is_empty() {
+            return Err(DeployError::Refused("a deployment needs a bundle".into()));
+        }
         Ok(Deployed {
             record,
-            bundle,
+            bundles,
+            by_task,
             validators,
         })
+    }
+
+    /// The bundle that defines `task` (the first bundle for a task none
+    /// defines, which then fails to start as it always did).
+    pub fn bundle_for(&self, task: &str) -> &LoadedBundle {
+        let index = self.by_task.get(task).copied().unwrap_or(0);
+        &self.bundles[index.min(self.bundles.len() - 1)]
+    }
+
+    /// Whether every bundle is loaded in the sandbox's newest generation.
+    fn is_newest(&self) -> bool {
+        self.bundles.iter().all(LoadedBundle::is_newest)
     }
 
     /// Checks a payload against the task's schema, if it has one. The error
@@ -79,6 +104,45 @@ impl Deployed {
             ))
         }
     }
+}
+
+/// The manifest of a deployment of `bundles`: the first's, with the
+/// others' tasks and queues added. A task id in two bundles, the same
+/// bundle twice, or queues that disagree are refused.
+fn merged(bundles: &[LoadedBundle]) -> Result<kiln_manifest::Manifest, DeployError> {
+    let refuse = |why: String| Err(DeployError::Bundle(BundleError::Manifest(why)));
+    let Some(first) = bundles.first() else {
+        return refuse("a deployment needs a bundle".into());
+    };
+    let mut manifest = first.manifest().clone();
+    for (index, bundle) in bundles.iter().enumerate().skip(1) {
+        if bundles[..index]
+            .iter()
+            .any(|b| b.content_hash() == bundle.content_hash())
+        {
+            return refuse(format!("bundle {} is deployed twice", index + 1));
+        }
+        for task in &bundle.manifest().tasks {
+            if manifest.tasks.iter().any(|t| t.id == task.id) {
+                return refuse(format!(
+                    "the task `{}` is in two of the bundles; a task id names one task of a deployment",
+                    task.id
+                ));
+            }
+            manifest.tasks.push(task.clone());
+        }
+        for queue in &bundle.manifest().queues {
+            if !manifest.queues.contains(queue) {
+                manifest.queues.push(queue.clone());
+            }
+        }
+    }
+    if bundles.len() > 1 {
+        manifest
+            .validate()
+            .map_err(|e| DeployError::Bundle(BundleError::Manifest(e.to_string())))?;
+    }
+    Ok(manifest)
 }
 
 /// Why a deploy failed.
@@ -262,31 +326,42 @@ impl Deployments {
     }
 
     async fn load_record(&self, record: Deployment) -> Result<Arc<Deployed>, DeployError> {
-        let bytes =
-            self.store
-                .bundle(&record.content_hash)?
+        let mut bundles = Vec::new();
+        for hash in record.content_hashes() {
+            let bytes = self
+                .store
+                .bundle(hash)?
                 .ok_or_else(|| StoreError::Corrupt {
-                    key: format!("bundle/{}", record.content_hash),
+                    key: format!("bundle/{hash}"),
                     reason: "the bundle of a deployment is missing".into(),
                 })?;
-        let bundle = self.sandbox.load(&bytes).await?;
-        let deployed = Arc::new(Deployed::new(record, bundle)?);
+            bundles.push(self.sandbox.load(&bytes).await?);
+        }
+        let deployed = Arc::new(Deployed::new(record, bundles)?);
         self.write()
             .replace(&deployed.record.id, Some(deployed.clone()));
         Ok(deployed)
     }
 
-    /// Validates, compiles and stores a bundle as the new current version,
-    /// once `check` accepts its manifest (a refusal is
-    /// [`DeployError::Refused`], and nothing is stored).
+    /// Validates, compiles and stores one or more bundles as the new
+    /// current version, once `check` accepts the manifest (a refusal is
+    /// [`DeployError::Refused`], and nothing is stored). Several bundles
+    /// (a Rust one and a TypeScript one, say) make one version whose tasks
+    /// are all of theirs: each task runs in the bundle that defines it, and
+    /// a task of one may trigger and wait on a task of another. A task id
+    /// in two of them is refused.
     pub async fn deploy(
         &self,
-        bytes: &[u8],
+        all: &[&[u8]],
         check: impl FnOnce(&kiln_manifest::Manifest) -> Result<(), String>,
     ) -> Result<Arc<Deployed>, DeployError> {
-        kiln_sandbox::Sandbox::check_snapshot_safety(bytes)?;
-        let bundle = self.sandbox.load(bytes).await?;
-        check(bundle.manifest()).map_err(DeployError::Refused)?;
+        let mut bundles = Vec::with_capacity(all.len());
+        for bytes in all {
+            kiln_sandbox::Sandbox::check_snapshot_safety(bytes)?;
+            bundles.push(self.sandbox.load(bytes).await?);
+        }
+        let manifest = merged(&bundles)?;
+        check(&manifest).map_err(DeployError::Refused)?;
         let _one_at_a_time = self.deploying.lock().await;
         let previous = self.store.deployments()?;
         let now = Timestamp::now();
@@ -299,15 +374,19 @@ impl Deployments {
             id: DeploymentId::generate(now.as_millis()),
             version: format!("{date}.{}", same_day + 1),
             sequence: previous.last().map(|d| d.sequence + 1).unwrap_or(1),
-            content_hash: bundle.content_hash().to_string(),
-            size_bytes: bytes.len() as u64,
-            manifest: bundle.manifest().clone(),
+            content_hash: bundles[0].content_hash().to_string(),
+            size_bytes: all.iter().map(|b| b.len() as u64).sum(),
+            more_bundles: bundles[1..]
+                .iter()
+                .map(|b| b.content_hash().to_string())
+                .collect(),
+            manifest,
             created_at: now,
             retired_at: None,
             collected: false,
         };
-        let deployed = Arc::new(Deployed::new(record, bundle)?);
-        self.store.put_deployment(&deployed.record, bytes).await?;
+        let deployed = Arc::new(Deployed::new(record, bundles)?);
+        self.store.put_deployment(&deployed.record, all).await?;
         let mut registry = self.write();
         registry
             .by_id
@@ -393,12 +472,12 @@ impl Deployments {
         let collected: BTreeSet<&str> = changed
             .iter()
             .filter(|d| d.collected)
-            .map(|d| d.content_hash.as_str())
+            .flat_map(|d| d.content_hashes())
             .collect();
         let kept: BTreeSet<&str> = all
             .iter()
             .filter(|d| !d.collected && !changed.iter().any(|c| c.collected && c.id == d.id))
-            .map(|d| d.content_hash.as_str())
+            .flat_map(|d| d.content_hashes())
             .collect();
         let bundles: Vec<String> = collected
             .difference(&kept)
@@ -444,7 +523,7 @@ impl Deployments {
             .read()
             .by_id
             .iter()
-            .filter(|(_, d)| !d.bundle.is_newest())
+            .filter(|(_, d)| !d.is_newest())
             .map(|(id, _)| id.clone())
             .collect();
         if stale.is_empty() {
@@ -455,7 +534,7 @@ impl Deployments {
         for id in &stale {
             let current = self
                 .current()
-                .filter(|current| &current.record.id == id && !current.bundle.is_newest());
+                .filter(|current| &current.record.id == id && !current.is_newest());
             if let Some(current) = current {
                 // Loading replaces the registry's copy; the old one is
                 // remembered while something holds it.
@@ -477,7 +556,7 @@ impl Deployments {
                 let unheld = registry
                     .by_id
                     .get(id)
-                    .is_some_and(|d| !d.bundle.is_newest() && Arc::strong_count(d) == 1);
+                    .is_some_and(|d| !d.is_newest() && Arc::strong_count(d) == 1);
                 let is_current = registry
                     .current
                     .as_ref()
@@ -513,11 +592,11 @@ mod tests {
         let deployments = Deployments::new(sandbox, Store::new(Arc::new(MemoryBackend::new())));
         let bundle = kiln_fixtures::read(kiln_fixtures::HELLO_WORLD);
         let first = deployments
-            .deploy(&bundle, |_| Ok(()))
+            .deploy(&[&bundle[..]], |_| Ok(()))
             .await
             .expect("deploys");
         let second = deployments
-            .deploy(&bundle, |_| Ok(()))
+            .deploy(&[&bundle[..]], |_| Ok(()))
             .await
             .expect("deploys");
         let old = first.record.id.clone();
@@ -553,7 +632,7 @@ mod tests {
         let mut records = Vec::new();
         for bundle in [&hello, &probe, &hello] {
             let deployed = deployments
-                .deploy(bundle, |_| Ok(()))
+                .deploy(&[&bundle[..]], |_| Ok(()))
                 .await
                 .expect("deploys");
             records.push(deployed.record.clone());

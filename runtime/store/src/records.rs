@@ -334,20 +334,24 @@ impl Store {
         let _ = self.listener.set(listener);
     }
 
-    /// Saves a deployment with its bundle. The write is handed to the
-    /// committer at once; the returned future resolves when it is durable.
-    pub fn put_deployment(&self, deployment: &Deployment, bundle: &[u8]) -> Commit {
+    /// Saves a deployment with its bundles (in the order of
+    /// [`Deployment::content_hashes`]), in one atomic commit. The write is
+    /// handed to the committer at once; the returned future resolves when
+    /// it is durable.
+    pub fn put_deployment(&self, deployment: &Deployment, bundles: &[&[u8]]) -> Commit {
         let record = match encode(deployment) {
             Ok(record) => record,
             Err(e) => return Box::pin(std::future::ready(Err(e))),
         };
-        let ops = vec![
-            Op::Put(
-                key(BUNDLE, deployment.content_hash.as_bytes()),
-                bundle.to_vec(),
-            ),
-            Op::Put(key(DEPLOY, &deployment.sequence.to_be_bytes()), record),
-        ];
+        let mut ops: Vec<Op> = deployment
+            .content_hashes()
+            .zip(bundles)
+            .map(|(hash, bytes)| Op::Put(key(BUNDLE, hash.as_bytes()), bytes.to_vec()))
+            .collect();
+        ops.push(Op::Put(
+            key(DEPLOY, &deployment.sequence.to_be_bytes()),
+            record,
+        ));
         self.backend.commit(ops)
     }
 

@@ -17,6 +17,7 @@ fn deployment(sequence: u64) -> Deployment {
         sequence,
         content_hash: format!("hash{sequence}"),
         size_bytes: 3,
+        more_bundles: Vec::new(),
         manifest: Manifest {
             manifest_version: 1,
             sdk_version: "0.1.0".into(),
@@ -59,7 +60,7 @@ async fn deployments_round_trip(store: &Store) {
     assert!(store.latest_deployment().unwrap().is_none());
     for seq in [1, 2, 10, 300] {
         store
-            .put_deployment(&deployment(seq), b"abc")
+            .put_deployment(&deployment(seq), &[b"abc"])
             .await
             .unwrap();
     }

@@ -17,8 +17,13 @@ pub struct Deployment {
     /// SHA-256 of the bundle's bytes, hex: the key of the bundle and of its
     /// compiled artifact.
     pub content_hash: String,
-    /// The bundle's size in bytes.
+    /// The bundles' size in bytes, all together.
     pub size_bytes: u64,
+    /// The content hashes of the deployment's other bundles, when it was
+    /// deployed as several (a Rust bundle and a TypeScript one, say): each
+    /// task runs in the bundle that defines it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_bundles: Vec<String>,
     /// The bundle's manifest, as its `describe` returned it.
     pub manifest: Manifest,
     /// When it was deployed.
@@ -45,6 +50,12 @@ pub struct DeployedTask {
 }
 
 impl Deployment {
+    /// The content hashes of all the deployment's bundles, the first first.
+    pub fn content_hashes(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.content_hash.as_str())
+            .chain(self.more_bundles.iter().map(String::as_str))
+    }
+
     /// The deployment's tasks, for listings.
     pub fn tasks(&self) -> Vec<DeployedTask> {
         self.manifest

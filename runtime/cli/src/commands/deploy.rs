@@ -4,11 +4,13 @@ use crate::client::Client;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// Deploy a bundle as the new version.
+/// Deploy a bundle as the new version, or several bundles (a Rust one and a
+/// TypeScript one, say) as one version whose tasks can trigger each other.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The bundle (`kiln build` prints its path).
-    bundle: PathBuf,
+    /// The bundle (`kiln build` prints its path), or several.
+    #[arg(required = true)]
+    bundles: Vec<PathBuf>,
     /// Print the server's JSON answer.
     #[arg(long)]
     json: bool,
@@ -20,17 +22,34 @@ pub struct Args {
 
 /// Uploads the bundle.
 pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let bytes = std::fs::read(&args.bundle)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", args.bundle.display()))?;
+    let mut bytes = Vec::new();
+    let mut sizes = Vec::new();
+    for bundle in &args.bundles {
+        let read = std::fs::read(bundle)
+            .map_err(|e| anyhow::anyhow!("reading {}: {e}", bundle.display()))?;
+        sizes.push(read.len().to_string());
+        bytes.extend_from_slice(&read);
+    }
     let client = Client::from_env()?;
     // Compiling a large bundle on the server takes a while: say what is
     // happening (on stderr, so `--json` output stays clean).
+    let names: Vec<String> = args
+        .bundles
+        .iter()
+        .map(|b| b.display().to_string())
+        .collect();
     eprintln!(
         "Deploying {} ({} KiB): uploading, validating and compiling...",
-        args.bundle.display(),
+        names.join(" and "),
         bytes.len().div_ceil(1024)
     );
-    let deployment = upload(&client, bytes, args.strict).await?;
+    let deployment = if args.bundles.len() == 1 {
+        upload(&client, bytes, args.strict).await?
+    } else {
+        let strict = if args.strict { "&strict=true" } else { "" };
+        let path = format!("/api/v1/deployments?sizes={}{strict}", sizes.join(","));
+        client.post_bytes(&path, bytes).await?
+    };
     if args.json {
         println!("{deployment}");
         return Ok(ExitCode::SUCCESS);

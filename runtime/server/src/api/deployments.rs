@@ -57,7 +57,47 @@ fn missing_env_vars(
         .collect())
 }
 
-/// Deploys the bundle in the body as the new current version. A bundle
+/// Splits a body of several bundles, one after another, by `sizes` (their
+/// lengths in bytes, comma-separated).
+fn split<'a>(body: &'a [u8], sizes: &str) -> Result<Vec<&'a [u8]>, ApiError> {
+    let mut parts = Vec::new();
+    let mut at = 0usize;
+    for size in sizes.split(',') {
+        let size: usize = size.trim().parse().map_err(|_| {
+            ApiError::bad_request(format!(
+                "`sizes` lists the bundles' lengths in bytes, comma-separated; `{size}` is not one"
+            ))
+        })?;
+        let end = at
+            .checked_add(size)
+            .filter(|end| *end <= body.len())
+            .ok_or_else(|| {
+                ApiError::bad_request("`sizes` adds up to more than the body's length")
+            })?;
+        if size == 0 {
+            return Err(ApiError::bad_request("`sizes` lists an empty bundle"));
+        }
+        parts.push(&body[at..end]);
+        at = end;
+    }
+    if at != body.len() {
+        return Err(ApiError::bad_request(
+            "`sizes` adds up to less than the body's length",
+        ));
+    }
+    if parts.len() > MAX_BUNDLES {
+        return Err(ApiError::bad_request(format!(
+            "a deployment holds at most {MAX_BUNDLES} bundles"
+        )));
+    }
+    Ok(parts)
+}
+
+/// The most bundles one deployment holds.
+const MAX_BUNDLES: usize = 16;
+
+/// Deploys the bundle in the body as the new current version, or, with
+/// `?sizes=`, the bundles in it one after another as one version. A bundle
 /// whose tasks need variables the environment lacks deploys with
 /// `warnings`, or with `?strict=true` is refused (422).
 pub(super) async fn create(
@@ -71,8 +111,12 @@ pub(super) async fn create(
         ));
     }
     let strict = query.get("strict").is_some_and(|v| v == "true" || v == "1");
+    let bundles = match query.get("sizes") {
+        Some(sizes) => split(&body, sizes)?,
+        None => vec![&body[..]],
+    };
     let mut warnings = Vec::new();
-    let deploying = state.deployments.deploy(&body, |manifest| {
+    let deploying = state.deployments.deploy(&bundles, |manifest| {
         warnings = missing_env_vars(&state, manifest).map_err(|e| e.message)?;
         if strict && !warnings.is_empty() {
             return Err(format!(

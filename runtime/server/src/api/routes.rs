@@ -499,10 +499,16 @@ fn build() -> Vec<Route> {
             "Deploy a bundle (the body is its bytes) as the current version",
             || post(deployments::create).layer(DefaultBodyLimit::max(MAX_BUNDLE_BYTES)),
         )
-        .query(&[(
-            "strict",
-            "`true`: refuse a bundle whose tasks need environment variables the environment lacks (they are warnings otherwise)",
-        )])
+        .query(&[
+            (
+                "strict",
+                "`true`: refuse a bundle whose tasks need environment variables the environment lacks (they are warnings otherwise)",
+            ),
+            (
+                "sizes",
+                "Several bundles as one version (a Rust one and a TypeScript one, say): the body holds them one after another, and `sizes` lists their lengths in bytes, comma-separated",
+            ),
+        ])
         .with(Some(Body {
             media: "application/wasm",
             schema: None,

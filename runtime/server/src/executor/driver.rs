@@ -194,7 +194,8 @@ impl<'a> Slice<'a> {
             Err(error) => return Err(format!("loading the run's bundle failed: {error}")),
         };
 
-        self.replays = deployed.bundle.resumes_by_replay();
+        let bundle = deployed.bundle_for(&self.run.task_id);
+        self.replays = bundle.resumes_by_replay();
         // The journal of this attempt, and where replay starts.
         let attempt_records = cursor::attempt_records(records, self.attempt_no);
         self.resumed = attempt_records.is_some();
@@ -258,8 +259,7 @@ impl<'a> Slice<'a> {
                 ),
             )
         };
-        let mut attempt = deployed
-            .bundle
+        let mut attempt = bundle
             .instantiate(limits)
             .await
             .map_err(|e| format!("instantiating the bundle failed: {e:#}"))?;

@@ -121,3 +121,13 @@ export const nightly = schedules.task({
     timezone: payload.timezone,
   }),
 });
+
+// Triggers the Rust `hello-world` task and waits for it: the two bundles
+// are deployed as one version.
+export const mixed = task({
+  id: "mixed-ts",
+  run: async (payload: { name: string }) => {
+    const greeted = await tasks.triggerAndWait<{ message: string }>("hello-world", payload);
+    return { fromRust: greeted.unwrap().message, child: greeted.id };
+  },
+});
