@@ -159,7 +159,10 @@ async fn manifests_and_the_bundle_loader_refuse_mutations_without_panicking() {
 fn journal_seeds() -> Vec<Vec<u8>> {
     let run = RunId::generate(1);
     [
-        JournalEntry::AttemptStarted { attempt: 1 },
+        JournalEntry::AttemptStarted {
+            attempt: 1,
+            started: None,
+        },
         JournalEntry::HostCall(HostCall::NowMs { result: 17 }),
         JournalEntry::HostCall(HostCall::Trigger {
             task: "t".into(),
@@ -198,7 +201,10 @@ fn journal_of_a_suspended_attempt() -> Vec<JournalRecord> {
         }],
     };
     [
-        JournalEntry::AttemptStarted { attempt: 1 },
+        JournalEntry::AttemptStarted {
+            attempt: 1,
+            started: None,
+        },
         JournalEntry::HostCall(HostCall::NowMs { result: 17 }),
         waits(1),
         JournalEntry::Suspended {

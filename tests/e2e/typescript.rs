@@ -214,6 +214,14 @@ async fn a_typescript_task_waits_on_a_token_and_sets_metadata_and_tags() {
     // Replayed at the resume, the metadata operations were not applied again.
     assert_eq!(run["metadata"]["waits"], 1, "{run}");
     assert_eq!(run["output"]["metadata"]["waits"], 1, "{run}");
+
+    // The replay at a resume starts from the metadata the attempt started
+    // with, not what the task made of it since.
+    let id = kiln.trigger_ok("once-ts", json!({})).await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["sentBefore"], false, "{run}");
+    assert_eq!(run["metadata"]["sent"], true, "{run}");
 }
 
 #[tokio::test]
@@ -366,4 +374,42 @@ async fn a_typescript_task_triggers_and_waits_on_a_rust_task_of_the_same_version
         )
         .await;
     assert_eq!(status, 400, "{body}");
+}
+
+#[tokio::test]
+async fn a_typescript_task_blocked_on_its_own_timer_is_canceled_and_timed_out() {
+    let dir = data_dir();
+    let cache = cache();
+    let kiln = probe(&dir, &cache).await;
+    let id = kiln.trigger_ok("sleepy-ts", json!({"ms": 3_600_000})).await;
+    kiln.until_status(&id, "EXECUTING").await;
+    let asked = std::time::Instant::now();
+    let (status, body) = kiln
+        .request(
+            reqwest::Method::POST,
+            &format!("/api/v2/runs/{id}/cancel"),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "CANCELED", "{run}");
+    assert!(
+        asked.elapsed() < std::time::Duration::from_secs(5),
+        "took {:?}",
+        asked.elapsed()
+    );
+
+    // A timer's wait counts as execution time: maxDuration ends it.
+    let (status, body) = kiln
+        .trigger(
+            "sleepy-ts",
+            json!({"ms": 3_600_000}),
+            json!({"maxDuration": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["id"].as_str().expect("an id").to_string();
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "TIMED_OUT", "{run}");
 }

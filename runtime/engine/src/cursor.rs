@@ -17,7 +17,7 @@ pub fn attempt_records(
     attempt: u32,
 ) -> Option<Vec<JournalRecord>> {
     let started = records.iter().rposition(
-        |r| matches!(r.entry, JournalEntry::AttemptStarted { attempt: a } if a == attempt),
+        |r| matches!(r.entry, JournalEntry::AttemptStarted { attempt: a, .. } if a == attempt),
     )?;
     Some(records.split_off(started + 1))
 }

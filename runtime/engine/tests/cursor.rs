@@ -59,7 +59,13 @@ fn cursor(waits: Vec<WaitRecord>) -> Cursor {
 #[test]
 fn a_slice_resumes_after_its_snapshot_with_the_waits_pending_there() {
     let journal = vec![
-        record(1, JournalEntry::AttemptStarted { attempt: 1 }),
+        record(
+            1,
+            JournalEntry::AttemptStarted {
+                attempt: 1,
+                started: None,
+            },
+        ),
         record(2, JournalEntry::HostCall(HostCall::NowMs { result: 5 })),
         record(
             3,

@@ -327,6 +327,9 @@ pub struct HostState {
     pub(crate) wasi: Option<Box<crate::wasi::WasiState>>,
     /// WASI clock reads not journaled yet (see `flush_clocks`).
     pub(crate) pending_clocks: Vec<(bool, u64)>,
+    /// Reads of the `clocks` entry at the front of `replay` already
+    /// answered.
+    pub(crate) clocks_replayed: usize,
 }
 
 impl HostState {
@@ -358,6 +361,7 @@ impl HostState {
             redactor: Redactor::default(),
             wasi: None,
             pending_clocks: Vec::new(),
+            clocks_replayed: 0,
         }
     }
 

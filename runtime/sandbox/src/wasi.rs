@@ -44,6 +44,9 @@ const ALLOWED: [&str; 5] = [
     "wasi:filesystem/",
 ];
 
+/// Clock reads kept before they are journaled, at most.
+const MAX_PENDING_CLOCKS: usize = 1024;
+
 /// Output a guest may leave unflushed (without a newline) before the rest
 /// is dropped.
 const MAX_PENDING_OUTPUT: usize = 1 << 20;
@@ -156,12 +159,14 @@ impl HostState {
         live: impl FnOnce(&mut Self) -> u64,
     ) -> wasmtime::Result<u64> {
         loop {
-            match self.replay.front_mut() {
-                Some(JournalEntry::HostCall(HostCall::Clocks { reads })) if reads.is_empty() => {
-                    self.replay.pop_front();
-                }
+            match self.replay.front() {
                 Some(JournalEntry::HostCall(HostCall::Clocks { reads })) => {
-                    let (was_monotonic, result) = reads.remove(0);
+                    let Some(&(was_monotonic, result)) = reads.get(self.clocks_replayed) else {
+                        // This entry is used up: on to the next.
+                        self.replay.pop_front();
+                        self.clocks_replayed = 0;
+                        continue;
+                    };
                     if was_monotonic != monotonic {
                         let message = format!(
                             "non-determinism: on replay the task read the {} clock where its journal has a read of the {} clock",
@@ -171,8 +176,10 @@ impl HostState {
                         self.nondeterminism = Some(message.clone());
                         wasmtime::bail!(message);
                     }
-                    if reads.is_empty() {
+                    self.clocks_replayed += 1;
+                    if self.clocks_replayed == reads.len() {
                         self.replay.pop_front();
+                        self.clocks_replayed = 0;
                     }
                     return Ok(result);
                 }
@@ -194,6 +201,11 @@ impl HostState {
         }
         let result = live(self);
         self.pending_clocks.push((monotonic, result));
+        if self.pending_clocks.len() >= MAX_PENDING_CLOCKS {
+            // A guest that spins on a clock: its reads are journaled (and
+            // counted against the run's budget) a thousand at a time.
+            self.flush_clocks();
+        }
         Ok(result)
     }
 
@@ -208,8 +220,10 @@ impl HostState {
 
     fn random_u64(&mut self) -> wasmtime::Result<u64> {
         let bytes = self.random_read(8)?;
-        let mut word = [0u8; 8];
-        word.copy_from_slice(&bytes[..8]);
+        let word: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| wasmtime::format_err!("the journal's random bytes are too few"))?;
         Ok(u64::from_le_bytes(word))
     }
 
@@ -303,8 +317,23 @@ impl monotonic_clock::Host for HostState {
     }
 
     fn subscribe_duration(&mut self, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
-        let mut clocks = wasmtime_wasi::clocks::WasiClocksView::clocks(self);
-        monotonic_clock::Host::subscribe_duration(&mut clocks, nanos)
+        let now = tokio::time::Instant::now();
+        // The guest may block in `poll` on this: it is ready early when the
+        // attempt is canceled or its maxDuration runs out, so that the next
+        // epoch tick can end the attempt.
+        let limit = self.clock.max_duration.map(|max| {
+            let left = max.saturating_sub(self.clock.used_now());
+            now + left + std::time::Duration::from_millis(1)
+        });
+        let deadline = Deadline {
+            at: now.checked_add(std::time::Duration::from_nanos(nanos)),
+            limit,
+            canceled: self.canceled.clone(),
+            yielded: false,
+        };
+        let table = &mut WasiView::ctx(self).table;
+        let resource = table.push(deadline)?;
+        wasmtime_wasi::p2::subscribe(table, resource)
     }
 }
 
@@ -336,6 +365,46 @@ impl insecure_seed::Host for HostState {
     fn insecure_seed(&mut self) -> wasmtime::Result<(u64, u64)> {
         self.stats.random += 1;
         Ok((self.random_u64()?, self.random_u64()?))
+    }
+}
+
+/// A monotonic-clock pollable that is also ready once the attempt is
+/// canceled or out of execution time.
+struct Deadline {
+    /// When it is due (`None`: too far to say, never).
+    at: Option<tokio::time::Instant>,
+    /// When the attempt's maxDuration runs out.
+    limit: Option<tokio::time::Instant>,
+    canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    /// Whether a deadline already past yielded to the runtime once.
+    yielded: bool,
+}
+
+/// How often a blocked guest checks for cancellation.
+const CANCEL_CHECK: std::time::Duration = std::time::Duration::from_millis(100);
+
+#[wasmtime_wasi::async_trait]
+impl Pollable for Deadline {
+    async fn ready(&mut self) {
+        loop {
+            let now = tokio::time::Instant::now();
+            let due = self.at.is_some_and(|at| at <= now);
+            let over = self.limit.is_some_and(|limit| limit <= now);
+            if due || over || self.canceled.load(std::sync::atomic::Ordering::Relaxed) {
+                if !self.yielded {
+                    // A guest polling a past deadline in a loop must not
+                    // starve the runtime's other tasks.
+                    self.yielded = true;
+                    tokio::task::yield_now().await;
+                }
+                return;
+            }
+            let mut until = now + CANCEL_CHECK;
+            for bound in [self.at, self.limit].into_iter().flatten() {
+                until = until.min(bound);
+            }
+            tokio::time::sleep_until(until).await;
+        }
     }
 }
 

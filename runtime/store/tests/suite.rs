@@ -237,7 +237,10 @@ async fn waiting_runs_leave_the_active_index(store: &Store) {
 async fn journals_and_batches(store: &Store) {
     let r = run(RunStatus::Executing);
     let entries = [
-        JournalEntry::AttemptStarted { attempt: 1 },
+        JournalEntry::AttemptStarted {
+            attempt: 1,
+            started: None,
+        },
         JournalEntry::HostCall(HostCall::RandomBytes {
             len: 2,
             result: "beef".into(),
@@ -545,7 +548,10 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
             &JournalRecord {
                 seq: 1,
                 at: old,
-                entry: JournalEntry::AttemptStarted { attempt: 1 },
+                entry: JournalEntry::AttemptStarted {
+                    attempt: 1,
+                    started: None,
+                },
             },
         );
     }

@@ -9,6 +9,16 @@
 use crate::{AttemptOutcome, RunId, Timestamp, TokenId};
 use serde::{Deserialize, Serialize};
 
+/// What a run carried when one of its attempts started.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StartedWith {
+    /// The run's metadata, as JSON.
+    pub metadata: String,
+    /// The run's tags.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tags: Vec<String>,
+}
+
 /// One host call and what the host answered.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "call", rename_all = "kebab-case")]
@@ -303,6 +313,11 @@ pub enum JournalEntry {
     AttemptStarted {
         /// Its number, from 1.
         attempt: u32,
+        /// The run's metadata and tags the attempt started with: a replay
+        /// from the attempt's start is given these, not what they became
+        /// since (absent in journals written before Kiln kept them).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        started: Option<StartedWith>,
     },
     /// The guest called the host.
     HostCall(HostCall),
@@ -344,7 +359,7 @@ impl JournalEntry {
     /// A short name of the entry's kind, for error messages.
     pub fn describe(&self) -> String {
         match self {
-            JournalEntry::AttemptStarted { attempt } => format!("attempt {attempt} started"),
+            JournalEntry::AttemptStarted { attempt, .. } => format!("attempt {attempt} started"),
             JournalEntry::HostCall(call) => call.describe(),
             JournalEntry::Waits { waits } => {
                 format!("a step waiting on {} new wait(s)", waits.len())

@@ -18,8 +18,8 @@ mod wake;
 pub use deployment::{DeployedTask, Deployment};
 pub use ids::{BatchId, DeploymentId, IdError, RunId, ScheduleId, TokenId};
 pub use journal::{
-    FetchRequest, FetchResponse, HostCall, JournalEntry, JournalRecord, RunOutcome, WaitOn,
-    WaitRecord, WakeValue,
+    FetchRequest, FetchResponse, HostCall, JournalEntry, JournalRecord, RunOutcome, StartedWith,
+    WaitOn, WaitRecord, WakeValue,
 };
 pub use run::{
     Attempt, AttemptOutcome, DebounceMode, LogLine, Logs, ParentRun, Run, RunDebounce, RunError,

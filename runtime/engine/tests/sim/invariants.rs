@@ -58,7 +58,7 @@ pub fn check(world: &World) -> Result<(), String> {
         let mut woken: BTreeSet<u64> = BTreeSet::new();
         for record in journal {
             match &record.entry {
-                JournalEntry::AttemptStarted { attempt: a } => {
+                JournalEntry::AttemptStarted { attempt: a, .. } => {
                     attempt = *a;
                     waits.clear();
                     woken.clear();

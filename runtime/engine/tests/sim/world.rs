@@ -335,7 +335,7 @@ impl World {
             .cloned()
             .unwrap_or_default();
         let start = journal.iter().rposition(
-            |r| matches!(r.entry, JournalEntry::AttemptStarted { attempt: a } if a == attempt),
+            |r| matches!(r.entry, JournalEntry::AttemptStarted { attempt: a, .. } if a == attempt),
         );
         let entries: Option<Vec<JournalEntry>> =
             start.map(|i| journal[i + 1..].iter().map(|r| r.entry.clone()).collect());
@@ -351,7 +351,13 @@ impl World {
         self.note(format!("{id} attempt {attempt}: {next:?}"));
         match next {
             Next::Start => {
-                let entry = self.journal_entry(id, JournalEntry::AttemptStarted { attempt });
+                let entry = self.journal_entry(
+                    id,
+                    JournalEntry::AttemptStarted {
+                        attempt,
+                        started: None,
+                    },
+                );
                 self.store.commit(vec![entry]);
             }
             Next::Spawn { children, batch } => {

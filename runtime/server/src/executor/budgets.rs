@@ -362,7 +362,13 @@ mod tests {
         assert!(over.contains("--limit children="), "{over}");
         assert!(usage.check_children(&budgets, 1, true).is_err());
         assert!(usage.check_token(&budgets).is_err());
-        usage.count(&JournalEntry::AttemptStarted { attempt: 2 }, 100);
+        usage.count(
+            &JournalEntry::AttemptStarted {
+                attempt: 2,
+                started: None,
+            },
+            100,
+        );
         let full = usage.check_journal(&budgets).unwrap_err();
         assert!(full.contains("journal entries"), "{full}");
         // Bytes count on their own.

@@ -24,8 +24,8 @@ use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{Attempt, Limits, Redactor, StepOutcome, TrapKind};
 use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
-    AttemptOutcome, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus, Timestamp,
-    WaitOn, WaitRecord, WakeValue,
+    AttemptOutcome, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus,
+    StartedWith, Timestamp, WaitOn, WaitRecord, WakeValue,
 };
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -135,6 +135,8 @@ struct Slice<'a> {
     redactor: Redactor,
     /// Whether the run's bundle resumes by replay, never from a snapshot.
     replays: bool,
+    /// The metadata and tags the attempt started with.
+    started: Option<StartedWith>,
 }
 
 impl<'a> Slice<'a> {
@@ -165,6 +167,7 @@ impl<'a> Slice<'a> {
             resumed: false,
             redactor: Redactor::default(),
             replays: false,
+            started: None,
         }
     }
 
@@ -196,6 +199,15 @@ impl<'a> Slice<'a> {
 
         let bundle = deployed.bundle_for(&self.run.task_id);
         self.replays = bundle.resumes_by_replay();
+        // What the attempt started with, when it started in an earlier
+        // slice: a replay from the start is given the same.
+        self.started = records.iter().rev().find_map(|r| match &r.entry {
+            JournalEntry::AttemptStarted {
+                attempt,
+                started: Some(started),
+            } if *attempt == self.attempt_no => Some(started.clone()),
+            _ => None,
+        });
         // The journal of this attempt, and where replay starts.
         let attempt_records = cursor::attempt_records(records, self.attempt_no);
         self.resumed = attempt_records.is_some();
@@ -205,9 +217,15 @@ impl<'a> Slice<'a> {
             attempt_records.as_deref().unwrap_or_default(),
         )?;
         if !self.resumed {
+            let started = StartedWith {
+                metadata: self.metadata_json(),
+                tags: self.run.tags.clone(),
+            };
             self.journal.append(JournalEntry::AttemptStarted {
                 attempt: self.attempt_no,
+                started: Some(started.clone()),
             });
+            self.started = Some(started);
         }
         let restoring = std::time::Instant::now();
         let mut image = None;
@@ -809,20 +827,30 @@ impl<'a> Slice<'a> {
             environment: self.executor.shared.config.environment.clone(),
             version: run.version.clone(),
             machine: run.machine.to_string(),
-            tags: run.tags.clone(),
+            tags: match &self.started {
+                Some(started) => started.tags.clone(),
+                None => run.tags.clone(),
+            },
             // Stored as JSON at trigger time; only text needs quoting.
             payload: if run.payload_type == "text/plain" {
                 serde_json::Value::String(payload).to_string()
             } else {
                 payload
             },
-            metadata: run
-                .metadata
-                .clone()
-                .unwrap_or_else(|| serde_json::json!({}))
-                .to_string(),
+            metadata: match &self.started {
+                Some(started) => started.metadata.clone(),
+                None => self.metadata_json(),
+            },
             created_at_ms: run.created_at.as_millis(),
         })
+    }
+
+    /// The run's metadata now, as JSON.
+    fn metadata_json(&self) -> String {
+        match &self.run.metadata {
+            Some(metadata) => metadata.to_string(),
+            None => "{}".into(),
+        }
     }
 }
 

@@ -437,7 +437,7 @@ pub(crate) fn spans_of(
     };
     for record in journal {
         match &record.entry {
-            JournalEntry::AttemptStarted { attempt } => {
+            JournalEntry::AttemptStarted { attempt, .. } => {
                 let mut closed = Vec::new();
                 close(&mut open, record.at, &mut closed);
                 for span in closed {
@@ -578,7 +578,14 @@ mod tests {
         });
         run.attempts.push(attempt);
         let journal = vec![
-            record(1, 1_100, JournalEntry::AttemptStarted { attempt: 1 }),
+            record(
+                1,
+                1_100,
+                JournalEntry::AttemptStarted {
+                    attempt: 1,
+                    started: None,
+                },
+            ),
             record(
                 2,
                 1_200,
@@ -781,7 +788,14 @@ mod tests {
         run.status = RunStatus::Failed;
         run.attempts
             .push(Attempt::started(1, Default::default(), Timestamp(0)));
-        let mut journal = vec![record(1, 0, JournalEntry::AttemptStarted { attempt: 1 })];
+        let mut journal = vec![record(
+            1,
+            0,
+            JournalEntry::AttemptStarted {
+                attempt: 1,
+                started: None,
+            },
+        )];
         for seq in 2..(MAX_SPANS as u64 + 52) {
             journal.push(record(
                 seq,

@@ -131,3 +131,25 @@ export const mixed = task({
     return { fromRust: greeted.unwrap().message, child: greeted.id };
   },
 });
+
+// Sleeps in-process (a JavaScript timer, not a durable wait): the guest
+// blocks in WASI's poll, where cancel and maxDuration still reach it.
+export const sleepy = task({
+  id: "sleepy-ts",
+  run: async (payload: { ms: number }) => {
+    await new Promise((resolve) => setTimeout(resolve, payload.ms));
+    return { slept: payload.ms };
+  },
+});
+
+// Reads its metadata before it changes it, then waits: the replay at the
+// resume must see the metadata the attempt started with.
+export const once = task({
+  id: "once-ts",
+  run: async () => {
+    const before = metadata.get("sent") === true;
+    if (!before) metadata.set("sent", true);
+    await wait.for({ seconds: 0.3 });
+    return { sentBefore: before };
+  },
+});
