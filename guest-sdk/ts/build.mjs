@@ -14,6 +14,7 @@ import { componentize } from "@bytecodealliance/componentize-js";
 import { mkdtemp, writeFile, rm } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { dirname, join, resolve } from "node:path";
+import { fileURLToPath } from "node:url";
 
 function arg(name) {
   const at = process.argv.indexOf(`--${name}`);
@@ -28,7 +29,7 @@ const entry = resolve(arg("entry"));
 const sdk = resolve(arg("sdk"));
 const wit = resolve(arg("wit"));
 const out = resolve(arg("out"));
-const nodePaths = [join(dirname(new URL(import.meta.url).pathname), "node_modules")];
+const nodePaths = [join(dirname(fileURLToPath(import.meta.url)), "node_modules")];
 
 const work = await mkdtemp(join(tmpdir(), "kiln-ts-"));
 try {

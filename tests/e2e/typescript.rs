@@ -114,7 +114,13 @@ async fn a_typescript_countdown_suspends_without_a_snapshot_and_resumes_by_repla
     }
     assert_eq!(count(&entries, "WAKE"), 3);
     assert_eq!(count(&entries, "ATTEMPT_STARTED"), 1);
-    // The seed behind Math.random came from the host, once.
+    // Another run draws other numbers: the seed is not built in.
+    let other = kiln
+        .trigger_ok("countdown-ts", json!({"steps": 3, "wait_ms": 0}))
+        .await;
+    let other = kiln.finished(&other).await;
+    assert_ne!(other["output"]["draws"], run["output"]["draws"], "{other}");
+    // The seed behind Math.random came from the host.
     let random = entries
         .iter()
         .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
@@ -180,7 +186,12 @@ async fn a_typescript_parent_triggers_a_child_and_waits_for_it() {
 /// A server with the TypeScript probe deployed.
 async fn probe(dir: &tempfile::TempDir, cache: &str) -> Kiln {
     let kiln = Kiln::start_with(dir.path(), &args(cache));
-    kiln.deploy(kiln_fixtures::PROBE_TS).await;
+    let deployed = kiln.deploy(kiln_fixtures::PROBE_TS).await;
+    // The queue tasks share is declared with the bundle.
+    assert!(
+        deployed["queues"].to_string().contains("ts-shared"),
+        "{deployed}"
+    );
     kiln
 }
 
@@ -252,7 +263,15 @@ async fn typescript_retries_hooks_and_aborts_decide_as_the_task_says() {
     let run = kiln.finished(&flaky).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["output"]["attempt"], 2, "{run}");
+    assert_eq!(run["output"]["init"], 7, "init's value reaches run: {run}");
     assert_eq!(run["machine"], "small-2x", "{run}");
+    // onStart once per run, cleanup after each attempt, onSuccess at the
+    // end, and no onFailure for an attempt that is retried.
+    assert_eq!(
+        run["metadata"],
+        json!({"starts": 1, "cleanups": 2, "succeeded": true}),
+        "{run}"
+    );
     assert_eq!(run["attemptCount"], 2, "{run}");
     for id in [&aborted, &caught] {
         let run = kiln.finished(id).await;
@@ -264,6 +283,9 @@ async fn typescript_retries_hooks_and_aborts_decide_as_the_task_says() {
         run["error"].to_string().contains("no point retrying"),
         "{run}"
     );
+    // onFailure runs once the run fails for good.
+    assert_eq!(run["metadata"]["failures"], 1, "{run}");
+    assert_eq!(kiln.run(&caught).await["metadata"]["failures"], 1);
     let run = kiln.finished(&on_throw).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["output"], json!({"value": 3, "tries": 3}), "{run}");

@@ -41,7 +41,11 @@ export type CatchErrorResult =
 /** A task's definition, as Trigger.dev's `task({ ... })`. */
 export interface TaskOptions<P, O> {
   id: string;
-  run: (payload: P, params: TaskContext) => Promise<O> | O;
+  run: (payload: P, params: TaskContext & { init?: unknown }) => Promise<O> | O;
+  /** Runs before each attempt's `run`; what it returns is `run`'s `init`. */
+  init?: (payload: P, params: TaskContext) => unknown;
+  /** Runs after each attempt, whether it succeeded or failed. */
+  cleanup?: (payload: P, params: TaskContext) => unknown;
   queue?: QueueOptions;
   machine?: string | { preset: string };
   maxDuration?: number;
@@ -50,8 +54,10 @@ export interface TaskOptions<P, O> {
   onSuccess?: (payload: P, output: O, params: TaskContext) => unknown;
   onFailure?: (payload: P, error: unknown, params: TaskContext) => unknown;
   onComplete?: (payload: P, result: { ok: boolean; output?: O; error?: unknown }, params: TaskContext) => unknown;
-  onCancel?: (params: TaskContext & { reason: string }) => unknown;
+  onCancel?: (params: TaskContext & { payload: P; reason: string }) => unknown;
   catchError?: (params: { payload: P; error: unknown; ctx: TaskContext["ctx"] }) => CatchErrorResult | Promise<CatchErrorResult>;
+  /** Trigger.dev's earlier name for `catchError`. */
+  handleError?: (params: { payload: P; error: unknown; ctx: TaskContext["ctx"] }) => CatchErrorResult | Promise<CatchErrorResult>;
 }
 
 /** A registered task: its options, how to parse its payload, its manifest. */
@@ -122,7 +128,7 @@ export function describeBundle(): string {
   });
 }
 
-let current: { task: RegisteredTask; params: TaskContext } | undefined;
+let current: { task: RegisteredTask; params: TaskContext; payload: unknown } | undefined;
 
 function contextOf(ctx: StartContext): TaskContext {
   return {
@@ -138,10 +144,18 @@ function contextOf(ctx: StartContext): TaskContext {
 }
 
 /** Runs one attempt of `task`: its hooks, its `run`, and what `catchError`
- *  decides about an error. Resolves to the attempt's final step. */
+ *  decides about an error. Resolves to the attempt's final step; never
+ *  rejects (an error in a hook fails the attempt with that error). */
 export async function runTask(task: RegisteredTask, start: StartContext): Promise<Step> {
+  try {
+    return await attempt(task, start);
+  } catch (error) {
+    return { tag: "failed", val: toTaskError(error) };
+  }
+}
+
+async function attempt(task: RegisteredTask, start: StartContext): Promise<Step> {
   const params = contextOf(start);
-  current = { task, params };
   setCurrentMetadata(start.metadata);
   const options = task.options;
   let payload: unknown;
@@ -152,18 +166,24 @@ export async function runTask(task: RegisteredTask, start: StartContext): Promis
     abort.name = "PayloadError";
     return { tag: "failed", val: { ...toTaskError(abort), abort: true } };
   }
+  current = { task, params, payload };
   try {
-    await options.onStart?.(payload, params);
-    const output = await options.run(payload, params);
+    // As Trigger.dev's: once per run, not on retries.
+    if (start.attempt === 1) await options.onStart?.(payload, params);
+    const init = await options.init?.(payload, params);
+    const output = await options.run(payload, { ...params, init });
+    await options.cleanup?.(payload, params);
     await options.onSuccess?.(payload, output, params);
     await options.onComplete?.(payload, { ok: true, output }, params);
     return { tag: "completed", val: JSON.stringify(output ?? null) };
   } catch (error) {
+    await options.cleanup?.(payload, params);
     let retryDelayMs: number | undefined;
     let skip = error instanceof AbortTaskRunError;
     let reported = error;
-    if (options.catchError && !skip) {
-      const decision = await options.catchError({ payload: payload as any, error, ctx: params.ctx });
+    const catchError = options.catchError ?? options.handleError;
+    if (catchError && !skip) {
+      const decision = await catchError({ payload: payload as any, error, ctx: params.ctx });
       if (decision) {
         if (decision.skipRetrying) skip = true;
         if (decision.retryDelayInMs !== undefined) retryDelayMs = decision.retryDelayInMs;
@@ -171,8 +191,11 @@ export async function runTask(task: RegisteredTask, start: StartContext): Promis
         if (decision.error !== undefined) reported = decision.error;
       }
     }
-    await options.onFailure?.(payload, reported, params);
-    await options.onComplete?.(payload, { ok: false, error: reported }, params);
+    // As Trigger.dev's: once the run fails for good, not on each attempt.
+    if (skip || start.attempt >= start.maxAttempts) {
+      await options.onFailure?.(payload, reported, params);
+      await options.onComplete?.(payload, { ok: false, error: reported }, params);
+    }
     const failed = toTaskError(reported, retryDelayMs);
     return { tag: "failed", val: { ...failed, abort: failed.abort || skip } };
   }
@@ -181,6 +204,6 @@ export async function runTask(task: RegisteredTask, start: StartContext): Promis
 /** Runs the current task's `onCancel` hook. */
 export function cancelHooks(reason: string): void {
   if (current?.task.options.onCancel) {
-    void current.task.options.onCancel({ ...current.params, reason });
+    void current.task.options.onCancel({ ...current.params, payload: current.payload, reason });
   }
 }

@@ -129,16 +129,27 @@ fn toolchain_dir(options: &BuildOptions) -> PathBuf {
 }
 
 /// Installs the toolchain into `dir` from npm, unless what is there was
-/// installed from this lock.
+/// installed from this lock. It is installed beside `dir` and moved into
+/// place when complete, so a build never sees half an install, and two
+/// builds installing at once both end with one complete copy.
 fn install_toolchain(dir: &Path, quiet: bool) -> Result<(), BuildError> {
-    let marker = dir.join("node_modules").join(".kiln-installed-lock");
-    if std::fs::read_to_string(&marker).is_ok_and(|lock| lock == TOOLCHAIN_LOCK) {
+    let installed = |dir: &Path| {
+        std::fs::read_to_string(dir.join("node_modules").join(".kiln-installed-lock"))
+            .is_ok_and(|lock| lock == TOOLCHAIN_LOCK)
+    };
+    if installed(dir) {
         return Ok(());
     }
-    std::fs::create_dir_all(dir).map_err(io(dir))?;
-    let package = dir.join("package.json");
+    let name = dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "ts-toolchain".into());
+    let staging = dir.with_file_name(format!(".{name}.staging-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&staging);
+    std::fs::create_dir_all(&staging).map_err(io(&staging))?;
+    let package = staging.join("package.json");
     std::fs::write(&package, TOOLCHAIN_PACKAGE).map_err(io(&package))?;
-    let lock = dir.join("package-lock.json");
+    let lock = staging.join("package-lock.json");
     std::fs::write(&lock, TOOLCHAIN_LOCK).map_err(io(&lock))?;
     if !quiet {
         eprintln!(
@@ -148,7 +159,7 @@ fn install_toolchain(dir: &Path, quiet: bool) -> Result<(), BuildError> {
     }
     let status = Command::new("npm")
         .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-        .current_dir(dir)
+        .current_dir(&staging)
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .status()
@@ -158,13 +169,43 @@ fn install_toolchain(dir: &Path, quiet: bool) -> Result<(), BuildError> {
             ))
         })?;
     if !status.success() {
-        return Err(BuildError::Toolchain(format!(
-            "`npm ci` failed in {} (see npm's messages above)",
-            dir.display()
-        )));
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(BuildError::Toolchain(
+            "`npm ci` failed for the TypeScript toolchain (see npm's messages above)".into(),
+        ));
     }
+    let marker = staging.join("node_modules").join(".kiln-installed-lock");
     std::fs::write(&marker, TOOLCHAIN_LOCK).map_err(io(&marker))?;
+    if let Some(parent) = dir.parent() {
+        std::fs::create_dir_all(parent).map_err(io(parent))?;
+    }
+    if std::fs::rename(&staging, dir).is_err() {
+        if installed(dir) {
+            // Another build finished first: its copy is the same.
+            let _ = std::fs::remove_dir_all(&staging);
+            return Ok(());
+        }
+        // An install cut short, or one from another lock: replace it.
+        let _ = std::fs::remove_dir_all(dir);
+        if let Err(e) = std::fs::rename(&staging, dir) {
+            let _ = std::fs::remove_dir_all(&staging);
+            if !installed(dir) {
+                return Err(io(dir)(e));
+            }
+        }
+    }
     Ok(())
+}
+
+/// Writes `text` to `path` through a file of its own, renamed into place,
+/// so a build running at the same time never reads half of it.
+fn write_whole(path: &Path, text: &str) -> Result<(), BuildError> {
+    if std::fs::read_to_string(path).is_ok_and(|old| old == text) {
+        return Ok(());
+    }
+    let tmp = path.with_extension(format!("tmp-{}", std::process::id()));
+    std::fs::write(&tmp, text).map_err(io(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(io(path))
 }
 
 /// The module a project's tasks start from: `main` in its `package.json`,
@@ -238,14 +279,13 @@ pub(crate) fn build(project: &Path, options: &BuildOptions) -> Result<PathBuf, B
     let src = sdk_dir.join("src");
     std::fs::create_dir_all(&src).map_err(io(&src))?;
     for (name, text) in SDK {
-        let path = src.join(name);
-        std::fs::write(&path, text).map_err(io(&path))?;
+        write_whole(&src.join(name), text)?;
     }
     let wit = sdk_dir.join("kiln.wit");
-    std::fs::write(&wit, WIT).map_err(io(&wit))?;
+    write_whole(&wit, WIT)?;
     // Beside node_modules, so that Node finds the toolchain's packages.
     let script = toolchain.join(format!("kiln-build-{}.mjs", short_hash(&[BUILD_SCRIPT])));
-    std::fs::write(&script, BUILD_SCRIPT).map_err(io(&script))?;
+    write_whole(&script, BUILD_SCRIPT)?;
 
     let out_dir = match &options.target_dir {
         Some(dir) => dir.join("kiln-ts"),

@@ -47,8 +47,9 @@ const ALLOWED: [&str; 5] = [
 /// Clock reads kept before they are journaled, at most.
 const MAX_PENDING_CLOCKS: usize = 1024;
 
-/// Output a guest may leave unflushed (without a newline) before the rest
-/// is dropped.
+/// Output a guest may have written and not yet turned into log lines (at
+/// its next `log` call or the end of the guest call), before the rest is
+/// dropped; the log caps keep far less than this anyway.
 const MAX_PENDING_OUTPUT: usize = 1 << 20;
 
 /// Whether an import is one of WASI's.

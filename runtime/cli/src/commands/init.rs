@@ -336,12 +336,12 @@ export const greet = schemaTask({{
 /// Rust one.
 fn init_ts(dir: &Path, name: &str, sdk: &Path) -> anyhow::Result<ExitCode> {
     let ts_sdk = sdk.join("guest-sdk").join("ts").join("src");
+    // Written again each time, so editors see the SDK this `kiln` builds
+    // with.
+    std::fs::create_dir_all(&ts_sdk)?;
     for (file, text) in kiln_bundle::ts_sdk_sources() {
         let path = ts_sdk.join(file);
-        if !path.exists() {
-            std::fs::create_dir_all(&ts_sdk)?;
-            std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
-        }
+        std::fs::write(&path, text).with_context(|| format!("writing {}", path.display()))?;
     }
     std::fs::create_dir_all(dir.join("src"))
         .with_context(|| format!("creating {}", dir.display()))?;

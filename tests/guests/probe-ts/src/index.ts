@@ -31,15 +31,29 @@ export const token = task({
   },
 });
 
-// Fails its first attempt and completes its second.
+// Fails its first attempt and completes its second; its hooks count in the
+// metadata when they run.
 export const flaky = task({
   id: "flaky-ts",
   machine: "small-2x",
   maxDuration: 60,
   retry: { maxAttempts: 3, minTimeoutInMs: 100, maxTimeoutInMs: 100, factor: 1 },
-  run: async (_payload: unknown, { ctx }) => {
+  onStart: async () => {
+    metadata.increment("starts");
+  },
+  init: async () => ({ seven: 7 }),
+  cleanup: async () => {
+    metadata.increment("cleanups");
+  },
+  onSuccess: async () => {
+    metadata.set("succeeded", true);
+  },
+  onFailure: async () => {
+    metadata.increment("failures");
+  },
+  run: async (_payload: unknown, { ctx, init }) => {
     if (ctx.attempt.number < 2) throw new Error(`attempt ${ctx.attempt.number} fails`);
-    return { attempt: ctx.attempt.number };
+    return { attempt: ctx.attempt.number, init: (init as { seven: number }).seven };
   },
 });
 
@@ -52,6 +66,9 @@ export const abort = task({
     throw new Error("caught and not retried");
   },
   catchError: async () => ({ skipRetrying: true }),
+  onFailure: async () => {
+    metadata.increment("failures");
+  },
 });
 
 // Retries a block in the attempt, with a durable wait between tries.
