@@ -294,17 +294,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::write(dir.join("rust-toolchain.toml"), TOOLCHAIN)?;
     std::fs::write(dir.join("Cargo.lock"), LOCK)?;
     std::fs::write(dir.join(".gitignore"), "/target\n")?;
-    println!(
-        "Created the bundle crate {} with the task `{name}`.",
-        dir.display()
-    );
-    println!(
-        "  kiln build {}            # prints the bundle's path last",
-        dir.display()
-    );
-    println!("  kiln deploy <bundle>");
-    println!("  kiln trigger {name} --payload '{{\"name\":\"Ada\"}}' --wait");
-    Ok(ExitCode::SUCCESS)
+    created("the bundle crate", &dir, &name)
 }
 
 /// The example task of a TypeScript project.
@@ -374,10 +364,12 @@ fn init_ts(dir: &Path, name: &str, sdk: &Path) -> anyhow::Result<ExitCode> {
     )?;
     std::fs::write(dir.join("src/index.ts"), index_ts(name))?;
     std::fs::write(dir.join(".gitignore"), "/dist\n/node_modules\n")?;
-    println!(
-        "Created the TypeScript project {} with the task `{name}`.",
-        dir.display()
-    );
+    created("the TypeScript project", dir, name)
+}
+
+/// Says what was made, and the commands that build, deploy and run it.
+fn created(what: &str, dir: &Path, name: &str) -> anyhow::Result<ExitCode> {
+    println!("Created {what} {} with the task `{name}`.", dir.display());
     println!(
         "  kiln build {}            # prints the bundle's path last",
         dir.display()
