@@ -1,6 +1,7 @@
 // The bundle's tasks, their manifest, and one attempt of a task with its
 // hooks.
 
+import * as host from "kiln:task/host@0.1.0";
 import type { StartContext, Step } from "./types";
 import { AbortTaskRunError, toTaskError } from "./errors";
 import { setCurrentMetadata } from "./metadata";
@@ -145,7 +146,8 @@ function contextOf(ctx: StartContext): TaskContext {
 
 /** Runs one attempt of `task`: its hooks, its `run`, and what `catchError`
  *  decides about an error. Resolves to the attempt's final step; never
- *  rejects (an error in a hook fails the attempt with that error). */
+ *  rejects (an error in `onStart`, `init` or `catchError` fails the attempt
+ *  with that error; one in a later hook is logged). */
 export async function runTask(task: RegisteredTask, start: StartContext): Promise<Step> {
   try {
     return await attempt(task, start);
@@ -167,17 +169,14 @@ async function attempt(task: RegisteredTask, start: StartContext): Promise<Step>
     return { tag: "failed", val: { ...toTaskError(abort), abort: true } };
   }
   current = { task, params, payload };
+  let output: unknown;
   try {
     // As Trigger.dev's: once per run, not on retries.
     if (start.attempt === 1) await options.onStart?.(payload, params);
     const init = await options.init?.(payload, params);
-    const output = await options.run(payload, { ...params, init });
-    await options.cleanup?.(payload, params);
-    await options.onSuccess?.(payload, output, params);
-    await options.onComplete?.(payload, { ok: true, output }, params);
-    return { tag: "completed", val: JSON.stringify(output ?? null) };
+    output = await options.run(payload, { ...params, init });
   } catch (error) {
-    await options.cleanup?.(payload, params);
+    await afterAttempt(() => options.cleanup?.(payload, params));
     let retryDelayMs: number | undefined;
     let skip = error instanceof AbortTaskRunError;
     let reported = error;
@@ -191,13 +190,31 @@ async function attempt(task: RegisteredTask, start: StartContext): Promise<Step>
         if (decision.error !== undefined) reported = decision.error;
       }
     }
-    // As Trigger.dev's: once the run fails for good, not on each attempt.
-    if (skip || start.attempt >= start.maxAttempts) {
-      await options.onFailure?.(payload, reported, params);
-      await options.onComplete?.(payload, { ok: false, error: reported }, params);
-    }
     const failed = toTaskError(reported, retryDelayMs);
+    const final = skip || failed.abort || start.attempt >= start.maxAttempts;
+    // As Trigger.dev's: once the run fails for good, not on each attempt.
+    if (final) {
+      await afterAttempt(() => options.onFailure?.(payload, reported, params));
+      await afterAttempt(() => options.onComplete?.(payload, { ok: false, error: reported }, params));
+    }
     return { tag: "failed", val: { ...failed, abort: failed.abort || skip } };
+  }
+  // The task succeeded: a hook that throws now is logged, and changes
+  // nothing about the run.
+  await afterAttempt(() => options.cleanup?.(payload, params));
+  await afterAttempt(() => options.onSuccess?.(payload, output, params));
+  await afterAttempt(() => options.onComplete?.(payload, { ok: true, output }, params));
+  return { tag: "completed", val: JSON.stringify(output ?? null) };
+}
+
+/** Runs a hook that comes after the task's outcome is decided; what it
+ *  throws is logged, not the run's error. */
+async function afterAttempt(hook: () => unknown): Promise<void> {
+  try {
+    await hook();
+  } catch (error) {
+    const message = error instanceof Error ? error.message : String(error);
+    host.log("error", `a hook failed: ${message}`, []);
   }
 }
 

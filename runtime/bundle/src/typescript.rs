@@ -185,7 +185,15 @@ fn install_toolchain(dir: &Path, quiet: bool) -> Result<(), BuildError> {
             let _ = std::fs::remove_dir_all(&staging);
             return Ok(());
         }
-        // An install cut short, or one from another lock: replace it.
+        // An install cut short, or one from another lock: replace it, if
+        // it holds nothing but what an install puts there.
+        if !holds_only_a_toolchain(dir) {
+            let _ = std::fs::remove_dir_all(&staging);
+            return Err(BuildError::Toolchain(format!(
+                "{} holds files other than a TypeScript toolchain; point KILN_TS_TOOLCHAIN at an empty or new directory",
+                dir.display()
+            )));
+        }
         let _ = std::fs::remove_dir_all(dir);
         if let Err(e) = std::fs::rename(&staging, dir) {
             let _ = std::fs::remove_dir_all(&staging);
@@ -195,6 +203,22 @@ fn install_toolchain(dir: &Path, quiet: bool) -> Result<(), BuildError> {
         }
     }
     Ok(())
+}
+
+/// Whether `dir` holds only what installing the toolchain and building put
+/// there (so it may be replaced).
+fn holds_only_a_toolchain(dir: &Path) -> bool {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return true;
+    };
+    entries.flatten().all(|entry| {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        matches!(
+            name.as_str(),
+            "node_modules" | "package.json" | "package-lock.json"
+        ) || name.starts_with("sdk-")
+            || name.starts_with("kiln-build-")
+    })
 }
 
 /// Writes `text` to `path` through a file of its own, renamed into place,

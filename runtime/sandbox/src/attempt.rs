@@ -106,6 +106,9 @@ impl LoadedBundle {
             // Hold the CPU share: pause for the rest of the share's period
             // of what the guest ran since the last tick.
             if let Some(pause) = clock.share_pause(tick) {
+                // The pause is not execution time: the execution deadline
+                // a blocked guest's timers watch moves with it.
+                state.execution_deadline.extend(pause);
                 return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(tokio::time::sleep(pause)),
@@ -288,9 +291,12 @@ impl Attempt {
     }
 
     fn begin(&mut self) {
-        let clock = &mut self.store.data_mut().clock;
+        let state = self.store.data_mut();
+        let clock = &mut state.clock;
         clock.call_started = Some(Instant::now());
         clock.paused = Duration::ZERO;
+        let left = clock.max_duration.map(|max| max.saturating_sub(clock.used));
+        state.execution_deadline.start(left);
         self.store.set_epoch_deadline(1);
     }
 
@@ -298,6 +304,7 @@ impl Attempt {
         let state = self.store.data_mut();
         state.flush_clocks();
         state.drain_output(true);
+        state.execution_deadline.stop();
         let clock = &mut self.store.data_mut().clock;
         clock.used = clock.used_now();
         clock.call_started = None;

@@ -330,6 +330,9 @@ pub struct HostState {
     /// Reads of the `clocks` entry at the front of `replay` already
     /// answered.
     pub(crate) clocks_replayed: usize,
+    /// When the guest call in progress runs out of execution time (what a
+    /// guest blocked on a WASI timer watches).
+    pub(crate) execution_deadline: crate::wasi::ExecutionDeadline,
 }
 
 impl HostState {
@@ -362,6 +365,7 @@ impl HostState {
             wasi: None,
             pending_clocks: Vec::new(),
             clocks_replayed: 0,
+            execution_deadline: crate::wasi::ExecutionDeadline::default(),
         }
     }
 

@@ -320,15 +320,11 @@ impl monotonic_clock::Host for HostState {
     fn subscribe_duration(&mut self, nanos: u64) -> wasmtime::Result<Resource<DynPollable>> {
         let now = tokio::time::Instant::now();
         // The guest may block in `poll` on this: it is ready early when the
-        // attempt is canceled or its maxDuration runs out, so that the next
-        // epoch tick can end the attempt.
-        let limit = self.clock.max_duration.map(|max| {
-            let left = max.saturating_sub(self.clock.used_now());
-            now + left + std::time::Duration::from_millis(1)
-        });
+        // attempt is canceled or its execution time runs out, so that the
+        // next epoch tick can end the attempt.
         let deadline = Deadline {
             at: now.checked_add(std::time::Duration::from_nanos(nanos)),
-            limit,
+            limit: self.execution_deadline.clone(),
             canceled: self.canceled.clone(),
             yielded: false,
         };
@@ -369,13 +365,66 @@ impl insecure_seed::Host for HostState {
     }
 }
 
+/// When the guest call in progress runs out of execution time: set at the
+/// start of each guest call from the attempt's `maxDuration` and what it
+/// used, moved by each CPU-share pause, and cleared between calls (time
+/// between calls is no execution time). Shared with the timers a guest
+/// blocks on.
+#[derive(Clone)]
+pub(crate) struct ExecutionDeadline(Arc<std::sync::atomic::AtomicU64>);
+
+impl Default for ExecutionDeadline {
+    fn default() -> Self {
+        ExecutionDeadline(Arc::new(std::sync::atomic::AtomicU64::new(NO_DEADLINE)))
+    }
+}
+
+/// No execution deadline (nanoseconds on [`process_monotonic`]).
+const NO_DEADLINE: u64 = u64::MAX;
+
+impl ExecutionDeadline {
+    /// A guest call begins with `left` execution time (`None`: no limit).
+    pub(crate) fn start(&self, left: Option<std::time::Duration>) {
+        let at = left.map_or(NO_DEADLINE, |left| {
+            process_monotonic().saturating_add(left.as_nanos().min(u128::from(u64::MAX)) as u64)
+        });
+        self.0.store(at, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The guest call ended.
+    pub(crate) fn stop(&self) {
+        self.0
+            .store(NO_DEADLINE, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A CPU-share pause of `by` (not execution time) moves the deadline.
+    pub(crate) fn extend(&self, by: std::time::Duration) {
+        let by = by.as_nanos().min(u128::from(u64::MAX)) as u64;
+        let _ = self.0.fetch_update(
+            std::sync::atomic::Ordering::Relaxed,
+            std::sync::atomic::Ordering::Relaxed,
+            |at| (at != NO_DEADLINE).then(|| at.saturating_add(by)),
+        );
+    }
+
+    /// How long until the deadline (`None`: none set).
+    fn left(&self) -> Option<std::time::Duration> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            NO_DEADLINE => None,
+            at => Some(std::time::Duration::from_nanos(
+                at.saturating_sub(process_monotonic()),
+            )),
+        }
+    }
+}
+
 /// A monotonic-clock pollable that is also ready once the attempt is
 /// canceled or out of execution time.
 struct Deadline {
     /// When it is due (`None`: too far to say, never).
     at: Option<tokio::time::Instant>,
-    /// When the attempt's maxDuration runs out.
-    limit: Option<tokio::time::Instant>,
+    /// When the guest call in progress runs out of execution time.
+    limit: ExecutionDeadline,
     canceled: std::sync::Arc<std::sync::atomic::AtomicBool>,
     /// Whether a deadline already past yielded to the runtime once.
     yielded: bool,
@@ -390,7 +439,10 @@ impl Pollable for Deadline {
         loop {
             let now = tokio::time::Instant::now();
             let due = self.at.is_some_and(|at| at <= now);
-            let over = self.limit.is_some_and(|limit| limit <= now);
+            // Read afresh each time: the deadline moves with pauses and
+            // calls.
+            let limit = self.limit.left().map(|left| now + left);
+            let over = limit.is_some_and(|limit| limit <= now);
             if due || over || self.canceled.load(std::sync::atomic::Ordering::Relaxed) {
                 if !self.yielded {
                     // A guest polling a past deadline in a loop must not
@@ -401,7 +453,7 @@ impl Pollable for Deadline {
                 return;
             }
             let mut until = now + CANCEL_CHECK;
-            for bound in [self.at, self.limit].into_iter().flatten() {
+            for bound in [self.at, limit].into_iter().flatten() {
                 until = until.min(bound);
             }
             tokio::time::sleep_until(until).await;
@@ -508,7 +560,33 @@ impl tokio::io::AsyncWrite for Capture {
 
 #[cfg(test)]
 mod tests {
-    use super::{Capture, check_import};
+    use super::{Capture, ExecutionDeadline, check_import};
+    use std::time::Duration;
+
+    #[test]
+    fn the_execution_deadline_moves_with_pauses_and_is_gone_between_calls() {
+        let deadline = ExecutionDeadline::default();
+        assert_eq!(deadline.left(), None, "no call in progress");
+        deadline.start(Some(Duration::from_secs(10)));
+        let left = deadline.left().expect("a deadline");
+        assert!(
+            left > Duration::from_secs(9) && left <= Duration::from_secs(10),
+            "{left:?}"
+        );
+        deadline.extend(Duration::from_secs(5));
+        let left = deadline.left().expect("a deadline");
+        assert!(
+            left > Duration::from_secs(14),
+            "a pause is no execution time: {left:?}"
+        );
+        // Between calls (a fetch, a warm wait) no execution time passes.
+        deadline.stop();
+        assert_eq!(deadline.left(), None);
+        deadline.extend(Duration::from_secs(1));
+        assert_eq!(deadline.left(), None);
+        deadline.start(None);
+        assert_eq!(deadline.left(), None, "no maxDuration");
+    }
 
     #[test]
     fn output_becomes_lines_and_a_partial_line_waits_for_its_end() {
