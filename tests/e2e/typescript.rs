@@ -290,6 +290,19 @@ async fn typescript_retries_hooks_and_aborts_decide_as_the_task_says() {
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["output"], json!({"value": 3, "tries": 3}), "{run}");
     assert_eq!(run["attemptCount"], 1, "{run}");
+
+    // A hook that throws after the outcome is decided is logged, and the
+    // run keeps its outcome.
+    let id = kiln.trigger_ok("hooked-ts", json!({})).await;
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["attemptCount"], 1, "{run}");
+    assert!(
+        run["attempts"][0]["logs"]
+            .to_string()
+            .contains("a hook failed: hook boom"),
+        "{run}"
+    );
 }
 
 #[tokio::test]

@@ -170,3 +170,13 @@ export const once = task({
     return { sentBefore: before };
   },
 });
+
+// Succeeds, and its onSuccess hook throws: the error is logged, and the
+// run stays COMPLETED.
+export const hooked = task({
+  id: "hooked-ts",
+  onSuccess: async () => {
+    throw new Error("hook boom");
+  },
+  run: async () => ({ done: true }),
+});
