@@ -108,7 +108,9 @@ impl LoadedBundle {
             if let Some(pause) = clock.share_pause(tick) {
                 // The pause is not execution time: the execution deadline
                 // a blocked guest's timers watch moves with it.
-                state.execution_deadline.extend(pause);
+                if let Some(wasi) = &state.wasi {
+                    wasi.deadline.extend(pause);
+                }
                 return Ok(UpdateDeadline::YieldCustom(
                     1,
                     Box::pin(tokio::time::sleep(pause)),
@@ -295,8 +297,9 @@ impl Attempt {
         let clock = &mut state.clock;
         clock.call_started = Some(Instant::now());
         clock.paused = Duration::ZERO;
-        let left = clock.max_duration.map(|max| max.saturating_sub(clock.used));
-        state.execution_deadline.start(left);
+        if let Some(wasi) = &state.wasi {
+            wasi.deadline.start(state.clock.execution_left());
+        }
         self.store.set_epoch_deadline(1);
     }
 
@@ -304,7 +307,9 @@ impl Attempt {
         let state = self.store.data_mut();
         state.flush_clocks();
         state.drain_output(true);
-        state.execution_deadline.stop();
+        if let Some(wasi) = &state.wasi {
+            wasi.deadline.stop();
+        }
         let clock = &mut self.store.data_mut().clock;
         clock.used = clock.used_now();
         clock.call_started = None;

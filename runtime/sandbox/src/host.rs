@@ -239,6 +239,12 @@ impl Clock {
         self.used + current
     }
 
+    /// Execution time left before `maxDuration` (`None`: no limit).
+    pub(crate) fn execution_left(&self) -> Option<Duration> {
+        self.max_duration
+            .map(|max| max.saturating_sub(self.used_now()))
+    }
+
     /// At an epoch tick: the pause that holds the CPU share for the
     /// execution time since the last tick, once it is worth a sleep.
     ///
@@ -330,9 +336,6 @@ pub struct HostState {
     /// Reads of the `clocks` entry at the front of `replay` already
     /// answered.
     pub(crate) clocks_replayed: usize,
-    /// When the guest call in progress runs out of execution time (what a
-    /// guest blocked on a WASI timer watches).
-    pub(crate) execution_deadline: crate::wasi::ExecutionDeadline,
 }
 
 impl HostState {
@@ -365,7 +368,6 @@ impl HostState {
             wasi: None,
             pending_clocks: Vec::new(),
             clocks_replayed: 0,
-            execution_deadline: crate::wasi::ExecutionDeadline::default(),
         }
     }
 

@@ -105,6 +105,9 @@ pub(crate) struct WasiState {
     /// Added to this process's monotonic clock so that live readings never
     /// go below the replayed ones.
     monotonic_offset: u64,
+    /// When the guest call in progress runs out of execution time (what a
+    /// guest blocked on a timer watches).
+    pub(crate) deadline: ExecutionDeadline,
 }
 
 impl WasiState {
@@ -126,13 +129,14 @@ impl WasiState {
             stderr,
             monotonic_last: 0,
             monotonic_offset: 0,
+            deadline: ExecutionDeadline::default(),
         }
     }
 }
 
 impl WasiView for HostState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
-        let wasi = self.wasi.get_or_insert_with(|| Box::new(WasiState::new()));
+        let wasi = self.wasi();
         WasiCtxView {
             ctx: &mut wasi.ctx,
             table: &mut wasi.table,
@@ -147,7 +151,17 @@ fn process_monotonic() -> u64 {
 }
 
 impl HostState {
+    /// The attempt's WASI state, made at its first WASI call (a bundle
+    /// built with kiln-sdk never pays for it).
     fn wasi(&mut self) -> &mut WasiState {
+        if self.wasi.is_none() {
+            let state = WasiState::new();
+            if self.clock.call_started.is_some() {
+                // Made in the middle of a guest call: that call's deadline.
+                state.deadline.start(self.clock.execution_left());
+            }
+            self.wasi = Some(Box::new(state));
+        }
         self.wasi.get_or_insert_with(|| Box::new(WasiState::new()))
     }
 
@@ -324,7 +338,7 @@ impl monotonic_clock::Host for HostState {
         // next epoch tick can end the attempt.
         let deadline = Deadline {
             at: now.checked_add(std::time::Duration::from_nanos(nanos)),
-            limit: self.execution_deadline.clone(),
+            limit: self.wasi().deadline.clone(),
             canceled: self.canceled.clone(),
             yielded: false,
         };
