@@ -6,8 +6,10 @@
 //!   each commit in memory, visible to reads at once, and one committer
 //!   thread applies every commit made so far to sled as one batch; a syncer
 //!   thread flushes and `fdatasync`s once for every group, then
-//!   acknowledges each writer (group commit). [`MemoryBackend`] keeps
-//!   everything in memory for tests.
+//!   acknowledges each writer (group commit). [`PostgresBackend`] keeps
+//!   the same keys in a PostgreSQL table, with the same group commit (a
+//!   group is one transaction). [`MemoryBackend`] keeps everything in
+//!   memory for tests.
 //! - [`Store`]: typed records (deployments, bundles, runs) over any backend,
 //!   with the key layout in one place.
 //!
@@ -22,6 +24,7 @@ pub mod envvars;
 pub mod layout;
 mod memory;
 mod pending;
+mod postgres_backend;
 mod prefixed;
 mod queues;
 mod records;
@@ -44,6 +47,7 @@ pub use blobs::{INLINE_LIMIT, Packet};
 pub use children::{BatchItemError, BatchKey, BatchRecord, Waiter};
 pub use envvars::EnvVar;
 pub use memory::MemoryBackend;
+pub use postgres_backend::PostgresBackend;
 pub use prefixed::PrefixedBackend;
 pub use records::{Batch, Changes, IdempotentRun, RunsListener, Store, StoredLayer, TimerKey};
 pub use schedules::ScheduleKey;

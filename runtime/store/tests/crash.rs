@@ -5,9 +5,14 @@
 //! Each test runs itself as a child process (the same test binary, filtered
 //! to its `*_child` half) that prints keys as it goes. The parent kills the
 //! child with SIGKILL mid-stream, reopens the store and checks every printed
-//! key.
+//! key. Each runs on sled (a directory) and on PostgreSQL (a database of a
+//! throwaway server, which outlives the killed child: what is lost with
+//! the process is what it had not yet written).
 
-use kiln_store::{Backend, Op, SledBackend};
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres;
+
+use kiln_store::{Backend, Op, PostgresBackend, SledBackend};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Command, Stdio};
@@ -16,19 +21,28 @@ use std::sync::Arc;
 const CHILD_ENV: &str = "KILN_STORE_CRASH_CHILD";
 const READER_CHILD_ENV: &str = "KILN_STORE_CRASH_READER_CHILD";
 
-/// Starts the test `child` with `env` set to `dir`, collects the keys of its
+/// Opens the store a test names: a PostgreSQL URL, or a sled directory.
+fn open(store: &str) -> Arc<dyn Backend> {
+    if store.starts_with("postgres://") {
+        Arc::new(PostgresBackend::open(store).unwrap())
+    } else {
+        Arc::new(SledBackend::open(Path::new(store)).unwrap())
+    }
+}
+
+/// Starts the test `child` with `env` set to `store`, collects the keys of its
 /// lines that start with `prefix` until it has `count`, and SIGKILLs it the
 /// moment it has them.
 fn keys_until_killed(
     child: &str,
     env: &str,
-    dir: &Path,
+    store: &str,
     prefix: &str,
     count: usize,
 ) -> Vec<String> {
     let mut process = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", child, "--nocapture", "--test-threads", "1"])
-        .env(env, dir)
+        .env(env, store)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -50,22 +64,22 @@ fn keys_until_killed(
     keys
 }
 
-/// The keys that are not in the store in `dir`.
-fn missing(dir: &Path, keys: &[String]) -> Vec<String> {
-    let backend = SledBackend::open(dir).unwrap();
+/// The keys that are not in `store`.
+fn missing(store: &str, keys: &[String]) -> Vec<String> {
+    let backend = open(store);
     keys.iter()
         .filter(|k| backend.get(k.as_bytes()).unwrap().is_none())
         .cloned()
         .collect()
 }
 
-/// Runs `body` on a store in the directory named by `env`, if this process
+/// Runs `body` on the store named by `env`, if this process
 /// is a child started by [`keys_until_killed`].
 fn as_child<F: std::future::Future<Output = ()>>(
     env: &str,
     body: impl FnOnce(Arc<dyn Backend>) -> F,
 ) {
-    let Some(dir) = std::env::var_os(env) else {
+    let Ok(store) = std::env::var(env) else {
         return;
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -73,16 +87,14 @@ fn as_child<F: std::future::Future<Output = ()>>(
         .enable_all()
         .build()
         .unwrap();
-    let backend: Arc<dyn Backend> = Arc::new(SledBackend::open(Path::new(&dir)).unwrap());
+    let backend = open(&store);
     runtime.block_on(body(backend));
 }
 
-#[test]
-fn every_acknowledged_write_survives_sigkill() {
-    let dir = tempfile::tempdir().unwrap();
+fn acknowledged_writes_survive_sigkill(store: &str) {
     // SIGKILL while the child is still writing at full speed.
-    let acknowledged = keys_until_killed("crash_child", CHILD_ENV, dir.path(), "ack ", 3_000);
-    let missing = missing(dir.path(), &acknowledged);
+    let acknowledged = keys_until_killed("crash_child", CHILD_ENV, store, "ack ", 3_000);
+    let missing = missing(store, &acknowledged);
     assert!(
         missing.is_empty(),
         "{} of {} acknowledged writes were lost, e.g. {:?}",
@@ -90,6 +102,18 @@ fn every_acknowledged_write_survives_sigkill() {
         acknowledged.len(),
         &missing[..missing.len().min(5)]
     );
+}
+
+#[test]
+fn every_acknowledged_write_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    acknowledged_writes_survive_sigkill(&dir.path().to_string_lossy());
+}
+
+#[test]
+fn every_acknowledged_write_to_postgres_survives_sigkill() {
+    let server = postgres::Postgres::start();
+    acknowledged_writes_survive_sigkill(&server.database("kiln"));
 }
 
 /// The writer half; does nothing unless started by the test above.
@@ -119,20 +143,24 @@ fn crash_child() {
     });
 }
 
+fn writes_a_reader_saw_survive_sigkill(store: &str) {
+    // Killed the moment the reader has reported: its last write has had no
+    // time to reach the disk unless the reader waited for it.
+    let seen = keys_until_killed("reader_crash_child", READER_CHILD_ENV, store, "seen ", 40);
+    let lost = missing(store, &seen);
+    assert!(lost.is_empty(), "writes a reader saw were lost: {lost:?}");
+}
+
 #[test]
 fn every_write_a_reader_saw_and_settled_survives_sigkill() {
     let dir = tempfile::tempdir().unwrap();
-    // Killed the moment the reader has reported: its last write has had no
-    // time to reach the disk unless the reader waited for it.
-    let seen = keys_until_killed(
-        "reader_crash_child",
-        READER_CHILD_ENV,
-        dir.path(),
-        "seen ",
-        40,
-    );
-    let lost = missing(dir.path(), &seen);
-    assert!(lost.is_empty(), "writes a reader saw were lost: {lost:?}");
+    writes_a_reader_saw_survive_sigkill(&dir.path().to_string_lossy());
+}
+
+#[test]
+fn every_write_a_reader_saw_and_settled_in_postgres_survives_sigkill() {
+    let server = postgres::Postgres::start();
+    writes_a_reader_saw_survive_sigkill(&server.database("kiln"));
 }
 
 /// The half of the test above that writes without awaiting its commits and

@@ -4,7 +4,10 @@
 //! chunked), made without waiting for them to be durable, every kind of
 //! read answers as the in-memory backend does after the same commits.
 
-use kiln_store::{Backend, MemoryBackend, Op, SledBackend};
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres;
+
+use kiln_store::{Backend, MemoryBackend, Op, PostgresBackend, SledBackend};
 
 /// A small deterministic generator (xorshift), so a failure repeats.
 struct Rng(u64);
@@ -38,10 +41,10 @@ fn value(rng: &mut Rng) -> Vec<u8> {
     (0..len).map(|i| (i as u8).wrapping_add(seed)).collect()
 }
 
-#[tokio::test]
-async fn reads_see_commits_before_they_are_applied() {
-    let dir = tempfile::tempdir().unwrap();
-    let sled = SledBackend::open(dir.path()).unwrap();
+/// Commits random writes to `sled` and to a model, checking after each
+/// that every kind of read agrees with the model; returns everything the
+/// model holds at the end, once every commit is durable.
+async fn reads_agree_with_a_model(sled: &dyn Backend) -> Vec<(Vec<u8>, Vec<u8>)> {
     let model = MemoryBackend::default();
     let mut rng = Rng(0x5eed_1234_abcd_0001);
     let mut pending = Vec::new();
@@ -93,8 +96,15 @@ async fn reads_see_commits_before_they_are_applied() {
     for commit in pending {
         commit.await.unwrap();
     }
+    model.scan_prefix(b"").unwrap()
+}
+
+#[tokio::test]
+async fn reads_see_commits_before_they_are_applied() {
+    let dir = tempfile::tempdir().unwrap();
+    let sled = SledBackend::open(dir.path()).unwrap();
+    let everything = reads_agree_with_a_model(&sled).await;
     // And all of it is what a reopened store holds.
-    let everything = model.scan_prefix(b"").unwrap();
     drop(sled);
     let reopened = SledBackend::open(dir.path()).unwrap();
     let stored: Vec<_> = reopened
@@ -104,4 +114,17 @@ async fn reads_see_commits_before_they_are_applied() {
         .filter(|(k, _)| !k.starts_with(b"\xff\xff"))
         .collect();
     assert_eq!(stored, everything);
+}
+
+/// The same on PostgreSQL, whose reads lay the commits not yet written over
+/// what the database returns, with groups written while they read.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_reads_see_commits_before_they_are_written() {
+    let server = postgres::Postgres::start();
+    let url = server.database("kiln");
+    let backend = PostgresBackend::open(&url).unwrap();
+    let everything = reads_agree_with_a_model(&backend).await;
+    drop(backend);
+    let reopened = PostgresBackend::open(&url).unwrap();
+    assert_eq!(reopened.scan_prefix(b"").unwrap(), everything);
 }

@@ -1,8 +1,12 @@
 //! One test suite, run against every store implementation.
 
 use kiln_manifest::{Machine, Manifest, RetryPolicy, TaskManifest};
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres;
+
 use kiln_store::{
-    Backend, Batch, MemoryBackend, Op, ScheduleKey, SledBackend, SnapshotLayer, Store, TimerKey,
+    Backend, Batch, MemoryBackend, Op, PostgresBackend, ScheduleKey, SledBackend, SnapshotLayer,
+    Store, TimerKey,
 };
 use kiln_types::{
     Deployment, DeploymentId, HostCall, JournalEntry, JournalRecord, Run, RunId, RunStatus,
@@ -795,6 +799,42 @@ async fn sled_backend_passes_the_suite() {
         Arc::new(backend)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_passes_the_suite() {
+    let server = postgres::Postgres::start();
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    suite(|| {
+        let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = server.database(&format!("suite_{n}"));
+        Arc::new(PostgresBackend::open(&url).unwrap())
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_keeps_data_across_reopen_and_has_one_owner() {
+    let server = postgres::Postgres::start();
+    let url = server.database("kiln");
+    let r = run(RunStatus::Queued);
+    let backend = Arc::new(PostgresBackend::open(&url).unwrap());
+    let store = Store::new(backend.clone());
+    store.put_run(&r).await.unwrap();
+    // A second server on the same database is refused while the first
+    // holds it, with a reason.
+    let refused = PostgresBackend::open(&url).unwrap_err().to_string();
+    assert!(
+        refused.contains("another Kiln server is using this PostgreSQL database"),
+        "{refused}"
+    );
+    drop(store);
+    drop(backend);
+    // Closing lets go of the database; what was committed is there, and
+    // the migrations are not applied twice.
+    let store = Store::new(Arc::new(PostgresBackend::open(&url).unwrap()));
+    assert_eq!(store.run(&r.id).unwrap().unwrap(), r);
+    assert_eq!(store.active_runs().unwrap().len(), 1);
 }
 
 #[tokio::test]

@@ -1,0 +1,670 @@
+//! The PostgreSQL backend: Kiln's ordered key-value map in a PostgreSQL
+//! table, made durable by a group committer.
+//!
+//! `kiln serve --store postgres://…` keeps the store in a PostgreSQL
+//! database instead of the embedded sled directory. The key layout is the
+//! same (`crate::layout`), in one table whose primary key is the key
+//! (`bytea` sorts byte by byte, as sled's keys do), so every read the
+//! engine makes is a lookup or a range of that index.
+//!
+//! Writes work as on sled ([`crate::SledBackend`]):
+//! - a commit is numbered and kept in memory ([`crate::sled_unapplied`]),
+//!   so every later read in this process sees it at once;
+//! - one committer thread takes every commit made so far and writes them
+//!   as one statement, which PostgreSQL runs as one transaction: the group
+//!   is atomic, and durable once PostgreSQL acknowledges it (with its
+//!   default `synchronous_commit`, after its write-ahead log is flushed).
+//!   While a group commits, the next gathers; only then is each writer
+//!   acknowledged (group commit);
+//! - a write that fails stops the server (fail-stop), as on sled.
+//!
+//! Reads go to PostgreSQL through a few pipelined connections, with the
+//! commits not yet written laid over what the database returns. A scan
+//! takes what is unwritten, then reads the table; if a group holding a
+//! commit made after it took what is unwritten was sent meanwhile, the
+//! scan may have seen part of a newer state, and reads again (after a few
+//! tries, holding off the committer) so no scan sees a group half moved.
+//!
+//! One server owns a database: it takes a PostgreSQL advisory lock for
+//! its life, and a second server on the same database is refused at start.
+//! Schema changes are versioned migrations, applied at start.
+
+use crate::backend::{Backend, Commit, Op, Order};
+use crate::sled_unapplied::{Entry, Unapplied, merge, merge_rev, prefix_end};
+use crate::{Result, StoreError};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock, mpsc};
+use tokio::sync::{oneshot, watch};
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls, Statement};
+
+/// How many commits one group takes at most.
+const MAX_GROUP: usize = 4_096;
+
+/// How many connections serve reads (each pipelines its queries).
+const READERS: usize = 4;
+
+/// How many times a scan reads again, when a group was sent while it read,
+/// before it holds off the committer.
+const OPTIMISTIC_TRIES: usize = 3;
+
+/// The advisory lock a server holds on its database for its life.
+const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
+
+/// Schema migrations, in order: the version each brings the database to,
+/// and its SQL. A database records the versions applied in
+/// `kiln_migrations`; those missing are applied at start, in one
+/// transaction each.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL)",
+)];
+
+/// What the committer is asked to do.
+enum Request {
+    /// Write every commit made so far, durably, then acknowledge.
+    Ack(oneshot::Sender<Result<()>>),
+    /// Writes were deferred: write them within `DEFER_AT_MOST`
+    /// unless a commit takes them first.
+    Deferred,
+}
+
+/// How far commits have become durable: the number of the last commit the
+/// latest group covered, or why writing failed.
+type Durable = std::result::Result<u64, StoreError>;
+
+/// Kiln's store in a PostgreSQL database, with group-committed writes.
+pub struct PostgresBackend {
+    /// Drives the connections.
+    runtime: Driver,
+    readers: Vec<Reader>,
+    next_reader: AtomicUsize,
+    writer: Arc<Writer>,
+    /// The committer's requests; `None` only while the backend is dropped.
+    committer: Option<mpsc::Sender<Request>>,
+    committing: Option<std::thread::JoinHandle<()>>,
+    durable: watch::Receiver<Durable>,
+}
+
+impl std::fmt::Debug for PostgresBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PostgresBackend").finish_non_exhaustive()
+    }
+}
+
+/// A read connection and its prepared statements.
+struct Reader {
+    client: Client,
+    get: Statement,
+    range_up: Statement,
+    range_down: Statement,
+    from_up: Statement,
+    from_down: Statement,
+}
+
+/// What the backend and its committer share.
+#[derive(Default)]
+struct Writer {
+    unapplied: Mutex<Unapplied>,
+    /// Signalled when a group was written, for writers waiting while too
+    /// much is unwritten.
+    room: std::sync::Condvar,
+    /// The number of the last commit of the latest group sent to the
+    /// database: a scan that took what was unwritten when fewer commits had
+    /// been made may have seen part of that group.
+    sent: AtomicU64,
+    /// Held to write by the committer while a group commits and is
+    /// forgotten from `unapplied`; held to read by a scan that gave up on
+    /// reading optimistically.
+    writing: RwLock<()>,
+}
+
+fn backend_error(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Backend(e.to_string())
+}
+
+fn pg_error(what: &str, e: tokio_postgres::Error) -> StoreError {
+    // The server's own message says what was wrong (a missing role, a
+    // refused connection); the driver's display alone often does not.
+    let detail = e
+        .as_db_error()
+        .map(|db| db.message().to_string())
+        .unwrap_or_else(|| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text = format!("{text}: {cause}");
+                source = cause.source();
+            }
+            text
+        });
+    StoreError::Backend(format!("PostgreSQL: {what}: {detail}"))
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Runs `future` on the backend's runtime and waits for it, from any
+/// thread (a tokio worker of the server's own runtime included).
+fn on<T: Send + 'static>(
+    runtime: &tokio::runtime::Runtime,
+    future: impl std::future::Future<Output = Result<T>> + Send + 'static,
+) -> Result<T> {
+    wait(runtime.spawn(future)).map_err(backend_error)?
+}
+
+/// Waits for `future`, from any thread (a tokio worker included): the
+/// driver's client futures only talk to their connection, which runs on
+/// the backend's own runtime.
+fn wait<F: std::future::Future>(future: F) -> F::Output {
+    futures_executor::block_on(future)
+}
+
+impl PostgresBackend {
+    /// Connects to the database at `url` (`postgres://user@host/db`, or
+    /// `postgres://user@/db?host=/socket/dir` for a Unix socket), applies
+    /// the migrations it lacks, takes its owner lock and starts the
+    /// committer.
+    pub fn open(url: &str) -> Result<Self> {
+        let config: tokio_postgres::Config = url
+            .parse()
+            .map_err(|e| StoreError::Backend(format!("the store URL `{url}`: {e}")))?;
+        let runtime = Driver(Some(
+            tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(1)
+                .thread_name("kiln-postgres")
+                .enable_all()
+                .build()
+                .map_err(backend_error)?,
+        ));
+        let connect = |purpose: &'static str| -> Result<Client> {
+            let config = config.clone();
+            let handle = runtime.handle().clone();
+            on(&runtime, async move {
+                let (client, connection) = config
+                    .connect(NoTls)
+                    .await
+                    .map_err(|e| pg_error("connecting", e))?;
+                handle.spawn(async move {
+                    if let Err(error) = connection.await {
+                        tracing::error!(%error, purpose, "a PostgreSQL connection of the store failed");
+                    }
+                });
+                Ok(client)
+            })
+        };
+        let owner = connect("commits")?;
+        let (owner, write) = on(&runtime, async move {
+            let mut owner = owner;
+            migrate(&mut owner).await?;
+            // A server that stopped a moment ago may still hold the lock
+            // until PostgreSQL sees its connection close.
+            let started = std::time::Instant::now();
+            loop {
+                let owned: bool = owner
+                    .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
+                    .await
+                    .map_err(|e| pg_error("taking the owner lock", e))?
+                    .get(0);
+                if owned {
+                    break;
+                }
+                if started.elapsed() >= crate::sled_backend::LOCK_WAIT {
+                    return Err(StoreError::Backend(
+                        "another Kiln server is using this PostgreSQL database; one server a \
+                         database (several nodes sharing one are not supported yet)"
+                            .into(),
+                    ));
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            let write = owner
+                .prepare(
+                    "WITH gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])) \
+                     INSERT INTO kiln_kv (key, value) \
+                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+                )
+                .await
+                .map_err(|e| pg_error("preparing the group write", e))?;
+            Ok((owner, write))
+        })?;
+        let mut readers = Vec::with_capacity(READERS);
+        for _ in 0..READERS {
+            let client = connect("reads")?;
+            readers.push(on(&runtime, Reader::prepare(client))?);
+        }
+        let (tx, rx) = mpsc::channel::<Request>();
+        let (durable_tx, durable) = watch::channel(Ok(0));
+        let writer = Arc::new(Writer::default());
+        let committer = Committer {
+            client: owner,
+            write,
+            writer: writer.clone(),
+            durable: durable_tx,
+        };
+        let committing = std::thread::Builder::new()
+            .name("kiln-committer".into())
+            .spawn(move || committer.run(rx))
+            .map_err(backend_error)?;
+        Ok(PostgresBackend {
+            runtime,
+            readers,
+            next_reader: AtomicUsize::new(0),
+            writer,
+            committer: Some(tx),
+            committing: Some(committing),
+            durable,
+        })
+    }
+
+    fn reader(&self) -> &Reader {
+        let n = self.next_reader.fetch_add(1, Ordering::Relaxed);
+        &self.readers[n % self.readers.len()]
+    }
+
+    /// Reads the table's entries from `start` to `end` (exclusive; `None`:
+    /// no end) in `order` with the unwritten commits of that range laid
+    /// over them, at most `limit`, as of one moment.
+    fn range(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Entry>> {
+        for attempt in 0.. {
+            let _holding = (attempt >= OPTIMISTIC_TRIES).then(|| {
+                self.writer
+                    .writing
+                    .read()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+            });
+            let (unwritten, made) = {
+                let unapplied = lock(&self.writer.unapplied);
+                (unapplied.range(start, end), unapplied.made())
+            };
+            // Each unwritten key can hide at most one of the table's rows.
+            let fetch = limit.saturating_add(unwritten.len());
+            let rows = self.reader().rows(start, end, fetch, order)?;
+            if _holding.is_none() && self.writer.sent.load(Ordering::Acquire) > made {
+                continue;
+            }
+            let rows = rows.into_iter().map(Ok);
+            return match order {
+                Order::Ascending => merge(rows, unwritten).take(limit).collect(),
+                Order::Descending => merge_rev(rows, unwritten).take(limit).collect(),
+            };
+        }
+        unreachable!("the last try holds off the committer and returns")
+    }
+}
+
+impl Reader {
+    async fn prepare(client: Client) -> Result<Self> {
+        let prepare = |sql: &'static str| {
+            let client = &client;
+            async move {
+                client
+                    .prepare(sql)
+                    .await
+                    .map_err(|e| pg_error("preparing a read", e))
+            }
+        };
+        let get = prepare("SELECT value FROM kiln_kv WHERE key = $1").await?;
+        let range_up = prepare(
+            "SELECT key, value FROM kiln_kv WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
+        )
+        .await?;
+        let range_down = prepare(
+            "SELECT key, value FROM kiln_kv WHERE key >= $1 AND key < $2 \
+             ORDER BY key DESC LIMIT $3",
+        )
+        .await?;
+        let from_up =
+            prepare("SELECT key, value FROM kiln_kv WHERE key >= $1 ORDER BY key LIMIT $2").await?;
+        let from_down =
+            prepare("SELECT key, value FROM kiln_kv WHERE key >= $1 ORDER BY key DESC LIMIT $2")
+                .await?;
+        Ok(Reader {
+            client,
+            get,
+            range_up,
+            range_down,
+            from_up,
+            from_down,
+        })
+    }
+
+    fn rows(
+        &self,
+        start: &[u8],
+        end: Option<&[u8]>,
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<Entry>> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let (statement, params): (&Statement, Vec<&(dyn ToSql + Sync)>) = match (&end, order) {
+            (Some(end), Order::Ascending) => (&self.range_up, vec![&start, end, &limit]),
+            (Some(end), Order::Descending) => (&self.range_down, vec![&start, end, &limit]),
+            (None, Order::Ascending) => (&self.from_up, vec![&start, &limit]),
+            (None, Order::Descending) => (&self.from_down, vec![&start, &limit]),
+        };
+        let rows = wait(self.client.query(statement, &params))
+            .map_err(|e| pg_error("reading a range", e))?;
+        rows.into_iter()
+            .map(|row| {
+                let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
+                let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
+                Ok((key, value))
+            })
+            .collect()
+    }
+}
+
+/// Applies the migrations the database lacks, under a transaction-scoped
+/// advisory lock so two servers starting at once do not both apply one.
+async fn migrate(client: &mut Client) -> Result<()> {
+    let tx = client
+        .transaction()
+        .await
+        .map_err(|e| pg_error("starting the migrations", e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(OWNER_LOCK + 1)])
+        .await
+        .map_err(|e| pg_error("locking the migrations", e))?;
+    tx.batch_execute(
+        "CREATE TABLE IF NOT EXISTS kiln_migrations \
+         (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now())",
+    )
+    .await
+    .map_err(|e| pg_error("creating kiln_migrations", e))?;
+    let applied: Vec<i32> = tx
+        .query("SELECT version FROM kiln_migrations", &[])
+        .await
+        .map_err(|e| pg_error("reading kiln_migrations", e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    if let Some(unknown) = applied.iter().find(|v| **v > newest) {
+        return Err(StoreError::Backend(format!(
+            "the database's schema is at version {unknown}, newer than this Kiln knows \
+             ({newest}): run a newer kiln"
+        )));
+    }
+    for (version, sql) in MIGRATIONS {
+        if applied.contains(version) {
+            continue;
+        }
+        tx.batch_execute(sql)
+            .await
+            .map_err(|e| pg_error(&format!("applying migration {version}"), e))?;
+        tx.execute(
+            "INSERT INTO kiln_migrations (version) VALUES ($1)",
+            &[version],
+        )
+        .await
+        .map_err(|e| pg_error("recording a migration", e))?;
+        tracing::info!(version, "applied a migration to the PostgreSQL store");
+    }
+    tx.commit()
+        .await
+        .map_err(|e| pg_error("committing the migrations", e))
+}
+
+impl Drop for PostgresBackend {
+    /// Writes what is still unwritten and waits for the committer, then
+    /// closes the connections (and so lets go of the owner lock).
+    fn drop(&mut self) {
+        lock(&self.writer.unapplied).commit_deferred();
+        if let Some(committer) = &self.committer {
+            let (ack, _) = oneshot::channel();
+            let _ = committer.send(Request::Ack(ack));
+        }
+        drop(self.committer.take());
+        if let Some(committing) = self.committing.take()
+            && committing.join().is_err()
+        {
+            tracing::error!("the store's committer thread panicked");
+        }
+        self.readers.clear();
+    }
+}
+
+/// The runtime that drives the backend's connections. Dropped without
+/// waiting, so a backend can be dropped (or fail to open) on a thread of
+/// the server's own runtime.
+struct Driver(Option<tokio::runtime::Runtime>);
+
+impl std::ops::Deref for Driver {
+    type Target = tokio::runtime::Runtime;
+
+    fn deref(&self) -> &Self::Target {
+        self.0.as_ref().expect("the driver runs until dropped")
+    }
+}
+
+impl Drop for Driver {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.0.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+/// The thread that writes groups of commits and acknowledges them.
+struct Committer {
+    client: Client,
+    write: Statement,
+    writer: Arc<Writer>,
+    durable: watch::Sender<Durable>,
+}
+
+/// Stops the server after a group failed to commit: whether it did cannot
+/// be told, and nothing later can be acknowledged truthfully. Restarting
+/// recovers from what the database holds.
+fn fail_stop(
+    error: &StoreError,
+    group: Vec<oneshot::Sender<Result<()>>>,
+    durable: &watch::Sender<Durable>,
+) -> ! {
+    let _ = durable.send_replace(Err(error.clone()));
+    for ack in group {
+        let _ = ack.send(Err(error.clone()));
+    }
+    tracing::error!(%error, "a group commit failed to reach PostgreSQL; Kiln stops");
+    std::process::exit(74);
+}
+
+impl Committer {
+    fn run(self, requests: mpsc::Receiver<Request>) {
+        let Committer {
+            client,
+            write,
+            writer,
+            durable,
+        } = self;
+        let defer_at_most = crate::sled_backend::DEFER_AT_MOST;
+        let mut deferred_until: Option<std::time::Instant> = None;
+        loop {
+            let first = match deferred_until {
+                None => requests.recv().map_err(|_| true),
+                Some(at) => requests
+                    .recv_timeout(at.saturating_duration_since(std::time::Instant::now()))
+                    .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
+            };
+            let mut group = Vec::new();
+            match first {
+                Ok(Request::Ack(ack)) => group.push(ack),
+                Ok(Request::Deferred) => {
+                    deferred_until.get_or_insert(std::time::Instant::now() + defer_at_most);
+                    continue;
+                }
+                Err(false) => {
+                    deferred_until = None;
+                    if !lock(&writer.unapplied).commit_deferred() {
+                        continue;
+                    }
+                }
+                Err(true) => break,
+            }
+            while group.len() < MAX_GROUP {
+                match requests.try_recv() {
+                    Ok(Request::Ack(more)) => group.push(more),
+                    Ok(Request::Deferred) => {
+                        deferred_until.get_or_insert(std::time::Instant::now() + defer_at_most);
+                    }
+                    Err(_) => break,
+                }
+            }
+            // Every commit whose acknowledgement is in the group was made
+            // before this, so the group covers it.
+            let (writes, covered) = lock(&writer.unapplied).take();
+            if !writes.is_empty() {
+                let started = std::time::Instant::now();
+                let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
+                for (key, value) in &writes {
+                    match value {
+                        Some(value) => {
+                            keys.push(key.as_slice());
+                            values.push(value.as_slice());
+                        }
+                        None => deleted.push(key.as_slice()),
+                    }
+                }
+                let written = {
+                    let _writing = writer
+                        .writing
+                        .write()
+                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    writer.sent.store(covered, Ordering::Release);
+                    let written = wait(client.execute(&write, &[&keys, &values, &deleted]));
+                    if written.is_ok() {
+                        lock(&writer.unapplied).applied(covered);
+                    }
+                    written
+                };
+                if let Err(error) = written {
+                    fail_stop(&pg_error("committing a group", error), group, &durable);
+                }
+                writer.room.notify_all();
+                let metrics = crate::stats::metrics();
+                metrics
+                    .sync_seconds
+                    .observe(started.elapsed().as_secs_f64());
+                metrics.syncs.inc();
+                metrics.group_commits.observe(group.len() as f64);
+            }
+            durable.send_modify(|d| {
+                if let Ok(n) = d {
+                    *n = (*n).max(covered);
+                }
+            });
+            for ack in group {
+                let _ = ack.send(Ok(()));
+            }
+        }
+        // The next server on the database need not wait for PostgreSQL to
+        // notice this connection close.
+        let _ = wait(client.execute("SELECT pg_advisory_unlock($1)", &[&OWNER_LOCK]));
+    }
+}
+
+impl Backend for PostgresBackend {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        // A key no unwritten commit wrote holds in the table what the last
+        // commit that wrote it left (or something newer, written since).
+        if let Some(written) = lock(&self.writer.unapplied).get(key) {
+            return Ok(written);
+        }
+        let reader = self.reader();
+        let row = wait(reader.client.query_opt(&reader.get, &[&key]))
+            .map_err(|e| pg_error("reading a key", e))?;
+        row.map(|row| row.try_get::<_, Vec<u8>>(0))
+            .transpose()
+            .map_err(|e| pg_error("a value", e))
+    }
+
+    fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let end = prefix_end(prefix);
+        self.range(prefix, end.as_deref(), usize::MAX, Order::Ascending)
+    }
+
+    fn scan_range_in(
+        &self,
+        start: &[u8],
+        end: &[u8],
+        limit: usize,
+        order: Order,
+    ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        if start >= end || limit == 0 {
+            return Ok(Vec::new());
+        }
+        self.range(start, Some(end), limit, order)
+    }
+
+    fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
+        let end = prefix_end(prefix);
+        Ok(self
+            .range(prefix, end.as_deref(), 1, Order::Descending)?
+            .into_iter()
+            .next())
+    }
+
+    fn commit(&self, ops: Vec<Op>) -> Commit {
+        {
+            let mut unapplied = lock(&self.writer.unapplied);
+            // A writer faster than the database waits here for the
+            // committer, whose queue holds an acknowledgement of every
+            // unwritten commit, so it always has work that frees room.
+            while unapplied.full() {
+                unapplied = self
+                    .writer
+                    .room
+                    .wait(unapplied)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            unapplied.commit(ops);
+        }
+        let (ack, done) = oneshot::channel();
+        let sent = match &self.committer {
+            Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
+            None => Err(()),
+        };
+        let made = std::time::Instant::now();
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            let result = done.await.map_err(|_| StoreError::Closed)?;
+            crate::stats::metrics()
+                .commit_seconds
+                .observe(made.elapsed().as_secs_f64());
+            result
+        })
+    }
+
+    fn defer(&self, ops: Vec<Op>) {
+        if lock(&self.writer.unapplied).defer(ops)
+            && let Some(committer) = &self.committer
+        {
+            let _ = committer.send(Request::Deferred);
+        }
+    }
+
+    fn settled(&self) -> Commit {
+        let seen = lock(&self.writer.unapplied).made();
+        let mut durable = self.durable.clone();
+        Box::pin(async move {
+            let reached = durable
+                .wait_for(|d| d.as_ref().map_or(true, |n| *n >= seen))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            match &*reached {
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.clone()),
+            }
+        })
+    }
+}

@@ -1,0 +1,68 @@
+//! A throwaway PostgreSQL server for one test: made and started by
+//! `scripts/postgres start`, stopped by its PID and removed when dropped.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// A running PostgreSQL server in its own directory, listening on a Unix
+/// socket there.
+pub struct Postgres {
+    dir: PathBuf,
+    url: String,
+    script: PathBuf,
+}
+
+impl Postgres {
+    /// Starts a new server (Debian's `postgresql`, installed by
+    /// `scripts/postgres-deps`, which the test command runs first).
+    pub fn start() -> Postgres {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .find(|dir| dir.join("scripts/postgres").is_file())
+            .expect("the repository's scripts/postgres")
+            .to_path_buf();
+        let script = root.join("scripts/postgres");
+        let out = Command::new(&script)
+            .arg("start")
+            .output()
+            .expect("running scripts/postgres start");
+        assert!(
+            out.status.success(),
+            "scripts/postgres start failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let url = String::from_utf8(out.stdout)
+            .expect("a URL")
+            .trim()
+            .to_string();
+        let dir = PathBuf::from(url.rsplit_once("host=").expect("a socket directory").1);
+        Postgres { dir, url, script }
+    }
+
+    /// The store URL for `kiln serve --store`.
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+}
+
+impl Postgres {
+    /// A new, empty database on the server, and its store URL.
+    pub fn database(&self, name: &str) -> String {
+        let status = Command::new("psql")
+            .args(["-q", "-X", "-v", "ON_ERROR_STOP=1", &self.url, "-c"])
+            .arg(format!("CREATE DATABASE {name}"))
+            .status()
+            .expect("running psql");
+        assert!(status.success(), "creating the database {name}");
+        self.url.replacen("/postgres?", &format!("/{name}?"), 1)
+    }
+}
