@@ -64,6 +64,24 @@ impl Kiln {
         self.child.id()
     }
 
+    /// Waits up to `deadline` for the process to exit on its own; its
+    /// status, or `None` if it still runs.
+    pub fn exited_within(
+        &mut self,
+        deadline: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let until = std::time::Instant::now() + deadline;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("waiting for kiln serve") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= until {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

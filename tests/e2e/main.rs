@@ -3,6 +3,8 @@
 //! and `tests/guests/` by the fixtures' build script.
 
 mod harness;
+#[path = "../support/postgres.rs"]
+mod pg_server;
 
 mod annotations;
 mod batches;
@@ -26,6 +28,7 @@ mod logs;
 mod metrics;
 mod packets;
 mod pending;
+mod postgres;
 mod projects;
 mod queues;
 mod restart;

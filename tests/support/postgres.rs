@@ -1,5 +1,8 @@
 //! A throwaway PostgreSQL server for one test: made and started by
 //! `scripts/postgres start`, stopped by its PID and removed when dropped.
+//! Shared by the store's tests, the end-to-end tests and the benchmarks,
+//! each of which uses part of it.
+#![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -39,6 +42,15 @@ impl Postgres {
         Postgres { dir, url, script }
     }
 
+    /// Stops the server by its PID (PostgreSQL's immediate shutdown) and
+    /// removes its directory.
+    pub fn stop(&mut self) {
+        let _ = Command::new(&self.script)
+            .arg("stop")
+            .arg(&self.dir)
+            .status();
+    }
+
     /// The store URL for `kiln serve --store`.
     pub fn url(&self) -> &str {
         &self.url
@@ -47,10 +59,7 @@ impl Postgres {
 
 impl Drop for Postgres {
     fn drop(&mut self) {
-        let _ = Command::new(&self.script)
-            .arg("stop")
-            .arg(&self.dir)
-            .status();
+        self.stop();
     }
 }
 

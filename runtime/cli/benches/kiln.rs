@@ -13,7 +13,9 @@
 //! - runs end to end in the shape of Kiln's throughput goals: 500
 //!   sequential runs (p50, p99), then 64 closed-loop clients on one thread
 //!   for 20 s (runs a second, server CPU per run), for a one-log-line task
-//!   and a three-log-line one;
+//!   and a three-log-line one; `postgres` runs the same with the store in
+//!   a throwaway PostgreSQL server (`scripts/postgres`), and adds the
+//!   database's CPU to the server's;
 //! - the same runs with the HTTP API taken out (`engine`): triggered and
 //!   awaited in-process, so what is left is the engine, the store and the
 //!   sandbox;
@@ -51,7 +53,7 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `postgres`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
@@ -61,6 +63,8 @@
 mod dashboard;
 #[path = "support/engine.rs"]
 mod engine;
+#[path = "../../../tests/support/postgres.rs"]
+mod pg_server;
 #[path = "support/queues.rs"]
 mod queues;
 #[path = "support/realtime.rs"]
@@ -137,7 +141,14 @@ fn main() {
         runtime.block_on(throughput_bench(5_000, 64));
     }
     if selected("runs") {
-        runtime.block_on(runs::runs_bench());
+        runtime.block_on(runs::runs_bench(None));
+    }
+    if selected("postgres") {
+        // The same runs with the store in a throwaway PostgreSQL server
+        // (scripts/postgres) on a Unix socket.
+        let pg = pg_server::Postgres::start();
+        let url = pg.url().to_string();
+        runtime.block_on(runs::runs_bench(Some(&url)));
     }
     if selected("dashboard") {
         runtime.block_on(dashboard::dashboard_bench(100_000));

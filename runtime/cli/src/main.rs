@@ -23,7 +23,7 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the server.
-    Serve(commands::serve::Args),
+    Serve(Box<commands::serve::Args>),
     /// Make a new bundle crate with an example task, anywhere on disk.
     Init(commands::init::Args),
     /// Build a guest crate into a component bundle.
@@ -69,7 +69,7 @@ fn main() -> std::process::ExitCode {
             .and_then(|rt| {
                 rt.block_on(async move {
                     match command {
-                        Command::Serve(args) => commands::serve::run(args).await,
+                        Command::Serve(args) => commands::serve::run(*args).await,
                         Command::Deploy(args) => commands::deploy::run(args).await,
                         Command::Dev(args) => commands::dev::run(args).await,
                         Command::Trigger(args) => commands::trigger::run(args).await,

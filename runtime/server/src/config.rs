@@ -61,6 +61,9 @@ pub struct ServerConfig {
     /// The OpenTelemetry collector (its OTLP/HTTP base URL) finished runs'
     /// traces are exported to; `None`: no traces.
     pub otlp_endpoint: Option<String>,
+    /// Where the store is: `None` for the embedded sled store in the data
+    /// directory (`store`), or a PostgreSQL URL (`postgres://…`).
+    pub store_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -95,6 +98,7 @@ impl ServerConfig {
             release_idle_after: std::time::Duration::from_secs(60),
             compile_cache: None,
             otlp_endpoint: None,
+            store_url: None,
         }
     }
 }

@@ -4,7 +4,7 @@ use crate::api::router;
 use crate::config::ServerConfig;
 use crate::environments::Hub;
 use kiln_sandbox::{Sandbox, SandboxConfig};
-use kiln_store::SledBackend;
+use kiln_store::{PostgresBackend, SledBackend};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -24,20 +24,15 @@ impl Server {
             Some(key) => (key, false),
             None => crate::secret::load_or_create(&config.data_dir)?,
         };
-        let store_dir = config.data_dir.join("store");
-        let (backend, compacted) = tokio::task::spawn_blocking(move || {
-            SledBackend::open_compacting(&store_dir, kiln_store::COMPACT_FROM)
-        })
-        .await??;
-        if let Some(c) = compacted {
-            tracing::info!(
-                before = c.before,
-                after = c.after,
-                live = c.live,
-                "compacted the store, as retention asked: its file was mostly space that deleted data had left"
-            );
-        }
-        let backend = Arc::new(backend);
+        let backend: Arc<dyn kiln_store::Backend> = match config.store_url.clone() {
+            Some(url) => {
+                let backend =
+                    tokio::task::spawn_blocking(move || PostgresBackend::open(&url)).await??;
+                tracing::info!("the store is in PostgreSQL");
+                Arc::new(backend)
+            }
+            None => Arc::new(open_sled(config.data_dir.join("store")).await?),
+        };
         let sealed_before = kiln_store::Store::new(backend.clone())
             .sealed_before()
             .map_err(|e| anyhow::anyhow!(e))?;
@@ -104,4 +99,22 @@ impl Server {
         axum::serve(self.listener, router(self.hub)).await?;
         Ok(())
     }
+}
+
+/// Opens the embedded sled store in `dir`, compacting it first if
+/// retention asked for it.
+async fn open_sled(dir: std::path::PathBuf) -> anyhow::Result<SledBackend> {
+    let (backend, compacted) = tokio::task::spawn_blocking(move || {
+        SledBackend::open_compacting(&dir, kiln_store::COMPACT_FROM)
+    })
+    .await??;
+    if let Some(c) = compacted {
+        tracing::info!(
+            before = c.before,
+            after = c.after,
+            live = c.live,
+            "compacted the store, as retention asked: its file was mostly space that deleted data had left"
+        );
+    }
+    Ok(backend)
 }

@@ -76,7 +76,7 @@ type Durable = std::result::Result<u64, StoreError>;
 /// Kiln's store in a PostgreSQL database, with group-committed writes.
 pub struct PostgresBackend {
     /// Drives the connections.
-    runtime: Driver,
+    _driver: Driver,
     readers: Vec<Reader>,
     next_reader: AtomicUsize,
     writer: Arc<Writer>,
@@ -251,7 +251,7 @@ impl PostgresBackend {
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
         Ok(PostgresBackend {
-            runtime,
+            _driver: runtime,
             readers,
             next_reader: AtomicUsize::new(0),
             writer,

@@ -138,7 +138,41 @@ fn drive(
 }
 
 /// The `runs` bench group.
-pub async fn runs_bench() {
+/// The CPU time (ms) of PostgreSQL's processes under the postmaster whose
+/// data directory is `data`: the postmaster and its children (the store's
+/// connections, the WAL writer, the checkpointer).
+pub fn postgres_cpu_ms(data: &std::path::Path) -> u64 {
+    let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .next()
+                .and_then(|l| l.trim().parse::<u32>().ok())
+        })
+    else {
+        return 0;
+    };
+    let mut total = super::cpu_ms_of(&format!("/proc/{pid}/stat"));
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let stat = entry.path().join("stat");
+        let Ok(text) = std::fs::read_to_string(&stat) else {
+            continue;
+        };
+        // `pid (comm) state ppid …`; comm may hold spaces.
+        let ppid = text
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        if ppid == Some(pid) {
+            total += super::cpu_ms_of(&stat.to_string_lossy());
+        }
+    }
+    total
+}
+
+/// The runs of each shape against a server with its store in sled, or in
+/// the PostgreSQL server at `postgres` (a database made for each shape).
+pub async fn runs_bench(postgres: Option<&str>) {
     let shapes = [
         Shape {
             name: "hello-world (1 log line)",
@@ -155,9 +189,27 @@ pub async fn runs_bench() {
     ];
     let clients = 64;
     let seconds = 20;
-    for shape in shapes {
+    for (n, shape) in shapes.into_iter().enumerate() {
         let dir = tempfile::tempdir().expect("a temp dir");
-        let (server, _) = Server::start(dir.path(), &[]);
+        let store = postgres.map(|url| {
+            let db = format!("bench_{n}");
+            let status = std::process::Command::new("psql")
+                .args(["-q", "-X", url, "-c"])
+                .arg(format!("CREATE DATABASE {db}"))
+                .status()
+                .expect("psql");
+            assert!(status.success(), "creating {db}");
+            url.replacen("/postgres?", &format!("/{db}?"), 1)
+        });
+        let pg_data = postgres.map(|url| {
+            std::path::PathBuf::from(url.rsplit_once("host=").expect("a socket dir").1).join("data")
+        });
+        let pg_cpu = || pg_data.as_deref().map_or(0, postgres_cpu_ms);
+        let args: Vec<&str> = match &store {
+            Some(url) => vec!["--store", url],
+            None => Vec::new(),
+        };
+        let (server, _) = Server::start(dir.path(), &args);
         server.deploy(shape.bundle).await;
         let body = serde_json::json!({
             "payload": shape.payload.to_string(),
@@ -169,18 +221,29 @@ pub async fn runs_bench() {
         let cpu_at = Arc::new(std::sync::Mutex::new(0u64));
         let (s, at) = (server.clone(), cpu_at.clone());
         let task = shape.task;
+        let pg_at = Arc::new(std::sync::Mutex::new(0u64));
+        let pg_at_set = pg_at.clone();
+        let pg_data_at = pg_data.clone();
         let measured = tokio::task::spawn_blocking(move || {
             drive(&url, &body, task, clients, seconds, move || {
                 *at.lock().expect("the lock") = s.cpu_ms();
+                *pg_at_set.lock().expect("the lock") =
+                    pg_data_at.as_deref().map_or(0, postgres_cpu_ms);
             })
         })
         .await
         .expect("the clients");
         let cpu_ms = server.cpu_ms() - *cpu_at.lock().expect("the lock");
+        let db_cpu_ms = pg_cpu() - *pg_at.lock().expect("the lock");
         let mut sequential = measured.sequential;
         let runs_per_s = measured.completed as f64 / measured.elapsed.as_secs_f64();
         println!(
-            "runs, {}: sequential p50 {:.2?} p99 {:.2?}; {clients} clients for {seconds} s: {} runs, {:.0} runs/s, server CPU {:.3} ms a run",
+            "runs{}, {}: sequential p50 {:.2?} p99 {:.2?}; {clients} clients for {seconds} s: {} runs, {:.0} runs/s, server CPU {:.3} ms a run{}",
+            if postgres.is_some() {
+                " (store in PostgreSQL)"
+            } else {
+                ""
+            },
             shape.name,
             percentile(&mut sequential, 0.5),
             percentile(&mut sequential, 0.99),
@@ -189,6 +252,14 @@ pub async fn runs_bench() {
             // The CPU read after the clients stopped covers the runs in
             // flight then too: at most `clients` more than counted.
             cpu_ms as f64 / measured.completed.max(1) as f64,
+            if postgres.is_some() {
+                format!(
+                    ", PostgreSQL CPU {:.3} ms a run",
+                    db_cpu_ms as f64 / measured.completed.max(1) as f64
+                )
+            } else {
+                String::new()
+            },
         );
         if let Ok(server) = Arc::try_unwrap(server) {
             server.kill();

@@ -16,6 +16,12 @@ pub struct Args {
     /// the bundle's content hash and written atomically.
     #[arg(long, env = "KILN_COMPILE_CACHE")]
     compile_cache: Option<PathBuf>,
+    /// Where the store is: the embedded sled store in the data directory
+    /// unless set, or a PostgreSQL database (`postgres://user@host/db`;
+    /// `postgres://user@/db?host=/socket/dir` for a Unix socket). One
+    /// server a database.
+    #[arg(long, env = "KILN_STORE")]
+    store: Option<String>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:3030", env = "KILN_LISTEN")]
     listen: SocketAddr,
@@ -114,6 +120,15 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     config.default_max_duration = std::time::Duration::from_millis(default_max_duration);
     config.public_url = args.public_url.clone();
     config.compile_cache = args.compile_cache.clone();
+    config.store_url = match args.store.as_deref().map(str::trim) {
+        None | Some("") | Some("sled") => None,
+        Some(url) if url.starts_with("postgres://") || url.starts_with("postgresql://") => {
+            Some(url.to_string())
+        }
+        Some(other) => anyhow::bail!(
+            "--store `{other}`: a PostgreSQL URL (postgres://…), or `sled` for the embedded store"
+        ),
+    };
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();
     config.retention = match args.retention.trim() {

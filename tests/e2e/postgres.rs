@@ -1,0 +1,219 @@
+//! `kiln serve --store postgres://…`: the same server with its store in a
+//! PostgreSQL database (a throwaway server started by `scripts/postgres`),
+//! through restarts and SIGKILLs.
+
+use crate::harness::{KEY, Kiln, data_dir, kiln_bin};
+use crate::pg_server::Postgres;
+use serde_json::{Value, json};
+use std::time::{Duration, Instant};
+
+/// Waits of 100 ms or less stay warm; the tests' waits are longer, so they
+/// snapshot the guest, and the snapshot goes to PostgreSQL.
+fn args(url: &str) -> Vec<&str> {
+    vec!["--store", url, "--warm-wait-ms", "100"]
+}
+
+fn count(entries: &[Value], kind: &str) -> usize {
+    entries.iter().filter(|e| e["type"] == kind).count()
+}
+
+/// Runs `kiln serve` with `extra` arguments that should keep it from
+/// starting; returns what it printed to stderr once it exited.
+fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
+    let mut child = std::process::Command::new(kiln_bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir)
+        .args(extra)
+        .env("KILN_SECRET_KEY", KEY)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("kiln serve starts");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for kiln serve") {
+            assert!(!status.success(), "kiln serve {extra:?} should not start");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "kiln serve {extra:?} did not exit"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let mut stderr = String::new();
+    use std::io::Read;
+    child
+        .stderr
+        .take()
+        .expect("stderr is piped")
+        .read_to_string(&mut stderr)
+        .expect("stderr is readable");
+    stderr
+}
+
+#[tokio::test]
+async fn runs_complete_and_survive_a_restart_with_the_store_in_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &args(&url));
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let id = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
+    let before = kiln.finished(&id).await;
+    assert_eq!(before["status"], "COMPLETED", "{before}");
+    // Nothing of the runs is in the data directory: sled never opened.
+    assert!(!dir.path().join("store").exists());
+
+    // A second server on the same database is refused, with the reason.
+    let other = data_dir();
+    let why = refused(other.path(), &["--store", &url]);
+    assert!(
+        why.contains("another Kiln server is using this PostgreSQL database"),
+        "{why}"
+    );
+    kiln.kill();
+
+    let kiln = Kiln::start_with(dir.path(), &args(&url));
+    let after = kiln.run(&id).await;
+    assert_eq!(after["status"], "COMPLETED");
+    assert_eq!(after["output"], json!({"message": "Hello, Ada!"}));
+    assert_eq!(after["attempts"], before["attempts"]);
+    let id = kiln
+        .trigger_ok("hello-world", json!({"name": "again"}))
+        .await;
+    assert_eq!(
+        kiln.finished(&id).await["output"]["message"],
+        "Hello, again!"
+    );
+}
+
+#[tokio::test]
+async fn waiting_runs_killed_with_the_server_complete_once_from_postgres() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &args(&url));
+    kiln.deploy(kiln_fixtures::COUNTDOWN).await;
+    let mut ids = Vec::new();
+    for _ in 0..50 {
+        ids.push(
+            kiln.trigger_ok("countdown", json!({"steps": 3, "wait_ms": 400}))
+                .await,
+        );
+    }
+    // Killed once the first run has suspended to a snapshot in PostgreSQL:
+    // the others are queued, executing, waiting or resumed.
+    kiln.until_journal(&ids[0], |e| count(e, "SUSPENDED") >= 1)
+        .await;
+    kiln.kill();
+
+    let kiln = Kiln::start_with(dir.path(), &args(&url));
+    for id in &ids {
+        let run = kiln.finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(run["attemptCount"], 1, "{run}");
+        let draws = run["output"]["draws"].as_array().expect("draws").clone();
+        assert_eq!(draws.len(), 3, "{run}");
+        let entries = kiln.journal(id).await;
+        let calls = entries
+            .iter()
+            .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
+            .count();
+        assert_eq!(calls, 3, "each draw journaled once: {entries:?}");
+        assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{id}");
+    }
+}
+
+#[tokio::test]
+async fn a_bad_store_url_is_refused_with_the_reason() {
+    let dir = data_dir();
+    let why = refused(dir.path(), &["--store", "mysql://localhost/kiln"]);
+    assert!(why.contains("a PostgreSQL URL"), "{why}");
+    // A database nobody listens for: the connection's error, not a hang.
+    let why = refused(
+        dir.path(),
+        &[
+            "--store",
+            "postgres://kiln@/kiln?host=/nonexistent-kiln-socket",
+        ],
+    );
+    assert!(why.contains("PostgreSQL: connecting"), "{why}");
+}
+
+#[tokio::test]
+async fn a_dump_restored_into_another_database_carries_on_its_runs() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &args(&url));
+    kiln.deploy(kiln_fixtures::COUNTDOWN).await;
+    let done = kiln
+        .trigger_ok("countdown", json!({"steps": 0, "wait_ms": 0}))
+        .await;
+    let finished = kiln.finished(&done).await;
+    let waiting = kiln
+        .trigger_ok("countdown", json!({"steps": 2, "wait_ms": 1500}))
+        .await;
+    kiln.until_journal(&waiting, |e| count(e, "SUSPENDED") >= 1)
+        .await;
+    kiln.kill();
+
+    // A backup with PostgreSQL's own tools, restored into a new database.
+    let dump = dir.path().join("kiln.dump");
+    let dumped = std::process::Command::new("pg_dump")
+        .args(["-Fc", "-f"])
+        .arg(&dump)
+        .arg(&url)
+        .status()
+        .expect("pg_dump runs");
+    assert!(dumped.success());
+    let restored_url = pg.database("restored");
+    let restored = std::process::Command::new("pg_restore")
+        .args(["--no-owner", "-d", &restored_url])
+        .arg(&dump)
+        .status()
+        .expect("pg_restore runs");
+    assert!(restored.success());
+
+    // The same data directory: its master key opens the sealed snapshots.
+    let kiln = Kiln::start_with(dir.path(), &args(&restored_url));
+    assert_eq!(kiln.run(&done).await["output"], finished["output"]);
+    let run = kiln.finished(&waiting).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["steps"], 2, "{run}");
+    assert_eq!(run["attemptCount"], 1, "{run}");
+}
+
+#[tokio::test]
+async fn the_server_stops_when_its_database_goes_away() {
+    let mut pg = Postgres::start();
+    let url = pg.database("kiln");
+    let dir = data_dir();
+    let mut kiln = Kiln::start_with(dir.path(), &args(&url));
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let id = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
+    kiln.finished(&id).await;
+    pg.stop();
+    // The next write cannot be made durable: the server stops (fail-stop)
+    // rather than acknowledge what it could not keep.
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/v1/tasks/hello-world/trigger", kiln.url))
+        .bearer_auth(KEY)
+        .json(&json!({"payload": "{\"name\":\"lost\"}", "options": {"payloadType": "application/json"}}))
+        .send()
+        .await;
+    // Either an error status or no answer (the server stopped first).
+    if let Ok(answer) = answer {
+        assert!(
+            !answer.status().is_success(),
+            "a trigger with no database is not acknowledged"
+        );
+    }
+    let exited = kiln.exited_within(Duration::from_secs(30));
+    assert_eq!(
+        exited.and_then(|s| s.code()),
+        Some(74),
+        "kiln serve exits with EX_IOERR"
+    );
+}
