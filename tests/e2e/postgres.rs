@@ -194,7 +194,20 @@ async fn the_server_stops_when_its_database_goes_away() {
     kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
     let id = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
     kiln.finished(&id).await;
+    let ready = |kiln: &Kiln| {
+        let url = format!("{}/readyz", kiln.url);
+        async move {
+            reqwest::get(url)
+                .await
+                .expect("the server answers")
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(ready(&kiln).await, 200);
     pg.stop();
+    // A load balancer hears the server is not ready before anything fails.
+    assert_eq!(ready(&kiln).await, 503);
     // The next write cannot be made durable: the server stops (fail-stop)
     // rather than acknowledge what it could not keep.
     let answer = reqwest::Client::new()

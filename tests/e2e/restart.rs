@@ -14,6 +14,9 @@ async fn a_restart_keeps_bundles_and_finished_runs() {
     kiln.kill();
 
     let kiln = Kiln::start(dir.path());
+    // Ready once the store answers.
+    let (status, _) = kiln.request(reqwest::Method::GET, "/readyz", None).await;
+    assert_eq!(status, 200);
     let after = kiln.run(&id).await;
     assert_eq!(after["status"], "COMPLETED");
     assert_eq!(after["output"], json!({"message": "Hello, Ada!"}));

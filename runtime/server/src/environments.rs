@@ -157,6 +157,11 @@ impl Hub {
         &self.default
     }
 
+    /// The whole store, every environment's keyspace in it.
+    pub(crate) fn backend(&self) -> Arc<dyn Backend> {
+        self.backend.clone()
+    }
+
     /// The key the server was started with.
     pub(crate) fn admin_key(&self) -> &str {
         &self.admin_key

@@ -20,6 +20,7 @@ mod openapi;
 mod packets;
 mod projects;
 mod queues;
+mod ready;
 mod realtime;
 mod realtime_rows;
 mod realtime_streams;

@@ -146,6 +146,13 @@ fn build() -> Vec<Route> {
         }),
         route(
             "GET",
+            "/readyz",
+            Anyone,
+            "Readiness: the store answers a read (503 with the reason when it does not)",
+            || get(super::ready::serve),
+        ),
+        route(
+            "GET",
             "/metrics",
             Admin,
             "Runs, queues, attempts, snapshots, the store and HTTP requests, in Prometheus's text format",
