@@ -91,7 +91,8 @@ pub(crate) const SCHED_RUN: &[u8] = b"sched-run/";
 pub(crate) const PROJECT: &[u8] = b"project/";
 pub(crate) const API_KEY: &[u8] = b"apikey/";
 pub(crate) const ENV_VAR: &[u8] = b"envvar/";
-pub(crate) const SEAL_CHECK: &[u8] = b"seal-check";
+/// The key of the constant sealed with the master key (read by `/readyz`).
+pub const SEAL_CHECK: &[u8] = b"seal-check";
 pub(crate) const ENV_SECRET: &[u8] = b"env-secret/";
 pub(crate) const PENDING: &[u8] = b"pending/";
 pub(crate) const STREAM: &[u8] = b"stream/";

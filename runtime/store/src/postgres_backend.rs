@@ -32,8 +32,9 @@
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::sled_unapplied::{Entry, Unapplied, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::time::Duration;
 use tokio::sync::{oneshot, watch};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
@@ -47,6 +48,16 @@ const READERS: usize = 4;
 /// How many times a scan reads again, when a group was sent while it read,
 /// before it holds off the committer.
 const OPTIMISTIC_TRIES: usize = 3;
+
+/// A backend's lifecycle: [`OPENING`], then [`OPEN`], then [`CLOSING`].
+const OPENING: u8 = 0;
+/// See [`OPENING`].
+const OPEN: u8 = 1;
+/// See [`OPENING`].
+const CLOSING: u8 = 2;
+
+/// How long connecting to the database may take, unless the URL says.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The advisory lock a server holds on its database for its life.
 const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
@@ -84,6 +95,9 @@ pub struct PostgresBackend {
     committer: Option<mpsc::Sender<Request>>,
     committing: Option<std::thread::JoinHandle<()>>,
     durable: watch::Receiver<Durable>,
+    /// Whether the backend is opening, open or closing: only an open
+    /// backend's lost connection stops the server.
+    lifecycle: Arc<AtomicU8>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -153,14 +167,28 @@ fn on<T: Send + 'static>(
     runtime: &tokio::runtime::Runtime,
     future: impl std::future::Future<Output = Result<T>> + Send + 'static,
 ) -> Result<T> {
-    wait(runtime.spawn(future)).map_err(backend_error)?
+    // Answered through a std channel: a tokio `JoinHandle` polled by
+    // another executor inside a tokio task can spin on that task's budget.
+    let (tx, rx) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    rx.recv()
+        .map_err(|_| StoreError::Backend("the PostgreSQL driver stopped".into()))?
 }
 
-/// Waits for `future`, from any thread (a tokio worker included): the
-/// driver's client futures only talk to their connection, which runs on
-/// the backend's own runtime.
+/// Waits for `future`, from any thread: the driver's client futures only
+/// talk to their connection, which runs on the backend's own runtime. On a
+/// worker of a multi-thread tokio runtime (the server's), the worker's
+/// other tasks move to another thread meanwhile, so a database that is slow
+/// to answer never holds up the server's other work (`/readyz` included).
 fn wait<F: std::future::Future>(future: F) -> F::Output {
-    futures_executor::block_on(future)
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(|| futures_executor::block_on(future))
+        }
+        _ => futures_executor::block_on(future),
+    }
 }
 
 impl PostgresBackend {
@@ -169,9 +197,31 @@ impl PostgresBackend {
     /// the migrations it lacks, takes its owner lock and starts the
     /// committer.
     pub fn open(url: &str) -> Result<Self> {
-        let config: tokio_postgres::Config = url
+        // The URL may hold a password: the error names the problem only.
+        let mut config: tokio_postgres::Config = url
             .parse()
-            .map_err(|e| StoreError::Backend(format!("the store URL `{url}`: {e}")))?;
+            .map_err(|e| StoreError::Backend(format!("the PostgreSQL store URL: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A peer that vanished (its machine or the network, not only its
+        // process) is noticed within about half a minute on both sides, so
+        // a commit cannot hang for the kernel's quarter of an hour and a
+        // dead server's lock does not outlive it by hours.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30))
+            .application_name("kiln");
+        let options = format!(
+            "{} -c synchronous_commit=on -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+             -c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+            config.get_options().unwrap_or_default()
+        );
+        config.options(options.trim());
+        let lifecycle = Arc::new(AtomicU8::new(OPENING));
         let runtime = Driver(Some(
             tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
@@ -183,15 +233,33 @@ impl PostgresBackend {
         let connect = |purpose: &'static str| -> Result<Client> {
             let config = config.clone();
             let handle = runtime.handle().clone();
+            let lifecycle = lifecycle.clone();
             on(&runtime, async move {
                 let (client, connection) = config
                     .connect(NoTls)
                     .await
                     .map_err(|e| pg_error("connecting", e))?;
                 handle.spawn(async move {
-                    if let Err(error) = connection.await {
-                        tracing::error!(%error, purpose, "a PostgreSQL connection of the store failed");
+                    let ended = connection.await;
+                    // While opening, a lost connection fails the open
+                    // itself; while closing, connections end on purpose.
+                    if lifecycle.load(Ordering::Acquire) != OPEN {
+                        return;
                     }
+                    // A connection lost while the server runs: the owner
+                    // lock went with the commits' connection, and a read
+                    // connection is not made again. Stop, as a failed
+                    // commit does; a restart reconnects.
+                    let why = match ended {
+                        Ok(()) => "closed by the database".to_string(),
+                        Err(error) => error.to_string(),
+                    };
+                    tracing::error!(
+                        error = %why,
+                        purpose,
+                        "a PostgreSQL connection of the store was lost; Kiln stops"
+                    );
+                    std::process::exit(74);
                 });
                 Ok(client)
             })
@@ -199,7 +267,6 @@ impl PostgresBackend {
         let owner = connect("commits")?;
         let (owner, write) = on(&runtime, async move {
             let mut owner = owner;
-            migrate(&mut owner).await?;
             // A server that stopped a moment ago may still hold the lock
             // until PostgreSQL sees its connection close.
             let started = std::time::Instant::now();
@@ -221,6 +288,9 @@ impl PostgresBackend {
                 }
                 tokio::time::sleep(std::time::Duration::from_millis(20)).await;
             }
+            // Only the owner changes the schema: a server refused above
+            // never touched it.
+            migrate(&mut owner).await?;
             let write = owner
                 .prepare(
                     "WITH gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])) \
@@ -250,6 +320,7 @@ impl PostgresBackend {
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
+        lifecycle.store(OPEN, Ordering::Release);
         Ok(PostgresBackend {
             _driver: runtime,
             readers,
@@ -258,6 +329,7 @@ impl PostgresBackend {
             committer: Some(tx),
             committing: Some(committing),
             durable,
+            lifecycle,
         })
     }
 
@@ -419,6 +491,7 @@ impl Drop for PostgresBackend {
     /// Writes what is still unwritten and waits for the committer, then
     /// closes the connections (and so lets go of the owner lock).
     fn drop(&mut self) {
+        self.lifecycle.store(CLOSING, Ordering::Release);
         lock(&self.writer.unapplied).commit_deferred();
         if let Some(committer) = &self.committer {
             let (ack, _) = oneshot::channel();
@@ -461,6 +534,67 @@ struct Committer {
     write: Statement,
     writer: Arc<Writer>,
     durable: watch::Sender<Durable>,
+}
+
+/// How many bytes of keys and values one statement of a group carries at
+/// most: PostgreSQL takes at most 1 GiB in one message, so a larger group
+/// is written as several statements in one transaction.
+const STATEMENT_BYTES: usize = 64 << 20;
+
+/// One statement's share of a group: keys and values to put, keys to
+/// delete.
+#[derive(Default)]
+struct Part<'a> {
+    keys: Vec<&'a [u8]>,
+    values: Vec<&'a [u8]>,
+    deleted: Vec<&'a [u8]>,
+    bytes: usize,
+}
+
+/// Splits a group's writes into statements of at most [`STATEMENT_BYTES`]
+/// (a single larger value is a statement of its own).
+fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
+    let mut parts = vec![Part::default()];
+    for (key, value) in writes {
+        let size = key.len() + value.as_ref().map_or(0, |v| v.len());
+        if let Some(last) = parts.last()
+            && last.bytes > 0
+            && last.bytes + size > STATEMENT_BYTES
+        {
+            parts.push(Part::default());
+        }
+        let Some(part) = parts.last_mut() else {
+            continue;
+        };
+        part.bytes += size;
+        match value {
+            Some(value) => {
+                part.keys.push(key.as_slice());
+                part.values.push(value.as_slice());
+            }
+            None => part.deleted.push(key.as_slice()),
+        }
+    }
+    parts
+}
+
+/// Writes a group as one transaction: one statement, or several between
+/// `BEGIN` and `COMMIT`. Returns once PostgreSQL has committed it.
+fn write_group(
+    client: &Client,
+    write: &Statement,
+    parts: &[Part<'_>],
+) -> std::result::Result<(), tokio_postgres::Error> {
+    let statement =
+        |part: &Part<'_>| wait(client.execute(write, &[&part.keys, &part.values, &part.deleted]));
+    if let [only] = parts {
+        return statement(only).map(drop);
+    }
+    wait(client.batch_execute("BEGIN"))?;
+    for part in parts {
+        statement(part)?;
+    }
+    wait(client.batch_execute("COMMIT"))
 }
 
 /// Stops the server after a group failed to commit: whether it did cannot
@@ -525,23 +659,14 @@ impl Committer {
             let (writes, covered) = lock(&writer.unapplied).take();
             if !writes.is_empty() {
                 let started = std::time::Instant::now();
-                let (mut keys, mut values, mut deleted) = (Vec::new(), Vec::new(), Vec::new());
-                for (key, value) in &writes {
-                    match value {
-                        Some(value) => {
-                            keys.push(key.as_slice());
-                            values.push(value.as_slice());
-                        }
-                        None => deleted.push(key.as_slice()),
-                    }
-                }
+                let parts = statements(&writes);
                 let written = {
                     let _writing = writer
                         .writing
                         .write()
                         .unwrap_or_else(|poisoned| poisoned.into_inner());
                     writer.sent.store(covered, Ordering::Release);
-                    let written = wait(client.execute(&write, &[&keys, &values, &deleted]));
+                    let written = write_group(&client, &write, &parts);
                     if written.is_ok() {
                         lock(&writer.unapplied).applied(covered);
                     }
@@ -666,5 +791,38 @@ impl Backend for PostgresBackend {
                 Err(error) => Err(error.clone()),
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(key: &str, len: Option<usize>) -> crate::sled_unapplied::ToApply {
+        (key.as_bytes().to_vec(), len.map(|n| Arc::new(vec![7; n])))
+    }
+
+    #[test]
+    fn a_large_group_is_split_into_statements_of_bounded_size() {
+        let small = [write("a", Some(10)), write("b", None), write("c", Some(5))];
+        let parts = statements(&small);
+        assert_eq!(parts.len(), 1);
+        assert_eq!((parts[0].keys.len(), parts[0].deleted.len()), (2, 1));
+
+        let half = STATEMENT_BYTES / 2;
+        let large = [
+            write("a", Some(half)),
+            write("b", Some(half)),
+            // Over the bound alone: a statement of its own.
+            write("c", Some(STATEMENT_BYTES + 1)),
+            write("d", None),
+        ];
+        let parts = statements(&large);
+        let shape: Vec<(usize, usize)> = parts
+            .iter()
+            .map(|p| (p.keys.len(), p.deleted.len()))
+            .collect();
+        assert_eq!(shape, [(1, 0), (1, 0), (1, 0), (0, 1)]);
+        assert!(parts.iter().all(|p| p.bytes > 0));
     }
 }

@@ -137,10 +137,10 @@ fn drive(
     })
 }
 
-/// The `runs` bench group.
 /// The CPU time (ms) of PostgreSQL's processes under the postmaster whose
 /// data directory is `data`: the postmaster and its children (the store's
-/// connections, the WAL writer, the checkpointer).
+/// connections, the WAL writer, the checkpointer). Children that exited
+/// (autovacuum workers) are not counted, so it is a little low.
 pub fn postgres_cpu_ms(data: &std::path::Path) -> u64 {
     let Some(pid) = std::fs::read_to_string(data.join("postmaster.pid"))
         .ok()
@@ -170,7 +170,8 @@ pub fn postgres_cpu_ms(data: &std::path::Path) -> u64 {
     total
 }
 
-/// The runs of each shape against a server with its store in sled, or in
+/// The `runs` and `postgres` bench groups: the runs of each shape against
+/// a server with its store in sled, or in
 /// the PostgreSQL server at `postgres` (a database made for each shape).
 pub async fn runs_bench(postgres: Option<&str>) {
     let shapes = [

@@ -10,21 +10,22 @@ use std::time::Duration;
 /// not ready.
 const STORE_ANSWERS_WITHIN: Duration = Duration::from_secs(2);
 
-/// `GET /readyz`: `ready` once the store answers a read, 503 with the
-/// reason when it does not (a PostgreSQL store that cannot be reached).
-/// `/healthz` only says the process answers.
+/// `GET /readyz`: `ready` once the store answers a read, 503 when it does
+/// not (a PostgreSQL store that cannot be reached); the reason goes to the
+/// server's log, not to this unauthenticated route. `/healthz` only says
+/// the process answers.
 pub(super) async fn serve(State(hub): State<Arc<Hub>>) -> Result<&'static str, ApiError> {
     let backend = hub.backend();
-    let read = tokio::task::spawn_blocking(move || backend.get(b"seal-check"));
-    match tokio::time::timeout(STORE_ANSWERS_WITHIN, read).await {
-        Ok(Ok(Ok(_))) => Ok("ready"),
-        Ok(Ok(Err(error))) => Err(ApiError::unavailable(format!(
-            "the store cannot be read: {error}"
-        ))),
-        Ok(Err(_)) => Err(ApiError::unavailable("the store read failed")),
-        Err(_) => Err(ApiError::unavailable(format!(
+    let read = tokio::task::spawn_blocking(move || backend.get(kiln_store::layout::SEAL_CHECK));
+    let why = match tokio::time::timeout(STORE_ANSWERS_WITHIN, read).await {
+        Ok(Ok(Ok(_))) => return Ok("ready"),
+        Ok(Ok(Err(error))) => error.to_string(),
+        Ok(Err(error)) => error.to_string(),
+        Err(_) => format!(
             "the store did not answer within {} s",
             STORE_ANSWERS_WITHIN.as_secs()
-        ))),
-    }
+        ),
+    };
+    tracing::warn!(%why, "not ready: the store cannot be read");
+    Err(ApiError::unavailable("not ready: the store cannot be read"))
 }
