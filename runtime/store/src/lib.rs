@@ -21,6 +21,7 @@ pub mod blobs;
 pub mod children;
 mod debounce;
 pub mod envvars;
+mod group_commit;
 pub mod layout;
 mod memory;
 mod pending;

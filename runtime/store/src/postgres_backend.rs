@@ -30,17 +30,17 @@
 //! Schema changes are versioned migrations, applied at start.
 
 use crate::backend::{Backend, Commit, Op, Order};
-use crate::sled_unapplied::{Entry, Unapplied, merge, merge_rev, prefix_end};
+use crate::group_commit::{
+    Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
+};
+use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
-use std::sync::atomic::{AtomicU8, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, mpsc};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls, Statement};
-
-/// How many commits one group takes at most.
-const MAX_GROUP: usize = 4_096;
 
 /// How many connections serve reads (each pipelines its queries).
 const READERS: usize = 4;
@@ -71,30 +71,15 @@ const MIGRATIONS: &[(i32, &str)] = &[(
     "CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL)",
 )];
 
-/// What the committer is asked to do.
-enum Request {
-    /// Write every commit made so far, durably, then acknowledge.
-    Ack(oneshot::Sender<Result<()>>),
-    /// Writes were deferred: write them within `DEFER_AT_MOST`
-    /// unless a commit takes them first.
-    Deferred,
-}
-
-/// How far commits have become durable: the number of the last commit the
-/// latest group covered, or why writing failed.
-type Durable = std::result::Result<u64, StoreError>;
-
 /// Kiln's store in a PostgreSQL database, with group-committed writes.
 pub struct PostgresBackend {
     /// Drives the connections.
     _driver: Driver,
     readers: Vec<Reader>,
     next_reader: AtomicUsize,
-    writer: Arc<Writer>,
-    /// The committer's requests; `None` only while the backend is dropped.
-    committer: Option<mpsc::Sender<Request>>,
+    /// Commits not yet written, and the committer's requests.
+    front: Front,
     committing: Option<std::thread::JoinHandle<()>>,
-    durable: watch::Receiver<Durable>,
     /// Whether the backend is opening, open or closing: only an open
     /// backend's lost connection stops the server.
     lifecycle: Arc<AtomicU8>,
@@ -114,23 +99,6 @@ struct Reader {
     range_down: Statement,
     from_up: Statement,
     from_down: Statement,
-}
-
-/// What the backend and its committer share.
-#[derive(Default)]
-struct Writer {
-    unapplied: Mutex<Unapplied>,
-    /// Signalled when a group was written, for writers waiting while too
-    /// much is unwritten.
-    room: std::sync::Condvar,
-    /// The number of the last commit of the latest group sent to the
-    /// database: a scan that took what was unwritten when fewer commits had
-    /// been made may have seen part of that group.
-    sent: AtomicU64,
-    /// Held to write by the committer while a group commits and is
-    /// forgotten from `unapplied`; held to read by a scan that gave up on
-    /// reading optimistically.
-    writing: RwLock<()>,
 }
 
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
@@ -153,12 +121,6 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> StoreError {
             text
         });
     StoreError::Backend(format!("PostgreSQL: {what}: {detail}"))
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 /// Runs `future` on the backend's runtime and waits for it, from any
@@ -309,11 +271,11 @@ impl PostgresBackend {
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
-        let writer = Arc::new(Writer::default());
+        let pending = Arc::new(Pending::default());
         let committer = Committer {
             client: owner,
             write,
-            writer: writer.clone(),
+            pending: pending.clone(),
             durable: durable_tx,
         };
         let committing = std::thread::Builder::new()
@@ -325,10 +287,8 @@ impl PostgresBackend {
             _driver: runtime,
             readers,
             next_reader: AtomicUsize::new(0),
-            writer,
-            committer: Some(tx),
+            front: Front::new(pending, tx, durable),
             committing: Some(committing),
-            durable,
             lifecycle,
         })
     }
@@ -349,20 +309,16 @@ impl PostgresBackend {
         order: Order,
     ) -> Result<Vec<Entry>> {
         for attempt in 0.. {
-            let _holding = (attempt >= OPTIMISTIC_TRIES).then(|| {
-                self.writer
-                    .writing
-                    .read()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner())
-            });
+            let pending = &self.front.pending;
+            let _holding = (attempt >= OPTIMISTIC_TRIES).then(|| pending.reading());
             let (unwritten, made) = {
-                let unapplied = lock(&self.writer.unapplied);
+                let unapplied = lock(&pending.unapplied);
                 (unapplied.range(start, end), unapplied.made())
             };
             // Each unwritten key can hide at most one of the table's rows.
             let fetch = limit.saturating_add(unwritten.len());
             let rows = self.reader().rows(start, end, fetch, order)?;
-            if _holding.is_none() && self.writer.sent.load(Ordering::Acquire) > made {
+            if _holding.is_none() && pending.sent.load(Ordering::Acquire) > made {
                 continue;
             }
             let rows = rows.into_iter().map(Ok);
@@ -492,12 +448,7 @@ impl Drop for PostgresBackend {
     /// closes the connections (and so lets go of the owner lock).
     fn drop(&mut self) {
         self.lifecycle.store(CLOSING, Ordering::Release);
-        lock(&self.writer.unapplied).commit_deferred();
-        if let Some(committer) = &self.committer {
-            let (ack, _) = oneshot::channel();
-            let _ = committer.send(Request::Ack(ack));
-        }
-        drop(self.committer.take());
+        self.front.close();
         if let Some(committing) = self.committing.take()
             && committing.join().is_err()
         {
@@ -532,7 +483,7 @@ impl Drop for Driver {
 struct Committer {
     client: Client,
     write: Statement,
-    writer: Arc<Writer>,
+    pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
 }
 
@@ -597,85 +548,36 @@ fn write_group(
     wait(client.batch_execute("COMMIT"))
 }
 
-/// Stops the server after a group failed to commit: whether it did cannot
-/// be told, and nothing later can be acknowledged truthfully. Restarting
-/// recovers from what the database holds.
-fn fail_stop(
-    error: &StoreError,
-    group: Vec<oneshot::Sender<Result<()>>>,
-    durable: &watch::Sender<Durable>,
-) -> ! {
-    let _ = durable.send_replace(Err(error.clone()));
-    for ack in group {
-        let _ = ack.send(Err(error.clone()));
-    }
-    tracing::error!(%error, "a group commit failed to reach PostgreSQL; Kiln stops");
-    std::process::exit(74);
-}
-
 impl Committer {
     fn run(self, requests: mpsc::Receiver<Request>) {
         let Committer {
             client,
             write,
-            writer,
+            pending,
             durable,
         } = self;
-        let defer_at_most = crate::sled_backend::DEFER_AT_MOST;
-        let mut deferred_until: Option<std::time::Instant> = None;
-        loop {
-            let first = match deferred_until {
-                None => requests.recv().map_err(|_| true),
-                Some(at) => requests
-                    .recv_timeout(at.saturating_duration_since(std::time::Instant::now()))
-                    .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
-            };
-            let mut group = Vec::new();
-            match first {
-                Ok(Request::Ack(ack)) => group.push(ack),
-                Ok(Request::Deferred) => {
-                    deferred_until.get_or_insert(std::time::Instant::now() + defer_at_most);
-                    continue;
-                }
-                Err(false) => {
-                    deferred_until = None;
-                    if !lock(&writer.unapplied).commit_deferred() {
-                        continue;
-                    }
-                }
-                Err(true) => break,
-            }
-            while group.len() < MAX_GROUP {
-                match requests.try_recv() {
-                    Ok(Request::Ack(more)) => group.push(more),
-                    Ok(Request::Deferred) => {
-                        deferred_until.get_or_insert(std::time::Instant::now() + defer_at_most);
-                    }
-                    Err(_) => break,
-                }
-            }
+        let mut gatherer = Gatherer::new(requests);
+        // While a group commits, the next gathers.
+        while let Some(group) = gatherer.next(&pending, || true) {
             // Every commit whose acknowledgement is in the group was made
             // before this, so the group covers it.
-            let (writes, covered) = lock(&writer.unapplied).take();
+            let (writes, covered) = lock(&pending.unapplied).take();
             if !writes.is_empty() {
                 let started = std::time::Instant::now();
                 let parts = statements(&writes);
                 let written = {
-                    let _writing = writer
-                        .writing
-                        .write()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
-                    writer.sent.store(covered, Ordering::Release);
+                    let _moving = pending.moving();
+                    pending.sent.store(covered, Ordering::Release);
                     let written = write_group(&client, &write, &parts);
                     if written.is_ok() {
-                        lock(&writer.unapplied).applied(covered);
+                        pending.applied(covered);
                     }
                     written
                 };
                 if let Err(error) = written {
-                    fail_stop(&pg_error("committing a group", error), group, &durable);
+                    let error = pg_error("committing a group", error);
+                    fail_stop(&error, group, &durable, "PostgreSQL");
                 }
-                writer.room.notify_all();
                 let metrics = crate::stats::metrics();
                 metrics
                     .sync_seconds
@@ -683,14 +585,7 @@ impl Committer {
                 metrics.syncs.inc();
                 metrics.group_commits.observe(group.len() as f64);
             }
-            durable.send_modify(|d| {
-                if let Ok(n) = d {
-                    *n = (*n).max(covered);
-                }
-            });
-            for ack in group {
-                let _ = ack.send(Ok(()));
-            }
+            acknowledge(&durable, covered, group);
         }
         // The next server on the database need not wait for PostgreSQL to
         // notice this connection close.
@@ -702,7 +597,7 @@ impl Backend for PostgresBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         // A key no unwritten commit wrote holds in the table what the last
         // commit that wrote it left (or something newer, written since).
-        if let Some(written) = lock(&self.writer.unapplied).get(key) {
+        if let Some(written) = lock(&self.front.pending.unapplied).get(key) {
             return Ok(written);
         }
         let reader = self.reader();
@@ -740,57 +635,15 @@ impl Backend for PostgresBackend {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
-        {
-            let mut unapplied = lock(&self.writer.unapplied);
-            // A writer faster than the database waits here for the
-            // committer, whose queue holds an acknowledgement of every
-            // unwritten commit, so it always has work that frees room.
-            while unapplied.full() {
-                unapplied = self
-                    .writer
-                    .room
-                    .wait(unapplied)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            unapplied.commit(ops);
-        }
-        let (ack, done) = oneshot::channel();
-        let sent = match &self.committer {
-            Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
-            None => Err(()),
-        };
-        let made = std::time::Instant::now();
-        Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
-            let result = done.await.map_err(|_| StoreError::Closed)?;
-            crate::stats::metrics()
-                .commit_seconds
-                .observe(made.elapsed().as_secs_f64());
-            result
-        })
+        self.front.commit(ops)
     }
 
     fn defer(&self, ops: Vec<Op>) {
-        if lock(&self.writer.unapplied).defer(ops)
-            && let Some(committer) = &self.committer
-        {
-            let _ = committer.send(Request::Deferred);
-        }
+        self.front.defer(ops);
     }
 
     fn settled(&self) -> Commit {
-        let seen = lock(&self.writer.unapplied).made();
-        let mut durable = self.durable.clone();
-        Box::pin(async move {
-            let reached = durable
-                .wait_for(|d| d.as_ref().map_or(true, |n| *n >= seen))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            match &*reached {
-                Ok(_) => Ok(()),
-                Err(error) => Err(error.clone()),
-            }
-        })
+        self.front.settled()
     }
 }
 

@@ -25,39 +25,22 @@
 //!   entries) may be deferred ([`Backend::defer`]): they join the next
 //!   commit, ahead of its own writes, so they keep their place in the order
 //!   of commits. The committer commits what is still deferred after
-//!   [`DEFER_AT_MOST`]; [`Backend::settled`] does not wait for it (no reader
+//!   [`crate::group_commit::DEFER_AT_MOST`]; [`Backend::settled`] does not wait for it (no reader
 //!   has seen it).
 //! - a flush or an apply that fails stops the server (fail-stop): nothing
 //!   written after it could be acknowledged truthfully, since what the
 //!   failed flush covered may be lost and later flushes cannot tell.
 
 use crate::backend::{Backend, Commit, Op, Order};
+use crate::group_commit::{
+    Ack, Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
+};
 use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, resolve, segment_size};
-use crate::sled_unapplied::{Entry, Unapplied, merge, merge_rev, prefix_end};
+use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
 use std::path::Path;
-use std::sync::{Arc, Mutex, RwLock, mpsc};
-use tokio::sync::{oneshot, watch};
-
-/// How many commits one group takes at most.
-const MAX_GROUP: usize = 4_096;
-
-/// What the committer is asked to do.
-enum Request {
-    /// Apply every commit made so far, make it durable, then acknowledge.
-    Ack(oneshot::Sender<Result<()>>),
-    /// Writes were deferred: apply them within [`DEFER_AT_MOST`] unless a
-    /// commit takes them first.
-    Deferred,
-}
-
-/// How long deferred writes wait for a commit to join before the committer
-/// applies them on their own.
-pub const DEFER_AT_MOST: std::time::Duration = std::time::Duration::from_millis(2);
-
-/// How far commits have become durable: the number of the last commit the
-/// latest flush covered, or why flushing failed.
-type Durable = std::result::Result<u64, StoreError>;
+use std::sync::{Arc, mpsc};
+use tokio::sync::watch;
 
 /// A sled database in a directory, with group-committed durable writes.
 pub struct SledBackend {
@@ -67,13 +50,10 @@ pub struct SledBackend {
     /// Kiln's lock on the directory (sled's own lock is inside it, and the
     /// directory is renamed when it is compacted).
     _lock: crate::sled_compact::DirLock,
-    /// Commits not yet applied to the tree.
-    writer: Arc<Writer>,
-    /// The committer's requests; `None` only while the backend is dropped.
-    committer: Option<mpsc::Sender<Request>>,
+    /// Commits not yet applied to the tree, and the committer's requests.
+    front: Front,
     /// The committer thread, joined when the backend is dropped.
     committing: Option<std::thread::JoinHandle<()>>,
-    durable: watch::Receiver<Durable>,
 }
 
 impl std::fmt::Debug for SledBackend {
@@ -137,12 +117,12 @@ impl SledBackend {
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
         let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
-        let writer = Arc::new(Writer::default());
+        let pending = Arc::new(Pending::default());
         let committer = Committer {
             db: db.clone(),
             data_file,
             chunker,
-            writer: writer.clone(),
+            pending: pending.clone(),
             durable: durable_tx,
         };
         let committing = std::thread::Builder::new()
@@ -152,11 +132,9 @@ impl SledBackend {
         let backend = SledBackend {
             _lock: lock,
             dir: dir.to_path_buf(),
-            writer,
+            front: Front::new(pending, tx, durable),
             tree: db,
-            committer: Some(tx),
             committing: Some(committing),
-            durable,
         };
         Ok((backend, compacted))
     }
@@ -206,38 +184,13 @@ impl Drop for SledBackend {
     /// directory next does not find it still held).
     fn drop(&mut self) {
         // Deferred writes go with the last group.
-        lock(&self.writer.unapplied).commit_deferred();
-        if let Some(committer) = &self.committer {
-            let (ack, _) = oneshot::channel();
-            let _ = committer.send(Request::Ack(ack));
-        }
-        drop(self.committer.take());
+        self.front.close();
         if let Some(committing) = self.committing.take()
             && committing.join().is_err()
         {
             tracing::error!("the store's committer thread panicked");
         }
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// What the backend and its committer share.
-#[derive(Default)]
-struct Writer {
-    /// Commits made and not yet applied to the tree.
-    unapplied: Mutex<Unapplied>,
-    /// Signalled when the committer has applied a group, for writers
-    /// waiting while too much is unapplied.
-    room: std::sync::Condvar,
-    /// Held to write while the committer applies a group and forgets it
-    /// from `unapplied`, and to read while a scan reads both, so a scan
-    /// sees every commit made before it once (not a group half moved).
-    applying: RwLock<()>,
 }
 
 /// The thread that applies commits to the tree, a group at a time, and
@@ -250,13 +203,13 @@ struct Committer {
     data_file: std::fs::File,
     /// Splits large values; only the committer writes the tree.
     chunker: Chunker,
-    writer: Arc<Writer>,
+    pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
 }
 
 /// Acknowledgements of applied commits, and the number of the last commit
 /// applied with them.
-type Applied = (u64, Vec<oneshot::Sender<Result<()>>>);
+type Applied = (u64, Vec<Ack>);
 
 /// Makes applied groups durable: flushes sled once and `fdatasync`s its
 /// data file for each group, then acknowledges. Tells the committer through
@@ -289,33 +242,10 @@ fn sync(
         metrics.syncs.inc();
         metrics.group_commits.observe(group.len() as f64);
         if let Err(error) = &result {
-            fail_stop(error, group, &durable);
+            fail_stop(error, group, &durable, "the disk");
         }
-        durable.send_modify(|d| {
-            if let Ok(n) = d {
-                *n = (*n).max(covered);
-            }
-        });
-        for ack in group {
-            let _ = ack.send(Ok(()));
-        }
+        acknowledge(&durable, covered, group);
     }
-}
-
-/// Stops the server after a write to the store failed: what the failed
-/// write covered may be lost, and nothing later can be acknowledged
-/// truthfully. Restarting recovers from what is on disk.
-fn fail_stop(
-    error: &StoreError,
-    group: Vec<oneshot::Sender<Result<()>>>,
-    durable: &watch::Sender<Durable>,
-) -> ! {
-    let _ = durable.send_replace(Err(error.clone()));
-    for ack in group {
-        let _ = ack.send(Err(error.clone()));
-    }
-    tracing::error!(%error, "a group commit failed to reach the disk; Kiln stops");
-    std::process::exit(74);
 }
 
 impl Committer {
@@ -324,7 +254,7 @@ impl Committer {
             db,
             data_file,
             mut chunker,
-            writer,
+            pending,
             durable,
         } = self;
         let durable = Arc::new(durable);
@@ -340,62 +270,24 @@ impl Committer {
         };
         let syncing = match syncing {
             Ok(syncing) => syncing,
-            Err(error) => fail_stop(&backend_error(error), Vec::new(), &durable),
+            Err(error) => fail_stop(&backend_error(error), Vec::new(), &durable, "the disk"),
         };
-        // When deferred writes are to be committed, if no commit took them.
-        let mut deferred_until: Option<std::time::Instant> = None;
-        loop {
-            let first = match deferred_until {
-                None => requests.recv().map_err(|_| true),
-                Some(at) => requests
-                    .recv_timeout(at.saturating_duration_since(std::time::Instant::now()))
-                    .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
-            };
-            let mut group = Vec::new();
-            match first {
-                Ok(Request::Ack(ack)) => group.push(ack),
-                Ok(Request::Deferred) => {
-                    deferred_until.get_or_insert(std::time::Instant::now() + DEFER_AT_MOST);
-                    continue;
-                }
-                Err(false) => {
-                    // Nothing joined the deferred writes in time.
-                    deferred_until = None;
-                    if !lock(&writer.unapplied).commit_deferred() {
-                        continue;
-                    }
-                }
-                Err(true) => break,
-            }
-            if ready.recv().is_err() {
-                // The syncer is gone; so is every acknowledgement it held.
-                break;
-            }
-            while group.len() < MAX_GROUP {
-                match requests.try_recv() {
-                    Ok(Request::Ack(more)) => group.push(more),
-                    Ok(Request::Deferred) => {
-                        deferred_until.get_or_insert(std::time::Instant::now() + DEFER_AT_MOST);
-                    }
-                    Err(_) => break,
-                }
-            }
+        let mut gatherer = Gatherer::new(requests);
+        // A group waits for the syncer to be idle before it is gathered; if
+        // the syncer is gone, so is every acknowledgement it held.
+        while let Some(group) = gatherer.next(&pending, || ready.recv().is_ok()) {
             // Every commit whose acknowledgement is in the group was made
             // before this, so the group's batch and flush cover it.
-            let (writes, covered) = lock(&writer.unapplied).take();
+            let (writes, covered) = lock(&pending.unapplied).take();
             if !writes.is_empty() {
                 let applied = chunker.batch(&db, writes).and_then(|batch| {
-                    let _applying = writer
-                        .applying
-                        .write()
-                        .unwrap_or_else(|poisoned| poisoned.into_inner());
+                    let _moving = pending.moving();
                     db.apply_batch(batch).map_err(backend_error)?;
-                    lock(&writer.unapplied).applied(covered);
-                    writer.room.notify_all();
+                    pending.applied(covered);
                     Ok(())
                 });
                 if let Err(error) = applied {
-                    fail_stop(&error, group, &durable);
+                    fail_stop(&error, group, &durable, "the disk");
                 }
             }
             if to_sync.send((covered, group)).is_err() {
@@ -410,21 +302,11 @@ impl Committer {
     }
 }
 
-impl SledBackend {
-    /// Holds off the committer's next apply while a scan reads.
-    fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
-        self.writer
-            .applying
-            .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-}
-
 impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         // A key no unapplied commit wrote holds in the tree what the last
         // commit that wrote it left (or something newer, applied since).
-        if let Some(written) = lock(&self.writer.unapplied).get(key) {
+        if let Some(written) = lock(&self.front.pending.unapplied).get(key) {
             return Ok(written);
         }
         match self.tree.get(key).map_err(backend_error)? {
@@ -434,9 +316,9 @@ impl Backend for SledBackend {
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-        let _reading = self.reading();
+        let _reading = self.front.pending.reading();
         let end = prefix_end(prefix);
-        let unapplied = lock(&self.writer.unapplied).range(prefix, end.as_deref());
+        let unapplied = lock(&self.front.pending.unapplied).range(prefix, end.as_deref());
         let tree = self
             .tree
             .scan_prefix(prefix)
@@ -454,8 +336,8 @@ impl Backend for SledBackend {
         if start >= end {
             return Ok(Vec::new());
         }
-        let _reading = self.reading();
-        let unapplied = lock(&self.writer.unapplied).range(start, Some(end));
+        let _reading = self.front.pending.reading();
+        let unapplied = lock(&self.front.pending.unapplied).range(start, Some(end));
         let entries = self.tree.range(start..end);
         let resolved = |entry| self.entry(entry).transpose();
         match order {
@@ -469,9 +351,9 @@ impl Backend for SledBackend {
     }
 
     fn last_with_prefix(&self, prefix: &[u8]) -> Result<Option<(Vec<u8>, Vec<u8>)>> {
-        let _reading = self.reading();
+        let _reading = self.front.pending.reading();
         let end = prefix_end(prefix);
-        let unapplied = lock(&self.writer.unapplied).range(prefix, end.as_deref());
+        let unapplied = lock(&self.front.pending.unapplied).range(prefix, end.as_deref());
         let written = |k: &[u8]| {
             unapplied
                 .binary_search_by(|(u, _)| u.as_slice().cmp(k))
@@ -500,34 +382,7 @@ impl Backend for SledBackend {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
-        {
-            let mut unapplied = lock(&self.writer.unapplied);
-            // A writer faster than the disk waits here for the committer,
-            // whose queue holds an acknowledgement of every unapplied
-            // commit, so it always has work that frees room.
-            while unapplied.full() {
-                unapplied = self
-                    .writer
-                    .room
-                    .wait(unapplied)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            unapplied.commit(ops);
-        }
-        let (ack, done) = oneshot::channel();
-        let sent = match &self.committer {
-            Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
-            None => Err(()),
-        };
-        let made = std::time::Instant::now();
-        Box::pin(async move {
-            sent.map_err(|_| StoreError::Closed)?;
-            let result = done.await.map_err(|_| StoreError::Closed)?;
-            crate::stats::metrics()
-                .commit_seconds
-                .observe(made.elapsed().as_secs_f64());
-            result
-        })
+        self.front.commit(ops)
     }
 
     fn suggest_compaction(&self, min_len: u64, deleted: usize) -> Result<Option<bool>> {
@@ -546,25 +401,10 @@ impl Backend for SledBackend {
     }
 
     fn defer(&self, ops: Vec<Op>) {
-        if lock(&self.writer.unapplied).defer(ops)
-            && let Some(committer) = &self.committer
-        {
-            let _ = committer.send(Request::Deferred);
-        }
+        self.front.defer(ops);
     }
 
     fn settled(&self) -> Commit {
-        let seen = lock(&self.writer.unapplied).made();
-        let mut durable = self.durable.clone();
-        Box::pin(async move {
-            let reached = durable
-                .wait_for(|d| d.as_ref().map_or(true, |n| *n >= seen))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            match &*reached {
-                Ok(_) => Ok(()),
-                Err(error) => Err(error.clone()),
-            }
-        })
+        self.front.settled()
     }
 }

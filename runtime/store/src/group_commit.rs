@@ -1,0 +1,281 @@
+//! The group commit both durable backends share: writers' commits are
+//! numbered and kept in memory ([`crate::sled_unapplied`]), visible to
+//! reads at once, and one committer thread gathers every commit made so
+//! far into a group, makes it durable (sled: a batch, a flush and an
+//! `fdatasync`; PostgreSQL: one transaction) and only then acknowledges
+//! its writers. This module holds the writers' side ([`Front`]), the
+//! committer's gathering of a group ([`Gatherer`]) and what is done once a
+//! group is durable or failed; each backend holds how a group is written.
+
+use crate::sled_unapplied::Unapplied;
+use crate::{Commit, Op, Result, StoreError};
+use std::sync::atomic::AtomicU64;
+use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
+use std::time::{Duration, Instant};
+use tokio::sync::{oneshot, watch};
+
+/// How many commits one group takes at most.
+const MAX_GROUP: usize = 4_096;
+
+/// How long deferred writes wait for a commit to join before the committer
+/// writes them on their own.
+pub const DEFER_AT_MOST: Duration = Duration::from_millis(2);
+
+/// A writer waiting for its commit to be durable.
+pub(crate) type Ack = oneshot::Sender<Result<()>>;
+
+/// How far commits have become durable: the number of the last commit the
+/// latest durable group covered, or why making a group durable failed.
+pub(crate) type Durable = std::result::Result<u64, StoreError>;
+
+/// What the committer is asked to do.
+pub(crate) enum Request {
+    /// Make every commit made so far durable, then acknowledge.
+    Ack(Ack),
+    /// Writes were deferred: write them within [`DEFER_AT_MOST`] unless a
+    /// commit takes them first.
+    Deferred,
+}
+
+/// Locks `mutex`, through a poisoning (a panicked holder leaves the
+/// unapplied writes as consistent as any other moment does).
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// What the writers, the readers and the committer share.
+#[derive(Default)]
+pub(crate) struct Pending {
+    /// Commits made and not yet written where reads find them.
+    pub(crate) unapplied: Mutex<Unapplied>,
+    /// Signalled when the committer has written a group, for writers
+    /// waiting while too much is unapplied.
+    pub(crate) room: Condvar,
+    /// Held to write by the committer while it moves a group out of
+    /// `unapplied`; held to read by a scan that must not see a group half
+    /// moved.
+    pub(crate) moving: RwLock<()>,
+    /// The number of the last commit of the latest group the committer
+    /// began to move (used by the PostgreSQL backend's optimistic scans).
+    pub(crate) sent: AtomicU64,
+}
+
+impl Pending {
+    /// Holds off the committer's next move while a scan reads.
+    pub(crate) fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.moving
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Held by the committer while it moves a group.
+    pub(crate) fn moving(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.moving
+            .write()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Forgets the commits up to `covered` (they are written) and wakes
+    /// writers waiting for room.
+    pub(crate) fn applied(&self, covered: u64) {
+        lock(&self.unapplied).applied(covered);
+        self.room.notify_all();
+    }
+}
+
+/// The writers' side of a backend: makes commits, defers writes, waits
+/// for durability.
+pub(crate) struct Front {
+    pub(crate) pending: Arc<Pending>,
+    /// The committer's requests; `None` once closed.
+    committer: Option<mpsc::Sender<Request>>,
+    durable: watch::Receiver<Durable>,
+}
+
+impl Front {
+    /// A front end whose committer reads `committer`'s other end and
+    /// reports on `durable`.
+    pub(crate) fn new(
+        pending: Arc<Pending>,
+        committer: mpsc::Sender<Request>,
+        durable: watch::Receiver<Durable>,
+    ) -> Self {
+        Front {
+            pending,
+            committer: Some(committer),
+            durable,
+        }
+    }
+
+    /// [`crate::Backend::commit`].
+    pub(crate) fn commit(&self, ops: Vec<Op>) -> Commit {
+        {
+            let mut unapplied = lock(&self.pending.unapplied);
+            // A writer faster than the disk waits here for the committer,
+            // whose queue holds an acknowledgement of every unapplied
+            // commit, so it always has work that frees room.
+            while unapplied.full() {
+                unapplied = self
+                    .pending
+                    .room
+                    .wait(unapplied)
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+            }
+            unapplied.commit(ops);
+        }
+        let (ack, done) = oneshot::channel();
+        let sent = match &self.committer {
+            Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
+            None => Err(()),
+        };
+        let made = Instant::now();
+        Box::pin(async move {
+            sent.map_err(|_| StoreError::Closed)?;
+            let result = done.await.map_err(|_| StoreError::Closed)?;
+            crate::stats::metrics()
+                .commit_seconds
+                .observe(made.elapsed().as_secs_f64());
+            result
+        })
+    }
+
+    /// [`crate::Backend::defer`].
+    pub(crate) fn defer(&self, ops: Vec<Op>) {
+        if lock(&self.pending.unapplied).defer(ops)
+            && let Some(committer) = &self.committer
+        {
+            let _ = committer.send(Request::Deferred);
+        }
+    }
+
+    /// [`crate::Backend::settled`].
+    pub(crate) fn settled(&self) -> Commit {
+        let seen = lock(&self.pending.unapplied).made();
+        let mut durable = self.durable.clone();
+        Box::pin(async move {
+            let reached = durable
+                .wait_for(|d| d.as_ref().map_or(true, |n| *n >= seen))
+                .await
+                .map_err(|_| StoreError::Closed)?;
+            match &*reached {
+                Ok(_) => Ok(()),
+                Err(error) => Err(error.clone()),
+            }
+        })
+    }
+
+    /// Commits what is still deferred, asks for a last group and closes
+    /// the committer's channel, so the committer finishes the commits in
+    /// flight and exits; the backend then joins it.
+    pub(crate) fn close(&mut self) {
+        lock(&self.pending.unapplied).commit_deferred();
+        if let Some(committer) = &self.committer {
+            let (ack, _) = oneshot::channel();
+            let _ = committer.send(Request::Ack(ack));
+        }
+        drop(self.committer.take());
+    }
+}
+
+/// The committer's side of the requests: gathers groups.
+pub(crate) struct Gatherer {
+    requests: mpsc::Receiver<Request>,
+    /// When deferred writes are to be committed, if no commit took them.
+    deferred_until: Option<Instant>,
+}
+
+impl Gatherer {
+    /// Gathers from `requests`.
+    pub(crate) fn new(requests: mpsc::Receiver<Request>) -> Self {
+        Gatherer {
+            requests,
+            deferred_until: None,
+        }
+    }
+
+    /// Waits for the next group: the acknowledgements of every commit made
+    /// so far (at most [`MAX_GROUP`]), or a commit of writes deferred for
+    /// [`DEFER_AT_MOST`] with none. `ready` is called once a group has
+    /// begun, before the rest is gathered (the sled backend waits there for
+    /// its syncer); it answers false when the committer should stop.
+    /// `None` once the backend is closed.
+    pub(crate) fn next(
+        &mut self,
+        pending: &Pending,
+        mut ready: impl FnMut() -> bool,
+    ) -> Option<Vec<Ack>> {
+        loop {
+            let first = match self.deferred_until {
+                None => self.requests.recv().map_err(|_| true),
+                Some(at) => self
+                    .requests
+                    .recv_timeout(at.saturating_duration_since(Instant::now()))
+                    .map_err(|e| e == mpsc::RecvTimeoutError::Disconnected),
+            };
+            let mut group = Vec::new();
+            match first {
+                Ok(Request::Ack(ack)) => group.push(ack),
+                Ok(Request::Deferred) => {
+                    self.deferred();
+                    continue;
+                }
+                Err(false) => {
+                    // Nothing joined the deferred writes in time.
+                    self.deferred_until = None;
+                    if !lock(&pending.unapplied).commit_deferred() {
+                        continue;
+                    }
+                }
+                Err(true) => return None,
+            }
+            if !ready() {
+                return None;
+            }
+            while group.len() < MAX_GROUP {
+                match self.requests.try_recv() {
+                    Ok(Request::Ack(more)) => group.push(more),
+                    Ok(Request::Deferred) => self.deferred(),
+                    Err(_) => break,
+                }
+            }
+            return Some(group);
+        }
+    }
+
+    fn deferred(&mut self) {
+        self.deferred_until
+            .get_or_insert(Instant::now() + DEFER_AT_MOST);
+    }
+}
+
+/// Records that commits up to `covered` are durable and acknowledges the
+/// group's writers.
+pub(crate) fn acknowledge(durable: &watch::Sender<Durable>, covered: u64, group: Vec<Ack>) {
+    durable.send_modify(|d| {
+        if let Ok(n) = d {
+            *n = (*n).max(covered);
+        }
+    });
+    for ack in group {
+        let _ = ack.send(Ok(()));
+    }
+}
+
+/// Stops the server after a group failed to become durable: what the
+/// failure covered may be lost, and nothing later can be acknowledged
+/// truthfully. Restarting recovers from what is stored.
+pub(crate) fn fail_stop(
+    error: &StoreError,
+    group: Vec<Ack>,
+    durable: &watch::Sender<Durable>,
+    store: &str,
+) -> ! {
+    let _ = durable.send_replace(Err(error.clone()));
+    for ack in group {
+        let _ = ack.send(Err(error.clone()));
+    }
+    tracing::error!(%error, "a group commit failed to reach {store}; Kiln stops");
+    std::process::exit(74);
+}
