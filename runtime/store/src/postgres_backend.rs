@@ -49,12 +49,15 @@ const READERS: usize = 4;
 /// before it holds off the committer.
 const OPTIMISTIC_TRIES: usize = 3;
 
-/// A backend's lifecycle: [`OPENING`], then [`OPEN`], then [`CLOSING`].
+/// A backend's lifecycle: [`OPENING`], then [`OPEN`], then [`CLOSING`];
+/// or [`LOST`], when a connection ended while opening.
 const OPENING: u8 = 0;
 /// See [`OPENING`].
 const OPEN: u8 = 1;
 /// See [`OPENING`].
 const CLOSING: u8 = 2;
+/// See [`OPENING`].
+const LOST: u8 = 3;
 
 /// How long connecting to the database may take, unless the URL says.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -203,10 +206,18 @@ impl PostgresBackend {
                     .map_err(|e| pg_error("connecting", e))?;
                 handle.spawn(async move {
                     let ended = connection.await;
-                    // While opening, a lost connection fails the open
-                    // itself; while closing, connections end on purpose.
-                    if lifecycle.load(Ordering::Acquire) != OPEN {
-                        return;
+                    // While opening, a lost connection fails the open (it
+                    // checks before it is done); while closing, connections
+                    // end on purpose.
+                    match lifecycle.compare_exchange(
+                        OPENING,
+                        LOST,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => return,
+                        Err(OPEN) => {}
+                        Err(_) => return,
                     }
                     // A connection lost while the server runs: the owner
                     // lock went with the commits' connection, and a read
@@ -278,11 +289,20 @@ impl PostgresBackend {
             pending: pending.clone(),
             durable: durable_tx,
         };
+        // From here a lost connection stops the server; one lost before
+        // fails the open.
+        if lifecycle
+            .compare_exchange(OPENING, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return Err(StoreError::Backend(
+                "PostgreSQL: a connection was lost while the store opened".into(),
+            ));
+        }
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
-        lifecycle.store(OPEN, Ordering::Release);
         Ok(PostgresBackend {
             _driver: runtime,
             readers,
@@ -505,18 +525,13 @@ struct Part<'a> {
 /// Splits a group's writes into statements of at most [`STATEMENT_BYTES`]
 /// (a single larger value is a statement of its own).
 fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
-    let mut parts = vec![Part::default()];
+    let mut parts = Vec::new();
+    let mut part = Part::default();
     for (key, value) in writes {
         let size = key.len() + value.as_ref().map_or(0, |v| v.len());
-        if let Some(last) = parts.last()
-            && last.bytes > 0
-            && last.bytes + size > STATEMENT_BYTES
-        {
-            parts.push(Part::default());
+        if part.bytes > 0 && part.bytes + size > STATEMENT_BYTES {
+            parts.push(std::mem::take(&mut part));
         }
-        let Some(part) = parts.last_mut() else {
-            continue;
-        };
         part.bytes += size;
         match value {
             Some(value) => {
@@ -526,6 +541,7 @@ fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
             None => part.deleted.push(key.as_slice()),
         }
     }
+    parts.push(part);
     parts
 }
 
