@@ -70,16 +70,7 @@ impl Kiln {
         &mut self,
         deadline: std::time::Duration,
     ) -> Option<std::process::ExitStatus> {
-        let until = std::time::Instant::now() + deadline;
-        loop {
-            if let Some(status) = self.child.try_wait().expect("waiting for kiln serve") {
-                return Some(status);
-            }
-            if std::time::Instant::now() >= until {
-                return None;
-            }
-            std::thread::sleep(std::time::Duration::from_millis(20));
-        }
+        exited_within(&mut self.child, deadline)
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -302,6 +293,24 @@ impl Drop for Kiln {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// Waits up to `deadline` for `child` to exit, checking every 20 ms; its
+/// status, or `None` if it still runs.
+pub fn exited_within(
+    child: &mut Child,
+    deadline: std::time::Duration,
+) -> Option<std::process::ExitStatus> {
+    let until = std::time::Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("waiting for kiln serve") {
+            return Some(status);
+        }
+        if std::time::Instant::now() >= until {
+            return None;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
 }
 

@@ -2,7 +2,7 @@
 //! PostgreSQL database (a throwaway server started by `scripts/postgres`),
 //! through restarts and SIGKILLs.
 
-use crate::harness::{KEY, Kiln, data_dir, kiln_bin};
+use crate::harness::{KEY, Kiln, data_dir, exited_within, kiln_bin};
 use crate::pg_server::Postgres;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -29,18 +29,9 @@ fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("kiln serve starts");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Some(status) = child.try_wait().expect("waiting for kiln serve") {
-            assert!(!status.success(), "kiln serve {extra:?} should not start");
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "kiln serve {extra:?} did not exit"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = exited_within(&mut child, Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("kiln serve {extra:?} did not exit"));
+    assert!(!status.success(), "kiln serve {extra:?} should not start");
     let mut stderr = String::new();
     use std::io::Read;
     child
