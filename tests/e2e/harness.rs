@@ -36,6 +36,18 @@ impl Kiln {
         }
     }
 
+    /// Starts a server on `data_dir` with extra arguments and environment
+    /// variables.
+    pub fn start_with_env(data_dir: &Path, args: &[&str], envs: &[(&str, &str)]) -> Kiln {
+        let (child, url) =
+            kiln_fixtures::spawn_kiln_with_env(kiln_bin(), data_dir, KEY, args, envs);
+        Kiln {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
     /// Wraps a server started elsewhere (with its own key).
     pub fn adopt(child: Child, url: String) -> Kiln {
         Kiln {

@@ -18,7 +18,9 @@ async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
     config.secret_key = Some(KEY.into());
     let server = Server::open(config).await.expect("the server opens");
     let url = format!("http://{}", server.local_addr().expect("an address"));
-    let runs = server.local_runs();
+    let runs = server
+        .local_runs()
+        .expect("a server on sled runs tasks itself");
     let serving = tokio::spawn(server.serve());
 
     // Nothing is deployed yet.

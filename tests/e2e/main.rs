@@ -11,6 +11,7 @@ mod batches;
 mod budgets;
 mod child_keys;
 mod children;
+mod cluster;
 mod dashboard;
 mod delays;
 mod deploy;

@@ -56,11 +56,12 @@ async fn runs_complete_and_survive_a_restart_with_the_store_in_postgres() {
     // Nothing of the runs is in the data directory: sled never opened.
     assert!(!dir.path().join("store").exists());
 
-    // A second server on the same database is refused, with the reason.
+    // A second server on the same database joins it as a standby, but
+    // only with the leader's keys: this one made its own master key.
     let other = data_dir();
     let why = refused(other.path(), &["--store", &url]);
     assert!(
-        why.contains("another Kiln server is using this PostgreSQL database"),
+        why.contains("API key or master key differs from those of node"),
         "{why}"
     );
     kiln.kill();

@@ -17,7 +17,7 @@ async fn create(kiln: &Kiln, body: Value) -> (u16, Value) {
     .await
 }
 
-async fn create_ok(kiln: &Kiln, body: Value) -> Value {
+pub(crate) async fn create_ok(kiln: &Kiln, body: Value) -> Value {
     let (status, schedule) = create(kiln, body).await;
     assert_eq!(status, 200, "{schedule}");
     schedule
@@ -301,7 +301,7 @@ async fn declarative_schedules_follow_each_deploy() {
 }
 
 /// Every run a schedule fired, oldest first, with its payload.
-async fn fired_runs(kiln: &Kiln, schedule: &str) -> Vec<Value> {
+pub(crate) async fn fired_runs(kiln: &Kiln, schedule: &str) -> Vec<Value> {
     let mut ids = Vec::new();
     let mut path = format!("/api/v1/runs?filter%5Bschedule%5D={schedule}&page%5Bsize%5D=100");
     loop {
@@ -327,7 +327,7 @@ async fn fired_runs(kiln: &Kiln, schedule: &str) -> Vec<Value> {
     runs
 }
 
-async fn wait_for_runs(kiln: &Kiln, schedule: &str, at_least: usize) -> Vec<Value> {
+pub(crate) async fn wait_for_runs(kiln: &Kiln, schedule: &str, at_least: usize) -> Vec<Value> {
     for _ in 0..100 {
         let runs = fired_runs(kiln, schedule).await;
         if runs.len() >= at_least {
@@ -338,7 +338,7 @@ async fn wait_for_runs(kiln: &Kiln, schedule: &str, at_least: usize) -> Vec<Valu
     panic!("schedule {schedule} fired fewer than {at_least} runs in 20 s");
 }
 
-fn ms(iso: &Value) -> u64 {
+pub(crate) fn ms(iso: &Value) -> u64 {
     let text = iso.as_str().expect("an ISO time");
     let t = time::OffsetDateTime::parse(text, &time::format_description::well_known::Rfc3339)
         .expect("a valid time");

@@ -44,6 +44,9 @@ enum Command {
     /// Inspect, pause and resume queues.
     #[command(subcommand)]
     Queues(commands::queues::Command),
+    /// Inspect a cluster of nodes on one PostgreSQL store.
+    #[command(subcommand)]
+    Cluster(commands::cluster::Command),
     /// Create and list projects (with the server's own key).
     #[command(subcommand)]
     Projects(commands::projects::ProjectsCommand),
@@ -76,6 +79,7 @@ fn main() -> std::process::ExitCode {
                         Command::Runs(command) => commands::runs::run(command).await,
                         Command::Schedules(command) => commands::schedules::run(command).await,
                         Command::Queues(command) => commands::queues::run(command).await,
+                        Command::Cluster(command) => commands::cluster::run(command).await,
                         Command::Projects(command) => commands::projects::projects(command).await,
                         Command::Keys(command) => commands::projects::keys(command).await,
                         Command::Env(command) => commands::env::run(command).await,

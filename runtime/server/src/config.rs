@@ -64,6 +64,10 @@ pub struct ServerConfig {
     /// Where the store is: `None` for the embedded sled store in the data
     /// directory (`store`), or a PostgreSQL URL (`postgres://…`).
     pub store_url: Option<String>,
+    /// On a PostgreSQL store, the URL the cluster's other nodes reach this
+    /// node at, to forward requests to it when it leads
+    /// (`http://<listen address>` when `None`).
+    pub node_url: Option<String>,
 }
 
 impl ServerConfig {
@@ -99,6 +103,7 @@ impl ServerConfig {
             compile_cache: None,
             otlp_endpoint: None,
             store_url: None,
+            node_url: None,
         }
     }
 }

@@ -162,11 +162,6 @@ impl Hub {
         self.backend.clone()
     }
 
-    /// The key the server was started with.
-    pub(crate) fn admin_key(&self) -> &str {
-        &self.admin_key
-    }
-
     /// What `key` opens.
     pub(crate) fn lookup(&self, key: &str) -> KeyLookup {
         if crate::api::constant_time_eq(key.as_bytes(), self.admin_key.as_bytes()) {
@@ -185,6 +180,28 @@ impl Hub {
             .unwrap_or_else(|p| p.into_inner())
             .get(env_id)
             .cloned()
+    }
+
+    /// Drains every environment's executor: no run starts any more, and
+    /// the slices under way finish or suspend at a wait, for up to `grace`;
+    /// then waits until everything committed is durable. Returns how many
+    /// slices were still under way (the next server replays them from their
+    /// snapshots and journals).
+    pub(crate) async fn drain(&self, grace: std::time::Duration) -> usize {
+        let until = std::time::Instant::now() + grace;
+        let mut environments = self.all();
+        environments.push(self.default.clone());
+        let mut drained = std::collections::HashSet::new();
+        let mut left = 0;
+        for state in environments {
+            if drained.insert(state.env_id.clone()) {
+                left += state.executor.drain(until).await;
+            }
+        }
+        if let Err(error) = self.default.store.settled().await {
+            tracing::error!(%error, "making the last commits durable failed");
+        }
+        left
     }
 
     /// Every open environment.

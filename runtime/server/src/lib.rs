@@ -13,6 +13,7 @@
 //!   serves.
 
 pub mod api;
+mod cluster;
 mod config;
 mod deployments;
 mod duration;

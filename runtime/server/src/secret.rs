@@ -45,7 +45,7 @@ pub(crate) fn masked(key: &str) -> String {
     format!("{}…", key.chars().take(shown).collect::<String>())
 }
 
-fn random_alphanumeric(n: usize) -> String {
+pub(crate) fn random_alphanumeric(n: usize) -> String {
     let mut rng = rand::rng();
     (0..n)
         .map(|_| ALPHANUMERIC[rng.random_range(0..ALPHANUMERIC.len())] as char)

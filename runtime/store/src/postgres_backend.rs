@@ -63,16 +63,41 @@ const LOST: u8 = 3;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The advisory lock a server holds on its database for its life.
-const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
+pub(crate) const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
 
 /// Schema migrations, in order: the version each brings the database to,
 /// and its SQL. A database records the versions applied in
 /// `kiln_migrations`; those missing are applied at start, in one
 /// transaction each.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL)",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL)",
+    ),
+    (
+        2,
+        // The cluster's nodes (`crate::postgres_cluster`): where each is
+        // reached, the fingerprint of its keys, and, for the node that
+        // leads, the database session that holds the owner lock.
+        "CREATE TABLE kiln_nodes (node text PRIMARY KEY, url text NOT NULL, \
+         keys text NOT NULL, session integer, started_at timestamptz NOT NULL DEFAULT now(), \
+         seen timestamptz NOT NULL DEFAULT now())",
+    ),
+];
+
+/// How [`PostgresBackend::open_with`] waits for a database another server
+/// owns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OwnerWait {
+    /// Up to a few seconds (a server that stopped a moment ago may still
+    /// hold the lock until PostgreSQL sees its connection close), then
+    /// refuse.
+    Briefly,
+    /// Not at all: answer `None` at once.
+    Never,
+    /// Until the owner is gone (a standby node of a cluster).
+    UntilFree,
+}
 
 /// Kiln's store in a PostgreSQL database, with group-committed writes.
 pub struct PostgresBackend {
@@ -86,6 +111,8 @@ pub struct PostgresBackend {
     /// Whether the backend is opening, open or closing: only an open
     /// backend's lost connection stops the server.
     lifecycle: Arc<AtomicU8>,
+    /// The process id of the database session that holds the owner lock.
+    session: i32,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -158,34 +185,23 @@ fn wait<F: std::future::Future>(future: F) -> F::Output {
 
 impl PostgresBackend {
     /// Connects to the database at `url` (`postgres://user@host/db`, or
-    /// `postgres://user@/db?host=/socket/dir` for a Unix socket), applies
-    /// the migrations it lacks, takes its owner lock and starts the
-    /// committer.
+    /// `postgres://user@/db?host=/socket/dir` for a Unix socket), takes its
+    /// owner lock, applies the migrations it lacks and starts the
+    /// committer. A database another server owns is refused.
     pub fn open(url: &str) -> Result<Self> {
-        // The URL may hold a password: the error names the problem only.
-        let mut config: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| StoreError::Backend(format!("the PostgreSQL store URL: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(CONNECT_TIMEOUT);
-        }
-        // A peer that vanished (its machine or the network, not only its
-        // process) is noticed within about half a minute on both sides, so
-        // a commit cannot hang for the kernel's quarter of an hour and a
-        // dead server's lock does not outlive it by hours.
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(30))
-            .application_name("kiln");
-        let options = format!(
-            "{} -c synchronous_commit=on -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
-             -c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
-            config.get_options().unwrap_or_default()
-        );
-        config.options(options.trim());
+        Self::open_with(url, OwnerWait::Briefly)?.ok_or_else(|| {
+            StoreError::Backend(
+                "another Kiln server is using this PostgreSQL database; one server a \
+                 database"
+                    .into(),
+            )
+        })
+    }
+
+    /// [`PostgresBackend::open`], waiting for a database another server
+    /// owns as `owner_wait` says; `None` when it is still owned.
+    pub fn open_with(url: &str, owner_wait: OwnerWait) -> Result<Option<Self>> {
+        let config = connection_config(url)?;
         let lifecycle = Arc::new(AtomicU8::new(OPENING));
         let runtime = Driver(Some(
             tokio::runtime::Builder::new_multi_thread()
@@ -238,31 +254,14 @@ impl PostgresBackend {
             })
         };
         let owner = connect("commits")?;
-        let (owner, write) = on(&runtime, async move {
+        let Some((owner, write, session)) = on(&runtime, async move {
             let mut owner = owner;
-            // A server that stopped a moment ago may still hold the lock
-            // until PostgreSQL sees its connection close.
-            let started = std::time::Instant::now();
-            loop {
-                let owned: bool = owner
-                    .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
-                    .await
-                    .map_err(|e| pg_error("taking the owner lock", e))?
-                    .get(0);
-                if owned {
-                    break;
-                }
-                if started.elapsed() >= crate::sled_backend::LOCK_WAIT {
-                    return Err(StoreError::Backend(
-                        "another Kiln server is using this PostgreSQL database; one server a \
-                         database (several nodes sharing one are not supported yet)"
-                            .into(),
-                    ));
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            if !take_owner_lock(&owner, owner_wait).await? {
+                return Ok(None);
             }
-            // Only the owner changes the schema: a server refused above
-            // never touched it.
+            // The owner brings the schema up to date (a node joining a
+            // cluster may have done so already; the migrations' own lock
+            // keeps two from applying one).
             migrate(&mut owner).await?;
             let write = owner
                 .prepare(
@@ -273,8 +272,16 @@ impl PostgresBackend {
                 )
                 .await
                 .map_err(|e| pg_error("preparing the group write", e))?;
-            Ok((owner, write))
-        })?;
+            let session: i32 = owner
+                .query_one("SELECT pg_backend_pid()", &[])
+                .await
+                .map_err(|e| pg_error("reading the session's id", e))?
+                .get(0);
+            Ok(Some((owner, write, session)))
+        })?
+        else {
+            return Ok(None);
+        };
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let client = connect("reads")?;
@@ -303,14 +310,22 @@ impl PostgresBackend {
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
-        Ok(PostgresBackend {
+        Ok(Some(PostgresBackend {
             _driver: runtime,
             readers,
             next_reader: AtomicUsize::new(0),
             front: Front::new(pending, tx, durable),
             committing: Some(committing),
             lifecycle,
-        })
+            session,
+        }))
+    }
+
+    /// The process id of the database session that holds the owner lock
+    /// (PostgreSQL's `pg_backend_pid()`): while it lives, this server owns
+    /// the database.
+    pub fn owner_session(&self) -> i32 {
+        self.session
     }
 
     fn reader(&self) -> &Reader {
@@ -413,9 +428,67 @@ impl Reader {
     }
 }
 
+/// The connection settings for `url`, with Kiln's: timeouts, keepalives
+/// on both sides, and commits acknowledged only once durable.
+pub(crate) fn connection_config(url: &str) -> Result<tokio_postgres::Config> {
+    // The URL may hold a password: the error names the problem only.
+    let mut config: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| StoreError::Backend(format!("the PostgreSQL store URL: {e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    // A peer that vanished (its machine or the network, not only its
+    // process) is noticed within about half a minute on both sides, so
+    // a commit cannot hang for the kernel's quarter of an hour and a
+    // dead server's lock does not outlive it by hours.
+    config
+        .keepalives(true)
+        .keepalives_idle(Duration::from_secs(10))
+        .keepalives_interval(Duration::from_secs(5))
+        .keepalives_retries(3)
+        .tcp_user_timeout(Duration::from_secs(30))
+        .application_name("kiln");
+    let options = format!(
+        "{} -c synchronous_commit=on -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+         -c tcp_keepalives_count=3 -c tcp_user_timeout=30000",
+        config.get_options().unwrap_or_default()
+    );
+    config.options(options.trim());
+    Ok(config)
+}
+
+/// Takes the owner lock on `owner`'s session, waiting as `owner_wait`
+/// says; whether it was taken.
+async fn take_owner_lock(owner: &Client, owner_wait: OwnerWait) -> Result<bool> {
+    if owner_wait == OwnerWait::UntilFree {
+        // Granted the moment the owner's session ends.
+        owner
+            .execute("SELECT pg_advisory_lock($1)", &[&OWNER_LOCK])
+            .await
+            .map_err(|e| pg_error("waiting for the owner lock", e))?;
+        return Ok(true);
+    }
+    let started = std::time::Instant::now();
+    loop {
+        let owned: bool = owner
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&OWNER_LOCK])
+            .await
+            .map_err(|e| pg_error("taking the owner lock", e))?
+            .get(0);
+        if owned {
+            return Ok(true);
+        }
+        if owner_wait == OwnerWait::Never || started.elapsed() >= crate::sled_backend::LOCK_WAIT {
+            return Ok(false);
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// Applies the migrations the database lacks, under a transaction-scoped
 /// advisory lock so two servers starting at once do not both apply one.
-async fn migrate(client: &mut Client) -> Result<()> {
+pub(crate) async fn migrate(client: &mut Client) -> Result<()> {
     let tx = client
         .transaction()
         .await

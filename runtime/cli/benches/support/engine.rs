@@ -59,7 +59,9 @@ pub async fn engine_bench() {
         config.secret_key = Some(KEY.into());
         let server = Server::open(config).await.expect("the server opens");
         let url = format!("http://{}", server.local_addr().expect("an address"));
-        let runs = server.local_runs();
+        let runs = server
+            .local_runs()
+            .expect("a server on sled runs tasks itself");
         let serving = tokio::spawn(server.serve());
         // Deploying is set-up, so it goes through the API as a user's does.
         let deployed = reqwest::Client::new()

@@ -1,6 +1,7 @@
 //! One module per subcommand.
 
 pub mod build;
+pub mod cluster;
 pub mod deploy;
 pub mod dev;
 pub mod env;

@@ -18,10 +18,15 @@ pub struct Args {
     compile_cache: Option<PathBuf>,
     /// Where the store is: the embedded sled store in the data directory
     /// unless set, or a PostgreSQL database (`postgres://user@host/db`;
-    /// `postgres://user@/db?host=/socket/dir` for a Unix socket). One
-    /// server a database.
+    /// `postgres://user@/db?host=/socket/dir` for a Unix socket). Several
+    /// servers on one database form a cluster: one leads, the others
+    /// forward to it and take over when it is gone.
     #[arg(long, env = "KILN_STORE")]
     store: Option<String>,
+    /// On a PostgreSQL store: the URL the cluster's other nodes reach this
+    /// node at (default: http://<listen address>).
+    #[arg(long, env = "KILN_NODE_URL")]
+    node_url: Option<String>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:3030", env = "KILN_LISTEN")]
     listen: SocketAddr,
@@ -82,6 +87,12 @@ pub struct Args {
     /// (64KiB).
     #[arg(long = "limit", env = "KILN_LIMITS", value_delimiter = ',')]
     limits: Vec<String>,
+    /// On SIGTERM, how long the runs executing may take to finish or reach
+    /// a wait before the server stops (`25s`; `0s` to stop at once). No run
+    /// starts meanwhile; what is cut short resumes on the next server from
+    /// its snapshot and journal.
+    #[arg(long, default_value = "25s", env = "KILN_DRAIN_TIMEOUT")]
+    drain_timeout: String,
     /// For tests: schedules fire by a clock that runs RATE times faster than
     /// real time from the real instant ANCHOR_MS (`ANCHOR_MS:RATE`).
     #[arg(long, hide = true, env = "KILN_SCHEDULE_CLOCK")]
@@ -129,6 +140,7 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             "--store `{other}`: a PostgreSQL URL (postgres://…), or `sled` for the embedded store"
         ),
     };
+    config.node_url = args.node_url.clone();
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();
     config.retention = match args.retention.trim() {
@@ -172,6 +184,8 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         config.schedule_clock = kiln_server::ScheduleClock::parse(clock)
             .map_err(|e| anyhow::anyhow!("--schedule-clock: {e}"))?;
     }
+    let drain_timeout = kiln_server::parse_duration_ms(&args.drain_timeout)
+        .map_err(|e| anyhow::anyhow!("--drain-timeout: {e}"))?;
     let server = Server::open(config).await?;
     let addr = server.local_addr()?;
     if server.generated_key() {
@@ -182,10 +196,32 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         println!("  export KILN_SECRET_KEY={}", server.secret_key());
     }
     let (base, burst) = server.concurrency_limits();
-    println!(
-        "Kiln is listening on http://{addr} (data in {}; at most {base} runs per queue, {burst} in all)",
-        args.data_dir.display(),
-    );
-    server.serve().await?;
-    Ok(ExitCode::SUCCESS)
+    match server.cluster_role() {
+        Some((node, Some(leader))) => println!(
+            "Kiln is listening on http://{addr} (node {node}, standing by: node {leader} leads \
+             the cluster, and requests are forwarded to it)"
+        ),
+        role => println!(
+            "Kiln is listening on http://{addr} (data in {}{}; at most {base} runs per queue, \
+             {burst} in all)",
+            args.data_dir.display(),
+            role.map_or_else(String::new, |(node, _)| format!(
+                ", node {node}, leading the cluster"
+            )),
+        ),
+    }
+    let cut_short = server
+        .serve_until_terminated(std::time::Duration::from_millis(drain_timeout))
+        .await?;
+    if cut_short > 0 {
+        tracing::warn!(
+            runs = cut_short,
+            "stopped with runs still executing: they resume on the next server"
+        );
+    }
+    tracing::info!("drained; Kiln stops");
+    // Exiting closes the store's connections (on PostgreSQL, a standby
+    // takes over the moment its session ends) without waiting on a standby's
+    // wait for the lock, which never returns.
+    std::process::exit(0)
 }

@@ -184,7 +184,7 @@ impl Caller {
 }
 
 /// The bearer of `Authorization: Bearer <...>`.
-fn bearer(request: &Request) -> Option<&str> {
+pub(crate) fn bearer(request: &Request) -> Option<&str> {
     request
         .headers()
         .get(AUTHORIZATION)

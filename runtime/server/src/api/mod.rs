@@ -7,7 +7,7 @@
 //! Routes that are not open take an environment's secret key; the few a
 //! frontend needs also take a public access token (see [`access`]).
 
-mod access;
+pub(crate) mod access;
 mod annotations;
 mod auth_tokens;
 mod batches;

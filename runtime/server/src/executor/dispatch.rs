@@ -13,6 +13,7 @@ use super::{Executor, driver};
 use kiln_manifest::{Manifest, QueueManifest};
 use kiln_queues::{Entry, LaneKey, QueueLimits, QueueStats, RateLimit, Scheduler, Started};
 use kiln_types::{Run, RunId, Timestamp};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -21,6 +22,10 @@ use tokio::sync::Notify;
 pub(crate) struct Dispatch {
     scheduler: Mutex<Scheduler<RunId>>,
     changed: Notify,
+    /// Set when the server drains: nothing more starts.
+    draining: AtomicBool,
+    /// Slices under way.
+    running: AtomicUsize,
 }
 
 /// A queue as the API shows it.
@@ -55,7 +60,20 @@ impl Dispatch {
         Dispatch {
             scheduler: Mutex::new(Scheduler::new(clamp(base), clamp(burst))),
             changed: Notify::new(),
+            draining: AtomicBool::new(false),
+            running: AtomicUsize::new(0),
         }
+    }
+
+    /// Starts nothing more; runs stay queued for the next server.
+    pub(crate) fn drain(&self) {
+        self.draining.store(true, Ordering::SeqCst);
+        self.changed.notify_one();
+    }
+
+    /// How many slices are under way.
+    pub(crate) fn running(&self) -> usize {
+        self.running.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Scheduler<RunId>> {
@@ -165,6 +183,7 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let dispatch = &self.executor.shared.dispatch;
         dispatch.lock().release(&self.started);
+        dispatch.running.fetch_sub(1, Ordering::SeqCst);
         dispatch.changed.notify_one();
     }
 }
@@ -174,12 +193,16 @@ impl Drop for Slot {
 pub(crate) async fn run(executor: Executor) {
     let dispatch = executor.shared.dispatch.clone();
     loop {
+        if dispatch.draining.load(Ordering::SeqCst) {
+            return;
+        }
         let (started, wakeup) = {
             let mut scheduler = dispatch.lock();
             let now = Timestamp::now().as_millis();
             (scheduler.next(now), scheduler.next_wakeup())
         };
         if let Some(started) = started {
+            dispatch.running.fetch_add(1, Ordering::SeqCst);
             let slot = Slot {
                 executor: executor.clone(),
                 started,

@@ -345,6 +345,22 @@ impl Executor {
         let _ = self.shared.timers.set(timers);
     }
 
+    /// Starts no more runs, and waits until no slice is under way (each
+    /// finished or suspended at a wait) or `until` passes; returns how
+    /// many were still under way. Queued runs stay queued, for the server
+    /// that comes next.
+    pub(crate) async fn drain(&self, until: std::time::Instant) -> usize {
+        let dispatch = &self.shared.dispatch;
+        dispatch.drain();
+        loop {
+            let running = dispatch.running();
+            if running == 0 || std::time::Instant::now() >= until {
+                return running;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
     /// Cancels a run: an executing guest is interrupted at the next epoch
     /// tick, a waiting or queued run is canceled in place. Canceling a
     /// finished run changes nothing. Returns the run afterwards.

@@ -1,0 +1,175 @@
+//! Forwarding a standby's requests to the node that leads.
+//!
+//! The request goes on as it came — method, path, query, headers, body,
+//! streamed both ways, so realtime subscriptions and long `?wait=` polls
+//! work through any node. While no node leads (the moments after the leader
+//! died, before a standby took over), the answer is a 503 with
+//! `Retry-After`, which clients retry.
+
+use super::{Cluster, FORWARDED_BY};
+use crate::api::ApiError;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::http::{HeaderName, Method, header};
+use axum::response::{IntoResponse, Response};
+
+/// Bodies up to this size are read before they are forwarded, so they can
+/// be sent again to a node that took over.
+const RESENDABLE: usize = 1 << 20;
+
+/// A forwarded request's body: read whole (sent as often as needed), or
+/// streamed through once.
+enum Outgoing {
+    Bytes(axum::body::Bytes),
+    Stream(Option<Body>),
+}
+
+impl Outgoing {
+    /// The body for the next send; `None` once a stream went.
+    fn next(&mut self) -> Option<reqwest::Body> {
+        match self {
+            Outgoing::Bytes(bytes) => Some(reqwest::Body::from(bytes.clone())),
+            Outgoing::Stream(body) => body
+                .take()
+                .map(|b| reqwest::Body::wrap_stream(b.into_data_stream())),
+        }
+    }
+}
+
+/// Headers that belong to one connection, not to the request.
+const HOP_BY_HOP: [HeaderName; 8] = [
+    header::CONNECTION,
+    header::HOST,
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+fn hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive"
+}
+
+/// A 503 the client should retry in a second.
+fn retry_soon(message: String) -> Response {
+    let mut response = ApiError::unavailable(message).into_response();
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+    response
+}
+
+/// Sends `request` to the node that leads and answers with its answer.
+pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
+    if request.headers().contains_key(FORWARDED_BY) {
+        // The sender took this node for the leader: it no longer is, or
+        // is still taking over.
+        return retry_soon(format!(
+            "node {} does not lead the cluster (yet); retry",
+            cluster.node()
+        ));
+    }
+    // Who led a moment ago; when nobody did, who leads now (a node may
+    // have taken over since).
+    let leader = match cluster.leader() {
+        Some(leader) => Some(leader),
+        None => cluster.read_leader().await,
+    };
+    let Some(leader) = leader else {
+        return retry_soon("no node leads the cluster right now; retry".into());
+    };
+    if leader.node == cluster.node() {
+        return retry_soon(format!(
+            "node {} is taking over the cluster; retry",
+            cluster.node()
+        ));
+    }
+    let (parts, body) = request.into_parts();
+    let path = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    // A small body is read first, so the request can be sent again if the
+    // node it went to turns out to be gone (the lead moved meanwhile); a
+    // large one is streamed through.
+    let length = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    let bodiless = length.is_none()
+        && !parts.headers.contains_key(header::TRANSFER_ENCODING)
+        && matches!(
+            parts.method,
+            Method::GET | Method::HEAD | Method::DELETE | Method::OPTIONS
+        );
+    let mut body = if bodiless || length.is_some_and(|n| n <= RESENDABLE) {
+        match axum::body::to_bytes(body, RESENDABLE).await {
+            Ok(bytes) => Outgoing::Bytes(bytes),
+            Err(error) => {
+                return ApiError::bad_request(format!("reading the request failed: {error}"))
+                    .into_response();
+            }
+        }
+    } else {
+        Outgoing::Stream(Some(body))
+    };
+    let mut leader = leader;
+    let mut tries = 0;
+    let answer = loop {
+        tries += 1;
+        let url = format!("{}{path}", leader.url.trim_end_matches('/'));
+        let mut outgoing = cluster.http.request(parts.method.clone(), &url);
+        for (name, value) in &parts.headers {
+            if !hop_by_hop(name) {
+                outgoing = outgoing.header(name, value);
+            }
+        }
+        let Some(payload) = body.next() else {
+            return retry_soon(format!(
+                "the node that leads the cluster ({}) could not be reached; retry",
+                leader.node
+            ));
+        };
+        let sent = outgoing
+            .header(FORWARDED_BY, cluster.node())
+            .body(payload)
+            .send()
+            .await;
+        match sent {
+            Ok(answer) => break answer,
+            Err(error) => {
+                tracing::warn!(leader = %leader.node, url = %leader.url, %error, "forwarding to the leader failed");
+                // Nothing reached a node that is gone: if another leads
+                // now, send it there.
+                if error.is_connect()
+                    && tries == 1
+                    && let Some(now) = cluster.read_leader().await
+                    && now.node != leader.node
+                    && now.node != cluster.node()
+                {
+                    leader = now;
+                    continue;
+                }
+                return retry_soon(format!(
+                    "the node that leads the cluster ({}) could not be reached; retry",
+                    leader.node
+                ));
+            }
+        }
+    };
+    let mut response = Response::builder().status(answer.status());
+    for (name, value) in answer.headers() {
+        if !hop_by_hop(name) {
+            response = response.header(name, value);
+        }
+    }
+    response
+        .body(Body::from_stream(answer.bytes_stream()))
+        .unwrap_or_else(|e| {
+            ApiError::internal(format!("forwarding the answer: {e}")).into_response()
+        })
+}

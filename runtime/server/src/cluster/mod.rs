@@ -1,0 +1,197 @@
+//! Several `kiln serve` nodes on one PostgreSQL store.
+//!
+//! Every node on a PostgreSQL store joins the cluster
+//! ([`kiln_store::Membership`]). One node leads: it holds the store's
+//! owner lock and runs everything a single server runs — the API, the
+//! executor, the timers and the schedules. The others stand by: they answer
+//! every API call by forwarding it to the leader ([`forward`]), and wait
+//! for the owner lock. When the leader dies, PostgreSQL ends its session
+//! and its lock with it, one standby's wait is granted, and that node opens
+//! the store, recovers every unfinished run from its snapshot and journal,
+//! and serves the API itself.
+//!
+//! Because the leader is the store's only writer, everything a single
+//! server guarantees holds for the cluster: queue and environment limits,
+//! each timer and cron occurrence firing once, idempotency keys. The lock
+//! is held by the session the leader commits through, so a node that lost
+//! it can no longer commit anything.
+
+mod forward;
+mod status;
+
+use crate::api::ApiError;
+use crate::environments::Hub;
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::response::{IntoResponse, Response};
+use kiln_store::{Membership, Node};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use tower::ServiceExt;
+
+/// How often a node reads who leads.
+const WATCH_LEADER: Duration = Duration::from_millis(200);
+
+/// The header a forwarded request carries (the forwarding node's id), so
+/// it is never forwarded twice.
+pub(crate) const FORWARDED_BY: &str = "x-kiln-forwarded-by";
+
+/// This node's part in the cluster.
+pub(crate) struct Cluster {
+    membership: Membership,
+    /// The API, once this node leads.
+    serving: RwLock<Option<Router>>,
+    /// The state behind it.
+    hub: RwLock<Option<Arc<Hub>>>,
+    /// Who led when last read.
+    leader: RwLock<Option<Node>>,
+    /// The API key, for the cluster's own route.
+    admin_key: String,
+    /// The client forwarded requests go through.
+    http: reqwest::Client,
+}
+
+impl Cluster {
+    /// This node, a member of the cluster, serving nothing yet; watches
+    /// who leads.
+    pub(crate) fn start(membership: Membership, admin_key: String) -> Arc<Cluster> {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap_or_default();
+        let cluster = Arc::new(Cluster {
+            membership,
+            serving: RwLock::new(None),
+            hub: RwLock::new(None),
+            leader: RwLock::new(None),
+            admin_key,
+            http,
+        });
+        let watching = Arc::downgrade(&cluster);
+        tokio::spawn(async move {
+            loop {
+                let Some(cluster) = watching.upgrade() else {
+                    return;
+                };
+                cluster.read_leader().await;
+                drop(cluster);
+                tokio::time::sleep(WATCH_LEADER).await;
+            }
+        });
+        cluster
+    }
+
+    /// This node's id.
+    pub(crate) fn node(&self) -> &str {
+        self.membership.node()
+    }
+
+    /// Who led when last read.
+    pub(crate) fn leader(&self) -> Option<Node> {
+        self.leader
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Reads who leads now, and remembers it.
+    pub(crate) async fn read_leader(&self) -> Option<Node> {
+        match self.membership.leader().await {
+            Ok(leader) => {
+                *self.leader.write().unwrap_or_else(|p| p.into_inner()) = leader.clone();
+                leader
+            }
+            Err(error) => {
+                tracing::warn!(%error, "reading who leads the cluster failed");
+                None
+            }
+        }
+    }
+
+    /// Whether this node serves the API itself (it leads).
+    pub(crate) fn leads(&self) -> bool {
+        self.serving
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_some()
+    }
+
+    /// Records that this node leads through the store's session `session`,
+    /// and serves `api` from now on.
+    pub(crate) async fn lead(
+        &self,
+        session: i32,
+        keys: &str,
+        hub: Arc<Hub>,
+        api: Router,
+    ) -> kiln_store::Result<()> {
+        self.membership.lead(session, keys).await?;
+        *self.hub.write().unwrap_or_else(|p| p.into_inner()) = Some(hub);
+        *self.serving.write().unwrap_or_else(|p| p.into_inner()) = Some(api);
+        Ok(())
+    }
+
+    /// The server's state, once this node leads.
+    pub(crate) fn hub(&self) -> Option<Arc<Hub>> {
+        self.hub.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// Leaves the cluster (a node stopping on purpose): its row goes.
+    pub(crate) async fn leave(&self) {
+        self.membership.leave().await;
+    }
+
+    /// The node's router: the cluster's own route, then the API if this
+    /// node leads, or forwarding to the node that does.
+    pub(crate) fn router(self: &Arc<Self>) -> Router {
+        Router::new()
+            .route("/api/v1/cluster", axum::routing::get(status::serve))
+            .fallback(dispatch)
+            .with_state(self.clone())
+    }
+}
+
+/// Serves a request: with the API when this node leads; otherwise
+/// `/healthz` and `/readyz` here, and everything else at the leader.
+async fn dispatch(State(cluster): State<Arc<Cluster>>, request: Request) -> Response {
+    let api = cluster
+        .serving
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    if let Some(api) = api {
+        return match api.oneshot(request).await {
+            Ok(response) => response,
+            Err(never) => match never {},
+        };
+    }
+    match request.uri().path() {
+        "/healthz" => "ok".into_response(),
+        // A standby serves by forwarding: ready while a node leads.
+        "/readyz" => match cluster.leader() {
+            Some(leader) if leader.node != cluster.node() => "ready".into_response(),
+            _ => ApiError::unavailable("not ready: no node leads the cluster right now")
+                .into_response(),
+        },
+        _ => forward::to_leader(&cluster, request).await,
+    }
+}
+
+/// The fingerprint of a node's API key and master key, which every node of
+/// a cluster shares: a node with other keys is refused at start.
+pub(crate) fn fingerprint(secret_key: &str, master_key: Option<&str>) -> String {
+    use sha2::{Digest, Sha256};
+    let mut hash = Sha256::new();
+    hash.update(b"kiln cluster keys\0");
+    hash.update(secret_key.as_bytes());
+    hash.update(b"\0");
+    hash.update(
+        master_key
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase()
+            .as_bytes(),
+    );
+    hex::encode(hash.finalize())
+}

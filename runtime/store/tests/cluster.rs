@@ -1,0 +1,73 @@
+//! The membership of a cluster of nodes on one PostgreSQL store: who leads
+//! is whoever's session holds the store's owner lock, read from
+//! PostgreSQL's own lock table.
+
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres;
+
+use kiln_store::{Membership, OwnerWait, PostgresBackend};
+
+async fn open(url: &str, wait: OwnerWait) -> Option<PostgresBackend> {
+    let url = url.to_string();
+    tokio::task::spawn_blocking(move || PostgresBackend::open_with(&url, wait))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_leader_is_the_owner_locks_holder_and_keys_must_match() {
+    let server = postgres::Postgres::start();
+    let url = server.database("kiln");
+    let a = Membership::join(&url, "a", "http://a", "keys")
+        .await
+        .unwrap();
+    let b = Membership::join(&url, "b", "http://b", "keys")
+        .await
+        .unwrap();
+    assert_eq!(b.leader().await.unwrap(), None, "nobody owns the store yet");
+
+    let owner = open(&url, OwnerWait::Never)
+        .await
+        .expect("the store is free");
+    a.lead(owner.owner_session(), "keys").await.unwrap();
+    let leader = b.leader().await.unwrap().expect("a leads");
+    assert_eq!(
+        (leader.node.as_str(), leader.url.as_str()),
+        ("a", "http://a")
+    );
+    assert!(open(&url, OwnerWait::Never).await.is_none(), "one owner");
+
+    // A node with other keys is refused while a leader has these.
+    let refused = Membership::join(&url, "c", "http://c", "other")
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        refused.contains("differs from those of node a"),
+        "{refused}"
+    );
+
+    // A standby's wait is granted once the owner lets go, and from then
+    // on nobody leads until it says it does.
+    let waiting = tokio::spawn({
+        let url = url.clone();
+        async move { open(&url, OwnerWait::UntilFree).await }
+    });
+    drop(owner);
+    let taken = waiting.await.unwrap().expect("granted once free");
+    assert_eq!(b.leader().await.unwrap(), None, "a's lock went with it");
+    b.lead(taken.owner_session(), "keys").await.unwrap();
+    assert_eq!(a.leader().await.unwrap().map(|n| n.node), Some("b".into()));
+
+    // A node that leaves takes its row with it.
+    a.leave().await;
+    let nodes: Vec<String> = b
+        .nodes()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node)
+        .collect();
+    assert_eq!(nodes, ["b"]);
+}

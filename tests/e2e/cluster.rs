@@ -1,0 +1,317 @@
+//! Three `kiln serve` nodes on one PostgreSQL store: any node answers any
+//! call, one leads and runs everything, and when the leader is killed
+//! (`SIGKILL`) a standby takes over, its runs complete once from their
+//! snapshots and journals, a queue's limit holds across the nodes, and
+//! each cron occurrence fires once.
+
+use crate::harness::{Kiln, data_dir};
+use crate::pg_server::Postgres;
+use crate::schedules::{create_ok, fired_runs, ms, wait_for_runs};
+use reqwest::Method;
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+/// Every node's master key: the nodes of a cluster share their keys.
+const MASTER_KEY: &str = "5e1f0c4a9b2d7e3f8a6c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
+
+/// Three nodes on `url`, each with its own data directory, one compile
+/// cache, and `extra` arguments; the first to start leads.
+struct Nodes {
+    nodes: Vec<Option<Kiln>>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Nodes {
+    fn start(url: &str, extra: &[&str]) -> Nodes {
+        let cache = data_dir();
+        let cache_dir = cache.path().to_str().expect("a UTF-8 path").to_string();
+        let mut dirs = vec![cache];
+        let mut nodes = Vec::new();
+        for _ in 0..3 {
+            let dir = data_dir();
+            let mut args = vec!["--store", url, "--compile-cache", &cache_dir];
+            args.extend_from_slice(extra);
+            nodes.push(Some(Kiln::start_with_env(
+                dir.path(),
+                &args,
+                &[("KILN_MASTER_KEY", MASTER_KEY)],
+            )));
+            dirs.push(dir);
+        }
+        Nodes { nodes, _dirs: dirs }
+    }
+
+    fn node(&self, i: usize) -> &Kiln {
+        self.nodes[i].as_ref().expect("a live node")
+    }
+
+    /// The live nodes.
+    fn live(&self) -> Vec<&Kiln> {
+        self.nodes.iter().flatten().collect()
+    }
+
+    /// SIGKILLs node `i`.
+    fn kill(&mut self, i: usize) {
+        if let Some(node) = self.nodes[i].take() {
+            node.kill();
+        }
+    }
+
+    /// Waits (at most 60 s) until a live node says it leads; its index.
+    async fn leader(&self) -> usize {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            for (i, node) in self.nodes.iter().enumerate() {
+                let Some(node) = node else { continue };
+                let (status, body) = cluster(node).await;
+                if status == 200 && body["leads"] == true {
+                    return i;
+                }
+            }
+            assert!(Instant::now() < deadline, "no node took the lead in 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+async fn cluster(node: &Kiln) -> (u16, Value) {
+    node.request(Method::GET, "/api/v1/cluster", None).await
+}
+
+fn count(entries: &[Value], kind: &str) -> usize {
+    entries.iter().filter(|e| e["type"] == kind).count()
+}
+
+#[tokio::test]
+async fn any_node_serves_and_a_killed_leaders_runs_complete_once_on_another() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    // Waits of 100 ms or less stay warm; countdown's are longer, so they
+    // snapshot the guest to PostgreSQL.
+    let mut nodes = Nodes::start(&url, &["--warm-wait-ms", "100"]);
+    assert_eq!(nodes.leader().await, 0, "the first node to start leads");
+
+    // Any node tells the cluster's make-up; the standbys know the leader.
+    let (status, view) = cluster(nodes.node(2)).await;
+    assert_eq!(status, 200, "{view}");
+    assert_eq!(view["leads"], false, "{view}");
+    let members = view["nodes"].as_array().expect("nodes").clone();
+    assert_eq!(members.len(), 3, "{view}");
+    let leaders: Vec<&Value> = members.iter().filter(|n| n["leads"] == true).collect();
+    assert_eq!(leaders.len(), 1, "{view}");
+    assert_eq!(leaders[0]["url"], json!(nodes.node(0).url), "{view}");
+    let (status, _) = nodes
+        .node(1)
+        .request_as("tr_dev_sk_wrong", Method::GET, "/api/v1/cluster", None)
+        .await;
+    assert_eq!(status, 401);
+    let out = nodes.node(2).cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(
+        text.lines()
+            .any(|l| l.contains("leader") && l.contains(&nodes.node(0).url)),
+        "{text}"
+    );
+    assert_eq!(text.matches("standby").count(), 2, "{text}");
+
+    // A deploy through a standby reaches the leader; runs triggered on
+    // every node run there.
+    nodes.node(1).deploy(kiln_fixtures::COUNTDOWN).await;
+    let mut ids = Vec::new();
+    for i in 0..30 {
+        let node = nodes.node(i % 3);
+        ids.push(
+            node.trigger_ok("countdown", json!({"steps": 3, "wait_ms": 400}))
+                .await,
+        );
+    }
+    // Killed once the first run has suspended to a snapshot: the others
+    // are queued, executing, waiting or resumed.
+    nodes
+        .node(2)
+        .until_journal(&ids[0], |e| count(e, "SUSPENDED") >= 1)
+        .await;
+    let killed = Instant::now();
+    nodes.kill(0);
+    let leader = nodes.leader().await;
+    eprintln!(
+        "node {leader} took over {} ms after the leader was killed",
+        killed.elapsed().as_millis()
+    );
+    for node in nodes.live() {
+        let (status, view) = cluster(node).await;
+        assert_eq!(status, 200, "{view}");
+        let leading: Vec<&Value> = view["nodes"]
+            .as_array()
+            .expect("nodes")
+            .iter()
+            .filter(|n| n["leads"] == true)
+            .collect();
+        assert_eq!(leading.len(), 1, "{view}");
+        assert_eq!(leading[0]["url"], json!(nodes.node(leader).url), "{view}");
+    }
+
+    // Every run completes once, read through the node that does not lead.
+    let standby = nodes.node(if leader == 1 { 2 } else { 1 });
+    for id in &ids {
+        let run = standby.finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(run["attemptCount"], 1, "{run}");
+        assert_eq!(run["output"]["draws"].as_array().map(Vec::len), Some(3));
+        let entries = standby.journal(id).await;
+        let draws = entries
+            .iter()
+            .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
+            .count();
+        assert_eq!(draws, 3, "each draw journaled once: {entries:?}");
+        assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{id}");
+    }
+    // New runs go on, through either node.
+    let id = standby
+        .trigger_ok("countdown", json!({"steps": 1, "wait_ms": 200}))
+        .await;
+    let run = nodes.node(leader).finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+}
+
+#[tokio::test]
+async fn a_queue_limit_of_two_holds_across_three_nodes() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let nodes = Nodes::start(&url, &[]);
+    nodes.leader().await;
+    nodes.node(2).deploy(kiln_fixtures::PROBE).await;
+    // `own-limit` runs on its task's queue, limited to 2, and holds its
+    // slot through its 300 ms wait (shorter than the default warm wait);
+    // triggered on all three nodes.
+    let mut ids = Vec::new();
+    for i in 0..9 {
+        ids.push(
+            nodes
+                .node(i % 3)
+                .trigger_ok("own-limit", json!({"ms": 300}))
+                .await,
+        );
+    }
+    let mut spans = Vec::new();
+    for (i, id) in ids.iter().enumerate() {
+        let run = nodes.node((i + 1) % 3).finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        let out = &run["output"];
+        spans.push((
+            out["startedMs"].as_u64().expect("startedMs"),
+            out["endedMs"].as_u64().expect("endedMs"),
+        ));
+    }
+    spans.sort();
+    for (start, _) in &spans {
+        let at_once = spans
+            .iter()
+            .filter(|(s, e)| s <= start && start < e)
+            .count();
+        assert!(at_once <= 2, "{at_once} at once: {spans:?}");
+    }
+}
+
+#[tokio::test]
+async fn each_cron_occurrence_fires_once_while_the_lead_moves() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    // A minute of schedule time passes in 0.5 s, on every node's clock.
+    let now_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis();
+    let clock = format!("{now_ms}:120");
+    let mut nodes = Nodes::start(&url, &["--schedule-clock", &clock]);
+    assert_eq!(nodes.leader().await, 0);
+    nodes.node(1).deploy(kiln_fixtures::DIGEST).await;
+    let schedule = create_ok(
+        nodes.node(2),
+        json!({"task": "tenant-digest", "cron": "* * * * *", "externalId": "acme", "deduplicationKey": "every-minute"}),
+    )
+    .await;
+    let id = schedule["id"].as_str().expect("an id").to_string();
+
+    // The leader is killed twice, each time after a few occurrences.
+    let mut fired = 0;
+    for _ in 0..2 {
+        let leader = nodes.leader().await;
+        let other = (leader + 1) % 3;
+        fired = wait_for_runs(nodes.node(other), &id, fired + 3).await.len();
+        nodes.kill(leader);
+    }
+    let last = nodes.leader().await;
+    wait_for_runs(nodes.node(last), &id, fired + 3).await;
+    let runs = fired_runs(nodes.node(last), &id).await;
+
+    let mut seen = BTreeSet::new();
+    for (i, run) in runs.iter().enumerate() {
+        let payload = &run["payload"];
+        let at = ms(&payload["timestamp"]);
+        assert!(
+            seen.insert(at),
+            "occurrence {} fired twice",
+            payload["timestamp"]
+        );
+        if i > 0 {
+            let previous = ms(&runs[i - 1]["payload"]["timestamp"]);
+            assert_eq!(ms(&payload["lastTimestamp"]), previous, "{payload}");
+        }
+        let done = nodes
+            .node(last)
+            .finished(run["id"].as_str().expect("an id"))
+            .await;
+        assert_eq!(done["status"], "COMPLETED", "{done}");
+    }
+}
+
+#[tokio::test]
+async fn a_leader_stopped_with_sigterm_finishes_its_slices_and_hands_over() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let mut nodes = Nodes::start(&url, &[]);
+    assert_eq!(nodes.leader().await, 0);
+    nodes.node(1).deploy(kiln_fixtures::PROBE).await;
+    // A 1.5 s wait, kept warm in the leader's memory (the default warm wait
+    // is 5 s): a crash would run the attempt again on the next leader.
+    let id = nodes
+        .node(1)
+        .trigger_ok("own-limit", json!({"ms": 1500}))
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while nodes.node(1).run(&id).await["status"] != "EXECUTING" {
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut leader = nodes.nodes[0].take().expect("the leader");
+    let term = std::process::Command::new("kill")
+        .args(["-TERM", &leader.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(term.success());
+    let status = leader
+        .exited_within(Duration::from_secs(30))
+        .expect("the leader stops within its drain timeout");
+    assert!(status.success(), "{status:?}");
+    let stopped_ms = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after the epoch")
+        .as_millis() as u64;
+
+    let next = nodes.leader().await;
+    let run = nodes.node(next).finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["attemptCount"], 1, "{run}");
+    // The slice finished on the node that drained, before it stopped: the
+    // attempt was never run again.
+    let ended = run["output"]["endedMs"].as_u64().expect("endedMs");
+    assert!(ended <= stopped_ms, "{run}");
+    let entries = nodes.node(next).journal(&id).await;
+    assert_eq!(count(&entries, "ATTEMPT_STARTED"), 1, "{entries:?}");
+    // It left the cluster.
+    let (_, view) = cluster(nodes.node(next)).await;
+    assert_eq!(view["nodes"].as_array().map(Vec::len), Some(2), "{view}");
+}
