@@ -315,3 +315,21 @@ async fn a_leader_stopped_with_sigterm_finishes_its_slices_and_hands_over() {
     let (_, view) = cluster(nodes.node(next)).await;
     assert_eq!(view["nodes"].as_array().map(Vec::len), Some(2), "{view}");
 }
+
+#[tokio::test]
+async fn a_server_on_sled_says_it_is_no_cluster() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    let (status, body) = cluster(&kiln).await;
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("its store is sled")),
+        "{body}"
+    );
+    let out = kiln.cli(&["cluster", "status"]);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("its store is sled"), "{said}");
+}

@@ -15,7 +15,9 @@
 //!   for 20 s (runs a second, server CPU per run), for a one-log-line task
 //!   and a three-log-line one; `postgres` runs the same with the store in
 //!   a throwaway PostgreSQL server (`scripts/postgres`), and adds the
-//!   database's CPU to the server's;
+//!   database's CPU to the server's; `cluster` runs them spread over three
+//!   nodes on one PostgreSQL, and measures how long the cluster takes to
+//!   serve again after its leader is killed;
 //! - the same runs with the HTTP API taken out (`engine`): triggered and
 //!   awaited in-process, so what is left is the engine, the store and the
 //!   sandbox;
@@ -53,12 +55,14 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `postgres`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `postgres`, `cluster`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
 //! Results and the machine they came from live in `docs/BENCHMARKS.md`.
 
+#[path = "support/cluster.rs"]
+mod cluster;
 #[path = "support/dashboard.rs"]
 mod dashboard;
 #[path = "support/engine.rs"]
@@ -85,6 +89,9 @@ use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "tr_dev_sk_benchKey00000000000000";
+
+/// The master key of benchmarks whose servers must share one (a cluster).
+const MASTER_KEY: &str = "9d1c3b5a7f2e4d6c8b0a1f3e5d7c9b2a4f6e8d0c1b3a5f7e9d2c4b6a8f0e1d3c";
 
 /// The user and system CPU time, in milliseconds, of the process whose
 /// `/proc/<pid>/stat` is at `path`.
@@ -141,14 +148,23 @@ fn main() {
         runtime.block_on(throughput_bench(5_000, 64));
     }
     if selected("runs") {
-        runtime.block_on(runs::runs_bench(None));
+        runtime.block_on(runs::runs_bench(None, 1));
     }
     if selected("postgres") {
         // The same runs with the store in a throwaway PostgreSQL server
         // (scripts/postgres) on a Unix socket.
         let pg = pg_server::Postgres::start();
         let url = pg.url().to_string();
-        runtime.block_on(runs::runs_bench(Some(&url)));
+        runtime.block_on(runs::runs_bench(Some(&url), 1));
+    }
+    if selected("cluster") {
+        // Three nodes on one throwaway PostgreSQL server: the same runs
+        // spread over them, then how long the cluster takes to serve again
+        // after its leader is killed.
+        let pg = pg_server::Postgres::start();
+        let url = pg.url().to_string();
+        runtime.block_on(runs::runs_bench(Some(&url), 3));
+        runtime.block_on(cluster::failover_bench(&url));
     }
     if selected("dashboard") {
         runtime.block_on(dashboard::dashboard_bench(100_000));
@@ -281,6 +297,24 @@ impl Server {
         let binary =
             std::env::var("KILN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiln").into());
         let (child, url) = kiln_fixtures::spawn_kiln(&binary, data_dir, KEY, args);
+        let ready = started.elapsed();
+        let http = reqwest::Client::builder()
+            .pool_max_idle_per_host(256)
+            .build()
+            .expect("a client");
+        (Server { child, url, http }, ready)
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    fn start_with_env(
+        data_dir: &std::path::Path,
+        args: &[&str],
+        envs: &[(&str, &str)],
+    ) -> (Server, Duration) {
+        let started = Instant::now();
+        let binary =
+            std::env::var("KILN_BENCH_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_kiln").into());
+        let (child, url) = kiln_fixtures::spawn_kiln_with_env(&binary, data_dir, KEY, args, envs);
         let ready = started.elapsed();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(256)

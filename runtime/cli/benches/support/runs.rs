@@ -14,7 +14,7 @@
 //! Two tasks: `hello-world` (one log line) and the probe's `chatty` with
 //! three log lines (three journaled host calls).
 
-use super::{KEY, Server, percentile};
+use super::{KEY, MASTER_KEY, Server, percentile};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
@@ -76,9 +76,11 @@ struct Measured {
 
 /// Runs the sequential part, then `clients` closed-loop clients for
 /// `seconds`, all on the calling thread; `between` is called between the
-/// two parts (to read the server's CPU time).
+/// two parts (to read the server's CPU time). With several `urls` (the
+/// nodes of a cluster), sequential runs take them in turn and each client
+/// keeps to one.
 fn drive(
-    url: &str,
+    urls: &[String],
     body: &str,
     task: &str,
     clients: usize,
@@ -97,7 +99,7 @@ fn drive(
         let mut sequential = Vec::with_capacity(500);
         for i in 0..550 {
             let started = Instant::now();
-            one_run(&http, url, body, task).await;
+            one_run(&http, &urls[i % urls.len()], body, task).await;
             if i >= 50 {
                 sequential.push(started.elapsed());
             }
@@ -107,10 +109,10 @@ fn drive(
         let completed = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let mut loops = Vec::new();
-        for _ in 0..clients {
+        for c in 0..clients {
             let (http, url, body, task) = (
                 http.clone(),
-                url.to_string(),
+                urls[c % urls.len()].clone(),
                 body.to_string(),
                 task.to_string(),
             );
@@ -173,7 +175,7 @@ pub fn postgres_cpu_ms(data: &std::path::Path) -> u64 {
 /// The `runs` and `postgres` bench groups: the runs of each shape against
 /// a server with its store in sled, or in
 /// the PostgreSQL server at `postgres` (a database made for each shape).
-pub async fn runs_bench(postgres: Option<&str>) {
+pub async fn runs_bench(postgres: Option<&str>, nodes: usize) {
     let shapes = [
         Shape {
             name: "hello-world (1 log line)",
@@ -210,40 +212,57 @@ pub async fn runs_bench(postgres: Option<&str>) {
             Some(url) => vec!["--store", url],
             None => Vec::new(),
         };
-        let (server, _) = Server::start(dir.path(), &args);
+        // The nodes of a cluster share their keys; each has its own data
+        // directory and compile cache, as on machines of their own.
+        let dirs: Vec<tempfile::TempDir> = (1..nodes)
+            .map(|_| tempfile::tempdir().expect("a temp dir"))
+            .collect();
+        let envs = [("KILN_MASTER_KEY", MASTER_KEY)];
+        let (server, _) = Server::start_with_env(dir.path(), &args, &envs);
+        let others: Vec<Server> = dirs
+            .iter()
+            .map(|d| Server::start_with_env(d.path(), &args, &envs).0)
+            .collect();
         server.deploy(shape.bundle).await;
+        let mut urls = vec![server.url.clone()];
+        urls.extend(others.iter().map(|o| o.url.clone()));
+        let others = Arc::new(others);
+        let others_cpu = {
+            let others = others.clone();
+            move || others.iter().map(Server::cpu_ms).sum::<u64>()
+        };
         let body = serde_json::json!({
             "payload": shape.payload.to_string(),
             "options": { "payloadType": "application/json" },
         })
         .to_string();
-        let url = server.url.clone();
         let server = Arc::new(server);
         let cpu_at = Arc::new(std::sync::Mutex::new(0u64));
         let (s, at) = (server.clone(), cpu_at.clone());
+        let others_at = others_cpu.clone();
         let task = shape.task;
         let pg_at = Arc::new(std::sync::Mutex::new(0u64));
         let pg_at_set = pg_at.clone();
         let pg_data_at = pg_data.clone();
         let measured = tokio::task::spawn_blocking(move || {
-            drive(&url, &body, task, clients, seconds, move || {
-                *at.lock().expect("the lock") = s.cpu_ms();
+            drive(&urls, &body, task, clients, seconds, move || {
+                *at.lock().expect("the lock") = s.cpu_ms() + others_at();
                 *pg_at_set.lock().expect("the lock") =
                     pg_data_at.as_deref().map_or(0, postgres_cpu_ms);
             })
         })
         .await
         .expect("the clients");
-        let cpu_ms = server.cpu_ms() - *cpu_at.lock().expect("the lock");
+        let cpu_ms = server.cpu_ms() + others_cpu() - *cpu_at.lock().expect("the lock");
         let db_cpu_ms = pg_cpu() - *pg_at.lock().expect("the lock");
         let mut sequential = measured.sequential;
         let runs_per_s = measured.completed as f64 / measured.elapsed.as_secs_f64();
         println!(
             "runs{}, {}: sequential p50 {:.2?} p99 {:.2?}; {clients} clients for {seconds} s: {} runs, {:.0} runs/s, server CPU {:.3} ms a run{}",
-            if postgres.is_some() {
-                " (store in PostgreSQL)"
-            } else {
-                ""
+            match (postgres.is_some(), nodes) {
+                (false, _) => String::new(),
+                (true, 1) => " (store in PostgreSQL)".to_string(),
+                (true, n) => format!(" (store in PostgreSQL, {n} nodes, runs spread over them)"),
             },
             shape.name,
             percentile(&mut sequential, 0.5),
@@ -264,6 +283,10 @@ pub async fn runs_bench(postgres: Option<&str>) {
         );
         if let Ok(server) = Arc::try_unwrap(server) {
             server.kill();
+        }
+        drop(others_cpu);
+        if let Ok(others) = Arc::try_unwrap(others) {
+            others.into_iter().for_each(Server::kill);
         }
     }
 }

@@ -29,3 +29,12 @@ pub(super) async fn serve(State(hub): State<Arc<Hub>>) -> Result<&'static str, A
     tracing::warn!(%why, "not ready: the store cannot be read");
     Err(ApiError::unavailable("not ready: the store cannot be read"))
 }
+
+/// `GET /api/v1/cluster` on a server on sled, which is no cluster (on
+/// PostgreSQL every node answers it before the API sees it).
+pub(super) async fn not_a_cluster() -> ApiError {
+    ApiError::not_found(
+        "This server is not part of a cluster: its store is sled (several nodes share a \
+         PostgreSQL store, `kiln serve --store postgres://…`)",
+    )
+}

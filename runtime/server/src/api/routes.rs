@@ -153,6 +153,13 @@ fn build() -> Vec<Route> {
         ),
         route(
             "GET",
+            "/api/v1/cluster",
+            Admin,
+            "The cluster's nodes on a PostgreSQL store, answered by any node: which node answered, whether it leads, and every node's id, URL, whether it leads and when it was last seen (404 on a server on sled)",
+            || get(super::ready::not_a_cluster),
+        ),
+        route(
+            "GET",
             "/metrics",
             Admin,
             "Runs, queues, attempts, snapshots, the store and HTTP requests, in Prometheus's text format",
