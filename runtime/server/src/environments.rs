@@ -62,6 +62,8 @@ pub struct Hub {
     admin_key: Arc<str>,
     default: AppState,
     opened: tokio::sync::Mutex<()>,
+    /// Set once the server drains ([`Hub::drain`]).
+    draining: std::sync::atomic::AtomicBool,
     /// Where finished runs' traces go, when the server exports them.
     traces: Option<crate::traces::Exporter>,
     environments: RwLock<HashMap<String, AppState>>,
@@ -133,6 +135,7 @@ impl Hub {
             admin_key: admin_key.into(),
             default,
             opened: tokio::sync::Mutex::new(()),
+            draining: std::sync::atomic::AtomicBool::new(false),
             traces,
             environments: RwLock::new(environments),
             keys: RwLock::new(keys),
@@ -182,26 +185,48 @@ impl Hub {
             .cloned()
     }
 
-    /// Drains every environment's executor: no run starts any more, and
-    /// the slices under way finish or suspend at a wait, for up to `grace`;
-    /// then waits until everything committed is durable. Returns how many
-    /// slices were still under way (the next server replays them from their
+    /// Drains every environment's executor: no run starts any more (nor in
+    /// an environment opened from now on), and the slices under way finish
+    /// or suspend at a wait, for up to `grace`; then everything committed,
+    /// deferred writes included, is made durable. Returns how many slices
+    /// were still under way (the next server replays them from their
     /// snapshots and journals).
     pub(crate) async fn drain(&self, grace: std::time::Duration) -> usize {
         let until = std::time::Instant::now() + grace;
-        let mut environments = self.all();
-        environments.push(self.default.clone());
-        let mut drained = std::collections::HashSet::new();
+        let environments = {
+            let _one_at_a_time = self.opened.lock().await;
+            self.draining
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+            let mut all = self.all();
+            all.push(self.default.clone());
+            all
+        };
+        for state in &environments {
+            state.executor.stop_starting();
+        }
         let mut left = 0;
-        for state in environments {
-            if drained.insert(state.env_id.clone()) {
-                left += state.executor.drain(until).await;
+        let mut waited = std::collections::HashSet::new();
+        for state in &environments {
+            if waited.insert(state.env_id.clone()) {
+                left += state.executor.idle(until).await;
             }
         }
-        if let Err(error) = self.default.store.settled().await {
-            tracing::error!(%error, "making the last commits durable failed");
+        // An empty commit carries the deferred writes with it.
+        let durable = async {
+            self.backend.commit(Vec::new()).await?;
+            self.default.store.settled().await
+        };
+        match tokio::time::timeout(std::time::Duration::from_secs(10), durable).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::error!(%error, "making the last commits durable failed"),
+            Err(_) => tracing::error!("the last commits were not durable within 10 s"),
         }
         left
+    }
+
+    /// Whether the server drains (no run starts any more).
+    pub(crate) fn draining(&self) -> bool {
+        self.draining.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every open environment.
@@ -264,6 +289,11 @@ impl Hub {
             traces: self.traces.as_ref(),
         })
         .await?;
+        // Opened while the server drains (under the lock the drain takes):
+        // it starts nothing either.
+        if self.draining() {
+            state.executor.stop_starting();
+        }
         self.environments
             .write()
             .unwrap_or_else(|p| p.into_inner())

@@ -159,21 +159,31 @@ impl Server {
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let hub = self.hub.clone();
         let cluster = self.cluster.clone();
+        // The API goes on serving while the server drains: triggers are
+        // still taken (and queued for the next server), polls answered.
+        let drained = async move {
+            terminate.recv().await;
+            tracing::info!("SIGTERM: draining");
+            // A standby that took over meanwhile drains as a leader.
+            let hub = hub.or_else(|| cluster.as_ref().and_then(|c| c.hub()));
+            let left = match hub {
+                Some(hub) => hub.drain(grace).await,
+                None => 0,
+            };
+            if let Some(cluster) = cluster {
+                let leaving = cluster.leave();
+                if tokio::time::timeout(std::time::Duration::from_secs(5), leaving)
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!("leaving the cluster took over 5 s; its row stays");
+                }
+            }
+            left
+        };
         tokio::select! {
             served = self.serve() => served.map(|()| 0),
-            _ = terminate.recv() => {
-                // A standby that took over meanwhile drains as a leader.
-                let hub = hub.or_else(|| cluster.as_ref().and_then(|c| c.hub()));
-                tracing::info!("SIGTERM: draining");
-                let left = match hub {
-                    Some(hub) => hub.drain(grace).await,
-                    None => 0,
-                };
-                if let Some(cluster) = cluster {
-                    cluster.leave().await;
-                }
-                Ok(left)
-            }
+            left = drained => Ok(left),
         }
     }
 
@@ -199,7 +209,14 @@ async fn join(
     opening: Opening,
 ) -> anyhow::Result<(Option<Arc<Hub>>, Arc<Cluster>)> {
     let node_url = match &config.node_url {
-        Some(url) => url.trim_end_matches('/').to_string(),
+        Some(url) => {
+            let parsed =
+                reqwest::Url::parse(url).map_err(|e| anyhow::anyhow!("--node-url `{url}`: {e}"))?;
+            if !matches!(parsed.scheme(), "http" | "https") || parsed.host().is_none() {
+                anyhow::bail!("--node-url `{url}`: an http:// or https:// URL with a host");
+            }
+            url.trim_end_matches('/').to_string()
+        }
         None if local.ip().is_unspecified() => anyhow::bail!(
             "--node-url: listening on {local}, this node cannot tell the cluster's other \
              nodes where to reach it; set --node-url (KILN_NODE_URL)"
@@ -232,6 +249,7 @@ async fn join(
         }
         None => {
             tracing::info!(node = %node, "another node leads the cluster: standing by");
+            cluster.read_leader().await;
             let standby = cluster.clone();
             let url = url.to_string();
             tokio::spawn(async move {
@@ -282,6 +300,12 @@ async fn take_over(
     let session = backend.owner_session();
     tracing::info!("the store is in PostgreSQL");
     let (hub, keys) = opening.open(Arc::new(backend)).await?;
+    // The keys the store was opened with must be the cluster's: checked
+    // at join against the leader then, and again now.
+    cluster
+        .check_keys(&keys)
+        .await
+        .map_err(|e| anyhow::anyhow!(e))?;
     cluster
         .lead(session, &keys, hub.clone(), router(hub.clone()))
         .await

@@ -79,9 +79,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         // The cluster's nodes (`crate::postgres_cluster`): where each is
         // reached, the fingerprint of its keys, and, for the node that
         // leads, the database session that holds the owner lock.
-        "CREATE TABLE kiln_nodes (node text PRIMARY KEY, url text NOT NULL, \
-         keys text NOT NULL, session integer, started_at timestamptz NOT NULL DEFAULT now(), \
-         seen timestamptz NOT NULL DEFAULT now())",
+        crate::postgres_cluster::NODES_TABLE,
     ),
 ];
 
@@ -461,6 +459,12 @@ pub(crate) fn connection_config(url: &str) -> Result<tokio_postgres::Config> {
 /// Takes the owner lock on `owner`'s session, waiting as `owner_wait`
 /// says; whether it was taken.
 async fn take_owner_lock(owner: &Client, owner_wait: OwnerWait) -> Result<bool> {
+    // A role's own time limits would end a standby's wait for the lock
+    // (and cut a group's commit short).
+    owner
+        .batch_execute("SET statement_timeout = 0; SET lock_timeout = 0")
+        .await
+        .map_err(|e| pg_error("setting the session's time limits", e))?;
     if owner_wait == OwnerWait::UntilFree {
         // Granted the moment the owner's session ends.
         owner
@@ -486,14 +490,17 @@ async fn take_owner_lock(owner: &Client, owner_wait: OwnerWait) -> Result<bool> 
     }
 }
 
+/// The advisory lock schema changes are made under, for one transaction.
+pub(crate) const MIGRATION_LOCK: i64 = OWNER_LOCK + 1;
+
 /// Applies the migrations the database lacks, under a transaction-scoped
 /// advisory lock so two servers starting at once do not both apply one.
-pub(crate) async fn migrate(client: &mut Client) -> Result<()> {
+async fn migrate(client: &mut Client) -> Result<()> {
     let tx = client
         .transaction()
         .await
         .map_err(|e| pg_error("starting the migrations", e))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&(OWNER_LOCK + 1)])
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
         .await
         .map_err(|e| pg_error("locking the migrations", e))?;
     tx.batch_execute(

@@ -9,7 +9,7 @@
 //! leader's session ends, no node leads until a standby's wait for the lock
 //! is granted.
 
-use crate::postgres_backend::{OWNER_LOCK, connection_config, migrate};
+use crate::postgres_backend::{MIGRATION_LOCK, OWNER_LOCK, connection_config};
 use crate::{Result, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -18,6 +18,17 @@ use tokio_postgres::Client;
 
 /// How often a node refreshes its row.
 const HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// The nodes' table: made by the store's migration 2, or by the first node
+/// to join, whichever comes first.
+pub(crate) const NODES_TABLE: &str = "CREATE TABLE IF NOT EXISTS kiln_nodes (\
+     node text PRIMARY KEY, url text NOT NULL, keys text NOT NULL, session integer, \
+     started_at timestamptz NOT NULL DEFAULT now(), seen timestamptz NOT NULL DEFAULT now())";
+
+/// A node that led and was seen this recently is one whose keys a joining
+/// node must share (older rows are of a cluster stopped since, perhaps to
+/// change its keys).
+const KEYS_CHECKED_WITHIN_SECS: f64 = 10.0;
 
 /// Rows of nodes not seen for this long are removed.
 const FORGET_AFTER_SECS: f64 = 600.0;
@@ -46,7 +57,18 @@ pub struct Membership {
     /// does not stop the process.
     closing: Arc<AtomicBool>,
     node: String,
+    /// What the node's row holds, for the heartbeat to write it again if
+    /// it went.
+    row: Arc<std::sync::Mutex<Row>>,
     heartbeat: tokio::task::JoinHandle<()>,
+}
+
+/// A node's row, as it last wrote it.
+#[derive(Debug, Clone)]
+struct Row {
+    url: String,
+    keys: String,
+    session: Option<i32>,
 }
 
 impl std::fmt::Debug for Membership {
@@ -65,9 +87,11 @@ fn pg_error(what: &str, e: tokio_postgres::Error) -> StoreError {
     StoreError::Backend(format!("PostgreSQL: {what}: {detail}"))
 }
 
-/// The nodes' rows, with whether each leads, from PostgreSQL's lock table.
+/// The nodes' rows, with whether each leads, from PostgreSQL's lock table:
+/// the owner lock, in this database, held by the session the row names.
 const NODES: &str = "SELECT n.node, n.url, n.keys, \
      EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+             AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND l.pid = n.session AND l.classid = ($1::bigint >> 32)::oid \
              AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1), \
      extract(epoch FROM now() - n.seen)::float8, \
@@ -102,22 +126,34 @@ impl Membership {
             }
             std::process::exit(74);
         });
-        migrate(&mut client).await?;
+        // The nodes' table only: the store's schema is changed by the node
+        // that owns the store, never under a running leader.
+        let tx = client
+            .transaction()
+            .await
+            .map_err(|e| pg_error("starting to make kiln_nodes", e))?;
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MIGRATION_LOCK])
+            .await
+            .map_err(|e| pg_error("locking the migrations", e))?;
+        tx.batch_execute(NODES_TABLE)
+            .await
+            .map_err(|e| pg_error("making kiln_nodes", e))?;
+        tx.commit()
+            .await
+            .map_err(|e| pg_error("making kiln_nodes", e))?;
+        let row = Arc::new(std::sync::Mutex::new(Row {
+            url: node_url.to_string(),
+            keys: keys.to_string(),
+            session: None,
+        }));
         let mut membership = Membership {
             client,
             closing,
             node: node.to_string(),
+            row: row.clone(),
             heartbeat: tokio::spawn(async {}),
         };
-        if let Some(leader) = membership.leader_row().await?
-            && leader.2 != keys
-        {
-            return Err(StoreError::Backend(format!(
-                "this node's API key or master key differs from those of node {} ({}), which \
-                 leads the cluster: give every node the same KILN_SECRET_KEY and KILN_MASTER_KEY",
-                leader.0, leader.1
-            )));
-        }
+        membership.check_keys(keys).await?;
         membership
             .client
             .execute(
@@ -126,7 +162,7 @@ impl Membership {
             )
             .await
             .map_err(|e| pg_error("joining the cluster", e))?;
-        membership.heartbeat = tokio::spawn(heartbeat(url.to_string(), node.to_string()));
+        membership.heartbeat = tokio::spawn(heartbeat(url.to_string(), node.to_string(), row));
         Ok(membership)
     }
 
@@ -137,16 +173,51 @@ impl Membership {
 
     /// Records that this node leads through the database session
     /// `session`, which holds the owner lock, with `keys` the fingerprint
-    /// of the keys it opened the store with.
+    /// of the keys it opened the store with. Another row naming the same
+    /// session (a node gone before PostgreSQL reused its process id) is
+    /// cleared.
     pub async fn lead(&self, session: i32, keys: &str) -> Result<()> {
         self.client
             .execute(
-                "UPDATE kiln_nodes SET session = $2, keys = $3, seen = now() WHERE node = $1",
+                "UPDATE kiln_nodes SET session = CASE WHEN node = $1 THEN $2 END, \
+                 keys = CASE WHEN node = $1 THEN $3 ELSE keys END, \
+                 seen = CASE WHEN node = $1 THEN now() ELSE seen END \
+                 WHERE node = $1 OR session = $2",
                 &[&self.node, &session, &keys],
             )
             .await
             .map_err(|e| pg_error("recording the leader", e))?;
+        let mut row = self.row.lock().unwrap_or_else(|p| p.into_inner());
+        row.keys = keys.to_string();
+        row.session = Some(session);
         Ok(())
+    }
+
+    /// Refuses `keys` when they differ from those of a node that led and
+    /// was seen in the last seconds: every node of a cluster shares its API
+    /// key and master key. A standby that took over with other keys would
+    /// turn away every client, or fail to open what the leader sealed.
+    pub async fn check_keys(&self, keys: &str) -> Result<()> {
+        let row = self
+            .client
+            .query_opt(
+                "SELECT node, url, keys FROM kiln_nodes WHERE session IS NOT NULL \
+                 AND node <> $1 AND seen > now() - make_interval(secs => $2) \
+                 ORDER BY seen DESC LIMIT 1",
+                &[&self.node, &KEYS_CHECKED_WITHIN_SECS],
+            )
+            .await
+            .map_err(|e| pg_error("reading the leader's keys", e))?;
+        match row {
+            Some(row) if row.get::<_, String>(2) != keys => Err(StoreError::Backend(format!(
+                "this node's API key or master key differs from those of node {} ({}), \
+                     which leads the cluster: give every node the same KILN_SECRET_KEY and \
+                     KILN_MASTER_KEY",
+                row.get::<_, String>(0),
+                row.get::<_, String>(1)
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// Every node, in the order they started, with whether it leads.
@@ -173,19 +244,6 @@ impl Membership {
         Ok(self.nodes().await?.into_iter().find(|n| n.leads))
     }
 
-    /// The leader's id, URL and key fingerprint.
-    async fn leader_row(&self) -> Result<Option<(String, String, String)>> {
-        let rows = self
-            .client
-            .query(NODES, &[&OWNER_LOCK])
-            .await
-            .map_err(|e| pg_error("reading the cluster's nodes", e))?;
-        Ok(rows
-            .iter()
-            .find(|row| row.get::<_, bool>(3))
-            .map(|row| (row.get(0), row.get(1), row.get(2))))
-    }
-
     /// Leaves the cluster: the row goes (a node stopping on purpose).
     pub async fn leave(&self) {
         self.closing.store(true, Ordering::SeqCst);
@@ -205,9 +263,10 @@ impl Drop for Membership {
 }
 
 /// Refreshes `node`'s row every [`HEARTBEAT`] on a connection of its own
-/// (a slow query of the status never delays it), and forgets nodes long
-/// gone. A heartbeat that fails is logged; the next tries again.
-async fn heartbeat(url: String, node: String) {
+/// (a slow query of the status never delays it), writing it again if it
+/// went, and forgets nodes long gone. A heartbeat that fails is logged;
+/// the next tries again.
+async fn heartbeat(url: String, node: String, row: Arc<std::sync::Mutex<Row>>) {
     let mut client = None;
     loop {
         tokio::time::sleep(HEARTBEAT).await;
@@ -227,10 +286,16 @@ async fn heartbeat(url: String, node: String) {
             };
         }
         let Some(c) = &client else { continue };
+        let Row {
+            url: node_url,
+            keys,
+            session,
+        } = row.lock().unwrap_or_else(|p| p.into_inner()).clone();
         let beat = c
             .execute(
-                "UPDATE kiln_nodes SET seen = now() WHERE node = $1",
-                &[&node],
+                "INSERT INTO kiln_nodes (node, url, keys, session) VALUES ($1, $2, $3, $4) \
+                 ON CONFLICT (node) DO UPDATE SET seen = now()",
+                &[&node, &node_url, &keys, &session],
             )
             .await;
         let forget = c

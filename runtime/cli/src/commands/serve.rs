@@ -187,7 +187,13 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let drain_timeout = kiln_server::parse_duration_ms(&args.drain_timeout)
         .map_err(|e| anyhow::anyhow!("--drain-timeout: {e}"))?;
     let server = Server::open(config).await?;
-    let addr = server.local_addr()?;
+    let addr = match server.local_addr() {
+        Ok(addr) => addr,
+        Err(error) => {
+            eprintln!("error: {error}");
+            std::process::exit(1);
+        }
+    };
     if server.generated_key() {
         println!(
             "Generated an API key (kept in {}):",
@@ -210,9 +216,19 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
             )),
         ),
     }
-    let cut_short = server
+    // From here every way out exits the process: on a cluster's standby a
+    // blocking wait for the store's lock never returns, and a runtime shut
+    // down normally would wait for it.
+    let cut_short = match server
         .serve_until_terminated(std::time::Duration::from_millis(drain_timeout))
-        .await?;
+        .await
+    {
+        Ok(cut_short) => cut_short,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            std::process::exit(1);
+        }
+    };
     if cut_short > 0 {
         tracing::warn!(
             runs = cut_short,

@@ -11,10 +11,15 @@ use std::time::Duration;
 const STORE_ANSWERS_WITHIN: Duration = Duration::from_secs(2);
 
 /// `GET /readyz`: `ready` once the store answers a read, 503 when it does
-/// not (a PostgreSQL store that cannot be reached); the reason goes to the
-/// server's log, not to this unauthenticated route. `/healthz` only says
+/// not (a PostgreSQL store that cannot be reached) or when the server
+/// drains on its way to stopping; the reason goes to the server's log, not
+/// to this unauthenticated route. `/healthz` only says
 /// the process answers.
 pub(super) async fn serve(State(hub): State<Arc<Hub>>) -> Result<&'static str, ApiError> {
+    if hub.draining() {
+        // Stopping: a load balancer should send new work elsewhere.
+        return Err(ApiError::unavailable("not ready: this server is stopping"));
+    }
     let backend = hub.backend();
     let read = tokio::task::spawn_blocking(move || backend.get(kiln_store::layout::SEAL_CHECK));
     let why = match tokio::time::timeout(STORE_ANSWERS_WITHIN, read).await {

@@ -36,10 +36,11 @@ impl Outgoing {
     }
 }
 
-/// Headers that belong to one connection, not to the request.
-const HOP_BY_HOP: [HeaderName; 8] = [
+/// Headers that belong to one connection, not to the request. `Host` goes
+/// on as the client sent it, so the leader sees the origin the client
+/// used.
+const HOP_BY_HOP: [HeaderName; 7] = [
     header::CONNECTION,
-    header::HOST,
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
@@ -48,8 +49,17 @@ const HOP_BY_HOP: [HeaderName; 8] = [
     header::UPGRADE,
 ];
 
-fn hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name) || name.as_str() == "keep-alive"
+/// Whether `name` belongs to the connection: a hop-by-hop header, or one
+/// the `Connection` header of `headers` names.
+fn hop_by_hop(name: &HeaderName, headers: &axum::http::HeaderMap) -> bool {
+    HOP_BY_HOP.contains(name)
+        || name.as_str() == "keep-alive"
+        || headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|token| token.trim().eq_ignore_ascii_case(name.as_str()))
 }
 
 /// A 503 the client should retry in a second.
@@ -124,7 +134,7 @@ pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
         let url = format!("{}{path}", leader.url.trim_end_matches('/'));
         let mut outgoing = cluster.http.request(parts.method.clone(), &url);
         for (name, value) in &parts.headers {
-            if !hop_by_hop(name) {
+            if !hop_by_hop(name, &parts.headers) {
                 outgoing = outgoing.header(name, value);
             }
         }
@@ -154,16 +164,26 @@ pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
                     leader = now;
                     continue;
                 }
-                return retry_soon(format!(
-                    "the node that leads the cluster ({}) could not be reached; retry",
+                if error.is_connect() {
+                    return retry_soon(format!(
+                        "the node that leads the cluster ({}) could not be reached; retry",
+                        leader.node
+                    ));
+                }
+                // The request may have reached the leader, and been
+                // applied: the client decides whether to send it again.
+                return ApiError::bad_gateway(format!(
+                    "the node that leads the cluster ({}) failed while answering; the \
+                     request may have been applied",
                     leader.node
-                ));
+                ))
+                .into_response();
             }
         }
     };
     let mut response = Response::builder().status(answer.status());
     for (name, value) in answer.headers() {
-        if !hop_by_hop(name) {
+        if !hop_by_hop(name, answer.headers()) {
             response = response.header(name, value);
         }
     }

@@ -55,9 +55,16 @@ impl Cluster {
     /// This node, a member of the cluster, serving nothing yet; watches
     /// who leads.
     pub(crate) fn start(membership: Membership, admin_key: String) -> Arc<Cluster> {
+        // Redirects go back to the client as they came (the dashboard's
+        // sign-in answers one with its cookie); node-to-node traffic never
+        // goes through a proxy; a leader whose host vanished under a long
+        // poll or a realtime stream is noticed by keepalives.
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_secs(2))
             .pool_idle_timeout(Duration::from_secs(30))
+            .tcp_keepalive(Duration::from_secs(10))
+            .redirect(reqwest::redirect::Policy::none())
+            .no_proxy()
             .build()
             .unwrap_or_default();
         let cluster = Arc::new(Cluster {
@@ -130,6 +137,11 @@ impl Cluster {
         *self.hub.write().unwrap_or_else(|p| p.into_inner()) = Some(hub);
         *self.serving.write().unwrap_or_else(|p| p.into_inner()) = Some(api);
         Ok(())
+    }
+
+    /// Refuses `keys` unless they are those of the node that led last.
+    pub(crate) async fn check_keys(&self, keys: &str) -> kiln_store::Result<()> {
+        self.membership.check_keys(keys).await
     }
 
     /// The server's state, once this node leads.

@@ -65,8 +65,12 @@ impl Dispatch {
         }
     }
 
-    /// Starts nothing more; runs stay queued for the next server.
+    /// Starts nothing more; runs stay queued for the next server. Every
+    /// slice started before this returns is counted in [`Dispatch::running`].
     pub(crate) fn drain(&self) {
+        // Under the scheduler's lock, which the dispatcher holds from its
+        // check of the flag to its count of the slice it starts.
+        let _scheduler = self.lock();
         self.draining.store(true, Ordering::SeqCst);
         self.changed.notify_one();
     }
@@ -193,16 +197,19 @@ impl Drop for Slot {
 pub(crate) async fn run(executor: Executor) {
     let dispatch = executor.shared.dispatch.clone();
     loop {
-        if dispatch.draining.load(Ordering::SeqCst) {
-            return;
-        }
         let (started, wakeup) = {
             let mut scheduler = dispatch.lock();
+            if dispatch.draining.load(Ordering::SeqCst) {
+                return;
+            }
             let now = Timestamp::now().as_millis();
-            (scheduler.next(now), scheduler.next_wakeup())
+            let started = scheduler.next(now);
+            if started.is_some() {
+                dispatch.running.fetch_add(1, Ordering::SeqCst);
+            }
+            (started, scheduler.next_wakeup())
         };
         if let Some(started) = started {
-            dispatch.running.fetch_add(1, Ordering::SeqCst);
             let slot = Slot {
                 executor: executor.clone(),
                 started,

@@ -345,15 +345,17 @@ impl Executor {
         let _ = self.shared.timers.set(timers);
     }
 
-    /// Starts no more runs, and waits until no slice is under way (each
-    /// finished or suspended at a wait) or `until` passes; returns how
-    /// many were still under way. Queued runs stay queued, for the server
-    /// that comes next.
-    pub(crate) async fn drain(&self, until: std::time::Instant) -> usize {
-        let dispatch = &self.shared.dispatch;
-        dispatch.drain();
+    /// Starts no more runs; queued runs stay queued, for the server that
+    /// comes next.
+    pub(crate) fn stop_starting(&self) {
+        self.shared.dispatch.drain();
+    }
+
+    /// Waits until no slice is under way (each finished or suspended at a
+    /// wait) or `until` passes; returns how many were still under way.
+    pub(crate) async fn idle(&self, until: std::time::Instant) -> usize {
         loop {
-            let running = dispatch.running();
+            let running = self.shared.dispatch.running();
             if running == 0 || std::time::Instant::now() >= until {
                 return running;
             }
