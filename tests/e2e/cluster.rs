@@ -15,22 +15,21 @@ use std::time::{Duration, Instant};
 /// Every node's master key: the nodes of a cluster share their keys.
 const MASTER_KEY: &str = "5e1f0c4a9b2d7e3f8a6c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
 
-/// Three nodes on `url`, each with its own data directory, one compile
-/// cache, and `extra` arguments; the first to start leads.
+/// Three nodes on `url`, each with its own data directory (and compile
+/// cache, as on machines of their own), and `extra` arguments; the first
+/// to start leads.
 struct Nodes {
     nodes: Vec<Option<Kiln>>,
-    _dirs: Vec<tempfile::TempDir>,
+    dirs: Vec<tempfile::TempDir>,
 }
 
 impl Nodes {
     fn start(url: &str, extra: &[&str]) -> Nodes {
-        let cache = data_dir();
-        let cache_dir = cache.path().to_str().expect("a UTF-8 path").to_string();
-        let mut dirs = vec![cache];
+        let mut dirs = Vec::new();
         let mut nodes = Vec::new();
         for _ in 0..3 {
             let dir = data_dir();
-            let mut args = vec!["--store", url, "--compile-cache", &cache_dir];
+            let mut args = vec!["--store", url];
             args.extend_from_slice(extra);
             nodes.push(Some(Kiln::start_with_env(
                 dir.path(),
@@ -39,7 +38,32 @@ impl Nodes {
             )));
             dirs.push(dir);
         }
-        Nodes { nodes, _dirs: dirs }
+        Nodes { nodes, dirs }
+    }
+
+    /// Waits (at most 60 s) until node `i`'s compile cache holds a
+    /// compiled bundle.
+    async fn compiled(&self, i: usize) {
+        let cache = self.dirs[i].path().join("compiled");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let artifacts = std::fs::read_dir(&cache)
+                .map(|entries| {
+                    entries
+                        .flatten()
+                        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                        .count()
+                })
+                .unwrap_or(0);
+            if artifacts > 0 {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "node {i} never compiled the bundle"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     fn node(&self, i: usize) -> &Kiln {
@@ -124,8 +148,11 @@ async fn any_node_serves_and_a_killed_leaders_runs_complete_once_on_another() {
     assert_eq!(text.matches("standby").count(), 2, "{text}");
 
     // A deploy through a standby reaches the leader; runs triggered on
-    // every node run there.
+    // every node run there. The standbys compile the deployed bundle ahead
+    // of a takeover.
     nodes.node(1).deploy(kiln_fixtures::COUNTDOWN).await;
+    nodes.compiled(1).await;
+    nodes.compiled(2).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         let node = nodes.node(i % 3);

@@ -250,6 +250,9 @@ async fn join(
         None => {
             tracing::info!(node = %node, "another node leads the cluster: standing by");
             cluster.read_leader().await;
+            let cache =
+                (config.compile_cache.clone()).unwrap_or_else(|| config.data_dir.join("compiled"));
+            crate::cluster::warm::spawn(url.to_string(), cache, Arc::downgrade(&cluster));
             let standby = cluster.clone();
             let url = url.to_string();
             tokio::spawn(async move {

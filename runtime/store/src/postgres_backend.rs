@@ -199,60 +199,11 @@ impl PostgresBackend {
     /// [`PostgresBackend::open`], waiting for a database another server
     /// owns as `owner_wait` says; `None` when it is still owned.
     pub fn open_with(url: &str, owner_wait: OwnerWait) -> Result<Option<Self>> {
-        let config = connection_config(url)?;
-        let lifecycle = Arc::new(AtomicU8::new(OPENING));
-        let runtime = Driver(Some(
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .thread_name("kiln-postgres")
-                .enable_all()
-                .build()
-                .map_err(backend_error)?,
-        ));
-        let connect = |purpose: &'static str| -> Result<Client> {
-            let config = config.clone();
-            let handle = runtime.handle().clone();
-            let lifecycle = lifecycle.clone();
-            on(&runtime, async move {
-                let (client, connection) = config
-                    .connect(NoTls)
-                    .await
-                    .map_err(|e| pg_error("connecting", e))?;
-                handle.spawn(async move {
-                    let ended = connection.await;
-                    // While opening, a lost connection fails the open (it
-                    // checks before it is done); while closing, connections
-                    // end on purpose.
-                    match lifecycle.compare_exchange(
-                        OPENING,
-                        LOST,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => return,
-                        Err(OPEN) => {}
-                        Err(_) => return,
-                    }
-                    // A connection lost while the server runs: the owner
-                    // lock went with the commits' connection, and a read
-                    // connection is not made again. Stop, as a failed
-                    // commit does; a restart reconnects.
-                    let why = match ended {
-                        Ok(()) => "closed by the database".to_string(),
-                        Err(error) => error.to_string(),
-                    };
-                    tracing::error!(
-                        error = %why,
-                        purpose,
-                        "a PostgreSQL connection of the store was lost; Kiln stops"
-                    );
-                    std::process::exit(74);
-                });
-                Ok(client)
-            })
-        };
+        let connector = Connector::new(url)?;
+        let connect = |purpose| connector.connect(purpose);
+        let runtime = &connector.runtime;
         let owner = connect("commits")?;
-        let Some((owner, write, session)) = on(&runtime, async move {
+        let Some((owner, write, session)) = on(runtime, async move {
             let mut owner = owner;
             if !take_owner_lock(&owner, owner_wait).await? {
                 return Ok(None);
@@ -283,7 +234,7 @@ impl PostgresBackend {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let client = connect("reads")?;
-            readers.push(on(&runtime, Reader::prepare(client))?);
+            readers.push(on(runtime, Reader::prepare(client))?);
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
@@ -294,29 +245,44 @@ impl PostgresBackend {
             pending: pending.clone(),
             durable: durable_tx,
         };
-        // From here a lost connection stops the server; one lost before
-        // fails the open.
-        if lifecycle
-            .compare_exchange(OPENING, OPEN, Ordering::AcqRel, Ordering::Acquire)
-            .is_err()
-        {
-            return Err(StoreError::Backend(
-                "PostgreSQL: a connection was lost while the store opened".into(),
-            ));
-        }
+        connector.opened()?;
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
             .map_err(backend_error)?;
         Ok(Some(PostgresBackend {
-            _driver: runtime,
+            _driver: connector.runtime,
             readers,
             next_reader: AtomicUsize::new(0),
             front: Front::new(pending, tx, durable),
             committing: Some(committing),
-            lifecycle,
+            lifecycle: connector.lifecycle,
             session,
         }))
+    }
+
+    /// Opens the store at `url` for reading only, beside the server that
+    /// owns it (a standby reading the deployments it will serve): no lock,
+    /// no migrations, one read connection; every commit fails with
+    /// [`StoreError::Closed`]. A lost connection stops the process, as the
+    /// owner's does.
+    pub fn open_read_only(url: &str) -> Result<Self> {
+        let connector = Connector::new(url)?;
+        let client = connector.connect("reads")?;
+        let reader = on(&connector.runtime, Reader::prepare(client))?;
+        // No committer receives: a commit is refused at once.
+        let (tx, _) = mpsc::channel::<Request>();
+        let (_, durable) = watch::channel(Ok(0));
+        connector.opened()?;
+        Ok(PostgresBackend {
+            _driver: connector.runtime,
+            readers: vec![reader],
+            next_reader: AtomicUsize::new(0),
+            front: Front::new(Arc::new(Pending::default()), tx, durable),
+            committing: None,
+            lifecycle: connector.lifecycle,
+            session: 0,
+        })
     }
 
     /// The process id of the database session that holds the owner lock
@@ -423,6 +389,85 @@ impl Reader {
                 Ok((key, value))
             })
             .collect()
+    }
+}
+
+/// Makes a backend's connections, driven by its own runtime, and watches
+/// them: while the backend opens, a lost connection fails the open; once it
+/// is open, a lost connection stops the process.
+struct Connector {
+    config: tokio_postgres::Config,
+    runtime: Driver,
+    lifecycle: Arc<AtomicU8>,
+}
+
+impl Connector {
+    fn new(url: &str) -> Result<Self> {
+        Ok(Connector {
+            config: connection_config(url)?,
+            lifecycle: Arc::new(AtomicU8::new(OPENING)),
+            runtime: Driver(Some(
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(1)
+                    .thread_name("kiln-postgres")
+                    .enable_all()
+                    .build()
+                    .map_err(backend_error)?,
+            )),
+        })
+    }
+
+    /// A new connection, for `purpose` (named in the log if it is lost).
+    fn connect(&self, purpose: &'static str) -> Result<Client> {
+        let config = self.config.clone();
+        let handle = self.runtime.handle().clone();
+        let lifecycle = self.lifecycle.clone();
+        on(&self.runtime, async move {
+            let (client, connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| pg_error("connecting", e))?;
+            handle.spawn(async move {
+                let ended = connection.await;
+                // While opening, a lost connection fails the open (it
+                // checks before it is done); while closing, connections
+                // end on purpose.
+                match lifecycle.compare_exchange(OPENING, LOST, Ordering::AcqRel, Ordering::Acquire)
+                {
+                    Ok(_) => return,
+                    Err(OPEN) => {}
+                    Err(_) => return,
+                }
+                // A connection lost while the server runs: the owner lock
+                // went with the commits' connection, and a read connection
+                // is not made again. Stop, as a failed commit does; a
+                // restart reconnects.
+                let why = match ended {
+                    Ok(()) => "closed by the database".to_string(),
+                    Err(error) => error.to_string(),
+                };
+                tracing::error!(
+                    error = %why,
+                    purpose,
+                    "a PostgreSQL connection of the store was lost; Kiln stops"
+                );
+                std::process::exit(74);
+            });
+            Ok(client)
+        })
+    }
+
+    /// Marks the backend open: from here a lost connection stops the
+    /// process. Fails if one was lost while it opened.
+    fn opened(&self) -> Result<()> {
+        self.lifecycle
+            .compare_exchange(OPENING, OPEN, Ordering::AcqRel, Ordering::Acquire)
+            .map(|_| ())
+            .map_err(|_| {
+                StoreError::Backend(
+                    "PostgreSQL: a connection was lost while the store opened".into(),
+                )
+            })
     }
 }
 

@@ -18,6 +18,7 @@
 
 mod forward;
 mod status;
+pub(crate) mod warm;
 
 use crate::api::ApiError;
 use crate::environments::Hub;
