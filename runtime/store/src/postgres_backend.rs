@@ -133,7 +133,7 @@ fn backend_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 
-fn pg_error(what: &str, e: tokio_postgres::Error) -> StoreError {
+pub(crate) fn pg_error(what: &str, e: tokio_postgres::Error) -> StoreError {
     // The server's own message says what was wrong (a missing role, a
     // refused connection); the driver's display alone often does not.
     let detail = e

@@ -9,7 +9,7 @@
 //! leader's session ends, no node leads until a standby's wait for the lock
 //! is granted.
 
-use crate::postgres_backend::{MIGRATION_LOCK, OWNER_LOCK, connection_config};
+use crate::postgres_backend::{MIGRATION_LOCK, OWNER_LOCK, connection_config, pg_error};
 use crate::{Result, StoreError};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,14 +77,6 @@ impl std::fmt::Debug for Membership {
             .field("node", &self.node)
             .finish_non_exhaustive()
     }
-}
-
-fn pg_error(what: &str, e: tokio_postgres::Error) -> StoreError {
-    let detail = e
-        .as_db_error()
-        .map(|db| db.message().to_string())
-        .unwrap_or_else(|| e.to_string());
-    StoreError::Backend(format!("PostgreSQL: {what}: {detail}"))
 }
 
 /// The nodes' rows, with whether each leads, from PostgreSQL's lock table:
