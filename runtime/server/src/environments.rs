@@ -82,6 +82,8 @@ struct Parts<'a> {
     environment: &'a str,
     signing: String,
     traces: Option<&'a crate::traces::Exporter>,
+    /// Whether the server drains: the environment starts no run.
+    draining: bool,
 }
 
 impl Hub {
@@ -116,6 +118,7 @@ impl Hub {
             environment: &config.environment,
             signing: admin_key.clone(),
             traces: traces.as_ref(),
+            draining: false,
         })
         .await?;
         let keys: HashMap<String, ApiKey> = root
@@ -287,13 +290,9 @@ impl Hub {
             environment,
             signing,
             traces: self.traces.as_ref(),
+            draining: self.draining(),
         })
         .await?;
-        // Opened while the server drains (under the lock the drain takes):
-        // it starts nothing either.
-        if self.draining() {
-            state.executor.stop_starting();
-        }
         self.environments
             .write()
             .unwrap_or_else(|p| p.into_inner())
@@ -436,6 +435,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         environment,
         signing,
         traces,
+        draining,
     } = parts;
     // Realtime subscriptions hear of every run a durable commit wrote, and
     // stream readers of every chunk appended.
@@ -480,6 +480,11 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             memory_budget_mib: config.memory_budget_mib,
         },
     );
+    if draining {
+        // Opened while the server drains: it starts nothing, recovered
+        // runs included.
+        executor.stop_starting();
+    }
     let recovered = executor.recover().await?;
     if recovered > 0 {
         tracing::info!(recovered, project, environment, "re-queued unfinished runs");

@@ -34,7 +34,13 @@ impl Opening {
     /// `backend`: each environment's deployment loaded, unfinished runs
     /// re-queued. Returns it with the fingerprint of the keys it opened
     /// with.
-    async fn open(self, backend: Arc<dyn Backend>) -> anyhow::Result<(Arc<Hub>, String)> {
+    /// On a cluster's node, `cluster` checks the keys against the last
+    /// leader's before anything starts.
+    async fn open(
+        self,
+        backend: Arc<dyn Backend>,
+        cluster: Option<&Cluster>,
+    ) -> anyhow::Result<(Arc<Hub>, String)> {
         let config = self.config;
         let sealed_before = kiln_store::Store::new(backend.clone())
             .sealed_before()
@@ -45,6 +51,15 @@ impl Opening {
             sealed_before,
         )?;
         let keys = fingerprint(&self.secret_key, master_key_text(&config).as_deref());
+        if let Some(cluster) = cluster {
+            // The keys the store is opened with must be the cluster's:
+            // checked at join against the leader then, and again now, before
+            // any run starts.
+            cluster
+                .check_keys(&keys)
+                .await
+                .map_err(|e| anyhow::anyhow!(e))?;
+        }
         let cache =
             (config.compile_cache.clone()).unwrap_or_else(|| config.data_dir.join("compiled"));
         let mut sandbox_config = SandboxConfig::new(cache);
@@ -88,7 +103,7 @@ impl Server {
         let (hub, cluster) = match config.store_url.clone() {
             None => {
                 let backend = Arc::new(open_sled(config.data_dir.join("store")).await?);
-                (Some(opening.open(backend).await?.0), None)
+                (Some(opening.open(backend, None).await?.0), None)
             }
             Some(url) => {
                 let (hub, cluster) = join(&config, &url, local, opening).await?;
@@ -302,13 +317,8 @@ async fn take_over(
 ) -> anyhow::Result<Arc<Hub>> {
     let session = backend.owner_session();
     tracing::info!("the store is in PostgreSQL");
-    let (hub, keys) = opening.open(Arc::new(backend)).await?;
-    // The keys the store was opened with must be the cluster's: checked
-    // at join against the leader then, and again now.
-    cluster
-        .check_keys(&keys)
-        .await
-        .map_err(|e| anyhow::anyhow!(e))?;
+    cluster.taking_over();
+    let (hub, keys) = opening.open(Arc::new(backend), Some(cluster)).await?;
     cluster
         .lead(session, &keys, hub.clone(), router(hub.clone()))
         .await

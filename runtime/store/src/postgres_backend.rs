@@ -111,6 +111,8 @@ pub struct PostgresBackend {
     lifecycle: Arc<AtomicU8>,
     /// The process id of the database session that holds the owner lock.
     session: i32,
+    /// Opened with [`PostgresBackend::open_read_only`]: writes are refused.
+    read_only: bool,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -199,7 +201,7 @@ impl PostgresBackend {
     /// [`PostgresBackend::open`], waiting for a database another server
     /// owns as `owner_wait` says; `None` when it is still owned.
     pub fn open_with(url: &str, owner_wait: OwnerWait) -> Result<Option<Self>> {
-        let connector = Connector::new(url)?;
+        let connector = Connector::new(url, true)?;
         let connect = |purpose| connector.connect(purpose);
         let runtime = &connector.runtime;
         let owner = connect("commits")?;
@@ -258,16 +260,17 @@ impl PostgresBackend {
             committing: Some(committing),
             lifecycle: connector.lifecycle,
             session,
+            read_only: false,
         }))
     }
 
     /// Opens the store at `url` for reading only, beside the server that
     /// owns it (a standby reading the deployments it will serve): no lock,
     /// no migrations, one read connection; every commit fails with
-    /// [`StoreError::Closed`]. A lost connection stops the process, as the
-    /// owner's does.
+    /// [`StoreError::Closed`], writing nothing. A lost connection fails
+    /// the reads that follow; open it again.
     pub fn open_read_only(url: &str) -> Result<Self> {
-        let connector = Connector::new(url)?;
+        let connector = Connector::new(url, false)?;
         let client = connector.connect("reads")?;
         let reader = on(&connector.runtime, Reader::prepare(client))?;
         // No committer receives: a commit is refused at once.
@@ -282,6 +285,7 @@ impl PostgresBackend {
             committing: None,
             lifecycle: connector.lifecycle,
             session: 0,
+            read_only: true,
         })
     }
 
@@ -399,11 +403,15 @@ struct Connector {
     config: tokio_postgres::Config,
     runtime: Driver,
     lifecycle: Arc<AtomicU8>,
+    /// Whether a connection lost once the backend is open stops the
+    /// process (a read-only backend's only fails its reads).
+    stop_on_loss: bool,
 }
 
 impl Connector {
-    fn new(url: &str) -> Result<Self> {
+    fn new(url: &str, stop_on_loss: bool) -> Result<Self> {
         Ok(Connector {
+            stop_on_loss,
             config: connection_config(url)?,
             lifecycle: Arc::new(AtomicU8::new(OPENING)),
             runtime: Driver(Some(
@@ -422,6 +430,7 @@ impl Connector {
         let config = self.config.clone();
         let handle = self.runtime.handle().clone();
         let lifecycle = self.lifecycle.clone();
+        let stop_on_loss = self.stop_on_loss;
         on(&self.runtime, async move {
             let (client, connection) = config
                 .connect(NoTls)
@@ -446,6 +455,10 @@ impl Connector {
                     Ok(()) => "closed by the database".to_string(),
                     Err(error) => error.to_string(),
                 };
+                if !stop_on_loss {
+                    tracing::warn!(error = %why, purpose, "a read-only PostgreSQL connection was lost");
+                    return;
+                }
                 tracing::error!(
                     error = %why,
                     purpose,
@@ -453,6 +466,9 @@ impl Connector {
                 );
                 std::process::exit(74);
             });
+            // A role's idle limit (PostgreSQL 14 on) would end a connection
+            // that waits for work; older servers do not know it.
+            let _ = client.batch_execute("SET idle_session_timeout = 0").await;
             Ok(client)
         })
     }
@@ -776,10 +792,16 @@ impl Backend for PostgresBackend {
     }
 
     fn commit(&self, ops: Vec<Op>) -> Commit {
+        if self.read_only {
+            return Box::pin(std::future::ready(Err(StoreError::Closed)));
+        }
         self.front.commit(ops)
     }
 
     fn defer(&self, ops: Vec<Op>) {
+        if self.read_only {
+            return;
+        }
         self.front.defer(ops);
     }
 

@@ -27,8 +27,8 @@ pub(crate) const NODES_TABLE: &str = "CREATE TABLE IF NOT EXISTS kiln_nodes (\
 
 /// A node that led and was seen this recently is one whose keys a joining
 /// node must share (older rows are of a cluster stopped since, perhaps to
-/// change its keys).
-const KEYS_CHECKED_WITHIN_SECS: f64 = 10.0;
+/// change its keys). Longer than a vanished host's lock takes to go.
+const KEYS_CHECKED_WITHIN_SECS: f64 = 60.0;
 
 /// Rows of nodes not seen for this long are removed.
 const FORGET_AFTER_SECS: f64 = 600.0;
@@ -60,7 +60,9 @@ pub struct Membership {
     /// What the node's row holds, for the heartbeat to write it again if
     /// it went.
     row: Arc<std::sync::Mutex<Row>>,
-    heartbeat: tokio::task::JoinHandle<()>,
+    heartbeat: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// Tells the heartbeat to stop after the beat it may be making.
+    stop: tokio::sync::watch::Sender<bool>,
 }
 
 /// A node's row, as it last wrote it.
@@ -143,7 +145,8 @@ impl Membership {
             closing,
             node: node.to_string(),
             row: row.clone(),
-            heartbeat: tokio::spawn(async {}),
+            heartbeat: std::sync::Mutex::new(None),
+            stop: tokio::sync::watch::channel(false).0,
         };
         membership.check_keys(keys).await?;
         membership
@@ -154,7 +157,13 @@ impl Membership {
             )
             .await
             .map_err(|e| pg_error("joining the cluster", e))?;
-        membership.heartbeat = tokio::spawn(heartbeat(url.to_string(), node.to_string(), row));
+        let beating = tokio::spawn(heartbeat(
+            url.to_string(),
+            node.to_string(),
+            row,
+            membership.stop.subscribe(),
+        ));
+        membership.heartbeat = std::sync::Mutex::new(Some(beating));
         Ok(membership)
     }
 
@@ -171,10 +180,10 @@ impl Membership {
     pub async fn lead(&self, session: i32, keys: &str) -> Result<()> {
         self.client
             .execute(
-                "UPDATE kiln_nodes SET session = CASE WHEN node = $1 THEN $2 END, \
+                "UPDATE kiln_nodes SET session = CASE WHEN node = $1 THEN $2::int4 END, \
                  keys = CASE WHEN node = $1 THEN $3 ELSE keys END, \
                  seen = CASE WHEN node = $1 THEN now() ELSE seen END \
-                 WHERE node = $1 OR session = $2",
+                 WHERE node = $1 OR session = $2::int4",
                 &[&self.node, &session, &keys],
             )
             .await
@@ -239,7 +248,17 @@ impl Membership {
     /// Leaves the cluster: the row goes (a node stopping on purpose).
     pub async fn leave(&self) {
         self.closing.store(true, Ordering::SeqCst);
-        self.heartbeat.abort();
+        // The heartbeat stops after any beat under way, so none lands after
+        // the row is deleted and brings it back.
+        let _ = self.stop.send(true);
+        let beating = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(beating) = beating {
+            let _ = beating.await;
+        }
         let _ = self
             .client
             .execute("DELETE FROM kiln_nodes WHERE node = $1", &[&self.node])
@@ -250,7 +269,14 @@ impl Membership {
 impl Drop for Membership {
     fn drop(&mut self) {
         self.closing.store(true, Ordering::SeqCst);
-        self.heartbeat.abort();
+        if let Some(beating) = self
+            .heartbeat
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+        {
+            beating.abort();
+        }
     }
 }
 
@@ -258,10 +284,21 @@ impl Drop for Membership {
 /// (a slow query of the status never delays it), writing it again if it
 /// went, and forgets nodes long gone. A heartbeat that fails is logged;
 /// the next tries again.
-async fn heartbeat(url: String, node: String, row: Arc<std::sync::Mutex<Row>>) {
+async fn heartbeat(
+    url: String,
+    node: String,
+    row: Arc<std::sync::Mutex<Row>>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
     let mut client = None;
     loop {
-        tokio::time::sleep(HEARTBEAT).await;
+        tokio::select! {
+            _ = tokio::time::sleep(HEARTBEAT) => {}
+            _ = stop.changed() => return,
+        }
+        if *stop.borrow() {
+            return;
+        }
         if client.is_none() {
             client = match connection_config(&url) {
                 Ok(config) => match config.connect(tokio_postgres::NoTls).await {

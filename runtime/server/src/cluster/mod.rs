@@ -44,6 +44,8 @@ pub(crate) struct Cluster {
     serving: RwLock<Option<Router>>,
     /// The state behind it.
     hub: RwLock<Option<Arc<Hub>>>,
+    /// Set once this node holds the store's lock, before it serves.
+    taking_over: std::sync::atomic::AtomicBool,
     /// Who led when last read.
     leader: RwLock<Option<Node>>,
     /// The API key, for the cluster's own route.
@@ -72,6 +74,7 @@ impl Cluster {
             membership,
             serving: RwLock::new(None),
             hub: RwLock::new(None),
+            taking_over: std::sync::atomic::AtomicBool::new(false),
             leader: RwLock::new(None),
             admin_key,
             http,
@@ -140,6 +143,19 @@ impl Cluster {
         Ok(())
     }
 
+    /// Marks this node as holding the store's lock: it leads from now on,
+    /// even before it serves.
+    pub(crate) fn taking_over(&self) {
+        self.taking_over
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Whether this node holds the store's lock (it serves, or is about
+    /// to).
+    pub(crate) fn holds_lock(&self) -> bool {
+        self.taking_over.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
     /// Refuses `keys` unless they are those of the node that led last.
     pub(crate) async fn check_keys(&self, keys: &str) -> kiln_store::Result<()> {
         self.membership.check_keys(keys).await
@@ -182,11 +198,18 @@ async fn dispatch(State(cluster): State<Arc<Cluster>>, request: Request) -> Resp
     match request.uri().path() {
         "/healthz" => "ok".into_response(),
         // A standby serves by forwarding: ready while a node leads.
-        "/readyz" => match cluster.leader() {
-            Some(leader) if leader.node != cluster.node() => "ready".into_response(),
-            _ => ApiError::unavailable("not ready: no node leads the cluster right now")
-                .into_response(),
-        },
+        "/readyz" => {
+            // Who led a moment ago, or, if nobody did, who leads now.
+            let leader = match cluster.leader() {
+                Some(leader) => Some(leader),
+                None => cluster.read_leader().await,
+            };
+            match leader {
+                Some(leader) if leader.node != cluster.node() => "ready".into_response(),
+                _ => ApiError::unavailable("not ready: no node leads the cluster right now")
+                    .into_response(),
+            }
+        }
         _ => forward::to_leader(&cluster, request).await,
     }
 }

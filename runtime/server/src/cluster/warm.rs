@@ -3,7 +3,9 @@
 //! them from the cache instead of compiling them (seconds for a large
 //! bundle, a TypeScript one most of all). It reads the store beside the
 //! leader (`PostgresBackend::open_read_only`), every few seconds, until this
-//! node leads.
+//! node holds the store's lock. Only each environment's latest deployment
+//! is compiled ahead; an older version a waiting run needs compiles when it
+//! is first used, as on any server.
 
 use super::Cluster;
 use kiln_sandbox::{Sandbox, SandboxConfig};
@@ -48,65 +50,93 @@ fn current_bundles(
     Ok(bundles)
 }
 
-/// Keeps `cache` warm with the store at `url` until `cluster` leads (or is
-/// gone). A failure is logged and ends the warming: it only saves time.
+/// Whether `cluster` still stands by (it is there, and does not hold the
+/// store's lock).
+fn standing_by(cluster: &Weak<Cluster>) -> bool {
+    cluster.upgrade().is_some_and(|c| !c.holds_lock())
+}
+
+/// Opens the store for reading, beside the leader.
+async fn open(url: &str) -> Option<Arc<dyn kiln_store::Backend>> {
+    let url = url.to_string();
+    match tokio::task::spawn_blocking(move || PostgresBackend::open_read_only(&url)).await {
+        Ok(Ok(backend)) => Some(Arc::new(backend)),
+        Ok(Err(error)) => {
+            tracing::warn!(%error, "a standby could not read the store to compile ahead");
+            None
+        }
+        Err(_) => None,
+    }
+}
+
+/// Keeps `cache` warm with the store at `url` until `cluster` holds the
+/// store's lock (or is gone). A failure is logged and tried again on the
+/// next look: compiling ahead only saves time. The sandbox is made for a
+/// look that finds something to compile, and dropped after it.
 pub(crate) fn spawn(url: String, cache: PathBuf, cluster: Weak<Cluster>) {
     tokio::spawn(async move {
-        let opened =
-            tokio::task::spawn_blocking(move || PostgresBackend::open_read_only(&url)).await;
-        let root: Arc<dyn kiln_store::Backend> = match opened {
-            Ok(Ok(backend)) => Arc::new(backend),
-            Ok(Err(error)) => {
-                tracing::warn!(%error, "a standby could not read the store to warm its compile cache");
-                return;
-            }
-            Err(_) => return,
-        };
-        let sandbox = match Sandbox::new(SandboxConfig::new(cache)) {
-            Ok(sandbox) => sandbox,
-            Err(error) => {
-                tracing::warn!(%error, "a standby could not start a sandbox to warm its compile cache");
-                return;
-            }
-        };
+        let mut root: Option<Arc<dyn kiln_store::Backend>> = None;
         let mut warm: HashSet<String> = HashSet::new();
-        loop {
-            match cluster.upgrade() {
-                Some(cluster) if !cluster.leads() => {}
-                _ => return,
+        while standing_by(&cluster) {
+            if root.is_none() {
+                root = open(&url).await;
             }
-            let reading = root.clone();
-            let bundles = match tokio::task::spawn_blocking(move || current_bundles(&reading)).await
-            {
-                Ok(Ok(bundles)) => bundles,
-                Ok(Err(error)) => {
-                    tracing::warn!(%error, "a standby could not read the deployments");
-                    Vec::new()
-                }
-                Err(_) => return,
-            };
-            for (store, hash) in bundles {
-                if warm.contains(&hash) {
-                    continue;
-                }
-                let read = tokio::task::spawn_blocking({
-                    let hash = hash.clone();
-                    move || store.bundle(&hash)
-                })
-                .await;
-                let Ok(Ok(Some(bytes))) = read else { continue };
-                match sandbox.load(&bytes).await {
-                    Ok(_) => {
-                        tracing::info!(bundle = %hash, "compiled a deployed bundle ahead of a takeover");
-                        warm.insert(hash);
+            if let Some(reading) = root.clone() {
+                match tokio::task::spawn_blocking(move || current_bundles(&reading)).await {
+                    Ok(Ok(bundles)) => compile(&cache, &cluster, bundles, &mut warm).await,
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "a standby could not read the deployments");
+                        // Its connection may be gone: open it again.
+                        root = None;
                     }
-                    Err(error) => {
-                        tracing::warn!(bundle = %hash, %error, "a deployed bundle did not compile");
-                        warm.insert(hash);
-                    }
+                    Err(_) => return,
                 }
             }
             tokio::time::sleep(LOOK_EVERY).await;
         }
     });
+}
+
+/// Compiles into `cache` each of `bundles` not in `warm` yet, while
+/// `cluster` stands by.
+async fn compile(
+    cache: &std::path::Path,
+    cluster: &Weak<Cluster>,
+    bundles: Vec<(Store, String)>,
+    warm: &mut HashSet<String>,
+) {
+    let mut sandbox = None;
+    for (store, hash) in bundles {
+        if warm.contains(&hash) {
+            continue;
+        }
+        if !standing_by(cluster) {
+            return;
+        }
+        let read = tokio::task::spawn_blocking({
+            let hash = hash.clone();
+            move || store.bundle(&hash)
+        })
+        .await;
+        let Ok(Ok(Some(bytes))) = read else { continue };
+        if sandbox.is_none() {
+            match Sandbox::new(SandboxConfig::new(cache.to_path_buf())) {
+                Ok(made) => sandbox = Some(made),
+                Err(error) => {
+                    tracing::warn!(%error, "a standby could not start a sandbox to compile ahead");
+                    return;
+                }
+            }
+        }
+        let Some(sandbox) = &sandbox else { return };
+        match sandbox.load(&bytes).await {
+            Ok(_) => {
+                tracing::info!(bundle = %hash, "compiled a deployed bundle ahead of a takeover")
+            }
+            Err(error) => {
+                tracing::warn!(bundle = %hash, %error, "a deployed bundle did not compile")
+            }
+        }
+        warm.insert(hash);
+    }
 }
