@@ -255,7 +255,7 @@ async fn join(
         Some(_) => OwnerWait::Never,
         None => OwnerWait::Briefly,
     };
-    let cluster = Cluster::start(membership, opening.secret_key.clone());
+    let cluster = Cluster::start(membership, opening.secret_key.clone(), keys.clone());
     let owned = open_postgres(url, wait).await?;
     match owned {
         Some(backend) => {

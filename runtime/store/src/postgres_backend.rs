@@ -469,6 +469,10 @@ impl Connector {
             // A role's idle limit (PostgreSQL 14 on) would end a connection
             // that waits for work; older servers do not know it.
             let _ = client.batch_execute("SET idle_session_timeout = 0").await;
+            // Nor a role's limit on one transaction (PostgreSQL 17 on), which
+            // would end a standby's wait for the lock. Each on its own: an
+            // error in a batch undoes the batch.
+            let _ = client.batch_execute("SET transaction_timeout = 0").await;
             Ok(client)
         })
     }

@@ -47,6 +47,9 @@ pub struct Node {
     pub seen_secs_ago: f64,
     /// When it started, in milliseconds since the Unix epoch.
     pub started_at_ms: i64,
+    /// The fingerprint of its API and master keys.
+    #[serde(skip)]
+    pub keys: String,
 }
 
 /// This process's membership of the cluster: its row, refreshed while the
@@ -236,6 +239,7 @@ impl Membership {
                 leads: row.get(3),
                 seen_secs_ago: row.get::<_, f64>(4).max(0.0),
                 started_at_ms: row.get(5),
+                keys: row.get(2),
             })
             .collect())
     }
@@ -256,8 +260,14 @@ impl Membership {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(beating) = beating {
-            let _ = beating.await;
+        if let Some(mut beating) = beating
+            && tokio::time::timeout(Duration::from_secs(2), &mut beating)
+                .await
+                .is_err()
+        {
+            // A beat stuck on a dying connection: its row is deleted below
+            // regardless, and forgotten later if that beat lands after.
+            beating.abort();
         }
         let _ = self
             .client

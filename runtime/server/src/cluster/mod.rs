@@ -50,6 +50,8 @@ pub(crate) struct Cluster {
     leader: RwLock<Option<Node>>,
     /// The API key, for the cluster's own route.
     admin_key: String,
+    /// The fingerprint of this node's keys, as it joined.
+    keys: String,
     /// The client forwarded requests go through.
     http: reqwest::Client,
 }
@@ -57,7 +59,7 @@ pub(crate) struct Cluster {
 impl Cluster {
     /// This node, a member of the cluster, serving nothing yet; watches
     /// who leads.
-    pub(crate) fn start(membership: Membership, admin_key: String) -> Arc<Cluster> {
+    pub(crate) fn start(membership: Membership, admin_key: String, keys: String) -> Arc<Cluster> {
         // Redirects go back to the client as they came (the dashboard's
         // sign-in answers one with its cookie); node-to-node traffic never
         // goes through a proxy; a leader whose host vanished under a long
@@ -77,6 +79,7 @@ impl Cluster {
             taking_over: std::sync::atomic::AtomicBool::new(false),
             leader: RwLock::new(None),
             admin_key,
+            keys,
             http,
         });
         let watching = Arc::downgrade(&cluster);
@@ -85,7 +88,21 @@ impl Cluster {
                 let Some(cluster) = watching.upgrade() else {
                     return;
                 };
-                cluster.read_leader().await;
+                if let Some(leader) = cluster.read_leader().await
+                    && leader.node != cluster.node()
+                    && leader.keys != cluster.keys
+                {
+                    // A node that would turn every client away (or fail to
+                    // open the store) once it took over: it stops now, with
+                    // the reason, rather than stand by.
+                    tracing::error!(
+                        leader = %leader.node,
+                        "this node's API key or master key differs from those of the node that \
+                         leads the cluster: give every node the same KILN_SECRET_KEY and \
+                         KILN_MASTER_KEY; Kiln stops"
+                    );
+                    std::process::exit(1);
+                }
                 drop(cluster);
                 tokio::time::sleep(WATCH_LEADER).await;
             }
@@ -202,7 +219,10 @@ async fn dispatch(State(cluster): State<Arc<Cluster>>, request: Request) -> Resp
             // Who led a moment ago, or, if nobody did, who leads now.
             let leader = match cluster.leader() {
                 Some(leader) => Some(leader),
-                None => cluster.read_leader().await,
+                None => tokio::time::timeout(Duration::from_secs(1), cluster.read_leader())
+                    .await
+                    .ok()
+                    .flatten(),
             };
             match leader {
                 Some(leader) if leader.node != cluster.node() => "ready".into_response(),
