@@ -81,13 +81,7 @@ pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
             cluster.node()
         ));
     }
-    // Who led a moment ago; when nobody did, who leads now (a node may
-    // have taken over since).
-    let leader = match cluster.leader() {
-        Some(leader) => Some(leader),
-        None => cluster.read_leader().await,
-    };
-    let Some(leader) = leader else {
+    let Some(leader) = cluster.leader_now().await else {
         return retry_soon("no node leads the cluster right now; retry".into());
     };
     if leader.node == cluster.node() {

@@ -137,6 +137,18 @@ impl Cluster {
         }
     }
 
+    /// Who led a moment ago, or, if nobody did, who leads now (a node may
+    /// have taken over since): read for at most a second.
+    pub(crate) async fn leader_now(&self) -> Option<Node> {
+        match self.leader() {
+            Some(leader) => Some(leader),
+            None => tokio::time::timeout(Duration::from_secs(1), self.read_leader())
+                .await
+                .ok()
+                .flatten(),
+        }
+    }
+
     /// Whether this node serves the API itself (it leads).
     pub(crate) fn leads(&self) -> bool {
         self.serving
@@ -215,21 +227,11 @@ async fn dispatch(State(cluster): State<Arc<Cluster>>, request: Request) -> Resp
     match request.uri().path() {
         "/healthz" => "ok".into_response(),
         // A standby serves by forwarding: ready while a node leads.
-        "/readyz" => {
-            // Who led a moment ago, or, if nobody did, who leads now.
-            let leader = match cluster.leader() {
-                Some(leader) => Some(leader),
-                None => tokio::time::timeout(Duration::from_secs(1), cluster.read_leader())
-                    .await
-                    .ok()
-                    .flatten(),
-            };
-            match leader {
-                Some(leader) if leader.node != cluster.node() => "ready".into_response(),
-                _ => ApiError::unavailable("not ready: no node leads the cluster right now")
-                    .into_response(),
-            }
-        }
+        "/readyz" => match cluster.leader_now().await {
+            Some(leader) if leader.node != cluster.node() => "ready".into_response(),
+            _ => ApiError::unavailable("not ready: no node leads the cluster right now")
+                .into_response(),
+        },
         _ => forward::to_leader(&cluster, request).await,
     }
 }

@@ -13,7 +13,7 @@ use super::{Executor, driver};
 use kiln_manifest::{Manifest, QueueManifest};
 use kiln_queues::{Entry, LaneKey, QueueLimits, QueueStats, RateLimit, Scheduler, Started};
 use kiln_types::{Run, RunId, Timestamp};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -24,8 +24,6 @@ pub(crate) struct Dispatch {
     changed: Notify,
     /// Set when the server drains: nothing more starts.
     draining: AtomicBool,
-    /// Slices under way.
-    running: AtomicUsize,
 }
 
 /// A queue as the API shows it.
@@ -61,12 +59,11 @@ impl Dispatch {
             scheduler: Mutex::new(Scheduler::new(clamp(base), clamp(burst))),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
-            running: AtomicUsize::new(0),
         }
     }
 
     /// Starts nothing more; runs stay queued for the next server. Every
-    /// slice started before this returns is counted in [`Dispatch::running`].
+    /// slice started before this returns holds its slot until it ends.
     pub(crate) fn drain(&self) {
         // Under the scheduler's lock, which the dispatcher holds from its
         // check of the flag to its count of the slice it starts.
@@ -75,9 +72,9 @@ impl Dispatch {
         self.changed.notify_one();
     }
 
-    /// How many slices are under way.
+    /// How many slices are under way (each holds its slot until it ends).
     pub(crate) fn running(&self) -> usize {
-        self.running.load(Ordering::SeqCst)
+        self.lock().running() as usize
     }
 
     fn lock(&self) -> MutexGuard<'_, Scheduler<RunId>> {
@@ -187,7 +184,6 @@ impl Drop for Slot {
     fn drop(&mut self) {
         let dispatch = &self.executor.shared.dispatch;
         dispatch.lock().release(&self.started);
-        dispatch.running.fetch_sub(1, Ordering::SeqCst);
         dispatch.changed.notify_one();
     }
 }
@@ -203,11 +199,7 @@ pub(crate) async fn run(executor: Executor) {
                 return;
             }
             let now = Timestamp::now().as_millis();
-            let started = scheduler.next(now);
-            if started.is_some() {
-                dispatch.running.fetch_add(1, Ordering::SeqCst);
-            }
-            (started, scheduler.next_wakeup())
+            (scheduler.next(now), scheduler.next_wakeup())
         };
         if let Some(started) = started {
             let slot = Slot {
