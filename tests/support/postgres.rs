@@ -74,4 +74,29 @@ impl Postgres {
         assert!(status.success(), "creating the database {name}");
         self.url.replacen("/postgres?", &format!("/{name}?"), 1)
     }
+
+    /// What `sql` answers on the database at `url`, unaligned, one row a
+    /// line.
+    pub fn query(&self, url: &str, sql: &str) -> String {
+        let out = Command::new("psql")
+            .args([
+                "-q",
+                "-X",
+                "-A",
+                "-t",
+                "-v",
+                "ON_ERROR_STOP=1",
+                url,
+                "-c",
+                sql,
+            ])
+            .output()
+            .expect("running psql");
+        assert!(
+            out.status.success(),
+            "{sql}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
 }

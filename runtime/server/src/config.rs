@@ -68,6 +68,10 @@ pub struct ServerConfig {
     /// node at, to forward requests to it when it leads
     /// (`http://<listen address>` when `None`).
     pub node_url: Option<String>,
+    /// On a PostgreSQL store, the S3-compatible bucket its large values
+    /// go to (`s3://bucket/prefix?endpoint=…`); `None`: they stay in the
+    /// database.
+    pub blob_store: Option<String>,
 }
 
 impl ServerConfig {
@@ -104,6 +108,7 @@ impl ServerConfig {
             otlp_endpoint: None,
             store_url: None,
             node_url: None,
+            blob_store: None,
         }
     }
 }

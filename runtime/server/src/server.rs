@@ -5,7 +5,7 @@ use crate::cluster::{Cluster, fingerprint};
 use crate::config::ServerConfig;
 use crate::environments::Hub;
 use kiln_sandbox::{Sandbox, SandboxConfig};
-use kiln_store::{Backend, Membership, OwnerWait, PostgresBackend, SledBackend};
+use kiln_store::{Backend, BlobStore, Membership, OwnerWait, PostgresBackend, SledBackend};
 use std::net::SocketAddr;
 use std::sync::Arc;
 
@@ -102,6 +102,9 @@ impl Server {
         };
         let (hub, cluster) = match config.store_url.clone() {
             None => {
+                if config.blob_store.is_some() {
+                    anyhow::bail!("a blob store needs a PostgreSQL store");
+                }
                 let backend = Arc::new(open_sled(config.data_dir.join("store")).await?);
                 (Some(opening.open(backend, None).await?.0), None)
             }
@@ -255,8 +258,14 @@ async fn join(
         Some(_) => OwnerWait::Never,
         None => OwnerWait::Briefly,
     };
+    let blobs = match &config.blob_store {
+        Some(blob_url) => Some(Arc::new(
+            BlobStore::from_url(blob_url).map_err(|e| anyhow::anyhow!(e))?,
+        )),
+        None => None,
+    };
     let cluster = Cluster::start(membership, opening.secret_key.clone(), keys.clone());
-    let owned = open_postgres(url, wait).await?;
+    let owned = open_postgres(url, wait, blobs.clone()).await?;
     match owned {
         Some(backend) => {
             let hub = take_over(&cluster, backend, opening).await?;
@@ -267,11 +276,16 @@ async fn join(
             cluster.read_leader().await;
             let cache =
                 (config.compile_cache.clone()).unwrap_or_else(|| config.data_dir.join("compiled"));
-            crate::cluster::warm::spawn(url.to_string(), cache, Arc::downgrade(&cluster));
+            crate::cluster::warm::spawn(
+                url.to_string(),
+                blobs.clone(),
+                cache,
+                Arc::downgrade(&cluster),
+            );
             let standby = cluster.clone();
             let url = url.to_string();
             tokio::spawn(async move {
-                let taken = match open_postgres(&url, OwnerWait::UntilFree).await {
+                let taken = match open_postgres(&url, OwnerWait::UntilFree, blobs).await {
                     Ok(Some(backend)) => take_over(&standby, backend, opening).await,
                     Ok(None) => Err(anyhow::anyhow!("the owner lock was not granted")),
                     Err(error) => Err(error),
@@ -303,10 +317,18 @@ fn master_key_text(config: &ServerConfig) -> Option<String> {
     }
 }
 
-/// Opens the PostgreSQL store, waiting for its owner as `wait` says.
-async fn open_postgres(url: &str, wait: OwnerWait) -> anyhow::Result<Option<PostgresBackend>> {
+/// Opens the PostgreSQL store, waiting for its owner as `wait` says, with
+/// its large values in `blobs` if given.
+async fn open_postgres(
+    url: &str,
+    wait: OwnerWait,
+    blobs: Option<Arc<BlobStore>>,
+) -> anyhow::Result<Option<PostgresBackend>> {
     let url = url.to_string();
-    Ok(tokio::task::spawn_blocking(move || PostgresBackend::open_with(&url, wait)).await??)
+    Ok(
+        tokio::task::spawn_blocking(move || PostgresBackend::open_with(&url, wait, blobs))
+            .await??,
+    )
 }
 
 /// Opens the state on the store this node now owns and serves the API.

@@ -17,6 +17,7 @@
 //! write is on disk.
 
 mod backend;
+pub mod blob_store;
 pub mod blobs;
 pub mod children;
 mod debounce;
@@ -45,6 +46,7 @@ pub mod tokens;
 mod wakes;
 
 pub use backend::{Backend, Commit, Op, Order};
+pub use blob_store::BlobStore;
 pub use blobs::{INLINE_LIMIT, Packet};
 pub use children::{BatchItemError, BatchKey, BatchRecord, Waiter};
 pub use envvars::EnvVar;

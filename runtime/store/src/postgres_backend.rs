@@ -28,8 +28,14 @@
 //! One server owns a database: it takes a PostgreSQL advisory lock for
 //! its life, and a second server on the same database is refused at start.
 //! Schema changes are versioned migrations, applied at start.
+//!
+//! With a blob store ([`BlobStore`]), large values live in an S3-compatible
+//! bucket and the table holds references to them: the committer writes a
+//! group's objects before the group, and deletes the objects the group
+//! replaced once it is durable; reads follow the references.
 
 use crate::backend::{Backend, Commit, Op, Order};
+use crate::blob_store::BlobStore;
 use crate::group_commit::{
     Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
@@ -113,6 +119,10 @@ pub struct PostgresBackend {
     session: i32,
     /// Opened with [`PostgresBackend::open_read_only`]: writes are refused.
     read_only: bool,
+    /// Where large values go, if anywhere but the table.
+    blobs: Option<Arc<BlobStore>>,
+    /// The connection the blob store's sweep reads rows through.
+    sweeper: Option<Arc<Client>>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -189,7 +199,7 @@ impl PostgresBackend {
     /// owner lock, applies the migrations it lacks and starts the
     /// committer. A database another server owns is refused.
     pub fn open(url: &str) -> Result<Self> {
-        Self::open_with(url, OwnerWait::Briefly)?.ok_or_else(|| {
+        Self::open_with(url, OwnerWait::Briefly, None)?.ok_or_else(|| {
             StoreError::Backend(
                 "another Kiln server is using this PostgreSQL database; one server a \
                  database"
@@ -199,12 +209,22 @@ impl PostgresBackend {
     }
 
     /// [`PostgresBackend::open`], waiting for a database another server
-    /// owns as `owner_wait` says; `None` when it is still owned.
-    pub fn open_with(url: &str, owner_wait: OwnerWait) -> Result<Option<Self>> {
+    /// owns as `owner_wait` says, with large values in `blobs` if given;
+    /// `None` when the database is still owned.
+    pub fn open_with(
+        url: &str,
+        owner_wait: OwnerWait,
+        blobs: Option<Arc<BlobStore>>,
+    ) -> Result<Option<Self>> {
         let connector = Connector::new(url, true)?;
         let connect = |purpose| connector.connect(purpose);
         let runtime = &connector.runtime;
+        if let Some(blobs) = &blobs {
+            let blobs = blobs.clone();
+            on(runtime, async move { blobs.check().await })?;
+        }
         let owner = connect("commits")?;
+        let with_blobs = blobs.is_some();
         let Some((owner, write, session)) = on(runtime, async move {
             let mut owner = owner;
             if !take_owner_lock(&owner, owner_wait).await? {
@@ -215,12 +235,11 @@ impl PostgresBackend {
             // keeps two from applying one).
             migrate(&mut owner).await?;
             let write = owner
-                .prepare(
-                    "WITH gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])) \
-                     INSERT INTO kiln_kv (key, value) \
-                     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value",
-                )
+                .prepare(if with_blobs {
+                    WRITE_AND_REPLACED
+                } else {
+                    WRITE
+                })
                 .await
                 .map_err(|e| pg_error("preparing the group write", e))?;
             let session: i32 = owner
@@ -241,13 +260,22 @@ impl PostgresBackend {
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
         let pending = Arc::new(Pending::default());
+        let sweeper = match &blobs {
+            Some(_) => Some(Arc::new(connect("blob sweeps")?)),
+            None => None,
+        };
         let committer = Committer {
             client: owner,
             write,
             pending: pending.clone(),
             durable: durable_tx,
+            blobs: blobs.clone(),
+            runtime: runtime.handle().clone(),
         };
         connector.opened()?;
+        if let (Some(blobs), Some(client)) = (&blobs, &sweeper) {
+            runtime.spawn(sweep_now_and_then(blobs.clone(), client.clone()));
+        }
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
             .spawn(move || committer.run(rx))
@@ -261,6 +289,8 @@ impl PostgresBackend {
             lifecycle: connector.lifecycle,
             session,
             read_only: false,
+            blobs,
+            sweeper,
         }))
     }
 
@@ -268,8 +298,9 @@ impl PostgresBackend {
     /// owns it (a standby reading the deployments it will serve): no lock,
     /// no migrations, one read connection; every commit fails with
     /// [`StoreError::Closed`], writing nothing. A lost connection fails
-    /// the reads that follow; open it again.
-    pub fn open_read_only(url: &str) -> Result<Self> {
+    /// the reads that follow; open it again. Large values are read from
+    /// `blobs`, the owner's blob store.
+    pub fn open_read_only(url: &str, blobs: Option<Arc<BlobStore>>) -> Result<Self> {
         let connector = Connector::new(url, false)?;
         let client = connector.connect("reads")?;
         let reader = on(&connector.runtime, Reader::prepare(client))?;
@@ -286,6 +317,50 @@ impl PostgresBackend {
             lifecycle: connector.lifecycle,
             session: 0,
             read_only: true,
+            blobs,
+            sweeper: None,
+        })
+    }
+
+    /// Deletes the blob store's objects older than `older_than` that no
+    /// row refers to (objects a crash left behind); how many. The server
+    /// sweeps a minute after it opens and then every hour; this sweeps now.
+    pub fn sweep_blobs(&self, older_than: Duration) -> Result<usize> {
+        let (Some(blobs), Some(client)) = (self.blobs.clone(), self.sweeper.clone()) else {
+            return Ok(0);
+        };
+        block(self._driver.handle(), async move {
+            sweep(&blobs, &client, older_than).await
+        })
+    }
+
+    /// `rows` read from the table, with every reference to an object
+    /// replaced by the object's bytes; `None` if an object is gone (a
+    /// newer commit replaced the value and deleted it meanwhile).
+    fn resolve(&self, rows: Vec<Entry>) -> Result<Option<Vec<Entry>>> {
+        let Some(blobs) = &self.blobs else {
+            return Ok(Some(rows));
+        };
+        if !rows.iter().any(|(k, v)| blobs.referred(k, v).is_some()) {
+            return Ok(Some(rows));
+        }
+        let blobs = blobs.clone();
+        block(self._driver.handle(), async move {
+            use futures_util::StreamExt;
+            let resolved: Vec<Result<Option<Entry>>> = futures_util::stream::iter(rows)
+                .map(|(key, value)| {
+                    let blobs = &blobs;
+                    async move {
+                        let Some(name) = blobs.referred(&key, &value) else {
+                            return Ok(Some((key, value)));
+                        };
+                        Ok(blobs.get(name).await?.map(|bytes| (key, bytes)))
+                    }
+                })
+                .buffered(8)
+                .collect()
+                .await;
+            resolved.into_iter().collect::<Result<Option<Vec<Entry>>>>()
         })
     }
 
@@ -324,6 +399,15 @@ impl PostgresBackend {
             if _holding.is_none() && pending.sent.load(Ordering::Acquire) > made {
                 continue;
             }
+            let Some(rows) = self.resolve(rows)? else {
+                // An object went with a commit made since: read again.
+                if _holding.is_some() && attempt > OPTIMISTIC_TRIES + 8 {
+                    return Err(StoreError::Backend(
+                        "blob store: a row refers to an object that does not exist".into(),
+                    ));
+                }
+                continue;
+            };
             let rows = rows.into_iter().map(Ok);
             return match order {
                 Order::Ascending => merge(rows, unwritten).take(limit).collect(),
@@ -650,6 +734,137 @@ struct Committer {
     write: Statement,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
+    /// Where large values go, if anywhere but the table.
+    blobs: Option<Arc<BlobStore>>,
+    /// The driver's runtime, which sends the blob store's requests.
+    runtime: tokio::runtime::Handle,
+}
+
+/// A group's write: deletes `$3`, puts `$1` = `$2`.
+const WRITE: &str = "WITH gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])) \
+     INSERT INTO kiln_kv (key, value) \
+     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
+
+/// [`WRITE`], answering the values it replaced or deleted that start as a
+/// reference to an object does (`$4`): every statement of the query sees
+/// the table as it was before it.
+const WRITE_AND_REPLACED: &str = "WITH replaced AS (SELECT key, value FROM kiln_kv \
+       WHERE key = ANY($1::bytea[] || $3::bytea[]) AND substring(value FROM 1 FOR 8) = $4), \
+     gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])), \
+     put AS (INSERT INTO kiln_kv (key, value) \
+       SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+       ON CONFLICT (key) DO UPDATE SET value = excluded.value) \
+     SELECT key, value FROM replaced";
+
+/// Runs `future` on the driver's runtime and waits for it, from any thread
+/// (a worker of the server's runtime hands its other tasks over meanwhile).
+fn block<T: Send + 'static>(
+    runtime: &tokio::runtime::Handle,
+    future: impl std::future::Future<Output = T> + Send + 'static,
+) -> T {
+    let (tx, rx) = mpsc::sync_channel(1);
+    runtime.spawn(async move {
+        let _ = tx.send(future.await);
+    });
+    let receive = || {
+        rx.recv()
+            .expect("the driver runs while the backend is open")
+    };
+    match tokio::runtime::Handle::try_current() {
+        Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(receive)
+        }
+        _ => receive(),
+    }
+}
+
+/// The bytes of a value shared with the commits in memory, for a request
+/// body, without copying them.
+struct Shared(Arc<Vec<u8>>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Writes each large value of `writes` to the blob store as an object of
+/// its own, and puts a reference to it in its place.
+async fn offload(
+    blobs: Arc<BlobStore>,
+    mut writes: Vec<crate::sled_unapplied::ToApply>,
+) -> Result<Vec<crate::sled_unapplied::ToApply>> {
+    use futures_util::{StreamExt, TryStreamExt};
+    let uploads: Vec<(usize, String, Arc<Vec<u8>>)> = writes
+        .iter()
+        .enumerate()
+        .filter_map(|(i, (key, value))| {
+            let value = value.as_ref()?;
+            blobs
+                .takes(key, value)
+                .then(|| (i, blobs.new_name(key), value.clone()))
+        })
+        .collect();
+    if uploads.is_empty() {
+        return Ok(writes);
+    }
+    let written: Vec<(usize, String)> = futures_util::stream::iter(uploads)
+        .map(|(i, name, value)| {
+            let blobs = &blobs;
+            async move {
+                blobs
+                    .put(&name, bytes::Bytes::from_owner(Shared(value)))
+                    .await?;
+                Ok::<_, StoreError>((i, name))
+            }
+        })
+        .buffer_unordered(8)
+        .try_collect()
+        .await?;
+    for (i, name) in written {
+        writes[i].1 = Some(Arc::new(BlobStore::reference(&name)));
+    }
+    Ok(writes)
+}
+
+/// Deletes the objects the rows `replaced` referred to, once the commit
+/// that replaced them is durable. One that fails is left to the sweep.
+async fn delete_replaced(blobs: Arc<BlobStore>, replaced: Vec<Entry>) {
+    for (key, value) in &replaced {
+        if let Some(name) = blobs.referred(key, value)
+            && let Err(error) = blobs.delete(name).await
+        {
+            tracing::warn!(%error, "an object a commit replaced was not deleted; a sweep will");
+        }
+    }
+}
+
+/// Sweeps the blob store a minute after the store opens, then every hour.
+async fn sweep_now_and_then(blobs: Arc<BlobStore>, client: Arc<Client>) {
+    let mut next = Duration::from_secs(60);
+    loop {
+        tokio::time::sleep(next).await;
+        next = Duration::from_secs(60 * 60);
+        match sweep(&blobs, &client, crate::blob_store::SWEEP_AGE).await {
+            Ok(0) => {}
+            Ok(deleted) => tracing::info!(deleted, "deleted objects no row refers to"),
+            Err(error) => tracing::warn!(%error, "sweeping the blob store failed"),
+        }
+    }
+}
+
+/// Deletes the objects older than `older_than` that no row refers to.
+async fn sweep(blobs: &BlobStore, client: &Client, older_than: Duration) -> Result<usize> {
+    blobs
+        .sweep(older_than, |key| async move {
+            let row = client
+                .query_opt("SELECT value FROM kiln_kv WHERE key = $1", &[&key])
+                .await
+                .map_err(|e| pg_error("reading a row for the sweep", e))?;
+            Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
+        })
+        .await
 }
 
 /// How many bytes of keys and values one statement of a group carries at
@@ -691,22 +906,35 @@ fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
 }
 
 /// Writes a group as one transaction: one statement, or several between
-/// `BEGIN` and `COMMIT`. Returns once PostgreSQL has committed it.
+/// `BEGIN` and `COMMIT`. Returns once PostgreSQL has committed it, with
+/// the rows it replaced that referred to objects (when `blobs`).
 fn write_group(
     client: &Client,
     write: &Statement,
     parts: &[Part<'_>],
-) -> std::result::Result<(), tokio_postgres::Error> {
-    let statement =
-        |part: &Part<'_>| wait(client.execute(write, &[&part.keys, &part.values, &part.deleted]));
+    blobs: bool,
+) -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
+    let magic = BlobStore::magic();
+    let statement = |part: &Part<'_>| -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
+        if !blobs {
+            wait(client.execute(write, &[&part.keys, &part.values, &part.deleted]))?;
+            return Ok(Vec::new());
+        }
+        let rows = wait(client.query(write, &[&part.keys, &part.values, &part.deleted, &magic]))?;
+        rows.iter()
+            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+            .collect()
+    };
     if let [only] = parts {
-        return statement(only).map(drop);
+        return statement(only);
     }
     wait(client.batch_execute("BEGIN"))?;
+    let mut replaced = Vec::new();
     for part in parts {
-        statement(part)?;
+        replaced.extend(statement(part)?);
     }
-    wait(client.batch_execute("COMMIT"))
+    wait(client.batch_execute("COMMIT"))?;
+    Ok(replaced)
 }
 
 impl Committer {
@@ -716,6 +944,8 @@ impl Committer {
             write,
             pending,
             durable,
+            blobs,
+            runtime,
         } = self;
         let mut gatherer = Gatherer::new(requests);
         // While a group commits, the next gathers.
@@ -725,19 +955,37 @@ impl Committer {
             let (writes, covered) = lock(&pending.unapplied).take();
             if !writes.is_empty() {
                 let started = std::time::Instant::now();
+                // The group's objects are written before the rows that
+                // refer to them.
+                let writes = match &blobs {
+                    Some(blobs) => match block(&runtime, offload(blobs.clone(), writes)) {
+                        Ok(writes) => writes,
+                        Err(error) => fail_stop(&error, group, &durable, "the blob store"),
+                    },
+                    None => writes,
+                };
                 let parts = statements(&writes);
                 let written = {
                     let _moving = pending.moving();
                     pending.sent.store(covered, Ordering::Release);
-                    let written = write_group(&client, &write, &parts);
+                    let written = write_group(&client, &write, &parts, blobs.is_some());
                     if written.is_ok() {
                         pending.applied(covered);
                     }
                     written
                 };
-                if let Err(error) = written {
-                    let error = pg_error("committing a group", error);
-                    fail_stop(&error, group, &durable, "PostgreSQL");
+                match written {
+                    Ok(replaced) => {
+                        if let Some(blobs) = &blobs
+                            && !replaced.is_empty()
+                        {
+                            runtime.spawn(delete_replaced(blobs.clone(), replaced));
+                        }
+                    }
+                    Err(error) => {
+                        let error = pg_error("committing a group", error);
+                        fail_stop(&error, group, &durable, "PostgreSQL");
+                    }
                 }
                 let metrics = crate::stats::metrics();
                 metrics
@@ -761,12 +1009,31 @@ impl Backend for PostgresBackend {
         if let Some(written) = lock(&self.front.pending.unapplied).get(key) {
             return Ok(written);
         }
-        let reader = self.reader();
-        let row = wait(reader.client.query_opt(&reader.get, &[&key]))
-            .map_err(|e| pg_error("reading a key", e))?;
-        row.map(|row| row.try_get::<_, Vec<u8>>(0))
-            .transpose()
-            .map_err(|e| pg_error("a value", e))
+        let mut previous = None;
+        loop {
+            let reader = self.reader();
+            let row = wait(reader.client.query_opt(&reader.get, &[&key]))
+                .map_err(|e| pg_error("reading a key", e))?;
+            let Some(value) = row
+                .map(|row| row.try_get::<_, Vec<u8>>(0))
+                .transpose()
+                .map_err(|e| pg_error("a value", e))?
+            else {
+                return Ok(None);
+            };
+            if let Some(resolved) = self.resolve(vec![(key.to_vec(), value.clone())])? {
+                return Ok(resolved.into_iter().next().map(|(_, v)| v));
+            }
+            // The object went with a newer commit: read the key again. The
+            // same reference twice names an object that is gone for good.
+            if previous.as_ref() == Some(&value) {
+                return Err(StoreError::Corrupt {
+                    key: String::from_utf8_lossy(key).into_owned(),
+                    reason: "it refers to an object the blob store does not hold".into(),
+                });
+            }
+            previous = Some(value);
+        }
     }
 
     fn scan_prefix(&self, prefix: &[u8]) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {

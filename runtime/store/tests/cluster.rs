@@ -9,7 +9,7 @@ use kiln_store::{Membership, OwnerWait, PostgresBackend};
 
 async fn open(url: &str, wait: OwnerWait) -> Option<PostgresBackend> {
     let url = url.to_string();
-    tokio::task::spawn_blocking(move || PostgresBackend::open_with(&url, wait))
+    tokio::task::spawn_blocking(move || PostgresBackend::open_with(&url, wait, None))
         .await
         .unwrap()
         .unwrap()

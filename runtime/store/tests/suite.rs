@@ -1,6 +1,8 @@
 //! One test suite, run against every store implementation.
 
 use kiln_manifest::{Machine, Manifest, RetryPolicy, TaskManifest};
+#[path = "../../../tests/support/moto.rs"]
+mod moto;
 #[path = "../../../tests/support/postgres.rs"]
 mod postgres;
 
@@ -811,6 +813,38 @@ async fn postgres_backend_passes_the_suite() {
         Arc::new(PostgresBackend::open(&url).unwrap())
     })
     .await;
+}
+
+/// With a blob store whose objects start at 64 bytes, most of the suite's
+/// values go to the bucket: every read and scan follows references.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_backend_with_a_blob_store_passes_the_suite() {
+    let server = postgres::Postgres::start();
+    let s3 = moto::Moto::start();
+    // SAFETY: set before any backend reads them, to the same values in
+    // every test of this binary that sets them.
+    unsafe {
+        std::env::set_var("AWS_ACCESS_KEY_ID", "kiln");
+        std::env::set_var("AWS_SECRET_ACCESS_KEY", "kiln");
+    }
+    let made = std::sync::atomic::AtomicUsize::new(0);
+    suite(|| {
+        let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let url = server.database(&format!("suite_{n}"));
+        let blobs =
+            kiln_store::BlobStore::from_url(&s3.bucket(&format!("suite-{n}"), "min-size=64"))
+                .unwrap();
+        let backend =
+            PostgresBackend::open_with(&url, kiln_store::OwnerWait::Never, Some(Arc::new(blobs)))
+                .unwrap()
+                .expect("a new database has no owner");
+        Arc::new(backend)
+    })
+    .await;
+    let objects: usize = (0..made.load(std::sync::atomic::Ordering::Relaxed))
+        .map(|n| s3.objects(&format!("suite-{n}")).len())
+        .sum();
+    assert!(objects > 0, "the suite's large values went to the bucket");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

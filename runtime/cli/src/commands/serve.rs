@@ -27,6 +27,13 @@ pub struct Args {
     /// node at (default: http://<listen address>).
     #[arg(long, env = "KILN_NODE_URL")]
     node_url: Option<String>,
+    /// On a PostgreSQL store: an S3-compatible bucket for its large values
+    /// (snapshots, bundles, packets, large payloads), as
+    /// `s3://<bucket>/<prefix>?endpoint=<url>&region=<region>&min-size=<bytes>`;
+    /// values of at least min-size (128 KiB) go there instead of the
+    /// database. Credentials: AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY.
+    #[arg(long, env = "KILN_BLOB_STORE")]
+    blob_store: Option<String>,
     /// The address to listen on.
     #[arg(long, default_value = "127.0.0.1:3030", env = "KILN_LISTEN")]
     listen: SocketAddr,
@@ -141,6 +148,18 @@ pub async fn run(args: Args) -> anyhow::Result<ExitCode> {
         ),
     };
     config.node_url = args.node_url.clone();
+    config.blob_store = args
+        .blob_store
+        .as_deref()
+        .map(str::trim)
+        .filter(|url| !url.is_empty())
+        .map(str::to_string);
+    if config.blob_store.is_some() && config.store_url.is_none() {
+        anyhow::bail!(
+            "--blob-store keeps a PostgreSQL store's large values in a bucket; \
+             it needs --store postgres://… (the embedded sled store keeps them itself)"
+        );
+    }
     config.fetch_allow = args.allow_fetch.clone();
     config.environment = args.environment.clone();
     config.retention = match args.retention.trim() {

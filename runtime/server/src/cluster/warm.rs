@@ -57,9 +57,12 @@ fn standing_by(cluster: &Weak<Cluster>) -> bool {
 }
 
 /// Opens the store for reading, beside the leader.
-async fn open(url: &str) -> Option<Arc<dyn kiln_store::Backend>> {
+async fn open(
+    url: &str,
+    blobs: Option<Arc<kiln_store::BlobStore>>,
+) -> Option<Arc<dyn kiln_store::Backend>> {
     let url = url.to_string();
-    match tokio::task::spawn_blocking(move || PostgresBackend::open_read_only(&url)).await {
+    match tokio::task::spawn_blocking(move || PostgresBackend::open_read_only(&url, blobs)).await {
         Ok(Ok(backend)) => Some(Arc::new(backend)),
         Ok(Err(error)) => {
             tracing::warn!(%error, "a standby could not read the store to compile ahead");
@@ -73,13 +76,18 @@ async fn open(url: &str) -> Option<Arc<dyn kiln_store::Backend>> {
 /// store's lock (or is gone). A failure is logged and tried again on the
 /// next look: compiling ahead only saves time. The sandbox is made for a
 /// look that finds something to compile, and dropped after it.
-pub(crate) fn spawn(url: String, cache: PathBuf, cluster: Weak<Cluster>) {
+pub(crate) fn spawn(
+    url: String,
+    blobs: Option<Arc<kiln_store::BlobStore>>,
+    cache: PathBuf,
+    cluster: Weak<Cluster>,
+) {
     tokio::spawn(async move {
         let mut root: Option<Arc<dyn kiln_store::Backend>> = None;
         let mut warm: HashSet<String> = HashSet::new();
         while standing_by(&cluster) {
             if root.is_none() {
-                root = open(&url).await;
+                root = open(&url, blobs.clone()).await;
             }
             if let Some(reading) = root.clone() {
                 match tokio::task::spawn_blocking(move || current_bundles(&reading)).await {

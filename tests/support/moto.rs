@@ -1,0 +1,144 @@
+//! A throwaway S3-compatible server for one test: moto (from PyPI,
+//! installed under `target/moto-venv` by `scripts/moto-deps`, which the
+//! test command runs first) on a loopback port, killed when dropped.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+/// A running moto server.
+pub struct Moto {
+    child: Child,
+    /// `127.0.0.1:<port>`.
+    address: String,
+}
+
+impl Moto {
+    /// Starts a server on a port the system picks.
+    pub fn start() -> Moto {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .find(|dir| dir.join("scripts/moto-deps").is_file())
+            .expect("the repository's scripts/moto-deps");
+        let server = root.join("target/moto-venv/bin/moto_server");
+        assert!(
+            server.is_file(),
+            "{} is missing: run scripts/moto-deps (the test command does)",
+            server.display()
+        );
+        let mut child = Command::new(&server)
+            .args(["-H", "127.0.0.1", "-p", "0"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("moto_server starts");
+        // It says where it listens once it does.
+        let stderr = child.stderr.take().expect("stderr is piped");
+        let mut lines = BufReader::new(stderr).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .expect("moto_server said where it listens before it exited")
+                .expect("moto_server's stderr is readable");
+            if let Some(at) = line.split("Running on http://").nth(1) {
+                break at.trim().to_string();
+            }
+        };
+        // Keep draining its log, so it never blocks on a full pipe.
+        std::thread::spawn(move || for _ in lines {});
+        Moto { child, address }
+    }
+
+    /// The server's URL, for `endpoint=`.
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Makes the bucket `name`; answers the `--blob-store` URL of objects
+    /// under `kiln/` in it, with `options` added to the query.
+    pub fn bucket(&self, name: &str, options: &str) -> String {
+        let (status, body) = self.request("PUT", &format!("/{name}"));
+        assert!(status == 200, "creating the bucket {name}: {status} {body}");
+        format!(
+            "s3://{name}/kiln/?endpoint={}{}{options}",
+            self.endpoint(),
+            if options.is_empty() { "" } else { "&" }
+        )
+    }
+
+    /// The name and size of every object in `bucket`.
+    pub fn objects(&self, bucket: &str) -> Vec<(String, u64)> {
+        let mut objects = Vec::new();
+        let mut after = String::new();
+        loop {
+            let (status, body) =
+                self.request("GET", &format!("/{bucket}?list-type=2&start-after={after}"));
+            assert!(status == 200, "listing {bucket}: {status} {body}");
+            let field = |item: &str, tag: &str| -> String {
+                let open = format!("<{tag}>");
+                let start = item.find(&open).map(|i| i + open.len()).unwrap_or(0);
+                let end = item[start..].find('<').map_or(item.len(), |i| i + start);
+                item[start..end].to_string()
+            };
+            let page: Vec<(String, u64)> = body
+                .split("<Contents>")
+                .skip(1)
+                .map(|item| (field(item, "Key"), field(item, "Size").parse().unwrap_or(0)))
+                .collect();
+            let truncated = body.contains("<IsTruncated>true</IsTruncated>");
+            objects.extend(page);
+            match objects.last() {
+                Some((last, _)) if truncated => after = last.clone(),
+                _ => return objects,
+            }
+        }
+    }
+
+    /// Writes an object at `path` (`<bucket>/<name>`) behind Kiln's back.
+    pub fn put(&self, path: &str, body: &[u8]) {
+        let (status, answer) = self.send("PUT", &format!("/{path}"), body);
+        assert!(status == 200, "writing {path}: {status} {answer}");
+    }
+
+    /// Sends an unsigned request (moto does not check signatures).
+    fn request(&self, method: &str, path: &str) -> (u16, String) {
+        self.send(method, path, b"")
+    }
+
+    fn send(&self, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+        let mut stream =
+            std::net::TcpStream::connect(&self.address).expect("connecting to moto_server");
+        write!(
+            stream,
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            self.address,
+            body.len()
+        )
+        .expect("sending a request to moto_server");
+        stream
+            .write_all(body)
+            .expect("sending a body to moto_server");
+        let mut response = String::new();
+        stream
+            .read_to_string(&mut response)
+            .expect("moto_server answers");
+        let status = response
+            .split(' ')
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (status, body)
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
