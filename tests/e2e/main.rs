@@ -3,11 +3,14 @@
 //! and `tests/guests/` by the fixtures' build script.
 
 mod harness;
+#[path = "../support/moto.rs"]
+mod moto;
 #[path = "../support/postgres.rs"]
 mod pg_server;
 
 mod annotations;
 mod batches;
+mod blob_store;
 mod budgets;
 mod child_keys;
 mod children;

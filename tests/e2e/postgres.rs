@@ -19,7 +19,7 @@ fn count(entries: &[Value], kind: &str) -> usize {
 
 /// Runs `kiln serve` with `extra` arguments that should keep it from
 /// starting; returns what it printed to stderr once it exited.
-fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
+pub(crate) fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
     let mut child = std::process::Command::new(kiln_bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
         .arg(dir)

@@ -1,0 +1,119 @@
+//! `kiln serve --store postgres://… --blob-store s3://…`: snapshots,
+//! bundles and large payloads in an S3-compatible bucket (moto), the
+//! database holding references to them, through a SIGKILL and restart.
+
+use crate::harness::{Kiln, data_dir};
+use crate::moto::Moto;
+use crate::pg_server::Postgres;
+use crate::postgres::refused;
+use serde_json::json;
+use std::time::{Duration, Instant};
+
+const CREDENTIALS: [(&str, &str); 2] = [
+    ("AWS_ACCESS_KEY_ID", "kiln"),
+    ("AWS_SECRET_ACCESS_KEY", "kiln"),
+];
+
+/// The store key each object in the bucket holds the value of.
+fn keys(s3: &Moto) -> Vec<String> {
+    s3.objects("runs")
+        .into_iter()
+        .filter_map(|(name, _)| {
+            let hex = name.strip_prefix("kiln/")?.split_once('/')?.0;
+            let bytes: Option<Vec<u8>> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(hex.get(i..i + 2)?, 16).ok())
+                .collect();
+            Some(String::from_utf8_lossy(&bytes?).into_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
+    let pg = Postgres::start();
+    let s3 = Moto::start();
+    let url = pg.database("kiln");
+    let blob_url = s3.bucket("runs", "min-size=1024");
+    let args = [
+        "--store",
+        &url,
+        "--blob-store",
+        &blob_url,
+        "--warm-wait-ms",
+        "100",
+    ];
+    let dir = data_dir();
+    let kiln = Kiln::start_with_env(dir.path(), &args, &CREDENTIALS);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let payload = json!({"blob": "p".repeat(1024 * 1024)});
+    let delayed = kiln
+        .trigger_with("echo", payload.clone(), json!({"delay": "2s"}))
+        .await;
+    let big = kiln
+        .trigger_with("big-output", json!({"bytes": 1024 * 1024}), json!({}))
+        .await;
+    let waiting = kiln
+        .trigger_with("hold-heap", json!({"mib": 2, "wait_ms": 1500}), json!({}))
+        .await;
+    assert_eq!(kiln.finished(&big).await["status"], "COMPLETED");
+    kiln.until_journal(&waiting, |e| e.iter().any(|e| e["type"] == "SUSPENDED"))
+        .await;
+    let stored = keys(&s3);
+    for kind in ["bundle/", "snap/", "run-blob/"] {
+        assert!(
+            stored.iter().any(|k| k.starts_with(kind)),
+            "no {kind} object in {stored:?}"
+        );
+    }
+    // The database holds references, not the values.
+    let largest: usize = pg
+        .query(&url, "SELECT max(length(value)) FROM kiln_kv")
+        .parse()
+        .expect("a length");
+    assert!(largest < 1024, "the table's largest value: {largest} bytes");
+    kiln.kill();
+
+    // After a SIGKILL the runs go on from what the bucket holds: the
+    // snapshot, the delayed run's payload, the output.
+    let kiln = Kiln::start_with_env(dir.path(), &args, &CREDENTIALS);
+    let run = kiln.finished(&waiting).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["attemptCount"], 1, "{run}");
+    let run = kiln.finished(&delayed).await;
+    assert_eq!(run["status"], "COMPLETED", "{}", run["error"]);
+    assert_eq!(run["output"]["payload"], payload);
+    let run = kiln.run(&big).await;
+    assert_eq!(run["output"].as_str().map(str::len), Some(1024 * 1024));
+
+    // A finished run's snapshot is deleted with its rows.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while keys(&s3).iter().any(|k| k.starts_with("snap/")) {
+        assert!(
+            Instant::now() < deadline,
+            "snapshot objects outlived their runs: {:?}",
+            keys(&s3)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_blob_store_is_refused_with_the_reason() {
+    let dir = data_dir();
+    let why = refused(dir.path(), &["--blob-store", "s3://kiln/x"]);
+    assert!(why.contains("it needs --store postgres://"), "{why}");
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let why = refused(
+        dir.path(),
+        &["--store", &url, "--blob-store", "s3://kiln/x?colour=red"],
+    );
+    assert!(why.contains("unknown option `colour`"), "{why}");
+    // No credentials in the environment the test command runs in.
+    let why = refused(
+        dir.path(),
+        &["--store", &url, "--blob-store", "s3://kiln/x"],
+    );
+    assert!(why.contains("set AWS_ACCESS_KEY_ID"), "{why}");
+}
