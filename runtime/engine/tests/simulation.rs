@@ -14,14 +14,18 @@ fn run_seed(seed: u64) -> Result<World, String> {
         world.run();
         world
     });
-    let world = outcome.map_err(|panic| {
+    let mut world = outcome.map_err(|panic| {
         panic
             .downcast_ref::<String>()
             .cloned()
             .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
             .unwrap_or_else(|| "a panic".into())
     })?;
-    match invariants::check(&world) {
+    match world
+        .store
+        .check_mirror()
+        .and_then(|()| invariants::check(&world))
+    {
         Ok(()) => Ok(world),
         Err(broken) => Err(format!(
             "{broken}\nlast steps:\n  {}",

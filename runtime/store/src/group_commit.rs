@@ -60,6 +60,8 @@ pub(crate) struct Pending {
     /// The number of the last commit of the latest group the committer
     /// began to move (used by the PostgreSQL backend's optimistic scans).
     pub(crate) sent: AtomicU64,
+    /// Set by a simulated crash: the committer writes no further group.
+    pub(crate) halted: std::sync::atomic::AtomicBool,
 }
 
 impl Pending {

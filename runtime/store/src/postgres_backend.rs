@@ -322,6 +322,17 @@ impl PostgresBackend {
         })
     }
 
+    /// Stops as a killed process would, for the engine's simulation: the
+    /// group being written (if any) is finished, atomically, as PostgreSQL
+    /// would finish a statement it had received; no later commit is
+    /// written, and the owner lock goes once the backend is dropped. What
+    /// the database holds afterwards is what a `SIGKILL` at this moment
+    /// would have left.
+    #[doc(hidden)]
+    pub fn halt_as_if_killed(&self) {
+        self.front.pending.halted.store(true, Ordering::Release);
+    }
+
     /// Deletes the blob store's objects older than `older_than` that no
     /// row refers to (objects a crash left behind); how many. The server
     /// sweeps a minute after it opens and then every hour; this sweeps now.
@@ -949,7 +960,8 @@ impl Committer {
         } = self;
         let mut gatherer = Gatherer::new(requests);
         // While a group commits, the next gathers.
-        while let Some(group) = gatherer.next(&pending, || true) {
+        while let Some(group) = gatherer.next(&pending, || !pending.halted.load(Ordering::Acquire))
+        {
             // Every commit whose acknowledgement is in the group was made
             // before this, so the group covers it.
             let (writes, covered) = lock(&pending.unapplied).take();

@@ -177,6 +177,22 @@ pub(crate) fn open_sled(dir: &Path, segment: usize) -> Result<sled::Db> {
     }
 }
 
+impl SledBackend {
+    /// Stops as a killed process would, for the engine's simulation: the
+    /// group being applied (if any) is finished, atomically, as sled
+    /// applies a batch; no later commit is applied. Reopened in the same
+    /// process, the store holds what it applied, synced or not, so this
+    /// shows that groups are applied whole and in order, not what a lost
+    /// page cache takes (the `SIGKILL` and power-loss tests do that).
+    #[doc(hidden)]
+    pub fn halt_as_if_killed(&self) {
+        self.front
+            .pending
+            .halted
+            .store(true, std::sync::atomic::Ordering::Release);
+    }
+}
+
 impl Drop for SledBackend {
     /// Closes the committer's channel and waits for it to finish the
     /// commits in flight, so that once a dropped backend is gone the store
@@ -275,7 +291,9 @@ impl Committer {
         let mut gatherer = Gatherer::new(requests);
         // A group waits for the syncer to be idle before it is gathered; if
         // the syncer is gone, so is every acknowledgement it held.
-        while let Some(group) = gatherer.next(&pending, || ready.recv().is_ok()) {
+        let go_on =
+            || !pending.halted.load(std::sync::atomic::Ordering::Acquire) && ready.recv().is_ok();
+        while let Some(group) = gatherer.next(&pending, go_on) {
             // Every commit whose acknowledgement is in the group was made
             // before this, so the group's batch and flush cover it.
             let (writes, covered) = lock(&pending.unapplied).take();

@@ -111,8 +111,11 @@ type Decided = (
 );
 
 /// Adds the writes among `commands` to `batch`; returns the timers they
-/// set, to hand to the timer service once the batch is durable.
-fn write(batch: &mut Batch, commands: &[Command]) -> Vec<TimerKey> {
+/// set, to hand to the timer service once the batch is durable. Every step
+/// of the executor writes through this; the engine's simulation on a real
+/// store (`runtime/server/tests/simulation.rs`) writes through it too, and
+/// checks what it stored against the simulation's model.
+pub fn engine_writes(batch: &mut Batch, commands: &[Command]) -> Vec<TimerKey> {
     let mut timers = Vec::new();
     for command in commands {
         match command {
@@ -170,7 +173,7 @@ impl Executor {
             }
         }
         let mut batch = extra;
-        let timers = write(&mut batch, &applied.commands);
+        let timers = engine_writes(&mut batch, &applied.commands);
         let commit = (!batch.is_empty()).then(|| store.commit(batch));
         Ok((applied, commit, timers))
     }

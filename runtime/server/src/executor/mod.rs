@@ -46,6 +46,7 @@ pub use budgets::{BUDGET_NAMES, Budgets, parse_size_bytes};
 pub use delays::RescheduleError;
 pub use dispatch::QueueView;
 pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
+pub use interpreter::engine_writes;
 pub use retention::Pass;
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
