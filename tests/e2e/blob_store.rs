@@ -2,16 +2,22 @@
 //! bundles and large payloads in an S3-compatible bucket (moto), the
 //! database holding references to them, through a SIGKILL and restart.
 
-use crate::harness::{Kiln, data_dir};
+use crate::harness::{KEY, Kiln, data_dir};
 use crate::moto::Moto;
 use crate::pg_server::Postgres;
 use crate::postgres::refused;
 use serde_json::json;
 use std::time::{Duration, Instant};
 
-const CREDENTIALS: [(&str, &str); 2] = [
+/// The nodes' credentials for moto (which does not check them), and their
+/// shared master key.
+const ENV: [(&str, &str); 3] = [
     ("AWS_ACCESS_KEY_ID", "kiln"),
     ("AWS_SECRET_ACCESS_KEY", "kiln"),
+    (
+        "KILN_MASTER_KEY",
+        "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0",
+    ),
 ];
 
 /// The store key each object in the bucket holds the value of.
@@ -44,8 +50,25 @@ async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
         "100",
     ];
     let dir = data_dir();
-    let kiln = Kiln::start_with_env(dir.path(), &args, &CREDENTIALS);
+    let kiln = Kiln::start_with_env(dir.path(), &args, &ENV);
     kiln.deploy(kiln_fixtures::PROBE).await;
+    // A standby reads the bundle through the bucket, and compiles it ahead.
+    let standby_dir = data_dir();
+    let standby = Kiln::start_with_env(standby_dir.path(), &args, &ENV);
+    let compiled = standby_dir.path().join("compiled");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !std::fs::read_dir(&compiled).is_ok_and(|entries| {
+        entries
+            .flatten()
+            .any(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+    }) {
+        assert!(
+            Instant::now() < deadline,
+            "the standby never compiled the bundle"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    standby.kill();
     let payload = json!({"blob": "p".repeat(1024 * 1024)});
     let delayed = kiln
         .trigger_with("echo", payload.clone(), json!({"delay": "2s"}))
@@ -54,7 +77,7 @@ async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
         .trigger_with("big-output", json!({"bytes": 1024 * 1024}), json!({}))
         .await;
     let waiting = kiln
-        .trigger_with("hold-heap", json!({"mib": 2, "wait_ms": 1500}), json!({}))
+        .trigger_with("hold-heap", json!({"mib": 2, "wait_ms": 10_000}), json!({}))
         .await;
     assert_eq!(kiln.finished(&big).await["status"], "COMPLETED");
     kiln.until_journal(&waiting, |e| e.iter().any(|e| e["type"] == "SUSPENDED"))
@@ -72,11 +95,13 @@ async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
         .parse()
         .expect("a length");
     assert!(largest < 1024, "the table's largest value: {largest} bytes");
+    // Still waiting when killed: it goes on from the snapshot in the bucket.
+    assert_eq!(kiln.run(&waiting).await["status"], "WAITING");
     kiln.kill();
 
     // After a SIGKILL the runs go on from what the bucket holds: the
     // snapshot, the delayed run's payload, the output.
-    let kiln = Kiln::start_with_env(dir.path(), &args, &CREDENTIALS);
+    let kiln = Kiln::start_with_env(dir.path(), &args, &ENV);
     let run = kiln.finished(&waiting).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["attemptCount"], 1, "{run}");
@@ -96,6 +121,42 @@ async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+#[tokio::test]
+async fn a_bucket_that_fails_stops_the_server_before_it_acknowledges() {
+    let pg = Postgres::start();
+    let s3 = Moto::start();
+    let url = pg.database("kiln");
+    let blob_url = s3.bucket("runs", "min-size=1024");
+    let args = ["--store", &url, "--blob-store", &blob_url];
+    let dir = data_dir();
+    let mut kiln = Kiln::start_with_env(dir.path(), &args, &ENV);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    drop(s3);
+    // A payload over the threshold must go to the bucket before the
+    // trigger is acknowledged; the bucket is gone, so the server stops
+    // (after trying for about half a minute) and the trigger is not
+    // acknowledged.
+    let payload = json!({"blob": "p".repeat(4096)}).to_string();
+    let answer = reqwest::Client::new()
+        .post(format!("{}/api/v1/tasks/echo/trigger", kiln.url))
+        .bearer_auth(KEY)
+        .json(&json!({"payload": payload, "options": {"payloadType": "application/json"}}))
+        .timeout(Duration::from_secs(120))
+        .send()
+        .await;
+    if let Ok(response) = answer {
+        assert_ne!(
+            response.status().as_u16(),
+            200,
+            "the trigger was acknowledged"
+        );
+    }
+    let exited = kiln
+        .exited_within(Duration::from_secs(120))
+        .expect("the server stops");
+    assert_eq!(exited.code(), Some(74));
 }
 
 #[tokio::test]

@@ -25,6 +25,11 @@ pub(crate) fn refused(dir: &std::path::Path, extra: &[&str]) -> String {
         .arg(dir)
         .args(extra)
         .env("KILN_SECRET_KEY", KEY)
+        // Whatever the developer's shell holds for the blob store.
+        .env_remove("KILN_BLOB_STORE")
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::piped())
         .spawn()

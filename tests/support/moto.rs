@@ -33,20 +33,24 @@ impl Moto {
             .stderr(Stdio::piped())
             .spawn()
             .expect("moto_server starts");
-        // It says where it listens once it does.
+        // It says where it listens once it does; its log is drained from
+        // then on, so it never blocks on a full pipe.
         let stderr = child.stderr.take().expect("stderr is piped");
-        let mut lines = BufReader::new(stderr).lines();
-        let address = loop {
-            let line = lines
-                .next()
-                .expect("moto_server said where it listens before it exited")
-                .expect("moto_server's stderr is readable");
-            if let Some(at) = line.split("Running on http://").nth(1) {
-                break at.trim().to_string();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(at) = line.split("Running on http://").nth(1) {
+                    let _ = tx.send(at.trim().to_string());
+                }
+            }
+        });
+        let address = match rx.recv_timeout(std::time::Duration::from_secs(120)) {
+            Ok(address) => address,
+            Err(_) => {
+                let _ = child.kill();
+                panic!("moto_server did not say where it listens within 120 s");
             }
         };
-        // Keep draining its log, so it never blocks on a full pipe.
-        std::thread::spawn(move || for _ in lines {});
         Moto { child, address }
     }
 
@@ -101,7 +105,17 @@ impl Moto {
         assert!(status == 200, "writing {path}: {status} {answer}");
     }
 
-    /// Sends an unsigned request (moto does not check signatures).
+    /// Deletes an object at `path` (`<bucket>/<name>`) behind Kiln's back.
+    pub fn delete(&self, path: &str) {
+        let (status, answer) = self.send("DELETE", &format!("/{path}"), b"");
+        assert!(
+            status == 204 || status == 200,
+            "deleting {path}: {status} {answer}"
+        );
+    }
+
+    /// Sends a request with a signature moto does not check (it refuses
+    /// some requests with none at all).
     fn request(&self, method: &str, path: &str) -> (u16, String) {
         self.send(method, path, b"")
     }
@@ -111,7 +125,9 @@ impl Moto {
             std::net::TcpStream::connect(&self.address).expect("connecting to moto_server");
         write!(
             stream,
-            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Length: {}\r\n\r\n",
+            "{method} {path} HTTP/1.0\r\nHost: {}\r\nContent-Length: {}\r\n\
+             Authorization: AWS4-HMAC-SHA256 Credential=kiln/20260101/us-east-1/s3/aws4_request, \
+             SignedHeaders=host, Signature=00\r\n\r\n",
             self.address,
             body.len()
         )

@@ -14,10 +14,14 @@
 //!   never overwritten, so a reader holding an old reference reads the old
 //!   value or, once it is deleted, reads the key again;
 //! - the objects a group's commit replaces or deletes are deleted once it
-//!   is durable. Objects left behind by a crash (written for a group that
-//!   never committed, or replaced just before the process died) are found
-//!   by a sweep: an object older than an hour whose key's row does not
-//!   refer to it is deleted.
+//!   is durable and no read that began before it is still under way.
+//!   Objects left behind by a crash (written for a group that never
+//!   committed, or replaced just before the process died) are found by a
+//!   sweep: an object older than an hour, named by a writer this database
+//!   registered, not of a group being written, whose key's row does not
+//!   refer to it, is deleted;
+//! - the database records which bucket and prefix it keeps its values in,
+//!   and a server configured otherwise is refused.
 //!
 //! Requests are signed (AWS Signature Version 4) by the `rusty-s3` crate,
 //! which builds and signs S3 requests without doing any I/O itself, and
@@ -26,6 +30,8 @@
 
 use crate::{Result, StoreError};
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -45,8 +51,12 @@ const MAX_NAME: usize = 1024;
 /// How long a signed request stays valid.
 const SIGNED_FOR: Duration = Duration::from_secs(15 * 60);
 
-/// How many times a request is sent before its error stops the server.
-const TRIES: u32 = 4;
+/// How many times a request is sent before its error is given up on
+/// (about 25 s of backing off in all).
+const TRIES: u32 = 8;
+
+/// The longest pause between two tries of a request.
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
 /// An object older than this, that no row refers to, is garbage: no
 /// commit takes an hour between writing an object and committing.
@@ -63,8 +73,39 @@ pub struct BlobStore {
     /// Names this writer's objects apart from any other's.
     writer: String,
     next: AtomicU64,
-    /// The URL without credentials, for messages.
+    /// The number of the first object of the group being written
+    /// (`u64::MAX` when none is): the sweep leaves it and later ones alone.
+    writing_from: AtomicU64,
+    /// Reads under way, for deletions to wait for.
+    readers: Mutex<Readers>,
+    /// `s3://<bucket>/<prefix>`: what the database records.
+    location: String,
+    /// The location and endpoint, for messages.
     shown: String,
+    /// The endpoint given in the URL, to make a fresh client with.
+    endpoint: Option<String>,
+}
+
+/// The reads that may hold references, by ticket.
+#[derive(Default)]
+struct Readers {
+    next: u64,
+    active: BTreeSet<u64>,
+}
+
+/// A read under way: while it lives, objects replaced after it began are
+/// not deleted.
+pub(crate) struct Reading<'a> {
+    blobs: &'a BlobStore,
+    ticket: u64,
+}
+
+impl Drop for Reading<'_> {
+    fn drop(&mut self) {
+        crate::group_commit::lock(&self.blobs.readers)
+            .active
+            .remove(&self.ticket);
+    }
 }
 
 impl std::fmt::Debug for BlobStore {
@@ -87,6 +128,16 @@ impl BlobStore {
     /// `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and, if set,
     /// `AWS_SESSION_TOKEN`.
     pub fn from_url(url: &str) -> Result<Self> {
+        Self::build(url, Credentials::from_env())
+    }
+
+    /// [`BlobStore::from_url`] with the access key and secret given rather
+    /// than read from the environment.
+    pub fn with_credentials(url: &str, key: &str, secret: &str) -> Result<Self> {
+        Self::build(url, Some(Credentials::new(key, secret)))
+    }
+
+    fn build(url: &str, credentials: Option<Credentials>) -> Result<Self> {
         let parsed = url::Url::parse(url).map_err(|e| refused(format!("not a URL: {e}")))?;
         if parsed.scheme() != "s3" {
             return Err(refused(format!(
@@ -128,6 +179,7 @@ impl BlobStore {
         let region = region
             .or_else(|| std::env::var("AWS_REGION").ok())
             .unwrap_or_else(|| "us-east-1".into());
+        let given = endpoint.clone();
         let (endpoint, style) = match endpoint {
             // S3-compatible servers (MinIO, moto, Ceph) name buckets in the path.
             Some(endpoint) => (endpoint, UrlStyle::Path),
@@ -140,28 +192,93 @@ impl BlobStore {
             url::Url::parse(&endpoint).map_err(|e| refused(format!("endpoint {endpoint}: {e}")))?;
         let bucket = Bucket::new(endpoint_url, style, name.clone(), region)
             .map_err(|e| refused(format!("bucket {name} at {endpoint}: {e}")))?;
-        let credentials = Credentials::from_env().ok_or_else(|| {
+        let credentials = credentials.ok_or_else(|| {
             refused("set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY for the bucket")
         })?;
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(10))
-            .timeout(Duration::from_secs(300))
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .map_err(|e| refused(format!("an HTTP client: {e}")))?;
-        let mut random = [0u8; 8];
-        ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
-            .map_err(|_| refused("no random bytes for the writer's name"))?;
         Ok(BlobStore {
             bucket,
             credentials,
-            http,
+            http: client()?,
             shown: format!("s3://{name}/{prefix} at {endpoint}"),
+            location: format!("s3://{name}/{prefix}"),
             prefix,
             min_size,
-            writer: hex::encode(random),
+            writer: writer_name()?,
             next: AtomicU64::new(0),
+            writing_from: AtomicU64::new(u64::MAX),
+            readers: Mutex::default(),
+            endpoint: given,
         })
+    }
+
+    /// The same bucket with a client and a writer's name of its own, for
+    /// one backend: a client's pooled connections belong to the runtime
+    /// that made them, and each backend has its own.
+    pub(crate) fn fresh(&self) -> Result<Self> {
+        Ok(BlobStore {
+            bucket: self.bucket.clone(),
+            credentials: self.credentials.clone(),
+            http: client()?,
+            prefix: self.prefix.clone(),
+            min_size: self.min_size,
+            writer: writer_name()?,
+            next: AtomicU64::new(0),
+            writing_from: AtomicU64::new(u64::MAX),
+            readers: Mutex::default(),
+            location: self.location.clone(),
+            shown: self.shown.clone(),
+            endpoint: self.endpoint.clone(),
+        })
+    }
+
+    /// `s3://<bucket>/<prefix>`, which the database records.
+    pub fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// This writer's name, which the database registers before any object
+    /// of its is written.
+    pub(crate) fn writer(&self) -> &str {
+        &self.writer
+    }
+
+    /// Marks a read under way until the answer is dropped.
+    pub(crate) fn reading(&self) -> Reading<'_> {
+        let mut readers = crate::group_commit::lock(&self.readers);
+        let ticket = readers.next;
+        readers.next += 1;
+        readers.active.insert(ticket);
+        Reading {
+            blobs: self,
+            ticket,
+        }
+    }
+
+    /// Waits until every read that began before this call has ended.
+    pub(crate) async fn reads_done(&self) {
+        let cut = crate::group_commit::lock(&self.readers).next;
+        loop {
+            let oldest = crate::group_commit::lock(&self.readers)
+                .active
+                .first()
+                .copied();
+            if oldest.is_none_or(|t| t >= cut) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// A group's objects are about to be written: the sweep leaves them
+    /// alone until [`BlobStore::group_written`].
+    pub(crate) fn writing_group(&self) {
+        self.writing_from
+            .store(self.next.load(Ordering::Acquire), Ordering::Release);
+    }
+
+    /// The group is committed (or failed).
+    pub(crate) fn group_written(&self) {
+        self.writing_from.store(u64::MAX, Ordering::Release);
     }
 
     /// Whether `value`, stored under `key`, goes to the bucket: it is
@@ -178,11 +295,22 @@ impl BlobStore {
         format!("{}{}/{}-{n}", self.prefix, hex::encode(key), self.writer)
     }
 
-    /// The key an object of this store's holds a value of, from its name.
-    fn key_of(&self, name: &str) -> Option<Vec<u8>> {
+    /// The key an object Kiln named holds a value of, its writer and its
+    /// number, from its name (`<prefix><hex key>/<16 hex>-<n>`).
+    fn parse<'n>(&self, name: &'n str) -> Option<(Vec<u8>, &'n str, u64)> {
         let rest = name.strip_prefix(&self.prefix)?;
-        let (key, _) = rest.split_once('/')?;
-        hex::decode(key).ok()
+        let (key, object) = rest.split_once('/')?;
+        let (writer, n) = object.split_once('-')?;
+        let hex_digits = |s: &str| s.bytes().all(|b| b.is_ascii_hexdigit());
+        if writer.len() != 16 || !hex_digits(writer) || !n.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        Some((hex::decode(key).ok()?, writer, n.parse().ok()?))
+    }
+
+    /// The key an object Kiln named holds a value of.
+    fn key_of(&self, name: &str) -> Option<Vec<u8>> {
+        self.parse(name).map(|(key, _, _)| key)
     }
 
     /// The reference kept in the table in place of a value.
@@ -214,6 +342,8 @@ impl BlobStore {
         what: &str,
         make: impl Fn() -> reqwest::RequestBuilder,
     ) -> Result<reqwest::Response> {
+        // Every request is safe to send again: objects are never
+        // overwritten, and deleting or reading one twice is harmless.
         let mut delay = Duration::from_millis(100);
         for attempt in 1..=TRIES {
             let last = attempt == TRIES;
@@ -224,7 +354,10 @@ impl BlobStore {
                 {
                     return Ok(response);
                 }
-                Ok(response) if response.status().is_server_error() && !last => {}
+                Ok(response)
+                    if !last
+                        && (response.status().is_server_error()
+                            || response.status() == reqwest::StatusCode::TOO_MANY_REQUESTS) => {}
                 Ok(response) => {
                     let status = response.status();
                     let body = response.text().await.unwrap_or_default();
@@ -234,17 +367,20 @@ impl BlobStore {
                         s3_error(&body)
                     )));
                 }
-                Err(error) if !last && (error.is_connect() || error.is_timeout()) => {}
+                Err(_) if !last => {}
                 Err(error) => {
                     return Err(StoreError::Backend(format!(
                         "blob store {}: {what}: {}",
                         self.shown,
-                        chain(&error)
+                        chain(&error.without_url())
                     )));
                 }
             }
-            tokio::time::sleep(delay).await;
-            delay *= 4;
+            // Backing off, with a random part so that nodes retrying at
+            // once do not stay in step.
+            let jitter = delay.mul_f64(jitter_fraction() * 0.5);
+            tokio::time::sleep(delay + jitter).await;
+            delay = (delay * 2).min(MAX_BACKOFF);
         }
         unreachable!("the last try answers")
     }
@@ -258,13 +394,25 @@ impl BlobStore {
         let response = self
             .send("listing the bucket", || self.http.get(url.clone()))
             .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(StoreError::Backend(format!(
-                "blob store {}: the bucket does not exist",
-                self.shown
-            )));
+        self.bucket_found(response).await.map(drop)
+    }
+
+    /// `response`, unless it says the bucket does not exist (a 404 that
+    /// is not about an object).
+    async fn bucket_found(&self, response: reqwest::Response) -> Result<reqwest::Response> {
+        if response.status() != reqwest::StatusCode::NOT_FOUND {
+            return Ok(response);
         }
-        Ok(())
+        let body = response.text().await.unwrap_or_default();
+        Err(StoreError::Backend(format!(
+            "blob store {}: {}",
+            self.shown,
+            if body.contains("NoSuchKey") {
+                s3_error(&body)
+            } else {
+                format!("the bucket does not exist ({})", s3_error(&body))
+            }
+        )))
     }
 
     /// Writes the object `name`.
@@ -278,13 +426,7 @@ impl BlobStore {
                 self.http.put(url.clone()).body(bytes.clone())
             })
             .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            return Err(StoreError::Backend(format!(
-                "blob store {}: writing {name}: the bucket does not exist",
-                self.shown
-            )));
-        }
-        Ok(())
+        self.bucket_found(response).await.map(drop)
     }
 
     /// The object `name`'s bytes, `None` if there is no such object.
@@ -297,13 +439,20 @@ impl BlobStore {
             .send(&format!("reading {name}"), || self.http.get(url.clone()))
             .await?;
         if response.status() == reqwest::StatusCode::NOT_FOUND {
+            let body = response.text().await.unwrap_or_default();
+            if body.contains("NoSuchBucket") {
+                return Err(StoreError::Backend(format!(
+                    "blob store {}: reading {name}: the bucket does not exist",
+                    self.shown
+                )));
+            }
             return Ok(None);
         }
         let bytes = response.bytes().await.map_err(|e| {
             StoreError::Backend(format!(
                 "blob store {}: reading {name}: {}",
                 self.shown,
-                chain(&e)
+                chain(&e.without_url())
             ))
         })?;
         Ok(Some(bytes.to_vec()))
@@ -337,8 +486,13 @@ impl BlobStore {
             let response = self
                 .send("listing the bucket", || self.http.get(url.clone()))
                 .await?;
+            let response = self.bucket_found(response).await?;
             let body = response.text().await.map_err(|e| {
-                StoreError::Backend(format!("blob store {}: listing: {}", self.shown, chain(&e)))
+                StoreError::Backend(format!(
+                    "blob store {}: listing: {}",
+                    self.shown,
+                    chain(&e.without_url())
+                ))
             })?;
             let page = rusty_s3::actions::ListObjectsV2::parse_response(&body).map_err(|e| {
                 StoreError::Backend(format!("blob store {}: a listing: {e}", self.shown))
@@ -359,11 +513,18 @@ impl BlobStore {
         }
     }
 
-    /// Deletes every object of this store's older than `older_than` that
-    /// `holds` (which reads a key's row in the table) does not refer to;
-    /// how many it deleted. Objects under the prefix that Kiln did not
-    /// name are left alone.
-    pub(crate) async fn sweep<F, Fut>(&self, older_than: Duration, holds: F) -> Result<usize>
+    /// Deletes every object older than `older_than`, named by one of
+    /// `writers` (those the database registered), not of a group being
+    /// written, that `holds` (which reads a key's row in the table) does
+    /// not refer to; how many it deleted. Objects under the prefix that
+    /// Kiln did not name, or that another database's writer named, are
+    /// left alone.
+    pub(crate) async fn sweep<F, Fut>(
+        &self,
+        older_than: Duration,
+        writers: &HashSet<String>,
+        holds: F,
+    ) -> Result<usize>
     where
         F: Fn(Vec<u8>) -> Fut,
         Fut: std::future::Future<Output = Result<Option<Vec<u8>>>>,
@@ -373,9 +534,14 @@ impl BlobStore {
             if age.is_none_or(|age| age < older_than) {
                 continue;
             }
-            let Some(key) = self.key_of(&name) else {
+            let Some((key, writer, n)) = self.parse(&name) else {
                 continue;
             };
+            if !writers.contains(writer)
+                || (writer == self.writer && n >= self.writing_from.load(Ordering::Acquire))
+            {
+                continue;
+            }
             let row = holds(key.clone()).await?;
             if row.as_deref().and_then(|v| self.referred(&key, v)) == Some(name.as_str()) {
                 continue;
@@ -385,6 +551,32 @@ impl BlobStore {
         }
         Ok(deleted)
     }
+}
+
+/// An HTTP client for a bucket: a pause of a minute in a transfer fails
+/// it (and it is tried again), however large the object.
+fn client() -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(10))
+        .read_timeout(Duration::from_secs(60))
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| refused(format!("an HTTP client: {e}")))
+}
+
+/// A new writer's name: 16 random hex digits.
+fn writer_name() -> Result<String> {
+    let mut random = [0u8; 8];
+    ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random)
+        .map_err(|_| refused("no random bytes for the writer's name"))?;
+    Ok(hex::encode(random))
+}
+
+/// A random fraction in `[0, 1)`.
+fn jitter_fraction() -> f64 {
+    let mut random = [0u8; 2];
+    let _ = ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random);
+    f64::from(u16::from_be_bytes(random)) / 65_536.0
 }
 
 /// An error and its causes, on one line.
@@ -418,12 +610,7 @@ mod tests {
     use super::*;
 
     fn store(url: &str) -> Result<BlobStore> {
-        // SAFETY: tests in this module set the same values.
-        unsafe {
-            std::env::set_var("AWS_ACCESS_KEY_ID", "test");
-            std::env::set_var("AWS_SECRET_ACCESS_KEY", "test");
-        }
-        BlobStore::from_url(url)
+        BlobStore::with_credentials(url, "test", "test")
     }
 
     #[test]
@@ -463,6 +650,19 @@ mod tests {
             "what looks like a reference is stored apart"
         );
         assert!(!s.takes(&[b'k'; 600], b"long"), "a key too long for a name");
+        let (key, writer, n) = s.parse(&name).unwrap();
+        assert_eq!(
+            (key.as_slice(), writer, n),
+            (&b"snap/r1"[..], s.writer(), 0)
+        );
+        for foreign in [
+            "p/cafe/notes.txt",
+            "p/README",
+            "p/zz/0123456789abcdef-1",
+            "q/cafe/0123456789abcdef-1",
+        ] {
+            assert_eq!(s.parse(foreign), None, "{foreign}");
+        }
         assert_eq!(
             s3_error("<Error><Code>NoSuchBucket</Code><Message>gone</Message></Error>"),
             "NoSuchBucket: gone"

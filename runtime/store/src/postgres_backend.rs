@@ -87,6 +87,15 @@ const MIGRATIONS: &[(i32, &str)] = &[
         // leads, the database session that holds the owner lock.
         crate::postgres_cluster::NODES_TABLE,
     ),
+    (
+        3,
+        // The blob store the database's references point into, once one
+        // was used (`crate::blob_store`), and the writers whose objects
+        // its sweep may delete.
+        "CREATE TABLE kiln_blob_store (location text NOT NULL); \
+         CREATE TABLE kiln_blob_writers \
+         (writer text PRIMARY KEY, registered_at timestamptz NOT NULL DEFAULT now())",
+    ),
 ];
 
 /// How [`PostgresBackend::open_with`] waits for a database another server
@@ -219,12 +228,14 @@ impl PostgresBackend {
         let connector = Connector::new(url, true)?;
         let connect = |purpose| connector.connect(purpose);
         let runtime = &connector.runtime;
+        let blobs = blobs.map(|b| b.fresh().map(Arc::new)).transpose()?;
         if let Some(blobs) = &blobs {
             let blobs = blobs.clone();
             on(runtime, async move { blobs.check().await })?;
         }
         let owner = connect("commits")?;
         let with_blobs = blobs.is_some();
+        let configured = blobs.clone();
         let Some((owner, write, session)) = on(runtime, async move {
             let mut owner = owner;
             if !take_owner_lock(&owner, owner_wait).await? {
@@ -234,6 +245,7 @@ impl PostgresBackend {
             // cluster may have done so already; the migrations' own lock
             // keeps two from applying one).
             migrate(&mut owner).await?;
+            same_blob_store(&owner, configured.as_deref(), true).await?;
             let write = owner
                 .prepare(if with_blobs {
                     WRITE_AND_REPLACED
@@ -303,7 +315,12 @@ impl PostgresBackend {
     pub fn open_read_only(url: &str, blobs: Option<Arc<BlobStore>>) -> Result<Self> {
         let connector = Connector::new(url, false)?;
         let client = connector.connect("reads")?;
-        let reader = on(&connector.runtime, Reader::prepare(client))?;
+        let blobs = blobs.map(|b| b.fresh().map(Arc::new)).transpose()?;
+        let configured = blobs.clone();
+        let reader = on(&connector.runtime, async move {
+            same_blob_store(&client, configured.as_deref(), false).await?;
+            Reader::prepare(client).await
+        })?;
         // No committer receives: a commit is refused at once.
         let (tx, _) = mpsc::channel::<Request>();
         let (_, durable) = watch::channel(Ok(0));
@@ -342,37 +359,50 @@ impl PostgresBackend {
         };
         block(self._driver.handle(), async move {
             sweep(&blobs, &client, older_than).await
-        })
+        })?
+    }
+
+    /// Marks a read under way, so no object it may read a reference to is
+    /// deleted until it ends.
+    fn reading(&self) -> Option<crate::blob_store::Reading<'_>> {
+        self.blobs.as_deref().map(BlobStore::reading)
     }
 
     /// `rows` read from the table, with every reference to an object
-    /// replaced by the object's bytes; `None` if an object is gone (a
-    /// newer commit replaced the value and deleted it meanwhile).
-    fn resolve(&self, rows: Vec<Entry>) -> Result<Option<Vec<Entry>>> {
+    /// replaced by the object's bytes; `Err(key)` if the object of `key`
+    /// is gone (a newer commit replaced the value and deleted it
+    /// meanwhile, or on a standby, the leader did).
+    fn resolve(&self, rows: Vec<Entry>) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
         let Some(blobs) = &self.blobs else {
-            return Ok(Some(rows));
+            return Ok(Ok(rows));
         };
         if !rows.iter().any(|(k, v)| blobs.referred(k, v).is_some()) {
-            return Ok(Some(rows));
+            return Ok(Ok(rows));
         }
         let blobs = blobs.clone();
         block(self._driver.handle(), async move {
             use futures_util::StreamExt;
-            let resolved: Vec<Result<Option<Entry>>> = futures_util::stream::iter(rows)
-                .map(|(key, value)| {
-                    let blobs = &blobs;
-                    async move {
-                        let Some(name) = blobs.referred(&key, &value) else {
-                            return Ok(Some((key, value)));
-                        };
-                        Ok(blobs.get(name).await?.map(|bytes| (key, bytes)))
-                    }
-                })
-                .buffered(8)
-                .collect()
-                .await;
-            resolved.into_iter().collect::<Result<Option<Vec<Entry>>>>()
-        })
+            let resolved: Vec<Result<std::result::Result<Entry, Vec<u8>>>> =
+                futures_util::stream::iter(rows)
+                    .map(|(key, value)| {
+                        let blobs = &blobs;
+                        async move {
+                            let Some(name) = blobs.referred(&key, &value) else {
+                                return Ok(Ok((key, value)));
+                            };
+                            Ok(match blobs.get(name).await? {
+                                Some(bytes) => Ok((key, bytes)),
+                                None => Err(key),
+                            })
+                        }
+                    })
+                    .buffered(8)
+                    .collect()
+                    .await;
+            resolved
+                .into_iter()
+                .collect::<Result<std::result::Result<Vec<Entry>, Vec<u8>>>>()
+        })?
     }
 
     /// The process id of the database session that holds the owner lock
@@ -397,9 +427,11 @@ impl PostgresBackend {
         limit: usize,
         order: Order,
     ) -> Result<Vec<Entry>> {
+        let mut missing = 0;
         for attempt in 0.. {
             let pending = &self.front.pending;
-            let _holding = (attempt >= OPTIMISTIC_TRIES).then(|| pending.reading());
+            let _reading = self.reading();
+            let holding = (attempt >= OPTIMISTIC_TRIES).then(|| pending.reading());
             let (unwritten, made) = {
                 let unapplied = lock(&pending.unapplied);
                 (unapplied.range(start, end), unapplied.made())
@@ -407,17 +439,24 @@ impl PostgresBackend {
             // Each unwritten key can hide at most one of the table's rows.
             let fetch = limit.saturating_add(unwritten.len());
             let rows = self.reader().rows(start, end, fetch, order)?;
-            if _holding.is_none() && pending.sent.load(Ordering::Acquire) > made {
+            if holding.is_none() && pending.sent.load(Ordering::Acquire) > made {
                 continue;
             }
-            let Some(rows) = self.resolve(rows)? else {
-                // An object went with a commit made since: read again.
-                if _holding.is_some() && attempt > OPTIMISTIC_TRIES + 8 {
-                    return Err(StoreError::Backend(
-                        "blob store: a row refers to an object that does not exist".into(),
-                    ));
+            // The committer need not wait for the bucket.
+            drop(holding);
+            let rows = match self.resolve(rows)? {
+                Ok(rows) => rows,
+                // An object this process deletes outlives every read that
+                // began before it was replaced, so a missing one went
+                // behind Kiln's back (or, on a standby, with the leader's
+                // commit since): read again, then give up.
+                Err(key) => {
+                    missing += 1;
+                    if missing > 16 {
+                        return Err(missing_object(&key));
+                    }
+                    continue;
                 }
-                continue;
             };
             let rows = rows.into_iter().map(Ok);
             return match order {
@@ -768,19 +807,77 @@ const WRITE_AND_REPLACED: &str = "WITH replaced AS (SELECT key, value FROM kiln_
        ON CONFLICT (key) DO UPDATE SET value = excluded.value) \
      SELECT key, value FROM replaced";
 
+/// A value whose object is gone.
+fn missing_object(key: &[u8]) -> StoreError {
+    StoreError::Corrupt {
+        key: String::from_utf8_lossy(key).into_owned(),
+        reason: "it refers to an object the blob store does not hold".into(),
+    }
+}
+
+/// Checks that the blob store configured is the one the database's
+/// references point into (recorded the first time one is used), and, for
+/// the owner, records it and registers its writer.
+async fn same_blob_store(client: &Client, blobs: Option<&BlobStore>, owner: bool) -> Result<()> {
+    let recorded: Option<String> = match client
+        .query_opt("SELECT location FROM kiln_blob_store", &[])
+        .await
+    {
+        Ok(row) => row.map(|row| row.get(0)),
+        // A standby beside a leader from before blob stores: none.
+        Err(_) if !owner => None,
+        Err(e) => return Err(pg_error("reading the blob store's location", e)),
+    };
+    match (recorded, blobs) {
+        (None, None) => Ok(()),
+        (Some(location), None) => Err(StoreError::Backend(format!(
+            "this database keeps its large values in the blob store {location}: \
+             start with --blob-store {location}…"
+        ))),
+        (Some(location), Some(blobs)) if location != blobs.location() => {
+            Err(StoreError::Backend(format!(
+                "this database keeps its large values in the blob store {location}, not {}",
+                blobs.location()
+            )))
+        }
+        (recorded, Some(blobs)) => {
+            if !owner {
+                return Ok(());
+            }
+            if recorded.is_none() {
+                client
+                    .execute(
+                        "INSERT INTO kiln_blob_store (location) VALUES ($1)",
+                        &[&blobs.location()],
+                    )
+                    .await
+                    .map_err(|e| pg_error("recording the blob store", e))?;
+            }
+            client
+                .execute(
+                    "INSERT INTO kiln_blob_writers (writer) VALUES ($1)",
+                    &[&blobs.writer()],
+                )
+                .await
+                .map_err(|e| pg_error("registering the blob store's writer", e))?;
+            Ok(())
+        }
+    }
+}
+
 /// Runs `future` on the driver's runtime and waits for it, from any thread
 /// (a worker of the server's runtime hands its other tasks over meanwhile).
 fn block<T: Send + 'static>(
     runtime: &tokio::runtime::Handle,
     future: impl std::future::Future<Output = T> + Send + 'static,
-) -> T {
+) -> Result<T> {
     let (tx, rx) = mpsc::sync_channel(1);
     runtime.spawn(async move {
         let _ = tx.send(future.await);
     });
     let receive = || {
         rx.recv()
-            .expect("the driver runs while the backend is open")
+            .map_err(|_| StoreError::Backend("the PostgreSQL driver stopped".into()))
     };
     match tokio::runtime::Handle::try_current() {
         Ok(handle) if handle.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
@@ -840,8 +937,11 @@ async fn offload(
 }
 
 /// Deletes the objects the rows `replaced` referred to, once the commit
-/// that replaced them is durable. One that fails is left to the sweep.
+/// that replaced them is durable and every read that began before it (and
+/// so may have read a reference to them) has ended. One that fails is
+/// left to the sweep.
 async fn delete_replaced(blobs: Arc<BlobStore>, replaced: Vec<Entry>) {
+    blobs.reads_done().await;
     for (key, value) in &replaced {
         if let Some(name) = blobs.referred(key, value)
             && let Err(error) = blobs.delete(name).await
@@ -867,8 +967,15 @@ async fn sweep_now_and_then(blobs: Arc<BlobStore>, client: Arc<Client>) {
 
 /// Deletes the objects older than `older_than` that no row refers to.
 async fn sweep(blobs: &BlobStore, client: &Client, older_than: Duration) -> Result<usize> {
+    let writers: std::collections::HashSet<String> = client
+        .query("SELECT writer FROM kiln_blob_writers", &[])
+        .await
+        .map_err(|e| pg_error("reading the blob store's writers", e))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
     blobs
-        .sweep(older_than, |key| async move {
+        .sweep(older_than, &writers, |key| async move {
             let row = client
                 .query_opt("SELECT value FROM kiln_kv WHERE key = $1", &[&key])
                 .await
@@ -970,10 +1077,13 @@ impl Committer {
                 // The group's objects are written before the rows that
                 // refer to them.
                 let writes = match &blobs {
-                    Some(blobs) => match block(&runtime, offload(blobs.clone(), writes)) {
-                        Ok(writes) => writes,
-                        Err(error) => fail_stop(&error, group, &durable, "the blob store"),
-                    },
+                    Some(blobs) => {
+                        blobs.writing_group();
+                        match block(&runtime, offload(blobs.clone(), writes)).and_then(|w| w) {
+                            Ok(writes) => writes,
+                            Err(error) => fail_stop(&error, group, &durable, "the blob store"),
+                        }
+                    }
                     None => writes,
                 };
                 let parts = statements(&writes);
@@ -986,6 +1096,9 @@ impl Committer {
                     }
                     written
                 };
+                if let Some(blobs) = &blobs {
+                    blobs.group_written();
+                }
                 match written {
                     Ok(replaced) => {
                         if let Some(blobs) = &blobs
@@ -1023,6 +1136,7 @@ impl Backend for PostgresBackend {
         }
         let mut previous = None;
         loop {
+            let _reading = self.reading();
             let reader = self.reader();
             let row = wait(reader.client.query_opt(&reader.get, &[&key]))
                 .map_err(|e| pg_error("reading a key", e))?;
@@ -1033,16 +1147,14 @@ impl Backend for PostgresBackend {
             else {
                 return Ok(None);
             };
-            if let Some(resolved) = self.resolve(vec![(key.to_vec(), value.clone())])? {
+            if let Ok(resolved) = self.resolve(vec![(key.to_vec(), value.clone())])? {
                 return Ok(resolved.into_iter().next().map(|(_, v)| v));
             }
-            // The object went with a newer commit: read the key again. The
-            // same reference twice names an object that is gone for good.
+            // The object went with a newer commit (on a standby): read the
+            // key again. The same reference twice names an object that is
+            // gone for good.
             if previous.as_ref() == Some(&value) {
-                return Err(StoreError::Corrupt {
-                    key: String::from_utf8_lossy(key).into_owned(),
-                    reason: "it refers to an object the blob store does not hold".into(),
-                });
+                return Err(missing_object(key));
             }
             previous = Some(value);
         }

@@ -821,19 +821,16 @@ async fn postgres_backend_passes_the_suite() {
 async fn postgres_backend_with_a_blob_store_passes_the_suite() {
     let server = postgres::Postgres::start();
     let s3 = moto::Moto::start();
-    // SAFETY: set before any backend reads them, to the same values in
-    // every test of this binary that sets them.
-    unsafe {
-        std::env::set_var("AWS_ACCESS_KEY_ID", "kiln");
-        std::env::set_var("AWS_SECRET_ACCESS_KEY", "kiln");
-    }
     let made = std::sync::atomic::AtomicUsize::new(0);
     suite(|| {
         let n = made.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let url = server.database(&format!("suite_{n}"));
-        let blobs =
-            kiln_store::BlobStore::from_url(&s3.bucket(&format!("suite-{n}"), "min-size=64"))
-                .unwrap();
+        let blobs = kiln_store::BlobStore::with_credentials(
+            &s3.bucket(&format!("suite-{n}"), "min-size=64"),
+            "kiln",
+            "kiln",
+        )
+        .unwrap();
         let backend =
             PostgresBackend::open_with(&url, kiln_store::OwnerWait::Never, Some(Arc::new(blobs)))
                 .unwrap()
