@@ -11,9 +11,9 @@
 //! holds, and every invariant of the simulation must hold.
 //!
 //! On sled, reopening in the same process finds what sled applied, synced
-//! or not; what a lost page cache takes is shown by the store's `SIGKILL`
-//! and power-loss tests. On PostgreSQL, what the database committed is
-//! what a killed server leaves.
+//! or not; what a lost page cache takes is shown by the engine's own
+//! simulation, whose model store loses every unsynced commit. On
+//! PostgreSQL, what the database committed is what a killed server leaves.
 //!
 //! `KILN_SIM_STORE_SEEDS` sets how many seeds run on each store (40 by
 //! default); `KILN_SIM_SEED` runs one alone.

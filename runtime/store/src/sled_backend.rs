@@ -183,7 +183,7 @@ impl SledBackend {
     /// applies a batch; no later commit is applied. Reopened in the same
     /// process, the store holds what it applied, synced or not, so this
     /// shows that groups are applied whole and in order, not what a lost
-    /// page cache takes (the `SIGKILL` and power-loss tests do that).
+    /// page cache takes (the simulation's model store shows that).
     #[doc(hidden)]
     pub fn halt_as_if_killed(&self) {
         self.front
