@@ -13,32 +13,45 @@ use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 /// Every node's master key: the nodes of a cluster share their keys.
-const MASTER_KEY: &str = "5e1f0c4a9b2d7e3f8a6c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
+pub(crate) const MASTER_KEY: &str =
+    "5e1f0c4a9b2d7e3f8a6c1b0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f";
 
 /// Three nodes on `url`, each with its own data directory (and compile
 /// cache, as on machines of their own), and `extra` arguments; the first
 /// to start leads.
-struct Nodes {
+pub(crate) struct Nodes {
     nodes: Vec<Option<Kiln>>,
     dirs: Vec<tempfile::TempDir>,
+    args: Vec<String>,
 }
 
 impl Nodes {
-    fn start(url: &str, extra: &[&str]) -> Nodes {
-        let mut dirs = Vec::new();
-        let mut nodes = Vec::new();
+    pub(crate) fn start(url: &str, extra: &[&str]) -> Nodes {
+        let mut args = vec!["--store".to_string(), url.to_string()];
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let mut nodes = Nodes {
+            nodes: Vec::new(),
+            dirs: Vec::new(),
+            args,
+        };
         for _ in 0..3 {
             let dir = data_dir();
-            let mut args = vec!["--store", url];
-            args.extend_from_slice(extra);
-            nodes.push(Some(Kiln::start_with_env(
-                dir.path(),
-                &args,
-                &[("KILN_MASTER_KEY", MASTER_KEY)],
-            )));
-            dirs.push(dir);
+            nodes.nodes.push(Some(nodes.spawn(&dir)));
+            nodes.dirs.push(dir);
         }
-        Nodes { nodes, dirs }
+        nodes
+    }
+
+    fn spawn(&self, dir: &tempfile::TempDir) -> Kiln {
+        let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
+        Kiln::start_with_env(dir.path(), &args, &[("KILN_MASTER_KEY", MASTER_KEY)])
+    }
+
+    /// Starts node `i` again (after a kill), on its data directory; it
+    /// joins as a standby if another node leads.
+    pub(crate) fn restart(&mut self, i: usize) {
+        assert!(self.nodes[i].is_none(), "node {i} still runs");
+        self.nodes[i] = Some(self.spawn(&self.dirs[i]));
     }
 
     /// Waits (at most 60 s) until node `i`'s compile cache holds a
@@ -66,7 +79,7 @@ impl Nodes {
         }
     }
 
-    fn node(&self, i: usize) -> &Kiln {
+    pub(crate) fn node(&self, i: usize) -> &Kiln {
         self.nodes[i].as_ref().expect("a live node")
     }
 
@@ -83,14 +96,14 @@ impl Nodes {
     }
 
     /// SIGKILLs node `i`.
-    fn kill(&mut self, i: usize) {
+    pub(crate) fn kill(&mut self, i: usize) {
         if let Some(node) = self.nodes[i].take() {
             node.kill();
         }
     }
 
     /// Waits (at most 60 s) until a live node says it leads; its index.
-    async fn leader(&self) -> usize {
+    pub(crate) async fn leader(&self) -> usize {
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
             for (i, node) in self.nodes.iter().enumerate() {

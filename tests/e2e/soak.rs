@@ -3,9 +3,12 @@
 //! the server is SIGKILLed 30 times at random moments. Every run completes,
 //! and the counter that receives the fetches sees an idempotency key for
 //! exactly the journal positions that hold a fetch: a request resent after
-//! a crash carries the key it had before.
+//! a crash carries the key it had before. The same soak runs on a cluster
+//! of three nodes on PostgreSQL, whose leader is killed again and again.
 
+use crate::cluster::Nodes;
 use crate::harness::{Kiln, data_dir};
+use crate::pg_server::Postgres;
 use serde_json::{Value, json};
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Mutex};
@@ -126,6 +129,25 @@ fn journaled_keys(run: &str, entries: &[Value]) -> Vec<String> {
     keys
 }
 
+/// The payload of soak run `n`: every fourth waits on a child, a batch or
+/// a token, every fifth fails its first attempt.
+fn soak_payload(counter: &str, n: u64) -> Value {
+    json!({
+        "url": counter,
+        "n": n,
+        "wait_ms": 30 + rand_below(200),
+        "child": n % 4 == 1,
+        "batch": n % 4 == 2,
+        "token": n % 4 == 3,
+        "fail_first": n % 5 == 0,
+    })
+}
+
+/// The soak runs that wait on a token, of `runs`.
+fn token_runs(runs: u64) -> Vec<u64> {
+    (0..runs).filter(|n| n % 4 == 3).collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_hundred_runs_through_thirty_sigkills_all_complete_with_each_fetch_keyed_once() {
     let (counter, keys) = key_counter().await;
@@ -133,23 +155,10 @@ async fn five_hundred_runs_through_thirty_sigkills_all_complete_with_each_fetch_
     let mut kiln = Kiln::start_with(dir.path(), ARGS);
     kiln.deploy(kiln_fixtures::PROBE).await;
     let mut ids = Vec::new();
-    let mut tokens: BTreeSet<u64> = BTreeSet::new();
     for n in 0..RUNS {
-        let payload = json!({
-            "url": counter,
-            "n": n,
-            "wait_ms": 30 + rand_below(200),
-            "child": n % 4 == 1,
-            "batch": n % 4 == 2,
-            "token": n % 4 == 3,
-            "fail_first": n % 5 == 0,
-        });
-        if n % 4 == 3 {
-            tokens.insert(n);
-        }
-        ids.push(kiln.trigger_ok("soak", payload).await);
+        ids.push(kiln.trigger_ok("soak", soak_payload(&counter, n)).await);
     }
-    let mut pending: Vec<u64> = tokens.iter().copied().collect();
+    let mut pending = token_runs(RUNS);
     for kill in 0..KILLS {
         // The backend completes some tokens while the server runs; a
         // completion cut off by the kill is tried again later.
@@ -177,7 +186,70 @@ async fn five_hundred_runs_through_thirty_sigkills_all_complete_with_each_fetch_
     for n in pending {
         assert!(complete_token(&kiln.url, n).await, "completing token {n}");
     }
+    every_run_completed_with_each_fetch_keyed_once(&kiln, &ids, &keys, KILLS).await;
+}
 
+/// Three nodes on one PostgreSQL store, 240 soak runs triggered through
+/// all of them, and the leader `SIGKILL`ed 10 times at random moments (each
+/// time started again, to stand by): every run completes, once, on
+/// whichever node leads, with each fetch keyed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cluster_whose_leader_is_killed_ten_times_completes_every_run_once() {
+    const RUNS: u64 = 240;
+    const KILLS: usize = 10;
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let (counter, keys) = key_counter().await;
+    let mut nodes = Nodes::start(&url, ARGS);
+    let first = nodes.leader().await;
+    nodes.node(first).deploy(kiln_fixtures::PROBE).await;
+    let mut ids = Vec::new();
+    for n in 0..RUNS {
+        let node = nodes.node((n % 3) as usize);
+        ids.push(node.trigger_ok("soak", soak_payload(&counter, n)).await);
+    }
+    let mut pending = token_runs(RUNS);
+    for kill in 0..KILLS {
+        let leader = nodes.leader().await;
+        // The backend completes some tokens through a standby while the
+        // leader runs; a completion cut off by the kill is tried again.
+        let through = nodes.node((leader + 1 + kill % 2) % 3).url.clone();
+        let batch: Vec<u64> = pending.iter().take(6).copied().collect();
+        let backend = tokio::spawn(async move {
+            let mut done = Vec::new();
+            for n in batch {
+                if complete_token(&through, n).await {
+                    done.push(n);
+                }
+            }
+            done
+        });
+        // The crash's moment, the behaviour under test.
+        let at = 150 + rand_below(600);
+        tokio::time::sleep(Duration::from_millis(at)).await;
+        nodes.kill(leader);
+        let done = backend.await.unwrap_or_default();
+        pending.retain(|n| !done.contains(n));
+        println!("killed the leader (node {leader}) at {at} ms");
+        nodes.restart(leader);
+    }
+    let leader = nodes.leader().await;
+    let kiln = nodes.node(leader);
+    for n in pending {
+        assert!(complete_token(&kiln.url, n).await, "completing token {n}");
+    }
+    every_run_completed_with_each_fetch_keyed_once(kiln, &ids, &keys, KILLS).await;
+}
+
+/// Every run of `ids` completed (run `n` in two attempts if `n % 5 == 0`,
+/// else one), and the counter `received` exactly one key per journaled
+/// fetch position (some more than once: resent after a crash).
+async fn every_run_completed_with_each_fetch_keyed_once(
+    kiln: &Kiln,
+    ids: &[String],
+    keys: &Mutex<Vec<String>>,
+    kills: usize,
+) {
     let mut expected: BTreeSet<String> = BTreeSet::new();
     for (n, id) in ids.iter().enumerate() {
         let run = kiln.finished(id).await;
@@ -208,7 +280,7 @@ async fn five_hundred_runs_through_thirty_sigkills_all_complete_with_each_fetch_
         expected.difference(&distinct).take(5).collect::<Vec<_>>(),
     );
     println!(
-        "{} runs, {KILLS} kills: {} fetches journaled, {} requests received ({} resent after a crash with the same key)",
+        "{} runs, {kills} kills: {} fetches journaled, {} requests received ({} resent after a crash with the same key)",
         ids.len(),
         expected.len(),
         received.len(),
