@@ -139,7 +139,7 @@ fn soak_payload(counter: &str, n: u64) -> Value {
         "child": n % 4 == 1,
         "batch": n % 4 == 2,
         "token": n % 4 == 3,
-        "fail_first": n % 5 == 0,
+        "fail_first": n.is_multiple_of(5),
     })
 }
 
