@@ -133,11 +133,14 @@ async fn a_bucket_that_fails_stops_the_server_before_it_acknowledges() {
     let dir = data_dir();
     let mut kiln = Kiln::start_with_env(dir.path(), &args, &ENV);
     kiln.deploy(kiln_fixtures::PROBE).await;
-    drop(s3);
+    // The bucket goes away: its objects (the bundle), then the bucket.
+    for (name, _) in s3.objects("runs") {
+        s3.delete(&format!("runs/{name}"));
+    }
+    s3.delete("runs");
     // A payload over the threshold must go to the bucket before the
-    // trigger is acknowledged; the bucket is gone, so the server stops
-    // (after trying for about half a minute) and the trigger is not
-    // acknowledged.
+    // trigger is acknowledged; the bucket is gone, so the server stops and
+    // the trigger is not acknowledged.
     let payload = json!({"blob": "p".repeat(4096)}).to_string();
     let answer = reqwest::Client::new()
         .post(format!("{}/api/v1/tasks/echo/trigger", kiln.url))

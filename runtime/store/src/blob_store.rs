@@ -67,7 +67,11 @@ pub const SWEEP_AGE: Duration = Duration::from_secs(60 * 60);
 pub struct BlobStore {
     bucket: Bucket,
     credentials: Credentials,
+    /// Reads, lists and deletes: a pause of a minute in an answer fails
+    /// the request (and it is tried again).
     http: reqwest::Client,
+    /// Writes, each with a time limit of its own for its size.
+    http_put: reqwest::Client,
     prefix: String,
     min_size: usize,
     /// Names this writer's objects apart from any other's.
@@ -78,6 +82,10 @@ pub struct BlobStore {
     writing_from: AtomicU64,
     /// Reads under way, for deletions to wait for.
     readers: Mutex<Readers>,
+    /// Whether this server may delete objects: not when the database's
+    /// record of the blob store was made by another database (a restored
+    /// copy), whose objects it may share with the original.
+    deletes: std::sync::atomic::AtomicBool,
     /// `s3://<bucket>/<prefix>`: what the database records.
     location: String,
     /// The location and endpoint, for messages.
@@ -198,7 +206,8 @@ impl BlobStore {
         Ok(BlobStore {
             bucket,
             credentials,
-            http: client()?,
+            http: client(true)?,
+            http_put: client(false)?,
             shown: format!("s3://{name}/{prefix} at {endpoint}"),
             location: format!("s3://{name}/{prefix}"),
             prefix,
@@ -207,6 +216,7 @@ impl BlobStore {
             next: AtomicU64::new(0),
             writing_from: AtomicU64::new(u64::MAX),
             readers: Mutex::default(),
+            deletes: std::sync::atomic::AtomicBool::new(true),
             endpoint: given,
         })
     }
@@ -218,13 +228,15 @@ impl BlobStore {
         Ok(BlobStore {
             bucket: self.bucket.clone(),
             credentials: self.credentials.clone(),
-            http: client()?,
+            http: client(true)?,
+            http_put: client(false)?,
             prefix: self.prefix.clone(),
             min_size: self.min_size,
             writer: writer_name()?,
             next: AtomicU64::new(0),
             writing_from: AtomicU64::new(u64::MAX),
             readers: Mutex::default(),
+            deletes: std::sync::atomic::AtomicBool::new(true),
             location: self.location.clone(),
             shown: self.shown.clone(),
             endpoint: self.endpoint.clone(),
@@ -234,6 +246,16 @@ impl BlobStore {
     /// `s3://<bucket>/<prefix>`, which the database records.
     pub fn location(&self) -> &str {
         &self.location
+    }
+
+    /// Whether this server deletes objects (see [`BlobStore::keep_all`]).
+    pub(crate) fn deletes(&self) -> bool {
+        self.deletes.load(Ordering::Acquire)
+    }
+
+    /// Never deletes an object from now on.
+    pub(crate) fn keep_all(&self) {
+        self.deletes.store(false, Ordering::Release);
     }
 
     /// This writer's name, which the database registers before any object
@@ -421,9 +443,15 @@ impl BlobStore {
             .bucket
             .put_object(Some(&self.credentials), name)
             .sign(SIGNED_FOR);
+        // A minute, and a second a MiB: an upload slower than that is
+        // stuck (reqwest's read timeout would also count the upload).
+        let limit = Duration::from_secs(60 + (bytes.len() >> 20) as u64);
         let response = self
             .send(&format!("writing {name}"), || {
-                self.http.put(url.clone()).body(bytes.clone())
+                self.http_put
+                    .put(url.clone())
+                    .timeout(limit)
+                    .body(bytes.clone())
             })
             .await?;
         self.bucket_found(response).await.map(drop)
@@ -435,27 +463,35 @@ impl BlobStore {
             .bucket
             .get_object(Some(&self.credentials), name)
             .sign(SIGNED_FOR);
-        let response = self
-            .send(&format!("reading {name}"), || self.http.get(url.clone()))
-            .await?;
-        if response.status() == reqwest::StatusCode::NOT_FOUND {
-            let body = response.text().await.unwrap_or_default();
-            if body.contains("NoSuchBucket") {
-                return Err(StoreError::Backend(format!(
-                    "blob store {}: reading {name}: the bucket does not exist",
-                    self.shown
-                )));
+        // An answer cut off midway is asked for again.
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            let response = self
+                .send(&format!("reading {name}"), || self.http.get(url.clone()))
+                .await?;
+            if response.status() == reqwest::StatusCode::NOT_FOUND {
+                let body = response.text().await.unwrap_or_default();
+                if body.contains("NoSuchBucket") {
+                    return Err(StoreError::Backend(format!(
+                        "blob store {}: reading {name}: the bucket does not exist",
+                        self.shown
+                    )));
+                }
+                return Ok(None);
             }
-            return Ok(None);
+            match response.bytes().await {
+                Ok(bytes) => return Ok(Some(bytes.to_vec())),
+                Err(_) if tries < 3 => continue,
+                Err(e) => {
+                    return Err(StoreError::Backend(format!(
+                        "blob store {}: reading {name}: {}",
+                        self.shown,
+                        chain(&e.without_url())
+                    )));
+                }
+            }
         }
-        let bytes = response.bytes().await.map_err(|e| {
-            StoreError::Backend(format!(
-                "blob store {}: reading {name}: {}",
-                self.shown,
-                chain(&e.without_url())
-            ))
-        })?;
-        Ok(Some(bytes.to_vec()))
     }
 
     /// Deletes the object `name` (nothing if it is gone already).
@@ -542,8 +578,16 @@ impl BlobStore {
             {
                 continue;
             }
-            let row = holds(key.clone()).await?;
-            if row.as_deref().and_then(|v| self.referred(&key, v)) == Some(name.as_str()) {
+            let referred = |row: Option<Vec<u8>>| {
+                row.as_deref().and_then(|v| self.referred(&key, v)) == Some(name.as_str())
+            };
+            if referred(holds(key.clone()).await?) {
+                continue;
+            }
+            // A read that began before its row was replaced may still be
+            // reading it.
+            self.reads_done().await;
+            if referred(holds(key.clone()).await?) || !self.deletes() {
                 continue;
             }
             self.delete(&name).await?;
@@ -553,13 +597,18 @@ impl BlobStore {
     }
 }
 
-/// An HTTP client for a bucket: a pause of a minute in a transfer fails
-/// it (and it is tried again), however large the object.
-fn client() -> Result<reqwest::Client> {
-    reqwest::Client::builder()
+/// An HTTP client for a bucket; with `read_limit`, a pause of a minute
+/// in an answer fails the request.
+fn client(read_limit: bool) -> Result<reqwest::Client> {
+    let builder = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(10))
-        .read_timeout(Duration::from_secs(60))
-        .redirect(reqwest::redirect::Policy::none())
+        .redirect(reqwest::redirect::Policy::none());
+    let builder = if read_limit {
+        builder.read_timeout(Duration::from_secs(60))
+    } else {
+        builder
+    };
+    builder
         .build()
         .map_err(|e| refused(format!("an HTTP client: {e}")))
 }

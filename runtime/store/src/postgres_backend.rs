@@ -92,7 +92,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         // The blob store the database's references point into, once one
         // was used (`crate::blob_store`), and the writers whose objects
         // its sweep may delete.
-        "CREATE TABLE kiln_blob_store (location text NOT NULL); \
+        "CREATE TABLE kiln_blob_store (location text NOT NULL, database text NOT NULL); \
          CREATE TABLE kiln_blob_writers \
          (writer text PRIMARY KEY, registered_at timestamptz NOT NULL DEFAULT now())",
     ),
@@ -817,52 +817,101 @@ fn missing_object(key: &[u8]) -> StoreError {
 
 /// Checks that the blob store configured is the one the database's
 /// references point into (recorded the first time one is used), and, for
-/// the owner, records it and registers its writer.
+/// the owner, records it and registers its writer. A database whose record
+/// another database made (a copy restored from a dump, which shares the
+/// original's objects) is opened, but its server never deletes an object,
+/// until an operator adopts the store (`UPDATE kiln_blob_store SET
+/// database = ''`).
 async fn same_blob_store(client: &Client, blobs: Option<&BlobStore>, owner: bool) -> Result<()> {
-    let recorded: Option<String> = match client
-        .query_opt("SELECT location FROM kiln_blob_store", &[])
+    let recorded: Option<(String, String)> = match client
+        .query_opt("SELECT location, database FROM kiln_blob_store", &[])
         .await
     {
-        Ok(row) => row.map(|row| row.get(0)),
+        Ok(row) => row.map(|row| (row.get(0), row.get(1))),
         // A standby beside a leader from before blob stores: none.
-        Err(_) if !owner => None,
+        Err(e) if !owner && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
+            None
+        }
         Err(e) => return Err(pg_error("reading the blob store's location", e)),
     };
-    match (recorded, blobs) {
-        (None, None) => Ok(()),
-        (Some(location), None) => Err(StoreError::Backend(format!(
-            "this database keeps its large values in the blob store {location}: \
-             start with --blob-store {location}…"
-        ))),
-        (Some(location), Some(blobs)) if location != blobs.location() => {
-            Err(StoreError::Backend(format!(
-                "this database keeps its large values in the blob store {location}, not {}",
-                blobs.location()
-            )))
-        }
-        (recorded, Some(blobs)) => {
-            if !owner {
-                return Ok(());
-            }
-            if recorded.is_none() {
-                client
-                    .execute(
-                        "INSERT INTO kiln_blob_store (location) VALUES ($1)",
-                        &[&blobs.location()],
-                    )
-                    .await
-                    .map_err(|e| pg_error("recording the blob store", e))?;
-            }
+    let Some(blobs) = blobs else {
+        return match recorded {
+            None => Ok(()),
+            Some((location, _)) => Err(StoreError::Backend(format!(
+                "this database keeps its large values in the blob store {location}: \
+                 start with --blob-store {location}…"
+            ))),
+        };
+    };
+    if let Some((location, _)) = &recorded
+        && location != blobs.location()
+    {
+        return Err(StoreError::Backend(format!(
+            "this database keeps its large values in the blob store {location}, not {}",
+            blobs.location()
+        )));
+    }
+    if !owner {
+        return Ok(());
+    }
+    // Which database this is: the PostgreSQL cluster's system identifier
+    // (where the role may read it) and the database's own id, neither of
+    // which a dump restored elsewhere keeps.
+    let system: String = match client
+        .query_one(
+            "SELECT system_identifier::text FROM pg_control_system()",
+            &[],
+        )
+        .await
+    {
+        Ok(row) => row.get(0),
+        Err(_) => "?".into(),
+    };
+    let database: String = client
+        .query_one(
+            "SELECT oid::text FROM pg_database WHERE datname = current_database()",
+            &[],
+        )
+        .await
+        .map_err(|e| pg_error("reading the database's identity", e))?
+        .get(0);
+    let identity = format!("{system}/{database}");
+    match recorded {
+        None => {
             client
                 .execute(
-                    "INSERT INTO kiln_blob_writers (writer) VALUES ($1)",
-                    &[&blobs.writer()],
+                    "INSERT INTO kiln_blob_store (location, database) VALUES ($1, $2)",
+                    &[&blobs.location(), &identity],
                 )
                 .await
-                .map_err(|e| pg_error("registering the blob store's writer", e))?;
-            Ok(())
+                .map_err(|e| pg_error("recording the blob store", e))?;
         }
+        Some((_, database)) if database.is_empty() => {
+            client
+                .execute("UPDATE kiln_blob_store SET database = $1", &[&identity])
+                .await
+                .map_err(|e| pg_error("recording the blob store", e))?;
+        }
+        Some((_, database)) if database != identity => {
+            tracing::warn!(
+                location = blobs.location(),
+                "this database's blob store was recorded by another database (a restored \
+                 copy?): its objects may be the original's, so this server deletes none; \
+                 once the original no longer runs, adopt them with \
+                 UPDATE kiln_blob_store SET database = ''"
+            );
+            blobs.keep_all();
+        }
+        Some(_) => {}
     }
+    client
+        .execute(
+            "INSERT INTO kiln_blob_writers (writer) VALUES ($1)",
+            &[&blobs.writer()],
+        )
+        .await
+        .map_err(|e| pg_error("registering the blob store's writer", e))?;
+    Ok(())
 }
 
 /// Runs `future` on the driver's runtime and waits for it, from any thread
@@ -941,6 +990,9 @@ async fn offload(
 /// so may have read a reference to them) has ended. One that fails is
 /// left to the sweep.
 async fn delete_replaced(blobs: Arc<BlobStore>, replaced: Vec<Entry>) {
+    if !blobs.deletes() {
+        return;
+    }
     blobs.reads_done().await;
     for (key, value) in &replaced {
         if let Some(name) = blobs.referred(key, value)

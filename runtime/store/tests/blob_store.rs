@@ -255,7 +255,9 @@ async fn a_database_opens_only_with_the_blob_store_it_records() {
         .to_string();
     assert!(refused.contains("start with --blob-store"), "{refused}");
     // The same location through another endpoint's URL is the same store.
-    drop(open(&url, &blob_url));
+    let through_localhost = blob_url.replace("127.0.0.1", "localhost");
+    assert_ne!(through_localhost, blob_url);
+    drop(open(&url, &through_localhost));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -278,4 +280,48 @@ async fn a_store_whose_bucket_is_missing_or_unreachable_is_refused_with_the_reas
     // The signed URL (its key id and signature) is not in the message.
     assert!(!error.contains("X-Amz-"), "{error}");
     assert!(started.elapsed() < Duration::from_secs(60));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_copy_of_the_database_deletes_no_object_until_adopted() {
+    let pg = postgres::Postgres::start();
+    let s3 = moto::Moto::start();
+    let url = pg.database("kiln");
+    let blob_url = s3.bucket("kiln", "min-size=1024");
+    let original = open(&url, &blob_url);
+    original
+        .commit(vec![Op::Put(b"snap/a".to_vec(), vec![1; 4096])])
+        .await
+        .unwrap();
+    drop(original);
+    // A copy, as a dump restored into another database would be: it
+    // refers to the original's objects.
+    pg.query(pg.url(), "CREATE DATABASE copy TEMPLATE kiln");
+    let copy_url = url.replacen("/kiln?", "/copy?", 1);
+    let copy = open(&copy_url, &blob_url);
+    let shared = names(&s3);
+    assert_eq!(copy.get(b"snap/a").unwrap(), Some(vec![1; 4096]));
+    // Replacing the value in the copy leaves the original's object alone,
+    // and so does a sweep.
+    copy.commit(vec![Op::Put(b"snap/a".to_vec(), vec![2; 4096])])
+        .await
+        .unwrap();
+    assert_eq!(copy.sweep_blobs(Duration::ZERO).unwrap(), 0);
+    let now = names(&s3);
+    assert!(shared.iter().all(|n| now.contains(n)), "{now:?}");
+    assert_eq!(now.len(), 2, "{now:?}");
+    let original = open(&url, &blob_url);
+    assert_eq!(original.get(b"snap/a").unwrap(), Some(vec![1; 4096]));
+    drop(original);
+    drop(copy);
+    // Adopted by the operator once the original is gone: the copy's server
+    // deletes again.
+    pg.query(&copy_url, "UPDATE kiln_blob_store SET database = ''");
+    let copy = open(&copy_url, &blob_url);
+    copy.commit(vec![Op::Put(b"snap/a".to_vec(), b"small".to_vec())])
+        .await
+        .unwrap();
+    eventually("the copy deletes its replaced object", || {
+        names(&s3).len() == 1
+    });
 }

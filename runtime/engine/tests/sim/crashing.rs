@@ -39,6 +39,8 @@ pub struct CrashingStore {
     pub mirror: Option<Box<dyn Mirror>>,
     /// Commits a crash kept although they were not synced (with a mirror).
     pub kept_at_crash: usize,
+    /// Commits a crash lost.
+    pub lost_at_crash: usize,
 }
 
 impl std::fmt::Debug for CrashingStore {
@@ -92,8 +94,8 @@ impl CrashingStore {
     }
 
     /// Loses everything not synced (but what the real store kept, with a
-    /// mirror: a prefix of the unsynced commits).
-    pub fn crash(&mut self) {
+    /// mirror: a prefix of the unsynced commits); answers how many it kept.
+    pub fn crash(&mut self) -> usize {
         let kept = match &mut self.mirror {
             Some(mirror) => mirror
                 .crash(&self.durable, &self.unsynced)
@@ -101,6 +103,7 @@ impl CrashingStore {
             None => 0,
         };
         self.kept_at_crash += kept;
+        self.lost_at_crash += self.unsynced.len() - kept;
         for commit in self.unsynced.drain(..).take(kept) {
             for write in &commit {
                 self.durable.write(write);
@@ -108,6 +111,7 @@ impl CrashingStore {
         }
         self.unsynced.clear();
         self.applied = self.durable.clone();
+        kept
     }
 
     /// Checks the real store against what reads see, with a mirror.

@@ -56,6 +56,8 @@ pub struct World {
     effects: Vec<Effect>,
     backend: Vec<(u64, TokenId)>,
     backend_in_flight: Vec<(u64, TokenId)>,
+    /// When the backend is to complete each token a guest made for it.
+    planned: BTreeMap<TokenId, u64>,
     /// Idempotency keys of every fetch sent, in order.
     pub sends: Vec<String>,
     /// Crashes so far.
@@ -91,6 +93,7 @@ impl World {
             effects: Vec::new(),
             backend: Vec::new(),
             backend_in_flight: Vec::new(),
+            planned: BTreeMap::new(),
             sends: Vec::new(),
             crashes: 0,
             max_crashes,
@@ -282,8 +285,8 @@ impl World {
     /// server held in memory. Then recovery, from durable state alone.
     fn crash(&mut self) {
         self.crashes += 1;
-        self.note("CRASH".into());
-        self.store.crash();
+        let kept = self.store.crash();
+        self.note(format!("CRASH (the store kept {kept} unsynced commits)"));
         self.journals_at_crash
             .push(self.store.durable.journal.clone());
         self.ready.clear();
@@ -293,6 +296,20 @@ impl World {
         // The timer service starts again from the stored timers.
         self.heap = self.store.applied.timers.clone();
         self.backend.append(&mut self.backend_in_flight);
+        // A token whose creation outlived the crash without its effect (a
+        // real store can keep commits not yet synced) is still handed to
+        // the backend: the guest's replay will not make it again.
+        for (token, at) in &self.planned {
+            let waiting = self
+                .store
+                .durable
+                .tokens
+                .get(token)
+                .is_some_and(|t| t.status == TokenStatus::Waiting);
+            if waiting && !self.backend.iter().any(|(_, t)| t == token) {
+                self.backend.push((*at, token.clone()));
+            }
+        }
         let runs: Vec<Run> = self.store.applied.runs.values().cloned().collect();
         for run in runs {
             match run.status {
@@ -413,6 +430,7 @@ impl World {
                 if let Some(after) = complete_after {
                     self.effects
                         .push(Effect::Backend(self.now + after, token.id.clone()));
+                    self.planned.insert(token.id.clone(), self.now + after);
                 }
                 let call = HostCall::CreateToken {
                     result: Some(token.id.clone()),
