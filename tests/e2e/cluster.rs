@@ -412,11 +412,7 @@ async fn a_leader_stopped_with_sigterm_finishes_its_slices_and_hands_over() {
 
 /// Sends SIGTERM to a node.
 fn terminate(node: &Kiln) {
-    let sent = std::process::Command::new("kill")
-        .args(["-TERM", &node.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success());
+    node.terminate();
 }
 
 #[tokio::test]

@@ -85,6 +85,15 @@ impl Kiln {
         exited_within(&mut self.child, deadline)
     }
 
+    /// Sends the process SIGTERM (a graceful stop).
+    pub fn terminate(&self) {
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success());
+    }
+
     /// Kills the process with SIGKILL, as a crash would.
     pub fn kill(mut self) {
         let _ = self.child.kill();

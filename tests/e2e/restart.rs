@@ -53,3 +53,43 @@ async fn runs_queued_when_the_server_died_run_after_restart() {
         assert_eq!(run["attempts"][0]["outcome"], "SUCCEEDED", "{run}");
     }
 }
+
+#[tokio::test]
+async fn a_second_sigterm_stops_a_draining_server_at_once_and_its_run_goes_on_after() {
+    use std::time::{Duration, Instant};
+    // A 5 s wait stays warm in the guest, so the drain would wait for it.
+    let args = ["--warm-wait-ms", "60000"];
+    let dir = data_dir();
+    let mut kiln = Kiln::start_with(dir.path(), &args);
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let id = kiln
+        .trigger_with("sleep", json!({"ms": 5000}), json!({}))
+        .await;
+    kiln.until_status(&id, "EXECUTING").await;
+    kiln.terminate();
+    // Draining: not ready any more.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (status, _) = kiln.request(reqwest::Method::GET, "/readyz", None).await;
+        if status == 503 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the server never began to drain");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sent = Instant::now();
+    kiln.terminate();
+    let status = kiln
+        .exited_within(Duration::from_secs(10))
+        .expect("a second SIGTERM stops the server at once");
+    assert_eq!(status.code(), Some(143));
+    assert!(
+        sent.elapsed() < Duration::from_secs(4),
+        "{:?}",
+        sent.elapsed()
+    );
+
+    let kiln = Kiln::start_with(dir.path(), &args);
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+}

@@ -181,7 +181,15 @@ impl Server {
         // still taken (and queued for the next server), polls answered.
         let drained = async move {
             terminate.recv().await;
-            tracing::info!("SIGTERM: draining");
+            tracing::info!("SIGTERM: draining (a second SIGTERM stops at once)");
+            // An operator who will not wait: stopping now is as safe as a
+            // crash (nothing acknowledged is lost; running attempts resume
+            // from their snapshots and journals).
+            tokio::spawn(async move {
+                terminate.recv().await;
+                tracing::warn!("a second SIGTERM: stopping at once, without draining");
+                std::process::exit(143);
+            });
             // A standby that took over meanwhile drains as a leader.
             let hub = hub.or_else(|| cluster.as_ref().and_then(|c| c.hub()));
             let left = match hub {
