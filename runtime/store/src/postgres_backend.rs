@@ -68,6 +68,27 @@ const LOST: u8 = 3;
 /// How long connecting to the database may take, unless the URL says.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The channel the owner notifies (`NOTIFY`) once a commit that changed a
+/// deployment is durable; standbys listen on it.
+const DEPLOYMENTS_CHANNEL: &str = "kiln_deployments";
+
+/// Whether `key` is a deployment record's (`deploy/…`, or
+/// `env/<project>/<environment>/deploy/…`).
+fn is_deployment_key(key: &[u8]) -> bool {
+    let deploy = crate::layout::DEPLOY;
+    if key.starts_with(deploy) {
+        return true;
+    }
+    let Some(rest) = key.strip_prefix(b"env/".as_slice()) else {
+        return false;
+    };
+    let mut slashes = rest.iter().enumerate().filter(|(_, b)| **b == b'/');
+    match slashes.nth(1) {
+        Some((at, _)) => rest[at + 1..].starts_with(deploy),
+        None => false,
+    }
+}
+
 /// The advisory lock a server holds on its database for its life.
 pub(crate) const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
 
@@ -132,6 +153,9 @@ pub struct PostgresBackend {
     blobs: Option<Arc<BlobStore>>,
     /// The connection the blob store's sweep reads rows through.
     sweeper: Option<Arc<Client>>,
+    /// On a read-only backend: the connection that listens for changed
+    /// deployments, and a count of the notifications it received.
+    listener: Option<(Client, watch::Receiver<u64>)>,
 }
 
 impl std::fmt::Debug for PostgresBackend {
@@ -303,6 +327,7 @@ impl PostgresBackend {
             read_only: false,
             blobs,
             sweeper,
+            listener: None,
         }))
     }
 
@@ -321,6 +346,7 @@ impl PostgresBackend {
             same_blob_store(&client, configured.as_deref(), false).await?;
             Reader::prepare(client).await
         })?;
+        let listener = connector.listen(DEPLOYMENTS_CHANNEL)?;
         // No committer receives: a commit is refused at once.
         let (tx, _) = mpsc::channel::<Request>();
         let (_, durable) = watch::channel(Ok(0));
@@ -336,7 +362,16 @@ impl PostgresBackend {
             read_only: true,
             blobs,
             sweeper: None,
+            listener: Some(listener),
         })
+    }
+
+    /// On a backend opened with [`PostgresBackend::open_read_only`]: a
+    /// count that goes up each time the owner has durably changed a
+    /// deployment (its `NOTIFY`), and whose sender is dropped if the
+    /// connection listening for it is lost. `None` on the owner's backend.
+    pub fn deployments_changed(&self) -> Option<watch::Receiver<u64>> {
+        self.listener.as_ref().map(|(_, changed)| changed.clone())
     }
 
     /// Stops as a killed process would, for the engine's simulation: the
@@ -608,6 +643,35 @@ impl Connector {
             // error in a batch undoes the batch.
             let _ = client.batch_execute("SET transaction_timeout = 0").await;
             Ok(client)
+        })
+    }
+
+    /// A connection listening on `channel`, and a count of the
+    /// notifications it received (its sender dropped once it ends).
+    fn listen(&self, channel: &'static str) -> Result<(Client, watch::Receiver<u64>)> {
+        let config = self.config.clone();
+        let handle = self.runtime.handle().clone();
+        on(&self.runtime, async move {
+            let (client, mut connection) = config
+                .connect(NoTls)
+                .await
+                .map_err(|e| pg_error("connecting", e))?;
+            let (tx, rx) = watch::channel(0u64);
+            handle.spawn(async move {
+                use futures_util::StreamExt;
+                let mut messages =
+                    futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                while let Some(Ok(message)) = messages.next().await {
+                    if let tokio_postgres::AsyncMessage::Notification(_) = message {
+                        tx.send_modify(|n| *n += 1);
+                    }
+                }
+            });
+            client
+                .batch_execute(&format!("LISTEN {channel}"))
+                .await
+                .map_err(|e| pg_error("listening for changed deployments", e))?;
+            Ok((client, rx))
         })
     }
 
@@ -1153,6 +1217,13 @@ impl Committer {
                 }
                 match written {
                     Ok(replaced) => {
+                        // Standbys compile a new deployment ahead at once.
+                        if writes.iter().any(|(key, _)| is_deployment_key(key))
+                            && let Err(error) =
+                                wait(client.batch_execute(&format!("NOTIFY {DEPLOYMENTS_CHANNEL}")))
+                        {
+                            tracing::warn!(%error, "could not tell standbys of a new deployment");
+                        }
                         if let Some(blobs) = &blobs
                             && !replaced.is_empty()
                         {
@@ -1263,6 +1334,25 @@ mod tests {
 
     fn write(key: &str, len: Option<usize>) -> crate::sled_unapplied::ToApply {
         (key.as_bytes().to_vec(), len.map(|n| Arc::new(vec![7; n])))
+    }
+
+    #[test]
+    fn deployment_keys_are_known_in_every_environment() {
+        assert!(is_deployment_key(b"deploy/\0\0\0\0\0\0\0\x01"));
+        assert!(is_deployment_key(b"env/proj_x/prod/deploy/\0"));
+        for other in [
+            &b"run/deploy/"[..],
+            b"env/proj_x/prod/run/x",
+            b"env/proj_x/deploy/",
+            b"env/",
+            b"bundle/abc",
+        ] {
+            assert!(
+                !is_deployment_key(other),
+                "{:?}",
+                String::from_utf8_lossy(other)
+            );
+        }
     }
 
     #[test]

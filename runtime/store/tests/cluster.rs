@@ -71,3 +71,52 @@ async fn the_leader_is_the_owner_locks_holder_and_keys_must_match() {
         .collect();
     assert_eq!(nodes, ["b"]);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_is_told_when_the_owner_changes_a_deployment() {
+    use kiln_store::{Backend, Op};
+    use std::time::Duration;
+    let server = postgres::Postgres::start();
+    let url = server.database("kiln");
+    let owner = open(&url, OwnerWait::Never)
+        .await
+        .expect("the store is free");
+    let reader = {
+        let url = url.clone();
+        tokio::task::spawn_blocking(move || PostgresBackend::open_read_only(&url, None))
+            .await
+            .unwrap()
+            .unwrap()
+    };
+    let mut changed = reader.deployments_changed().expect("a reader listens");
+    assert!(owner.deployments_changed().is_none());
+    // A deployment in another environment's keyspace; each commit is
+    // durable before the reader is told.
+    let key = b"env/proj_x/prod/deploy/\0\0\0\0\0\0\0\x01".to_vec();
+    owner
+        .commit(vec![Op::Put(key.clone(), b"{}".to_vec())])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changed.changed())
+        .await
+        .expect("told within 10 s")
+        .expect("still listening");
+    assert_eq!(reader.get(&key).unwrap(), Some(b"{}".to_vec()));
+    // Other commits say nothing; the next deployment does.
+    owner
+        .commit(vec![Op::Put(b"run/x".to_vec(), b"{}".to_vec())])
+        .await
+        .unwrap();
+    owner
+        .commit(vec![Op::Put(
+            b"deploy/\0\0\0\0\0\0\0\x02".to_vec(),
+            b"{}".to_vec(),
+        )])
+        .await
+        .unwrap();
+    tokio::time::timeout(Duration::from_secs(10), changed.changed())
+        .await
+        .expect("told within 10 s")
+        .expect("still listening");
+    assert_eq!(*changed.borrow(), 2, "one notification a deployment");
+}

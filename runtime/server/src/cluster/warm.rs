@@ -2,8 +2,9 @@
 //! environment's current deployment, so that when it takes over it loads
 //! them from the cache instead of compiling them (seconds for a large
 //! bundle, a TypeScript one most of all). It reads the store beside the
-//! leader (`PostgresBackend::open_read_only`), every few seconds, until this
-//! node holds the store's lock. Only each environment's latest deployment
+//! leader (`PostgresBackend::open_read_only`) when the leader tells it a
+//! deployment changed (PostgreSQL's `LISTEN`/`NOTIFY`), and every half
+//! minute in any case, until this node holds the store's lock. Only each environment's latest deployment
 //! is compiled ahead; an older version a waiting run needs compiles when it
 //! is first used, as on any server. Every ten minutes it also deletes from
 //! its cache the artifacts of bundles no deployment in the store names any
@@ -18,8 +19,13 @@ use std::path::PathBuf;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 
-/// How often a standby looks for a new deployment.
-const LOOK_EVERY: Duration = Duration::from_secs(2);
+/// How often a standby looks for a new deployment when it is not told of
+/// one.
+const LOOK_EVERY: Duration = Duration::from_secs(30);
+
+/// How long a standby waits before it tries again to read the store, after
+/// a first failure.
+const FIRST_RETRY: Duration = Duration::from_secs(2);
 
 /// The longest a standby waits before it tries again to read the store,
 /// after failures.
@@ -124,13 +130,20 @@ fn standing_by(cluster: &Weak<Cluster>) -> bool {
 }
 
 /// Opens the store for reading, beside the leader.
-async fn open(
-    url: &str,
-    blobs: Option<Arc<kiln_store::BlobStore>>,
-) -> Option<Arc<dyn kiln_store::Backend>> {
+/// The store opened for reading, and the count of changed deployments the
+/// leader told it of.
+type Reading = (
+    Arc<dyn kiln_store::Backend>,
+    Option<tokio::sync::watch::Receiver<u64>>,
+);
+
+async fn open(url: &str, blobs: Option<Arc<kiln_store::BlobStore>>) -> Option<Reading> {
     let url = url.to_string();
     match tokio::task::spawn_blocking(move || PostgresBackend::open_read_only(&url, blobs)).await {
-        Ok(Ok(backend)) => Some(Arc::new(backend)),
+        Ok(Ok(backend)) => {
+            let changed = backend.deployments_changed();
+            Some((Arc::new(backend), changed))
+        }
         Ok(Err(error)) => {
             tracing::warn!(%error, "a standby could not read the store to compile ahead");
             None
@@ -151,12 +164,16 @@ pub(crate) fn spawn(
 ) {
     tokio::spawn(async move {
         let mut root: Option<Arc<dyn kiln_store::Backend>> = None;
+        let mut changed: Option<tokio::sync::watch::Receiver<u64>> = None;
         let mut warm: HashSet<String> = HashSet::new();
-        let mut pause = LOOK_EVERY;
+        let mut pause = FIRST_RETRY;
         let mut pruned_at = std::time::Instant::now();
         while standing_by(&cluster) {
-            if root.is_none() {
-                root = open(&url, blobs.clone()).await;
+            if root.is_none()
+                && let Some((opened, told)) = open(&url, blobs.clone()).await
+            {
+                root = Some(opened);
+                changed = told;
             }
             let mut failed = root.is_none();
             if let Some(reading) = root.clone() {
@@ -187,12 +204,30 @@ pub(crate) fn spawn(
                     }
                 }
             }
-            // Failures back off, up to a minute between tries.
-            pause = match failed {
-                true => (pause * 2).min(MOST_BETWEEN_TRIES),
-                false => LOOK_EVERY,
+            if failed {
+                // Failures back off, up to a minute between tries.
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MOST_BETWEEN_TRIES);
+                continue;
+            }
+            pause = FIRST_RETRY;
+            // Until the leader says a deployment changed, or a while.
+            let told = async {
+                match changed.as_mut() {
+                    Some(changed) => changed.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
             };
-            tokio::time::sleep(pause).await;
+            tokio::select! {
+                listening = told => {
+                    if !listening {
+                        // The listening connection is gone: open again.
+                        root = None;
+                        changed = None;
+                    }
+                }
+                () = tokio::time::sleep(LOOK_EVERY) => {}
+            }
         }
     });
 }
