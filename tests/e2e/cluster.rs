@@ -57,8 +57,14 @@ impl Nodes {
     /// Waits (at most 60 s) until node `i`'s compile cache holds a
     /// compiled bundle.
     async fn compiled(&self, i: usize) {
+        self.compiled_within(i, 1, Duration::from_secs(60)).await
+    }
+
+    /// Waits (at most `within`) until node `i`'s compile cache holds
+    /// `count` compiled bundles.
+    async fn compiled_within(&self, i: usize, count: usize, within: Duration) {
         let cache = self.dirs[i].path().join("compiled");
-        let deadline = Instant::now() + Duration::from_secs(60);
+        let deadline = Instant::now() + within;
         loop {
             let artifacts = std::fs::read_dir(&cache)
                 .map(|entries| {
@@ -68,12 +74,12 @@ impl Nodes {
                         .count()
                 })
                 .unwrap_or(0);
-            if artifacts > 0 {
+            if artifacts >= count {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "node {i} never compiled the bundle"
+                "node {i} did not compile {count} bundles within {within:?}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -162,10 +168,14 @@ async fn any_node_serves_and_a_killed_leaders_runs_complete_once_on_another() {
 
     // A deploy through a standby reaches the leader; runs triggered on
     // every node run there. The standbys compile the deployed bundle ahead
-    // of a takeover.
-    nodes.node(1).deploy(kiln_fixtures::COUNTDOWN).await;
+    // of a takeover, told of it by the leader: the second deployment is
+    // compiled well before a standby's look every 30 s would find it.
+    nodes.node(1).deploy(kiln_fixtures::HELLO_WORLD).await;
     nodes.compiled(1).await;
     nodes.compiled(2).await;
+    nodes.node(1).deploy(kiln_fixtures::COUNTDOWN).await;
+    nodes.compiled_within(1, 2, Duration::from_secs(15)).await;
+    nodes.compiled_within(2, 2, Duration::from_secs(15)).await;
     let mut ids = Vec::new();
     for i in 0..30 {
         let node = nodes.node(i % 3);

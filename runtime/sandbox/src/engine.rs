@@ -193,7 +193,15 @@ impl Pinned {
             // wasmtime checks the engine version and settings on load and we
             // recompile on any mismatch.
             match unsafe { Component::deserialize_file(&self.inner.engine, &path) } {
-                Ok(component) => return Ok(component),
+                Ok(component) => {
+                    // Used now: a standby pruning a compile cache it shares
+                    // leaves recently used artifacts alone.
+                    let _ = std::fs::File::options()
+                        .append(true)
+                        .open(&path)
+                        .and_then(|f| f.set_modified(std::time::SystemTime::now()));
+                    return Ok(component);
+                }
                 Err(error) => {
                     tracing::warn!(%error, path = %path.display(), "recompiling a stale artifact")
                 }

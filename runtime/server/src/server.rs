@@ -185,8 +185,16 @@ impl Server {
             // An operator who will not wait: stopping now is as safe as a
             // crash (nothing acknowledged is lost; running attempts resume
             // from their snapshots and journals).
+            // A supervisor that signals both the process and its group
+            // sends two at once: a second within a second is that one.
+            let first = std::time::Instant::now();
             tokio::spawn(async move {
-                terminate.recv().await;
+                loop {
+                    terminate.recv().await;
+                    if first.elapsed() >= std::time::Duration::from_secs(1) {
+                        break;
+                    }
+                }
                 tracing::warn!("a second SIGTERM: stopping at once, without draining");
                 std::process::exit(143);
             });

@@ -368,8 +368,9 @@ fn run_seed(place: &Place, seed: u64) -> Result<World, String> {
     }
 }
 
-/// Runs the seeds on stores at `place` (`each` makes a seed's place).
-fn seeds_keep_every_invariant(store: &str, each: impl Fn(u64) -> Place) {
+/// Runs the seeds on stores at `place` (`each` makes a seed's place);
+/// answers how many unsynced commits the crashes lost.
+fn seeds_keep_every_invariant(store: &str, each: impl Fn(u64) -> Place) -> usize {
     let seeds: Vec<u64> = match std::env::var("KILN_SIM_SEED") {
         Ok(seed) => vec![seed.parse().expect("KILN_SIM_SEED is a number")],
         Err(_) => {
@@ -404,18 +405,23 @@ fn seeds_keep_every_invariant(store: &str, each: impl Fn(u64) -> Place) {
     );
     if seeds.len() >= 20 {
         assert!(crashes > 0, "the simulation injected no crash");
-        assert!(
-            lost > 0,
-            "no crash lost an unsynced commit: the halt is no kill"
-        );
     }
+    lost
 }
 
 #[test]
 fn seeded_worlds_on_postgres_keep_every_invariant_and_the_model_s_state() {
     let server = postgres::Postgres::start();
     let place = Place::Postgres(server.database("sim"));
-    seeds_keep_every_invariant("PostgreSQL", |_| place.clone());
+    let lost = seeds_keep_every_invariant("PostgreSQL", |_| place.clone());
+    // Each commit waits for PostgreSQL's flush to disk, so crashes find
+    // some unwritten: a halt that wrote them all would be no kill.
+    if std::env::var("KILN_SIM_SEED").is_err() {
+        assert!(
+            lost > 0,
+            "no crash lost an unsynced commit: the halt is no kill"
+        );
+    }
 }
 
 #[test]

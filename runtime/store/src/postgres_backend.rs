@@ -333,7 +333,8 @@ impl PostgresBackend {
 
     /// Opens the store at `url` for reading only, beside the server that
     /// owns it (a standby reading the deployments it will serve): no lock,
-    /// no migrations, one read connection; every commit fails with
+    /// no migrations, one read connection and one that listens for changed
+    /// deployments ([`PostgresBackend::deployments_changed`]); every commit fails with
     /// [`StoreError::Closed`], writing nothing. A lost connection fails
     /// the reads that follow; open it again. Large values are read from
     /// `blobs`, the owner's blob store.
@@ -661,12 +662,22 @@ impl Connector {
                 use futures_util::StreamExt;
                 let mut messages =
                     futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
-                while let Some(Ok(message)) = messages.next().await {
-                    if let tokio_postgres::AsyncMessage::Notification(_) = message {
-                        tx.send_modify(|n| *n += 1);
+                let why = loop {
+                    match messages.next().await {
+                        Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => {
+                            tx.send_modify(|n| *n += 1)
+                        }
+                        Some(Ok(_)) => {}
+                        Some(Err(error)) => break error.to_string(),
+                        None => break "closed by the database".to_string(),
                     }
-                }
+                };
+                tracing::warn!(error = %why, channel, "a connection listening for PostgreSQL notifications was lost");
             });
+            // As for every connection: a role's idle limit would end one
+            // that only listens.
+            let _ = client.batch_execute("SET idle_session_timeout = 0").await;
+            let _ = client.batch_execute("SET transaction_timeout = 0").await;
             client
                 .batch_execute(&format!("LISTEN {channel}"))
                 .await
@@ -891,7 +902,12 @@ async fn same_blob_store(client: &Client, blobs: Option<&BlobStore>, owner: bool
         .query_opt("SELECT location, database FROM kiln_blob_store", &[])
         .await
     {
-        Ok(row) => row.map(|row| (row.get(0), row.get(1))),
+        Ok(Some(row)) => Some(
+            row.try_get(0)
+                .and_then(|location| Ok((location, row.try_get(1)?)))
+                .map_err(|e| pg_error("reading the blob store's location", e))?,
+        ),
+        Ok(None) => None,
         // A standby beside a leader from before blob stores: none.
         Err(e) if !owner && e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => {
             None
@@ -921,15 +937,21 @@ async fn same_blob_store(client: &Client, blobs: Option<&BlobStore>, owner: bool
     // Which database this is: the PostgreSQL cluster's system identifier
     // (where the role may read it) and the database's own id, neither of
     // which a dump restored elsewhere keeps.
-    let system: String = match client
+    let system: Option<String> = match client
         .query_one(
             "SELECT system_identifier::text FROM pg_control_system()",
             &[],
         )
         .await
+        .and_then(|row| row.try_get(0))
     {
-        Ok(row) => row.get(0),
-        Err(_) => "?".into(),
+        Ok(system) => Some(system),
+        Err(error) => {
+            tracing::warn!(%error, "cannot read PostgreSQL's system identifier: a copy of this \
+                database could not be told from it, so this server deletes no object");
+            blobs.keep_all();
+            None
+        }
     };
     let database: String = client
         .query_one(
@@ -937,9 +959,9 @@ async fn same_blob_store(client: &Client, blobs: Option<&BlobStore>, owner: bool
             &[],
         )
         .await
-        .map_err(|e| pg_error("reading the database's identity", e))?
-        .get(0);
-    let identity = format!("{system}/{database}");
+        .and_then(|row| row.try_get(0))
+        .map_err(|e| pg_error("reading the database's identity", e))?;
+    let identity = format!("{}/{database}", system.as_deref().unwrap_or("?"));
     match recorded {
         None => {
             client
@@ -1140,13 +1162,16 @@ fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
 }
 
 /// Writes a group as one transaction: one statement, or several between
-/// `BEGIN` and `COMMIT`. Returns once PostgreSQL has committed it, with
-/// the rows it replaced that referred to objects (when `blobs`).
+/// `BEGIN` and `COMMIT`, with a `NOTIFY` of changed deployments in the same
+/// transaction when `notify` (PostgreSQL delivers it once the transaction
+/// commits). Returns once PostgreSQL has committed it, with the rows it
+/// replaced that referred to objects (when `blobs`).
 fn write_group(
     client: &Client,
     write: &Statement,
     parts: &[Part<'_>],
     blobs: bool,
+    notify: bool,
 ) -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
     let magic = BlobStore::magic();
     let statement = |part: &Part<'_>| -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
@@ -1159,13 +1184,16 @@ fn write_group(
             .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
             .collect()
     };
-    if let [only] = parts {
+    if let ([only], false) = (parts, notify) {
         return statement(only);
     }
     wait(client.batch_execute("BEGIN"))?;
     let mut replaced = Vec::new();
     for part in parts {
         replaced.extend(statement(part)?);
+    }
+    if notify {
+        wait(client.batch_execute(&format!("NOTIFY {DEPLOYMENTS_CHANNEL}")))?;
     }
     wait(client.batch_execute("COMMIT"))?;
     Ok(replaced)
@@ -1206,7 +1234,9 @@ impl Committer {
                 let written = {
                     let _moving = pending.moving();
                     pending.sent.store(covered, Ordering::Release);
-                    let written = write_group(&client, &write, &parts, blobs.is_some());
+                    // Standbys compile a new deployment ahead at once.
+                    let notify = writes.iter().any(|(key, _)| is_deployment_key(key));
+                    let written = write_group(&client, &write, &parts, blobs.is_some(), notify);
                     if written.is_ok() {
                         pending.applied(covered);
                     }
@@ -1217,13 +1247,6 @@ impl Committer {
                 }
                 match written {
                     Ok(replaced) => {
-                        // Standbys compile a new deployment ahead at once.
-                        if writes.iter().any(|(key, _)| is_deployment_key(key))
-                            && let Err(error) =
-                                wait(client.batch_execute(&format!("NOTIFY {DEPLOYMENTS_CHANNEL}")))
-                        {
-                            tracing::warn!(%error, "could not tell standbys of a new deployment");
-                        }
                         if let Some(blobs) = &blobs
                             && !replaced.is_empty()
                         {

@@ -197,11 +197,17 @@ pub(crate) fn spawn(
                     named_bundles(&reading).map(|named| prune(&cache, &named, PRUNE_OLDER_THAN))
                 })
                 .await;
-                if let Ok(Ok(pruned)) = done {
-                    for hash in &pruned {
-                        warm.remove(hash);
-                        tracing::info!(bundle = %hash, "pruned a collected bundle's compiled artifact");
+                match done {
+                    Ok(Ok(pruned)) => {
+                        for hash in &pruned {
+                            warm.remove(hash);
+                            tracing::info!(bundle = %hash, "pruned a collected bundle's compiled artifact");
+                        }
                     }
+                    Ok(Err(error)) => {
+                        tracing::warn!(%error, "a standby could not read the deployments to prune its cache")
+                    }
+                    Err(_) => return,
                 }
             }
             if failed {
@@ -222,6 +228,7 @@ pub(crate) fn spawn(
                 listening = told => {
                     if !listening {
                         // The listening connection is gone: open again.
+                        tracing::warn!("a standby stopped hearing of new deployments; it reads the store again");
                         root = None;
                         changed = None;
                     }
