@@ -29,7 +29,6 @@ use kiln_store::{Backend, Batch, PostgresBackend, PrefixedBackend, SledBackend, 
 use kiln_types::{RunId, Timestamp, TokenId};
 use sim::crashing::Mirror;
 use sim::store::State;
-use sim::{invariants, world::World};
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
@@ -341,49 +340,15 @@ impl Mirror for StoreMirror {
     }
 }
 
-fn run_seed(place: &Place, seed: u64) -> Result<World, String> {
-    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let mirror = StoreMirror::new(place, seed);
-        let mut world = World::with_mirror(seed, Some(Box::new(mirror)));
-        world.run();
-        world
-    }));
-    let mut world = outcome.map_err(|panic| {
-        panic
-            .downcast_ref::<String>()
-            .cloned()
-            .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-            .unwrap_or_else(|| "a panic".into())
-    })?;
-    let checked = world
-        .store
-        .check_mirror()
-        .and_then(|()| invariants::check(&world));
-    match checked {
-        Ok(()) => Ok(world),
-        Err(broken) => Err(format!(
-            "{broken}\nlast steps:\n  {}",
-            world.trace.join("\n  ")
-        )),
-    }
-}
-
 /// Runs the seeds on stores at `place` (`each` makes a seed's place);
 /// answers how many unsynced commits the crashes lost.
 fn seeds_keep_every_invariant(store: &str, each: impl Fn(u64) -> Place) -> usize {
-    let seeds: Vec<u64> = match std::env::var("KILN_SIM_SEED") {
-        Ok(seed) => vec![seed.parse().expect("KILN_SIM_SEED is a number")],
-        Err(_) => {
-            let count = std::env::var("KILN_SIM_STORE_SEEDS")
-                .ok()
-                .and_then(|n| n.parse().ok())
-                .unwrap_or(40u64);
-            (0..count).collect()
-        }
-    };
+    let seeds = sim::seeds("KILN_SIM_STORE_SEEDS", 40);
     let (mut crashes, mut kept, mut lost, mut runs) = (0u64, 0usize, 0usize, 0usize);
     for seed in seeds.iter().copied() {
-        match run_seed(&each(seed), seed) {
+        let place = each(seed);
+        let mirror = || Some(Box::new(StoreMirror::new(&place, seed)) as Box<dyn Mirror>);
+        match sim::run_seed(seed, mirror) {
             Ok(world) => {
                 crashes += u64::from(world.crashes);
                 kept += world.store.kept_at_crash;

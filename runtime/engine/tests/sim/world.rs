@@ -72,12 +72,8 @@ pub struct World {
 }
 
 impl World {
-    /// A world for `seed`: a few root runs with random scripts.
-    pub fn new(seed: u64) -> Self {
-        Self::with_mirror(seed, None)
-    }
-
-    /// [`World::new`], with `mirror` written beside the model store.
+    /// A world for `seed`: a few root runs with random scripts, with
+    /// `mirror` written beside the model store if given.
     pub fn with_mirror(seed: u64, mirror: Option<Box<dyn super::crashing::Mirror>>) -> Self {
         let mut rng = Rng::new(seed);
         let max_crashes = rng.range(0, 4) as u32;
