@@ -196,9 +196,7 @@ impl Pinned {
                 Ok(component) => {
                     // Used now: a standby pruning a compile cache it shares
                     // leaves recently used artifacts alone.
-                    let _ = std::fs::File::options()
-                        .append(true)
-                        .open(&path)
+                    let _ = std::fs::File::open(&path)
                         .and_then(|f| f.set_modified(std::time::SystemTime::now()));
                     return Ok(component);
                 }

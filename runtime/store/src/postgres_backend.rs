@@ -652,6 +652,7 @@ impl Connector {
     fn listen(&self, channel: &'static str) -> Result<(Client, watch::Receiver<u64>)> {
         let config = self.config.clone();
         let handle = self.runtime.handle().clone();
+        let lifecycle = self.lifecycle.clone();
         on(&self.runtime, async move {
             let (client, mut connection) = config
                 .connect(NoTls)
@@ -672,7 +673,10 @@ impl Connector {
                         None => break "closed by the database".to_string(),
                     }
                 };
-                tracing::warn!(error = %why, channel, "a connection listening for PostgreSQL notifications was lost");
+                // Ended on purpose when the backend closes.
+                if lifecycle.load(Ordering::Acquire) == OPEN {
+                    tracing::warn!(error = %why, channel, "a connection listening for PostgreSQL notifications was lost");
+                }
             });
             // As for every connection: a role's idle limit would end one
             // that only listens.
