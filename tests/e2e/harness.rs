@@ -283,7 +283,12 @@ impl Kiln {
 
     /// Waits for a run to reach a final status (at most 60 s).
     pub async fn finished(&self, id: &str) -> Value {
-        for _ in 0..4 {
+        self.finished_within(id, 4).await
+    }
+
+    /// Waits until the run has finished, for at most `polls` waits of 15 s.
+    pub async fn finished_within(&self, id: &str, polls: usize) -> Value {
+        for _ in 0..polls {
             let (status, run) = self
                 .request(
                     reqwest::Method::GET,
