@@ -55,19 +55,7 @@ async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
     // A standby reads the bundle through the bucket, and compiles it ahead.
     let standby_dir = data_dir();
     let standby = Kiln::start_with_env(standby_dir.path(), &args, &ENV);
-    let compiled = standby_dir.path().join("compiled");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !std::fs::read_dir(&compiled).is_ok_and(|entries| {
-        entries
-            .flatten()
-            .any(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-    }) {
-        assert!(
-            Instant::now() < deadline,
-            "the standby never compiled the bundle"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::cluster::compiled_within(standby_dir.path(), 1, Duration::from_secs(60)).await;
     standby.kill();
     let payload = json!({"blob": "p".repeat(1024 * 1024)});
     let delayed = kiln

@@ -63,26 +63,7 @@ impl Nodes {
     /// Waits (at most `within`) until node `i`'s compile cache holds
     /// `count` compiled bundles.
     async fn compiled_within(&self, i: usize, count: usize, within: Duration) {
-        let cache = self.dirs[i].path().join("compiled");
-        let deadline = Instant::now() + within;
-        loop {
-            let artifacts = std::fs::read_dir(&cache)
-                .map(|entries| {
-                    entries
-                        .flatten()
-                        .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
-                        .count()
-                })
-                .unwrap_or(0);
-            if artifacts >= count {
-                return;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "node {i} did not compile {count} bundles within {within:?}"
-            );
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        compiled_within(self.dirs[i].path(), count, within).await
     }
 
     pub(crate) fn node(&self, i: usize) -> &Kiln {
@@ -122,6 +103,32 @@ impl Nodes {
             assert!(Instant::now() < deadline, "no node took the lead in 60 s");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+}
+
+/// Waits (at most `within`) until the compile cache of the node whose
+/// data directory is `dir` holds `count` compiled bundles.
+pub(crate) async fn compiled_within(dir: &std::path::Path, count: usize, within: Duration) {
+    let cache = dir.join("compiled");
+    let deadline = Instant::now() + within;
+    loop {
+        let artifacts = std::fs::read_dir(&cache)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|e| e.path().extension().is_some_and(|x| x == "cwasm"))
+                    .count()
+            })
+            .unwrap_or(0);
+        if artifacts >= count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{} did not compile {count} bundles within {within:?}",
+            dir.display()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
