@@ -13,7 +13,7 @@
 mod postgres;
 
 use kiln_store::{Backend, Op, PostgresBackend, SledBackend};
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
@@ -40,11 +40,13 @@ fn keys_until_killed(
     prefix: &str,
     count: usize,
 ) -> Vec<String> {
+    // The child's complaints, if it stops early, go in the failure message.
+    let stderr = tempfile::tempfile().unwrap();
     let mut process = Command::new(std::env::current_exe().unwrap())
         .args(["--exact", child, "--nocapture", "--test-threads", "1"])
         .env(env, store)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(stderr.try_clone().unwrap())
         .spawn()
         .unwrap();
     let stdout = process.stdout.take().unwrap();
@@ -59,8 +61,18 @@ fn keys_until_killed(
         }
     }
     process.kill().unwrap();
-    process.wait().unwrap();
-    assert_eq!(keys.len(), count, "the child printed too few keys");
+    let status = process.wait().unwrap();
+    if keys.len() < count {
+        let mut said = String::new();
+        let mut stderr = stderr;
+        stderr.seek(SeekFrom::Start(0)).unwrap();
+        stderr.read_to_string(&mut said).unwrap();
+        let tail = &said[said.len().saturating_sub(4_000)..];
+        panic!(
+            "the child printed {} of {count} keys, then stopped ({status}); it said:\n{tail}",
+            keys.len()
+        );
+    }
     keys
 }
 
@@ -170,9 +182,22 @@ fn reader_crash_child() {
     as_child(READER_CHILD_ENV, |backend| async move {
         let writer = backend.clone();
         tokio::spawn(async move {
+            // At most this many writes are unacknowledged at once: the
+            // newest are always in flight when the reader looks, and the
+            // backlog (and the database) stays small however slow the
+            // store's disk is.
+            const IN_FLIGHT: usize = 2_048;
+            let mut unacknowledged = std::collections::VecDeque::new();
             for n in 0u32.. {
                 let key = format!("u/{n:010}");
-                drop(writer.commit(vec![Op::Put(key.into_bytes(), vec![1; 200])]));
+                unacknowledged
+                    .push_back(writer.commit(vec![Op::Put(key.into_bytes(), vec![1; 200])]));
+                if unacknowledged.len() > IN_FLIGHT
+                    && let Some(oldest) = unacknowledged.pop_front()
+                    && oldest.await.is_err()
+                {
+                    return;
+                }
                 if n % 64 == 0 {
                     tokio::task::yield_now().await;
                 }
