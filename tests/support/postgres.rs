@@ -19,13 +19,28 @@ impl Postgres {
     /// Starts a new server (Debian's `postgresql`, installed by
     /// `scripts/postgres-deps`, which the test command runs first).
     pub fn start() -> Postgres {
+        Postgres::start_with(None)
+    }
+
+    /// Starts a new server that also listens on 127.0.0.1 at `port` with
+    /// TLS only, its certificate (for `localhost`) signed by the CA in
+    /// [`Postgres::ca`].
+    pub fn start_with_tls(port: u16) -> Postgres {
+        Postgres::start_with(Some(port))
+    }
+
+    fn start_with(tls_port: Option<u16>) -> Postgres {
         let root = Path::new(env!("CARGO_MANIFEST_DIR"))
             .ancestors()
             .find(|dir| dir.join("scripts/postgres").is_file())
             .expect("the repository's scripts/postgres")
             .to_path_buf();
         let script = root.join("scripts/postgres");
-        let out = Command::new(&script)
+        let mut command = Command::new(&script);
+        if let Some(port) = tls_port {
+            command.env("KILN_PG_TLS_PORT", port.to_string());
+        }
+        let out = command
             .arg("start")
             .output()
             .expect("running scripts/postgres start");
@@ -49,6 +64,11 @@ impl Postgres {
             .arg("stop")
             .arg(&self.dir)
             .status();
+    }
+
+    /// The CA certificate (PEM) that signed a TLS server's certificate.
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("tls/ca.crt")
     }
 
     /// The store URL for `kiln serve --store`.

@@ -39,6 +39,7 @@ use crate::blob_store::BlobStore;
 use crate::group_commit::{
     Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
+use crate::postgres_tls::PgConfig;
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
@@ -46,7 +47,7 @@ use std::sync::{Arc, mpsc};
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls, Statement};
+use tokio_postgres::{Client, Statement};
 
 /// How many connections serve reads (each pipelines its queries).
 const READERS: usize = 4;
@@ -570,7 +571,7 @@ impl Reader {
 /// them: while the backend opens, a lost connection fails the open; once it
 /// is open, a lost connection stops the process.
 struct Connector {
-    config: tokio_postgres::Config,
+    config: PgConfig,
     runtime: Driver,
     lifecycle: Arc<AtomicU8>,
     /// Whether a connection lost once the backend is open stops the
@@ -603,7 +604,7 @@ impl Connector {
         let stop_on_loss = self.stop_on_loss;
         on(&self.runtime, async move {
             let (client, connection) = config
-                .connect(NoTls)
+                .connect()
                 .await
                 .map_err(|e| pg_error("connecting", e))?;
             handle.spawn(async move {
@@ -655,7 +656,7 @@ impl Connector {
         let lifecycle = self.lifecycle.clone();
         on(&self.runtime, async move {
             let (client, mut connection) = config
-                .connect(NoTls)
+                .connect()
                 .await
                 .map_err(|e| pg_error("connecting", e))?;
             let (tx, rx) = watch::channel(0u64);
@@ -705,12 +706,11 @@ impl Connector {
 }
 
 /// The connection settings for `url`, with Kiln's: timeouts, keepalives
-/// on both sides, and commits acknowledged only once durable.
-pub(crate) fn connection_config(url: &str) -> Result<tokio_postgres::Config> {
-    // The URL may hold a password: the error names the problem only.
-    let mut config: tokio_postgres::Config = url
-        .parse()
-        .map_err(|e| StoreError::Backend(format!("the PostgreSQL store URL: {e}")))?;
+/// on both sides, commits acknowledged only once durable, and the TLS
+/// the URL asks for.
+pub(crate) fn connection_config(url: &str) -> Result<PgConfig> {
+    let mut pg = crate::postgres_tls::pg_config(url)?;
+    let config = &mut pg.config;
     if config.get_connect_timeout().is_none() {
         config.connect_timeout(CONNECT_TIMEOUT);
     }
@@ -731,7 +731,7 @@ pub(crate) fn connection_config(url: &str) -> Result<tokio_postgres::Config> {
         config.get_options().unwrap_or_default()
     );
     config.options(options.trim());
-    Ok(config)
+    Ok(pg)
 }
 
 /// Takes the owner lock on `owner`'s session, waiting as `owner_wait`

@@ -106,7 +106,7 @@ impl Membership {
     pub async fn join(url: &str, node: &str, node_url: &str, keys: &str) -> Result<Membership> {
         let config = connection_config(url)?;
         let (mut client, connection) = config
-            .connect(tokio_postgres::NoTls)
+            .connect()
             .await
             .map_err(|e| pg_error("connecting", e))?;
         let closing = Arc::new(AtomicBool::new(false));
@@ -311,7 +311,7 @@ async fn heartbeat(
         }
         if client.is_none() {
             client = match connection_config(&url) {
-                Ok(config) => match config.connect(tokio_postgres::NoTls).await {
+                Ok(config) => match config.connect().await {
                     Ok((c, connection)) => {
                         tokio::spawn(connection);
                         Some(c)

@@ -18,7 +18,9 @@ pub struct Args {
     compile_cache: Option<PathBuf>,
     /// Where the store is: the embedded sled store in the data directory
     /// unless set, or a PostgreSQL database (`postgres://user@host/db`;
-    /// `postgres://user@/db?host=/socket/dir` for a Unix socket). Several
+    /// `postgres://user@/db?host=/socket/dir` for a Unix socket; TLS as
+    /// libpq's `sslmode` and `sslrootcert` ask, e.g.
+    /// `?sslmode=verify-full&sslrootcert=ca.pem`). Several
     /// servers on one database form a cluster: one leads, the others
     /// forward to it and take over when it is gone.
     #[arg(long, env = "KILN_STORE")]
