@@ -432,6 +432,97 @@ fn terminate(node: &Kiln) {
     node.terminate();
 }
 
+/// Sends `signal` (a name `kill` knows) to a node.
+fn signal(node: &Kiln, signal: &str) {
+    let sent = std::process::Command::new("kill")
+        .args([&format!("-{signal}"), &node.pid().to_string()])
+        .status()
+        .expect("kill runs");
+    assert!(sent.success(), "kill -{signal}");
+}
+
+#[tokio::test]
+async fn a_leader_that_stops_answering_is_fenced_and_a_standby_takes_over() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let mut nodes = Nodes::start(&url, &[]);
+    assert_eq!(nodes.leader().await, 0);
+    nodes.node(1).deploy(kiln_fixtures::COUNTDOWN).await;
+    nodes.compiled(1).await;
+    nodes.compiled(2).await;
+    // Waits of 400 ms stay warm in the leader's memory.
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(
+            nodes
+                .node(1)
+                .trigger_ok("countdown", json!({"steps": 3, "wait_ms": 400}))
+                .await,
+        );
+    }
+    nodes
+        .node(1)
+        .until_journal(&ids[0], |e| count(e, "HOST_CALL") >= 1)
+        .await;
+
+    // Paused, the leader's process keeps its connections open: PostgreSQL
+    // would let it hold the lock for ever. Its row goes stale, and a
+    // standby ends its session.
+    let paused = Instant::now();
+    signal(nodes.node(0), "STOP");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let leader = 'found: loop {
+        for i in [1, 2] {
+            let (status, view) = cluster(nodes.node(i)).await;
+            if status == 200 && view["leads"] == true {
+                break 'found i;
+            }
+        }
+        assert!(Instant::now() < deadline, "no standby took over in 60 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let took = paused.elapsed();
+    assert!(
+        took >= Duration::from_secs(10),
+        "took over after {took:?}, before the leader's row was ten seconds old"
+    );
+    assert!(took < Duration::from_secs(30), "took over after {took:?}");
+
+    // The paused leader's runs complete on the new one, each effect once.
+    let node = nodes.node(leader);
+    for id in &ids {
+        let run = node.finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        let entries = node.journal(id).await;
+        let draws = entries
+            .iter()
+            .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
+            .count();
+        assert_eq!(draws, 3, "each draw journaled once: {entries:?}");
+    }
+    let id = node
+        .trigger_ok("countdown", json!({"steps": 1, "wait_ms": 10}))
+        .await;
+    assert_eq!(node.finished(&id).await["status"], "COMPLETED");
+
+    // Let go, the old leader finds its session ended and stops, as a node
+    // that lost its store's connection does, instead of writing on.
+    let mut old = nodes.nodes[0].take().expect("the old leader");
+    signal(&old, "CONT");
+    let status = old
+        .exited_within(Duration::from_secs(30))
+        .expect("the fenced leader stops");
+    assert_eq!(status.code(), Some(74), "{status:?}");
+    let (_, view) = cluster(nodes.node(leader)).await;
+    let leading = view["nodes"]
+        .as_array()
+        .expect("nodes")
+        .iter()
+        .filter(|n| n["leads"] == true)
+        .count();
+    assert_eq!(leading, 1, "{view}");
+}
+
 #[tokio::test]
 async fn a_server_on_sled_says_it_is_no_cluster() {
     let dir = data_dir();

@@ -160,11 +160,12 @@ fn main() {
     if selected("cluster") {
         // Three nodes on one throwaway PostgreSQL server: the same runs
         // spread over them, then how long the cluster takes to serve again
-        // after its leader is killed.
+        // after its leader is killed, and after it is paused.
         let pg = pg_server::Postgres::start();
         let url = pg.url().to_string();
         runtime.block_on(runs::runs_bench(Some(&url), 3));
-        runtime.block_on(cluster::failover_bench(&url));
+        runtime.block_on(cluster::failover_bench(&url, cluster::Stop::Kill, 5));
+        runtime.block_on(cluster::failover_bench(&url, cluster::Stop::Pause, 3));
     }
     if selected("dashboard") {
         runtime.block_on(dashboard::dashboard_bench(100_000));

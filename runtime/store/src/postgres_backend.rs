@@ -624,7 +624,7 @@ impl Connector {
                 // restart reconnects.
                 let why = match ended {
                     Ok(()) => "closed by the database".to_string(),
-                    Err(error) => error.to_string(),
+                    Err(error) => pg_error("the connection", error).to_string(),
                 };
                 if !stop_on_loss {
                     tracing::warn!(error = %why, purpose, "a read-only PostgreSQL connection was lost");

@@ -33,6 +33,27 @@ const KEYS_CHECKED_WITHIN_SECS: f64 = 60.0;
 /// Rows of nodes not seen for this long are removed.
 const FORGET_AFTER_SECS: f64 = 600.0;
 
+/// A leader whose row has not been refreshed for this long (ten
+/// heartbeats) has stopped answering: its process paused or stuck, its
+/// host cut off. Its session would hold the owner lock until PostgreSQL
+/// noticed the connection dead (half a minute for a vanished host, never
+/// for a paused process), so a standby ends it.
+const LEADER_LEASE: Duration = Duration::from_secs(10);
+
+/// Ends the session that holds the owner lock in this database when the
+/// row naming it was last refreshed over `$2` seconds ago; the node's id
+/// for each session ended. Ending the session lets the lock go, so the
+/// standby waiting longest takes over, and fences the old leader: every
+/// write it makes goes through that session, and a node whose store
+/// connection is lost stops.
+const END_STALE_LEADER: &str = "SELECT n.node, pg_terminate_backend(l.pid) \
+     FROM pg_locks l JOIN kiln_nodes n ON n.session = l.pid \
+     WHERE l.locktype = 'advisory' AND l.granted \
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND l.classid = ($1::bigint >> 32)::oid \
+     AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1 \
+     AND n.seen < now() - make_interval(secs => $2)";
+
 /// A node of the cluster, as its row says.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -117,6 +138,7 @@ impl Membership {
                 return;
             }
             if let Err(error) = ended {
+                let error = pg_error("the connection", error);
                 tracing::error!(%error, "the cluster's PostgreSQL connection was lost; Kiln stops");
             } else {
                 tracing::error!("the database closed the cluster's connection; Kiln stops");
@@ -346,6 +368,37 @@ async fn heartbeat(
         if let Err(error) = beat.and(forget) {
             tracing::warn!(%error, "the cluster's heartbeat failed");
             client = None;
+            continue;
         }
+        if session.is_none() {
+            end_stale_leader(c).await;
+        }
+    }
+}
+
+/// Ends the leader's session if its row is older than [`LEADER_LEASE`]
+/// (see [`END_STALE_LEADER`]). A standby's heartbeat calls it after each
+/// beat; several standbys ending the same session is harmless.
+async fn end_stale_leader(client: &Client) {
+    let lease = LEADER_LEASE.as_secs_f64();
+    match client.query(END_STALE_LEADER, &[&OWNER_LOCK, &lease]).await {
+        Ok(rows) => {
+            for row in rows {
+                let node: String = row.get(0);
+                let ended: bool = row.get(1);
+                tracing::warn!(
+                    leader = %node,
+                    ended,
+                    "the leader has not been seen for {lease} s: its database session is \
+                     ended, so a standby takes over and it can write no more"
+                );
+            }
+        }
+        Err(error) => tracing::warn!(
+            %error,
+            "the leader has not been seen for {lease} s, and its database session could not \
+             be ended (the nodes' role must be the leader's, or a member of \
+             pg_signal_backend)"
+        ),
     }
 }

@@ -1,8 +1,10 @@
 //! Failover: three `kiln serve` nodes on one PostgreSQL store, each with
 //! its own data directory and compile cache; the leader is killed
-//! (`SIGKILL`) five times, and each time the bench measures how long until
-//! a node leads again and until a run triggered through a surviving node
-//! completes. The killed node comes back as a standby before the next kill.
+//! (`SIGKILL`) five times, then paused (`SIGSTOP`, so it holds its
+//! connections until its lease runs out) three times, and each time the
+//! bench measures how long until a node leads again and until a run
+//! triggered through a surviving node completes. The stopped node comes
+//! back as a standby (a paused one is killed first) before the next round.
 
 use super::{KEY, MASTER_KEY, Server, percentile};
 use std::time::{Duration, Instant};
@@ -61,9 +63,22 @@ async fn run_through(http: &reqwest::Client, url: &str) -> bool {
     false
 }
 
-/// Kills the leader five times; prints the medians and the worst.
-pub async fn failover_bench(postgres: &str) {
-    let db = "bench_failover";
+/// How a round stops the leader.
+#[derive(Clone, Copy, PartialEq)]
+pub enum Stop {
+    /// `SIGKILL`: its sessions end at once.
+    Kill,
+    /// `SIGSTOP`: its sessions stay open until a standby ends them.
+    Pause,
+}
+
+/// Stops the leader `rounds` times as `how` says; prints the medians and
+/// the worst.
+pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
+    let db = match how {
+        Stop::Kill => "bench_failover",
+        Stop::Pause => "bench_failover_paused",
+    };
     let status = std::process::Command::new("psql")
         .args(["-q", "-X", postgres, "-c"])
         .arg(format!("CREATE DATABASE {db}"))
@@ -85,7 +100,7 @@ pub async fn failover_bench(postgres: &str) {
     assert!(run_through(&http, &nodes[1].url).await);
     let mut to_lead = Vec::new();
     let mut to_serve = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..rounds {
         let mut leader = None;
         for (i, node) in nodes.iter().enumerate() {
             if leads(&http, &node.url).await {
@@ -94,9 +109,22 @@ pub async fn failover_bench(postgres: &str) {
         }
         let leader = leader.expect("a node leads");
         let survivor = nodes[(leader + 1) % 3].url.clone();
-        let killed = nodes.remove(leader);
+        let stopped = nodes.remove(leader);
         let started = Instant::now();
-        killed.kill();
+        let paused = match how {
+            Stop::Kill => {
+                stopped.kill();
+                None
+            }
+            Stop::Pause => {
+                let sent = std::process::Command::new("kill")
+                    .args(["-STOP", &stopped.child.id().to_string()])
+                    .status()
+                    .expect("kill runs");
+                assert!(sent.success());
+                Some(stopped)
+            }
+        };
         let deadline = started + Duration::from_secs(60);
         loop {
             let mut led = false;
@@ -115,7 +143,10 @@ pub async fn failover_bench(postgres: &str) {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         to_serve.push(started.elapsed());
-        // The killed node's data directory comes back as a standby.
+        if let Some(paused) = paused {
+            paused.kill();
+        }
+        // The stopped node's data directory comes back as a standby.
         nodes.insert(
             leader,
             Server::start_with_env(dirs[leader].path(), &args, &envs).0,
@@ -126,7 +157,11 @@ pub async fn failover_bench(postgres: &str) {
         to_serve.iter().max().copied().unwrap_or_default(),
     );
     println!(
-        "cluster failover (3 nodes, leader SIGKILLed, 5 times): a node leads after median {:.0?} (worst {:.0?}); a run through a surviving node completes after median {:.0?} (worst {:.0?})",
+        "cluster failover (3 nodes, leader {}, {rounds} times): a node leads after median {:.0?} (worst {:.0?}); a run through a surviving node completes after median {:.0?} (worst {:.0?})",
+        match how {
+            Stop::Kill => "SIGKILLed",
+            Stop::Pause => "paused with SIGSTOP",
+        },
         percentile(&mut to_lead, 0.5),
         lead_max,
         percentile(&mut to_serve, 0.5),
