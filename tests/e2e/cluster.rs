@@ -470,6 +470,24 @@ async fn a_leader_that_stops_answering_is_fenced_and_a_standby_takes_over() {
     // standby ends its session.
     let paused = Instant::now();
     signal(nodes.node(0), "STOP");
+    // Reads sent through the standbys meanwhile reach the paused leader
+    // and get no answer from it; once another node leads they are
+    // answered there (or, on the node taking over, told to retry).
+    let reads: Vec<_> = [1, 2]
+        .into_iter()
+        .map(|i| {
+            let url = format!("{}/api/v3/runs/{}", nodes.node(i).url, ids[0]);
+            tokio::spawn(async move {
+                let answer = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(crate::harness::KEY)
+                    .send()
+                    .await
+                    .expect("the standby answers");
+                answer.status().as_u16()
+            })
+        })
+        .collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let leader = 'found: loop {
         for i in [1, 2] {
@@ -482,11 +500,23 @@ async fn a_leader_that_stops_answering_is_fenced_and_a_standby_takes_over() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     };
     let took = paused.elapsed();
+    // The row was last refreshed up to a heartbeat before the pause.
     assert!(
-        took >= Duration::from_secs(10),
+        took >= Duration::from_secs(9),
         "took over after {took:?}, before the leader's row was ten seconds old"
     );
     assert!(took < Duration::from_secs(30), "took over after {took:?}");
+    let mut answered = Vec::new();
+    for read in reads {
+        let status = tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a read forwarded to the paused leader is answered once another leads")
+            .expect("the read's task");
+        answered.push(status);
+    }
+    let standby = if leader == 1 { 2 } else { 1 };
+    assert_eq!(answered[standby - 1], 200, "{answered:?}");
+    assert!([200, 503].contains(&answered[leader - 1]), "{answered:?}");
 
     // The paused leader's runs complete on the new one, each effect once.
     let node = nodes.node(leader);

@@ -4,7 +4,9 @@
 //! streamed both ways, so realtime subscriptions and long `?wait=` polls
 //! work through any node. While no node leads (the moments after the leader
 //! died, before a standby took over), the answer is a 503 with
-//! `Retry-After`, which clients retry.
+//! `Retry-After`, which clients retry. A leader that stops answering
+//! without dying is given up once another node leads: a read is sent to
+//! the new leader, anything else answered 502, and a streamed answer ends.
 
 use super::{Cluster, FORWARDED_BY};
 use crate::api::ApiError;
@@ -12,6 +14,8 @@ use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
+use kiln_store::Node;
+use std::sync::Arc;
 
 /// Bodies up to this size are read before they are forwarded, so they can
 /// be sent again to a node that took over.
@@ -71,8 +75,21 @@ fn retry_soon(message: String) -> Response {
     response
 }
 
+/// Resolves once a node other than `node` leads (as this node's watch of
+/// the leader reads it, every 200 ms): the node that leads then.
+async fn moved_from(cluster: &Cluster, node: &str) -> Node {
+    loop {
+        if let Some(now) = cluster.leader()
+            && now.node != node
+        {
+            return now;
+        }
+        tokio::time::sleep(super::WATCH_LEADER).await;
+    }
+}
+
 /// Sends `request` to the node that leads and answers with its answer.
-pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
+pub(super) async fn to_leader(cluster: &Arc<Cluster>, request: Request) -> Response {
     if request.headers().contains_key(FORWARDED_BY) {
         // The sender took this node for the leader: it no longer is, or
         // is still taking over.
@@ -138,11 +155,39 @@ pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
                 leader.node
             ));
         };
-        let sent = outgoing
+        let sending = outgoing
             .header(FORWARDED_BY, cluster.node())
             .body(payload)
-            .send()
-            .await;
+            .send();
+        // A leader that stops answering (paused, cut off) keeps the
+        // connection open; once another node leads, it is given up.
+        let sent = tokio::select! {
+            sent = sending => sent,
+            now = moved_from(cluster, &leader.node) => {
+                tracing::warn!(leader = %leader.node, now = %now.node, "the leader stopped answering a forwarded request and another node leads");
+                // A read changes nothing: the new leader answers it (this
+                // node, once it serves: the client sends it again).
+                if matches!(parts.method, Method::GET | Method::HEAD)
+                    && matches!(body, Outgoing::Bytes(_))
+                    && tries < 3
+                {
+                    if now.node == cluster.node() {
+                        return retry_soon(format!(
+                            "node {} is taking over the cluster; retry",
+                            cluster.node()
+                        ));
+                    }
+                    leader = now;
+                    continue;
+                }
+                return ApiError::bad_gateway(format!(
+                    "the node that led the cluster ({}) stopped answering and node {} leads \
+                     now; the request may have been applied",
+                    leader.node, now.node
+                ))
+                .into_response();
+            }
+        };
         match sent {
             Ok(answer) => break answer,
             Err(error) => {
@@ -181,8 +226,33 @@ pub(super) async fn to_leader(cluster: &Cluster, request: Request) -> Response {
             response = response.header(name, value);
         }
     }
+    // A stream (realtime, a long poll) from a leader that stops answering
+    // ends once another node leads, so the client reconnects there.
+    let leader = leader.node;
+    let watching = cluster.clone();
+    let chunks =
+        futures_util::stream::unfold(Some(Box::pin(answer.bytes_stream())), move |chunks| {
+            let watching = watching.clone();
+            let leader = leader.clone();
+            async move {
+                let mut chunks = chunks?;
+                tokio::select! {
+                    chunk = futures_util::StreamExt::next(&mut chunks) => {
+                        chunk.map(|chunk| (chunk.map_err(std::io::Error::other), Some(chunks)))
+                    }
+                    now = moved_from(&watching, &leader) => Some((
+                        Err(std::io::Error::other(format!(
+                            "the node that led the cluster ({leader}) stopped answering and \
+                             node {} leads now",
+                            now.node
+                        ))),
+                        None,
+                    )),
+                }
+            }
+        });
     response
-        .body(Body::from_stream(answer.bytes_stream()))
+        .body(Body::from_stream(chunks))
         .unwrap_or_else(|e| {
             ApiError::internal(format!("forwarding the answer: {e}")).into_response()
         })
