@@ -46,8 +46,13 @@ const LEADER_LEASE: Duration = Duration::from_secs(10);
 /// standby waiting longest takes over, and fences the old leader: every
 /// write it makes goes through that session, and a node whose store
 /// connection is lost stops.
+///
+/// A row left by a node that died names a session that ended; should
+/// PostgreSQL give its process id to a new session, the row predates that
+/// session's start, and is not taken for it.
 const END_STALE_LEADER: &str = "SELECT n.node, pg_terminate_backend(l.pid) \
      FROM pg_locks l JOIN kiln_nodes n ON n.session = l.pid \
+     JOIN pg_stat_activity a ON a.pid = l.pid AND n.seen > a.backend_start \
      WHERE l.locktype = 'advisory' AND l.granted \
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND l.classid = ($1::bigint >> 32)::oid \
@@ -106,9 +111,12 @@ impl std::fmt::Debug for Membership {
 }
 
 /// The nodes' rows, with whether each leads, from PostgreSQL's lock table:
-/// the owner lock, in this database, held by the session the row names.
+/// the owner lock, in this database, held by the session the row names
+/// (and written since that session started: a dead node's row naming a
+/// process id PostgreSQL gave a new session is not).
 const NODES: &str = "SELECT n.node, n.url, n.keys, \
-     EXISTS (SELECT 1 FROM pg_locks l WHERE l.locktype = 'advisory' AND l.granted \
+     EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted AND a.backend_start < n.seen \
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND l.pid = n.session AND l.classid = ($1::bigint >> 32)::oid \
              AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1), \

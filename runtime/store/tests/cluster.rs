@@ -121,3 +121,55 @@ async fn a_reader_is_told_when_the_owner_changes_a_deployment() {
         .expect("still listening");
     assert!(*changed.borrow() >= 2);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_nodes_row_naming_a_reused_session_is_neither_leader_nor_ended() {
+    use std::time::{Duration, Instant};
+    let server = postgres::Postgres::start();
+    let url = server.database("kiln");
+    let standby = Membership::join(&url, "standby", "http://standby", "keys")
+        .await
+        .unwrap();
+    let owner = open(&url, OwnerWait::Never)
+        .await
+        .expect("the store is free");
+    let session = owner.owner_session();
+    // A node that died an hour ago named a session whose process id
+    // PostgreSQL has since given to the owner's: its row is long past the
+    // leader's lease, and older than the session.
+    server.query(
+        &url,
+        &format!(
+            "INSERT INTO kiln_nodes (node, url, keys, session, started_at, seen) \
+             VALUES ('ghost', 'http://ghost', 'keys', {session}, \
+             now() - interval '2 hours', now() - interval '1 hour')"
+        ),
+    );
+    assert_eq!(
+        standby.leader().await.unwrap(),
+        None,
+        "the ghost does not lead"
+    );
+
+    // The standby's heartbeat, which ends a stale leader's session, beats
+    // twice more: the owner's session is still there.
+    let seen = |server: &postgres::Postgres| {
+        server.query(&url, "SELECT seen FROM kiln_nodes WHERE node = 'standby'")
+    };
+    let mut beats = vec![seen(&server)];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while beats.len() < 3 {
+        assert!(Instant::now() < deadline, "the standby's heartbeat stopped");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let now = seen(&server);
+        if beats.last() != Some(&now) {
+            beats.push(now);
+        }
+    }
+    let alive = server.query(
+        &url,
+        &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {session}"),
+    );
+    assert_eq!(alive, "1", "the owner's session was ended");
+    drop(owner);
+}
