@@ -1,19 +1,20 @@
 //! TLS to PostgreSQL, with libpq's `sslmode` and `sslrootcert` in the store
-//! URL, so a URL that works with `psql` works with `kiln serve --store`.
+//! URL, read with libpq's meaning.
 //!
 //! | `sslmode` | encrypted | certificate checked |
 //! |---|---|---|
 //! | `disable` | no | — |
-//! | `prefer` (the default) | if the server offers TLS | only with `sslrootcert` (its chain) |
+//! | `allow`, `prefer` (the default) | if the server offers TLS | no |
 //! | `require` | yes | only with `sslrootcert` (its chain) |
 //! | `verify-ca` | yes | its chain |
 //! | `verify-full` | yes | its chain and the host name |
 //!
 //! The chain is checked against the PEM certificates in the file
-//! `sslrootcert` names, or, with `sslrootcert=system` or none, against the
-//! Mozilla root list built into Kiln. TLS runs on rustls (the same stack
-//! Kiln's HTTP clients use). As libpq does, a URL naming only Unix
-//! sockets connects without TLS: PostgreSQL offers none there.
+//! `sslrootcert` names, or against the Mozilla root list built into Kiln
+//! (with `sslrootcert=system`, which as in libpq 16 means `verify-full`).
+//! TLS runs on rustls (the same stack Kiln's HTTP clients use). As libpq
+//! does, a URL naming only Unix sockets connects without TLS: PostgreSQL
+//! offers none there.
 
 use crate::{Result, StoreError};
 use rustls::client::WebPkiServerVerifier;
@@ -78,82 +79,183 @@ struct Asked {
 }
 
 /// Reads `sslmode` and `sslrootcert` from `url` (a `postgres://` URL or
-/// libpq's `key=value` form). `tokio_postgres` knows `disable`, `prefer`
-/// and `require` only, so `verify-ca` and `verify-full` are handed to it
-/// as `require`, and `sslrootcert` not at all.
+/// libpq's `key=value` form), leaving the rest of it byte for byte.
+/// `tokio_postgres` knows `disable`, `prefer` and `require` only, so
+/// `verify-ca` and `verify-full` are handed to it as `require`, and
+/// `sslrootcert` not at all.
 fn asked(url: &str) -> Result<Asked> {
+    let is_url = url.starts_with("postgres://") || url.starts_with("postgresql://");
+    let (rest, taken) = if is_url {
+        take_from_query(url)
+    } else {
+        take_from_pairs(url)?
+    };
     let mut mode = None;
     let mut root = None;
-    let mut take = |key: &str, value: String| -> bool {
-        match key {
+    for (key, value) in taken {
+        match key.as_str() {
             "sslmode" => mode = Some(value),
-            "sslrootcert" => root = Some(value),
-            _ => return false,
+            _ => root = Some(value),
         }
-        true
-    };
-    let url = if let Some((base, query)) = url
-        .split_once('?')
-        .filter(|_| url.starts_with("postgres://") || url.starts_with("postgresql://"))
-    {
-        let kept: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes())
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .filter(|(k, v)| !take(k, v.clone()))
-            .collect();
-        if kept.is_empty() {
-            base.to_string()
-        } else {
-            let query = url::form_urlencoded::Serializer::new(String::new())
-                .extend_pairs(kept)
-                .finish();
-            format!("{base}?{query}")
+    }
+    // libpq (16 on) checks the host name against the system's roots, and
+    // nothing weaker.
+    if root.as_deref() == Some("system") {
+        match mode.as_deref() {
+            None | Some("verify-full") => mode = Some("verify-full".into()),
+            Some(other) => {
+                return Err(StoreError::Backend(format!(
+                    "the PostgreSQL store URL: sslmode={other} may not be used with \
+                     sslrootcert=system (use verify-full)"
+                )));
+            }
         }
-    } else if url.contains("://") {
-        url.to_string()
-    } else {
-        url.split_whitespace()
-            .filter(|pair| match pair.split_once('=') {
-                Some((key, value)) => !take(key.trim(), value.trim_matches('\'').to_string()),
-                None => true,
-            })
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
+    }
     let (handed, check) = match mode.as_deref() {
-        None | Some("prefer") => ("prefer", None),
-        Some("disable") => ("disable", None),
-        Some("require") => ("require", None),
-        Some("verify-ca") => ("require", Some(Check::Chain)),
-        Some("verify-full") => ("require", Some(Check::ChainAndHost)),
+        // libpq's `allow` tries without TLS first; Kiln tries with it first.
+        None | Some("prefer") | Some("allow") => ("prefer", Check::Nothing),
+        Some("disable") => ("disable", Check::Nothing),
+        // As libpq does, `require` given a root certificate checks the
+        // chain.
+        Some("require") if root.is_some() => ("require", Check::Chain),
+        Some("require") => ("require", Check::Nothing),
+        Some("verify-ca") => ("require", Check::Chain),
+        Some("verify-full") => ("require", Check::ChainAndHost),
         Some(other) => {
             return Err(StoreError::Backend(format!(
-                "the PostgreSQL store URL: sslmode={other} is none of disable, prefer, \
+                "the PostgreSQL store URL: sslmode={other} is none of disable, allow, prefer, \
                  require, verify-ca, verify-full"
             )));
         }
     };
-    // As libpq does, a root certificate given with `prefer` or `require`
-    // has the chain checked.
-    let check = check.unwrap_or(if root.is_some() {
-        Check::Chain
-    } else {
-        Check::Nothing
-    });
     let roots = match root {
         None => Roots::Builtin,
         Some(root) if root == "system" => Roots::Builtin,
         Some(path) => Roots::File(path),
     };
-    let separator = if url.contains("://") {
-        if url.contains('?') { "&" } else { "?" }
+    let url = if is_url {
+        let separator = if rest.contains('?') { "&" } else { "?" };
+        format!("{rest}{separator}sslmode={handed}")
+    } else if rest.trim().is_empty() {
+        format!("sslmode={handed}")
     } else {
-        " "
+        format!("{} sslmode={handed}", rest.trim_end())
     };
-    Ok(Asked {
-        url: format!("{url}{separator}sslmode={handed}"),
-        check,
-        roots,
-    })
+    Ok(Asked { url, check, roots })
+}
+
+/// Whether a setting is one Kiln reads itself.
+fn kilns(key: &str) -> bool {
+    key == "sslmode" || key == "sslrootcert"
+}
+
+/// Takes Kiln's settings out of a URL's query: the URL without them (every
+/// other parameter as it was written), and them, percent-decoded (a `+`
+/// stays a `+`, as `tokio_postgres` reads it).
+fn take_from_query(url: &str) -> (String, Vec<(String, String)>) {
+    let Some((base, query)) = url.split_once('?') else {
+        return (url.to_string(), Vec::new());
+    };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    let mut kept = Vec::new();
+    let mut taken = Vec::new();
+    for segment in query.split('&') {
+        let (key, value) = segment.split_once('=').unwrap_or((segment, ""));
+        let key = decode(key);
+        if kilns(&key) {
+            taken.push((key, decode(value)));
+        } else if !segment.is_empty() {
+            kept.push(segment);
+        }
+    }
+    if kept.is_empty() {
+        (base.to_string(), taken)
+    } else {
+        (format!("{base}?{}", kept.join("&")), taken)
+    }
+}
+
+/// Takes Kiln's settings out of libpq's `key = value` form (spaces around
+/// `=` allowed, a value quoted with `'` and `\` escaping): the string
+/// without them (every other setting as it was written), and them.
+fn take_from_pairs(text: &str) -> Result<(String, Vec<(String, String)>)> {
+    let chars: Vec<(usize, char)> = text.char_indices().collect();
+    let end = text.len();
+    let at = |i: usize| chars.get(i).map_or(end, |(at, _)| *at);
+    let mut rest = String::new();
+    let mut taken = Vec::new();
+    let mut kept_to = 0;
+    let mut i = 0;
+    let malformed =
+        || StoreError::Backend("the PostgreSQL store URL: a setting is not `key=value`".into());
+    loop {
+        while chars.get(i).is_some_and(|(_, c)| c.is_whitespace()) {
+            i += 1;
+        }
+        if i >= chars.len() {
+            break;
+        }
+        let start = i;
+        while chars
+            .get(i)
+            .is_some_and(|(_, c)| !c.is_whitespace() && *c != '=')
+        {
+            i += 1;
+        }
+        let key = &text[at(start)..at(i)];
+        while chars.get(i).is_some_and(|(_, c)| c.is_whitespace()) {
+            i += 1;
+        }
+        if chars.get(i).map(|(_, c)| *c) != Some('=') || key.is_empty() {
+            return Err(malformed());
+        }
+        i += 1;
+        while chars.get(i).is_some_and(|(_, c)| c.is_whitespace()) {
+            i += 1;
+        }
+        let mut value = String::new();
+        if chars.get(i).map(|(_, c)| *c) == Some('\'') {
+            i += 1;
+            loop {
+                match chars.get(i).map(|(_, c)| *c) {
+                    None => return Err(malformed()),
+                    Some('\'') => {
+                        i += 1;
+                        break;
+                    }
+                    Some('\\') => {
+                        value.extend(chars.get(i + 1).map(|(_, c)| *c));
+                        i += 2;
+                    }
+                    Some(c) => {
+                        value.push(c);
+                        i += 1;
+                    }
+                }
+            }
+        } else {
+            while let Some((_, c)) = chars.get(i).filter(|(_, c)| !c.is_whitespace()) {
+                if *c == '\\' {
+                    value.extend(chars.get(i + 1).map(|(_, c)| *c));
+                    i += 2;
+                } else {
+                    value.push(*c);
+                    i += 1;
+                }
+            }
+        }
+        if kilns(key) {
+            rest.push_str(&text[kept_to..at(start)]);
+            kept_to = at(i);
+            taken.push((key.to_string(), value));
+        }
+    }
+    rest.push_str(&text[kept_to..]);
+    Ok((rest, taken))
 }
 
 /// The settings for `url`, with the TLS it asks for.
@@ -311,22 +413,62 @@ mod tests {
             )
         );
         assert_eq!(
-            asks("postgres://kiln@db/kiln?sslmode=require&sslrootcert=%2Fetc%2Fca.pem"),
+            asks("postgresql://kiln@db/kiln?sslmode=require&sslrootcert=%2Fetc%2Fa+b.pem"),
             (
-                "postgres://kiln@db/kiln?sslmode=require".into(),
+                "postgresql://kiln@db/kiln?sslmode=require".into(),
                 Check::Chain,
-                Roots::File("/etc/ca.pem".into())
+                Roots::File("/etc/a+b.pem".into())
             )
         );
         assert_eq!(
-            asks("host=db user=kiln sslmode=verify-ca sslrootcert=system"),
+            asks("postgres://db/kiln?sslmode=prefer&sslrootcert=ca.pem").1,
+            Check::Nothing,
+            "libpq's prefer never checks"
+        );
+        assert_eq!(
+            asks("host=db user=kiln sslmode=verify-ca sslrootcert=ca.pem"),
             (
                 "host=db user=kiln sslmode=require".into(),
                 Check::Chain,
-                Roots::Builtin
+                Roots::File("ca.pem".into())
             )
         );
         assert_eq!(asks("host=db sslmode=disable").0, "host=db sslmode=disable");
+        assert_eq!(asks("sslmode=allow").0, "sslmode=prefer");
+    }
+
+    #[test]
+    fn every_other_setting_is_left_as_written() {
+        // A `+` and escapes mean what tokio_postgres reads them as.
+        assert_eq!(
+            asks("postgres://db/kiln?options=-c%20a%3D1&application_name=my+app&sslmode=require").0,
+            "postgres://db/kiln?options=-c%20a%3D1&application_name=my+app&sslmode=require"
+        );
+        // Spaces around `=`, quotes and escapes in libpq's form.
+        assert_eq!(
+            asks("host = db  sslmode = 'verify-full'  options='-c a=1' sslrootcert=c\\ a.pem"),
+            (
+                "host = db    options='-c a=1' sslmode=require".into(),
+                Check::ChainAndHost,
+                Roots::File("c a.pem".into())
+            )
+        );
+        assert!(asked("host=db sslmode").is_err());
+        assert!(asked("host='db").is_err());
+    }
+
+    #[test]
+    fn the_system_roots_check_the_host_name_as_libpq_does() {
+        assert_eq!(
+            asks("postgres://db/kiln?sslrootcert=system"),
+            (
+                "postgres://db/kiln?sslmode=require".into(),
+                Check::ChainAndHost,
+                Roots::Builtin
+            )
+        );
+        let weaker = asked("postgres://db/kiln?sslrootcert=system&sslmode=verify-ca").unwrap_err();
+        assert!(weaker.to_string().contains("verify-full"), "{weaker}");
     }
 
     #[test]
