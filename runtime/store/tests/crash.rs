@@ -63,11 +63,11 @@ fn keys_until_killed(
     process.kill().unwrap();
     let status = process.wait().unwrap();
     if keys.len() < count {
-        let mut said = String::new();
+        let mut said = Vec::new();
         let mut stderr = stderr;
         stderr.seek(SeekFrom::Start(0)).unwrap();
-        stderr.read_to_string(&mut said).unwrap();
-        let tail = &said[said.len().saturating_sub(4_000)..];
+        stderr.read_to_end(&mut said).unwrap();
+        let tail = String::from_utf8_lossy(&said[said.len().saturating_sub(4_000)..]);
         panic!(
             "the child printed {} of {count} keys, then stopped ({status}); it said:\n{tail}",
             keys.len()
@@ -194,8 +194,9 @@ fn reader_crash_child() {
                     .push_back(writer.commit(vec![Op::Put(key.into_bytes(), vec![1; 200])]));
                 if unacknowledged.len() > IN_FLIGHT
                     && let Some(oldest) = unacknowledged.pop_front()
-                    && oldest.await.is_err()
+                    && let Err(error) = oldest.await
                 {
+                    eprintln!("a commit failed: {error}");
                     return;
                 }
                 if n % 64 == 0 {
@@ -206,7 +207,8 @@ fn reader_crash_child() {
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(7)).await;
             let last = backend.last_with_prefix(b"u/").unwrap();
-            if backend.settled().await.is_err() {
+            if let Err(error) = backend.settled().await {
+                eprintln!("settling failed: {error}");
                 break;
             }
             if let Some((key, _)) = last {
