@@ -40,24 +40,40 @@ const FORGET_AFTER_SECS: f64 = 600.0;
 /// for a paused process), so a standby ends it.
 const LEADER_LEASE: Duration = Duration::from_secs(10);
 
-/// Ends the session that holds the owner lock in this database when the
-/// row naming it was last refreshed over `$2` seconds ago; the node's id
-/// for each session ended. Ending the session lets the lock go, so the
-/// standby waiting longest takes over, and fences the old leader: every
-/// write it makes goes through that session, and a node whose store
-/// connection is lost stops.
+/// The session that holds the owner lock in this database and the row
+/// naming it: the node, its session's process id, when the row was last
+/// refreshed (as text, to compare exactly) and how many seconds ago.
 ///
 /// A row left by a node that died names a session that ended; should
 /// PostgreSQL give its process id to a new session, the row predates that
-/// session's start, and is not taken for it.
-const END_STALE_LEADER: &str = "SELECT n.node, pg_terminate_backend(l.pid) \
+/// session's start, and is not taken for it. (`backend_start` is hidden
+/// from sessions of other roles unless they may read all statistics; then
+/// that check is skipped.)
+const LEADER_ROW: &str = "SELECT n.node, l.pid, n.seen::text, \
+     extract(epoch FROM clock_timestamp() - n.seen)::float8 \
      FROM pg_locks l JOIN kiln_nodes n ON n.session = l.pid \
-     JOIN pg_stat_activity a ON a.pid = l.pid AND n.seen > a.backend_start \
+     LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
      WHERE l.locktype = 'advisory' AND l.granted \
+     AND (a.backend_start IS NULL OR a.backend_start < n.seen) \
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND l.classid = ($1::bigint >> 32)::oid \
-     AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1 \
-     AND n.seen < now() - make_interval(secs => $2)";
+     AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1";
+
+/// Ends session `$2` if it still holds the owner lock and its row was last
+/// refreshed at `$3` still. Ending the session lets the lock go, so the
+/// standby waiting longest takes over, and fences the old leader: every
+/// write it makes goes through that session, and a node whose store
+/// connection is lost stops.
+const END_LEADER: &str = "SELECT pg_terminate_backend(l.pid) \
+     FROM pg_locks l JOIN kiln_nodes n ON n.session = l.pid \
+     WHERE l.pid = $2 AND n.seen::text = $3 AND l.locktype = 'advisory' AND l.granted \
+     AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
+     AND l.classid = ($1::bigint >> 32)::oid \
+     AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1";
+
+/// How long one beat's statements may take: a beat that takes longer
+/// fails, and the connection is made again.
+const BEAT_LIMIT: Duration = Duration::from_secs(2);
 
 /// A node of the cluster, as its row says.
 #[derive(Debug, Clone, PartialEq, serde::Serialize)]
@@ -113,10 +129,11 @@ impl std::fmt::Debug for Membership {
 /// The nodes' rows, with whether each leads, from PostgreSQL's lock table:
 /// the owner lock, in this database, held by the session the row names
 /// (and written since that session started: a dead node's row naming a
-/// process id PostgreSQL gave a new session is not).
+/// process id PostgreSQL gave a new session is not; see [`LEADER_ROW`]).
 const NODES: &str = "SELECT n.node, n.url, n.keys, \
-     EXISTS (SELECT 1 FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid \
-             WHERE l.locktype = 'advisory' AND l.granted AND a.backend_start < n.seen \
+     EXISTS (SELECT 1 FROM pg_locks l LEFT JOIN pg_stat_activity a ON a.pid = l.pid \
+             WHERE l.locktype = 'advisory' AND l.granted \
+             AND (a.backend_start IS NULL OR a.backend_start < n.seen) \
              AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
              AND l.pid = n.session AND l.classid = ($1::bigint >> 32)::oid \
              AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1), \
@@ -323,7 +340,8 @@ impl Drop for Membership {
 /// Refreshes `node`'s row every [`HEARTBEAT`] on a connection of its own
 /// (a slow query of the status never delays it), writing it again if it
 /// went, and forgets nodes long gone. A heartbeat that fails is logged;
-/// the next tries again.
+/// the next tries again. On a standby, each beat also watches the leader's
+/// row ([`Lease`]).
 async fn heartbeat(
     url: String,
     node: String,
@@ -331,6 +349,7 @@ async fn heartbeat(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let mut client = None;
+    let mut lease = Lease::default();
     loop {
         tokio::select! {
             _ = tokio::time::sleep(HEARTBEAT) => {}
@@ -341,72 +360,145 @@ async fn heartbeat(
         }
         if client.is_none() {
             client = match connection_config(&url) {
-                Ok(config) => match config.connect().await {
-                    Ok((c, connection)) => {
+                Ok(config) => match tokio::time::timeout(BEAT_LIMIT * 5, config.connect()).await {
+                    Ok(Ok((c, connection))) => {
                         tokio::spawn(connection);
-                        Some(c)
+                        // A beat need not wait for the disk: a row lost
+                        // in a database crash is written again.
+                        match c.batch_execute("SET synchronous_commit = off").await {
+                            Ok(()) => Some(c),
+                            Err(error) => {
+                                tracing::warn!(%error, "the cluster's heartbeat could not set up its connection");
+                                None
+                            }
+                        }
                     }
-                    Err(error) => {
+                    Ok(Err(error)) => {
                         tracing::warn!(%error, "the cluster's heartbeat could not connect");
                         None
                     }
+                    Err(_) => {
+                        tracing::warn!("the cluster's heartbeat could not connect in time");
+                        None
+                    }
                 },
-                Err(_) => None,
+                Err(error) => {
+                    tracing::warn!(%error, "the cluster's heartbeat could not connect");
+                    None
+                }
             };
         }
-        let Some(c) = &client else { continue };
-        let Row {
-            url: node_url,
-            keys,
-            session,
-        } = row.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let beat = c
-            .execute(
-                "INSERT INTO kiln_nodes (node, url, keys, session) VALUES ($1, $2, $3, $4) \
-                 ON CONFLICT (node) DO UPDATE SET seen = now()",
-                &[&node, &node_url, &keys, &session],
-            )
-            .await;
-        let forget = c
-            .execute(
-                "DELETE FROM kiln_nodes WHERE seen < now() - make_interval(secs => $1)",
-                &[&FORGET_AFTER_SECS],
-            )
-            .await;
-        if let Err(error) = beat.and(forget) {
-            tracing::warn!(%error, "the cluster's heartbeat failed");
-            client = None;
+        let Some(c) = &client else {
+            lease = Lease::default();
             continue;
+        };
+        let current = row.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        let leads = current.session.is_some();
+        let beat = tokio::time::timeout(BEAT_LIMIT, beat(c, &node, current)).await;
+        match beat {
+            Ok(Ok(())) => {}
+            failed => {
+                match failed {
+                    Ok(Err(error)) => tracing::warn!(%error, "the cluster's heartbeat failed"),
+                    _ => tracing::warn!("the cluster's heartbeat took over {BEAT_LIMIT:?}"),
+                }
+                client = None;
+                // The watch of the leader needs beats that went through.
+                lease = Lease::default();
+                continue;
+            }
         }
-        if session.is_none() {
-            end_stale_leader(c).await;
+        if !leads {
+            lease.watch(c).await;
         }
     }
 }
 
-/// Ends the leader's session if its row is older than [`LEADER_LEASE`]
-/// (see [`END_STALE_LEADER`]). A standby's heartbeat calls it after each
-/// beat; several standbys ending the same session is harmless.
-async fn end_stale_leader(client: &Client) {
-    let lease = LEADER_LEASE.as_secs_f64();
-    match client.query(END_STALE_LEADER, &[&OWNER_LOCK, &lease]).await {
-        Ok(rows) => {
-            for row in rows {
-                let node: String = row.get(0);
-                let ended: bool = row.get(1);
-                tracing::warn!(
-                    leader = %node,
-                    ended,
-                    "the leader has not been seen for {lease} s: its database session is \
-                     ended, so a standby takes over and it can write no more"
-                );
+/// One beat: the row refreshed (or written again), nodes long gone
+/// forgotten.
+async fn beat(client: &Client, node: &str, row: Row) -> Result<()> {
+    client
+        .execute(
+            "INSERT INTO kiln_nodes (node, url, keys, session) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (node) DO UPDATE SET seen = clock_timestamp()",
+            &[&node, &row.url, &row.keys, &row.session],
+        )
+        .await
+        .map_err(|e| pg_error("refreshing the node's row", e))?;
+    client
+        .execute(
+            "DELETE FROM kiln_nodes WHERE seen < now() - make_interval(secs => $1)",
+            &[&FORGET_AFTER_SECS],
+        )
+        .await
+        .map_err(|e| pg_error("forgetting nodes long gone", e))?;
+    Ok(())
+}
+
+/// A standby's watch of the leader's row. The leader's session is ended
+/// once its row has stayed the same through [`LEADER_LEASE`] of this
+/// node's own beats, each of which went through (so a database that
+/// stalled everyone, or a standby cut off from it, fences nobody), and is
+/// that old by the database's clock too.
+#[derive(Default)]
+struct Lease {
+    /// The leader's node, session and row's time, and when this node first
+    /// read them so.
+    seen: Option<(String, i32, String, std::time::Instant)>,
+}
+
+impl Lease {
+    /// Reads the leader's row; ends its session if the lease ran out.
+    async fn watch(&mut self, client: &Client) {
+        let read =
+            tokio::time::timeout(BEAT_LIMIT, client.query_opt(LEADER_ROW, &[&OWNER_LOCK])).await;
+        let row = match read {
+            Ok(Ok(row)) => row,
+            Ok(Err(error)) => {
+                tracing::warn!(error = %pg_error("reading the leader's row", error), "watching the leader failed");
+                self.seen = None;
+                return;
             }
+            Err(_) => {
+                self.seen = None;
+                return;
+            }
+        };
+        let Some(row) = row else {
+            self.seen = None;
+            return;
+        };
+        let (node, pid, at, age): (String, i32, String, f64) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let since = match &self.seen {
+            Some((n, p, a, since)) if *n == node && *p == pid && *a == at => *since,
+            _ => {
+                self.seen = Some((node, pid, at, std::time::Instant::now()));
+                return;
+            }
+        };
+        let lease = LEADER_LEASE.as_secs_f64();
+        if since.elapsed() < LEADER_LEASE || age < lease {
+            return;
         }
-        Err(error) => tracing::warn!(
-            %error,
-            "the leader has not been seen for {lease} s, and its database session could not \
-             be ended (the nodes' role must be the leader's, or a member of \
-             pg_signal_backend)"
-        ),
+        let ended = client.query(END_LEADER, &[&OWNER_LOCK, &pid, &at]).await;
+        match ended.map(|rows| rows.first().map(|row| row.get::<_, bool>(0))) {
+            Ok(Some(ended)) => tracing::warn!(
+                leader = %node,
+                ended,
+                "the leader has not been seen for {age:.0} s: its database session is ended, \
+                 so a standby takes over and it can write no more"
+            ),
+            // It refreshed its row, or let the lock go, meanwhile.
+            Ok(None) => {}
+            Err(error) => tracing::warn!(
+                leader = %node,
+                error = %pg_error("ending the leader's session", error),
+                "the leader has not been seen for {age:.0} s, and its database session could \
+                 not be ended (the nodes' role must be the leader's, or a member of \
+                 pg_signal_backend)"
+            ),
+        }
+        self.seen = None;
     }
 }

@@ -134,15 +134,15 @@ async fn a_dead_nodes_row_naming_a_reused_session_is_neither_leader_nor_ended() 
         .await
         .expect("the store is free");
     let session = owner.owner_session();
-    // A node that died an hour ago named a session whose process id
-    // PostgreSQL has since given to the owner's: its row is long past the
-    // leader's lease, and older than the session.
+    // A node that died a minute ago named a session whose process id
+    // PostgreSQL has since given to the owner's: its row is past the
+    // leader's lease, older than the session, and not yet forgotten.
     server.query(
         &url,
         &format!(
             "INSERT INTO kiln_nodes (node, url, keys, session, started_at, seen) \
              VALUES ('ghost', 'http://ghost', 'keys', {session}, \
-             now() - interval '2 hours', now() - interval '1 hour')"
+             now() - interval '2 minutes', now() - interval '1 minute')"
         ),
     );
     assert_eq!(
@@ -151,14 +151,15 @@ async fn a_dead_nodes_row_naming_a_reused_session_is_neither_leader_nor_ended() 
         "the ghost does not lead"
     );
 
-    // The standby's heartbeat, which ends a stale leader's session, beats
-    // twice more: the owner's session is still there.
+    // The standby's heartbeat, which ends a leader's session once its row
+    // stayed the same through ten seconds of beats, beats thirteen times
+    // more: the owner's session is still there.
     let seen = |server: &postgres::Postgres| {
         server.query(&url, "SELECT seen FROM kiln_nodes WHERE node = 'standby'")
     };
     let mut beats = vec![seen(&server)];
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while beats.len() < 3 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while beats.len() < 14 {
         assert!(Instant::now() < deadline, "the standby's heartbeat stopped");
         tokio::time::sleep(Duration::from_millis(50)).await;
         let now = seen(&server);
@@ -171,5 +172,7 @@ async fn a_dead_nodes_row_naming_a_reused_session_is_neither_leader_nor_ended() 
         &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {session}"),
     );
     assert_eq!(alive, "1", "the owner's session was ended");
+    let ghost = server.query(&url, "SELECT count(*) FROM kiln_nodes WHERE node = 'ghost'");
+    assert_eq!(ghost, "1", "the ghost's row was there all along");
     drop(owner);
 }

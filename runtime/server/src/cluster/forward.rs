@@ -142,6 +142,20 @@ pub(super) async fn to_leader(cluster: &Arc<Cluster>, request: Request) -> Respo
     let mut tries = 0;
     let answer = loop {
         tries += 1;
+        // The lead may have moved while the body was read, or before a
+        // try again: nothing went yet, so the request goes to the node
+        // that leads now.
+        if let Some(now) = cluster.leader()
+            && now.node != leader.node
+        {
+            if now.node == cluster.node() {
+                return retry_soon(format!(
+                    "node {} is taking over the cluster; retry",
+                    cluster.node()
+                ));
+            }
+            leader = now;
+        }
         let url = format!("{}{path}", leader.url.trim_end_matches('/'));
         let mut outgoing = cluster.http.request(parts.method.clone(), &url);
         for (name, value) in &parts.headers {
@@ -161,9 +175,16 @@ pub(super) async fn to_leader(cluster: &Arc<Cluster>, request: Request) -> Respo
             .send();
         // A leader that stops answering (paused, cut off) keeps the
         // connection open; once another node leads, it is given up.
+        // Watched only once a connection is surely made (the client's
+        // connect timeout has passed): a request still unsent goes to the
+        // new leader by the connect error's path below.
+        let given_up = async {
+            tokio::time::sleep(super::CONNECT_TIMEOUT).await;
+            moved_from(cluster, &leader.node).await
+        };
         let sent = tokio::select! {
             sent = sending => sent,
-            now = moved_from(cluster, &leader.node) => {
+            now = given_up => {
                 tracing::warn!(leader = %leader.node, now = %now.node, "the leader stopped answering a forwarded request and another node leads");
                 // A read changes nothing: the new leader answers it (this
                 // node, once it serves: the client sends it again).

@@ -33,6 +33,9 @@ use tower::ServiceExt;
 /// How often a node reads who leads.
 const WATCH_LEADER: Duration = Duration::from_millis(200);
 
+/// How long forwarding waits for a connection to the leader.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
 /// The header a forwarded request carries (the forwarding node's id), so
 /// it is never forwarded twice.
 pub(crate) const FORWARDED_BY: &str = "x-kiln-forwarded-by";
@@ -65,7 +68,7 @@ impl Cluster {
         // goes through a proxy; a leader whose host vanished under a long
         // poll or a realtime stream is noticed by keepalives.
         let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
+            .connect_timeout(CONNECT_TIMEOUT)
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_keepalive(Duration::from_secs(10))
             .redirect(reqwest::redirect::Policy::none())
@@ -166,10 +169,11 @@ impl Cluster {
         hub: Arc<Hub>,
         api: Router,
     ) -> kiln_store::Result<()> {
-        self.membership.lead(session, keys).await?;
+        // Serving first: once the row says this node leads, the others
+        // forward to it, and must find it serving.
         *self.hub.write().unwrap_or_else(|p| p.into_inner()) = Some(hub);
         *self.serving.write().unwrap_or_else(|p| p.into_inner()) = Some(api);
-        Ok(())
+        self.membership.lead(session, keys).await
     }
 
     /// Marks this node as holding the store's lock: it leads from now on,
