@@ -57,7 +57,8 @@ const LEADER_ROW: &str = "SELECT n.node, l.pid, n.seen::text, \
      AND (a.backend_start IS NULL OR a.backend_start < n.seen) \
      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database()) \
      AND l.classid = ($1::bigint >> 32)::oid \
-     AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1";
+     AND l.objid = ($1::bigint & 4294967295)::oid AND l.objsubid = 1 \
+     ORDER BY n.seen DESC LIMIT 1";
 
 /// Ends session `$2` if it still holds the owner lock and its row was last
 /// refreshed at `$3` still. Ending the session lets the lock go, so the
@@ -363,12 +364,24 @@ async fn heartbeat(
                 Ok(config) => match tokio::time::timeout(BEAT_LIMIT * 5, config.connect()).await {
                     Ok(Ok((c, connection))) => {
                         tokio::spawn(connection);
-                        // A beat need not wait for the disk: a row lost
-                        // in a database crash is written again.
-                        match c.batch_execute("SET synchronous_commit = off").await {
-                            Ok(()) => Some(c),
-                            Err(error) => {
+                        // A beat need not wait for the disk (a row lost in
+                        // a database crash is written again), and the
+                        // database gives up a beat's statement when the
+                        // heartbeat does.
+                        let setup = c.batch_execute(
+                            "SET synchronous_commit = off; SET statement_timeout = 2000; \
+                             SET lock_timeout = 2000",
+                        );
+                        match tokio::time::timeout(BEAT_LIMIT, setup).await {
+                            Ok(Ok(())) => Some(c),
+                            Ok(Err(error)) => {
                                 tracing::warn!(%error, "the cluster's heartbeat could not set up its connection");
+                                None
+                            }
+                            Err(_) => {
+                                tracing::warn!(
+                                    "the cluster's heartbeat could not set up its connection in time"
+                                );
                                 None
                             }
                         }
@@ -481,7 +494,12 @@ impl Lease {
         if since.elapsed() < LEADER_LEASE || age < lease {
             return;
         }
-        let ended = client.query(END_LEADER, &[&OWNER_LOCK, &pid, &at]).await;
+        let ended = tokio::time::timeout(
+            BEAT_LIMIT,
+            client.query(END_LEADER, &[&OWNER_LOCK, &pid, &at]),
+        )
+        .await
+        .unwrap_or_else(|_| Ok(Vec::new()));
         match ended.map(|rows| rows.first().map(|row| row.get::<_, bool>(0))) {
             Ok(Some(ended)) => tracing::warn!(
                 leader = %node,

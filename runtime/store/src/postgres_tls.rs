@@ -136,10 +136,9 @@ fn asked(url: &str) -> Result<Asked> {
     let url = if is_url {
         let separator = if rest.contains('?') { "&" } else { "?" };
         format!("{rest}{separator}sslmode={handed}")
-    } else if rest.trim().is_empty() {
-        format!("sslmode={handed}")
     } else {
-        format!("{} sslmode={handed}", rest.trim_end())
+        // First, so a trailing backslash in the rest escapes nothing of it.
+        format!("sslmode={handed} {rest}")
     };
     Ok(Asked { url, check, roots })
 }
@@ -428,13 +427,16 @@ mod tests {
         assert_eq!(
             asks("host=db user=kiln sslmode=verify-ca sslrootcert=ca.pem"),
             (
-                "host=db user=kiln sslmode=require".into(),
+                "sslmode=require host=db user=kiln  ".into(),
                 Check::Chain,
                 Roots::File("ca.pem".into())
             )
         );
-        assert_eq!(asks("host=db sslmode=disable").0, "host=db sslmode=disable");
-        assert_eq!(asks("sslmode=allow").0, "sslmode=prefer");
+        assert_eq!(
+            asks("host=db sslmode=disable").0,
+            "sslmode=disable host=db "
+        );
+        assert_eq!(asks("sslmode=allow").0, "sslmode=prefer ");
     }
 
     #[test]
@@ -448,10 +450,15 @@ mod tests {
         assert_eq!(
             asks("host = db  sslmode = 'verify-full'  options='-c a=1' sslrootcert=c\\ a.pem"),
             (
-                "host = db    options='-c a=1' sslmode=require".into(),
+                "sslmode=require host = db    options='-c a=1' ".into(),
                 Check::ChainAndHost,
                 Roots::File("c a.pem".into())
             )
+        );
+        // A trailing backslash escapes nothing Kiln adds.
+        assert_eq!(
+            asks("sslmode=verify-full password=abc\\").0,
+            "sslmode=require  password=abc\\"
         );
         assert!(asked("host=db sslmode").is_err());
         assert!(asked("host='db").is_err());

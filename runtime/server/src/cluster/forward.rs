@@ -16,6 +16,7 @@ use axum::http::{HeaderName, Method, header};
 use axum::response::{IntoResponse, Response};
 use kiln_store::Node;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Bodies up to this size are read before they are forwarded, so they can
 /// be sent again to a node that took over.
@@ -176,13 +177,14 @@ pub(super) async fn to_leader(cluster: &Arc<Cluster>, request: Request) -> Respo
         // A leader that stops answering (paused, cut off) keeps the
         // connection open; once another node leads, it is given up.
         // Watched only once a connection is surely made (the client's
-        // connect timeout has passed): a request still unsent goes to the
-        // new leader by the connect error's path below.
+        // connect timeout has passed, with a margin): a request still
+        // unsent goes to the new leader by the connect error's path below.
         let given_up = async {
-            tokio::time::sleep(super::CONNECT_TIMEOUT).await;
+            tokio::time::sleep(super::CONNECT_TIMEOUT + Duration::from_millis(500)).await;
             moved_from(cluster, &leader.node).await
         };
         let sent = tokio::select! {
+            biased;
             sent = sending => sent,
             now = given_up => {
                 tracing::warn!(leader = %leader.node, now = %now.node, "the leader stopped answering a forwarded request and another node leads");
