@@ -4,7 +4,7 @@
 //! snapshots and journals, a queue's limit holds across the nodes, and
 //! each cron occurrence fires once.
 
-use crate::harness::{Kiln, data_dir};
+use crate::harness::{Kiln, data_dir, host_calls};
 use crate::pg_server::Postgres;
 use crate::schedules::{create_ok, fired_runs, ms, wait_for_runs};
 use reqwest::Method;
@@ -255,10 +255,7 @@ async fn any_node_serves_and_a_killed_leaders_runs_complete_once_on_another() {
         assert_eq!(run["attemptCount"], 1, "{run}");
         assert_eq!(run["output"]["draws"].as_array().map(Vec::len), Some(3));
         let entries = standby.journal(id).await;
-        let draws = entries
-            .iter()
-            .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
-            .count();
+        let draws = host_calls(&entries, "random-bytes");
         assert_eq!(draws, 3, "each draw journaled once: {entries:?}");
         assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{id}");
     }
@@ -391,7 +388,7 @@ async fn a_leader_stopped_with_sigterm_finishes_its_slices_and_hands_over() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let mut leader = nodes.nodes[0].take().expect("the leader");
-    terminate(&leader);
+    leader.terminate();
     // While it drains, it says it is not ready, and still takes triggers,
     // which it does not start.
     let deadline = Instant::now() + Duration::from_secs(30);
@@ -437,27 +434,13 @@ async fn a_leader_stopped_with_sigterm_finishes_its_slices_and_hands_over() {
     // A standby stopped the same way just leaves.
     let standby = nodes.standby(next);
     let mut standby = nodes.nodes[standby].take().expect("a standby");
-    terminate(&standby);
+    standby.terminate();
     let status = standby
         .exited_within(Duration::from_secs(30))
         .expect("a standby stops at once");
     assert!(status.success(), "{status:?}");
     let (_, view) = cluster(nodes.node(next)).await;
     assert_eq!(view["nodes"].as_array().map(Vec::len), Some(1), "{view}");
-}
-
-/// Sends SIGTERM to a node.
-fn terminate(node: &Kiln) {
-    node.terminate();
-}
-
-/// Sends `signal` (a name `kill` knows) to a node.
-fn signal(node: &Kiln, signal: &str) {
-    let sent = std::process::Command::new("kill")
-        .args([&format!("-{signal}"), &node.pid().to_string()])
-        .status()
-        .expect("kill runs");
-    assert!(sent.success(), "kill -{signal}");
 }
 
 #[tokio::test]
@@ -498,7 +481,7 @@ async fn a_leader_that_stops_answering_is_fenced_and_a_standby_takes_over() {
         .and_then(|n| n["seenSecsAgo"].as_f64())
         .expect("the leader's row");
     let paused = Instant::now();
-    signal(nodes.node(0), "STOP");
+    nodes.node(0).signal("STOP");
     // Reads sent through the standbys meanwhile reach the paused leader
     // and get no answer from it; once another node leads they are
     // answered there (or, on the node taking over, told to retry).
@@ -554,10 +537,7 @@ async fn a_leader_that_stops_answering_is_fenced_and_a_standby_takes_over() {
         let run = node.finished(id).await;
         assert_eq!(run["status"], "COMPLETED", "{run}");
         let entries = node.journal(id).await;
-        let draws = entries
-            .iter()
-            .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
-            .count();
+        let draws = host_calls(&entries, "random-bytes");
         assert_eq!(draws, 3, "each draw journaled once: {entries:?}");
     }
     let id = node
@@ -568,7 +548,7 @@ async fn a_leader_that_stops_answering_is_fenced_and_a_standby_takes_over() {
     // Let go, the old leader finds its session ended and stops, as a node
     // that lost its store's connection does, instead of writing on.
     let mut old = nodes.nodes[0].take().expect("the old leader");
-    signal(&old, "CONT");
+    old.signal("CONT");
     let status = old
         .exited_within(Duration::from_secs(30))
         .expect("the fenced leader stops");

@@ -87,11 +87,16 @@ impl Kiln {
 
     /// Sends the process SIGTERM (a graceful stop).
     pub fn terminate(&self) {
+        self.signal("TERM");
+    }
+
+    /// Sends the process `signal`, a name `kill` knows (`STOP`, `CONT`).
+    pub fn signal(&self, signal: &str) {
         let sent = std::process::Command::new("kill")
-            .args(["-TERM", &self.pid().to_string()])
+            .args([&format!("-{signal}"), &self.pid().to_string()])
             .status()
             .expect("kill runs");
-        assert!(sent.success());
+        assert!(sent.success(), "kill -{signal}");
     }
 
     /// Kills the process with SIGKILL, as a crash would.
@@ -343,4 +348,12 @@ pub fn exited_within(
 /// A fresh data directory.
 pub fn data_dir() -> tempfile::TempDir {
     tempfile::tempdir().expect("a temp dir")
+}
+
+/// How many of a run's journal `entries` are host calls named `call`.
+pub fn host_calls(entries: &[Value], call: &str) -> usize {
+    entries
+        .iter()
+        .filter(|e| e["type"] == "HOST_CALL" && e["call"] == call)
+        .count()
 }

@@ -2,7 +2,7 @@
 //! PostgreSQL database (a throwaway server started by `scripts/postgres`),
 //! through restarts and SIGKILLs.
 
-use crate::harness::{KEY, Kiln, data_dir, exited_within, kiln_bin};
+use crate::harness::{KEY, Kiln, data_dir, exited_within, host_calls, kiln_bin};
 use crate::pg_server::Postgres;
 use serde_json::{Value, json};
 use std::time::{Duration, Instant};
@@ -113,10 +113,7 @@ async fn waiting_runs_killed_with_the_server_complete_once_from_postgres() {
         let draws = run["output"]["draws"].as_array().expect("draws").clone();
         assert_eq!(draws.len(), 3, "{run}");
         let entries = kiln.journal(id).await;
-        let calls = entries
-            .iter()
-            .filter(|e| e["type"] == "HOST_CALL" && e["call"] == "random-bytes")
-            .count();
+        let calls = host_calls(&entries, "random-bytes");
         assert_eq!(calls, 3, "each draw journaled once: {entries:?}");
         assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{id}");
     }
