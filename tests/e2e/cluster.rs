@@ -1,8 +1,9 @@
 //! Three `kiln serve` nodes on one PostgreSQL store: any node answers any
-//! call, one leads and runs everything, and when the leader is killed
-//! (`SIGKILL`) a standby takes over, its runs complete once from their
-//! snapshots and journals, a queue's limit holds across the nodes, and
-//! each cron occurrence fires once.
+//! call, one leads, and every node runs guests; when a node that runs
+//! guests is killed (`SIGKILL`) its runs complete on the others, and when
+//! the leader is killed a standby takes over, its runs complete once from
+//! their snapshots and journals, a queue's limit holds across the nodes,
+//! and each cron occurrence fires once.
 
 use crate::harness::{Kiln, data_dir, host_calls};
 use crate::pg_server::Postgres;
@@ -155,6 +156,44 @@ async fn cluster(node: &Kiln) -> (u16, Value) {
     node.request(Method::GET, "/api/v1/cluster", None).await
 }
 
+/// Each node's share of the work, as the leader tells it through `node`:
+/// `(node, running, slices)`, the leader's first.
+async fn work(node: &Kiln) -> Vec<(String, u64, u64)> {
+    let (status, body) = node
+        .request(Method::GET, "/api/v1/cluster/work", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["work"]
+        .as_array()
+        .expect("work")
+        .iter()
+        .map(|w| {
+            (
+                w["node"].as_str().unwrap_or_default().to_string(),
+                w["running"].as_u64().unwrap_or(0),
+                w["slices"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect()
+}
+
+/// Waits (at most 60 s) until `count` nodes run guests for the leader,
+/// itself included.
+async fn workers(node: &Kiln, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let shares = work(node).await;
+        if shares.len() == count {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{count} nodes did not run guests within 60 s: {shares:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 fn count(entries: &[Value], kind: &str) -> usize {
     entries.iter().filter(|e| e["type"] == kind).count()
 }
@@ -265,6 +304,118 @@ async fn any_node_serves_and_a_killed_leaders_runs_complete_once_on_another() {
         .await;
     let run = nodes.node(leader).finished(&id).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
+}
+
+#[tokio::test]
+async fn every_node_runs_guests_and_a_killed_workers_runs_finish_on_the_others() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    // Waits over 100 ms snapshot the guest, wherever it runs.
+    let mut nodes = Nodes::start(&url, &["--warm-wait-ms", "100"]);
+    assert_eq!(nodes.leader().await, 0);
+    workers(nodes.node(1), 3).await;
+    nodes.node(2).deploy(kiln_fixtures::PROBE).await;
+
+    // Guests on every node make every kind of host call the leader
+    // answers: child runs and waits on them, metadata on the parent and
+    // the root, tags, realtime streams, logs, and waits long enough to
+    // suspend to a snapshot and restore on whichever node runs the next
+    // slice.
+    let mut parents = Vec::new();
+    let mut streams = Vec::new();
+    let mut chatty = Vec::new();
+    for i in 0..3 {
+        let node = nodes.node(i);
+        parents.push(node.trigger_ok("annotate-parent", json!({})).await);
+        let words = json!({"words": ["a", "b", "c"], "gap_ms": 150});
+        streams.push(node.trigger_ok("stream-words", words).await);
+        let lines = json!({"lines": 6, "bytes": 16, "wait_ms": 300});
+        chatty.push(node.trigger_ok("chatty", lines).await);
+    }
+    for id in &parents {
+        let run = nodes.node(1).finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        let metadata = &run["output"];
+        assert_eq!(metadata["children"], 2, "{run}");
+        assert_eq!(metadata["seen"].as_array().map(Vec::len), Some(2), "{run}");
+    }
+    for id in &streams {
+        let run = nodes.node(2).finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        let entries = nodes.node(2).journal(id).await;
+        assert_eq!(host_calls(&entries, "stream-append"), 3, "{entries:?}");
+        assert_eq!(count(&entries, "SUSPENDED"), 3, "{entries:?}");
+    }
+    for id in &chatty {
+        let run = nodes.node(0).finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        // Each line once, from both sides of the suspension.
+        let logs = run["attempts"][0]["logs"].as_array().expect("logs").clone();
+        assert_eq!(logs.len(), 6, "{logs:?}");
+    }
+    let shares = work(nodes.node(2)).await;
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    for (node, _, slices) in &shares {
+        assert!(*slices >= 3, "{node} ran {slices} slices: {shares:?}");
+    }
+
+    // Guests spinning for 3 s between two draws, placed on every node; a
+    // node that runs some for the leader is killed.
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        ids.push(
+            nodes
+                .node(i % 3)
+                .trigger_ok("draw-spin", json!({"spin_ms": 3000}))
+                .await,
+        );
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let victim = loop {
+        let shares = work(nodes.node(0)).await;
+        let running: Vec<&(String, u64, u64)> =
+            shares.iter().skip(1).filter(|(_, r, _)| *r > 0).collect();
+        if let Some((node, _, _)) = running.first() {
+            let (_, view) = cluster(nodes.node(0)).await;
+            let url = view["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .find(|n| n["node"] == json!(node))
+                .and_then(|n| n["url"].as_str())
+                .expect("the worker's url")
+                .to_string();
+            break (1..3)
+                .find(|&i| nodes.node(i).url == url)
+                .expect("the worker is a node of the test");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker ran a guest: {shares:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    for id in &ids {
+        nodes
+            .node(0)
+            .until_journal(id, |e| host_calls(e, "random-bytes") >= 1)
+            .await;
+    }
+    nodes.kill(victim);
+    for id in &ids {
+        let run = nodes.node(0).finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(run["attemptCount"], 1, "{run}");
+        let entries = nodes.node(0).journal(id).await;
+        assert_eq!(
+            host_calls(&entries, "random-bytes"),
+            2,
+            "each draw journaled once: {entries:?}"
+        );
+        assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{entries:?}");
+    }
+    let shares = work(nodes.node(0)).await;
+    assert_eq!(shares.len(), 2, "the killed node left: {shares:?}");
 }
 
 #[tokio::test]

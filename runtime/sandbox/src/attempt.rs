@@ -19,7 +19,7 @@ use wasmtime::{Store, UpdateDeadline};
 const WASM_PAGE: usize = 65_536;
 
 /// A trap: the guest stopped without returning a step.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error, serde::Serialize, serde::Deserialize)]
 pub enum TrapKind {
     /// The guest went past its memory cap.
     #[error(
@@ -52,12 +52,38 @@ pub enum TrapKind {
 }
 
 /// Where a call left the attempt.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub enum StepOutcome {
     /// The guest returned a step.
     Step(Step),
     /// The guest trapped.
     Trap(TrapKind),
+}
+
+/// Where an attempt's logging stands before a slice runs (see
+/// [`Attempt::resume_logs`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct LogCounts {
+    /// Log calls made before the restore point.
+    pub calls: u64,
+    /// Log calls made before the last saved suspension.
+    pub saved_calls: u64,
+    /// Lines the attempt kept so far.
+    pub kept_lines: usize,
+    /// Bytes of those lines, as counted against the caps.
+    pub kept_bytes: usize,
+}
+
+impl LogCounts {
+    /// The counts of `kept` lines, with the calls made so far.
+    pub fn of(calls: u64, saved_calls: u64, kept: &[LogLine]) -> Self {
+        LogCounts {
+            calls,
+            saved_calls,
+            kept_lines: kept.len(),
+            kept_bytes: kept.iter().map(LogLine::size).sum(),
+        }
+    }
 }
 
 /// A live instance of a bundle running one attempt.
@@ -280,11 +306,17 @@ impl Attempt {
     /// last saved suspension (a replay keeps none of those again), and the
     /// lines and bytes kept so far, against the caps.
     pub fn resume_logs(&mut self, calls: u64, saved_calls: u64, kept: &[LogLine]) {
+        let kept = LogCounts::of(calls, saved_calls, kept);
+        self.resume_log_counts(kept);
+    }
+
+    /// [`Attempt::resume_logs`] with the kept lines counted already.
+    pub fn resume_log_counts(&mut self, counts: LogCounts) {
         let logs = &mut self.store.data_mut().logs;
-        logs.calls = calls;
-        logs.saved_calls = saved_calls;
-        logs.kept_lines = kept.len();
-        logs.kept_bytes = kept.iter().map(LogLine::size).sum();
+        logs.calls = counts.calls;
+        logs.saved_calls = counts.saved_calls;
+        logs.kept_lines = counts.kept_lines;
+        logs.kept_bytes = counts.kept_bytes;
     }
 
     /// Host calls made so far.

@@ -7,6 +7,9 @@ pub mod wit {
         world: "kiln:task/bundle",
         imports: { default: async | trappable },
         exports: { default: async },
+        // A cluster's leader hands steps to other nodes: the world's
+        // records and variants go over the wire.
+        additional_derives: [serde::Serialize, serde::Deserialize],
     });
 
     pub use kiln::task::types::{HostError, LogLevel, TaskError, Wait, WaitKind, WakeValue};

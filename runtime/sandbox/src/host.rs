@@ -33,7 +33,7 @@ pub struct HostCallStats {
 }
 
 /// A child run a guest asks for.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ChildRequest {
     /// The task to run.
     pub task: String,
@@ -44,7 +44,7 @@ pub struct ChildRequest {
 }
 
 /// The child runs a spawn created.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct Spawned {
     /// The batch, for a batch trigger.
     pub batch: Option<String>,

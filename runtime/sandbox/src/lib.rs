@@ -25,7 +25,7 @@ mod snapshot;
 mod snapshot_safety;
 mod wasi;
 
-pub use attempt::{Attempt, StepOutcome, TrapKind};
+pub use attempt::{Attempt, LogCounts, StepOutcome, TrapKind};
 pub use bindings::wit;
 pub use bundle::{BundleError, LoadedBundle};
 pub use engine::{Sandbox, SandboxConfig};

@@ -4,7 +4,7 @@ use kiln_manifest::Machine;
 use std::time::Duration;
 
 /// The limits of one attempt.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Limits {
     /// The cap on the guest's linear memory, in bytes.
     pub memory_bytes: u64,

@@ -150,6 +150,28 @@ impl Redactor {
         }
     }
 
+    /// Every form of every value it masks (to give another process's
+    /// redactor the same patterns, with [`Redactor::from_forms`]).
+    pub fn forms(&self) -> Vec<String> {
+        self.inner
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .forms
+            .clone()
+    }
+
+    /// A redactor masking exactly `forms` (those [`Redactor::forms`] gave).
+    pub fn from_forms(forms: Vec<String>) -> Self {
+        let mut patterns = Patterns {
+            forms,
+            finder: Finder::Nothing,
+        };
+        patterns.build();
+        Redactor {
+            inner: Arc::new(RwLock::new(patterns)),
+        }
+    }
+
     /// A redactor of its own with the same patterns: what is added to one
     /// is not added to the other.
     pub fn fork(&self) -> Redactor {

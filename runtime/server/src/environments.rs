@@ -66,6 +66,8 @@ pub struct Hub {
     draining: std::sync::atomic::AtomicBool,
     /// Where finished runs' traces go, when the server exports them.
     traces: Option<crate::traces::Exporter>,
+    /// The cluster's nodes that run guests for this one, when it leads.
+    workers: Option<Arc<crate::cluster::Workers>>,
     environments: RwLock<HashMap<String, AppState>>,
     keys: RwLock<HashMap<String, ApiKey>>,
 }
@@ -84,6 +86,8 @@ struct Parts<'a> {
     traces: Option<&'a crate::traces::Exporter>,
     /// Whether the server drains: the environment starts no run.
     draining: bool,
+    /// The cluster's nodes that run guests for this one.
+    workers: Option<Arc<crate::cluster::Workers>>,
 }
 
 impl Hub {
@@ -96,6 +100,7 @@ impl Hub {
         config: ServerConfig,
         public_url: String,
         admin_key: String,
+        workers: Option<Arc<crate::cluster::Workers>>,
     ) -> anyhow::Result<Arc<Hub>> {
         let root = Store::new(backend.clone()).sealed(seal.clone());
         root.verify_seal_key().await.map_err(|e| {
@@ -119,6 +124,7 @@ impl Hub {
             signing: admin_key.clone(),
             traces: traces.as_ref(),
             draining: false,
+            workers: workers.clone(),
         })
         .await?;
         let keys: HashMap<String, ApiKey> = root
@@ -140,6 +146,7 @@ impl Hub {
             opened: tokio::sync::Mutex::new(()),
             draining: std::sync::atomic::AtomicBool::new(false),
             traces,
+            workers,
             environments: RwLock::new(environments),
             keys: RwLock::new(keys),
         });
@@ -291,6 +298,7 @@ impl Hub {
             signing,
             traces: self.traces.as_ref(),
             draining: self.draining(),
+            workers: self.workers.clone(),
         })
         .await?;
         self.environments
@@ -436,6 +444,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         signing,
         traces,
         draining,
+        workers,
     } = parts;
     // Realtime subscriptions hear of every run a durable commit wrote, and
     // stream readers of every chunk appended.
@@ -478,6 +487,7 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
             default_max_duration: config.default_max_duration,
             budgets: config.budgets,
             memory_budget_mib: config.memory_budget_mib,
+            workers,
         },
     );
     if draining {

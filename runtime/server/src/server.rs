@@ -72,6 +72,7 @@ impl Opening {
             config,
             self.public_url,
             self.secret_key,
+            cluster.map(Cluster::workers),
         )
         .await?;
         Ok((hub, keys))
@@ -280,7 +281,13 @@ async fn join(
         )),
         None => None,
     };
-    let cluster = Cluster::start(membership, opening.secret_key.clone(), keys.clone());
+    let capacity = config.burst_limit().min(u32::MAX as usize) as u32;
+    let cluster = Cluster::start(
+        membership,
+        opening.secret_key.clone(),
+        keys.clone(),
+        capacity,
+    );
     let owned = open_postgres(url, wait, blobs.clone()).await?;
     match owned {
         Some(backend) => {
@@ -292,11 +299,23 @@ async fn join(
             cluster.read_leader().await;
             let cache =
                 (config.compile_cache.clone()).unwrap_or_else(|| config.data_dir.join("compiled"));
+            let mut sandbox = SandboxConfig::new(cache.clone());
+            sandbox.release_idle_after = config.release_idle_after;
             crate::cluster::warm::spawn(
                 url.to_string(),
                 blobs.clone(),
                 cache,
                 Arc::downgrade(&cluster),
+            );
+            // Until it takes over, the node runs the guests the leader
+            // places on it.
+            crate::cluster::worker::spawn(
+                Arc::downgrade(&cluster),
+                crate::cluster::worker::WorkerConfig {
+                    sandbox,
+                    capacity,
+                    key: opening.secret_key.clone(),
+                },
             );
             let standby = cluster.clone();
             let url = url.to_string();

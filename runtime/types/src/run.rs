@@ -113,7 +113,7 @@ impl Attempt {
 
 /// Log lines a slice of an attempt wrote, and how many it dropped past the
 /// attempt's caps.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Logs {
     /// The lines kept.
     pub lines: Vec<LogLine>,

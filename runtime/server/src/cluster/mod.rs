@@ -19,6 +19,12 @@
 mod forward;
 mod status;
 pub(crate) mod warm;
+mod wire;
+pub(crate) mod worker;
+mod workers;
+
+pub(crate) use wire::Room;
+pub(crate) use workers::{LocalPlace, Lost, Placement, RemoteAttempt, Workers};
 
 use crate::api::ApiError;
 use crate::environments::Hub;
@@ -57,12 +63,19 @@ pub(crate) struct Cluster {
     keys: String,
     /// The client forwarded requests go through.
     http: reqwest::Client,
+    /// The nodes that run guests for this node once it leads.
+    workers: Arc<Workers>,
 }
 
 impl Cluster {
     /// This node, a member of the cluster, serving nothing yet; watches
     /// who leads.
-    pub(crate) fn start(membership: Membership, admin_key: String, keys: String) -> Arc<Cluster> {
+    pub(crate) fn start(
+        membership: Membership,
+        admin_key: String,
+        keys: String,
+        capacity: u32,
+    ) -> Arc<Cluster> {
         // Redirects go back to the client as they came (the dashboard's
         // sign-in answers one with its cookie); node-to-node traffic never
         // goes through a proxy; a leader whose host vanished under a long
@@ -84,6 +97,7 @@ impl Cluster {
             admin_key,
             keys,
             http,
+            workers: Workers::new(capacity),
         });
         let watching = Arc::downgrade(&cluster);
         tokio::spawn(async move {
@@ -194,6 +208,11 @@ impl Cluster {
         self.membership.check_keys(keys).await
     }
 
+    /// The nodes that run guests for this node once it leads.
+    pub(crate) fn workers(&self) -> Arc<Workers> {
+        self.workers.clone()
+    }
+
     /// The server's state, once this node leads.
     pub(crate) fn hub(&self) -> Option<Arc<Hub>> {
         self.hub.read().unwrap_or_else(|p| p.into_inner()).clone()
@@ -209,6 +228,8 @@ impl Cluster {
     pub(crate) fn router(self: &Arc<Self>) -> Router {
         Router::new()
             .route("/api/v1/cluster", axum::routing::get(status::serve))
+            .route("/api/v1/cluster/work", axum::routing::get(status::work))
+            .route(worker::ROUTE, axum::routing::get(status::connect_worker))
             .fallback(dispatch)
             .with_state(self.clone())
     }

@@ -145,6 +145,28 @@ pub(crate) fn exceeded(what: &str, used: u64, limit: u64, name: &str) -> String 
     )
 }
 
+/// `Err` naming the limit once a journal of `entries` entries and `bytes`
+/// bytes is past `max_entries` or `max_bytes`.
+pub(crate) fn journal_within(
+    entries: u64,
+    bytes: u64,
+    max_entries: u64,
+    max_bytes: u64,
+) -> Result<(), String> {
+    if entries >= max_entries {
+        return Err(exceeded(
+            "journal entries",
+            entries,
+            max_entries,
+            "journal-entries",
+        ));
+    }
+    if bytes >= max_bytes {
+        return Err(exceeded("journal bytes", bytes, max_bytes, "journal-bytes"));
+    }
+    Ok(())
+}
+
 /// What one run has used of its budgets, counted from its journal.
 #[derive(Debug, Default)]
 pub(crate) struct Usage {
@@ -200,25 +222,20 @@ impl Usage {
 
     /// `Err` naming the limit once the journal is past a budget.
     pub(crate) fn check_journal(&self, budgets: &Budgets) -> Result<(), String> {
-        let entries = self.entries.load(Ordering::Relaxed);
-        if entries >= budgets.journal_entries {
-            return Err(exceeded(
-                "journal entries",
-                entries,
-                budgets.journal_entries,
-                "journal-entries",
-            ));
-        }
-        let bytes = self.bytes.load(Ordering::Relaxed);
-        if bytes >= budgets.journal_bytes {
-            return Err(exceeded(
-                "journal bytes",
-                bytes,
-                budgets.journal_bytes,
-                "journal-bytes",
-            ));
-        }
-        Ok(())
+        journal_within(
+            self.entries.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+            budgets.journal_entries,
+            budgets.journal_bytes,
+        )
+    }
+
+    /// The entries and bytes of the run's journal.
+    pub(crate) fn journal(&self) -> (u64, u64) {
+        (
+            self.entries.load(Ordering::Relaxed),
+            self.bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// `Err` naming the limit if `children` more child runs (in a batch

@@ -13,6 +13,7 @@
 //!    in one commit.
 
 use super::budgets::{self, Usage};
+use super::guest::Guest;
 use super::interpreter::StepError;
 use super::journal::JournalWriter;
 use super::{Executor, LiveRun, MAX_OUTPUT_BYTES};
@@ -20,8 +21,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use kiln_engine::cursor::{self, Cursor, Rest, Resume, Stepped, WaitRequest};
 use kiln_engine::{EngineError, Event, FailureKind, Input};
+use kiln_sandbox::Limits;
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
-use kiln_sandbox::{Attempt, Limits, Redactor, StepOutcome, TrapKind};
+use kiln_sandbox::{LoadedBundle, LogCounts, Redactor, StepOutcome, TrapKind};
 use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
     AttemptOutcome, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus,
@@ -34,6 +36,21 @@ use std::time::Duration;
 /// Deltas after a full layer before the next snapshot is full again.
 const MAX_DELTAS: usize = 8;
 
+/// How many times a slice's guest may be lost with the node it ran on
+/// before the slice runs its guest here.
+const LOSSES_BEFORE_HERE: u32 = 3;
+
+/// A call on a remote guest's answer, or the slice's end if its node was
+/// lost.
+macro_rules! or_lost {
+    ($call:expr) => {
+        match $call {
+            Ok(value) => value,
+            Err(crate::cluster::Lost) => return Ok(End::Lost),
+        }
+    };
+}
+
 /// Runs one slice of `run_id`.
 pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Result<()> {
     let live = Arc::new(LiveRun {
@@ -41,18 +58,43 @@ pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Resu
         canceled: tokio::sync::Notify::new(),
         is_canceled: AtomicBool::new(false),
     });
-    let Some(run) = claim(executor, run_id, &live).await? else {
+    let Some(mut run) = claim(executor, run_id, &live).await? else {
         return Ok(());
     };
-    let result = match executor.shared.store.journal_sized(run_id) {
-        Ok((records, bytes)) => {
-            let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(1);
-            let usage = Usage::of_journal(&records, bytes);
-            Slice::new(executor, run, live, next_seq, usage)
-                .run(records)
-                .await
+    let mut losses = 0;
+    let result = loop {
+        let ran = match executor.shared.store.journal_sized(run_id) {
+            Ok((records, bytes)) => {
+                let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(1);
+                let usage = Usage::of_journal(&records, bytes);
+                let here = losses >= LOSSES_BEFORE_HERE;
+                Slice::new(executor, run, live.clone(), next_seq, usage, here)
+                    .run(records)
+                    .await
+            }
+            Err(e) => Err(e.into()),
+        };
+        match ran {
+            Ok(Ran::Lost(node)) => {
+                // The node running the guest is gone with everything it
+                // held. The slice starts again from the run's snapshot and
+                // journal: what the lost guest's calls journaled is made
+                // durable first (an empty commit takes the deferred entries
+                // with it), so the next guest replays them.
+                losses += 1;
+                tracing::warn!(run = %run_id, %node, losses, "the node running a run's guest was lost; its slice starts again");
+                if let Err(error) = executor.shared.store.commit(Batch::default()).await {
+                    break Err(error.into());
+                }
+                match executor.shared.store.run(run_id) {
+                    Ok(Some(again)) if again.status == RunStatus::Executing => run = again,
+                    Ok(_) => break Ok(()),
+                    Err(error) => break Err(error.into()),
+                }
+            }
+            Ok(Ran::Ended) => break Ok(()),
+            Err(error) => break Err(error),
         }
-        Err(e) => Err(e.into()),
     };
     executor
         .shared
@@ -114,6 +156,16 @@ enum End {
     Suspended,
     /// The run was canceled while the slice ran.
     Canceled,
+    /// The node running the guest was lost.
+    Lost,
+}
+
+/// How a slice ran.
+enum Ran {
+    /// To its end.
+    Ended,
+    /// Until the node running its guest (named) was lost.
+    Lost(String),
 }
 
 struct Slice<'a> {
@@ -137,6 +189,11 @@ struct Slice<'a> {
     replays: bool,
     /// The metadata and tags the attempt started with.
     started: Option<StartedWith>,
+    /// Whether the guest must run in this process.
+    here: bool,
+    /// The place the guest holds here, or the node it runs on.
+    place: Option<crate::cluster::LocalPlace>,
+    node: String,
 }
 
 impl<'a> Slice<'a> {
@@ -146,6 +203,7 @@ impl<'a> Slice<'a> {
         live: Arc<LiveRun>,
         next_seq: u64,
         usage: Usage,
+        here: bool,
     ) -> Self {
         let attempt_no = run.attempts.last().map(|a| a.number).unwrap_or(1);
         let journal = JournalWriter::new(
@@ -168,10 +226,13 @@ impl<'a> Slice<'a> {
             redactor: Redactor::default(),
             replays: false,
             started: None,
+            here,
+            place: None,
+            node: String::new(),
         }
     }
 
-    async fn run(mut self, records: Vec<JournalRecord>) -> anyhow::Result<()> {
+    async fn run(mut self, records: Vec<JournalRecord>) -> anyhow::Result<Ran> {
         let end = match self.drive(records).await {
             Ok(end) => end,
             Err(message) => End::Event(failure(
@@ -181,9 +242,10 @@ impl<'a> Slice<'a> {
             )),
         };
         match end {
-            End::Event(event) => self.finish(event).await,
-            End::Canceled => self.keep_logs_of_canceled().await,
-            End::Suspended => Ok(()),
+            End::Event(event) => self.finish(event).await.map(|()| Ran::Ended),
+            End::Canceled => self.keep_logs_of_canceled().await.map(|()| Ran::Ended),
+            End::Suspended => Ok(Ran::Ended),
+            End::Lost => Ok(Ran::Lost(std::mem::take(&mut self.node))),
         }
     }
 
@@ -277,10 +339,9 @@ impl<'a> Slice<'a> {
                 ),
             )
         };
-        let mut attempt = bundle
-            .instantiate(limits)
-            .await
-            .map_err(|e| format!("instantiating the bundle failed: {e:#}"))?;
+        let Some(mut attempt) = self.instantiate(bundle, limits).await? else {
+            return Ok(End::Lost);
+        };
         *self
             .live
             .interrupt
@@ -294,18 +355,23 @@ impl<'a> Slice<'a> {
             self.run.root_or_self().clone(),
             self.run.parent_or_self().clone(),
         );
-        attempt.set_journal(Box::new(super::children::AttemptSink {
-            writer: self.journal.clone(),
-            executor: self.executor.clone(),
-            own_parent,
-            parent: self.run.id.clone(),
-            deployment: self.run.deployment_id.clone(),
-            root,
-            depth,
-            attempt: self.attempt_no,
-            redactor: self.redactor.clone(),
-            run_trace: self.run.trace.clone(),
-        }));
+        let writer = self.journal.clone();
+        let room = Box::new(move || writer.room());
+        attempt.set_journal(
+            Box::new(super::children::AttemptSink {
+                writer: self.journal.clone(),
+                executor: self.executor.clone(),
+                own_parent,
+                parent: self.run.id.clone(),
+                deployment: self.run.deployment_id.clone(),
+                root,
+                depth,
+                attempt: self.attempt_no,
+                redactor: self.redactor.clone(),
+                run_trace: self.run.trace.clone(),
+            }),
+            room,
+        );
         attempt.set_redactor(self.redactor.clone());
         let mut replay = resume.replay;
         super::fetch::unmask_replay(&mut replay, &shared.store, &self.run.id, self.attempt_no)?;
@@ -315,11 +381,15 @@ impl<'a> Slice<'a> {
             .attempts
             .last()
             .map_or(&[][..], |a| a.logs.as_slice());
-        attempt.resume_logs(resume.restored_log_calls, resume.saved_log_calls, kept);
+        attempt.resume_logs(LogCounts::of(
+            resume.restored_log_calls,
+            resume.saved_log_calls,
+            kept,
+        ));
 
         let mut outcome = match image {
             Some(image) => {
-                if let Err(trap) = attempt.restore(image).await {
+                if let Err(trap) = or_lost!(attempt.restore(image).await) {
                     return Err(format!("restoring the run's snapshot failed: {trap}"));
                 }
                 crate::metrics::metrics()
@@ -327,7 +397,7 @@ impl<'a> Slice<'a> {
                     .observe(restoring.elapsed().as_secs_f64());
                 None
             }
-            None => Some(attempt.start(&self.start_context()?).await),
+            None => Some(or_lost!(attempt.start(&self.start_context()?).await)),
         };
         loop {
             if let Some(step) = outcome.take()
@@ -342,7 +412,7 @@ impl<'a> Slice<'a> {
                 .at_rest(attempt.replay_mut(), Timestamp::now(), warm_ms)
             {
                 Rest::Wake { id, value } => {
-                    outcome = Some(attempt.resume(&wake(id, value)).await);
+                    outcome = Some(or_lost!(attempt.resume(&wake(id, value)).await));
                 }
                 Rest::Diverged(message) => {
                     return Ok(End::Event(nondeterminism(message, &attempt)));
@@ -406,7 +476,7 @@ impl<'a> Slice<'a> {
                         .commit(batch)
                         .await
                         .map_err(|e| e.to_string())?;
-                    outcome = Some(attempt.resume(&wake(id, value)).await);
+                    outcome = Some(or_lost!(attempt.resume(&wake(id, value)).await));
                 }
                 Rest::Warm { id, due } => {
                     let delay = due.as_millis().saturating_sub(Timestamp::now().as_millis());
@@ -428,7 +498,7 @@ impl<'a> Slice<'a> {
                     };
                     self.journal.append_to(&mut batch, entry);
                     drop(shared.store.commit(batch));
-                    outcome = Some(attempt.resume(&wake(id, WakeValue::Timer)).await);
+                    outcome = Some(or_lost!(attempt.resume(&wake(id, WakeValue::Timer)).await));
                 }
                 Rest::Suspend => return self.suspend(attempt).await,
                 Rest::Deadlock => {
@@ -442,6 +512,58 @@ impl<'a> Slice<'a> {
                     )));
                 }
             }
+        }
+    }
+
+    /// The slice's guest, placed on the node with the most room (this one
+    /// on a single server); `None` if the node it was placed on was lost
+    /// before it started.
+    async fn instantiate(
+        &mut self,
+        bundle: &LoadedBundle,
+        limits: Limits,
+    ) -> Result<Option<Guest>, String> {
+        let shared = &self.executor.shared;
+        let placement = match &shared.config.workers {
+            Some(workers) => workers.place(self.here),
+            None => crate::cluster::Placement::Here,
+        };
+        let link = match placement {
+            crate::cluster::Placement::Remote(link) => link,
+            local => {
+                if let crate::cluster::Placement::Local(place) = local {
+                    self.place = Some(place);
+                }
+                let attempt = bundle
+                    .instantiate(limits)
+                    .await
+                    .map_err(|e| format!("instantiating the bundle failed: {e:#}"))?;
+                return Ok(Some(Guest::Local(Box::new(attempt))));
+            }
+        };
+        let Some(workers) = shared.config.workers.as_ref() else {
+            return Ok(None);
+        };
+        self.node = link.node().to_string();
+        let (store, hash) = (shared.store.clone(), bundle.content_hash().to_string());
+        let bytes = || match store.bundle(&hash) {
+            Ok(Some(bytes)) => Ok(bytes),
+            Ok(None) => Err(format!("the bundle `{hash}` is not in the store")),
+            Err(error) => Err(format!("reading the bundle failed: {error}")),
+        };
+        match workers
+            .open(link, bundle.content_hash(), limits, bytes)
+            .await
+        {
+            Ok(Ok(remote)) => Ok(Some(Guest::Remote(Box::new(remote)))),
+            Ok(Err(error)) => {
+                // Treated as lost: the slice starts again, and after a few
+                // such tries runs here, where a bundle that cannot start
+                // fails the attempt with the reason.
+                tracing::warn!(run = %self.run.id, node = %self.node, %error, "a node could not start a run's guest");
+                Ok(None)
+            }
+            Err(crate::cluster::Lost) => Ok(None),
         }
     }
 
@@ -491,21 +613,19 @@ impl<'a> Slice<'a> {
     /// Runs the cancel hooks of a guest canceled while at rest (in a warm
     /// wait or a fetch). Cancel set the interrupt meant for a running
     /// guest; it is lifted first, or it would stop the hooks at the next tick.
-    async fn canceled_at_rest(&mut self, attempt: &mut Attempt) -> End {
+    async fn canceled_at_rest(&mut self, attempt: &mut Guest) -> End {
         attempt
             .cancel_flag()
             .store(false, std::sync::atomic::Ordering::SeqCst);
-        attempt.cancel("the run was canceled").await;
+        // A guest lost with its node runs no hooks; the run is canceled
+        // all the same.
+        let _ = attempt.cancel("the run was canceled").await;
         self.logs = attempt.take_logs();
         End::Canceled
     }
 
     /// Handles a step. `Some` ends the slice; `None` goes on to the next wake.
-    fn take_step(
-        &mut self,
-        attempt: &mut Attempt,
-        step: StepOutcome,
-    ) -> Result<Option<End>, String> {
+    fn take_step(&mut self, attempt: &mut Guest, step: StepOutcome) -> Result<Option<End>, String> {
         let usage_ms = attempt.used().as_millis() as u64;
         let leftover = self.cursor.finished(attempt.replay_mut());
         let event = match step {
@@ -612,13 +732,13 @@ impl<'a> Slice<'a> {
 
     /// Snapshots the guest, drops the instance and marks the run `WAITING`,
     /// with its timers, in one commit.
-    async fn suspend(&mut self, mut attempt: Attempt) -> Result<End, String> {
+    async fn suspend(&mut self, mut attempt: Guest) -> Result<End, String> {
         if self.replays {
             return self.suspend_for_replay(attempt).await;
         }
         let shared = &self.executor.shared;
         let capturing = std::time::Instant::now();
-        let image = match attempt.capture().await {
+        let image = match or_lost!(attempt.capture().await) {
             Ok(image) => image,
             Err(trap) => {
                 return Ok(End::Event(trap_event(
@@ -695,7 +815,7 @@ impl<'a> Slice<'a> {
     /// Suspends an attempt of a bundle that resumes by replay (one that
     /// imports WASI): no snapshot, only the marker, so the next slice runs
     /// the attempt again from its start with the journal answering.
-    async fn suspend_for_replay(&mut self, mut attempt: Attempt) -> Result<End, String> {
+    async fn suspend_for_replay(&mut self, mut attempt: Guest) -> Result<End, String> {
         let usage_ms = attempt.used().as_millis() as u64;
         let logs = attempt.take_logs();
         let log_calls = attempt.log_calls();
@@ -988,7 +1108,7 @@ fn run_outcome(outcome: kiln_types::RunOutcome) -> wit::RunOutcome {
     }
 }
 
-fn nondeterminism(message: String, attempt: &Attempt) -> Event {
+fn nondeterminism(message: String, attempt: &Guest) -> Event {
     failure(
         FailureKind::System,
         RunError::new("NonDeterminism", message),

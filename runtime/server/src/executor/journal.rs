@@ -49,6 +49,18 @@ impl JournalWriter {
         self.usage.check_journal(&self.budgets)
     }
 
+    /// What the run's journal holds and may hold, for a guest on another
+    /// node to check between two of the leader's answers.
+    pub(crate) fn room(&self) -> crate::cluster::Room {
+        let (entries, bytes) = self.usage.journal();
+        crate::cluster::Room {
+            entries,
+            bytes,
+            max_entries: self.budgets.journal_entries,
+            max_bytes: self.budgets.journal_bytes,
+        }
+    }
+
     /// The number of the last entry written (0 if none).
     pub(crate) fn last_seq(&self) -> u64 {
         self.next.load(Ordering::SeqCst) - 1

@@ -31,6 +31,7 @@ mod dispatch;
 mod driver;
 mod env;
 mod fetch;
+mod guest;
 mod guests;
 mod interpreter;
 mod journal;
@@ -93,6 +94,29 @@ pub struct ExecutorConfig {
     /// The memory all executing runs together may use, in MiB, counted by
     /// their machines' caps (`None`: no budget).
     pub memory_budget_mib: Option<u64>,
+    /// The nodes of the cluster that run guests for this leader (`None` on
+    /// a single server).
+    pub(crate) workers: Option<Arc<crate::cluster::Workers>>,
+}
+
+/// Runs a guest's work (a slice, or a guest run for a cluster's leader) on
+/// the guests' runtime.
+pub(crate) fn spawn_guest<F>(work: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    guests::spawn(work)
+}
+
+/// `Err` naming the limit once a journal of `entries` entries and `bytes`
+/// bytes is past `max_entries` or `max_bytes`.
+pub(crate) fn journal_within(
+    entries: u64,
+    bytes: u64,
+    max_entries: u64,
+    max_bytes: u64,
+) -> Result<(), String> {
+    budgets::journal_within(entries, bytes, max_entries, max_bytes)
 }
 
 /// Hands runs to the executor and controls them.

@@ -1,0 +1,406 @@
+//! What a cluster's leader and the nodes that run its slices say to each
+//! other, and how it is framed on the connection between them.
+//!
+//! A standby node opens one connection to the leader (an HTTP upgrade of
+//! `GET /internal/v1/workers`) and runs the guests of the slices the leader
+//! hands it. The leader keeps everything else: it claims the run, reads its
+//! journal and snapshot, answers and journals every host call the guest
+//! makes, and commits the slice's end. Each frame is a JSON message and, for
+//! bundles and memory images, a binary attachment:
+//! `[total length: u32][message length: u32][message][attachment]`, lengths
+//! big-endian.
+
+use kiln_sandbox::wit::kiln::task::types::{StartContext, Wake};
+use kiln_sandbox::{ChildRequest, Limits, LogCounts, StepOutcome, TrapKind};
+use kiln_types::{HostCall, JournalEntry, Logs, RunId, TokenId};
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The protocol's name in the `Upgrade` header.
+pub(crate) const PROTOCOL: &str = "kiln-worker/1";
+
+/// The largest frame either side accepts (a memory image, compressed).
+const MAX_FRAME: usize = u32::MAX as usize;
+
+/// What the leader sends a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker {
+    /// Start a session: instantiate the bundle with this content hash.
+    Open {
+        /// The session's number on this connection.
+        session: u64,
+        /// The bundle's content hash.
+        bundle: String,
+        /// The attempt's limits.
+        limits: Limits,
+    },
+    /// The bytes of a bundle the worker asked for (the attachment).
+    Bundle {
+        /// The session that asked.
+        session: u64,
+        /// The bundle's content hash.
+        hash: String,
+    },
+    /// What the attempt masks and where its logging stands, before its
+    /// first call.
+    Setup {
+        /// The session.
+        session: u64,
+        /// Every form of every secret to mask.
+        redactor: Vec<String>,
+        /// Where logging stands.
+        logs: Option<LogCounts>,
+    },
+    /// One call on the instance.
+    Call {
+        /// The session.
+        session: u64,
+        /// The call.
+        call: Box<Call>,
+        /// The journal entries still to replay, in order.
+        replay: Vec<JournalEntry>,
+        /// Values `env-var` calls in `replay` read, opened: `(sealed, value)`.
+        opened: Vec<(String, String)>,
+        /// What the run has left of its journal budget.
+        room: Room,
+    },
+    /// Interrupt the guest at its next epoch tick.
+    Interrupt {
+        /// The session.
+        session: u64,
+    },
+    /// End the session: drop the instance.
+    Close {
+        /// The session.
+        session: u64,
+    },
+    /// The answer to a host call the worker asked the leader to make.
+    Reply {
+        /// The session.
+        session: u64,
+        /// The request's number.
+        call: u64,
+        /// The answer, or why the call failed.
+        answer: Result<Answer, String>,
+    },
+    /// Are you there?
+    Ping,
+}
+
+/// A call on an instance.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Call {
+    /// Start the attempt.
+    Start(StartContext),
+    /// Deliver a wake.
+    Resume(Wake),
+    /// Make the guest's memory the image attached (zstd-compressed).
+    Restore,
+    /// Run the cancel hooks.
+    Cancel(String),
+    /// Copy the guest's memory (sent back attached, zstd-compressed).
+    Capture,
+}
+
+/// What a run has used of its journal budget, and its limits, so the
+/// worker stops a guest that goes past them between two calls.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub(crate) struct Room {
+    /// Entries the run's journal holds.
+    pub(crate) entries: u64,
+    /// Bytes the run's journal holds.
+    pub(crate) bytes: u64,
+    /// Its limit of entries.
+    pub(crate) max_entries: u64,
+    /// Its limit of bytes.
+    pub(crate) max_bytes: u64,
+}
+
+impl Default for Room {
+    /// No limit.
+    fn default() -> Self {
+        Room {
+            entries: 0,
+            bytes: 0,
+            max_entries: u64::MAX,
+            max_bytes: u64::MAX,
+        }
+    }
+}
+
+/// What a worker sends the leader.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// The first message: who the worker is and how many guests it runs at
+    /// once.
+    Hello {
+        /// The worker's node id.
+        node: String,
+        /// How many sessions it takes at once.
+        capacity: u32,
+    },
+    /// The session's instance is ready.
+    Opened {
+        /// The session.
+        session: u64,
+    },
+    /// The worker needs a bundle's bytes.
+    NeedBundle {
+        /// The session.
+        session: u64,
+        /// The bundle's content hash.
+        hash: String,
+    },
+    /// The session could not start.
+    OpenFailed {
+        /// The session.
+        session: u64,
+        /// Why.
+        error: String,
+    },
+    /// A host call the guest made, to journal.
+    Record {
+        /// The session.
+        session: u64,
+        /// The call and its answer.
+        call: HostCall,
+    },
+    /// A host call for the leader to make and journal.
+    Request {
+        /// The session.
+        session: u64,
+        /// The request's number.
+        call: u64,
+        /// The call.
+        request: Request,
+    },
+    /// A call on the instance ended.
+    Done {
+        /// The session.
+        session: u64,
+        /// How it ended.
+        result: Done,
+        /// The journal entries still to replay.
+        replay: Vec<JournalEntry>,
+        /// Execution time the attempt used so far.
+        used: Duration,
+        /// Log calls the attempt made so far.
+        log_calls: u64,
+        /// Log lines kept since the last call.
+        logs: Logs,
+    },
+    /// Yes.
+    Pong,
+}
+
+/// How a call on an instance ended.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Done {
+    /// A start or a resume: the step.
+    Step(StepOutcome),
+    /// A restore or a cancel, done.
+    Ok,
+    /// A capture: the image is attached.
+    Image,
+    /// A restore or a capture that trapped.
+    Trap(TrapKind),
+}
+
+/// A host call the leader makes for a worker's guest.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Request {
+    /// `trigger` and `batch-trigger`.
+    Spawn {
+        /// The children.
+        children: Vec<ChildRequest>,
+        /// Whether they are one batch.
+        batch: bool,
+    },
+    /// `create-token`.
+    CreateToken {
+        /// The options, as JSON.
+        options: String,
+    },
+    /// `update-metadata`.
+    UpdateMetadata {
+        /// `current`, `parent` or `root`.
+        target: String,
+        /// The operations, as JSON.
+        operations: String,
+    },
+    /// `add-tags`.
+    AddTags {
+        /// The tags.
+        tags: Vec<String>,
+    },
+    /// `stream-append`.
+    StreamAppend {
+        /// The stream.
+        key: String,
+        /// The chunk, as JSON.
+        chunk: String,
+    },
+    /// `env-var`.
+    EnvVar {
+        /// The variable.
+        name: String,
+    },
+}
+
+/// The answer to a [`Request`].
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum Answer {
+    /// The children a spawn created.
+    Spawned {
+        /// The batch, for a batch.
+        batch: Option<String>,
+        /// The runs, in request order.
+        runs: Vec<RunId>,
+    },
+    /// The token created, and its callback URL.
+    Token(TokenId, String),
+    /// The metadata afterwards, as JSON.
+    Metadata(String),
+    /// Tags added.
+    Tagged,
+    /// The chunk's number.
+    Appended(u64),
+    /// The variable's value, and whether it is a secret.
+    EnvVar(Option<(String, bool)>),
+}
+
+/// Writes one frame: `message` and `attachment`.
+pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+    writer: &mut W,
+    message: &[u8],
+    attachment: &[u8],
+) -> std::io::Result<()> {
+    let total = 4 + message.len() + attachment.len();
+    if total > MAX_FRAME {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("a frame of {total} bytes is over the limit of {MAX_FRAME}"),
+        ));
+    }
+    writer.write_all(&(total as u32).to_be_bytes()).await?;
+    writer
+        .write_all(&(message.len() as u32).to_be_bytes())
+        .await?;
+    writer.write_all(message).await?;
+    writer.write_all(attachment).await
+}
+
+/// Reads one frame: its message and attachment, or `None` at the end of
+/// the connection.
+pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
+    reader: &mut R,
+) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
+    let mut head = [0u8; 4];
+    match reader.read_exact(&mut head).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let total = u32::from_be_bytes(head) as usize;
+    if total < 4 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a frame shorter than its header",
+        ));
+    }
+    reader.read_exact(&mut head).await?;
+    let length = u32::from_be_bytes(head) as usize;
+    if length > total - 4 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "a frame whose message is longer than the frame",
+        ));
+    }
+    let mut message = vec![0u8; length];
+    reader.read_exact(&mut message).await?;
+    let mut attachment = vec![0u8; total - 4 - length];
+    reader.read_exact(&mut attachment).await?;
+    Ok(Some((message, attachment)))
+}
+
+/// A message and its attachment, encoded for [`write_frame`].
+pub(crate) struct Frame {
+    /// The message, as JSON.
+    pub(crate) message: Vec<u8>,
+    /// The attachment.
+    pub(crate) attachment: Vec<u8>,
+}
+
+impl Frame {
+    /// `message` with `attachment`.
+    pub(crate) fn new<T: Serialize>(message: &T, attachment: Vec<u8>) -> Self {
+        Frame {
+            // Every message is plain data: encoding it cannot fail.
+            message: serde_json::to_vec(message).unwrap_or_default(),
+            attachment,
+        }
+    }
+}
+
+/// A memory image, compressed for the connection.
+pub(crate) fn pack(image: &[u8]) -> std::io::Result<Vec<u8>> {
+    zstd::bulk::compress(image, 1)
+}
+
+/// A memory image [`pack`] compressed, at most `limit` bytes once
+/// decompressed.
+pub(crate) fn unpack(packed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
+    zstd::bulk::decompress(packed, limit)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_a_short_one_is_refused() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 16);
+        write_frame(&mut a, b"{\"Ping\":null}", b"\x01\x02")
+            .await
+            .unwrap();
+        write_frame(&mut a, b"x", b"").await.unwrap();
+        drop(a);
+        let (message, attachment) = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!(message, b"{\"Ping\":null}");
+        assert_eq!(attachment, b"\x01\x02");
+        let (message, attachment) = read_frame(&mut b).await.unwrap().unwrap();
+        assert_eq!((message.as_slice(), attachment.len()), (&b"x"[..], 0));
+        assert!(read_frame(&mut b).await.unwrap().is_none());
+
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&8u32.to_be_bytes()).await.unwrap();
+        a.write_all(&9u32.to_be_bytes()).await.unwrap();
+        drop(a);
+        assert!(read_frame(&mut b).await.is_err());
+    }
+
+    #[test]
+    fn messages_with_wit_types_round_trip() {
+        let call = ToWorker::Call {
+            session: 7,
+            call: Box::new(Call::Resume(Wake {
+                id: 3,
+                value: kiln_sandbox::wit::WakeValue::Timer,
+            })),
+            replay: vec![JournalEntry::HostCall(HostCall::NowMs { result: 5 })],
+            opened: vec![("ab".into(), "cd".into())],
+            room: Room::default(),
+        };
+        let frame = Frame::new(&call, Vec::new());
+        let back: ToWorker = serde_json::from_slice(&frame.message).unwrap();
+        assert!(
+            matches!(back, ToWorker::Call { session: 7, call, .. } if matches!(*call, Call::Resume(ref w) if w.id == 3))
+        );
+        let image = vec![0u8; 1 << 20];
+        let packed = pack(&image).unwrap();
+        assert!(packed.len() < 1 << 12);
+        assert_eq!(unpack(&packed, 1 << 20).unwrap(), image);
+        assert!(unpack(&packed, 1 << 19).is_err());
+    }
+}

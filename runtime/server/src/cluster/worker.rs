@@ -1,0 +1,576 @@
+//! A standby's side of sharing work: it connects to the leader and runs the
+//! guests the leader places on it (see [`super::workers`]).
+//!
+//! The worker holds nothing durable. Each guest's host calls go to the
+//! leader: those answered here (`now-ms`, `random-bytes`, clock reads) are
+//! sent to be journaled, in order; those the leader must make (child runs,
+//! tokens, metadata, tags, streams, environment variables) are asked for
+//! and awaited. While replaying, the journal the leader sent answers them.
+//! When the connection ends, every guest here is interrupted and dropped:
+//! the leader starts their slices again elsewhere.
+
+use super::Cluster;
+use super::wire::{self, Answer, Call, Done, Frame, FromWorker, Request, Room, ToWorker};
+use super::workers::{HEARTBEAT, SILENCE};
+use kiln_sandbox::{
+    Attempt, ChildRequest, HostFuture, JournalSink, LoadedBundle, Redactor, Sandbox, SandboxConfig,
+    SpawnFuture, Spawned, TokenFuture,
+};
+use kiln_types::HostCall;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long a worker waits before it connects again.
+const RECONNECT: Duration = Duration::from_millis(500);
+
+/// The route a worker connects to.
+pub(crate) const ROUTE: &str = "/internal/v1/workers";
+
+/// Answers to the host calls a session's guest is waiting for.
+type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Answer, String>>>>>;
+
+/// What a worker needs to run guests.
+pub(crate) struct WorkerConfig {
+    /// The sandbox it runs them in.
+    pub(crate) sandbox: SandboxConfig,
+    /// How many it runs at once.
+    pub(crate) capacity: u32,
+    /// The cluster's API key, which the leader checks.
+    pub(crate) key: String,
+}
+
+/// Runs guests for whichever node leads, until this node holds the store's
+/// lock (or is gone).
+pub(crate) fn spawn(cluster: Weak<Cluster>, config: WorkerConfig) {
+    tokio::spawn(async move {
+        let http = reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .tcp_keepalive(Duration::from_secs(10))
+            .no_proxy()
+            .build()
+            .unwrap_or_default();
+        // Made at the first guest, kept while this node stands by.
+        let mut sandbox: Option<Sandbox> = None;
+        let mut bundles: HashMap<String, LoadedBundle> = HashMap::new();
+        loop {
+            let Some(node) = cluster.upgrade() else {
+                return;
+            };
+            if node.holds_lock() {
+                return;
+            }
+            let leader = node.leader().filter(|l| l.node != node.node());
+            let me = node.node().to_string();
+            drop(node);
+            let Some(leader) = leader else {
+                tokio::time::sleep(RECONNECT).await;
+                continue;
+            };
+            let url = format!("{}{ROUTE}", leader.url.trim_end_matches('/'));
+            let response = http
+                .get(&url)
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, wire::PROTOCOL)
+                .bearer_auth(&config.key)
+                .send()
+                .await;
+            let upgraded = match response {
+                Ok(r) if r.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS => {
+                    r.upgrade().await
+                }
+                Ok(r) => {
+                    tracing::debug!(status = %r.status(), leader = %leader.node, "the leader did not take this node as a worker");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+                Err(error) => {
+                    tracing::debug!(%error, leader = %leader.node, "connecting to the leader to run guests failed");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+            };
+            let io = match upgraded {
+                Ok(io) => io,
+                Err(error) => {
+                    tracing::debug!(%error, "the leader's upgrade failed");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+            };
+            if sandbox.is_none() {
+                match Sandbox::new(config.sandbox.clone()) {
+                    Ok(made) => sandbox = Some(made),
+                    Err(error) => {
+                        tracing::error!(%error, "this node cannot run guests: its sandbox failed to start");
+                        return;
+                    }
+                }
+            }
+            let Some(sandbox) = sandbox.clone() else {
+                return;
+            };
+            tracing::info!(leader = %leader.node, "running guests for the leader");
+            let hello = FromWorker::Hello {
+                node: me,
+                capacity: config.capacity,
+            };
+            serve(io, hello, sandbox, &mut bundles).await;
+            tracing::info!(leader = %leader.node, "the connection to the leader ended");
+            tokio::time::sleep(RECONNECT).await;
+        }
+    });
+}
+
+/// A session's state the connection's reader reaches.
+struct SessionHandle {
+    to: mpsc::UnboundedSender<(ToWorker, Vec<u8>)>,
+    /// The guest's interrupt, once instantiated.
+    interrupt: Arc<Mutex<Option<Arc<AtomicBool>>>>,
+}
+
+/// Serves one connection to the leader until it ends.
+async fn serve<IO>(
+    io: IO,
+    hello: FromWorker,
+    sandbox: Sandbox,
+    bundles: &mut HashMap<String, LoadedBundle>,
+) where
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
+{
+    let (mut reader, mut writer) = tokio::io::split(io);
+    let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
+    let _ = out.send(Frame::new(&hello, Vec::new()));
+    let writing = tokio::spawn(async move {
+        while let Some(frame) = outgoing.recv().await {
+            if wire::write_frame(&mut writer, &frame.message, &frame.attachment)
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+    let pinging = {
+        let out = out.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(HEARTBEAT).await;
+                if out.send(Frame::new(&FromWorker::Pong, Vec::new())).is_err() {
+                    return;
+                }
+            }
+        })
+    };
+    let shared_bundles = Arc::new(tokio::sync::Mutex::new(std::mem::take(bundles)));
+    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let mut sessions: HashMap<u64, SessionHandle> = HashMap::new();
+    loop {
+        let frame = match tokio::time::timeout(SILENCE, wire::read_frame(&mut reader)).await {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) | Ok(Err(_)) => break,
+            Err(_) => {
+                tracing::warn!("the leader went silent; dropping its guests");
+                break;
+            }
+        };
+        let (message, attachment) = frame;
+        let Ok(message) = serde_json::from_slice::<ToWorker>(&message) else {
+            tracing::warn!("the leader sent a message this node cannot read");
+            break;
+        };
+        match message {
+            ToWorker::Ping => {}
+            ToWorker::Reply {
+                session,
+                call,
+                answer,
+            } => {
+                let waiting = pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&key(session, call));
+                if let Some(waiting) = waiting {
+                    let _ = waiting.send(answer);
+                }
+            }
+            ToWorker::Interrupt { session } => {
+                if let Some(handle) = sessions.get(&session)
+                    && let Some(flag) = handle
+                        .interrupt
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .as_ref()
+                {
+                    flag.store(true, Ordering::SeqCst);
+                }
+            }
+            ToWorker::Open {
+                session,
+                bundle,
+                limits,
+            } => {
+                let (to, from) = mpsc::unbounded_channel();
+                let interrupt = Arc::new(Mutex::new(None));
+                sessions.insert(
+                    session,
+                    SessionHandle {
+                        to,
+                        interrupt: interrupt.clone(),
+                    },
+                );
+                let context = Session {
+                    id: session,
+                    out: out.clone(),
+                    from,
+                    pending: pending.clone(),
+                    interrupt,
+                };
+                let (sandbox, bundles) = (sandbox.clone(), shared_bundles.clone());
+                crate::executor::spawn_guest(async move {
+                    context.run(bundle, limits, sandbox, bundles).await;
+                });
+            }
+            ToWorker::Close { session } => {
+                sessions.remove(&session);
+            }
+            other @ (ToWorker::Bundle { .. } | ToWorker::Setup { .. } | ToWorker::Call { .. }) => {
+                let session = match &other {
+                    ToWorker::Bundle { session, .. }
+                    | ToWorker::Setup { session, .. }
+                    | ToWorker::Call { session, .. } => *session,
+                    _ => continue,
+                };
+                if let Some(handle) = sessions.get(&session) {
+                    let _ = handle.to.send((other, attachment));
+                }
+            }
+        }
+    }
+    // Every guest here stops: interrupted if running, dropped when its
+    // session sees the connection gone.
+    for handle in sessions.values() {
+        if let Some(flag) = handle
+            .interrupt
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    drop(sessions);
+    pinging.abort();
+    writing.abort();
+    *bundles = std::mem::take(&mut *shared_bundles.lock().await);
+}
+
+/// A pending host call's key: its session and number.
+fn key(session: u64, call: u64) -> u64 {
+    session.wrapping_mul(1 << 32).wrapping_add(call)
+}
+
+/// One guest this node runs for the leader.
+struct Session {
+    id: u64,
+    out: mpsc::UnboundedSender<Frame>,
+    from: mpsc::UnboundedReceiver<(ToWorker, Vec<u8>)>,
+    pending: Pending,
+    interrupt: Arc<Mutex<Option<Arc<AtomicBool>>>>,
+}
+
+impl Session {
+    fn send(&self, message: &FromWorker, attachment: Vec<u8>) {
+        let _ = self.out.send(Frame::new(message, attachment));
+    }
+
+    async fn run(
+        mut self,
+        hash: String,
+        limits: kiln_sandbox::Limits,
+        sandbox: Sandbox,
+        bundles: Arc<tokio::sync::Mutex<HashMap<String, LoadedBundle>>>,
+    ) {
+        let session = self.id;
+        let bundle = match self.bundle(&hash, &sandbox, &bundles).await {
+            Some(Ok(bundle)) => bundle,
+            Some(Err(error)) => {
+                self.send(&FromWorker::OpenFailed { session, error }, Vec::new());
+                return;
+            }
+            None => return,
+        };
+        let mut attempt = match bundle.instantiate(limits).await {
+            Ok(attempt) => attempt,
+            Err(error) => {
+                let error = format!("instantiating the bundle failed: {error:#}");
+                self.send(&FromWorker::OpenFailed { session, error }, Vec::new());
+                return;
+            }
+        };
+        let flag = attempt.cancel_flag();
+        *self.interrupt.lock().unwrap_or_else(|p| p.into_inner()) = Some(flag.clone());
+        let proxy = Proxy {
+            session,
+            out: self.out.clone(),
+            pending: self.pending.clone(),
+            next: Arc::new(AtomicU64::new(1)),
+            opened: Arc::new(Mutex::new(HashMap::new())),
+            room: Arc::new(Mutex::new(Room::default())),
+        };
+        attempt.set_journal(Box::new(proxy.clone()));
+        self.send(&FromWorker::Opened { session }, Vec::new());
+        while let Some((message, attachment)) = self.from.recv().await {
+            match message {
+                ToWorker::Setup { redactor, logs, .. } => {
+                    attempt.set_redactor(Redactor::from_forms(redactor));
+                    if let Some(logs) = logs {
+                        attempt.resume_log_counts(logs);
+                    }
+                }
+                ToWorker::Call {
+                    call,
+                    replay,
+                    opened,
+                    room,
+                    ..
+                } => {
+                    *attempt.replay_mut() = replay.into();
+                    *proxy.opened.lock().unwrap_or_else(|p| p.into_inner()) =
+                        opened.into_iter().collect();
+                    *proxy.room.lock().unwrap_or_else(|p| p.into_inner()) = room;
+                    let (result, image) = call_on(&mut attempt, &flag, *call, attachment).await;
+                    let done = FromWorker::Done {
+                        session,
+                        result,
+                        replay: attempt.replay_mut().drain(..).collect(),
+                        used: attempt.used(),
+                        log_calls: attempt.log_calls(),
+                        logs: attempt.take_logs(),
+                    };
+                    self.send(&done, image);
+                }
+                _ => {}
+            }
+        }
+        // The session ended: the instance goes, off the runtime's workers
+        // (dropping a large one takes a while).
+        let _ = tokio::task::spawn_blocking(move || drop(attempt)).await;
+    }
+
+    /// The bundle with content hash `hash`, asking the leader for its bytes
+    /// the first time. `None` when the session ended meanwhile.
+    async fn bundle(
+        &mut self,
+        hash: &str,
+        sandbox: &Sandbox,
+        bundles: &tokio::sync::Mutex<HashMap<String, LoadedBundle>>,
+    ) -> Option<Result<LoadedBundle, String>> {
+        let mut loaded = bundles.lock().await;
+        if let Some(bundle) = loaded.get(hash)
+            && bundle.is_newest()
+        {
+            return Some(Ok(bundle.clone()));
+        }
+        // The compile cache may hold it (this node compiled it ahead, or
+        // ran it before), but loading needs the bytes.
+        self.send(
+            &FromWorker::NeedBundle {
+                session: self.id,
+                hash: hash.to_string(),
+            },
+            Vec::new(),
+        );
+        let bytes = loop {
+            match self.from.recv().await? {
+                (ToWorker::Bundle { .. }, bytes) => break bytes,
+                _ => continue,
+            }
+        };
+        match sandbox.load(&bytes).await {
+            Ok(bundle) if bundle.content_hash() != hash => Some(Err(format!(
+                "the leader sent a bundle whose content is not `{hash}`"
+            ))),
+            Ok(bundle) => {
+                loaded.insert(hash.to_string(), bundle.clone());
+                Some(Ok(bundle))
+            }
+            Err(error) => Some(Err(format!("loading the bundle failed: {error}"))),
+        }
+    }
+}
+
+/// Makes one call on the instance: how it ended, and an attachment.
+async fn call_on(
+    attempt: &mut Attempt,
+    flag: &AtomicBool,
+    call: Call,
+    attachment: Vec<u8>,
+) -> (Done, Vec<u8>) {
+    match call {
+        Call::Start(ctx) => (Done::Step(attempt.start(&ctx).await), Vec::new()),
+        Call::Resume(wake) => (Done::Step(attempt.resume(&wake).await), Vec::new()),
+        Call::Cancel(reason) => {
+            // The interrupt meant for a running guest is lifted first, or
+            // it would stop the hooks at the next tick.
+            flag.store(false, Ordering::SeqCst);
+            attempt.cancel(&reason).await;
+            (Done::Ok, Vec::new())
+        }
+        Call::Restore => {
+            let limit = attempt_memory_limit();
+            let image = match wire::unpack(&attachment, limit) {
+                Ok(image) => image,
+                Err(e) => {
+                    let trap = kiln_sandbox::TrapKind::Other(format!(
+                        "the snapshot from the leader is corrupt: {e}"
+                    ));
+                    return (Done::Trap(trap), Vec::new());
+                }
+            };
+            match attempt.restore(image).await {
+                Ok(()) => (Done::Ok, Vec::new()),
+                Err(trap) => (Done::Trap(trap), Vec::new()),
+            }
+        }
+        Call::Capture => match attempt.capture().await {
+            Ok(image) => {
+                let packed = wire::pack(&image);
+                kiln_sandbox::recycle_capture(image);
+                match packed {
+                    Ok(packed) => (Done::Image, packed),
+                    Err(e) => (
+                        Done::Trap(kiln_sandbox::TrapKind::Other(format!(
+                            "packing the snapshot failed: {e}"
+                        ))),
+                        Vec::new(),
+                    ),
+                }
+            }
+            Err(trap) => (Done::Trap(trap), Vec::new()),
+        },
+    }
+}
+
+/// The largest memory image a restore unpacks: the largest machine's cap.
+fn attempt_memory_limit() -> usize {
+    1usize << 33
+}
+
+/// The journal sink of a guest run for the leader: records go to it, in
+/// order; calls it must make are asked for and awaited.
+#[derive(Clone)]
+struct Proxy {
+    session: u64,
+    out: mpsc::UnboundedSender<Frame>,
+    pending: Pending,
+    next: Arc<AtomicU64>,
+    /// Values the journal's `env-var` calls read, opened by the leader.
+    opened: Arc<Mutex<HashMap<String, String>>>,
+    /// What the run has left of its journal budget.
+    room: Arc<Mutex<Room>>,
+}
+
+impl Proxy {
+    /// Asks the leader to make `request`; resolves to its answer.
+    fn ask(&self, request: Request) -> HostFuture<Answer> {
+        let call = self.next.fetch_add(1, Ordering::Relaxed);
+        let (answered, answer) = oneshot::channel();
+        self.pending
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key(self.session, call), answered);
+        let sent = self.out.send(Frame::new(
+            &FromWorker::Request {
+                session: self.session,
+                call,
+                request,
+            },
+            Vec::new(),
+        ));
+        Box::pin(async move {
+            sent.map_err(|_| "the connection to the leader is gone".to_string())?;
+            answer
+                .await
+                .map_err(|_| "the connection to the leader is gone".to_string())?
+        })
+    }
+}
+
+/// `answer` as the answer `expected`, or an error.
+macro_rules! expect {
+    ($future:expr, $pattern:pat => $value:expr) => {{
+        let future = $future;
+        Box::pin(async move {
+            match future.await? {
+                $pattern => Ok($value),
+                other => Err(format!("the leader answered with {other:?}")),
+            }
+        })
+    }};
+}
+
+impl JournalSink for Proxy {
+    fn record(&mut self, call: HostCall) {
+        {
+            let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
+            room.entries += 1;
+            // Near what the journal will store: the entry as JSON.
+            let size = serde_json::to_vec(&call).map_or(0, |v| v.len() as u64);
+            room.bytes += size + 32;
+        }
+        let _ = self.out.send(Frame::new(
+            &FromWorker::Record {
+                session: self.session,
+                call,
+            },
+            Vec::new(),
+        ));
+    }
+
+    fn budget(&self) -> Result<(), String> {
+        let room = *self.room.lock().unwrap_or_else(|p| p.into_inner());
+        crate::executor::journal_within(room.entries, room.bytes, room.max_entries, room.max_bytes)
+    }
+
+    fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {
+        expect!(self.ask(Request::Spawn { children, batch }),
+            Answer::Spawned { batch, runs } => Spawned { batch, runs })
+    }
+
+    fn create_token(&mut self, options: String) -> TokenFuture {
+        expect!(self.ask(Request::CreateToken { options }),
+            Answer::Token(id, url) => (id, url))
+    }
+
+    fn update_metadata(&mut self, target: &'static str, operations: String) -> HostFuture<String> {
+        let target = target.to_string();
+        expect!(self.ask(Request::UpdateMetadata { target, operations }),
+            Answer::Metadata(metadata) => metadata)
+    }
+
+    fn add_tags(&mut self, tags: Vec<String>) -> HostFuture<()> {
+        expect!(self.ask(Request::AddTags { tags }), Answer::Tagged => ())
+    }
+
+    fn stream_append(&mut self, key: String, chunk: String) -> HostFuture<u64> {
+        expect!(self.ask(Request::StreamAppend { key, chunk }),
+            Answer::Appended(index) => index)
+    }
+
+    fn env_var(&mut self, name: String) -> HostFuture<Option<(String, bool)>> {
+        expect!(self.ask(Request::EnvVar { name }), Answer::EnvVar(value) => value)
+    }
+
+    fn open_env_var(&self, name: &str, sealed: &str) -> Result<String, String> {
+        self.opened
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(sealed)
+            .cloned()
+            .ok_or_else(|| format!("reading `{name}` again for the replay failed"))
+    }
+}
