@@ -177,6 +177,76 @@ async fn work(node: &Kiln) -> Vec<(String, u64, u64)> {
         .collect()
 }
 
+/// The body of the leader's `/api/v1/cluster/work`, through `node`.
+async fn work_body(node: &Kiln) -> Value {
+    let (status, body) = node
+        .request(Method::GET, "/api/v1/cluster/work", None)
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits (at most 30 s) until a node other than the leader (`leader`)
+/// runs a guest; its index.
+async fn busy_worker(nodes: &Nodes, leader: usize) -> usize {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let shares = work(nodes.node(leader)).await;
+        let running = shares.iter().skip(1).find(|(_, r, _)| *r > 0);
+        if let Some((node, _, _)) = running {
+            let (_, view) = cluster(nodes.node(leader)).await;
+            let url = view["nodes"]
+                .as_array()
+                .expect("nodes")
+                .iter()
+                .find(|n| n["node"] == json!(node))
+                .and_then(|n| n["url"].as_str())
+                .expect("the worker's url")
+                .to_string();
+            return (0..nodes.nodes.len())
+                .find(|&i| nodes.nodes[i].as_ref().is_some_and(|k| k.url == url))
+                .expect("the worker is a node of the test");
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no worker ran a guest: {shares:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Triggers `count` `draw-spin` runs spinning `spin_ms` between their two
+/// draws, through every live node in turn.
+async fn spinners(nodes: &Nodes, count: usize, spin_ms: u64) -> Vec<String> {
+    let live = nodes.live();
+    let mut ids = Vec::new();
+    for i in 0..count {
+        ids.push(
+            live[i % live.len()]
+                .trigger_ok("draw-spin", json!({ "spin_ms": spin_ms }))
+                .await,
+        );
+    }
+    ids
+}
+
+/// Waits for each run in `ids` to complete, through `node`, with its
+/// single attempt's two draws journaled once each.
+async fn drew_twice(node: &Kiln, ids: &[String]) {
+    for id in ids {
+        let run = node.finished(id).await;
+        assert_eq!(run["status"], "COMPLETED", "{run}");
+        assert_eq!(run["attemptCount"], 1, "{run}");
+        let entries = node.journal(id).await;
+        assert_eq!(
+            host_calls(&entries, "random-bytes"),
+            2,
+            "each draw journaled once: {entries:?}"
+        );
+        assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{entries:?}");
+    }
+}
+
 /// Waits (at most 60 s) until `count` nodes run guests for the leader,
 /// itself included.
 async fn workers(node: &Kiln, count: usize) {
@@ -360,41 +430,10 @@ async fn every_node_runs_guests_and_a_killed_workers_runs_finish_on_the_others()
     }
 
     // Guests spinning for 3 s between two draws, placed on every node; a
-    // node that runs some for the leader is killed.
-    let mut ids = Vec::new();
-    for i in 0..6 {
-        ids.push(
-            nodes
-                .node(i % 3)
-                .trigger_ok("draw-spin", json!({"spin_ms": 3000}))
-                .await,
-        );
-    }
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let victim = loop {
-        let shares = work(nodes.node(0)).await;
-        let running: Vec<&(String, u64, u64)> =
-            shares.iter().skip(1).filter(|(_, r, _)| *r > 0).collect();
-        if let Some((node, _, _)) = running.first() {
-            let (_, view) = cluster(nodes.node(0)).await;
-            let url = view["nodes"]
-                .as_array()
-                .expect("nodes")
-                .iter()
-                .find(|n| n["node"] == json!(node))
-                .and_then(|n| n["url"].as_str())
-                .expect("the worker's url")
-                .to_string();
-            break (1..3)
-                .find(|&i| nodes.node(i).url == url)
-                .expect("the worker is a node of the test");
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no worker ran a guest: {shares:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    };
+    // node that runs some for the leader is killed once each has drawn
+    // once.
+    let ids = spinners(&nodes, 6, 3000).await;
+    let victim = busy_worker(&nodes, 0).await;
     for id in &ids {
         nodes
             .node(0)
@@ -402,20 +441,51 @@ async fn every_node_runs_guests_and_a_killed_workers_runs_finish_on_the_others()
             .await;
     }
     nodes.kill(victim);
-    for id in &ids {
-        let run = nodes.node(0).finished(id).await;
-        assert_eq!(run["status"], "COMPLETED", "{run}");
-        assert_eq!(run["attemptCount"], 1, "{run}");
-        let entries = nodes.node(0).journal(id).await;
-        assert_eq!(
-            host_calls(&entries, "random-bytes"),
-            2,
-            "each draw journaled once: {entries:?}"
-        );
-        assert_eq!(count(&entries, "ATTEMPT_ENDED"), 1, "{entries:?}");
-    }
+    drew_twice(nodes.node(0), &ids).await;
+    let body = work_body(nodes.node(0)).await;
+    assert!(body["lost"].as_u64() >= Some(1), "{body}");
     let shares = work(nodes.node(0)).await;
     assert_eq!(shares.len(), 2, "the killed node left: {shares:?}");
+}
+
+#[tokio::test]
+async fn a_draining_worker_finishes_its_guests_and_a_paused_one_is_given_up() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let mut nodes = Nodes::start(&url, &[]);
+    assert_eq!(nodes.leader().await, 0);
+    workers(nodes.node(0), 3).await;
+    nodes.node(1).deploy(kiln_fixtures::PROBE).await;
+
+    // SIGTERM to a node running guests: it takes no more, finishes those
+    // it runs, and leaves; none of them is lost.
+    let ids = spinners(&nodes, 4, 1500).await;
+    let draining = busy_worker(&nodes, 0).await;
+    let mut node = nodes.nodes[draining].take().expect("the worker");
+    node.terminate();
+    let status = node
+        .exited_within(Duration::from_secs(30))
+        .expect("a draining worker stops within its drain timeout");
+    assert!(status.success(), "{status:?}");
+    drew_twice(nodes.node(0), &ids).await;
+    let body = work_body(nodes.node(0)).await;
+    assert_eq!(body["lost"], 0, "a draining worker loses nothing: {body}");
+    assert_eq!(body["work"].as_array().map(Vec::len), Some(2), "{body}");
+
+    // SIGSTOP to the other: its connection goes silent, and the leader
+    // starts its guests again on the nodes left, from their journals.
+    let ids = spinners(&nodes, 4, 1500).await;
+    let paused = busy_worker(&nodes, 0).await;
+    nodes.node(paused).signal("STOP");
+    drew_twice(nodes.node(0), &ids).await;
+    let body = work_body(nodes.node(0)).await;
+    assert!(body["lost"].as_u64() >= Some(1), "{body}");
+    // Continued, it finds its connection gone, drops what it ran, and
+    // offers to run guests again.
+    nodes.node(paused).signal("CONT");
+    workers(nodes.node(0), 2).await;
+    let ids = spinners(&nodes, 4, 10).await;
+    drew_twice(nodes.node(0), &ids).await;
 }
 
 #[tokio::test]

@@ -201,9 +201,11 @@ impl Server {
             });
             // A standby that took over meanwhile drains as a leader.
             let hub = hub.or_else(|| cluster.as_ref().and_then(|c| c.hub()));
-            let left = match hub {
-                Some(hub) => hub.drain(grace).await,
-                None => 0,
+            let left = match (hub, &cluster) {
+                (Some(hub), _) => hub.drain(grace).await,
+                // A standby finishes the guests it runs for the leader.
+                (None, Some(cluster)) => cluster.guests().drain(grace).await,
+                (None, None) => 0,
             };
             if let Some(cluster) = cluster {
                 let leaving = cluster.leave();
@@ -315,6 +317,7 @@ async fn join(
                     sandbox,
                     capacity,
                     key: opening.secret_key.clone(),
+                    guests: cluster.guests(),
                 },
             );
             let standby = cluster.clone();

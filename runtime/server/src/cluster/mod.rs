@@ -65,6 +65,8 @@ pub(crate) struct Cluster {
     http: reqwest::Client,
     /// The nodes that run guests for this node once it leads.
     workers: Arc<Workers>,
+    /// The guests this node runs for the leader while it stands by.
+    guests: Arc<worker::Guests>,
 }
 
 impl Cluster {
@@ -98,6 +100,7 @@ impl Cluster {
             keys,
             http,
             workers: Workers::new(capacity),
+            guests: Arc::new(worker::Guests::default()),
         });
         let watching = Arc::downgrade(&cluster);
         tokio::spawn(async move {
@@ -211,6 +214,11 @@ impl Cluster {
     /// The nodes that run guests for this node once it leads.
     pub(crate) fn workers(&self) -> Arc<Workers> {
         self.workers.clone()
+    }
+
+    /// The guests this node runs for the leader while it stands by.
+    pub(crate) fn guests(&self) -> Arc<worker::Guests> {
+        self.guests.clone()
     }
 
     /// The server's state, once this node leads.

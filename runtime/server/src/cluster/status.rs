@@ -22,7 +22,9 @@ fn authorize(cluster: &Cluster, request: &Request, what: &str) -> Result<(), Api
 }
 
 /// `GET /api/v1/cluster/work` (the API key): the guests each node runs now,
-/// how many it takes at once and how many slices it ran. The leader
+/// how many it takes at once and how many slices it ran, and how many
+/// slices started again because the node running their guest was lost
+/// (killed, cut off, silent, or stopped without draining). The leader
 /// answers; another node forwards the call to it.
 pub(super) async fn work(State(cluster): State<Arc<Cluster>>, request: Request) -> Response {
     if !cluster.leads() {
@@ -34,6 +36,7 @@ pub(super) async fn work(State(cluster): State<Arc<Cluster>>, request: Request) 
     Json(json!({
         "node": cluster.node(),
         "work": cluster.workers.shares(),
+        "lost": cluster.workers.lost(),
     }))
     .into_response()
 }

@@ -192,6 +192,9 @@ pub(crate) enum FromWorker {
     },
     /// Yes.
     Pong,
+    /// The worker drains: it finishes the guests it runs and takes no
+    /// more.
+    Draining,
 }
 
 /// How a call on an instance ended.
@@ -292,15 +295,16 @@ pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
 }
 
 /// Reads one frame: its message and attachment, or `None` at the end of
-/// the connection.
+/// the connection. Fails with `TimedOut` once `silence` passes with no
+/// byte coming: a frame that is coming is read however long it takes (a
+/// large memory image on a slow link), as long as its bytes keep coming.
 pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
     reader: &mut R,
+    silence: std::time::Duration,
 ) -> std::io::Result<Option<(Vec<u8>, Vec<u8>)>> {
     let mut head = [0u8; 4];
-    match reader.read_exact(&mut head).await {
-        Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
-        Err(e) => return Err(e),
+    if !fill(reader, &mut head, silence, true).await? {
+        return Ok(None);
     }
     let total = u32::from_be_bytes(head) as usize;
     if total < 4 {
@@ -309,7 +313,7 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
             "a frame shorter than its header",
         ));
     }
-    reader.read_exact(&mut head).await?;
+    fill(reader, &mut head, silence, false).await?;
     let length = u32::from_be_bytes(head) as usize;
     if length > total - 4 {
         return Err(std::io::Error::new(
@@ -318,10 +322,40 @@ pub(crate) async fn read_frame<R: AsyncRead + Unpin>(
         ));
     }
     let mut message = vec![0u8; length];
-    reader.read_exact(&mut message).await?;
+    fill(reader, &mut message, silence, false).await?;
     let mut attachment = vec![0u8; total - 4 - length];
-    reader.read_exact(&mut attachment).await?;
+    fill(reader, &mut attachment, silence, false).await?;
     Ok(Some((message, attachment)))
+}
+
+/// Fills `buffer`, each read waiting at most `silence`. `Ok(false)` if the
+/// connection ended before the first byte and `at_start` allows that.
+async fn fill<R: AsyncRead + Unpin>(
+    reader: &mut R,
+    buffer: &mut [u8],
+    silence: std::time::Duration,
+    at_start: bool,
+) -> std::io::Result<bool> {
+    let mut filled = 0;
+    while filled < buffer.len() {
+        let read = match tokio::time::timeout(silence, reader.read(&mut buffer[filled..])).await {
+            Ok(read) => read?,
+            Err(_) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    format!("nothing came for {silence:?}"),
+                ));
+            }
+        };
+        if read == 0 {
+            if at_start && filled == 0 {
+                return Ok(false);
+            }
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        filled += read;
+    }
+    Ok(true)
 }
 
 /// A message and its attachment, encoded for [`write_frame`].
@@ -354,6 +388,29 @@ pub(crate) fn unpack(packed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
     zstd::bulk::decompress(packed, limit)
 }
 
+/// [`pack`] on the blocking pool (a large memory takes a while); the image
+/// is given back to the capture buffers' pool there.
+pub(crate) async fn pack_off(image: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || {
+        let packed = pack(&image);
+        kiln_sandbox::recycle_capture(image);
+        packed
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// [`unpack`] on the blocking pool.
+pub(crate) async fn unpack_off(packed: Vec<u8>, limit: usize) -> std::io::Result<Vec<u8>> {
+    tokio::task::spawn_blocking(move || unpack(&packed, limit))
+        .await
+        .map_err(std::io::Error::other)?
+}
+
+/// The largest memory image either side unpacks: the largest machine's
+/// memory cap.
+pub(crate) const MAX_IMAGE: usize = 1 << 33;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -366,18 +423,36 @@ mod tests {
             .unwrap();
         write_frame(&mut a, b"x", b"").await.unwrap();
         drop(a);
-        let (message, attachment) = read_frame(&mut b).await.unwrap().unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        let (message, attachment) = read_frame(&mut b, wait).await.unwrap().unwrap();
         assert_eq!(message, b"{\"Ping\":null}");
         assert_eq!(attachment, b"\x01\x02");
-        let (message, attachment) = read_frame(&mut b).await.unwrap().unwrap();
+        let (message, attachment) = read_frame(&mut b, wait).await.unwrap().unwrap();
         assert_eq!((message.as_slice(), attachment.len()), (&b"x"[..], 0));
-        assert!(read_frame(&mut b).await.unwrap().is_none());
+        assert!(read_frame(&mut b, wait).await.unwrap().is_none());
 
         let (mut a, mut b) = tokio::io::duplex(64);
         a.write_all(&8u32.to_be_bytes()).await.unwrap();
         a.write_all(&9u32.to_be_bytes()).await.unwrap();
         drop(a);
-        assert!(read_frame(&mut b).await.is_err());
+        assert!(read_frame(&mut b, wait).await.is_err());
+
+        // Silence is an error; a frame whose bytes keep coming is waited
+        // for.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let quiet = std::time::Duration::from_millis(500);
+        let silent = read_frame(&mut b, quiet).await.unwrap_err();
+        assert_eq!(silent.kind(), std::io::ErrorKind::TimedOut);
+        a.write_all(&6u32.to_be_bytes()).await.unwrap();
+        let slow = tokio::spawn(async move {
+            for byte in [0, 0, 0, 1, b'x', b'y'] {
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                a.write_all(&[byte]).await.unwrap();
+            }
+        });
+        let (message, attachment) = read_frame(&mut b, quiet).await.unwrap().unwrap();
+        assert_eq!((message, attachment), (b"x".to_vec(), b"y".to_vec()));
+        slow.await.unwrap();
     }
 
     #[test]

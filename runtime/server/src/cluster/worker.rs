@@ -32,6 +32,61 @@ pub(crate) const ROUTE: &str = "/internal/v1/workers";
 /// Answers to the host calls a session's guest is waiting for.
 type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Answer, String>>>>>;
 
+/// The guests this node runs for the leader, and whether it drains.
+#[derive(Default)]
+pub(crate) struct Guests {
+    draining: AtomicBool,
+    running: std::sync::atomic::AtomicUsize,
+    changed: tokio::sync::Notify,
+    /// The connection to the leader, while there is one.
+    out: Mutex<Option<mpsc::UnboundedSender<Frame>>>,
+}
+
+impl Guests {
+    /// Drains (on `SIGTERM`): tells the leader to place no more guests
+    /// here and waits up to `grace` for those running to end their calls
+    /// and be closed. Returns how many were still running (the leader
+    /// starts their slices again elsewhere once this node is gone).
+    pub(crate) async fn drain(&self, grace: Duration) -> usize {
+        self.draining.store(true, Ordering::SeqCst);
+        if let Some(out) = self.out.lock().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            let _ = out.send(Frame::new(&FromWorker::Draining, Vec::new()));
+        }
+        let deadline = tokio::time::Instant::now() + grace;
+        loop {
+            let changed = self.changed.notified();
+            let running = self.running.load(Ordering::SeqCst);
+            if running == 0 {
+                return 0;
+            }
+            if tokio::time::timeout_at(deadline, changed).await.is_err() {
+                return self.running.load(Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn draining(&self) -> bool {
+        self.draining.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a running session until dropped.
+struct Running(Arc<Guests>);
+
+impl Running {
+    fn new(guests: &Arc<Guests>) -> Self {
+        guests.running.fetch_add(1, Ordering::SeqCst);
+        Running(guests.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::SeqCst);
+        self.0.changed.notify_waiters();
+    }
+}
+
 /// What a worker needs to run guests.
 pub(crate) struct WorkerConfig {
     /// The sandbox it runs them in.
@@ -40,6 +95,8 @@ pub(crate) struct WorkerConfig {
     pub(crate) capacity: u32,
     /// The cluster's API key, which the leader checks.
     pub(crate) key: String,
+    /// The guests it runs.
+    pub(crate) guests: Arc<Guests>,
 }
 
 /// Runs guests for whichever node leads, until this node holds the store's
@@ -59,7 +116,7 @@ pub(crate) fn spawn(cluster: Weak<Cluster>, config: WorkerConfig) {
             let Some(node) = cluster.upgrade() else {
                 return;
             };
-            if node.holds_lock() {
+            if node.holds_lock() || config.guests.draining() {
                 return;
             }
             let leader = node.leader().filter(|l| l.node != node.node());
@@ -117,7 +174,7 @@ pub(crate) fn spawn(cluster: Weak<Cluster>, config: WorkerConfig) {
                 node: me,
                 capacity: config.capacity,
             };
-            serve(io, hello, sandbox, &mut bundles).await;
+            serve(io, hello, sandbox, &mut bundles, &config.guests).await;
             tracing::info!(leader = %leader.node, "the connection to the leader ended");
             tokio::time::sleep(RECONNECT).await;
         }
@@ -137,12 +194,17 @@ async fn serve<IO>(
     hello: FromWorker,
     sandbox: Sandbox,
     bundles: &mut HashMap<String, LoadedBundle>,
+    guests: &Arc<Guests>,
 ) where
     IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
 {
     let (mut reader, mut writer) = tokio::io::split(io);
     let (out, mut outgoing) = mpsc::unbounded_channel::<Frame>();
     let _ = out.send(Frame::new(&hello, Vec::new()));
+    *guests.out.lock().unwrap_or_else(|p| p.into_inner()) = Some(out.clone());
+    if guests.draining() {
+        let _ = out.send(Frame::new(&FromWorker::Draining, Vec::new()));
+    }
     let writing = tokio::spawn(async move {
         while let Some(frame) = outgoing.recv().await {
             if wire::write_frame(&mut writer, &frame.message, &frame.attachment)
@@ -168,13 +230,14 @@ async fn serve<IO>(
     let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
     let mut sessions: HashMap<u64, SessionHandle> = HashMap::new();
     loop {
-        let frame = match tokio::time::timeout(SILENCE, wire::read_frame(&mut reader)).await {
-            Ok(Ok(Some(frame))) => frame,
-            Ok(Ok(None)) | Ok(Err(_)) => break,
-            Err(_) => {
+        let frame = match wire::read_frame(&mut reader, SILENCE).await {
+            Ok(Some(frame)) => frame,
+            Ok(None) => break,
+            Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
                 tracing::warn!("the leader went silent; dropping its guests");
                 break;
             }
+            Err(_) => break,
         };
         let (message, attachment) = frame;
         let Ok(message) = serde_json::from_slice::<ToWorker>(&message) else {
@@ -212,6 +275,14 @@ async fn serve<IO>(
                 bundle,
                 limits,
             } => {
+                if guests.draining() {
+                    let error = "this node drains".to_string();
+                    let _ = out.send(Frame::new(
+                        &FromWorker::OpenFailed { session, error },
+                        Vec::new(),
+                    ));
+                    continue;
+                }
                 let (to, from) = mpsc::unbounded_channel();
                 let interrupt = Arc::new(Mutex::new(None));
                 sessions.insert(
@@ -229,8 +300,10 @@ async fn serve<IO>(
                     interrupt,
                 };
                 let (sandbox, bundles) = (sandbox.clone(), shared_bundles.clone());
+                let running = Running::new(guests);
                 crate::executor::spawn_guest(async move {
                     context.run(bundle, limits, sandbox, bundles).await;
+                    drop(running);
                 });
             }
             ToWorker::Close { session } => {
@@ -262,6 +335,7 @@ async fn serve<IO>(
         }
     }
     pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    *guests.out.lock().unwrap_or_else(|p| p.into_inner()) = None;
     drop(sessions);
     pinging.abort();
     writing.abort();
@@ -421,8 +495,7 @@ async fn call_on(
             (Done::Ok, Vec::new())
         }
         Call::Restore => {
-            let limit = attempt_memory_limit();
-            let image = match wire::unpack(&attachment, limit) {
+            let image = match wire::unpack_off(attachment, wire::MAX_IMAGE).await {
                 Ok(image) => image,
                 Err(e) => {
                     let trap = kiln_sandbox::TrapKind::Other(format!(
@@ -437,27 +510,18 @@ async fn call_on(
             }
         }
         Call::Capture => match attempt.capture().await {
-            Ok(image) => {
-                let packed = wire::pack(&image);
-                kiln_sandbox::recycle_capture(image);
-                match packed {
-                    Ok(packed) => (Done::Image, packed),
-                    Err(e) => (
-                        Done::Trap(kiln_sandbox::TrapKind::Other(format!(
-                            "packing the snapshot failed: {e}"
-                        ))),
-                        Vec::new(),
-                    ),
-                }
-            }
+            Ok(image) => match wire::pack_off(image).await {
+                Ok(packed) => (Done::Image, packed),
+                Err(e) => (
+                    Done::Trap(kiln_sandbox::TrapKind::Other(format!(
+                        "packing the snapshot failed: {e}"
+                    ))),
+                    Vec::new(),
+                ),
+            },
             Err(trap) => (Done::Trap(trap), Vec::new()),
         },
     }
-}
-
-/// The largest memory image a restore unpacks: the largest machine's cap.
-fn attempt_memory_limit() -> usize {
-    1usize << 33
 }
 
 /// The journal sink of a guest run for the leader: records go to it, in

@@ -45,6 +45,8 @@ pub(crate) struct Link {
     out: mpsc::UnboundedSender<Frame>,
     sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<Incoming>>>,
     closed: AtomicBool,
+    /// Set when the node drains: it finishes its guests and takes no more.
+    draining: AtomicBool,
     active: AtomicUsize,
     ran: AtomicU64,
 }
@@ -97,6 +99,8 @@ pub(crate) struct Workers {
     local_capacity: u32,
     /// Turns ties between equally loaded nodes.
     turn: AtomicUsize,
+    /// Slices whose guest was lost with its node.
+    lost: AtomicU64,
 }
 
 impl std::fmt::Debug for Workers {
@@ -135,6 +139,7 @@ impl Workers {
             local_ran: AtomicU64::new(0),
             local_capacity: capacity.max(1),
             turn: AtomicUsize::new(0),
+            lost: AtomicU64::new(0),
         })
     }
 
@@ -147,7 +152,7 @@ impl Workers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|l| !l.closed.load(Ordering::SeqCst))
+            .filter(|l| !l.closed.load(Ordering::SeqCst) && !l.draining.load(Ordering::SeqCst))
             .cloned()
             .collect();
         let local = |workers: &Workers| {
@@ -188,6 +193,16 @@ impl Workers {
         }
     }
 
+    /// Counts a slice whose guest was lost with its node.
+    pub(crate) fn count_lost(&self) {
+        self.lost.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Slices whose guest was lost with its node, since this node leads.
+    pub(crate) fn lost(&self) -> u64 {
+        self.lost.load(Ordering::Relaxed)
+    }
+
     /// Each node's share of the work, the leader's first.
     pub(crate) fn shares(&self) -> Vec<Share> {
         let mut shares = vec![Share {
@@ -213,8 +228,8 @@ impl Workers {
         IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Send + 'static,
     {
         let (mut reader, mut writer) = tokio::io::split(io);
-        let hello = match tokio::time::timeout(SILENCE, wire::read_frame(&mut reader)).await {
-            Ok(Ok(Some((message, _)))) => serde_json::from_slice::<FromWorker>(&message).ok(),
+        let hello = match wire::read_frame(&mut reader, SILENCE).await {
+            Ok(Some((message, _))) => serde_json::from_slice::<FromWorker>(&message).ok(),
             _ => None,
         };
         let Some(FromWorker::Hello { node, capacity }) = hello else {
@@ -228,6 +243,7 @@ impl Workers {
             out,
             sessions: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             ran: AtomicU64::new(0),
         });
@@ -258,15 +274,15 @@ impl Workers {
             })
         };
         loop {
-            let frame = match tokio::time::timeout(SILENCE, wire::read_frame(&mut reader)).await {
-                Ok(Ok(Some(frame))) => frame,
-                Ok(Ok(None)) => break,
-                Ok(Err(error)) => {
-                    tracing::warn!(%node, %error, "the connection to a worker failed");
+            let frame = match wire::read_frame(&mut reader, SILENCE).await {
+                Ok(Some(frame)) => frame,
+                Ok(None) => break,
+                Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
+                    tracing::warn!(%node, "a worker went silent; its guests start again elsewhere");
                     break;
                 }
-                Err(_) => {
-                    tracing::warn!(%node, "a worker went silent; its guests start again elsewhere");
+                Err(error) => {
+                    tracing::warn!(%node, %error, "the connection to a worker failed");
                     break;
                 }
             };
@@ -280,6 +296,11 @@ impl Workers {
             };
             let session = match &message {
                 FromWorker::Pong | FromWorker::Hello { .. } => continue,
+                FromWorker::Draining => {
+                    tracing::info!(%node, "a worker drains: no more guests go to it");
+                    link.draining.store(true, Ordering::SeqCst);
+                    continue;
+                }
                 FromWorker::Opened { session }
                 | FromWorker::NeedBundle { session, .. }
                 | FromWorker::OpenFailed { session, .. }
@@ -475,11 +496,11 @@ impl RemoteAttempt {
     pub(crate) async fn capture(&mut self) -> Result<Result<Vec<u8>, TrapKind>, Lost> {
         match self.call(Call::Capture, Vec::new()).await? {
             (Done::Image, packed) => {
-                // The guest's memory is at most its cap.
-                let limit = 1usize << 33;
-                Ok(wire::unpack(&packed, limit).map_err(|e| {
-                    TrapKind::Other(format!("the snapshot from the worker is corrupt: {e}"))
-                }))
+                Ok(wire::unpack_off(packed, wire::MAX_IMAGE)
+                    .await
+                    .map_err(|e| {
+                        TrapKind::Other(format!("the snapshot from the worker is corrupt: {e}"))
+                    }))
             }
             (Done::Trap(trap), _) => Ok(Err(trap)),
             (other, _) => Ok(Err(TrapKind::Other(format!(
@@ -490,11 +511,10 @@ impl RemoteAttempt {
 
     /// Makes the guest's memory `image`.
     pub(crate) async fn restore(&mut self, image: Vec<u8>) -> Result<Result<(), TrapKind>, Lost> {
-        let packed = match wire::pack(&image) {
+        let packed = match wire::pack_off(image).await {
             Ok(packed) => packed,
             Err(e) => return Ok(Err(TrapKind::Other(format!("packing the snapshot: {e}")))),
         };
-        kiln_sandbox::recycle_capture(image);
         match self.call(Call::Restore, packed).await? {
             (Done::Ok, _) => Ok(Ok(())),
             (Done::Trap(trap), _) => Ok(Err(trap)),

@@ -75,14 +75,19 @@ pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Resu
             Err(e) => Err(e.into()),
         };
         match ran {
-            Ok(Ran::Lost(node)) => {
+            Ok(Ran::Lost { node, refused }) => {
                 // The node running the guest is gone with everything it
                 // held. The slice starts again from the run's snapshot and
                 // journal: what the lost guest's calls journaled is made
                 // durable first (an empty commit takes the deferred entries
                 // with it), so the next guest replays them.
                 losses += 1;
-                tracing::warn!(run = %run_id, %node, losses, "the node running a run's guest was lost; its slice starts again");
+                if let Some(workers) = &executor.shared.config.workers
+                    && !refused
+                {
+                    workers.count_lost();
+                    tracing::warn!(run = %run_id, %node, losses, "the node running a run's guest was lost; its slice starts again");
+                }
                 if let Err(error) = executor.shared.store.commit(Batch::default()).await {
                     break Err(error.into());
                 }
@@ -164,8 +169,14 @@ enum End {
 enum Ran {
     /// To its end.
     Ended,
-    /// Until the node running its guest (named) was lost.
-    Lost(String),
+    /// Until the node running its guest was lost, or `refused` to start
+    /// it (it drains, or could not instantiate the bundle).
+    Lost {
+        /// The node.
+        node: String,
+        /// Whether the node refused the guest rather than lost it.
+        refused: bool,
+    },
 }
 
 struct Slice<'a> {
@@ -194,6 +205,8 @@ struct Slice<'a> {
     /// The place the guest holds here, or the node it runs on.
     place: Option<crate::cluster::LocalPlace>,
     node: String,
+    /// Whether the node the guest was placed on refused it.
+    refused: bool,
 }
 
 impl<'a> Slice<'a> {
@@ -229,6 +242,7 @@ impl<'a> Slice<'a> {
             here,
             place: None,
             node: String::new(),
+            refused: false,
         }
     }
 
@@ -245,7 +259,10 @@ impl<'a> Slice<'a> {
             End::Event(event) => self.finish(event).await.map(|()| Ran::Ended),
             End::Canceled => self.keep_logs_of_canceled().await.map(|()| Ran::Ended),
             End::Suspended => Ok(Ran::Ended),
-            End::Lost => Ok(Ran::Lost(std::mem::take(&mut self.node))),
+            End::Lost => Ok(Ran::Lost {
+                node: std::mem::take(&mut self.node),
+                refused: self.refused,
+            }),
         }
     }
 
@@ -560,7 +577,8 @@ impl<'a> Slice<'a> {
                 // Treated as lost: the slice starts again, and after a few
                 // such tries runs here, where a bundle that cannot start
                 // fails the attempt with the reason.
-                tracing::warn!(run = %self.run.id, node = %self.node, %error, "a node could not start a run's guest");
+                tracing::info!(run = %self.run.id, node = %self.node, %error, "a node did not start a run's guest; placing it again");
+                self.refused = true;
                 Ok(None)
             }
             Err(crate::cluster::Lost) => Ok(None),
