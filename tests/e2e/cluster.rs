@@ -428,6 +428,17 @@ async fn every_node_runs_guests_and_a_killed_workers_runs_finish_on_the_others()
     for (node, _, slices) in &shares {
         assert!(*slices >= 3, "{node} ran {slices} slices: {shares:?}");
     }
+    // `kiln cluster status` shows them, through a node that does not lead.
+    let out = nodes.node(1).cli(&["cluster", "status"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    for (node, _, slices) in &shares {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with(node.as_str()) && l.ends_with(&format!(" {slices}"))),
+            "{node}: {text}"
+        );
+    }
 
     // Guests spinning for 3 s between two draws, placed on every node; a
     // node that runs some for the leader is killed once each has drawn

@@ -7,8 +7,8 @@ use std::process::ExitCode;
 /// Inspect a cluster of nodes on one PostgreSQL store.
 #[derive(Debug, clap::Subcommand)]
 pub enum Command {
-    /// The nodes (which one leads, when each was last seen) and the depth
-    /// of every queue.
+    /// The nodes (which one leads, when each was last seen), the guests
+    /// each runs for the leader, and the depth of every queue.
     Status {
         /// Print the API's JSON.
         #[arg(long)]
@@ -23,8 +23,14 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     let cluster = client.get_json("/api/v1/cluster").await?;
     // The queues are the leader's: the answering node forwards the call.
     let queues = client.get_json("/api/v1/queues?page=1&perPage=100").await?;
+    // So is the work: each node's guests, as the leader placed them.
+    let work = client.get_json("/api/v1/cluster/work").await?;
     if json {
-        let both = serde_json::json!({ "cluster": cluster, "queues": queues["data"] });
+        let both = serde_json::json!({
+            "cluster": cluster,
+            "work": work,
+            "queues": queues["data"],
+        });
         println!("{}", serde_json::to_string_pretty(&both)?);
         return Ok(ExitCode::SUCCESS);
     }
@@ -32,6 +38,24 @@ pub async fn run(command: Command) -> anyhow::Result<ExitCode> {
     for node in cluster["nodes"].as_array().into_iter().flatten() {
         println!("{}", node_line(node, cluster["node"].as_str()));
     }
+    println!();
+    println!(
+        "{:<16} {:>7} {:>8} {:>8}",
+        "guests on", "running", "capacity", "slices"
+    );
+    for share in work["work"].as_array().into_iter().flatten() {
+        println!(
+            "{:<16} {:>7} {:>8} {:>8}",
+            share["node"].as_str().unwrap_or("-"),
+            share["running"],
+            share["capacity"],
+            share["slices"]
+        );
+    }
+    println!(
+        "slices started again after their node was lost: {}",
+        work["lost"]
+    );
     println!();
     println!("{:<32} {:>7} {:>8}", "queue", "queued", "running");
     for q in queues["data"].as_array().into_iter().flatten() {
