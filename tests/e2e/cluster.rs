@@ -500,6 +500,90 @@ async fn a_draining_worker_finishes_its_guests_and_a_paused_one_is_given_up() {
 }
 
 #[tokio::test]
+async fn budgets_and_limits_end_hostile_guests_on_every_node_as_on_one_server() {
+    let pg = Postgres::start();
+    let url = pg.database("kiln");
+    let limits = "journal-entries=300,children=3,tokens=2";
+    let nodes = Nodes::start(&url, &["--limit", limits]);
+    assert_eq!(nodes.leader().await, 0);
+    workers(nodes.node(0), 3).await;
+    nodes.node(0).deploy(kiln_fixtures::PROBE).await;
+    // Each kind three times, placed in turn on the three nodes: a loop of
+    // clock reads (journaled by the leader as they come), and too many
+    // children and tokens (made by the leader, refused past the limit).
+    let hostile = |spend: &str, count: u64| json!({"spend": spend, "count": count});
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push((
+            "clock",
+            nodes
+                .node(1)
+                .trigger_ok("hostile", hostile("clock", 1_000_000))
+                .await,
+        ));
+        ids.push((
+            "children",
+            nodes
+                .node(2)
+                .trigger_ok("hostile", hostile("children", 10))
+                .await,
+        ));
+        ids.push((
+            "tokens",
+            nodes
+                .node(0)
+                .trigger_ok("hostile", hostile("tokens", 10))
+                .await,
+        ));
+    }
+    for (kind, id) in &ids {
+        let run = nodes.node(2).finished(id).await;
+        match *kind {
+            "clock" => {
+                assert_eq!(run["status"], "FAILED", "{run}");
+                assert_eq!(run["error"]["name"], "LimitExceeded", "{run}");
+                let message = run["error"]["message"].as_str().unwrap_or_default();
+                assert!(message.contains("limit of 300 journal entries"), "{run}");
+                let journal = nodes.node(2).journal(id).await;
+                assert!(journal.len() <= 302, "{} entries", journal.len());
+            }
+            _ => {
+                assert_eq!(run["status"], "COMPLETED", "{run}");
+                let made = if *kind == "children" { 3 } else { 2 };
+                assert_eq!(run["output"]["made"], made, "{run}");
+            }
+        }
+    }
+    // Memory past the machine's cap ends the run, wherever it ran, and
+    // the node goes on running guests.
+    nodes.node(0).deploy(kiln_fixtures::LIMITS).await;
+    let mut bombs = Vec::new();
+    for i in 0..3 {
+        let node = nodes.node(i);
+        bombs.push(node.trigger_ok("allocate", json!({"mib": 1024})).await);
+    }
+    for id in &bombs {
+        let run = nodes.node(0).finished(id).await;
+        assert_eq!(run["status"], "CRASHED", "{run}");
+        assert_eq!(run["error"]["name"], "OutOfMemory", "{run}");
+    }
+    for i in 0..3 {
+        let id = nodes
+            .node(i)
+            .trigger_ok("allocate", json!({"mib": 16}))
+            .await;
+        assert_eq!(nodes.node(0).finished(&id).await["status"], "COMPLETED");
+    }
+    let body = work_body(nodes.node(0)).await;
+    assert_eq!(body["lost"], 0, "{body}");
+    // Each node ran some of them (the children are placed too, so the
+    // turns do not keep to the order of the triggers).
+    for share in body["work"].as_array().expect("work") {
+        assert!(share["slices"].as_u64() >= Some(2), "{body}");
+    }
+}
+
+#[tokio::test]
 async fn a_queue_limit_of_two_holds_across_three_nodes_and_large_bodies_stream_through() {
     let pg = Postgres::start();
     let url = pg.database("kiln");

@@ -16,8 +16,9 @@
 //!   and a three-log-line one; `postgres` runs the same with the store in
 //!   a throwaway PostgreSQL server (`scripts/postgres`), and adds the
 //!   database's CPU to the server's; `cluster` runs them spread over three
-//!   nodes on one PostgreSQL, and measures how long the cluster takes to
-//!   serve again after its leader is killed;
+//!   nodes on one PostgreSQL (their guests too), and measures how long the
+//!   cluster takes to serve again after its leader is killed or paused,
+//!   and to start a guest again after the node running it is;
 //! - the same runs with the HTTP API taken out (`engine`): triggered and
 //!   awaited in-process, so what is left is the engine, the store and the
 //!   sandbox;
@@ -166,6 +167,8 @@ fn main() {
         runtime.block_on(runs::runs_bench(Some(&url), 3));
         runtime.block_on(cluster::failover_bench(&url, cluster::Stop::Kill, 5));
         runtime.block_on(cluster::failover_bench(&url, cluster::Stop::Pause, 3));
+        runtime.block_on(cluster::worker_loss_bench(&url, cluster::Stop::Kill, 5));
+        runtime.block_on(cluster::worker_loss_bench(&url, cluster::Stop::Pause, 3));
     }
     if selected("dashboard") {
         runtime.block_on(dashboard::dashboard_bench(100_000));

@@ -5,6 +5,9 @@
 //! bench measures how long until a node leads again and until a run
 //! triggered through a surviving node completes. The stopped node comes
 //! back as a standby (a paused one is killed first) before the next round.
+//! Then the same for a node that runs a guest for the leader: how long
+//! until the leader starts the guest's slice again elsewhere, and until the
+//! run completes.
 
 use super::{KEY, MASTER_KEY, Server, percentile};
 use std::time::{Duration, Instant};
@@ -166,6 +169,144 @@ pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
         lead_max,
         percentile(&mut to_serve, 0.5),
         serve_max,
+    );
+    for node in nodes {
+        node.kill();
+    }
+}
+
+/// The leader's `/api/v1/cluster/work` through `node`.
+async fn work(node: &Server) -> serde_json::Value {
+    node.get("/api/v1/cluster/work").await
+}
+
+/// Waits (at most 60 s) until the leader, through `node`, has `count`
+/// nodes running guests, itself included.
+async fn connected(node: &Server, count: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while work(node).await["work"].as_array().map(Vec::len) != Some(count) {
+        assert!(Instant::now() < deadline, "{count} nodes never ran guests");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Stops a node that runs a guest for the leader, `rounds` times as `how`
+/// says, and measures from the stop until the leader starts the guest's
+/// slice again elsewhere (its count of lost slices goes up) and until the
+/// run completes; prints the medians and the worst.
+pub async fn worker_loss_bench(postgres: &str, how: Stop, rounds: usize) {
+    let db = match how {
+        Stop::Kill => "bench_worker_killed",
+        Stop::Pause => "bench_worker_paused",
+    };
+    let status = std::process::Command::new("psql")
+        .args(["-q", "-X", postgres, "-c"])
+        .arg(format!("CREATE DATABASE {db}"))
+        .status()
+        .expect("psql");
+    assert!(status.success(), "creating {db}");
+    let url = postgres.replacen("/postgres?", &format!("/{db}?"), 1);
+    let args = ["--store", url.as_str()];
+    let envs = [("KILN_MASTER_KEY", MASTER_KEY)];
+    let dirs: Vec<tempfile::TempDir> = (0..3)
+        .map(|_| tempfile::tempdir().expect("a temp dir"))
+        .collect();
+    // The first node leads (the others start once it does).
+    let mut nodes: Vec<Server> = Vec::new();
+    for dir in &dirs {
+        nodes.push(Server::start_with_env(dir.path(), &args, &envs).0);
+        if nodes.len() == 1 {
+            let http = reqwest::Client::new();
+            while !leads(&http, &nodes[0].url).await {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        }
+    }
+    nodes[0].deploy(kiln_fixtures::PROBE).await;
+    connected(&nodes[0], 3).await;
+    let (mut to_restart, mut to_complete) = (Vec::new(), Vec::new());
+    for _ in 0..rounds {
+        // Runs spinning for a second between two draws, until one is on a
+        // worker.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let (worker, id) = 'placed: loop {
+            let id = nodes[0]
+                .trigger("draw-spin", serde_json::json!({ "spin_ms": 1000 }))
+                .await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let shares = work(&nodes[0]).await;
+            let view = nodes[0].get("/api/v1/cluster").await;
+            for share in shares["work"].as_array().into_iter().flatten().skip(1) {
+                if share["running"].as_u64() > Some(0) {
+                    let node_url = view["nodes"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .find(|n| n["node"] == share["node"])
+                        .and_then(|n| n["url"].as_str())
+                        .unwrap_or_default()
+                        .to_string();
+                    if let Some(i) = nodes.iter().position(|n| n.url == node_url) {
+                        break 'placed (i, id);
+                    }
+                }
+            }
+            assert!(Instant::now() < deadline, "no guest ran on a worker");
+        };
+        let lost_before = work(&nodes[0]).await["lost"].as_u64().unwrap_or(0);
+        let stopped = nodes.remove(worker);
+        let started = Instant::now();
+        let paused = match how {
+            Stop::Kill => {
+                stopped.kill();
+                None
+            }
+            Stop::Pause => {
+                let sent = std::process::Command::new("kill")
+                    .args(["-STOP", &stopped.child.id().to_string()])
+                    .status()
+                    .expect("kill runs");
+                assert!(sent.success());
+                Some(stopped)
+            }
+        };
+        let deadline = started + Duration::from_secs(60);
+        while work(&nodes[0]).await["lost"].as_u64().unwrap_or(0) <= lost_before {
+            assert!(Instant::now() < deadline, "the lost guest never restarted");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        to_restart.push(started.elapsed());
+        loop {
+            let run = nodes[0].get(&format!("/api/v3/runs/{id}?wait=10000")).await;
+            if run["status"] == "COMPLETED" {
+                break;
+            }
+            assert!(Instant::now() < deadline, "the run never completed");
+        }
+        to_complete.push(started.elapsed());
+        if let Some(paused) = paused {
+            paused.kill();
+        }
+        nodes.insert(
+            worker,
+            Server::start_with_env(dirs[worker].path(), &args, &envs).0,
+        );
+        connected(&nodes[0], 3).await;
+    }
+    let (restart_max, complete_max) = (
+        to_restart.iter().max().copied().unwrap_or_default(),
+        to_complete.iter().max().copied().unwrap_or_default(),
+    );
+    println!(
+        "cluster worker lost (3 nodes, a worker {} while its guest spins 1 s, {rounds} times): the slice starts again after median {:.0?} (worst {:.0?}); the run completes after median {:.0?} (worst {:.0?})",
+        match how {
+            Stop::Kill => "SIGKILLed",
+            Stop::Pause => "paused with SIGSTOP",
+        },
+        percentile(&mut to_restart, 0.5),
+        restart_max,
+        percentile(&mut to_complete, 0.5),
+        complete_max,
     );
     for node in nodes {
         node.kill();

@@ -2,19 +2,21 @@
 //!
 //! Every node on a PostgreSQL store joins the cluster
 //! ([`kiln_store::Membership`]). One node leads: it holds the store's
-//! owner lock and runs everything a single server runs — the API, the
-//! executor, the timers and the schedules. The others stand by: they answer
-//! every API call by forwarding it to the leader ([`forward`]), and wait
-//! for the owner lock. When the leader dies, PostgreSQL ends its session
-//! and its lock with it, one standby's wait is granted, and that node opens
-//! the store, recovers every unfinished run from its snapshot and journal,
-//! and serves the API itself.
+//! owner lock and decides everything a single server decides — the API,
+//! the executor, the timers and the schedules. The others stand by: they
+//! answer every API call by forwarding it to the leader ([`forward`]), run
+//! the guests of slices the leader places on them ([`worker`], and the
+//! leader's side in [`workers`]), and wait for the owner lock. When the
+//! leader dies, PostgreSQL ends its session and its lock with it, one
+//! standby's wait is granted, and that node opens the store, recovers every
+//! unfinished run from its snapshot and journal, and serves the API itself.
 //!
 //! Because the leader is the store's only writer, everything a single
 //! server guarantees holds for the cluster: queue and environment limits,
 //! each timer and cron occurrence firing once, idempotency keys. The lock
 //! is held by the session the leader commits through, so a node that lost
-//! it can no longer commit anything.
+//! it can no longer commit anything; a worker only ever reaches the store
+//! through the leader, over a connection its guests end with.
 
 mod forward;
 mod status;

@@ -20,8 +20,15 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 /// The protocol's name in the `Upgrade` header.
 pub(crate) const PROTOCOL: &str = "kiln-worker/1";
 
-/// The largest frame either side accepts (a memory image, compressed).
+/// The largest frame either side sends or reads: a memory image larger
+/// than this once compressed does not cross (see [`fits`]).
 const MAX_FRAME: usize = u32::MAX as usize;
+
+/// Whether an attachment of `bytes` fits in a frame, with room for its
+/// message.
+pub(crate) fn fits(bytes: usize) -> bool {
+    bytes <= MAX_FRAME - (1 << 20)
+}
 
 /// What the leader sends a worker.
 #[derive(Debug, Serialize, Deserialize)]
@@ -70,7 +77,8 @@ pub(crate) enum ToWorker {
         /// The session.
         session: u64,
     },
-    /// End the session: drop the instance.
+    /// End the session: interrupt the guest if it is in a call, and drop
+    /// the instance.
     Close {
         /// The session.
         session: u64,
@@ -83,6 +91,8 @@ pub(crate) enum ToWorker {
         call: u64,
         /// The answer, or why the call failed.
         answer: Result<Answer, String>,
+        /// What the run has left of its journal budget after the call.
+        room: Room,
     },
     /// Are you there?
     Ping,
@@ -103,8 +113,9 @@ pub(crate) enum Call {
     Capture,
 }
 
-/// What a run has used of its journal budget, and its limits, so the
-/// worker stops a guest that goes past them between two calls.
+/// What a run has used of its journal budget, and its limits, sent with
+/// each call and each answer, so the worker stops a guest that goes past
+/// them as the leader would (it counts the entries it sends in between).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 pub(crate) struct Room {
     /// Entries the run's journal holds.
@@ -383,9 +394,21 @@ pub(crate) fn pack(image: &[u8]) -> std::io::Result<Vec<u8>> {
 }
 
 /// A memory image [`pack`] compressed, at most `limit` bytes once
-/// decompressed.
+/// decompressed. The buffer grows as the image comes out: nothing of
+/// `limit`'s size is reserved up front.
 pub(crate) fn unpack(packed: &[u8], limit: usize) -> std::io::Result<Vec<u8>> {
-    zstd::bulk::decompress(packed, limit)
+    use std::io::Read;
+    let mut image = Vec::new();
+    zstd::stream::read::Decoder::new(packed)?
+        .take(limit as u64 + 1)
+        .read_to_end(&mut image)?;
+    if image.len() > limit {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the image is over its limit of {limit} bytes"),
+        ));
+    }
+    Ok(image)
 }
 
 /// [`pack`] on the blocking pool (a large memory takes a while); the image
@@ -406,10 +429,6 @@ pub(crate) async fn unpack_off(packed: Vec<u8>, limit: usize) -> std::io::Result
         .await
         .map_err(std::io::Error::other)?
 }
-
-/// The largest memory image either side unpacks: the largest machine's
-/// memory cap.
-pub(crate) const MAX_IMAGE: usize = 1 << 33;
 
 #[cfg(test)]
 mod tests {

@@ -6,8 +6,9 @@
 //! sent to be journaled, in order; those the leader must make (child runs,
 //! tokens, metadata, tags, streams, environment variables) are asked for
 //! and awaited. While replaying, the journal the leader sent answers them.
-//! When the connection ends, every guest here is interrupted and dropped:
-//! the leader starts their slices again elsewhere.
+//! When the connection ends, every guest here is interrupted (one waiting
+//! for the leader's answer gets an error instead) and dropped: the leader
+//! starts their slices again elsewhere.
 
 use super::Cluster;
 use super::wire::{self, Answer, Call, Done, Frame, FromWorker, Request, Room, ToWorker};
@@ -29,8 +30,20 @@ const RECONNECT: Duration = Duration::from_millis(500);
 /// The route a worker connects to.
 pub(crate) const ROUTE: &str = "/internal/v1/workers";
 
-/// Answers to the host calls a session's guest is waiting for.
-type Pending = Arc<Mutex<HashMap<u64, oneshot::Sender<Result<Answer, String>>>>>;
+/// An answer from the leader, with what the run has left of its journal
+/// budget after the call.
+type Answered = (Result<Answer, String>, Room);
+
+/// The host calls guests here wait on the leader to answer, by session and
+/// number; once the connection is gone no more are taken.
+#[derive(Default)]
+struct Waiting {
+    closed: bool,
+    calls: HashMap<(u64, u64), oneshot::Sender<Answered>>,
+}
+
+/// [`Waiting`], shared by the connection's reader and the guests.
+type Pending = Arc<Mutex<Waiting>>;
 
 /// The guests this node runs for the leader, and whether it drains.
 #[derive(Default)]
@@ -126,37 +139,6 @@ pub(crate) fn spawn(cluster: Weak<Cluster>, config: WorkerConfig) {
                 tokio::time::sleep(RECONNECT).await;
                 continue;
             };
-            let url = format!("{}{ROUTE}", leader.url.trim_end_matches('/'));
-            let response = http
-                .get(&url)
-                .header(reqwest::header::CONNECTION, "upgrade")
-                .header(reqwest::header::UPGRADE, wire::PROTOCOL)
-                .bearer_auth(&config.key)
-                .send()
-                .await;
-            let upgraded = match response {
-                Ok(r) if r.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS => {
-                    r.upgrade().await
-                }
-                Ok(r) => {
-                    tracing::debug!(status = %r.status(), leader = %leader.node, "the leader did not take this node as a worker");
-                    tokio::time::sleep(RECONNECT).await;
-                    continue;
-                }
-                Err(error) => {
-                    tracing::debug!(%error, leader = %leader.node, "connecting to the leader to run guests failed");
-                    tokio::time::sleep(RECONNECT).await;
-                    continue;
-                }
-            };
-            let io = match upgraded {
-                Ok(io) => io,
-                Err(error) => {
-                    tracing::debug!(%error, "the leader's upgrade failed");
-                    tokio::time::sleep(RECONNECT).await;
-                    continue;
-                }
-            };
             if sandbox.is_none() {
                 match Sandbox::new(config.sandbox.clone()) {
                     Ok(made) => sandbox = Some(made),
@@ -168,6 +150,48 @@ pub(crate) fn spawn(cluster: Weak<Cluster>, config: WorkerConfig) {
             }
             let Some(sandbox) = sandbox.clone() else {
                 return;
+            };
+            let url = format!("{}{ROUTE}", leader.url.trim_end_matches('/'));
+            let request = http
+                .get(&url)
+                .header(reqwest::header::CONNECTION, "upgrade")
+                .header(reqwest::header::UPGRADE, wire::PROTOCOL)
+                .bearer_auth(&config.key)
+                .send();
+            // A leader whose host vanished after it took the connection
+            // would hold these for as long as TCP keeps trying.
+            let upgraded = match tokio::time::timeout(SILENCE, request).await {
+                Ok(Ok(r)) if r.status() == reqwest::StatusCode::SWITCHING_PROTOCOLS => {
+                    tokio::time::timeout(SILENCE, r.upgrade()).await
+                }
+                Ok(Ok(r)) => {
+                    tracing::debug!(status = %r.status(), leader = %leader.node, "the leader did not take this node as a worker");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, leader = %leader.node, "connecting to the leader to run guests failed");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!(leader = %leader.node, "the leader did not answer");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+            };
+            let io = match upgraded {
+                Ok(Ok(io)) => io,
+                Ok(Err(error)) => {
+                    tracing::debug!(%error, "the leader's upgrade failed");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
+                Err(_) => {
+                    tracing::debug!("the leader's upgrade did not finish");
+                    tokio::time::sleep(RECONNECT).await;
+                    continue;
+                }
             };
             tracing::info!(leader = %leader.node, "running guests for the leader");
             let hello = FromWorker::Hello {
@@ -205,16 +229,21 @@ async fn serve<IO>(
     if guests.draining() {
         let _ = out.send(Frame::new(&FromWorker::Draining, Vec::new()));
     }
-    let writing = tokio::spawn(async move {
-        while let Some(frame) = outgoing.recv().await {
-            if wire::write_frame(&mut writer, &frame.message, &frame.attachment)
-                .await
-                .is_err()
-            {
-                return;
+    let broken = Arc::new(tokio::sync::Notify::new());
+    let writing = {
+        let broken = broken.clone();
+        tokio::spawn(async move {
+            while let Some(frame) = outgoing.recv().await {
+                if let Err(error) =
+                    wire::write_frame(&mut writer, &frame.message, &frame.attachment).await
+                {
+                    tracing::warn!(%error, "writing to the leader failed");
+                    broken.notify_one();
+                    return;
+                }
             }
-        }
-    });
+        })
+    };
     let pinging = {
         let out = out.clone();
         tokio::spawn(async move {
@@ -227,10 +256,14 @@ async fn serve<IO>(
         })
     };
     let shared_bundles = Arc::new(tokio::sync::Mutex::new(std::mem::take(bundles)));
-    let pending: Pending = Arc::new(Mutex::new(HashMap::new()));
+    let pending: Pending = Arc::new(Mutex::new(Waiting::default()));
     let mut sessions: HashMap<u64, SessionHandle> = HashMap::new();
     loop {
-        let frame = match wire::read_frame(&mut reader, SILENCE).await {
+        let read = tokio::select! {
+            read = wire::read_frame(&mut reader, SILENCE) => read,
+            _ = broken.notified() => break,
+        };
+        let frame = match read {
             Ok(Some(frame)) => frame,
             Ok(None) => break,
             Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
@@ -245,18 +278,32 @@ async fn serve<IO>(
             break;
         };
         match message {
-            ToWorker::Ping => {}
+            ToWorker::Ping => {
+                // Idle, the sandbox gives its instances' memory back after
+                // a while, as a leader's does; bundles of its old
+                // generation go with it (a guest that needs one again
+                // loads it anew).
+                let idle = guests.running.load(Ordering::SeqCst) == 0;
+                if idle
+                    && sandbox.renew_if_idle()
+                    && let Ok(mut loaded) = shared_bundles.try_lock()
+                {
+                    loaded.retain(|_, bundle| bundle.is_newest());
+                }
+            }
             ToWorker::Reply {
                 session,
                 call,
                 answer,
+                room,
             } => {
                 let waiting = pending
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
-                    .remove(&key(session, call));
+                    .calls
+                    .remove(&(session, call));
                 if let Some(waiting) = waiting {
-                    let _ = waiting.send(answer);
+                    let _ = waiting.send((answer, room));
                 }
             }
             ToWorker::Interrupt { session } => {
@@ -307,7 +354,17 @@ async fn serve<IO>(
                 });
             }
             ToWorker::Close { session } => {
-                sessions.remove(&session);
+                // A guest still in a call stops at its next tick, and one
+                // waiting for an answer gets an error: the leader no longer
+                // listens for this session.
+                if let Some(handle) = sessions.remove(&session) {
+                    interrupt(&handle);
+                }
+                pending
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .calls
+                    .retain(|(s, _), _| *s != session);
             }
             other @ (ToWorker::Bundle { .. } | ToWorker::Setup { .. } | ToWorker::Call { .. }) => {
                 let session = match &other {
@@ -325,16 +382,13 @@ async fn serve<IO>(
     // Every guest here stops: interrupted if running, dropped when its
     // session sees the connection gone.
     for handle in sessions.values() {
-        if let Some(flag) = handle
-            .interrupt
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .as_ref()
-        {
-            flag.store(true, Ordering::SeqCst);
-        }
+        interrupt(handle);
     }
-    pending.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    {
+        let mut waiting = pending.lock().unwrap_or_else(|p| p.into_inner());
+        waiting.closed = true;
+        waiting.calls.clear();
+    }
     *guests.out.lock().unwrap_or_else(|p| p.into_inner()) = None;
     drop(sessions);
     pinging.abort();
@@ -342,9 +396,16 @@ async fn serve<IO>(
     *bundles = std::mem::take(&mut *shared_bundles.lock().await);
 }
 
-/// A pending host call's key: its session and number.
-fn key(session: u64, call: u64) -> u64 {
-    session.wrapping_mul(1 << 32).wrapping_add(call)
+/// Interrupts a session's guest at its next epoch tick.
+fn interrupt(handle: &SessionHandle) {
+    if let Some(flag) = handle
+        .interrupt
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .as_ref()
+    {
+        flag.store(true, Ordering::SeqCst);
+    }
 }
 
 /// One guest this node runs for the leader.
@@ -416,7 +477,9 @@ impl Session {
                     *proxy.opened.lock().unwrap_or_else(|p| p.into_inner()) =
                         opened.into_iter().collect();
                     *proxy.room.lock().unwrap_or_else(|p| p.into_inner()) = room;
-                    let (result, image) = call_on(&mut attempt, &flag, *call, attachment).await;
+                    let memory = limits.memory_bytes as usize;
+                    let (result, image) =
+                        call_on(&mut attempt, &flag, *call, attachment, memory).await;
                     let done = FromWorker::Done {
                         session,
                         result,
@@ -483,6 +546,7 @@ async fn call_on(
     flag: &AtomicBool,
     call: Call,
     attachment: Vec<u8>,
+    memory: usize,
 ) -> (Done, Vec<u8>) {
     match call {
         Call::Start(ctx) => (Done::Step(attempt.start(&ctx).await), Vec::new()),
@@ -495,7 +559,7 @@ async fn call_on(
             (Done::Ok, Vec::new())
         }
         Call::Restore => {
-            let image = match wire::unpack_off(attachment, wire::MAX_IMAGE).await {
+            let image = match wire::unpack_off(attachment, memory).await {
                 Ok(image) => image,
                 Err(e) => {
                     let trap = kiln_sandbox::TrapKind::Other(format!(
@@ -511,7 +575,14 @@ async fn call_on(
         }
         Call::Capture => match attempt.capture().await {
             Ok(image) => match wire::pack_off(image).await {
-                Ok(packed) => (Done::Image, packed),
+                Ok(packed) if wire::fits(packed.len()) => (Done::Image, packed),
+                Ok(packed) => (
+                    Done::Trap(kiln_sandbox::TrapKind::Other(format!(
+                        "the snapshot is {} bytes compressed, too large to send to the leader",
+                        packed.len()
+                    ))),
+                    Vec::new(),
+                ),
                 Err(e) => (
                     Done::Trap(kiln_sandbox::TrapKind::Other(format!(
                         "packing the snapshot failed: {e}"
@@ -541,12 +612,16 @@ struct Proxy {
 impl Proxy {
     /// Asks the leader to make `request`; resolves to its answer.
     fn ask(&self, request: Request) -> HostFuture<Answer> {
+        let gone = || "the connection to the leader is gone".to_string();
         let call = self.next.fetch_add(1, Ordering::Relaxed);
         let (answered, answer) = oneshot::channel();
-        self.pending
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(key(self.session, call), answered);
+        {
+            let mut waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner());
+            if waiting.closed {
+                return Box::pin(std::future::ready(Err(gone())));
+            }
+            waiting.calls.insert((self.session, call), answered);
+        }
         let sent = self.out.send(Frame::new(
             &FromWorker::Request {
                 session: self.session,
@@ -555,11 +630,12 @@ impl Proxy {
             },
             Vec::new(),
         ));
+        let room = self.room.clone();
         Box::pin(async move {
-            sent.map_err(|_| "the connection to the leader is gone".to_string())?;
+            sent.map_err(|_| gone())?;
+            let (answer, left) = answer.await.map_err(|_| gone())?;
+            *room.lock().unwrap_or_else(|p| p.into_inner()) = left;
             answer
-                .await
-                .map_err(|_| "the connection to the leader is gone".to_string())?
         })
     }
 }
@@ -582,9 +658,10 @@ impl JournalSink for Proxy {
         {
             let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
             room.entries += 1;
-            // Near what the journal will store: the entry as JSON.
+            // At least what the journal will store: the entry as JSON,
+            // with its number, time and type.
             let size = serde_json::to_vec(&call).map_or(0, |v| v.len() as u64);
-            room.bytes += size + 32;
+            room.bytes += size + 96;
         }
         let _ = self.out.send(Frame::new(
             &FromWorker::Record {

@@ -3,14 +3,15 @@
 //!
 //! Every standby connects to the leader ([`super::worker`]) and offers to
 //! run guests. When a slice starts, the leader places its guest on the node
-//! running the fewest guests for its capacity, itself included. A guest on
-//! another node is a [`RemoteAttempt`]: the driver calls it as it calls a
-//! local instance, and the leader answers and journals each of its host
-//! calls as they come, in order, so its journal is the same as a local
-//! guest's. Nothing the worker holds is durable: if its connection ends
-//! (the node died, was cut off or stopped answering its heartbeat), the
-//! slice starts again from the run's snapshot and journal, on another node,
-//! and the journal answers every host call the lost guest had made.
+//! running the fewest guests for its capacity, itself included (a worker at
+//! its capacity takes none). A guest on another node is a
+//! [`RemoteAttempt`]: the driver calls it as it calls a local instance, and
+//! the leader answers and journals each of its host calls as they come, in
+//! order. Nothing the worker holds is durable: if its connection ends (the
+//! node died or was cut off) or goes silent (each side sends a frame every
+//! second), the slice starts again from the run's snapshot and journal, on
+//! the nodes left, and the journal answers every host call of the lost
+//! guest that reached the leader.
 
 use super::wire::{self, Answer, Call, Done, Frame, FromWorker, Request, Room, ToWorker};
 use kiln_sandbox::wit::kiln::task::types::{StartContext, Wake};
@@ -45,6 +46,8 @@ pub(crate) struct Link {
     out: mpsc::UnboundedSender<Frame>,
     sessions: Mutex<HashMap<u64, mpsc::UnboundedSender<Incoming>>>,
     closed: AtomicBool,
+    /// Told when the connection can no longer be written to.
+    broken: tokio::sync::Notify,
     /// Set when the node drains: it finishes its guests and takes no more.
     draining: AtomicBool,
     active: AtomicUsize,
@@ -52,11 +55,6 @@ pub(crate) struct Link {
 }
 
 impl Link {
-    /// The node's id.
-    pub(crate) fn node(&self) -> &str {
-        &self.node
-    }
-
     fn send(&self, message: &ToWorker, attachment: Vec<u8>) -> Result<(), Lost> {
         if self.closed.load(Ordering::SeqCst) {
             return Err(Lost);
@@ -116,8 +114,30 @@ pub(crate) enum Placement {
     Here,
     /// Here, holding one of the leader's own places until dropped.
     Local(LocalPlace),
-    /// On another node.
-    Remote(Arc<Link>),
+    /// On another node, holding one of its places until dropped.
+    Remote(RemotePlace),
+}
+
+/// One of a worker's places, given back when dropped.
+pub(crate) struct RemotePlace(Arc<Link>);
+
+impl RemotePlace {
+    fn take(link: Arc<Link>) -> Self {
+        link.active.fetch_add(1, Ordering::SeqCst);
+        link.ran.fetch_add(1, Ordering::Relaxed);
+        RemotePlace(link)
+    }
+
+    /// The node.
+    pub(crate) fn node(&self) -> &str {
+        &self.0.node
+    }
+}
+
+impl Drop for RemotePlace {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::SeqCst);
+    }
 }
 
 /// One of the leader's own places, given back when dropped.
@@ -152,7 +172,11 @@ impl Workers {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .filter(|l| !l.closed.load(Ordering::SeqCst) && !l.draining.load(Ordering::SeqCst))
+            .filter(|l| {
+                !l.closed.load(Ordering::SeqCst)
+                    && !l.draining.load(Ordering::SeqCst)
+                    && l.active.load(Ordering::SeqCst) < l.capacity as usize
+            })
             .cloned()
             .collect();
         let local = |workers: &Workers| {
@@ -189,7 +213,8 @@ impl Workers {
         }
         match candidates.swap_remove(best).0 {
             None => local(self),
-            Some(link) => Placement::Remote(link),
+            // Taken here, so slices placed at the same moment see it.
+            Some(link) => Placement::Remote(RemotePlace::take(link)),
         }
     }
 
@@ -243,21 +268,26 @@ impl Workers {
             out,
             sessions: Mutex::new(HashMap::new()),
             closed: AtomicBool::new(false),
+            broken: tokio::sync::Notify::new(),
             draining: AtomicBool::new(false),
             active: AtomicUsize::new(0),
             ran: AtomicU64::new(0),
         });
         tracing::info!(%node, capacity, "a node connected to run guests");
-        let writing = tokio::spawn(async move {
-            while let Some(frame) = outgoing.recv().await {
-                if wire::write_frame(&mut writer, &frame.message, &frame.attachment)
-                    .await
-                    .is_err()
-                {
-                    return;
+        let writing = {
+            let link = link.clone();
+            tokio::spawn(async move {
+                while let Some(frame) = outgoing.recv().await {
+                    if let Err(error) =
+                        wire::write_frame(&mut writer, &frame.message, &frame.attachment).await
+                    {
+                        tracing::warn!(node = %link.node, %error, "writing to a worker failed");
+                        link.broken.notify_one();
+                        return;
+                    }
                 }
-            }
-        });
+            })
+        };
         self.links
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -274,7 +304,11 @@ impl Workers {
             })
         };
         loop {
-            let frame = match wire::read_frame(&mut reader, SILENCE).await {
+            let read = tokio::select! {
+                read = wire::read_frame(&mut reader, SILENCE) => read,
+                _ = link.broken.notified() => break,
+            };
+            let frame = match read {
                 Ok(Some(frame)) => frame,
                 Ok(None) => break,
                 Err(error) if error.kind() == std::io::ErrorKind::TimedOut => {
@@ -327,24 +361,23 @@ impl Workers {
     /// bundle, if the worker does not have it.
     pub(crate) async fn open(
         &self,
-        link: Arc<Link>,
+        place: RemotePlace,
         bundle: &str,
         limits: Limits,
         bytes: impl Fn() -> Result<Vec<u8>, String>,
     ) -> Result<Result<RemoteAttempt, String>, Lost> {
         let session = self.next_session.fetch_add(1, Ordering::Relaxed);
         let (to, from) = mpsc::unbounded_channel();
+        let link = place.0.clone();
         link.sessions
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(session, to);
-        // Counted from here, so a slice whose open fails is counted too
-        // while it lasts.
-        link.active.fetch_add(1, Ordering::SeqCst);
-        link.ran.fetch_add(1, Ordering::Relaxed);
         let mut remote = RemoteAttempt {
             link,
+            _place: place,
             session,
+            memory: limits.memory_bytes,
             from,
             sink: None,
             room: None,
@@ -391,7 +424,11 @@ impl Workers {
 /// A guest running on another node, driven from here.
 pub(crate) struct RemoteAttempt {
     link: Arc<Link>,
+    /// The worker's place this guest holds.
+    _place: RemotePlace,
     session: u64,
+    /// The guest's memory cap: no image from the worker is larger.
+    memory: u64,
     from: mpsc::UnboundedReceiver<Incoming>,
     sink: Option<Box<dyn JournalSink>>,
     /// What the run has left of its journal budget, read before each call.
@@ -419,7 +456,6 @@ impl Drop for RemoteAttempt {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&self.session);
-        self.link.active.fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -495,13 +531,11 @@ impl RemoteAttempt {
     /// Copies the guest's memory.
     pub(crate) async fn capture(&mut self) -> Result<Result<Vec<u8>, TrapKind>, Lost> {
         match self.call(Call::Capture, Vec::new()).await? {
-            (Done::Image, packed) => {
-                Ok(wire::unpack_off(packed, wire::MAX_IMAGE)
-                    .await
-                    .map_err(|e| {
-                        TrapKind::Other(format!("the snapshot from the worker is corrupt: {e}"))
-                    }))
-            }
+            (Done::Image, packed) => Ok(wire::unpack_off(packed, self.memory as usize)
+                .await
+                .map_err(|e| {
+                    TrapKind::Other(format!("the snapshot from the worker is corrupt: {e}"))
+                })),
             (Done::Trap(trap), _) => Ok(Err(trap)),
             (other, _) => Ok(Err(TrapKind::Other(format!(
                 "the worker answered a capture with {other:?}"
@@ -512,7 +546,13 @@ impl RemoteAttempt {
     /// Makes the guest's memory `image`.
     pub(crate) async fn restore(&mut self, image: Vec<u8>) -> Result<Result<(), TrapKind>, Lost> {
         let packed = match wire::pack_off(image).await {
-            Ok(packed) => packed,
+            Ok(packed) if wire::fits(packed.len()) => packed,
+            Ok(packed) => {
+                return Ok(Err(TrapKind::Other(format!(
+                    "the snapshot is {} bytes compressed, too large to send to another node",
+                    packed.len()
+                ))));
+            }
             Err(e) => return Ok(Err(TrapKind::Other(format!("packing the snapshot: {e}")))),
         };
         match self.call(Call::Restore, packed).await? {
@@ -583,11 +623,15 @@ impl RemoteAttempt {
                         Some(sink) => answer(sink.as_mut(), request).await,
                         None => Err("host calls are not available here".to_string()),
                     };
+                    // With what the call's entry took of the budget, so the
+                    // guest's next call is checked as it would be here.
+                    let room = self.room();
                     self.link.send(
                         &ToWorker::Reply {
                             session,
                             call,
                             answer,
+                            room,
                         },
                         Vec::new(),
                     )?;

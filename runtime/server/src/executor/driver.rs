@@ -545,8 +545,8 @@ impl<'a> Slice<'a> {
             Some(workers) => workers.place(self.here),
             None => crate::cluster::Placement::Here,
         };
-        let link = match placement {
-            crate::cluster::Placement::Remote(link) => link,
+        let place = match placement {
+            crate::cluster::Placement::Remote(place) => place,
             local => {
                 if let crate::cluster::Placement::Local(place) = local {
                     self.place = Some(place);
@@ -561,7 +561,7 @@ impl<'a> Slice<'a> {
         let Some(workers) = shared.config.workers.as_ref() else {
             return Ok(None);
         };
-        self.node = link.node().to_string();
+        self.node = place.node().to_string();
         let (store, hash) = (shared.store.clone(), bundle.content_hash().to_string());
         let bytes = || match store.bundle(&hash) {
             Ok(Some(bytes)) => Ok(bytes),
@@ -569,7 +569,7 @@ impl<'a> Slice<'a> {
             Err(error) => Err(format!("reading the bundle failed: {error}")),
         };
         match workers
-            .open(link, bundle.content_hash(), limits, bytes)
+            .open(place, bundle.content_hash(), limits, bytes)
             .await
         {
             Ok(Ok(remote)) => Ok(Some(Guest::Remote(Box::new(remote)))),

@@ -29,8 +29,9 @@ impl Guest {
     }
 
     /// Journals the guest's host calls into `sink`; `room` reads what the
-    /// run has left of its journal budget (a remote guest checks it between
-    /// two of the leader's answers).
+    /// run has left of its journal budget (a remote guest's node is told it
+    /// with each call and each answer, and counts what it journals in
+    /// between).
     pub(crate) fn set_journal(
         &mut self,
         sink: Box<dyn JournalSink>,

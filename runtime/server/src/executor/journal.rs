@@ -50,7 +50,7 @@ impl JournalWriter {
     }
 
     /// What the run's journal holds and may hold, for a guest on another
-    /// node to check between two of the leader's answers.
+    /// node to check its host calls against.
     pub(crate) fn room(&self) -> crate::cluster::Room {
         let (entries, bytes) = self.usage.journal();
         crate::cluster::Room {
