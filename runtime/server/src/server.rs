@@ -231,7 +231,16 @@ impl Server {
             (None, Some(hub)) => router(hub),
             (None, None) => anyhow::bail!("a server without a store cannot serve"),
         };
-        axum::serve(self.listener, app).await?;
+        // Answers leave at once rather than wait for the client's delayed
+        // acknowledgement of a previous write (Nagle's algorithm): a
+        // worker's connection to the leader carries many small frames.
+        use axum::serve::ListenerExt;
+        let listener = self.listener.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "TCP_NODELAY was refused");
+            }
+        });
+        axum::serve(listener, app).await?;
         Ok(())
     }
 }

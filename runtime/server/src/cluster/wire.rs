@@ -284,25 +284,55 @@ pub(crate) enum Answer {
     EnvVar(Option<(String, bool)>),
 }
 
-/// Writes one frame: `message` and `attachment`.
-pub(crate) async fn write_frame<W: AsyncWrite + Unpin>(
+/// Attachments this large are written apart rather than copied into the
+/// batch.
+const COPIED: usize = 64 * 1024;
+
+/// Writes the frames `outgoing` gives until it closes, the frames queued
+/// together in one write: a frame's pieces, or two frames, never leave in
+/// writes of their own, which would wait on the peer's delayed
+/// acknowledgement.
+pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     writer: &mut W,
-    message: &[u8],
-    attachment: &[u8],
+    outgoing: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
 ) -> std::io::Result<()> {
-    let total = 4 + message.len() + attachment.len();
+    let mut buffer = Vec::new();
+    while let Some(first) = outgoing.recv().await {
+        let mut next = Some(first);
+        while let Some(frame) = next.take() {
+            head(&mut buffer, &frame.message, frame.attachment.len())?;
+            if frame.attachment.len() > COPIED {
+                writer.write_all(&buffer).await?;
+                buffer.clear();
+                writer.write_all(&frame.attachment).await?;
+            } else {
+                buffer.extend_from_slice(&frame.attachment);
+            }
+            if buffer.len() < 1 << 20 {
+                next = outgoing.try_recv().ok();
+            }
+        }
+        if !buffer.is_empty() {
+            writer.write_all(&buffer).await?;
+            buffer.clear();
+        }
+    }
+    Ok(())
+}
+
+/// Appends a frame's lengths and message to `buffer`.
+fn head(buffer: &mut Vec<u8>, message: &[u8], attachment: usize) -> std::io::Result<()> {
+    let total = 4 + message.len() + attachment;
     if total > MAX_FRAME {
         return Err(std::io::Error::new(
             std::io::ErrorKind::InvalidInput,
             format!("a frame of {total} bytes is over the limit of {MAX_FRAME}"),
         ));
     }
-    writer.write_all(&(total as u32).to_be_bytes()).await?;
-    writer
-        .write_all(&(message.len() as u32).to_be_bytes())
-        .await?;
-    writer.write_all(message).await?;
-    writer.write_all(attachment).await
+    buffer.extend_from_slice(&(total as u32).to_be_bytes());
+    buffer.extend_from_slice(&(message.len() as u32).to_be_bytes());
+    buffer.extend_from_slice(message);
+    Ok(())
 }
 
 /// Reads one frame: its message and attachment, or `None` at the end of
@@ -434,6 +464,18 @@ pub(crate) async fn unpack_off(packed: Vec<u8>, limit: usize) -> std::io::Result
 mod tests {
     use super::*;
 
+    /// Writes one frame: `message` and `attachment`, in one write.
+    async fn write_frame<W: AsyncWrite + Unpin>(
+        writer: &mut W,
+        message: &[u8],
+        attachment: &[u8],
+    ) -> std::io::Result<()> {
+        let mut buffer = Vec::with_capacity(8 + message.len() + attachment.len());
+        head(&mut buffer, message, attachment.len())?;
+        buffer.extend_from_slice(attachment);
+        writer.write_all(&buffer).await
+    }
+
     #[tokio::test]
     async fn frames_round_trip_and_a_short_one_is_refused() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
@@ -472,6 +514,39 @@ mod tests {
         let (message, attachment) = read_frame(&mut b, quiet).await.unwrap().unwrap();
         assert_eq!((message, attachment), (b"x".to_vec(), b"y".to_vec()));
         slow.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn queued_frames_leave_together_and_read_back_in_order() {
+        let (mut a, mut b) = tokio::io::duplex(1 << 22);
+        let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel();
+        out.send(Frame::new(&ToWorker::Ping, Vec::new())).unwrap();
+        out.send(Frame::new(
+            &ToWorker::Close { session: 3 },
+            vec![7; 100_000],
+        ))
+        .unwrap();
+        out.send(Frame::new(&ToWorker::Interrupt { session: 4 }, vec![1, 2]))
+            .unwrap();
+        drop(out);
+        write_frames(&mut a, &mut outgoing).await.unwrap();
+        let wait = std::time::Duration::from_secs(5);
+        let mut read = Vec::new();
+        while let Some((message, attachment)) = read_frame(&mut b, wait).await.unwrap() {
+            let message: ToWorker = serde_json::from_slice(&message).unwrap();
+            read.push((format!("{message:?}"), attachment.len()));
+            if read.len() == 3 {
+                break;
+            }
+        }
+        assert_eq!(
+            read,
+            [
+                ("Ping".to_string(), 0),
+                ("Close { session: 3 }".to_string(), 100_000),
+                ("Interrupt { session: 4 }".to_string(), 2),
+            ]
+        );
     }
 
     #[test]

@@ -233,14 +233,9 @@ async fn serve<IO>(
     let writing = {
         let broken = broken.clone();
         tokio::spawn(async move {
-            while let Some(frame) = outgoing.recv().await {
-                if let Err(error) =
-                    wire::write_frame(&mut writer, &frame.message, &frame.attachment).await
-                {
-                    tracing::warn!(%error, "writing to the leader failed");
-                    broken.notify_one();
-                    return;
-                }
+            if let Err(error) = wire::write_frames(&mut writer, &mut outgoing).await {
+                tracing::warn!(%error, "writing to the leader failed");
+                broken.notify_one();
             }
         })
     };

@@ -277,14 +277,9 @@ impl Workers {
         let writing = {
             let link = link.clone();
             tokio::spawn(async move {
-                while let Some(frame) = outgoing.recv().await {
-                    if let Err(error) =
-                        wire::write_frame(&mut writer, &frame.message, &frame.attachment).await
-                    {
-                        tracing::warn!(node = %link.node, %error, "writing to a worker failed");
-                        link.broken.notify_one();
-                        return;
-                    }
+                if let Err(error) = wire::write_frames(&mut writer, &mut outgoing).await {
+                    tracing::warn!(node = %link.node, %error, "writing to a worker failed");
+                    link.broken.notify_one();
                 }
             })
         };
