@@ -440,17 +440,17 @@ async fn every_node_runs_guests_and_a_killed_workers_runs_finish_on_the_others()
         );
     }
 
-    // Guests spinning for 3 s between two draws, placed on every node; a
+    // Guests spinning for 5 s between two draws, placed on every node; a
     // node that runs some for the leader is killed once each has drawn
     // once.
-    let ids = spinners(&nodes, 6, 3000).await;
-    let victim = busy_worker(&nodes, 0).await;
+    let ids = spinners(&nodes, 6, 5000).await;
     for id in &ids {
         nodes
             .node(0)
             .until_journal(id, |e| host_calls(e, "random-bytes") >= 1)
             .await;
     }
+    let victim = busy_worker(&nodes, 0).await;
     nodes.kill(victim);
     drew_twice(nodes.node(0), &ids).await;
     let body = work_body(nodes.node(0)).await;
@@ -588,11 +588,12 @@ async fn a_queue_limit_of_two_holds_across_three_nodes_and_large_bodies_stream_t
     let pg = Postgres::start();
     let url = pg.database("kiln");
     let nodes = Nodes::start(&url, &[]);
-    nodes.leader().await;
+    let leader = nodes.leader().await;
+    workers(nodes.node(leader), 3).await;
     nodes.node(2).deploy(kiln_fixtures::PROBE).await;
     // `own-limit` runs on its task's queue, limited to 2, and holds its
     // slot through its 300 ms wait (shorter than the default warm wait);
-    // triggered on all three nodes.
+    // triggered on all three nodes, its guests placed on all three.
     let mut ids = Vec::new();
     for i in 0..9 {
         ids.push(
@@ -621,6 +622,11 @@ async fn a_queue_limit_of_two_holds_across_three_nodes_and_large_bodies_stream_t
             .filter(|(s, e)| s <= start && start < e)
             .count();
         assert!(at_once <= 2, "{at_once} at once: {spans:?}");
+    }
+    let shares = work(nodes.node(leader)).await;
+    assert_eq!(shares.len(), 3, "{shares:?}");
+    for (node, _, slices) in &shares {
+        assert!(*slices >= 1, "{node} ran no guest: {shares:?}");
     }
 
     // A trigger of 2 MiB, over what a standby reads before forwarding,

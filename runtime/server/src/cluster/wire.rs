@@ -289,9 +289,10 @@ pub(crate) enum Answer {
 const COPIED: usize = 64 * 1024;
 
 /// Writes the frames `outgoing` gives until it closes, the frames queued
-/// together in one write: a frame's pieces, or two frames, never leave in
-/// writes of their own, which would wait on the peer's delayed
-/// acknowledgement.
+/// together in one write: a frame's lengths and message, or two small
+/// frames, never leave in writes of their own, which would wait on the
+/// peer's delayed acknowledgement. An attachment over 64 KiB is written
+/// apart rather than copied.
 pub(crate) async fn write_frames<W: AsyncWrite + Unpin>(
     writer: &mut W,
     outgoing: &mut tokio::sync::mpsc::UnboundedReceiver<Frame>,
@@ -517,7 +518,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn queued_frames_leave_together_and_read_back_in_order() {
+    async fn queued_frames_read_back_in_order_with_their_attachments() {
         let (mut a, mut b) = tokio::io::duplex(1 << 22);
         let (out, mut outgoing) = tokio::sync::mpsc::unbounded_channel();
         out.send(Frame::new(&ToWorker::Ping, Vec::new())).unwrap();

@@ -17,7 +17,7 @@ use kiln_sandbox::{
     Attempt, ChildRequest, HostFuture, JournalSink, LoadedBundle, Redactor, Sandbox, SandboxConfig,
     SpawnFuture, Spawned, TokenFuture,
 };
-use kiln_types::HostCall;
+use kiln_types::{HostCall, JournalEntry, JournalRecord, Timestamp};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -39,6 +39,8 @@ type Answered = (Result<Answer, String>, Room);
 #[derive(Default)]
 struct Waiting {
     closed: bool,
+    /// Sessions the leader closed while their guest ran: their calls fail.
+    ended: std::collections::HashSet<u64>,
     calls: HashMap<(u64, u64), oneshot::Sender<Answered>>,
 }
 
@@ -343,8 +345,11 @@ async fn serve<IO>(
                 };
                 let (sandbox, bundles) = (sandbox.clone(), shared_bundles.clone());
                 let running = Running::new(guests);
+                let waiting = pending.clone();
                 crate::executor::spawn_guest(async move {
                     context.run(bundle, limits, sandbox, bundles).await;
+                    let mut waiting = waiting.lock().unwrap_or_else(|p| p.into_inner());
+                    waiting.ended.remove(&session);
                     drop(running);
                 });
             }
@@ -355,11 +360,9 @@ async fn serve<IO>(
                 if let Some(handle) = sessions.remove(&session) {
                     interrupt(&handle);
                 }
-                pending
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .calls
-                    .retain(|(s, _), _| *s != session);
+                let mut waiting = pending.lock().unwrap_or_else(|p| p.into_inner());
+                waiting.calls.retain(|(s, _), _| *s != session);
+                waiting.ended.insert(session);
             }
             other @ (ToWorker::Bundle { .. } | ToWorker::Setup { .. } | ToWorker::Call { .. }) => {
                 let session = match &other {
@@ -612,7 +615,7 @@ impl Proxy {
         let (answered, answer) = oneshot::channel();
         {
             let mut waiting = self.pending.lock().unwrap_or_else(|p| p.into_inner());
-            if waiting.closed {
+            if waiting.closed || waiting.ended.contains(&self.session) {
                 return Box::pin(std::future::ready(Err(gone())));
             }
             waiting.calls.insert((self.session, call), answered);
@@ -649,14 +652,22 @@ macro_rules! expect {
 }
 
 impl JournalSink for Proxy {
-    fn record(&mut self, call: HostCall) {
+    fn record(&mut self, mut call: HostCall) {
         {
             let mut room = self.room.lock().unwrap_or_else(|p| p.into_inner());
             room.entries += 1;
-            // At least what the journal will store: the entry as JSON,
-            // with its number, time and type.
-            let size = serde_json::to_vec(&call).map_or(0, |v| v.len() as u64);
-            room.bytes += size + 96;
+            // What the journal will store: the record as JSON.
+            let record = JournalRecord {
+                seq: room.entries + 1,
+                at: Timestamp::now(),
+                entry: JournalEntry::HostCall(call),
+            };
+            let size = serde_json::to_vec(&record).map_or(0, |v| v.len() as u64);
+            room.bytes += size;
+            let JournalEntry::HostCall(recorded) = record.entry else {
+                return;
+            };
+            call = recorded;
         }
         let _ = self.out.send(Frame::new(
             &FromWorker::Record {

@@ -122,10 +122,17 @@ pub(crate) enum Placement {
 pub(crate) struct RemotePlace(Arc<Link>);
 
 impl RemotePlace {
-    fn take(link: Arc<Link>) -> Self {
-        link.active.fetch_add(1, Ordering::SeqCst);
+    /// One of `link`'s places, unless another slice took its last one
+    /// since it was chosen.
+    fn take(link: Arc<Link>) -> Option<Self> {
+        let capacity = link.capacity as usize;
+        link.active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |active| {
+                (active < capacity).then_some(active + 1)
+            })
+            .ok()?;
         link.ran.fetch_add(1, Ordering::Relaxed);
-        RemotePlace(link)
+        Some(RemotePlace(link))
     }
 
     /// The node.
@@ -211,10 +218,11 @@ impl Workers {
                 best = i;
             }
         }
-        match candidates.swap_remove(best).0 {
+        // Taken here, so slices placed at the same moment see it; one that
+        // lost the worker's last place to another runs here.
+        match candidates.swap_remove(best).0.and_then(RemotePlace::take) {
             None => local(self),
-            // Taken here, so slices placed at the same moment see it.
-            Some(link) => Placement::Remote(RemotePlace::take(link)),
+            Some(place) => Placement::Remote(place),
         }
     }
 
