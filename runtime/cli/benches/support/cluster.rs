@@ -66,6 +66,54 @@ async fn run_through(http: &reqwest::Client, url: &str) -> bool {
     false
 }
 
+impl Stop {
+    fn describe(self) -> &'static str {
+        match self {
+            Stop::Kill => "SIGKILLed",
+            Stop::Pause => "paused with SIGSTOP",
+        }
+    }
+}
+
+/// `median … (worst …)` of `samples`.
+fn summary(samples: &mut [Duration]) -> String {
+    let worst = samples.iter().max().copied().unwrap_or_default();
+    format!(
+        "median {:.0?} (worst {worst:.0?})",
+        percentile(samples, 0.5)
+    )
+}
+
+/// A new database `db` on the server at `postgres`; its URL.
+fn database(postgres: &str, db: &str) -> String {
+    let status = std::process::Command::new("psql")
+        .args(["-q", "-X", postgres, "-c"])
+        .arg(format!("CREATE DATABASE {db}"))
+        .status()
+        .expect("psql");
+    assert!(status.success(), "creating {db}");
+    postgres.replacen("/postgres?", &format!("/{db}?"), 1)
+}
+
+/// Stops `node` as `how` says; a paused one is given back, to be killed
+/// once measured.
+fn stop(node: Server, how: Stop) -> Option<Server> {
+    match how {
+        Stop::Kill => {
+            node.kill();
+            None
+        }
+        Stop::Pause => {
+            let sent = std::process::Command::new("kill")
+                .args(["-STOP", &node.child.id().to_string()])
+                .status()
+                .expect("kill runs");
+            assert!(sent.success());
+            Some(node)
+        }
+    }
+}
+
 /// How a round stops the leader.
 #[derive(Clone, Copy, PartialEq)]
 pub enum Stop {
@@ -82,13 +130,7 @@ pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
         Stop::Kill => "bench_failover",
         Stop::Pause => "bench_failover_paused",
     };
-    let status = std::process::Command::new("psql")
-        .args(["-q", "-X", postgres, "-c"])
-        .arg(format!("CREATE DATABASE {db}"))
-        .status()
-        .expect("psql");
-    assert!(status.success(), "creating {db}");
-    let url = postgres.replacen("/postgres?", &format!("/{db}?"), 1);
+    let url = database(postgres, db);
     let args = ["--store", url.as_str()];
     let envs = [("KILN_MASTER_KEY", MASTER_KEY)];
     let dirs: Vec<tempfile::TempDir> = (0..3)
@@ -114,20 +156,7 @@ pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
         let survivor = nodes[(leader + 1) % 3].url.clone();
         let stopped = nodes.remove(leader);
         let started = Instant::now();
-        let paused = match how {
-            Stop::Kill => {
-                stopped.kill();
-                None
-            }
-            Stop::Pause => {
-                let sent = std::process::Command::new("kill")
-                    .args(["-STOP", &stopped.child.id().to_string()])
-                    .status()
-                    .expect("kill runs");
-                assert!(sent.success());
-                Some(stopped)
-            }
-        };
+        let paused = stop(stopped, how);
         let deadline = started + Duration::from_secs(60);
         loop {
             let mut led = false;
@@ -155,20 +184,11 @@ pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
             Server::start_with_env(dirs[leader].path(), &args, &envs).0,
         );
     }
-    let (lead_max, serve_max) = (
-        to_lead.iter().max().copied().unwrap_or_default(),
-        to_serve.iter().max().copied().unwrap_or_default(),
-    );
     println!(
-        "cluster failover (3 nodes, leader {}, {rounds} times): a node leads after median {:.0?} (worst {:.0?}); a run through a surviving node completes after median {:.0?} (worst {:.0?})",
-        match how {
-            Stop::Kill => "SIGKILLed",
-            Stop::Pause => "paused with SIGSTOP",
-        },
-        percentile(&mut to_lead, 0.5),
-        lead_max,
-        percentile(&mut to_serve, 0.5),
-        serve_max,
+        "cluster failover (3 nodes, leader {}, {rounds} times): a node leads after {}; a run through a surviving node completes after {}",
+        how.describe(),
+        summary(&mut to_lead),
+        summary(&mut to_serve),
     );
     for node in nodes {
         node.kill();
@@ -199,13 +219,7 @@ pub async fn worker_loss_bench(postgres: &str, how: Stop, rounds: usize) {
         Stop::Kill => "bench_worker_killed",
         Stop::Pause => "bench_worker_paused",
     };
-    let status = std::process::Command::new("psql")
-        .args(["-q", "-X", postgres, "-c"])
-        .arg(format!("CREATE DATABASE {db}"))
-        .status()
-        .expect("psql");
-    assert!(status.success(), "creating {db}");
-    let url = postgres.replacen("/postgres?", &format!("/{db}?"), 1);
+    let url = database(postgres, db);
     let args = ["--store", url.as_str()];
     let envs = [("KILN_MASTER_KEY", MASTER_KEY)];
     let dirs: Vec<tempfile::TempDir> = (0..3)
@@ -256,20 +270,7 @@ pub async fn worker_loss_bench(postgres: &str, how: Stop, rounds: usize) {
         let lost_before = work(&nodes[0]).await["lost"].as_u64().unwrap_or(0);
         let stopped = nodes.remove(worker);
         let started = Instant::now();
-        let paused = match how {
-            Stop::Kill => {
-                stopped.kill();
-                None
-            }
-            Stop::Pause => {
-                let sent = std::process::Command::new("kill")
-                    .args(["-STOP", &stopped.child.id().to_string()])
-                    .status()
-                    .expect("kill runs");
-                assert!(sent.success());
-                Some(stopped)
-            }
-        };
+        let paused = stop(stopped, how);
         let deadline = started + Duration::from_secs(60);
         while work(&nodes[0]).await["lost"].as_u64().unwrap_or(0) <= lost_before {
             assert!(Instant::now() < deadline, "the lost guest never restarted");
@@ -293,20 +294,11 @@ pub async fn worker_loss_bench(postgres: &str, how: Stop, rounds: usize) {
         );
         connected(&nodes[0], 3).await;
     }
-    let (restart_max, complete_max) = (
-        to_restart.iter().max().copied().unwrap_or_default(),
-        to_complete.iter().max().copied().unwrap_or_default(),
-    );
     println!(
-        "cluster worker lost (3 nodes, a worker {} while its guest spins 1 s, {rounds} times): the slice starts again after median {:.0?} (worst {:.0?}); the run completes after median {:.0?} (worst {:.0?})",
-        match how {
-            Stop::Kill => "SIGKILLed",
-            Stop::Pause => "paused with SIGSTOP",
-        },
-        percentile(&mut to_restart, 0.5),
-        restart_max,
-        percentile(&mut to_complete, 0.5),
-        complete_max,
+        "cluster worker lost (3 nodes, a worker {} while its guest spins 1 s, {rounds} times): the slice starts again after {}; the run completes after {}",
+        how.describe(),
+        summary(&mut to_restart),
+        summary(&mut to_complete),
     );
     for node in nodes {
         node.kill();

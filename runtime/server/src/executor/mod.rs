@@ -43,6 +43,7 @@ mod tokens;
 mod waits;
 
 pub use annotations::AnnotationError;
+pub(crate) use budgets::journal_within;
 pub use budgets::{BUDGET_NAMES, Budgets, parse_size_bytes};
 pub use delays::RescheduleError;
 pub use dispatch::QueueView;
@@ -106,17 +107,6 @@ where
     F: std::future::Future<Output = ()> + Send + 'static,
 {
     guests::spawn(work)
-}
-
-/// `Err` naming the limit once a journal of `entries` entries and `bytes`
-/// bytes is past `max_entries` or `max_bytes`.
-pub(crate) fn journal_within(
-    entries: u64,
-    bytes: u64,
-    max_entries: u64,
-    max_bytes: u64,
-) -> Result<(), String> {
-    budgets::journal_within(entries, bytes, max_entries, max_bytes)
 }
 
 /// Hands runs to the executor and controls them.
