@@ -301,17 +301,11 @@ impl Attempt {
         self.store.data().logs.calls
     }
 
-    /// Where the attempt's logging stands before this slice runs: `calls`
-    /// log calls made before the restore point, `saved_calls` before the
-    /// last saved suspension (a replay keeps none of those again), and the
-    /// lines and bytes kept so far, against the caps.
-    pub fn resume_logs(&mut self, calls: u64, saved_calls: u64, kept: &[LogLine]) {
-        let kept = LogCounts::of(calls, saved_calls, kept);
-        self.resume_log_counts(kept);
-    }
-
-    /// [`Attempt::resume_logs`] with the kept lines counted already.
-    pub fn resume_log_counts(&mut self, counts: LogCounts) {
+    /// Where the attempt's logging stands before this slice runs (see
+    /// [`LogCounts`]): log calls made before the restore point and before
+    /// the last saved suspension (a replay keeps none of those again), and
+    /// the lines and bytes kept so far, against the caps.
+    pub fn resume_logs(&mut self, counts: LogCounts) {
         let logs = &mut self.store.data_mut().logs;
         logs.calls = counts.calls;
         logs.saved_calls = counts.saved_calls;

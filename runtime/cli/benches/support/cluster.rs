@@ -84,6 +84,12 @@ fn summary(samples: &mut [Duration]) -> String {
     )
 }
 
+/// A node of the cluster on the store at `url`, with its data in `dir`.
+fn node(dir: &std::path::Path, url: &str) -> Server {
+    let args = ["--store", url];
+    Server::start_with_env(dir, &args, &[("KILN_MASTER_KEY", MASTER_KEY)]).0
+}
+
 /// A new database `db` on the server at `postgres`; its URL.
 fn database(postgres: &str, db: &str) -> String {
     let status = std::process::Command::new("psql")
@@ -131,15 +137,10 @@ pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
         Stop::Pause => "bench_failover_paused",
     };
     let url = database(postgres, db);
-    let args = ["--store", url.as_str()];
-    let envs = [("KILN_MASTER_KEY", MASTER_KEY)];
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("a temp dir"))
         .collect();
-    let mut nodes: Vec<Server> = dirs
-        .iter()
-        .map(|d| Server::start_with_env(d.path(), &args, &envs).0)
-        .collect();
+    let mut nodes: Vec<Server> = dirs.iter().map(|d| node(d.path(), &url)).collect();
     nodes[0].deploy(kiln_fixtures::HELLO_WORLD).await;
     let http = reqwest::Client::new();
     assert!(run_through(&http, &nodes[1].url).await);
@@ -179,10 +180,7 @@ pub async fn failover_bench(postgres: &str, how: Stop, rounds: usize) {
             paused.kill();
         }
         // The stopped node's data directory comes back as a standby.
-        nodes.insert(
-            leader,
-            Server::start_with_env(dirs[leader].path(), &args, &envs).0,
-        );
+        nodes.insert(leader, node(dirs[leader].path(), &url));
     }
     println!(
         "cluster failover (3 nodes, leader {}, {rounds} times): a node leads after {}; a run through a surviving node completes after {}",
@@ -220,15 +218,13 @@ pub async fn worker_loss_bench(postgres: &str, how: Stop, rounds: usize) {
         Stop::Pause => "bench_worker_paused",
     };
     let url = database(postgres, db);
-    let args = ["--store", url.as_str()];
-    let envs = [("KILN_MASTER_KEY", MASTER_KEY)];
     let dirs: Vec<tempfile::TempDir> = (0..3)
         .map(|_| tempfile::tempdir().expect("a temp dir"))
         .collect();
     // The first node leads (the others start once it does).
     let mut nodes: Vec<Server> = Vec::new();
     for dir in &dirs {
-        nodes.push(Server::start_with_env(dir.path(), &args, &envs).0);
+        nodes.push(node(dir.path(), &url));
         if nodes.len() == 1 {
             let http = reqwest::Client::new();
             while !leads(&http, &nodes[0].url).await {
@@ -288,10 +284,7 @@ pub async fn worker_loss_bench(postgres: &str, how: Stop, rounds: usize) {
         if let Some(paused) = paused {
             paused.kill();
         }
-        nodes.insert(
-            worker,
-            Server::start_with_env(dirs[worker].path(), &args, &envs).0,
-        );
+        nodes.insert(worker, node(dirs[worker].path(), &url));
         connected(&nodes[0], 3).await;
     }
     println!(

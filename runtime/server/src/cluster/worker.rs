@@ -461,7 +461,7 @@ impl Session {
                 ToWorker::Setup { redactor, logs, .. } => {
                     attempt.set_redactor(Redactor::from_forms(redactor));
                     if let Some(logs) = logs {
-                        attempt.resume_log_counts(logs);
+                        attempt.resume_logs(logs);
                     }
                 }
                 ToWorker::Call {

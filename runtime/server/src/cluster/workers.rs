@@ -489,7 +489,7 @@ impl RemoteAttempt {
     }
 
     /// Where logging stands.
-    pub(crate) fn resume_log_counts(&mut self, counts: LogCounts) {
+    pub(crate) fn resume_logs(&mut self, counts: LogCounts) {
         self.log_counts = Some(counts);
     }
 

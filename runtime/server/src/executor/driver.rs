@@ -372,23 +372,24 @@ impl<'a> Slice<'a> {
             self.run.root_or_self().clone(),
             self.run.parent_or_self().clone(),
         );
-        let writer = self.journal.clone();
-        let room = Box::new(move || writer.room());
-        attempt.set_journal(
-            Box::new(super::children::AttemptSink {
-                writer: self.journal.clone(),
-                executor: self.executor.clone(),
-                own_parent,
-                parent: self.run.id.clone(),
-                deployment: self.run.deployment_id.clone(),
-                root,
-                depth,
-                attempt: self.attempt_no,
-                redactor: self.redactor.clone(),
-                run_trace: self.run.trace.clone(),
-            }),
-            room,
-        );
+        if let Guest::Remote(remote) = &mut attempt {
+            // The guest's node checks its host calls against the run's
+            // journal budget as it stands at each call and answer.
+            let writer = self.journal.clone();
+            remote.set_room(Box::new(move || writer.room()));
+        }
+        attempt.set_journal(Box::new(super::children::AttemptSink {
+            writer: self.journal.clone(),
+            executor: self.executor.clone(),
+            own_parent,
+            parent: self.run.id.clone(),
+            deployment: self.run.deployment_id.clone(),
+            root,
+            depth,
+            attempt: self.attempt_no,
+            redactor: self.redactor.clone(),
+            run_trace: self.run.trace.clone(),
+        }));
         attempt.set_redactor(self.redactor.clone());
         let mut replay = resume.replay;
         super::fetch::unmask_replay(&mut replay, &shared.store, &self.run.id, self.attempt_no)?;

@@ -28,21 +28,11 @@ impl Guest {
         }
     }
 
-    /// Journals the guest's host calls into `sink`; `room` reads what the
-    /// run has left of its journal budget (a remote guest's node is told it
-    /// with each call and each answer, and counts what it journals in
-    /// between).
-    pub(crate) fn set_journal(
-        &mut self,
-        sink: Box<dyn JournalSink>,
-        room: Box<dyn Fn() -> crate::cluster::Room + Send>,
-    ) {
+    /// Journals the guest's host calls into `sink`.
+    pub(crate) fn set_journal(&mut self, sink: Box<dyn JournalSink>) {
         match self {
             Guest::Local(a) => a.set_journal(sink),
-            Guest::Remote(r) => {
-                r.set_journal(sink);
-                r.set_room(room);
-            }
+            Guest::Remote(r) => r.set_journal(sink),
         }
     }
 
@@ -65,8 +55,8 @@ impl Guest {
     /// Where the attempt's logging stands before the slice.
     pub(crate) fn resume_logs(&mut self, counts: LogCounts) {
         match self {
-            Guest::Local(a) => a.resume_log_counts(counts),
-            Guest::Remote(r) => r.resume_log_counts(counts),
+            Guest::Local(a) => a.resume_logs(counts),
+            Guest::Remote(r) => r.resume_logs(counts),
         }
     }
 

@@ -48,6 +48,7 @@ pub use budgets::{BUDGET_NAMES, Budgets, parse_size_bytes};
 pub use delays::RescheduleError;
 pub use dispatch::QueueView;
 pub use fetch::{FetchPolicy, MAX_FETCH_BODY};
+pub(crate) use guests::spawn as spawn_guest;
 pub use interpreter::engine_writes;
 pub use retention::Pass;
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
@@ -98,15 +99,6 @@ pub struct ExecutorConfig {
     /// The nodes of the cluster that run guests for this leader (`None` on
     /// a single server).
     pub(crate) workers: Option<Arc<crate::cluster::Workers>>,
-}
-
-/// Runs a guest's work (a slice, or a guest run for a cluster's leader) on
-/// the guests' runtime.
-pub(crate) fn spawn_guest<F>(work: F)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    guests::spawn(work)
 }
 
 /// Hands runs to the executor and controls them.
