@@ -79,7 +79,7 @@ async fn snapshots_bundles_and_payloads_live_in_the_bucket_through_a_kill() {
     }
     // The database holds references, not the values.
     let largest: usize = pg
-        .query(&url, "SELECT max(length(value)) FROM kiln_kv")
+        .query(&url, "SELECT max(length(value)) FROM kiln_entries")
         .parse()
         .expect("a length");
     assert!(largest < 1024, "the table's largest value: {largest} bytes");

@@ -28,6 +28,7 @@ mod memory;
 mod pending;
 mod postgres_backend;
 mod postgres_cluster;
+mod postgres_tables;
 mod postgres_tls;
 mod prefixed;
 mod queues;

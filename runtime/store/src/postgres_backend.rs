@@ -39,9 +39,11 @@ use crate::blob_store::BlobStore;
 use crate::group_commit::{
     Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
+use crate::postgres_tables::{self as tables, Column, Read, Touch};
 use crate::postgres_tls::PgConfig;
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -96,7 +98,7 @@ pub(crate) const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
 /// Schema migrations, in order: the version each brings the database to,
 /// and its SQL. A database records the versions applied in
 /// `kiln_migrations`; those missing are applied at start, in one
-/// transaction each.
+/// transaction with the rest. [`TABLES_VERSION`] follows them.
 const MIGRATIONS: &[(i32, &str)] = &[
     (
         1,
@@ -119,6 +121,17 @@ const MIGRATIONS: &[(i32, &str)] = &[
          (writer text PRIMARY KEY, registered_at timestamptz NOT NULL DEFAULT now())",
     ),
 ];
+
+/// The migration that gives each keyspace a table of its own
+/// ([`tables::create_tables`]) and moves the rows of `kiln_kv` into them.
+const TABLES_VERSION: i32 = 4;
+
+/// How many rows of `kiln_kv` [`TABLES_VERSION`] reads the keys of at once.
+const MOVE_KEYS: i64 = 1000;
+
+/// How many bytes of values [`TABLES_VERSION`] moves in one statement, at
+/// most (a single larger value moves alone).
+const MOVE_BYTES: i64 = 32 << 20;
 
 /// How [`PostgresBackend::open_with`] waits for a database another server
 /// owns.
@@ -165,14 +178,11 @@ impl std::fmt::Debug for PostgresBackend {
     }
 }
 
-/// A read connection and its prepared statements.
+/// A read connection and the statements it has prepared, each the first
+/// time it was needed.
 struct Reader {
     client: Client,
-    get: Statement,
-    range_up: Statement,
-    range_down: Statement,
-    from_up: Statement,
-    from_down: Statement,
+    statements: std::sync::Mutex<HashMap<(usize, Read), Statement>>,
 }
 
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
@@ -261,7 +271,7 @@ impl PostgresBackend {
         let owner = connect("commits")?;
         let with_blobs = blobs.is_some();
         let configured = blobs.clone();
-        let Some((owner, write, session)) = on(runtime, async move {
+        let Some((owner, session)) = on(runtime, async move {
             let mut owner = owner;
             if !take_owner_lock(&owner, owner_wait).await? {
                 return Ok(None);
@@ -271,20 +281,12 @@ impl PostgresBackend {
             // keeps two from applying one).
             migrate(&mut owner).await?;
             same_blob_store(&owner, configured.as_deref(), true).await?;
-            let write = owner
-                .prepare(if with_blobs {
-                    WRITE_AND_REPLACED
-                } else {
-                    WRITE
-                })
-                .await
-                .map_err(|e| pg_error("preparing the group write", e))?;
             let session: i32 = owner
                 .query_one("SELECT pg_backend_pid()", &[])
                 .await
                 .map_err(|e| pg_error("reading the session's id", e))?
                 .get(0);
-            Ok(Some((owner, write, session)))
+            Ok(Some((owner, session)))
         })?
         else {
             return Ok(None);
@@ -292,7 +294,7 @@ impl PostgresBackend {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let client = connect("reads")?;
-            readers.push(on(runtime, Reader::prepare(client))?);
+            readers.push(Reader::new(client));
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
@@ -303,7 +305,10 @@ impl PostgresBackend {
         };
         let committer = Committer {
             client: owner,
-            write,
+            writes: Writes {
+                prepared: HashMap::new(),
+                blobs: with_blobs,
+            },
             pending: pending.clone(),
             durable: durable_tx,
             blobs: blobs.clone(),
@@ -344,10 +349,11 @@ impl PostgresBackend {
         let client = connector.connect("reads")?;
         let blobs = blobs.map(|b| b.fresh().map(Arc::new)).transpose()?;
         let configured = blobs.clone();
-        let reader = on(&connector.runtime, async move {
+        let client = on(&connector.runtime, async move {
             same_blob_store(&client, configured.as_deref(), false).await?;
-            Reader::prepare(client).await
+            Ok(client)
         })?;
+        let reader = Reader::new(client);
         let listener = connector.listen(DEPLOYMENTS_CHANNEL)?;
         // No committer receives: a commit is refused at once.
         let (tx, _) = mpsc::channel::<Request>();
@@ -506,41 +512,38 @@ impl PostgresBackend {
 }
 
 impl Reader {
-    async fn prepare(client: Client) -> Result<Self> {
-        let prepare = |sql: &'static str| {
-            let client = &client;
-            async move {
-                client
-                    .prepare(sql)
-                    .await
-                    .map_err(|e| pg_error("preparing a read", e))
-            }
-        };
-        let get = prepare("SELECT value FROM kiln_kv WHERE key = $1").await?;
-        let range_up = prepare(
-            "SELECT key, value FROM kiln_kv WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3",
-        )
-        .await?;
-        let range_down = prepare(
-            "SELECT key, value FROM kiln_kv WHERE key >= $1 AND key < $2 \
-             ORDER BY key DESC LIMIT $3",
-        )
-        .await?;
-        let from_up =
-            prepare("SELECT key, value FROM kiln_kv WHERE key >= $1 ORDER BY key LIMIT $2").await?;
-        let from_down =
-            prepare("SELECT key, value FROM kiln_kv WHERE key >= $1 ORDER BY key DESC LIMIT $2")
-                .await?;
-        Ok(Reader {
+    fn new(client: Client) -> Self {
+        Reader {
             client,
-            get,
-            range_up,
-            range_down,
-            from_up,
-            from_down,
-        })
+            statements: Default::default(),
+        }
     }
 
+    /// The statement that makes `read` on table `index`, prepared the
+    /// first time.
+    fn statement(&self, index: usize, read: Read) -> Result<Statement> {
+        if let Some(statement) = lock(&self.statements).get(&(index, read)) {
+            return Ok(statement.clone());
+        }
+        let statement = wait(self.client.prepare(&tables::read_sql(index, read)))
+            .map_err(|e| pg_error("preparing a read", e))?;
+        lock(&self.statements).insert((index, read), statement.clone());
+        Ok(statement)
+    }
+
+    /// The value under `key`, as the table holds it.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let statement = self.statement(tables::table_of(key), Read::Get)?;
+        let row = wait(self.client.query_opt(&statement, &[&key]))
+            .map_err(|e| pg_error("reading a key", e))?;
+        row.map(|row| row.try_get::<_, Vec<u8>>(0))
+            .transpose()
+            .map_err(|e| pg_error("a value", e))
+    }
+
+    /// The rows from `start` to `end` in `order`, at most `limit`: one
+    /// table's, or, for a range that may span tables, every table's
+    /// (queried at once) merged by key.
     fn rows(
         &self,
         start: &[u8],
@@ -549,21 +552,43 @@ impl Reader {
         order: Order,
     ) -> Result<Vec<Entry>> {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-        let (statement, params): (&Statement, Vec<&(dyn ToSql + Sync)>) = match (&end, order) {
-            (Some(end), Order::Ascending) => (&self.range_up, vec![&start, end, &limit]),
-            (Some(end), Order::Descending) => (&self.range_down, vec![&start, end, &limit]),
-            (None, Order::Ascending) => (&self.from_up, vec![&start, &limit]),
-            (None, Order::Descending) => (&self.from_down, vec![&start, &limit]),
+        let read = match (&end, order) {
+            (Some(_), Order::Ascending) => Read::RangeUp,
+            (Some(_), Order::Descending) => Read::RangeDown,
+            (None, Order::Ascending) => Read::FromUp,
+            (None, Order::Descending) => Read::FromDown,
         };
-        let rows = wait(self.client.query(statement, &params))
+        let params: Vec<&(dyn ToSql + Sync)> = match &end {
+            Some(end) => vec![&start, end, &limit],
+            None => vec![&start, &limit],
+        };
+        let indexes: Vec<usize> = match tables::table_of_range(start, end) {
+            Some(index) => vec![index],
+            None => (0..tables::COUNT).collect(),
+        };
+        let statements = indexes
+            .iter()
+            .map(|index| self.statement(*index, read))
+            .collect::<Result<Vec<_>>>()?;
+        let queries = statements
+            .iter()
+            .map(|statement| self.client.query(statement, &params));
+        let results = wait(futures_util::future::try_join_all(queries))
             .map_err(|e| pg_error("reading a range", e))?;
-        rows.into_iter()
-            .map(|row| {
-                let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
-                let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
-                Ok((key, value))
-            })
-            .collect()
+        let mut entries = Vec::new();
+        for row in results.into_iter().flatten() {
+            let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
+            let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
+            entries.push((key, value));
+        }
+        if indexes.len() > 1 {
+            match order {
+                Order::Ascending => entries.sort_by(|a, b| a.0.cmp(&b.0)),
+                Order::Descending => entries.sort_by(|a, b| b.0.cmp(&a.0)),
+            }
+            entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
+        }
+        Ok(entries)
     }
 }
 
@@ -794,7 +819,7 @@ async fn migrate(client: &mut Client) -> Result<()> {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let newest = MIGRATIONS.last().map_or(0, |(v, _)| *v);
+    let newest = TABLES_VERSION;
     if let Some(unknown) = applied.iter().find(|v| **v > newest) {
         return Err(StoreError::Backend(format!(
             "the database's schema is at version {unknown}, newer than this Kiln knows \
@@ -816,9 +841,88 @@ async fn migrate(client: &mut Client) -> Result<()> {
         .map_err(|e| pg_error("recording a migration", e))?;
         tracing::info!(version, "applied a migration to the PostgreSQL store");
     }
+    if !applied.contains(&TABLES_VERSION) {
+        tx.batch_execute(&tables::create_tables())
+            .await
+            .map_err(|e| pg_error("creating the tables", e))?;
+        let moved = move_into_tables(&tx).await?;
+        tx.execute(
+            "INSERT INTO kiln_migrations (version) VALUES ($1)",
+            &[&TABLES_VERSION],
+        )
+        .await
+        .map_err(|e| pg_error("recording a migration", e))?;
+        tracing::info!(
+            version = TABLES_VERSION,
+            moved,
+            "applied a migration to the PostgreSQL store: each keyspace has a table of its own"
+        );
+    }
     tx.commit()
         .await
         .map_err(|e| pg_error("committing the migrations", e))
+}
+
+/// Moves every row of `kiln_kv` that belongs to a keyspace into its table,
+/// written as the committer writes them (with their columns), a bounded
+/// number of bytes at a time; how many rows moved.
+async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
+    let mut moved = 0;
+    let mut after: Option<Vec<u8>> = None;
+    loop {
+        let page = tx
+            .query(
+                "SELECT key, length(value)::int8 FROM kiln_kv \
+                 WHERE $1::bytea IS NULL OR key > $1 ORDER BY key LIMIT $2",
+                &[&after, &MOVE_KEYS],
+            )
+            .await
+            .map_err(|e| pg_error("reading kiln_kv's keys", e))?;
+        let Some(last) = page.last() else {
+            return Ok(moved);
+        };
+        after = Some(last.try_get(0).map_err(|e| pg_error("a key", e))?);
+        // The keys to move, in batches of at most MOVE_BYTES of values.
+        let mut batches: Vec<Vec<Vec<u8>>> = vec![Vec::new()];
+        let mut bytes = 0;
+        for row in &page {
+            let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
+            let len: i64 = row.try_get(1).map_err(|e| pg_error("a length", e))?;
+            if tables::table_of(&key) == tables::TABLES.len() {
+                continue;
+            }
+            if bytes > 0 && bytes + len > MOVE_BYTES {
+                batches.push(Vec::new());
+                bytes = 0;
+            }
+            bytes += len;
+            if let Some(batch) = batches.last_mut() {
+                batch.push(key);
+            }
+        }
+        for keys in batches.into_iter().filter(|k| !k.is_empty()) {
+            let rows = tx
+                .query(
+                    "DELETE FROM kiln_kv WHERE key = ANY($1) RETURNING key, value",
+                    &[&keys],
+                )
+                .await
+                .map_err(|e| pg_error("taking rows from kiln_kv", e))?;
+            let mut group = Vec::with_capacity(rows.len());
+            for row in rows {
+                let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
+                let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
+                group.push((key, Some(Arc::new(value))));
+            }
+            for part in statements(&group) {
+                let sql = tables::write_sql(&part.touched(), false);
+                tx.execute(&sql, &part.params(None))
+                    .await
+                    .map_err(|e| pg_error("writing rows to their tables", e))?;
+            }
+            moved += group.len() as u64;
+        }
+    }
 }
 
 impl Drop for PostgresBackend {
@@ -860,7 +964,7 @@ impl Drop for Driver {
 /// The thread that writes groups of commits and acknowledges them.
 struct Committer {
     client: Client,
-    write: Statement,
+    writes: Writes,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
     /// Where large values go, if anywhere but the table.
@@ -868,23 +972,6 @@ struct Committer {
     /// The driver's runtime, which sends the blob store's requests.
     runtime: tokio::runtime::Handle,
 }
-
-/// A group's write: deletes `$3`, puts `$1` = `$2`.
-const WRITE: &str = "WITH gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])) \
-     INSERT INTO kiln_kv (key, value) \
-     SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-     ON CONFLICT (key) DO UPDATE SET value = excluded.value";
-
-/// [`WRITE`], answering the values it replaced or deleted that start as a
-/// reference to an object does (`$4`): every statement of the query sees
-/// the table as it was before it.
-const WRITE_AND_REPLACED: &str = "WITH replaced AS (SELECT key, value FROM kiln_kv \
-       WHERE key = ANY($1::bytea[] || $3::bytea[]) AND substring(value FROM 1 FOR 8) = $4), \
-     gone AS (DELETE FROM kiln_kv WHERE key = ANY($3::bytea[])), \
-     put AS (INSERT INTO kiln_kv (key, value) \
-       SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
-       ON CONFLICT (key) DO UPDATE SET value = excluded.value) \
-     SELECT key, value FROM replaced";
 
 /// A value whose object is gone.
 fn missing_object(key: &[u8]) -> StoreError {
@@ -1118,8 +1205,9 @@ async fn sweep(blobs: &BlobStore, client: &Client, older_than: Duration) -> Resu
         .collect();
     blobs
         .sweep(older_than, &writers, |key| async move {
+            let sql = tables::read_sql(tables::table_of(&key), Read::Get);
             let row = client
-                .query_opt("SELECT value FROM kiln_kv WHERE key = $1", &[&key])
+                .query_opt(&sql, &[&key])
                 .await
                 .map_err(|e| pg_error("reading a row for the sweep", e))?;
             Ok(row.map(|row| row.get::<_, Vec<u8>>(0)))
@@ -1132,18 +1220,58 @@ async fn sweep(blobs: &BlobStore, client: &Client, older_than: Duration) -> Resu
 /// is written as several statements in one transaction.
 const STATEMENT_BYTES: usize = 64 << 20;
 
-/// One statement's share of a group: keys and values to put, keys to
-/// delete.
+/// One statement's share of a group, table by table (in the order of
+/// their indexes).
 #[derive(Default)]
 struct Part<'a> {
-    keys: Vec<&'a [u8]>,
-    values: Vec<&'a [u8]>,
-    deleted: Vec<&'a [u8]>,
+    tables: BTreeMap<usize, Rows<'a>>,
     bytes: usize,
 }
 
+/// What one statement writes to one table: keys and values to put with
+/// their columns, keys to delete.
+struct Rows<'a> {
+    keys: Vec<&'a [u8]>,
+    values: Vec<&'a [u8]>,
+    columns: Vec<Column>,
+    deleted: Vec<&'a [u8]>,
+}
+
+impl Part<'_> {
+    /// The tables the statement writes, for [`tables::write_sql`].
+    fn touched(&self) -> Vec<Touch> {
+        self.tables
+            .iter()
+            .map(|(index, rows)| (*index, !rows.keys.is_empty(), !rows.deleted.is_empty()))
+            .collect()
+    }
+
+    /// The statement's parameters, in the order [`tables::write_sql`]
+    /// numbers them.
+    fn params<'p>(&'p self, magic: Option<&'p (dyn ToSql + Sync)>) -> Vec<&'p (dyn ToSql + Sync)> {
+        let mut params: Vec<&(dyn ToSql + Sync)> = magic.into_iter().collect();
+        for rows in self.tables.values() {
+            if !rows.deleted.is_empty() {
+                params.push(&rows.deleted);
+            }
+            if !rows.keys.is_empty() {
+                params.push(&rows.keys);
+                params.push(&rows.values);
+                for column in &rows.columns {
+                    params.push(match column {
+                        Column::Text(values) => values,
+                        Column::Int(values) => values,
+                    });
+                }
+            }
+        }
+        params
+    }
+}
+
 /// Splits a group's writes into statements of at most [`STATEMENT_BYTES`]
-/// (a single larger value is a statement of its own).
+/// (a single larger value is a statement of its own), each routed to the
+/// tables its keys live in, with their columns decoded.
 fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
     let mut parts = Vec::new();
     let mut part = Part::default();
@@ -1153,41 +1281,80 @@ fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
             parts.push(std::mem::take(&mut part));
         }
         part.bytes += size;
+        let index = tables::table_of(key);
+        let rows = part.tables.entry(index).or_insert_with(|| Rows {
+            keys: Vec::new(),
+            values: Vec::new(),
+            columns: tables::empty_columns(index),
+            deleted: Vec::new(),
+        });
         match value {
             Some(value) => {
-                part.keys.push(key.as_slice());
-                part.values.push(value.as_slice());
+                rows.keys.push(key.as_slice());
+                rows.values.push(value.as_slice());
+                tables::decode_into(index, key, value, &mut rows.columns);
             }
-            None => part.deleted.push(key.as_slice()),
+            None => rows.deleted.push(key.as_slice()),
         }
     }
     parts.push(part);
     parts
 }
 
+/// The committer's statements, one for each shape of group it has
+/// written (the tables it touched, and how), prepared the first time.
+struct Writes {
+    prepared: HashMap<Vec<Touch>, Statement>,
+    blobs: bool,
+}
+
+impl Writes {
+    /// At most this many shapes are kept prepared; past it the cache
+    /// starts again (a shape is a set of tables: few occur).
+    const MOST: usize = 4096;
+
+    fn statement(
+        &mut self,
+        client: &Client,
+        touched: Vec<Touch>,
+    ) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = self.prepared.get(&touched) {
+            return Ok(statement.clone());
+        }
+        let statement = wait(client.prepare(&tables::write_sql(&touched, self.blobs)))?;
+        if self.prepared.len() >= Self::MOST {
+            self.prepared.clear();
+        }
+        self.prepared.insert(touched, statement.clone());
+        Ok(statement)
+    }
+}
+
 /// Writes a group as one transaction: one statement, or several between
 /// `BEGIN` and `COMMIT`, with a `NOTIFY` of changed deployments in the same
 /// transaction when `notify` (PostgreSQL delivers it once the transaction
 /// commits). Returns once PostgreSQL has committed it, with the rows it
-/// replaced that referred to objects (when `blobs`).
+/// replaced that referred to objects (when the writes have a blob store).
 fn write_group(
     client: &Client,
-    write: &Statement,
+    writes: &mut Writes,
     parts: &[Part<'_>],
-    blobs: bool,
     notify: bool,
 ) -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
     let magic = BlobStore::magic();
-    let statement = |part: &Part<'_>| -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
-        if !blobs {
-            wait(client.execute(write, &[&part.keys, &part.values, &part.deleted]))?;
-            return Ok(Vec::new());
-        }
-        let rows = wait(client.query(write, &[&part.keys, &part.values, &part.deleted, &magic]))?;
-        rows.iter()
-            .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
-            .collect()
-    };
+    let blobs = writes.blobs;
+    let mut statement =
+        |part: &Part<'_>| -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
+            let prepared = writes.statement(client, part.touched())?;
+            let params = part.params(blobs.then_some(&magic as &(dyn ToSql + Sync)));
+            let rows = wait(client.query(&prepared, &params))?;
+            if !blobs {
+                return Ok(Vec::new());
+            }
+            rows.iter()
+                .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
+                .collect()
+        };
     if let ([only], false) = (parts, notify) {
         return statement(only);
     }
@@ -1207,7 +1374,7 @@ impl Committer {
     fn run(self, requests: mpsc::Receiver<Request>) {
         let Committer {
             client,
-            write,
+            writes: mut prepared,
             pending,
             durable,
             blobs,
@@ -1240,7 +1407,7 @@ impl Committer {
                     pending.sent.store(covered, Ordering::Release);
                     // Standbys compile a new deployment ahead at once.
                     let notify = writes.iter().any(|(key, _)| is_deployment_key(key));
-                    let written = write_group(&client, &write, &parts, blobs.is_some(), notify);
+                    let written = write_group(&client, &mut prepared, &parts, notify);
                     if written.is_ok() {
                         pending.applied(covered);
                     }
@@ -1287,14 +1454,7 @@ impl Backend for PostgresBackend {
         let mut previous = None;
         loop {
             let _reading = self.reading();
-            let reader = self.reader();
-            let row = wait(reader.client.query_opt(&reader.get, &[&key]))
-                .map_err(|e| pg_error("reading a key", e))?;
-            let Some(value) = row
-                .map(|row| row.try_get::<_, Vec<u8>>(0))
-                .transpose()
-                .map_err(|e| pg_error("a value", e))?
-            else {
+            let Some(value) = self.reader().get(key)? else {
                 return Ok(None);
             };
             if let Ok(resolved) = self.resolve(vec![(key.to_vec(), value.clone())])? {
@@ -1384,10 +1544,15 @@ mod tests {
 
     #[test]
     fn a_large_group_is_split_into_statements_of_bounded_size() {
+        let count = |p: &Part<'_>| {
+            p.tables.values().fold((0, 0), |(k, d), rows| {
+                (k + rows.keys.len(), d + rows.deleted.len())
+            })
+        };
         let small = [write("a", Some(10)), write("b", None), write("c", Some(5))];
         let parts = statements(&small);
         assert_eq!(parts.len(), 1);
-        assert_eq!((parts[0].keys.len(), parts[0].deleted.len()), (2, 1));
+        assert_eq!(count(&parts[0]), (2, 1));
 
         let half = STATEMENT_BYTES / 2;
         let large = [
@@ -1398,11 +1563,46 @@ mod tests {
             write("d", None),
         ];
         let parts = statements(&large);
-        let shape: Vec<(usize, usize)> = parts
-            .iter()
-            .map(|p| (p.keys.len(), p.deleted.len()))
-            .collect();
+        let shape: Vec<(usize, usize)> = parts.iter().map(count).collect();
         assert_eq!(shape, [(1, 0), (1, 0), (1, 0), (0, 1)]);
         assert!(parts.iter().all(|p| p.bytes > 0));
+    }
+
+    #[test]
+    fn a_group_is_written_to_the_tables_its_keys_live_in() {
+        let group = [
+            write("run/run_1", Some(3)),
+            write("env/proj_x/prod/run/run_2", Some(3)),
+            write("journal/run_1/\0\0\0\0\0\0\0\x01", Some(3)),
+            write("active/run_1", None),
+            write("seal-check", Some(3)),
+        ];
+        let parts = statements(&group);
+        let touched: Vec<(&str, bool, bool)> = parts[0]
+            .touched()
+            .into_iter()
+            .map(|(index, puts, deletes)| (tables::name(index), puts, deletes))
+            .collect();
+        assert_eq!(
+            touched,
+            [
+                ("kiln_run", true, false),
+                ("kiln_active", false, true),
+                ("kiln_journal", true, false),
+                ("kiln_kv", true, false),
+            ]
+        );
+        // Each table's keys, values and columns are parameters, in order.
+        let params = parts[0].params(None);
+        let columns: usize = parts[0]
+            .touched()
+            .iter()
+            .map(|(index, puts, deletes)| {
+                usize::from(*deletes) + usize::from(*puts) * (2 + tables::columns(*index).len())
+            })
+            .sum();
+        assert_eq!(params.len(), columns);
+        let sql = tables::write_sql(&parts[0].touched(), false);
+        assert_eq!(sql.matches("$").count(), params.len(), "{sql}");
     }
 }

@@ -69,7 +69,7 @@ async fn large_values_live_in_the_bucket_and_go_when_replaced_or_deleted() {
         "{objects:?}"
     );
     let largest: usize = pg
-        .query(&url, "SELECT max(length(value)) FROM kiln_kv")
+        .query(&url, "SELECT max(length(value)) FROM kiln_entries")
         .parse()
         .unwrap();
     assert!(
