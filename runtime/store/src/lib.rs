@@ -7,8 +7,8 @@
 //!   thread applies every commit made so far to sled as one batch; a syncer
 //!   thread flushes and `fdatasync`s once for every group, then
 //!   acknowledges each writer (group commit). [`PostgresBackend`] keeps
-//!   the same keys in a PostgreSQL table, with the same group commit (a
-//!   group is one transaction). [`MemoryBackend`] keeps everything in
+//!   the same keys in PostgreSQL, a table for each keyspace, with the same
+//!   group commit (a group is one transaction). [`MemoryBackend`] keeps everything in
 //!   memory for tests.
 //! - [`Store`]: typed records (deployments, bundles, runs) over any backend,
 //!   with the key layout in one place.

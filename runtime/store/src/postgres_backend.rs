@@ -3,15 +3,17 @@
 //!
 //! `kiln serve --store postgres://…` keeps the store in a PostgreSQL
 //! database instead of the embedded sled directory. The key layout is the
-//! same (`crate::layout`), in one table whose primary key is the key
-//! (`bytea` sorts byte by byte, as sled's keys do), so every read the
-//! engine makes is a lookup or a range of that index.
+//! same (`crate::layout`), each keyspace in a table of its own
+//! (`crate::postgres_tables`) whose primary key is the key (`bytea` sorts
+//! byte by byte, as sled's keys do), so every read the engine makes is a
+//! lookup or a range of one table's primary key.
 //!
 //! Writes work as on sled ([`crate::SledBackend`]):
 //! - a commit is numbered and kept in memory ([`crate::sled_unapplied`]),
 //!   so every later read in this process sees it at once;
 //! - one committer thread takes every commit made so far and writes them
-//!   as one statement, which PostgreSQL runs as one transaction: the group
+//!   as one statement (writing every table the group touches), which
+//!   PostgreSQL runs as one transaction: the group
 //!   is atomic, and durable once PostgreSQL acknowledges it (with its
 //!   default `synchronous_commit`, after its write-ahead log is flushed).
 //!   While a group commits, the next gathers; only then is each writer

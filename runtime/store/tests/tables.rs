@@ -1,0 +1,113 @@
+//! The PostgreSQL store keeps each keyspace in a table of its own, with
+//! its key decoded into columns an operator can query; a database from
+//! before, with everything in `kiln_kv`, is moved into them at start.
+
+#[path = "../../../tests/support/postgres.rs"]
+mod postgres;
+
+use kiln_store::{Backend, Op, PostgresBackend};
+
+/// How many runs the old database holds: more than one page of the move
+/// (a thousand keys), so it reads several.
+const RUNS: usize = 1200;
+
+#[test]
+fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() {
+    let server = postgres::Postgres::start();
+    let url = server.database("kiln");
+    // The database as Kiln's first schema left it: one table, every key
+    // in it. Each run has its record and a journal entry; one run of
+    // another environment, a timer and a marker of no keyspace besides.
+    server.query(
+        &url,
+        &format!(
+            "CREATE TABLE kiln_migrations \
+               (version integer PRIMARY KEY, applied_at timestamptz NOT NULL DEFAULT now()); \
+             INSERT INTO kiln_migrations (version) VALUES (1); \
+             CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL); \
+             INSERT INTO kiln_kv SELECT convert_to('run/run_' || i, 'UTF8'), \
+               convert_to('{{\"id\":\"run_' || i || '\",\"taskId\":\"hello\",\
+               \"status\":\"COMPLETED\",\"payload\":\"' || repeat('x', 500) || '\"}}', 'UTF8') \
+               FROM generate_series(1, {RUNS}) AS i; \
+             INSERT INTO kiln_kv SELECT convert_to('journal/run_' || i || '/', 'UTF8') \
+               || int8send(1), convert_to('{{}}', 'UTF8') FROM generate_series(1, {RUNS}) AS i; \
+             INSERT INTO kiln_kv VALUES \
+               (convert_to('env/proj_x/prod/run/run_x', 'UTF8'), \
+                convert_to('{{\"id\":\"run_x\",\"taskId\":\"other\",\"status\":\"QUEUED\"}}', 'UTF8')), \
+               (convert_to('timer/', 'UTF8') || int8send(1700000000000) \
+                || convert_to('run_1/', 'UTF8') || int8send(3), ''), \
+               (convert_to('seal-check', 'UTF8'), 'sealed');"
+        ),
+    );
+    let before = server.query(&url, "SELECT count(*) FROM kiln_kv");
+    assert_eq!(before, (2 * RUNS + 3).to_string());
+
+    let backend = PostgresBackend::open(&url).unwrap();
+    // Every key reads as before, through lookups and scans.
+    let run_7 = backend.get(b"run/run_7").unwrap().unwrap();
+    assert!(run_7.starts_with(br#"{"id":"run_7","taskId":"hello""#));
+    let journal = backend.scan_prefix(b"journal/run_7/").unwrap();
+    assert_eq!(journal.len(), 1);
+    assert_eq!(backend.scan_prefix(b"run/").unwrap().len(), RUNS);
+    assert_eq!(backend.get(b"seal-check").unwrap().unwrap(), b"sealed");
+    let everything = backend.scan_prefix(b"").unwrap();
+    assert_eq!(everything.len(), 2 * RUNS + 3);
+    assert!(everything.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    let newest = backend
+        .scan_range_rev(b"run/", b"run0", 2)
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| String::from_utf8(k).unwrap())
+        .collect::<Vec<_>>();
+    assert_eq!(newest, ["run/run_999", "run/run_998"]);
+
+    // Each in its table, with its columns.
+    let q = |sql: &str| server.query(&url, sql);
+    assert_eq!(q("SELECT convert_from(key, 'UTF8') FROM kiln_kv"), "seal-check");
+    assert_eq!(
+        q("SELECT task_id, status, count(*) FROM kiln_run \
+           WHERE project = '' GROUP BY 1, 2"),
+        format!("hello|COMPLETED|{RUNS}")
+    );
+    assert_eq!(
+        q("SELECT project, environment, run_id, task_id, status FROM kiln_run \
+           WHERE project <> ''"),
+        "proj_x|prod|run_x|other|QUEUED"
+    );
+    assert_eq!(
+        q("SELECT run_id, seq FROM kiln_journal WHERE run_id = 'run_7'"),
+        "run_7|1"
+    );
+    assert_eq!(
+        q("SELECT due_ms, run_id, wait_id FROM kiln_timer"),
+        "1700000000000|run_1|3"
+    );
+    assert_eq!(
+        q("SELECT count(*) FROM kiln_entries"),
+        (2 * RUNS + 3).to_string()
+    );
+
+    // New writes land in their tables too, and a run written again has its
+    // new status.
+    let record = br#"{"id":"run_7","taskId":"hello","status":"CANCELED"}"#.to_vec();
+    futures_executor::block_on(backend.commit(vec![
+        Op::Put(b"run/run_7".to_vec(), record),
+        Op::Delete(b"run/run_8".to_vec()),
+        Op::Put(b"active/run_7".to_vec(), Vec::new()),
+    ]))
+    .unwrap();
+    assert_eq!(
+        q("SELECT status FROM kiln_run WHERE run_id IN ('run_7', 'run_8')"),
+        "CANCELED"
+    );
+    assert_eq!(q("SELECT run_id FROM kiln_active"), "run_7");
+    drop(backend);
+
+    // The move is one migration, applied once.
+    let backend = PostgresBackend::open(&url).unwrap();
+    assert_eq!(backend.scan_prefix(b"run/").unwrap().len(), RUNS - 1);
+    assert_eq!(
+        q("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_migrations"),
+        "1,2,3,4"
+    );
+}
