@@ -200,7 +200,8 @@ async fn a_stuck_database_makes_the_server_not_ready_until_it_answers_again() {
     kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
     assert_eq!(ready(&kiln).await, 200);
 
-    // Another session locks the store's table: every read waits.
+    // Another session locks the store's tables of markers and runs: every
+    // read of them waits.
     let mut locker = std::process::Command::new("psql")
         .args(["-X", "-q", "-At", &url])
         .stdin(std::process::Stdio::piped())
@@ -210,7 +211,7 @@ async fn a_stuck_database_makes_the_server_not_ready_until_it_answers_again() {
     let mut stdin = locker.stdin.take().expect("stdin is piped");
     writeln!(
         stdin,
-        "BEGIN; LOCK TABLE kiln_kv IN ACCESS EXCLUSIVE MODE; SELECT 'locked';"
+        "BEGIN; LOCK TABLE kiln_kv, kiln_run IN ACCESS EXCLUSIVE MODE; SELECT 'locked';"
     )
     .expect("psql reads");
     let mut lines = BufReader::new(locker.stdout.take().expect("stdout is piped")).lines();

@@ -17,6 +17,7 @@
 //! | `idem/<idempotency key hash>` | `IdempotentRun` (JSON): the run a trigger's key made |
 //! | `child/<parent run id>/<child run id>` | empty: the parent triggered the child |
 //! | `batch/<batch id>` | `BatchRecord` (JSON) |
+//! | `batch-item/<batch id>/<index: u32 BE>` | the run id (text) made for a v3 batch's item, empty if none |
 //! | `batch-key/<idempotency key hash>` | `BatchKey` (JSON): the v3 batch a key made |
 //! | `waiter/<child run id>/<waiting run id>/<wait id: u64 BE>` | `Waiter` (JSON): a suspended run waits on the child |
 //! | `token/<token id>` | `WaitToken` (JSON) |
@@ -51,6 +52,9 @@
 //! `kiln serve` starts with) keeps its keys at the top level, as before
 //! projects existed; every other environment keeps them under its `env/`
 //! prefix, so no code reading one environment can see another's.
+//!
+//! In PostgreSQL each keyspace is a table of its own, `kiln_<keyspace>`
+//! (`crate::postgres_tables`), holding the same keys.
 //!
 //! Waiting runs are not in `active/`: they are reached through what wakes
 //! them (their timers, their inbox), so start-up reads only runs that were

@@ -41,7 +41,7 @@ use crate::blob_store::BlobStore;
 use crate::group_commit::{
     Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
-use crate::postgres_tables::{self as tables, Column, Read, Touch};
+use crate::postgres_tables::{self as tables, Column, Read};
 use crate::postgres_tls::PgConfig;
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
@@ -80,53 +80,56 @@ const DEPLOYMENTS_CHANNEL: &str = "kiln_deployments";
 /// Whether `key` is a deployment record's (`deploy/…`, or
 /// `env/<project>/<environment>/deploy/…`).
 fn is_deployment_key(key: &[u8]) -> bool {
-    let deploy = crate::layout::DEPLOY;
-    if key.starts_with(deploy) {
-        return true;
-    }
-    let Some(rest) = key.strip_prefix(b"env/".as_slice()) else {
-        return false;
-    };
-    let mut slashes = rest.iter().enumerate().filter(|(_, b)| **b == b'/');
-    match slashes.nth(1) {
-        Some((at, _)) => rest[at + 1..].starts_with(deploy),
-        None => false,
-    }
+    tables::name(tables::table_of(key)) == "kiln_deploy"
 }
 
 /// The advisory lock a server holds on its database for its life.
 pub(crate) const OWNER_LOCK: i64 = 0x6b69_6c6e_0001;
 
+/// A schema migration.
+enum Migration {
+    /// SQL to run.
+    Sql(&'static str),
+    /// Each keyspace gets a table of its own ([`tables::create_tables`])
+    /// and the rows of `kiln_kv` move into them ([`move_into_tables`]).
+    Tables,
+}
+
 /// Schema migrations, in order: the version each brings the database to,
-/// and its SQL. A database records the versions applied in
-/// `kiln_migrations`; those missing are applied at start, in one
-/// transaction with the rest. [`TABLES_VERSION`] follows them.
-const MIGRATIONS: &[(i32, &str)] = &[
+/// and what it does. A database records the versions applied in
+/// `kiln_migrations`; those missing are applied at start, in order, in one
+/// transaction.
+const MIGRATIONS: &[(i32, Migration)] = &[
     (
         1,
-        "CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL)",
+        Migration::Sql("CREATE TABLE kiln_kv (key bytea PRIMARY KEY, value bytea NOT NULL)"),
     ),
     (
         2,
         // The cluster's nodes (`crate::postgres_cluster`): where each is
         // reached, the fingerprint of its keys, and, for the node that
         // leads, the database session that holds the owner lock.
-        crate::postgres_cluster::NODES_TABLE,
+        Migration::Sql(crate::postgres_cluster::NODES_TABLE),
     ),
     (
         3,
         // The blob store the database's references point into, once one
         // was used (`crate::blob_store`), and the writers whose objects
         // its sweep may delete.
-        "CREATE TABLE kiln_blob_store (location text NOT NULL, database text NOT NULL); \
-         CREATE TABLE kiln_blob_writers \
-         (writer text PRIMARY KEY, registered_at timestamptz NOT NULL DEFAULT now())",
+        Migration::Sql(
+            "CREATE TABLE kiln_blob_store (location text NOT NULL, database text NOT NULL); \
+             CREATE TABLE kiln_blob_writers \
+             (writer text PRIMARY KEY, registered_at timestamptz NOT NULL DEFAULT now())",
+        ),
     ),
+    (TABLES_VERSION, Migration::Tables),
 ];
 
-/// The migration that gives each keyspace a table of its own
-/// ([`tables::create_tables`]) and moves the rows of `kiln_kv` into them.
+/// The version whose migration gives each keyspace a table of its own.
 const TABLES_VERSION: i32 = 4;
+
+/// The newest schema this Kiln knows.
+const NEWEST: i32 = TABLES_VERSION;
 
 /// How many rows of `kiln_kv` [`TABLES_VERSION`] reads the keys of at once.
 const MOVE_KEYS: i64 = 1000;
@@ -185,6 +188,10 @@ impl std::fmt::Debug for PostgresBackend {
 struct Reader {
     client: Client,
     statements: std::sync::Mutex<HashMap<(usize, Read), Statement>>,
+    /// The database is at a schema from before each keyspace had a table
+    /// (a standby beside a leader of an older Kiln): every key is in
+    /// `kiln_kv`.
+    one_table: bool,
 }
 
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
@@ -296,7 +303,7 @@ impl PostgresBackend {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let client = connect("reads")?;
-            readers.push(Reader::new(client));
+            readers.push(Reader::new(client, false));
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
@@ -351,11 +358,16 @@ impl PostgresBackend {
         let client = connector.connect("reads")?;
         let blobs = blobs.map(|b| b.fresh().map(Arc::new)).transpose()?;
         let configured = blobs.clone();
-        let client = on(&connector.runtime, async move {
+        let (client, version) = on(&connector.runtime, async move {
             same_blob_store(&client, configured.as_deref(), false).await?;
-            Ok(client)
+            let version = schema_version(&client).await?;
+            Ok((client, version))
         })?;
-        let reader = Reader::new(client);
+        if version > NEWEST {
+            return Err(newer_schema(version));
+        }
+        // Beside a leader of a Kiln from before the tables, read its one.
+        let reader = Reader::new(client, version < TABLES_VERSION);
         let listener = connector.listen(DEPLOYMENTS_CHANNEL)?;
         // No committer receives: a commit is refused at once.
         let (tx, _) = mpsc::channel::<Request>();
@@ -514,10 +526,27 @@ impl PostgresBackend {
 }
 
 impl Reader {
-    fn new(client: Client) -> Self {
+    fn new(client: Client, one_table: bool) -> Self {
         Reader {
             client,
             statements: Default::default(),
+            one_table,
+        }
+    }
+
+    /// The table `key` is read from.
+    fn table_of(&self, key: &[u8]) -> usize {
+        match self.one_table {
+            true => tables::TABLES.len(),
+            false => tables::table_of(key),
+        }
+    }
+
+    /// The table a range is read from, or [`tables::ALL`].
+    fn table_of_range(&self, start: &[u8], end: Option<&[u8]>) -> usize {
+        match self.one_table {
+            true => tables::TABLES.len(),
+            false => tables::table_of_range(start, end).unwrap_or(tables::ALL),
         }
     }
 
@@ -535,7 +564,7 @@ impl Reader {
 
     /// The value under `key`, as the table holds it.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let statement = self.statement(tables::table_of(key), Read::Get)?;
+        let statement = self.statement(self.table_of(key), Read::Get)?;
         let row = wait(self.client.query_opt(&statement, &[&key]))
             .map_err(|e| pg_error("reading a key", e))?;
         row.map(|row| row.try_get::<_, Vec<u8>>(0))
@@ -544,8 +573,8 @@ impl Reader {
     }
 
     /// The rows from `start` to `end` in `order`, at most `limit`: one
-    /// table's, or, for a range that may span tables, every table's
-    /// (queried at once) merged by key.
+    /// table's, or, for a range that may span tables, every table's merged
+    /// by key, in one statement (so as of one moment).
     fn rows(
         &self,
         start: &[u8],
@@ -564,33 +593,16 @@ impl Reader {
             Some(end) => vec![&start, end, &limit],
             None => vec![&start, &limit],
         };
-        let indexes: Vec<usize> = match tables::table_of_range(start, end) {
-            Some(index) => vec![index],
-            None => (0..tables::COUNT).collect(),
-        };
-        let statements = indexes
-            .iter()
-            .map(|index| self.statement(*index, read))
-            .collect::<Result<Vec<_>>>()?;
-        let queries = statements
-            .iter()
-            .map(|statement| self.client.query(statement, &params));
-        let results = wait(futures_util::future::try_join_all(queries))
+        let statement = self.statement(self.table_of_range(start, end), read)?;
+        let rows = wait(self.client.query(&statement, &params))
             .map_err(|e| pg_error("reading a range", e))?;
-        let mut entries = Vec::new();
-        for row in results.into_iter().flatten() {
-            let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
-            let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
-            entries.push((key, value));
-        }
-        if indexes.len() > 1 {
-            match order {
-                Order::Ascending => entries.sort_by(|a, b| a.0.cmp(&b.0)),
-                Order::Descending => entries.sort_by(|a, b| b.0.cmp(&a.0)),
-            }
-            entries.truncate(usize::try_from(limit).unwrap_or(usize::MAX));
-        }
-        Ok(entries)
+        rows.into_iter()
+            .map(|row| {
+                let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
+                let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
+                Ok((key, value))
+            })
+            .collect()
     }
 }
 
@@ -821,43 +833,37 @@ async fn migrate(client: &mut Client) -> Result<()> {
         .iter()
         .map(|row| row.get(0))
         .collect();
-    let newest = TABLES_VERSION;
-    if let Some(unknown) = applied.iter().find(|v| **v > newest) {
-        return Err(StoreError::Backend(format!(
-            "the database's schema is at version {unknown}, newer than this Kiln knows \
-             ({newest}): run a newer kiln"
-        )));
+    if let Some(unknown) = applied.iter().find(|v| **v > NEWEST) {
+        return Err(newer_schema(*unknown));
     }
-    for (version, sql) in MIGRATIONS {
+    for (version, migration) in MIGRATIONS {
         if applied.contains(version) {
             continue;
         }
-        tx.batch_execute(sql)
-            .await
-            .map_err(|e| pg_error(&format!("applying migration {version}"), e))?;
+        let moved = match migration {
+            Migration::Sql(sql) => {
+                tx.batch_execute(sql)
+                    .await
+                    .map_err(|e| pg_error(&format!("applying migration {version}"), e))?;
+                None
+            }
+            Migration::Tables => {
+                tx.batch_execute(&tables::create_tables())
+                    .await
+                    .map_err(|e| pg_error("creating the tables", e))?;
+                Some(move_into_tables(&tx).await?)
+            }
+        };
         tx.execute(
             "INSERT INTO kiln_migrations (version) VALUES ($1)",
             &[version],
         )
         .await
         .map_err(|e| pg_error("recording a migration", e))?;
-        tracing::info!(version, "applied a migration to the PostgreSQL store");
-    }
-    if !applied.contains(&TABLES_VERSION) {
-        tx.batch_execute(&tables::create_tables())
-            .await
-            .map_err(|e| pg_error("creating the tables", e))?;
-        let moved = move_into_tables(&tx).await?;
-        tx.execute(
-            "INSERT INTO kiln_migrations (version) VALUES ($1)",
-            &[&TABLES_VERSION],
-        )
-        .await
-        .map_err(|e| pg_error("recording a migration", e))?;
         tracing::info!(
-            version = TABLES_VERSION,
+            version,
             moved,
-            "applied a migration to the PostgreSQL store: each keyspace has a table of its own"
+            "applied a migration to the PostgreSQL store"
         );
     }
     tx.commit()
@@ -865,9 +871,31 @@ async fn migrate(client: &mut Client) -> Result<()> {
         .map_err(|e| pg_error("committing the migrations", e))
 }
 
-/// Moves every row of `kiln_kv` that belongs to a keyspace into its table,
-/// written as the committer writes them (with their columns), a bounded
-/// number of bytes at a time; how many rows moved.
+/// Refuses a database whose schema a newer Kiln made.
+fn newer_schema(version: i32) -> StoreError {
+    StoreError::Backend(format!(
+        "the database's schema is at version {version}, newer than this Kiln knows \
+         ({NEWEST}): run a newer kiln"
+    ))
+}
+
+/// The newest schema version applied to the database (0 if none).
+async fn schema_version(client: &Client) -> Result<i32> {
+    match client
+        .query_one("SELECT coalesce(max(version), 0) FROM kiln_migrations", &[])
+        .await
+    {
+        Ok(row) => row.try_get(0).map_err(|e| pg_error("a version", e)),
+        Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNDEFINED_TABLE) => Ok(0),
+        Err(e) => Err(pg_error("reading kiln_migrations", e)),
+    }
+}
+
+/// Moves every row of `kiln_kv` into its keyspace's table (the rows of no
+/// keyspace back into `kiln_kv`), written as the committer writes them,
+/// with their columns, a bounded number of bytes at a time; how many rows
+/// moved. A value already a reference to an object leaves the columns that
+/// come from the value empty.
 async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
     let mut moved = 0;
     let mut after: Option<Vec<u8>> = None;
@@ -890,9 +918,6 @@ async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
         for row in &page {
             let key: Vec<u8> = row.try_get(0).map_err(|e| pg_error("a key", e))?;
             let len: i64 = row.try_get(1).map_err(|e| pg_error("a length", e))?;
-            if tables::table_of(&key) == tables::TABLES.len() {
-                continue;
-            }
             if bytes > 0 && bytes + len > MOVE_BYTES {
                 batches.push(Vec::new());
                 bytes = 0;
@@ -916,7 +941,7 @@ async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
                 let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
                 group.push((key, Some(Arc::new(value))));
             }
-            for part in statements(&group) {
+            for part in statements(&group, None) {
                 let sql = tables::write_sql(&part.touched(), false);
                 tx.execute(&sql, &part.params(None))
                     .await
@@ -1241,11 +1266,8 @@ struct Rows<'a> {
 
 impl Part<'_> {
     /// The tables the statement writes, for [`tables::write_sql`].
-    fn touched(&self) -> Vec<Touch> {
-        self.tables
-            .iter()
-            .map(|(index, rows)| (*index, !rows.keys.is_empty(), !rows.deleted.is_empty()))
-            .collect()
+    fn touched(&self) -> Vec<usize> {
+        self.tables.keys().copied().collect()
     }
 
     /// The statement's parameters, in the order [`tables::write_sql`]
@@ -1253,18 +1275,14 @@ impl Part<'_> {
     fn params<'p>(&'p self, magic: Option<&'p (dyn ToSql + Sync)>) -> Vec<&'p (dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = magic.into_iter().collect();
         for rows in self.tables.values() {
-            if !rows.deleted.is_empty() {
-                params.push(&rows.deleted);
-            }
-            if !rows.keys.is_empty() {
-                params.push(&rows.keys);
-                params.push(&rows.values);
-                for column in &rows.columns {
-                    params.push(match column {
-                        Column::Text(values) => values,
-                        Column::Int(values) => values,
-                    });
-                }
+            params.push(&rows.deleted);
+            params.push(&rows.keys);
+            params.push(&rows.values);
+            for column in &rows.columns {
+                params.push(match column {
+                    Column::Text(values) => values,
+                    Column::Int(values) => values,
+                });
             }
         }
         params
@@ -1273,11 +1291,16 @@ impl Part<'_> {
 
 /// Splits a group's writes into statements of at most [`STATEMENT_BYTES`]
 /// (a single larger value is a statement of its own), each routed to the
-/// tables its keys live in, with their columns decoded.
-fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
+/// tables its keys live in, with their columns decoded from `decoded_from`
+/// (the same writes before large values became references to objects) if
+/// given, else from the writes themselves.
+fn statements<'a>(
+    writes: &'a [crate::sled_unapplied::ToApply],
+    decoded_from: Option<&[crate::sled_unapplied::ToApply]>,
+) -> Vec<Part<'a>> {
     let mut parts = Vec::new();
     let mut part = Part::default();
-    for (key, value) in writes {
+    for (at, (key, value)) in writes.iter().enumerate() {
         let size = key.len() + value.as_ref().map_or(0, |v| v.len());
         if part.bytes > 0 && part.bytes + size > STATEMENT_BYTES {
             parts.push(std::mem::take(&mut part));
@@ -1294,7 +1317,11 @@ fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
             Some(value) => {
                 rows.keys.push(key.as_slice());
                 rows.values.push(value.as_slice());
-                tables::decode_into(index, key, value, &mut rows.columns);
+                let decoded = decoded_from
+                    .and_then(|originals| originals.get(at))
+                    .and_then(|(_, original)| original.as_deref())
+                    .unwrap_or(value);
+                tables::decode_into(index, key, decoded, &mut rows.columns);
             }
             None => rows.deleted.push(key.as_slice()),
         }
@@ -1303,22 +1330,22 @@ fn statements(writes: &[crate::sled_unapplied::ToApply]) -> Vec<Part<'_>> {
     parts
 }
 
-/// The committer's statements, one for each shape of group it has
-/// written (the tables it touched, and how), prepared the first time.
+/// The committer's statements, one for each set of tables a group it has
+/// written touched, prepared the first time.
 struct Writes {
-    prepared: HashMap<Vec<Touch>, Statement>,
+    prepared: HashMap<Vec<usize>, Statement>,
     blobs: bool,
 }
 
 impl Writes {
-    /// At most this many shapes are kept prepared; past it the cache
-    /// starts again (a shape is a set of tables: few occur).
-    const MOST: usize = 4096;
+    /// At most this many sets are kept prepared; past it the cache starts
+    /// again (few sets occur: the keyspaces a change to a run writes).
+    const MOST: usize = 256;
 
     fn statement(
         &mut self,
         client: &Client,
-        touched: Vec<Touch>,
+        touched: Vec<usize>,
     ) -> std::result::Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.prepared.get(&touched) {
             return Ok(statement.clone());
@@ -1393,17 +1420,20 @@ impl Committer {
                 let started = std::time::Instant::now();
                 // The group's objects are written before the rows that
                 // refer to them.
-                let writes = match &blobs {
+                // A table's columns are decoded from the values as written,
+                // not from the references that replace the large ones.
+                let (writes, originals) = match &blobs {
                     Some(blobs) => {
                         blobs.writing_group();
+                        let originals = writes.clone();
                         match block(&runtime, offload(blobs.clone(), writes)).and_then(|w| w) {
-                            Ok(writes) => writes,
+                            Ok(writes) => (writes, Some(originals)),
                             Err(error) => fail_stop(&error, group, &durable, "the blob store"),
                         }
                     }
-                    None => writes,
+                    None => (writes, None),
                 };
-                let parts = statements(&writes);
+                let parts = statements(&writes, originals.as_deref());
                 let written = {
                     let _moving = pending.moving();
                     pending.sent.store(covered, Ordering::Release);
@@ -1552,7 +1582,7 @@ mod tests {
             })
         };
         let small = [write("a", Some(10)), write("b", None), write("c", Some(5))];
-        let parts = statements(&small);
+        let parts = statements(&small, None);
         assert_eq!(parts.len(), 1);
         assert_eq!(count(&parts[0]), (2, 1));
 
@@ -1564,7 +1594,7 @@ mod tests {
             write("c", Some(STATEMENT_BYTES + 1)),
             write("d", None),
         ];
-        let parts = statements(&large);
+        let parts = statements(&large, None);
         let shape: Vec<(usize, usize)> = parts.iter().map(count).collect();
         assert_eq!(shape, [(1, 0), (1, 0), (1, 0), (0, 1)]);
         assert!(parts.iter().all(|p| p.bytes > 0));
@@ -1579,29 +1609,19 @@ mod tests {
             write("active/run_1", None),
             write("seal-check", Some(3)),
         ];
-        let parts = statements(&group);
-        let touched: Vec<(&str, bool, bool)> = parts[0]
-            .touched()
-            .into_iter()
-            .map(|(index, puts, deletes)| (tables::name(index), puts, deletes))
-            .collect();
+        let parts = statements(&group, None);
+        let touched: Vec<&str> = parts[0].touched().into_iter().map(tables::name).collect();
         assert_eq!(
             touched,
-            [
-                ("kiln_run", true, false),
-                ("kiln_active", false, true),
-                ("kiln_journal", true, false),
-                ("kiln_kv", true, false),
-            ]
+            ["kiln_run", "kiln_active", "kiln_journal", "kiln_kv"]
         );
-        // Each table's keys, values and columns are parameters, in order.
+        // Each table's deleted keys, keys, values and columns are
+        // parameters, in order.
         let params = parts[0].params(None);
         let columns: usize = parts[0]
             .touched()
             .iter()
-            .map(|(index, puts, deletes)| {
-                usize::from(*deletes) + usize::from(*puts) * (2 + tables::columns(*index).len())
-            })
+            .map(|index| 3 + tables::columns(*index).len())
             .sum();
         assert_eq!(params.len(), columns);
         let sql = tables::write_sql(&parts[0].touched(), false);

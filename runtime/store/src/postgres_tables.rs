@@ -296,10 +296,10 @@ pub(crate) fn decode_into(index: usize, key: &[u8], value: &[u8], columns: &mut 
     let env = environment_len(key).unwrap_or(0);
     let (project, environment) = match key.get(4..env.saturating_sub(1)) {
         Some(names) if env > 0 => {
-            let names = String::from_utf8_lossy(names);
+            let names = text(names);
             match names.split_once('/') {
                 Some((p, e)) => (p.to_owned(), e.to_owned()),
-                None => (names.into_owned(), String::new()),
+                None => (names, String::new()),
             }
         }
         _ => (String::new(), String::new()),
@@ -321,6 +321,18 @@ pub(crate) fn decode_into(index: usize, key: &[u8], value: &[u8], columns: &mut 
     }
 }
 
+/// `bytes` as a `text` value: UTF-8, with anything else, and the NUL
+/// that PostgreSQL's `text` refuses, as U+FFFD. (A key a user named, such
+/// as a token's idempotency key, may hold either.)
+fn text(bytes: &[u8]) -> String {
+    let text = String::from_utf8_lossy(bytes);
+    if text.contains('\0') {
+        text.replace('\0', "\u{FFFD}")
+    } else {
+        text.into_owned()
+    }
+}
+
 enum Decoded {
     Text(Option<String>),
     Int(Option<i64>),
@@ -339,11 +351,11 @@ fn decode_parts(parts: &[Part], mut rest: &[u8], values: &mut Vec<Decoded>) {
                 if name.is_empty() {
                     continue;
                 }
-                Decoded::Text(ok.then(|| String::from_utf8_lossy(text).into_owned()))
+                Decoded::Text(ok.then(|| self::text(text)))
             }
             Part::Rest(_) => {
-                let text = std::mem::take(&mut rest);
-                Decoded::Text(ok.then(|| String::from_utf8_lossy(text).into_owned()))
+                let all = std::mem::take(&mut rest);
+                Decoded::Text(ok.then(|| text(all)))
             }
             Part::U64(_) => {
                 let number = rest
@@ -378,8 +390,8 @@ fn decode_fields(fields: &[(&str, &str)], value: &[u8], values: &mut Vec<Decoded
     };
     for (_, field) in fields {
         values.push(Decoded::Text(match *field {
-            "taskId" => record.task_id.clone(),
-            "status" => record.status.clone(),
+            "taskId" => record.task_id.as_deref().map(str::as_bytes).map(text),
+            "status" => record.status.as_deref().map(str::as_bytes).map(text),
             _ => None,
         }));
     }
@@ -409,39 +421,43 @@ pub(crate) enum Read {
     FromDown,
 }
 
-/// The SQL of `read` on table `index`.
+/// The index that stands for every table, in [`read_sql`].
+pub(crate) const ALL: usize = COUNT;
+
+/// The SQL of `read` on table `index`, or with [`ALL`], on every table as
+/// one statement (so one snapshot), merged by key.
 pub(crate) fn read_sql(index: usize, read: Read) -> String {
-    let table = name(index);
-    match read {
-        Read::Get => format!("SELECT value FROM {table} WHERE key = $1"),
-        Read::RangeUp => format!(
-            "SELECT key, value FROM {table} WHERE key >= $1 AND key < $2 ORDER BY key LIMIT $3"
-        ),
-        Read::RangeDown => format!(
-            "SELECT key, value FROM {table} WHERE key >= $1 AND key < $2 \
-             ORDER BY key DESC LIMIT $3"
-        ),
-        Read::FromUp => {
-            format!("SELECT key, value FROM {table} WHERE key >= $1 ORDER BY key LIMIT $2")
+    let (range, order, limit) = match read {
+        Read::Get => {
+            return format!("SELECT value FROM {} WHERE key = $1", name(index));
         }
-        Read::FromDown => {
-            format!("SELECT key, value FROM {table} WHERE key >= $1 ORDER BY key DESC LIMIT $2")
-        }
+        Read::RangeUp => ("key >= $1 AND key < $2", "key", "$3"),
+        Read::RangeDown => ("key >= $1 AND key < $2", "key DESC", "$3"),
+        Read::FromUp => ("key >= $1", "key", "$2"),
+        Read::FromDown => ("key >= $1", "key DESC", "$2"),
+    };
+    let one = |index: usize| {
+        format!(
+            "SELECT key, value FROM {} WHERE {range} ORDER BY {order} LIMIT {limit}",
+            name(index)
+        )
+    };
+    if index != ALL {
+        return one(index);
     }
+    let all: Vec<String> = (0..COUNT).map(|i| format!("({})", one(i))).collect();
+    format!("{} ORDER BY {order} LIMIT {limit}", all.join(" UNION ALL "))
 }
 
-/// What a group's statement writes to one table: its index, whether it
-/// puts rows, whether it deletes some.
-pub(crate) type Touch = (usize, bool, bool);
-
 /// The SQL of a statement that writes a group to the tables it touches
-/// (`touched`, in order), as one statement and so one transaction. Its
-/// parameters, in order: with `blobs`, the first bytes of a reference to an
-/// object; then for each table, the keys it deletes (if any), then the
-/// keys and values it puts and their [`columns`] (if any). With `blobs`
-/// it answers the rows it replaced or deleted whose value is a reference
-/// (every part of the statement sees the tables as they were before it).
-pub(crate) fn write_sql(touched: &[Touch], blobs: bool) -> String {
+/// (`touched`: their indexes, in order), as one statement and so one
+/// transaction. Its parameters, in order: with `blobs`, the first bytes of
+/// a reference to an object; then for each table, the keys it deletes,
+/// the keys and values it puts and their [`columns`] (arrays, empty when
+/// there are none). With `blobs` it answers the rows it replaced or
+/// deleted whose value is a reference (every part of the statement sees
+/// the tables as they were before it).
+pub(crate) fn write_sql(touched: &[usize], blobs: bool) -> String {
     let mut next = 0;
     let mut param = || {
         next += 1;
@@ -450,46 +466,35 @@ pub(crate) fn write_sql(touched: &[Touch], blobs: bool) -> String {
     let magic = blobs.then(&mut param);
     let mut parts = Vec::new();
     let mut replaced = Vec::new();
-    for (at, &(index, puts, deletes)) in touched.iter().enumerate() {
+    for (at, &index) in touched.iter().enumerate() {
         let table = name(index);
-        let deleted = deletes.then(&mut param);
-        if let Some(deleted) = &deleted {
-            parts.push(format!(
-                "d{at} AS (DELETE FROM {table} WHERE key = ANY({deleted}::bytea[]))"
-            ));
-        }
-        let mut put_keys = None;
-        if puts {
-            let columns = columns(index);
-            let keys = param();
-            let mut arrays = vec![format!("{keys}::bytea[]"), format!("{}::bytea[]", param())];
-            let mut names = vec!["key", "value"];
-            let mut updated = vec!["value = excluded.value".to_owned()];
-            for (column, text, from_value) in columns {
-                let kind = if text { "text" } else { "int8" };
-                arrays.push(format!("{}::{kind}[]", param()));
-                names.push(column);
-                if from_value {
-                    updated.push(format!("{column} = excluded.{column}"));
-                }
+        let deleted = param();
+        parts.push(format!(
+            "d{at} AS (DELETE FROM {table} WHERE key = ANY({deleted}::bytea[]))"
+        ));
+        let keys = param();
+        let mut arrays = vec![format!("{keys}::bytea[]"), format!("{}::bytea[]", param())];
+        let mut names = vec!["key", "value"];
+        let mut updated = vec!["value = excluded.value".to_owned()];
+        for (column, text, from_value) in columns(index) {
+            let kind = if text { "text" } else { "int8" };
+            arrays.push(format!("{}::{kind}[]", param()));
+            names.push(column);
+            if from_value {
+                updated.push(format!("{column} = excluded.{column}"));
             }
-            parts.push(format!(
-                "p{at} AS (INSERT INTO {table} ({}) SELECT * FROM unnest({}) \
-                 ON CONFLICT (key) DO UPDATE SET {})",
-                names.join(", "),
-                arrays.join(", "),
-                updated.join(", ")
-            ));
-            put_keys = Some(keys);
         }
+        parts.push(format!(
+            "p{at} AS (INSERT INTO {table} ({}) SELECT * FROM unnest({}) \
+             ON CONFLICT (key) DO UPDATE SET {})",
+            names.join(", "),
+            arrays.join(", "),
+            updated.join(", ")
+        ));
         if let Some(magic) = &magic {
-            let keys = match (&put_keys, &deleted) {
-                (Some(p), Some(d)) => format!("{p}::bytea[] || {d}::bytea[]"),
-                (Some(k), None) | (None, Some(k)) => format!("{k}::bytea[]"),
-                (None, None) => continue,
-            };
             parts.push(format!(
-                "r{at} AS (SELECT key, value FROM {table} WHERE key = ANY({keys}) \
+                "r{at} AS (SELECT key, value FROM {table} \
+                 WHERE key = ANY({keys}::bytea[] || {deleted}::bytea[]) \
                  AND substring(value FROM 1 FOR 8) = {magic})"
             ));
             replaced.push(format!("SELECT key, value FROM r{at}"));
@@ -554,6 +559,29 @@ mod tests {
         names.sort();
         names.dedup();
         assert_eq!(names.len(), TABLES.len());
+    }
+
+    /// Every keyspace `crate::layout` declares (a constant ending in `/`)
+    /// has a table: a new one cannot land in `kiln_kv` unnoticed.
+    #[test]
+    fn every_keyspace_of_the_layout_has_a_table() {
+        let layout = include_str!("layout.rs");
+        let mut keyspaces = 0;
+        for line in layout.lines().filter(|l| l.contains(": &[u8] = b\"")) {
+            let Some(prefix) = line.split('"').nth(1) else {
+                continue;
+            };
+            if prefix.ends_with('/') {
+                keyspaces += 1;
+                assert!(
+                    TABLES.iter().any(|t| t.prefix == prefix.as_bytes()),
+                    "no table for {prefix}"
+                );
+            } else {
+                assert_eq!(table_of(prefix.as_bytes()), TABLES.len(), "{prefix}");
+            }
+        }
+        assert_eq!(keyspaces, TABLES.len());
     }
 
     #[test]
@@ -660,6 +688,21 @@ mod tests {
                 Some("COMPLETED".into())
             ]
         );
+
+        // A NUL, which PostgreSQL's text refuses, in a key a user named or
+        // in a record: U+FFFD.
+        let key = table_of(b"token-key/");
+        let mut decoded_columns = empty_columns(key);
+        decode_into(key, b"token-key/a\0b\xff", b"", &mut decoded_columns);
+        assert_eq!(text(&decoded_columns[2]), Some("a\u{FFFD}b\u{FFFD}".into()));
+        let mut decoded_columns = empty_columns(run);
+        decode_into(
+            run,
+            b"run/run_1",
+            br#"{"taskId":"a\u0000b","status":"QUEUED"}"#,
+            &mut decoded_columns,
+        );
+        assert_eq!(text(&decoded_columns[3]), Some("a\u{FFFD}b".into()));
 
         // A key too short for its parts, or a value that is not a record:
         // empty columns, no error.

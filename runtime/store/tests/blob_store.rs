@@ -50,18 +50,34 @@ async fn large_values_live_in_the_bucket_and_go_when_replaced_or_deleted() {
     let blob_url = s3.bucket("kiln", "min-size=1024");
     let backend = open(&url, &blob_url);
     let large = |fill: u8| vec![fill; 300 * 1024];
+    let large_run = format!(
+        r#"{{"id":"b","taskId":"big","status":"QUEUED","payload":"{}"}}"#,
+        "x".repeat(4096)
+    )
+    .into_bytes();
     backend
         .commit(vec![
             Op::Put(b"snap/a".to_vec(), large(1)),
             Op::Put(b"snap/b".to_vec(), large(2)),
             Op::Put(b"run/a".to_vec(), b"{\"small\":true}".to_vec()),
+            Op::Put(b"run/b".to_vec(), large_run.clone()),
         ])
         .await
         .unwrap();
     // Each large value is an object named for its key; the table holds
     // references a few dozen bytes long, and small values as they are.
     let objects = names(&s3);
-    assert_eq!(objects.len(), 2, "{objects:?}");
+    assert_eq!(objects.len(), 3, "{objects:?}");
+    // A run's columns come from its record, not from the reference the
+    // table holds.
+    assert_eq!(
+        pg.query(
+            &url,
+            "SELECT task_id, status FROM kiln_run WHERE run_id = 'b'"
+        ),
+        "big|QUEUED"
+    );
+    assert_eq!(backend.get(b"run/b").unwrap(), Some(large_run.clone()));
     assert!(
         objects
             .iter()
@@ -100,6 +116,7 @@ async fn large_values_live_in_the_bucket_and_go_when_replaced_or_deleted() {
         .commit(vec![
             Op::Put(b"snap/a".to_vec(), large(3)),
             Op::Delete(b"snap/b".to_vec()),
+            Op::Delete(b"run/b".to_vec()),
         ])
         .await
         .unwrap();

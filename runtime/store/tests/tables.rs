@@ -36,11 +36,19 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
                 convert_to('{{\"id\":\"run_x\",\"taskId\":\"other\",\"status\":\"QUEUED\"}}', 'UTF8')), \
                (convert_to('timer/', 'UTF8') || int8send(1700000000000) \
                 || convert_to('run_1/', 'UTF8') || int8send(3), ''), \
-               (convert_to('seal-check', 'UTF8'), 'sealed');"
+               (convert_to('seal-check', 'UTF8'), 'sealed'), \
+               ('\\x746f6b656e2d6b65792f6100ff', 'token_1');"
         ),
     );
     let before = server.query(&url, "SELECT count(*) FROM kiln_kv");
-    assert_eq!(before, (2 * RUNS + 3).to_string());
+    assert_eq!(before, (2 * RUNS + 4).to_string());
+
+    // A standby of this Kiln beside a leader of the older one reads the
+    // one table.
+    let standby = PostgresBackend::open_read_only(&url, None).unwrap();
+    assert!(standby.get(b"run/run_7").unwrap().is_some());
+    assert_eq!(standby.scan_prefix(b"journal/").unwrap().len(), RUNS);
+    drop(standby);
 
     let backend = PostgresBackend::open(&url).unwrap();
     // Every key reads as before, through lookups and scans.
@@ -51,8 +59,11 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
     assert_eq!(backend.scan_prefix(b"run/").unwrap().len(), RUNS);
     assert_eq!(backend.get(b"seal-check").unwrap().unwrap(), b"sealed");
     let everything = backend.scan_prefix(b"").unwrap();
-    assert_eq!(everything.len(), 2 * RUNS + 3);
-    assert!(everything.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+    assert_eq!(everything.len(), 2 * RUNS + 4);
+    assert!(
+        everything.windows(2).all(|w| w[0].0 < w[1].0),
+        "in key order"
+    );
     let newest = backend
         .scan_range_rev(b"run/", b"run0", 2)
         .unwrap()
@@ -63,15 +74,20 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
 
     // Each in its table, with its columns.
     let q = |sql: &str| server.query(&url, sql);
-    assert_eq!(q("SELECT convert_from(key, 'UTF8') FROM kiln_kv"), "seal-check");
+    assert_eq!(
+        q("SELECT convert_from(key, 'UTF8') FROM kiln_kv"),
+        "seal-check"
+    );
     assert_eq!(
         q("SELECT task_id, status, count(*) FROM kiln_run \
            WHERE project = '' GROUP BY 1, 2"),
         format!("hello|COMPLETED|{RUNS}")
     );
     assert_eq!(
-        q("SELECT project, environment, run_id, task_id, status FROM kiln_run \
-           WHERE project <> ''"),
+        q(
+            "SELECT project, environment, run_id, task_id, status FROM kiln_run \
+           WHERE project <> ''"
+        ),
         "proj_x|prod|run_x|other|QUEUED"
     );
     assert_eq!(
@@ -84,7 +100,18 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
     );
     assert_eq!(
         q("SELECT count(*) FROM kiln_entries"),
-        (2 * RUNS + 3).to_string()
+        (2 * RUNS + 4).to_string()
+    );
+
+    // A key a user named may hold a NUL, which PostgreSQL's text refuses:
+    // its column shows U+FFFD, the key itself is kept as it was.
+    assert_eq!(
+        q("SELECT idempotency_key, value FROM kiln_token_key"),
+        "a\u{FFFD}\u{FFFD}|\\x746f6b656e5f31"
+    );
+    assert_eq!(
+        backend.get(b"token-key/a\0\xff").unwrap().as_deref(),
+        Some(&b"token_1"[..])
     );
 
     // New writes land in their tables too, and a run written again has its
@@ -94,6 +121,10 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
         Op::Put(b"run/run_7".to_vec(), record),
         Op::Delete(b"run/run_8".to_vec()),
         Op::Put(b"active/run_7".to_vec(), Vec::new()),
+        Op::Put(
+            b"run/run_nul".to_vec(),
+            br#"{"id":"run_nul","taskId":"a\u0000b","status":"QUEUED"}"#.to_vec(),
+        ),
     ]))
     .unwrap();
     assert_eq!(
@@ -101,11 +132,21 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
         "CANCELED"
     );
     assert_eq!(q("SELECT run_id FROM kiln_active"), "run_7");
+    assert_eq!(
+        q("SELECT task_id FROM kiln_run WHERE run_id = 'run_nul'"),
+        "a\u{FFFD}b"
+    );
     drop(backend);
+
+    // A standby opened now reads the tables.
+    let standby = PostgresBackend::open_read_only(&url, None).unwrap();
+    assert_eq!(standby.scan_prefix(b"journal/").unwrap().len(), RUNS);
+    assert_eq!(standby.scan_prefix(b"").unwrap().len(), 2 * RUNS + 5);
+    drop(standby);
 
     // The move is one migration, applied once.
     let backend = PostgresBackend::open(&url).unwrap();
-    assert_eq!(backend.scan_prefix(b"run/").unwrap().len(), RUNS - 1);
+    assert_eq!(backend.scan_prefix(b"run/").unwrap().len(), RUNS);
     assert_eq!(
         q("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_migrations"),
         "1,2,3,4"
