@@ -41,7 +41,7 @@ use crate::blob_store::BlobStore;
 use crate::group_commit::{
     Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
-use crate::postgres_tables::{self as tables, Column, Read};
+use crate::postgres_tables::{self as tables, Column, Read, Touch};
 use crate::postgres_tls::PgConfig;
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
@@ -1265,9 +1265,13 @@ struct Rows<'a> {
 }
 
 impl Part<'_> {
-    /// The tables the statement writes, for [`tables::write_sql`].
-    fn touched(&self) -> Vec<usize> {
-        self.tables.keys().copied().collect()
+    /// The tables the statement writes, and how, for
+    /// [`tables::write_sql`].
+    fn touched(&self) -> Vec<Touch> {
+        self.tables
+            .iter()
+            .map(|(index, rows)| (*index, !rows.keys.is_empty(), !rows.deleted.is_empty()))
+            .collect()
     }
 
     /// The statement's parameters, in the order [`tables::write_sql`]
@@ -1275,14 +1279,18 @@ impl Part<'_> {
     fn params<'p>(&'p self, magic: Option<&'p (dyn ToSql + Sync)>) -> Vec<&'p (dyn ToSql + Sync)> {
         let mut params: Vec<&(dyn ToSql + Sync)> = magic.into_iter().collect();
         for rows in self.tables.values() {
-            params.push(&rows.deleted);
-            params.push(&rows.keys);
-            params.push(&rows.values);
-            for column in &rows.columns {
-                params.push(match column {
-                    Column::Text(values) => values,
-                    Column::Int(values) => values,
-                });
+            if !rows.deleted.is_empty() {
+                params.push(&rows.deleted);
+            }
+            if !rows.keys.is_empty() {
+                params.push(&rows.keys);
+                params.push(&rows.values);
+                for column in &rows.columns {
+                    params.push(match column {
+                        Column::Text(values) => values,
+                        Column::Int(values) => values,
+                    });
+                }
             }
         }
         params
@@ -1330,22 +1338,22 @@ fn statements<'a>(
     parts
 }
 
-/// The committer's statements, one for each set of tables a group it has
-/// written touched, prepared the first time.
+/// The committer's statements, one for each shape of group it has
+/// written (the tables it touched, and how), prepared the first time.
 struct Writes {
-    prepared: HashMap<Vec<usize>, Statement>,
+    prepared: HashMap<Vec<Touch>, Statement>,
     blobs: bool,
 }
 
 impl Writes {
-    /// At most this many sets are kept prepared; past it the cache starts
-    /// again (few sets occur: the keyspaces a change to a run writes).
-    const MOST: usize = 256;
+    /// At most this many shapes are kept prepared; past it the cache
+    /// starts again (few occur: the keyspaces a change to a run writes).
+    const MOST: usize = 1024;
 
     fn statement(
         &mut self,
         client: &Client,
-        touched: Vec<usize>,
+        touched: Vec<Touch>,
     ) -> std::result::Result<Statement, tokio_postgres::Error> {
         if let Some(statement) = self.prepared.get(&touched) {
             return Ok(statement.clone());
@@ -1610,10 +1618,19 @@ mod tests {
             write("seal-check", Some(3)),
         ];
         let parts = statements(&group, None);
-        let touched: Vec<&str> = parts[0].touched().into_iter().map(tables::name).collect();
+        let touched: Vec<(&str, bool, bool)> = parts[0]
+            .touched()
+            .into_iter()
+            .map(|(index, puts, deletes)| (tables::name(index), puts, deletes))
+            .collect();
         assert_eq!(
             touched,
-            ["kiln_run", "kiln_active", "kiln_journal", "kiln_kv"]
+            [
+                ("kiln_run", true, false),
+                ("kiln_active", false, true),
+                ("kiln_journal", true, false),
+                ("kiln_kv", true, false),
+            ]
         );
         // Each table's deleted keys, keys, values and columns are
         // parameters, in order.
@@ -1621,7 +1638,9 @@ mod tests {
         let columns: usize = parts[0]
             .touched()
             .iter()
-            .map(|index| 3 + tables::columns(*index).len())
+            .map(|(index, puts, deletes)| {
+                usize::from(*deletes) + usize::from(*puts) * (2 + tables::columns(*index).len())
+            })
             .sum();
         assert_eq!(params.len(), columns);
         let sql = tables::write_sql(&parts[0].touched(), false);

@@ -449,15 +449,22 @@ pub(crate) fn read_sql(index: usize, read: Read) -> String {
     format!("{} ORDER BY {order} LIMIT {limit}", all.join(" UNION ALL "))
 }
 
+/// What a group's statement writes to one table: its index, whether it
+/// puts rows, whether it deletes some.
+pub(crate) type Touch = (usize, bool, bool);
+
 /// The SQL of a statement that writes a group to the tables it touches
-/// (`touched`: their indexes, in order), as one statement and so one
-/// transaction. Its parameters, in order: with `blobs`, the first bytes of
-/// a reference to an object; then for each table, the keys it deletes,
-/// the keys and values it puts and their [`columns`] (arrays, empty when
-/// there are none). With `blobs` it answers the rows it replaced or
-/// deleted whose value is a reference (every part of the statement sees
-/// the tables as they were before it).
-pub(crate) fn write_sql(touched: &[usize], blobs: bool) -> String {
+/// (`touched`, in order), as one statement and so one transaction. Its
+/// parameters, in order: with `blobs`, the first bytes of a reference to an
+/// object; then for each table, the keys it deletes (if any), then the
+/// keys and values it puts and their [`columns`] (if any). With `blobs`
+/// it answers the rows it replaced or deleted whose value is a reference
+/// (every part of the statement sees the tables as they were before it).
+///
+/// A statement has a part only for what it does: one that also deleted
+/// and put nothing in every table it touches was measured to cost
+/// PostgreSQL about 60 % more CPU a run.
+pub(crate) fn write_sql(touched: &[Touch], blobs: bool) -> String {
     let mut next = 0;
     let mut param = || {
         next += 1;
@@ -466,35 +473,45 @@ pub(crate) fn write_sql(touched: &[usize], blobs: bool) -> String {
     let magic = blobs.then(&mut param);
     let mut parts = Vec::new();
     let mut replaced = Vec::new();
-    for (at, &index) in touched.iter().enumerate() {
+    for (at, &(index, puts, deletes)) in touched.iter().enumerate() {
         let table = name(index);
-        let deleted = param();
-        parts.push(format!(
-            "d{at} AS (DELETE FROM {table} WHERE key = ANY({deleted}::bytea[]))"
-        ));
-        let keys = param();
-        let mut arrays = vec![format!("{keys}::bytea[]"), format!("{}::bytea[]", param())];
-        let mut names = vec!["key", "value"];
-        let mut updated = vec!["value = excluded.value".to_owned()];
-        for (column, text, from_value) in columns(index) {
-            let kind = if text { "text" } else { "int8" };
-            arrays.push(format!("{}::{kind}[]", param()));
-            names.push(column);
-            if from_value {
-                updated.push(format!("{column} = excluded.{column}"));
-            }
-        }
-        parts.push(format!(
-            "p{at} AS (INSERT INTO {table} ({}) SELECT * FROM unnest({}) \
-             ON CONFLICT (key) DO UPDATE SET {})",
-            names.join(", "),
-            arrays.join(", "),
-            updated.join(", ")
-        ));
-        if let Some(magic) = &magic {
+        let deleted = deletes.then(&mut param);
+        if let Some(deleted) = &deleted {
             parts.push(format!(
-                "r{at} AS (SELECT key, value FROM {table} \
-                 WHERE key = ANY({keys}::bytea[] || {deleted}::bytea[]) \
+                "d{at} AS (DELETE FROM {table} WHERE key = ANY({deleted}::bytea[]))"
+            ));
+        }
+        let mut put_keys = None;
+        if puts {
+            let keys = param();
+            let mut arrays = vec![format!("{keys}::bytea[]"), format!("{}::bytea[]", param())];
+            let mut names = vec!["key", "value"];
+            let mut updated = vec!["value = excluded.value".to_owned()];
+            for (column, text, from_value) in columns(index) {
+                let kind = if text { "text" } else { "int8" };
+                arrays.push(format!("{}::{kind}[]", param()));
+                names.push(column);
+                if from_value {
+                    updated.push(format!("{column} = excluded.{column}"));
+                }
+            }
+            parts.push(format!(
+                "p{at} AS (INSERT INTO {table} ({}) SELECT * FROM unnest({}) \
+                 ON CONFLICT (key) DO UPDATE SET {})",
+                names.join(", "),
+                arrays.join(", "),
+                updated.join(", ")
+            ));
+            put_keys = Some(keys);
+        }
+        if let Some(magic) = &magic {
+            let keys = match (&put_keys, &deleted) {
+                (Some(p), Some(d)) => format!("{p}::bytea[] || {d}::bytea[]"),
+                (Some(k), None) | (None, Some(k)) => format!("{k}::bytea[]"),
+                (None, None) => continue,
+            };
+            parts.push(format!(
+                "r{at} AS (SELECT key, value FROM {table} WHERE key = ANY({keys}) \
                  AND substring(value FROM 1 FOR 8) = {magic})"
             ));
             replaced.push(format!("SELECT key, value FROM r{at}"));
