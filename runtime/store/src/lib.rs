@@ -27,6 +27,7 @@ pub mod layout;
 mod memory;
 mod pending;
 mod postgres_backend;
+mod postgres_chunks;
 mod postgres_cluster;
 mod postgres_tables;
 mod postgres_tls;

@@ -41,11 +41,12 @@ use crate::blob_store::BlobStore;
 use crate::group_commit::{
     Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
+use crate::postgres_chunks::{self as chunks, Chunked};
 use crate::postgres_tables::{self as tables, Column, Read, Touch};
 use crate::postgres_tls::PgConfig;
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::{Result, StoreError};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, mpsc};
 use std::time::Duration;
@@ -280,7 +281,7 @@ impl PostgresBackend {
         let owner = connect("commits")?;
         let with_blobs = blobs.is_some();
         let configured = blobs.clone();
-        let Some((owner, session)) = on(runtime, async move {
+        let Some((owner, session, with_pieces)) = on(runtime, async move {
             let mut owner = owner;
             if !take_owner_lock(&owner, owner_wait).await? {
                 return Ok(None);
@@ -290,12 +291,20 @@ impl PostgresBackend {
             // keeps two from applying one).
             migrate(&mut owner).await?;
             same_blob_store(&owner, configured.as_deref(), true).await?;
+            let with_pieces: HashSet<Vec<u8>> = owner
+                .query(chunks::KEYS, &[])
+                .await
+                .map_err(|e| pg_error("reading which values are in pieces", e))?
+                .iter()
+                .map(|row| row.try_get(0))
+                .collect::<std::result::Result<_, _>>()
+                .map_err(|e| pg_error("a key", e))?;
             let session: i32 = owner
                 .query_one("SELECT pg_backend_pid()", &[])
                 .await
                 .map_err(|e| pg_error("reading the session's id", e))?
                 .get(0);
-            Ok(Some((owner, session)))
+            Ok(Some((owner, session, with_pieces)))
         })?
         else {
             return Ok(None);
@@ -318,6 +327,7 @@ impl PostgresBackend {
                 prepared: HashMap::new(),
                 blobs: with_blobs,
             },
+            with_pieces,
             pending: pending.clone(),
             durable: durable_tx,
             blobs: blobs.clone(),
@@ -430,6 +440,50 @@ impl PostgresBackend {
     /// is gone (a newer commit replaced the value and deleted it
     /// meanwhile, or on a standby, the leader did).
     fn resolve(&self, rows: Vec<Entry>) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
+        match self.resolve_objects(rows)? {
+            Ok(rows) => self.resolve_pieces(rows),
+            Err(key) => Ok(Err(key)),
+        }
+    }
+
+    /// `rows` with every chunked value ([`chunks`]) read from its pieces;
+    /// `Err(key)` if the pieces of `key`'s value are not all there (a newer
+    /// commit replaced the value meanwhile).
+    fn resolve_pieces(&self, rows: Vec<Entry>) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
+        if !rows.iter().any(|(_, v)| chunks::Marker::read(v).is_some()) {
+            return Ok(Ok(rows));
+        }
+        let mut resolved = Vec::with_capacity(rows.len());
+        for (key, value) in rows {
+            let Some(marker) = chunks::Marker::read(&value) else {
+                resolved.push((key, value));
+                continue;
+            };
+            let reader = self.reader();
+            let pieces = wait(
+                reader
+                    .client
+                    .query(chunks::READ, &[&key, &marker.generation]),
+            )
+            .map_err(|e| pg_error("reading a value's pieces", e))?
+            .iter()
+            .map(|row| row.try_get::<_, Vec<u8>>(0))
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| pg_error("a piece", e))?;
+            match marker.assemble(pieces) {
+                Some(value) => resolved.push((key, value)),
+                None => return Ok(Err(key)),
+            }
+        }
+        Ok(Ok(resolved))
+    }
+
+    /// `rows` with every reference to an object of the blob store replaced
+    /// by the object's bytes; `Err(key)` if the object of `key` is gone.
+    fn resolve_objects(
+        &self,
+        rows: Vec<Entry>,
+    ) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
         let Some(blobs) = &self.blobs else {
             return Ok(Ok(rows));
         };
@@ -848,7 +902,7 @@ async fn migrate(client: &mut Client) -> Result<()> {
                 None
             }
             Migration::Tables => {
-                tx.batch_execute(&tables::create_tables())
+                tx.batch_execute(&(tables::create_tables() + chunks::CREATE_TABLE))
                     .await
                     .map_err(|e| pg_error("creating the tables", e))?;
                 Some(move_into_tables(&tx).await?)
@@ -941,11 +995,20 @@ async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
                 let value: Vec<u8> = row.try_get(1).map_err(|e| pg_error("a value", e))?;
                 group.push((key, Some(Arc::new(value))));
             }
-            for part in statements(&group, None) {
+            // Values stored whole before are chunked now if they must be
+            // (one that looks like a marker).
+            let originals = group.clone();
+            let chunked = chunks::split(&mut group, &mut HashSet::new());
+            for part in statements(&group, Some(&originals)) {
                 let sql = tables::write_sql(&part.touched(), false);
                 tx.execute(&sql, &part.params(None))
                     .await
                     .map_err(|e| pg_error("writing rows to their tables", e))?;
+            }
+            for (key, generation, seq, bytes) in chunked.iter().flat_map(Chunked::pieces) {
+                tx.execute(chunks::WRITE, &[&key, &generation, &seq, &bytes])
+                    .await
+                    .map_err(|e| pg_error("writing a value's pieces", e))?;
             }
             moved += group.len() as u64;
         }
@@ -992,6 +1055,8 @@ impl Drop for Driver {
 struct Committer {
     client: Client,
     writes: Writes,
+    /// The keys whose values are in pieces in `kiln_chunk`.
+    with_pieces: HashSet<Vec<u8>>,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
     /// Where large values go, if anywhere but the table.
@@ -1000,11 +1065,13 @@ struct Committer {
     runtime: tokio::runtime::Handle,
 }
 
-/// A value whose object is gone.
+/// A value whose object, or whose pieces, are gone.
 fn missing_object(key: &[u8]) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: "it refers to an object the blob store does not hold".into(),
+        reason: "it refers to an object the blob store does not hold, or to pieces \
+                 kiln_chunk does not hold"
+            .into(),
     }
 }
 
@@ -1376,6 +1443,7 @@ fn write_group(
     client: &Client,
     writes: &mut Writes,
     parts: &[Part<'_>],
+    chunked: Option<&Chunked>,
     notify: bool,
 ) -> std::result::Result<Vec<Entry>, tokio_postgres::Error> {
     let magic = BlobStore::magic();
@@ -1392,13 +1460,23 @@ fn write_group(
                 .map(|row| Ok((row.try_get(0)?, row.try_get(1)?)))
                 .collect()
         };
-    if let ([only], false) = (parts, notify) {
+    if let ([only], None, false) = (parts, chunked, notify) {
         return statement(only);
     }
     wait(client.batch_execute("BEGIN"))?;
     let mut replaced = Vec::new();
     for part in parts {
         replaced.extend(statement(part)?);
+    }
+    if let Some(chunked) = chunked {
+        // The old pieces of every key written go before the new are
+        // written.
+        if !chunked.stale.is_empty() {
+            wait(client.execute(chunks::DELETE, &[&chunked.stale]))?;
+        }
+        for (key, generation, seq, bytes) in chunked.pieces() {
+            wait(client.execute(chunks::WRITE, &[&key, &generation, &seq, &bytes]))?;
+        }
     }
     if notify {
         wait(client.batch_execute(&format!("NOTIFY {DEPLOYMENTS_CHANNEL}")))?;
@@ -1412,6 +1490,7 @@ impl Committer {
         let Committer {
             client,
             writes: mut prepared,
+            mut with_pieces,
             pending,
             durable,
             blobs,
@@ -1429,25 +1508,31 @@ impl Committer {
                 // The group's objects are written before the rows that
                 // refer to them.
                 // A table's columns are decoded from the values as written,
-                // not from the references that replace the large ones.
-                let (writes, originals) = match &blobs {
+                // not from the references or markers that replace the large
+                // ones.
+                let large = writes
+                    .iter()
+                    .any(|(_, v)| v.as_deref().is_some_and(|v| chunks::needs_chunks(v)));
+                let originals = (blobs.is_some() || large).then(|| writes.clone());
+                let mut writes = match &blobs {
                     Some(blobs) => {
                         blobs.writing_group();
-                        let originals = writes.clone();
                         match block(&runtime, offload(blobs.clone(), writes)).and_then(|w| w) {
-                            Ok(writes) => (writes, Some(originals)),
+                            Ok(writes) => writes,
                             Err(error) => fail_stop(&error, group, &durable, "the blob store"),
                         }
                     }
-                    None => (writes, None),
+                    None => writes,
                 };
+                let chunked = chunks::split(&mut writes, &mut with_pieces);
                 let parts = statements(&writes, originals.as_deref());
                 let written = {
                     let _moving = pending.moving();
                     pending.sent.store(covered, Ordering::Release);
                     // Standbys compile a new deployment ahead at once.
                     let notify = writes.iter().any(|(key, _)| is_deployment_key(key));
-                    let written = write_group(&client, &mut prepared, &parts, notify);
+                    let written =
+                        write_group(&client, &mut prepared, &parts, chunked.as_ref(), notify);
                     if written.is_ok() {
                         pending.applied(covered);
                     }

@@ -17,7 +17,9 @@
 //! under one keyspace's prefix reads one table; one that spans keyspaces
 //! (an environment's whole keyspace, a test reading everything) reads
 //! every table and merges them by key. Keys of no keyspace (a few markers,
-//! such as `seal-check`) stay in `kiln_kv`.
+//! such as `seal-check`) stay in `kiln_kv`. A value too large for one row
+//! is in pieces in `kiln_chunk` (`crate::postgres_chunks`), its row
+//! holding a marker.
 //!
 //! The catalogue below is the schema of migration 4: a change to it is a
 //! new migration.
