@@ -464,8 +464,8 @@ pub(crate) type Touch = (usize, bool, bool);
 /// (every part of the statement sees the tables as they were before it).
 ///
 /// A statement has a part only for what it does: one that also deleted
-/// and put nothing in every table it touches was measured to cost
-/// PostgreSQL about 60 % more CPU a run.
+/// and put nothing in every table it touched was measured to cost
+/// PostgreSQL about half again as much CPU a run (`docs/BENCHMARKS.md`).
 pub(crate) fn write_sql(touched: &[Touch], blobs: bool) -> String {
     let mut next = 0;
     let mut param = || {
