@@ -189,10 +189,6 @@ impl std::fmt::Debug for PostgresBackend {
 struct Reader {
     client: Client,
     statements: std::sync::Mutex<HashMap<(usize, Read), Statement>>,
-    /// The database is at a schema from before each keyspace had a table
-    /// (a standby beside a leader of an older Kiln): every key is in
-    /// `kiln_kv`.
-    one_table: bool,
 }
 
 fn backend_error(e: impl std::fmt::Display) -> StoreError {
@@ -312,7 +308,7 @@ impl PostgresBackend {
         let mut readers = Vec::with_capacity(READERS);
         for _ in 0..READERS {
             let client = connect("reads")?;
-            readers.push(Reader::new(client, false));
+            readers.push(Reader::new(client));
         }
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
@@ -326,6 +322,7 @@ impl PostgresBackend {
             writes: Writes {
                 prepared: HashMap::new(),
                 blobs: with_blobs,
+                piece: None,
             },
             with_pieces,
             pending: pending.clone(),
@@ -376,8 +373,16 @@ impl PostgresBackend {
         if version > NEWEST {
             return Err(newer_schema(version));
         }
-        // Beside a leader of a Kiln from before the tables, read its one.
-        let reader = Reader::new(client, version < TABLES_VERSION);
+        // Beside a leader of a Kiln from before the tables (or while the
+        // leader moves its rows into them), there is nothing to read yet:
+        // the caller tries again later.
+        if version < TABLES_VERSION {
+            return Err(StoreError::Backend(format!(
+                "the database's schema is at version {version}, older than this Kiln's \
+                 ({NEWEST}): the leader upgrades it when it runs this Kiln"
+            )));
+        }
+        let reader = Reader::new(client);
         let listener = connector.listen(DEPLOYMENTS_CHANNEL)?;
         // No committer receives: a commit is refused at once.
         let (tx, _) = mpsc::channel::<Request>();
@@ -440,42 +445,24 @@ impl PostgresBackend {
     /// is gone (a newer commit replaced the value and deleted it
     /// meanwhile, or on a standby, the leader did).
     fn resolve(&self, rows: Vec<Entry>) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
-        match self.resolve_objects(rows)? {
-            Ok(rows) => self.resolve_pieces(rows),
-            Err(key) => Ok(Err(key)),
-        }
-    }
-
-    /// `rows` with every chunked value ([`chunks`]) read from its pieces;
-    /// `Err(key)` if the pieces of `key`'s value are not all there (a newer
-    /// commit replaced the value meanwhile).
-    fn resolve_pieces(&self, rows: Vec<Entry>) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
-        if !rows.iter().any(|(_, v)| chunks::Marker::read(v).is_some()) {
-            return Ok(Ok(rows));
-        }
-        let mut resolved = Vec::with_capacity(rows.len());
-        for (key, value) in rows {
-            let Some(marker) = chunks::Marker::read(&value) else {
-                resolved.push((key, value));
+        // Each row as the table holds it is a marker, a reference or a
+        // value: what an object or the pieces hold is never looked at again.
+        let markers: Vec<Option<chunks::Marker>> =
+            rows.iter().map(|(_, v)| chunks::Marker::read(v)).collect();
+        let mut rows = match self.resolve_objects(rows)? {
+            Ok(rows) => rows,
+            Err(key) => return Ok(Err(key)),
+        };
+        for ((key, value), marker) in rows.iter_mut().zip(markers) {
+            let Some(marker) = marker else {
                 continue;
             };
-            let reader = self.reader();
-            let pieces = wait(
-                reader
-                    .client
-                    .query(chunks::READ, &[&key, &marker.generation]),
-            )
-            .map_err(|e| pg_error("reading a value's pieces", e))?
-            .iter()
-            .map(|row| row.try_get::<_, Vec<u8>>(0))
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(|e| pg_error("a piece", e))?;
-            match marker.assemble(pieces) {
-                Some(value) => resolved.push((key, value)),
-                None => return Ok(Err(key)),
+            match self.reader().pieces(key, &marker)? {
+                Some(whole) => *value = whole,
+                None => return Ok(Err(std::mem::take(key))),
             }
         }
-        Ok(Ok(resolved))
+        Ok(Ok(rows))
     }
 
     /// `rows` with every reference to an object of the blob store replaced
@@ -539,6 +526,7 @@ impl PostgresBackend {
         order: Order,
     ) -> Result<Vec<Entry>> {
         let mut missing = 0;
+        let mut last_missed: Option<Entry> = None;
         for attempt in 0.. {
             let pending = &self.front.pending;
             let _reading = self.reading();
@@ -555,52 +543,64 @@ impl PostgresBackend {
             }
             // The committer need not wait for the bucket.
             drop(holding);
-            let rows = match self.resolve(rows)? {
-                Ok(rows) => rows,
+            // Only the rows the unwritten commits leave, and within the
+            // limit, are read from their objects or pieces: the others are
+            // not answered.
+            let overlaid: HashSet<Vec<u8>> = unwritten.iter().map(|(k, _)| k.clone()).collect();
+            let rows = rows.into_iter().map(Ok);
+            let merged: Vec<Entry> = match order {
+                Order::Ascending => merge(rows, unwritten).take(limit).collect::<Result<_>>()?,
+                Order::Descending => merge_rev(rows, unwritten)
+                    .take(limit)
+                    .collect::<Result<_>>()?,
+            };
+            let (stored, positions): (Vec<Entry>, Vec<usize>) = merged
+                .iter()
+                .enumerate()
+                .filter(|(_, (key, _))| !overlaid.contains(key))
+                .map(|(at, entry)| (entry.clone(), at))
+                .unzip();
+            if stored.is_empty() {
+                return Ok(merged);
+            }
+            match self.resolve(stored)? {
+                Ok(resolved) => {
+                    let mut merged = merged;
+                    for (at, entry) in positions.into_iter().zip(resolved) {
+                        merged[at] = entry;
+                    }
+                    return Ok(merged);
+                }
                 // An object this process deletes outlives every read that
                 // began before it was replaced, so a missing one went
-                // behind Kiln's back (or, on a standby, with the leader's
-                // commit since): read again, then give up.
+                // behind Kiln's back, or on a standby with the leader's
+                // commit since; pieces go with the commit that replaces
+                // their value, so missing ones went with a commit made
+                // since: read again, and give up when the same row misses
+                // twice.
                 Err(key) => {
+                    let row = merged.iter().find(|(k, _)| *k == key).cloned();
+                    if row.is_some() && row == last_missed {
+                        return Err(missing_value(&key, row.as_ref()));
+                    }
+                    last_missed = row;
                     missing += 1;
                     if missing > 16 {
-                        return Err(missing_object(&key));
+                        return Err(missing_value(&key, last_missed.as_ref()));
                     }
                     continue;
                 }
-            };
-            let rows = rows.into_iter().map(Ok);
-            return match order {
-                Order::Ascending => merge(rows, unwritten).take(limit).collect(),
-                Order::Descending => merge_rev(rows, unwritten).take(limit).collect(),
-            };
+            }
         }
         unreachable!("the last try holds off the committer and returns")
     }
 }
 
 impl Reader {
-    fn new(client: Client, one_table: bool) -> Self {
+    fn new(client: Client) -> Self {
         Reader {
             client,
             statements: Default::default(),
-            one_table,
-        }
-    }
-
-    /// The table `key` is read from.
-    fn table_of(&self, key: &[u8]) -> usize {
-        match self.one_table {
-            true => tables::TABLES.len(),
-            false => tables::table_of(key),
-        }
-    }
-
-    /// The table a range is read from, or [`tables::ALL`].
-    fn table_of_range(&self, start: &[u8], end: Option<&[u8]>) -> usize {
-        match self.one_table {
-            true => tables::TABLES.len(),
-            false => tables::table_of_range(start, end).unwrap_or(tables::ALL),
         }
     }
 
@@ -616,9 +616,40 @@ impl Reader {
         Ok(statement)
     }
 
+    /// The value `marker` (read under `key`) names, from its pieces, read
+    /// into one buffer as they come; `None` unless they are all there.
+    fn pieces(&self, key: &[u8], marker: &chunks::Marker) -> Result<Option<Vec<u8>>> {
+        use futures_util::StreamExt;
+        let statement = self.statement(tables::ALL, Read::Pieces)?;
+        let Ok(len) = usize::try_from(marker.len) else {
+            return Ok(None);
+        };
+        wait(async {
+            let params: [&(dyn ToSql + Sync); 2] = [&key, &marker.generation];
+            let rows = self
+                .client
+                .query_raw(&statement, params)
+                .await
+                .map_err(|e| pg_error("reading a value's pieces", e))?;
+            let mut rows = std::pin::pin!(rows);
+            let mut whole = Vec::with_capacity(len);
+            let mut count = 0u32;
+            while let Some(row) = rows.next().await {
+                let row = row.map_err(|e| pg_error("reading a value's pieces", e))?;
+                let piece: &[u8] = row.try_get(0).map_err(|e| pg_error("a piece", e))?;
+                if whole.len() + piece.len() > len {
+                    return Ok(None);
+                }
+                whole.extend_from_slice(piece);
+                count += 1;
+            }
+            Ok((count == marker.count && whole.len() == len).then_some(whole))
+        })
+    }
+
     /// The value under `key`, as the table holds it.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        let statement = self.statement(self.table_of(key), Read::Get)?;
+        let statement = self.statement(tables::table_of(key), Read::Get)?;
         let row = wait(self.client.query_opt(&statement, &[&key]))
             .map_err(|e| pg_error("reading a key", e))?;
         row.map(|row| row.try_get::<_, Vec<u8>>(0))
@@ -647,7 +678,8 @@ impl Reader {
             Some(end) => vec![&start, end, &limit],
             None => vec![&start, &limit],
         };
-        let statement = self.statement(self.table_of_range(start, end), read)?;
+        let index = tables::table_of_range(start, end).unwrap_or(tables::ALL);
+        let statement = self.statement(index, read)?;
         let rows = wait(self.client.query(&statement, &params))
             .map_err(|e| pg_error("reading a range", e))?;
         rows.into_iter()
@@ -1005,10 +1037,16 @@ async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
                     .await
                     .map_err(|e| pg_error("writing rows to their tables", e))?;
             }
-            for (key, generation, seq, bytes) in chunked.iter().flat_map(Chunked::pieces) {
-                tx.execute(chunks::WRITE, &[&key, &generation, &seq, &bytes])
+            if let Some(chunked) = &chunked {
+                let write = tx
+                    .prepare(chunks::WRITE)
                     .await
-                    .map_err(|e| pg_error("writing a value's pieces", e))?;
+                    .map_err(|e| pg_error("preparing to write a value's pieces", e))?;
+                for (key, generation, seq, bytes) in chunked.pieces() {
+                    tx.execute(&write, &[&key, &generation, &seq, &bytes])
+                        .await
+                        .map_err(|e| pg_error("writing a value's pieces", e))?;
+                }
             }
             moved += group.len() as u64;
         }
@@ -1065,14 +1103,23 @@ struct Committer {
     runtime: tokio::runtime::Handle,
 }
 
-/// A value whose object, or whose pieces, are gone.
+/// A value whose object is gone.
 fn missing_object(key: &[u8]) -> StoreError {
     StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: "it refers to an object the blob store does not hold, or to pieces \
-                 kiln_chunk does not hold"
-            .into(),
+        reason: "it refers to an object the blob store does not hold".into(),
     }
+}
+
+/// A value whose object or pieces are gone: `row` as the table holds it.
+fn missing_value(key: &[u8], row: Option<&Entry>) -> StoreError {
+    if row.is_some_and(|(_, v)| chunks::Marker::read(v).is_some()) {
+        return StoreError::Corrupt {
+            key: String::from_utf8_lossy(key).into_owned(),
+            reason: "its value is in pieces kiln_chunk does not hold".into(),
+        };
+    }
+    missing_object(key)
 }
 
 /// Checks that the blob store configured is the one the database's
@@ -1410,12 +1457,24 @@ fn statements<'a>(
 struct Writes {
     prepared: HashMap<Vec<Touch>, Statement>,
     blobs: bool,
+    /// The statement that writes a value's piece, once prepared.
+    piece: Option<Statement>,
 }
 
 impl Writes {
     /// At most this many shapes are kept prepared; past it the cache
     /// starts again (few occur: the keyspaces a change to a run writes).
     const MOST: usize = 1024;
+
+    /// The statement that writes a value's piece.
+    fn piece(&mut self, client: &Client) -> std::result::Result<Statement, tokio_postgres::Error> {
+        if let Some(statement) = &self.piece {
+            return Ok(statement.clone());
+        }
+        let statement = wait(client.prepare(chunks::WRITE))?;
+        self.piece = Some(statement.clone());
+        Ok(statement)
+    }
 
     fn statement(
         &mut self,
@@ -1474,8 +1533,9 @@ fn write_group(
         if !chunked.stale.is_empty() {
             wait(client.execute(chunks::DELETE, &[&chunked.stale]))?;
         }
+        let write = writes.piece(client)?;
         for (key, generation, seq, bytes) in chunked.pieces() {
-            wait(client.execute(chunks::WRITE, &[&key, &generation, &seq, &bytes]))?;
+            wait(client.execute(&write, &[&key, &generation, &seq, &bytes]))?;
         }
     }
     if notify {
@@ -1589,7 +1649,7 @@ impl Backend for PostgresBackend {
             // key again. The same reference twice names an object that is
             // gone for good.
             if previous.as_ref() == Some(&value) {
-                return Err(missing_object(key));
+                return Err(missing_value(key, Some(&(key.to_vec(), value))));
             }
             previous = Some(value);
         }

@@ -33,7 +33,11 @@ pub(crate) const MAGIC: &[u8; 8] = b"KCHUNKS1";
 pub(crate) const MARKER_LEN: usize = 8 + 8 + 8 + 4;
 
 /// The largest value kept whole in its row, and the size of a piece.
+#[cfg(not(test))]
 pub(crate) const CHUNK_BYTES: usize = 64 << 20;
+/// Small in unit tests.
+#[cfg(test)]
+pub(crate) const CHUNK_BYTES: usize = 1 << 10;
 
 /// The table of pieces (part of migration 4).
 pub(crate) const CREATE_TABLE: &str = "CREATE TABLE kiln_chunk (key bytea NOT NULL, \
@@ -101,23 +105,6 @@ impl Marker {
             len,
             count,
         })
-    }
-
-    /// The value, from the pieces read for it; `None` unless they are all
-    /// there.
-    pub(crate) fn assemble(&self, pieces: Vec<Vec<u8>>) -> Option<Vec<u8>> {
-        if pieces.len() != self.count as usize {
-            return None;
-        }
-        let len = usize::try_from(self.len).ok()?;
-        if pieces.iter().map(Vec::len).sum::<usize>() != len {
-            return None;
-        }
-        let mut value = Vec::with_capacity(len);
-        for piece in pieces {
-            value.extend_from_slice(&piece);
-        }
-        Some(value)
     }
 }
 
@@ -192,7 +179,9 @@ mod tests {
     #[test]
     fn large_values_and_look_alikes_become_markers_and_pieces() {
         let large = Arc::new(vec![7u8; 2 * CHUNK_BYTES + 5]);
-        let look_alike = Arc::new([&MAGIC[..], b"a user's bytes"].concat());
+        // As long as a marker, so it would be read as one if it were not
+        // chunked.
+        let look_alike = Arc::new([&MAGIC[..], &[0xab; MARKER_LEN - 8]].concat());
         let mut writes: Vec<ToApply> = vec![
             (b"snap/a".to_vec(), Some(large.clone())),
             (b"packet/p".to_vec(), Some(look_alike.clone())),
@@ -228,10 +217,11 @@ mod tests {
                 b"snap/a".to_vec()
             ]
         );
-        // Reassembled only from every piece.
-        let all: Vec<Vec<u8>> = large.chunks(CHUNK_BYTES).map(<[u8]>::to_vec).collect();
-        assert_eq!(marker.assemble(all.clone()).as_deref(), Some(&large[..]));
-        assert_eq!(marker.assemble(all[..2].to_vec()), None);
+        assert_eq!(
+            Marker::read(&[&MAGIC[..], &[0; MARKER_LEN - 8]].concat()).map(|m| m.len),
+            Some(0)
+        );
+        assert_eq!(Marker::read(&look_alike[..MARKER_LEN - 1]), None);
 
         // A group that touches no piece is left as it is.
         let mut small: Vec<ToApply> = vec![(b"run/s".to_vec(), Some(Arc::new(vec![1])))];

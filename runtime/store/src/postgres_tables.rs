@@ -421,6 +421,8 @@ pub(crate) enum Read {
     FromUp,
     /// As [`Read::FromUp`], the last first.
     FromDown,
+    /// The pieces of a value (`crate::postgres_chunks`), on no table.
+    Pieces,
 }
 
 /// The index that stands for every table, in [`read_sql`].
@@ -433,6 +435,7 @@ pub(crate) fn read_sql(index: usize, read: Read) -> String {
         Read::Get => {
             return format!("SELECT value FROM {} WHERE key = $1", name(index));
         }
+        Read::Pieces => return crate::postgres_chunks::READ.to_owned(),
         Read::RangeUp => ("key >= $1 AND key < $2", "key", "$3"),
         Read::RangeDown => ("key >= $1 AND key < $2", "key DESC", "$3"),
         Read::FromUp => ("key >= $1", "key", "$2"),

@@ -43,12 +43,13 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
     let before = server.query(&url, "SELECT count(*) FROM kiln_kv");
     assert_eq!(before, (2 * RUNS + 4).to_string());
 
-    // A standby of this Kiln beside a leader of the older one reads the
-    // one table.
-    let standby = PostgresBackend::open_read_only(&url, None).unwrap();
-    assert!(standby.get(b"run/run_7").unwrap().is_some());
-    assert_eq!(standby.scan_prefix(b"journal/").unwrap().len(), RUNS);
-    drop(standby);
+    // A standby of this Kiln beside a leader of the older one has nothing
+    // to read until the leader upgrades the database; it says so.
+    let error = PostgresBackend::open_read_only(&url, None).unwrap_err();
+    assert!(
+        error.to_string().contains("older than this Kiln"),
+        "{error}"
+    );
 
     let backend = PostgresBackend::open(&url).unwrap();
     // Every key reads as before, through lookups and scans.
@@ -166,9 +167,10 @@ fn a_value_too_large_for_one_row_is_kept_in_pieces() {
     };
     let large =
         |salt: u8| -> Vec<u8> { (0..70usize << 20).map(|i| (i % 251) as u8 ^ salt).collect() };
-    // Bytes a user wrote that begin as a marker does: kept in pieces too,
-    // so never taken for one.
-    let look_alike = b"KCHUNKS1 and then a user's own bytes".to_vec();
+    // Bytes a user wrote that begin as a marker does, and as long (28
+    // bytes): kept in pieces too, so never taken for one.
+    let look_alike = b"KCHUNKS1 and a user's 20 byt".to_vec();
+    assert_eq!(look_alike.len(), 28);
 
     let backend = PostgresBackend::open(&url).unwrap();
     commit(
@@ -197,20 +199,26 @@ fn a_value_too_large_for_one_row_is_kept_in_pieces() {
     let backend = PostgresBackend::open(&url).unwrap();
     assert!(backend.get(b"snap/run_1/a").unwrap() == Some(large(1)));
 
-    // Made small, and deleted: no piece is left.
+    // A standby reads it whole too.
+    let standby = PostgresBackend::open_read_only(&url, None).unwrap();
+    assert!(standby.get(b"snap/run_1/a").unwrap() == Some(large(1)));
+    assert_eq!(standby.get(b"packet/p").unwrap(), Some(look_alike.clone()));
+    drop(standby);
+
+    // Deleted, and made small: no piece is left.
     commit(
         &backend,
         vec![
-            Op::Put(b"snap/run_1/a".to_vec(), b"small".to_vec()),
-            Op::Delete(b"packet/p".to_vec()),
+            Op::Delete(b"snap/run_1/a".to_vec()),
+            Op::Put(b"packet/p".to_vec(), b"small".to_vec()),
         ],
     );
     assert_eq!(q("SELECT count(*) FROM kiln_chunk"), "0");
     drop(backend);
     let backend = PostgresBackend::open(&url).unwrap();
+    assert_eq!(backend.get(b"snap/run_1/a").unwrap(), None);
     assert_eq!(
-        backend.get(b"snap/run_1/a").unwrap().as_deref(),
+        backend.get(b"packet/p").unwrap().as_deref(),
         Some(&b"small"[..])
     );
-    assert_eq!(backend.get(b"packet/p").unwrap(), None);
 }
