@@ -440,10 +440,11 @@ impl PostgresBackend {
         self.blobs.as_deref().map(BlobStore::reading)
     }
 
-    /// `rows` read from the table, with every reference to an object
-    /// replaced by the object's bytes; `Err(key)` if the object of `key`
-    /// is gone (a newer commit replaced the value and deleted it
-    /// meanwhile, or on a standby, the leader did).
+    /// `rows` as the table holds them, with every reference to an object
+    /// replaced by the object's bytes and every marker by the value its
+    /// pieces make; `Err(key)` if the object or a piece of `key`'s value is
+    /// gone (a newer commit replaced the value meanwhile, on a standby the
+    /// leader's, or for pieces on the owner too).
     fn resolve(&self, rows: Vec<Entry>) -> Result<std::result::Result<Vec<Entry>, Vec<u8>>> {
         // Each row as the table holds it is a marker, a reference or a
         // value: what an object or the pieces hold is never looked at again.
@@ -541,8 +542,6 @@ impl PostgresBackend {
             if holding.is_none() && pending.sent.load(Ordering::Acquire) > made {
                 continue;
             }
-            // The committer need not wait for the bucket.
-            drop(holding);
             // Only the rows the unwritten commits leave, and within the
             // limit, are read from their objects or pieces: the others are
             // not answered.
@@ -563,6 +562,18 @@ impl PostgresBackend {
             if stored.is_empty() {
                 return Ok(merged);
             }
+            // The committer need not wait for the bucket; on the last try
+            // it waits for the pieces, which a commit it is writing would
+            // delete, so a piece missed then is missing for good.
+            let pieces = stored
+                .iter()
+                .any(|(_, v)| chunks::Marker::read(v).is_some());
+            let _holding = if pieces {
+                holding
+            } else {
+                drop(holding);
+                None
+            };
             match self.resolve(stored)? {
                 Ok(resolved) => {
                     let mut merged = merged;
@@ -592,7 +603,7 @@ impl PostgresBackend {
                 }
             }
         }
-        unreachable!("the last try holds off the committer and returns")
+        unreachable!("every try returns or reads again, and gives up after a few")
     }
 }
 
@@ -632,7 +643,9 @@ impl Reader {
                 .await
                 .map_err(|e| pg_error("reading a value's pieces", e))?;
             let mut rows = std::pin::pin!(rows);
-            let mut whole = Vec::with_capacity(len);
+            // Reserved as the pieces come: a marker's length is not trusted
+            // before they are there.
+            let mut whole = Vec::with_capacity(len.min(chunks::CHUNK_BYTES));
             let mut count = 0u32;
             while let Some(row) = rows.next().await {
                 let row = row.map_err(|e| pg_error("reading a value's pieces", e))?;
@@ -984,6 +997,7 @@ async fn schema_version(client: &Client) -> Result<i32> {
 /// come from the value empty.
 async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
     let mut moved = 0;
+    let mut write_piece: Option<Statement> = None;
     let mut after: Option<Vec<u8>> = None;
     loop {
         let page = tx
@@ -1038,12 +1052,16 @@ async fn move_into_tables(tx: &tokio_postgres::Transaction<'_>) -> Result<u64> {
                     .map_err(|e| pg_error("writing rows to their tables", e))?;
             }
             if let Some(chunked) = &chunked {
-                let write = tx
-                    .prepare(chunks::WRITE)
-                    .await
-                    .map_err(|e| pg_error("preparing to write a value's pieces", e))?;
+                let write = match &write_piece {
+                    Some(write) => write,
+                    None => write_piece.insert(
+                        tx.prepare(chunks::WRITE)
+                            .await
+                            .map_err(|e| pg_error("preparing to write a value's pieces", e))?,
+                    ),
+                };
                 for (key, generation, seq, bytes) in chunked.pieces() {
-                    tx.execute(&write, &[&key, &generation, &seq, &bytes])
+                    tx.execute(write, &[&key, &generation, &seq, &bytes])
                         .await
                         .map_err(|e| pg_error("writing a value's pieces", e))?;
                 }
@@ -1645,9 +1663,10 @@ impl Backend for PostgresBackend {
             if let Ok(resolved) = self.resolve(vec![(key.to_vec(), value.clone())])? {
                 return Ok(resolved.into_iter().next().map(|(_, v)| v));
             }
-            // The object went with a newer commit (on a standby): read the
-            // key again. The same reference twice names an object that is
-            // gone for good.
+            // The object or the pieces went with a newer commit (the
+            // leader's, on a standby; for pieces, this server's too): read
+            // the key again. The same row twice names a value that is gone
+            // for good.
             if previous.as_ref() == Some(&value) {
                 return Err(missing_value(key, Some(&(key.to_vec(), value))));
             }
