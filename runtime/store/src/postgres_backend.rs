@@ -80,8 +80,14 @@ const DEPLOYMENTS_CHANNEL: &str = "kiln_deployments";
 
 /// Whether `key` is a deployment record's (`deploy/…`, or
 /// `env/<project>/<environment>/deploy/…`).
+#[cfg(test)]
 fn is_deployment_key(key: &[u8]) -> bool {
-    tables::name(tables::table_of(key)) == "kiln_deploy"
+    is_deployment_table(tables::table_of(key))
+}
+
+/// Whether table `index` holds the deployments.
+fn is_deployment_table(index: usize) -> bool {
+    tables::name(index) == "kiln_deploy"
 }
 
 /// The advisory lock a server holds on its database for its life.
@@ -1608,7 +1614,10 @@ impl Committer {
                     let _moving = pending.moving();
                     pending.sent.store(covered, Ordering::Release);
                     // Standbys compile a new deployment ahead at once.
-                    let notify = writes.iter().any(|(key, _)| is_deployment_key(key));
+                    // (The parts have routed every key to its table.)
+                    let notify = parts
+                        .iter()
+                        .any(|part| part.tables.keys().any(|index| is_deployment_table(*index)));
                     let written =
                         write_group(&client, &mut prepared, &parts, chunked.as_ref(), notify);
                     if written.is_ok() {
