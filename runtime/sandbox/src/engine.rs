@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 use wasmtime::component::{Component, HasSelf, Linker};
-use wasmtime::{Config, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
+use wasmtime::{Config, Enabled, Engine, InstanceAllocationStrategy, PoolingAllocationConfig};
 
 /// How the sandbox is set up.
 #[derive(Debug, Clone)]
@@ -71,6 +71,12 @@ impl Inner {
             .max_memories_per_component(2)
             .max_memory_size(4 << 30)
             .linear_memory_keep_resident(64 << 20)
+            // Tables are reset with `memset` too, rather than `madvise`,
+            // whose TLB shootdown interrupts every core running Kiln.
+            .table_keep_resident(1 << 20)
+            // Only the pages an attempt dirtied are reset (Linux 6.7 and
+            // later; elsewhere the resident part is reset whole, as before).
+            .pagemap_scan(Enabled::Auto)
             .max_unused_warm_slots(config.warm_slots);
         let mut wasm = Config::new();
         wasm.epoch_interruption(true)
