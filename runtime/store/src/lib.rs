@@ -41,6 +41,7 @@ mod sled_backend;
 mod sled_chunks;
 mod sled_compact;
 mod sled_unapplied;
+mod sled_wal;
 pub mod snapshot;
 mod stats;
 mod streams;

@@ -1,4 +1,5 @@
-//! The sled backend, made durable by a group committer.
+//! The sled backend, made durable by a group committer and Kiln's own
+//! write-ahead log.
 //!
 //! sled 0.34's `flush()` is not durable on Linux (it uses `sync_file_range`),
 //! and its `flush_async()` deadlocks under concurrent callers. So:
@@ -8,15 +9,17 @@
 //!   laid over the tree;
 //! - one committer thread owns the tree's writes: when the syncer thread is
 //!   idle, it takes every commit made so far and applies them to the tree
-//!   as one atomic sled batch; the syncer then calls `flush()` once,
-//!   `fdatasync`s sled's data file, and only then acknowledges each writer
-//!   (group commit). sled's log keeps batches
-//!   in order, so what survives a crash is a prefix of the groups, and so
-//!   of the commits. One sled batch a group matters: sled rolls its log
-//!   buffer twice for every batch, each roll a write and a
-//!   `sync_file_range` on its I/O threads (which it wakes all at once), so
-//!   a batch a commit made sled's I/O most of a commit's cost.
-//! - the syncer publishes the number of the last commit each flush
+//!   as one atomic sled batch, which also records the group's number; the
+//!   syncer then writes the group as one record to Kiln's write-ahead log
+//!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
+//!   each writer (group commit). sled itself is flushed and its data file
+//!   `fdatasync`ed only at a checkpoint, when the log is full and when the
+//!   store is opened (after the groups the tree lost are applied again
+//!   from the log). Each group is one sled batch and sled is not flushed
+//!   per group because sled's flush is costly: it rolls its log buffer and
+//!   writes it from its I/O threads (which it wakes all at once), and
+//!   waits on `sync_file_range`.
+//! - the syncer publishes the number of the last commit each durable group
 //!   covered, so [`Backend::settled`] can wait for exactly the commits a
 //!   reader may have seen.
 //! - values are kept small enough that sled never writes them to its
@@ -27,9 +30,9 @@
 //!   of commits. The committer commits what is still deferred after
 //!   [`crate::group_commit::DEFER_AT_MOST`]; [`Backend::settled`] does not wait for it (no reader
 //!   has seen it).
-//! - a flush or an apply that fails stops the server (fail-stop): nothing
-//!   written after it could be acknowledged truthfully, since what the
-//!   failed flush covered may be lost and later flushes cannot tell.
+//! - a write, flush or apply that fails stops the server (fail-stop):
+//!   nothing written after it could be acknowledged truthfully, since what
+//!   the failed write covered may be lost and later writes cannot tell.
 
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{
@@ -37,6 +40,7 @@ use crate::group_commit::{
 };
 use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, resolve, segment_size};
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
+use crate::sled_wal::{MARK, Wal};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -106,14 +110,15 @@ impl SledBackend {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
         let mut db = open_sled(dir, segment)?;
+        let last_group = recover(dir, &db, segment)?;
         let mut compacted = None;
         if let Some(min_len) = compact_from {
             (db, compacted) = crate::sled_compact::on_open(dir, db, min_len, segment)?;
         }
-        let data_file = std::fs::OpenOptions::new()
-            .read(true)
-            .open(dir.join("db"))
-            .map_err(|e| StoreError::Backend(format!("opening sled's data file: {e}")))?;
+        let data_file = data_file(dir)?;
+        // Every group the log holds is in the tree, durably: the log may be
+        // written from its start.
+        let wal = Wal::open(dir)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
         let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
@@ -121,6 +126,8 @@ impl SledBackend {
         let committer = Committer {
             db: db.clone(),
             data_file,
+            wal,
+            last_group,
             chunker,
             pending: pending.clone(),
             durable: durable_tx,
@@ -144,11 +151,56 @@ impl SledBackend {
     /// itself is returned as stored.
     fn entry(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<Entry>> {
         let (k, v) = entry.map_err(backend_error)?;
+        if k == MARK {
+            // The log's bookkeeping, not a key of the store's.
+            return Ok(None);
+        }
         if k.starts_with(CHUNK_SPACE) {
             return Ok(Some((k.to_vec(), v.to_vec())));
         }
         Ok(resolve(&self.tree, &k, v.to_vec())?.map(|v| (k.to_vec(), v)))
     }
+}
+
+/// sled's data file in `dir`, to `fdatasync` it.
+fn data_file(dir: &Path) -> Result<std::fs::File> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .open(dir.join("db"))
+        .map_err(|e| StoreError::Backend(format!("opening sled's data file: {e}")))
+}
+
+/// Makes everything sled has applied durable: a flush, then an
+/// `fdatasync` of its data file (which also writes what its page cache
+/// holds of earlier writes).
+fn checkpoint(db: &sled::Db, data_file: &std::fs::File) -> Result<()> {
+    db.flush().map_err(backend_error)?;
+    data_file.sync_data().map_err(backend_error)
+}
+
+/// Applies to the tree, in order, the groups the write-ahead log holds and
+/// the tree lost in a crash, then makes the tree durable. Returns the
+/// number of the last group the store holds.
+fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<u64> {
+    let applied = crate::sled_wal::applied(db)?;
+    let groups = crate::sled_wal::unapplied(dir, applied)?;
+    let mut last = applied;
+    if !groups.is_empty() {
+        tracing::info!(
+            groups = groups.len(),
+            from = applied + 1,
+            "applying the groups of commits the store's write-ahead log holds"
+        );
+    }
+    let mut chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(db)?);
+    for group in groups {
+        let mut batch = chunker.batch(db, group.writes)?;
+        batch.insert(MARK, group.number.to_be_bytes().to_vec());
+        db.apply_batch(batch).map_err(backend_error)?;
+        last = group.number;
+    }
+    checkpoint(db, &data_file(dir)?)?;
+    Ok(last)
 }
 
 /// Opens sled's database in `dir` with Kiln's settings, waiting up to
@@ -217,23 +269,30 @@ impl Drop for SledBackend {
 struct Committer {
     db: sled::Db,
     data_file: std::fs::File,
+    /// The write-ahead log, handed to the syncer.
+    wal: Wal,
+    /// The number of the last group the store holds.
+    last_group: u64,
     /// Splits large values; only the committer writes the tree.
     chunker: Chunker,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
 }
 
-/// Acknowledgements of applied commits, and the number of the last commit
-/// applied with them.
-type Applied = (u64, Vec<Ack>);
+/// An applied group: the number of the last commit it covers, its record
+/// for the write-ahead log (`None`: it wrote nothing new), and its
+/// writers' acknowledgements.
+type Applied = (u64, Option<Vec<u8>>, Vec<Ack>);
 
-/// Makes applied groups durable: flushes sled once and `fdatasync`s its
-/// data file for each group, then acknowledges. Tells the committer through
-/// `ready` each time it is idle, so that the committer applies a group only
-/// when the syncer can take it at once.
+/// Makes applied groups durable: writes each group's record to the
+/// write-ahead log and `fdatasync`s it (with a checkpoint of the tree when
+/// the log is full), then acknowledges. Tells the committer through `ready`
+/// each time it is idle, so that the committer applies a group only when
+/// the syncer can take it at once.
 fn sync(
     db: sled::Db,
     data_file: std::fs::File,
+    mut wal: Wal,
     durable: Arc<watch::Sender<Durable>>,
     applied: mpsc::Receiver<Applied>,
     ready: mpsc::SyncSender<()>,
@@ -242,15 +301,16 @@ fn sync(
         // The committer takes one token per group it hands over, so there
         // is room for this one; it fails only once the committer is gone.
         let _ = ready.send(());
-        let Ok((covered, group)) = applied.recv() else {
+        let Ok((covered, record, group)) = applied.recv() else {
             break;
         };
         let started = std::time::Instant::now();
-        let result = db
-            .flush()
-            .map(|_| ())
-            .map_err(backend_error)
-            .and_then(|()| data_file.sync_data().map_err(backend_error));
+        // A group that wrote nothing new is covered by the records before
+        // it, all durable by now.
+        let result = match &record {
+            Some(record) => wal.append(record, || checkpoint(&db, &data_file)),
+            None => Ok(()),
+        };
         let metrics = crate::stats::metrics();
         metrics
             .sync_seconds
@@ -269,6 +329,8 @@ impl Committer {
         let Committer {
             db,
             data_file,
+            wal,
+            mut last_group,
             mut chunker,
             pending,
             durable,
@@ -282,7 +344,7 @@ impl Committer {
             let (db, durable) = (db.clone(), durable.clone());
             std::thread::Builder::new()
                 .name("kiln-syncer".into())
-                .spawn(move || sync(db, data_file, durable, applied, ready_tx))
+                .spawn(move || sync(db, data_file, wal, durable, applied, ready_tx))
         };
         let syncing = match syncing {
             Ok(syncing) => syncing,
@@ -295,10 +357,14 @@ impl Committer {
             || !pending.halted.load(std::sync::atomic::Ordering::Acquire) && ready.recv().is_ok();
         while let Some(group) = gatherer.next(&pending, go_on) {
             // Every commit whose acknowledgement is in the group was made
-            // before this, so the group's batch and flush cover it.
+            // before this, so the group's batch and record cover it.
             let (writes, covered) = lock(&pending.unapplied).take();
+            let mut record = None;
             if !writes.is_empty() {
-                let applied = chunker.batch(&db, writes).and_then(|batch| {
+                let number = last_group + 1;
+                record = Some(crate::sled_wal::encode(number, &writes));
+                let applied = chunker.batch(&db, writes).and_then(|mut batch| {
+                    batch.insert(MARK, number.to_be_bytes().to_vec());
                     let _moving = pending.moving();
                     db.apply_batch(batch).map_err(backend_error)?;
                     pending.applied(covered);
@@ -307,8 +373,9 @@ impl Committer {
                 if let Err(error) = applied {
                     fail_stop(&error, group, &durable, "the disk");
                 }
+                last_group = number;
             }
-            if to_sync.send((covered, group)).is_err() {
+            if to_sync.send((covered, record, group)).is_err() {
                 break;
             }
         }
