@@ -38,7 +38,7 @@ use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{
     Ack, Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
-use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, resolve, segment_size};
+use crate::sled_chunks::{CHUNK_SPACE, Chunker, TreeWrite, chunk_size, resolve, segment_size};
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::sled_wal::{MARK, Wal};
 use crate::{Result, StoreError};
@@ -194,13 +194,36 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<u64> {
     }
     let mut chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(db)?);
     for group in groups {
-        let mut batch = chunker.batch(db, group.writes)?;
-        batch.insert(MARK, group.number.to_be_bytes().to_vec());
-        db.apply_batch(batch).map_err(backend_error)?;
+        apply(db, &mut chunker, group.number, group.writes)?;
         last = group.number;
     }
     checkpoint(db, &data_file(dir)?)?;
     Ok(last)
+}
+
+/// Applies group `number`, whose record is durable in the write-ahead
+/// log, to the tree: its writes one by one, then its number under
+/// [`MARK`]. sled recovers a prefix of its writes, so a tree whose mark
+/// says `j` holds every group up to `j` whole, and at most a part of group
+/// `j + 1`, which is in the log and is applied again at the next open.
+/// Single writes rather than one sled batch: each batch rolls sled's log
+/// buffer twice (a write and a `sync_file_range` each, on its I/O threads).
+fn apply(
+    db: &sled::Db,
+    chunker: &mut Chunker,
+    number: u64,
+    writes: Vec<crate::sled_unapplied::ToApply>,
+) -> Result<()> {
+    for write in chunker.writes(db, writes)? {
+        match write {
+            TreeWrite::Insert(key, value) => db.insert(key, value).map(|_| ()),
+            TreeWrite::Remove(key) => db.remove(key).map(|_| ()),
+        }
+        .map_err(backend_error)?;
+    }
+    db.insert(MARK, &number.to_be_bytes()[..])
+        .map_err(backend_error)?;
+    Ok(())
 }
 
 /// Opens sled's database in `dir` with Kiln's settings, waiting up to
@@ -261,11 +284,11 @@ impl Drop for SledBackend {
     }
 }
 
-/// The thread that applies commits to the tree, a group at a time, and
-/// hands their acknowledgements to the syncer. A group is gathered and
-/// applied when the syncer is idle, so under load it holds everything
-/// committed during the last sync, and sled sees one batch per `fdatasync`
-/// (each batch costs sled two log writes of its own).
+/// The thread that gathers groups: when the syncer is idle, it takes what
+/// every commit made since the last group wrote, numbers it as the next
+/// group, encodes its record for the write-ahead log and hands it to the
+/// syncer. Under load a group holds everything committed during the last
+/// sync.
 struct Committer {
     db: sled::Db,
     data_file: std::fs::File,
@@ -273,54 +296,72 @@ struct Committer {
     wal: Wal,
     /// The number of the last group the store holds.
     last_group: u64,
-    /// Splits large values; only the committer writes the tree.
+    /// Splits large values; only the syncer writes the tree.
     chunker: Chunker,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
 }
 
-/// An applied group: the number of the last commit it covers, its record
-/// for the write-ahead log (`None`: it wrote nothing new), and its
+/// A group for the syncer: the number of the last commit it covers, its
+/// number, record and writes (`None`: it wrote nothing new), and its
 /// writers' acknowledgements.
-type Applied = (u64, Option<Vec<u8>>, Vec<Ack>);
+struct Group {
+    covered: u64,
+    new: Option<(u64, Vec<u8>, Vec<crate::sled_unapplied::ToApply>)>,
+    acks: Vec<Ack>,
+}
 
-/// Makes applied groups durable: writes each group's record to the
-/// write-ahead log and `fdatasync`s it (with a checkpoint of the tree when
-/// the log is full), then acknowledges. Tells the committer through `ready`
-/// each time it is idle, so that the committer applies a group only when
-/// the syncer can take it at once.
-fn sync(
+/// What the syncer owns.
+struct Syncer {
     db: sled::Db,
     data_file: std::fs::File,
-    mut wal: Wal,
+    wal: Wal,
+    chunker: Chunker,
+    pending: Arc<Pending>,
     durable: Arc<watch::Sender<Durable>>,
-    applied: mpsc::Receiver<Applied>,
-    ready: mpsc::SyncSender<()>,
-) {
-    loop {
+}
+
+impl Syncer {
+    /// Makes groups durable, in order: writes a group's record to the
+    /// write-ahead log and `fdatasync`s it (after a checkpoint of the tree
+    /// when the log is full), acknowledges its writers, tells the committer
+    /// through `ready` that it may gather the next group, and applies the
+    /// group to the tree, from which reads then find it.
+    fn run(mut self, groups: mpsc::Receiver<Group>, ready: mpsc::SyncSender<()>) {
         // The committer takes one token per group it hands over, so there
-        // is room for this one; it fails only once the committer is gone.
+        // is room for each; a send fails only once the committer is gone.
         let _ = ready.send(());
-        let Ok((covered, record, group)) = applied.recv() else {
-            break;
-        };
-        let started = std::time::Instant::now();
-        // A group that wrote nothing new is covered by the records before
-        // it, all durable by now.
-        let result = match &record {
-            Some(record) => wal.append(record, || checkpoint(&db, &data_file)),
-            None => Ok(()),
-        };
-        let metrics = crate::stats::metrics();
-        metrics
-            .sync_seconds
-            .observe(started.elapsed().as_secs_f64());
-        metrics.syncs.inc();
-        metrics.group_commits.observe(group.len() as f64);
-        if let Err(error) = &result {
-            fail_stop(error, group, &durable, "the disk");
+        while let Ok(Group { covered, new, acks }) = groups.recv() {
+            let Some((number, record, writes)) = new else {
+                // Nothing new: the records before it, all durable by now,
+                // cover its commits.
+                acknowledge(&self.durable, covered, acks);
+                let _ = ready.send(());
+                continue;
+            };
+            let started = std::time::Instant::now();
+            let (db, data_file) = (&self.db, &self.data_file);
+            let written = self.wal.append(&record, || checkpoint(db, data_file));
+            let metrics = crate::stats::metrics();
+            metrics
+                .sync_seconds
+                .observe(started.elapsed().as_secs_f64());
+            metrics.syncs.inc();
+            metrics.group_commits.observe(acks.len() as f64);
+            if let Err(error) = &written {
+                fail_stop(error, acks, &self.durable, "the disk");
+            }
+            acknowledge(&self.durable, covered, acks);
+            let _ = ready.send(());
+            let applied = {
+                let _moving = self.pending.moving();
+                apply(&self.db, &mut self.chunker, number, writes)
+            };
+            if let Err(error) = applied {
+                fail_stop(&error, Vec::new(), &self.durable, "the disk");
+            }
+            self.pending.applied(covered);
         }
-        acknowledge(&durable, covered, group);
     }
 }
 
@@ -331,21 +372,26 @@ impl Committer {
             data_file,
             wal,
             mut last_group,
-            mut chunker,
+            chunker,
             pending,
             durable,
         } = self;
         let durable = Arc::new(durable);
-        let (to_sync, applied) = mpsc::channel::<Applied>();
-        // The syncer's word that it is idle: a group is gathered and applied
-        // only then, so it holds everything committed during the last sync.
+        let (to_sync, groups) = mpsc::channel::<Group>();
+        // The syncer's word that it is idle: a group is gathered only then,
+        // so it holds everything committed during the last sync.
         let (ready_tx, ready) = mpsc::sync_channel::<()>(1);
-        let syncing = {
-            let (db, durable) = (db.clone(), durable.clone());
-            std::thread::Builder::new()
-                .name("kiln-syncer".into())
-                .spawn(move || sync(db, data_file, wal, durable, applied, ready_tx))
+        let syncer = Syncer {
+            db,
+            data_file,
+            wal,
+            chunker,
+            pending: pending.clone(),
+            durable: durable.clone(),
         };
+        let syncing = std::thread::Builder::new()
+            .name("kiln-syncer".into())
+            .spawn(move || syncer.run(groups, ready_tx));
         let syncing = match syncing {
             Ok(syncing) => syncing,
             Err(error) => fail_stop(&backend_error(error), Vec::new(), &durable, "the disk"),
@@ -355,27 +401,16 @@ impl Committer {
         // the syncer is gone, so is every acknowledgement it held.
         let go_on =
             || !pending.halted.load(std::sync::atomic::Ordering::Acquire) && ready.recv().is_ok();
-        while let Some(group) = gatherer.next(&pending, go_on) {
+        while let Some(acks) = gatherer.next(&pending, go_on) {
             // Every commit whose acknowledgement is in the group was made
-            // before this, so the group's batch and record cover it.
-            let (writes, covered) = lock(&pending.unapplied).take();
-            let mut record = None;
-            if !writes.is_empty() {
-                let number = last_group + 1;
-                record = Some(crate::sled_wal::encode(number, &writes));
-                let applied = chunker.batch(&db, writes).and_then(|mut batch| {
-                    batch.insert(MARK, number.to_be_bytes().to_vec());
-                    let _moving = pending.moving();
-                    db.apply_batch(batch).map_err(backend_error)?;
-                    pending.applied(covered);
-                    Ok(())
-                });
-                if let Err(error) = applied {
-                    fail_stop(&error, group, &durable, "the disk");
-                }
-                last_group = number;
-            }
-            if to_sync.send((covered, record, group)).is_err() {
+            // before this, so this group and the ones before cover it.
+            let (writes, covered) = lock(&pending.unapplied).take_new();
+            let new = (!writes.is_empty()).then(|| {
+                last_group += 1;
+                let record = crate::sled_wal::encode(last_group, &writes);
+                (last_group, record, writes)
+            });
+            if to_sync.send(Group { covered, new, acks }).is_err() {
                 break;
             }
         }

@@ -8,7 +8,7 @@
 //! most [`chunk_size`] bytes (a 128th of the segment): a larger value is
 //! written as chunks under the reserved `\xff\xffchunk/` keyspace (which
 //! sorts after every key Kiln uses) and a short manifest under its own key,
-//! in the same atomic batch. Reads put the pieces back together. No log
+//! in the same group of commits (the chunks before the manifest). Reads put the pieces back together. No log
 //! item can then reach the blob threshold, and every acknowledged byte is in
 //! the synced `db` file.
 
@@ -70,7 +70,15 @@ impl Manifest {
     }
 }
 
-/// Turns commits into sled batches of small values.
+/// One write to the tree.
+pub(crate) enum TreeWrite {
+    /// Put a value.
+    Insert(sled::IVec, sled::IVec),
+    /// Delete a key.
+    Remove(sled::IVec),
+}
+
+/// Turns commits into sled writes of small values.
 pub(crate) struct Chunker {
     chunk: usize,
     next_generation: u64,
@@ -98,17 +106,18 @@ impl Chunker {
         }
     }
 
-    /// The sled batch for `writes` (a value to put, or `None` to delete),
-    /// reading the values they replace from `tree` (only the caller writes
-    /// it meanwhile) so that chunks of a replaced or deleted value go in the
-    /// same batch.
-    pub(crate) fn batch(
+    /// The tree's writes for `writes` (a value to put, or `None` to
+    /// delete), in order, reading the values they replace from `tree` (only
+    /// the caller writes it meanwhile) so that chunks of a replaced or
+    /// deleted value are deleted with them. A value's chunks come before
+    /// its manifest.
+    pub(crate) fn writes(
         &mut self,
         tree: &sled::Db,
         writes: Vec<crate::sled_unapplied::ToApply>,
-    ) -> Result<sled::Batch> {
-        let mut batch = sled::Batch::default();
-        // What keys written earlier in this batch now hold.
+    ) -> Result<Vec<TreeWrite>> {
+        let mut batch = Vec::with_capacity(writes.len());
+        // What keys written earlier in this group now hold.
         let mut written: HashMap<Vec<u8>, Option<Manifest>> = HashMap::new();
         for (key, value) in writes {
             let old = match written.get(&key) {
@@ -120,7 +129,7 @@ impl Chunker {
             };
             if let Some(old) = old {
                 for i in 0..old.count {
-                    batch.remove(old.chunk_key(i));
+                    batch.push(TreeWrite::Remove(old.chunk_key(i).into()));
                 }
             }
             let new = match value {
@@ -132,17 +141,26 @@ impl Chunker {
                     };
                     self.next_generation += 1;
                     for (i, piece) in v.chunks(self.chunk).enumerate() {
-                        batch.insert(manifest.chunk_key(i as u32), piece);
+                        batch.push(TreeWrite::Insert(
+                            manifest.chunk_key(i as u32).into(),
+                            piece.into(),
+                        ));
                     }
-                    batch.insert(key.as_slice(), manifest.encode());
+                    batch.push(TreeWrite::Insert(
+                        key.as_slice().into(),
+                        manifest.encode().into(),
+                    ));
                     Some(manifest)
                 }
                 Some(v) => {
-                    batch.insert(key.as_slice(), v.as_slice());
+                    batch.push(TreeWrite::Insert(
+                        key.as_slice().into(),
+                        v.as_slice().into(),
+                    ));
                     None
                 }
                 None => {
-                    batch.remove(key.as_slice());
+                    batch.push(TreeWrite::Remove(key.as_slice().into()));
                     None
                 }
             };

@@ -36,6 +36,8 @@ pub(crate) struct Unapplied {
     newest: BTreeMap<Vec<u8>, (u64, Shared)>,
     /// The bytes of keys and values in `newest`.
     bytes: usize,
+    /// The number of the last commit [`Unapplied::take_new`] took.
+    taken: u64,
 }
 
 /// How much unapplied data makes a writer wait for the committer to catch
@@ -105,6 +107,22 @@ impl Unapplied {
             .iter()
             .map(|(k, (_, v))| (k.clone(), v.clone()))
             .collect();
+        (writes, self.made)
+    }
+
+    /// What commits made since the last call wrote (each key's newest
+    /// value), in key order, and the number of the last of those commits:
+    /// the sled backend's next group, while earlier groups may still be on
+    /// their way to the tree. It stays visible until [`Unapplied::applied`].
+    pub(crate) fn take_new(&mut self) -> (Vec<ToApply>, u64) {
+        let taken = self.taken;
+        let writes = self
+            .newest
+            .iter()
+            .filter(|(_, (number, _))| *number > taken)
+            .map(|(k, (_, v))| (k.clone(), v.clone()))
+            .collect();
+        self.taken = self.made;
         (writes, self.made)
     }
 
@@ -304,6 +322,24 @@ mod tests {
                 second
             )
         );
+    }
+
+    #[test]
+    fn a_new_group_takes_only_what_was_written_since_the_last() {
+        let mut u = Unapplied::default();
+        u.commit(vec![put("a", "1"), put("b", "1")]);
+        let (first, upto) = u.take_new();
+        assert_eq!((first.len(), upto), (2, 1));
+        u.commit(vec![put("b", "2"), put("c", "2")]);
+        let (second, upto) = u.take_new();
+        let keys: Vec<&[u8]> = second.iter().map(|(k, _)| k.as_slice()).collect();
+        assert_eq!((keys, upto), (vec![&b"b"[..], &b"c"[..]], 2));
+        // The first group reaching the tree forgets only what no later
+        // commit wrote again.
+        u.applied(1);
+        assert_eq!(u.get(b"a"), None);
+        assert_eq!(u.get(b"b"), Some(Some(b"2".to_vec())));
+        assert!(u.take_new().0.is_empty());
     }
 
     #[test]
