@@ -7,18 +7,19 @@
 //!   every later read in this process sees it at once (read-your-writes, in
 //!   the order commits were made), through the writes not yet in the tree
 //!   laid over the tree;
-//! - one committer thread owns the tree's writes: when the syncer thread is
-//!   idle, it takes every commit made so far and applies them to the tree
-//!   as one atomic sled batch, which also records the group's number; the
-//!   syncer then writes the group as one record to Kiln's write-ahead log
-//!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
-//!   each writer (group commit). sled itself is flushed and its data file
+//! - one committer thread gathers groups: when the syncer thread is idle,
+//!   it takes what every commit made since the last group wrote and
+//!   numbers it as the next group; the syncer writes the group as one
+//!   record to Kiln's write-ahead log ([`crate::sled_wal`]), `fdatasync`s
+//!   it, and only then acknowledges each writer (group commit), and then
+//!   applies the group to the tree as single writes followed by the
+//!   group's number. sled itself is flushed and its data file
 //!   `fdatasync`ed only at a checkpoint, when the log is full and when the
 //!   store is opened (after the groups the tree lost are applied again
-//!   from the log). Each group is one sled batch and sled is not flushed
-//!   per group because sled's flush is costly: it rolls its log buffer and
-//!   writes it from its I/O threads (which it wakes all at once), and
-//!   waits on `sync_file_range`.
+//!   from the log). sled is neither flushed nor given a batch per group
+//!   because both are costly: a batch rolls sled's log buffer twice and a
+//!   flush once more, each roll a write from its I/O threads (which it
+//!   wakes all at once) and a wait on `sync_file_range`.
 //! - the syncer publishes the number of the last commit each durable group
 //!   covered, so [`Backend::settled`] can wait for exactly the commits a
 //!   reader may have seen.
@@ -254,11 +255,11 @@ pub(crate) fn open_sled(dir: &Path, segment: usize) -> Result<sled::Db> {
 
 impl SledBackend {
     /// Stops as a killed process would, for the engine's simulation: the
-    /// group being applied (if any) is finished, atomically, as sled
-    /// applies a batch; no later commit is applied. Reopened in the same
-    /// process, the store holds what it applied, synced or not, so this
-    /// shows that groups are applied whole and in order, not what a lost
-    /// page cache takes (the simulation's model store shows that).
+    /// group being written (if any) is finished, to the log and the tree;
+    /// no later commit is written. Reopened in the same process, the store
+    /// holds what it applied, synced or not, so this shows that groups are
+    /// applied whole and in order, not what a lost page cache takes (the
+    /// simulation's model store and `tests/lost_page_cache.rs` show that).
     #[doc(hidden)]
     pub fn halt_as_if_killed(&self) {
         self.front

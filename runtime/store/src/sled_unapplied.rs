@@ -1,7 +1,7 @@
 //! Commits made but not yet applied to the sled tree: the sled backend's
 //! reads see them on top of it, so a commit is visible the moment it is
-//! made, while the committer applies a whole group of commits to sled as
-//! one batch.
+//! made, while the committer gathers a whole group of commits and the
+//! syncer makes it durable in the write-ahead log and applies it to sled.
 
 use crate::Result;
 use crate::backend::Op;
@@ -31,8 +31,8 @@ pub(crate) struct Unapplied {
     made: u64,
     /// Every key a commit not yet applied wrote: the newest value (`None`:
     /// deleted) and the number of the commit that wrote it. A group of
-    /// commits is applied as one atomic batch, so only the newest value of
-    /// each key needs applying.
+    /// commits is made durable and applied whole, so only the newest value
+    /// of each key needs writing.
     newest: BTreeMap<Vec<u8>, (u64, Shared)>,
     /// The bytes of keys and values in `newest`.
     bytes: usize,
@@ -99,8 +99,8 @@ impl Unapplied {
     }
 
     /// What every commit made so far left unapplied, in key order, for
-    /// the committer to apply as one batch, and the number of the last of
-    /// those commits. It stays visible until [`Unapplied::applied`].
+    /// the PostgreSQL committer to write as one transaction, and the number
+    /// of the last of those commits. It stays visible until [`Unapplied::applied`].
     pub(crate) fn take(&self) -> (Vec<ToApply>, u64) {
         let writes = self
             .newest

@@ -7,8 +7,8 @@
 //! data file. Measured under load, sled's I/O threads took a third of a
 //! run's CPU. So each group is instead written once to this log, a file
 //! `kiln-wal` in the store's directory, and made durable by one
-//! `fdatasync` of it; sled applies the same group as an atomic batch, in
-//! memory and in its page cache, and is made durable only at a
+//! `fdatasync` of it; only then does sled get the group's writes, in
+//! memory and in its page cache, and it is made durable only at a
 //! checkpoint: when the log is full (every [`CAPACITY`] bytes of
 //! groups) and when the store is opened.
 //!
@@ -16,9 +16,11 @@
 //!   XXH3 checksum of the group number and payload, the group number, and the
 //!   payload (each key's newest value or its deletion). Groups are
 //!   numbered without gaps for the store's life.
-//! - **Which groups sled holds** is written in the same sled batch as the
-//!   group itself, under [`MARK`], so after any crash the tree holds whole
-//!   groups `1..=j` and says `j`, whatever its page cache lost.
+//! - **Which groups sled holds** is written after each group's writes,
+//!   under [`MARK`]. sled recovers a prefix of its writes, so after any
+//!   crash the tree holds whole groups `1..=j`, says `j`, and holds at most
+//!   a part of group `j + 1`, whose record is durable, whatever its page
+//!   cache lost.
 //! - **Recovery** reads the records from the start of the file while each
 //!   is whole (magic, length, checksum) and numbered one after the one before;
 //!   the first that is not ends the log (a torn or never-synced tail, or a
@@ -28,9 +30,10 @@
 //!   record comes after `j + 1` has lost groups: the store refuses to
 //!   open.
 //! - **A checkpoint** flushes sled and `fdatasync`s its data file, which
-//!   makes durable every group sled has applied (the committer applies a
-//!   group before its record is written); the log then starts again at
-//!   its beginning, overwriting records the tree now holds.
+//!   makes durable every group sled has applied: every group before the
+//!   one whose record is about to be written (the syncer applies groups in
+//!   order, each before the next record). The log then starts again at its
+//!   beginning with that record, overwriting records the tree now holds.
 //! - **Growing the file** writes zeroes a mebibyte ahead, so that most
 //!   `fdatasync`s of the log write data only, not the file's size.
 
@@ -42,7 +45,7 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
-/// The sled key under which each group's batch says its number.
+/// The sled key under which the tree says the last group it holds whole.
 pub(crate) const MARK: &[u8] = b"\xff\xffkiln-wal-group";
 
 /// The log's file in the store's directory.
