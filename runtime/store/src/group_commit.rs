@@ -1,9 +1,9 @@
 //! The group commit both durable backends share: writers' commits are
 //! numbered and kept in memory ([`crate::sled_unapplied`]), visible to
 //! reads at once, and one committer thread gathers every commit made so
-//! far into a group, makes it durable (sled: a batch, a flush and an
-//! `fdatasync`; PostgreSQL: one transaction) and only then acknowledges
-//! its writers. This module holds the writers' side ([`Front`]), the
+//! far into a group, makes it durable (sled: a record in Kiln's
+//! write-ahead log and an `fdatasync`; PostgreSQL: one transaction) and
+//! only then acknowledges its writers. This module holds the writers' side ([`Front`]), the
 //! committer's gathering of a group ([`Gatherer`]) and what is done once a
 //! group is durable or failed; each backend holds how a group is written.
 
@@ -53,9 +53,10 @@ pub(crate) struct Pending {
     /// Signalled when the committer has written a group, for writers
     /// waiting while too much is unapplied.
     pub(crate) room: Condvar,
-    /// Held to write by the committer while it moves a group out of
-    /// `unapplied`; held to read by a scan that must not see a group half
-    /// moved.
+    /// Held to write while a group is moved to where reads find it (sled:
+    /// by the syncer while it applies a group to the tree; PostgreSQL: by
+    /// the committer); held to read by a scan, or a read of a chunked
+    /// value, that must not see a group half moved.
     pub(crate) moving: RwLock<()>,
     /// The number of the last commit of the latest group the committer
     /// began to move (used by the PostgreSQL backend's optimistic scans).

@@ -13,10 +13,10 @@
 //!   record to Kiln's write-ahead log ([`crate::sled_wal`]), `fdatasync`s
 //!   it, and only then acknowledges each writer (group commit), and then
 //!   applies the group to the tree as single writes followed by the
-//!   group's number. sled itself is flushed and its data file
-//!   `fdatasync`ed only at a checkpoint, when the log is full and when the
-//!   store is opened (after the groups the tree lost are applied again
-//!   from the log). sled is neither flushed nor given a batch per group
+//!   group's number. Kiln flushes sled and `fdatasync`s its data file at
+//!   a checkpoint: when the log is full, at a clean close, and when the
+//!   store is opened (after the log's round, every group since the last
+//!   checkpoint, is applied again). sled is neither flushed nor given a batch per group
 //!   because both are costly: a batch rolls sled's log buffer twice and a
 //!   flush once more, each roll a write from its I/O threads (which it
 //!   wakes all at once) and a wait on `sync_file_range`.
@@ -39,9 +39,11 @@ use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{
     Ack, Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
-use crate::sled_chunks::{CHUNK_SPACE, Chunker, TreeWrite, chunk_size, resolve, segment_size};
+use crate::sled_chunks::{
+    CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
+};
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
-use crate::sled_wal::{MARK, Wal};
+use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, Wal};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -152,7 +154,7 @@ impl SledBackend {
     /// itself is returned as stored.
     fn entry(&self, entry: sled::Result<(sled::IVec, sled::IVec)>) -> Result<Option<Entry>> {
         let (k, v) = entry.map_err(backend_error)?;
-        if k == MARK {
+        if k.starts_with(BOOKKEEPING) {
             // The log's bookkeeping, not a key of the store's.
             return Ok(None);
         }
@@ -171,42 +173,66 @@ fn data_file(dir: &Path) -> Result<std::fs::File> {
         .map_err(|e| StoreError::Backend(format!("opening sled's data file: {e}")))
 }
 
-/// Makes everything sled has applied durable: a flush, then an
-/// `fdatasync` of its data file (which also writes what its page cache
-/// holds of earlier writes).
-fn checkpoint(db: &sled::Db, data_file: &std::fs::File) -> Result<()> {
+/// Makes everything sled has applied durable, saying that chunk
+/// generations up to `chunks` are among it: a flush, then an `fdatasync`
+/// of its data file (which also writes what its page cache holds of
+/// earlier writes).
+fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<()> {
+    db.insert(CHUNKS, &chunks.to_be_bytes()[..])
+        .map_err(backend_error)?;
     db.flush().map_err(backend_error)?;
     data_file.sync_data().map_err(backend_error)
 }
 
-/// Applies to the tree, in order, the groups the write-ahead log holds and
-/// the tree lost in a crash, then makes the tree durable. Returns the
-/// number of the last group the store holds.
+/// Applies to the tree, in order, every group of the write-ahead log's
+/// current round (all written since the tree's last checkpoint), then
+/// makes the tree durable. Returns the number of the last group the store
+/// holds.
+///
+/// Every group of the round is applied again, not only those after the
+/// group the tree says it holds: each writes its keys' newest values, so
+/// applying them in order leaves every key as the round left it, whatever
+/// part of the round sled kept. Chunks of generations after the last
+/// checkpoint's are deleted first: the round's groups write every one of
+/// them again, and one a crash cut off before its manifest would otherwise
+/// be left behind.
 fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<u64> {
-    let applied = crate::sled_wal::applied(db)?;
-    let groups = crate::sled_wal::unapplied(dir, applied)?;
+    let applied = crate::sled_wal::number(db, MARK)?.unwrap_or(0);
+    let groups = crate::sled_wal::round(dir, applied)?;
     let mut last = applied;
+    let last_generation = Chunker::last_generation(db)?;
+    let checkpointed = crate::sled_wal::number(db, CHUNKS)?;
     if !groups.is_empty() {
         tracing::info!(
             groups = groups.len(),
-            from = applied + 1,
-            "applying the groups of commits the store's write-ahead log holds"
+            "applying again the groups of commits the store's write-ahead log holds"
         );
+        if let Some(checkpointed) = checkpointed {
+            let mut from = CHUNK_SPACE.to_vec();
+            from.extend_from_slice(&(checkpointed + 1).to_be_bytes());
+            for entry in db.range(from..).keys() {
+                let key = entry.map_err(backend_error)?;
+                if !key.starts_with(CHUNK_SPACE) {
+                    break;
+                }
+                db.remove(key).map_err(backend_error)?;
+            }
+        }
     }
-    let mut chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(db)?);
+    // Generations are never used twice, even those just deleted.
+    let mut chunker = Chunker::new(chunk_size(segment), last_generation);
     for group in groups {
         apply(db, &mut chunker, group.number, group.writes)?;
-        last = group.number;
+        last = last.max(group.number);
     }
-    checkpoint(db, &data_file(dir)?)?;
+    checkpoint(db, &data_file(dir)?, chunker.last_generation_made())?;
     Ok(last)
 }
 
 /// Applies group `number`, whose record is durable in the write-ahead
 /// log, to the tree: its writes one by one, then its number under
-/// [`MARK`]. sled recovers a prefix of its writes, so a tree whose mark
-/// says `j` holds every group up to `j` whole, and at most a part of group
-/// `j + 1`, which is in the log and is applied again at the next open.
+/// [`MARK`]. Whatever part of them a crash takes from sled's page cache
+/// is in the log's round, which the next open applies again.
 /// Single writes rather than one sled batch: each batch rolls sled's log
 /// buffer twice (a write and a `sync_file_range` each, on its I/O threads).
 fn apply(
@@ -342,7 +368,10 @@ impl Syncer {
             };
             let started = std::time::Instant::now();
             let (db, data_file) = (&self.db, &self.data_file);
-            let written = self.wal.append(&record, || checkpoint(db, data_file));
+            let chunks = self.chunker.last_generation_made();
+            let written = self
+                .wal
+                .append(&record, || checkpoint(db, data_file, chunks));
             let metrics = crate::stats::metrics();
             metrics
                 .sync_seconds
@@ -362,6 +391,21 @@ impl Syncer {
                 fail_stop(&error, Vec::new(), &self.durable, "the disk");
             }
             self.pending.applied(covered);
+        }
+        // A clean close: the tree is made durable and the log's round
+        // ended, so the next open applies nothing again. After a simulated
+        // crash, as after a real one, the log stays as it is.
+        if !self
+            .pending
+            .halted
+            .load(std::sync::atomic::Ordering::Acquire)
+        {
+            let chunks = self.chunker.last_generation_made();
+            let closed =
+                checkpoint(&self.db, &self.data_file, chunks).and_then(|()| self.wal.clear());
+            if let Err(error) = closed {
+                tracing::warn!(%error, "the store's last checkpoint failed; its next open applies its log again");
+            }
         }
     }
 }
@@ -400,8 +444,8 @@ impl Committer {
         let mut gatherer = Gatherer::new(requests);
         // A group waits for the syncer to be idle before it is gathered; if
         // the syncer is gone, so is every acknowledgement it held.
-        let go_on =
-            || !pending.halted.load(std::sync::atomic::Ordering::Acquire) && ready.recv().is_ok();
+        let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
+        let go_on = || !halted() && ready.recv().is_ok() && !halted();
         while let Some(acks) = gatherer.next(&pending, go_on) {
             // Every commit whose acknowledgement is in the group was made
             // before this, so this group and the ones before cover it.
@@ -427,6 +471,18 @@ impl Backend for SledBackend {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         // A key no unapplied commit wrote holds in the tree what the last
         // commit that wrote it left (or something newer, applied since).
+        if let Some(written) = lock(&self.front.pending.unapplied).get(key) {
+            return Ok(written);
+        }
+        match self.tree.get(key).map_err(backend_error)? {
+            Some(v) if is_manifest(&v) => {}
+            Some(v) => return Ok(Some(v.to_vec())),
+            None => return Ok(None),
+        }
+        // A chunked value: its chunks are read while no group is being
+        // applied (a group deletes the chunks of a value it replaces before
+        // it writes the new manifest), from what the tree holds then.
+        let _reading = self.front.pending.reading();
         if let Some(written) = lock(&self.front.pending.unapplied).get(key) {
             return Ok(written);
         }

@@ -94,6 +94,11 @@ impl Chunker {
         }
     }
 
+    /// The last generation this chunker made (or was told of).
+    pub(crate) fn last_generation_made(&self) -> u64 {
+        self.next_generation - 1
+    }
+
     /// The generation of the last chunk stored in `tree`.
     pub(crate) fn last_generation(tree: &sled::Db) -> Result<u64> {
         match tree.scan_prefix(CHUNK_SPACE).next_back() {
@@ -170,14 +175,20 @@ impl Chunker {
     }
 }
 
+/// Whether `value`, as the tree holds it, is a chunked value's manifest.
+pub(crate) fn is_manifest(value: &[u8]) -> bool {
+    Manifest::parse(value).is_some()
+}
+
 /// How often a read starts again when the value it reads is replaced
 /// under it.
 const RETRIES: usize = 64;
 
 /// A stored value as it was written: a manifest's chunks put back together.
-/// Reads take no lock: a commit that replaces or deletes the value between
-/// reading its manifest and its chunks removes the old chunks, and the read
-/// then starts again from the key (`None` if the key is gone by then).
+/// Callers read while no group is being applied to the tree (the backend's
+/// `reading` lock), so a manifest's chunks are all there; a read that finds
+/// one gone all the same starts again from the key (`None` if the key is
+/// gone by then).
 pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>> {
     let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),

@@ -8,32 +8,38 @@
 //! run's CPU. So each group is instead written once to this log, a file
 //! `kiln-wal` in the store's directory, and made durable by one
 //! `fdatasync` of it; only then does sled get the group's writes, in
-//! memory and in its page cache, and it is made durable only at a
-//! checkpoint: when the log is full (every [`CAPACITY`] bytes of
-//! groups) and when the store is opened.
+//! memory and in its page cache. Kiln makes sled durable at a checkpoint:
+//! when the log is full (every [`CAPACITY`] bytes of groups), when the
+//! store is opened, and at a clean close.
 //!
 //! - **A record** is a group: a magic number, the payload's length, an
-//!   XXH3 checksum of the group number and payload, the group number, and the
-//!   payload (each key's newest value or its deletion). Groups are
+//!   XXH3 checksum of the group number and payload, the group number, and
+//!   the payload (each key's newest value or its deletion). Groups are
 //!   numbered without gaps for the store's life.
-//! - **Which groups sled holds** is written after each group's writes,
-//!   under [`MARK`]. sled recovers a prefix of its writes, so after any
-//!   crash the tree holds whole groups `1..=j`, says `j`, and holds at most
-//!   a part of group `j + 1`, whose record is durable, whatever its page
-//!   cache lost.
-//! - **Recovery** reads the records from the start of the file while each
-//!   is whole (magic, length, checksum) and numbered one after the one before;
-//!   the first that is not ends the log (a torn or never-synced tail, or a
-//!   record of an earlier round of the file). The groups after `j` are
-//!   applied to sled in order, then sled is flushed and `fdatasync`ed, and
-//!   only then is the log written from its start again. A log whose first
-//!   record comes after `j + 1` has lost groups: the store refuses to
-//!   open.
+//! - **A round** of the log is every record written since the tree's last
+//!   checkpoint, from the start of the file. Recovery `fdatasync`s the file
+//!   (so nothing it applies is a record a crash left only in the page
+//!   cache), reads the records from its start while each is whole (magic,
+//!   length, checksum) and numbered one after the one before (the first
+//!   that is not ends the log: a torn or never-synced tail, zeroes, or a
+//!   record of an earlier round), and applies the whole round to the tree
+//!   again, in order, over whatever part of it sled kept: each group
+//!   writes its keys' newest values, so every key ends as the round left
+//!   it. The tree is then checkpointed, and only then is the log written
+//!   from its start again.
+//! - **Which group sled holds** is written after each group's writes,
+//!   under [`MARK`]; a round whose first group comes after the one
+//!   following it has lost groups, and the store refuses to open. A
+//!   checkpoint also writes the last chunk generation it covers under
+//!   [`CHUNKS`]: recovery deletes the chunks of later generations before it
+//!   applies the round, which writes each of them again.
 //! - **A checkpoint** flushes sled and `fdatasync`s its data file, which
 //!   makes durable every group sled has applied: every group before the
 //!   one whose record is about to be written (the syncer applies groups in
-//!   order, each before the next record). The log then starts again at its
-//!   beginning with that record, overwriting records the tree now holds.
+//!   order, each before the next record). The log then starts a new round
+//!   at its beginning with that record, overwriting records the tree now
+//!   holds. A clean close checkpoints and clears the start of the file, so
+//!   the next open has no round to apply.
 //! - **Growing the file** writes zeroes a mebibyte ahead, so that most
 //!   `fdatasync`s of the log write data only, not the file's size.
 
@@ -45,8 +51,17 @@ use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::sync::Arc;
 
+/// The start of the sled keys that are the log's bookkeeping, not the
+/// store's: scans leave them out.
+pub(crate) const BOOKKEEPING: &[u8] = b"\xff\xffkiln-wal";
+
 /// The sled key under which the tree says the last group it holds whole.
 pub(crate) const MARK: &[u8] = b"\xff\xffkiln-wal-group";
+
+/// The sled key under which a checkpoint says the last chunk generation
+/// it made durable: chunks of later generations were written by groups the
+/// log holds.
+pub(crate) const CHUNKS: &[u8] = b"\xff\xffkiln-wal-chunks";
 
 /// The log's file in the store's directory.
 pub(crate) const FILE: &str = "kiln-wal";
@@ -62,10 +77,10 @@ const GROW: u64 = 1 << 20;
 const MAGIC: u32 = 0x4b4c_5731;
 
 /// Magic, payload length, checksum, group number.
-const HEADER: usize = 4 + 4 + 8 + 8;
+const HEADER: usize = 4 + 8 + 8 + 8;
 
 /// Where the checksummed part of a record begins.
-const SUMMED: usize = 16;
+const SUMMED: usize = 20;
 
 fn checksum(bytes: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(bytes)
@@ -90,24 +105,24 @@ pub(crate) struct Group {
 pub(crate) fn encode(number: u64, writes: &[ToApply]) -> Vec<u8> {
     let payload_len: usize = writes
         .iter()
-        .map(|(k, v)| 1 + 4 + k.len() + v.as_ref().map_or(0, |v| 4 + v.len()))
+        .map(|(k, v)| 1 + 8 + k.len() + v.as_ref().map_or(0, |v| 8 + v.len()))
         .sum();
     let mut record = Vec::with_capacity(HEADER + payload_len);
     record.extend_from_slice(&MAGIC.to_le_bytes());
-    record.extend_from_slice(&(payload_len as u32).to_le_bytes());
+    record.extend_from_slice(&(payload_len as u64).to_le_bytes());
     record.extend_from_slice(&[0; 8]);
     record.extend_from_slice(&number.to_le_bytes());
     for (key, value) in writes {
         record.push(if value.is_some() { PUT } else { DELETE });
-        record.extend_from_slice(&(key.len() as u32).to_le_bytes());
+        record.extend_from_slice(&(key.len() as u64).to_le_bytes());
         record.extend_from_slice(key);
         if let Some(value) = value {
-            record.extend_from_slice(&(value.len() as u32).to_le_bytes());
+            record.extend_from_slice(&(value.len() as u64).to_le_bytes());
             record.extend_from_slice(value);
         }
     }
     let sum = checksum(&record[SUMMED..]);
-    record[8..SUMMED].copy_from_slice(&sum.to_le_bytes());
+    record[12..SUMMED].copy_from_slice(&sum.to_le_bytes());
     record
 }
 
@@ -118,23 +133,22 @@ pub(crate) fn decode(bytes: &[u8]) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + HEADER) {
-        let word =
-            |i: usize| u32::from_le_bytes([header[i], header[i + 1], header[i + 2], header[i + 3]]);
-        if word(0) != MAGIC {
+        if header[..4] != MAGIC.to_le_bytes() {
             break;
         }
-        let len = word(4) as usize;
-        let Some(body) = bytes.get(at + SUMMED..at + HEADER + len) else {
+        let Ok(len) = usize::try_from(u64_at(header, 4)) else {
             break;
         };
-        let mut sum = [0; 8];
-        sum.copy_from_slice(&header[8..SUMMED]);
-        if checksum(body) != u64::from_le_bytes(sum) {
+        let Some(body) = (at + HEADER)
+            .checked_add(len)
+            .and_then(|end| bytes.get(at + SUMMED..end))
+        else {
+            break;
+        };
+        if checksum(body) != u64_at(header, 12) {
             break;
         }
-        let mut number = [0; 8];
-        number.copy_from_slice(&body[..8]);
-        let number = u64::from_le_bytes(number);
+        let number = u64_at(body, 0);
         if groups.last().is_some_and(|last| last.number + 1 != number) {
             break;
         }
@@ -156,8 +170,7 @@ fn payload(mut bytes: &[u8]) -> Option<Vec<ToApply>> {
         Some(head)
     }
     fn length(bytes: &mut &[u8]) -> Option<usize> {
-        let n = take(bytes, 4)?;
-        Some(u32::from_le_bytes([n[0], n[1], n[2], n[3]]) as usize)
+        usize::try_from(u64_at(take(bytes, 8)?, 0)).ok()
     }
     let mut writes = Vec::new();
     while let Some(&tag) = bytes.first() {
@@ -177,15 +190,30 @@ fn payload(mut bytes: &[u8]) -> Option<Vec<ToApply>> {
     Some(writes)
 }
 
-/// The groups the log in `dir` holds that the tree, which holds groups up
-/// to `applied`, does not: those numbered after `applied`, in order. An
-/// error if the log has lost the groups between.
-pub(crate) fn unapplied(dir: &Path, applied: u64) -> Result<Vec<Group>> {
+/// The little-endian `u64` at `at` in `bytes` (which holds it).
+fn u64_at(bytes: &[u8], at: usize) -> u64 {
+    let mut n = [0; 8];
+    n.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(n)
+}
+
+/// Every group of the log's current round in `dir`: all written since the
+/// tree's last checkpoint, in order. The file is synced first, so no group
+/// read here (and applied to the tree) can be one a crash had left only in
+/// the page cache. An error if the round begins after group `applied + 1`
+/// (`applied`: the last group the tree says it holds): the groups between
+/// are lost.
+pub(crate) fn round(dir: &Path, applied: u64) -> Result<Vec<Group>> {
     let path = dir.join(FILE);
     let mut bytes = Vec::new();
-    match File::open(&path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
         Ok(mut file) => {
-            file.read_to_end(&mut bytes)
+            file.sync_data()
+                .and_then(|()| file.read_to_end(&mut bytes))
                 .map_err(|e| io_error("reading", &path, e))?;
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -204,21 +232,21 @@ pub(crate) fn unapplied(dir: &Path, applied: u64) -> Result<Vec<Group>> {
             ),
         });
     }
-    Ok(groups.into_iter().filter(|g| g.number > applied).collect())
+    Ok(groups)
 }
 
-/// The number of the last group the tree holds (0: none).
-pub(crate) fn applied(tree: &sled::Db) -> Result<u64> {
+/// The number the tree holds under `key` (`None`: none).
+pub(crate) fn number(tree: &sled::Db, key: &[u8]) -> Result<Option<u64>> {
     let mark = tree
-        .get(MARK)
+        .get(key)
         .map_err(|e| StoreError::Backend(e.to_string()))?;
     Ok(match mark {
         Some(v) if v.len() == 8 => {
             let mut n = [0; 8];
             n.copy_from_slice(&v);
-            u64::from_be_bytes(n)
+            Some(u64::from_be_bytes(n))
         }
-        _ => 0,
+        _ => None,
     })
 }
 
@@ -292,6 +320,18 @@ impl Wal {
             .and_then(|()| self.file.sync_data())
             .map_err(|e| io_error("writing", &self.path, e))?;
         self.at = end;
+        Ok(())
+    }
+
+    /// Ends the round: the log holds no group any more. Only call this once
+    /// the tree holds every group durably (a clean close, after a
+    /// checkpoint), so that the next open has nothing to apply again.
+    pub(crate) fn clear(&mut self) -> Result<()> {
+        self.file
+            .write_all_at(&[0; HEADER], 0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_error("clearing", &self.path, e))?;
+        self.at = 0;
         Ok(())
     }
 
@@ -373,14 +413,14 @@ mod tests {
         }
         assert_eq!(checkpoints, 0);
         let numbers = |applied| -> Vec<u64> {
-            unapplied(dir.path(), applied)
+            round(dir.path(), applied)
                 .unwrap()
                 .iter()
                 .map(|g| g.number)
                 .collect()
         };
         assert_eq!(numbers(0), [1, 2, 3]);
-        assert_eq!(numbers(2), [3]);
+        assert_eq!(numbers(2), [1, 2, 3]);
         // The fourth does not fit: a checkpoint, then it goes first, and the
         // second round's records end where the first round's begin.
         wal.append(&encode(4, &big), || {
@@ -393,7 +433,7 @@ mod tests {
         assert_eq!(numbers(3), [4]);
         // A tree that holds fewer groups than the log's first is missing
         // some: refused.
-        let refused = unapplied(dir.path(), 2).unwrap_err();
+        let refused = round(dir.path(), 2).unwrap_err();
         assert!(refused.to_string().contains("lost"), "{refused}");
         // A checkpoint that fails writes no record.
         wal.append(&encode(5, &big), || Ok(())).unwrap();
@@ -403,5 +443,8 @@ mod tests {
                 .is_err()
         );
         assert_eq!(numbers(3), [4, 5, 6]);
+        // A clean close ends the round.
+        wal.clear().unwrap();
+        assert!(numbers(0).is_empty());
     }
 }

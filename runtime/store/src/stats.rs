@@ -10,7 +10,9 @@ use std::sync::LazyLock;
 pub(crate) struct StoreMetrics {
     /// From `commit` to durable, seconds.
     pub(crate) commit_seconds: Histogram,
-    /// One flush and `fdatasync` of a group, seconds.
+    /// Making one group durable, seconds (sled: writing its record to the
+    /// write-ahead log and `fdatasync`ing it, with a checkpoint when the log
+    /// is full).
     pub(crate) sync_seconds: Histogram,
     /// Commits acknowledged by one sync.
     pub(crate) group_commits: Histogram,
@@ -41,7 +43,7 @@ static METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| {
         ),
         sync_seconds: histogram(
             "kiln_store_sync_seconds",
-            "Time one group's flush and fdatasync took",
+            "Time making one group durable took (sled: its log record and fdatasync)",
             seconds,
         ),
         group_commits: histogram(

@@ -7,11 +7,14 @@
 //! sled holds durably at the next open's checkpoint. The store is opened
 //! again and thousands of random commits (puts, overwrites, deletes,
 //! values large enough to be chunked) are made and acknowledged, then the
-//! store is closed and its sled files are replaced by the copy, keeping
-//! only Kiln's write-ahead log, with a torn record after its end as a
-//! crash in the middle of a write leaves it. Opened again, the store must
-//! hold exactly what an in-memory backend holds after the same commits,
-//! and go on taking commits that survive the next open.
+//! store stops as a killed process does. A copy of it as it is (a kill:
+//! the tree holds every group) must open to exactly what an in-memory
+//! backend holds after the same commits. Then the store's sled files are
+//! replaced by the checkpoint's, keeping only Kiln's write-ahead log, with
+//! a torn record after its end as a crash in the middle of a write leaves
+//! it: opened again, it must hold exactly the same, with no chunk left
+//! that no value owns, and go on taking commits that survive the next
+//! open.
 
 use kiln_store::{Backend, MemoryBackend, Op, SledBackend};
 use std::path::Path;
@@ -80,8 +83,23 @@ fn commit_random(
     }
 }
 
-/// Copies the files of directory `from` into `to` (not recursively into
-/// the log), leaving out Kiln's write-ahead log.
+/// Waits until sled's last thread has let go of the store in `dir` (a
+/// moment after the backend is dropped): nothing writes its files after.
+fn wait_closed(dir: &Path) {
+    let db = std::fs::File::open(dir.join("db")).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while db.try_lock().is_err() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "sled still holds the store"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    db.unlock().unwrap();
+}
+
+/// Copies the files of directory `from` into `to`, leaving out Kiln's
+/// write-ahead log.
 fn copy_sled_files(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for entry in std::fs::read_dir(from).unwrap() {
@@ -128,7 +146,22 @@ fn entries(backend: &dyn Backend) -> Vec<(Vec<u8>, Vec<u8>)> {
     entries
 }
 
+/// The size of a chunk with the default segment.
+const CHUNK: usize = 4096;
+
 fn assert_same(sled: &SledBackend, model: &MemoryBackend, when: &str) {
+    // Every chunk belongs to a value the store holds: none was left
+    // behind by a group applied again.
+    let chunks = sled.scan_prefix(b"\xff\xffchunk/").unwrap().len();
+    let owned: usize = entries(model)
+        .iter()
+        .filter(|(_, v)| v.len() > CHUNK)
+        .map(|(_, v)| v.len().div_ceil(CHUNK))
+        .sum();
+    assert_eq!(
+        chunks, owned,
+        "{when}: chunks stored and chunks of values held"
+    );
     let stored = entries(sled);
     let expected = model.scan_prefix(b"").unwrap();
     assert_eq!(
@@ -166,6 +199,7 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
     let store = open(&dir);
     commit_random(&mut rng, &store, &model, 500, &runtime);
     drop(store);
+    wait_closed(&dir);
     copy_sled_files(&dir, &durable);
 
     // Acknowledged after that checkpoint: only in sled's page cache, and
@@ -178,6 +212,32 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
     let last = vec![Op::Put(b"zz-last".to_vec(), LAST.to_vec())];
     runtime.block_on(store.commit(last.clone())).unwrap();
     runtime.block_on(model.commit(last)).unwrap();
+    // Halted, as a killed process stops: the log's round is not ended by a
+    // clean close.
+    store.halt_as_if_killed();
+    drop(store);
+    wait_closed(&dir);
+
+    // A kill keeps the page cache: the tree holds every group, and the
+    // log's whole round is applied again over it.
+    let killed = root.path().join("killed");
+    copy_sled_files(&dir, &killed);
+    std::fs::copy(dir.join("kiln-wal"), killed.join("kiln-wal")).unwrap();
+    // The kill also cut a group off after the chunks of a value and before
+    // its manifest: chunks of a generation no manifest names.
+    {
+        let tree = sled::open(&killed).unwrap();
+        for index in 0..3u32 {
+            let mut key = b"\xff\xffchunk/".to_vec();
+            key.extend_from_slice(&(1u64 << 40).to_be_bytes());
+            key.extend_from_slice(&index.to_be_bytes());
+            tree.insert(key, vec![7; CHUNK]).unwrap();
+        }
+        tree.flush().unwrap();
+    }
+    wait_closed(&killed);
+    let store = open(&killed);
+    assert_same(&store, &model, "after a kill");
     drop(store);
 
     // The loss: sled's files go back to the checkpoint, and the log ends
@@ -227,5 +287,6 @@ fn open_without_the_log(durable: &Path) -> Vec<(Vec<u8>, Vec<u8>)> {
     let store = open(&alone);
     let held = entries(&store);
     drop(store);
+    wait_closed(&alone);
     held
 }
