@@ -43,7 +43,7 @@ use crate::sled_chunks::{
     CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
 };
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
-use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, Wal};
+use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, SALT, Wal, new_salt};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -113,7 +113,7 @@ impl SledBackend {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
         let mut db = open_sled(dir, segment)?;
-        let last_group = recover(dir, &db, segment)?;
+        let (last_group, last_generation, salt) = recover(dir, &db, segment)?;
         let mut compacted = None;
         if let Some(min_len) = compact_from {
             (db, compacted) = crate::sled_compact::on_open(dir, db, min_len, segment)?;
@@ -121,10 +121,14 @@ impl SledBackend {
         let data_file = data_file(dir)?;
         // Every group the log holds is in the tree, durably: the log may be
         // written from its start.
-        let wal = Wal::open(dir)?;
+        let wal = Wal::open(dir, salt)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
-        let chunker = Chunker::new(chunk_size(segment), Chunker::last_generation(&db)?);
+        // Generations are never used twice: not even one a recovery deleted.
+        let chunker = Chunker::new(
+            chunk_size(segment),
+            last_generation.max(Chunker::last_generation(&db)?),
+        );
         let pending = Arc::new(Pending::default());
         let committer = Committer {
             db: db.clone(),
@@ -174,11 +178,13 @@ fn data_file(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// Makes everything sled has applied durable, saying that chunk
-/// generations up to `chunks` are among it: a flush, then an `fdatasync`
-/// of its data file (which also writes what its page cache holds of
-/// earlier writes).
-fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<()> {
+/// generations up to `chunks` are among it and that the log's next round
+/// is salted with `salt`: a flush, then an `fdatasync` of its data file
+/// (which also writes what its page cache holds of earlier writes).
+fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64, salt: u64) -> Result<()> {
     db.insert(CHUNKS, &chunks.to_be_bytes()[..])
+        .map_err(backend_error)?;
+    db.insert(SALT, &salt.to_be_bytes()[..])
         .map_err(backend_error)?;
     db.flush().map_err(backend_error)?;
     data_file.sync_data().map_err(backend_error)
@@ -187,7 +193,8 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<(
 /// Applies to the tree, in order, every group of the write-ahead log's
 /// current round (all written since the tree's last checkpoint), then
 /// makes the tree durable. Returns the number of the last group the store
-/// holds.
+/// holds, the last chunk generation made, and the salt of the log's next
+/// round.
 ///
 /// Every group of the round is applied again, not only those after the
 /// group the tree says it holds: each writes its keys' newest values, so
@@ -196,12 +203,13 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<(
 /// checkpoint's are deleted first: the round's groups write every one of
 /// them again, and one a crash cut off before its manifest would otherwise
 /// be left behind.
-fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<u64> {
+fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64, u64)> {
     let applied = crate::sled_wal::number(db, MARK)?.unwrap_or(0);
-    let groups = crate::sled_wal::round(dir, applied)?;
+    let salt = crate::sled_wal::number(db, SALT)?.unwrap_or(0);
+    let groups = crate::sled_wal::round(dir, applied, salt)?;
     let mut last = applied;
-    let last_generation = Chunker::last_generation(db)?;
     let checkpointed = crate::sled_wal::number(db, CHUNKS)?;
+    let last_generation = Chunker::last_generation(db)?.max(checkpointed.unwrap_or(0));
     if !groups.is_empty() {
         tracing::info!(
             groups = groups.len(),
@@ -225,8 +233,10 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<u64> {
         apply(db, &mut chunker, group.number, group.writes)?;
         last = last.max(group.number);
     }
-    checkpoint(db, &data_file(dir)?, chunker.last_generation_made())?;
-    Ok(last)
+    let generation = chunker.last_generation_made();
+    let salt = new_salt();
+    checkpoint(db, &data_file(dir)?, generation, salt)?;
+    Ok((last, generation, salt))
 }
 
 /// Applies group `number`, whose record is durable in the write-ahead
@@ -369,9 +379,10 @@ impl Syncer {
             let started = std::time::Instant::now();
             let (db, data_file) = (&self.db, &self.data_file);
             let chunks = self.chunker.last_generation_made();
+            let mut record = record;
             let written = self
                 .wal
-                .append(&record, || checkpoint(db, data_file, chunks));
+                .append(&mut record, |salt| checkpoint(db, data_file, chunks, salt));
             let metrics = crate::stats::metrics();
             metrics
                 .sync_seconds
@@ -401,8 +412,8 @@ impl Syncer {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             let chunks = self.chunker.last_generation_made();
-            let closed =
-                checkpoint(&self.db, &self.data_file, chunks).and_then(|()| self.wal.clear());
+            let closed = checkpoint(&self.db, &self.data_file, chunks, new_salt())
+                .and_then(|()| self.wal.clear());
             if let Err(error) = closed {
                 tracing::warn!(%error, "the store's last checkpoint failed; its next open applies its log again");
             }

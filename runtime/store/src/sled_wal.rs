@@ -13,9 +13,12 @@
 //! store is opened, and at a clean close.
 //!
 //! - **A record** is a group: a magic number, the payload's length, an
-//!   XXH3 checksum of the group number and payload, the group number, and
-//!   the payload (each key's newest value or its deletion). Groups are
-//!   numbered without gaps for the store's life.
+//!   XXH3 checksum of the group number and payload seeded with the round's
+//!   salt, the group number, and the payload (each key's newest value or
+//!   its deletion). Groups are numbered without gaps for the store's life.
+//!   Each round has a random salt, saved in the tree by the checkpoint
+//!   that begins it ([`SALT`]), so no record of an earlier round, nor
+//!   bytes inside a value, can pass for a record of this one.
 //! - **A round** of the log is every record written since the tree's last
 //!   checkpoint, from the start of the file. Recovery `fdatasync`s the file
 //!   (so nothing it applies is a record a crash left only in the page
@@ -29,7 +32,8 @@
 //!   from its start again.
 //! - **Which group sled holds** is written after each group's writes,
 //!   under [`MARK`]; a round whose first group comes after the one
-//!   following it has lost groups, and the store refuses to open. A
+//!   following it has lost groups, and one that ends before it has a
+//!   damaged record: the store refuses to open either. A
 //!   checkpoint also writes the last chunk generation it covers under
 //!   [`CHUNKS`]: recovery deletes the chunks of later generations before it
 //!   applies the round, which writes each of them again.
@@ -63,6 +67,25 @@ pub(crate) const MARK: &[u8] = b"\xff\xffkiln-wal-group";
 /// log holds.
 pub(crate) const CHUNKS: &[u8] = b"\xff\xffkiln-wal-chunks";
 
+/// The sled key under which a checkpoint says the salt of the round that
+/// follows it: every record of the round is checksummed with it, so no
+/// record of an earlier round (nor bytes a value left in the file) is taken
+/// for one of this round.
+pub(crate) const SALT: &[u8] = b"\xff\xffkiln-wal-salt";
+
+/// A new round's salt.
+pub(crate) fn new_salt() -> u64 {
+    let mut random = [0; 8];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
+        // No randomness: the time still differs from every earlier round's.
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos() as u64);
+        return now;
+    }
+    u64::from_le_bytes(random)
+}
+
 /// The log's file in the store's directory.
 pub(crate) const FILE: &str = "kiln-wal";
 
@@ -74,7 +97,7 @@ pub(crate) const CAPACITY: u64 = 64 << 20;
 const GROW: u64 = 1 << 20;
 
 /// The first bytes of every record.
-const MAGIC: u32 = 0x4b4c_5731;
+const MAGIC: u32 = 0x4b4c_5732;
 
 /// Magic, payload length, checksum, group number.
 const HEADER: usize = 4 + 8 + 8 + 8;
@@ -82,8 +105,14 @@ const HEADER: usize = 4 + 8 + 8 + 8;
 /// Where the checksummed part of a record begins.
 const SUMMED: usize = 20;
 
-fn checksum(bytes: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(bytes)
+fn checksum(bytes: &[u8], salt: u64) -> u64 {
+    xxhash_rust::xxh3::xxh3_64_with_seed(bytes, salt)
+}
+
+/// Sets `record`'s checksum for a round salted with `salt`.
+fn seal(record: &mut [u8], salt: u64) {
+    let sum = checksum(&record[SUMMED..], salt);
+    record[12..SUMMED].copy_from_slice(&sum.to_le_bytes());
 }
 
 /// A put in a payload; a deletion is `DELETE`.
@@ -101,7 +130,8 @@ pub(crate) struct Group {
     pub(crate) writes: Vec<ToApply>,
 }
 
-/// Encodes group `number`, made of `writes`, as a record.
+/// Encodes group `number`, made of `writes`, as a record (its checksum is
+/// set when it is written, with the salt of the round it is written in).
 pub(crate) fn encode(number: u64, writes: &[ToApply]) -> Vec<u8> {
     let payload_len: usize = writes
         .iter()
@@ -121,15 +151,13 @@ pub(crate) fn encode(number: u64, writes: &[ToApply]) -> Vec<u8> {
             record.extend_from_slice(value);
         }
     }
-    let sum = checksum(&record[SUMMED..]);
-    record[12..SUMMED].copy_from_slice(&sum.to_le_bytes());
     record
 }
 
 /// The whole records at the start of `bytes`, each numbered one after the
 /// one before; the first record that is torn, corrupt or out of sequence
 /// ends the log.
-pub(crate) fn decode(bytes: &[u8]) -> Vec<Group> {
+pub(crate) fn decode(bytes: &[u8], salt: u64) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
     let mut at = 0;
     while let Some(header) = bytes.get(at..at + HEADER) {
@@ -145,7 +173,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Vec<Group> {
         else {
             break;
         };
-        if checksum(body) != u64_at(header, 12) {
+        if checksum(body, salt) != u64_at(header, 12) {
             break;
         }
         let number = u64_at(body, 0);
@@ -200,10 +228,12 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Every group of the log's current round in `dir`: all written since the
 /// tree's last checkpoint, in order. The file is synced first, so no group
 /// read here (and applied to the tree) can be one a crash had left only in
-/// the page cache. An error if the round begins after group `applied + 1`
-/// (`applied`: the last group the tree says it holds): the groups between
-/// are lost.
-pub(crate) fn round(dir: &Path, applied: u64) -> Result<Vec<Group>> {
+/// the page cache. `salt` is the round's, as the last checkpoint left it.
+/// An error if the round begins after group `applied + 1` (`applied`: the
+/// last group the tree says it holds: the groups between are lost), or
+/// ends before `applied` (a record is damaged: the tree holds a group
+/// whose record the log does not give back).
+pub(crate) fn round(dir: &Path, applied: u64, salt: u64) -> Result<Vec<Group>> {
     let path = dir.join(FILE);
     let mut bytes = Vec::new();
     match std::fs::OpenOptions::new()
@@ -219,7 +249,19 @@ pub(crate) fn round(dir: &Path, applied: u64) -> Result<Vec<Group>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_error("opening", &path, e)),
     }
-    let groups = decode(&bytes);
+    let groups = decode(&bytes, salt);
+    if let Some(last) = groups.last()
+        && last.number < applied
+    {
+        return Err(StoreError::Corrupt {
+            key: FILE.into(),
+            reason: format!(
+                "the write-ahead log ends at group {} but the store holds groups up to {applied}: \
+                 a record after it is damaged",
+                last.number
+            ),
+        });
+    }
     if let Some(first) = groups.first()
         && first.number > applied + 1
     {
@@ -256,6 +298,8 @@ pub(crate) struct Wal {
     path: std::path::PathBuf,
     /// Where the next record goes.
     at: u64,
+    /// The current round's salt.
+    salt: u64,
     /// How far the file is filled (records, then zeroes).
     filled: u64,
 }
@@ -263,8 +307,8 @@ pub(crate) struct Wal {
 impl Wal {
     /// Opens (or creates) the log in `dir` to write records from its
     /// start. Only call this once the tree holds, durably, every group the
-    /// log holds: what follows overwrites them.
-    pub(crate) fn open(dir: &Path) -> Result<Wal> {
+    /// log holds, and has saved `salt` for the round that begins.
+    pub(crate) fn open(dir: &Path, salt: u64) -> Result<Wal> {
         let path = dir.join(FILE);
         let existed = path.exists();
         let file = std::fs::OpenOptions::new()
@@ -287,23 +331,28 @@ impl Wal {
             file,
             path,
             at: 0,
+            salt,
             filled,
         })
     }
 
     /// Writes `record` and makes it durable. If the log is full, calls
-    /// `checkpoint` first (which must make every group written so far
-    /// durable in the tree) and starts again from the beginning.
+    /// `checkpoint` with a new round's salt first (which must make every
+    /// group written so far durable in the tree, and the salt with them)
+    /// and starts a new round from the beginning.
     pub(crate) fn append(
         &mut self,
-        record: &[u8],
-        checkpoint: impl FnOnce() -> Result<()>,
+        record: &mut [u8],
+        checkpoint: impl FnOnce(u64) -> Result<()>,
     ) -> Result<()> {
         let len = record.len() as u64;
         if self.at > 0 && self.at + len > CAPACITY {
-            checkpoint()?;
+            let salt = new_salt();
+            checkpoint(salt)?;
+            self.salt = salt;
             self.at = 0;
         }
+        seal(record, self.salt);
         let end = self.at + len;
         if end > self.filled {
             // Zeroes ahead, so the next records' syncs need not change the
@@ -368,10 +417,15 @@ mod tests {
     fn records_round_trip_and_the_first_bad_one_ends_the_log() {
         let a = writes(&[("a", Some("1")), ("b", None)]);
         let b = writes(&[("c", Some("")), ("d", Some("4"))]);
-        let mut log = encode(7, &a);
-        let second = encode(8, &b);
+        let sealed = |number, writes: &[ToApply], salt| {
+            let mut record = encode(number, writes);
+            seal(&mut record, salt);
+            record
+        };
+        let mut log = sealed(7, &a, 1);
+        let second = sealed(8, &b, 1);
         log.extend_from_slice(&second);
-        let groups = decode(&log);
+        let groups = decode(&log, 1);
         assert_eq!(groups.len(), 2);
         assert_eq!((groups[0].number, &groups[0].writes), (7, &a));
         assert_eq!((groups[1].number, &groups[1].writes), (8, &b));
@@ -379,33 +433,38 @@ mod tests {
         // A torn tail: the second record cut anywhere is not read.
         for cut in 1..second.len() {
             let torn = &log[..log.len() - cut];
-            assert_eq!(decode(torn).len(), 1, "cut {cut}");
+            assert_eq!(decode(torn, 1).len(), 1, "cut {cut}");
         }
         // A flipped byte anywhere in the second record ends the log there.
         for i in 0..second.len() {
             let mut bad = log.clone();
             let at = log.len() - second.len() + i;
             bad[at] ^= 0x20;
-            assert_eq!(decode(&bad).len(), 1, "byte {i}");
+            assert_eq!(decode(&bad, 1).len(), 1, "byte {i}");
         }
         // A record out of sequence (left by an earlier round of the file)
         // ends it too, and zeroes end it.
-        let mut stale = encode(7, &a);
-        stale.extend_from_slice(&encode(3, &b));
-        assert_eq!(decode(&stale).len(), 1);
-        let mut zeroed = encode(7, &a);
+        let mut stale = sealed(7, &a, 1);
+        stale.extend_from_slice(&sealed(3, &b, 1));
+        assert_eq!(decode(&stale, 1).len(), 1);
+        let mut zeroed = sealed(7, &a, 1);
         zeroed.extend_from_slice(&[0; 64]);
-        assert_eq!(decode(&zeroed).len(), 1);
+        assert_eq!(decode(&zeroed, 1).len(), 1);
+        // A record of another round's salt, even numbered next, ends it.
+        let mut salted = sealed(7, &a, 1);
+        salted.extend_from_slice(&sealed(8, &b, 2));
+        assert_eq!(decode(&salted, 1).len(), 1);
     }
 
     #[test]
     fn the_log_is_written_from_its_start_after_a_checkpoint() {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path()).unwrap();
+        let mut wal = Wal::open(dir.path(), 1).unwrap();
+        let salt = std::cell::Cell::new(1);
         let big = writes(&[("k", Some(&"x".repeat((CAPACITY / 3) as usize - 100)))]);
         let mut checkpoints = 0;
         for number in 1..=3 {
-            wal.append(&encode(number, &big), || {
+            wal.append(&mut encode(number, &big), |_| {
                 checkpoints += 1;
                 Ok(())
             })
@@ -413,7 +472,7 @@ mod tests {
         }
         assert_eq!(checkpoints, 0);
         let numbers = |applied| -> Vec<u64> {
-            round(dir.path(), applied)
+            round(dir.path(), applied, salt.get())
                 .unwrap()
                 .iter()
                 .map(|g| g.number)
@@ -423,8 +482,9 @@ mod tests {
         assert_eq!(numbers(2), [1, 2, 3]);
         // The fourth does not fit: a checkpoint, then it goes first, and the
         // second round's records end where the first round's begin.
-        wal.append(&encode(4, &big), || {
+        wal.append(&mut encode(4, &big), |new| {
             checkpoints += 1;
+            salt.set(new);
             Ok(())
         })
         .unwrap();
@@ -433,13 +493,17 @@ mod tests {
         assert_eq!(numbers(3), [4]);
         // A tree that holds fewer groups than the log's first is missing
         // some: refused.
-        let refused = round(dir.path(), 2).unwrap_err();
+        let refused = round(dir.path(), 2, salt.get()).unwrap_err();
         assert!(refused.to_string().contains("lost"), "{refused}");
         // A checkpoint that fails writes no record.
-        wal.append(&encode(5, &big), || Ok(())).unwrap();
-        wal.append(&encode(6, &big), || Ok(())).unwrap();
+        wal.append(&mut encode(5, &big), |_| Ok(())).unwrap();
+        wal.append(&mut encode(6, &big), |_| Ok(())).unwrap();
+        // A tree that holds a group the log does not give back: a record
+        // is damaged.
+        let damaged = round(dir.path(), 7, salt.get()).unwrap_err();
+        assert!(damaged.to_string().contains("damaged"), "{damaged}");
         assert!(
-            wal.append(&encode(7, &big), || Err(StoreError::Closed))
+            wal.append(&mut encode(7, &big), |_| Err(StoreError::Closed))
                 .is_err()
         );
         assert_eq!(numbers(3), [4, 5, 6]);

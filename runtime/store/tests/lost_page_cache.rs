@@ -3,8 +3,9 @@
 //! cut takes it. A `SIGKILL` cannot show this (the kernel keeps the page
 //! cache of a killed process), so the test makes the loss itself.
 //!
-//! The store is written and closed; its sled files are copied aside: what
-//! sled holds durably at the next open's checkpoint. The store is opened
+//! The store is written and closed; its sled files are copied aside: with
+//! the log's bookkeeping the next open's checkpoint adds, what sled holds
+//! durably after that checkpoint. The store is opened
 //! again and thousands of random commits (puts, overwrites, deletes,
 //! values large enough to be chunked) are made and acknowledged, then the
 //! store stops as a killed process does. A copy of it as it is (a kill:
@@ -217,6 +218,20 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
     store.halt_as_if_killed();
     drop(store);
     wait_closed(&dir);
+    // What the open's checkpoint wrote besides the first open's state (the
+    // log's bookkeeping: the round's salt, the last chunk generation), and
+    // the last group the tree holds.
+    let bookkeeping: Vec<(sled::IVec, sled::IVec)> = {
+        let tree = sled::open(&dir).unwrap();
+        let kept = tree
+            .scan_prefix(b"\xff\xffkiln-wal")
+            .collect::<Result<_, _>>()
+            .unwrap();
+        drop(tree);
+        kept
+    };
+    wait_closed(&dir);
+    assert_eq!(bookkeeping.len(), 3, "mark, chunks and salt");
 
     // A kill keeps the page cache: the tree holds every group, and the
     // log's whole round is applied again over it.
@@ -240,10 +255,21 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
     assert_same(&store, &model, "after a kill");
     drop(store);
 
-    // The loss: sled's files go back to the checkpoint, and the log ends
-    // in a torn record, as a crash during a write leaves it.
+    // The loss: sled's files go back to the open's checkpoint (the first
+    // open's state and that checkpoint's bookkeeping), except that the
+    // group number the tree holds survived while the writes before it did
+    // not (sled need not keep a prefix), and the log ends in a torn
+    // record, as a crash during a write leaves it.
     remove_sled_files(&dir);
     copy_sled_files(&durable, &dir);
+    {
+        let tree = sled::open(&dir).unwrap();
+        for (key, value) in &bookkeeping {
+            tree.insert(key, value).unwrap();
+        }
+        tree.flush().unwrap();
+    }
+    wait_closed(&dir);
     {
         use std::io::{Read, Seek, SeekFrom, Write};
         let mut wal = std::fs::OpenOptions::new()
