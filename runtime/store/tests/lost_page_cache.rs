@@ -20,21 +20,9 @@
 use kiln_store::{Backend, MemoryBackend, Op, SledBackend};
 use std::path::Path;
 
-/// A small deterministic generator (xorshift), so a failure repeats.
-struct Rng(u64);
+mod rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use rng::Rng;
 
 /// The value of the last commit.
 const LAST: &[u8] = b"the end of the log";

@@ -11,21 +11,9 @@ use kiln_store::{Backend, MemoryBackend, Op, PostgresBackend, SledBackend};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-/// A small deterministic generator (xorshift), so a failure repeats.
-struct Rng(u64);
+mod rng;
 
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-}
+use rng::Rng;
 
 fn key(rng: &mut Rng) -> Vec<u8> {
     let prefix = ["a/", "b/", "c/"][rng.below(3) as usize];
