@@ -1,9 +1,9 @@
 //! The group commit both durable backends share: writers' commits are
 //! numbered and kept in memory ([`crate::sled_unapplied`]), visible to
-//! reads at once, and one committer thread gathers every commit made so
-//! far into a group, makes it durable (sled: a record in Kiln's
-//! write-ahead log and an `fdatasync`; PostgreSQL: one transaction) and
-//! only then acknowledges its writers. This module holds the writers' side ([`Front`]), the
+//! reads at once, and one committer thread gathers the commits made so far
+//! into a group, which is made durable (sled: a record in Kiln's
+//! write-ahead log and an `fdatasync`, by a syncer thread; PostgreSQL: one
+//! transaction, by the committer) before its writers are acknowledged. This module holds the writers' side ([`Front`]), the
 //! committer's gathering of a group ([`Gatherer`]) and what is done once a
 //! group is durable or failed; each backend holds how a group is written.
 
@@ -73,7 +73,7 @@ impl Pending {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Held by the committer while it moves a group.
+    /// Held while a group is moved to where reads find it.
     pub(crate) fn moving(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.moving
             .write()

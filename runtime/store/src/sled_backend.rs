@@ -7,7 +7,8 @@
 //!   every later read in this process sees it at once (read-your-writes, in
 //!   the order commits were made), through the writes not yet in the tree
 //!   laid over the tree;
-//! - one committer thread gathers groups: when the syncer thread is idle,
+//! - one committer thread gathers groups: once the syncer thread has made
+//!   the last group durable (while it applies that group to the tree),
 //!   it takes what every commit made since the last group wrote and
 //!   numbers it as the next group; the syncer writes the group as one
 //!   record to Kiln's write-ahead log ([`crate::sled_wal`]), `fdatasync`s
@@ -43,7 +44,7 @@ use crate::sled_chunks::{
     CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
 };
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
-use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, SALT, Wal, new_salt};
+use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, Wal};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
@@ -113,7 +114,7 @@ impl SledBackend {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
         let mut db = open_sled(dir, segment)?;
-        let (last_group, last_generation, salt) = recover(dir, &db, segment)?;
+        let (last_group, last_generation) = recover(dir, &db, segment)?;
         let mut compacted = None;
         if let Some(min_len) = compact_from {
             (db, compacted) = crate::sled_compact::on_open(dir, db, min_len, segment)?;
@@ -121,7 +122,7 @@ impl SledBackend {
         let data_file = data_file(dir)?;
         // Every group the log holds is in the tree, durably: the log may be
         // written from its start.
-        let wal = Wal::open(dir, salt)?;
+        let wal = Wal::open(dir, last_group + 1)?;
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = watch::channel(Ok(0));
         // Generations are never used twice: not even one a recovery deleted.
@@ -178,13 +179,11 @@ fn data_file(dir: &Path) -> Result<std::fs::File> {
 }
 
 /// Makes everything sled has applied durable, saying that chunk
-/// generations up to `chunks` are among it and that the log's next round
-/// is salted with `salt`: a flush, then an `fdatasync` of its data file
-/// (which also writes what its page cache holds of earlier writes).
-fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64, salt: u64) -> Result<()> {
+/// generations up to `chunks` are among it: a flush, then an `fdatasync`
+/// of its data file (which also writes what its page cache holds of
+/// earlier writes).
+fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<()> {
     db.insert(CHUNKS, &chunks.to_be_bytes()[..])
-        .map_err(backend_error)?;
-    db.insert(SALT, &salt.to_be_bytes()[..])
         .map_err(backend_error)?;
     db.flush().map_err(backend_error)?;
     data_file.sync_data().map_err(backend_error)
@@ -193,20 +192,18 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64, salt: u64) 
 /// Applies to the tree, in order, every group of the write-ahead log's
 /// current round (all written since the tree's last checkpoint), then
 /// makes the tree durable. Returns the number of the last group the store
-/// holds, the last chunk generation made, and the salt of the log's next
-/// round.
+/// holds and the last chunk generation made.
 ///
 /// Every group of the round is applied again, not only those after the
 /// group the tree says it holds: each writes its keys' newest values, so
 /// applying them in order leaves every key as the round left it, whatever
 /// part of the round sled kept. Chunks of generations after the last
-/// checkpoint's are deleted first: the round's groups write every one of
-/// them again, and one a crash cut off before its manifest would otherwise
+/// checkpoint's are deleted first: the round's groups write those values
+/// again, under new generations, and one a crash cut off before its manifest would otherwise
 /// be left behind.
-fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64, u64)> {
+fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64)> {
     let applied = crate::sled_wal::number(db, MARK)?.unwrap_or(0);
-    let salt = crate::sled_wal::number(db, SALT)?.unwrap_or(0);
-    let groups = crate::sled_wal::round(dir, applied, salt)?;
+    let groups = crate::sled_wal::round(dir, applied)?;
     let mut last = applied;
     let checkpointed = crate::sled_wal::number(db, CHUNKS)?;
     let last_generation = Chunker::last_generation(db)?.max(checkpointed.unwrap_or(0));
@@ -234,9 +231,8 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64, u64)>
         last = last.max(group.number);
     }
     let generation = chunker.last_generation_made();
-    let salt = new_salt();
-    checkpoint(db, &data_file(dir)?, generation, salt)?;
-    Ok((last, generation, salt))
+    checkpoint(db, &data_file(dir)?, generation)?;
+    Ok((last, generation))
 }
 
 /// Applies group `number`, whose record is durable in the write-ahead
@@ -321,7 +317,8 @@ impl Drop for SledBackend {
     }
 }
 
-/// The thread that gathers groups: when the syncer is idle, it takes what
+/// The thread that gathers groups: once the syncer has made the last group
+/// durable, it takes what
 /// every commit made since the last group wrote, numbers it as the next
 /// group, encodes its record for the write-ahead log and hands it to the
 /// syncer. Under load a group holds everything committed during the last
@@ -382,7 +379,7 @@ impl Syncer {
             let mut record = record;
             let written = self
                 .wal
-                .append(&mut record, |salt| checkpoint(db, data_file, chunks, salt));
+                .append(number, &mut record, || checkpoint(db, data_file, chunks));
             let metrics = crate::stats::metrics();
             metrics
                 .sync_seconds
@@ -412,8 +409,8 @@ impl Syncer {
             .load(std::sync::atomic::Ordering::Acquire)
         {
             let chunks = self.chunker.last_generation_made();
-            let closed = checkpoint(&self.db, &self.data_file, chunks, new_salt())
-                .and_then(|()| self.wal.clear());
+            let closed =
+                checkpoint(&self.db, &self.data_file, chunks).and_then(|()| self.wal.clear());
             if let Err(error) = closed {
                 tracing::warn!(%error, "the store's last checkpoint failed; its next open applies its log again");
             }
@@ -434,7 +431,8 @@ impl Committer {
         } = self;
         let durable = Arc::new(durable);
         let (to_sync, groups) = mpsc::channel::<Group>();
-        // The syncer's word that it is idle: a group is gathered only then,
+        // The syncer's word that the last group is durable: a group is
+        // gathered only then,
         // so it holds everything committed during the last sync.
         let (ready_tx, ready) = mpsc::sync_channel::<()>(1);
         let syncer = Syncer {
@@ -453,7 +451,7 @@ impl Committer {
             Err(error) => fail_stop(&backend_error(error), Vec::new(), &durable, "the disk"),
         };
         let mut gatherer = Gatherer::new(requests);
-        // A group waits for the syncer to be idle before it is gathered; if
+        // A group waits for the syncer's word before it is gathered; if
         // the syncer is gone, so is every acknowledgement it held.
         let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
         let go_on = || !halted() && ready.recv().is_ok() && !halted();

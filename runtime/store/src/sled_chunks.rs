@@ -8,9 +8,10 @@
 //! most [`chunk_size`] bytes (a 128th of the segment): a larger value is
 //! written as chunks under the reserved `\xff\xffchunk/` keyspace (which
 //! sorts after every key Kiln uses) and a short manifest under its own key,
-//! in the same group of commits (the chunks before the manifest). Reads put the pieces back together. No log
-//! item can then reach the blob threshold, and every acknowledged byte is in
-//! the synced `db` file.
+//! in the same group of commits (the chunks before the manifest). Reads put
+//! the pieces back together. No log item can then reach the blob threshold,
+//! and every byte the tree holds is in the `db` file that checkpoints sync
+//! (acknowledged bytes are durable in the write-ahead log before that).
 
 use crate::{Result, StoreError};
 use std::collections::HashMap;

@@ -16,9 +16,11 @@
 //!   XXH3 checksum of the group number and payload seeded with the round's
 //!   salt, the group number, and the payload (each key's newest value or
 //!   its deletion). Groups are numbered without gaps for the store's life.
-//!   Each round has a random salt, saved in the tree by the checkpoint
-//!   that begins it ([`SALT`]), so no record of an earlier round, nor
-//!   bytes inside a value, can pass for a record of this one.
+//!   Each round has a random salt, in the round's header at the start of
+//!   the file (with the round's first group and a checksum), written only
+//!   after the checkpoint that ends the round before, so no record of an
+//!   earlier round, nor bytes inside a value, can pass for a record of
+//!   this one.
 //! - **A round** of the log is every record written since the tree's last
 //!   checkpoint, from the start of the file. Recovery `fdatasync`s the file
 //!   (so nothing it applies is a record a crash left only in the page
@@ -36,7 +38,8 @@
 //!   damaged record: the store refuses to open either. A
 //!   checkpoint also writes the last chunk generation it covers under
 //!   [`CHUNKS`]: recovery deletes the chunks of later generations before it
-//!   applies the round, which writes each of them again.
+//!   applies the round, which writes those values again under new
+//!   generations.
 //! - **A checkpoint** flushes sled and `fdatasync`s its data file, which
 //!   makes durable every group sled has applied: every group before the
 //!   one whose record is about to be written (the syncer applies groups in
@@ -44,7 +47,7 @@
 //!   at its beginning with that record, overwriting records the tree now
 //!   holds. A clean close checkpoints and clears the start of the file, so
 //!   the next open has no round to apply.
-//! - **Growing the file** writes zeroes a mebibyte ahead, so that most
+//! - **Growing the file** writes zeroes up to the next mebibyte, so that most
 //!   `fdatasync`s of the log write data only, not the file's size.
 
 use crate::sled_unapplied::ToApply;
@@ -67,14 +70,8 @@ pub(crate) const MARK: &[u8] = b"\xff\xffkiln-wal-group";
 /// log holds.
 pub(crate) const CHUNKS: &[u8] = b"\xff\xffkiln-wal-chunks";
 
-/// The sled key under which a checkpoint says the salt of the round that
-/// follows it: every record of the round is checksummed with it, so no
-/// record of an earlier round (nor bytes a value left in the file) is taken
-/// for one of this round.
-pub(crate) const SALT: &[u8] = b"\xff\xffkiln-wal-salt";
-
 /// A new round's salt.
-pub(crate) fn new_salt() -> u64 {
+fn new_salt() -> u64 {
     let mut random = [0; 8];
     if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut random).is_err() {
         // No randomness: the time still differs from every earlier round's.
@@ -98,6 +95,37 @@ const GROW: u64 = 1 << 20;
 
 /// The first bytes of every record.
 const MAGIC: u32 = 0x4b4c_5732;
+
+/// The first bytes of a round's header.
+const ROUND_MAGIC: u32 = 0x4b4c_5752;
+
+/// A round's header, at the start of the file: magic, salt, the round's
+/// first group, and a checksum of the two.
+const ROUND: usize = 4 + 8 + 8 + 8;
+
+/// A round's header for `salt` and first group `first`.
+fn round_header(salt: u64, first: u64) -> [u8; ROUND] {
+    let mut header = [0; ROUND];
+    header[..4].copy_from_slice(&ROUND_MAGIC.to_le_bytes());
+    header[4..12].copy_from_slice(&salt.to_le_bytes());
+    header[12..20].copy_from_slice(&first.to_le_bytes());
+    let sum = checksum(&header[4..20], ROUND_MAGIC.into());
+    header[20..].copy_from_slice(&sum.to_le_bytes());
+    header
+}
+
+/// The salt and first group of the round whose header `bytes` begin with
+/// (`None`: no whole header: a new or cleared log, or one whose header
+/// was torn, which is only written after a checkpoint).
+fn parse_round(bytes: &[u8]) -> Option<(u64, u64)> {
+    let header = bytes.get(..ROUND)?;
+    if header[..4] != ROUND_MAGIC.to_le_bytes()
+        || checksum(&header[4..20], ROUND_MAGIC.into()) != u64_at(header, 20)
+    {
+        return None;
+    }
+    Some((u64_at(header, 4), u64_at(header, 12)))
+}
 
 /// Magic, payload length, checksum, group number.
 const HEADER: usize = 4 + 8 + 8 + 8;
@@ -159,7 +187,7 @@ pub(crate) fn encode(number: u64, writes: &[ToApply]) -> Vec<u8> {
 /// ends the log.
 pub(crate) fn decode(bytes: &[u8], salt: u64) -> Vec<Group> {
     let mut groups: Vec<Group> = Vec::new();
-    let mut at = 0;
+    let mut at = ROUND;
     while let Some(header) = bytes.get(at..at + HEADER) {
         if header[..4] != MAGIC.to_le_bytes() {
             break;
@@ -228,12 +256,13 @@ fn u64_at(bytes: &[u8], at: usize) -> u64 {
 /// Every group of the log's current round in `dir`: all written since the
 /// tree's last checkpoint, in order. The file is synced first, so no group
 /// read here (and applied to the tree) can be one a crash had left only in
-/// the page cache. `salt` is the round's, as the last checkpoint left it.
-/// An error if the round begins after group `applied + 1` (`applied`: the
-/// last group the tree says it holds: the groups between are lost), or
-/// ends before `applied` (a record is damaged: the tree holds a group
-/// whose record the log does not give back).
-pub(crate) fn round(dir: &Path, applied: u64, salt: u64) -> Result<Vec<Group>> {
+/// the page cache. An error if the round begins after group `applied + 1`
+/// (`applied`: the last group the tree says it holds: the groups between
+/// are lost), or a record of it is damaged: its first record is not the
+/// group its header names, or the records end before `applied` while the
+/// round began at or before it (the tree holds a group whose record the
+/// log does not give back).
+pub(crate) fn round(dir: &Path, applied: u64) -> Result<Vec<Group>> {
     let path = dir.join(FILE);
     let mut bytes = Vec::new();
     match std::fs::OpenOptions::new()
@@ -249,30 +278,32 @@ pub(crate) fn round(dir: &Path, applied: u64, salt: u64) -> Result<Vec<Group>> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(io_error("opening", &path, e)),
     }
-    let groups = decode(&bytes, salt);
-    if let Some(last) = groups.last()
-        && last.number < applied
-    {
-        return Err(StoreError::Corrupt {
-            key: FILE.into(),
-            reason: format!(
-                "the write-ahead log ends at group {} but the store holds groups up to {applied}: \
-                 a record after it is damaged",
-                last.number
-            ),
-        });
+    let Some((salt, first)) = parse_round(&bytes) else {
+        return Ok(Vec::new());
+    };
+    let corrupt = |reason: String| StoreError::Corrupt {
+        key: FILE.into(),
+        reason,
+    };
+    if first > applied + 1 {
+        return Err(corrupt(format!(
+            "the write-ahead log's round begins at group {first} but the store holds groups up \
+             to {applied}: the groups between are lost"
+        )));
     }
-    if let Some(first) = groups.first()
-        && first.number > applied + 1
-    {
-        return Err(StoreError::Corrupt {
-            key: FILE.into(),
-            reason: format!(
-                "the write-ahead log begins at group {} but the store holds groups up to {applied}: \
-                 the groups between are lost",
-                first.number
-            ),
-        });
+    let groups = decode(&bytes, salt);
+    if groups.first().is_some_and(|g| g.number != first) {
+        return Err(corrupt(format!(
+            "the write-ahead log's round begins at group {first} but its first record is not \
+             that group's: the record is damaged"
+        )));
+    }
+    let last = groups.last().map_or(first - 1, |g| g.number);
+    if last < applied {
+        return Err(corrupt(format!(
+            "the write-ahead log ends at group {last} but the store holds groups up to \
+             {applied}: a record after it is damaged"
+        )));
     }
     Ok(groups)
 }
@@ -305,10 +336,10 @@ pub(crate) struct Wal {
 }
 
 impl Wal {
-    /// Opens (or creates) the log in `dir` to write records from its
-    /// start. Only call this once the tree holds, durably, every group the
-    /// log holds, and has saved `salt` for the round that begins.
-    pub(crate) fn open(dir: &Path, salt: u64) -> Result<Wal> {
+    /// Opens (or creates) the log in `dir` and begins a round whose first
+    /// group will be `first`. Only call this once the tree holds, durably,
+    /// every group the log holds: the round overwrites them.
+    pub(crate) fn open(dir: &Path, first: u64) -> Result<Wal> {
         let path = dir.join(FILE);
         let existed = path.exists();
         let file = std::fs::OpenOptions::new()
@@ -327,30 +358,41 @@ impl Wal {
             .metadata()
             .map_err(|e| io_error("reading", &path, e))?
             .len();
+        let salt = new_salt();
+        file.write_all_at(&round_header(salt, first), 0)
+            .and_then(|()| file.sync_data())
+            .map_err(|e| io_error("beginning a round of", &path, e))?;
         Ok(Wal {
             file,
             path,
-            at: 0,
+            at: ROUND as u64,
             salt,
-            filled,
+            filled: filled.max(ROUND as u64),
         })
     }
 
-    /// Writes `record` and makes it durable. If the log is full, calls
-    /// `checkpoint` with a new round's salt first (which must make every
-    /// group written so far durable in the tree, and the salt with them)
-    /// and starts a new round from the beginning.
+    /// Writes `record`, group `number`, and makes it durable. If the log is
+    /// full, calls `checkpoint` first (which must make every group written
+    /// so far durable in the tree) and begins a new round, with a new salt,
+    /// at the start of the file.
     pub(crate) fn append(
         &mut self,
+        number: u64,
         record: &mut [u8],
-        checkpoint: impl FnOnce(u64) -> Result<()>,
+        checkpoint: impl FnOnce() -> Result<()>,
     ) -> Result<()> {
         let len = record.len() as u64;
-        if self.at > 0 && self.at + len > CAPACITY {
-            let salt = new_salt();
-            checkpoint(salt)?;
-            self.salt = salt;
-            self.at = 0;
+        if self.at > ROUND as u64 && self.at + len > CAPACITY {
+            checkpoint()?;
+            self.salt = new_salt();
+            // The header is durable before any record of the round is
+            // written over the last round's: a record never sits under
+            // another round's header.
+            self.file
+                .write_all_at(&round_header(self.salt, number), 0)
+                .and_then(|()| self.file.sync_data())
+                .map_err(|e| io_error("beginning a round of", &self.path, e))?;
+            self.at = ROUND as u64;
         }
         seal(record, self.salt);
         let end = self.at + len;
@@ -377,10 +419,9 @@ impl Wal {
     /// checkpoint), so that the next open has nothing to apply again.
     pub(crate) fn clear(&mut self) -> Result<()> {
         self.file
-            .write_all_at(&[0; HEADER], 0)
+            .write_all_at(&[0; ROUND], 0)
             .and_then(|()| self.file.sync_data())
             .map_err(|e| io_error("clearing", &self.path, e))?;
-        self.at = 0;
         Ok(())
     }
 
@@ -422,9 +463,17 @@ mod tests {
             seal(&mut record, salt);
             record
         };
-        let mut log = sealed(7, &a, 1);
+        // A round's header, then its records.
+        let log_of = |records: &[Vec<u8>]| {
+            let mut log = round_header(1, 7).to_vec();
+            for record in records {
+                log.extend_from_slice(record);
+            }
+            log
+        };
         let second = sealed(8, &b, 1);
-        log.extend_from_slice(&second);
+        let log = log_of(&[sealed(7, &a, 1), second.clone()]);
+        assert_eq!(parse_round(&log), Some((1, 7)));
         let groups = decode(&log, 1);
         assert_eq!(groups.len(), 2);
         assert_eq!((groups[0].number, &groups[0].writes), (7, &a));
@@ -442,71 +491,88 @@ mod tests {
             bad[at] ^= 0x20;
             assert_eq!(decode(&bad, 1).len(), 1, "byte {i}");
         }
+        // A flipped byte in the round's header: no round.
+        for i in 0..ROUND {
+            let mut bad = log.clone();
+            bad[i] ^= 0x20;
+            assert_eq!(parse_round(&bad), None, "byte {i}");
+        }
         // A record out of sequence (left by an earlier round of the file)
         // ends it too, and zeroes end it.
-        let mut stale = sealed(7, &a, 1);
-        stale.extend_from_slice(&sealed(3, &b, 1));
+        let stale = log_of(&[sealed(7, &a, 1), sealed(3, &b, 1)]);
         assert_eq!(decode(&stale, 1).len(), 1);
-        let mut zeroed = sealed(7, &a, 1);
-        zeroed.extend_from_slice(&[0; 64]);
+        let zeroed = log_of(&[sealed(7, &a, 1), vec![0; 64]]);
         assert_eq!(decode(&zeroed, 1).len(), 1);
         // A record of another round's salt, even numbered next, ends it.
-        let mut salted = sealed(7, &a, 1);
-        salted.extend_from_slice(&sealed(8, &b, 2));
+        let salted = log_of(&[sealed(7, &a, 1), sealed(8, &b, 2)]);
         assert_eq!(decode(&salted, 1).len(), 1);
     }
 
     #[test]
-    fn the_log_is_written_from_its_start_after_a_checkpoint() {
+    fn rounds_begin_after_checkpoints_and_damage_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let mut wal = Wal::open(dir.path(), 1).unwrap();
-        let salt = std::cell::Cell::new(1);
+        let numbers = |applied| -> Vec<u64> {
+            round(dir.path(), applied)
+                .unwrap()
+                .iter()
+                .map(|g| g.number)
+                .collect()
+        };
+        // A round begun and empty.
+        assert!(numbers(0).is_empty());
         let big = writes(&[("k", Some(&"x".repeat((CAPACITY / 3) as usize - 100)))]);
         let mut checkpoints = 0;
         for number in 1..=3 {
-            wal.append(&mut encode(number, &big), |_| {
+            wal.append(number, &mut encode(number, &big), || {
                 checkpoints += 1;
                 Ok(())
             })
             .unwrap();
         }
         assert_eq!(checkpoints, 0);
-        let numbers = |applied| -> Vec<u64> {
-            round(dir.path(), applied, salt.get())
-                .unwrap()
-                .iter()
-                .map(|g| g.number)
-                .collect()
-        };
         assert_eq!(numbers(0), [1, 2, 3]);
         assert_eq!(numbers(2), [1, 2, 3]);
-        // The fourth does not fit: a checkpoint, then it goes first, and the
-        // second round's records end where the first round's begin.
-        wal.append(&mut encode(4, &big), |new| {
+        // The fourth does not fit: a checkpoint, then a new round begins
+        // with it, and the first round's records after it are not read.
+        wal.append(4, &mut encode(4, &big), || {
             checkpoints += 1;
-            salt.set(new);
             Ok(())
         })
         .unwrap();
         assert_eq!(checkpoints, 1);
         assert!(wal.position() < CAPACITY);
         assert_eq!(numbers(3), [4]);
-        // A tree that holds fewer groups than the log's first is missing
+        // A tree that holds fewer groups than the round's first is missing
         // some: refused.
-        let refused = round(dir.path(), 2, salt.get()).unwrap_err();
+        let refused = round(dir.path(), 2).unwrap_err();
         assert!(refused.to_string().contains("lost"), "{refused}");
-        // A checkpoint that fails writes no record.
-        wal.append(&mut encode(5, &big), |_| Ok(())).unwrap();
-        wal.append(&mut encode(6, &big), |_| Ok(())).unwrap();
+        wal.append(5, &mut encode(5, &big), || Ok(())).unwrap();
+        wal.append(6, &mut encode(6, &big), || Ok(())).unwrap();
         // A tree that holds a group the log does not give back: a record
         // is damaged.
-        let damaged = round(dir.path(), 7, salt.get()).unwrap_err();
+        let damaged = round(dir.path(), 7).unwrap_err();
         assert!(damaged.to_string().contains("damaged"), "{damaged}");
+        // A checkpoint that fails writes no record.
         assert!(
-            wal.append(&mut encode(7, &big), |_| Err(StoreError::Closed))
+            wal.append(7, &mut encode(7, &big), || Err(StoreError::Closed))
                 .is_err()
         );
         assert_eq!(numbers(3), [4, 5, 6]);
+        // The round's first record damaged, while the tree holds it.
+        {
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .open(dir.path().join(FILE))
+                .unwrap();
+            file.write_all_at(&[0xff], (ROUND + HEADER + 3) as u64)
+                .unwrap();
+        }
+        let damaged = round(dir.path(), 4).unwrap_err();
+        assert!(damaged.to_string().contains("damaged"), "{damaged}");
+        // While the tree does not hold it, it is a torn, never acknowledged
+        // record.
+        assert!(numbers(3).is_empty());
         // A clean close ends the round.
         wal.clear().unwrap();
         assert!(numbers(0).is_empty());

@@ -207,8 +207,7 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
     drop(store);
     wait_closed(&dir);
     // What the open's checkpoint wrote besides the first open's state (the
-    // log's bookkeeping: the round's salt, the last chunk generation), and
-    // the last group the tree holds.
+    // last chunk generation), and the last group the tree holds.
     let bookkeeping: Vec<(sled::IVec, sled::IVec)> = {
         let tree = sled::open(&dir).unwrap();
         let kept = tree
@@ -219,7 +218,7 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
         kept
     };
     wait_closed(&dir);
-    assert_eq!(bookkeeping.len(), 3, "mark, chunks and salt");
+    assert_eq!(bookkeeping.len(), 2, "the group and chunk generation");
 
     // A kill keeps the page cache: the tree holds every group, and the
     // log's whole round is applied again over it.
@@ -274,8 +273,10 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
             + LAST.len();
         // The header of a record that was never finished.
         wal.seek(SeekFrom::Start(end as u64)).unwrap();
-        wal.write_all(&[0x31, 0x57, 0x4c, 0x4b, 0xff, 0xff, 0, 0, 7, 7, 7])
-            .unwrap();
+        wal.write_all(&[
+            0x32, 0x57, 0x4c, 0x4b, 0xff, 0xff, 0, 0, 0, 0, 0, 0, 7, 7, 7,
+        ])
+        .unwrap();
     }
     assert_ne!(
         open_without_the_log(&durable),
