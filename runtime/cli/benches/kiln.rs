@@ -86,6 +86,12 @@ mod store;
 mod typescript;
 
 use kiln_manifest::Machine;
+
+/// The allocator `kiln serve` uses, so that the groups running the server
+/// in this process (`engine`, `store`, `sandbox`) measure what it does.
+#[cfg(target_os = "linux")]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 use kiln_sandbox::{Limits, Sandbox, SandboxConfig};
 use std::time::{Duration, Instant};
 

@@ -8,13 +8,14 @@
 //!   the order commits were made), through the writes not yet in the tree
 //!   laid over the tree;
 //! - one committer thread gathers groups: once the syncer thread has made
-//!   the last group durable (while it applies that group to the tree),
+//!   the last group durable (before it applies groups to the tree),
 //!   it takes what every commit made since the last group wrote and
 //!   numbers it as the next group; the syncer writes the group as one
 //!   record to Kiln's write-ahead log ([`crate::sled_wal`]), `fdatasync`s
-//!   it, and only then acknowledges each writer (group commit), and then
-//!   applies the group to the tree as single writes followed by the
-//!   group's number. Kiln flushes sled and `fdatasync`s its data file at
+//!   it, and only then acknowledges each writer (group commit). It applies
+//!   durable groups to the tree together, as single writes of each key's
+//!   newest value followed by the last group's number, while it waits for
+//!   the next group, or before it once it has held them 20 ms. Kiln flushes sled and `fdatasync`s its data file at
 //!   a checkpoint: when the log is full, at a clean close, and when the
 //!   store is opened (after the log's round, every group since the last
 //!   checkpoint, is applied again). sled is neither flushed nor given a batch per group
@@ -287,9 +288,11 @@ pub(crate) fn open_sled(dir: &Path, segment: usize) -> Result<sled::Db> {
 
 impl SledBackend {
     /// Stops as a killed process would, for the engine's simulation: the
-    /// group being written (if any) is finished, to the log and the tree;
-    /// no later commit is written. Reopened in the same process, the store
-    /// holds what it applied, synced or not, so this shows that groups are
+    /// group being written (if any) is finished, to the log; no later
+    /// commit is written, and durable groups not yet applied to the tree
+    /// stay unapplied. Reopened in the same process, the store holds what
+    /// it applied, synced or not, and what the log holds beyond (applied
+    /// again at the open), so this shows that groups are
     /// applied whole and in order, not what a lost page cache takes (the
     /// simulation's model store and `tests/lost_page_cache.rs` show that).
     #[doc(hidden)]
@@ -353,19 +356,88 @@ struct Syncer {
     chunker: Chunker,
     pending: Arc<Pending>,
     durable: Arc<watch::Sender<Durable>>,
+    /// Groups durable in the log and not yet applied to the tree.
+    behind: Behind,
+}
+
+/// Groups the syncer made durable and has not applied to the tree yet,
+/// merged: each key's newest value. Reads find them in the unapplied
+/// writes meanwhile. Applied together, a key several of them wrote (a
+/// run's record, written when it is triggered, claimed and finished; the
+/// index entries a run holds while it is active) goes to the tree once.
+#[derive(Default)]
+struct Behind {
+    writes: std::collections::BTreeMap<Vec<u8>, Option<Arc<Vec<u8>>>>,
+    /// The number of the last group merged, and the last commit it covered.
+    last: Option<(u64, u64)>,
+    /// When the oldest group merged was made durable.
+    since: Option<std::time::Instant>,
+    /// The bytes of the values merged.
+    bytes: usize,
+}
+
+/// How long a durable group waits to be applied to the tree at most, and
+/// how many keys or bytes of values make the syncer apply what it holds at
+/// once.
+const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
+    (std::time::Duration::from_millis(20), 4_096, 16 << 20);
+
+/// How long the syncer waits for the next group before it applies what it
+/// holds: it is idle, so applying costs no group its latency.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Behind {
+    fn merge(&mut self, number: u64, covered: u64, writes: Vec<crate::sled_unapplied::ToApply>) {
+        for (key, value) in writes {
+            self.bytes += value.as_ref().map_or(0, |v| v.len());
+            if let Some(Some(old)) = self.writes.insert(key, value) {
+                self.bytes -= old.len();
+            }
+        }
+        self.last = Some((number, covered));
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Whether what is held should be applied now rather than after the
+    /// next group.
+    fn due(&self) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= BEHIND_AT_MOST.0)
+            || self.writes.len() >= BEHIND_AT_MOST.1
+            || self.bytes >= BEHIND_AT_MOST.2
+    }
 }
 
 impl Syncer {
     /// Makes groups durable, in order: writes a group's record to the
     /// write-ahead log and `fdatasync`s it (after a checkpoint of the tree
-    /// when the log is full), acknowledges its writers, tells the committer
-    /// through `ready` that it may gather the next group, and applies the
-    /// group to the tree, from which reads then find it.
+    /// when the log is full), acknowledges its writers and tells the
+    /// committer through `ready` that it may gather the next group. It
+    /// applies durable groups to the tree, from which reads then find
+    /// them, while it waits for the next group, or before the next group
+    /// when it has held them long enough ([`BEHIND_AT_MOST`]).
     fn run(mut self, groups: mpsc::Receiver<Group>, ready: mpsc::SyncSender<()>) {
         // The committer takes one token per group it hands over, so there
         // is room for each; a send fails only once the committer is gone.
         let _ = ready.send(());
-        while let Ok(Group { covered, new, acks }) = groups.recv() {
+        loop {
+            let next = if self.behind.last.is_none() {
+                groups
+                    .recv()
+                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
+            } else if self.behind.due() {
+                Err(mpsc::RecvTimeoutError::Timeout)
+            } else {
+                groups.recv_timeout(IDLE)
+            };
+            let Group { covered, new, acks } = match next {
+                Ok(group) => group,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    self.apply_behind();
+                    continue;
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+            };
             let Some((number, record, writes)) = new else {
                 // Nothing new: the records before it, all durable by now,
                 // cover its commits.
@@ -374,12 +446,23 @@ impl Syncer {
                 continue;
             };
             let started = std::time::Instant::now();
-            let (db, data_file) = (&self.db, &self.data_file);
-            let chunks = self.chunker.last_generation_made();
             let mut record = record;
-            let written = self
-                .wal
-                .append(number, &mut record, || checkpoint(db, data_file, chunks));
+            let written = {
+                let Syncer {
+                    db,
+                    data_file,
+                    wal,
+                    chunker,
+                    pending,
+                    durable,
+                    behind,
+                } = &mut self;
+                wal.append(number, &mut record, || {
+                    // Every group written so far goes to the tree first.
+                    apply_behind(db, chunker, pending, durable, behind);
+                    checkpoint(db, data_file, chunker.last_generation_made())
+                })
+            };
             let metrics = crate::stats::metrics();
             metrics
                 .sync_seconds
@@ -391,23 +474,18 @@ impl Syncer {
             }
             acknowledge(&self.durable, covered, acks);
             let _ = ready.send(());
-            let applied = {
-                let _moving = self.pending.moving();
-                apply(&self.db, &mut self.chunker, number, writes)
-            };
-            if let Err(error) = applied {
-                fail_stop(&error, Vec::new(), &self.durable, "the disk");
-            }
-            self.pending.applied(covered);
+            self.behind.merge(number, covered, writes);
         }
         // A clean close: the tree is made durable and the log's round
         // ended, so the next open applies nothing again. After a simulated
-        // crash, as after a real one, the log stays as it is.
+        // crash, as after a real one, the log stays as it is, and what was
+        // not applied to the tree is applied from it at the next open.
         if !self
             .pending
             .halted
             .load(std::sync::atomic::Ordering::Acquire)
         {
+            self.apply_behind();
             let chunks = self.chunker.last_generation_made();
             let closed =
                 checkpoint(&self.db, &self.data_file, chunks).and_then(|()| self.wal.clear());
@@ -416,6 +494,41 @@ impl Syncer {
             }
         }
     }
+
+    /// Applies every durable group held to the tree.
+    fn apply_behind(&mut self) {
+        apply_behind(
+            &self.db,
+            &mut self.chunker,
+            &self.pending,
+            &self.durable,
+            &mut self.behind,
+        );
+    }
+}
+
+/// Applies the groups `behind` holds to the tree as one (each key's newest
+/// value, then the last group's number), and forgets them in the
+/// unapplied writes.
+fn apply_behind(
+    db: &sled::Db,
+    chunker: &mut Chunker,
+    pending: &Pending,
+    durable: &watch::Sender<Durable>,
+    behind: &mut Behind,
+) {
+    let Some((number, covered)) = behind.last else {
+        return;
+    };
+    let writes = std::mem::take(behind).writes.into_iter().collect();
+    let applied = {
+        let _moving = pending.moving();
+        apply(db, chunker, number, writes)
+    };
+    if let Err(error) = applied {
+        fail_stop(&error, Vec::new(), durable, "the disk");
+    }
+    pending.applied(covered);
 }
 
 impl Committer {
@@ -442,6 +555,7 @@ impl Committer {
             chunker,
             pending: pending.clone(),
             durable: durable.clone(),
+            behind: Behind::default(),
         };
         let syncing = std::thread::Builder::new()
             .name("kiln-syncer".into())
@@ -592,5 +706,51 @@ impl Backend for SledBackend {
 
     fn settled(&self) -> Commit {
         self.front.settled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(bytes: &[u8]) -> Option<Arc<Vec<u8>>> {
+        Some(Arc::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn groups_held_behind_keep_each_keys_newest_value_and_the_last_group() {
+        let mut behind = Behind::default();
+        assert!(!behind.due());
+        behind.merge(
+            7,
+            20,
+            vec![
+                (b"run/a".to_vec(), value(b"queued")),
+                (b"active/a".to_vec(), value(b"1")),
+            ],
+        );
+        behind.merge(8, 23, vec![(b"run/a".to_vec(), value(b"done!!"))]);
+        behind.merge(9, 25, vec![(b"active/a".to_vec(), None)]);
+        assert_eq!(behind.last, Some((9, 25)));
+        assert_eq!(behind.bytes, 6);
+        assert_eq!(
+            behind.writes.into_iter().collect::<Vec<_>>(),
+            vec![
+                (b"active/a".to_vec(), None),
+                (b"run/a".to_vec(), value(b"done!!"))
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_held_behind_are_due_once_they_hold_too_many_keys() {
+        let mut behind = Behind::default();
+        let keys = (0..BEHIND_AT_MOST.1 as u32)
+            .map(|i| (i.to_be_bytes().to_vec(), value(b"v")))
+            .collect::<Vec<_>>();
+        behind.merge(1, 1, keys[1..].to_vec());
+        assert!(!behind.due());
+        behind.merge(2, 2, keys[..1].to_vec());
+        assert!(behind.due());
     }
 }

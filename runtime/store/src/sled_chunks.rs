@@ -123,21 +123,25 @@ impl Chunker {
         writes: Vec<crate::sled_unapplied::ToApply>,
     ) -> Result<Vec<TreeWrite>> {
         let mut batch = Vec::with_capacity(writes.len());
-        // What keys written earlier in this group now hold.
-        let mut written: HashMap<Vec<u8>, Option<Manifest>> = HashMap::new();
+        // What keys written earlier in this group now hold: whether they
+        // hold a value, and its manifest if it is chunked.
+        let mut written: HashMap<Vec<u8>, (bool, Option<Manifest>)> = HashMap::new();
         for (key, value) in writes {
-            let old = match written.get(&key) {
+            let (held, old) = match written.get(&key) {
                 Some(m) => *m,
-                None => tree
-                    .get(&key)
-                    .map_err(|e| StoreError::Backend(e.to_string()))?
-                    .and_then(|v| Manifest::parse(&v)),
+                None => {
+                    let old = tree
+                        .get(&key)
+                        .map_err(|e| StoreError::Backend(e.to_string()))?;
+                    (old.is_some(), old.and_then(|v| Manifest::parse(&v)))
+                }
             };
             if let Some(old) = old {
                 for i in 0..old.count {
                     batch.push(TreeWrite::Remove(old.chunk_key(i).into()));
                 }
             }
+            let value_held = value.is_some();
             let new = match value {
                 Some(v) if v.len() > self.chunk || v.starts_with(MAGIC) => {
                     let manifest = Manifest {
@@ -165,12 +169,15 @@ impl Chunker {
                     ));
                     None
                 }
+                // A key the tree does not hold needs no removing: a run's
+                // index entries often come and go between two applies.
+                None if !held => None,
                 None => {
                     batch.push(TreeWrite::Remove(key.as_slice().into()));
                     None
                 }
             };
-            written.insert(key, new);
+            written.insert(key, (value_held, new));
         }
         Ok(batch)
     }

@@ -36,8 +36,10 @@ pub(crate) struct Unapplied {
     newest: BTreeMap<Vec<u8>, (u64, Shared)>,
     /// The bytes of keys and values in `newest`.
     bytes: usize,
-    /// The number of the last commit [`Unapplied::take_new`] took.
-    taken: u64,
+    /// What commits made since the last [`Unapplied::take_new`] or
+    /// [`Unapplied::take`] wrote: each key's newest value, so a group is
+    /// taken without walking the writes older groups left unapplied.
+    fresh: BTreeMap<Vec<u8>, Shared>,
 }
 
 /// How much unapplied data makes a writer wait for the committer to catch
@@ -64,6 +66,7 @@ impl Unapplied {
             if let Some((old_k, (_, old))) = self.newest.remove_entry(&k) {
                 self.bytes -= size(&old_k, &old);
             }
+            self.fresh.insert(k.clone(), v.clone());
             self.newest.insert(k, (number, v));
         }
         number
@@ -101,7 +104,8 @@ impl Unapplied {
     /// What every commit made so far left unapplied, in key order, for
     /// the PostgreSQL committer to write as one transaction, and the number
     /// of the last of those commits. It stays visible until [`Unapplied::applied`].
-    pub(crate) fn take(&self) -> (Vec<ToApply>, u64) {
+    pub(crate) fn take(&mut self) -> (Vec<ToApply>, u64) {
+        self.fresh.clear();
         let writes = self
             .newest
             .iter()
@@ -115,14 +119,7 @@ impl Unapplied {
     /// the sled backend's next group, while earlier groups may still be on
     /// their way to the tree. It stays visible until [`Unapplied::applied`].
     pub(crate) fn take_new(&mut self) -> (Vec<ToApply>, u64) {
-        let taken = self.taken;
-        let writes = self
-            .newest
-            .iter()
-            .filter(|(_, (number, _))| *number > taken)
-            .map(|(k, (_, v))| (k.clone(), v.clone()))
-            .collect();
-        self.taken = self.made;
+        let writes = std::mem::take(&mut self.fresh).into_iter().collect();
         (writes, self.made)
     }
 
