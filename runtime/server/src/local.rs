@@ -120,12 +120,8 @@ impl LocalRuns {
             self.state.store.settled().await?;
             Ok::<_, LocalError>(status)
         };
-        match status(&self.state)? {
-            Some(s) if !s.is_final() => {}
-            other => return settled(other).await,
-        }
+        // Subscribed before the read, so a finish after it is not missed.
         let finished = self.state.notifier.subscribe(&id);
-        // Read again after subscribing, so a finish in between is not missed.
         match status(&self.state)? {
             Some(s) if !s.is_final() => {}
             other => return settled(other).await,

@@ -2,8 +2,7 @@
 //! numbered and kept in memory ([`crate::sled_unapplied`]), visible to
 //! reads at once, and one committer thread gathers the commits made so far
 //! into a group, which is made durable (sled: a record in Kiln's
-//! write-ahead log and an `fdatasync`, by a syncer thread; PostgreSQL: one
-//! transaction, by the committer) before its writers are acknowledged. This module holds the writers' side ([`Front`]), the
+//! write-ahead log and an `fdatasync`; PostgreSQL: one transaction) before its writers are acknowledged. This module holds the writers' side ([`Front`]), the
 //! committer's gathering of a group ([`Gatherer`]) and what is done once a
 //! group is durable or failed; each backend holds how a group is written.
 
@@ -54,7 +53,7 @@ pub(crate) struct Pending {
     /// waiting while too much is unapplied.
     pub(crate) room: Condvar,
     /// Held to write while a group is moved to where reads find it (sled:
-    /// by the syncer while it applies a group to the tree; PostgreSQL: by
+    /// by the committer while it applies groups to the tree; PostgreSQL: by
     /// the committer); held to read by a scan, or a read of a chunked
     /// value, that must not see a group half moved.
     pub(crate) moving: RwLock<()>,
@@ -182,6 +181,16 @@ impl Front {
     }
 }
 
+/// What [`Gatherer::next_until`] found.
+pub(crate) enum Next {
+    /// The acknowledgements of a group's commits.
+    Group(Vec<Ack>),
+    /// No group began in time.
+    Idle,
+    /// The backend is closed, or the committer should stop.
+    Closed,
+}
+
 /// The committer's side of the requests: gathers groups.
 pub(crate) struct Gatherer {
     requests: mpsc::Receiver<Request>,
@@ -201,16 +210,36 @@ impl Gatherer {
     /// Waits for the next group: the acknowledgements of every commit made
     /// so far (at most [`MAX_GROUP`]), or a commit of writes deferred for
     /// [`DEFER_AT_MOST`] with none. `ready` is called once a group has
-    /// begun, before the rest is gathered (the sled backend waits there for
-    /// its syncer); it answers false when the committer should stop.
-    /// `None` once the backend is closed.
+    /// begun, before the rest is gathered; it answers false when the
+    /// committer should stop. `None` once the backend is closed.
     pub(crate) fn next(
         &mut self,
         pending: &Pending,
         mut ready: impl FnMut() -> bool,
     ) -> Option<Vec<Ack>> {
         loop {
-            let first = match self.deferred_until {
+            match self.next_until(pending, None, &mut ready) {
+                Next::Group(group) => return Some(group),
+                Next::Idle => continue,
+                Next::Closed => return None,
+            }
+        }
+    }
+
+    /// [`Gatherer::next`], but gives up at `idle` if no group has begun by
+    /// then.
+    pub(crate) fn next_until(
+        &mut self,
+        pending: &Pending,
+        idle: Option<Instant>,
+        ready: impl FnOnce() -> bool,
+    ) -> Next {
+        loop {
+            let until = match (self.deferred_until, idle) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match until {
                 None => self.requests.recv().map_err(|_| true),
                 Some(at) => self
                     .requests
@@ -224,6 +253,9 @@ impl Gatherer {
                     self.deferred();
                     continue;
                 }
+                Err(false) if self.deferred_until.is_none_or(|at| at > Instant::now()) => {
+                    return Next::Idle;
+                }
                 Err(false) => {
                     // Nothing joined the deferred writes in time.
                     self.deferred_until = None;
@@ -231,10 +263,10 @@ impl Gatherer {
                         continue;
                     }
                 }
-                Err(true) => return None,
+                Err(true) => return Next::Closed,
             }
             if !ready() {
-                return None;
+                return Next::Closed;
             }
             while group.len() < MAX_GROUP {
                 match self.requests.try_recv() {
@@ -243,7 +275,7 @@ impl Gatherer {
                     Err(_) => break,
                 }
             }
-            return Some(group);
+            return Next::Group(group);
         }
     }
 

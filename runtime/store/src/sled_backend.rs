@@ -7,24 +7,25 @@
 //!   every later read in this process sees it at once (read-your-writes, in
 //!   the order commits were made), through the writes not yet in the tree
 //!   laid over the tree;
-//! - one committer thread gathers groups: once the syncer thread has made
-//!   the last group durable (before it applies groups to the tree),
-//!   it takes what every commit made since the last group wrote and
-//!   numbers it as the next group; the syncer writes the group as one
-//!   record to Kiln's write-ahead log ([`crate::sled_wal`]), `fdatasync`s
-//!   it, and only then acknowledges each writer (group commit). It applies
-//!   durable groups to the tree together, as single writes of each key's
-//!   newest value followed by the last group's number, while it waits for
-//!   the next group, or before it once it has held them 20 ms. Kiln flushes sled and `fdatasync`s its data file at
+//! - one committer thread makes groups durable: it gathers what every
+//!   commit made since the last group wrote, numbers it as the next group,
+//!   writes it as one record to Kiln's write-ahead log
+//!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
+//!   each writer (group commit). Commits made during a sync wait for the
+//!   next group, so under load a group holds everything committed during
+//!   the last sync. It applies durable groups to the tree together, as
+//!   single writes of each key's newest value followed by the last group's
+//!   number, while it waits for the next group, or before it once it has
+//!   held them 20 ms. Kiln flushes sled and `fdatasync`s its data file at
 //!   a checkpoint: when the log is full, at a clean close, and when the
 //!   store is opened (after the log's round, every group since the last
-//!   checkpoint, is applied again). sled is neither flushed nor given a batch per group
-//!   because both are costly: a batch rolls sled's log buffer twice and a
-//!   flush once more, each roll a write from its I/O threads (which it
-//!   wakes all at once) and a wait on `sync_file_range`.
-//! - the syncer publishes the number of the last commit each durable group
-//!   covered, so [`Backend::settled`] can wait for exactly the commits a
-//!   reader may have seen.
+//!   checkpoint, is applied again). sled is neither flushed nor given a
+//!   batch per group because both are costly: a batch rolls sled's log
+//!   buffer twice and a flush once more, each roll a write from its I/O
+//!   threads (which it wakes all at once) and a wait on `sync_file_range`.
+//! - the committer publishes the number of the last commit each durable
+//!   group covered, so [`Backend::settled`] can wait for exactly the
+//!   commits a reader may have seen.
 //! - values are kept small enough that sled never writes them to its
 //!   unsynced `blobs/` files ([`crate::sled_chunks`]).
 //! - writes nothing waits on and nothing reads soon (a live run's journal
@@ -39,7 +40,7 @@
 
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{
-    Ack, Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
+    Durable, Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock,
 };
 use crate::sled_chunks::{
     CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
@@ -140,6 +141,7 @@ impl SledBackend {
             chunker,
             pending: pending.clone(),
             durable: durable_tx,
+            behind: Behind::default(),
         };
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
@@ -320,47 +322,26 @@ impl Drop for SledBackend {
     }
 }
 
-/// The thread that gathers groups: once the syncer has made the last group
-/// durable, it takes what
-/// every commit made since the last group wrote, numbers it as the next
-/// group, encodes its record for the write-ahead log and hands it to the
-/// syncer. Under load a group holds everything committed during the last
-/// sync.
+/// The thread that makes commits durable: it gathers a group of them
+/// (everything committed since the last group, which under load is
+/// everything committed during the last sync), numbers it, writes it as
+/// one record to the write-ahead log, `fdatasync`s it, acknowledges its
+/// writers, and applies durable groups to the tree.
 struct Committer {
     db: sled::Db,
     data_file: std::fs::File,
-    /// The write-ahead log, handed to the syncer.
     wal: Wal,
     /// The number of the last group the store holds.
     last_group: u64,
-    /// Splits large values; only the syncer writes the tree.
+    /// Splits large values; only the committer writes the tree.
     chunker: Chunker,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
-}
-
-/// A group for the syncer: the number of the last commit it covers, its
-/// number, record and writes (`None`: it wrote nothing new), and its
-/// writers' acknowledgements.
-struct Group {
-    covered: u64,
-    new: Option<(u64, Vec<u8>, Vec<crate::sled_unapplied::ToApply>)>,
-    acks: Vec<Ack>,
-}
-
-/// What the syncer owns.
-struct Syncer {
-    db: sled::Db,
-    data_file: std::fs::File,
-    wal: Wal,
-    chunker: Chunker,
-    pending: Arc<Pending>,
-    durable: Arc<watch::Sender<Durable>>,
     /// Groups durable in the log and not yet applied to the tree.
     behind: Behind,
 }
 
-/// Groups the syncer made durable and has not applied to the tree yet,
+/// Groups the committer made durable and has not applied to the tree yet,
 /// merged: each key's newest value. Reads find them in the unapplied
 /// writes meanwhile. Applied together, a key several of them wrote (a
 /// run's record, written when it is triggered, claimed and finished; the
@@ -377,12 +358,12 @@ struct Behind {
 }
 
 /// How long a durable group waits to be applied to the tree at most, and
-/// how many keys or bytes of values make the syncer apply what it holds at
+/// how many keys or bytes of values make the committer apply what it holds at
 /// once.
 const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
     (std::time::Duration::from_millis(20), 4_096, 16 << 20);
 
-/// How long the syncer waits for the next group before it applies what it
+/// How long the committer waits for the next group before it applies what it
 /// holds: it is idle, so applying costs no group its latency.
 const IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
@@ -408,47 +389,47 @@ impl Behind {
     }
 }
 
-impl Syncer {
-    /// Makes groups durable, in order: writes a group's record to the
-    /// write-ahead log and `fdatasync`s it (after a checkpoint of the tree
-    /// when the log is full), acknowledges its writers and tells the
-    /// committer through `ready` that it may gather the next group. It
-    /// applies durable groups to the tree, from which reads then find
-    /// them, while it waits for the next group, or before the next group
-    /// when it has held them long enough ([`BEHIND_AT_MOST`]).
-    fn run(mut self, groups: mpsc::Receiver<Group>, ready: mpsc::SyncSender<()>) {
-        // The committer takes one token per group it hands over, so there
-        // is room for each; a send fails only once the committer is gone.
-        let _ = ready.send(());
+impl Committer {
+    /// Makes groups durable, in order, until the backend is closed: waits
+    /// for a group, takes what its commits wrote (each key's newest value),
+    /// writes it as one record to the write-ahead log and `fdatasync`s it
+    /// (after a checkpoint of the tree when the log is full), then
+    /// acknowledges its writers. It applies durable groups to the tree,
+    /// from which reads then find them, while it waits for the next group,
+    /// or before the next group once it has held them long enough
+    /// ([`BEHIND_AT_MOST`]).
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
+        let mut gatherer = Gatherer::new(requests);
+        let pending = self.pending.clone();
+        let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
         loop {
-            let next = if self.behind.last.is_none() {
-                groups
-                    .recv()
-                    .map_err(|_| mpsc::RecvTimeoutError::Disconnected)
-            } else if self.behind.due() {
-                Err(mpsc::RecvTimeoutError::Timeout)
-            } else {
-                groups.recv_timeout(IDLE)
-            };
-            let Group { covered, new, acks } = match next {
-                Ok(group) => group,
-                Err(mpsc::RecvTimeoutError::Timeout) => {
+            if self.behind.due() {
+                self.apply_behind();
+            }
+            let idle = self.behind.last.map(|_| std::time::Instant::now() + IDLE);
+            let acks = match gatherer.next_until(&pending, idle, || !halted()) {
+                Next::Group(acks) => acks,
+                Next::Idle => {
                     self.apply_behind();
                     continue;
                 }
-                Err(mpsc::RecvTimeoutError::Disconnected) => break,
+                Next::Closed => break,
             };
-            let Some((number, record, writes)) = new else {
+            // Every commit whose acknowledgement is in the group was made
+            // before this, so this group and the ones before cover it.
+            let (writes, covered) = lock(&pending.unapplied).take_new();
+            if writes.is_empty() {
                 // Nothing new: the records before it, all durable by now,
                 // cover its commits.
                 acknowledge(&self.durable, covered, acks);
-                let _ = ready.send(());
                 continue;
-            };
+            }
+            self.last_group += 1;
+            let number = self.last_group;
+            let mut record = crate::sled_wal::encode(number, &writes);
             let started = std::time::Instant::now();
-            let mut record = record;
             let written = {
-                let Syncer {
+                let Committer {
                     db,
                     data_file,
                     wal,
@@ -456,6 +437,7 @@ impl Syncer {
                     pending,
                     durable,
                     behind,
+                    ..
                 } = &mut self;
                 wal.append(number, &mut record, || {
                     // Every group written so far goes to the tree first.
@@ -473,18 +455,13 @@ impl Syncer {
                 fail_stop(error, acks, &self.durable, "the disk");
             }
             acknowledge(&self.durable, covered, acks);
-            let _ = ready.send(());
             self.behind.merge(number, covered, writes);
         }
         // A clean close: the tree is made durable and the log's round
         // ended, so the next open applies nothing again. After a simulated
         // crash, as after a real one, the log stays as it is, and what was
         // not applied to the tree is applied from it at the next open.
-        if !self
-            .pending
-            .halted
-            .load(std::sync::atomic::Ordering::Acquire)
-        {
+        if !halted() {
             self.apply_behind();
             let chunks = self.chunker.last_generation_made();
             let closed =
@@ -529,65 +506,6 @@ fn apply_behind(
         fail_stop(&error, Vec::new(), durable, "the disk");
     }
     pending.applied(covered);
-}
-
-impl Committer {
-    fn run(self, requests: mpsc::Receiver<Request>) {
-        let Committer {
-            db,
-            data_file,
-            wal,
-            mut last_group,
-            chunker,
-            pending,
-            durable,
-        } = self;
-        let durable = Arc::new(durable);
-        let (to_sync, groups) = mpsc::channel::<Group>();
-        // The syncer's word that the last group is durable: a group is
-        // gathered only then,
-        // so it holds everything committed during the last sync.
-        let (ready_tx, ready) = mpsc::sync_channel::<()>(1);
-        let syncer = Syncer {
-            db,
-            data_file,
-            wal,
-            chunker,
-            pending: pending.clone(),
-            durable: durable.clone(),
-            behind: Behind::default(),
-        };
-        let syncing = std::thread::Builder::new()
-            .name("kiln-syncer".into())
-            .spawn(move || syncer.run(groups, ready_tx));
-        let syncing = match syncing {
-            Ok(syncing) => syncing,
-            Err(error) => fail_stop(&backend_error(error), Vec::new(), &durable, "the disk"),
-        };
-        let mut gatherer = Gatherer::new(requests);
-        // A group waits for the syncer's word before it is gathered; if
-        // the syncer is gone, so is every acknowledgement it held.
-        let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
-        let go_on = || !halted() && ready.recv().is_ok() && !halted();
-        while let Some(acks) = gatherer.next(&pending, go_on) {
-            // Every commit whose acknowledgement is in the group was made
-            // before this, so this group and the ones before cover it.
-            let (writes, covered) = lock(&pending.unapplied).take_new();
-            let new = (!writes.is_empty()).then(|| {
-                last_group += 1;
-                let record = crate::sled_wal::encode(last_group, &writes);
-                (last_group, record, writes)
-            });
-            if to_sync.send(Group { covered, new, acks }).is_err() {
-                break;
-            }
-        }
-        // The syncer finishes what was handed to it, then the store closes.
-        drop(to_sync);
-        if syncing.join().is_err() {
-            tracing::error!("the store's syncer thread panicked");
-        }
-    }
 }
 
 impl Backend for SledBackend {

@@ -1,7 +1,7 @@
 //! Commits made but not yet applied to the sled tree: the sled backend's
 //! reads see them on top of it, so a commit is visible the moment it is
-//! made, while the committer gathers a whole group of commits and the
-//! syncer makes it durable in the write-ahead log and applies it to sled.
+//! made, while the committer gathers a whole group of commits, makes it
+//! durable in the write-ahead log and, later, applies it to sled.
 
 use crate::Result;
 use crate::backend::Op;

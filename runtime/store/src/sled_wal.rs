@@ -42,8 +42,8 @@
 //!   generations.
 //! - **A checkpoint** flushes sled and `fdatasync`s its data file, which
 //!   makes durable every group sled has applied: every group before the
-//!   one whose record is about to be written (the syncer applies groups in
-//!   order, each before the next record). The log then starts a new round
+//!   one whose record is about to be written (the committer applies every
+//!   group it holds, in order, before the checkpoint). The log then starts a new round
 //!   at its beginning with that record, overwriting records the tree now
 //!   holds. A clean close checkpoints and clears the start of the file, so
 //!   the next open has no round to apply.

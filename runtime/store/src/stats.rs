@@ -1,6 +1,6 @@
 //! What the store tells an operator's Prometheus (the server serves it at
 //! `GET /metrics`): how long commits take to become durable, how many
-//! `fdatasync`s the syncer made and how long each took, and how many
+//! `fdatasync`s the committer made and how long each took, and how many
 //! commits each one covered.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, exponential_buckets};

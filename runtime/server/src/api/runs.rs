@@ -271,25 +271,21 @@ pub(super) async fn retrieve(
         .map(Duration::from_millis)
         .unwrap_or_default()
         .min(MAX_WAIT);
+    // Subscribed before the read, so a finish after it is not missed.
+    let finished = (!wait.is_zero()).then(|| state.notifier.subscribe(&id));
     let mut run = state
         .store
         .run(&id)?
         .ok_or_else(|| ApiError::not_found("Run not found"))?;
     caller.may_read_run(&run)?;
-    if !wait.is_zero() && !run.status.is_final() {
-        let finished = state.notifier.subscribe(&id);
-        // Re-read after subscribing so a finish in between is not missed.
+    if let Some(finished) = finished
+        && !run.status.is_final()
+    {
+        let _ = tokio::time::timeout(wait, finished).await;
         run = state
             .store
             .run(&id)?
             .ok_or_else(|| ApiError::not_found("Run not found"))?;
-        if !run.status.is_final() {
-            let _ = tokio::time::timeout(wait, finished).await;
-            run = state
-                .store
-                .run(&id)?
-                .ok_or_else(|| ApiError::not_found("Run not found"))?;
-        }
     }
     // A run with a large payload or output is written off the runtime.
     let size = run.payload.len() + run.output.as_ref().map_or(0, String::len);

@@ -206,13 +206,15 @@ pub(crate) async fn run(executor: Executor) {
                 executor: executor.clone(),
                 started,
             };
-            super::guests::spawn(async move {
+            // Boxed: a slice's future is several KiB, which spawning it
+            // unboxed would copy more than once for every run.
+            super::guests::spawn(Box::pin(async move {
                 let run_id = slot.started.run.clone();
                 if let Err(error) = driver::execute(&slot.executor, &run_id).await {
                     tracing::error!(run = %run_id, %error, "executing a run failed");
                 }
                 drop(slot);
-            });
+            }));
             continue;
         }
         match wakeup {
