@@ -116,8 +116,8 @@ impl Front {
         {
             let mut unapplied = lock(&self.pending.unapplied);
             // A writer faster than the disk waits here for the committer,
-            // whose queue holds an acknowledgement of every unapplied
-            // commit, so it always has work that frees room.
+            // which frees room as it applies groups: once every writer
+            // waits, no commit comes, and it applies what it holds.
             while unapplied.full() {
                 unapplied = self
                     .pending

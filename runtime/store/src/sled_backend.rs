@@ -238,9 +238,9 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64)> {
     Ok((last, generation))
 }
 
-/// Applies group `number`, whose record is durable in the write-ahead
-/// log, to the tree: its writes one by one, then its number under
-/// [`MARK`]. Whatever part of them a crash takes from sled's page cache
+/// Applies `writes`, the newest values of groups up to `number`, whose
+/// records are durable in the write-ahead log, to the tree: one by one,
+/// then `number` under [`MARK`]. Whatever part of them a crash takes from sled's page cache
 /// is in the log's round, which the next open applies again.
 /// Single writes rather than one sled batch: each batch rolls sled's log
 /// buffer twice (a write and a `sync_file_range` each, on its I/O threads).
@@ -292,8 +292,8 @@ impl SledBackend {
     /// Stops as a killed process would, for the engine's simulation: the
     /// group being written (if any) is finished, to the log; no later
     /// commit is written, and durable groups not yet applied to the tree
-    /// stay unapplied. Reopened in the same process, the store holds what
-    /// it applied, synced or not, and what the log holds beyond (applied
+    /// may stay so. Reopened in the same process, the store holds what it
+    /// applied, synced or not, and what the log holds beyond (applied
     /// again at the open), so this shows that groups are
     /// applied whole and in order, not what a lost page cache takes (the
     /// simulation's model store and `tests/lost_page_cache.rs` show that).
@@ -364,7 +364,8 @@ const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
     (std::time::Duration::from_millis(20), 4_096, 16 << 20);
 
 /// How long the committer waits for the next group before it applies what it
-/// holds: it is idle, so applying costs no group its latency.
+/// holds: it is idle, so an apply then delays only a group whose first
+/// commit comes while it runs.
 const IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Behind {

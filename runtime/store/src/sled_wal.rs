@@ -32,8 +32,9 @@
 //!   writes its keys' newest values, so every key ends as the round left
 //!   it. The tree is then checkpointed, and only then is the log written
 //!   from its start again.
-//! - **Which group sled holds** is written after each group's writes,
-//!   under [`MARK`]; a round whose first group comes after the one
+//! - **Which group sled holds** is written after the writes of each set
+//!   of groups the committer applies together, under [`MARK`]: the last
+//!   of them; a round whose first group comes after the one
 //!   following it has lost groups, and one that ends before it has a
 //!   damaged record: the store refuses to open either. A
 //!   checkpoint also writes the last chunk generation it covers under

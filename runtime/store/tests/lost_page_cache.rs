@@ -9,7 +9,8 @@
 //! again and thousands of random commits (puts, overwrites, deletes,
 //! values large enough to be chunked) are made and acknowledged, then the
 //! store stops as a killed process does. A copy of it as it is (a kill:
-//! the tree holds every group) must open to exactly what an in-memory
+//! the tree holds the groups the committer applied to it, the log every
+//! group) must open to exactly what an in-memory
 //! backend holds after the same commits. Then the store's sled files are
 //! replaced by the checkpoint's, keeping only Kiln's write-ahead log, with
 //! a torn record after its end as a crash in the middle of a write leaves
@@ -220,8 +221,9 @@ fn acknowledged_commits_outlive_the_loss_of_what_sled_did_not_checkpoint() {
     wait_closed(&dir);
     assert_eq!(bookkeeping.len(), 2, "the group and chunk generation");
 
-    // A kill keeps the page cache: the tree holds every group, and the
-    // log's whole round is applied again over it.
+    // A kill keeps the page cache: the tree holds the groups the
+    // committer applied, and the log's whole round is applied again over
+    // it.
     let killed = root.path().join("killed");
     copy_sled_files(&dir, &killed);
     std::fs::copy(dir.join("kiln-wal"), killed.join("kiln-wal")).unwrap();
