@@ -134,14 +134,16 @@ impl SledBackend {
         );
         let pending = Arc::new(Pending::default());
         let committer = Committer {
-            db: db.clone(),
-            data_file,
             wal,
             last_group,
-            chunker,
-            pending: pending.clone(),
-            durable: durable_tx,
-            behind: Behind::default(),
+            tree: TreeWriter {
+                db: db.clone(),
+                data_file,
+                chunker,
+                pending: pending.clone(),
+                durable: durable_tx,
+                behind: Behind::default(),
+            },
         };
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
@@ -328,12 +330,17 @@ impl Drop for SledBackend {
 /// one record to the write-ahead log, `fdatasync`s it, acknowledges its
 /// writers, and applies durable groups to the tree.
 struct Committer {
-    db: sled::Db,
-    data_file: std::fs::File,
     wal: Wal,
     /// The number of the last group the store holds.
     last_group: u64,
-    /// Splits large values; only the committer writes the tree.
+    tree: TreeWriter,
+}
+
+/// The committer's side of the tree: it alone writes it.
+struct TreeWriter {
+    db: sled::Db,
+    data_file: std::fs::File,
+    /// Splits large values.
     chunker: Chunker,
     pending: Arc<Pending>,
     durable: watch::Sender<Durable>,
@@ -401,17 +408,21 @@ impl Committer {
     /// ([`BEHIND_AT_MOST`]).
     fn run(mut self, requests: mpsc::Receiver<Request>) {
         let mut gatherer = Gatherer::new(requests);
-        let pending = self.pending.clone();
+        let pending = self.tree.pending.clone();
         let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
         loop {
-            if self.behind.due() {
-                self.apply_behind();
+            if self.tree.behind.due() {
+                self.tree.apply_behind();
             }
-            let idle = self.behind.last.map(|_| std::time::Instant::now() + IDLE);
+            let idle = self
+                .tree
+                .behind
+                .last
+                .map(|_| std::time::Instant::now() + IDLE);
             let acks = match gatherer.next_until(&pending, idle, || !halted()) {
                 Next::Group(acks) => acks,
                 Next::Idle => {
-                    self.apply_behind();
+                    self.tree.apply_behind();
                     continue;
                 }
                 Next::Closed => break,
@@ -422,30 +433,15 @@ impl Committer {
             if writes.is_empty() {
                 // Nothing new: the records before it, all durable by now,
                 // cover its commits.
-                acknowledge(&self.durable, covered, acks);
+                acknowledge(&self.tree.durable, covered, acks);
                 continue;
             }
             self.last_group += 1;
             let number = self.last_group;
             let mut record = crate::sled_wal::encode(number, &writes);
             let started = std::time::Instant::now();
-            let written = {
-                let Committer {
-                    db,
-                    data_file,
-                    wal,
-                    chunker,
-                    pending,
-                    durable,
-                    behind,
-                    ..
-                } = &mut self;
-                wal.append(number, &mut record, || {
-                    // Every group written so far goes to the tree first.
-                    apply_behind(db, chunker, pending, durable, behind);
-                    checkpoint(db, data_file, chunker.last_generation_made())
-                })
-            };
+            let tree = &mut self.tree;
+            let written = self.wal.append(number, &mut record, || tree.checkpoint());
             let metrics = crate::stats::metrics();
             metrics
                 .sync_seconds
@@ -453,60 +449,56 @@ impl Committer {
             metrics.syncs.inc();
             metrics.group_commits.observe(acks.len() as f64);
             if let Err(error) = &written {
-                fail_stop(error, acks, &self.durable, "the disk");
+                fail_stop(error, acks, &self.tree.durable, "the disk");
             }
-            acknowledge(&self.durable, covered, acks);
-            self.behind.merge(number, covered, writes);
+            acknowledge(&self.tree.durable, covered, acks);
+            self.tree.behind.merge(number, covered, writes);
         }
         // A clean close: the tree is made durable and the log's round
         // ended, so the next open applies nothing again. After a simulated
         // crash, as after a real one, the log stays as it is, and what was
         // not applied to the tree is applied from it at the next open.
         if !halted() {
-            self.apply_behind();
-            let chunks = self.chunker.last_generation_made();
-            let closed =
-                checkpoint(&self.db, &self.data_file, chunks).and_then(|()| self.wal.clear());
+            let closed = self.tree.checkpoint().and_then(|()| self.wal.clear());
             if let Err(error) = closed {
                 tracing::warn!(%error, "the store's last checkpoint failed; its next open applies its log again");
             }
         }
     }
-
-    /// Applies every durable group held to the tree.
-    fn apply_behind(&mut self) {
-        apply_behind(
-            &self.db,
-            &mut self.chunker,
-            &self.pending,
-            &self.durable,
-            &mut self.behind,
-        );
-    }
 }
 
-/// Applies the groups `behind` holds to the tree as one (each key's newest
-/// value, then the last group's number), and forgets them in the
-/// unapplied writes.
-fn apply_behind(
-    db: &sled::Db,
-    chunker: &mut Chunker,
-    pending: &Pending,
-    durable: &watch::Sender<Durable>,
-    behind: &mut Behind,
-) {
-    let Some((number, covered)) = behind.last else {
-        return;
-    };
-    let writes = std::mem::take(behind).writes.into_iter().collect();
-    let applied = {
-        let _moving = pending.moving();
-        apply(db, chunker, number, writes)
-    };
-    if let Err(error) = applied {
-        fail_stop(&error, Vec::new(), durable, "the disk");
+impl TreeWriter {
+    /// Applies the groups held to the tree as one (each key's newest value,
+    /// then the last group's number), and forgets them in the unapplied
+    /// writes.
+    fn apply_behind(&mut self) {
+        let Some((number, covered)) = self.behind.last else {
+            return;
+        };
+        let writes = std::mem::take(&mut self.behind)
+            .writes
+            .into_iter()
+            .collect();
+        let applied = {
+            let _moving = self.pending.moving();
+            apply(&self.db, &mut self.chunker, number, writes)
+        };
+        if let Err(error) = applied {
+            fail_stop(&error, Vec::new(), &self.durable, "the disk");
+        }
+        self.pending.applied(covered);
     }
-    pending.applied(covered);
+
+    /// Applies every group held, then makes the tree durable: afterwards
+    /// the tree holds every group written to the log so far.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.apply_behind();
+        checkpoint(
+            &self.db,
+            &self.data_file,
+            self.chunker.last_generation_made(),
+        )
+    }
 }
 
 impl Backend for SledBackend {
