@@ -6,6 +6,8 @@
 use kiln_store::{Backend, Op, SledBackend};
 use std::path::Path;
 
+mod closed;
+
 /// The marker a complete copy carries (`sled_compact::COMPLETE`).
 const COMPLETE: &str = "kiln-compact-complete";
 
@@ -80,6 +82,8 @@ async fn a_mostly_deleted_store_is_compacted_and_keeps_what_it_held() {
         Some(true)
     );
     drop(backend);
+    // sled's own threads may still write its file a moment after the drop.
+    closed::wait_closed(&store);
 
     let before = data_len(&store);
     assert!(

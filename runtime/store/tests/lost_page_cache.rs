@@ -21,8 +21,10 @@
 use kiln_store::{Backend, MemoryBackend, Op, SledBackend};
 use std::path::Path;
 
+mod closed;
 mod rng;
 
+use closed::wait_closed;
 use rng::Rng;
 
 /// The value of the last commit.
@@ -71,21 +73,6 @@ fn commit_random(
     for ack in acks {
         runtime.block_on(ack).expect("acknowledged");
     }
-}
-
-/// Waits until sled's last thread has let go of the store in `dir` (a
-/// moment after the backend is dropped): nothing writes its files after.
-fn wait_closed(dir: &Path) {
-    let db = std::fs::File::open(dir.join("db")).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while db.try_lock().is_err() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "sled still holds the store"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(5));
-    }
-    db.unlock().unwrap();
 }
 
 /// Copies the files of directory `from` into `to`, leaving out Kiln's
