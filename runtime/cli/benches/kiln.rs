@@ -28,6 +28,8 @@
 //!   and commits a second and CPU per commit with 64 writers, against the
 //!   in-memory backend; a no-op run's writes with and without its journal
 //!   entry deferred;
+//! - a run's record encoded and decoded as JSON and as MessagePack, and its
+//!   size in each (`records`);
 //! - RSS with 10,000 runs waiting, and start-up time with them stored;
 //! - 100,000 schedules: creating them over HTTP, RSS, the firing lag and
 //!   CPU of a minute's occurrences, start-up, and the due-index scan a
@@ -56,7 +58,7 @@
 //!
 //! `cargo bench -p kiln --bench kiln -- NAME` runs only the groups whose
 //! name contains NAME (`compile`, `instantiate`, `latency`, `snapshot`,
-//! `resume`, `throughput`, `runs`, `postgres`, `cluster`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `waiting`, `schedules`, `queues`, `durability`,
+//! `resume`, `throughput`, `runs`, `postgres`, `cluster`, `engine`, `dashboard`, `sandbox`, `typescript`, `store`, `records`, `waiting`, `schedules`, `queues`, `durability`,
 //! `realtime`, `secrets`, `blocking`, `retention`, `soak`; `soak` runs an
 //! hour unless `KILN_SOAK_SECS` says otherwise, see `scripts/soak`).
 //!
@@ -74,6 +76,8 @@ mod pg_server;
 mod queues;
 #[path = "support/realtime.rs"]
 mod realtime;
+#[path = "support/records.rs"]
+mod records;
 #[path = "support/runs.rs"]
 mod runs;
 #[path = "support/secrets.rs"]
@@ -190,6 +194,9 @@ fn main() {
     }
     if selected("store") {
         runtime.block_on(store::store_bench());
+    }
+    if selected("records") {
+        records::records_bench();
     }
     if selected("waiting") {
         runtime.block_on(waiting_bench(10_000));

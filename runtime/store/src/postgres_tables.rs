@@ -386,9 +386,12 @@ fn decode_fields(fields: &[(&str, &str)], value: &[u8], values: &mut Vec<Decoded
     if fields.is_empty() {
         return;
     }
-    let record: RunColumns = match value.first() {
-        Some(b'{') => serde_json::from_slice(value).unwrap_or_default(),
-        _ => RunColumns::default(),
+    let record: RunColumns = if crate::records::is_message_pack(value) {
+        rmp_serde::from_slice(value).unwrap_or_default()
+    } else if value.first() == Some(&b'{') {
+        serde_json::from_slice(value).unwrap_or_default()
+    } else {
+        RunColumns::default()
     };
     for (_, field) in fields {
         values.push(Decoded::Text(match *field {

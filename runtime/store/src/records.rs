@@ -144,7 +144,7 @@ impl Batch {
     /// Saves a run (see [`Store::put_run`]).
     pub fn put_run(&mut self, run: &Run) -> &mut Self {
         let run = crate::blobs::lean_record(run, &mut self.ops);
-        match encode(&*run) {
+        match encode_run(&run) {
             Ok(record) => {
                 self.runs.push(run.id.clone());
                 let id = run.id.as_str().as_bytes();
@@ -253,15 +253,40 @@ pub(crate) fn key(prefix: &[u8], rest: &[u8]) -> Vec<u8> {
     k
 }
 
+/// Encodes a record as JSON (every record but a run's).
 pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| StoreError::Backend(format!("encoding a record: {e}")))
 }
 
+/// Encodes a run's record, the record written most often (at every change
+/// of a run), as MessagePack with its fields named: about half the bytes of
+/// JSON and cheaper to read back, while still self-describing, so a field
+/// added later reads back as its default from an older record. JSON stays at
+/// the API's edge.
+pub(crate) fn encode_run(run: &Run) -> Result<Vec<u8>> {
+    rmp_serde::to_vec_named(run)
+        .map_err(|e| StoreError::Backend(format!("encoding a run's record: {e}")))
+}
+
+/// Decodes a record written by [`encode`] or [`encode_run`]. A JSON record
+/// is an object, so it starts with `{`; a MessagePack map starts with a byte
+/// of `0x80..=0x8f`, `0xde` or `0xdf`. Run records written as JSON by
+/// earlier versions of Kiln read back as they are.
 pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T> {
-    serde_json::from_slice(bytes).map_err(|e| StoreError::Corrupt {
+    let corrupt = |reason: String| StoreError::Corrupt {
         key: String::from_utf8_lossy(key).into_owned(),
-        reason: e.to_string(),
-    })
+        reason,
+    };
+    if is_message_pack(bytes) {
+        rmp_serde::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+    } else {
+        serde_json::from_slice(bytes).map_err(|e| corrupt(e.to_string()))
+    }
+}
+
+/// Whether a record's bytes are MessagePack (a map) rather than JSON.
+pub(crate) fn is_message_pack(bytes: &[u8]) -> bool {
+    matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
 /// Told which runs a commit wrote, once it is durable.

@@ -126,8 +126,20 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
             b"run/run_nul".to_vec(),
             br#"{"id":"run_nul","taskId":"a\u0000b","status":"QUEUED"}"#.to_vec(),
         ),
+        // As this Kiln writes a run's record: MessagePack.
+        Op::Put(
+            b"run/run_9".to_vec(),
+            rmp_serde::to_vec_named(&serde_json::json!({
+                "id": "run_9", "taskId": "packed", "status": "EXECUTING", "tags": ["a"],
+            }))
+            .unwrap(),
+        ),
     ]))
     .unwrap();
+    assert_eq!(
+        q("SELECT task_id, status FROM kiln_run WHERE run_id = 'run_9'"),
+        "packed|EXECUTING"
+    );
     assert_eq!(
         q("SELECT status FROM kiln_run WHERE run_id IN ('run_7', 'run_8')"),
         "CANCELED"
