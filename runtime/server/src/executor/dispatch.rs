@@ -63,7 +63,8 @@ impl Dispatch {
     }
 
     /// Starts nothing more; runs stay queued for the next server. Every
-    /// slice started before this returns holds its slot until it ends.
+    /// slice started before this returns holds its slot until it ends or its
+    /// last commit is on its way (see [`Slot::release`]).
     pub(crate) fn drain(&self) {
         // Under the scheduler's lock, which the dispatcher holds from its
         // check of the flag to its count of the slice it starts.
@@ -72,7 +73,8 @@ impl Dispatch {
         self.changed.notify_one();
     }
 
-    /// How many slices are under way (each holds its slot until it ends).
+    /// How many slices are under way (each holds its slot until it ends or
+    /// its last commit is on its way).
     pub(crate) fn running(&self) -> usize {
         self.lock().running() as usize
     }
@@ -173,18 +175,42 @@ impl Dispatch {
     }
 }
 
-/// Gives a started run's slot back when its slice ends, even if the
-/// driver panicked.
-struct Slot {
+/// A started run's slot: given back once the slice's last commit is on its
+/// way to the store (see [`Slot::release`]), or when the slice ends, even
+/// if the driver panicked.
+pub(crate) struct Slot {
     executor: Executor,
-    started: Started<RunId>,
+    run: RunId,
+    started: Mutex<Option<Started<RunId>>>,
+}
+
+impl Slot {
+    /// Gives the slot back now; later calls, and the drop, do nothing.
+    ///
+    /// A slice calls it as soon as the commit that ends its attempt is
+    /// handed to the committer, rather than once that commit is durable: the
+    /// guest is gone by then, and the store makes commits durable in the
+    /// order they were handed over, so whatever the next run of the queue
+    /// commits is durable only after the end of this one is. A queue with a
+    /// concurrency limit of 1 still sees its runs' effects one run after the
+    /// other, and the slot is not held through a sync it has no part in.
+    pub(crate) fn release(&self) {
+        let started = self
+            .started
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(started) = started {
+            let dispatch = &self.executor.shared.dispatch;
+            dispatch.lock().release(&started);
+            dispatch.changed.notify_one();
+        }
+    }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        let dispatch = &self.executor.shared.dispatch;
-        dispatch.lock().release(&self.started);
-        dispatch.changed.notify_one();
+        self.release();
     }
 }
 
@@ -204,14 +230,14 @@ pub(crate) async fn run(executor: Executor) {
         if let Some(started) = started {
             let slot = Slot {
                 executor: executor.clone(),
-                started,
+                run: started.run.clone(),
+                started: Mutex::new(Some(started)),
             };
             // Boxed: a slice's future is several KiB, which spawning it
             // unboxed would copy more than once for every run.
             super::guests::spawn(Box::pin(async move {
-                let run_id = slot.started.run.clone();
-                if let Err(error) = driver::execute(&slot.executor, &run_id).await {
-                    tracing::error!(run = %run_id, %error, "executing a run failed");
+                if let Err(error) = driver::execute(&slot.executor, &slot.run, &slot).await {
+                    tracing::error!(run = %slot.run, %error, "executing a run failed");
                 }
                 drop(slot);
             }));

@@ -13,6 +13,7 @@
 //!    in one commit.
 
 use super::budgets::{self, Usage};
+use super::dispatch::Slot;
 use super::guest::Guest;
 use super::interpreter::StepError;
 use super::journal::JournalWriter;
@@ -51,8 +52,13 @@ macro_rules! or_lost {
     };
 }
 
-/// Runs one slice of `run_id`.
-pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Result<()> {
+/// Runs one slice of `run_id`, holding `slot` until the commit that ends
+/// the attempt is handed to the store (or the slice ends).
+pub(crate) async fn execute(
+    executor: &Executor,
+    run_id: &RunId,
+    slot: &Slot,
+) -> anyhow::Result<()> {
     let live = Arc::new(LiveRun {
         interrupt: std::sync::Mutex::new(None),
         canceled: tokio::sync::Notify::new(),
@@ -68,7 +74,7 @@ pub(crate) async fn execute(executor: &Executor, run_id: &RunId) -> anyhow::Resu
                 let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(1);
                 let usage = Usage::of_journal(&records, bytes);
                 let here = losses >= LOSSES_BEFORE_HERE;
-                Slice::new(executor, run, live.clone(), next_seq, usage, here)
+                Slice::new(executor, slot, run, live.clone(), next_seq, usage, here)
                     .run(records)
                     .await
             }
@@ -120,37 +126,40 @@ async fn claim(
 ) -> anyhow::Result<Option<Run>> {
     let shared = &executor.shared;
     let _guard = shared.locks.lock(run_id).await;
-    let Some(run) = shared.store.run(run_id)? else {
-        return Ok(None);
-    };
-    if run.status != RunStatus::Queued {
-        return Ok(None);
-    }
     {
         let mut running = shared.live.lock().unwrap_or_else(|p| p.into_inner());
         if running.contains_key(run_id) {
+            drop(running);
             // The previous slice is still winding down (it suspended and a
             // timer woke the run at once): try again shortly.
-            executor.enqueue_at(&run, Timestamp(Timestamp::now().as_millis() + 20));
+            if let Some(run) = shared.store.run(run_id)?
+                && run.status == RunStatus::Queued
+            {
+                executor.enqueue_at(&run, Timestamp(Timestamp::now().as_millis() + 20));
+            }
             return Ok(None);
         }
         running.insert(run_id.clone(), live.clone());
     }
     // Not awaited: a crash before it is durable leaves the run QUEUED, and
-    // it is simply claimed again.
-    match executor.step_now(Input::Claim {
+    // it is simply claimed again. A run that is not `QUEUED` (any more) is
+    // refused by the engine, and the slice has nothing to do.
+    let claimed = match executor.step_now(Input::Claim {
         run: run_id.clone(),
     }) {
-        Ok(kiln_engine::Outcome::Run(run)) => Ok(Some(*run)),
-        other => {
-            shared
-                .live
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .remove(run_id);
-            other.map(|_| None).map_err(Into::into)
+        Ok(kiln_engine::Outcome::Run(run)) => return Ok(Some(*run)),
+        Ok(_)
+        | Err(StepError::Engine(EngineError::Transition(_) | EngineError::RunNotFound(_))) => {
+            Ok(None)
         }
-    }
+        Err(error) => Err(error.into()),
+    };
+    shared
+        .live
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .remove(run_id);
+    claimed
 }
 
 /// How a slice ended.
@@ -181,6 +190,7 @@ enum Ran {
 
 struct Slice<'a> {
     executor: &'a Executor,
+    slot: &'a Slot,
     run: Run,
     attempt_no: u32,
     live: Arc<LiveRun>,
@@ -212,6 +222,7 @@ struct Slice<'a> {
 impl<'a> Slice<'a> {
     fn new(
         executor: &'a Executor,
+        slot: &'a Slot,
         run: Run,
         live: Arc<LiveRun>,
         next_seq: u64,
@@ -228,6 +239,7 @@ impl<'a> Slice<'a> {
         );
         Slice {
             executor,
+            slot,
             run,
             attempt_no,
             live,
@@ -935,7 +947,11 @@ impl<'a> Slice<'a> {
         };
         let ended = {
             let _guard = shared.locks.lock(&self.run.id).await;
-            self.executor.step(input, batch).await
+            // The guest is gone: the slot goes back as soon as the commit
+            // is handed over (see `Slot::release`).
+            self.executor
+                .step_then(input, batch, || self.slot.release())
+                .await
         };
         match ended {
             Ok(_) | Err(StepError::Engine(EngineError::RunNotFound(_))) => Ok(()),

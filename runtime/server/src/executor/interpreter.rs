@@ -74,10 +74,15 @@ impl View for StoreView<'_> {
             return Ok(armed);
         }
         // A run that suspended before Kiln kept a waits table: its pending
-        // waits are in its journal.
-        match self.0.run(run).map_err(view_error)? {
-            Some(r) if r.status == RunStatus::Waiting => {
-                let attempt = r.attempts.last().map_or(1, |a| a.number);
+        // waits are in its journal. The run's status as the engine read it
+        // tells whether it waits (it is not read again).
+        let before = match self.before(run) {
+            Some(before) => Some(before),
+            None => self.0.run(run).map_err(view_error)?.map(|r| Before::of(&r)),
+        };
+        match before {
+            Some(before) if before.status == RunStatus::Waiting => {
+                let attempt = before.attempt.map_or(1, |(number, _)| number);
                 let journal = self.0.journal(run).map_err(view_error)?;
                 let records = cursor::attempt_records(journal, attempt).unwrap_or_default();
                 Ok(Cursor::at_end(&records).pending().cloned().collect())
@@ -182,7 +187,20 @@ impl Executor {
     /// commit, then, once it is durable, the effects. A refused input
     /// writes nothing, `extra` included.
     pub(crate) async fn step(&self, input: Input, extra: Batch) -> Result<Outcome, StepError> {
+        self.step_then(input, extra, || {}).await
+    }
+
+    /// As [`Executor::step`], calling `handed` once the input's commit is
+    /// handed to the store (it is durable in that order with every other
+    /// commit), before it is durable. Not called for a refused input.
+    pub(crate) async fn step_then(
+        &self,
+        input: Input,
+        extra: Batch,
+        handed: impl FnOnce(),
+    ) -> Result<Outcome, StepError> {
         let (applied, commit, timers) = self.decide(input, extra)?;
+        handed();
         if let Some(commit) = commit {
             commit.await?;
         }
