@@ -36,8 +36,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// The start of a reference to an object, in place of a value in the
-/// table. No value Kiln stores starts with `0xff` (they are JSON, UTF-8
-/// text, sealed envelopes and WebAssembly), and a reference is only taken
+/// table. No value Kiln stores starts with `0xff` (they are JSON,
+/// MessagePack maps, UTF-8 text, sealed envelopes and WebAssembly), and a reference is only taken
 /// as one when it names an object of the key it is read from.
 const MAGIC: &[u8; 8] = b"\xffKLNOBJ\x01";
 

@@ -259,10 +259,10 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 }
 
 /// Encodes a run's record, the record written most often (at every change
-/// of a run), as MessagePack with its fields named: about half the bytes of
-/// JSON and cheaper to read back, while still self-describing, so a field
-/// added later reads back as its default from an older record. JSON stays at
-/// the API's edge.
+/// of a run), as MessagePack with its fields named: a fifth fewer bytes than
+/// JSON and about half the time to decode (the `records` bench group), while
+/// still self-describing, so a field added later reads back as its default
+/// from an older record. JSON stays at the API's edge.
 pub(crate) fn encode_run(run: &Run) -> Result<Vec<u8>> {
     rmp_serde::to_vec_named(run)
         .map_err(|e| StoreError::Backend(format!("encoding a run's record: {e}")))

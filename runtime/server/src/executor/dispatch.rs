@@ -13,7 +13,7 @@ use super::{Executor, driver};
 use kiln_manifest::{Manifest, QueueManifest};
 use kiln_queues::{Entry, LaneKey, QueueLimits, QueueStats, RateLimit, Scheduler, Started};
 use kiln_types::{Run, RunId, Timestamp};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
@@ -24,6 +24,9 @@ pub(crate) struct Dispatch {
     changed: Notify,
     /// Set when the server drains: nothing more starts.
     draining: AtomicBool,
+    /// Slices under way, counted until they end (a slice gives its slot
+    /// back a little before, see [`Slot::release`]).
+    slices: AtomicUsize,
 }
 
 /// A queue as the API shows it.
@@ -59,12 +62,13 @@ impl Dispatch {
             scheduler: Mutex::new(Scheduler::new(clamp(base), clamp(burst))),
             changed: Notify::new(),
             draining: AtomicBool::new(false),
+            slices: AtomicUsize::new(0),
         }
     }
 
     /// Starts nothing more; runs stay queued for the next server. Every
-    /// slice started before this returns holds its slot until it ends or its
-    /// last commit is on its way (see [`Slot::release`]).
+    /// slice started before this returns is counted by
+    /// [`Dispatch::running`] until it ends.
     pub(crate) fn drain(&self) {
         // Under the scheduler's lock, which the dispatcher holds from its
         // check of the flag to its count of the slice it starts.
@@ -73,10 +77,10 @@ impl Dispatch {
         self.changed.notify_one();
     }
 
-    /// How many slices are under way (each holds its slot until it ends or
-    /// its last commit is on its way).
+    /// How many slices are under way, each until it ends: past giving its
+    /// slot back, until its last commit is durable and its effects done.
     pub(crate) fn running(&self) -> usize {
-        self.lock().running() as usize
+        self.slices.load(Ordering::SeqCst)
     }
 
     fn lock(&self) -> MutexGuard<'_, Scheduler<RunId>> {
@@ -191,9 +195,12 @@ impl Slot {
     /// handed to the committer, rather than once that commit is durable: the
     /// guest is gone by then, and the store makes commits durable in the
     /// order they were handed over, so whatever the next run of the queue
-    /// commits is durable only after the end of this one is. A queue with a
-    /// concurrency limit of 1 still sees its runs' effects one run after the
-    /// other, and the slot is not held through a sync it has no part in.
+    /// commits is durable only after the end of this one is, and the next
+    /// run's guest makes no effect outside its sandbox before then (a
+    /// fetch waits for what came before it to be durable). A crash before
+    /// the end is durable loses the next run's start with it. What follows
+    /// the end once it is durable (telling pollers, a retry's queueing) may
+    /// come after the next run started.
     pub(crate) fn release(&self) {
         let started = self
             .started
@@ -211,6 +218,11 @@ impl Slot {
 impl Drop for Slot {
     fn drop(&mut self) {
         self.release();
+        self.executor
+            .shared
+            .dispatch
+            .slices
+            .fetch_sub(1, Ordering::SeqCst);
     }
 }
 
@@ -225,7 +237,13 @@ pub(crate) async fn run(executor: Executor) {
                 return;
             }
             let now = Timestamp::now().as_millis();
-            (scheduler.next(now), scheduler.next_wakeup())
+            let started = scheduler.next(now);
+            if started.is_some() {
+                // Counted under the scheduler's lock, as the drain expects
+                // (see `Dispatch::drain`); the slot uncounts it when dropped.
+                dispatch.slices.fetch_add(1, Ordering::SeqCst);
+            }
+            (started, scheduler.next_wakeup())
         };
         if let Some(started) = started {
             let slot = Slot {

@@ -190,9 +190,10 @@ impl Executor {
         self.step_then(input, extra, || {}).await
     }
 
-    /// As [`Executor::step`], calling `handed` once the input's commit is
-    /// handed to the store (it is durable in that order with every other
-    /// commit), before it is durable. Not called for a refused input.
+    /// As [`Executor::step`], calling `handed` once the engine has decided
+    /// and the input's commit, if it writes anything, is handed to the store
+    /// (it becomes durable in that order with every other commit), before
+    /// it is durable. Not called for a refused input.
     pub(crate) async fn step_then(
         &self,
         input: Input,
