@@ -127,13 +127,7 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
             br#"{"id":"run_nul","taskId":"a\u0000b","status":"QUEUED"}"#.to_vec(),
         ),
         // As this Kiln writes a run's record: MessagePack.
-        Op::Put(
-            b"run/run_9".to_vec(),
-            rmp_serde::to_vec_named(&serde_json::json!({
-                "id": "run_9", "taskId": "packed", "status": "EXECUTING", "tags": ["a"],
-            }))
-            .unwrap(),
-        ),
+        Op::Put(b"run/run_9".to_vec(), packed_run()),
     ]))
     .unwrap();
     assert_eq!(
@@ -164,6 +158,23 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
         q("SELECT string_agg(version::text, ',' ORDER BY version) FROM kiln_migrations"),
         "1,2,3,4"
     );
+}
+
+/// A run's record as the store writes it (MessagePack with named fields),
+/// of task `packed`, `EXECUTING`. Its columns come from the record, its
+/// `run_id` from the key it is written under.
+fn packed_run() -> Vec<u8> {
+    let mut run = kiln_types::Run::queued(
+        kiln_types::RunId::generate(9),
+        "packed",
+        kiln_types::DeploymentId::generate(1),
+        "1",
+        "{}",
+        kiln_types::Timestamp(1),
+    );
+    run.status = kiln_types::RunStatus::Executing;
+    run.tags = vec!["a".into()];
+    rmp_serde::to_vec_named(&run).unwrap()
 }
 
 /// A value larger than a row takes (64 MiB a piece here; PostgreSQL's own

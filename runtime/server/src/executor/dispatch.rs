@@ -4,8 +4,10 @@
 //! `concurrencyKey`, fairness, priority, pause, rate limits, the
 //! environment's base and burst limits). One task takes what may start,
 //! hands each run to the driver, and gives its slot back when the slice
-//! ends: the run finished, suspended at a wait (a `WAITING` run holds no
-//! slot; it queues again when woken), or could not be claimed. The
+//! ends: the run suspended at a wait (a `WAITING` run holds no slot; it
+//! queues again when woken) or could not be claimed; or, for an attempt
+//! that ended, as soon as the commit that ends it is handed to the store
+//! (see [`Slot::release`]). The
 //! scheduler lives in memory; after a restart recovery queues every `QUEUED`
 //! run again.
 

@@ -945,13 +945,12 @@ impl<'a> Slice<'a> {
             event,
             logs: self.logs.clone(),
         };
-        // The guest is gone: its place on this node is free again (the
-        // slot goes back below, with the commit handed over).
+        // The guest is gone: its place on this node is free again, and the
+        // queue slot goes back as soon as the commit is handed over (see
+        // `Slot::release`).
         self.place = None;
         let ended = {
             let _guard = shared.locks.lock(&self.run.id).await;
-            // The guest is gone: the slot goes back as soon as the commit
-            // is handed over (see `Slot::release`).
             self.executor
                 .step_then(input, batch, || self.slot.release())
                 .await

@@ -358,9 +358,9 @@ impl Executor {
         self.shared.dispatch.drain();
     }
 
-    /// Waits until no slice is under way (each finished, its last commit on
-    /// its way, or suspended at a wait) or `until` passes; returns how many
-    /// were still under way.
+    /// Waits until no slice is under way (each finished, its last commit
+    /// durable and its effects done, or suspended at a wait) or `until`
+    /// passes; returns how many were still under way.
     pub(crate) async fn idle(&self, until: std::time::Instant) -> usize {
         loop {
             let running = self.shared.dispatch.running();
