@@ -37,8 +37,9 @@ use std::time::Duration;
 
 /// The start of a reference to an object, in place of a value in the
 /// table. No value Kiln stores starts with `0xff` (they are JSON,
-/// MessagePack maps, UTF-8 text, sealed envelopes and WebAssembly), and a reference is only taken
-/// as one when it names an object of the key it is read from.
+/// MessagePack maps, UTF-8 text, sealed envelopes and WebAssembly), and a
+/// reference is only taken as one when it names an object of the key it is
+/// read from.
 const MAGIC: &[u8; 8] = b"\xffKLNOBJ\x01";
 
 /// Values of at least this many bytes go to the bucket, unless the URL's

@@ -386,13 +386,9 @@ fn decode_fields(fields: &[(&str, &str)], value: &[u8], values: &mut Vec<Decoded
     if fields.is_empty() {
         return;
     }
-    let record: RunColumns = if crate::records::is_message_pack(value) {
-        rmp_serde::from_slice(value).unwrap_or_default()
-    } else if value.first() == Some(&b'{') {
-        serde_json::from_slice(value).unwrap_or_default()
-    } else {
-        RunColumns::default()
-    };
+    // Read as the store reads a run's record (MessagePack, or JSON from an
+    // earlier Kiln); anything else has no columns.
+    let record: RunColumns = crate::records::decode(&[], value).unwrap_or_default();
     for (_, field) in fields {
         values.push(Decoded::Text(match *field {
             "taskId" => record.task_id.as_deref().map(str::as_bytes).map(text),

@@ -285,7 +285,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
 }
 
 /// Whether a record's bytes are MessagePack (a map) rather than JSON.
-pub(crate) fn is_message_pack(bytes: &[u8]) -> bool {
+fn is_message_pack(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
