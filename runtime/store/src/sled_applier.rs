@@ -4,8 +4,8 @@
 //! The committer hands each group over once it is durable in the
 //! write-ahead log and its writers are acknowledged; the applier merges
 //! what it is handed (each key's newest value) and applies it to the tree
-//! when it has held it for [`BEHIND_AT_MOST`], or when no group came for
-//! [`IDLE`]. Reads find a group in the unapplied writes until then. On
+//! once it has held it for [`BEHIND_AT_MOST`] (or it holds too much).
+//! Reads find a group in the unapplied writes until then. On
 //! its own thread the apply, several inserts into sled's tree for every
 //! run, runs beside the committer's next write and `fdatasync` instead of
 //! between them, so the committer's turn, and with it every commit's wait,
@@ -27,10 +27,6 @@ use tokio::sync::watch;
 /// at once.
 pub(crate) const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
     (std::time::Duration::from_millis(20), 4_096, 16 << 20);
-
-/// How long the applier waits for the next group before it applies what
-/// it holds.
-const IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// How many groups the committer may hand over before it waits for the
 /// applier to take them.
@@ -114,8 +110,12 @@ impl TreeWriter {
     /// Takes what the committer asks until it drops its handle.
     fn run(mut self, asks: mpsc::Receiver<Ask>) {
         loop {
-            let ask = if self.behind.last.is_some() {
-                match asks.recv_timeout(IDLE) {
+            // Held as long as allowed, so that a key several groups wrote
+            // (a run's record, its index entries) goes to the tree once:
+            // an apply delays no commit now that it has a thread of its own.
+            let ask = if let Some(since) = self.behind.since {
+                let due = since + BEHIND_AT_MOST.0;
+                match asks.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
                     Ok(ask) => ask,
                     Err(mpsc::RecvTimeoutError::Timeout) => {
                         self.apply_behind();
