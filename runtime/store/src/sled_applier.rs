@@ -28,35 +28,94 @@ use tokio::sync::watch;
 pub(crate) const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
     (std::time::Duration::from_millis(20), 4_096, 16 << 20);
 
-/// How many groups the committer may hand over before it waits for the
-/// applier to take them.
-const HANDED_AT_MOST: usize = 1_024;
+/// What the committer has handed over and the applier has not taken yet.
+#[derive(Default)]
+struct Handed {
+    /// Groups durable in the log: each one's number, the last commit it
+    /// covered, and its writes (each key's newest value).
+    groups: Vec<(u64, u64, Vec<ToApply>)>,
+    /// When the first of `groups` was handed over.
+    since: Option<std::time::Instant>,
+    /// The keys and the bytes of values `groups` write.
+    keys: usize,
+    bytes: usize,
+    /// Checkpoints asked for: each answered once the tree holds every
+    /// group handed over before it and is durable.
+    checkpoints: Vec<mpsc::SyncSender<Result<()>>>,
+    /// The committer is gone.
+    closed: bool,
+}
 
-/// What the committer asks of the applier.
-enum Ask {
-    /// A group durable in the log: its number, the last commit it covered,
-    /// and its writes (each key's newest value).
-    Apply(u64, u64, Vec<ToApply>),
-    /// Apply every group handed over so far and make the tree durable.
-    Checkpoint(mpsc::SyncSender<Result<()>>),
+impl Handed {
+    /// Whether the applier should take what is handed over now.
+    fn due(&self, now: std::time::Instant) -> bool {
+        self.closed
+            || !self.checkpoints.is_empty()
+            || self
+                .since
+                .is_some_and(|since| now >= since + BEHIND_AT_MOST.0)
+            || self.keys >= BEHIND_AT_MOST.1
+            || self.bytes >= BEHIND_AT_MOST.2
+    }
+}
+
+/// The hand-over between the committer and the applier. The applier is
+/// woken only when there is something for it to do (the first group after
+/// an apply, so it knows when the next apply is due; too much held; a
+/// checkpoint; the close), not for every group.
+#[derive(Default)]
+struct HandOver {
+    handed: std::sync::Mutex<Handed>,
+    wake: std::sync::Condvar,
+}
+
+impl HandOver {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Handed> {
+        self.handed.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Waits until what is handed over is due, and takes it.
+    fn take(&self) -> Handed {
+        let mut handed = self.lock();
+        loop {
+            let now = std::time::Instant::now();
+            if handed.due(now) {
+                let closed = handed.closed;
+                let taken = std::mem::take(&mut *handed);
+                handed.closed = closed;
+                return taken;
+            }
+            handed = match handed.since {
+                None => self.wake.wait(handed).unwrap_or_else(|p| p.into_inner()),
+                Some(since) => {
+                    let left = (since + BEHIND_AT_MOST.0).saturating_duration_since(now);
+                    match self.wake.wait_timeout(handed, left) {
+                        Ok((handed, _)) => handed,
+                        Err(poisoned) => poisoned.into_inner().0,
+                    }
+                }
+            };
+        }
+    }
 }
 
 /// The committer's handle on the applier thread.
 pub(crate) struct Applier {
-    asks: Option<mpsc::SyncSender<Ask>>,
+    hand_over: Arc<HandOver>,
     thread: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Applier {
     /// Starts the applier thread on `tree`.
     pub(crate) fn start(tree: TreeWriter) -> Result<Self> {
-        let (asks, received) = mpsc::sync_channel(HANDED_AT_MOST);
+        let hand_over = Arc::new(HandOver::default());
+        let taking = hand_over.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-applier".into())
-            .spawn(move || tree.run(received))
+            .spawn(move || tree.run(&taking))
             .map_err(|e| StoreError::Backend(format!("starting the store's applier: {e}")))?;
         Ok(Applier {
-            asks: Some(asks),
+            hand_over,
             thread: Some(thread),
         })
     }
@@ -64,28 +123,39 @@ impl Applier {
     /// Hands over group `number`, durable in the log, which covered the
     /// commits up to `covered`.
     pub(crate) fn apply(&self, number: u64, covered: u64, writes: Vec<ToApply>) {
-        if let Some(asks) = &self.asks {
-            // The applier stops only once this handle is dropped.
-            let _ = asks.send(Ask::Apply(number, covered, writes));
+        let mut handed = self.hand_over.lock();
+        let first = handed.since.is_none();
+        handed.since.get_or_insert_with(std::time::Instant::now);
+        handed.keys += writes.len();
+        handed.bytes += writes
+            .iter()
+            .map(|(_, value)| value.as_ref().map_or(0, |v| v.len()))
+            .sum::<usize>();
+        handed.groups.push((number, covered, writes));
+        let wake = first || handed.keys >= BEHIND_AT_MOST.1 || handed.bytes >= BEHIND_AT_MOST.2;
+        drop(handed);
+        if wake {
+            self.hand_over.wake.notify_one();
         }
     }
 
     /// Applies every group handed over, then makes the tree durable.
     pub(crate) fn checkpoint(&self) -> Result<()> {
-        let gone = || StoreError::Backend("the store's applier stopped".into());
-        let asks = self.asks.as_ref().ok_or_else(gone)?;
         let (answer, answered) = mpsc::sync_channel(1);
-        asks.send(Ask::Checkpoint(answer)).map_err(|_| gone())?;
-        answered.recv().map_err(|_| gone())?
+        self.hand_over.lock().checkpoints.push(answer);
+        self.hand_over.wake.notify_one();
+        answered
+            .recv()
+            .map_err(|_| StoreError::Backend("the store's applier stopped".into()))?
     }
 }
 
 impl Drop for Applier {
-    /// Stops the applier once it has taken what was handed over (applied or
-    /// not: groups it did not apply are in the log's round), and waits for
-    /// it, so that no write to the tree outlives the backend.
+    /// Stops the applier (groups it did not apply are in the log's round)
+    /// and waits for it, so that no write to the tree outlives the backend.
     fn drop(&mut self) {
-        drop(self.asks.take());
+        self.hand_over.lock().closed = true;
+        self.hand_over.wake.notify_one();
         if let Some(thread) = self.thread.take()
             && thread.join().is_err()
         {
@@ -107,38 +177,26 @@ pub(crate) struct TreeWriter {
 }
 
 impl TreeWriter {
-    /// Takes what the committer asks until it drops its handle.
-    fn run(mut self, asks: mpsc::Receiver<Ask>) {
+    /// Applies what the committer hands over, once it is due, until the
+    /// committer is gone. Held as long as allowed, so that a key several
+    /// groups wrote (a run's record, its index entries) goes to the tree
+    /// once: an apply delays no commit now that it has a thread of its own.
+    fn run(mut self, hand_over: &HandOver) {
         loop {
-            // Held as long as allowed, so that a key several groups wrote
-            // (a run's record, its index entries) goes to the tree once:
-            // an apply delays no commit now that it has a thread of its own.
-            let ask = if let Some(since) = self.behind.since {
-                let due = since + BEHIND_AT_MOST.0;
-                match asks.recv_timeout(due.saturating_duration_since(std::time::Instant::now())) {
-                    Ok(ask) => ask,
-                    Err(mpsc::RecvTimeoutError::Timeout) => {
-                        self.apply_behind();
-                        continue;
-                    }
-                    Err(mpsc::RecvTimeoutError::Disconnected) => return,
+            let taken = hand_over.take();
+            for (number, covered, writes) in taken.groups {
+                self.behind.merge(number, covered, writes);
+            }
+            if !taken.checkpoints.is_empty() {
+                let checkpointed = self.checkpoint();
+                for answer in taken.checkpoints {
+                    let _ = answer.send(checkpointed.clone());
                 }
-            } else {
-                match asks.recv() {
-                    Ok(ask) => ask,
-                    Err(_) => return,
-                }
-            };
-            match ask {
-                Ask::Apply(number, covered, writes) => {
-                    self.behind.merge(number, covered, writes);
-                    if self.behind.due() {
-                        self.apply_behind();
-                    }
-                }
-                Ask::Checkpoint(answer) => {
-                    let _ = answer.send(self.checkpoint());
-                }
+            } else if !taken.closed {
+                self.apply_behind();
+            }
+            if taken.closed {
+                return;
             }
         }
     }
@@ -186,31 +244,12 @@ pub(crate) struct Behind {
     writes: std::collections::BTreeMap<Vec<u8>, Option<Arc<Vec<u8>>>>,
     /// The number of the last group merged, and the last commit it covered.
     last: Option<(u64, u64)>,
-    /// When the oldest group merged was made durable.
-    since: Option<std::time::Instant>,
-    /// The bytes of the values merged.
-    bytes: usize,
 }
 
 impl Behind {
     fn merge(&mut self, number: u64, covered: u64, writes: Vec<ToApply>) {
-        for (key, value) in writes {
-            self.bytes += value.as_ref().map_or(0, |v| v.len());
-            if let Some(Some(old)) = self.writes.insert(key, value) {
-                self.bytes -= old.len();
-            }
-        }
+        self.writes.extend(writes);
         self.last = Some((number, covered));
-        self.since.get_or_insert_with(std::time::Instant::now);
-    }
-
-    /// Whether what is held should be applied now rather than after the
-    /// next group.
-    fn due(&self) -> bool {
-        self.since
-            .is_some_and(|since| since.elapsed() >= BEHIND_AT_MOST.0)
-            || self.writes.len() >= BEHIND_AT_MOST.1
-            || self.bytes >= BEHIND_AT_MOST.2
     }
 }
 
@@ -225,7 +264,6 @@ mod tests {
     #[test]
     fn groups_held_behind_keep_each_keys_newest_value_and_the_last_group() {
         let mut behind = Behind::default();
-        assert!(!behind.due());
         behind.merge(
             7,
             20,
@@ -237,7 +275,6 @@ mod tests {
         behind.merge(8, 23, vec![(b"run/a".to_vec(), value(b"done!!"))]);
         behind.merge(9, 25, vec![(b"active/a".to_vec(), None)]);
         assert_eq!(behind.last, Some((9, 25)));
-        assert_eq!(behind.bytes, 6);
         assert_eq!(
             behind.writes.into_iter().collect::<Vec<_>>(),
             vec![
@@ -248,14 +285,28 @@ mod tests {
     }
 
     #[test]
-    fn groups_held_behind_are_due_once_they_hold_too_many_keys() {
-        let mut behind = Behind::default();
-        let keys = (0..BEHIND_AT_MOST.1 as u32)
-            .map(|i| (i.to_be_bytes().to_vec(), value(b"v")))
-            .collect::<Vec<_>>();
-        behind.merge(1, 1, keys[1..].to_vec());
-        assert!(!behind.due());
-        behind.merge(2, 2, keys[..1].to_vec());
-        assert!(behind.due());
+    fn groups_handed_over_are_due_after_a_while_or_once_they_hold_too_many_keys() {
+        let now = std::time::Instant::now();
+        let mut handed = Handed::default();
+        assert!(!handed.due(now));
+        handed.since = Some(now);
+        handed.keys = BEHIND_AT_MOST.1 - 1;
+        assert!(!handed.due(now));
+        assert!(handed.due(now + BEHIND_AT_MOST.0));
+        handed.keys += 1;
+        assert!(handed.due(now));
+    }
+
+    #[test]
+    fn a_checkpoint_or_the_close_is_due_at_once() {
+        let now = std::time::Instant::now();
+        let mut handed = Handed::default();
+        handed.checkpoints.push(mpsc::sync_channel(1).0);
+        assert!(handed.due(now));
+        let closed = Handed {
+            closed: true,
+            ..Handed::default()
+        };
+        assert!(closed.due(now));
     }
 }
