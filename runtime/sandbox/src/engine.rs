@@ -82,18 +82,6 @@ impl Inner {
         wasm.epoch_interruption(true)
             .cranelift_nan_canonicalization(true)
             .consume_fuel(config.fuel)
-            // Bounds checks in the compiled code rather than guard pages
-            // and signals. With guard pages, a slot whose memory an attempt
-            // grew is shrunk back (`mprotect` to no access) when the next
-            // attempt is instantiated in it, and that change of protection
-            // flushes the TLB of every core running Kiln through an
-            // interrupt: about a tenth of a run's CPU. Without them a slot
-            // keeps its memory accessible (reset between attempts as
-            // before), and the explicit checks keep each guest inside its
-            // own memory. Compiling a bundle takes longer (more code to
-            // compile), once per bundle, and the artifact is cached.
-            .signals_based_traps(false)
-            .memory_guard_size(0)
             .wasm_component_model(true)
             .allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
         let engine = Engine::new(&wasm).map_err(anyhow::Error::from)?;
