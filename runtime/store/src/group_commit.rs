@@ -49,11 +49,12 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct Pending {
     /// Commits made and not yet written where reads find them.
     pub(crate) unapplied: Mutex<Unapplied>,
-    /// Signalled when the committer has written a group, for writers
-    /// waiting while too much is unapplied.
+    /// Signalled when a group has been written where reads find it (sled:
+    /// by the applier; PostgreSQL: by the committer), for writers waiting
+    /// while too much is unapplied.
     pub(crate) room: Condvar,
     /// Held to write while a group is moved to where reads find it (sled:
-    /// by the committer while it applies groups to the tree; PostgreSQL: by
+    /// by the applier while it applies groups to the tree; PostgreSQL: by
     /// the committer); held to read by a scan, or a read of a chunked
     /// value, that must not see a group half moved.
     pub(crate) moving: RwLock<()>,
@@ -65,7 +66,8 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Holds off the committer's next move while a scan reads.
+    /// Holds off the next move of a group to where reads find it while a
+    /// scan reads.
     pub(crate) fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.moving
             .read()
@@ -115,9 +117,10 @@ impl Front {
     pub(crate) fn commit(&self, ops: Vec<Op>) -> Commit {
         {
             let mut unapplied = lock(&self.pending.unapplied);
-            // A writer faster than the disk waits here for the committer,
-            // which frees room as it applies groups: once every writer
-            // waits, no commit comes, and it applies what it holds.
+            // A writer faster than the disk waits here until groups are
+            // written where reads find them (sled: by the applier, at the
+            // latest 20 ms after it was handed the first of them, at once
+            // when it holds many keys), which frees room.
             while unapplied.full() {
                 unapplied = self
                     .pending
@@ -181,11 +184,11 @@ impl Front {
     }
 }
 
-/// What [`Gatherer::next_until`] found.
-pub(crate) enum Next {
+/// What one try of [`Gatherer::next`] found.
+enum Next {
     /// The acknowledgements of a group's commits.
     Group(Vec<Ack>),
-    /// No group began in time.
+    /// The wait ended early, with no group begun.
     Idle,
     /// The backend is closed, or the committer should stop.
     Closed,
@@ -218,7 +221,7 @@ impl Gatherer {
         mut ready: impl FnMut() -> bool,
     ) -> Option<Vec<Ack>> {
         loop {
-            match self.next_until(pending, None, &mut ready) {
+            match self.next_until(pending, &mut ready) {
                 Next::Group(group) => return Some(group),
                 Next::Idle => continue,
                 Next::Closed => return None,
@@ -226,20 +229,11 @@ impl Gatherer {
         }
     }
 
-    /// [`Gatherer::next`], but gives up at `idle` if no group has begun by
-    /// then.
-    pub(crate) fn next_until(
-        &mut self,
-        pending: &Pending,
-        idle: Option<Instant>,
-        ready: impl FnOnce() -> bool,
-    ) -> Next {
+    /// One try at [`Gatherer::next`]: [`Next::Idle`] when the wait for
+    /// deferred writes ended with nothing to commit yet.
+    fn next_until(&mut self, pending: &Pending, ready: impl FnOnce() -> bool) -> Next {
         loop {
-            let until = match (self.deferred_until, idle) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
-            let first = match until {
+            let first = match self.deferred_until {
                 None => self.requests.recv().map_err(|_| true),
                 Some(at) => self
                     .requests

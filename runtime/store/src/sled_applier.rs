@@ -9,7 +9,8 @@
 //! its own thread the apply, several inserts into sled's tree for every
 //! run, runs beside the committer's next write and `fdatasync` instead of
 //! between them, so the committer's turn, and with it every commit's wait,
-//! is its log write and sync alone.
+//! is its log write and sync alone (but when the log is full: it then waits
+//! for the applier's checkpoint).
 //!
 //! A checkpoint (the log is full, or the store closes) is asked of the
 //! applier: it applies every group handed over before the request, then
@@ -23,9 +24,9 @@ use std::sync::{Arc, mpsc};
 use tokio::sync::watch;
 
 /// How long a durable group waits to be applied to the tree at most, and
-/// how many keys or bytes of values make the applier apply what it holds
-/// at once.
-pub(crate) const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
+/// how many key writes or bytes of values make the applier apply what it
+/// holds at once.
+const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
     (std::time::Duration::from_millis(20), 4_096, 16 << 20);
 
 /// What the committer has handed over and the applier has not taken yet.
@@ -54,8 +55,13 @@ impl Handed {
             || self
                 .since
                 .is_some_and(|since| now >= since + BEHIND_AT_MOST.0)
-            || self.keys >= BEHIND_AT_MOST.1
-            || self.bytes >= BEHIND_AT_MOST.2
+            || self.too_much()
+    }
+
+    /// Whether the groups handed over write so many keys (counted per
+    /// group, before merging) or bytes that they are applied at once.
+    fn too_much(&self) -> bool {
+        self.keys >= BEHIND_AT_MOST.1 || self.bytes >= BEHIND_AT_MOST.2
     }
 }
 
@@ -110,9 +116,20 @@ impl Applier {
     pub(crate) fn start(tree: TreeWriter) -> Result<Self> {
         let hand_over = Arc::new(HandOver::default());
         let taking = hand_over.clone();
+        let durable = tree.durable.clone();
         let thread = std::thread::Builder::new()
             .name("kiln-applier".into())
-            .spawn(move || tree.run(&taking))
+            .spawn(move || {
+                // An applier that panicked would leave the committer
+                // acknowledging groups nothing applies, and its writers
+                // waiting for room for ever: the server stops instead.
+                let ran =
+                    std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| tree.run(&taking)));
+                if ran.is_err() {
+                    let error = StoreError::Backend("the store's applier panicked".into());
+                    fail_stop(&error, Vec::new(), &durable, "the disk");
+                }
+            })
             .map_err(|e| StoreError::Backend(format!("starting the store's applier: {e}")))?;
         Ok(Applier {
             hand_over,
@@ -122,7 +139,7 @@ impl Applier {
 
     /// Hands over group `number`, durable in the log, which covered the
     /// commits up to `covered`.
-    pub(crate) fn apply(&self, number: u64, covered: u64, writes: Vec<ToApply>) {
+    pub(crate) fn hand_over(&self, number: u64, covered: u64, writes: Vec<ToApply>) {
         let mut handed = self.hand_over.lock();
         let first = handed.since.is_none();
         handed.since.get_or_insert_with(std::time::Instant::now);
@@ -132,7 +149,7 @@ impl Applier {
             .map(|(_, value)| value.as_ref().map_or(0, |v| v.len()))
             .sum::<usize>();
         handed.groups.push((number, covered, writes));
-        let wake = first || handed.keys >= BEHIND_AT_MOST.1 || handed.bytes >= BEHIND_AT_MOST.2;
+        let wake = first || handed.too_much();
         drop(handed);
         if wake {
             self.hand_over.wake.notify_one();

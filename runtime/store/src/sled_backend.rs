@@ -16,8 +16,9 @@
 //!   the last sync. It then hands the group to the applier thread
 //!   ([`crate::sled_applier`]), which applies durable groups to the tree
 //!   together, as single writes of each key's newest value followed by the
-//!   last group's number, once it has held them 20 ms or no group came for
-//!   a millisecond, while the committer writes and syncs the next group.
+//!   last group's number, 20 ms after the first of them came (or once they
+//!   hold 4,096 key writes or 16 MiB of values), while the committer writes
+//!   and syncs the next groups.
 //!   Kiln flushes sled and `fdatasync`s its data file at
 //!   a checkpoint: when the log is full, at a clean close, and when the
 //!   store is opened (after the log's round, every group since the last
@@ -42,7 +43,7 @@
 
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{
-    Durable, Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock,
+    Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
 };
 use crate::sled_applier::{Applier, Behind, TreeWriter};
 use crate::sled_chunks::{
@@ -363,10 +364,8 @@ impl Committer {
         let mut gatherer = Gatherer::new(requests);
         let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
         loop {
-            let acks = match gatherer.next_until(&pending, None, || !halted()) {
-                Next::Group(acks) => acks,
-                Next::Idle => continue,
-                Next::Closed => break,
+            let Some(acks) = gatherer.next(&pending, || !halted()) else {
+                break;
             };
             // Every commit whose acknowledgement is in the group was made
             // before this, so this group and the ones before cover it.
@@ -394,7 +393,7 @@ impl Committer {
                 fail_stop(error, acks, &durable, "the disk");
             }
             acknowledge(&durable, covered, acks);
-            applier.apply(number, covered, writes);
+            applier.hand_over(number, covered, writes);
         }
         // A clean close: the tree is made durable and the log's round
         // ended, so the next open applies nothing again. After a simulated
