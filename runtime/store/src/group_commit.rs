@@ -49,12 +49,11 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct Pending {
     /// Commits made and not yet written where reads find them.
     pub(crate) unapplied: Mutex<Unapplied>,
-    /// Signalled when a group has been written where reads find it (sled:
-    /// by the applier; PostgreSQL: by the committer), for writers waiting
-    /// while too much is unapplied.
+    /// Signalled when the committer has written a group, for writers
+    /// waiting while too much is unapplied.
     pub(crate) room: Condvar,
     /// Held to write while a group is moved to where reads find it (sled:
-    /// by the applier while it applies groups to the tree; PostgreSQL: by
+    /// by the committer while it applies groups to the tree; PostgreSQL: by
     /// the committer); held to read by a scan, or a read of a chunked
     /// value, that must not see a group half moved.
     pub(crate) moving: RwLock<()>,
@@ -66,8 +65,7 @@ pub(crate) struct Pending {
 }
 
 impl Pending {
-    /// Holds off the next move of a group to where reads find it while a
-    /// scan reads.
+    /// Holds off the committer's next move while a scan reads.
     pub(crate) fn reading(&self) -> std::sync::RwLockReadGuard<'_, ()> {
         self.moving
             .read()
@@ -117,10 +115,9 @@ impl Front {
     pub(crate) fn commit(&self, ops: Vec<Op>) -> Commit {
         {
             let mut unapplied = lock(&self.pending.unapplied);
-            // A writer faster than the disk waits here until groups are
-            // written where reads find them (sled: by the applier, at the
-            // latest 20 ms after it was handed the first of them, at once
-            // when it holds many keys), which frees room.
+            // A writer faster than the disk waits here for the committer,
+            // which frees room as it applies groups: once every writer
+            // waits, no commit comes, and it applies what it holds.
             while unapplied.full() {
                 unapplied = self
                     .pending
@@ -184,11 +181,11 @@ impl Front {
     }
 }
 
-/// What one try of [`Gatherer::next`] found.
-enum Next {
+/// What [`Gatherer::next_until`] found.
+pub(crate) enum Next {
     /// The acknowledgements of a group's commits.
     Group(Vec<Ack>),
-    /// The wait ended early, with no group begun.
+    /// No group began in time.
     Idle,
     /// The backend is closed, or the committer should stop.
     Closed,
@@ -221,7 +218,7 @@ impl Gatherer {
         mut ready: impl FnMut() -> bool,
     ) -> Option<Vec<Ack>> {
         loop {
-            match self.next_until(pending, &mut ready) {
+            match self.next_until(pending, None, &mut ready) {
                 Next::Group(group) => return Some(group),
                 Next::Idle => continue,
                 Next::Closed => return None,
@@ -229,11 +226,20 @@ impl Gatherer {
         }
     }
 
-    /// One try at [`Gatherer::next`]: [`Next::Idle`] when the wait for
-    /// deferred writes ended with nothing to commit yet.
-    fn next_until(&mut self, pending: &Pending, ready: impl FnOnce() -> bool) -> Next {
+    /// [`Gatherer::next`], but gives up at `idle` if no group has begun by
+    /// then.
+    pub(crate) fn next_until(
+        &mut self,
+        pending: &Pending,
+        idle: Option<Instant>,
+        ready: impl FnOnce() -> bool,
+    ) -> Next {
         loop {
-            let first = match self.deferred_until {
+            let until = match (self.deferred_until, idle) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            let first = match until {
                 None => self.requests.recv().map_err(|_| true),
                 Some(at) => self
                     .requests

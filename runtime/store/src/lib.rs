@@ -38,7 +38,6 @@ mod records;
 pub mod retention;
 pub mod schedules;
 pub mod seal;
-mod sled_applier;
 mod sled_backend;
 mod sled_chunks;
 mod sled_compact;

@@ -13,13 +13,10 @@
 //!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
 //!   each writer (group commit). Commits made during a sync wait for the
 //!   next group, so under load a group holds everything committed during
-//!   the last sync. It then hands the group to the applier thread
-//!   ([`crate::sled_applier`]), which applies durable groups to the tree
-//!   together, as single writes of each key's newest value followed by the
-//!   last group's number, 20 ms after the first of them came (or once they
-//!   hold 4,096 key writes or 16 MiB of values), while the committer writes
-//!   and syncs the next groups.
-//!   Kiln flushes sled and `fdatasync`s its data file at
+//!   the last sync. It applies durable groups to the tree together, as
+//!   single writes of each key's newest value followed by the last group's
+//!   number, while it waits for the next group, or before it once it has
+//!   held them 20 ms. Kiln flushes sled and `fdatasync`s its data file at
 //!   a checkpoint: when the log is full, at a clean close, and when the
 //!   store is opened (after the log's round, every group since the last
 //!   checkpoint, is applied again). sled is neither flushed nor given a
@@ -43,9 +40,8 @@
 
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{
-    Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
+    Durable, Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock,
 };
-use crate::sled_applier::{Applier, Behind, TreeWriter};
 use crate::sled_chunks::{
     CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
 };
@@ -137,21 +133,17 @@ impl SledBackend {
             last_generation.max(Chunker::last_generation(&db)?),
         );
         let pending = Arc::new(Pending::default());
-        let durable_tx = Arc::new(durable_tx);
-        let applier = Applier::start(TreeWriter {
-            db: db.clone(),
-            data_file,
-            chunker,
-            pending: pending.clone(),
-            durable: durable_tx.clone(),
-            behind: Behind::default(),
-        })?;
         let committer = Committer {
             wal,
             last_group,
-            pending: pending.clone(),
-            durable: durable_tx,
-            applier,
+            tree: TreeWriter {
+                db: db.clone(),
+                data_file,
+                chunker,
+                pending: pending.clone(),
+                durable: durable_tx,
+                behind: Behind::default(),
+            },
         };
         let committing = std::thread::Builder::new()
             .name("kiln-committer".into())
@@ -195,7 +187,7 @@ fn data_file(dir: &Path) -> Result<std::fs::File> {
 /// generations up to `chunks` are among it: a flush, then an `fdatasync`
 /// of its data file (which also writes what its page cache holds of
 /// earlier writes).
-pub(crate) fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<()> {
+fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<()> {
     db.insert(CHUNKS, &chunks.to_be_bytes()[..])
         .map_err(backend_error)?;
     db.flush().map_err(backend_error)?;
@@ -254,7 +246,7 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64)> {
 /// is in the log's round, which the next open applies again.
 /// Single writes rather than one sled batch: each batch rolls sled's log
 /// buffer twice (a write and a `sync_file_range` each, on its I/O threads).
-pub(crate) fn apply(
+fn apply(
     db: &sled::Db,
     chunker: &mut Chunker,
     number: u64,
@@ -336,36 +328,104 @@ impl Drop for SledBackend {
 /// (everything committed since the last group, which under load is
 /// everything committed during the last sync), numbers it, writes it as
 /// one record to the write-ahead log, `fdatasync`s it, acknowledges its
-/// writers, and hands it to the applier ([`crate::sled_applier`]).
+/// writers, and applies durable groups to the tree.
 struct Committer {
     wal: Wal,
     /// The number of the last group the store holds.
     last_group: u64,
+    tree: TreeWriter,
+}
+
+/// The committer's side of the tree: it alone writes it.
+struct TreeWriter {
+    db: sled::Db,
+    data_file: std::fs::File,
+    /// Splits large values.
+    chunker: Chunker,
     pending: Arc<Pending>,
-    durable: Arc<watch::Sender<Durable>>,
-    applier: Applier,
+    durable: watch::Sender<Durable>,
+    /// Groups durable in the log and not yet applied to the tree.
+    behind: Behind,
+}
+
+/// Groups the committer made durable and has not applied to the tree yet,
+/// merged: each key's newest value. Reads find them in the unapplied
+/// writes meanwhile. Applied together, a key several of them wrote (a
+/// run's record, written when it is triggered, claimed and finished; the
+/// index entries a run holds while it is active) goes to the tree once.
+#[derive(Default)]
+struct Behind {
+    writes: std::collections::BTreeMap<Vec<u8>, Option<Arc<Vec<u8>>>>,
+    /// The number of the last group merged, and the last commit it covered.
+    last: Option<(u64, u64)>,
+    /// When the oldest group merged was made durable.
+    since: Option<std::time::Instant>,
+    /// The bytes of the values merged.
+    bytes: usize,
+}
+
+/// How long a durable group waits to be applied to the tree at most, and
+/// how many keys or bytes of values make the committer apply what it holds at
+/// once.
+const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
+    (std::time::Duration::from_millis(20), 4_096, 16 << 20);
+
+/// How long the committer waits for the next group before it applies what it
+/// holds: it is idle, so an apply then delays only a group whose first
+/// commit comes while it runs.
+const IDLE: std::time::Duration = std::time::Duration::from_millis(1);
+
+impl Behind {
+    fn merge(&mut self, number: u64, covered: u64, writes: Vec<crate::sled_unapplied::ToApply>) {
+        for (key, value) in writes {
+            self.bytes += value.as_ref().map_or(0, |v| v.len());
+            if let Some(Some(old)) = self.writes.insert(key, value) {
+                self.bytes -= old.len();
+            }
+        }
+        self.last = Some((number, covered));
+        self.since.get_or_insert_with(std::time::Instant::now);
+    }
+
+    /// Whether what is held should be applied now rather than after the
+    /// next group.
+    fn due(&self) -> bool {
+        self.since
+            .is_some_and(|since| since.elapsed() >= BEHIND_AT_MOST.0)
+            || self.writes.len() >= BEHIND_AT_MOST.1
+            || self.bytes >= BEHIND_AT_MOST.2
+    }
 }
 
 impl Committer {
     /// Makes groups durable, in order, until the backend is closed: waits
     /// for a group, takes what its commits wrote (each key's newest value),
     /// writes it as one record to the write-ahead log and `fdatasync`s it
-    /// (after a checkpoint of the tree when the log is full), acknowledges
-    /// its writers, then hands it to the applier, which applies durable
-    /// groups to the tree, from which reads then find them.
-    fn run(self, requests: mpsc::Receiver<Request>) {
-        let Committer {
-            mut wal,
-            mut last_group,
-            pending,
-            durable,
-            applier,
-        } = self;
+    /// (after a checkpoint of the tree when the log is full), then
+    /// acknowledges its writers. It applies durable groups to the tree,
+    /// from which reads then find them, while it waits for the next group,
+    /// or before the next group once it has held them long enough
+    /// ([`BEHIND_AT_MOST`]).
+    fn run(mut self, requests: mpsc::Receiver<Request>) {
         let mut gatherer = Gatherer::new(requests);
+        let pending = self.tree.pending.clone();
         let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
         loop {
-            let Some(acks) = gatherer.next(&pending, || !halted()) else {
-                break;
+            if self.tree.behind.due() {
+                self.tree.apply_behind();
+            }
+            let idle = self
+                .tree
+                .behind
+                .last
+                .map(|_| std::time::Instant::now() + IDLE);
+            let acks = match gatherer.next_until(&pending, idle, || !halted()) {
+                Next::Group(acks) => acks,
+                Next::Idle => {
+                    self.tree.apply_behind();
+                    continue;
+                }
+                Next::Closed => break,
             };
             // Every commit whose acknowledgement is in the group was made
             // before this, so this group and the ones before cover it.
@@ -373,16 +433,15 @@ impl Committer {
             if writes.is_empty() {
                 // Nothing new: the records before it, all durable by now,
                 // cover its commits.
-                acknowledge(&durable, covered, acks);
+                acknowledge(&self.tree.durable, covered, acks);
                 continue;
             }
-            last_group += 1;
-            let number = last_group;
+            self.last_group += 1;
+            let number = self.last_group;
             let mut record = crate::sled_wal::encode(number, &writes);
             let started = std::time::Instant::now();
-            // A full log starts its next round once the tree holds every
-            // group handed over, all of them before this one.
-            let written = wal.append(number, &mut record, || applier.checkpoint());
+            let tree = &mut self.tree;
+            let written = self.wal.append(number, &mut record, || tree.checkpoint());
             let metrics = crate::stats::metrics();
             metrics
                 .sync_seconds
@@ -390,23 +449,55 @@ impl Committer {
             metrics.syncs.inc();
             metrics.group_commits.observe(acks.len() as f64);
             if let Err(error) = &written {
-                fail_stop(error, acks, &durable, "the disk");
+                fail_stop(error, acks, &self.tree.durable, "the disk");
             }
-            acknowledge(&durable, covered, acks);
-            applier.hand_over(number, covered, writes);
+            acknowledge(&self.tree.durable, covered, acks);
+            self.tree.behind.merge(number, covered, writes);
         }
         // A clean close: the tree is made durable and the log's round
         // ended, so the next open applies nothing again. After a simulated
         // crash, as after a real one, the log stays as it is, and what was
         // not applied to the tree is applied from it at the next open.
         if !halted() {
-            let closed = applier.checkpoint().and_then(|()| wal.clear());
+            let closed = self.tree.checkpoint().and_then(|()| self.wal.clear());
             if let Err(error) = closed {
                 tracing::warn!(%error, "the store's last checkpoint failed; its next open applies its log again");
             }
         }
-        // Waits for the applier: no write to the tree outlives the backend.
-        drop(applier);
+    }
+}
+
+impl TreeWriter {
+    /// Applies the groups held to the tree as one (each key's newest value,
+    /// then the last group's number), and forgets them in the unapplied
+    /// writes.
+    fn apply_behind(&mut self) {
+        let Some((number, covered)) = self.behind.last else {
+            return;
+        };
+        let writes = std::mem::take(&mut self.behind)
+            .writes
+            .into_iter()
+            .collect();
+        let applied = {
+            let _moving = self.pending.moving();
+            apply(&self.db, &mut self.chunker, number, writes)
+        };
+        if let Err(error) = applied {
+            fail_stop(&error, Vec::new(), &self.durable, "the disk");
+        }
+        self.pending.applied(covered);
+    }
+
+    /// Applies every group held, then makes the tree durable: afterwards
+    /// the tree holds every group written to the log so far.
+    fn checkpoint(&mut self) -> Result<()> {
+        self.apply_behind();
+        checkpoint(
+            &self.db,
+            &self.data_file,
+            self.chunker.last_generation_made(),
+        )
     }
 }
 
@@ -526,5 +617,51 @@ impl Backend for SledBackend {
 
     fn settled(&self) -> Commit {
         self.front.settled()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn value(bytes: &[u8]) -> Option<Arc<Vec<u8>>> {
+        Some(Arc::new(bytes.to_vec()))
+    }
+
+    #[test]
+    fn groups_held_behind_keep_each_keys_newest_value_and_the_last_group() {
+        let mut behind = Behind::default();
+        assert!(!behind.due());
+        behind.merge(
+            7,
+            20,
+            vec![
+                (b"run/a".to_vec(), value(b"queued")),
+                (b"active/a".to_vec(), value(b"1")),
+            ],
+        );
+        behind.merge(8, 23, vec![(b"run/a".to_vec(), value(b"done!!"))]);
+        behind.merge(9, 25, vec![(b"active/a".to_vec(), None)]);
+        assert_eq!(behind.last, Some((9, 25)));
+        assert_eq!(behind.bytes, 6);
+        assert_eq!(
+            behind.writes.into_iter().collect::<Vec<_>>(),
+            vec![
+                (b"active/a".to_vec(), None),
+                (b"run/a".to_vec(), value(b"done!!"))
+            ]
+        );
+    }
+
+    #[test]
+    fn groups_held_behind_are_due_once_they_hold_too_many_keys() {
+        let mut behind = Behind::default();
+        let keys = (0..BEHIND_AT_MOST.1 as u32)
+            .map(|i| (i.to_be_bytes().to_vec(), value(b"v")))
+            .collect::<Vec<_>>();
+        behind.merge(1, 1, keys[1..].to_vec());
+        assert!(!behind.due());
+        behind.merge(2, 2, keys[..1].to_vec());
+        assert!(behind.due());
     }
 }

@@ -1,8 +1,7 @@
 //! Commits made but not yet applied to the sled tree: the sled backend's
 //! reads see them on top of it, so a commit is visible the moment it is
-//! made, while the committer gathers a whole group of commits and makes it
-//! durable in the write-ahead log, and, later, the applier applies it to
-//! sled.
+//! made, while the committer gathers a whole group of commits, makes it
+//! durable in the write-ahead log and, later, applies it to sled.
 
 use crate::Result;
 use crate::backend::Op;
@@ -16,11 +15,11 @@ pub(crate) type Entry = (Vec<u8>, Vec<u8>);
 /// An unapplied write of a key: its value, or `None` if it was deleted.
 pub(crate) type Written = (Vec<u8>, Option<Vec<u8>>);
 
-/// A value shared between the unapplied writes and the applier applying
+/// A value shared between the unapplied writes and the committer applying
 /// them (`None`: deleted).
 type Shared = Option<Arc<Vec<u8>>>;
 
-/// A key's newest unapplied value as the applier applies it.
+/// A key's newest unapplied value as the committer applies it.
 pub(crate) type ToApply = (Vec<u8>, Shared);
 
 /// What commits made so far have written that the tree does not hold yet.

@@ -33,7 +33,7 @@
 //!   it. The tree is then checkpointed, and only then is the log written
 //!   from its start again.
 //! - **Which group sled holds** is written after the writes of each set
-//!   of groups the applier applies together, under [`MARK`]: the last
+//!   of groups the committer applies together, under [`MARK`]: the last
 //!   of them; a round whose first group comes after the one
 //!   following it has lost groups, and one that ends before it has a
 //!   damaged record: the store refuses to open either. A
@@ -43,9 +43,8 @@
 //!   generations.
 //! - **A checkpoint** flushes sled and `fdatasync`s its data file, which
 //!   makes durable every group sled has applied: every group before the
-//!   one whose record is about to be written (the committer asks the
-//!   applier for the checkpoint, which applies every group handed over,
-//!   in order, before it). The log then starts a new round
+//!   one whose record is about to be written (the committer applies every
+//!   group it holds, in order, before the checkpoint). The log then starts a new round
 //!   at its beginning with that record, overwriting records the tree now
 //!   holds. A clean close checkpoints and clears the start of the file, so
 //!   the next open has no round to apply.

@@ -199,7 +199,7 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
         .await
         .unwrap();
     check_version(&backend.get(b"run/x").unwrap().unwrap());
-    // The tree gets a value's chunks when the applier applies its group,
+    // The tree gets a value's chunks when the committer applies its group,
     // which a close does at the latest.
     drop(backend);
     let backend = reopen(dir.path());

@@ -53,7 +53,7 @@ async fn a_mostly_deleted_store_is_compacted_and_keeps_what_it_held() {
         put(&backend, &entries).await;
     }
     // Closed and opened again, so the values are in sled's file (the
-    // applier applies groups to it together, and a put and a delete of a
+    // committer applies groups to it together, and a put and a delete of a
     // key it applies together never reach it).
     drop(backend);
     let backend = SledBackend::open(&store).unwrap();

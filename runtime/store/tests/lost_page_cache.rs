@@ -9,7 +9,7 @@
 //! again and thousands of random commits (puts, overwrites, deletes,
 //! values large enough to be chunked) are made and acknowledged, then the
 //! store stops as a killed process does. A copy of it as it is (a kill:
-//! the tree holds the groups the applier applied to it, the log every
+//! the tree holds the groups the committer applied to it, the log every
 //! group) must open to exactly what an in-memory
 //! backend holds after the same commits. Then the store's sled files are
 //! replaced by the checkpoint's, keeping only Kiln's write-ahead log, with
