@@ -33,6 +33,8 @@
 
 extern crate self as kiln_sdk;
 
+#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+pub mod allocator;
 pub mod bindings;
 mod context;
 pub mod env;

@@ -3,14 +3,18 @@
 //!
 //! `kiln build PATH` and the test fixtures' build script both come here:
 //! [`build`] runs `cargo build --release --target wasm32-unknown-unknown` on the
-//! crate, finds the `cdylib` it produced, and [`componentize`] wraps that core
-//! module into a WebAssembly component with `wit-component`, using the
-//! `kiln:task/bundle` world that `wit-bindgen` embedded in the module.
+//! crate, finds the `cdylib` it produced, gives its heap room in the initial
+//! memory ([`reserve_heap`]), and [`componentize`] wraps that core module into
+//! a WebAssembly component with `wit-component`, using the `kiln:task/bundle`
+//! world that `wit-bindgen` embedded in the module.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+mod heap;
 mod typescript;
+
+pub use heap::{HEAP_RESERVE, reserve as reserve_heap};
 
 pub use typescript::{sdk_sources as ts_sdk_sources, zod_version as ts_zod_version};
 
@@ -160,6 +164,12 @@ pub fn build(path: &Path, options: &BuildOptions) -> Result<PathBuf, BuildError>
     let bytes = std::fs::read(&module).map_err(|source| BuildError::Io {
         path: module.clone(),
         source,
+    })?;
+    // Room for the heap in the initial memory, so an attempt need not grow
+    // it (see `heap`).
+    let bytes = heap::reserve(&bytes, HEAP_RESERVE).map_err(|reason| BuildError::Componentize {
+        module: module.clone(),
+        reason,
     })?;
     let component = componentize(&bytes).map_err(|reason| BuildError::Componentize {
         module: module.clone(),

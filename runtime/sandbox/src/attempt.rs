@@ -285,6 +285,12 @@ impl Attempt {
             .unwrap_or(0)
     }
 
+    /// How many times the guest has grown its linear memory since it was
+    /// instantiated (a snapshot restore's growth included).
+    pub fn memory_grows(&self) -> u64 {
+        self.store.data().memory.grows
+    }
+
     /// Execution time used so far, waits excluded.
     pub fn used(&self) -> Duration {
         self.store.data().clock.used

@@ -164,6 +164,9 @@ pub(crate) struct MemoryCap {
     pub(crate) exceeded: Option<u64>,
     /// The linear memory this instance holds (counted in [`GUEST_MEMORY`]).
     pub(crate) held: u64,
+    /// How many times the guest grew a memory it already had (what it was
+    /// given at instantiation not counted).
+    pub(crate) grows: u64,
 }
 
 impl Drop for MemoryCap {
@@ -189,6 +192,9 @@ impl ResourceLimiter for MemoryCap {
         }
         let grown = desired.saturating_sub(current) as u64;
         self.held += grown;
+        if current > 0 {
+            self.grows += 1;
+        }
         GUEST_MEMORY.fetch_add(grown, Ordering::Relaxed);
         Ok(true)
     }
@@ -345,6 +351,7 @@ impl HostState {
                 limit: limits.memory_bytes,
                 exceeded: None,
                 held: 0,
+                grows: 0,
             },
             clock: Clock {
                 used: limits.used,
@@ -880,10 +887,13 @@ mod tests {
             limit: 1 << 20,
             exceeded: None,
             held: 0,
+            grows: 0,
         };
         assert!(cap.memory_growing(0, 65_536, None).unwrap());
         assert!(cap.memory_growing(65_536, 196_608, None).unwrap());
         assert_eq!(cap.held, 196_608);
+        // Instantiation is not a growth; the second call is.
+        assert_eq!(cap.grows, 1);
         // A growth past the cap is refused and not counted.
         assert!(cap.memory_growing(196_608, 2 << 20, None).is_err());
         assert_eq!(cap.held, 196_608);

@@ -49,6 +49,10 @@ async fn hello_world_completes_and_logs() {
         StepOutcome::Step(Step::Completed(out)) => assert_eq!(out, r#"{"message":"Hello, Ada!"}"#),
         other => panic!("unexpected {other:?}"),
     }
+    // The heap fits in the memory the bundle starts with (`kiln build`
+    // reserves room and the SDK's allocator starts there): no growth, so
+    // the next instance in this pool slot needs no shrinking `mprotect`.
+    assert_eq!(attempt.memory_grows(), 0);
     let logs = attempt.take_logs().lines;
     assert_eq!(logs[0].message, "greeting");
     assert_eq!(
