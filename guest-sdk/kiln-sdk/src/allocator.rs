@@ -3,21 +3,24 @@
 //!
 //! Rust's own allocator on `wasm32-unknown-unknown` takes every chunk of heap
 //! with `memory.grow`, so each attempt grew its linear memory at its first
-//! allocation. Kiln runs every attempt in a fresh instance whose memory
-//! slot the previous instance left grown, and wasmtime shrinks a slot back
-//! to the module's initial size with an `mprotect` that removes access, a
-//! TLB flush that interrupts every core the server runs on: about a tenth
-//! of a short run's CPU went to growing and shrinking memory.
+//! allocation. Kiln runs every attempt in a fresh instance in a pool slot,
+//! and when the instance before it had grown the slot's memory, wasmtime
+//! shrinks it back to the module's initial size with an `mprotect` that
+//! removes access: a TLB flush that interrupts every core the server runs
+//! on (7.7 % of the server's CPU in the profile `docs/BENCHMARKS.md` shows).
 //!
-//! `kiln build` declares the bundle's memory a little larger than the
-//! linker made it (see the bundle crate's heap reserve), and this allocator
-//! hands dlmalloc the memory between `__heap_base` and the end of that
-//! initial memory as its first chunk; only a guest that needs more grows its
-//! memory. A bundle built by plain `cargo build` has little room there and
-//! grows as before: the allocator works either way.
+//! `kiln build` declares the bundle's memory 256 KiB larger than the linker
+//! made it (the bundle crate's heap reserve), and this allocator hands
+//! dlmalloc the memory between `__heap_base` and the end of memory, as it is
+//! at the first allocation, as its first chunk; only a guest that needs more
+//! grows its memory. A bundle built by plain `cargo build` has little room
+//! there and grows as before: the allocator works either way. Nothing else
+//! in the guest may grow memory before its first allocation (Kiln's own
+//! snapshot restore writes the allocator's state back with the image).
 //!
-//! The `allocator` feature (on by default) installs it as the global
-//! allocator; a crate that brings its own turns the feature off.
+//! The `allocator` feature (on by default) installs [`KilnAllocator`] as the
+//! global allocator; a crate that brings its own turns the feature off
+//! (`default-features = false`), and still carries the reserve.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::wasm32;

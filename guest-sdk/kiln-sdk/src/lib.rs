@@ -33,7 +33,7 @@
 
 extern crate self as kiln_sdk;
 
-#[cfg(all(target_arch = "wasm32", feature = "allocator"))]
+#[cfg(target_arch = "wasm32")]
 pub mod allocator;
 pub mod bindings;
 mod context;

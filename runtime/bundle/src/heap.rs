@@ -8,9 +8,11 @@
 //! by [`HEAP_RESERVE`]; the guest SDK's allocator starts its heap in that
 //! room, so an attempt that stays within it never grows memory.
 //!
-//! Zero pages the guest never touches cost nothing: the sandbox maps them
-//! once per pool slot and snapshots store only non-zero pages (plus one
-//! hash per 4 KiB page).
+//! The room is not free for a run that waits: a snapshot copies the whole
+//! linear memory and keeps one 8-byte hash per 4 KiB page, so each capture
+//! and restore handles 256 KiB more and each layer stores 512 bytes more
+//! (zero pages themselves are not stored). Pages a guest never touches cost
+//! an instance nothing resident.
 
 use wasm_encoder::{Encode, MemorySection, MemoryType};
 use wasmparser::{Parser, Payload};
@@ -23,7 +25,8 @@ pub const HEAP_RESERVE: u64 = 256 * 1024;
 const WASM_PAGE: u64 = 64 * 1024;
 
 /// Returns `module` with its one defined memory's minimum raised by
-/// `reserve` bytes (rounded up to whole pages), every other byte unchanged.
+/// `reserve` bytes (rounded up to whole pages): the memory section is
+/// written anew, every other section is copied byte for byte.
 ///
 /// A module that imports its memory, defines several, declares a maximum
 /// the raise would pass, or uses memory64, shared or custom-page-size
@@ -139,6 +142,46 @@ mod tests {
         // A part of a page still takes a whole page.
         let after = reserve(&before, 1).unwrap();
         assert_eq!(memories_of(&after)[0].initial, 18);
+    }
+
+    #[test]
+    fn sections_before_the_memory_are_kept_and_a_longer_minimum_fits() {
+        use wasm_encoder::{EntityType, FunctionSection, ImportSection, TypeSection};
+        let mut module = Module::new();
+        module.section(&wasm_encoder::CustomSection {
+            name: "first".into(),
+            data: b"before everything".as_slice().into(),
+        });
+        let mut types = TypeSection::new();
+        types.ty().function([], []);
+        module.section(&types);
+        let mut imports = ImportSection::new();
+        imports.import("kiln", "f", EntityType::Function(0));
+        module.section(&imports);
+        let mut functions = FunctionSection::new();
+        functions.function(0);
+        module.section(&functions);
+        let mut memories = MemorySection::new();
+        // 126 pages take one LEB byte, 130 take two.
+        memories.memory(memory(126, None));
+        module.section(&memories);
+        let mut code = wasm_encoder::CodeSection::new();
+        let mut body = wasm_encoder::Function::new([]);
+        body.instruction(&wasm_encoder::Instruction::End);
+        code.function(&body);
+        module.section(&code);
+        let before = module.finish();
+        let after = reserve(&before, HEAP_RESERVE).unwrap();
+        wasmparser::Validator::new().validate_all(&after).unwrap();
+        assert_eq!(memories_of(&after)[0].initial, 130);
+        assert_eq!(after.len(), before.len() + 1);
+        // What comes before the memory section and after it is unchanged.
+        let memory_at = before
+            .windows(3)
+            .position(|w| w == [5, 3, 1])
+            .expect("the memory section's header");
+        assert_eq!(after[..memory_at], before[..memory_at]);
+        assert_eq!(after[memory_at + 6..], before[memory_at + 5..]);
     }
 
     #[test]
