@@ -7,7 +7,8 @@
 //! and when the instance before it had grown the slot's memory, wasmtime
 //! shrinks it back to the module's initial size with an `mprotect` that
 //! removes access: a TLB flush that interrupts every core the server runs
-//! on (7.7 % of the server's CPU in the profile `docs/BENCHMARKS.md` shows).
+//! on (7.7 % of the CPU of the `engine` bench's process in the profile
+//! `docs/BENCHMARKS.md` shows).
 //!
 //! `kiln build` declares the bundle's memory 256 KiB larger than the linker
 //! made it (the bundle crate's heap reserve), and this allocator hands
@@ -20,7 +21,9 @@
 //!
 //! The `allocator` feature (on by default) installs [`KilnAllocator`] as the
 //! global allocator; a crate that brings its own turns the feature off
-//! (`default-features = false`), and still carries the reserve.
+//! (`default-features = false`, in every crate of the build that depends
+//! on `kiln-sdk`: cargo turns a feature on if any of them asks for it), and
+//! still carries the reserve.
 
 use core::alloc::{GlobalAlloc, Layout};
 use core::arch::wasm32;

@@ -33,7 +33,9 @@
 
 extern crate self as kiln_sdk;
 
-#[cfg(target_arch = "wasm32")]
+// Only on the target `kiln build` compiles for: on WASI, libc's allocator
+// may already hold the memory after `__heap_base`.
+#[cfg(all(target_arch = "wasm32", target_os = "unknown"))]
 pub mod allocator;
 pub mod bindings;
 mod context;

@@ -11,29 +11,33 @@
 //! The room is not free for a run that waits: a snapshot copies the whole
 //! linear memory and keeps one 8-byte hash per 4 KiB page, so each capture
 //! and restore handles 256 KiB more and each layer stores 512 bytes more
-//! (zero pages themselves are not stored). Pages a guest never touches cost
-//! an instance nothing resident.
+//! (zero pages themselves are not stored). Where the kernel lets wasmtime
+//! find the pages an attempt dirtied (`PAGEMAP_SCAN`, Linux 6.7 and later),
+//! pages a guest never touches cost an instance nothing resident; on older
+//! kernels a slot's reset zeroes the part of memory it keeps resident whole,
+//! this room included.
 
 use wasm_encoder::{Encode, MemorySection, MemoryType};
 use wasmparser::{Parser, Payload};
 
-/// The heap room added to a bundle's initial memory: 256 KiB, which holds
-/// what the example tasks allocate in an attempt several times over.
+/// The heap room added to a bundle's initial memory: 256 KiB. A small
+/// task's heap fits in it (`kiln-sandbox`'s tests check `hello-world`'s);
+/// a task that needs more grows memory past it.
 pub const HEAP_RESERVE: u64 = 256 * 1024;
 
 /// WebAssembly's page size, for memories without a custom one.
 const WASM_PAGE: u64 = 64 * 1024;
 
 /// Returns `module` with its one defined memory's minimum raised by
-/// `reserve` bytes (rounded up to whole pages): the memory section is
+/// `bytes` (rounded up to whole pages): the memory section is
 /// written anew, every other section is copied byte for byte.
 ///
 /// A module that imports its memory, defines several, declares a maximum
 /// the raise would pass, or uses memory64, shared or custom-page-size
 /// memories, is returned as it was: the allocator then grows memory as
 /// before, which is slower but correct.
-pub fn reserve(module: &[u8], reserve: u64) -> Result<Vec<u8>, String> {
-    let pages = reserve.div_ceil(WASM_PAGE);
+pub fn reserve(module: &[u8], bytes: u64) -> Result<Vec<u8>, String> {
+    let pages = bytes.div_ceil(WASM_PAGE);
     // Sections follow one another, so each starts where the one before
     // ended: the memory section's header begins at the previous end.
     let mut previous_end = 0;

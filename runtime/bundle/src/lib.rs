@@ -58,7 +58,8 @@ pub enum BuildError {
     Componentize {
         /// The core module.
         module: PathBuf,
-        /// What `wit-component` said.
+        /// What `wit-component` (or, reserving heap room, the module's
+        /// parser) said.
         reason: String,
     },
 }

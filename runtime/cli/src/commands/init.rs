@@ -403,6 +403,7 @@ mod tests {
         for needed in [
             "guest-sdk/kiln-sdk/Cargo.toml",
             "guest-sdk/kiln-sdk/src/lib.rs",
+            "guest-sdk/kiln-sdk/src/allocator.rs",
             "guest-sdk/kiln-sdk-macros/Cargo.toml",
             "runtime/manifest/Cargo.toml",
             "wit/kiln.wit",
