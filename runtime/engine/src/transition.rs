@@ -139,6 +139,11 @@ pub fn apply(run: &Run, event: Event, now: Timestamp) -> Result<Transition, Tran
             if let Some(attempt) = next.current_attempt_mut() {
                 attempt.usage_ms = attempt.usage_ms.max(usage_ms);
             }
+            // Marked on the last attempt whatever it is, so the flag is never
+            // false while the run holds waits (see `Attempt::suspended`).
+            if let Some(attempt) = next.attempts.last_mut() {
+                attempt.suspended = true;
+            }
             next.status = S::Waiting;
         }
         (S::Waiting, Event::Woken) => {

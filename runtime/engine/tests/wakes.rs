@@ -4,10 +4,10 @@
 #[path = "sim/store.rs"]
 mod store;
 
-use kiln_engine::{Command, EngineError, Event, Input, Outcome, apply, wakes};
+use kiln_engine::{Command, EngineError, Event, Input, Outcome, View, ViewResult, apply, wakes};
 use kiln_types::{
     Arrival, DeploymentId, JournalEntry, Logs, Run, RunId, RunOutcome, RunStatus, Timestamp,
-    TokenId, TokenStatus, WaitOn, WaitRecord, WaitToken, WakeValue,
+    TokenId, TokenStatus, WaitOn, WaitRecord, WaitToken, Waiter, WakeValue,
 };
 use store::State;
 
@@ -49,6 +49,10 @@ fn run(n: u64, status: RunStatus) -> Run {
             .unwrap()
             .run;
         run.attempts = r.attempts;
+        // A waiting run has suspended.
+        if status == RunStatus::Waiting {
+            run.attempts[0].suspended = true;
+        }
     }
     run
 }
@@ -376,6 +380,115 @@ fn an_ended_attempt_takes_its_armed_waits_and_inbox_with_it() {
     )
     .unwrap();
     assert!(commands.contains(&Command::CancelChildren { run: id(1) }));
+}
+
+/// The model store, counting how often a run's waits or inbox are read.
+struct Counting<'a> {
+    state: &'a State,
+    reads: std::cell::Cell<u32>,
+}
+
+impl<'a> Counting<'a> {
+    fn new(state: &'a State) -> Self {
+        Counting {
+            state,
+            reads: std::cell::Cell::new(0),
+        }
+    }
+}
+
+impl View for Counting<'_> {
+    fn run(&self, id: &RunId) -> ViewResult<Option<Run>> {
+        self.state.run(id)
+    }
+    fn outcome(&self, run: &Run) -> ViewResult<RunOutcome> {
+        self.state.outcome(run)
+    }
+    fn waiters(&self, child: &RunId) -> ViewResult<Vec<Waiter>> {
+        self.state.waiters(child)
+    }
+    fn waits(&self, run: &RunId) -> ViewResult<Vec<WaitRecord>> {
+        self.reads.set(self.reads.get() + 1);
+        self.state.waits(run)
+    }
+    fn inbox(&self, run: &RunId) -> ViewResult<Vec<Arrival>> {
+        self.reads.set(self.reads.get() + 1);
+        self.state.inbox(run)
+    }
+    fn token(&self, id: &TokenId) -> ViewResult<Option<WaitToken>> {
+        self.state.token(id)
+    }
+    fn token_waiters(&self, id: &TokenId) -> ViewResult<Vec<Waiter>> {
+        self.state.token_waiters(id)
+    }
+    fn last_journal_seq(&self, run: &RunId) -> ViewResult<u64> {
+        self.state.last_journal_seq(run)
+    }
+}
+
+#[test]
+fn an_attempt_reads_its_waits_at_its_end_only_if_it_ever_suspended() {
+    // Never suspended: nothing armed, nothing read.
+    let mut state = State::default();
+    put(&mut state, run(1, RunStatus::Executing));
+    let view = Counting::new(&state);
+    let applied = apply(&view, succeed(1), Timestamp(20)).unwrap();
+    assert_eq!(view.reads.get(), 0);
+    assert!(
+        !applied
+            .commands
+            .iter()
+            .any(|c| matches!(c, Command::Disarm { .. } | Command::DeleteArrival { .. }))
+    );
+    // Suspended, then canceled: its waits and inbox are read and dropped.
+    let mut state = parent_waiting_on_child();
+    assert!(state.run(&id(1)).unwrap().unwrap().attempts[0].suspended);
+    let cancel = || Input::Run {
+        run: id(1),
+        event: Event::Cancel,
+        logs: Logs::default(),
+    };
+    let view = Counting::new(&state);
+    apply(&view, cancel(), Timestamp(30)).unwrap();
+    assert!(view.reads.get() >= 2);
+    step(&mut state, cancel(), 30).unwrap();
+    assert!(state.waits.is_empty() && state.inbox.is_empty());
+}
+
+#[test]
+fn a_woken_attempt_still_drops_the_waits_it_armed_before_when_it_ends() {
+    let mut state = State::default();
+    put(&mut state, run(1, RunStatus::Executing));
+    put(&mut state, run(2, RunStatus::Executing));
+    let timer = WaitRecord {
+        id: 2,
+        on: WaitOn::Timer {
+            due_at: Timestamp(50),
+        },
+    };
+    step(&mut state, suspend(1, vec![child_wait(1, 2), timer]), 10).unwrap();
+    // The timer wakes the run; the wait on the child stays armed.
+    let due = Input::TimerDue {
+        run: id(1),
+        wait: 2,
+        due: Timestamp(50),
+    };
+    step(&mut state, due, 50).unwrap();
+    step(&mut state, Input::Deliver { run: id(1) }, 51).unwrap();
+    step(&mut state, Input::Claim { run: id(1) }, 52).unwrap();
+    let resumed = state.run(&id(1)).unwrap().unwrap();
+    assert_eq!(resumed.status, RunStatus::Executing);
+    assert_eq!(resumed.attempts.len(), 1);
+    assert!(resumed.attempts[0].suspended);
+    assert!(!state.waiters.is_empty(), "the wait on the child is armed");
+    // The attempt ends: the wait it armed before it was woken goes too.
+    let cancel = Input::Run {
+        run: id(1),
+        event: Event::Cancel,
+        logs: Logs::default(),
+    };
+    step(&mut state, cancel, 60).unwrap();
+    assert!(state.waits.is_empty() && state.inbox.is_empty() && state.waiters.is_empty());
 }
 
 #[test]

@@ -92,6 +92,14 @@ pub struct Attempt {
     /// How many lines the attempt logged past those caps, not kept.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub logs_dropped: u64,
+    /// Whether the attempt has suspended at least once. Waits are armed
+    /// only when a run suspends, arrivals reach only armed waits, and every
+    /// attempt's end drops what it armed in the same commit, so an attempt
+    /// that never suspended has nothing to disarm when it ends (the engine's
+    /// simulation checks this at every such end). Records written before
+    /// Kiln kept this read back as `true`.
+    #[serde(default = "unknown_is_suspended", skip_serializing_if = "is_true")]
+    pub suspended: bool,
 }
 
 impl Attempt {
@@ -107,6 +115,7 @@ impl Attempt {
             usage_ms: 0,
             logs: Vec::new(),
             logs_dropped: 0,
+            suspended: false,
         }
     }
 }
@@ -414,4 +423,35 @@ impl Run {
 
 fn is_zero(n: &u64) -> bool {
     *n == 0
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
+}
+
+fn unknown_is_suspended() -> bool {
+    true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_is_suspended_once_it_suspends_and_old_records_read_as_suspended() {
+        let fresh = Attempt::started(1, Machine::Small1x, Timestamp(1));
+        assert!(!fresh.suspended);
+        let text = serde_json::to_string(&fresh).unwrap();
+        assert!(text.contains(r#""suspended":false"#), "{text}");
+        let back: Attempt = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, fresh);
+        // Once it suspended, the field is left out: a record without it
+        // (any record an earlier Kiln wrote) reads back as suspended.
+        let mut waited = fresh.clone();
+        waited.suspended = true;
+        let text = serde_json::to_string(&waited).unwrap();
+        assert!(!text.contains("suspended"), "{text}");
+        let back: Attempt = serde_json::from_str(&text).unwrap();
+        assert!(back.suspended);
+    }
 }

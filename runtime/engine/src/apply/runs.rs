@@ -22,7 +22,7 @@ pub(super) fn event(
     let canceled = matches!(event, Event::Cancel);
     let t = transition::apply(&run, event, now)?;
     let mut commands = vec![Command::PutRun(t.run.clone())];
-    if ends_attempt {
+    if ends_attempt && may_have_waits(&run) {
         drop_waits(view, id, &mut commands)?;
     }
     for action in &t.actions {
@@ -75,6 +75,14 @@ fn keep_logs(run: &mut Run, mut logs: Logs) {
         current.logs.truncate(Run::MAX_LOG_LINES);
         current.logs_dropped += logs.dropped + over as u64;
     }
+}
+
+/// Whether a run's last attempt may have armed waits or arrivals in its
+/// inbox: one that never suspended has neither (see
+/// [`kiln_types::Attempt::suspended`]), so its end need not read them. A
+/// run with no attempt is read all the same.
+fn may_have_waits(run: &Run) -> bool {
+    run.attempts.last().is_none_or(|a| a.suspended)
 }
 
 /// Disarms every wait the run armed and empties its inbox: an attempt that

@@ -172,9 +172,38 @@ impl World {
         self.trace.push(format!("t={} {what}", self.now));
     }
 
+    /// An attempt that never suspended holds no waits and no arrivals: the
+    /// engine relies on it to skip reading them when such an attempt ends,
+    /// and the model store can check it at no cost to Kiln.
+    fn check_unsuspended_end(&self, input: &Input) {
+        let Input::Run {
+            run,
+            event: Event::AttemptSucceeded { .. } | Event::AttemptFailed { .. } | Event::Cancel,
+            ..
+        } = input
+        else {
+            return;
+        };
+        let state = &self.store.applied;
+        let unsuspended = state
+            .runs
+            .get(run)
+            .and_then(|r| r.attempts.last())
+            .is_some_and(|a| !a.suspended);
+        if unsuspended {
+            assert!(
+                state.waits.get(run).is_none_or(|w| w.is_empty())
+                    && state.inbox.get(run).is_none_or(|i| i.is_empty()),
+                "run {run}'s attempt never suspended but holds waits or arrivals\n{}",
+                self.trace.join("\n")
+            );
+        }
+    }
+
     /// Feeds an input to the engine; its writes (after `extra`) commit as
     /// one batch, its effects wait for the next sync.
     fn input(&mut self, input: Input, extra: Vec<Command>) -> Result<Outcome, EngineError> {
+        self.check_unsuspended_end(&input);
         let applied = kiln_engine::apply(&self.store.applied, input, Timestamp(self.now))?;
         let (writes, effects): (Vec<Command>, Vec<Command>) =
             applied.commands.into_iter().partition(Command::is_write);
