@@ -40,7 +40,10 @@ unsafe extern "C" {
 }
 
 /// Where dlmalloc gets memory from: the initial memory's free tail first,
-/// then `memory.grow`.
+/// then `memory.grow`. The growing part follows dlmalloc's own `wasm32`
+/// source, which the crate does not export; it could not be used beside
+/// this one anyway, since its first call hands out `[__heap_base,
+/// __heap_end)` by the link-time memory size, which this tail covers.
 struct LinearMemory {
     /// Whether the initial memory's tail has been handed out. It lives in
     /// linear memory, so a snapshot restores it with the rest of the heap.
