@@ -131,7 +131,10 @@ impl Kiln {
         if let Some(body) = body {
             request = request.body(body);
         }
-        let response = request.send().await.expect("the server answers");
+        let response = request
+            .send()
+            .await
+            .unwrap_or_else(|error| panic!("the server answers {path}: {error}"));
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         (
@@ -293,6 +296,7 @@ impl Kiln {
 
     /// Waits until the run has finished, for at most `polls` waits of 15 s.
     pub async fn finished_within(&self, id: &str, polls: usize) -> Value {
+        let mut last = Value::Null;
         for _ in 0..polls {
             let (status, run) = self
                 .request(
@@ -305,8 +309,12 @@ impl Kiln {
             if run["isCompleted"] == true {
                 return self.resolve_packets(run).await;
             }
+            last = run;
         }
-        panic!("run {id} did not finish");
+        panic!(
+            "run {id} did not finish within {} s; it was {last}",
+            polls * 15
+        );
     }
 
     /// Runs the CLI against this server.

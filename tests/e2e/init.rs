@@ -115,7 +115,9 @@ async fn a_typescript_project_made_by_kiln_init_builds_deploys_and_runs() {
     let id = kiln
         .trigger_ok("hello-ts-init", json!({"name": "Ada"}))
         .await;
-    let run = kiln.finished(&id).await;
+    // A TypeScript run's first attempt loads a multi-MiB component: on a
+    // loaded two-core machine that can take a while.
+    let run = kiln.finished_within(&id, 8).await;
     assert_eq!(run["status"], "COMPLETED", "{run}");
     assert_eq!(run["output"]["message"], "Hello, Ada!");
     let (status, body) = kiln.trigger("hello-ts-init", json!({}), json!({})).await;
