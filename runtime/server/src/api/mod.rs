@@ -26,6 +26,7 @@ mod realtime_rows;
 mod realtime_streams;
 mod routes;
 mod run_list;
+mod run_view;
 mod runs;
 mod schedules;
 mod tokens;
@@ -189,9 +190,10 @@ where
 /// A JSON response whose value `view` builds; built and written on the
 /// blocking pool when the document is about `size` bytes or more (see
 /// [`json_work`]).
-pub(crate) async fn json_response<F>(size: usize, view: F) -> Result<Response, ApiError>
+pub(crate) async fn json_response<F, T>(size: usize, view: F) -> Result<Response, ApiError>
 where
-    F: FnOnce() -> Result<serde_json::Value, ApiError> + Send + 'static,
+    F: FnOnce() -> Result<T, ApiError> + Send + 'static,
+    T: serde::Serialize,
 {
     let bytes = json_work(size, move || {
         serde_json::to_vec(&view()?)

@@ -376,7 +376,7 @@ pub(super) async fn run_events(
                 if c.state.store.settled().await.is_err() {
                     return None;
                 }
-                let view = super::runs::full_view(&c.state, &run).unwrap_or(Value::Null);
+                let view = super::run_view::full_view(&c.state, &run).unwrap_or(Value::Null);
                 let event = Event::default().event("run").data(view.to_string());
                 return Some((Ok::<_, std::convert::Infallible>(event), c));
             }
@@ -424,7 +424,7 @@ pub(super) async fn all_run_events(Env(state): Env) -> Response {
                     w.offset = until;
                     for id in runs {
                         if let Ok(Some(run)) = w.state.store.run(&id) {
-                            let view = Value::Object(super::runs::common_view(&run));
+                            let view = Value::Object(super::run_view::common_view(&run));
                             w.ready
                                 .push_back(Event::default().event("run").data(view.to_string()));
                         }

@@ -1,7 +1,7 @@
 //! `GET /api/v1/runs`: runs, newest first, filtered and paged with cursors
 //! as Trigger.dev's `runs.list`.
 
-use super::runs::common_view;
+use super::run_view::common_view;
 use super::{ApiError, Env};
 use crate::run_walk::Walk;
 use axum::Json;

@@ -11,9 +11,9 @@ use axum::body::Bytes;
 use axum::extract::{Extension, Path, Query};
 use axum::http::HeaderMap;
 use axum::response::IntoResponse;
-use kiln_types::{Run, RunId, Timestamp};
+use kiln_types::{RunId, Timestamp};
 use serde::Deserialize;
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 use std::time::Duration;
 
 /// The longest a retrieve waits for a run to finish.
@@ -289,7 +289,7 @@ pub(super) async fn retrieve(
     }
     // A run with a large payload or output is written off the runtime.
     let size = run.payload.len() + run.output.as_ref().map_or(0, String::len);
-    super::json_response(size, move || full_view(&state, &run)).await
+    super::json_response(size, move || super::run_view::full(&state, run)).await
 }
 
 #[derive(Debug, Default, Deserialize, schemars::JsonSchema)]
@@ -399,7 +399,7 @@ pub(super) async fn reschedule(
     let at = crate::duration::parse_instant(&body.delay, Timestamp::now())
         .map_err(|e| ApiError::bad_request(format!("delay: {e}")))?;
     match state.executor.reschedule(&id, at).await {
-        Ok(run) => Ok(Json(full_view(&state, &run)?)),
+        Ok(run) => Ok(Json(super::run_view::full_view(&state, &run)?)),
         Err(RescheduleError::NotFound) => Err(ApiError::not_found("Run not found")),
         Err(e @ RescheduleError::NotDelayed(_)) => Err(ApiError::unprocessable(e.to_string())),
         Err(RescheduleError::Store(e)) => Err(e.into()),
@@ -441,220 +441,6 @@ pub(super) async fn journal(
         })
         .collect();
     Ok(Json(json!({ "runId": id, "entries": entries })))
-}
-
-fn insert_opt(map: &mut Map<String, Value>, key: &str, value: Option<Value>) {
-    if let Some(v) = value {
-        map.insert(key.to_string(), v);
-    }
-}
-
-/// The fields common to retrieve and list items.
-pub(super) fn common_view(run: &Run) -> Map<String, Value> {
-    let s = run.status;
-    let mut map = Map::new();
-    map.insert("id".into(), json!(run.id));
-    map.insert("status".into(), json!(s.as_str()));
-    map.insert("taskIdentifier".into(), json!(run.task_id));
-    map.insert("isQueued".into(), json!(s.is_queued()));
-    map.insert("isExecuting".into(), json!(s.is_executing()));
-    map.insert("isWaiting".into(), json!(s.is_waiting()));
-    map.insert("isCompleted".into(), json!(s.is_final()));
-    map.insert("isSuccess".into(), json!(s.is_success()));
-    map.insert("isFailed".into(), json!(s.is_failed()));
-    map.insert("isCancelled".into(), json!(s.is_cancelled()));
-    map.insert("isTest".into(), json!(run.is_test));
-    map.insert("createdAt".into(), json!(run.created_at.to_iso()));
-    map.insert("updatedAt".into(), json!(run.updated_at.to_iso()));
-    map.insert("tags".into(), json!(run.tags));
-    map.insert("costInCents".into(), json!(0));
-    map.insert("baseCostInCents".into(), json!(0));
-    map.insert("durationMs".into(), json!(run.usage_ms()));
-    if !run.version.is_empty() {
-        map.insert("version".into(), json!(run.version));
-    }
-    insert_opt(
-        &mut map,
-        "idempotencyKey",
-        run.idempotency_key.as_ref().map(|k| json!(k)),
-    );
-    insert_opt(
-        &mut map,
-        "startedAt",
-        run.started_at.map(|t| json!(t.to_iso())),
-    );
-    insert_opt(
-        &mut map,
-        "finishedAt",
-        run.finished_at.map(|t| json!(t.to_iso())),
-    );
-    insert_opt(&mut map, "metadata", run.metadata.clone());
-    insert_opt(
-        &mut map,
-        "delayedUntil",
-        run.delayed_until.map(|t| json!(t.to_iso())),
-    );
-    insert_opt(&mut map, "ttl", run.ttl.as_ref().map(|t| json!(t.text)));
-    insert_opt(
-        &mut map,
-        "expiredAt",
-        run.expired_at.map(|t| json!(t.to_iso())),
-    );
-    map.insert(
-        "taskKind".into(),
-        json!(if run.schedule.is_some() {
-            "SCHEDULED"
-        } else {
-            "STANDARD"
-        }),
-    );
-    map
-}
-
-/// The full retrieve shape, with `relatedRuns` read from the store.
-///
-/// A payload or output kept apart from the run's record (over the store's
-/// inline limit) is not inlined: `payloadPresignedUrl` / `outputPresignedUrl`
-/// name a signed URL it can be read from, as Trigger.dev does for large
-/// packets (the official SDK follows them).
-pub(crate) fn full_view(state: &AppState, run: &Run) -> Result<Value, ApiError> {
-    let mut view = retrieve_view(run);
-    if let Some(map) = view.as_object_mut() {
-        if run.payload_blob.is_some() {
-            map.remove("payload");
-            map.insert(
-                "payloadPresignedUrl".into(),
-                json!(super::packets::run_packet_url(state, &run.id, "payload")),
-            );
-        }
-        if run.output_blob.is_some() && run.output.is_some() {
-            map.remove("output");
-            map.insert(
-                "outputPresignedUrl".into(),
-                json!(super::packets::run_packet_url(state, &run.id, "output")),
-            );
-        }
-    }
-    view["relatedRuns"] = related_runs(&state.store, run)?;
-    Ok(view)
-}
-
-/// `relatedRuns`: the run's root and parent, and the runs it triggered.
-fn related_runs(store: &kiln_store::Store, run: &Run) -> Result<Value, ApiError> {
-    let mut related = Map::new();
-    if let Some(parent) = &run.parent {
-        if let Some(root) = store.run(&parent.root)? {
-            related.insert("root".into(), related_view(&root));
-        }
-        if let Some(p) = store.run(&parent.parent)? {
-            related.insert("parent".into(), related_view(&p));
-        }
-    }
-    let children = store.children(&run.id)?;
-    if !children.is_empty() {
-        let mut views = Vec::with_capacity(children.len());
-        for child in children {
-            if let Some(child) = store.run(&child)? {
-                views.push(related_view(&child));
-            }
-        }
-        related.insert("children".into(), Value::Array(views));
-    }
-    Ok(Value::Object(related))
-}
-
-/// A related run: the common fields, `depth`, `triggerFunction`, `batchId`.
-fn related_view(run: &Run) -> Value {
-    let mut map = common_view(run);
-    lineage(&mut map, run);
-    Value::Object(map)
-}
-
-/// `depth`, `triggerFunction`, `batchId` and, for child runs, `parentId` and
-/// `rootId`.
-fn lineage(map: &mut Map<String, Value>, run: &Run) {
-    insert_opt(map, "batchId", run.batch.as_ref().map(|b| json!(b)));
-    match &run.parent {
-        Some(parent) => {
-            map.insert("depth".into(), json!(parent.depth));
-            map.insert("triggerFunction".into(), json!(parent.trigger_function));
-            map.insert("parentId".into(), json!(parent.parent));
-            map.insert("rootId".into(), json!(parent.root));
-        }
-        None => {
-            map.insert("depth".into(), json!(0));
-            map.insert("triggerFunction".into(), json!("trigger"));
-        }
-    }
-}
-
-/// The retrieve shape without `relatedRuns` entries.
-pub(crate) fn retrieve_view(run: &Run) -> Value {
-    let mut map = common_view(run);
-    lineage(&mut map, run);
-    map.insert("relatedRuns".into(), json!({}));
-    // Kiln's additions: where the run waits its turn.
-    map.insert("queue".into(), json!({ "name": run.queue_name() }));
-    insert_opt(
-        &mut map,
-        "concurrencyKey",
-        run.concurrency_key.as_ref().map(|k| json!(k)),
-    );
-    if run.priority_ms > 0 {
-        map.insert("priority".into(), json!(run.priority_ms as f64 / 1000.0));
-    }
-    map.insert("attemptCount".into(), json!(run.attempts.len()));
-    map.insert("machine".into(), json!(run.machine.name()));
-    let payload =
-        crate::payload::to_json(Some(&run.payload), &run.payload_type).unwrap_or(Value::Null);
-    map.insert("payload".into(), payload);
-    insert_opt(
-        &mut map,
-        "output",
-        run.output
-            .as_deref()
-            .map(|o| serde_json::from_str(o).unwrap_or(Value::Null)),
-    );
-    if run.output.is_some() {
-        map.insert("outputType".into(), json!("application/json"));
-    }
-    insert_opt(&mut map, "error", run.error.as_ref().map(|e| json!(e)));
-    if let Some(schedule) = &run.schedule {
-        let mut s = Map::new();
-        s.insert("id".into(), json!(schedule.id));
-        insert_opt(
-            &mut s,
-            "externalId",
-            schedule.external_id.as_ref().map(|e| json!(e)),
-        );
-        insert_opt(
-            &mut s,
-            "deduplicationKey",
-            schedule.deduplication_key.as_ref().map(|k| json!(k)),
-        );
-        s.insert(
-            "generator".into(),
-            super::schedules::generator(&schedule.cron),
-        );
-        map.insert("schedule".into(), Value::Object(s));
-    }
-    map.insert(
-        "attempts".into(),
-        json!(run.attempts.iter().map(|a| {
-            let mut m = Map::new();
-            m.insert("number".into(), json!(a.number));
-            m.insert("machine".into(), json!(a.machine.name()));
-            m.insert("startedAt".into(), json!(a.started_at.to_iso()));
-            insert_opt(&mut m, "finishedAt", a.finished_at.map(|t| json!(t.to_iso())));
-            insert_opt(&mut m, "outcome", a.outcome.map(|o| json!(o)));
-            insert_opt(&mut m, "error", a.error.as_ref().map(|e| json!(e)));
-            m.insert("usageMs".into(), json!(a.usage_ms));
-            if a.logs_dropped > 0 { m.insert("logsDropped".into(), json!(a.logs_dropped)); }
-            m.insert("logs".into(), json!(a.logs.iter().map(|l| json!({"at": l.at.to_iso(), "level": l.level, "message": l.message, "fields": l.fields.iter().map(|(k, v)| (k.clone(), json!(v))).collect::<Map<String, Value>>()})).collect::<Vec<_>>()));
-            Value::Object(m)
-        }).collect::<Vec<_>>()),
-    );
-    Value::Object(map)
 }
 
 /// `POST /api/v1/idempotencyKeys/{key}/reset` `{taskIdentifier}`
