@@ -35,6 +35,17 @@ pub enum Outcome {
     Done,
     /// The run as the input left it.
     Run(Box<Run>),
+    /// A claimed run as the claim left it (`EXECUTING`), and whether the
+    /// claim started its first attempt: a run that never started one has
+    /// nothing in its journal (every entry is written by or after a slice
+    /// that a claim began, and commits after the claim), so its slice
+    /// need not read it.
+    Claimed {
+        /// The run.
+        run: Box<Run>,
+        /// No attempt had started before this claim.
+        first: bool,
+    },
     /// The token as the input left it.
     Token(WaitToken),
     /// The token had timed out before it was completed (its timeout is now

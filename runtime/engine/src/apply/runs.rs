@@ -46,11 +46,15 @@ pub(super) fn claim(view: &impl View, id: &RunId, now: Timestamp) -> Result<Appl
     let run = view
         .run(id)?
         .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
+    let first = run.attempts.is_empty();
     let run = transition::apply(&run, Event::Dequeued, now)?.run;
     let run = transition::apply(&run, Event::AttemptStarted, now)?.run;
     Ok(Applied::new(
         vec![Command::PutRun(run.clone())],
-        Outcome::Run(Box::new(run)),
+        Outcome::Claimed {
+            run: Box::new(run),
+            first,
+        },
     ))
 }
 

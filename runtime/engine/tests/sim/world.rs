@@ -677,10 +677,22 @@ impl World {
         if self.executing.contains(run) {
             return;
         }
-        if self
-            .input(Input::Claim { run: run.clone() }, Vec::new())
-            .is_ok()
-        {
+        let journal_empty = self
+            .store
+            .applied
+            .journal
+            .get(run)
+            .is_none_or(|j| j.is_empty());
+        if let Ok(outcome) = self.input(Input::Claim { run: run.clone() }, Vec::new()) {
+            // Kiln skips reading the journal of a run whose first attempt
+            // a claim started: it must be empty.
+            if let Outcome::Claimed { first: true, .. } = outcome {
+                assert!(
+                    journal_empty,
+                    "run {run}'s first claim found a journal\n{}",
+                    self.trace.join("\n")
+                );
+            }
             self.note(format!("dequeue {run}"));
             self.executing.insert(run.clone());
         }

@@ -1,7 +1,9 @@
 //! One slice of a run: from being dequeued to finishing or waiting.
 //!
 //! 1. Claim the run (`QUEUED` → `EXECUTING`) under its lock.
-//! 2. Read the attempt's journal. A new attempt journals `ATTEMPT_STARTED`
+//! 2. Read the attempt's journal (not for a run's first attempt, whose
+//!    journal is empty: see `kiln_engine::Outcome::Claimed`). A new attempt
+//!    journals `ATTEMPT_STARTED`
 //!    and starts a fresh instance. An attempt that was woken or interrupted
 //!    restores its last snapshot (or, with none, starts fresh) and replays
 //!    the entries after it: host calls are answered from the journal, waits
@@ -64,12 +66,20 @@ pub(crate) async fn execute(
         canceled: tokio::sync::Notify::new(),
         is_canceled: AtomicBool::new(false),
     });
-    let Some(mut run) = claim(executor, run_id, &live).await? else {
+    let Some((mut run, first)) = claim(executor, run_id, &live).await? else {
         return Ok(());
     };
     let mut losses = 0;
+    // A run whose first attempt the claim started has an empty journal
+    // (see `Outcome::Claimed`): its first slice does not read it.
+    let mut unread = first;
     let result = loop {
-        let ran = match executor.shared.store.journal_sized(run_id) {
+        let journal = if std::mem::take(&mut unread) {
+            Ok((Vec::new(), 0))
+        } else {
+            executor.shared.store.journal_sized(run_id)
+        };
+        let ran = match journal {
             Ok((records, bytes)) => {
                 let next_seq = records.last().map(|r| r.seq + 1).unwrap_or(1);
                 let usage = Usage::of_journal(&records, bytes);
@@ -118,12 +128,14 @@ pub(crate) async fn execute(
 
 /// `QUEUED` → `DEQUEUED` → `EXECUTING`, under the run's lock, registering
 /// the run as live. A run already live in this process is never claimed
-/// again: two slices of one run would journal over each other.
+/// again: two slices of one run would journal over each other. The run as
+/// claimed, and whether the claim started its first attempt (then its
+/// journal is empty).
 async fn claim(
     executor: &Executor,
     run_id: &RunId,
     live: &Arc<LiveRun>,
-) -> anyhow::Result<Option<Run>> {
+) -> anyhow::Result<Option<(Run, bool)>> {
     let shared = &executor.shared;
     let _guard = shared.locks.lock(run_id).await;
     {
@@ -147,7 +159,7 @@ async fn claim(
     let claimed = match executor.step_now(Input::Claim {
         run: run_id.clone(),
     }) {
-        Ok(kiln_engine::Outcome::Run(run)) => return Ok(Some(*run)),
+        Ok(kiln_engine::Outcome::Claimed { run, first }) => return Ok(Some((*run, first))),
         Ok(_)
         | Err(StepError::Engine(EngineError::Transition(_) | EngineError::RunNotFound(_))) => {
             Ok(None)
