@@ -134,7 +134,7 @@ impl Kiln {
         let response = request
             .send()
             .await
-            .unwrap_or_else(|error| panic!("the server answers {path}: {error}"));
+            .unwrap_or_else(|error| panic!("the server did not answer {path}: {error:?}"));
         let status = response.status().as_u16();
         let text = response.text().await.unwrap_or_default();
         (

@@ -503,5 +503,15 @@ mod tests {
         assert!(shown.get("payload").is_none() && shown.get("output").is_none());
         assert_eq!(shown["relatedRuns"], serde_json::json!({}));
         assert_eq!(shown["attemptCount"], 2);
+        // Each URL stands where the value it names would.
+        let keys: Vec<&str> = shown
+            .as_object()
+            .map(|o| o.keys().map(String::as_str).collect())
+            .unwrap_or_default();
+        let after = |key: &str| keys[keys.iter().position(|k| *k == key).unwrap() + 1];
+        assert_eq!(after("machine"), "payloadPresignedUrl");
+        assert_eq!(after("payloadPresignedUrl"), "outputPresignedUrl");
+        assert_eq!(after("outputPresignedUrl"), "outputType");
+        assert_eq!(keys.last(), Some(&"attempts"));
     }
 }

@@ -1,12 +1,12 @@
 //! One slice of a run: from being dequeued to finishing or waiting.
 //!
 //! 1. Claim the run (`QUEUED` → `EXECUTING`) under its lock.
-//! 2. Read the attempt's journal (not for a run's first attempt, whose
-//!    journal is empty: see `kiln_engine::Outcome::Claimed`). A new attempt
-//!    journals `ATTEMPT_STARTED`
-//!    and starts a fresh instance. An attempt that was woken or interrupted
-//!    restores its last snapshot (or, with none, starts fresh) and replays
-//!    the entries after it: host calls are answered from the journal, waits
+//! 2. Read the attempt's journal (not in the first slice of a run's first
+//!    attempt, when it is empty: see `kiln_engine::Outcome::Claimed`). A new
+//!    attempt journals `ATTEMPT_STARTED` and starts a fresh instance. An
+//!    attempt that was woken or interrupted restores its last snapshot (or,
+//!    with none, starts fresh) and replays the entries after it: host calls
+//!    are answered from the journal, waits
 //!    are checked against it and wakes are delivered from it.
 //! 3. Then live: a finished task ends the attempt through the engine; a task
 //!    that waits on a timer due within the warm threshold sleeps in-process;
