@@ -91,32 +91,36 @@ fn lineage<M: SerializeMap>(map: &mut M, run: &Run) -> Result<(), M::Error> {
     }
 }
 
-/// A run's common fields: what list items and realtime rows show.
-struct Common<'a>(&'a Run);
+/// A run in brief: its common fields (what list items and realtime rows
+/// show) and, for a related run, its lineage.
+struct Brief<'a> {
+    run: &'a Run,
+    lineage: bool,
+}
 
-impl Serialize for Common<'_> {
+impl Serialize for Brief<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut map = serializer.serialize_map(None)?;
-        common(&mut map, self.0)?;
+        common(&mut map, self.run)?;
+        if self.lineage {
+            lineage(&mut map, self.run)?;
+        }
         map.end()
     }
 }
 
 /// A related run: the common fields and its lineage.
-struct Related<'a>(&'a Run);
-
-impl Serialize for Related<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(None)?;
-        common(&mut map, self.0)?;
-        lineage(&mut map, self.0)?;
-        map.end()
-    }
+fn related(run: &Run) -> Brief<'_> {
+    Brief { run, lineage: true }
 }
 
 /// The fields common to retrieve and list items, as a JSON object.
 pub(crate) fn common_view(run: &Run) -> Map<String, Value> {
-    match serde_json::to_value(Common(run)) {
+    let brief = Brief {
+        run,
+        lineage: false,
+    };
+    match serde_json::to_value(brief) {
         Ok(Value::Object(map)) => map,
         // Serializing into a `Value` fails only for map keys that are not
         // strings, and every key above is one.
@@ -132,7 +136,7 @@ pub(crate) fn common_view(run: &Run) -> Map<String, Value> {
 pub(crate) struct FullView<R> {
     run: R,
     /// `relatedRuns`: the run's root and parent, and the runs it triggered.
-    related: Vec<(&'static str, Vec<Run>)>,
+    related: RelatedRuns,
     /// Where the payload can be read, when it is kept apart from the record.
     payload_url: Option<String>,
     /// Where the output can be read, when it is kept apart from the record.
@@ -148,14 +152,10 @@ pub(crate) struct FullView<R> {
 pub(crate) fn full<R: Borrow<Run>>(state: &AppState, run: R) -> Result<FullView<R>, ApiError> {
     let r = run.borrow();
     let store = &state.store;
-    let mut related = Vec::new();
+    let mut related = RelatedRuns::default();
     if let Some(parent) = &r.parent {
-        if let Some(root) = store.run(&parent.root)? {
-            related.push(("root", vec![root]));
-        }
-        if let Some(p) = store.run(&parent.parent)? {
-            related.push(("parent", vec![p]));
-        }
+        related.root = store.run(&parent.root)?;
+        related.parent = store.run(&parent.parent)?;
     }
     let children = store.children(&r.id)?;
     if !children.is_empty() {
@@ -165,7 +165,7 @@ pub(crate) fn full<R: Borrow<Run>>(state: &AppState, run: R) -> Result<FullView<
                 runs.push(child);
             }
         }
-        related.push(("children", runs));
+        related.children = Some(runs);
     }
     let payload_url = r
         .payload_blob
@@ -187,19 +187,24 @@ pub(crate) fn full_view(state: &AppState, run: &Run) -> Result<Value, ApiError> 
         .map_err(|e| ApiError::internal(format!("showing the run failed: {e}")))
 }
 
-/// `relatedRuns`: `root` and `parent` as one run each, `children` as a list.
-struct RelatedRuns<'a>(&'a [(&'static str, Vec<Run>)]);
+/// `relatedRuns`: the run's root and parent, and the runs it triggered
+/// (`children` only when the run triggered any), each a run in brief with
+/// its lineage.
+#[derive(Default)]
+struct RelatedRuns {
+    root: Option<Run>,
+    parent: Option<Run>,
+    children: Option<Vec<Run>>,
+}
 
-impl Serialize for RelatedRuns<'_> {
+impl Serialize for RelatedRuns {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(self.0.len()))?;
-        for (key, runs) in self.0 {
-            if *key == "children" {
-                let views: Vec<Related> = runs.iter().map(Related).collect();
-                map.serialize_entry(key, &views)?;
-            } else if let Some(run) = runs.first() {
-                map.serialize_entry(key, &Related(run))?;
-            }
+        let mut map = serializer.serialize_map(None)?;
+        entry_opt(&mut map, "root", self.root.as_ref().map(related))?;
+        entry_opt(&mut map, "parent", self.parent.as_ref().map(related))?;
+        if let Some(children) = &self.children {
+            let views: Vec<Brief> = children.iter().map(related).collect();
+            map.serialize_entry("children", &views)?;
         }
         map.end()
     }
@@ -285,7 +290,7 @@ impl<R: Borrow<Run>> Serialize for FullView<R> {
         let mut map = serializer.serialize_map(None)?;
         common(&mut map, run)?;
         lineage(&mut map, run)?;
-        map.serialize_entry("relatedRuns", &RelatedRuns(&self.related))?;
+        map.serialize_entry("relatedRuns", &self.related)?;
         // Kiln's additions: where the run waits its turn.
         map.serialize_entry("queue", &QueueView(&run.queue_name()))?;
         entry_opt(&mut map, "concurrencyKey", run.concurrency_key.as_ref())?;
@@ -465,18 +470,18 @@ mod tests {
         let child = child_of(&run);
         let view = FullView {
             run: &run,
-            related: vec![
-                ("root", vec![parent.clone()]),
-                ("parent", vec![parent]),
-                ("children", vec![child.clone()]),
-            ],
+            related: RelatedRuns {
+                root: Some(parent.clone()),
+                parent: Some(parent),
+                children: Some(vec![child.clone()]),
+            },
             payload_url: None,
             output_url: None,
         };
         assert_eq!(serde_json::to_string(&view).unwrap(), RETRIEVED);
         let view = FullView {
             run: child,
-            related: Vec::new(),
+            related: RelatedRuns::default(),
             payload_url: None,
             output_url: None,
         };
@@ -492,7 +497,7 @@ mod tests {
         let (run, _) = rich_run();
         let view = FullView {
             run: &run,
-            related: Vec::new(),
+            related: RelatedRuns::default(),
             payload_url: Some("http://kiln/payload".into()),
             output_url: Some("http://kiln/output".into()),
         };
