@@ -119,6 +119,23 @@ fn cpu_ms_of(path: &str) -> u64 {
     ticks * 10
 }
 
+/// The user and system CPU time, in milliseconds, of each of this process's
+/// threads, summed by thread name (`kiln-guest`, `kiln-committer`,
+/// `tokio-runtime-w`, sled's `sled-io`, ...): where a group's CPU went.
+fn thread_cpu_ms() -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
+        return by_name;
+    };
+    for task in tasks.flatten() {
+        let dir = task.path();
+        let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
+        let ms = cpu_ms_of(&dir.join("stat").to_string_lossy());
+        *by_name.entry(name.trim().to_string()).or_insert(0) += ms;
+    }
+    by_name
+}
+
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
     samples.sort();
     let index = ((samples.len() as f64 - 1.0) * p).round() as usize;

@@ -8,7 +8,7 @@
 //!   for 20 s; runs completed a second, and this whole process's CPU time
 //!   per run (from `/proc/self/stat`): server and clients together.
 
-use super::{KEY, cpu_ms_of, percentile};
+use super::{KEY, cpu_ms_of, percentile, thread_cpu_ms};
 use kiln_server::{LocalRuns, Server, ServerConfig};
 use kiln_types::RunStatus;
 use std::sync::Arc;
@@ -57,6 +57,14 @@ pub async fn engine_bench() {
             "127.0.0.1:0".parse().expect("an address"),
         );
         config.secret_key = Some(KEY.into());
+        // `KILN_CONCURRENCY` as `kiln serve` reads it: how many runs of the
+        // one queue execute at once (default: 4 per core).
+        if let Some(concurrency) = std::env::var("KILN_CONCURRENCY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            config.concurrency = concurrency;
+        }
         let server = Server::open(config).await.expect("the server opens");
         let url = format!("http://{}", server.local_addr().expect("an address"));
         let runs = server
@@ -88,19 +96,31 @@ pub async fn engine_bench() {
             }
         }
 
+        let metrics_before = store_metrics(&url).await;
+        let threads_before = thread_cpu_ms();
         let cpu_before = cpu_ms_of("/proc/self/stat");
         let stop = Arc::new(AtomicBool::new(false));
         let completed = Arc::new(AtomicUsize::new(0));
+        // Microseconds the clients spent in their triggers.
+        let spent_triggering = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
         let loops: Vec<_> = (0..clients)
             .map(|_| {
                 let (runs, payload) = (runs.clone(), payload.clone());
                 let (stop, completed) = (stop.clone(), completed.clone());
+                let spent_triggering = spent_triggering.clone();
                 tokio::spawn(async move {
+                    // How long each of this client's runs took.
+                    let mut took = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
-                        one_run(&runs, task, &payload).await;
+                        let started = Instant::now();
+                        let triggered = one_run(&runs, task, &payload).await;
                         completed.fetch_add(1, Ordering::Relaxed);
+                        took.push(started.elapsed());
+                        spent_triggering
+                            .fetch_add(triggered.as_micros() as usize, Ordering::Relaxed);
                     }
+                    took
                 })
             })
             .collect();
@@ -108,8 +128,9 @@ pub async fn engine_bench() {
         stop.store(true, Ordering::Relaxed);
         let counted = completed.load(Ordering::Relaxed);
         let elapsed = started.elapsed();
+        let mut took = Vec::new();
         for l in loops {
-            l.await.expect("a client");
+            took.extend(l.await.expect("a client"));
         }
         // Read after the clients stopped: it covers the runs in flight then
         // too, at most `clients` more than counted.
@@ -123,6 +144,81 @@ pub async fn engine_bench() {
             counted as f64 / elapsed.as_secs_f64(),
             cpu_ms as f64 / counted.max(1) as f64,
         );
+        // Where the throughput phase's time went: the store's syncs (how
+        // many a run, how many commits each made durable, and how much of
+        // the committer's wall time they took) and each kind of thread's
+        // CPU a run.
+        let metrics = store_metrics(&url).await.since(&metrics_before);
+        let runs_done = counted.max(1) as f64;
+        println!(
+            "engine, {name}: {:.2} syncs a run, {:.1} commits a sync, syncs {:.0} % of the committer's wall time",
+            metrics.syncs / runs_done,
+            metrics.commits / metrics.syncs.max(1.0),
+            100.0 * metrics.sync_seconds / elapsed.as_secs_f64(),
+        );
+        println!(
+            "engine, {name}: under load a run took p50 {:.2?} p99 {:.2?} max {:.2?}, its trigger {:.2} ms on average",
+            percentile(&mut took, 0.5),
+            percentile(&mut took, 0.99),
+            took.iter().max().copied().unwrap_or_default(),
+            spent_triggering.load(Ordering::Relaxed) as f64 / 1000.0 / took.len().max(1) as f64,
+        );
+        let threads_after = thread_cpu_ms();
+        let per_thread: Vec<String> = threads_after
+            .iter()
+            .map(|(thread, ms)| {
+                (
+                    thread,
+                    ms - threads_before.get(thread).copied().unwrap_or(0),
+                )
+            })
+            .filter(|(_, ms)| *ms > 0)
+            .map(|(thread, ms)| format!("{thread} {:.0} µs", ms as f64 * 1000.0 / runs_done))
+            .collect();
+        println!(
+            "engine, {name}: CPU a run by thread: {}",
+            per_thread.join(", ")
+        );
         serving.abort();
+    }
+}
+
+/// The store's counters from the server's `/metrics`.
+#[derive(Default)]
+struct StoreMetrics {
+    syncs: f64,
+    commits: f64,
+    sync_seconds: f64,
+}
+
+impl StoreMetrics {
+    fn since(&self, before: &StoreMetrics) -> StoreMetrics {
+        StoreMetrics {
+            syncs: self.syncs - before.syncs,
+            commits: self.commits - before.commits,
+            sync_seconds: self.sync_seconds - before.sync_seconds,
+        }
+    }
+}
+
+async fn store_metrics(url: &str) -> StoreMetrics {
+    let text = reqwest::Client::new()
+        .get(format!("{url}/metrics"))
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("reads /metrics")
+        .text()
+        .await
+        .expect("reads /metrics");
+    let value = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+            .unwrap_or(0.0)
+    };
+    StoreMetrics {
+        syncs: value("kiln_store_syncs_total"),
+        commits: value("kiln_store_group_commits_sum"),
+        sync_seconds: value("kiln_store_sync_seconds_sum"),
     }
 }
