@@ -79,6 +79,13 @@ impl Pending {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
+    /// Forgets the writes of `keys` by commits up to `covered` (the tree
+    /// holds them) and wakes writers waiting for room.
+    pub(crate) fn applied_keys<'k>(&self, keys: impl Iterator<Item = &'k [u8]>, covered: u64) {
+        lock(&self.unapplied).applied_keys(keys, covered);
+        self.room.notify_all();
+    }
+
     /// Forgets the commits up to `covered` (they are written) and wakes
     /// writers waiting for room.
     pub(crate) fn applied(&self, covered: u64) {

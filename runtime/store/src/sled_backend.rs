@@ -13,10 +13,11 @@
 //!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
 //!   each writer (group commit). Commits made during a sync wait for the
 //!   next group, so under load a group holds everything committed during
-//!   the last sync. It applies durable groups to the tree together, as
-//!   single writes of each key's newest value followed by the last group's
-//!   number, while it waits for the next group, or before it once it has
-//!   held them 20 ms. Kiln flushes sled and `fdatasync`s its data file at
+//!   the last sync. It holds durable groups, merged key by key, until no
+//!   group has come for a millisecond or it has held them 100 ms, then
+//!   applies them to the tree as single writes of each key's newest value,
+//!   64 keys between one group and the next, followed by the last group's
+//!   number. Kiln flushes sled and `fdatasync`s its data file at
 //!   a checkpoint: when the log is full, at a clean close, and when the
 //!   store is opened (after the log's round, every group since the last
 //!   checkpoint, is applied again). sled is neither flushed nor given a
@@ -143,6 +144,7 @@ impl SledBackend {
                 pending: pending.clone(),
                 durable: durable_tx,
                 behind: Behind::default(),
+                applying: Applying::default(),
             },
         };
         let committing = std::thread::Builder::new()
@@ -252,6 +254,17 @@ fn apply(
     number: u64,
     writes: Vec<crate::sled_unapplied::ToApply>,
 ) -> Result<()> {
+    apply_writes(db, chunker, writes)?;
+    mark(db, number)
+}
+
+/// Writes `writes` (each key's newest value, or `None` to delete it) to
+/// the tree, with the chunks of large values.
+fn apply_writes(
+    db: &sled::Db,
+    chunker: &mut Chunker,
+    writes: Vec<crate::sled_unapplied::ToApply>,
+) -> Result<()> {
     for write in chunker.writes(db, writes)? {
         match write {
             TreeWrite::Insert(key, value) => db.insert(key, value).map(|_| ()),
@@ -259,6 +272,11 @@ fn apply(
         }
         .map_err(backend_error)?;
     }
+    Ok(())
+}
+
+/// Says in the tree that it holds every group up to `number`.
+fn mark(db: &sled::Db, number: u64) -> Result<()> {
     db.insert(MARK, &number.to_be_bytes()[..])
         .map_err(backend_error)?;
     Ok(())
@@ -346,6 +364,18 @@ struct TreeWriter {
     durable: watch::Sender<Durable>,
     /// Groups durable in the log and not yet applied to the tree.
     behind: Behind,
+    /// Groups taken from `behind` and being applied, a slice at a time.
+    applying: Applying,
+}
+
+/// Held groups the committer applies to the tree a slice of keys at a time,
+/// between the groups it makes durable, so that no commit waits behind the
+/// whole of an apply: each key's newest value, in key order, and the
+/// number of the last group and the last commit it covered.
+#[derive(Default)]
+struct Applying {
+    writes: std::collections::VecDeque<crate::sled_unapplied::ToApply>,
+    last: Option<(u64, u64)>,
 }
 
 /// Groups the committer made durable and has not applied to the tree yet,
@@ -364,11 +394,20 @@ struct Behind {
     bytes: usize,
 }
 
-/// How long a durable group waits to be applied to the tree at most, and
-/// how many keys or bytes of values make the committer apply what it holds at
-/// once.
+/// How long durable groups are held at most before the committer takes
+/// them to apply, and how many keys or bytes of values make it take them
+/// sooner. The longer they are held, the more of a run's writes meet before
+/// they reach sled (its record written once, the index keys it holds while
+/// active not at all); the slices ([`APPLY_SLICE`]) keep a long hold from
+/// becoming a long pause.
 const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
-    (std::time::Duration::from_millis(20), 4_096, 16 << 20);
+    (std::time::Duration::from_millis(100), 8_192, 16 << 20);
+
+/// How many keys the committer applies to the tree between two groups
+/// (about half a millisecond of sled's inserts): enough to keep up with
+/// what the groups bring, little enough that a commit waits for one slice
+/// at most, not for a whole apply.
+const APPLY_SLICE: usize = 64;
 
 /// How long the committer waits for the next group before it applies what it
 /// holds: it is idle, so an apply then delays only a group whose first
@@ -412,17 +451,26 @@ impl Committer {
         let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
         loop {
             if self.tree.behind.due() {
-                self.tree.apply_behind();
+                self.tree.take_behind();
             }
-            let idle = self
-                .tree
-                .behind
-                .last
-                .map(|_| std::time::Instant::now() + IDLE);
+            self.tree.apply_slice();
+            // While a slice is left to apply, only a group already waiting
+            // comes first; otherwise held groups wait for a moment without
+            // one.
+            let idle = if self.tree.applying.last.is_some() {
+                Some(std::time::Instant::now())
+            } else {
+                self.tree
+                    .behind
+                    .last
+                    .map(|_| std::time::Instant::now() + IDLE)
+            };
             let acks = match gatherer.next_until(&pending, idle, || !halted()) {
                 Next::Group(acks) => acks,
                 Next::Idle => {
-                    self.tree.apply_behind();
+                    if self.tree.applying.last.is_none() {
+                        self.tree.take_behind();
+                    }
                     continue;
                 }
                 Next::Closed => break,
@@ -468,25 +516,58 @@ impl Committer {
 }
 
 impl TreeWriter {
-    /// Applies the groups held to the tree as one (each key's newest value,
-    /// then the last group's number), and forgets them in the unapplied
-    /// writes.
-    fn apply_behind(&mut self) {
-        let Some((number, covered)) = self.behind.last else {
+    /// Takes the groups held to be applied a slice at a time, after
+    /// finishing the groups taken before.
+    fn take_behind(&mut self) {
+        self.apply_taken(usize::MAX);
+        let Some(last) = self.behind.last else {
             return;
         };
-        let writes = std::mem::take(&mut self.behind)
-            .writes
-            .into_iter()
-            .collect();
+        self.applying = Applying {
+            writes: std::mem::take(&mut self.behind)
+                .writes
+                .into_iter()
+                .collect(),
+            last: Some(last),
+        };
+    }
+
+    /// Applies the next slice of the groups taken, if any.
+    fn apply_slice(&mut self) {
+        self.apply_taken(APPLY_SLICE);
+    }
+
+    /// Applies up to `keys` keys of the groups taken to the tree (each
+    /// key's newest value) and forgets them in the unapplied writes; once
+    /// all are applied, says in the tree that it holds the last group.
+    fn apply_taken(&mut self, keys: usize) {
+        let Some((number, covered)) = self.applying.last else {
+            return;
+        };
+        let take = keys.min(self.applying.writes.len());
+        let slice: Vec<_> = self.applying.writes.drain(..take).collect();
+        let done = self.applying.writes.is_empty();
+        let keys: Vec<Vec<u8>> = slice.iter().map(|(k, _)| k.clone()).collect();
         let applied = {
             let _moving = self.pending.moving();
-            apply(&self.db, &mut self.chunker, number, writes)
+            apply_writes(&self.db, &mut self.chunker, slice)
+                .and_then(|()| if done { mark(&self.db, number) } else { Ok(()) })
         };
-        if let Err(error) = applied {
-            fail_stop(&error, Vec::new(), &self.durable, "the disk");
+        match applied {
+            Ok(()) => self
+                .pending
+                .applied_keys(keys.iter().map(Vec::as_slice), covered),
+            Err(error) => fail_stop(&error, Vec::new(), &self.durable, "the disk"),
         }
-        self.pending.applied(covered);
+        if done {
+            self.applying.last = None;
+        }
+    }
+
+    /// Applies every group held to the tree, the groups taken first.
+    fn apply_behind(&mut self) {
+        self.take_behind();
+        self.apply_taken(usize::MAX);
     }
 
     /// Applies every group held, then makes the tree durable: afterwards

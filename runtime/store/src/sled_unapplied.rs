@@ -136,6 +136,21 @@ impl Unapplied {
         self.bytes -= freed;
     }
 
+    /// Forgets the writes of `keys` by commits up to number `upto`: the
+    /// tree holds them. A key a later commit wrote again is kept.
+    pub(crate) fn applied_keys<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>, upto: u64) {
+        for key in keys {
+            if self
+                .newest
+                .get(key)
+                .is_some_and(|(number, _)| *number <= upto)
+                && let Some((k, (_, v))) = self.newest.remove_entry(key)
+            {
+                self.bytes -= size(&k, &v);
+            }
+        }
+    }
+
     /// The newest unapplied write of `key`, if a commit not yet applied
     /// wrote it.
     pub(crate) fn get(&self, key: &[u8]) -> Option<Option<Vec<u8>>> {
@@ -288,6 +303,21 @@ mod tests {
         backwards.reverse();
         let merged = merge_rev(backwards.into_iter(), u.range(b"", None));
         assert_eq!(keys(merged), ["e=1", "d=t", "b=new", "a=t"]);
+    }
+
+    #[test]
+    fn applied_keys_are_forgotten_unless_written_again() {
+        let mut u = Unapplied::default();
+        let first = u.commit(vec![put("a", "1"), put("b", "1"), put("c", "1")]);
+        let (writes, upto) = u.take_new();
+        assert_eq!((writes.len(), upto), (3, first));
+        u.commit(vec![put("b", "2")]);
+        // The tree now holds a and b as the first commit left them.
+        u.applied_keys([&b"a"[..], &b"b"[..]].into_iter(), first);
+        assert_eq!(u.get(b"a"), None);
+        assert_eq!(u.get(b"b"), Some(Some(b"2".to_vec())));
+        assert_eq!(u.get(b"c"), Some(Some(b"1".to_vec())));
+        assert_eq!(u.bytes, 2 + 2);
     }
 
     #[test]
