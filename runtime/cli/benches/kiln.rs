@@ -119,24 +119,43 @@ fn cpu_ms_of(path: &str) -> u64 {
     ticks * 10
 }
 
-/// The user and system CPU time, in milliseconds, of each of this process's
-/// threads, summed by thread name (`kiln-guest`, `kiln-committer`,
-/// `tokio-runtime-w`, sled's `sled-io`, ...): where a group's CPU went.
-fn thread_cpu_ms() -> std::collections::BTreeMap<String, u64> {
-    let mut by_name = std::collections::BTreeMap::new();
+/// Each of this process's live threads: its id, its name (`kiln-guest`,
+/// `kiln-committer`, `tokio-rt-worker`, sled's `sled-io-N`, ...) and its
+/// user and system CPU time in milliseconds.
+fn thread_cpu_ms() -> std::collections::BTreeMap<String, (String, u64)> {
+    let mut threads = std::collections::BTreeMap::new();
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
-        return by_name;
+        return threads;
     };
     for task in tasks.flatten() {
         let dir = task.path();
         let name = std::fs::read_to_string(dir.join("comm")).unwrap_or_default();
         let ms = cpu_ms_of(&dir.join("stat").to_string_lossy());
-        *by_name.entry(name.trim().to_string()).or_insert(0) += ms;
+        let id = task.file_name().to_string_lossy().into_owned();
+        threads.insert(id, (name.trim().to_string(), ms));
+    }
+    threads
+}
+
+/// The CPU each kind of thread (by name) used between two readings of
+/// [`thread_cpu_ms`], in milliseconds; threads that ended between them
+/// are not in it.
+fn thread_cpu_since(
+    before: &std::collections::BTreeMap<String, (String, u64)>,
+    after: &std::collections::BTreeMap<String, (String, u64)>,
+) -> std::collections::BTreeMap<String, u64> {
+    let mut by_name = std::collections::BTreeMap::new();
+    for (id, (name, ms)) in after {
+        let earlier = before.get(id).map_or(0, |(_, ms)| *ms);
+        *by_name.entry(name.clone()).or_insert(0) += ms.saturating_sub(earlier);
     }
     by_name
 }
 
 fn percentile(samples: &mut [Duration], p: f64) -> Duration {
+    if samples.is_empty() {
+        return Duration::ZERO;
+    }
     samples.sort();
     let index = ((samples.len() as f64 - 1.0) * p).round() as usize;
     samples[index]

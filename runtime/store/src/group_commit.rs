@@ -52,10 +52,11 @@ pub(crate) struct Pending {
     /// Signalled when the committer has written a group, for writers
     /// waiting while too much is unapplied.
     pub(crate) room: Condvar,
-    /// Held to write while a group is moved to where reads find it (sled:
-    /// by the committer while it applies groups to the tree; PostgreSQL: by
-    /// the committer); held to read by a scan, or a read of a chunked
-    /// value, that must not see a group half moved.
+    /// Held to write while writes are moved to where reads find it (sled:
+    /// by the committer while it applies a slice of held groups to the
+    /// tree; PostgreSQL: by the committer, a group at a time); held to read
+    /// by a scan, or a read of a chunked value, that must not see a slice or
+    /// group half moved.
     pub(crate) moving: RwLock<()>,
     /// The number of the last commit of the latest group the committer
     /// began to move (used by the PostgreSQL backend's optimistic scans).

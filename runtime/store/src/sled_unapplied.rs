@@ -30,9 +30,10 @@ pub(crate) struct Unapplied {
     /// The number of commits made so far.
     made: u64,
     /// Every key a commit not yet applied wrote: the newest value (`None`:
-    /// deleted) and the number of the commit that wrote it. A group of
-    /// commits is made durable and applied whole, so only the newest value
-    /// of each key needs writing.
+    /// deleted) and the number of the commit that wrote it. Groups of
+    /// commits are made durable whole and applied key by key, each key's
+    /// newest value once, so only the newest value of each key needs
+    /// keeping.
     newest: BTreeMap<Vec<u8>, (u64, Shared)>,
     /// The bytes of keys and values in `newest`.
     bytes: usize,
@@ -117,7 +118,8 @@ impl Unapplied {
     /// What commits made since the last call wrote (each key's newest
     /// value), in key order, and the number of the last of those commits:
     /// the sled backend's next group, while earlier groups may still be on
-    /// their way to the tree. It stays visible until [`Unapplied::applied`].
+    /// their way to the tree. It stays visible until [`Unapplied::applied_keys`]
+    /// forgets it.
     pub(crate) fn take_new(&mut self) -> (Vec<ToApply>, u64) {
         let writes = std::mem::take(&mut self.fresh).into_iter().collect();
         (writes, self.made)

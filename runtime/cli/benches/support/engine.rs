@@ -8,7 +8,7 @@
 //!   for 20 s; runs completed a second, and this whole process's CPU time
 //!   per run (from `/proc/self/stat`): server and clients together.
 
-use super::{KEY, cpu_ms_of, percentile, thread_cpu_ms};
+use super::{KEY, cpu_ms_of, percentile, thread_cpu_ms, thread_cpu_since};
 use kiln_server::{LocalRuns, Server, ServerConfig};
 use kiln_types::RunStatus;
 use std::sync::Arc;
@@ -57,13 +57,13 @@ pub async fn engine_bench() {
             "127.0.0.1:0".parse().expect("an address"),
         );
         config.secret_key = Some(KEY.into());
-        // `KILN_CONCURRENCY` as `kiln serve` reads it: how many runs of the
-        // one queue execute at once (default: 4 per core).
-        if let Some(concurrency) = std::env::var("KILN_CONCURRENCY")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            config.concurrency = concurrency;
+        // `KILN_CONCURRENCY`: how many runs of the one queue execute at
+        // once (default, as for `kiln serve`: 4 per core, 2 to 64).
+        if let Ok(value) = std::env::var("KILN_CONCURRENCY") {
+            let concurrency: usize = value
+                .parse()
+                .unwrap_or_else(|_| panic!("KILN_CONCURRENCY={value} is not a number"));
+            config.concurrency = concurrency.max(1);
         }
         let server = Server::open(config).await.expect("the server opens");
         let url = format!("http://{}", server.local_addr().expect("an address"));
@@ -149,7 +149,9 @@ pub async fn engine_bench() {
         // the committer's wall time they took) and each kind of thread's
         // CPU a run.
         let metrics = store_metrics(&url).await.since(&metrics_before);
-        let runs_done = counted.max(1) as f64;
+        // Every run the clients finished, those in flight when they were
+        // stopped too: the metrics and threads' CPU cover them all.
+        let runs_done = took.len().max(1) as f64;
         println!(
             "engine, {name}: {:.2} syncs a run, {:.1} commits a sync, syncs {:.0} % of the committer's wall time",
             metrics.syncs / runs_done,
@@ -163,21 +165,19 @@ pub async fn engine_bench() {
             took.iter().max().copied().unwrap_or_default(),
             spent_triggering.load(Ordering::Relaxed) as f64 / 1000.0 / took.len().max(1) as f64,
         );
-        let threads_after = thread_cpu_ms();
-        let per_thread: Vec<String> = threads_after
+        let by_thread = thread_cpu_since(&threads_before, &thread_cpu_ms());
+        let per_thread: Vec<String> = by_thread
             .iter()
-            .map(|(thread, ms)| {
-                (
-                    thread,
-                    ms - threads_before.get(thread).copied().unwrap_or(0),
-                )
-            })
-            .filter(|(_, ms)| *ms > 0)
-            .map(|(thread, ms)| format!("{thread} {:.0} µs", ms as f64 * 1000.0 / runs_done))
+            .filter(|(_, ms)| **ms > 0)
+            .map(|(thread, ms)| format!("{thread} {:.0} µs", *ms as f64 * 1000.0 / runs_done))
             .collect();
+        // Threads that ended meanwhile (a blocking pool's, idle for 10 s)
+        // took the rest of the process's CPU.
+        let ended = cpu_ms.saturating_sub(by_thread.values().sum());
         println!(
-            "engine, {name}: CPU a run by thread: {}",
-            per_thread.join(", ")
+            "engine, {name}: CPU a run by thread: {}, threads that ended {:.0} µs",
+            per_thread.join(", "),
+            ended as f64 * 1000.0 / runs_done
         );
         serving.abort();
     }
@@ -207,6 +207,7 @@ async fn store_metrics(url: &str) -> StoreMetrics {
         .bearer_auth(KEY)
         .send()
         .await
+        .and_then(|r| r.error_for_status())
         .expect("reads /metrics")
         .text()
         .await
@@ -214,7 +215,7 @@ async fn store_metrics(url: &str) -> StoreMetrics {
     let value = |name: &str| {
         text.lines()
             .find_map(|line| line.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
-            .unwrap_or(0.0)
+            .unwrap_or_else(|| panic!("/metrics has no {name}"))
     };
     StoreMetrics {
         syncs: value("kiln_store_syncs_total"),
