@@ -120,7 +120,8 @@ fn cpu_ms_of(path: &str) -> u64 {
 }
 
 /// Each of this process's live threads: its id, its name (`kiln-guest`,
-/// `kiln-committer`, `tokio-rt-worker`, sled's `sled-io-N`, ...) and its
+/// `kiln-committer`, tokio's workers and blocking threads, sled's
+/// `sled-io-N`, ...) and its
 /// user and system CPU time in milliseconds.
 fn thread_cpu_ms() -> std::collections::BTreeMap<String, (String, u64)> {
     let mut threads = std::collections::BTreeMap::new();

@@ -315,8 +315,9 @@ impl SledBackend {
     /// commit is written, and durable groups not yet applied to the tree
     /// may stay so. Reopened in the same process, the store holds what it
     /// applied, synced or not, and what the log holds beyond (applied
-    /// again at the open), so this shows that groups are
-    /// applied whole and in order, not what a lost page cache takes (the
+    /// again at the open), so this shows that after the open the store
+    /// holds whole groups, in order, whatever part of them the committer
+    /// had applied, not what a lost page cache takes (the
     /// simulation's model store and `tests/lost_page_cache.rs` show that).
     #[doc(hidden)]
     pub fn halt_as_if_killed(&self) {
@@ -379,8 +380,8 @@ struct Applying {
     writes: std::collections::VecDeque<crate::sled_unapplied::ToApply>,
     last: Option<(u64, u64)>,
     /// The next slice's most keys and bytes of values: [`APPLY_SLICE`],
-    /// doubled each time the groups held since become due before this set
-    /// is applied, so that the committer catches up.
+    /// doubled at every slice while the groups held since are due before
+    /// this set is applied, so that the committer catches up.
     slice: (usize, usize),
 }
 
@@ -411,9 +412,11 @@ const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
 
 /// How many keys, and bytes of their values, the committer applies to the
 /// tree at most between two groups, unless it is falling behind (see
-/// [`Applying::slice`]). With slices of 64 keys the `engine` bench carried
-/// 1.13 times the runs a second of an apply of everything at once, at the
-/// same p99 under load (`docs/BENCHMARKS.md`).
+/// [`Applying::slice`]). Against an apply of everything at once after 20
+/// ms, the `engine` bench carried 1.12 times the runs a second (medians,
+/// most rounds with slices of 64 keys alone) at the same p99 under load;
+/// an apply of everything at once after 100 ms carried more but doubled
+/// that p99 (`docs/BENCHMARKS.md`).
 const APPLY_SLICE: (usize, usize) = (64, 256 << 10);
 
 /// A slice of everything left.
@@ -566,7 +569,7 @@ impl TreeWriter {
         };
         let mut take = 0;
         let mut held = 0;
-        for (_, value) in self.applying.writes.iter().take(keys) {
+        for (_, value) in self.applying.writes.iter().take(keys.max(1)) {
             if take > 0 && held >= bytes {
                 break;
             }
@@ -622,9 +625,10 @@ impl Backend for SledBackend {
             Some(v) => return Ok(Some(v.to_vec())),
             None => return Ok(None),
         }
-        // A chunked value: its chunks are read while no group is being
-        // applied (a group deletes the chunks of a value it replaces before
-        // it writes the new manifest), from what the tree holds then.
+        // A chunked value: its chunks are read while no slice of held groups
+        // is being applied (a slice deletes the chunks of a value it
+        // replaces before it writes the new manifest), from what the tree
+        // holds then.
         let _reading = self.front.pending.reading();
         if let Some(written) = lock(&self.front.pending.unapplied).get(key) {
             return Ok(written);

@@ -193,7 +193,7 @@ pub(crate) fn is_manifest(value: &[u8]) -> bool {
 const RETRIES: usize = 64;
 
 /// A stored value as it was written: a manifest's chunks put back together.
-/// Callers read while no group is being applied to the tree (the backend's
+/// Callers read while no slice of groups is being applied to the tree (the backend's
 /// `reading` lock), so a manifest's chunks are all there; a read that finds
 /// one gone all the same starts again from the key (`None` if the key is
 /// gone by then).

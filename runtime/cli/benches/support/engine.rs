@@ -6,7 +6,10 @@
 //! - sequential: 500 runs one after another, after 50 to warm up;
 //! - throughput: 64 closed-loop clients (tasks on this process's runtime)
 //!   for 20 s; runs completed a second, and this whole process's CPU time
-//!   per run (from `/proc/self/stat`): server and clients together.
+//!   per run (from `/proc/self/stat`): server and clients together. Then
+//!   where that phase's time went: the store's syncs a run, commits a sync
+//!   and share of the committer's wall time (from `/metrics`), each kind of
+//!   thread's CPU a run, and each run's time under load (p50, p99, max).
 
 use super::{KEY, cpu_ms_of, percentile, thread_cpu_ms, thread_cpu_since};
 use kiln_server::{LocalRuns, Server, ServerConfig};
@@ -135,6 +138,8 @@ pub async fn engine_bench() {
         // Read after the clients stopped: it covers the runs in flight then
         // too, at most `clients` more than counted.
         let cpu_ms = cpu_ms_of("/proc/self/stat") - cpu_before;
+        // Read with the process's CPU, before anything else runs.
+        let threads_after = thread_cpu_ms();
         println!(
             "engine, {name}: sequential p50 {:.2?} p99 {:.2?} (the trigger alone: p50 {:.2?} p99 {:.2?}); {clients} clients for {seconds} s: {counted} runs, {:.0} runs/s, process CPU {:.3} ms a run",
             percentile(&mut sequential, 0.5),
@@ -165,7 +170,7 @@ pub async fn engine_bench() {
             took.iter().max().copied().unwrap_or_default(),
             spent_triggering.load(Ordering::Relaxed) as f64 / 1000.0 / took.len().max(1) as f64,
         );
-        let by_thread = thread_cpu_since(&threads_before, &thread_cpu_ms());
+        let by_thread = thread_cpu_since(&threads_before, &threads_after);
         let per_thread: Vec<String> = by_thread
             .iter()
             .filter(|(_, ms)| **ms > 0)
