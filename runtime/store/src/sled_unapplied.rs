@@ -63,12 +63,14 @@ impl Unapplied {
                 Op::Put(k, v) => (k, Some(Arc::new(v))),
                 Op::Delete(k) => (k, None),
             };
+            let key_len = k.len();
             self.bytes += size(&k, &v);
-            if let Some((old_k, (_, old))) = self.newest.remove_entry(&k) {
-                self.bytes -= size(&old_k, &old);
-            }
             self.fresh.insert(k.clone(), v.clone());
-            self.newest.insert(k, (number, v));
+            // One walk of the map: the key's older write, if any, comes
+            // back from the insert (under the same key).
+            if let Some((_, old)) = self.newest.insert(k, (number, v)) {
+                self.bytes -= key_len + old.as_ref().map_or(0, |old| old.len());
+            }
         }
         number
     }
@@ -320,6 +322,28 @@ mod tests {
         assert_eq!(u.get(b"b"), Some(Some(b"2".to_vec())));
         assert_eq!(u.get(b"c"), Some(Some(b"1".to_vec())));
         assert_eq!(u.bytes, 2 + 2);
+    }
+
+    #[test]
+    fn bytes_count_each_keys_newest_write_once() {
+        let mut u = Unapplied::default();
+        u.commit(vec![put("a", "1"), put("bb", "22")]);
+        assert_eq!(u.bytes, 2 + 4);
+        // Overwritten larger, then smaller, then deleted, in later commits
+        // and within one, then written again by a deferred write.
+        u.commit(vec![put("a", "333"), put("bb", "4")]);
+        assert_eq!(u.bytes, 4 + 3);
+        u.commit(vec![
+            Op::Delete(b"a".to_vec()),
+            put("bb", "55555"),
+            put("bb", ""),
+        ]);
+        assert_eq!(u.bytes, 1 + 2);
+        // A deferred write counts once its commit is made.
+        u.defer(vec![put("a", "xx")]);
+        assert_eq!(u.bytes, 1 + 2);
+        u.commit(vec![put("c", "")]);
+        assert_eq!(u.bytes, 3 + 2 + 1);
     }
 
     #[test]
