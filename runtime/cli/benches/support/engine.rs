@@ -9,7 +9,9 @@
 //!   per run (from `/proc/self/stat`): server and clients together. Then
 //!   where that phase's time went: the store's syncs a run, commits a sync
 //!   and share of the committer's wall time (from `/metrics`), each kind of
-//!   thread's CPU a run, and each run's time under load (p50, p99, max).
+//!   thread's CPU a run, each run's time under load (p50, p99, max), and
+//!   the runs over 50 ms: whether they ended together (a stall of the
+//!   whole process) or apart.
 
 use super::{KEY, cpu_ms_of, percentile, thread_cpu_ms, thread_cpu_since};
 use kiln_server::{LocalRuns, Server, ServerConfig};
@@ -107,19 +109,26 @@ pub async fn engine_bench() {
         // Microseconds the clients spent in their triggers.
         let spent_triggering = Arc::new(AtomicUsize::new(0));
         let started = Instant::now();
+        let phase = started;
         let loops: Vec<_> = (0..clients)
             .map(|_| {
                 let (runs, payload) = (runs.clone(), payload.clone());
                 let (stop, completed) = (stop.clone(), completed.clone());
                 let spent_triggering = spent_triggering.clone();
                 tokio::spawn(async move {
-                    // How long each of this client's runs took.
+                    // Each of this client's runs: when it started, how long
+                    // it took and how long its trigger took.
                     let mut took = Vec::new();
                     while !stop.load(Ordering::Relaxed) {
+                        let at = phase.elapsed();
                         let started = Instant::now();
                         let triggered = one_run(&runs, task, &payload).await;
                         completed.fetch_add(1, Ordering::Relaxed);
-                        took.push(started.elapsed());
+                        took.push(Took {
+                            at,
+                            took: started.elapsed(),
+                            trigger: triggered,
+                        });
                         spent_triggering
                             .fetch_add(triggered.as_micros() as usize, Ordering::Relaxed);
                     }
@@ -163,12 +172,17 @@ pub async fn engine_bench() {
             metrics.commits / metrics.syncs.max(1.0),
             100.0 * metrics.sync_seconds / elapsed.as_secs_f64(),
         );
+        let mut times: Vec<Duration> = took.iter().map(|t| t.took).collect();
         println!(
             "engine, {name}: under load a run took p50 {:.2?} p99 {:.2?} max {:.2?}, its trigger {:.2} ms on average",
-            percentile(&mut took, 0.5),
-            percentile(&mut took, 0.99),
-            took.iter().max().copied().unwrap_or_default(),
+            percentile(&mut times, 0.5),
+            percentile(&mut times, 0.99),
+            times.iter().max().copied().unwrap_or_default(),
             spent_triggering.load(Ordering::Relaxed) as f64 / 1000.0 / took.len().max(1) as f64,
+        );
+        println!(
+            "engine, {name}: {}",
+            slow_runs(&took, Duration::from_millis(50))
         );
         let by_thread = thread_cpu_since(&threads_before, &threads_after);
         let per_thread: Vec<String> = by_thread
@@ -186,6 +200,54 @@ pub async fn engine_bench() {
         );
         serving.abort();
     }
+}
+
+/// One run of the throughput phase, as its client saw it.
+struct Took {
+    /// When it was triggered, from the phase's start.
+    at: Duration,
+    /// From its trigger to the client seeing it `COMPLETED`.
+    took: Duration,
+    /// Its trigger alone.
+    trigger: Duration,
+}
+
+/// The runs that took longer than `over`: how many, the longest with its
+/// trigger, and the 100 ms windows of the phase in which they ended (runs
+/// ending together point at a stall of the whole process rather than of
+/// one run).
+fn slow_runs(runs: &[Took], over: Duration) -> String {
+    let slow: Vec<&Took> = runs.iter().filter(|t| t.took > over).collect();
+    let Some(longest) = slow.iter().max_by_key(|t| t.took) else {
+        return format!("no run took over {over:.0?}");
+    };
+    let mut windows: Vec<u128> = slow
+        .iter()
+        .map(|t| (t.at + t.took).as_millis() / 100)
+        .collect();
+    windows.sort_unstable();
+    let mut counted: Vec<(u128, usize)> = Vec::new();
+    for window in windows {
+        match counted.last_mut() {
+            Some((last, n)) if *last == window => *n += 1,
+            _ => counted.push((window, 1)),
+        }
+    }
+    counted.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+    let ends: Vec<String> = counted
+        .iter()
+        .take(5)
+        .map(|(window, n)| format!("{n} at {:.1} s", *window as f64 / 10.0))
+        .collect();
+    format!(
+        "{} runs took over {over:.0?}; the longest {:.1?} (its trigger {:.2?}, started {:.1} s in); they ended in {} windows of 100 ms, the busiest: {}",
+        slow.len(),
+        longest.took,
+        longest.trigger,
+        longest.at.as_secs_f64(),
+        counted.len(),
+        ends.join(", "),
+    )
 }
 
 /// The store's counters from the server's `/metrics`.
