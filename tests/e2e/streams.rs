@@ -70,7 +70,10 @@ async fn a_dashboard_watches_every_run_of_its_environment_change() {
         .await
         .expect("the server answers");
     assert_eq!(response.status().as_u16(), 200);
-    let id = kiln.trigger_ok("echo", json!({"watched": true})).await;
+    // The feed sends each changed run as it is when the watcher reads it,
+    // so a run that ends at once may show only its end; one that waits a
+    // second is seen before it ends as well.
+    let id = kiln.trigger_ok("sleep", json!({"ms": 1000})).await;
     let mut seen: Vec<String> = Vec::new();
     let mut text = String::new();
     let watched = tokio::time::timeout(Duration::from_secs(30), async {
