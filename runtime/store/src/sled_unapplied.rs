@@ -144,13 +144,14 @@ impl Unapplied {
     /// tree holds them. A key a later commit wrote again is kept.
     pub(crate) fn applied_keys<'k>(&mut self, keys: impl Iterator<Item = &'k [u8]>, upto: u64) {
         for key in keys {
-            if self
-                .newest
-                .get(key)
-                .is_some_and(|(number, _)| *number <= upto)
-                && let Some((k, (_, v))) = self.newest.remove_entry(key)
-            {
-                self.bytes -= size(&k, &v);
+            // One walk of the map for the usual key; a key written again
+            // since (rare) goes back under the key just taken out.
+            if let Some((k, (number, v))) = self.newest.remove_entry(key) {
+                if number <= upto {
+                    self.bytes -= size(&k, &v);
+                } else {
+                    self.newest.insert(k, (number, v));
+                }
             }
         }
     }
