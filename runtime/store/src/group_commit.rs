@@ -6,12 +6,13 @@
 //! committer's gathering of a group ([`Gatherer`]) and what is done once a
 //! group is durable or failed; each backend holds how a group is written.
 
+use crate::durability::{Durability, Reached};
 use crate::sled_unapplied::Unapplied;
 use crate::{Commit, Op, Result, StoreError};
 use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Condvar, Mutex, RwLock, mpsc};
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, watch};
+use tokio::sync::oneshot;
 
 /// How many commits one group takes at most.
 const MAX_GROUP: usize = 4_096;
@@ -22,10 +23,6 @@ pub const DEFER_AT_MOST: Duration = Duration::from_millis(2);
 
 /// A writer waiting for its commit to be durable.
 pub(crate) type Ack = oneshot::Sender<Result<()>>;
-
-/// How far commits have become durable: the number of the last commit the
-/// latest durable group covered, or why making a group durable failed.
-pub(crate) type Durable = std::result::Result<u64, StoreError>;
 
 /// What the committer is asked to do.
 pub(crate) enum Request {
@@ -101,7 +98,7 @@ pub(crate) struct Front {
     pub(crate) pending: Arc<Pending>,
     /// The committer's requests; `None` once closed.
     committer: Option<mpsc::Sender<Request>>,
-    durable: watch::Receiver<Durable>,
+    durable: Durability,
 }
 
 impl Front {
@@ -110,7 +107,7 @@ impl Front {
     pub(crate) fn new(
         pending: Arc<Pending>,
         committer: mpsc::Sender<Request>,
-        durable: watch::Receiver<Durable>,
+        durable: Durability,
     ) -> Self {
         Front {
             pending,
@@ -163,17 +160,7 @@ impl Front {
     /// [`crate::Backend::settled`].
     pub(crate) fn settled(&self) -> Commit {
         let seen = lock(&self.pending.unapplied).made();
-        let mut durable = self.durable.clone();
-        Box::pin(async move {
-            let reached = durable
-                .wait_for(|d| d.as_ref().map_or(true, |n| *n >= seen))
-                .await
-                .map_err(|_| StoreError::Closed)?;
-            match &*reached {
-                Ok(_) => Ok(()),
-                Err(error) => Err(error.clone()),
-            }
-        })
+        self.durable.wait_for(seen)
     }
 
     /// Commits what is still deferred, asks for a last group and closes
@@ -295,12 +282,8 @@ impl Gatherer {
 
 /// Records that commits up to `covered` are durable and acknowledges the
 /// group's writers.
-pub(crate) fn acknowledge(durable: &watch::Sender<Durable>, covered: u64, group: Vec<Ack>) {
-    durable.send_modify(|d| {
-        if let Ok(n) = d {
-            *n = (*n).max(covered);
-        }
-    });
+pub(crate) fn acknowledge(durable: &Reached, covered: u64, group: Vec<Ack>) {
+    durable.reach(covered);
     for ack in group {
         let _ = ack.send(Ok(()));
     }
@@ -309,13 +292,8 @@ pub(crate) fn acknowledge(durable: &watch::Sender<Durable>, covered: u64, group:
 /// Stops the server after a group failed to become durable: what the
 /// failure covered may be lost, and nothing later can be acknowledged
 /// truthfully. Restarting recovers from what is stored.
-pub(crate) fn fail_stop(
-    error: &StoreError,
-    group: Vec<Ack>,
-    durable: &watch::Sender<Durable>,
-    store: &str,
-) -> ! {
-    let _ = durable.send_replace(Err(error.clone()));
+pub(crate) fn fail_stop(error: &StoreError, group: Vec<Ack>, durable: &Reached, store: &str) -> ! {
+    durable.fail(error);
     for ack in group {
         let _ = ack.send(Err(error.clone()));
     }

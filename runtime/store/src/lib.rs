@@ -22,6 +22,7 @@ pub mod blob_store;
 pub mod blobs;
 pub mod children;
 mod debounce;
+mod durability;
 pub mod envvars;
 mod group_commit;
 pub mod layout;

@@ -38,9 +38,7 @@
 
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::blob_store::BlobStore;
-use crate::group_commit::{
-    Durable, Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock,
-};
+use crate::group_commit::{Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock};
 use crate::postgres_chunks::{self as chunks, Chunked};
 use crate::postgres_tables::{self as tables, Column, Read, Touch};
 use crate::postgres_tls::PgConfig;
@@ -317,7 +315,7 @@ impl PostgresBackend {
             readers.push(Reader::new(client));
         }
         let (tx, rx) = mpsc::channel::<Request>();
-        let (durable_tx, durable) = watch::channel(Ok(0));
+        let (durable_tx, durable) = crate::durability::channel();
         let pending = Arc::new(Pending::default());
         let sweeper = match &blobs {
             Some(_) => Some(Arc::new(connect("blob sweeps")?)),
@@ -392,7 +390,7 @@ impl PostgresBackend {
         let listener = connector.listen(DEPLOYMENTS_CHANNEL)?;
         // No committer receives: a commit is refused at once.
         let (tx, _) = mpsc::channel::<Request>();
-        let (_, durable) = watch::channel(Ok(0));
+        let (_, durable) = crate::durability::channel();
         connector.opened()?;
         Ok(PostgresBackend {
             _driver: connector.runtime,
@@ -1120,7 +1118,7 @@ struct Committer {
     /// The keys whose values are in pieces in `kiln_chunk`.
     with_pieces: HashSet<Vec<u8>>,
     pending: Arc<Pending>,
-    durable: watch::Sender<Durable>,
+    durable: crate::durability::Reached,
     /// Where large values go, if anywhere but the table.
     blobs: Option<Arc<BlobStore>>,
     /// The driver's runtime, which sends the blob store's requests.

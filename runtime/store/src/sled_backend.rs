@@ -41,9 +41,7 @@
 //!   the failed write covered may be lost and later writes cannot tell.
 
 use crate::backend::{Backend, Commit, Op, Order};
-use crate::group_commit::{
-    Durable, Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock,
-};
+use crate::group_commit::{Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock};
 use crate::sled_chunks::{
     CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
 };
@@ -52,7 +50,6 @@ use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, Wal};
 use crate::{Result, StoreError};
 use std::path::Path;
 use std::sync::{Arc, mpsc};
-use tokio::sync::watch;
 
 /// A sled database in a directory, with group-committed durable writes.
 pub struct SledBackend {
@@ -128,7 +125,7 @@ impl SledBackend {
         // written from its start.
         let wal = Wal::open(dir, last_group + 1)?;
         let (tx, rx) = mpsc::channel::<Request>();
-        let (durable_tx, durable) = watch::channel(Ok(0));
+        let (durable_tx, durable) = crate::durability::channel();
         // Generations are never used twice: not even one a recovery deleted.
         let chunker = Chunker::new(
             chunk_size(segment),
@@ -363,7 +360,7 @@ struct TreeWriter {
     /// Splits large values.
     chunker: Chunker,
     pending: Arc<Pending>,
-    durable: watch::Sender<Durable>,
+    durable: crate::durability::Reached,
     /// Groups durable in the log and not yet applied to the tree.
     behind: Behind,
     /// Groups taken from `behind` and being applied, a slice at a time.
@@ -749,7 +746,7 @@ mod tests {
             chunker: Chunker::new(chunk_size(segment_size(dir)), 0),
             db,
             pending: Arc::new(Pending::default()),
-            durable: watch::channel(Ok(0)).0,
+            durable: crate::durability::channel().0,
             behind: Behind::default(),
             applying: Applying::default(),
         }
