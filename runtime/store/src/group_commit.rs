@@ -50,10 +50,11 @@ pub(crate) struct Pending {
     /// waiting while too much is unapplied.
     pub(crate) room: Condvar,
     /// Held to write while writes are moved to where reads find it (sled:
-    /// by the committer while it applies a slice of held groups to the
-    /// tree; PostgreSQL: by the committer, a group at a time); held to read
-    /// by a scan, or a read of a chunked value, that must not see a slice or
-    /// group half moved.
+    /// by the committer while it takes durable groups to apply to the tree,
+    /// and while it replaces or deletes a chunked value there; PostgreSQL:
+    /// by the committer, a group at a time); held to read by a scan, or a
+    /// read of a chunked value, that must not see a chunked value half
+    /// replaced or a group half moved.
     pub(crate) moving: RwLock<()>,
     /// The number of the last commit of the latest group the committer
     /// began to move (used by the PostgreSQL backend's optimistic scans).

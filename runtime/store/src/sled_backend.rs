@@ -42,9 +42,7 @@
 
 use crate::backend::{Backend, Commit, Op, Order};
 use crate::group_commit::{Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock};
-use crate::sled_chunks::{
-    CHUNK_SPACE, Chunker, TreeWrite, chunk_size, is_manifest, resolve, segment_size,
-};
+use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, is_manifest, resolve, segment_size};
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, Wal};
 use crate::{Result, StoreError};
@@ -252,25 +250,9 @@ fn apply(
     number: u64,
     writes: Vec<crate::sled_unapplied::ToApply>,
 ) -> Result<()> {
-    apply_writes(db, chunker, writes)?;
+    // Nothing reads the tree while a store opens.
+    chunker.apply(db, writes, || ())?;
     mark(db, number)
-}
-
-/// Writes `writes` (each key's newest value, or `None` to delete it) to
-/// the tree, with the chunks of large values.
-fn apply_writes(
-    db: &sled::Db,
-    chunker: &mut Chunker,
-    writes: Vec<crate::sled_unapplied::ToApply>,
-) -> Result<()> {
-    for write in chunker.writes(db, writes)? {
-        match write {
-            TreeWrite::Insert(key, value) => db.insert(key, value).map(|_| ()),
-            TreeWrite::Remove(key) => db.remove(key).map(|_| ()),
-        }
-        .map_err(backend_error)?;
-    }
-    Ok(())
 }
 
 /// Says in the tree that it holds every group up to `number`.
@@ -541,6 +523,11 @@ impl TreeWriter {
         let Some(last) = self.behind.last else {
             return;
         };
+        // A scan reads the unapplied writes, then the tree: keys the groups
+        // taken write start changing in the tree only once no scan reads,
+        // so none finds in the tree a commit newer than the unapplied writes
+        // it read.
+        let _moving = self.pending.moving();
         self.applying = Applying {
             writes: std::mem::take(&mut self.behind)
                 .writes
@@ -576,11 +563,19 @@ impl TreeWriter {
         let slice: Vec<_> = self.applying.writes.drain(..take).collect();
         let done = self.applying.writes.is_empty();
         let keys: Vec<Vec<u8>> = slice.iter().map(|(k, _)| k.clone()).collect();
-        let applied = {
-            let _moving = self.pending.moving();
-            apply_writes(&self.db, &mut self.chunker, slice)
-                .and_then(|()| if done { mark(&self.db, number) } else { Ok(()) })
-        };
+        // Reads are not held off for the whole slice, only while a chunked
+        // value is replaced or deleted: a scan waiting a slice's length (64
+        // tree writes) held every engine decision waiting behind it. Every
+        // key of the groups taken is in the unapplied writes from before a
+        // scan begins (groups are taken while none reads) until the tree
+        // holds it and the rest of its slice, and reads find it there first,
+        // so a scan between two keys of a slice reads what it would have
+        // read before the slice or after it.
+        let pending = &self.pending;
+        let applied = self
+            .chunker
+            .apply(&self.db, slice, || pending.moving())
+            .and_then(|()| if done { mark(&self.db, number) } else { Ok(()) });
         match applied {
             Ok(()) => self
                 .pending
@@ -622,8 +617,8 @@ impl Backend for SledBackend {
             Some(v) => return Ok(Some(v.to_vec())),
             None => return Ok(None),
         }
-        // A chunked value: its chunks are read while no slice of held groups
-        // is being applied (a slice deletes the chunks of a value it
+        // A chunked value: its chunks are read while the committer replaces
+        // or deletes no chunked value (it deletes the chunks of a value it
         // replaces before it writes the new manifest), from what the tree
         // holds then.
         let _reading = self.front.pending.reading();
@@ -767,6 +762,85 @@ mod tests {
         }
         let value = tree.db.get(key).unwrap()?.to_vec();
         resolve(&tree.db, key, value).unwrap()
+    }
+
+    #[test]
+    fn reads_between_two_keys_of_a_slice_find_every_key_as_committed() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut tree = tree_writer(dir.path());
+        let chunk = chunk_size(segment_size(dir.path()));
+        let big = |fill: u8| vec![fill; chunk * 2 + 7];
+        let key = |i: usize| format!("k/{i}").into_bytes();
+        let put = |i: usize, v: Vec<u8>| Op::Put(key(i), v);
+        // A first group, applied whole: small values and chunked ones.
+        commit_and_hold(
+            &mut tree,
+            1,
+            vec![
+                put(0, b"a".to_vec()),
+                put(1, big(1)),
+                put(2, big(2)),
+                put(3, b"d".to_vec()),
+            ],
+        );
+        tree.apply_behind();
+        // A second replaces a chunked value with another, a small one with
+        // a chunked one, deletes a chunked one and adds a key.
+        commit_and_hold(
+            &mut tree,
+            2,
+            vec![
+                put(1, big(11)),
+                put(3, big(13)),
+                Op::Delete(key(2)),
+                put(4, b"e".to_vec()),
+            ],
+        );
+        let expected = [
+            Some(b"a".to_vec()),
+            Some(big(11)),
+            None,
+            Some(big(13)),
+            Some(b"e".to_vec()),
+        ];
+        tree.take_behind();
+        let slice: Vec<_> = tree.applying.writes.drain(..).collect();
+        let (db, pending) = (tree.db.clone(), tree.pending.clone());
+        let checks = std::cell::Cell::new(0);
+        // Whenever the committer would hold reads off (before it replaces or
+        // deletes a chunked value), and after the last key, a read of every
+        // key finds what the second group left, and the tree holds every
+        // chunk of each manifest it holds (a scan puts the tree's values
+        // together before it lays the unapplied writes over them).
+        let check = || {
+            for (i, expected) in expected.iter().enumerate() {
+                let k = key(i);
+                if let Some(v) = db.get(&k).unwrap() {
+                    resolve(&db, &k, v.to_vec()).expect("the tree's value reads whole");
+                }
+                let read = match lock(&pending.unapplied).get(&k) {
+                    Some(written) => written,
+                    None => db
+                        .get(&k)
+                        .unwrap()
+                        .and_then(|v| resolve(&db, &k, v.to_vec()).unwrap()),
+                };
+                assert_eq!(&read, expected, "key {i} at hold {}", checks.get());
+            }
+            checks.set(checks.get() + 1);
+        };
+        tree.chunker.apply(&db, slice, check).unwrap();
+        check();
+        assert_eq!(checks.get(), 3, "held for the two chunked values replaced");
+        // Once the slice's keys are forgotten in the unapplied writes, the
+        // tree alone answers the same, and no chunk of a replaced or deleted
+        // value is left.
+        pending.applied(2);
+        for (i, expected) in expected.iter().enumerate() {
+            assert_eq!(&read(&tree, &key(i)), expected, "key {i}");
+        }
+        let chunks = db.scan_prefix(CHUNK_SPACE).count();
+        assert_eq!(chunks, 2 * 3, "two chunked values of three chunks each");
     }
 
     #[test]

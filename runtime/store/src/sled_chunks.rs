@@ -14,7 +14,6 @@
 //! (acknowledged bytes are durable in the write-ahead log before that).
 
 use crate::{Result, StoreError};
-use std::collections::HashMap;
 
 /// The start of a manifest value.
 const MAGIC: &[u8; 8] = b"\xffKLNCHK\x01";
@@ -71,14 +70,6 @@ impl Manifest {
     }
 }
 
-/// One write to the tree.
-pub(crate) enum TreeWrite {
-    /// Put a value.
-    Insert(sled::IVec, sled::IVec),
-    /// Delete a key.
-    Remove(sled::IVec),
-}
-
 /// Turns commits into sled writes of small values.
 pub(crate) struct Chunker {
     chunk: usize,
@@ -112,37 +103,34 @@ impl Chunker {
         }
     }
 
-    /// The tree's writes for `writes` (a value to put, or `None` to
-    /// delete), in order, reading the values they replace from `tree` (only
-    /// the caller writes it meanwhile) so that chunks of a replaced or
-    /// deleted value are deleted with them. A value's chunks come before
-    /// its manifest.
-    pub(crate) fn writes(
+    /// Writes `writes` (a value to put, or `None` to delete) to `tree`, in
+    /// order (only the caller writes it meanwhile). A replaced or deleted
+    /// chunked value's chunks are deleted before the key is written, and a
+    /// value's chunks are written before its manifest, so that whatever
+    /// prefix of these writes a crash leaves in sled, the log's round
+    /// applied again on the next open leaves no chunk behind that no
+    /// manifest names. The writes that replace or delete a chunked value
+    /// (its chunks, old and new, with it) are made holding what `hold`
+    /// returns, so a reader holding it off never finds a manifest whose
+    /// chunks are gone. Other writes need no holding: each is a single
+    /// write to sled, which a reader finds made or not.
+    pub(crate) fn apply<G>(
         &mut self,
         tree: &sled::Db,
         writes: Vec<crate::sled_unapplied::ToApply>,
-    ) -> Result<Vec<TreeWrite>> {
-        let mut batch = Vec::with_capacity(writes.len());
-        // What keys written earlier in this group now hold: whether they
-        // hold a value, and its manifest if it is chunked.
-        let mut written: HashMap<Vec<u8>, (bool, Option<Manifest>)> = HashMap::new();
+        hold: impl Fn() -> G,
+    ) -> Result<()> {
+        let failed = |e: sled::Error| StoreError::Backend(e.to_string());
         for (key, value) in writes {
-            let (held, old) = match written.get(&key) {
-                Some(m) => *m,
-                None => {
-                    let old = tree
-                        .get(&key)
-                        .map_err(|e| StoreError::Backend(e.to_string()))?;
-                    (old.is_some(), old.and_then(|v| Manifest::parse(&v)))
-                }
-            };
-            if let Some(old) = old {
+            let old = tree.get(&key).map_err(failed)?;
+            let chunked = old.as_deref().and_then(Manifest::parse);
+            let _held = chunked.map(|_| hold());
+            if let Some(old) = chunked {
                 for i in 0..old.count {
-                    batch.push(TreeWrite::Remove(old.chunk_key(i).into()));
+                    tree.remove(old.chunk_key(i)).map_err(failed)?;
                 }
             }
-            let value_held = value.is_some();
-            let new = match value {
+            match value {
                 Some(v) if v.len() > self.chunk || v.starts_with(MAGIC) => {
                     let manifest = Manifest {
                         generation: self.next_generation,
@@ -151,35 +139,23 @@ impl Chunker {
                     };
                     self.next_generation += 1;
                     for (i, piece) in v.chunks(self.chunk).enumerate() {
-                        batch.push(TreeWrite::Insert(
-                            manifest.chunk_key(i as u32).into(),
-                            piece.into(),
-                        ));
+                        tree.insert(manifest.chunk_key(i as u32), piece)
+                            .map_err(failed)?;
                     }
-                    batch.push(TreeWrite::Insert(
-                        key.as_slice().into(),
-                        manifest.encode().into(),
-                    ));
-                    Some(manifest)
+                    tree.insert(key, manifest.encode()).map_err(failed)?;
                 }
                 Some(v) => {
-                    batch.push(TreeWrite::Insert(
-                        key.as_slice().into(),
-                        v.as_slice().into(),
-                    ));
-                    None
+                    tree.insert(key, v.as_slice()).map_err(failed)?;
                 }
                 // A key the tree does not hold needs no removing: a run's
-                // index entries often come and go between two applies.
-                None if !held => None,
+                // index entries often come and go between two slices.
+                None if old.is_none() => {}
                 None => {
-                    batch.push(TreeWrite::Remove(key.as_slice().into()));
-                    None
+                    tree.remove(key).map_err(failed)?;
                 }
-            };
-            written.insert(key, (value_held, new));
+            }
         }
-        Ok(batch)
+        Ok(())
     }
 }
 
@@ -193,8 +169,9 @@ pub(crate) fn is_manifest(value: &[u8]) -> bool {
 const RETRIES: usize = 64;
 
 /// A stored value as it was written: a manifest's chunks put back together.
-/// Callers read while no slice of groups is being applied to the tree (the backend's
-/// `reading` lock), so a manifest's chunks are all there; a read that finds
+/// Callers read while no chunked value is being replaced or deleted in the
+/// tree (the backend's `reading` lock), so a manifest's chunks are all
+/// there; a read that finds
 /// one gone all the same starts again from the key (`None` if the key is
 /// gone by then).
 pub(crate) fn resolve(tree: &sled::Db, key: &[u8], value: Vec<u8>) -> Result<Option<Vec<u8>>> {
