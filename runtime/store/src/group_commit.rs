@@ -50,7 +50,7 @@ pub(crate) struct Pending {
     /// waiting while too much is unapplied.
     pub(crate) room: Condvar,
     /// Held to write while writes are moved to where reads find it (sled:
-    /// by the committer while it takes durable groups to apply to the tree,
+    /// by the committer as it takes durable groups to apply to the tree,
     /// and while it replaces or deletes a chunked value there; PostgreSQL:
     /// by the committer, a group at a time); held to read by a scan, or a
     /// read of a chunked value, that must not see a chunked value half
@@ -71,7 +71,9 @@ impl Pending {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Held while a group is moved to where reads find it.
+    /// Held while a group is moved to where reads find it (sled: while
+    /// durable groups are taken to apply, and while a chunked value is
+    /// replaced or deleted).
     pub(crate) fn moving(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
         self.moving
             .write()

@@ -524,10 +524,11 @@ impl TreeWriter {
             return;
         };
         // A scan reads the unapplied writes, then the tree: keys the groups
-        // taken write start changing in the tree only once no scan reads,
-        // so none finds in the tree a commit newer than the unapplied writes
-        // it read.
-        let _moving = self.pending.moving();
+        // taken write start changing in the tree only after every scan
+        // reading now has ended (a barrier: later scans read unapplied
+        // writes that hold them), so none finds in the tree a commit newer
+        // than the unapplied writes it read.
+        drop(self.pending.moving());
         self.applying = Applying {
             writes: std::mem::take(&mut self.behind)
                 .writes

@@ -112,8 +112,9 @@ impl Chunker {
     /// manifest names. The writes that replace or delete a chunked value
     /// (its chunks, old and new, with it) are made holding what `hold`
     /// returns, so a reader holding it off never finds a manifest whose
-    /// chunks are gone. Other writes need no holding: each is a single
-    /// write to sled, which a reader finds made or not.
+    /// chunks are gone. Other writes need no holding: a single write to
+    /// sled, which a reader finds made or not, or a new chunked value's
+    /// chunks, which no manifest names until they are all written.
     pub(crate) fn apply<G>(
         &mut self,
         tree: &sled::Db,

@@ -147,8 +147,18 @@ fn check(backend: &SledBackend, expected: &[(Vec<u8>, Vec<u8>)]) {
 }
 
 /// A value of version `v`: every byte is `v`, and its length says `v` too.
+/// Version `v` of a value: chunked, except every third, which is small
+/// (so a value goes from chunked to small and back).
 fn version(v: u8) -> Vec<u8> {
+    if v.is_multiple_of(3) {
+        return vec![v; 100];
+    }
     vec![v; 5_000 + (v as usize % 7) * 40_000]
+}
+
+/// Whether version `v` is a delete of the value rather than a write.
+fn deleted(v: u8) -> bool {
+    v.is_multiple_of(5)
 }
 
 fn check_version(value: &[u8]) {
@@ -158,6 +168,8 @@ fn check_version(value: &[u8]) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
+    // The value is replaced by chunked and small values and deleted in
+    // turn, while a reader reads it alone and in scans.
     let dir = tempfile::tempdir().unwrap();
     let backend = std::sync::Arc::new(SledBackend::open(dir.path()).unwrap());
     backend
@@ -170,8 +182,9 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
             let mut reads = 0;
             let started = std::time::Instant::now();
             while started.elapsed() < std::time::Duration::from_secs(3) {
-                let value = backend.get(b"run/x").expect("a read").expect("a value");
-                check_version(&value);
+                if let Some(value) = backend.get(b"run/x").expect("a read") {
+                    check_version(&value);
+                }
                 for (_, value) in backend.scan_prefix(b"run/").expect("a scan") {
                     check_version(&value);
                 }
@@ -183,10 +196,12 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
     let mut v = 0u8;
     while !reader.is_finished() {
         v = v.wrapping_add(1);
-        backend
-            .commit(vec![Op::Put(b"run/x".to_vec(), version(v))])
-            .await
-            .unwrap();
+        let op = if deleted(v) {
+            Op::Delete(b"run/x".to_vec())
+        } else {
+            Op::Put(b"run/x".to_vec(), version(v))
+        };
+        backend.commit(vec![op]).await.unwrap();
     }
     let reads = reader.join().expect("the reader never saw a torn value");
     assert!(reads > 0 && v > 0);
@@ -195,7 +210,7 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
     drop(backend);
     let backend = reopen(dir.path());
     backend
-        .commit(vec![Op::Put(b"run/x".to_vec(), version(3))])
+        .commit(vec![Op::Put(b"run/x".to_vec(), version(4))])
         .await
         .unwrap();
     check_version(&backend.get(b"run/x").unwrap().unwrap());
@@ -210,7 +225,7 @@ async fn readers_never_see_a_chunked_value_torn_while_it_is_replaced() {
         .iter()
         .map(|(_, v)| v.len())
         .sum();
-    assert_eq!(chunks, version(3).len());
+    assert_eq!(chunks, version(4).len());
 }
 
 #[tokio::test]
