@@ -113,7 +113,7 @@ impl SledBackend {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
         let mut db = open_sled(dir, segment)?;
-        let (last_group, last_generation) = recover(dir, &db, segment)?;
+        let (last_group, mut chunker) = recover(dir, &db, segment)?;
         let mut compacted = None;
         if let Some(min_len) = compact_from {
             (db, compacted) = crate::sled_compact::on_open(dir, db, min_len, segment)?;
@@ -125,10 +125,9 @@ impl SledBackend {
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = crate::durability::channel();
         // Generations are never used twice: not even one a recovery deleted.
-        let chunker = Chunker::new(
-            chunk_size(segment),
-            last_generation.max(Chunker::last_generation(&db)?),
-        );
+        // (A compaction copies the tree whole, the list of chunked keys
+        // with it.)
+        chunker.skip_to(Chunker::last_generation(&db)?);
         let pending = Arc::new(Pending::default());
         let committer = Committer {
             wal,
@@ -195,7 +194,7 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<(
 /// Applies to the tree, in order, every group of the write-ahead log's
 /// current round (all written since the tree's last checkpoint), then
 /// makes the tree durable. Returns the number of the last group the store
-/// holds and the last chunk generation made.
+/// holds and the chunker that writes to the tree from then on.
 ///
 /// Every group of the round is applied again, not only those after the
 /// group the tree says it holds: each writes its keys' newest values, so
@@ -204,7 +203,7 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<(
 /// checkpoint's are deleted first: the round's groups write those values
 /// again, under new generations, and one a crash cut off before its manifest would otherwise
 /// be left behind.
-fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64)> {
+fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, Chunker)> {
     let applied = crate::sled_wal::number(db, MARK)?.unwrap_or(0);
     let groups = crate::sled_wal::round(dir, applied)?;
     let mut last = applied;
@@ -228,14 +227,13 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64)> {
         }
     }
     // Generations are never used twice, even those just deleted.
-    let mut chunker = Chunker::new(chunk_size(segment), last_generation);
+    let mut chunker = Chunker::open(db, chunk_size(segment), last_generation)?;
     for group in groups {
         apply(db, &mut chunker, group.number, group.writes)?;
         last = last.max(group.number);
     }
-    let generation = chunker.last_generation_made();
-    checkpoint(db, &data_file(dir)?, generation)?;
-    Ok((last, generation))
+    checkpoint(db, &data_file(dir)?, chunker.last_generation_made())?;
+    Ok((last, chunker))
 }
 
 /// Applies `writes`, the newest values of groups up to `number`, whose
@@ -251,7 +249,7 @@ fn apply(
     writes: Vec<crate::sled_unapplied::ToApply>,
 ) -> Result<()> {
     // Nothing reads the tree while a store opens.
-    chunker.apply(db, writes, || ())?;
+    chunker.apply(db, &writes, || ())?;
     mark(db, number)
 }
 
@@ -563,7 +561,6 @@ impl TreeWriter {
         }
         let slice: Vec<_> = self.applying.writes.drain(..take).collect();
         let done = self.applying.writes.is_empty();
-        let keys: Vec<Vec<u8>> = slice.iter().map(|(k, _)| k.clone()).collect();
         // Reads are not held off for the whole slice, only while a chunked
         // value is replaced or deleted: a scan waiting a slice's length (64
         // tree writes) held every engine decision waiting behind it. Every
@@ -575,12 +572,12 @@ impl TreeWriter {
         let pending = &self.pending;
         let applied = self
             .chunker
-            .apply(&self.db, slice, || pending.moving())
+            .apply(&self.db, &slice, || pending.moving())
             .and_then(|()| if done { mark(&self.db, number) } else { Ok(()) });
         match applied {
             Ok(()) => self
                 .pending
-                .applied_keys(keys.iter().map(Vec::as_slice), covered),
+                .applied_keys(slice.iter().map(|(k, _)| k.as_slice()), covered),
             Err(error) => fail_stop(&error, Vec::new(), &self.durable, "the disk"),
         }
         if done {
@@ -830,7 +827,7 @@ mod tests {
             }
             checks.set(checks.get() + 1);
         };
-        tree.chunker.apply(&db, slice, check).unwrap();
+        tree.chunker.apply(&db, &slice, check).unwrap();
         check();
         assert_eq!(checks.get(), 3, "held for the two chunked values replaced");
         // Once the slice's keys are forgotten in the unapplied writes, the
