@@ -113,7 +113,7 @@ impl SledBackend {
         std::fs::create_dir_all(dir).map_err(backend_error)?;
         let segment = segment_size(dir);
         let mut db = open_sled(dir, segment)?;
-        let (last_group, mut chunker) = recover(dir, &db, segment)?;
+        let (last_group, last_generation) = recover(dir, &db, segment)?;
         let mut compacted = None;
         if let Some(min_len) = compact_from {
             (db, compacted) = crate::sled_compact::on_open(dir, db, min_len, segment)?;
@@ -125,9 +125,10 @@ impl SledBackend {
         let (tx, rx) = mpsc::channel::<Request>();
         let (durable_tx, durable) = crate::durability::channel();
         // Generations are never used twice: not even one a recovery deleted.
-        // (A compaction copies the tree whole, the list of chunked keys
-        // with it.)
-        chunker.skip_to(Chunker::last_generation(&db)?);
+        let chunker = Chunker::new(
+            chunk_size(segment),
+            last_generation.max(Chunker::last_generation(&db)?),
+        );
         let pending = Arc::new(Pending::default());
         let committer = Committer {
             wal,
@@ -194,7 +195,7 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<(
 /// Applies to the tree, in order, every group of the write-ahead log's
 /// current round (all written since the tree's last checkpoint), then
 /// makes the tree durable. Returns the number of the last group the store
-/// holds and the chunker that writes to the tree from then on.
+/// holds and the last chunk generation made.
 ///
 /// Every group of the round is applied again, not only those after the
 /// group the tree says it holds: each writes its keys' newest values, so
@@ -203,7 +204,7 @@ fn checkpoint(db: &sled::Db, data_file: &std::fs::File, chunks: u64) -> Result<(
 /// checkpoint's are deleted first: the round's groups write those values
 /// again, under new generations, and one a crash cut off before its manifest would otherwise
 /// be left behind.
-fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, Chunker)> {
+fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, u64)> {
     let applied = crate::sled_wal::number(db, MARK)?.unwrap_or(0);
     let groups = crate::sled_wal::round(dir, applied)?;
     let mut last = applied;
@@ -227,13 +228,14 @@ fn recover(dir: &Path, db: &sled::Db, segment: usize) -> Result<(u64, Chunker)> 
         }
     }
     // Generations are never used twice, even those just deleted.
-    let mut chunker = Chunker::open(db, chunk_size(segment), last_generation)?;
+    let mut chunker = Chunker::new(chunk_size(segment), last_generation);
     for group in groups {
         apply(db, &mut chunker, group.number, group.writes)?;
         last = last.max(group.number);
     }
-    checkpoint(db, &data_file(dir)?, chunker.last_generation_made())?;
-    Ok((last, chunker))
+    let generation = chunker.last_generation_made();
+    checkpoint(db, &data_file(dir)?, generation)?;
+    Ok((last, generation))
 }
 
 /// Applies `writes`, the newest values of groups up to `number`, whose
