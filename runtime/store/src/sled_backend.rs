@@ -73,7 +73,7 @@ impl std::fmt::Debug for SledBackend {
 /// go of.
 pub(crate) const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
-fn backend_error(e: impl std::fmt::Display) -> StoreError {
+pub(crate) fn backend_error(e: impl std::fmt::Display) -> StoreError {
     StoreError::Backend(e.to_string())
 }
 

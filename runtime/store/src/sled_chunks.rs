@@ -13,6 +13,7 @@
 //! and every byte the tree holds is in the `db` file that checkpoints sync
 //! (acknowledged bytes are durable in the write-ahead log before that).
 
+use crate::sled_backend::backend_error;
 use crate::{Result, StoreError};
 
 /// The start of a manifest value.
@@ -121,14 +122,13 @@ impl Chunker {
         writes: &[crate::sled_unapplied::ToApply],
         hold: impl Fn() -> G,
     ) -> Result<()> {
-        let failed = |e: sled::Error| StoreError::Backend(e.to_string());
         for (key, value) in writes {
-            let old = tree.get(key).map_err(failed)?;
+            let old = tree.get(key).map_err(backend_error)?;
             let chunked = old.as_deref().and_then(Manifest::parse);
             let _held = chunked.map(|_| hold());
             if let Some(old) = chunked {
                 for i in 0..old.count {
-                    tree.remove(old.chunk_key(i)).map_err(failed)?;
+                    tree.remove(old.chunk_key(i)).map_err(backend_error)?;
                 }
             }
             match value {
@@ -141,19 +141,20 @@ impl Chunker {
                     self.next_generation += 1;
                     for (i, piece) in v.chunks(self.chunk).enumerate() {
                         tree.insert(manifest.chunk_key(i as u32), piece)
-                            .map_err(failed)?;
+                            .map_err(backend_error)?;
                     }
                     tree.insert(key.as_slice(), manifest.encode())
-                        .map_err(failed)?;
+                        .map_err(backend_error)?;
                 }
                 Some(v) => {
-                    tree.insert(key.as_slice(), v.as_slice()).map_err(failed)?;
+                    tree.insert(key.as_slice(), v.as_slice())
+                        .map_err(backend_error)?;
                 }
                 // A key the tree does not hold needs no removing: a run's
                 // index entries often come and go between two slices.
                 None if old.is_none() => {}
                 None => {
-                    tree.remove(key.as_slice()).map_err(failed)?;
+                    tree.remove(key.as_slice()).map_err(backend_error)?;
                 }
             }
         }

@@ -147,8 +147,8 @@ fn check(backend: &SledBackend, expected: &[(Vec<u8>, Vec<u8>)]) {
 }
 
 /// A value of version `v`: every byte is `v`, and its length says `v` too.
-/// Version `v` of a value: chunked, except every third, which is small
-/// (so a value goes from chunked to small and back).
+/// Chunked, except every third version, which is small (so a value goes
+/// from chunked to small and back).
 fn version(v: u8) -> Vec<u8> {
     if v.is_multiple_of(3) {
         return vec![v; 100];
