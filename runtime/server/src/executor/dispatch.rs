@@ -203,6 +203,13 @@ impl Slot {
     /// the end is durable loses the next run's start with it. What follows
     /// the end once it is durable (telling pollers, a retry's queueing) may
     /// come after the next run started.
+    ///
+    /// The runs the slot lets start are started here, on the thread that
+    /// gives it back, rather than by the dispatcher's task: waking that
+    /// task on the API's runtime, which then handed the next run back to
+    /// the guests' runtime, cost every run two wake-ups of another thread.
+    /// The dispatcher is woken only if the scheduler now waits for a time
+    /// (a rate limit's window) it may not be watching for.
     pub(crate) fn release(&self) {
         let started = self
             .started
@@ -211,8 +218,20 @@ impl Slot {
             .take();
         if let Some(started) = started {
             let dispatch = &self.executor.shared.dispatch;
-            dispatch.lock().release(&started);
-            dispatch.changed.notify_one();
+            let (next, wakeup) = {
+                let mut scheduler = dispatch.lock();
+                scheduler.release(&started);
+                (
+                    take_startable(dispatch, &mut scheduler),
+                    scheduler.next_wakeup(),
+                )
+            };
+            for started in next {
+                start(&self.executor, started);
+            }
+            if wakeup.is_some() {
+                dispatch.changed.notify_one();
+            }
         }
     }
 }
@@ -228,39 +247,60 @@ impl Drop for Slot {
     }
 }
 
+/// Takes every run the scheduler lets start now, none once the server
+/// drains; each is counted as a slice under the scheduler's lock, as the
+/// drain expects (see [`Dispatch::drain`]), and its slot uncounts it when
+/// dropped.
+fn take_startable(dispatch: &Dispatch, scheduler: &mut Scheduler<RunId>) -> Vec<Started<RunId>> {
+    let mut startable = Vec::new();
+    if dispatch.draining.load(Ordering::SeqCst) {
+        return startable;
+    }
+    let now = Timestamp::now().as_millis();
+    while let Some(started) = scheduler.next(now) {
+        dispatch.slices.fetch_add(1, Ordering::SeqCst);
+        startable.push(started);
+    }
+    startable
+}
+
+/// Hands a started run to the driver on the guests' runtime, with its slot.
+fn start(executor: &Executor, started: Started<RunId>) {
+    let slot = Slot {
+        executor: executor.clone(),
+        run: started.run.clone(),
+        started: Mutex::new(Some(started)),
+    };
+    // Boxed: a slice's future is several KiB, which spawning it unboxed
+    // would copy more than once for every run.
+    super::guests::spawn(Box::pin(async move {
+        if let Err(error) = driver::execute(&slot.executor, &slot.run, &slot).await {
+            tracing::error!(run = %slot.run, %error, "executing a run failed");
+        }
+        drop(slot);
+    }));
+}
+
 /// Starts queued runs as the scheduler allows, for as long as the server
-/// runs.
+/// runs (a slot given back starts the runs it lets start itself, see
+/// [`Slot::release`]).
 pub(crate) async fn run(executor: Executor) {
     let dispatch = executor.shared.dispatch.clone();
     loop {
-        let (started, wakeup) = {
+        let (startable, wakeup) = {
             let mut scheduler = dispatch.lock();
             if dispatch.draining.load(Ordering::SeqCst) {
                 return;
             }
-            let now = Timestamp::now().as_millis();
-            let started = scheduler.next(now);
-            if started.is_some() {
-                // Counted under the scheduler's lock, as the drain expects
-                // (see `Dispatch::drain`); the slot uncounts it when dropped.
-                dispatch.slices.fetch_add(1, Ordering::SeqCst);
-            }
-            (started, scheduler.next_wakeup())
+            (
+                take_startable(&dispatch, &mut scheduler),
+                scheduler.next_wakeup(),
+            )
         };
-        if let Some(started) = started {
-            let slot = Slot {
-                executor: executor.clone(),
-                run: started.run.clone(),
-                started: Mutex::new(Some(started)),
-            };
-            // Boxed: a slice's future is several KiB, which spawning it
-            // unboxed would copy more than once for every run.
-            super::guests::spawn(Box::pin(async move {
-                if let Err(error) = driver::execute(&slot.executor, &slot.run, &slot).await {
-                    tracing::error!(run = %slot.run, %error, "executing a run failed");
-                }
-                drop(slot);
-            }));
+        if !startable.is_empty() {
+            for started in startable {
+                start(&executor, started);
+            }
             continue;
         }
         match wakeup {
