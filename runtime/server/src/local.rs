@@ -112,7 +112,7 @@ impl LocalRuns {
             return Ok(None);
         };
         let status = |state: &AppState| -> Result<Option<RunStatus>, LocalError> {
-            Ok(state.store.run(&id)?.map(|r| r.status))
+            Ok(state.store.run_status(&id)?)
         };
         let settled = |status: Option<RunStatus>| async move {
             // Reads see commits before they are on disk; what is reported

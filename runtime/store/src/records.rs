@@ -600,6 +600,23 @@ impl Store {
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
+    /// A run's status alone: its record's other fields are skipped, not
+    /// decoded, for a caller waiting for the run to finish.
+    pub fn run_status(&self, id: &RunId) -> Result<Option<kiln_types::RunStatus>> {
+        /// The one field of a run's record read.
+        #[derive(serde::Deserialize)]
+        struct Status {
+            status: kiln_types::RunStatus,
+        }
+        let k = key(RUN, id.as_str().as_bytes());
+        Ok(self
+            .backend
+            .get(&k)?
+            .map(|v| decode::<Status>(&k, &v))
+            .transpose()?
+            .map(|s| s.status))
+    }
+
     /// Every run, oldest first (ids sort by creation time).
     pub fn runs(&self) -> Result<Vec<Run>> {
         self.backend

@@ -99,6 +99,8 @@ async fn a_run_reads_back_as_written_and_is_stored_compactly() {
     ] {
         store.put_run(&run).await.expect("a commit");
         assert_eq!(store.run(&run.id).expect("a read"), Some(run.clone()));
+        // Its status alone, the rest of the record skipped.
+        assert_eq!(store.run_status(&run.id).expect("a read"), Some(run.status));
 
         let stored = backend
             .get(&run_key(&run.id))
@@ -134,6 +136,14 @@ async fn a_run_written_as_json_by_an_earlier_kiln_reads_back() {
         .await
         .expect("a commit");
     assert_eq!(store.run(&run.id).expect("a read"), Some(run.clone()));
+    assert_eq!(
+        store.run_status(&run.id).expect("a read"),
+        Some(RunStatus::Completed)
+    );
+    assert_eq!(
+        store.run_status(&RunId::generate(10)).expect("a read"),
+        None
+    );
 
     // Its next change is written in the store's own form.
     let mut changed = run.clone();
@@ -160,5 +170,7 @@ async fn a_corrupt_run_record_is_reported_with_its_key() {
         .await
         .expect("a commit");
     let error = store.run(&id).expect_err("a corrupt record");
+    assert!(error.to_string().contains(id.as_str()), "{error}");
+    let error = store.run_status(&id).expect_err("a corrupt record");
     assert!(error.to_string().contains(id.as_str()), "{error}");
 }

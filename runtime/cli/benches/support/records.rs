@@ -84,8 +84,20 @@ pub fn records_bench() {
     let packed_decode = per_call(n, || {
         std::hint::black_box(rmp_serde::from_slice::<Run>(std::hint::black_box(&packed)).ok());
     });
+    // As `Store::run_status` reads a record: its status, the rest skipped.
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: RunStatus,
+    }
+    let status_decode = per_call(n, || {
+        std::hint::black_box(
+            rmp_serde::from_slice::<Status>(std::hint::black_box(&packed))
+                .ok()
+                .map(|s| s.status),
+        );
+    });
     println!(
-        "records, a finished run: JSON {} bytes, encode {json_encode:.2?}, decode {json_decode:.2?}; MessagePack {} bytes, encode {packed_encode:.2?} (into a buffer sized first {packed_presized:.2?}), decode {packed_decode:.2?}",
+        "records, a finished run: JSON {} bytes, encode {json_encode:.2?}, decode {json_decode:.2?}; MessagePack {} bytes, encode {packed_encode:.2?} (into a buffer sized first {packed_presized:.2?}), decode {packed_decode:.2?}, its status alone {status_decode:.2?}",
         json.len(),
         packed.len(),
     );
