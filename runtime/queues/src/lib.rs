@@ -25,7 +25,8 @@
 //! The scheduler is a pure data structure: it keeps no clock of its own
 //! (every call that depends on time takes `now` in milliseconds) and does no
 //! I/O, so its rules are tested deterministically, and the server wraps it
-//! with a mutex and a dispatcher task.
+//! with a mutex, a dispatcher task, and the slots of runs executing (a slot
+//! given back starts the runs it lets start).
 
 mod limits;
 mod scheduler;

@@ -2,14 +2,14 @@
 //!
 //! Queued runs wait in a [`kiln_queues::Scheduler`] (queues, one lane per
 //! `concurrencyKey`, fairness, priority, pause, rate limits, the
-//! environment's base and burst limits). One task takes what may start,
-//! hands each run to the driver, and gives its slot back when the slice
-//! ends: the run suspended at a wait (a `WAITING` run holds no slot; it
-//! queues again when woken) or could not be claimed; or, for an attempt
-//! that ended, as soon as the commit that ends it is handed to the store
-//! (see [`Slot::release`]). The
-//! scheduler lives in memory; after a restart recovery queues every `QUEUED`
-//! run again.
+//! environment's base and burst limits). One task takes what may start and
+//! hands each run to the driver. A slice gives its slot back when it ends:
+//! the run suspended at a wait (a `WAITING` run holds no slot; it queues
+//! again when woken) or could not be claimed, and the dispatcher's task is
+//! woken; or, for an attempt that ended, as soon as the commit that ends
+//! it is handed to the store, and the slot starts the runs it lets start
+//! itself (see [`Slot::release`]). The scheduler lives in memory; after a
+//! restart recovery queues every `QUEUED` run again.
 
 use super::{Executor, driver};
 use kiln_manifest::{Manifest, QueueManifest};
@@ -20,7 +20,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// The scheduler, and the signal that something in it changed.
+/// The scheduler, and the signal that wakes the dispatcher's task when
+/// something in it changed that the task must act on.
 pub(crate) struct Dispatch {
     scheduler: Mutex<Scheduler<RunId>>,
     changed: Notify,
@@ -72,8 +73,9 @@ impl Dispatch {
     /// slice started before this returns is counted by
     /// [`Dispatch::running`] until it ends.
     pub(crate) fn drain(&self) {
-        // Under the scheduler's lock, which the dispatcher holds from its
-        // check of the flag to its count of the slice it starts.
+        // Under the scheduler's lock, which whoever starts runs (the
+        // dispatcher, or a slot given back: `take_startable`) holds from
+        // its check of the flag to its count of the slices it starts.
         let _scheduler = self.lock();
         self.draining.store(true, Ordering::SeqCst);
         self.changed.notify_one();
@@ -204,41 +206,72 @@ impl Slot {
     /// the end once it is durable (telling pollers, a retry's queueing) may
     /// come after the next run started.
     ///
-    /// The runs the slot lets start are started here, on the thread that
-    /// gives it back, rather than by the dispatcher's task: waking that
-    /// task on the API's runtime, which then handed the next run back to
-    /// the guests' runtime, cost every run two wake-ups of another thread.
-    /// The dispatcher is woken only if the scheduler now waits for a time
-    /// (a rate limit's window) it may not be watching for.
+    /// The runs the slot lets start are handed to the guests' runtime from
+    /// here, rather than by the dispatcher's task: waking that task on the
+    /// API's runtime, which then handed the next run back to the guests'
+    /// runtime, cost every run two wake-ups of another thread. The
+    /// dispatcher is still woken while a rate-limited queue or lane waits
+    /// for its window (the scheduler then has a time to be called by).
     pub(crate) fn release(&self) {
+        self.give_back(true);
+    }
+
+    /// Gives the slot back, if it was not yet; starts the runs that lets
+    /// start if `start_next`, or else leaves them to the dispatcher's task.
+    fn give_back(&self, start_next: bool) {
         let started = self
             .started
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take();
-        if let Some(started) = started {
-            let dispatch = &self.executor.shared.dispatch;
-            let (next, wakeup) = {
-                let mut scheduler = dispatch.lock();
-                scheduler.release(&started);
-                (
-                    take_startable(dispatch, &mut scheduler),
-                    scheduler.next_wakeup(),
-                )
-            };
-            for started in next {
-                start(&self.executor, started);
-            }
-            if wakeup.is_some() {
-                dispatch.changed.notify_one();
-            }
+        let Some(started) = started else {
+            return;
+        };
+        let dispatch = &self.executor.shared.dispatch;
+        if !start_next {
+            dispatch.lock().release(&started);
+            dispatch.changed.notify_one();
+            return;
+        }
+        let (next, wakeup) = {
+            let mut scheduler = dispatch.lock();
+            scheduler.release(&started);
+            (
+                take_startable(dispatch, &mut scheduler),
+                scheduler.next_wakeup(),
+            )
+        };
+        // Each run's slot is made before any is handed over, so that none
+        // is left uncounted if handing one over fails.
+        let slots: Vec<Slot> = next
+            .into_iter()
+            .map(|started| Slot::new(&self.executor, started))
+            .collect();
+        for slot in slots {
+            start(slot);
+        }
+        if wakeup.is_some() {
+            dispatch.changed.notify_one();
+        }
+    }
+
+    fn new(executor: &Executor, started: Started<RunId>) -> Self {
+        Slot {
+            executor: executor.clone(),
+            run: started.run.clone(),
+            started: Mutex::new(Some(started)),
         }
     }
 }
 
 impl Drop for Slot {
+    /// A slot not given back yet (a slice that suspended, was not claimed,
+    /// or panicked) goes back through the dispatcher's task: a slice
+    /// dropped by a runtime shutting down would otherwise start the next
+    /// run on it, which would be dropped at once, and so on through the
+    /// queue.
     fn drop(&mut self) {
-        self.release();
+        self.give_back(false);
         self.executor
             .shared
             .dispatch
@@ -265,12 +298,7 @@ fn take_startable(dispatch: &Dispatch, scheduler: &mut Scheduler<RunId>) -> Vec<
 }
 
 /// Hands a started run to the driver on the guests' runtime, with its slot.
-fn start(executor: &Executor, started: Started<RunId>) {
-    let slot = Slot {
-        executor: executor.clone(),
-        run: started.run.clone(),
-        started: Mutex::new(Some(started)),
-    };
+fn start(slot: Slot) {
     // Boxed: a slice's future is several KiB, which spawning it unboxed
     // would copy more than once for every run.
     super::guests::spawn(Box::pin(async move {
@@ -298,8 +326,12 @@ pub(crate) async fn run(executor: Executor) {
             )
         };
         if !startable.is_empty() {
-            for started in startable {
-                start(&executor, started);
+            let slots: Vec<Slot> = startable
+                .into_iter()
+                .map(|started| Slot::new(&executor, started))
+                .collect();
+            for slot in slots {
+                start(slot);
             }
             continue;
         }
