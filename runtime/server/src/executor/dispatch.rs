@@ -216,7 +216,7 @@ impl Slot {
         self.give_back(true);
     }
 
-    /// Gives the slot back, if it was not yet; starts the runs that lets
+    /// Gives the slot back, if it was not yet; starts the runs this lets
     /// start if `start_next`, or else leaves them to the dispatcher's task.
     fn give_back(&self, start_next: bool) {
         let started = self
@@ -241,20 +241,13 @@ impl Slot {
                 scheduler.next_wakeup(),
             )
         };
-        // Each run's slot is made before any is handed over, so that none
-        // is left uncounted if handing one over fails.
-        let slots: Vec<Slot> = next
-            .into_iter()
-            .map(|started| Slot::new(&self.executor, started))
-            .collect();
-        for slot in slots {
-            start(slot);
-        }
+        start_all(&self.executor, next);
         if wakeup.is_some() {
             dispatch.changed.notify_one();
         }
     }
 
+    /// The slot of a run the scheduler just started.
     fn new(executor: &Executor, started: Started<RunId>) -> Self {
         Slot {
             executor: executor.clone(),
@@ -297,16 +290,24 @@ fn take_startable(dispatch: &Dispatch, scheduler: &mut Scheduler<RunId>) -> Vec<
     startable
 }
 
-/// Hands a started run to the driver on the guests' runtime, with its slot.
-fn start(slot: Slot) {
-    // Boxed: a slice's future is several KiB, which spawning it unboxed
-    // would copy more than once for every run.
-    super::guests::spawn(Box::pin(async move {
-        if let Err(error) = driver::execute(&slot.executor, &slot.run, &slot).await {
-            tracing::error!(run = %slot.run, %error, "executing a run failed");
-        }
-        drop(slot);
-    }));
+/// Hands started runs to the driver on the guests' runtime, each with its
+/// slot. Every slot is made before any run is handed over, so that none is
+/// left uncounted if handing one over fails.
+fn start_all(executor: &Executor, startable: Vec<Started<RunId>>) {
+    let slots: Vec<Slot> = startable
+        .into_iter()
+        .map(|started| Slot::new(executor, started))
+        .collect();
+    for slot in slots {
+        // Boxed: a slice's future is several KiB, which spawning it
+        // unboxed would copy more than once for every run.
+        super::guests::spawn(Box::pin(async move {
+            if let Err(error) = driver::execute(&slot.executor, &slot.run, &slot).await {
+                tracing::error!(run = %slot.run, %error, "executing a run failed");
+            }
+            drop(slot);
+        }));
+    }
 }
 
 /// Starts queued runs as the scheduler allows, for as long as the server
@@ -326,13 +327,7 @@ pub(crate) async fn run(executor: Executor) {
             )
         };
         if !startable.is_empty() {
-            let slots: Vec<Slot> = startable
-                .into_iter()
-                .map(|started| Slot::new(&executor, started))
-                .collect();
-            for slot in slots {
-                start(slot);
-            }
+            start_all(&executor, startable);
             continue;
         }
         match wakeup {
