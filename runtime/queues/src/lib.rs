@@ -26,7 +26,7 @@
 //! (every call that depends on time takes `now` in milliseconds) and does no
 //! I/O, so its rules are tested deterministically, and the server wraps it
 //! with a mutex, a dispatcher task, and the slots of runs executing (a slot
-//! given back starts the runs it lets start).
+//! given back at an attempt's end starts the runs it lets start).
 
 mod limits;
 mod scheduler;

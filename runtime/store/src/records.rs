@@ -600,8 +600,8 @@ impl Store {
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    /// A run's status alone: its record's other fields are skipped, not
-    /// decoded, for a caller waiting for the run to finish.
+    /// A run's status alone: its record's other fields are walked over,
+    /// not built, for a caller waiting for the run to finish.
     pub fn run_status(&self, id: &RunId) -> Result<Option<kiln_types::RunStatus>> {
         /// The one field of a run's record read.
         #[derive(serde::Deserialize)]

@@ -4,7 +4,9 @@
 //! written again from its start. A store that wrote more than its log
 //! holds, then stopped as a killed process stops (no clean close, so no
 //! last checkpoint), must open to every commit it acknowledged: those
-//! before the checkpoint from the tree, those after from the log.
+//! before the checkpoint from the tree, those after from the log. (The
+//! process keeps sled's page cache here; `lost_page_cache.rs` shows what
+//! a lost one leaves.)
 
 use kiln_store::{Backend, Op, SledBackend};
 
@@ -52,8 +54,8 @@ fn a_store_that_filled_its_log_opens_to_every_commit_after_a_kill() {
         log <= 65 << 20,
         "the log grew to {log} bytes instead of beginning a new round"
     );
-    // Stopped as a killed process stops, right after the last commit: the
-    // groups the committer still held are only in the log.
+    // Stopped as a killed process stops, right after the last commit:
+    // groups the committer still held, if any, are only in the log.
     store.halt_as_if_killed();
     drop(store);
     wait_closed(&dir);

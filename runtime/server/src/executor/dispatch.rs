@@ -3,12 +3,13 @@
 //! Queued runs wait in a [`kiln_queues::Scheduler`] (queues, one lane per
 //! `concurrencyKey`, fairness, priority, pause, rate limits, the
 //! environment's base and burst limits). One task takes what may start and
-//! hands each run to the driver. A slice gives its slot back when it ends:
-//! the run suspended at a wait (a `WAITING` run holds no slot; it queues
-//! again when woken) or could not be claimed, and the dispatcher's task is
-//! woken; or, for an attempt that ended, as soon as the commit that ends
-//! it is handed to the store, and the slot starts the runs it lets start
-//! itself (see [`Slot::release`]). The scheduler lives in memory; after a
+//! hands each run to the driver, and so does a slot given back at an
+//! attempt's end. A slice gives its slot back when it ends: the run
+//! suspended at a wait (a `WAITING` run holds no slot; it queues again when
+//! woken) or could not be claimed, and the dispatcher's task is woken; or,
+//! for an attempt that ended, as soon as the commit that ends it is handed
+//! to the store, and the slot starts the runs it lets start itself (see
+//! [`Slot::release`]). The scheduler lives in memory; after a
 //! restart recovery queues every `QUEUED` run again.
 
 use super::{Executor, driver};
@@ -259,7 +260,8 @@ impl Slot {
 
 impl Drop for Slot {
     /// A slot not given back yet (a slice that suspended, was not claimed,
-    /// or panicked) goes back through the dispatcher's task: a slice
+    /// whose end the engine refused, or that panicked) goes back through
+    /// the dispatcher's task: a slice
     /// dropped by a runtime shutting down would otherwise start the next
     /// run on it, which would be dropped at once, and so on through the
     /// queue.
