@@ -9,8 +9,8 @@
 //! woken) or could not be claimed, and the dispatcher's task is woken; or,
 //! for an attempt that ended, as soon as the commit that ends it is handed
 //! to the store, and the slot starts the runs it lets start itself (see
-//! [`Slot::release`]). The scheduler lives in memory; after a
-//! restart recovery queues every `QUEUED` run again.
+//! [`Slot::release`]). The scheduler lives in memory; after a restart
+//! recovery queues every `QUEUED` run again.
 
 use super::{Executor, driver};
 use kiln_manifest::{Manifest, QueueManifest};
@@ -229,21 +229,18 @@ impl Slot {
             return;
         };
         let dispatch = &self.executor.shared.dispatch;
-        if !start_next {
-            dispatch.lock().release(&started);
-            dispatch.changed.notify_one();
-            return;
-        }
         let (next, wakeup) = {
             let mut scheduler = dispatch.lock();
             scheduler.release(&started);
-            (
-                take_startable(dispatch, &mut scheduler),
-                scheduler.next_wakeup(),
-            )
+            let next = if start_next {
+                take_startable(dispatch, &mut scheduler)
+            } else {
+                Vec::new()
+            };
+            (next, scheduler.next_wakeup())
         };
         start_all(&self.executor, next);
-        if wakeup.is_some() {
+        if !start_next || wakeup.is_some() {
             dispatch.changed.notify_one();
         }
     }
@@ -261,10 +258,9 @@ impl Slot {
 impl Drop for Slot {
     /// A slot not given back yet (a slice that suspended, was not claimed,
     /// whose end the engine refused, or that panicked) goes back through
-    /// the dispatcher's task: a slice
-    /// dropped by a runtime shutting down would otherwise start the next
-    /// run on it, which would be dropped at once, and so on through the
-    /// queue.
+    /// the dispatcher's task: a slice dropped by a runtime shutting down
+    /// would otherwise start the next run on it, which would be dropped at
+    /// once, and so on through the queue.
     fn drop(&mut self) {
         self.give_back(false);
         self.executor
