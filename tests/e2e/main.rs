@@ -25,6 +25,7 @@ mod fetch;
 mod fuzz;
 mod hooks;
 mod init;
+mod journal;
 mod leaks;
 mod limits;
 mod local;

@@ -119,6 +119,7 @@ impl LoadedBundle {
         store.set_epoch_deadline(1);
         store.epoch_deadline_callback(move |mut ctx| {
             let state = ctx.data_mut();
+            state.journal.tick();
             if state.is_canceled() {
                 wasmtime::bail!("canceled");
             }

@@ -3,7 +3,8 @@
 //! [`crate::layout`].
 
 use crate::backend::{Backend, Commit, Op};
-use crate::layout::{ACTIVE, BUNDLE, DEPLOY, IDEM, JOURNAL, RUN, SNAP, TIMER};
+use crate::journal::{entries_of, journal_prefix, last_seq_of};
+use crate::layout::{ACTIVE, BUNDLE, DEPLOY, IDEM, RUN, SNAP, TIMER};
 use crate::snapshot::SnapshotLayer;
 use crate::{Result, StoreError};
 use kiln_types::{Deployment, JournalRecord, Run, RunId, Timestamp};
@@ -97,12 +98,6 @@ impl TimerKey {
             wait_id: u64::from_be_bytes(wait.try_into().map_err(|_| corrupt())?),
         })
     }
-}
-
-fn journal_prefix(run: &RunId) -> Vec<u8> {
-    let mut k = key(JOURNAL, run.as_str().as_bytes());
-    k.push(b'/');
-    k
 }
 
 fn snap_prefix(run: &RunId) -> Vec<u8> {
@@ -511,22 +506,20 @@ impl Store {
     pub fn journal_sized(&self, run: &RunId) -> Result<(Vec<JournalRecord>, u64)> {
         let raw = self.backend.scan_prefix(&journal_prefix(run))?;
         let bytes = raw.iter().map(|(_, v)| v.len() as u64).sum();
-        let records = raw
-            .iter()
-            .map(|(k, v)| decode(k, v))
-            .collect::<Result<_>>()?;
+        let mut records = Vec::with_capacity(raw.len());
+        for (k, v) in &raw {
+            records.extend(entries_of(k, v)?);
+        }
         Ok((records, bytes))
     }
 
     /// The number of the last entry of a run's journal (0 if none). Reads one
     /// key, not the journal.
     pub fn last_journal_seq(&self, run: &RunId) -> Result<u64> {
-        Ok(self
-            .backend
-            .last_with_prefix(&journal_prefix(run))?
-            .and_then(|(k, _)| k[k.len().saturating_sub(8)..].try_into().ok())
-            .map(u64::from_be_bytes)
-            .unwrap_or(0))
+        match self.backend.last_with_prefix(&journal_prefix(run))? {
+            Some((k, v)) => last_seq_of(&k, &v),
+            None => Ok(0),
+        }
     }
 
     /// The snapshot layers of one attempt of a run, oldest first, each

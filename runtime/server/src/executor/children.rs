@@ -53,6 +53,10 @@ impl JournalSink for AttemptSink {
         self.writer.record(call);
     }
 
+    fn tick(&mut self) {
+        self.writer.defer_held();
+    }
+
     fn budget(&self) -> Result<(), String> {
         self.writer.check()
     }

@@ -95,8 +95,9 @@ pub(crate) async fn execute(
                 // The node running the guest is gone with everything it
                 // held. The slice starts again from the run's snapshot and
                 // journal: what the lost guest's calls journaled is made
-                // durable first (an empty commit takes the deferred entries
-                // with it), so the next guest replays them.
+                // durable first (the slice left the entries its journal
+                // held to the next commit: an empty one takes them), so the
+                // next guest replays them.
                 losses += 1;
                 if let Some(workers) = &executor.shared.config.workers
                     && !refused
@@ -283,10 +284,14 @@ impl<'a> Slice<'a> {
             End::Event(event) => self.finish(event).await.map(|()| Ran::Ended),
             End::Canceled => self.keep_logs_of_canceled().await.map(|()| Ran::Ended),
             End::Suspended => Ok(Ran::Ended),
-            End::Lost => Ok(Ran::Lost {
-                node: std::mem::take(&mut self.node),
-                refused: self.refused,
-            }),
+            End::Lost => {
+                // The empty commit `execute` makes next takes them.
+                self.journal.defer_held();
+                Ok(Ran::Lost {
+                    node: std::mem::take(&mut self.node),
+                    refused: self.refused,
+                })
+            }
         }
     }
 
@@ -466,13 +471,11 @@ impl<'a> Slice<'a> {
                     // replay after a crash reaches the same request at the
                     // same place, with the same key; its response is
                     // journaled before the guest sees it.
-                    // An empty commit takes the journal's deferred entries
-                    // with it.
-                    shared
-                        .store
-                        .commit(Batch::default())
-                        .await
-                        .map_err(|e| e.to_string())?;
+                    // The commit takes the entries the journal holds (and
+                    // any left to the next commit) with it.
+                    let mut held = Batch::default();
+                    self.journal.take_held(&mut held);
+                    shared.store.commit(held).await.map_err(|e| e.to_string())?;
                     let key = super::fetch::idempotency_key(&self.run.id, self.attempt_no, id);
                     let sent = super::fetch::unsealed(
                         &shared.store,
@@ -522,6 +525,8 @@ impl<'a> Slice<'a> {
                 }
                 Rest::Warm { id, due } => {
                     let delay = due.as_millis().saturating_sub(Timestamp::now().as_millis());
+                    // The journal shows the wait while the guest sleeps.
+                    self.journal.defer_held();
                     tokio::select! {
                         _ = tokio::time::sleep(Duration::from_millis(delay)) => {}
                         _ = self.live.canceled.notified() => {

@@ -2,23 +2,103 @@
 
 use super::budgets::{Budgets, Usage};
 use kiln_sandbox::JournalSink;
-use kiln_store::{Batch, Store};
+use kiln_store::{Batch, EncodedEntry, Store};
 use kiln_types::{HostCall, JournalEntry, JournalRecord, RunId, Timestamp};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
-/// Appends entries to one run's journal, numbering them. Entries are handed
-/// to the group committer as they are made, so they become durable in order
-/// with everything else the run commits; whoever must not go on before an
-/// entry is durable awaits the commit.
+/// Appends entries to one run's journal, numbering them. An entry made
+/// without a commit of its own is held, for a few milliseconds at most,
+/// until the slice's next commit and written with it, with the entries held
+/// before it, as one key (see
+/// [`Batch::append_journal_run`]): every commit of a slice that journals
+/// takes what the writer holds first, so entries become durable in their
+/// order and before anything the slice commits after them. Whoever must not
+/// go on before an entry is durable awaits a commit that holds it.
 #[derive(Clone)]
 pub(crate) struct JournalWriter {
-    store: Store,
     run: RunId,
     next: Arc<AtomicU64>,
     /// What the run has used of its budgets, this writer's entries included.
     usage: Arc<Usage>,
     budgets: Budgets,
+    /// Entries made since the last commit that journaled, shared by the
+    /// writer's clones (the attempt's host calls hold one).
+    held: Arc<Held>,
+}
+
+/// How long a writer holds entries, from the first, before it leaves them
+/// to the next commit made in the store: a slice that calls the host in a
+/// loop shows its journal as it goes, as the API and the dashboard read it.
+const HOLD_FOR: Duration = Duration::from_millis(10);
+
+/// How many entries a writer holds at most before it leaves them to the next
+/// commit made in the store.
+const HOLD_AT_MOST: usize = 256;
+
+/// A writer's entries not yet in a commit.
+struct Held {
+    store: Store,
+    run: RunId,
+    entries: Mutex<Entries>,
+}
+
+/// Entries held, and when the first of them was.
+#[derive(Default)]
+struct Entries {
+    list: Vec<EncodedEntry>,
+    since: Option<Instant>,
+}
+
+impl Entries {
+    fn push(&mut self, entry: EncodedEntry) {
+        self.since.get_or_insert_with(Instant::now);
+        self.list.push(entry);
+    }
+
+    fn take(&mut self) -> Vec<EncodedEntry> {
+        self.since = None;
+        std::mem::take(&mut self.list)
+    }
+
+    /// Whether they have been held long enough, or are enough of them.
+    fn due(&self) -> bool {
+        self.list.len() >= HOLD_AT_MOST || self.since.is_some_and(|s| s.elapsed() >= HOLD_FOR)
+    }
+}
+
+impl Held {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Leaves what it holds to the next commit made in the store.
+    fn defer(&self) {
+        let mut held = self.lock();
+        self.defer_these(held.take());
+    }
+
+    /// Leaves `entries` to the next commit made in the store; called with
+    /// the entries' lock held, so that no commit of the writer's takes later
+    /// entries before them.
+    fn defer_these(&self, entries: Vec<EncodedEntry>) {
+        if !entries.is_empty() {
+            let mut batch = Batch::default();
+            batch.append_journal_run(&self.run, entries);
+            self.store.defer(batch);
+        }
+    }
+}
+
+impl Drop for Held {
+    /// A slice that ends without another commit (its guest's node was lost,
+    /// it failed) leaves what it held to the next commit made in the store,
+    /// as entries were left before they were held: a lost guest's entries
+    /// are durable before the next guest replays the journal.
+    fn drop(&mut self) {
+        self.defer();
+    }
 }
 
 impl JournalWriter {
@@ -26,7 +106,11 @@ impl JournalWriter {
     /// `usage` of its `budgets` so far.
     pub(crate) fn new(store: Store, run: RunId, next: u64, usage: Usage, budgets: Budgets) -> Self {
         JournalWriter {
-            store,
+            held: Arc::new(Held {
+                store,
+                run: run.clone(),
+                entries: Mutex::new(Entries::default()),
+            }),
             run,
             next: Arc::new(AtomicU64::new(next)),
             usage: Arc::new(usage),
@@ -74,30 +158,84 @@ impl JournalWriter {
         }
     }
 
-    /// Appends an entry without a commit of its own: it joins the next
-    /// commit made in the store (see [`Store::defer`]), keeping its place
-    /// in the order of commits. Whatever must not go on before the entry is
-    /// durable awaits a commit made after it (an empty one will do);
-    /// [`Store::settled`] is not enough, since it waits only for commits
-    /// already made. The run's own end, wait or fetch always commits after
-    /// it.
+    /// Appends an entry without a commit of its own: the writer holds it
+    /// until the slice's next commit that journals (an entry added with
+    /// [`JournalWriter::append_to`], or [`JournalWriter::take_held`]), which
+    /// writes it first. Entries held for [`HOLD_FOR`] or [`HOLD_AT_MOST`] of
+    /// them, and any held at an epoch tick of the guest or before a warm
+    /// wait, are left to the next commit made in the store instead (see
+    /// [`Store::defer`]), as every entry was before writers held them.
+    /// Whatever must not go on before the entry is durable awaits a commit
+    /// that holds it, or one made after it was left. The run's own end, wait
+    /// or fetch always journals after it.
     pub(crate) fn append(&self, entry: JournalEntry) {
-        let mut batch = Batch::default();
-        self.append_to(&mut batch, entry);
-        self.store.defer(batch);
+        let mut held = self.held.lock();
+        let record = self.record(entry);
+        match EncodedEntry::new(&record) {
+            Ok(encoded) => {
+                self.usage.count(&record.entry, encoded.len() as u64);
+                held.push(encoded);
+                if held.due() {
+                    self.held.defer_these(held.take());
+                }
+            }
+            Err(_) => {
+                // It cannot be written: what is held goes on, and the entry
+                // fails a commit of its own, as it did before entries were
+                // held.
+                self.held.defer_these(held.take());
+                let mut failing = Batch::default();
+                let bytes = failing.append_journal_sized(&self.run, &record);
+                self.usage.count(&record.entry, bytes);
+                self.store().defer(failing);
+            }
+        }
     }
 
-    /// Adds an entry to a batch the caller commits.
+    /// Adds an entry to a batch the caller commits, after the entries the
+    /// writer holds.
     pub(crate) fn append_to(&self, batch: &mut Batch, entry: JournalEntry) {
+        let mut held = self.held.lock();
         let record = self.record(entry);
-        let bytes = batch.append_journal_sized(&self.run, &record);
-        self.usage.count(&record.entry, bytes);
+        let mut entries = held.take();
+        match EncodedEntry::new(&record) {
+            Ok(encoded) => {
+                self.usage.count(&record.entry, encoded.len() as u64);
+                entries.push(encoded);
+                batch.append_journal_run(&self.run, entries);
+            }
+            Err(_) => {
+                batch.append_journal_run(&self.run, entries);
+                let bytes = batch.append_journal_sized(&self.run, &record);
+                self.usage.count(&record.entry, bytes);
+            }
+        }
+    }
+
+    /// Adds the entries the writer holds to a batch the caller commits
+    /// (nothing if it holds none).
+    pub(crate) fn take_held(&self, batch: &mut Batch) {
+        batch.append_journal_run(&self.run, self.held.lock().take());
+    }
+
+    /// Leaves the entries the writer holds to the next commit made in the
+    /// store (see [`Store::defer`]).
+    pub(crate) fn defer_held(&self) {
+        self.held.defer();
+    }
+
+    fn store(&self) -> &Store {
+        &self.held.store
     }
 }
 
 impl JournalSink for JournalWriter {
     fn record(&mut self, call: HostCall) {
         self.append(JournalEntry::HostCall(call));
+    }
+
+    fn tick(&mut self) {
+        self.defer_held();
     }
 
     fn budget(&self) -> Result<(), String> {

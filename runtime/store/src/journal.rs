@@ -1,0 +1,117 @@
+//! A run's journal as the store keeps it.
+//!
+//! Each key `journal/<run>/<seq>` holds either one entry (a JSON object)
+//! or, since entries a slice makes between two of its commits are written
+//! together, a run of entries with consecutive numbers from `seq` on (a
+//! JSON array of them). A finished `hello-world` run's start and end are
+//! one key instead of two, and a task's journaled host calls join the
+//! commit that follows them: fewer keys for the log's records and for
+//! sled's tree. Readers see single entries either way: a store written
+//! before runs of entries existed reads as it did.
+
+use crate::backend::Op;
+use crate::layout::JOURNAL;
+use crate::records::{decode, encode, key};
+use crate::{Batch, Result};
+use kiln_types::{JournalRecord, RunId};
+
+/// The prefix of a run's journal keys.
+pub(crate) fn journal_prefix(run: &RunId) -> Vec<u8> {
+    let mut k = key(JOURNAL, run.as_str().as_bytes());
+    k.push(b'/');
+    k
+}
+
+/// A journal entry encoded as the store keeps it, not yet in a batch: a
+/// writer holds entries until its next commit, then writes them together
+/// ([`Batch::append_journal_run`]).
+#[derive(Debug, Clone)]
+pub struct EncodedEntry {
+    seq: u64,
+    bytes: Vec<u8>,
+}
+
+impl EncodedEntry {
+    /// Encodes `record`.
+    pub fn new(record: &JournalRecord) -> Result<Self> {
+        Ok(EncodedEntry {
+            seq: record.seq,
+            bytes: encode(record)?,
+        })
+    }
+
+    /// Its number in the run's journal.
+    pub fn seq(&self) -> u64 {
+        self.seq
+    }
+
+    /// Its size as stored, in bytes (what the run's journal budget counts).
+    pub fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Whether it is empty (it never is: an entry encodes to an object).
+    pub fn is_empty(&self) -> bool {
+        self.bytes.is_empty()
+    }
+}
+
+impl Batch {
+    /// Appends entries with consecutive numbers to a run's journal, as one
+    /// key when there are several (see the module's docs). Entries out of
+    /// order or with a gap are written a key each.
+    pub fn append_journal_run(&mut self, run: &RunId, entries: Vec<EncodedEntry>) -> &mut Self {
+        let consecutive = entries.windows(2).all(|w| w[1].seq == w[0].seq + 1);
+        let Some(first) = entries.first().map(|e| e.seq) else {
+            return self;
+        };
+        let key_of = |seq: u64| {
+            let mut k = journal_prefix(run);
+            k.extend_from_slice(&seq.to_be_bytes());
+            k
+        };
+        if entries.len() == 1 || !consecutive {
+            for entry in entries {
+                self.ops.push(Op::Put(key_of(entry.seq), entry.bytes));
+            }
+            return self;
+        }
+        let size = entries.iter().map(|e| e.bytes.len() + 1).sum::<usize>() + 1;
+        let mut value = Vec::with_capacity(size);
+        value.push(b'[');
+        for (i, entry) in entries.iter().enumerate() {
+            if i > 0 {
+                value.push(b',');
+            }
+            value.extend_from_slice(&entry.bytes);
+        }
+        value.push(b']');
+        self.ops.push(Op::Put(key_of(first), value));
+        self
+    }
+}
+
+/// The entries a journal key holds: one, or a run of them.
+pub(crate) fn entries_of(key: &[u8], value: &[u8]) -> Result<Vec<JournalRecord>> {
+    if value.first() == Some(&b'[') {
+        decode(key, value)
+    } else {
+        Ok(vec![decode(key, value)?])
+    }
+}
+
+/// The number of the last entry a journal key holds, read from its key when
+/// it holds one entry.
+pub(crate) fn last_seq_of(key: &[u8], value: &[u8]) -> Result<u64> {
+    if value.first() == Some(&b'[') {
+        let entries: Vec<JournalRecord> = decode(key, value)?;
+        if let Some(last) = entries.last() {
+            return Ok(last.seq);
+        }
+    }
+    Ok(key
+        .get(key.len().saturating_sub(8)..)
+        .and_then(|s| s.try_into().ok())
+        .map(u64::from_be_bytes)
+        .unwrap_or(0))
+}

@@ -1,0 +1,76 @@
+//! A run's journal as a stopped server left it in its store: the entries a
+//! slice made between two of its commits are one key, and read back one by
+//! one, numbered without a gap, through a suspension and its wake.
+
+use crate::harness::{Kiln, data_dir};
+use kiln_store::{Backend, SledBackend, Store};
+use kiln_types::{JournalEntry, JournalRecord, RunId};
+use serde_json::json;
+use std::sync::Arc;
+
+/// The run's journal keys (each value's first byte) and its entries.
+fn journal_of(store: &Store, backend: &SledBackend, id: &str) -> (Vec<u8>, Vec<JournalRecord>) {
+    let run = RunId::parse(id).expect("a run id");
+    let keys = backend
+        .scan_prefix(format!("journal/{id}/").as_bytes())
+        .expect("the store reads")
+        .into_iter()
+        .map(|(_, v)| v.first().copied().unwrap_or_default())
+        .collect();
+    (keys, store.journal(&run).expect("the journal reads"))
+}
+
+#[tokio::test]
+async fn a_slices_entries_are_one_key_and_read_back_in_order() {
+    let dir = data_dir();
+    let kiln = Kiln::start_with(dir.path(), &["--warm-wait-ms", "0"]);
+    kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
+    let hello = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
+    assert_eq!(kiln.finished(&hello).await["status"], "COMPLETED");
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    // Reads the clock, suspends on a wait, reads it again once woken.
+    let sleeper = kiln.trigger_ok("sleep", json!({"ms": 50})).await;
+    assert_eq!(kiln.finished(&sleeper).await["status"], "COMPLETED");
+    kiln.kill();
+
+    let backend = Arc::new(SledBackend::open(&dir.path().join("store")).expect("the store opens"));
+    let store = Store::new(backend.clone());
+
+    // Started and ended in one slice: one key holding both.
+    let (keys, entries) = journal_of(&store, &backend, &hello);
+    assert_eq!(keys, vec![b'['], "{entries:?}");
+    assert!(matches!(
+        entries.first().map(|e| &e.entry),
+        Some(JournalEntry::AttemptStarted { attempt: 1, .. })
+    ));
+    assert!(matches!(
+        entries.last().map(|e| &e.entry),
+        Some(JournalEntry::AttemptEnded { attempt: 1, .. })
+    ));
+
+    // Two slices: what the first made up to its suspension, then the rest.
+    let (keys, entries) = journal_of(&store, &backend, &sleeper);
+    assert!(keys.len() >= 2, "a key a commit at least: {keys:?}");
+    assert!(keys.len() < entries.len(), "{keys:?} for {entries:?}");
+    assert_eq!(keys[0], b'[', "the start, the clock and the wait together");
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>());
+    for expected in ["WAITS", "WAKE"] {
+        assert!(
+            entries.iter().any(|e| {
+                serde_json::to_value(&e.entry).expect("serializes")["type"] == expected
+            }),
+            "no {expected} entry: {entries:?}"
+        );
+    }
+    assert!(matches!(
+        entries.last().map(|e| &e.entry),
+        Some(JournalEntry::AttemptEnded { attempt: 1, .. })
+    ));
+    assert_eq!(
+        store
+            .last_journal_seq(&RunId::parse(&sleeper).expect("an id"))
+            .expect("reads"),
+        entries.len() as u64
+    );
+}
