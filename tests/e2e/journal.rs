@@ -20,13 +20,32 @@ fn journal_of(store: &Store, backend: &SledBackend, id: &str) -> (Vec<u8>, Vec<J
     (keys, store.journal(&run).expect("the journal reads"))
 }
 
+/// Checks that `entries` are numbered from 1 without a gap, from the
+/// attempt's start to its end.
+fn whole(entries: &[JournalRecord]) {
+    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>());
+    assert!(matches!(
+        entries.first().map(|e| &e.entry),
+        Some(JournalEntry::AttemptStarted { attempt: 1, .. })
+    ));
+    assert!(matches!(
+        entries.last().map(|e| &e.entry),
+        Some(JournalEntry::AttemptEnded { attempt: 1, .. })
+    ));
+}
+
 #[tokio::test]
 async fn a_slices_entries_are_one_key_and_read_back_in_order() {
     let dir = data_dir();
     let kiln = Kiln::start_with(dir.path(), &["--warm-wait-ms", "0"]);
     kiln.deploy(kiln_fixtures::HELLO_WORLD).await;
-    let hello = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
-    assert_eq!(kiln.finished(&hello).await["status"], "COMPLETED");
+    let mut hellos = Vec::new();
+    for _ in 0..5 {
+        let id = kiln.trigger_ok("hello-world", json!({"name": "Ada"})).await;
+        assert_eq!(kiln.finished(&id).await["status"], "COMPLETED");
+        hellos.push(id);
+    }
     kiln.deploy(kiln_fixtures::PROBE).await;
     // Reads the clock, suspends on a wait, reads it again once woken.
     let sleeper = kiln.trigger_ok("sleep", json!({"ms": 50})).await;
@@ -36,25 +55,24 @@ async fn a_slices_entries_are_one_key_and_read_back_in_order() {
     let backend = Arc::new(SledBackend::open(&dir.path().join("store")).expect("the store opens"));
     let store = Store::new(backend.clone());
 
-    // Started and ended in one slice: one key holding both.
-    let (keys, entries) = journal_of(&store, &backend, &hello);
-    assert_eq!(keys, vec![b'['], "{entries:?}");
-    assert!(matches!(
-        entries.first().map(|e| &e.entry),
-        Some(JournalEntry::AttemptStarted { attempt: 1, .. })
-    ));
-    assert!(matches!(
-        entries.last().map(|e| &e.entry),
-        Some(JournalEntry::AttemptEnded { attempt: 1, .. })
-    ));
+    // Started and ended in one slice: one key holding both, unless the
+    // writer let the start go on alone (held 10 ms, or an epoch tick of a
+    // slow guest), which five runs in a row do not all meet.
+    let mut together = 0;
+    for id in &hellos {
+        let (keys, entries) = journal_of(&store, &backend, id);
+        whole(&entries);
+        assert!(keys.len() <= 2, "{keys:?} for {entries:?}");
+        together += usize::from(keys == vec![b'[']);
+    }
+    assert!(together > 0, "no hello-world run's journal is one key");
 
-    // Two slices: what the first made up to its suspension, then the rest.
+    // Two slices: what the first made up to its suspension, then the wake
+    // (written by the engine) and the rest.
     let (keys, entries) = journal_of(&store, &backend, &sleeper);
+    whole(&entries);
     assert!(keys.len() >= 2, "a key a commit at least: {keys:?}");
     assert!(keys.len() < entries.len(), "{keys:?} for {entries:?}");
-    assert_eq!(keys[0], b'[', "the start, the clock and the wait together");
-    let seqs: Vec<u64> = entries.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, (1..=entries.len() as u64).collect::<Vec<_>>());
     for expected in ["WAITS", "WAKE"] {
         assert!(
             entries.iter().any(|e| {
@@ -63,10 +81,6 @@ async fn a_slices_entries_are_one_key_and_read_back_in_order() {
             "no {expected} entry: {entries:?}"
         );
     }
-    assert!(matches!(
-        entries.last().map(|e| &e.entry),
-        Some(JournalEntry::AttemptEnded { attempt: 1, .. })
-    ));
     assert_eq!(
         store
             .last_journal_seq(&RunId::parse(&sleeper).expect("an id"))

@@ -65,10 +65,11 @@ pub trait JournalSink: Send {
     /// Journals one host call and its answer.
     fn record(&mut self, call: HostCall);
 
-    /// Called at each epoch tick while the guest runs (about every 10 ms
-    /// of its CPU time): a sink that holds entries for its next commit lets
-    /// them go on, so a guest that computes for long after a host call does
-    /// not keep its journal's last entries back.
+    /// Called at each epoch tick while the guest runs (every 10 ms of wall
+    /// time while it computes): a sink that holds entries for its next
+    /// commit lets those it has held long enough go on, so a guest that
+    /// computes for long after a host call does not keep its journal's last
+    /// entries back.
     fn tick(&mut self) {}
 
     /// `Err` naming the limit once the run's journal is past its budget:

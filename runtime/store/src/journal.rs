@@ -45,7 +45,9 @@ impl EncodedEntry {
         self.seq
     }
 
-    /// Its size as stored, in bytes (what the run's journal budget counts).
+    /// Its size as stored alone, in bytes (what a live slice counts against
+    /// the run's journal budget; a key holding several entries adds a byte
+    /// each, counted when the next slice reads the journal).
     pub fn len(&self) -> usize {
         self.bytes.len()
     }

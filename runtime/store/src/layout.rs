@@ -11,7 +11,7 @@
 //! | `open/<run id>` | empty: the run has not finished (retention reads which versions are in use) |
 //! | `finished/<finished ms: u64 BE><run id>` | empty: the run finished then (retention reads what expired, oldest first) |
 //! | `runs-indexed` | empty: runs stored before `open/` and `finished/` existed have been indexed |
-//! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON) |
+//! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON), or a JSON array of the records numbered `seq` on that a slice wrote together |
 //! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a `SnapshotLayer`, sealed with the master key (`KSEL` envelope) |
 //! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
 //! | `idem/<idempotency key hash>` | `IdempotentRun` (JSON): the run a trigger's key made |

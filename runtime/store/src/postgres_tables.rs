@@ -9,7 +9,8 @@
 //! primary key, the only index its hot paths need. Beside it, the
 //! columns an operator reads: `project` and `environment` (empty for the
 //! server's first environment), the parts of the key decoded (a run's id, a
-//! timer's due time in milliseconds, a journal entry's sequence number…)
+//! timer's due time in milliseconds, the sequence number of a journal key's
+//! first entry…)
 //! and, for runs, the task and status from the record. The committer fills
 //! them as it writes; Kiln itself reads only `key` and `value`.
 //!

@@ -86,18 +86,22 @@ async fn entries_written_together_are_one_key_and_read_back_one_by_one() {
 }
 
 #[tokio::test]
-async fn entries_out_of_order_are_written_a_key_each() {
+async fn entries_with_a_gap_or_out_of_order_are_written_a_key_each() {
     let backend = Arc::new(MemoryBackend::new());
     let store = Store::new(backend.clone());
     let run = RunId::generate(2);
     let mut batch = Batch::default();
     batch.append_journal_run(&run, encoded(&[started(1), now(3)]));
+    batch.append_journal_run(&run, encoded(&[now(5), now(4)]));
     store.commit(batch).await.expect("commits");
     let prefix = format!("journal/{}/", run.as_str());
-    assert_eq!(backend.scan_prefix(prefix.as_bytes()).unwrap().len(), 2);
+    assert_eq!(backend.scan_prefix(prefix.as_bytes()).unwrap().len(), 4);
     let read = store.journal(&run).expect("reads");
-    assert_eq!(as_json(&read), as_json(&[started(1), now(3)]));
-    assert_eq!(store.last_journal_seq(&run).expect("reads"), 3);
+    assert_eq!(
+        as_json(&read),
+        as_json(&[started(1), now(3), now(4), now(5)])
+    );
+    assert_eq!(store.last_journal_seq(&run).expect("reads"), 5);
     assert_eq!(store.last_journal_seq(&RunId::generate(3)).unwrap(), 0);
 }
 

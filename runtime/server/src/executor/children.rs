@@ -54,14 +54,20 @@ impl JournalSink for AttemptSink {
     }
 
     fn tick(&mut self) {
-        self.writer.defer_held();
+        self.writer.defer_due();
     }
 
     fn budget(&self) -> Result<(), String> {
         self.writer.check()
     }
 
+    // Each call below may commit something of its own (a debounced
+    // child's delay moved, a token, a stream's chunk) before or without its
+    // journal entry: what the writer holds goes first, to the next commit
+    // made in the store, as every entry went before writers held them.
+
     fn create_token(&mut self, options: String) -> kiln_sandbox::TokenFuture {
+        self.writer.defer_held();
         self.make_token(options)
     }
 
@@ -70,20 +76,24 @@ impl JournalSink for AttemptSink {
         target: &'static str,
         operations: String,
     ) -> kiln_sandbox::HostFuture<String> {
+        self.writer.defer_held();
         let operations = self.redactor.redact_json(operations);
         self.metadata_call(target, operations)
     }
 
     fn add_tags(&mut self, tags: Vec<String>) -> kiln_sandbox::HostFuture<()> {
+        self.writer.defer_held();
         self.tags_call(tags)
     }
 
     fn stream_append(&mut self, key: String, chunk: String) -> kiln_sandbox::HostFuture<u64> {
+        self.writer.defer_held();
         let chunk = self.redactor.redact_json(chunk);
         self.stream_call(key, chunk)
     }
 
     fn env_var(&mut self, name: String) -> kiln_sandbox::HostFuture<Option<(String, bool)>> {
+        self.writer.defer_held();
         self.env_call(name)
     }
 
@@ -92,6 +102,7 @@ impl JournalSink for AttemptSink {
     }
 
     fn spawn(&mut self, children: Vec<ChildRequest>, batch: bool) -> SpawnFuture {
+        self.writer.defer_held();
         let writer = self.writer.clone();
         let executor = self.executor.clone();
         let parent = self.parent.clone();

@@ -27,7 +27,7 @@ use kiln_engine::{EngineError, Event, FailureKind, Input};
 use kiln_sandbox::Limits;
 use kiln_sandbox::wit::kiln::task::types::{self as wit, StartContext, Step};
 use kiln_sandbox::{LoadedBundle, LogCounts, Redactor, StepOutcome, TrapKind};
-use kiln_store::{Batch, LayerKind, SnapshotLayer, StoredLayer};
+use kiln_store::{Batch, EncodedEntry, LayerKind, SnapshotLayer, StoredLayer};
 use kiln_types::{
     AttemptOutcome, JournalEntry, JournalRecord, Logs, Run, RunError, RunId, RunStatus,
     StartedWith, Timestamp, WaitOn, WaitRecord, WakeValue,
@@ -282,7 +282,11 @@ impl<'a> Slice<'a> {
         };
         match end {
             End::Event(event) => self.finish(event).await.map(|()| Ran::Ended),
-            End::Canceled => self.keep_logs_of_canceled().await.map(|()| Ran::Ended),
+            End::Canceled => {
+                // The canceled run's journal shows what the slice held.
+                self.journal.defer_held();
+                self.keep_logs_of_canceled().await.map(|()| Ran::Ended)
+            }
             End::Suspended => Ok(Ran::Ended),
             End::Lost => {
                 // The empty commit `execute` makes next takes them.
@@ -403,7 +407,9 @@ impl<'a> Slice<'a> {
         );
         if let Guest::Remote(remote) = &mut attempt {
             // The guest's node checks its host calls against the run's
-            // journal budget as it stands at each call and answer.
+            // journal budget as it stands at each call and answer. Its
+            // epoch ticks are not seen here: the journal holds nothing.
+            self.journal.hold_none();
             let writer = self.journal.clone();
             remote.set_room(Box::new(move || writer.room()));
         }
@@ -849,7 +855,7 @@ impl<'a> Slice<'a> {
             batch.delete_keys(keys);
         }
         batch.put_layer(&self.run.id, self.attempt_no, number, bytes);
-        self.journal.append_to(
+        let held = self.journal.append_ending(
             &mut batch,
             JournalEntry::Suspended {
                 layer: number,
@@ -857,7 +863,7 @@ impl<'a> Slice<'a> {
                 log_calls,
             },
         );
-        self.commit_suspension(batch, usage_ms, logs).await
+        self.commit_suspension(batch, held, usage_ms, logs).await
     }
 
     /// Suspends an attempt of a bundle that resumes by replay (one that
@@ -872,7 +878,7 @@ impl<'a> Slice<'a> {
             .await
             .map_err(|e| format!("dropping the instance failed: {e}"))?;
         let mut batch = Batch::default();
-        self.journal.append_to(
+        let held = self.journal.append_ending(
             &mut batch,
             JournalEntry::Suspended {
                 layer: 0,
@@ -880,7 +886,7 @@ impl<'a> Slice<'a> {
                 log_calls,
             },
         );
-        self.commit_suspension(batch, usage_ms, logs).await
+        self.commit_suspension(batch, held, usage_ms, logs).await
     }
 
     /// Commits a suspension: `batch` (the snapshot layer, the journal's
@@ -888,6 +894,7 @@ impl<'a> Slice<'a> {
     async fn commit_suspension(
         &mut self,
         batch: Batch,
+        held: Vec<EncodedEntry>,
         usage_ms: u64,
         logs: Logs,
     ) -> Result<End, String> {
@@ -906,6 +913,8 @@ impl<'a> Slice<'a> {
             // Canceled meanwhile: the run is no longer executing, and the
             // slice's lines go to the canceled attempt.
             Err(StepError::Engine(EngineError::Transition(_))) => {
+                // The entries it held are not lost with the refused commit.
+                self.journal.defer_entries(held);
                 self.logs = logs;
                 Ok(End::Canceled)
             }
@@ -943,7 +952,7 @@ impl<'a> Slice<'a> {
     async fn finish(&mut self, event: Event) -> anyhow::Result<()> {
         let shared = &self.executor.shared;
         let mut batch = Batch::default();
-        self.journal.append_to(
+        let held = self.journal.append_ending(
             &mut batch,
             JournalEntry::AttemptEnded {
                 attempt: self.attempt_no,
@@ -973,10 +982,16 @@ impl<'a> Slice<'a> {
                 .await
         };
         match ended {
-            Ok(_) | Err(StepError::Engine(EngineError::RunNotFound(_))) => Ok(()),
+            Ok(_) => Ok(()),
+            Err(StepError::Engine(EngineError::RunNotFound(_))) => {
+                self.journal.defer_entries(held);
+                Ok(())
+            }
             // Not executing any more (canceled meanwhile): nothing to end,
-            // but the slice's lines go to the canceled attempt.
+            // but the slice's lines go to the canceled attempt, and the
+            // entries it held are not lost with the refused commit.
             Err(StepError::Engine(EngineError::Transition(_))) => {
+                self.journal.defer_entries(held);
                 self.keep_logs_of_canceled().await
             }
             Err(e) => Err(e.into()),

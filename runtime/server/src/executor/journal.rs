@@ -9,9 +9,9 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Appends entries to one run's journal, numbering them. An entry made
-/// without a commit of its own is held, for a few milliseconds at most,
-/// until the slice's next commit and written with it, with the entries held
-/// before it, as one key (see
+/// without a commit of its own is held, for about [`HOLD_FOR`], until the
+/// slice's next commit and written with it, with the entries held before
+/// it, as one key (see
 /// [`Batch::append_journal_run`]): every commit of a slice that journals
 /// takes what the writer holds first, so entries become durable in their
 /// order and before anything the slice commits after them. Whoever must not
@@ -49,6 +49,8 @@ struct Held {
 struct Entries {
     list: Vec<EncodedEntry>,
     since: Option<Instant>,
+    /// Whether the writer holds nothing (see [`JournalWriter::hold_none`]).
+    never: bool,
 }
 
 impl Entries {
@@ -64,7 +66,9 @@ impl Entries {
 
     /// Whether they have been held long enough, or are enough of them.
     fn due(&self) -> bool {
-        self.list.len() >= HOLD_AT_MOST || self.since.is_some_and(|s| s.elapsed() >= HOLD_FOR)
+        self.never
+            || self.list.len() >= HOLD_AT_MOST
+            || self.since.is_some_and(|s| s.elapsed() >= HOLD_FOR)
     }
 }
 
@@ -92,10 +96,9 @@ impl Held {
 }
 
 impl Drop for Held {
-    /// A slice that ends without another commit (its guest's node was lost,
-    /// it failed) leaves what it held to the next commit made in the store,
-    /// as entries were left before they were held: a lost guest's entries
-    /// are durable before the next guest replays the journal.
+    /// A slice that ends without another commit of its journal leaves what
+    /// it held to the next commit made in the store, as entries were left
+    /// before writers held them.
     fn drop(&mut self) {
         self.defer();
     }
@@ -161,10 +164,12 @@ impl JournalWriter {
     /// Appends an entry without a commit of its own: the writer holds it
     /// until the slice's next commit that journals (an entry added with
     /// [`JournalWriter::append_to`], or [`JournalWriter::take_held`]), which
-    /// writes it first. Entries held for [`HOLD_FOR`] or [`HOLD_AT_MOST`] of
-    /// them, and any held at an epoch tick of the guest or before a warm
-    /// wait, are left to the next commit made in the store instead (see
-    /// [`Store::defer`]), as every entry was before writers held them.
+    /// writes it first. Entries are left to the next commit made in the
+    /// store instead (see [`Store::defer`]), as every entry was before
+    /// writers held them, once held for [`HOLD_FOR`] (checked as the next
+    /// entry comes and at the guest's epoch ticks, every 10 ms) or
+    /// [`HOLD_AT_MOST`] of them, before a warm wait, before a host call
+    /// that commits on its own, and for a guest on another node.
     /// Whatever must not go on before the entry is durable awaits a commit
     /// that holds it, or one made after it was left. The run's own end, wait
     /// or fetch always journals after it.
@@ -224,6 +229,47 @@ impl JournalWriter {
         self.held.defer();
     }
 
+    /// As [`JournalWriter::defer_held`], once entries have been held for
+    /// [`HOLD_FOR`].
+    pub(crate) fn defer_due(&self) {
+        let mut held = self.held.lock();
+        if held.due() {
+            self.held.defer_these(held.take());
+        }
+    }
+
+    /// Holds no entry from now on: each is left to the next commit made in
+    /// the store at once. For a guest on another node, whose epoch ticks
+    /// this process does not see.
+    pub(crate) fn hold_none(&self) {
+        self.held.lock().never = true;
+        self.held.defer();
+    }
+
+    /// Takes the entries the writer holds, for a commit the engine may
+    /// refuse: [`JournalWriter::append_ending`] then writes them, and
+    /// [`JournalWriter::defer_entries`] leaves them to the next commit if
+    /// it was refused.
+    pub(crate) fn append_ending(
+        &self,
+        batch: &mut Batch,
+        entry: JournalEntry,
+    ) -> Vec<EncodedEntry> {
+        let held = self.held.lock().list.clone();
+        self.append_to(batch, entry);
+        held
+    }
+
+    /// Leaves `entries`, taken by [`JournalWriter::append_ending`] for a
+    /// commit that was refused, to the next commit made in the store,
+    /// before anything held since.
+    pub(crate) fn defer_entries(&self, entries: Vec<EncodedEntry>) {
+        let mut held = self.held.lock();
+        let mut all = entries;
+        all.extend(held.take());
+        self.held.defer_these(all);
+    }
+
     fn store(&self) -> &Store {
         &self.held.store
     }
@@ -235,7 +281,7 @@ impl JournalSink for JournalWriter {
     }
 
     fn tick(&mut self) {
-        self.defer_held();
+        self.defer_due();
     }
 
     fn budget(&self) -> Result<(), String> {
