@@ -128,8 +128,7 @@ impl SledBackend {
         let chunker = Chunker::new(
             chunk_size(segment),
             last_generation.max(Chunker::last_generation(&db)?),
-        )
-        .for_new_writes();
+        );
         let pending = Arc::new(Pending::default());
         let committer = Committer {
             wal,

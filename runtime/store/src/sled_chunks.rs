@@ -13,7 +13,6 @@
 //! and every byte the tree holds is in the `db` file that checkpoints sync
 //! (acknowledged bytes are durable in the write-ahead log before that).
 
-use crate::layout::{ACTIVE, FINISHED, JOURNAL, OPEN, TIMER};
 use crate::sled_backend::backend_error;
 use crate::{Result, StoreError};
 
@@ -76,14 +75,7 @@ impl Manifest {
 pub(crate) struct Chunker {
     chunk: usize,
     next_generation: u64,
-    /// Whether a journal key it writes holds nothing yet: true for the
-    /// committer's writes, false for an open's (see [`Chunker::unread`]).
-    new_journal_keys: bool,
 }
-
-/// Keyspaces whose values are always empty: such a key never holds a
-/// chunked value, so it is written and deleted without being read first.
-const EMPTY_VALUED: [&[u8]; 4] = [ACTIVE, OPEN, FINISHED, TIMER];
 
 impl Chunker {
     /// A chunker for a database whose chunks so far go up to generation
@@ -92,28 +84,7 @@ impl Chunker {
         Chunker {
             chunk,
             next_generation: last + 1,
-            new_journal_keys: false,
         }
-    }
-
-    /// This chunker, for the committer: a journal entry's key is written
-    /// once, with the entry (the next slice numbers its entries after the
-    /// last one stored), so the tree holds nothing under a journal key the
-    /// committer puts. An open applying the log's round again may find what
-    /// the same write left before a crash, and reads it first.
-    pub(crate) fn for_new_writes(mut self) -> Self {
-        self.new_journal_keys = true;
-        self
-    }
-
-    /// Whether `key` is written without reading what the tree holds there
-    /// first (a read only finds a chunked value's manifest, whose chunks
-    /// go too): a key that only ever holds an empty value, or a journal
-    /// key the committer puts. About half of a finished run's tree writes,
-    /// and sled's read before a write took about as long as the write.
-    fn unread(&self, key: &[u8], put: bool) -> bool {
-        EMPTY_VALUED.iter().any(|space| key.starts_with(space))
-            || (self.new_journal_keys && put && key.starts_with(JOURNAL))
     }
 
     /// The last generation this chunker made (or was told of).
@@ -152,23 +123,7 @@ impl Chunker {
         hold: impl Fn() -> G,
     ) -> Result<()> {
         for (key, value) in writes {
-            let unread = self.unread(key, value.is_some());
-            let old = if unread {
-                // Tests build with debug assertions: one that writes over a
-                // chunked value here fails.
-                if cfg!(debug_assertions)
-                    && let Some(old) = tree.get(key).map_err(backend_error)?
-                {
-                    assert!(
-                        Manifest::parse(&old).is_none(),
-                        "the store wrote over a chunked value at {} without reading it",
-                        String::from_utf8_lossy(key)
-                    );
-                }
-                None
-            } else {
-                tree.get(key).map_err(backend_error)?
-            };
+            let old = tree.get(key).map_err(backend_error)?;
             let chunked = old.as_deref().and_then(Manifest::parse);
             let _held = chunked.map(|_| hold());
             if let Some(old) = chunked {
@@ -196,11 +151,7 @@ impl Chunker {
                         .map_err(backend_error)?;
                 }
                 // A key the tree does not hold needs no removing: a run's
-                // index entries often come and go between two slices. One
-                // not read first is removed all the same.
-                None if unread => {
-                    tree.remove(key.as_slice()).map_err(backend_error)?;
-                }
+                // index entries often come and go between two slices.
                 None if old.is_none() => {}
                 None => {
                     tree.remove(key.as_slice()).map_err(backend_error)?;
@@ -289,99 +240,4 @@ pub(crate) fn segment_size(dir: &std::path::Path) -> usize {
                 .and_then(|n| n.trim().parse().ok())
         })
         .unwrap_or(DEFAULT)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::sled_backend::open_sled;
-    use crate::sled_unapplied::ToApply;
-    use std::sync::Arc;
-
-    fn put(key: &[u8], value: Vec<u8>) -> ToApply {
-        (key.to_vec(), Some(Arc::new(value)))
-    }
-
-    fn delete(key: &[u8]) -> ToApply {
-        (key.to_vec(), None)
-    }
-
-    fn chunks(db: &sled::Db) -> usize {
-        db.scan_prefix(CHUNK_SPACE).count()
-    }
-
-    const JOURNAL_KEY: &[u8] = b"journal/run_1/\0\0\0\0\0\0\0\x01";
-
-    #[test]
-    fn keys_written_unread_are_written_and_deleted_as_any_other() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_sled(dir.path(), segment_size(dir.path())).unwrap();
-        let chunk = chunk_size(segment_size(dir.path()));
-        let mut committer = Chunker::new(chunk, 0).for_new_writes();
-        let big = vec![7u8; chunk * 2 + 3];
-        committer
-            .apply(
-                &db,
-                &[
-                    put(b"active/run_1", Vec::new()),
-                    put(b"finished/\0\0\0\0\0\0\0\x09run_1", Vec::new()),
-                    put(JOURNAL_KEY, big.clone()),
-                ],
-                || (),
-            )
-            .unwrap();
-        assert!(db.get(b"active/run_1").unwrap().is_some());
-        assert_eq!(chunks(&db), 3);
-        let manifest = db.get(JOURNAL_KEY).unwrap().unwrap();
-        assert_eq!(
-            resolve(&db, JOURNAL_KEY, manifest.to_vec()).unwrap(),
-            Some(big)
-        );
-        // Deleted: the empty-valued key without a read, the journal key
-        // read first, so that its chunks go with it.
-        committer
-            .apply(
-                &db,
-                &[
-                    delete(b"active/run_1"),
-                    delete(b"finished/\0\0\0\0\0\0\0\x09run_1"),
-                    delete(JOURNAL_KEY),
-                ],
-                || (),
-            )
-            .unwrap();
-        assert!(db.get(b"active/run_1").unwrap().is_none());
-        assert!(
-            db.get(b"finished/\0\0\0\0\0\0\0\x09run_1")
-                .unwrap()
-                .is_none()
-        );
-        assert!(db.get(JOURNAL_KEY).unwrap().is_none());
-        assert_eq!(chunks(&db), 0, "no chunk is left behind");
-    }
-
-    #[test]
-    fn an_open_writing_a_journal_key_again_reads_it_first() {
-        let dir = tempfile::tempdir().unwrap();
-        let db = open_sled(dir.path(), segment_size(dir.path())).unwrap();
-        let chunk = chunk_size(segment_size(dir.path()));
-        let big = vec![9u8; chunk * 3 + 1];
-        let mut committer = Chunker::new(chunk, 0).for_new_writes();
-        committer
-            .apply(&db, &[put(JOURNAL_KEY, big.clone())], || ())
-            .unwrap();
-        assert_eq!(chunks(&db), 4);
-        // The log's round applied again at an open, as after a crash that
-        // came after sled kept the write: the old chunks go.
-        let mut open = Chunker::new(chunk, committer.last_generation_made());
-        open.apply(&db, &[put(JOURNAL_KEY, big)], || ()).unwrap();
-        assert_eq!(chunks(&db), 4, "the first write's chunks are gone");
-        // The committer writing over it unread is a bug that tests catch.
-        if cfg!(debug_assertions) {
-            let over = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                committer.apply(&db, &[put(JOURNAL_KEY, b"{}".to_vec())], || ())
-            }));
-            assert!(over.is_err());
-        }
-    }
 }
