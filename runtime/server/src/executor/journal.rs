@@ -246,10 +246,10 @@ impl JournalWriter {
         self.held.defer();
     }
 
-    /// Takes the entries the writer holds, for a commit the engine may
-    /// refuse: [`JournalWriter::append_ending`] then writes them, and
-    /// [`JournalWriter::defer_entries`] leaves them to the next commit if
-    /// it was refused.
+    /// As [`JournalWriter::append_to`], for a commit the engine may refuse
+    /// (an attempt's end, a suspension): returns a copy of the entries the
+    /// writer held, which [`JournalWriter::defer_entries`] leaves to the
+    /// next commit if the engine refused it.
     pub(crate) fn append_ending(
         &self,
         batch: &mut Batch,
