@@ -22,6 +22,13 @@ pub(crate) fn journal_prefix(run: &RunId) -> Vec<u8> {
     k
 }
 
+/// The key of a run's journal entry `seq` (or of a run of entries from it).
+fn journal_key(run: &RunId, seq: u64) -> Vec<u8> {
+    let mut k = journal_prefix(run);
+    k.extend_from_slice(&seq.to_be_bytes());
+    k
+}
+
 /// A journal entry encoded as the store keeps it, not yet in a batch: a
 /// writer holds entries until its next commit, then writes them together
 /// ([`Batch::append_journal_run`]).
@@ -59,6 +66,28 @@ impl EncodedEntry {
 }
 
 impl Batch {
+    /// Appends a journal entry.
+    pub fn append_journal(&mut self, run: &RunId, record: &JournalRecord) -> &mut Self {
+        self.append_journal_sized(run, record);
+        self
+    }
+
+    /// Appends an entry to a run's journal; returns its size as stored, in
+    /// bytes (0 if it could not be encoded, which fails the commit).
+    pub fn append_journal_sized(&mut self, run: &RunId, record: &JournalRecord) -> u64 {
+        match encode(record) {
+            Ok(value) => {
+                let size = value.len() as u64;
+                self.ops.push(Op::Put(journal_key(run, record.seq), value));
+                size
+            }
+            Err(e) => {
+                self.error = Some(e);
+                0
+            }
+        }
+    }
+
     /// Appends entries with consecutive numbers to a run's journal, as one
     /// key when there are several (see the module's docs). Entries out of
     /// order or with a gap are written a key each.
@@ -67,14 +96,10 @@ impl Batch {
         let Some(first) = entries.first().map(|e| e.seq) else {
             return self;
         };
-        let key_of = |seq: u64| {
-            let mut k = journal_prefix(run);
-            k.extend_from_slice(&seq.to_be_bytes());
-            k
-        };
         if entries.len() == 1 || !consecutive {
             for entry in entries {
-                self.ops.push(Op::Put(key_of(entry.seq), entry.bytes));
+                self.ops
+                    .push(Op::Put(journal_key(run, entry.seq), entry.bytes));
             }
             return self;
         }
@@ -88,7 +113,7 @@ impl Batch {
             value.extend_from_slice(&entry.bytes);
         }
         value.push(b']');
-        self.ops.push(Op::Put(key_of(first), value));
+        self.ops.push(Op::Put(journal_key(run, first), value));
         self
     }
 }

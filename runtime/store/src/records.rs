@@ -167,30 +167,6 @@ impl Batch {
         self
     }
 
-    /// Appends a journal entry.
-    pub fn append_journal(&mut self, run: &RunId, record: &JournalRecord) -> &mut Self {
-        self.append_journal_sized(run, record);
-        self
-    }
-
-    /// Appends an entry to a run's journal; returns its size as stored, in
-    /// bytes (0 if it could not be encoded, which fails the commit).
-    pub fn append_journal_sized(&mut self, run: &RunId, record: &JournalRecord) -> u64 {
-        match encode(record) {
-            Ok(value) => {
-                let size = value.len() as u64;
-                let mut k = journal_prefix(run);
-                k.extend_from_slice(&record.seq.to_be_bytes());
-                self.ops.push(Op::Put(k, value));
-                size
-            }
-            Err(e) => {
-                self.error = Some(e);
-                0
-            }
-        }
-    }
-
     /// Stores a snapshot layer of an attempt.
     pub fn put_layer(
         &mut self,

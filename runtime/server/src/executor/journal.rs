@@ -18,7 +18,6 @@ use std::time::{Duration, Instant};
 /// go on before an entry is durable awaits a commit that holds it.
 #[derive(Clone)]
 pub(crate) struct JournalWriter {
-    run: RunId,
     next: Arc<AtomicU64>,
     /// What the run has used of its budgets, this writer's entries included.
     usage: Arc<Usage>,
@@ -111,10 +110,9 @@ impl JournalWriter {
         JournalWriter {
             held: Arc::new(Held {
                 store,
-                run: run.clone(),
+                run,
                 entries: Mutex::new(Entries::default()),
             }),
-            run,
             next: Arc::new(AtomicU64::new(next)),
             usage: Arc::new(usage),
             budgets,
@@ -175,23 +173,18 @@ impl JournalWriter {
     /// or fetch always journals after it.
     pub(crate) fn append(&self, entry: JournalEntry) {
         let mut held = self.held.lock();
-        let record = self.record(entry);
-        match EncodedEntry::new(&record) {
+        match self.encode(entry) {
             Ok(encoded) => {
-                self.usage.count(&record.entry, encoded.len() as u64);
                 held.push(encoded);
                 if held.due() {
                     self.held.defer_these(held.take());
                 }
             }
-            Err(_) => {
-                // It cannot be written: what is held goes on, and the entry
-                // fails a commit of its own, as it did before entries were
-                // held.
+            Err(record) => {
+                // What is held goes on; the entry fails a commit of its own.
                 self.held.defer_these(held.take());
                 let mut failing = Batch::default();
-                let bytes = failing.append_journal_sized(&self.run, &record);
-                self.usage.count(&record.entry, bytes);
+                self.append_failing(&mut failing, &record);
                 self.store().defer(failing);
             }
         }
@@ -201,26 +194,44 @@ impl JournalWriter {
     /// writer holds.
     pub(crate) fn append_to(&self, batch: &mut Batch, entry: JournalEntry) {
         let mut held = self.held.lock();
-        let record = self.record(entry);
         let mut entries = held.take();
+        match self.encode(entry) {
+            Ok(encoded) => {
+                entries.push(encoded);
+                batch.append_journal_run(&self.held.run, entries);
+            }
+            Err(record) => {
+                batch.append_journal_run(&self.held.run, entries);
+                self.append_failing(batch, &record);
+            }
+        }
+    }
+
+    /// Numbers and encodes `entry`, counting it against the run's budgets;
+    /// the record, if it cannot be encoded. Called with the entries' lock
+    /// held, so that entries are held in their order.
+    fn encode(&self, entry: JournalEntry) -> Result<EncodedEntry, Box<JournalRecord>> {
+        let record = self.record(entry);
         match EncodedEntry::new(&record) {
             Ok(encoded) => {
                 self.usage.count(&record.entry, encoded.len() as u64);
-                entries.push(encoded);
-                batch.append_journal_run(&self.run, entries);
+                Ok(encoded)
             }
-            Err(_) => {
-                batch.append_journal_run(&self.run, entries);
-                let bytes = batch.append_journal_sized(&self.run, &record);
-                self.usage.count(&record.entry, bytes);
-            }
+            Err(_) => Err(Box::new(record)),
         }
+    }
+
+    /// Adds a record that cannot be encoded to `batch`, which fails the
+    /// batch's commit, as such an entry did before writers held entries.
+    fn append_failing(&self, batch: &mut Batch, record: &JournalRecord) {
+        let bytes = batch.append_journal_sized(&self.held.run, record);
+        self.usage.count(&record.entry, bytes);
     }
 
     /// Adds the entries the writer holds to a batch the caller commits
     /// (nothing if it holds none).
     pub(crate) fn take_held(&self, batch: &mut Batch) {
-        batch.append_journal_run(&self.run, self.held.lock().take());
+        batch.append_journal_run(&self.held.run, self.held.lock().take());
     }
 
     /// Leaves the entries the writer holds to the next commit made in the
