@@ -27,6 +27,7 @@ pub mod envvars;
 mod group_commit;
 mod journal;
 pub mod layout;
+mod listening;
 mod memory;
 mod pending;
 mod postgres_backend;

@@ -277,7 +277,7 @@ pub type RunsListener = Box<dyn Fn(Changes<'_>) + Send + Sync>;
 #[derive(Clone)]
 pub struct Store {
     pub(crate) backend: Arc<dyn Backend>,
-    listener: Arc<std::sync::OnceLock<RunsListener>>,
+    listener: Arc<std::sync::OnceLock<Arc<crate::listening::Listening>>>,
     /// The master key environment variables and snapshot layers are sealed
     /// with.
     pub(crate) seal: Option<Arc<crate::seal::SealKey>>,
@@ -334,10 +334,23 @@ impl Store {
 
     /// Sets what hears of every durable commit that wrote runs or appended
     /// to their realtime streams (realtime subscriptions); the first call
-    /// wins. It is called on the committing
-    /// task, after the commit is durable, and must not block.
+    /// wins. A task of this store's, started on the calling Tokio runtime,
+    /// tells it of each commit once the commit is durable, in the order the
+    /// commits were made (see [`crate::listening`]); it must not block.
+    /// Outside a runtime nothing is set, and a warning says so.
     pub fn on_runs_changed(&self, listener: RunsListener) {
-        let _ = self.listener.set(listener);
+        if self.listener.get().is_some() {
+            return;
+        }
+        match crate::listening::Listening::start(listener, &self.backend) {
+            Ok(listening) => {
+                let _ = self.listener.set(listening);
+            }
+            Err(_) => tracing::warn!(
+                "a runs listener set outside a Tokio runtime is not set: realtime subscriptions \
+                 will not hear of changes"
+            ),
+        }
     }
 
     /// Saves a deployment with its bundles (in the order of
@@ -420,36 +433,15 @@ impl Store {
             return Box::pin(std::future::ready(Err(e)));
         }
         let durable = self.backend.commit(batch.ops);
-        if (batch.runs.is_empty() && batch.streams.is_empty()) || self.listener.get().is_none() {
-            return durable;
+        // The listener hears of the commit once it is durable, whether or
+        // not the caller awaits it (a claim does not, and a handler whose
+        // client went away is dropped mid-await).
+        if let Some(listening) = self.listener.get()
+            && !(batch.runs.is_empty() && batch.streams.is_empty())
+        {
+            listening.made(batch.runs, batch.streams);
         }
-        // The listener hears of the commit once it is durable whether or not
-        // the caller awaits it (a claim does not, and a handler whose client
-        // went away is dropped mid-await): a task of its own waits for it.
-        let settled = self.backend.settled();
-        let listener = self.listener.clone();
-        let (runs, streams) = (batch.runs, batch.streams);
-        let notify = async move {
-            if settled.await.is_ok()
-                && let Some(listener) = listener.get()
-            {
-                listener(Changes {
-                    runs: &runs,
-                    streams: &streams,
-                });
-            }
-        };
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(notify);
-                durable
-            }
-            Err(_) => Box::pin(async move {
-                let result = durable.await;
-                notify.await;
-                result
-            }),
-        }
+        durable
     }
 
     /// Holds a batch's writes for the next commit made through the backend
