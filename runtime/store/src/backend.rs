@@ -71,6 +71,19 @@ pub trait Backend: Send + Sync + 'static {
     /// commits become durable in the order they were made.
     fn commit(&self, ops: Vec<Op>) -> Commit;
 
+    /// Applies `ops` atomically and at once, as [`Backend::commit`] does,
+    /// for a writer that does not wait for them to be durable: they become
+    /// durable with the next group of commits, which the next commit waited
+    /// for starts, or within a few milliseconds if none comes. Fails only
+    /// if the store is closed or failed. By default, a commit not awaited.
+    fn commit_unawaited(&self, ops: Vec<Op>) -> Result<()> {
+        use futures_util::FutureExt;
+        match self.commit(ops).now_or_never() {
+            Some(Err(error)) => Err(error),
+            _ => Ok(()),
+        }
+    }
+
     /// Holds `ops` to be applied with the next commit, atomically with it
     /// and ahead of its own writes, so they keep the place in the order of
     /// commits they would have had as a commit of their own now. Until then

@@ -28,8 +28,8 @@ pub(crate) type Ack = oneshot::Sender<Result<()>>;
 pub(crate) enum Request {
     /// Make every commit made so far durable, then acknowledge.
     Ack(Ack),
-    /// Writes were deferred: write them within [`DEFER_AT_MOST`] unless a
-    /// commit takes them first.
+    /// Writes were deferred, or a commit was made that no one waits for:
+    /// write them within [`DEFER_AT_MOST`] unless a group takes them first.
     Deferred,
 }
 
@@ -121,20 +121,7 @@ impl Front {
 
     /// [`crate::Backend::commit`].
     pub(crate) fn commit(&self, ops: Vec<Op>) -> Commit {
-        {
-            let mut unapplied = lock(&self.pending.unapplied);
-            // A writer faster than the disk waits here for the committer,
-            // which frees room as it applies groups: once every writer
-            // waits, no commit comes, and it applies what it holds.
-            while unapplied.full() {
-                unapplied = self
-                    .pending
-                    .room
-                    .wait(unapplied)
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
-            }
-            unapplied.commit(ops);
-        }
+        self.room_to_commit().commit(ops);
         let (ack, done) = oneshot::channel();
         let sent = match &self.committer {
             Some(committer) => committer.send(Request::Ack(ack)).map_err(|_| ()),
@@ -149,6 +136,45 @@ impl Front {
                 .observe(made.elapsed().as_secs_f64());
             result
         })
+    }
+
+    /// [`crate::Backend::commit_unawaited`]: the commit is made as
+    /// [`Front::commit`] makes one, and the committer is asked to take it
+    /// within [`DEFER_AT_MOST`] only if no commit made before it is left to
+    /// take (that one's request, an acknowledgement or this same ask, brings
+    /// the group that takes both).
+    pub(crate) fn commit_unawaited(&self, ops: Vec<Op>) -> Result<()> {
+        let Some(committer) = &self.committer else {
+            return Err(StoreError::Closed);
+        };
+        let alone = {
+            let mut unapplied = self.room_to_commit();
+            let alone = !unapplied.has_fresh();
+            unapplied.commit(ops);
+            alone
+        };
+        if alone {
+            committer
+                .send(Request::Deferred)
+                .map_err(|_| StoreError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// The unapplied writes, once they have room for a commit: a writer
+    /// faster than the disk waits here for the committer, which frees room
+    /// as it applies groups (once every writer waits, no commit comes, and
+    /// it applies what it holds).
+    fn room_to_commit(&self) -> std::sync::MutexGuard<'_, Unapplied> {
+        let mut unapplied = lock(&self.pending.unapplied);
+        while unapplied.full() {
+            unapplied = self
+                .pending
+                .room
+                .wait(unapplied)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+        unapplied
     }
 
     /// [`crate::Backend::defer`].
@@ -255,9 +281,11 @@ impl Gatherer {
                     return Next::Idle;
                 }
                 Err(false) => {
-                    // Nothing joined the deferred writes in time.
+                    // Nothing joined the deferred writes, or the commits no
+                    // one waits for, in time.
                     self.deferred_until = None;
-                    if !lock(&pending.unapplied).commit_deferred() {
+                    let mut unapplied = lock(&pending.unapplied);
+                    if !unapplied.commit_deferred() && !unapplied.has_fresh() {
                         continue;
                     }
                 }

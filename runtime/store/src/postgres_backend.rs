@@ -1714,6 +1714,13 @@ impl Backend for PostgresBackend {
         self.front.commit(ops)
     }
 
+    fn commit_unawaited(&self, ops: Vec<Op>) -> Result<()> {
+        if self.read_only {
+            return Err(StoreError::Closed);
+        }
+        self.front.commit_unawaited(ops)
+    }
+
     fn defer(&self, ops: Vec<Op>) {
         if self.read_only {
             return;

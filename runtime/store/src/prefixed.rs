@@ -88,6 +88,10 @@ impl Backend for PrefixedBackend {
         self.inner.commit(self.outer_ops(ops))
     }
 
+    fn commit_unawaited(&self, ops: Vec<Op>) -> Result<()> {
+        self.inner.commit_unawaited(self.outer_ops(ops))
+    }
+
     fn defer(&self, ops: Vec<Op>) {
         self.inner.defer(self.outer_ops(ops))
     }

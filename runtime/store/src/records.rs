@@ -433,15 +433,34 @@ impl Store {
             return Box::pin(std::future::ready(Err(e)));
         }
         let durable = self.backend.commit(batch.ops);
-        // The listener hears of the commit once it is durable, whether or
-        // not the caller awaits it (a claim does not, and a handler whose
-        // client went away is dropped mid-await).
-        if let Some(listening) = self.listener.get()
-            && !(batch.runs.is_empty() && batch.streams.is_empty())
-        {
-            listening.made(batch.runs, batch.streams);
-        }
+        self.made(batch.runs, batch.streams);
         durable
+    }
+
+    /// Commits a batch atomically, as [`Store::commit`] does, for a writer
+    /// that does not wait for it to be durable (see
+    /// [`Backend::commit_unawaited`]): it is durable with the next group of
+    /// commits. Fails if the batch could not be encoded or the store is
+    /// closed.
+    pub fn commit_unawaited(&self, batch: Batch) -> Result<()> {
+        if let Some(e) = batch.error {
+            return Err(e);
+        }
+        self.backend.commit_unawaited(batch.ops)?;
+        self.made(batch.runs, batch.streams);
+        Ok(())
+    }
+
+    /// Tells the listener, once the commit just made is durable, which
+    /// runs it wrote and whose streams it appended to, whether or not the
+    /// caller awaits it (a claim does not, and a handler whose client went
+    /// away is dropped mid-await).
+    fn made(&self, runs: Vec<RunId>, streams: Vec<RunId>) {
+        if let Some(listening) = self.listener.get()
+            && !(runs.is_empty() && streams.is_empty())
+        {
+            listening.made(runs, streams);
+        }
     }
 
     /// Holds a batch's writes for the next commit made through the backend

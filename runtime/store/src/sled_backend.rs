@@ -701,6 +701,10 @@ impl Backend for SledBackend {
         self.front.commit(ops)
     }
 
+    fn commit_unawaited(&self, ops: Vec<Op>) -> Result<()> {
+        self.front.commit_unawaited(ops)
+    }
+
     fn suggest_compaction(&self, min_len: u64, deleted: usize) -> Result<Option<bool>> {
         let data = self.dir.join("db");
         let len = std::fs::metadata(&data).map_err(backend_error)?.len();

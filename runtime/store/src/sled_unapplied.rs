@@ -99,6 +99,12 @@ impl Unapplied {
         self.newest.len() >= FULL.0 || self.bytes >= FULL.1
     }
 
+    /// Whether a commit was made since the committer last took a group:
+    /// the next group it takes holds it.
+    pub(crate) fn has_fresh(&self) -> bool {
+        !self.fresh.is_empty()
+    }
+
     /// The number of commits made so far.
     pub(crate) fn made(&self) -> u64 {
         self.made

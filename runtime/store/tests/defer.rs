@@ -1,6 +1,8 @@
 //! Deferred writes ([`Backend::defer`]) through the sled backend: the next
 //! commit takes them, ahead of its own writes; the committer applies them
-//! alone when no commit comes; closing the store does not lose them.
+//! alone when no commit comes; closing the store does not lose them. And
+//! commits no one waits for ([`Backend::commit_unawaited`]): seen at once,
+//! and durable without a commit after them.
 
 use kiln_store::{Backend, Op, SledBackend};
 use std::time::{Duration, Instant};
@@ -59,4 +61,35 @@ async fn deferred_writes_are_applied_without_a_commit_and_survive_a_close() {
     let reopened = SledBackend::open(dir.path()).unwrap();
     assert_eq!(get(&reopened, "journal/1").as_deref(), Some("a"));
     assert_eq!(get(&reopened, "journal/2").as_deref(), Some("b"));
+}
+
+#[tokio::test]
+async fn a_commit_no_one_waits_for_is_durable_without_another() {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = SledBackend::open(dir.path()).unwrap();
+    for round in 0..3 {
+        let key = format!("run/{round}");
+        backend
+            .commit_unawaited(vec![put(&key, "claimed")])
+            .unwrap();
+        assert_eq!(get(&backend, &key).as_deref(), Some("claimed"));
+        // No commit comes after it: the committer makes a group of it on
+        // its own, within a few milliseconds. Were it left for the next
+        // commit, this would wait for ever.
+        tokio::time::timeout(Duration::from_secs(10), backend.settled())
+            .await
+            .expect("a commit no one waits for was never made durable")
+            .unwrap();
+    }
+    // Durable in the log: a store stopped as a killed process stops, and
+    // opened again, holds them.
+    backend.halt_as_if_killed();
+    drop(backend);
+    let reopened = SledBackend::open(dir.path()).unwrap();
+    for round in 0..3 {
+        assert_eq!(
+            get(&reopened, &format!("run/{round}")).as_deref(),
+            Some("claimed")
+        );
+    }
 }

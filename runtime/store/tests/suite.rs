@@ -224,6 +224,22 @@ async fn concurrent_commits_all_land(backend: Arc<dyn Backend>) {
     assert!(backend.get(b"c/0000").unwrap().is_none());
 }
 
+/// A commit no one waits for is seen at once, and becomes durable with no
+/// commit after it.
+async fn unawaited_commits_become_durable(backend: Arc<dyn Backend>) {
+    for i in 0..3u32 {
+        let key = format!("u/{i}").into_bytes();
+        backend
+            .commit_unawaited(vec![Op::Put(key.clone(), i.to_be_bytes().to_vec())])
+            .unwrap();
+        assert_eq!(backend.get(&key).unwrap(), Some(i.to_be_bytes().to_vec()));
+        tokio::time::timeout(std::time::Duration::from_secs(10), backend.settled())
+            .await
+            .expect("a commit no one waits for was never made durable")
+            .unwrap();
+    }
+}
+
 /// Waiting runs leave the index read at start-up; what wakes them is found
 /// through its own index.
 async fn waiting_runs_leave_the_active_index(store: &Store) {
@@ -784,6 +800,7 @@ async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     runs_page_newest_first(&Store::new(make())).await;
     tokens_page_newest_first(&Store::new(make())).await;
     concurrent_commits_all_land(make()).await;
+    unawaited_commits_become_durable(make()).await;
 }
 
 #[tokio::test]

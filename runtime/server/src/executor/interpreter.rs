@@ -162,8 +162,10 @@ pub fn engine_writes(batch: &mut Batch, commands: &[Command]) -> Vec<TimerKey> {
 impl Executor {
     /// Under the gate, has the engine decide on `input` and applies its
     /// writes with `extra` as one batch; returns the answer, the commit (if
-    /// anything was written) and the timers it stored.
-    fn decide(&self, input: Input, extra: Batch) -> Result<Decided, StepError> {
+    /// anything was written, and `awaited`: a commit no one waits for is
+    /// made without one, see [`Store::commit_unawaited`]) and the timers it
+    /// stored.
+    fn decide(&self, input: Input, extra: Batch, awaited: bool) -> Result<Decided, StepError> {
         let store = &self.shared.store;
         let _gate = self
             .shared
@@ -179,7 +181,14 @@ impl Executor {
         }
         let mut batch = extra;
         let timers = engine_writes(&mut batch, &applied.commands);
-        let commit = (!batch.is_empty()).then(|| store.commit(batch));
+        let commit = match (batch.is_empty(), awaited) {
+            (true, _) => None,
+            (false, true) => Some(store.commit(batch)),
+            (false, false) => {
+                store.commit_unawaited(batch)?;
+                None
+            }
+        };
         Ok((applied, commit, timers))
     }
 
@@ -200,7 +209,7 @@ impl Executor {
         extra: Batch,
         handed: impl FnOnce(),
     ) -> Result<Outcome, StepError> {
-        let (applied, commit, timers) = self.decide(input, extra)?;
+        let (applied, commit, timers) = self.decide(input, extra, true)?;
         handed();
         if let Some(commit) = commit {
             commit.await?;
@@ -214,16 +223,14 @@ impl Executor {
 
     /// Applies an input whose answer has no effects and whose loss in a
     /// crash is harmless, without waiting for it to be durable: a claim (a
-    /// run whose `EXECUTING` record is lost is simply claimed again).
+    /// run whose `EXECUTING` record is lost is simply claimed again). Its
+    /// commit asks the committer for no group of its own: the slice's next
+    /// commit, or anyone's, takes it (see [`Store::commit_unawaited`]). A
+    /// commit that fails at once (the batch could not be encoded, the store
+    /// is closed) is a failed step.
     pub(crate) fn step_now(&self, input: Input) -> Result<Outcome, StepError> {
-        use futures_util::FutureExt;
-        let (applied, commit, timers) = self.decide(input, Batch::default())?;
+        let (applied, _, timers) = self.decide(input, Batch::default(), false)?;
         debug_assert!(applied.commands.iter().all(Command::is_write) && timers.is_empty());
-        // A commit that failed at once (it could not even be applied) is a
-        // failed step; one in flight is left to the committer.
-        if let Some(Some(Err(error))) = commit.map(|c| c.now_or_never()) {
-            return Err(error.into());
-        }
         Ok(applied.outcome)
     }
 
