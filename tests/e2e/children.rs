@@ -118,6 +118,35 @@ async fn a_sigkill_between_creating_a_child_and_waiting_makes_no_second_child() 
     assert_eq!(run["output"]["output"]["payload"]["n"], "only");
 }
 
+/// A parent waits on its child across a `SIGKILL`: the restarted server
+/// learns which runs are waited on from the store (a run's end reads its
+/// waiters only if it is one) and wakes the parent when the child ends.
+#[tokio::test]
+async fn a_parent_waiting_across_a_sigkill_wakes_when_its_child_ends() {
+    let dir = data_dir();
+    let kiln = Kiln::start(dir.path());
+    kiln.deploy(kiln_fixtures::PROBE).await;
+    let id = kiln
+        .trigger_ok("parent", json!({"mode": "sleepy", "sleep_ms": 3_000}))
+        .await;
+    kiln.until_status(&id, "WAITING").await;
+    let sleeps = runs_of(&kiln, "sleep").await;
+    let child = sleeps[0]["id"]
+        .as_str()
+        .expect("the child's id")
+        .to_string();
+    // The child waits on its 3 s timer (warm, so `EXECUTING`, or
+    // suspended): its end comes after the restart.
+    let status = kiln.run(&child).await["status"].clone();
+    assert!(status == "EXECUTING" || status == "WAITING", "{status}");
+    kiln.kill();
+
+    let kiln = Kiln::start(dir.path());
+    let run = kiln.finished(&id).await;
+    assert_eq!(run["status"], "COMPLETED", "{run}");
+    assert_eq!(run["output"]["child"], child.as_str());
+}
+
 #[tokio::test]
 async fn canceling_a_parent_cancels_its_children() {
     let dir = data_dir();

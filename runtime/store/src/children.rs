@@ -220,6 +220,23 @@ impl Store {
             .collect()
     }
 
+    /// Every run a suspended run waits on: the children named by the
+    /// `waiter/` entries.
+    pub fn waited_on(&self) -> Result<std::collections::HashSet<RunId>> {
+        Ok(self
+            .backend
+            .scan_prefix(WAITER)?
+            .iter()
+            .filter_map(|(k, _)| {
+                let rest = &k[WAITER.len()..];
+                let end = rest.iter().position(|b| *b == b'/')?;
+                std::str::from_utf8(&rest[..end])
+                    .ok()
+                    .and_then(|s| RunId::parse(s).ok())
+            })
+            .collect())
+    }
+
     /// Whether wait `wait_id` of `waiting` still waits on `child`.
     pub fn is_waiting_on(&self, child: &RunId, waiting: &RunId, wait_id: u64) -> Result<bool> {
         Ok(self

@@ -201,6 +201,12 @@ impl Batch {
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()
     }
+
+    /// Whether every write was encoded: the commit of a batch that was not
+    /// fails and writes nothing.
+    pub fn encoded(&self) -> bool {
+        self.error.is_none()
+    }
 }
 
 /// One stored snapshot layer of an attempt.

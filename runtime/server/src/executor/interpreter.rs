@@ -31,8 +31,13 @@ pub(crate) enum StepError {
 }
 
 /// The store, as the engine reads it; remembers what it read of each run,
-/// so the metrics can tell what a write changed.
-struct StoreView<'a>(&'a Store, std::cell::RefCell<Vec<(RunId, Before)>>);
+/// so the metrics can tell what a write changed. Knows which runs may be
+/// waited on, so the end of one that is not reads no waiters.
+struct StoreView<'a>(
+    &'a Store,
+    std::cell::RefCell<Vec<(RunId, Before)>>,
+    &'a waits::WaitedOn,
+);
 
 impl StoreView<'_> {
     /// What the engine read of `run` first, before it decided.
@@ -65,6 +70,9 @@ impl View for StoreView<'_> {
     }
 
     fn waiters(&self, child: &RunId) -> ViewResult<Vec<Waiter>> {
+        if !self.2.may_be_waited_on(child) {
+            return Ok(Vec::new());
+        }
         self.0.waiters(child).map_err(view_error)
     }
 
@@ -172,7 +180,8 @@ impl Executor {
             .gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let view = StoreView(store, Default::default());
+        let waited_on = &self.shared.waited_on;
+        let view = StoreView(store, Default::default(), waited_on);
         let applied = kiln_engine::apply(&view, input, Timestamp::now())?;
         for command in &applied.commands {
             if let Command::PutRun(run) = command {
@@ -181,6 +190,7 @@ impl Executor {
         }
         let mut batch = extra;
         let timers = engine_writes(&mut batch, &applied.commands);
+        let encoded = batch.encoded();
         let commit = match (batch.is_empty(), awaited) {
             (true, _) => None,
             (false, true) => Some(store.commit(batch)),
@@ -189,6 +199,9 @@ impl Executor {
                 None
             }
         };
+        if encoded {
+            waited_on.decided(&applied.commands, store);
+        }
         Ok((applied, commit, timers))
     }
 

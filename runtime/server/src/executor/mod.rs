@@ -141,6 +141,9 @@ pub(crate) struct Shared {
     /// no other input decides on state about to change (never across an
     /// await).
     gate: Mutex<()>,
+    /// The runs suspended runs may wait on (read and changed under the
+    /// gate).
+    waited_on: waits::WaitedOn,
     /// Runs whose inbox is to be delivered.
     deliveries: tokio::sync::mpsc::UnboundedSender<RunId>,
     /// The environment's secrets, ready to mask, as of a version of its
@@ -205,6 +208,7 @@ impl Executor {
             secrets: Mutex::new(None),
             dispatch,
             gate: Mutex::new(()),
+            waited_on: waits::WaitedOn::read(&store),
             deliveries,
         });
         let executor = Executor { shared };

@@ -72,3 +72,191 @@ pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
         batch.delete_timer(&timer);
     }
 }
+
+/// The runs a suspended run may wait on: the children of every run or batch
+/// wait armed since the set was read from the store's `waiter/` entries,
+/// less the runs that finished since. A run's end reads its waiters from
+/// the store only if it is here (`None`: not known, and every end reads
+/// them), so the end of a run nothing waits on, most runs, makes no scan.
+///
+/// It is read and changed under the executor's gate only, with the commit
+/// of the decision that changed it made: a wait armed and the end of the
+/// run it waits on change it in the order they were decided, as they change
+/// the store. A run that finished leaves it (its end told every waiter it
+/// had); a wait armed on a run that already finished puts that run back
+/// for good, so once the set is twice the size it had when last read it is
+/// read again from the store.
+pub(crate) struct WaitedOn {
+    state: std::sync::Mutex<Known>,
+}
+
+struct Known {
+    runs: Option<std::collections::HashSet<RunId>>,
+    /// Its size when last read from the store.
+    read: usize,
+}
+
+/// The size under which the set is not read again.
+const READ_AGAIN_OVER: usize = 1_024;
+
+impl WaitedOn {
+    /// The set as the store holds it now.
+    pub(crate) fn read(store: &kiln_store::Store) -> Self {
+        let runs = read_waited_on(store);
+        let read = runs.as_ref().map_or(0, |r| r.len());
+        WaitedOn {
+            state: std::sync::Mutex::new(Known { runs, read }),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a run may have runs waiting on it (false: it has none).
+    pub(crate) fn may_be_waited_on(&self, run: &RunId) -> bool {
+        self.lock()
+            .runs
+            .as_ref()
+            .is_none_or(|runs| runs.contains(run))
+    }
+
+    /// Takes in what a decision whose commit was just made changed: the
+    /// runs its armed waits wait on, the runs it finished.
+    pub(crate) fn decided(&self, commands: &[kiln_engine::Command], store: &kiln_store::Store) {
+        use kiln_engine::Command;
+        let mut known = self.lock();
+        let Some(runs) = known.runs.as_mut() else {
+            return;
+        };
+        for command in commands {
+            match command {
+                Command::Arm { wait, .. } => match &wait.on {
+                    WaitOn::Run { run_id } => {
+                        runs.insert(run_id.clone());
+                    }
+                    WaitOn::Batch { runs: children, .. } => {
+                        runs.extend(children.iter().cloned());
+                    }
+                    WaitOn::Timer { .. } | WaitOn::Token { .. } | WaitOn::Fetch { .. } => {}
+                },
+                Command::Finished { run } => {
+                    runs.remove(run);
+                }
+                _ => {}
+            }
+        }
+        if runs.len() > known.read.saturating_mul(2).max(READ_AGAIN_OVER) {
+            known.runs = read_waited_on(store);
+            known.read = known.runs.as_ref().map_or(0, |r| r.len());
+        }
+    }
+}
+
+/// The runs the store's `waiter/` entries name; `None` if it cannot be
+/// read (every run's end then reads its waiters).
+fn read_waited_on(store: &kiln_store::Store) -> Option<std::collections::HashSet<RunId>> {
+    match store.waited_on() {
+        Ok(runs) => Some(runs),
+        Err(error) => {
+            tracing::warn!(%error, "reading which runs are waited on failed; every run's end reads its waiters");
+            None
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use kiln_engine::Command;
+    use kiln_store::{MemoryBackend, Store};
+    use std::sync::Arc;
+
+    fn arm_on(parent: &RunId, on: WaitOn) -> Command {
+        Command::Arm {
+            run: parent.clone(),
+            wait: WaitRecord { id: 1, on },
+        }
+    }
+
+    #[tokio::test]
+    async fn a_run_is_waited_on_from_the_wait_armed_until_it_finishes() {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let (parent, child, other) = (RunId::generate(1), RunId::generate(2), RunId::generate(3));
+        // Read from the store at start: an entry written before is seen.
+        let mut batch = Batch::default();
+        arm(
+            &mut batch,
+            &parent,
+            &WaitRecord {
+                id: 1,
+                on: WaitOn::Run {
+                    run_id: child.clone(),
+                },
+            },
+        );
+        store.commit(batch).await.unwrap();
+        let waited = WaitedOn::read(&store);
+        assert!(waited.may_be_waited_on(&child));
+        assert!(!waited.may_be_waited_on(&other));
+        // A run finished is no longer waited on; one a wait is armed on is.
+        waited.decided(&[Command::Finished { run: child.clone() }], &store);
+        assert!(!waited.may_be_waited_on(&child));
+        let batch_children = vec![RunId::generate(4), RunId::generate(5)];
+        waited.decided(
+            &[
+                arm_on(
+                    &parent,
+                    WaitOn::Run {
+                        run_id: other.clone(),
+                    },
+                ),
+                arm_on(
+                    &parent,
+                    WaitOn::Batch {
+                        batch_id: "batch_1".into(),
+                        runs: batch_children.clone(),
+                    },
+                ),
+            ],
+            &store,
+        );
+        assert!(waited.may_be_waited_on(&other));
+        assert!(batch_children.iter().all(|c| waited.may_be_waited_on(c)));
+    }
+
+    #[tokio::test]
+    async fn runs_left_in_the_set_go_once_it_doubles() {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let waited = WaitedOn::read(&store);
+        let parent = RunId::generate(0);
+        // Waits armed on runs with no entry in the store (as a wait armed
+        // on a run that had already finished leaves it): the set grows
+        // until it is read again, and then holds only what the store does.
+        let runs: Vec<RunId> = (1..=READ_AGAIN_OVER as u64 + 1)
+            .map(RunId::generate)
+            .collect();
+        for run in &runs[..READ_AGAIN_OVER] {
+            waited.decided(
+                &[arm_on(
+                    &parent,
+                    WaitOn::Run {
+                        run_id: run.clone(),
+                    },
+                )],
+                &store,
+            );
+        }
+        assert!(waited.may_be_waited_on(&runs[0]));
+        waited.decided(
+            &[arm_on(
+                &parent,
+                WaitOn::Run {
+                    run_id: runs[READ_AGAIN_OVER].clone(),
+                },
+            )],
+            &store,
+        );
+        assert!(runs.iter().all(|r| !waited.may_be_waited_on(r)));
+    }
+}
