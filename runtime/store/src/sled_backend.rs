@@ -13,12 +13,14 @@
 //!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
 //!   each writer (group commit). Commits made during a sync wait for the
 //!   next group, so under load a group holds everything committed during
-//!   the last sync. It holds durable groups, merged key by key, until no
-//!   group has come for a millisecond or it has held them 100 ms (or 8,192
-//!   keys, or 16 MiB of values), then applies them to the tree as single
-//!   writes of each key's newest value, a slice of 64 keys (or 256 KiB)
-//!   between one group and the next (larger slices if it falls behind),
-//!   followed by the last group's number. Kiln flushes sled and `fdatasync`s its data file at
+//!   the last sync. It hands each durable group to the tree's thread
+//!   (`kiln-tree`), which holds them, merged key by key, until no group has
+//!   come for a millisecond or it has held them 100 ms (or 8,192 keys, or
+//!   16 MiB of values), then applies them to the tree as single writes of
+//!   each key's newest value, a slice of 64 keys (or 256 KiB) at a time
+//!   (larger slices if it falls behind), followed by the last group's
+//!   number; the committer meanwhile syncs the next groups. Kiln flushes
+//!   sled and `fdatasync`s its data file at
 //!   a checkpoint: when the log is full, at a clean close, and when the
 //!   store is opened (after the log's round, every group since the last
 //!   checkpoint, is applied again). sled is neither flushed nor given a
@@ -41,7 +43,7 @@
 //!   the failed write covered may be lost and later writes cannot tell.
 
 use crate::backend::{Backend, Commit, Op, Order};
-use crate::group_commit::{Front, Gatherer, Next, Pending, Request, acknowledge, fail_stop, lock};
+use crate::group_commit::{Front, Gatherer, Pending, Request, acknowledge, fail_stop, lock};
 use crate::sled_chunks::{CHUNK_SPACE, Chunker, chunk_size, is_manifest, resolve, segment_size};
 use crate::sled_unapplied::{Entry, merge, merge_rev, prefix_end};
 use crate::sled_wal::{BOOKKEEPING, CHUNKS, MARK, Wal};
@@ -130,17 +132,32 @@ impl SledBackend {
             last_generation.max(Chunker::last_generation(&db)?),
         );
         let pending = Arc::new(Pending::default());
+        let durable_tx = Arc::new(durable_tx);
+        let tree = TreeWriter {
+            db: db.clone(),
+            data_file,
+            chunker,
+            pending: pending.clone(),
+            durable: durable_tx.clone(),
+            behind: Behind::default(),
+            applying: Applying::default(),
+        };
+        let inbox = Arc::new(std::sync::Mutex::new(Inbox::default()));
+        let applying = {
+            let inbox = inbox.clone();
+            std::thread::Builder::new()
+                .name("kiln-tree".into())
+                .spawn(move || tree.run(inbox))
+                .map_err(backend_error)?
+        };
         let committer = Committer {
             wal,
             last_group,
-            tree: TreeWriter {
-                db: db.clone(),
-                data_file,
-                chunker,
-                pending: pending.clone(),
-                durable: durable_tx,
-                behind: Behind::default(),
-                applying: Applying::default(),
+            pending: pending.clone(),
+            durable: durable_tx,
+            tree: TreeLine {
+                inbox,
+                thread: Some(applying),
             },
         };
         let committing = std::thread::Builder::new()
@@ -327,45 +344,120 @@ impl Drop for SledBackend {
 /// (everything committed since the last group, which under load is
 /// everything committed during the last sync), numbers it, writes it as
 /// one record to the write-ahead log, `fdatasync`s it, acknowledges its
-/// writers, and applies durable groups to the tree.
+/// writers, and hands the durable group to the tree's thread
+/// ([`TreeWriter::run`]), which applies it to the tree.
 struct Committer {
     wal: Wal,
     /// The number of the last group the store holds.
     last_group: u64,
-    tree: TreeWriter,
+    pending: Arc<Pending>,
+    durable: Arc<crate::durability::Reached>,
+    tree: TreeLine,
 }
 
-/// The committer's side of the tree: it alone writes it.
+/// What the committer hands the tree's thread, in the order it happened.
+enum ToTree {
+    /// A group durable in the log: its number, the number of the last
+    /// commit it covered, and each key's newest value.
+    Group(u64, u64, Vec<crate::sled_unapplied::ToApply>),
+    /// Apply every group handed so far, make the tree durable, and answer
+    /// how that went (the log is full, or the store closes).
+    Checkpoint(mpsc::SyncSender<Result<()>>),
+}
+
+/// What the committer and the tree's thread share.
+#[derive(Default)]
+struct Inbox {
+    /// Handed and not yet taken by the tree's thread.
+    items: Vec<ToTree>,
+    /// The committer has stopped: the tree's thread ends.
+    closed: bool,
+    /// The tree's thread holds nothing and waits for the committer to wake
+    /// it; otherwise it looks again on its own within [`IDLE`], so a group
+    /// handed under load costs no wake-up.
+    sleeping: bool,
+}
+
+/// The committer's end of the tree's thread. Dropping it ends that thread
+/// and waits for it, so that sled's database is let go of with the
+/// committer's.
+struct TreeLine {
+    inbox: Arc<std::sync::Mutex<Inbox>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TreeLine {
+    fn send(&self, item: ToTree) {
+        let urgent = matches!(item, ToTree::Checkpoint(_));
+        let sleeping = {
+            let mut inbox = lock(&self.inbox);
+            inbox.items.push(item);
+            inbox.sleeping
+        };
+        if (sleeping || urgent)
+            && let Some(thread) = &self.thread
+        {
+            thread.thread().unpark();
+        }
+    }
+
+    /// Has the tree's thread apply every group handed to it so far, then
+    /// make the tree durable.
+    fn checkpoint(&self) -> Result<()> {
+        let (reply, answer) = mpsc::sync_channel(1);
+        self.send(ToTree::Checkpoint(reply));
+        answer.recv().unwrap_or_else(|_| {
+            Err(StoreError::Backend(
+                "the thread that applies the store's log to its tree has stopped".into(),
+            ))
+        })
+    }
+}
+
+impl Drop for TreeLine {
+    fn drop(&mut self) {
+        lock(&self.inbox).closed = true;
+        if let Some(thread) = self.thread.take() {
+            thread.thread().unpark();
+            if thread.join().is_err() {
+                tracing::error!("the thread that applies the store's log to its tree panicked");
+            }
+        }
+    }
+}
+
+/// The tree's writer: it alone writes the tree, on a thread of its own
+/// (`kiln-tree`), from the durable groups the committer hands it.
 struct TreeWriter {
     db: sled::Db,
     data_file: std::fs::File,
     /// Splits large values.
     chunker: Chunker,
     pending: Arc<Pending>,
-    durable: crate::durability::Reached,
+    durable: Arc<crate::durability::Reached>,
     /// Groups durable in the log and not yet applied to the tree.
     behind: Behind,
     /// Groups taken from `behind` and being applied, a slice at a time.
     applying: Applying,
 }
 
-/// Held groups the committer applies to the tree a slice at a time,
-/// between the groups it makes durable, so that a commit waits for a slice
-/// rather than the whole of an apply: each key's newest value, in key
-/// order, the number of the last group and the last commit it covered, and
-/// the size of the next slice.
+/// Held groups the tree's writer applies a slice at a time, taking the
+/// groups the committer handed it between two slices, so that the
+/// unapplied writes a slice covered are forgotten as it ends: each key's
+/// newest value, in key order, the number of the last group and the last
+/// commit it covered, and the size of the next slice.
 #[derive(Default)]
 struct Applying {
     writes: std::collections::VecDeque<crate::sled_unapplied::ToApply>,
     last: Option<(u64, u64)>,
     /// The next slice's most keys and bytes of values: [`APPLY_SLICE`],
     /// doubled at every slice while the groups held since are due before
-    /// this set is applied, so that the committer catches up.
+    /// this set is applied, so that the tree's writer catches up.
     slice: (usize, usize),
 }
 
-/// Groups the committer made durable and has not applied to the tree yet,
-/// merged: each key's newest value. Reads find them in the unapplied
+/// Groups the committer made durable and the tree's writer has not applied
+/// yet, merged: each key's newest value. Reads find them in the unapplied
 /// writes meanwhile. Applied together, a key several of them wrote (a
 /// run's record, written when it is triggered, claimed and finished; the
 /// index entries a run holds while it is active) goes to the tree once.
@@ -380,7 +472,7 @@ struct Behind {
     bytes: usize,
 }
 
-/// How long durable groups are held at most before the committer takes
+/// How long durable groups are held at most before the tree's writer takes
 /// them to apply, and how many keys or bytes of values make it take them
 /// sooner. The longer they are held, the more of a run's writes meet before
 /// they reach sled (its record written once, the index keys it holds while
@@ -389,21 +481,23 @@ struct Behind {
 const BEHIND_AT_MOST: (std::time::Duration, usize, usize) =
     (std::time::Duration::from_millis(100), 8_192, 16 << 20);
 
-/// How many keys, and bytes of their values, the committer applies to the
-/// tree at most between two groups, unless it is falling behind (see
-/// [`Applying::slice`]). Against an apply of everything at once after 20
-/// ms, the `engine` bench carried 1.12 times the runs a second (medians,
-/// most rounds with slices of 64 keys alone) at the same p99 under load;
-/// an apply of everything at once after 100 ms carried more but doubled
-/// that p99 (`docs/BENCHMARKS.md`).
+/// How many keys, and bytes of their values, the tree's writer applies at
+/// most before it takes the groups handed to it since, unless it is
+/// falling behind (see [`Applying::slice`]). Each slice's keys are
+/// forgotten in the unapplied writes as it ends, which keeps reads' merge
+/// of them with the tree short. (When the committer applied the slices
+/// itself, between two groups, 64 keys carried 1.12 times the runs a
+/// second of an apply of everything at once after 20 ms:
+/// `docs/BENCHMARKS.md`.)
 const APPLY_SLICE: (usize, usize) = (64, 256 << 10);
 
 /// A slice of everything left.
 const ALL: (usize, usize) = (usize::MAX, usize::MAX);
 
-/// How long the committer waits for the next group before it takes what it
-/// holds to apply: it is idle, so a slice of the apply then delays only a
-/// group whose first commit comes while it runs.
+/// How long the tree's writer waits for the next group before it takes what
+/// it holds to apply (the server is quiet: nothing more would meet it
+/// soon), and how often it looks for groups handed to it while it holds
+/// some, without being woken for each.
 const IDLE: std::time::Duration = std::time::Duration::from_millis(1);
 
 impl Behind {
@@ -432,63 +526,31 @@ impl Committer {
     /// Makes groups durable, in order, until the backend is closed: waits
     /// for a group, takes what its commits wrote (each key's newest value),
     /// writes it as one record to the write-ahead log and `fdatasync`s it
-    /// (after a checkpoint of the tree when the log is full), then
-    /// acknowledges its writers. It holds durable groups, merged, and takes
-    /// them to apply to the tree, from which reads then find them, when no
-    /// group has come for [`IDLE`] or it has held them long enough
-    /// ([`BEHIND_AT_MOST`]); it applies what it took a slice at a time
-    /// ([`APPLY_SLICE`]) between one group and the next.
+    /// (after a checkpoint of the tree when the log is full), acknowledges
+    /// its writers, and hands it to the tree's thread. Applying groups to
+    /// the tree took the committer more than half of its time between two
+    /// syncs under load (a slice of 64 sled writes after each), during
+    /// which every commit waited; on a thread of its own it overlaps the
+    /// syncs.
     fn run(mut self, requests: mpsc::Receiver<Request>) {
         let mut gatherer = Gatherer::new(requests);
-        let pending = self.tree.pending.clone();
+        let pending = self.pending.clone();
         let halted = || pending.halted.load(std::sync::atomic::Ordering::Acquire);
-        loop {
-            if self.tree.behind.due() {
-                if self.tree.applying.last.is_some() {
-                    // Behind: the next slices are larger until this set is
-                    // applied.
-                    let (keys, bytes) = self.tree.applying.slice;
-                    self.tree.applying.slice = (keys.saturating_mul(2), bytes.saturating_mul(2));
-                } else {
-                    self.tree.take_behind();
-                }
-            }
-            self.tree.apply_slice();
-            // While a slice is left to apply, only a group already waiting
-            // comes first; otherwise held groups wait for a moment without
-            // one.
-            let idle = if self.tree.applying.last.is_some() {
-                Some(std::time::Instant::now())
-            } else {
-                self.tree
-                    .behind
-                    .last
-                    .map(|_| std::time::Instant::now() + IDLE)
-            };
-            let acks = match gatherer.next_until(&pending, idle, || !halted()) {
-                Next::Group(acks) => acks,
-                Next::Idle => {
-                    if self.tree.applying.last.is_none() {
-                        self.tree.take_behind();
-                    }
-                    continue;
-                }
-                Next::Closed => break,
-            };
+        while let Some(acks) = gatherer.next(&pending, || !halted()) {
             // Every commit whose acknowledgement is in the group was made
             // before this, so this group and the ones before cover it.
             let (writes, covered) = lock(&pending.unapplied).take_new();
             if writes.is_empty() {
                 // Nothing new: the records before it, all durable by now,
                 // cover its commits.
-                acknowledge(&self.tree.durable, covered, acks);
+                acknowledge(&self.durable, covered, acks);
                 continue;
             }
             self.last_group += 1;
             let number = self.last_group;
             let mut record = crate::sled_wal::encode(number, &writes);
             let started = std::time::Instant::now();
-            let tree = &mut self.tree;
+            let tree = &self.tree;
             let written = self.wal.append(number, &mut record, || tree.checkpoint());
             let metrics = crate::stats::metrics();
             metrics
@@ -497,10 +559,10 @@ impl Committer {
             metrics.syncs.inc();
             metrics.group_commits.observe(acks.len() as f64);
             if let Err(error) = &written {
-                fail_stop(error, acks, &self.tree.durable, "the disk");
+                fail_stop(error, acks, &self.durable, "the disk");
             }
-            acknowledge(&self.tree.durable, covered, acks);
-            self.tree.behind.merge(number, covered, writes);
+            acknowledge(&self.durable, covered, acks);
+            self.tree.send(ToTree::Group(number, covered, writes));
         }
         // A clean close: the tree is made durable and the log's round
         // ended, so the next open applies nothing again. After a simulated
@@ -516,6 +578,72 @@ impl Committer {
 }
 
 impl TreeWriter {
+    /// The tree's thread: takes what the committer hands it through
+    /// `inbox`, in order, until the committer has stopped. It holds durable
+    /// groups, merged, and takes them to apply when none has come for
+    /// [`IDLE`] or it has held them long enough ([`BEHIND_AT_MOST`]), then
+    /// applies them a slice at a time ([`APPLY_SLICE`]), taking the groups
+    /// handed to it meanwhile between two slices. A checkpoint is done when
+    /// asked, after every group handed before it. When the committer stops,
+    /// what this thread has not applied is left to the log (a clean close
+    /// checkpoints first).
+    fn run(mut self, inbox: Arc<std::sync::Mutex<Inbox>>) {
+        // When a group was last handed over.
+        let mut last_came = std::time::Instant::now();
+        loop {
+            let (items, closed) = {
+                let mut inbox = lock(&inbox);
+                (std::mem::take(&mut inbox.items), inbox.closed)
+            };
+            if !items.is_empty() {
+                last_came = std::time::Instant::now();
+            }
+            for item in items {
+                match item {
+                    ToTree::Group(number, covered, writes) => {
+                        self.behind.merge(number, covered, writes)
+                    }
+                    ToTree::Checkpoint(reply) => {
+                        let _ = reply.send(self.checkpoint());
+                    }
+                }
+            }
+            if closed {
+                return;
+            }
+            if self.behind.due() {
+                if self.applying.last.is_some() {
+                    // Behind: the next slices are larger until this set is
+                    // applied.
+                    let (keys, bytes) = self.applying.slice;
+                    self.applying.slice = (keys.saturating_mul(2), bytes.saturating_mul(2));
+                } else {
+                    self.take_behind();
+                }
+            }
+            if self.applying.last.is_some() {
+                self.apply_slice();
+            } else if self.behind.last.is_some() {
+                if last_came.elapsed() >= IDLE {
+                    self.take_behind();
+                } else {
+                    std::thread::park_timeout(IDLE);
+                }
+            } else {
+                // Nothing held: sleep until the committer hands something.
+                {
+                    let mut inbox = lock(&inbox);
+                    if !inbox.items.is_empty() || inbox.closed {
+                        continue;
+                    }
+                    inbox.sleeping = true;
+                }
+                std::thread::park();
+                lock(&inbox).sleeping = false;
+            }
+        }
+    }
+
     /// Takes the groups held to be applied a slice at a time, after
     /// finishing the groups taken before.
     fn take_behind(&mut self) {
@@ -745,7 +873,7 @@ mod tests {
             chunker: Chunker::new(chunk_size(segment_size(dir)), 0),
             db,
             pending: Arc::new(Pending::default()),
-            durable: crate::durability::channel().0,
+            durable: Arc::new(crate::durability::channel().0),
             behind: Behind::default(),
             applying: Applying::default(),
         }
