@@ -46,12 +46,13 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 pub(crate) struct Pending {
     /// Commits made and not yet written where reads find them.
     pub(crate) unapplied: Mutex<Unapplied>,
-    /// Signalled when the committer has written a group, for writers
-    /// waiting while too much is unapplied.
+    /// Signalled when writes have left the unapplied ones (sled: applied
+    /// to the tree by its thread), for writers waiting while too much is
+    /// unapplied.
     pub(crate) room: Condvar,
     /// Held to write while writes are moved to where reads find it (sled:
-    /// by the committer as it takes durable groups to apply to the tree,
-    /// and while it replaces or deletes a chunked value there; PostgreSQL:
+    /// by the tree's thread as it takes durable groups to apply, and while
+    /// it replaces or deletes a chunked value there; PostgreSQL:
     /// by the committer, a group at a time); held to read by a scan, or a
     /// read of a chunked value, that must not see a chunked value half
     /// replaced or a group half moved.
@@ -162,9 +163,9 @@ impl Front {
     }
 
     /// The unapplied writes, once they have room for a commit: a writer
-    /// faster than the disk waits here for the committer, which frees room
-    /// as it applies groups (once every writer waits, no commit comes, and
-    /// it applies what it holds).
+    /// faster than the disk waits here for room, freed as groups are
+    /// applied (sled: by the tree's thread; once every writer waits, no
+    /// group comes, and it applies what it holds).
     fn room_to_commit(&self) -> std::sync::MutexGuard<'_, Unapplied> {
         let mut unapplied = lock(&self.pending.unapplied);
         while unapplied.full() {

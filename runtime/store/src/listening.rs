@@ -1,6 +1,7 @@
 //! How [`crate::Store::on_runs_changed`]'s listener hears of durable
-//! commits: one task per store tells it, in the order the commits were
-//! made, rather than a task of its own for every commit.
+//! commits: one task per store tells it, in the order their changes were
+//! left for it (two commits made at once may be left in either order),
+//! rather than a task of its own for every commit.
 //!
 //! A commit that writes runs or appends to their realtime streams leaves
 //! what it changed here once it is made. The task, woken by the first

@@ -341,8 +341,9 @@ impl Store {
     /// Sets what hears of every durable commit that wrote runs or appended
     /// to their realtime streams (realtime subscriptions); the first call
     /// wins. A task of this store's, started on the calling Tokio runtime,
-    /// tells it of each commit once the commit is durable, in the order the
-    /// commits were made (see [`crate::listening`]); it must not block.
+    /// tells it of each commit once the commit is durable, about in the
+    /// order the commits were made (see [`crate::listening`]); it must not
+    /// block.
     /// Outside a runtime nothing is set, and a warning says so.
     pub fn on_runs_changed(&self, listener: RunsListener) {
         if self.listener.get().is_some() {

@@ -312,8 +312,8 @@ impl SledBackend {
     /// may stay so. Reopened in the same process, the store holds what it
     /// applied, synced or not, and what the log holds beyond (applied
     /// again at the open), so this shows that after the open the store
-    /// holds whole groups, in order, whatever part of them the committer
-    /// had applied, not what a lost page cache takes (the
+    /// holds whole groups, in order, whatever part of them the tree's
+    /// thread had applied, not what a lost page cache takes (the
     /// simulation's model store and `tests/lost_page_cache.rs` show that).
     #[doc(hidden)]
     pub fn halt_as_if_killed(&self) {
@@ -577,6 +577,22 @@ impl Committer {
     }
 }
 
+/// Stops Kiln if the tree's thread panics: without it the committer would
+/// wait for a checkpoint no one does, and writers for room no one frees.
+/// Restarting applies the log again.
+struct StopOnPanic<'a>(&'a crate::durability::Reached);
+
+impl Drop for StopOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            let error = StoreError::Backend(
+                "the thread that applies the store's log to its tree panicked".into(),
+            );
+            fail_stop(&error, Vec::new(), self.0, "sled's tree");
+        }
+    }
+}
+
 impl TreeWriter {
     /// The tree's thread: takes what the committer hands it through
     /// `inbox`, in order, until the committer has stopped. It holds durable
@@ -588,6 +604,8 @@ impl TreeWriter {
     /// what this thread has not applied is left to the log (a clean close
     /// checkpoints first).
     fn run(mut self, inbox: Arc<std::sync::Mutex<Inbox>>) {
+        let durable = self.durable.clone();
+        let _stop = StopOnPanic(&durable);
         // When a group was last handed over.
         let mut last_came = std::time::Instant::now();
         loop {
@@ -745,8 +763,8 @@ impl Backend for SledBackend {
             Some(v) => return Ok(Some(v.to_vec())),
             None => return Ok(None),
         }
-        // A chunked value: its chunks are read while the committer replaces
-        // or deletes no chunked value (it deletes the chunks of a value it
+        // A chunked value: its chunks are read while the tree's thread
+        // replaces or deletes no chunked value (it deletes the chunks of a value it
         // replaces before it writes the new manifest), from what the tree
         // holds then.
         let _reading = self.front.pending.reading();
@@ -865,7 +883,7 @@ mod tests {
         Some(Arc::new(bytes.to_vec()))
     }
 
-    /// The committer's side of the tree on a fresh store in `dir`.
+    /// The tree's writer on a fresh store in `dir`.
     fn tree_writer(dir: &Path) -> TreeWriter {
         let db = open_sled(dir, segment_size(dir)).unwrap();
         TreeWriter {
