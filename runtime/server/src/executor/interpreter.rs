@@ -175,13 +175,12 @@ impl Executor {
     /// stored.
     fn decide(&self, input: Input, extra: Batch, awaited: bool) -> Result<Decided, StepError> {
         let store = &self.shared.store;
-        let _gate = self
+        let mut waited_on = self
             .shared
             .gate
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let waited_on = &self.shared.waited_on;
-        let view = StoreView(store, Default::default(), waited_on);
+        let view = StoreView(store, Default::default(), &waited_on);
         let applied = kiln_engine::apply(&view, input, Timestamp::now())?;
         for command in &applied.commands {
             if let Command::PutRun(run) = command {

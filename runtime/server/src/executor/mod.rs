@@ -139,11 +139,9 @@ pub(crate) struct Shared {
     dispatch: Arc<dispatch::Dispatch>,
     /// Held while the engine reads and the batch it decided is applied, so
     /// no other input decides on state about to change (never across an
-    /// await).
-    gate: Mutex<()>,
-    /// The runs suspended runs may wait on (read and changed under the
-    /// gate).
-    waited_on: waits::WaitedOn,
+    /// await); holds the runs suspended runs may wait on, which decisions
+    /// read and change.
+    gate: Mutex<waits::WaitedOn>,
     /// Runs whose inbox is to be delivered.
     deliveries: tokio::sync::mpsc::UnboundedSender<RunId>,
     /// The environment's secrets, ready to mask, as of a version of its
@@ -207,8 +205,7 @@ impl Executor {
             http,
             secrets: Mutex::new(None),
             dispatch,
-            gate: Mutex::new(()),
-            waited_on: waits::WaitedOn::read(&store),
+            gate: Mutex::new(waits::WaitedOn::read(&store)),
             deliveries,
         });
         let executor = Executor { shared };

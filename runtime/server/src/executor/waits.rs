@@ -79,18 +79,14 @@ pub(crate) fn disarm(batch: &mut Batch, run: &RunId, wait: &WaitRecord) {
 /// the store only if it is here (`None`: not known, and every end reads
 /// them), so the end of a run nothing waits on, most runs, makes no scan.
 ///
-/// It is read and changed under the executor's gate only, with the commit
-/// of the decision that changed it made: a wait armed and the end of the
-/// run it waits on change it in the order they were decided, as they change
-/// the store. A run that finished leaves it (its end told every waiter it
-/// had); a wait armed on a run that already finished puts that run back
-/// for good, so once the set is twice the size it had when last read it is
-/// read again from the store.
+/// The executor's gate holds it, so it is read and changed only under the
+/// gate, with the commit of the decision that changed it made: a wait
+/// armed and the end of the run it waits on change it in the order they
+/// were decided, as they change the store. A run that finished leaves it
+/// (its end told every waiter it had); a wait armed on a run that already
+/// finished puts that run back for good, so once the set is twice the size
+/// it had when last read it is read again from the store.
 pub(crate) struct WaitedOn {
-    state: std::sync::Mutex<Known>,
-}
-
-struct Known {
     runs: Option<std::collections::HashSet<RunId>>,
     /// Its size when last read from the store.
     read: usize,
@@ -104,29 +100,19 @@ impl WaitedOn {
     pub(crate) fn read(store: &kiln_store::Store) -> Self {
         let runs = read_waited_on(store);
         let read = runs.as_ref().map_or(0, |r| r.len());
-        WaitedOn {
-            state: std::sync::Mutex::new(Known { runs, read }),
-        }
-    }
-
-    fn lock(&self) -> std::sync::MutexGuard<'_, Known> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        WaitedOn { runs, read }
     }
 
     /// Whether a run may have runs waiting on it (false: it has none).
     pub(crate) fn may_be_waited_on(&self, run: &RunId) -> bool {
-        self.lock()
-            .runs
-            .as_ref()
-            .is_none_or(|runs| runs.contains(run))
+        self.runs.as_ref().is_none_or(|runs| runs.contains(run))
     }
 
     /// Takes in what a decision whose commit was just made changed: the
     /// runs its armed waits wait on, the runs it finished.
-    pub(crate) fn decided(&self, commands: &[kiln_engine::Command], store: &kiln_store::Store) {
+    pub(crate) fn decided(&mut self, commands: &[kiln_engine::Command], store: &kiln_store::Store) {
         use kiln_engine::Command;
-        let mut known = self.lock();
-        let Some(runs) = known.runs.as_mut() else {
+        let Some(runs) = self.runs.as_mut() else {
             return;
         };
         for command in commands {
@@ -146,9 +132,8 @@ impl WaitedOn {
                 _ => {}
             }
         }
-        if runs.len() > known.read.saturating_mul(2).max(READ_AGAIN_OVER) {
-            known.runs = read_waited_on(store);
-            known.read = known.runs.as_ref().map_or(0, |r| r.len());
+        if runs.len() > self.read.saturating_mul(2).max(READ_AGAIN_OVER) {
+            *self = WaitedOn::read(store);
         }
     }
 }
@@ -196,7 +181,7 @@ mod tests {
             },
         );
         store.commit(batch).await.unwrap();
-        let waited = WaitedOn::read(&store);
+        let mut waited = WaitedOn::read(&store);
         assert!(waited.may_be_waited_on(&child));
         assert!(!waited.may_be_waited_on(&other));
         // A run finished is no longer waited on; one a wait is armed on is.
@@ -228,7 +213,7 @@ mod tests {
     #[tokio::test]
     async fn runs_left_in_the_set_go_once_it_doubles() {
         let store = Store::new(Arc::new(MemoryBackend::new()));
-        let waited = WaitedOn::read(&store);
+        let mut waited = WaitedOn::read(&store);
         let parent = RunId::generate(0);
         // Waits armed on runs with no entry in the store (as a wait armed
         // on a run that had already finished leaves it): the set grows
