@@ -197,9 +197,13 @@ impl Batch {
         self
     }
 
-    /// Whether the batch holds no writes.
+    /// Whether committing the batch would do nothing: it holds no writes,
+    /// and none failed to encode. A batch whose only write failed to encode
+    /// is not empty: its commit fails with the encoding's error, so a caller
+    /// that skips committing empty batches does not report a write it never
+    /// made as done.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.ops.is_empty() && self.error.is_none()
     }
 
     /// Whether every write was encoded: the commit of a batch that was not
@@ -689,5 +693,34 @@ impl Store {
     pub fn idempotent_run(&self, key_hash: &str) -> Result<Option<IdempotentRun>> {
         let k = key(IDEM, key_hash.as_bytes());
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::MemoryBackend;
+
+    /// A batch whose only write failed to encode: its commit must fail, not
+    /// be skipped as a batch with nothing to write.
+    fn failed_batch() -> Batch {
+        Batch {
+            error: Some(StoreError::Backend("encoding a run's record: test".into())),
+            ..Batch::default()
+        }
+    }
+
+    #[test]
+    fn a_batch_whose_only_write_failed_to_encode_is_not_empty_and_does_not_commit() {
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        assert!(Batch::default().is_empty());
+        let batch = failed_batch();
+        assert!(!batch.is_empty(), "committing it must report the failure");
+        let committed = futures_executor::block_on(store.commit(batch));
+        assert!(matches!(committed, Err(StoreError::Backend(_))));
+        assert!(matches!(
+            store.commit_unawaited(failed_batch()),
+            Err(StoreError::Backend(_))
+        ));
     }
 }
