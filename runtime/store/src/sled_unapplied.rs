@@ -38,9 +38,11 @@ pub(crate) struct Unapplied {
     /// The bytes of keys and values in `newest`.
     bytes: usize,
     /// What commits made since the last [`Unapplied::take_new`] or
-    /// [`Unapplied::take`] wrote: each key's newest value, so a group is
-    /// taken without walking the writes older groups left unapplied.
-    fresh: BTreeMap<Vec<u8>, Shared>,
+    /// [`Unapplied::take`] wrote, in the order written, so a group is taken
+    /// without walking the writes older groups left unapplied. Kept as a
+    /// list, sorted once by the committer when it takes the group, rather
+    /// than a second map every writer inserts into under the lock.
+    fresh: Vec<(Vec<u8>, Shared)>,
 }
 
 /// How much unapplied data makes a writer wait for the committer to catch
@@ -65,7 +67,7 @@ impl Unapplied {
             };
             let key_len = k.len();
             self.bytes += size(&k, &v);
-            self.fresh.insert(k.clone(), v.clone());
+            self.fresh.push((k.clone(), v.clone()));
             // One walk of the map: the key's older write, if any, comes
             // back from the insert (under the same key).
             if let Some((_, old)) = self.newest.insert(k, (number, v)) {
@@ -129,8 +131,7 @@ impl Unapplied {
     /// their way to the tree. It stays visible until [`Unapplied::applied_keys`]
     /// forgets it.
     pub(crate) fn take_new(&mut self) -> (Vec<ToApply>, u64) {
-        let writes = std::mem::take(&mut self.fresh).into_iter().collect();
-        (writes, self.made)
+        (newest_of(std::mem::take(&mut self.fresh)), self.made)
     }
 
     /// Forgets what commits up to number `upto` wrote: the tree holds it.
@@ -182,6 +183,21 @@ impl Unapplied {
             .map(|(k, (_, v))| (k.clone(), v.as_ref().map(|v| v.to_vec())))
             .collect()
     }
+}
+
+/// Writes in the order they were made, as each key's newest value in key
+/// order.
+fn newest_of(mut written: Vec<(Vec<u8>, Shared)>) -> Vec<ToApply> {
+    // Stable: the writes of one key stay in the order they were made.
+    written.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut newest: Vec<ToApply> = Vec::with_capacity(written.len());
+    for (key, value) in written {
+        match newest.last_mut() {
+            Some(last) if last.0 == key => last.1 = value,
+            _ => newest.push((key, value)),
+        }
+    }
+    newest
 }
 
 /// The first key after every key that starts with `prefix` (`None` if there
@@ -382,6 +398,39 @@ mod tests {
                 second
             )
         );
+    }
+
+    #[test]
+    fn a_group_takes_each_keys_newest_write_once_in_key_order() {
+        let mut u = Unapplied::default();
+        u.commit(vec![put("b", "1"), put("a", "1"), put("b", "2")]);
+        u.commit(vec![
+            put("a", "3"),
+            Op::Delete(b"c".to_vec()),
+            put("b", "4"),
+        ]);
+        u.commit(vec![
+            put("c", "5"),
+            put("b", "6"),
+            Op::Delete(b"a".to_vec()),
+        ]);
+        let (writes, upto) = u.take_new();
+        let writes: Vec<(&[u8], Option<&[u8]>)> = writes
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_ref().map(|v| v.as_slice())))
+            .collect();
+        assert_eq!(
+            (writes, upto),
+            (
+                vec![
+                    (&b"a"[..], None),
+                    (&b"b"[..], Some(&b"6"[..])),
+                    (&b"c"[..], Some(&b"5"[..]))
+                ],
+                3
+            )
+        );
+        assert!(!u.has_fresh());
     }
 
     #[test]
