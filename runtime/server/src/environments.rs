@@ -446,17 +446,22 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         draining,
         workers,
     } = parts;
-    // Realtime subscriptions hear of every run a durable commit wrote, and
-    // stream readers of every chunk appended.
+    // Realtime subscriptions hear of every run a durable commit wrote,
+    // stream readers of every chunk appended, and whoever waits for a run
+    // to finish (`?wait=`) of its end.
     let feed = Arc::new(crate::feed::Feed::new());
     let stream_feed = Arc::new(crate::feed::Feed::new());
-    let (runs, streams) = (feed.clone(), stream_feed.clone());
+    let notifier = Arc::new(Notifier::default());
+    let (runs, streams, ended) = (feed.clone(), stream_feed.clone(), notifier.clone());
     store.on_runs_changed(Box::new(move |changes| {
         if !changes.runs.is_empty() {
             runs.publish(changes.runs);
         }
         if !changes.streams.is_empty() {
             streams.publish(changes.streams);
+        }
+        for run in changes.finished {
+            ended.finished(run);
         }
     }));
     if let Some(traces) = traces {
@@ -471,11 +476,9 @@ async fn open_environment(parts: Parts<'_>) -> anyhow::Result<AppState> {
         )),
     );
     deployments.restore().await?;
-    let notifier = Arc::new(Notifier::default());
     let executor = Executor::start(
         store.clone(),
         deployments.clone(),
-        notifier.clone(),
         ExecutorConfig {
             concurrency: config.concurrency,
             burst: config.burst_limit(),

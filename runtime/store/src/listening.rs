@@ -20,8 +20,8 @@ use kiln_types::RunId;
 use std::sync::{Arc, Mutex, Weak};
 use tokio::sync::Notify;
 
-/// The runs and the realtime streams a commit changed.
-type Changed = (Vec<RunId>, Vec<RunId>);
+/// The runs, the realtime streams and the finished runs a commit changed.
+type Changed = (Vec<RunId>, Vec<RunId>, Vec<RunId>);
 
 /// The listener, and the changes of commits made that it has not heard of.
 pub(crate) struct Listening {
@@ -60,10 +60,10 @@ impl Listening {
 
     /// Leaves what a commit just made changed, for the listener to hear of
     /// once the commit is durable.
-    pub(crate) fn made(&self, runs: Vec<RunId>, streams: Vec<RunId>) {
+    pub(crate) fn made(&self, runs: Vec<RunId>, streams: Vec<RunId>, finished: Vec<RunId>) {
         let first = {
             let mut left = lock(&self.left);
-            left.push((runs, streams));
+            left.push((runs, streams, finished));
             left.len() == 1
         };
         if first {
@@ -98,8 +98,12 @@ async fn tell(wake: Arc<Notify>, listening: Weak<Listening>, backend: Weak<dyn B
         let Some(listening) = listening.upgrade() else {
             return;
         };
-        for (runs, streams) in &taken {
-            (listening.listener)(Changes { runs, streams });
+        for (runs, streams, finished) in &taken {
+            (listening.listener)(Changes {
+                runs,
+                streams,
+                finished,
+            });
         }
     }
 }
@@ -136,9 +140,9 @@ mod tests {
         let runs: Vec<RunId> = (0..100).map(RunId::generate).collect();
         for (i, run) in runs.iter().enumerate() {
             if i % 2 == 0 {
-                listening.made(vec![run.clone()], Vec::new());
+                listening.made(vec![run.clone()], Vec::new(), Vec::new());
             } else {
-                listening.made(Vec::new(), vec![run.clone()]);
+                listening.made(Vec::new(), vec![run.clone()], Vec::new());
             }
             if i % 7 == 0 {
                 tokio::task::yield_now().await;
@@ -218,7 +222,7 @@ mod tests {
             panic!("started on a runtime");
         };
         let run = RunId::generate(1);
-        listening.made(vec![run.clone()], Vec::new());
+        listening.made(vec![run.clone()], Vec::new(), Vec::new());
         // The task takes the change and waits for durability: give it
         // every chance to run first.
         for _ in 0..100 {

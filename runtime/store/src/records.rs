@@ -124,6 +124,8 @@ pub struct Batch {
     pub(crate) runs: Vec<RunId>,
     /// The runs whose realtime streams this batch appends to.
     pub(crate) streams: Vec<RunId>,
+    /// The runs among `runs` it writes with a final status.
+    pub(crate) finished: Vec<RunId>,
 }
 
 /// What a durable commit changed, as [`Store::on_runs_changed`] tells it.
@@ -133,6 +135,9 @@ pub struct Changes<'a> {
     pub runs: &'a [RunId],
     /// Runs whose realtime streams it appended to.
     pub streams: &'a [RunId],
+    /// The runs among `runs` whose records it wrote with a final status:
+    /// they finished (whoever waits for that is told once it is durable).
+    pub finished: &'a [RunId],
 }
 
 impl Batch {
@@ -142,6 +147,9 @@ impl Batch {
         match encode_run(&run) {
             Ok(record) => {
                 self.runs.push(run.id.clone());
+                if run.status.is_final() {
+                    self.finished.push(run.id.clone());
+                }
                 let id = run.id.as_str().as_bytes();
                 self.ops.push(Op::Put(key(RUN, id), record));
                 self.ops
@@ -444,7 +452,7 @@ impl Store {
             return Box::pin(std::future::ready(Err(e)));
         }
         let durable = self.backend.commit(batch.ops);
-        self.made(batch.runs, batch.streams);
+        self.made(batch.runs, batch.streams, batch.finished);
         durable
     }
 
@@ -458,7 +466,7 @@ impl Store {
             return Err(e);
         }
         self.backend.commit_unawaited(batch.ops)?;
-        self.made(batch.runs, batch.streams);
+        self.made(batch.runs, batch.streams, batch.finished);
         Ok(())
     }
 
@@ -466,11 +474,11 @@ impl Store {
     /// runs it wrote and whose streams it appended to, whether or not the
     /// caller awaits it (a claim does not, and a handler whose client went
     /// away is dropped mid-await).
-    fn made(&self, runs: Vec<RunId>, streams: Vec<RunId>) {
+    fn made(&self, runs: Vec<RunId>, streams: Vec<RunId>, finished: Vec<RunId>) {
         if let Some(listening) = self.listener.get()
             && !(runs.is_empty() && streams.is_empty())
         {
-            listening.made(runs, streams);
+            listening.made(runs, streams, finished);
         }
     }
 
@@ -700,6 +708,46 @@ impl Store {
 mod tests {
     use super::*;
     use crate::MemoryBackend;
+
+    #[tokio::test]
+    async fn the_listener_hears_which_runs_a_commit_finished() {
+        use kiln_types::{DeploymentId, RunStatus};
+        let store = Store::new(Arc::new(MemoryBackend::new()));
+        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let told = heard.clone();
+        store.on_runs_changed(Box::new(move |changes: Changes<'_>| {
+            told.lock()
+                .unwrap()
+                .push((changes.runs.to_vec(), changes.finished.to_vec()));
+        }));
+        let run = |n: u64, status: RunStatus| {
+            let mut run = Run::queued(
+                RunId::generate(n),
+                "t",
+                DeploymentId::generate(1),
+                "1",
+                "{}",
+                Timestamp(1),
+            );
+            run.status = status;
+            run
+        };
+        let (queued, completed) = (run(1, RunStatus::Queued), run(2, RunStatus::Completed));
+        let mut batch = Batch::default();
+        batch.put_run(&queued).put_run(&completed);
+        store.commit(batch).await.expect("a commit");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while heard.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
+        assert_eq!(
+            *heard.lock().unwrap(),
+            vec![(
+                vec![queued.id.clone(), completed.id.clone()],
+                vec![completed.id.clone()]
+            )]
+        );
+    }
 
     /// A batch whose only write failed to encode: its commit must fail, not
     /// be skipped as a batch with nothing to write.

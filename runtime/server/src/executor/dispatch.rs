@@ -83,7 +83,8 @@ impl Dispatch {
     }
 
     /// How many slices are under way, each until it ends: past giving its
-    /// slot back, until its last commit is durable and its effects done.
+    /// slot back, until its last commit is handed to the store (and, when
+    /// something follows it, durable and its effects done).
     pub(crate) fn running(&self) -> usize {
         self.slices.load(Ordering::SeqCst)
     }

@@ -978,7 +978,7 @@ impl<'a> Slice<'a> {
         let ended = {
             let _guard = shared.locks.lock(&self.run.id).await;
             self.executor
-                .step_then(input, batch, || self.slot.release())
+                .step_ending(input, batch, || self.slot.release())
                 .await
         };
         match ended {

@@ -11,6 +11,7 @@
 
 use super::{Executor, waits};
 use crate::metrics::Before;
+use futures_util::FutureExt;
 use kiln_engine::cursor::{self, Cursor};
 use kiln_engine::{Command, EngineError, Input, Outcome, View, ViewError, ViewResult};
 use kiln_store::{Batch, Store, StoreError, TimerKey};
@@ -233,6 +234,41 @@ impl Executor {
         Ok(applied.outcome)
     }
 
+    /// As [`Executor::step_then`], for an attempt's end: when nothing
+    /// follows the commit once it is durable but telling whoever waits for
+    /// the run's end (which the store's listener does), the commit is not
+    /// awaited, so the slice is done, and its thread free for the next run,
+    /// as soon as the commit is handed to the store. A retry to queue, a
+    /// parent to wake, children to cancel or timers to set are done once it
+    /// is durable, as `step_then` does. A commit that fails at once (the
+    /// batch could not be encoded) fails the step either way.
+    pub(crate) async fn step_ending(
+        &self,
+        input: Input,
+        extra: Batch,
+        handed: impl FnOnce(),
+    ) -> Result<Outcome, StepError> {
+        let (applied, commit, timers) = self.decide(input, extra, true)?;
+        handed();
+        let after_durable = !timers.is_empty()
+            || applied
+                .commands
+                .iter()
+                .any(|c| !c.is_write() && !matches!(c, Command::Finished { .. }));
+        if let Some(commit) = commit {
+            if after_durable {
+                commit.await?;
+            } else if let Some(Err(failed)) = commit.now_or_never() {
+                return Err(failed.into());
+            }
+        }
+        self.arm(timers);
+        for command in &applied.commands {
+            self.perform(command);
+        }
+        Ok(applied.outcome)
+    }
+
     /// Applies an input whose answer has no effects and whose loss in a
     /// crash is harmless, without waiting for it to be durable: a claim (a
     /// run whose `EXECUTING` record is lost is simply claimed again). Its
@@ -258,7 +294,10 @@ impl Executor {
                 not_before: Some(at),
             } => self.enqueue_at(run, *at),
             Command::Deliver { run } => self.deliver_later(run.clone()),
-            Command::Finished { run } => self.shared.notifier.finished(run),
+            // Whoever waits for the run's end is told by the store's
+            // listener, once the commit that wrote it is durable (see
+            // `Changes::finished`), whether or not its writer awaits it.
+            Command::Finished { .. } => {}
             Command::Interrupt { run } => {
                 if let Some(live) = self.shared.live_run(run) {
                     live.is_canceled.store(true, Ordering::SeqCst);

@@ -54,7 +54,6 @@ pub use retention::Pass;
 pub use tokens::{MAX_TOKEN_DATA, TokenError, TokenOptions};
 
 use crate::deployments::Deployments;
-use crate::notify::Notifier;
 use interpreter::StepError;
 use kiln_engine::{EngineError, Event, Input, Outcome};
 use kiln_store::{Batch, Store, TimerKey};
@@ -119,7 +118,6 @@ pub(crate) struct LiveRun {
 pub(crate) struct Shared {
     store: Store,
     deployments: Arc<Deployments>,
-    notifier: Arc<Notifier>,
     config: ExecutorConfig,
     locks: RunLocks,
     /// Serialises triggers that carry an idempotency key or a debounce key
@@ -177,7 +175,6 @@ impl Executor {
     pub(crate) fn start(
         store: Store,
         deployments: Arc<Deployments>,
-        notifier: Arc<Notifier>,
         config: ExecutorConfig,
     ) -> Self {
         let dispatch = Arc::new(dispatch::Dispatch::new(
@@ -193,7 +190,6 @@ impl Executor {
         let shared = Arc::new(Shared {
             store: store.clone(),
             deployments,
-            notifier,
             config,
             locks: RunLocks::default(),
             trigger_lock: tokio::sync::Mutex::new(()),
@@ -360,8 +356,9 @@ impl Executor {
     }
 
     /// Waits until no slice is under way (each finished, its last commit
-    /// durable and its effects done, or suspended at a wait) or `until`
-    /// passes; returns how many were still under way.
+    /// handed to the store, or suspended at a wait) or `until` passes;
+    /// returns how many were still under way. The drain then waits until
+    /// every commit handed to the store is durable.
     pub(crate) async fn idle(&self, until: std::time::Instant) -> usize {
         loop {
             let running = self.shared.dispatch.running();

@@ -123,9 +123,10 @@ impl Executor {
                 }
             };
             store.commit(batch).await?;
-            match queued {
-                Some(made) => self.admit(&made),
-                None => self.shared.notifier.finished(&id),
+            // A run that ended here (expired, refused) is told to whoever
+            // waits for it by the store's listener, as every end is.
+            if let Some(made) = queued {
+                self.admit(&made);
             }
             released += 1;
         }
