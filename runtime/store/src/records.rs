@@ -288,6 +288,46 @@ fn is_message_pack(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
+/// The status in a run's record. A MessagePack record is read up to its
+/// `status` field, which [`encode_run`] writes third, after two strings:
+/// the fields before it are stepped over, and the rest is never walked.
+/// A record that holds anything but strings before its status, and a JSON
+/// record, are decoded as a whole (their other fields walked over, not
+/// built).
+fn status_of(key: &[u8], bytes: &[u8]) -> Result<kiln_types::RunStatus> {
+    /// The one field of a run's record read.
+    #[derive(serde::Deserialize)]
+    struct Status {
+        status: kiln_types::RunStatus,
+    }
+    if is_message_pack(bytes)
+        && let Some(status) = status_near_the_start(bytes)
+    {
+        return Ok(status);
+    }
+    decode::<Status>(key, bytes).map(|s| s.status)
+}
+
+/// [`status_of`]'s reading of a MessagePack map up to its `status` field;
+/// `None` if it meets a value other than a string before it (or anything
+/// it cannot read), for the whole record to be decoded instead.
+fn status_near_the_start(bytes: &[u8]) -> Option<kiln_types::RunStatus> {
+    let mut rest = bytes;
+    let fields = rmp::decode::read_map_len(&mut rest).ok()?;
+    for _ in 0..fields {
+        let (name, after_name) = rmp::decode::read_str_from_slice(rest).ok()?;
+        let (value, after_value) = rmp::decode::read_str_from_slice(after_name).ok()?;
+        if name == "status" {
+            return serde::Deserialize::deserialize(serde::de::value::BorrowedStrDeserializer::<
+                serde::de::value::Error,
+            >::new(value))
+            .ok();
+        }
+        rest = after_value;
+    }
+    None
+}
+
 /// Told which runs a commit wrote, once it is durable.
 pub type RunsListener = Box<dyn Fn(Changes<'_>) + Send + Sync>;
 
@@ -599,21 +639,11 @@ impl Store {
         self.backend.get(&k)?.map(|v| decode(&k, &v)).transpose()
     }
 
-    /// A run's status alone: its record's other fields are walked over,
-    /// not built, for a caller waiting for the run to finish.
+    /// A run's status alone, for a caller waiting for the run to finish:
+    /// read up to the status field of its record (see [`status_of`]).
     pub fn run_status(&self, id: &RunId) -> Result<Option<kiln_types::RunStatus>> {
-        /// The one field of a run's record read.
-        #[derive(serde::Deserialize)]
-        struct Status {
-            status: kiln_types::RunStatus,
-        }
         let k = key(RUN, id.as_str().as_bytes());
-        Ok(self
-            .backend
-            .get(&k)?
-            .map(|v| decode::<Status>(&k, &v))
-            .transpose()?
-            .map(|s| s.status))
+        self.backend.get(&k)?.map(|v| status_of(&k, &v)).transpose()
     }
 
     /// Every run, oldest first (ids sort by creation time).
@@ -708,6 +738,56 @@ impl Store {
 mod tests {
     use super::*;
     use crate::MemoryBackend;
+
+    #[test]
+    fn a_status_is_read_from_the_start_of_a_record_or_from_the_whole_of_it() {
+        use kiln_types::{DeploymentId, RunStatus};
+        let mut run = Run::queued(
+            RunId::generate(7),
+            "hello-world",
+            DeploymentId::generate(1),
+            "3",
+            "{\"name\":\"Ada\"}",
+            Timestamp(7),
+        );
+        for status in [
+            RunStatus::Queued,
+            RunStatus::Executing,
+            RunStatus::Completed,
+        ] {
+            run.status = status;
+            let record = encode_run(&run).expect("encodes");
+            assert_eq!(status_near_the_start(&record), Some(status));
+            assert_eq!(status_of(b"run/x", &record).expect("reads"), status);
+        }
+        // A value other than a string before the status: the whole record
+        // is decoded.
+        #[derive(serde::Serialize)]
+        struct Reordered {
+            attempts: Vec<u32>,
+            status: RunStatus,
+        }
+        let mut record = Vec::new();
+        let reordered = Reordered {
+            attempts: vec![1, 2],
+            status: RunStatus::Failed,
+        };
+        rmp_serde::encode::write_named(&mut record, &reordered).expect("encodes");
+        assert_eq!(status_near_the_start(&record), None);
+        assert_eq!(
+            status_of(b"run/x", &record).expect("reads"),
+            RunStatus::Failed
+        );
+        // A status Kiln does not know is an error, with the record's key.
+        let mut record = Vec::new();
+        rmp_serde::encode::write_named(
+            &mut record,
+            &std::collections::BTreeMap::from([("status", "ASLEEP")]),
+        )
+        .expect("encodes");
+        let error = status_of(b"run/x", &record).expect_err("an unknown status");
+        assert!(error.to_string().contains("run/x"), "{error}");
+    }
 
     #[tokio::test]
     async fn the_listener_hears_which_runs_a_commit_finished() {
