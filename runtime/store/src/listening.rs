@@ -7,7 +7,8 @@
 //! what it changed here once it is made. The task, woken by the first
 //! change left since it last looked, takes every change left, waits until
 //! every commit made so far is durable (which covers the ones it took, all
-//! made before), and tells the listener of each. A run's trigger, claim and
+//! made before), and tells the listener of them all in one call, in the
+//! order they were left. A run's trigger, claim and
 //! end (three commits) thus cost a push each and share the task's wait
 //! with every other commit of a group, instead of three spawned tasks,
 //! three durability waits and three wake-ups of a runtime by the committer.
@@ -98,13 +99,19 @@ async fn tell(wake: Arc<Notify>, listening: Weak<Listening>, backend: Weak<dyn B
         let Some(listening) = listening.upgrade() else {
             return;
         };
-        for (runs, streams, finished) in &taken {
-            (listening.listener)(Changes {
-                runs,
-                streams,
-                finished,
-            });
+        // One call for every change taken, in the order left: the feed
+        // takes a group's changes under one lock and wakes its readers once.
+        let (mut runs, mut streams, mut finished) = (Vec::new(), Vec::new(), Vec::new());
+        for (r, s, f) in taken {
+            runs.extend(r);
+            streams.extend(s);
+            finished.extend(f);
         }
+        (listening.listener)(Changes {
+            runs: &runs,
+            streams: &streams,
+            finished: &finished,
+        });
     }
 }
 
@@ -129,26 +136,59 @@ mod tests {
     #[tokio::test]
     async fn the_listener_hears_every_change_once_in_the_order_made() {
         let backend: Arc<dyn Backend> = Arc::new(MemoryBackend::default());
+        // Each kind of change heard, tagged with its kind, in one list: the
+        // runs, the streams and the finished runs each keep their order.
         let heard = Arc::new(Mutex::new(Vec::new()));
         let told = heard.clone();
         let listener: RunsListener = Box::new(move |changes: Changes<'_>| {
-            lock(&told).extend(changes.runs.iter().chain(changes.streams).cloned());
+            let mut told = lock(&told);
+            for (kind, ids) in [
+                ("run", changes.runs),
+                ("stream", changes.streams),
+                ("finished", changes.finished),
+            ] {
+                told.extend(ids.iter().map(|id| (kind, id.clone())));
+            }
         });
         let Ok(listening) = Listening::start(listener, &backend) else {
             panic!("started on a runtime");
         };
         let runs: Vec<RunId> = (0..100).map(RunId::generate).collect();
+        let (mut made_runs, mut made_streams, mut made_finished) = (vec![], vec![], vec![]);
         for (i, run) in runs.iter().enumerate() {
             if i % 2 == 0 {
-                listening.made(vec![run.clone()], Vec::new(), Vec::new());
+                let finished = if i % 3 == 0 {
+                    vec![run.clone()]
+                } else {
+                    vec![]
+                };
+                made_runs.push(run.clone());
+                made_finished.extend(finished.clone());
+                listening.made(vec![run.clone()], Vec::new(), finished);
             } else {
+                made_streams.push(run.clone());
                 listening.made(Vec::new(), vec![run.clone()], Vec::new());
             }
             if i % 7 == 0 {
                 tokio::task::yield_now().await;
             }
         }
-        assert_eq!(until_heard(&heard, runs.len()).await, runs);
+        let expected = made_runs.len() + made_streams.len() + made_finished.len();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        while lock(&heard).len() < expected && tokio::time::Instant::now() < deadline {
+            tokio::task::yield_now().await;
+        }
+        let heard = lock(&heard).clone();
+        let of = |kind: &str| -> Vec<RunId> {
+            heard
+                .iter()
+                .filter(|(k, _)| *k == kind)
+                .map(|(_, id)| id.clone())
+                .collect()
+        };
+        assert_eq!(of("run"), made_runs);
+        assert_eq!(of("stream"), made_streams);
+        assert_eq!(of("finished"), made_finished);
     }
 
     #[tokio::test]

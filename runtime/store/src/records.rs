@@ -128,14 +128,14 @@ pub struct Batch {
     pub(crate) finished: Vec<RunId>,
 }
 
-/// What a durable commit changed, as [`Store::on_runs_changed`] tells it.
+/// What durable commits changed, as [`Store::on_runs_changed`] tells it.
 #[derive(Debug, Clone, Copy)]
 pub struct Changes<'a> {
-    /// Runs whose records it wrote.
+    /// Runs whose records they wrote (a run once for each commit).
     pub runs: &'a [RunId],
-    /// Runs whose realtime streams it appended to.
+    /// Runs whose realtime streams they appended to.
     pub streams: &'a [RunId],
-    /// The runs among `runs` whose records it wrote with a final status:
+    /// The runs among `runs` whose records they wrote with a final status:
     /// they finished (whoever waits for that is told once it is durable).
     pub finished: &'a [RunId],
 }
@@ -394,7 +394,8 @@ impl Store {
     /// to their realtime streams (realtime subscriptions); the first call
     /// wins. A task of this store's, started on the calling Tokio runtime,
     /// tells it of each commit once the commit is durable, about in the
-    /// order the commits were made (see [`crate::listening`]); it must not
+    /// order the commits were made, the changes of commits that became
+    /// durable together in one call (see [`crate::listening`]); it must not
     /// block.
     /// Outside a runtime nothing is set, and a warning says so.
     pub fn on_runs_changed(&self, listener: RunsListener) {
