@@ -539,7 +539,9 @@ impl Committer {
         while let Some(acks) = gatherer.next(&pending, || !halted()) {
             // Every commit whose acknowledgement is in the group was made
             // before this, so this group and the ones before cover it.
-            let (writes, covered) = lock(&pending.unapplied).take_new();
+            let (written, covered) = lock(&pending.unapplied).take_new();
+            // Sorted once the lock every read takes is released.
+            let writes = crate::sled_unapplied::in_key_order(written);
             if writes.is_empty() {
                 // Nothing new: the records before it, all durable by now,
                 // cover its commits.
@@ -901,6 +903,7 @@ mod tests {
     fn commit_and_hold(tree: &mut TreeWriter, number: u64, ops: Vec<Op>) {
         lock(&tree.pending.unapplied).commit(ops);
         let (writes, covered) = lock(&tree.pending.unapplied).take_new();
+        let writes = crate::sled_unapplied::in_key_order(writes);
         tree.behind.merge(number, covered, writes);
     }
 

@@ -40,9 +40,14 @@ pub(crate) struct Unapplied {
     /// What commits made since the last [`Unapplied::take_new`] or
     /// [`Unapplied::take`] wrote, in the order written, so a group is taken
     /// without walking the writes older groups left unapplied. Kept as a
-    /// list, sorted once by the committer when it takes the group, rather
-    /// than a second map every writer inserts into under the lock.
+    /// list, put in key order by the committer once it has taken the group
+    /// (see [`in_key_order`]), outside the lock, rather than a second map
+    /// every writer inserts into under it.
     fresh: Vec<(Vec<u8>, Shared)>,
+    /// The bytes of keys and values in `fresh`: a value a later write
+    /// replaced stays there until the group is taken, so what a writer may
+    /// add counts it too (see [`Unapplied::full`]).
+    fresh_bytes: usize,
 }
 
 /// How much unapplied data makes a writer wait for the committer to catch
@@ -67,6 +72,7 @@ impl Unapplied {
             };
             let key_len = k.len();
             self.bytes += size(&k, &v);
+            self.fresh_bytes += size(&k, &v);
             self.fresh.push((k.clone(), v.clone()));
             // One walk of the map: the key's older write, if any, comes
             // back from the insert (under the same key).
@@ -98,7 +104,7 @@ impl Unapplied {
     /// committer before it adds more (a writer faster than the disk would
     /// otherwise fill the memory).
     pub(crate) fn full(&self) -> bool {
-        self.newest.len() >= FULL.0 || self.bytes >= FULL.1
+        self.newest.len() + self.fresh.len() >= FULL.0 || self.bytes + self.fresh_bytes >= FULL.1
     }
 
     /// Whether a commit was made since the committer last took a group:
@@ -117,6 +123,7 @@ impl Unapplied {
     /// of the last of those commits. It stays visible until [`Unapplied::applied`].
     pub(crate) fn take(&mut self) -> (Vec<ToApply>, u64) {
         self.fresh.clear();
+        self.fresh_bytes = 0;
         let writes = self
             .newest
             .iter()
@@ -125,13 +132,15 @@ impl Unapplied {
         (writes, self.made)
     }
 
-    /// What commits made since the last call wrote (each key's newest
-    /// value), in key order, and the number of the last of those commits:
-    /// the sled backend's next group, while earlier groups may still be on
-    /// their way to the tree. It stays visible until [`Unapplied::applied_keys`]
-    /// forgets it.
+    /// What commits made since the last call wrote, in the order written
+    /// (put it in key order, each key's newest value once, with
+    /// [`in_key_order`] once the lock is released), and the number of the
+    /// last of those commits: the sled backend's next group, while earlier
+    /// groups may still be on their way to the tree. It stays visible until
+    /// [`Unapplied::applied_keys`] forgets it.
     pub(crate) fn take_new(&mut self) -> (Vec<ToApply>, u64) {
-        (newest_of(std::mem::take(&mut self.fresh)), self.made)
+        self.fresh_bytes = 0;
+        (std::mem::take(&mut self.fresh), self.made)
     }
 
     /// Forgets what commits up to number `upto` wrote: the tree holds it.
@@ -185,9 +194,9 @@ impl Unapplied {
     }
 }
 
-/// Writes in the order they were made, as each key's newest value in key
-/// order.
-fn newest_of(mut written: Vec<(Vec<u8>, Shared)>) -> Vec<ToApply> {
+/// Writes in the order they were made (a group [`Unapplied::take_new`]
+/// took), as each key's newest value, in key order.
+pub(crate) fn in_key_order(mut written: Vec<ToApply>) -> Vec<ToApply> {
     // Stable: the writes of one key stay in the order they were made.
     written.sort_by(|a, b| a.0.cmp(&b.0));
     let mut newest: Vec<ToApply> = Vec::with_capacity(written.len());
@@ -337,6 +346,7 @@ mod tests {
         let mut u = Unapplied::default();
         let first = u.commit(vec![put("a", "1"), put("b", "1"), put("c", "1")]);
         let (writes, upto) = u.take_new();
+        let writes = in_key_order(writes);
         assert_eq!((writes.len(), upto), (3, first));
         u.commit(vec![put("b", "2")]);
         // The tree now holds a and b as the first commit left them.
@@ -345,6 +355,24 @@ mod tests {
         assert_eq!(u.get(b"b"), Some(Some(b"2".to_vec())));
         assert_eq!(u.get(b"c"), Some(Some(b"1".to_vec())));
         assert_eq!(u.bytes, 2 + 2);
+    }
+
+    #[test]
+    fn values_written_over_before_the_group_is_taken_count_against_the_room() {
+        let mut u = Unapplied::default();
+        let value = vec![b'x'; 1 << 20];
+        // One key written over and over: one value in `newest`, every one
+        // held until the committer takes the group.
+        while !u.full() {
+            assert!(u.fresh.len() <= 64, "the room never filled");
+            u.commit(vec![Op::Put(b"k".to_vec(), value.clone())]);
+        }
+        assert_eq!(u.newest.len(), 1);
+        // The 64 MiB of room counts the one kept and those written over.
+        assert!((32..64).contains(&u.fresh.len()), "{}", u.fresh.len());
+        let (writes, _) = u.take_new();
+        assert_eq!(in_key_order(writes).len(), 1);
+        assert!(!u.full());
     }
 
     #[test]
@@ -415,6 +443,7 @@ mod tests {
             Op::Delete(b"a".to_vec()),
         ]);
         let (writes, upto) = u.take_new();
+        let writes = in_key_order(writes);
         let writes: Vec<(&[u8], Option<&[u8]>)> = writes
             .iter()
             .map(|(k, v)| (k.as_slice(), v.as_ref().map(|v| v.as_slice())))
@@ -438,9 +467,11 @@ mod tests {
         let mut u = Unapplied::default();
         u.commit(vec![put("a", "1"), put("b", "1")]);
         let (first, upto) = u.take_new();
+        let first = in_key_order(first);
         assert_eq!((first.len(), upto), (2, 1));
         u.commit(vec![put("b", "2"), put("c", "2")]);
         let (second, upto) = u.take_new();
+        let second = in_key_order(second);
         let keys: Vec<&[u8]> = second.iter().map(|(k, _)| k.as_slice()).collect();
         assert_eq!((keys, upto), (vec![&b"b"[..], &b"c"[..]], 2));
         // The first group reaching the tree forgets only what no later
