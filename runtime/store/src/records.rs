@@ -293,7 +293,8 @@ fn is_message_pack(bytes: &[u8]) -> bool {
 /// the fields before it are stepped over, and the rest is never walked.
 /// A record that holds anything but strings before its status, and a JSON
 /// record, are decoded as a whole (their other fields walked over, not
-/// built).
+/// built). A record damaged after its status is not noticed here: reading
+/// the whole run reports it.
 fn status_of(key: &[u8], bytes: &[u8]) -> Result<kiln_types::RunStatus> {
     /// The one field of a run's record read.
     #[derive(serde::Deserialize)]
@@ -328,7 +329,7 @@ fn status_near_the_start(bytes: &[u8]) -> Option<kiln_types::RunStatus> {
     None
 }
 
-/// Told which runs a commit wrote, once it is durable.
+/// Told which runs commits wrote, once they are durable.
 pub type RunsListener = Box<dyn Fn(Changes<'_>) + Send + Sync>;
 
 /// Kiln's records, over any [`Backend`].
@@ -408,7 +409,7 @@ impl Store {
             }
             Err(_) => tracing::warn!(
                 "a runs listener set outside a Tokio runtime is not set: realtime subscriptions \
-                 will not hear of changes"
+                 will not hear of changes, nor waits for a run's end of that end"
             ),
         }
     }
@@ -794,12 +795,9 @@ mod tests {
     async fn the_listener_hears_which_runs_a_commit_finished() {
         use kiln_types::{DeploymentId, RunStatus};
         let store = Store::new(Arc::new(MemoryBackend::new()));
-        let heard = Arc::new(std::sync::Mutex::new(Vec::new()));
-        let told = heard.clone();
+        let (told, mut heard) = tokio::sync::mpsc::unbounded_channel();
         store.on_runs_changed(Box::new(move |changes: Changes<'_>| {
-            told.lock()
-                .unwrap()
-                .push((changes.runs.to_vec(), changes.finished.to_vec()));
+            let _ = told.send((changes.runs.to_vec(), changes.finished.to_vec()));
         }));
         let run = |n: u64, status: RunStatus| {
             let mut run = Run::queued(
@@ -817,16 +815,15 @@ mod tests {
         let mut batch = Batch::default();
         batch.put_run(&queued).put_run(&completed);
         store.commit(batch).await.expect("a commit");
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-        while heard.lock().unwrap().is_empty() && std::time::Instant::now() < deadline {
-            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
-        }
+        let told = tokio::time::timeout(std::time::Duration::from_secs(10), heard.recv())
+            .await
+            .expect("heard within 10 s");
         assert_eq!(
-            *heard.lock().unwrap(),
-            vec![(
+            told,
+            Some((
                 vec![queued.id.clone(), completed.id.clone()],
                 vec![completed.id.clone()]
-            )]
+            ))
         );
     }
 

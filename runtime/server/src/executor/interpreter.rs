@@ -6,8 +6,9 @@
 //! such as a snapshot layer) into one [`Batch`] and applies it before the
 //! gate opens again, so no other input decides on state that is about to
 //! change. Once the batch is durable, it performs the effects: queue a run,
-//! deliver a run's inbox, tell pollers a run finished, interrupt a guest,
-//! cancel children.
+//! deliver a run's inbox, interrupt a guest, cancel children. Telling
+//! pollers a run finished is the store's listener's, once the batch that
+//! wrote the end is durable (see [`kiln_store::Changes::finished`]).
 
 use super::{Executor, waits};
 use crate::metrics::Before;
