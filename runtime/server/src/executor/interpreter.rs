@@ -223,16 +223,7 @@ impl Executor {
         extra: Batch,
         handed: impl FnOnce(),
     ) -> Result<Outcome, StepError> {
-        let (applied, commit, timers) = self.decide(input, extra, true)?;
-        handed();
-        if let Some(commit) = commit {
-            commit.await?;
-        }
-        self.arm(timers);
-        for command in &applied.commands {
-            self.perform(command);
-        }
-        Ok(applied.outcome)
+        self.carry_out(input, extra, handed, true).await
     }
 
     /// As [`Executor::step_then`], for an attempt's end: when nothing
@@ -249,15 +240,27 @@ impl Executor {
         extra: Batch,
         handed: impl FnOnce(),
     ) -> Result<Outcome, StepError> {
+        self.carry_out(input, extra, handed, false).await
+    }
+
+    /// [`Executor::step_then`], and with `always_await` false
+    /// [`Executor::step_ending`].
+    async fn carry_out(
+        &self,
+        input: Input,
+        extra: Batch,
+        handed: impl FnOnce(),
+        always_await: bool,
+    ) -> Result<Outcome, StepError> {
         let (applied, commit, timers) = self.decide(input, extra, true)?;
         handed();
-        let after_durable = !timers.is_empty()
-            || applied
-                .commands
-                .iter()
-                .any(|c| !c.is_write() && !matches!(c, Command::Finished { .. }));
         if let Some(commit) = commit {
-            if after_durable {
+            let followed = !timers.is_empty()
+                || applied
+                    .commands
+                    .iter()
+                    .any(|c| !c.is_write() && !matches!(c, Command::Finished { .. }));
+            if always_await || followed {
                 commit.await?;
             } else if let Some(Err(failed)) = commit.now_or_never() {
                 return Err(failed.into());
