@@ -8,6 +8,10 @@ use std::time::Duration;
 
 const KEY: &str = "tr_dev_sk_localRunsKey000000000000";
 
+/// A wait for a run's end long enough that one ending at its timeout, not
+/// at the run's end, shows.
+const LONG_WAIT: Duration = Duration::from_secs(120);
+
 #[tokio::test]
 async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -46,11 +50,19 @@ async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
                 .trigger("hello-world", &serde_json::json!({ "name": "Ada" }))
                 .await
                 .expect("triggers");
+            // The wait ends with the run, not with its timeout: the store's
+            // listener tells it of the end once the end is durable.
+            let waited = std::time::Instant::now();
             let status = runs
-                .wait_final(&id, Duration::from_secs(30))
+                .wait_final(&id, LONG_WAIT)
                 .await
                 .expect("reads the run");
             assert_eq!(status, Some(RunStatus::Completed));
+            assert!(
+                waited.elapsed() < LONG_WAIT / 2,
+                "the wait for the run's end took {:?}",
+                waited.elapsed()
+            );
             // The run is the API's too.
             let run: serde_json::Value = reqwest::Client::new()
                 .get(format!("{url}/api/v3/runs/{id}"))
@@ -63,6 +75,38 @@ async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
                 .expect("json");
             assert_eq!(run["status"], "COMPLETED");
             assert_eq!(run["output"]["message"], "Hello, Ada!", "{run}");
+
+            // So does a retrieve's `?wait=` over HTTP.
+            let triggered: serde_json::Value = reqwest::Client::new()
+                .post(format!("{url}/api/v1/tasks/hello-world/trigger"))
+                .bearer_auth(KEY)
+                .json(&serde_json::json!({ "payload": { "name": "Grace" } }))
+                .send()
+                .await
+                .expect("answers")
+                .json()
+                .await
+                .expect("json");
+            let id = triggered["id"].as_str().expect("a run id");
+            let waited = std::time::Instant::now();
+            let run: serde_json::Value = reqwest::Client::new()
+                .get(format!(
+                    "{url}/api/v3/runs/{id}?wait={}",
+                    LONG_WAIT.as_millis()
+                ))
+                .bearer_auth(KEY)
+                .send()
+                .await
+                .expect("answers")
+                .json()
+                .await
+                .expect("json");
+            assert_eq!(run["status"], "COMPLETED", "{run}");
+            assert!(
+                waited.elapsed() < LONG_WAIT / 2,
+                "the retrieve's wait for the run's end took {:?}",
+                waited.elapsed()
+            );
         }
     }
 
