@@ -12,6 +12,28 @@ const KEY: &str = "tr_dev_sk_localRunsKey000000000000";
 /// at the run's end, shows.
 const LONG_WAIT: Duration = Duration::from_secs(120);
 
+/// The JSON answer to `request`, made with the test's key.
+async fn answer(request: reqwest::RequestBuilder) -> serde_json::Value {
+    request
+        .bearer_auth(KEY)
+        .send()
+        .await
+        .expect("answers")
+        .json()
+        .await
+        .expect("json")
+}
+
+/// Checks a wait for a run's end that began at `waited` ended with the run,
+/// well before [`LONG_WAIT`] ran out.
+fn ended_with_the_run(waited: std::time::Instant, what: &str) {
+    assert!(
+        waited.elapsed() < LONG_WAIT / 2,
+        "{what} took {:?}",
+        waited.elapsed()
+    );
+}
+
 #[tokio::test]
 async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
     let dir = tempfile::tempdir().expect("a temp dir");
@@ -58,55 +80,25 @@ async fn local_runs_trigger_check_the_schema_and_wait_for_the_end() {
                 .await
                 .expect("reads the run");
             assert_eq!(status, Some(RunStatus::Completed));
-            assert!(
-                waited.elapsed() < LONG_WAIT / 2,
-                "the wait for the run's end took {:?}",
-                waited.elapsed()
-            );
+            ended_with_the_run(waited, "the wait for the run's end");
             // The run is the API's too.
-            let run: serde_json::Value = reqwest::Client::new()
-                .get(format!("{url}/api/v3/runs/{id}"))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("answers")
-                .json()
-                .await
-                .expect("json");
+            let http = reqwest::Client::new();
+            let run = answer(http.get(format!("{url}/api/v3/runs/{id}"))).await;
             assert_eq!(run["status"], "COMPLETED");
             assert_eq!(run["output"]["message"], "Hello, Ada!", "{run}");
 
             // So does a retrieve's `?wait=` over HTTP.
-            let triggered: serde_json::Value = reqwest::Client::new()
-                .post(format!("{url}/api/v1/tasks/hello-world/trigger"))
-                .bearer_auth(KEY)
-                .json(&serde_json::json!({ "payload": { "name": "Grace" } }))
-                .send()
-                .await
-                .expect("answers")
-                .json()
-                .await
-                .expect("json");
+            let triggered = answer(
+                http.post(format!("{url}/api/v1/tasks/hello-world/trigger"))
+                    .json(&serde_json::json!({ "payload": { "name": "Grace" } })),
+            )
+            .await;
             let id = triggered["id"].as_str().expect("a run id");
             let waited = std::time::Instant::now();
-            let run: serde_json::Value = reqwest::Client::new()
-                .get(format!(
-                    "{url}/api/v3/runs/{id}?wait={}",
-                    LONG_WAIT.as_millis()
-                ))
-                .bearer_auth(KEY)
-                .send()
-                .await
-                .expect("answers")
-                .json()
-                .await
-                .expect("json");
+            let wait = LONG_WAIT.as_millis();
+            let run = answer(http.get(format!("{url}/api/v3/runs/{id}?wait={wait}"))).await;
             assert_eq!(run["status"], "COMPLETED", "{run}");
-            assert!(
-                waited.elapsed() < LONG_WAIT / 2,
-                "the retrieve's wait for the run's end took {:?}",
-                waited.elapsed()
-            );
+            ended_with_the_run(waited, "the retrieve's wait for the run's end");
         }
     }
 

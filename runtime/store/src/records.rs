@@ -319,10 +319,7 @@ fn status_near_the_start(bytes: &[u8]) -> Option<kiln_types::RunStatus> {
         let (name, after_name) = rmp::decode::read_str_from_slice(rest).ok()?;
         let (value, after_value) = rmp::decode::read_str_from_slice(after_name).ok()?;
         if name == "status" {
-            return serde::Deserialize::deserialize(serde::de::value::BorrowedStrDeserializer::<
-                serde::de::value::Error,
-            >::new(value))
-            .ok();
+            return kiln_types::RunStatus::parse(value);
         }
         rest = after_value;
     }
@@ -409,7 +406,7 @@ impl Store {
             }
             Err(_) => tracing::warn!(
                 "a runs listener set outside a Tokio runtime is not set: realtime subscriptions \
-                 will not hear of changes, nor waits for a run's end of that end"
+                 will not hear of changes, and waits for a run's end last until their timeout"
             ),
         }
     }
