@@ -29,6 +29,7 @@ mod journal;
 pub mod layout;
 mod listening;
 mod memory;
+mod numbered;
 mod pending;
 mod postgres_backend;
 mod postgres_chunks;
@@ -70,6 +71,12 @@ pub use sled_backend::SledBackend;
 pub use sled_compact::{COMPACT_FROM, Compacted};
 pub use snapshot::{LayerKind, SnapshotError, SnapshotLayer};
 pub use tenants::{ApiKey, Project};
+
+/// The bytes the store writes for a run's record: MessagePack with the
+/// fields numbered (see `numbered.rs`). For the `records` bench group.
+pub fn run_record(run: &kiln_types::Run) -> Result<Vec<u8>> {
+    records::encode_run(run)
+}
 
 /// A store failure.
 #[derive(Debug, Clone, thiserror::Error)]
