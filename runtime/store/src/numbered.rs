@@ -25,6 +25,10 @@
 //! (`#[serde(tag = ...)]`) would have its tag numbered too, and could not
 //! be read back: none is, and the store's tests read back a record with
 //! every field set, against bytes written when this encoder was made.
+//! Nor can a struct of only some of a run's fields read a numbered record
+//! (it would take the record's first fields for its own): what reads part
+//! of a record reads its first fields with `records::leading_fields`, or
+//! decodes the whole run.
 
 use serde::ser::{self, Serialize};
 

@@ -387,9 +387,7 @@ fn decode_fields(fields: &[(&str, &str)], value: &[u8], values: &mut Vec<Decoded
     if fields.is_empty() {
         return;
     }
-    // Read as the store reads a run's record (MessagePack, or JSON from an
-    // earlier Kiln); anything else has no columns.
-    let record: RunColumns = crate::records::decode(&[], value).unwrap_or_default();
+    let record = run_columns(value);
     for (_, field) in fields {
         values.push(Decoded::Text(match *field {
             "taskId" => record.task_id.as_deref().map(str::as_bytes).map(text),
@@ -399,8 +397,32 @@ fn decode_fields(fields: &[(&str, &str)], value: &[u8], values: &mut Vec<Decoded
     }
 }
 
+/// A run's record's task and status, read as the store reads a run's
+/// record: MessagePack (fields numbered, or named by an earlier Kiln) from
+/// the start of the record, or, failing that, whole, or JSON from an
+/// earlier Kiln. A struct of the two fields alone cannot read a numbered
+/// record (it would take the record's first two fields for them).
+/// Anything else has no columns.
+fn run_columns(value: &[u8]) -> RunColumns {
+    if !crate::records::is_message_pack(value) {
+        return crate::records::decode(&[], value).unwrap_or_default();
+    }
+    if let Some([_, task_id, status]) = crate::records::leading_fields(value) {
+        return RunColumns {
+            task_id: Some(task_id.to_owned()),
+            status: Some(status.to_owned()),
+        };
+    }
+    crate::records::decode::<kiln_types::Run>(&[], value)
+        .map(|run| RunColumns {
+            task_id: Some(run.task_id),
+            status: Some(run.status.as_str().to_owned()),
+        })
+        .unwrap_or_default()
+}
+
 /// The fields of a run's record that `kiln_run` has columns for; serde
-/// skips the rest of the record unparsed.
+/// skips the rest of a JSON record unparsed.
 #[derive(Default, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct RunColumns {
@@ -710,6 +732,29 @@ mod tests {
                 Some("COMPLETED".into())
             ]
         );
+
+        // A run's record as the store writes it (fields numbered), and as
+        // an earlier Kiln wrote it (fields named): the same columns.
+        let mut record = kiln_types::Run::queued(
+            kiln_types::RunId::generate(1),
+            "hello",
+            kiln_types::DeploymentId::generate(1),
+            "1",
+            "{}",
+            kiln_types::Timestamp(1),
+        );
+        record.status = kiln_types::RunStatus::Completed;
+        let numbered = crate::records::encode_run(&record).expect("encodes");
+        let named = rmp_serde::to_vec_named(&record).expect("encodes");
+        for bytes in [numbered, named] {
+            let mut decoded_columns = empty_columns(run);
+            decode_into(run, b"run/run_1", &bytes, &mut decoded_columns);
+            let decoded: Vec<_> = decoded_columns.iter().map(text).collect();
+            assert_eq!(
+                decoded[3..],
+                [Some("hello".into()), Some("COMPLETED".into())]
+            );
+        }
 
         // A NUL, which PostgreSQL's text refuses, in a key a user named or
         // in a record: U+FFFD.

@@ -294,7 +294,7 @@ pub(crate) fn decode<T: DeserializeOwned>(key: &[u8], bytes: &[u8]) -> Result<T>
 }
 
 /// Whether a record's bytes are MessagePack (a map) rather than JSON.
-fn is_message_pack(bytes: &[u8]) -> bool {
+pub(crate) fn is_message_pack(bytes: &[u8]) -> bool {
     matches!(bytes.first(), Some(0x80..=0x8f | 0xde | 0xdf))
 }
 
@@ -314,33 +314,46 @@ fn status_of(key: &[u8], bytes: &[u8]) -> Result<kiln_types::RunStatus> {
     decode::<Run>(key, bytes).map(|run| run.status)
 }
 
-/// [`status_of`]'s reading of a MessagePack map up to its `status` field,
-/// the third (numbered 2, or named `status` in records written with named
-/// fields); `None` if it meets a value other than a string before it (or
-/// anything it cannot read), for the whole record to be decoded instead.
+/// [`status_of`]'s reading of a MessagePack run record up to its status;
+/// `None` if the record does not start as [`leading_fields`] expects, for
+/// the whole record to be decoded instead.
 fn status_near_the_start(bytes: &[u8]) -> Option<kiln_types::RunStatus> {
+    leading_fields(bytes).and_then(|[_, _, status]| kiln_types::RunStatus::parse(status))
+}
+
+/// The first three fields of a MessagePack run record, its id, task and
+/// status, as [`encode_run`] writes them first, numbered 0, 1 and 2 (or
+/// named `id`, `taskId` and `status`, as Kiln wrote them before it numbered
+/// fields); the rest of the record is never walked. `None` for a record
+/// that starts otherwise, or that cannot be read that far.
+pub(crate) fn leading_fields(bytes: &[u8]) -> Option<[&str; 3]> {
+    const NAMES: [&str; 3] = ["id", "taskId", "status"];
     let mut rest = bytes;
-    let fields = rmp::decode::read_map_len(&mut rest).ok()?;
-    for _ in 0..fields {
-        let is_status = match rest.first()? {
+    if rmp::decode::read_map_len(&mut rest).ok()? < 3 {
+        return None;
+    }
+    let mut values = [""; 3];
+    for (number, value) in values.iter_mut().enumerate() {
+        let key_fits = match rest.first()? {
             // A field's number, as `numbered` writes it: a positive fixint.
-            &number @ 0x00..=0x7f => {
+            &key @ 0x00..=0x7f => {
                 rest = &rest[1..];
-                number == 2
+                usize::from(key) == number
             }
             _ => {
                 let (name, after_name) = rmp::decode::read_str_from_slice(rest).ok()?;
                 rest = after_name;
-                name == "status"
+                name == NAMES[number]
             }
         };
-        let (value, after_value) = rmp::decode::read_str_from_slice(rest).ok()?;
-        if is_status {
-            return kiln_types::RunStatus::parse(value);
+        if !key_fits {
+            return None;
         }
+        let (text, after_value) = rmp::decode::read_str_from_slice(rest).ok()?;
+        *value = text;
         rest = after_value;
     }
-    None
+    Some(values)
 }
 
 /// Told which runs commits wrote, once they are durable.
