@@ -1,6 +1,5 @@
 //! One attempt: a live instance and the calls that drive it.
 
-use crate::bindings::wit::Bundle;
 use crate::bindings::wit::kiln::task::types::{StartContext, Step, Wake};
 use crate::bundle::LoadedBundle;
 use crate::host::JournalSink;
@@ -89,9 +88,8 @@ impl LogCounts {
 /// A live instance of a bundle running one attempt.
 pub struct Attempt {
     store: Store<HostState>,
-    instance: Bundle,
     raw: Instance,
-    snapshot: crate::bundle::SnapshotExports,
+    exports: crate::bundle::Exports,
     canceled: Arc<AtomicBool>,
     /// Counts the instance alive until the attempt is dropped (after its
     /// store, so the slot is back in the pool first).
@@ -155,15 +153,10 @@ impl LoadedBundle {
             .instantiate_async(&mut store)
             .await
             .map_err(anyhow::Error::from)?;
-        let instance = self
-            .indices
-            .load(&mut store, &raw)
-            .map_err(anyhow::Error::from)?;
         Ok(Attempt {
             store,
-            instance,
             raw,
-            snapshot: self.snapshot.clone(),
+            exports: self.exports.clone(),
             canceled,
             _live: live,
         })
@@ -178,36 +171,58 @@ impl Attempt {
 
     /// Calls `describe`.
     pub(crate) async fn describe(&mut self) -> Result<String, TrapKind> {
+        let describe = self
+            .raw
+            .get_typed_func::<(), (String,)>(&mut self.store, &self.exports.describe)
+            .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
         self.begin();
-        let result =
-            crate::cpu::Background::new(self.instance.call_describe(&mut self.store)).await;
+        let result = crate::cpu::Background::new(describe.call_async(&mut self.store, ())).await;
         self.end();
-        result.map_err(|e| self.classify(e))
+        result
+            .map(|(manifest,)| manifest)
+            .map_err(|e| self.classify(e))
     }
 
     /// Starts the attempt.
     pub async fn start(&mut self, ctx: &StartContext) -> StepOutcome {
+        let start = match self
+            .raw
+            .get_typed_func::<(&StartContext,), (Step,)>(&mut self.store, &self.exports.start)
+        {
+            Ok(start) => start,
+            Err(e) => return StepOutcome::Trap(TrapKind::Other(format!("{e:#}"))),
+        };
         self.begin();
-        let result =
-            crate::cpu::Background::new(self.instance.call_start(&mut self.store, ctx)).await;
+        let result = crate::cpu::Background::new(start.call_async(&mut self.store, (ctx,))).await;
         self.end();
-        self.outcome(result)
+        self.outcome(result.map(|(step,)| step))
     }
 
     /// Delivers a wake.
     pub async fn resume(&mut self, wake: &Wake) -> StepOutcome {
+        let resume = match self
+            .raw
+            .get_typed_func::<(&Wake,), (Step,)>(&mut self.store, &self.exports.resume)
+        {
+            Ok(resume) => resume,
+            Err(e) => return StepOutcome::Trap(TrapKind::Other(format!("{e:#}"))),
+        };
         self.begin();
-        let result =
-            crate::cpu::Background::new(self.instance.call_resume(&mut self.store, wake)).await;
+        let result = crate::cpu::Background::new(resume.call_async(&mut self.store, (wake,))).await;
         self.end();
-        self.outcome(result)
+        self.outcome(result.map(|(step,)| step))
     }
 
     /// Tells the guest its run was canceled, so its cancel hooks run.
     pub async fn cancel(&mut self, reason: &str) {
+        let Ok(cancel) = self
+            .raw
+            .get_typed_func::<(&str,), ()>(&mut self.store, &self.exports.cancel)
+        else {
+            return;
+        };
         self.begin();
-        let _ =
-            crate::cpu::Background::new(self.instance.call_cancel(&mut self.store, reason)).await;
+        let _ = crate::cpu::Background::new(cancel.call_async(&mut self.store, (reason,))).await;
         self.end();
     }
 
@@ -233,7 +248,7 @@ impl Attempt {
     pub async fn capture(&mut self) -> Result<Vec<u8>, TrapKind> {
         let read = self
             .raw
-            .get_typed_func::<(), (MemoryImage,)>(&mut self.store, &self.snapshot.read)
+            .get_typed_func::<(), (MemoryImage,)>(&mut self.store, &self.exports.read)
             .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
         self.begin();
         let result = crate::cpu::Background::new(read.call_async(&mut self.store, ())).await;
@@ -255,11 +270,11 @@ impl Attempt {
         let pages = (image.len() / WASM_PAGE) as u32;
         let grow = self
             .raw
-            .get_typed_func::<(u32,), (u32,)>(&mut self.store, &self.snapshot.grow)
+            .get_typed_func::<(u32,), (u32,)>(&mut self.store, &self.exports.grow)
             .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
         let write = self
             .raw
-            .get_typed_func::<(MemoryWrite,), ()>(&mut self.store, &self.snapshot.write)
+            .get_typed_func::<(MemoryWrite,), ()>(&mut self.store, &self.exports.write)
             .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
         self.begin();
         let grown = crate::cpu::Background::new(grow.call_async(&mut self.store, (pages,))).await;
