@@ -110,9 +110,16 @@ impl Dispatch {
         self.changed.notify_one();
     }
 
-    /// Queues a run to start as its queue allows.
+    /// Queues a run to start as its queue allows. The dispatcher's task is
+    /// not woken while the environment runs as many runs as it may (its
+    /// burst limit): nothing can start then until a slot is given back, and
+    /// a slot given back starts what it lets start itself, or wakes the
+    /// task (see [`Slot::release`]). Under load that is most triggers, each
+    /// of which woke the task only for it to find no slot.
     pub(crate) fn push(&self, entry: Entry<RunId>) {
-        if self.lock().push(entry) {
+        let mut scheduler = self.lock();
+        if scheduler.push(entry) && scheduler.running() < scheduler.environment().1 {
+            drop(scheduler);
             self.changed.notify_one();
         }
     }
