@@ -11,7 +11,7 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use wasmtime::component::Instance;
+use wasmtime::component::{ComponentNamedList, Instance, Lift, Lower, TypedFunc};
 use wasmtime::{Store, UpdateDeadline};
 
 /// Size of a WebAssembly page.
@@ -83,6 +83,15 @@ impl LogCounts {
             kept_bytes: kept.iter().map(LogLine::size).sum(),
         }
     }
+}
+
+/// The task exports an attempt calls (see [`Attempt::export`]).
+#[derive(Debug, Clone, Copy)]
+enum Export {
+    Describe,
+    Start,
+    Resume,
+    Cancel,
 }
 
 /// A live instance of a bundle running one attempt.
@@ -171,10 +180,7 @@ impl Attempt {
 
     /// Calls `describe`.
     pub(crate) async fn describe(&mut self) -> Result<String, TrapKind> {
-        let describe = self
-            .raw
-            .get_typed_func::<(), (String,)>(&mut self.store, &self.exports.describe)
-            .map_err(|e| TrapKind::Other(format!("{e:#}")))?;
+        let describe = self.export::<(), (String,)>(Export::Describe)?;
         self.begin();
         let result = crate::cpu::Background::new(describe.call_async(&mut self.store, ())).await;
         self.end();
@@ -185,12 +191,9 @@ impl Attempt {
 
     /// Starts the attempt.
     pub async fn start(&mut self, ctx: &StartContext) -> StepOutcome {
-        let start = match self
-            .raw
-            .get_typed_func::<(&StartContext,), (Step,)>(&mut self.store, &self.exports.start)
-        {
+        let start = match self.export::<(&StartContext,), (Step,)>(Export::Start) {
             Ok(start) => start,
-            Err(e) => return StepOutcome::Trap(TrapKind::Other(format!("{e:#}"))),
+            Err(trap) => return StepOutcome::Trap(trap),
         };
         self.begin();
         let result = crate::cpu::Background::new(start.call_async(&mut self.store, (ctx,))).await;
@@ -200,12 +203,9 @@ impl Attempt {
 
     /// Delivers a wake.
     pub async fn resume(&mut self, wake: &Wake) -> StepOutcome {
-        let resume = match self
-            .raw
-            .get_typed_func::<(&Wake,), (Step,)>(&mut self.store, &self.exports.resume)
-        {
+        let resume = match self.export::<(&Wake,), (Step,)>(Export::Resume) {
             Ok(resume) => resume,
-            Err(e) => return StepOutcome::Trap(TrapKind::Other(format!("{e:#}"))),
+            Err(trap) => return StepOutcome::Trap(trap),
         };
         self.begin();
         let result = crate::cpu::Background::new(resume.call_async(&mut self.store, (wake,))).await;
@@ -215,15 +215,41 @@ impl Attempt {
 
     /// Tells the guest its run was canceled, so its cancel hooks run.
     pub async fn cancel(&mut self, reason: &str) {
-        let Ok(cancel) = self
-            .raw
-            .get_typed_func::<(&str,), ()>(&mut self.store, &self.exports.cancel)
-        else {
+        let Ok(cancel) = self.export::<(&str,), ()>(Export::Cancel) else {
             return;
         };
         self.begin();
         let _ = crate::cpu::Background::new(cancel.call_async(&mut self.store, (reason,))).await;
         self.end();
+    }
+
+    /// One of the task exports, typed as the bindings type it. Its type is
+    /// not checked again: `BundleIndices::new` checked every export's type
+    /// against the bundle when it was loaded (a bundle whose exports do not
+    /// fit is refused then), which is what the generated bindings' own
+    /// calls rely on too. Checking it at every call would check `resume`'s
+    /// wake type again for every wake a replaying guest is given.
+    fn export<P, R>(&mut self, which: Export) -> Result<TypedFunc<P, R>, TrapKind>
+    where
+        P: ComponentNamedList + Lower,
+        R: ComponentNamedList + Lift,
+    {
+        let index = match which {
+            Export::Describe => &self.exports.describe,
+            Export::Start => &self.exports.start,
+            Export::Resume => &self.exports.resume,
+            Export::Cancel => &self.exports.cancel,
+        };
+        let func = self
+            .raw
+            .get_func(&mut self.store, index)
+            .ok_or_else(|| TrapKind::Other(format!("the bundle has no {which:?} export")))?;
+        // SAFETY: each call site names the types the bindings generate for
+        // `which` (`describe: () -> (String,)`, `start: (&StartContext,) ->
+        // (Step,)`, `resume: (&Wake,) -> (Step,)`, `cancel: (&str,) -> ()`),
+        // the types `BundleIndices::new` checked this bundle's exports
+        // against when the bundle was loaded.
+        Ok(unsafe { TypedFunc::new_unchecked(func) })
     }
 
     /// Journals live host calls into `sink` from now on.

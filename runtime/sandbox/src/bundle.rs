@@ -133,9 +133,10 @@ pub(crate) fn imports_wasi(bytes: &[u8]) -> bool {
 
 /// Where the bundle's exports are, looked up once per bundle (their types
 /// are checked then too, by `BundleIndices::new`). An attempt takes from
-/// its instance only the functions it calls: loading all seven for every
-/// instance, as the bindings' `BundleIndices::load` does, took 1.3 % of the
-/// `engine` bench group's CPU for the one or two a run calls.
+/// its instance only the functions it calls (`Attempt::export`): loading
+/// and type-checking all seven for every instance, as the bindings'
+/// `BundleIndices::load` does, took 1.3 % of the `engine` bench group's
+/// CPU for the one or two a run calls.
 #[derive(Clone)]
 pub(crate) struct Exports {
     pub(crate) describe: ComponentExportIndex,
