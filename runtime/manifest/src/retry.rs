@@ -6,6 +6,9 @@ use serde::{Deserialize, Serialize};
 /// `retry` option. The delay before attempt `n + 1` is
 /// `min(max_timeout, min_timeout * factor^(n - 1))`, scaled by a random factor
 /// in `[1, 2)` when `randomize` is set.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RetryPolicy {

@@ -812,15 +812,24 @@ mod tests {
             status_of(b"run/x", &record).expect("reads"),
             RunStatus::Failed
         );
-        // A status Kiln does not know is an error, with the record's key.
+        // A status Kiln does not know is an error, with the record's key,
+        // whether read from the start of the record or from the whole of
+        // it.
         let mut record = Vec::new();
-        rmp_serde::encode::write_named(
-            &mut record,
-            &std::collections::BTreeMap::from([("status", "ASLEEP")]),
-        )
-        .expect("encodes");
+        rmp::encode::write_map_len(&mut record, 3).expect("encodes");
+        for (number, value) in ["run_x", "hello-world", "ASLEEP"].into_iter().enumerate() {
+            rmp::encode::write_uint(&mut record, number as u64).expect("encodes");
+            rmp::encode::write_str(&mut record, value).expect("encodes");
+        }
+        assert_eq!(
+            leading_fields(&record),
+            Some(["run_x", "hello-world", "ASLEEP"])
+        );
         let error = status_of(b"run/x", &record).expect_err("an unknown status");
-        assert!(error.to_string().contains("run/x"), "{error}");
+        assert!(
+            error.to_string().contains("run/x") && error.to_string().contains("ASLEEP"),
+            "{error}"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,6 @@
-//! Run records as the store keeps them: MessagePack with named fields,
-//! read back as they were written, and records written as JSON by earlier
-//! versions of Kiln still read back.
+//! Run records as the store keeps them: MessagePack with numbered fields,
+//! read back as they were written, and records written with named fields
+//! or as JSON by earlier versions of Kiln still read back.
 
 use kiln_manifest::Machine;
 use kiln_store::{Backend, Batch, MemoryBackend, Op, Store};
@@ -126,37 +126,47 @@ async fn a_run_reads_back_as_written_and_is_stored_compactly() {
 }
 
 #[tokio::test]
-async fn a_run_written_as_json_by_an_earlier_kiln_reads_back() {
-    let backend = Arc::new(MemoryBackend::new());
-    let store = Store::new(backend.clone());
+async fn a_run_written_by_an_earlier_kiln_reads_back() {
     let run = rich_run();
     let json = serde_json::to_vec(&run).expect("JSON");
-    backend
-        .commit(vec![Op::Put(run_key(&run.id), json)])
-        .await
-        .expect("a commit");
-    assert_eq!(store.run(&run.id).expect("a read"), Some(run.clone()));
-    assert_eq!(
-        store.run_status(&run.id).expect("a read"),
-        Some(RunStatus::Completed)
-    );
-    assert_eq!(
-        store.run_status(&RunId::generate(10)).expect("a read"),
-        None
-    );
+    let named = rmp_serde::to_vec_named(&run).expect("MessagePack");
+    for earlier in [json, named] {
+        let backend = Arc::new(MemoryBackend::new());
+        let store = Store::new(backend.clone());
+        backend
+            .commit(vec![Op::Put(run_key(&run.id), earlier.clone())])
+            .await
+            .expect("a commit");
+        assert_eq!(store.run(&run.id).expect("a read"), Some(run.clone()));
+        assert_eq!(
+            store.run_status(&run.id).expect("a read"),
+            Some(RunStatus::Completed)
+        );
+        assert_eq!(
+            store.run_status(&RunId::generate(10)).expect("a read"),
+            None
+        );
 
-    // Its next change is written in the store's own form.
-    let mut changed = run.clone();
-    changed.tags.push("again".into());
-    let mut batch = Batch::default();
-    batch.put_run(&changed);
-    store.commit(batch).await.expect("a commit");
-    assert_eq!(store.run(&run.id).expect("a read"), Some(changed));
-    let stored = backend
-        .get(&run_key(&run.id))
-        .expect("a read")
-        .expect("the record");
-    assert_ne!(stored[0], b'{');
+        // Its next change is written in the store's own form, numbered,
+        // and smaller.
+        let mut changed = run.clone();
+        changed.tags.push("again".into());
+        let mut batch = Batch::default();
+        batch.put_run(&changed);
+        store.commit(batch).await.expect("a commit");
+        assert_eq!(store.run(&run.id).expect("a read"), Some(changed.clone()));
+        let stored = backend
+            .get(&run_key(&run.id))
+            .expect("a read")
+            .expect("the record");
+        assert_eq!(stored, kiln_store::run_record(&changed).expect("encodes"));
+        assert!(
+            stored.len() < earlier.len(),
+            "{} against {}",
+            stored.len(),
+            earlier.len()
+        );
+    }
 }
 
 #[tokio::test]

@@ -160,7 +160,7 @@ fn a_database_of_one_table_moves_into_the_keyspaces_tables_and_reads_the_same() 
     );
 }
 
-/// A run's record as the store writes it (MessagePack with named fields),
+/// A run's record as the store writes it (MessagePack with numbered fields),
 /// of task `packed`, `EXECUTING`. Its columns come from the record, its
 /// `run_id` from the key it is written under.
 fn packed_run() -> Vec<u8> {
@@ -174,7 +174,7 @@ fn packed_run() -> Vec<u8> {
     );
     run.status = kiln_types::RunStatus::Executing;
     run.tags = vec!["a".into()];
-    rmp_serde::to_vec_named(&run).unwrap()
+    kiln_store::run_record(&run).unwrap()
 }
 
 /// A value larger than a row takes (64 MiB a piece here; PostgreSQL's own

@@ -5,6 +5,9 @@ use kiln_manifest::Machine;
 use serde::{Deserialize, Serialize};
 
 /// A run's error, in Trigger.dev's shape (`{message, name?, stackTrace?}`).
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunError {
@@ -50,6 +53,9 @@ pub enum AttemptOutcome {
 }
 
 /// One log line written by a task.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LogLine {
     /// When it was written.
@@ -64,6 +70,9 @@ pub struct LogLine {
 }
 
 /// One attempt of a run.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Attempt {
@@ -143,6 +152,9 @@ impl LogLine {
 }
 
 /// Where a child run sits in its tree of runs.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ParentRun {
@@ -157,6 +169,9 @@ pub struct ParentRun {
 }
 
 /// Everything the server keeps about a run.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Run {
@@ -270,6 +285,9 @@ pub struct Run {
 }
 
 /// A run's time to live, as given and in milliseconds.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RunTtl {
     /// As the trigger gave it (`"10m"`, or seconds as `"600"`).
@@ -289,6 +307,9 @@ pub enum DebounceMode {
 }
 
 /// The debounce window a `DELAYED` run belongs to.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunDebounce {

@@ -59,6 +59,9 @@ pub struct Schedule {
 }
 
 /// The schedule a run was fired by, as the run keeps it.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct RunSchedule {

@@ -5,6 +5,9 @@ use serde::{Deserialize, Serialize};
 /// Where a run's span sits in a distributed trace: the trace a backend's
 /// `traceparent` header named at trigger time, or the trace of the parent
 /// run for a child. A run without one starts a trace of its own.
+///
+/// Stored in a run's record by field number (see `kiln_store`'s
+/// `numbered`): a new field goes after the last one.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TraceContext {

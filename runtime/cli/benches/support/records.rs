@@ -96,8 +96,9 @@ pub fn records_bench() {
     let numbered_decode = per_call(n, || {
         std::hint::black_box(rmp_serde::from_slice::<Run>(std::hint::black_box(&numbered)).ok());
     });
-    // A record's status alone, the rest walked over (`Store::run_status`
-    // now stops at the status field instead).
+    // A record's status alone, the rest walked over, with named fields
+    // (`Store::run_status` stops at the status field instead, named or
+    // numbered).
     #[derive(serde::Deserialize)]
     struct Status {
         status: RunStatus,
