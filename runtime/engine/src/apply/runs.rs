@@ -20,9 +20,10 @@ pub(super) fn event(
         Event::AttemptSucceeded { .. } | Event::AttemptFailed { .. } | Event::Cancel
     );
     let canceled = matches!(event, Event::Cancel);
-    let t = transition::apply(&run, event, now)?;
+    let drops_waits = ends_attempt && may_have_waits(&run);
+    let t = transition::apply_to(run, event, now)?;
     let mut commands = vec![Command::PutRun(t.run.clone())];
-    if ends_attempt && may_have_waits(&run) {
+    if drops_waits {
         drop_waits(view, id, &mut commands)?;
     }
     for action in &t.actions {
@@ -47,8 +48,8 @@ pub(super) fn claim(view: &impl View, id: &RunId, now: Timestamp) -> Result<Appl
         .run(id)?
         .ok_or_else(|| EngineError::RunNotFound(id.clone()))?;
     let first = run.attempts.is_empty();
-    let run = transition::apply(&run, Event::Dequeued, now)?.run;
-    let run = transition::apply(&run, Event::AttemptStarted, now)?.run;
+    let run = transition::apply_to(run, Event::Dequeued, now)?.run;
+    let run = transition::apply_to(run, Event::AttemptStarted, now)?.run;
     Ok(Applied::new(
         vec![Command::PutRun(run.clone())],
         Outcome::Claimed {
