@@ -21,16 +21,20 @@
 //! none is removed or moved (an unused one can be renamed and left). The
 //! types are `Run` and what it holds (`Attempt`, `LogLine`, `RunError`,
 //! `ParentRun`, `RunTtl`, `RunDebounce`, `RunSchedule`, `TraceContext`, and
-//! the manifest's `RetryPolicy`). A struct serialized with a tag field
-//! (`#[serde(tag = ...)]`) would have its tag numbered too, and could not
-//! be read back: none is, and the store's tests read back a record with
-//! every field set, against bytes written when this encoder was made.
-//! A field serialized but never deserialized (`skip_deserializing`), or
-//! the other way round (`skip_serializing`), would shift the numbers on
-//! one side only: none is either. Nor can a struct of only some of a run's
-//! fields read a numbered record
-//! (it would take the record's first fields for its own): what reads part
-//! of a record reads its first fields with `records::leading_fields`, or
+//! the manifest's `RetryPolicy`); each says so in its docs. The store's
+//! tests read back a record with every field set, against the bytes this
+//! encoder first wrote for it.
+//!
+//! What the numbering cannot carry, and none of these types uses:
+//! - a struct serialized with a tag field (`#[serde(tag = ...)]`), whose
+//!   tag would be numbered too, so that it could not be read back;
+//! - a field serialized but never deserialized (`skip_deserializing`), or
+//!   the other way round (`skip_serializing`), which shifts the numbers on
+//!   one side only.
+//!
+//! Nor can a struct of only some of a run's fields read a numbered record:
+//! it would take the record's first fields for its own. What reads part of
+//! a record reads its first fields with `records::leading_fields`, or
 //! decodes the whole run.
 
 use serde::ser::{self, Serialize};

@@ -251,10 +251,11 @@ pub(crate) fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
 /// of a run), as MessagePack with its fields numbered
 /// ([`crate::numbered`]): a finished `hello-world` run's record takes 329
 /// bytes where with named fields it took 587 (and JSON 746), and decodes
-/// in three quarters of the time (the `records` bench group). It is still self-describing, so a
-/// field added later reads back as its default from an older record, and
-/// records written with named fields (or as JSON, by earlier versions of
-/// Kiln) read back as they are. JSON stays at the API's edge.
+/// in three quarters of the time (the `records` bench group). It is still
+/// self-describing, so a field added later reads back as its default from
+/// an older record, and records written with named fields (or as JSON, by
+/// earlier versions of Kiln) read back as they are. JSON stays at the
+/// API's edge.
 ///
 /// The buffer is sized for a whole record first: grown from empty, it was
 /// allocated eight times on the way to a finished `hello-world` run's
