@@ -83,14 +83,6 @@ impl Numbered<'_> {
     fn str(&mut self, v: &str) -> Result<(), Error> {
         rmp::encode::write_str(self.0, v).map_err(failed)
     }
-
-    fn array(&mut self, len: usize) -> Result<(), Error> {
-        array_len(self.0, len)
-    }
-
-    fn map(&mut self, len: usize) -> Result<(), Error> {
-        map_len(self.0, len)
-    }
 }
 
 fn array_len(out: &mut Vec<u8>, len: usize) -> Result<(), Error> {
@@ -263,7 +255,7 @@ impl<'a> ser::Serializer for &'a mut Numbered<'_> {
     }
 
     fn serialize_unit_struct(self, _name: &'static str) -> Result<(), Error> {
-        self.array(0)
+        array_len(self.0, 0)
     }
 
     fn serialize_unit_variant(
@@ -290,7 +282,7 @@ impl<'a> ser::Serializer for &'a mut Numbered<'_> {
         variant: &'static str,
         value: &T,
     ) -> Result<(), Error> {
-        self.map(1)?;
+        map_len(self.0, 1)?;
         self.str(variant)?;
         value.serialize(self)
     }
@@ -314,7 +306,7 @@ impl<'a> ser::Serializer for &'a mut Numbered<'_> {
         variant: &'static str,
         len: usize,
     ) -> Result<Items<'a>, Error> {
-        self.map(1)?;
+        map_len(self.0, 1)?;
         self.str(variant)?;
         items(self.0, Some(len), false)
     }
@@ -324,7 +316,7 @@ impl<'a> ser::Serializer for &'a mut Numbered<'_> {
     }
 
     fn serialize_struct(self, _name: &'static str, len: usize) -> Result<Fields<'a>, Error> {
-        self.map(len)?;
+        map_len(self.0, len)?;
         Ok(Fields {
             out: &mut *self.0,
             next: 0,
@@ -338,7 +330,7 @@ impl<'a> ser::Serializer for &'a mut Numbered<'_> {
         variant: &'static str,
         len: usize,
     ) -> Result<Fields<'a>, Error> {
-        self.map(1)?;
+        map_len(self.0, 1)?;
         self.str(variant)?;
         self.serialize_struct(variant, len)
     }
