@@ -12,6 +12,20 @@
 //!
 //! Every sweep reads and deletes at most a page of keys, so it never holds
 //! the store for long, and returns where the next page starts.
+//!
+//! Expired runs are found two ways. A run that finished more than
+//! [`UNINDEXED_WITHIN_MS`] after it was made (by its id's time) has an entry
+//! in the `finished/` index at its finish time, which
+//! [`Store::expired_runs`] reads. Most runs finish sooner than that, and
+//! for them the index entry would be one more key written with every run
+//! (a fifth of the tree's work for a short run). They are found in the
+//! runs' own keyspace instead, which sorts by creation time:
+//! [`Store::expired_unindexed`] reads the runs made before the cutoff less
+//! that margin, every one of which finished before the cutoff if it
+//! finished within the margin. A run read there that had not finished
+//! within the margin gets an index entry when it finishes (by then it is
+//! older than the margin), so a sweeper can go on from where it stopped
+//! without reading those runs again.
 
 use crate::layout::{
     ACTIVE, BATCH, BATCH_ITEM, BATCH_KEY, CHILD, DEBOUNCE, FINISHED, IDEM, INBOX, JOURNAL, OPEN,
@@ -44,7 +58,16 @@ pub struct RunPage {
     pub stale: Vec<Vec<u8>>,
     /// Where the next page starts; `None` once no more runs expired.
     pub next: Option<Vec<u8>>,
+    /// The last key the page read ([`Store::expired_unindexed`] only):
+    /// where a later pass goes on from.
+    pub last: Option<Vec<u8>>,
 }
+
+/// How long after it was made a run may finish and still have no entry in
+/// the `finished/` index (see the module's docs): a second, so a short
+/// run writes one key fewer, and a run is deleted at most this long after
+/// it expired.
+pub const UNINDEXED_WITHIN_MS: u64 = 1_000;
 
 /// The start of the `finished/` entries of runs that finished at `at`: every
 /// entry of a run that finished earlier sorts before it.
@@ -62,17 +85,27 @@ fn finished_key(at: Timestamp, run: &RunId) -> Vec<u8> {
 }
 
 /// The index entries a run's record calls for, written with it: `open/`
-/// while it has not finished, `finished/` at its finish time once it has
-/// (a run never becomes unfinished again).
+/// while it has not finished, and once it has (a run never becomes
+/// unfinished again) `finished/` at its finish time, unless it finished
+/// within [`UNINDEXED_WITHIN_MS`] of being made.
 pub(crate) fn index_ops(run: &Run) -> Vec<Op> {
     let id = run.id.as_str().as_bytes();
     match finished_at(run) {
+        Some(at) if finished_soon(run, at) => vec![Op::Delete(key(OPEN, id))],
         Some(at) => vec![
             Op::Delete(key(OPEN, id)),
             Op::Put(finished_key(at, &run.id), Vec::new()),
         ],
         None => vec![Op::Put(key(OPEN, id), Vec::new())],
     }
+}
+
+/// Whether `run`, finished at `at`, finished within [`UNINDEXED_WITHIN_MS`]
+/// of the time in its id. A run whose id holds no time is always indexed.
+fn finished_soon(run: &Run, at: Timestamp) -> bool {
+    run.id
+        .made_ms()
+        .is_some_and(|made| at.as_millis() <= made.saturating_add(UNINDEXED_WITHIN_MS))
 }
 
 /// The end of a keyspace: every key with `prefix` sorts before it.
@@ -135,7 +168,9 @@ impl Store {
     /// Up to `limit` runs that finished before `cutoff`, oldest first, from
     /// after the `finished/` entry `after`, and where the next page starts.
     /// Reads the `finished/` index, not every run: a pass that finds nothing
-    /// expired reads one key. Call [`Store::index_runs`] once first.
+    /// expired reads one key. Call [`Store::index_runs`] once first. The
+    /// runs that finished soon after they were made are not in the index:
+    /// [`Store::expired_unindexed`] finds them.
     pub fn expired_runs(
         &self,
         after: Option<&[u8]>,
@@ -168,6 +203,39 @@ impl Store {
             match finished_at(&run) {
                 Some(at) if finished_key(at, &run.id) == k => page.expired.push(run),
                 _ => page.stale.push(k),
+            }
+        }
+        Ok(page)
+    }
+
+    /// Up to `limit` runs that finished before `cutoff`, in the order they
+    /// were made, read from the runs' keyspace after the run key `after`
+    /// (from its start if `None`) up to the runs made
+    /// [`UNINDEXED_WITHIN_MS`] before `cutoff`: among them, every run that
+    /// has no `finished/` entry and has finished, finished before `cutoff`.
+    /// Returns where the next page starts and the last key read, which a
+    /// later pass may go on from: a run read that had not finished within
+    /// the margin gets its `finished/` entry when it finishes.
+    pub fn expired_unindexed(
+        &self,
+        after: Option<&[u8]>,
+        limit: usize,
+        cutoff: Timestamp,
+    ) -> Result<RunPage> {
+        let made_before = RunId::lowest_at(cutoff.as_millis().saturating_sub(UNINDEXED_WITHIN_MS));
+        let end = key(RUN, made_before.as_str().as_bytes());
+        let (rows, next) = self.page_until(RUN, &end, after, limit)?;
+        let mut page = RunPage {
+            next,
+            last: rows.last().map(|(k, _)| k.clone()),
+            ..RunPage::default()
+        };
+        for (k, v) in rows {
+            // A record that does not decode is left alone, as above.
+            if let Ok(run) = decode::<Run>(&k, &v)
+                && finished_at(&run).is_some_and(|at| at < cutoff)
+            {
+                page.expired.push(run);
             }
         }
         Ok(page)

@@ -62,6 +62,57 @@ fn run(status: RunStatus) -> Run {
     }
 }
 
+/// A run with `status`, made at `made_ms` by its id.
+fn run_made(status: RunStatus, made_ms: u64) -> Run {
+    Run {
+        id: RunId::generate(made_ms),
+        ..run(status)
+    }
+}
+
+/// A run gets a `finished/` entry only if it finished more than a second
+/// after it was made; a run read in the runs' keyspace while it had not
+/// finished gets one when it finishes, so a sweeper that read past it
+/// finds it in the index.
+async fn runs_that_finish_late_are_indexed(store: &Store) {
+    let now = Timestamp::now();
+    let made = now.0 - 120_000;
+    let mut waiting = run_made(RunStatus::Waiting, made);
+    let mut soon = run_made(RunStatus::Completed, made + 1);
+    soon.finished_at = Some(Timestamp(made + 1 + 1_000));
+    let mut batch = Batch::default();
+    batch.put_new_run(&waiting).put_new_run(&soon);
+    store.commit(batch).await.unwrap();
+    // A sweeper whose cutoff is now reads both, and finds the one that
+    // finished expired.
+    let page = store.expired_unindexed(None, 100, now).unwrap();
+    assert_eq!(
+        page.expired.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&soon.id]
+    );
+    assert!(
+        store
+            .expired_runs(None, 100, now)
+            .unwrap()
+            .expired
+            .is_empty()
+    );
+    // The waiting run finishes now, two minutes after it was made.
+    waiting.status = RunStatus::Completed;
+    waiting.finished_at = Some(now);
+    store.put_run(&waiting).await.unwrap();
+    let later = Timestamp(now.0 + 1);
+    let indexed = store.expired_runs(None, 100, later).unwrap();
+    assert_eq!(
+        indexed.expired.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&waiting.id]
+    );
+    let read_past = store
+        .expired_unindexed(page.last.as_deref(), 100, later)
+        .unwrap();
+    assert!(read_past.expired.is_empty());
+}
+
 async fn deployments_round_trip(store: &Store) {
     assert!(store.latest_deployment().unwrap().is_none());
     for seq in [1, 2, 10, 300] {
@@ -554,9 +605,12 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     let now = Timestamp::now();
     let cutoff = Timestamp(now.0 - 1_000);
     let old = Timestamp(now.0 - 60_000);
-    let mut expired = run(RunStatus::Completed);
+    // Made two minutes before it finished: it has a `finished/` entry.
+    let mut expired = run_made(RunStatus::Completed, old.0 - 120_000);
     expired.finished_at = Some(old);
-    let mut child = run(RunStatus::Completed);
+    // Finished soon after it was made: it has none, and is found in the
+    // runs' keyspace.
+    let mut child = run_made(RunStatus::Completed, old.0 - 100);
     child.finished_at = Some(old);
     let mut recent = run(RunStatus::Completed);
     recent.finished_at = Some(now);
@@ -647,10 +701,35 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
     );
     store.commit(batch).await.unwrap();
 
-    // Only runs that finished before the cutoff expire.
+    let finished_keys: Vec<_> = all_keys(&backend)
+        .into_iter()
+        .filter(|k| k.starts_with("finished/"))
+        .collect();
+    assert_eq!(finished_keys.len(), 1, "{finished_keys:?}");
+    assert!(finished_keys[0].ends_with(expired.id.as_str()));
+
+    // Only runs that finished before the cutoff expire: the indexed one
+    // from the index, and both from the runs made well before the cutoff.
     let page = store.expired_runs(None, 100, cutoff).unwrap();
     assert!(page.next.is_none());
     assert!(page.stale.is_empty());
+    assert_eq!(
+        page.expired.iter().map(|r| &r.id).collect::<Vec<_>>(),
+        vec![&expired.id]
+    );
+    let unindexed = store.expired_unindexed(None, 100, cutoff).unwrap();
+    assert!(unindexed.next.is_none());
+    let mut ids: Vec<_> = unindexed.expired.iter().map(|r| r.id.clone()).collect();
+    ids.sort();
+    let mut want = vec![expired.id.clone(), child.id.clone()];
+    want.sort();
+    assert_eq!(ids, want);
+    // It read up to the runs made a second before the cutoff: not the
+    // recent or waiting ones, made now.
+    let last = unindexed.last.clone().expect("read a run");
+    assert_eq!(last, format!("run/{}", want[1]).into_bytes());
+    let again = store.expired_unindexed(Some(&last), 100, cutoff).unwrap();
+    assert!(again.expired.is_empty() && again.last.is_none());
     // The unfinished run's deployment is in use; the finished ones' are not
     // counted.
     assert_eq!(
@@ -661,12 +740,7 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
             .collect::<Vec<_>>(),
         vec![waiting.deployment_id.clone()]
     );
-    let runs = page.expired;
-    let mut ids: Vec<_> = runs.iter().map(|r| r.id.clone()).collect();
-    ids.sort();
-    let mut want = vec![expired.id.clone(), child.id.clone()];
-    want.sort();
-    assert_eq!(ids, want);
+    let runs = unindexed.expired;
     let mut batch = Batch::default();
     for r in &runs {
         assert!(store.delete_run(&mut batch, r).unwrap() >= 2);
@@ -743,7 +817,7 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
 
     // Runs an older Kiln stored have no index entries; they are given them
     // once per store.
-    let mut legacy_done = run(RunStatus::Completed);
+    let mut legacy_done = run_made(RunStatus::Completed, old.0 - 120_000);
     legacy_done.finished_at = Some(old);
     let mut legacy_open = run(RunStatus::Waiting);
     legacy_open.deployment_id = DeploymentId::generate(2);
@@ -788,6 +862,7 @@ async fn retention_deletes_what_expired(backend: Arc<dyn Backend>) {
 
 async fn suite(make: impl Fn() -> Arc<dyn Backend>) {
     retention_deletes_what_expired(make()).await;
+    runs_that_finish_late_are_indexed(&Store::new(make())).await;
     schedules_and_their_indexes(&Store::new(make())).await;
     deployments_round_trip(&Store::new(make())).await;
     runs_keep_the_active_index(&Store::new(make())).await;

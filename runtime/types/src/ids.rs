@@ -36,6 +36,16 @@ fn generate(prefix: &str, now_ms: u64) -> String {
     out
 }
 
+/// When an id with `prefix` was made, in milliseconds, read from its first
+/// ten characters; `None` if it does not start as an id does.
+fn made_ms(prefix: &str, id: &str) -> Option<u64> {
+    let time = id.strip_prefix(prefix)?.as_bytes().get(..10)?;
+    time.iter().try_fold(0u64, |ms, &b| {
+        let digit = ALPHABET.iter().position(|&a| a == b)?;
+        Some(ms << 5 | digit as u64)
+    })
+}
+
 /// Whether `b` is one of [`ALPHABET`]'s characters (a range test, not a
 /// walk of the alphabet: every run id the API and the engine are handed is
 /// checked).
@@ -82,6 +92,13 @@ macro_rules! id_type {
                 id.truncate($prefix.len() + 10);
                 id.push_str(&"0".repeat(BODY_LEN - 10));
                 $name(id)
+            }
+
+            /// When the id was made, in milliseconds since the Unix epoch
+            /// (the time it was generated with); `None` if it does not
+            /// start as an id does (one read from a record is not checked).
+            pub fn made_ms(&self) -> Option<u64> {
+                made_ms($prefix, &self.0)
             }
 
             /// Parses an id, checking its prefix and characters.
@@ -166,6 +183,11 @@ mod tests {
         assert!(a < b);
         assert_eq!(RunId::parse(a.as_str()).unwrap(), a);
         assert_eq!(a.as_str().len(), 4 + BODY_LEN);
+        assert_eq!(a.made_ms(), Some(1_700_000_000_000));
+        assert_eq!(b.made_ms(), Some(1_700_000_000_001));
+        assert_eq!(RunId::lowest_at(5).made_ms(), Some(5));
+        assert_eq!(RunId("run_0i".into()).made_ms(), None);
+        assert_eq!(RunId("run_000000000u000".into()).made_ms(), None);
         // The lowest id of a millisecond bounds every id made in it.
         let floor = RunId::lowest_at(1_700_000_000_001);
         assert!(a < floor && floor <= b);

@@ -66,9 +66,13 @@ impl Executor {
             // when that was.
             let mut since_check = 0usize;
             let mut last_check = std::time::Instant::now();
+            // How far the runs' keyspace has been read for runs with no
+            // `finished/` entry: every pass goes on from there, and a
+            // start reads it from the beginning again.
+            let mut unindexed_read_to = None;
             loop {
                 let started = std::time::Instant::now();
-                let deleted = match executor.sweep(retention).await {
+                let deleted = match executor.sweep(retention, &mut unindexed_read_to).await {
                     Ok(pass) if pass != Pass::default() => {
                         since_check += pass.run_keys + pass.others;
                         tracing::info!(
@@ -136,8 +140,15 @@ impl Executor {
     }
 
     /// One pass over every keyspace: deletes what finished more than
-    /// `retention` ago.
-    pub async fn sweep(&self, retention: Duration) -> kiln_store::Result<Pass> {
+    /// `retention` ago. Runs that finished soon after they were made are
+    /// read from the runs' keyspace after `unindexed_read_to`, which the
+    /// pass moves on to the last run it read there (see
+    /// [`Store::expired_unindexed`](kiln_store::Store::expired_unindexed)).
+    pub async fn sweep(
+        &self,
+        retention: Duration,
+        unindexed_read_to: &mut Option<Vec<u8>>,
+    ) -> kiln_store::Result<Pass> {
         let now = Timestamp::now();
         let cutoff = Timestamp(now.as_millis().saturating_sub(retention.as_millis() as u64));
         let mut pass = Pass::default();
@@ -164,6 +175,23 @@ impl Executor {
             match page.next {
                 Some(next) => after = Some(next),
                 None => break,
+            }
+        }
+        loop {
+            let page =
+                self.shared
+                    .store
+                    .expired_unindexed(unindexed_read_to.as_deref(), PAGE, cutoff)?;
+            let (deleted, keys) = self.delete_runs(page.expired, cutoff).await?;
+            pass.runs += deleted;
+            pass.run_keys += keys;
+            // Only once its expired runs are deleted: a failed pass reads
+            // the page again.
+            if page.last.is_some() {
+                *unindexed_read_to = page.last;
+            }
+            if page.next.is_none() {
+                break;
             }
         }
         // After the collectable versions were read: a run started on one
