@@ -6,12 +6,12 @@
 //! |---|---|
 //! | `deploy/<seq: u64 BE>` | `Deployment` (JSON) |
 //! | `bundle/<sha256 hex>` | the bundle's bytes |
-//! | `run/<run id>` | `Run` (JSON) |
+//! | `run/<run id>` | `Run` (MessagePack with numbered fields; JSON or named MessagePack as earlier Kiln wrote it); a finished run's record may hold its last journal entries |
 //! | `active/<run id>` | empty: the run is queued or executing (read at start-up) |
 //! | `open/<run id>` | empty: the run has not finished (retention reads which versions are in use) |
-//! | `finished/<finished ms: u64 BE><run id>` | empty: the run finished then (retention reads what expired, oldest first) |
+//! | `finished/<finished ms: u64 BE><run id>` | empty: the run finished then, more than a second after it was made (retention reads what expired, oldest first; runs that finished sooner it finds under `run/`) |
 //! | `runs-indexed` | empty: runs stored before `open/` and `finished/` existed have been indexed |
-//! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON), or a JSON array of the records numbered `seq` on that a slice wrote together |
+//! | `journal/<run id>/<seq: u64 BE>` | `JournalRecord` (JSON), or a JSON array of the records numbered `seq` on that a slice wrote together (the commit that finishes a run keeps its entries in the run's record instead) |
 //! | `snap/<run id>/<attempt: u32 BE>/<layer: u32 BE>` | a `SnapshotLayer`, sealed with the master key (`KSEL` envelope) |
 //! | `timer/<due ms: u64 BE><run id>/<wait id: u64 BE>` | empty: a durable timer |
 //! | `idem/<idempotency key hash>` | `IdempotentRun` (JSON): the run a trigger's key made |

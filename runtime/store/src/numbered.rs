@@ -523,7 +523,17 @@ mod tests {
             parent_span_id: "00f067aa0ba902b7".into(),
             sampled: false,
         });
+        run.journal = Some(r#"{"seq":1}"#.into());
         run
+    }
+
+    /// [`every_field_set`] without the fields added since
+    /// [`FIRST_WRITTEN`].
+    fn every_first_field_set() -> Run {
+        Run {
+            journal: None,
+            ..every_field_set()
+        }
     }
 
     #[test]
@@ -574,10 +584,26 @@ mod tests {
     #[test]
     fn a_record_written_when_fields_were_first_numbered_still_reads_back() {
         let record = hex::decode(FIRST_WRITTEN).expect("hex");
-        let now = || hex::encode(numbered(&every_field_set()));
+        let now = || hex::encode(numbered(&every_first_field_set()));
         let back: Run = rmp_serde::from_slice(&record)
             .unwrap_or_else(|e| panic!("{e}; written now: {}", now()));
-        assert_eq!(back, every_field_set(), "written now: {}", now());
+        assert_eq!(back, every_first_field_set(), "written now: {}", now());
+        assert_eq!(now(), FIRST_WRITTEN);
+    }
+
+    /// Fields added to a run's record since [`FIRST_WRITTEN`] follow its
+    /// fields, with the numbers after theirs: `journal` is field 37.
+    #[test]
+    fn fields_added_since_come_after_the_first_ones() {
+        let journal = r#"{"seq":1}"#;
+        let mut want = hex::decode(FIRST_WRITTEN).expect("hex");
+        // One field more in the map's length (a 16-bit length, 0x25 = 37).
+        assert_eq!(want[..3], [0xde, 0x00, 0x25]);
+        want[2] = 0x26;
+        want.push(37);
+        want.push(0xa0 | journal.len() as u8);
+        want.extend_from_slice(journal.as_bytes());
+        assert_eq!(hex::encode(numbered(&every_field_set())), hex::encode(want));
     }
 
     #[test]

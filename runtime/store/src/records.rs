@@ -126,6 +126,11 @@ pub struct Batch {
     pub(crate) streams: Vec<RunId>,
     /// The runs among `runs` it writes with a final status.
     pub(crate) finished: Vec<RunId>,
+    /// The last journal key [`Batch::append_journal_run`] put, as the run's
+    /// id and the op's place in `ops`: a record that finishes the run,
+    /// written after it in the batch, takes its entries in (see
+    /// [`crate::journal`]).
+    pub(crate) journal_put: Option<(RunId, usize)>,
 }
 
 /// What durable commits changed, as [`Store::on_runs_changed`] tells it.
@@ -143,7 +148,8 @@ pub struct Changes<'a> {
 impl Batch {
     /// Saves a run (see [`Store::put_run`]).
     pub fn put_run(&mut self, run: &Run) -> &mut Self {
-        let run = crate::blobs::lean_record(run, &mut self.ops);
+        let run = crate::journal::with_journal_taken(run, self);
+        let run = crate::blobs::lean_record(&run, &mut self.ops);
         match encode_run(&run) {
             Ok(record) => {
                 self.runs.push(run.id.clone());
@@ -578,24 +584,58 @@ impl Store {
         Ok(self.journal_sized(run)?.0)
     }
 
-    /// A run's journal, oldest first, and its size as stored in bytes.
+    /// A run's journal, oldest first, and its size as stored in bytes: its
+    /// journal keys, and the entries its record holds if it finished (see
+    /// [`crate::journal`]).
     pub fn journal_sized(&self, run: &RunId) -> Result<(Vec<JournalRecord>, u64)> {
         let raw = self.backend.scan_prefix(&journal_prefix(run))?;
-        let bytes = raw.iter().map(|(_, v)| v.len() as u64).sum();
+        let mut bytes = raw.iter().map(|(_, v)| v.len() as u64).sum();
         let mut records = Vec::with_capacity(raw.len());
         for (k, v) in &raw {
             records.extend(entries_of(k, v)?);
         }
+        if let Some((k, held)) = self.journal_in_record(run)? {
+            bytes += held.len() as u64;
+            let before = records.len();
+            records.extend(entries_of(&k, held.as_bytes())?);
+            // Entries are numbered in the order written; those the record
+            // holds were written last, unless an entry was journaled after
+            // the run finished (under a key).
+            if before > 0 {
+                records.sort_by_key(|r| r.seq);
+            }
+        }
         Ok((records, bytes))
     }
 
-    /// The number of the last entry of a run's journal (0 if none). Reads one
-    /// key, not the journal.
-    pub fn last_journal_seq(&self, run: &RunId) -> Result<u64> {
-        match self.backend.last_with_prefix(&journal_prefix(run))? {
-            Some((k, v)) => last_seq_of(&k, &v),
-            None => Ok(0),
+    /// The journal entries a finished run's record holds, with the record's
+    /// key; `None` for a run that has not finished (only the commit that
+    /// finishes a run writes entries into its record) or holds none.
+    fn journal_in_record(&self, run: &RunId) -> Result<Option<(Vec<u8>, String)>> {
+        let k = key(RUN, run.as_str().as_bytes());
+        let Some(bytes) = self.backend.get(&k)? else {
+            return Ok(None);
+        };
+        if !status_of(&k, &bytes)?.is_final() {
+            return Ok(None);
         }
+        Ok(decode::<Run>(&k, &bytes)?.journal.map(|held| (k, held)))
+    }
+
+    /// The number of the last entry of a run's journal (0 if none). Reads
+    /// its last key and its record's status, not the journal (and the
+    /// whole record only if the run finished, when it may hold the last
+    /// entries).
+    pub fn last_journal_seq(&self, run: &RunId) -> Result<u64> {
+        let in_keys = match self.backend.last_with_prefix(&journal_prefix(run))? {
+            Some((k, v)) => last_seq_of(&k, &v)?,
+            None => 0,
+        };
+        let in_record = match self.journal_in_record(run)? {
+            Some((k, held)) => entries_of(&k, held.as_bytes())?.last().map_or(0, |r| r.seq),
+            None => 0,
+        };
+        Ok(in_keys.max(in_record))
     }
 
     /// The snapshot layers of one attempt of a run, oldest first, each

@@ -313,7 +313,12 @@ impl Store {
             key(OPEN, id),
         ];
         if let Some(at) = finished_at(run) {
-            keys.push(finished_key(at, &run.id));
+            // A run that finished soon has an entry only if an earlier Kiln
+            // wrote it.
+            let entry = finished_key(at, &run.id);
+            if !finished_soon(run, at) || self.backend.get(&entry)?.is_some() {
+                keys.push(entry);
+            }
         }
         for space in [
             JOURNAL, SNAP, RUN_BLOB, CHILD, STREAM, STREAM_KEY, WAIT, INBOX, WAITER,

@@ -1,6 +1,7 @@
 //! A run's journal as the store keeps it: entries written together are one
 //! key, read back one by one, in order with entries written a key each
-//! before.
+//! before; the commit that finishes a run keeps its entries in the run's
+//! record.
 
 use kiln_store::{Backend, Batch, EncodedEntry, MemoryBackend, Store};
 use kiln_types::{AttemptOutcome, HostCall, JournalEntry, JournalRecord, RunId, Timestamp};
@@ -121,4 +122,109 @@ async fn a_corrupt_run_of_entries_is_an_error_naming_its_key() {
         .expect_err("a corrupt key fails the read");
     assert!(error.to_string().contains("journal/"), "{error}");
     assert!(store.last_journal_seq(&run).is_err());
+}
+
+/// A run of the given status, made at 1 ms.
+fn run_record(id: &RunId, status: kiln_types::RunStatus) -> kiln_types::Run {
+    kiln_types::Run {
+        status,
+        ..kiln_types::Run::queued(
+            id.clone(),
+            "t",
+            kiln_types::DeploymentId::generate(1),
+            "1",
+            "{}",
+            Timestamp(1),
+        )
+    }
+}
+
+fn journal_keys(backend: &MemoryBackend, run: &RunId) -> usize {
+    let prefix = format!("journal/{}/", run.as_str());
+    backend.scan_prefix(prefix.as_bytes()).expect("scans").len()
+}
+
+#[tokio::test]
+async fn the_commit_that_finishes_a_run_keeps_its_entries_in_the_record() {
+    use kiln_types::RunStatus;
+    let backend = Arc::new(MemoryBackend::new());
+    let store = Store::new(backend.clone());
+    let run = RunId::generate(5);
+    // The attempt's start and a call, with the run still executing: a key.
+    let mut batch = Batch::default();
+    batch.append_journal_run(&run, encoded(&[started(1), now(2)]));
+    batch.put_run(&run_record(&run, RunStatus::Executing));
+    store.commit(batch).await.expect("commits");
+    assert_eq!(journal_keys(&backend, &run), 1);
+    // The end, with the record that finishes the run: no key, the record
+    // holds them.
+    let mut batch = Batch::default();
+    batch.append_journal_run(&run, encoded(&[now(3), ended(4)]));
+    batch.put_run(&run_record(&run, RunStatus::Completed));
+    store.commit(batch).await.expect("commits");
+    assert_eq!(journal_keys(&backend, &run), 1);
+    let stored = store.run(&run).expect("reads").expect("a run");
+    assert!(stored.journal.is_some());
+    assert_eq!(store.last_journal_seq(&run).expect("reads"), 4);
+    let (read, bytes) = store.journal_sized(&run).expect("reads");
+    let expected = [started(1), now(2), now(3), ended(4)];
+    assert_eq!(as_json(&read), as_json(&expected));
+    let in_keys: u64 = backend
+        .scan_prefix(format!("journal/{}/", run.as_str()).as_bytes())
+        .unwrap()
+        .iter()
+        .map(|(_, v)| v.len() as u64)
+        .sum();
+    assert_eq!(
+        bytes,
+        in_keys + stored.journal.as_ref().map_or(0, |j| j.len() as u64)
+    );
+    // A later write of the finished run (its tags, say) keeps them.
+    let mut tagged = stored.clone();
+    tagged.tags = vec!["later".into()];
+    store.put_run(&tagged).await.expect("commits");
+    assert_eq!(
+        as_json(&store.journal(&run).expect("reads")),
+        as_json(&expected)
+    );
+    // Deleting the run deletes them with it.
+    let mut batch = Batch::default();
+    store
+        .delete_run(&mut batch, &tagged)
+        .expect("lists its keys");
+    store.commit(batch).await.expect("commits");
+    assert!(store.journal(&run).expect("reads").is_empty());
+}
+
+#[tokio::test]
+async fn entries_stay_under_keys_when_the_commit_does_not_finish_the_run_or_they_are_large() {
+    use kiln_types::RunStatus;
+    let backend = Arc::new(MemoryBackend::new());
+    let store = Store::new(backend.clone());
+    // A retry: the attempt ended, the run is queued again.
+    let retried = RunId::generate(6);
+    let mut batch = Batch::default();
+    batch.append_journal_run(&retried, encoded(&[started(1), ended(2)]));
+    batch.put_run(&run_record(&retried, RunStatus::Queued));
+    store.commit(batch).await.expect("commits");
+    assert_eq!(journal_keys(&backend, &retried), 1);
+    assert!(store.run(&retried).unwrap().unwrap().journal.is_none());
+    // Entries of another run than the one finished.
+    let (other, finished) = (RunId::generate(7), RunId::generate(8));
+    let mut batch = Batch::default();
+    batch.append_journal_run(&other, encoded(&[started(1)]));
+    batch.put_run(&run_record(&finished, RunStatus::Completed));
+    store.commit(batch).await.expect("commits");
+    assert_eq!(journal_keys(&backend, &other), 1);
+    assert!(store.run(&finished).unwrap().unwrap().journal.is_none());
+    // More than a record takes in.
+    let large = RunId::generate(9);
+    let calls: Vec<JournalRecord> = (1..=200).map(now).collect();
+    let mut batch = Batch::default();
+    batch.append_journal_run(&large, encoded(&calls));
+    batch.put_run(&run_record(&large, RunStatus::Completed));
+    store.commit(batch).await.expect("commits");
+    assert_eq!(journal_keys(&backend, &large), 1);
+    assert!(store.run(&large).unwrap().unwrap().journal.is_none());
+    assert_eq!(store.journal(&large).unwrap().len(), 200);
 }

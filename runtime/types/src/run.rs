@@ -282,6 +282,13 @@ pub struct Run {
     /// its parent run's); `None`: its span starts a trace of its own.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace: Option<crate::TraceContext>,
+    /// Its journal's last entries as the store keeps them (one entry or a
+    /// run of them, in JSON), when they were written with this record
+    /// rather than under a key of their own: the store does that for the
+    /// commit that finishes a run, so a short run writes one key fewer.
+    /// Read a run's journal through the store, which joins them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub journal: Option<String>,
 }
 
 /// A run's time to live, as given and in milliseconds.
@@ -393,6 +400,7 @@ impl Run {
             started_at: None,
             finished_at: None,
             trace: None,
+            journal: None,
         }
     }
 
