@@ -24,21 +24,6 @@ impl Batch {
             .push(Op::Delete(key(PENDING, run.as_str().as_bytes())));
         self
     }
-
-    /// Adds every write of `other` to this batch.
-    pub fn append(&mut self, other: Batch) -> &mut Self {
-        if let Some((run, at)) = other.journal_put {
-            self.journal_put = Some((run, self.ops.len() + at));
-        }
-        self.ops.extend(other.ops);
-        self.runs.extend(other.runs);
-        self.streams.extend(other.streams);
-        self.finished.extend(other.finished);
-        if self.error.is_none() {
-            self.error = other.error;
-        }
-        self
-    }
 }
 
 impl Store {

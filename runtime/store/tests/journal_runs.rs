@@ -139,9 +139,14 @@ fn run_record(id: &RunId, status: kiln_types::RunStatus) -> kiln_types::Run {
     }
 }
 
-fn journal_keys(backend: &MemoryBackend, run: &RunId) -> usize {
+/// A run's journal keys and their values.
+fn journal_rows(backend: &MemoryBackend, run: &RunId) -> Vec<(Vec<u8>, Vec<u8>)> {
     let prefix = format!("journal/{}/", run.as_str());
-    backend.scan_prefix(prefix.as_bytes()).expect("scans").len()
+    backend.scan_prefix(prefix.as_bytes()).expect("scans")
+}
+
+fn journal_keys(backend: &MemoryBackend, run: &RunId) -> usize {
+    journal_rows(backend, run).len()
 }
 
 #[tokio::test]
@@ -169,9 +174,7 @@ async fn the_commit_that_finishes_a_run_keeps_its_entries_in_the_record() {
     let (read, bytes) = store.journal_sized(&run).expect("reads");
     let expected = [started(1), now(2), now(3), ended(4)];
     assert_eq!(as_json(&read), as_json(&expected));
-    let in_keys: u64 = backend
-        .scan_prefix(format!("journal/{}/", run.as_str()).as_bytes())
-        .unwrap()
+    let in_keys: u64 = journal_rows(&backend, &run)
         .iter()
         .map(|(_, v)| v.len() as u64)
         .sum();
