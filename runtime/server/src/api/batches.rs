@@ -7,7 +7,9 @@
 //! thousands of items never sits in memory whole. Each index makes at most
 //! one run: an index already stored is counted as deduplicated, which is
 //! what makes the SDK's re-sends of an unsealed stream safe. Runs are
-//! committed with their item entries in chunks and queued once durable.
+//! committed with their item entries in chunks, and queued as each chunk is
+//! handed to the store (they execute while it is made durable; the stream
+//! is answered once every chunk is).
 //! An item that makes no run (unknown task, invalid payload) is recorded
 //! with its index and reason. Once every index is processed the batch is
 //! sealed: `COMPLETED`, or `PARTIAL_FAILED` if any item failed.

@@ -288,12 +288,21 @@ impl Executor {
             batch.put_pending(&run.id, trigger);
         }
         // The commit is visible to the next reader at once; only its
-        // durability is awaited, with the locks released.
+        // durability is awaited, with the locks released. The run is queued
+        // as soon as the commit is handed over, so that it executes while
+        // the commit is made durable: whatever its slice commits (its
+        // claim, its end) is durable only after the run's admission is,
+        // since the store makes commits durable in the order they were
+        // handed over, and its guest makes no effect outside its sandbox
+        // before then (a fetch waits for what came before it to be
+        // durable). A crash before the admission is durable loses the run
+        // with all it did, and its trigger was never answered. The trigger
+        // is answered once the admission is durable, as before.
         let durable = self.shared.store.commit(batch);
         drop(_serial);
         drop(_request);
-        durable.await?;
         self.admit(&run);
+        durable.await?;
         Ok((run.id, None))
     }
 
