@@ -269,14 +269,15 @@ impl JournalSink for AttemptSink {
                 },
             };
             writer.append_to(&mut commit, JournalEntry::HostCall(call));
-            shared
-                .store
-                .commit(commit)
-                .await
-                .map_err(|e| e.to_string())?;
+            // The children are queued as soon as the commit is handed over,
+            // as a backend's trigger queues its run (see `admit_new`): they
+            // execute while it is made durable, and the parent has its
+            // answer once it is.
+            let durable = shared.store.commit(commit);
             for run in &fresh {
                 executor.admit(run);
             }
+            durable.await.map_err(|e| e.to_string())?;
             Ok(Spawned {
                 batch: batch_id.map(|b| b.to_string()),
                 runs: ids,
