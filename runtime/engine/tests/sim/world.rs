@@ -20,7 +20,6 @@ const MAX_TICKS: usize = 100_000;
 #[derive(Debug, Clone)]
 enum Effect {
     Engine(Box<Command>),
-    Admit(RunId),
     Backend(u64, TokenId),
     /// A timer stored: the timer service holds it from now on.
     Timer(Timestamp, RunId, u64),
@@ -103,7 +102,9 @@ impl World {
             world.roots.push(script);
             let run = world.new_run(&format!("root-{i}"), None, None);
             world.store.commit(vec![Command::PutRun(run.clone())]);
-            world.effects.push(Effect::Admit(run.id));
+            // As the server does: a triggered run is queued as soon as its
+            // admission is committed, and executes while it is synced.
+            world.ready.push((0, run.id));
         }
         world.sync();
         world
@@ -253,10 +254,6 @@ impl World {
         self.backend_in_flight.clear();
         for effect in std::mem::take(&mut self.effects) {
             let command = match effect {
-                Effect::Admit(run) => {
-                    self.ready.push((0, run));
-                    continue;
-                }
                 Effect::Backend(at, token) => {
                     self.backend.push((at, token));
                     continue;
@@ -417,7 +414,8 @@ impl World {
                 for leaf in &children {
                     let child = self.new_run(&leaf.task(), Some(&run), batch_id.as_ref());
                     ids.push(child.id.clone());
-                    self.effects.push(Effect::Admit(child.id.clone()));
+                    // Queued at once, as a backend's trigger is (above).
+                    self.ready.push((0, child.id.clone()));
                     writes.push(Command::PutRun(child));
                 }
                 let call = match &batch_id {
