@@ -4,7 +4,7 @@
 
 use kiln_types::{HostCall, JournalEntry, RunId, Timestamp, TokenId, WaitOn, WaitRecord};
 
-/// A leaf task: a child run that waits on nothing but a timer.
+/// A leaf task: a child run that waits on nothing but a timer or a fetch.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Leaf {
     /// Completes at once.
@@ -13,6 +13,9 @@ pub enum Leaf {
     Sleepy(u64),
     /// Fails its first attempt, then completes.
     Flaky,
+    /// Sends a durable fetch, then completes: a run whose effect outside
+    /// its sandbox may come while its admission is not yet synced.
+    Fetching,
 }
 
 impl Leaf {
@@ -22,6 +25,7 @@ impl Leaf {
             Leaf::Quick => "leaf-quick".into(),
             Leaf::Sleepy(ms) => format!("leaf-sleepy-{ms}"),
             Leaf::Flaky => "leaf-flaky".into(),
+            Leaf::Fetching => "leaf-fetching".into(),
         }
     }
 }
@@ -61,6 +65,9 @@ pub fn script(task: &str, roots: &[Vec<Step>]) -> Vec<Step> {
     }
     if task == "leaf-flaky" {
         return vec![Step::Fail];
+    }
+    if task == "leaf-fetching" {
+        return vec![Step::Fetch];
     }
     Vec::new()
 }

@@ -57,8 +57,9 @@ pub struct World {
     backend_in_flight: Vec<(u64, TokenId)>,
     /// When the backend is to complete each token a guest made for it.
     planned: BTreeMap<TokenId, u64>,
-    /// Idempotency keys of every fetch sent, in order.
-    pub sends: Vec<String>,
+    /// Idempotency keys of every fetch sent, in order, each with the
+    /// number of crashes before it was sent.
+    pub sends: Vec<(String, u32)>,
     /// Crashes so far.
     pub crashes: u32,
     max_crashes: u32,
@@ -102,8 +103,9 @@ impl World {
             world.roots.push(script);
             let run = world.new_run(&format!("root-{i}"), None, None);
             world.store.commit(vec![Command::PutRun(run.clone())]);
-            // As the server does: a triggered run is queued as soon as its
-            // admission is committed, and executes while it is synced.
+            // The roots' triggers were answered: their admissions are
+            // synced below, before anything runs. (Children, below, are
+            // queued as soon as their admission is committed.)
             world.ready.push((0, run.id));
         }
         world.sync();
@@ -111,9 +113,10 @@ impl World {
     }
 
     fn random_leaf(&mut self) -> Leaf {
-        match self.rng.below(3) {
+        match self.rng.below(4) {
             0 => Leaf::Quick,
             1 => Leaf::Sleepy(self.rng.range(1, 40)),
+            2 => Leaf::Fetching,
             _ => Leaf::Flaky,
         }
     }
@@ -414,7 +417,9 @@ impl World {
                 for leaf in &children {
                     let child = self.new_run(&leaf.task(), Some(&run), batch_id.as_ref());
                     ids.push(child.id.clone());
-                    // Queued at once, as a backend's trigger is (above).
+                    // As the server does: queued as soon as its admission
+                    // is committed, so it may execute, fetch and end while
+                    // that commit is not yet synced.
                     self.ready.push((0, child.id.clone()));
                     writes.push(Command::PutRun(child));
                 }
@@ -474,7 +479,8 @@ impl World {
                 if durable < journal.len() {
                     return;
                 }
-                self.sends.push(format!("{id}-{attempt}-{wait}"));
+                self.sends
+                    .push((format!("{id}-{attempt}-{wait}"), self.crashes));
                 let value = WakeValue::Fetch {
                     response: Some(FetchResponse {
                         status: 200,

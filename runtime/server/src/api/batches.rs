@@ -492,9 +492,8 @@ async fn flush(
 }
 
 /// Commits what `flush` gathered, with the batch record, and queues the
-/// new runs; returns the commit, which resolves once it is durable. (A run
-/// queued before its record is durable is claimed in a later commit, which
-/// becomes durable after it.)
+/// new runs at once (see `Executor::commit_admitting`); returns the commit,
+/// which resolves once it is durable.
 fn commit_chunk(
     state: &AppState,
     record: &BatchRecord,
@@ -503,10 +502,8 @@ fn commit_chunk(
 ) -> kiln_store::Commit {
     let mut chunk = std::mem::take(batch);
     chunk.put_batch(record);
-    let durable = state.store.commit(chunk);
-    for run in runs.drain(..) {
-        state.executor.admit(&run);
-    }
+    let durable = state.executor.commit_admitting(chunk, runs);
+    runs.clear();
     durable
 }
 

@@ -6,6 +6,7 @@
 //! one lock so two triggers with one key cannot both make a run.
 
 use super::Executor;
+use futures_util::FutureExt;
 use kiln_store::{Batch, IdempotentRun};
 use kiln_types::{Run, RunId, Timestamp};
 use sha2::{Digest, Sha256};
@@ -287,23 +288,41 @@ impl Executor {
         if let Some(trigger) = pending_trigger {
             batch.put_pending(&run.id, trigger);
         }
-        // The commit is visible to the next reader at once; only its
-        // durability is awaited, with the locks released. The run is queued
-        // as soon as the commit is handed over, so that it executes while
-        // the commit is made durable: whatever its slice commits (its
-        // claim, its end) is durable only after the run's admission is,
-        // since the store makes commits durable in the order they were
-        // handed over, and its guest makes no effect outside its sandbox
-        // before then (a fetch waits for what came before it to be
-        // durable). A crash before the admission is durable loses the run
-        // with all it did, and its trigger was never answered. The trigger
-        // is answered once the admission is durable, as before.
-        let durable = self.shared.store.commit(batch);
+        // The commit is visible to the next reader at once, and the run
+        // queued (see `commit_admitting`); only its durability is awaited,
+        // with the locks released. The trigger is answered once it is.
+        let durable = self.commit_admitting(batch, std::slice::from_ref(&run));
         drop(_serial);
         drop(_request);
-        self.admit(&run);
         durable.await?;
         Ok((run.id, None))
+    }
+
+    /// Hands `batch`, which admits `runs`, to the store, and sets the runs
+    /// on their way at once (see [`Executor::admit`]): a queued run
+    /// executes while the commit is made durable. Whatever its slice
+    /// commits (its claim, its end) is durable only after its admission,
+    /// since the store makes commits durable in the order they were handed
+    /// over, and its guest makes no effect outside its sandbox before then
+    /// (a fetch waits for what came before it to be durable). A crash
+    /// before the admission is durable loses the run with all it did, and
+    /// whoever triggered it was never answered. A commit that fails at once
+    /// (its batch could not be encoded, the store is closed) made no run,
+    /// and sets none on its way. Returns the commit, which resolves once it
+    /// is durable: answer the trigger only then.
+    pub(crate) fn commit_admitting(&self, batch: Batch, runs: &[Run]) -> kiln_store::Commit {
+        let mut durable = self.shared.store.commit(batch);
+        let at_once = (&mut durable).now_or_never();
+        if let Some(Err(failed)) = at_once {
+            return Box::pin(std::future::ready(Err(failed)));
+        }
+        for run in runs {
+            self.admit(run);
+        }
+        match at_once {
+            Some(done) => Box::pin(std::future::ready(done)),
+            None => durable,
+        }
     }
 
     /// Forgets the idempotency key `hash` of `task` (Trigger.dev's

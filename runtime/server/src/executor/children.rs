@@ -269,15 +269,12 @@ impl JournalSink for AttemptSink {
                 },
             };
             writer.append_to(&mut commit, JournalEntry::HostCall(call));
-            // The children are queued as soon as the commit is handed over,
-            // as a backend's trigger queues its run (see `admit_new`): they
-            // execute while it is made durable, and the parent has its
-            // answer once it is.
-            let durable = shared.store.commit(commit);
-            for run in &fresh {
-                executor.admit(run);
-            }
-            durable.await.map_err(|e| e.to_string())?;
+            // The children execute while the commit is made durable (see
+            // `commit_admitting`); the parent has its answer once it is.
+            executor
+                .commit_admitting(commit, &fresh)
+                .await
+                .map_err(|e| e.to_string())?;
             Ok(Spawned {
                 batch: batch_id.map(|b| b.to_string()),
                 runs: ids,
