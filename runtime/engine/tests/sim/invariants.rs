@@ -1,7 +1,9 @@
 //! What must hold once a simulated world is quiet.
 
 use super::world::World;
-use kiln_types::{HostCall, JournalEntry, RunStatus, TokenStatus, WaitOn, WakeValue};
+use kiln_types::{
+    HostCall, JournalEntry, JournalRecord, RunId, RunStatus, TokenStatus, WaitOn, WakeValue,
+};
 use std::collections::{BTreeMap, BTreeSet};
 
 /// Checks every invariant; the first broken one is the error.
@@ -50,16 +52,13 @@ pub fn check(world: &World) -> Result<(), String> {
             }
         }
     }
-    let mut fetched: BTreeSet<String> = BTreeSet::new();
     let mut children: BTreeMap<_, usize> = BTreeMap::new();
     for (run, journal) in &state.journal {
-        let mut attempt = 0;
         let mut waits: BTreeMap<u64, WaitOn> = BTreeMap::new();
         let mut woken: BTreeSet<u64> = BTreeSet::new();
         for record in journal {
             match &record.entry {
-                JournalEntry::AttemptStarted { attempt: a, .. } => {
-                    attempt = *a;
+                JournalEntry::AttemptStarted { .. } => {
                     waits.clear();
                     woken.clear();
                 }
@@ -101,9 +100,6 @@ pub fn check(world: &World) -> Result<(), String> {
                     if early {
                         return Err(format!("run {run}: wait {id} woke before it was due"));
                     }
-                    if matches!(on, WaitOn::Fetch { .. }) {
-                        fetched.insert(format!("{run}-{attempt}-{id}"));
-                    }
                 }
                 _ => {}
             }
@@ -123,10 +119,15 @@ pub fn check(world: &World) -> Result<(), String> {
         }
     }
     // Each fetch is sent with a key that names its journal position, and
-    // each position that was sent has its response journaled once, unless
-    // its run was canceled after a crash lost the response (a canceled run
-    // sends nothing again).
-    for (key, _) in &world.sends {
+    // each position that was sent has its response journaled, unless its
+    // run was canceled after a crash that came after the send (a canceled
+    // run sends nothing again). A fetch is sent again only after a crash
+    // that lost its response.
+    let fetched = fetched_in(&state.journal);
+    let fetched_at_crash: Vec<BTreeSet<String>> =
+        world.journals_at_crash.iter().map(fetched_in).collect();
+    let mut last_sent: BTreeMap<&String, u32> = BTreeMap::new();
+    for (key, crashes) in &world.sends {
         let canceled = || {
             let run = key.split('-').next().unwrap_or_default();
             world
@@ -136,21 +137,23 @@ pub fn check(world: &World) -> Result<(), String> {
                 .values()
                 .any(|r| r.id.to_string() == run && r.status == RunStatus::Canceled)
         };
-        if !fetched.contains(key) && !canceled() {
+        let answered = fetched.contains(key) || (world.crashes > *crashes && canceled());
+        if !answered {
             return Err(format!(
                 "a fetch was sent with key {key}, which no journal holds"
             ));
         }
-    }
-    // A fetch is sent again only after a crash lost its response: never
-    // twice between two crashes.
-    let mut sent: BTreeSet<&(String, u32)> = BTreeSet::new();
-    for send in &world.sends {
-        if !sent.insert(send) {
-            return Err(format!(
-                "the fetch with key {} was sent twice after crash {}",
-                send.0, send.1
-            ));
+        if let Some(before) = last_sent.insert(key, *crashes) {
+            let lost = before < *crashes
+                && fetched_at_crash
+                    .get(*crashes as usize - 1)
+                    .is_some_and(|kept| !kept.contains(key));
+            if !lost {
+                return Err(format!(
+                    "the fetch with key {key} was sent again after crash {crashes}, \
+                     which did not lose its response"
+                ));
+            }
         }
     }
     Ok(())
@@ -185,4 +188,33 @@ fn check_wake(world: &World, on: &WaitOn, value: &WakeValue) -> Result<(), Strin
         }
         _ => Err(format!("a wake {value:?} does not fit its wait {on:?}")),
     }
+}
+
+/// The keys (`{run}-{attempt}-{wait}`) of the fetches whose responses
+/// `journals` hold.
+fn fetched_in(journals: &BTreeMap<RunId, Vec<JournalRecord>>) -> BTreeSet<String> {
+    let mut fetched = BTreeSet::new();
+    for (run, journal) in journals {
+        let mut attempt = 0;
+        let mut fetches: BTreeSet<u64> = BTreeSet::new();
+        for record in journal {
+            match &record.entry {
+                JournalEntry::AttemptStarted { attempt: a, .. } => {
+                    attempt = *a;
+                    fetches.clear();
+                }
+                JournalEntry::Waits { waits } => fetches.extend(
+                    waits
+                        .iter()
+                        .filter(|w| matches!(w.on, WaitOn::Fetch { .. }))
+                        .map(|w| w.id),
+                ),
+                JournalEntry::Wake { id, .. } if fetches.contains(id) => {
+                    fetched.insert(format!("{run}-{attempt}-{id}"));
+                }
+                _ => {}
+            }
+        }
+    }
+    fetched
 }
