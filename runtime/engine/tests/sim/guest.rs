@@ -13,8 +13,8 @@ pub enum Leaf {
     Sleepy(u64),
     /// Fails its first attempt, then completes.
     Flaky,
-    /// Sends a durable fetch, then completes: a run whose effect outside
-    /// its sandbox may come while its admission is not yet synced.
+    /// Sends a durable fetch, then completes: a run that reaches an effect
+    /// outside its sandbox while its admission may not yet be synced.
     Fetching,
 }
 

@@ -418,8 +418,9 @@ impl World {
                     let child = self.new_run(&leaf.task(), Some(&run), batch_id.as_ref());
                     ids.push(child.id.clone());
                     // As the server does: queued as soon as its admission
-                    // is committed, so it may execute, fetch and end while
-                    // that commit is not yet synced.
+                    // is committed, so it may execute and end, and reach a
+                    // fetch (which waits for it), while that commit is not
+                    // yet synced.
                     self.ready.push((0, child.id.clone()));
                     writes.push(Command::PutRun(child));
                 }

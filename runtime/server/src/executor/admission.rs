@@ -307,9 +307,9 @@ impl Executor {
     /// (a fetch waits for what came before it to be durable). A crash
     /// before the admission is durable loses the run with all it did, and
     /// whoever triggered it was never answered. A commit that fails at once
-    /// (its batch could not be encoded, the store is closed) made no run,
-    /// and sets none on its way. Returns the commit, which resolves once it
-    /// is durable: answer the trigger only then.
+    /// (its batch could not be encoded, the store is closed) sets no run on
+    /// its way. Returns the commit, which resolves once it is durable:
+    /// answer the trigger only then.
     pub(crate) fn commit_admitting(&self, batch: Batch, runs: &[Run]) -> kiln_store::Commit {
         let mut durable = self.shared.store.commit(batch);
         let at_once = (&mut durable).now_or_never();
