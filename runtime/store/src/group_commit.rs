@@ -2,7 +2,7 @@
 //! numbered and kept in memory ([`crate::sled_unapplied`]), visible to
 //! reads at once, and one committer thread gathers the commits made so far
 //! into a group, which is made durable (sled: a record in Kiln's
-//! write-ahead log and an `fdatasync`; PostgreSQL: one transaction) before its writers are acknowledged. This module holds the writers' side ([`Front`]), the
+//! write-ahead log, written synchronously; PostgreSQL: one transaction) before its writers are acknowledged. This module holds the writers' side ([`Front`]), the
 //! committer's gathering of a group ([`Gatherer`]) and what is done once a
 //! group is durable or failed; each backend holds how a group is written.
 

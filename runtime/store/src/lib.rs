@@ -5,8 +5,8 @@
 //!   atomic, durable commits. [`SledBackend`] (the default, on disk) keeps
 //!   each commit in memory, visible to reads at once; one committer
 //!   thread gathers every commit made since the last group into a group,
-//!   writes it as one record to Kiln's write-ahead log and `fdatasync`s
-//!   it, acknowledges each writer (group commit), and applies durable
+//!   writes it as one record to Kiln's write-ahead log, durably (a direct
+//!   synchronous write, or a buffered one and `fdatasync`), acknowledges each writer (group commit), and applies durable
 //!   groups to sled, which is made durable at checkpoints. [`PostgresBackend`] keeps
 //!   the same keys in PostgreSQL, a table for each keyspace, with the same
 //!   group commit (a group is one transaction). [`MemoryBackend`] keeps everything in

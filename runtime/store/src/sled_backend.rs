@@ -10,7 +10,7 @@
 //! - one committer thread makes groups durable: it gathers what every
 //!   commit made since the last group wrote, numbers it as the next group,
 //!   writes it as one record to Kiln's write-ahead log
-//!   ([`crate::sled_wal`]), `fdatasync`s it, and only then acknowledges
+//!   ([`crate::sled_wal`]), durably, and only then acknowledges
 //!   each writer (group commit). Commits made during a sync wait for the
 //!   next group, so under load a group holds everything committed during
 //!   the last sync. It hands each durable group to the tree's thread
@@ -343,7 +343,7 @@ impl Drop for SledBackend {
 /// The thread that makes commits durable: it gathers a group of them
 /// (everything committed since the last group, which under load is
 /// everything committed during the last sync), numbers it, writes it as
-/// one record to the write-ahead log, `fdatasync`s it, acknowledges its
+/// one record to the write-ahead log, durably, acknowledges its
 /// writers, and hands the durable group to the tree's thread
 /// ([`TreeWriter::run`]), which applies it to the tree.
 struct Committer {
@@ -525,7 +525,7 @@ impl Behind {
 impl Committer {
     /// Makes groups durable, in order, until the backend is closed: waits
     /// for a group, takes what its commits wrote (each key's newest value),
-    /// writes it as one record to the write-ahead log and `fdatasync`s it
+    /// writes it as one record to the write-ahead log, durably
     /// (after a checkpoint of the tree when the log is full), acknowledges
     /// its writers, and hands it to the tree's thread. Applying groups to
     /// the tree took the committer more than half of its time between two

@@ -6,12 +6,22 @@
 //! them all, then waits on `sync_file_range`) and an `fdatasync` of its
 //! data file. Measured under load, sled's I/O threads took a third of a
 //! run's CPU. So each group is instead written once to this log, a file
-//! `kiln-wal` in the store's directory, and made durable by one
-//! `fdatasync` of it; only then does sled get the group's writes, in
-//! memory and in its page cache. Kiln makes sled durable at a checkpoint:
-//! when the log is full (every [`CAPACITY`] bytes of groups), when the
-//! store is opened, and at a clean close.
+//! `kiln-wal` in the store's directory, and made durable by that one
+//! write; only then does sled get the group's writes, in memory and in
+//! its page cache. Kiln makes sled durable at a checkpoint: when the log
+//! is full (every [`CAPACITY`] bytes of groups), when the store is
+//! opened, and at a clean close.
 //!
+//! - **A record's write** goes past the page cache (`O_DIRECT |
+//!   O_DSYNC`) as the whole blocks it spans, and returns once they are on
+//!   the disk: the bytes of its first block before it (the records before
+//!   it, or the round's header) are written again with it, unchanged, and
+//!   the rest of its last block with zeroes. That is one write and a
+//!   flush of the disk's cache, where a buffered write and an `fdatasync`
+//!   first write the dirty page back (`docs/BENCHMARKS.md` has the
+//!   numbers). Where the filesystem refuses direct writes (at
+//!   open, or at the first write), records are written to the page cache
+//!   and the log `fdatasync`ed.
 //! - **A record** is a group: a magic number, the payload's length, an
 //!   XXH3 checksum of the group number and payload seeded with the round's
 //!   salt, the group number, and the payload (each key's newest value or
@@ -48,8 +58,9 @@
 //!   at its beginning with that record, overwriting records the tree now
 //!   holds. A clean close checkpoints and clears the start of the file, so
 //!   the next open has no round to apply.
-//! - **Growing the file** writes zeroes up to the next mebibyte, so that most
-//!   `fdatasync`s of the log write data only, not the file's size.
+//! - **Growing the file** writes zeroes up to the next mebibyte (synced
+//!   at once when records are written direct), so that most records'
+//!   writes write data only, neither the file's size nor new blocks.
 
 use crate::sled_unapplied::ToApply;
 use crate::{Result, StoreError};
@@ -334,13 +345,110 @@ pub(crate) struct Wal {
     salt: u64,
     /// How far the file is filled (records, then zeroes).
     filled: u64,
+    /// Records written past the page cache, where the filesystem allows it.
+    direct: Option<Direct>,
+}
+
+/// How the log writes its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Writes {
+    /// Past the page cache where the filesystem allows it (else buffered).
+    Direct,
+    /// Into the page cache, then `fdatasync` (what a filesystem that
+    /// refuses direct writes gets; tests ask for it to cover that path).
+    #[cfg(test)]
+    Buffered,
+}
+
+/// The block size direct writes are aligned to, in the file and in memory
+/// (a multiple of every common logical block size).
+const BLOCK: u64 = 4096;
+
+/// Largest write buffer the log keeps between records.
+const KEPT_BUFFER: usize = 1 << 20;
+
+/// The log's file opened with `O_DIRECT | O_DSYNC`: a record is written as
+/// the whole blocks it spans, straight to the disk, and the write returns
+/// once it is durable. A buffered write and an `fdatasync` cost more: the
+/// sync writes the dirty page back first, then flushes.
+struct Direct {
+    file: File,
+    /// Bytes of the file from the start of the block that holds the next
+    /// record up to it: what the next write must write again in front of it.
+    tail: Vec<u8>,
+    /// Memory for a write, a block larger than the largest so far, so that
+    /// an aligned part of it can be used.
+    buffer: Vec<u8>,
+}
+
+impl Direct {
+    /// The log's file at `path` opened for direct, synchronous writes
+    /// (`None` where the filesystem refuses them, as tmpfs may).
+    fn open(path: &Path) -> Option<Direct> {
+        #[cfg(target_os = "linux")]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            let file = std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
+                .open(path)
+                .ok()?;
+            Some(Direct {
+                file,
+                tail: Vec::new(),
+                buffer: Vec::new(),
+            })
+        }
+        #[cfg(not(target_os = "linux"))]
+        {
+            let _ = path;
+            None
+        }
+    }
+
+    /// Writes `record` at `at` (where the last write ended, whose block's
+    /// bytes before `at` are `self.tail`), as whole aligned blocks, and
+    /// returns once it is durable.
+    fn write(&mut self, record: &[u8], at: u64) -> std::io::Result<()> {
+        let start = at - at % BLOCK;
+        let prefix = self.tail.len();
+        debug_assert_eq!(start + prefix as u64, at);
+        let len = prefix + record.len();
+        let padded = len.div_ceil(BLOCK as usize) * BLOCK as usize;
+        if self.buffer.len() < padded + BLOCK as usize {
+            self.buffer = vec![0; padded + BLOCK as usize];
+        }
+        let offset = self.buffer.as_ptr().align_offset(BLOCK as usize);
+        let Some(blocks) = self.buffer.get_mut(offset..offset + padded) else {
+            return Err(std::io::Error::other("no aligned buffer"));
+        };
+        blocks[..prefix].copy_from_slice(&self.tail);
+        blocks[prefix..len].copy_from_slice(record);
+        // What follows in the last block is read as the end of the log.
+        blocks[len..].fill(0);
+        self.file.write_all_at(blocks, start)?;
+        let end = at + record.len() as u64;
+        let last = (end - end % BLOCK - start) as usize;
+        self.tail.clear();
+        self.tail.extend_from_slice(&blocks[last..len]);
+        if self.buffer.len() > KEPT_BUFFER {
+            self.buffer = Vec::new();
+        }
+        Ok(())
+    }
 }
 
 impl Wal {
     /// Opens (or creates) the log in `dir` and begins a round whose first
-    /// group will be `first`. Only call this once the tree holds, durably,
-    /// every group the log holds: the round overwrites them.
+    /// group will be `first`, writing records past the page cache where
+    /// the filesystem allows it. Only call this once the tree holds,
+    /// durably, every group the log holds: the round overwrites them.
     pub(crate) fn open(dir: &Path, first: u64) -> Result<Wal> {
+        Wal::open_writing(dir, first, Writes::Direct)
+    }
+
+    /// [`Wal::open`], writing records as `writes` says.
+    pub(crate) fn open_writing(dir: &Path, first: u64, writes: Writes) -> Result<Wal> {
         let path = dir.join(FILE);
         let existed = path.exists();
         let file = std::fs::OpenOptions::new()
@@ -359,17 +467,50 @@ impl Wal {
             .metadata()
             .map_err(|e| io_error("reading", &path, e))?
             .len();
-        let salt = new_salt();
-        file.write_all_at(&round_header(salt, first), 0)
-            .and_then(|()| file.sync_data())
-            .map_err(|e| io_error("beginning a round of", &path, e))?;
-        Ok(Wal {
+        let direct = match writes {
+            Writes::Direct => Direct::open(&path),
+            #[cfg(test)]
+            Writes::Buffered => None,
+        };
+        let mut wal = Wal {
             file,
             path,
             at: ROUND as u64,
-            salt,
+            salt: 0,
             filled: filled.max(ROUND as u64),
-        })
+            direct,
+        };
+        wal.begin_round(first)?;
+        Ok(wal)
+    }
+
+    /// How this log writes its records now.
+    #[cfg(test)]
+    fn writes(&self) -> Writes {
+        if self.direct.is_some() {
+            Writes::Direct
+        } else {
+            Writes::Buffered
+        }
+    }
+
+    /// Begins a round, with a new salt, whose first group will be `first`:
+    /// its header is durable at the start of the file before any record of
+    /// it is written over the last round's, so a record never sits under
+    /// another round's header.
+    fn begin_round(&mut self, first: u64) -> Result<()> {
+        self.salt = new_salt();
+        let header = round_header(self.salt, first);
+        self.file
+            .write_all_at(&header, 0)
+            .and_then(|()| self.file.sync_data())
+            .map_err(|e| io_error("beginning a round of", &self.path, e))?;
+        self.at = ROUND as u64;
+        if let Some(direct) = &mut self.direct {
+            direct.tail.clear();
+            direct.tail.extend_from_slice(&header);
+        }
+        Ok(())
     }
 
     /// Writes `record`, group `number`, and makes it durable. If the log is
@@ -385,27 +526,55 @@ impl Wal {
         let len = record.len() as u64;
         if self.at > ROUND as u64 && self.at + len > CAPACITY {
             checkpoint()?;
-            self.salt = new_salt();
-            // The header is durable before any record of the round is
-            // written over the last round's: a record never sits under
-            // another round's header.
-            self.file
-                .write_all_at(&round_header(self.salt, number), 0)
-                .and_then(|()| self.file.sync_data())
-                .map_err(|e| io_error("beginning a round of", &self.path, e))?;
-            self.at = ROUND as u64;
+            self.begin_round(number)?;
         }
         seal(record, self.salt);
         let end = self.at + len;
-        if end > self.filled {
+        // A direct write covers whole blocks.
+        let covered = if self.direct.is_some() {
+            end.div_ceil(BLOCK) * BLOCK
+        } else {
+            end
+        };
+        if covered > self.filled {
             // Zeroes ahead, so the next records' syncs need not change the
-            // file's size.
-            let to = end.div_ceil(GROW) * GROW;
-            let zeroes = vec![0; (to - end) as usize];
+            // file's size nor allocate its blocks. A direct write's blocks
+            // are zeroed and synced before it, so it only writes data.
+            let to = covered.div_ceil(GROW) * GROW;
+            let from = if self.direct.is_some() {
+                self.filled
+            } else {
+                end
+            };
+            let zeroes = vec![0; (to - from) as usize];
             self.file
-                .write_all_at(&zeroes, end)
+                .write_all_at(&zeroes, from)
+                .and_then(|()| match self.direct {
+                    Some(_) => self.file.sync_data(),
+                    None => Ok(()),
+                })
                 .map_err(|e| io_error("growing", &self.path, e))?;
             self.filled = to;
+        }
+        if let Some(direct) = &mut self.direct {
+            match direct.write(record, self.at) {
+                Ok(()) => {
+                    self.at = end;
+                    return Ok(());
+                }
+                // The filesystem took the file open for direct writes but
+                // refuses them: buffered from now on.
+                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                    tracing::warn!(
+                        path = %self.path.display(),
+                        error = %e,
+                        "the write-ahead log's filesystem refuses direct writes; \
+                         writing it through the page cache"
+                    );
+                    self.direct = None;
+                }
+                Err(e) => return Err(io_error("writing", &self.path, e)),
+            }
         }
         self.file
             .write_all_at(record, self.at)
@@ -423,6 +592,12 @@ impl Wal {
             .write_all_at(&[0; ROUND], 0)
             .and_then(|()| self.file.sync_data())
             .map_err(|e| io_error("clearing", &self.path, e))?;
+        if let Some(direct) = &mut self.direct {
+            // The next direct write of the first block writes it cleared.
+            if self.at < BLOCK {
+                direct.tail[..ROUND].fill(0);
+            }
+        }
         Ok(())
     }
 
@@ -443,7 +618,7 @@ impl std::fmt::Debug for Wal {
 mod tests {
     use super::*;
 
-    fn writes(items: &[(&str, Option<&str>)]) -> Vec<ToApply> {
+    fn writes_of(items: &[(&str, Option<&str>)]) -> Vec<ToApply> {
         items
             .iter()
             .map(|(k, v)| {
@@ -457,8 +632,8 @@ mod tests {
 
     #[test]
     fn records_round_trip_and_the_first_bad_one_ends_the_log() {
-        let a = writes(&[("a", Some("1")), ("b", None)]);
-        let b = writes(&[("c", Some("")), ("d", Some("4"))]);
+        let a = writes_of(&[("a", Some("1")), ("b", None)]);
+        let b = writes_of(&[("c", Some("")), ("d", Some("4"))]);
         let sealed = |number, writes: &[ToApply], salt| {
             let mut record = encode(number, writes);
             seal(&mut record, salt);
@@ -511,8 +686,79 @@ mod tests {
 
     #[test]
     fn rounds_begin_after_checkpoints_and_damage_is_refused() {
+        for writes in [Writes::Direct, Writes::Buffered] {
+            rounds_begin_after_checkpoints_and_damage_is_refused_writing(writes);
+        }
+    }
+
+    /// Records of every size, across block boundaries, read back whole
+    /// however the log writes them, in a round and the next.
+    #[test]
+    fn records_of_any_size_read_back_written_either_way() {
+        for writes in [Writes::Direct, Writes::Buffered] {
+            let dir = tempfile::tempdir().unwrap();
+            let mut wal = Wal::open_writing(dir.path(), 1, writes).unwrap();
+            let mut expected = Vec::new();
+            let mut size = 1usize;
+            for number in 1..=200u64 {
+                // Sizes from a byte to several blocks, never twice the same.
+                size = (size * 7 + 13) % 9_000;
+                let value = vec![number as u8; size];
+                let group = vec![(format!("k{number}").into_bytes(), Some(Arc::new(value)))];
+                wal.append(number, &mut encode(number, &group), || Ok(()))
+                    .unwrap();
+                expected.push(group);
+                if number % 50 == 0 {
+                    let groups = round(dir.path(), 0).unwrap();
+                    let read: Vec<_> = groups.into_iter().map(|g| g.writes).collect();
+                    assert_eq!(read, expected, "{writes:?}, after group {number}");
+                }
+            }
+            if writes == Writes::Direct && Direct::open(&dir.path().join(FILE)).is_some() {
+                assert_eq!(
+                    wal.writes(),
+                    Writes::Direct,
+                    "the filesystem took the file open for direct writes and wrote them"
+                );
+            }
+            // A new round, begun where the last one's records are, reads
+            // only its own.
+            wal.begin_round(201).unwrap();
+            let group = writes_of(&[("after", Some("the round"))]);
+            wal.append(201, &mut encode(201, &group), || Ok(()))
+                .unwrap();
+            let groups = round(dir.path(), 200).unwrap();
+            assert_eq!(
+                groups,
+                [Group {
+                    number: 201,
+                    writes: group
+                }],
+                "{writes:?}"
+            );
+            // Cleared, nothing is read; a closed and reopened log begins again.
+            wal.clear().unwrap();
+            assert!(round(dir.path(), 0).unwrap().is_empty(), "{writes:?}");
+            drop(wal);
+            let mut wal = Wal::open_writing(dir.path(), 202, writes).unwrap();
+            let group = writes_of(&[("reopened", None)]);
+            wal.append(202, &mut encode(202, &group), || Ok(()))
+                .unwrap();
+            let groups = round(dir.path(), 201).unwrap();
+            assert_eq!(
+                groups,
+                [Group {
+                    number: 202,
+                    writes: group
+                }],
+                "{writes:?}"
+            );
+        }
+    }
+
+    fn rounds_begin_after_checkpoints_and_damage_is_refused_writing(writes: Writes) {
         let dir = tempfile::tempdir().unwrap();
-        let mut wal = Wal::open(dir.path(), 1).unwrap();
+        let mut wal = Wal::open_writing(dir.path(), 1, writes).unwrap();
         let numbers = |applied| -> Vec<u64> {
             round(dir.path(), applied)
                 .unwrap()
@@ -522,7 +768,7 @@ mod tests {
         };
         // A round begun and empty.
         assert!(numbers(0).is_empty());
-        let big = writes(&[("k", Some(&"x".repeat((CAPACITY / 3) as usize - 100)))]);
+        let big = writes_of(&[("k", Some(&"x".repeat((CAPACITY / 3) as usize - 100)))]);
         let mut checkpoints = 0;
         for number in 1..=3 {
             wal.append(number, &mut encode(number, &big), || {

@@ -1,6 +1,6 @@
 //! What the store tells an operator's Prometheus (the server serves it at
 //! `GET /metrics`): how long commits take to become durable, how many
-//! `fdatasync`s the committer made and how long each took, and how many
+//! syncs the committer made and how long each took, and how many
 //! commits each one covered.
 
 use prometheus::{Histogram, HistogramOpts, IntCounter, exponential_buckets};
@@ -11,7 +11,7 @@ pub(crate) struct StoreMetrics {
     /// From `commit` to durable, seconds.
     pub(crate) commit_seconds: Histogram,
     /// Making one group durable, seconds (sled: writing its record to the
-    /// write-ahead log and `fdatasync`ing it, with a checkpoint when the log
+    /// write-ahead log synchronously, with a checkpoint when the log
     /// is full).
     pub(crate) sync_seconds: Histogram,
     /// Commits acknowledged by one sync.
@@ -43,17 +43,20 @@ static METRICS: LazyLock<StoreMetrics> = LazyLock::new(|| {
         ),
         sync_seconds: histogram(
             "kiln_store_sync_seconds",
-            "Time making one group durable took (sled: its log record and fdatasync)",
+            "Time making one group durable took (sled: its log record's synchronous write)",
             seconds,
         ),
         group_commits: histogram(
             "kiln_store_group_commits",
-            "Commits one fdatasync made durable",
+            "Commits one sync made durable",
             exponential_buckets(1.0, 2.0, 10).unwrap_or_default(),
         ),
         syncs: registered(
-            IntCounter::new("kiln_store_syncs_total", "fdatasyncs the store made")
-                .unwrap_or_else(|e| panic!("metric kiln_store_syncs_total: {e}")),
+            IntCounter::new(
+                "kiln_store_syncs_total",
+                "Syncs the store made (sled: records written to its log)",
+            )
+            .unwrap_or_else(|e| panic!("metric kiln_store_syncs_total: {e}")),
         ),
     }
 });

@@ -159,7 +159,8 @@ pub async fn engine_bench() {
             cpu_ms as f64 / counted.max(1) as f64,
         );
         // Where the throughput phase's time went: the store's syncs (how
-        // many a run, how many commits each made durable, and how much of
+        // many a run, how many commits each made durable, how long one
+        // took, and how much of
         // the committer's wall time they took) and each kind of thread's
         // CPU a run.
         let metrics = store_metrics(&url).await.since(&metrics_before);
@@ -167,9 +168,10 @@ pub async fn engine_bench() {
         // stopped too: the metrics and threads' CPU cover them all.
         let runs_done = took.len().max(1) as f64;
         println!(
-            "engine, {name}: {:.2} syncs a run, {:.1} commits a sync, syncs {:.0} % of the committer's wall time",
+            "engine, {name}: {:.2} syncs a run, {:.1} commits a sync, {:.0} µs a sync on average, syncs {:.0} % of the committer's wall time",
             metrics.syncs / runs_done,
             metrics.commits / metrics.syncs.max(1.0),
+            1e6 * metrics.sync_seconds / metrics.syncs.max(1.0),
             100.0 * metrics.sync_seconds / elapsed.as_secs_f64(),
         );
         let mut times: Vec<Duration> = took.iter().map(|t| t.took).collect();
