@@ -1,6 +1,6 @@
 //! What must hold once a simulated world is quiet.
 
-use super::world::World;
+use super::world::{Sent, World};
 use kiln_types::{
     HostCall, JournalEntry, JournalRecord, RunId, RunStatus, TokenStatus, WaitOn, WakeValue,
 };
@@ -127,15 +127,14 @@ pub fn check(world: &World) -> Result<(), String> {
     let fetched_at_crash: Vec<BTreeSet<String>> =
         world.journals_at_crash.iter().map(fetched_in).collect();
     let mut last_sent: BTreeMap<&String, u32> = BTreeMap::new();
-    for (key, crashes) in &world.sends {
+    for Sent { run, key, crashes } in &world.sends {
         let canceled = || {
-            let run = key.split('-').next().unwrap_or_default();
             world
                 .store
                 .applied
                 .runs
-                .values()
-                .any(|r| r.id.to_string() == run && r.status == RunStatus::Canceled)
+                .get(run)
+                .is_some_and(|r| r.status == RunStatus::Canceled)
         };
         let answered = fetched.contains(key) || (world.crashes > *crashes && canceled());
         if !answered {

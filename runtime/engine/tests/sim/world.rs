@@ -37,6 +37,16 @@ fn make_id(prefix: &str, n: u64) -> String {
     format!("{prefix}{}", String::from_utf8_lossy(&body))
 }
 
+/// A fetch a run's guest sent.
+pub struct Sent {
+    /// The run that sent it.
+    pub run: RunId,
+    /// Its idempotency key, which names its journal position.
+    pub key: String,
+    /// Crashes before it was sent.
+    pub crashes: u32,
+}
+
 /// One simulated world.
 pub struct World {
     rng: Rng,
@@ -57,9 +67,8 @@ pub struct World {
     backend_in_flight: Vec<(u64, TokenId)>,
     /// When the backend is to complete each token a guest made for it.
     planned: BTreeMap<TokenId, u64>,
-    /// Idempotency keys of every fetch sent, in order, each with the
-    /// number of crashes before it was sent.
-    pub sends: Vec<(String, u32)>,
+    /// Every fetch sent, in order.
+    pub sends: Vec<Sent>,
     /// Crashes so far.
     pub crashes: u32,
     max_crashes: u32,
@@ -480,8 +489,11 @@ impl World {
                 if durable < journal.len() {
                     return;
                 }
-                self.sends
-                    .push((format!("{id}-{attempt}-{wait}"), self.crashes));
+                self.sends.push(Sent {
+                    run: id.clone(),
+                    key: format!("{id}-{attempt}-{wait}"),
+                    crashes: self.crashes,
+                });
                 let value = WakeValue::Fetch {
                     response: Some(FetchResponse {
                         status: 200,
