@@ -17,8 +17,9 @@
 //!   the disk: the bytes of its first block before it (the records before
 //!   it, or the round's header) are written again with it, unchanged, and
 //!   the rest of its last block with zeroes. That is one write and a
-//!   flush of the disk's cache, where a buffered write and an `fdatasync`
-//!   first write the dirty page back (`docs/BENCHMARKS.md` has the
+//!   flush of the disk's cache (or one write that bypasses it, where the
+//!   disk can), where a buffered write and an `fdatasync` first write the
+//!   dirty page back (`docs/BENCHMARKS.md` has the
 //!   numbers). Where the filesystem refuses direct writes (at
 //!   open, or at the first write), records are written to the page cache
 //!   and the log `fdatasync`ed.
@@ -371,6 +372,7 @@ const KEPT_BUFFER: usize = 1 << 20;
 /// the whole blocks it spans, straight to the disk, and the write returns
 /// once it is durable. A buffered write and an `fdatasync` cost more: the
 /// sync writes the dirty page back first, then flushes.
+#[cfg_attr(not(target_os = "linux"), allow(dead_code))]
 struct Direct {
     file: File,
     /// Bytes of the file from the start of the block that holds the next
@@ -379,6 +381,13 @@ struct Direct {
     /// Memory for a write, a block larger than the largest so far, so that
     /// an aligned part of it can be used.
     buffer: Vec<u8>,
+    /// Whether a direct write has succeeded: after one, a refused write is
+    /// an error, not a filesystem without direct writes.
+    wrote: bool,
+    /// Tests: the next write is refused as a filesystem without direct
+    /// writes refuses it.
+    #[cfg(test)]
+    refuse: bool,
 }
 
 impl Direct {
@@ -388,15 +397,29 @@ impl Direct {
         #[cfg(target_os = "linux")]
         {
             use std::os::unix::fs::OpenOptionsExt;
-            let file = std::fs::OpenOptions::new()
+            let opened = std::fs::OpenOptions::new()
                 .write(true)
                 .custom_flags(libc::O_DIRECT | libc::O_DSYNC)
-                .open(path)
-                .ok()?;
+                .open(path);
+            let file = match opened {
+                Ok(file) => file,
+                Err(error) => {
+                    tracing::info!(
+                        path = %path.display(),
+                        %error,
+                        "the write-ahead log cannot be opened for direct writes; \
+                         writing it through the page cache"
+                    );
+                    return None;
+                }
+            };
             Some(Direct {
                 file,
                 tail: Vec::new(),
                 buffer: Vec::new(),
+                wrote: false,
+                #[cfg(test)]
+                refuse: false,
             })
         }
         #[cfg(not(target_os = "linux"))]
@@ -412,13 +435,24 @@ impl Direct {
     fn write(&mut self, record: &[u8], at: u64) -> std::io::Result<()> {
         let start = at - at % BLOCK;
         let prefix = self.tail.len();
-        debug_assert_eq!(start + prefix as u64, at);
-        let len = prefix + record.len();
-        let padded = len.div_ceil(BLOCK as usize) * BLOCK as usize;
-        if self.buffer.len() < padded + BLOCK as usize {
-            self.buffer = vec![0; padded + BLOCK as usize];
+        if start + prefix as u64 != at {
+            // Writing would put wrong bytes in front of the record, over
+            // records already durable.
+            return Err(std::io::Error::other(format!(
+                "the log's last block holds {prefix} bytes before {at}"
+            )));
         }
-        let offset = self.buffer.as_ptr().align_offset(BLOCK as usize);
+        #[cfg(test)]
+        if std::mem::take(&mut self.refuse) {
+            return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+        }
+        let len = prefix + record.len();
+        let block = BLOCK as usize;
+        let padded = len.div_ceil(block) * block;
+        if self.buffer.len() < padded + block {
+            self.buffer = vec![0; padded + block];
+        }
+        let offset = (block - self.buffer.as_ptr() as usize % block) % block;
         let Some(blocks) = self.buffer.get_mut(offset..offset + padded) else {
             return Err(std::io::Error::other("no aligned buffer"));
         };
@@ -427,6 +461,7 @@ impl Direct {
         // What follows in the last block is read as the end of the log.
         blocks[len..].fill(0);
         self.file.write_all_at(blocks, start)?;
+        self.wrote = true;
         let end = at + record.len() as u64;
         let last = (end - end % BLOCK - start) as usize;
         self.tail.clear();
@@ -564,7 +599,7 @@ impl Wal {
                 }
                 // The filesystem took the file open for direct writes but
                 // refuses them: buffered from now on.
-                Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                Err(e) if !direct.wrote && e.raw_os_error() == Some(libc::EINVAL) => {
                     tracing::warn!(
                         path = %self.path.display(),
                         error = %e,
@@ -628,6 +663,81 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    /// A directory for a log under the build's `target/` (on disk, where
+    /// direct writes are taken, rather than a `/tmp` that may be tmpfs),
+    /// or the system's temporary directory without one.
+    fn test_dir() -> tempfile::TempDir {
+        let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+        tempfile::tempdir_in(&target)
+            .or_else(|_| tempfile::tempdir())
+            .unwrap()
+    }
+
+    /// Whether the filesystem of `dir` takes direct writes.
+    fn takes_direct(dir: &Path) -> bool {
+        std::fs::write(dir.join("probe"), [0; 8]).unwrap();
+        Direct::open(&dir.join("probe")).is_some()
+    }
+
+    /// A record whose write the filesystem refuses before any direct
+    /// write succeeded is written through the page cache, and so is every
+    /// record after it; once a direct write succeeded, a refused one is an
+    /// error (the committer stops), not a reason to change how it writes.
+    #[test]
+    fn a_refused_direct_write_falls_back_only_before_the_first() {
+        // A log opened for direct writes; where the filesystem refuses
+        // them at open, one whose "direct" writes go through the page
+        // cache, which is enough to follow what a refusal does.
+        let open = |dir: &Path| {
+            let mut wal = Wal::open(dir, 1).unwrap();
+            if wal.direct.is_none() {
+                let path = dir.join(FILE);
+                let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let tail = std::fs::read(&path).unwrap()[..ROUND].to_vec();
+                wal.direct = Some(Direct {
+                    file,
+                    tail,
+                    buffer: Vec::new(),
+                    wrote: false,
+                    refuse: false,
+                });
+            }
+            wal
+        };
+        let dir = test_dir();
+        let mut wal = open(dir.path());
+        assert_eq!(wal.writes(), Writes::Direct);
+        if let Some(direct) = &mut wal.direct {
+            direct.refuse = true;
+        }
+        let first = writes_of(&[("a", Some("1"))]);
+        wal.append(1, &mut encode(1, &first), || Ok(())).unwrap();
+        assert_eq!(wal.writes(), Writes::Buffered);
+        let second = writes_of(&[("b", Some("2"))]);
+        wal.append(2, &mut encode(2, &second), || Ok(())).unwrap();
+        let read: Vec<_> = round(dir.path(), 0)
+            .unwrap()
+            .into_iter()
+            .map(|g| g.writes)
+            .collect();
+        assert_eq!(read, [first.clone(), second]);
+
+        let dir = test_dir();
+        let mut wal = open(dir.path());
+        wal.append(1, &mut encode(1, &first), || Ok(())).unwrap();
+        if let Some(direct) = &mut wal.direct {
+            direct.refuse = true;
+        }
+        let refused = wal.append(2, &mut encode(2, &first), || Ok(()));
+        assert!(refused.is_err(), "{refused:?}");
+        assert_eq!(wal.writes(), Writes::Direct);
+        // The record it could not write is not in the log, and the next
+        // is written where it would have gone.
+        assert_eq!(round(dir.path(), 0).unwrap().len(), 1);
+        wal.append(2, &mut encode(2, &first), || Ok(())).unwrap();
+        assert_eq!(round(dir.path(), 0).unwrap().len(), 2);
     }
 
     #[test]
@@ -696,7 +806,7 @@ mod tests {
     #[test]
     fn records_of_any_size_read_back_written_either_way() {
         for writes in [Writes::Direct, Writes::Buffered] {
-            let dir = tempfile::tempdir().unwrap();
+            let dir = test_dir();
             let mut wal = Wal::open_writing(dir.path(), 1, writes).unwrap();
             let mut expected = Vec::new();
             let mut size = 1usize;
@@ -714,7 +824,27 @@ mod tests {
                     assert_eq!(read, expected, "{writes:?}, after group {number}");
                 }
             }
-            if writes == Writes::Direct && Direct::open(&dir.path().join(FILE)).is_some() {
+            // A record that ends on a block's edge, and one that begins on
+            // it (no bytes written again in front of it).
+            let room = BLOCK - wal.position() % BLOCK;
+            for number in [201, 202] {
+                // Magic, length, checksum, group, tag, two lengths, the key.
+                let overhead = (HEADER + 1 + 8 + 8 + 4) as u64;
+                let value = vec![7; (room + BLOCK - overhead) as usize];
+                let group = vec![(b"edge".to_vec(), Some(Arc::new(value)))];
+                wal.append(number, &mut encode(number, &group), || Ok(()))
+                    .unwrap();
+                let edge = if number == 201 { 0 } else { room % BLOCK };
+                assert_eq!(wal.position() % BLOCK, edge, "{writes:?}");
+                expected.push(group);
+            }
+            let read: Vec<_> = round(dir.path(), 0)
+                .unwrap()
+                .into_iter()
+                .map(|g| g.writes)
+                .collect();
+            assert_eq!(read, expected, "{writes:?}, records on a block's edge");
+            if writes == Writes::Direct && takes_direct(dir.path()) {
                 assert_eq!(
                     wal.writes(),
                     Writes::Direct,
@@ -723,15 +853,15 @@ mod tests {
             }
             // A new round, begun where the last one's records are, reads
             // only its own.
-            wal.begin_round(201).unwrap();
+            wal.begin_round(203).unwrap();
             let group = writes_of(&[("after", Some("the round"))]);
-            wal.append(201, &mut encode(201, &group), || Ok(()))
+            wal.append(203, &mut encode(203, &group), || Ok(()))
                 .unwrap();
-            let groups = round(dir.path(), 200).unwrap();
+            let groups = round(dir.path(), 202).unwrap();
             assert_eq!(
                 groups,
                 [Group {
-                    number: 201,
+                    number: 203,
                     writes: group
                 }],
                 "{writes:?}"
@@ -740,15 +870,15 @@ mod tests {
             wal.clear().unwrap();
             assert!(round(dir.path(), 0).unwrap().is_empty(), "{writes:?}");
             drop(wal);
-            let mut wal = Wal::open_writing(dir.path(), 202, writes).unwrap();
+            let mut wal = Wal::open_writing(dir.path(), 204, writes).unwrap();
             let group = writes_of(&[("reopened", None)]);
-            wal.append(202, &mut encode(202, &group), || Ok(()))
+            wal.append(204, &mut encode(204, &group), || Ok(()))
                 .unwrap();
-            let groups = round(dir.path(), 201).unwrap();
+            let groups = round(dir.path(), 203).unwrap();
             assert_eq!(
                 groups,
                 [Group {
-                    number: 202,
+                    number: 204,
                     writes: group
                 }],
                 "{writes:?}"
@@ -757,7 +887,7 @@ mod tests {
     }
 
     fn rounds_begin_after_checkpoints_and_damage_is_refused_writing(writes: Writes) {
-        let dir = tempfile::tempdir().unwrap();
+        let dir = test_dir();
         let mut wal = Wal::open_writing(dir.path(), 1, writes).unwrap();
         let numbers = |applied| -> Vec<u64> {
             round(dir.path(), applied)
