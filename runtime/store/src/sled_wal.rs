@@ -811,7 +811,7 @@ mod tests {
             let mut expected = Vec::new();
             let mut size = 1usize;
             for number in 1..=200u64 {
-                // Sizes from a byte to several blocks, never twice the same.
+                // Sizes from a few bytes to several blocks.
                 size = (size * 7 + 13) % 9_000;
                 let value = vec![number as u8; size];
                 let group = vec![(format!("k{number}").into_bytes(), Some(Arc::new(value)))];
