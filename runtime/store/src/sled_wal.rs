@@ -218,7 +218,10 @@ pub(crate) fn decode(bytes: &[u8], salt: u64) -> Vec<Group> {
             break;
         }
         let number = u64_at(body, 0);
-        if groups.last().is_some_and(|last| last.number + 1 != number) {
+        if groups
+            .last()
+            .is_some_and(|last| last.number.checked_add(1) != Some(number))
+        {
             break;
         }
         let Some(writes) = payload(&body[8..]) else {
@@ -298,7 +301,14 @@ pub(crate) fn round(dir: &Path, applied: u64) -> Result<Vec<Group>> {
         key: FILE.into(),
         reason,
     };
-    if first > applied + 1 {
+    if first == 0 {
+        return Err(corrupt(
+            "the write-ahead log's round begins at group 0, but groups are numbered from 1: \
+             its header is damaged"
+                .into(),
+        ));
+    }
+    if first > applied.saturating_add(1) {
         return Err(corrupt(format!(
             "the write-ahead log's round begins at group {first} but the store holds groups up \
              to {applied}: the groups between are lost"
@@ -792,6 +802,22 @@ mod tests {
         // A record of another round's salt, even numbered next, ends it.
         let salted = log_of(&[sealed(7, &a, 1), sealed(8, &b, 2)]);
         assert_eq!(decode(&salted, 1).len(), 1);
+        // Numbers at the end of their range end the log, not wrap.
+        let wrapped = log_of(&[sealed(u64::MAX, &a, 1), sealed(0, &b, 1)]);
+        assert_eq!(decode(&wrapped, 1).len(), 1);
+        // A round said to begin at group 0, which no group is, is refused
+        // rather than read (whatever the tree holds).
+        let dir = test_dir();
+        std::fs::write(dir.path().join(FILE), round_header(1, 0)).unwrap();
+        for applied in [0, u64::MAX] {
+            let refused = round(dir.path(), applied).unwrap_err();
+            assert!(refused.to_string().contains("damaged"), "{refused}");
+        }
+        // A tree that says it holds the last group there can be: the log
+        // does not give it back, so a record is damaged (not a wrapped sum).
+        std::fs::write(dir.path().join(FILE), round_header(1, 1)).unwrap();
+        let refused = round(dir.path(), u64::MAX).unwrap_err();
+        assert!(refused.to_string().contains("damaged"), "{refused}");
     }
 
     #[test]
