@@ -59,9 +59,9 @@
 //!   at its beginning with that record, overwriting records the tree now
 //!   holds. A clean close checkpoints and clears the start of the file, so
 //!   the next open has no round to apply.
-//! - **Growing the file** writes zeroes up to the next mebibyte (synced
-//!   at once when records are written direct), so that most records'
-//!   writes write data only, neither the file's size nor new blocks.
+//! - **Growing the file** writes zeroes up to the next mebibyte and syncs
+//!   them, so that records' writes write data only, neither the file's
+//!   size nor new blocks.
 
 use crate::sled_unapplied::ToApply;
 use crate::{Result, StoreError};
@@ -575,29 +575,17 @@ impl Wal {
         }
         seal(record, self.salt);
         let end = self.at + len;
-        // A direct write covers whole blocks.
-        let covered = if self.direct.is_some() {
-            end.div_ceil(BLOCK) * BLOCK
-        } else {
-            end
-        };
+        // The whole blocks a direct write covers.
+        let covered = end.div_ceil(BLOCK) * BLOCK;
         if covered > self.filled {
-            // Zeroes ahead, so the next records' syncs need not change the
-            // file's size nor allocate its blocks. A direct write's blocks
-            // are zeroed and synced before it, so it only writes data.
+            // Zeroes ahead, synced, so that the next records' writes need
+            // neither change the file's size nor allocate its blocks: they
+            // only write data.
             let to = covered.div_ceil(GROW) * GROW;
-            let from = if self.direct.is_some() {
-                self.filled
-            } else {
-                end
-            };
-            let zeroes = vec![0; (to - from) as usize];
+            let zeroes = vec![0; (to - self.filled) as usize];
             self.file
-                .write_all_at(&zeroes, from)
-                .and_then(|()| match self.direct {
-                    Some(_) => self.file.sync_data(),
-                    None => Ok(()),
-                })
+                .write_all_at(&zeroes, self.filled)
+                .and_then(|()| self.file.sync_data())
                 .map_err(|e| io_error("growing", &self.path, e))?;
             self.filled = to;
         }
@@ -685,6 +673,29 @@ mod tests {
             .unwrap()
     }
 
+    /// The writes of each group of the round the log in `dir` holds.
+    fn writes_in(dir: &Path) -> Vec<Vec<ToApply>> {
+        let groups = round(dir, 0).unwrap();
+        groups.into_iter().map(|g| g.writes).collect()
+    }
+
+    /// Appends `group` as group `number` to a log just begun (or reopened)
+    /// in `dir`, and checks that the round holds it alone.
+    fn append_alone(wal: &mut Wal, dir: &Path, number: u64, group: Vec<ToApply>) {
+        wal.append(number, &mut encode(number, &group), || Ok(()))
+            .unwrap();
+        let groups = round(dir, number - 1).unwrap();
+        assert_eq!(
+            groups,
+            [Group {
+                number,
+                writes: group
+            }],
+            "{:?}",
+            wal.writes()
+        );
+    }
+
     /// Whether the filesystem of `dir` takes direct writes.
     fn takes_direct(dir: &Path) -> bool {
         std::fs::write(dir.join("probe"), [0; 8]).unwrap();
@@ -727,12 +738,7 @@ mod tests {
         assert_eq!(wal.writes(), Writes::Buffered);
         let second = writes_of(&[("b", Some("2"))]);
         wal.append(2, &mut encode(2, &second), || Ok(())).unwrap();
-        let read: Vec<_> = round(dir.path(), 0)
-            .unwrap()
-            .into_iter()
-            .map(|g| g.writes)
-            .collect();
-        assert_eq!(read, [first.clone(), second]);
+        assert_eq!(writes_in(dir.path()), [first.clone(), second]);
 
         let dir = test_dir();
         let mut wal = open(dir.path());
@@ -845,8 +851,7 @@ mod tests {
                     .unwrap();
                 expected.push(group);
                 if number % 50 == 0 {
-                    let groups = round(dir.path(), 0).unwrap();
-                    let read: Vec<_> = groups.into_iter().map(|g| g.writes).collect();
+                    let read = writes_in(dir.path());
                     assert_eq!(read, expected, "{writes:?}, after group {number}");
                 }
             }
@@ -864,11 +869,7 @@ mod tests {
                 assert_eq!(wal.position() % BLOCK, edge, "{writes:?}");
                 expected.push(group);
             }
-            let read: Vec<_> = round(dir.path(), 0)
-                .unwrap()
-                .into_iter()
-                .map(|g| g.writes)
-                .collect();
+            let read = writes_in(dir.path());
             assert_eq!(read, expected, "{writes:?}, records on a block's edge");
             if writes == Writes::Direct && takes_direct(dir.path()) {
                 assert_eq!(
@@ -880,35 +881,18 @@ mod tests {
             // A new round, begun where the last one's records are, reads
             // only its own.
             wal.begin_round(203).unwrap();
-            let group = writes_of(&[("after", Some("the round"))]);
-            wal.append(203, &mut encode(203, &group), || Ok(()))
-                .unwrap();
-            let groups = round(dir.path(), 202).unwrap();
-            assert_eq!(
-                groups,
-                [Group {
-                    number: 203,
-                    writes: group
-                }],
-                "{writes:?}"
+            append_alone(
+                &mut wal,
+                dir.path(),
+                203,
+                writes_of(&[("after", Some("the round"))]),
             );
             // Cleared, nothing is read; a closed and reopened log begins again.
             wal.clear().unwrap();
             assert!(round(dir.path(), 0).unwrap().is_empty(), "{writes:?}");
             drop(wal);
             let mut wal = Wal::open_writing(dir.path(), 204, writes).unwrap();
-            let group = writes_of(&[("reopened", None)]);
-            wal.append(204, &mut encode(204, &group), || Ok(()))
-                .unwrap();
-            let groups = round(dir.path(), 203).unwrap();
-            assert_eq!(
-                groups,
-                [Group {
-                    number: 204,
-                    writes: group
-                }],
-                "{writes:?}"
-            );
+            append_alone(&mut wal, dir.path(), 204, writes_of(&[("reopened", None)]));
         }
     }
 
