@@ -21,7 +21,7 @@ use kiln_types::{
 };
 use std::sync::atomic::Ordering;
 use std::sync::{Mutex, MutexGuard, OnceLock, TryLockError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// Why an input could not be carried out.
 #[derive(Debug, thiserror::Error)]
@@ -122,39 +122,53 @@ impl View for StoreView<'_> {
 
 /// How long a step spins for the gate before it sleeps on it. A step
 /// holds the gate for microseconds (the engine's reads and decision, the
-/// batch's encoding, the hand-over to the store), and a thread that sleeps
-/// on it must be woken by the next to open it: under load on two cores that
-/// was most of the 8,400 wake-ups a second between the guests' two threads,
-/// each a switch of threads. Spinning first ran 1.04–1.08 times the
-/// `engine` group's `hello-world` runs a second at 1–12 % less CPU a run
-/// (30 µs of spin: 1.03–1.10 times), and made no measurable difference over
-/// HTTP (`docs/BENCHMARKS.md`).
-const GATE_SPIN: std::time::Duration = std::time::Duration::from_micros(10);
+/// batch's encoding, the hand-over to the store). The standard mutex spins
+/// only briefly, and not at all once a thread sleeps on it, and a thread
+/// that sleeps must be woken by the next to open it: sampled under load on
+/// two cores, opening the gate made about 4,700 of the 5,450 wake-ups a
+/// second between the guests' two threads. Spinning first ran 1.04–1.08
+/// times the `engine` group's `hello-world` runs a second, at less CPU a
+/// run in each of three rounds (30 µs of spin: 1.03–1.10 times, five
+/// rounds); over HTTP, where the bench's clients share the cores, 0.87–1.04
+/// times in seven rounds, 0.99 at the median (`docs/BENCHMARKS.md`).
+const GATE_SPIN: Duration = Duration::from_micros(10);
 
 /// Takes the gate: spins for it for up to [`GATE_SPIN`] first where
-/// another core may be opening it meanwhile, then sleeps on it. As the
-/// plain lock every step took before, it takes a poisoned gate all the
-/// same.
+/// another core may be opening it meanwhile (not on one core, where the
+/// holder cannot run while a step spins), then sleeps on it. As the plain
+/// lock every step took before, it takes a poisoned gate all the same.
 fn take_gate<T>(gate: &Mutex<T>) -> MutexGuard<'_, T> {
     static SEVERAL_CORES: OnceLock<bool> = OnceLock::new();
-    let spin = *SEVERAL_CORES
+    let several = *SEVERAL_CORES
         .get_or_init(|| std::thread::available_parallelism().is_ok_and(|cores| cores.get() > 1));
-    if spin {
-        let mut since = None;
-        loop {
-            match gate.try_lock() {
-                Ok(guard) => return guard,
-                Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
-                Err(TryLockError::WouldBlock) => {}
-            }
-            if since.get_or_insert_with(Instant::now).elapsed() >= GATE_SPIN {
-                break;
-            }
-            for _ in 0..16 {
-                std::hint::spin_loop();
-            }
+    let spin = if several { GATE_SPIN } else { Duration::ZERO };
+    take_gate_within(gate, spin, || {})
+}
+
+/// [`take_gate`] spinning for up to `spin`; `sleeping` is called when it
+/// gives up spinning and sleeps on the gate. Each try is a
+/// compare-and-swap on the gate's word, so tries are spaced by a few
+/// pause instructions rather than back to back.
+fn take_gate_within<T>(
+    gate: &Mutex<T>,
+    spin: Duration,
+    sleeping: impl FnOnce(),
+) -> MutexGuard<'_, T> {
+    let mut since = None;
+    loop {
+        match gate.try_lock() {
+            Ok(guard) => return guard,
+            Err(TryLockError::Poisoned(poisoned)) => return poisoned.into_inner(),
+            Err(TryLockError::WouldBlock) => {}
+        }
+        if since.get_or_insert_with(Instant::now).elapsed() >= spin {
+            break;
+        }
+        for _ in 0..16 {
+            std::hint::spin_loop();
         }
     }
+    sleeping();
     gate.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
@@ -385,24 +399,23 @@ pub(crate) async fn deliveries(
 
 #[cfg(test)]
 mod tests {
-    use super::take_gate;
+    use super::{take_gate, take_gate_within};
+    use std::sync::mpsc;
     use std::sync::{Arc, Mutex};
     use std::time::Duration;
 
+    /// How long a test waits for the other thread before it fails.
+    const DEADLINE: Duration = Duration::from_secs(30);
+
     #[test]
-    fn the_gate_is_taken_by_one_step_at_a_time() {
-        let gate = Arc::new(Mutex::new((0u64, false)));
+    fn steps_from_several_threads_each_take_the_gate() {
+        let gate = Arc::new(Mutex::new(0u64));
         let threads: Vec<_> = (0..4)
             .map(|_| {
                 let gate = gate.clone();
                 std::thread::spawn(move || {
                     for _ in 0..2_000 {
-                        let mut held = take_gate(&gate);
-                        assert!(!held.1, "two steps held the gate at once");
-                        held.1 = true;
-                        held.0 += 1;
-                        std::hint::spin_loop();
-                        held.1 = false;
+                        *take_gate(&gate) += 1;
                     }
                 })
             })
@@ -410,27 +423,51 @@ mod tests {
         for thread in threads {
             thread.join().unwrap();
         }
-        assert_eq!(take_gate(&gate).0, 8_000);
+        assert_eq!(*take_gate(&gate), 8_000);
     }
 
-    #[test]
-    fn a_step_waits_past_the_spin_for_a_gate_held_longer() {
+    /// Takes the gate while another thread holds it until the taker says
+    /// it sleeps on it; returns what the holder left in the gate.
+    fn taken_after_the_spin(spin: Duration) -> u32 {
         let gate = Arc::new(Mutex::new(0u32));
-        let (held_tx, held_rx) = std::sync::mpsc::channel();
+        let (held_tx, held_rx) = mpsc::channel();
+        let (sleeping_tx, sleeping_rx) = mpsc::channel::<()>();
         let holder = {
             let gate = gate.clone();
             std::thread::spawn(move || {
-                let mut held = take_gate(&gate);
+                let mut held = gate.lock().unwrap();
                 held_tx.send(()).unwrap();
-                // Far longer than the spin: the other step must sleep on
-                // the gate and still get it once it is opened.
-                std::thread::sleep(Duration::from_millis(50));
+                // Opened only once the taker gave up spinning: a taker that
+                // never sleeps on the gate leaves this to time out.
+                sleeping_rx
+                    .recv_timeout(DEADLINE)
+                    .expect("the taker never slept on the gate");
                 *held = 1;
             })
         };
-        held_rx.recv().unwrap();
-        assert_eq!(*take_gate(&gate), 1);
+        held_rx.recv_timeout(DEADLINE).unwrap();
+        let taken = *take_gate_within(&gate, spin, || sleeping_tx.send(()).unwrap());
         holder.join().unwrap();
+        taken
+    }
+
+    #[test]
+    fn a_step_sleeps_on_a_gate_held_past_the_spin() {
+        assert_eq!(taken_after_the_spin(Duration::from_micros(10)), 1);
+    }
+
+    #[test]
+    fn a_step_on_one_core_sleeps_at_once() {
+        assert_eq!(taken_after_the_spin(Duration::ZERO), 1);
+    }
+
+    #[test]
+    fn a_step_takes_an_open_gate_without_sleeping() {
+        let gate = Mutex::new(3u32);
+        let taken = take_gate_within(&gate, Duration::from_micros(10), || {
+            panic!("slept on an open gate")
+        });
+        assert_eq!(*taken, 3);
     }
 
     #[test]
