@@ -401,6 +401,20 @@ struct Direct {
 }
 
 impl Direct {
+    /// Direct writes to `file`, whose block that holds the next record
+    /// begins with `tail`.
+    #[cfg_attr(not(target_os = "linux"), allow(dead_code))]
+    fn over(file: File, tail: Vec<u8>) -> Direct {
+        Direct {
+            file,
+            tail,
+            buffer: Vec::new(),
+            wrote: false,
+            #[cfg(test)]
+            refuse: false,
+        }
+    }
+
     /// The log's file at `path` opened for direct, synchronous writes
     /// (`None` where the filesystem refuses them, as tmpfs may).
     fn open(path: &Path) -> Option<Direct> {
@@ -423,14 +437,7 @@ impl Direct {
                     return None;
                 }
             };
-            Some(Direct {
-                file,
-                tail: Vec::new(),
-                buffer: Vec::new(),
-                wrote: false,
-                #[cfg(test)]
-                refuse: false,
-            })
+            Some(Direct::over(file, Vec::new()))
         }
         #[cfg(not(target_os = "linux"))]
         {
@@ -717,13 +724,7 @@ mod tests {
                 let path = dir.join(FILE);
                 let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
                 let tail = std::fs::read(&path).unwrap()[..ROUND].to_vec();
-                wal.direct = Some(Direct {
-                    file,
-                    tail,
-                    buffer: Vec::new(),
-                    wrote: false,
-                    refuse: false,
-                });
+                wal.direct = Some(Direct::over(file, tail));
             }
             wal
         };
